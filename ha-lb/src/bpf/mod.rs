@@ -1,0 +1,1 @@
+//! Loading the eBPF object, attaching programs, and reading/writing maps (the BPF edge).

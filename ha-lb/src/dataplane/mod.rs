@@ -1,0 +1,1 @@
+//! Data-plane state: the `Dataplane` trait, diff types, XDP and IPVS implementations.

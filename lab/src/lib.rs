@@ -1,0 +1,1 @@
+//! Network-namespace labs, crafted frames, and BPF_PROG_TEST_RUN.
