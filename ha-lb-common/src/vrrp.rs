@@ -27,7 +27,7 @@ pub const fn version_bit(v: u8) -> u32 {
 
 /// A configured VRID on an interface, for one address family.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
 pub struct VrrpVridKey {
     pub ifindex: u32,
     pub vrid: u8,

@@ -1,1 +1,13 @@
-//! Network-namespace labs, crafted frames, and BPF_PROG_TEST_RUN.
+//! Test infrastructure shared by ha-lb's integration tests, `cargo xtask demo` and
+//! `cargo xtask bench`:
+//! - [`netns`]: declarative network-namespace labs with guaranteed teardown and a sweeper;
+//! - [`frame`]: crafted frames with correct checksums, and an independent checksum checker.
+//!
+//! Lab addressing uses 198.18.0.0/15 (RFC 2544 benchmarking) and fd48:4c42::/32 (a ULA
+//! prefix), never addresses that exist outside the lab.
+
+pub mod frame;
+pub mod netns;
+pub mod packet;
+
+pub use netns::{sweep, wait_for, Lab, Node};

@@ -1,1 +1,200 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build-ebpf | test | demo | bench | sweep`.
+
+mod toolchain;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "ha-lb project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need and is missing (apt packages, bpf-linker).
+    /// Idempotent and quick when everything is present.
+    Setup {
+        /// Only report what is missing; install nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build the eBPF object that `ha-lb` embeds (target/ebpf/ha-lb-ebpf.o).
+    BuildEbpf {
+        /// Accepted for symmetry with cargo; the eBPF object is always optimised
+        /// (the verifier needs it).
+        #[arg(long)]
+        release: bool,
+    },
+    /// The test command: setup, eBPF object, build, clippy, fmt check, then every unit,
+    /// packet (BPF_PROG_TEST_RUN) and privileged namespace-lab test.
+    Test {
+        /// Skip `cargo clippy` and `cargo fmt --check`.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments passed to `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Remove network namespaces left behind by crashed ha-lb labs (only `hlb-*` ones whose
+    /// creating process is gone).
+    Sweep,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.cmd {
+        Cmd::Setup { check } => toolchain::setup(&root, check),
+        Cmd::BuildEbpf { release: _ } => build_ebpf(&root).map(|_| ()),
+        Cmd::Test { no_lint, args } => test(&root, no_lint, &args),
+        Cmd::Sweep => {
+            let n = sweep()?;
+            println!("sweep: removed {n} leftover namespace(s)");
+            Ok(())
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Where `ha-lb`'s build script looks for the object.
+pub fn ebpf_object_path(root: &Path) -> PathBuf {
+    root.join("target/ebpf/ha-lb-ebpf.o")
+}
+
+fn build_ebpf(root: &Path) -> Result<PathBuf> {
+    let tc = toolchain::ebpf_toolchain()?;
+    let build_dir = root.join("target/ebpf-build");
+    let mut cmd = tc.cargo_command();
+    cmd.current_dir(root.join("ha-lb-ebpf"))
+        .args(["build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(&build_dir)
+        .env("CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS", "fallback");
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+    ] {
+        cmd.env_remove(var);
+    }
+    println!("build-ebpf: {} ({})", tc.describe(), display_cmd(&cmd));
+    run(&mut cmd).context("building the eBPF programs")?;
+    let built = build_dir.join("bpfel-unknown-none/release/ha-lb-ebpf");
+    let dest = ebpf_object_path(root);
+    std::fs::create_dir_all(dest.parent().unwrap())?;
+    let new = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+    // Copy only when changed, so ha-lb is not rebuilt for nothing.
+    if std::fs::read(&dest).ok().as_deref() != Some(&new[..]) {
+        std::fs::write(&dest, &new)?;
+    }
+    println!("build-ebpf: {} ({} bytes)", dest.display(), new.len());
+    Ok(dest)
+}
+
+fn test(root: &Path, no_lint: bool, extra: &[String]) -> Result<()> {
+    toolchain::setup(root, false)?;
+    build_ebpf(root)?;
+    let n = sweep()?;
+    if n > 0 {
+        println!("test: removed {n} namespace(s) left behind by an earlier, interrupted run");
+    }
+    if !is_root() {
+        bail!(
+            "the privileged tests (XDP attach, raw VRRP sockets, network namespaces) need root: \
+             run `sudo -E cargo xtask test`"
+        );
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(&cargo).current_dir(root).args(["build", "--workspace", "--all-targets"]))?;
+    if !no_lint {
+        run(Command::new(&cargo).current_dir(root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        run(Command::new(&cargo).current_dir(root).args(["fmt", "--all", "--", "--check"]))
+            .context("`cargo fmt --all` would change files")?;
+    }
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(root).args(["test", "--workspace", "--no-fail-fast"]);
+    if !extra.is_empty() {
+        cmd.arg("--").args(extra);
+    }
+    run(&mut cmd)?;
+    let n = sweep()?;
+    if n > 0 {
+        bail!("tests left {n} network namespace(s) behind (removed now): a lab guard is missing");
+    }
+    Ok(())
+}
+
+/// Removes `hlb-<pid>-…` namespaces whose creating process no longer exists.
+/// Mirrors `ha_lb_lab::sweep` so xtask does not need the lab crate's dependencies.
+fn sweep() -> Result<usize> {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else { return Ok(0) };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("hlb-") else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        // Kill what still runs inside, then delete.
+        let _ = Command::new("ip").args(["netns", "pids", &name]).output().map(|o| {
+            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        });
+        if Command::new("ip").args(["netns", "del", &name]).status()?.success() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+pub fn display_cmd(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {}", display_cmd(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", display_cmd(cmd));
+    }
+    Ok(())
+}
