@@ -6,6 +6,8 @@
 
 pub mod bpf;
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod health;
+pub mod status;
 pub mod vrrp;

@@ -1,0 +1,231 @@
+//! What `ha-lb status` shows: VRRP instances, virtual servers and their real servers, and the
+//! VRRP filter's counters. One serialisable model; `--json` prints it as is, the default
+//! rendering is a table in the spirit of `ipvsadm -Ln --stats`.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub router_id: Option<String>,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub config_file: String,
+    /// `xdp`, `ipvs` or `none`.
+    pub dataplane: String,
+    /// Reloads applied / rejected since start.
+    pub reloads: u64,
+    pub reloads_rejected: u64,
+    pub vrrp_instances: Vec<InstanceStatus>,
+    pub virtual_servers: Vec<VirtualServerStatus>,
+    /// VRRP fast-path filter counters (name -> value), summed over interfaces.
+    pub vrrp_filter: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub name: String,
+    pub interface: String,
+    pub virtual_router_id: u8,
+    pub version: u8,
+    /// `INIT`, `BACKUP`, `MASTER`, `FAULT` or `STOP`.
+    pub state: String,
+    pub priority: u8,
+    pub effective_priority: u8,
+    /// Address of the current master, when known.
+    pub master: Option<String>,
+    pub virtual_ipaddress: Vec<String>,
+    pub sync_group: Option<String>,
+    /// Protocol counters: adverts sent/received, rejected per reason, …
+    pub counters: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VirtualServerStatus {
+    pub address: String,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+    pub lb_algo: String,
+    pub lb_kind: String,
+    pub persistence_timeout: Option<u64>,
+    /// False while fewer real servers are up than `quorum` (the service is then down).
+    pub quorum_met: bool,
+    /// True while the sorry server takes the traffic.
+    pub sorry_server_active: bool,
+    pub real_servers: Vec<RealServerStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RealServerStatus {
+    pub address: String,
+    /// Weight in the data plane now (0 when inhibited or draining).
+    pub weight: u32,
+    pub configured_weight: u32,
+    /// `up`, `down` or `unchecked`.
+    pub health: String,
+    pub active_conns: u64,
+    pub inactive_conns: u64,
+    pub conns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub sorry_server: bool,
+}
+
+fn lb_kind_short(kind: &str) -> &str {
+    // ipvsadm's column words.
+    match kind {
+        "NAT" => "Masq",
+        "DR" => "Route",
+        "TUN" => "Tunnel",
+        k => k,
+    }
+}
+
+/// The human-readable rendering.
+pub fn render(s: &Status) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "ha-lb pid {}  up {}s  dataplane {}  config {}  reloads {} ({} rejected)",
+        s.pid, s.uptime_secs, s.dataplane, s.config_file, s.reloads, s.reloads_rejected
+    );
+    let _ = writeln!(o, "\nVRRP instances");
+    if s.vrrp_instances.is_empty() {
+        let _ = writeln!(o, "  (none)");
+    } else {
+        let _ = writeln!(
+            o,
+            "  {:<12} {:<10} {:>4} {:>3} {:<7} {:>4} {:>9} {:<26} VIRTUAL_IPADDRESS",
+            "NAME", "INTERFACE", "VRID", "VER", "STATE", "PRIO", "EFFECTIVE", "MASTER"
+        );
+        for i in &s.vrrp_instances {
+            let _ = writeln!(
+                o,
+                "  {:<12} {:<10} {:>4} {:>3} {:<7} {:>4} {:>9} {:<26} {}",
+                i.name,
+                i.interface,
+                i.virtual_router_id,
+                i.version,
+                i.state,
+                i.priority,
+                i.effective_priority,
+                i.master.as_deref().unwrap_or("-"),
+                i.virtual_ipaddress.join(" ")
+            );
+        }
+    }
+    let _ = writeln!(o, "\nVirtual servers");
+    if s.virtual_servers.is_empty() {
+        let _ = writeln!(o, "  (none)");
+    } else {
+        let _ = writeln!(
+            o,
+            "  Prot LocalAddress:Port Scheduler Flags\n    -> RemoteAddress:Port{:>14} {:>6} {:>6} {:>10} {:>9} {:>9} {:>8} {:>10} {:>12}",
+            "Forward", "Weight", "Health", "ActiveConn", "InActConn", "Conns", "Packets", "Bytes", ""
+        );
+        for v in &s.virtual_servers {
+            let mut flags = Vec::new();
+            if let Some(t) = v.persistence_timeout {
+                flags.push(format!("persistent {t}"));
+            }
+            if !v.quorum_met {
+                flags.push("quorum-down".into());
+            }
+            if v.sorry_server_active {
+                flags.push("sorry".into());
+            }
+            let _ =
+                writeln!(o, "  {:<4} {} {} {}", v.protocol, v.address, v.lb_algo, flags.join(" "));
+            for r in &v.real_servers {
+                let addr = if r.sorry_server {
+                    format!("{} (sorry)", r.address)
+                } else {
+                    r.address.to_string()
+                };
+                let _ = writeln!(
+                    o,
+                    "    -> {:<28} {:<6} {:>6} {:>6} {:>10} {:>9} {:>9} {:>8} {:>10}",
+                    addr,
+                    lb_kind_short(&v.lb_kind),
+                    r.weight,
+                    r.health,
+                    r.active_conns,
+                    r.inactive_conns,
+                    r.conns,
+                    r.packets,
+                    r.bytes
+                );
+            }
+        }
+    }
+    if !s.vrrp_filter.is_empty() {
+        let parts: Vec<String> = s.vrrp_filter.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(o, "\nVRRP filter: {}", parts.join(" "));
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        Status {
+            pid: 42,
+            dataplane: "xdp".into(),
+            config_file: "/etc/ha-lb/ha-lb.toml".into(),
+            vrrp_instances: vec![InstanceStatus {
+                name: "VI_1".into(),
+                interface: "eth0".into(),
+                virtual_router_id: 51,
+                version: 3,
+                state: "MASTER".into(),
+                priority: 150,
+                effective_priority: 150,
+                master: Some("198.18.0.1".into()),
+                virtual_ipaddress: vec!["198.18.0.100/24".into()],
+                ..Default::default()
+            }],
+            virtual_servers: vec![VirtualServerStatus {
+                address: "198.18.0.100:80".into(),
+                protocol: "TCP".into(),
+                lb_algo: "wrr".into(),
+                lb_kind: "NAT".into(),
+                quorum_met: true,
+                real_servers: vec![RealServerStatus {
+                    address: "198.18.1.1:80".into(),
+                    weight: 3,
+                    configured_weight: 3,
+                    health: "up".into(),
+                    active_conns: 2,
+                    packets: 10,
+                    bytes: 1000,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            vrrp_filter: BTreeMap::from([("passed".into(), 7), ("bad_ttl".into(), 1)]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn table_shows_instances_services_and_counters() {
+        let t = render(&sample());
+        assert!(t.contains("VI_1"), "{t}");
+        assert!(t.contains("MASTER"));
+        assert!(t.contains("TCP  198.18.0.100:80 wrr"), "{t}");
+        let rs = t.lines().find(|l| l.contains("-> 198.18.1.1:80")).unwrap();
+        let cols: Vec<&str> = rs.split_whitespace().collect();
+        assert_eq!(cols[2..7], ["Masq", "3", "up", "2", "0"], "{rs}");
+        assert!(t.contains("VRRP filter: bad_ttl=1 passed=7"));
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let s = sample();
+        let j = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<Status>(&j).unwrap(), s);
+    }
+}
