@@ -9,5 +9,6 @@
 pub mod frame;
 pub mod netns;
 pub mod packet;
+pub mod topology;
 
 pub use netns::{sweep, wait_for, Lab, Node};
