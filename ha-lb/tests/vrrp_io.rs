@@ -679,13 +679,15 @@ fn garp_driver_sends_two_sets_apart_by_master_delay() {
     assert_eq!(frames.len(), 4);
     let want = build_garp(MAC_A, Ipv4Addr::new(192, 0, 2, 100)).to_vec();
     assert!(frames.iter().all(|(_, f)| *f == want));
+    // Wall-clock capture times on a loaded 2-core machine: generous bounds here; exact
+    // timing is asserted by the pure schedule tests and the paused-clock driver test.
     let gap = frames[2].0 - frames[1].0;
     assert!(
-        gap >= delay - Duration::from_millis(20) && gap < delay + Duration::from_millis(250),
+        gap >= delay / 2 && gap < delay + Duration::from_millis(700),
         "second set {gap:?} after the first, want about {delay:?}"
     );
     assert!(
-        frames[1].0 - frames[0].0 < Duration::from_millis(100),
-        "first set at once"
+        frames[1].0 - frames[0].0 < delay / 2,
+        "first set goes out at once"
     );
 }
