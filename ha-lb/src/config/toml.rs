@@ -3,7 +3,7 @@
 //! The file is read into a span-carrying document (`toml_edit`), then walked by hand so
 //! that every problem is reported — unknown keys, wrong types, out-of-range values — rather
 //! than stopping at the first one as serde would. Defaults and inherited values are
-//! resolved here; cross-item rules live in [`super::validate`]. The result is a whole
+//! resolved here; cross-item rules live in `config::validate`. The result is a whole
 //! [`Config`] or every error: nothing is ever half-applied.
 //!
 //! Layout (see `conf/ha-lb.toml` for every key):
@@ -1731,7 +1731,7 @@ virtual_ipaddress = ["192.0.2.10/24"]
 name = "VI_6"
 interface = "eth0"
 virtual_router_id = 1
-virtual_ipaddress = ["2001:db8::10"]
+virtual_ipaddress = ["fe80::10", "2001:db8::10"]
 "#,
         )
         .unwrap();
