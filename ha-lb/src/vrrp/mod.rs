@@ -3,4 +3,5 @@
 //! - [`packet`]: the advertisement codec (pure).
 //! - [`machine`]: the per-instance state machine (pure, clock injected).
 
+pub mod machine;
 pub mod packet;

@@ -202,6 +202,68 @@ impl DecodeError {
     }
 }
 
+/// Per-reason counts of rejected packets, for status output.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RxErrorCounters {
+    pub truncated: u64,
+    pub bad_version: u64,
+    pub bad_type: u64,
+    pub bad_vrid: u64,
+    pub v2_over_ipv6: u64,
+    pub family_mismatch: u64,
+    pub length_mismatch: u64,
+    pub bad_checksum: u64,
+    pub v3_reserved: u64,
+    pub auth_ah_unsupported: u64,
+    pub bad_auth_type: u64,
+    pub bad_hop_limit: u64,
+    pub bad_ip_header: u64,
+    pub not_vrrp: u64,
+    pub fragmented: u64,
+}
+
+impl RxErrorCounters {
+    pub fn record(&mut self, err: &DecodeError) {
+        let c = match err {
+            DecodeError::Truncated { .. } => &mut self.truncated,
+            DecodeError::BadVersion(_) => &mut self.bad_version,
+            DecodeError::BadType(_) => &mut self.bad_type,
+            DecodeError::BadVrid => &mut self.bad_vrid,
+            DecodeError::V2OverIpv6 => &mut self.v2_over_ipv6,
+            DecodeError::FamilyMismatch => &mut self.family_mismatch,
+            DecodeError::LengthMismatch { .. } => &mut self.length_mismatch,
+            DecodeError::BadChecksum { .. } => &mut self.bad_checksum,
+            DecodeError::V3Reserved(_) => &mut self.v3_reserved,
+            DecodeError::AuthAhUnsupported => &mut self.auth_ah_unsupported,
+            DecodeError::BadAuthType(_) => &mut self.bad_auth_type,
+            DecodeError::BadHopLimit(_) => &mut self.bad_hop_limit,
+            DecodeError::BadIpHeader => &mut self.bad_ip_header,
+            DecodeError::NotVrrp(_) => &mut self.not_vrrp,
+            DecodeError::Fragmented => &mut self.fragmented,
+        };
+        *c += 1;
+    }
+
+    /// Sum of all reasons.
+    pub fn total(&self) -> u64 {
+        self.truncated
+            + self.bad_version
+            + self.bad_type
+            + self.bad_vrid
+            + self.v2_over_ipv6
+            + self.family_mismatch
+            + self.length_mismatch
+            + self.bad_checksum
+            + self.v3_reserved
+            + self.auth_ah_unsupported
+            + self.bad_auth_type
+            + self.bad_hop_limit
+            + self.bad_ip_header
+            + self.not_vrrp
+            + self.fragmented
+    }
+}
+
 /// Why an [`Advert`] cannot be encoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
