@@ -1676,7 +1676,13 @@ mod tests {
     #[test]
     fn learning_waits_for_a_first_peer() {
         let t0 = Instant::now();
-        let mut m = started(Config { unicast_peers: vec![], ..cfg(200) }, t0);
+        let mut m = started(
+            Config {
+                unicast_peers: vec![],
+                ..cfg(200)
+            },
+            t0,
+        );
         run(&mut m, t0 + Duration::from_secs(30));
         assert_eq!(*m.peers().1, PeerMode::Learning { until: None });
         let t = t0 + Duration::from_secs(30);
@@ -1692,7 +1698,13 @@ mod tests {
     #[test]
     fn unknown_source_admitted_only_after_consecutive_adverts() {
         let t0 = Instant::now();
-        let mut m = started(Config { unicast_peers: vec![], ..cfg(100) }, t0);
+        let mut m = started(
+            Config {
+                unicast_peers: vec![],
+                ..cfg(100)
+            },
+            t0,
+        );
         for i in 0..11 {
             let t = t0 + Duration::from_secs(i);
             m.handle_advert(t, ip(PEER), &advert(&m, 200));

@@ -5,3 +5,5 @@
 
 pub mod machine;
 pub mod packet;
+#[cfg(test)]
+mod sim;
