@@ -183,7 +183,7 @@ impl Config {
                     return Err(ConfigError::V2OverIpv6);
                 }
                 let cs = self.advert_int_cs;
-                if cs == 0 || cs % 100 != 0 || cs > V2_MAX_ADVER_INT_CS {
+                if cs == 0 || !cs.is_multiple_of(100) || cs > V2_MAX_ADVER_INT_CS {
                     return Err(ConfigError::AdvertInt(cs));
                 }
             }

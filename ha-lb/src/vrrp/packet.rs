@@ -517,7 +517,7 @@ impl Advert {
                     return Err(EncodeError::V2OverIpv6);
                 }
                 let cs = self.adver_int_cs;
-                if cs == 0 || cs % 100 != 0 || cs > V2_MAX_ADVER_INT_CS {
+                if cs == 0 || !cs.is_multiple_of(100) || cs > V2_MAX_ADVER_INT_CS {
                     return Err(EncodeError::BadInterval(cs));
                 }
                 (self.auth.type_code(), (cs / 100) as u8)

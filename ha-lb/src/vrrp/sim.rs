@@ -606,7 +606,10 @@ mod tests {
         let last_advert = a_master + Duration::from_secs((kill - a_master).as_secs());
         let took = s.first_entry(State::Master, kill).unwrap();
         assert_eq!(took.node, 1);
-        assert_eq!((took.from, &took.reason), (State::Backup, &Reason::MasterDown));
+        assert_eq!(
+            (took.from, &took.reason),
+            (State::Backup, &Reason::MasterDown)
+        );
         assert_eq!(took.at - last_advert, Duration::from_nanos(3_609_375_000));
     }
 
