@@ -35,12 +35,14 @@
 //!    priority-0 advert and enters STOPPING: VIPs stay (we keep serving) and a
 //!    priority-0 advert is repeated every `advert_int`, until an advert with
 //!    priority > 0 from an allowed peer shows someone took over, or
-//!    [`Machine::stop_timeout`] = 4 × `advert_int` passes. Any backup takes
-//!    over `Skew_Time` (< 1 interval) after our priority-0 advert; even if
-//!    every priority-0 advert is lost, its own down timer (armed by our last
-//!    normal advert, sent ≤ now) fires within `3 × I + 255/256 × I < 4 × I`.
-//!    So by the deadline either someone holds the VIPs or nobody will. A
-//!    second `shutdown` call removes the VIPs at once.
+//!    [`Machine::stop_timeout`] passes: the Master_Down_Interval of the
+//!    slowest possible backup (priority 1) plus half an interval for transit,
+//!    `3 × I + Skew_Time(1) + I/2` (≈ 4.5 s at 1 s). Any backup takes over
+//!    `Skew_Time` (< 1 interval) after our priority-0 advert; even if every
+//!    priority-0 advert is lost, its own down timer (armed by our last normal
+//!    advert, sent ≤ now) fires within `3 × I + Skew_Time(p)`. So by the
+//!    deadline either someone holds the VIPs or nobody will. A second
+//!    `shutdown` call removes the VIPs at once.
 //! 2. **Peer allow-list.** With `unicast_peers` configured, only those sources
 //!    count. Otherwise the sources seen during `peer_settle` (default
 //!    10 × `advert_int`, from start or from the first advert seen) are locked
@@ -544,7 +546,8 @@ impl Machine {
     }
     /// Rule 1 bound: how long STOPPING may keep the VIPs.
     pub fn stop_timeout(&self) -> Duration {
-        cs(self.cfg.advert_int_cs) * 4
+        let i = self.cfg.advert_int_cs;
+        master_down_interval(self.cfg.version, 1, i) + cs(i) / 2
     }
     pub fn counters(&self) -> &Counters {
         &self.counters
@@ -1565,9 +1568,13 @@ mod tests {
         let mut m = master(cfg(200), t0);
         m.shutdown(t0);
         drain(&mut m);
-        assert_eq!(m.stop_timeout(), Duration::from_secs(4));
+        // 3 s + 255/256 s + 0.5 s
+        assert_eq!(m.stop_timeout(), Duration::from_nanos(4_496_093_750));
+        let a = run(&mut m, t0 + Duration::from_millis(4_496));
+        assert_eq!(sent_priorities(&a), vec![0, 0, 0, 0]);
+        assert_eq!(m.state(), State::Stopping);
         let a = run(&mut m, t0 + Duration::from_secs(10));
-        assert_eq!(sent_priorities(&a), vec![0, 0, 0]);
+        assert_eq!(a.len(), 2);
         assert_eq!(a[a.len() - 2], Action::RemoveVips);
         assert_eq!(
             a[a.len() - 1],
