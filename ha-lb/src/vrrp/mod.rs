@@ -1,5 +1,18 @@
 //! VRRP (RFC 5798 v3, RFC 3768 v2): codec, state machine, and their I/O edges.
+//!
+//! Pure cores:
+//! - [`packet`]: the advertisement codec.
+//! - [`machine`]: the per-instance state machine (clock injected, no sockets).
+//!
+//! I/O edges, each behind a small trait:
+//! - [`socket`]: raw protocol-112 sockets (`VrrpTransport`).
+//! - [`vip`]: virtual addresses and link state over rtnetlink (`VipManager`, `LinkMonitor`).
+//! - [`garp`]: gratuitous ARP / unsolicited NA frames and keepalived's GARP schedule.
 
 pub mod garp;
+pub mod machine;
+pub mod packet;
+#[cfg(test)]
+mod sim;
 pub mod socket;
 pub mod vip;

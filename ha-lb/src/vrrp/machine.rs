@@ -1,0 +1,1995 @@
+//! The VRRP state machine for one `vrrp_instance`: pure, sans-IO, clock injected.
+//!
+//! Nothing here reads a clock, opens a socket or touches an address. The driver
+//! feeds events in and executes the [`Action`]s that come out:
+//!
+//! ```text
+//! m.start(now);
+//! loop {
+//!     while let Some(a) = m.poll_action() { execute(a) }   // send, add/remove VIPs, GARP, notify
+//!     select! {
+//!         rx = socket.recv() => match packet::decode(..) {
+//!             Ok(r)  => m.handle_advert(Instant::now(), r.src, &r.advert),
+//!             Err(e) => m.handle_rx_error(&e),
+//!         },
+//!         _ = sleep_until(m.poll_timeout()) => m.handle_timeout(Instant::now()),
+//!         ev = control.recv() => /* m.set_fault / set_priority_adjust / shutdown */,
+//!     }
+//! }
+//! ```
+//!
+//! Protocol: RFC 5798 / RFC 9568 (v3) and RFC 3768 (v2), with keepalived's
+//! vocabulary and start-up semantics (always start as BACKUP, whatever `state`
+//! says; only the address owner, priority 255, goes MASTER at once).
+//!
+//! Timers (all exact, in nanoseconds; intervals are centiseconds on the wire):
+//! - v3: `Skew_Time = (256 − Priority) × Master_Adver_Interval / 256`; v2 (RFC 3768):
+//!   `Skew_Time = (256 − Priority) / 256` seconds. Both use the effective priority.
+//! - `Master_Down_Interval = 3 × Master_Adver_Interval + Skew_Time`.
+//! - v3 learns `Master_Adver_Interval` from the master's adverts; v2 requires
+//!   the advert's interval to equal ours (RFC 3768 §7.1, keepalived: drop).
+//!
+//! Where ha-lb deliberately differs from keepalived (each has tests below):
+//!
+//! 1. **Make-before-break stop.** [`Machine::shutdown`] as MASTER sends a
+//!    priority-0 advert and enters STOPPING: VIPs stay (we keep serving) and a
+//!    priority-0 advert is repeated every `advert_int`, until an advert with
+//!    priority > 0 from an allowed peer shows someone took over, or
+//!    [`Machine::stop_timeout`] passes: the Master_Down_Interval of the
+//!    slowest possible backup (priority 1) plus half an interval for transit,
+//!    `3 × I + Skew_Time(1) + I/2` (≈ 4.5 s at 1 s). Any backup takes over
+//!    `Skew_Time` (< 1 interval) after our priority-0 advert; even if every
+//!    priority-0 advert is lost, its own down timer (armed by our last normal
+//!    advert, sent ≤ now) fires within `3 × I + Skew_Time(p)`. So by the
+//!    deadline either someone holds the VIPs or nobody will. A second
+//!    `shutdown` call removes the VIPs at once.
+//! 2. **Peer allow-list.** With `unicast_peers` configured, only those sources
+//!    count. Otherwise the sources seen during `peer_settle` (default
+//!    10 × `advert_int`, from start or from the first advert seen) are locked
+//!    in and logged. Later unknown sources are ignored and counted — except
+//!    that, since VRRP backups never advertise, a group member we could not
+//!    learn (it was backup all along) is admitted once it has sent
+//!    `admit_unknown_after` (default 3) consecutive, on-schedule adverts. One
+//!    forged packet is never enough. `None` makes the list strict.
+//! 3. **Interval bound.** A v3 advert whose Max Adver Int lies outside
+//!    `[advert_int / f, advert_int × f]` (f = `advert_int_factor`, default 10)
+//!    is ignored and counted: a forged 4095 cs advert can neither stretch a
+//!    backup's down timer to ~2 minutes nor shrink it to nothing.
+//! 4. **No black hole from one forged advert.** keepalived's master steps down
+//!    (removing VIPs) on one higher-priority advert; if that advert was forged
+//!    nobody is master until a down timer fires (~3 × interval). ha-lb's master
+//!    ignores non-allowed sources (rule 2) and, for an allowed one, *yields*
+//!    instead: it keeps VIPs and keeps advertising while it waits for a second
+//!    advert from the same source that still beats it, within 2 × that
+//!    source's interval. Confirmed → BACKUP (RFC step-down, VIPs removed).
+//!    Not confirmed → stays MASTER, sends GARP again, counts `yields_aborted`.
+//!    Cost: a genuine preemption keeps both routers holding the VIPs for one
+//!    interval (the new master's GARP already moved traffic), never zero.
+//! 5. **No amplification.** RFC 5798 §6.4.3 says a master discards a
+//!    lower-priority advert; keepalived answers each with an advert plus a
+//!    burst of GARPs. A lower-priority advert from an allowed peer means a
+//!    second master (e.g. after a partition heals), so ha-lb answers with at
+//!    most one early advert per `advert_int`, no GARP, and resets its advert
+//!    timer. The RFC's "priority 0 received → advert now" shares that limit.
+//!
+//! Preemption: as in RFC 5798 a backup with higher priority ignores a
+//! lower-priority master, but rather than waiting a full down interval it
+//! arms its down timer to `Skew_Time` (like a priority-0 advert), so the
+//! highest-priority backup goes first. keepalived goes MASTER immediately
+//! ("forcing a new MASTER election"), which makes every higher backup jump at
+//! once. `preempt_delay` (keepalived: seconds after start-up or after first
+//! seeing a lower-priority master) is armed at start, on leaving FAULT and on
+//! first seeing a lower-priority master; until it passes, lower-priority
+//! adverts are accepted as a normal master's. `nopreempt` accepts them always.
+//! Equal priority never preempts a running master (RFC); the tie-break by
+//! primary address applies between masters.
+//!
+//! Effective priority = base + tracking adjustment clamped to 1..=254; a base
+//! of 255 (address owner) stays 255. An address owner processes received
+//! adverts normally (RFC 9568 says drop them; processing lets two owners on
+//! one VRID converge by address instead of both staying MASTER).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use super::packet::{
+    Advert, Auth, DecodeError, RxErrorCounters, Version, V2_MAX_ADVER_INT_CS, V3_MAX_ADVER_INT_CS,
+};
+
+/// Priority of the address owner.
+pub const PRIORITY_OWNER: u8 = 255;
+/// Priority a stopping master advertises.
+pub const PRIORITY_STOP: u8 = 0;
+/// keepalived's default `priority`.
+pub const DEFAULT_PRIORITY: u8 = 100;
+/// Most unknown sources tracked at once while on probation (rule 2).
+const MAX_PROBATION: usize = 16;
+
+/// Configuration of one instance, in keepalived's words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub virtual_router_id: u8,
+    pub version: Version,
+    /// Base priority, 1..=255 (255 = address owner).
+    pub priority: u8,
+    /// `advert_int` in centiseconds (v2: a whole number of seconds).
+    pub advert_int_cs: u16,
+    /// Our source address for adverts (`unicast_src_ip` / interface primary);
+    /// also the tie-breaker.
+    pub primary_address: IpAddr,
+    pub virtual_ipaddresses: Vec<IpAddr>,
+    pub nopreempt: bool,
+    pub preempt_delay: Duration,
+    /// `unicast_peer`; when non-empty it is also the strict allow-list.
+    pub unicast_peers: Vec<IpAddr>,
+    /// v2 only.
+    pub auth: Auth,
+    /// ha-lb: learning window for the allow-list when no peers are configured
+    /// (`None`: 10 × `advert_int`).
+    pub peer_settle: Option<Duration>,
+    /// ha-lb: admit an unknown source after this many consecutive adverts
+    /// (learned allow-list only; `None`: never).
+    pub admit_unknown_after: Option<u32>,
+    /// ha-lb: accepted v3 Max Adver Int range is `[advert_int / f, advert_int × f]`.
+    pub advert_int_factor: u16,
+    /// keepalived `garp_master_delay`: second GARP this long after becoming
+    /// MASTER (`None`: no second round).
+    pub garp_master_delay: Option<Duration>,
+}
+
+impl Config {
+    /// keepalived defaults: priority 100, `advert_int 1`, preempt, version 2
+    /// for IPv4 and 3 for IPv6, no authentication, `garp_master_delay 5`.
+    pub fn new(
+        virtual_router_id: u8,
+        primary_address: IpAddr,
+        virtual_ipaddresses: Vec<IpAddr>,
+    ) -> Config {
+        Config {
+            virtual_router_id,
+            version: if primary_address.is_ipv4() {
+                Version::V2
+            } else {
+                Version::V3
+            },
+            priority: DEFAULT_PRIORITY,
+            advert_int_cs: 100,
+            primary_address,
+            virtual_ipaddresses,
+            nopreempt: false,
+            preempt_delay: Duration::ZERO,
+            unicast_peers: Vec::new(),
+            auth: Auth::None,
+            peer_settle: None,
+            admit_unknown_after: Some(3),
+            advert_int_factor: 10,
+            garp_master_delay: Some(Duration::from_secs(5)),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.virtual_router_id == 0 {
+            return Err(ConfigError::VirtualRouterId);
+        }
+        if self.priority == 0 {
+            return Err(ConfigError::Priority);
+        }
+        let v4 = self.primary_address.is_ipv4();
+        match self.version {
+            Version::V2 => {
+                if !v4 {
+                    return Err(ConfigError::V2OverIpv6);
+                }
+                let cs = self.advert_int_cs;
+                if cs == 0 || !cs.is_multiple_of(100) || cs > V2_MAX_ADVER_INT_CS {
+                    return Err(ConfigError::AdvertInt(cs));
+                }
+            }
+            Version::V3 => {
+                if self.advert_int_cs == 0 || self.advert_int_cs > V3_MAX_ADVER_INT_CS {
+                    return Err(ConfigError::AdvertInt(self.advert_int_cs));
+                }
+                if self.auth != Auth::None {
+                    return Err(ConfigError::AuthOnV3);
+                }
+            }
+        }
+        if self.virtual_ipaddresses.len() > 255 {
+            return Err(ConfigError::TooManyAddresses(
+                self.virtual_ipaddresses.len(),
+            ));
+        }
+        if self
+            .virtual_ipaddresses
+            .iter()
+            .chain(&self.unicast_peers)
+            .any(|a| a.is_ipv4() != v4)
+        {
+            return Err(ConfigError::FamilyMismatch);
+        }
+        if self.unicast_peers.contains(&self.primary_address) {
+            return Err(ConfigError::PeerIsSelf);
+        }
+        if self.advert_int_factor == 0 || self.admit_unknown_after == Some(0) {
+            return Err(ConfigError::Hardening);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("virtual_router_id must be 1..=255")]
+    VirtualRouterId,
+    #[error("priority must be 1..=255")]
+    Priority,
+    #[error("VRRP version 2 is IPv4 only")]
+    V2OverIpv6,
+    #[error("advert_int {0} cs is invalid for this version (v2: whole seconds 1..=255, v3: 1..=4095 cs)")]
+    AdvertInt(u16),
+    #[error("authentication is VRRPv2 only")]
+    AuthOnV3,
+    #[error("{0} virtual addresses; at most 255")]
+    TooManyAddresses(usize),
+    #[error("virtual_ipaddress and unicast_peer must be of the primary address's family")]
+    FamilyMismatch,
+    #[error("unicast_peer lists our own address")]
+    PeerIsSelf,
+    #[error("advert_int_factor and admit_unknown_after must be at least 1")]
+    Hardening,
+}
+
+/// Instance state, with keepalived's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Not started, or stopped.
+    Initialize,
+    Backup,
+    Master,
+    /// Tracking failed (keepalived FAULT): no VIPs, no adverts.
+    Fault,
+    /// Graceful stop in progress: priority-0 sent, VIPs still held.
+    Stopping,
+}
+
+impl State {
+    /// The name used in logs and status output.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            State::Initialize => "INIT",
+            State::Backup => "BACKUP",
+            State::Master => "MASTER",
+            State::Fault => "FAULT",
+            State::Stopping => "STOPPING",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a state changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// `start`: INIT → BACKUP.
+    Startup,
+    /// `start` or fault recovery with priority 255: → MASTER at once.
+    AddressOwner,
+    /// Master_Down_Timer expired: no advert from a master for Master_Down_Interval.
+    MasterDown,
+    /// The master sent priority 0 and our Skew_Time passed.
+    MasterStopped {
+        from: IpAddr,
+    },
+    /// We preempted a lower-priority master after our Skew_Time.
+    Preempt {
+        from: IpAddr,
+        priority: u8,
+    },
+    /// A confirmed higher-priority (or equal priority, higher address) master.
+    HigherPriority {
+        from: IpAddr,
+        priority: u8,
+    },
+    FaultSet,
+    FaultCleared,
+    /// `shutdown` was called.
+    Shutdown,
+    /// While STOPPING, a peer's advert showed it took over.
+    PeerTookOver {
+        from: IpAddr,
+    },
+    /// While STOPPING, nobody took over within the stop timeout.
+    StopTimeout,
+    /// `shutdown` called again while STOPPING.
+    ShutdownForced,
+}
+
+/// What the driver must do. Execute in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Encode (`Advert::encode`) from `primary_address` to the multicast group
+    /// or to each `unicast_peer`, TTL/hop limit 255.
+    SendAdvert(Advert),
+    /// Add the instance's `virtual_ipaddress`es.
+    AddVips,
+    /// Remove them.
+    RemoveVips,
+    /// Send gratuitous ARP (IPv4) / unsolicited NA (IPv6) for every VIP
+    /// (keepalived `garp_master_repeat` packets each).
+    SendGratuitous,
+    /// For logs, notify scripts, the reconciler and status.
+    StateChanged {
+        from: State,
+        to: State,
+        reason: Reason,
+    },
+}
+
+/// Everything counted, for status output. Every ignored advert lands in
+/// exactly one `ignored_*` field.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Adverts passed to `handle_advert`.
+    pub adverts_received: u64,
+    /// Adverts that passed every check and were processed.
+    pub adverts_accepted: u64,
+    pub adverts_sent: u64,
+    pub priority_zero_received: u64,
+    pub priority_zero_sent: u64,
+    pub became_master: u64,
+    pub became_backup: u64,
+    pub became_fault: u64,
+    /// Received while INIT or FAULT.
+    pub ignored_inactive: u64,
+    pub ignored_vrid: u64,
+    pub ignored_version: u64,
+    pub ignored_family: u64,
+    /// Our own advert looped back.
+    pub ignored_own: u64,
+    /// v2 auth type or password differs.
+    pub ignored_auth: u64,
+    /// v2 Adver Int differs from ours.
+    pub ignored_interval_mismatch: u64,
+    /// v3 Max Adver Int outside the accepted range (rule 3).
+    pub ignored_interval_out_of_range: u64,
+    /// Source not on the allow-list (rule 2).
+    pub ignored_not_allowed: u64,
+    /// v2 advert with a different VIP list from a non-owner (RFC 3768: drop).
+    pub ignored_addr_list: u64,
+    /// VIP list differs from ours (logged; v3 still processes it, RFC 5798 §7.1).
+    pub addr_list_mismatch: u64,
+    /// As MASTER: lower-priority advert received (rule 5).
+    pub lower_priority_received: u64,
+    /// As BACKUP: lower-priority master seen, down timer cut to Skew_Time.
+    pub preempt_lower_priority: u64,
+    /// Extra adverts sent outside the schedule (rule 5), and those rate-limited away.
+    pub early_adverts_sent: u64,
+    pub early_adverts_suppressed: u64,
+    /// Rule 4: yields started, confirmed (stepped down) and aborted (kept MASTER).
+    pub yields_started: u64,
+    pub yields_confirmed: u64,
+    pub yields_aborted: u64,
+    /// Rule 2: unknown sources admitted after probation.
+    pub peers_admitted: u64,
+    /// Decode failures reported through `handle_rx_error`.
+    pub rx_errors: RxErrorCounters,
+}
+
+impl Counters {
+    /// Sum of the `ignored_*` counters.
+    pub fn ignored_total(&self) -> u64 {
+        self.ignored_inactive
+            + self.ignored_vrid
+            + self.ignored_version
+            + self.ignored_family
+            + self.ignored_own
+            + self.ignored_auth
+            + self.ignored_interval_mismatch
+            + self.ignored_interval_out_of_range
+            + self.ignored_not_allowed
+            + self.ignored_addr_list
+    }
+}
+
+/// How the allow-list is currently formed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerMode {
+    /// From `unicast_peers`; strict.
+    Configured,
+    /// Learning; locks in at `until` (or a settle window after the first advert).
+    Learning { until: Option<Instant> },
+    /// Learned and locked in.
+    Locked,
+}
+
+#[derive(Clone, Debug)]
+struct Probation {
+    count: u32,
+    last: Instant,
+}
+
+#[derive(Clone, Debug)]
+struct Yield {
+    from: IpAddr,
+    deadline: Instant,
+}
+
+/// One VRRP instance's state machine.
+#[derive(Debug)]
+pub struct Machine {
+    cfg: Config,
+    state: State,
+    fault: bool,
+    priority_adjust: i32,
+    effective_priority: u8,
+    /// Master_Adver_Interval, centiseconds.
+    master_adver_int_cs: u16,
+    current_master: Option<IpAddr>,
+    // Timers (only those meaningful in the current state are set).
+    adver_timer: Option<Instant>,
+    master_down_timer: Option<Instant>,
+    /// What we'll report when the down timer fires.
+    down_reason: Reason,
+    preempt_until: Option<Instant>,
+    garp_timer: Option<Instant>,
+    stop_deadline: Option<Instant>,
+    yielding: Option<Yield>,
+    last_early_advert: Option<Instant>,
+    // Allow-list.
+    peers: BTreeSet<IpAddr>,
+    peer_mode: PeerMode,
+    probation: BTreeMap<IpAddr, Probation>,
+    actions: VecDeque<Action>,
+    counters: Counters,
+}
+
+fn cs(cs: u16) -> Duration {
+    Duration::from_millis(u64::from(cs) * 10)
+}
+
+/// Effective priority: base + adjustment clamped to 1..=254; the owner stays 255.
+pub fn effective_priority(base: u8, adjust: i32) -> u8 {
+    if base == PRIORITY_OWNER {
+        PRIORITY_OWNER
+    } else {
+        (i64::from(base) + i64::from(adjust)).clamp(1, 254) as u8
+    }
+}
+
+/// RFC 5798 §6.1 (v3) / RFC 3768 §6.1 (v2) Skew_Time, exact.
+pub fn skew_time(version: Version, priority: u8, master_adver_int_cs: u16) -> Duration {
+    let weight = 256 - u64::from(priority);
+    match version {
+        // (256 − p) × MAI / 256, with MAI in ns = cs × 10^7.
+        Version::V3 => {
+            Duration::from_nanos(weight * u64::from(master_adver_int_cs) * 10_000_000 / 256)
+        }
+        // (256 − p) / 256 seconds.
+        Version::V2 => Duration::from_nanos(weight * 1_000_000_000 / 256),
+    }
+}
+
+/// Master_Down_Interval = 3 × Master_Adver_Interval + Skew_Time.
+pub fn master_down_interval(version: Version, priority: u8, master_adver_int_cs: u16) -> Duration {
+    cs(master_adver_int_cs) * 3 + skew_time(version, priority, master_adver_int_cs)
+}
+
+impl Machine {
+    pub fn new(cfg: Config) -> Result<Machine, ConfigError> {
+        cfg.validate()?;
+        let peers: BTreeSet<IpAddr> = cfg.unicast_peers.iter().copied().collect();
+        let peer_mode = if peers.is_empty() {
+            PeerMode::Learning { until: None }
+        } else {
+            PeerMode::Configured
+        };
+        Ok(Machine {
+            effective_priority: cfg.priority,
+            master_adver_int_cs: cfg.advert_int_cs,
+            state: State::Initialize,
+            fault: false,
+            priority_adjust: 0,
+            current_master: None,
+            adver_timer: None,
+            master_down_timer: None,
+            down_reason: Reason::MasterDown,
+            preempt_until: None,
+            garp_timer: None,
+            stop_deadline: None,
+            yielding: None,
+            last_early_advert: None,
+            peers,
+            peer_mode,
+            probation: BTreeMap::new(),
+            actions: VecDeque::new(),
+            counters: Counters::default(),
+            cfg,
+        })
+    }
+
+    // ----- observation -------------------------------------------------------
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn state(&self) -> State {
+        self.state
+    }
+    pub fn effective_priority(&self) -> u8 {
+        self.effective_priority
+    }
+    /// Master_Adver_Interval in centiseconds (learned in v3 BACKUP).
+    pub fn master_adver_int_cs(&self) -> u16 {
+        self.master_adver_int_cs
+    }
+    pub fn skew_time(&self) -> Duration {
+        skew_time(
+            self.cfg.version,
+            self.effective_priority,
+            self.master_adver_int_cs,
+        )
+    }
+    pub fn master_down_interval(&self) -> Duration {
+        master_down_interval(
+            self.cfg.version,
+            self.effective_priority,
+            self.master_adver_int_cs,
+        )
+    }
+    /// Rule 1 bound: how long STOPPING may keep the VIPs.
+    pub fn stop_timeout(&self) -> Duration {
+        let i = self.cfg.advert_int_cs;
+        master_down_interval(self.cfg.version, 1, i) + cs(i) / 2
+    }
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+    /// The router we believe is master (ourselves when MASTER).
+    pub fn current_master(&self) -> Option<IpAddr> {
+        self.current_master
+    }
+    /// The allow-list and how it was formed.
+    pub fn peers(&self) -> (&BTreeSet<IpAddr>, &PeerMode) {
+        (&self.peers, &self.peer_mode)
+    }
+    /// True while MASTER is waiting to confirm a higher-priority advert (rule 4).
+    pub fn is_yielding(&self) -> bool {
+        self.yielding.is_some()
+    }
+    /// Whether the VIPs are (supposed to be) configured: MASTER or STOPPING.
+    pub fn holds_vips(&self) -> bool {
+        matches!(self.state, State::Master | State::Stopping)
+    }
+
+    /// Next action for the driver.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When to call [`Machine::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.adver_timer,
+            self.master_down_timer,
+            self.garp_timer,
+            self.stop_deadline,
+            self.yielding.as_ref().map(|y| y.deadline),
+            match self.peer_mode {
+                PeerMode::Learning { until } => until,
+                _ => None,
+            },
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    // ----- control -----------------------------------------------------------
+
+    /// Start the instance: BACKUP with a full down timer (keepalived ignores
+    /// `state MASTER` here too), or MASTER at once for the address owner.
+    pub fn start(&mut self, now: Instant) {
+        if self.state != State::Initialize {
+            debug!(
+                virtual_router_id = self.cfg.virtual_router_id,
+                "start ignored: already running"
+            );
+            return;
+        }
+        let settle = self.peer_settle();
+        if let PeerMode::Learning { until } = &mut self.peer_mode {
+            *until = Some(now + settle);
+        }
+        if self.fault {
+            self.enter_fault(Reason::FaultSet);
+        } else {
+            self.enter_running(now, Reason::Startup);
+        }
+    }
+
+    /// Stop. As MASTER: make-before-break (rule 1). Elsewhere: INIT at once.
+    /// Calling it again while STOPPING removes the VIPs immediately.
+    pub fn shutdown(&mut self, now: Instant) {
+        match self.state {
+            State::Initialize => {}
+            State::Master => {
+                self.send_advert(PRIORITY_STOP);
+                self.clear_timers();
+                self.adver_timer = Some(now + cs(self.cfg.advert_int_cs));
+                self.stop_deadline = Some(now + self.stop_timeout());
+                self.transition(State::Stopping, Reason::Shutdown);
+            }
+            State::Stopping => self.finish_stop(Reason::ShutdownForced),
+            State::Backup | State::Fault => {
+                self.clear_timers();
+                self.current_master = None;
+                self.transition(State::Initialize, Reason::Shutdown);
+            }
+        }
+    }
+
+    /// keepalived FAULT: tracking (interface, script, …) failed or recovered.
+    pub fn set_fault(&mut self, now: Instant, fault: bool) {
+        if fault == self.fault {
+            return;
+        }
+        self.fault = fault;
+        match (fault, self.state) {
+            (_, State::Initialize) => {}
+            (true, State::Master | State::Stopping) => {
+                // Can't serve: hand over now. Priority 0 lets backups take over after Skew_Time.
+                self.send_advert(PRIORITY_STOP);
+                self.actions.push_back(Action::RemoveVips);
+                self.enter_fault(Reason::FaultSet);
+            }
+            (true, _) => self.enter_fault(Reason::FaultSet),
+            (false, State::Fault) => self.enter_running(now, Reason::FaultCleared),
+            (false, _) => {}
+        }
+    }
+
+    /// Tracking weights changed: effective priority = base + `adjust`, clamped.
+    pub fn set_priority_adjust(&mut self, now: Instant, adjust: i32) {
+        self.priority_adjust = adjust;
+        let new = effective_priority(self.cfg.priority, adjust);
+        if new == self.effective_priority {
+            return;
+        }
+        info!(
+            virtual_router_id = self.cfg.virtual_router_id,
+            from = self.effective_priority,
+            to = new,
+            "effective priority changed"
+        );
+        self.effective_priority = new;
+        if self.state == State::Master {
+            // Let backups see the new priority now rather than next interval.
+            self.early_advert(now);
+        }
+    }
+
+    /// Operator override: add a source to the allow-list.
+    pub fn allow_peer(&mut self, peer: IpAddr) {
+        if peer != self.cfg.primary_address && self.peers.insert(peer) {
+            info!(virtual_router_id = self.cfg.virtual_router_id, %peer, "peer allowed by operator");
+        }
+    }
+
+    /// Count a packet the codec rejected.
+    pub fn handle_rx_error(&mut self, err: &DecodeError) {
+        self.counters.rx_errors.record(err);
+    }
+
+    // ----- events ------------------------------------------------------------
+
+    /// Fire every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let PeerMode::Learning { until: Some(t) } = self.peer_mode {
+            if now >= t {
+                self.settle_peers();
+            }
+        }
+        match self.state {
+            State::Initialize | State::Fault => {}
+            State::Backup => {
+                if self.master_down_timer.is_some_and(|t| now >= t) {
+                    let reason = std::mem::replace(&mut self.down_reason, Reason::MasterDown);
+                    self.become_master(now, reason);
+                }
+            }
+            State::Master => {
+                if self.yielding.as_ref().is_some_and(|y| now >= y.deadline) {
+                    let y = self.yielding.take().expect("checked");
+                    warn!(
+                        virtual_router_id = self.cfg.virtual_router_id,
+                        from = %y.from,
+                        "higher-priority advert not confirmed; staying MASTER"
+                    );
+                    self.counters.yields_aborted += 1;
+                    self.resume_master(now);
+                }
+                if self.adver_timer.is_some_and(|t| now >= t) {
+                    self.send_advert(self.effective_priority);
+                    self.adver_timer = Some(now + cs(self.cfg.advert_int_cs));
+                }
+                if self.garp_timer.is_some_and(|t| now >= t) {
+                    self.garp_timer = None;
+                    self.actions.push_back(Action::SendGratuitous);
+                }
+            }
+            State::Stopping => {
+                if self.stop_deadline.is_some_and(|t| now >= t) {
+                    self.finish_stop(Reason::StopTimeout);
+                } else if self.adver_timer.is_some_and(|t| now >= t) {
+                    self.send_advert(PRIORITY_STOP);
+                    self.adver_timer = Some(now + cs(self.cfg.advert_int_cs));
+                }
+            }
+        }
+    }
+
+    /// A decoded advert from `src` (the IP source address).
+    pub fn handle_advert(&mut self, now: Instant, src: IpAddr, adv: &Advert) {
+        self.counters.adverts_received += 1;
+        if !self.admissible(now, src, adv) {
+            return;
+        }
+        self.counters.adverts_accepted += 1;
+        if adv.priority == PRIORITY_STOP {
+            self.counters.priority_zero_received += 1;
+        }
+        match self.state {
+            State::Backup => self.advert_in_backup(now, src, adv),
+            State::Master => self.advert_in_master(now, src, adv),
+            State::Stopping => {
+                if adv.priority != PRIORITY_STOP {
+                    self.finish_stop(Reason::PeerTookOver { from: src });
+                }
+            }
+            State::Initialize | State::Fault => unreachable!("filtered by admissible"),
+        }
+    }
+
+    // ----- internals ---------------------------------------------------------
+
+    fn peer_settle(&self) -> Duration {
+        self.cfg
+            .peer_settle
+            .unwrap_or(cs(self.cfg.advert_int_cs) * 10)
+    }
+
+    /// All RFC and ha-lb checks; counts and logs the reason for a rejection.
+    fn admissible(&mut self, now: Instant, src: IpAddr, adv: &Advert) -> bool {
+        let vrid = self.cfg.virtual_router_id;
+        let (lo, hi) = self.interval_bounds();
+        let c = &mut self.counters;
+        let reject = |counter: &mut u64, why: &str| {
+            *counter += 1;
+            debug!(virtual_router_id = vrid, %src, why, "advert ignored");
+            false
+        };
+        if matches!(self.state, State::Initialize | State::Fault) {
+            return reject(&mut c.ignored_inactive, "instance not running");
+        }
+        if adv.vrid != self.cfg.virtual_router_id {
+            return reject(&mut c.ignored_vrid, "virtual_router_id mismatch");
+        }
+        if adv.version != self.cfg.version {
+            return reject(&mut c.ignored_version, "version mismatch");
+        }
+        if src.is_ipv4() != self.cfg.primary_address.is_ipv4()
+            || adv.addrs.iter().any(|a| a.is_ipv4() != src.is_ipv4())
+        {
+            return reject(&mut c.ignored_family, "address family mismatch");
+        }
+        if src == self.cfg.primary_address {
+            return reject(&mut c.ignored_own, "own advert");
+        }
+        match self.cfg.version {
+            Version::V2 => {
+                if adv.auth != self.cfg.auth {
+                    return reject(&mut c.ignored_auth, "authentication mismatch");
+                }
+                if adv.adver_int_cs != self.cfg.advert_int_cs {
+                    return reject(
+                        &mut c.ignored_interval_mismatch,
+                        "advert_int mismatch (v2 requires equal)",
+                    );
+                }
+            }
+            Version::V3 => {
+                if !(lo..=hi).contains(&adv.adver_int_cs) {
+                    return reject(
+                        &mut c.ignored_interval_out_of_range,
+                        "max advert interval out of bounds",
+                    );
+                }
+            }
+        }
+        if !self.peer_allowed(now, src, adv) {
+            self.counters.ignored_not_allowed += 1;
+            debug!(virtual_router_id = vrid, %src, "advert ignored: source not on the allow-list");
+            return false;
+        }
+        let ours: BTreeSet<&IpAddr> = self.cfg.virtual_ipaddresses.iter().collect();
+        let theirs: BTreeSet<&IpAddr> = adv.addrs.iter().collect();
+        if ours != theirs || adv.addrs.len() != self.cfg.virtual_ipaddresses.len() {
+            self.counters.addr_list_mismatch += 1;
+            warn!(virtual_router_id = vrid, %src, "advert virtual_ipaddress list differs from ours");
+            if self.cfg.version == Version::V2 && adv.priority != PRIORITY_OWNER {
+                self.counters.ignored_addr_list += 1;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Rule 3: the accepted v3 Max Adver Int range.
+    fn interval_bounds(&self) -> (u16, u16) {
+        let own = self.cfg.advert_int_cs;
+        let f = self.cfg.advert_int_factor;
+        (
+            (own / f).max(1),
+            own.saturating_mul(f).min(V3_MAX_ADVER_INT_CS),
+        )
+    }
+
+    /// Rule 2.
+    fn peer_allowed(&mut self, now: Instant, src: IpAddr, adv: &Advert) -> bool {
+        if self.peers.contains(&src) {
+            return true;
+        }
+        let settle = self.peer_settle();
+        match self.peer_mode {
+            PeerMode::Configured => false,
+            PeerMode::Learning { until } => {
+                self.peers.insert(src);
+                info!(virtual_router_id = self.cfg.virtual_router_id, peer = %src, "VRRP peer learned");
+                if until.is_none() {
+                    self.peer_mode = PeerMode::Learning {
+                        until: Some(now + settle),
+                    };
+                }
+                true
+            }
+            PeerMode::Locked => {
+                let Some(need) = self.cfg.admit_unknown_after else {
+                    return false;
+                };
+                // "On schedule": within 2 × its advertised interval of the previous one.
+                let window = cs(adv.adver_int_cs.max(1)) * 2;
+                let count = match self.probation.get(&src) {
+                    Some(p) if now.saturating_duration_since(p.last) <= window => p.count + 1,
+                    _ => 1,
+                };
+                if count >= need {
+                    self.probation.remove(&src);
+                    self.peers.insert(src);
+                    self.counters.peers_admitted += 1;
+                    warn!(
+                        virtual_router_id = self.cfg.virtual_router_id,
+                        peer = %src,
+                        adverts = count,
+                        "unknown VRRP peer admitted after consecutive adverts"
+                    );
+                    return true;
+                }
+                if !self.probation.contains_key(&src) && self.probation.len() >= MAX_PROBATION {
+                    let oldest = self
+                        .probation
+                        .iter()
+                        .min_by_key(|(_, p)| p.last)
+                        .map(|(a, _)| *a);
+                    if let Some(a) = oldest {
+                        self.probation.remove(&a);
+                    }
+                }
+                self.probation.insert(src, Probation { count, last: now });
+                false
+            }
+        }
+    }
+
+    fn settle_peers(&mut self) {
+        if self.peers.is_empty() {
+            // Nobody seen yet: keep learning; the first advert opens a new window.
+            self.peer_mode = PeerMode::Learning { until: None };
+            return;
+        }
+        self.peer_mode = PeerMode::Locked;
+        let list: Vec<String> = self.peers.iter().map(|p| p.to_string()).collect();
+        info!(
+            virtual_router_id = self.cfg.virtual_router_id,
+            peers = %list.join(","),
+            "VRRP peer allow-list locked in; adverts from other sources will be ignored"
+        );
+    }
+
+    fn advert_in_backup(&mut self, now: Instant, src: IpAddr, adv: &Advert) {
+        let eff = self.effective_priority;
+        if adv.priority == PRIORITY_STOP {
+            // RFC: Master_Down_Timer = Skew_Time.
+            self.master_down_timer = Some(now + self.skew_time());
+            self.down_reason = Reason::MasterStopped { from: src };
+            return;
+        }
+        let lower = adv.priority < eff;
+        if !lower {
+            self.preempt_until = None;
+        } else if !self.cfg.nopreempt
+            && !self.cfg.preempt_delay.is_zero()
+            && self.preempt_until.is_none()
+        {
+            self.preempt_until = Some(now + self.cfg.preempt_delay);
+        }
+        let preempt_held = self.preempt_until.is_some_and(|t| now < t);
+        if self.cfg.nopreempt || !lower || preempt_held {
+            if self.cfg.version == Version::V3 && self.master_adver_int_cs != adv.adver_int_cs {
+                info!(
+                    virtual_router_id = self.cfg.virtual_router_id,
+                    from_cs = self.master_adver_int_cs,
+                    to_cs = adv.adver_int_cs,
+                    "learned master advert interval"
+                );
+                self.master_adver_int_cs = adv.adver_int_cs;
+            }
+            self.master_down_timer = Some(now + self.master_down_interval());
+            self.down_reason = Reason::MasterDown;
+            self.current_master = Some(src);
+        } else {
+            // Preempt: take over after our Skew_Time unless something sooner is due.
+            self.counters.preempt_lower_priority += 1;
+            let t = now + self.skew_time();
+            if self.master_down_timer.is_none_or(|d| t < d) {
+                self.master_down_timer = Some(t);
+                self.down_reason = Reason::Preempt {
+                    from: src,
+                    priority: adv.priority,
+                };
+            }
+        }
+    }
+
+    fn advert_in_master(&mut self, now: Instant, src: IpAddr, adv: &Advert) {
+        let eff = self.effective_priority;
+        if adv.priority == PRIORITY_STOP {
+            if self.yielding.as_ref().is_some_and(|y| y.from == src) {
+                // The router we were yielding to is stopping: stay.
+                self.yielding = None;
+                self.counters.yields_aborted += 1;
+                self.resume_master(now);
+            } else {
+                // RFC 5798 §6.4.3: send an advert now (rate-limited, rule 5).
+                self.early_advert(now);
+            }
+            return;
+        }
+        let beats_us =
+            adv.priority > eff || (adv.priority == eff && src > self.cfg.primary_address);
+        if !beats_us {
+            self.counters.lower_priority_received += 1;
+            if self.yielding.is_none() {
+                self.early_advert(now);
+            }
+            return;
+        }
+        let interval = match self.cfg.version {
+            Version::V3 => adv.adver_int_cs,
+            Version::V2 => self.cfg.advert_int_cs,
+        };
+        match &self.yielding {
+            Some(y) if y.from == src => {
+                self.yielding = None;
+                self.counters.yields_confirmed += 1;
+                if self.cfg.version == Version::V3 {
+                    self.master_adver_int_cs = adv.adver_int_cs;
+                }
+                self.actions.push_back(Action::RemoveVips);
+                self.current_master = Some(src);
+                self.enter_backup(
+                    now,
+                    Reason::HigherPriority {
+                        from: src,
+                        priority: adv.priority,
+                    },
+                );
+            }
+            _ => {
+                self.counters.yields_started += 1;
+                info!(
+                    virtual_router_id = self.cfg.virtual_router_id,
+                    from = %src,
+                    priority = adv.priority,
+                    ours = eff,
+                    "higher-priority advert; keeping VIPs until a second advert confirms it"
+                );
+                self.yielding = Some(Yield {
+                    from: src,
+                    deadline: now + cs(interval) * 2,
+                });
+            }
+        }
+    }
+
+    /// Rule 5: at most one advert outside the schedule per `advert_int`.
+    fn early_advert(&mut self, now: Instant) {
+        let i = cs(self.cfg.advert_int_cs);
+        if self.last_early_advert.is_some_and(|t| now < t + i) {
+            self.counters.early_adverts_suppressed += 1;
+            return;
+        }
+        self.last_early_advert = Some(now);
+        self.counters.early_adverts_sent += 1;
+        self.send_advert(self.effective_priority);
+        self.adver_timer = Some(now + i);
+    }
+
+    fn resume_master(&mut self, now: Instant) {
+        self.send_advert(self.effective_priority);
+        self.actions.push_back(Action::SendGratuitous);
+        self.adver_timer = Some(now + cs(self.cfg.advert_int_cs));
+        self.current_master = Some(self.cfg.primary_address);
+    }
+
+    fn send_advert(&mut self, priority: u8) {
+        self.counters.adverts_sent += 1;
+        if priority == PRIORITY_STOP {
+            self.counters.priority_zero_sent += 1;
+        }
+        self.actions.push_back(Action::SendAdvert(Advert {
+            version: self.cfg.version,
+            vrid: self.cfg.virtual_router_id,
+            priority,
+            adver_int_cs: self.cfg.advert_int_cs,
+            addrs: self.cfg.virtual_ipaddresses.clone(),
+            auth: self.cfg.auth,
+        }));
+    }
+
+    fn clear_timers(&mut self) {
+        self.adver_timer = None;
+        self.master_down_timer = None;
+        self.garp_timer = None;
+        self.stop_deadline = None;
+        self.preempt_until = None;
+        self.yielding = None;
+        self.down_reason = Reason::MasterDown;
+    }
+
+    fn transition(&mut self, to: State, reason: Reason) {
+        let from = self.state;
+        self.state = to;
+        match to {
+            State::Master => self.counters.became_master += 1,
+            State::Backup => self.counters.became_backup += 1,
+            State::Fault => self.counters.became_fault += 1,
+            _ => {}
+        }
+        info!(
+            virtual_router_id = self.cfg.virtual_router_id,
+            from = from.as_str(),
+            to = to.as_str(),
+            ?reason,
+            "VRRP state change"
+        );
+        self.actions
+            .push_back(Action::StateChanged { from, to, reason });
+    }
+
+    /// From INIT (start) or FAULT (recovered).
+    fn enter_running(&mut self, now: Instant, reason: Reason) {
+        if self.effective_priority == PRIORITY_OWNER {
+            self.become_master(now, Reason::AddressOwner);
+            return;
+        }
+        self.master_adver_int_cs = self.cfg.advert_int_cs;
+        self.enter_backup(now, reason);
+        if !self.cfg.nopreempt && !self.cfg.preempt_delay.is_zero() {
+            self.preempt_until = Some(now + self.cfg.preempt_delay);
+        }
+    }
+
+    fn enter_backup(&mut self, now: Instant, reason: Reason) {
+        self.clear_timers();
+        self.master_down_timer = Some(now + self.master_down_interval());
+        self.transition(State::Backup, reason);
+    }
+
+    fn become_master(&mut self, now: Instant, reason: Reason) {
+        self.clear_timers();
+        self.master_adver_int_cs = self.cfg.advert_int_cs;
+        self.current_master = Some(self.cfg.primary_address);
+        self.last_early_advert = None;
+        self.transition(State::Master, reason);
+        self.send_advert(self.effective_priority);
+        self.actions.push_back(Action::AddVips);
+        self.actions.push_back(Action::SendGratuitous);
+        self.adver_timer = Some(now + cs(self.cfg.advert_int_cs));
+        self.garp_timer = self.cfg.garp_master_delay.map(|d| now + d);
+    }
+
+    fn enter_fault(&mut self, reason: Reason) {
+        self.clear_timers();
+        self.current_master = None;
+        self.transition(State::Fault, reason);
+    }
+
+    fn finish_stop(&mut self, reason: Reason) {
+        self.actions.push_back(Action::RemoveVips);
+        self.clear_timers();
+        self.current_master = None;
+        self.transition(State::Initialize, reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+    const ME: &str = "10.0.0.2";
+    const PEER: &str = "10.0.0.1";
+    const HIGH: &str = "10.0.0.9";
+
+    /// Peers are configured so the allow-list's learning timer stays out of the
+    /// way; the learning tests clear them.
+    fn cfg(priority: u8) -> Config {
+        let mut c = Config::new(51, ip(ME), vec![ip("192.168.1.100")]);
+        c.priority = priority;
+        c.unicast_peers = vec![ip(PEER), ip(HIGH)];
+        c
+    }
+    fn v3(mut c: Config) -> Config {
+        c.version = Version::V3;
+        c
+    }
+    fn drain(m: &mut Machine) -> Vec<Action> {
+        std::iter::from_fn(|| m.poll_action()).collect()
+    }
+    fn advert(m: &Machine, priority: u8) -> Advert {
+        Advert {
+            version: m.cfg.version,
+            vrid: m.cfg.virtual_router_id,
+            priority,
+            adver_int_cs: m.cfg.advert_int_cs,
+            addrs: m.cfg.virtual_ipaddresses.clone(),
+            auth: m.cfg.auth,
+        }
+    }
+    fn sent_priorities(actions: &[Action]) -> Vec<u8> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SendAdvert(a) => Some(a.priority),
+                _ => None,
+            })
+            .collect()
+    }
+    fn started(c: Config, t0: Instant) -> Machine {
+        let mut m = Machine::new(c).unwrap();
+        m.start(t0);
+        drain(&mut m);
+        m
+    }
+    /// Drive timers until `until`, returning every action.
+    fn run(m: &mut Machine, until: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        while let Some(t) = m.poll_timeout().filter(|t| *t <= until) {
+            m.handle_timeout(t);
+            out.extend(drain(m));
+        }
+        out
+    }
+    /// A machine that became MASTER exactly at `t0`.
+    fn master(c: Config, t0: Instant) -> Machine {
+        let mut m = Machine::new(c).unwrap();
+        let mdi = m.master_down_interval();
+        m.start(t0 - mdi);
+        assert_eq!(m.poll_timeout(), Some(t0));
+        m.handle_timeout(t0);
+        assert_eq!(m.state(), State::Master);
+        drain(&mut m);
+        m
+    }
+
+    #[test]
+    fn rfc_timer_formulas() {
+        // Priority 100, 1 s: skew 156/256 s = 0.609375 s exactly.
+        assert_eq!(
+            skew_time(Version::V3, 100, 100),
+            Duration::from_nanos(609_375_000)
+        );
+        assert_eq!(
+            master_down_interval(Version::V3, 100, 100),
+            Duration::from_nanos(3_609_375_000)
+        );
+        // v2 skew does not scale with the interval (RFC 3768 §6.1).
+        assert_eq!(
+            skew_time(Version::V2, 100, 300),
+            Duration::from_nanos(609_375_000)
+        );
+        assert_eq!(
+            master_down_interval(Version::V2, 100, 300),
+            Duration::from_nanos(9_609_375_000)
+        );
+        // v3 skew scales: 50 cs, priority 200 → 56 × 0.5 / 256 s.
+        assert_eq!(
+            skew_time(Version::V3, 200, 50),
+            Duration::from_nanos(109_375_000)
+        );
+        assert_eq!(
+            skew_time(Version::V3, 255, 100),
+            Duration::from_nanos(3_906_250)
+        );
+    }
+
+    #[test]
+    fn backup_takes_over_exactly_at_master_down_interval_after_last_advert() {
+        let t0 = Instant::now();
+        let mut m = started(cfg(100), t0);
+        assert_eq!(m.state(), State::Backup);
+        let last = t0 + Duration::from_millis(2500);
+        m.handle_advert(last, ip(PEER), &advert(&m, 150));
+        let due = last + Duration::from_secs(3) + Duration::from_nanos(609_375_000);
+        assert_eq!(m.poll_timeout(), Some(due));
+        m.handle_timeout(due - Duration::from_nanos(1));
+        assert_eq!(m.state(), State::Backup);
+        m.handle_timeout(due);
+        assert_eq!(m.state(), State::Master);
+        let a = drain(&mut m);
+        assert_eq!(
+            a[0],
+            Action::StateChanged {
+                from: State::Backup,
+                to: State::Master,
+                reason: Reason::MasterDown
+            }
+        );
+        assert_eq!(sent_priorities(&a), vec![100]);
+        assert!(a.contains(&Action::AddVips) && a.contains(&Action::SendGratuitous));
+        // Then adverts every advert_int, and a second GARP after garp_master_delay.
+        let more = run(&mut m, due + Duration::from_millis(5500));
+        assert_eq!(sent_priorities(&more).len(), 5);
+        assert_eq!(
+            more.iter()
+                .filter(|a| **a == Action::SendGratuitous)
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn starts_backup_and_goes_master_after_own_down_timer() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(cfg(254)).unwrap();
+        m.start(t0);
+        assert_eq!(
+            drain(&mut m),
+            vec![Action::StateChanged {
+                from: State::Initialize,
+                to: State::Backup,
+                reason: Reason::Startup
+            }]
+        );
+        assert_eq!(
+            m.poll_timeout(),
+            Some(t0 + master_down_interval(Version::V2, 254, 100))
+        );
+    }
+
+    #[test]
+    fn address_owner_goes_master_immediately() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(cfg(255)).unwrap();
+        m.start(t0);
+        let a = drain(&mut m);
+        assert_eq!(
+            a[0],
+            Action::StateChanged {
+                from: State::Initialize,
+                to: State::Master,
+                reason: Reason::AddressOwner
+            }
+        );
+        assert_eq!(sent_priorities(&a), vec![255]);
+        // Weights never move the owner.
+        m.set_priority_adjust(t0, -50);
+        assert_eq!(m.effective_priority(), 255);
+    }
+
+    #[test]
+    fn effective_priority_clamps() {
+        assert_eq!(effective_priority(100, 200), 254);
+        assert_eq!(effective_priority(100, -500), 1);
+        assert_eq!(effective_priority(100, -20), 80);
+        assert_eq!(effective_priority(255, -254), 255);
+        assert_eq!(effective_priority(254, 1), 254);
+        assert_eq!(effective_priority(1, i32::MIN), 1);
+    }
+
+    #[test]
+    fn v3_learns_master_adver_interval() {
+        let t0 = Instant::now();
+        let mut m = started(v3(cfg(100)), t0);
+        let mut a = advert(&m, 200);
+        a.adver_int_cs = 50;
+        m.handle_advert(t0, ip(PEER), &a);
+        assert_eq!(m.master_adver_int_cs(), 50);
+        // 3 × 0.5 s + 156 × 0.5 / 256 s
+        assert_eq!(
+            m.poll_timeout(),
+            Some(t0 + Duration::from_nanos(1_500_000_000 + 304_687_500))
+        );
+        // When it becomes master it advertises its own interval again.
+        m.handle_timeout(m.poll_timeout().unwrap());
+        assert_eq!(m.master_adver_int_cs(), 100);
+    }
+
+    #[test]
+    fn v2_interval_mismatch_is_ignored() {
+        let t0 = Instant::now();
+        let mut m = started(cfg(100), t0);
+        let before = m.poll_timeout();
+        let mut a = advert(&m, 200);
+        a.adver_int_cs = 200;
+        m.handle_advert(t0 + Duration::from_secs(1), ip(PEER), &a);
+        assert_eq!(m.counters().ignored_interval_mismatch, 1);
+        assert_eq!(m.poll_timeout(), before);
+    }
+
+    #[test]
+    fn priority_zero_backup_takes_over_after_skew() {
+        let t0 = Instant::now();
+        let mut m = started(cfg(100), t0);
+        m.handle_advert(t0, ip(PEER), &advert(&m, 200));
+        let t1 = t0 + Duration::from_millis(700);
+        m.handle_advert(t1, ip(PEER), &advert(&m, 0));
+        assert_eq!(m.counters().priority_zero_received, 1);
+        assert_eq!(
+            m.poll_timeout(),
+            Some(t1 + Duration::from_nanos(609_375_000))
+        );
+        m.handle_timeout(t1 + Duration::from_nanos(609_375_000));
+        let a = drain(&mut m);
+        assert_eq!(
+            a[0],
+            Action::StateChanged {
+                from: State::Backup,
+                to: State::Master,
+                reason: Reason::MasterStopped { from: ip(PEER) }
+            }
+        );
+    }
+
+    #[test]
+    fn preempt_takes_over_after_skew_when_master_is_lower() {
+        let t0 = Instant::now();
+        let mut m = started(cfg(150), t0);
+        m.handle_advert(t0, ip(PEER), &advert(&m, 100));
+        assert_eq!(m.counters().preempt_lower_priority, 1);
+        let skew = skew_time(Version::V2, 150, 100);
+        assert_eq!(m.poll_timeout(), Some(t0 + skew));
+        // Another lower advert does not push the timer out.
+        m.handle_advert(t0 + skew / 2, ip(PEER), &advert(&m, 100));
+        assert_eq!(m.poll_timeout(), Some(t0 + skew));
+        m.handle_timeout(t0 + skew);
+        assert_eq!(m.state(), State::Master);
+        assert_eq!(
+            drain(&mut m)[0],
+            Action::StateChanged {
+                from: State::Backup,
+                to: State::Master,
+                reason: Reason::Preempt {
+                    from: ip(PEER),
+                    priority: 100
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn nopreempt_follows_lower_master() {
+        let t0 = Instant::now();
+        let mut c = cfg(150);
+        c.nopreempt = true;
+        let mut m = started(c, t0);
+        for i in 0..20 {
+            let t = t0 + Duration::from_secs(i);
+            m.handle_advert(t, ip(PEER), &advert(&m, 100));
+            m.handle_timeout(t);
+            assert_eq!(m.state(), State::Backup);
+        }
+        assert_eq!(m.current_master(), Some(ip(PEER)));
+    }
+
+    #[test]
+    fn preempt_delay_holds_preemption() {
+        let t0 = Instant::now();
+        let mut c = cfg(150);
+        c.preempt_delay = Duration::from_secs(10);
+        let mut m = started(c, t0);
+        // Lower master adverts are accepted as normal until start + 10 s.
+        for i in 0..10 {
+            let t = t0 + Duration::from_secs(i);
+            m.handle_advert(t, ip(PEER), &advert(&m, 100));
+            assert_eq!(m.poll_timeout(), Some(t + m.master_down_interval()));
+        }
+        let t = t0 + Duration::from_secs(10);
+        m.handle_advert(t, ip(PEER), &advert(&m, 100));
+        assert_eq!(m.poll_timeout(), Some(t + m.skew_time()));
+        run(&mut m, t + Duration::from_secs(1));
+        assert_eq!(m.state(), State::Master);
+    }
+
+    #[test]
+    fn preempt_delay_rearms_on_first_sight_of_lower_master() {
+        let t0 = Instant::now();
+        let mut c = cfg(150);
+        c.preempt_delay = Duration::from_secs(5);
+        let mut m = started(c, t0);
+        // A higher master for a while: start-up delay is cleared.
+        for i in 0..8 {
+            m.handle_advert(t0 + Duration::from_secs(i), ip(PEER), &advert(&m, 200));
+        }
+        // Its priority drops below ours at t0+8: delay runs from here.
+        for i in 8..13 {
+            let t = t0 + Duration::from_secs(i);
+            m.handle_advert(t, ip(PEER), &advert(&m, 100));
+            assert_eq!(m.poll_timeout(), Some(t + m.master_down_interval()));
+        }
+        let t13 = t0 + Duration::from_secs(13);
+        m.handle_advert(t13, ip(PEER), &advert(&m, 100));
+        assert_eq!(m.poll_timeout(), Some(t13 + m.skew_time()));
+    }
+
+    #[test]
+    fn tie_break_equal_priority_higher_address_wins() {
+        let t0 = Instant::now();
+        // We are 10.0.0.2. Equal priority from 10.0.0.1 (lower): we stay master.
+        let mut m = master(cfg(100), t0);
+        m.handle_advert(t0, ip(PEER), &advert(&m, 100));
+        assert_eq!(m.state(), State::Master);
+        assert!(!m.is_yielding());
+        assert_eq!(m.counters().lower_priority_received, 1);
+        // Equal priority from 10.0.0.9 (higher): we yield, then step down on confirmation.
+        m.handle_advert(t0, ip(HIGH), &advert(&m, 100));
+        assert!(m.is_yielding());
+        m.handle_advert(t0 + Duration::from_secs(1), ip(HIGH), &advert(&m, 100));
+        assert_eq!(m.state(), State::Backup);
+        let a = drain(&mut m);
+        assert!(a.contains(&Action::RemoveVips));
+        assert!(a.contains(&Action::StateChanged {
+            from: State::Master,
+            to: State::Backup,
+            reason: Reason::HigherPriority {
+                from: ip(HIGH),
+                priority: 100
+            }
+        }));
+        // As backup, equal priority never preempts a running master (RFC).
+        m.handle_advert(t0 + Duration::from_secs(2), ip(PEER), &advert(&m, 100));
+        assert_eq!(m.counters().preempt_lower_priority, 0);
+    }
+
+    #[test]
+    fn fault_hands_over_and_recovers_as_backup() {
+        let t0 = Instant::now();
+        let mut c = cfg(200);
+        c.preempt_delay = Duration::from_secs(30);
+        let mut m = master(c, t0);
+        m.set_fault(t0, true);
+        let a = drain(&mut m);
+        assert_eq!(sent_priorities(&a), vec![0]);
+        assert!(a.contains(&Action::RemoveVips));
+        assert_eq!(m.state(), State::Fault);
+        assert_eq!(m.poll_timeout(), None);
+        // Adverts are ignored while in fault.
+        m.handle_advert(t0, ip(PEER), &advert(&m, 100));
+        assert_eq!(m.counters().ignored_inactive, 1);
+        let t1 = t0 + Duration::from_secs(5);
+        m.set_fault(t1, false);
+        assert_eq!(m.state(), State::Backup);
+        assert_eq!(
+            drain(&mut m),
+            vec![Action::StateChanged {
+                from: State::Fault,
+                to: State::Backup,
+                reason: Reason::FaultCleared
+            }]
+        );
+        // preempt_delay re-armed: a lower master is followed for now.
+        m.handle_advert(t1 + Duration::from_secs(1), ip(PEER), &advert(&m, 100));
+        assert_eq!(m.counters().preempt_lower_priority, 0);
+    }
+
+    #[test]
+    fn fault_before_start_starts_in_fault() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(cfg(100)).unwrap();
+        m.set_fault(t0, true);
+        m.start(t0);
+        assert_eq!(m.state(), State::Fault);
+    }
+
+    #[test]
+    fn master_priority_drop_sends_one_early_advert() {
+        let t0 = Instant::now();
+        let mut m = master(cfg(200), t0);
+        let t = t0 + Duration::from_millis(300);
+        m.set_priority_adjust(t, -150);
+        assert_eq!(m.effective_priority(), 50);
+        assert_eq!(sent_priorities(&drain(&mut m)), vec![50]);
+        assert_eq!(m.poll_timeout(), Some(t + Duration::from_secs(1)));
+    }
+
+    // ----- rule 1: make-before-break stop ------------------------------------
+
+    #[test]
+    fn shutdown_keeps_vips_until_peer_takes_over() {
+        let t0 = Instant::now();
+        let mut m = master(cfg(200), t0);
+        m.shutdown(t0);
+        let a = drain(&mut m);
+        assert_eq!(sent_priorities(&a), vec![0]);
+        assert!(!a.contains(&Action::RemoveVips));
+        assert_eq!(m.state(), State::Stopping);
+        assert!(m.holds_vips());
+        // A backup (priority 100) takes over after its skew and advertises.
+        let t1 = t0 + Duration::from_millis(610);
+        m.handle_advert(t1, ip(PEER), &advert(&m, 100));
+        let a = drain(&mut m);
+        assert_eq!(
+            a,
+            vec![
+                Action::RemoveVips,
+                Action::StateChanged {
+                    from: State::Stopping,
+                    to: State::Initialize,
+                    reason: Reason::PeerTookOver { from: ip(PEER) }
+                }
+            ]
+        );
+        assert_eq!(m.poll_timeout(), None);
+    }
+
+    #[test]
+    fn shutdown_gives_up_after_stop_timeout_and_repeats_priority_zero() {
+        let t0 = Instant::now();
+        let mut m = master(cfg(200), t0);
+        m.shutdown(t0);
+        drain(&mut m);
+        // 3 s + 255/256 s + 0.5 s
+        assert_eq!(m.stop_timeout(), Duration::from_nanos(4_496_093_750));
+        let a = run(&mut m, t0 + Duration::from_millis(4_496));
+        assert_eq!(sent_priorities(&a), vec![0, 0, 0, 0]);
+        assert_eq!(m.state(), State::Stopping);
+        let a = run(&mut m, t0 + Duration::from_secs(10));
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[a.len() - 2], Action::RemoveVips);
+        assert_eq!(
+            a[a.len() - 1],
+            Action::StateChanged {
+                from: State::Stopping,
+                to: State::Initialize,
+                reason: Reason::StopTimeout
+            }
+        );
+        // Another router's priority-0 does not count as a takeover.
+        let mut m = master(cfg(200), t0);
+        m.shutdown(t0);
+        m.handle_advert(t0, ip(PEER), &advert(&m, 0));
+        assert_eq!(m.state(), State::Stopping);
+    }
+
+    #[test]
+    fn second_shutdown_forces_and_backup_stops_at_once() {
+        let t0 = Instant::now();
+        let mut m = master(cfg(200), t0);
+        m.shutdown(t0);
+        drain(&mut m);
+        m.shutdown(t0);
+        assert_eq!(
+            drain(&mut m),
+            vec![
+                Action::RemoveVips,
+                Action::StateChanged {
+                    from: State::Stopping,
+                    to: State::Initialize,
+                    reason: Reason::ShutdownForced
+                }
+            ]
+        );
+        let mut b = started(cfg(100), t0);
+        b.shutdown(t0);
+        assert_eq!(
+            drain(&mut b),
+            vec![Action::StateChanged {
+                from: State::Backup,
+                to: State::Initialize,
+                reason: Reason::Shutdown
+            }]
+        );
+        // Restartable.
+        b.start(t0);
+        assert_eq!(b.state(), State::Backup);
+    }
+
+    // ----- rule 2: allow-list ------------------------------------------------
+
+    #[test]
+    fn configured_peers_are_strict() {
+        let t0 = Instant::now();
+        let mut c = cfg(100);
+        c.unicast_peers = vec![ip(PEER)];
+        let mut m = started(c, t0);
+        let before = m.poll_timeout();
+        for i in 0..10 {
+            m.handle_advert(
+                t0 + Duration::from_secs(i),
+                ip("10.0.0.66"),
+                &advert(&m, 200),
+            );
+        }
+        assert_eq!(m.counters().ignored_not_allowed, 10);
+        assert_eq!(m.poll_timeout(), before);
+        m.handle_advert(t0, ip(PEER), &advert(&m, 200));
+        assert_eq!(m.counters().adverts_accepted, 1);
+        assert_eq!(*m.peers().1, PeerMode::Configured);
+    }
+
+    #[test]
+    fn learned_peers_lock_in_after_settle() {
+        let t0 = Instant::now();
+        let mut c = cfg(100);
+        c.unicast_peers.clear();
+        c.admit_unknown_after = None;
+        let mut m = started(c, t0);
+        assert_eq!(
+            *m.peers().1,
+            PeerMode::Learning {
+                until: Some(t0 + Duration::from_secs(10))
+            }
+        );
+        for i in 0..12 {
+            let t = t0 + Duration::from_secs(i);
+            m.handle_advert(t, ip(PEER), &advert(&m, 200));
+            m.handle_timeout(t);
+        }
+        assert_eq!(*m.peers().1, PeerMode::Locked);
+        assert_eq!(
+            m.peers().0.iter().copied().collect::<Vec<_>>(),
+            vec![ip(PEER)]
+        );
+        let t = t0 + Duration::from_secs(12);
+        for k in 0..5 {
+            m.handle_advert(t + Duration::from_millis(k), ip(HIGH), &advert(&m, 250));
+        }
+        assert_eq!(m.counters().ignored_not_allowed, 5);
+        m.allow_peer(ip(HIGH));
+        m.handle_advert(t, ip(HIGH), &advert(&m, 250));
+        assert_eq!(m.current_master(), Some(ip(HIGH)));
+    }
+
+    #[test]
+    fn learning_waits_for_a_first_peer() {
+        let t0 = Instant::now();
+        let mut m = started(
+            Config {
+                unicast_peers: vec![],
+                ..cfg(200)
+            },
+            t0,
+        );
+        run(&mut m, t0 + Duration::from_secs(30));
+        assert_eq!(*m.peers().1, PeerMode::Learning { until: None });
+        let t = t0 + Duration::from_secs(30);
+        m.handle_advert(t, ip(PEER), &advert(&m, 100));
+        assert_eq!(
+            *m.peers().1,
+            PeerMode::Learning {
+                until: Some(t + Duration::from_secs(10))
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_source_admitted_only_after_consecutive_adverts() {
+        let t0 = Instant::now();
+        let mut m = started(
+            Config {
+                unicast_peers: vec![],
+                ..cfg(100)
+            },
+            t0,
+        );
+        for i in 0..11 {
+            let t = t0 + Duration::from_secs(i);
+            m.handle_advert(t, ip(PEER), &advert(&m, 200));
+            m.handle_timeout(t);
+        }
+        assert_eq!(*m.peers().1, PeerMode::Locked);
+        let t = t0 + Duration::from_secs(20);
+        // Isolated forged packets (more than 2 intervals apart) never get in.
+        for k in 0..5 {
+            m.handle_advert(t + Duration::from_secs(3 * k), ip(HIGH), &advert(&m, 250));
+        }
+        assert_eq!(m.counters().ignored_not_allowed, 5);
+        assert_eq!(m.counters().peers_admitted, 0);
+        // A live router advertising on schedule is admitted on its third advert.
+        let t = t0 + Duration::from_secs(40);
+        for k in 0..3 {
+            m.handle_advert(t + Duration::from_secs(k), ip(HIGH), &advert(&m, 250));
+        }
+        assert_eq!(m.counters().peers_admitted, 1);
+        assert_eq!(m.counters().ignored_not_allowed, 7);
+        assert!(m.peers().0.contains(&ip(HIGH)));
+    }
+
+    // ----- rule 3: bounded learned interval ----------------------------------
+
+    #[test]
+    fn forged_huge_interval_is_ignored() {
+        let t0 = Instant::now();
+        let mut m = started(v3(cfg(100)), t0);
+        m.handle_advert(t0, ip(PEER), &advert(&m, 200));
+        let due = m.poll_timeout();
+        let mut forged = advert(&m, 200);
+        forged.adver_int_cs = 4095;
+        m.handle_advert(t0 + Duration::from_millis(500), ip(PEER), &forged);
+        assert_eq!(m.counters().ignored_interval_out_of_range, 1);
+        assert_eq!(m.master_adver_int_cs(), 100);
+        assert_eq!(m.poll_timeout(), due);
+        // Too small is refused as well; 10× is still fine.
+        forged.adver_int_cs = 9;
+        m.handle_advert(t0, ip(PEER), &forged);
+        assert_eq!(m.counters().ignored_interval_out_of_range, 2);
+        forged.adver_int_cs = 1000;
+        m.handle_advert(t0, ip(PEER), &forged);
+        assert_eq!(m.master_adver_int_cs(), 1000);
+    }
+
+    // ----- rule 4: one forged higher advert ----------------------------------
+
+    #[test]
+    fn single_forged_higher_advert_does_not_drop_vips() {
+        let t0 = Instant::now();
+        let mut c = v3(cfg(100));
+        c.unicast_peers = vec![ip(PEER)];
+        let mut m = master(c, t0);
+        // From an unknown source: ignored outright.
+        m.handle_advert(t0, ip("10.6.6.6"), &advert(&m, 254));
+        assert!(!m.is_yielding());
+        assert_eq!(m.counters().ignored_not_allowed, 1);
+        // Spoofing the allowed peer: yield, keep VIPs and keep advertising.
+        let t1 = t0 + Duration::from_millis(100);
+        m.handle_advert(t1, ip(PEER), &advert(&m, 254));
+        assert!(m.is_yielding());
+        assert_eq!(m.state(), State::Master);
+        let a = run(&mut m, t1 + Duration::from_millis(1999));
+        assert!(!a.contains(&Action::RemoveVips));
+        assert_eq!(sent_priorities(&a), vec![100, 100]);
+        // No confirmation within 2 × 1 s: stay master, GARP again.
+        let a = run(&mut m, t1 + Duration::from_secs(2));
+        assert!(!m.is_yielding());
+        assert_eq!(m.state(), State::Master);
+        assert!(a.contains(&Action::SendGratuitous));
+        assert!(!a
+            .iter()
+            .any(|x| matches!(x, Action::RemoveVips | Action::StateChanged { .. })));
+        assert_eq!(m.counters().yields_aborted, 1);
+    }
+
+    #[test]
+    fn genuine_preemption_confirms_with_second_advert() {
+        let t0 = Instant::now();
+        let mut m = master(v3(cfg(100)), t0);
+        m.handle_advert(t0, ip(PEER), &advert(&m, 200));
+        // A third router's advert does not confirm PEER's.
+        m.handle_advert(t0 + Duration::from_millis(500), ip(HIGH), &advert(&m, 50));
+        assert!(m.is_yielding());
+        let mut a2 = advert(&m, 200);
+        a2.adver_int_cs = 50;
+        m.handle_advert(t0 + Duration::from_secs(1), ip(PEER), &a2);
+        assert_eq!(m.state(), State::Backup);
+        assert_eq!(m.master_adver_int_cs(), 50);
+        assert_eq!(m.counters().yields_confirmed, 1);
+        assert!(drain(&mut m).contains(&Action::RemoveVips));
+    }
+
+    #[test]
+    fn yield_target_stopping_resumes_at_once() {
+        let t0 = Instant::now();
+        let mut m = master(cfg(100), t0);
+        m.handle_advert(t0, ip(PEER), &advert(&m, 200));
+        drain(&mut m);
+        m.handle_advert(t0 + Duration::from_millis(10), ip(PEER), &advert(&m, 0));
+        assert!(!m.is_yielding());
+        let a = drain(&mut m);
+        assert_eq!(sent_priorities(&a), vec![100]);
+        assert!(a.contains(&Action::SendGratuitous));
+    }
+
+    // ----- rule 5: no amplification -----------------------------------------
+
+    #[test]
+    fn lower_priority_flood_gets_at_most_one_early_advert_per_interval() {
+        let t0 = Instant::now();
+        let mut m = master(cfg(200), t0);
+        let mut sent = Vec::new();
+        // 100 lower-priority adverts within one second, then the normal schedule.
+        for k in 0..100 {
+            let t = t0 + Duration::from_millis(10 * k);
+            m.handle_advert(t, ip(PEER), &advert(&m, 100));
+            m.handle_timeout(t);
+            sent.extend(drain(&mut m));
+        }
+        assert_eq!(sent_priorities(&sent), vec![200]);
+        assert!(!sent.contains(&Action::SendGratuitous));
+        assert_eq!(m.counters().lower_priority_received, 100);
+        assert_eq!(m.counters().early_adverts_sent, 1);
+        assert_eq!(m.counters().early_adverts_suppressed, 99);
+        // Priority-0 from others shares the limit.
+        m.handle_advert(t0 + Duration::from_millis(995), ip(PEER), &advert(&m, 0));
+        assert_eq!(m.counters().early_adverts_suppressed, 100);
+    }
+
+    // ----- input checks -------------------------------------------------------
+
+    #[test]
+    fn mismatched_adverts_are_ignored_and_counted() {
+        let t0 = Instant::now();
+        let mut c = cfg(100);
+        c.auth = Auth::password("secret");
+        let mut m = started(c, t0);
+        let due = m.poll_timeout();
+        let good = advert(&m, 200);
+        let mut a = good.clone();
+        a.vrid = 52;
+        m.handle_advert(t0, ip(PEER), &a);
+        let mut a = good.clone();
+        a.version = Version::V3;
+        m.handle_advert(t0, ip(PEER), &a);
+        let mut a = good.clone();
+        a.auth = Auth::password("wrong");
+        m.handle_advert(t0, ip(PEER), &a);
+        let mut a = good.clone();
+        a.auth = Auth::None;
+        m.handle_advert(t0, ip(PEER), &a);
+        m.handle_advert(t0, ip(ME), &good);
+        m.handle_advert(t0, ip("fe80::1"), &good);
+        let mut a = good.clone();
+        a.addrs = vec![ip("192.168.1.101")];
+        m.handle_advert(t0, ip(PEER), &a);
+        let c = m.counters();
+        assert_eq!(
+            (
+                c.ignored_vrid,
+                c.ignored_version,
+                c.ignored_auth,
+                c.ignored_own,
+                c.ignored_family,
+                c.ignored_addr_list
+            ),
+            (1, 1, 2, 1, 1, 1)
+        );
+        assert_eq!(c.ignored_total(), 7);
+        assert_eq!(c.adverts_accepted, 0);
+        assert_eq!(m.poll_timeout(), due);
+        // From the owner, a v2 address-list mismatch is processed (RFC 3768 §7.1).
+        m.handle_advert(t0, ip(PEER), &Advert { priority: 255, ..a });
+        assert_eq!(m.counters().adverts_accepted, 1);
+    }
+
+    #[test]
+    fn v3_addr_list_mismatch_is_logged_but_processed() {
+        let t0 = Instant::now();
+        let mut m = started(v3(cfg(100)), t0);
+        let mut a = advert(&m, 200);
+        a.addrs.push(ip("192.168.1.200"));
+        m.handle_advert(t0, ip(PEER), &a);
+        assert_eq!(m.counters().addr_list_mismatch, 1);
+        assert_eq!(m.counters().adverts_accepted, 1);
+        assert_eq!(m.current_master(), Some(ip(PEER)));
+    }
+
+    #[test]
+    fn rx_errors_are_counted() {
+        let mut m = Machine::new(cfg(100)).unwrap();
+        m.handle_rx_error(&DecodeError::BadChecksum {
+            found: 1,
+            computed: 2,
+        });
+        m.handle_rx_error(&DecodeError::BadHopLimit(1));
+        assert_eq!(m.counters().rx_errors.bad_checksum, 1);
+        assert_eq!(m.counters().rx_errors.total(), 2);
+    }
+
+    #[test]
+    fn config_validation() {
+        let ok = cfg(100);
+        assert!(ok.validate().is_ok());
+        assert_eq!(
+            Config {
+                virtual_router_id: 0,
+                ..ok.clone()
+            }
+            .validate(),
+            Err(ConfigError::VirtualRouterId)
+        );
+        assert_eq!(
+            Config {
+                priority: 0,
+                ..ok.clone()
+            }
+            .validate(),
+            Err(ConfigError::Priority)
+        );
+        assert_eq!(
+            Config {
+                advert_int_cs: 150,
+                ..ok.clone()
+            }
+            .validate(),
+            Err(ConfigError::AdvertInt(150))
+        );
+        assert!(Config {
+            advert_int_cs: 150,
+            ..v3(ok.clone())
+        }
+        .validate()
+        .is_ok());
+        assert_eq!(
+            Config {
+                advert_int_cs: 4096,
+                ..v3(ok.clone())
+            }
+            .validate(),
+            Err(ConfigError::AdvertInt(4096))
+        );
+        assert_eq!(
+            Config {
+                auth: Auth::password("x"),
+                ..v3(ok.clone())
+            }
+            .validate(),
+            Err(ConfigError::AuthOnV3)
+        );
+        assert_eq!(
+            Config {
+                unicast_peers: vec![ip(ME)],
+                ..ok.clone()
+            }
+            .validate(),
+            Err(ConfigError::PeerIsSelf)
+        );
+        assert_eq!(
+            Config {
+                unicast_peers: vec![ip("fe80::1")],
+                ..ok.clone()
+            }
+            .validate(),
+            Err(ConfigError::FamilyMismatch)
+        );
+        let six = Config::new(1, ip("fe80::2"), vec![ip("2001:db8::1")]);
+        assert_eq!(six.version, Version::V3);
+        assert!(six.validate().is_ok());
+        assert_eq!(
+            Config {
+                version: Version::V2,
+                ..six
+            }
+            .validate(),
+            Err(ConfigError::V2OverIpv6)
+        );
+    }
+}
