@@ -6,10 +6,7 @@ use std::path::{Path, PathBuf};
 use ha_lb::config::{self, ConfigErrors, Dataplane, InitialState, LbKind};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 fn toml_files(dir: &Path) -> Vec<PathBuf> {
@@ -29,10 +26,7 @@ fn show(errors: &ConfigErrors) -> String {
 #[test]
 fn every_example_in_conf_loads() {
     let files = toml_files(&repo().join("conf"));
-    assert!(
-        files.len() >= 8,
-        "expected the documented examples, found {files:?}"
-    );
+    assert!(files.len() >= 8, "expected the documented examples, found {files:?}");
     for f in files {
         if let Err(e) = config::load(&f) {
             panic!("{} does not load:\n{}", f.display(), show(&e));
@@ -100,20 +94,9 @@ port = 8080
     let e = config::parse_str(text, Path::new("three.toml")).unwrap_err();
     let lines: Vec<String> = e.iter().map(|e| e.to_string()).collect();
     assert_eq!(lines.len(), 3, "{lines:#?}");
-    assert_eq!(
-        lines[0],
-        "three.toml:5:21: virtual_router_id 300 is out of range 1..=255"
-    );
-    assert!(
-        lines[1].starts_with("three.toml:13:17: track_script \"missing\""),
-        "{}",
-        lines[1]
-    );
-    assert!(
-        lines[2].starts_with("three.toml:21:8: real_server port 8080"),
-        "{}",
-        lines[2]
-    );
+    assert_eq!(lines[0], "three.toml:5:21: virtual_router_id 300 is out of range 1..=255");
+    assert!(lines[1].starts_with("three.toml:13:17: track_script \"missing\""), "{}", lines[1]);
+    assert!(lines[2].starts_with("three.toml:21:8: real_server port 8080"), "{}", lines[2]);
     // Display is one error per line, in source order.
     assert_eq!(e.to_string().lines().count(), 3);
 }
@@ -153,16 +136,8 @@ fn three_node_ring_each_node_masters_one_vrid_and_backs_up_another() {
     for (n, c) in nodes.iter().enumerate() {
         let mut states: Vec<_> = c.vrrp_instances.iter().map(|i| i.state).collect();
         states.sort_by_key(|s| *s == InitialState::Backup);
-        assert_eq!(
-            states,
-            [InitialState::Master, InitialState::Backup],
-            "node {n}"
-        );
-        let m = c
-            .vrrp_instances
-            .iter()
-            .find(|i| i.state == InitialState::Master)
-            .unwrap();
+        assert_eq!(states, [InitialState::Master, InitialState::Backup], "node {n}");
+        let m = c.vrrp_instances.iter().find(|i| i.state == InitialState::Master).unwrap();
         masters.push(m.virtual_router_id);
     }
     // Every VRID is run by exactly two nodes: one MASTER with the higher priority and
@@ -170,14 +145,9 @@ fn three_node_ring_each_node_masters_one_vrid_and_backs_up_another() {
     let mut all: Vec<_> = nodes.iter().flat_map(|c| c.vrrp_instances.iter()).collect();
     all.sort_by_key(|i| (i.virtual_router_id, i.state == InitialState::Backup));
     for pair in all.chunks(2) {
-        let [m, b] = pair else {
-            panic!("odd VRID count")
-        };
+        let [m, b] = pair else { panic!("odd VRID count") };
         assert_eq!(m.virtual_router_id, b.virtual_router_id);
-        assert_eq!(
-            (m.state, b.state),
-            (InitialState::Master, InitialState::Backup)
-        );
+        assert_eq!((m.state, b.state), (InitialState::Master, InitialState::Backup));
         assert!(m.priority > b.priority);
         assert_eq!(m.virtual_ipaddress, b.virtual_ipaddress);
         assert_eq!(m.unicast_peer, [b.unicast_src_ip.unwrap()]);
@@ -202,16 +172,7 @@ fn reference_config_exercises_every_section_and_check() {
         .collect();
     checks.sort();
     checks.dedup();
-    assert_eq!(
-        checks,
-        [
-            "HTTP_GET",
-            "MISC_CHECK",
-            "SSL_GET",
-            "TCP_CHECK",
-            "UDP_CHECK"
-        ]
-    );
+    assert_eq!(checks, ["HTTP_GET", "MISC_CHECK", "SSL_GET", "TCP_CHECK", "UDP_CHECK"]);
 }
 
 #[test]

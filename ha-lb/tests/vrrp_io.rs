@@ -35,10 +35,7 @@ mod lab {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
 
     pub fn ip(args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .expect("running ip (iproute2)");
+        let out = Command::new("ip").args(args).output().expect("running ip (iproute2)");
         assert!(
             out.status.success(),
             "ip {}: {}",
@@ -96,14 +93,10 @@ mod lab {
                 // SAFETY: setns on a valid namespace fd; affects only this thread.
                 let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
                 assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
+                let rt =
+                    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 rt.block_on(async move {
-                    tokio::time::timeout(limit, f())
-                        .await
-                        .expect("namespace task timed out")
+                    tokio::time::timeout(limit, f()).await.expect("namespace task timed out")
                 })
             })
         }
@@ -111,9 +104,7 @@ mod lab {
 
     impl Drop for NetNs {
         fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .status();
+            let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
         }
     }
 
@@ -121,10 +112,7 @@ mod lab {
     pub const MAC_B: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x0b];
 
     fn mac_str(m: [u8; 6]) -> String {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
+        m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
     }
 
     /// Two namespaces joined by a veth pair `veth0` <-> `veth0`:
@@ -164,11 +152,7 @@ mod lab {
                     if out.contains("fe80::") && !out.contains("tentative") {
                         break;
                     }
-                    assert!(
-                        Instant::now() < deadline,
-                        "no link-local in {}: {out}",
-                        ns.name
-                    );
+                    assert!(Instant::now() < deadline, "no link-local in {}: {out}", ns.name);
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
@@ -191,19 +175,12 @@ fn v6(s: &str) -> IpAddr {
 }
 
 async fn veth(rtnl: &Rtnl) -> Interface {
-    rtnl.link_by_name("veth0")
-        .await
-        .unwrap()
-        .expect("veth0 exists")
-        .interface()
+    rtnl.link_by_name("veth0").await.unwrap().expect("veth0 exists").interface()
 }
 
 /// The source an instance would pick: primary IPv4 / link-local IPv6 of veth0.
 async fn source(rtnl: &Rtnl, iface: &Interface, ipv6: bool) -> IpAddr {
-    rtnl.vrrp_source_address(iface, ipv6, &[])
-        .await
-        .unwrap()
-        .expect("veth0 has a source address")
+    rtnl.vrrp_source_address(iface, ipv6, &[]).await.unwrap().expect("veth0 has a source address")
 }
 
 enum Mode {
@@ -236,21 +213,13 @@ fn send_a_to_b(ipv6: bool, mode: Mode, payload: &'static [u8]) -> (Received, IpA
             }
             Some((a, b)) => (b, VrrpMode::Unicast { peers: vec![a] }),
         };
-        let sock = RawVrrpSocket::open(TransportConfig {
-            interface: iface.clone(),
-            source: src,
-            mode,
-        })
-        .unwrap();
+        let sock =
+            RawVrrpSocket::open(TransportConfig { interface: iface.clone(), source: src, mode })
+                .unwrap();
         ready_tx.send(()).unwrap();
-        let pkt = tokio::time::timeout(WAIT, sock.recv())
-            .await
-            .expect("B received nothing")
-            .unwrap();
-        Received {
-            pkt,
-            b_ifindex: iface.index,
-        }
+        let pkt =
+            tokio::time::timeout(WAIT, sock.recv()).await.expect("B received nothing").unwrap();
+        Received { pkt, b_ifindex: iface.index }
     });
     let mode_a = match &mode {
         Mode::Multicast => None,
@@ -266,12 +235,8 @@ fn send_a_to_b(ipv6: bool, mode: Mode, payload: &'static [u8]) -> (Received, IpA
             }
             Some((a, b)) => (a, VrrpMode::Unicast { peers: vec![b] }),
         };
-        let sock = RawVrrpSocket::open(TransportConfig {
-            interface: iface,
-            source: src,
-            mode,
-        })
-        .unwrap();
+        let sock =
+            RawVrrpSocket::open(TransportConfig { interface: iface, source: src, mode }).unwrap();
         assert_eq!(sock.source(), src);
         ready_rx.recv_timeout(WAIT).expect("B never got ready");
         let dsts = sock.destinations().to_vec();
@@ -309,11 +274,8 @@ fn advert_ipv4_multicast_reaches_peer_with_ttl_255() {
 
 #[test]
 fn advert_ipv4_unicast_reaches_peer_with_ttl_255() {
-    let (got, a_src, dst) = send_a_to_b(
-        false,
-        Mode::Unicast(v4("192.0.2.1"), v4("192.0.2.2")),
-        ADVERT_V4,
-    );
+    let (got, a_src, dst) =
+        send_a_to_b(false, Mode::Unicast(v4("192.0.2.1"), v4("192.0.2.2")), ADVERT_V4);
     assert_eq!(dst, v4("192.0.2.2"));
     assert_eq!(got.pkt.src, a_src);
     assert_eq!(got.pkt.dst, v4("192.0.2.2"));
@@ -339,11 +301,8 @@ fn advert_ipv6_multicast_from_link_local_with_hop_limit_255() {
 
 #[test]
 fn advert_ipv6_unicast_reaches_peer_with_hop_limit_255() {
-    let (got, a_src, _) = send_a_to_b(
-        true,
-        Mode::Unicast(v6("2001:db8::1"), v6("2001:db8::2")),
-        ADVERT_V6,
-    );
+    let (got, a_src, _) =
+        send_a_to_b(true, Mode::Unicast(v6("2001:db8::1"), v6("2001:db8::2")), ADVERT_V6);
     assert_eq!(got.pkt.src, a_src);
     assert_eq!(got.pkt.dst, v6("2001:db8::2"));
     assert_eq!(got.pkt.ttl, 255);
@@ -362,16 +321,11 @@ fn unicast_drops_adverts_from_non_peers() {
         let sock = RawVrrpSocket::open(TransportConfig {
             interface: veth(&rtnl).await,
             source: v4("192.0.2.2"),
-            mode: VrrpMode::Unicast {
-                peers: vec![v4("192.0.2.1")],
-            },
+            mode: VrrpMode::Unicast { peers: vec![v4("192.0.2.1")] },
         })
         .unwrap();
         ready_tx.send(()).unwrap();
-        let first = tokio::time::timeout(WAIT, sock.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let first = tokio::time::timeout(WAIT, sock.recv()).await.unwrap().unwrap();
         let second = tokio::time::timeout(QUIET, sock.recv()).await;
         (first, second.is_err())
     });
@@ -382,9 +336,7 @@ fn unicast_drops_adverts_from_non_peers() {
             RawVrrpSocket::open(TransportConfig {
                 interface: iface.clone(),
                 source: src,
-                mode: VrrpMode::Unicast {
-                    peers: vec![v4("192.0.2.2")],
-                },
+                mode: VrrpMode::Unicast { peers: vec![v4("192.0.2.2")] },
             })
             .unwrap()
         };
@@ -409,21 +361,17 @@ fn vip_add_remove_is_idempotent_and_visible_to_iproute2() {
     let h = pair.a.spawn(LIMIT, move || async move {
         let rtnl = Rtnl::new().unwrap();
         let iface = veth(&rtnl).await;
-        let vip4: VirtualIpAddress = "192.0.2.100/24 dev veth0 label veth0:1 scope global"
-            .parse()
-            .unwrap();
+        let vip4: VirtualIpAddress =
+            "192.0.2.100/24 dev veth0 label veth0:1 scope global".parse().unwrap();
         let vip6: VirtualIpAddress = "2001:db8::100".parse().unwrap();
 
         rtnl.add(&vip4, &iface).await.unwrap();
-        rtnl.add(&vip4, &iface)
-            .await
-            .expect("second add (EEXIST) is success");
+        rtnl.add(&vip4, &iface).await.expect("second add (EEXIST) is success");
         rtnl.add(&vip6, &iface).await.unwrap();
         rtnl.add(&vip6, &iface).await.unwrap();
         let out4 = show("-4");
         assert!(
-            out4.lines()
-                .any(|l| l.contains("inet 192.0.2.100/24") && l.contains("veth0:1")),
+            out4.lines().any(|l| l.contains("inet 192.0.2.100/24") && l.contains("veth0:1")),
             "{out4}"
         );
         let out6 = show("-6");
@@ -432,10 +380,7 @@ fn vip_add_remove_is_idempotent_and_visible_to_iproute2() {
             .find(|l| l.contains("2001:db8::100/128"))
             .unwrap_or_else(|| panic!("{out6}"));
         assert!(line6.contains("nodad"), "{line6}");
-        assert!(
-            line6.contains("deprecated"),
-            "/128 VIP is deprecated: {line6}"
-        );
+        assert!(line6.contains("deprecated"), "/128 VIP is deprecated: {line6}");
 
         let listed = rtnl.list(Some(iface.index)).await.unwrap();
         let a4 = listed.iter().find(|a| a.addr == vip4.addr).unwrap();
@@ -445,16 +390,12 @@ fn vip_add_remove_is_idempotent_and_visible_to_iproute2() {
         assert!(listed.iter().any(|a| a.addr == vip6.addr));
         // The VRRP source is still the primary, VIPs excluded or not.
         assert_eq!(
-            rtnl.vrrp_source_address(&iface, false, &[vip4.addr])
-                .await
-                .unwrap(),
+            rtnl.vrrp_source_address(&iface, false, &[vip4.addr]).await.unwrap(),
             Some(v4("192.0.2.1"))
         );
 
         rtnl.remove(&vip4, &iface).await.unwrap();
-        rtnl.remove(&vip4, &iface)
-            .await
-            .expect("second remove (EADDRNOTAVAIL) is success");
+        rtnl.remove(&vip4, &iface).await.expect("second remove (EADDRNOTAVAIL) is success");
         rtnl.remove(&vip6, &iface).await.unwrap();
         rtnl.remove(&vip6, &iface).await.unwrap();
         assert!(!show("-4").contains("192.0.2.100"));
@@ -472,19 +413,10 @@ fn vip_add_remove_is_idempotent_and_visible_to_iproute2() {
 
         // A label that does not start with the device name is refused before netlink.
         let bad: VirtualIpAddress = "192.0.2.102/24 label eth9:1".parse().unwrap();
-        assert!(matches!(
-            rtnl.add(&bad, &iface).await,
-            Err(VipError::Label(_))
-        ));
+        assert!(matches!(rtnl.add(&bad, &iface).await, Err(VipError::Label(_))));
         // A kernel error is reported, not swallowed: no such interface.
-        let ghost = Interface {
-            index: 9999,
-            name: "ghost".into(),
-        };
-        let err = rtnl
-            .add(&"192.0.2.103".parse().unwrap(), &ghost)
-            .await
-            .unwrap_err();
+        let ghost = Interface { index: 9999, name: "ghost".into() };
+        let err = rtnl.add(&"192.0.2.103".parse().unwrap(), &ghost).await.unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "{err}");
     });
     h.join().unwrap();
@@ -499,10 +431,7 @@ fn link_lookup_and_state_changes() {
         let link = rtnl.link_by_name("veth0").await.unwrap().unwrap();
         assert!(link.is_up());
         assert_eq!(link.mac, Some(MAC_A));
-        assert_eq!(
-            rtnl.link_by_index(link.index).await.unwrap().unwrap().name,
-            "veth0"
-        );
+        assert_eq!(rtnl.link_by_index(link.index).await.unwrap().unwrap().name, "veth0");
         assert!(rtnl.link_by_name("nosuchlink").await.unwrap().is_none());
         assert!(rtnl.link_by_index(99_999).await.unwrap().is_none());
 
@@ -525,9 +454,7 @@ fn link_lookup_and_state_changes() {
             }
         }
         // (A veth pair: the dummy driver may not be available.)
-        lab::ip(&[
-            "-n", &ns, "link", "add", "tmp7", "type", "veth", "peer", "name", "tmp8",
-        ]);
+        lab::ip(&["-n", &ns, "link", "add", "tmp7", "type", "veth", "peer", "name", "tmp8"]);
         let d = rtnl.link_by_name("tmp7").await.unwrap().unwrap();
         lab::ip(&["-n", &ns, "link", "del", "tmp7"]);
         loop {
@@ -550,9 +477,7 @@ async fn next_for(watch: &mut ha_lb::vrrp::vip::RtnlLinkWatcher, idx: u32) -> Li
             }
         }
     };
-    tokio::time::timeout(WAIT, fut)
-        .await
-        .expect("no link event in time")
+    tokio::time::timeout(WAIT, fut).await.expect("no link event in time")
 }
 
 /// Capture frames on B's veth0 (AF_PACKET, ETH_P_ALL) until `want` of the wanted kinds
@@ -587,8 +512,7 @@ fn capture_in_b(
             )
         };
         assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         ready.send(()).unwrap();
         let deadline = Instant::now() + within;
         let mut frames = Vec::new();
@@ -600,10 +524,7 @@ fn capture_in_b(
                 Err(e) => panic!("recv: {e}"),
             };
             // SAFETY: recv initialised the first n bytes.
-            let f: Vec<u8> = buf[..n]
-                .iter()
-                .map(|b| unsafe { b.assume_init() })
-                .collect();
+            let f: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
             let ethertype = u16::from_be_bytes([f[12], f[13]]);
             let is_arp = ethertype == ETHERTYPE_ARP;
             let is_na = ethertype == ETHERTYPE_IPV6 && f.len() > 54 && f[20] == 58 && f[54] == 136;
@@ -641,9 +562,7 @@ fn garp_and_na_arrive_byte_exact_in_peer_namespace() {
     let icmp = etherparse::Icmpv6Slice::from_slice(&na[54..]).unwrap();
     assert_eq!(
         icmp.checksum(),
-        icmp.icmp_type()
-            .calc_checksum(ip.source, ip.destination, icmp.payload())
-            .unwrap()
+        icmp.icmp_type().calc_checksum(ip.source, ip.destination, icmp.payload()).unwrap()
     );
 }
 
@@ -660,11 +579,7 @@ fn garp_driver_sends_two_sets_apart_by_master_delay() {
         let sender = PacketGarpSender::new(&link.interface(), link.mac.unwrap(), false).unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let driver = tokio::spawn(run_garp(
-            GarpConfig {
-                master_delay: delay,
-                master_repeat: 2,
-                ..GarpConfig::default()
-            },
+            GarpConfig { master_delay: delay, master_repeat: 2, ..GarpConfig::default() },
             sender,
             rx,
         ));
@@ -686,8 +601,5 @@ fn garp_driver_sends_two_sets_apart_by_master_delay() {
         gap >= delay / 2 && gap < delay + Duration::from_millis(700),
         "second set {gap:?} after the first, want about {delay:?}"
     );
-    assert!(
-        frames[1].0 - frames[0].0 < delay / 2,
-        "first set goes out at once"
-    );
+    assert!(frames[1].0 - frames[0].0 < delay / 2, "first set goes out at once");
 }

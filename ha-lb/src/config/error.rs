@@ -19,14 +19,7 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.col,
-            self.message
-        )
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)
     }
 }
 
@@ -121,10 +114,7 @@ pub struct SourceMap {
 
 impl SourceMap {
     pub fn new(file: &Path) -> SourceMap {
-        SourceMap {
-            file: file.to_path_buf(),
-            ..SourceMap::default()
-        }
+        SourceMap { file: file.to_path_buf(), ..SourceMap::default() }
     }
 
     pub fn file(&self) -> &Path {
@@ -168,18 +158,12 @@ impl SourceMap {
 
     /// Position of `key`'s value, else of the item.
     pub fn key(&self, item: Item, key: &'static str) -> Pos {
-        self.at
-            .get(&(item, key, None))
-            .copied()
-            .unwrap_or_else(|| self.item(item))
+        self.at.get(&(item, key, None)).copied().unwrap_or_else(|| self.item(item))
     }
 
     /// Position of element `idx` of list `key`, else of the list, else of the item.
     pub fn elem(&self, item: Item, key: &'static str, idx: usize) -> Pos {
-        self.at
-            .get(&(item, key, Some(idx)))
-            .copied()
-            .unwrap_or_else(|| self.key(item, key))
+        self.at.get(&(item, key, Some(idx))).copied().unwrap_or_else(|| self.key(item, key))
     }
 
     pub fn error(&self, pos: Pos, message: impl Into<String>) -> ConfigError {
@@ -205,10 +189,7 @@ mod tests {
                 map.error(Pos { line: 13, col: 1 }, "second"),
             ],
         };
-        assert_eq!(
-            errors.to_string(),
-            "ha-lb.toml:12:19: first\nha-lb.toml:13:1: second"
-        );
+        assert_eq!(errors.to_string(), "ha-lb.toml:12:19: first\nha-lb.toml:13:1: second");
     }
 
     #[test]

@@ -50,9 +50,7 @@ impl Config {
 
     /// The sync group an instance belongs to, if any.
     pub fn sync_group_of(&self, instance: &str) -> Option<&VrrpSyncGroup> {
-        self.vrrp_sync_groups
-            .iter()
-            .find(|g| g.group.iter().any(|m| m == instance))
+        self.vrrp_sync_groups.iter().find(|g| g.group.iter().any(|m| m == instance))
     }
 }
 
@@ -232,10 +230,7 @@ impl FromStr for ScriptUser {
         if !valid(user) || group.is_some_and(|g| !valid(g)) {
             return Err(());
         }
-        Ok(ScriptUser {
-            user: user.to_string(),
-            group: group.map(str::to_string),
-        })
+        Ok(ScriptUser { user: user.to_string(), group: group.map(str::to_string) })
     }
 }
 
@@ -565,16 +560,14 @@ impl FromStr for VirtualIp {
             Some((a, p)) => (a, Some(p)),
             None => (first, None),
         };
-        let addr: IpAddr = addr_s
-            .parse()
-            .map_err(|_| format!("{addr_s:?} is not an IP address"))?;
+        let addr: IpAddr =
+            addr_s.parse().map_err(|_| format!("{addr_s:?} is not an IP address"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix_len = match prefix_s {
             None => max,
             Some(p) => {
-                let n: u16 = p
-                    .parse()
-                    .map_err(|_| format!("prefix length {p:?} is not a number"))?;
+                let n: u16 =
+                    p.parse().map_err(|_| format!("prefix length {p:?} is not a number"))?;
                 if n > max as u16 {
                     return Err(format!("prefix length {n} is out of range 0..={max}"));
                 }
@@ -603,11 +596,8 @@ impl FromStr for VirtualIp {
             }
         }
         while let Some(opt) = words.next() {
-            let mut arg = |what: &str| {
-                words
-                    .next()
-                    .ok_or_else(|| format!("option {opt} needs {what}"))
-            };
+            let mut arg =
+                |what: &str| words.next().ok_or_else(|| format!("option {opt} needs {what}"));
             match opt {
                 "dev" => {
                     seen(&vip.dev, opt)?;
@@ -689,9 +679,7 @@ pub fn valid_ifname(name: &str) -> bool {
         && name.len() <= 15
         && name != "."
         && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -794,12 +782,7 @@ pub struct VirtualServerKey {
 
 impl fmt::Display for VirtualServerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}",
-            SocketAddr::new(self.address, self.port),
-            self.protocol.as_str()
-        )
+        write!(f, "{} {}", SocketAddr::new(self.address, self.port), self.protocol.as_str())
     }
 }
 
@@ -834,11 +817,7 @@ pub struct VirtualServer {
 
 impl VirtualServer {
     pub fn key(&self) -> VirtualServerKey {
-        VirtualServerKey {
-            address: self.address,
-            port: self.port,
-            protocol: self.protocol,
-        }
+        VirtualServerKey { address: self.address, port: self.port, protocol: self.protocol }
     }
 
     pub fn socket_addr(&self) -> SocketAddr {

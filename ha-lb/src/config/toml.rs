@@ -46,9 +46,7 @@ pub fn parse_str(text: &str, origin: &Path) -> Result<Config, ConfigErrors> {
         Err(e) => {
             let pos = r.pos_of(e.span());
             let msg = format!("syntax error: {}", e.message().trim().replace('\n', "; "));
-            return Err(ConfigErrors {
-                errors: vec![r.map.error(pos, msg)],
-            });
+            return Err(ConfigErrors { errors: vec![r.map.error(pos, msg)] });
         }
     };
     let config = r.config(doc.as_table());
@@ -67,14 +65,8 @@ pub fn parse_str(text: &str, origin: &Path) -> Result<Config, ConfigErrors> {
 // allowed keys, per table
 // ---------------------------------------------------------------------------------------
 
-pub(crate) const TOP_KEYS: &[&str] = &[
-    "global",
-    "vrrp_script",
-    "track_file",
-    "vrrp_instance",
-    "vrrp_sync_group",
-    "virtual_server",
-];
+pub(crate) const TOP_KEYS: &[&str] =
+    &["global", "vrrp_script", "track_file", "vrrp_instance", "vrrp_sync_group", "virtual_server"];
 
 pub(crate) const GLOBAL_KEYS: &[&str] = &[
     "router_id",
@@ -90,9 +82,8 @@ pub(crate) const GLOBAL_KEYS: &[&str] = &[
     "notify",
 ];
 
-pub(crate) const VRRP_SCRIPT_KEYS: &[&str] = &[
-    "name", "script", "interval", "timeout", "weight", "rise", "fall", "user",
-];
+pub(crate) const VRRP_SCRIPT_KEYS: &[&str] =
+    &["name", "script", "interval", "timeout", "weight", "rise", "fall", "user"];
 
 pub(crate) const TRACK_FILE_KEYS: &[&str] = &["name", "file", "weight"];
 
@@ -128,15 +119,8 @@ pub(crate) const VRRP_INSTANCE_KEYS: &[&str] = &[
 const AUTH_KEYS: &[&str] = &["auth_type", "auth_pass"];
 const TRACK_ENTRY_KEYS: &[&str] = &["name", "weight"];
 
-pub(crate) const SYNC_GROUP_KEYS: &[&str] = &[
-    "name",
-    "group",
-    "notify_master",
-    "notify_backup",
-    "notify_fault",
-    "notify_stop",
-    "notify",
-];
+pub(crate) const SYNC_GROUP_KEYS: &[&str] =
+    &["name", "group", "notify_master", "notify_backup", "notify_fault", "notify_stop", "notify"];
 
 pub(crate) const VIRTUAL_SERVER_KEYS: &[&str] = &[
     "address",
@@ -162,13 +146,7 @@ pub(crate) const VIRTUAL_SERVER_KEYS: &[&str] = &[
 
 const SORRY_SERVER_KEYS: &[&str] = &["address", "port"];
 
-const CHECK_BLOCKS: &[&str] = &[
-    "TCP_CHECK",
-    "HTTP_GET",
-    "SSL_GET",
-    "MISC_CHECK",
-    "UDP_CHECK",
-];
+const CHECK_BLOCKS: &[&str] = &["TCP_CHECK", "HTTP_GET", "SSL_GET", "MISC_CHECK", "UDP_CHECK"];
 
 pub(crate) const REAL_SERVER_KEYS: &[&str] = &[
     "address",
@@ -189,14 +167,8 @@ pub(crate) const REAL_SERVER_KEYS: &[&str] = &[
     "UDP_CHECK",
 ];
 
-const TIMING_KEYS: &[&str] = &[
-    "delay_loop",
-    "retry",
-    "delay_before_retry",
-    "warmup",
-    "rise",
-    "fall",
-];
+const TIMING_KEYS: &[&str] =
+    &["delay_loop", "retry", "delay_before_retry", "warmup", "rise", "fall"];
 const CONNECT_KEYS: &[&str] = &["connect_ip", "connect_port", "bindto", "connect_timeout"];
 const URL_KEYS: &[&str] = &["path", "status_code", "digest"];
 
@@ -316,10 +288,7 @@ impl<'s> Reader<'s> {
         let byte = byte.min(self.src.len());
         let line = self.line_starts.partition_point(|&s| s <= byte);
         let start = self.line_starts[line - 1];
-        let col = self
-            .src
-            .get(start..byte)
-            .map_or(1, |s| s.chars().count() + 1);
+        let col = self.src.get(start..byte).map_or(1, |s| s.chars().count() + 1);
         Pos { line, col }
     }
 
@@ -368,23 +337,15 @@ impl<'s> Reader<'s> {
     ) -> Tbl<'d> {
         for (k, _) in t.iter() {
             if !allowed.contains(&k) {
-                let kpos = t
-                    .key(k)
-                    .and_then(|key| key.span())
-                    .map_or(pos, |s| self.pos_at(s.start));
+                let kpos =
+                    t.key(k).and_then(|key| key.span()).map_or(pos, |s| self.pos_at(s.start));
                 // An unknown key leaves the model values intact: no taint, so the
                 // semantic checks still run on this item.
                 let e = self.map.error(kpos, unknown_key(k, what, allowed));
                 self.errors.push(e);
             }
         }
-        Tbl {
-            t,
-            what,
-            pos,
-            item,
-            record,
-        }
+        Tbl { t, what, pos, item, record }
     }
 
     fn rec(&mut self, tb: &Tbl<'_>, key: &'static str, pos: Pos) {
@@ -421,10 +382,7 @@ impl<'s> Reader<'s> {
         match i {
             te::Item::Value(v) => Some(self.val(v, pos)),
             other => {
-                self.err(
-                    pos,
-                    format!("{key} must be {expected}, not {}", article_item(other)),
-                );
+                self.err(pos, format!("{key} must be {expected}, not {}", article_item(other)));
                 None
             }
         }
@@ -494,10 +452,7 @@ impl<'s> Reader<'s> {
             te::Item::Table(t) => Some((t as &dyn TableLike, pos)),
             te::Item::Value(te::Value::InlineTable(t)) => Some((t as &dyn TableLike, pos)),
             other => {
-                self.err(
-                    pos,
-                    format!("{key} must be a table, not {}", article_item(other)),
-                );
+                self.err(pos, format!("{key} must be a table, not {}", article_item(other)));
                 None
             }
         }
@@ -514,10 +469,7 @@ impl<'s> Reader<'s> {
         match v.v {
             te::Value::String(s) => Some((s.value().clone(), v.pos)),
             other => {
-                self.err(
-                    v.pos,
-                    format!("{what} must be a string, not {}", article_type(other)),
-                );
+                self.err(v.pos, format!("{what} must be a string, not {}", article_type(other)));
                 None
             }
         }
@@ -537,10 +489,7 @@ impl<'s> Reader<'s> {
         if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
             self.err(
                 pos,
-                format!(
-                    "{} name {s:?} must be non-empty and contain no whitespace",
-                    tb.what
-                ),
+                format!("{} name {s:?} must be non-empty and contain no whitespace", tb.what),
             );
             return None;
         }
@@ -554,10 +503,7 @@ impl<'s> Reader<'s> {
             other => {
                 self.err(
                     v.pos,
-                    format!(
-                        "{key} must be a boolean (true or false), not {}",
-                        article_type(other)
-                    ),
+                    format!("{key} must be a boolean (true or false), not {}", article_type(other)),
                 );
                 None
             }
@@ -581,10 +527,7 @@ impl<'s> Reader<'s> {
                 Some(n)
             }
             other => {
-                self.err(
-                    v.pos,
-                    format!("{what} must be an integer, not {}", article_type(other)),
-                );
+                self.err(v.pos, format!("{what} must be an integer, not {}", article_type(other)));
                 None
             }
         }
@@ -613,10 +556,7 @@ impl<'s> Reader<'s> {
             other => {
                 self.err(
                     v.pos,
-                    format!(
-                        "{key} must be a number of seconds, not {}",
-                        article_type(other)
-                    ),
+                    format!("{key} must be a number of seconds, not {}", article_type(other)),
                 );
                 return None;
             }
@@ -755,10 +695,7 @@ impl<'s> Reader<'s> {
                 })
                 .collect(),
             other => {
-                self.err(
-                    v.pos,
-                    format!("{key} must be an array, not {}", article_type(other)),
-                );
+                self.err(v.pos, format!("{key} must be an array, not {}", article_type(other)));
                 Vec::new()
             }
         }
@@ -839,11 +776,7 @@ impl<'s> Reader<'s> {
             g.enable_script_security = b;
         }
         if let Some(v) = self.int(&tb, "vrrp_version", 2, 3) {
-            g.vrrp_version = if v == 2 {
-                VrrpVersion::V2
-            } else {
-                VrrpVersion::V3
-            };
+            g.vrrp_version = if v == 2 { VrrpVersion::V2 } else { VrrpVersion::V3 };
         }
         g.notify = self.notify(&tb);
         self.stack.pop();
@@ -862,17 +795,12 @@ impl<'s> Reader<'s> {
             }
             Some(_) => self.script(&tb, "script"),
         };
-        let interval = self
-            .secs(&tb, "interval", 1_000, 86_400_000_000)
-            .unwrap_or(Duration::from_secs(1));
-        let timeout = self
-            .secs(&tb, "timeout", 1_000, 86_400_000_000)
-            .unwrap_or(interval);
+        let interval =
+            self.secs(&tb, "interval", 1_000, 86_400_000_000).unwrap_or(Duration::from_secs(1));
+        let timeout = self.secs(&tb, "timeout", 1_000, 86_400_000_000).unwrap_or(interval);
         let s = VrrpScript {
             name,
-            script: script.unwrap_or_else(|| Script {
-                argv: vec![String::new()],
-            }),
+            script: script.unwrap_or_else(|| Script { argv: vec![String::new()] }),
             interval,
             timeout,
             weight: self.int(&tb, "weight", -253, 253).unwrap_or(0) as i32,
@@ -900,9 +828,7 @@ impl<'s> Reader<'s> {
                 }
             })
             .unwrap_or_default();
-        let weight = self
-            .int(&tb, "weight", -2_147_483_647, 2_147_483_647)
-            .unwrap_or(1) as i32;
+        let weight = self.int(&tb, "weight", -2_147_483_647, 2_147_483_647).unwrap_or(1) as i32;
         self.stack.pop();
         TrackFile { name, file, weight }
     }
@@ -931,9 +857,8 @@ impl<'s> Reader<'s> {
         let virtual_router_id = self.req_int(&tb, "virtual_router_id", 1, 255).unwrap_or(0) as u8;
         let priority = self.int(&tb, "priority", 1, 255).unwrap_or(100) as u8;
         // Version-specific limits are checked in validate.
-        let advert_int = self
-            .secs(&tb, "advert_int", 10_000, 255_000_000)
-            .unwrap_or(Duration::from_secs(1));
+        let advert_int =
+            self.secs(&tb, "advert_int", 10_000, 255_000_000).unwrap_or(Duration::from_secs(1));
         let version = self.int(&tb, "version", 2, 3);
 
         let authentication = self.authentication(&tb);
@@ -947,10 +872,7 @@ impl<'s> Reader<'s> {
         let virtual_ipaddress = self.vips(&tb, "virtual_ipaddress");
         let virtual_ipaddress_excluded = self.vips(&tb, "virtual_ipaddress_excluded");
 
-        let family = virtual_ipaddress
-            .first()
-            .map(VirtualIp::family)
-            .unwrap_or(AddrFamily::Ipv4);
+        let family = virtual_ipaddress.first().map(VirtualIp::family).unwrap_or(AddrFamily::Ipv4);
         let version = match version {
             Some(2) => VrrpVersion::V2,
             Some(_) => VrrpVersion::V3,
@@ -979,15 +901,9 @@ impl<'s> Reader<'s> {
             .into_iter()
             .filter_map(|(n, w, p)| {
                 if valid_ifname(&n) {
-                    Some(TrackInterface {
-                        interface: n,
-                        weight: w.unwrap_or(0),
-                    })
+                    Some(TrackInterface { interface: n, weight: w.unwrap_or(0) })
                 } else {
-                    self.err(
-                        p,
-                        format!("track_interface {n:?} is not a valid interface name"),
-                    );
+                    self.err(p, format!("track_interface {n:?} is not a valid interface name"));
                     None
                 }
             })
@@ -1007,10 +923,7 @@ impl<'s> Reader<'s> {
             .into_iter()
             .map(|(n, w, _)| TrackFileRef {
                 weight: w.unwrap_or_else(|| {
-                    track_files
-                        .iter()
-                        .find(|t| t.name == n)
-                        .map_or(1, |t| t.weight)
+                    track_files.iter().find(|t| t.name == n).map_or(1, |t| t.weight)
                 }),
                 track_file: n,
             })
@@ -1080,10 +993,7 @@ impl<'s> Reader<'s> {
         if p.is_empty() || p.len() > 8 {
             self.err(
                 ppos,
-                format!(
-                    "auth_pass must be 1 to 8 bytes long (VRRPv2 carries 8), not {}",
-                    p.len()
-                ),
+                format!("auth_pass must be 1 to 8 bytes long (VRRPv2 carries 8), not {}", p.len()),
             );
             return None;
         }
@@ -1093,9 +1003,9 @@ impl<'s> Reader<'s> {
     fn vips(&mut self, tb: &Tbl<'_>, key: &'static str) -> Vec<VirtualIp> {
         let mut out = Vec::new();
         for v in self.list(tb, key) {
-            if let Some(vip) = self.as_parsed(&v, key, |s| {
-                VirtualIp::from_str(s).map_err(|m| format!(": {m}"))
-            }) {
+            if let Some(vip) =
+                self.as_parsed(&v, key, |s| VirtualIp::from_str(s).map_err(|m| format!(": {m}")))
+            {
                 out.push(vip);
             }
         }
@@ -1150,20 +1060,14 @@ impl<'s> Reader<'s> {
         }
         let notify = self.notify(&tb);
         self.stack.pop();
-        VrrpSyncGroup {
-            name,
-            group,
-            notify,
-        }
+        VrrpSyncGroup { name, group, notify }
     }
 
     fn virtual_server(&mut self, t: &dyn TableLike, pos: Pos, idx: usize) -> VirtualServer {
         let item = Item::VirtualServer(idx);
         self.stack.push(item);
         let tb = self.open_item(t, "virtual_server", pos, item, VIRTUAL_SERVER_KEYS);
-        let address = self
-            .req_ip(&tb, "address")
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let address = self.req_ip(&tb, "address").unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let port = self.req_int(&tb, "port", 1, 65535).unwrap_or(0) as u16;
         let protocol = self
             .parsed(&tb, "protocol", |s| match s {
@@ -1172,9 +1076,7 @@ impl<'s> Reader<'s> {
                 _ => Err("is not one of TCP, UDP".to_string()),
             })
             .unwrap_or_default();
-        let lb_algo = self
-            .choice(&tb, "lb_algo", LbAlgo::NAMES)
-            .unwrap_or_default();
+        let lb_algo = self.choice(&tb, "lb_algo", LbAlgo::NAMES).unwrap_or_default();
         let lb_kind = self
             .parsed(&tb, "lb_kind", |s| match s {
                 "NAT" => Ok(LbKind::Nat),
@@ -1202,13 +1104,7 @@ impl<'s> Reader<'s> {
         let inhibit = self.boolean(&tb, "inhibit_on_failure").unwrap_or(false);
 
         let mut real_servers = Vec::new();
-        let vs_ctx = VsCtx {
-            idx,
-            port,
-            delay_loop,
-            inhibit,
-            defaults,
-        };
+        let vs_ctx = VsCtx { idx, port, delay_loop, inhibit, defaults };
         for (r, (rt, rpos)) in self.tables(&tb, "real_server").into_iter().enumerate() {
             real_servers.push(self.real_server(rt, rpos, &vs_ctx, r));
         }
@@ -1257,31 +1153,20 @@ impl<'s> Reader<'s> {
         let item = Item::RealServer(vs.idx, r);
         self.stack.push(item);
         let tb = self.open_item(t, "real_server", pos, item, REAL_SERVER_KEYS);
-        let address = self
-            .req_ip(&tb, "address")
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let port = self
-            .int(&tb, "port", 1, 65535)
-            .map_or(vs.port, |p| p as u16);
+        let address = self.req_ip(&tb, "address").unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let port = self.int(&tb, "port", 1, 65535).map_or(vs.port, |p| p as u16);
         let weight = self.int(&tb, "weight", 0, 65535).unwrap_or(1) as u32;
-        let inhibit_on_failure = self
-            .boolean(&tb, "inhibit_on_failure")
-            .unwrap_or(vs.inhibit);
+        let inhibit_on_failure = self.boolean(&tb, "inhibit_on_failure").unwrap_or(vs.inhibit);
         let notify_up = self.script(&tb, "notify_up");
         let notify_down = self.script(&tb, "notify_down");
         let defaults = self.timing_defaults(&tb, Some(&vs.defaults));
 
-        let present: Vec<&'static str> = CHECK_BLOCKS
-            .iter()
-            .copied()
-            .filter(|b| tb.t.get(b).is_some())
-            .collect();
+        let present: Vec<&'static str> =
+            CHECK_BLOCKS.iter().copied().filter(|b| tb.t.get(b).is_some()).collect();
         let mut check = None;
         if present.len() > 1 {
             let second = present[1];
-            let p =
-                tb.t.get(second)
-                    .map_or(pos, |i| self.item_pos(&tb, second, i));
+            let p = tb.t.get(second).map_or(pos, |i| self.item_pos(&tb, second, i));
             self.err(
                 p,
                 format!(
@@ -1294,15 +1179,7 @@ impl<'s> Reader<'s> {
             check = self.check(&tb, block, target, vs, &defaults, r);
         }
         self.stack.pop();
-        RealServer {
-            address,
-            port,
-            weight,
-            inhibit_on_failure,
-            notify_up,
-            notify_down,
-            check,
-        }
+        RealServer { address, port, weight, inhibit_on_failure, notify_up, notify_down, check }
     }
 
     fn check(
@@ -1320,18 +1197,10 @@ impl<'s> Reader<'s> {
         let keys = check_keys(block);
         let tb = self.open_item(t, block, pos, item, &keys);
         let own = self.timing_defaults_check(&tb, block);
-        let delay_loop = own
-            .delay_loop
-            .or(inherited.delay_loop)
-            .unwrap_or(vs.delay_loop);
-        let connect_timeout = own
-            .connect_timeout
-            .or(inherited.connect_timeout)
-            .unwrap_or(Duration::from_secs(5));
-        let retry = own
-            .retry
-            .or(inherited.retry)
-            .unwrap_or_else(|| default_retry(block));
+        let delay_loop = own.delay_loop.or(inherited.delay_loop).unwrap_or(vs.delay_loop);
+        let connect_timeout =
+            own.connect_timeout.or(inherited.connect_timeout).unwrap_or(Duration::from_secs(5));
+        let retry = own.retry.or(inherited.retry).unwrap_or_else(|| default_retry(block));
         let delay_before_retry = own
             .delay_before_retry
             .or(inherited.delay_before_retry)
@@ -1366,16 +1235,8 @@ impl<'s> Reader<'s> {
                         format!("{block} needs at least one url (for example url = [{{ path = \"/\" }}])"),
                     );
                 }
-                let h = HttpCheck {
-                    connect,
-                    url,
-                    virtualhost,
-                };
-                Some(if block == "HTTP_GET" {
-                    CheckKind::Http(h)
-                } else {
-                    CheckKind::Ssl(h)
-                })
+                let h = HttpCheck { connect, url, virtualhost };
+                Some(if block == "HTTP_GET" { CheckKind::Http(h) } else { CheckKind::Ssl(h) })
             }
             "MISC_CHECK" => {
                 let misc_path = if tb.t.get("misc_path").is_none() {
@@ -1384,18 +1245,12 @@ impl<'s> Reader<'s> {
                 } else {
                     self.script(&tb, "misc_path")
                 };
-                let misc_timeout = self
-                    .secs(&tb, "misc_timeout", 1_000, 86_400_000_000)
-                    .unwrap_or(vs.delay_loop);
+                let misc_timeout =
+                    self.secs(&tb, "misc_timeout", 1_000, 86_400_000_000).unwrap_or(vs.delay_loop);
                 let misc_dynamic = self.boolean(&tb, "misc_dynamic").unwrap_or(false);
                 let user = self.script_user(&tb, "user");
                 misc_path.map(|misc_path| {
-                    CheckKind::Misc(MiscCheck {
-                        misc_path,
-                        misc_timeout,
-                        misc_dynamic,
-                        user,
-                    })
+                    CheckKind::Misc(MiscCheck { misc_path, misc_timeout, misc_dynamic, user })
                 })
             }
             "UDP_CHECK" => {
@@ -1440,24 +1295,12 @@ impl<'s> Reader<'s> {
                         }
                     }
                 };
-                Some(CheckKind::Udp(UdpCheck {
-                    connect,
-                    payload,
-                    require_reply,
-                }))
+                Some(CheckKind::Udp(UdpCheck { connect, payload, require_reply }))
             }
             _ => None,
         };
         self.stack.pop();
-        Some(HealthCheck {
-            kind: kind?,
-            delay_loop,
-            retry,
-            delay_before_retry,
-            warmup,
-            rise,
-            fall,
-        })
+        Some(HealthCheck { kind: kind?, delay_loop, retry, delay_before_retry, warmup, rise, fall })
     }
 
     fn timing_defaults_check(&mut self, tb: &Tbl<'_>, block: &str) -> TimingDefaults {
@@ -1480,9 +1323,7 @@ impl<'s> Reader<'s> {
 
     fn connect(&mut self, tb: &Tbl<'_>, target: SocketAddr, connect_timeout: Duration) -> Connect {
         let ip = self.ip(tb, "connect_ip").unwrap_or(target.ip());
-        let port = self
-            .int(tb, "connect_port", 1, 65535)
-            .map_or(target.port(), |p| p as u16);
+        let port = self.int(tb, "connect_port", 1, 65535).map_or(target.port(), |p| p as u16);
         Connect {
             target: SocketAddr::new(ip, port),
             bindto: self.ip(tb, "bindto"),
@@ -1494,10 +1335,7 @@ impl<'s> Reader<'s> {
         let tb = self.open(t, "url", pos, item, URL_KEYS, false);
         let (path, ppos) = self.req_string(&tb, "path")?;
         if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            self.err(
-                ppos,
-                format!("path {path:?} must start with '/' and contain no spaces"),
-            );
+            self.err(ppos, format!("path {path:?} must start with '/' and contain no spaces"));
             return None;
         }
         let status_code = self.status_codes(&tb)?;
@@ -1506,18 +1344,11 @@ impl<'s> Reader<'s> {
             Some(_) => Some(self.parsed(&tb, "digest", |s| {
                 let b = parse_hex(s).map_err(|m| format!("is not an MD5 hex digest: {m}"))?;
                 <[u8; 16]>::try_from(b.as_slice()).map_err(|_| {
-                    format!(
-                        "is not an MD5 hex digest (32 hex digits, found {})",
-                        s.len()
-                    )
+                    format!("is not an MD5 hex digest (32 hex digits, found {})", s.len())
                 })
             })?),
         };
-        Some(UrlCheck {
-            path,
-            status_code,
-            digest,
-        })
+        Some(UrlCheck { path, status_code, digest })
     }
 
     /// `status_code = 200`, `"200-299"` or an array of those. Default 200..=299.
@@ -1537,9 +1368,9 @@ impl<'s> Reader<'s> {
         let mut ok = true;
         for e in elems {
             let r = match e.v {
-                te::Value::Integer(_) => self
-                    .as_int(&e, "status_code", 100, 599)
-                    .map(|n| n as u16..=n as u16),
+                te::Value::Integer(_) => {
+                    self.as_int(&e, "status_code", 100, 599).map(|n| n as u16..=n as u16)
+                }
                 te::Value::String(s) => {
                     let s = s.value();
                     let parsed = s.split_once('-').and_then(|(a, b)| {
@@ -1598,15 +1429,13 @@ struct TimingDefaults {
 }
 
 fn parse_ip(s: &str) -> Result<IpAddr, String> {
-    s.parse::<IpAddr>()
-        .map_err(|_| "is not an IP address".to_string())
-        .and_then(|a| {
-            if a.is_unspecified() || a.is_multicast() {
-                Err("is not a unicast address".to_string())
-            } else {
-                Ok(a)
-            }
-        })
+    s.parse::<IpAddr>().map_err(|_| "is not an IP address".to_string()).and_then(|a| {
+        if a.is_unspecified() || a.is_multicast() {
+            Err("is not a unicast address".to_string())
+        } else {
+            Ok(a)
+        }
+    })
 }
 
 /// Hex digits, whitespace ignored, even count.
@@ -1629,13 +1458,8 @@ fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
 }
 
 fn unknown_key(key: &str, what: &str, allowed: &[&str]) -> String {
-    let hint = suggest(key, allowed)
-        .map(|s| format!(" (did you mean {s:?}?)"))
-        .unwrap_or_default();
-    format!(
-        "unknown key {key:?} in {what}{hint}; allowed keys: {}",
-        allowed.join(", ")
-    )
+    let hint = suggest(key, allowed).map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default();
+    format!("unknown key {key:?} in {what}{hint}; allowed keys: {}", allowed.join(", "))
 }
 
 fn suggest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
@@ -1657,12 +1481,7 @@ fn suggest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
         .or_else(|| {
             // A prefix such as "prio" for "priority".
             (lower.len() >= 4)
-                .then(|| {
-                    allowed
-                        .iter()
-                        .find(|a| a.starts_with(lower.as_str()))
-                        .copied()
-                })
+                .then(|| allowed.iter().find(|a| a.starts_with(lower.as_str())).copied())
                 .flatten()
         })
         .or_else(|| {
@@ -1779,11 +1598,7 @@ interval = 2
         let s = &c.vrrp_scripts[0];
         assert_eq!(s.script.argv, ["/usr/bin/pgrep", "-x", "haproxy"]);
         assert_eq!(s.interval, Duration::from_secs(2));
-        assert_eq!(
-            s.timeout,
-            Duration::from_secs(2),
-            "timeout defaults to interval"
-        );
+        assert_eq!(s.timeout, Duration::from_secs(2), "timeout defaults to interval");
         assert_eq!((s.weight, s.rise, s.fall), (0, 1, 1));
     }
 
@@ -1866,31 +1681,21 @@ address = "10.0.0.11"
         assert_eq!(tcp.delay_loop, Duration::from_secs(60));
         assert_eq!(tcp.retry, 1);
         assert_eq!(tcp.delay_before_retry, Duration::from_secs(1));
-        assert_eq!(
-            tcp.warmup,
-            Duration::from_secs(60),
-            "warmup defaults to delay_loop"
-        );
+        assert_eq!(tcp.warmup, Duration::from_secs(60), "warmup defaults to delay_loop");
         assert_eq!((tcp.rise, tcp.fall), (1, 1));
-        let CheckKind::Tcp(conn) = &tcp.kind else {
-            panic!()
-        };
+        let CheckKind::Tcp(conn) = &tcp.kind else { panic!() };
         assert_eq!(conn.connect_timeout, Duration::from_secs(5));
         assert_eq!(conn.target, "10.0.0.11:80".parse().unwrap());
 
         let http = v.real_servers[1].check.as_ref().unwrap();
         assert_eq!(http.delay_before_retry, Duration::from_secs(3));
-        let CheckKind::Http(h) = &http.kind else {
-            panic!()
-        };
+        let CheckKind::Http(h) = &http.kind else { panic!() };
         assert_eq!(h.url[0].status_code, vec![200..=299]);
         assert!(h.url[0].accepts(204) && !h.url[0].accepts(301));
 
         let misc = v.real_servers[2].check.as_ref().unwrap();
         assert_eq!(misc.retry, 0, "MISC_CHECK retry defaults to 0");
-        let CheckKind::Misc(m) = &misc.kind else {
-            panic!()
-        };
+        let CheckKind::Misc(m) = &misc.kind else { panic!() };
         assert_eq!(m.misc_timeout, Duration::from_secs(60));
         assert!(!m.misc_dynamic);
     }
@@ -1924,9 +1729,7 @@ url = [{ path = "/healthz", status_code = [200, "300-302"], digest = "9b3a0c85a8
         assert_eq!(chk.retry, 3);
         assert_eq!(chk.delay_before_retry, Duration::from_millis(500));
         assert_eq!(chk.warmup, Duration::ZERO);
-        let CheckKind::Ssl(h) = &chk.kind else {
-            panic!()
-        };
+        let CheckKind::Ssl(h) = &chk.kind else { panic!() };
         assert_eq!(h.connect.connect_timeout, Duration::from_secs(2));
         assert_eq!(h.connect.target, "10.0.0.11:9000".parse().unwrap());
         assert_eq!(h.url[0].status_code, vec![200..=200, 300..=302]);
@@ -1961,16 +1764,10 @@ url = [{ path = "/healthz", status_code = [200, "300-302"], digest = "9b3a0c85a8
     #[test]
     fn suggestions() {
         assert_eq!(suggest("prio", VRRP_INSTANCE_KEYS), Some("priority"));
-        assert_eq!(
-            suggest("virtual_router", VRRP_INSTANCE_KEYS),
-            Some("virtual_router_id")
-        );
+        assert_eq!(suggest("virtual_router", VRRP_INSTANCE_KEYS), Some("virtual_router_id"));
         assert_eq!(suggest("lvs_sched", VIRTUAL_SERVER_KEYS), Some("lb_algo"));
         assert_eq!(suggest("tcp_check", REAL_SERVER_KEYS), Some("TCP_CHECK"));
-        assert_eq!(
-            suggest("garp_delay", VRRP_INSTANCE_KEYS),
-            Some("garp_master_delay")
-        );
+        assert_eq!(suggest("garp_delay", VRRP_INSTANCE_KEYS), Some("garp_master_delay"));
         assert_eq!(suggest("zzzzzz", VRRP_INSTANCE_KEYS), None);
     }
 

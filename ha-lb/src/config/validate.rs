@@ -10,10 +10,7 @@ use super::error::{ConfigError, Item, Pos, SourceMap};
 use super::model::*;
 
 pub(crate) fn validate(c: &Config, map: &SourceMap) -> Vec<ConfigError> {
-    let mut v = V {
-        map,
-        errors: Vec::new(),
-    };
+    let mut v = V { map, errors: Vec::new() };
     v.global(c);
     v.names(c);
     v.instances(c);
@@ -99,10 +96,7 @@ impl V<'_> {
                 match seen.get(name) {
                     Some(first) => self.err(
                         pos,
-                        format!(
-                            "{what} {name:?} is already defined at line {}",
-                            line(*first)
-                        ),
+                        format!("{what} {name:?} is already defined at line {}", line(*first)),
                     ),
                     None => {
                         seen.insert(name, pos);
@@ -212,18 +206,13 @@ impl V<'_> {
         }
         for (key, list) in [
             ("virtual_ipaddress", &inst.virtual_ipaddress),
-            (
-                "virtual_ipaddress_excluded",
-                &inst.virtual_ipaddress_excluded,
-            ),
+            ("virtual_ipaddress_excluded", &inst.virtual_ipaddress_excluded),
         ] {
             for (i, vip) in list.iter().enumerate() {
                 if let Some(label) = &vip.label {
                     let dev = vip.device(&inst.interface);
                     let ok = label == dev
-                        || label
-                            .strip_prefix(dev)
-                            .is_some_and(|rest| rest.starts_with(':'));
+                        || label.strip_prefix(dev).is_some_and(|rest| rest.starts_with(':'));
                     if !ok {
                         self.err(
                             m.elem(item, key, i),
@@ -252,10 +241,7 @@ impl V<'_> {
         // Version rules.
         let vpos = m.key(item, "version");
         if inst.version == VrrpVersion::V2 && family == AddrFamily::Ipv6 {
-            self.err(
-                vpos,
-                "VRRP version 2 is IPv4 only; IPv6 instances need version = 3",
-            );
+            self.err(vpos, "VRRP version 2 is IPv4 only; IPv6 instances need version = 3");
         }
         let adv = inst.advert_int;
         let apos = m.key(item, "advert_int");
@@ -322,10 +308,7 @@ impl V<'_> {
                     ),
                 );
             } else if Some(*peer) == inst.unicast_src_ip {
-                self.err(
-                    pos,
-                    format!("unicast_peer {peer} is this node's own unicast_src_ip"),
-                );
+                self.err(pos, format!("unicast_peer {peer} is this node's own unicast_src_ip"));
             } else if !peers.insert(*peer) {
                 self.err(pos, format!("unicast_peer {peer} is listed twice"));
             }
@@ -347,10 +330,7 @@ impl V<'_> {
         if !inst.preempt_delay.is_zero() {
             let pos = m.key(item, "preempt_delay");
             if inst.nopreempt {
-                self.err(
-                    pos,
-                    "preempt_delay has no effect with nopreempt; remove one of them",
-                );
+                self.err(pos, "preempt_delay has no effect with nopreempt; remove one of them");
             } else if inst.state == InitialState::Master {
                 self.err(pos, "preempt_delay needs state = \"BACKUP\"");
             }
@@ -403,10 +383,7 @@ impl V<'_> {
                     ),
                 );
             } else if !seen.insert(&t.track_file) {
-                self.err(
-                    pos,
-                    format!("track_file {:?} is listed twice", t.track_file),
-                );
+                self.err(pos, format!("track_file {:?} is listed twice", t.track_file));
             }
         }
     }
@@ -506,11 +483,7 @@ impl V<'_> {
             match keys.get(&vs.key()) {
                 Some(p) => self.err(
                     pos,
-                    format!(
-                        "virtual_server {} is already defined at line {}",
-                        vs.key(),
-                        line(*p)
-                    ),
+                    format!("virtual_server {} is already defined at line {}", vs.key(), line(*p)),
                 ),
                 None => {
                     keys.insert(vs.key(), pos);
@@ -520,10 +493,7 @@ impl V<'_> {
             if vs.hysteresis > 0 && vs.hysteresis >= vs.quorum {
                 self.err(
                     m.key(item, "hysteresis"),
-                    format!(
-                        "hysteresis {} must be less than quorum {}",
-                        vs.hysteresis, vs.quorum
-                    ),
+                    format!("hysteresis {} must be less than quorum {}", vs.hysteresis, vs.quorum),
                 );
             }
             let total: u64 = vs.real_servers.iter().map(|r| r.weight as u64).sum();

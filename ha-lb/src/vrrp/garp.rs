@@ -138,12 +138,7 @@ impl PacketGarpSender {
     pub fn new(iface: &Interface, mac: [u8; 6], router: bool) -> io::Result<Self> {
         let sock = Socket::new(Domain::PACKET, Type::RAW, Some(0.into()))?;
         sock.set_nonblocking(true)?;
-        Ok(Self {
-            sock,
-            ifindex: iface.index,
-            mac,
-            router,
-        })
+        Ok(Self { sock, ifindex: iface.index, mac, router })
     }
 
     fn send_frame(&self, frame: &[u8], ethertype: u16, dst: [u8; 6]) -> io::Result<()> {
@@ -242,11 +237,7 @@ struct Lane<A> {
 
 impl<A: Copy> Lane<A> {
     fn new(interval: Duration) -> Self {
-        Self {
-            queue: VecDeque::new(),
-            interval,
-            not_before: None,
-        }
+        Self { queue: VecDeque::new(), interval, not_before: None }
     }
 
     fn drain(&mut self, now: Instant, out: &mut Vec<A>) {
@@ -364,10 +355,7 @@ impl GarpSchedule {
         let mut nas = Vec::new();
         self.arp.drain(now, &mut arps);
         self.na.drain(now, &mut nas);
-        arps.into_iter()
-            .map(GarpMessage::Arp)
-            .chain(nas.into_iter().map(GarpMessage::Na))
-            .collect()
+        arps.into_iter().map(GarpMessage::Arp).chain(nas.into_iter().map(GarpMessage::Na)).collect()
     }
 
     /// When [`poll`](Self::poll) has something to do next; `None`: nothing until the next
@@ -506,35 +494,24 @@ mod tests {
                 }
             );
             // Independent checksum check: etherparse recomputes it from the pseudo-header.
-            let want = icmp
-                .icmp_type()
-                .calc_checksum(ip.source, ip.destination, icmp.payload())
-                .unwrap();
+            let want =
+                icmp.icmp_type().calc_checksum(ip.source, ip.destination, icmp.payload()).unwrap();
             assert_eq!(icmp.checksum(), want);
             assert_ne!(want, 0);
             // Target and target link-layer address option.
             assert_eq!(&icmp.payload()[..16], &vip.octets());
-            assert_eq!(
-                &icmp.payload()[16..],
-                &[2, 1, 0x02, 0x11, 0x22, 0x33, 0x44, 0x55]
-            );
+            assert_eq!(&icmp.payload()[16..], &[2, 1, 0x02, 0x11, 0x22, 0x33, 0x44, 0x55]);
             // Our own checksum routine agrees with etherparse's.
             assert_eq!(icmpv6_checksum(vip, ALL_NODES, &f[54..]), want);
         }
     }
 
     fn vips() -> Vec<IpAddr> {
-        ["192.0.2.100", "192.0.2.101", "2001:db8::100"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect()
+        ["192.0.2.100", "192.0.2.101", "2001:db8::100"].iter().map(|s| s.parse().unwrap()).collect()
     }
 
     fn count(msgs: &[GarpMessage]) -> (usize, usize) {
-        let arps = msgs
-            .iter()
-            .filter(|m| matches!(m, GarpMessage::Arp(_)))
-            .count();
+        let arps = msgs.iter().filter(|m| matches!(m, GarpMessage::Arp(_))).count();
         (arps, msgs.len() - arps)
     }
 
@@ -658,17 +635,11 @@ mod tests {
 
     impl GarpSender for Recorder {
         fn send_garp(&self, vip: Ipv4Addr) -> io::Result<()> {
-            self.0
-                .lock()
-                .unwrap()
-                .push((tokio::time::Instant::now(), GarpMessage::Arp(vip)));
+            self.0.lock().unwrap().push((tokio::time::Instant::now(), GarpMessage::Arp(vip)));
             Ok(())
         }
         fn send_na(&self, vip: Ipv6Addr) -> io::Result<()> {
-            self.0
-                .lock()
-                .unwrap()
-                .push((tokio::time::Instant::now(), GarpMessage::Na(vip)));
+            self.0.lock().unwrap().push((tokio::time::Instant::now(), GarpMessage::Na(vip)));
             Err(io::Error::other("NA send fails; driver must carry on"))
         }
     }
@@ -684,9 +655,7 @@ mod tests {
         {
             let sent = rec.0.lock().unwrap();
             assert_eq!(sent.len(), 30);
-            assert!(sent[..15]
-                .iter()
-                .all(|(t, _)| *t - t0 < Duration::from_millis(1)));
+            assert!(sent[..15].iter().all(|(t, _)| *t - t0 < Duration::from_millis(1)));
             assert!(sent[15..]
                 .iter()
                 .all(|(t, _)| *t - t0 >= Duration::from_secs(5)

@@ -151,11 +151,7 @@ impl Config {
     ) -> Config {
         Config {
             virtual_router_id,
-            version: if primary_address.is_ipv4() {
-                Version::V2
-            } else {
-                Version::V3
-            },
+            version: if primary_address.is_ipv4() { Version::V2 } else { Version::V3 },
             priority: DEFAULT_PRIORITY,
             advert_int_cs: 100,
             primary_address,
@@ -199,16 +195,9 @@ impl Config {
             }
         }
         if self.virtual_ipaddresses.len() > 255 {
-            return Err(ConfigError::TooManyAddresses(
-                self.virtual_ipaddresses.len(),
-            ));
+            return Err(ConfigError::TooManyAddresses(self.virtual_ipaddresses.len()));
         }
-        if self
-            .virtual_ipaddresses
-            .iter()
-            .chain(&self.unicast_peers)
-            .any(|a| a.is_ipv4() != v4)
-        {
+        if self.virtual_ipaddresses.iter().chain(&self.unicast_peers).any(|a| a.is_ipv4() != v4) {
             return Err(ConfigError::FamilyMismatch);
         }
         if self.unicast_peers.contains(&self.primary_address) {
@@ -326,11 +315,7 @@ pub enum Action {
     /// (keepalived `garp_master_repeat` packets each).
     SendGratuitous,
     /// For logs, notify scripts, the reconciler and status.
-    StateChanged {
-        from: State,
-        to: State,
-        reason: Reason,
-    },
+    StateChanged { from: State, to: State, reason: Reason },
 }
 
 /// Everything counted, for status output. Every ignored advert lands in
@@ -531,18 +516,10 @@ impl Machine {
         self.master_adver_int_cs
     }
     pub fn skew_time(&self) -> Duration {
-        skew_time(
-            self.cfg.version,
-            self.effective_priority,
-            self.master_adver_int_cs,
-        )
+        skew_time(self.cfg.version, self.effective_priority, self.master_adver_int_cs)
     }
     pub fn master_down_interval(&self) -> Duration {
-        master_down_interval(
-            self.cfg.version,
-            self.effective_priority,
-            self.master_adver_int_cs,
-        )
+        master_down_interval(self.cfg.version, self.effective_priority, self.master_adver_int_cs)
     }
     /// Rule 1 bound: how long STOPPING may keep the VIPs.
     pub fn stop_timeout(&self) -> Duration {
@@ -761,9 +738,7 @@ impl Machine {
     // ----- internals ---------------------------------------------------------
 
     fn peer_settle(&self) -> Duration {
-        self.cfg
-            .peer_settle
-            .unwrap_or(cs(self.cfg.advert_int_cs) * 10)
+        self.cfg.peer_settle.unwrap_or(cs(self.cfg.advert_int_cs) * 10)
     }
 
     /// All RFC and ha-lb checks; counts and logs the reason for a rejection.
@@ -836,10 +811,7 @@ impl Machine {
     fn interval_bounds(&self) -> (u16, u16) {
         let own = self.cfg.advert_int_cs;
         let f = self.cfg.advert_int_factor;
-        (
-            (own / f).max(1),
-            own.saturating_mul(f).min(V3_MAX_ADVER_INT_CS),
-        )
+        ((own / f).max(1), own.saturating_mul(f).min(V3_MAX_ADVER_INT_CS))
     }
 
     /// Rule 2.
@@ -854,9 +826,7 @@ impl Machine {
                 self.peers.insert(src);
                 info!(virtual_router_id = self.cfg.virtual_router_id, peer = %src, "VRRP peer learned");
                 if until.is_none() {
-                    self.peer_mode = PeerMode::Learning {
-                        until: Some(now + settle),
-                    };
+                    self.peer_mode = PeerMode::Learning { until: Some(now + settle) };
                 }
                 true
             }
@@ -883,11 +853,7 @@ impl Machine {
                     return true;
                 }
                 if !self.probation.contains_key(&src) && self.probation.len() >= MAX_PROBATION {
-                    let oldest = self
-                        .probation
-                        .iter()
-                        .min_by_key(|(_, p)| p.last)
-                        .map(|(a, _)| *a);
+                    let oldest = self.probation.iter().min_by_key(|(_, p)| p.last).map(|(a, _)| *a);
                     if let Some(a) = oldest {
                         self.probation.remove(&a);
                     }
@@ -950,10 +916,7 @@ impl Machine {
             let t = now + self.skew_time();
             if self.master_down_timer.is_none_or(|d| t < d) {
                 self.master_down_timer = Some(t);
-                self.down_reason = Reason::Preempt {
-                    from: src,
-                    priority: adv.priority,
-                };
+                self.down_reason = Reason::Preempt { from: src, priority: adv.priority };
             }
         }
     }
@@ -996,10 +959,7 @@ impl Machine {
                 self.current_master = Some(src);
                 self.enter_backup(
                     now,
-                    Reason::HigherPriority {
-                        from: src,
-                        priority: adv.priority,
-                    },
+                    Reason::HigherPriority { from: src, priority: adv.priority },
                 );
             }
             _ => {
@@ -1011,10 +971,7 @@ impl Machine {
                     ours = eff,
                     "higher-priority advert; keeping VIPs until a second advert confirms it"
                 );
-                self.yielding = Some(Yield {
-                    from: src,
-                    deadline: now + cs(interval) * 2,
-                });
+                self.yielding = Some(Yield { from: src, deadline: now + cs(interval) * 2 });
             }
         }
     }
@@ -1080,8 +1037,7 @@ impl Machine {
             ?reason,
             "VRRP state change"
         );
-        self.actions
-            .push_back(Action::StateChanged { from, to, reason });
+        self.actions.push_back(Action::StateChanged { from, to, reason });
     }
 
     /// From INIT (start) or FAULT (recovered).
@@ -1205,32 +1161,20 @@ mod tests {
     #[test]
     fn rfc_timer_formulas() {
         // Priority 100, 1 s: skew 156/256 s = 0.609375 s exactly.
-        assert_eq!(
-            skew_time(Version::V3, 100, 100),
-            Duration::from_nanos(609_375_000)
-        );
+        assert_eq!(skew_time(Version::V3, 100, 100), Duration::from_nanos(609_375_000));
         assert_eq!(
             master_down_interval(Version::V3, 100, 100),
             Duration::from_nanos(3_609_375_000)
         );
         // v2 skew does not scale with the interval (RFC 3768 §6.1).
-        assert_eq!(
-            skew_time(Version::V2, 100, 300),
-            Duration::from_nanos(609_375_000)
-        );
+        assert_eq!(skew_time(Version::V2, 100, 300), Duration::from_nanos(609_375_000));
         assert_eq!(
             master_down_interval(Version::V2, 100, 300),
             Duration::from_nanos(9_609_375_000)
         );
         // v3 skew scales: 50 cs, priority 200 → 56 × 0.5 / 256 s.
-        assert_eq!(
-            skew_time(Version::V3, 200, 50),
-            Duration::from_nanos(109_375_000)
-        );
-        assert_eq!(
-            skew_time(Version::V3, 255, 100),
-            Duration::from_nanos(3_906_250)
-        );
+        assert_eq!(skew_time(Version::V3, 200, 50), Duration::from_nanos(109_375_000));
+        assert_eq!(skew_time(Version::V3, 255, 100), Duration::from_nanos(3_906_250));
     }
 
     #[test]
@@ -1260,12 +1204,7 @@ mod tests {
         // Then adverts every advert_int, and a second GARP after garp_master_delay.
         let more = run(&mut m, due + Duration::from_millis(5500));
         assert_eq!(sent_priorities(&more).len(), 5);
-        assert_eq!(
-            more.iter()
-                .filter(|a| **a == Action::SendGratuitous)
-                .count(),
-            1
-        );
+        assert_eq!(more.iter().filter(|a| **a == Action::SendGratuitous).count(), 1);
     }
 
     #[test]
@@ -1281,10 +1220,7 @@ mod tests {
                 reason: Reason::Startup
             }]
         );
-        assert_eq!(
-            m.poll_timeout(),
-            Some(t0 + master_down_interval(Version::V2, 254, 100))
-        );
+        assert_eq!(m.poll_timeout(), Some(t0 + master_down_interval(Version::V2, 254, 100)));
     }
 
     #[test]
@@ -1326,10 +1262,7 @@ mod tests {
         m.handle_advert(t0, ip(PEER), &a);
         assert_eq!(m.master_adver_int_cs(), 50);
         // 3 × 0.5 s + 156 × 0.5 / 256 s
-        assert_eq!(
-            m.poll_timeout(),
-            Some(t0 + Duration::from_nanos(1_500_000_000 + 304_687_500))
-        );
+        assert_eq!(m.poll_timeout(), Some(t0 + Duration::from_nanos(1_500_000_000 + 304_687_500)));
         // When it becomes master it advertises its own interval again.
         m.handle_timeout(m.poll_timeout().unwrap());
         assert_eq!(m.master_adver_int_cs(), 100);
@@ -1355,10 +1288,7 @@ mod tests {
         let t1 = t0 + Duration::from_millis(700);
         m.handle_advert(t1, ip(PEER), &advert(&m, 0));
         assert_eq!(m.counters().priority_zero_received, 1);
-        assert_eq!(
-            m.poll_timeout(),
-            Some(t1 + Duration::from_nanos(609_375_000))
-        );
+        assert_eq!(m.poll_timeout(), Some(t1 + Duration::from_nanos(609_375_000)));
         m.handle_timeout(t1 + Duration::from_nanos(609_375_000));
         let a = drain(&mut m);
         assert_eq!(
@@ -1389,10 +1319,7 @@ mod tests {
             Action::StateChanged {
                 from: State::Backup,
                 to: State::Master,
-                reason: Reason::Preempt {
-                    from: ip(PEER),
-                    priority: 100
-                }
+                reason: Reason::Preempt { from: ip(PEER), priority: 100 }
             }
         );
     }
@@ -1471,10 +1398,7 @@ mod tests {
         assert!(a.contains(&Action::StateChanged {
             from: State::Master,
             to: State::Backup,
-            reason: Reason::HigherPriority {
-                from: ip(HIGH),
-                priority: 100
-            }
+            reason: Reason::HigherPriority { from: ip(HIGH), priority: 100 }
         }));
         // As backup, equal priority never preempts a running master (RFC).
         m.handle_advert(t0 + Duration::from_secs(2), ip(PEER), &advert(&m, 100));
@@ -1634,11 +1558,7 @@ mod tests {
         let mut m = started(c, t0);
         let before = m.poll_timeout();
         for i in 0..10 {
-            m.handle_advert(
-                t0 + Duration::from_secs(i),
-                ip("10.0.0.66"),
-                &advert(&m, 200),
-            );
+            m.handle_advert(t0 + Duration::from_secs(i), ip("10.0.0.66"), &advert(&m, 200));
         }
         assert_eq!(m.counters().ignored_not_allowed, 10);
         assert_eq!(m.poll_timeout(), before);
@@ -1654,22 +1574,14 @@ mod tests {
         c.unicast_peers.clear();
         c.admit_unknown_after = None;
         let mut m = started(c, t0);
-        assert_eq!(
-            *m.peers().1,
-            PeerMode::Learning {
-                until: Some(t0 + Duration::from_secs(10))
-            }
-        );
+        assert_eq!(*m.peers().1, PeerMode::Learning { until: Some(t0 + Duration::from_secs(10)) });
         for i in 0..12 {
             let t = t0 + Duration::from_secs(i);
             m.handle_advert(t, ip(PEER), &advert(&m, 200));
             m.handle_timeout(t);
         }
         assert_eq!(*m.peers().1, PeerMode::Locked);
-        assert_eq!(
-            m.peers().0.iter().copied().collect::<Vec<_>>(),
-            vec![ip(PEER)]
-        );
+        assert_eq!(m.peers().0.iter().copied().collect::<Vec<_>>(), vec![ip(PEER)]);
         let t = t0 + Duration::from_secs(12);
         for k in 0..5 {
             m.handle_advert(t + Duration::from_millis(k), ip(HIGH), &advert(&m, 250));
@@ -1683,35 +1595,18 @@ mod tests {
     #[test]
     fn learning_waits_for_a_first_peer() {
         let t0 = Instant::now();
-        let mut m = started(
-            Config {
-                unicast_peers: vec![],
-                ..cfg(200)
-            },
-            t0,
-        );
+        let mut m = started(Config { unicast_peers: vec![], ..cfg(200) }, t0);
         run(&mut m, t0 + Duration::from_secs(30));
         assert_eq!(*m.peers().1, PeerMode::Learning { until: None });
         let t = t0 + Duration::from_secs(30);
         m.handle_advert(t, ip(PEER), &advert(&m, 100));
-        assert_eq!(
-            *m.peers().1,
-            PeerMode::Learning {
-                until: Some(t + Duration::from_secs(10))
-            }
-        );
+        assert_eq!(*m.peers().1, PeerMode::Learning { until: Some(t + Duration::from_secs(10)) });
     }
 
     #[test]
     fn unknown_source_admitted_only_after_consecutive_adverts() {
         let t0 = Instant::now();
-        let mut m = started(
-            Config {
-                unicast_peers: vec![],
-                ..cfg(100)
-            },
-            t0,
-        );
+        let mut m = started(Config { unicast_peers: vec![], ..cfg(100) }, t0);
         for i in 0..11 {
             let t = t0 + Duration::from_secs(i);
             m.handle_advert(t, ip(PEER), &advert(&m, 200));
@@ -1783,9 +1678,7 @@ mod tests {
         assert!(!m.is_yielding());
         assert_eq!(m.state(), State::Master);
         assert!(a.contains(&Action::SendGratuitous));
-        assert!(!a
-            .iter()
-            .any(|x| matches!(x, Action::RemoveVips | Action::StateChanged { .. })));
+        assert!(!a.iter().any(|x| matches!(x, Action::RemoveVips | Action::StateChanged { .. })));
         assert_eq!(m.counters().yields_aborted, 1);
     }
 
@@ -1905,10 +1798,7 @@ mod tests {
     #[test]
     fn rx_errors_are_counted() {
         let mut m = Machine::new(cfg(100)).unwrap();
-        m.handle_rx_error(&DecodeError::BadChecksum {
-            found: 1,
-            computed: 2,
-        });
+        m.handle_rx_error(&DecodeError::BadChecksum { found: 1, computed: 2 });
         m.handle_rx_error(&DecodeError::BadHopLimit(1));
         assert_eq!(m.counters().rx_errors.bad_checksum, 1);
         assert_eq!(m.counters().rx_errors.total(), 2);
@@ -1919,77 +1809,34 @@ mod tests {
         let ok = cfg(100);
         assert!(ok.validate().is_ok());
         assert_eq!(
-            Config {
-                virtual_router_id: 0,
-                ..ok.clone()
-            }
-            .validate(),
+            Config { virtual_router_id: 0, ..ok.clone() }.validate(),
             Err(ConfigError::VirtualRouterId)
         );
+        assert_eq!(Config { priority: 0, ..ok.clone() }.validate(), Err(ConfigError::Priority));
         assert_eq!(
-            Config {
-                priority: 0,
-                ..ok.clone()
-            }
-            .validate(),
-            Err(ConfigError::Priority)
-        );
-        assert_eq!(
-            Config {
-                advert_int_cs: 150,
-                ..ok.clone()
-            }
-            .validate(),
+            Config { advert_int_cs: 150, ..ok.clone() }.validate(),
             Err(ConfigError::AdvertInt(150))
         );
-        assert!(Config {
-            advert_int_cs: 150,
-            ..v3(ok.clone())
-        }
-        .validate()
-        .is_ok());
+        assert!(Config { advert_int_cs: 150, ..v3(ok.clone()) }.validate().is_ok());
         assert_eq!(
-            Config {
-                advert_int_cs: 4096,
-                ..v3(ok.clone())
-            }
-            .validate(),
+            Config { advert_int_cs: 4096, ..v3(ok.clone()) }.validate(),
             Err(ConfigError::AdvertInt(4096))
         );
         assert_eq!(
-            Config {
-                auth: Auth::password("x"),
-                ..v3(ok.clone())
-            }
-            .validate(),
+            Config { auth: Auth::password("x"), ..v3(ok.clone()) }.validate(),
             Err(ConfigError::AuthOnV3)
         );
         assert_eq!(
-            Config {
-                unicast_peers: vec![ip(ME)],
-                ..ok.clone()
-            }
-            .validate(),
+            Config { unicast_peers: vec![ip(ME)], ..ok.clone() }.validate(),
             Err(ConfigError::PeerIsSelf)
         );
         assert_eq!(
-            Config {
-                unicast_peers: vec![ip("fe80::1")],
-                ..ok.clone()
-            }
-            .validate(),
+            Config { unicast_peers: vec![ip("fe80::1")], ..ok.clone() }.validate(),
             Err(ConfigError::FamilyMismatch)
         );
         let six = Config::new(1, ip("fe80::2"), vec![ip("2001:db8::1")]);
         assert_eq!(six.version, Version::V3);
         assert!(six.validate().is_ok());
-        assert_eq!(
-            Config {
-                version: Version::V2,
-                ..six
-            }
-            .validate(),
-            Err(ConfigError::V2OverIpv6)
-        );
+        assert_eq!(Config { version: Version::V2, ..six }.validate(), Err(ConfigError::V2OverIpv6));
     }
 }

@@ -114,10 +114,7 @@ pub struct RxOptions {
 
 impl Default for RxOptions {
     fn default() -> Self {
-        RxOptions {
-            v3_checksum: V3Checksum::PseudoHeader,
-            require_hop_limit_255: true,
-        }
+        RxOptions { v3_checksum: V3Checksum::PseudoHeader, require_hop_limit_255: true }
     }
 }
 
@@ -156,11 +153,7 @@ pub enum DecodeError {
     #[error("source and destination address families differ")]
     FamilyMismatch,
     #[error("length {actual} does not match count {count} (expected {expected} bytes)")]
-    LengthMismatch {
-        count: u8,
-        expected: usize,
-        actual: usize,
-    },
+    LengthMismatch { count: u8, expected: usize, actual: usize },
     #[error("bad checksum: packet has {found:#06x}, computed {computed:#06x}")]
     BadChecksum { found: u16, computed: u16 },
     #[error("VRRPv3 reserved bits set ({0:#x})")]
@@ -388,10 +381,7 @@ impl Advert {
             return Err(DecodeError::FamilyMismatch);
         }
         if msg.len() < HEADER_LEN {
-            return Err(DecodeError::Truncated {
-                len: msg.len(),
-                need: HEADER_LEN,
-            });
+            return Err(DecodeError::Truncated { len: msg.len(), need: HEADER_LEN });
         }
         let version = match msg[0] >> 4 {
             2 => Version::V2,
@@ -414,18 +404,11 @@ impl Advert {
         let alen = addr_len(&src);
         let expected = message_len(version, alen, usize::from(count));
         if msg.len() != expected {
-            return Err(DecodeError::LengthMismatch {
-                count,
-                expected,
-                actual: msg.len(),
-            });
+            return Err(DecodeError::LengthMismatch { count, expected, actual: msg.len() });
         }
         let found = u16::from_be_bytes([msg[6], msg[7]]);
         // Summing the message with its checksum in place gives 0xffff when valid.
-        let total = fold(sum16(
-            pseudo_header_sum(version, mode, src, dst, msg.len()),
-            msg,
-        ));
+        let total = fold(sum16(pseudo_header_sum(version, mode, src, dst, msg.len()), msg));
         if total != 0xffff {
             let mut zeroed = msg.to_vec();
             zeroed[6] = 0;
@@ -465,14 +448,7 @@ impl Advert {
             Some(2) => return Err(DecodeError::AuthAhUnsupported),
             Some(t) => return Err(DecodeError::BadAuthType(t)),
         };
-        Ok(Advert {
-            version,
-            vrid,
-            priority,
-            adver_int_cs,
-            addrs,
-            auth,
-        })
+        Ok(Advert { version, vrid, priority, adver_int_cs, addrs, auth })
     }
 
     /// Length of the encoded message.
@@ -576,12 +552,7 @@ pub fn decode(
         return Err(DecodeError::BadHopLimit(hop_limit));
     }
     let advert = Advert::decode(src, dst, msg, opts.v3_checksum)?;
-    Ok(Received {
-        src,
-        dst,
-        hop_limit,
-        advert,
-    })
+    Ok(Received { src, dst, hop_limit, advert })
 }
 
 /// Decode a whole IPv4 packet as an `AF_INET, SOCK_RAW, IPPROTO_VRRP` socket
@@ -589,10 +560,7 @@ pub fn decode(
 /// checksum; we check version, lengths, protocol and fragmentation.
 pub fn decode_ipv4_packet(pkt: &[u8], opts: &RxOptions) -> Result<Received, DecodeError> {
     if pkt.len() < 20 {
-        return Err(DecodeError::Truncated {
-            len: pkt.len(),
-            need: 20,
-        });
+        return Err(DecodeError::Truncated { len: pkt.len(), need: 20 });
     }
     if pkt[0] >> 4 != 4 {
         return Err(DecodeError::BadIpHeader);
@@ -643,13 +611,8 @@ mod tests {
     #[test]
     fn v2_hand_checked_checksum() {
         let a = sample_v2();
-        let bytes = a
-            .encode(
-                v4("10.0.0.1"),
-                IpAddr::V4(VRRP_MCAST_V4),
-                V3Checksum::PseudoHeader,
-            )
-            .unwrap();
+        let bytes =
+            a.encode(v4("10.0.0.1"), IpAddr::V4(VRRP_MCAST_V4), V3Checksum::PseudoHeader).unwrap();
         assert_eq!(
             bytes,
             [
@@ -658,13 +621,8 @@ mod tests {
             ]
         );
         // v2 ignores addresses: any src/dst decodes it.
-        let back = Advert::decode(
-            v4("10.9.9.9"),
-            v4("10.0.0.2"),
-            &bytes,
-            V3Checksum::PseudoHeader,
-        )
-        .unwrap();
+        let back = Advert::decode(v4("10.9.9.9"), v4("10.0.0.2"), &bytes, V3Checksum::PseudoHeader)
+            .unwrap();
         assert_eq!(back, a);
     }
 
@@ -680,34 +638,21 @@ mod tests {
     /// ```
     #[test]
     fn v3_ipv4_hand_checked_checksum() {
-        let a = Advert {
-            version: Version::V3,
-            adver_int_cs: 100,
-            ..sample_v2()
-        };
+        let a = Advert { version: Version::V3, adver_int_cs: 100, ..sample_v2() };
         let src = v4("10.0.0.1");
         let dst = IpAddr::V4(VRRP_MCAST_V4);
         let bytes = a.encode(src, dst, V3Checksum::PseudoHeader).unwrap();
-        assert_eq!(
-            bytes,
-            [0x31, 0x33, 0x64, 0x01, 0x00, 0x64, 0xbd, 0xca, 192, 168, 1, 100]
-        );
+        assert_eq!(bytes, [0x31, 0x33, 0x64, 0x01, 0x00, 0x64, 0xbd, 0xca, 192, 168, 1, 100]);
         let compat = a.encode(src, dst, V3Checksum::AsV2).unwrap();
         assert_eq!(&compat[6..8], &[0xa8, 0x5a]);
         // Each mode rejects the other's checksum, and a different dst changes it.
         assert!(matches!(
             Advert::decode(src, dst, &compat, V3Checksum::PseudoHeader),
-            Err(DecodeError::BadChecksum {
-                found: 0xa85a,
-                computed: 0xbdca
-            })
+            Err(DecodeError::BadChecksum { found: 0xa85a, computed: 0xbdca })
         ));
         assert!(Advert::decode(src, dst, &bytes, V3Checksum::AsV2).is_err());
         assert!(Advert::decode(src, v4("10.0.0.2"), &bytes, V3Checksum::PseudoHeader).is_err());
-        assert_eq!(
-            Advert::decode(src, dst, &compat, V3Checksum::AsV2).unwrap(),
-            a
-        );
+        assert_eq!(Advert::decode(src, dst, &compat, V3Checksum::AsV2).unwrap(), a);
     }
 
     /// Cross-check the pseudo-header checksums against etherparse's independent
@@ -725,9 +670,7 @@ mod tests {
             auth: Auth::None,
         };
         let (s, d) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
-        let mut msg = a4
-            .encode(s.into(), d.into(), V3Checksum::PseudoHeader)
-            .unwrap();
+        let mut msg = a4.encode(s.into(), d.into(), V3Checksum::PseudoHeader).unwrap();
         let got = u16::from_be_bytes([msg[6], msg[7]]);
         msg[6..8].copy_from_slice(&[0, 0]);
         let want = Sum16BitWords::new()
@@ -745,9 +688,7 @@ mod tests {
             ..a4.clone()
         };
         let s6: Ipv6Addr = "fe80::a".parse().unwrap();
-        let mut msg = a6
-            .encode(s6.into(), VRRP_MCAST_V6.into(), V3Checksum::PseudoHeader)
-            .unwrap();
+        let mut msg = a6.encode(s6.into(), VRRP_MCAST_V6.into(), V3Checksum::PseudoHeader).unwrap();
         let got = u16::from_be_bytes([msg[6], msg[7]]);
         msg[6..8].copy_from_slice(&[0, 0]);
         let want = Sum16BitWords::new()
@@ -760,9 +701,7 @@ mod tests {
             .to_be();
         assert_eq!(got, want);
         // AsV2 is an IPv4-only knob: IPv6 always uses the pseudo-header.
-        let msg2 = a6
-            .encode(s6.into(), VRRP_MCAST_V6.into(), V3Checksum::AsV2)
-            .unwrap();
+        let msg2 = a6.encode(s6.into(), VRRP_MCAST_V6.into(), V3Checksum::AsV2).unwrap();
         assert_eq!(u16::from_be_bytes([msg2[6], msg2[7]]), want);
     }
 
@@ -770,18 +709,11 @@ mod tests {
     #[test]
     fn decode_full_ipv4_packet_built_by_etherparse() {
         use etherparse::{IpNumber, PacketBuilder};
-        let a = Advert {
-            auth: Auth::password("secret"),
-            ..sample_v2()
-        };
+        let a = Advert { auth: Auth::password("secret"), ..sample_v2() };
         let (s, d) = ([10, 0, 0, 1], [224, 0, 0, 18]);
-        let msg = a
-            .encode(s.into(), d.into(), V3Checksum::PseudoHeader)
-            .unwrap();
+        let msg = a.encode(s.into(), d.into(), V3Checksum::PseudoHeader).unwrap();
         let mut pkt = Vec::new();
-        PacketBuilder::ipv4(s, d, 255)
-            .write(&mut pkt, IpNumber(IPPROTO_VRRP), &msg)
-            .unwrap();
+        PacketBuilder::ipv4(s, d, 255).write(&mut pkt, IpNumber(IPPROTO_VRRP), &msg).unwrap();
         let rx = decode_ipv4_packet(&pkt, &RxOptions::default()).unwrap();
         assert_eq!(rx.src, IpAddr::from(s));
         assert_eq!(rx.dst, IpAddr::from(d));
@@ -789,34 +721,21 @@ mod tests {
         assert_eq!(rx.advert, a);
 
         let mut ttl_pkt = Vec::new();
-        PacketBuilder::ipv4(s, d, 254)
-            .write(&mut ttl_pkt, IpNumber(IPPROTO_VRRP), &msg)
-            .unwrap();
+        PacketBuilder::ipv4(s, d, 254).write(&mut ttl_pkt, IpNumber(IPPROTO_VRRP), &msg).unwrap();
         assert_eq!(
             decode_ipv4_packet(&ttl_pkt, &RxOptions::default()),
             Err(DecodeError::BadHopLimit(254))
         );
-        let lax = RxOptions {
-            require_hop_limit_255: false,
-            ..RxOptions::default()
-        };
+        let lax = RxOptions { require_hop_limit_255: false, ..RxOptions::default() };
         assert!(decode_ipv4_packet(&ttl_pkt, &lax).is_ok());
 
         let mut udp = Vec::new();
-        PacketBuilder::ipv4(s, d, 255)
-            .write(&mut udp, IpNumber(17), &msg)
-            .unwrap();
-        assert_eq!(
-            decode_ipv4_packet(&udp, &RxOptions::default()),
-            Err(DecodeError::NotVrrp(17))
-        );
+        PacketBuilder::ipv4(s, d, 255).write(&mut udp, IpNumber(17), &msg).unwrap();
+        assert_eq!(decode_ipv4_packet(&udp, &RxOptions::default()), Err(DecodeError::NotVrrp(17)));
 
         let mut frag = pkt.clone();
         frag[6] |= 0x20; // MF
-        assert_eq!(
-            decode_ipv4_packet(&frag, &RxOptions::default()),
-            Err(DecodeError::Fragmented)
-        );
+        assert_eq!(decode_ipv4_packet(&frag, &RxOptions::default()), Err(DecodeError::Fragmented));
         assert_eq!(
             decode_ipv4_packet(&pkt[..19], &RxOptions::default()),
             Err(DecodeError::Truncated { len: 19, need: 20 })
@@ -837,23 +756,14 @@ mod tests {
 
     #[test]
     fn v2_simple_password_round_trip_and_padding() {
-        let a = Advert {
-            auth: Auth::password("pw"),
-            ..sample_v2()
-        };
+        let a = Advert { auth: Auth::password("pw"), ..sample_v2() };
         assert_eq!(a.auth, Auth::SimplePassword(*b"pw\0\0\0\0\0\0"));
-        assert_eq!(
-            Auth::password("longer-than-8"),
-            Auth::SimplePassword(*b"longer-t")
-        );
+        assert_eq!(Auth::password("longer-than-8"), Auth::SimplePassword(*b"longer-t"));
         let (s, d) = (v4("10.0.0.1"), IpAddr::V4(VRRP_MCAST_V4));
         let bytes = a.encode(s, d, V3Checksum::PseudoHeader).unwrap();
         assert_eq!(bytes[4], 1);
         assert_eq!(&bytes[bytes.len() - 8..], b"pw\0\0\0\0\0\0");
-        assert_eq!(
-            Advert::decode(s, d, &bytes, V3Checksum::PseudoHeader).unwrap(),
-            a
-        );
+        assert_eq!(Advert::decode(s, d, &bytes, V3Checksum::PseudoHeader).unwrap(), a);
     }
 
     /// Re-checksum a tampered v2 message so only the intended check fails.
@@ -877,10 +787,7 @@ mod tests {
         let m = V3Checksum::PseudoHeader;
         let good = sample_v2().encode(s, d, m).unwrap();
         let dec = |b: &[u8]| Advert::decode(s, d, b, m);
-        assert_eq!(
-            dec(&good[..7]),
-            Err(DecodeError::Truncated { len: 7, need: 8 })
-        );
+        assert_eq!(dec(&good[..7]), Err(DecodeError::Truncated { len: 7, need: 8 }));
         let mut b = good.clone();
         b[0] = 0x41;
         assert_eq!(dec(&fix_v2(b)), Err(DecodeError::BadVersion(4)));
@@ -894,28 +801,17 @@ mod tests {
         b[3] = 2; // count says 2 addresses, payload holds 1
         assert_eq!(
             dec(&fix_v2(b)),
-            Err(DecodeError::LengthMismatch {
-                count: 2,
-                expected: 24,
-                actual: 20
-            })
+            Err(DecodeError::LengthMismatch { count: 2, expected: 24, actual: 20 })
         );
         let mut b = good.clone();
         b.push(0); // trailing byte
         assert!(matches!(
             dec(&b),
-            Err(DecodeError::LengthMismatch {
-                count: 1,
-                expected: 20,
-                actual: 21
-            })
+            Err(DecodeError::LengthMismatch { count: 1, expected: 20, actual: 21 })
         ));
         let mut b = good.clone();
         b[2] = 101; // priority changed, checksum not updated
-        assert!(matches!(
-            dec(&b),
-            Err(DecodeError::BadChecksum { found: 0xb8bd, .. })
-        ));
+        assert!(matches!(dec(&b), Err(DecodeError::BadChecksum { found: 0xb8bd, .. })));
         let mut b = good.clone();
         b[4] = 2;
         assert_eq!(dec(&fix_v2(b)), Err(DecodeError::AuthAhUnsupported));
@@ -925,21 +821,12 @@ mod tests {
         // v2 over IPv6: a well-formed v2 message received on an IPv6 socket.
         let s6: IpAddr = "fe80::1".parse().unwrap();
         let d6 = IpAddr::V6(VRRP_MCAST_V6);
-        assert_eq!(
-            Advert::decode(s6, d6, &good, m),
-            Err(DecodeError::V2OverIpv6)
-        );
-        assert_eq!(
-            Advert::decode(s, d6, &good, m),
-            Err(DecodeError::FamilyMismatch)
-        );
+        assert_eq!(Advert::decode(s6, d6, &good, m), Err(DecodeError::V2OverIpv6));
+        assert_eq!(Advert::decode(s, d6, &good, m), Err(DecodeError::FamilyMismatch));
 
         // v3 reserved bits: RFC 5798 §5.2.5 says "ignored on reception"; we reject
         // them (keepalived never sets them, so this is interop-safe and catches junk).
-        let a3 = Advert {
-            version: Version::V3,
-            ..sample_v2()
-        };
+        let a3 = Advert { version: Version::V3, ..sample_v2() };
         let mut b = a3.encode(s, d, V3Checksum::PseudoHeader).unwrap();
         b[4] |= 0x80;
         b[6] = 0;
@@ -965,62 +852,32 @@ mod tests {
         let d6 = IpAddr::V6(VRRP_MCAST_V6);
         let a = sample_v2();
         assert_eq!(
-            Advert {
-                addrs: vec![],
-                ..a.clone()
-            }
-            .encode(s6, d6, m),
+            Advert { addrs: vec![], ..a.clone() }.encode(s6, d6, m),
             Err(EncodeError::V2OverIpv6)
         );
         assert_eq!(a.encode(s6, d6, m), Err(EncodeError::FamilyMismatch));
         assert_eq!(a.encode(s, d6, m), Err(EncodeError::FamilyMismatch));
         assert_eq!(
-            Advert {
-                adver_int_cs: 150,
-                ..a.clone()
-            }
-            .encode(s, d, m),
+            Advert { adver_int_cs: 150, ..a.clone() }.encode(s, d, m),
             Err(EncodeError::BadInterval(150))
         );
         assert_eq!(
-            Advert {
-                adver_int_cs: 0,
-                ..a.clone()
-            }
-            .encode(s, d, m),
+            Advert { adver_int_cs: 0, ..a.clone() }.encode(s, d, m),
             Err(EncodeError::BadInterval(0))
         );
-        assert_eq!(
-            Advert {
-                vrid: 0,
-                ..a.clone()
-            }
-            .encode(s, d, m),
-            Err(EncodeError::BadVrid)
-        );
+        assert_eq!(Advert { vrid: 0, ..a.clone() }.encode(s, d, m), Err(EncodeError::BadVrid));
         let many = Advert {
             addrs: (0..256u32).map(|i| IpAddr::V4(Ipv4Addr::from(i))).collect(),
             ..a.clone()
         };
         assert_eq!(many.encode(s, d, m), Err(EncodeError::TooManyAddrs(256)));
-        let a3 = Advert {
-            version: Version::V3,
-            ..a.clone()
-        };
+        let a3 = Advert { version: Version::V3, ..a.clone() };
         assert_eq!(
-            Advert {
-                adver_int_cs: 4096,
-                ..a3.clone()
-            }
-            .encode(s, d, m),
+            Advert { adver_int_cs: 4096, ..a3.clone() }.encode(s, d, m),
             Err(EncodeError::BadInterval(4096))
         );
         assert_eq!(
-            Advert {
-                auth: Auth::password("x"),
-                ..a3
-            }
-            .encode(s, d, m),
+            Advert { auth: Auth::password("x"), ..a3 }.encode(s, d, m),
             Err(EncodeError::AuthOnV3)
         );
     }
@@ -1038,10 +895,7 @@ mod tests {
             any::<u8>(),
             1u16..=255,
             proptest::collection::vec(arb_v4(), 0..20),
-            prop_oneof![
-                Just(Auth::None),
-                any::<[u8; 8]>().prop_map(Auth::SimplePassword)
-            ],
+            prop_oneof![Just(Auth::None), any::<[u8; 8]>().prop_map(Auth::SimplePassword)],
             arb_v4(),
             arb_v4(),
         )

@@ -42,11 +42,7 @@ pub struct Net {
 
 impl Net {
     pub fn perfect() -> Net {
-        Net {
-            latency_min: Duration::ZERO,
-            latency_max: Duration::ZERO,
-            loss_permille: 0,
-        }
+        Net { latency_min: Duration::ZERO, latency_max: Duration::ZERO, loss_permille: 0 }
     }
 }
 
@@ -58,12 +54,7 @@ pub struct Node {
 }
 
 enum Event {
-    Deliver {
-        to: usize,
-        src: IpAddr,
-        dst: IpAddr,
-        bytes: Vec<u8>,
-    },
+    Deliver { to: usize, src: IpAddr, dst: IpAddr, bytes: Vec<u8> },
     Start(usize),
     Kill(usize),
     Shutdown(usize),
@@ -141,25 +132,12 @@ impl Sim {
     /// Put raw advert bytes on the wire from `src` to `to` (forgery).
     pub fn inject_at(&mut self, at: Instant, to: usize, src: IpAddr, advert: &Advert) {
         let dst = mcast_for(src);
-        let bytes = advert
-            .encode(src, dst, packet::V3Checksum::PseudoHeader)
-            .expect("encodable");
-        self.push(
-            at,
-            Event::Deliver {
-                to,
-                src,
-                dst,
-                bytes,
-            },
-        );
+        let bytes = advert.encode(src, dst, packet::V3Checksum::PseudoHeader).expect("encodable");
+        self.push(at, Event::Deliver { to, src, dst, bytes });
     }
 
     pub fn holders(&self) -> usize {
-        self.nodes
-            .iter()
-            .filter(|n| n.alive && n.holds_vips)
-            .count()
+        self.nodes.iter().filter(|n| n.alive && n.holds_vips).count()
     }
 
     pub fn masters(&self) -> Vec<usize> {
@@ -179,11 +157,7 @@ impl Sim {
     pub fn unheld_time(&self, from: Instant, to: Instant) -> Duration {
         let mut total = Duration::ZERO;
         for (k, (t, n)) in self.holders_log.iter().enumerate() {
-            let end = self
-                .holders_log
-                .get(k + 1)
-                .map_or(to, |(t2, _)| *t2)
-                .min(to);
+            let end = self.holders_log.get(k + 1).map_or(to, |(t2, _)| *t2).min(to);
             let start = (*t).max(from);
             if *n == 0 && end > start {
                 total += end - start;
@@ -194,9 +168,7 @@ impl Sim {
 
     /// First transition into `to` at or after `after`.
     pub fn first_entry(&self, to: State, after: Instant) -> Option<&Transition> {
-        self.transitions
-            .iter()
-            .find(|t| t.to == to && t.at >= after)
+        self.transitions.iter().find(|t| t.to == to && t.at >= after)
     }
 
     fn drain_actions(&mut self) {
@@ -221,29 +193,15 @@ impl Sim {
                             let lat = self.net.latency_min
                                 + Duration::from_nanos(self.rng.below(span + 1));
                             let at = self.now + lat;
-                            self.push(
-                                at,
-                                Event::Deliver {
-                                    to: j,
-                                    src,
-                                    dst,
-                                    bytes: bytes.clone(),
-                                },
-                            );
+                            self.push(at, Event::Deliver { to: j, src, dst, bytes: bytes.clone() });
                         }
                     }
                     Action::AddVips => self.nodes[i].holds_vips = true,
                     Action::RemoveVips => self.nodes[i].holds_vips = false,
                     Action::SendGratuitous => {}
-                    Action::StateChanged { from, to, reason } => {
-                        self.transitions.push(Transition {
-                            at: self.now,
-                            node: i,
-                            from,
-                            to,
-                            reason,
-                        })
-                    }
+                    Action::StateChanged { from, to, reason } => self
+                        .transitions
+                        .push(Transition { at: self.now, node: i, from, to, reason }),
                 }
             }
         }
@@ -253,12 +211,8 @@ impl Sim {
     /// Advance virtual time to `end`, processing every event and timer on the way.
     pub fn run_until(&mut self, end: Instant) {
         loop {
-            let next_timer = self
-                .nodes
-                .iter()
-                .filter(|n| n.alive)
-                .filter_map(|n| n.m.poll_timeout())
-                .min();
+            let next_timer =
+                self.nodes.iter().filter(|n| n.alive).filter_map(|n| n.m.poll_timeout()).min();
             let next_event = self.queue.keys().next().map(|(t, _)| *t);
             let Some(t) = [next_timer, next_event].into_iter().flatten().min() else {
                 break;
@@ -285,12 +239,7 @@ impl Sim {
     fn apply(&mut self, ev: Event) {
         let now = self.now;
         match ev {
-            Event::Deliver {
-                to,
-                src,
-                dst,
-                bytes,
-            } => {
+            Event::Deliver { to, src, dst, bytes } => {
                 let n = &mut self.nodes[to];
                 if !n.alive {
                     return;
@@ -392,10 +341,7 @@ mod tests {
         }
         /// Winner among `alive`: highest priority, then highest address.
         fn expected_master(&self, alive: &[usize]) -> usize {
-            *alive
-                .iter()
-                .max_by_key(|&&i| (self.priorities[i], node_ip(i)))
-                .unwrap()
+            *alive.iter().max_by_key(|&&i| (self.priorities[i], node_ip(i))).unwrap()
         }
     }
 
@@ -412,11 +358,8 @@ mod tests {
         )
             .prop_flat_map(
                 move |(n, version, int_cs, configured_peers, latency_max_ms, seed)| {
-                    let advert_int_cs = if version == Version::V2 {
-                        int_cs.max(100) / 100 * 100
-                    } else {
-                        int_cs
-                    };
+                    let advert_int_cs =
+                        if version == Version::V2 { int_cs.max(100) / 100 * 100 } else { int_cs };
                     let prios = if ties {
                         Just(vec![100u8; n]).boxed()
                     } else {
@@ -611,10 +554,7 @@ mod tests {
         let last_advert = a_master + Duration::from_secs((kill - a_master).as_secs());
         let took = s.first_entry(State::Master, kill).unwrap();
         assert_eq!(took.node, 1);
-        assert_eq!(
-            (took.from, &took.reason),
-            (State::Backup, &Reason::MasterDown)
-        );
+        assert_eq!((took.from, &took.reason), (State::Backup, &Reason::MasterDown));
         assert_eq!(took.at - last_advert, Duration::from_nanos(3_609_375_000));
     }
 
@@ -676,10 +616,7 @@ mod tests {
             }
             let end = s.at(Duration::from_secs(60));
             s.run_until(end);
-            s.transitions
-                .iter()
-                .map(|t| (t.at - s.t0, t.node, t.to))
-                .collect::<Vec<_>>()
+            s.transitions.iter().map(|t| (t.at - s.t0, t.node, t.to)).collect::<Vec<_>>()
         };
         assert_eq!(run(42), run(42));
     }

@@ -93,11 +93,7 @@ pub struct ReceivedPacket {
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("address family mismatch: source {source_addr} vs {what} {addr}")]
-    FamilyMismatch {
-        source_addr: IpAddr,
-        what: &'static str,
-        addr: IpAddr,
-    },
+    FamilyMismatch { source_addr: IpAddr, what: &'static str, addr: IpAddr },
     #[error("{0} is not a multicast address")]
     NotMulticast(IpAddr),
     #[error("unicast mode needs at least one peer")]
@@ -156,32 +152,23 @@ impl RawVrrpSocket {
         if v6 {
             sock.set_multicast_hops_v6(u32::from(VRRP_TTL))
                 .map_err(io_err("IPV6_MULTICAST_HOPS"))?;
-            sock.set_unicast_hops_v6(u32::from(VRRP_TTL))
-                .map_err(io_err("IPV6_UNICAST_HOPS"))?;
-            sock.set_multicast_loop_v6(false)
-                .map_err(io_err("IPV6_MULTICAST_LOOP"))?;
-            sock.set_multicast_if_v6(ifindex)
-                .map_err(io_err("IPV6_MULTICAST_IF"))?;
+            sock.set_unicast_hops_v6(u32::from(VRRP_TTL)).map_err(io_err("IPV6_UNICAST_HOPS"))?;
+            sock.set_multicast_loop_v6(false).map_err(io_err("IPV6_MULTICAST_LOOP"))?;
+            sock.set_multicast_if_v6(ifindex).map_err(io_err("IPV6_MULTICAST_IF"))?;
             // Only groups this socket joined, not every group any socket joined (Linux >= 4.20).
             if let Err(e) = sock.set_multicast_all_v6(false) {
                 tracing::debug!(error = %e, "IPV6_MULTICAST_ALL not supported; continuing");
             }
-            sock.set_recv_hoplimit_v6(true)
-                .map_err(io_err("IPV6_RECVHOPLIMIT"))?;
+            sock.set_recv_hoplimit_v6(true).map_err(io_err("IPV6_RECVHOPLIMIT"))?;
             setsockopt_int(&sock, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)
                 .map_err(io_err("IPV6_RECVPKTINFO"))?;
         } else {
-            sock.set_header_included_v4(false)
-                .map_err(io_err("IP_HDRINCL"))?;
-            sock.set_ttl(u32::from(VRRP_TTL))
-                .map_err(io_err("IP_TTL"))?;
-            sock.set_multicast_ttl_v4(u32::from(VRRP_TTL))
-                .map_err(io_err("IP_MULTICAST_TTL"))?;
-            sock.set_multicast_loop_v4(false)
-                .map_err(io_err("IP_MULTICAST_LOOP"))?;
+            sock.set_header_included_v4(false).map_err(io_err("IP_HDRINCL"))?;
+            sock.set_ttl(u32::from(VRRP_TTL)).map_err(io_err("IP_TTL"))?;
+            sock.set_multicast_ttl_v4(u32::from(VRRP_TTL)).map_err(io_err("IP_MULTICAST_TTL"))?;
+            sock.set_multicast_loop_v4(false).map_err(io_err("IP_MULTICAST_LOOP"))?;
             set_multicast_if_v4_index(&sock, ifindex).map_err(io_err("IP_MULTICAST_IF"))?;
-            sock.set_multicast_all_v4(false)
-                .map_err(io_err("IP_MULTICAST_ALL"))?;
+            sock.set_multicast_all_v4(false).map_err(io_err("IP_MULTICAST_ALL"))?;
             setsockopt_int(&sock, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)
                 .map_err(io_err("IP_PKTINFO"))?;
         }
@@ -200,11 +187,7 @@ impl RawVrrpSocket {
         let fd = unsafe { AsyncFd::register(sock) }
             .map_err(|e| e.into_parts().1)
             .map_err(io_err("register with tokio"))?;
-        Ok(Self {
-            fd,
-            config,
-            destinations,
-        })
+        Ok(Self { fd, config, destinations })
     }
 
     pub fn config(&self) -> &TransportConfig {
@@ -223,11 +206,7 @@ fn validate(config: &TransportConfig) -> Result<Vec<IpAddr>, TransportError> {
     let src = config.source;
     let check = |what: &'static str, addr: IpAddr| {
         if addr.is_ipv4() != src.is_ipv4() {
-            Err(TransportError::FamilyMismatch {
-                source_addr: src,
-                what,
-                addr,
-            })
+            Err(TransportError::FamilyMismatch { source_addr: src, what, addr })
         } else {
             Ok(())
         }
@@ -375,15 +354,11 @@ fn set_multicast_if_v4_index(sock: &Socket, ifindex: u32) -> io::Result<()> {
 struct CmsgBuf([u8; 128]);
 
 fn in_addr(a: Ipv4Addr) -> libc::in_addr {
-    libc::in_addr {
-        s_addr: u32::from_ne_bytes(a.octets()),
-    }
+    libc::in_addr { s_addr: u32::from_ne_bytes(a.octets()) }
 }
 
 fn in6_addr(a: Ipv6Addr) -> libc::in6_addr {
-    libc::in6_addr {
-        s6_addr: a.octets(),
-    }
+    libc::in6_addr { s6_addr: a.octets() }
 }
 
 /// Scope id for a destination that needs one: link-local unicast or link/interface-local
@@ -403,10 +378,8 @@ fn send_with_pktinfo(
     // SAFETY: plain-old-data structs, zero is a valid value for all of them.
     let mut sin: libc::sockaddr_in = unsafe { zeroed() };
     let mut sin6: libc::sockaddr_in6 = unsafe { zeroed() };
-    let mut iov = libc::iovec {
-        iov_base: payload.as_ptr() as *mut libc::c_void,
-        iov_len: payload.len(),
-    };
+    let mut iov =
+        libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
     let mut msg: libc::msghdr = unsafe { zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
@@ -434,10 +407,7 @@ fn send_with_pktinfo(
             }
             msg.msg_name = (&mut sin6 as *mut libc::sockaddr_in6).cast();
             msg.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-            let info = libc::in6_pktinfo {
-                ipi6_addr: in6_addr(s),
-                ipi6_ifindex: ifindex,
-            };
+            let info = libc::in6_pktinfo { ipi6_addr: in6_addr(s), ipi6_ifindex: ifindex };
             // SAFETY: as above.
             unsafe { put_cmsg(&mut msg, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &info) };
         }
@@ -487,10 +457,7 @@ fn recvmsg_raw(
     let mut cbuf = CmsgBuf([0; 128]);
     // SAFETY: zero is a valid sockaddr_storage / msghdr.
     let mut from: libc::sockaddr_storage = unsafe { zeroed() };
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     let mut msg: libc::msghdr = unsafe { zeroed() };
     msg.msg_name = (&mut from as *mut libc::sockaddr_storage).cast();
     msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -611,17 +578,13 @@ mod tests {
     use super::*;
 
     fn iface() -> Interface {
-        Interface {
-            index: 2,
-            name: "eth0".into(),
-        }
+        Interface { index: 2, name: "eth0".into() }
     }
 
     #[test]
     fn parses_ipv4_header_with_options() {
-        let mut pkt = vec![
-            0x46, 0xc0, 0, 28, 0, 0, 0, 0, 255, 112, 0, 0, 192, 0, 2, 1, 224, 0, 0, 18,
-        ];
+        let mut pkt =
+            vec![0x46, 0xc0, 0, 28, 0, 0, 0, 0, 255, 112, 0, 0, 192, 0, 2, 1, 224, 0, 0, 18];
         pkt.extend_from_slice(&[0x94, 0x04, 0, 0]); // router alert option
         pkt.extend_from_slice(&[0x31, 0x2a, 0x64, 0x01]);
         let h = parse_ipv4_header(&pkt).unwrap();
@@ -653,11 +616,7 @@ mod tests {
         let v4: IpAddr = "192.0.2.1".parse().unwrap();
         let ll: IpAddr = "fe80::1".parse().unwrap();
         let glob6: IpAddr = "2001:db8::1".parse().unwrap();
-        let cfg = |source, mode| TransportConfig {
-            interface: iface(),
-            source,
-            mode,
-        };
+        let cfg = |source, mode| TransportConfig { interface: iface(), source, mode };
         assert_eq!(
             validate(&cfg(v4, VrrpMode::multicast_for(v4))).unwrap(),
             vec![IpAddr::V4(VRRP_MCAST_V4)]
@@ -687,9 +646,7 @@ mod tests {
         assert_eq!(
             validate(&cfg(
                 glob6,
-                VrrpMode::Unicast {
-                    peers: vec!["2001:db8::2".parse().unwrap()]
-                }
+                VrrpMode::Unicast { peers: vec!["2001:db8::2".parse().unwrap()] }
             ))
             .unwrap()
             .len(),

@@ -79,8 +79,7 @@ impl FromStr for Scope {
             "host" => Scope::Host,
             "nowhere" => Scope::Nowhere,
             n => Scope::from_raw(
-                n.parse::<u8>()
-                    .map_err(|_| VipParseError::BadScope(s.to_string()))?,
+                n.parse::<u8>().map_err(|_| VipParseError::BadScope(s.to_string()))?,
             ),
         })
     }
@@ -208,9 +207,8 @@ impl FromStr for VirtualIpAddress {
             Some((a, p)) => (a, Some(p)),
             None => (first, None),
         };
-        let addr: IpAddr = addr_s
-            .parse()
-            .map_err(|_| VipParseError::BadAddress(addr_s.to_string()))?;
+        let addr: IpAddr =
+            addr_s.parse().map_err(|_| VipParseError::BadAddress(addr_s.to_string()))?;
         let mut vip = VirtualIpAddress::new(addr);
         if let Some(p) = prefix_s {
             let max = if addr.is_ipv4() { 32 } else { 128 };
@@ -228,11 +226,8 @@ impl FromStr for VirtualIpAddress {
             }
         };
         while let Some(kw) = words.next() {
-            let mut value = || {
-                words
-                    .next()
-                    .ok_or_else(|| VipParseError::MissingValue(kw.to_string()))
-            };
+            let mut value =
+                || words.next().ok_or_else(|| VipParseError::MissingValue(kw.to_string()));
             match kw {
                 "dev" => {
                     let v = value()?;
@@ -264,9 +259,8 @@ impl FromStr for VirtualIpAddress {
                     if vip.broadcast.is_some() {
                         return Err(VipParseError::Duplicate(kw.into()));
                     }
-                    let b: Ipv4Addr = v
-                        .parse()
-                        .map_err(|_| VipParseError::BadBroadcast(v.into()))?;
+                    let b: Ipv4Addr =
+                        v.parse().map_err(|_| VipParseError::BadBroadcast(v.into()))?;
                     vip.broadcast = Some(b);
                 }
                 "noprefixroute" => seen_flag(kw, &mut vip.no_prefix_route)?,
@@ -301,10 +295,7 @@ pub fn check_label(label: &str, dev: &str) -> Result<(), VipParseError> {
     if label.starts_with(dev) {
         Ok(())
     } else {
-        Err(VipParseError::LabelPrefix {
-            label: label.into(),
-            dev: dev.into(),
-        })
+        Err(VipParseError::LabelPrefix { label: label.into(), dev: dev.into() })
     }
 }
 
@@ -386,10 +377,7 @@ impl LinkInfo {
     }
 
     pub fn interface(&self) -> Interface {
-        Interface {
-            index: self.index,
-            name: self.name.clone(),
-        }
+        Interface { index: self.index, name: self.name.clone() }
     }
 
     fn from_message(msg: &LinkMessage) -> Self {
@@ -499,9 +487,7 @@ pub trait VipManager: Send + Sync {
             let present = self.list(None).await?;
             let mut removed = Vec::new();
             for (vip, iface) in vips {
-                let here = present
-                    .iter()
-                    .any(|a| a.ifindex == iface.index && a.addr == vip.addr);
+                let here = present.iter().any(|a| a.ifindex == iface.index && a.addr == vip.addr);
                 if here {
                     self.remove(vip, iface).await?;
                     removed.push(vip.clone());
@@ -582,8 +568,7 @@ impl Rtnl {
                 .build(),
         };
         // The builder derives a broadcast address; like keepalived, send one only if given.
-        msg.attributes
-            .retain(|a| !matches!(a, AddressAttribute::Broadcast(_)));
+        msg.attributes.retain(|a| !matches!(a, AddressAttribute::Broadcast(_)));
         msg
     }
 }
@@ -635,13 +620,9 @@ impl VipManager for Rtnl {
         if let Some(label) = &vip.label {
             check_label(label, &iface.name)?;
         }
-        let mut req = self
-            .handle
-            .address()
-            .add(iface.index, vip.addr, vip.prefix_len);
+        let mut req = self.handle.address().add(iface.index, vip.addr, vip.prefix_len);
         let msg = req.message_mut();
-        msg.attributes
-            .retain(|a| !matches!(a, AddressAttribute::Broadcast(_)));
+        msg.attributes.retain(|a| !matches!(a, AddressAttribute::Broadcast(_)));
         let mut flags = AddressFlags::empty();
         match vip.addr {
             IpAddr::V4(_) => {
@@ -692,14 +673,7 @@ impl VipManager for Rtnl {
 
     async fn remove(&self, vip: &VirtualIpAddress, iface: &Interface) -> Result<(), VipError> {
         let msg = Self::address_message(vip, iface);
-        match self
-            .handle
-            .address()
-            .del(msg)
-            .execute()
-            .await
-            .map_err(nl_io)
-        {
+        match self.handle.address().del(msg).execute().await.map_err(nl_io) {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(()),
             Err(source) => Err(VipError::Netlink {
@@ -716,14 +690,11 @@ impl VipManager for Rtnl {
             req = req.set_link_index_filter(i);
         }
         let msgs: Vec<AddressMessage> =
-            req.execute()
-                .try_collect()
-                .await
-                .map_err(|e| VipError::Netlink {
-                    op: "list addresses",
-                    what: ifindex.map_or("of all links".into(), |i| format!("of link {i}")),
-                    source: nl_io(e),
-                })?;
+            req.execute().try_collect().await.map_err(|e| VipError::Netlink {
+                op: "list addresses",
+                what: ifindex.map_or("of all links".into(), |i| format!("of link {i}")),
+                source: nl_io(e),
+            })?;
         Ok(msgs.iter().filter_map(parse_address).collect())
     }
 }
@@ -739,11 +710,7 @@ impl Rtnl {
             Ok(Some(msg)) => Ok(Some(LinkInfo::from_message(&msg))),
             Ok(None) => Ok(None),
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
-            Err(source) => Err(VipError::Netlink {
-                op: "get link",
-                what,
-                source,
-            }),
+            Err(source) => Err(VipError::Netlink { op: "get link", what, source }),
         }
     }
 }
@@ -769,10 +736,7 @@ impl LinkMonitor for Rtnl {
 /// Unsolicited messages of a multicast netlink connection.
 type Unsolicited = futures_util::stream::BoxStream<
     'static,
-    (
-        NetlinkMessage<RouteNetlinkMessage>,
-        rtnetlink::sys::SocketAddr,
-    ),
+    (NetlinkMessage<RouteNetlinkMessage>, rtnetlink::sys::SocketAddr),
 >;
 
 /// Link changes from a netlink socket subscribed to `RTNLGRP_LINK`.
@@ -791,16 +755,10 @@ impl RtnlLinkWatcher {
     pub fn new() -> Result<Self, VipError> {
         let (conn, _handle, messages) =
             rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).map_err(|source| {
-                VipError::Netlink {
-                    op: "subscribe",
-                    what: "RTNLGRP_LINK".into(),
-                    source,
-                }
+                VipError::Netlink { op: "subscribe", what: "RTNLGRP_LINK".into(), source }
             })?;
         tokio::spawn(conn);
-        Ok(Self {
-            messages: messages.boxed(),
-        })
+        Ok(Self { messages: messages.boxed() })
     }
 }
 
@@ -822,10 +780,7 @@ fn link_event(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<LinkEvent> {
         }
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
             let info = LinkInfo::from_message(&l);
-            Some(LinkEvent::Removed {
-                index: info.index,
-                name: info.name,
-            })
+            Some(LinkEvent::Removed { index: info.index, name: info.name })
         }
         _ => None,
     }
@@ -871,10 +826,7 @@ mod tests {
             Some(Ipv4Addr::new(10, 1, 1, 255))
         );
         // Label without dev: checked against the real interface name when added.
-        assert_eq!(
-            parse("10.1.1.1 label foo").unwrap().label.as_deref(),
-            Some("foo")
-        );
+        assert_eq!(parse("10.1.1.1 label foo").unwrap().label.as_deref(), Some("foo"));
     }
 
     #[test]
@@ -902,20 +854,11 @@ mod tests {
             ("2001:db8::1 label eth0:1", Ipv4Only("label")),
             ("2001:db8::1 brd 10.0.0.255", Ipv4Only("brd")),
             ("2001:db8::1 scope link", Ipv4Only("scope")),
-            (
-                "10.0.0.1 dev averyveryverylongname",
-                BadDev("averyveryverylongname".into()),
-            ),
-            (
-                "10.0.0.1 label eth0:0123456789abc",
-                LabelTooLong("eth0:0123456789abc".into()),
-            ),
+            ("10.0.0.1 dev averyveryverylongname", BadDev("averyveryverylongname".into())),
+            ("10.0.0.1 label eth0:0123456789abc", LabelTooLong("eth0:0123456789abc".into())),
             (
                 "10.0.0.1 dev eth0 label eth1:1",
-                LabelPrefix {
-                    label: "eth1:1".into(),
-                    dev: "eth0".into(),
-                },
+                LabelPrefix { label: "eth1:1".into(), dev: "eth0".into() },
             ),
         ];
         for (line, want) in cases {
@@ -955,14 +898,8 @@ mod tests {
             ia("fe80::2", 0, Scope::Link),
         ];
         let vip: IpAddr = "192.0.2.100".parse().unwrap();
-        assert_eq!(
-            pick_source_address(&addrs, false, &[vip]),
-            Some("192.0.2.1".parse().unwrap())
-        );
-        assert_eq!(
-            pick_source_address(&addrs, true, &[]),
-            Some("fe80::2".parse().unwrap())
-        );
+        assert_eq!(pick_source_address(&addrs, false, &[vip]), Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(pick_source_address(&addrs, true, &[]), Some("fe80::2".parse().unwrap()));
         assert_eq!(pick_source_address(&addrs[..2], false, &[vip]), None);
     }
 }
