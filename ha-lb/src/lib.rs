@@ -9,5 +9,6 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod health;
+pub mod reconcile;
 pub mod status;
 pub mod vrrp;

@@ -1,0 +1,347 @@
+//! The reconciler: the one owner of desired data-plane state.
+//!
+//! Inputs: the configuration, health results per real server, and VRRP states. Output: the
+//! set of virtual servers with the real servers (and weights) that should take traffic now.
+//! Pure: the daemon feeds events in and hands [`Reconciler::desired`] to the data plane,
+//! which applies the difference.
+//!
+//! keepalived semantics, per virtual server:
+//! - a real server without a check is always up; with a check it starts up, or down when the
+//!   virtual server has `alpha` set, until its checker reports;
+//! - a down real server leaves the pool, or stays with weight 0 (`inhibit_on_failure`: its
+//!   established connections drain, it gets no new ones);
+//! - `misc_dynamic` checks may change a server's weight;
+//! - quorum: the service has quorum while the weight of live real servers is ≥ `quorum −
+//!   hysteresis`, regains it at ≥ `quorum + hysteresis` (a flap dampener). While quorum is
+//!   lost and a `sorry_server` is configured, the live real servers leave the pool and the
+//!   sorry server takes all traffic; without one, the remaining servers keep serving.
+//!
+//! Services are programmed on every director whatever its VRRP state, as keepalived does
+//! with IPVS: the VIP only reaches the master, and a director that still receives traffic
+//! for a VIP during an ARP transition forwards it rather than dropping it. VRRP states are
+//! tracked here for status and so that the order of a takeover is decided in one place.
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use crate::config::model::{Config, LbAlgo, LbKind, VirtualServer, VirtualServerKey};
+
+/// A real server's health as the reconciler knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    pub up: bool,
+    /// Weight from a `misc_dynamic` check, replacing the configured one.
+    pub dynamic_weight: Option<u32>,
+    /// True until a checker has reported (status shows `unchecked`).
+    pub initial: bool,
+}
+
+/// One real server in the desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredRealServer {
+    pub addr: SocketAddr,
+    /// 0 = drain (inhibited or weight 0): keep established flows, schedule no new ones.
+    pub weight: u32,
+    pub sorry_server: bool,
+}
+
+/// One virtual server in the desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredService {
+    pub key: VirtualServerKey,
+    pub lb_algo: LbAlgo,
+    pub lb_kind: LbKind,
+    pub persistence_timeout: Option<Duration>,
+    /// Real servers that take traffic (or drain), in configuration order.
+    pub real_servers: Vec<DesiredRealServer>,
+    pub quorum_up: bool,
+}
+
+impl DesiredService {
+    pub fn sorry_active(&self) -> bool {
+        self.real_servers.iter().any(|r| r.sorry_server)
+    }
+}
+
+/// What changed in quorum, for `quorum_up` / `quorum_down` scripts and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumChange {
+    pub key: VirtualServerKey,
+    pub up: bool,
+    pub live_weight: u64,
+}
+
+#[derive(Debug)]
+pub struct Reconciler {
+    config: Arc<Config>,
+    health: BTreeMap<(VirtualServerKey, SocketAddr), Health>,
+    quorum_up: BTreeMap<VirtualServerKey, bool>,
+}
+
+fn initial_health(vs: &VirtualServer, has_check: bool) -> Health {
+    Health { up: !(has_check && vs.alpha), dynamic_weight: None, initial: has_check }
+}
+
+impl Reconciler {
+    pub fn new(config: Arc<Config>) -> Self {
+        let mut r = Reconciler {
+            config: Arc::new(Config::default()),
+            health: BTreeMap::new(),
+            quorum_up: BTreeMap::new(),
+        };
+        r.set_config(config);
+        r
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Replaces the configuration. Health and quorum state of virtual/real servers that
+    /// still exist are kept (a reload must not flap them); new ones start as keepalived
+    /// starts them; removed ones are forgotten.
+    pub fn set_config(&mut self, config: Arc<Config>) {
+        let mut health = BTreeMap::new();
+        let mut quorum = BTreeMap::new();
+        for vs in &config.virtual_servers {
+            let key = vs.key();
+            for rs in &vs.real_servers {
+                let k = (key.clone(), rs.key());
+                let h = match self.health.get(&k) {
+                    // A check added by the reload restarts from keepalived's initial state.
+                    Some(h) if rs.check.is_some() || !h.initial => *h,
+                    _ => initial_health(vs, rs.check.is_some()),
+                };
+                health.insert(k, h);
+            }
+            let live = live_weight(vs, &health);
+            let q = self
+                .quorum_up
+                .get(&key)
+                .copied()
+                .unwrap_or(live >= vs.quorum as u64 + vs.hysteresis as u64);
+            quorum.insert(key, q);
+        }
+        self.health = health;
+        self.quorum_up = quorum;
+        self.config = config;
+    }
+
+    /// A checker's verdict. Returns false when nothing changed (or the server is unknown,
+    /// e.g. removed by a reload while the result was in flight).
+    pub fn on_health(
+        &mut self,
+        vs: &VirtualServerKey,
+        rs: SocketAddr,
+        up: bool,
+        dynamic_weight: Option<u32>,
+    ) -> bool {
+        let Some(h) = self.health.get_mut(&(vs.clone(), rs)) else { return false };
+        let new = Health { up, dynamic_weight, initial: false };
+        if *h == new {
+            return false;
+        }
+        *h = new;
+        true
+    }
+
+    pub fn health(&self, vs: &VirtualServerKey, rs: SocketAddr) -> Option<Health> {
+        self.health.get(&(vs.clone(), rs)).copied()
+    }
+
+    /// The desired state now, and the quorum transitions that computing it caused.
+    pub fn desired(&mut self) -> (Vec<DesiredService>, Vec<QuorumChange>) {
+        let config = self.config.clone();
+        let mut out = Vec::new();
+        let mut changes = Vec::new();
+        for vs in &config.virtual_servers {
+            let key = vs.key();
+            let live = live_weight(vs, &self.health);
+            let was_up = self.quorum_up.get(&key).copied().unwrap_or(true);
+            let (q, h) = (vs.quorum as u64, vs.hysteresis as u64);
+            let up = if was_up { live >= q.saturating_sub(h) } else { live >= q + h };
+            if up != was_up {
+                changes.push(QuorumChange { key: key.clone(), up, live_weight: live });
+            }
+            self.quorum_up.insert(key.clone(), up);
+
+            let real_servers = match (up, vs.sorry_server) {
+                (false, Some(sorry)) => {
+                    vec![DesiredRealServer { addr: sorry, weight: 1, sorry_server: true }]
+                }
+                _ => vs
+                    .real_servers
+                    .iter()
+                    .filter_map(|rs| {
+                        let h = self.health.get(&(key.clone(), rs.key())).copied()?;
+                        let weight = h.dynamic_weight.unwrap_or(rs.weight);
+                        match (h.up, rs.inhibit_on_failure) {
+                            (true, _) => Some(DesiredRealServer {
+                                addr: rs.key(),
+                                weight,
+                                sorry_server: false,
+                            }),
+                            (false, true) => Some(DesiredRealServer {
+                                addr: rs.key(),
+                                weight: 0,
+                                sorry_server: false,
+                            }),
+                            (false, false) => None,
+                        }
+                    })
+                    .collect(),
+            };
+            out.push(DesiredService {
+                key,
+                lb_algo: vs.lb_algo,
+                lb_kind: vs.lb_kind,
+                persistence_timeout: vs.persistence_timeout,
+                real_servers,
+                quorum_up: up,
+            });
+        }
+        (out, changes)
+    }
+}
+
+fn live_weight(
+    vs: &VirtualServer,
+    health: &BTreeMap<(VirtualServerKey, SocketAddr), Health>,
+) -> u64 {
+    let key = vs.key();
+    vs.real_servers
+        .iter()
+        .filter_map(|rs| {
+            let h = health.get(&(key.clone(), rs.key()))?;
+            h.up.then(|| h.dynamic_weight.unwrap_or(rs.weight) as u64)
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn cfg(extra_vs: &str) -> Arc<Config> {
+        let text = format!(
+            r#"
+[[virtual_server]]
+address = "198.18.0.100"
+port = 80
+lb_algo = "wrr"
+lb_kind = "NAT"
+{extra_vs}
+
+[[virtual_server.real_server]]
+address = "198.19.0.11"
+port = 80
+weight = 3
+[virtual_server.real_server.TCP_CHECK]
+connect_timeout = 1
+
+[[virtual_server.real_server]]
+address = "198.19.0.12"
+port = 80
+weight = 2
+inhibit_on_failure = true
+[virtual_server.real_server.TCP_CHECK]
+connect_timeout = 1
+
+[[virtual_server.real_server]]
+address = "198.19.0.13"
+port = 80
+weight = 1
+"#
+        );
+        Arc::new(
+            config::parse_str(&text, std::path::Path::new("test.toml"))
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
+
+    fn rs(n: u8) -> SocketAddr {
+        format!("198.19.0.{n}:80").parse().unwrap()
+    }
+
+    fn weights(d: &[DesiredService]) -> Vec<(SocketAddr, u32)> {
+        d[0].real_servers.iter().map(|r| (r.addr, r.weight)).collect()
+    }
+
+    #[test]
+    fn down_servers_leave_or_drain() {
+        let c = cfg("");
+        let key = c.virtual_servers[0].key();
+        let mut r = Reconciler::new(c);
+        assert_eq!(weights(&r.desired().0), vec![(rs(11), 3), (rs(12), 2), (rs(13), 1)]);
+        assert!(r.on_health(&key, rs(11), false, None));
+        assert!(!r.on_health(&key, rs(11), false, None), "no change, no event");
+        r.on_health(&key, rs(12), false, None);
+        assert_eq!(
+            weights(&r.desired().0),
+            vec![(rs(12), 0), (rs(13), 1)],
+            "12 inhibited: drains at weight 0"
+        );
+        r.on_health(&key, rs(11), true, None);
+        r.on_health(&key, rs(12), true, Some(7));
+        assert_eq!(
+            weights(&r.desired().0),
+            vec![(rs(11), 3), (rs(12), 7), (rs(13), 1)],
+            "misc_dynamic weight"
+        );
+    }
+
+    #[test]
+    fn quorum_with_hysteresis_and_sorry_server() {
+        let c = cfg(
+            "quorum = 4\nhysteresis = 1\nsorry_server = { address = \"198.19.0.99\", port = 80 }",
+        );
+        let key = c.virtual_servers[0].key();
+        let mut r = Reconciler::new(c);
+        let (d, ch) = r.desired();
+        assert!(d[0].quorum_up && ch.is_empty(), "live 6 ≥ 4+1 at start");
+        r.on_health(&key, rs(12), false, None); // live 4 ≥ 4−1: still up
+        assert!(r.desired().0[0].quorum_up);
+        r.on_health(&key, rs(11), false, None); // live 1 < 3: lost
+        let (d, ch) = r.desired();
+        assert_eq!(ch, vec![QuorumChange { key: key.clone(), up: false, live_weight: 1 }]);
+        assert!(d[0].sorry_active());
+        assert_eq!(weights(&d), vec![("198.19.0.99:80".parse().unwrap(), 1)]);
+        r.on_health(&key, rs(11), true, None); // live 4 < 4+1: not yet regained
+        assert!(!r.desired().0[0].quorum_up);
+        r.on_health(&key, rs(12), true, None); // live 6 ≥ 5
+        let (d, ch) = r.desired();
+        assert!(ch[0].up && !d[0].sorry_active());
+        assert_eq!(d[0].real_servers.len(), 3);
+    }
+
+    #[test]
+    fn without_sorry_server_the_pool_keeps_serving_below_quorum() {
+        let c = cfg("quorum = 5");
+        let key = c.virtual_servers[0].key();
+        let mut r = Reconciler::new(c);
+        r.on_health(&key, rs(11), false, None);
+        let (d, ch) = r.desired();
+        assert_eq!(ch.len(), 1);
+        assert!(!d[0].quorum_up);
+        assert_eq!(weights(&d), vec![(rs(12), 2), (rs(13), 1)]);
+    }
+
+    #[test]
+    fn reload_keeps_health_of_surviving_servers() {
+        let c = cfg("");
+        let key = c.virtual_servers[0].key();
+        let mut r = Reconciler::new(c);
+        r.on_health(&key, rs(11), false, None);
+        r.set_config(cfg("persistence_timeout = 60"));
+        let (d, _) = r.desired();
+        assert_eq!(d[0].persistence_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(weights(&d), vec![(rs(12), 2), (rs(13), 1)], "11 stays down across the reload");
+    }
+
+    #[test]
+    fn alpha_starts_checked_servers_down() {
+        let c = cfg("alpha = true");
+        let mut r = Reconciler::new(c);
+        assert_eq!(weights(&r.desired().0), vec![(rs(12), 0), (rs(13), 1)]);
+    }
+}
