@@ -9,6 +9,7 @@
 pub mod frame;
 pub mod netns;
 pub mod packet;
+pub mod probe;
 pub mod topology;
 
 pub use netns::{sweep, wait_for, Lab, Node};

@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask setup | build-ebpf | test | demo | bench | sweep`.
 
+mod bench;
 mod toolchain;
 
 use std::{
@@ -43,9 +44,27 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Side-by-side measurements against peers (see README).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
     /// Remove network namespaces left behind by crashed ha-lb labs (only `hlb-*` ones whose
     /// creating process is gone).
     Sweep,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// VIP outage when the master dies: keepalived pair vs ha-lb pair, same lab and timers.
+    Failover {
+        /// Runs per peer and setting (interleaved).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Only these peers (keepalived, ha-lb).
+        #[arg(long, value_delimiter = ',', default_value = "keepalived,ha-lb")]
+        peers: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -55,6 +74,28 @@ fn main() -> Result<()> {
         Cmd::Setup { check } => toolchain::setup(&root, check),
         Cmd::BuildEbpf { release: _ } => build_ebpf(&root).map(|_| ()),
         Cmd::Test { no_lint, args } => test(&root, no_lint, &args),
+        Cmd::Bench { what: BenchCmd::Failover { runs, peers } } => {
+            let peers = peers
+                .iter()
+                .map(|p| match p.as_str() {
+                    "keepalived" => Ok(bench::failover::Peer::Keepalived),
+                    "ha-lb" => Ok(bench::failover::Peer::HaLb),
+                    other => bail!("unknown peer {other} (keepalived, ha-lb)"),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if peers.contains(&bench::failover::Peer::HaLb) {
+                build_ebpf(&root)?;
+                run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                    .current_dir(&root)
+                    .args(["build", "--release", "-p", "ha-lb", "-p", "ha-lb-lab"]))?;
+                std::env::set_var("HLB_BIN_HA_LB", root.join("target/release/ha-lb"));
+            }
+            let settings = [
+                bench::failover::Setting { version: 3, advert_cs: 100 },
+                bench::failover::Setting { version: 3, advert_cs: 10 },
+            ];
+            bench::failover::run(runs, &peers, &settings)
+        }
         Cmd::Sweep => {
             let n = sweep()?;
             println!("sweep: removed {n} leftover namespace(s)");

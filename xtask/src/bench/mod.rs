@@ -1,0 +1,4 @@
+//! `cargo xtask bench …`: side-by-side measurements against a peer, in one run, printed as
+//! figures and ratios. Never pass/fail on absolute numbers.
+
+pub mod failover;
