@@ -8,4 +8,5 @@ pub mod bpf;
 pub mod config;
 pub mod dataplane;
 pub mod health;
+pub mod script;
 pub mod vrrp;
