@@ -1,0 +1,193 @@
+//! Configuration errors: every problem found, each pinned to `file:line:col`.
+//!
+//! Front-ends record where each item and value came from in a [`SourceMap`], so the
+//! semantic checks (which only see the model) can still point at the right line.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One problem: `file:line:col: message`. Lines and columns are 1-based; columns count
+/// characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// All problems found in one file, in source order. Never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    pub errors: Vec<ConfigError>,
+}
+
+impl ConfigErrors {
+    pub fn len(&self) -> usize {
+        self.errors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
+        self.errors.iter()
+    }
+
+    /// One whole-file error (unreadable file and the like).
+    pub fn single(file: &Path, message: impl Into<String>) -> ConfigErrors {
+        ConfigErrors {
+            errors: vec![ConfigError {
+                file: file.to_path_buf(),
+                line: 1,
+                col: 1,
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    /// One error per line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl<'a> IntoIterator for &'a ConfigErrors {
+    type Item = &'a ConfigError;
+    type IntoIter = std::slice::Iter<'a, ConfigError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.errors.iter()
+    }
+}
+
+/// A 1-based position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Pos {
+    pub line: usize,
+    pub col: usize,
+}
+
+/// An item of the model, by index, as the semantic checks address it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Item {
+    Global,
+    VrrpScript(usize),
+    TrackFile(usize),
+    VrrpInstance(usize),
+    VrrpSyncGroup(usize),
+    VirtualServer(usize),
+    /// (virtual server, real server)
+    RealServer(usize, usize),
+    /// The check of a real server.
+    Check(usize, usize),
+}
+
+/// Positions of items, their keys and list elements, filled in by a front-end.
+#[derive(Debug, Clone, Default)]
+pub struct SourceMap {
+    file: PathBuf,
+    at: HashMap<(Item, &'static str, Option<usize>), Pos>,
+    /// Items that already produced an error while being read: their model values may be
+    /// placeholders, so semantic checks skip them.
+    tainted: HashSet<Item>,
+}
+
+impl SourceMap {
+    pub fn new(file: &Path) -> SourceMap {
+        SourceMap {
+            file: file.to_path_buf(),
+            ..SourceMap::default()
+        }
+    }
+
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Where `item` starts (its table header).
+    pub fn set_item(&mut self, item: Item, pos: Pos) {
+        self.at.insert((item, "", None), pos);
+    }
+
+    /// Where the value of `key` of `item` is.
+    pub fn set_key(&mut self, item: Item, key: &'static str, pos: Pos) {
+        self.at.insert((item, key, None), pos);
+    }
+
+    /// Where element `idx` of the list `key` of `item` is.
+    pub fn set_elem(&mut self, item: Item, key: &'static str, idx: usize, pos: Pos) {
+        self.at.insert((item, key, Some(idx)), pos);
+    }
+
+    pub fn taint(&mut self, item: Item) {
+        self.tainted.insert(item);
+    }
+
+    pub fn is_tainted(&self, item: Item) -> bool {
+        self.tainted.contains(&item)
+    }
+
+    /// Position of the item itself (falls back to the parent, then 1:1).
+    pub fn item(&self, item: Item) -> Pos {
+        if let Some(p) = self.at.get(&(item, "", None)) {
+            return *p;
+        }
+        match item {
+            Item::RealServer(v, _) => self.item(Item::VirtualServer(v)),
+            Item::Check(v, r) => self.item(Item::RealServer(v, r)),
+            _ => Pos { line: 1, col: 1 },
+        }
+    }
+
+    /// Position of `key`'s value, else of the item.
+    pub fn key(&self, item: Item, key: &'static str) -> Pos {
+        self.at
+            .get(&(item, key, None))
+            .copied()
+            .unwrap_or_else(|| self.item(item))
+    }
+
+    /// Position of element `idx` of list `key`, else of the list, else of the item.
+    pub fn elem(&self, item: Item, key: &'static str, idx: usize) -> Pos {
+        self.at
+            .get(&(item, key, Some(idx)))
+            .copied()
+            .unwrap_or_else(|| self.key(item, key))
+    }
+
+    pub fn error(&self, pos: Pos, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: pos.line,
+            col: pos.col,
+            message: message.into(),
+        }
+    }
+}

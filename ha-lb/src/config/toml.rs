@@ -1,0 +1,1958 @@
+//! The native TOML front-end.
+//!
+//! The file is read into a span-carrying document (`toml_edit`), then walked by hand so
+//! that every problem is reported — unknown keys, wrong types, out-of-range values — rather
+//! than stopping at the first one as serde would. Defaults and inherited values are
+//! resolved here; cross-item rules live in [`super::validate`]. The result is a whole
+//! [`Config`] or every error: nothing is ever half-applied.
+//!
+//! Layout (see `conf/ha-lb.toml` for every key):
+//! ```toml
+//! [global]
+//! [[vrrp_script]]          # name, script, interval, …
+//! [[track_file]]           # name, file, weight
+//! [[vrrp_instance]]        # name, interface, virtual_router_id, …
+//! [[vrrp_sync_group]]      # name, group = [..]
+//! [[virtual_server]]       # address, port, protocol, lb_algo, lb_kind, …
+//! [[virtual_server.real_server]]
+//! [virtual_server.real_server.TCP_CHECK]   # or HTTP_GET / SSL_GET / MISC_CHECK / UDP_CHECK
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use toml_edit as te;
+use toml_edit::TableLike;
+
+use super::error::{ConfigError, ConfigErrors, Item, Pos, SourceMap};
+use super::model::*;
+use super::validate;
+
+/// Read and validate a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::single(path, format!("cannot read the file: {e}")))?;
+    parse_str(&text, path)
+}
+
+/// Parse and validate configuration text; `origin` names the file in error messages.
+pub fn parse_str(text: &str, origin: &Path) -> Result<Config, ConfigErrors> {
+    let mut r = Reader::new(text, origin);
+    let doc = match te::ImDocument::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let pos = r.pos_of(e.span());
+            let msg = format!("syntax error: {}", e.message().trim().replace('\n', "; "));
+            return Err(ConfigErrors {
+                errors: vec![r.map.error(pos, msg)],
+            });
+        }
+    };
+    let config = r.config(doc.as_table());
+    let mut errors = r.errors;
+    errors.extend(validate::validate(&config, &r.map));
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        errors.sort_by_key(|e| (e.line, e.col));
+        errors.dedup();
+        Err(ConfigErrors { errors })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// allowed keys, per table
+// ---------------------------------------------------------------------------------------
+
+pub(crate) const TOP_KEYS: &[&str] = &[
+    "global",
+    "vrrp_script",
+    "track_file",
+    "vrrp_instance",
+    "vrrp_sync_group",
+    "virtual_server",
+];
+
+pub(crate) const GLOBAL_KEYS: &[&str] = &[
+    "router_id",
+    "dataplane",
+    "control_socket",
+    "script_user",
+    "enable_script_security",
+    "vrrp_version",
+    "notify_master",
+    "notify_backup",
+    "notify_fault",
+    "notify_stop",
+    "notify",
+];
+
+pub(crate) const VRRP_SCRIPT_KEYS: &[&str] = &[
+    "name", "script", "interval", "timeout", "weight", "rise", "fall", "user",
+];
+
+pub(crate) const TRACK_FILE_KEYS: &[&str] = &["name", "file", "weight"];
+
+pub(crate) const VRRP_INSTANCE_KEYS: &[&str] = &[
+    "name",
+    "interface",
+    "state",
+    "virtual_router_id",
+    "priority",
+    "advert_int",
+    "version",
+    "authentication",
+    "unicast_src_ip",
+    "unicast_peer",
+    "virtual_ipaddress",
+    "virtual_ipaddress_excluded",
+    "nopreempt",
+    "preempt_delay",
+    "garp_master_delay",
+    "garp_master_repeat",
+    "garp_master_refresh",
+    "garp_master_refresh_repeat",
+    "track_interface",
+    "track_script",
+    "track_file",
+    "notify_master",
+    "notify_backup",
+    "notify_fault",
+    "notify_stop",
+    "notify",
+];
+
+const AUTH_KEYS: &[&str] = &["auth_type", "auth_pass"];
+const TRACK_ENTRY_KEYS: &[&str] = &["name", "weight"];
+
+pub(crate) const SYNC_GROUP_KEYS: &[&str] = &[
+    "name",
+    "group",
+    "notify_master",
+    "notify_backup",
+    "notify_fault",
+    "notify_stop",
+    "notify",
+];
+
+pub(crate) const VIRTUAL_SERVER_KEYS: &[&str] = &[
+    "address",
+    "port",
+    "protocol",
+    "lb_algo",
+    "lb_kind",
+    "persistence_timeout",
+    "quorum",
+    "hysteresis",
+    "quorum_up",
+    "quorum_down",
+    "sorry_server",
+    "alpha",
+    "inhibit_on_failure",
+    "delay_loop",
+    "connect_timeout",
+    "retry",
+    "delay_before_retry",
+    "warmup",
+    "real_server",
+];
+
+const SORRY_SERVER_KEYS: &[&str] = &["address", "port"];
+
+const CHECK_BLOCKS: &[&str] = &[
+    "TCP_CHECK",
+    "HTTP_GET",
+    "SSL_GET",
+    "MISC_CHECK",
+    "UDP_CHECK",
+];
+
+pub(crate) const REAL_SERVER_KEYS: &[&str] = &[
+    "address",
+    "port",
+    "weight",
+    "inhibit_on_failure",
+    "notify_up",
+    "notify_down",
+    "delay_loop",
+    "connect_timeout",
+    "retry",
+    "delay_before_retry",
+    "warmup",
+    "TCP_CHECK",
+    "HTTP_GET",
+    "SSL_GET",
+    "MISC_CHECK",
+    "UDP_CHECK",
+];
+
+const TIMING_KEYS: &[&str] = &[
+    "delay_loop",
+    "retry",
+    "delay_before_retry",
+    "warmup",
+    "rise",
+    "fall",
+];
+const CONNECT_KEYS: &[&str] = &["connect_ip", "connect_port", "bindto", "connect_timeout"];
+const URL_KEYS: &[&str] = &["path", "status_code", "digest"];
+
+/// Keys a check block accepts.
+pub(crate) fn check_keys(block: &str) -> Vec<&'static str> {
+    let mut keys: Vec<&'static str> = TIMING_KEYS.to_vec();
+    match block {
+        "TCP_CHECK" => keys.extend(CONNECT_KEYS),
+        "HTTP_GET" | "SSL_GET" => {
+            keys.extend(CONNECT_KEYS);
+            keys.extend(["url", "virtualhost"]);
+        }
+        "MISC_CHECK" => keys.extend(["misc_path", "misc_timeout", "misc_dynamic", "user"]),
+        "UDP_CHECK" => {
+            keys.extend(CONNECT_KEYS);
+            keys.extend(["payload", "require_reply"]);
+        }
+        _ => {}
+    }
+    keys
+}
+
+/// keepalived spellings that ha-lb names differently, for "did you mean" hints.
+const ALIASES: &[(&str, &str)] = &[
+    ("lvs_sched", "lb_algo"),
+    ("lvs_method", "lb_kind"),
+    ("nb_get_retry", "retry"),
+    ("global_defs", "global"),
+    ("priority_weight", "weight"),
+    ("mcast_src_ip", "unicast_src_ip"),
+    ("no_preempt", "nopreempt"),
+];
+
+// ---------------------------------------------------------------------------------------
+// the reader
+// ---------------------------------------------------------------------------------------
+
+struct Reader<'s> {
+    src: &'s str,
+    line_starts: Vec<usize>,
+    map: SourceMap,
+    errors: Vec<ConfigError>,
+    /// Items being read; an error taints all of them.
+    stack: Vec<Item>,
+}
+
+/// A table being read.
+#[derive(Clone, Copy)]
+struct Tbl<'d> {
+    t: &'d dyn TableLike,
+    /// Name used in messages ("vrrp_instance", "HTTP_GET", …).
+    what: &'static str,
+    pos: Pos,
+    item: Item,
+    /// Record key positions under `item` (false for small sub-tables whose keys would
+    /// shadow the item's own).
+    record: bool,
+}
+
+/// A scalar or inline value and where it is.
+#[derive(Clone, Copy)]
+struct Val<'d> {
+    v: &'d te::Value,
+    pos: Pos,
+    span: Option<(usize, usize)>,
+}
+
+fn article_type(v: &te::Value) -> &'static str {
+    match v {
+        te::Value::String(_) => "a string",
+        te::Value::Integer(_) => "an integer",
+        te::Value::Float(_) => "a float",
+        te::Value::Boolean(_) => "a boolean",
+        te::Value::Datetime(_) => "a date-time",
+        te::Value::Array(_) => "an array",
+        te::Value::InlineTable(_) => "a table",
+    }
+}
+
+fn article_item(i: &te::Item) -> &'static str {
+    match i {
+        te::Item::Value(v) => article_type(v),
+        te::Item::Table(_) => "a table",
+        te::Item::ArrayOfTables(_) => "an array of tables",
+        te::Item::None => "nothing",
+    }
+}
+
+/// Microseconds in a number of seconds (keepalived timers have µs resolution).
+fn micros(secs: f64) -> u64 {
+    (secs * 1e6).round() as u64
+}
+
+fn fmt_secs(us: u64) -> String {
+    let s = us as f64 / 1e6;
+    let mut t = format!("{s}");
+    if t.ends_with(".0") {
+        t.truncate(t.len() - 2);
+    }
+    t
+}
+
+impl<'s> Reader<'s> {
+    fn new(src: &'s str, file: &Path) -> Self {
+        let mut line_starts = vec![0];
+        line_starts.extend(src.match_indices('\n').map(|(i, _)| i + 1));
+        Reader {
+            src,
+            line_starts,
+            map: SourceMap::new(file),
+            errors: Vec::new(),
+            stack: Vec::new(),
+        }
+    }
+
+    fn pos_at(&self, byte: usize) -> Pos {
+        let byte = byte.min(self.src.len());
+        let line = self.line_starts.partition_point(|&s| s <= byte);
+        let start = self.line_starts[line - 1];
+        let col = self
+            .src
+            .get(start..byte)
+            .map_or(1, |s| s.chars().count() + 1);
+        Pos { line, col }
+    }
+
+    fn pos_of(&self, span: Option<Range<usize>>) -> Pos {
+        span.map_or(Pos { line: 1, col: 1 }, |s| self.pos_at(s.start))
+    }
+
+    fn raw(&self, v: &Val<'_>) -> String {
+        match v.span {
+            Some((a, b)) => self.src.get(a..b).unwrap_or("").trim().to_string(),
+            None => v.v.to_string().trim().to_string(),
+        }
+    }
+
+    fn err(&mut self, pos: Pos, msg: impl Into<String>) {
+        self.errors.push(self.map.error(pos, msg));
+        for &it in &self.stack {
+            self.map.taint(it);
+        }
+    }
+
+    // ---- tables ------------------------------------------------------------------------
+
+    /// Start reading the table of a model item: record where it is, report unknown keys.
+    fn open_item<'d>(
+        &mut self,
+        t: &'d dyn TableLike,
+        what: &'static str,
+        pos: Pos,
+        item: Item,
+        allowed: &[&'static str],
+    ) -> Tbl<'d> {
+        self.map.set_item(item, pos);
+        self.open(t, what, pos, item, allowed, true)
+    }
+
+    /// Start reading a table: report keys it does not allow.
+    fn open<'d>(
+        &mut self,
+        t: &'d dyn TableLike,
+        what: &'static str,
+        pos: Pos,
+        item: Item,
+        allowed: &[&'static str],
+        record: bool,
+    ) -> Tbl<'d> {
+        for (k, _) in t.iter() {
+            if !allowed.contains(&k) {
+                let kpos = t
+                    .key(k)
+                    .and_then(|key| key.span())
+                    .map_or(pos, |s| self.pos_at(s.start));
+                self.err(kpos, unknown_key(k, what, allowed));
+            }
+        }
+        Tbl {
+            t,
+            what,
+            pos,
+            item,
+            record,
+        }
+    }
+
+    fn rec(&mut self, tb: &Tbl<'_>, key: &'static str, pos: Pos) {
+        if tb.record {
+            self.map.set_key(tb.item, key, pos);
+        }
+    }
+
+    fn item_pos(&self, tb: &Tbl<'_>, key: &str, i: &te::Item) -> Pos {
+        let span = match i {
+            te::Item::Value(v) => v.span(),
+            te::Item::Table(t) => t.span(),
+            te::Item::ArrayOfTables(a) => a.span(),
+            te::Item::None => None,
+        };
+        span.or_else(|| tb.t.key(key).and_then(|k| k.span()))
+            .map_or(tb.pos, |s| self.pos_at(s.start))
+    }
+
+    fn val<'d>(&self, v: &'d te::Value, fallback: Pos) -> Val<'d> {
+        let span = v.span();
+        Val {
+            v,
+            pos: span.clone().map_or(fallback, |s| self.pos_at(s.start)),
+            span: span.map(|s| (s.start, s.end)),
+        }
+    }
+
+    /// The value of `key`, if present; a table there is a type error.
+    fn get<'d>(&mut self, tb: &Tbl<'d>, key: &'static str, expected: &str) -> Option<Val<'d>> {
+        let i = tb.t.get(key)?;
+        let pos = self.item_pos(tb, key, i);
+        self.rec(tb, key, pos);
+        match i {
+            te::Item::Value(v) => Some(self.val(v, pos)),
+            other => {
+                self.err(
+                    pos,
+                    format!("{key} must be {expected}, not {}", article_item(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn missing(&mut self, tb: &Tbl<'_>, key: &str) {
+        self.err(tb.pos, format!("{} is missing required key {key}", tb.what));
+    }
+
+    /// `[[key]]` entries (or an array of inline tables, or a single table).
+    fn tables<'d>(&mut self, parent: &Tbl<'d>, key: &'static str) -> Vec<(&'d dyn TableLike, Pos)> {
+        let Some(i) = parent.t.get(key) else {
+            return Vec::new();
+        };
+        let pos = self.item_pos(parent, key, i);
+        self.rec(parent, key, pos);
+        match i {
+            te::Item::ArrayOfTables(a) => a
+                .iter()
+                .map(|t| {
+                    let p = t.span().map_or(pos, |s| self.pos_at(s.start));
+                    (t as &dyn TableLike, p)
+                })
+                .collect(),
+            te::Item::Table(t) => vec![(t as &dyn TableLike, pos)],
+            te::Item::Value(te::Value::InlineTable(t)) => vec![(t as &dyn TableLike, pos)],
+            te::Item::Value(te::Value::Array(a)) => {
+                let mut out = Vec::new();
+                for v in a.iter() {
+                    let vv = self.val(v, pos);
+                    match v {
+                        te::Value::InlineTable(t) => out.push((t as &dyn TableLike, vv.pos)),
+                        other => self.err(
+                            vv.pos,
+                            format!(
+                                "each {key} entry must be a table, not {}",
+                                article_type(other)
+                            ),
+                        ),
+                    }
+                }
+                out
+            }
+            other => {
+                self.err(
+                    pos,
+                    format!(
+                        "{key} must be an array of tables ([[{key}]]), not {}",
+                        article_item(other)
+                    ),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// A single sub-table.
+    fn table<'d>(
+        &mut self,
+        parent: &Tbl<'d>,
+        key: &'static str,
+    ) -> Option<(&'d dyn TableLike, Pos)> {
+        let i = parent.t.get(key)?;
+        let pos = self.item_pos(parent, key, i);
+        self.rec(parent, key, pos);
+        match i {
+            te::Item::Table(t) => Some((t as &dyn TableLike, pos)),
+            te::Item::Value(te::Value::InlineTable(t)) => Some((t as &dyn TableLike, pos)),
+            other => {
+                self.err(
+                    pos,
+                    format!("{key} must be a table, not {}", article_item(other)),
+                );
+                None
+            }
+        }
+    }
+
+    // ---- scalars -----------------------------------------------------------------------
+
+    fn string(&mut self, tb: &Tbl<'_>, key: &'static str) -> Option<(String, Pos)> {
+        let v = self.get(tb, key, "a string")?;
+        self.as_string(&v, key)
+    }
+
+    fn as_string(&mut self, v: &Val<'_>, what: &str) -> Option<(String, Pos)> {
+        match v.v {
+            te::Value::String(s) => Some((s.value().clone(), v.pos)),
+            other => {
+                self.err(
+                    v.pos,
+                    format!("{what} must be a string, not {}", article_type(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn req_string(&mut self, tb: &Tbl<'_>, key: &'static str) -> Option<(String, Pos)> {
+        if tb.t.get(key).is_none() {
+            self.missing(tb, key);
+            return None;
+        }
+        self.string(tb, key)
+    }
+
+    /// A name: non-empty, no whitespace.
+    fn name(&mut self, tb: &Tbl<'_>) -> Option<String> {
+        let (s, pos) = self.req_string(tb, "name")?;
+        if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            self.err(
+                pos,
+                format!(
+                    "{} name {s:?} must be non-empty and contain no whitespace",
+                    tb.what
+                ),
+            );
+            return None;
+        }
+        Some(s)
+    }
+
+    fn boolean(&mut self, tb: &Tbl<'_>, key: &'static str) -> Option<bool> {
+        let v = self.get(tb, key, "a boolean (true or false)")?;
+        match v.v {
+            te::Value::Boolean(b) => Some(*b.value()),
+            other => {
+                self.err(
+                    v.pos,
+                    format!(
+                        "{key} must be a boolean (true or false), not {}",
+                        article_type(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, tb: &Tbl<'_>, key: &'static str, lo: i64, hi: i64) -> Option<i64> {
+        let v = self.get(tb, key, "an integer")?;
+        self.as_int(&v, key, lo, hi)
+    }
+
+    fn as_int(&mut self, v: &Val<'_>, what: &str, lo: i64, hi: i64) -> Option<i64> {
+        match v.v {
+            te::Value::Integer(n) => {
+                let n = *n.value();
+                if n < lo || n > hi {
+                    let raw = self.raw(v);
+                    self.err(v.pos, format!("{what} {raw} is out of range {lo}..={hi}"));
+                    return None;
+                }
+                Some(n)
+            }
+            other => {
+                self.err(
+                    v.pos,
+                    format!("{what} must be an integer, not {}", article_type(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn req_int(&mut self, tb: &Tbl<'_>, key: &'static str, lo: i64, hi: i64) -> Option<i64> {
+        if tb.t.get(key).is_none() {
+            self.missing(tb, key);
+            return None;
+        }
+        self.int(tb, key, lo, hi)
+    }
+
+    /// A time in seconds (integer or float), bounds in microseconds.
+    fn secs(
+        &mut self,
+        tb: &Tbl<'_>,
+        key: &'static str,
+        lo_us: u64,
+        hi_us: u64,
+    ) -> Option<Duration> {
+        let v = self.get(tb, key, "a number of seconds")?;
+        let f = match v.v {
+            te::Value::Integer(n) => *n.value() as f64,
+            te::Value::Float(f) => *f.value(),
+            other => {
+                self.err(
+                    v.pos,
+                    format!(
+                        "{key} must be a number of seconds, not {}",
+                        article_type(other)
+                    ),
+                );
+                return None;
+            }
+        };
+        let raw = self.raw(&v);
+        if !f.is_finite() || f < 0.0 || micros(f) < lo_us || micros(f) > hi_us {
+            self.err(
+                v.pos,
+                format!(
+                    "{key} {raw} is out of range {}..={} (seconds)",
+                    fmt_secs(lo_us),
+                    fmt_secs(hi_us)
+                ),
+            );
+            return None;
+        }
+        Some(Duration::from_micros(micros(f)))
+    }
+
+    /// A string parsed with `parse`, whose error completes "KEY RAW …".
+    fn parsed<T>(
+        &mut self,
+        tb: &Tbl<'_>,
+        key: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let v = self.get(tb, key, "a string")?;
+        self.as_parsed(&v, key, parse)
+    }
+
+    fn as_parsed<T>(
+        &mut self,
+        v: &Val<'_>,
+        what: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let (s, pos) = self.as_string(v, what)?;
+        match parse(&s) {
+            Ok(t) => Some(t),
+            Err(m) => {
+                let sep = if m.starts_with(':') { "" } else { " " };
+                self.err(pos, format!("{what} {s:?}{sep}{m}"));
+                None
+            }
+        }
+    }
+
+    fn ip(&mut self, tb: &Tbl<'_>, key: &'static str) -> Option<IpAddr> {
+        self.parsed(tb, key, parse_ip)
+    }
+
+    fn req_ip(&mut self, tb: &Tbl<'_>, key: &'static str) -> Option<IpAddr> {
+        if tb.t.get(key).is_none() {
+            self.missing(tb, key);
+            return None;
+        }
+        self.ip(tb, key)
+    }
+
+    fn choice<T: FromStr>(&mut self, tb: &Tbl<'_>, key: &'static str, names: &[&str]) -> Option<T> {
+        self.parsed(tb, key, |s| {
+            T::from_str(s).map_err(|_| format!("is not one of {}", names.join(", ")))
+        })
+    }
+
+    fn script(&mut self, tb: &Tbl<'_>, key: &'static str) -> Option<Script> {
+        let v = self.get(tb, key, "a command (string or array of strings)")?;
+        match v.v {
+            te::Value::String(s) => match Script::parse(s.value()) {
+                Some(sc) => Some(sc),
+                None => {
+                    self.err(
+                        v.pos,
+                        format!("{key} {:?} is empty or has an unclosed quote", s.value()),
+                    );
+                    None
+                }
+            },
+            te::Value::Array(a) => {
+                let mut argv = Vec::new();
+                for e in a.iter() {
+                    let ev = self.val(e, v.pos);
+                    argv.push(self.as_string(&ev, &format!("each {key} argument"))?.0);
+                }
+                if argv.first().is_none_or(|p| p.is_empty()) {
+                    self.err(v.pos, format!("{key} needs a program as its first element"));
+                    return None;
+                }
+                Some(Script { argv })
+            }
+            other => {
+                self.err(
+                    v.pos,
+                    format!(
+                        "{key} must be a command (string or array of strings), not {}",
+                        article_type(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn notify(&mut self, tb: &Tbl<'_>) -> Notify {
+        Notify {
+            notify_master: self.script(tb, "notify_master"),
+            notify_backup: self.script(tb, "notify_backup"),
+            notify_fault: self.script(tb, "notify_fault"),
+            notify_stop: self.script(tb, "notify_stop"),
+            notify: self.script(tb, "notify"),
+        }
+    }
+
+    fn script_user(&mut self, tb: &Tbl<'_>, key: &'static str) -> Option<ScriptUser> {
+        self.parsed(tb, key, |s| {
+            ScriptUser::from_str(s)
+                .map_err(|_| "is not a user name, \"user:group\" or \"user group\"".to_string())
+        })
+    }
+
+    /// The elements of an array value, recorded as list elements of `key`.
+    fn list<'d>(&mut self, tb: &Tbl<'d>, key: &'static str) -> Vec<Val<'d>> {
+        let Some(v) = self.get(tb, key, "an array") else {
+            return Vec::new();
+        };
+        match v.v {
+            te::Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let ev = self.val(e, v.pos);
+                    if tb.record {
+                        self.map.set_elem(tb.item, key, i, ev.pos);
+                    }
+                    ev
+                })
+                .collect(),
+            other => {
+                self.err(
+                    v.pos,
+                    format!("{key} must be an array, not {}", article_type(other)),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    // ---- sections ----------------------------------------------------------------------
+
+    fn config(&mut self, root: &te::Table) -> Config {
+        let top = self.open(
+            root,
+            "the top level",
+            Pos { line: 1, col: 1 },
+            Item::Global,
+            TOP_KEYS,
+            false,
+        );
+        let global = self.global(&top);
+
+        let mut vrrp_scripts = Vec::new();
+        for (i, (t, pos)) in self.tables(&top, "vrrp_script").into_iter().enumerate() {
+            vrrp_scripts.push(self.vrrp_script(t, pos, i));
+        }
+        let mut track_files = Vec::new();
+        for (i, (t, pos)) in self.tables(&top, "track_file").into_iter().enumerate() {
+            track_files.push(self.track_file(t, pos, i));
+        }
+        let mut vrrp_instances = Vec::new();
+        for (i, (t, pos)) in self.tables(&top, "vrrp_instance").into_iter().enumerate() {
+            let inst = self.vrrp_instance(t, pos, i, &global, &vrrp_scripts, &track_files);
+            vrrp_instances.push(inst);
+        }
+        let mut vrrp_sync_groups = Vec::new();
+        for (i, (t, pos)) in self.tables(&top, "vrrp_sync_group").into_iter().enumerate() {
+            vrrp_sync_groups.push(self.sync_group(t, pos, i));
+        }
+        let mut virtual_servers = Vec::new();
+        for (i, (t, pos)) in self.tables(&top, "virtual_server").into_iter().enumerate() {
+            virtual_servers.push(self.virtual_server(t, pos, i));
+        }
+        Config {
+            global,
+            vrrp_scripts,
+            track_files,
+            vrrp_instances,
+            vrrp_sync_groups,
+            virtual_servers,
+        }
+    }
+
+    fn global(&mut self, top: &Tbl<'_>) -> Global {
+        let mut g = Global::default();
+        let Some((t, pos)) = self.table(top, "global") else {
+            return g;
+        };
+        self.stack.push(Item::Global);
+        let tb = self.open_item(t, "global", pos, Item::Global, GLOBAL_KEYS);
+        if let Some((s, p)) = self.string(&tb, "router_id") {
+            if s.trim().is_empty() {
+                self.err(p, "router_id must not be empty");
+            } else {
+                g.router_id = Some(s);
+            }
+        }
+        if let Some(d) = self.choice(&tb, "dataplane", Dataplane::NAMES) {
+            g.dataplane = d;
+        }
+        if let Some(p) = self.parsed(&tb, "control_socket", |s| {
+            if Path::new(s).is_absolute() {
+                Ok(PathBuf::from(s))
+            } else {
+                Err("must be an absolute path".to_string())
+            }
+        }) {
+            g.control_socket = p;
+        }
+        g.script_user = self.script_user(&tb, "script_user");
+        if let Some(b) = self.boolean(&tb, "enable_script_security") {
+            g.enable_script_security = b;
+        }
+        if let Some(v) = self.int(&tb, "vrrp_version", 2, 3) {
+            g.vrrp_version = if v == 2 {
+                VrrpVersion::V2
+            } else {
+                VrrpVersion::V3
+            };
+        }
+        g.notify = self.notify(&tb);
+        self.stack.pop();
+        g
+    }
+
+    fn vrrp_script(&mut self, t: &dyn TableLike, pos: Pos, idx: usize) -> VrrpScript {
+        let item = Item::VrrpScript(idx);
+        self.stack.push(item);
+        let tb = self.open_item(t, "vrrp_script", pos, item, VRRP_SCRIPT_KEYS);
+        let name = self.name(&tb).unwrap_or_default();
+        let script = match tb.t.get("script") {
+            None => {
+                self.missing(&tb, "script");
+                None
+            }
+            Some(_) => self.script(&tb, "script"),
+        };
+        let interval = self
+            .secs(&tb, "interval", 1_000, 86_400_000_000)
+            .unwrap_or(Duration::from_secs(1));
+        let timeout = self
+            .secs(&tb, "timeout", 1_000, 86_400_000_000)
+            .unwrap_or(interval);
+        let s = VrrpScript {
+            name,
+            script: script.unwrap_or_else(|| Script {
+                argv: vec![String::new()],
+            }),
+            interval,
+            timeout,
+            weight: self.int(&tb, "weight", -253, 253).unwrap_or(0) as i32,
+            rise: self.int(&tb, "rise", 1, 1000).unwrap_or(1) as u32,
+            fall: self.int(&tb, "fall", 1, 1000).unwrap_or(1) as u32,
+            user: self.script_user(&tb, "user"),
+        };
+        self.stack.pop();
+        s
+    }
+
+    fn track_file(&mut self, t: &dyn TableLike, pos: Pos, idx: usize) -> TrackFile {
+        let item = Item::TrackFile(idx);
+        self.stack.push(item);
+        let tb = self.open_item(t, "track_file", pos, item, TRACK_FILE_KEYS);
+        let name = self.name(&tb).unwrap_or_default();
+        let file = self
+            .req_string(&tb, "file")
+            .and_then(|(s, p)| {
+                if Path::new(&s).is_absolute() {
+                    Some(PathBuf::from(s))
+                } else {
+                    self.err(p, format!("file {s:?} must be an absolute path"));
+                    None
+                }
+            })
+            .unwrap_or_default();
+        let weight = self
+            .int(&tb, "weight", -2_147_483_647, 2_147_483_647)
+            .unwrap_or(1) as i32;
+        self.stack.pop();
+        TrackFile { name, file, weight }
+    }
+
+    fn vrrp_instance(
+        &mut self,
+        t: &dyn TableLike,
+        pos: Pos,
+        idx: usize,
+        global: &Global,
+        scripts: &[VrrpScript],
+        track_files: &[TrackFile],
+    ) -> VrrpInstance {
+        let item = Item::VrrpInstance(idx);
+        self.stack.push(item);
+        let tb = self.open_item(t, "vrrp_instance", pos, item, VRRP_INSTANCE_KEYS);
+        let name = self.name(&tb).unwrap_or_default();
+        let interface = self.ifname_req(&tb, "interface").unwrap_or_default();
+        let state = self
+            .parsed(&tb, "state", |s| match s {
+                "MASTER" => Ok(InitialState::Master),
+                "BACKUP" => Ok(InitialState::Backup),
+                _ => Err("is not one of MASTER, BACKUP".to_string()),
+            })
+            .unwrap_or_default();
+        let virtual_router_id = self.req_int(&tb, "virtual_router_id", 1, 255).unwrap_or(0) as u8;
+        let priority = self.int(&tb, "priority", 1, 255).unwrap_or(100) as u8;
+        // Version-specific limits are checked in validate.
+        let advert_int = self
+            .secs(&tb, "advert_int", 10_000, 255_000_000)
+            .unwrap_or(Duration::from_secs(1));
+        let version = self.int(&tb, "version", 2, 3);
+
+        let authentication = self.authentication(&tb);
+        let unicast_src_ip = self.ip(&tb, "unicast_src_ip");
+        let mut unicast_peer = Vec::new();
+        for v in self.list(&tb, "unicast_peer") {
+            if let Some(a) = self.as_parsed(&v, "unicast_peer", parse_ip) {
+                unicast_peer.push(a);
+            }
+        }
+        let virtual_ipaddress = self.vips(&tb, "virtual_ipaddress");
+        let virtual_ipaddress_excluded = self.vips(&tb, "virtual_ipaddress_excluded");
+
+        let family = virtual_ipaddress
+            .first()
+            .map(VirtualIp::family)
+            .unwrap_or(AddrFamily::Ipv4);
+        let version = match version {
+            Some(2) => VrrpVersion::V2,
+            Some(_) => VrrpVersion::V3,
+            None if family == AddrFamily::Ipv6 => VrrpVersion::V3,
+            None => global.vrrp_version,
+        };
+
+        let garp_default = Garp::default();
+        let garp = Garp {
+            master_delay: self
+                .secs(&tb, "garp_master_delay", 0, 3_600_000_000)
+                .unwrap_or(garp_default.master_delay),
+            master_repeat: self
+                .int(&tb, "garp_master_repeat", 1, 255)
+                .map_or(garp_default.master_repeat, |n| n as u32),
+            master_refresh: self
+                .secs(&tb, "garp_master_refresh", 0, 86_400_000_000)
+                .filter(|d| !d.is_zero()),
+            master_refresh_repeat: self
+                .int(&tb, "garp_master_refresh_repeat", 1, 255)
+                .map_or(garp_default.master_refresh_repeat, |n| n as u32),
+        };
+
+        let track_interface = self
+            .track_entries(&tb, "track_interface", -253, 253)
+            .into_iter()
+            .filter_map(|(n, w, p)| {
+                if valid_ifname(&n) {
+                    Some(TrackInterface {
+                        interface: n,
+                        weight: w.unwrap_or(0),
+                    })
+                } else {
+                    self.err(
+                        p,
+                        format!("track_interface {n:?} is not a valid interface name"),
+                    );
+                    None
+                }
+            })
+            .collect();
+        let track_script = self
+            .track_entries(&tb, "track_script", -253, 253)
+            .into_iter()
+            .map(|(n, w, _)| TrackScript {
+                weight: w.unwrap_or_else(|| {
+                    scripts.iter().find(|s| s.name == n).map_or(0, |s| s.weight)
+                }),
+                script: n,
+            })
+            .collect();
+        let track_file = self
+            .track_entries(&tb, "track_file", -254, 254)
+            .into_iter()
+            .map(|(n, w, _)| TrackFileRef {
+                weight: w.unwrap_or_else(|| {
+                    track_files
+                        .iter()
+                        .find(|t| t.name == n)
+                        .map_or(1, |t| t.weight)
+                }),
+                track_file: n,
+            })
+            .collect();
+
+        let mut notify = self.notify(&tb);
+        notify.inherit(&global.notify);
+
+        let inst = VrrpInstance {
+            name,
+            interface,
+            state,
+            virtual_router_id,
+            priority,
+            advert_int,
+            version,
+            authentication,
+            unicast_src_ip,
+            unicast_peer,
+            virtual_ipaddress,
+            virtual_ipaddress_excluded,
+            nopreempt: self.boolean(&tb, "nopreempt").unwrap_or(false),
+            preempt_delay: self
+                .secs(&tb, "preempt_delay", 0, 1_000_000_000)
+                .unwrap_or(Duration::ZERO),
+            garp,
+            track_interface,
+            track_script,
+            track_file,
+            notify,
+        };
+        self.stack.pop();
+        inst
+    }
+
+    fn ifname_req(&mut self, tb: &Tbl<'_>, key: &'static str) -> Option<String> {
+        let (s, p) = self.req_string(tb, key)?;
+        if !valid_ifname(&s) {
+            self.err(
+                p,
+                format!("{key} {s:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or spaces)"),
+            );
+            return None;
+        }
+        Some(s)
+    }
+
+    fn authentication(&mut self, tb: &Tbl<'_>) -> Option<Authentication> {
+        let (t, pos) = self.table(tb, "authentication")?;
+        let at = self.open(t, "authentication", pos, tb.item, AUTH_KEYS, false);
+        // Positions inside the table are recorded under the instance.
+        let auth_type = self.req_string(&at, "auth_type");
+        let pass = self.req_string(&at, "auth_pass");
+        let (ty, tpos) = auth_type?;
+        match ty.as_str() {
+            "PASS" => {}
+            "AH" => {
+                self.err(tpos, "auth_type AH is not supported (only PASS)");
+                return None;
+            }
+            _ => {
+                self.err(tpos, format!("auth_type {ty:?} is not one of PASS"));
+                return None;
+            }
+        }
+        let (p, ppos) = pass?;
+        if p.is_empty() || p.len() > 8 {
+            self.err(
+                ppos,
+                format!(
+                    "auth_pass must be 1 to 8 bytes long (VRRPv2 carries 8), not {}",
+                    p.len()
+                ),
+            );
+            return None;
+        }
+        Some(Authentication::Pass(p))
+    }
+
+    fn vips(&mut self, tb: &Tbl<'_>, key: &'static str) -> Vec<VirtualIp> {
+        let mut out = Vec::new();
+        for v in self.list(tb, key) {
+            if let Some(vip) = self.as_parsed(&v, key, |s| {
+                VirtualIp::from_str(s).map_err(|m| format!(": {m}"))
+            }) {
+                out.push(vip);
+            }
+        }
+        out
+    }
+
+    /// `["name", { name = "x", weight = -10 }, …]` → (name, explicit weight, position).
+    fn track_entries(
+        &mut self,
+        tb: &Tbl<'_>,
+        key: &'static str,
+        lo: i64,
+        hi: i64,
+    ) -> Vec<(String, Option<i32>, Pos)> {
+        let mut out = Vec::new();
+        for v in self.list(tb, key) {
+            match v.v {
+                te::Value::String(s) => out.push((s.value().clone(), None, v.pos)),
+                te::Value::InlineTable(t) => {
+                    let et = self.open(t, key, v.pos, tb.item, TRACK_ENTRY_KEYS, false);
+                    let name = self.req_string(&et, "name");
+                    let w = self.int(&et, "weight", lo, hi).map(|w| w as i32);
+                    if let Some((n, _)) = name {
+                        out.push((n, w, v.pos));
+                    }
+                }
+                other => self.err(
+                    v.pos,
+                    format!(
+                        "each {key} entry must be a name or {{ name = \"…\", weight = N }}, not {}",
+                        article_type(other)
+                    ),
+                ),
+            }
+        }
+        out
+    }
+
+    fn sync_group(&mut self, t: &dyn TableLike, pos: Pos, idx: usize) -> VrrpSyncGroup {
+        let item = Item::VrrpSyncGroup(idx);
+        self.stack.push(item);
+        let tb = self.open_item(t, "vrrp_sync_group", pos, item, SYNC_GROUP_KEYS);
+        let name = self.name(&tb).unwrap_or_default();
+        if tb.t.get("group").is_none() {
+            self.missing(&tb, "group");
+        }
+        let mut group = Vec::new();
+        for v in self.list(&tb, "group") {
+            if let Some((s, _)) = self.as_string(&v, "each group member") {
+                group.push(s);
+            }
+        }
+        let notify = self.notify(&tb);
+        self.stack.pop();
+        VrrpSyncGroup {
+            name,
+            group,
+            notify,
+        }
+    }
+
+    fn virtual_server(&mut self, t: &dyn TableLike, pos: Pos, idx: usize) -> VirtualServer {
+        let item = Item::VirtualServer(idx);
+        self.stack.push(item);
+        let tb = self.open_item(t, "virtual_server", pos, item, VIRTUAL_SERVER_KEYS);
+        let address = self
+            .req_ip(&tb, "address")
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let port = self.req_int(&tb, "port", 1, 65535).unwrap_or(0) as u16;
+        let protocol = self
+            .parsed(&tb, "protocol", |s| match s {
+                "TCP" => Ok(Protocol::Tcp),
+                "UDP" => Ok(Protocol::Udp),
+                _ => Err("is not one of TCP, UDP".to_string()),
+            })
+            .unwrap_or_default();
+        let lb_algo = self
+            .choice(&tb, "lb_algo", LbAlgo::NAMES)
+            .unwrap_or_default();
+        let lb_kind = self
+            .parsed(&tb, "lb_kind", |s| match s {
+                "NAT" => Ok(LbKind::Nat),
+                "DR" => Ok(LbKind::Dr),
+                "TUN" => Err("is not supported yet (use NAT or DR)".to_string()),
+                _ => Err("is not one of NAT, DR".to_string()),
+            })
+            .unwrap_or_default();
+        let persistence_timeout = self
+            .int(&tb, "persistence_timeout", 1, 2_678_400)
+            .map(|s| Duration::from_secs(s as u64));
+        let quorum = self.int(&tb, "quorum", 1, 1_000_000_000).unwrap_or(1) as u32;
+        let hysteresis = self.int(&tb, "hysteresis", 0, 1_000_000_000).unwrap_or(0) as u32;
+        let quorum_up = self.script(&tb, "quorum_up");
+        let quorum_down = self.script(&tb, "quorum_down");
+        let sorry_server = self.table(&tb, "sorry_server").and_then(|(st, spos)| {
+            let sb = self.open(st, "sorry_server", spos, item, SORRY_SERVER_KEYS, false);
+            let a = self.req_ip(&sb, "address");
+            let p = self.int(&sb, "port", 1, 65535).map(|p| p as u16);
+            a.map(|a| SocketAddr::new(a, p.unwrap_or(port)))
+        });
+        let defaults = self.timing_defaults(&tb, None);
+        let delay_loop = defaults.delay_loop.unwrap_or(Duration::from_secs(60));
+        let alpha = self.boolean(&tb, "alpha").unwrap_or(false);
+        let inhibit = self.boolean(&tb, "inhibit_on_failure").unwrap_or(false);
+
+        let mut real_servers = Vec::new();
+        let vs_ctx = VsCtx {
+            idx,
+            port,
+            delay_loop,
+            inhibit,
+            defaults,
+        };
+        for (r, (rt, rpos)) in self.tables(&tb, "real_server").into_iter().enumerate() {
+            real_servers.push(self.real_server(rt, rpos, &vs_ctx, r));
+        }
+        self.stack.pop();
+        VirtualServer {
+            address,
+            port,
+            protocol,
+            lb_algo,
+            lb_kind,
+            persistence_timeout,
+            quorum,
+            hysteresis,
+            quorum_up,
+            quorum_down,
+            sorry_server,
+            delay_loop,
+            alpha,
+            real_servers,
+        }
+    }
+
+    /// delay_loop, connect_timeout, retry, delay_before_retry, warmup of a level, each
+    /// falling back to `parent`.
+    fn timing_defaults(&mut self, tb: &Tbl<'_>, parent: Option<&TimingDefaults>) -> TimingDefaults {
+        let own = TimingDefaults {
+            delay_loop: self.secs(tb, "delay_loop", 1_000, 86_400_000_000),
+            connect_timeout: self.secs(tb, "connect_timeout", 1_000, 3_600_000_000),
+            retry: self.int(tb, "retry", 0, 1000).map(|n| n as u32),
+            delay_before_retry: self.secs(tb, "delay_before_retry", 0, 3_600_000_000),
+            warmup: self.secs(tb, "warmup", 0, 86_400_000_000),
+        };
+        match parent {
+            None => own,
+            Some(p) => TimingDefaults {
+                delay_loop: own.delay_loop.or(p.delay_loop),
+                connect_timeout: own.connect_timeout.or(p.connect_timeout),
+                retry: own.retry.or(p.retry),
+                delay_before_retry: own.delay_before_retry.or(p.delay_before_retry),
+                warmup: own.warmup.or(p.warmup),
+            },
+        }
+    }
+
+    fn real_server(&mut self, t: &dyn TableLike, pos: Pos, vs: &VsCtx, r: usize) -> RealServer {
+        let item = Item::RealServer(vs.idx, r);
+        self.stack.push(item);
+        let tb = self.open_item(t, "real_server", pos, item, REAL_SERVER_KEYS);
+        let address = self
+            .req_ip(&tb, "address")
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let port = self
+            .int(&tb, "port", 1, 65535)
+            .map_or(vs.port, |p| p as u16);
+        let weight = self.int(&tb, "weight", 0, 65535).unwrap_or(1) as u32;
+        let inhibit_on_failure = self
+            .boolean(&tb, "inhibit_on_failure")
+            .unwrap_or(vs.inhibit);
+        let notify_up = self.script(&tb, "notify_up");
+        let notify_down = self.script(&tb, "notify_down");
+        let defaults = self.timing_defaults(&tb, Some(&vs.defaults));
+
+        let present: Vec<&'static str> = CHECK_BLOCKS
+            .iter()
+            .copied()
+            .filter(|b| tb.t.get(b).is_some())
+            .collect();
+        let mut check = None;
+        if present.len() > 1 {
+            let second = present[1];
+            let p =
+                tb.t.get(second)
+                    .map_or(pos, |i| self.item_pos(&tb, second, i));
+            self.err(
+                p,
+                format!(
+                    "real_server has both {} and {second}; ha-lb allows one check per real server",
+                    present[0]
+                ),
+            );
+        } else if let Some(&block) = present.first() {
+            let target = SocketAddr::new(address, port);
+            check = self.check(&tb, block, target, vs, &defaults, r);
+        }
+        self.stack.pop();
+        RealServer {
+            address,
+            port,
+            weight,
+            inhibit_on_failure,
+            notify_up,
+            notify_down,
+            check,
+        }
+    }
+
+    fn check(
+        &mut self,
+        rs: &Tbl<'_>,
+        block: &'static str,
+        target: SocketAddr,
+        vs: &VsCtx,
+        inherited: &TimingDefaults,
+        r: usize,
+    ) -> Option<HealthCheck> {
+        let (t, pos) = self.table(rs, block)?;
+        let item = Item::Check(vs.idx, r);
+        self.stack.push(item);
+        let keys = check_keys(block);
+        let tb = self.open_item(t, block, pos, item, &keys);
+        let own = self.timing_defaults_check(&tb, block);
+        let delay_loop = own
+            .delay_loop
+            .or(inherited.delay_loop)
+            .unwrap_or(vs.delay_loop);
+        let connect_timeout = own
+            .connect_timeout
+            .or(inherited.connect_timeout)
+            .unwrap_or(Duration::from_secs(5));
+        let retry = own
+            .retry
+            .or(inherited.retry)
+            .unwrap_or_else(|| default_retry(block));
+        let delay_before_retry = own
+            .delay_before_retry
+            .or(inherited.delay_before_retry)
+            .unwrap_or_else(|| default_delay_before_retry(block));
+        let warmup = own.warmup.or(inherited.warmup).unwrap_or(delay_loop);
+        let rise = self.int(&tb, "rise", 1, 1000).unwrap_or(1) as u32;
+        let fall = self.int(&tb, "fall", 1, 1000).unwrap_or(1) as u32;
+
+        let kind = match block {
+            "TCP_CHECK" => Some(CheckKind::Tcp(self.connect(&tb, target, connect_timeout))),
+            "HTTP_GET" | "SSL_GET" => {
+                let connect = self.connect(&tb, target, connect_timeout);
+                let virtualhost = self.string(&tb, "virtualhost").and_then(|(h, p)| {
+                    if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                        self.err(p, format!("virtualhost {h:?} is not a host name"));
+                        None
+                    } else {
+                        Some(h)
+                    }
+                });
+                let mut url = Vec::new();
+                let tables = self.tables(&tb, "url");
+                let none = tables.is_empty();
+                for (ut, upos) in tables {
+                    if let Some(u) = self.url(ut, upos, item) {
+                        url.push(u);
+                    }
+                }
+                if none {
+                    self.err(
+                        tb.pos,
+                        format!("{block} needs at least one url (for example url = [{{ path = \"/\" }}])"),
+                    );
+                }
+                let h = HttpCheck {
+                    connect,
+                    url,
+                    virtualhost,
+                };
+                Some(if block == "HTTP_GET" {
+                    CheckKind::Http(h)
+                } else {
+                    CheckKind::Ssl(h)
+                })
+            }
+            "MISC_CHECK" => {
+                let misc_path = if tb.t.get("misc_path").is_none() {
+                    self.missing(&tb, "misc_path");
+                    None
+                } else {
+                    self.script(&tb, "misc_path")
+                };
+                let misc_timeout = self
+                    .secs(&tb, "misc_timeout", 1_000, 86_400_000_000)
+                    .unwrap_or(vs.delay_loop);
+                let misc_dynamic = self.boolean(&tb, "misc_dynamic").unwrap_or(false);
+                let user = self.script_user(&tb, "user");
+                misc_path.map(|misc_path| {
+                    CheckKind::Misc(MiscCheck {
+                        misc_path,
+                        misc_timeout,
+                        misc_dynamic,
+                        user,
+                    })
+                })
+            }
+            "UDP_CHECK" => {
+                let connect = self.connect(&tb, target, connect_timeout);
+                let payload = self.parsed(&tb, "payload", |s| {
+                    parse_hex(s).map_err(|m| format!("is not hex: {m}"))
+                });
+                let require_reply = match tb.t.get("require_reply") {
+                    None => ReplyCheck::None,
+                    Some(_) => {
+                        let v = self.get(&tb, "require_reply", "a boolean or hex string");
+                        match v.map(|v| (v, v.v)) {
+                            Some((_, te::Value::Boolean(b))) => {
+                                if *b.value() {
+                                    ReplyCheck::Any
+                                } else {
+                                    ReplyCheck::None
+                                }
+                            }
+                            Some((v, te::Value::String(s))) => match parse_hex(s.value()) {
+                                Ok(bytes) if !bytes.is_empty() => ReplyCheck::Prefix(bytes),
+                                Ok(_) => ReplyCheck::Any,
+                                Err(m) => {
+                                    self.err(
+                                        v.pos,
+                                        format!("require_reply {:?} is not hex: {m}", s.value()),
+                                    );
+                                    ReplyCheck::None
+                                }
+                            },
+                            Some((v, other)) => {
+                                self.err(
+                                    v.pos,
+                                    format!(
+                                        "require_reply must be a boolean or a hex string, not {}",
+                                        article_type(other)
+                                    ),
+                                );
+                                ReplyCheck::None
+                            }
+                            None => ReplyCheck::None,
+                        }
+                    }
+                };
+                Some(CheckKind::Udp(UdpCheck {
+                    connect,
+                    payload,
+                    require_reply,
+                }))
+            }
+            _ => None,
+        };
+        self.stack.pop();
+        Some(HealthCheck {
+            kind: kind?,
+            delay_loop,
+            retry,
+            delay_before_retry,
+            warmup,
+            rise,
+            fall,
+        })
+    }
+
+    fn timing_defaults_check(&mut self, tb: &Tbl<'_>, block: &str) -> TimingDefaults {
+        let mut t = self.timing_defaults_no_connect(tb);
+        if block != "MISC_CHECK" {
+            t.connect_timeout = self.secs(tb, "connect_timeout", 1_000, 3_600_000_000);
+        }
+        t
+    }
+
+    fn timing_defaults_no_connect(&mut self, tb: &Tbl<'_>) -> TimingDefaults {
+        TimingDefaults {
+            delay_loop: self.secs(tb, "delay_loop", 1_000, 86_400_000_000),
+            connect_timeout: None,
+            retry: self.int(tb, "retry", 0, 1000).map(|n| n as u32),
+            delay_before_retry: self.secs(tb, "delay_before_retry", 0, 3_600_000_000),
+            warmup: self.secs(tb, "warmup", 0, 86_400_000_000),
+        }
+    }
+
+    fn connect(&mut self, tb: &Tbl<'_>, target: SocketAddr, connect_timeout: Duration) -> Connect {
+        let ip = self.ip(tb, "connect_ip").unwrap_or(target.ip());
+        let port = self
+            .int(tb, "connect_port", 1, 65535)
+            .map_or(target.port(), |p| p as u16);
+        Connect {
+            target: SocketAddr::new(ip, port),
+            bindto: self.ip(tb, "bindto"),
+            connect_timeout,
+        }
+    }
+
+    fn url(&mut self, t: &dyn TableLike, pos: Pos, item: Item) -> Option<UrlCheck> {
+        let tb = self.open(t, "url", pos, item, URL_KEYS, false);
+        let (path, ppos) = self.req_string(&tb, "path")?;
+        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            self.err(
+                ppos,
+                format!("path {path:?} must start with '/' and contain no spaces"),
+            );
+            return None;
+        }
+        let status_code = self.status_codes(&tb)?;
+        let digest = match tb.t.get("digest") {
+            None => None,
+            Some(_) => Some(self.parsed(&tb, "digest", |s| {
+                let b = parse_hex(s).map_err(|m| format!("is not an MD5 hex digest: {m}"))?;
+                <[u8; 16]>::try_from(b.as_slice()).map_err(|_| {
+                    format!(
+                        "is not an MD5 hex digest (32 hex digits, found {})",
+                        s.len()
+                    )
+                })
+            })?),
+        };
+        Some(UrlCheck {
+            path,
+            status_code,
+            digest,
+        })
+    }
+
+    /// `status_code = 200`, `"200-299"` or an array of those. Default 200..=299.
+    fn status_codes(&mut self, tb: &Tbl<'_>) -> Option<Vec<std::ops::RangeInclusive<u16>>> {
+        let Some(v) = self.get(tb, "status_code", "a status code, range or array") else {
+            return Some(vec![200..=299]);
+        };
+        let elems: Vec<Val<'_>> = match v.v {
+            te::Value::Array(a) => a.iter().map(|e| self.val(e, v.pos)).collect(),
+            _ => vec![v],
+        };
+        if elems.is_empty() {
+            self.err(v.pos, "status_code must not be an empty array");
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for e in elems {
+            let r = match e.v {
+                te::Value::Integer(_) => self
+                    .as_int(&e, "status_code", 100, 599)
+                    .map(|n| n as u16..=n as u16),
+                te::Value::String(s) => {
+                    let s = s.value();
+                    let parsed = s.split_once('-').and_then(|(a, b)| {
+                        Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+                    });
+                    match parsed {
+                        Some((a, b))
+                            if (100..=599).contains(&a) && (100..=599).contains(&b) && a <= b =>
+                        {
+                            Some(a..=b)
+                        }
+                        _ => {
+                            self.err(
+                                e.pos,
+                                format!("status_code {s:?} is not a range like \"200-299\" within 100..=599"),
+                            );
+                            None
+                        }
+                    }
+                }
+                other => {
+                    self.err(
+                        e.pos,
+                        format!(
+                            "status_code must be an integer, a \"low-high\" string or an array of those, not {}",
+                            article_type(other)
+                        ),
+                    );
+                    None
+                }
+            };
+            match r {
+                Some(r) => out.push(r),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+}
+
+struct VsCtx {
+    idx: usize,
+    port: u16,
+    delay_loop: Duration,
+    inhibit: bool,
+    defaults: TimingDefaults,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct TimingDefaults {
+    delay_loop: Option<Duration>,
+    connect_timeout: Option<Duration>,
+    retry: Option<u32>,
+    delay_before_retry: Option<Duration>,
+    warmup: Option<Duration>,
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse::<IpAddr>()
+        .map_err(|_| "is not an IP address".to_string())
+        .and_then(|a| {
+            if a.is_unspecified() || a.is_multicast() {
+                Err("is not a unicast address".to_string())
+            } else {
+                Ok(a)
+            }
+        })
+}
+
+/// Hex digits, whitespace ignored, even count.
+fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
+    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if let Some(bad) = digits.iter().find(|b| !b.is_ascii_hexdigit()) {
+        return Err(format!("{:?} is not a hex digit", *bad as char));
+    }
+    if !digits.len().is_multiple_of(2) {
+        return Err("odd number of hex digits".to_string());
+    }
+    Ok(digits
+        .chunks(2)
+        .map(|p| {
+            let h = (p[0] as char).to_digit(16).unwrap_or(0);
+            let l = (p[1] as char).to_digit(16).unwrap_or(0);
+            (h * 16 + l) as u8
+        })
+        .collect())
+}
+
+fn unknown_key(key: &str, what: &str, allowed: &[&str]) -> String {
+    let hint = suggest(key, allowed)
+        .map(|s| format!(" (did you mean {s:?}?)"))
+        .unwrap_or_default();
+    format!(
+        "unknown key {key:?} in {what}{hint}; allowed keys: {}",
+        allowed.join(", ")
+    )
+}
+
+fn suggest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    if let Some((_, to)) = ALIASES.iter().find(|(from, _)| *from == key) {
+        if let Some(a) = allowed.iter().find(|a| *a == to) {
+            return Some(a);
+        }
+    }
+    let lower = key.to_ascii_lowercase();
+    if let Some(a) = allowed.iter().find(|a| a.to_ascii_lowercase() == lower) {
+        return Some(a);
+    }
+    allowed
+        .iter()
+        .map(|a| (levenshtein(&lower, &a.to_ascii_lowercase()), *a))
+        .filter(|(d, a)| *d <= 2.max(a.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+        .or_else(|| {
+            // A prefix such as "prio" for "priority".
+            (lower.len() >= 4)
+                .then(|| {
+                    allowed
+                        .iter()
+                        .find(|a| a.starts_with(lower.as_str()))
+                        .copied()
+                })
+                .flatten()
+        })
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        parse_str(text, Path::new("t.toml"))
+    }
+
+    const MIN_INSTANCE: &str = r#"
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.10/24"]
+"#;
+
+    #[test]
+    fn empty_file_is_a_valid_config_with_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.global.dataplane, Dataplane::Xdp);
+        assert_eq!(c.global.control_socket, Path::new("/run/ha-lb/ha-lb.sock"));
+        assert_eq!(c.global.vrrp_version, VrrpVersion::V2);
+        assert!(!c.global.enable_script_security);
+    }
+
+    #[test]
+    fn vrrp_instance_defaults_follow_keepalived() {
+        let c = parse(MIN_INSTANCE).unwrap();
+        let i = &c.vrrp_instances[0];
+        assert_eq!(i.state, InitialState::Backup);
+        assert_eq!(i.priority, 100);
+        assert_eq!(i.advert_int, Duration::from_secs(1));
+        assert_eq!(i.version, VrrpVersion::V2);
+        assert!(!i.nopreempt);
+        assert_eq!(i.preempt_delay, Duration::ZERO);
+        assert_eq!(i.garp.master_delay, Duration::from_secs(5));
+        assert_eq!(i.garp.master_repeat, 5);
+        assert_eq!(i.garp.master_refresh, None);
+        assert_eq!(i.garp.master_refresh_repeat, 1);
+        assert!(i.unicast_peer.is_empty());
+        assert_eq!(i.virtual_ipaddress[0].prefix_len, 24);
+        assert_eq!(i.family(), AddrFamily::Ipv4);
+    }
+
+    #[test]
+    fn ipv6_instances_default_to_version_3() {
+        let c = parse(
+            r#"
+[[vrrp_instance]]
+name = "VI_6"
+interface = "eth0"
+virtual_router_id = 1
+virtual_ipaddress = ["2001:db8::10"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.vrrp_instances[0].version, VrrpVersion::V3);
+        assert_eq!(c.vrrp_instances[0].virtual_ipaddress[0].prefix_len, 128);
+    }
+
+    #[test]
+    fn global_vrrp_version_applies_to_ipv4_instances() {
+        let c = parse(&format!("[global]\nvrrp_version = 3\n{MIN_INSTANCE}")).unwrap();
+        assert_eq!(c.vrrp_instances[0].version, VrrpVersion::V3);
+    }
+
+    #[test]
+    fn vrrp_script_defaults_follow_keepalived() {
+        let c = parse(
+            r#"
+[[vrrp_script]]
+name = "chk"
+script = "/usr/bin/pgrep -x haproxy"
+interval = 2
+"#,
+        )
+        .unwrap();
+        let s = &c.vrrp_scripts[0];
+        assert_eq!(s.script.argv, ["/usr/bin/pgrep", "-x", "haproxy"]);
+        assert_eq!(s.interval, Duration::from_secs(2));
+        assert_eq!(
+            s.timeout,
+            Duration::from_secs(2),
+            "timeout defaults to interval"
+        );
+        assert_eq!((s.weight, s.rise, s.fall), (0, 1, 1));
+    }
+
+    #[test]
+    fn track_weights_resolve_from_definitions() {
+        let c = parse(&format!(
+            r#"
+[[vrrp_script]]
+name = "chk"
+script = "/bin/true"
+weight = -20
+[[vrrp_script]]
+name = "chk2"
+script = "/bin/true"
+weight = -20
+[[track_file]]
+name = "tf"
+file = "/run/prio"
+{MIN_INSTANCE}
+track_script = ["chk", {{ name = "chk2", weight = 5 }}]
+track_file = ["tf"]
+track_interface = ["eth1", {{ name = "eth2", weight = -10 }}]
+"#
+        ))
+        .unwrap();
+        let i = &c.vrrp_instances[0];
+        assert_eq!(i.track_script[0].weight, -20);
+        assert_eq!(i.track_script[1].weight, 5);
+        assert_eq!(i.track_file[0].weight, 1, "track_file weight defaults to 1");
+        assert_eq!(i.track_interface[0].weight, 0);
+        assert_eq!(i.track_interface[1].weight, -10);
+    }
+
+    #[test]
+    fn global_notify_is_inherited() {
+        let c = parse(&format!(
+            "[global]\nnotify = \"/etc/ha-lb/notify.sh\"\nnotify_master = \"/bin/m\"\n{MIN_INSTANCE}notify_master = [\"/bin/own\", \"a b\"]\n"
+        ))
+        .unwrap();
+        let n = &c.vrrp_instances[0].notify;
+        assert_eq!(n.notify.as_ref().unwrap().argv, ["/etc/ha-lb/notify.sh"]);
+        assert_eq!(n.notify_master.as_ref().unwrap().argv, ["/bin/own", "a b"]);
+        assert_eq!(n.notify_backup, None);
+    }
+
+    const MIN_VS: &str = r#"
+[[virtual_server]]
+address = "192.0.2.10"
+port = 80
+[[virtual_server.real_server]]
+address = "10.0.0.11"
+"#;
+
+    #[test]
+    fn virtual_server_defaults_follow_keepalived() {
+        let c = parse(MIN_VS).unwrap();
+        let v = &c.virtual_servers[0];
+        assert_eq!(v.protocol, Protocol::Tcp);
+        assert_eq!(v.lb_algo, LbAlgo::Wlc);
+        assert_eq!(v.lb_kind, LbKind::Nat);
+        assert_eq!(v.persistence_timeout, None);
+        assert_eq!((v.quorum, v.hysteresis), (1, 0));
+        assert_eq!(v.delay_loop, Duration::from_secs(60));
+        assert!(!v.alpha);
+        let r = &v.real_servers[0];
+        assert_eq!(r.port, 80, "real server port defaults to the service port");
+        assert_eq!(r.weight, 1);
+        assert!(!r.inhibit_on_failure);
+        assert_eq!(r.check, None);
+    }
+
+    #[test]
+    fn check_defaults_follow_keepalived() {
+        let c = parse(&format!(
+            "{MIN_VS}[virtual_server.real_server.TCP_CHECK]\n[[virtual_server.real_server]]\naddress = \"10.0.0.12\"\n[virtual_server.real_server.HTTP_GET]\nurl = [{{ path = \"/\" }}]\n[[virtual_server.real_server]]\naddress = \"10.0.0.13\"\n[virtual_server.real_server.MISC_CHECK]\nmisc_path = \"/bin/true\"\n"
+        ))
+        .unwrap();
+        let v = &c.virtual_servers[0];
+        let tcp = v.real_servers[0].check.as_ref().unwrap();
+        assert_eq!(tcp.delay_loop, Duration::from_secs(60));
+        assert_eq!(tcp.retry, 1);
+        assert_eq!(tcp.delay_before_retry, Duration::from_secs(1));
+        assert_eq!(
+            tcp.warmup,
+            Duration::from_secs(60),
+            "warmup defaults to delay_loop"
+        );
+        assert_eq!((tcp.rise, tcp.fall), (1, 1));
+        let CheckKind::Tcp(conn) = &tcp.kind else {
+            panic!()
+        };
+        assert_eq!(conn.connect_timeout, Duration::from_secs(5));
+        assert_eq!(conn.target, "10.0.0.11:80".parse().unwrap());
+
+        let http = v.real_servers[1].check.as_ref().unwrap();
+        assert_eq!(http.delay_before_retry, Duration::from_secs(3));
+        let CheckKind::Http(h) = &http.kind else {
+            panic!()
+        };
+        assert_eq!(h.url[0].status_code, vec![200..=299]);
+        assert!(h.url[0].accepts(204) && !h.url[0].accepts(301));
+
+        let misc = v.real_servers[2].check.as_ref().unwrap();
+        assert_eq!(misc.retry, 0, "MISC_CHECK retry defaults to 0");
+        let CheckKind::Misc(m) = &misc.kind else {
+            panic!()
+        };
+        assert_eq!(m.misc_timeout, Duration::from_secs(60));
+        assert!(!m.misc_dynamic);
+    }
+
+    #[test]
+    fn checker_options_inherit_virtual_then_real_server() {
+        let c = parse(
+            r#"
+[[virtual_server]]
+address = "192.0.2.10"
+port = 443
+delay_loop = 10
+connect_timeout = 2
+retry = 3
+inhibit_on_failure = true
+[[virtual_server.real_server]]
+address = "10.0.0.11"
+port = 8443
+delay_before_retry = 0.5
+[virtual_server.real_server.SSL_GET]
+warmup = 0
+connect_port = 9000
+url = [{ path = "/healthz", status_code = [200, "300-302"], digest = "9b3a0c85a887a256d6939da88aabd8cd" }]
+"#,
+        )
+        .unwrap();
+        let r = &c.virtual_servers[0].real_servers[0];
+        assert!(r.inhibit_on_failure);
+        let chk = r.check.as_ref().unwrap();
+        assert_eq!(chk.delay_loop, Duration::from_secs(10));
+        assert_eq!(chk.retry, 3);
+        assert_eq!(chk.delay_before_retry, Duration::from_millis(500));
+        assert_eq!(chk.warmup, Duration::ZERO);
+        let CheckKind::Ssl(h) = &chk.kind else {
+            panic!()
+        };
+        assert_eq!(h.connect.connect_timeout, Duration::from_secs(2));
+        assert_eq!(h.connect.target, "10.0.0.11:9000".parse().unwrap());
+        assert_eq!(h.url[0].status_code, vec![200..=200, 300..=302]);
+        assert_eq!(h.url[0].digest.unwrap()[0], 0x9b);
+    }
+
+    #[test]
+    fn script_lines_split_like_keepalived() {
+        let s = Script::parse("/bin/notify.sh 'a b' \"c\"d e").unwrap();
+        assert_eq!(s.argv, ["/bin/notify.sh", "a b", "cd", "e"]);
+        assert!(Script::parse("  ").is_none());
+        assert!(Script::parse("/bin/x 'open").is_none());
+    }
+
+    #[test]
+    fn vip_syntax_round_trips() {
+        let v: VirtualIp =
+            "192.0.2.10/24 dev eth1 label eth1:vip scope global brd 192.0.2.255 no_track"
+                .parse()
+                .unwrap();
+        assert_eq!(v.dev.as_deref(), Some("eth1"));
+        assert_eq!(v.label.as_deref(), Some("eth1:vip"));
+        assert_eq!(v.scope, Some(AddrScope::Global));
+        assert!(v.no_track);
+        let again: VirtualIp = v.to_string().parse().unwrap();
+        assert_eq!(v, again);
+        assert!("192.0.2.10/33".parse::<VirtualIp>().is_err());
+        assert!("fe80::1 label x".parse::<VirtualIp>().is_err());
+        assert!("192.0.2.1 peer 1.2.3.4".parse::<VirtualIp>().is_err());
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(suggest("prio", VRRP_INSTANCE_KEYS), Some("priority"));
+        assert_eq!(
+            suggest("virtual_router", VRRP_INSTANCE_KEYS),
+            Some("virtual_router_id")
+        );
+        assert_eq!(suggest("lvs_sched", VIRTUAL_SERVER_KEYS), Some("lb_algo"));
+        assert_eq!(suggest("tcp_check", REAL_SERVER_KEYS), Some("TCP_CHECK"));
+        assert_eq!(suggest("zzzzzz", VRRP_INSTANCE_KEYS), None);
+    }
+
+    #[test]
+    fn positions_count_characters() {
+        let e = parse("[global]\n# é\nrouter_id = 1\n").unwrap_err();
+        assert_eq!((e.errors[0].line, e.errors[0].col), (3, 13));
+    }
+}

@@ -1,0 +1,620 @@
+//! Semantic checks across fields and items, on the model. Front-ends run these after
+//! reading; positions come from the front-end's [`SourceMap`]. Items the front-end
+//! already reported errors for (tainted) are skipped so one mistake is reported once.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::error::{ConfigError, Item, Pos, SourceMap};
+use super::model::*;
+
+pub(crate) fn validate(c: &Config, map: &SourceMap) -> Vec<ConfigError> {
+    let mut v = V {
+        map,
+        errors: Vec::new(),
+    };
+    v.global(c);
+    v.names(c);
+    v.instances(c);
+    v.sync_groups(c);
+    v.virtual_servers(c);
+    v.errors
+}
+
+struct V<'m> {
+    map: &'m SourceMap,
+    errors: Vec<ConfigError>,
+}
+
+fn line(p: Pos) -> usize {
+    p.line
+}
+
+impl V<'_> {
+    fn err(&mut self, pos: Pos, msg: impl Into<String>) {
+        self.errors.push(self.map.error(pos, msg));
+    }
+
+    fn ok(&self, item: Item) -> bool {
+        !self.map.is_tainted(item)
+    }
+
+    fn global(&mut self, c: &Config) {
+        if c.global.dataplane == Dataplane::None && !c.virtual_servers.is_empty() {
+            let n = c.virtual_servers.len();
+            self.err(
+                self.map.key(Item::Global, "dataplane"),
+                format!(
+                    "dataplane \"none\" programs no virtual servers, but {n} virtual_server {} defined; use \"xdp\" or \"ipvs\", or remove them",
+                    if n == 1 { "is" } else { "are" }
+                ),
+            );
+        }
+    }
+
+    /// Duplicate names of scripts, track files, instances and sync groups.
+    fn names(&mut self, c: &Config) {
+        let kinds: [(&str, Vec<(Item, &str)>); 4] = [
+            (
+                "vrrp_script",
+                c.vrrp_scripts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (Item::VrrpScript(i), s.name.as_str()))
+                    .collect(),
+            ),
+            (
+                "track_file",
+                c.track_files
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (Item::TrackFile(i), s.name.as_str()))
+                    .collect(),
+            ),
+            (
+                "vrrp_instance",
+                c.vrrp_instances
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (Item::VrrpInstance(i), s.name.as_str()))
+                    .collect(),
+            ),
+            (
+                "vrrp_sync_group",
+                c.vrrp_sync_groups
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (Item::VrrpSyncGroup(i), s.name.as_str()))
+                    .collect(),
+            ),
+        ];
+        for (what, items) in kinds {
+            let mut seen: HashMap<&str, Pos> = HashMap::new();
+            for (item, name) in items {
+                if name.is_empty() {
+                    continue;
+                }
+                let pos = self.map.key(item, "name");
+                match seen.get(name) {
+                    Some(first) => self.err(
+                        pos,
+                        format!(
+                            "{what} {name:?} is already defined at line {}",
+                            line(*first)
+                        ),
+                    ),
+                    None => {
+                        seen.insert(name, pos);
+                    }
+                }
+            }
+        }
+    }
+
+    fn instances(&mut self, c: &Config) {
+        // (interface, vrid, family) → first instance
+        let mut vrids: HashMap<(&str, u8, AddrFamily), (&str, Pos)> = HashMap::new();
+        // VIP address → (instance, position)
+        let mut vips: HashMap<IpAddr, (&str, Pos)> = HashMap::new();
+        for (idx, inst) in c.vrrp_instances.iter().enumerate() {
+            let item = Item::VrrpInstance(idx);
+            if !self.ok(item) {
+                continue;
+            }
+            self.instance(c, idx, inst);
+
+            let family = inst.family();
+            let vpos = self.map.key(item, "virtual_router_id");
+            let key = (inst.interface.as_str(), inst.virtual_router_id, family);
+            match vrids.get(&key) {
+                Some((other, p)) => self.err(
+                    vpos,
+                    format!(
+                        "virtual_router_id {} on {} ({}) is already used by vrrp_instance {other:?} at line {}",
+                        inst.virtual_router_id,
+                        inst.interface,
+                        family.as_str(),
+                        line(*p)
+                    ),
+                ),
+                None => {
+                    vrids.insert(key, (inst.name.as_str(), vpos));
+                }
+            }
+
+            let all = inst
+                .virtual_ipaddress
+                .iter()
+                .enumerate()
+                .map(|(i, v)| ("virtual_ipaddress", i, v))
+                .chain(
+                    inst.virtual_ipaddress_excluded
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| ("virtual_ipaddress_excluded", i, v)),
+                );
+            for (key, i, vip) in all {
+                let pos = self.map.elem(item, key, i);
+                match vips.get(&vip.addr) {
+                    Some((other, p)) if *other == inst.name => self.err(
+                        pos,
+                        format!(
+                            "{} is listed twice in this vrrp_instance (first at line {})",
+                            vip.addr,
+                            line(*p)
+                        ),
+                    ),
+                    Some((other, p)) => self.err(
+                        pos,
+                        format!(
+                            "{} is already a virtual address of vrrp_instance {other:?} at line {}",
+                            vip.addr,
+                            line(*p)
+                        ),
+                    ),
+                    None => {
+                        vips.insert(vip.addr, (inst.name.as_str(), pos));
+                    }
+                }
+            }
+        }
+    }
+
+    fn instance(&mut self, c: &Config, idx: usize, inst: &VrrpInstance) {
+        let item = Item::VrrpInstance(idx);
+        let m = self.map;
+
+        // Addresses and family.
+        let Some(first) = inst.virtual_ipaddress.first() else {
+            self.err(
+                m.item(item),
+                format!(
+                    "vrrp_instance {:?} has no virtual_ipaddress; VRRP needs at least one",
+                    inst.name
+                ),
+            );
+            return;
+        };
+        let family = first.family();
+        for (i, vip) in inst.virtual_ipaddress.iter().enumerate().skip(1) {
+            if vip.family() != family {
+                self.err(
+                    m.elem(item, "virtual_ipaddress", i),
+                    format!(
+                        "virtual_ipaddress {} is {} but the first one is {}; one instance advertises one family (use virtual_ipaddress_excluded or another instance)",
+                        vip.addr,
+                        vip.family().as_str(),
+                        family.as_str()
+                    ),
+                );
+            }
+        }
+        for (key, list) in [
+            ("virtual_ipaddress", &inst.virtual_ipaddress),
+            (
+                "virtual_ipaddress_excluded",
+                &inst.virtual_ipaddress_excluded,
+            ),
+        ] {
+            for (i, vip) in list.iter().enumerate() {
+                if let Some(label) = &vip.label {
+                    let dev = vip.device(&inst.interface);
+                    let ok = label == dev
+                        || label
+                            .strip_prefix(dev)
+                            .is_some_and(|rest| rest.starts_with(':'));
+                    if !ok {
+                        self.err(
+                            m.elem(item, key, i),
+                            format!("label {label:?} must be {dev:?} or start with \"{dev}:\""),
+                        );
+                    }
+                }
+            }
+        }
+
+        // Version rules.
+        let vpos = m.key(item, "version");
+        if inst.version == VrrpVersion::V2 && family == AddrFamily::Ipv6 {
+            self.err(
+                vpos,
+                "VRRP version 2 is IPv4 only; IPv6 instances need version = 3",
+            );
+        }
+        let adv = inst.advert_int;
+        let apos = m.key(item, "advert_int");
+        let adv_s = fmt_dur(adv);
+        match inst.version {
+            VrrpVersion::V2 => {
+                if adv.subsec_nanos() != 0 {
+                    self.err(
+                        apos,
+                        format!(
+                            "advert_int {adv_s} is not a whole number of seconds, which VRRP version 2 requires; use version = 3 for sub-second adverts"
+                        ),
+                    );
+                }
+            }
+            VrrpVersion::V3 => {
+                if adv > Duration::from_millis(40_950) {
+                    self.err(
+                        apos,
+                        format!(
+                            "advert_int {adv_s} is out of range 0.01..=40.95 for VRRP version 3"
+                        ),
+                    );
+                } else if !adv.as_micros().is_multiple_of(10_000) {
+                    self.err(
+                        apos,
+                        format!(
+                            "advert_int {adv_s} is not a multiple of 0.01 seconds (VRRP version 3 counts centiseconds)"
+                        ),
+                    );
+                }
+                if inst.authentication.is_some() {
+                    self.err(
+                        m.key(item, "authentication"),
+                        "authentication is not allowed with VRRP version 3 (RFC 5798 removed it)",
+                    );
+                }
+            }
+        }
+
+        // Unicast.
+        if let Some(src) = inst.unicast_src_ip {
+            if AddrFamily::of(&src) != family {
+                self.err(
+                    m.key(item, "unicast_src_ip"),
+                    format!(
+                        "unicast_src_ip {src} is {} but this instance's virtual addresses are {}",
+                        AddrFamily::of(&src).as_str(),
+                        family.as_str()
+                    ),
+                );
+            }
+        }
+        let mut peers: HashSet<IpAddr> = HashSet::new();
+        for (i, peer) in inst.unicast_peer.iter().enumerate() {
+            let pos = m.elem(item, "unicast_peer", i);
+            if AddrFamily::of(peer) != family {
+                self.err(
+                    pos,
+                    format!(
+                        "unicast_peer {peer} is {} but this instance's virtual addresses are {}",
+                        AddrFamily::of(peer).as_str(),
+                        family.as_str()
+                    ),
+                );
+            } else if Some(*peer) == inst.unicast_src_ip {
+                self.err(
+                    pos,
+                    format!("unicast_peer {peer} is this node's own unicast_src_ip"),
+                );
+            } else if !peers.insert(*peer) {
+                self.err(pos, format!("unicast_peer {peer} is listed twice"));
+            }
+        }
+
+        // State and preemption.
+        if inst.priority == 255 && inst.state == InitialState::Backup {
+            self.err(
+                m.key(item, "priority"),
+                "priority 255 means address owner and needs state = \"MASTER\"",
+            );
+        }
+        if inst.nopreempt && inst.state == InitialState::Master {
+            self.err(
+                m.key(item, "nopreempt"),
+                "nopreempt needs state = \"BACKUP\" (a node starting as MASTER always takes over)",
+            );
+        }
+        if !inst.preempt_delay.is_zero() {
+            let pos = m.key(item, "preempt_delay");
+            if inst.nopreempt {
+                self.err(
+                    pos,
+                    "preempt_delay has no effect with nopreempt; remove one of them",
+                );
+            } else if inst.state == InitialState::Master {
+                self.err(pos, "preempt_delay needs state = \"BACKUP\"");
+            }
+        }
+
+        // Tracking.
+        let mut seen: HashSet<&str> = HashSet::new();
+        for (i, t) in inst.track_interface.iter().enumerate() {
+            if !seen.insert(&t.interface) {
+                self.err(
+                    m.elem(item, "track_interface", i),
+                    format!("track_interface {:?} is listed twice", t.interface),
+                );
+            }
+        }
+        let mut seen: HashSet<&str> = HashSet::new();
+        for (i, t) in inst.track_script.iter().enumerate() {
+            let pos = m.elem(item, "track_script", i);
+            if c.vrrp_script(&t.script).is_none() {
+                self.err(
+                    pos,
+                    format!(
+                        "track_script {:?} refers to an undefined vrrp_script{}",
+                        t.script,
+                        defined(c.vrrp_scripts.iter().map(|s| s.name.as_str()))
+                    ),
+                );
+            } else if !seen.insert(&t.script) {
+                self.err(pos, format!("track_script {:?} is listed twice", t.script));
+            }
+        }
+        let mut seen: HashSet<&str> = HashSet::new();
+        for (i, t) in inst.track_file.iter().enumerate() {
+            let pos = m.elem(item, "track_file", i);
+            if c.track_file(&t.track_file).is_none() {
+                self.err(
+                    pos,
+                    format!(
+                        "track_file {:?} refers to an undefined track_file{}",
+                        t.track_file,
+                        defined(c.track_files.iter().map(|s| s.name.as_str()))
+                    ),
+                );
+            } else if !seen.insert(&t.track_file) {
+                self.err(
+                    pos,
+                    format!("track_file {:?} is listed twice", t.track_file),
+                );
+            }
+        }
+    }
+
+    fn sync_groups(&mut self, c: &Config) {
+        let mut member_of: HashMap<&str, (&str, Pos)> = HashMap::new();
+        for (g, group) in c.vrrp_sync_groups.iter().enumerate() {
+            let item = Item::VrrpSyncGroup(g);
+            if !self.ok(item) {
+                continue;
+            }
+            if group.group.is_empty() {
+                self.err(
+                    self.map.key(item, "group"),
+                    format!("vrrp_sync_group {:?} has no members", group.name),
+                );
+            }
+            let mut seen: HashSet<&str> = HashSet::new();
+            for (i, member) in group.group.iter().enumerate() {
+                let pos = self.map.elem(item, "group", i);
+                let Some(idx) = c.vrrp_instances.iter().position(|x| &x.name == member) else {
+                    self.err(
+                        pos,
+                        format!(
+                            "vrrp_sync_group member {member:?} is not a defined vrrp_instance{}",
+                            defined(c.vrrp_instances.iter().map(|s| s.name.as_str()))
+                        ),
+                    );
+                    continue;
+                };
+                if !seen.insert(member) {
+                    self.err(pos, format!("{member:?} is listed twice in this group"));
+                    continue;
+                }
+                if let Some((other, p)) = member_of.get(member.as_str()) {
+                    self.err(
+                        pos,
+                        format!(
+                            "vrrp_instance {member:?} is already in vrrp_sync_group {other:?} (line {}); an instance can be in one group only",
+                            line(*p)
+                        ),
+                    );
+                    continue;
+                }
+                member_of.insert(member, (group.name.as_str(), pos));
+                self.sync_member_weights(c, idx, &group.name);
+            }
+        }
+    }
+
+    /// keepalived ignores weighted trackers of sync group members; say so instead.
+    fn sync_member_weights(&mut self, c: &Config, idx: usize, group: &str) {
+        let item = Item::VrrpInstance(idx);
+        if !self.ok(item) {
+            return;
+        }
+        let inst = &c.vrrp_instances[idx];
+        let weighted = inst
+            .track_interface
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ("track_interface", i, t.interface.as_str(), t.weight))
+            .chain(
+                inst.track_script
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| ("track_script", i, t.script.as_str(), t.weight)),
+            )
+            .chain(
+                inst.track_file
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| ("track_file", i, t.track_file.as_str(), t.weight)),
+            )
+            .filter(|t| t.3 != 0);
+        let found: Vec<_> = weighted.collect();
+        for (key, i, name, weight) in found {
+            self.err(
+                self.map.elem(item, key, i),
+                format!(
+                    "{key} {name:?} has weight {weight}, but vrrp_instance {:?} is in vrrp_sync_group {group:?}, whose members must track with weight 0",
+                    inst.name
+                ),
+            );
+        }
+    }
+
+    fn virtual_servers(&mut self, c: &Config) {
+        let mut keys: HashMap<VirtualServerKey, Pos> = HashMap::new();
+        for (v, vs) in c.virtual_servers.iter().enumerate() {
+            let item = Item::VirtualServer(v);
+            if !self.ok(item) {
+                continue;
+            }
+            let m = self.map;
+            let pos = m.key(item, "address");
+            match keys.get(&vs.key()) {
+                Some(p) => self.err(
+                    pos,
+                    format!(
+                        "virtual_server {} is already defined at line {}",
+                        vs.key(),
+                        line(*p)
+                    ),
+                ),
+                None => {
+                    keys.insert(vs.key(), pos);
+                }
+            }
+
+            if vs.hysteresis > 0 && vs.hysteresis >= vs.quorum {
+                self.err(
+                    m.key(item, "hysteresis"),
+                    format!(
+                        "hysteresis {} must be less than quorum {}",
+                        vs.hysteresis, vs.quorum
+                    ),
+                );
+            }
+            let total: u64 = vs.real_servers.iter().map(|r| r.weight as u64).sum();
+            let dynamic = vs.real_servers.iter().any(|r| {
+                matches!(&r.check, Some(HealthCheck { kind: CheckKind::Misc(mc), .. }) if mc.misc_dynamic)
+            });
+            if !vs.real_servers.is_empty() && !dynamic && (vs.quorum as u64) > total {
+                self.err(
+                    m.key(item, "quorum"),
+                    format!(
+                        "quorum {} exceeds the total weight {total} of the real servers, so the service could never be up",
+                        vs.quorum
+                    ),
+                );
+            }
+            if let Some(sorry) = vs.sorry_server {
+                let spos = m.key(item, "sorry_server");
+                if AddrFamily::of(&sorry.ip()) != vs.family() {
+                    self.err(
+                        spos,
+                        format!(
+                            "sorry_server {} is {} but the virtual_server is {}; {} cannot mix address families",
+                            sorry.ip(),
+                            AddrFamily::of(&sorry.ip()).as_str(),
+                            vs.family().as_str(),
+                            vs.lb_kind.as_str()
+                        ),
+                    );
+                } else if vs.lb_kind == LbKind::Dr && sorry.port() != vs.port {
+                    self.err(
+                        spos,
+                        format!(
+                            "sorry_server port {} differs from the virtual_server port {}; DR cannot remap ports",
+                            sorry.port(),
+                            vs.port
+                        ),
+                    );
+                }
+            }
+
+            let mut seen: HashMap<std::net::SocketAddr, Pos> = HashMap::new();
+            for (r, rs) in vs.real_servers.iter().enumerate() {
+                let ritem = Item::RealServer(v, r);
+                if !self.ok(ritem) {
+                    continue;
+                }
+                let apos = m.key(ritem, "address");
+                if AddrFamily::of(&rs.address) != vs.family() {
+                    self.err(
+                        apos,
+                        format!(
+                            "real_server {} is {} but the virtual_server is {}; {} cannot mix address families",
+                            rs.address,
+                            AddrFamily::of(&rs.address).as_str(),
+                            vs.family().as_str(),
+                            vs.lb_kind.as_str()
+                        ),
+                    );
+                }
+                match seen.get(&rs.key()) {
+                    Some(p) => self.err(
+                        apos,
+                        format!(
+                            "real_server {} is already in this virtual_server (line {})",
+                            rs.key(),
+                            line(*p)
+                        ),
+                    ),
+                    None => {
+                        seen.insert(rs.key(), apos);
+                    }
+                }
+                if vs.lb_kind == LbKind::Dr && rs.port != vs.port {
+                    self.err(
+                        m.key(ritem, "port"),
+                        format!(
+                            "real_server port {} differs from the virtual_server port {}; DR forwards without rewriting ports (use NAT, or port = {})",
+                            rs.port, vs.port, vs.port
+                        ),
+                    );
+                }
+                if let Some(chk) = &rs.check {
+                    let citem = Item::Check(v, r);
+                    if let Some(conn) = chk.kind.connect() {
+                        if let Some(b) = conn.bindto {
+                            if AddrFamily::of(&b) != AddrFamily::of(&conn.target.ip()) {
+                                self.err(
+                                    m.key(citem, "bindto"),
+                                    format!(
+                                        "bindto {b} is {} but the check connects to {} ({})",
+                                        AddrFamily::of(&b).as_str(),
+                                        conn.target.ip(),
+                                        AddrFamily::of(&conn.target.ip()).as_str()
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn defined<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.filter(|n| !n.is_empty()).collect();
+    if names.is_empty() {
+        " (none are defined)".to_string()
+    } else {
+        format!(" (defined: {})", names.join(", "))
+    }
+}
+
+fn fmt_dur(d: Duration) -> String {
+    let s = format!("{}", d.as_secs_f64());
+    s.strip_suffix(".0").map(str::to_string).unwrap_or(s)
+}

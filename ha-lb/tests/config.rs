@@ -1,0 +1,189 @@
+//! Configuration front-end: the shipped examples load, and every invalid fixture reports
+//! exactly the errors written in its `# expect: LINE:COL: message` header lines.
+
+use std::path::{Path, PathBuf};
+
+use ha_lb::config::{self, ConfigErrors, Dataplane, InitialState, LbKind};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn toml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn show(errors: &ConfigErrors) -> String {
+    errors.to_string()
+}
+
+#[test]
+fn every_example_in_conf_loads() {
+    let files = toml_files(&repo().join("conf"));
+    assert!(
+        files.len() >= 9,
+        "expected the documented examples, found {files:?}"
+    );
+    for f in files {
+        if let Err(e) = config::load(&f) {
+            panic!("{} does not load:\n{}", f.display(), show(&e));
+        }
+    }
+}
+
+/// The `# expect: L:C: message` lines at the top of a fixture.
+fn expectations(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .map_while(|l| l.strip_prefix("# expect: "))
+        .map(|e| format!("{}:{e}", path.display()))
+        .collect()
+}
+
+#[test]
+fn every_invalid_fixture_reports_its_expected_errors() {
+    let files = toml_files(&repo().join("ha-lb/tests/fixtures/config"));
+    assert!(files.len() >= 20, "only {} fixtures", files.len());
+    let mut failures = Vec::new();
+    for f in &files {
+        let want = expectations(f);
+        assert!(!want.is_empty(), "{} has no '# expect: ' line", f.display());
+        let got: Vec<String> = match config::load(f) {
+            Ok(_) => vec!["(loaded without errors)".to_string()],
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        };
+        if got != want {
+            failures.push(format!(
+                "{}\n  want: {}\n  got:  {}",
+                f.display(),
+                want.join("\n        "),
+                got.join("\n        ")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn all_errors_are_reported_not_just_the_first() {
+    let text = r#"
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 300
+virtual_ipaddress = ["192.0.2.10/24"]
+
+[[vrrp_instance]]
+name = "VI_2"
+interface = "eth0"
+virtual_router_id = 52
+virtual_ipaddress = ["192.0.2.20/24"]
+track_script = ["missing"]
+
+[[virtual_server]]
+address = "192.0.2.10"
+port = 80
+lb_kind = "DR"
+[[virtual_server.real_server]]
+address = "192.0.2.21"
+port = 8080
+"#;
+    let e = config::parse_str(text, Path::new("three.toml")).unwrap_err();
+    let lines: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert_eq!(
+        lines[0],
+        "three.toml:5:21: virtual_router_id 300 is out of range 1..=255"
+    );
+    assert!(
+        lines[1].starts_with("three.toml:13:17: track_script \"missing\""),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].starts_with("three.toml:21:8: real_server port 8080"),
+        "{}",
+        lines[2]
+    );
+    // Display is one error per line, in source order.
+    assert_eq!(e.to_string().lines().count(), 3);
+}
+
+#[test]
+fn unreadable_file_is_one_error() {
+    let e = config::load(Path::new("/nonexistent/ha-lb.toml")).unwrap_err();
+    assert_eq!(e.len(), 1);
+    assert!(e.errors[0].message.starts_with("cannot read the file"));
+}
+
+#[test]
+fn two_node_pair_agrees_on_everything_but_state_and_priority() {
+    let m = config::load(&repo().join("conf/two-node-master.toml")).unwrap();
+    let b = config::load(&repo().join("conf/two-node-backup.toml")).unwrap();
+    let (im, ib) = (&m.vrrp_instances[0], &b.vrrp_instances[0]);
+    assert_eq!(im.state, InitialState::Master);
+    assert_eq!(ib.state, InitialState::Backup);
+    assert!(im.priority > ib.priority);
+    assert_eq!(im.virtual_router_id, ib.virtual_router_id);
+    assert_eq!(im.advert_int, ib.advert_int);
+    assert_eq!(im.virtual_ipaddress, ib.virtual_ipaddress);
+    assert_eq!(im.unicast_src_ip, ib.unicast_peer.first().copied());
+    assert_eq!(m.virtual_servers, b.virtual_servers);
+    assert_eq!(m.virtual_servers[0].lb_kind, LbKind::Nat);
+}
+
+#[test]
+fn three_node_two_active_each_node_masters_one_vrid() {
+    let nodes: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            config::load(&repo().join(format!("conf/three-node-two-active-{n}.toml"))).unwrap()
+        })
+        .collect();
+    // For every VRID, exactly one node has the highest priority, and no node is highest
+    // for two VRIDs.
+    let mut vrids: Vec<u8> = nodes
+        .iter()
+        .flat_map(|c| c.vrrp_instances.iter().map(|i| i.virtual_router_id))
+        .collect();
+    vrids.sort();
+    vrids.dedup();
+    assert_eq!(vrids.len(), 2, "two active VRIDs: {vrids:?}");
+    let mut winners = Vec::new();
+    for vrid in vrids {
+        let prios: Vec<(usize, u8)> = nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(n, c)| {
+                c.vrrp_instances
+                    .iter()
+                    .find(|i| i.virtual_router_id == vrid)
+                    .map(|i| (n, i.priority))
+            })
+            .collect();
+        assert_eq!(prios.len(), 3, "every node runs VRID {vrid}");
+        let max = prios.iter().map(|p| p.1).max().unwrap();
+        let top: Vec<_> = prios.iter().filter(|p| p.1 == max).collect();
+        assert_eq!(top.len(), 1, "VRID {vrid} has one clear master");
+        winners.push(top[0].0);
+    }
+    winners.sort();
+    winners.dedup();
+    assert_eq!(winners.len(), 2, "two different nodes are active");
+}
+
+#[test]
+fn reference_config_sets_a_non_default_dataplane_knob() {
+    let c = config::load(&repo().join("conf/ha-lb.toml")).unwrap();
+    assert_eq!(c.global.dataplane, Dataplane::Xdp);
+    assert!(!c.vrrp_instances.is_empty() && !c.virtual_servers.is_empty());
+}
