@@ -218,6 +218,25 @@ fn lookup_group(name: &str) -> Result<u32, CredentialsError> {
     }
 }
 
+/// keepalived's default script user when none is configured.
+pub const KEEPALIVED_SCRIPT_USER: &str = "keepalived_script";
+
+/// Credentials for a script configured with `user` (`user[:group]` names): those names
+/// resolved, or with none, keepalived's rule — the `keepalived_script` user if it exists,
+/// else the daemon's own user (`Ok(None)`). Blocking, like [`resolve_credentials`].
+pub fn script_credentials(
+    user: Option<(&str, Option<&str>)>,
+) -> Result<Option<Credentials>, CredentialsError> {
+    match user {
+        Some((u, g)) => resolve_credentials(u, g).map(Some),
+        None => match resolve_credentials(KEEPALIVED_SCRIPT_USER, None) {
+            Ok(c) => Ok(Some(c)),
+            Err(CredentialsError::NoUser(_)) => Ok(None),
+            Err(e) => Err(e),
+        },
+    }
+}
+
 /// The name of a uid, for logs (`None` if unknown).
 pub fn user_name(uid: u32) -> Option<String> {
     let mut buf = vec![0u8; 4096];
