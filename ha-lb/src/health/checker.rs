@@ -268,7 +268,7 @@ impl HealthChecker {
     /// Current health of every checked real server, sorted.
     pub fn states(&self) -> Vec<RsHealth> {
         let mut v: Vec<RsHealth> = self.shared.states.lock().unwrap().values().cloned().collect();
-        v.sort_by(|a, b| (a.vs, a.rs).cmp(&(b.vs, b.rs)));
+        v.sort_by_key(|s| (s.vs, s.rs));
         v
     }
 
