@@ -171,7 +171,8 @@ pub struct HealthChecker {
 }
 
 impl HealthChecker {
-    /// Start checking `targets`; state changes arrive on the returned receiver.
+    /// Start checking `targets`; state changes arrive on the returned receiver. The start
+    /// states (up, or down with `alpha`) are not sent as events: read [`Self::states`].
     pub fn start(
         targets: Vec<CheckTarget>,
         opts: HealthOptions,
