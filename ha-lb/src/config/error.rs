@@ -191,3 +191,39 @@ impl SourceMap {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_display_one_per_line_as_file_line_col() {
+        let map = SourceMap::new(Path::new("ha-lb.toml"));
+        let errors = ConfigErrors {
+            errors: vec![
+                map.error(Pos { line: 12, col: 19 }, "first"),
+                map.error(Pos { line: 13, col: 1 }, "second"),
+            ],
+        };
+        assert_eq!(
+            errors.to_string(),
+            "ha-lb.toml:12:19: first\nha-lb.toml:13:1: second"
+        );
+    }
+
+    #[test]
+    fn positions_fall_back_from_element_to_key_to_item_to_parent() {
+        let mut map = SourceMap::new(Path::new("f"));
+        let vs = Item::VirtualServer(0);
+        let rs = Item::RealServer(0, 1);
+        map.set_item(vs, Pos { line: 10, col: 1 });
+        assert_eq!(map.item(Item::Check(0, 1)), Pos { line: 10, col: 1 });
+        map.set_item(rs, Pos { line: 20, col: 1 });
+        map.set_key(rs, "port", Pos { line: 22, col: 8 });
+        map.set_elem(rs, "port", 0, Pos { line: 22, col: 9 });
+        assert_eq!(map.key(rs, "weight"), Pos { line: 20, col: 1 });
+        assert_eq!(map.elem(rs, "port", 3), Pos { line: 22, col: 8 });
+        assert_eq!(map.elem(rs, "port", 0), Pos { line: 22, col: 9 });
+        assert_eq!(map.item(Item::VrrpInstance(7)), Pos { line: 1, col: 1 });
+    }
+}

@@ -1,7 +1,7 @@
 //! Configuration: the one model, its TOML front-end, validation with file:line errors.
 //!
 //! - [`model`]: the typed, resolved [`Config`] every front-end produces.
-//! - [`toml`](self::toml): the native format — [`load`] / [`parse_str`].
+//! - [`toml`]: the native format — [`load`] / [`parse_str`].
 //! - [`error`]: [`ConfigErrors`], every problem as `file:line:col: message`.
 //!
 //! Loading is all-or-nothing: a whole validated `Config`, or all the errors found. The

@@ -991,7 +991,7 @@ impl UrlCheck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MiscCheck {
     pub misc_path: Script,
-    /// Default: the check's `delay_loop` (keepalived uses the virtual server's).
+    /// Default: the virtual server's `delay_loop` (as keepalived).
     pub misc_timeout: Duration,
     /// Exit 0 = up, 1 = down, 2..=255 = up with weight `status - 2`.
     pub misc_dynamic: bool,

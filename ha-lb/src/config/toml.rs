@@ -3,7 +3,7 @@
 //! The file is read into a span-carrying document (`toml_edit`), then walked by hand so
 //! that every problem is reported — unknown keys, wrong types, out-of-range values — rather
 //! than stopping at the first one as serde would. Defaults and inherited values are
-//! resolved here; cross-item rules live in [`super::validate`]. The result is a whole
+//! resolved here; cross-item rules live in `config::validate`. The result is a whole
 //! [`Config`] or every error: nothing is ever half-applied.
 //!
 //! Layout (see `conf/ha-lb.toml` for every key):
@@ -372,7 +372,10 @@ impl<'s> Reader<'s> {
                     .key(k)
                     .and_then(|key| key.span())
                     .map_or(pos, |s| self.pos_at(s.start));
-                self.err(kpos, unknown_key(k, what, allowed));
+                // An unknown key leaves the model values intact: no taint, so the
+                // semantic checks still run on this item.
+                let e = self.map.error(kpos, unknown_key(k, what, allowed));
+                self.errors.push(e);
             }
         }
         Tbl {
@@ -1662,6 +1665,23 @@ fn suggest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
                 })
                 .flatten()
         })
+        .or_else(|| {
+            // The same words with some left out, such as "garp_delay" for
+            // "garp_master_delay": the shortest key containing them in order.
+            let words: Vec<&str> = lower.split('_').filter(|w| !w.is_empty()).collect();
+            if words.len() < 2 {
+                return None;
+            }
+            allowed
+                .iter()
+                .filter(|a| {
+                    let lower_a = a.to_ascii_lowercase();
+                    let mut parts = lower_a.split('_');
+                    words.iter().all(|w| parts.any(|p| p == *w))
+                })
+                .min_by_key(|a| a.len())
+                .copied()
+        })
 }
 
 fn levenshtein(a: &str, b: &str) -> usize {
@@ -1731,7 +1751,7 @@ virtual_ipaddress = ["192.0.2.10/24"]
 name = "VI_6"
 interface = "eth0"
 virtual_router_id = 1
-virtual_ipaddress = ["2001:db8::10"]
+virtual_ipaddress = ["fe80::10", "2001:db8::10"]
 "#,
         )
         .unwrap();
@@ -1947,6 +1967,10 @@ url = [{ path = "/healthz", status_code = [200, "300-302"], digest = "9b3a0c85a8
         );
         assert_eq!(suggest("lvs_sched", VIRTUAL_SERVER_KEYS), Some("lb_algo"));
         assert_eq!(suggest("tcp_check", REAL_SERVER_KEYS), Some("TCP_CHECK"));
+        assert_eq!(
+            suggest("garp_delay", VRRP_INSTANCE_KEYS),
+            Some("garp_master_delay")
+        );
         assert_eq!(suggest("zzzzzz", VRRP_INSTANCE_KEYS), None);
     }
 

@@ -234,6 +234,21 @@ impl V<'_> {
             }
         }
 
+        // RFC 5798 5.2.9: over IPv6 the first address is the link-local one; peers that
+        // follow the RFC check it. (Unicast setups often have none; keepalived allows it.)
+        if family == AddrFamily::Ipv6 && !inst.is_unicast() {
+            if let IpAddr::V6(a) = first.addr {
+                if !a.is_unicast_link_local() {
+                    self.err(
+                        m.elem(item, "virtual_ipaddress", 0),
+                        format!(
+                            "the first virtual_ipaddress of an IPv6 instance must be link-local (fe80::/10), not {a} (RFC 5798 section 5.2.9)"
+                        ),
+                    );
+                }
+            }
+        }
+
         // Version rules.
         let vpos = m.key(item, "version");
         if inst.version == VrrpVersion::V2 && family == AddrFamily::Ipv6 {
@@ -344,7 +359,15 @@ impl V<'_> {
         // Tracking.
         let mut seen: HashSet<&str> = HashSet::new();
         for (i, t) in inst.track_interface.iter().enumerate() {
-            if !seen.insert(&t.interface) {
+            if t.interface == inst.interface {
+                self.err(
+                    m.elem(item, "track_interface", i),
+                    format!(
+                        "track_interface {:?} is this instance's own interface, which is always tracked",
+                        t.interface
+                    ),
+                );
+            } else if !seen.insert(&t.interface) {
                 self.err(
                     m.elem(item, "track_interface", i),
                     format!("track_interface {:?} is listed twice", t.interface),
