@@ -458,3 +458,28 @@ fn spawn_notify(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_from_the_reference_config() {
+        let text = include_str!("../../../conf/ha-lb.toml");
+        let cfg = crate::config::parse_str(text, std::path::Path::new("conf/ha-lb.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let targets = CheckTarget::from_config(&cfg);
+        let checked: usize = cfg
+            .virtual_servers
+            .iter()
+            .map(|vs| vs.real_servers.iter().filter(|rs| rs.check.is_some()).count())
+            .sum();
+        assert!(checked > 0);
+        assert_eq!(targets.len(), checked);
+        for t in &targets {
+            let vs = cfg.virtual_server(&t.vs).unwrap();
+            assert_eq!(t.alpha, vs.alpha);
+            assert_eq!(vs.real_server(t.rs.key()), Some(&t.rs));
+        }
+    }
+}
