@@ -10,5 +10,6 @@ pub mod control;
 pub mod dataplane;
 pub mod health;
 pub mod reconcile;
+pub mod script;
 pub mod status;
 pub mod vrrp;

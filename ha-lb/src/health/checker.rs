@@ -1,0 +1,485 @@
+//! The health-check service: one tokio task per checked real server, all probes and
+//! scripts behind two semaphores, state changes out on a channel.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::config::{CheckKind, Config, RealServer, Script, ScriptUser, VirtualServerKey};
+use crate::script::{self, RunOptions};
+
+use super::probe::{self, ProbeResult};
+use super::state::{initial_up, warmup_delay, Change, Timing, Tracker};
+
+/// Identity of one check: the virtual server and the real server's address:port.
+pub type CheckKey = (VirtualServerKey, SocketAddr);
+
+/// A real server to check, with what the checker needs from its virtual server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckTarget {
+    pub vs: VirtualServerKey,
+    /// The virtual server's `alpha`: start down until the checks pass.
+    pub alpha: bool,
+    /// Must have `check: Some(_)`; targets without one are ignored (always up).
+    pub rs: RealServer,
+}
+
+impl CheckTarget {
+    pub fn key(&self) -> CheckKey {
+        (self.vs, self.rs.key())
+    }
+
+    /// Every checked real server of `cfg`.
+    pub fn from_config(cfg: &Config) -> Vec<CheckTarget> {
+        cfg.virtual_servers
+            .iter()
+            .flat_map(|vs| {
+                vs.real_servers.iter().filter(|rs| rs.check.is_some()).map(move |rs| CheckTarget {
+                    vs: vs.key(),
+                    alpha: vs.alpha,
+                    rs: rs.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A real server changed state (or, while up, its `misc_dynamic` weight).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthEvent {
+    pub vs: VirtualServerKey,
+    pub rs: SocketAddr,
+    pub up: bool,
+    /// MISC_CHECK `misc_dynamic` weight in force; `None`: the configured weight.
+    pub weight: Option<u32>,
+    /// The check result that caused it.
+    pub reason: String,
+}
+
+/// Knobs of the service.
+#[derive(Debug, Clone)]
+pub struct HealthOptions {
+    /// Network probes in flight at once.
+    pub max_probes: usize,
+    /// Scripts (MISC_CHECK and notify hooks) running at once.
+    pub max_scripts: usize,
+    /// Capacity of the event channel; checkers wait when it is full.
+    pub event_capacity: usize,
+    /// `global.script_user`: for scripts without their own user. `None`: keepalived's
+    /// default (`keepalived_script` if it exists, else the daemon's user).
+    pub script_user: Option<ScriptUser>,
+    /// Limit for `notify_up` / `notify_down` (keepalived has none; a hung hook must not
+    /// hold a script slot for ever).
+    pub notify_timeout: Duration,
+}
+
+impl Default for HealthOptions {
+    fn default() -> Self {
+        HealthOptions {
+            max_probes: 256,
+            max_scripts: 16,
+            event_capacity: 1024,
+            script_user: None,
+            notify_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Current health of one checked real server, for status output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RsHealth {
+    pub vs: VirtualServerKey,
+    pub rs: SocketAddr,
+    /// Checker block name (`TCP_CHECK`, `HTTP_GET`, …).
+    pub check: &'static str,
+    pub up: bool,
+    pub weight: Option<u32>,
+    /// When `up` last changed (or the check started).
+    pub since: SystemTime,
+    /// Attempts made so far.
+    pub attempts: u64,
+    /// Result of the last attempt (`None`: none yet).
+    pub last_ok: Option<bool>,
+    pub last_detail: String,
+}
+
+/// Probe concurrency counters.
+#[derive(Debug, Default)]
+struct Gauge {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Gauge {
+    fn enter(&self) {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(n, Ordering::SeqCst);
+    }
+    fn leave(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// In-flight counts since start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthStats {
+    pub checks: usize,
+    pub probes_in_flight: usize,
+    pub probes_peak: usize,
+    pub scripts_in_flight: usize,
+    pub scripts_peak: usize,
+}
+
+struct Shared {
+    opts: HealthOptions,
+    probes: Semaphore,
+    scripts: Arc<Semaphore>,
+    probe_gauge: Gauge,
+    script_gauge: Arc<Gauge>,
+    states: Mutex<HashMap<CheckKey, RsHealth>>,
+    events: mpsc::Sender<HealthEvent>,
+    seeds: std::collections::hash_map::RandomState,
+}
+
+struct Running {
+    target: Arc<CheckTarget>,
+    update: watch::Sender<Arc<CheckTarget>>,
+    stopped: Arc<AtomicBool>,
+    join: JoinHandle<()>,
+}
+
+impl Running {
+    fn stop(self) -> JoinHandle<()> {
+        self.stopped.store(true, Ordering::SeqCst);
+        drop(self.update);
+        self.join
+    }
+}
+
+/// Runs every configured check. Create it inside a tokio runtime.
+pub struct HealthChecker {
+    shared: Arc<Shared>,
+    running: HashMap<CheckKey, Running>,
+    rt: Handle,
+}
+
+impl HealthChecker {
+    /// Start checking `targets`; state changes arrive on the returned receiver. The start
+    /// states (up, or down with `alpha`) are not sent as events: read [`Self::states`].
+    pub fn start(
+        targets: Vec<CheckTarget>,
+        opts: HealthOptions,
+    ) -> (HealthChecker, mpsc::Receiver<HealthEvent>) {
+        let (tx, rx) = mpsc::channel(opts.event_capacity.max(1));
+        let shared = Arc::new(Shared {
+            probes: Semaphore::new(opts.max_probes.max(1)),
+            scripts: Arc::new(Semaphore::new(opts.max_scripts.max(1))),
+            opts,
+            probe_gauge: Gauge::default(),
+            script_gauge: Arc::new(Gauge::default()),
+            states: Mutex::new(HashMap::new()),
+            events: tx,
+            seeds: Default::default(),
+        });
+        let mut hc = HealthChecker { shared, running: HashMap::new(), rt: Handle::current() };
+        hc.reconfigure(targets);
+        (hc, rx)
+    }
+
+    /// Apply a new set of checks (a reload). A check whose `(virtual server, real server)`
+    /// and check block are unchanged keeps its state and timers (its notify hooks and
+    /// other real-server settings are updated in place); one whose check block changed is
+    /// restarted but keeps its current up/down state and weight, so a reload never flaps
+    /// a server; new ones start in keepalived's start state; removed ones stop.
+    pub fn reconfigure(&mut self, targets: Vec<CheckTarget>) {
+        let mut wanted: HashMap<CheckKey, CheckTarget> = HashMap::new();
+        for t in targets.into_iter().filter(|t| t.rs.check.is_some()) {
+            wanted.insert(t.key(), t);
+        }
+        let removed: Vec<CheckKey> =
+            self.running.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        for key in removed {
+            if let Some(r) = self.running.remove(&key) {
+                drop(r.stop());
+            }
+            self.shared.states.lock().unwrap().remove(&key);
+        }
+        for (key, target) in wanted {
+            let carried = match self.running.remove(&key) {
+                Some(r) if r.target.rs.check == target.rs.check => {
+                    if *r.target != target {
+                        let t = Arc::new(target);
+                        let _ = r.update.send(t.clone());
+                        self.running.insert(key, Running { target: t, ..r });
+                    } else {
+                        self.running.insert(key, r);
+                    }
+                    continue;
+                }
+                Some(r) => {
+                    drop(r.stop());
+                    self.shared.states.lock().unwrap().get(&key).map(|s| (s.up, s.weight, s.since))
+                }
+                None => None,
+            };
+            self.spawn(key, target, carried);
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        key: CheckKey,
+        target: CheckTarget,
+        carried: Option<(bool, Option<u32>, SystemTime)>,
+    ) {
+        let check = target.rs.check.as_ref().expect("filtered");
+        let timing = Timing::of(check);
+        let (up, weight, since) =
+            carried.unwrap_or((initial_up(target.alpha), None, SystemTime::now()));
+        let first = warmup_delay(timing.warmup, self.shared.seeds.hash_one((key, Instant::now())));
+        let tracker = Tracker::new(timing, up, Instant::now(), first).with_weight(weight);
+        self.shared.states.lock().unwrap().insert(
+            key,
+            RsHealth {
+                vs: key.0,
+                rs: key.1,
+                check: check.name(),
+                up,
+                weight,
+                since,
+                attempts: 0,
+                last_ok: None,
+                last_detail: String::new(),
+            },
+        );
+        let target = Arc::new(target);
+        let (update, rx) = watch::channel(target.clone());
+        let stopped = Arc::new(AtomicBool::new(false));
+        let join = self.rt.spawn(run_check(self.shared.clone(), key, rx, tracker, stopped.clone()));
+        self.running.insert(key, Running { target, update, stopped, join });
+    }
+
+    /// Current health of every checked real server, sorted.
+    pub fn states(&self) -> Vec<RsHealth> {
+        let mut v: Vec<RsHealth> = self.shared.states.lock().unwrap().values().cloned().collect();
+        v.sort_by_key(|s| (s.vs, s.rs));
+        v
+    }
+
+    /// Health of one real server.
+    pub fn state(&self, vs: VirtualServerKey, rs: SocketAddr) -> Option<RsHealth> {
+        self.shared.states.lock().unwrap().get(&(vs, rs)).cloned()
+    }
+
+    pub fn stats(&self) -> HealthStats {
+        HealthStats {
+            checks: self.running.len(),
+            probes_in_flight: self.shared.probe_gauge.now.load(Ordering::SeqCst),
+            probes_peak: self.shared.probe_gauge.peak.load(Ordering::SeqCst),
+            scripts_in_flight: self.shared.script_gauge.now.load(Ordering::SeqCst),
+            scripts_peak: self.shared.script_gauge.peak.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Stop every check and wait for attempts in flight to end (each is bounded by its
+    /// own timeout).
+    pub async fn shutdown(mut self) {
+        let joins: Vec<JoinHandle<()>> = self.running.drain().map(|(_, r)| r.stop()).collect();
+        for j in joins {
+            let _ = j.await;
+        }
+    }
+}
+
+impl Drop for HealthChecker {
+    fn drop(&mut self) {
+        for (_, r) in self.running.drain() {
+            drop(r.stop());
+        }
+    }
+}
+
+async fn run_check(
+    shared: Arc<Shared>,
+    key: CheckKey,
+    mut rx: watch::Receiver<Arc<CheckTarget>>,
+    mut tracker: Tracker,
+    stopped: Arc<AtomicBool>,
+) {
+    let mut last_notify: Option<JoinHandle<()>> = None;
+    loop {
+        let due = tokio::time::Instant::from_std(tracker.next_due());
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => {}
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        if stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let target = rx.borrow_and_update().clone();
+        let Some(check) = target.rs.check.as_ref() else {
+            return;
+        };
+        let result = attempt(&shared, &check.kind).await;
+        let now = Instant::now();
+        let change = {
+            let mut states = shared.states.lock().unwrap();
+            // Stopped while probing: a successor (or nobody) owns the state now.
+            if stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            let change = tracker.record(now, result.ok, result.weight);
+            if let Some(s) = states.get_mut(&key) {
+                s.attempts = tracker.attempts();
+                s.last_ok = Some(result.ok);
+                s.last_detail.clone_from(&result.detail);
+                s.up = tracker.is_up();
+                s.weight = tracker.weight();
+                if change.as_ref().is_some_and(|c| c.state_changed) {
+                    s.since = SystemTime::now();
+                }
+            }
+            change
+        };
+        let Some(change) = change else {
+            continue;
+        };
+        report(&target, &change, &result);
+        if change.state_changed {
+            let hook = if change.up { &target.rs.notify_up } else { &target.rs.notify_down };
+            if let Some(hook) = hook.clone() {
+                let prev = last_notify.take();
+                last_notify = Some(spawn_notify(&shared, &target, change.up, hook, prev));
+            }
+        }
+        let ev = HealthEvent {
+            vs: key.0,
+            rs: key.1,
+            up: change.up,
+            weight: change.weight,
+            reason: result.detail,
+        };
+        // A full channel holds this checker back (and only this one); a closed one means
+        // nobody listens any more, which is no reason to stop checking.
+        let _ = shared.events.send(ev).await;
+    }
+}
+
+fn report(target: &CheckTarget, change: &Change, result: &ProbeResult) {
+    let check = target.rs.check.as_ref().map(|c| c.name()).unwrap_or("?");
+    if change.state_changed {
+        tracing::info!(
+            vs = %target.vs,
+            rs = %target.rs.key(),
+            check,
+            up = change.up,
+            "real server {} {}: {}",
+            target.rs.key(),
+            if change.up { "UP" } else { "DOWN" },
+            result.detail
+        );
+    } else {
+        tracing::info!(vs = %target.vs, rs = %target.rs.key(), weight = ?change.weight, "real server weight changed: {}", result.detail);
+    }
+}
+
+async fn attempt(shared: &Shared, kind: &CheckKind) -> ProbeResult {
+    let (sem, gauge): (&Semaphore, &Gauge) = match kind {
+        CheckKind::Misc(_) => (&shared.scripts, &shared.script_gauge),
+        _ => (&shared.probes, &shared.probe_gauge),
+    };
+    let Ok(_permit) = sem.acquire().await else {
+        return ProbeResult::down("checker shutting down");
+    };
+    gauge.enter();
+    let r = probe::probe(kind, shared.opts.script_user.as_ref()).await;
+    gauge.leave();
+    r
+}
+
+/// Run a notify hook without holding up the checker; hooks of one real server run in
+/// order.
+fn spawn_notify(
+    shared: &Arc<Shared>,
+    target: &CheckTarget,
+    up: bool,
+    hook: Script,
+    prev: Option<JoinHandle<()>>,
+) -> JoinHandle<()> {
+    let scripts = shared.scripts.clone();
+    let gauge = shared.script_gauge.clone();
+    let user = shared.opts.script_user.clone();
+    let timeout = shared.opts.notify_timeout;
+    let what = format!(
+        "{} for {} in {}",
+        if up { "notify_up" } else { "notify_down" },
+        target.rs.key(),
+        target.vs
+    );
+    tokio::spawn(async move {
+        if let Some(p) = prev {
+            let _ = p.await;
+        }
+        let Ok(_permit) = scripts.acquire_owned().await else {
+            return;
+        };
+        let creds = tokio::task::spawn_blocking(move || {
+            script::script_credentials(user.as_ref().map(|u| (u.user.as_str(), u.group.as_deref())))
+        })
+        .await;
+        let creds = match creds {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::warn!("{what}: script user: {e}");
+                return;
+            }
+            Err(_) => return,
+        };
+        let mut opts = RunOptions::with_timeout(timeout);
+        opts.credentials = creds;
+        gauge.enter();
+        tracing::info!("executing [{hook}] ({what})");
+        let outcome = script::run(&hook.argv, &opts).await;
+        gauge.leave();
+        if !outcome.success() {
+            tracing::warn!("{what} [{hook}]: {}", outcome.describe());
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_from_the_reference_config() {
+        let text = include_str!("../../../conf/ha-lb.toml");
+        let cfg = crate::config::parse_str(text, std::path::Path::new("conf/ha-lb.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let targets = CheckTarget::from_config(&cfg);
+        let checked: usize = cfg
+            .virtual_servers
+            .iter()
+            .map(|vs| vs.real_servers.iter().filter(|rs| rs.check.is_some()).count())
+            .sum();
+        assert!(checked > 0);
+        assert_eq!(targets.len(), checked);
+        for t in &targets {
+            let vs = cfg.virtual_server(&t.vs).unwrap();
+            assert_eq!(t.alpha, vs.alpha);
+            assert_eq!(vs.real_server(t.rs.key()), Some(&t.rs));
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! The per-check scheduling and up/down logic, with no I/O and the clock passed in.
+//!
+//! keepalived's rules (keepalived.conf(5), `check_*.c`), plus ha-lb's `rise`/`fall`:
+//! - the first attempt runs after a random delay in `0..=warmup`;
+//! - a *round* is one attempt plus, while the server is considered up, up to `retry`
+//!   further attempts after failures, each `delay_before_retry` after the previous one
+//!   ("retry count to make additional checks if check of an alive server fails"); a down
+//!   server gets one attempt per round;
+//! - the next round starts `delay_loop` after the attempt that ended the previous one;
+//! - an up server goes down after `fall` consecutive failed rounds, a down server comes up
+//!   after `rise` consecutive successful rounds (both default to 1, which is keepalived);
+//! - start state: up, unless the virtual server has `alpha`, which starts every real
+//!   server down until its checks pass ([`initial_up`]).
+
+use std::time::{Duration, Instant};
+
+use crate::config::HealthCheck;
+
+/// keepalived's start state for a checked real server: `alpha` ("on daemon startup assume
+/// that all RSs are down and healthchecks failed", keepalived.conf(5); `queue_checker` in
+/// check_api.c marks each checker failed in alpha mode) starts it down; otherwise it is
+/// put in service at once and taken out by the first failed round.
+pub fn initial_up(alpha: bool) -> bool {
+    !alpha
+}
+
+/// The timing knobs of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub delay_loop: Duration,
+    pub retry: u32,
+    pub delay_before_retry: Duration,
+    pub warmup: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Timing {
+    pub fn of(check: &HealthCheck) -> Timing {
+        Timing {
+            delay_loop: check.delay_loop,
+            retry: check.retry,
+            delay_before_retry: check.delay_before_retry,
+            warmup: check.warmup,
+            rise: check.rise.max(1),
+            fall: check.fall.max(1),
+        }
+    }
+}
+
+/// A point in `0..=warmup` chosen by `seed` (any well-mixed 64-bit value).
+pub fn warmup_delay(warmup: Duration, seed: u64) -> Duration {
+    let nanos = warmup.as_nanos().min(u64::MAX as u128) as u64;
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(((seed as u128 * (nanos as u128 + 1)) >> 64) as u64)
+}
+
+/// What a recorded attempt changed, if anything worth telling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub up: bool,
+    /// The dynamic weight (MISC_CHECK `misc_dynamic`) in force; `None`: the configured one.
+    pub weight: Option<u32>,
+    /// `false`: the server stayed up and only its dynamic weight changed.
+    pub state_changed: bool,
+}
+
+/// State and timers of one check.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    timing: Timing,
+    up: bool,
+    weight: Option<u32>,
+    /// Consecutive rounds against the current state (failures while up, successes while
+    /// down).
+    streak: u32,
+    /// Retries used in the current round.
+    retries_used: u32,
+    next_due: Instant,
+    attempts: u64,
+}
+
+impl Tracker {
+    /// `first_delay` is where in `0..=warmup` the first attempt goes (see
+    /// [`warmup_delay`]).
+    pub fn new(timing: Timing, up: bool, now: Instant, first_delay: Duration) -> Tracker {
+        Tracker {
+            timing,
+            up,
+            weight: None,
+            streak: 0,
+            retries_used: 0,
+            next_due: now + first_delay.min(timing.warmup),
+            attempts: 0,
+        }
+    }
+
+    /// Start with a dynamic weight already in force (carried over a reload).
+    pub fn with_weight(mut self, weight: Option<u32>) -> Tracker {
+        self.weight = weight;
+        self
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    pub fn weight(&self) -> Option<u32> {
+        self.weight
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    /// When the next attempt is due.
+    pub fn next_due(&self) -> Instant {
+        self.next_due
+    }
+
+    /// Attempts recorded so far.
+    pub fn attempts(&self) -> u64 {
+        self.attempts
+    }
+
+    /// Consecutive rounds against the current state so far.
+    pub fn streak(&self) -> u32 {
+        self.streak
+    }
+
+    /// Record an attempt that finished at `now`. `weight` is the dynamic weight a
+    /// successful MISC_CHECK with `misc_dynamic` reported (`None`: unchanged).
+    pub fn record(&mut self, now: Instant, ok: bool, weight: Option<u32>) -> Option<Change> {
+        self.attempts += 1;
+        let t = self.timing;
+        if ok {
+            self.retries_used = 0;
+            self.next_due = now + t.delay_loop;
+            let weight_changed = weight.is_some() && weight != self.weight;
+            if weight.is_some() {
+                self.weight = weight;
+            }
+            if self.up {
+                self.streak = 0;
+                return weight_changed.then_some(Change {
+                    up: true,
+                    weight: self.weight,
+                    state_changed: false,
+                });
+            }
+            self.streak += 1;
+            if self.streak >= t.rise {
+                self.up = true;
+                self.streak = 0;
+                return Some(Change { up: true, weight: self.weight, state_changed: true });
+            }
+            return None;
+        }
+        if self.up && self.retries_used < t.retry {
+            self.retries_used += 1;
+            self.next_due = now + t.delay_before_retry;
+            return None;
+        }
+        // The round failed.
+        self.retries_used = 0;
+        self.next_due = now + t.delay_loop;
+        if !self.up {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        if self.streak >= t.fall {
+            self.up = false;
+            self.streak = 0;
+            return Some(Change { up: false, weight: self.weight, state_changed: true });
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn timing(retry: u32, rise: u32, fall: u32) -> Timing {
+        Timing { delay_loop: 10 * S, retry, delay_before_retry: 2 * S, warmup: 5 * S, rise, fall }
+    }
+
+    /// Drive the tracker with a fake clock: each attempt happens exactly when due, and
+    /// finishes `took` later. Returns (time of each change relative to t0, change).
+    fn drive(
+        tr: &mut Tracker,
+        t0: Instant,
+        took: Duration,
+        results: &[bool],
+    ) -> Vec<(Duration, Change)> {
+        let mut out = Vec::new();
+        for &ok in results {
+            let now = tr.next_due() + took;
+            if let Some(c) = tr.record(now, ok, None) {
+                out.push((now - t0, c));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn start_state_follows_alpha() {
+        assert!(initial_up(false));
+        assert!(!initial_up(true));
+    }
+
+    #[test]
+    fn warmup_delay_stays_in_range() {
+        let w = 5 * S;
+        assert_eq!(warmup_delay(w, 0), Duration::ZERO);
+        assert!(warmup_delay(w, u64::MAX) <= w);
+        assert!(warmup_delay(w, u64::MAX) > 4 * S);
+        let mid = warmup_delay(w, u64::MAX / 2);
+        assert!(mid > 2 * S && mid < 3 * S, "{mid:?}");
+        assert_eq!(warmup_delay(Duration::ZERO, 12345), Duration::ZERO);
+    }
+
+    #[test]
+    fn first_attempt_after_warmup_delay() {
+        let t0 = Instant::now();
+        let tr = Tracker::new(timing(1, 1, 1), true, t0, 3 * S);
+        assert_eq!(tr.next_due() - t0, 3 * S);
+        // Never later than warmup, whatever the caller passes.
+        let tr = Tracker::new(timing(1, 1, 1), true, t0, 60 * S);
+        assert_eq!(tr.next_due() - t0, 5 * S);
+    }
+
+    #[test]
+    fn keepalived_defaults_one_failed_round_takes_it_down() {
+        // retry 1: a failure is retried once after delay_before_retry before the round
+        // counts as failed.
+        let t0 = Instant::now();
+        let mut tr = Tracker::new(timing(1, 1, 1), true, t0, Duration::ZERO);
+        assert!(tr.record(t0, false, None).is_none());
+        assert_eq!(tr.next_due() - t0, 2 * S, "retry after delay_before_retry");
+        let c = tr.record(t0 + 2 * S, false, None).unwrap();
+        assert!(!c.up && c.state_changed);
+        assert!(!tr.is_up());
+        assert_eq!(tr.next_due() - t0, 12 * S, "next round after delay_loop");
+        // Down: one success (rise 1) brings it back.
+        let c = tr.record(t0 + 12 * S, true, None).unwrap();
+        assert!(c.up && c.state_changed);
+        assert_eq!(tr.next_due() - t0, 22 * S);
+    }
+
+    #[test]
+    fn a_retry_that_succeeds_saves_the_round() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new(timing(2, 1, 1), true, t0, Duration::ZERO);
+        assert!(tr.record(t0, false, None).is_none());
+        assert!(tr.record(t0 + 2 * S, false, None).is_none());
+        assert!(tr.record(t0 + 4 * S, true, None).is_none());
+        assert!(tr.is_up());
+        assert_eq!(tr.next_due() - t0, 14 * S);
+        // Retries are per round: the next round has all of them again.
+        assert!(tr.record(t0 + 14 * S, false, None).is_none());
+        assert!(tr.record(t0 + 16 * S, false, None).is_none());
+        assert!(tr.record(t0 + 18 * S, false, None).is_some());
+    }
+
+    #[test]
+    fn down_servers_are_not_retried() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new(timing(3, 1, 1), false, t0, Duration::ZERO);
+        assert!(tr.record(t0, false, None).is_none());
+        assert_eq!(tr.next_due() - t0, 10 * S);
+    }
+
+    #[test]
+    fn fall_counts_failed_rounds_with_their_retries() {
+        // fall 3, retry 1: down after the 3rd failed round; each round = 2 attempts.
+        let t0 = Instant::now();
+        let mut tr = Tracker::new(timing(1, 1, 3), true, t0, Duration::ZERO);
+        let changes = drive(&mut tr, t0, Duration::ZERO, &[false; 6]);
+        assert_eq!(changes.len(), 1);
+        let (at, c) = &changes[0];
+        assert!(!c.up);
+        // Attempts at 0, 2 | 12, 14 | 24, 26.
+        assert_eq!(*at, 26 * S);
+        // Worst-case bound used by the integration tests: delay_loop×(fall−1) +
+        // (retry×delay_before_retry)×fall.
+        assert!(*at <= 10 * S * 2 + 2 * S * 3);
+    }
+
+    #[test]
+    fn a_success_resets_the_fall_streak() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new(timing(0, 1, 2), true, t0, Duration::ZERO);
+        let changes = drive(&mut tr, t0, Duration::ZERO, &[false, true, false, true, false]);
+        assert!(changes.is_empty());
+        assert!(tr.is_up());
+        let changes = drive(&mut tr, t0, Duration::ZERO, &[false]);
+        assert_eq!(changes.len(), 1);
+    }
+
+    #[test]
+    fn rise_needs_consecutive_successful_rounds() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new(timing(1, 3, 1), false, t0, Duration::ZERO);
+        let changes = drive(&mut tr, t0, Duration::ZERO, &[true, true, false, true, true]);
+        assert!(changes.is_empty(), "a failure in between restarts the count");
+        let changes = drive(&mut tr, t0, Duration::ZERO, &[true]);
+        assert_eq!(changes.len(), 1);
+        assert!(changes[0].1.up);
+        // Rounds at 0,10,20(fail),30,40,50 → up at 50 s.
+        assert_eq!(changes[0].0, 50 * S);
+    }
+
+    #[test]
+    fn attempt_duration_shifts_the_schedule() {
+        // The next attempt is counted from the end of the previous one, as keepalived
+        // arms its timer when a check completes.
+        let t0 = Instant::now();
+        let mut tr = Tracker::new(timing(0, 1, 1), true, t0, Duration::ZERO);
+        tr.record(t0 + 3 * S, true, None);
+        assert_eq!(tr.next_due() - t0, 13 * S);
+    }
+
+    #[test]
+    fn dynamic_weight_changes_are_reported() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new(timing(0, 1, 1), true, t0, Duration::ZERO);
+        let c = tr.record(t0, true, Some(10)).unwrap();
+        assert_eq!(c, Change { up: true, weight: Some(10), state_changed: false });
+        assert!(tr.record(t0 + 10 * S, true, Some(10)).is_none(), "same weight: quiet");
+        assert!(tr.record(t0 + 20 * S, true, None).is_none(), "exit 0: weight unchanged");
+        assert_eq!(tr.weight(), Some(10));
+        let c = tr.record(t0 + 30 * S, false, None).unwrap();
+        assert_eq!(c, Change { up: false, weight: Some(10), state_changed: true });
+        let c = tr.record(t0 + 40 * S, true, Some(20)).unwrap();
+        assert_eq!(c, Change { up: true, weight: Some(20), state_changed: true });
+    }
+
+    #[test]
+    fn with_weight_keeps_a_carried_weight() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new(timing(0, 1, 1), true, t0, Duration::ZERO).with_weight(Some(7));
+        assert_eq!(tr.weight(), Some(7));
+        assert!(tr.record(t0, true, None).is_none());
+        assert_eq!(tr.weight(), Some(7));
+    }
+}

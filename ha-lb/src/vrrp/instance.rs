@@ -1,0 +1,236 @@
+//! One running `vrrp_instance`: drives the pure [`Machine`] with the real edges — the VRRP
+//! transport, the VIP manager and the GARP/NA scheduler — and reports state changes.
+//!
+//! The task owns the machine; everything else talks to it through [`InstanceHandle`]:
+//! commands in (shutdown, fault, priority adjustment from tracking), state changes out (to the
+//! daemon, which runs notify scripts and feeds the reconciler), and a `watch` snapshot for
+//! status output.
+
+use std::{net::IpAddr, time::Instant};
+
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+use tracing::{debug, error, info, warn};
+
+use super::{
+    garp::{GarpCommand, GarpConfig},
+    machine::{Action, Counters, Machine, Reason, State},
+    packet::{self, RxOptions, V3Checksum},
+    socket::{Interface, VrrpTransport},
+    vip::{VipManager, VirtualIpAddress},
+};
+
+/// A state change, as the daemon sees it.
+#[derive(Debug, Clone)]
+pub struct InstanceEvent {
+    pub instance: String,
+    pub from: State,
+    pub to: State,
+    pub reason: Reason,
+    pub effective_priority: u8,
+}
+
+/// What the instance task accepts.
+#[derive(Debug)]
+pub enum InstanceCommand {
+    /// Graceful stop (make-before-break as MASTER). A second one forces the VIPs off at once.
+    Shutdown,
+    /// Tracking says the instance cannot serve (keepalived FAULT), or can again.
+    SetFault(bool),
+    /// Tracking weights: effective priority = base + adjust (clamped).
+    SetPriorityAdjust(i32),
+}
+
+/// A point-in-time view for `ha-lb status`.
+#[derive(Debug, Clone)]
+pub struct InstanceSnapshot {
+    pub state: State,
+    pub effective_priority: u8,
+    pub master: Option<IpAddr>,
+    pub counters: Counters,
+}
+
+/// Handle to a running instance task.
+pub struct InstanceHandle {
+    pub name: String,
+    pub commands: mpsc::Sender<InstanceCommand>,
+    pub snapshot: watch::Receiver<InstanceSnapshot>,
+    pub task: JoinHandle<()>,
+}
+
+/// A VIP and the interface it lives on.
+pub type PlacedVip = (VirtualIpAddress, Interface);
+
+/// Everything the task needs, already resolved (interfaces looked up, source chosen).
+pub struct InstanceParts<T, V> {
+    pub name: String,
+    pub machine: Machine,
+    pub transport: T,
+    pub vip_manager: V,
+    pub vips: Vec<PlacedVip>,
+    pub rx_options: RxOptions,
+    /// Sends commands to this instance's GARP/NA driver.
+    pub garp: mpsc::Sender<GarpCommand>,
+    pub garp_config: GarpConfig,
+}
+
+/// Starts the task. Stale VIPs (left by a crash) are removed first, as keepalived does, so
+/// the instance starts owning nothing.
+pub fn spawn<T, V>(parts: InstanceParts<T, V>, events: mpsc::Sender<InstanceEvent>) -> InstanceHandle
+where
+    T: VrrpTransport + 'static,
+    V: VipManager + 'static,
+{
+    let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    let snap = snapshot(&parts.machine);
+    let (snap_tx, snap_rx) = watch::channel(snap);
+    let name = parts.name.clone();
+    let task = tokio::spawn(run(parts, cmd_rx, events, snap_tx));
+    InstanceHandle { name, commands: cmd_tx, snapshot: snap_rx, task }
+}
+
+fn snapshot(m: &Machine) -> InstanceSnapshot {
+    InstanceSnapshot {
+        state: m.state(),
+        effective_priority: m.effective_priority(),
+        master: m.current_master(),
+        counters: m.counters().clone(),
+    }
+}
+
+async fn run<T: VrrpTransport, V: VipManager>(
+    mut p: InstanceParts<T, V>,
+    mut commands: mpsc::Receiver<InstanceCommand>,
+    events: mpsc::Sender<InstanceEvent>,
+    snap: watch::Sender<InstanceSnapshot>,
+) {
+    match p.vip_manager.remove_stale(&p.vips).await {
+        Ok(removed) if !removed.is_empty() => {
+            let list: Vec<String> = removed.iter().map(|v| v.to_string()).collect();
+            warn!(instance = %p.name, vips = ?list, "removed stale virtual addresses at start-up");
+        }
+        Ok(_) => {}
+        Err(e) => error!(instance = %p.name, error = %e, "listing addresses at start-up failed"),
+    }
+    let mut stopping = false;
+    p.machine.start(Instant::now());
+    loop {
+        execute(&mut p, &events).await;
+        let _ = snap.send(snapshot(&p.machine));
+        if stopping && p.machine.state() == State::Initialize {
+            break;
+        }
+        let deadline = p.machine.poll_timeout();
+        tokio::select! {
+            rx = p.transport.recv() => match rx {
+                Ok(pkt) => {
+                    match packet::decode(pkt.src, pkt.dst, pkt.ttl, &pkt.payload, &p.rx_options) {
+                        Ok(r) => p.machine.handle_advert(Instant::now(), r.src, &r.advert),
+                        Err(e) => {
+                            debug!(instance = %p.name, src = %pkt.src, error = %e, "advert rejected");
+                            p.machine.handle_rx_error(&e);
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(instance = %p.name, error = %e, "VRRP receive failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = sleep_until(deadline) => p.machine.handle_timeout(Instant::now()),
+            cmd = commands.recv() => match cmd {
+                Some(InstanceCommand::Shutdown) | None => {
+                    stopping = true;
+                    p.machine.shutdown(Instant::now());
+                }
+                Some(InstanceCommand::SetFault(f)) => p.machine.set_fault(Instant::now(), f),
+                Some(InstanceCommand::SetPriorityAdjust(a)) => {
+                    p.machine.set_priority_adjust(Instant::now(), a)
+                }
+            },
+        }
+    }
+    let _ = p.garp.send(GarpCommand::LeaveMaster).await;
+    info!(instance = %p.name, "stopped");
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Carries out the machine's queued actions, in order.
+async fn execute<T: VrrpTransport, V: VipManager>(
+    p: &mut InstanceParts<T, V>,
+    events: &mpsc::Sender<InstanceEvent>,
+) {
+    // The GARP schedule sends the master burst itself on BecomeMaster; the machine's
+    // SendGratuitous in the same batch is that same burst.
+    let mut became_master = false;
+    while let Some(action) = p.machine.poll_action() {
+        match action {
+            Action::SendAdvert(adv) => {
+                let src = p.transport.source();
+                for dst in p.transport.destinations().to_vec() {
+                    match adv.encode(src, dst, V3Checksum::PseudoHeader) {
+                        Ok(bytes) => {
+                            if let Err(e) = p.transport.send(dst, &bytes).await {
+                                warn!(instance = %p.name, %dst, error = %e, "sending advert failed");
+                            }
+                        }
+                        Err(e) => error!(instance = %p.name, error = %e, "encoding advert failed"),
+                    }
+                }
+            }
+            Action::AddVips => {
+                for (vip, iface) in &p.vips {
+                    if let Err(e) = p.vip_manager.add(vip, iface).await {
+                        error!(instance = %p.name, vip = %vip, interface = %iface.name, error = %e, "adding virtual address failed");
+                    }
+                }
+            }
+            Action::RemoveVips => {
+                for (vip, iface) in &p.vips {
+                    if let Err(e) = p.vip_manager.remove(vip, iface).await {
+                        error!(instance = %p.name, vip = %vip, interface = %iface.name, error = %e, "removing virtual address failed");
+                    }
+                }
+            }
+            Action::SendGratuitous => {
+                if !became_master {
+                    let _ = p.garp.send(GarpCommand::ExtraSet(p.garp_config.master_repeat)).await;
+                }
+            }
+            Action::StateChanged { from, to, reason } => {
+                info!(
+                    instance = %p.name,
+                    from = from.as_str(),
+                    to = to.as_str(),
+                    reason = ?reason,
+                    priority = p.machine.effective_priority(),
+                    "VRRP state change"
+                );
+                if to == State::Master {
+                    became_master = true;
+                    let addrs = p.vips.iter().map(|(v, _)| v.addr).collect();
+                    let _ = p.garp.send(GarpCommand::BecomeMaster(addrs)).await;
+                } else if from == State::Master || from == State::Stopping {
+                    let _ = p.garp.send(GarpCommand::LeaveMaster).await;
+                }
+                let _ = events
+                    .send(InstanceEvent {
+                        instance: p.name.clone(),
+                        from,
+                        to,
+                        reason,
+                        effective_priority: p.machine.effective_priority(),
+                    })
+                    .await;
+            }
+        }
+    }
+}
