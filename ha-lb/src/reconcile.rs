@@ -105,7 +105,7 @@ impl Reconciler {
         for vs in &config.virtual_servers {
             let key = vs.key();
             for rs in &vs.real_servers {
-                let k = (key.clone(), rs.key());
+                let k = (key, rs.key());
                 let h = match self.health.get(&k) {
                     // A check added by the reload restarts from keepalived's initial state.
                     Some(h) if rs.check.is_some() || !h.initial => *h,
@@ -135,7 +135,7 @@ impl Reconciler {
         up: bool,
         dynamic_weight: Option<u32>,
     ) -> bool {
-        let Some(h) = self.health.get_mut(&(vs.clone(), rs)) else { return false };
+        let Some(h) = self.health.get_mut(&(*vs, rs)) else { return false };
         let new = Health { up, dynamic_weight, initial: false };
         if *h == new {
             return false;
@@ -145,7 +145,7 @@ impl Reconciler {
     }
 
     pub fn health(&self, vs: &VirtualServerKey, rs: SocketAddr) -> Option<Health> {
-        self.health.get(&(vs.clone(), rs)).copied()
+        self.health.get(&(*vs, rs)).copied()
     }
 
     /// The desired state now, and the quorum transitions that computing it caused.
@@ -160,9 +160,9 @@ impl Reconciler {
             let (q, h) = (vs.quorum as u64, vs.hysteresis as u64);
             let up = if was_up { live >= q.saturating_sub(h) } else { live >= q + h };
             if up != was_up {
-                changes.push(QuorumChange { key: key.clone(), up, live_weight: live });
+                changes.push(QuorumChange { key, up, live_weight: live });
             }
-            self.quorum_up.insert(key.clone(), up);
+            self.quorum_up.insert(key, up);
 
             let real_servers = match (up, vs.sorry_server) {
                 (false, Some(sorry)) => {
@@ -172,7 +172,7 @@ impl Reconciler {
                     .real_servers
                     .iter()
                     .filter_map(|rs| {
-                        let h = self.health.get(&(key.clone(), rs.key())).copied()?;
+                        let h = self.health.get(&(key, rs.key())).copied()?;
                         let weight = h.dynamic_weight.unwrap_or(rs.weight);
                         match (h.up, rs.inhibit_on_failure) {
                             (true, _) => Some(DesiredRealServer {
@@ -211,7 +211,7 @@ fn live_weight(
     vs.real_servers
         .iter()
         .filter_map(|rs| {
-            let h = health.get(&(key.clone(), rs.key()))?;
+            let h = health.get(&(key, rs.key()))?;
             h.up.then(|| h.dynamic_weight.unwrap_or(rs.weight) as u64)
         })
         .sum()
@@ -303,7 +303,7 @@ weight = 1
         assert!(r.desired().0[0].quorum_up);
         r.on_health(&key, rs(11), false, None); // live 1 < 3: lost
         let (d, ch) = r.desired();
-        assert_eq!(ch, vec![QuorumChange { key: key.clone(), up: false, live_weight: 1 }]);
+        assert_eq!(ch, vec![QuorumChange { key, up: false, live_weight: 1 }]);
         assert!(d[0].sorry_active());
         assert_eq!(weights(&d), vec![("198.19.0.99:80".parse().unwrap(), 1)]);
         r.on_health(&key, rs(11), true, None); // live 4 < 4+1: not yet regained

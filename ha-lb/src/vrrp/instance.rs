@@ -78,7 +78,10 @@ pub struct InstanceParts<T, V> {
 
 /// Starts the task. Stale VIPs (left by a crash) are removed first, as keepalived does, so
 /// the instance starts owning nothing.
-pub fn spawn<T, V>(parts: InstanceParts<T, V>, events: mpsc::Sender<InstanceEvent>) -> InstanceHandle
+pub fn spawn<T, V>(
+    parts: InstanceParts<T, V>,
+    events: mpsc::Sender<InstanceEvent>,
+) -> InstanceHandle
 where
     T: VrrpTransport + 'static,
     V: VipManager + 'static,

@@ -8,11 +8,16 @@
 //! - [`socket`]: raw protocol-112 sockets (`VrrpTransport`).
 //! - [`vip`]: virtual addresses and link state over rtnetlink (`VipManager`, `LinkMonitor`).
 //! - [`garp`]: gratuitous ARP / unsolicited NA frames and keepalived's GARP schedule.
+//!
+//! Glue: [`instance`] runs one machine with those edges; [`track`] turns tracked
+//! interfaces, scripts and files into FAULT / priority adjustments.
 
 pub mod garp;
+pub mod instance;
 pub mod machine;
 pub mod packet;
 #[cfg(test)]
 mod sim;
 pub mod socket;
+pub mod track;
 pub mod vip;

@@ -151,7 +151,11 @@ pub fn spawn_script(
 
 /// Reads `track_file` `name` every second; reports the value when it changes. A missing or
 /// unreadable file counts as 0, a non-number as 0 with a warning (keepalived does the same).
-pub fn spawn_file(name: String, path: PathBuf, tx: mpsc::Sender<TrackUpdate>) -> tokio::task::JoinHandle<()> {
+pub fn spawn_file(
+    name: String,
+    path: PathBuf,
+    tx: mpsc::Sender<TrackUpdate>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last: Option<i64> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -183,7 +187,7 @@ mod tests {
         let mut t = Tracker::default();
         t.interface("eth1", true, 0);
         t.script("chk", true, 0);
-        assert_eq!(t.result().0, false);
+        assert!(!t.result().0);
         t.script("chk", false, 0);
         let (fault, adj, why) = t.result();
         assert!(fault);
