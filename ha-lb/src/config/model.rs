@@ -11,11 +11,14 @@
 //! Names follow keepalived.conf(5) so operators recognise them.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
+
+/// `virtual_ipaddress` entries: one type and one parser, shared with the VRRP core.
+pub use crate::vrrp::vip::{Scope, VirtualIpAddress};
 
 /// Default path of the control socket.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/ha-lb/ha-lb.sock";
@@ -382,9 +385,9 @@ pub struct VrrpInstance {
     /// Empty: multicast (224.0.0.18 / ff02::12).
     pub unicast_peer: Vec<IpAddr>,
     /// All of one family; that family is the instance's.
-    pub virtual_ipaddress: Vec<VirtualIp>,
+    pub virtual_ipaddress: Vec<VirtualIpAddress>,
     /// Managed with the instance but not carried in adverts; any family.
-    pub virtual_ipaddress_excluded: Vec<VirtualIp>,
+    pub virtual_ipaddress_excluded: Vec<VirtualIpAddress>,
     pub nopreempt: bool,
     /// 0..=1000 s, default 0.
     pub preempt_delay: Duration,
@@ -470,216 +473,6 @@ pub struct VrrpSyncGroup {
     /// Member instance names (keepalived's `group { … }`).
     pub group: Vec<String>,
     pub notify: Notify,
-}
-
-/// `ip address` scope of a virtual address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AddrScope {
-    Global,
-    Site,
-    Link,
-    Host,
-    Nowhere,
-}
-
-impl AddrScope {
-    pub const NAMES: &'static [&'static str] = &["global", "site", "link", "host", "nowhere"];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AddrScope::Global => "global",
-            AddrScope::Site => "site",
-            AddrScope::Link => "link",
-            AddrScope::Host => "host",
-            AddrScope::Nowhere => "nowhere",
-        }
-    }
-
-    /// The rtnetlink `RT_SCOPE_*` value.
-    pub fn rt_scope(self) -> u8 {
-        match self {
-            AddrScope::Global => 0,
-            AddrScope::Site => 200,
-            AddrScope::Link => 253,
-            AddrScope::Host => 254,
-            AddrScope::Nowhere => 255,
-        }
-    }
-}
-
-impl FromStr for AddrScope {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Ok(match s {
-            "global" => AddrScope::Global,
-            "site" => AddrScope::Site,
-            "link" => AddrScope::Link,
-            "host" => AddrScope::Host,
-            "nowhere" => AddrScope::Nowhere,
-            _ => return Err(()),
-        })
-    }
-}
-
-/// One `virtual_ipaddress` entry, keepalived syntax:
-/// `ADDR[/PREFIX] [dev IF] [label LABEL] [scope SCOPE] [brd ADDR] [no_track]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct VirtualIp {
-    pub addr: IpAddr,
-    /// Default /32 (IPv4) or /128 (IPv6), as keepalived.
-    pub prefix_len: u8,
-    /// `None`: the instance's interface.
-    pub dev: Option<String>,
-    /// IPv4 only; must be the device name or start with `<dev>:`; at most 15 bytes.
-    pub label: Option<String>,
-    pub scope: Option<AddrScope>,
-    /// IPv4 broadcast address.
-    pub brd: Option<Ipv4Addr>,
-    /// Removal of the address by someone else does not take the instance out of MASTER.
-    pub no_track: bool,
-}
-
-impl VirtualIp {
-    pub fn family(&self) -> AddrFamily {
-        AddrFamily::of(&self.addr)
-    }
-
-    /// The device the address goes on, given the instance's interface.
-    pub fn device<'a>(&'a self, instance_interface: &'a str) -> &'a str {
-        self.dev.as_deref().unwrap_or(instance_interface)
-    }
-}
-
-impl FromStr for VirtualIp {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let mut words = s.split_whitespace();
-        let first = words.next().ok_or_else(|| "is empty".to_string())?;
-        let (addr_s, prefix_s) = match first.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (first, None),
-        };
-        let addr: IpAddr =
-            addr_s.parse().map_err(|_| format!("{addr_s:?} is not an IP address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix_len = match prefix_s {
-            None => max,
-            Some(p) => {
-                let n: u16 =
-                    p.parse().map_err(|_| format!("prefix length {p:?} is not a number"))?;
-                if n > max as u16 {
-                    return Err(format!("prefix length {n} is out of range 0..={max}"));
-                }
-                n as u8
-            }
-        };
-        if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
-            return Err(format!(
-                "{addr} cannot be a virtual address (unspecified, loopback or multicast)"
-            ));
-        }
-        let mut vip = VirtualIp {
-            addr,
-            prefix_len,
-            dev: None,
-            label: None,
-            scope: None,
-            brd: None,
-            no_track: false,
-        };
-        fn seen<T>(slot: &Option<T>, opt: &str) -> Result<(), String> {
-            if slot.is_some() {
-                Err(format!("option {opt} is given twice"))
-            } else {
-                Ok(())
-            }
-        }
-        while let Some(opt) = words.next() {
-            let mut arg =
-                |what: &str| words.next().ok_or_else(|| format!("option {opt} needs {what}"));
-            match opt {
-                "dev" => {
-                    seen(&vip.dev, opt)?;
-                    let d = arg("an interface name")?;
-                    if !valid_ifname(d) {
-                        return Err(format!("dev {d:?} is not a valid interface name"));
-                    }
-                    vip.dev = Some(d.to_string());
-                }
-                "label" => {
-                    seen(&vip.label, opt)?;
-                    let l = arg("a label")?;
-                    if addr.is_ipv6() {
-                        return Err("label is only valid for IPv4 addresses".into());
-                    }
-                    if l.len() > 15 {
-                        return Err(format!("label {l:?} is longer than 15 bytes"));
-                    }
-                    vip.label = Some(l.to_string());
-                }
-                "scope" => {
-                    seen(&vip.scope, opt)?;
-                    let sc = arg("a scope")?;
-                    vip.scope = Some(sc.parse().map_err(|_| {
-                        format!(
-                            "scope {sc:?} is not one of {}",
-                            AddrScope::NAMES.join(", ")
-                        )
-                    })?);
-                }
-                "brd" | "broadcast" => {
-                    seen(&vip.brd, opt)?;
-                    let b = arg("an address")?;
-                    if addr.is_ipv6() {
-                        return Err("brd is only valid for IPv4 addresses".into());
-                    }
-                    vip.brd = Some(
-                        b.parse()
-                            .map_err(|_| format!("brd {b:?} is not an IPv4 address"))?,
-                    );
-                }
-                "no_track" => vip.no_track = true,
-                other => {
-                    return Err(format!(
-                        "option {other:?} is not supported (supported: dev, label, scope, brd, no_track)"
-                    ))
-                }
-            }
-        }
-        Ok(vip)
-    }
-}
-
-impl fmt::Display for VirtualIp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)?;
-        if let Some(b) = self.brd {
-            write!(f, " brd {b}")?;
-        }
-        if let Some(d) = &self.dev {
-            write!(f, " dev {d}")?;
-        }
-        if let Some(s) = self.scope {
-            write!(f, " scope {}", s.as_str())?;
-        }
-        if let Some(l) = &self.label {
-            write!(f, " label {l}")?;
-        }
-        if self.no_track {
-            f.write_str(" no_track")?;
-        }
-        Ok(())
-    }
-}
-
-/// Linux interface name rules: 1..=15 bytes, no '/', ':' or whitespace, not "." or "..".
-pub fn valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
 }
 
 // ---------------------------------------------------------------------------------------

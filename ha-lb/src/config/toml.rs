@@ -30,6 +30,7 @@ use toml_edit::TableLike;
 use super::error::{ConfigError, ConfigErrors, Item, Pos, SourceMap};
 use super::model::*;
 use super::validate;
+use crate::vrrp::vip::valid_ifname;
 
 /// Read and validate a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -872,7 +873,8 @@ impl<'s> Reader<'s> {
         let virtual_ipaddress = self.vips(&tb, "virtual_ipaddress");
         let virtual_ipaddress_excluded = self.vips(&tb, "virtual_ipaddress_excluded");
 
-        let family = virtual_ipaddress.first().map(VirtualIp::family).unwrap_or(AddrFamily::Ipv4);
+        let family =
+            virtual_ipaddress.first().map(VirtualIpAddress::family).unwrap_or(AddrFamily::Ipv4);
         let version = match version {
             Some(2) => VrrpVersion::V2,
             Some(_) => VrrpVersion::V3,
@@ -1000,11 +1002,11 @@ impl<'s> Reader<'s> {
         Some(Authentication::Pass(p))
     }
 
-    fn vips(&mut self, tb: &Tbl<'_>, key: &'static str) -> Vec<VirtualIp> {
+    fn vips(&mut self, tb: &Tbl<'_>, key: &'static str) -> Vec<VirtualIpAddress> {
         let mut out = Vec::new();
         for v in self.list(tb, key) {
-            if let Some(vip) =
-                self.as_parsed(&v, key, |s| VirtualIp::from_str(s).map_err(|m| format!(": {m}")))
+            if let Some(vip) = self
+                .as_parsed(&v, key, |s| VirtualIpAddress::from_str(s).map_err(|e| format!(": {e}")))
             {
                 out.push(vip);
             }
@@ -1745,20 +1747,26 @@ url = [{ path = "/healthz", status_code = [200, "300-302"], digest = "9b3a0c85a8
     }
 
     #[test]
-    fn vip_syntax_round_trips() {
-        let v: VirtualIp =
-            "192.0.2.10/24 dev eth1 label eth1:vip scope global brd 192.0.2.255 no_track"
-                .parse()
-                .unwrap();
-        assert_eq!(v.dev.as_deref(), Some("eth1"));
-        assert_eq!(v.label.as_deref(), Some("eth1:vip"));
-        assert_eq!(v.scope, Some(AddrScope::Global));
-        assert!(v.no_track);
-        let again: VirtualIp = v.to_string().parse().unwrap();
-        assert_eq!(v, again);
-        assert!("192.0.2.10/33".parse::<VirtualIp>().is_err());
-        assert!("fe80::1 label x".parse::<VirtualIp>().is_err());
-        assert!("192.0.2.1 peer 1.2.3.4".parse::<VirtualIp>().is_err());
+    fn vips_use_the_shared_type_and_report_parse_errors_in_place() {
+        let c = parse(&MIN_INSTANCE.replace(
+            r#"["192.0.2.10/24"]"#,
+            r#"["192.0.2.10/24 dev eth1 label eth1:vip scope global brd 192.0.2.255 no_track"]"#,
+        ))
+        .unwrap();
+        let v = &c.vrrp_instances[0].virtual_ipaddress[0];
+        assert_eq!(v, &v.to_string().parse::<VirtualIpAddress>().unwrap());
+        assert_eq!((v.dev.as_deref(), v.scope), (Some("eth1"), Scope::Global));
+        assert_eq!(v.device("eth0"), "eth1");
+
+        let e = parse(
+            &MIN_INSTANCE
+                .replace(r#"["192.0.2.10/24"]"#, r#"["192.0.2.10/24", "fe80::1 scope link"]"#),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml:6:39: virtual_ipaddress \"fe80::1 scope link\": scope is only valid for IPv4 addresses"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::error::{ConfigError, Item, Pos, SourceMap};
 use super::model::*;
+use crate::vrrp::vip::check_label;
 
 pub(crate) fn validate(c: &Config, map: &SourceMap) -> Vec<ConfigError> {
     let mut v = V { map, errors: Vec::new() };
@@ -209,15 +210,11 @@ impl V<'_> {
             ("virtual_ipaddress_excluded", &inst.virtual_ipaddress_excluded),
         ] {
             for (i, vip) in list.iter().enumerate() {
+                // Entries with a `dev` were checked when parsed; the others take the
+                // instance's interface.
                 if let Some(label) = &vip.label {
-                    let dev = vip.device(&inst.interface);
-                    let ok = label == dev
-                        || label.strip_prefix(dev).is_some_and(|rest| rest.starts_with(':'));
-                    if !ok {
-                        self.err(
-                            m.elem(item, key, i),
-                            format!("label {label:?} must be {dev:?} or start with \"{dev}:\""),
-                        );
+                    if let Err(e) = check_label(label, vip.device(&inst.interface)) {
+                        self.err(m.elem(item, key, i), e.to_string());
                     }
                 }
             }

@@ -1,7 +1,8 @@
 //! Virtual IP addresses and links, over rtnetlink.
 //!
 //! - [`VirtualIpAddress`]: one keepalived `virtual_ipaddress` line, parsed
-//!   (`10.0.0.100/24 dev eth0 label eth0:1 scope global`).
+//!   (`10.0.0.100/24 dev eth0 label eth0:1 scope global`). The only parser of that syntax:
+//!   the configuration model holds these too (`config::VrrpInstance::virtual_ipaddress`).
 //! - [`VipManager`]: add / remove / list addresses, idempotently; `remove_stale` at start-up.
 //! - [`LinkMonitor`]: interface lookup by name or index, link state, and a stream of link
 //!   changes (`RTNLGRP_LINK`) for `track_interface`.
@@ -26,12 +27,23 @@ use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{AddressMessageBuilder, Handle, MulticastGroup};
 
 use super::socket::{is_unicast_link_local, Interface};
+use crate::config::model::AddrFamily;
 
 /// Longest interface name / address label (IFNAMSIZ - 1).
 pub const IFNAME_MAX: usize = 15;
 
 // ---------------------------------------------------------------------------------------------
 // virtual_ipaddress
+
+/// Linux interface name rules: 1 to [`IFNAME_MAX`] bytes, no '/', ':' or whitespace, not
+/// "." or "..".
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= IFNAME_MAX
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+}
 
 /// Address scope, as `ip addr ... scope`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -42,10 +54,15 @@ pub enum Scope {
     Link,
     Host,
     Nowhere,
+    /// A scope the kernel reported that has no name; never parsed from configuration.
     Other(u8),
 }
 
 impl Scope {
+    /// The names [`Scope::from_str`] accepts (iproute2's default `rt_scopes`).
+    pub const NAMES: &'static [&'static str] = &["global", "site", "link", "host", "nowhere"];
+
+    /// The rtnetlink `RT_SCOPE_*` value.
     pub fn to_raw(self) -> u8 {
         match self {
             Scope::Global => 0,
@@ -73,14 +90,12 @@ impl FromStr for Scope {
     type Err = VipParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s {
-            "global" | "universe" => Scope::Global,
+            "global" => Scope::Global,
             "site" => Scope::Site,
             "link" => Scope::Link,
             "host" => Scope::Host,
             "nowhere" => Scope::Nowhere,
-            n => Scope::from_raw(
-                n.parse::<u8>().map_err(|_| VipParseError::BadScope(s.to_string()))?,
-            ),
+            _ => return Err(VipParseError::BadScope(s.to_string())),
         })
     }
 }
@@ -98,19 +113,24 @@ impl fmt::Display for Scope {
     }
 }
 
-/// One `virtual_ipaddress` entry.
+/// One `virtual_ipaddress` (or `virtual_ipaddress_excluded`) entry: the one type for the
+/// concept in configuration, the VRRP core, logs and status output.
 ///
 /// Syntax (keepalived's subset that ha-lb supports):
 /// `<ADDR>[/<PREFIX>] [brd|broadcast <IPv4>] [dev <IFNAME>] [scope <SCOPE>] [label <LABEL>]
 ///  [noprefixroute] [home] [no_track]`.
 /// The prefix defaults to /32 (IPv4) or /128 (IPv6). `dev` defaults to the instance interface
-/// (resolved by the caller). `label`, `scope` and `brd` are IPv4 only, as in keepalived.
+/// (see [`VirtualIpAddress::device`]). `label`, `scope` and `brd` are IPv4 only, as in
+/// keepalived. Unspecified, loopback and multicast addresses are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VirtualIpAddress {
     pub addr: IpAddr,
     pub prefix_len: u8,
     pub broadcast: Option<Ipv4Addr>,
+    /// `None`: the instance's interface.
     pub dev: Option<String>,
+    /// IPv4 only; at most 15 bytes; must be the device name or start with `<dev>:`
+    /// ([`check_label`]).
     pub label: Option<String>,
     pub scope: Scope,
     /// `noprefixroute`: the kernel adds no prefix route for the address.
@@ -135,6 +155,15 @@ impl VirtualIpAddress {
             home: false,
             no_track: false,
         }
+    }
+
+    pub fn family(&self) -> AddrFamily {
+        AddrFamily::of(&self.addr)
+    }
+
+    /// The device the address goes on, given the instance's interface.
+    pub fn device<'a>(&'a self, instance_interface: &'a str) -> &'a str {
+        self.dev.as_deref().unwrap_or(instance_interface)
     }
 }
 
@@ -166,34 +195,42 @@ impl fmt::Display for VirtualIpAddress {
     }
 }
 
-/// Why a `virtual_ipaddress` line was rejected.
+/// The options [`VirtualIpAddress`] accepts, for error messages.
+const SUPPORTED_OPTIONS: &str = "dev, label, scope, brd, noprefixroute, home, no_track";
+
+/// Why a `virtual_ipaddress` entry was rejected. The messages read after the entry itself,
+/// as in `virtual_ipaddress "10.0.0.1/33": prefix length 33 is out of range 0..=32`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VipParseError {
-    #[error("empty virtual_ipaddress entry")]
+    #[error("the entry is empty")]
     Empty,
-    #[error("invalid IP address {0:?}")]
+    #[error("{0:?} is not an IP address")]
     BadAddress(String),
-    #[error("invalid prefix length {0:?}")]
+    #[error("{addr} cannot be a virtual address: it is {what}")]
+    NotAssignable { addr: IpAddr, what: &'static str },
+    #[error("prefix length {0:?} is not a number")]
     BadPrefix(String),
-    #[error("keyword {0:?} needs a value")]
-    MissingValue(String),
-    #[error("{0:?} given twice")]
+    #[error("prefix length {prefix} is out of range 0..={max}")]
+    PrefixOutOfRange { prefix: String, max: u8 },
+    #[error("option {option} needs {what}")]
+    MissingValue { option: String, what: &'static str },
+    #[error("option {0} is given twice")]
     Duplicate(String),
-    #[error("unknown keyword {0:?}")]
+    #[error("option {0:?} is unknown (supported: {SUPPORTED_OPTIONS})")]
     UnknownKeyword(String),
-    #[error("keyword {0:?} is not supported by ha-lb")]
+    #[error("option {0:?} is not supported by ha-lb (supported: {SUPPORTED_OPTIONS})")]
     Unsupported(String),
-    #[error("invalid scope {0:?}")]
+    #[error("scope {0:?} is not one of global, site, link, host, nowhere")]
     BadScope(String),
-    #[error("invalid broadcast address {0:?}")]
-    BadBroadcast(String),
-    #[error("{0} is IPv4 only")]
-    Ipv4Only(&'static str),
-    #[error("invalid interface name {0:?}")]
+    #[error("{option} {value:?} is not an IPv4 address")]
+    BadBroadcast { option: String, value: String },
+    #[error("{0} is only valid for IPv4 addresses")]
+    Ipv4Only(String),
+    #[error("dev {0:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or spaces)")]
     BadDev(String),
-    #[error("label {0:?} is longer than 15 characters")]
+    #[error("label {0:?} is longer than 15 bytes")]
     LabelTooLong(String),
-    #[error("label {label:?} must begin with the interface name {dev:?}")]
+    #[error("label {label:?} must be {dev:?} or start with \"{dev}:\"")]
     LabelPrefix { label: String, dev: String },
 }
 
@@ -201,86 +238,105 @@ impl FromStr for VirtualIpAddress {
     type Err = VipParseError;
 
     fn from_str(line: &str) -> Result<Self, Self::Err> {
+        use VipParseError as E;
         let mut words = line.split_whitespace();
-        let first = words.next().ok_or(VipParseError::Empty)?;
+        let first = words.next().ok_or(E::Empty)?;
         let (addr_s, prefix_s) = match first.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (first, None),
         };
-        let addr: IpAddr =
-            addr_s.parse().map_err(|_| VipParseError::BadAddress(addr_s.to_string()))?;
+        let addr: IpAddr = addr_s.parse().map_err(|_| E::BadAddress(addr_s.to_string()))?;
+        let what = if addr.is_unspecified() {
+            Some("unspecified")
+        } else if addr.is_loopback() {
+            Some("loopback")
+        } else if addr.is_multicast() {
+            Some("multicast")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(E::NotAssignable { addr, what });
+        }
+        let ipv4 = addr.is_ipv4();
         let mut vip = VirtualIpAddress::new(addr);
         if let Some(p) = prefix_s {
-            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let max = vip.prefix_len;
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(E::BadPrefix(p.to_string()));
+            }
             vip.prefix_len = match p.parse::<u8>() {
-                Ok(n) if n <= max && !p.starts_with('+') => n,
-                _ => return Err(VipParseError::BadPrefix(p.to_string())),
+                Ok(n) if n <= max => n,
+                _ => return Err(E::PrefixOutOfRange { prefix: p.to_string(), max }),
             };
         }
         let mut scope_seen = false;
-        let seen_flag = |kw: &str, flag: &mut bool| {
+        let flag = |opt: &str, flag: &mut bool| {
             if std::mem::replace(flag, true) {
-                Err(VipParseError::Duplicate(kw.to_string()))
+                Err(E::Duplicate(opt.to_string()))
             } else {
                 Ok(())
             }
         };
-        while let Some(kw) = words.next() {
-            let mut value =
-                || words.next().ok_or_else(|| VipParseError::MissingValue(kw.to_string()));
-            match kw {
+        let once = |opt: &str, given: bool| {
+            if given {
+                Err(E::Duplicate(opt.to_string()))
+            } else {
+                Ok(())
+            }
+        };
+        let ipv4_only = |opt: &str| {
+            if ipv4 {
+                Ok(())
+            } else {
+                Err(E::Ipv4Only(opt.to_string()))
+            }
+        };
+        while let Some(opt) = words.next() {
+            let mut value = |what: &'static str| {
+                words.next().ok_or_else(|| E::MissingValue { option: opt.to_string(), what })
+            };
+            match opt {
                 "dev" => {
-                    let v = value()?;
-                    if vip.dev.is_some() {
-                        return Err(VipParseError::Duplicate(kw.into()));
-                    }
-                    if v.len() > IFNAME_MAX || v.contains('/') {
-                        return Err(VipParseError::BadDev(v.into()));
+                    once(opt, vip.dev.is_some())?;
+                    let v = value("an interface name")?;
+                    if !valid_ifname(v) {
+                        return Err(E::BadDev(v.into()));
                     }
                     vip.dev = Some(v.into());
                 }
                 "label" => {
-                    let v = value()?;
-                    if vip.label.is_some() {
-                        return Err(VipParseError::Duplicate(kw.into()));
-                    }
+                    once(opt, vip.label.is_some())?;
+                    let v = value("a label")?;
+                    ipv4_only(opt)?;
                     if v.len() > IFNAME_MAX {
-                        return Err(VipParseError::LabelTooLong(v.into()));
+                        return Err(E::LabelTooLong(v.into()));
                     }
                     vip.label = Some(v.into());
                 }
                 "scope" => {
-                    let v = value()?;
-                    seen_flag(kw, &mut scope_seen)?;
+                    flag(opt, &mut scope_seen)?;
+                    let v = value("a scope")?;
+                    ipv4_only(opt)?;
                     vip.scope = v.parse()?;
                 }
                 "brd" | "broadcast" => {
-                    let v = value()?;
-                    if vip.broadcast.is_some() {
-                        return Err(VipParseError::Duplicate(kw.into()));
-                    }
-                    let b: Ipv4Addr =
-                        v.parse().map_err(|_| VipParseError::BadBroadcast(v.into()))?;
+                    once(opt, vip.broadcast.is_some())?;
+                    let v = value("an IPv4 address")?;
+                    ipv4_only(opt)?;
+                    let b: Ipv4Addr = v.parse().map_err(|_| E::BadBroadcast {
+                        option: opt.to_string(),
+                        value: v.to_string(),
+                    })?;
                     vip.broadcast = Some(b);
                 }
-                "noprefixroute" => seen_flag(kw, &mut vip.no_prefix_route)?,
-                "home" => seen_flag(kw, &mut vip.home)?,
-                "no_track" => seen_flag(kw, &mut vip.no_track)?,
+                "noprefixroute" => flag(opt, &mut vip.no_prefix_route)?,
+                "home" => flag(opt, &mut vip.home)?,
+                "no_track" => flag(opt, &mut vip.no_track)?,
                 "peer" | "autojoin" | "track_group" | "-nodad" | "nodad" | "preferred_lft" => {
-                    return Err(VipParseError::Unsupported(kw.into()))
+                    return Err(E::Unsupported(opt.into()))
                 }
-                other => return Err(VipParseError::UnknownKeyword(other.into())),
-            }
-        }
-        if addr.is_ipv6() {
-            if vip.label.is_some() {
-                return Err(VipParseError::Ipv4Only("label"));
-            }
-            if vip.broadcast.is_some() {
-                return Err(VipParseError::Ipv4Only("brd"));
-            }
-            if scope_seen {
-                return Err(VipParseError::Ipv4Only("scope"));
+                other => return Err(E::UnknownKeyword(other.into())),
             }
         }
         if let (Some(label), Some(dev)) = (&vip.label, &vip.dev) {
@@ -290,9 +346,10 @@ impl FromStr for VirtualIpAddress {
     }
 }
 
-/// Linux convention (enforced by iproute2): an IPv4 label starts with the device name.
+/// Linux convention: an IPv4 label is the device name or starts with `<dev>:` (iproute2
+/// only checks the prefix; ha-lb also requires the colon so `eth1…` never labels `eth10`).
 pub fn check_label(label: &str, dev: &str) -> Result<(), VipParseError> {
-    if label.starts_with(dev) {
+    if label == dev || label.strip_prefix(dev).is_some_and(|rest| rest.starts_with(':')) {
         Ok(())
     } else {
         Err(VipParseError::LabelPrefix { label: label.into(), dev: dev.into() })
@@ -819,8 +876,9 @@ mod tests {
         let v = parse("  10.1.1.1/16   brd 10.1.255.255 scope link  ").unwrap();
         assert_eq!(v.broadcast, Some(Ipv4Addr::new(10, 1, 255, 255)));
         assert_eq!(v.scope, Scope::Link);
-        assert_eq!(parse("10.1.1.1 scope 42").unwrap().scope, Scope::Other(42));
         assert_eq!(parse("10.1.1.1 scope host").unwrap().scope, Scope::Host);
+        assert_eq!(parse("10.1.1.1/024").unwrap().prefix_len, 24);
+        assert_eq!(parse("10.1.1.1 label eth0 dev eth0").unwrap().label.as_deref(), Some("eth0"));
         assert_eq!(
             parse("10.1.1.1 broadcast 10.1.1.255").unwrap().broadcast,
             Some(Ipv4Addr::new(10, 1, 1, 255))
@@ -837,28 +895,46 @@ mod tests {
             ("   ", Empty),
             ("10.0.0.300", BadAddress("10.0.0.300".into())),
             ("eth0", BadAddress("eth0".into())),
-            ("10.0.0.1/33", BadPrefix("33".into())),
+            ("0.0.0.0", NotAssignable { addr: [0, 0, 0, 0].into(), what: "unspecified" }),
+            ("127.0.0.2/8", NotAssignable { addr: [127, 0, 0, 2].into(), what: "loopback" }),
+            ("::1", NotAssignable { addr: "::1".parse().unwrap(), what: "loopback" }),
+            ("224.0.0.18", NotAssignable { addr: [224, 0, 0, 18].into(), what: "multicast" }),
+            ("10.0.0.1/33", PrefixOutOfRange { prefix: "33".into(), max: 32 }),
+            ("10.0.0.1/99999", PrefixOutOfRange { prefix: "99999".into(), max: 32 }),
             ("10.0.0.1/", BadPrefix("".into())),
             ("10.0.0.1/+8", BadPrefix("+8".into())),
-            ("2001:db8::1/129", BadPrefix("129".into())),
-            ("10.0.0.1/24 dev", MissingValue("dev".into())),
-            ("10.0.0.1 label", MissingValue("label".into())),
+            ("10.0.0.1/x", BadPrefix("x".into())),
+            ("2001:db8::1/129", PrefixOutOfRange { prefix: "129".into(), max: 128 }),
+            ("10.0.0.1/24 dev", MissingValue { option: "dev".into(), what: "an interface name" }),
+            ("10.0.0.1 label", MissingValue { option: "label".into(), what: "a label" }),
             ("10.0.0.1 dev eth0 dev eth1", Duplicate("dev".into())),
             ("10.0.0.1 scope link scope host", Duplicate("scope".into())),
+            ("10.0.0.1 brd 10.0.0.255 broadcast 10.0.0.255", Duplicate("broadcast".into())),
             ("10.0.0.1 home home", Duplicate("home".into())),
+            ("10.0.0.1 no_track no_track", Duplicate("no_track".into())),
             ("10.0.0.1 frobnicate", UnknownKeyword("frobnicate".into())),
             ("10.0.0.1 peer 10.0.0.2", Unsupported("peer".into())),
             ("10.0.0.1 scope galaxy", BadScope("galaxy".into())),
-            ("10.0.0.1 scope 256", BadScope("256".into())),
-            ("10.0.0.1 brd ::1", BadBroadcast("::1".into())),
-            ("2001:db8::1 label eth0:1", Ipv4Only("label")),
-            ("2001:db8::1 brd 10.0.0.255", Ipv4Only("brd")),
-            ("2001:db8::1 scope link", Ipv4Only("scope")),
+            ("10.0.0.1 scope 42", BadScope("42".into())),
+            ("10.0.0.1 scope universe", BadScope("universe".into())),
+            (
+                "10.0.0.1 broadcast ::1",
+                BadBroadcast { option: "broadcast".into(), value: "::1".into() },
+            ),
+            ("2001:db8::1 label eth0:1", Ipv4Only("label".into())),
+            ("2001:db8::1 brd 10.0.0.255", Ipv4Only("brd".into())),
+            ("2001:db8::1 scope link", Ipv4Only("scope".into())),
             ("10.0.0.1 dev averyveryverylongname", BadDev("averyveryverylongname".into())),
+            ("10.0.0.1 dev eth0:1", BadDev("eth0:1".into())),
+            ("10.0.0.1 dev ..", BadDev("..".into())),
             ("10.0.0.1 label eth0:0123456789abc", LabelTooLong("eth0:0123456789abc".into())),
             (
                 "10.0.0.1 dev eth0 label eth1:1",
                 LabelPrefix { label: "eth1:1".into(), dev: "eth0".into() },
+            ),
+            (
+                "10.0.0.1 dev eth1 label eth10:1",
+                LabelPrefix { label: "eth10:1".into(), dev: "eth1".into() },
             ),
         ];
         for (line, want) in cases {
@@ -867,12 +943,44 @@ mod tests {
     }
 
     #[test]
+    fn error_messages_read_after_the_entry() {
+        let msg = |line: &str| parse(line).unwrap_err().to_string();
+        assert_eq!(msg("10.0.0.1/33"), "prefix length 33 is out of range 0..=32");
+        assert_eq!(msg("10.0.0.1 dev"), "option dev needs an interface name");
+        assert_eq!(
+            msg("10.0.0.1 scope galaxy"),
+            "scope \"galaxy\" is not one of global, site, link, host, nowhere"
+        );
+        assert_eq!(msg("10.0.0.1 brd x"), "brd \"x\" is not an IPv4 address");
+        assert_eq!(
+            msg("10.0.0.1 dev eth0 label eth1:1"),
+            "label \"eth1:1\" must be \"eth0\" or start with \"eth0:\""
+        );
+        assert_eq!(
+            msg("10.0.0.1 peer 10.0.0.2"),
+            "option \"peer\" is not supported by ha-lb \
+             (supported: dev, label, scope, brd, noprefixroute, home, no_track)"
+        );
+    }
+
+    #[test]
+    fn family_and_device() {
+        let v = parse("192.0.2.1 label eth0:1").unwrap();
+        assert_eq!(v.family(), AddrFamily::Ipv4);
+        assert_eq!(v.device("eth0"), "eth0");
+        assert_eq!(parse("2001:db8::1 dev eth1").unwrap().device("eth0"), "eth1");
+        assert_eq!(parse("2001:db8::1").unwrap().family(), AddrFamily::Ipv6);
+    }
+
+    #[test]
     fn scope_round_trip() {
-        for s in ["global", "site", "link", "host", "nowhere", "7"] {
+        for s in Scope::NAMES {
             let sc: Scope = s.parse().unwrap();
-            assert_eq!(sc.to_string(), s);
+            assert_eq!(sc.to_string(), *s);
             assert_eq!(Scope::from_raw(sc.to_raw()), sc);
         }
+        // Unnamed kernel scopes display as numbers.
+        assert_eq!(Scope::from_raw(7).to_string(), "7");
     }
 
     fn ia(addr: &str, flags: u32, scope: Scope) -> InterfaceAddress {
