@@ -1,6 +1,16 @@
-use clap::Parser;
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-/// ha-lb: highly available L4 load balancer (VRRP + XDP, with a kernel IPVS fallback).
+use clap::{Parser, Subcommand};
+use ha_lb::{
+    config,
+    control::{self, Request, Response},
+    status,
+};
+
+const DEFAULT_CONFIG: &str = "/etc/ha-lb/ha-lb.toml";
+
+/// ha-lb: a highly available L4 load balancer — VRRP election (keepalived-compatible) and
+/// XDP forwarding to real servers, with kernel IPVS as the fallback.
 #[derive(Parser, Debug)]
 #[command(name = "ha-lb", version, about, long_about = None)]
 struct Cli {
@@ -8,19 +18,128 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(clap::Subcommand, Debug)]
+#[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run the daemon in the foreground.
+    /// Run the daemon in the foreground, logging to stderr.
+    ///
+    /// SIGHUP reloads the file: a valid one is applied as a difference (no VIP flap, no
+    /// connection loss); an invalid one is rejected with its errors and the running
+    /// configuration stays. SIGTERM/SIGINT stop gracefully: masters hand their VIPs over
+    /// (priority-0 advert, VIPs kept until a backup has taken over), then XDP programs are
+    /// detached. A second signal removes the VIPs at once.
     Run {
         /// Configuration file.
-        #[arg(short, long, default_value = "/etc/ha-lb/ha-lb.toml")]
-        config: std::path::PathBuf,
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Log filter (tracing's env-filter syntax), e.g. `info` or `ha_lb=debug`.
+        /// RUST_LOG overrides it.
+        #[arg(long, default_value = "info")]
+        log: String,
+    },
+    /// Check a configuration file, like `keepalived -t`: prints every error as
+    /// `file:line:col: message`; exit status 0 when valid, 1 when not.
+    Check {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Show VRRP instances, virtual servers and real servers of the running daemon (over its
+    /// root-only control socket), like `ipvsadm -Ln --stats`.
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Control socket of the daemon.
+        #[arg(long, default_value = config::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Ask the running daemon to reload its configuration (same as SIGHUP), and report
+    /// whether it was applied or rejected.
+    Reload {
+        #[arg(long, default_value = config::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { config } => anyhow::bail!("not implemented yet: run -c {}", config.display()),
+        Cmd::Run { config, log } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log));
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("ha-lb: starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(ha_lb::daemon::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ha-lb: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Check { config } => match config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: valid ({} vrrp_instance, {} virtual_server)",
+                    config.display(),
+                    c.vrrp_instances.len(),
+                    c.virtual_servers.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Status { json, socket } => {
+            match control::request(&socket, &Request::Status, Duration::from_secs(5)) {
+                Ok(Response::Status(s)) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                    } else {
+                        print!("{}", status::render(&s));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Ok(other) => {
+                    eprintln!("ha-lb: unexpected answer: {other:?}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("ha-lb: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Reload { socket } => {
+            match control::request(&socket, &Request::Reload, Duration::from_secs(30)) {
+                Ok(Response::Reloaded) => {
+                    println!("reloaded");
+                    ExitCode::SUCCESS
+                }
+                Ok(Response::Error { message }) => {
+                    eprintln!("{message}");
+                    ExitCode::FAILURE
+                }
+                Ok(other) => {
+                    eprintln!("ha-lb: unexpected answer: {other:?}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("ha-lb: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

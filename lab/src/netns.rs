@@ -98,6 +98,20 @@ impl Lab {
         Ok(pid)
     }
 
+    /// Like [`Lab::spawn`], with stdout and stderr appended to `log` (so a failing test can
+    /// show what a daemon said).
+    pub fn spawn_logged(&mut self, node: &Node, cmd: &mut Command, log: &Path) -> Result<u32> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let child = node.spawn_stdio(cmd, Stdio::from(f.try_clone()?), Stdio::from(f))?;
+        let pid = child.id();
+        self.children.push(child);
+        Ok(pid)
+    }
+
     /// Sends SIGKILL to a process started with [`Lab::spawn`] and reaps it.
     pub fn kill(&mut self, pid: u32) {
         if let Some(i) = self.children.iter().position(|c| c.id() == pid) {
@@ -215,6 +229,11 @@ impl Node {
     /// `cmd` must not already name a namespace; its program and args are wrapped in
     /// `ip netns exec`.
     pub fn spawn(&self, cmd: &mut Command) -> Result<Child> {
+        self.spawn_stdio(cmd, Stdio::inherit(), Stdio::inherit())
+    }
+
+    /// [`Node::spawn`] with the given stdout and stderr.
+    pub fn spawn_stdio(&self, cmd: &mut Command, stdout: Stdio, stderr: Stdio) -> Result<Child> {
         let mut wrapped = Command::new("ip");
         wrapped.args(["netns", "exec", &self.ns]).arg(cmd.get_program()).args(cmd.get_args());
         for (k, v) in cmd.get_envs() {
@@ -226,7 +245,7 @@ impl Node {
         if let Some(d) = cmd.get_current_dir() {
             wrapped.current_dir(d);
         }
-        wrapped.stdin(Stdio::null());
+        wrapped.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         wrapped.spawn().with_context(|| format!("spawning {:?} in {}", cmd.get_program(), self.ns))
     }
 

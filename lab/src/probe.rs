@@ -49,18 +49,25 @@ impl ProbeLog {
         gap
     }
 
-    /// Longest gap after `from` (e.g. the moment the master was killed): time from the last
-    /// answer before `from` to the first answer after it, minus one interval; zero if no
-    /// probe was lost.
+    /// The outage caused by an event at `from` (e.g. the master was killed): the longest
+    /// stretch between two consecutively answered probes that ends after `from`, minus one
+    /// probe interval; zero if no probe was lost. (The event itself takes a few ms to land,
+    /// so answers can still arrive just after `from`.)
     pub fn outage_after(&self, from: Duration) -> Option<Duration> {
         let mut seqs: Vec<u16> = self.answered.iter().map(|(s, _)| *s).collect();
         seqs.sort_unstable();
         seqs.dedup();
         let times: Vec<Duration> =
             seqs.iter().filter_map(|s| self.sent.get(*s as usize).copied()).collect();
-        let before = times.iter().rev().find(|t| **t <= from).copied().unwrap_or(Duration::ZERO);
-        let after = times.iter().find(|t| **t > from).copied()?;
-        Some((after - before).saturating_sub(self.interval))
+        times.last().filter(|t| **t > from)?;
+        let first = times.iter().rev().find(|t| **t <= from).copied().unwrap_or(Duration::ZERO);
+        let mut prev = first;
+        let mut gap = Duration::ZERO;
+        for t in times.iter().filter(|t| **t > from) {
+            gap = gap.max(*t - prev);
+            prev = *t;
+        }
+        Some(gap.saturating_sub(self.interval))
     }
 }
 
@@ -193,6 +200,11 @@ mod tests {
         assert_eq!(log.lost(), 4);
         assert_eq!(log.longest_gap(), ms(50));
         assert_eq!(log.outage_after(ms(25)), Some(ms(40)), "4 probes lost = 40 ms");
+        assert_eq!(
+            log.outage_after(ms(15)),
+            Some(ms(40)),
+            "answers just after the event do not hide the gap"
+        );
         assert_eq!(log.outage_after(ms(75)), Some(ms(0)));
         assert_eq!(summary(&[ms(3), ms(1), ms(2)]), (ms(1), ms(2), ms(3)));
     }

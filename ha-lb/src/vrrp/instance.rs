@@ -237,3 +237,114 @@ async fn execute<T: VrrpTransport, V: VipManager>(
         }
     }
 }
+
+/// Resolves a configured `vrrp_instance` against the host (interfaces, source address) and
+/// starts it: raw socket, VIP manager, GARP/NA driver and the instance task.
+pub async fn start(
+    inst: &crate::config::VrrpInstance,
+    rtnl: &super::vip::Rtnl,
+    events: mpsc::Sender<InstanceEvent>,
+) -> anyhow::Result<InstanceHandle> {
+    use anyhow::Context as _;
+
+    use super::{
+        garp::{ipv6_forwarding, run_garp, PacketGarpSender},
+        machine,
+        packet::{Auth, Version},
+        socket::{RawVrrpSocket, TransportConfig, VrrpMode},
+        vip::LinkMonitor,
+    };
+    use crate::config::{AddrFamily, Authentication, VrrpVersion};
+
+    let link = rtnl.link_by_name(&inst.interface).await?.with_context(|| {
+        format!("vrrp_instance {}: interface {} not found", inst.name, inst.interface)
+    })?;
+    let iface = link.interface();
+    let ipv6 = inst.family() == AddrFamily::Ipv6;
+    let vip_addrs: Vec<IpAddr> = inst.virtual_ipaddress.iter().map(|v| v.addr).collect();
+    let source = match inst.unicast_src_ip {
+        Some(a) => a,
+        None => rtnl.vrrp_source_address(&iface, ipv6, &vip_addrs).await?.with_context(|| {
+            format!(
+                "vrrp_instance {}: interface {} has no {} address to send adverts from",
+                inst.name,
+                inst.interface,
+                if ipv6 { "link-local IPv6" } else { "IPv4" }
+            )
+        })?,
+    };
+    let mode = if inst.unicast_peer.is_empty() {
+        VrrpMode::multicast_for(source)
+    } else {
+        VrrpMode::Unicast { peers: inst.unicast_peer.clone() }
+    };
+    let transport = RawVrrpSocket::open(TransportConfig { interface: iface.clone(), source, mode })
+        .with_context(|| format!("vrrp_instance {}: opening the VRRP socket", inst.name))?;
+
+    let mut mc = machine::Config::new(inst.virtual_router_id, source, vip_addrs);
+    mc.version = match inst.version {
+        VrrpVersion::V2 => Version::V2,
+        VrrpVersion::V3 => Version::V3,
+    };
+    mc.priority = inst.priority;
+    mc.advert_int_cs = (inst.advert_int.as_millis() / 10).clamp(1, u16::MAX as u128) as u16;
+    mc.nopreempt = inst.nopreempt;
+    mc.preempt_delay = inst.preempt_delay;
+    mc.unicast_peers = inst.unicast_peer.clone();
+    mc.auth = match &inst.authentication {
+        Some(Authentication::Pass(p)) => Auth::password(p),
+        None => Auth::None,
+    };
+    // The GARP schedule below sends keepalived's master bursts, second one included.
+    mc.garp_master_delay = None;
+    let machine = Machine::new(mc).with_context(|| format!("vrrp_instance {}", inst.name))?;
+
+    let mut vips = Vec::new();
+    for v in &inst.virtual_ipaddress {
+        let dev = v.device(&inst.interface);
+        let on = if dev == iface.name {
+            iface.clone()
+        } else {
+            rtnl.link_by_name(dev)
+                .await?
+                .with_context(|| {
+                    format!("vrrp_instance {}: VIP {v}: interface {dev} not found", inst.name)
+                })?
+                .interface()
+        };
+        vips.push((v.clone(), on));
+    }
+
+    let garp_config = GarpConfig {
+        master_delay: inst.garp.master_delay,
+        master_repeat: inst.garp.master_repeat,
+        master_refresh: inst.garp.master_refresh.unwrap_or_default(),
+        master_refresh_repeat: inst.garp.master_refresh_repeat,
+        ..GarpConfig::default()
+    };
+    let router = ipv6 && ipv6_forwarding(&iface.name).unwrap_or(false);
+    let mac = link.mac.with_context(|| {
+        format!(
+            "vrrp_instance {}: interface {} has no MAC address for GARP",
+            inst.name, inst.interface
+        )
+    })?;
+    let sender = PacketGarpSender::new(&iface, mac, router)
+        .with_context(|| format!("vrrp_instance {}: opening the GARP socket", inst.name))?;
+    let (garp_tx, garp_rx) = mpsc::channel(16);
+    tokio::spawn(run_garp(garp_config.clone(), sender, garp_rx));
+
+    Ok(spawn(
+        InstanceParts {
+            name: inst.name.clone(),
+            machine,
+            transport,
+            vip_manager: rtnl.clone(),
+            vips,
+            rx_options: RxOptions::default(),
+            garp: garp_tx,
+            garp_config,
+        },
+        events,
+    ))
+}

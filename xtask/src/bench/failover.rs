@@ -103,8 +103,7 @@ fn start(
             c
         }
     };
-    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-    t.lab.spawn(&node, &mut cmd)
+    t.lab.spawn_logged(&node, &mut cmd, &dir.join(format!("{router}.log")))
 }
 
 fn holds_vip(node: &Node) -> bool {
@@ -230,7 +229,7 @@ pub fn run(runs: usize, peers: &[Peer], settings: &[Setting]) -> Result<()> {
             );
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
     println!("{report}");
+    println!("(daemon logs of every run: {})", dir.display());
     Ok(())
 }

@@ -1,0 +1,847 @@
+//! `ha-lb run`: wiring and the event loop.
+//!
+//! Everything that changes state arrives as an event — VRRP state changes, tracking
+//! updates, health results, control requests, signals — and is handled here, one at a time.
+//! The reconciler computes the desired services and the data plane applies the difference;
+//! nothing else writes maps or VIPs.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+    task::JoinHandle,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    bpf,
+    config::{self, Config, Notify, Script, ScriptUser, VrrpInstance},
+    control::{self, Request, Response},
+    dataplane::{Dataplane, NoDataplane},
+    health::{CheckTarget, HealthChecker, HealthEvent, HealthOptions},
+    reconcile::{DesiredService, Reconciler},
+    script::{self, RunOptions},
+    status::{InstanceStatus, RealServerStatus, Status, VirtualServerStatus},
+    vrrp::{
+        instance::{self, InstanceCommand, InstanceEvent, InstanceHandle},
+        machine::State,
+        track::{self, TrackUpdate, Tracker},
+        vip::{LinkEvent, LinkMonitor, LinkWatch, Rtnl, RtnlLinkWatcher},
+    },
+};
+
+/// Notify hooks get this long before their process group is killed.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Running {
+    handle: InstanceHandle,
+    cfg: VrrpInstance,
+    tracker: Tracker,
+    /// What was last sent to the instance: (fault, priority adjustment).
+    sent: (bool, i32),
+}
+
+/// The VRRP fast-path filter, when this build has its eBPF object.
+struct Filter {
+    bpf: bpf::Bpf,
+    interfaces: BTreeSet<String>,
+}
+
+pub struct Daemon {
+    config_path: PathBuf,
+    config: Arc<Config>,
+    started: Instant,
+    rtnl: Rtnl,
+    instances: BTreeMap<String, Running>,
+    /// Instances being stopped for a restart (reload changed their VRRP parameters).
+    restarting: BTreeSet<String>,
+    link_up: BTreeMap<String, bool>,
+    ifnames: BTreeMap<u32, String>,
+    track_tasks: Vec<JoinHandle<()>>,
+    group_state: BTreeMap<String, State>,
+    health: HealthChecker,
+    reconciler: Reconciler,
+    desired: Vec<DesiredService>,
+    dataplane: Box<dyn Dataplane>,
+    filter: Option<Filter>,
+    reloads: u64,
+    reloads_rejected: u64,
+    events_tx: mpsc::Sender<InstanceEvent>,
+    track_tx: mpsc::Sender<TrackUpdate>,
+    restart_tx: mpsc::Sender<String>,
+}
+
+/// Loads `path` and runs until SIGTERM/SIGINT. Config errors are returned with every
+/// `file:line:col` message.
+pub async fn run(config_path: PathBuf) -> Result<()> {
+    let config = Arc::new(config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let rtnl = Rtnl::new().context("opening rtnetlink")?;
+    let mut link_watch = RtnlLinkWatcher::new().context("subscribing to link changes")?;
+
+    let dataplane: Box<dyn Dataplane> = match config.global.dataplane {
+        config::Dataplane::None => Box::new(NoDataplane::default()),
+        other => bail!(
+            "dataplane \"{}\" is not available in this build yet; use dataplane = \"none\"",
+            other.as_str()
+        ),
+    };
+
+    let (events_tx, mut events_rx) = mpsc::channel(256);
+    let (track_tx, mut track_rx) = mpsc::channel(256);
+    let (restart_tx, mut restart_rx) = mpsc::channel(16);
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<control::Incoming>(16);
+    let ctl_path = config.global.control_socket.clone();
+    // Bind first: a second daemon on the same socket must fail before touching anything.
+    let ctl = tokio::spawn(control::serve(ctl_path.clone(), ctl_tx));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    if ctl.is_finished() {
+        return ctl.await?.context("control socket");
+    }
+
+    let (health, mut health_rx) =
+        HealthChecker::start(CheckTarget::from_config(&config), health_options(&config));
+    let reconciler = Reconciler::new(config.clone());
+    let mut d = Daemon {
+        config_path,
+        config: config.clone(),
+        started: Instant::now(),
+        rtnl,
+        instances: BTreeMap::new(),
+        restarting: BTreeSet::new(),
+        link_up: BTreeMap::new(),
+        ifnames: BTreeMap::new(),
+        track_tasks: Vec::new(),
+        group_state: BTreeMap::new(),
+        health,
+        reconciler,
+        desired: Vec::new(),
+        dataplane,
+        filter: None,
+        reloads: 0,
+        reloads_rejected: 0,
+        events_tx,
+        track_tx,
+        restart_tx,
+    };
+    d.reconcile("start-up");
+    d.attach_filter();
+    for inst in config.vrrp_instances.clone() {
+        if let Err(e) = d.start_instance(&inst).await {
+            d.stop_all(tokio::sync::watch::channel(true).1).await;
+            return Err(e);
+        }
+    }
+    d.start_track_tasks();
+    d.apply_tracking().await;
+    info!(config = %d.config_path.display(), instances = d.instances.len(), virtual_servers = config.virtual_servers.len(), dataplane = d.dataplane.kind(), "ha-lb running");
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            Some(ev) = events_rx.recv() => d.on_instance_event(ev),
+            Some(u) = track_rx.recv() => { d.on_track(u); d.apply_tracking().await; }
+            Some(ev) = health_rx.recv() => d.on_health(ev),
+            Some(ev) = link_watch.next() => {
+                if let Some(u) = d.on_link(ev) { d.on_track(u); d.apply_tracking().await; }
+            }
+            Some(name) = restart_rx.recv() => d.finish_restart(&name).await,
+            Some((req, reply)) = ctl_rx.recv() => {
+                let resp = match req {
+                    Request::Status => Response::Status(Box::new(d.status())),
+                    Request::Reload => match d.reload().await {
+                        Ok(()) => Response::Reloaded,
+                        Err(message) => Response::Error { message },
+                    },
+                };
+                let _ = reply.send(resp);
+            }
+            _ = hup.recv() => { let _ = d.reload().await; }
+            _ = term.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { info!("SIGINT: stopping"); break; }
+        }
+    }
+    // A second signal during the graceful stop forces the VIPs off at once.
+    let (force_tx, force_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        warn!("second signal: removing VIPs now");
+        let _ = force_tx.send(true);
+    });
+    d.stop_all(force_rx).await;
+    ctl.abort();
+    let _ = std::fs::remove_file(&ctl_path);
+    info!("ha-lb stopped");
+    Ok(())
+}
+
+fn health_options(config: &Config) -> HealthOptions {
+    HealthOptions { script_user: config.global.script_user.clone(), ..HealthOptions::default() }
+}
+
+fn run_options(user: Option<&ScriptUser>, timeout: Duration) -> RunOptions {
+    let mut opts = RunOptions::with_timeout(timeout);
+    match script::script_credentials(user.map(|u| (u.user.as_str(), u.group.as_deref()))) {
+        Ok(c) => opts.credentials = c,
+        Err(e) => warn!(error = %e, "script user not found; running scripts as the daemon's user"),
+    }
+    opts
+}
+
+/// keepalived's notify argument for a state.
+fn notify_state(s: State) -> Option<&'static str> {
+    match s {
+        State::Master => Some("MASTER"),
+        State::Backup => Some("BACKUP"),
+        State::Fault => Some("FAULT"),
+        State::Initialize => Some("STOP"),
+        // Still serving during a make-before-break stop: notify_stop comes at the end.
+        State::Stopping => None,
+    }
+}
+
+fn run_notify(
+    notify: &Notify,
+    kind: &str,
+    name: &str,
+    state: &str,
+    priority: u8,
+    opts: &RunOptions,
+) {
+    let specific = match state {
+        "MASTER" => &notify.notify_master,
+        "BACKUP" => &notify.notify_backup,
+        "FAULT" => &notify.notify_fault,
+        _ => &notify.notify_stop,
+    };
+    if let Some(Script { argv }) = specific {
+        script::spawn_logged(
+            format!("notify_{} {kind} {name}", state.to_lowercase()),
+            argv.clone(),
+            opts.clone(),
+        );
+    }
+    if let Some(Script { argv }) = &notify.notify {
+        let mut a = argv.clone();
+        a.extend([kind.to_string(), name.to_string(), state.to_string(), priority.to_string()]);
+        script::spawn_logged(format!("notify {kind} {name}"), a, opts.clone());
+    }
+}
+
+impl Daemon {
+    fn attach_filter(&mut self) {
+        let wanted: BTreeSet<String> =
+            self.config.vrrp_instances.iter().map(|i| i.interface.clone()).collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let mut b = match bpf::Bpf::load(tracing::Level::WARN) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "VRRP fast-path filter unavailable; the daemon validates every advert itself");
+                return;
+            }
+        };
+        b.spawn_log_forwarder();
+        let mut attached = BTreeSet::new();
+        for ifname in &wanted {
+            match b.attach_xdp(bpf::PROG_VRRP_FILTER, ifname) {
+                Ok(_) => {
+                    attached.insert(ifname.clone());
+                }
+                Err(e) => {
+                    warn!(interface = %ifname, error = %e, "VRRP fast-path filter not attached")
+                }
+            }
+        }
+        let mut f = Filter { bpf: b, interfaces: attached };
+        if let Err(e) = self.update_filter_vrids(&mut f) {
+            warn!(error = %e, "filling the VRRP filter's VRID map failed; detaching it");
+            return;
+        }
+        self.filter = Some(f);
+    }
+
+    fn update_filter_vrids(&self, f: &mut Filter) -> Result<()> {
+        use ha_lb_common::vrrp::{version_bit, VrrpVridKey, VrrpVridValue, FAMILY_V4, FAMILY_V6};
+        let mut wanted: BTreeMap<VrrpVridKey, VrrpVridValue> = BTreeMap::new();
+        for i in &self.config.vrrp_instances {
+            if !f.interfaces.contains(&i.interface) {
+                continue;
+            }
+            let Some(ifindex) = self
+                .ifnames
+                .iter()
+                .find(|(_, n)| **n == i.interface)
+                .map(|(k, _)| *k)
+                .or_else(|| ifindex_of(&i.interface))
+            else {
+                continue;
+            };
+            let family = if i.family() == config::AddrFamily::Ipv6 { FAMILY_V6 } else { FAMILY_V4 };
+            let e =
+                wanted.entry(VrrpVridKey::new(ifindex, i.virtual_router_id, family)).or_default();
+            e.versions |= version_bit(i.version.number());
+        }
+        bpf::vrrp_filter::set_vrids(&mut f.bpf, &wanted)?;
+        Ok(())
+    }
+
+    async fn start_instance(&mut self, inst: &VrrpInstance) -> Result<()> {
+        let handle = instance::start(inst, &self.rtnl, self.events_tx.clone()).await?;
+        let mut tracker = Tracker::default();
+        for ifname in std::iter::once(&inst.interface)
+            .chain(inst.track_interface.iter().map(|t| &t.interface))
+        {
+            if !self.link_up.contains_key(ifname) {
+                let up = match self.rtnl.link_by_name(ifname).await {
+                    Ok(Some(l)) => {
+                        self.ifnames.insert(l.index, l.name.clone());
+                        l.is_up()
+                    }
+                    _ => false,
+                };
+                self.link_up.insert(ifname.clone(), up);
+            }
+        }
+        tracker.own_interface(&inst.interface, self.link_up[&inst.interface]);
+        for t in &inst.track_interface {
+            tracker.interface(&t.interface, self.link_up[&t.interface], t.weight);
+        }
+        info!(instance = %inst.name, interface = %inst.interface, virtual_router_id = inst.virtual_router_id, priority = inst.priority, "vrrp_instance started");
+        self.instances.insert(
+            inst.name.clone(),
+            Running { handle, cfg: inst.clone(), tracker, sent: (false, 0) },
+        );
+        Ok(())
+    }
+
+    fn start_track_tasks(&mut self) {
+        for t in self.track_tasks.drain(..) {
+            t.abort();
+        }
+        let used_scripts: BTreeSet<&str> = self
+            .config
+            .vrrp_instances
+            .iter()
+            .flat_map(|i| i.track_script.iter().map(|t| t.script.as_str()))
+            .collect();
+        for s in &self.config.vrrp_scripts {
+            if !used_scripts.contains(s.name.as_str()) {
+                continue;
+            }
+            let user = s.user.as_ref().or(self.config.global.script_user.as_ref());
+            self.track_tasks.push(track::spawn_script(
+                s.name.clone(),
+                s.script.argv.clone(),
+                s.interval,
+                run_options(user, s.timeout),
+                s.rise,
+                s.fall,
+                self.track_tx.clone(),
+            ));
+        }
+        let used_files: BTreeSet<&str> = self
+            .config
+            .vrrp_instances
+            .iter()
+            .flat_map(|i| i.track_file.iter().map(|t| t.track_file.as_str()))
+            .collect();
+        for f in &self.config.track_files {
+            if used_files.contains(f.name.as_str()) {
+                self.track_tasks.push(track::spawn_file(
+                    f.name.clone(),
+                    f.file.clone(),
+                    self.track_tx.clone(),
+                ));
+            }
+        }
+    }
+
+    fn on_link(&mut self, ev: LinkEvent) -> Option<TrackUpdate> {
+        match ev {
+            LinkEvent::Changed(l) => {
+                self.ifnames.insert(l.index, l.name.clone());
+                let up = l.is_up();
+                (self.link_up.get(&l.name) != Some(&up) && self.link_up.contains_key(&l.name))
+                    .then_some(TrackUpdate::Link { name: l.name, up })
+            }
+            other => {
+                let name = self.ifnames.get(&other.index())?.clone();
+                Some(TrackUpdate::Link { name, up: false })
+            }
+        }
+    }
+
+    fn on_track(&mut self, u: TrackUpdate) {
+        if let TrackUpdate::Link { name, up } = &u {
+            info!(interface = %name, up, "tracked interface changed");
+            self.link_up.insert(name.clone(), *up);
+        }
+        for r in self.instances.values_mut() {
+            match &u {
+                TrackUpdate::Link { name, up } => {
+                    if *name == r.cfg.interface {
+                        r.tracker.own_interface(name, *up);
+                    }
+                    for t in r.cfg.track_interface.iter().filter(|t| t.interface == *name) {
+                        r.tracker.interface(name, *up, t.weight);
+                    }
+                }
+                TrackUpdate::Script { name, ok } => {
+                    for t in r.cfg.track_script.iter().filter(|t| t.script == *name) {
+                        r.tracker.script(name, *ok, t.weight);
+                    }
+                }
+                TrackUpdate::File { name, value } => {
+                    for t in r.cfg.track_file.iter().filter(|t| t.track_file == *name) {
+                        r.tracker.file(name, *value, t.weight);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends each instance its (fault, adjustment) when it changed. Sync groups fault
+    /// together: one member in FAULT puts every member in FAULT.
+    async fn apply_tracking(&mut self) {
+        let mut group_fault: BTreeMap<String, bool> = BTreeMap::new();
+        for g in &self.config.vrrp_sync_groups {
+            let f = g
+                .group
+                .iter()
+                .any(|m| self.instances.get(m).map(|r| r.tracker.result().0).unwrap_or(false));
+            group_fault.insert(g.name.clone(), f);
+        }
+        for (name, r) in self.instances.iter_mut() {
+            let (own_fault, adjust, why) = r.tracker.result();
+            let group = self.config.sync_group_of(name).map(|g| g.name.clone());
+            let fault = own_fault || group.as_ref().map(|g| group_fault[g]).unwrap_or(false);
+            if (fault, adjust) == r.sent {
+                continue;
+            }
+            if fault != r.sent.0 {
+                if fault {
+                    let why = if why.is_empty() {
+                        format!("sync group {}", group.unwrap_or_default())
+                    } else {
+                        why.join(", ")
+                    };
+                    warn!(instance = %name, reason = %why, "entering FAULT");
+                } else {
+                    info!(instance = %name, "tracking recovered; leaving FAULT");
+                }
+                let _ = r.handle.commands.send(InstanceCommand::SetFault(fault)).await;
+            }
+            if adjust != r.sent.1 {
+                info!(instance = %name, adjust, "tracking changed the priority adjustment");
+                let _ = r.handle.commands.send(InstanceCommand::SetPriorityAdjust(adjust)).await;
+            }
+            r.sent = (fault, adjust);
+        }
+    }
+
+    fn on_instance_event(&mut self, ev: InstanceEvent) {
+        let Some(r) = self.instances.get(&ev.instance) else { return };
+        let user = self.config.global.script_user.as_ref();
+        if let Some(state) = notify_state(ev.to) {
+            run_notify(
+                &r.cfg.notify,
+                "INSTANCE",
+                &ev.instance,
+                state,
+                ev.effective_priority,
+                &run_options(user, NOTIFY_TIMEOUT),
+            );
+        }
+        // A sync group's notify runs once all its members are in the same state.
+        if let Some(g) = self.config.sync_group_of(&ev.instance).cloned() {
+            let all_same = g.group.iter().all(|m| {
+                m == &ev.instance
+                    || self
+                        .instances
+                        .get(m)
+                        .map(|r| r.handle.snapshot.borrow().state == ev.to)
+                        .unwrap_or(false)
+            });
+            if all_same && self.group_state.get(&g.name) != Some(&ev.to) {
+                self.group_state.insert(g.name.clone(), ev.to);
+                info!(sync_group = %g.name, state = ev.to.as_str(), "sync group state change");
+                if let Some(state) = notify_state(ev.to) {
+                    run_notify(
+                        &g.notify,
+                        "GROUP",
+                        &g.name,
+                        state,
+                        ev.effective_priority,
+                        &run_options(user, NOTIFY_TIMEOUT),
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_health(&mut self, ev: HealthEvent) {
+        info!(
+            virtual_server = %format!("{}:{}", ev.vs.address, ev.vs.port),
+            real_server = %ev.rs,
+            up = ev.up,
+            weight = ?ev.weight,
+            reason = %ev.reason,
+            "real server health changed"
+        );
+        if self.reconciler.on_health(&ev.vs, ev.rs, ev.up, ev.weight) {
+            self.reconcile("health");
+        }
+    }
+
+    /// Computes the desired services and applies what changed, logging each transition.
+    fn reconcile(&mut self, why: &str) {
+        let (desired, quorum) = self.reconciler.desired();
+        let user = self.config.global.script_user.clone();
+        for q in quorum {
+            let vs = self.config.virtual_server(&q.key).cloned();
+            let label = format!("{}:{}", q.key.address, q.key.port);
+            if q.up {
+                info!(virtual_server = %label, live_weight = q.live_weight, "quorum gained");
+            } else {
+                warn!(virtual_server = %label, live_weight = q.live_weight, "quorum lost");
+            }
+            if let Some(Script { argv }) =
+                vs.and_then(|v| if q.up { v.quorum_up } else { v.quorum_down })
+            {
+                script::spawn_logged(
+                    format!("quorum_{} {label}", if q.up { "up" } else { "down" }),
+                    argv,
+                    run_options(user.as_ref(), NOTIFY_TIMEOUT),
+                );
+            }
+        }
+        if desired == self.desired {
+            return;
+        }
+        log_diff(&self.desired, &desired, why);
+        if let Err(e) = self.dataplane.apply(&desired) {
+            error!(error = %e, "applying the desired services to the data plane failed");
+        }
+        self.desired = desired;
+    }
+
+    /// SIGHUP / `reload`: a valid new file is applied as a difference; an invalid one is
+    /// rejected with its errors and the running configuration stays.
+    async fn reload(&mut self) -> std::result::Result<(), String> {
+        let new = match config::load(&self.config_path) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                self.reloads_rejected += 1;
+                for line in e.to_string().lines() {
+                    error!("{line}");
+                }
+                error!("reload rejected; the running configuration stays in force");
+                return Err(e.to_string());
+            }
+        };
+        if new.global.dataplane != self.config.global.dataplane
+            || new.global.control_socket != self.config.global.control_socket
+        {
+            self.reloads_rejected += 1;
+            let m = "changing `dataplane` or `control_socket` needs a restart; reload rejected"
+                .to_string();
+            error!("{m}");
+            return Err(m);
+        }
+        let old = std::mem::replace(&mut self.config, new.clone());
+        // Instances: removed ones stop (make-before-break), changed ones restart once their
+        // old task has handed over, new ones start.
+        let new_names: BTreeSet<&str> =
+            new.vrrp_instances.iter().map(|i| i.name.as_str()).collect();
+        let gone: Vec<String> =
+            self.instances.keys().filter(|n| !new_names.contains(n.as_str())).cloned().collect();
+        for name in gone {
+            info!(instance = %name, "vrrp_instance removed by reload; stopping it");
+            if let Some(r) = self.instances.remove(&name) {
+                let _ = r.handle.commands.send(InstanceCommand::Shutdown).await;
+            }
+        }
+        for inst in &new.vrrp_instances {
+            match self.instances.get_mut(&inst.name) {
+                None if !self.restarting.contains(&inst.name) => {
+                    if let Err(e) = self.start_instance(inst).await {
+                        error!(instance = %inst.name, error = %e, "starting vrrp_instance failed");
+                    }
+                }
+                None => {}
+                Some(r) if vrrp_params_equal(&r.cfg, inst) => {
+                    // Tracking and notify settings change in place.
+                    r.cfg = inst.clone();
+                }
+                Some(_) => {
+                    info!(instance = %inst.name, "VRRP parameters changed; restarting the instance (its election runs again)");
+                    let r = self.instances.remove(&inst.name).expect("present");
+                    let _ = r.handle.commands.send(InstanceCommand::Shutdown).await;
+                    self.restarting.insert(inst.name.clone());
+                    let tx = self.restart_tx.clone();
+                    let name = inst.name.clone();
+                    tokio::spawn(async move {
+                        let _ = r.handle.task.await;
+                        let _ = tx.send(name).await;
+                    });
+                }
+            }
+        }
+        if old.vrrp_scripts != new.vrrp_scripts
+            || old.track_files != new.track_files
+            || old.vrrp_instances != new.vrrp_instances
+        {
+            self.start_track_tasks();
+        }
+        for r in self.instances.values_mut() {
+            // Rebuild each tracker from the current link states; scripts and files report again.
+            let mut t = Tracker::default();
+            t.own_interface(&r.cfg.interface, *self.link_up.get(&r.cfg.interface).unwrap_or(&true));
+            for ti in &r.cfg.track_interface {
+                t.interface(
+                    &ti.interface,
+                    *self.link_up.get(&ti.interface).unwrap_or(&false),
+                    ti.weight,
+                );
+            }
+            r.tracker = t;
+        }
+        self.apply_tracking().await;
+        if let Some(mut f) = self.filter.take() {
+            if let Err(e) = self.update_filter_vrids(&mut f) {
+                warn!(error = %e, "updating the VRRP filter's VRIDs failed");
+            }
+            self.filter = Some(f);
+        }
+        self.health.reconfigure(CheckTarget::from_config(&new));
+        self.reconciler.set_config(new);
+        self.reconcile("reload");
+        self.reloads += 1;
+        info!(config = %self.config_path.display(), "configuration reloaded");
+        Ok(())
+    }
+
+    async fn finish_restart(&mut self, name: &str) {
+        self.restarting.remove(name);
+        if let Some(inst) = self.config.vrrp_instance(name).cloned() {
+            if let Err(e) = self.start_instance(&inst).await {
+                error!(instance = %name, error = %e, "restarting vrrp_instance failed");
+            }
+            self.apply_tracking().await;
+        }
+    }
+
+    /// Graceful stop: every instance hands over (priority 0, make-before-break), then the
+    /// XDP programs are detached.
+    async fn stop_all(&mut self, mut force: tokio::sync::watch::Receiver<bool>) {
+        let bound =
+            self.config.vrrp_instances.iter().map(|i| i.advert_int * 5).max().unwrap_or_default()
+                + Duration::from_secs(2);
+        let mut tasks = Vec::new();
+        for (_, r) in std::mem::take(&mut self.instances) {
+            let _ = r.handle.commands.send(InstanceCommand::Shutdown).await;
+            tasks.push((r.handle.name, r.handle.commands, r.handle.task));
+        }
+        let deadline = tokio::time::Instant::now() + bound;
+        for (name, commands, mut task) in tasks {
+            let forced = *force.borrow();
+            let done = !forced
+                && tokio::select! {
+                    r = tokio::time::timeout_at(deadline, &mut task) => r.is_ok(),
+                    _ = force.changed() => false,
+                };
+            if !done {
+                if !forced && !*force.borrow() {
+                    warn!(instance = %name, "did not hand over in time; removing its VIPs now");
+                }
+                // A second Shutdown removes the VIPs at once.
+                let _ = commands.send(InstanceCommand::Shutdown).await;
+                if tokio::time::timeout(Duration::from_secs(2), &mut task).await.is_err() {
+                    task.abort();
+                }
+            }
+        }
+        for t in self.track_tasks.drain(..) {
+            t.abort();
+        }
+        self.filter = None;
+    }
+
+    fn status(&self) -> Status {
+        let mut s = Status {
+            router_id: self.config.global.router_id.clone(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            config_file: self.config_path.display().to_string(),
+            dataplane: self.dataplane.kind().to_string(),
+            reloads: self.reloads,
+            reloads_rejected: self.reloads_rejected,
+            ..Default::default()
+        };
+        for inst in &self.config.vrrp_instances {
+            let snap = self.instances.get(&inst.name).map(|r| r.handle.snapshot.borrow().clone());
+            let mut counters = BTreeMap::new();
+            if let Some(sn) = &snap {
+                let c = &sn.counters;
+                counters.insert("adverts_sent".into(), c.adverts_sent);
+                counters.insert("adverts_received".into(), c.adverts_received);
+                counters.insert("adverts_ignored".into(), c.ignored_total());
+                counters.insert("rx_errors".into(), c.rx_errors.total());
+                counters.insert("became_master".into(), c.became_master);
+            }
+            s.vrrp_instances.push(InstanceStatus {
+                name: inst.name.clone(),
+                interface: inst.interface.clone(),
+                virtual_router_id: inst.virtual_router_id,
+                version: inst.version.number(),
+                state: snap
+                    .as_ref()
+                    .map(|s| s.state.as_str())
+                    .unwrap_or(if self.restarting.contains(&inst.name) {
+                        "RESTART"
+                    } else {
+                        "STOP"
+                    })
+                    .to_string(),
+                priority: inst.priority,
+                effective_priority: snap
+                    .as_ref()
+                    .map(|s| s.effective_priority)
+                    .unwrap_or(inst.priority),
+                master: snap.as_ref().and_then(|s| s.master).map(|a| a.to_string()),
+                virtual_ipaddress: inst.virtual_ipaddress.iter().map(|v| v.to_string()).collect(),
+                sync_group: self.config.sync_group_of(&inst.name).map(|g| g.name.clone()),
+                counters,
+            });
+        }
+        let counters = self.dataplane.counters();
+        for vs in &self.config.virtual_servers {
+            let key = vs.key();
+            let desired = self.desired.iter().find(|d| d.key == key);
+            let mut rss = Vec::new();
+            for rs in &vs.real_servers {
+                let in_dp = desired.and_then(|d| {
+                    d.real_servers.iter().find(|r| r.addr == rs.key() && !r.sorry_server)
+                });
+                let h = self.reconciler.health(&key, rs.key());
+                let health = match (rs.check.is_some(), h) {
+                    (false, _) => "unchecked",
+                    (true, Some(h)) if h.up => "up",
+                    _ => "down",
+                };
+                let c = counters.get(&(key, rs.key())).copied().unwrap_or_default();
+                rss.push(RealServerStatus {
+                    address: rs.key().to_string(),
+                    weight: in_dp.map(|r| r.weight).unwrap_or(0),
+                    configured_weight: rs.weight,
+                    health: health.into(),
+                    active_conns: c.active_conns,
+                    inactive_conns: c.inactive_conns,
+                    conns: c.conns,
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    sorry_server: false,
+                });
+            }
+            if let Some(sorry) = vs.sorry_server {
+                if desired.map(|d| d.sorry_active()).unwrap_or(false) {
+                    let c = counters.get(&(key, sorry)).copied().unwrap_or_default();
+                    rss.push(RealServerStatus {
+                        address: sorry.to_string(),
+                        weight: 1,
+                        configured_weight: 1,
+                        health: "sorry".into(),
+                        active_conns: c.active_conns,
+                        inactive_conns: c.inactive_conns,
+                        conns: c.conns,
+                        packets: c.packets,
+                        bytes: c.bytes,
+                        sorry_server: true,
+                    });
+                }
+            }
+            s.virtual_servers.push(VirtualServerStatus {
+                address: format!("{}", vs.socket_addr()),
+                protocol: vs.protocol.as_str().to_string(),
+                lb_algo: vs.lb_algo.as_str().to_string(),
+                lb_kind: vs.lb_kind.as_str().to_string(),
+                persistence_timeout: vs.persistence_timeout.map(|d| d.as_secs()),
+                quorum_met: desired.map(|d| d.quorum_up).unwrap_or(true),
+                sorry_server_active: desired.map(|d| d.sorry_active()).unwrap_or(false),
+                real_servers: rss,
+            });
+        }
+        if let Some(f) = &self.filter {
+            if let Ok(c) = bpf::vrrp_filter::counters(&f.bpf) {
+                s.vrrp_filter = c.named().map(|(k, v)| (k.to_string(), v)).collect();
+            }
+        }
+        s
+    }
+}
+
+fn ifindex_of(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: if_nametoindex takes a valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+/// True when two instance configs differ only in what can change without re-running the
+/// election (tracking and notify hooks).
+fn vrrp_params_equal(a: &VrrpInstance, b: &VrrpInstance) -> bool {
+    let strip = |i: &VrrpInstance| {
+        let mut i = i.clone();
+        i.track_interface.clear();
+        i.track_script.clear();
+        i.track_file.clear();
+        i.notify = Notify::default();
+        i
+    };
+    strip(a) == strip(b)
+}
+
+/// One log line per service and real-server transition: old → new, and why.
+fn log_diff(old: &[DesiredService], new: &[DesiredService], why: &str) {
+    for n in new {
+        let vs = format!("{}:{}", n.key.address, n.key.port);
+        let Some(o) = old.iter().find(|o| o.key == n.key) else {
+            info!(virtual_server = %vs, real_servers = n.real_servers.len(), reason = why, "virtual server added");
+            continue;
+        };
+        for r in &n.real_servers {
+            match o.real_servers.iter().find(|x| x.addr == r.addr) {
+                None => {
+                    info!(virtual_server = %vs, real_server = %r.addr, weight = r.weight, reason = why, "real server added")
+                }
+                Some(x) if x.weight != r.weight => {
+                    info!(virtual_server = %vs, real_server = %r.addr, from = x.weight, to = r.weight, reason = why, "real server weight changed")
+                }
+                _ => {}
+            }
+        }
+        for x in &o.real_servers {
+            if !n.real_servers.iter().any(|r| r.addr == x.addr) {
+                info!(virtual_server = %vs, real_server = %x.addr, reason = why, "real server removed");
+            }
+        }
+    }
+    for o in old {
+        if !new.iter().any(|n| n.key == o.key) {
+            info!(virtual_server = %format!("{}:{}", o.key.address, o.key.port), reason = why, "virtual server removed");
+        }
+    }
+}
