@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask setup | build-ebpf | test | demo | bench | sweep`.
 
 mod bench;
+mod demo;
 mod toolchain;
 
 use std::{
@@ -49,6 +50,9 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
+    /// The demo (README command one): sets up what is missing, builds, and runs two ha-lb
+    /// directors, three real servers and a client in a namespace lab, narrated.
+    Demo,
     /// Remove network namespaces left behind by crashed ha-lb labs (only `hlb-*` ones whose
     /// creating process is gone).
     Sweep,
@@ -95,6 +99,17 @@ fn main() -> Result<()> {
                 bench::failover::Setting { version: 3, advert_cs: 10 },
             ];
             bench::failover::run(runs, &peers, &settings)
+        }
+        Cmd::Demo => {
+            toolchain::setup(&root, false)?;
+            build_ebpf(&root)?;
+            run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(&root)
+                .args(["build", "--release", "-p", "ha-lb", "-p", "ha-lb-lab"]))?;
+            std::env::set_var("HLB_BIN_HA_LB", root.join("target/release/ha-lb"));
+            std::env::set_var("HLB_BIN_HLB_REALSERVER", root.join("target/release/hlb-realserver"));
+            sweep()?;
+            demo::run(&root)
         }
         Cmd::Sweep => {
             let n = sweep()?;

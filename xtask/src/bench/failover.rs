@@ -1,8 +1,8 @@
 //! `cargo xtask bench failover`: unavailability of the VIP when the master dies, keepalived
 //! pair vs ha-lb pair, same lab, same advert_int, interleaved runs.
 //!
-//! The master "dies" as a host would: its daemon is killed with SIGKILL and its link goes
-//! down at the same instant (a killed keepalived leaves the VIP configured, and the dead
+//! The master "dies" as a host would: its link goes down, then every process in its
+//! namespace gets SIGKILL (a killed keepalived leaves the VIP configured, and the dead
 //! host's kernel would otherwise keep answering for it). A client probes the VIP with ICMP
 //! echo every 10 ms; the gap is the time from the last answer before the kill to the first
 //! answer after it, minus one probe interval.
@@ -132,17 +132,17 @@ fn one_run(peer: Peer, setting: Setting, dir: &Path) -> Result<Duration> {
     let prober = Prober::start(&t.client, VIP, Duration::from_millis(10), window)?;
     std::thread::sleep(Duration::from_millis(500));
     let kill_at = prober.elapsed();
-    // SIGKILL everything in the master's namespace (keepalived forks a VRRP child), then
-    // the link goes down as a dead host's would.
-    let pids = master.run(|| ()).and_then(|_| {
-        let out = Command::new("ip").args(["netns", "pids", &master.ns]).output()?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    })?;
-    for pid in pids.split_whitespace() {
-        let _ = Command::new("kill").args(["-9", pid]).status();
+    // The host dies: its link goes first (nothing more leaves it, as with a crash), then
+    // SIGKILL to everything in its namespace. Killing first would let keepalived's VRRP
+    // child see its parent die and send a priority-0 advert: a graceful stop, not a crash.
+    master.ip(&["link", "set", "eth0", "down"])?;
+    let out = Command::new("ip").args(["netns", "pids", &master.ns]).output()?;
+    let pids: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+    if !pids.is_empty() {
+        let _ = Command::new("kill").arg("-9").args(&pids).status();
     }
     t.lab.kill(d1);
-    master.ip(&["link", "set", "eth0", "down"])?;
     let taken = wait_for(window, Duration::from_millis(10), || holds_vip(&backup).then_some(()));
     // Keep probing a little after takeover so the first answers are recorded.
     std::thread::sleep(Duration::from_millis(500));
