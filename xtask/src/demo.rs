@@ -68,11 +68,14 @@ fn print_status(d: &HaLb) {
     }
 }
 
+/// (time since start, the answering real server or `None` for a failed request).
+type RequestLog = Vec<(Duration, Option<String>)>;
+
 /// Client traffic in the background: one request every 20 ms, each on a new connection,
 /// recording (time, answer).
 struct Traffic {
     stop: Arc<AtomicBool>,
-    log: Arc<Mutex<Vec<(Duration, Option<String>)>>>,
+    log: Arc<Mutex<RequestLog>>,
     handle: std::thread::JoinHandle<()>,
     t0: Instant,
 }
@@ -99,7 +102,7 @@ impl Traffic {
         self.t0.elapsed()
     }
 
-    fn stop(self) -> Vec<(Duration, Option<String>)> {
+    fn stop(self) -> RequestLog {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.handle.join();
         Arc::try_unwrap(self.log).map(|m| m.into_inner().unwrap()).unwrap_or_default()
