@@ -132,7 +132,9 @@ fn one_run(peer: Peer, setting: Setting, dir: &Path) -> Result<Duration> {
     let prober = Prober::start(&t.client, VIP, Duration::from_millis(10), window)?;
     // Kill at a random phase of the master's advert timer: the outage depends on how long
     // before the crash the last advert went out, and a fixed phase would bias the medians.
-    std::thread::sleep(Duration::from_millis(500) + jitter(Duration::from_millis(setting.advert_cs as u64 * 10)));
+    std::thread::sleep(
+        Duration::from_millis(500) + jitter(Duration::from_millis(setting.advert_cs as u64 * 10)),
+    );
     let kill_at = prober.elapsed();
     // The host dies: its link goes first (nothing more leaves it, as with a crash), then
     // SIGKILL to everything in its namespace. Killing first would let keepalived's VRRP
@@ -155,7 +157,10 @@ fn one_run(peer: Peer, setting: Setting, dir: &Path) -> Result<Duration> {
 
 /// A pseudo-random duration in [0, max), from the clock (no RNG dependency needed).
 fn jitter(max: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos() as u64;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos() as u64;
     let x = nanos.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) >> 11;
     Duration::from_nanos(x % (max.as_nanos().max(1) as u64))
 }
