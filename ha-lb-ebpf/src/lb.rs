@@ -79,6 +79,14 @@ pub fn ha_lb_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Passes every frame. For the far end of a veth that `ha_lb_xdp` sends into with XDP_TX
+/// (namespace labs): the kernel wakes a veth peer for XDP_TX frames only when that peer runs
+/// an XDP program itself (GRO/NAPI alone suffices for XDP_REDIRECT, not for XDP_TX).
+#[xdp]
+pub fn ha_lb_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Verdict {
     let pkt = match parse(ctx) {

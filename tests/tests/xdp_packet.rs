@@ -44,7 +44,7 @@ fn nat_in_and_out_rewrite_addresses_ports_macs_and_checksums() {
         // Odd-length payload: the checksum's trailing byte is padded.
         let syn = frame::tcp(t.client_eth(), c, vip, TcpFlags::SYN, 7, b"hello");
         let before = t.counters();
-        let r = t.from_client(&syn);
+        let r = t.send_from_client(&syn);
         assert_eq!(r.action, XdpAction::Redirect, "egress eth1 != ingress eth0");
         let p = frame::check(&r.frame).expect("checksums valid after DNAT");
         assert_eq!((p.src, p.sport), (c.ip(), c.port()), "source untouched");
@@ -58,7 +58,7 @@ fn nat_in_and_out_rewrite_addresses_ports_macs_and_checksums() {
         // The reply, as the real server sends it, arriving on eth1.
         let rs_eth = frame::Eth { src: rs_mac(2, 10), dst: mac1 };
         let synack = frame::tcp(rs_eth, sa("198.18.2.10:8080"), c, TcpFlags::ACK, 9, b"world!");
-        let r = t.from_servers(&synack);
+        let r = t.send_from_servers(&synack);
         assert_eq!(r.action, XdpAction::Redirect);
         let p = frame::check(&r.frame).expect("checksums valid after SNAT");
         assert_eq!((p.src, p.sport), (vip.ip(), vip.port()), "SNAT back to the VIP");
@@ -74,11 +74,11 @@ fn nat_in_and_out_rewrite_addresses_ports_macs_and_checksums() {
             let c = client(i * 7 + 1, 1024 + (i as u16) * 131);
             let payload = vec![(i % 251) as u8; (i % 67) as usize];
             let f = frame::tcp(t.client_eth(), c, vip, TcpFlags::ACK, i, &payload);
-            let r = t.from_client(&f);
+            let r = t.send_from_client(&f);
             let p = frame::check(&r.frame).unwrap_or_else(|e| panic!("flow {i}: {e}"));
             assert_eq!(p.dst, ip("198.18.2.10"));
             let back = frame::tcp(rs_eth, sa("198.18.2.10:8080"), c, TcpFlags::ACK, i, &payload);
-            let r = t.from_servers(&back);
+            let r = t.send_from_servers(&back);
             let p = frame::check(&r.frame).unwrap_or_else(|e| panic!("reply {i}: {e}"));
             assert_eq!((p.src, p.dst), (vip.ip(), c.ip()));
         }
@@ -98,7 +98,7 @@ fn nat_udp_keeps_a_zero_checksum_and_fixes_a_real_one() {
         ));
         let c = client(9, 5000);
         let f = frame::udp(t.client_eth(), c, vip, b"query");
-        let r = t.from_client(&f);
+        let r = t.send_from_client(&f);
         assert_eq!(r.action, XdpAction::Redirect);
         let p = frame::check(&r.frame).expect("UDP checksum valid after DNAT");
         assert_eq!((p.dst, p.dport), (ip("198.18.2.11"), 5353));
@@ -108,7 +108,7 @@ fn nat_udp_keeps_a_zero_checksum_and_fixes_a_real_one() {
         let mut z = frame::udp(t.client_eth(), client(10, 5001), vip, b"query");
         z[40] = 0;
         z[41] = 0;
-        let r = t.from_client(&z);
+        let r = t.send_from_client(&z);
         assert_eq!(r.action, XdpAction::Redirect);
         assert_eq!(&r.frame[40..42], &[0, 0], "zero checksum kept");
         frame::check(&r.frame).expect("IPv4 header checksum valid");
@@ -116,7 +116,7 @@ fn nat_udp_keeps_a_zero_checksum_and_fixes_a_real_one() {
         // Reply path.
         let rs_eth = frame::Eth { src: rs_mac(2, 11), dst: [0; 6] };
         let back = frame::udp(rs_eth, sa("198.18.2.11:5353"), c, b"answer");
-        let r = t.from_servers(&back);
+        let r = t.send_from_servers(&back);
         assert_eq!(r.action, XdpAction::Redirect);
         let p = frame::check(&r.frame).expect("UDP checksum valid after SNAT");
         assert_eq!((p.src, p.sport), (vip.ip(), 53));
@@ -141,7 +141,7 @@ fn nat_ipv6_in_and_out() {
                 Protocol::Tcp => frame::tcp(t.client_eth(), c, vip, TcpFlags::SYN, 1, b"v6!"),
                 Protocol::Udp => frame::udp(t.client_eth(), c, vip, b"v6!"),
             };
-            let r = t.from_client(&f);
+            let r = t.send_from_client(&f);
             assert_eq!(r.action, XdpAction::Redirect, "{proto:?}");
             let p = frame::check(&r.frame).expect("v6 checksum valid after DNAT");
             assert_eq!((p.dst, p.dport), (ip("fd48:4c42:2::10"), 8443));
@@ -154,7 +154,7 @@ fn nat_ipv6_in_and_out() {
                 }
                 Protocol::Udp => frame::udp(rs_eth, sa("[fd48:4c42:2::10]:8443"), c, b"ok"),
             };
-            let r = t.from_servers(&back);
+            let r = t.send_from_servers(&back);
             assert_eq!(r.action, XdpAction::Redirect);
             let p = frame::check(&r.frame).expect("v6 checksum valid after SNAT");
             assert_eq!((p.src, p.sport, p.dst), (vip.ip(), 443, c.ip()));
@@ -178,7 +178,7 @@ fn dr_rewrites_only_the_ethernet_header() {
         ));
         let f = frame::tcp(t.client_eth(), client(1, 33000), vip, TcpFlags::SYN, 1, b"dr");
         let before = t.counters();
-        let r = t.from_client(&f);
+        let r = t.send_from_client(&f);
         assert_eq!(r.action, XdpAction::Tx);
         assert_eq!(&r.frame[..6], &rs_mac(1, 20), "destination MAC = real server");
         assert_eq!(&r.frame[6..12], &t.mac0, "source MAC = ours");
@@ -193,7 +193,7 @@ fn dr_rewrites_only_the_ethernet_header() {
             reals(&["198.18.2.20"], 80, &[1]),
         ));
         let f = frame::tcp(t.client_eth(), client(2, 33000), vip, TcpFlags::SYN, 1, b"dr");
-        let r = t.from_client(&f);
+        let r = t.send_from_client(&f);
         assert_eq!(r.action, XdpAction::Redirect);
         assert_eq!((&r.frame[..6], &r.frame[6..12]), (&rs_mac(2, 20)[..], &mac1[..]));
         assert_eq!(&r.frame[12..], &f[12..]);
@@ -207,7 +207,7 @@ fn dr_rewrites_only_the_ethernet_header() {
             reals(&["fd48:4c42:2::30"], 80, &[1]),
         ));
         let f = frame::udp(t.client_eth(), sa("[fd48:4c42:64::5]:999"), vip6, b"x");
-        let r = t.from_client(&f);
+        let r = t.send_from_client(&f);
         assert_eq!(r.action, XdpAction::Redirect);
         assert_eq!(&r.frame[..6], &rs_mac(2, 30));
         assert_eq!(&r.frame[12..], &f[12..]);
@@ -232,17 +232,35 @@ fn fib_failures_pass_or_drop_as_each_mode_requires() {
         d.services.insert(k, v);
         t.apply(&d);
 
-        let f = frame::tcp(t.client_eth(), client(3, 1000), sa("198.18.100.3:80"), TcpFlags::SYN, 1, b"");
+        let f = frame::tcp(
+            t.client_eth(),
+            client(3, 1000),
+            sa("198.18.100.3:80"),
+            TcpFlags::SYN,
+            1,
+            b"",
+        );
         let before = t.counters();
-        let r = t.from_client(&f);
+        let r = t.send_from_client(&f);
         assert_eq!(r.action, XdpAction::Pass, "NAT, no neighbour: the kernel resolves it");
         let p = frame::check(&r.frame).expect("passed frame is already rewritten, checksums ok");
         assert_eq!(p.dst, ip("198.18.2.60"));
         assert_eq!(delta(t.counters(), before), vec![(LbReason::NoNeigh.name(), 1)]);
 
-        let f = frame::tcp(t.client_eth(), client(3, 1000), sa("198.18.100.4:80"), TcpFlags::SYN, 1, b"");
+        let f = frame::tcp(
+            t.client_eth(),
+            client(3, 1000),
+            sa("198.18.100.4:80"),
+            TcpFlags::SYN,
+            1,
+            b"",
+        );
         let before = t.counters();
-        assert_eq!(t.from_client(&f).action, XdpAction::Drop, "DR: passing would hit the local VIP");
+        assert_eq!(
+            t.send_from_client(&f).action,
+            XdpAction::Drop,
+            "DR: passing would hit the local VIP"
+        );
         assert_eq!(delta(t.counters(), before), vec![(LbReason::NoNeigh.name(), 1)]);
 
         // An unreachable route: dropped in both modes.
@@ -250,9 +268,16 @@ fn fib_failures_pass_or_drop_as_each_mode_requires() {
         let (k, v) = svc(nat, LbKind::Nat, "198.18.200.1");
         d.services.insert(k, v);
         t.apply(&d);
-        let f = frame::tcp(t.client_eth(), client(4, 1000), sa("198.18.100.3:80"), TcpFlags::SYN, 1, b"");
+        let f = frame::tcp(
+            t.client_eth(),
+            client(4, 1000),
+            sa("198.18.100.3:80"),
+            TcpFlags::SYN,
+            1,
+            b"",
+        );
         let before = t.counters();
-        assert_eq!(t.from_client(&f).action, XdpAction::Drop);
+        assert_eq!(t.send_from_client(&f).action, XdpAction::Drop);
         assert_eq!(delta(t.counters(), before), vec![(LbReason::FibUnreachable.name(), 1)]);
     });
 }
@@ -268,14 +293,27 @@ fn a_service_without_usable_real_servers_drops_new_flows() {
                 LbKind::Nat,
                 reals(&["198.18.2.10", "198.18.2.11"], 80, &[0, 0]),
             ));
-            let f = frame::tcp(t.client_eth(), client(8, 1), sa("198.18.100.5:80"), TcpFlags::SYN, 1, b"");
+            let f = frame::tcp(
+                t.client_eth(),
+                client(8, 1),
+                sa("198.18.100.5:80"),
+                TcpFlags::SYN,
+                1,
+                b"",
+            );
             let before = t.counters();
-            assert_eq!(t.from_client(&f).action, XdpAction::Drop, "{algo:?}");
+            assert_eq!(t.send_from_client(&f).action, XdpAction::Drop, "{algo:?}");
             assert_eq!(delta(t.counters(), before), vec![(LbReason::NoRealServer.name(), 1)]);
         }
-        t.apply(&one_service(vs("198.18.100.5:80", Protocol::Tcp), LbAlgo::Wrr, LbKind::Nat, vec![]));
-        let f = frame::tcp(t.client_eth(), client(9, 1), sa("198.18.100.5:80"), TcpFlags::SYN, 1, b"");
-        assert_eq!(t.from_client(&f).action, XdpAction::Drop);
+        t.apply(&one_service(
+            vs("198.18.100.5:80", Protocol::Tcp),
+            LbAlgo::Wrr,
+            LbKind::Nat,
+            vec![],
+        ));
+        let f =
+            frame::tcp(t.client_eth(), client(9, 1), sa("198.18.100.5:80"), TcpFlags::SYN, 1, b"");
+        assert_eq!(t.send_from_client(&f).action, XdpAction::Drop);
     });
 }
 
@@ -315,7 +353,8 @@ fn malformed_and_unusual_frames_pass_untouched_and_are_counted_per_reason() {
         let eth = t.client_eth();
         let vip = sa("198.18.100.1:80");
         let good = frame::tcp(eth, client(1, 4000), vip, TcpFlags::SYN, 1, b"payload!");
-        let good6 = frame::udp(eth, sa("[fd48:4c42:64::1]:4000"), sa("[fd48:4c42:100::1]:53"), b"q");
+        let good6 =
+            frame::udp(eth, sa("[fd48:4c42:64::1]:4000"), sa("[fd48:4c42:100::1]:53"), b"q");
 
         let mut vlan = good.clone();
         vlan.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
@@ -360,7 +399,8 @@ fn malformed_and_unusual_frames_pass_untouched_and_are_counted_per_reason() {
             f
         };
         let icmp = frame::ip(eth, vip.ip(), vip.ip(), 64, 1, &[8, 0, 0xf7, 0xff, 0, 0, 0, 0]);
-        let to_other_port = frame::tcp(eth, client(1, 4000), sa("198.18.100.1:81"), TcpFlags::SYN, 1, b"");
+        let to_other_port =
+            frame::tcp(eth, client(1, 4000), sa("198.18.100.1:81"), TcpFlags::SYN, 1, b"");
         let to_other_host = frame::udp(eth, client(1, 4000), sa("198.18.1.1:53"), b"q");
 
         let cases: Vec<(&str, Vec<u8>, LbReason)> = vec![
@@ -378,7 +418,11 @@ fn malformed_and_unusual_frames_pass_untouched_and_are_counted_per_reason() {
             ("ethernet only", good[..14].to_vec(), LbReason::Truncated),
             ("IP header cut", good[..14 + 12].to_vec(), LbReason::Truncated),
             ("TCP header cut", good[..14 + 20 + 10].to_vec(), LbReason::Truncated),
-            ("payload cut (total length beyond frame)", good[..good.len() - 3].to_vec(), LbReason::Truncated),
+            (
+                "payload cut (total length beyond frame)",
+                good[..good.len() - 3].to_vec(),
+                LbReason::Truncated,
+            ),
             ("IPv6 payload cut", good6[..good6.len() - 1].to_vec(), LbReason::Truncated),
             ("ARP", arp, LbReason::NotIp),
             ("ICMP to the VIP", icmp, LbReason::NotTcpUdp),
@@ -387,7 +431,7 @@ fn malformed_and_unusual_frames_pass_untouched_and_are_counted_per_reason() {
         ];
         for (name, f, reason) in cases {
             let before = t.counters();
-            let r = t.from_client(&f);
+            let r = t.send_from_client(&f);
             assert_eq!(r.action, XdpAction::Pass, "{name}: verdict");
             assert_eq!(r.frame, f, "{name}: passed untouched");
             assert_eq!(delta(t.counters(), before), vec![(reason.name(), 1)], "{name}: counters");
@@ -395,7 +439,7 @@ fn malformed_and_unusual_frames_pass_untouched_and_are_counted_per_reason() {
         // None of them created state: the next good SYN is the service's first connection.
         let st = t.dp.stats().unwrap();
         assert_eq!(st.services[&vs("198.18.100.1:80", Protocol::Tcp)].new_conns, 0);
-        assert_eq!(t.from_client(&good).action, XdpAction::Redirect);
+        assert_eq!(t.send_from_client(&good).action, XdpAction::Redirect);
     });
 }
 
@@ -423,19 +467,20 @@ fn frames_the_lb_does_not_handle_go_through_the_chained_vrrp_filter() {
         };
         let bad = adv(51, 64);
         // Not chained: the LB passes VRRP like any non-TCP/UDP frame.
-        assert_eq!(t.from_client(&bad).action, XdpAction::Pass);
+        assert_eq!(t.send_from_client(&bad).action, XdpAction::Pass);
         t.dp.chain(Some(PROG_VRRP_FILTER)).unwrap();
         let before = vrrp_filter::counters(t.dp.bpf()).unwrap();
-        assert_eq!(t.from_client(&bad).action, XdpAction::Drop, "the VRRP filter dropped it");
-        assert_eq!(t.from_client(&adv(51, 255)).action, XdpAction::Pass);
+        assert_eq!(t.send_from_client(&bad).action, XdpAction::Drop, "the VRRP filter dropped it");
+        assert_eq!(t.send_from_client(&adv(51, 255)).action, XdpAction::Pass);
         let after = vrrp_filter::counters(t.dp.bpf()).unwrap();
         assert_eq!(after.get(VrrpCounter::BadTtl) - before.get(VrrpCounter::BadTtl), 1);
         assert_eq!(after.get(VrrpCounter::Passed) - before.get(VrrpCounter::Passed), 1);
         // Service traffic still forwarded, not chained.
-        let f = frame::tcp(t.client_eth(), client(1, 1), sa("198.18.100.1:80"), TcpFlags::SYN, 1, b"");
-        assert_eq!(t.from_client(&f).action, XdpAction::Redirect);
+        let f =
+            frame::tcp(t.client_eth(), client(1, 1), sa("198.18.100.1:80"), TcpFlags::SYN, 1, b"");
+        assert_eq!(t.send_from_client(&f).action, XdpAction::Redirect);
         t.dp.chain(None).unwrap();
-        assert_eq!(t.from_client(&bad).action, XdpAction::Pass);
+        assert_eq!(t.send_from_client(&bad).action, XdpAction::Pass);
     });
 }
 
@@ -471,12 +516,13 @@ fn per_packet_cost_nat_in_vs_vrrp_filter() {
         let m = frame::vrrp(3, 51, 100, 100, &[ip("198.18.100.1")], s, d);
         let advert = frame::ip(t.client_eth(), s, d, 255, 112, &m);
         let c = client(1, 40000);
-        let established = frame::tcp(t.client_eth(), c, sa("198.18.100.1:80"), TcpFlags::ACK, 1, &[0; 64]);
+        let established =
+            frame::tcp(t.client_eth(), c, sa("198.18.100.1:80"), TcpFlags::ACK, 1, &[0; 64]);
         let dr = frame::tcp(t.client_eth(), c, sa("198.18.100.2:80"), TcpFlags::ACK, 1, &[0; 64]);
         let passthrough = frame::udp(t.client_eth(), c, sa("198.18.1.1:9999"), &[0; 64]);
         // Create the flows once; then time the established paths.
-        let chosen = frame::check(&t.from_client(&established).frame).unwrap().dst;
-        assert_eq!(t.from_client(&dr).action, XdpAction::Tx);
+        let chosen = frame::check(&t.send_from_client(&established).frame).unwrap().dst;
+        assert_eq!(t.send_from_client(&dr).action, XdpAction::Tx);
         let reply = frame::tcp(
             frame::Eth { src: rs_mac(2, 10), dst: [0; 6] },
             std::net::SocketAddr::new(chosen, 8080),

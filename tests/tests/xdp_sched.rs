@@ -100,13 +100,16 @@ fn lc_and_wlc_follow_live_connection_counts() {
                 1,
                 b"",
             );
-            assert_eq!(t.from_servers(&rst).action, XdpAction::Redirect);
+            assert_eq!(t.send_from_servers(&rst).action, XdpAction::Redirect);
         }
         let st = t.dp.stats().unwrap();
         let s = &st.services[&svc()];
         assert_eq!((s.new_conns, s.active_conns), (30, 25));
         assert_eq!(s.real_servers[&(ip(R[1]), 80)].active_conns, 5);
-        assert_eq!(maps::load(t.dp.bpf(), t.dp.real_id(&svc(), ip(R[1]), 80).unwrap().0).unwrap(), 5);
+        assert_eq!(
+            maps::load(t.dp.bpf(), t.dp.real_id(&svc(), ip(R[1]), 80).unwrap().0).unwrap(),
+            5
+        );
         // The next 5 new connections all go to the least loaded server.
         let next = new_flows(t, 5, 100);
         assert!(next.iter().all(|p| *p == ip(R[1])), "{next:?}");
@@ -152,8 +155,9 @@ fn sh_and_mh_hash_clients_consistently_and_by_weight() {
             let mut d = spec(algo, &R, &[1, 1, 1]);
             d.services.get_mut(&svc()).unwrap().hash_port = true;
             t.apply(&d);
-            let by_port: BTreeSet<IpAddr> =
-                (1..60).map(|p| t.nat_pick(client(5, 10_000 + p), sa(VIP), TcpFlags::SYN)).collect();
+            let by_port: BTreeSet<IpAddr> = (1..60)
+                .map(|p| t.nat_pick(client(5, 10_000 + p), sa(VIP), TcpFlags::SYN))
+                .collect();
             assert_eq!(by_port.len(), 3, "{algo:?} with hash_port spreads one client");
         }
     });
@@ -236,7 +240,8 @@ fn persistence_keeps_a_client_on_its_real_server_within_the_timeout() {
         // after the one a probe client just got.
         std::thread::sleep(Duration::from_millis(1300));
         let probe = t.nat_pick(client(999, 1), sa(VIP), TcpFlags::SYN);
-        let expected_next = R.iter().map(|a| ip(a)).cycle().skip_while(|a| *a != probe).nth(1).unwrap();
+        let expected_next =
+            R.iter().map(|a| ip(a)).cycle().skip_while(|a| *a != probe).nth(1).unwrap();
         assert_eq!(t.nat_pick(x(100), sa(VIP), TcpFlags::SYN), expected_next, "template expired");
         // A drained home server gets no new connections, not even persistent ones.
         let home2 = expected_next;
@@ -334,7 +339,10 @@ fn idle_connections_expire_and_stop_counting() {
         // The data path treats a stale entry as a new flow even before the sweeper runs.
         let before = t.counters();
         t.udp_pick(client(0, 53000), sa("198.18.100.1:53"));
-        assert_eq!(t.counters().since(&before), vec![(LbReason::NatIn.name(), 1), (LbReason::Rescheduled.name(), 1)]);
+        assert_eq!(
+            t.counters().since(&before),
+            vec![(LbReason::NatIn.name(), 1), (LbReason::Rescheduled.name(), 1)]
+        );
         // The sweeper expires the other five (and their reply entries); TCP stays.
         assert_eq!(t.dp.maintain().unwrap(), 5);
         let st = t.dp.stats().unwrap();

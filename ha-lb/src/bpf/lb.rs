@@ -17,6 +17,10 @@ use ha_lb_common::lb::{
 
 use super::{Bpf, BpfError};
 
+/// A program that passes every frame. Attach it to the peer of a veth that `ha_lb_xdp`
+/// transmits into with XDP_TX (labs only: the kernel wakes such a peer only if it runs XDP).
+pub const PROG_PASS: &str = "ha_lb_pass";
+
 fn map_err(name: &'static str) -> impl Fn(MapError) -> BpfError {
     move |source| BpfError::Map { name, source }
 }
@@ -123,13 +127,12 @@ pub fn real(bpf: &Bpf, id: u32) -> Result<LbReal, BpfError> {
 
 fn zero_per_cpu(bpf: &mut Bpf, name: &'static str, id: u32) -> Result<(), BpfError> {
     let e = map_err(name);
-    let mut m: PerCpuArray<_, LbTraffic> =
-        PerCpuArray::try_from(bpf.map_mut(name)?).map_err(&e)?;
-    let n = nr_cpus().map_err(|(_, io)| e(MapError::SyscallError(aya::sys::SyscallError {
-        call: "nr_cpus",
-        io_error: io,
-    })))?;
-    let zeros = PerCpuValues::try_from(vec![LbTraffic::default(); n]).map_err(|x| e(MapError::from(x)))?;
+    let mut m: PerCpuArray<_, LbTraffic> = PerCpuArray::try_from(bpf.map_mut(name)?).map_err(&e)?;
+    let n = nr_cpus().map_err(|(_, io)| {
+        e(MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error: io }))
+    })?;
+    let zeros =
+        PerCpuValues::try_from(vec![LbTraffic::default(); n]).map_err(|x| e(MapError::from(x)))?;
     m.set(id, zeros, 0).map_err(e)
 }
 
@@ -269,13 +272,18 @@ pub fn set_chain(bpf: &mut Bpf, next: Option<&str>) -> Result<(), BpfError> {
     let fd = match next {
         Some(name) => {
             let prog = bpf.xdp(name)?;
-            Some(prog.fd().map_err(|source| BpfError::Program {
-                name: name.to_string(),
-                source: Box::new(source),
-            })?.try_clone().map_err(|io| BpfError::Program {
-                name: name.to_string(),
-                source: Box::new(aya::programs::ProgramError::IOError(io)),
-            })?)
+            Some(
+                prog.fd()
+                    .map_err(|source| BpfError::Program {
+                        name: name.to_string(),
+                        source: Box::new(source),
+                    })?
+                    .try_clone()
+                    .map_err(|io| BpfError::Program {
+                        name: name.to_string(),
+                        source: Box::new(aya::programs::ProgramError::IOError(io)),
+                    })?,
+            )
         }
         None => None,
     };

@@ -307,14 +307,22 @@ mod tests {
     fn validate_rejects_mixed_families_and_duplicates() {
         let mut d = DesiredState::default();
         let mut spec = ServiceSpec::new(LbAlgo::Rr, LbKind::Nat);
-        spec.real_servers.push(RealServerSpec { addr: "198.18.2.1".parse().unwrap(), port: 80, weight: 1 });
+        spec.real_servers.push(RealServerSpec {
+            addr: "198.18.2.1".parse().unwrap(),
+            port: 80,
+            weight: 1,
+        });
         d.services.insert(vs("198.18.0.1:80"), spec.clone());
         assert!(d.validate().is_ok());
         spec.real_servers.push(spec.real_servers[0]);
         d.services.insert(vs("198.18.0.1:80"), spec.clone());
         assert!(d.validate().unwrap_err().to_string().contains("twice"));
         spec.real_servers.pop();
-        spec.real_servers.push(RealServerSpec { addr: "fd48:4c42::2".parse().unwrap(), port: 80, weight: 1 });
+        spec.real_servers.push(RealServerSpec {
+            addr: "fd48:4c42::2".parse().unwrap(),
+            port: 80,
+            weight: 1,
+        });
         d.services.insert(vs("198.18.0.1:80"), spec);
         assert!(d.validate().unwrap_err().to_string().contains("family"));
     }

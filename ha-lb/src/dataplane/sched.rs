@@ -104,7 +104,11 @@ pub struct Backend {
 /// The lookup table of `algo` over `backends`, and for `mh` the table size used (pass it back
 /// as `mh_size` next time so the size, and with it the table, stays stable as servers come and
 /// go). Empty for `lc`/`wlc`, and when no server has a weight.
-pub fn ring(algo: LbAlgo, backends: &[Backend], mh_size: Option<usize>) -> (Vec<usize>, Option<usize>) {
+pub fn ring(
+    algo: LbAlgo,
+    backends: &[Backend],
+    mh_size: Option<usize>,
+) -> (Vec<usize>, Option<usize>) {
     let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
     match algo {
         LbAlgo::Rr => (rr_sequence(&weights), None),
@@ -179,7 +183,7 @@ mod tests {
     fn sh_table_is_weighted_and_long_enough() {
         let w = [1, 2, 3];
         let t = sh_table(&w);
-        assert!(t.len() >= SH_MIN_BUCKETS && t.len() % 6 == 0);
+        assert!(t.len() >= SH_MIN_BUCKETS && t.len().is_multiple_of(6));
         assert_proportional(&t, &w, 0.0);
         assert!(sh_table(&[0, 0]).is_empty());
         let big = sh_table(&[60000, 50000]);

@@ -24,16 +24,16 @@ use std::{
 
 use aya::programs::xdp::XdpLinkId;
 use ha_lb_common::lb::{
-    LbBackendSet, LbConfig, LbReal, LbService, LbServiceKey, IPPROTO_TCP, IPPROTO_UDP,
-    LB_ALGO_LC, LB_ALGO_MH, LB_ALGO_RR, LB_ALGO_SH, LB_ALGO_WLC, LB_ALGO_WRR, LB_FLOW_F_CLOSED,
+    LbBackendSet, LbConfig, LbReal, LbService, LbServiceKey, IPPROTO_TCP, IPPROTO_UDP, LB_ALGO_LC,
+    LB_ALGO_MH, LB_ALGO_RR, LB_ALGO_SH, LB_ALGO_WLC, LB_ALGO_WRR, LB_FLOW_F_CLOSED,
     LB_FLOW_F_REPLY, LB_KIND_DR, LB_KIND_NAT, LB_KIND_TUN, LB_REALS_MAX, LB_REAL_F_AVAILABLE,
     LB_REAL_F_QUIESCED, LB_RING_CHUNK, LB_RING_CHUNKS, LB_SERVICES_MAX, LB_SVC_F_HASH_PORT,
 };
 
 use super::{
     sched::{self, Backend},
-    ApplyReport, Dataplane, DataplaneError, DataplaneStats, DesiredState, LbAlgo, LbKind,
-    Protocol, RealServerStats, ServiceSpec, ServiceStats, VirtualServer,
+    ApplyReport, Dataplane, DataplaneError, DataplaneStats, DesiredState, LbAlgo, LbKind, Protocol,
+    RealServerStats, ServiceSpec, ServiceStats, VirtualServer,
 };
 use crate::bpf::{
     lb::{self as maps, addr_words, port_be},
@@ -589,7 +589,9 @@ impl XdpDataplane {
             if by_key.get(&reply).is_some_and(|r| r.real_id == f.real_id) {
                 maps::remove_flow(&mut self.bpf, &reply).map_err(backend)?;
             }
-            if f.flags & LB_FLOW_F_CLOSED == 0 && live.get(&f.real_id) == Some(&(f.service_id, f.real_gen)) {
+            if f.flags & LB_FLOW_F_CLOSED == 0
+                && live.get(&f.real_id) == Some(&(f.service_id, f.real_gen))
+            {
                 *self.expired_real.entry(f.real_id).or_default() += 1;
                 *self.expired_service.entry(f.service_id).or_default() += 1;
             }
@@ -708,9 +710,11 @@ mod tests {
 
     #[test]
     fn new_service_writes_reals_then_set_then_service() {
-        let (s, ops, rep) =
-            plan(&State::default(), &desired(LbAlgo::Wrr, &[rs("198.18.2.10", 1), rs("198.18.2.11", 2)]))
-                .unwrap();
+        let (s, ops, rep) = plan(
+            &State::default(),
+            &desired(LbAlgo::Wrr, &[rs("198.18.2.10", 1), rs("198.18.2.11", 2)]),
+        )
+        .unwrap();
         assert_eq!(rep.services_added.len(), 1);
         assert_eq!(rep.real_servers_added, 2);
         let last_real = ops.iter().rposition(|o| matches!(o, Op::PutReal(..))).unwrap();
@@ -728,7 +732,8 @@ mod tests {
         }
         assert_eq!(s.services.len(), 1);
         // Applying the same state again changes nothing.
-        let (_, ops2, rep2) = plan(&s, &desired(LbAlgo::Wrr, &[rs("198.18.2.11", 2), rs("198.18.2.10", 1)])).unwrap();
+        let (_, ops2, rep2) =
+            plan(&s, &desired(LbAlgo::Wrr, &[rs("198.18.2.11", 2), rs("198.18.2.10", 1)])).unwrap();
         assert!(ops2.is_empty() && rep2.is_empty(), "{ops2:?}");
     }
 
@@ -738,7 +743,10 @@ mod tests {
         let (s1, _, _) = plan(&State::default(), &d1).unwrap();
         let d2 = desired(LbAlgo::Rr, &[rs("198.18.2.10", 0), rs("198.18.2.12", 1)]);
         let (s2, ops, rep) = plan(&s1, &d2).unwrap();
-        assert_eq!((rep.real_servers_added, rep.real_servers_removed, rep.real_servers_reweighted), (1, 1, 1));
+        assert_eq!(
+            (rep.real_servers_added, rep.real_servers_removed, rep.real_servers_reweighted),
+            (1, 1, 1)
+        );
         let set = pos(&ops, |o| matches!(o, Op::WriteSet { .. }));
         let svc = pos(&ops, |o| matches!(o, Op::PutService(..)));
         match (&ops[set], &ops[svc]) {
@@ -784,7 +792,8 @@ mod tests {
 
     #[test]
     fn removing_a_service_deletes_it_first_and_frees_everything() {
-        let (s1, _, _) = plan(&State::default(), &desired(LbAlgo::Mh, &[rs("198.18.2.10", 1)])).unwrap();
+        let (s1, _, _) =
+            plan(&State::default(), &desired(LbAlgo::Mh, &[rs("198.18.2.10", 1)])).unwrap();
         let free_before = State::default().ring.free_chunks();
         assert!(s1.ring.free_chunks() < free_before);
         let (s2, ops, rep) = plan(&s1, &DesiredState::default()).unwrap();

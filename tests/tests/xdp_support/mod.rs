@@ -71,9 +71,7 @@ pub fn env() -> Env {
     d.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
     let gw_mac = c.mac("eth0").unwrap();
     let mut script = String::new();
-    let mac = |m: [u8; 6]| {
-        m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-    };
+    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
     script += &format!(
         "ip neigh replace 198.18.1.2 lladdr {g} dev eth0 nud permanent\n\
          ip neigh replace fd48:4c42:1::2 lladdr {g} dev eth0 nud permanent\n\
@@ -142,13 +140,13 @@ impl Tester {
     }
 
     /// A frame from the client side.
-    pub fn from_client(&mut self, frame: &[u8]) -> RunResult {
+    pub fn send_from_client(&mut self, frame: &[u8]) -> RunResult {
         let i = self.eth0;
         self.run_on(i, frame)
     }
 
     /// A frame from the real-server side.
-    pub fn from_servers(&mut self, frame: &[u8]) -> RunResult {
+    pub fn send_from_servers(&mut self, frame: &[u8]) -> RunResult {
         let i = self.eth1;
         self.run_on(i, frame)
     }
@@ -165,14 +163,14 @@ impl Tester {
     /// forwarded (NAT) to; panics unless it was forwarded with valid checksums.
     pub fn nat_pick(&mut self, client: SocketAddr, vip: SocketAddr, flags: TcpFlags) -> IpAddr {
         let f = frame::tcp(self.client_eth(), client, vip, flags, 1, b"x");
-        let r = self.from_client(&f);
+        let r = self.send_from_client(&f);
         assert_eq!(r.action, XdpAction::Redirect, "forwarded");
         frame::check(&r.frame).expect("valid checksums").dst
     }
 
     pub fn udp_pick(&mut self, client: SocketAddr, vip: SocketAddr) -> IpAddr {
         let f = frame::udp(self.client_eth(), client, vip, b"q");
-        let r = self.from_client(&f);
+        let r = self.send_from_client(&f);
         assert_eq!(r.action, XdpAction::Redirect, "forwarded");
         frame::check(&r.frame).expect("valid checksums").dst
     }
