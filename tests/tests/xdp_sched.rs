@@ -389,3 +389,41 @@ fn set_switches_never_expose_an_empty_or_partial_set() {
         assert_eq!(d, vec![(LbReason::NatIn.name(), 800)], "nothing dropped or passed");
     });
 }
+
+/// A connection that vanishes from the table without FIN/RST (what LRU eviction does) keeps
+/// counting as active until the next sweep, which recounts from the table.
+#[test]
+fn a_sweep_recounts_connections_the_table_lost() {
+    let env = env();
+    env.run(|t| {
+        t.apply(&spec(LbAlgo::Lc, &R, &[1, 1, 1]));
+        for i in 0..9 {
+            t.nat_pick(client(i, 3000), sa(VIP), TcpFlags::SYN);
+        }
+        // "Evict" three forward entries behind the program's back.
+        let gone: Vec<_> = maps::flows(t.dp.bpf())
+            .unwrap()
+            .into_iter()
+            .filter(|(_, f)| f.flags & ha_lb_common::lb::LB_FLOW_F_REPLY == 0)
+            .take(3)
+            .collect();
+        for (k, _) in &gone {
+            maps::remove_flow(t.dp.bpf_mut(), k).unwrap();
+        }
+        assert_eq!(t.dp.stats().unwrap().services[&svc()].active_conns, 9, "not noticed yet");
+        assert_eq!(t.dp.maintain().unwrap(), 0, "nothing idle");
+        let st = t.dp.stats().unwrap();
+        let s = &st.services[&svc()];
+        assert_eq!((s.new_conns, s.active_conns), (9, 6));
+        assert_eq!(s.real_servers.values().map(|r| r.active_conns).sum::<u64>(), 6);
+        // lc sees the corrected load: the server that lost the most gets the next flows.
+        let loads: Vec<u64> = R
+            .iter()
+            .map(|a| maps::load(t.dp.bpf(), t.dp.real_id(&svc(), ip(a), 80).unwrap().0).unwrap())
+            .collect();
+        assert_eq!(loads.iter().sum::<u64>(), 6);
+        let min = loads.iter().copied().min().unwrap();
+        let least = ip(R[loads.iter().position(|&l| l == min).unwrap()]);
+        assert_eq!(t.nat_pick(client(100, 1), sa(VIP), TcpFlags::SYN), least);
+    });
+}

@@ -535,7 +535,11 @@ impl XdpDataplane {
         new.saturating_sub(closed.saturating_add(expired))
     }
 
-    /// Expires idle connections (see [`Dataplane::maintain`]) as of `now_ns` (CLOCK_MONOTONIC).
+    /// Expires idle connections (see [`Dataplane::maintain`]) as of `now_ns` (CLOCK_MONOTONIC),
+    /// then recounts the open connections per service and real server from the table, which
+    /// corrects the active counts for connections that vanished without a FIN/RST (LRU
+    /// eviction) and resynchronises the lc/wlc load. Between sweeps, evictions make active
+    /// counts too high. Cost: one syscall per table entry (about a second per million).
     pub fn expire_connections(&mut self, now_ns: u64) -> Result<usize, DataplaneError> {
         let live = self.state.live_reals();
         let t = self.timeouts;
@@ -589,15 +593,38 @@ impl XdpDataplane {
             if by_key.get(&reply).is_some_and(|r| r.real_id == f.real_id) {
                 maps::remove_flow(&mut self.bpf, &reply).map_err(backend)?;
             }
-            if f.flags & LB_FLOW_F_CLOSED == 0
-                && live.get(&f.real_id) == Some(&(f.service_id, f.real_gen))
-            {
-                *self.expired_real.entry(f.real_id).or_default() += 1;
-                *self.expired_service.entry(f.service_id).or_default() += 1;
-            }
             expired += 1;
         }
-        self.sync_load()?;
+        // Recount what is really open from the table we just walked, so counts that drifted
+        // (entries the LRU evicted without a FIN, flows of removed servers never seen again,
+        // an update lost to racing CPUs) are corrected at every sweep: "expired" becomes
+        // whatever was opened and never closed but is no longer in the table.
+        let mut open_real: HashMap<u32, u64> = HashMap::new();
+        let mut open_service: HashMap<u32, u64> = HashMap::new();
+        for (k, f) in &flows {
+            let idle = now_ns.saturating_sub(f.last_seen_ns);
+            if f.flags & (LB_FLOW_F_REPLY | LB_FLOW_F_CLOSED) != 0
+                || idle > timeout(k.proto, f.flags)
+            {
+                continue;
+            }
+            if live.get(&f.real_id) == Some(&(f.service_id, f.real_gen)) {
+                *open_real.entry(f.real_id).or_default() += 1;
+                *open_service.entry(f.service_id).or_default() += 1;
+            }
+        }
+        let services: Vec<u32> = self.state.services.values().map(|s| s.id).collect();
+        for sid in services {
+            let t = maps::service_traffic(&self.bpf, sid).map_err(backend)?;
+            let open = open_service.get(&sid).copied().unwrap_or(0);
+            self.expired_service.insert(sid, t.new_conns.saturating_sub(t.closed_conns + open));
+        }
+        for &rid in live.keys() {
+            let t = maps::real_traffic(&self.bpf, rid).map_err(backend)?;
+            let open = open_real.get(&rid).copied().unwrap_or(0);
+            self.expired_real.insert(rid, t.new_conns.saturating_sub(t.closed_conns + open));
+            maps::set_load(&mut self.bpf, rid, open).map_err(backend)?;
+        }
         Ok(expired)
     }
 
