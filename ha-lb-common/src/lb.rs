@@ -17,6 +17,7 @@
 //! LB_REASONS    PerCpuArray LbReason                            -> u64
 //! LB_CONFIG     Array   0                                       -> LbConfig (flow timeouts)
 //! LB_CHAIN      ProgramArray 0                                  -> program for frames the LB passes (e.g. the VRRP filter)
+//! LB_SCRATCH    PerCpuArray 0                                   -> per-packet temporaries (eBPF side only)
 //! ```
 //!
 //! A service switches its whole backend set in one `LB_SERVICES` update: user space writes the

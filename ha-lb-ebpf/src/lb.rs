@@ -26,13 +26,13 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
 };
 use ha_lb_common::lb::{
-    LbFlow, LbReal, LbReason, LbService, LbServiceKey, FAMILY_V4, FAMILY_V6, LB_FLOW_F_CLOSED,
-    LB_FLOW_F_PERSIST, LB_FLOW_F_REPLY, LB_KIND_DR, LB_KIND_NAT,
+    LbReal, LbReason, LbService, FAMILY_V4, FAMILY_V6, LB_FLOW_F_CLOSED, LB_FLOW_F_PERSIST,
+    LB_FLOW_F_REPLY, LB_KIND_DR, LB_KIND_NAT,
 };
 
 use self::{
     fwd::Fib,
-    maps::{LB_CHAIN, LB_CONNS, LB_REALS, LB_SERVICES},
+    maps::{scratch, LB_CHAIN, LB_CONNS, LB_REALS, LB_SERVICES},
     stats::count,
 };
 use crate::parse::{
@@ -61,17 +61,25 @@ pub struct Pkt {
     pub len: u32,
 }
 
+/// An XDP action and why. The reason is counted once, in `ha_lb_xdp`: every inlined counter
+/// update would otherwise take its own stack slot for the map key.
+type Outcome = (u32, LbReason);
+
 enum Verdict {
     /// Not ours: pass, through `LB_CHAIN[0]` if installed.
-    Chain,
-    Act(u32),
+    Chain(LbReason),
+    Act(Outcome),
 }
 
 #[xdp]
 pub fn ha_lb_xdp(ctx: XdpContext) -> u32 {
     match process(&ctx) {
-        Verdict::Act(a) => a,
-        Verdict::Chain => {
+        Verdict::Act((a, r)) => {
+            count(r);
+            a
+        }
+        Verdict::Chain(r) => {
+            count(r);
             // SAFETY: tail call with our own context; returns only when the slot is empty.
             unsafe { LB_CHAIN.tail_call(&ctx, 0) };
             xdp_action::XDP_PASS
@@ -91,23 +99,27 @@ pub fn ha_lb_pass(_ctx: XdpContext) -> u32 {
 fn process(ctx: &XdpContext) -> Verdict {
     let pkt = match parse(ctx) {
         Ok(p) => p,
-        Err(r) => {
-            count(r);
-            return Verdict::Chain;
-        }
+        Err(r) => return Verdict::Chain(r),
     };
-    let skey =
-        LbServiceKey { addr: pkt.dst, port: pkt.dport, proto: pkt.proto, family: pkt.family };
-    // SAFETY: plain-data value, copied out at once.
-    if let Some(svc) = unsafe { LB_SERVICES.get(&skey) } {
+    let Some(sc) = scratch() else { return Verdict::Chain(LbReason::NotService) };
+    // SAFETY: per-CPU scratch map; the service value is plain data, copied out at once.
+    let found = unsafe {
+        let k = &raw mut (*sc).skey;
+        (*k).addr = pkt.dst;
+        (*k).port = pkt.dport;
+        (*k).proto = pkt.proto;
+        (*k).family = pkt.family;
+        LB_SERVICES.get(&*k)
+    };
+    if let Some(svc) = found {
         let svc = *svc;
         return Verdict::Act(inbound(ctx, &pkt, &svc));
     }
-    if let Some(a) = reply(ctx, &pkt) {
-        return Verdict::Act(a);
+    match reply(ctx, &pkt) {
+        0 => {}
+        v => return Verdict::Act(unpack(v)),
     }
-    count(LbReason::NotService);
-    Verdict::Chain
+    Verdict::Chain(LbReason::NotService)
 }
 
 #[inline(always)]
@@ -232,20 +244,27 @@ fn parse_l4(
 
 /// Client -> VIP: find or schedule the flow's real server and send the packet there.
 ///
-/// Stack is tight (512 bytes for the whole inlined program): map values are read through
-/// their pointers rather than copied, and one key/value pair is reused for both entries.
+/// Stack is tight (512 bytes for the main program plus the deepest subprogram): map values
+/// are read through their pointers rather than copied.
 #[inline(always)]
-fn inbound(ctx: &XdpContext, pkt: &Pkt, svc: &LbService) -> u32 {
+fn inbound(ctx: &XdpContext, pkt: &Pkt, svc: &LbService) -> Outcome {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut key = conntrack::key(pkt);
+    let Some(sc) = scratch() else { return pass(LbReason::FibOther) };
+    // SAFETY: per-CPU scratch map; `fkey` keeps this packet's key until `new_flow` used it.
+    let key = unsafe { &raw mut (*sc).fkey };
+    conntrack::set_key(key, pkt);
     let tcp = pkt.proto == IPPROTO_TCP;
     let closing = tcp && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     let syn_only = tcp && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
 
     // The real server's id and a pointer to its LB_REALS entry (address, port).
     let mut chosen: Option<(u32, *const LbReal)> = None;
-    if let Some(f) = LB_CONNS.get_ptr_mut(&key) {
+    // One call site for the NAT reply entry (new flows, and refreshes): each inlined copy
+    // would take its own stack slots, and the whole program has 512 bytes.
+    let mut write_reply = false;
+    // SAFETY: scratch map value, initialised above.
+    if let Some(f) = LB_CONNS.get_ptr_mut(unsafe { &*key }) {
         // SAFETY: LRU value pointer from a successful lookup; fields read one by one.
         let (real_id, real_gen, flags, last_seen) =
             unsafe { ((*f).real_id, (*f).real_gen, (*f).flags, (*f).last_seen_ns) };
@@ -270,6 +289,8 @@ fn inbound(ctx: &XdpContext, pkt: &Pkt, svc: &LbService) -> u32 {
                         if flags & LB_FLOW_F_PERSIST != 0 && svc.persistence_timeout != 0 {
                             sched::refresh_template(svc, pkt, now);
                         }
+                        // Re-create the reply entry should the LRU have evicted it alone.
+                        write_reply = svc.lb_kind == LB_KIND_NAT;
                     }
                     chosen = Some((real_id, r));
                 }
@@ -285,64 +306,98 @@ fn inbound(ctx: &XdpContext, pkt: &Pkt, svc: &LbService) -> u32 {
     let (real_id, real) = match chosen {
         Some(c) => c,
         None => {
-            let Some((id, r)) = sched::pick(svc, pkt, now) else {
-                count(LbReason::NoRealServer);
-                return xdp_action::XDP_DROP;
+            let id = new_flow(pkt, svc, now, closing);
+            let Some(r) = LB_REALS.get_ptr(id) else {
+                return drop(LbReason::NoRealServer);
             };
-            let mut flags = 0;
-            if svc.persistence_timeout != 0 {
-                flags |= LB_FLOW_F_PERSIST;
-            }
-            if closing {
-                flags |= LB_FLOW_F_CLOSED;
-            }
-            // SAFETY: array value pointer.
-            let mut flow = unsafe {
-                LbFlow {
-                    real_id: id,
-                    real_gen: (*r).gen,
-                    service_id: svc.id,
-                    flags,
-                    last_seen_ns: now,
-                    addr: (*r).addr,
-                    port: (*r).port,
-                    _pad16: 0,
-                    _pad32: 0,
-                }
-            };
-            if LB_CONNS.insert(&key, &flow, 0).is_err() {
-                count(LbReason::ConntrackFull);
-            }
-            if svc.lb_kind == LB_KIND_NAT {
-                // The reply entry: real server -> client, restoring VIP:port.
-                key.src = flow.addr;
-                key.sport = flow.port;
-                key.dst = pkt.src;
-                key.dport = pkt.sport;
-                flow.flags = LB_FLOW_F_REPLY;
-                flow.addr = pkt.dst;
-                flow.port = pkt.dport;
-                if LB_CONNS.insert(&key, &flow, 0).is_err() {
-                    count(LbReason::ConntrackFull);
-                }
-            }
+            write_reply = svc.lb_kind == LB_KIND_NAT;
             (id, r)
         }
     };
+    if write_reply {
+        conntrack::put_reply(pkt, real, real_id, svc.id, now);
+    }
     stats::traffic(svc.id, Some(real_id), pkt.len as u64, false, new_conn);
     if new_conn && closing {
         stats::conn_closed(svc.id, real_id);
     }
+    unpack(forward(ctx, pkt, real, svc.lb_kind))
+}
+
+/// Schedules a new flow of `svc` and writes its forward entry; returns the real server's id
+/// (`u32::MAX`: none could take it).
+///
+/// This and [`forward`] are BPF subprograms rather than inlined: the BPF calling convention
+/// spills everything live across a helper call to the stack, and inlined into one function
+/// the spills of scheduling, FIB lookup and rewriting add up past the 512-byte stack. As
+/// siblings, each gets its own frame.
+#[inline(never)]
+fn new_flow(pkt: &Pkt, svc: &LbService, now: u64, closing: bool) -> u32 {
+    let Some((id, r)) = sched::pick(svc, pkt, now) else {
+        return u32::MAX;
+    };
+    let mut flags = 0;
+    if svc.persistence_timeout != 0 {
+        flags |= LB_FLOW_F_PERSIST;
+    }
+    if closing {
+        flags |= LB_FLOW_F_CLOSED;
+    }
+    let Some(sc) = scratch() else { return u32::MAX };
+    // SAFETY: array value pointer and the per-CPU scratch map, whose `fkey` the caller set to
+    // this packet's key.
+    unsafe {
+        let f = &raw mut (*sc).flow;
+        (*f).real_id = id;
+        (*f).real_gen = (*r).gen;
+        (*f).service_id = svc.id;
+        (*f).flags = flags;
+        (*f).last_seen_ns = now;
+        (*f).addr = (*r).addr;
+        (*f).port = (*r).port;
+        (*f)._pad16 = 0;
+        (*f)._pad32 = 0;
+        if LB_CONNS.insert(&(*sc).fkey, &*f, 0).is_err() {
+            count(LbReason::ConntrackFull);
+        }
+    }
+    id
+}
+
+/// An [`Outcome`] in one register (BPF subprograms return a single 64-bit value).
+#[inline(always)]
+fn pack(o: Outcome) -> u64 {
+    o.0 as u64 | (o.1 as u64) << 32
+}
+
+#[inline(always)]
+fn unpack(v: u64) -> Outcome {
+    let r = (v >> 32) as u32;
+    let reason = if r < LbReason::COUNT {
+        // SAFETY: LbReason is repr(u32) with the discriminants 0..COUNT, and r < COUNT.
+        unsafe { core::mem::transmute::<u32, LbReason>(r) }
+    } else {
+        LbReason::FibOther
+    };
+    (v as u32, reason)
+}
+
+/// Sends a client -> VIP packet to real server `real` by `lb_kind`: NAT rewrites the
+/// destination; both look up the next hop and rewrite the Ethernet header.
+#[inline(never)]
+fn forward(ctx: &XdpContext, pkt: &Pkt, real: *const LbReal, lb_kind: u8) -> u64 {
+    pack(forward_inline(ctx, pkt, real, lb_kind))
+}
+
+#[inline(always)]
+fn forward_inline(ctx: &XdpContext, pkt: &Pkt, real: *const LbReal, lb_kind: u8) -> Outcome {
     // SAFETY: array value pointer; entries of a live generation are never rewritten.
     let (raddr, rport) = unsafe { (&(*real).addr, (*real).port) };
 
-    if svc.lb_kind == LB_KIND_NAT {
+    if lb_kind == LB_KIND_NAT {
         fwd::rewrite(ctx, pkt, true, raddr, rport);
         match fwd::send(ctx, pkt, &pkt.src, raddr, pkt.sport, rport) {
-            Fib::Sent(a) => {
-                count(LbReason::NatIn);
-                a
-            }
+            Fib::Sent(a) => (a, LbReason::NatIn),
             // The rewritten packet goes to the kernel, which resolves the neighbour (or
             // fragments / answers with ICMP) and forwards it.
             Fib::NoNeigh => pass(LbReason::NoNeigh),
@@ -350,12 +405,9 @@ fn inbound(ctx: &XdpContext, pkt: &Pkt, svc: &LbService) -> u32 {
             Fib::Other => pass(LbReason::FibOther),
             Fib::Unreachable => drop(LbReason::FibUnreachable),
         }
-    } else if svc.lb_kind == LB_KIND_DR {
+    } else if lb_kind == LB_KIND_DR {
         match fwd::send(ctx, pkt, &pkt.src, raddr, pkt.sport, pkt.dport) {
-            Fib::Sent(a) => {
-                count(LbReason::Dr);
-                a
-            }
+            Fib::Sent(a) => (a, LbReason::Dr),
             // Passing would deliver the packet to the local VIP: drop; the client retransmits.
             Fib::NoNeigh => drop(LbReason::NoNeigh),
             Fib::FragNeeded => drop(LbReason::FragNeeded),
@@ -368,11 +420,24 @@ fn inbound(ctx: &XdpContext, pkt: &Pkt, svc: &LbService) -> u32 {
     }
 }
 
-/// Real server -> client on a NAT flow: restore the VIP as source and send it on.
+/// Real server -> client on a NAT flow: restore the VIP as source and send it on. Returns a
+/// packed [`Outcome`], or 0 if `pkt` is not a NAT reply. A subprogram, like [`forward`].
+#[inline(never)]
+fn reply(ctx: &XdpContext, pkt: &Pkt) -> u64 {
+    match reply_inline(ctx, pkt) {
+        Some(o) => pack(o),
+        None => 0,
+    }
+}
+
 #[inline(always)]
-fn reply(ctx: &XdpContext, pkt: &Pkt) -> Option<u32> {
-    let mut key = conntrack::key(pkt);
-    let f = LB_CONNS.get_ptr_mut(&key)?;
+fn reply_inline(ctx: &XdpContext, pkt: &Pkt) -> Option<Outcome> {
+    let sc = scratch()?;
+    // SAFETY: per-CPU scratch map.
+    let key = unsafe { &raw mut (*sc).fkey };
+    conntrack::set_key(key, pkt);
+    // SAFETY: initialised above.
+    let f = LB_CONNS.get_ptr_mut(unsafe { &*key })?;
     // SAFETY: LRU value pointer from a successful lookup; fields read one by one.
     let (real_id, real_gen, service_id, flags, last_seen, vport) = unsafe {
         ((*f).real_id, (*f).real_gen, (*f).service_id, (*f).flags, (*f).last_seen_ns, (*f).port)
@@ -389,11 +454,15 @@ fn reply(ctx: &XdpContext, pkt: &Pkt) -> Option<u32> {
         // SAFETY: as above.
         unsafe { (*f).last_seen_ns = now };
         // Keep the forward entry alive too (server-push flows), and close it on FIN/RST.
-        key.src = pkt.dst;
-        key.sport = pkt.dport;
-        key.dst = vip;
-        key.dport = vport;
-        if let Some(ff) = LB_CONNS.get_ptr_mut(&key) {
+        // SAFETY: scratch map value; the forward key is this one with the ends swapped.
+        unsafe {
+            (*key).src = pkt.dst;
+            (*key).sport = pkt.dport;
+            (*key).dst = vip;
+            (*key).dport = vport;
+        }
+        // SAFETY: as above.
+        if let Some(ff) = LB_CONNS.get_ptr_mut(unsafe { &*key }) {
             // SAFETY: LRU value pointer from a successful lookup.
             let (fid, fgen, fflags) = unsafe { ((*ff).real_id, (*ff).real_gen, (*ff).flags) };
             if fid == real_id && fgen == real_gen {
@@ -418,10 +487,7 @@ fn reply(ctx: &XdpContext, pkt: &Pkt) -> Option<u32> {
     );
     fwd::rewrite(ctx, pkt, false, &vip, vport);
     Some(match fwd::send(ctx, pkt, &vip, &pkt.dst, vport, pkt.dport) {
-        Fib::Sent(a) => {
-            count(LbReason::NatOut);
-            a
-        }
+        Fib::Sent(a) => (a, LbReason::NatOut),
         Fib::NoNeigh => pass(LbReason::NoNeigh),
         Fib::FragNeeded => pass(LbReason::FragNeeded),
         Fib::Other => pass(LbReason::FibOther),
@@ -430,13 +496,11 @@ fn reply(ctx: &XdpContext, pkt: &Pkt) -> Option<u32> {
 }
 
 #[inline(always)]
-fn pass(r: LbReason) -> u32 {
-    count(r);
-    xdp_action::XDP_PASS
+fn pass(r: LbReason) -> Outcome {
+    (xdp_action::XDP_PASS, r)
 }
 
 #[inline(always)]
-fn drop(r: LbReason) -> u32 {
-    count(r);
-    xdp_action::XDP_DROP
+fn drop(r: LbReason) -> Outcome {
+    (xdp_action::XDP_DROP, r)
 }

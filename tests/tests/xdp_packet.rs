@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use ha_lb::{
     bpf::{
-        lb::LbCounters,
+        lb::{self as maps, LbCounters},
         testrun::{run_xdp, XdpAction},
         vrrp_filter::{self, set_vrids},
         PROG_LB, PROG_VRRP_FILTER,
@@ -17,7 +17,7 @@ use ha_lb::{
     dataplane::{Dataplane, LbAlgo, LbKind, Protocol},
 };
 use ha_lb_common::{
-    lb::LbReason,
+    lb::{LbReason, LB_FLOW_F_REPLY},
     vrrp::{version_bit, VrrpCounter, VrrpVridKey, VrrpVridValue, FAMILY_V4},
 };
 use ha_lb_lab::frame::{self, inet_checksum, TcpFlags};
@@ -572,4 +572,40 @@ fn per_packet_cost_nat_in_vs_vrrp_filter() {
     for (what, ns) in costs {
         eprintln!("per-packet cost: {what:36} {ns:>6} ns");
     }
+}
+
+/// If the LRU evicts only the reply entry of a NAT flow, the client's next packet (at most a
+/// second's refresh interval later) writes it again, so replies are translated again.
+#[test]
+fn a_lost_nat_reply_entry_is_recreated_by_the_clients_next_packet() {
+    let env = env();
+    env.run(|t| {
+        let vip = sa("198.18.100.1:80");
+        t.apply(&one_service(
+            vs("198.18.100.1:80", Protocol::Tcp),
+            LbAlgo::Rr,
+            LbKind::Nat,
+            reals(&["198.18.2.10"], 8080, &[1]),
+        ));
+        let c = client(3, 41000);
+        t.nat_pick(c, vip, TcpFlags::SYN);
+        let rs_eth = frame::Eth { src: rs_mac(2, 10), dst: [0; 6] };
+        let back = frame::tcp(rs_eth, sa("198.18.2.10:8080"), c, TcpFlags::ACK, 1, b"r");
+        assert_eq!(t.send_from_servers(&back).action, XdpAction::Redirect);
+        let reply_key = maps::flows(t.dp.bpf())
+            .unwrap()
+            .into_iter()
+            .find(|(_, f)| f.flags & LB_FLOW_F_REPLY != 0)
+            .unwrap()
+            .0;
+        maps::remove_flow(t.dp.bpf_mut(), &reply_key).unwrap();
+        let before = t.counters();
+        assert_eq!(t.send_from_servers(&back).action, XdpAction::Pass, "no reply entry: not ours");
+        assert_eq!(t.counters().since(&before), vec![(LbReason::NotService.name(), 1)]);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        t.nat_pick(c, vip, TcpFlags::ACK);
+        let r = t.send_from_servers(&back);
+        assert_eq!(r.action, XdpAction::Redirect);
+        assert_eq!(frame::check(&r.frame).unwrap().src, vip.ip());
+    });
 }

@@ -11,28 +11,31 @@
 //! different receive queues) can count it twice.
 
 use ha_lb_common::lb::{
-    LbConfig, LbFlow, LbFlowKey, LbReal, LB_FLOW_F_CLOSED, LB_REAL_F_AVAILABLE,
+    LbConfig, LbFlow, LbFlowKey, LbReal, LbReason, LB_FLOW_F_CLOSED, LB_FLOW_F_REPLY,
+    LB_REAL_F_AVAILABLE,
 };
 
 use super::{
-    maps::{LB_CONFIG, LB_REALS},
-    stats::conn_closed,
+    maps::{scratch, LB_CONFIG, LB_CONNS, LB_REALS},
+    stats::{conn_closed, count},
     Pkt,
 };
 
 /// Refresh `last_seen_ns` at most this often (fewer writes to shared cache lines).
 pub const REFRESH_NS: u64 = 1_000_000_000;
 
+/// Writes the connection-tracking key of `pkt` into `k`.
 #[inline(always)]
-pub fn key(pkt: &Pkt) -> LbFlowKey {
-    LbFlowKey {
-        src: pkt.src,
-        dst: pkt.dst,
-        sport: pkt.sport,
-        dport: pkt.dport,
-        proto: pkt.proto,
-        family: pkt.family,
-        _pad: 0,
+pub fn set_key(k: *mut LbFlowKey, pkt: &Pkt) {
+    // SAFETY: `k` points into the per-CPU scratch map.
+    unsafe {
+        (*k).src = pkt.src;
+        (*k).dst = pkt.dst;
+        (*k).sport = pkt.sport;
+        (*k).dport = pkt.dport;
+        (*k).proto = pkt.proto;
+        (*k).family = pkt.family;
+        (*k)._pad = 0;
     }
 }
 
@@ -84,6 +87,41 @@ pub fn close(f: *mut LbFlow, svc_id: u32, real_id: u32, real_gen: u32, flags: u3
     if let Some(r) = LB_REALS.get(real_id) {
         if r.gen == real_gen {
             conn_closed(svc_id, real_id);
+        }
+    }
+}
+
+/// Writes the NAT reply entry of the flow of `pkt` (client -> VIP) served by `real`: keyed by
+/// real server -> client, restoring VIP:port.
+///
+/// Not inlined on purpose: it runs for new flows and once-a-second refreshes only, and as a
+/// BPF subprogram it keeps its spills out of the main program's frame.
+#[inline(never)]
+pub fn put_reply(pkt: &Pkt, real: *const LbReal, real_id: u32, svc_id: u32, now: u64) {
+    let Some(sc) = scratch() else { return };
+    // SAFETY: array value pointer (a live generation's address and port never change) and the
+    // per-CPU scratch map.
+    unsafe {
+        let k = &raw mut (*sc).rkey;
+        (*k).src = (*real).addr;
+        (*k).dst = pkt.src;
+        (*k).sport = (*real).port;
+        (*k).dport = pkt.sport;
+        (*k).proto = pkt.proto;
+        (*k).family = pkt.family;
+        (*k)._pad = 0;
+        let f = &raw mut (*sc).flow;
+        (*f).real_id = real_id;
+        (*f).real_gen = (*real).gen;
+        (*f).service_id = svc_id;
+        (*f).flags = LB_FLOW_F_REPLY;
+        (*f).last_seen_ns = now;
+        (*f).addr = pkt.dst;
+        (*f).port = pkt.dport;
+        (*f)._pad16 = 0;
+        (*f)._pad32 = 0;
+        if LB_CONNS.insert(&*k, &*f, 0).is_err() {
+            count(LbReason::ConntrackFull);
         }
     }
 }

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use ha_lb_common::lb::FAMILY_V4;
 
-use super::{csum, Pkt};
+use super::{csum, maps::scratch, Pkt};
 use crate::parse::{ptr_at, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, IPPROTO_TCP};
 
 const AF_INET: u8 = 2;
@@ -109,7 +109,7 @@ pub enum Fib {
 /// field (the target has no usable memset/memcpy builtins: whole-struct zeroing and 6-byte MAC
 /// copies would become byte-loop subprogram calls).
 #[repr(C)]
-struct FibParams {
+pub struct FibParams {
     family: u8,
     l4_protocol: u8,
     sport: u16,
@@ -144,9 +144,11 @@ pub fn send(
     dport: u16,
 ) -> Fib {
     let v4 = pkt.family == FAMILY_V4;
-    let mut p = core::mem::MaybeUninit::<FibParams>::uninit();
-    let pp = p.as_mut_ptr();
-    // SAFETY: every field of `p` is written before use. The constant-zero fields are written
+    // The parameter block lives in the per-CPU scratch map, not on the stack.
+    let Some(sc) = scratch() else { return Fib::Other };
+    // SAFETY: per-CPU map value, used by this packet only.
+    let pp = unsafe { &raw mut (*sc).fib };
+    // SAFETY: every field is written before use. The constant-zero fields are written
     // volatile so the compiler cannot merge them into a memset call (a byte-loop subprogram
     // on this target).
     unsafe {

@@ -1,5 +1,6 @@
 //! The forwarding program's maps (layout documented in `ha_lb_common::lb`).
 
+use super::fwd::FibParams;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
@@ -53,3 +54,29 @@ pub static LB_RR: PerCpuArray<u32> = PerCpuArray::with_max_entries(LB_SERVICES_M
 
 #[map(name = "LB_CHAIN")]
 pub static LB_CHAIN: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Per-packet temporaries that would not fit on the stack: the verifier allows 512 bytes for
+/// a whole call chain, counting each frame rounded up to 32 bytes (before Linux 6.8), and the
+/// BPF calling convention spills whatever lives across a helper call. Per CPU, and a packet
+/// is processed on one CPU from start to end, so there is no sharing.
+#[repr(C)]
+pub struct Scratch {
+    pub fib: FibParams,
+    /// Service lookup key.
+    pub skey: LbServiceKey,
+    /// The packet's own connection-tracking key.
+    pub fkey: LbFlowKey,
+    /// The other direction's key (NAT reply entry / its forward entry).
+    pub rkey: LbFlowKey,
+    pub pkey: LbPersistKey,
+    /// A flow value being written.
+    pub flow: LbFlow,
+}
+
+#[map(name = "LB_SCRATCH")]
+pub static LB_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn scratch() -> Option<*mut Scratch> {
+    LB_SCRATCH.get_ptr_mut(0)
+}

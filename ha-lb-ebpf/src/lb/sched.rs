@@ -14,7 +14,7 @@ use ha_lb_common::lb::{
 };
 
 use super::{
-    maps::{LB_PERSIST, LB_REALS, LB_RING, LB_RR, LB_SETS},
+    maps::{scratch, LB_PERSIST, LB_REALS, LB_RING, LB_RR, LB_SETS},
     stats::load,
     Pkt,
 };
@@ -34,15 +34,13 @@ pub fn schedulable(real: &LbReal, gen: u32, svc_id: u32) -> bool {
 #[inline(always)]
 pub fn pick(svc: &LbService, pkt: &Pkt, now: u64) -> Option<(u32, *const LbReal)> {
     let persist = svc.persistence_timeout != 0;
-    let pkey = LbPersistKey {
-        service_id: svc.id,
-        family: pkt.family,
-        _pad8: 0,
-        _pad16: 0,
-        client: pkt.src,
-    };
+    let sc = scratch()?;
+    // SAFETY: per-CPU scratch map.
+    let pkey = unsafe { &raw mut (*sc).pkey };
     if persist {
-        if let Some(t) = LB_PERSIST.get_ptr_mut(&pkey) {
+        set_persist_key(pkey, svc, pkt);
+        // SAFETY: as above.
+        if let Some(t) = LB_PERSIST.get_ptr_mut(unsafe { &*pkey }) {
             // SAFETY: map value pointer from a successful lookup.
             let tv = unsafe { *t };
             if now.wrapping_sub(tv.last_seen_ns) <= svc.persistence_timeout as u64 * NS_PER_SEC {
@@ -77,7 +75,8 @@ pub fn pick(svc: &LbService, pkt: &Pkt, now: u64) -> Option<(u32, *const LbReal)
     }
     if persist {
         let t = LbPersist { real_id: id, real_gen: real.gen, last_seen_ns: now };
-        let _ = LB_PERSIST.insert(&pkey, &t, 0);
+        // SAFETY: as above; still holds this client's key.
+        let _ = LB_PERSIST.insert(unsafe { &*pkey }, &t, 0);
     }
     Some((id, r))
 }
@@ -85,16 +84,26 @@ pub fn pick(svc: &LbService, pkt: &Pkt, now: u64) -> Option<(u32, *const LbReal)
 /// Restarts the persistence timer of the client of `pkt` (called while its flows are alive).
 #[inline(always)]
 pub fn refresh_template(svc: &LbService, pkt: &Pkt, now: u64) {
-    let pkey = LbPersistKey {
-        service_id: svc.id,
-        family: pkt.family,
-        _pad8: 0,
-        _pad16: 0,
-        client: pkt.src,
-    };
-    if let Some(t) = LB_PERSIST.get_ptr_mut(&pkey) {
+    let Some(sc) = scratch() else { return };
+    // SAFETY: per-CPU scratch map.
+    let pkey = unsafe { &raw mut (*sc).pkey };
+    set_persist_key(pkey, svc, pkt);
+    // SAFETY: as above.
+    if let Some(t) = LB_PERSIST.get_ptr_mut(unsafe { &*pkey }) {
         // SAFETY: map value pointer from a successful lookup.
         unsafe { (*t).last_seen_ns = now };
+    }
+}
+
+#[inline(always)]
+fn set_persist_key(k: *mut LbPersistKey, svc: &LbService, pkt: &Pkt) {
+    // SAFETY: `k` points into the per-CPU scratch map.
+    unsafe {
+        (*k).service_id = svc.id;
+        (*k).family = pkt.family;
+        (*k)._pad8 = 0;
+        (*k)._pad16 = 0;
+        (*k).client = pkt.src;
     }
 }
 

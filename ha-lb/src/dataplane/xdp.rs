@@ -16,6 +16,45 @@
 //!
 //! If a map update fails (it should not: sizes are checked while planning), the data plane
 //! refuses further applies: the daemon should drop it and build a new one.
+//!
+//! # What the integrator must provide
+//! - `forwarding=1` on every interface the program is attached to (`bpf_fib_lookup` refuses
+//!   to route otherwise and the program passes NAT packets / drops DR ones, counted as
+//!   `fib_other`); IPv6 forwarding for IPv6 services. NAT real servers route replies via the
+//!   director, as for LVS-NAT.
+//! - DR: the director must know the real servers' MACs (neighbour entries). On a miss the
+//!   program drops (passing would deliver the packet to the local VIP) and counts `no_neigh`;
+//!   health checks that talk to the real servers keep the entries warm. NAT passes the already
+//!   rewritten packet on a miss and the kernel resolves and forwards it — for replies (source
+//!   = VIP, a local address) the kernel only does so with `accept_local=1` on the real-server
+//!   side; in practice the client's neighbour entry exists (it ARPed for the VIP).
+//! - `maintain()` every few seconds: it expires idle connections and recounts open ones.
+//! - One XDP program per interface: where VRRP and service traffic share an interface, attach
+//!   `ha_lb_xdp` and [`XdpDataplane::chain`] the VRRP filter (same `Bpf` object, so the
+//!   VRRP daemon must use this object's `VRRP_VRIDS` map: see [`XdpDataplane::bpf_mut`]).
+//!
+//! # Limits and caveats
+//! - Connection counts: opened/closed are exact per-CPU counters, but a connection that leaves
+//!   the LRU table without FIN/RST (eviction under pressure) is only noticed at the next sweep,
+//!   which recounts from the table; until then active counts are too high. lc/wlc schedule by a
+//!   shared load counter updated without atomics (the BPF target offers Rust none without a
+//!   crate-level unstable feature): two CPUs racing can lose an update, corrected at each sweep.
+//!   Two CPUs closing the same flow at the same instant can count it closed twice (same cure).
+//! - A NAT flow takes two table entries (`LB_CONNS_MAX` = 262144 entries, a compile-time
+//!   constant like every map size). An evicted reply entry is written again by the client's
+//!   next packet (within the one-second refresh interval); until then replies pass
+//!   un-rewritten to the kernel. An evicted forward entry makes the flow's next packet a new
+//!   flow: sh/mh send it to the same server, rr/wrr/lc/wlc may not.
+//! - Persistence is per full client address (no `persistence_granularity` netmask), and a
+//!   drained (weight 0) server gets no new connections even from persistent clients (IPVS with
+//!   `expire_quiescent_template=1`).
+//! - Not load-balanced, passed to the kernel and counted: IP fragments, IPv4 options, IPv6
+//!   extension headers, VLAN-tagged frames, ICMP (so ICMP errors about NAT flows are not
+//!   translated back, unlike IPVS).
+//! - TTL/hop limit is not decremented (as IPVS). `lb_kind TUN` is refused (the maps have room
+//!   for it: `lb_kind` per service, reserved per-real words).
+//! - All state lives in the loaded object: a restarted daemon starts with an empty connection
+//!   table (sh/mh keep most clients on the same servers; rr/wrr/lc/wlc do not).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
