@@ -46,6 +46,9 @@ pub const LB_REAL_STATS: &str = "LB_REAL_STATS";
 pub const LB_REASONS: &str = "LB_REASONS";
 pub const LB_CONFIG: &str = "LB_CONFIG";
 pub const LB_CHAIN: &str = "LB_CHAIN";
+/// `HashMap<u32 ifindex, LbIfMac>`: the MAC of each interface the program is attached to.
+pub const LB_IF_MAC: &str = "LB_IF_MAC";
+pub const LB_IF_MAC_MAX: u32 = 64;
 
 /// Services (virtual servers) at once; service ids are `0..LB_SERVICES_MAX`.
 pub const LB_SERVICES_MAX: u32 = 256;
@@ -278,6 +281,14 @@ impl Default for LbConfig {
     }
 }
 
+/// Value of [`LB_IF_MAC`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct LbIfMac {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
 /// Why the forwarding program forwarded, passed or dropped a frame. Indexes `LB_REASONS`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -325,11 +336,14 @@ pub enum LbReason {
     Rescheduled = 18,
     /// The connection-tracking insert failed: forwarded anyway, but the flow is not sticky.
     ConntrackFull = 19,
+    /// Unicast to another host's MAC (a switch flooding an unknown destination): passed to
+    /// the kernel, which drops it, so two directors never both forward a flooded frame.
+    OtherHost = 20,
 }
 
 impl LbReason {
-    pub const COUNT: u32 = 20;
-    pub const ALL: [LbReason; 20] = [
+    pub const COUNT: u32 = 21;
+    pub const ALL: [LbReason; 21] = [
         LbReason::NatIn,
         LbReason::NatOut,
         LbReason::Dr,
@@ -350,6 +364,7 @@ impl LbReason {
         LbReason::FibOther,
         LbReason::Rescheduled,
         LbReason::ConntrackFull,
+        LbReason::OtherHost,
     ];
     /// The name used in logs, status output and metrics.
     pub const fn name(self) -> &'static str {
@@ -374,6 +389,7 @@ impl LbReason {
             LbReason::FibOther => "fib_other",
             LbReason::Rescheduled => "rescheduled",
             LbReason::ConntrackFull => "conntrack_full",
+            LbReason::OtherHost => "other_host",
         }
     }
 }
@@ -390,6 +406,7 @@ crate::impl_user_pod!(
     LbPersist,
     LbTraffic,
     LbConfig,
+    LbIfMac,
 );
 
 #[cfg(test)]

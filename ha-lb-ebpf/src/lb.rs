@@ -105,8 +105,26 @@ pub fn ha_lb_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// False for a frame unicast to another host's MAC (a switch flooding an unknown
+/// destination): the kernel would drop it as PACKET_OTHERHOST, and forwarding it would make
+/// every director on the segment forward the same frame. Interfaces with no entry (not
+/// attached by the daemon, e.g. in test runs) accept everything.
+#[inline(always)]
+fn for_us(ctx: &XdpContext) -> bool {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return true };
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: read-only lookup of plain data; eth is bounds-checked by ptr_at.
+    match unsafe { maps::LB_IF_MAC.get(&ifindex) } {
+        None => true,
+        Some(m) => (unsafe { (*eth).dst }) == m.mac,
+    }
+}
+
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Verdict {
+    if !for_us(ctx) {
+        return Verdict::Chain(LbReason::OtherHost);
+    }
     let pkt = match parse(ctx) {
         Ok(p) => p,
         Err(r) => return Verdict::Chain(r),

@@ -609,3 +609,35 @@ fn a_lost_nat_reply_entry_is_recreated_by_the_clients_next_packet() {
         assert_eq!(frame::check(&r.frame).unwrap().src, vip.ip());
     });
 }
+
+/// A frame unicast to another host's MAC (a switch flooding an unknown destination, e.g.
+/// the failed master's MAC while clients' ARP caches still point at it) is not forwarded:
+/// the kernel would drop it as PACKET_OTHERHOST, and two directors on one segment must
+/// never both forward the same frame. Addressed to our own MAC, the same frame is.
+#[test]
+fn frames_for_another_hosts_mac_are_not_forwarded() {
+    let env = env();
+    env.run(|t| {
+        t.apply(&one_service(
+            vs("198.18.100.1:80", Protocol::Tcp),
+            LbAlgo::Rr,
+            LbKind::Nat,
+            reals(&["198.18.2.10"], 8080, &[1]),
+        ));
+        let eth0 = t.eth0;
+        let mac0 = t.mac0;
+        maps::set_interface_mac(t.dp.bpf_mut(), eth0, Some(mac0)).unwrap();
+        let vip = sa("198.18.100.1:80");
+        let mut other = t.client_eth();
+        other.dst = [0x02, 0xde, 0xad, 0xbe, 0xef, 0x01];
+        let flooded = frame::tcp(other, client(7, 41000), vip, TcpFlags::SYN, 1, b"");
+        let before = t.counters();
+        let r = t.send_from_client(&flooded);
+        assert_eq!(r.action, XdpAction::Pass);
+        assert_eq!(r.frame, flooded, "passed untouched");
+        assert_eq!(delta(t.counters(), before), vec![(LbReason::OtherHost.name(), 1)]);
+        let mine = frame::tcp(t.client_eth(), client(7, 41000), vip, TcpFlags::SYN, 1, b"");
+        assert_eq!(mine[..6], mac0, "the harness addresses the director's own MAC");
+        assert_eq!(t.send_from_client(&mine).action, XdpAction::Redirect);
+    });
+}

@@ -191,7 +191,7 @@ pub fn run(root: &Path) -> Result<()> {
     })?;
     print_status(&lb1);
 
-    say("Traffic: 120 new connections to http://198.18.0.100/ (lb_algo mh, weights 3:2:1)");
+    say("Traffic: 120 new connections to http://198.18.0.100/ (lb_algo wrr, weights 3:2:1)");
     print_spread(&spread(&t, 120));
 
     say("Real server rs2 dies (its process is killed)");

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use ha_lb_common::lb::{
-    LbBackendSet, LbConfig, LbFlow, LbFlowKey, LbPersist, LbPersistKey, LbReal, LbReason,
-    LbRingChunk, LbService, LbServiceKey, LbTraffic, LB_CONNS_MAX, LB_PERSIST_MAX, LB_REALS_MAX,
+    LbBackendSet, LbConfig, LbFlow, LbIfMac, LbFlowKey, LbPersist, LbPersistKey, LbReal, LbReason,
+    LbRingChunk, LbService, LbServiceKey, LbTraffic, LB_CONNS_MAX, LB_IF_MAC_MAX, LB_PERSIST_MAX, LB_REALS_MAX,
     LB_RING_CHUNKS, LB_SERVICES_MAX,
 };
 
@@ -80,3 +80,8 @@ pub static LB_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0
 pub fn scratch() -> Option<*mut Scratch> {
     LB_SCRATCH.get_ptr_mut(0)
 }
+
+/// The MAC of each interface the program is attached to (filled at attach). Frames unicast to
+/// another host's MAC are not ours to forward.
+#[map(name = "LB_IF_MAC")]
+pub static LB_IF_MAC: HashMap<u32, LbIfMac> = HashMap::with_max_entries(LB_IF_MAC_MAX, 0);

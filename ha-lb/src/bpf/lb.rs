@@ -306,6 +306,57 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The MAC address of `iface` in the calling thread's network namespace (SIOCGIFHWADDR).
+pub fn interface_mac(iface: &str) -> std::io::Result<[u8; 6]> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let name = iface.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad interface name"));
+    }
+    // SAFETY: plain socket(2); the fd is owned below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: raw is a fresh fd we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain data; zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR fills ifr_ifru.ifru_hwaddr of a valid ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut ifr) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl succeeded, so the hwaddr member is the initialised one.
+    let sa = unsafe { ifr.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (m, b) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *m = *b as u8;
+    }
+    Ok(mac)
+}
+
+/// Records (or with `None`, forgets) the MAC of interface `ifindex`, so the forwarding
+/// program only forwards frames addressed to this host.
+pub fn set_interface_mac(
+    bpf: &mut Bpf,
+    ifindex: u32,
+    mac: Option<[u8; 6]>,
+) -> Result<(), BpfError> {
+    use ha_lb_common::lb::{LbIfMac, LB_IF_MAC};
+    let e = map_err(LB_IF_MAC);
+    let mut m: HashMap<_, u32, LbIfMac> = HashMap::try_from(bpf.map_mut(LB_IF_MAC)?).map_err(&e)?;
+    match mac {
+        Some(mac) => m.insert(ifindex, LbIfMac { mac, _pad: [0; 2] }, 0).map_err(e),
+        None => match m.remove(&ifindex) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(x) => Err(e(x)),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
