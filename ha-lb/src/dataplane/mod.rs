@@ -8,6 +8,7 @@
 //! checks, and calls [`Dataplane::apply`] with the whole of it every time something changes.
 //! Each implementation diffs against what it last applied.
 
+pub mod ipvs;
 pub mod maglev;
 pub mod sched;
 pub mod xdp;

@@ -1,0 +1,411 @@
+//! The kernel IPVS data plane (`dataplane = "ipvs"`): [`IpvsDataplane`] programs the same
+//! desired state as the XDP one into the kernel's IP Virtual Server over the generic-netlink
+//! family "IPVS" — the fallback where XDP cannot be used or is not wanted.
+//!
+//! - [`wire`]: the messages, encoded and decoded by hand (pure, byte-exact tests);
+//! - [`plan`]: desired state → what IPVS should hold → ordered commands (pure, tested without
+//!   a kernel; the order keeps every live service populated, see there);
+//! - [`socket`]: a blocking NETLINK_GENERIC socket (`netlink-sys`), one request at a time.
+//!
+//! # Which services are ha-lb's
+//! IPVS has no notion of an owner, and other tools (an administrator's `ipvsadm`, kube-proxy,
+//! Docker swarm) may keep services of their own. ha-lb never flushes: it touches only services
+//! it *owns*, which are
+//! - every service of a desired state it applied (a desired service that already exists in the
+//!   kernel — left by a previous run, or by keepalived during a migration — is **adopted**:
+//!   edited in place, its destinations diffed, so its connections survive);
+//! - with a ledger ([`IpvsDataplane::open_with_ledger`], e.g. `/run/ha-lb/ipvs-services`):
+//!   the services a previous run owned, so that a restart after a crash still removes the ones
+//!   the new configuration dropped. Without a ledger, those are left alone.
+//!
+//! Services ha-lb stops wanting are deleted; services it never wanted are never touched.
+//! Dropping the data plane removes the services it owns, as keepalived does at exit, unless
+//! [`IpvsDataplane::keep_on_drop`] says otherwise (keepalived's `--dont-release-ipvs`).
+//!
+//! # Failures and drift
+//! If a command fails half-way (someone deleted a service behind our back, a scheduler module
+//! is missing), `apply` returns the error and the next `apply` first re-reads the kernel's view
+//! of the owned services, then plans from that: nothing needs rebuilding. `maintain()` does the
+//! same re-read every time and puts back anything that drifted from the last desired state
+//! (`ipvsadm -C` by hand is undone within one maintenance interval).
+//!
+//! # Versus the XDP data plane
+//! IPVS does its own connection tracking, timeouts and ICMP handling; `stats()` reads its
+//! counters (`reasons` is empty: IPVS keeps no per-reason frame counters). Scheduler names are
+//! IPVS's (`ip_vs_rr` … `ip_vs_mh`, which the kernel loads on demand); `hash_port` sets
+//! `sh-port`/`mh-port`; persistence uses a full-address granularity (netmask /32, /128).
+//! A new service exists for a few system calls before its destinations are added (IPVS cannot
+//! create both at once); it has no connections then, so nothing is lost.
+
+pub mod plan;
+pub mod socket;
+pub mod wire;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use self::{
+    plan::{KernelService, Op, View},
+    socket::{Genl, GenlError},
+    wire::{DumpedDest, DumpedService},
+};
+use super::{
+    ApplyReport, Dataplane, DataplaneError, DataplaneStats, DesiredState, LbKind, Protocol,
+    RealServerStats, ServiceStats, VirtualServerKey,
+};
+
+fn backend(what: impl std::fmt::Display, e: GenlError) -> DataplaneError {
+    DataplaneError::Backend(format!("IPVS: {what}: {e}").into())
+}
+
+/// The kernel's IPVS, driven over generic netlink.
+pub struct IpvsDataplane {
+    genl: Genl,
+    /// Services ha-lb owns (see the module docs).
+    owned: BTreeSet<VirtualServerKey>,
+    /// What IPVS holds for the owned services, as last applied or read back.
+    state: View,
+    /// The latest valid desired state asked for (applied, unless an apply failed).
+    desired: DesiredState,
+    /// `state` may not be what the kernel holds (an apply failed half-way, or at start with a
+    /// ledger): re-read before planning.
+    stale: bool,
+    ledger: Option<PathBuf>,
+    keep_on_drop: bool,
+}
+
+impl IpvsDataplane {
+    /// Connects to the kernel's IPVS. Fails with a clear message if the kernel has none
+    /// (`modprobe ip_vs`) or the process lacks CAP_NET_ADMIN.
+    pub fn open() -> Result<IpvsDataplane, DataplaneError> {
+        let genl = Genl::open().map_err(|e| match e.errno() {
+            Some(libc::ENOENT) => DataplaneError::Unsupported {
+                dataplane: "ipvs",
+                what: "this kernel has no IPVS (the generic netlink family \"IPVS\" is \
+                       missing): load it with `modprobe ip_vs`"
+                    .into(),
+            },
+            _ => backend("resolving the generic netlink family \"IPVS\"", e),
+        })?;
+        let dp = IpvsDataplane {
+            genl,
+            owned: BTreeSet::new(),
+            state: View::new(),
+            desired: DesiredState::default(),
+            stale: false,
+            ledger: None,
+            keep_on_drop: false,
+        };
+        // Reading needs CAP_NET_ADMIN too: find out now rather than at the first apply.
+        dp.dump_services().map_err(|e| match e.errno() {
+            Some(libc::EPERM) | Some(libc::EACCES) => DataplaneError::Backend(
+                "IPVS: permission denied (the ipvs data plane needs CAP_NET_ADMIN)".into(),
+            ),
+            _ => backend("listing services", e),
+        })?;
+        Ok(dp)
+    }
+
+    /// Like [`IpvsDataplane::open`], and records the owned services in `path` (one per line,
+    /// rewritten atomically whenever the set changes). Services listed there by an earlier
+    /// run are owned from the start: the first `apply` removes those it does not want.
+    pub fn open_with_ledger(path: impl Into<PathBuf>) -> Result<IpvsDataplane, DataplaneError> {
+        let path = path.into();
+        let mut dp = IpvsDataplane::open()?;
+        dp.owned = read_ledger(&path)
+            .map_err(|e| DataplaneError::Backend(format!("{}: {e}", path.display()).into()))?;
+        dp.stale = !dp.owned.is_empty();
+        dp.ledger = Some(path);
+        Ok(dp)
+    }
+
+    /// `true`: leave the owned services in the kernel when this value is dropped.
+    pub fn keep_on_drop(&mut self, keep: bool) {
+        self.keep_on_drop = keep;
+    }
+
+    /// The services ha-lb owns.
+    pub fn owned(&self) -> impl Iterator<Item = &VirtualServerKey> {
+        self.owned.iter()
+    }
+
+    /// Every TCP/UDP service in the kernel (owned or not) with its destinations.
+    pub fn kernel_services(&self) -> Result<Vec<(DumpedService, Vec<DumpedDest>)>, DataplaneError> {
+        let services = self.dump_services().map_err(|e| backend("listing services", e))?;
+        services
+            .into_iter()
+            .map(|s| {
+                let d = self
+                    .dump_dests(&s.key)
+                    .map_err(|e| backend(format!("listing real servers of {}", s.key), e))?;
+                Ok((s, d))
+            })
+            .collect()
+    }
+
+    fn dump_services(&self) -> Result<Vec<DumpedService>, GenlError> {
+        let f = self.genl.family();
+        let msgs = self.genl.transact(|seq| wire::dump_services(f, seq))?;
+        Ok(msgs.iter().filter_map(|p| wire::parse_service(p)).collect())
+    }
+
+    fn dump_dests(&self, vs: &VirtualServerKey) -> Result<Vec<DumpedDest>, GenlError> {
+        let f = self.genl.family();
+        let msgs = self.genl.transact(|seq| wire::dump_dests(f, seq, vs))?;
+        let af = wire::af_of(vs.address);
+        Ok(msgs.iter().filter_map(|p| wire::parse_dest(p, af)).collect())
+    }
+
+    /// The kernel's view of the services in `keys` that exist.
+    fn read_view(&self, keys: &BTreeSet<VirtualServerKey>) -> Result<View, DataplaneError> {
+        let mut view = View::new();
+        if keys.is_empty() {
+            return Ok(view);
+        }
+        for s in self.dump_services().map_err(|e| backend("listing services", e))? {
+            if !keys.contains(&s.key) {
+                continue;
+            }
+            let dests = self
+                .dump_dests(&s.key)
+                .map_err(|e| backend(format!("listing real servers of {}", s.key), e))?;
+            view.insert(
+                s.key,
+                KernelService {
+                    params: s.params,
+                    dests: dests.into_iter().map(|d| ((d.addr, d.port), d.params)).collect(),
+                },
+            );
+        }
+        Ok(view)
+    }
+
+    fn write_ledger(&self) -> Result<(), DataplaneError> {
+        let Some(path) = &self.ledger else { return Ok(()) };
+        write_ledger(path, &self.owned)
+            .map_err(|e| DataplaneError::Backend(format!("{}: {e}", path.display()).into()))
+    }
+
+    fn execute(&self, op: &Op) -> Result<(), DataplaneError> {
+        let f = self.genl.family();
+        self.genl.request(|seq| op.encode(f, seq)).map_err(|e| {
+            let hint = match (op, e.errno()) {
+                (Op::NewService(_, p) | Op::SetService(_, p), Some(libc::ENOENT)) => {
+                    format!(" (is the scheduler module ip_vs_{} available?)", p.sched)
+                }
+                _ => String::new(),
+            };
+            backend(format!("{op}{hint}"), e)
+        })
+    }
+}
+
+impl Dataplane for IpvsDataplane {
+    fn name(&self) -> &'static str {
+        "ipvs"
+    }
+
+    fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, DataplaneError> {
+        let target = plan::target(desired)?;
+        // What maintain() restores or retries: the latest valid desired state.
+        self.desired = desired.clone();
+        if self.stale {
+            self.state = self.read_view(&self.owned)?;
+            self.owned = self.state.keys().copied().collect();
+            self.stale = false;
+        }
+        // Desired services we do not hold yet may exist already: adopt them as they are.
+        let unknown: BTreeSet<VirtualServerKey> =
+            target.keys().filter(|k| !self.state.contains_key(k)).copied().collect();
+        for (vs, s) in self.read_view(&unknown)? {
+            tracing::info!(virtual_server = %vs, scheduler = %s.params.sched, real_servers = s.dests.len(), "IPVS: adopting an existing service");
+            self.owned.insert(vs);
+            self.state.insert(vs, s);
+        }
+        let (ops, report) = plan::plan(&self.state, &target);
+        // Own what we are about to create before creating it, so a crash cannot orphan it.
+        let before = self.owned.clone();
+        self.owned.extend(target.keys().copied());
+        if self.owned != before {
+            self.write_ledger()?;
+        }
+        for op in &ops {
+            if let Err(e) = self.execute(op) {
+                self.stale = true;
+                return Err(e);
+            }
+        }
+        self.state = target;
+        let owned: BTreeSet<VirtualServerKey> = self.state.keys().copied().collect();
+        if owned != self.owned {
+            self.owned = owned;
+            self.write_ledger()?;
+        }
+        Ok(report)
+    }
+
+    fn stats(&self) -> Result<DataplaneStats, DataplaneError> {
+        let mut out = DataplaneStats::default();
+        for s in self.dump_services().map_err(|e| backend("listing services", e))? {
+            if !self.owned.contains(&s.key) {
+                continue;
+            }
+            let spec = self.desired.services.get(&s.key);
+            let mut ss = ServiceStats {
+                packets: s.stats.inpkts + s.stats.outpkts,
+                bytes: s.stats.inbytes + s.stats.outbytes,
+                new_conns: s.stats.conns,
+                ..ServiceStats::default()
+            };
+            let dests = self
+                .dump_dests(&s.key)
+                .map_err(|e| backend(format!("listing real servers of {}", s.key), e))?;
+            for d in dests {
+                // DR destinations carry the virtual port in IPVS: report them under the
+                // real_server's configured port.
+                let port = spec
+                    .filter(|sp| sp.lb_kind == LbKind::Dr)
+                    .and_then(|sp| sp.real_servers.iter().find(|r| r.addr == d.addr))
+                    .map_or(d.port, |r| r.port);
+                ss.active_conns += u64::from(d.active_conns);
+                ss.real_servers.insert(
+                    (d.addr, port),
+                    RealServerStats {
+                        weight: d.params.weight,
+                        in_packets: d.stats.inpkts,
+                        in_bytes: d.stats.inbytes,
+                        out_packets: d.stats.outpkts,
+                        out_bytes: d.stats.outbytes,
+                        new_conns: d.stats.conns,
+                        active_conns: u64::from(d.active_conns),
+                    },
+                );
+            }
+            out.services.insert(s.key, ss);
+        }
+        Ok(out)
+    }
+
+    /// Re-reads the owned services and restores whatever drifted from the last desired state.
+    /// IPVS expires its own connections: always `Ok(0)`.
+    fn maintain(&mut self) -> Result<usize, DataplaneError> {
+        self.stale = true;
+        let desired = self.desired.clone();
+        let report = self.apply(&desired)?;
+        if !report.is_empty() {
+            tracing::warn!(?report, "IPVS: services changed behind ha-lb's back; restored");
+        }
+        Ok(0)
+    }
+}
+
+impl Drop for IpvsDataplane {
+    fn drop(&mut self) {
+        if self.keep_on_drop || self.owned.is_empty() {
+            return;
+        }
+        if let Err(e) = self.apply(&DesiredState::default()) {
+            tracing::warn!(error = %e, "IPVS: removing ha-lb's services at exit failed");
+        }
+    }
+}
+
+fn parse_ledger_line(line: &str) -> Option<VirtualServerKey> {
+    let mut w = line.split_whitespace();
+    let sa: SocketAddr = w.next()?.parse().ok()?;
+    let protocol = match w.next()? {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        _ => return None,
+    };
+    Some(VirtualServerKey { address: sa.ip(), port: sa.port(), protocol })
+}
+
+fn read_ledger(path: &Path) -> std::io::Result<BTreeSet<VirtualServerKey>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = BTreeSet::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        match parse_ledger_line(line) {
+            Some(k) => {
+                out.insert(k);
+            }
+            None => {
+                tracing::warn!(path = %path.display(), line, "IPVS ledger: unreadable line skipped")
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn write_ledger(path: &Path, owned: &BTreeSet<VirtualServerKey>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut text = String::from("# IPVS services owned by ha-lb (address:port protocol)\n");
+    for k in owned {
+        text.push_str(&format!("{k}\n"));
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// What `ipvsadm -Ln` would show for one service, in a stable order: for tests and logs.
+pub fn describe(s: &DumpedService, dests: &[DumpedDest]) -> String {
+    let mut out = format!(
+        "{} {} flags={:#x} timeout={}",
+        s.key, s.params.sched, s.params.flags, s.params.timeout
+    );
+    let mut d: BTreeMap<(IpAddr, u16), &DumpedDest> = BTreeMap::new();
+    for x in dests {
+        d.insert((x.addr, x.port), x);
+    }
+    for ((a, p), x) in d {
+        out.push_str(&format!(
+            " -> {} fwd={} w={}",
+            SocketAddr::new(a, p),
+            x.params.fwd,
+            x.params.weight
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ledger_round_trips_and_skips_junk() {
+        let dir = std::env::temp_dir().join(format!("hlb-ipvs-ledger-{}", std::process::id()));
+        let path = dir.join("sub").join("ipvs-services");
+        let keys: BTreeSet<VirtualServerKey> = [
+            VirtualServerKey {
+                address: "198.18.0.1".parse().unwrap(),
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            VirtualServerKey {
+                address: "fd48:4c42::1".parse().unwrap(),
+                port: 53,
+                protocol: Protocol::Udp,
+            },
+        ]
+        .into();
+        write_ledger(&path, &keys).unwrap();
+        assert_eq!(read_ledger(&path).unwrap(), keys);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("garbage line\n\n");
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(read_ledger(&path).unwrap(), keys);
+        assert!(read_ledger(&dir.join("absent")).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

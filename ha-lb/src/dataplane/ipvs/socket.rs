@@ -1,0 +1,120 @@
+//! A blocking generic-netlink socket bound to the "IPVS" family: one request at a time, each
+//! answered by an acknowledgement or a dump.
+
+use std::cell::Cell;
+
+use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
+
+use super::wire::{self, NlMsg, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenlError {
+    /// The kernel refused the request (`errno`, and its extended-ack message if it gave one).
+    #[error("{}{}", std::io::Error::from_raw_os_error(*errno), ext.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Kernel { errno: i32, ext: Option<String> },
+    #[error("netlink socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed netlink reply: {0}")]
+    Malformed(&'static str),
+}
+
+impl GenlError {
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            GenlError::Kernel { errno, .. } => Some(*errno),
+            GenlError::Io(e) => e.raw_os_error(),
+            GenlError::Malformed(_) => None,
+        }
+    }
+}
+
+pub struct Genl {
+    sock: Socket,
+    /// The "IPVS" family's id (assigned by the kernel when ip_vs loads).
+    family: u16,
+    seq: Cell<u32>,
+}
+
+impl Genl {
+    /// Opens a NETLINK_GENERIC socket and resolves the "IPVS" family through nlctrl.
+    /// `Kernel { errno: ENOENT }` means the kernel has no IPVS (module not loaded).
+    pub fn open() -> Result<Genl, GenlError> {
+        let mut sock = Socket::new(NETLINK_GENERIC)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        // Error messages with the kernel's explanation, without an echo of our request. Both
+        // are optional (Linux >= 4.2 / 4.12): without them errors are plain errnos.
+        let _ = sock.set_cap_ack(true);
+        let _ = sock.set_ext_ack(true);
+        let mut g = Genl { sock, family: wire::GENL_ID_CTRL, seq: Cell::new(0) };
+        let replies = g.transact(wire::get_family)?;
+        g.family = replies
+            .iter()
+            .find_map(|p| wire::family_id(p))
+            .ok_or(GenlError::Malformed("GETFAMILY reply without a family id"))?;
+        Ok(g)
+    }
+
+    pub fn family(&self) -> u16 {
+        self.family
+    }
+
+    fn next_seq(&self) -> u32 {
+        let s = self.seq.get().wrapping_add(1);
+        self.seq.set(s);
+        s
+    }
+
+    /// Sends the request `build(seq)` makes and collects the generic-netlink payloads of the
+    /// replies, until the acknowledgement (requests with NLM_F_ACK) or NLMSG_DONE (dumps).
+    pub fn transact(&self, build: impl FnOnce(u32) -> Vec<u8>) -> Result<Vec<Vec<u8>>, GenlError> {
+        let seq = self.next_seq();
+        let req = build(seq);
+        self.sock.send(&req, 0)?;
+        let mut out = Vec::new();
+        loop {
+            let (buf, _) = self.sock.recv_from_full()?;
+            if buf.is_empty() {
+                return Err(GenlError::Malformed("empty datagram"));
+            }
+            for m in wire::messages(&buf) {
+                // Replies to an earlier request that failed half-way are not ours.
+                if m.seq != seq {
+                    continue;
+                }
+                match m.ty {
+                    NLMSG_NOOP => {}
+                    NLMSG_ERROR => {
+                        let (errno, ext) = wire::error(&m).ok_or(GenlError::Malformed("error"))?;
+                        if errno != 0 {
+                            return Err(GenlError::Kernel { errno, ext });
+                        }
+                        return Ok(out);
+                    }
+                    NLMSG_DONE => return done(&m).map(|()| out),
+                    _ => out.push(m.payload.to_vec()),
+                }
+            }
+        }
+    }
+
+    /// A request answered by an acknowledgement only.
+    pub fn request(&self, build: impl FnOnce(u32) -> Vec<u8>) -> Result<(), GenlError> {
+        self.transact(build).map(|_| ())
+    }
+}
+
+/// NLMSG_DONE carries the dump's error, if it ended in one.
+fn done(m: &NlMsg<'_>) -> Result<(), GenlError> {
+    match m.payload.get(..4) {
+        Some(b) => {
+            let e = i32::from_ne_bytes(b.try_into().expect("4 bytes"));
+            if e < 0 {
+                Err(GenlError::Kernel { errno: -e, ext: None })
+            } else {
+                Ok(())
+            }
+        }
+        None => Ok(()),
+    }
+}
