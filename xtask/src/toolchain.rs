@@ -20,9 +20,19 @@ use crate::{display_cmd, is_root, run};
 /// Debian packages the build needs (compiler + library source, LLVM for bpf-linker).
 const APT_BUILD: &[&str] =
     &["rustc-web", "rust-web-src", "llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
-/// Debian packages the tests and the demo use inside namespace labs.
-const APT_RUNTIME: &[&str] =
-    &["iproute2", "iputils-ping", "ethtool", "nftables", "keepalived", "tcpdump", "curl"];
+/// Debian packages the tests and the demo use inside namespace labs, and (user-mode-linux,
+/// ipvsadm) in the UML guest that tests the IPVS data plane against a real kernel IPVS.
+const APT_RUNTIME: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "ethtool",
+    "nftables",
+    "keepalived",
+    "tcpdump",
+    "curl",
+    "user-mode-linux",
+    "ipvsadm",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_CORE_SRC: &str = "/usr/lib/rustlib/src/rust/library/core/Cargo.toml";

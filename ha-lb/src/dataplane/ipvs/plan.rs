@@ -17,8 +17,8 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use super::wire::{
     self, DestParams, SvcParams, IPVS_CMD_NEW_DEST, IPVS_CMD_NEW_SERVICE, IPVS_CMD_SET_DEST,
-    IPVS_CMD_SET_SERVICE, IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_MASQ, IP_VS_SVC_F_PERSISTENT,
-    IP_VS_SVC_F_SCHED_HASH_PORT,
+    IPVS_CMD_SET_SERVICE, IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_LOCALNODE, IP_VS_CONN_F_MASQ,
+    IP_VS_SVC_F_PERSISTENT, IP_VS_SVC_F_SCHED_HASH_PORT,
 };
 use crate::dataplane::{
     ApplyReport, DataplaneError, DesiredState, LbAlgo, LbKind, ServiceSpec, VirtualServerKey,
@@ -168,6 +168,20 @@ pub fn target(desired: &DesiredState) -> Result<View, DataplaneError> {
     Ok(view)
 }
 
+/// Whether a destination as IPVS holds it (`cur`) is what we want. Older kernels turn the
+/// forwarding method of a destination whose address is local into "local node" whatever they
+/// were asked (6.1 keeps what it was given): that is not a difference to correct.
+pub fn dest_matches(cur: &DestParams, want: &DestParams) -> bool {
+    (cur.fwd == want.fwd || cur.fwd == IP_VS_CONN_F_LOCALNODE)
+        && (cur.weight, cur.u_thresh, cur.l_thresh) == (want.weight, want.u_thresh, want.l_thresh)
+}
+
+fn service_matches(cur: &KernelService, want: &KernelService) -> bool {
+    cur.params == want.params
+        && cur.dests.len() == want.dests.len()
+        && want.dests.iter().all(|(k, w)| cur.dests.get(k).is_some_and(|c| dest_matches(c, w)))
+}
+
 /// The commands that take IPVS from `current` to `target`, in a safe order (see the module
 /// docs), and what they change.
 pub fn plan(current: &View, target: &View) -> (Vec<Op>, ApplyReport) {
@@ -187,7 +201,7 @@ pub fn plan(current: &View, target: &View) -> (Vec<Op>, ApplyReport) {
     // 2. Changed services: additions and edits before removals.
     for (vs, t) in target {
         let Some(c) = current.get(vs) else { continue };
-        if c == t {
+        if service_matches(c, t) {
             continue;
         }
         if c.params != t.params {
@@ -201,7 +215,7 @@ pub fn plan(current: &View, target: &View) -> (Vec<Op>, ApplyReport) {
         }
         for (&(a, port), p) in &t.dests {
             match c.dests.get(&(a, port)) {
-                Some(old) if old != p => {
+                Some(old) if !dest_matches(old, p) => {
                     ops.push(Op::SetDest(*vs, a, port, *p));
                     if old.weight != p.weight {
                         report.real_servers_reweighted += 1;
@@ -407,6 +421,21 @@ mod tests {
                 .unwrap();
         let (ops, _) = plan(&before, &after);
         assert!(matches!(&ops[..], [Op::NewDest(_, _, 80, _), Op::DelDest(_, _, 8080)]), "{ops:?}");
+    }
+
+    #[test]
+    fn a_local_node_destination_is_not_a_difference() {
+        let k = "198.18.0.1:80";
+        let want = target(&state(&[(k, spec(LbAlgo::Rr, LbKind::Nat, &[rs("127.0.0.1", 80, 1)]))]))
+            .unwrap();
+        let mut held = want.clone();
+        let d = held.get_mut(&vs(k)).unwrap().dests.values_mut().next().unwrap();
+        d.fwd = IP_VS_CONN_F_LOCALNODE;
+        let (ops, rep) = plan(&held, &want);
+        assert!(ops.is_empty() && rep.is_empty(), "{ops:?}");
+        // A weight difference still is.
+        held.get_mut(&vs(k)).unwrap().dests.values_mut().next().unwrap().weight = 2;
+        assert_eq!(plan(&held, &want).0.len(), 1);
     }
 
     #[test]

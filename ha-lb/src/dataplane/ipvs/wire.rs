@@ -97,6 +97,8 @@ pub const IP_VS_SVC_F_SCHED_HASH_PORT: u32 = IP_VS_SVC_F_SCHED2;
 
 pub const IP_VS_CONN_F_FWD_MASK: u32 = 0x0007;
 pub const IP_VS_CONN_F_MASQ: u32 = 0x0000;
+/// What the kernel makes of any destination whose address is local to this host.
+pub const IP_VS_CONN_F_LOCALNODE: u32 = 0x0001;
 pub const IP_VS_CONN_F_TUNNEL: u32 = 0x0002;
 pub const IP_VS_CONN_F_DROUTE: u32 = 0x0003;
 

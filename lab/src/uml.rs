@@ -1,0 +1,287 @@
+//! User-mode Linux guests, for tests that need a kernel feature the host kernel lacks (kernel
+//! IPVS for the `ipvs` data plane): Debian's `user-mode-linux` package ships a UML kernel
+//! (`/usr/bin/linux.uml`) and its modules (`/usr/lib/uml/modules/<release>/`).
+//!
+//! [`Uml::run`] boots a guest whose root is the host's `/` through hostfs, **read-only**, runs
+//! one program as the guest's only job and powers off. Hermetic by construction:
+//! - the only writable host path is a fresh directory made for the run (mounted read-write
+//!   over itself in the guest), where the program's output and exit code land;
+//! - the guest has no network device at all (no `eth=` argument), only `lo`, which the init
+//!   script brings up: nothing it does can reach the host's or any other network;
+//! - the whole run is bounded by a timeout; a guest that overruns is killed (its process group:
+//!   UML runs as a handful of host processes).
+//!
+//! The program runs as the guest's root, with `HLB_UML_GUEST` set to the shared directory
+//! ([`in_guest`]) and `TMPDIR` pointing there too. [`load_modules`] loads kernel modules in
+//! the guest from the UML module tree (no kmod needed). A typical test binary re-runs itself
+//! in the guest: `uml.run(&current_exe, &["--exact", "my_test", "--nocapture"])`, and the same
+//! test function does the guest's part when [`in_guest`] says so.
+
+use std::{
+    ffi::CString,
+    fs,
+    os::unix::{ffi::OsStrExt, fs::PermissionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// The UML kernel the Debian package installs.
+pub const KERNEL: &str = "/usr/bin/linux.uml";
+/// Where that package keeps the UML kernel's modules, one directory per release.
+pub const MODULES: &str = "/usr/lib/uml/modules";
+/// Set in the guest program's environment: the shared directory.
+pub const GUEST_ENV: &str = "HLB_UML_GUEST";
+/// Set in the guest program's environment: the guest kernel's module directory.
+pub const MODULES_ENV: &str = "HLB_UML_MODULES";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A UML kernel and how to boot it.
+#[derive(Clone, Debug)]
+pub struct Uml {
+    pub kernel: PathBuf,
+    /// `<MODULES>/<release>` for this kernel.
+    pub modules: PathBuf,
+    /// Guest memory (`mem=`).
+    pub mem: String,
+    /// Bound on the whole run, boot to power-off.
+    pub timeout: Duration,
+}
+
+/// What a guest run left behind.
+#[derive(Clone, Debug)]
+pub struct GuestRun {
+    /// The program's exit status; `None` if it never finished (crash, timeout).
+    pub exit_code: Option<i32>,
+    /// The program's stdout and stderr.
+    pub output: String,
+    /// The guest kernel's console.
+    pub console: String,
+    /// Boot to power-off, as the host saw it.
+    pub elapsed: Duration,
+    pub timed_out: bool,
+}
+
+impl GuestRun {
+    /// The output and the console's last lines, for assertion messages.
+    pub fn report(&self) -> String {
+        let tail: Vec<&str> = self.console.lines().rev().take(25).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!(
+            "guest exit {:?} after {:.1?}{}\n--- guest output ---\n{}\n--- console (last lines) ---\n{}",
+            self.exit_code,
+            self.elapsed,
+            if self.timed_out { " (TIMED OUT, killed)" } else { "" },
+            self.output,
+            tail.join("\n")
+        )
+    }
+}
+
+impl Uml {
+    /// The installed UML kernel (Debian `user-mode-linux`), with its module tree.
+    pub fn find() -> Result<Uml> {
+        let kernel = PathBuf::from(KERNEL);
+        if !kernel.exists() {
+            bail!(
+                "{KERNEL} not found: install Debian's user-mode-linux package \
+                 (`sudo cargo xtask setup` does)"
+            );
+        }
+        let mut releases: Vec<PathBuf> = fs::read_dir(MODULES)
+            .with_context(|| format!("{MODULES}: the UML kernel's modules"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("modules.dep").exists())
+            .collect();
+        releases.sort();
+        let Some(modules) = releases.pop() else {
+            bail!("no UML module tree with a modules.dep under {MODULES}");
+        };
+        Ok(Uml { kernel, modules, mem: "256M".into(), timeout: Duration::from_secs(60) })
+    }
+
+    /// Boots a guest that runs `program args…` (a host path, seen read-only), waits for it to
+    /// power off (or kills it at the timeout) and returns what it left.
+    pub fn run(&self, program: &Path, args: &[&str]) -> Result<GuestRun> {
+        let dir = std::env::temp_dir().join(format!(
+            "hlb-uml-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("uml")).with_context(|| format!("{}", dir.display()))?;
+        let guard = RemoveDir(dir.clone());
+        let script = init_script(&dir, &self.modules, program, args);
+        let init = dir.join("init.sh");
+        fs::write(&init, script)?;
+        fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+        let console = fs::File::create(dir.join("console.log"))?;
+
+        let mut cmd = Command::new(&self.kernel);
+        cmd.arg(format!("mem={}", self.mem))
+            .args(["root=/dev/root", "rootfstype=hostfs", "rootflags=/", "ro"])
+            .arg(format!("init={}", init.display()))
+            // Console 0 writes to our log; no other consoles or serial lines.
+            .args(["con=null", "con0=null,fd:1", "ssl=null"])
+            .arg(format!("uml_dir={}", dir.join("uml").display()))
+            .arg(format!("umid=hlb-{}", std::process::id()))
+            .stdin(Stdio::null())
+            .stdout(console.try_clone()?)
+            .stderr(console)
+            .current_dir(&dir)
+            // Its own process group, so a timeout can end every UML process.
+            .process_group(0);
+        let start = Instant::now();
+        let mut child =
+            cmd.spawn().with_context(|| format!("starting {}", self.kernel.display()))?;
+        let pgid = child.id() as i32;
+        let mut timed_out = false;
+        loop {
+            if child.try_wait()?.is_some() {
+                break;
+            }
+            if start.elapsed() > self.timeout {
+                timed_out = true;
+                // SAFETY: signals the process group we created above, nothing else.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let elapsed = start.elapsed();
+        // Helpers UML forked may outlive the main process briefly on an abnormal exit.
+        // SAFETY: as above; ESRCH when the group is already gone.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let read = |n: &str| fs::read_to_string(dir.join(n)).unwrap_or_default();
+        let run = GuestRun {
+            exit_code: read("guest.rc").trim().parse().ok(),
+            output: read("guest.out"),
+            console: read("console.log"),
+            elapsed,
+            timed_out,
+        };
+        drop(guard);
+        Ok(run)
+    }
+}
+
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The guest's PID 1: pseudo file systems, the shared directory writable, `lo` up, the
+/// program, its exit code, power off (also if anything before failed).
+fn init_script(dir: &Path, modules: &Path, program: &Path, args: &[&str]) -> String {
+    let d = sh_quote(&dir.to_string_lossy());
+    let mut cmd = sh_quote(&program.to_string_lossy());
+    for a in args {
+        cmd.push(' ');
+        cmd.push_str(&sh_quote(a));
+    }
+    format!(
+        r#"#!/bin/sh
+# ha-lb UML guest init (generated by ha-lb-lab's uml module).
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+# The host's / is read-only here; only the run's own directory is writable.
+mount -t hostfs -o {d} hostfs {d}
+cd {d}
+ip link set lo up > {d}/guest.out 2>&1
+{env}={d} {menv}={m} TMPDIR={d} {cmd} >> {d}/guest.out 2>&1
+echo $? > {d}/guest.rc
+sync
+poweroff -f
+"#,
+        env = GUEST_ENV,
+        menv = MODULES_ENV,
+        m = sh_quote(&modules.to_string_lossy()),
+    )
+}
+
+/// Inside a guest started by [`Uml::run`]: the shared directory. `None` on the host.
+pub fn in_guest() -> Option<PathBuf> {
+    std::env::var_os(GUEST_ENV).map(PathBuf::from)
+}
+
+/// Loads kernel modules (by name, `ip_vs_rr` or `ip_vs-rr`) with their dependencies, in the
+/// order `modules.dep` gives, from the guest kernel's module tree. Already loaded modules are
+/// fine. Guest only: refuses to run where [`in_guest`] is `None`.
+pub fn load_modules(names: &[&str]) -> Result<()> {
+    if in_guest().is_none() {
+        bail!("load_modules is for UML guests only");
+    }
+    let dir = std::env::var_os(MODULES_ENV).map(PathBuf::from).context(MODULES_ENV)?;
+    let dep = fs::read_to_string(dir.join("modules.dep"))?;
+    let deps: Vec<(&str, Vec<&str>)> = dep
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(m, d)| (m.trim(), d.split_whitespace().collect()))
+        .collect();
+    let norm = |s: &str| s.replace('-', "_");
+    for name in names {
+        let (path, d) = deps
+            .iter()
+            .find(|(m, _)| {
+                let base = m.rsplit('/').next().unwrap_or(m);
+                base.strip_suffix(".ko").is_some_and(|b| norm(b) == norm(name))
+            })
+            .with_context(|| format!("module {name} not in {}", dir.display()))?;
+        // modules.dep lists a module's dependencies so that the last one loads first.
+        for m in d.iter().rev().chain(std::iter::once(path)) {
+            insmod(&dir.join(m))?;
+        }
+    }
+    Ok(())
+}
+
+fn insmod(path: &Path) -> Result<()> {
+    let file = fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let params = CString::new("").expect("no NUL");
+    use std::os::fd::AsRawFd;
+    // SAFETY: finit_module reads the module from a valid open descriptor; `params` is a valid
+    // C string that outlives the call.
+    let r = unsafe {
+        libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0 as libc::c_int)
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            bail!("loading {}: {e}", String::from_utf8_lossy(path.as_os_str().as_bytes()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_script_quotes_and_powers_off() {
+        let s = init_script(
+            Path::new("/tmp/hlb uml"),
+            Path::new("/usr/lib/uml/modules/6.1"),
+            Path::new("/x/it's"),
+            &["--exact", "a b"],
+        );
+        assert!(s.contains("mount -t hostfs -o '/tmp/hlb uml' hostfs '/tmp/hlb uml'"));
+        assert!(s.contains(r"'/x/it'\''s' '--exact' 'a b'"));
+        assert!(s.trim_end().ends_with("poweroff -f"));
+        assert!(!s.contains("eth"), "no network in the guest");
+    }
+}
