@@ -31,7 +31,8 @@
 //!
 //! # Versus the XDP data plane
 //! IPVS does its own connection tracking, timeouts and ICMP handling; `stats()` reads its
-//! counters (`reasons` is empty: IPVS keeps no per-reason frame counters). Scheduler names are
+//! counters (`reasons` is empty: IPVS keeps no per-reason frame counters), which the kernel
+//! folds from per-CPU counters every 2 s (its rate estimator): they lag by up to that. Scheduler names are
 //! IPVS's (`ip_vs_rr` … `ip_vs_mh`, which the kernel loads on demand); `hash_port` sets
 //! `sh-port`/`mh-port`; persistence uses a full-address granularity (netmask /32, /128).
 //! A new service exists for a few system calls before its destinations are added (IPVS cannot
@@ -381,6 +382,12 @@ pub fn describe(s: &DumpedService, dests: &[DumpedDest]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn can_live_in_the_daemon() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<IpvsDataplane>();
+    }
 
     #[test]
     fn ledger_round_trips_and_skips_junk() {

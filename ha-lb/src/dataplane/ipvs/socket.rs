@@ -1,7 +1,11 @@
-//! A blocking generic-netlink socket bound to the "IPVS" family: one request at a time, each
-//! answered by an acknowledgement or a dump.
+//! A blocking generic-netlink socket bound to the "IPVS" family: one request at a time (a
+//! mutex keeps concurrent callers from reading each other's replies), each answered by an
+//! acknowledgement or a dump, within [`REPLY_TIMEOUT`].
 
-use std::cell::Cell;
+use std::{
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
 
 use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
 
@@ -28,11 +32,15 @@ impl GenlError {
     }
 }
 
+/// The kernel answers at once; a reply this late means something is badly wrong.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct Genl {
     sock: Socket,
     /// The "IPVS" family's id (assigned by the kernel when ip_vs loads).
     family: u16,
-    seq: Cell<u32>,
+    /// The last sequence number used; held for a whole request and its replies.
+    seq: Mutex<u32>,
 }
 
 impl Genl {
@@ -46,7 +54,8 @@ impl Genl {
         // are optional (Linux >= 4.2 / 4.12): without them errors are plain errnos.
         let _ = sock.set_cap_ack(true);
         let _ = sock.set_ext_ack(true);
-        let mut g = Genl { sock, family: wire::GENL_ID_CTRL, seq: Cell::new(0) };
+        socket2::SockRef::from(&sock).set_read_timeout(Some(REPLY_TIMEOUT))?;
+        let mut g = Genl { sock, family: wire::GENL_ID_CTRL, seq: Mutex::new(0) };
         let replies = g.transact(wire::get_family)?;
         g.family = replies
             .iter()
@@ -59,16 +68,12 @@ impl Genl {
         self.family
     }
 
-    fn next_seq(&self) -> u32 {
-        let s = self.seq.get().wrapping_add(1);
-        self.seq.set(s);
-        s
-    }
-
     /// Sends the request `build(seq)` makes and collects the generic-netlink payloads of the
     /// replies, until the acknowledgement (requests with NLM_F_ACK) or NLMSG_DONE (dumps).
     pub fn transact(&self, build: impl FnOnce(u32) -> Vec<u8>) -> Result<Vec<Vec<u8>>, GenlError> {
-        let seq = self.next_seq();
+        let mut last = self.seq.lock().unwrap_or_else(PoisonError::into_inner);
+        *last = last.wrapping_add(1);
+        let seq = *last;
         let req = build(seq);
         self.sock.send(&req, 0)?;
         let mut out = Vec::new();
