@@ -43,6 +43,13 @@
 //!    advert, sent ≤ now) fires within `3 × I + Skew_Time(p)`. So by the
 //!    deadline either someone holds the VIPs or nobody will. A second
 //!    `shutdown` call removes the VIPs at once.
+//!    The takeover advert comes *before* the new master has its VIPs (RFC
+//!    order; keepalived sends it first on purpose, and adding addresses takes
+//!    a netlink round trip), so STOPPING keeps the VIPs for
+//!    [`Machine::handover_linger`] (one `advert_int`, at least 50 ms, never
+//!    past the stop timeout) after it, advertising nothing, and only then
+//!    removes them. Removing at once left the VIP on nobody for up to ~25 ms
+//!    in the lab (lost client packets) with either peer.
 //! 2. **Peer allow-list.** With `unicast_peers` configured, only those sources
 //!    count. Otherwise the sources seen during `peer_settle` (default
 //!    10 × `advert_int`, from start or from the first advert seen) are locked
@@ -426,6 +433,8 @@ pub struct Machine {
     preempt_until: Option<Instant>,
     garp_timer: Option<Instant>,
     stop_deadline: Option<Instant>,
+    /// STOPPING: the peer whose advert showed it took over (VIPs linger, rule 1).
+    handed_over_to: Option<IpAddr>,
     yielding: Option<Yield>,
     last_early_advert: Option<Instant>,
     // Allow-list.
@@ -489,6 +498,7 @@ impl Machine {
             preempt_until: None,
             garp_timer: None,
             stop_deadline: None,
+            handed_over_to: None,
             yielding: None,
             last_early_advert: None,
             peers,
@@ -525,6 +535,11 @@ impl Machine {
     pub fn stop_timeout(&self) -> Duration {
         let i = self.cfg.advert_int_cs;
         master_down_interval(self.cfg.version, 1, i) + cs(i) / 2
+    }
+    /// Rule 1: how long STOPPING keeps the VIPs after a peer's advert showed it
+    /// took over, so the new master has added them (it advertises first).
+    pub fn handover_linger(&self) -> Duration {
+        cs(self.cfg.advert_int_cs).max(Duration::from_millis(50))
     }
     pub fn counters(&self) -> &Counters {
         &self.counters
@@ -704,7 +719,11 @@ impl Machine {
             }
             State::Stopping => {
                 if self.stop_deadline.is_some_and(|t| now >= t) {
-                    self.finish_stop(Reason::StopTimeout);
+                    let reason = match self.handed_over_to {
+                        Some(from) => Reason::PeerTookOver { from },
+                        None => Reason::StopTimeout,
+                    };
+                    self.finish_stop(reason);
                 } else if self.adver_timer.is_some_and(|t| now >= t) {
                     self.send_advert(PRIORITY_STOP);
                     self.adver_timer = Some(now + cs(self.cfg.advert_int_cs));
@@ -727,8 +746,18 @@ impl Machine {
             State::Backup => self.advert_in_backup(now, src, adv),
             State::Master => self.advert_in_master(now, src, adv),
             State::Stopping => {
-                if adv.priority != PRIORITY_STOP {
-                    self.finish_stop(Reason::PeerTookOver { from: src });
+                if adv.priority != PRIORITY_STOP && self.handed_over_to.is_none() {
+                    // Rule 1: stop advertising, keep the VIPs a little longer.
+                    self.handed_over_to = Some(src);
+                    self.adver_timer = None;
+                    let linger = now + self.handover_linger();
+                    self.stop_deadline = Some(self.stop_deadline.map_or(linger, |d| d.min(linger)));
+                    info!(
+                        virtual_router_id = self.cfg.virtual_router_id,
+                        peer = %src,
+                        linger_ms = self.handover_linger().as_millis() as u64,
+                        "peer took over; keeping the VIPs until it has them"
+                    );
                 }
             }
             State::Initialize | State::Fault => unreachable!("filtered by admissible"),
@@ -1016,6 +1045,7 @@ impl Machine {
         self.master_down_timer = None;
         self.garp_timer = None;
         self.stop_deadline = None;
+        self.handed_over_to = None;
         self.preempt_until = None;
         self.yielding = None;
         self.down_reason = Reason::MasterDown;
@@ -1468,9 +1498,21 @@ mod tests {
         assert!(!a.contains(&Action::RemoveVips));
         assert_eq!(m.state(), State::Stopping);
         assert!(m.holds_vips());
-        // A backup (priority 100) takes over after its skew and advertises.
+        // A backup (priority 100) takes over after its skew and advertises. Its
+        // VIPs are not configured yet (it advertises first): we keep ours, and stop
+        // advertising, for one more interval.
         let t1 = t0 + Duration::from_millis(610);
         m.handle_advert(t1, ip(PEER), &advert(&m, 100));
+        assert_eq!(drain(&mut m), vec![]);
+        assert!(m.holds_vips());
+        assert_eq!(m.handover_linger(), Duration::from_secs(1));
+        assert_eq!(m.poll_timeout(), Some(t1 + Duration::from_secs(1)));
+        // Its next adverts change nothing.
+        m.handle_advert(t1 + Duration::from_millis(900), ip(PEER), &advert(&m, 100));
+        assert_eq!(m.poll_timeout(), Some(t1 + Duration::from_secs(1)));
+        m.handle_timeout(t1 + Duration::from_millis(999));
+        assert_eq!(drain(&mut m), vec![]);
+        m.handle_timeout(t1 + Duration::from_secs(1));
         let a = drain(&mut m);
         assert_eq!(
             a,
@@ -1484,6 +1526,35 @@ mod tests {
             ]
         );
         assert_eq!(m.poll_timeout(), None);
+    }
+
+    #[test]
+    fn handover_linger_never_passes_the_stop_timeout() {
+        let t0 = Instant::now();
+        let mut m = master(v3(cfg(200)), t0);
+        m.shutdown(t0);
+        drain(&mut m);
+        let end = t0 + m.stop_timeout();
+        let late = end - Duration::from_millis(100);
+        run(&mut m, late);
+        m.handle_advert(late, ip(PEER), &advert(&m, 100));
+        assert_eq!(m.poll_timeout(), Some(end), "linger cut at the stop deadline");
+        m.handle_timeout(end);
+        assert_eq!(
+            drain(&mut m),
+            vec![
+                Action::RemoveVips,
+                Action::StateChanged {
+                    from: State::Stopping,
+                    to: State::Initialize,
+                    reason: Reason::PeerTookOver { from: ip(PEER) }
+                }
+            ]
+        );
+        // Short intervals linger at least 50 ms.
+        let mut c = v3(cfg(200));
+        c.advert_int_cs = 2;
+        assert_eq!(Machine::new(c).unwrap().handover_linger(), Duration::from_millis(50));
     }
 
     #[test]
