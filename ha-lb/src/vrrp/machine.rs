@@ -58,6 +58,15 @@
 //!    learn (it was backup all along) is admitted once it has sent
 //!    `admit_unknown_after` (default 3) consecutive, on-schedule adverts. One
 //!    forged packet is never enough. `None` makes the list strict.
+//!    While such a source is on probation, a BACKUP whose down timer runs
+//!    treats its adverts that would beat us as "someone may be master": the
+//!    down timer is postponed to 2 × that source's interval after each one, so
+//!    the member is admitted before we would jump in beside it. (Without this,
+//!    when the master of three dies, the lowest backup — which never heard the
+//!    middle one, a silent backup until then — went MASTER too for ~100 ms
+//!    and both held the VIPs.) A forged advert can so delay a takeover by at
+//!    most 2 × its interval (≤ 20 × `advert_int`, rule 3) unless it keeps
+//!    coming on schedule, and then it would be admitted anyway.
 //! 3. **Interval bound.** A v3 advert whose Max Adver Int lies outside
 //!    `[advert_int / f, advert_int × f]` (f = `advert_int_factor`, default 10)
 //!    is ignored and counted: a forged 4095 cs advert can neither stretch a
@@ -821,6 +830,7 @@ impl Machine {
         if !self.peer_allowed(now, src, adv) {
             self.counters.ignored_not_allowed += 1;
             debug!(virtual_router_id = vrid, %src, "advert ignored: source not on the allow-list");
+            self.postpone_for_probation(now, src, adv);
             return false;
         }
         let ours: BTreeSet<&IpAddr> = self.cfg.virtual_ipaddresses.iter().collect();
@@ -890,6 +900,32 @@ impl Machine {
                 self.probation.insert(src, Probation { count, last: now });
                 false
             }
+        }
+    }
+
+    /// Rule 2: a BACKUP does not take over while an unknown source that would
+    /// beat it is on probation and on schedule.
+    fn postpone_for_probation(&mut self, now: Instant, src: IpAddr, adv: &Advert) {
+        let eff = self.effective_priority;
+        let beats_us =
+            adv.priority > eff || (adv.priority == eff && src > self.cfg.primary_address);
+        if self.state != State::Backup
+            || adv.priority == PRIORITY_STOP
+            || !beats_us
+            || !self.probation.contains_key(&src)
+        {
+            return;
+        }
+        let hold = now + cs(adv.adver_int_cs.max(1)) * 2;
+        if let Some(t) = self.master_down_timer.filter(|t| *t < hold) {
+            debug!(
+                virtual_router_id = self.cfg.virtual_router_id,
+                %src,
+                postponed_ms = (hold - t).as_millis() as u64,
+                "down timer postponed: a higher-priority source is on probation"
+            );
+            self.master_down_timer = Some(hold);
+            self.down_reason = Reason::MasterDown;
         }
     }
 
@@ -1699,6 +1735,53 @@ mod tests {
         assert_eq!(m.counters().peers_admitted, 1);
         assert_eq!(m.counters().ignored_not_allowed, 7);
         assert!(m.peers().0.contains(&ip(HIGH)));
+    }
+
+    /// Three nodes: the master (PEER) dies and the middle backup (HIGH), never
+    /// heard before, takes over. We must not go MASTER beside it while it is on
+    /// probation; a lone forged advert delays our takeover by 2 intervals at most.
+    #[test]
+    fn backup_waits_for_an_unknown_higher_master_on_probation() {
+        let t0 = Instant::now();
+        let locked = |t0: Instant| {
+            let mut m = started(Config { unicast_peers: vec![], ..v3(cfg(100)) }, t0);
+            for i in 0..11 {
+                let t = t0 + Duration::from_secs(i);
+                m.handle_advert(t, ip(PEER), &advert(&m, 200));
+                m.handle_timeout(t);
+            }
+            assert_eq!(*m.peers().1, PeerMode::Locked);
+            m
+        };
+        let last = t0 + Duration::from_secs(10);
+        let mut m = locked(t0);
+        let due = last + m.master_down_interval();
+        assert_eq!(m.poll_timeout(), Some(due));
+        // HIGH (150) went MASTER after its shorter down interval.
+        let h1 = last + master_down_interval(Version::V3, 150, 100);
+        m.handle_advert(h1, ip(HIGH), &advert(&m, 150));
+        assert_eq!(m.poll_timeout(), Some(h1 + Duration::from_secs(2)));
+        m.handle_timeout(due);
+        assert_eq!(m.state(), State::Backup);
+        m.handle_advert(h1 + Duration::from_secs(1), ip(HIGH), &advert(&m, 150));
+        m.handle_advert(h1 + Duration::from_secs(2), ip(HIGH), &advert(&m, 150));
+        assert_eq!(m.counters().peers_admitted, 1);
+        assert_eq!(m.current_master(), Some(ip(HIGH)));
+        run(&mut m, h1 + Duration::from_millis(2500));
+        assert_eq!(m.state(), State::Backup);
+        assert_eq!(m.counters().became_master, 0);
+
+        // A lone forged advert: MASTER 2 intervals after it, not never.
+        let mut m = locked(t0);
+        m.handle_advert(h1, ip(HIGH), &advert(&m, 150));
+        run(&mut m, h1 + Duration::from_secs(2) - Duration::from_nanos(1));
+        assert_eq!(m.state(), State::Backup);
+        run(&mut m, h1 + Duration::from_secs(2));
+        assert_eq!(m.state(), State::Master);
+        // Lower-priority unknown sources postpone nothing.
+        let mut m = locked(t0);
+        m.handle_advert(h1, ip(HIGH), &advert(&m, 50));
+        assert_eq!(m.poll_timeout(), Some(due));
     }
 
     // ----- rule 3: bounded learned interval ----------------------------------
