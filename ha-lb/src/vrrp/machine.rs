@@ -52,8 +52,11 @@
 //!    in the lab (lost client packets) with either peer.
 //! 2. **Peer allow-list.** With `unicast_peers` configured, only those sources
 //!    count. Otherwise the sources seen during `peer_settle` (default
-//!    10 × `advert_int`, from start or from the first advert seen) are locked
-//!    in and logged. Later unknown sources are ignored and counted — except
+//!    10 × `advert_int` from start) are locked in and logged — also when
+//!    there are none, as for the master of a multicast pair, which hears
+//!    nobody (an open list there let the first forged source in, and two
+//!    forged adverts 100 ms apart made the master step down). Later unknown
+//!    sources are ignored and counted — except
 //!    that, since VRRP backups never advertise, a group member we could not
 //!    learn (it was backup all along) is admitted once it has sent
 //!    `admit_unknown_after` (default 3) consecutive, on-schedule adverts. One
@@ -930,12 +933,14 @@ impl Machine {
     }
 
     fn settle_peers(&mut self) {
+        self.peer_mode = PeerMode::Locked;
         if self.peers.is_empty() {
-            // Nobody seen yet: keep learning; the first advert opens a new window.
-            self.peer_mode = PeerMode::Learning { until: None };
+            info!(
+                virtual_router_id = self.cfg.virtual_router_id,
+                "no VRRP peer heard while settling; unknown sources must now pass probation"
+            );
             return;
         }
-        self.peer_mode = PeerMode::Locked;
         let list: Vec<String> = self.peers.iter().map(|p| p.to_string()).collect();
         info!(
             virtual_router_id = self.cfg.virtual_router_id,
@@ -1699,15 +1704,27 @@ mod tests {
         assert_eq!(m.current_master(), Some(ip(HIGH)));
     }
 
+    /// A lone master hears nobody while settling: its list locks empty, so a
+    /// forged burst from a new source is ignored instead of learned (and then
+    /// obeyed: yield + confirm = two adverts).
     #[test]
-    fn learning_waits_for_a_first_peer() {
+    fn nothing_heard_while_settling_locks_an_empty_list() {
         let t0 = Instant::now();
         let mut m = started(Config { unicast_peers: vec![], ..cfg(200) }, t0);
         run(&mut m, t0 + Duration::from_secs(30));
-        assert_eq!(*m.peers().1, PeerMode::Learning { until: None });
+        assert_eq!(m.state(), State::Master);
+        assert_eq!(*m.peers().1, PeerMode::Locked);
+        assert!(m.peers().0.is_empty());
         let t = t0 + Duration::from_secs(30);
-        m.handle_advert(t, ip(PEER), &advert(&m, 100));
-        assert_eq!(*m.peers().1, PeerMode::Learning { until: Some(t + Duration::from_secs(10)) });
+        m.handle_advert(t, ip(HIGH), &advert(&m, 254));
+        m.handle_advert(t + Duration::from_millis(100), ip(HIGH), &advert(&m, 254));
+        assert_eq!(m.counters().ignored_not_allowed, 2);
+        assert!(!m.is_yielding());
+        assert_eq!(m.state(), State::Master);
+        // A real router that keeps advertising is admitted on its third advert.
+        m.handle_advert(t + Duration::from_millis(1100), ip(HIGH), &advert(&m, 254));
+        assert_eq!(m.counters().peers_admitted, 1);
+        assert!(m.is_yielding());
     }
 
     #[test]
