@@ -49,7 +49,11 @@
 //!    [`Machine::handover_linger`] (one `advert_int`, at least 50 ms, never
 //!    past the stop timeout) after it, advertising nothing, and only then
 //!    removes them. Removing at once left the VIP on nobody for up to ~25 ms
-//!    in the lab (lost client packets) with either peer.
+//!    in the lab (lost client packets) with either peer. While STOPPING, a
+//!    takeover advert from a source not on the learned allow-list counts too
+//!    (the backup of a pair never advertised before): a forged one can only
+//!    end the linger early, and by then our priority-0 advert has let the real
+//!    backup take over (Skew_Time < linger).
 //! 2. **Peer allow-list.** With `unicast_peers` configured, only those sources
 //!    count. Otherwise the sources seen during `peer_settle` (default
 //!    10 × `advert_int` from start) are locked in and logged — also when
@@ -831,6 +835,16 @@ impl Machine {
             }
         }
         if !self.peer_allowed(now, src, adv) {
+            if self.state == State::Stopping
+                && adv.priority != PRIORITY_STOP
+                && self.peer_mode != PeerMode::Configured
+            {
+                // Rule 1: we asked to be replaced (priority 0), and our backup may never
+                // have advertised before. Taking its word costs nothing: the VIPs linger
+                // one interval, by which time a real backup has taken over anyway.
+                debug!(virtual_router_id = vrid, %src, "unknown source took over while stopping");
+                return true;
+            }
             self.counters.ignored_not_allowed += 1;
             debug!(virtual_router_id = vrid, %src, "advert ignored: source not on the allow-list");
             self.postpone_for_probation(now, src, adv);
@@ -1596,6 +1610,33 @@ mod tests {
         let mut c = v3(cfg(200));
         c.advert_int_cs = 2;
         assert_eq!(Machine::new(c).unwrap().handover_linger(), Duration::from_millis(50));
+    }
+
+    /// The backup of a pair never advertised while we were master: its
+    /// takeover advert still ends the stop (no probation while STOPPING).
+    #[test]
+    fn stopping_accepts_a_takeover_from_a_never_heard_backup() {
+        let t0 = Instant::now();
+        let mut m = master(Config { unicast_peers: vec![], ..cfg(200) }, t0);
+        run(&mut m, t0 + Duration::from_secs(20));
+        assert_eq!((m.peers().0.len(), m.peers().1), (0, &PeerMode::Locked));
+        let t = t0 + Duration::from_secs(20);
+        m.shutdown(t);
+        drain(&mut m);
+        let t1 = t + Duration::from_millis(610);
+        m.handle_advert(t1, ip(PEER), &advert(&m, 100));
+        assert_eq!(m.counters().ignored_not_allowed, 0);
+        assert_eq!(m.poll_timeout(), Some(t1 + m.handover_linger()));
+        // Configured (unicast) peers stay strict.
+        let mut m = master(cfg(200), t0);
+        m.shutdown(t0);
+        m.handle_advert(t0, ip("10.0.0.77"), &advert(&m, 100));
+        assert_eq!(m.counters().ignored_not_allowed, 1);
+        assert_eq!(
+            m.poll_timeout(),
+            Some(t0 + Duration::from_secs(1)),
+            "still repeating priority 0"
+        );
     }
 
     #[test]
