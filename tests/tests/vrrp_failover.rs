@@ -76,14 +76,17 @@ enum Peer {
 
 /// SIGTERM to the master: it sends priority 0 and keeps the VIP until the backup took over
 /// (make-before-break). The backup adds the VIP within Skew_Time + 100 ms of the priority-0
-/// advert, the old master removes it only after that, and a client pinging every 10 ms loses
-/// nothing.
+/// advert, the old master removes it only after that (one advert_int later), and a client
+/// pinging every 10 ms loses nothing.
 fn graceful_stop(peer: Peer) {
     let mut t = DirectorLab::build(Mode::Dr, 2, 0).unwrap();
     let s = Scratch::new("vrrpterm").unwrap();
     let (d1, d2) = (t.directors[0].clone(), t.directors[1].clone());
     let (c1, c2) = (Inst::new(3, 150, 0.1), Inst::new(3, 100, 0.1));
+    // d1 first, so it is MASTER before d2 starts and has never heard d2 (the usual pair:
+    // a backup never advertises).
     let a = HaLb::start(&mut t.lab, &d1, &s, "d1", &c1.halb("d1")).unwrap();
+    eventually(Duration::from_secs(5), "d1 holds the VIP", || holds(&d1, "eth0", V)).unwrap();
     let b = match peer {
         Peer::HaLb => Some(HaLb::start(&mut t.lab, &d2, &s, "d2", &c2.halb("d2")).unwrap()),
         Peer::Keepalived => {
@@ -154,6 +157,12 @@ fn graceful_stop(peer: Peer) {
         );
     }
     assert!(removed >= added, "break before make: d1 removed the VIP before d2 added it");
+    // ... and not much later: one advert_int of linger (100 ms), not a probation period.
+    assert!(
+        removed - added <= Duration::from_millis(180),
+        "d1 kept the VIP {:?} after d2 had it",
+        removed - added
+    );
     // Make-before-break: some director always holds the VIP, and the GARP that moves the
     // client happens while both do, so no probe is lost. That is what is asserted:
     // `outage_after` is measured on send times, and a prober thread the scheduler delays
