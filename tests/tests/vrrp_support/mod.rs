@@ -29,6 +29,8 @@ pub const VRID: u8 = 51;
 pub const ROGUE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 66);
 pub const MCAST: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
 pub const MCAST_MAC: [u8; 6] = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x12];
+/// A lab address toggled on a node's `lo` to know an address monitor is listening.
+const MARKER: &str = "198.18.255.254";
 
 /// Director `n`'s (1-based) front address.
 pub fn dir_ip(n: usize) -> Ipv4Addr {
@@ -320,12 +322,14 @@ fn parse_ts(ts: &str) -> Option<f64> {
 impl AddrWatch {
     pub fn start(node: &Node) -> AddrWatch {
         let mut cmd = Command::new("ip");
-        cmd.args(["-ts", "-n", &node.ns, "monitor", "address", "dev", "eth0"]).env("TZ", "UTC");
+        cmd.args(["-ts", "-n", &node.ns, "monitor", "address"]).env("TZ", "UTC");
         cmd.stdout(Stdio::piped()).stderr(Stdio::null()).stdin(Stdio::null());
         let mut child = cmd.spawn().expect("ip monitor");
         let out = child.stdout.take().unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));
         let ev = events.clone();
+        let subscribed = Arc::new(AtomicBool::new(false));
+        let sub = subscribed.clone();
         let (ref_wall, ref_mono) = (
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -335,7 +339,10 @@ impl AddrWatch {
         );
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if !line.contains(&format!(" {V}/")) {
+                if line.contains(&format!(" {MARKER}/")) {
+                    sub.store(true, Ordering::Relaxed);
+                }
+                if !line.contains(&format!(" {V}/")) || !line.contains(" eth0 ") {
                     continue;
                 }
                 let Some((ts, rest)) = line.strip_prefix('[').and_then(|l| l.split_once("] "))
@@ -348,8 +355,16 @@ impl AddrWatch {
                 ev.lock().unwrap().push((at, !rest.starts_with("Deleted")));
             }
         });
-        // Let the monitor subscribe before anything happens.
-        std::thread::sleep(Duration::from_millis(100));
+        // Wait until the monitor is subscribed (a loaded machine can take a while to start
+        // it): toggle a marker address on the node's lo until the monitor reports it.
+        let marker = format!("{MARKER}/32");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !subscribed.load(Ordering::Relaxed) {
+            assert!(Instant::now() < deadline, "ip monitor did not subscribe in 5 s");
+            let _ = node.ip(&["addr", "add", &marker, "dev", "lo"]);
+            std::thread::sleep(Duration::from_millis(30));
+            let _ = node.ip(&["addr", "del", &marker, "dev", "lo"]);
+        }
         AddrWatch { child, events }
     }
 
@@ -358,13 +373,20 @@ impl AddrWatch {
         self.events.lock().unwrap().clone()
     }
 
-    /// First time the VIP was added at or after `after`.
+    /// First time the VIP was added at or after `after`. Waits up to 2 s for the event (the
+    /// address can be visible to `ip addr` before the monitor's line was read).
     pub fn added_after(&self, after: Instant) -> Option<Instant> {
-        self.events().into_iter().find(|(t, add)| *add && *t >= after).map(|(t, _)| t)
+        self.first(after, true)
     }
 
     pub fn removed_after(&self, after: Instant) -> Option<Instant> {
-        self.events().into_iter().find(|(t, add)| !*add && *t >= after).map(|(t, _)| t)
+        self.first(after, false)
+    }
+
+    fn first(&self, after: Instant, added: bool) -> Option<Instant> {
+        ha_lb_lab::wait_for(Duration::from_secs(2), Duration::from_millis(10), || {
+            self.events().into_iter().find(|(t, a)| *a == added && *t >= after).map(|(t, _)| t)
+        })
     }
 }
 
