@@ -43,14 +43,37 @@
 //!    advert, sent ≤ now) fires within `3 × I + Skew_Time(p)`. So by the
 //!    deadline either someone holds the VIPs or nobody will. A second
 //!    `shutdown` call removes the VIPs at once.
+//!    The takeover advert comes *before* the new master has its VIPs (RFC
+//!    order; keepalived sends it first on purpose, and adding addresses takes
+//!    a netlink round trip), so STOPPING keeps the VIPs for
+//!    [`Machine::handover_linger`] (one `advert_int`, at least 50 ms, never
+//!    past the stop timeout) after it, advertising nothing, and only then
+//!    removes them. Removing at once left the VIP on nobody for up to ~25 ms
+//!    in the lab (lost client packets) with either peer. While STOPPING, a
+//!    takeover advert from a source not on the learned allow-list counts too
+//!    (the backup of a pair never advertised before): a forged one can only
+//!    end the linger early, and by then our priority-0 advert has let the real
+//!    backup take over (Skew_Time < linger).
 //! 2. **Peer allow-list.** With `unicast_peers` configured, only those sources
 //!    count. Otherwise the sources seen during `peer_settle` (default
-//!    10 × `advert_int`, from start or from the first advert seen) are locked
-//!    in and logged. Later unknown sources are ignored and counted — except
+//!    10 × `advert_int` from start) are locked in and logged — also when
+//!    there are none, as for the master of a multicast pair, which hears
+//!    nobody (an open list there let the first forged source in, and two
+//!    forged adverts 100 ms apart made the master step down). Later unknown
+//!    sources are ignored and counted — except
 //!    that, since VRRP backups never advertise, a group member we could not
 //!    learn (it was backup all along) is admitted once it has sent
 //!    `admit_unknown_after` (default 3) consecutive, on-schedule adverts. One
 //!    forged packet is never enough. `None` makes the list strict.
+//!    While such a source is on probation, a BACKUP whose down timer runs
+//!    treats its adverts that would beat us as "someone may be master": the
+//!    down timer is postponed to 2 × that source's interval after each one, so
+//!    the member is admitted before we would jump in beside it. (Without this,
+//!    when the master of three dies, the lowest backup — which never heard the
+//!    middle one, a silent backup until then — went MASTER too for ~100 ms
+//!    and both held the VIPs.) A forged advert can so delay a takeover by at
+//!    most 2 × its interval (≤ 20 × `advert_int`, rule 3) unless it keeps
+//!    coming on schedule, and then it would be admitted anyway.
 //! 3. **Interval bound.** A v3 advert whose Max Adver Int lies outside
 //!    `[advert_int / f, advert_int × f]` (f = `advert_int_factor`, default 10)
 //!    is ignored and counted: a forged 4095 cs advert can neither stretch a
@@ -426,6 +449,8 @@ pub struct Machine {
     preempt_until: Option<Instant>,
     garp_timer: Option<Instant>,
     stop_deadline: Option<Instant>,
+    /// STOPPING: the peer whose advert showed it took over (VIPs linger, rule 1).
+    handed_over_to: Option<IpAddr>,
     yielding: Option<Yield>,
     last_early_advert: Option<Instant>,
     // Allow-list.
@@ -489,6 +514,7 @@ impl Machine {
             preempt_until: None,
             garp_timer: None,
             stop_deadline: None,
+            handed_over_to: None,
             yielding: None,
             last_early_advert: None,
             peers,
@@ -525,6 +551,11 @@ impl Machine {
     pub fn stop_timeout(&self) -> Duration {
         let i = self.cfg.advert_int_cs;
         master_down_interval(self.cfg.version, 1, i) + cs(i) / 2
+    }
+    /// Rule 1: how long STOPPING keeps the VIPs after a peer's advert showed it
+    /// took over, so the new master has added them (it advertises first).
+    pub fn handover_linger(&self) -> Duration {
+        cs(self.cfg.advert_int_cs).max(Duration::from_millis(50))
     }
     pub fn counters(&self) -> &Counters {
         &self.counters
@@ -704,7 +735,11 @@ impl Machine {
             }
             State::Stopping => {
                 if self.stop_deadline.is_some_and(|t| now >= t) {
-                    self.finish_stop(Reason::StopTimeout);
+                    let reason = match self.handed_over_to {
+                        Some(from) => Reason::PeerTookOver { from },
+                        None => Reason::StopTimeout,
+                    };
+                    self.finish_stop(reason);
                 } else if self.adver_timer.is_some_and(|t| now >= t) {
                     self.send_advert(PRIORITY_STOP);
                     self.adver_timer = Some(now + cs(self.cfg.advert_int_cs));
@@ -727,8 +762,18 @@ impl Machine {
             State::Backup => self.advert_in_backup(now, src, adv),
             State::Master => self.advert_in_master(now, src, adv),
             State::Stopping => {
-                if adv.priority != PRIORITY_STOP {
-                    self.finish_stop(Reason::PeerTookOver { from: src });
+                if adv.priority != PRIORITY_STOP && self.handed_over_to.is_none() {
+                    // Rule 1: stop advertising, keep the VIPs a little longer.
+                    self.handed_over_to = Some(src);
+                    self.adver_timer = None;
+                    let linger = now + self.handover_linger();
+                    self.stop_deadline = Some(self.stop_deadline.map_or(linger, |d| d.min(linger)));
+                    info!(
+                        virtual_router_id = self.cfg.virtual_router_id,
+                        peer = %src,
+                        linger_ms = self.handover_linger().as_millis() as u64,
+                        "peer took over; keeping the VIPs until it has them"
+                    );
                 }
             }
             State::Initialize | State::Fault => unreachable!("filtered by admissible"),
@@ -790,8 +835,19 @@ impl Machine {
             }
         }
         if !self.peer_allowed(now, src, adv) {
+            if self.state == State::Stopping
+                && adv.priority != PRIORITY_STOP
+                && self.peer_mode != PeerMode::Configured
+            {
+                // Rule 1: we asked to be replaced (priority 0), and our backup may never
+                // have advertised before. Taking its word costs nothing: the VIPs linger
+                // one interval, by which time a real backup has taken over anyway.
+                debug!(virtual_router_id = vrid, %src, "unknown source took over while stopping");
+                return true;
+            }
             self.counters.ignored_not_allowed += 1;
             debug!(virtual_router_id = vrid, %src, "advert ignored: source not on the allow-list");
+            self.postpone_for_probation(now, src, adv);
             return false;
         }
         let ours: BTreeSet<&IpAddr> = self.cfg.virtual_ipaddresses.iter().collect();
@@ -864,13 +920,41 @@ impl Machine {
         }
     }
 
-    fn settle_peers(&mut self) {
-        if self.peers.is_empty() {
-            // Nobody seen yet: keep learning; the first advert opens a new window.
-            self.peer_mode = PeerMode::Learning { until: None };
+    /// Rule 2: a BACKUP does not take over while an unknown source that would
+    /// beat it is on probation and on schedule.
+    fn postpone_for_probation(&mut self, now: Instant, src: IpAddr, adv: &Advert) {
+        let eff = self.effective_priority;
+        let beats_us =
+            adv.priority > eff || (adv.priority == eff && src > self.cfg.primary_address);
+        if self.state != State::Backup
+            || adv.priority == PRIORITY_STOP
+            || !beats_us
+            || !self.probation.contains_key(&src)
+        {
             return;
         }
+        let hold = now + cs(adv.adver_int_cs.max(1)) * 2;
+        if let Some(t) = self.master_down_timer.filter(|t| *t < hold) {
+            debug!(
+                virtual_router_id = self.cfg.virtual_router_id,
+                %src,
+                postponed_ms = (hold - t).as_millis() as u64,
+                "down timer postponed: a higher-priority source is on probation"
+            );
+            self.master_down_timer = Some(hold);
+            self.down_reason = Reason::MasterDown;
+        }
+    }
+
+    fn settle_peers(&mut self) {
         self.peer_mode = PeerMode::Locked;
+        if self.peers.is_empty() {
+            info!(
+                virtual_router_id = self.cfg.virtual_router_id,
+                "no VRRP peer heard while settling; unknown sources must now pass probation"
+            );
+            return;
+        }
         let list: Vec<String> = self.peers.iter().map(|p| p.to_string()).collect();
         info!(
             virtual_router_id = self.cfg.virtual_router_id,
@@ -1016,6 +1100,7 @@ impl Machine {
         self.master_down_timer = None;
         self.garp_timer = None;
         self.stop_deadline = None;
+        self.handed_over_to = None;
         self.preempt_until = None;
         self.yielding = None;
         self.down_reason = Reason::MasterDown;
@@ -1468,9 +1553,21 @@ mod tests {
         assert!(!a.contains(&Action::RemoveVips));
         assert_eq!(m.state(), State::Stopping);
         assert!(m.holds_vips());
-        // A backup (priority 100) takes over after its skew and advertises.
+        // A backup (priority 100) takes over after its skew and advertises. Its
+        // VIPs are not configured yet (it advertises first): we keep ours, and stop
+        // advertising, for one more interval.
         let t1 = t0 + Duration::from_millis(610);
         m.handle_advert(t1, ip(PEER), &advert(&m, 100));
+        assert_eq!(drain(&mut m), vec![]);
+        assert!(m.holds_vips());
+        assert_eq!(m.handover_linger(), Duration::from_secs(1));
+        assert_eq!(m.poll_timeout(), Some(t1 + Duration::from_secs(1)));
+        // Its next adverts change nothing.
+        m.handle_advert(t1 + Duration::from_millis(900), ip(PEER), &advert(&m, 100));
+        assert_eq!(m.poll_timeout(), Some(t1 + Duration::from_secs(1)));
+        m.handle_timeout(t1 + Duration::from_millis(999));
+        assert_eq!(drain(&mut m), vec![]);
+        m.handle_timeout(t1 + Duration::from_secs(1));
         let a = drain(&mut m);
         assert_eq!(
             a,
@@ -1484,6 +1581,62 @@ mod tests {
             ]
         );
         assert_eq!(m.poll_timeout(), None);
+    }
+
+    #[test]
+    fn handover_linger_never_passes_the_stop_timeout() {
+        let t0 = Instant::now();
+        let mut m = master(v3(cfg(200)), t0);
+        m.shutdown(t0);
+        drain(&mut m);
+        let end = t0 + m.stop_timeout();
+        let late = end - Duration::from_millis(100);
+        run(&mut m, late);
+        m.handle_advert(late, ip(PEER), &advert(&m, 100));
+        assert_eq!(m.poll_timeout(), Some(end), "linger cut at the stop deadline");
+        m.handle_timeout(end);
+        assert_eq!(
+            drain(&mut m),
+            vec![
+                Action::RemoveVips,
+                Action::StateChanged {
+                    from: State::Stopping,
+                    to: State::Initialize,
+                    reason: Reason::PeerTookOver { from: ip(PEER) }
+                }
+            ]
+        );
+        // Short intervals linger at least 50 ms.
+        let mut c = v3(cfg(200));
+        c.advert_int_cs = 2;
+        assert_eq!(Machine::new(c).unwrap().handover_linger(), Duration::from_millis(50));
+    }
+
+    /// The backup of a pair never advertised while we were master: its
+    /// takeover advert still ends the stop (no probation while STOPPING).
+    #[test]
+    fn stopping_accepts_a_takeover_from_a_never_heard_backup() {
+        let t0 = Instant::now();
+        let mut m = master(Config { unicast_peers: vec![], ..cfg(200) }, t0);
+        run(&mut m, t0 + Duration::from_secs(20));
+        assert_eq!((m.peers().0.len(), m.peers().1), (0, &PeerMode::Locked));
+        let t = t0 + Duration::from_secs(20);
+        m.shutdown(t);
+        drain(&mut m);
+        let t1 = t + Duration::from_millis(610);
+        m.handle_advert(t1, ip(PEER), &advert(&m, 100));
+        assert_eq!(m.counters().ignored_not_allowed, 0);
+        assert_eq!(m.poll_timeout(), Some(t1 + m.handover_linger()));
+        // Configured (unicast) peers stay strict.
+        let mut m = master(cfg(200), t0);
+        m.shutdown(t0);
+        m.handle_advert(t0, ip("10.0.0.77"), &advert(&m, 100));
+        assert_eq!(m.counters().ignored_not_allowed, 1);
+        assert_eq!(
+            m.poll_timeout(),
+            Some(t0 + Duration::from_secs(1)),
+            "still repeating priority 0"
+        );
     }
 
     #[test]
@@ -1592,15 +1745,27 @@ mod tests {
         assert_eq!(m.current_master(), Some(ip(HIGH)));
     }
 
+    /// A lone master hears nobody while settling: its list locks empty, so a
+    /// forged burst from a new source is ignored instead of learned (and then
+    /// obeyed: yield + confirm = two adverts).
     #[test]
-    fn learning_waits_for_a_first_peer() {
+    fn nothing_heard_while_settling_locks_an_empty_list() {
         let t0 = Instant::now();
         let mut m = started(Config { unicast_peers: vec![], ..cfg(200) }, t0);
         run(&mut m, t0 + Duration::from_secs(30));
-        assert_eq!(*m.peers().1, PeerMode::Learning { until: None });
+        assert_eq!(m.state(), State::Master);
+        assert_eq!(*m.peers().1, PeerMode::Locked);
+        assert!(m.peers().0.is_empty());
         let t = t0 + Duration::from_secs(30);
-        m.handle_advert(t, ip(PEER), &advert(&m, 100));
-        assert_eq!(*m.peers().1, PeerMode::Learning { until: Some(t + Duration::from_secs(10)) });
+        m.handle_advert(t, ip(HIGH), &advert(&m, 254));
+        m.handle_advert(t + Duration::from_millis(100), ip(HIGH), &advert(&m, 254));
+        assert_eq!(m.counters().ignored_not_allowed, 2);
+        assert!(!m.is_yielding());
+        assert_eq!(m.state(), State::Master);
+        // A real router that keeps advertising is admitted on its third advert.
+        m.handle_advert(t + Duration::from_millis(1100), ip(HIGH), &advert(&m, 254));
+        assert_eq!(m.counters().peers_admitted, 1);
+        assert!(m.is_yielding());
     }
 
     #[test]
@@ -1628,6 +1793,53 @@ mod tests {
         assert_eq!(m.counters().peers_admitted, 1);
         assert_eq!(m.counters().ignored_not_allowed, 7);
         assert!(m.peers().0.contains(&ip(HIGH)));
+    }
+
+    /// Three nodes: the master (PEER) dies and the middle backup (HIGH), never
+    /// heard before, takes over. We must not go MASTER beside it while it is on
+    /// probation; a lone forged advert delays our takeover by 2 intervals at most.
+    #[test]
+    fn backup_waits_for_an_unknown_higher_master_on_probation() {
+        let t0 = Instant::now();
+        let locked = |t0: Instant| {
+            let mut m = started(Config { unicast_peers: vec![], ..v3(cfg(100)) }, t0);
+            for i in 0..11 {
+                let t = t0 + Duration::from_secs(i);
+                m.handle_advert(t, ip(PEER), &advert(&m, 200));
+                m.handle_timeout(t);
+            }
+            assert_eq!(*m.peers().1, PeerMode::Locked);
+            m
+        };
+        let last = t0 + Duration::from_secs(10);
+        let mut m = locked(t0);
+        let due = last + m.master_down_interval();
+        assert_eq!(m.poll_timeout(), Some(due));
+        // HIGH (150) went MASTER after its shorter down interval.
+        let h1 = last + master_down_interval(Version::V3, 150, 100);
+        m.handle_advert(h1, ip(HIGH), &advert(&m, 150));
+        assert_eq!(m.poll_timeout(), Some(h1 + Duration::from_secs(2)));
+        m.handle_timeout(due);
+        assert_eq!(m.state(), State::Backup);
+        m.handle_advert(h1 + Duration::from_secs(1), ip(HIGH), &advert(&m, 150));
+        m.handle_advert(h1 + Duration::from_secs(2), ip(HIGH), &advert(&m, 150));
+        assert_eq!(m.counters().peers_admitted, 1);
+        assert_eq!(m.current_master(), Some(ip(HIGH)));
+        run(&mut m, h1 + Duration::from_millis(2500));
+        assert_eq!(m.state(), State::Backup);
+        assert_eq!(m.counters().became_master, 0);
+
+        // A lone forged advert: MASTER 2 intervals after it, not never.
+        let mut m = locked(t0);
+        m.handle_advert(h1, ip(HIGH), &advert(&m, 150));
+        run(&mut m, h1 + Duration::from_secs(2) - Duration::from_nanos(1));
+        assert_eq!(m.state(), State::Backup);
+        run(&mut m, h1 + Duration::from_secs(2));
+        assert_eq!(m.state(), State::Master);
+        // Lower-priority unknown sources postpone nothing.
+        let mut m = locked(t0);
+        m.handle_advert(h1, ip(HIGH), &advert(&m, 50));
+        assert_eq!(m.poll_timeout(), Some(due));
     }
 
     // ----- rule 3: bounded learned interval ----------------------------------

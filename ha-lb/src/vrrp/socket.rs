@@ -48,8 +48,10 @@ pub struct Interface {
 pub enum VrrpMode {
     /// Multicast to `group` (normally [`VRRP_MCAST_V4`] / [`VRRP_MCAST_V6`]) on the interface.
     Multicast { group: IpAddr },
-    /// keepalived `unicast_peer`: one copy to each peer; received packets from other sources
-    /// are dropped by the transport (as keepalived does).
+    /// keepalived `unicast_peer`: one copy to each peer. Packets from other sources are
+    /// delivered too: the state machine, whose allow-list is exactly these peers, ignores
+    /// them and counts them (`ignored_not_allowed`), so a stranger's adverts show in
+    /// `ha-lb status` instead of vanishing here.
     Unicast { peers: Vec<IpAddr> },
 }
 
@@ -193,13 +195,6 @@ impl RawVrrpSocket {
     pub fn config(&self) -> &TransportConfig {
         &self.config
     }
-
-    fn accept(&self, pkt: &ReceivedPacket) -> bool {
-        match &self.config.mode {
-            VrrpMode::Multicast { .. } => true,
-            VrrpMode::Unicast { peers } => peers.contains(&pkt.src),
-        }
-    }
 }
 
 fn validate(config: &TransportConfig) -> Result<Vec<IpAddr>, TransportError> {
@@ -288,17 +283,12 @@ impl VrrpTransport for RawVrrpSocket {
                     recv_v4(s.as_raw_fd(), &mut buf)
                 }
             });
-            let pkt = match res {
-                Ok(Ok(Some(pkt))) => pkt,
-                Ok(Ok(None)) => continue, // malformed or truncated: dropped, logged below
+            match res {
+                Ok(Ok(Some(pkt))) => return Ok(pkt),
+                Ok(Ok(None)) => continue, // malformed or truncated: dropped, logged in recv_v*
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
-            };
-            if self.accept(&pkt) {
-                return Ok(pkt);
             }
-            tracing::debug!(src = %pkt.src, ifname = %self.config.interface.name,
-                "VRRP packet from a source that is not a unicast_peer; dropped");
         }
     }
 }
