@@ -69,6 +69,18 @@ enum BenchCmd {
         #[arg(long, value_delimiter = ',', default_value = "keepalived,ha-lb")]
         peers: Vec<String>,
     },
+    /// Director CPU per packet and per request: ha-lb XDP (NAT, DR) vs nftables, HAProxy,
+    /// the routed path, no director, and empty XDP programs; small UDP (xdp_frames and
+    /// skbs), HTTP keep-alive / new connections (wrk), iperf3. Needs root and 2+ CPUs.
+    Dataplane {
+        /// 3 rounds and shorter runs instead of 5.
+        #[arg(long)]
+        quick: bool,
+        /// Only these variants (ha-lb-nat, ha-lb-dr, direct, routed, nftables, haproxy,
+        /// xdp-drop, xdp-redirect).
+        #[arg(long, value_delimiter = ',')]
+        variants: Option<Vec<String>>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -99,6 +111,16 @@ fn main() -> Result<()> {
                 bench::failover::Setting { version: 3, advert_cs: 10 },
             ];
             bench::failover::run(runs, &peers, &settings)
+        }
+        Cmd::Bench { what: BenchCmd::Dataplane { quick, variants } } => {
+            use bench::dataplane::{Options, Variant};
+            let variants = match variants {
+                Some(v) => v.iter().map(|s| Variant::parse(s)).collect::<Result<Vec<_>>>()?,
+                None => Variant::ALL.to_vec(),
+            };
+            let object = build_ebpf(&root)?;
+            sweep()?;
+            bench::dataplane::run(Options { quick, variants, object })
         }
         Cmd::Demo => {
             toolchain::setup(&root, false)?;

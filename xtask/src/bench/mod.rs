@@ -2,3 +2,6 @@
 //! figures and ratios. Never pass/fail on absolute numbers.
 
 pub mod failover;
+pub mod dataplane;
+mod dataplane_peers;
+mod dataplane_sys;
