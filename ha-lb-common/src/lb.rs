@@ -1,2 +1,430 @@
-//! Load-balancing maps: services, real servers, backend sets, connection tracking, counters.
-//! (Filled in by the XDP forwarding work.)
+//! Load-balancing maps: services, real servers, backend sets, lookup rings, connection
+//! tracking, persistence templates and counters.
+//!
+//! Layout (all sizes fixed at compile time; see the `*_MAX` constants):
+//!
+//! ```text
+//! LB_SERVICES   Hash    LbServiceKey{addr,port,proto,family}   -> LbService{id, active_slot, lb_algo, lb_kind, ...}
+//! LB_SETS       Array   id*2 + slot                             -> LbBackendSet{ring_chunk, ring_len, n_reals, reals[], weights[]}
+//! LB_RING       Array   chunk index                             -> LbRingChunk{reals[64]}   (rr/wrr/sh/mh lookup tables)
+//! LB_REALS      Array   real id                                 -> LbReal{addr, port, family, flags, service_id, gen}
+//! LB_CONNS      LRU     LbFlowKey (5-tuple as seen on the wire) -> LbFlow (forward entry, or NAT reply entry)
+//! LB_PERSIST    LRU     LbPersistKey{service_id, client addr}   -> LbPersist{real_id, real_gen, last_seen}
+//! LB_REAL_LOAD  Array   real id                                 -> u64 live active-connection estimate (lc/wlc)
+//! LB_RR         PerCpuArray service id                          -> u32 round-robin cursor
+//! LB_SERVICE_STATS PerCpuArray service id                       -> LbTraffic (exact, per CPU)
+//! LB_REAL_STATS PerCpuArray real id                             -> LbTraffic (exact, per CPU)
+//! LB_REASONS    PerCpuArray LbReason                            -> u64
+//! LB_CONFIG     Array   0                                       -> LbConfig (flow timeouts)
+//! LB_CHAIN      ProgramArray 0                                  -> program for frames the LB passes (e.g. the VRRP filter)
+//! LB_SCRATCH    PerCpuArray 0                                   -> per-packet temporaries (eBPF side only)
+//! ```
+//!
+//! A service switches its whole backend set in one `LB_SERVICES` update: user space writes the
+//! new set (and its ring) into the inactive slot `id*2 + (1 - active_slot)`, then replaces the
+//! service value with `active_slot` flipped. Hash-map updates replace the element as a whole,
+//! so a packet sees either the old or the new set, never a half-written one.
+//!
+//! Addresses are stored as four 32-bit words exactly as they appear on the wire (network byte
+//! order in memory); IPv4 uses word 0 and leaves the others zero. Ports are stored in network
+//! byte order too, so the data path compares and copies without swapping.
+
+use bytemuck::{Pod, Zeroable};
+
+pub use crate::vrrp::{FAMILY_V4, FAMILY_V6};
+
+pub const LB_SERVICES: &str = "LB_SERVICES";
+pub const LB_SETS: &str = "LB_SETS";
+pub const LB_RING: &str = "LB_RING";
+pub const LB_REALS: &str = "LB_REALS";
+pub const LB_CONNS: &str = "LB_CONNS";
+pub const LB_PERSIST: &str = "LB_PERSIST";
+pub const LB_REAL_LOAD: &str = "LB_REAL_LOAD";
+pub const LB_RR: &str = "LB_RR";
+pub const LB_SERVICE_STATS: &str = "LB_SERVICE_STATS";
+pub const LB_REAL_STATS: &str = "LB_REAL_STATS";
+pub const LB_REASONS: &str = "LB_REASONS";
+pub const LB_CONFIG: &str = "LB_CONFIG";
+pub const LB_CHAIN: &str = "LB_CHAIN";
+/// `HashMap<u32 ifindex, LbIfMac>`: the MAC of each interface the program is attached to.
+pub const LB_IF_MAC: &str = "LB_IF_MAC";
+pub const LB_IF_MAC_MAX: u32 = 64;
+
+/// Services (virtual servers) at once; service ids are `0..LB_SERVICES_MAX`.
+pub const LB_SERVICES_MAX: u32 = 256;
+/// Real servers at once over all services; real ids are `0..LB_REALS_MAX`.
+pub const LB_REALS_MAX: u32 = 4096;
+/// Real servers per service (the `lc`/`wlc` scan is bounded by this).
+pub const LB_REALS_PER_SERVICE: usize = 256;
+/// Entries per [`LbRingChunk`].
+pub const LB_RING_CHUNK: usize = 64;
+/// Chunks in [`LB_RING`]: 16384 * 64 = 1 Mi ring entries shared by all backend sets.
+pub const LB_RING_CHUNKS: u32 = 16384;
+/// Longest lookup table one backend set may use (a Maglev table for 256 real servers needs
+/// a prime >= 25600).
+pub const LB_RING_MAX: u32 = 65536;
+/// Connection-tracking entries (a NAT flow uses two: forward and reply).
+pub const LB_CONNS_MAX: u32 = 262144;
+/// Persistence templates.
+pub const LB_PERSIST_MAX: u32 = 65536;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Schedulers, keepalived's `lb_algo` names.
+pub const LB_ALGO_RR: u8 = 0;
+pub const LB_ALGO_WRR: u8 = 1;
+pub const LB_ALGO_LC: u8 = 2;
+pub const LB_ALGO_WLC: u8 = 3;
+pub const LB_ALGO_SH: u8 = 4;
+pub const LB_ALGO_MH: u8 = 5;
+
+/// Forwarding methods, keepalived's `lb_kind` names. TUN is reserved: the maps carry what it
+/// needs (per-service kind, per-real address) but the data path does not implement it yet.
+pub const LB_KIND_NAT: u8 = 0;
+pub const LB_KIND_DR: u8 = 1;
+pub const LB_KIND_TUN: u8 = 2;
+
+/// [`LbService::flags`]: `sh`/`mh` hash the source port too (IPVS `sh-port`/`mh-port`).
+pub const LB_SVC_F_HASH_PORT: u8 = 1;
+
+/// [`LbReal::flags`]: the real server is in its service (cleared when it is removed).
+pub const LB_REAL_F_AVAILABLE: u8 = 1;
+/// [`LbReal::flags`]: weight 0 — keeps its flows, gets no new ones (not even by persistence).
+pub const LB_REAL_F_QUIESCED: u8 = 2;
+
+/// [`LbFlow::flags`]: this is a NAT reply entry (real server -> client), not a forward one.
+pub const LB_FLOW_F_REPLY: u32 = 1;
+/// [`LbFlow::flags`]: FIN or RST seen; the connection no longer counts as active.
+pub const LB_FLOW_F_CLOSED: u32 = 2;
+/// [`LbFlow::flags`]: the service had persistence when the flow started.
+pub const LB_FLOW_F_PERSIST: u32 = 4;
+
+/// A virtual server: (VIP, port, protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct LbServiceKey {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct LbService {
+    /// Index into the per-service arrays (`LB_SETS` / 2, `LB_SERVICE_STATS`).
+    pub id: u32,
+    /// Which of the service's two `LB_SETS` slots is live (0 or 1).
+    pub active_slot: u32,
+    /// `persistence_timeout` in seconds; 0 = no persistence.
+    pub persistence_timeout: u32,
+    pub lb_algo: u8,
+    pub lb_kind: u8,
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+impl LbService {
+    pub const fn set_index(&self) -> u32 {
+        self.id * 2 + (self.active_slot & 1)
+    }
+}
+
+/// One slot of a service's backend set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct LbBackendSet {
+    /// First `LB_RING` chunk of this set's lookup table (rr, wrr, sh, mh).
+    pub ring_chunk: u32,
+    /// Entries in the lookup table (0: no table; `lc`/`wlc` scan `reals` instead).
+    pub ring_len: u32,
+    /// Valid entries in `reals`/`weights`.
+    pub n_reals: u32,
+    pub _pad: u32,
+    /// Real ids (indexes into `LB_REALS`).
+    pub reals: [u32; LB_REALS_PER_SERVICE],
+    /// Weights, parallel to `reals` (0 = drained).
+    pub weights: [u32; LB_REALS_PER_SERVICE],
+}
+
+impl Default for LbBackendSet {
+    fn default() -> Self {
+        Zeroable::zeroed()
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct LbRingChunk {
+    /// Real ids.
+    pub reals: [u32; LB_RING_CHUNK],
+}
+
+impl Default for LbRingChunk {
+    fn default() -> Self {
+        Zeroable::zeroed()
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct LbReal {
+    pub addr: [u32; 4],
+    /// Network byte order (NAT rewrites to it; DR and TUN keep the virtual port).
+    pub port: u16,
+    pub family: u8,
+    /// `LB_REAL_F_*`.
+    pub flags: u8,
+    /// The service this real server belongs to.
+    pub service_id: u32,
+    /// Incremented whenever the id is given to a new real server; flows and templates that
+    /// carry another generation are stale.
+    pub gen: u32,
+    /// Reserved for per-real forwarding data (TUN: encapsulation kind / source).
+    pub _reserved: [u32; 3],
+}
+
+/// A connection-tracking key: the 5-tuple as it appears on the wire for the entry's direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct LbFlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct LbFlow {
+    pub real_id: u32,
+    pub real_gen: u32,
+    pub service_id: u32,
+    /// `LB_FLOW_F_*`.
+    pub flags: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet, refreshed at most once a second.
+    pub last_seen_ns: u64,
+    /// Forward entry: the real server's address/port. Reply entry: the VIP/port to restore.
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub _pad16: u16,
+    pub _pad32: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct LbPersistKey {
+    pub service_id: u32,
+    pub family: u8,
+    pub _pad8: u8,
+    pub _pad16: u16,
+    pub client: [u32; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct LbPersist {
+    pub real_id: u32,
+    pub real_gen: u32,
+    pub last_seen_ns: u64,
+}
+
+/// Per-CPU counters of a service or real server: `in_*` is client -> real server, `out_*`
+/// real server -> client (NAT only; DR replies bypass the director). Active connections are
+/// `sum(new_conns) - sum(closed_conns) - expired` (expired: counted by the user-space sweeper).
+///
+/// Exact, because each CPU writes only its own copy. The eBPF target offers no atomic
+/// read-modify-write to Rust without a crate-level unstable feature, so the one shared counter
+/// (`LB_REAL_LOAD`, read by lc/wlc) is a plain increment that can lose an update when two CPUs
+/// race; user space resynchronises it from these exact counters (`sync_load`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct LbTraffic {
+    pub in_packets: u64,
+    pub in_bytes: u64,
+    pub out_packets: u64,
+    pub out_bytes: u64,
+    pub new_conns: u64,
+    pub closed_conns: u64,
+}
+
+/// Flow timeouts (IPVS defaults: TCP 900 s, TCP after FIN/RST 120 s, UDP 300 s).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct LbConfig {
+    pub tcp_timeout_ns: u64,
+    pub tcp_fin_timeout_ns: u64,
+    pub udp_timeout_ns: u64,
+    pub _reserved: u64,
+}
+
+impl LbConfig {
+    pub const DEFAULT: LbConfig = LbConfig {
+        tcp_timeout_ns: 900_000_000_000,
+        tcp_fin_timeout_ns: 120_000_000_000,
+        udp_timeout_ns: 300_000_000_000,
+        _reserved: 0,
+    };
+}
+
+impl Default for LbConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Value of [`LB_IF_MAC`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct LbIfMac {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Why the forwarding program forwarded, passed or dropped a frame. Indexes `LB_REASONS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LbReason {
+    /// Client -> VIP, rewritten to a real server (NAT) and sent.
+    NatIn = 0,
+    /// Real server -> client, rewritten back to the VIP and sent.
+    NatOut = 1,
+    /// Client -> VIP, Ethernet header rewritten to a real server (DR) and sent.
+    Dr = 2,
+    /// TCP/UDP not for a service and not a NAT reply: passed untouched.
+    NotService = 3,
+    /// Not IPv4/IPv6 (ARP, LLDP, ...): passed untouched.
+    NotIp = 4,
+    /// 802.1Q/802.1ad tagged: passed untouched (VLANs are not parsed).
+    Vlan = 5,
+    /// Shorter than its headers claim: passed untouched (the stack drops it).
+    Truncated = 6,
+    /// IP version/IHL/length fields inconsistent: passed untouched (the stack drops it).
+    BadIpHeader = 7,
+    /// IPv4 with options: passed untouched.
+    IpOptions = 8,
+    /// IPv4 fragment: passed untouched.
+    Fragment = 9,
+    /// IPv6 with extension headers: passed untouched.
+    Ipv6Ext = 10,
+    /// Neither TCP nor UDP (ICMP, ...): passed untouched.
+    NotTcpUdp = 11,
+    /// TCP data offset < 5: passed untouched.
+    BadL4Header = 12,
+    /// A service with no real server able to take a new flow: dropped.
+    NoRealServer = 13,
+    /// No neighbour entry for the next hop: NAT passes the rewritten packet so the kernel
+    /// resolves it and forwards; DR drops (passing would deliver it to the local VIP).
+    NoNeigh = 14,
+    /// The route to the destination is unreachable/blackhole/prohibit: dropped.
+    FibUnreachable = 15,
+    /// Egress MTU too small: NAT passes the rewritten packet (the kernel fragments or sends
+    /// ICMP), DR drops.
+    FragNeeded = 16,
+    /// Any other FIB result (forwarding disabled on the ingress interface, local
+    /// destination, ...): NAT passes the rewritten packet, DR drops.
+    FibOther = 17,
+    /// A flow whose real server was removed (or whose state expired) was scheduled again.
+    Rescheduled = 18,
+    /// The connection-tracking insert failed: forwarded anyway, but the flow is not sticky.
+    ConntrackFull = 19,
+    /// Unicast to another host's MAC (a switch flooding an unknown destination): passed to
+    /// the kernel, which drops it, so two directors never both forward a flooded frame.
+    OtherHost = 20,
+}
+
+impl LbReason {
+    pub const COUNT: u32 = 21;
+    pub const ALL: [LbReason; 21] = [
+        LbReason::NatIn,
+        LbReason::NatOut,
+        LbReason::Dr,
+        LbReason::NotService,
+        LbReason::NotIp,
+        LbReason::Vlan,
+        LbReason::Truncated,
+        LbReason::BadIpHeader,
+        LbReason::IpOptions,
+        LbReason::Fragment,
+        LbReason::Ipv6Ext,
+        LbReason::NotTcpUdp,
+        LbReason::BadL4Header,
+        LbReason::NoRealServer,
+        LbReason::NoNeigh,
+        LbReason::FibUnreachable,
+        LbReason::FragNeeded,
+        LbReason::FibOther,
+        LbReason::Rescheduled,
+        LbReason::ConntrackFull,
+        LbReason::OtherHost,
+    ];
+    /// The name used in logs, status output and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LbReason::NatIn => "nat_in",
+            LbReason::NatOut => "nat_out",
+            LbReason::Dr => "dr",
+            LbReason::NotService => "not_service",
+            LbReason::NotIp => "not_ip",
+            LbReason::Vlan => "vlan",
+            LbReason::Truncated => "truncated",
+            LbReason::BadIpHeader => "bad_ip_header",
+            LbReason::IpOptions => "ip_options",
+            LbReason::Fragment => "fragment",
+            LbReason::Ipv6Ext => "ipv6_ext",
+            LbReason::NotTcpUdp => "not_tcp_udp",
+            LbReason::BadL4Header => "bad_l4_header",
+            LbReason::NoRealServer => "no_real_server",
+            LbReason::NoNeigh => "no_neigh",
+            LbReason::FibUnreachable => "fib_unreachable",
+            LbReason::FragNeeded => "frag_needed",
+            LbReason::FibOther => "fib_other",
+            LbReason::Rescheduled => "rescheduled",
+            LbReason::ConntrackFull => "conntrack_full",
+            LbReason::OtherHost => "other_host",
+        }
+    }
+}
+
+crate::impl_user_pod!(
+    LbServiceKey,
+    LbService,
+    LbBackendSet,
+    LbRingChunk,
+    LbReal,
+    LbFlowKey,
+    LbFlow,
+    LbPersistKey,
+    LbPersist,
+    LbTraffic,
+    LbConfig,
+    LbIfMac,
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(core::mem::size_of::<LbServiceKey>(), 20);
+        assert_eq!(core::mem::size_of::<LbService>(), 16);
+        assert_eq!(core::mem::size_of::<LbFlowKey>(), 40);
+        assert_eq!(core::mem::size_of::<LbFlow>(), 48);
+        assert_eq!(core::mem::size_of::<LbReal>(), 40);
+        assert_eq!(core::mem::size_of::<LbPersistKey>(), 24);
+        assert_eq!(core::mem::size_of::<LbBackendSet>(), 16 + 8 * LB_REALS_PER_SERVICE);
+        assert_eq!(LbReason::ALL.len() as u32, LbReason::COUNT);
+        for (i, r) in LbReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+}

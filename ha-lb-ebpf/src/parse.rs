@@ -61,3 +61,47 @@ pub fn ether_type(ctx: &XdpContext) -> Option<u16> {
     // SAFETY: bounds-checked by ptr_at.
     Some(u16::from_be(unsafe { (*eth).proto }))
 }
+
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88A8;
+pub const IPV4_HLEN: usize = 20;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+/// IPv4 `frag_off` bits (host order): more-fragments flag and the offset.
+pub const IP_MF_OFFSET: u16 = 0x3fff;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TcpHdr {
+    pub source: u16,
+    pub dest: u16,
+    pub seq: u32,
+    pub ack_seq: u32,
+    /// Data offset (high nibble) and reserved bits.
+    pub doff_res: u8,
+    pub flags: u8,
+    pub window: u16,
+    pub check: u16,
+    pub urg_ptr: u16,
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UdpHdr {
+    pub source: u16,
+    pub dest: u16,
+    pub len: u16,
+    pub check: u16,
+}
+
+/// Whether IPv6 next-header value `nh` is an extension header (RFC 8200 §4, plus AH, ESP
+/// and the Mobility/HIP/Shim6 headers) rather than an upper-layer protocol.
+#[inline(always)]
+pub fn ipv6_is_ext(nh: u8) -> bool {
+    matches!(nh, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140)
+}

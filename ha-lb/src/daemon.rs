@@ -24,9 +24,9 @@ use crate::{
     bpf,
     config::{self, Config, Notify, Script, ScriptUser, VrrpInstance},
     control::{self, Request, Response},
-    dataplane::{Dataplane, NoDataplane},
+    dataplane::{xdp::XdpDataplane, Dataplane, NoDataplane},
     health::{CheckTarget, HealthChecker, HealthEvent, HealthOptions},
-    reconcile::{DesiredService, Reconciler},
+    reconcile::{to_dataplane, DesiredService, Reconciler},
     script::{self, RunOptions},
     status::{InstanceStatus, RealServerStatus, Status, VirtualServerStatus},
     vrrp::{
@@ -46,6 +46,71 @@ struct Running {
     tracker: Tracker,
     /// What was last sent to the instance: (fault, priority adjustment).
     sent: (bool, i32),
+}
+
+/// The data plane in use.
+enum Plane {
+    None(NoDataplane),
+    Xdp(Box<XdpDataplane>),
+}
+
+impl Plane {
+    fn as_dyn(&mut self) -> &mut dyn Dataplane {
+        match self {
+            Plane::None(p) => p,
+            Plane::Xdp(p) => p.as_mut(),
+        }
+    }
+    fn name(&self) -> &'static str {
+        match self {
+            Plane::None(p) => p.name(),
+            Plane::Xdp(p) => p.name(),
+        }
+    }
+    fn stats(&self) -> crate::dataplane::DataplaneStats {
+        let r = match self {
+            Plane::None(p) => p.stats(),
+            Plane::Xdp(p) => p.stats(),
+        };
+        r.unwrap_or_else(|e| {
+            warn!(error = %e, "reading data-plane counters failed");
+            Default::default()
+        })
+    }
+}
+
+/// Interfaces the XDP forwarding program goes on: every VRRP instance's interface and the
+/// devices its VIPs live on (where service traffic arrives, and — with NAT — where real
+/// servers' replies come back through the gateway VIP).
+fn xdp_interfaces(config: &Config) -> Vec<String> {
+    let mut set = BTreeSet::new();
+    for i in &config.vrrp_instances {
+        set.insert(i.interface.clone());
+        for v in &i.virtual_ipaddress {
+            set.insert(v.device(&i.interface).to_string());
+        }
+    }
+    set.into_iter().collect()
+}
+
+/// `bpf_fib_lookup` only forwards on interfaces with forwarding on: enable it where the
+/// forwarding program is attached (an LVS director forwards by definition).
+fn enable_forwarding(ifaces: &[String], ipv6: bool) {
+    for i in ifaces {
+        let mut paths = vec![format!("/proc/sys/net/ipv4/conf/{i}/forwarding")];
+        if ipv6 {
+            paths.push(format!("/proc/sys/net/ipv6/conf/{i}/forwarding"));
+        }
+        for p in paths {
+            match std::fs::read_to_string(&p) {
+                Ok(v) if v.trim() == "1" => {}
+                _ => match std::fs::write(&p, "1") {
+                    Ok(()) => info!(path = %p, "enabled forwarding for XDP forwarding"),
+                    Err(e) => warn!(path = %p, error = %e, "could not enable forwarding"),
+                },
+            }
+        }
+    }
 }
 
 /// The VRRP fast-path filter, when this build has its eBPF object.
@@ -69,7 +134,7 @@ pub struct Daemon {
     health: HealthChecker,
     reconciler: Reconciler,
     desired: Vec<DesiredService>,
-    dataplane: Box<dyn Dataplane>,
+    dataplane: Plane,
     filter: Option<Filter>,
     reloads: u64,
     reloads_rejected: u64,
@@ -85,12 +150,26 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let rtnl = Rtnl::new().context("opening rtnetlink")?;
     let mut link_watch = RtnlLinkWatcher::new().context("subscribing to link changes")?;
 
-    let dataplane: Box<dyn Dataplane> = match config.global.dataplane {
-        config::Dataplane::None => Box::new(NoDataplane::default()),
-        other => bail!(
-            "dataplane \"{}\" is not available in this build yet; use dataplane = \"none\"",
-            other.as_str()
-        ),
+    let dataplane = match config.global.dataplane {
+        config::Dataplane::None => Plane::None(NoDataplane::default()),
+        config::Dataplane::Xdp => {
+            let ifaces = xdp_interfaces(&config);
+            if ifaces.is_empty() {
+                bail!("dataplane \"xdp\" needs at least one vrrp_instance: its interface is where the forwarding program is attached");
+            }
+            let v6 = config.virtual_servers.iter().any(|v| v.address.is_ipv6());
+            enable_forwarding(&ifaces, v6);
+            let names: Vec<&str> = ifaces.iter().map(String::as_str).collect();
+            let mut x = XdpDataplane::attach(&names).context("starting the XDP data plane")?;
+            // One XDP program per interface: VRRP frames go on to the fast-path filter.
+            x.chain(Some(bpf::PROG_VRRP_FILTER)).context("chaining the VRRP filter")?;
+            x.bpf_mut().spawn_log_forwarder();
+            info!(interfaces = ?ifaces, "XDP forwarding attached");
+            Plane::Xdp(Box::new(x))
+        }
+        config::Dataplane::Ipvs => {
+            bail!("dataplane \"ipvs\" is not available in this build yet; use \"xdp\" or \"none\"")
+        }
     };
 
     let (events_tx, mut events_rx) = mpsc::channel(256);
@@ -140,8 +219,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     }
     d.start_track_tasks();
     d.apply_tracking().await;
-    info!(config = %d.config_path.display(), instances = d.instances.len(), virtual_servers = config.virtual_servers.len(), dataplane = d.dataplane.kind(), "ha-lb running");
+    info!(config = %d.config_path.display(), instances = d.instances.len(), virtual_servers = config.virtual_servers.len(), dataplane = d.dataplane.name(), "ha-lb running");
 
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -163,6 +244,13 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     },
                 };
                 let _ = reply.send(resp);
+            }
+            _ = housekeeping.tick() => {
+                match d.dataplane.as_dyn().maintain() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(expired = n, "idle connections expired"),
+                    Err(e) => warn!(error = %e, "data-plane housekeeping failed"),
+                }
             }
             _ = hup.recv() => { let _ = d.reload().await; }
             _ = term.recv() => { info!("SIGTERM: stopping"); break; }
@@ -241,6 +329,14 @@ fn run_notify(
 
 impl Daemon {
     fn attach_filter(&mut self) {
+        if let Plane::Xdp(x) = &mut self.dataplane {
+            // Chained behind the forwarding program; only its VRID map needs filling.
+            let ifaces: BTreeSet<String> = x.interfaces().into_iter().map(|(n, _)| n).collect();
+            if let Err(e) = update_vrids(&self.config, &self.ifnames, x.bpf_mut(), &ifaces) {
+                warn!(error = %e, "filling the VRRP filter's VRID map failed");
+            }
+            return;
+        }
         let wanted: BTreeSet<String> =
             self.config.vrrp_instances.iter().map(|i| i.interface.clone()).collect();
         if wanted.is_empty() {
@@ -266,36 +362,11 @@ impl Daemon {
             }
         }
         let mut f = Filter { bpf: b, interfaces: attached };
-        if let Err(e) = self.update_filter_vrids(&mut f) {
+        if let Err(e) = update_vrids(&self.config, &self.ifnames, &mut f.bpf, &f.interfaces) {
             warn!(error = %e, "filling the VRRP filter's VRID map failed; detaching it");
             return;
         }
         self.filter = Some(f);
-    }
-
-    fn update_filter_vrids(&self, f: &mut Filter) -> Result<()> {
-        use ha_lb_common::vrrp::{version_bit, VrrpVridKey, VrrpVridValue, FAMILY_V4, FAMILY_V6};
-        let mut wanted: BTreeMap<VrrpVridKey, VrrpVridValue> = BTreeMap::new();
-        for i in &self.config.vrrp_instances {
-            if !f.interfaces.contains(&i.interface) {
-                continue;
-            }
-            let Some(ifindex) = self
-                .ifnames
-                .iter()
-                .find(|(_, n)| **n == i.interface)
-                .map(|(k, _)| *k)
-                .or_else(|| ifindex_of(&i.interface))
-            else {
-                continue;
-            };
-            let family = if i.family() == config::AddrFamily::Ipv6 { FAMILY_V6 } else { FAMILY_V4 };
-            let e =
-                wanted.entry(VrrpVridKey::new(ifindex, i.virtual_router_id, family)).or_default();
-            e.versions |= version_bit(i.version.number());
-        }
-        bpf::vrrp_filter::set_vrids(&mut f.bpf, &wanted)?;
-        Ok(())
     }
 
     async fn start_instance(&mut self, inst: &VrrpInstance) -> Result<()> {
@@ -532,8 +603,19 @@ impl Daemon {
             return;
         }
         log_diff(&self.desired, &desired, why);
-        if let Err(e) = self.dataplane.apply(&desired) {
-            error!(error = %e, "applying the desired services to the data plane failed");
+        match self.dataplane.as_dyn().apply(&to_dataplane(&desired)) {
+            Ok(r) if !r.is_empty() => info!(
+                dataplane = self.dataplane.name(),
+                services_added = r.services_added.len(),
+                services_changed = r.services_changed.len(),
+                services_removed = r.services_removed.len(),
+                real_servers_added = r.real_servers_added,
+                real_servers_removed = r.real_servers_removed,
+                real_servers_reweighted = r.real_servers_reweighted,
+                "data plane updated"
+            ),
+            Ok(_) => {}
+            Err(e) => error!(error = %e, "applying the desired services to the data plane failed"),
         }
         self.desired = desired;
     }
@@ -620,11 +702,16 @@ impl Daemon {
             r.tracker = t;
         }
         self.apply_tracking().await;
-        if let Some(mut f) = self.filter.take() {
-            if let Err(e) = self.update_filter_vrids(&mut f) {
-                warn!(error = %e, "updating the VRRP filter's VRIDs failed");
+        let res = match (&mut self.dataplane, &mut self.filter) {
+            (Plane::Xdp(x), _) => {
+                let ifaces: BTreeSet<String> = x.interfaces().into_iter().map(|(n, _)| n).collect();
+                update_vrids(&self.config, &self.ifnames, x.bpf_mut(), &ifaces)
             }
-            self.filter = Some(f);
+            (_, Some(f)) => update_vrids(&self.config, &self.ifnames, &mut f.bpf, &f.interfaces),
+            _ => Ok(()),
+        };
+        if let Err(e) = res {
+            warn!(error = %e, "updating the VRRP filter's VRIDs failed");
         }
         self.health.reconfigure(CheckTarget::from_config(&new));
         self.reconciler.set_config(new);
@@ -686,7 +773,7 @@ impl Daemon {
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs(),
             config_file: self.config_path.display().to_string(),
-            dataplane: self.dataplane.kind().to_string(),
+            dataplane: self.dataplane.name().to_string(),
             reloads: self.reloads,
             reloads_rejected: self.reloads_rejected,
             ..Default::default()
@@ -727,7 +814,7 @@ impl Daemon {
                 counters,
             });
         }
-        let counters = self.dataplane.counters();
+        let stats = self.dataplane.stats();
         for vs in &self.config.virtual_servers {
             let key = vs.key();
             let desired = self.desired.iter().find(|d| d.key == key);
@@ -742,34 +829,26 @@ impl Daemon {
                     (true, Some(h)) if h.up => "up",
                     _ => "down",
                 };
-                let c = counters.get(&(key, rs.key())).copied().unwrap_or_default();
+                let c = rs_counters(&stats, &key, rs.key());
                 rss.push(RealServerStatus {
                     address: rs.key().to_string(),
                     weight: in_dp.map(|r| r.weight).unwrap_or(0),
                     configured_weight: rs.weight,
                     health: health.into(),
-                    active_conns: c.active_conns,
-                    inactive_conns: c.inactive_conns,
-                    conns: c.conns,
-                    packets: c.packets,
-                    bytes: c.bytes,
                     sorry_server: false,
+                    ..c
                 });
             }
             if let Some(sorry) = vs.sorry_server {
                 if desired.map(|d| d.sorry_active()).unwrap_or(false) {
-                    let c = counters.get(&(key, sorry)).copied().unwrap_or_default();
+                    let c = rs_counters(&stats, &key, sorry);
                     rss.push(RealServerStatus {
                         address: sorry.to_string(),
                         weight: 1,
                         configured_weight: 1,
                         health: "sorry".into(),
-                        active_conns: c.active_conns,
-                        inactive_conns: c.inactive_conns,
-                        conns: c.conns,
-                        packets: c.packets,
-                        bytes: c.bytes,
                         sorry_server: true,
+                        ..c
                     });
                 }
             }
@@ -784,13 +863,66 @@ impl Daemon {
                 real_servers: rss,
             });
         }
-        if let Some(f) = &self.filter {
-            if let Ok(c) = bpf::vrrp_filter::counters(&f.bpf) {
-                s.vrrp_filter = c.named().map(|(k, v)| (k.to_string(), v)).collect();
-            }
+        let filter_bpf = match (&self.dataplane, &self.filter) {
+            (Plane::Xdp(x), _) => Some(x.bpf()),
+            (_, Some(f)) => Some(&f.bpf),
+            _ => None,
+        };
+        if let Some(c) = filter_bpf.and_then(|b| bpf::vrrp_filter::counters(b).ok()) {
+            s.vrrp_filter = c.named().map(|(k, v)| (k.to_string(), v)).collect();
         }
         s
     }
+}
+
+/// Counters of one real server as status shows them (both directions summed).
+fn rs_counters(
+    stats: &crate::dataplane::DataplaneStats,
+    vs: &config::VirtualServerKey,
+    rs: std::net::SocketAddr,
+) -> RealServerStatus {
+    let c = stats
+        .services
+        .get(vs)
+        .and_then(|s| s.real_servers.get(&(rs.ip(), rs.port())))
+        .copied()
+        .unwrap_or_default();
+    RealServerStatus {
+        active_conns: c.active_conns,
+        conns: c.new_conns,
+        packets: c.in_packets + c.out_packets,
+        bytes: c.in_bytes + c.out_bytes,
+        ..Default::default()
+    }
+}
+
+/// Makes the VRRP filter's VRID map match the instances on `interfaces`.
+fn update_vrids(
+    config: &Config,
+    ifnames: &BTreeMap<u32, String>,
+    b: &mut bpf::Bpf,
+    interfaces: &BTreeSet<String>,
+) -> Result<()> {
+    use ha_lb_common::vrrp::{version_bit, VrrpVridKey, VrrpVridValue, FAMILY_V4, FAMILY_V6};
+    let mut wanted: BTreeMap<VrrpVridKey, VrrpVridValue> = BTreeMap::new();
+    for i in &config.vrrp_instances {
+        if !interfaces.contains(&i.interface) {
+            continue;
+        }
+        let Some(ifindex) = ifnames
+            .iter()
+            .find(|(_, n)| **n == i.interface)
+            .map(|(k, _)| *k)
+            .or_else(|| ifindex_of(&i.interface))
+        else {
+            continue;
+        };
+        let family = if i.family() == config::AddrFamily::Ipv6 { FAMILY_V6 } else { FAMILY_V4 };
+        let e = wanted.entry(VrrpVridKey::new(ifindex, i.virtual_router_id, family)).or_default();
+        e.versions |= version_bit(i.version.number());
+    }
+    bpf::vrrp_filter::set_vrids(b, &wanted)?;
+    Ok(())
 }
 
 fn ifindex_of(name: &str) -> Option<u32> {

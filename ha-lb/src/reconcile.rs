@@ -23,7 +23,10 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
-use crate::config::model::{Config, LbAlgo, LbKind, VirtualServer, VirtualServerKey};
+use crate::{
+    config::model::{Config, LbAlgo, LbKind, VirtualServer, VirtualServerKey},
+    dataplane::{DesiredState, RealServerSpec, ServiceSpec},
+};
 
 /// A real server's health as the reconciler knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +204,23 @@ impl Reconciler {
         }
         (out, changes)
     }
+}
+
+/// The data plane's view of the desired services.
+pub fn to_dataplane(desired: &[DesiredService]) -> DesiredState {
+    let mut out = DesiredState::default();
+    for d in desired {
+        let mut spec = ServiceSpec::new(d.lb_algo, d.lb_kind);
+        spec.persistence_timeout =
+            d.persistence_timeout.map(|t| t.as_secs().min(u32::MAX as u64) as u32).unwrap_or(0);
+        spec.real_servers = d
+            .real_servers
+            .iter()
+            .map(|r| RealServerSpec { addr: r.addr.ip(), port: r.addr.port(), weight: r.weight })
+            .collect();
+        out.services.insert(d.key, spec);
+    }
+    out
 }
 
 fn live_weight(

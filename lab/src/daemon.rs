@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use crate::{topology::bin_path, Lab, Node};
 
 /// A scratch directory removed on drop unless the test failed (then it is kept and named,
-/// so the daemons' logs can be read).
+/// so the daemons' logs can be read) or `HLB_KEEP_LOGS` is set.
 pub struct Scratch {
     pub dir: PathBuf,
 }
@@ -41,7 +41,7 @@ impl Drop for Scratch {
                     }
                 }
             }
-        } else {
+        } else if std::env::var_os("HLB_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }

@@ -191,7 +191,7 @@ pub fn run(root: &Path) -> Result<()> {
     })?;
     print_status(&lb1);
 
-    say("Traffic: 120 new connections to http://198.18.0.100/ (lb_algo mh, weights 3:2:1)");
+    say("Traffic: 120 new connections to http://198.18.0.100/ (lb_algo wrr, weights 3:2:1)");
     print_spread(&spread(&t, 120));
 
     say("Real server rs2 dies (its process is killed)");
@@ -249,6 +249,20 @@ pub fn run(root: &Path) -> Result<()> {
     })?;
     eventually(Duration::from_secs(5), "lb2 released them", || !holds(&d2n, "eth0", VIP_S))?;
     println!("   lb1 is MASTER again after {:.1?}; lb2 is BACKUP", t0.elapsed());
+    eventually(Duration::from_secs(5), "lb1's checks see rs1 and rs3 up, rs2 down", || {
+        lb1.status()
+            .map(|s| {
+                let h: Vec<String> = s["virtual_servers"][0]["real_servers"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter().map(|r| r["health"].as_str().unwrap_or("").to_string()).collect()
+                    })
+                    .unwrap_or_default();
+                h == ["up", "down", "up"]
+            })
+            .unwrap_or(false)
+    })?;
+    println!("   (alpha: lb1's real servers started down; its checks found rs1 and rs3 up, rs2 still dead)");
     eventually(Duration::from_secs(5), "the VIP answers HTTP", || {
         http_get(&t.client, vip(), Duration::from_millis(300)).is_ok()
     })?;

@@ -4,6 +4,7 @@
 //! the daemon talks to it through plain types.
 
 pub mod bench;
+pub mod lb;
 pub mod testrun;
 pub mod vrrp_filter;
 
@@ -17,6 +18,8 @@ use tracing::{info, warn};
 
 /// Name of the VRRP fast-path filter program in the object.
 pub const PROG_VRRP_FILTER: &str = "ha_lb_vrrp";
+/// Name of the L4 forwarding program (NAT/DR) in the object.
+pub const PROG_LB: &str = "ha_lb_xdp";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {

@@ -517,6 +517,8 @@ pub enum LbAlgo {
 
 impl LbAlgo {
     pub const NAMES: &'static [&'static str] = &["rr", "wrr", "lc", "wlc", "sh", "mh"];
+    pub const ALL: [LbAlgo; 6] =
+        [LbAlgo::Rr, LbAlgo::Wrr, LbAlgo::Lc, LbAlgo::Wlc, LbAlgo::Sh, LbAlgo::Mh];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,50 +1,234 @@
-//! Data-plane state: the [`Dataplane`] trait the reconciler's output is applied through, and
-//! its implementations (XDP; IPVS later; `none` for VRRP-only directors).
+//! Data-plane state: the `Dataplane` trait, the desired-state types the reconciler hands it,
+//! and its implementations (`xdp::XdpDataplane` now; an IPVS one later).
 //!
-//! An implementation receives the whole desired state every time and applies only the
-//! difference to what it applied last, in an order that never leaves a live service with an
-//! empty or half-written real-server set.
+//! The types here use keepalived's vocabulary (`virtual_server`, `real_server`, `lb_algo`,
+//! `lb_kind`, `weight`, `persistence_timeout`) — the config model's own enums and keys — and
+//! know nothing about BPF:
+//! the reconciler builds a [`DesiredState`] from the configuration, VRRP states and health
+//! checks, and calls [`Dataplane::apply`] with the whole of it every time something changes.
+//! Each implementation diffs against what it last applied.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+pub mod maglev;
+pub mod sched;
+pub mod xdp;
 
-use crate::{config::VirtualServerKey, reconcile::DesiredService};
+use std::{collections::BTreeMap, net::IpAddr};
 
-/// Live counters of one real server of one virtual server.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RealServerCounters {
-    pub active_conns: u64,
-    pub inactive_conns: u64,
-    pub conns: u64,
-    pub packets: u64,
-    pub bytes: u64,
+// One name per concept: the data plane speaks the configuration's words for a virtual
+// server's identity, scheduler and forwarding method.
+pub use crate::config::{LbAlgo, LbKind, Protocol, VirtualServerKey};
+
+/// One `real_server` of a virtual server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RealServerSpec {
+    pub addr: IpAddr,
+    /// Ignored for DR (and TUN): the packet keeps the virtual port.
+    pub port: u16,
+    /// 0 = drained: existing connections stay, no new ones.
+    pub weight: u32,
 }
 
-pub type Counters = BTreeMap<(VirtualServerKey, SocketAddr), RealServerCounters>;
+/// What one virtual server should look like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub lb_algo: LbAlgo,
+    pub lb_kind: LbKind,
+    /// Client affinity in seconds (0 = off): new connections from a client IP that had one
+    /// within this time go to the same real server (keepalived/IPVS semantics).
+    pub persistence_timeout: u32,
+    /// `sh`/`mh` hash the client port too (IPVS `sh-port`/`mh-port`).
+    pub hash_port: bool,
+    /// The real servers that should receive traffic (health-checked ones only; the
+    /// reconciler removes failed ones or sets their weight to 0 for `inhibit_on_failure`).
+    pub real_servers: Vec<RealServerSpec>,
+}
 
-pub trait Dataplane: Send {
-    /// `xdp`, `ipvs` or `none`, as in the config's `dataplane` key.
-    fn kind(&self) -> &'static str;
-    /// Makes the data plane forward according to `desired` (the complete set of services).
-    fn apply(&mut self, desired: &[DesiredService]) -> anyhow::Result<()>;
-    /// Per real-server counters, for status output.
-    fn counters(&self) -> Counters {
-        Counters::new()
+impl ServiceSpec {
+    pub fn new(lb_algo: LbAlgo, lb_kind: LbKind) -> ServiceSpec {
+        ServiceSpec {
+            lb_algo,
+            lb_kind,
+            persistence_timeout: 0,
+            hash_port: false,
+            real_servers: Vec::new(),
+        }
     }
 }
 
-/// No forwarding (VRRP-only director, keepalived `-P`): remembers the desired state so
-/// status output can show it.
+/// Every virtual server the data plane should serve, and nothing else.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub services: BTreeMap<VirtualServerKey, ServiceSpec>,
+}
+
+/// Most real servers one virtual server can have.
+pub const REAL_SERVERS_PER_SERVICE_MAX: usize = 256;
+
+impl DesiredState {
+    /// Checks what every data plane needs: real servers of the VIP's address family, no
+    /// duplicates, at most [`REAL_SERVERS_PER_SERVICE_MAX`].
+    pub fn validate(&self) -> Result<(), DataplaneError> {
+        for (vs, spec) in &self.services {
+            if spec.real_servers.len() > REAL_SERVERS_PER_SERVICE_MAX {
+                return Err(DataplaneError::Invalid(format!(
+                    "virtual_server {vs}: {} real_servers (at most {REAL_SERVERS_PER_SERVICE_MAX})",
+                    spec.real_servers.len()
+                )));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for rs in &spec.real_servers {
+                if rs.addr.is_ipv4() != vs.address.is_ipv4() {
+                    return Err(DataplaneError::Invalid(format!(
+                        "virtual_server {vs}: real_server {} is of another address family",
+                        rs.addr
+                    )));
+                }
+                if !seen.insert((rs.addr, rs.port)) {
+                    return Err(DataplaneError::Invalid(format!(
+                        "virtual_server {vs}: real_server {} port {} listed twice",
+                        rs.addr, rs.port
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What an [`Dataplane::apply`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub services_added: Vec<VirtualServerKey>,
+    /// Services whose algorithm, kind, persistence or real-server set changed.
+    pub services_changed: Vec<VirtualServerKey>,
+    pub services_removed: Vec<VirtualServerKey>,
+    pub real_servers_added: usize,
+    pub real_servers_removed: usize,
+    /// Real servers whose weight changed.
+    pub real_servers_reweighted: usize,
+}
+
+impl ApplyReport {
+    pub fn is_empty(&self) -> bool {
+        *self == ApplyReport::default()
+    }
+}
+
+/// Counters of one real server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RealServerStats {
+    pub weight: u32,
+    /// Client -> real server.
+    pub in_packets: u64,
+    pub in_bytes: u64,
+    /// Real server -> client (NAT only).
+    pub out_packets: u64,
+    pub out_bytes: u64,
+    pub new_conns: u64,
+    pub active_conns: u64,
+}
+
+/// Counters of one virtual server (both directions summed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_conns: u64,
+    pub active_conns: u64,
+    pub real_servers: BTreeMap<(IpAddr, u16), RealServerStats>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DataplaneStats {
+    pub services: BTreeMap<VirtualServerKey, ServiceStats>,
+    /// Per-reason frame counters (forwarded, passed and dropped, by why), in a stable order.
+    pub reasons: Vec<(&'static str, u64)>,
+}
+
+impl DataplaneStats {
+    pub fn reason(&self, name: &str) -> u64 {
+        self.reasons.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).unwrap_or(0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("invalid desired state: {0}")]
+    Invalid(String),
+    #[error("not supported by the {dataplane} data plane: {what}")]
+    Unsupported { dataplane: &'static str, what: String },
+    #[error("data plane capacity exhausted: {0}")]
+    Capacity(String),
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A forwarding data plane the reconciler drives.
+pub trait Dataplane {
+    /// A short name for logs and status ("xdp", "ipvs").
+    fn name(&self) -> &'static str;
+    /// Makes the data plane serve exactly `desired`, changing only what differs from the last
+    /// successful apply. A live service never sees an empty or half-written real-server set.
+    fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, DataplaneError>;
+    /// Counters per virtual server and real server, and per-reason frame counters.
+    fn stats(&self) -> Result<DataplaneStats, DataplaneError>;
+    /// Periodic housekeeping (expiring idle connections, resynchronising counters); the
+    /// daemon calls it every few seconds. Returns how many connections it expired.
+    fn maintain(&mut self) -> Result<usize, DataplaneError> {
+        Ok(0)
+    }
+}
+
+/// No forwarding (VRRP-only director, like keepalived `-P`): accepts any desired state and
+/// reports nothing.
 #[derive(Debug, Default)]
 pub struct NoDataplane {
-    pub applied: Vec<DesiredService>,
+    applied: DesiredState,
 }
 
 impl Dataplane for NoDataplane {
-    fn kind(&self) -> &'static str {
+    fn name(&self) -> &'static str {
         "none"
     }
-    fn apply(&mut self, desired: &[DesiredService]) -> anyhow::Result<()> {
-        self.applied = desired.to_vec();
-        Ok(())
+    fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, DataplaneError> {
+        self.applied = desired.clone();
+        Ok(ApplyReport::default())
+    }
+    fn stats(&self) -> Result<DataplaneStats, DataplaneError> {
+        Ok(DataplaneStats::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vs(s: &str) -> VirtualServerKey {
+        let sa: std::net::SocketAddr = s.parse().unwrap();
+        VirtualServerKey { address: sa.ip(), port: sa.port(), protocol: Protocol::Tcp }
+    }
+
+    #[test]
+    fn validate_rejects_mixed_families_and_duplicates() {
+        let mut d = DesiredState::default();
+        let mut spec = ServiceSpec::new(LbAlgo::Rr, LbKind::Nat);
+        spec.real_servers.push(RealServerSpec {
+            addr: "198.18.2.1".parse().unwrap(),
+            port: 80,
+            weight: 1,
+        });
+        d.services.insert(vs("198.18.0.1:80"), spec.clone());
+        assert!(d.validate().is_ok());
+        spec.real_servers.push(spec.real_servers[0]);
+        d.services.insert(vs("198.18.0.1:80"), spec.clone());
+        assert!(d.validate().unwrap_err().to_string().contains("twice"));
+        spec.real_servers.pop();
+        spec.real_servers.push(RealServerSpec {
+            addr: "fd48:4c42::2".parse().unwrap(),
+            port: 80,
+            weight: 1,
+        });
+        d.services.insert(vs("198.18.0.1:80"), spec);
+        assert!(d.validate().unwrap_err().to_string().contains("family"));
     }
 }

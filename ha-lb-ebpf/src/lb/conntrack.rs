@@ -1,0 +1,127 @@
+//! Connection tracking: one LRU entry per flow direction the program must recognise.
+//!
+//! - forward entry, keyed by client -> VIP: the real server (id + generation) and its address;
+//! - NAT reply entry, keyed by real server -> client: the VIP and port to restore.
+//!
+//! A flow stays on its real server while the entry lives and the real server is still in the
+//! service (same generation, not removed). Active connections go up when a forward entry is
+//! created and down once per entry (`LB_FLOW_F_CLOSED`) on FIN/RST, on rescheduling, or —
+//! from user space — when the sweeper expires it. The flag is set with a plain store: two CPUs
+//! closing the same flow in the same instant (client FIN and server FIN of a NAT flow on
+//! different receive queues) can count it twice.
+
+use ha_lb_common::lb::{
+    LbConfig, LbFlow, LbFlowKey, LbReal, LbReason, LB_FLOW_F_CLOSED, LB_FLOW_F_REPLY,
+    LB_REAL_F_AVAILABLE,
+};
+
+use super::{
+    maps::{scratch, LB_CONFIG, LB_CONNS, LB_REALS},
+    stats::{conn_closed, count},
+    Pkt,
+};
+
+/// Refresh `last_seen_ns` at most this often (fewer writes to shared cache lines).
+pub const REFRESH_NS: u64 = 1_000_000_000;
+
+/// Writes the connection-tracking key of `pkt` into `k`.
+#[inline(always)]
+pub fn set_key(k: *mut LbFlowKey, pkt: &Pkt) {
+    // SAFETY: `k` points into the per-CPU scratch map.
+    unsafe {
+        (*k).src = pkt.src;
+        (*k).dst = pkt.dst;
+        (*k).sport = pkt.sport;
+        (*k).dport = pkt.dport;
+        (*k).proto = pkt.proto;
+        (*k).family = pkt.family;
+        (*k)._pad = 0;
+    }
+}
+
+/// How long a flow may stay idle: TCP established / TCP after FIN or RST / UDP.
+#[inline(always)]
+pub fn timeout_ns(tcp: bool, flags: u32) -> u64 {
+    let cfg = match LB_CONFIG.get(0) {
+        Some(c) => *c,
+        None => LbConfig::DEFAULT,
+    };
+    let t = if !tcp {
+        cfg.udp_timeout_ns
+    } else if flags & LB_FLOW_F_CLOSED != 0 {
+        cfg.tcp_fin_timeout_ns
+    } else {
+        cfg.tcp_timeout_ns
+    };
+    if t == 0 {
+        // Unset configuration: IPVS defaults.
+        if !tcp {
+            LbConfig::DEFAULT.udp_timeout_ns
+        } else if flags & LB_FLOW_F_CLOSED != 0 {
+            LbConfig::DEFAULT.tcp_fin_timeout_ns
+        } else {
+            LbConfig::DEFAULT.tcp_timeout_ns
+        }
+    } else {
+        t
+    }
+}
+
+/// Whether the flow's real server is still the one it was scheduled to (same id generation,
+/// still in service `svc_id`). Drained (weight 0) servers keep their flows.
+#[inline(always)]
+pub fn real_alive(real: &LbReal, gen: u32, svc_id: u32) -> bool {
+    real.gen == gen && real.flags & LB_REAL_F_AVAILABLE != 0 && real.service_id == svc_id
+}
+
+/// Marks forward entry `f` (whose flags were `flags`) closed and counts the closed
+/// connection, once per entry.
+#[inline(always)]
+pub fn close(f: *mut LbFlow, svc_id: u32, real_id: u32, real_gen: u32, flags: u32) {
+    if flags & LB_FLOW_F_CLOSED != 0 {
+        return;
+    }
+    // SAFETY: `f` points into an LRU map value.
+    unsafe { (*f).flags = flags | LB_FLOW_F_CLOSED };
+    // Only while the id still names the same real server: a recycled id's counts start fresh.
+    if let Some(r) = LB_REALS.get(real_id) {
+        if r.gen == real_gen {
+            conn_closed(svc_id, real_id);
+        }
+    }
+}
+
+/// Writes the NAT reply entry of the flow of `pkt` (client -> VIP) served by `real`: keyed by
+/// real server -> client, restoring VIP:port.
+///
+/// Not inlined on purpose: it runs for new flows and once-a-second refreshes only, and as a
+/// BPF subprogram it keeps its spills out of the main program's frame.
+#[inline(never)]
+pub fn put_reply(pkt: &Pkt, real: *const LbReal, real_id: u32, svc_id: u32, now: u64) {
+    let Some(sc) = scratch() else { return };
+    // SAFETY: array value pointer (a live generation's address and port never change) and the
+    // per-CPU scratch map.
+    unsafe {
+        let k = &raw mut (*sc).rkey;
+        (*k).src = (*real).addr;
+        (*k).dst = pkt.src;
+        (*k).sport = (*real).port;
+        (*k).dport = pkt.sport;
+        (*k).proto = pkt.proto;
+        (*k).family = pkt.family;
+        (*k)._pad = 0;
+        let f = &raw mut (*sc).flow;
+        (*f).real_id = real_id;
+        (*f).real_gen = (*real).gen;
+        (*f).service_id = svc_id;
+        (*f).flags = LB_FLOW_F_REPLY;
+        (*f).last_seen_ns = now;
+        (*f).addr = pkt.dst;
+        (*f).port = pkt.dport;
+        (*f)._pad16 = 0;
+        (*f)._pad32 = 0;
+        if LB_CONNS.insert(&*k, &*f, 0).is_err() {
+            count(LbReason::ConntrackFull);
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Incremental Internet checksum updates (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')).
+//!
+//! Every value is used exactly as loaded from the packet (wire order in memory); one's
+//! complement sums do not depend on byte order (RFC 1071 §2(B)), so nothing is swapped.
+
+#[inline(always)]
+fn fold(s: u32) -> u16 {
+    let s = (s & 0xffff) + (s >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+#[inline(always)]
+fn add32(s: u32, v: u32) -> u32 {
+    s + (v & 0xffff) + (v >> 16)
+}
+
+/// The checksum after a 32-bit field changed from `from` to `to`.
+#[inline(always)]
+pub fn replace4(check: u16, from: u32, to: u32) -> u16 {
+    !fold(add32(add32((!check) as u32, !from), to))
+}
+
+/// The TCP/UDP checksum (whose pseudo-header holds the addresses) after an IPv4 address and
+/// a port changed.
+#[inline(always)]
+pub fn replace_addr4_port(check: u16, from: u32, to: u32, from_port: u16, to_port: u16) -> u16 {
+    let s = add32(add32((!check) as u32, !from), to);
+    !fold(s + (!from_port) as u32 + to_port as u32)
+}
+
+/// The TCP/UDP checksum after an IPv6 address (4 words) and a port changed.
+#[inline(always)]
+pub fn replace_addr6_port(
+    check: u16,
+    from: &[u32; 4],
+    to: &[u32; 4],
+    from_port: u16,
+    to_port: u16,
+) -> u16 {
+    let mut s = (!check) as u32;
+    s = add32(s, !from[0]);
+    s = add32(s, !from[1]);
+    s = add32(s, !from[2]);
+    s = add32(s, !from[3]);
+    s = add32(s, to[0]);
+    s = add32(s, to[1]);
+    s = add32(s, to[2]);
+    s = add32(s, to[3]);
+    s += (!from_port) as u32 + to_port as u32;
+    !fold(s)
+}

@@ -1,0 +1,87 @@
+//! The forwarding program's maps (layout documented in `ha_lb_common::lb`).
+
+use super::fwd::FibParams;
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+};
+use ha_lb_common::lb::{
+    LbBackendSet, LbConfig, LbFlow, LbIfMac, LbFlowKey, LbPersist, LbPersistKey, LbReal, LbReason,
+    LbRingChunk, LbService, LbServiceKey, LbTraffic, LB_CONNS_MAX, LB_IF_MAC_MAX, LB_PERSIST_MAX, LB_REALS_MAX,
+    LB_RING_CHUNKS, LB_SERVICES_MAX,
+};
+
+#[map(name = "LB_SERVICES")]
+pub static LB_SERVICES: HashMap<LbServiceKey, LbService> =
+    HashMap::with_max_entries(LB_SERVICES_MAX, 0);
+
+#[map(name = "LB_SETS")]
+pub static LB_SETS: Array<LbBackendSet> = Array::with_max_entries(LB_SERVICES_MAX * 2, 0);
+
+#[map(name = "LB_RING")]
+pub static LB_RING: Array<LbRingChunk> = Array::with_max_entries(LB_RING_CHUNKS, 0);
+
+#[map(name = "LB_REALS")]
+pub static LB_REALS: Array<LbReal> = Array::with_max_entries(LB_REALS_MAX, 0);
+
+#[map(name = "LB_CONNS")]
+pub static LB_CONNS: LruHashMap<LbFlowKey, LbFlow> = LruHashMap::with_max_entries(LB_CONNS_MAX, 0);
+
+#[map(name = "LB_PERSIST")]
+pub static LB_PERSIST: LruHashMap<LbPersistKey, LbPersist> =
+    LruHashMap::with_max_entries(LB_PERSIST_MAX, 0);
+
+/// Live active-connection estimate per real server, shared by all CPUs (lc/wlc read it).
+#[map(name = "LB_REAL_LOAD")]
+pub static LB_REAL_LOAD: Array<u64> = Array::with_max_entries(LB_REALS_MAX, 0);
+
+#[map(name = "LB_SERVICE_STATS")]
+pub static LB_SERVICE_STATS: PerCpuArray<LbTraffic> =
+    PerCpuArray::with_max_entries(LB_SERVICES_MAX, 0);
+
+#[map(name = "LB_REAL_STATS")]
+pub static LB_REAL_STATS: PerCpuArray<LbTraffic> = PerCpuArray::with_max_entries(LB_REALS_MAX, 0);
+
+#[map(name = "LB_REASONS")]
+pub static LB_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LbReason::COUNT, 0);
+
+#[map(name = "LB_CONFIG")]
+pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+
+/// Per-CPU round-robin cursor per service (rr, wrr).
+#[map(name = "LB_RR")]
+pub static LB_RR: PerCpuArray<u32> = PerCpuArray::with_max_entries(LB_SERVICES_MAX, 0);
+
+#[map(name = "LB_CHAIN")]
+pub static LB_CHAIN: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Per-packet temporaries that would not fit on the stack: the verifier allows 512 bytes for
+/// a whole call chain, counting each frame rounded up to 32 bytes (before Linux 6.8), and the
+/// BPF calling convention spills whatever lives across a helper call. Per CPU, and a packet
+/// is processed on one CPU from start to end, so there is no sharing.
+#[repr(C)]
+pub struct Scratch {
+    pub fib: FibParams,
+    /// Service lookup key.
+    pub skey: LbServiceKey,
+    /// The packet's own connection-tracking key.
+    pub fkey: LbFlowKey,
+    /// The other direction's key (NAT reply entry / its forward entry).
+    pub rkey: LbFlowKey,
+    pub pkey: LbPersistKey,
+    /// A flow value being written.
+    pub flow: LbFlow,
+}
+
+#[map(name = "LB_SCRATCH")]
+pub static LB_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn scratch() -> Option<*mut Scratch> {
+    LB_SCRATCH.get_ptr_mut(0)
+}
+
+/// The MAC of each interface the program is attached to (filled at attach). Frames unicast to
+/// another host's MAC are not ours to forward.
+#[map(name = "LB_IF_MAC")]
+pub static LB_IF_MAC: HashMap<u32, LbIfMac> = HashMap::with_max_entries(LB_IF_MAC_MAX, 0);

@@ -1,0 +1,376 @@
+//! Control-plane side of the L4 forwarding program (`ha_lb_xdp`): typed reads and writes of
+//! its maps. Policy (ids, slots, ordering of updates) lives in `dataplane::xdp`; this module
+//! only moves bytes, one map operation per call.
+
+use std::net::IpAddr;
+
+use aya::{
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray},
+    util::nr_cpus,
+};
+use ha_lb_common::lb::{
+    LbBackendSet, LbConfig, LbFlow, LbFlowKey, LbReal, LbReason, LbRingChunk, LbService,
+    LbServiceKey, LbTraffic, FAMILY_V4, FAMILY_V6, LB_CHAIN, LB_CONFIG, LB_CONNS, LB_PERSIST,
+    LB_REALS, LB_REAL_LOAD, LB_REAL_STATS, LB_REASONS, LB_RING, LB_RING_CHUNK, LB_SERVICES,
+    LB_SERVICE_STATS, LB_SETS,
+};
+
+use super::{Bpf, BpfError};
+
+/// A program that passes every frame. Attach it to the peer of a veth that `ha_lb_xdp`
+/// transmits into with XDP_TX (labs only: the kernel wakes such a peer only if it runs XDP).
+pub const PROG_PASS: &str = "ha_lb_pass";
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> BpfError {
+    move |source| BpfError::Map { name, source }
+}
+
+/// An address as the maps store it: wire-order words, IPv4 in word 0.
+pub fn addr_words(a: IpAddr) -> ([u32; 4], u8) {
+    match a {
+        IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], FAMILY_V4),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let mut w = [0u32; 4];
+            for (i, c) in o.chunks(4).enumerate() {
+                w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            (w, FAMILY_V6)
+        }
+    }
+}
+
+/// The inverse of [`addr_words`].
+pub fn words_addr(w: &[u32; 4], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::from(w[0].to_ne_bytes())
+    } else {
+        let mut o = [0u8; 16];
+        for (i, x) in w.iter().enumerate() {
+            o[i * 4..i * 4 + 4].copy_from_slice(&x.to_ne_bytes());
+        }
+        IpAddr::from(o)
+    }
+}
+
+/// A port as the maps store it (network byte order).
+pub fn port_be(p: u16) -> u16 {
+    p.to_be()
+}
+
+pub fn set_config(bpf: &mut Bpf, cfg: &LbConfig) -> Result<(), BpfError> {
+    let e = map_err(LB_CONFIG);
+    let mut m: Array<_, LbConfig> = Array::try_from(bpf.map_mut(LB_CONFIG)?).map_err(&e)?;
+    m.set(0, cfg, 0).map_err(e)
+}
+
+pub fn put_service(bpf: &mut Bpf, key: &LbServiceKey, svc: &LbService) -> Result<(), BpfError> {
+    let e = map_err(LB_SERVICES);
+    let mut m: HashMap<_, LbServiceKey, LbService> =
+        HashMap::try_from(bpf.map_mut(LB_SERVICES)?).map_err(&e)?;
+    m.insert(key, svc, 0).map_err(e)
+}
+
+pub fn delete_service(bpf: &mut Bpf, key: &LbServiceKey) -> Result<(), BpfError> {
+    let e = map_err(LB_SERVICES);
+    let mut m: HashMap<_, LbServiceKey, LbService> =
+        HashMap::try_from(bpf.map_mut(LB_SERVICES)?).map_err(&e)?;
+    match m.remove(key) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(x) => Err(e(x)),
+    }
+}
+
+pub fn services(bpf: &Bpf) -> Result<Vec<(LbServiceKey, LbService)>, BpfError> {
+    let e = map_err(LB_SERVICES);
+    let m: HashMap<_, LbServiceKey, LbService> =
+        HashMap::try_from(bpf.map(LB_SERVICES)?).map_err(&e)?;
+    m.iter().collect::<Result<Vec<_>, _>>().map_err(e)
+}
+
+pub fn set_backend_set(bpf: &mut Bpf, index: u32, set: &LbBackendSet) -> Result<(), BpfError> {
+    let e = map_err(LB_SETS);
+    let mut m: Array<_, LbBackendSet> = Array::try_from(bpf.map_mut(LB_SETS)?).map_err(&e)?;
+    m.set(index, set, 0).map_err(e)
+}
+
+pub fn backend_set(bpf: &Bpf, index: u32) -> Result<LbBackendSet, BpfError> {
+    let e = map_err(LB_SETS);
+    let m: Array<_, LbBackendSet> = Array::try_from(bpf.map(LB_SETS)?).map_err(&e)?;
+    m.get(&index, 0).map_err(e)
+}
+
+/// Writes `entries` (real ids) into the ring starting at chunk `first_chunk`, one map update
+/// per chunk of [`LB_RING_CHUNK`] entries.
+pub fn write_ring(bpf: &mut Bpf, first_chunk: u32, entries: &[u32]) -> Result<(), BpfError> {
+    let e = map_err(LB_RING);
+    let mut m: Array<_, LbRingChunk> = Array::try_from(bpf.map_mut(LB_RING)?).map_err(&e)?;
+    for (i, part) in entries.chunks(LB_RING_CHUNK).enumerate() {
+        let mut c = LbRingChunk::default();
+        c.reals[..part.len()].copy_from_slice(part);
+        m.set(first_chunk + i as u32, c, 0).map_err(&e)?;
+    }
+    Ok(())
+}
+
+pub fn put_real(bpf: &mut Bpf, id: u32, real: &LbReal) -> Result<(), BpfError> {
+    let e = map_err(LB_REALS);
+    let mut m: Array<_, LbReal> = Array::try_from(bpf.map_mut(LB_REALS)?).map_err(&e)?;
+    m.set(id, real, 0).map_err(e)
+}
+
+pub fn real(bpf: &Bpf, id: u32) -> Result<LbReal, BpfError> {
+    let e = map_err(LB_REALS);
+    let m: Array<_, LbReal> = Array::try_from(bpf.map(LB_REALS)?).map_err(&e)?;
+    m.get(&id, 0).map_err(e)
+}
+
+fn zero_per_cpu(bpf: &mut Bpf, name: &'static str, id: u32) -> Result<(), BpfError> {
+    let e = map_err(name);
+    let mut m: PerCpuArray<_, LbTraffic> = PerCpuArray::try_from(bpf.map_mut(name)?).map_err(&e)?;
+    let n = nr_cpus().map_err(|(_, io)| {
+        e(MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error: io }))
+    })?;
+    let zeros =
+        PerCpuValues::try_from(vec![LbTraffic::default(); n]).map_err(|x| e(MapError::from(x)))?;
+    m.set(id, zeros, 0).map_err(e)
+}
+
+/// Zeroes a service id's counters (before the id is given to a new service).
+pub fn reset_service_counters(bpf: &mut Bpf, id: u32) -> Result<(), BpfError> {
+    zero_per_cpu(bpf, LB_SERVICE_STATS, id)
+}
+
+/// Zeroes a real-server id's counters and load (before the id is given to a new real server).
+pub fn reset_real_counters(bpf: &mut Bpf, id: u32) -> Result<(), BpfError> {
+    zero_per_cpu(bpf, LB_REAL_STATS, id)?;
+    set_load(bpf, id, 0)
+}
+
+fn sum_per_cpu(bpf: &Bpf, name: &'static str, id: u32) -> Result<LbTraffic, BpfError> {
+    let e = map_err(name);
+    let m: PerCpuArray<_, LbTraffic> = PerCpuArray::try_from(bpf.map(name)?).map_err(&e)?;
+    let mut t = LbTraffic::default();
+    for v in m.get(&id, 0).map_err(e)?.iter() {
+        t.in_packets += v.in_packets;
+        t.in_bytes += v.in_bytes;
+        t.out_packets += v.out_packets;
+        t.out_bytes += v.out_bytes;
+        t.new_conns += v.new_conns;
+        t.closed_conns += v.closed_conns;
+    }
+    Ok(t)
+}
+
+/// A service's counters summed over CPUs.
+pub fn service_traffic(bpf: &Bpf, id: u32) -> Result<LbTraffic, BpfError> {
+    sum_per_cpu(bpf, LB_SERVICE_STATS, id)
+}
+
+/// A real server's counters summed over CPUs.
+pub fn real_traffic(bpf: &Bpf, id: u32) -> Result<LbTraffic, BpfError> {
+    sum_per_cpu(bpf, LB_REAL_STATS, id)
+}
+
+/// The shared active-connection estimate lc/wlc schedule by.
+pub fn load(bpf: &Bpf, id: u32) -> Result<u64, BpfError> {
+    let e = map_err(LB_REAL_LOAD);
+    let m: Array<_, u64> = Array::try_from(bpf.map(LB_REAL_LOAD)?).map_err(&e)?;
+    m.get(&id, 0).map_err(e)
+}
+
+pub fn set_load(bpf: &mut Bpf, id: u32, v: u64) -> Result<(), BpfError> {
+    let e = map_err(LB_REAL_LOAD);
+    let mut m: Array<_, u64> = Array::try_from(bpf.map_mut(LB_REAL_LOAD)?).map_err(&e)?;
+    m.set(id, v, 0).map_err(e)
+}
+
+/// The per-reason frame counters, summed over CPUs, indexed by [`LbReason`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LbCounters(pub [u64; LbReason::COUNT as usize]);
+
+impl LbCounters {
+    pub fn get(&self, r: LbReason) -> u64 {
+        self.0[r as usize]
+    }
+    /// (name, value) pairs in a stable order, for status output.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        LbReason::ALL.iter().map(|r| (r.name(), self.get(*r)))
+    }
+    /// Per-reason difference `self - before`, only the non-zero ones.
+    pub fn since(&self, before: &LbCounters) -> Vec<(&'static str, u64)> {
+        LbReason::ALL
+            .iter()
+            .map(|r| (r.name(), self.get(*r) - before.get(*r)))
+            .filter(|(_, d)| *d != 0)
+            .collect()
+    }
+}
+
+pub fn counters(bpf: &Bpf) -> Result<LbCounters, BpfError> {
+    let e = map_err(LB_REASONS);
+    let m: PerCpuArray<_, u64> = PerCpuArray::try_from(bpf.map(LB_REASONS)?).map_err(&e)?;
+    let mut out = LbCounters::default();
+    for r in LbReason::ALL {
+        out.0[r as usize] = m.get(&(r as u32), 0).map_err(&e)?.iter().sum();
+    }
+    Ok(out)
+}
+
+fn conns_map(bpf: &Bpf) -> Result<HashMap<&MapData, LbFlowKey, LbFlow>, BpfError> {
+    HashMap::try_from(bpf.map(LB_CONNS)?).map_err(map_err(LB_CONNS))
+}
+
+/// Every connection-tracking entry (forward and NAT reply).
+pub fn flows(bpf: &Bpf) -> Result<Vec<(LbFlowKey, LbFlow)>, BpfError> {
+    let m = conns_map(bpf)?;
+    // Entries can vanish (LRU eviction) while we iterate: skip those.
+    Ok(m.iter().filter_map(Result::ok).collect())
+}
+
+pub fn flow(bpf: &Bpf, key: &LbFlowKey) -> Result<Option<LbFlow>, BpfError> {
+    match conns_map(bpf)?.get(key, 0) {
+        Ok(v) => Ok(Some(v)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(map_err(LB_CONNS)(e)),
+    }
+}
+
+pub fn remove_flow(bpf: &mut Bpf, key: &LbFlowKey) -> Result<(), BpfError> {
+    let e = map_err(LB_CONNS);
+    let mut m: HashMap<_, LbFlowKey, LbFlow> =
+        HashMap::try_from(bpf.map_mut(LB_CONNS)?).map_err(&e)?;
+    match m.remove(key) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(x) => Err(e(x)),
+    }
+}
+
+/// Forgets every connection and persistence template (tests; a full resync).
+pub fn flush_flows(bpf: &mut Bpf) -> Result<(), BpfError> {
+    let keys: Vec<LbFlowKey> = flows(bpf)?.into_iter().map(|(k, _)| k).collect();
+    for k in keys {
+        remove_flow(bpf, &k)?;
+    }
+    let e = map_err(LB_PERSIST);
+    let mut m: HashMap<_, ha_lb_common::lb::LbPersistKey, ha_lb_common::lb::LbPersist> =
+        HashMap::try_from(bpf.map_mut(LB_PERSIST)?).map_err(&e)?;
+    let keys: Vec<_> = m.keys().filter_map(Result::ok).collect();
+    for k in keys {
+        match m.remove(&k) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(x) => return Err(e(x)),
+        }
+    }
+    Ok(())
+}
+
+/// Installs program `next` (loaded from the same object) as what `ha_lb_xdp` tail-calls for
+/// frames it does not handle — e.g. the VRRP filter on an interface carrying both — or
+/// removes it (`None`).
+pub fn set_chain(bpf: &mut Bpf, next: Option<&str>) -> Result<(), BpfError> {
+    let fd = match next {
+        Some(name) => {
+            let prog = bpf.xdp(name)?;
+            Some(
+                prog.fd()
+                    .map_err(|source| BpfError::Program {
+                        name: name.to_string(),
+                        source: Box::new(source),
+                    })?
+                    .try_clone()
+                    .map_err(|io| BpfError::Program {
+                        name: name.to_string(),
+                        source: Box::new(aya::programs::ProgramError::IOError(io)),
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let e = map_err(LB_CHAIN);
+    let mut m = ProgramArray::try_from(bpf.map_mut(LB_CHAIN)?).map_err(&e)?;
+    match fd {
+        Some(fd) => m.set(0, &fd, 0).map_err(e),
+        None => match m.clear_index(&0) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(x) => Err(e(x)),
+        },
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` stamps flows with.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The MAC address of `iface` in the calling thread's network namespace (SIOCGIFHWADDR).
+pub fn interface_mac(iface: &str) -> std::io::Result<[u8; 6]> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let name = iface.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad interface name"));
+    }
+    // SAFETY: plain socket(2); the fd is owned below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: raw is a fresh fd we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain data; zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR fills ifr_ifru.ifru_hwaddr of a valid ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut ifr) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl succeeded, so the hwaddr member is the initialised one.
+    let sa = unsafe { ifr.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (m, b) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *m = *b as u8;
+    }
+    Ok(mac)
+}
+
+/// Records (or with `None`, forgets) the MAC of interface `ifindex`, so the forwarding
+/// program only forwards frames addressed to this host.
+pub fn set_interface_mac(
+    bpf: &mut Bpf,
+    ifindex: u32,
+    mac: Option<[u8; 6]>,
+) -> Result<(), BpfError> {
+    use ha_lb_common::lb::{LbIfMac, LB_IF_MAC};
+    let e = map_err(LB_IF_MAC);
+    let mut m: HashMap<_, u32, LbIfMac> = HashMap::try_from(bpf.map_mut(LB_IF_MAC)?).map_err(&e)?;
+    match mac {
+        Some(mac) => m.insert(ifindex, LbIfMac { mac, _pad: [0; 2] }, 0).map_err(e),
+        None => match m.remove(&ifindex) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(x) => Err(e(x)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip_in_wire_order() {
+        for a in ["198.18.0.1", "fd48:4c42::1:2"] {
+            let ip: IpAddr = a.parse().unwrap();
+            let (w, f) = addr_words(ip);
+            assert_eq!(words_addr(&w, f), ip);
+        }
+        let (w, _) = addr_words("198.18.0.1".parse().unwrap());
+        // Wire order in memory: the first byte of the word is 198.
+        assert_eq!(w[0].to_ne_bytes(), [198, 18, 0, 1]);
+        assert_eq!(port_be(80).to_ne_bytes(), [0, 80]);
+    }
+}

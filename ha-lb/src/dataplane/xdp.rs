@@ -1,0 +1,909 @@
+//! The XDP data plane: [`XdpDataplane`] drives the `ha_lb_xdp` program's maps.
+//!
+//! `apply` is split in two:
+//! - a pure planner ([`plan`]) that diffs the desired state against what was last applied and
+//!   produces an ordered list of map operations plus the new bookkeeping (service/real ids,
+//!   active slots, ring regions). The order is what keeps live services consistent:
+//!   1. a new real server's `LB_REALS` entry (and a drained one coming back) before any set
+//!      that names it;
+//!   2. the new backend set and its ring into the service's *inactive* slot;
+//!   3. one `LB_SERVICES` update that flips the active slot (hash-map updates replace the whole
+//!      value, so a packet sees the old set or the new one, never a mix);
+//!   4. only then: drained servers marked quiesced, removed servers marked gone (their flows
+//!      are rescheduled on their next packet), ids and ring regions released — for reuse in a
+//!      later apply, never the same one.
+//! - an executor that performs the operations one map update at a time.
+//!
+//! If a map update fails (it should not: sizes are checked while planning), the data plane
+//! refuses further applies: the daemon should drop it and build a new one.
+//!
+//! # What the integrator must provide
+//! - `forwarding=1` on every interface the program is attached to (`bpf_fib_lookup` refuses
+//!   to route otherwise and the program passes NAT packets / drops DR ones, counted as
+//!   `fib_other`); IPv6 forwarding for IPv6 services. NAT real servers route replies via the
+//!   director, as for LVS-NAT.
+//! - DR: the director must know the real servers' MACs (neighbour entries). On a miss the
+//!   program drops (passing would deliver the packet to the local VIP) and counts `no_neigh`;
+//!   health checks that talk to the real servers keep the entries warm. NAT passes the already
+//!   rewritten packet on a miss and the kernel resolves and forwards it — for replies (source
+//!   = VIP, a local address) the kernel only does so with `accept_local=1` on the real-server
+//!   side; in practice the client's neighbour entry exists (it ARPed for the VIP).
+//! - `maintain()` every few seconds: it expires idle connections and recounts open ones.
+//! - One XDP program per interface: where VRRP and service traffic share an interface, attach
+//!   `ha_lb_xdp` and [`XdpDataplane::chain`] the VRRP filter (same `Bpf` object, so the
+//!   VRRP daemon must use this object's `VRRP_VRIDS` map: see [`XdpDataplane::bpf_mut`]).
+//!
+//! # Limits and caveats
+//! - Connection counts: opened/closed are exact per-CPU counters, but a connection that leaves
+//!   the LRU table without FIN/RST (eviction under pressure) is only noticed at the next sweep,
+//!   which recounts from the table; until then active counts are too high. lc/wlc schedule by a
+//!   shared load counter updated without atomics (the BPF target offers Rust none without a
+//!   crate-level unstable feature): two CPUs racing can lose an update, corrected at each sweep.
+//!   Two CPUs closing the same flow at the same instant can count it closed twice (same cure).
+//! - A NAT flow takes two table entries (`LB_CONNS_MAX` = 262144 entries, a compile-time
+//!   constant like every map size). An evicted reply entry is written again by the client's
+//!   next packet (within the one-second refresh interval); until then replies pass
+//!   un-rewritten to the kernel. An evicted forward entry makes the flow's next packet a new
+//!   flow: sh/mh send it to the same server, rr/wrr/lc/wlc may not.
+//! - Persistence is per full client address (no `persistence_granularity` netmask), and a
+//!   drained (weight 0) server gets no new connections even from persistent clients (IPVS with
+//!   `expire_quiescent_template=1`).
+//! - Not load-balanced, passed to the kernel and counted: IP fragments, IPv4 options, IPv6
+//!   extension headers, VLAN-tagged frames, ICMP (so ICMP errors about NAT flows are not
+//!   translated back, unlike IPVS).
+//! - TTL/hop limit is not decremented (as IPVS). `lb_kind TUN` is refused (the maps have room
+//!   for it: `lb_kind` per service, reserved per-real words).
+//! - All state lives in the loaded object: a restarted daemon starts with an empty connection
+//!   table (sh/mh keep most clients on the same servers; rr/wrr/lc/wlc do not).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use aya::programs::xdp::XdpLinkId;
+use ha_lb_common::lb::{
+    LbBackendSet, LbConfig, LbReal, LbService, LbServiceKey, IPPROTO_TCP, IPPROTO_UDP, LB_ALGO_LC,
+    LB_ALGO_MH, LB_ALGO_RR, LB_ALGO_SH, LB_ALGO_WLC, LB_ALGO_WRR, LB_FLOW_F_CLOSED,
+    LB_FLOW_F_REPLY, LB_KIND_DR, LB_KIND_NAT, LB_REALS_MAX, LB_REAL_F_AVAILABLE,
+    LB_REAL_F_QUIESCED, LB_RING_CHUNK, LB_RING_CHUNKS, LB_SERVICES_MAX, LB_SVC_F_HASH_PORT,
+};
+
+use super::{
+    sched::{self, Backend},
+    ApplyReport, Dataplane, DataplaneError, DataplaneStats, DesiredState, LbAlgo, LbKind, Protocol,
+    RealServerStats, ServiceSpec, ServiceStats, VirtualServerKey,
+};
+use crate::bpf::{
+    lb::{self as maps, addr_words, port_be},
+    AttachMode, Bpf, BpfError, PROG_LB,
+};
+
+fn backend(e: BpfError) -> DataplaneError {
+    DataplaneError::Backend(Box::new(e))
+}
+
+/// One map operation, in the order the planner wants them performed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    ResetServiceCounters(u32),
+    ResetRealCounters(u32),
+    PutReal(u32, LbReal),
+    WriteRing { first_chunk: u32, entries: Vec<u32> },
+    WriteSet { index: u32, set: Box<LbBackendSet> },
+    PutService(LbServiceKey, LbService),
+    DeleteService(LbServiceKey),
+}
+
+/// A real server as last applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct AppliedReal {
+    id: u32,
+    gen: u32,
+    weight: u32,
+}
+
+/// A virtual server as last applied.
+#[derive(Clone, Debug)]
+struct AppliedService {
+    id: u32,
+    /// The live `LB_SETS` slot (0/1).
+    slot: u32,
+    spec: ServiceSpec,
+    reals: BTreeMap<(IpAddr, u16), AppliedReal>,
+    /// The live slot's ring region (first chunk, chunks).
+    ring: Option<(u32, u32)>,
+    mh_size: Option<usize>,
+}
+
+/// Lowest-first id allocation.
+#[derive(Clone, Debug)]
+struct IdPool {
+    free: BTreeSet<u32>,
+}
+
+impl IdPool {
+    fn new(n: u32) -> IdPool {
+        IdPool { free: (0..n).collect() }
+    }
+    fn take(&mut self) -> Option<u32> {
+        self.free.pop_first()
+    }
+    fn give(&mut self, id: u32) {
+        self.free.insert(id);
+    }
+}
+
+/// First-fit allocation of ring chunks, with coalescing frees.
+#[derive(Clone, Debug)]
+pub struct RingAlloc {
+    /// start -> length of free runs.
+    free: BTreeMap<u32, u32>,
+}
+
+impl RingAlloc {
+    pub fn new(chunks: u32) -> RingAlloc {
+        RingAlloc { free: BTreeMap::from([(0, chunks)]) }
+    }
+    pub fn alloc(&mut self, n: u32) -> Option<u32> {
+        let (&start, &len) = self.free.iter().find(|(_, &len)| len >= n)?;
+        self.free.remove(&start);
+        if len > n {
+            self.free.insert(start + n, len - n);
+        }
+        Some(start)
+    }
+    pub fn release(&mut self, start: u32, n: u32) {
+        let (mut s, mut l) = (start, n);
+        if let Some((&ps, &pl)) = self.free.range(..start).next_back() {
+            if ps + pl == start {
+                self.free.remove(&ps);
+                s = ps;
+                l += pl;
+            }
+        }
+        if let Some(&nl) = self.free.get(&(start + n)) {
+            self.free.remove(&(start + n));
+            l += nl;
+        }
+        self.free.insert(s, l);
+    }
+    pub fn free_chunks(&self) -> u32 {
+        self.free.values().sum()
+    }
+}
+
+/// The planner's bookkeeping: everything `apply` needs to diff and to place new state.
+#[derive(Clone, Debug)]
+pub struct State {
+    services: BTreeMap<VirtualServerKey, AppliedService>,
+    service_ids: IdPool,
+    real_ids: IdPool,
+    /// Generation last given to each real id.
+    real_gens: Vec<u32>,
+    ring: RingAlloc,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            services: BTreeMap::new(),
+            service_ids: IdPool::new(LB_SERVICES_MAX),
+            real_ids: IdPool::new(LB_REALS_MAX),
+            real_gens: vec![0; LB_REALS_MAX as usize],
+            ring: RingAlloc::new(LB_RING_CHUNKS),
+        }
+    }
+}
+
+impl State {
+    /// Real id -> (service id, generation) of every live real server.
+    fn live_reals(&self) -> HashMap<u32, (u32, u32)> {
+        self.services
+            .values()
+            .flat_map(|s| s.reals.values().map(move |r| (r.id, (s.id, r.gen))))
+            .collect()
+    }
+}
+
+pub fn service_key(vs: &VirtualServerKey) -> LbServiceKey {
+    let (addr, family) = addr_words(vs.address);
+    LbServiceKey {
+        addr,
+        port: port_be(vs.port),
+        proto: match vs.protocol {
+            Protocol::Tcp => IPPROTO_TCP,
+            Protocol::Udp => IPPROTO_UDP,
+        },
+        family,
+    }
+}
+
+fn algo_code(a: LbAlgo) -> u8 {
+    match a {
+        LbAlgo::Rr => LB_ALGO_RR,
+        LbAlgo::Wrr => LB_ALGO_WRR,
+        LbAlgo::Lc => LB_ALGO_LC,
+        LbAlgo::Wlc => LB_ALGO_WLC,
+        LbAlgo::Sh => LB_ALGO_SH,
+        LbAlgo::Mh => LB_ALGO_MH,
+    }
+}
+
+fn kind_code(k: LbKind) -> u8 {
+    match k {
+        LbKind::Nat => LB_KIND_NAT,
+        LbKind::Dr => LB_KIND_DR,
+        // LB_KIND_TUN is reserved in the maps; the config rejects `lb_kind = "TUN"` until the
+        // program implements it.
+    }
+}
+
+fn real_entry(addr: IpAddr, port: u16, flags: u8, service_id: u32, gen: u32) -> LbReal {
+    let (a, family) = addr_words(addr);
+    LbReal { addr: a, port: port_be(port), family, flags, service_id, gen, _reserved: [0; 3] }
+}
+
+fn weight_flags(weight: u32) -> u8 {
+    if weight == 0 {
+        LB_REAL_F_AVAILABLE | LB_REAL_F_QUIESCED
+    } else {
+        LB_REAL_F_AVAILABLE
+    }
+}
+
+/// Plans the map operations that take the data plane from `state` to `desired`.
+/// Returns the new state (to adopt once every operation succeeded), the operations in order,
+/// and what changed.
+pub fn plan(
+    state: &State,
+    desired: &DesiredState,
+) -> Result<(State, Vec<Op>, ApplyReport), DataplaneError> {
+    desired.validate()?;
+    let mut next = state.clone();
+    let mut ops = Vec::new();
+    let mut report = ApplyReport::default();
+    // Released only after the whole plan, so nothing is reused within one apply.
+    let mut free_service_ids = Vec::new();
+    let mut free_real_ids = Vec::new();
+    let mut free_rings = Vec::new();
+
+    // Services that go away.
+    let gone: Vec<VirtualServerKey> =
+        state.services.keys().filter(|k| !desired.services.contains_key(k)).copied().collect();
+    for vs in gone {
+        let applied = next.services.remove(&vs).expect("listed from the same map");
+        ops.push(Op::DeleteService(service_key(&vs)));
+        for (&(addr, port), r) in &applied.reals {
+            ops.push(Op::PutReal(r.id, real_entry(addr, port, 0, applied.id, r.gen)));
+            free_real_ids.push(r.id);
+            report.real_servers_removed += 1;
+        }
+        free_service_ids.push(applied.id);
+        free_rings.extend(applied.ring);
+        report.services_removed.push(vs);
+    }
+
+    for (vs, spec) in &desired.services {
+        let mut spec = spec.clone();
+        spec.real_servers.sort();
+        let old = next.services.get(vs).cloned();
+        if old.as_ref().is_some_and(|o| o.spec == spec) {
+            continue;
+        }
+        let id = match &old {
+            Some(o) => o.id,
+            None => {
+                let id = next.service_ids.take().ok_or_else(|| {
+                    DataplaneError::Capacity(format!("more than {LB_SERVICES_MAX} services"))
+                })?;
+                ops.push(Op::ResetServiceCounters(id));
+                id
+            }
+        };
+        let old_reals = old.as_ref().map(|o| o.reals.clone()).unwrap_or_default();
+        let mut reals = BTreeMap::new();
+        let mut after_switch = Vec::new();
+        for rs in &spec.real_servers {
+            let k = (rs.addr, rs.port);
+            let r = match old_reals.get(&k) {
+                Some(o) => {
+                    if o.weight != rs.weight {
+                        report.real_servers_reweighted += 1;
+                        let op = Op::PutReal(
+                            o.id,
+                            real_entry(rs.addr, rs.port, weight_flags(rs.weight), id, o.gen),
+                        );
+                        // Back from drained: usable before the new set names it. Drained:
+                        // only once the new set (without it) is live.
+                        if rs.weight > 0 {
+                            ops.push(op);
+                        } else {
+                            after_switch.push(op);
+                        }
+                    }
+                    AppliedReal { weight: rs.weight, ..*o }
+                }
+                None => {
+                    let rid = next.real_ids.take().ok_or_else(|| {
+                        DataplaneError::Capacity(format!("more than {LB_REALS_MAX} real servers"))
+                    })?;
+                    let g = &mut next.real_gens[rid as usize];
+                    *g = g.wrapping_add(1).max(1);
+                    let gen = *g;
+                    ops.push(Op::ResetRealCounters(rid));
+                    ops.push(Op::PutReal(
+                        rid,
+                        real_entry(rs.addr, rs.port, weight_flags(rs.weight), id, gen),
+                    ));
+                    report.real_servers_added += 1;
+                    AppliedReal { id: rid, gen, weight: rs.weight }
+                }
+            };
+            reals.insert(k, r);
+        }
+        for (&(addr, port), o) in &old_reals {
+            if !reals.contains_key(&(addr, port)) {
+                after_switch.push(Op::PutReal(o.id, real_entry(addr, port, 0, id, o.gen)));
+                free_real_ids.push(o.id);
+                report.real_servers_removed += 1;
+            }
+        }
+
+        // The new backend set, in the inactive slot.
+        let mut set = Box::<LbBackendSet>::default();
+        set.n_reals = spec.real_servers.len() as u32;
+        let mut backends = Vec::with_capacity(spec.real_servers.len());
+        for (i, rs) in spec.real_servers.iter().enumerate() {
+            set.reals[i] = reals[&(rs.addr, rs.port)].id;
+            set.weights[i] = rs.weight;
+            let mut key = match rs.addr {
+                IpAddr::V4(a) => a.octets().to_vec(),
+                IpAddr::V6(a) => a.octets().to_vec(),
+            };
+            key.extend_from_slice(&rs.port.to_be_bytes());
+            backends.push(Backend { key, weight: rs.weight });
+        }
+        let (table, mh_size) =
+            sched::ring(spec.lb_algo, &backends, old.as_ref().and_then(|o| o.mh_size));
+        let entries: Vec<u32> = table.iter().map(|&i| set.reals[i]).collect();
+        let ring = if entries.is_empty() {
+            None
+        } else {
+            let chunks = entries.len().div_ceil(LB_RING_CHUNK) as u32;
+            let first = next.ring.alloc(chunks).ok_or_else(|| {
+                DataplaneError::Capacity(format!(
+                    "lookup tables: {chunks} chunks wanted, {} free",
+                    next.ring.free_chunks()
+                ))
+            })?;
+            set.ring_chunk = first;
+            set.ring_len = entries.len() as u32;
+            ops.push(Op::WriteRing { first_chunk: first, entries });
+            Some((first, chunks))
+        };
+        let slot = match &old {
+            Some(o) => 1 - o.slot,
+            None => 0,
+        };
+        ops.push(Op::WriteSet { index: id * 2 + slot, set });
+        ops.push(Op::PutService(
+            service_key(vs),
+            LbService {
+                id,
+                active_slot: slot,
+                persistence_timeout: spec.persistence_timeout,
+                lb_algo: algo_code(spec.lb_algo),
+                lb_kind: kind_code(spec.lb_kind),
+                flags: if spec.hash_port { LB_SVC_F_HASH_PORT } else { 0 },
+                _pad: 0,
+            },
+        ));
+        ops.extend(after_switch);
+        if let Some(o) = &old {
+            free_rings.extend(o.ring);
+            report.services_changed.push(*vs);
+        } else {
+            report.services_added.push(*vs);
+        }
+        next.services.insert(*vs, AppliedService { id, slot, spec, reals, ring, mh_size });
+    }
+
+    for id in free_service_ids {
+        next.service_ids.give(id);
+    }
+    for id in free_real_ids {
+        next.real_ids.give(id);
+    }
+    for (first, n) in free_rings {
+        next.ring.release(first, n);
+    }
+    Ok((next, ops, report))
+}
+
+fn execute(bpf: &mut Bpf, op: &Op) -> Result<(), BpfError> {
+    match op {
+        Op::ResetServiceCounters(id) => maps::reset_service_counters(bpf, *id),
+        Op::ResetRealCounters(id) => maps::reset_real_counters(bpf, *id),
+        Op::PutReal(id, r) => maps::put_real(bpf, *id, r),
+        Op::WriteRing { first_chunk, entries } => maps::write_ring(bpf, *first_chunk, entries),
+        Op::WriteSet { index, set } => maps::set_backend_set(bpf, *index, set),
+        Op::PutService(k, v) => maps::put_service(bpf, k, v),
+        Op::DeleteService(k) => maps::delete_service(bpf, k),
+    }
+}
+
+/// Flow idle timeouts (IPVS defaults: TCP 900 s, after FIN/RST 120 s, UDP 300 s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp: std::time::Duration,
+    pub tcp_fin: std::time::Duration,
+    pub udp: std::time::Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        let d = LbConfig::DEFAULT;
+        Timeouts {
+            tcp: std::time::Duration::from_nanos(d.tcp_timeout_ns),
+            tcp_fin: std::time::Duration::from_nanos(d.tcp_fin_timeout_ns),
+            udp: std::time::Duration::from_nanos(d.udp_timeout_ns),
+        }
+    }
+}
+
+/// The XDP/eBPF data plane.
+pub struct XdpDataplane {
+    bpf: Bpf,
+    links: Vec<(String, XdpLinkId, AttachMode)>,
+    state: State,
+    timeouts: Timeouts,
+    /// Connections the sweeper expired, per real id / service id (the data path only counts
+    /// opened and closed); reset when an id is given to a new server.
+    expired_real: HashMap<u32, u64>,
+    expired_service: HashMap<u32, u64>,
+    broken: Option<String>,
+}
+
+impl XdpDataplane {
+    /// Loads the eBPF object compiled into this binary and attaches `ha_lb_xdp` to every
+    /// interface in `interfaces` (native XDP, generic where the driver has none). Forwarding
+    /// also needs `net.ipv4.conf.<iface>.forwarding=1` (and IPv6 forwarding for IPv6
+    /// services) on those interfaces: `bpf_fib_lookup` refuses otherwise.
+    pub fn attach(interfaces: &[&str]) -> Result<XdpDataplane, DataplaneError> {
+        let bpf = Bpf::load(tracing::Level::WARN).map_err(backend)?;
+        let mut dp = XdpDataplane::new(bpf)?;
+        for iface in interfaces {
+            dp.attach_interface(iface)?;
+        }
+        Ok(dp)
+    }
+
+    /// Wraps an already loaded object without attaching anything (tests drive it with
+    /// `BPF_PROG_TEST_RUN`; the daemon can share one `Bpf` with the VRRP filter).
+    pub fn new(mut bpf: Bpf) -> Result<XdpDataplane, DataplaneError> {
+        // Load (verify) the program now, so a verifier rejection surfaces here.
+        bpf.xdp(PROG_LB).map_err(backend)?;
+        maps::set_config(&mut bpf, &LbConfig::DEFAULT).map_err(backend)?;
+        Ok(XdpDataplane {
+            bpf,
+            links: Vec::new(),
+            state: State::default(),
+            timeouts: Timeouts::default(),
+            expired_real: HashMap::new(),
+            expired_service: HashMap::new(),
+            broken: None,
+        })
+    }
+
+    pub fn attach_interface(&mut self, iface: &str) -> Result<AttachMode, DataplaneError> {
+        // Only frames addressed to this host are forwarded (see LbReason::OtherHost).
+        let mac = crate::bpf::lb::interface_mac(iface)
+            .map_err(|e| DataplaneError::Invalid(format!("interface {iface}: {e}")))?;
+        let ifindex = ifindex_of(iface)
+            .ok_or_else(|| DataplaneError::Invalid(format!("interface {iface} not found")))?;
+        maps::set_interface_mac(&mut self.bpf, ifindex, Some(mac)).map_err(backend)?;
+        let (link, mode) = self.bpf.attach_xdp(PROG_LB, iface).map_err(backend)?;
+        self.links.push((iface.to_string(), link, mode));
+        Ok(mode)
+    }
+
+    pub fn detach_interface(&mut self, iface: &str) -> Result<(), DataplaneError> {
+        if let Some(i) = ifindex_of(iface) {
+            let _ = maps::set_interface_mac(&mut self.bpf, i, None);
+        }
+        if let Some(i) = self.links.iter().position(|(n, _, _)| n == iface) {
+            let (_, link, _) = self.links.remove(i);
+            self.bpf.detach_xdp(PROG_LB, link).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// Interfaces the program is attached to, and how.
+    pub fn interfaces(&self) -> Vec<(String, AttachMode)> {
+        self.links.iter().map(|(n, _, m)| (n.clone(), *m)).collect()
+    }
+
+    /// Frames the forwarding program does not handle are handed to program `next` of the same
+    /// object (typically `PROG_VRRP_FILTER` on an interface that carries both VRRP and
+    /// service traffic: only one XDP program can be attached per interface).
+    pub fn chain(&mut self, next: Option<&str>) -> Result<(), DataplaneError> {
+        maps::set_chain(&mut self.bpf, next).map_err(backend)
+    }
+
+    pub fn set_timeouts(&mut self, t: Timeouts) -> Result<(), DataplaneError> {
+        let cfg = LbConfig {
+            tcp_timeout_ns: t.tcp.as_nanos() as u64,
+            tcp_fin_timeout_ns: t.tcp_fin.as_nanos() as u64,
+            udp_timeout_ns: t.udp.as_nanos() as u64,
+            _reserved: 0,
+        };
+        maps::set_config(&mut self.bpf, &cfg).map_err(backend)?;
+        self.timeouts = t;
+        Ok(())
+    }
+
+    pub fn bpf(&self) -> &Bpf {
+        &self.bpf
+    }
+
+    pub fn bpf_mut(&mut self) -> &mut Bpf {
+        &mut self.bpf
+    }
+
+    /// Forgets every tracked connection and persistence template.
+    pub fn flush_connections(&mut self) -> Result<(), DataplaneError> {
+        maps::flush_flows(&mut self.bpf).map_err(backend)?;
+        // Everything open is gone: let the counters say so.
+        let live = self.state.live_reals();
+        for (&rid, &(sid, _)) in &live {
+            let t = maps::real_traffic(&self.bpf, rid).map_err(backend)?;
+            let e = self.expired_real.entry(rid).or_default();
+            let active = t.new_conns.saturating_sub(t.closed_conns + *e);
+            *e += active;
+            *self.expired_service.entry(sid).or_default() += active;
+            maps::set_load(&mut self.bpf, rid, 0).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// The real id and generation serving `addr:port` in `vs` (tests, status).
+    pub fn real_id(&self, vs: &VirtualServerKey, addr: IpAddr, port: u16) -> Option<(u32, u32)> {
+        self.state.services.get(vs)?.reals.get(&(addr, port)).map(|r| (r.id, r.gen))
+    }
+
+    fn active(&self, new: u64, closed: u64, expired: u64) -> u64 {
+        new.saturating_sub(closed.saturating_add(expired))
+    }
+
+    /// Expires idle connections (see [`Dataplane::maintain`]) as of `now_ns` (CLOCK_MONOTONIC),
+    /// then recounts the open connections per service and real server from the table, which
+    /// corrects the active counts for connections that vanished without a FIN/RST (LRU
+    /// eviction) and resynchronises the lc/wlc load. Between sweeps, evictions make active
+    /// counts too high. Cost: one syscall per table entry (about a second per million).
+    pub fn expire_connections(&mut self, now_ns: u64) -> Result<usize, DataplaneError> {
+        let live = self.state.live_reals();
+        let t = self.timeouts;
+        let timeout = |proto: u8, flags: u32| -> u64 {
+            let d = if proto != IPPROTO_TCP {
+                t.udp
+            } else if flags & LB_FLOW_F_CLOSED != 0 {
+                t.tcp_fin
+            } else {
+                t.tcp
+            };
+            d.as_nanos() as u64
+        };
+        let flows = maps::flows(&self.bpf).map_err(backend)?;
+        let by_key: HashMap<_, _> = flows.iter().cloned().collect();
+        let mut expired = 0;
+        for (k, f) in &flows {
+            let idle = now_ns.saturating_sub(f.last_seen_ns);
+            if f.flags & LB_FLOW_F_REPLY != 0 {
+                // A reply entry lives as long as the forward entry of the same flow.
+                let fwd = ha_lb_common::lb::LbFlowKey {
+                    src: k.dst,
+                    dst: f.addr,
+                    sport: k.dport,
+                    dport: f.port,
+                    proto: k.proto,
+                    family: k.family,
+                    _pad: 0,
+                };
+                let owned = by_key
+                    .get(&fwd)
+                    .is_some_and(|ff| ff.real_id == f.real_id && ff.real_gen == f.real_gen);
+                if !owned && idle > timeout(k.proto, f.flags) {
+                    maps::remove_flow(&mut self.bpf, k).map_err(backend)?;
+                }
+                continue;
+            }
+            if idle <= timeout(k.proto, f.flags) {
+                continue;
+            }
+            maps::remove_flow(&mut self.bpf, k).map_err(backend)?;
+            let reply = ha_lb_common::lb::LbFlowKey {
+                src: f.addr,
+                dst: k.src,
+                sport: f.port,
+                dport: k.sport,
+                proto: k.proto,
+                family: k.family,
+                _pad: 0,
+            };
+            if by_key.get(&reply).is_some_and(|r| r.real_id == f.real_id) {
+                maps::remove_flow(&mut self.bpf, &reply).map_err(backend)?;
+            }
+            expired += 1;
+        }
+        // Recount what is really open from the table we just walked, so counts that drifted
+        // (entries the LRU evicted without a FIN, flows of removed servers never seen again,
+        // an update lost to racing CPUs) are corrected at every sweep: "expired" becomes
+        // whatever was opened and never closed but is no longer in the table.
+        let mut open_real: HashMap<u32, u64> = HashMap::new();
+        let mut open_service: HashMap<u32, u64> = HashMap::new();
+        for (k, f) in &flows {
+            let idle = now_ns.saturating_sub(f.last_seen_ns);
+            if f.flags & (LB_FLOW_F_REPLY | LB_FLOW_F_CLOSED) != 0
+                || idle > timeout(k.proto, f.flags)
+            {
+                continue;
+            }
+            if live.get(&f.real_id) == Some(&(f.service_id, f.real_gen)) {
+                *open_real.entry(f.real_id).or_default() += 1;
+                *open_service.entry(f.service_id).or_default() += 1;
+            }
+        }
+        let services: Vec<u32> = self.state.services.values().map(|s| s.id).collect();
+        for sid in services {
+            let t = maps::service_traffic(&self.bpf, sid).map_err(backend)?;
+            let open = open_service.get(&sid).copied().unwrap_or(0);
+            self.expired_service.insert(sid, t.new_conns.saturating_sub(t.closed_conns + open));
+        }
+        for &rid in live.keys() {
+            let t = maps::real_traffic(&self.bpf, rid).map_err(backend)?;
+            let open = open_real.get(&rid).copied().unwrap_or(0);
+            self.expired_real.insert(rid, t.new_conns.saturating_sub(t.closed_conns + open));
+            maps::set_load(&mut self.bpf, rid, open).map_err(backend)?;
+        }
+        Ok(expired)
+    }
+
+    /// Rewrites the shared load estimate lc/wlc read from the exact per-CPU counters
+    /// (corrects updates lost to CPUs racing on it).
+    pub fn sync_load(&mut self) -> Result<(), DataplaneError> {
+        for (rid, _) in self.state.live_reals() {
+            let t = maps::real_traffic(&self.bpf, rid).map_err(backend)?;
+            let e = self.expired_real.get(&rid).copied().unwrap_or(0);
+            let active = self.active(t.new_conns, t.closed_conns, e);
+            maps::set_load(&mut self.bpf, rid, active).map_err(backend)?;
+        }
+        Ok(())
+    }
+}
+
+impl Dataplane for XdpDataplane {
+    fn name(&self) -> &'static str {
+        "xdp"
+    }
+
+    fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, DataplaneError> {
+        if let Some(why) = &self.broken {
+            return Err(DataplaneError::Backend(
+                format!("an earlier apply failed half-way ({why}); rebuild the data plane").into(),
+            ));
+        }
+        let (next, ops, report) = plan(&self.state, desired)?;
+        for op in &ops {
+            if let Err(e) = execute(&mut self.bpf, op) {
+                self.broken = Some(e.to_string());
+                return Err(backend(e));
+            }
+            match op {
+                Op::ResetRealCounters(id) => {
+                    self.expired_real.remove(id);
+                }
+                Op::ResetServiceCounters(id) => {
+                    self.expired_service.remove(id);
+                }
+                _ => {}
+            }
+        }
+        self.state = next;
+        Ok(report)
+    }
+
+    fn stats(&self) -> Result<DataplaneStats, DataplaneError> {
+        let mut out = DataplaneStats::default();
+        for (vs, s) in &self.state.services {
+            let t = maps::service_traffic(&self.bpf, s.id).map_err(backend)?;
+            let e = self.expired_service.get(&s.id).copied().unwrap_or(0);
+            let mut ss = ServiceStats {
+                packets: t.in_packets + t.out_packets,
+                bytes: t.in_bytes + t.out_bytes,
+                new_conns: t.new_conns,
+                active_conns: self.active(t.new_conns, t.closed_conns, e),
+                real_servers: BTreeMap::new(),
+            };
+            for (&k, r) in &s.reals {
+                let t = maps::real_traffic(&self.bpf, r.id).map_err(backend)?;
+                let e = self.expired_real.get(&r.id).copied().unwrap_or(0);
+                ss.real_servers.insert(
+                    k,
+                    RealServerStats {
+                        weight: r.weight,
+                        in_packets: t.in_packets,
+                        in_bytes: t.in_bytes,
+                        out_packets: t.out_packets,
+                        out_bytes: t.out_bytes,
+                        new_conns: t.new_conns,
+                        active_conns: self.active(t.new_conns, t.closed_conns, e),
+                    },
+                );
+            }
+            out.services.insert(*vs, ss);
+        }
+        out.reasons = maps::counters(&self.bpf).map_err(backend)?.named().collect();
+        Ok(out)
+    }
+
+    fn maintain(&mut self) -> Result<usize, DataplaneError> {
+        self.expire_connections(maps::monotonic_ns())
+    }
+}
+
+fn ifindex_of(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: if_nametoindex takes a valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::RealServerSpec;
+
+    fn vs(s: &str) -> VirtualServerKey {
+        let sa: std::net::SocketAddr = s.parse().unwrap();
+        VirtualServerKey { address: sa.ip(), port: sa.port(), protocol: Protocol::Tcp }
+    }
+
+    fn rs(a: &str, w: u32) -> RealServerSpec {
+        RealServerSpec { addr: a.parse().unwrap(), port: 8080, weight: w }
+    }
+
+    fn desired(algo: LbAlgo, reals: &[RealServerSpec]) -> DesiredState {
+        let mut spec = ServiceSpec::new(algo, LbKind::Nat);
+        spec.real_servers = reals.to_vec();
+        DesiredState { services: BTreeMap::from([(vs("198.18.100.1:80"), spec)]) }
+    }
+
+    fn pos(ops: &[Op], f: impl Fn(&Op) -> bool) -> usize {
+        ops.iter().position(f).expect("op present")
+    }
+
+    #[test]
+    fn new_service_writes_reals_then_set_then_service() {
+        let (s, ops, rep) = plan(
+            &State::default(),
+            &desired(LbAlgo::Wrr, &[rs("198.18.2.10", 1), rs("198.18.2.11", 2)]),
+        )
+        .unwrap();
+        assert_eq!(rep.services_added.len(), 1);
+        assert_eq!(rep.real_servers_added, 2);
+        let last_real = ops.iter().rposition(|o| matches!(o, Op::PutReal(..))).unwrap();
+        let ring = pos(&ops, |o| matches!(o, Op::WriteRing { .. }));
+        let set = pos(&ops, |o| matches!(o, Op::WriteSet { .. }));
+        let svc = pos(&ops, |o| matches!(o, Op::PutService(..)));
+        assert!(last_real < ring && ring < set && set < svc);
+        match &ops[svc] {
+            Op::PutService(_, v) => assert_eq!(v.active_slot, 0),
+            _ => unreachable!(),
+        }
+        match &ops[ring] {
+            Op::WriteRing { entries, .. } => assert_eq!(entries.len(), 3, "wrr 1:2"),
+            _ => unreachable!(),
+        }
+        assert_eq!(s.services.len(), 1);
+        // Applying the same state again changes nothing.
+        let (_, ops2, rep2) =
+            plan(&s, &desired(LbAlgo::Wrr, &[rs("198.18.2.11", 2), rs("198.18.2.10", 1)])).unwrap();
+        assert!(ops2.is_empty() && rep2.is_empty(), "{ops2:?}");
+    }
+
+    #[test]
+    fn changes_go_to_the_inactive_slot_and_removals_after_the_switch() {
+        let d1 = desired(LbAlgo::Rr, &[rs("198.18.2.10", 1), rs("198.18.2.11", 1)]);
+        let (s1, _, _) = plan(&State::default(), &d1).unwrap();
+        let d2 = desired(LbAlgo::Rr, &[rs("198.18.2.10", 0), rs("198.18.2.12", 1)]);
+        let (s2, ops, rep) = plan(&s1, &d2).unwrap();
+        assert_eq!(
+            (rep.real_servers_added, rep.real_servers_removed, rep.real_servers_reweighted),
+            (1, 1, 1)
+        );
+        let set = pos(&ops, |o| matches!(o, Op::WriteSet { .. }));
+        let svc = pos(&ops, |o| matches!(o, Op::PutService(..)));
+        match (&ops[set], &ops[svc]) {
+            (Op::WriteSet { index, set }, Op::PutService(_, v)) => {
+                assert_eq!(*index, v.id * 2 + 1, "the inactive slot");
+                assert_eq!(v.active_slot, 1);
+                assert_eq!(set.n_reals, 2);
+            }
+            _ => unreachable!(),
+        }
+        let (removed_id, drained_id, new_id) = {
+            let a = &s1.services[&vs("198.18.100.1:80")].reals;
+            let b = &s2.services[&vs("198.18.100.1:80")].reals;
+            (
+                a[&("198.18.2.11".parse().unwrap(), 8080)].id,
+                a[&("198.18.2.10".parse().unwrap(), 8080)].id,
+                b[&("198.18.2.12".parse().unwrap(), 8080)].id,
+            )
+        };
+        let put = |id: u32| pos(&ops, |o| matches!(o, Op::PutReal(i, _) if *i == id));
+        assert!(put(new_id) < svc, "a new real server exists before the set naming it goes live");
+        assert!(put(removed_id) > svc, "a removed one disappears only after the switch");
+        assert!(put(drained_id) > svc, "a drained one is quiesced only after the switch");
+        match &ops[put(drained_id)] {
+            Op::PutReal(_, r) => assert_eq!(r.flags, LB_REAL_F_AVAILABLE | LB_REAL_F_QUIESCED),
+            _ => unreachable!(),
+        }
+        match &ops[put(removed_id)] {
+            Op::PutReal(_, r) => assert_eq!(r.flags, 0),
+            _ => unreachable!(),
+        }
+        assert_ne!(new_id, removed_id, "ids are not reused within one apply");
+        // rr skips the drained server.
+        let ring = pos(&ops, |o| matches!(o, Op::WriteRing { .. }));
+        match &ops[ring] {
+            Op::WriteRing { entries, .. } => assert_eq!(entries, &vec![new_id]),
+            _ => unreachable!(),
+        }
+        // Next change flips back to slot 0, and the old ring region was released.
+        let (_, ops3, _) = plan(&s2, &desired(LbAlgo::Rr, &[rs("198.18.2.12", 1)])).unwrap();
+        assert!(ops3.iter().any(|o| matches!(o, Op::PutService(_, v) if v.active_slot == 0)));
+    }
+
+    #[test]
+    fn removing_a_service_deletes_it_first_and_frees_everything() {
+        let (s1, _, _) =
+            plan(&State::default(), &desired(LbAlgo::Mh, &[rs("198.18.2.10", 1)])).unwrap();
+        let free_before = State::default().ring.free_chunks();
+        assert!(s1.ring.free_chunks() < free_before);
+        let (s2, ops, rep) = plan(&s1, &DesiredState::default()).unwrap();
+        assert!(matches!(ops[0], Op::DeleteService(_)));
+        assert_eq!(rep.services_removed.len(), 1);
+        assert_eq!(s2.ring.free_chunks(), free_before);
+        assert_eq!(s2.real_ids.free.len(), LB_REALS_MAX as usize);
+        // A re-added real server id gets a new generation.
+        let (s3, _, _) = plan(&s2, &desired(LbAlgo::Mh, &[rs("198.18.2.10", 1)])).unwrap();
+        let r = s3.services.values().next().unwrap().reals.values().next().unwrap();
+        assert_eq!(r.gen, 2);
+    }
+
+    #[test]
+    fn maglev_keeps_its_table_size_when_servers_leave() {
+        let many: Vec<_> = (10..20).map(|i| rs(&format!("198.18.2.{i}"), 1)).collect();
+        let (s1, _, _) = plan(&State::default(), &desired(LbAlgo::Mh, &many)).unwrap();
+        let (s2, _, _) = plan(&s1, &desired(LbAlgo::Mh, &many[..4])).unwrap();
+        let m = |s: &State| s.services.values().next().unwrap().mh_size;
+        assert_eq!(m(&s1), Some(1021));
+        assert_eq!(m(&s2), Some(1021));
+    }
+
+    #[test]
+    fn ring_allocator_coalesces() {
+        let mut a = RingAlloc::new(100);
+        let x = a.alloc(10).unwrap();
+        let y = a.alloc(20).unwrap();
+        let z = a.alloc(30).unwrap();
+        assert_eq!((x, y, z), (0, 10, 30));
+        a.release(y, 20);
+        assert_eq!(a.alloc(25), Some(60), "first fit skips the 20-chunk hole");
+        a.release(x, 10);
+        a.release(z, 30);
+        assert_eq!(a.alloc(60), Some(0), "holes merged");
+        assert!(a.alloc(100).is_none());
+    }
+}

@@ -1,0 +1,429 @@
+//! Scheduling and connection state of `ha_lb_xdp`, through BPF_PROG_TEST_RUN over many
+//! synthetic flows (inside a lab node, see `xdp_support`): each scheduler's distribution,
+//! stickiness, persistence, drain (weight 0), removal (rescheduling), Maglev disruption,
+//! active-connection accounting (FIN/RST, expiry) and set switches under way.
+
+mod xdp_support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use ha_lb::{
+    bpf::{lb as maps, testrun::XdpAction},
+    dataplane::{
+        xdp::Timeouts, Dataplane, DesiredState, LbAlgo, LbKind, Protocol, RealServerSpec,
+        ServiceSpec, VirtualServerKey,
+    },
+};
+use ha_lb_common::lb::LbReason;
+use ha_lb_lab::frame::{self, TcpFlags};
+use xdp_support::*;
+
+const VIP: &str = "198.18.100.1:80";
+const R: [&str; 3] = ["198.18.2.10", "198.18.2.11", "198.18.2.12"];
+
+fn svc() -> VirtualServerKey {
+    vs(VIP, Protocol::Tcp)
+}
+
+fn spec(algo: LbAlgo, addrs: &[&str], weights: &[u32]) -> DesiredState {
+    one_service(svc(), algo, LbKind::Nat, reals(addrs, 80, weights))
+}
+
+fn shares(t: &BTreeMap<IpAddr, usize>, addrs: &[&str]) -> Vec<usize> {
+    addrs.iter().map(|a| t.get(&ip(a)).copied().unwrap_or(0)).collect()
+}
+
+/// New TCP flows from `n` distinct clients (same source port) — what sh/mh hash on.
+fn new_flows(t: &mut Tester, n: u32, first: u32) -> Vec<IpAddr> {
+    (first..first + n).map(|i| t.nat_pick(client(i, 40000), sa(VIP), TcpFlags::SYN)).collect()
+}
+
+#[test]
+fn rr_and_wrr_follow_the_weights() {
+    let env = env();
+    env.run(|t| {
+        t.apply(&spec(LbAlgo::Rr, &R, &[1, 5, 9]));
+        let picks = new_flows(t, 300, 0);
+        assert_eq!(shares(&tally(&picks), &R), vec![100, 100, 100], "rr ignores weights");
+        assert_eq!(&picks[..3], &[ip(R[0]), ip(R[1]), ip(R[2])], "in order");
+
+        for weights in [[1u32, 2, 3], [100, 250, 650], [65535, 1000, 3]] {
+            // Same clients each round: forget their flows, or they would stick.
+            t.dp.flush_connections().unwrap();
+            t.apply(&spec(LbAlgo::Wrr, &R, &weights));
+            let n = 6000u32;
+            let picks = new_flows(t, n, 1000);
+            let got = shares(&tally(&picks), &R);
+            let total: u32 = weights.iter().sum();
+            for i in 0..3 {
+                let want = n as f64 * weights[i] as f64 / total as f64;
+                let err = (got[i] as f64 - want).abs();
+                assert!(
+                    err <= want * 0.02 + 1.0,
+                    "wrr {weights:?}: server {i} got {} of {n}, want {want:.0}",
+                    got[i]
+                );
+            }
+            // Interleaved, not in runs: with 1:2:3 the heaviest never comes three times in a row.
+            if weights == [1, 2, 3] {
+                assert!(!picks.windows(3).any(|w| w.iter().all(|&p| p == ip(R[2]))));
+            }
+        }
+    });
+}
+
+#[test]
+fn lc_and_wlc_follow_live_connection_counts() {
+    let env = env();
+    env.run(|t| {
+        t.apply(&spec(LbAlgo::Lc, &R, &[1, 1, 1]));
+        let clients: Vec<SocketAddr> = (0..30).map(|i| client(i, 2000)).collect();
+        let picks: Vec<IpAddr> =
+            clients.iter().map(|&c| t.nat_pick(c, sa(VIP), TcpFlags::SYN)).collect();
+        assert_eq!(shares(&tally(&picks), &R), vec![10, 10, 10]);
+        // Close 5 connections on R[1] (FIN from the client, RST from the real server).
+        let on_r1: Vec<SocketAddr> =
+            clients.iter().zip(&picks).filter(|(_, p)| **p == ip(R[1])).map(|(c, _)| *c).collect();
+        for c in &on_r1[..3] {
+            t.nat_pick(*c, sa(VIP), TcpFlags::FIN_ACK);
+        }
+        for c in &on_r1[3..5] {
+            let rst = frame::tcp(
+                frame::Eth { src: rs_mac(2, 11), dst: [0; 6] },
+                SocketAddr::new(ip(R[1]), 80),
+                *c,
+                TcpFlags::RST,
+                1,
+                b"",
+            );
+            assert_eq!(t.send_from_servers(&rst).action, XdpAction::Redirect);
+        }
+        let st = t.dp.stats().unwrap();
+        let s = &st.services[&svc()];
+        assert_eq!((s.new_conns, s.active_conns), (30, 25));
+        assert_eq!(s.real_servers[&(ip(R[1]), 80)].active_conns, 5);
+        assert_eq!(
+            maps::load(t.dp.bpf(), t.dp.real_id(&svc(), ip(R[1]), 80).unwrap().0).unwrap(),
+            5
+        );
+        // The next 5 new connections all go to the least loaded server.
+        let next = new_flows(t, 5, 100);
+        assert!(next.iter().all(|p| *p == ip(R[1])), "{next:?}");
+
+        // wlc: active connections end up proportional to weights.
+        t.dp.flush_connections().unwrap();
+        t.apply(&spec(LbAlgo::Wlc, &R, &[1, 2, 3]));
+        let picks = new_flows(t, 60, 200);
+        let got = shares(&tally(&picks), &R);
+        for (g, w) in got.iter().zip([10i64, 20, 30]) {
+            assert!((*g as i64 - w).abs() <= 1, "wlc {got:?}");
+        }
+    });
+}
+
+#[test]
+fn sh_and_mh_hash_clients_consistently_and_by_weight() {
+    let env = env();
+    env.run(|t| {
+        for algo in [LbAlgo::Sh, LbAlgo::Mh] {
+            t.dp.flush_connections().unwrap();
+            t.apply(&spec(algo, &R, &[1, 2, 3]));
+            let n = 6000;
+            let picks = new_flows(t, n, 0);
+            let got = shares(&tally(&picks), &R);
+            for (i, w) in [1.0, 2.0, 3.0].iter().enumerate() {
+                let want = n as f64 * w / 6.0;
+                assert!(
+                    (got[i] as f64 - want).abs() < want * 0.1,
+                    "{algo:?}: {got:?} (hash spread, 10% tolerance)"
+                );
+            }
+            // Same client, other source ports (new flows): same real server without
+            // `hash_port`...
+            t.dp.flush_connections().unwrap();
+            for i in [7u32, 99, 1234] {
+                let first = t.nat_pick(client(i, 1), sa(VIP), TcpFlags::SYN);
+                for port in 2..20 {
+                    assert_eq!(t.nat_pick(client(i, port), sa(VIP), TcpFlags::SYN), first);
+                }
+            }
+            // ... and spread by port with it.
+            let mut d = spec(algo, &R, &[1, 1, 1]);
+            d.services.get_mut(&svc()).unwrap().hash_port = true;
+            t.apply(&d);
+            let by_port: BTreeSet<IpAddr> = (1..60)
+                .map(|p| t.nat_pick(client(5, 10_000 + p), sa(VIP), TcpFlags::SYN))
+                .collect();
+            assert_eq!(by_port.len(), 3, "{algo:?} with hash_port spreads one client");
+        }
+    });
+}
+
+/// Removing one of N real servers from an `mh` service moves about 1/N of the clients (those
+/// of the removed server) and almost nobody else — measured on the data path with connection
+/// state flushed, i.e. as a director that has just taken over would see it.
+#[test]
+fn maglev_removal_moves_about_one_nth_of_clients() {
+    let env = env();
+    env.run(|t| {
+        let addrs: Vec<String> = (10..20).map(|i| format!("198.18.2.{i}")).collect();
+        let a: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        t.apply(&spec(LbAlgo::Mh, &a, &[1; 10]));
+        let n = 3000;
+        let before = new_flows(t, n, 0);
+        let removed = ip(a[4]);
+        t.apply(&spec(LbAlgo::Mh, &[&a[..4], &a[5..]].concat(), &[1; 9]));
+        t.dp.flush_connections().unwrap();
+        let after = new_flows(t, n, 0);
+        let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+        let collateral =
+            before.iter().zip(&after).filter(|(b, a)| b != a && **b != removed).count();
+        let on_removed = before.iter().filter(|b| **b == removed).count();
+        eprintln!(
+            "maglev: {moved}/{n} clients moved ({:.1}%), {on_removed} were on the removed \
+             server, {collateral} others moved",
+            100.0 * moved as f64 / n as f64
+        );
+        assert!(!after.contains(&removed));
+        assert!((moved as f64 / n as f64) < 0.1 * 1.5, "about 1/N = 10% should move");
+        assert!((collateral as f64 / n as f64) < 0.03, "few clients of surviving servers move");
+    });
+}
+
+#[test]
+fn flows_stick_to_their_real_server() {
+    let env = env();
+    env.run(|t| {
+        t.apply(&spec(LbAlgo::Rr, &R, &[1, 1, 1]));
+        let flows: Vec<SocketAddr> = (0..9).map(|i| client(i, 5555)).collect();
+        let first: Vec<IpAddr> =
+            flows.iter().map(|&c| t.nat_pick(c, sa(VIP), TcpFlags::SYN)).collect();
+        for round in 0..5 {
+            for (j, (c, want)) in flows.iter().zip(&first).enumerate() {
+                // New flows in between move the rr cursor; established ones stay put.
+                t.nat_pick(client(1000 + round * 9 + j as u32, 1), sa(VIP), TcpFlags::SYN);
+                assert_eq!(t.nat_pick(*c, sa(VIP), TcpFlags::ACK), *want);
+            }
+        }
+        // A weight change (new set, slot switch) does not move established flows either.
+        t.apply(&spec(LbAlgo::Wrr, &R, &[5, 1, 1]));
+        for (c, want) in flows.iter().zip(&first) {
+            assert_eq!(t.nat_pick(*c, sa(VIP), TcpFlags::ACK), *want);
+        }
+        let st = t.dp.stats().unwrap();
+        assert_eq!(st.services[&svc()].new_conns, 9 + 5 * 9);
+    });
+}
+
+#[test]
+fn persistence_keeps_a_client_on_its_real_server_within_the_timeout() {
+    let env = env();
+    env.run(|t| {
+        let mut d = spec(LbAlgo::Rr, &R, &[1, 1, 1]);
+        d.services.get_mut(&svc()).unwrap().persistence_timeout = 1;
+        t.apply(&d);
+        let x = |port| client(42, port);
+        let home = t.nat_pick(x(1), sa(VIP), TcpFlags::SYN); // rr position 0
+        assert_eq!(home, ip(R[0]));
+        let mut others = BTreeSet::new();
+        for p in 2..6 {
+            // Other clients move the cursor on; x's new connections stay home.
+            others.insert(t.nat_pick(client(p as u32, 1), sa(VIP), TcpFlags::SYN));
+            assert_eq!(t.nat_pick(x(p), sa(VIP), TcpFlags::SYN), home, "persistent");
+        }
+        assert_eq!(others.len(), 3, "others were scheduled round robin");
+        // After the template expires, x is scheduled like anyone: it takes the rr position
+        // after the one a probe client just got.
+        std::thread::sleep(Duration::from_millis(1300));
+        let probe = t.nat_pick(client(999, 1), sa(VIP), TcpFlags::SYN);
+        let expected_next =
+            R.iter().map(|a| ip(a)).cycle().skip_while(|a| *a != probe).nth(1).unwrap();
+        assert_eq!(t.nat_pick(x(100), sa(VIP), TcpFlags::SYN), expected_next, "template expired");
+        // A drained home server gets no new connections, not even persistent ones.
+        let home2 = expected_next;
+        let w: Vec<u32> = R.iter().map(|a| if ip(a) == home2 { 0 } else { 1 }).collect();
+        let mut d = spec(LbAlgo::Rr, &R, &w);
+        d.services.get_mut(&svc()).unwrap().persistence_timeout = 1;
+        t.apply(&d);
+        assert_ne!(t.nat_pick(x(101), sa(VIP), TcpFlags::SYN), home2);
+        // ... while its established connection stays.
+        assert_eq!(t.nat_pick(x(100), sa(VIP), TcpFlags::ACK), home2);
+    });
+}
+
+#[test]
+fn weight_zero_drains_and_removal_reschedules() {
+    let env = env();
+    env.run(|t| {
+        t.apply(&spec(LbAlgo::Rr, &R, &[1, 1, 1]));
+        let flows: Vec<SocketAddr> = (0..30).map(|i| client(i, 7000)).collect();
+        let first: Vec<IpAddr> =
+            flows.iter().map(|&c| t.nat_pick(c, sa(VIP), TcpFlags::SYN)).collect();
+
+        // Drain R[1]: its 10 flows stay, it gets no new ones.
+        t.apply(&spec(LbAlgo::Rr, &R, &[1, 0, 1]));
+        for (c, want) in flows.iter().zip(&first) {
+            assert_eq!(t.nat_pick(*c, sa(VIP), TcpFlags::ACK), *want, "established flow moved");
+        }
+        let new = new_flows(t, 60, 500);
+        assert!(!new.contains(&ip(R[1])), "a drained server got a new connection");
+        let st = t.dp.stats().unwrap();
+        let r1 = st.services[&svc()].real_servers[&(ip(R[1]), 80)];
+        assert_eq!((r1.weight, r1.active_conns), (0, 10));
+
+        // Remove R[1]: its flows are rescheduled onto the others on their next packet; the
+        // others' flows do not move.
+        let before = t.counters();
+        t.apply(&spec(LbAlgo::Rr, &[R[0], R[2]], &[1, 1]));
+        for (c, was) in flows.iter().zip(&first) {
+            let now = t.nat_pick(*c, sa(VIP), TcpFlags::ACK);
+            if *was == ip(R[1]) {
+                assert_ne!(now, ip(R[1]), "flow of a removed server rescheduled");
+            } else {
+                assert_eq!(now, *was, "flow of a surviving server moved");
+            }
+        }
+        assert_eq!(
+            t.counters().since(&before),
+            vec![(LbReason::NatIn.name(), 30), (LbReason::Rescheduled.name(), 10)]
+        );
+        let st = t.dp.stats().unwrap();
+        let s = &st.services[&svc()];
+        assert!(!s.real_servers.contains_key(&(ip(R[1]), 80)));
+        // 30 + 60 opened; 10 of them moved (closed on the old server, reopened elsewhere).
+        assert_eq!(s.new_conns, 30 + 60 + 10);
+        assert_eq!(s.active_conns, 90);
+        let sum: u64 = s.real_servers.values().map(|r| r.active_conns).sum();
+        assert_eq!(sum, 90);
+
+        // Re-adding the same address makes a new real server (new generation): old flows
+        // already moved stay where they are.
+        t.apply(&spec(LbAlgo::Rr, &R, &[1, 1, 1]));
+        for (c, was) in flows.iter().zip(&first) {
+            let now = t.nat_pick(*c, sa(VIP), TcpFlags::ACK);
+            if *was == ip(R[1]) {
+                assert_ne!(now, ip(R[1]));
+            }
+        }
+    });
+}
+
+#[test]
+fn idle_connections_expire_and_stop_counting() {
+    let env = env();
+    env.run(|t| {
+        let vsu = vs("198.18.100.1:53", Protocol::Udp);
+        let mut d = one_service(vsu, LbAlgo::Rr, LbKind::Nat, reals(&R, 53, &[1, 1, 1]));
+        let mut tcp = spec(LbAlgo::Rr, &R, &[1, 1, 1]);
+        d.services.append(&mut tcp.services);
+        t.apply(&d);
+        t.dp.set_timeouts(Timeouts {
+            tcp: Duration::from_secs(60),
+            tcp_fin: Duration::from_secs(60),
+            udp: Duration::from_millis(1200),
+        })
+        .unwrap();
+        for i in 0..6 {
+            t.udp_pick(client(i, 53000), sa("198.18.100.1:53"));
+        }
+        let t0 = t.nat_pick(client(77, 1), sa(VIP), TcpFlags::SYN);
+        assert_eq!(t.dp.stats().unwrap().services[&vsu].active_conns, 6);
+        assert_eq!(maps::flows(t.dp.bpf()).unwrap().len(), 2 * 7, "forward + reply entries");
+        // Not yet idle long enough.
+        assert_eq!(t.dp.maintain().unwrap(), 0);
+        std::thread::sleep(Duration::from_millis(1500));
+        // The data path treats a stale entry as a new flow even before the sweeper runs.
+        let before = t.counters();
+        t.udp_pick(client(0, 53000), sa("198.18.100.1:53"));
+        assert_eq!(
+            t.counters().since(&before),
+            vec![(LbReason::NatIn.name(), 1), (LbReason::Rescheduled.name(), 1)]
+        );
+        // The sweeper expires the other five (and their reply entries); TCP stays.
+        assert_eq!(t.dp.maintain().unwrap(), 5);
+        let st = t.dp.stats().unwrap();
+        assert_eq!(st.services[&vsu].active_conns, 1);
+        assert_eq!(st.services[&svc()].active_conns, 1);
+        assert_eq!(maps::flows(t.dp.bpf()).unwrap().len(), 2 * 2);
+        let load: u64 = R
+            .iter()
+            .map(|a| maps::load(t.dp.bpf(), t.dp.real_id(&vsu, ip(a), 53).unwrap().0).unwrap())
+            .sum();
+        assert_eq!(load, 1, "lc/wlc load resynchronised from the exact counters");
+        assert_eq!(t.nat_pick(client(77, 1), sa(VIP), TcpFlags::ACK), t0);
+    });
+}
+
+/// Many set switches while flows keep arriving: every packet is forwarded to a real server
+/// of the service (never dropped for an empty or half-written set).
+#[test]
+fn set_switches_never_expose_an_empty_or_partial_set() {
+    let env = env();
+    env.run(|t| {
+        let pool: Vec<String> = (10..40).map(|i| format!("198.18.2.{i}")).collect();
+        let before = t.counters();
+        for step in 0..40usize {
+            let n = 1 + step % 7;
+            let members: Vec<RealServerSpec> = (0..n)
+                .map(|k| RealServerSpec {
+                    addr: pool[(step * 3 + k) % pool.len()].parse().unwrap(),
+                    port: 80,
+                    weight: 1 + (k as u32 % 3),
+                })
+                .collect();
+            let algo = LbAlgo::ALL[step % LbAlgo::ALL.len()];
+            let mut s = ServiceSpec::new(algo, LbKind::Nat);
+            s.real_servers = members.clone();
+            t.apply(&DesiredState { services: BTreeMap::from([(svc(), s)]) });
+            let allowed: BTreeSet<IpAddr> = members.iter().map(|m| m.addr).collect();
+            for i in 0..20 {
+                let got = t.nat_pick(client(step as u32 * 100 + i, 9), sa(VIP), TcpFlags::SYN);
+                assert!(allowed.contains(&got), "step {step} ({algo:?}): {got} not in the set");
+            }
+        }
+        let d = t.counters().since(&before);
+        assert_eq!(d, vec![(LbReason::NatIn.name(), 800)], "nothing dropped or passed");
+    });
+}
+
+/// A connection that vanishes from the table without FIN/RST (what LRU eviction does) keeps
+/// counting as active until the next sweep, which recounts from the table.
+#[test]
+fn a_sweep_recounts_connections_the_table_lost() {
+    let env = env();
+    env.run(|t| {
+        t.apply(&spec(LbAlgo::Lc, &R, &[1, 1, 1]));
+        for i in 0..9 {
+            t.nat_pick(client(i, 3000), sa(VIP), TcpFlags::SYN);
+        }
+        // "Evict" three forward entries behind the program's back.
+        let gone: Vec<_> = maps::flows(t.dp.bpf())
+            .unwrap()
+            .into_iter()
+            .filter(|(_, f)| f.flags & ha_lb_common::lb::LB_FLOW_F_REPLY == 0)
+            .take(3)
+            .collect();
+        for (k, _) in &gone {
+            maps::remove_flow(t.dp.bpf_mut(), k).unwrap();
+        }
+        assert_eq!(t.dp.stats().unwrap().services[&svc()].active_conns, 9, "not noticed yet");
+        assert_eq!(t.dp.maintain().unwrap(), 0, "nothing idle");
+        let st = t.dp.stats().unwrap();
+        let s = &st.services[&svc()];
+        assert_eq!((s.new_conns, s.active_conns), (9, 6));
+        assert_eq!(s.real_servers.values().map(|r| r.active_conns).sum::<u64>(), 6);
+        // lc sees the corrected load: the server that lost the most gets the next flows.
+        let loads: Vec<u64> = R
+            .iter()
+            .map(|a| maps::load(t.dp.bpf(), t.dp.real_id(&svc(), ip(a), 80).unwrap().0).unwrap())
+            .collect();
+        assert_eq!(loads.iter().sum::<u64>(), 6);
+        let min = loads.iter().copied().min().unwrap();
+        let least = ip(R[loads.iter().position(|&l| l == min).unwrap()]);
+        assert_eq!(t.nat_pick(client(100, 1), sa(VIP), TcpFlags::SYN), least);
+    });
+}
