@@ -76,6 +76,9 @@ enum BenchCmd {
         /// 3 rounds and shorter runs instead of 5.
         #[arg(long)]
         quick: bool,
+        /// Rounds (default 5, or 3 with --quick).
+        #[arg(long)]
+        rounds: Option<usize>,
         /// Only these variants (ha-lb-nat, ha-lb-dr, direct, routed, nftables, haproxy,
         /// xdp-drop, xdp-redirect).
         #[arg(long, value_delimiter = ',')]
@@ -112,7 +115,7 @@ fn main() -> Result<()> {
             ];
             bench::failover::run(runs, &peers, &settings)
         }
-        Cmd::Bench { what: BenchCmd::Dataplane { quick, variants } } => {
+        Cmd::Bench { what: BenchCmd::Dataplane { quick, rounds, variants } } => {
             use bench::dataplane::{Options, Variant};
             let variants = match variants {
                 Some(v) => v.iter().map(|s| Variant::parse(s)).collect::<Result<Vec<_>>>()?,
@@ -120,7 +123,7 @@ fn main() -> Result<()> {
             };
             let object = build_ebpf(&root)?;
             sweep()?;
-            bench::dataplane::run(Options { quick, variants, object })
+            bench::dataplane::run(Options { quick, rounds, variants, object })
         }
         Cmd::Demo => {
             toolchain::setup(&root, false)?;

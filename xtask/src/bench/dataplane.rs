@@ -38,7 +38,11 @@ use ha_lb::bpf::{
         PROG_BENCH_DROP, PROG_BENCH_GEN, PROG_BENCH_PASS, PROG_BENCH_REDIRECT, PROG_BENCH_SINK,
     },
     testrun::run_xdp,
-    Bpf,
+    Bpf, PROG_LB,
+};
+use ha_lb::dataplane::{
+    xdp::XdpDataplane, Dataplane, DesiredState, LbAlgo, LbKind, Protocol, RealServerSpec,
+    ServiceSpec, VirtualServerKey,
 };
 use ha_lb_lab::{
     benchtopo::{pin_process, pin_task, BenchTopo, NapiThread, Return, CLIENT, REAL_SERVERS, VIP},
@@ -167,6 +171,8 @@ struct Point {
 
 pub struct Options {
     pub quick: bool,
+    /// Overrides the number of rounds (5, or 3 with `quick`).
+    pub rounds: Option<usize>,
     pub variants: Vec<Variant>,
     /// The eBPF object (target/ebpf/ha-lb-ebpf.o).
     pub object: PathBuf,
@@ -192,6 +198,12 @@ struct Bench {
     haproxy: Option<u32>,
     /// Generator rate estimate (frames/s), to size each run.
     gen_rate: f64,
+    /// The eBPF object's bytes (each ha-lb variant loads its own copy).
+    object: Vec<u8>,
+    /// ha-lb's data plane while an ha-lb variant runs.
+    halb: Option<XdpDataplane>,
+    /// BPF_PROG_TEST_RUN cost of ha_lb_xdp per variant (measured once, on entry).
+    halb_costs: Vec<(String, Vec<f64>)>,
 }
 
 pub fn run(opts: Options) -> Result<()> {
@@ -214,6 +226,10 @@ pub fn run(opts: Options) -> Result<()> {
             quiet_wait: Duration::from_secs(20),
         }
     };
+    let mut d = d;
+    if let Some(r) = opts.rounds {
+        d.rounds = r.max(1);
+    }
     let bytes = std::fs::read(&opts.object)
         .with_context(|| format!("reading the eBPF object {}", opts.object.display()))?;
     let bpf = Bpf::load_bytes(&bytes, tracing::Level::WARN).context("loading the eBPF object")?;
@@ -236,6 +252,9 @@ pub fn run(opts: Options) -> Result<()> {
         sinks: Vec::new(),
         haproxy: None,
         gen_rate: 2e6,
+        object: bytes,
+        halb: None,
+        halb_costs: Vec::new(),
     };
     b.start_servers()?;
     b.park_generator()?;
@@ -265,6 +284,7 @@ pub fn run(opts: Options) -> Result<()> {
     let mut failed: BTreeMap<Variant, String> = BTreeMap::new();
     let t_start = Instant::now();
     for round in 0..d.rounds {
+        println!("  round {}: load average {:.2}", round + 1, sys::loadavg());
         for &v in &variants {
             if failed.contains_key(&v) {
                 continue;
@@ -279,7 +299,8 @@ pub fn run(opts: Options) -> Result<()> {
             }
         }
     }
-    let costs = b.prog_costs();
+    let mut costs = b.prog_costs();
+    costs.append(&mut b.halb_costs);
     drop(b);
     print!("{}", report(&results, &variants, &failed, &pending, d.rounds, &costs));
     println!(
@@ -292,7 +313,28 @@ pub fn run(opts: Options) -> Result<()> {
 
 /// Whether the ha-lb forwarding program is in this tree (branch `xdp` merged).
 fn ha_lb_available() -> bool {
-    false
+    true
+}
+
+/// The services ha-lb serves in the bench: what nftables and HAProxy are given too (round
+/// robin over both real servers; iperf3 to rs1 only).
+fn desired(kind: LbKind) -> DesiredState {
+    let mut d = DesiredState::default();
+    let rs = |port: u16, n: usize| -> Vec<RealServerSpec> {
+        (0..n)
+            .map(|i| RealServerSpec { addr: BenchTopo::rs_addr(i).into(), port, weight: 1 })
+            .collect()
+    };
+    for (port, protocol, n) in [
+        (HTTP_PORT, Protocol::Tcp, REAL_SERVERS),
+        (UDP_PORT, Protocol::Udp, REAL_SERVERS),
+        (IPERF_PORT, Protocol::Tcp, 1),
+    ] {
+        let mut spec = ServiceSpec::new(LbAlgo::Rr, kind);
+        spec.real_servers = rs(port, n);
+        d.services.insert(VirtualServerKey { address: VIP.into(), port, protocol }, spec);
+    }
+    d
 }
 
 impl Bench {
@@ -401,10 +443,49 @@ impl Bench {
                 self.links.push((PROG_BENCH_REDIRECT, l));
             }
             Variant::HaLbNat | Variant::HaLbDr => {
-                bail!("the ha-lb forwarding program is not in this tree yet (branch xdp)")
+                let kind = if v == Variant::HaLbNat { LbKind::Nat } else { LbKind::Dr };
+                let bpf = Bpf::load_bytes(&self.object, tracing::Level::WARN)?;
+                let mut dp = XdpDataplane::new(bpf)?;
+                let devs: Vec<String> = std::iter::once("hbd0".to_string())
+                    .chain((0..REAL_SERVERS).map(BenchTopo::director_back))
+                    .collect();
+                director.run(|| -> Result<()> {
+                    for dev in &devs {
+                        dp.attach_interface(dev)?;
+                    }
+                    Ok(())
+                })??;
+                dp.apply(&desired(kind))?;
+                self.halb = Some(dp);
+                if !self.halb_costs.iter().any(|(n, _)| n.contains(v.name())) {
+                    let c = self.halb_cost()?;
+                    self.halb_costs.push((format!("{PROG_LB} ({})", v.name()), c));
+                }
             }
         }
         self.repin()
+    }
+
+    /// BPF_PROG_TEST_RUN of ha_lb_xdp on a UDP frame to the VIP's UDP service, as received
+    /// on the director's front interface (1M repeats × 5; the first run creates the flow).
+    fn halb_cost(&mut self) -> Result<Vec<f64>> {
+        let director = self.topo.director.clone();
+        let eth = frame::Eth { src: self.topo.client.mac("hbc0")?, dst: director.mac("hbd0")? };
+        let f = frame::udp(
+            eth,
+            SocketAddr::new(CLIENT.into(), FIRST_SPORT),
+            SocketAddr::new(VIP.into(), UDP_PORT),
+            &[0u8; FRAME_LEN - 42],
+        );
+        let ifindex = director.ifindex("hbd0")?;
+        let dp = self.halb.as_mut().context("no ha-lb data plane")?;
+        let prog: &aya::programs::Xdp = dp.bpf_mut().xdp(PROG_LB)?;
+        let mut out = Vec::new();
+        for _ in 0..5 {
+            let r = director.run(|| run_xdp(prog, &f, ifindex, 1_000_000))??;
+            out.push(r.duration.as_nanos() as f64);
+        }
+        Ok(out)
     }
 
     fn leave(&mut self, v: Variant) -> Result<()> {
@@ -412,6 +493,16 @@ impl Bench {
         for (prog, link) in std::mem::take(&mut self.links) {
             let bpf = &mut self.bpf;
             self.topo.director.run(|| bpf.detach_xdp(prog, link))??;
+        }
+        if let Some(mut dp) = self.halb.take() {
+            let director = self.topo.director.clone();
+            let devs: Vec<(String, _)> = dp.interfaces();
+            director.run(|| -> Result<()> {
+                for (dev, _) in &devs {
+                    dp.detach_interface(dev)?;
+                }
+                Ok(())
+            })??;
         }
         if let Some(pid) = self.haproxy.take() {
             self.topo.lab.kill(pid);
@@ -837,7 +928,7 @@ fn report(
         let udp = matches!(m, Metric::UdpFrames | Metric::UdpSkbs);
         let _ = writeln!(
             r,
-            "  {:<13} {:>22} {:>22} {}{:>6} {:>7} {:>7} {:>6}  {:>8} {:>8} {:>8}",
+            "  {:<13} {:>22} {:>22} {}{:>6} {:>9} {:>7} {:>6}  {:>8} {:>8} {:>8}",
             "variant",
             format!("director {unit}"),
             format!("{} {rate_unit}", if udp { "processed" } else { "rate" }),
@@ -869,6 +960,8 @@ fn report(
             let delivered = min_med_max(use_pts.iter().map(|p| p.delivered).collect());
             let busy = min_med_max(use_pts.iter().map(|p| p.cpu.director_busy).collect());
             let foreign = min_med_max(pts.iter().map(|p| p.cpu.foreign).collect());
+            let dforeign =
+                min_med_max(pts.iter().map(|p| p.cpu.foreign_on_director_cpu).collect());
             let clean = pts.iter().filter(|p| !p.noisy).count();
             let ratio = |base: Option<f64>| match (c.map(|x| x.1), base) {
                 (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
@@ -877,13 +970,16 @@ fn report(
             let capacity = busy.map(|b| b.1 >= 0.9).unwrap_or(false);
             let _ = writeln!(
                 r,
-                "  {:<13} {:>22} {:>22} {}{:>6} {:>7} {:>4}/{:<2} {:>6}  {:>8} {:>8} {:>8}",
+                "  {:<13} {:>22} {:>22} {}{:>6} {:>9} {:>4}/{:<2} {:>6}  {:>8} {:>8} {:>8}",
                 v.name(),
                 fmt3(c, scale, if scale > 1.0 { 1 } else { 0 }),
                 fmt3(rate, rate_scale, 2),
                 if udp { format!("{:>9.2} ", delivered.map(|x| x.1).unwrap_or(0.0) / 1e6) } else { String::new() },
                 busy.map(|b| format!("{:.2}", b.1)).unwrap_or_default(),
-                foreign.map(|f| format!("{:.2}", f.1)).unwrap_or_default(),
+                match (foreign, dforeign) {
+                    (Some(f), Some(g)) => format!("{:.2}/{:.2}", f.1, g.1),
+                    _ => String::new(),
+                },
                 clean,
                 pts.len(),
                 match (flagged, capacity) {
@@ -902,7 +998,7 @@ fn report(
         "\n  ratios: director cost (median) of the row over the routed path / nftables / ha-lb \
          in the same run (<1 is cheaper). busy: director cores busy (median); 'cap': the rate \
          is a capacity (director core ≥ 0.9 busy). foreign: cores used by work outside the \
-         bench (median over all runs)."
+         bench, all CPUs / the director's CPU (medians over all runs)."
     );
     let _ = writeln!(r, "\nBPF_PROG_TEST_RUN, 60-byte UDP frame, 1M repeats ×5 (ns per run, min/median/max)");
     for (name, v) in costs {

@@ -172,8 +172,6 @@ pub fn loadavg() -> f64 {
 pub struct IfCounters {
     pub rx_packets: u64,
     pub rx_dropped: u64,
-    pub tx_packets: u64,
-    pub tx_dropped: u64,
 }
 
 pub fn if_counters(node: &Node, dev: &str) -> Result<IfCounters> {
@@ -188,12 +186,7 @@ pub fn if_counters(node: &Node, dev: &str) -> Result<IfCounters> {
         if f.len() < 12 {
             break;
         }
-        return Ok(IfCounters {
-            rx_packets: f[1],
-            rx_dropped: f[3],
-            tx_packets: f[9],
-            tx_dropped: f[11],
-        });
+        return Ok(IfCounters { rx_packets: f[1], rx_dropped: f[3] });
     }
     anyhow::bail!("no interface {dev} in {}", node.ns)
 }
