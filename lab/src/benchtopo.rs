@@ -160,8 +160,12 @@ impl BenchTopo {
         }
         c.route(&["198.19.0.0/16", "via", &DIRECTOR_FRONT.to_string()])?;
         for (i, rs) in t.real_servers.iter().enumerate() {
-            let (db, rb, rd, cd) =
-                (Self::director_back(i), Self::rs_back(i), Self::rs_direct(i), Self::client_direct(i));
+            let (db, rb, rd, cd) = (
+                Self::director_back(i),
+                Self::rs_back(i),
+                Self::rs_direct(i),
+                Self::client_direct(i),
+            );
             t.lab.veth(d, &db, rs, &rb)?;
             t.lab.veth(c, &cd, rs, &rd)?;
             d.addr(&db, &format!("{}/24", Self::director_back_addr(i)))?;
@@ -252,7 +256,17 @@ impl BenchTopo {
 /// A permanent neighbour entry.
 fn neigh(node: &Node, dev: &str, addr: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
     let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    node.ip(&["neigh", "replace", &addr.to_string(), "lladdr", &mac, "dev", dev, "nud", "permanent"])
+    node.ip(&[
+        "neigh",
+        "replace",
+        &addr.to_string(),
+        "lladdr",
+        &mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ])
 }
 
 /// Kernel threads whose name starts with `napi/<prefix>`: (pid, name).

@@ -109,10 +109,7 @@ impl Variant {
 
     pub fn parse(s: &str) -> Result<Variant> {
         Variant::ALL.into_iter().find(|v| v.name() == s).with_context(|| {
-            format!(
-                "unknown variant {s} ({})",
-                Variant::ALL.map(Variant::name).join(", ")
-            )
+            format!("unknown variant {s} ({})", Variant::ALL.map(Variant::name).join(", "))
         })
     }
 
@@ -139,8 +136,13 @@ enum Metric {
 }
 
 impl Metric {
-    const ALL: [Metric; 5] =
-        [Metric::UdpFrames, Metric::UdpSkbs, Metric::TcpKeepAlive, Metric::TcpNewConn, Metric::Iperf];
+    const ALL: [Metric; 5] = [
+        Metric::UdpFrames,
+        Metric::UdpSkbs,
+        Metric::TcpKeepAlive,
+        Metric::TcpNewConn,
+        Metric::Iperf,
+    ];
 
     fn title(self) -> &'static str {
         match self {
@@ -303,11 +305,7 @@ pub fn run(opts: Options) -> Result<()> {
     costs.append(&mut b.halb_costs);
     drop(b);
     print!("{}", report(&results, &variants, &failed, &pending, d.rounds, &costs));
-    println!(
-        "(total {:.0?}; logs and configs in {})",
-        t_start.elapsed(),
-        dir.display()
-    );
+    println!("(total {:.0?}; logs and configs in {})", t_start.elapsed(), dir.display());
     Ok(())
 }
 
@@ -405,7 +403,11 @@ impl Bench {
     }
 
     fn enter(&mut self, v: Variant) -> Result<()> {
-        self.topo.set_return(if v == Variant::HaLbDr { Return::Direct } else { Return::ViaDirector })?;
+        self.topo.set_return(if v == Variant::HaLbDr {
+            Return::Direct
+        } else {
+            Return::ViaDirector
+        })?;
         let director = self.topo.director.clone();
         match v {
             Variant::Direct | Variant::Routed => {}
@@ -602,10 +604,8 @@ impl Bench {
                 [(n.clone(), BenchTopo::rs_back(i)), (n, BenchTopo::rs_direct(i))]
             })
             .collect();
-        let socks: Vec<PacketSocket> = rs
-            .iter()
-            .map(|(n, dev)| n.run(|| PacketSocket::open(dev))?)
-            .collect::<Result<_>>()?;
+        let socks: Vec<PacketSocket> =
+            rs.iter().map(|(n, dev)| n.run(|| PacketSocket::open(dev))?).collect::<Result<_>>()?;
         let drain = |socks: &[PacketSocket], proto: u8, port: u16| -> Result<(usize, usize)> {
             let (mut good, mut all) = (0, 0);
             for s in socks {
@@ -619,8 +619,14 @@ impl Bench {
                         }
                     }
                     all += 1;
+                    // Segments the director originates itself (HAProxy's server side) carry
+                    // CHECKSUM_PARTIAL over veth (TX offload stays on, as on a real NIC):
+                    // their TCP checksum is filled in by no one and not checked by the
+                    // receiver. Their IPv4 header must still be right.
+                    let own = f[26] == 198 && f[27] == 19 && f[29] == 1;
                     match p {
                         Ok(_) => good += 1,
+                        Err(e) if own && e.to_string().contains("TCP checksum") => good += 1,
                         Err(e) => println!("  {}: invalid frame delivered: {e:#}", v.name()),
                     }
                 }
@@ -702,10 +708,14 @@ impl Bench {
             let mut sent = 0u64;
             const BATCH: usize = 32;
             let mut iov: Vec<libc::iovec> = (0..BATCH)
-                .map(|_| libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() })
+                .map(|_| libc::iovec {
+                    iov_base: payload.as_ptr() as *mut _,
+                    iov_len: payload.len(),
+                })
                 .collect();
             // SAFETY: zeroed mmsghdr is valid; each points at one iovec that outlives the call.
-            let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+            let mut msgs: Vec<libc::mmsghdr> =
+                (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
             for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
                 m.msg_hdr.msg_iov = v;
                 m.msg_hdr.msg_iovlen = 1;
@@ -715,7 +725,12 @@ impl Bench {
                     use std::os::fd::AsRawFd;
                     // SAFETY: msgs is a valid array of BATCH headers.
                     let n = unsafe {
-                        libc::sendmmsg(s.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, libc::MSG_DONTWAIT)
+                        libc::sendmmsg(
+                            s.as_raw_fd(),
+                            msgs.as_mut_ptr(),
+                            BATCH as u32,
+                            libc::MSG_DONTWAIT,
+                        )
                     };
                     if n > 0 {
                         sent += n as u64;
@@ -755,11 +770,13 @@ impl Bench {
                 let sink1 = sink_counters(&self.bpf)?;
                 p.cpu = sys::delta(&s0, &s1, self.topo.director_cpu);
                 let w = p.cpu.wall.as_secs_f64().max(1e-9);
-                let processed = if v == Variant::Direct { 0 } else { rx1.rx_packets - rx0.rx_packets };
+                let processed =
+                    if v == Variant::Direct { 0 } else { rx1.rx_packets - rx0.rx_packets };
                 p.offered = offered as f64 / w;
                 p.rate = processed as f64 / w;
                 p.delivered = (sink1.frames - sink0.frames) as f64 / w;
-                p.per_unit_ns = (processed > 0).then(|| p.cpu.director_ns as f64 / processed as f64);
+                p.per_unit_ns =
+                    (processed > 0).then(|| p.cpu.director_ns as f64 / processed as f64);
             }
             Metric::TcpKeepAlive | Metric::TcpNewConn => {
                 let url = format!("http://{}:{HTTP_PORT}/", self.tcp_target(v));
@@ -950,7 +967,8 @@ fn report(
         for v in rows {
             let pts = &results[&(m, v)];
             let (use_pts, flagged) = usable(pts);
-            let scale = if matches!(m, Metric::TcpKeepAlive | Metric::TcpNewConn) { 1e3 } else { 1.0 };
+            let scale =
+                if matches!(m, Metric::TcpKeepAlive | Metric::TcpNewConn) { 1e3 } else { 1.0 };
             let fmt3 = |x: Option<(f64, f64, f64)>, s: f64, prec: usize| match x {
                 Some((a, b, c)) => format!("{:.p$}/{:.p$}/{:.p$}", a / s, b / s, c / s, p = prec),
                 None => "-".into(),
@@ -960,8 +978,7 @@ fn report(
             let delivered = min_med_max(use_pts.iter().map(|p| p.delivered).collect());
             let busy = min_med_max(use_pts.iter().map(|p| p.cpu.director_busy).collect());
             let foreign = min_med_max(pts.iter().map(|p| p.cpu.foreign).collect());
-            let dforeign =
-                min_med_max(pts.iter().map(|p| p.cpu.foreign_on_director_cpu).collect());
+            let dforeign = min_med_max(pts.iter().map(|p| p.cpu.foreign_on_director_cpu).collect());
             let clean = pts.iter().filter(|p| !p.noisy).count();
             let ratio = |base: Option<f64>| match (c.map(|x| x.1), base) {
                 (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
@@ -974,7 +991,11 @@ fn report(
                 v.name(),
                 fmt3(c, scale, if scale > 1.0 { 1 } else { 0 }),
                 fmt3(rate, rate_scale, 2),
-                if udp { format!("{:>9.2} ", delivered.map(|x| x.1).unwrap_or(0.0) / 1e6) } else { String::new() },
+                if udp {
+                    format!("{:>9.2} ", delivered.map(|x| x.1).unwrap_or(0.0) / 1e6)
+                } else {
+                    String::new()
+                },
                 busy.map(|b| format!("{:.2}", b.1)).unwrap_or_default(),
                 match (foreign, dforeign) {
                     (Some(f), Some(g)) => format!("{:.2}/{:.2}", f.1, g.1),
@@ -1000,7 +1021,10 @@ fn report(
          is a capacity (director core ≥ 0.9 busy). foreign: cores used by work outside the \
          bench, all CPUs / the director's CPU (medians over all runs)."
     );
-    let _ = writeln!(r, "\nBPF_PROG_TEST_RUN, 60-byte UDP frame, 1M repeats ×5 (ns per run, min/median/max)");
+    let _ = writeln!(
+        r,
+        "\nBPF_PROG_TEST_RUN, 60-byte UDP frame, 1M repeats ×5 (ns per run, min/median/max)"
+    );
     for (name, v) in costs {
         match min_med_max(v.clone()) {
             Some((a, b, c)) => {
@@ -1023,4 +1047,3 @@ fn report(
     }
     r
 }
-

@@ -31,7 +31,9 @@ pub fn install_missing() -> Result<()> {
         return Ok(());
     }
     println!("bench dataplane: installing {}", missing.join(" "));
-    crate::run(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    crate::run(
+        Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
     crate::run(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
@@ -67,7 +69,7 @@ pub fn haproxy_conf() -> String {
         .map(|i| format!("  server rs{} {}:{HTTP_PORT}\n", i + 1, BenchTopo::rs_addr(i)))
         .collect();
     format!(
-        "global\n  nbthread 1\n  maxconn 50000\n\n\
+        "global\n  nbthread 1\n  maxconn 8000\n\n\
          defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\n\
          frontend http\n  bind {VIP}:{HTTP_PORT}\n  default_backend rs\n\n\
          backend rs\n  balance roundrobin\n{servers}\n\

@@ -37,7 +37,10 @@ pub fn cpu_busy_ns() -> Vec<u64> {
         .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
         .map(|l| {
             let f: Vec<u64> = l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-            let busy = [0usize, 1, 2, 5, 6, 7].iter().map(|&i| f.get(i).copied().unwrap_or(0)).sum::<u64>();
+            let busy = [0usize, 1, 2, 5, 6, 7]
+                .iter()
+                .map(|&i| f.get(i).copied().unwrap_or(0))
+                .sum::<u64>();
             busy * 1_000_000_000 / hz
         })
         .collect()
@@ -126,7 +129,11 @@ pub fn delta(a: &CpuSample, b: &CpuSample, director_cpu: usize) -> CpuDelta {
     };
     let w = wall.as_secs_f64().max(1e-9);
     let busy_all: u64 = b.busy.iter().zip(&a.busy).map(|(y, x)| y.saturating_sub(*x)).sum();
-    let busy_d = b.busy.get(director_cpu).unwrap_or(&0).saturating_sub(*a.busy.get(director_cpu).unwrap_or(&0));
+    let busy_d = b
+        .busy
+        .get(director_cpu)
+        .unwrap_or(&0)
+        .saturating_sub(*a.busy.get(director_cpu).unwrap_or(&0));
     let director_ns = b.director_ns.saturating_sub(a.director_ns);
     let ours = b.ours_ns.saturating_sub(a.ours_ns);
     CpuDelta {
@@ -171,7 +178,6 @@ pub fn loadavg() -> f64 {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IfCounters {
     pub rx_packets: u64,
-    pub rx_dropped: u64,
 }
 
 pub fn if_counters(node: &Node, dev: &str) -> Result<IfCounters> {
@@ -186,7 +192,7 @@ pub fn if_counters(node: &Node, dev: &str) -> Result<IfCounters> {
         if f.len() < 12 {
             break;
         }
-        return Ok(IfCounters { rx_packets: f[1], rx_dropped: f[3] });
+        return Ok(IfCounters { rx_packets: f[1] });
     }
     anyhow::bail!("no interface {dev} in {}", node.ns)
 }
