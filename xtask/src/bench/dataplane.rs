@@ -15,6 +15,21 @@
 //! - TCP keep-alive and new-connection-per-request HTTP (wrk against nginx real servers).
 //! - iperf3 throughput (one TCP stream).
 //!
+//! How each variant is set up on the director (everything else is identical):
+//! - ha-lb: an [`XdpDataplane`] on the bench's own copy of the eBPF object, `ha_lb_xdp`
+//!   attached to the director's three veths, services applied as the reconciler would
+//!   (round robin; NAT, or DR with the real servers answering over their direct link). Driven
+//!   directly rather than through `ha-lb run`, so only the data plane is measured (no VRRP,
+//!   health checks or daemon threads on the director core).
+//! - nftables: a prerouting DNAT chain with `numgen inc mod 2` (conntrack un-NATs replies).
+//! - HAProxy: `mode tcp`, one thread, `balance roundrobin`, pinned to the director CPU.
+//! - routed: the client addresses real server 1 directly; the director only forwards.
+//! - direct: the client talks to real server 1 over their own link; no director at all.
+//! - xdp-drop / xdp-redirect: empty programs on the director's front veth (UDP only).
+//! Real servers are nginx (one worker, `return 200`): event-driven, so new-connection load
+//! costs the server core little, unlike the lab's thread-per-connection `hlb-realserver`.
+//! UDP frames are dropped and counted by `hlb_bench_sink` on the real servers' veths.
+//!
 //! The primary figure is the director's CPU time per packet or request: schedstat of its
 //! NAPI kthreads and userspace (HAProxy), over the run. A rate is a capacity only when the
 //! director core was ≥ 0.9 busy. Foreign CPU (busy time on the machine not used by any task
