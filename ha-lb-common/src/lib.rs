@@ -5,6 +5,7 @@
 //! No logic lives here beyond tiny constructors.
 #![no_std]
 
+pub mod bench;
 pub mod lb;
 pub mod vrrp;
 

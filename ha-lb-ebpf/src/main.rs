@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod lb;
 mod parse;
 mod vrrp_filter;

@@ -7,6 +7,7 @@
 //! Lab addressing uses 198.18.0.0/15 (RFC 2544 benchmarking) and fd48:4c42::/32 (a ULA
 //! prefix), never addresses that exist outside the lab.
 
+pub mod benchtopo;
 pub mod daemon;
 pub mod frame;
 pub mod netns;

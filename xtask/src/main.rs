@@ -69,6 +69,21 @@ enum BenchCmd {
         #[arg(long, value_delimiter = ',', default_value = "keepalived,ha-lb")]
         peers: Vec<String>,
     },
+    /// Director CPU per packet and per request: ha-lb XDP (NAT, DR) vs nftables, HAProxy,
+    /// the routed path, no director, and empty XDP programs; small UDP (xdp_frames and
+    /// skbs), HTTP keep-alive / new connections (wrk), iperf3. Needs root and 2+ CPUs.
+    Dataplane {
+        /// 3 rounds and shorter runs instead of 5.
+        #[arg(long)]
+        quick: bool,
+        /// Rounds (default 5, or 3 with --quick).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Only these variants (ha-lb-nat, ha-lb-dr, direct, routed, nftables, haproxy,
+        /// xdp-drop, xdp-redirect).
+        #[arg(long, value_delimiter = ',')]
+        variants: Option<Vec<String>>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -99,6 +114,16 @@ fn main() -> Result<()> {
                 bench::failover::Setting { version: 3, advert_cs: 10 },
             ];
             bench::failover::run(runs, &peers, &settings)
+        }
+        Cmd::Bench { what: BenchCmd::Dataplane { quick, rounds, variants } } => {
+            use bench::dataplane::{Options, Variant};
+            let variants = match variants {
+                Some(v) => v.iter().map(|s| Variant::parse(s)).collect::<Result<Vec<_>>>()?,
+                None => Variant::ALL.to_vec(),
+            };
+            let object = build_ebpf(&root)?;
+            sweep()?;
+            bench::dataplane::run(Options { quick, rounds, variants, object })
         }
         Cmd::Demo => {
             toolchain::setup(&root, false)?;

@@ -3,6 +3,7 @@
 //! Only this module (and the data-plane implementations built on it) touch aya. The rest of
 //! the daemon talks to it through plain types.
 
+pub mod bench;
 pub mod lb;
 pub mod testrun;
 pub mod vrrp_filter;

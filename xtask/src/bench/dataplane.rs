@@ -1,0 +1,1064 @@
+//! `cargo xtask bench dataplane`: what one director core does with small UDP packets and
+//! with TCP requests, through ha-lb's XDP programs and through its peers, on one veth
+//! topology ([`ha_lb_lab::benchtopo`]) and in one run.
+//!
+//! Variants (`--variants`): `direct` (client to real server, no director), `routed` (the
+//! director's kernel forwarding, no load balancing), `nftables` (DNAT with `numgen`),
+//! `haproxy` (TCP mode, one thread), `xdp-drop` / `xdp-redirect` (empty XDP programs on the
+//! director: the floor and the ceiling of a forwarding program), `ha-lb-nat` / `ha-lb-dr`.
+//!
+//! Measurements per variant and round:
+//! - UDP frames: 60-byte UDP frames from the live-frames generator (`BPF_PROG_RUN` with
+//!   `BPF_F_TEST_XDP_LIVE_FRAMES`, XDP_TX on the client's veth), ~2 s per run, arriving at
+//!   the director as xdp_frames; many source ports (flows).
+//! - UDP skbs: the same traffic from UDP sockets in the client (sendmmsg), arriving as skbs.
+//! - TCP keep-alive and new-connection-per-request HTTP (wrk against nginx real servers).
+//! - iperf3 throughput (one TCP stream).
+//!
+//! How each variant is set up on the director (everything else is identical):
+//! - ha-lb: an [`XdpDataplane`] on the bench's own copy of the eBPF object, `ha_lb_xdp`
+//!   attached to the director's three veths, services applied as the reconciler would
+//!   (round robin; NAT, or DR with the real servers answering over their direct link). Driven
+//!   directly rather than through `ha-lb run`, so only the data plane is measured (no VRRP,
+//!   health checks or daemon threads on the director core).
+//! - nftables: a prerouting DNAT chain with `numgen inc mod 2` (conntrack un-NATs replies).
+//! - HAProxy: `mode tcp`, one thread, `balance roundrobin`, pinned to the director CPU.
+//! - routed: the client addresses real server 1 directly; the director only forwards.
+//! - direct: the client talks to real server 1 over their own link; no director at all.
+//! - xdp-drop / xdp-redirect: empty programs on the director's front veth (UDP only).
+//! Real servers are nginx (one worker, `return 200`): event-driven, so new-connection load
+//! costs the server core little, unlike the lab's thread-per-connection `hlb-realserver`.
+//! UDP frames are dropped and counted by `hlb_bench_sink` on the real servers' veths.
+//!
+//! The primary figure is the director's CPU time per packet or request: schedstat of its
+//! NAPI kthreads and userspace (HAProxy), over the run. A rate is a capacity only when the
+//! director core was ≥ 0.9 busy. Foreign CPU (busy time on the machine not used by any task
+//! of the bench) is recorded per run; noisy runs are marked and left out of the summary when
+//! enough clean ones exist.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::programs::xdp::XdpLinkId;
+use ha_lb::bpf::{
+    bench::{
+        gen_frames, run_live_frames, set_gen_config, set_redirect, sink_counters, BenchGenConfig,
+        PROG_BENCH_DROP, PROG_BENCH_GEN, PROG_BENCH_PASS, PROG_BENCH_REDIRECT, PROG_BENCH_SINK,
+    },
+    testrun::run_xdp,
+    Bpf, PROG_LB,
+};
+use ha_lb::dataplane::{
+    xdp::XdpDataplane, Dataplane, DesiredState, LbAlgo, LbKind, Protocol, RealServerSpec,
+    ServiceSpec, VirtualServerKey,
+};
+use ha_lb_lab::{
+    benchtopo::{pin_process, pin_task, BenchTopo, NapiThread, Return, CLIENT, REAL_SERVERS, VIP},
+    frame,
+    packet::PacketSocket,
+    topology::http_get,
+    Node,
+};
+
+use super::{
+    dataplane_peers::{
+        haproxy_conf, nft_ruleset, nginx_conf, parse_iperf3, parse_wrk, HTTP_PORT, IPERF_PORT,
+        UDP_PORT,
+    },
+    dataplane_sys::{self as sys, CpuDelta, Ours},
+};
+
+/// Frame length of the small-UDP measurements (without FCS): 14 + 20 + 8 + 18.
+const FRAME_LEN: usize = 60;
+/// Distinct source ports (flows) in the UDP measurements.
+const FLOWS: u16 = 1000;
+const FIRST_SPORT: u16 = 20000;
+/// A run with more foreign CPU than this (cores) is noisy.
+const NOISY_FOREIGN: f64 = 0.10;
+/// The machine counts as quiet below this many busy cores.
+const QUIET_CORES: f64 = 0.15;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Variant {
+    HaLbNat,
+    HaLbDr,
+    Direct,
+    Routed,
+    Nftables,
+    Haproxy,
+    XdpDrop,
+    XdpRedirect,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 8] = [
+        Variant::HaLbNat,
+        Variant::HaLbDr,
+        Variant::Direct,
+        Variant::Routed,
+        Variant::Nftables,
+        Variant::Haproxy,
+        Variant::XdpDrop,
+        Variant::XdpRedirect,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::HaLbNat => "ha-lb-nat",
+            Variant::HaLbDr => "ha-lb-dr",
+            Variant::Direct => "direct",
+            Variant::Routed => "routed",
+            Variant::Nftables => "nftables",
+            Variant::Haproxy => "haproxy",
+            Variant::XdpDrop => "xdp-drop",
+            Variant::XdpRedirect => "xdp-redirect",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Variant> {
+        Variant::ALL.into_iter().find(|v| v.name() == s).with_context(|| {
+            format!("unknown variant {s} ({})", Variant::ALL.map(Variant::name).join(", "))
+        })
+    }
+
+    fn udp(self) -> bool {
+        self != Variant::Haproxy
+    }
+
+    fn tcp(self) -> bool {
+        !matches!(self, Variant::XdpDrop | Variant::XdpRedirect)
+    }
+
+    fn is_ha_lb(self) -> bool {
+        matches!(self, Variant::HaLbNat | Variant::HaLbDr)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Metric {
+    UdpFrames,
+    UdpSkbs,
+    TcpKeepAlive,
+    TcpNewConn,
+    Iperf,
+}
+
+impl Metric {
+    const ALL: [Metric; 5] = [
+        Metric::UdpFrames,
+        Metric::UdpSkbs,
+        Metric::TcpKeepAlive,
+        Metric::TcpNewConn,
+        Metric::Iperf,
+    ];
+
+    fn title(self) -> &'static str {
+        match self {
+            Metric::UdpFrames => "UDP 60-byte frames as xdp_frames (live-frames generator)",
+            Metric::UdpSkbs => "UDP 60-byte frames as socket skbs (sendmmsg in the client)",
+            Metric::TcpKeepAlive => "HTTP keep-alive requests (wrk, nginx real servers)",
+            Metric::TcpNewConn => "HTTP new connection per request (wrk, Connection: close)",
+            Metric::Iperf => "iperf3 throughput (one TCP stream)",
+        }
+    }
+}
+
+/// One measured run.
+#[derive(Clone, Copy, Debug, Default)]
+struct Point {
+    /// Offered load (pps; UDP only).
+    offered: f64,
+    /// Processed by the director (pps), requests/s, or bit/s.
+    rate: f64,
+    /// Delivered to the sinks (pps; UDP only).
+    delivered: f64,
+    /// Director CPU per packet / request (ns); None without a director.
+    per_unit_ns: Option<f64>,
+    cpu: CpuDelta,
+    noisy: bool,
+    errors: u64,
+}
+
+pub struct Options {
+    pub quick: bool,
+    /// Overrides the number of rounds (5, or 3 with `quick`).
+    pub rounds: Option<usize>,
+    pub variants: Vec<Variant>,
+    /// The eBPF object (target/ebpf/ha-lb-ebpf.o).
+    pub object: PathBuf,
+}
+
+struct Durations {
+    rounds: usize,
+    udp: Duration,
+    tcp: Duration,
+    quiet_wait: Duration,
+}
+
+/// The running bench: topology, loaded programs, what is attached.
+struct Bench {
+    topo: BenchTopo,
+    bpf: Bpf,
+    ours: Ours,
+    dir: PathBuf,
+    kthreads: Vec<NapiThread>,
+    /// XDP attachments of the current variant / phase: (program, link).
+    links: Vec<(&'static str, XdpLinkId)>,
+    sinks: Vec<XdpLinkId>,
+    haproxy: Option<u32>,
+    /// Generator rate estimate (frames/s), to size each run.
+    gen_rate: f64,
+    /// The eBPF object's bytes (each ha-lb variant loads its own copy).
+    object: Vec<u8>,
+    /// ha-lb's data plane while an ha-lb variant runs.
+    halb: Option<XdpDataplane>,
+    /// BPF_PROG_TEST_RUN cost of ha_lb_xdp per variant (measured once, on entry).
+    halb_costs: Vec<(String, Vec<f64>)>,
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    if !crate::is_root() {
+        bail!("the data-plane bench builds namespace labs and attaches XDP: run it as root");
+    }
+    super::dataplane_peers::install_missing()?;
+    let d = if opts.quick {
+        Durations {
+            rounds: 3,
+            udp: Duration::from_secs(2),
+            tcp: Duration::from_secs(3),
+            quiet_wait: Duration::from_secs(5),
+        }
+    } else {
+        Durations {
+            rounds: 5,
+            udp: Duration::from_secs(2),
+            tcp: Duration::from_secs(5),
+            quiet_wait: Duration::from_secs(20),
+        }
+    };
+    let mut d = d;
+    if let Some(r) = opts.rounds {
+        d.rounds = r.max(1);
+    }
+    let bytes = std::fs::read(&opts.object)
+        .with_context(|| format!("reading the eBPF object {}", opts.object.display()))?;
+    let bpf = Bpf::load_bytes(&bytes, tracing::Level::WARN).context("loading the eBPF object")?;
+    let dir = std::env::temp_dir().join(format!("hlb-bench-dataplane-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+
+    let topo = BenchTopo::build()?;
+    // This process (and every thread it starts) belongs to the client side.
+    pin_process(std::process::id(), topo.other_cpu)?;
+    let mut nodes = vec![&topo.client, &topo.director];
+    nodes.extend(topo.real_servers.iter());
+    let ours = Ours::new(&nodes)?;
+    let mut b = Bench {
+        topo,
+        bpf,
+        ours,
+        dir: dir.clone(),
+        kthreads: Vec::new(),
+        links: Vec::new(),
+        sinks: Vec::new(),
+        haproxy: None,
+        gen_rate: 2e6,
+        object: bytes,
+        halb: None,
+        halb_costs: Vec::new(),
+    };
+    b.start_servers()?;
+    b.park_generator()?;
+    b.repin()?;
+    println!(
+        "bench dataplane: director on CPU {}, client/servers/sinks on CPU {}; {} NAPI kthreads \
+         pinned; {} rounds; scratch {}",
+        b.topo.director_cpu,
+        b.topo.other_cpu,
+        b.kthreads.len(),
+        d.rounds,
+        dir.display()
+    );
+
+    let mut variants = opts.variants.clone();
+    let mut pending = Vec::new();
+    variants.retain(|v| {
+        if v.is_ha_lb() && !ha_lb_available() {
+            pending.push(*v);
+            false
+        } else {
+            true
+        }
+    });
+
+    let mut results: BTreeMap<(Metric, Variant), Vec<Point>> = BTreeMap::new();
+    let mut failed: BTreeMap<Variant, String> = BTreeMap::new();
+    let t_start = Instant::now();
+    for round in 0..d.rounds {
+        println!("  round {}: load average {:.2}", round + 1, sys::loadavg());
+        for &v in &variants {
+            if failed.contains_key(&v) {
+                continue;
+            }
+            let r = b.variant_round(v, round, &d, &mut results);
+            if let Err(e) = b.leave(v) {
+                println!("  {}: teardown: {e:#}", v.name());
+            }
+            if let Err(e) = r {
+                println!("  {} round {}: FAILED: {e:#}", v.name(), round + 1);
+                failed.insert(v, format!("{e:#}"));
+            }
+        }
+    }
+    let mut costs = b.prog_costs();
+    costs.append(&mut b.halb_costs);
+    drop(b);
+    print!("{}", report(&results, &variants, &failed, &pending, d.rounds, &costs));
+    println!("(total {:.0?}; logs and configs in {})", t_start.elapsed(), dir.display());
+    Ok(())
+}
+
+/// Whether the ha-lb forwarding program is in this tree (branch `xdp` merged).
+fn ha_lb_available() -> bool {
+    true
+}
+
+/// The services ha-lb serves in the bench: what nftables and HAProxy are given too (round
+/// robin over both real servers; iperf3 to rs1 only).
+fn desired(kind: LbKind) -> DesiredState {
+    let mut d = DesiredState::default();
+    let rs = |port: u16, n: usize| -> Vec<RealServerSpec> {
+        (0..n)
+            .map(|i| RealServerSpec { addr: BenchTopo::rs_addr(i).into(), port, weight: 1 })
+            .collect()
+    };
+    for (port, protocol, n) in [
+        (HTTP_PORT, Protocol::Tcp, REAL_SERVERS),
+        (UDP_PORT, Protocol::Udp, REAL_SERVERS),
+        (IPERF_PORT, Protocol::Tcp, 1),
+    ] {
+        let mut spec = ServiceSpec::new(LbAlgo::Rr, kind);
+        spec.real_servers = rs(port, n);
+        d.services.insert(VirtualServerKey { address: VIP.into(), port, protocol }, spec);
+    }
+    d
+}
+
+impl Bench {
+    fn start_servers(&mut self) -> Result<()> {
+        for i in 0..REAL_SERVERS {
+            let node = self.topo.real_servers[i].clone();
+            let name = format!("rs{}", i + 1);
+            let conf = self.dir.join(format!("{name}.nginx.conf"));
+            std::fs::write(&conf, nginx_conf(&self.dir, &name))?;
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", &self.topo.other_cpu.to_string(), "nginx", "-e"])
+                .arg(self.dir.join(format!("{name}.nginx.err")))
+                .arg("-c")
+                .arg(&conf);
+            self.topo.lab.spawn_logged(&node, &mut cmd, &self.dir.join(format!("{name}.log")))?;
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", &self.topo.other_cpu.to_string(), "iperf3", "-s", "-p"])
+                .arg(IPERF_PORT.to_string());
+            self.topo.lab.spawn_logged(
+                &node,
+                &mut cmd,
+                &self.dir.join(format!("{name}.iperf3.log")),
+            )?;
+        }
+        // Many short connections from one client: widen its port range.
+        self.topo.client.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
+        self.topo.client.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        for i in 0..REAL_SERVERS {
+            let addr = SocketAddr::new(BenchTopo::rs_direct_addr(i).into(), HTTP_PORT);
+            ha_lb_lab::wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
+                http_get(&self.topo.client, addr, Duration::from_millis(500)).ok()
+            })
+            .with_context(|| format!("nginx on rs{} did not answer", i + 1))?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the generator attached to an idle veth, so each BPF_PROG_RUN call finds it in
+    /// the XDP dispatcher instead of swapping it in and out (tens of ms each).
+    fn park_generator(&mut self) -> Result<()> {
+        let bpf = &mut self.bpf;
+        self.topo.client.run(|| bpf.attach_xdp(PROG_BENCH_GEN, "hbpk1"))??;
+        Ok(())
+    }
+
+    fn repin(&mut self) -> Result<()> {
+        self.kthreads = self.topo.pin()?;
+        if let Some(pid) = self.haproxy {
+            pin_process(pid, self.topo.director_cpu)?;
+        }
+        Ok(())
+    }
+
+    fn director_tids(&self) -> Vec<u32> {
+        self.kthreads.iter().filter(|t| t.director).map(|t| t.pid).collect()
+    }
+
+    fn sample(&self) -> sys::CpuSample {
+        let all: Vec<u32> = self.kthreads.iter().map(|t| t.pid).collect();
+        let pids: Vec<u32> = self.haproxy.into_iter().collect();
+        sys::sample(&self.ours, &self.director_tids(), &pids, &all)
+    }
+
+    fn attach(&mut self, node: Node, prog: &'static str, dev: &str) -> Result<XdpLinkId> {
+        let bpf = &mut self.bpf;
+        let (link, _mode) = node.run(|| bpf.attach_xdp(prog, dev))??;
+        Ok(link)
+    }
+
+    fn enter(&mut self, v: Variant) -> Result<()> {
+        self.topo.set_return(if v == Variant::HaLbDr {
+            Return::Direct
+        } else {
+            Return::ViaDirector
+        })?;
+        let director = self.topo.director.clone();
+        match v {
+            Variant::Direct | Variant::Routed => {}
+            Variant::Nftables => {
+                let path = self.dir.join("nftables.conf");
+                std::fs::write(&path, nft_ruleset())?;
+                director.exec("nft", &["-f", &path.display().to_string()])?;
+            }
+            Variant::Haproxy => {
+                let path = self.dir.join("haproxy.cfg");
+                std::fs::write(&path, haproxy_conf())?;
+                let mut cmd = Command::new("taskset");
+                cmd.args(["-c", &self.topo.director_cpu.to_string(), "haproxy", "-db", "-f"])
+                    .arg(&path);
+                let pid = self.topo.lab.spawn_logged(
+                    &director,
+                    &mut cmd,
+                    &self.dir.join("haproxy.log"),
+                )?;
+                self.haproxy = Some(pid);
+                let addr = SocketAddr::new(VIP.into(), HTTP_PORT);
+                ha_lb_lab::wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
+                    http_get(&self.topo.client, addr, Duration::from_millis(500)).ok()
+                })
+                .context("HAProxy did not answer")?;
+            }
+            Variant::XdpDrop => {
+                let l = self.attach(director, PROG_BENCH_DROP, "hbd0")?;
+                self.links.push((PROG_BENCH_DROP, l));
+            }
+            Variant::XdpRedirect => {
+                let ifindex = director.ifindex(&BenchTopo::director_back(0))?;
+                set_redirect(&mut self.bpf, ifindex)?;
+                let l = self.attach(director, PROG_BENCH_REDIRECT, "hbd0")?;
+                self.links.push((PROG_BENCH_REDIRECT, l));
+            }
+            Variant::HaLbNat | Variant::HaLbDr => {
+                let kind = if v == Variant::HaLbNat { LbKind::Nat } else { LbKind::Dr };
+                let bpf = Bpf::load_bytes(&self.object, tracing::Level::WARN)?;
+                let mut dp = XdpDataplane::new(bpf)?;
+                let devs: Vec<String> = std::iter::once("hbd0".to_string())
+                    .chain((0..REAL_SERVERS).map(BenchTopo::director_back))
+                    .collect();
+                director.run(|| -> Result<()> {
+                    for dev in &devs {
+                        dp.attach_interface(dev)?;
+                    }
+                    Ok(())
+                })??;
+                dp.apply(&desired(kind))?;
+                self.halb = Some(dp);
+                if !self.halb_costs.iter().any(|(n, _)| n.contains(v.name())) {
+                    let c = self.halb_cost()?;
+                    self.halb_costs.push((format!("{PROG_LB} ({})", v.name()), c));
+                }
+            }
+        }
+        self.repin()
+    }
+
+    /// BPF_PROG_TEST_RUN of ha_lb_xdp on a UDP frame to the VIP's UDP service, as received
+    /// on the director's front interface (1M repeats × 5; the first run creates the flow).
+    fn halb_cost(&mut self) -> Result<Vec<f64>> {
+        let director = self.topo.director.clone();
+        let eth = frame::Eth { src: self.topo.client.mac("hbc0")?, dst: director.mac("hbd0")? };
+        let f = frame::udp(
+            eth,
+            SocketAddr::new(CLIENT.into(), FIRST_SPORT),
+            SocketAddr::new(VIP.into(), UDP_PORT),
+            &[0u8; FRAME_LEN - 42],
+        );
+        let ifindex = director.ifindex("hbd0")?;
+        let dp = self.halb.as_mut().context("no ha-lb data plane")?;
+        let prog: &aya::programs::Xdp = dp.bpf_mut().xdp(PROG_LB)?;
+        let mut out = Vec::new();
+        for _ in 0..5 {
+            let r = director.run(|| run_xdp(prog, &f, ifindex, 1_000_000))??;
+            out.push(r.duration.as_nanos() as f64);
+        }
+        Ok(out)
+    }
+
+    fn leave(&mut self, v: Variant) -> Result<()> {
+        self.detach_sinks()?;
+        for (prog, link) in std::mem::take(&mut self.links) {
+            let bpf = &mut self.bpf;
+            self.topo.director.run(|| bpf.detach_xdp(prog, link))??;
+        }
+        if let Some(mut dp) = self.halb.take() {
+            let director = self.topo.director.clone();
+            let devs: Vec<(String, _)> = dp.interfaces();
+            director.run(|| -> Result<()> {
+                for (dev, _) in &devs {
+                    dp.detach_interface(dev)?;
+                }
+                Ok(())
+            })??;
+        }
+        if let Some(pid) = self.haproxy.take() {
+            self.topo.lab.kill(pid);
+        }
+        if v == Variant::Nftables {
+            let _ = self.topo.director.exec("nft", &["delete", "table", "ip", "hlb_bench"]);
+        }
+        self.repin()
+    }
+
+    fn attach_sinks(&mut self) -> Result<()> {
+        for i in 0..REAL_SERVERS {
+            let rs = self.topo.real_servers[i].clone();
+            let l = self.attach(rs.clone(), PROG_BENCH_SINK, &BenchTopo::rs_back(i))?;
+            self.sinks.push(l);
+            let l = self.attach(rs, PROG_BENCH_SINK, &BenchTopo::rs_direct(i))?;
+            self.sinks.push(l);
+        }
+        self.repin()
+    }
+
+    fn detach_sinks(&mut self) -> Result<()> {
+        if self.sinks.is_empty() {
+            return Ok(());
+        }
+        for l in std::mem::take(&mut self.sinks) {
+            // bpf_link detach: closing the link, valid from any namespace.
+            self.bpf.detach_xdp(PROG_BENCH_SINK, l)?;
+        }
+        self.repin()
+    }
+
+    /// Where the UDP traffic of `v` goes: (client interface, peer MAC, source, destination).
+    fn udp_path(&self, v: Variant) -> Result<(String, [u8; 6], Ipv4Addr, Ipv4Addr)> {
+        let t = &self.topo;
+        Ok(match v {
+            Variant::Direct => (
+                BenchTopo::client_direct(0),
+                t.real_servers[0].mac(&BenchTopo::rs_direct(0))?,
+                BenchTopo::client_direct_addr(0),
+                BenchTopo::rs_direct_addr(0),
+            ),
+            Variant::Routed => {
+                ("hbc0".into(), t.director.mac("hbd0")?, CLIENT, BenchTopo::rs_addr(0))
+            }
+            _ => ("hbc0".into(), t.director.mac("hbd0")?, CLIENT, VIP),
+        })
+    }
+
+    fn tcp_target(&self, v: Variant) -> Ipv4Addr {
+        match v {
+            Variant::Direct => BenchTopo::rs_direct_addr(0),
+            Variant::Routed => BenchTopo::rs_addr(0),
+            _ => VIP,
+        }
+    }
+
+    fn variant_round(
+        &mut self,
+        v: Variant,
+        round: usize,
+        d: &Durations,
+        results: &mut BTreeMap<(Metric, Variant), Vec<Point>>,
+    ) -> Result<()> {
+        self.enter(v)?;
+        if round == 0 {
+            self.precheck(v).context("correctness pre-check")?;
+        }
+        let mut line = format!("  round {} {:<13}", round + 1, v.name());
+        if v.udp() {
+            self.attach_sinks()?;
+            for m in [Metric::UdpFrames, Metric::UdpSkbs] {
+                let p = self.measure(v, m, d)?;
+                let _ = write!(line, " {}", short(m, &p));
+                results.entry((m, v)).or_default().push(p);
+            }
+            self.detach_sinks()?;
+        }
+        if v.tcp() {
+            for m in [Metric::TcpKeepAlive, Metric::TcpNewConn, Metric::Iperf] {
+                let p = self.measure(v, m, d)?;
+                let _ = write!(line, " {}", short(m, &p));
+                results.entry((m, v)).or_default().push(p);
+            }
+        }
+        println!("{line}");
+        Ok(())
+    }
+
+    /// Checks that what `v` delivers is well-formed: generator frames captured at the real
+    /// servers, and TCP segments of one HTTP request, verified with `frame::check`.
+    fn precheck(&mut self, v: Variant) -> Result<()> {
+        let (dev, mac, src, dst) = self.udp_path(v)?;
+        let rs: Vec<(Node, String)> = (0..REAL_SERVERS)
+            .flat_map(|i| {
+                let n = self.topo.real_servers[i].clone();
+                [(n.clone(), BenchTopo::rs_back(i)), (n, BenchTopo::rs_direct(i))]
+            })
+            .collect();
+        let socks: Vec<PacketSocket> =
+            rs.iter().map(|(n, dev)| n.run(|| PacketSocket::open(dev))?).collect::<Result<_>>()?;
+        let drain = |socks: &[PacketSocket], proto: u8, port: u16| -> Result<(usize, usize)> {
+            let (mut good, mut all) = (0, 0);
+            for s in socks {
+                for f in s.drain(Duration::from_millis(200), |f| {
+                    f.len() >= 38 && f[12..14] == [8, 0] && f[23] == proto
+                })? {
+                    let p = frame::check(&f);
+                    if let Ok(p) = &p {
+                        if p.dport != port && p.sport != port {
+                            continue;
+                        }
+                    }
+                    all += 1;
+                    // Segments the director originates itself (HAProxy's server side) carry
+                    // CHECKSUM_PARTIAL over veth (TX offload stays on, as on a real NIC):
+                    // their TCP checksum is filled in by no one and not checked by the
+                    // receiver. Their IPv4 header must still be right.
+                    let own = f[26] == 198 && f[27] == 19 && f[29] == 1;
+                    match p {
+                        Ok(_) => good += 1,
+                        Err(e) if own && e.to_string().contains("TCP checksum") => good += 1,
+                        Err(e) => println!("  {}: invalid frame delivered: {e:#}", v.name()),
+                    }
+                }
+            }
+            Ok((good, all))
+        };
+        if v.udp() && v != Variant::XdpDrop {
+            self.generate(&dev, mac, src, dst, 32)?;
+            let (good, all) = drain(&socks, 17, UDP_PORT)?;
+            if all == 0 || good != all {
+                bail!("UDP: {good} valid of {all} frames delivered to the real servers");
+            }
+        }
+        if v.tcp() {
+            let addr = SocketAddr::new(self.tcp_target(v).into(), HTTP_PORT);
+            let body = http_get(&self.topo.client, addr, Duration::from_secs(2))?;
+            if !body.starts_with("rs") {
+                bail!("HTTP through {}: unexpected body {body:?}", v.name());
+            }
+            let (good, all) = drain(&socks, 6, HTTP_PORT)?;
+            if all == 0 || good != all {
+                bail!("TCP: {good} valid of {all} segments seen at the real servers");
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the generator for `frames` frames out of the client's `dev`.
+    fn generate(
+        &mut self,
+        dev: &str,
+        dst_mac: [u8; 6],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        frames: u32,
+    ) -> Result<ha_lb::bpf::bench::LiveRun> {
+        let client = self.topo.client.clone();
+        let cfg = BenchGenConfig {
+            dst_mac,
+            src_mac: client.mac(dev)?,
+            saddr: u32::from_ne_bytes(src.octets()),
+            daddr: u32::from_ne_bytes(dst.octets()),
+            sport_base: FIRST_SPORT,
+            sport_count: FLOWS,
+            dport: UDP_PORT,
+            ttl: 64,
+            _pad: 0,
+        };
+        set_gen_config(&mut self.bpf, &cfg)?;
+        let ifindex = client.ifindex(dev)?;
+        let template = vec![0u8; FRAME_LEN];
+        let prog = self.bpf.xdp(PROG_BENCH_GEN)?;
+        let cpu = self.topo.other_cpu;
+        let run = client.run(|| {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+            pin_task(tid, cpu)?;
+            Ok::<_, anyhow::Error>(run_live_frames(prog, &template, ifindex, frames, 64)?)
+        })??;
+        Ok(run)
+    }
+
+    /// UDP from sockets in the client: sendmmsg batches over `FLOWS.min(64)` connected
+    /// sockets (distinct source ports) for `dur`. Returns datagrams sent.
+    fn send_skbs(&self, src: Ipv4Addr, dst: Ipv4Addr, dur: Duration) -> Result<u64> {
+        let cpu = self.topo.other_cpu;
+        self.topo.client.run(move || -> Result<u64> {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+            pin_task(tid, cpu)?;
+            let mut socks = Vec::new();
+            for i in 0..64u16 {
+                let s = std::net::UdpSocket::bind(SocketAddrV4::new(src, FIRST_SPORT + i))?;
+                s.connect(SocketAddrV4::new(dst, UDP_PORT))?;
+                socks.push(s);
+            }
+            let payload = [0u8; FRAME_LEN - 42];
+            let end = Instant::now() + dur;
+            let mut sent = 0u64;
+            const BATCH: usize = 32;
+            let mut iov: Vec<libc::iovec> = (0..BATCH)
+                .map(|_| libc::iovec {
+                    iov_base: payload.as_ptr() as *mut _,
+                    iov_len: payload.len(),
+                })
+                .collect();
+            // SAFETY: zeroed mmsghdr is valid; each points at one iovec that outlives the call.
+            let mut msgs: Vec<libc::mmsghdr> =
+                (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+            for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+                m.msg_hdr.msg_iov = v;
+                m.msg_hdr.msg_iovlen = 1;
+            }
+            'outer: loop {
+                for s in &socks {
+                    use std::os::fd::AsRawFd;
+                    // SAFETY: msgs is a valid array of BATCH headers.
+                    let n = unsafe {
+                        libc::sendmmsg(
+                            s.as_raw_fd(),
+                            msgs.as_mut_ptr(),
+                            BATCH as u32,
+                            libc::MSG_DONTWAIT,
+                        )
+                    };
+                    if n > 0 {
+                        sent += n as u64;
+                    }
+                    if Instant::now() >= end {
+                        break 'outer;
+                    }
+                }
+            }
+            Ok(sent)
+        })?
+    }
+
+    fn measure(&mut self, v: Variant, m: Metric, d: &Durations) -> Result<Point> {
+        let (_busy, quiet) = sys::wait_quiet(d.quiet_wait, QUIET_CORES);
+        let mut p = Point::default();
+        match m {
+            Metric::UdpFrames | Metric::UdpSkbs => {
+                let (dev, mac, src, dst) = self.udp_path(v)?;
+                let director = self.topo.director.clone();
+                let rx0 = sys::if_counters(&director, "hbd0")?;
+                let sink0 = sink_counters(&self.bpf)?;
+                let gen0 = gen_frames(&self.bpf)?;
+                let s0 = self.sample();
+                let offered = if m == Metric::UdpFrames {
+                    let want = (self.gen_rate * d.udp.as_secs_f64()).clamp(1e5, 4e9) as u32;
+                    let r = self.generate(&dev, mac, src, dst, want)?;
+                    self.gen_rate = r.frames as f64 / r.wall.as_secs_f64().max(1e-3);
+                    gen_frames(&self.bpf)? - gen0
+                } else {
+                    self.send_skbs(src, dst, d.udp)?
+                };
+                // Let the rings drain into the counters.
+                std::thread::sleep(Duration::from_millis(50));
+                let s1 = self.sample();
+                let rx1 = sys::if_counters(&director, "hbd0")?;
+                let sink1 = sink_counters(&self.bpf)?;
+                p.cpu = sys::delta(&s0, &s1, self.topo.director_cpu);
+                let w = p.cpu.wall.as_secs_f64().max(1e-9);
+                let processed =
+                    if v == Variant::Direct { 0 } else { rx1.rx_packets - rx0.rx_packets };
+                p.offered = offered as f64 / w;
+                p.rate = processed as f64 / w;
+                p.delivered = (sink1.frames - sink0.frames) as f64 / w;
+                p.per_unit_ns =
+                    (processed > 0).then(|| p.cpu.director_ns as f64 / processed as f64);
+            }
+            Metric::TcpKeepAlive | Metric::TcpNewConn => {
+                let url = format!("http://{}:{HTTP_PORT}/", self.tcp_target(v));
+                let secs = d.tcp.as_secs() + 2;
+                let mut cmd = self.topo.client.command("taskset");
+                cmd.args(["-c", &self.topo.other_cpu.to_string(), "wrk", "-t1", "-c32"])
+                    .arg(format!("-d{secs}s"));
+                if m == Metric::TcpNewConn {
+                    cmd.args(["-H", "Connection: close"]);
+                }
+                cmd.arg(&url);
+                let (out, cpu) = self.windowed(cmd, d.tcp)?;
+                let w = parse_wrk(&out)?;
+                p.rate = w.requests_per_s;
+                p.errors = w.errors;
+                p.cpu = cpu;
+                p.per_unit_ns = (v != Variant::Direct && p.rate > 0.0)
+                    .then(|| cpu.director_busy * 1e9 / p.rate);
+            }
+            Metric::Iperf => {
+                let secs = d.tcp.as_secs() + 2;
+                let mut cmd = self.topo.client.command("taskset");
+                cmd.args(["-c", &self.topo.other_cpu.to_string(), "iperf3", "-J", "-c"])
+                    .arg(self.tcp_target(v).to_string())
+                    .args(["-p", &IPERF_PORT.to_string(), "-t", &secs.to_string()]);
+                let (out, cpu) = self.windowed(cmd, d.tcp)?;
+                p.rate = parse_iperf3(&out)?;
+                p.cpu = cpu;
+                // Director ns per 1500-byte packet's worth of payload.
+                p.per_unit_ns = (v != Variant::Direct && p.rate > 0.0)
+                    .then(|| cpu.director_busy * 1e9 / (p.rate / 8.0 / 1500.0));
+            }
+        }
+        p.noisy = !quiet || p.cpu.foreign > NOISY_FOREIGN;
+        Ok(p)
+    }
+
+    /// Runs `cmd` (lasting `window` + 2 s) and samples CPU over the middle `window`.
+    fn windowed(&self, mut cmd: Command, window: Duration) -> Result<(String, CpuDelta)> {
+        let out_path = self.dir.join("tool.out");
+        let f = std::fs::File::create(&out_path)?;
+        cmd.stdout(f).stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().with_context(|| crate::display_cmd(&cmd))?;
+        std::thread::sleep(Duration::from_secs(1));
+        let s0 = self.sample();
+        std::thread::sleep(window);
+        let s1 = self.sample();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{} did not finish", crate::display_cmd(&cmd));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = std::fs::read_to_string(&out_path)?;
+        if !status.success() {
+            bail!("{} failed ({status}):\n{out}", crate::display_cmd(&cmd));
+        }
+        Ok((out, sys::delta(&s0, &s1, self.topo.director_cpu)))
+    }
+
+    /// Per-run cost of the programs from BPF_PROG_TEST_RUN (kernel-measured, no I/O): a
+    /// UDP frame to the VIP, 1M repeats, 5 times each. (name, [ns per run]).
+    fn prog_costs(&mut self) -> Vec<(String, Vec<f64>)> {
+        let f = frame::udp(
+            frame::Eth::default(),
+            SocketAddr::new(CLIENT.into(), FIRST_SPORT),
+            SocketAddr::new(VIP.into(), UDP_PORT),
+            &[0u8; FRAME_LEN - 42],
+        );
+        let mut out = Vec::new();
+        let progs = [PROG_BENCH_DROP, PROG_BENCH_PASS, PROG_BENCH_REDIRECT, PROG_BENCH_SINK];
+        for name in progs {
+            let mut v = Vec::new();
+            for _ in 0..5 {
+                let Ok(prog) = self.bpf.xdp(name) else { break };
+                let prog: &aya::programs::Xdp = prog;
+                match self.topo.director.run(|| run_xdp(prog, &f, 1, 1_000_000)) {
+                    Ok(Ok(r)) => v.push(r.duration.as_nanos() as f64),
+                    Ok(Err(e)) => {
+                        println!("  test run of {name}: {e}");
+                        break;
+                    }
+                    Err(e) => {
+                        println!("  test run of {name}: {e:#}");
+                        break;
+                    }
+                }
+            }
+            out.push((name.to_string(), v));
+        }
+        out
+    }
+}
+
+fn short(m: Metric, p: &Point) -> String {
+    let n = if p.noisy { "*" } else { "" };
+    match m {
+        Metric::UdpFrames | Metric::UdpSkbs => format!(
+            "{}:{:.2}Mpps/{}{}",
+            if m == Metric::UdpFrames { "frm" } else { "skb" },
+            p.rate.max(p.delivered) / 1e6,
+            p.per_unit_ns.map(|x| format!("{x:.0}ns")).unwrap_or_else(|| "-".into()),
+            n
+        ),
+        Metric::TcpKeepAlive | Metric::TcpNewConn => format!(
+            "{}:{:.1}k/{}{}",
+            if m == Metric::TcpKeepAlive { "ka" } else { "cc" },
+            p.rate / 1e3,
+            p.per_unit_ns.map(|x| format!("{:.1}us", x / 1e3)).unwrap_or_else(|| "-".into()),
+            n
+        ),
+        Metric::Iperf => format!("ip:{:.2}G{}", p.rate / 1e9, n),
+    }
+}
+
+fn min_med_max(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some((v[0], v[v.len() / 2], v[v.len() - 1]))
+}
+
+/// The runs a summary uses: clean ones when there are at least 3, else all (flagged).
+fn usable(points: &[Point]) -> (Vec<Point>, bool) {
+    let clean: Vec<Point> = points.iter().copied().filter(|p| !p.noisy).collect();
+    if clean.len() >= 3 || clean.len() == points.len() {
+        (clean, false)
+    } else {
+        (points.to_vec(), true)
+    }
+}
+
+fn report(
+    results: &BTreeMap<(Metric, Variant), Vec<Point>>,
+    variants: &[Variant],
+    failed: &BTreeMap<Variant, String>,
+    pending: &[Variant],
+    rounds: usize,
+    costs: &[(String, Vec<f64>)],
+) -> String {
+    let mut r = String::new();
+    let _ = writeln!(
+        r,
+        "\nbench dataplane — {rounds} rounds, variants interleaved; min/median/max over clean runs \
+         (a run is noisy, *, when the machine was not quiet before it or foreign CPU > {NOISY_FOREIGN} cores)"
+    );
+    for m in Metric::ALL {
+        let rows: Vec<Variant> =
+            variants.iter().copied().filter(|v| results.contains_key(&(m, *v))).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(r, "\n{}", m.title());
+        let (unit, rate_unit, rate_scale) = match m {
+            Metric::UdpFrames | Metric::UdpSkbs => ("ns/pkt", "Mpps", 1e6),
+            Metric::TcpKeepAlive | Metric::TcpNewConn => ("us/req", "kreq/s", 1e3),
+            Metric::Iperf => ("ns/1500B", "Gbit/s", 1e9),
+        };
+        let udp = matches!(m, Metric::UdpFrames | Metric::UdpSkbs);
+        let _ = writeln!(
+            r,
+            "  {:<13} {:>22} {:>22} {}{:>6} {:>9} {:>7} {:>6}  {:>8} {:>8} {:>8}",
+            "variant",
+            format!("director {unit}"),
+            format!("{} {rate_unit}", if udp { "processed" } else { "rate" }),
+            if udp { format!("{:>9} ", "delivered") } else { String::new() },
+            "busy",
+            "foreign",
+            "clean",
+            "",
+            "/routed",
+            "/nft",
+            "/ha-lb"
+        );
+        let med = |v: Variant, f: &dyn Fn(&Point) -> Option<f64>| -> Option<f64> {
+            let pts = results.get(&(m, v))?;
+            min_med_max(usable(pts).0.iter().filter_map(f).collect()).map(|x| x.1)
+        };
+        let cost = |p: &Point| p.per_unit_ns;
+        let ha_lb = [Variant::HaLbNat, Variant::HaLbDr].into_iter().find_map(|v| med(v, &cost));
+        for v in rows {
+            let pts = &results[&(m, v)];
+            let (use_pts, flagged) = usable(pts);
+            let scale =
+                if matches!(m, Metric::TcpKeepAlive | Metric::TcpNewConn) { 1e3 } else { 1.0 };
+            let fmt3 = |x: Option<(f64, f64, f64)>, s: f64, prec: usize| match x {
+                Some((a, b, c)) => format!("{:.p$}/{:.p$}/{:.p$}", a / s, b / s, c / s, p = prec),
+                None => "-".into(),
+            };
+            let c = min_med_max(use_pts.iter().filter_map(cost).collect());
+            let rate = min_med_max(use_pts.iter().map(|p| p.rate).collect());
+            let delivered = min_med_max(use_pts.iter().map(|p| p.delivered).collect());
+            let busy = min_med_max(use_pts.iter().map(|p| p.cpu.director_busy).collect());
+            let foreign = min_med_max(pts.iter().map(|p| p.cpu.foreign).collect());
+            let dforeign = min_med_max(pts.iter().map(|p| p.cpu.foreign_on_director_cpu).collect());
+            let clean = pts.iter().filter(|p| !p.noisy).count();
+            let ratio = |base: Option<f64>| match (c.map(|x| x.1), base) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                _ => "-".into(),
+            };
+            let capacity = busy.map(|b| b.1 >= 0.9).unwrap_or(false);
+            let _ = writeln!(
+                r,
+                "  {:<13} {:>22} {:>22} {}{:>6} {:>9} {:>4}/{:<2} {:>6}  {:>8} {:>8} {:>8}",
+                v.name(),
+                fmt3(c, scale, if scale > 1.0 { 1 } else { 0 }),
+                fmt3(rate, rate_scale, 2),
+                if udp {
+                    format!("{:>9.2} ", delivered.map(|x| x.1).unwrap_or(0.0) / 1e6)
+                } else {
+                    String::new()
+                },
+                busy.map(|b| format!("{:.2}", b.1)).unwrap_or_default(),
+                match (foreign, dforeign) {
+                    (Some(f), Some(g)) => format!("{:.2}/{:.2}", f.1, g.1),
+                    _ => String::new(),
+                },
+                clean,
+                pts.len(),
+                match (flagged, capacity) {
+                    (true, _) => "NOISY",
+                    (false, true) => "cap",
+                    _ => "",
+                },
+                ratio(med(Variant::Routed, &cost)),
+                ratio(med(Variant::Nftables, &cost)),
+                ratio(ha_lb),
+            );
+        }
+    }
+    let _ = writeln!(
+        r,
+        "\n  ratios: director cost (median) of the row over the routed path / nftables / ha-lb \
+         in the same run (<1 is cheaper). busy: director cores busy (median); 'cap': the rate \
+         is a capacity (director core ≥ 0.9 busy). foreign: cores used by work outside the \
+         bench, all CPUs / the director's CPU (medians over all runs)."
+    );
+    let _ = writeln!(
+        r,
+        "\nBPF_PROG_TEST_RUN, 60-byte UDP frame, 1M repeats ×5 (ns per run, min/median/max)"
+    );
+    for (name, v) in costs {
+        match min_med_max(v.clone()) {
+            Some((a, b, c)) => {
+                let _ = writeln!(r, "  {name:<22} {a:>6.1} {b:>6.1} {c:>6.1}");
+            }
+            None => {
+                let _ = writeln!(r, "  {name:<22} unavailable");
+            }
+        }
+    }
+    for (v, e) in failed {
+        let _ = writeln!(r, "\n{} FAILED (left out of the tables): {e}", v.name());
+    }
+    if !pending.is_empty() {
+        let _ = writeln!(
+            r,
+            "\npending: {} — the ha-lb forwarding program (branch xdp) is not in this tree yet",
+            pending.iter().map(|v| v.name()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    r
+}
