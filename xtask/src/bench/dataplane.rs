@@ -26,6 +26,7 @@
 //! - routed: the client addresses real server 1 directly; the director only forwards.
 //! - direct: the client talks to real server 1 over their own link; no director at all.
 //! - xdp-drop / xdp-redirect: empty programs on the director's front veth (UDP only).
+//!
 //! Real servers are nginx (one worker, `return 200`): event-driven, so new-connection load
 //! costs the server core little, unlike the lab's thread-per-connection `hlb-realserver`.
 //! UDP frames are dropped and counted by `hlb_bench_sink` on the real servers' veths.
