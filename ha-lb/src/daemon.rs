@@ -113,6 +113,75 @@ fn enable_forwarding(ifaces: &[String], ipv6: bool) {
     }
 }
 
+/// LVS-NAT replies: the forwarding program rewrites a real server's reply to come from the
+/// VIP and, when this director has no neighbour entry for the client yet, passes it to the
+/// kernel to resolve and forward (see `dataplane::xdp`). The kernel drops a packet whose
+/// source is a local address as martian unless `accept_local` is on for the interface it
+/// arrived on. A client has no entry on a director that took a VIP over (it ARPed for the VIP
+/// when the old master held it; the new master's GARP only updated the client's cache), so
+/// without this every NAT reply after a failover is dropped until the client happens to ARP
+/// again. Enabled on the XDP interfaces that route to IPv4 NAT real servers (and sorry
+/// servers).
+fn enable_accept_local(config: &Config, xdp_ifaces: &[String]) {
+    let routes = match std::fs::read_to_string("/proc/net/route") {
+        Ok(t) => parse_routes(&t),
+        Err(e) => {
+            warn!(error = %e, "reading /proc/net/route failed; NAT replies after a takeover may be dropped");
+            return;
+        }
+    };
+    let mut wanted = BTreeSet::new();
+    for vs in config.virtual_servers.iter().filter(|v| v.lb_kind == config::LbKind::Nat) {
+        let addrs =
+            vs.real_servers.iter().map(|r| r.address).chain(vs.sorry_server.map(|s| s.ip()));
+        for a in addrs {
+            let std::net::IpAddr::V4(a) = a else { continue };
+            if let Some(dev) = route_dev(&routes, a) {
+                if xdp_ifaces.iter().any(|i| i == dev) {
+                    wanted.insert(dev.to_string());
+                }
+            }
+        }
+    }
+    for dev in wanted {
+        let p = format!("/proc/sys/net/ipv4/conf/{dev}/accept_local");
+        match std::fs::read_to_string(&p) {
+            Ok(v) if v.trim() == "1" => {}
+            _ => match std::fs::write(&p, "1") {
+                Ok(()) => info!(path = %p, "enabled accept_local for NAT replies"),
+                Err(e) => {
+                    warn!(path = %p, error = %e, "could not enable accept_local; NAT replies after a takeover may be dropped")
+                }
+            },
+        }
+    }
+}
+
+/// IPv4 routes of the main table from `/proc/net/route`: (device, destination, mask).
+fn parse_routes(text: &str) -> Vec<(String, u32, u32)> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // The kernel prints the network-order words as host-order hex.
+            let word = |s: &str| {
+                u32::from_str_radix(s, 16).ok().map(|v| u32::from_be_bytes(v.to_ne_bytes()))
+            };
+            Some((f.first()?.to_string(), word(f.get(1)?)?, word(f.get(7)?)?))
+        })
+        .collect()
+}
+
+/// The device of the longest-prefix route to `a`.
+fn route_dev(routes: &[(String, u32, u32)], a: std::net::Ipv4Addr) -> Option<&str> {
+    let a = u32::from(a);
+    routes
+        .iter()
+        .filter(|(_, dst, mask)| a & mask == *dst)
+        .max_by_key(|(_, _, mask)| mask.count_ones())
+        .map(|(dev, _, _)| dev.as_str())
+}
+
 /// The VRRP fast-path filter, when this build has its eBPF object.
 struct Filter {
     bpf: bpf::Bpf,
@@ -159,6 +228,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             }
             let v6 = config.virtual_servers.iter().any(|v| v.address.is_ipv6());
             enable_forwarding(&ifaces, v6);
+            enable_accept_local(&config, &ifaces);
             let names: Vec<&str> = ifaces.iter().map(String::as_str).collect();
             let mut x = XdpDataplane::attach(&names).context("starting the XDP data plane")?;
             // One XDP program per interface: VRRP frames go on to the fast-path filter.
@@ -713,6 +783,10 @@ impl Daemon {
         if let Err(e) = res {
             warn!(error = %e, "updating the VRRP filter's VRIDs failed");
         }
+        if let Plane::Xdp(x) = &self.dataplane {
+            let ifaces: Vec<String> = x.interfaces().into_iter().map(|(n, _)| n).collect();
+            enable_accept_local(&new, &ifaces);
+        }
         self.health.reconfigure(CheckTarget::from_config(&new));
         self.reconciler.set_config(new);
         self.reconcile("reload");
@@ -975,5 +1049,36 @@ fn log_diff(old: &[DesiredService], new: &[DesiredService], why: &str) {
         if !new.iter().any(|n| n.key == o.key) {
             info!(virtual_server = %format!("{}:{}", o.key.address, o.key.port), reason = why, "virtual server removed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_prefix_route_from_proc_net_route() {
+        // 198.19.0.0/24 on eth1, 198.18.0.0/24 on eth0, 198.19.0.128/25 on eth2, default eth0
+        // (as the kernel prints them on a little-endian host).
+        let text = if cfg!(target_endian = "little") {
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+             eth0\t00000000\t010012C6\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+             eth1\t000013C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+             eth0\t000012C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+             eth2\t800013C6\t00000000\t0001\t0\t0\t0\t80FFFFFF\t0\t0\t0\n"
+        } else {
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+             eth0\t00000000\tC6120001\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+             eth1\tC6130000\t00000000\t0001\t0\t0\t0\tFFFFFF00\t0\t0\t0\n\
+             eth0\tC6120000\t00000000\t0001\t0\t0\t0\tFFFFFF00\t0\t0\t0\n\
+             eth2\tC6130080\t00000000\t0001\t0\t0\t0\tFFFFFF80\t0\t0\t0\n"
+        };
+        let r = parse_routes(text);
+        assert_eq!(r.len(), 4);
+        assert_eq!(route_dev(&r, "198.19.0.11".parse().unwrap()), Some("eth1"));
+        assert_eq!(route_dev(&r, "198.19.0.200".parse().unwrap()), Some("eth2"));
+        assert_eq!(route_dev(&r, "198.18.0.10".parse().unwrap()), Some("eth0"));
+        assert_eq!(route_dev(&r, "192.0.2.1".parse().unwrap()), Some("eth0"), "default route");
+        assert_eq!(route_dev(&parse_routes("Iface\n"), "192.0.2.1".parse().unwrap()), None);
     }
 }
