@@ -24,7 +24,7 @@ use crate::{
     bpf,
     config::{self, Config, Notify, Script, ScriptUser, VrrpInstance},
     control::{self, Request, Response},
-    dataplane::{xdp::XdpDataplane, Dataplane, NoDataplane},
+    dataplane::{ipvs::IpvsDataplane, xdp::XdpDataplane, Dataplane, NoDataplane},
     health::{CheckTarget, HealthChecker, HealthEvent, HealthOptions},
     reconcile::{to_dataplane, DesiredService, Reconciler},
     script::{self, RunOptions},
@@ -52,6 +52,7 @@ struct Running {
 enum Plane {
     None(NoDataplane),
     Xdp(Box<XdpDataplane>),
+    Ipvs(Box<IpvsDataplane>),
 }
 
 impl Plane {
@@ -59,18 +60,21 @@ impl Plane {
         match self {
             Plane::None(p) => p,
             Plane::Xdp(p) => p.as_mut(),
+            Plane::Ipvs(p) => p.as_mut(),
         }
     }
     fn name(&self) -> &'static str {
         match self {
             Plane::None(p) => p.name(),
             Plane::Xdp(p) => p.name(),
+            Plane::Ipvs(p) => p.name(),
         }
     }
     fn stats(&self) -> crate::dataplane::DataplaneStats {
         let r = match self {
             Plane::None(p) => p.stats(),
             Plane::Xdp(p) => p.stats(),
+            Plane::Ipvs(p) => p.stats(),
         };
         r.unwrap_or_else(|e| {
             warn!(error = %e, "reading data-plane counters failed");
@@ -182,6 +186,27 @@ fn route_dev(routes: &[(String, u32, u32)], a: std::net::Ipv4Addr) -> Option<&st
         .map(|(dev, _, _)| dev.as_str())
 }
 
+/// Where the IPVS data plane records the services it owns, so a restart after a crash can
+/// still remove services the new configuration dropped.
+const IPVS_LEDGER: &str = "/run/ha-lb/ipvs-services";
+
+/// LVS-NAT through kernel IPVS needs the host to forward.
+fn enable_ip_forward(ipv6: bool) {
+    let mut paths = vec!["/proc/sys/net/ipv4/ip_forward"];
+    if ipv6 {
+        paths.push("/proc/sys/net/ipv6/conf/all/forwarding");
+    }
+    for p in paths {
+        match std::fs::read_to_string(p) {
+            Ok(v) if v.trim() == "1" => {}
+            _ => match std::fs::write(p, "1") {
+                Ok(()) => info!(path = %p, "enabled forwarding for IPVS NAT"),
+                Err(e) => warn!(path = %p, error = %e, "could not enable forwarding"),
+            },
+        }
+    }
+}
+
 /// The VRRP fast-path filter, when this build has its eBPF object.
 struct Filter {
     bpf: bpf::Bpf,
@@ -238,7 +263,16 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             Plane::Xdp(Box::new(x))
         }
         config::Dataplane::Ipvs => {
-            bail!("dataplane \"ipvs\" is not available in this build yet; use \"xdp\" or \"none\"")
+            // Kernel IPVS: the same desired state through generic netlink. Real servers'
+            // NAT replies are routed by the kernel, so forwarding must be on.
+            let v6 = config.virtual_servers.iter().any(|v| v.address.is_ipv6());
+            let ipvs = IpvsDataplane::open_with_ledger(IPVS_LEDGER)
+                .context("starting the IPVS data plane")?;
+            if config.virtual_servers.iter().any(|v| v.lb_kind == config::LbKind::Nat) {
+                enable_ip_forward(v6);
+            }
+            info!("IPVS data plane opened");
+            Plane::Ipvs(Box::new(ipvs))
         }
     };
 
@@ -862,6 +896,27 @@ impl Daemon {
                 counters.insert("adverts_ignored".into(), c.ignored_total());
                 counters.insert("rx_errors".into(), c.rx_errors.total());
                 counters.insert("became_master".into(), c.became_master);
+                // Per reason, so a flood of forged or broken adverts is diagnosable.
+                let r = &c.rx_errors;
+                for (k, v) in [
+                    ("ignored_not_allowed", c.ignored_not_allowed),
+                    ("ignored_auth", c.ignored_auth),
+                    ("ignored_interval_out_of_range", c.ignored_interval_out_of_range),
+                    ("ignored_interval_mismatch", c.ignored_interval_mismatch),
+                    ("ignored_version", c.ignored_version),
+                    ("ignored_addr_list", c.ignored_addr_list),
+                    ("lower_priority_received", c.lower_priority_received),
+                    ("early_adverts_suppressed", c.early_adverts_suppressed),
+                    ("rx_bad_checksum", r.bad_checksum),
+                    ("rx_bad_hop_limit", r.bad_hop_limit),
+                    ("rx_length_mismatch", r.length_mismatch),
+                    ("rx_truncated", r.truncated),
+                    ("rx_bad_auth_type", r.bad_auth_type),
+                ] {
+                    if v > 0 {
+                        counters.insert(k.into(), v);
+                    }
+                }
             }
             s.vrrp_instances.push(InstanceStatus {
                 name: inst.name.clone(),
@@ -987,7 +1042,7 @@ fn update_vrids(
             .iter()
             .find(|(_, n)| **n == i.interface)
             .map(|(k, _)| *k)
-            .or_else(|| ifindex_of(&i.interface))
+            .or_else(|| crate::bpf::ifindex_of(&i.interface))
         else {
             continue;
         };
@@ -997,13 +1052,6 @@ fn update_vrids(
     }
     bpf::vrrp_filter::set_vrids(b, &wanted)?;
     Ok(())
-}
-
-fn ifindex_of(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: if_nametoindex takes a valid C string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (i != 0).then_some(i)
 }
 
 /// True when two instance configs differ only in what can change without re-running the

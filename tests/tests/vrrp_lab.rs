@@ -90,9 +90,11 @@ fn kill_9_master_backup_answers_within_master_down_interval() {
         outage
     );
     let mdi = Duration::from_micros(360_938);
-    // The last advert before the kill went out up to one advert_int (100 ms) earlier, and
-    // probes are 10 ms apart: no VRRP takeover can be faster than MDI - 100 ms - 10 ms.
-    let floor = mdi - Duration::from_millis(110);
+    // A sanity floor against a broken measurement (the prober once reported 6 ms): the last
+    // advert can precede the kill by up to one advert_int (100 ms), probes are 10 ms apart,
+    // and under load their send times jitter by tens of ms, so only half the MDI is a safe
+    // lower bound; the property under test is the upper bound.
+    let floor = mdi / 2;
     assert!(
         outage >= floor,
         "outage {outage:?} below {floor:?}: faster than any VRRP takeover, so the measurement is broken"

@@ -107,7 +107,7 @@ fn main() -> Result<()> {
                 run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                     .current_dir(&root)
                     .args(["build", "--release", "-p", "ha-lb", "-p", "ha-lb-lab"]))?;
-                std::env::set_var("HLB_BIN_HA_LB", root.join("target/release/ha-lb"));
+                std::env::set_var("HLB_BIN_HA_LB", release_dir(&root).join("ha-lb"));
             }
             let settings = [
                 bench::failover::Setting { version: 3, advert_cs: 100 },
@@ -131,8 +131,8 @@ fn main() -> Result<()> {
             run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .current_dir(&root)
                 .args(["build", "--release", "-p", "ha-lb", "-p", "ha-lb-lab"]))?;
-            std::env::set_var("HLB_BIN_HA_LB", root.join("target/release/ha-lb"));
-            std::env::set_var("HLB_BIN_HLB_REALSERVER", root.join("target/release/hlb-realserver"));
+            std::env::set_var("HLB_BIN_HA_LB", release_dir(&root).join("ha-lb"));
+            std::env::set_var("HLB_BIN_HLB_REALSERVER", release_dir(&root).join("hlb-realserver"));
             sweep()?;
             demo::run(&root)
         }
@@ -146,6 +146,15 @@ fn main() -> Result<()> {
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Where `cargo build --release` puts binaries (honours CARGO_TARGET_DIR).
+fn release_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|d| if d.is_relative() { root.join(d) } else { d })
+        .unwrap_or_else(|| root.join("target"))
+        .join("release")
 }
 
 /// Where `ha-lb`'s build script looks for the object.

@@ -53,6 +53,14 @@ pub enum BpfError {
     Attach { name: String, iface: String, native: Box<ProgramError>, generic: Box<ProgramError> },
 }
 
+/// The index of interface `name` in the calling thread's network namespace.
+pub fn ifindex_of(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: if_nametoindex takes a valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
 /// The bytes of the eBPF object compiled into this binary.
 pub fn object() -> Result<&'static [u8], BpfError> {
     #[cfg(ha_lb_ebpf)]

@@ -500,7 +500,7 @@ impl XdpDataplane {
         // Only frames addressed to this host are forwarded (see LbReason::OtherHost).
         let mac = crate::bpf::lb::interface_mac(iface)
             .map_err(|e| DataplaneError::Invalid(format!("interface {iface}: {e}")))?;
-        let ifindex = ifindex_of(iface)
+        let ifindex = crate::bpf::ifindex_of(iface)
             .ok_or_else(|| DataplaneError::Invalid(format!("interface {iface} not found")))?;
         maps::set_interface_mac(&mut self.bpf, ifindex, Some(mac)).map_err(backend)?;
         let (link, mode) = self.bpf.attach_xdp(PROG_LB, iface).map_err(backend)?;
@@ -509,7 +509,7 @@ impl XdpDataplane {
     }
 
     pub fn detach_interface(&mut self, iface: &str) -> Result<(), DataplaneError> {
-        if let Some(i) = ifindex_of(iface) {
+        if let Some(i) = crate::bpf::ifindex_of(iface) {
             let _ = maps::set_interface_mac(&mut self.bpf, i, None);
         }
         if let Some(i) = self.links.iter().position(|(n, _, _)| n == iface) {
@@ -750,13 +750,6 @@ impl Dataplane for XdpDataplane {
     fn maintain(&mut self) -> Result<usize, DataplaneError> {
         self.expire_connections(maps::monotonic_ns())
     }
-}
-
-fn ifindex_of(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: if_nametoindex takes a valid C string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (i != 0).then_some(i)
 }
 
 #[cfg(test)]
