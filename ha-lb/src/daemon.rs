@@ -225,6 +225,10 @@ pub struct Daemon {
     ifnames: BTreeMap<u32, String>,
     track_tasks: Vec<JoinHandle<()>>,
     group_state: BTreeMap<String, State>,
+    /// Each instance's state as its last event reported it.
+    inst_state: BTreeMap<String, State>,
+    /// Notify hooks still running (waited for, bounded, at exit).
+    notify_tasks: Vec<JoinHandle<script::ScriptOutcome>>,
     health: HealthChecker,
     reconciler: Reconciler,
     desired: Vec<DesiredService>,
@@ -302,6 +306,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         ifnames: BTreeMap::new(),
         track_tasks: Vec::new(),
         group_state: BTreeMap::new(),
+        inst_state: BTreeMap::new(),
+        notify_tasks: Vec::new(),
         health,
         reconciler,
         desired: Vec::new(),
@@ -372,6 +378,18 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         let _ = force_tx.send(true);
     });
     d.stop_all(force_rx).await;
+    // The instances' last events (STOPPING, INIT) arrived during the stop: run their hooks,
+    // and give every hook still running a bounded time to finish before the runtime ends.
+    while let Ok(ev) = events_rx.try_recv() {
+        d.on_instance_event(ev);
+    }
+    let hooks = std::mem::take(&mut d.notify_tasks);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        for h in hooks {
+            let _ = h.await;
+        }
+    })
+    .await;
     ctl.abort();
     let _ = std::fs::remove_file(&ctl_path);
     info!("ha-lb stopped");
@@ -410,7 +428,8 @@ fn run_notify(
     state: &str,
     priority: u8,
     opts: &RunOptions,
-) {
+) -> Vec<JoinHandle<script::ScriptOutcome>> {
+    let mut running = Vec::new();
     let specific = match state {
         "MASTER" => &notify.notify_master,
         "BACKUP" => &notify.notify_backup,
@@ -418,17 +437,18 @@ fn run_notify(
         _ => &notify.notify_stop,
     };
     if let Some(Script { argv }) = specific {
-        script::spawn_logged(
+        running.push(script::spawn_logged(
             format!("notify_{} {kind} {name}", state.to_lowercase()),
             argv.clone(),
             opts.clone(),
-        );
+        ));
     }
     if let Some(Script { argv }) = &notify.notify {
         let mut a = argv.clone();
         a.extend([kind.to_string(), name.to_string(), state.to_string(), priority.to_string()]);
-        script::spawn_logged(format!("notify {kind} {name}"), a, opts.clone());
+        running.push(script::spawn_logged(format!("notify {kind} {name}"), a, opts.clone()));
     }
+    running
 }
 
 impl Daemon {
@@ -628,33 +648,35 @@ impl Daemon {
     }
 
     fn on_instance_event(&mut self, ev: InstanceEvent) {
-        let Some(r) = self.instances.get(&ev.instance) else { return };
-        let user = self.config.global.script_user.as_ref();
+        // From the configuration, not the running set: STOP events arrive while (or after)
+        // the instances are being stopped.
+        let Some(cfg) = self.config.vrrp_instance(&ev.instance).cloned() else { return };
+        let user = self.config.global.script_user.clone();
+        let user = user.as_ref();
+        self.notify_tasks.retain(|t| !t.is_finished());
         if let Some(state) = notify_state(ev.to) {
-            run_notify(
-                &r.cfg.notify,
+            let t = run_notify(
+                &cfg.notify,
                 "INSTANCE",
                 &ev.instance,
                 state,
                 ev.effective_priority,
                 &run_options(user, NOTIFY_TIMEOUT),
             );
+            self.notify_tasks.extend(t);
         }
-        // A sync group's notify runs once all its members are in the same state.
+        // A sync group's notify runs once all its members are in the same state. Member
+        // states come from the events themselves: an instance's `watch` snapshot is updated
+        // only after its event is sent, so two members changing together would each still
+        // see the other in the old state.
+        self.inst_state.insert(ev.instance.clone(), ev.to);
         if let Some(g) = self.config.sync_group_of(&ev.instance).cloned() {
-            let all_same = g.group.iter().all(|m| {
-                m == &ev.instance
-                    || self
-                        .instances
-                        .get(m)
-                        .map(|r| r.handle.snapshot.borrow().state == ev.to)
-                        .unwrap_or(false)
-            });
+            let all_same = g.group.iter().all(|m| self.inst_state.get(m) == Some(&ev.to));
             if all_same && self.group_state.get(&g.name) != Some(&ev.to) {
                 self.group_state.insert(g.name.clone(), ev.to);
                 info!(sync_group = %g.name, state = ev.to.as_str(), "sync group state change");
                 if let Some(state) = notify_state(ev.to) {
-                    run_notify(
+                    let t = run_notify(
                         &g.notify,
                         "GROUP",
                         &g.name,
@@ -662,6 +684,7 @@ impl Daemon {
                         ev.effective_priority,
                         &run_options(user, NOTIFY_TIMEOUT),
                     );
+                    self.notify_tasks.extend(t);
                 }
             }
         }

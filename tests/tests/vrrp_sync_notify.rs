@@ -1,0 +1,129 @@
+//! Sync groups and notify hooks, end to end: two directors, each with a public and a gateway
+//! instance in one `vrrp_sync_group`. Notify hooks get keepalived's arguments; a failure of
+//! one member's interface moves both VIPs; a stop runs the STOP hooks.
+
+use std::{path::Path, time::Duration};
+
+use ha_lb_lab::{
+    daemon::{eventually, holds, HaLb, Scratch},
+    topology::{DirectorLab, Mode},
+};
+
+const VIP: &str = "198.18.0.100";
+const GW: &str = "198.19.0.254";
+
+fn conf(router: &str, priority: u8, log: &Path) -> String {
+    // `notify` gets "INSTANCE|GROUP name STATE priority" appended; notify_master /
+    // notify_stop get nothing (keepalived's conventions).
+    let hook = |tag: &str| {
+        format!(r#"["/bin/sh", "-c", "echo {tag} \"$*\" >> {}", "hook"]"#, log.display())
+    };
+    format!(
+        r#"[global]
+router_id = "{router}"
+dataplane = "none"
+control_socket = "{{socket}}"
+
+[[vrrp_instance]]
+name = "VI_PUBLIC"
+interface = "eth0"
+virtual_router_id = 51
+version = 3
+priority = {priority}
+advert_int = 0.1
+virtual_ipaddress = ["{VIP}/24"]
+notify = {n}
+notify_master = {m}
+notify_stop = {s}
+
+[[vrrp_instance]]
+name = "VI_GATEWAY"
+interface = "eth1"
+virtual_router_id = 52
+version = 3
+priority = {priority}
+advert_int = 0.1
+virtual_ipaddress = ["{GW}/24"]
+notify = {n}
+
+[[vrrp_sync_group]]
+name = "director"
+group = ["VI_PUBLIC", "VI_GATEWAY"]
+notify = {g}
+"#,
+        n = hook("notify"),
+        m = hook("notify_master"),
+        s = hook("notify_stop"),
+        g = hook("group"),
+    )
+}
+
+fn lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p).unwrap_or_default().lines().map(|l| l.trim().to_string()).collect()
+}
+
+fn has(p: &Path, line: &str) -> bool {
+    lines(p).iter().any(|l| l == line)
+}
+
+#[test]
+fn sync_group_moves_together_and_notify_gets_keepalived_arguments() {
+    let mut t = DirectorLab::build(Mode::Nat, 2, 0).unwrap();
+    let s = Scratch::new("syncnotify").unwrap();
+    let (d1, d2) = (t.directors[0].clone(), t.directors[1].clone());
+    let (log1, log2) = (s.dir.join("d1.notify"), s.dir.join("d2.notify"));
+    let both = |n: &ha_lb_lab::Node| holds(n, "eth0", VIP) && holds(n, "eth1", GW);
+    // d1 first, so this test is about sync groups and hooks, not about a start-up race.
+    let a = HaLb::start(&mut t.lab, &d1, &s, "d1", &conf("d1", 150, &log1)).unwrap();
+    eventually(Duration::from_secs(5), "d1 holds both VIPs", || both(&d1)).unwrap();
+    let _b = HaLb::start(&mut t.lab, &d2, &s, "d2", &conf("d2", 100, &log2)).unwrap();
+    eventually(Duration::from_secs(3), "d1's MASTER hooks ran", || {
+        has(&log1, "notify INSTANCE VI_PUBLIC MASTER 150")
+            && has(&log1, "notify INSTANCE VI_GATEWAY MASTER 150")
+            && has(&log1, "notify_master")
+            && has(&log1, "group GROUP director MASTER 150")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(&log1)));
+    eventually(Duration::from_secs(3), "d2's BACKUP hooks ran", || {
+        has(&log2, "notify INSTANCE VI_PUBLIC BACKUP 100")
+            && has(&log2, "group GROUP director BACKUP 100")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(&log2)));
+    assert!(!has(&log2, "notify_master"), "d2 never became master");
+
+    // d1 loses its inside link: VI_GATEWAY goes FAULT, and the sync group takes VI_PUBLIC
+    // (whose own link is fine) down with it, so d2 holds both VIPs — never split.
+    d1.ip(&["link", "set", "eth1", "down"]).unwrap();
+    eventually(Duration::from_secs(3), "d2 holds both VIPs", || both(&d2)).unwrap();
+    eventually(Duration::from_secs(2), "d1 released the public VIP", || !holds(&d1, "eth0", VIP))
+        .unwrap();
+    eventually(Duration::from_secs(2), "FAULT hooks ran on d1", || {
+        has(&log1, "notify INSTANCE VI_PUBLIC FAULT 150")
+            && has(&log1, "notify INSTANCE VI_GATEWAY FAULT 150")
+            && has(&log1, "group GROUP director FAULT 150")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(&log1)));
+    let st = a.status().unwrap();
+    for i in st["vrrp_instances"].as_array().unwrap() {
+        assert_eq!(i["state"], "FAULT", "{i}");
+        assert_eq!(i["sync_group"], "director");
+    }
+
+    // The link returns: d1 leaves FAULT and, with the higher priority, takes both back.
+    d1.ip(&["link", "set", "eth1", "up"]).unwrap();
+    eventually(Duration::from_secs(5), "d1 holds both VIPs again", || both(&d1)).unwrap();
+    eventually(Duration::from_secs(2), "d2 released both", || {
+        !holds(&d2, "eth0", VIP) && !holds(&d2, "eth1", GW)
+    })
+    .unwrap();
+
+    // Graceful stop: STOP hooks, after the hand-over.
+    t.lab.signal(a.pid, libc::SIGTERM).unwrap();
+    let st = t.lab.wait(a.pid, Duration::from_secs(10)).unwrap();
+    assert!(st.success(), "ha-lb exits 0 after a graceful stop");
+    assert!(both(&d2), "d2 holds both VIPs after d1 stopped");
+    eventually(Duration::from_secs(2), "STOP hooks ran", || {
+        has(&log1, "notify_stop") && has(&log1, "notify INSTANCE VI_PUBLIC STOP 150")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(&log1)));
+}
