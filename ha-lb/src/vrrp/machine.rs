@@ -59,7 +59,10 @@
 //!    10 × `advert_int` from start) are locked in and logged — also when
 //!    there are none, as for the master of a multicast pair, which hears
 //!    nobody (an open list there let the first forged source in, and two
-//!    forged adverts 100 ms apart made the master step down). Later unknown
+//!    forged adverts 100 ms apart made the master step down). While learning,
+//!    a new source is accepted at once, on its first advert: no probation, so
+//!    in a start-up race the lower router obeys the higher one's first advert
+//!    (before its own, longer, down timer fires). Later unknown
 //!    sources are ignored and counted — except
 //!    that, since VRRP backups never advertise, a group member we could not
 //!    learn (it was backup all along) is admitted once it has sent
