@@ -402,10 +402,10 @@ fn mac_str(m: [u8; 6]) -> String {
 /// master, and dies with it: here the backup host dies and the client is black-holed until
 /// its ARP entry expires (15–45 s).
 ///
-/// Fails today: ha-lb's master answers a lower-priority advert with an early advert and no
-/// GARP (`vrrp::machine`, rule 5 "no amplification"), so nothing moves the caches back.
+/// ha-lb's master answers a lower-priority advert (a second master) with an early advert
+/// and one gratuitous burst, rate-limited to one per 10 × advert_int (`vrrp::machine`,
+/// rule 5), which moves the caches back.
 #[test]
-#[ignore = "known bug in ha-lb/src/vrrp: the winner of a dual master sends no GARP; run with --ignored"]
 fn dual_master_resolution_moves_traffic_back_to_the_winner() {
     let mut t = DirectorLab::build(Mode::Nat, 2, 3).unwrap();
     t.start_real_servers().unwrap();

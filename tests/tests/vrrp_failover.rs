@@ -434,3 +434,27 @@ fn instance_link_down_moves_vip_and_link_up_brings_it_back() {
     let held = hold_pattern(&[&d1, &d2], Duration::from_millis(700));
     assert_eq!(held, vec![Always, Never]);
 }
+
+/// Two daemons started in the same instant (multicast, so both learn the allow-list; advert_int
+/// 0.2 s, 150/100): the higher one's down timer fires first (Skew_Time), and the lower one,
+/// still learning its peers, accepts its first advert at once: it never becomes MASTER.
+#[test]
+fn simultaneous_start_elects_the_higher_without_a_dual_master() {
+    let mut t = DirectorLab::build(Mode::Dr, 2, 0).unwrap();
+    let s = Scratch::new("vrrprace").unwrap();
+    let (d1, d2) = (t.directors[0].clone(), t.directors[1].clone());
+    let c1 = Inst::new(3, 150, 0.2);
+    let c2 = Inst::new(3, 100, 0.2);
+    let w2 = AddrWatch::start(&d2);
+    // The lower one first: any start-up skew is then in its disfavour.
+    let b = HaLb::start(&mut t.lab, &d2, &s, "d2", &c2.halb("d2")).unwrap();
+    let a = HaLb::start(&mut t.lab, &d1, &s, "d1", &c1.halb("d1")).unwrap();
+    eventually(Duration::from_secs(5), "d1 holds the VIP", || holds(&d1, "eth0", V)).unwrap();
+    eventually(Duration::from_secs(3), "d2 BACKUP", || state(&b) == "BACKUP").unwrap();
+    let held = hold_pattern(&[&d1, &d2], Duration::from_millis(1000));
+    let logs = || format!("d1:\n{}\nd2:\n{}", a.log_text(), b.log_text());
+    assert_eq!(held, vec![Always, Never], "{}", logs());
+    assert_eq!(state(&a), "MASTER");
+    assert_eq!(counter(&b, "became_master"), 0, "d2 was MASTER at start-up\n{}", logs());
+    assert!(w2.events().is_empty(), "d2 touched the VIP: {:?}\n{}", w2.events(), logs());
+}

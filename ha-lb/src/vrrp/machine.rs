@@ -59,7 +59,10 @@
 //!    10 × `advert_int` from start) are locked in and logged — also when
 //!    there are none, as for the master of a multicast pair, which hears
 //!    nobody (an open list there let the first forged source in, and two
-//!    forged adverts 100 ms apart made the master step down). Later unknown
+//!    forged adverts 100 ms apart made the master step down). While learning,
+//!    a new source is accepted at once, on its first advert: no probation, so
+//!    in a start-up race the lower router obeys the higher one's first advert
+//!    (before its own, longer, down timer fires). Later unknown
 //!    sources are ignored and counted — except
 //!    that, since VRRP backups never advertise, a group member we could not
 //!    learn (it was backup all along) is admitted once it has sent
@@ -91,9 +94,18 @@
 //! 5. **No amplification.** RFC 5798 §6.4.3 says a master discards a
 //!    lower-priority advert; keepalived answers each with an advert plus a
 //!    burst of GARPs. A lower-priority advert from an allowed peer means a
-//!    second master (e.g. after a partition heals), so ha-lb answers with at
-//!    most one early advert per `advert_int`, no GARP, and resets its advert
-//!    timer. The RFC's "priority 0 received → advert now" shares that limit.
+//!    second master (e.g. after a partition heals, or a start-up race), so
+//!    ha-lb answers with at most one early advert per `advert_int` (and resets
+//!    its advert timer) plus at most one gratuitous burst
+//!    ([`Action::SendGratuitous`]) per [`Machine::dual_master_garp_interval`]
+//!    (10 × `advert_int`), each limit counted on its own. The GARP is needed:
+//!    the loser announced itself with GARPs, and neighbours whose caches point
+//!    at it keep sending there after it steps down (or dies) until their ARP
+//!    entries expire. The loser steps down within 2 × its interval (rule 4),
+//!    so one burst per 10 intervals covers every dual master while a flood of
+//!    lower-priority adverts, at any rate, costs at most one advert per
+//!    interval and one burst per 10 intervals. The RFC's "priority 0 received
+//!    → advert now" shares the advert limit (no GARP).
 //!
 //! Preemption: as in RFC 5798 a backup with higher priority ignores a
 //! lower-priority master, but rather than waiting a full down interval it
@@ -381,6 +393,10 @@ pub struct Counters {
     /// Extra adverts sent outside the schedule (rule 5), and those rate-limited away.
     pub early_adverts_sent: u64,
     pub early_adverts_suppressed: u64,
+    /// Rule 5: gratuitous bursts sent because a second master showed up, and
+    /// those rate-limited away.
+    pub dual_master_garps_sent: u64,
+    pub dual_master_garps_suppressed: u64,
     /// Rule 4: yields started, confirmed (stepped down) and aborted (kept MASTER).
     pub yields_started: u64,
     pub yields_confirmed: u64,
@@ -453,6 +469,8 @@ pub struct Machine {
     handed_over_to: Option<IpAddr>,
     yielding: Option<Yield>,
     last_early_advert: Option<Instant>,
+    /// Rule 5: when we last sent a gratuitous burst for a second master.
+    last_dual_master_garp: Option<Instant>,
     // Allow-list.
     peers: BTreeSet<IpAddr>,
     peer_mode: PeerMode,
@@ -517,6 +535,7 @@ impl Machine {
             handed_over_to: None,
             yielding: None,
             last_early_advert: None,
+            last_dual_master_garp: None,
             peers,
             peer_mode,
             probation: BTreeMap::new(),
@@ -556,6 +575,11 @@ impl Machine {
     /// took over, so the new master has added them (it advertises first).
     pub fn handover_linger(&self) -> Duration {
         cs(self.cfg.advert_int_cs).max(Duration::from_millis(50))
+    }
+    /// Rule 5: at most one gratuitous burst per this interval in answer to
+    /// lower-priority adverts (a second master), whatever their rate.
+    pub fn dual_master_garp_interval(&self) -> Duration {
+        cs(self.cfg.advert_int_cs) * 10
     }
     pub fn counters(&self) -> &Counters {
         &self.counters
@@ -1022,9 +1046,11 @@ impl Machine {
         let beats_us =
             adv.priority > eff || (adv.priority == eff && src > self.cfg.primary_address);
         if !beats_us {
+            // A lower-priority advert from an allowed peer: a second master (rule 5).
             self.counters.lower_priority_received += 1;
             if self.yielding.is_none() {
                 self.early_advert(now);
+                self.dual_master_garp(now, src);
             }
             return;
         }
@@ -1071,6 +1097,24 @@ impl Machine {
         self.counters.early_adverts_sent += 1;
         self.send_advert(self.effective_priority);
         self.adver_timer = Some(now + i);
+    }
+
+    /// Rule 5: move the neighbours' caches back from a second master, at most
+    /// one burst per [`Machine::dual_master_garp_interval`].
+    fn dual_master_garp(&mut self, now: Instant, from: IpAddr) {
+        let window = self.dual_master_garp_interval();
+        if self.last_dual_master_garp.is_some_and(|t| now < t + window) {
+            self.counters.dual_master_garps_suppressed += 1;
+            return;
+        }
+        self.last_dual_master_garp = Some(now);
+        self.counters.dual_master_garps_sent += 1;
+        info!(
+            virtual_router_id = self.cfg.virtual_router_id,
+            peer = %from,
+            "lower-priority master seen; sending gratuitous ARP/NA to take the traffic back"
+        );
+        self.actions.push_back(Action::SendGratuitous);
     }
 
     fn resume_master(&mut self, now: Instant) {
@@ -1149,6 +1193,8 @@ impl Machine {
         self.master_adver_int_cs = self.cfg.advert_int_cs;
         self.current_master = Some(self.cfg.primary_address);
         self.last_early_advert = None;
+        // The become-master burst below does not count against the dual-master limit.
+        self.last_dual_master_garp = None;
         self.transition(State::Master, reason);
         self.send_advert(self.effective_priority);
         self.actions.push_back(Action::AddVips);
@@ -1939,13 +1985,62 @@ mod tests {
             sent.extend(drain(&mut m));
         }
         assert_eq!(sent_priorities(&sent), vec![200]);
-        assert!(!sent.contains(&Action::SendGratuitous));
+        assert_eq!(sent.iter().filter(|a| **a == Action::SendGratuitous).count(), 1);
         assert_eq!(m.counters().lower_priority_received, 100);
         assert_eq!(m.counters().early_adverts_sent, 1);
         assert_eq!(m.counters().early_adverts_suppressed, 99);
         // Priority-0 from others shares the limit.
         m.handle_advert(t0 + Duration::from_millis(995), ip(PEER), &advert(&m, 0));
         assert_eq!(m.counters().early_adverts_suppressed, 100);
+    }
+
+    /// A second master (lower priority, allowed source): one early advert and
+    /// one gratuitous burst, then no more bursts within 10 × advert_int however
+    /// many such adverts arrive; after the window, again.
+    #[test]
+    fn second_master_gets_one_garp_burst_per_window() {
+        let t0 = Instant::now();
+        let mut m = master(v3(Config { advert_int_cs: 20, ..cfg(150) }), t0);
+        let window = m.dual_master_garp_interval();
+        assert_eq!(window, Duration::from_secs(2));
+        let garps = |a: &[Action]| a.iter().filter(|x| **x == Action::SendGratuitous).count();
+
+        let t1 = t0 + Duration::from_millis(50);
+        m.handle_advert(t1, ip(PEER), &advert(&m, 100));
+        let a = drain(&mut m);
+        assert_eq!(sent_priorities(&a), vec![150]);
+        assert_eq!(garps(&a), 1);
+        assert_eq!(m.state(), State::Master);
+
+        // A flood (every ms) for the rest of the window: adverts on schedule and
+        // one early advert per interval at most, but no further burst.
+        let mut a = Vec::new();
+        let mut t = t1;
+        while t + Duration::from_millis(1) < t1 + window {
+            t += Duration::from_millis(1);
+            m.handle_advert(t, ip(PEER), &advert(&m, 100));
+            m.handle_timeout(t);
+            a.extend(drain(&mut m));
+        }
+        assert_eq!(garps(&a), 0);
+        assert!(sent_priorities(&a).len() <= 10, "{} adverts", sent_priorities(&a).len());
+        assert_eq!(m.counters().dual_master_garps_sent, 1);
+        assert!(m.counters().dual_master_garps_suppressed >= 1900);
+
+        // After the window: the next one gets a burst again.
+        let t2 = t1 + window;
+        m.handle_advert(t2, ip(PEER), &advert(&m, 100));
+        assert_eq!(garps(&drain(&mut m)), 1);
+        assert_eq!(m.counters().dual_master_garps_sent, 2);
+
+        // Priority 0 from others is no second master: no burst.
+        let t3 = t2 + window * 2;
+        m.handle_advert(t3, ip(PEER), &advert(&m, 0));
+        assert_eq!(garps(&drain(&mut m)), 0);
+        // Nor is a lower advert while yielding to a higher one.
+        m.handle_advert(t3, ip(HIGH), &advert(&m, 200));
+        m.handle_advert(t3, ip(PEER), &advert(&m, 100));
+        assert_eq!(garps(&drain(&mut m)), 0);
     }
 
     // ----- input checks -------------------------------------------------------

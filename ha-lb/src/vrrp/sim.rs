@@ -593,6 +593,41 @@ mod tests {
         );
     }
 
+    /// Start-up race (multicast, learned allow-list, 0.2 s, 150/100): started
+    /// together, or the lower one up to just under the difference of the two
+    /// Master_Down_Intervals (39 ms) earlier, the lower one accepts the higher
+    /// one's first advert while still learning and never becomes MASTER.
+    #[test]
+    fn simultaneous_start_has_no_dual_master() {
+        let mk = |i: usize, p: u8| {
+            let mut c = Config::new(7, node_ip(i), vec![VIP.parse().unwrap()]);
+            c.version = Version::V3;
+            c.priority = p;
+            c.advert_int_cs = 20;
+            c
+        };
+        let gap =
+            master_down_interval(Version::V3, 100, 20) - master_down_interval(Version::V3, 150, 20);
+        for lat_ms in [0u64, 1, 5] {
+            for lead_ms in [0u64, 10, 30, gap.as_millis() as u64 - lat_ms - 1] {
+                let net = Net {
+                    latency_min: Duration::ZERO,
+                    latency_max: Duration::from_millis(lat_ms),
+                    loss_permille: 0,
+                };
+                let mut s = Sim::new(vec![mk(0, 150), mk(1, 100)], net, 5);
+                s.start_at(1, s.t0);
+                s.start_at(0, s.at(Duration::from_millis(lead_ms)));
+                s.run_until(s.at(Duration::from_secs(5)));
+                assert_eq!(s.masters(), vec![0], "latency {lat_ms} ms, lead {lead_ms} ms");
+                let c = s.nodes[1].m.counters();
+                assert_eq!(c.became_master, 0, "latency {lat_ms} ms, lead {lead_ms} ms");
+                assert_eq!(c.ignored_not_allowed, 0);
+                assert!(s.nodes[1].m.peers().0.contains(&node_ip(0)));
+            }
+        }
+    }
+
     /// Determinism: same seed, same history.
     #[test]
     fn same_seed_same_history() {
