@@ -930,6 +930,8 @@ impl Daemon {
                     ("ignored_addr_list", c.ignored_addr_list),
                     ("lower_priority_received", c.lower_priority_received),
                     ("early_adverts_suppressed", c.early_adverts_suppressed),
+                    ("dual_master_garps_sent", c.dual_master_garps_sent),
+                    ("dual_master_garps_suppressed", c.dual_master_garps_suppressed),
                     ("rx_bad_checksum", r.bad_checksum),
                     ("rx_bad_hop_limit", r.bad_hop_limit),
                     ("rx_length_mismatch", r.length_mismatch),
