@@ -20,18 +20,6 @@ use super::{Bpf, BpfError};
 /// Most frames the kernel handles per batch in live-frames mode (`batch_size` ≤ 256).
 pub const LIVE_FRAMES_BATCH_MAX: u32 = 256;
 
-/// The `xdp_md` passed as context: chooses the interface the frames are "received" on.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct XdpMd {
-    data: u32,
-    data_end: u32,
-    data_meta: u32,
-    ingress_ifindex: u32,
-    rx_queue_index: u32,
-    egress_ifindex: u32,
-}
-
 /// What one live-frames run did.
 #[derive(Debug, Clone, Copy)]
 pub struct LiveRun {
@@ -59,18 +47,10 @@ pub fn run_live_frames(
     repeat: u32,
     batch: u32,
 ) -> Result<LiveRun, BpfError> {
-    let ctx =
-        XdpMd { data: 0, data_end: frame.len() as u32, ingress_ifindex, ..Default::default() };
-    // SAFETY: XdpMd is repr(C) plain data.
-    let ctx_bytes = unsafe {
-        std::slice::from_raw_parts(
-            (&ctx as *const XdpMd).cast::<u8>(),
-            std::mem::size_of::<XdpMd>(),
-        )
-    };
+    let ctx = super::testrun::xdp_md(frame.len(), ingress_ifindex);
     let opts = TestRunOptions {
         data_in: Some(frame),
-        ctx_in: Some(ctx_bytes),
+        ctx_in: Some(&ctx),
         repeat: repeat.max(1),
         attrs: TestRunAttrs::new().xdp_live_frames(batch.clamp(1, LIVE_FRAMES_BATCH_MAX)),
         ..Default::default()

@@ -53,6 +53,14 @@ struct XdpMd {
     egress_ifindex: u32,
 }
 
+/// The `xdp_md` context bytes for a test run of a `frame_len`-byte frame received on
+/// `ingress_ifindex` (the kernel requires data = 0 and data_end = the input length).
+pub(crate) fn xdp_md(frame_len: usize, ingress_ifindex: u32) -> [u8; std::mem::size_of::<XdpMd>()] {
+    let ctx = XdpMd { data: 0, data_end: frame_len as u32, ingress_ifindex, ..Default::default() };
+    // SAFETY: XdpMd is repr(C) plain data with no padding (six u32 fields).
+    unsafe { std::mem::transmute(ctx) }
+}
+
 /// Runs `prog` over `frame` `repeat` times as if received on `ingress_ifindex` (an interface
 /// that exists in the caller's network namespace; 1 is `lo`).
 pub fn run_xdp(
@@ -61,21 +69,13 @@ pub fn run_xdp(
     ingress_ifindex: u32,
     repeat: u32,
 ) -> Result<RunResult, BpfError> {
-    let ctx =
-        XdpMd { data: 0, data_end: frame.len() as u32, ingress_ifindex, ..Default::default() };
-    // SAFETY: XdpMd is repr(C) plain data.
-    let ctx_bytes = unsafe {
-        std::slice::from_raw_parts(
-            (&ctx as *const XdpMd).cast::<u8>(),
-            std::mem::size_of::<XdpMd>(),
-        )
-    };
+    let ctx = xdp_md(frame.len(), ingress_ifindex);
     // Room for programs that grow the frame (encapsulation) by up to 256 bytes.
     let mut out = vec![0u8; frame.len() + 256];
     let opts = TestRunOptions {
         data_in: Some(frame),
         data_out: Some(&mut out),
-        ctx_in: Some(ctx_bytes),
+        ctx_in: Some(&ctx),
         repeat: repeat.max(1),
         ..Default::default()
     };
