@@ -2146,4 +2146,42 @@ mod tests {
         assert!(six.validate().is_ok());
         assert_eq!(Config { version: Version::V2, ..six }.validate(), Err(ConfigError::V2OverIpv6));
     }
+
+    /// An instance that spends its whole learning window in FAULT (e.g. its interface was
+    /// down at start) must still learn the group when FAULT clears: otherwise the list locks
+    /// empty and the real master is held in probation while our down timer runs out.
+    #[test]
+    fn learning_restarts_when_fault_clears_so_the_master_is_not_held_in_probation() {
+        let mut c = v3(cfg(100));
+        c.unicast_peers.clear();
+        c.advert_int_cs = 10;
+        let t0 = Instant::now();
+        let mut m = Machine::new(c).unwrap();
+        m.set_fault(t0, true);
+        m.start(t0);
+        drain(&mut m);
+        assert_eq!(m.state(), State::Fault);
+        // The learning window (10 x 100 ms) passes while in FAULT.
+        let t1 = t0 + Duration::from_secs(3);
+        run(&mut m, t1);
+        m.set_fault(t1, false);
+        drain(&mut m);
+        assert_eq!(m.state(), State::Backup);
+        // The master (priority 150, never heard) advertises on schedule from now on.
+        let adv = advert(&m, 150);
+        let mut t = t1 + Duration::from_millis(20);
+        let mut actions = Vec::new();
+        while t < t1 + Duration::from_secs(2) {
+            actions.extend(run(&mut m, t));
+            m.handle_advert(t, ip(HIGH), &adv);
+            actions.extend(drain(&mut m));
+            t += Duration::from_millis(100);
+        }
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::StateChanged { to: State::Master, .. })),
+            "went MASTER beside the real master: {actions:?}"
+        );
+        assert_eq!(m.current_master(), Some(ip(HIGH)));
+        assert!(m.peers().0.contains(&ip(HIGH)), "the master was learned");
+    }
 }
