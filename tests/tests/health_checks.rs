@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ha_lb::config::{
     CheckKind, Connect, HealthCheck, HttpCheck, MiscCheck, Protocol, RealServer, ReplyCheck,
-    Script, UdpCheck, UrlCheck, VirtualServerKey,
+    Script, Timing, UdpCheck, UrlCheck, VirtualServerKey,
 };
 use ha_lb::health::http::md5_hex;
 use ha_lb::health::probe::{http_check, misc_check, probe, tcp_check, udp_check};
@@ -62,12 +62,14 @@ fn misc(script: &str, timeout: Duration, dynamic: bool) -> MiscCheck {
 fn check(kind: CheckKind, delay_loop: Duration, retry: u32, dbr: Duration) -> HealthCheck {
     HealthCheck {
         kind,
-        delay_loop,
-        retry,
-        delay_before_retry: dbr,
-        warmup: Duration::ZERO,
-        rise: 1,
-        fall: 1,
+        timing: Timing {
+            delay_loop,
+            retry,
+            delay_before_retry: dbr,
+            warmup: Duration::ZERO,
+            rise: 1,
+            fall: 1,
+        },
     }
 }
 
@@ -367,8 +369,8 @@ async fn server_that_stops_answering_goes_down_in_time_and_comes_back_after_rise
         retry,
         dbr,
     );
-    hc.fall = fall;
-    hc.rise = rise;
+    hc.timing.fall = fall;
+    hc.timing.rise = rise;
     let (checker, mut rx) =
         HealthChecker::start(vec![target(srv.addr, hc, false)], HealthOptions::default());
     let rs = srv.addr;

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ha_lb::config::{CheckKind, Connect, HealthCheck, Protocol, RealServer, VirtualServerKey};
+use ha_lb::config::{
+    CheckKind, Connect, HealthCheck, Protocol, RealServer, Timing, VirtualServerKey,
+};
 use ha_lb::health::{CheckTarget, HealthChecker, HealthOptions};
 use tokio::net::TcpListener;
 
@@ -68,12 +70,14 @@ fn two_thousand_checks_on_a_few_threads() {
                             bindto: None,
                             connect_timeout: Duration::from_secs(5),
                         }),
-                        delay_loop: Duration::from_secs(30),
-                        retry: 1,
-                        delay_before_retry: Duration::from_millis(200),
-                        warmup: Duration::from_millis(500),
-                        rise: 1,
-                        fall: 1,
+                        timing: Timing {
+                            delay_loop: Duration::from_secs(30),
+                            retry: 1,
+                            delay_before_retry: Duration::from_millis(200),
+                            warmup: Duration::from_millis(500),
+                            rise: 1,
+                            fall: 1,
+                        },
                     }),
                 },
             })

@@ -654,6 +654,15 @@ impl RealServer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
     pub kind: CheckKind,
+    pub timing: Timing,
+}
+
+/// When a check runs and how many rounds change a server's state: the timing keys of a
+/// check table (flat on it in the TOML, the first four inherited from the real and
+/// virtual server), resolved with their defaults. The health tracker
+/// ([`crate::health::Tracker`]) schedules on it as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
     /// Interval between checks. Default: the virtual server's `delay_loop`.
     pub delay_loop: Duration,
     /// Extra attempts after a failure before the round counts as failed. Default 1
@@ -664,10 +673,11 @@ pub struct HealthCheck {
     /// Random delay in 0..=warmup before the first check. Default: `delay_loop`.
     pub warmup: Duration,
     /// ha-lb extension: consecutive successful rounds to mark a down server up. Default 1
-    /// (keepalived behaviour).
+    /// (keepalived behaviour); 1..=1000 in the TOML, and 0 would act as 1.
     pub rise: u32,
     /// ha-lb extension: consecutive failed rounds (each already `1 + retry` attempts) to
-    /// mark an up server down. Default 1 (keepalived behaviour).
+    /// mark an up server down. Default 1 (keepalived behaviour); 1..=1000 in the TOML,
+    /// and 0 would act as 1.
     pub fall: u32,
 }
 

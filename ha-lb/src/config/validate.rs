@@ -351,36 +351,36 @@ impl V<'_> {
                 );
             }
         }
+        let scripts: Vec<&str> = c.vrrp_scripts.iter().map(|s| s.name.as_str()).collect();
+        let tracked = inst.track_script.iter().map(|t| t.script.as_str());
+        self.references(item, "track_script", tracked, "vrrp_script", &scripts);
+        let files: Vec<&str> = c.track_files.iter().map(|t| t.name.as_str()).collect();
+        let tracked = inst.track_file.iter().map(|t| t.track_file.as_str());
+        self.references(item, "track_file", tracked, "track_file", &files);
+    }
+
+    /// Each entry of `item`'s array `key` must name one of the defined `what`s, once.
+    fn references<'a>(
+        &mut self,
+        item: Item,
+        key: &'static str,
+        entries: impl Iterator<Item = &'a str>,
+        what: &str,
+        defined_names: &[&str],
+    ) {
         let mut seen: HashSet<&str> = HashSet::new();
-        for (i, t) in inst.track_script.iter().enumerate() {
-            let pos = m.elem(item, "track_script", i);
-            if c.vrrp_script(&t.script).is_none() {
+        for (i, name) in entries.enumerate() {
+            let pos = self.map.elem(item, key, i);
+            if !defined_names.contains(&name) {
                 self.err(
                     pos,
                     format!(
-                        "track_script {:?} refers to an undefined vrrp_script{}",
-                        t.script,
-                        defined(c.vrrp_scripts.iter().map(|s| s.name.as_str()))
+                        "{key} {name:?} refers to an undefined {what}{}",
+                        defined(defined_names.iter().copied())
                     ),
                 );
-            } else if !seen.insert(&t.script) {
-                self.err(pos, format!("track_script {:?} is listed twice", t.script));
-            }
-        }
-        let mut seen: HashSet<&str> = HashSet::new();
-        for (i, t) in inst.track_file.iter().enumerate() {
-            let pos = m.elem(item, "track_file", i);
-            if c.track_file(&t.track_file).is_none() {
-                self.err(
-                    pos,
-                    format!(
-                        "track_file {:?} refers to an undefined track_file{}",
-                        t.track_file,
-                        defined(c.track_files.iter().map(|s| s.name.as_str()))
-                    ),
-                );
-            } else if !seen.insert(&t.track_file) {
-                self.err(pos, format!("track_file {:?} is listed twice", t.track_file));
+            } else if !seen.insert(name) {
+                self.err(pos, format!("{key} {name:?} is listed twice"));
             }
         }
     }

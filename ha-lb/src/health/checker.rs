@@ -16,7 +16,7 @@ use crate::config::{CheckKind, Config, RealServer, Script, ScriptUser, VirtualSe
 use crate::script::{self, RunOptions};
 
 use super::probe::{self, ProbeResult};
-use super::state::{initial_up, warmup_delay, Change, Timing, Tracker};
+use super::state::{initial_up, warmup_delay, Change, Tracker};
 
 /// Identity of one check: the virtual server and the real server's address:port.
 pub type CheckKey = (VirtualServerKey, SocketAddr);
@@ -240,7 +240,7 @@ impl HealthChecker {
         carried: Option<(bool, Option<u32>, SystemTime)>,
     ) {
         let check = target.rs.check.as_ref().expect("filtered");
-        let timing = Timing::of(check);
+        let timing = check.timing;
         let (up, weight, since) =
             carried.unwrap_or((initial_up(target.alpha), None, SystemTime::now()));
         let first = warmup_delay(timing.warmup, self.shared.seeds.hash_one((key, Instant::now())));

@@ -30,8 +30,10 @@ pub mod probe;
 pub mod state;
 mod tls;
 
+/// The tracker's input, defined with the configuration it comes from.
+pub use crate::config::Timing;
 pub use checker::{
     CheckKey, CheckTarget, HealthChecker, HealthEvent, HealthOptions, HealthStats, RsHealth,
 };
 pub use probe::ProbeResult;
-pub use state::{initial_up, Timing, Tracker};
+pub use state::{initial_up, Tracker};

@@ -1,6 +1,7 @@
 //! The per-check scheduling and up/down logic, with no I/O and the clock passed in.
 //!
-//! keepalived's rules (keepalived.conf(5), `check_*.c`), plus ha-lb's `rise`/`fall`:
+//! It runs on a check's configured [`Timing`] as it is. keepalived's rules
+//! (keepalived.conf(5), `check_*.c`), plus ha-lb's `rise`/`fall`:
 //! - the first attempt runs after a random delay in `0..=warmup`;
 //! - a *round* is one attempt plus, while the server is considered up, up to `retry`
 //!   further attempts after failures, each `delay_before_retry` after the previous one
@@ -8,13 +9,14 @@
 //!   server gets one attempt per round;
 //! - the next round starts `delay_loop` after the attempt that ended the previous one;
 //! - an up server goes down after `fall` consecutive failed rounds, a down server comes up
-//!   after `rise` consecutive successful rounds (both default to 1, which is keepalived);
+//!   after `rise` consecutive successful rounds (both default to 1, which is keepalived;
+//!   0 acts as 1);
 //! - start state: up, unless the virtual server has `alpha`, which starts every real
 //!   server down until its checks pass ([`initial_up`]).
 
 use std::time::{Duration, Instant};
 
-use crate::config::HealthCheck;
+use crate::config::Timing;
 
 /// keepalived's start state for a checked real server: `alpha` ("on daemon startup assume
 /// that all RSs are down and healthchecks failed", keepalived.conf(5); `queue_checker` in
@@ -22,30 +24,6 @@ use crate::config::HealthCheck;
 /// put in service at once and taken out by the first failed round.
 pub fn initial_up(alpha: bool) -> bool {
     !alpha
-}
-
-/// The timing knobs of one check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
-    pub delay_loop: Duration,
-    pub retry: u32,
-    pub delay_before_retry: Duration,
-    pub warmup: Duration,
-    pub rise: u32,
-    pub fall: u32,
-}
-
-impl Timing {
-    pub fn of(check: &HealthCheck) -> Timing {
-        Timing {
-            delay_loop: check.delay_loop,
-            retry: check.retry,
-            delay_before_retry: check.delay_before_retry,
-            warmup: check.warmup,
-            rise: check.rise.max(1),
-            fall: check.fall.max(1),
-        }
-    }
 }
 
 /// A point in `0..=warmup` chosen by `seed` (any well-mixed 64-bit value).
@@ -314,6 +292,15 @@ mod tests {
         assert!(changes[0].1.up);
         // Rounds at 0,10,20(fail),30,40,50 → up at 50 s.
         assert_eq!(changes[0].0, 50 * S);
+    }
+
+    #[test]
+    fn rise_and_fall_of_zero_act_as_one() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new(timing(0, 0, 0), true, t0, Duration::ZERO);
+        let changes = drive(&mut tr, t0, Duration::ZERO, &[true, false, true, false]);
+        let ups: Vec<bool> = changes.iter().map(|(_, c)| c.up).collect();
+        assert_eq!(ups, [false, true, false], "every round flips the state, as with 1");
     }
 
     #[test]
