@@ -15,8 +15,7 @@
 //! LB_SERVICE_STATS PerCpuArray service id                       -> LbTraffic (exact, per CPU)
 //! LB_REAL_STATS PerCpuArray real id                             -> LbTraffic (exact, per CPU)
 //! LB_REASONS    PerCpuArray LbReason                            -> u64
-//! LB_CONFIG     Array   0                                       -> LbConfig (flow timeouts)
-//! LB_CHAIN      ProgramArray 0                                  -> program for frames the LB passes (e.g. the VRRP filter)
+//! LB_CONFIG     Array   0                                       -> LbConfig (flow timeouts, flags)
 //! LB_SCRATCH    PerCpuArray 0                                   -> per-packet temporaries (eBPF side only)
 //! ```
 //!
@@ -45,7 +44,6 @@ pub const LB_SERVICE_STATS: &str = "LB_SERVICE_STATS";
 pub const LB_REAL_STATS: &str = "LB_REAL_STATS";
 pub const LB_REASONS: &str = "LB_REASONS";
 pub const LB_CONFIG: &str = "LB_CONFIG";
-pub const LB_CHAIN: &str = "LB_CHAIN";
 /// `HashMap<u32 ifindex, LbIfMac>`: the MAC of each interface the program is attached to.
 pub const LB_IF_MAC: &str = "LB_IF_MAC";
 pub const LB_IF_MAC_MAX: u32 = 64;
@@ -99,6 +97,14 @@ pub const LB_FLOW_F_REPLY: u32 = 1;
 pub const LB_FLOW_F_CLOSED: u32 = 2;
 /// [`LbFlow::flags`]: the service had persistence when the flow started.
 pub const LB_FLOW_F_PERSIST: u32 = 4;
+/// [`LbFlow::flags`]: forward entry of a DR flow (else NAT). Fixed when the flow starts, as
+/// IPVS fixes a connection's forwarding method: a service switched to another `lb_kind` keeps
+/// its established flows as they were.
+pub const LB_FLOW_F_DR: u32 = 8;
+
+/// [`LbConfig::flags`]: run the VRRP filter (`ha_lb_vrrp`'s checks) on the frames `ha_lb_xdp`
+/// does not forward, for interfaces that carry both VRRP and services.
+pub const LB_CFG_F_VRRP_FILTER: u64 = 1;
 
 /// A virtual server: (VIP, port, protocol).
 #[repr(C)]
@@ -215,7 +221,13 @@ pub struct LbFlow {
     pub addr: [u32; 4],
     /// Network byte order.
     pub port: u16,
-    pub _pad16: u16,
+    /// Next-hop cache: the largest IP packet length the cached route was checked for (MTU);
+    /// 0 = nothing cached. Written by the data path only.
+    pub nh_len: u16,
+    /// Next-hop cache: the egress interface.
+    pub nh_ifindex: u32,
+    /// Next-hop cache: destination and source MAC, as the Ethernet header's first 12 bytes.
+    pub nh_macs: [u16; 6],
     pub _pad32: u32,
 }
 
@@ -263,7 +275,8 @@ pub struct LbConfig {
     pub tcp_timeout_ns: u64,
     pub tcp_fin_timeout_ns: u64,
     pub udp_timeout_ns: u64,
-    pub _reserved: u64,
+    /// `LB_CFG_F_*`.
+    pub flags: u64,
 }
 
 impl LbConfig {
@@ -271,7 +284,7 @@ impl LbConfig {
         tcp_timeout_ns: 900_000_000_000,
         tcp_fin_timeout_ns: 120_000_000_000,
         udp_timeout_ns: 300_000_000_000,
-        _reserved: 0,
+        flags: 0,
     };
 }
 
@@ -418,7 +431,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<LbServiceKey>(), 20);
         assert_eq!(core::mem::size_of::<LbService>(), 16);
         assert_eq!(core::mem::size_of::<LbFlowKey>(), 40);
-        assert_eq!(core::mem::size_of::<LbFlow>(), 48);
+        assert_eq!(core::mem::size_of::<LbFlow>(), 64);
         assert_eq!(core::mem::size_of::<LbReal>(), 40);
         assert_eq!(core::mem::size_of::<LbPersistKey>(), 24);
         assert_eq!(core::mem::size_of::<LbBackendSet>(), 16 + 8 * LB_REALS_PER_SERVICE);

@@ -1,23 +1,30 @@
 //! L4 forwarding: service lookup, schedulers, conntrack, NAT and DR (program `ha_lb_xdp`).
 //!
 //! Per frame: parse Ethernet + IPv4/IPv6 + TCP/UDP (one bounds check per header); look the
-//! destination up in `LB_SERVICES`; if it is a service, find or create the flow's
-//! connection-tracking entry (scheduling new flows), then
-//! - NAT: rewrite destination address/port to the real server's (checksums updated
-//!   incrementally), FIB lookup toward it, MACs from the result, TX or redirect;
-//! - DR: FIB lookup toward the real server, MACs from the result (the IP packet is untouched).
+//! 5-tuple up in the connection-tracking table `LB_CONNS`:
+//! - a forward entry (client -> VIP of a known flow) whose real server is still in its
+//!   service: send the packet there;
+//! - a NAT reply entry (real server -> client): rewrite the source back to the VIP and send it
+//!   toward the client;
+//! - otherwise look the destination up in `LB_SERVICES`; for a service, schedule a real server,
+//!   send the packet and record the flow.
 //!
-//! Otherwise, if it matches a NAT reply entry (real server -> client), rewrite the source back
-//! to the VIP and send it toward the client the same way. Everything else passes untouched
-//! (after a tail call into `LB_CHAIN[0]` when one is installed, e.g. the VRRP filter).
+//! Sending: NAT rewrites the destination address/port (checksums updated incrementally); both
+//! NAT and DR (the IP packet untouched) rewrite the MACs for the next hop and TX or redirect.
+//! The next hop comes from `bpf_fib_lookup` for a flow's first packet and once a second after
+//! that, and from the flow's entry in between (see `fwd::send`): an established flow costs one
+//! hash lookup. Everything else passes untouched (through the VRRP filter's checks when
+//! `LB_CFG_F_VRRP_FILTER` is set).
 //! Unusual frames (VLAN, IPv4 options, fragments, IPv6 extension headers, truncated) pass and
 //! are counted per reason in `LB_REASONS`.
 //!
 //! TTL/hop limit is not decremented (as IPVS, which forwards from LOCAL_IN).
 //!
-//! Verifier shape (must load on Debian 12's 6.1 too): everything is inlined except
-//! - `new_flow`, `forward`, `reply`, `conntrack::put_reply`: static subprograms, siblings under
-//!   the main program, so their helper-call spills do not add up in one frame;
+//! Verifier shape (must load on Debian 12's 6.1 too, JIT or interpreter: hence no tail calls,
+//! which the kernel refuses next to BPF-to-BPF calls unless it JIT-compiles): everything is
+//! inlined except
+//! - `established`, `new_flow`, `forward`, `reply`, `conntrack::put_reply`: static
+//!   subprograms, so their helper-call spills do not add up in one frame;
 //! - `sched::ha_lb_sched_least`: a global function, verified once with its bounded 256-step
 //!   loop instead of once per caller state.
 //! Large temporaries live in the per-CPU `LB_SCRATCH` map. Budget: the verifier sums frames
@@ -33,16 +40,16 @@ mod sched;
 mod stats;
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
+    bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
 };
 use ha_lb_common::lb::{
-    LbReal, LbReason, LbService, FAMILY_V4, FAMILY_V6, LB_FLOW_F_CLOSED, LB_FLOW_F_PERSIST,
-    LB_FLOW_F_REPLY, LB_KIND_DR, LB_KIND_NAT,
+    LbFlow, LbReal, LbReason, LbService, FAMILY_V4, FAMILY_V6, LB_CFG_F_VRRP_FILTER,
+    LB_FLOW_F_CLOSED, LB_FLOW_F_DR, LB_FLOW_F_PERSIST, LB_FLOW_F_REPLY, LB_KIND_DR, LB_KIND_NAT,
 };
 
 use self::{
     fwd::Fib,
-    maps::{scratch, LB_CHAIN, LB_CONNS, LB_REALS, LB_SERVICES},
+    maps::{scratch, LB_CONFIG, LB_CONNS, LB_REALS, LB_SERVICES},
     stats::count,
 };
 use crate::parse::{
@@ -76,7 +83,7 @@ pub struct Pkt {
 type Outcome = (u32, LbReason);
 
 enum Verdict {
-    /// Not ours: pass, through `LB_CHAIN[0]` if installed.
+    /// Not ours: pass, through the VRRP filter if enabled.
     Chain(LbReason),
     Act(Outcome),
 }
@@ -90,9 +97,15 @@ pub fn ha_lb_xdp(ctx: XdpContext) -> u32 {
         }
         Verdict::Chain(r) => {
             count(r);
-            // SAFETY: tail call with our own context; returns only when the slot is empty.
-            unsafe { LB_CHAIN.tail_call(&ctx, 0) };
-            xdp_action::XDP_PASS
+            let vrrp = match LB_CONFIG.get(0) {
+                Some(c) => c.flags & LB_CFG_F_VRRP_FILTER != 0,
+                None => false,
+            };
+            if vrrp {
+                crate::vrrp_filter::run(&ctx)
+            } else {
+                xdp_action::XDP_PASS
+            }
         }
     }
 }
@@ -130,6 +143,24 @@ fn process(ctx: &XdpContext) -> Verdict {
         Err(r) => return Verdict::Chain(r),
     };
     let Some(sc) = scratch() else { return Verdict::Chain(LbReason::NotService) };
+    // SAFETY: per-CPU scratch map; `fkey` keeps this packet's key until the flow is written.
+    let key = unsafe { &raw mut (*sc).fkey };
+    conntrack::set_key(key, &pkt);
+    // Known flows first: one table lookup and no service lookup. A forward entry names its
+    // real server, whose entry says whether it is still in the service; a stale entry (0)
+    // falls through to scheduling.
+    // SAFETY: initialised above.
+    if let Some(f) = LB_CONNS.get_ptr_mut(unsafe { &*key }) {
+        // SAFETY: LRU value pointer from a successful lookup.
+        let v = if unsafe { (*f).flags } & LB_FLOW_F_REPLY != 0 {
+            reply(ctx, &pkt, f)
+        } else {
+            established(ctx, &pkt, f)
+        };
+        if v != 0 {
+            return Verdict::Act(unpack(v));
+        }
+    }
     // SAFETY: per-CPU scratch map; the service value is plain data, copied out at once.
     let found = unsafe {
         let k = &raw mut (*sc).skey;
@@ -139,15 +170,21 @@ fn process(ctx: &XdpContext) -> Verdict {
         (*k).family = pkt.family;
         LB_SERVICES.get(&*k)
     };
-    if let Some(svc) = found {
-        let svc = *svc;
-        return Verdict::Act(inbound(ctx, &pkt, &svc));
+    match found {
+        Some(svc) => {
+            let svc = *svc;
+            Verdict::Act(schedule(ctx, &pkt, &svc))
+        }
+        None => Verdict::Chain(LbReason::NotService),
     }
-    match reply(ctx, &pkt) {
-        0 => {}
-        v => return Verdict::Act(unpack(v)),
-    }
-    Verdict::Chain(LbReason::NotService)
+}
+
+/// Flow timestamps: CLOCK_MONOTONIC at tick resolution (flow timeouts are seconds; the coarse
+/// clock costs no clock-source read per packet).
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]
@@ -270,95 +307,93 @@ fn parse_l4(
     }
 }
 
-/// Client -> VIP: find or schedule the flow's real server and send the packet there.
+/// Client -> VIP on a known flow (`f`, its forward entry): send it to the flow's real server.
+/// Returns a packed [`Outcome`], or 0 when the entry is stale (real server gone from the
+/// service, flow expired, or a new SYN on a closed flow): the entry is closed and the packet
+/// is scheduled anew.
 ///
-/// Stack is tight (512 bytes for the main program plus the deepest subprogram): map values
-/// are read through their pointers rather than copied.
-#[inline(always)]
-fn inbound(ctx: &XdpContext, pkt: &Pkt, svc: &LbService) -> Outcome {
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let Some(sc) = scratch() else { return pass(LbReason::FibOther) };
-    // SAFETY: per-CPU scratch map; `fkey` keeps this packet's key until `new_flow` used it.
-    let key = unsafe { &raw mut (*sc).fkey };
-    conntrack::set_key(key, pkt);
+/// This, [`forward`], [`reply`], `new_flow` and `conntrack::put_reply` are BPF subprograms
+/// rather than inlined: the BPF calling convention spills everything live across a helper call
+/// to the stack, and inlined into one function the spills of scheduling, FIB lookup and
+/// rewriting add up past the 512-byte stack. As subprograms, each gets its own frame.
+#[inline(never)]
+fn established(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> u64 {
+    let now = now_ns();
+    // SAFETY: LRU value pointer from a successful lookup; fields read one by one.
+    let (real_id, real_gen, svc_id, flags, last_seen) =
+        unsafe { ((*f).real_id, (*f).real_gen, (*f).service_id, (*f).flags, (*f).last_seen_ns) };
     let tcp = pkt.proto == IPPROTO_TCP;
     let closing = tcp && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     let syn_only = tcp && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-
-    // The real server's id and a pointer to its LB_REALS entry (address, port).
-    let mut chosen: Option<(u32, *const LbReal)> = None;
-    // One call site for the NAT reply entry (new flows, and refreshes): each inlined copy
-    // would take its own stack slots, and the whole program has 512 bytes.
-    let mut write_reply = false;
-    // SAFETY: scratch map value, initialised above.
-    if let Some(f) = LB_CONNS.get_ptr_mut(unsafe { &*key }) {
-        // SAFETY: LRU value pointer from a successful lookup; fields read one by one.
-        let (real_id, real_gen, flags, last_seen) =
-            unsafe { ((*f).real_id, (*f).real_gen, (*f).flags, (*f).last_seen_ns) };
-        if flags & LB_FLOW_F_REPLY == 0 {
-            let real = LB_REALS.get_ptr(real_id);
-            let alive = match real {
-                // SAFETY: array value pointer.
-                Some(r) => conntrack::real_alive(unsafe { &*r }, real_gen, svc.id),
-                None => false,
-            };
-            let idle = now.wrapping_sub(last_seen);
-            let expired = idle > conntrack::timeout_ns(tcp, flags);
-            let reused = syn_only && flags & LB_FLOW_F_CLOSED != 0;
-            match real {
-                Some(r) if alive && !expired && !reused => {
-                    if closing {
-                        conntrack::close(f, svc.id, real_id, real_gen, flags);
-                    }
-                    if idle > conntrack::REFRESH_NS {
-                        // SAFETY: as above; racing writers only store other timestamps.
-                        unsafe { (*f).last_seen_ns = now };
-                        if flags & LB_FLOW_F_PERSIST != 0 && svc.persistence_timeout != 0 {
-                            sched::refresh_template(svc, pkt, now);
-                        }
-                        // Re-create the reply entry should the LRU have evicted it alone.
-                        write_reply = svc.lb_kind == LB_KIND_NAT;
-                    }
-                    chosen = Some((real_id, r));
-                }
-                _ => {
-                    // Its real server left the service, or the state is stale: schedule anew.
-                    conntrack::close(f, svc.id, real_id, real_gen, flags);
-                    count(LbReason::Rescheduled);
-                }
-            }
+    let Some(real) = LB_REALS.get_ptr(real_id) else { return 0 };
+    // SAFETY: array value pointer.
+    let alive = conntrack::real_alive(unsafe { &*real }, real_gen, svc_id);
+    let idle = now.wrapping_sub(last_seen);
+    let expired = idle > conntrack::timeout_ns(tcp, flags);
+    let reused = syn_only && flags & LB_FLOW_F_CLOSED != 0;
+    if !alive || expired || reused {
+        // Its real server left the service, or the state is stale: schedule anew.
+        conntrack::close(f, svc_id, real_id, real_gen, flags);
+        count(LbReason::Rescheduled);
+        return 0;
+    }
+    if closing {
+        conntrack::close(f, svc_id, real_id, real_gen, flags);
+    }
+    let dr = flags & LB_FLOW_F_DR != 0;
+    let refresh = idle > conntrack::REFRESH_NS;
+    if refresh {
+        // SAFETY: as above; racing writers only store other timestamps.
+        unsafe { (*f).last_seen_ns = now };
+        if flags & LB_FLOW_F_PERSIST != 0 {
+            sched::refresh_template(svc_id, pkt, now);
+        }
+        // Re-create the reply entry should the LRU have evicted it alone.
+        if !dr {
+            conntrack::put_reply(pkt, real, real_id, svc_id, now);
         }
     }
-    let new_conn = chosen.is_none();
-    let (real_id, real) = match chosen {
-        Some(c) => c,
-        None => {
-            let id = new_flow(pkt, svc, now, closing);
-            let Some(r) = LB_REALS.get_ptr(id) else {
-                return drop(LbReason::NoRealServer);
-            };
-            write_reply = svc.lb_kind == LB_KIND_NAT;
-            (id, r)
-        }
-    };
-    if write_reply {
-        conntrack::put_reply(pkt, real, real_id, svc.id, now);
-    }
-    stats::traffic(svc.id, Some(real_id), pkt.len as u64, false, new_conn);
-    if new_conn && closing {
-        stats::conn_closed(svc.id, real_id);
-    }
-    unpack(forward(ctx, pkt, real, svc.lb_kind))
+    stats::traffic(svc_id, Some(real_id), pkt.len as u64, false, false);
+    forward(ctx, pkt, real, f, fwd_mode(dr, refresh))
 }
 
-/// Schedules a new flow of `svc` and writes its forward entry; returns the real server's id
-/// (`u32::MAX`: none could take it).
-///
-/// This and [`forward`] are BPF subprograms rather than inlined: the BPF calling convention
-/// spills everything live across a helper call to the stack, and inlined into one function
-/// the spills of scheduling, FIB lookup and rewriting add up past the 512-byte stack. As
-/// siblings, each gets its own frame.
+/// Client -> VIP, no known flow: schedule it, send the packet, then record the flow (with the
+/// next hop the send looked up) and, for NAT, its reply entry.
+#[inline(always)]
+fn schedule(ctx: &XdpContext, pkt: &Pkt, svc: &LbService) -> Outcome {
+    if svc.lb_kind != LB_KIND_NAT && svc.lb_kind != LB_KIND_DR {
+        // TUN is not implemented in the data path; user space refuses to configure it.
+        return drop(LbReason::FibOther);
+    }
+    let now = now_ns();
+    let closing = pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    let id = new_flow(pkt, svc, now, closing);
+    let Some(real) = LB_REALS.get_ptr(id) else {
+        return drop(LbReason::NoRealServer);
+    };
+    let Some(sc) = scratch() else { return pass(LbReason::FibOther) };
+    let dr = svc.lb_kind == LB_KIND_DR;
+    // SAFETY: per-CPU scratch map: `new_flow` filled `flow` for this packet's key `fkey`.
+    let f = unsafe { &raw mut (*sc).flow };
+    let o = unpack(forward(ctx, pkt, real, f, fwd_mode(dr, true)));
+    // SAFETY: as above.
+    unsafe {
+        if LB_CONNS.insert(&(*sc).fkey, &*f, 0).is_err() {
+            count(LbReason::ConntrackFull);
+        }
+    }
+    if !dr {
+        conntrack::put_reply(pkt, real, id, svc.id, now);
+    }
+    stats::traffic(svc.id, Some(id), pkt.len as u64, false, true);
+    if closing {
+        stats::conn_closed(svc.id, id);
+    }
+    o
+}
+
+/// Schedules a new flow of `svc` and fills the scratch `flow` value for it (without a next
+/// hop); returns the real server's id (`u32::MAX`: none could take it).
 #[inline(never)]
 fn new_flow(pkt: &Pkt, svc: &LbService, now: u64, closing: bool) -> u32 {
     let Some((id, r)) = sched::pick(svc, pkt, now) else {
@@ -371,9 +406,11 @@ fn new_flow(pkt: &Pkt, svc: &LbService, now: u64, closing: bool) -> u32 {
     if closing {
         flags |= LB_FLOW_F_CLOSED;
     }
+    if svc.lb_kind == LB_KIND_DR {
+        flags |= LB_FLOW_F_DR;
+    }
     let Some(sc) = scratch() else { return u32::MAX };
-    // SAFETY: array value pointer and the per-CPU scratch map, whose `fkey` the caller set to
-    // this packet's key.
+    // SAFETY: array value pointer and the per-CPU scratch map.
     unsafe {
         let f = &raw mut (*sc).flow;
         (*f).real_id = id;
@@ -383,11 +420,7 @@ fn new_flow(pkt: &Pkt, svc: &LbService, now: u64, closing: bool) -> u32 {
         (*f).last_seen_ns = now;
         (*f).addr = (*r).addr;
         (*f).port = (*r).port;
-        (*f)._pad16 = 0;
-        (*f)._pad32 = 0;
-        if LB_CONNS.insert(&(*sc).fkey, &*f, 0).is_err() {
-            count(LbReason::ConntrackFull);
-        }
+        conntrack::clear_next_hop(f);
     }
     id
 }
@@ -410,21 +443,36 @@ fn unpack(v: u64) -> Outcome {
     (v as u32, reason)
 }
 
-/// Sends a client -> VIP packet to real server `real` by `lb_kind`: NAT rewrites the
-/// destination; both look up the next hop and rewrite the Ethernet header.
+/// [`forward`]'s mode bits: DR (else NAT), and look the next hop up afresh.
+const FWD_DR: u32 = 1;
+const FWD_FRESH: u32 = 2;
+
+#[inline(always)]
+fn fwd_mode(dr: bool, fresh: bool) -> u32 {
+    (if dr { FWD_DR } else { 0 }) | if fresh { FWD_FRESH } else { 0 }
+}
+
+/// Sends a client -> VIP packet to real server `real`: NAT rewrites the destination; both
+/// rewrite the Ethernet header for the next hop (cached in `nh`, the flow's forward entry).
 #[inline(never)]
-fn forward(ctx: &XdpContext, pkt: &Pkt, real: *const LbReal, lb_kind: u8) -> u64 {
-    pack(forward_inline(ctx, pkt, real, lb_kind))
+fn forward(ctx: &XdpContext, pkt: &Pkt, real: *const LbReal, nh: *mut LbFlow, mode: u32) -> u64 {
+    pack(forward_inline(ctx, pkt, real, nh, mode))
 }
 
 #[inline(always)]
-fn forward_inline(ctx: &XdpContext, pkt: &Pkt, real: *const LbReal, lb_kind: u8) -> Outcome {
+fn forward_inline(
+    ctx: &XdpContext,
+    pkt: &Pkt,
+    real: *const LbReal,
+    nh: *mut LbFlow,
+    mode: u32,
+) -> Outcome {
     // SAFETY: array value pointer; entries of a live generation are never rewritten.
     let (raddr, rport) = unsafe { (&(*real).addr, (*real).port) };
-
-    if lb_kind == LB_KIND_NAT {
+    let fresh = mode & FWD_FRESH != 0;
+    if mode & FWD_DR == 0 {
         fwd::rewrite(ctx, pkt, true, raddr, rport);
-        match fwd::send(ctx, pkt, &pkt.src, raddr, pkt.sport, rport) {
+        match fwd::send(ctx, pkt, (&pkt.src, raddr), (pkt.sport, rport), nh, fresh) {
             Fib::Sent(a) => (a, LbReason::NatIn),
             // The rewritten packet goes to the kernel, which resolves the neighbour (or
             // fragments / answers with ICMP) and forwards it.
@@ -433,8 +481,8 @@ fn forward_inline(ctx: &XdpContext, pkt: &Pkt, real: *const LbReal, lb_kind: u8)
             Fib::Other => pass(LbReason::FibOther),
             Fib::Unreachable => drop(LbReason::FibUnreachable),
         }
-    } else if lb_kind == LB_KIND_DR {
-        match fwd::send(ctx, pkt, &pkt.src, raddr, pkt.sport, pkt.dport) {
+    } else {
+        match fwd::send(ctx, pkt, (&pkt.src, raddr), (pkt.sport, pkt.dport), nh, fresh) {
             Fib::Sent(a) => (a, LbReason::Dr),
             // Passing would deliver the packet to the local VIP: drop; the client retransmits.
             Fib::NoNeigh => drop(LbReason::NoNeigh),
@@ -442,65 +490,30 @@ fn forward_inline(ctx: &XdpContext, pkt: &Pkt, real: *const LbReal, lb_kind: u8)
             Fib::Other => drop(LbReason::FibOther),
             Fib::Unreachable => drop(LbReason::FibUnreachable),
         }
-    } else {
-        // TUN is not implemented in the data path; user space refuses to configure it.
-        drop(LbReason::FibOther)
     }
 }
 
-/// Real server -> client on a NAT flow: restore the VIP as source and send it on. Returns a
-/// packed [`Outcome`], or 0 if `pkt` is not a NAT reply. A subprogram, like [`forward`].
+/// Real server -> client on a NAT flow (`f`, its reply entry): restore the VIP as source and
+/// send it on. Returns a packed [`Outcome`]. A subprogram, like [`forward`].
 #[inline(never)]
-fn reply(ctx: &XdpContext, pkt: &Pkt) -> u64 {
-    match reply_inline(ctx, pkt) {
-        Some(o) => pack(o),
-        None => 0,
-    }
+fn reply(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> u64 {
+    pack(reply_inline(ctx, pkt, f))
 }
 
 #[inline(always)]
-fn reply_inline(ctx: &XdpContext, pkt: &Pkt) -> Option<Outcome> {
-    let sc = scratch()?;
-    // SAFETY: per-CPU scratch map.
-    let key = unsafe { &raw mut (*sc).fkey };
-    conntrack::set_key(key, pkt);
-    // SAFETY: initialised above.
-    let f = LB_CONNS.get_ptr_mut(unsafe { &*key })?;
+fn reply_inline(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> Outcome {
     // SAFETY: LRU value pointer from a successful lookup; fields read one by one.
-    let (real_id, real_gen, service_id, flags, last_seen, vport) = unsafe {
-        ((*f).real_id, (*f).real_gen, (*f).service_id, (*f).flags, (*f).last_seen_ns, (*f).port)
-    };
-    if flags & LB_FLOW_F_REPLY == 0 {
-        return None;
-    }
+    let (real_id, real_gen, service_id, last_seen, vport) =
+        unsafe { ((*f).real_id, (*f).real_gen, (*f).service_id, (*f).last_seen_ns, (*f).port) };
     // SAFETY: as above.
     let vip = unsafe { (*f).addr };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     let closing = pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    if closing || now.wrapping_sub(last_seen) > conntrack::REFRESH_NS {
+    let refresh = now.wrapping_sub(last_seen) > conntrack::REFRESH_NS;
+    if closing || refresh {
         // SAFETY: as above.
         unsafe { (*f).last_seen_ns = now };
-        // Keep the forward entry alive too (server-push flows), and close it on FIN/RST.
-        // SAFETY: scratch map value; the forward key is this one with the ends swapped.
-        unsafe {
-            (*key).src = pkt.dst;
-            (*key).sport = pkt.dport;
-            (*key).dst = vip;
-            (*key).dport = vport;
-        }
-        // SAFETY: as above.
-        if let Some(ff) = LB_CONNS.get_ptr_mut(unsafe { &*key }) {
-            // SAFETY: LRU value pointer from a successful lookup.
-            let (fid, fgen, fflags) = unsafe { ((*ff).real_id, (*ff).real_gen, (*ff).flags) };
-            if fid == real_id && fgen == real_gen {
-                // SAFETY: as above.
-                unsafe { (*ff).last_seen_ns = now };
-                if closing {
-                    conntrack::close(ff, service_id, real_id, real_gen, fflags);
-                }
-            }
-        }
+        touch_forward(pkt, &vip, vport, (service_id, real_id, real_gen), now, closing);
     }
     let real_same = match LB_REALS.get(real_id) {
         Some(r) => r.gen == real_gen,
@@ -514,13 +527,52 @@ fn reply_inline(ctx: &XdpContext, pkt: &Pkt) -> Option<Outcome> {
         false,
     );
     fwd::rewrite(ctx, pkt, false, &vip, vport);
-    Some(match fwd::send(ctx, pkt, &vip, &pkt.dst, vport, pkt.dport) {
+    match fwd::send(ctx, pkt, (&vip, &pkt.dst), (vport, pkt.dport), f, refresh) {
         Fib::Sent(a) => (a, LbReason::NatOut),
         Fib::NoNeigh => pass(LbReason::NoNeigh),
         Fib::FragNeeded => pass(LbReason::FragNeeded),
         Fib::Other => pass(LbReason::FibOther),
         Fib::Unreachable => drop(LbReason::FibUnreachable),
-    })
+    }
+}
+
+/// Keeps the forward entry of the NAT flow whose reply `pkt` is alive too (server-push
+/// flows), and closes it on FIN/RST. `flow` = (service id, real id, real generation).
+#[inline(always)]
+fn touch_forward(
+    pkt: &Pkt,
+    vip: &[u32; 4],
+    vport: u16,
+    flow: (u32, u32, u32),
+    now: u64,
+    closing: bool,
+) {
+    let (service_id, real_id, real_gen) = flow;
+    let Some(sc) = scratch() else { return };
+    // SAFETY: scratch map value; the forward key is this packet's with the ends swapped.
+    let key = unsafe { &raw mut (*sc).rkey };
+    // SAFETY: as above.
+    unsafe {
+        (*key).src = pkt.dst;
+        (*key).sport = pkt.dport;
+        (*key).dst = *vip;
+        (*key).dport = vport;
+        (*key).proto = pkt.proto;
+        (*key).family = pkt.family;
+        (*key)._pad = 0;
+    }
+    // SAFETY: as above.
+    if let Some(ff) = LB_CONNS.get_ptr_mut(unsafe { &*key }) {
+        // SAFETY: LRU value pointer from a successful lookup.
+        let (fid, fgen, fflags) = unsafe { ((*ff).real_id, (*ff).real_gen, (*ff).flags) };
+        if fid == real_id && fgen == real_gen {
+            // SAFETY: as above.
+            unsafe { (*ff).last_seen_ns = now };
+            if closing {
+                conntrack::close(ff, service_id, real_id, real_gen, fflags);
+            }
+        }
+    }
 }
 
 #[inline(always)]

@@ -19,7 +19,9 @@ use ha_lb_common::vrrp::{
     VRRP_VRIDS_MAX,
 };
 
-use crate::parse::{ether_type, ptr_at, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV6_HLEN};
+use crate::parse::{
+    ether_type, ptr_at, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV6_HLEN,
+};
 
 /// Length of the fixed VRRP header (v2 and v3).
 const VRRP_HLEN: usize = 8;
@@ -34,7 +36,14 @@ static VRRP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(VrrpCounter:
 
 #[xdp]
 pub fn ha_lb_vrrp(ctx: XdpContext) -> u32 {
-    match filter(&ctx) {
+    run(&ctx)
+}
+
+/// The filter's verdict for one frame; also run by `ha_lb_xdp` on the frames it does not
+/// forward when its VRRP filter is enabled (one XDP program per interface).
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    match filter(ctx) {
         Verdict::NotVrrp => xdp_action::XDP_PASS,
         Verdict::Counted(c) => {
             count(c);
@@ -42,7 +51,7 @@ pub fn ha_lb_vrrp(ctx: XdpContext) -> u32 {
                 xdp_action::XDP_PASS
             } else {
                 // Off unless the daemon runs at debug level (AYA_LOG_LEVEL).
-                debug!(&ctx, "vrrp filter drop: reason {}", c as u32);
+                debug!(ctx, "vrrp filter drop: reason {}", c as u32);
                 xdp_action::XDP_DROP
             }
         }

@@ -261,7 +261,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             let names: Vec<&str> = ifaces.iter().map(String::as_str).collect();
             let mut x = XdpDataplane::attach(&names).context("starting the XDP data plane")?;
             // One XDP program per interface: VRRP frames go on to the fast-path filter.
-            x.chain(Some(bpf::PROG_VRRP_FILTER)).context("chaining the VRRP filter")?;
+            x.set_vrrp_filter(true)
+                .context("enabling the VRRP filter in the forwarding program")?;
             x.bpf_mut().spawn_log_forwarder();
             info!(interfaces = ?ifaces, "XDP forwarding attached");
             Plane::Xdp(Box::new(x))

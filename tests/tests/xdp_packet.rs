@@ -214,6 +214,71 @@ fn dr_rewrites_only_the_ethernet_header() {
     });
 }
 
+/// Established flows take their next hop from their connection-tracking entry instead of a
+/// `bpf_fib_lookup` per packet: a neighbour change reaches new flows at once and known flows
+/// at the next once-a-second refresh; a packet longer than any the cached route was checked
+/// for is looked up (MTU) again.
+#[test]
+fn known_flows_use_the_cached_next_hop_until_it_is_refreshed() {
+    let env = env();
+    let d = env.d.clone();
+    let gw_mac = env.gw_mac;
+    env.run(|t| {
+        let vip = sa("198.18.100.5:53");
+        t.apply(&one_service(
+            vs("198.18.100.5:53", Protocol::Udp),
+            LbAlgo::Rr,
+            LbKind::Nat,
+            reals(&["198.18.2.12"], 53, &[1]),
+        ));
+        let (old_rs, new_rs) = (rs_mac(2, 12), [2, 0, 0, 0, 9, 9]);
+        let (old_gw, new_gw) = (gw_mac, [2, 0, 0, 0, 9, 10]);
+        let c1 = client(20, 6000);
+        let ceth = t.client_eth();
+        let to_vip = |c, len: usize| frame::udp(ceth, c, vip, &vec![7u8; len]);
+        let rs_eth = frame::Eth { src: rs_mac(2, 12), dst: [0; 6] };
+        let back = |c| frame::udp(rs_eth, sa("198.18.2.12:53"), c, b"answer");
+        let dst_mac = |r: &ha_lb::bpf::testrun::RunResult| {
+            assert_eq!(r.action, XdpAction::Redirect);
+            frame::check(&r.frame).expect("checksums").eth.dst
+        };
+        let f1 = to_vip(c1, 10);
+        let r = t.send_from_client(&f1);
+        assert_eq!(dst_mac(&r), old_rs);
+        assert_eq!(dst_mac(&t.send_from_servers(&back(c1))), old_gw);
+
+        d.sh(&format!(
+            "ip neigh replace 198.18.2.12 lladdr {} dev eth1 nud permanent\n\
+             ip neigh replace 198.18.1.2 lladdr {} dev eth0 nud permanent",
+            mac_str(new_rs),
+            mac_str(new_gw)
+        ))
+        .unwrap();
+        assert_eq!(dst_mac(&t.send_from_client(&f1)), old_rs, "known flow: cached next hop");
+        assert_eq!(dst_mac(&t.send_from_servers(&back(c1))), old_gw, "its replies too");
+        let c2 = client(21, 6000);
+        assert_eq!(dst_mac(&t.send_from_client(&to_vip(c2, 10))), new_rs, "new flow: looked up");
+        assert_eq!(dst_mac(&t.send_from_servers(&back(c2))), new_gw);
+
+        std::thread::sleep(std::time::Duration::from_millis(1300));
+        assert_eq!(dst_mac(&t.send_from_client(&f1)), new_rs, "refreshed after a second");
+        assert_eq!(dst_mac(&t.send_from_servers(&back(c1))), new_gw);
+
+        // A longer packet than the cached route was checked for: looked up, MTU enforced.
+        d.sh("ip link set eth1 mtu 1280").unwrap();
+        assert_eq!(dst_mac(&t.send_from_client(&f1)), new_rs, "short packets: still cached");
+        let before = t.counters();
+        let r = t.send_from_client(&to_vip(c1, 1400));
+        assert_eq!(r.action, XdpAction::Pass, "too long for eth1: the kernel answers");
+        assert_eq!(delta(t.counters(), before), vec![(LbReason::FragNeeded.name(), 1)]);
+        assert_eq!(dst_mac(&t.send_from_client(&to_vip(c1, 1000))), new_rs);
+    });
+}
+
+fn mac_str(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 #[test]
 fn fib_failures_pass_or_drop_as_each_mode_requires() {
     let env = env();
@@ -444,7 +509,7 @@ fn malformed_and_unusual_frames_pass_untouched_and_are_counted_per_reason() {
 }
 
 #[test]
-fn frames_the_lb_does_not_handle_go_through_the_chained_vrrp_filter() {
+fn frames_the_lb_does_not_handle_go_through_the_vrrp_filter_when_enabled() {
     let env = env();
     let eth0 = env.eth0;
     env.run(|t| {
@@ -466,20 +531,20 @@ fn frames_the_lb_does_not_handle_go_through_the_chained_vrrp_filter() {
             frame::ip(eth, s, d, ttl, 112, &m)
         };
         let bad = adv(51, 64);
-        // Not chained: the LB passes VRRP like any non-TCP/UDP frame.
+        // Filter off: the LB passes VRRP like any non-TCP/UDP frame.
         assert_eq!(t.send_from_client(&bad).action, XdpAction::Pass);
-        t.dp.chain(Some(PROG_VRRP_FILTER)).unwrap();
+        t.dp.set_vrrp_filter(true).unwrap();
         let before = vrrp_filter::counters(t.dp.bpf()).unwrap();
         assert_eq!(t.send_from_client(&bad).action, XdpAction::Drop, "the VRRP filter dropped it");
         assert_eq!(t.send_from_client(&adv(51, 255)).action, XdpAction::Pass);
         let after = vrrp_filter::counters(t.dp.bpf()).unwrap();
         assert_eq!(after.get(VrrpCounter::BadTtl) - before.get(VrrpCounter::BadTtl), 1);
         assert_eq!(after.get(VrrpCounter::Passed) - before.get(VrrpCounter::Passed), 1);
-        // Service traffic still forwarded, not chained.
+        // Service traffic still forwarded, not filtered.
         let f =
             frame::tcp(t.client_eth(), client(1, 1), sa("198.18.100.1:80"), TcpFlags::SYN, 1, b"");
         assert_eq!(t.send_from_client(&f).action, XdpAction::Redirect);
-        t.dp.chain(None).unwrap();
+        t.dp.set_vrrp_filter(false).unwrap();
         assert_eq!(t.send_from_client(&bad).action, XdpAction::Pass);
     });
 }

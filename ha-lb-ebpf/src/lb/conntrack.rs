@@ -118,10 +118,25 @@ pub fn put_reply(pkt: &Pkt, real: *const LbReal, real_id: u32, svc_id: u32, now:
         (*f).last_seen_ns = now;
         (*f).addr = pkt.dst;
         (*f).port = pkt.dport;
-        (*f)._pad16 = 0;
-        (*f)._pad32 = 0;
+        clear_next_hop(f);
         if LB_CONNS.insert(&*k, &*f, 0).is_err() {
             count(LbReason::ConntrackFull);
         }
+    }
+}
+
+/// Empties the next-hop cache of entry value `f` (and its padding). Volatile word stores: a
+/// zeroing the compiler merged into a memset would be a byte-loop call on this target.
+#[inline(always)]
+pub fn clear_next_hop(f: *mut LbFlow) {
+    // SAFETY: `f` points to a whole `LbFlow` (scratch map); `nh_macs` is 4-byte aligned.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*f).nh_len, 0);
+        core::ptr::write_volatile(&raw mut (*f).nh_ifindex, 0);
+        let m = (&raw mut (*f).nh_macs).cast::<u32>();
+        core::ptr::write_volatile(m, 0);
+        core::ptr::write_volatile(m.add(1), 0);
+        core::ptr::write_volatile(m.add(2), 0);
+        core::ptr::write_volatile(&raw mut (*f)._pad32, 0);
     }
 }

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-use ha_lb_common::lb::FAMILY_V4;
+use ha_lb_common::lb::{LbFlow, FAMILY_V4};
 
 use super::{csum, maps::scratch, Pkt};
 use crate::parse::{ptr_at, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, IPPROTO_TCP};
@@ -131,18 +131,39 @@ pub struct FibParams {
 
 const _: () = assert!(core::mem::size_of::<FibParams>() == core::mem::size_of::<bpf_fib_lookup>());
 
-/// Looks up the route from `src` to `dst` as if forwarding the packet received on the
-/// ingress interface; on success rewrites the Ethernet addresses from the result and returns
-/// `XDP_TX` (egress = ingress) or the redirect verdict.
+/// Sends the packet toward `dst` as if forwarding it from the ingress interface: rewrites the
+/// Ethernet addresses and returns `XDP_TX` (egress = ingress) or the redirect verdict.
+///
+/// The next hop comes from `nh`'s cache (a connection-tracking entry of this flow direction)
+/// when it holds one checked for a packet at least this long and `fresh` is false; otherwise
+/// from `bpf_fib_lookup` (route, neighbour, MTU), whose result is cached in `nh`. Callers pass
+/// `fresh` once a second per flow (with the idle-time refresh), so a changed route or
+/// neighbour is picked up within a second; a failed lookup empties the cache.
+///
+/// Two CPUs may write the same entry's cache at once (both directions of a NAT flow use
+/// different entries; one direction on two receive queues does not normally happen); the
+/// length is cleared first and written last, so a reader that sees a length sees the fields
+/// of a completed write on x86's store order, and at worst one frame takes a stale next hop.
 #[inline(always)]
 pub fn send(
     ctx: &XdpContext,
     pkt: &Pkt,
-    src: &[u32; 4],
-    dst: &[u32; 4],
-    sport: u16,
-    dport: u16,
+    addrs: (&[u32; 4], &[u32; 4]),
+    ports: (u16, u16),
+    nh: *mut LbFlow,
+    fresh: bool,
 ) -> Fib {
+    if !fresh {
+        // SAFETY: `nh` points into an LRU map value or the per-CPU scratch map.
+        let len = unsafe { (*nh).nh_len };
+        if len != 0 && pkt.ip_len <= len {
+            // SAFETY: as above.
+            let (macs, out_if) = unsafe { ((*nh).nh_macs, (*nh).nh_ifindex) };
+            return out(ctx, &macs, out_if);
+        }
+    }
+    let (src, dst) = addrs;
+    let (sport, dport) = ports;
     let v4 = pkt.family == FAMILY_V4;
     // The parameter block lives in the per-CPU scratch map, not on the stack.
     let Some(sc) = scratch() else { return Fib::Other };
@@ -177,30 +198,25 @@ pub fn send(
             0,
         )
     };
+    // SAFETY: as above (cache written length-last, see the function's documentation).
+    unsafe { core::ptr::write_volatile(&raw mut (*nh).nh_len, 0) };
     if rc < 0 {
         return Fib::Other;
     }
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            let Some(eth) = ptr_at::<[u16; 6]>(ctx, 0) else { return Fib::Other };
-            // SAFETY: bounds-checked by ptr_at; the helper filled in `p`. Ethernet header =
-            // dst MAC, src MAC.
-            let out_if = unsafe {
+            // SAFETY: the helper filled in `pp`; `nh` as above.
+            let (macs, out_if) = unsafe {
                 let m = (*pp).macs;
-                (*eth)[0] = m[3];
-                (*eth)[1] = m[4];
-                (*eth)[2] = m[5];
-                (*eth)[3] = m[0];
-                (*eth)[4] = m[1];
-                (*eth)[5] = m[2];
-                (*pp).ifindex
+                let out_if = (*pp).ifindex;
+                // Ethernet header order: destination MAC, then source MAC.
+                let c = [m[3], m[4], m[5], m[0], m[1], m[2]];
+                (*nh).nh_macs = c;
+                (*nh).nh_ifindex = out_if;
+                core::ptr::write_volatile(&raw mut (*nh).nh_len, pkt.ip_len);
+                (c, out_if)
             };
-            if out_if == ctx.ingress_ifindex() as u32 {
-                Fib::Sent(xdp_action::XDP_TX)
-            } else {
-                // SAFETY: plain helper call; flags 0.
-                Fib::Sent(unsafe { bpf_redirect(out_if, 0) } as u32)
-            }
+            out(ctx, &macs, out_if)
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => Fib::NoNeigh,
         BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
@@ -208,5 +224,20 @@ pub fn send(
         }
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Fib::FragNeeded,
         _ => Fib::Other,
+    }
+}
+
+/// Writes the Ethernet addresses (`macs`: destination then source, as on the wire) and sends
+/// the frame out of `out_if`.
+#[inline(always)]
+fn out(ctx: &XdpContext, macs: &[u16; 6], out_if: u32) -> Fib {
+    let Some(eth) = ptr_at::<[u16; 6]>(ctx, 0) else { return Fib::Other };
+    // SAFETY: bounds-checked by ptr_at.
+    unsafe { *eth = *macs };
+    if out_if == ctx.ingress_ifindex() as u32 {
+        Fib::Sent(xdp_action::XDP_TX)
+    } else {
+        // SAFETY: plain helper call; flags 0.
+        Fib::Sent(unsafe { bpf_redirect(out_if, 0) } as u32)
     }
 }

@@ -3,12 +3,12 @@
 use super::fwd::FibParams;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use ha_lb_common::lb::{
-    LbBackendSet, LbConfig, LbFlow, LbIfMac, LbFlowKey, LbPersist, LbPersistKey, LbReal, LbReason,
-    LbRingChunk, LbService, LbServiceKey, LbTraffic, LB_CONNS_MAX, LB_IF_MAC_MAX, LB_PERSIST_MAX, LB_REALS_MAX,
-    LB_RING_CHUNKS, LB_SERVICES_MAX,
+    LbBackendSet, LbConfig, LbFlow, LbFlowKey, LbIfMac, LbPersist, LbPersistKey, LbReal, LbReason,
+    LbRingChunk, LbService, LbServiceKey, LbTraffic, LB_CONNS_MAX, LB_IF_MAC_MAX, LB_PERSIST_MAX,
+    LB_REALS_MAX, LB_RING_CHUNKS, LB_SERVICES_MAX,
 };
 
 #[map(name = "LB_SERVICES")]
@@ -51,9 +51,6 @@ pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
 /// Per-CPU round-robin cursor per service (rr, wrr).
 #[map(name = "LB_RR")]
 pub static LB_RR: PerCpuArray<u32> = PerCpuArray::with_max_entries(LB_SERVICES_MAX, 0);
-
-#[map(name = "LB_CHAIN")]
-pub static LB_CHAIN: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// Per-packet temporaries that would not fit on the stack: the verifier allows 512 bytes for
 /// a whole call chain, counting each frame rounded up to 32 bytes (before Linux 6.8), and the

@@ -38,7 +38,7 @@ pub fn pick(svc: &LbService, pkt: &Pkt, now: u64) -> Option<(u32, *const LbReal)
     // SAFETY: per-CPU scratch map.
     let pkey = unsafe { &raw mut (*sc).pkey };
     if persist {
-        set_persist_key(pkey, svc, pkt);
+        set_persist_key(pkey, svc.id, pkt);
         // SAFETY: as above.
         if let Some(t) = LB_PERSIST.get_ptr_mut(unsafe { &*pkey }) {
             // SAFETY: map value pointer from a successful lookup.
@@ -83,11 +83,11 @@ pub fn pick(svc: &LbService, pkt: &Pkt, now: u64) -> Option<(u32, *const LbReal)
 
 /// Restarts the persistence timer of the client of `pkt` (called while its flows are alive).
 #[inline(always)]
-pub fn refresh_template(svc: &LbService, pkt: &Pkt, now: u64) {
+pub fn refresh_template(svc_id: u32, pkt: &Pkt, now: u64) {
     let Some(sc) = scratch() else { return };
     // SAFETY: per-CPU scratch map.
     let pkey = unsafe { &raw mut (*sc).pkey };
-    set_persist_key(pkey, svc, pkt);
+    set_persist_key(pkey, svc_id, pkt);
     // SAFETY: as above.
     if let Some(t) = LB_PERSIST.get_ptr_mut(unsafe { &*pkey }) {
         // SAFETY: map value pointer from a successful lookup.
@@ -96,10 +96,10 @@ pub fn refresh_template(svc: &LbService, pkt: &Pkt, now: u64) {
 }
 
 #[inline(always)]
-fn set_persist_key(k: *mut LbPersistKey, svc: &LbService, pkt: &Pkt) {
+fn set_persist_key(k: *mut LbPersistKey, svc_id: u32, pkt: &Pkt) {
     // SAFETY: `k` points into the per-CPU scratch map.
     unsafe {
-        (*k).service_id = svc.id;
+        (*k).service_id = svc_id;
         (*k).family = pkt.family;
         (*k)._pad8 = 0;
         (*k)._pad16 = 0;

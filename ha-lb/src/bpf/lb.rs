@@ -5,14 +5,14 @@
 use std::net::IpAddr;
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
 use ha_lb_common::lb::{
     LbBackendSet, LbConfig, LbFlow, LbFlowKey, LbReal, LbReason, LbRingChunk, LbService,
-    LbServiceKey, LbTraffic, FAMILY_V4, FAMILY_V6, LB_CHAIN, LB_CONFIG, LB_CONNS, LB_PERSIST,
-    LB_REALS, LB_REAL_LOAD, LB_REAL_STATS, LB_REASONS, LB_RING, LB_RING_CHUNK, LB_SERVICES,
-    LB_SERVICE_STATS, LB_SETS,
+    LbServiceKey, LbTraffic, FAMILY_V4, FAMILY_V6, LB_CONFIG, LB_CONNS, LB_PERSIST, LB_REALS,
+    LB_REAL_LOAD, LB_REAL_STATS, LB_REASONS, LB_RING, LB_RING_CHUNK, LB_SERVICES, LB_SERVICE_STATS,
+    LB_SETS,
 };
 
 use super::{Bpf, BpfError};
@@ -263,39 +263,6 @@ pub fn flush_flows(bpf: &mut Bpf) -> Result<(), BpfError> {
         }
     }
     Ok(())
-}
-
-/// Installs program `next` (loaded from the same object) as what `ha_lb_xdp` tail-calls for
-/// frames it does not handle — e.g. the VRRP filter on an interface carrying both — or
-/// removes it (`None`).
-pub fn set_chain(bpf: &mut Bpf, next: Option<&str>) -> Result<(), BpfError> {
-    let fd = match next {
-        Some(name) => {
-            let prog = bpf.xdp(name)?;
-            Some(
-                prog.fd()
-                    .map_err(|source| BpfError::Program {
-                        name: name.to_string(),
-                        source: Box::new(source),
-                    })?
-                    .try_clone()
-                    .map_err(|io| BpfError::Program {
-                        name: name.to_string(),
-                        source: Box::new(aya::programs::ProgramError::IOError(io)),
-                    })?,
-            )
-        }
-        None => None,
-    };
-    let e = map_err(LB_CHAIN);
-    let mut m = ProgramArray::try_from(bpf.map_mut(LB_CHAIN)?).map_err(&e)?;
-    match fd {
-        Some(fd) => m.set(0, &fd, 0).map_err(e),
-        None => match m.clear_index(&0) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(x) => Err(e(x)),
-        },
-    }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` stamps flows with.

@@ -30,8 +30,9 @@
 //!   side; in practice the client's neighbour entry exists (it ARPed for the VIP).
 //! - `maintain()` every few seconds: it expires idle connections and recounts open ones.
 //! - One XDP program per interface: where VRRP and service traffic share an interface, attach
-//!   `ha_lb_xdp` and [`XdpDataplane::chain`] the VRRP filter (same `Bpf` object, so the
-//!   VRRP daemon must use this object's `VRRP_VRIDS` map: see [`XdpDataplane::bpf_mut`]).
+//!   `ha_lb_xdp` and turn on its VRRP filter ([`XdpDataplane::set_vrrp_filter`]; same `Bpf`
+//!   object, so the VRRP daemon must use this object's `VRRP_VRIDS` map: see
+//!   [`XdpDataplane::bpf_mut`]).
 //!
 //! # Limits and caveats
 //! - Connection counts: opened/closed are exact per-CPU counters, but a connection that leaves
@@ -64,8 +65,8 @@ use std::{
 use aya::programs::xdp::XdpLinkId;
 use ha_lb_common::lb::{
     LbBackendSet, LbConfig, LbReal, LbService, LbServiceKey, IPPROTO_TCP, IPPROTO_UDP, LB_ALGO_LC,
-    LB_ALGO_MH, LB_ALGO_RR, LB_ALGO_SH, LB_ALGO_WLC, LB_ALGO_WRR, LB_FLOW_F_CLOSED,
-    LB_FLOW_F_REPLY, LB_KIND_DR, LB_KIND_NAT, LB_REALS_MAX, LB_REAL_F_AVAILABLE,
+    LB_ALGO_MH, LB_ALGO_RR, LB_ALGO_SH, LB_ALGO_WLC, LB_ALGO_WRR, LB_CFG_F_VRRP_FILTER,
+    LB_FLOW_F_CLOSED, LB_FLOW_F_REPLY, LB_KIND_DR, LB_KIND_NAT, LB_REALS_MAX, LB_REAL_F_AVAILABLE,
     LB_REAL_F_QUIESCED, LB_RING_CHUNK, LB_RING_CHUNKS, LB_SERVICES_MAX, LB_SVC_F_HASH_PORT,
 };
 
@@ -458,6 +459,8 @@ pub struct XdpDataplane {
     links: Vec<(String, XdpLinkId, AttachMode)>,
     state: State,
     timeouts: Timeouts,
+    /// `LB_CFG_F_*` written with the timeouts.
+    config_flags: u64,
     /// Connections the sweeper expired, per real id / service id (the data path only counts
     /// opened and closed); reset when an id is given to a new server.
     expired_real: HashMap<u32, u64>,
@@ -490,6 +493,7 @@ impl XdpDataplane {
             links: Vec::new(),
             state: State::default(),
             timeouts: Timeouts::default(),
+            config_flags: 0,
             expired_real: HashMap::new(),
             expired_service: HashMap::new(),
             broken: None,
@@ -524,22 +528,36 @@ impl XdpDataplane {
         self.links.iter().map(|(n, _, m)| (n.clone(), *m)).collect()
     }
 
-    /// Frames the forwarding program does not handle are handed to program `next` of the same
-    /// object (typically `PROG_VRRP_FILTER` on an interface that carries both VRRP and
-    /// service traffic: only one XDP program can be attached per interface).
-    pub fn chain(&mut self, next: Option<&str>) -> Result<(), DataplaneError> {
-        maps::set_chain(&mut self.bpf, next).map_err(backend)
+    /// Whether `ha_lb_xdp` applies the VRRP filter's checks (`PROG_VRRP_FILTER`, same object
+    /// and maps) to the frames it does not forward: for interfaces that carry both VRRP and
+    /// service traffic, since only one XDP program can be attached per interface.
+    ///
+    /// The filter runs inside `ha_lb_xdp` rather than as a tail call: the kernel refuses tail
+    /// calls from programs with BPF-to-BPF calls unless it JIT-compiles them, so a tail call
+    /// would not load where the JIT is off (`net.core.bpf_jit_enable=0`) or absent (UML).
+    pub fn set_vrrp_filter(&mut self, on: bool) -> Result<(), DataplaneError> {
+        let flags = if on {
+            self.config_flags | LB_CFG_F_VRRP_FILTER
+        } else {
+            self.config_flags & !LB_CFG_F_VRRP_FILTER
+        };
+        self.write_config(self.timeouts, flags)
     }
 
     pub fn set_timeouts(&mut self, t: Timeouts) -> Result<(), DataplaneError> {
+        self.write_config(t, self.config_flags)
+    }
+
+    fn write_config(&mut self, t: Timeouts, flags: u64) -> Result<(), DataplaneError> {
         let cfg = LbConfig {
             tcp_timeout_ns: t.tcp.as_nanos() as u64,
             tcp_fin_timeout_ns: t.tcp_fin.as_nanos() as u64,
             udp_timeout_ns: t.udp.as_nanos() as u64,
-            _reserved: 0,
+            flags,
         };
         maps::set_config(&mut self.bpf, &cfg).map_err(backend)?;
         self.timeouts = t;
+        self.config_flags = flags;
         Ok(())
     }
 
