@@ -17,6 +17,7 @@ pub const PROG_BENCH_DROP: &str = "hlb_bench_drop";
 /// Program: redirects every frame to the ifindex in [`BENCH_REDIRECT`] (the ceiling of a
 /// forwarding director).
 pub const PROG_BENCH_REDIRECT: &str = "hlb_bench_redirect";
+pub const PROG_BENCH_REWRITE: &str = "hlb_bench_rewrite";
 
 /// Map name: `Array<BenchGenConfig>` with one entry.
 pub const BENCH_GEN_CONFIG: &str = "BENCH_GEN_CONFIG";

@@ -11,6 +11,9 @@
 //! - `hlb_bench_drop`: XDP_DROP (the floor of a director).
 //! - `hlb_bench_redirect`: redirects everything to the ifindex in `BENCH_REDIRECT` (the
 //!   ceiling of a forwarding director: no parsing, no lookup, no rewrite).
+//! - `hlb_bench_rewrite`: the same, after swapping the frame's MAC addresses: the least any
+//!   forwarding program does (its first touch of the frame's data costs a cache miss on the
+//!   director, since the frame was written on another CPU).
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -157,6 +160,21 @@ pub fn hlb_bench_drop(_ctx: XdpContext) -> u32 {
 
 #[xdp]
 pub fn hlb_bench_redirect(_ctx: XdpContext) -> u32 {
+    match BENCH_REDIRECT.get(0) {
+        // SAFETY: plain helper call.
+        Some(&ifindex) if ifindex != 0 => unsafe { bpf_redirect(ifindex, 0) as u32 },
+        _ => xdp_action::XDP_ABORTED,
+    }
+}
+
+#[xdp]
+pub fn hlb_bench_rewrite(ctx: XdpContext) -> u32 {
+    let Some(eth) = ptr_at::<[u16; 6]>(&ctx, 0) else { return xdp_action::XDP_ABORTED };
+    // SAFETY: bounds-checked by ptr_at.
+    unsafe {
+        let e = *eth;
+        *eth = [e[3], e[4], e[5], e[0], e[1], e[2]];
+    }
     match BENCH_REDIRECT.get(0) {
         // SAFETY: plain helper call.
         Some(&ifindex) if ifindex != 0 => unsafe { bpf_redirect(ifindex, 0) as u32 },

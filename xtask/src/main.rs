@@ -83,6 +83,9 @@ enum BenchCmd {
         /// xdp-drop, xdp-redirect).
         #[arg(long, value_delimiter = ',')]
         variants: Option<Vec<String>>,
+        /// Only these measurements (udp-frames, udp-skbs, tcp-keepalive, tcp-newconn, iperf).
+        #[arg(long, value_delimiter = ',')]
+        metrics: Option<Vec<String>>,
     },
 }
 
@@ -115,15 +118,19 @@ fn main() -> Result<()> {
             ];
             bench::failover::run(runs, &peers, &settings)
         }
-        Cmd::Bench { what: BenchCmd::Dataplane { quick, rounds, variants } } => {
-            use bench::dataplane::{Options, Variant};
+        Cmd::Bench { what: BenchCmd::Dataplane { quick, rounds, variants, metrics } } => {
+            use bench::dataplane::{Metric, Options, Variant};
             let variants = match variants {
                 Some(v) => v.iter().map(|s| Variant::parse(s)).collect::<Result<Vec<_>>>()?,
                 None => Variant::ALL.to_vec(),
             };
+            let metrics = match metrics {
+                Some(m) => m.iter().map(|s| Metric::parse(s)).collect::<Result<Vec<_>>>()?,
+                None => Metric::ALL.to_vec(),
+            };
             let object = build_ebpf(&root)?;
             sweep()?;
-            bench::dataplane::run(Options { quick, rounds, variants, object })
+            bench::dataplane::run(Options { quick, rounds, variants, metrics, object })
         }
         Cmd::Demo => {
             toolchain::setup(&root, false)?;

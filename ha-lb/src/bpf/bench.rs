@@ -12,7 +12,7 @@ use aya::{
 pub use ha_lb_common::bench::{
     BenchGenConfig, BenchSinkCounter, BENCH_GEN_CONFIG, BENCH_GEN_SEQ, BENCH_REDIRECT,
     BENCH_SINK_STATS, PROG_BENCH_DROP, PROG_BENCH_GEN, PROG_BENCH_PASS, PROG_BENCH_REDIRECT,
-    PROG_BENCH_SINK,
+    PROG_BENCH_REWRITE, PROG_BENCH_SINK,
 };
 
 use super::{Bpf, BpfError};

@@ -5,7 +5,9 @@
 //! Variants (`--variants`): `direct` (client to real server, no director), `routed` (the
 //! director's kernel forwarding, no load balancing), `nftables` (DNAT with `numgen`),
 //! `haproxy` (TCP mode, one thread), `xdp-drop` / `xdp-redirect` (empty XDP programs on the
-//! director: the floor and the ceiling of a forwarding program), `ha-lb-nat` / `ha-lb-dr`.
+//! director: the floor and the ceiling of a forwarding program), `xdp-rewrite` (MACs swapped,
+//! then redirected: the ceiling of a program that touches the frame), `ha-lb-nat` /
+//! `ha-lb-dr`.
 //!
 //! Measurements per variant and round:
 //! - UDP frames: 60-byte UDP frames from the live-frames generator (`BPF_PROG_RUN` with
@@ -25,7 +27,8 @@
 //! - HAProxy: `mode tcp`, one thread, `balance roundrobin`, pinned to the director CPU.
 //! - routed: the client addresses real server 1 directly; the director only forwards.
 //! - direct: the client talks to real server 1 over their own link; no director at all.
-//! - xdp-drop / xdp-redirect: empty programs on the director's front veth (UDP only).
+//! - xdp-drop / xdp-redirect / xdp-rewrite: minimal programs on the director's front veth (UDP
+//!   only): drop; redirect; swap the MACs and redirect.
 //!
 //! Real servers are nginx (one worker, `return 200`): event-driven, so new-connection load
 //! costs the server core little, unlike the lab's thread-per-connection `hlb-realserver`.
@@ -51,7 +54,8 @@ use aya::programs::xdp::XdpLinkId;
 use ha_lb::bpf::{
     bench::{
         gen_frames, run_live_frames, set_gen_config, set_redirect, sink_counters, BenchGenConfig,
-        PROG_BENCH_DROP, PROG_BENCH_GEN, PROG_BENCH_PASS, PROG_BENCH_REDIRECT, PROG_BENCH_SINK,
+        PROG_BENCH_DROP, PROG_BENCH_GEN, PROG_BENCH_PASS, PROG_BENCH_REDIRECT, PROG_BENCH_REWRITE,
+        PROG_BENCH_SINK,
     },
     testrun::run_xdp,
     Bpf, PROG_LB,
@@ -96,10 +100,11 @@ pub enum Variant {
     Haproxy,
     XdpDrop,
     XdpRedirect,
+    XdpRewrite,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 8] = [
+    pub const ALL: [Variant; 9] = [
         Variant::HaLbNat,
         Variant::HaLbDr,
         Variant::Direct,
@@ -108,6 +113,7 @@ impl Variant {
         Variant::Haproxy,
         Variant::XdpDrop,
         Variant::XdpRedirect,
+        Variant::XdpRewrite,
     ];
 
     pub fn name(self) -> &'static str {
@@ -120,6 +126,7 @@ impl Variant {
             Variant::Haproxy => "haproxy",
             Variant::XdpDrop => "xdp-drop",
             Variant::XdpRedirect => "xdp-redirect",
+            Variant::XdpRewrite => "xdp-rewrite",
         }
     }
 
@@ -134,7 +141,7 @@ impl Variant {
     }
 
     fn tcp(self) -> bool {
-        !matches!(self, Variant::XdpDrop | Variant::XdpRedirect)
+        !matches!(self, Variant::XdpDrop | Variant::XdpRedirect | Variant::XdpRewrite)
     }
 
     fn is_ha_lb(self) -> bool {
@@ -143,7 +150,7 @@ impl Variant {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Metric {
+pub enum Metric {
     UdpFrames,
     UdpSkbs,
     TcpKeepAlive,
@@ -152,13 +159,29 @@ enum Metric {
 }
 
 impl Metric {
-    const ALL: [Metric; 5] = [
+    pub const ALL: [Metric; 5] = [
         Metric::UdpFrames,
         Metric::UdpSkbs,
         Metric::TcpKeepAlive,
         Metric::TcpNewConn,
         Metric::Iperf,
     ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::UdpFrames => "udp-frames",
+            Metric::UdpSkbs => "udp-skbs",
+            Metric::TcpKeepAlive => "tcp-keepalive",
+            Metric::TcpNewConn => "tcp-newconn",
+            Metric::Iperf => "iperf",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Metric> {
+        Metric::ALL.into_iter().find(|m| m.name() == s).with_context(|| {
+            format!("unknown metric {s} ({})", Metric::ALL.map(Metric::name).join(", "))
+        })
+    }
 
     fn title(self) -> &'static str {
         match self {
@@ -192,12 +215,16 @@ pub struct Options {
     /// Overrides the number of rounds (5, or 3 with `quick`).
     pub rounds: Option<usize>,
     pub variants: Vec<Variant>,
+    /// Only these measurements.
+    pub metrics: Vec<Metric>,
     /// The eBPF object (target/ebpf/ha-lb-ebpf.o).
     pub object: PathBuf,
 }
 
-struct Durations {
+/// Rounds, run lengths and what to measure.
+struct Plan {
     rounds: usize,
+    metrics: Vec<Metric>,
     udp: Duration,
     tcp: Duration,
     quiet_wait: Duration,
@@ -230,15 +257,17 @@ pub fn run(opts: Options) -> Result<()> {
     }
     super::dataplane_peers::install_missing()?;
     let d = if opts.quick {
-        Durations {
+        Plan {
             rounds: 3,
+            metrics: opts.metrics.clone(),
             udp: Duration::from_secs(2),
             tcp: Duration::from_secs(3),
             quiet_wait: Duration::from_secs(5),
         }
     } else {
-        Durations {
+        Plan {
             rounds: 5,
+            metrics: opts.metrics.clone(),
             udp: Duration::from_secs(2),
             tcp: Duration::from_secs(5),
             quiet_wait: Duration::from_secs(20),
@@ -454,11 +483,16 @@ impl Bench {
                 let l = self.attach(director, PROG_BENCH_DROP, "hbd0")?;
                 self.links.push((PROG_BENCH_DROP, l));
             }
-            Variant::XdpRedirect => {
+            Variant::XdpRedirect | Variant::XdpRewrite => {
+                let prog = if v == Variant::XdpRedirect {
+                    PROG_BENCH_REDIRECT
+                } else {
+                    PROG_BENCH_REWRITE
+                };
                 let ifindex = director.ifindex(&BenchTopo::director_back(0))?;
                 set_redirect(&mut self.bpf, ifindex)?;
-                let l = self.attach(director, PROG_BENCH_REDIRECT, "hbd0")?;
-                self.links.push((PROG_BENCH_REDIRECT, l));
+                let l = self.attach(director, prog, "hbd0")?;
+                self.links.push((prog, l));
             }
             Variant::HaLbNat | Variant::HaLbDr => {
                 let kind = if v == Variant::HaLbNat { LbKind::Nat } else { LbKind::Dr };
@@ -582,7 +616,7 @@ impl Bench {
         &mut self,
         v: Variant,
         round: usize,
-        d: &Durations,
+        d: &Plan,
         results: &mut BTreeMap<(Metric, Variant), Vec<Point>>,
     ) -> Result<()> {
         self.enter(v)?;
@@ -593,6 +627,9 @@ impl Bench {
         if v.udp() {
             self.attach_sinks()?;
             for m in [Metric::UdpFrames, Metric::UdpSkbs] {
+                if !d.metrics.contains(&m) {
+                    continue;
+                }
                 let p = self.measure(v, m, d)?;
                 let _ = write!(line, " {}", short(m, &p));
                 results.entry((m, v)).or_default().push(p);
@@ -601,6 +638,9 @@ impl Bench {
         }
         if v.tcp() {
             for m in [Metric::TcpKeepAlive, Metric::TcpNewConn, Metric::Iperf] {
+                if !d.metrics.contains(&m) {
+                    continue;
+                }
                 let p = self.measure(v, m, d)?;
                 let _ = write!(line, " {}", short(m, &p));
                 results.entry((m, v)).or_default().push(p);
@@ -760,7 +800,7 @@ impl Bench {
         })?
     }
 
-    fn measure(&mut self, v: Variant, m: Metric, d: &Durations) -> Result<Point> {
+    fn measure(&mut self, v: Variant, m: Metric, d: &Plan) -> Result<Point> {
         let (_busy, quiet) = sys::wait_quiet(d.quiet_wait, QUIET_CORES);
         let mut p = Point::default();
         match m {
@@ -869,7 +909,13 @@ impl Bench {
             &[0u8; FRAME_LEN - 42],
         );
         let mut out = Vec::new();
-        let progs = [PROG_BENCH_DROP, PROG_BENCH_PASS, PROG_BENCH_REDIRECT, PROG_BENCH_SINK];
+        let progs = [
+            PROG_BENCH_DROP,
+            PROG_BENCH_PASS,
+            PROG_BENCH_REDIRECT,
+            PROG_BENCH_REWRITE,
+            PROG_BENCH_SINK,
+        ];
         for name in progs {
             let mut v = Vec::new();
             for _ in 0..5 {
