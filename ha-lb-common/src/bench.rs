@@ -18,6 +18,7 @@ pub const PROG_BENCH_DROP: &str = "hlb_bench_drop";
 /// forwarding director).
 pub const PROG_BENCH_REDIRECT: &str = "hlb_bench_redirect";
 pub const PROG_BENCH_REWRITE: &str = "hlb_bench_rewrite";
+pub const PROG_BENCH_TC_REDIRECT: &str = "hlb_bench_tc_redirect";
 
 /// Map name: `Array<BenchGenConfig>` with one entry.
 pub const BENCH_GEN_CONFIG: &str = "BENCH_GEN_CONFIG";

@@ -11,6 +11,9 @@
 //! - `hlb_bench_drop`: XDP_DROP (the floor of a director).
 //! - `hlb_bench_redirect`: redirects everything to the ifindex in `BENCH_REDIRECT` (the
 //!   ceiling of a forwarding director: no parsing, no lookup, no rewrite).
+//! - `hlb_bench_tc_redirect`: a TC (sched_cls) program redirecting every skb to the same
+//!   ifindex: the ceiling of a TC-hook director, which sees socket skbs without the copy
+//!   veth makes before native XDP can run on them.
 //! - `hlb_bench_rewrite`: the same, after swapping the frame's MAC addresses: the least any
 //!   forwarding program does (its first touch of the frame's data costs a cache miss on the
 //!   director, since the frame was written on another CPU).
@@ -18,9 +21,9 @@
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_redirect,
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::{Array, PerCpuArray},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use ha_lb_common::bench::{BenchGenConfig, BenchSinkCounter};
 
@@ -179,5 +182,15 @@ pub fn hlb_bench_rewrite(ctx: XdpContext) -> u32 {
         // SAFETY: plain helper call.
         Some(&ifindex) if ifindex != 0 => unsafe { bpf_redirect(ifindex, 0) as u32 },
         _ => xdp_action::XDP_ABORTED,
+    }
+}
+
+#[classifier]
+pub fn hlb_bench_tc_redirect(_ctx: TcContext) -> i32 {
+    match BENCH_REDIRECT.get(0) {
+        // SAFETY: plain helper call; flags 0 = the egress of `ifindex`.
+        Some(&ifindex) if ifindex != 0 => unsafe { bpf_redirect(ifindex, 0) as i32 },
+        // TC_ACT_SHOT
+        _ => 2,
     }
 }

@@ -7,12 +7,15 @@ use std::time::{Duration, Instant};
 
 use aya::{
     maps::{Array, MapError, PerCpuArray},
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
+    programs::{
+        tc::{SchedClassifierLinkId, TcAttachType},
+        SchedClassifier, TestRun, TestRunAttrs, TestRunOptions, Xdp,
+    },
 };
 pub use ha_lb_common::bench::{
     BenchGenConfig, BenchSinkCounter, BENCH_GEN_CONFIG, BENCH_GEN_SEQ, BENCH_REDIRECT,
     BENCH_SINK_STATS, PROG_BENCH_DROP, PROG_BENCH_GEN, PROG_BENCH_PASS, PROG_BENCH_REDIRECT,
-    PROG_BENCH_REWRITE, PROG_BENCH_SINK,
+    PROG_BENCH_REWRITE, PROG_BENCH_SINK, PROG_BENCH_TC_REDIRECT,
 };
 
 use super::{Bpf, BpfError};
@@ -102,4 +105,48 @@ fn per_cpu_sum(bpf: &Bpf, name: &'static str, index: u32) -> Result<u64, BpfErro
     let err = |source: MapError| BpfError::Map { name, source };
     let map: PerCpuArray<_, u64> = PerCpuArray::try_from(bpf.map(name)?).map_err(err)?;
     Ok(map.get(&index, 0).map_err(err)?.iter().sum())
+}
+
+/// Attaches TC program `name` to the ingress of `iface` (in the calling thread's network
+/// namespace; TCX where the kernel has it, else a clsact qdisc, which is added if missing).
+pub fn attach_tc_ingress(
+    bpf: &mut Bpf,
+    name: &str,
+    iface: &str,
+) -> Result<SchedClassifierLinkId, BpfError> {
+    let err = |e: aya::programs::ProgramError| BpfError::Program {
+        name: name.to_string(),
+        source: Box::new(e),
+    };
+    let prog = classifier(bpf, name)?;
+    match prog.attach(iface, TcAttachType::Ingress) {
+        Ok(id) => Ok(id),
+        Err(_) => {
+            // Older kernels (no TCX): through a clsact qdisc.
+            let _ = aya::programs::tc::qdisc_add_clsact(iface);
+            prog.attach(iface, TcAttachType::Ingress).map_err(err)
+        }
+    }
+}
+
+pub fn detach_tc(bpf: &mut Bpf, name: &str, link: SchedClassifierLinkId) -> Result<(), BpfError> {
+    classifier(bpf, name)?
+        .detach(link)
+        .map_err(|e| BpfError::Program { name: name.to_string(), source: Box::new(e) })
+}
+
+fn classifier<'a>(bpf: &'a mut Bpf, name: &str) -> Result<&'a mut SchedClassifier, BpfError> {
+    let err = |e: aya::programs::ProgramError| BpfError::Program {
+        name: name.to_string(),
+        source: Box::new(e),
+    };
+    let prog = bpf
+        .ebpf
+        .program_mut(name)
+        .ok_or_else(|| BpfError::MissingProgram { name: name.to_string() })?;
+    let prog: &mut SchedClassifier = prog.try_into().map_err(err)?;
+    if prog.fd().is_err() {
+        prog.load().map_err(err)?;
+    }
+    Ok(prog)
 }
