@@ -44,8 +44,13 @@ pub const LB_SERVICE_STATS: &str = "LB_SERVICE_STATS";
 pub const LB_REAL_STATS: &str = "LB_REAL_STATS";
 pub const LB_REASONS: &str = "LB_REASONS";
 pub const LB_CONFIG: &str = "LB_CONFIG";
-/// `HashMap<u32 ifindex, LbIfMac>`: the MAC of each interface the program is attached to.
+/// The MAC of each interface the program is attached to, by ifindex: `Array<LbIfMac>` for
+/// ifindexes below [`LB_IF_MAC_DIRECT`] (a lookup the verifier inlines, per packet), else
+/// `HashMap<u32, LbIfMac>` [`LB_IF_MAC_HASH`] (ifindexes grow with interface churn).
 pub const LB_IF_MAC: &str = "LB_IF_MAC";
+pub const LB_IF_MAC_HASH: &str = "LB_IF_MAC_HASH";
+pub const LB_IF_MAC_DIRECT: u32 = 4096;
+/// Entries of [`LB_IF_MAC_HASH`].
 pub const LB_IF_MAC_MAX: u32 = 64;
 
 /// Services (virtual servers) at once; service ids are `0..LB_SERVICES_MAX`.
@@ -299,7 +304,9 @@ impl Default for LbConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct LbIfMac {
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// 1: the program is attached to this interface (an `LB_IF_MAC` array slot of 0 is free).
+    pub attached: u8,
+    pub _pad: u8,
 }
 
 /// Why the forwarding program forwarded, passed or dropped a frame. Indexes `LB_REASONS`.
@@ -328,7 +335,7 @@ pub enum LbReason {
     Fragment = 9,
     /// IPv6 with extension headers: passed untouched.
     Ipv6Ext = 10,
-    /// Neither TCP nor UDP (ICMP, ...): passed untouched.
+    /// Neither TCP nor UDP (nor an ICMP error about a known flow): passed untouched.
     NotTcpUdp = 11,
     /// TCP data offset < 5: passed untouched.
     BadL4Header = 12,
@@ -352,11 +359,17 @@ pub enum LbReason {
     /// Unicast to another host's MAC (a switch flooding an unknown destination): passed to
     /// the kernel, which drops it, so two directors never both forward a flooded frame.
     OtherHost = 20,
+    /// An ICMP error about a flow's packet to the client (sent to the VIP) forwarded to the
+    /// flow's real server (NAT: translated back to the real server's addresses).
+    IcmpIn = 21,
+    /// An ICMP error about a NAT flow's packet to a real server, translated back to the VIP
+    /// and forwarded to the client.
+    IcmpOut = 22,
 }
 
 impl LbReason {
-    pub const COUNT: u32 = 21;
-    pub const ALL: [LbReason; 21] = [
+    pub const COUNT: u32 = 23;
+    pub const ALL: [LbReason; 23] = [
         LbReason::NatIn,
         LbReason::NatOut,
         LbReason::Dr,
@@ -378,6 +391,8 @@ impl LbReason {
         LbReason::Rescheduled,
         LbReason::ConntrackFull,
         LbReason::OtherHost,
+        LbReason::IcmpIn,
+        LbReason::IcmpOut,
     ];
     /// The name used in logs, status output and metrics.
     pub const fn name(self) -> &'static str {
@@ -403,6 +418,8 @@ impl LbReason {
             LbReason::Rescheduled => "rescheduled",
             LbReason::ConntrackFull => "conntrack_full",
             LbReason::OtherHost => "other_host",
+            LbReason::IcmpIn => "icmp_in",
+            LbReason::IcmpOut => "icmp_out",
         }
     }
 }

@@ -14,7 +14,8 @@
 //! The next hop comes from `bpf_fib_lookup` for a flow's first packet and once a second after
 //! that, and from the flow's entry in between (see `fwd::send`): an established flow costs one
 //! hash lookup. Everything else passes untouched (through the VRRP filter's checks when
-//! `LB_CFG_F_VRRP_FILTER` is set).
+//! `LB_CFG_F_VRRP_FILTER` is set). ICMP errors about known flows are translated and sent to
+//! the host the error is about (`icmp`).
 //! Unusual frames (VLAN, IPv4 options, fragments, IPv6 extension headers, truncated) pass and
 //! are counted per reason in `LB_REASONS`.
 //!
@@ -35,6 +36,7 @@
 mod conntrack;
 mod csum;
 mod fwd;
+mod icmp;
 mod maps;
 mod sched;
 mod stats;
@@ -44,7 +46,8 @@ use aya_ebpf::{
 };
 use ha_lb_common::lb::{
     LbFlow, LbReal, LbReason, LbService, FAMILY_V4, FAMILY_V6, LB_CFG_F_VRRP_FILTER,
-    LB_FLOW_F_CLOSED, LB_FLOW_F_DR, LB_FLOW_F_PERSIST, LB_FLOW_F_REPLY, LB_KIND_DR, LB_KIND_NAT,
+    LB_FLOW_F_CLOSED, LB_FLOW_F_DR, LB_FLOW_F_PERSIST, LB_FLOW_F_REPLY, LB_IF_MAC_DIRECT,
+    LB_KIND_DR, LB_KIND_NAT,
 };
 
 use self::{
@@ -126,9 +129,18 @@ pub fn ha_lb_pass(_ctx: XdpContext) -> u32 {
 fn for_us(ctx: &XdpContext) -> bool {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return true };
     let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: read-only lookup of plain data; eth is bounds-checked by ptr_at.
-    match unsafe { maps::LB_IF_MAC.get(&ifindex) } {
+    let m = if ifindex < LB_IF_MAC_DIRECT {
+        match maps::LB_IF_MAC.get(ifindex) {
+            Some(m) if m.attached != 0 => Some(m),
+            _ => None,
+        }
+    } else {
+        // SAFETY: read-only lookup of plain data.
+        unsafe { maps::LB_IF_MAC_HASH.get(&ifindex) }
+    };
+    match m {
         None => true,
+        // SAFETY: eth is bounds-checked by ptr_at.
         Some(m) => (unsafe { (*eth).dst }) == m.mac,
     }
 }
@@ -140,6 +152,12 @@ fn process(ctx: &XdpContext) -> Verdict {
     }
     let pkt = match parse(ctx) {
         Ok(p) => p,
+        Err(LbReason::NotTcpUdp) => {
+            return match icmp_error(ctx) {
+                0 => Verdict::Chain(LbReason::NotTcpUdp),
+                v => Verdict::Act(unpack(v)),
+            }
+        }
         Err(r) => return Verdict::Chain(r),
     };
     let Some(sc) = scratch() else { return Verdict::Chain(LbReason::NotService) };
@@ -441,6 +459,16 @@ fn unpack(v: u64) -> Outcome {
         LbReason::FibOther
     };
     (v as u32, reason)
+}
+
+/// An ICMP error about a known flow, translated and sent (packed [`Outcome`]), or 0. A
+/// subprogram, like [`forward`].
+#[inline(never)]
+fn icmp_error(ctx: &XdpContext) -> u64 {
+    match icmp::error(ctx) {
+        Some(o) => pack(o),
+        None => 0,
+    }
 }
 
 /// [`forward`]'s mode bits: DR (else NAT), and look the next hop up afresh.

@@ -340,6 +340,35 @@ fn lab_nat_tcp_and_udp_follow_weights_and_survive_a_removal() {
     assert_eq!((s.new_conns, s.active_conns), (60, 60));
     assert!(st.reason("nat_in") > 0 && st.reason("nat_out") > 0);
 
+    // ICMP errors about NAT flows are translated: rs1's kernel answers a datagram for a port
+    // nobody listens on with "port unreachable" about client -> rs1:9999; the client's
+    // connected socket only takes it (ECONNREFUSED) if it quotes client -> VIP:9 and comes from
+    // the VIP.
+    let mut with_discard = desired.clone();
+    with_discard.services.append(
+        &mut one_service(
+            vs("198.18.100.1:9", Protocol::Udp),
+            LbAlgo::Rr,
+            LbKind::Nat,
+            reals(&["198.18.2.11"], 9999, &[1]),
+        )
+        .services,
+    );
+    dp.apply(&with_discard).unwrap();
+    let refused = client
+        .run(|| {
+            let s = UdpSocket::bind("198.18.1.2:0").unwrap();
+            s.connect("198.18.100.1:9").unwrap();
+            s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            s.send(b"anyone?").unwrap();
+            let mut buf = [0u8; 64];
+            s.recv(&mut buf).map(|_| ()).map_err(|e| e.kind())
+        })
+        .unwrap();
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused), "the client got the error");
+    assert!(dp.stats().unwrap().reason("icmp_out") >= 1);
+    dp.apply(&desired).unwrap();
+
     // Remove rs2 mid-run: the others' established connections keep working, unchanged.
     desired = one_service(
         vs("198.18.100.1:80", Protocol::Tcp),

@@ -5,7 +5,10 @@
 
 mod xdp_support;
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
 
 use ha_lb::{
     bpf::{
@@ -682,6 +685,7 @@ fn a_lost_nat_reply_entry_is_recreated_by_the_clients_next_packet() {
 #[test]
 fn frames_for_another_hosts_mac_are_not_forwarded() {
     let env = env();
+    let d = env.d.clone();
     env.run(|t| {
         t.apply(&one_service(
             vs("198.18.100.1:80", Protocol::Tcp),
@@ -704,5 +708,222 @@ fn frames_for_another_hosts_mac_are_not_forwarded() {
         let mine = frame::tcp(t.client_eth(), client(7, 41000), vip, TcpFlags::SYN, 1, b"");
         assert_eq!(mine[..6], mac0, "the harness addresses the director's own MAC");
         assert_eq!(t.send_from_client(&mine).action, XdpAction::Redirect);
+
+        // Interfaces with a large ifindex (interface churn) are kept in a hash map instead of
+        // the array: the same rule applies there.
+        d.sh(
+            "ip link add hlbhigh index 5000 type veth peer name hlbhigh1 && ip link set hlbhigh up",
+        )
+        .unwrap();
+        let high_mac = [0x02, 0x50, 0, 0, 0, 1];
+        maps::set_interface_mac(t.dp.bpf_mut(), 5000, Some(high_mac)).unwrap();
+        let before = t.counters();
+        assert_eq!(t.run_on(5000, &flooded).action, XdpAction::Pass);
+        assert_eq!(delta(t.counters(), before), vec![(LbReason::OtherHost.name(), 1)]);
+        let mut to_high = t.client_eth();
+        to_high.dst = high_mac;
+        let f = frame::tcp(to_high, client(7, 41001), vip, TcpFlags::SYN, 1, b"");
+        let before = t.counters();
+        t.run_on(5000, &f);
+        assert!(
+            !delta(t.counters(), before).iter().any(|(r, _)| *r == LbReason::OtherHost.name()),
+            "a frame to the interface's own MAC is not another host's"
+        );
+        // Forgotten (detached): no longer filtered.
+        maps::set_interface_mac(t.dp.bpf_mut(), 5000, None).unwrap();
+        maps::set_interface_mac(t.dp.bpf_mut(), eth0, None).unwrap();
+        let before = t.counters();
+        t.run_on(5000, &flooded);
+        t.send_from_client(&flooded);
+        assert!(!delta(t.counters(), before).iter().any(|(r, _)| *r == LbReason::OtherHost.name()));
+    });
+}
+
+/// An ICMP error (`ty`/`code`, the 4 bytes after the checksum `rest`) from `from` to `to`
+/// about the IP packet in `about` (an Ethernet frame), quoting all of it, in a frame.
+fn icmp_error(
+    eth: frame::Eth,
+    (from, to): (IpAddr, IpAddr),
+    (ty, code): (u8, u8),
+    rest: [u8; 4],
+    about: &[u8],
+) -> Vec<u8> {
+    let mut m = vec![ty, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(&about[14..]);
+    let c = icmp_checksum(from, to, &m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    let proto = if from.is_ipv6() { 58 } else { 1 };
+    frame::ip(eth, from, to, 64, proto, &m)
+}
+
+/// The ICMP (v4) / ICMPv6 (with its pseudo-header) checksum of message `m`.
+fn icmp_checksum(from: IpAddr, to: IpAddr, m: &[u8]) -> u16 {
+    match (from, to) {
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut ph = Vec::new();
+            ph.extend_from_slice(&s.octets());
+            ph.extend_from_slice(&d.octets());
+            ph.extend_from_slice(&(m.len() as u32).to_be_bytes());
+            ph.extend_from_slice(&[0, 0, 0, 58]);
+            inet_checksum(&[&ph, m])
+        }
+        _ => inet_checksum(&[m]),
+    }
+}
+
+/// What an ICMP error frame says, after checking every checksum that must hold: the outer
+/// IPv4 header's, the ICMP message's and the quoted IPv4 header's. (outer src, outer dst,
+/// quoted src:port, quoted dst:port, destination MAC).
+fn parse_icmp_error(f: &[u8]) -> (IpAddr, IpAddr, SocketAddr, SocketAddr, [u8; 6]) {
+    let mac: [u8; 6] = f[..6].try_into().unwrap();
+    let ip4 = |b: &[u8]| IpAddr::from(<[u8; 4]>::try_from(b).unwrap());
+    let ip6 = |b: &[u8]| IpAddr::from(<[u8; 16]>::try_from(b).unwrap());
+    let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    if f[12..14] == [0x08, 0x00] {
+        let ip = &f[14..34];
+        assert_eq!(inet_checksum(&[ip]), 0, "outer IPv4 header checksum");
+        let (src, dst) = (ip4(&ip[12..16]), ip4(&ip[16..20]));
+        let m = &f[34..];
+        assert_eq!(inet_checksum(&[m]), 0, "ICMP checksum");
+        let inner = &m[8..28];
+        assert_eq!(inet_checksum(&[inner]), 0, "quoted IPv4 header checksum");
+        let l4 = &m[28..];
+        let q_src = SocketAddr::new(ip4(&inner[12..16]), port(&l4[0..2]));
+        let q_dst = SocketAddr::new(ip4(&inner[16..20]), port(&l4[2..4]));
+        (src, dst, q_src, q_dst, mac)
+    } else {
+        let ip = &f[14..54];
+        let (src, dst) = (ip6(&ip[8..24]), ip6(&ip[24..40]));
+        let m = &f[54..];
+        assert_eq!(icmp_checksum(src, dst, m), 0, "ICMPv6 checksum");
+        let inner = &m[8..48];
+        let l4 = &m[48..];
+        let q_src = SocketAddr::new(ip6(&inner[8..24]), port(&l4[0..2]));
+        let q_dst = SocketAddr::new(ip6(&inner[24..40]), port(&l4[2..4]));
+        (src, dst, q_src, q_dst, mac)
+    }
+}
+
+/// ICMP errors about load-balanced flows reach the host they are about, translated as IPVS
+/// does: about a packet to the client (addressed to the VIP) → the real server, with the
+/// quoted packet and the destination rewritten to the real server (NAT) or unchanged (DR);
+/// about a NAT packet to a real server (addressed to the client) → the client, quoted packet
+/// back to the VIP, and the source too when the real server sent it. Errors about no known
+/// flow, and ICMP that is not an error, pass.
+#[test]
+fn icmp_errors_about_flows_reach_the_host_they_are_about() {
+    let env = env();
+    let gw_mac = env.gw_mac;
+    env.run(|t| {
+        let mut d = ha_lb::dataplane::DesiredState::default();
+        for (vs_, kind, real, port) in [
+            (vs("198.18.100.1:53", Protocol::Udp), LbKind::Nat, "198.18.2.11", 5353),
+            (vs("198.18.100.4:80", Protocol::Tcp), LbKind::Dr, "198.18.2.12", 80),
+            (vs("[fd48:4c42:100::1]:443", Protocol::Tcp), LbKind::Nat, "fd48:4c42:2::10", 8443),
+        ] {
+            let s = one_service(vs_, LbAlgo::Rr, kind, reals(&[real], port, &[1]));
+            d.services.extend(s.services);
+        }
+        t.apply(&d);
+        let ceth = t.client_eth();
+        let rs_eth = frame::Eth { src: rs_mac(2, 11), dst: [0; 6] };
+
+        for (vip, c, real) in [
+            (sa("198.18.100.1:53"), client(9, 5000), sa("198.18.2.11:5353")),
+            (
+                sa("[fd48:4c42:100::1]:443"),
+                sa("[fd48:4c42:64::77]:50000"),
+                sa("[fd48:4c42:2::10]:8443"),
+            ),
+        ] {
+            let v6 = vip.is_ipv6();
+            let to_vip = if v6 {
+                frame::tcp(ceth, c, vip, TcpFlags::SYN, 1, b"")
+            } else {
+                frame::udp(ceth, c, vip, b"query")
+            };
+            let r = t.send_from_client(&to_vip);
+            assert_eq!(r.action, XdpAction::Redirect);
+            let dnat = r.frame.clone();
+
+            // The real server answers "port unreachable" about the packet it got.
+            let unreach = if v6 { (1, 4) } else { (3, 3) };
+            let e = icmp_error(rs_eth, (real.ip(), c.ip()), unreach, [0; 4], &dnat);
+            let before = t.counters();
+            let r = t.send_from_servers(&e);
+            assert_eq!(r.action, XdpAction::Redirect, "{vip}: error toward the client");
+            let (src, dst, q_src, q_dst, mac) = parse_icmp_error(&r.frame);
+            assert_eq!((src, dst), (vip.ip(), c.ip()), "from the VIP, as the client knows it");
+            assert_eq!((q_src, q_dst), (c, vip), "quoting the packet the client sent");
+            assert_eq!(mac, gw_mac);
+            assert_eq!(delta(t.counters(), before), vec![(LbReason::IcmpOut.name(), 1)]);
+
+            // A router between director and real server: its own source stays.
+            let router: IpAddr = if v6 { ip("fd48:4c42:2::99") } else { ip("198.18.2.99") };
+            let e =
+                icmp_error(rs_eth, (router, c.ip()), (if v6 { 3 } else { 11 }, 0), [0; 4], &dnat);
+            let r = t.send_from_servers(&e);
+            assert_eq!(r.action, XdpAction::Redirect);
+            let (src, dst, q_src, q_dst, _) = parse_icmp_error(&r.frame);
+            assert_eq!((src, dst, q_src, q_dst), (router, c.ip(), c, vip));
+
+            // A router on the client's side: "fragmentation needed" / "packet too big" about
+            // a reply to the client, sent to the VIP.
+            let reply = if v6 {
+                frame::tcp(ceth, vip, c, TcpFlags::ACK, 1, &[0u8; 40])
+            } else {
+                frame::udp(ceth, vip, c, b"answer")
+            };
+            let hop: IpAddr = if v6 { ip("fd48:4c42:1::2") } else { ip("198.18.1.2") };
+            // IPv4: type 3 code 4 with the next-hop MTU; IPv6: type 2 with the MTU.
+            let (ty, rest) =
+                if v6 { ((2, 0), 1280u32.to_be_bytes()) } else { ((3, 4), [0, 0, 5, 0]) };
+            let e = icmp_error(ceth, (hop, vip.ip()), ty, rest, &reply);
+            let before = t.counters();
+            let r = t.send_from_client(&e);
+            assert_eq!(r.action, XdpAction::Redirect, "{vip}: error toward the real server");
+            let (src, dst, q_src, q_dst, mac) = parse_icmp_error(&r.frame);
+            assert_eq!((src, dst), (hop, real.ip()), "to the real server");
+            assert_eq!((q_src, q_dst), (real, c), "quoting the reply as the real server sent it");
+            let rs_n = if v6 { 10 } else { 11 };
+            assert_eq!(mac, rs_mac(2, rs_n));
+            assert_eq!(delta(t.counters(), before), vec![(LbReason::IcmpIn.name(), 1)]);
+
+            // About no known flow: passes untouched.
+            let stranger = if v6 { sa("[fd48:4c42:64::78]:1") } else { client(10, 1) };
+            let other = frame::udp(ceth, vip, stranger, b"x");
+            let e = icmp_error(ceth, (hop, vip.ip()), (if v6 { 1 } else { 3 }, 1), [0; 4], &other);
+            let before = t.counters();
+            let r = t.send_from_client(&e);
+            assert_eq!(r.action, XdpAction::Pass);
+            assert_eq!(r.frame, e);
+            assert_eq!(delta(t.counters(), before), vec![(LbReason::NotTcpUdp.name(), 1)]);
+        }
+
+        // An echo request to the VIP is not an error: the kernel answers it.
+        let ping = frame::ip(ceth, ip("198.18.64.9"), ip("198.18.100.1"), 64, 1, &{
+            let mut m = vec![8, 0, 0, 0, 0, 1, 0, 1];
+            let c2 = inet_checksum(&[&m]);
+            m[2..4].copy_from_slice(&c2.to_be_bytes());
+            m
+        });
+        assert_eq!(t.send_from_client(&ping).action, XdpAction::Pass);
+
+        // DR: forwarded to the real server unchanged but for the MACs.
+        let c = client(11, 6000);
+        let vip = sa("198.18.100.4:80");
+        assert_eq!(
+            t.send_from_client(&frame::tcp(ceth, c, vip, TcpFlags::SYN, 1, b"")).action,
+            XdpAction::Redirect
+        );
+        let reply = frame::tcp(ceth, vip, c, TcpFlags::ACK, 1, &[0u8; 100]);
+        let e = icmp_error(ceth, (ip("198.18.1.2"), vip.ip()), (11, 0), [0; 4], &reply);
+        let before = t.counters();
+        let r = t.send_from_client(&e);
+        assert_eq!(r.action, XdpAction::Redirect);
+        assert_eq!(r.frame[14..], e[14..], "DR: the IP packet is untouched");
+        assert_eq!(r.frame[..6], rs_mac(2, 12));
+        assert_eq!(delta(t.counters(), before), vec![(LbReason::IcmpIn.name(), 1)]);
     });
 }

@@ -50,3 +50,15 @@ pub fn replace_addr6_port(
     s += (!from_port) as u32 + to_port as u32;
     !fold(s)
 }
+
+/// The checksum after a 16-bit field changed from `from` to `to`.
+#[inline(always)]
+pub fn replace2(check: u16, from: u16, to: u16) -> u16 {
+    !fold((!check) as u32 + (!from) as u32 + to as u32)
+}
+
+/// The checksum after an IPv6 address (4 words) changed.
+#[inline(always)]
+pub fn replace16(check: u16, from: &[u32; 4], to: &[u32; 4]) -> u16 {
+    replace_addr6_port(check, from, to, 0, 0)
+}

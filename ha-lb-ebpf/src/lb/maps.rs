@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use ha_lb_common::lb::{
     LbBackendSet, LbConfig, LbFlow, LbFlowKey, LbIfMac, LbPersist, LbPersistKey, LbReal, LbReason,
-    LbRingChunk, LbService, LbServiceKey, LbTraffic, LB_CONNS_MAX, LB_IF_MAC_MAX, LB_PERSIST_MAX,
-    LB_REALS_MAX, LB_RING_CHUNKS, LB_SERVICES_MAX,
+    LbRingChunk, LbService, LbServiceKey, LbTraffic, LB_CONNS_MAX, LB_IF_MAC_DIRECT, LB_IF_MAC_MAX,
+    LB_PERSIST_MAX, LB_REALS_MAX, LB_RING_CHUNKS, LB_SERVICES_MAX,
 };
 
 #[map(name = "LB_SERVICES")]
@@ -81,4 +81,8 @@ pub fn scratch() -> Option<*mut Scratch> {
 /// The MAC of each interface the program is attached to (filled at attach). Frames unicast to
 /// another host's MAC are not ours to forward.
 #[map(name = "LB_IF_MAC")]
-pub static LB_IF_MAC: HashMap<u32, LbIfMac> = HashMap::with_max_entries(LB_IF_MAC_MAX, 0);
+pub static LB_IF_MAC: Array<LbIfMac> = Array::with_max_entries(LB_IF_MAC_DIRECT, 0);
+
+/// The same, for ifindexes from `LB_IF_MAC_DIRECT` up.
+#[map(name = "LB_IF_MAC_HASH")]
+pub static LB_IF_MAC_HASH: HashMap<u32, LbIfMac> = HashMap::with_max_entries(LB_IF_MAC_MAX, 0);

@@ -312,11 +312,18 @@ pub fn set_interface_mac(
     ifindex: u32,
     mac: Option<[u8; 6]>,
 ) -> Result<(), BpfError> {
-    use ha_lb_common::lb::{LbIfMac, LB_IF_MAC};
-    let e = map_err(LB_IF_MAC);
-    let mut m: HashMap<_, u32, LbIfMac> = HashMap::try_from(bpf.map_mut(LB_IF_MAC)?).map_err(&e)?;
-    match mac {
-        Some(mac) => m.insert(ifindex, LbIfMac { mac, _pad: [0; 2] }, 0).map_err(e),
+    use ha_lb_common::lb::{LbIfMac, LB_IF_MAC, LB_IF_MAC_DIRECT, LB_IF_MAC_HASH};
+    let value = mac.map(|mac| LbIfMac { mac, attached: 1, _pad: 0 });
+    if ifindex < LB_IF_MAC_DIRECT {
+        let e = map_err(LB_IF_MAC);
+        let mut m: Array<_, LbIfMac> = Array::try_from(bpf.map_mut(LB_IF_MAC)?).map_err(&e)?;
+        return m.set(ifindex, value.unwrap_or_default(), 0).map_err(e);
+    }
+    let e = map_err(LB_IF_MAC_HASH);
+    let mut m: HashMap<_, u32, LbIfMac> =
+        HashMap::try_from(bpf.map_mut(LB_IF_MAC_HASH)?).map_err(&e)?;
+    match value {
+        Some(v) => m.insert(ifindex, v, 0).map_err(e),
         None => match m.remove(&ifindex) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(x) => Err(e(x)),
