@@ -50,8 +50,8 @@
 //!   drained (weight 0) server gets no new connections even from persistent clients (IPVS with
 //!   `expire_quiescent_template=1`).
 //! - Not load-balanced, passed to the kernel and counted: IP fragments, IPv4 options, IPv6
-//!   extension headers, VLAN-tagged frames, ICMP (so ICMP errors about NAT flows are not
-//!   translated back, unlike IPVS).
+//!   extension headers, VLAN-tagged frames, ICMP other than errors about known flows (those are
+//!   translated and forwarded as IPVS does: `icmp_in` / `icmp_out`).
 //! - TTL/hop limit is not decremented (as IPVS). `lb_kind TUN` is refused (the maps have room
 //!   for it: `lb_kind` per service, reserved per-real words).
 //! - All state lives in the loaded object: a restarted daemon starts with an empty connection
