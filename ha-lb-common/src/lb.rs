@@ -82,8 +82,8 @@ pub const LB_ALGO_WLC: u8 = 3;
 pub const LB_ALGO_SH: u8 = 4;
 pub const LB_ALGO_MH: u8 = 5;
 
-/// Forwarding methods, keepalived's `lb_kind` names. TUN is reserved: the maps carry what it
-/// needs (per-service kind, per-real address) but the data path does not implement it yet.
+/// Forwarding methods, keepalived's `lb_kind` names. TUN: IPv4-in-IPv4 (IPIP) to IPv4 real
+/// servers.
 pub const LB_KIND_NAT: u8 = 0;
 pub const LB_KIND_DR: u8 = 1;
 pub const LB_KIND_TUN: u8 = 2;
@@ -106,6 +106,8 @@ pub const LB_FLOW_F_PERSIST: u32 = 4;
 /// IPVS fixes a connection's forwarding method: a service switched to another `lb_kind` keeps
 /// its established flows as they were.
 pub const LB_FLOW_F_DR: u32 = 8;
+/// [`LbFlow::flags`]: forward entry of a TUN flow (fixed when the flow starts, like DR).
+pub const LB_FLOW_F_TUN: u32 = 16;
 
 /// [`LbConfig::flags`]: run the VRRP filter (`ha_lb_vrrp`'s checks) on the frames `ha_lb_xdp`
 /// does not forward, for interfaces that carry both VRRP and services.
@@ -193,8 +195,10 @@ pub struct LbReal {
     /// Incremented whenever the id is given to a new real server; flows and templates that
     /// carry another generation are stale.
     pub gen: u32,
-    /// Reserved for per-real forwarding data (TUN: encapsulation kind / source).
-    pub _reserved: [u32; 3],
+    /// TUN: the outer IPv4 source address (this director's address toward the real server),
+    /// wire order; 0 otherwise.
+    pub tun_src: u32,
+    pub _reserved: [u32; 2],
 }
 
 /// A connection-tracking key: the 5-tuple as it appears on the wire for the entry's direction.
@@ -365,11 +369,13 @@ pub enum LbReason {
     /// An ICMP error about a NAT flow's packet to a real server, translated back to the VIP
     /// and forwarded to the client.
     IcmpOut = 22,
+    /// Client -> VIP, encapsulated in IPIP to a real server (TUN) and sent.
+    Tun = 23,
 }
 
 impl LbReason {
-    pub const COUNT: u32 = 23;
-    pub const ALL: [LbReason; 23] = [
+    pub const COUNT: u32 = 24;
+    pub const ALL: [LbReason; 24] = [
         LbReason::NatIn,
         LbReason::NatOut,
         LbReason::Dr,
@@ -393,6 +399,7 @@ impl LbReason {
         LbReason::OtherHost,
         LbReason::IcmpIn,
         LbReason::IcmpOut,
+        LbReason::Tun,
     ];
     /// The name used in logs, status output and metrics.
     pub const fn name(self) -> &'static str {
@@ -420,6 +427,7 @@ impl LbReason {
             LbReason::OtherHost => "other_host",
             LbReason::IcmpIn => "icmp_in",
             LbReason::IcmpOut => "icmp_out",
+            LbReason::Tun => "tun",
         }
     }
 }

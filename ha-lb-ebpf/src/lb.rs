@@ -46,8 +46,8 @@ use aya_ebpf::{
 };
 use ha_lb_common::lb::{
     LbFlow, LbReal, LbReason, LbService, FAMILY_V4, FAMILY_V6, LB_CFG_F_VRRP_FILTER,
-    LB_FLOW_F_CLOSED, LB_FLOW_F_DR, LB_FLOW_F_PERSIST, LB_FLOW_F_REPLY, LB_IF_MAC_DIRECT,
-    LB_KIND_DR, LB_KIND_NAT,
+    LB_FLOW_F_CLOSED, LB_FLOW_F_DR, LB_FLOW_F_PERSIST, LB_FLOW_F_REPLY, LB_FLOW_F_TUN,
+    LB_IF_MAC_DIRECT, LB_KIND_DR, LB_KIND_NAT, LB_KIND_TUN,
 };
 
 use self::{
@@ -64,10 +64,6 @@ use crate::parse::{
 /// A parsed TCP/UDP packet. Addresses and ports as on the wire.
 #[derive(Clone, Copy)]
 pub struct Pkt {
-    /// Address of the IP header (bounds-checked).
-    pub l3: usize,
-    /// Address of the TCP/UDP header (bounds-checked for the fixed header).
-    pub l4: usize,
     pub src: [u32; 4],
     pub dst: [u32; 4],
     pub sport: u16,
@@ -243,11 +239,9 @@ fn parse_v4(ctx: &XdpContext, len: u32) -> Result<Pkt, LbReason> {
     if ETH_HLEN as u32 + ip_len as u32 > len {
         return Err(LbReason::Truncated);
     }
-    let (l4, sport, dport, tcp_flags) =
+    let (sport, dport, tcp_flags) =
         parse_l4(ctx, ip.proto, ETH_HLEN + IPV4_HLEN, ip_len as u32 - IPV4_HLEN as u32)?;
     Ok(Pkt {
-        l3: ipp as usize,
-        l4,
         src: [ip.saddr, 0, 0, 0],
         dst: [ip.daddr, 0, 0, 0],
         sport,
@@ -278,10 +272,8 @@ fn parse_v6(ctx: &XdpContext, len: u32) -> Result<Pkt, LbReason> {
     if (ETH_HLEN + IPV6_HLEN) as u32 + payload > len || payload > 0xffff - IPV6_HLEN as u32 {
         return Err(LbReason::Truncated);
     }
-    let (l4, sport, dport, tcp_flags) = parse_l4(ctx, ip.nexthdr, ETH_HLEN + IPV6_HLEN, payload)?;
+    let (sport, dport, tcp_flags) = parse_l4(ctx, ip.nexthdr, ETH_HLEN + IPV6_HLEN, payload)?;
     Ok(Pkt {
-        l3: ipp as usize,
-        l4,
         src: ip.saddr,
         dst: ip.daddr,
         sport,
@@ -294,14 +286,14 @@ fn parse_v6(ctx: &XdpContext, len: u32) -> Result<Pkt, LbReason> {
     })
 }
 
-/// The TCP/UDP header at `off`: (address, source port, destination port, TCP flags).
+/// The TCP/UDP header at `off`: (source port, destination port, TCP flags).
 #[inline(always)]
 fn parse_l4(
     ctx: &XdpContext,
     proto: u8,
     off: usize,
     l4_len: u32,
-) -> Result<(usize, u16, u16, u8), LbReason> {
+) -> Result<(u16, u16, u8), LbReason> {
     if proto == IPPROTO_TCP {
         let th = ptr_at::<TcpHdr>(ctx, off).ok_or(LbReason::Truncated)?;
         // SAFETY: bounds-checked by ptr_at.
@@ -313,7 +305,7 @@ fn parse_l4(
         if l4_len < doff * 4 {
             return Err(LbReason::Truncated);
         }
-        Ok((th as usize, t.source, t.dest, t.flags))
+        Ok((t.source, t.dest, t.flags))
     } else {
         let uh = ptr_at::<UdpHdr>(ctx, off).ok_or(LbReason::Truncated)?;
         if l4_len < core::mem::size_of::<UdpHdr>() as u32 {
@@ -321,7 +313,7 @@ fn parse_l4(
         }
         // SAFETY: bounds-checked by ptr_at.
         let u = unsafe { *uh };
-        Ok((uh as usize, u.source, u.dest, 0))
+        Ok((u.source, u.dest, 0))
     }
 }
 
@@ -358,7 +350,7 @@ fn established(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> u64 {
     if closing {
         conntrack::close(f, svc_id, real_id, real_gen, flags);
     }
-    let dr = flags & LB_FLOW_F_DR != 0;
+    let kind = flow_kind(flags);
     let refresh = idle > conntrack::REFRESH_NS;
     if refresh {
         // SAFETY: as above; racing writers only store other timestamps.
@@ -367,20 +359,20 @@ fn established(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> u64 {
             sched::refresh_template(svc_id, pkt, now);
         }
         // Re-create the reply entry should the LRU have evicted it alone.
-        if !dr {
+        if kind == LB_KIND_NAT {
             conntrack::put_reply(pkt, real, real_id, svc_id, now);
         }
     }
     stats::traffic(svc_id, Some(real_id), pkt.len as u64, false, false);
-    forward(ctx, pkt, real, f, fwd_mode(dr, refresh))
+    forward(ctx, pkt, real, f, fwd_mode(kind, refresh))
 }
 
 /// Client -> VIP, no known flow: schedule it, send the packet, then record the flow (with the
 /// next hop the send looked up) and, for NAT, its reply entry.
 #[inline(always)]
 fn schedule(ctx: &XdpContext, pkt: &Pkt, svc: &LbService) -> Outcome {
-    if svc.lb_kind != LB_KIND_NAT && svc.lb_kind != LB_KIND_DR {
-        // TUN is not implemented in the data path; user space refuses to configure it.
+    let kind = svc.lb_kind;
+    if kind != LB_KIND_NAT && kind != LB_KIND_DR && kind != LB_KIND_TUN {
         return drop(LbReason::FibOther);
     }
     let now = now_ns();
@@ -390,17 +382,16 @@ fn schedule(ctx: &XdpContext, pkt: &Pkt, svc: &LbService) -> Outcome {
         return drop(LbReason::NoRealServer);
     };
     let Some(sc) = scratch() else { return pass(LbReason::FibOther) };
-    let dr = svc.lb_kind == LB_KIND_DR;
     // SAFETY: per-CPU scratch map: `new_flow` filled `flow` for this packet's key `fkey`.
     let f = unsafe { &raw mut (*sc).flow };
-    let o = unpack(forward(ctx, pkt, real, f, fwd_mode(dr, true)));
+    let o = unpack(forward(ctx, pkt, real, f, fwd_mode(kind, true)));
     // SAFETY: as above.
     unsafe {
         if LB_CONNS.insert(&(*sc).fkey, &*f, 0).is_err() {
             count(LbReason::ConntrackFull);
         }
     }
-    if !dr {
+    if kind == LB_KIND_NAT {
         conntrack::put_reply(pkt, real, id, svc.id, now);
     }
     stats::traffic(svc.id, Some(id), pkt.len as u64, false, true);
@@ -426,6 +417,8 @@ fn new_flow(pkt: &Pkt, svc: &LbService, now: u64, closing: bool) -> u32 {
     }
     if svc.lb_kind == LB_KIND_DR {
         flags |= LB_FLOW_F_DR;
+    } else if svc.lb_kind == LB_KIND_TUN {
+        flags |= LB_FLOW_F_TUN;
     }
     let Some(sc) = scratch() else { return u32::MAX };
     // SAFETY: array value pointer and the per-CPU scratch map.
@@ -471,17 +464,30 @@ fn icmp_error(ctx: &XdpContext) -> u64 {
     }
 }
 
-/// [`forward`]'s mode bits: DR (else NAT), and look the next hop up afresh.
-const FWD_DR: u32 = 1;
-const FWD_FRESH: u32 = 2;
-
+/// The forwarding method (`LB_KIND_*`) of a forward entry with `flags`.
 #[inline(always)]
-fn fwd_mode(dr: bool, fresh: bool) -> u32 {
-    (if dr { FWD_DR } else { 0 }) | if fresh { FWD_FRESH } else { 0 }
+fn flow_kind(flags: u32) -> u8 {
+    if flags & LB_FLOW_F_DR != 0 {
+        LB_KIND_DR
+    } else if flags & LB_FLOW_F_TUN != 0 {
+        LB_KIND_TUN
+    } else {
+        LB_KIND_NAT
+    }
 }
 
-/// Sends a client -> VIP packet to real server `real`: NAT rewrites the destination; both
-/// rewrite the Ethernet header for the next hop (cached in `nh`, the flow's forward entry).
+/// [`forward`]'s mode: the forwarding method (`LB_KIND_*`, low byte), and whether to look the
+/// next hop up afresh.
+const FWD_FRESH: u32 = 0x100;
+
+#[inline(always)]
+fn fwd_mode(kind: u8, fresh: bool) -> u32 {
+    kind as u32 | if fresh { FWD_FRESH } else { 0 }
+}
+
+/// Sends a client -> VIP packet to real server `real`: NAT rewrites the destination, TUN
+/// encapsulates; all rewrite the Ethernet header for the next hop (cached in `nh`, the flow's
+/// forward entry).
 #[inline(never)]
 fn forward(ctx: &XdpContext, pkt: &Pkt, real: *const LbReal, nh: *mut LbFlow, mode: u32) -> u64 {
     pack(forward_inline(ctx, pkt, real, nh, mode))
@@ -498,7 +504,24 @@ fn forward_inline(
     // SAFETY: array value pointer; entries of a live generation are never rewritten.
     let (raddr, rport) = unsafe { (&(*real).addr, (*real).port) };
     let fresh = mode & FWD_FRESH != 0;
-    if mode & FWD_DR == 0 {
+    let kind = (mode & 0xff) as u8;
+    if kind == LB_KIND_TUN {
+        // SAFETY: array value pointer, as above.
+        let src = unsafe { (*real).tun_src };
+        if src == 0 {
+            // User space found no route toward the real server when it was configured.
+            return drop(LbReason::FibUnreachable);
+        }
+        // Passing would deliver the packet to the local VIP: failures drop, as for DR.
+        return match fwd::tun(ctx, pkt, (src, raddr[0]), nh, fresh) {
+            Fib::Sent(a) => (a, LbReason::Tun),
+            Fib::NoNeigh => drop(LbReason::NoNeigh),
+            Fib::FragNeeded => drop(LbReason::FragNeeded),
+            Fib::Other => drop(LbReason::FibOther),
+            Fib::Unreachable => drop(LbReason::FibUnreachable),
+        };
+    }
+    if kind == LB_KIND_NAT {
         fwd::rewrite(ctx, pkt, true, raddr, rport);
         match fwd::send(ctx, pkt, (&pkt.src, raddr), (pkt.sport, rport), nh, fresh) {
             Fib::Sent(a) => (a, LbReason::NatIn),

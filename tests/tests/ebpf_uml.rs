@@ -178,14 +178,18 @@ fn verify_all(bpf: &mut Bpf, label: &str) -> Result<Vec<(String, Verified)>, Str
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
     for (name, section) in programs_in_object() {
-        if !matches!(section, ProgramSection::Xdp { .. }) {
-            // ha-lb's loader only loads XDP programs; a new kind needs this test extended.
-            failures.push(format!("{name}: a {section:?} program: extend ebpf_uml.rs"));
-            continue;
-        }
-        match bpf.xdp(&name) {
-            Ok(prog) => {
-                let info = prog.info().map_err(|e| format!("{name}: program info: {e}"))?;
+        let info = match section {
+            ProgramSection::Xdp { .. } => bpf.xdp(&name).map(|p| p.info()),
+            ProgramSection::SchedClassifier => bpf.classifier(&name).map(|p| p.info()),
+            _ => {
+                // ha-lb's loader loads XDP and TC programs; a new kind needs this extended.
+                failures.push(format!("{name}: a {section:?} program: extend ebpf_uml.rs"));
+                continue;
+            }
+        };
+        match info {
+            Ok(info) => {
+                let info = info.map_err(|e| format!("{name}: program info: {e}"))?;
                 let v = Verified {
                     verified_insns: info.verified_instruction_count(),
                     translated_bytes: info.size_translated(),
@@ -194,7 +198,7 @@ fn verify_all(bpf: &mut Bpf, label: &str) -> Result<Vec<(String, Verified)>, Str
             }
             // The error's text carries the verifier's log (aya's LoadError).
             Err(e) => {
-                failures.push(format!("{name}: REJECTED ({label}):\n{}", tail(&e.to_string(), 60)))
+                failures.push(format!("{name}: REJECTED ({label}):\n{}", tail(&e.to_string(), 120)))
             }
         }
     }

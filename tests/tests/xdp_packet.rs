@@ -927,3 +927,72 @@ fn icmp_errors_about_flows_reach_the_host_they_are_about() {
         assert_eq!(delta(t.counters(), before), vec![(LbReason::IcmpIn.name(), 1)]);
     });
 }
+
+/// LVS-TUN: the client's packet, unchanged, inside an outer IPv4 header (IPIP) from this
+/// director's address toward the real server to the real server, whose MAC it is sent to.
+/// Known flows go the same way (cached next hop); a packet that no longer fits the path once
+/// encapsulated is dropped and counted (passing would deliver it to the local VIP).
+#[test]
+fn tun_encapsulates_in_ipip_to_the_real_server() {
+    let env = env();
+    let d = env.d.clone();
+    let mac1 = env.mac1;
+    env.run(|t| {
+        t.apply(&one_service(
+            vs("198.18.100.6:80", Protocol::Tcp),
+            LbAlgo::Rr,
+            LbKind::Tun,
+            reals(&["198.18.2.13"], 80, &[1]),
+        ));
+        let vip = sa("198.18.100.6:80");
+        let c = client(12, 7000);
+        for (i, flags) in [TcpFlags::SYN, TcpFlags::ACK].into_iter().enumerate() {
+            let f = frame::tcp(t.client_eth(), c, vip, flags, i as u32, b"GET / HTTP/1.0\r\n\r\n");
+            let before = t.counters();
+            let r = t.send_from_client(&f);
+            assert_eq!(r.action, XdpAction::Redirect, "packet {i}");
+            let o = &r.frame;
+            assert_eq!(o.len(), f.len() + 20, "one IPv4 header more");
+            assert_eq!(o[..6], rs_mac(2, 13), "to the real server's MAC");
+            assert_eq!(o[6..12], mac1, "from the director's interface toward it");
+            assert_eq!(o[12..14], [0x08, 0x00]);
+            let outer = &o[14..34];
+            assert_eq!(outer[0], 0x45);
+            assert_eq!(outer[9], 4, "IPIP");
+            assert_eq!(inet_checksum(&[outer]), 0, "outer header checksum");
+            assert_eq!(u16::from_be_bytes([outer[2], outer[3]]) as usize, o.len() - 14);
+            assert_eq!(outer[12..16], [198, 18, 2, 1], "source: the director's address toward it");
+            assert_eq!(outer[16..20], [198, 18, 2, 13]);
+            assert_eq!(outer[8], f[22], "TTL copied from the inner header");
+            assert_eq!(o[34..], f[14..], "the client's packet, unchanged");
+            assert_eq!(delta(t.counters(), before), vec![(LbReason::Tun.name(), 1)]);
+        }
+        // Too long for eth1 once encapsulated (1260 + 20 > 1270): dropped and counted.
+        d.sh("ip link set eth1 mtu 1270").unwrap();
+        let big = frame::udp(t.client_eth(), client(13, 7001), sa("198.18.100.7:53"), &[0; 1232]);
+        t.apply(&{
+            let mut both = one_service(
+                vs("198.18.100.6:80", Protocol::Tcp),
+                LbAlgo::Rr,
+                LbKind::Tun,
+                reals(&["198.18.2.13"], 80, &[1]),
+            );
+            both.services.extend(
+                one_service(
+                    vs("198.18.100.7:53", Protocol::Udp),
+                    LbAlgo::Rr,
+                    LbKind::Tun,
+                    reals(&["198.18.2.13"], 53, &[1]),
+                )
+                .services,
+            );
+            both
+        });
+        assert_eq!(big.len() - 14, 1260);
+        let before = t.counters();
+        assert_eq!(t.send_from_client(&big).action, XdpAction::Drop);
+        assert_eq!(delta(t.counters(), before), vec![(LbReason::FragNeeded.name(), 1)]);
+        let small = frame::udp(t.client_eth(), client(13, 7002), sa("198.18.100.7:53"), b"q");
+        assert_eq!(t.send_from_client(&small).action, XdpAction::Redirect);
+    });
+}

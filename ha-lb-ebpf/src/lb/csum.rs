@@ -62,3 +62,17 @@ pub fn replace2(check: u16, from: u16, to: u16) -> u16 {
 pub fn replace16(check: u16, from: &[u32; 4], to: &[u32; 4]) -> u16 {
     replace_addr6_port(check, from, to, 0, 0)
 }
+
+/// The header checksum of IPv4 header `h` (whose `check` is 0), computed in full.
+#[inline(always)]
+pub fn ipv4_header(h: &crate::parse::Ipv4Hdr) -> u16 {
+    // SAFETY: `Ipv4Hdr` is repr(C), 20 bytes, 4-byte aligned: ten 16-bit words.
+    let w: [u16; 10] = unsafe { core::mem::transmute(*h) };
+    let mut s = 0u32;
+    let mut i = 0;
+    while i < 10 {
+        s += w[i] as u32;
+        i += 1;
+    }
+    !fold(s)
+}

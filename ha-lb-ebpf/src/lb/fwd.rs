@@ -7,14 +7,22 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS,
         BPF_FIB_LKUP_RET_UNREACHABLE,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
     EbpfContext,
 };
 use ha_lb_common::lb::{LbFlow, FAMILY_V4};
 
 use super::{csum, maps::scratch, Pkt};
-use crate::parse::{ptr_at, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, IPPROTO_TCP};
+use crate::parse::{
+    ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPV4_HLEN,
+    IPV6_HLEN,
+};
+
+/// IPv4-in-IPv4 (RFC 2003).
+const IPPROTO_IPIP: u8 = 4;
+/// The IPv4 "don't fragment" flag (host order).
+const IP_DF: u16 = 0x4000;
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -23,44 +31,72 @@ const AF_INET6: u8 = 10;
 /// updating the IPv4 header checksum and the TCP/UDP checksum incrementally. A UDP/IPv4
 /// checksum of zero ("none") stays zero.
 ///
-/// The header pointers are bounds-checked again here: the parser checked them, but the
-/// verifier does not always connect "this is TCP" here with the branch that checked a TCP-sized
-/// header there.
+/// The headers are found again from the frame's start at their fixed offsets (the parser
+/// passes only plain IPv4 and IPv6 headers) and bounds-checked here, rather than carried over
+/// from the parser as addresses: a packet pointer kept in a stack struct can reach a
+/// subprogram as a plain number for the verifier (seen on 6.1), which then refuses it.
 #[inline(always)]
 pub fn rewrite(ctx: &XdpContext, pkt: &Pkt, dst: bool, addr: &[u32; 4], port: u16) {
     let (old, old_port) = if dst { (pkt.dst, pkt.dport) } else { (pkt.src, pkt.sport) };
-    let v4 = pkt.family == FAMILY_V4;
-    let end = ctx.data_end();
-    // SAFETY: every header pointer is checked against `end` before it is dereferenced.
-    unsafe {
-        if pkt.proto == IPPROTO_TCP {
-            if pkt.l4 + core::mem::size_of::<TcpHdr>() > end {
-                return;
-            }
-            let th = pkt.l4 as *mut TcpHdr;
-            let c = (*th).check;
-            (*th).check = if v4 {
-                csum::replace_addr4_port(c, old[0], addr[0], old_port, port)
+    if pkt.family == FAMILY_V4 {
+        rewrite_l4(ctx, pkt, ETH_HLEN + IPV4_HLEN, dst, port, |c| {
+            csum::replace_addr4_port(c, old[0], addr[0], old_port, port)
+        });
+        let Some(ih) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return };
+        // SAFETY: bounds-checked by ptr_at.
+        unsafe {
+            (*ih).check = csum::replace4((*ih).check, old[0], addr[0]);
+            if dst {
+                (*ih).daddr = addr[0];
             } else {
-                csum::replace_addr6_port(c, &old, addr, old_port, port)
-            };
+                (*ih).saddr = addr[0];
+            }
+        }
+    } else {
+        rewrite_l4(ctx, pkt, ETH_HLEN + IPV6_HLEN, dst, port, |c| {
+            csum::replace_addr6_port(c, &old, addr, old_port, port)
+        });
+        let Some(ih) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return };
+        // SAFETY: bounds-checked by ptr_at.
+        unsafe {
+            if dst {
+                (*ih).daddr = *addr;
+            } else {
+                (*ih).saddr = *addr;
+            }
+        }
+    }
+}
+
+/// The TCP/UDP half of [`rewrite`]: the header at `off`, its port, and its checksum through
+/// `update` (a UDP/IPv4 checksum of zero stays zero; a computed zero is sent as all ones).
+#[inline(always)]
+fn rewrite_l4(
+    ctx: &XdpContext,
+    pkt: &Pkt,
+    off: usize,
+    dst: bool,
+    port: u16,
+    update: impl Fn(u16) -> u16,
+) {
+    if pkt.proto == IPPROTO_TCP {
+        let Some(th) = ptr_at::<TcpHdr>(ctx, off) else { return };
+        // SAFETY: bounds-checked by ptr_at.
+        unsafe {
+            (*th).check = update((*th).check);
             if dst {
                 (*th).dest = port;
             } else {
                 (*th).source = port;
             }
-        } else {
-            if pkt.l4 + core::mem::size_of::<UdpHdr>() > end {
-                return;
-            }
-            let uh = pkt.l4 as *mut UdpHdr;
+        }
+    } else {
+        let Some(uh) = ptr_at::<UdpHdr>(ctx, off) else { return };
+        // SAFETY: bounds-checked by ptr_at.
+        unsafe {
             let c = (*uh).check;
-            if c != 0 || !v4 {
-                let n = if v4 {
-                    csum::replace_addr4_port(c, old[0], addr[0], old_port, port)
-                } else {
-                    csum::replace_addr6_port(c, &old, addr, old_port, port)
-                };
+            if c != 0 || pkt.family != FAMILY_V4 {
+                let n = update(c);
                 // RFC 768: a computed zero is sent as all ones.
                 (*uh).check = if n == 0 { 0xffff } else { n };
             }
@@ -68,28 +104,6 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Pkt, dst: bool, addr: &[u32; 4], port: u1
                 (*uh).dest = port;
             } else {
                 (*uh).source = port;
-            }
-        }
-        if v4 {
-            if pkt.l3 + core::mem::size_of::<Ipv4Hdr>() > end {
-                return;
-            }
-            let ih = pkt.l3 as *mut Ipv4Hdr;
-            (*ih).check = csum::replace4((*ih).check, old[0], addr[0]);
-            if dst {
-                (*ih).daddr = addr[0];
-            } else {
-                (*ih).saddr = addr[0];
-            }
-        } else {
-            if pkt.l3 + core::mem::size_of::<Ipv6Hdr>() > end {
-                return;
-            }
-            let ih = pkt.l3 as *mut Ipv6Hdr;
-            if dst {
-                (*ih).daddr = *addr;
-            } else {
-                (*ih).saddr = *addr;
             }
         }
     }
@@ -153,20 +167,45 @@ pub fn send(
     nh: *mut LbFlow,
     fresh: bool,
 ) -> Fib {
+    let route = Route { family: pkt.family, proto: pkt.proto, addrs, ports, len: pkt.ip_len };
+    match next_hop(ctx, &route, nh, fresh) {
+        Ok((macs, out_if)) => out(ctx, &macs, out_if),
+        Err(f) => f,
+    }
+}
+
+/// What a next-hop lookup is for: the packet as it will leave (family, L4 protocol, addresses,
+/// ports, IP length for the MTU check).
+pub struct Route<'a> {
+    pub family: u8,
+    pub proto: u8,
+    pub addrs: (&'a [u32; 4], &'a [u32; 4]),
+    pub ports: (u16, u16),
+    pub len: u16,
+}
+
+/// The next hop (Ethernet addresses as on the wire, egress ifindex) for `r`: from `nh`'s cache
+/// or `bpf_fib_lookup` (see [`send`]).
+#[inline(always)]
+pub fn next_hop(
+    ctx: &XdpContext,
+    r: &Route,
+    nh: *mut LbFlow,
+    fresh: bool,
+) -> Result<([u16; 6], u32), Fib> {
     if !fresh {
         // SAFETY: `nh` points into an LRU map value or the per-CPU scratch map.
         let len = unsafe { (*nh).nh_len };
-        if len != 0 && pkt.ip_len <= len {
+        if len != 0 && r.len <= len {
             // SAFETY: as above.
-            let (macs, out_if) = unsafe { ((*nh).nh_macs, (*nh).nh_ifindex) };
-            return out(ctx, &macs, out_if);
+            return Ok(unsafe { ((*nh).nh_macs, (*nh).nh_ifindex) });
         }
     }
-    let (src, dst) = addrs;
-    let (sport, dport) = ports;
-    let v4 = pkt.family == FAMILY_V4;
+    let (src, dst) = r.addrs;
+    let (sport, dport) = r.ports;
+    let v4 = r.family == FAMILY_V4;
     // The parameter block lives in the per-CPU scratch map, not on the stack.
-    let Some(sc) = scratch() else { return Fib::Other };
+    let Some(sc) = scratch() else { return Err(Fib::Other) };
     // SAFETY: per-CPU map value, used by this packet only.
     let pp = unsafe { &raw mut (*sc).fib };
     // SAFETY: every field is written before use. The constant-zero fields are written
@@ -174,10 +213,10 @@ pub fn send(
     // on this target).
     unsafe {
         (*pp).family = if v4 { AF_INET } else { AF_INET6 };
-        (*pp).l4_protocol = pkt.proto;
+        (*pp).l4_protocol = r.proto;
         (*pp).sport = sport;
         (*pp).dport = dport;
-        (*pp).tot_len = pkt.ip_len;
+        (*pp).tot_len = r.len;
         (*pp).ifindex = ctx.ingress_ifindex() as u32;
         // IPv4 uses word 0 (the others are zero in our representation).
         (*pp).src = *src;
@@ -201,30 +240,88 @@ pub fn send(
     // SAFETY: as above (cache written length-last, see the function's documentation).
     unsafe { core::ptr::write_volatile(&raw mut (*nh).nh_len, 0) };
     if rc < 0 {
-        return Fib::Other;
+        return Err(Fib::Other);
     }
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
             // SAFETY: the helper filled in `pp`; `nh` as above.
-            let (macs, out_if) = unsafe {
+            Ok(unsafe {
                 let m = (*pp).macs;
                 let out_if = (*pp).ifindex;
                 // Ethernet header order: destination MAC, then source MAC.
                 let c = [m[3], m[4], m[5], m[0], m[1], m[2]];
                 (*nh).nh_macs = c;
                 (*nh).nh_ifindex = out_if;
-                core::ptr::write_volatile(&raw mut (*nh).nh_len, pkt.ip_len);
+                core::ptr::write_volatile(&raw mut (*nh).nh_len, r.len);
                 (c, out_if)
-            };
-            out(ctx, &macs, out_if)
+            })
         }
-        BPF_FIB_LKUP_RET_NO_NEIGH => Fib::NoNeigh,
+        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Fib::NoNeigh),
         BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
-            Fib::Unreachable
+            Err(Fib::Unreachable)
         }
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => Fib::FragNeeded,
-        _ => Fib::Other,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Fib::FragNeeded),
+        _ => Err(Fib::Other),
     }
+}
+
+/// LVS-TUN: encapsulates the IPv4 packet `pkt` in an outer IPv4 header from `src` to `dst`
+/// (IPIP, RFC 2003: protocol 4; TOS, TTL, ID and DF copied from the inner header, as IPVS
+/// does) and sends it toward `dst`. The route is checked for the encapsulated length: a
+/// packet that no longer fits the path is `FragNeeded`.
+#[inline(always)]
+pub fn tun(
+    ctx: &XdpContext,
+    pkt: &Pkt,
+    (src, dst): (u32, u32),
+    nh: *mut LbFlow,
+    fresh: bool,
+) -> Fib {
+    let len = pkt.ip_len as u32 + IPV4_HLEN as u32;
+    if pkt.family != FAMILY_V4 || len > 0xffff {
+        return Fib::Other;
+    }
+    let (s4, d4) = ([src, 0, 0, 0], [dst, 0, 0, 0]);
+    let route = Route {
+        family: FAMILY_V4,
+        proto: IPPROTO_IPIP,
+        addrs: (&s4, &d4),
+        ports: (0, 0),
+        len: len as u16,
+    };
+    let (macs, out_if) = match next_hop(ctx, &route, nh, fresh) {
+        Ok(h) => h,
+        Err(f) => return f,
+    };
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Fib::Other };
+    // SAFETY: bounds-checked by ptr_at.
+    let inner = unsafe { *ip };
+    // SAFETY: plain helper call; the frame gains IPV4_HLEN bytes of headroom at its start.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_HLEN as i32)) } != 0 {
+        return Fib::Other;
+    }
+    // Every packet pointer is invalid now: derive them again.
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return Fib::Other };
+    let Some(outer) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Fib::Other };
+    let mut h = Ipv4Hdr {
+        vihl: 0x45,
+        tos: inner.tos,
+        tot_len: (len as u16).to_be(),
+        id: inner.id,
+        frag_off: inner.frag_off & IP_DF.to_be(),
+        ttl: inner.ttl,
+        proto: IPPROTO_IPIP,
+        check: 0,
+        saddr: src,
+        daddr: dst,
+    };
+    h.check = csum::ipv4_header(&h);
+    // SAFETY: bounds-checked by ptr_at.
+    unsafe {
+        (*eth).proto = ETH_P_IP.to_be();
+        *outer = h;
+    }
+    out(ctx, &macs, out_if)
 }
 
 /// Writes the Ethernet addresses (`macs`: destination then source, as on the wire) and sends

@@ -18,7 +18,9 @@
 //! headers), pass to the kernel.
 
 use aya_ebpf::programs::XdpContext;
-use ha_lb_common::lb::{LbReason, FAMILY_V4, FAMILY_V6, LB_FLOW_F_DR, LB_FLOW_F_REPLY};
+use ha_lb_common::lb::{
+    LbReason, FAMILY_V4, FAMILY_V6, LB_FLOW_F_DR, LB_FLOW_F_REPLY, LB_FLOW_F_TUN,
+};
 
 use super::{
     csum,
@@ -136,9 +138,11 @@ fn v4(ctx: &XdpContext) -> Option<Outcome> {
     )?;
     // SAFETY: LRU value pointer from a successful lookup.
     let (flags, addr, port) = unsafe { ((*f).flags, (*f).addr[0], (*f).port) };
+    // TUN flows' errors would need encapsulating: the kernel gets them.
+    if flags & LB_FLOW_F_TUN != 0 {
+        return None;
+    }
     let mut pkt = Pkt {
-        l3: op as usize,
-        l4: hp as usize,
         src: [o.saddr, 0, 0, 0],
         dst: [o.daddr, 0, 0, 0],
         sport: 0,
@@ -223,9 +227,10 @@ fn v6(ctx: &XdpContext) -> Option<Outcome> {
     let f = flow_of(FAMILY_V6, i.nexthdr, (i.saddr, ports[0]), (i.daddr, ports[1]))?;
     // SAFETY: LRU value pointer from a successful lookup.
     let (flags, addr, port) = unsafe { ((*f).flags, (*f).addr, (*f).port) };
+    if flags & LB_FLOW_F_TUN != 0 {
+        return None;
+    }
     let mut pkt = Pkt {
-        l3: op as usize,
-        l4: hp as usize,
         src: o.saddr,
         dst: o.daddr,
         sport: 0,

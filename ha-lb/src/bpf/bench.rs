@@ -9,7 +9,7 @@ use aya::{
     maps::{Array, MapError, PerCpuArray},
     programs::{
         tc::{SchedClassifierLinkId, TcAttachType},
-        SchedClassifier, TestRun, TestRunAttrs, TestRunOptions, Xdp,
+        TestRun, TestRunAttrs, TestRunOptions, Xdp,
     },
 };
 pub use ha_lb_common::bench::{
@@ -118,7 +118,7 @@ pub fn attach_tc_ingress(
         name: name.to_string(),
         source: Box::new(e),
     };
-    let prog = classifier(bpf, name)?;
+    let prog = bpf.classifier(name)?;
     match prog.attach(iface, TcAttachType::Ingress) {
         Ok(id) => Ok(id),
         Err(_) => {
@@ -130,23 +130,7 @@ pub fn attach_tc_ingress(
 }
 
 pub fn detach_tc(bpf: &mut Bpf, name: &str, link: SchedClassifierLinkId) -> Result<(), BpfError> {
-    classifier(bpf, name)?
+    bpf.classifier(name)?
         .detach(link)
         .map_err(|e| BpfError::Program { name: name.to_string(), source: Box::new(e) })
-}
-
-fn classifier<'a>(bpf: &'a mut Bpf, name: &str) -> Result<&'a mut SchedClassifier, BpfError> {
-    let err = |e: aya::programs::ProgramError| BpfError::Program {
-        name: name.to_string(),
-        source: Box::new(e),
-    };
-    let prog = bpf
-        .ebpf
-        .program_mut(name)
-        .ok_or_else(|| BpfError::MissingProgram { name: name.to_string() })?;
-    let prog: &mut SchedClassifier = prog.try_into().map_err(err)?;
-    if prog.fd().is_err() {
-        prog.load().map_err(err)?;
-    }
-    Ok(prog)
 }

@@ -11,7 +11,7 @@ pub mod vrrp_filter;
 use std::os::fd::AsRawFd;
 
 use aya::{
-    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
+    programs::{xdp::XdpLinkId, ProgramError, SchedClassifier, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use tracing::{info, warn};
@@ -167,6 +167,23 @@ impl Bpf {
             })?;
         }
         Ok(xdp)
+    }
+
+    /// TC (sched_cls) program `name`, loaded (verified) on first use.
+    pub fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier, BpfError> {
+        let err = |e: aya::programs::ProgramError| BpfError::Program {
+            name: name.to_string(),
+            source: Box::new(e),
+        };
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| BpfError::MissingProgram { name: name.to_string() })?;
+        let prog: &mut SchedClassifier = prog.try_into().map_err(err)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(err)?;
+        }
+        Ok(prog)
     }
 
     /// Attaches XDP program `name` to `iface` in native mode, falling back to generic mode

@@ -556,6 +556,10 @@ pub enum LbKind {
     /// Direct routing: rewrite the MAC only; real servers hold the VIP on a non-ARPing
     /// interface and answer clients directly. Ports cannot be remapped.
     Dr,
+    /// IP tunnelling (IPIP, IPv4 only): the packet is encapsulated to the real server, which
+    /// decapsulates it (the VIP on its `tunl0`) and answers clients directly. Ports cannot be
+    /// remapped.
+    Tun,
 }
 
 impl LbKind {
@@ -563,6 +567,7 @@ impl LbKind {
         match self {
             LbKind::Nat => "NAT",
             LbKind::Dr => "DR",
+            LbKind::Tun => "TUN",
         }
     }
 }

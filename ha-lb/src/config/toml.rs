@@ -1083,8 +1083,8 @@ impl<'s> Reader<'s> {
             .parsed(&tb, "lb_kind", |s| match s {
                 "NAT" => Ok(LbKind::Nat),
                 "DR" => Ok(LbKind::Dr),
-                "TUN" => Err("is not supported yet (use NAT or DR)".to_string()),
-                _ => Err("is not one of NAT, DR".to_string()),
+                "TUN" => Ok(LbKind::Tun),
+                _ => Err("is not one of NAT, DR, TUN".to_string()),
             })
             .unwrap_or_default();
         let persistence_timeout = self

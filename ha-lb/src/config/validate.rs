@@ -519,13 +519,14 @@ impl V<'_> {
                             vs.lb_kind.as_str()
                         ),
                     );
-                } else if vs.lb_kind == LbKind::Dr && sorry.port() != vs.port {
+                } else if vs.lb_kind != LbKind::Nat && sorry.port() != vs.port {
                     self.err(
                         spos,
                         format!(
-                            "sorry_server port {} differs from the virtual_server port {}; DR cannot remap ports",
+                            "sorry_server port {} differs from the virtual_server port {}; {} cannot remap ports",
                             sorry.port(),
-                            vs.port
+                            vs.port,
+                            vs.lb_kind.as_str()
                         ),
                     );
                 }
@@ -563,12 +564,21 @@ impl V<'_> {
                         seen.insert(rs.key(), apos);
                     }
                 }
-                if vs.lb_kind == LbKind::Dr && rs.port != vs.port {
+                if vs.lb_kind != LbKind::Nat && rs.port != vs.port {
                     self.err(
                         m.key(ritem, "port"),
                         format!(
-                            "real_server port {} differs from the virtual_server port {}; DR forwards without rewriting ports (use NAT, or port = {})",
-                            rs.port, vs.port, vs.port
+                            "real_server port {} differs from the virtual_server port {}; {} forwards without rewriting ports (use NAT, or port = {})",
+                            rs.port, vs.port, vs.lb_kind.as_str(), vs.port
+                        ),
+                    );
+                }
+                if vs.lb_kind == LbKind::Tun && rs.address.is_ipv6() {
+                    self.err(
+                        apos,
+                        format!(
+                            "real_server {}: TUN encapsulates IPv4 in IPv4 only (use DR or NAT for IPv6)",
+                            rs.address
                         ),
                     );
                 }

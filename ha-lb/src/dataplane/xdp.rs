@@ -59,21 +59,23 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use aya::programs::xdp::XdpLinkId;
 use ha_lb_common::lb::{
     LbBackendSet, LbConfig, LbReal, LbService, LbServiceKey, IPPROTO_TCP, IPPROTO_UDP, LB_ALGO_LC,
     LB_ALGO_MH, LB_ALGO_RR, LB_ALGO_SH, LB_ALGO_WLC, LB_ALGO_WRR, LB_CFG_F_VRRP_FILTER,
-    LB_FLOW_F_CLOSED, LB_FLOW_F_REPLY, LB_KIND_DR, LB_KIND_NAT, LB_REALS_MAX, LB_REAL_F_AVAILABLE,
-    LB_REAL_F_QUIESCED, LB_RING_CHUNK, LB_RING_CHUNKS, LB_SERVICES_MAX, LB_SVC_F_HASH_PORT,
+    LB_FLOW_F_CLOSED, LB_FLOW_F_REPLY, LB_KIND_DR, LB_KIND_NAT, LB_KIND_TUN, LB_REALS_MAX,
+    LB_REAL_F_AVAILABLE, LB_REAL_F_QUIESCED, LB_RING_CHUNK, LB_RING_CHUNKS, LB_SERVICES_MAX,
+    LB_SVC_F_HASH_PORT,
 };
+use tracing::warn;
 
 use super::{
     sched::{self, Backend},
     ApplyReport, Dataplane, DataplaneError, DataplaneStats, DesiredState, LbAlgo, LbKind, Protocol,
-    RealServerStats, ServiceSpec, ServiceStats, VirtualServerKey,
+    RealServerSpec, RealServerStats, ServiceSpec, ServiceStats, VirtualServerKey,
 };
 use crate::bpf::{
     lb::{self as maps, addr_words, port_be},
@@ -235,14 +237,50 @@ fn kind_code(k: LbKind) -> u8 {
     match k {
         LbKind::Nat => LB_KIND_NAT,
         LbKind::Dr => LB_KIND_DR,
-        // LB_KIND_TUN is reserved in the maps; the config rejects `lb_kind = "TUN"` until the
-        // program implements it.
+        LbKind::Tun => LB_KIND_TUN,
     }
 }
 
 fn real_entry(addr: IpAddr, port: u16, flags: u8, service_id: u32, gen: u32) -> LbReal {
     let (a, family) = addr_words(addr);
-    LbReal { addr: a, port: port_be(port), family, flags, service_id, gen, _reserved: [0; 3] }
+    LbReal {
+        addr: a,
+        port: port_be(port),
+        family,
+        flags,
+        service_id,
+        gen,
+        tun_src: 0,
+        _reserved: [0; 2],
+    }
+}
+
+/// The real server entry of `rs` in a service of kind `kind`: for TUN, with the outer source
+/// address `tun_source` gives for it (0 if none: the program then drops its flows).
+fn live_real_entry(
+    rs: &RealServerSpec,
+    kind: LbKind,
+    service_id: u32,
+    gen: u32,
+    tun_source: &dyn Fn(IpAddr) -> Option<Ipv4Addr>,
+) -> LbReal {
+    let mut e = real_entry(rs.addr, rs.port, weight_flags(rs.weight), service_id, gen);
+    if kind == LbKind::Tun {
+        e.tun_src = tun_source(rs.addr).map(|a| u32::from_ne_bytes(a.octets())).unwrap_or(0);
+    }
+    e
+}
+
+/// This host's source address toward `addr` (the route's preferred source), found the way the
+/// kernel picks one for a datagram socket: connect (which sends nothing) and read it back.
+pub fn source_toward(addr: IpAddr) -> Option<Ipv4Addr> {
+    let IpAddr::V4(a) = addr else { return None };
+    let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    s.connect((a, 9)).ok()?;
+    match s.local_addr().ok()?.ip() {
+        IpAddr::V4(src) if !src.is_unspecified() => Some(src),
+        _ => None,
+    }
 }
 
 fn weight_flags(weight: u32) -> u8 {
@@ -259,6 +297,15 @@ fn weight_flags(weight: u32) -> u8 {
 pub fn plan(
     state: &State,
     desired: &DesiredState,
+) -> Result<(State, Vec<Op>, ApplyReport), DataplaneError> {
+    plan_with(state, desired, &|_| None)
+}
+
+/// [`plan`], with TUN real servers' outer source addresses from `tun_source`.
+pub fn plan_with(
+    state: &State,
+    desired: &DesiredState,
+    tun_source: &dyn Fn(IpAddr) -> Option<Ipv4Addr>,
 ) -> Result<(State, Vec<Op>, ApplyReport), DataplaneError> {
     desired.validate()?;
     let mut next = state.clone();
@@ -313,7 +360,7 @@ pub fn plan(
                         report.real_servers_reweighted += 1;
                         let op = Op::PutReal(
                             o.id,
-                            real_entry(rs.addr, rs.port, weight_flags(rs.weight), id, o.gen),
+                            live_real_entry(rs, spec.lb_kind, id, o.gen, tun_source),
                         );
                         // Back from drained: usable before the new set names it. Drained:
                         // only once the new set (without it) is live.
@@ -335,7 +382,7 @@ pub fn plan(
                     ops.push(Op::ResetRealCounters(rid));
                     ops.push(Op::PutReal(
                         rid,
-                        real_entry(rs.addr, rs.port, weight_flags(rs.weight), id, gen),
+                        live_real_entry(rs, spec.lb_kind, id, gen, tun_source),
                     ));
                     report.real_servers_added += 1;
                     AppliedReal { id: rid, gen, weight: rs.weight }
@@ -711,7 +758,13 @@ impl Dataplane for XdpDataplane {
                 format!("an earlier apply failed half-way ({why}); rebuild the data plane").into(),
             ));
         }
-        let (next, ops, report) = plan(&self.state, desired)?;
+        let (next, ops, report) = plan_with(&self.state, desired, &|a| {
+            let src = source_toward(a);
+            if src.is_none() {
+                warn!(real_server = %a, "TUN: no route toward the real server; its flows are dropped");
+            }
+            src
+        })?;
         for op in &ops {
             if let Err(e) = execute(&mut self.bpf, op) {
                 self.broken = Some(e.to_string());

@@ -18,7 +18,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 use super::wire::{
     self, DestParams, SvcParams, IPVS_CMD_NEW_DEST, IPVS_CMD_NEW_SERVICE, IPVS_CMD_SET_DEST,
     IPVS_CMD_SET_SERVICE, IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_LOCALNODE, IP_VS_CONN_F_MASQ,
-    IP_VS_SVC_F_PERSISTENT, IP_VS_SVC_F_SCHED_HASH_PORT,
+    IP_VS_CONN_F_TUNNEL, IP_VS_SVC_F_PERSISTENT, IP_VS_SVC_F_SCHED_HASH_PORT,
 };
 use crate::dataplane::{
     ApplyReport, DataplaneError, DesiredState, LbAlgo, LbKind, ServiceSpec, VirtualServerKey,
@@ -109,6 +109,7 @@ pub fn fwd_method(k: LbKind) -> u32 {
     match k {
         LbKind::Nat => IP_VS_CONN_F_MASQ,
         LbKind::Dr => IP_VS_CONN_F_DROUTE,
+        LbKind::Tun => IP_VS_CONN_F_TUNNEL,
     }
 }
 
@@ -152,7 +153,7 @@ pub fn target(desired: &DesiredState) -> Result<View, DataplaneError> {
             // does for -g.
             let port = match spec.lb_kind {
                 LbKind::Nat => r.port,
-                LbKind::Dr => vs.port,
+                LbKind::Dr | LbKind::Tun => vs.port,
             };
             let p = DestParams { fwd, weight: r.weight, u_thresh: 0, l_thresh: 0 };
             if dests.insert((r.addr, port), p).is_some() {
