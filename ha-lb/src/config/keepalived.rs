@@ -106,6 +106,8 @@ struct Loc {
 enum Tok {
     Word(String, bool),
     Open,
+    /// The `{` of a line already reported as unsupported: its block is skipped.
+    SkipOpen,
     Close,
     /// End of a statement: end of line, or `;`.
     End,
@@ -211,28 +213,34 @@ impl Ctx {
                     toks.push(Token { tok: Tok::Word(s, false), loc: l });
                 }
             }
-            match toks.first() {
-                Some(Token { tok: Tok::Word(w, false), loc }) if w == "include" => {
+            if let Some(Token { tok: Tok::Word(w, false), loc }) = toks.first() {
+                if w == "include" {
                     let loc = *loc;
                     self.include(&toks[1..], loc, path, out);
                     continue;
                 }
-                Some(Token { tok: Tok::Word(w, false), loc }) if w.starts_with('@') => {
-                    self.err(
-                        *loc,
-                        format!("conditional line {w:?} is not supported by ha-lb; generate one file per node"),
-                    );
-                    continue;
-                }
-                _ => {}
             }
-            if let Some(t) = toks.iter().find(|t| matches!(&t.tok, Tok::Word(w, false) if w.starts_with('$'))) {
-                let Tok::Word(w, _) = &t.tok else { unreachable!() };
-                self.err(
+            let rejected = toks.iter().find_map(|t| match &t.tok {
+                Tok::Word(w, false) if w.starts_with('@') && t.loc == toks[0].loc => Some((
+                    t.loc,
+                    format!("conditional line {w:?} is not supported by ha-lb; generate one file per node"),
+                )),
+                Tok::Word(w, false) if w.starts_with('$') => Some((
                     t.loc,
                     format!("parameter substitution {w:?} is not supported by ha-lb; generate one file per node"),
-                );
-                continue;
+                )),
+                _ => None,
+            });
+            if let Some((loc, msg)) = rejected {
+                // Reported once; the line's words are dropped, its braces kept (their blocks
+                // skipped) so the rest of the file keeps its structure.
+                self.err(loc, msg);
+                toks.retain(|t| matches!(t.tok, Tok::Open | Tok::Close));
+                for t in &mut toks {
+                    if t.tok == Tok::Open {
+                        t.tok = Tok::SkipOpen;
+                    }
+                }
             }
             out.extend(toks);
             let end = Loc { seq: self.next_seq(), file, line: lno as u32 + 1, col: chars.len() as u32 + 1 };
@@ -375,6 +383,9 @@ impl Parser<'_> {
                 }
                 Tok::Open => {
                     ctx.err(t.loc, "a block needs a keyword before its '{'");
+                    self.block(ctx, Some(t.loc));
+                }
+                Tok::SkipOpen => {
                     self.block(ctx, Some(t.loc));
                 }
                 Tok::Word(text, quoted) => {
