@@ -111,7 +111,10 @@ fn main() -> ExitCode {
         },
         Cmd::Convert { file } => match config::load(&file) {
             Ok(c) => {
-                println!("# ha-lb configuration converted from {} by `ha-lb convert`.", file.display());
+                println!(
+                    "# ha-lb configuration converted from {} by `ha-lb convert`.",
+                    file.display()
+                );
                 println!("# Every value is written out; see conf/README.md for each key.\n");
                 print!("{}", config::to_toml::to_toml(&c));
                 ExitCode::SUCCESS

@@ -27,7 +27,8 @@ fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
 }
 
 fn load(path: &Path) -> Config {
-    config::load(path).unwrap_or_else(|e: ConfigErrors| panic!("{} does not load:\n{e}", path.display()))
+    config::load(path)
+        .unwrap_or_else(|e: ConfigErrors| panic!("{} does not load:\n{e}", path.display()))
 }
 
 /// Each `conf/NAME.toml` has `fixtures/keepalived-conf/NAME.conf`.
@@ -46,7 +47,12 @@ fn example_pairs() -> Vec<(PathBuf, PathBuf)> {
 #[test]
 fn every_toml_example_has_a_keepalived_conf_that_loads_to_an_equal_model() {
     for (toml, conf) in example_pairs() {
-        assert!(conf.exists(), "{} has no keepalived.conf equivalent {}", toml.display(), conf.display());
+        assert!(
+            conf.exists(),
+            "{} has no keepalived.conf equivalent {}",
+            toml.display(),
+            conf.display()
+        );
         let from_toml = load(&toml);
         let from_conf = load(&conf);
         assert_eq!(from_conf, from_toml, "{} vs {}", conf.display(), toml.display());
@@ -62,7 +68,8 @@ fn load_picks_the_front_end_by_file_name() {
     // keepalived syntax with unknown keywords: the name decides, nothing guesses.
     let e = config::load(&repo().join("conf/dr-service.toml")).map(|_| ());
     assert!(e.is_ok());
-    let e = keepalived::parse_str("[global]\nrouter_id = \"x\"\n", Path::new("k.conf")).unwrap_err();
+    let e =
+        keepalived::parse_str("[global]\nrouter_id = \"x\"\n", Path::new("k.conf")).unwrap_err();
     assert_eq!(
         e.errors[0].to_string(),
         "k.conf:1:1: unknown keyword \"[global]\" in the top level; allowed keywords: global_defs, vrrp_script, track_file, vrrp_track_file, vrrp_instance, vrrp_sync_group, virtual_server"
@@ -77,8 +84,9 @@ fn convert_round_trips_every_fixture_and_example() {
     for f in all {
         let model = load(&f);
         let text = to_toml(&model);
-        let back = config::parse_str(&text, Path::new("converted.toml"))
-            .unwrap_or_else(|e| panic!("{}: converted TOML does not load:\n{e}\n---\n{text}", f.display()));
+        let back = config::parse_str(&text, Path::new("converted.toml")).unwrap_or_else(|e| {
+            panic!("{}: converted TOML does not load:\n{e}\n---\n{text}", f.display())
+        });
         assert_eq!(back, model, "{}: round trip changed the model\n---\n{text}", f.display());
     }
 }
@@ -112,7 +120,13 @@ fn convert_command_prints_toml_that_loads_to_the_same_model() {
 
 /// `tests/tests/vrrp_support/mod.rs` `Inst::keepalived` (the keepalived peer of
 /// `vrrp_interop` and `vrrp_failover`), for the settings those tests use.
-fn lab_inst(router: &str, version: u8, priority: u8, advert_int: f64, unicast: Option<(&str, &[&str])>) -> String {
+fn lab_inst(
+    router: &str,
+    version: u8,
+    priority: u8,
+    advert_int: f64,
+    unicast: Option<(&str, &[&str])>,
+) -> String {
     const V: &str = "198.18.0.100";
     const VRID: u8 = 51;
     let mut s = format!(
@@ -198,7 +212,12 @@ fn the_interop_labs_keepalived_configs_parse() {
     // link-local; ha-lb rejects it (conf/README.md, "Where ha-lb differs on purpose").
     let e = keepalived::parse_str(&capture("v3v6"), Path::new("v3v6.conf")).unwrap_err();
     assert_eq!(e.len(), 1, "{e}");
-    assert!(e.errors[0].to_string().starts_with("v3v6.conf:12:25: the first virtual_ipaddress of an IPv6 instance must be link-local"), "{e}");
+    assert!(
+        e.errors[0].to_string().starts_with(
+            "v3v6.conf:12:25: the first virtual_ipaddress of an IPv6 instance must be link-local"
+        ),
+        "{e}"
+    );
 }
 
 // ---- errors --------------------------------------------------------------------------------

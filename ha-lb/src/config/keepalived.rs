@@ -243,7 +243,12 @@ impl Ctx {
                 }
             }
             out.extend(toks);
-            let end = Loc { seq: self.next_seq(), file, line: lno as u32 + 1, col: chars.len() as u32 + 1 };
+            let end = Loc {
+                seq: self.next_seq(),
+                file,
+                line: lno as u32 + 1,
+                col: chars.len() as u32 + 1,
+            };
             out.push(Token { tok: Tok::End, loc: end });
         }
     }
@@ -267,7 +272,10 @@ impl Ctx {
                 let text = match std::fs::read_to_string(&f) {
                     Ok(t) => t,
                     Err(e) => {
-                        self.err(t.loc, format!("include {:?}: cannot read {}: {e}", pattern, f.display()));
+                        self.err(
+                            t.loc,
+                            format!("include {:?}: cannot read {}: {e}", pattern, f.display()),
+                        );
                         continue;
                     }
                 };
@@ -275,7 +283,11 @@ impl Ctx {
                 if self.stack.contains(&canonical) {
                     self.err(
                         t.loc,
-                        format!("include {:?}: {} includes itself (an include cycle)", pattern, f.display()),
+                        format!(
+                            "include {:?}: {} includes itself (an include cycle)",
+                            pattern,
+                            f.display()
+                        ),
                     );
                     continue;
                 }
@@ -300,8 +312,10 @@ fn glob(pattern: &Path) -> Vec<PathBuf> {
         for dir in found {
             let read = if dir.as_os_str().is_empty() { Path::new(".") } else { dir.as_path() };
             let Ok(entries) = std::fs::read_dir(read) else { continue };
-            let mut names: Vec<String> =
-                entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            let mut names: Vec<String> = entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
             names.sort();
             for n in names {
                 if !n.starts_with('.') && glob_match(&part, &n) {
@@ -490,13 +504,36 @@ enum Kind {
 
 fn kind(key: &str) -> Kind {
     match key {
-        "vrrp_version" | "version" | "virtual_router_id" | "priority" | "weight" | "rise"
-        | "fall" | "garp_master_repeat" | "garp_master_refresh_repeat" | "quorum"
-        | "hysteresis" | "retry" | "connect_port" | "persistence_timeout" | "port" => Kind::Int,
-        "interval" | "timeout" | "advert_int" | "preempt_delay" | "garp_master_delay"
-        | "garp_master_refresh" | "delay_loop" | "connect_timeout" | "delay_before_retry"
-        | "warmup" | "misc_timeout" => Kind::Secs,
-        "enable_script_security" | "nopreempt" | "alpha" | "inhibit_on_failure"
+        "vrrp_version"
+        | "version"
+        | "virtual_router_id"
+        | "priority"
+        | "weight"
+        | "rise"
+        | "fall"
+        | "garp_master_repeat"
+        | "garp_master_refresh_repeat"
+        | "quorum"
+        | "hysteresis"
+        | "retry"
+        | "connect_port"
+        | "persistence_timeout"
+        | "port" => Kind::Int,
+        "interval"
+        | "timeout"
+        | "advert_int"
+        | "preempt_delay"
+        | "garp_master_delay"
+        | "garp_master_refresh"
+        | "delay_loop"
+        | "connect_timeout"
+        | "delay_before_retry"
+        | "warmup"
+        | "misc_timeout" => Kind::Secs,
+        "enable_script_security"
+        | "nopreempt"
+        | "alpha"
+        | "inhibit_on_failure"
         | "misc_dynamic" => Kind::Flag,
         "script" | "notify_master" | "notify_backup" | "notify_fault" | "notify_stop"
         | "notify" | "quorum_up" | "quorum_down" | "notify_up" | "notify_down" | "misc_path" => {
@@ -534,12 +571,20 @@ fn unsupported_hint(kw: &str) -> &'static str {
         "mcast_src_ip" => "; use unicast_src_ip (the source of adverts)",
         "no_preempt" => "; use nopreempt",
         "lvs_sync_daemon" => "; connection state is not synchronised between directors",
-        "smtp_alert" | "smtp_server" | "smtp_connect_timeout" | "notification_email"
-        | "notification_email_from" | "smtp_helo_name" | "smtp_alert_vrrp"
-        | "smtp_alert_checker" | "notify_fifo" | "notify_fifo_script" | "vrrp_notify_fifo"
-        | "vrrp_notify_fifo_script" | "lvs_notify_fifo" | "lvs_notify_fifo_script" => {
-            "; use notify scripts"
-        }
+        "smtp_alert"
+        | "smtp_server"
+        | "smtp_connect_timeout"
+        | "notification_email"
+        | "notification_email_from"
+        | "smtp_helo_name"
+        | "smtp_alert_vrrp"
+        | "smtp_alert_checker"
+        | "notify_fifo"
+        | "notify_fifo_script"
+        | "vrrp_notify_fifo"
+        | "vrrp_notify_fifo_script"
+        | "lvs_notify_fifo"
+        | "lvs_notify_fifo_script" => "; use notify scripts",
         "virtualhost" => "; set virtualhost in each HTTP_GET / SSL_GET",
         "priority_weight" => "; use weight",
         _ => "",
@@ -548,54 +593,211 @@ fn unsupported_hint(kw: &str) -> &'static str {
 
 /// keepalived.conf(5) keywords (keepalived 2.2): known, so not typos, but not supported.
 const KEEPALIVED_KEYWORDS: &[&str] = &[
-    "BFD_CHECK", "DNS_CHECK", "FILE_CHECK", "PING_CHECK", "SMTP_CHECK", "accept",
-    "bfd_instance", "bind_if", "bind_port", "check_unicast_src", "checker_log_all_failures",
-    "child_wait_time", "config_save_dir", "data_use_instance", "dbus_service_name", "debug",
-    "default_interface", "delay", "dont_track_primary", "down_timer_adverts",
-    "dynamic_interfaces", "enable_dbus", "enable_sni", "enable_snmp_checker",
-    "enable_snmp_rfc", "enable_snmp_rfcv2", "enable_snmp_rfcv3", "enable_snmp_vrrp",
-    "enable_traps", "fast_recovery", "fifo_write_vrrp_states_on_reload", "fork_delay",
-    "fwmark", "garp_extra_if", "garp_group", "garp_interval", "garp_lower_prio_delay",
-    "garp_lower_prio_repeat", "global_tracking", "gna_interval", "ha_suspend", "helo_name",
-    "higher_prio_send_advert", "http_protocol", "include_check", "init_fail", "init_file",
-    "ip_family", "kernel_rx_buf_size", "linkbeat_interfaces", "linkbeat_use_polling",
-    "log_all_failures", "log_unknown_vrids", "lower_prio_no_advert", "lthreshold",
-    "lvs_flush", "lvs_flush_on_stop", "lvs_notify_fifo", "lvs_notify_fifo_script",
-    "lvs_sync_daemon", "lvs_timeouts", "max_auto_priority", "mcast_dst_ip", "mcast_src_ip",
-    "min_auto_priority_delay", "namespace_with_ipsets", "native_ipv6", "net_namespace",
-    "net_namespace_ipvs", "nftables", "nftables_counters", "nftables_ifindex",
-    "nftables_ipvs", "nftables_priority", "no_accept", "no_checker_emails",
-    "no_email_faults", "no_preempt", "notification_email", "notification_email_from",
-    "notify_deleted", "notify_fifo", "notify_fifo_script", "notify_master_rx_lower_pri",
-    "notify_priority_changes", "old_unicast_checksum", "omega", "ops",
-    "persistence_engine", "persistence_granularity", "priority_weight", "process_names",
-    "quorum_max", "random_seed", "regex", "regex_max_offset", "regex_min_offset",
-    "regex_no_match", "regex_options", "regex_stack", "reload_check_config", "reload_file",
-    "reload_repeat", "reload_time_file", "reverse", "rs_init_notifies", "script_security",
-    "shutdown_script", "shutdown_script_timeout", "skip_check_adv_addr", "smtp_alert",
-    "smtp_alert_checker", "smtp_alert_vrrp", "smtp_connect_timeout", "smtp_helo_name",
-    "smtp_server", "snmp_socket", "sorry_server_inhibit", "sorry_server_lvs_method",
-    "source_ip", "startup_script", "startup_script_timeout", "static_ipaddress",
-    "static_routes", "static_rules", "strict_mode", "sync_group_tracking_weight",
-    "tmp_config_directory", "track_bfd", "track_group", "track_process", "track_src_ip",
-    "umask", "unicast_fault_no_peer", "unicast_ttl", "use_ipvlan", "use_pid_dir",
-    "use_vmac", "use_vmac_addr", "uthreshold", "virtual_routes", "virtual_rules",
-    "virtual_server_group", "virtualhost", "vmac_xmit_base", "vrrp_check_unicast_src",
-    "vrrp_cpu_affinity", "vrrp_down_timer_adverts", "vrrp_garp_extra_if",
-    "vrrp_garp_interval", "vrrp_garp_lower_prio_delay", "vrrp_garp_lower_prio_repeat",
-    "vrrp_gna_interval", "vrrp_higher_prio_send_advert", "vrrp_ipsets", "vrrp_iptables",
-    "vrrp_lower_prio_no_advert", "vrrp_mcast_group4", "vrrp_mcast_group6", "vrrp_min_garp",
-    "vrrp_netlink_cmd_rcv_bufs", "vrrp_netlink_monitor_rcv_bufs", "vrrp_no_swap",
-    "vrrp_notify_fifo", "vrrp_notify_fifo_script", "vrrp_notify_priority_changes",
-    "vrrp_priority", "vrrp_process_name", "vrrp_rlimit_rttime", "vrrp_rt_priority",
-    "vrrp_rx_bufs_multiplier", "vrrp_rx_bufs_policy", "vrrp_skip_check_adv_addr",
-    "vrrp_startup_delay", "vrrp_strict", "vrrp_track_process", "checker_cpu_affinity",
-    "checker_no_swap", "checker_priority", "checker_process_name", "checker_rlimit_rttime",
-    "checker_rt_priority", "bfd_cpu_affinity", "bfd_no_swap", "bfd_priority",
-    "bfd_process_name", "bfd_rlimit_rttime", "bfd_rt_priority", "lvs_netlink_cmd_rcv_bufs",
-    "lvs_netlink_monitor_rcv_bufs", "process_monitor_rcv_bufs", "snmp_name",
-    "instance", "max_hops", "min_rx", "min_tx", "idle_tx", "multiplier", "passive",
-    "neighbor_ip", "hoplimit", "ttl", "vrf", "weight_reverse", "preempt",
+    "BFD_CHECK",
+    "DNS_CHECK",
+    "FILE_CHECK",
+    "PING_CHECK",
+    "SMTP_CHECK",
+    "accept",
+    "bfd_instance",
+    "bind_if",
+    "bind_port",
+    "check_unicast_src",
+    "checker_log_all_failures",
+    "child_wait_time",
+    "config_save_dir",
+    "data_use_instance",
+    "dbus_service_name",
+    "debug",
+    "default_interface",
+    "delay",
+    "dont_track_primary",
+    "down_timer_adverts",
+    "dynamic_interfaces",
+    "enable_dbus",
+    "enable_sni",
+    "enable_snmp_checker",
+    "enable_snmp_rfc",
+    "enable_snmp_rfcv2",
+    "enable_snmp_rfcv3",
+    "enable_snmp_vrrp",
+    "enable_traps",
+    "fast_recovery",
+    "fifo_write_vrrp_states_on_reload",
+    "fork_delay",
+    "fwmark",
+    "garp_extra_if",
+    "garp_group",
+    "garp_interval",
+    "garp_lower_prio_delay",
+    "garp_lower_prio_repeat",
+    "global_tracking",
+    "gna_interval",
+    "ha_suspend",
+    "helo_name",
+    "higher_prio_send_advert",
+    "http_protocol",
+    "include_check",
+    "init_fail",
+    "init_file",
+    "ip_family",
+    "kernel_rx_buf_size",
+    "linkbeat_interfaces",
+    "linkbeat_use_polling",
+    "log_all_failures",
+    "log_unknown_vrids",
+    "lower_prio_no_advert",
+    "lthreshold",
+    "lvs_flush",
+    "lvs_flush_on_stop",
+    "lvs_notify_fifo",
+    "lvs_notify_fifo_script",
+    "lvs_sync_daemon",
+    "lvs_timeouts",
+    "max_auto_priority",
+    "mcast_dst_ip",
+    "mcast_src_ip",
+    "min_auto_priority_delay",
+    "namespace_with_ipsets",
+    "native_ipv6",
+    "net_namespace",
+    "net_namespace_ipvs",
+    "nftables",
+    "nftables_counters",
+    "nftables_ifindex",
+    "nftables_ipvs",
+    "nftables_priority",
+    "no_accept",
+    "no_checker_emails",
+    "no_email_faults",
+    "no_preempt",
+    "notification_email",
+    "notification_email_from",
+    "notify_deleted",
+    "notify_fifo",
+    "notify_fifo_script",
+    "notify_master_rx_lower_pri",
+    "notify_priority_changes",
+    "old_unicast_checksum",
+    "omega",
+    "ops",
+    "persistence_engine",
+    "persistence_granularity",
+    "priority_weight",
+    "process_names",
+    "quorum_max",
+    "random_seed",
+    "regex",
+    "regex_max_offset",
+    "regex_min_offset",
+    "regex_no_match",
+    "regex_options",
+    "regex_stack",
+    "reload_check_config",
+    "reload_file",
+    "reload_repeat",
+    "reload_time_file",
+    "reverse",
+    "rs_init_notifies",
+    "script_security",
+    "shutdown_script",
+    "shutdown_script_timeout",
+    "skip_check_adv_addr",
+    "smtp_alert",
+    "smtp_alert_checker",
+    "smtp_alert_vrrp",
+    "smtp_connect_timeout",
+    "smtp_helo_name",
+    "smtp_server",
+    "snmp_socket",
+    "sorry_server_inhibit",
+    "sorry_server_lvs_method",
+    "source_ip",
+    "startup_script",
+    "startup_script_timeout",
+    "static_ipaddress",
+    "static_routes",
+    "static_rules",
+    "strict_mode",
+    "sync_group_tracking_weight",
+    "tmp_config_directory",
+    "track_bfd",
+    "track_group",
+    "track_process",
+    "track_src_ip",
+    "umask",
+    "unicast_fault_no_peer",
+    "unicast_ttl",
+    "use_ipvlan",
+    "use_pid_dir",
+    "use_vmac",
+    "use_vmac_addr",
+    "uthreshold",
+    "virtual_routes",
+    "virtual_rules",
+    "virtual_server_group",
+    "virtualhost",
+    "vmac_xmit_base",
+    "vrrp_check_unicast_src",
+    "vrrp_cpu_affinity",
+    "vrrp_down_timer_adverts",
+    "vrrp_garp_extra_if",
+    "vrrp_garp_interval",
+    "vrrp_garp_lower_prio_delay",
+    "vrrp_garp_lower_prio_repeat",
+    "vrrp_gna_interval",
+    "vrrp_higher_prio_send_advert",
+    "vrrp_ipsets",
+    "vrrp_iptables",
+    "vrrp_lower_prio_no_advert",
+    "vrrp_mcast_group4",
+    "vrrp_mcast_group6",
+    "vrrp_min_garp",
+    "vrrp_netlink_cmd_rcv_bufs",
+    "vrrp_netlink_monitor_rcv_bufs",
+    "vrrp_no_swap",
+    "vrrp_notify_fifo",
+    "vrrp_notify_fifo_script",
+    "vrrp_notify_priority_changes",
+    "vrrp_priority",
+    "vrrp_process_name",
+    "vrrp_rlimit_rttime",
+    "vrrp_rt_priority",
+    "vrrp_rx_bufs_multiplier",
+    "vrrp_rx_bufs_policy",
+    "vrrp_skip_check_adv_addr",
+    "vrrp_startup_delay",
+    "vrrp_strict",
+    "vrrp_track_process",
+    "checker_cpu_affinity",
+    "checker_no_swap",
+    "checker_priority",
+    "checker_process_name",
+    "checker_rlimit_rttime",
+    "checker_rt_priority",
+    "bfd_cpu_affinity",
+    "bfd_no_swap",
+    "bfd_priority",
+    "bfd_process_name",
+    "bfd_rlimit_rttime",
+    "bfd_rt_priority",
+    "lvs_netlink_cmd_rcv_bufs",
+    "lvs_netlink_monitor_rcv_bufs",
+    "process_monitor_rcv_bufs",
+    "snmp_name",
+    "instance",
+    "max_hops",
+    "min_rx",
+    "min_tx",
+    "idle_tx",
+    "multiplier",
+    "passive",
+    "neighbor_ip",
+    "hoplimit",
+    "ttl",
+    "vrf",
+    "weight_reverse",
+    "preempt",
 ];
 
 /// ha-lb's keys anywhere, to tell a keyword in the wrong block from an unsupported one.
@@ -612,8 +814,7 @@ fn is_halb_key(kw: &str) -> bool {
     .iter()
     .any(|keys| keys.contains(&kw))
         || native::CHECK_BLOCKS.iter().any(|b| native::check_keys(b).contains(&kw))
-        || ["url", "path", "digest", "status_code", "auth_type", "auth_pass", "group"]
-            .contains(&kw)
+        || ["url", "path", "digest", "status_code", "auth_type", "auth_pass", "group"].contains(&kw)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -753,17 +954,19 @@ impl Lowerer<'_> {
             }
             Kind::Flag => match args.len() {
                 0 => Ok(("true".to_string(), s.kw.loc)),
-                1 => match args[0].text.to_ascii_lowercase().as_str() {
-                    "true" | "yes" | "on" => Ok(("true".to_string(), args[0].loc)),
-                    "false" | "no" | "off" => Ok(("false".to_string(), args[0].loc)),
-                    _ => {
-                        self.err(
+                1 => {
+                    match args[0].text.to_ascii_lowercase().as_str() {
+                        "true" | "yes" | "on" => Ok(("true".to_string(), args[0].loc)),
+                        "false" | "no" | "off" => Ok(("false".to_string(), args[0].loc)),
+                        _ => {
+                            self.err(
                             args[0].loc,
                             format!("{kw} is a flag: write {kw} alone, or {kw} true / false, not {:?}", args[0].text),
                         );
-                        Err("false".to_string())
+                            Err("false".to_string())
+                        }
                     }
-                },
+                }
                 _ => {
                     self.err(args[1].loc, format!("{kw} takes at most one value (true or false)"));
                     Err("false".to_string())
@@ -847,7 +1050,10 @@ impl Lowerer<'_> {
                 l.suppress = true;
             }
             [n, extra, ..] => {
-                self.err(extra.loc, format!("{what} takes one name; {:?} is one too many", extra.text));
+                self.err(
+                    extra.loc,
+                    format!("{what} takes one name; {:?} is one too many", extra.text),
+                );
                 l.push(&toml_str(&n.text), Some(n.loc));
             }
         }
@@ -999,11 +1205,18 @@ impl Lowerer<'_> {
                     l.segs.insert(0, (1, st.kw.loc));
                     self.line(l);
                 }
-                "unicast_peer" | "virtual_ipaddress" | "virtual_ipaddress_excluded"
-                | "track_interface" | "track_script" | "track_file" => {
+                "unicast_peer"
+                | "virtual_ipaddress"
+                | "virtual_ipaddress_excluded"
+                | "track_interface"
+                | "track_script"
+                | "track_file" => {
                     let Some(lb) = self.need_block(st) else { continue };
                     if !st.args.is_empty() {
-                        self.err(st.args[0].loc, format!("{key} takes its entries in the {{ }} block"));
+                        self.err(
+                            st.args[0].loc,
+                            format!("{key} takes its entries in the {{ }} block"),
+                        );
                     }
                     let elems = match key {
                         "unicast_peer" => self.peers(lb),
@@ -1060,7 +1273,8 @@ impl Lowerer<'_> {
             let mut cur: Option<(String, Loc)> = None;
             let mut expect_value = false;
             for w in std::iter::once(&st.kw).chain(&st.args) {
-                let is_addr = w.text.split('/').next().is_some_and(|a| a.parse::<std::net::IpAddr>().is_ok());
+                let is_addr =
+                    w.text.split('/').next().is_some_and(|a| a.parse::<std::net::IpAddr>().is_ok());
                 match &mut cur {
                     Some((text, _)) if expect_value || !is_addr => {
                         text.push(' ');
@@ -1164,7 +1378,10 @@ impl Lowerer<'_> {
     /// `ADDR PORT` of a virtual or real server: `address = …` and `port = …` lines.
     fn addr_port(&mut self, s: &Stmt, what: &str, port_required: bool) {
         let Some(a) = s.args.first() else {
-            self.err(s.kw.loc, format!("{what} needs an address and a port: {what} ADDR PORT {{ … }}"));
+            self.err(
+                s.kw.loc,
+                format!("{what} needs an address and a port: {what} ADDR PORT {{ … }}"),
+            );
             let mut l = Line::default();
             l.push("address = \"\"", Some(s.kw.loc));
             l.suppress = true;
@@ -1238,13 +1455,22 @@ impl Lowerer<'_> {
                                         l.push(", port = ", None).push(&n.to_string(), Some(p.loc));
                                     }
                                     Err(_) => {
-                                        self.err(p.loc, format!("sorry_server port {:?} is not an integer", p.text));
+                                        self.err(
+                                            p.loc,
+                                            format!(
+                                                "sorry_server port {:?} is not an integer",
+                                                p.text
+                                            ),
+                                        );
                                         continue;
                                     }
                                 }
                             }
                             if let Some(x) = rest.get(1) {
-                                self.err(x.loc, format!("unexpected {:?} after sorry_server ADDR PORT", x.text));
+                                self.err(
+                                    x.loc,
+                                    format!("unexpected {:?} after sorry_server ADDR PORT", x.text),
+                                );
                                 continue;
                             }
                         }

@@ -147,7 +147,8 @@ pub(crate) const VIRTUAL_SERVER_KEYS: &[&str] = &[
 
 const SORRY_SERVER_KEYS: &[&str] = &["address", "port"];
 
-pub(crate) const CHECK_BLOCKS: &[&str] = &["TCP_CHECK", "HTTP_GET", "SSL_GET", "MISC_CHECK", "UDP_CHECK"];
+pub(crate) const CHECK_BLOCKS: &[&str] =
+    &["TCP_CHECK", "HTTP_GET", "SSL_GET", "MISC_CHECK", "UDP_CHECK"];
 
 pub(crate) const REAL_SERVER_KEYS: &[&str] = &[
     "address",
