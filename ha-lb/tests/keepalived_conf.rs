@@ -8,22 +8,11 @@ use std::process::Command;
 
 use ha_lb::config::{self, keepalived, to_toml::to_toml, Config, ConfigErrors};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
+mod support;
+use support::{files, repo};
 
 fn fixtures() -> PathBuf {
     repo().join("ha-lb/tests/fixtures/keepalived-conf")
-}
-
-fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == ext))
-        .collect();
-    files.sort();
-    files
 }
 
 fn load(path: &Path) -> Config {
@@ -222,39 +211,11 @@ fn the_interop_labs_keepalived_configs_parse() {
 
 // ---- errors --------------------------------------------------------------------------------
 
-/// The `# expect: L:C: message` lines at the top of a fixture; `{dir}` stands for the
-/// fixture's directory.
-fn expectations(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let dir = path.parent().unwrap().display().to_string();
-    text.lines()
-        .map_while(|l| l.strip_prefix("# expect: "))
-        .map(|e| format!("{}:{}", path.display(), e.replace("{dir}", &dir)))
-        .collect()
-}
-
 #[test]
 fn every_invalid_fixture_reports_its_expected_errors() {
     let files = files(&fixtures().join("invalid"), "conf");
     assert!(files.len() >= 8, "only {} invalid fixtures", files.len());
-    let mut failures = Vec::new();
-    for f in &files {
-        let want = expectations(f);
-        assert!(!want.is_empty(), "{} has no '# expect: ' line", f.display());
-        let got: Vec<String> = match config::load(f) {
-            Ok(_) => vec!["(loaded without errors)".to_string()],
-            Err(e) => e.iter().map(|e| e.to_string()).collect(),
-        };
-        if got != want {
-            failures.push(format!(
-                "{}\n  want: {}\n  got:  {}",
-                f.display(),
-                want.join("\n        "),
-                got.join("\n        ")
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    support::check_invalid_fixtures(&files);
 }
 
 #[test]

@@ -32,46 +32,35 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// is the base for relative `include`s.
 pub fn parse_str(text: &str, origin: &Path) -> Result<Config, ConfigErrors> {
     let (lowered, ctx) = lower(text, origin);
-    let result = native::parse_str(&lowered.text(), origin);
+    let labels = lowered.line_labels(&ctx.files);
+    let result = native::parse_labelled(&lowered.text(), origin, labels);
     let mut errors: Vec<(Loc, String)> = ctx.errors;
-    match result {
-        Ok(config) if errors.is_empty() => return Ok(config),
-        Ok(_) => {}
-        Err(e) => {
-            for err in e.errors {
-                if let Some(loc) = lowered.origin(err.line, err.col) {
-                    errors.push((loc, err.message));
-                }
+    if let Err(e) = &result {
+        for err in &e.errors {
+            // None: on a line whose value this front-end already reported.
+            if let Some(loc) = lowered.origin(err.line, err.col) {
+                errors.push((loc, err.message.clone()));
             }
         }
     }
+    if errors.is_empty() {
+        // The reader's errors are never all suppressed unless this front-end found some,
+        // so this is the reader's Ok.
+        return result;
+    }
     errors.sort_by_key(|(loc, _)| *loc);
     errors.dedup();
-    if errors.is_empty() {
-        // Every error the reader found was on a line this front-end had already reported.
-        unreachable_config_error(origin)
-    } else {
-        Err(ConfigErrors {
-            errors: errors
-                .into_iter()
-                .map(|(loc, message)| ConfigError {
-                    file: ctx.files[loc.file as usize].clone(),
-                    line: loc.line as usize,
-                    col: loc.col as usize,
-                    message,
-                })
-                .collect(),
-        })
-    }
-}
-
-fn unreachable_config_error(origin: &Path) -> Result<Config, ConfigErrors> {
-    Err(ConfigErrors::single(origin, "the configuration is invalid"))
-}
-
-/// The lowered TOML text of a keepalived.conf, for `ha-lb convert` diagnostics and tests.
-pub fn lower_to_toml(text: &str, origin: &Path) -> String {
-    lower(text, origin).0.text()
+    Err(ConfigErrors {
+        errors: errors
+            .into_iter()
+            .map(|(loc, message)| ConfigError {
+                file: ctx.files[loc.file as usize].clone(),
+                line: loc.line as usize,
+                col: loc.col as usize,
+                message,
+            })
+            .collect(),
+    })
 }
 
 fn lower(text: &str, origin: &Path) -> (Lowered, Ctx) {
@@ -467,6 +456,19 @@ impl Lowered {
             s.push('\n');
         }
         s
+    }
+
+    /// How messages citing a lowered line name it: its source line, with the file when
+    /// that is not the main one.
+    fn line_labels(&self, files: &[PathBuf]) -> Vec<String> {
+        self.lines
+            .iter()
+            .map(|l| match l.segs.first() {
+                Some((_, o)) if o.file == 0 => o.line.to_string(),
+                Some((_, o)) => format!("{} of {}", o.line, files[o.file as usize].display()),
+                None => "?".to_string(),
+            })
+            .collect()
     }
 
     /// The source position of a (line, col) of the lowered text; `None` when the error
@@ -1608,4 +1610,104 @@ impl Lowerer<'_> {
 
 fn join(words: &[Word]) -> String {
     words.iter().map(|w| w.text.as_str()).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::*;
+    use std::time::Duration;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        parse_str(text, Path::new("k.conf"))
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(text).unwrap_err().iter().map(|e| e.to_string()).collect()
+    }
+
+    const INST: &str = "vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 51\n virtual_ipaddress {\n 192.0.2.10/24\n }\n";
+
+    #[test]
+    fn comments_quotes_semicolons_and_one_line_blocks() {
+        let c = parse(&format!(
+            "! comment\n# comment\n{INST} authentication {{ auth_type PASS; auth_pass \"a b#c!\" }} # trailing\n notify_master \"/bin/x '{{ y }}'\"\n}}\n"
+        ))
+        .unwrap();
+        let i = &c.vrrp_instances[0];
+        assert_eq!(i.authentication, Some(Authentication::Pass("a b#c!".into())));
+        assert_eq!(i.notify.notify_master.as_ref().unwrap().argv, ["/bin/x", "{ y }"]);
+    }
+
+    #[test]
+    fn a_block_may_open_on_the_next_line() {
+        let c = parse("vrrp_script chk\n{\n script /bin/true\n}\n").unwrap();
+        assert_eq!(c.vrrp_scripts[0].name, "chk");
+    }
+
+    #[test]
+    fn flags_take_an_optional_boolean_and_seconds_any_decimal() {
+        let c = parse(&format!("{INST} nopreempt off\n preempt_delay .5\n advert_int 2\n}}\n"))
+            .unwrap();
+        let i = &c.vrrp_instances[0];
+        assert!(!i.nopreempt);
+        assert_eq!(i.preempt_delay, Duration::from_millis(500));
+        assert_eq!(
+            errors(&format!("{INST} nopreempt maybe\n preempt_delay -1\n}}\n")),
+            [
+                "k.conf:7:12: nopreempt is a flag: write nopreempt alone, or nopreempt true / false, not \"maybe\"",
+                "k.conf:8:16: preempt_delay \"-1\" is not a number of seconds",
+            ]
+        );
+    }
+
+    #[test]
+    fn keywords_set_twice_and_blocks_in_the_wrong_place_are_errors() {
+        assert_eq!(
+            errors(&format!("{INST} priority 100\n priority 101\n state {{ }}\n}}\n")),
+            [
+                "k.conf:8:2: priority is set twice in this vrrp_instance (first at line 7)",
+                "k.conf:9:2: state does not take a { } block",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_keyword_of_another_block_is_unknown_here_not_unsupported() {
+        let e = errors(&format!("{INST} lb_algo rr\n}}\n"));
+        assert!(
+            e[0].starts_with("k.conf:7:2: unknown keyword \"lb_algo\" in vrrp_instance;"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn global_garp_defaults_apply_to_instances_that_do_not_set_their_own() {
+        let c = parse(&format!(
+            "global_defs {{\n vrrp_garp_master_delay 2\n}}\n{INST}}}\n{}",
+            INST.replace("VI_1", "VI_2").replace(" 51", " 52").replace(".10/", ".11/")
+                + " garp_master_delay 3\n}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.vrrp_instances[0].garp.master_delay, Duration::from_secs(2));
+        assert_eq!(c.vrrp_instances[1].garp.master_delay, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn messages_that_cite_a_line_cite_the_keepalived_line() {
+        let e = errors(&format!("\n\n{INST}}}\n{}", INST.replace(" 51", " 52") + "}\n"));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[0], "k.conf:10:15: vrrp_instance \"VI_1\" is already defined at line 3");
+        assert!(e[1] == "k.conf:14:2: 192.0.2.10 is listed twice in this vrrp_instance (first at line 7)",
+            "{e:?}");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*.conf", "a.conf"));
+        assert!(!glob_match("*.conf", "a.conf.bak"));
+        assert!(glob_match("vs-?[0-9].conf", "vs-a1.conf"));
+        assert!(!glob_match("vs-[!a]*", "vs-a"));
+        assert!(glob_match("[", "["));
+    }
 }

@@ -41,7 +41,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parse and validate configuration text; `origin` names the file in error messages.
 pub fn parse_str(text: &str, origin: &Path) -> Result<Config, ConfigErrors> {
+    parse_labelled(text, origin, Vec::new())
+}
+
+/// [`parse_str`] for text another front-end generated: `line_labels[N - 1]` is how
+/// messages that cite line N ("already defined at line …") name it in the original.
+pub(crate) fn parse_labelled(
+    text: &str,
+    origin: &Path,
+    line_labels: Vec<String>,
+) -> Result<Config, ConfigErrors> {
     let mut r = Reader::new(text, origin);
+    r.map.set_line_labels(line_labels);
     let doc = match te::ImDocument::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
