@@ -867,8 +867,10 @@ impl Lowerer<'_> {
     /// A keyword this block does not take: not supported, or unknown (with a suggestion).
     fn reject(&mut self, s: &Stmt, blk: &Blk) {
         let kw = s.key();
-        if !is_halb_key(kw) && KEEPALIVED_KEYWORDS.contains(&kw) {
-            let hint = unsupported_hint(kw);
+        let hint = unsupported_hint(kw);
+        // A keyword ha-lb takes elsewhere is misplaced here, unless keepalived also takes it
+        // here and ha-lb says what to use instead (virtualhost on a virtual_server).
+        if KEEPALIVED_KEYWORDS.contains(&kw) && (!is_halb_key(kw) || !hint.is_empty()) {
             self.err(s.kw.loc, format!("{kw} is not supported by ha-lb{hint}"));
         } else {
             let msg = native::unknown_name("keyword", kw, blk.what, &blk.allowed);
@@ -1700,6 +1702,15 @@ mod tests {
         assert_eq!(e[0], "k.conf:10:15: vrrp_instance \"VI_1\" is already defined at line 3");
         assert!(e[1] == "k.conf:14:2: 192.0.2.10 is listed twice in this vrrp_instance (first at line 7)",
             "{e:?}");
+    }
+
+    #[test]
+    fn a_keepalived_keyword_ha_lb_takes_elsewhere_says_what_to_use() {
+        let e = errors("virtual_server 192.0.2.10 80 {\n virtualhost www\n}\n");
+        assert_eq!(
+            e,
+            ["k.conf:2:2: virtualhost is not supported by ha-lb; set virtualhost in each HTTP_GET / SSL_GET"]
+        );
     }
 
     #[test]
