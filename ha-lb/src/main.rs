@@ -28,7 +28,7 @@ enum Cmd {
     /// (priority-0 advert, VIPs kept until a backup has taken over), then XDP programs are
     /// detached. A second signal removes the VIPs at once.
     Run {
-        /// Configuration file.
+        /// Configuration file: ha-lb TOML (`*.toml`) or keepalived.conf (any other name).
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Log filter (tracing's env-filter syntax), e.g. `info` or `ha_lb=debug`.
@@ -37,10 +37,18 @@ enum Cmd {
         log: String,
     },
     /// Check a configuration file, like `keepalived -t`: prints every error as
-    /// `file:line:col: message`; exit status 0 when valid, 1 when not.
+    /// `file:line:col: message`; exit status 0 when valid, 1 when not. A file whose name
+    /// does not end in `.toml` is read as keepalived.conf (as by `run` and `reload`).
     Check {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Print the equivalent ha-lb TOML of a keepalived.conf (or any configuration file
+    /// `ha-lb check` accepts) to stdout, every resolved value written out. The file is
+    /// validated first: with errors, they are printed as by `check` and nothing else.
+    Convert {
+        /// keepalived.conf (a name not ending in `.toml`) or ha-lb TOML.
+        file: PathBuf,
     },
     /// Show VRRP instances, virtual servers and real servers of the running daemon (over its
     /// root-only control socket), like `ipvsadm -Ln --stats`.
@@ -94,6 +102,21 @@ fn main() -> ExitCode {
                     c.vrrp_instances.len(),
                     c.virtual_servers.len()
                 );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Convert { file } => match config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "# ha-lb configuration converted from {} by `ha-lb convert`.",
+                    file.display()
+                );
+                println!("# Every value is written out; see conf/README.md for each key.\n");
+                print!("{}", config::to_toml::to_toml(&c));
                 ExitCode::SUCCESS
             }
             Err(e) => {

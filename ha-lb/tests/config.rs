@@ -5,18 +5,11 @@ use std::path::{Path, PathBuf};
 
 use ha_lb::config::{self, ConfigErrors, Dataplane, InitialState, LbKind};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
+mod support;
+use support::repo;
 
 fn toml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
-    files
+    support::files(dir, "toml")
 }
 
 fn show(errors: &ConfigErrors) -> String {
@@ -34,37 +27,11 @@ fn every_example_in_conf_loads() {
     }
 }
 
-/// The `# expect: L:C: message` lines at the top of a fixture.
-fn expectations(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap();
-    text.lines()
-        .map_while(|l| l.strip_prefix("# expect: "))
-        .map(|e| format!("{}:{e}", path.display()))
-        .collect()
-}
-
 #[test]
 fn every_invalid_fixture_reports_its_expected_errors() {
     let files = toml_files(&repo().join("ha-lb/tests/fixtures/config"));
     assert!(files.len() >= 20, "only {} fixtures", files.len());
-    let mut failures = Vec::new();
-    for f in &files {
-        let want = expectations(f);
-        assert!(!want.is_empty(), "{} has no '# expect: ' line", f.display());
-        let got: Vec<String> = match config::load(f) {
-            Ok(_) => vec!["(loaded without errors)".to_string()],
-            Err(e) => e.iter().map(|e| e.to_string()).collect(),
-        };
-        if got != want {
-            failures.push(format!(
-                "{}\n  want: {}\n  got:  {}",
-                f.display(),
-                want.join("\n        "),
-                got.join("\n        ")
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    support::check_invalid_fixtures(&files);
 }
 
 #[test]

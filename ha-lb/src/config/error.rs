@@ -110,6 +110,9 @@ pub struct SourceMap {
     /// Items that already produced an error while being read: their model values may be
     /// placeholders, so semantic checks skip them.
     tainted: HashSet<Item>,
+    /// How messages name line N (index N - 1), for a front-end whose positions are
+    /// translated afterwards (keepalived.conf); empty: the number itself.
+    line_labels: Vec<String>,
 }
 
 impl SourceMap {
@@ -134,6 +137,20 @@ impl SourceMap {
     /// Where element `idx` of the list `key` of `item` is.
     pub fn set_elem(&mut self, item: Item, key: &'static str, idx: usize, pos: Pos) {
         self.at.insert((item, key, Some(idx)), pos);
+    }
+
+    /// Name lines in messages ("at line …") with these labels, line N with `labels[N - 1]`.
+    pub fn set_line_labels(&mut self, labels: Vec<String>) {
+        self.line_labels = labels;
+    }
+
+    /// Line `pos.line` as a message names it: "12", or a front-end's label for it.
+    pub fn line_label(&self, pos: Pos) -> String {
+        pos.line
+            .checked_sub(1)
+            .and_then(|i| self.line_labels.get(i))
+            .cloned()
+            .unwrap_or_else(|| pos.line.to_string())
     }
 
     pub fn taint(&mut self, item: Item) {

@@ -41,7 +41,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parse and validate configuration text; `origin` names the file in error messages.
 pub fn parse_str(text: &str, origin: &Path) -> Result<Config, ConfigErrors> {
+    parse_labelled(text, origin, Vec::new())
+}
+
+/// [`parse_str`] for text another front-end generated: `line_labels[N - 1]` is how
+/// messages that cite line N ("already defined at line …") name it in the original.
+pub(crate) fn parse_labelled(
+    text: &str,
+    origin: &Path,
+    line_labels: Vec<String>,
+) -> Result<Config, ConfigErrors> {
     let mut r = Reader::new(text, origin);
+    r.map.set_line_labels(line_labels);
     let doc = match te::ImDocument::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
@@ -147,7 +158,8 @@ pub(crate) const VIRTUAL_SERVER_KEYS: &[&str] = &[
 
 const SORRY_SERVER_KEYS: &[&str] = &["address", "port"];
 
-const CHECK_BLOCKS: &[&str] = &["TCP_CHECK", "HTTP_GET", "SSL_GET", "MISC_CHECK", "UDP_CHECK"];
+pub(crate) const CHECK_BLOCKS: &[&str] =
+    &["TCP_CHECK", "HTTP_GET", "SSL_GET", "MISC_CHECK", "UDP_CHECK"];
 
 pub(crate) const REAL_SERVER_KEYS: &[&str] = &[
     "address",
@@ -193,7 +205,7 @@ pub(crate) fn check_keys(block: &str) -> Vec<&'static str> {
 }
 
 /// keepalived spellings that ha-lb names differently, for "did you mean" hints.
-const ALIASES: &[(&str, &str)] = &[
+pub(crate) const ALIASES: &[(&str, &str)] = &[
     ("lvs_sched", "lb_algo"),
     ("lvs_method", "lb_kind"),
     ("nb_get_retry", "retry"),
@@ -259,11 +271,11 @@ fn article_item(i: &te::Item) -> &'static str {
 }
 
 /// Microseconds in a number of seconds (keepalived timers have µs resolution).
-fn micros(secs: f64) -> u64 {
+pub(crate) fn micros(secs: f64) -> u64 {
     (secs * 1e6).round() as u64
 }
 
-fn fmt_secs(us: u64) -> String {
+pub(crate) fn fmt_secs(us: u64) -> String {
     let s = us as f64 / 1e6;
     let mut t = format!("{s}");
     if t.ends_with(".0") {
@@ -1453,11 +1465,17 @@ fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
 }
 
 fn unknown_key(key: &str, what: &str, allowed: &[&str]) -> String {
-    let hint = suggest(key, allowed).map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default();
-    format!("unknown key {key:?} in {what}{hint}; allowed keys: {}", allowed.join(", "))
+    unknown_name("key", key, what, allowed)
 }
 
-fn suggest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
+/// "unknown NOUN "x" in WHAT (did you mean "y"?); allowed NOUNs: …" — shared by the
+/// front-ends ("key" in TOML, "keyword" in keepalived.conf).
+pub(crate) fn unknown_name(noun: &str, key: &str, what: &str, allowed: &[&str]) -> String {
+    let hint = suggest(key, allowed).map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default();
+    format!("unknown {noun} {key:?} in {what}{hint}; allowed {noun}s: {}", allowed.join(", "))
+}
+
+pub(crate) fn suggest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
     if let Some((_, to)) = ALIASES.iter().find(|(from, _)| *from == key) {
         if let Some(a) = allowed.iter().find(|a| *a == to) {
             return Some(a);

@@ -25,10 +25,6 @@ struct V<'m> {
     errors: Vec<ConfigError>,
 }
 
-fn line(p: Pos) -> usize {
-    p.line
-}
-
 impl V<'_> {
     fn err(&mut self, pos: Pos, msg: impl Into<String>) {
         self.errors.push(self.map.error(pos, msg));
@@ -97,7 +93,10 @@ impl V<'_> {
                 match seen.get(name) {
                     Some(first) => self.err(
                         pos,
-                        format!("{what} {name:?} is already defined at line {}", line(*first)),
+                        format!(
+                            "{what} {name:?} is already defined at line {}",
+                            self.map.line_label(*first)
+                        ),
                     ),
                     None => {
                         seen.insert(name, pos);
@@ -130,7 +129,7 @@ impl V<'_> {
                         inst.virtual_router_id,
                         inst.interface,
                         family.as_str(),
-                        line(*p)
+                        self.map.line_label(*p)
                     ),
                 ),
                 None => {
@@ -157,7 +156,7 @@ impl V<'_> {
                         format!(
                             "{} is listed twice in this vrrp_instance (first at line {})",
                             vip.addr,
-                            line(*p)
+                            self.map.line_label(*p)
                         ),
                     ),
                     Some((other, p)) => self.err(
@@ -165,7 +164,7 @@ impl V<'_> {
                         format!(
                             "{} is already a virtual address of vrrp_instance {other:?} at line {}",
                             vip.addr,
-                            line(*p)
+                            self.map.line_label(*p)
                         ),
                     ),
                     None => {
@@ -420,7 +419,7 @@ impl V<'_> {
                         pos,
                         format!(
                             "vrrp_instance {member:?} is already in vrrp_sync_group {other:?} (line {}); an instance can be in one group only",
-                            line(*p)
+                            self.map.line_label(*p)
                         ),
                     );
                     continue;
@@ -480,7 +479,11 @@ impl V<'_> {
             match keys.get(&vs.key()) {
                 Some(p) => self.err(
                     pos,
-                    format!("virtual_server {} is already defined at line {}", vs.key(), line(*p)),
+                    format!(
+                        "virtual_server {} is already defined at line {}",
+                        vs.key(),
+                        self.map.line_label(*p)
+                    ),
                 ),
                 None => {
                     keys.insert(vs.key(), pos);
@@ -557,7 +560,7 @@ impl V<'_> {
                         format!(
                             "real_server {} is already in this virtual_server (line {})",
                             rs.key(),
-                            line(*p)
+                            self.map.line_label(*p)
                         ),
                     ),
                     None => {

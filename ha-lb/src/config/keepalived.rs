@@ -1,0 +1,1724 @@
+//! The keepalived.conf front-end: keepalived's own syntax, read into the same model with
+//! the same errors as the TOML front-end.
+//!
+//! How: the file (and its `include`s) is tokenized and parsed into blocks, then *lowered*
+//! to the native TOML layout — keepalived's keywords are the TOML keys, so each statement
+//! becomes one `key = value` line — and that text is read by [`super::toml`]'s reader and
+//! checked by `validate`, exactly as a `.toml` file. So every default, inherited value,
+//! range check and cross-item rule is the TOML front-end's; nothing is written twice.
+//! Each line of the lowered text remembers where its pieces came from (file, line,
+//! column), and every error is reported at the keepalived source position.
+//!
+//! This front-end's own checks are only the ones TOML's syntax would make: the block
+//! structure, value shapes (a number where a number belongs), keywords that ha-lb does not
+//! know or does not support (each an error, never ignored), and keywords set twice.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::error::{ConfigError, ConfigErrors};
+use super::model::Config;
+use super::to_toml::toml_str;
+use super::toml as native;
+
+/// Read and validate a keepalived.conf file (with its includes).
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::single(path, format!("cannot read the file: {e}")))?;
+    parse_str(&text, path)
+}
+
+/// Parse and validate keepalived.conf text; `origin` names the file in error messages and
+/// is the base for relative `include`s.
+pub fn parse_str(text: &str, origin: &Path) -> Result<Config, ConfigErrors> {
+    let (lowered, ctx) = lower(text, origin);
+    let labels = lowered.line_labels(&ctx.files);
+    let result = native::parse_labelled(&lowered.text(), origin, labels);
+    let mut errors: Vec<(Loc, String)> = ctx.errors;
+    if let Err(e) = &result {
+        for err in &e.errors {
+            // None: on a line whose value this front-end already reported.
+            if let Some(loc) = lowered.origin(err.line, err.col) {
+                errors.push((loc, err.message.clone()));
+            }
+        }
+    }
+    if errors.is_empty() {
+        // The reader's errors are never all suppressed unless this front-end found some,
+        // so this is the reader's Ok.
+        return result;
+    }
+    errors.sort_by_key(|(loc, _)| *loc);
+    errors.dedup();
+    Err(ConfigErrors {
+        errors: errors
+            .into_iter()
+            .map(|(loc, message)| ConfigError {
+                file: ctx.files[loc.file as usize].clone(),
+                line: loc.line as usize,
+                col: loc.col as usize,
+                message,
+            })
+            .collect(),
+    })
+}
+
+fn lower(text: &str, origin: &Path) -> (Lowered, Ctx) {
+    let mut ctx = Ctx::default();
+    let mut tokens = Vec::new();
+    let canonical = std::fs::canonicalize(origin).unwrap_or_else(|_| origin.to_path_buf());
+    ctx.stack.push(canonical);
+    ctx.lex(text, origin, &mut tokens);
+    ctx.stack.pop();
+    let stmts = Parser { toks: &tokens, i: 0 }.block(&mut ctx, None);
+    let mut low = Lowerer { ctx: &mut ctx, out: Lowered::default() };
+    low.top(&stmts);
+    let out = low.out;
+    (out, ctx)
+}
+
+// ---------------------------------------------------------------------------------------
+// positions and tokens
+// ---------------------------------------------------------------------------------------
+
+/// Where a token is. Ordered by `seq`, its place in the whole token stream with includes
+/// spliced in, so errors come out in reading order across files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Loc {
+    seq: u32,
+    file: u32,
+    line: u32,
+    col: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Word(String, bool),
+    Open,
+    /// The `{` of a line already reported as unsupported: its block is skipped.
+    SkipOpen,
+    Close,
+    /// End of a statement: end of line, or `;`.
+    End,
+}
+
+#[derive(Debug, Clone)]
+struct Token {
+    tok: Tok,
+    loc: Loc,
+}
+
+#[derive(Debug, Clone)]
+struct Word {
+    text: String,
+    quoted: bool,
+    loc: Loc,
+}
+
+/// `keyword args… [{ statements }]`.
+#[derive(Debug, Clone)]
+struct Stmt {
+    kw: Word,
+    args: Vec<Word>,
+    block: Option<Vec<Stmt>>,
+}
+
+impl Stmt {
+    fn key(&self) -> &str {
+        &self.kw.text
+    }
+}
+
+#[derive(Default)]
+struct Ctx {
+    files: Vec<PathBuf>,
+    errors: Vec<(Loc, String)>,
+    seq: u32,
+    /// Canonical paths of the files being read, for include cycles.
+    stack: Vec<PathBuf>,
+}
+
+impl Ctx {
+    fn err(&mut self, loc: Loc, msg: impl Into<String>) {
+        self.errors.push((loc, msg.into()));
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Tokenize one file's text into `out`, splicing included files in place.
+    fn lex(&mut self, text: &str, path: &Path, out: &mut Vec<Token>) {
+        let file = self.files.len() as u32;
+        self.files.push(path.to_path_buf());
+        for (lno, line) in text.lines().enumerate() {
+            let mut toks: Vec<Token> = Vec::new();
+            let chars: Vec<char> = line.chars().collect();
+            let mut i = 0;
+            let loc = |this: &mut Ctx, i: usize| Loc {
+                seq: this.next_seq(),
+                file,
+                line: lno as u32 + 1,
+                col: i as u32 + 1,
+            };
+            while i < chars.len() {
+                let c = chars[i];
+                if c.is_whitespace() {
+                    i += 1;
+                } else if c == '#' || c == '!' {
+                    break;
+                } else if c == '{' || c == '}' || c == ';' {
+                    let tok = match c {
+                        '{' => Tok::Open,
+                        '}' => Tok::Close,
+                        _ => Tok::End,
+                    };
+                    toks.push(Token { tok, loc: loc(self, i) });
+                    i += 1;
+                } else if c == '"' {
+                    let l = loc(self, i);
+                    let start = i + 1;
+                    let mut j = start;
+                    while j < chars.len() && chars[j] != '"' {
+                        j += 1;
+                    }
+                    if j == chars.len() {
+                        self.err(l, "this quoted string is not closed on its line");
+                    }
+                    let s: String = chars[start..j].iter().collect();
+                    toks.push(Token { tok: Tok::Word(s, true), loc: l });
+                    i = j + 1;
+                } else {
+                    let l = loc(self, i);
+                    let start = i;
+                    while i < chars.len()
+                        && !chars[i].is_whitespace()
+                        && !matches!(chars[i], '{' | '}' | ';' | '"')
+                    {
+                        i += 1;
+                    }
+                    let s: String = chars[start..i].iter().collect();
+                    toks.push(Token { tok: Tok::Word(s, false), loc: l });
+                }
+            }
+            if let Some(Token { tok: Tok::Word(w, false), loc }) = toks.first() {
+                if w == "include" {
+                    let loc = *loc;
+                    self.include(&toks[1..], loc, path, out);
+                    continue;
+                }
+            }
+            let rejected = toks.iter().find_map(|t| match &t.tok {
+                Tok::Word(w, false) if w.starts_with('@') && t.loc == toks[0].loc => Some((
+                    t.loc,
+                    format!("conditional line {w:?} is not supported by ha-lb; generate one file per node"),
+                )),
+                Tok::Word(w, false) if w.starts_with('$') => Some((
+                    t.loc,
+                    format!("parameter substitution {w:?} is not supported by ha-lb; generate one file per node"),
+                )),
+                _ => None,
+            });
+            if let Some((loc, msg)) = rejected {
+                // Reported once; the line's words are dropped, its braces kept (their blocks
+                // skipped) so the rest of the file keeps its structure.
+                self.err(loc, msg);
+                toks.retain(|t| matches!(t.tok, Tok::Open | Tok::Close));
+                for t in &mut toks {
+                    if t.tok == Tok::Open {
+                        t.tok = Tok::SkipOpen;
+                    }
+                }
+            }
+            out.extend(toks);
+            let end = Loc {
+                seq: self.next_seq(),
+                file,
+                line: lno as u32 + 1,
+                col: chars.len() as u32 + 1,
+            };
+            out.push(Token { tok: Tok::End, loc: end });
+        }
+    }
+
+    /// `include PATTERN…`: each pattern relative to the including file's directory; a glob
+    /// may match nothing, a plain path must exist.
+    fn include(&mut self, args: &[Token], kw: Loc, path: &Path, out: &mut Vec<Token>) {
+        if args.is_empty() {
+            self.err(kw, "include needs a file name or pattern");
+        }
+        for t in args {
+            let Tok::Word(pattern, _) = &t.tok else {
+                self.err(t.loc, "include takes file names, not a block");
+                continue;
+            };
+            let base = path.parent().unwrap_or(Path::new(""));
+            let full = base.join(pattern);
+            let is_glob = pattern.contains(['*', '?', '[']);
+            let files = if is_glob { glob(&full) } else { vec![full.clone()] };
+            for f in files {
+                let text = match std::fs::read_to_string(&f) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.err(
+                            t.loc,
+                            format!("include {:?}: cannot read {}: {e}", pattern, f.display()),
+                        );
+                        continue;
+                    }
+                };
+                let canonical = std::fs::canonicalize(&f).unwrap_or_else(|_| f.clone());
+                if self.stack.contains(&canonical) {
+                    self.err(
+                        t.loc,
+                        format!(
+                            "include {:?}: {} includes itself (an include cycle)",
+                            pattern,
+                            f.display()
+                        ),
+                    );
+                    continue;
+                }
+                self.stack.push(canonical);
+                self.lex(&text, &f, out);
+                self.stack.pop();
+            }
+        }
+    }
+}
+
+/// The files matching a glob pattern (`*`, `?`, `[…]` in any component), sorted.
+fn glob(pattern: &Path) -> Vec<PathBuf> {
+    let mut found = vec![PathBuf::new()];
+    for comp in pattern.components() {
+        let part = comp.as_os_str().to_string_lossy();
+        if !part.contains(['*', '?', '[']) {
+            found = found.into_iter().map(|p| p.join(comp)).collect();
+            continue;
+        }
+        let mut next = Vec::new();
+        for dir in found {
+            let read = if dir.as_os_str().is_empty() { Path::new(".") } else { dir.as_path() };
+            let Ok(entries) = std::fs::read_dir(read) else { continue };
+            let mut names: Vec<String> = entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            for n in names {
+                if !n.starts_with('.') && glob_match(&part, &n) {
+                    next.push(dir.join(n));
+                }
+            }
+        }
+        found = next;
+    }
+    found.retain(|p| p.is_file());
+    found
+}
+
+fn glob_match(pat: &str, name: &str) -> bool {
+    fn m(p: &[char], n: &[char]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some('*') => (0..=n.len()).any(|k| m(&p[1..], &n[k..])),
+            Some('?') => !n.is_empty() && m(&p[1..], &n[1..]),
+            Some('[') => {
+                let Some(close) = p.iter().position(|&c| c == ']') else {
+                    return n.first() == Some(&'[') && m(&p[1..], &n[1..]);
+                };
+                let Some(&c) = n.first() else { return false };
+                let set = &p[1..close];
+                let (neg, set) = match set.first() {
+                    Some('!') | Some('^') => (true, &set[1..]),
+                    _ => (false, set),
+                };
+                let mut hit = false;
+                let mut k = 0;
+                while k < set.len() {
+                    if k + 2 < set.len() && set[k + 1] == '-' {
+                        hit |= set[k] <= c && c <= set[k + 2];
+                        k += 3;
+                    } else {
+                        hit |= set[k] == c;
+                        k += 1;
+                    }
+                }
+                hit != neg && m(&p[close + 1..], &n[1..])
+            }
+            Some(&c) => n.first() == Some(&c) && m(&p[1..], &n[1..]),
+        }
+    }
+    let p: Vec<char> = pat.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    m(&p, &n)
+}
+
+// ---------------------------------------------------------------------------------------
+// blocks
+// ---------------------------------------------------------------------------------------
+
+struct Parser<'t> {
+    toks: &'t [Token],
+    i: usize,
+}
+
+impl Parser<'_> {
+    /// Statements up to the `}` matching `open` (or the end, for the top level).
+    fn block(&mut self, ctx: &mut Ctx, open: Option<Loc>) -> Vec<Stmt> {
+        let mut stmts = Vec::new();
+        loop {
+            let Some(t) = self.toks.get(self.i) else {
+                if let Some(o) = open {
+                    ctx.err(o, "this '{' is never closed");
+                }
+                return stmts;
+            };
+            self.i += 1;
+            match &t.tok {
+                Tok::End => {}
+                Tok::Close => {
+                    if open.is_some() {
+                        return stmts;
+                    }
+                    ctx.err(t.loc, "unmatched '}'");
+                }
+                Tok::Open => {
+                    ctx.err(t.loc, "a block needs a keyword before its '{'");
+                    self.block(ctx, Some(t.loc));
+                }
+                Tok::SkipOpen => {
+                    self.block(ctx, Some(t.loc));
+                }
+                Tok::Word(text, quoted) => {
+                    let kw = Word { text: text.clone(), quoted: *quoted, loc: t.loc };
+                    let mut args = Vec::new();
+                    while let Some(Token { tok: Tok::Word(w, q), loc }) = self.toks.get(self.i) {
+                        args.push(Word { text: w.clone(), quoted: *q, loc: *loc });
+                        self.i += 1;
+                    }
+                    // The block may open on the same line or the next.
+                    let mut j = self.i;
+                    while matches!(self.toks.get(j), Some(Token { tok: Tok::End, .. })) {
+                        j += 1;
+                    }
+                    let block = match self.toks.get(j) {
+                        Some(Token { tok: Tok::Open, loc }) => {
+                            let loc = *loc;
+                            self.i = j + 1;
+                            Some(self.block(ctx, Some(loc)))
+                        }
+                        _ => None,
+                    };
+                    stmts.push(Stmt { kw, args, block });
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// the lowered TOML text
+// ---------------------------------------------------------------------------------------
+
+/// One line of TOML with the source position of each piece: `segs` are (first column,
+/// origin), in column order.
+#[derive(Default, Clone)]
+struct Line {
+    text: String,
+    segs: Vec<(usize, Loc)>,
+    /// An error was already reported for this line's value: the reader's complaint about
+    /// the placeholder written instead is dropped.
+    suppress: bool,
+}
+
+impl Line {
+    fn push(&mut self, s: &str, origin: Option<Loc>) -> &mut Self {
+        if let Some(o) = origin {
+            self.segs.push((self.text.chars().count() + 1, o));
+        }
+        self.text.push_str(s);
+        self
+    }
+}
+
+#[derive(Default)]
+struct Lowered {
+    lines: Vec<Line>,
+}
+
+impl Lowered {
+    fn text(&self) -> String {
+        let mut s = String::new();
+        for l in &self.lines {
+            s.push_str(&l.text);
+            s.push('\n');
+        }
+        s
+    }
+
+    /// How messages citing a lowered line name it: its source line, with the file when
+    /// that is not the main one.
+    fn line_labels(&self, files: &[PathBuf]) -> Vec<String> {
+        self.lines
+            .iter()
+            .map(|l| match l.segs.first() {
+                Some((_, o)) if o.file == 0 => o.line.to_string(),
+                Some((_, o)) => format!("{} of {}", o.line, files[o.file as usize].display()),
+                None => "?".to_string(),
+            })
+            .collect()
+    }
+
+    /// The source position of a (line, col) of the lowered text; `None` when the error
+    /// there is one already reported.
+    fn origin(&self, line: usize, col: usize) -> Option<Loc> {
+        let l = self.lines.get(line.checked_sub(1)?).or_else(|| self.lines.last())?;
+        if l.suppress {
+            return None;
+        }
+        l.segs.iter().rev().find(|(c, _)| *c <= col).or(l.segs.first()).map(|(_, o)| *o)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// keywords
+// ---------------------------------------------------------------------------------------
+
+/// The shape of a keyword's value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    /// One word, a TOML string.
+    Str,
+    Int,
+    /// A number of seconds (integer or decimal).
+    Secs,
+    /// A bare flag, or followed by true/false (also yes/no, on/off).
+    Flag,
+    /// One (quoted) word: the command line.
+    Command,
+    /// `USER [GROUP]`.
+    User,
+    /// UDP_CHECK `require_reply [HEX]`.
+    RequireReply,
+}
+
+fn kind(key: &str) -> Kind {
+    match key {
+        "vrrp_version"
+        | "version"
+        | "virtual_router_id"
+        | "priority"
+        | "weight"
+        | "rise"
+        | "fall"
+        | "garp_master_repeat"
+        | "garp_master_refresh_repeat"
+        | "quorum"
+        | "hysteresis"
+        | "retry"
+        | "connect_port"
+        | "persistence_timeout"
+        | "port" => Kind::Int,
+        "interval"
+        | "timeout"
+        | "advert_int"
+        | "preempt_delay"
+        | "garp_master_delay"
+        | "garp_master_refresh"
+        | "delay_loop"
+        | "connect_timeout"
+        | "delay_before_retry"
+        | "warmup"
+        | "misc_timeout" => Kind::Secs,
+        "enable_script_security"
+        | "nopreempt"
+        | "alpha"
+        | "inhibit_on_failure"
+        | "misc_dynamic" => Kind::Flag,
+        "script" | "notify_master" | "notify_backup" | "notify_fault" | "notify_stop"
+        | "notify" | "quorum_up" | "quorum_down" | "notify_up" | "notify_down" | "misc_path" => {
+            Kind::Command
+        }
+        "script_user" | "user" => Kind::User,
+        "require_reply" => Kind::RequireReply,
+        _ => Kind::Str,
+    }
+}
+
+/// keepalived spellings read as another keyword.
+fn canonical(kw: &str) -> &str {
+    match kw {
+        "nb_get_retry" => "retry",
+        "lvs_sched" => "lb_algo",
+        "lvs_method" => "lb_kind",
+        "vrrp_track_file" => "track_file",
+        other => other,
+    }
+}
+
+/// global_defs keywords that set a default for every vrrp_instance.
+const INSTANCE_DEFAULTS: &[(&str, &str)] = &[
+    ("vrrp_garp_master_delay", "garp_master_delay"),
+    ("vrrp_garp_master_repeat", "garp_master_repeat"),
+    ("vrrp_garp_master_refresh", "garp_master_refresh"),
+    ("vrrp_garp_master_refresh_repeat", "garp_master_refresh_repeat"),
+];
+
+/// What to use instead, for keepalived keywords ha-lb does not support.
+fn unsupported_hint(kw: &str) -> &'static str {
+    match kw {
+        "virtual_server_group" => "; define one virtual_server per address and port",
+        "mcast_src_ip" => "; use unicast_src_ip (the source of adverts)",
+        "no_preempt" => "; use nopreempt",
+        "lvs_sync_daemon" => "; connection state is not synchronised between directors",
+        "smtp_alert"
+        | "smtp_server"
+        | "smtp_connect_timeout"
+        | "notification_email"
+        | "notification_email_from"
+        | "smtp_helo_name"
+        | "smtp_alert_vrrp"
+        | "smtp_alert_checker"
+        | "notify_fifo"
+        | "notify_fifo_script"
+        | "vrrp_notify_fifo"
+        | "vrrp_notify_fifo_script"
+        | "lvs_notify_fifo"
+        | "lvs_notify_fifo_script" => "; use notify scripts",
+        "virtualhost" => "; set virtualhost in each HTTP_GET / SSL_GET",
+        "priority_weight" => "; use weight",
+        _ => "",
+    }
+}
+
+/// keepalived.conf(5) keywords (keepalived 2.2): known, so not typos, but not supported.
+const KEEPALIVED_KEYWORDS: &[&str] = &[
+    "BFD_CHECK",
+    "DNS_CHECK",
+    "FILE_CHECK",
+    "PING_CHECK",
+    "SMTP_CHECK",
+    "accept",
+    "bfd_instance",
+    "bind_if",
+    "bind_port",
+    "check_unicast_src",
+    "checker_log_all_failures",
+    "child_wait_time",
+    "config_save_dir",
+    "data_use_instance",
+    "dbus_service_name",
+    "debug",
+    "default_interface",
+    "delay",
+    "dont_track_primary",
+    "down_timer_adverts",
+    "dynamic_interfaces",
+    "enable_dbus",
+    "enable_sni",
+    "enable_snmp_checker",
+    "enable_snmp_rfc",
+    "enable_snmp_rfcv2",
+    "enable_snmp_rfcv3",
+    "enable_snmp_vrrp",
+    "enable_traps",
+    "fast_recovery",
+    "fifo_write_vrrp_states_on_reload",
+    "fork_delay",
+    "fwmark",
+    "garp_extra_if",
+    "garp_group",
+    "garp_interval",
+    "garp_lower_prio_delay",
+    "garp_lower_prio_repeat",
+    "global_tracking",
+    "gna_interval",
+    "ha_suspend",
+    "helo_name",
+    "higher_prio_send_advert",
+    "http_protocol",
+    "include_check",
+    "init_fail",
+    "init_file",
+    "ip_family",
+    "kernel_rx_buf_size",
+    "linkbeat_interfaces",
+    "linkbeat_use_polling",
+    "log_all_failures",
+    "log_unknown_vrids",
+    "lower_prio_no_advert",
+    "lthreshold",
+    "lvs_flush",
+    "lvs_flush_on_stop",
+    "lvs_notify_fifo",
+    "lvs_notify_fifo_script",
+    "lvs_sync_daemon",
+    "lvs_timeouts",
+    "max_auto_priority",
+    "mcast_dst_ip",
+    "mcast_src_ip",
+    "min_auto_priority_delay",
+    "namespace_with_ipsets",
+    "native_ipv6",
+    "net_namespace",
+    "net_namespace_ipvs",
+    "nftables",
+    "nftables_counters",
+    "nftables_ifindex",
+    "nftables_ipvs",
+    "nftables_priority",
+    "no_accept",
+    "no_checker_emails",
+    "no_email_faults",
+    "no_preempt",
+    "notification_email",
+    "notification_email_from",
+    "notify_deleted",
+    "notify_fifo",
+    "notify_fifo_script",
+    "notify_master_rx_lower_pri",
+    "notify_priority_changes",
+    "old_unicast_checksum",
+    "omega",
+    "ops",
+    "persistence_engine",
+    "persistence_granularity",
+    "priority_weight",
+    "process_names",
+    "quorum_max",
+    "random_seed",
+    "regex",
+    "regex_max_offset",
+    "regex_min_offset",
+    "regex_no_match",
+    "regex_options",
+    "regex_stack",
+    "reload_check_config",
+    "reload_file",
+    "reload_repeat",
+    "reload_time_file",
+    "reverse",
+    "rs_init_notifies",
+    "script_security",
+    "shutdown_script",
+    "shutdown_script_timeout",
+    "skip_check_adv_addr",
+    "smtp_alert",
+    "smtp_alert_checker",
+    "smtp_alert_vrrp",
+    "smtp_connect_timeout",
+    "smtp_helo_name",
+    "smtp_server",
+    "snmp_socket",
+    "sorry_server_inhibit",
+    "sorry_server_lvs_method",
+    "source_ip",
+    "startup_script",
+    "startup_script_timeout",
+    "static_ipaddress",
+    "static_routes",
+    "static_rules",
+    "strict_mode",
+    "sync_group_tracking_weight",
+    "tmp_config_directory",
+    "track_bfd",
+    "track_group",
+    "track_process",
+    "track_src_ip",
+    "umask",
+    "unicast_fault_no_peer",
+    "unicast_ttl",
+    "use_ipvlan",
+    "use_pid_dir",
+    "use_vmac",
+    "use_vmac_addr",
+    "uthreshold",
+    "virtual_routes",
+    "virtual_rules",
+    "virtual_server_group",
+    "virtualhost",
+    "vmac_xmit_base",
+    "vrrp_check_unicast_src",
+    "vrrp_cpu_affinity",
+    "vrrp_down_timer_adverts",
+    "vrrp_garp_extra_if",
+    "vrrp_garp_interval",
+    "vrrp_garp_lower_prio_delay",
+    "vrrp_garp_lower_prio_repeat",
+    "vrrp_gna_interval",
+    "vrrp_higher_prio_send_advert",
+    "vrrp_ipsets",
+    "vrrp_iptables",
+    "vrrp_lower_prio_no_advert",
+    "vrrp_mcast_group4",
+    "vrrp_mcast_group6",
+    "vrrp_min_garp",
+    "vrrp_netlink_cmd_rcv_bufs",
+    "vrrp_netlink_monitor_rcv_bufs",
+    "vrrp_no_swap",
+    "vrrp_notify_fifo",
+    "vrrp_notify_fifo_script",
+    "vrrp_notify_priority_changes",
+    "vrrp_priority",
+    "vrrp_process_name",
+    "vrrp_rlimit_rttime",
+    "vrrp_rt_priority",
+    "vrrp_rx_bufs_multiplier",
+    "vrrp_rx_bufs_policy",
+    "vrrp_skip_check_adv_addr",
+    "vrrp_startup_delay",
+    "vrrp_strict",
+    "vrrp_track_process",
+    "checker_cpu_affinity",
+    "checker_no_swap",
+    "checker_priority",
+    "checker_process_name",
+    "checker_rlimit_rttime",
+    "checker_rt_priority",
+    "bfd_cpu_affinity",
+    "bfd_no_swap",
+    "bfd_priority",
+    "bfd_process_name",
+    "bfd_rlimit_rttime",
+    "bfd_rt_priority",
+    "lvs_netlink_cmd_rcv_bufs",
+    "lvs_netlink_monitor_rcv_bufs",
+    "process_monitor_rcv_bufs",
+    "snmp_name",
+    "instance",
+    "max_hops",
+    "min_rx",
+    "min_tx",
+    "idle_tx",
+    "multiplier",
+    "passive",
+    "neighbor_ip",
+    "hoplimit",
+    "ttl",
+    "vrf",
+    "weight_reverse",
+    "preempt",
+];
+
+/// ha-lb's keys anywhere, to tell a keyword in the wrong block from an unsupported one.
+fn is_halb_key(kw: &str) -> bool {
+    [
+        native::GLOBAL_KEYS,
+        native::VRRP_SCRIPT_KEYS,
+        native::TRACK_FILE_KEYS,
+        native::VRRP_INSTANCE_KEYS,
+        native::SYNC_GROUP_KEYS,
+        native::VIRTUAL_SERVER_KEYS,
+        native::REAL_SERVER_KEYS,
+    ]
+    .iter()
+    .any(|keys| keys.contains(&kw))
+        || native::CHECK_BLOCKS.iter().any(|b| native::check_keys(b).contains(&kw))
+        || ["url", "path", "digest", "status_code", "auth_type", "auth_pass", "group"].contains(&kw)
+}
+
+// ---------------------------------------------------------------------------------------
+// lowering
+// ---------------------------------------------------------------------------------------
+
+struct Lowerer<'c> {
+    ctx: &'c mut Ctx,
+    out: Lowered,
+}
+
+/// A block being lowered: its keyword names and the keys already set.
+struct Blk {
+    what: &'static str,
+    allowed: Vec<&'static str>,
+    seen: HashMap<String, Loc>,
+}
+
+impl Blk {
+    fn new(what: &'static str, allowed: &[&'static str]) -> Blk {
+        Blk {
+            what,
+            allowed: allowed
+                .iter()
+                .copied()
+                .filter(|k| !matches!(*k, "name" | "address" | "port" | "real_server"))
+                .collect(),
+            seen: HashMap::new(),
+        }
+    }
+}
+
+impl Lowerer<'_> {
+    fn err(&mut self, loc: Loc, msg: impl Into<String>) {
+        self.ctx.err(loc, msg);
+    }
+
+    fn line(&mut self, line: Line) {
+        self.out.lines.push(line);
+    }
+
+    fn header(&mut self, h: &str, loc: Loc) {
+        let mut l = Line::default();
+        l.push(h, Some(loc));
+        self.line(l);
+    }
+
+    /// A keyword this block does not take: not supported, or unknown (with a suggestion).
+    fn reject(&mut self, s: &Stmt, blk: &Blk) {
+        let kw = s.key();
+        let hint = unsupported_hint(kw);
+        // A keyword ha-lb takes elsewhere is misplaced here, unless keepalived also takes it
+        // here and ha-lb says what to use instead (virtualhost on a virtual_server).
+        if KEEPALIVED_KEYWORDS.contains(&kw) && (!is_halb_key(kw) || !hint.is_empty()) {
+            self.err(s.kw.loc, format!("{kw} is not supported by ha-lb{hint}"));
+        } else {
+            let msg = native::unknown_name("keyword", kw, blk.what, &blk.allowed);
+            self.err(s.kw.loc, msg);
+        }
+    }
+
+    /// Record `key` as set; false (and an error) when it already was.
+    fn once(&mut self, blk: &mut Blk, key: &str, s: &Stmt) -> bool {
+        if let Some(first) = blk.seen.get(key) {
+            let msg = format!(
+                "{} is set twice in this {} (first at line {})",
+                s.key(),
+                blk.what,
+                first.line
+            );
+            self.err(s.kw.loc, msg);
+            return false;
+        }
+        blk.seen.insert(key.to_string(), s.kw.loc);
+        true
+    }
+
+    fn no_block(&mut self, s: &Stmt) -> bool {
+        if s.block.is_some() {
+            self.err(s.kw.loc, format!("{} does not take a {{ }} block", s.key()));
+            return false;
+        }
+        true
+    }
+
+    fn need_block<'s>(&mut self, s: &'s Stmt) -> Option<&'s [Stmt]> {
+        match &s.block {
+            Some(b) => Some(b),
+            None => {
+                self.err(s.kw.loc, format!("{} needs a {{ }} block", s.key()));
+                None
+            }
+        }
+    }
+
+    /// The TOML value of a scalar keyword, or the error for its shape. `Err` carries a
+    /// placeholder to write (suppressed) so the reader sees the key as present.
+    fn value(&mut self, key: &str, s: &Stmt) -> Result<(String, Loc), String> {
+        let k = kind(key);
+        let args = &s.args;
+        let kw = s.key();
+        match k {
+            Kind::Str | Kind::Command => {
+                let w = self.one(k, s)?;
+                Ok((toml_str(&w.text), w.loc))
+            }
+            Kind::Int => {
+                let w = self.one(k, s)?;
+                match w.text.parse::<i64>() {
+                    Ok(n) if !w.quoted => Ok((n.to_string(), w.loc)),
+                    _ => {
+                        self.err(w.loc, format!("{kw} {:?} is not an integer", w.text));
+                        Err(toml_str(&w.text))
+                    }
+                }
+            }
+            Kind::Secs => {
+                let w = self.one(k, s)?;
+                let t = w.text.as_str();
+                let numeric = !w.quoted
+                    && !t.is_empty()
+                    && t.chars().all(|c| c.is_ascii_digit() || c == '.')
+                    && t.parse::<f64>().is_ok_and(f64::is_finite);
+                if !numeric {
+                    self.err(w.loc, format!("{kw} {t:?} is not a number of seconds"));
+                    return Err(toml_str(t));
+                }
+                let lit = if let Ok(n) = t.parse::<i64>() {
+                    n.to_string()
+                } else if t.split_once('.').is_some_and(|(i, f)| {
+                    !i.is_empty() && !f.is_empty() && (i == "0" || !i.starts_with('0'))
+                }) {
+                    // Already a TOML float: keep it, so messages quote it as written.
+                    t.to_string()
+                } else {
+                    format!("{:?}", t.parse::<f64>().unwrap_or(0.0))
+                };
+                Ok((lit, w.loc))
+            }
+            Kind::Flag => match args.len() {
+                0 => Ok(("true".to_string(), s.kw.loc)),
+                1 => {
+                    match args[0].text.to_ascii_lowercase().as_str() {
+                        "true" | "yes" | "on" => Ok(("true".to_string(), args[0].loc)),
+                        "false" | "no" | "off" => Ok(("false".to_string(), args[0].loc)),
+                        _ => {
+                            self.err(
+                            args[0].loc,
+                            format!("{kw} is a flag: write {kw} alone, or {kw} true / false, not {:?}", args[0].text),
+                        );
+                            Err("false".to_string())
+                        }
+                    }
+                }
+                _ => {
+                    self.err(args[1].loc, format!("{kw} takes at most one value (true or false)"));
+                    Err("false".to_string())
+                }
+            },
+            Kind::User => match args.len() {
+                1 | 2 => Ok((toml_str(&join(args)), args[0].loc)),
+                0 => {
+                    self.err(s.kw.loc, format!("{kw} needs a user name (and optionally a group)"));
+                    Err(String::new())
+                }
+                _ => {
+                    self.err(args[2].loc, format!("{kw} takes a user and a group, no more"));
+                    Err(toml_str(&args[0].text))
+                }
+            },
+            Kind::RequireReply => match args.len() {
+                0 => Ok(("true".to_string(), s.kw.loc)),
+                _ => Ok((toml_str(&join(args)), args[0].loc)),
+            },
+        }
+    }
+
+    /// The one value of a keyword that takes one.
+    fn one<'s>(&mut self, k: Kind, s: &'s Stmt) -> Result<&'s Word, String> {
+        let (args, kw) = (&s.args, s.key());
+        match args.len() {
+            0 => {
+                self.err(s.kw.loc, format!("{kw} needs a value"));
+                Err(String::new())
+            }
+            1 => Ok(&args[0]),
+            _ => {
+                let hint = if k == Kind::Command && kw.starts_with("notify") {
+                    "; a user per notify script is not supported by ha-lb (set global_defs script_user)".to_string()
+                } else if k == Kind::Command {
+                    format!("; quote the whole command: {kw} \"{}\"", join(args))
+                } else {
+                    String::new()
+                };
+                self.err(
+                    args[1].loc,
+                    format!("{kw} takes one value; {:?} is one too many{hint}", args[1].text),
+                );
+                Err(toml_str(&args[0].text))
+            }
+        }
+    }
+
+    /// `key = value` for a scalar keyword.
+    fn scalar(&mut self, blk: &mut Blk, key: &'static str, s: &Stmt) {
+        if !self.no_block(s) || !self.once(blk, key, s) {
+            return;
+        }
+        let mut l = Line::default();
+        l.push(key, Some(s.kw.loc)).push(" = ", None);
+        match self.value(key, s) {
+            Ok((v, loc)) => {
+                l.push(&v, Some(loc));
+            }
+            Err(placeholder) => {
+                let p = if placeholder.is_empty() { "\"\"".to_string() } else { placeholder };
+                l.push(&p, Some(s.kw.loc));
+                l.suppress = true;
+            }
+        }
+        self.line(l);
+    }
+
+    /// `name = "ARG"` from a block's one argument.
+    fn name_arg(&mut self, s: &Stmt, what: &str) {
+        let mut l = Line::default();
+        l.push("name", Some(s.kw.loc)).push(" = ", None);
+        match s.args.as_slice() {
+            [n] => {
+                l.push(&toml_str(&n.text), Some(n.loc));
+            }
+            [] => {
+                self.err(s.kw.loc, format!("{what} needs a name: {what} NAME {{ … }}"));
+                l.push("\"\"", None);
+                l.suppress = true;
+            }
+            [n, extra, ..] => {
+                self.err(
+                    extra.loc,
+                    format!("{what} takes one name; {:?} is one too many", extra.text),
+                );
+                l.push(&toml_str(&n.text), Some(n.loc));
+            }
+        }
+        self.line(l);
+    }
+
+    fn list(&mut self, key: &str, at: Loc, elems: Vec<Line>) {
+        let mut l = Line::default();
+        l.push(key, Some(at)).push(" = [", None);
+        self.line(l);
+        for mut e in elems {
+            let mut line = Line::default();
+            line.push("  ", None);
+            let offset = line.text.len();
+            line.text.push_str(&e.text);
+            line.segs.extend(e.segs.drain(..).map(|(c, o)| (c + offset, o)));
+            line.suppress = e.suppress;
+            line.push(",", None);
+            self.line(line);
+        }
+        let mut l = Line::default();
+        l.push("]", Some(at));
+        self.line(l);
+    }
+
+    // ---- the top level -------------------------------------------------------------------
+
+    fn top(&mut self, stmts: &[Stmt]) {
+        const TOP: &[&str] = &[
+            "global_defs",
+            "vrrp_script",
+            "track_file",
+            "vrrp_track_file",
+            "vrrp_instance",
+            "vrrp_sync_group",
+            "virtual_server",
+        ];
+        let top = Blk::new("the top level", TOP);
+        // global_defs first: it sets defaults for the instances, wherever it is.
+        let mut gblk = Blk::new("global_defs", native::GLOBAL_KEYS);
+        let mut defaults: Vec<(&'static str, Stmt)> = Vec::new();
+        let mut global_lines = Vec::new();
+        let saved = std::mem::take(&mut self.out.lines);
+        for s in stmts.iter().filter(|s| s.key() == "global_defs") {
+            if !s.args.is_empty() {
+                self.err(s.args[0].loc, "global_defs takes no arguments");
+            }
+            let Some(b) = self.need_block(s) else { continue };
+            for g in b {
+                if let Some((_, to)) = INSTANCE_DEFAULTS.iter().find(|(from, _)| *from == g.key()) {
+                    if self.no_block(g) && self.once(&mut gblk, to, g) {
+                        defaults.push((to, g.clone()));
+                    }
+                } else if let Some(k) = gblk.allowed.iter().copied().find(|k| *k == g.key()) {
+                    self.scalar(&mut gblk, k, g);
+                } else {
+                    let mut allowed = gblk.allowed.clone();
+                    allowed.extend(INSTANCE_DEFAULTS.iter().map(|(f, _)| *f));
+                    let b2 = Blk { what: "global_defs", allowed, seen: HashMap::new() };
+                    self.reject(g, &b2);
+                }
+            }
+        }
+        global_lines.append(&mut self.out.lines);
+        self.out.lines = saved;
+        if let Some(first) = stmts.iter().find(|s| s.key() == "global_defs") {
+            self.header("[global]", first.kw.loc);
+            self.out.lines.append(&mut global_lines);
+        }
+
+        for s in stmts {
+            match canonical(s.key()) {
+                "global_defs" => {}
+                "vrrp_script" => self.named(s, "vrrp_script", native::VRRP_SCRIPT_KEYS),
+                "track_file" => self.named(s, "track_file", native::TRACK_FILE_KEYS),
+                "vrrp_instance" => self.instance(s, &defaults),
+                "vrrp_sync_group" => self.sync_group(s),
+                "virtual_server" => self.virtual_server(s),
+                _ => self.reject(s, &top),
+            }
+        }
+    }
+
+    /// `KIND NAME { scalar keywords }` (vrrp_script, track_file).
+    fn named(&mut self, s: &Stmt, what: &'static str, keys: &[&'static str]) {
+        let Some(b) = self.need_block(s) else { return };
+        self.header(&format!("[[{what}]]"), s.kw.loc);
+        self.name_arg(s, what);
+        let mut blk = Blk::new(what, keys);
+        for st in b {
+            self.scalar_or_reject(&mut blk, st);
+        }
+    }
+
+    fn scalar_or_reject(&mut self, blk: &mut Blk, st: &Stmt) {
+        let key = canonical(st.key());
+        if let Some(k) = blk.allowed.iter().copied().find(|k| *k == key) {
+            // `weight N reverse` on trackers.
+            if k == "weight" && st.args.len() == 2 && st.args[1].text == "reverse" {
+                self.err(st.args[1].loc, "reverse is not supported by ha-lb");
+                return;
+            }
+            self.scalar(blk, k, st);
+        } else {
+            self.reject(st, blk);
+        }
+    }
+
+    fn instance(&mut self, s: &Stmt, defaults: &[(&'static str, Stmt)]) {
+        let Some(b) = self.need_block(s) else { return };
+        self.header("[[vrrp_instance]]", s.kw.loc);
+        self.name_arg(s, "vrrp_instance");
+        let mut blk = Blk::new("vrrp_instance", native::VRRP_INSTANCE_KEYS);
+        let mut lists: Vec<(&'static str, Loc, Vec<Line>)> = Vec::new();
+        for st in b {
+            let key = canonical(st.key());
+            match key {
+                "authentication" => {
+                    let Some(ab) = self.need_block(st) else { continue };
+                    if !self.once(&mut blk, key, st) {
+                        continue;
+                    }
+                    let mut l = Line::default();
+                    l.push("authentication", Some(st.kw.loc)).push(" = { ", None);
+                    let mut ablk = Blk::new("authentication", &["auth_type", "auth_pass"]);
+                    let mut first = true;
+                    for a in ab {
+                        let k = a.key();
+                        let Some(k) = ablk.allowed.iter().copied().find(|x| *x == k) else {
+                            self.reject(a, &ablk);
+                            continue;
+                        };
+                        if !self.no_block(a) || !self.once(&mut ablk, k, a) {
+                            continue;
+                        }
+                        match self.value(k, a) {
+                            Ok((v, loc)) => {
+                                if !first {
+                                    l.push(", ", None);
+                                }
+                                first = false;
+                                l.push(k, Some(a.kw.loc)).push(" = ", None).push(&v, Some(loc));
+                            }
+                            Err(_) => l.suppress = true,
+                        }
+                    }
+                    l.push(" }", None);
+                    // Errors about the table itself (a missing key) point at the keyword.
+                    l.segs.insert(0, (1, st.kw.loc));
+                    self.line(l);
+                }
+                "unicast_peer"
+                | "virtual_ipaddress"
+                | "virtual_ipaddress_excluded"
+                | "track_interface"
+                | "track_script"
+                | "track_file" => {
+                    let Some(lb) = self.need_block(st) else { continue };
+                    if !st.args.is_empty() {
+                        self.err(
+                            st.args[0].loc,
+                            format!("{key} takes its entries in the {{ }} block"),
+                        );
+                    }
+                    let elems = match key {
+                        "unicast_peer" => self.peers(lb),
+                        "track_interface" | "track_script" | "track_file" => self.trackers(key, lb),
+                        _ => self.vips(lb),
+                    };
+                    match lists.iter_mut().find(|(k, _, _)| *k == key) {
+                        Some((_, _, e)) => e.extend(elems),
+                        None => {
+                            let k = blk.allowed.iter().copied().find(|k| *k == key).unwrap_or("");
+                            blk.seen.insert(key.to_string(), st.kw.loc);
+                            lists.push((k, st.kw.loc, elems));
+                        }
+                    }
+                }
+                _ => self.scalar_or_reject(&mut blk, st),
+            }
+        }
+        for (to, g) in defaults {
+            if !blk.seen.contains_key(*to) {
+                self.scalar(&mut blk, to, g);
+            }
+        }
+        for (k, at, elems) in lists {
+            self.list(k, at, elems);
+        }
+    }
+
+    /// `unicast_peer { ADDR … }`.
+    fn peers(&mut self, b: &[Stmt]) -> Vec<Line> {
+        let mut out = Vec::new();
+        for p in b {
+            if let Some(w) = p.args.iter().find(|w| w.text == "min_ttl" || w.text == "max_ttl") {
+                self.err(w.loc, format!("{} is not supported by ha-lb", w.text));
+                continue;
+            }
+            self.no_block(p);
+            for w in std::iter::once(&p.kw).chain(&p.args) {
+                let mut l = Line::default();
+                l.push(&toml_str(&w.text), Some(w.loc));
+                out.push(l);
+            }
+        }
+        out
+    }
+
+    /// `virtual_ipaddress { ADDR[/LEN] [options] … }`: one address per line, or several on
+    /// one line (a word that is an address and not an option's value starts the next).
+    fn vips(&mut self, b: &[Stmt]) -> Vec<Line> {
+        const WITH_VALUE: &[&str] = &["brd", "broadcast", "dev", "scope", "label"];
+        let mut out = Vec::new();
+        for st in b {
+            self.no_block(st);
+            let mut cur: Option<(String, Loc)> = None;
+            let mut expect_value = false;
+            for w in std::iter::once(&st.kw).chain(&st.args) {
+                let is_addr =
+                    w.text.split('/').next().is_some_and(|a| a.parse::<std::net::IpAddr>().is_ok());
+                match &mut cur {
+                    Some((text, _)) if expect_value || !is_addr => {
+                        text.push(' ');
+                        text.push_str(&w.text);
+                        expect_value = !expect_value && WITH_VALUE.contains(&w.text.as_str());
+                    }
+                    _ => {
+                        if let Some((t, l)) = cur.take() {
+                            let mut line = Line::default();
+                            line.push(&toml_str(&t), Some(l));
+                            out.push(line);
+                        }
+                        cur = Some((w.text.clone(), w.loc));
+                        expect_value = false;
+                    }
+                }
+            }
+            if let Some((t, l)) = cur {
+                let mut line = Line::default();
+                line.push(&toml_str(&t), Some(l));
+                out.push(line);
+            }
+        }
+        out
+    }
+
+    /// `track_* { NAME [weight N] … }`.
+    fn trackers(&mut self, key: &str, b: &[Stmt]) -> Vec<Line> {
+        let mut out = Vec::new();
+        for st in b {
+            self.no_block(st);
+            let name = &st.kw;
+            let mut l = Line::default();
+            match st.args.as_slice() {
+                [] => {
+                    l.push(&toml_str(&name.text), Some(name.loc));
+                }
+                [w, n, rest @ ..] if w.text == "weight" => {
+                    if let Some(r) = rest.first() {
+                        if r.text == "reverse" {
+                            self.err(r.loc, "reverse is not supported by ha-lb");
+                        } else {
+                            self.err(r.loc, format!("unexpected {:?} after the weight", r.text));
+                        }
+                        continue;
+                    }
+                    l.push("{ ", Some(name.loc)).push("name = ", None);
+                    l.push(&toml_str(&name.text), Some(name.loc)).push(", weight = ", None);
+                    match n.text.parse::<i64>() {
+                        Ok(v) => {
+                            l.push(&v.to_string(), Some(n.loc));
+                        }
+                        Err(_) => {
+                            self.err(n.loc, format!("weight {:?} is not an integer", n.text));
+                            continue;
+                        }
+                    }
+                    l.push(" }", None);
+                }
+                [w, ..] => {
+                    let msg = if KEEPALIVED_KEYWORDS.contains(&w.text.as_str()) {
+                        format!("{} is not supported by ha-lb", w.text)
+                    } else {
+                        format!("unexpected {:?} in {key}; an entry is NAME [weight N]", w.text)
+                    };
+                    self.err(w.loc, msg);
+                    continue;
+                }
+            }
+            out.push(l);
+        }
+        out
+    }
+
+    fn sync_group(&mut self, s: &Stmt) {
+        let Some(b) = self.need_block(s) else { return };
+        self.header("[[vrrp_sync_group]]", s.kw.loc);
+        self.name_arg(s, "vrrp_sync_group");
+        let mut blk = Blk::new("vrrp_sync_group", native::SYNC_GROUP_KEYS);
+        let mut members: Option<(Loc, Vec<Line>)> = None;
+        for st in b {
+            if st.key() == "group" {
+                let Some(gb) = self.need_block(st) else { continue };
+                let (_, m) = members.get_or_insert_with(|| (st.kw.loc, Vec::new()));
+                for g in gb {
+                    for w in std::iter::once(&g.kw).chain(&g.args) {
+                        let mut l = Line::default();
+                        l.push(&toml_str(&w.text), Some(w.loc));
+                        m.push(l);
+                    }
+                }
+            } else {
+                self.scalar_or_reject(&mut blk, st);
+            }
+        }
+        if let Some((at, m)) = members {
+            self.list("group", at, m);
+        }
+    }
+
+    /// `ADDR PORT` of a virtual or real server: `address = …` and `port = …` lines.
+    fn addr_port(&mut self, s: &Stmt, what: &str, port_required: bool) {
+        let Some(a) = s.args.first() else {
+            self.err(
+                s.kw.loc,
+                format!("{what} needs an address and a port: {what} ADDR PORT {{ … }}"),
+            );
+            let mut l = Line::default();
+            l.push("address = \"\"", Some(s.kw.loc));
+            l.suppress = true;
+            self.line(l);
+            return;
+        };
+        let mut l = Line::default();
+        l.push("address", Some(s.kw.loc)).push(" = ", None).push(&toml_str(&a.text), Some(a.loc));
+        self.line(l);
+        match s.args.get(1) {
+            Some(p) => {
+                let ps = Stmt { kw: s.kw.clone(), args: vec![p.clone()], block: None };
+                let mut l = Line::default();
+                l.push("port", Some(s.kw.loc)).push(" = ", None);
+                match self.value("port", &ps) {
+                    Ok((v, loc)) => {
+                        l.push(&v, Some(loc));
+                    }
+                    Err(ph) => {
+                        l.push(&ph, Some(p.loc));
+                        l.suppress = true;
+                    }
+                }
+                self.line(l);
+            }
+            None if port_required => {
+                self.err(s.kw.loc, format!("{what} needs a port after the address"));
+            }
+            None => {}
+        }
+        if let Some(extra) = s.args.get(2) {
+            self.err(extra.loc, format!("unexpected {:?} after {what} ADDR PORT", extra.text));
+        }
+    }
+
+    fn virtual_server(&mut self, s: &Stmt) {
+        if let Some(a) = s.args.first() {
+            if a.text == "fwmark" || a.text == "group" {
+                self.err(
+                    a.loc,
+                    format!("virtual_server {} is not supported by ha-lb; define one virtual_server per address and port", a.text),
+                );
+                return;
+            }
+        }
+        let Some(b) = self.need_block(s) else { return };
+        self.header("[[virtual_server]]", s.kw.loc);
+        self.addr_port(s, "virtual_server", true);
+        let mut blk = Blk::new("virtual_server", native::VIRTUAL_SERVER_KEYS);
+        blk.allowed.push("real_server");
+        let mut reals = Vec::new();
+        for st in b {
+            match canonical(st.key()) {
+                "real_server" => reals.push(st),
+                "sorry_server" => {
+                    if !self.no_block(st) || !self.once(&mut blk, "sorry_server", st) {
+                        continue;
+                    }
+                    let mut l = Line::default();
+                    l.push("sorry_server", Some(st.kw.loc)).push(" = { ", None);
+                    match st.args.as_slice() {
+                        [] => {
+                            self.err(st.kw.loc, "sorry_server needs an address (and a port)");
+                            continue;
+                        }
+                        [a, rest @ ..] => {
+                            l.push("address = ", None).push(&toml_str(&a.text), Some(a.loc));
+                            if let Some(p) = rest.first() {
+                                match p.text.parse::<i64>() {
+                                    Ok(n) => {
+                                        l.push(", port = ", None).push(&n.to_string(), Some(p.loc));
+                                    }
+                                    Err(_) => {
+                                        self.err(
+                                            p.loc,
+                                            format!(
+                                                "sorry_server port {:?} is not an integer",
+                                                p.text
+                                            ),
+                                        );
+                                        continue;
+                                    }
+                                }
+                            }
+                            if let Some(x) = rest.get(1) {
+                                self.err(
+                                    x.loc,
+                                    format!("unexpected {:?} after sorry_server ADDR PORT", x.text),
+                                );
+                                continue;
+                            }
+                        }
+                    }
+                    l.push(" }", None);
+                    l.segs.insert(0, (1, st.kw.loc));
+                    self.line(l);
+                }
+                "persistence_timeout" if st.args.is_empty() => {
+                    self.err(
+                        st.kw.loc,
+                        "persistence_timeout needs a value (ha-lb does not assume keepalived's 360)",
+                    );
+                }
+                _ => self.scalar_or_reject(&mut blk, st),
+            }
+        }
+        for r in reals {
+            self.real_server(r);
+        }
+    }
+
+    fn real_server(&mut self, s: &Stmt) {
+        let Some(b) = self.need_block(s) else { return };
+        self.header("[[virtual_server.real_server]]", s.kw.loc);
+        self.addr_port(s, "real_server", false);
+        let mut blk = Blk::new("real_server", native::REAL_SERVER_KEYS);
+        let mut checks: Vec<&Stmt> = Vec::new();
+        for st in b {
+            if native::CHECK_BLOCKS.contains(&st.key()) {
+                if let Some(prev) = checks.iter().find(|c| c.key() == st.key()) {
+                    let line = prev.kw.loc.line;
+                    self.err(
+                        st.kw.loc,
+                        format!("real_server has a second {} (first at line {line}); ha-lb allows one check per real server", st.key()),
+                    );
+                } else {
+                    checks.push(st);
+                }
+            } else {
+                self.scalar_or_reject(&mut blk, st);
+            }
+        }
+        for c in checks {
+            self.check(c);
+        }
+    }
+
+    fn check(&mut self, s: &Stmt) {
+        let Some(b) = self.need_block(s) else { return };
+        if let Some(a) = s.args.first() {
+            self.err(a.loc, format!("{} takes no arguments", s.key()));
+        }
+        let block: &'static str =
+            native::CHECK_BLOCKS.iter().copied().find(|c| *c == s.key()).unwrap_or("TCP_CHECK");
+        self.header(&format!("[virtual_server.real_server.{block}]"), s.kw.loc);
+        let keys = native::check_keys(block);
+        let mut blk = Blk::new(block, &keys);
+        let mut urls: Vec<Line> = Vec::new();
+        let mut url_at = None;
+        for st in b {
+            if st.key() == "url" && blk.allowed.contains(&"url") {
+                url_at.get_or_insert(st.kw.loc);
+                if let Some(u) = self.url(st) {
+                    urls.push(u);
+                }
+            } else {
+                self.scalar_or_reject(&mut blk, st);
+            }
+        }
+        if let Some(at) = url_at {
+            self.list("url", at, urls);
+        }
+    }
+
+    /// `url { path P  digest D  status_code C… }` → an inline table.
+    fn url(&mut self, s: &Stmt) -> Option<Line> {
+        let b = self.need_block(s)?;
+        let mut blk = Blk::new("url", &["path", "digest", "status_code"]);
+        let mut l = Line::default();
+        l.push("{ ", Some(s.kw.loc));
+        let mut first = true;
+        for st in b {
+            let Some(k) = blk.allowed.iter().copied().find(|k| *k == st.key()) else {
+                self.reject(st, &blk);
+                continue;
+            };
+            if !self.no_block(st) || !self.once(&mut blk, k, st) {
+                continue;
+            }
+            let val = if k == "status_code" {
+                if st.args.is_empty() {
+                    self.err(st.kw.loc, "status_code needs a value");
+                    continue;
+                }
+                let mut v = Line::default();
+                v.push("[", None);
+                for (i, w) in st.args.iter().enumerate() {
+                    if i > 0 {
+                        v.push(", ", None);
+                    }
+                    match w.text.parse::<i64>() {
+                        Ok(n) => v.push(&n.to_string(), Some(w.loc)),
+                        Err(_) => v.push(&toml_str(&w.text), Some(w.loc)),
+                    };
+                }
+                v.push("]", None);
+                v
+            } else {
+                match self.value(k, st) {
+                    Ok((v, loc)) => {
+                        let mut line = Line::default();
+                        line.push(&v, Some(loc));
+                        line
+                    }
+                    Err(_) => {
+                        l.suppress = true;
+                        continue;
+                    }
+                }
+            };
+            if !first {
+                l.push(", ", None);
+            }
+            first = false;
+            l.push(k, Some(st.kw.loc)).push(" = ", None);
+            let offset = l.text.chars().count();
+            l.text.push_str(&val.text);
+            l.segs.extend(val.segs.into_iter().map(|(c, o)| (c + offset, o)));
+        }
+        l.push(" }", None);
+        Some(l)
+    }
+}
+
+fn join(words: &[Word]) -> String {
+    words.iter().map(|w| w.text.as_str()).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::*;
+    use std::time::Duration;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        parse_str(text, Path::new("k.conf"))
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(text).unwrap_err().iter().map(|e| e.to_string()).collect()
+    }
+
+    const INST: &str = "vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 51\n virtual_ipaddress {\n 192.0.2.10/24\n }\n";
+
+    #[test]
+    fn comments_quotes_semicolons_and_one_line_blocks() {
+        let c = parse(&format!(
+            "! comment\n# comment\n{INST} authentication {{ auth_type PASS; auth_pass \"a b#c!\" }} # trailing\n notify_master \"/bin/x '{{ y }}'\"\n}}\n"
+        ))
+        .unwrap();
+        let i = &c.vrrp_instances[0];
+        assert_eq!(i.authentication, Some(Authentication::Pass("a b#c!".into())));
+        assert_eq!(i.notify.notify_master.as_ref().unwrap().argv, ["/bin/x", "{ y }"]);
+    }
+
+    #[test]
+    fn a_block_may_open_on_the_next_line() {
+        let c = parse("vrrp_script chk\n{\n script /bin/true\n}\n").unwrap();
+        assert_eq!(c.vrrp_scripts[0].name, "chk");
+    }
+
+    #[test]
+    fn flags_take_an_optional_boolean_and_seconds_any_decimal() {
+        let c = parse(&format!("{INST} nopreempt off\n preempt_delay .5\n advert_int 2\n}}\n"))
+            .unwrap();
+        let i = &c.vrrp_instances[0];
+        assert!(!i.nopreempt);
+        assert_eq!(i.preempt_delay, Duration::from_millis(500));
+        assert_eq!(
+            errors(&format!("{INST} nopreempt maybe\n preempt_delay -1\n}}\n")),
+            [
+                "k.conf:7:12: nopreempt is a flag: write nopreempt alone, or nopreempt true / false, not \"maybe\"",
+                "k.conf:8:16: preempt_delay \"-1\" is not a number of seconds",
+            ]
+        );
+    }
+
+    #[test]
+    fn keywords_set_twice_and_blocks_in_the_wrong_place_are_errors() {
+        assert_eq!(
+            errors(&format!("{INST} priority 100\n priority 101\n state {{ }}\n}}\n")),
+            [
+                "k.conf:8:2: priority is set twice in this vrrp_instance (first at line 7)",
+                "k.conf:9:2: state does not take a { } block",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_keyword_of_another_block_is_unknown_here_not_unsupported() {
+        let e = errors(&format!("{INST} lb_algo rr\n}}\n"));
+        assert!(
+            e[0].starts_with("k.conf:7:2: unknown keyword \"lb_algo\" in vrrp_instance;"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn global_garp_defaults_apply_to_instances_that_do_not_set_their_own() {
+        let c = parse(&format!(
+            "global_defs {{\n vrrp_garp_master_delay 2\n}}\n{INST}}}\n{}",
+            INST.replace("VI_1", "VI_2").replace(" 51", " 52").replace(".10/", ".11/")
+                + " garp_master_delay 3\n}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.vrrp_instances[0].garp.master_delay, Duration::from_secs(2));
+        assert_eq!(c.vrrp_instances[1].garp.master_delay, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn messages_that_cite_a_line_cite_the_keepalived_line() {
+        let e = errors(&format!("\n\n{INST}}}\n{}", INST.replace(" 51", " 52") + "}\n"));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[0], "k.conf:10:15: vrrp_instance \"VI_1\" is already defined at line 3");
+        assert!(e[1] == "k.conf:14:2: 192.0.2.10 is listed twice in this vrrp_instance (first at line 7)",
+            "{e:?}");
+    }
+
+    #[test]
+    fn a_keepalived_keyword_ha_lb_takes_elsewhere_says_what_to_use() {
+        let e = errors("virtual_server 192.0.2.10 80 {\n virtualhost www\n}\n");
+        assert_eq!(
+            e,
+            ["k.conf:2:2: virtualhost is not supported by ha-lb; set virtualhost in each HTTP_GET / SSL_GET"]
+        );
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*.conf", "a.conf"));
+        assert!(!glob_match("*.conf", "a.conf.bak"));
+        assert!(glob_match("vs-?[0-9].conf", "vs-a1.conf"));
+        assert!(!glob_match("vs-[!a]*", "vs-a"));
+        assert!(glob_match("[", "["));
+    }
+}
