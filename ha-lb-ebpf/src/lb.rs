@@ -515,6 +515,7 @@ fn forward_inline(
         // Passing would deliver the packet to the local VIP: failures drop, as for DR.
         return match fwd::tun(ctx, pkt, (src, raddr[0]), nh, fresh) {
             Fib::Sent(a) => (a, LbReason::Tun),
+            Fib::Answered(a) => (a, LbReason::FragNeeded),
             Fib::NoNeigh => drop(LbReason::NoNeigh),
             Fib::FragNeeded => drop(LbReason::FragNeeded),
             Fib::Other => drop(LbReason::FibOther),
@@ -525,6 +526,7 @@ fn forward_inline(
         fwd::rewrite(ctx, pkt, true, raddr, rport);
         match fwd::send(ctx, pkt, (&pkt.src, raddr), (pkt.sport, rport), nh, fresh) {
             Fib::Sent(a) => (a, LbReason::NatIn),
+            Fib::Answered(a) => (a, LbReason::FragNeeded),
             // The rewritten packet goes to the kernel, which resolves the neighbour (or
             // fragments / answers with ICMP) and forwards it.
             Fib::NoNeigh => pass(LbReason::NoNeigh),
@@ -535,6 +537,7 @@ fn forward_inline(
     } else {
         match fwd::send(ctx, pkt, (&pkt.src, raddr), (pkt.sport, pkt.dport), nh, fresh) {
             Fib::Sent(a) => (a, LbReason::Dr),
+            Fib::Answered(a) => (a, LbReason::FragNeeded),
             // Passing would deliver the packet to the local VIP: drop; the client retransmits.
             Fib::NoNeigh => drop(LbReason::NoNeigh),
             Fib::FragNeeded => drop(LbReason::FragNeeded),
@@ -580,6 +583,7 @@ fn reply_inline(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> Outcome {
     fwd::rewrite(ctx, pkt, false, &vip, vport);
     match fwd::send(ctx, pkt, (&vip, &pkt.dst), (vport, pkt.dport), f, refresh) {
         Fib::Sent(a) => (a, LbReason::NatOut),
+        Fib::Answered(a) => (a, LbReason::FragNeeded),
         Fib::NoNeigh => pass(LbReason::NoNeigh),
         Fib::FragNeeded => pass(LbReason::FragNeeded),
         Fib::Other => pass(LbReason::FibOther),

@@ -29,8 +29,12 @@ use ha_lb_lab::{
     Lab, Node,
 };
 
+/// Bytes the client sends on the bulk connection (several full-size segments).
+const BULK: usize = 20_000;
+
 const TEST_NAME: &str = "tun_forwards_through_ipip_to_a_real_server_in_a_uml_guest";
-const STEPS: &[&str] = &["lab_up", "udp_through_tun", "tcp_through_tun", "counted"];
+const STEPS: &[&str] =
+    &["lab_up", "udp_through_tun", "tcp_through_tun", "path_mtu_through_tun", "counted"];
 
 #[test]
 fn tun_forwards_through_ipip_to_a_real_server_in_a_uml_guest() {
@@ -99,12 +103,13 @@ fn guest() {
     sh(&d, "ping -c 1 -W 2 198.18.2.10 >/dev/null");
 
     // The real server answers on the VIP: UDP echo of its name, and one TCP request.
-    let (udp, tcp) = rs
+    let (udp, tcp, bulk) = rs
         .run(|| {
             let u = UdpSocket::bind("198.18.100.1:5353").unwrap();
             u.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             let t = TcpListener::bind("198.18.100.1:8080").unwrap();
-            (u, t)
+            let b = TcpListener::bind("198.18.100.1:8081").unwrap();
+            (u, t, b)
         })
         .unwrap();
     let servers = std::thread::spawn(move || {
@@ -115,6 +120,13 @@ fn guest() {
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let n = c.read(&mut buf).unwrap();
         c.write_all(&[b"rs:", &buf[..n]].concat()).unwrap();
+        // Full-size segments: only get through once the client has learnt the path MTU.
+        let (mut c, _) = bulk.accept().expect("the bulk connection reached the real server");
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = vec![0u8; BULK];
+        c.read_exact(&mut got).expect("all bulk bytes arrived");
+        assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+        c.write_all(format!("rs:{}", got.len()).as_bytes()).unwrap();
     });
 
     let bpf = Bpf::load(tracing::Level::WARN).expect("load the eBPF object");
@@ -135,7 +147,11 @@ fn guest() {
         (VirtualServerKey { address: "198.18.100.1".parse().unwrap(), port, protocol }, s)
     };
     let desired = DesiredState {
-        services: BTreeMap::from([tun(5353, Protocol::Udp), tun(8080, Protocol::Tcp)]),
+        services: BTreeMap::from([
+            tun(5353, Protocol::Udp),
+            tun(8080, Protocol::Tcp),
+            tun(8081, Protocol::Tcp),
+        ]),
     };
     // Applied inside d: the outer source is d's address toward the real server.
     d.run(|| dp.apply(&desired).unwrap()).unwrap();
@@ -177,6 +193,31 @@ fn guest() {
         .unwrap();
     assert_eq!(answer, "rs:GET");
     ok("tcp_through_tun");
+
+    // Client segments of 1460 bytes of payload are 1520 bytes once encapsulated, more than
+    // d's eth1 (MTU 1500) takes: the director answers with ICMP "fragmentation needed"
+    // (MTU 1480), the client's TCP lowers its segment size and the data gets through.
+    let before = dp.stats().unwrap().reason("frag_needed");
+    let answer = client
+        .run(|| {
+            let mut c = TcpStream::connect_timeout(
+                &"198.18.100.1:8081".parse().unwrap(),
+                Duration::from_secs(10),
+            )
+            .expect("connect through TUN");
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let data: Vec<u8> = (0..BULK).map(|i| (i % 251) as u8).collect();
+            c.write_all(&data).unwrap();
+            let mut buf = [0u8; 64];
+            let n = c.read(&mut buf).expect("an answer after the bulk data");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        })
+        .unwrap();
+    assert_eq!(answer, format!("rs:{BULK}"));
+    let frag = dp.stats().unwrap().reason("frag_needed") - before;
+    assert!(frag >= 1, "the director answered too-long segments ({frag})");
+    println!("tun-uml: {frag} segments answered with fragmentation needed");
+    ok("path_mtu_through_tun");
 
     servers.join().unwrap();
     let st = dp.stats().unwrap();

@@ -931,7 +931,8 @@ fn icmp_errors_about_flows_reach_the_host_they_are_about() {
 /// LVS-TUN: the client's packet, unchanged, inside an outer IPv4 header (IPIP) from this
 /// director's address toward the real server to the real server, whose MAC it is sent to.
 /// Known flows go the same way (cached next hop); a packet that no longer fits the path once
-/// encapsulated is dropped and counted (passing would deliver it to the local VIP).
+/// encapsulated is not passed (that would deliver it to the local VIP): with DF it is answered
+/// with ICMP "fragmentation needed" as IPVS does, without it dropped; counted either way.
 #[test]
 fn tun_encapsulates_in_ipip_to_the_real_server() {
     let env = env();
@@ -989,9 +990,35 @@ fn tun_encapsulates_in_ipip_to_the_real_server() {
             both
         });
         assert_eq!(big.len() - 14, 1260);
+        let with_df = |f: &[u8], df: bool| {
+            let mut f = f.to_vec();
+            f[20] = if df { f[20] | 0x40 } else { f[20] & !0x40 };
+            f[24] = 0;
+            f[25] = 0;
+            let c = inet_checksum(&[&f[14..34]]);
+            f[24..26].copy_from_slice(&c.to_be_bytes());
+            f
+        };
+        // Without DF: dropped.
         let before = t.counters();
-        assert_eq!(t.send_from_client(&big).action, XdpAction::Drop);
+        assert_eq!(t.send_from_client(&with_df(&big, false)).action, XdpAction::Drop);
         assert_eq!(delta(t.counters(), before), vec![(LbReason::FragNeeded.name(), 1)]);
+        // With DF: answered with ICMP "fragmentation needed", next-hop MTU 1270 - 20, back
+        // out of the interface it came in on, to the client's MAC, quoting its packet.
+        let big = with_df(&big, true);
+        let before = t.counters();
+        let r = t.send_from_client(&big);
+        assert_eq!(r.action, XdpAction::Tx);
+        assert_eq!(delta(t.counters(), before), vec![(LbReason::FragNeeded.name(), 1)]);
+        let e = &r.frame;
+        assert_eq!(e.len(), 14 + 20 + 8 + 28);
+        assert_eq!((e[..6].to_vec(), e[6..12].to_vec()), (big[6..12].to_vec(), big[..6].to_vec()));
+        let (src, dst, q_src, q_dst, _) = parse_icmp_error(e);
+        assert_eq!((src, dst), (ip("198.18.100.7"), client(13, 7001).ip()));
+        assert_eq!((q_src, q_dst), (client(13, 7001), sa("198.18.100.7:53")));
+        assert_eq!((e[34], e[35]), (3, 4), "destination unreachable, fragmentation needed");
+        assert_eq!(u16::from_be_bytes([e[40], e[41]]), 1250, "the MTU left for the client");
+        assert_eq!(e[42..70], big[14..42], "quoting the IPv4 header and 8 bytes");
         let small = frame::udp(t.client_eth(), client(13, 7002), sa("198.18.100.7:53"), b"q");
         assert_eq!(t.send_from_client(&small).action, XdpAction::Redirect);
     });

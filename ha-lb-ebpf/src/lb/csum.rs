@@ -74,5 +74,11 @@ pub fn ipv4_header(h: &crate::parse::Ipv4Hdr) -> u16 {
         s += w[i] as u32;
         i += 1;
     }
-    !fold(s)
+    finish(s)
+}
+
+/// The checksum of data whose 16-bit words (as loaded) sum to `sum`.
+#[inline(always)]
+pub fn finish(sum: u32) -> u16 {
+    !fold(sum)
 }

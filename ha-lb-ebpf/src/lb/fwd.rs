@@ -7,7 +7,9 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS,
         BPF_FIB_LKUP_RET_UNREACHABLE,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{
+        bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+    },
     programs::XdpContext,
     EbpfContext,
 };
@@ -113,6 +115,9 @@ fn rewrite_l4(
 pub enum Fib {
     /// MACs rewritten; the XDP action that sends the frame (TX or REDIRECT).
     Sent(u32),
+    /// Too long for the path: the frame was turned into an ICMP error to its sender, sent with
+    /// this XDP action (TUN only).
+    Answered(u32),
     NoNeigh,
     Unreachable,
     FragNeeded,
@@ -291,6 +296,7 @@ pub fn tun(
     };
     let (macs, out_if) = match next_hop(ctx, &route, nh, fresh) {
         Ok(h) => h,
+        Err(Fib::FragNeeded) => return frag_needed(ctx),
         Err(f) => return f,
     };
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Fib::Other };
@@ -337,4 +343,79 @@ fn out(ctx: &XdpContext, macs: &[u16; 6], out_if: u32) -> Fib {
         // SAFETY: plain helper call; flags 0.
         Fib::Sent(unsafe { bpf_redirect(out_if, 0) } as u32)
     }
+}
+
+/// A TUN packet too long for the path once encapsulated: as IPVS does, answer the client
+/// with ICMP "fragmentation needed" (type 3 code 4) carrying the path MTU less the
+/// encapsulation, so its TCP lowers the segment size (RFC 1191), when the packet has DF set;
+/// the frame is rewritten in place into that error (quoting the IP header and 8 bytes) and sent
+/// back out of the interface it came in on. Without DF (or if the rewrite fails) it is dropped:
+/// `Answered(XDP_TX)` when the error goes out, else `FragNeeded`.
+#[inline(always)]
+fn frag_needed(ctx: &XdpContext) -> Fib {
+    let Some(sc) = scratch() else { return Fib::FragNeeded };
+    // SAFETY: per-CPU scratch map; after FRAG_NEEDED the helper left the MTU in `tot_len`.
+    let mtu = unsafe { (*sc).fib.tot_len };
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return Fib::FragNeeded };
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Fib::FragNeeded };
+    // SAFETY: bounds-checked by ptr_at.
+    let (e, i) = unsafe { (*eth, *ip) };
+    if u16::from_be(i.frag_off) & IP_DF == 0 || (mtu as usize) < IPV4_HLEN + 68 {
+        return Fib::FragNeeded;
+    }
+    // New frame: Ethernet, IPv4, ICMP, then the quoted IPv4 header and 8 bytes, which is where
+    // the old IPv4 header lands once ICMP_ERR_HEAD bytes are prepended.
+    const QUOTE: usize = IPV4_HLEN + 8;
+    const HEAD: usize = IPV4_HLEN + 8;
+    const LEN: usize = ETH_HLEN + IPV4_HLEN + 8 + QUOTE;
+    let len = ctx.data_end() - ctx.data();
+    if len < ETH_HLEN + QUOTE {
+        return Fib::FragNeeded;
+    }
+    // SAFETY: plain helper calls; the frame grows at its start, then shrinks at its end.
+    unsafe {
+        if bpf_xdp_adjust_head(ctx.ctx, -(HEAD as i32)) != 0 {
+            return Fib::FragNeeded;
+        }
+        let now = ctx.data_end() - ctx.data();
+        if now > LEN && bpf_xdp_adjust_tail(ctx.ctx, -((now - LEN) as i32)) != 0 {
+            return Fib::Other;
+        }
+    }
+    let Some(neth) = ptr_at::<EthHdr>(ctx, 0) else { return Fib::Other };
+    let Some(nip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Fib::Other };
+    let Some(icmp) = ptr_at::<[u16; 18]>(ctx, ETH_HLEN + IPV4_HLEN) else { return Fib::Other };
+    let mut h = Ipv4Hdr {
+        vihl: 0x45,
+        tos: 0,
+        tot_len: ((LEN - ETH_HLEN) as u16).to_be(),
+        id: 0,
+        frag_off: 0,
+        ttl: 64,
+        proto: 1,
+        check: 0,
+        // From the VIP the client sent to (any source will do for RFC 1191).
+        saddr: i.daddr,
+        daddr: i.saddr,
+    };
+    h.check = csum::ipv4_header(&h);
+    // SAFETY: bounds-checked by ptr_at; the quoted header and 8 bytes are already in place
+    // (words 4..18 of `icmp`).
+    unsafe {
+        *neth = EthHdr { dst: e.src, src: e.dst, proto: ETH_P_IP.to_be() };
+        *nip = h;
+        let m = &mut *icmp;
+        m[0] = u16::from_be_bytes([3, 4]).to_be();
+        m[1] = 0;
+        m[2] = 0;
+        m[3] = (mtu - IPV4_HLEN as u16).to_be();
+        let mut sum = 0u32;
+        let mut k = 0;
+        while k < 18 {
+            sum += m[k] as u32;
+            k += 1;
+        }
+        m[1] = csum::finish(sum);
+    }
+    Fib::Answered(xdp_action::XDP_TX)
 }

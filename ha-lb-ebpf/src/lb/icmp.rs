@@ -101,6 +101,7 @@ fn send(ctx: &XdpContext, pkt: &Pkt, to: &[u32; 4], reason: LbReason) -> Outcome
     let nh = unsafe { &raw mut (*sc).flow };
     match fwd::send(ctx, pkt, (&pkt.src, to), (0, 0), nh, true) {
         Fib::Sent(a) => (a, reason),
+        Fib::Answered(a) => (a, LbReason::FragNeeded),
         Fib::NoNeigh => pass(LbReason::NoNeigh),
         Fib::FragNeeded => pass(LbReason::FragNeeded),
         Fib::Unreachable => pass(LbReason::FibUnreachable),
