@@ -523,8 +523,14 @@ fn forward_inline(
         };
     }
     if kind == LB_KIND_NAT {
-        fwd::rewrite(ctx, pkt, true, raddr, rport);
-        match fwd::send(ctx, pkt, (&pkt.src, raddr), (pkt.sport, rport), nh, fresh) {
+        let route = fwd::Route {
+            family: pkt.family,
+            proto: pkt.proto,
+            addrs: (&pkt.src, raddr),
+            ports: (pkt.sport, rport),
+            len: pkt.ip_len,
+        };
+        match fwd::nat(ctx, pkt, (true, raddr, rport), &route, nh, fresh) {
             Fib::Sent(a) => (a, LbReason::NatIn),
             Fib::Answered(a) => (a, LbReason::FragNeeded),
             // The rewritten packet goes to the kernel, which resolves the neighbour (or
@@ -580,8 +586,14 @@ fn reply_inline(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> Outcome {
         true,
         false,
     );
-    fwd::rewrite(ctx, pkt, false, &vip, vport);
-    match fwd::send(ctx, pkt, (&vip, &pkt.dst), (vport, pkt.dport), f, refresh) {
+    let route = fwd::Route {
+        family: pkt.family,
+        proto: pkt.proto,
+        addrs: (&vip, &pkt.dst),
+        ports: (vport, pkt.dport),
+        len: pkt.ip_len,
+    };
+    match fwd::nat(ctx, pkt, (false, &vip, vport), &route, f, refresh) {
         Fib::Sent(a) => (a, LbReason::NatOut),
         Fib::Answered(a) => (a, LbReason::FragNeeded),
         Fib::NoNeigh => pass(LbReason::NoNeigh),

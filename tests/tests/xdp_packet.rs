@@ -220,7 +220,8 @@ fn dr_rewrites_only_the_ethernet_header() {
 /// Established flows take their next hop from their connection-tracking entry instead of a
 /// `bpf_fib_lookup` per packet: a neighbour change reaches new flows at once and known flows
 /// at the next once-a-second refresh; a packet longer than any the cached route was checked
-/// for is looked up (MTU) again.
+/// for is looked up (MTU) again, and one too long for the path answered with ICMP
+/// "fragmentation needed" (DF) or passed translated for the kernel to fragment.
 #[test]
 fn known_flows_use_the_cached_next_hop_until_it_is_refreshed() {
     let env = env();
@@ -270,10 +271,28 @@ fn known_flows_use_the_cached_next_hop_until_it_is_refreshed() {
         // A longer packet than the cached route was checked for: looked up, MTU enforced.
         d.sh("ip link set eth1 mtu 1280").unwrap();
         assert_eq!(dst_mac(&t.send_from_client(&f1)), new_rs, "short packets: still cached");
+        let big = to_vip(c1, 1400);
+        assert_eq!(big[20] & 0x40, 0x40, "DF set");
         let before = t.counters();
-        let r = t.send_from_client(&to_vip(c1, 1400));
-        assert_eq!(r.action, XdpAction::Pass, "too long for eth1: the kernel answers");
+        let r = t.send_from_client(&big);
+        // Answered as IPVS does: ICMP "fragmentation needed" quoting the packet as the client
+        // sent it (to the VIP), so its socket matches it; back out of eth0.
+        assert_eq!(r.action, XdpAction::Tx, "too long for eth1: the client is told");
         assert_eq!(delta(t.counters(), before), vec![(LbReason::FragNeeded.name(), 1)]);
+        let (src, dst, q_src, q_dst, mac) = parse_icmp_error(&r.frame);
+        assert_eq!((src, dst, q_src, q_dst), (vip.ip(), c1.ip(), c1, vip));
+        assert_eq!(mac, big[6..12]);
+        assert_eq!(u16::from_be_bytes([r.frame[40], r.frame[41]]), 1280, "next-hop MTU");
+        // Without DF: translated and passed; the kernel fragments it.
+        let mut no_df = big.clone();
+        no_df[20] &= !0x40;
+        no_df[24] = 0;
+        no_df[25] = 0;
+        let c = inet_checksum(&[&no_df[14..34]]);
+        no_df[24..26].copy_from_slice(&c.to_be_bytes());
+        let r = t.send_from_client(&no_df);
+        assert_eq!(r.action, XdpAction::Pass);
+        assert_eq!(frame::check(&r.frame).unwrap().dst, ip("198.18.2.12"), "translated");
         assert_eq!(dst_mac(&t.send_from_client(&to_vip(c1, 1000))), new_rs);
     });
 }

@@ -179,6 +179,45 @@ pub fn send(
     }
 }
 
+/// NAT: the next hop for the translated packet (`route`) is looked up first, so that an IPv4
+/// packet too long for the path with DF set is answered with ICMP "fragmentation needed"
+/// quoting it as its sender sent it (as IPVS does: the kernel's own error would quote the
+/// translated packet, which the sender cannot match); otherwise the packet is translated
+/// (`rewrite` with `dst`, `addr`, `port`) and sent, or passed on translated when the lookup
+/// fails (the kernel resolves the neighbour, fragments, or answers).
+#[inline(always)]
+pub fn nat(
+    ctx: &XdpContext,
+    pkt: &Pkt,
+    (dst, addr, port): (bool, &[u32; 4], u16),
+    route: &Route,
+    nh: *mut LbFlow,
+    fresh: bool,
+) -> Fib {
+    match next_hop(ctx, route, nh, fresh) {
+        Ok((macs, out_if)) => {
+            rewrite(ctx, pkt, dst, addr, port);
+            out(ctx, &macs, out_if)
+        }
+        Err(Fib::FragNeeded) => {
+            let answer =
+                if pkt.family == FAMILY_V4 { frag_needed(ctx, 0) } else { Fib::FragNeeded };
+            match answer {
+                Fib::FragNeeded => {
+                    // Untouched (no DF, or IPv6): the kernel fragments or answers.
+                    rewrite(ctx, pkt, dst, addr, port);
+                    Fib::FragNeeded
+                }
+                a => a,
+            }
+        }
+        Err(f) => {
+            rewrite(ctx, pkt, dst, addr, port);
+            f
+        }
+    }
+}
+
 /// What a next-hop lookup is for: the packet as it will leave (family, L4 protocol, addresses,
 /// ports, IP length for the MTU check).
 pub struct Route<'a> {
@@ -296,7 +335,7 @@ pub fn tun(
     };
     let (macs, out_if) = match next_hop(ctx, &route, nh, fresh) {
         Ok(h) => h,
-        Err(Fib::FragNeeded) => return frag_needed(ctx),
+        Err(Fib::FragNeeded) => return frag_needed(ctx, IPV4_HLEN as u16),
         Err(f) => return f,
     };
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Fib::Other };
@@ -345,14 +384,14 @@ fn out(ctx: &XdpContext, macs: &[u16; 6], out_if: u32) -> Fib {
     }
 }
 
-/// A TUN packet too long for the path once encapsulated: as IPVS does, answer the client
-/// with ICMP "fragmentation needed" (type 3 code 4) carrying the path MTU less the
-/// encapsulation, so its TCP lowers the segment size (RFC 1191), when the packet has DF set;
+/// An IPv4 packet too long for the path (once encapsulated: `overhead`): as IPVS does, answer
+/// its sender with ICMP "fragmentation needed" (type 3 code 4) carrying the path MTU less the
+/// overhead, so its TCP lowers the segment size (RFC 1191), when the packet has DF set;
 /// the frame is rewritten in place into that error (quoting the IP header and 8 bytes) and sent
 /// back out of the interface it came in on. Without DF (or if the rewrite fails) it is dropped:
 /// `Answered(XDP_TX)` when the error goes out, else `FragNeeded`.
 #[inline(always)]
-fn frag_needed(ctx: &XdpContext) -> Fib {
+fn frag_needed(ctx: &XdpContext, overhead: u16) -> Fib {
     let Some(sc) = scratch() else { return Fib::FragNeeded };
     // SAFETY: per-CPU scratch map; after FRAG_NEEDED the helper left the MTU in `tot_len`.
     let mtu = unsafe { (*sc).fib.tot_len };
@@ -360,7 +399,7 @@ fn frag_needed(ctx: &XdpContext) -> Fib {
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Fib::FragNeeded };
     // SAFETY: bounds-checked by ptr_at.
     let (e, i) = unsafe { (*eth, *ip) };
-    if u16::from_be(i.frag_off) & IP_DF == 0 || (mtu as usize) < IPV4_HLEN + 68 {
+    if u16::from_be(i.frag_off) & IP_DF == 0 || (mtu as usize) < overhead as usize + 68 {
         return Fib::FragNeeded;
     }
     // New frame: Ethernet, IPv4, ICMP, then the quoted IPv4 header and 8 bytes, which is where
@@ -408,7 +447,7 @@ fn frag_needed(ctx: &XdpContext) -> Fib {
         m[0] = u16::from_be_bytes([3, 4]).to_be();
         m[1] = 0;
         m[2] = 0;
-        m[3] = (mtu - IPV4_HLEN as u16).to_be();
+        m[3] = (mtu - overhead).to_be();
         let mut sum = 0u32;
         let mut k = 0;
         while k < 18 {
