@@ -129,6 +129,7 @@ fn nat_udp_keeps_a_zero_checksum_and_fixes_a_real_one() {
 #[test]
 fn nat_ipv6_in_and_out() {
     let env = env();
+    let d = env.d.clone();
     let gw_mac = env.gw_mac;
     env.run(|t| {
         let vip = sa("[fd48:4c42:100::1]:443");
@@ -163,6 +164,23 @@ fn nat_ipv6_in_and_out() {
             assert_eq!((p.src, p.sport, p.dst), (vip.ip(), 443, c.ip()));
             assert_eq!(p.eth.dst, gw_mac);
         }
+
+        // Too long for the real server's side: answered with ICMPv6 "packet too big"
+        // quoting the packet as the client sent it (IPv6 routers never fragment).
+        d.sh("ip link set eth1 mtu 1280").unwrap();
+        let c = sa("[fd48:4c42:64::78]:50001");
+        let big = frame::udp(t.client_eth(), c, vip, &[5u8; 1300]);
+        let before = t.counters();
+        let r = t.send_from_client(&big);
+        assert_eq!(r.action, XdpAction::Tx);
+        assert_eq!(delta(t.counters(), before), vec![(LbReason::FragNeeded.name(), 1)]);
+        let e = &r.frame;
+        let (src, dst, q_src, q_dst, mac) = parse_icmp_error(e);
+        assert_eq!((src, dst, q_src, q_dst), (vip.ip(), c.ip(), c, vip));
+        assert_eq!(mac, big[6..12]);
+        assert_eq!((e[54], e[55]), (2, 0), "packet too big");
+        assert_eq!(u32::from_be_bytes([e[58], e[59], e[60], e[61]]), 1280);
+        assert_eq!(e[62..110], big[14..62], "quoting the IPv6 header and 8 bytes");
     });
 }
 

@@ -17,8 +17,8 @@ use ha_lb_common::lb::{LbFlow, FAMILY_V4};
 
 use super::{csum, maps::scratch, Pkt};
 use crate::parse::{
-    ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPV4_HLEN,
-    IPV6_HLEN,
+    ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP,
+    IPV4_HLEN, IPV6_HLEN,
 };
 
 /// IPv4-in-IPv4 (RFC 2003).
@@ -179,9 +179,9 @@ pub fn send(
     }
 }
 
-/// NAT: the next hop for the translated packet (`route`) is looked up first, so that an IPv4
-/// packet too long for the path with DF set is answered with ICMP "fragmentation needed"
-/// quoting it as its sender sent it (as IPVS does: the kernel's own error would quote the
+/// NAT: the next hop for the translated packet (`route`) is looked up first, so that a packet
+/// too long for the path (IPv4: with DF set) is answered with ICMP "fragmentation needed" /
+/// ICMPv6 "packet too big" quoting it as its sender sent it (as IPVS does: the kernel's own error would quote the
 /// translated packet, which the sender cannot match); otherwise the packet is translated
 /// (`rewrite` with `dst`, `addr`, `port`) and sent, or passed on translated when the lookup
 /// fails (the kernel resolves the neighbour, fragments, or answers).
@@ -201,10 +201,10 @@ pub fn nat(
         }
         Err(Fib::FragNeeded) => {
             let answer =
-                if pkt.family == FAMILY_V4 { frag_needed(ctx, 0) } else { Fib::FragNeeded };
+                if pkt.family == FAMILY_V4 { frag_needed(ctx, 0) } else { packet_too_big(ctx) };
             match answer {
                 Fib::FragNeeded => {
-                    // Untouched (no DF, or IPv6): the kernel fragments or answers.
+                    // Untouched (no DF): the kernel fragments it.
                     rewrite(ctx, pkt, dst, addr, port);
                     Fib::FragNeeded
                 }
@@ -403,7 +403,7 @@ fn frag_needed(ctx: &XdpContext, overhead: u16) -> Fib {
         return Fib::FragNeeded;
     }
     // New frame: Ethernet, IPv4, ICMP, then the quoted IPv4 header and 8 bytes, which is where
-    // the old IPv4 header lands once ICMP_ERR_HEAD bytes are prepended.
+    // the old IPv4 header lands once HEAD bytes are prepended.
     const QUOTE: usize = IPV4_HLEN + 8;
     const HEAD: usize = IPV4_HLEN + 8;
     const LEN: usize = ETH_HLEN + IPV4_HLEN + 8 + QUOTE;
@@ -451,6 +451,83 @@ fn frag_needed(ctx: &XdpContext, overhead: u16) -> Fib {
         let mut sum = 0u32;
         let mut k = 0;
         while k < 18 {
+            sum += m[k] as u32;
+            k += 1;
+        }
+        m[1] = csum::finish(sum);
+    }
+    Fib::Answered(xdp_action::XDP_TX)
+}
+
+/// An IPv6 packet too long for the path: answer its sender with ICMPv6 "packet too big"
+/// (RFC 4443 §3.2: type 2, the path's MTU), quoting its IPv6 header and 8 bytes, back out of
+/// the interface it came in on (IPv6 routers never fragment, so without this answer path-MTU
+/// discovery through the director fails). `Answered(XDP_TX)`, or `FragNeeded` with the frame
+/// untouched when it cannot be done.
+#[inline(always)]
+fn packet_too_big(ctx: &XdpContext) -> Fib {
+    let Some(sc) = scratch() else { return Fib::FragNeeded };
+    // SAFETY: per-CPU scratch map; after FRAG_NEEDED the helper left the MTU in `tot_len`.
+    let mtu = unsafe { (*sc).fib.tot_len };
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return Fib::FragNeeded };
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return Fib::FragNeeded };
+    // SAFETY: bounds-checked by ptr_at.
+    let (e, i) = unsafe { (*eth, *ip) };
+    if mtu < 1280 {
+        return Fib::FragNeeded;
+    }
+    const QUOTE: usize = IPV6_HLEN + 8;
+    const HEAD: usize = IPV6_HLEN + 8;
+    const LEN: usize = ETH_HLEN + IPV6_HLEN + 8 + QUOTE;
+    let len = ctx.data_end() - ctx.data();
+    if len < ETH_HLEN + QUOTE {
+        return Fib::FragNeeded;
+    }
+    // SAFETY: plain helper calls; the frame grows at its start, then shrinks at its end.
+    unsafe {
+        if bpf_xdp_adjust_head(ctx.ctx, -(HEAD as i32)) != 0 {
+            return Fib::FragNeeded;
+        }
+        let now = ctx.data_end() - ctx.data();
+        if now > LEN && bpf_xdp_adjust_tail(ctx.ctx, -((now - LEN) as i32)) != 0 {
+            return Fib::Other;
+        }
+    }
+    let Some(neth) = ptr_at::<EthHdr>(ctx, 0) else { return Fib::Other };
+    let Some(nip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return Fib::Other };
+    let Some(icmp) = ptr_at::<[u16; 28]>(ctx, ETH_HLEN + IPV6_HLEN) else { return Fib::Other };
+    let body = (8 + QUOTE) as u16;
+    let h = Ipv6Hdr {
+        vtc_flow: (6u32 << 28).to_be(),
+        payload_len: body.to_be(),
+        nexthdr: 58,
+        hop_limit: 64,
+        // From the address the sender sent to (any source will do for RFC 8201).
+        saddr: i.daddr,
+        daddr: i.saddr,
+    };
+    // SAFETY: bounds-checked by ptr_at; the quoted header and 8 bytes are already in place
+    // (words 4..28 of `icmp`).
+    unsafe {
+        *neth = EthHdr { dst: e.src, src: e.dst, proto: ETH_P_IPV6.to_be() };
+        *nip = h;
+        let m = &mut *icmp;
+        m[0] = u16::from_be_bytes([2, 0]).to_be();
+        m[1] = 0;
+        let mtu_be = (mtu as u32).to_be();
+        m[2] = mtu_be as u16;
+        m[3] = (mtu_be >> 16) as u16;
+        // The pseudo-header: addresses, upper-layer length, next header (RFC 8200 §8.1).
+        let mut sum = 0u32;
+        let mut k = 0;
+        while k < 4 {
+            sum += (h.saddr[k] & 0xffff) + (h.saddr[k] >> 16);
+            sum += (h.daddr[k] & 0xffff) + (h.daddr[k] >> 16);
+            k += 1;
+        }
+        sum += body.to_be() as u32 + 58u16.to_be() as u32;
+        let mut k = 0;
+        while k < 28 {
             sum += m[k] as u32;
             k += 1;
         }
