@@ -224,7 +224,8 @@ pub struct LbFlow {
     pub service_id: u32,
     /// `LB_FLOW_F_*`.
     pub flags: u32,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet, refreshed at most once a second.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at tick resolution) of the last packet,
+    /// refreshed at most once a second.
     pub last_seen_ns: u64,
     /// Forward entry: the real server's address/port. Reply entry: the VIP/port to restore.
     pub addr: [u32; 4],
@@ -350,8 +351,8 @@ pub enum LbReason {
     NoNeigh = 14,
     /// The route to the destination is unreachable/blackhole/prohibit: dropped.
     FibUnreachable = 15,
-    /// Egress MTU too small: NAT passes the rewritten packet (the kernel fragments or sends
-    /// ICMP), DR drops.
+    /// Egress MTU too small and not answered (`too_big_answered`): an IPv4 packet without DF;
+    /// NAT passes it translated (the kernel fragments it), DR and TUN drop it.
     FragNeeded = 16,
     /// Any other FIB result (forwarding disabled on the ingress interface, local
     /// destination, ...): NAT passes the rewritten packet, DR drops.
@@ -362,6 +363,7 @@ pub enum LbReason {
     ConntrackFull = 19,
     /// Unicast to another host's MAC (a switch flooding an unknown destination): passed to
     /// the kernel, which drops it, so two directors never both forward a flooded frame.
+    /// (Multicast and broadcast frames are everyone's and not counted here.)
     OtherHost = 20,
     /// An ICMP error about a flow's packet to the client (sent to the VIP) forwarded to the
     /// flow's real server (NAT: translated back to the real server's addresses).
@@ -371,11 +373,14 @@ pub enum LbReason {
     IcmpOut = 22,
     /// Client -> VIP, encapsulated in IPIP to a real server (TUN) and sent.
     Tun = 23,
+    /// A packet of a flow too long for the path (IPv4 with DF, IPv6), answered to its sender
+    /// with ICMP "fragmentation needed" / ICMPv6 "packet too big", as IPVS does.
+    TooBigAnswered = 24,
 }
 
 impl LbReason {
-    pub const COUNT: u32 = 24;
-    pub const ALL: [LbReason; 24] = [
+    pub const COUNT: u32 = 25;
+    pub const ALL: [LbReason; 25] = [
         LbReason::NatIn,
         LbReason::NatOut,
         LbReason::Dr,
@@ -400,6 +405,7 @@ impl LbReason {
         LbReason::IcmpIn,
         LbReason::IcmpOut,
         LbReason::Tun,
+        LbReason::TooBigAnswered,
     ];
     /// The name used in logs, status output and metrics.
     pub const fn name(self) -> &'static str {
@@ -428,6 +434,7 @@ impl LbReason {
             LbReason::IcmpIn => "icmp_in",
             LbReason::IcmpOut => "icmp_out",
             LbReason::Tun => "tun",
+            LbReason::TooBigAnswered => "too_big_answered",
         }
     }
 }

@@ -1,4 +1,4 @@
-//! L4 forwarding: service lookup, schedulers, conntrack, NAT and DR (program `ha_lb_xdp`).
+//! L4 forwarding: service lookup, schedulers, conntrack, NAT, DR and TUN (program `ha_lb_xdp`).
 //!
 //! Per frame: parse Ethernet + IPv4/IPv6 + TCP/UDP (one bounds check per header); look the
 //! 5-tuple up in the connection-tracking table `LB_CONNS`:
@@ -24,14 +24,15 @@
 //! Verifier shape (must load on Debian 12's 6.1 too, JIT or interpreter: hence no tail calls,
 //! which the kernel refuses next to BPF-to-BPF calls unless it JIT-compiles): everything is
 //! inlined except
-//! - `established`, `new_flow`, `forward`, `reply`, `conntrack::put_reply`: static
-//!   subprograms, so their helper-call spills do not add up in one frame;
+//! - `established`, `new_flow`, `forward`, `reply`, `icmp_error`, `conntrack::put_reply`:
+//!   static subprograms, so their helper-call spills do not add up in one frame;
 //! - `sched::ha_lb_sched_least`: a global function, verified once with its bounded 256-step
 //!   loop instead of once per caller state.
 //! Large temporaries live in the per-CPU `LB_SCRATCH` map. Budget: the verifier sums frames
 //! along each call chain, each rounded up to 32 bytes before Linux 6.8, against 512 bytes;
-//! the worst chain (main 192 + `reply` 136) is 352. Check after changes with
-//! `llvm-objdump -d` (deepest `r10 - N` per function).
+//! the worst chains are main 160 + `established` 96 + `forward` 128 = 384 and main 160 +
+//! `icmp_error` 224 = 384. Check after changes with `llvm-objdump -d` (deepest `r10 - N` per
+//! function); `tests/tests/ebpf_uml.rs` loads the object on 6.1.
 
 mod conntrack;
 mod csum;
@@ -124,6 +125,11 @@ pub fn ha_lb_pass(_ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn for_us(ctx: &XdpContext) -> bool {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return true };
+    // SAFETY: bounds-checked by ptr_at.
+    if unsafe { (*eth).dst[0] } & 1 != 0 {
+        // Multicast and broadcast (ARP, neighbour discovery, VRRP) are for every host.
+        return true;
+    }
     let ifindex = ctx.ingress_ifindex() as u32;
     let m = if ifindex < LB_IF_MAC_DIRECT {
         match maps::LB_IF_MAC.get(ifindex) {
@@ -358,13 +364,16 @@ fn established(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> u64 {
         if flags & LB_FLOW_F_PERSIST != 0 {
             sched::refresh_template(svc_id, pkt, now);
         }
-        // Re-create the reply entry should the LRU have evicted it alone.
-        if kind == LB_KIND_NAT {
-            conntrack::put_reply(pkt, real, real_id, svc_id, now);
-        }
     }
     stats::traffic(svc_id, Some(real_id), pkt.len as u64, false, false);
-    forward(ctx, pkt, real, f, fwd_mode(kind, refresh))
+    let v = forward(ctx, pkt, real, f, fwd_mode(kind, refresh));
+    // Re-create the reply entry should the LRU have evicted it alone. Only after `forward`,
+    // which writes the next-hop cache through `f`: an insert into a full table may evict and
+    // reuse `f`'s element, and the cache would then be written into another flow's entry.
+    if refresh && kind == LB_KIND_NAT {
+        conntrack::put_reply(pkt, real, real_id, svc_id, now);
+    }
+    v
 }
 
 /// Client -> VIP, no known flow: schedule it, send the packet, then record the flow (with the
@@ -515,7 +524,7 @@ fn forward_inline(
         // Passing would deliver the packet to the local VIP: failures drop, as for DR.
         return match fwd::tun(ctx, pkt, (src, raddr[0]), nh, fresh) {
             Fib::Sent(a) => (a, LbReason::Tun),
-            Fib::Answered(a) => (a, LbReason::FragNeeded),
+            Fib::Answered(a) => (a, LbReason::TooBigAnswered),
             Fib::NoNeigh => drop(LbReason::NoNeigh),
             Fib::FragNeeded => drop(LbReason::FragNeeded),
             Fib::Other => drop(LbReason::FibOther),
@@ -532,7 +541,7 @@ fn forward_inline(
         };
         match fwd::nat(ctx, pkt, (true, raddr, rport), &route, nh, fresh) {
             Fib::Sent(a) => (a, LbReason::NatIn),
-            Fib::Answered(a) => (a, LbReason::FragNeeded),
+            Fib::Answered(a) => (a, LbReason::TooBigAnswered),
             // The rewritten packet goes to the kernel, which resolves the neighbour (or
             // fragments / answers with ICMP) and forwards it.
             Fib::NoNeigh => pass(LbReason::NoNeigh),
@@ -541,9 +550,9 @@ fn forward_inline(
             Fib::Unreachable => drop(LbReason::FibUnreachable),
         }
     } else {
-        match fwd::send(ctx, pkt, (&pkt.src, raddr), (pkt.sport, pkt.dport), nh, fresh) {
+        match fwd::send_answering(ctx, pkt, (&pkt.src, raddr), (pkt.sport, pkt.dport), nh, fresh) {
             Fib::Sent(a) => (a, LbReason::Dr),
-            Fib::Answered(a) => (a, LbReason::FragNeeded),
+            Fib::Answered(a) => (a, LbReason::TooBigAnswered),
             // Passing would deliver the packet to the local VIP: drop; the client retransmits.
             Fib::NoNeigh => drop(LbReason::NoNeigh),
             Fib::FragNeeded => drop(LbReason::FragNeeded),
@@ -595,7 +604,7 @@ fn reply_inline(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> Outcome {
     };
     match fwd::nat(ctx, pkt, (false, &vip, vport), &route, f, refresh) {
         Fib::Sent(a) => (a, LbReason::NatOut),
-        Fib::Answered(a) => (a, LbReason::FragNeeded),
+        Fib::Answered(a) => (a, LbReason::TooBigAnswered),
         Fib::NoNeigh => pass(LbReason::NoNeigh),
         Fib::FragNeeded => pass(LbReason::FragNeeded),
         Fib::Other => pass(LbReason::FibOther),

@@ -197,7 +197,7 @@ fn guest() {
     // Client segments of 1460 bytes of payload are 1520 bytes once encapsulated, more than
     // d's eth1 (MTU 1500) takes: the director answers with ICMP "fragmentation needed"
     // (MTU 1480), the client's TCP lowers its segment size and the data gets through.
-    let before = dp.stats().unwrap().reason("frag_needed");
+    let before = dp.stats().unwrap().reason("too_big_answered");
     let answer = client
         .run(|| {
             let mut c = TcpStream::connect_timeout(
@@ -214,7 +214,7 @@ fn guest() {
         })
         .unwrap();
     assert_eq!(answer, format!("rs:{BULK}"));
-    let frag = dp.stats().unwrap().reason("frag_needed") - before;
+    let frag = dp.stats().unwrap().reason("too_big_answered") - before;
     assert!(frag >= 1, "the director answered too-long segments ({frag})");
     println!("tun-uml: {frag} segments answered with fragmentation needed");
     ok("path_mtu_through_tun");

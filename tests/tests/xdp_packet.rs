@@ -173,7 +173,7 @@ fn nat_ipv6_in_and_out() {
         let before = t.counters();
         let r = t.send_from_client(&big);
         assert_eq!(r.action, XdpAction::Tx);
-        assert_eq!(delta(t.counters(), before), vec![(LbReason::FragNeeded.name(), 1)]);
+        assert_eq!(delta(t.counters(), before), vec![(LbReason::TooBigAnswered.name(), 1)]);
         let e = &r.frame;
         let (src, dst, q_src, q_dst, mac) = parse_icmp_error(e);
         assert_eq!((src, dst, q_src, q_dst), (vip.ip(), c.ip(), c, vip));
@@ -296,7 +296,7 @@ fn known_flows_use_the_cached_next_hop_until_it_is_refreshed() {
         // Answered as IPVS does: ICMP "fragmentation needed" quoting the packet as the client
         // sent it (to the VIP), so its socket matches it; back out of eth0.
         assert_eq!(r.action, XdpAction::Tx, "too long for eth1: the client is told");
-        assert_eq!(delta(t.counters(), before), vec![(LbReason::FragNeeded.name(), 1)]);
+        assert_eq!(delta(t.counters(), before), vec![(LbReason::TooBigAnswered.name(), 1)]);
         let (src, dst, q_src, q_dst, mac) = parse_icmp_error(&r.frame);
         assert_eq!((src, dst, q_src, q_dst), (vip.ip(), c1.ip(), c1, vip));
         assert_eq!(mac, big[6..12]);
@@ -896,14 +896,15 @@ fn icmp_errors_about_flows_reach_the_host_they_are_about() {
             assert_eq!(mac, gw_mac);
             assert_eq!(delta(t.counters(), before), vec![(LbReason::IcmpOut.name(), 1)]);
 
-            // A router between director and real server: its own source stays.
+            // A router between director and real server: from the VIP too (as IPVS; the client
+            // knows no other address of the service).
             let router: IpAddr = if v6 { ip("fd48:4c42:2::99") } else { ip("198.18.2.99") };
             let e =
                 icmp_error(rs_eth, (router, c.ip()), (if v6 { 3 } else { 11 }, 0), [0; 4], &dnat);
             let r = t.send_from_servers(&e);
             assert_eq!(r.action, XdpAction::Redirect);
             let (src, dst, q_src, q_dst, _) = parse_icmp_error(&r.frame);
-            assert_eq!((src, dst, q_src, q_dst), (router, c.ip(), c, vip));
+            assert_eq!((src, dst, q_src, q_dst), (vip.ip(), c.ip(), c, vip));
 
             // A router on the client's side: "fragmentation needed" / "packet too big" about
             // a reply to the client, sent to the VIP.
@@ -1005,6 +1006,18 @@ fn tun_encapsulates_in_ipip_to_the_real_server() {
             assert_eq!(o[34..], f[14..], "the client's packet, unchanged");
             assert_eq!(delta(t.counters(), before), vec![(LbReason::Tun.name(), 1)]);
         }
+        // An ICMP error about the flow's reply (sent by the real server from the VIP), addressed
+        // to the VIP: encapsulated to the real server like the flow's packets.
+        let reply = frame::tcp(t.client_eth(), vip, c, TcpFlags::ACK, 1, &[0u8; 64]);
+        let e =
+            icmp_error(t.client_eth(), (ip("198.18.1.2"), vip.ip()), (3, 4), [0, 0, 5, 0], &reply);
+        let before = t.counters();
+        let r = t.send_from_client(&e);
+        assert_eq!(r.action, XdpAction::Redirect);
+        assert_eq!(delta(t.counters(), before), vec![(LbReason::IcmpIn.name(), 1)]);
+        assert_eq!(r.frame[..6], rs_mac(2, 13));
+        assert_eq!((r.frame[23], r.frame[30..34].to_vec()), (4, vec![198, 18, 2, 13]), "IPIP");
+        assert_eq!(r.frame[34..], e[14..], "the error itself, unchanged inside");
         // Too long for eth1 once encapsulated (1260 + 20 > 1270): dropped and counted.
         d.sh("ip link set eth1 mtu 1270").unwrap();
         let big = frame::udp(t.client_eth(), client(13, 7001), sa("198.18.100.7:53"), &[0; 1232]);
@@ -1046,7 +1059,7 @@ fn tun_encapsulates_in_ipip_to_the_real_server() {
         let before = t.counters();
         let r = t.send_from_client(&big);
         assert_eq!(r.action, XdpAction::Tx);
-        assert_eq!(delta(t.counters(), before), vec![(LbReason::FragNeeded.name(), 1)]);
+        assert_eq!(delta(t.counters(), before), vec![(LbReason::TooBigAnswered.name(), 1)]);
         let e = &r.frame;
         assert_eq!(e.len(), 14 + 20 + 8 + 28);
         assert_eq!((e[..6].to_vec(), e[6..12].to_vec()), (big[6..12].to_vec(), big[..6].to_vec()));
@@ -1058,5 +1071,103 @@ fn tun_encapsulates_in_ipip_to_the_real_server() {
         assert_eq!(e[42..70], big[14..42], "quoting the IPv4 header and 8 bytes");
         let small = frame::udp(t.client_eth(), client(13, 7002), sa("198.18.100.7:53"), b"q");
         assert_eq!(t.send_from_client(&small).action, XdpAction::Redirect);
+    });
+}
+
+/// A reload that switches a service from NAT to TUN with the same real servers and weights
+/// rewrites their entries with the outer source address: new flows are encapsulated (found by
+/// review: the entries used to keep no source, and every new flow was dropped).
+#[test]
+fn switching_a_service_to_tun_keeps_its_real_servers_usable() {
+    let env = env();
+    env.run(|t| {
+        let key = vs("198.18.100.8:80", Protocol::Tcp);
+        let vip = sa("198.18.100.8:80");
+        t.apply(&one_service(key, LbAlgo::Rr, LbKind::Nat, reals(&["198.18.2.13"], 80, &[1])));
+        t.apply(&one_service(key, LbAlgo::Rr, LbKind::Tun, reals(&["198.18.2.13"], 80, &[1])));
+        let f = frame::tcp(t.client_eth(), client(14, 7100), vip, TcpFlags::SYN, 1, b"");
+        let before = t.counters();
+        let r = t.send_from_client(&f);
+        assert_eq!(
+            delta(t.counters(), before),
+            vec![(LbReason::Tun.name(), 1)],
+            "a new flow of the (now TUN) service is encapsulated"
+        );
+        assert_eq!(r.action, XdpAction::Redirect);
+    });
+}
+
+/// A TUN real server with no route when the service was applied (at boot, before the routing
+/// daemon or the interface is up): its flows are dropped as `fib_unreachable` until
+/// `maintain()` (every few seconds in the daemon) finds the route and writes the source.
+#[test]
+fn tun_source_is_resolved_again_once_a_route_appears() {
+    let env = env();
+    let d = env.d.clone();
+    env.run(|t| {
+        let key = vs("198.18.100.9:80", Protocol::Tcp);
+        let vip = sa("198.18.100.9:80");
+        t.apply(&one_service(key, LbAlgo::Rr, LbKind::Tun, reals(&["198.18.3.10"], 80, &[1])));
+        let f = frame::tcp(t.client_eth(), client(15, 7200), vip, TcpFlags::SYN, 1, b"");
+        let before = t.counters();
+        assert_eq!(t.send_from_client(&f).action, XdpAction::Drop, "no route, no source");
+        assert_eq!(delta(t.counters(), before), vec![(LbReason::FibUnreachable.name(), 1)]);
+        d.sh("ip route add 198.18.3.0/24 via 198.18.2.10").unwrap();
+        // The daemon calls maintain() every few seconds.
+        t.dp.maintain().unwrap();
+        let f = frame::tcp(t.client_eth(), client(15, 7201), vip, TcpFlags::SYN, 1, b"");
+        let before = t.counters();
+        let r = t.send_from_client(&f);
+        assert_eq!(
+            delta(t.counters(), before),
+            vec![(LbReason::Tun.name(), 1)],
+            "route exists now: encapsulated toward 198.18.3.10 via 198.18.2.10"
+        );
+        assert_eq!(r.action, XdpAction::Redirect);
+    });
+}
+
+/// DR: a packet with DF too long for the path to the real server is answered with ICMP
+/// "fragmentation needed", as IPVS does (`ensure_mtu_is_adequate`); without it path-MTU
+/// discovery through a DR director black-holes when the real-server side has the smaller MTU.
+#[test]
+fn dr_answers_too_long_df_packets_with_fragmentation_needed() {
+    let env = env();
+    let d = env.d.clone();
+    env.run(|t| {
+        let vip = sa("198.18.100.10:80");
+        t.apply(&one_service(
+            vs("198.18.100.10:80", Protocol::Tcp),
+            LbAlgo::Rr,
+            LbKind::Dr,
+            reals(&["198.18.2.14"], 80, &[1]),
+        ));
+        d.sh("ip link set eth1 mtu 1280").unwrap();
+        let c = client(16, 7300);
+        let big = frame::tcp(t.client_eth(), c, vip, TcpFlags::ACK, 1, &[0u8; 1300]);
+        assert_eq!(big[20] & 0x40, 0x40, "DF set");
+        let before = t.counters();
+        let r = t.send_from_client(&big);
+        assert_eq!(r.action, XdpAction::Tx, "the client is told (ICMP fragmentation needed)");
+        assert_eq!(delta(t.counters(), before), vec![(LbReason::TooBigAnswered.name(), 1)]);
+        let (src, dst, q_src, q_dst, _) = parse_icmp_error(&r.frame);
+        assert_eq!((src, dst, q_src, q_dst), (vip.ip(), c.ip(), c, vip));
+
+        // Rate-limited per CPU (bursts of 100, 1000/s), as the kernel limits its own errors:
+        // a flood of too-long packets does not become a flood of errors.
+        let before = t.counters();
+        let start = std::time::Instant::now();
+        for _ in 0..200 {
+            t.send_from_client(&big);
+        }
+        let ms = start.elapsed().as_millis() as u64;
+        let d = delta(t.counters(), before);
+        let answered =
+            d.iter().find(|(n, _)| *n == LbReason::TooBigAnswered.name()).map_or(0, |x| x.1);
+        let dropped = d.iter().find(|(n, _)| *n == LbReason::FragNeeded.name()).map_or(0, |x| x.1);
+        assert_eq!(answered + dropped, 200, "{d:?}");
+        // The refill follows the coarse (tick) clock: allow a tick or two of slack.
+        assert!(answered <= 100 + ms + 8, "{answered} answered in {ms} ms");
+        assert!(dropped > 0 || ms > 100, "{answered} answered in {ms} ms");
     });
 }

@@ -8,14 +8,19 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_UNREACHABLE,
     },
     helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+        bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head,
+        bpf_xdp_adjust_tail,
     },
     programs::XdpContext,
     EbpfContext,
 };
 use ha_lb_common::lb::{LbFlow, FAMILY_V4};
 
-use super::{csum, maps::scratch, Pkt};
+use super::{
+    csum,
+    maps::{scratch, LB_ICMP_TOKENS},
+    Pkt,
+};
 use crate::parse::{
     ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP,
     IPV4_HLEN, IPV6_HLEN,
@@ -218,6 +223,27 @@ pub fn nat(
     }
 }
 
+/// [`send`], answering a packet too long for the path (IPv4 with DF: ICMP "fragmentation
+/// needed"; IPv6: "packet too big") instead of reporting `FragNeeded` — for DR, whose packets
+/// cannot be passed to the kernel (it would deliver them to the local VIP).
+#[inline(always)]
+pub fn send_answering(
+    ctx: &XdpContext,
+    pkt: &Pkt,
+    addrs: (&[u32; 4], &[u32; 4]),
+    ports: (u16, u16),
+    nh: *mut LbFlow,
+    fresh: bool,
+) -> Fib {
+    let route = Route { family: pkt.family, proto: pkt.proto, addrs, ports, len: pkt.ip_len };
+    match next_hop(ctx, &route, nh, fresh) {
+        Ok((macs, out_if)) => out(ctx, &macs, out_if),
+        Err(Fib::FragNeeded) if pkt.family == FAMILY_V4 => frag_needed(ctx, 0),
+        Err(Fib::FragNeeded) => packet_too_big(ctx),
+        Err(f) => f,
+    }
+}
+
 /// What a next-hop lookup is for: the packet as it will leave (family, L4 protocol, addresses,
 /// ports, IP length for the MTU check).
 pub struct Route<'a> {
@@ -392,6 +418,9 @@ fn out(ctx: &XdpContext, macs: &[u16; 6], out_if: u32) -> Fib {
 /// `Answered(XDP_TX)` when the error goes out, else `FragNeeded`.
 #[inline(always)]
 fn frag_needed(ctx: &XdpContext, overhead: u16) -> Fib {
+    if !icmp_allowed() {
+        return Fib::FragNeeded;
+    }
     let Some(sc) = scratch() else { return Fib::FragNeeded };
     // SAFETY: per-CPU scratch map; after FRAG_NEEDED the helper left the MTU in `tot_len`.
     let mtu = unsafe { (*sc).fib.tot_len };
@@ -466,6 +495,9 @@ fn frag_needed(ctx: &XdpContext, overhead: u16) -> Fib {
 /// untouched when it cannot be done.
 #[inline(always)]
 fn packet_too_big(ctx: &XdpContext) -> Fib {
+    if !icmp_allowed() {
+        return Fib::FragNeeded;
+    }
     let Some(sc) = scratch() else { return Fib::FragNeeded };
     // SAFETY: per-CPU scratch map; after FRAG_NEEDED the helper left the MTU in `tot_len`.
     let mtu = unsafe { (*sc).fib.tot_len };
@@ -534,4 +566,32 @@ fn packet_too_big(ctx: &XdpContext) -> Fib {
         m[1] = csum::finish(sum);
     }
     Fib::Answered(xdp_action::XDP_TX)
+}
+
+/// ICMP errors the program sends itself, per CPU: bursts of up to this many, refilled at
+/// [`ICMP_PER_SEC`] (the kernel rate-limits its own errors too, `icmp_ratelimit`): a flood of
+/// too-long packets with forged sources does not become a flood of errors.
+const ICMP_BURST: u64 = 100;
+const ICMP_PER_SEC: u64 = 1000;
+
+#[inline(always)]
+fn icmp_allowed() -> bool {
+    let Some(b) = LB_ICMP_TOKENS.get_ptr_mut(0) else { return false };
+    // SAFETY: plain helper call; per-CPU map value, this CPU only.
+    unsafe {
+        let now = bpf_ktime_get_coarse_ns();
+        let [tokens, last] = *b;
+        let refill = now.wrapping_sub(last) / (1_000_000_000 / ICMP_PER_SEC);
+        let mut t = tokens + refill;
+        if t > ICMP_BURST {
+            t = ICMP_BURST;
+        }
+        let last = if refill > 0 { now } else { last };
+        if t == 0 {
+            *b = [0, last];
+            return false;
+        }
+        *b = [t - 1, last];
+        true
+    }
 }

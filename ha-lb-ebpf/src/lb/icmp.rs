@@ -7,8 +7,11 @@
 //!   port its port), so its stack matches the error to its socket. DR: unchanged (the real
 //!   server holds the VIP too), only the MACs change.
 //! - about a NAT packet sent to a real server (inner packet client -> real server; the error
-//!   is addressed to the client): the inner destination becomes the VIP again, and the outer
-//!   source too when the real server itself sent the error; forwarded to the client.
+//!   is addressed to the client): the inner destination and the outer source become the VIP
+//!   (whoever sent it, as IPVS: internal addresses would leak or be filtered on the way);
+//!   forwarded to the client.
+//! - TUN: an error about a packet to the client is encapsulated to the real server like the
+//!   flow's own packets (IPv4).
 //!
 //! Only the first 8 bytes of the inner transport header are guaranteed in an ICMP error: the
 //! ports are translated, the inner TCP/UDP checksum is left as it is (as IPVS does; it cannot
@@ -25,7 +28,7 @@ use ha_lb_common::lb::{
 use super::{
     csum,
     fwd::{self, Fib},
-    maps::{scratch, LB_CONNS},
+    maps::{scratch, LB_CONNS, LB_REALS},
     pass, Outcome, Pkt,
 };
 use crate::parse::{
@@ -101,7 +104,7 @@ fn send(ctx: &XdpContext, pkt: &Pkt, to: &[u32; 4], reason: LbReason) -> Outcome
     let nh = unsafe { &raw mut (*sc).flow };
     match fwd::send(ctx, pkt, (&pkt.src, to), (0, 0), nh, true) {
         Fib::Sent(a) => (a, reason),
-        Fib::Answered(a) => (a, LbReason::FragNeeded),
+        Fib::Answered(a) => (a, LbReason::TooBigAnswered),
         Fib::NoNeigh => pass(LbReason::NoNeigh),
         Fib::FragNeeded => pass(LbReason::FragNeeded),
         Fib::Unreachable => pass(LbReason::FibUnreachable),
@@ -138,11 +141,8 @@ fn v4(ctx: &XdpContext) -> Option<Outcome> {
         ([i.daddr, 0, 0, 0], ports[1]),
     )?;
     // SAFETY: LRU value pointer from a successful lookup.
-    let (flags, addr, port) = unsafe { ((*f).flags, (*f).addr[0], (*f).port) };
-    // TUN flows' errors would need encapsulating: the kernel gets them.
-    if flags & LB_FLOW_F_TUN != 0 {
-        return None;
-    }
+    let (flags, addr, port, real_id) =
+        unsafe { ((*f).flags, (*f).addr[0], (*f).port, (*f).real_id) };
     let mut pkt = Pkt {
         src: [o.saddr, 0, 0, 0],
         dst: [o.daddr, 0, 0, 0],
@@ -160,6 +160,20 @@ fn v4(ctx: &XdpContext) -> Option<Outcome> {
             return None;
         }
         let real = [addr, 0, 0, 0];
+        if flags & LB_FLOW_F_TUN != 0 {
+            // TUN: the error goes to the real server encapsulated, like the flow's packets.
+            let src = LB_REALS.get(real_id)?.tun_src;
+            if src == 0 {
+                return None;
+            }
+            let sc = scratch()?;
+            // SAFETY: per-CPU scratch map (no next-hop cache for errors).
+            let nh = unsafe { &raw mut (*sc).flow };
+            return Some(match fwd::tun(ctx, &pkt, (src, addr), nh, true) {
+                Fib::Sent(a) => (a, LbReason::IcmpIn),
+                _ => pass(LbReason::FibOther),
+            });
+        }
         if flags & LB_FLOW_F_DR == 0 {
             // SAFETY: bounds-checked pointers into the frame.
             unsafe {
@@ -192,11 +206,11 @@ fn v4(ctx: &XdpContext) -> Option<Outcome> {
             c = csum::replace2(c, ports[1], port);
             c = csum::replace2(c, i.check, nic);
             (*hp).check = c;
-            if o.saddr == real {
-                (*op).check = csum::replace4(o.check, real, addr);
-                (*op).saddr = addr;
-                pkt.src = [addr, 0, 0, 0];
-            }
+            // From the VIP, whoever sent it (as IPVS): the client knows no other address of
+            // the service, and internal addresses would leak (or be filtered on the way).
+            (*op).check = csum::replace4(o.check, o.saddr, addr);
+            (*op).saddr = addr;
+            pkt.src = [addr, 0, 0, 0];
         }
         let to = pkt.dst;
         Some(send(ctx, &pkt, &to, LbReason::IcmpOut))
@@ -228,6 +242,7 @@ fn v6(ctx: &XdpContext) -> Option<Outcome> {
     let f = flow_of(FAMILY_V6, i.nexthdr, (i.saddr, ports[0]), (i.daddr, ports[1]))?;
     // SAFETY: LRU value pointer from a successful lookup.
     let (flags, addr, port) = unsafe { ((*f).flags, (*f).addr, (*f).port) };
+    // TUN carries IPv4 only.
     if flags & LB_FLOW_F_TUN != 0 {
         return None;
     }
@@ -271,11 +286,10 @@ fn v6(ctx: &XdpContext) -> Option<Outcome> {
             let mut c = (*hp).check;
             c = csum::replace16(c, &real, &addr);
             c = csum::replace2(c, ports[1], port);
-            if o.saddr == real {
-                c = csum::replace16(c, &real, &addr);
-                (*op).saddr = addr;
-                pkt.src = addr;
-            }
+            // From the VIP, whoever sent it (as IPVS; see the IPv4 case).
+            c = csum::replace16(c, &o.saddr, &addr);
+            (*op).saddr = addr;
+            pkt.src = addr;
             (*hp).check = c;
         }
         let to = pkt.dst;

@@ -86,3 +86,8 @@ pub static LB_IF_MAC: Array<LbIfMac> = Array::with_max_entries(LB_IF_MAC_DIRECT,
 /// The same, for ifindexes from `LB_IF_MAC_DIRECT` up.
 #[map(name = "LB_IF_MAC_HASH")]
 pub static LB_IF_MAC_HASH: HashMap<u32, LbIfMac> = HashMap::with_max_entries(LB_IF_MAC_MAX, 0);
+
+/// Per-CPU token bucket for the ICMP errors the program sends itself (fragmentation needed /
+/// packet too big): [tokens, last refill (coarse ns)].
+#[map(name = "LB_ICMP_TOKENS")]
+pub static LB_ICMP_TOKENS: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);

@@ -265,7 +265,8 @@ pub fn flush_flows(bpf: &mut Bpf) -> Result<(), BpfError> {
     Ok(())
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` stamps flows with.
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_coarse_ns` stamps flows with (at
+/// tick resolution).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the valid timespec.

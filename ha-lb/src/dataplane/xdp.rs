@@ -52,8 +52,9 @@
 //! - Not load-balanced, passed to the kernel and counted: IP fragments, IPv4 options, IPv6
 //!   extension headers, VLAN-tagged frames, ICMP other than errors about known flows (those are
 //!   translated and forwarded as IPVS does: `icmp_in` / `icmp_out`).
-//! - TTL/hop limit is not decremented (as IPVS). `lb_kind TUN` is refused (the maps have room
-//!   for it: `lb_kind` per service, reserved per-real words).
+//! - TTL/hop limit is not decremented (as IPVS). TUN is IPv4-in-IPv4 only; its outer source
+//!   address (this host's route source toward the real server) is looked up when applied and
+//!   again by `maintain()`, which rewrites it when the route changed.
 //! - All state lives in the loaded object: a restarted daemon starts with an empty connection
 //!   table (sh/mh keep most clients on the same servers; rr/wrr/lc/wlc do not).
 
@@ -104,6 +105,8 @@ struct AppliedReal {
     id: u32,
     gen: u32,
     weight: u32,
+    /// TUN: the outer source address written for it (wire order; 0: none).
+    tun_src: u32,
 }
 
 /// A virtual server as last applied.
@@ -350,18 +353,22 @@ pub fn plan_with(
             }
         };
         let old_reals = old.as_ref().map(|o| o.reals.clone()).unwrap_or_default();
+        let kind_changed = old.as_ref().is_some_and(|o| o.spec.lb_kind != spec.lb_kind);
         let mut reals = BTreeMap::new();
         let mut after_switch = Vec::new();
         for rs in &spec.real_servers {
             let k = (rs.addr, rs.port);
             let r = match old_reals.get(&k) {
                 Some(o) => {
-                    if o.weight != rs.weight {
-                        report.real_servers_reweighted += 1;
-                        let op = Op::PutReal(
-                            o.id,
-                            live_real_entry(rs, spec.lb_kind, id, o.gen, tun_source),
-                        );
+                    let entry = live_real_entry(rs, spec.lb_kind, id, o.gen, tun_source);
+                    // The entry carries the weight (drained or not) and, for TUN, the outer
+                    // source: rewritten when either changes, or when the service's lb_kind
+                    // does (a switch to TUN needs the source).
+                    if o.weight != rs.weight || kind_changed || entry.tun_src != o.tun_src {
+                        if o.weight != rs.weight {
+                            report.real_servers_reweighted += 1;
+                        }
+                        let op = Op::PutReal(o.id, entry);
                         // Back from drained: usable before the new set names it. Drained:
                         // only once the new set (without it) is live.
                         if rs.weight > 0 {
@@ -370,7 +377,7 @@ pub fn plan_with(
                             after_switch.push(op);
                         }
                     }
-                    AppliedReal { weight: rs.weight, ..*o }
+                    AppliedReal { weight: rs.weight, tun_src: entry.tun_src, ..*o }
                 }
                 None => {
                     let rid = next.real_ids.take().ok_or_else(|| {
@@ -380,12 +387,10 @@ pub fn plan_with(
                     *g = g.wrapping_add(1).max(1);
                     let gen = *g;
                     ops.push(Op::ResetRealCounters(rid));
-                    ops.push(Op::PutReal(
-                        rid,
-                        live_real_entry(rs, spec.lb_kind, id, gen, tun_source),
-                    ));
+                    let entry = live_real_entry(rs, spec.lb_kind, id, gen, tun_source);
+                    ops.push(Op::PutReal(rid, entry));
                     report.real_servers_added += 1;
-                    AppliedReal { id: rid, gen, weight: rs.weight }
+                    AppliedReal { id: rid, gen, weight: rs.weight, tun_src: entry.tun_src }
                 }
             };
             reals.insert(k, r);
@@ -646,6 +651,38 @@ impl XdpDataplane {
     /// corrects the active counts for connections that vanished without a FIN/RST (LRU
     /// eviction) and resynchronises the lc/wlc load. Between sweeps, evictions make active
     /// counts too high. Cost: one syscall per table entry (about a second per million).
+    /// Looks the TUN real servers' outer source addresses up again (a route that appeared or
+    /// changed since they were applied) and rewrites the entries whose source changed.
+    pub fn refresh_tun_sources(&mut self) -> Result<usize, DataplaneError> {
+        self.refresh_tun_sources_with(&source_toward)
+    }
+
+    fn refresh_tun_sources_with(
+        &mut self,
+        tun_source: &dyn Fn(IpAddr) -> Option<Ipv4Addr>,
+    ) -> Result<usize, DataplaneError> {
+        let mut changed = 0;
+        for (vs, s) in self.state.services.iter_mut() {
+            if s.spec.lb_kind != LbKind::Tun {
+                continue;
+            }
+            for (&(addr, port), r) in s.reals.iter_mut() {
+                let rs = RealServerSpec { addr, port, weight: r.weight };
+                let entry = live_real_entry(&rs, LbKind::Tun, s.id, r.gen, tun_source);
+                if entry.tun_src == r.tun_src {
+                    continue;
+                }
+                execute(&mut self.bpf, &Op::PutReal(r.id, entry)).map_err(backend)?;
+                tracing::info!(virtual_server = %vs, real_server = %addr,
+                    source = %Ipv4Addr::from(entry.tun_src.to_ne_bytes()),
+                    "TUN: outer source address changed");
+                r.tun_src = entry.tun_src;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     pub fn expire_connections(&mut self, now_ns: u64) -> Result<usize, DataplaneError> {
         let live = self.state.live_reals();
         let t = self.timeouts;
@@ -819,6 +856,7 @@ impl Dataplane for XdpDataplane {
     }
 
     fn maintain(&mut self) -> Result<usize, DataplaneError> {
+        self.refresh_tun_sources()?;
         self.expire_connections(maps::monotonic_ns())
     }
 }
