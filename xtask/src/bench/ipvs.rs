@@ -34,6 +34,12 @@
 //! atomics and clock reads cost differently than on hardware, and the vCPUs are host threads
 //! sharing the host's cores with QEMU's I/O thread and anything else running). Only ratios
 //! between variants measured in the same run mean anything, and the report says so.
+//!
+//! Noise: guest CPU time is host time, so a host thread preempted by other work inflates
+//! whatever guest task was running. On the 2-core shared host, 5 rounds gave per-round
+//! ha-lb/IPVS ratios of 0.55–2.49 (UDP) and 0.60–1.42 (HTTP). QEMU's deterministic clock
+//! (`-icount shift=0`, single-threaded TCG), which would make guest CPU time an instruction
+//! count immune to host load, hangs bringing up the second vCPU (QEMU 7.2, this kernel).
 
 use std::{
     collections::BTreeMap,
