@@ -2,7 +2,8 @@
 //! `cargo xtask bench`:
 //! - [`netns`]: declarative network-namespace labs with guaranteed teardown and a sweeper;
 //! - [`frame`]: crafted frames with correct checksums, and an independent checksum checker;
-//! - [`uml`]: user-mode-linux guests for kernel features the host lacks (kernel IPVS).
+//! - [`uml`]: user-mode-linux guests for kernel features the host lacks (kernel IPVS);
+//! - [`qemu`]: QEMU (TCG) guests of Debian's 6.1 kernel, for IPVS next to JIT-compiled XDP.
 //!
 //! Lab addressing uses 198.18.0.0/15 (RFC 2544 benchmarking) and fd48:4c42::/32 (a ULA
 //! prefix), never addresses that exist outside the lab.
@@ -13,6 +14,7 @@ pub mod frame;
 pub mod netns;
 pub mod packet;
 pub mod probe;
+pub mod qemu;
 pub mod topology;
 pub mod uml;
 

@@ -1,4 +1,5 @@
 //! Project tasks: `cargo xtask setup | build-ebpf | test | demo | bench | sweep`.
+//! (`bench-ipvs-guest` is hidden: the guest half of `bench ipvs`.)
 
 mod bench;
 mod demo;
@@ -56,6 +57,22 @@ enum Cmd {
     /// Remove network namespaces left behind by crashed ha-lb labs (only `hlb-*` ones whose
     /// creating process is gone).
     Sweep,
+    /// The guest half of `bench ipvs` (run by the QEMU guest that command boots).
+    #[command(name = "bench-ipvs-guest", hide = true)]
+    BenchIpvsGuest {
+        #[arg(long)]
+        rounds: usize,
+        #[arg(long)]
+        udp_secs: u64,
+        #[arg(long)]
+        tcp_secs: u64,
+        #[arg(long, value_delimiter = ',')]
+        variants: Vec<String>,
+        #[arg(long, value_delimiter = ',')]
+        metrics: Vec<String>,
+        #[arg(long)]
+        object: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -86,6 +103,30 @@ enum BenchCmd {
         /// Only these measurements (udp-frames, udp-skbs, tcp-keepalive, tcp-newconn, iperf).
         #[arg(long, value_delimiter = ',')]
         metrics: Option<Vec<String>>,
+    },
+    /// ha-lb XDP NAT vs kernel IPVS NAT vs the routed path, side by side, on Debian 12's 6.1
+    /// kernel in a QEMU guest without KVM (TCG: absolute figures are distorted, read the
+    /// ratios): director CPU per small UDP packet (socket skbs) and per HTTP keep-alive
+    /// request. Needs root; installs qemu-system-x86 and fetches the kernel package if missing.
+    Ipvs {
+        /// Interleaved rounds (at least 3).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds of one UDP run.
+        #[arg(long, default_value_t = 3)]
+        udp_secs: u64,
+        /// Seconds of one HTTP run's measured window.
+        #[arg(long, default_value_t = 5)]
+        tcp_secs: u64,
+        /// Only these variants (ha-lb-nat, ipvs-nat, routed).
+        #[arg(long, value_delimiter = ',')]
+        variants: Option<Vec<String>>,
+        /// Only these measurements (udp-skbs, tcp-keepalive).
+        #[arg(long, value_delimiter = ',')]
+        metrics: Option<Vec<String>>,
+        /// Kill the guest after this many seconds (default: from the rounds and run lengths).
+        #[arg(long)]
+        timeout_secs: Option<u64>,
     },
 }
 
@@ -132,6 +173,23 @@ fn main() -> Result<()> {
             sweep()?;
             bench::dataplane::run(Options { quick, rounds, variants, metrics, object })
         }
+        Cmd::Bench {
+            what: BenchCmd::Ipvs { rounds, udp_secs, tcp_secs, variants, metrics, timeout_secs },
+        } => {
+            if rounds < 3 {
+                bail!("--rounds: at least 3 (min/median/max need them)");
+            }
+            let object = build_ebpf(&root)?;
+            let opts = ipvs_options(rounds, udp_secs, tcp_secs, variants, metrics, object)?;
+            sweep()?;
+            let target = release_dir(&root).parent().unwrap().to_path_buf();
+            bench::ipvs::run(&target, opts, timeout_secs.map(std::time::Duration::from_secs))
+        }
+        Cmd::BenchIpvsGuest { rounds, udp_secs, tcp_secs, variants, metrics, object } => {
+            let opts =
+                ipvs_options(rounds, udp_secs, tcp_secs, Some(variants), Some(metrics), object)?;
+            bench::ipvs::guest(opts)
+        }
         Cmd::Demo => {
             toolchain::setup(&root, false)?;
             build_ebpf(&root)?;
@@ -149,6 +207,33 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn ipvs_options(
+    rounds: usize,
+    udp_secs: u64,
+    tcp_secs: u64,
+    variants: Option<Vec<String>>,
+    metrics: Option<Vec<String>>,
+    object: PathBuf,
+) -> Result<bench::ipvs::Options> {
+    use bench::ipvs::{Metric, Options, Variant};
+    let variants = match variants {
+        Some(v) => v.iter().map(|s| Variant::parse(s)).collect::<Result<Vec<_>>>()?,
+        None => Variant::ALL.to_vec(),
+    };
+    let metrics = match metrics {
+        Some(m) => m.iter().map(|s| Metric::parse(s)).collect::<Result<Vec<_>>>()?,
+        None => Metric::ALL.to_vec(),
+    };
+    Ok(Options {
+        rounds,
+        udp: std::time::Duration::from_secs(udp_secs.max(1)),
+        tcp: std::time::Duration::from_secs(tcp_secs.max(1)),
+        variants,
+        metrics,
+        object,
+    })
 }
 
 fn workspace_root() -> PathBuf {

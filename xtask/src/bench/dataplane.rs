@@ -82,10 +82,10 @@ use super::{
 };
 
 /// Frame length of the small-UDP measurements (without FCS): 14 + 20 + 8 + 18.
-const FRAME_LEN: usize = 60;
+pub(crate) const FRAME_LEN: usize = 60;
 /// Distinct source ports (flows) in the UDP measurements.
 const FLOWS: u16 = 1000;
-const FIRST_SPORT: u16 = 20000;
+pub(crate) const FIRST_SPORT: u16 = 20000;
 /// A run with more foreign CPU than this (cores) is noisy.
 const NOISY_FOREIGN: f64 = 0.10;
 /// The machine counts as quiet below this many busy cores.
@@ -371,7 +371,7 @@ fn ha_lb_available() -> bool {
 
 /// The services ha-lb serves in the bench: what nftables and HAProxy are given too (round
 /// robin over both real servers; iperf3 to rs1 only).
-fn desired(kind: LbKind) -> DesiredState {
+pub(crate) fn desired(kind: LbKind) -> DesiredState {
     let mut d = DesiredState::default();
     let rs = |port: u16, n: usize| -> Vec<RealServerSpec> {
         (0..n)
@@ -1001,7 +1001,7 @@ fn short(m: Metric, p: &Point) -> String {
     }
 }
 
-fn min_med_max(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
+pub(crate) fn min_med_max(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
     if v.is_empty() {
         return None;
     }

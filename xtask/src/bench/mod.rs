@@ -5,3 +5,4 @@ pub mod dataplane;
 mod dataplane_peers;
 mod dataplane_sys;
 pub mod failover;
+pub mod ipvs;
