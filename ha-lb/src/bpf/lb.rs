@@ -28,6 +28,16 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> BpfError {
     move |source| BpfError::Map { name, source }
 }
 
+/// Whether a failed removal only says the key was not there. aya 0.14 reports that from
+/// `HashMap::remove` as the delete call's ENOENT, not as `KeyNotFound`.
+fn not_there(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 /// An address as the maps store it: wire-order words, IPv4 in word 0.
 pub fn addr_words(a: IpAddr) -> ([u32; 4], u8) {
     match a {
@@ -79,8 +89,8 @@ pub fn delete_service(bpf: &mut Bpf, key: &LbServiceKey) -> Result<(), BpfError>
     let mut m: HashMap<_, LbServiceKey, LbService> =
         HashMap::try_from(bpf.map_mut(LB_SERVICES)?).map_err(&e)?;
     match m.remove(key) {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(x) => Err(e(x)),
+        Err(x) if !not_there(&x) => Err(e(x)),
+        _ => Ok(()),
     }
 }
 
@@ -270,8 +280,8 @@ pub fn remove_flow(bpf: &mut Bpf, key: &LbFlowKey) -> Result<(), BpfError> {
     let mut m: HashMap<_, LbFlowKey, LbFlow> =
         HashMap::try_from(bpf.map_mut(LB_CONNS)?).map_err(&e)?;
     match m.remove(key) {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(x) => Err(e(x)),
+        Err(x) if !not_there(&x) => Err(e(x)),
+        _ => Ok(()),
     }
 }
 
@@ -474,8 +484,8 @@ pub fn flush_flows(bpf: &mut Bpf) -> Result<(), BpfError> {
     let keys: Vec<_> = m.keys().filter_map(Result::ok).collect();
     for k in keys {
         match m.remove(&k) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(x) => return Err(e(x)),
+            Err(x) if !not_there(&x) => return Err(e(x)),
+            _ => {}
         }
     }
     Ok(())
@@ -541,8 +551,8 @@ pub fn set_interface_mac(
     match value {
         Some(v) => m.insert(ifindex, v, 0).map_err(e),
         None => match m.remove(&ifindex) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(x) => Err(e(x)),
+            Err(x) if !not_there(&x) => Err(e(x)),
+            _ => Ok(()),
         },
     }
 }
