@@ -2,10 +2,13 @@
 //! its maps. Policy (ids, slots, ordering of updates) lives in `dataplane::xdp`; this module
 //! only moves bytes, one map operation per call.
 
-use std::net::IpAddr;
+use std::{
+    net::IpAddr,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
 use ha_lb_common::lb::{
@@ -23,6 +26,16 @@ pub const PROG_PASS: &str = "ha_lb_pass";
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> BpfError {
     move |source| BpfError::Map { name, source }
+}
+
+/// Whether a failed removal only says the key was not there. aya 0.14 reports that from
+/// `HashMap::remove` as the delete call's ENOENT, not as `KeyNotFound`.
+fn not_there(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
 }
 
 /// An address as the maps store it: wire-order words, IPv4 in word 0.
@@ -76,8 +89,8 @@ pub fn delete_service(bpf: &mut Bpf, key: &LbServiceKey) -> Result<(), BpfError>
     let mut m: HashMap<_, LbServiceKey, LbService> =
         HashMap::try_from(bpf.map_mut(LB_SERVICES)?).map_err(&e)?;
     match m.remove(key) {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(x) => Err(e(x)),
+        Err(x) if !not_there(&x) => Err(e(x)),
+        _ => Ok(()),
     }
 }
 
@@ -222,7 +235,25 @@ fn conns_map(bpf: &Bpf) -> Result<HashMap<&MapData, LbFlowKey, LbFlow>, BpfError
 }
 
 /// Every connection-tracking entry (forward and NAT reply).
+///
+/// Reads the map with `BPF_MAP_LOOKUP_BATCH`, [`BATCH`] entries per system call (the sweeper
+/// reads the whole table every few seconds, and per-entry reads cost two calls per entry).
+/// On kernels without batch operations (before 5.6) it falls back to [`flows_per_entry`].
 pub fn flows(bpf: &Bpf) -> Result<Vec<(LbFlowKey, LbFlow)>, BpfError> {
+    let m = conns_map(bpf)?;
+    if !BATCH_UNSUPPORTED.load(Ordering::Relaxed) {
+        match batch::lookup_all(m.map()) {
+            Ok(all) => return Ok(all),
+            Err(io) if batch::unsupported(&io) => batch_unsupported("lookup", &io),
+            Err(io) => return Err(batch_err(LB_CONNS, "bpf_map_lookup_batch", io)),
+        }
+    }
+    flows_per_entry(bpf)
+}
+
+/// [`flows`] the old way: `get_next_key` + `lookup` per entry. The fallback for kernels
+/// without batch operations, and the baseline `flows` is measured against.
+pub fn flows_per_entry(bpf: &Bpf) -> Result<Vec<(LbFlowKey, LbFlow)>, BpfError> {
     let m = conns_map(bpf)?;
     // Entries can vanish (LRU eviction) while we iterate: skip those.
     Ok(m.iter().filter_map(Result::ok).collect())
@@ -236,30 +267,225 @@ pub fn flow(bpf: &Bpf, key: &LbFlowKey) -> Result<Option<LbFlow>, BpfError> {
     }
 }
 
+/// Writes one connection-tracking entry (tests and tools; the data path writes its own).
+pub fn put_flow(bpf: &mut Bpf, key: &LbFlowKey, flow: &LbFlow) -> Result<(), BpfError> {
+    let e = map_err(LB_CONNS);
+    let mut m: HashMap<_, LbFlowKey, LbFlow> =
+        HashMap::try_from(bpf.map_mut(LB_CONNS)?).map_err(&e)?;
+    m.insert(key, flow, 0).map_err(e)
+}
+
 pub fn remove_flow(bpf: &mut Bpf, key: &LbFlowKey) -> Result<(), BpfError> {
     let e = map_err(LB_CONNS);
     let mut m: HashMap<_, LbFlowKey, LbFlow> =
         HashMap::try_from(bpf.map_mut(LB_CONNS)?).map_err(&e)?;
     match m.remove(key) {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(x) => Err(e(x)),
+        Err(x) if !not_there(&x) => Err(e(x)),
+        _ => Ok(()),
+    }
+}
+
+/// Removes the entries `keys` (those already gone are skipped), with `BPF_MAP_DELETE_BATCH`
+/// ([`BATCH`] keys per system call) where the kernel has it, else one call per key.
+pub fn remove_flows(bpf: &mut Bpf, keys: &[LbFlowKey]) -> Result<(), BpfError> {
+    if !BATCH_UNSUPPORTED.load(Ordering::Relaxed) {
+        let e = map_err(LB_CONNS);
+        let m: HashMap<_, LbFlowKey, LbFlow> =
+            HashMap::try_from(bpf.map_mut(LB_CONNS)?).map_err(&e)?;
+        match batch::delete_all(m.map(), keys) {
+            Ok(()) => return Ok(()),
+            Err(io) if batch::unsupported(&io) => batch_unsupported("delete", &io),
+            Err(io) => return Err(batch_err(LB_CONNS, "bpf_map_delete_batch", io)),
+        }
+    }
+    for k in keys {
+        remove_flow(bpf, k)?;
+    }
+    Ok(())
+}
+
+/// Set once the kernel refused a batch operation as unknown or unsupported: from then on the
+/// per-entry calls are used without asking again.
+static BATCH_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+fn batch_unsupported(op: &str, io: &std::io::Error) {
+    BATCH_UNSUPPORTED.store(true, Ordering::Relaxed);
+    tracing::debug!(
+        op,
+        error = %io,
+        "kernel refuses BPF map batch operations (needs Linux 5.6+); using per-entry calls"
+    );
+}
+
+fn batch_err(name: &'static str, call: &'static str, io_error: std::io::Error) -> BpfError {
+    map_err(name)(MapError::SyscallError(aya::sys::SyscallError { call, io_error }))
+}
+
+/// Entries per batch system call: 4096 keys and values of `LB_CONNS` are 416 KiB of buffer.
+pub const BATCH: usize = 4096;
+
+/// `BPF_MAP_LOOKUP_BATCH` / `BPF_MAP_DELETE_BATCH` through bpf(2): aya 0.14 has no wrapper.
+mod batch {
+    use std::{
+        io,
+        os::fd::{AsFd, AsRawFd},
+    };
+
+    use aya::maps::MapData;
+    use bytemuck::{Pod, Zeroable};
+
+    use super::BATCH;
+
+    /// `enum bpf_cmd` values (include/uapi/linux/bpf.h).
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+    /// The kernel-internal ENOTSUPP a map type without batch operations answers with.
+    const ENOTSUPP: i32 = 524;
+
+    /// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h, Linux 5.6+). The
+    /// kernel reads `size_of::<BatchAttr>()` bytes and treats the rest of the union as zero.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default, Pod, Zeroable)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const _: () = assert!(std::mem::size_of::<BatchAttr>() == 56);
+
+    /// Errors that mean "this kernel or map type has no batch operations", not "it failed".
+    pub(super) fn unsupported(e: &io::Error) -> bool {
+        matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM | libc::EOPNOTSUPP | ENOTSUPP))
+    }
+
+    /// The opaque iteration cursor: a bucket index (u32) for hash maps; libbpf sizes it as a
+    /// key, and so do we (`LbFlowKey` is 40 bytes).
+    type Cursor = [u64; 8];
+
+    /// One batch call. Lookup: `keys`/`values` are filled, up to their (equal) length. Delete:
+    /// `keys` are read, `values` must be empty. Returns the elements processed, which the
+    /// kernel reports also on error (except EFAULT), with the error.
+    fn call<K: Pod, V: Pod>(
+        map: &MapData,
+        cmd: libc::c_long,
+        cursor: Option<(Option<&Cursor>, &mut Cursor)>,
+        keys: &mut [K],
+        values: &mut [V],
+    ) -> (usize, io::Result<()>) {
+        let lookup = cmd == BPF_MAP_LOOKUP_BATCH;
+        assert!(if lookup { values.len() == keys.len() } else { values.is_empty() });
+        let (in_batch, out_batch) = match cursor {
+            Some((i, o)) => (i.map_or(0, |c| c.as_ptr() as u64), o.as_mut_ptr() as u64),
+            None => (0, 0),
+        };
+        let mut attr = BatchAttr {
+            in_batch,
+            out_batch,
+            keys: keys.as_mut_ptr() as u64,
+            values: if lookup { values.as_mut_ptr() as u64 } else { 0 },
+            count: u32::try_from(keys.len()).expect("batch fits u32"),
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            ..BatchAttr::zeroed()
+        };
+        // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed. Every pointer in it
+        // comes from a live borrow that outlives the call: the kernel writes (lookup) or reads
+        // (delete) at most `count` = `keys.len()` keys of the map's key size and, for lookup,
+        // as many values of its value size — the sizes of `K` and `V`, which aya checked when
+        // it typed the map — plus at most a cursor (4 bytes for hash maps) into `out_batch`.
+        // `K`, `V` and the cursor are Pod, so any bytes the kernel writes are valid values.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>() as libc::c_uint,
+            )
+        };
+        let res = if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) };
+        (attr.count as usize, res)
+    }
+
+    /// Every element of a hash (or LRU hash) map, [`BATCH`] per call.
+    pub(super) fn lookup_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
+        let mut out = Vec::new();
+        let mut chunk = BATCH;
+        let mut keys = vec![K::zeroed(); chunk];
+        let mut values = vec![V::zeroed(); chunk];
+        let (mut cursor, mut next) = (Cursor::zeroed(), Cursor::zeroed());
+        let mut first = true;
+        loop {
+            let in_batch = if first { None } else { Some(&cursor) };
+            let (n, res) = call(
+                map,
+                BPF_MAP_LOOKUP_BATCH,
+                Some((in_batch, &mut next)),
+                &mut keys,
+                &mut values,
+            );
+            let n = n.min(chunk);
+            match res {
+                Ok(()) => {}
+                // The end: the elements of this last call are valid.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+                    return Ok(out);
+                }
+                // One hash bucket holds more elements than the buffer: grow it and ask
+                // again from the same point (nothing was returned).
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && chunk < 1 << 20 => {
+                    chunk *= 2;
+                    keys.resize(chunk, K::zeroed());
+                    values.resize(chunk, V::zeroed());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+            cursor = next;
+            first = false;
+        }
+    }
+
+    /// Deletes `keys`, [`BATCH`] per call; keys already gone are skipped (the kernel stops
+    /// at the first missing key and reports how many it deleted before it).
+    pub(super) fn delete_all<K: Pod>(map: &MapData, keys: &[K]) -> io::Result<()> {
+        let mut buf: Vec<K> = Vec::with_capacity(BATCH.min(keys.len()));
+        let mut rest = keys;
+        while !rest.is_empty() {
+            let take = rest.len().min(BATCH);
+            buf.clear();
+            buf.extend_from_slice(&rest[..take]);
+            let (n, res) = call::<K, u8>(map, BPF_MAP_DELETE_BATCH, None, &mut buf, &mut []);
+            match res {
+                Ok(()) => rest = &rest[take..],
+                // keys[n] was not there (expired or evicted meanwhile): skip it.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    rest = &rest[(n + 1).min(take)..]
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
 /// Forgets every connection and persistence template (tests; a full resync).
 pub fn flush_flows(bpf: &mut Bpf) -> Result<(), BpfError> {
     let keys: Vec<LbFlowKey> = flows(bpf)?.into_iter().map(|(k, _)| k).collect();
-    for k in keys {
-        remove_flow(bpf, &k)?;
-    }
+    remove_flows(bpf, &keys)?;
     let e = map_err(LB_PERSIST);
     let mut m: HashMap<_, ha_lb_common::lb::LbPersistKey, ha_lb_common::lb::LbPersist> =
         HashMap::try_from(bpf.map_mut(LB_PERSIST)?).map_err(&e)?;
     let keys: Vec<_> = m.keys().filter_map(Result::ok).collect();
     for k in keys {
         match m.remove(&k) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(x) => return Err(e(x)),
+            Err(x) if !not_there(&x) => return Err(e(x)),
+            _ => {}
         }
     }
     Ok(())
@@ -326,8 +552,8 @@ pub fn set_interface_mac(
     match value {
         Some(v) => m.insert(ifindex, v, 0).map_err(e),
         None => match m.remove(&ifindex) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(x) => Err(e(x)),
+            Err(x) if !not_there(&x) => Err(e(x)),
+            _ => Ok(()),
         },
     }
 }

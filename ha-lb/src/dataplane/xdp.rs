@@ -699,6 +699,8 @@ impl XdpDataplane {
         let flows = maps::flows(&self.bpf).map_err(backend)?;
         let by_key: HashMap<_, _> = flows.iter().cloned().collect();
         let mut expired = 0;
+        // Deleted together after the walk (batch deletion where the kernel has it).
+        let mut remove = Vec::new();
         for (k, f) in &flows {
             let idle = now_ns.saturating_sub(f.last_seen_ns);
             if f.flags & LB_FLOW_F_REPLY != 0 {
@@ -716,14 +718,14 @@ impl XdpDataplane {
                     .get(&fwd)
                     .is_some_and(|ff| ff.real_id == f.real_id && ff.real_gen == f.real_gen);
                 if !owned && idle > timeout(k.proto, f.flags) {
-                    maps::remove_flow(&mut self.bpf, k).map_err(backend)?;
+                    remove.push(*k);
                 }
                 continue;
             }
             if idle <= timeout(k.proto, f.flags) {
                 continue;
             }
-            maps::remove_flow(&mut self.bpf, k).map_err(backend)?;
+            remove.push(*k);
             let reply = ha_lb_common::lb::LbFlowKey {
                 src: f.addr,
                 dst: k.src,
@@ -734,10 +736,11 @@ impl XdpDataplane {
                 _pad: 0,
             };
             if by_key.get(&reply).is_some_and(|r| r.real_id == f.real_id) {
-                maps::remove_flow(&mut self.bpf, &reply).map_err(backend)?;
+                remove.push(reply);
             }
             expired += 1;
         }
+        maps::remove_flows(&mut self.bpf, &remove).map_err(backend)?;
         // Recount what is really open from the table we just walked, so counts that drifted
         // (entries the LRU evicted without a FIN, flows of removed servers never seen again,
         // an update lost to racing CPUs) are corrected at every sweep: "expired" becomes
