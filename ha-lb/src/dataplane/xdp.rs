@@ -740,7 +740,18 @@ impl XdpDataplane {
             }
             expired += 1;
         }
-        maps::remove_flows(&mut self.bpf, &remove).map_err(backend)?;
+        // The walk worked on a snapshot: an entry the data path refreshed or replaced since
+        // (a flow rescheduled under the same 5-tuple) must not go. Re-read each doomed entry
+        // and keep it unless it is still the one that expired.
+        let snapshot = |k: &ha_lb_common::lb::LbFlowKey| by_key.get(k).map(|f| f.last_seen_ns);
+        let mut still_expired = Vec::with_capacity(remove.len());
+        for k in remove {
+            match maps::flow(&self.bpf, &k).map_err(backend)? {
+                Some(now) if Some(now.last_seen_ns) != snapshot(&k) => {}
+                _ => still_expired.push(k),
+            }
+        }
+        maps::remove_flows(&mut self.bpf, &still_expired).map_err(backend)?;
         // Recount what is really open from the table we just walked, so counts that drifted
         // (entries the LRU evicted without a FIN, flows of removed servers never seen again,
         // an update lost to racing CPUs) are corrected at every sweep: "expired" becomes
