@@ -985,6 +985,7 @@ fn tun_encapsulates_in_ipip_to_the_real_server() {
         ));
         let vip = sa("198.18.100.6:80");
         let c = client(12, 7000);
+        let mut ids = Vec::new();
         for (i, flags) in [TcpFlags::SYN, TcpFlags::ACK].into_iter().enumerate() {
             let f = frame::tcp(t.client_eth(), c, vip, flags, i as u32, b"GET / HTTP/1.0\r\n\r\n");
             let before = t.counters();
@@ -1005,7 +1006,9 @@ fn tun_encapsulates_in_ipip_to_the_real_server() {
             assert_eq!(outer[8], f[22], "TTL copied from the inner header");
             assert_eq!(o[34..], f[14..], "the client's packet, unchanged");
             assert_eq!(delta(t.counters(), before), vec![(LbReason::Tun.name(), 1)]);
+            ids.push([outer[4], outer[5]]);
         }
+        assert_ne!(ids[0], ids[1], "outer IDs from the director's own sequence");
         // An ICMP error about the flow's reply (sent by the real server from the VIP), addressed
         // to the VIP: encapsulated to the real server like the flow's packets.
         let reply = frame::tcp(t.client_eth(), vip, c, TcpFlags::ACK, 1, &[0u8; 64]);

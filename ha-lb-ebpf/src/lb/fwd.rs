@@ -8,8 +8,8 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_UNREACHABLE,
     },
     helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head,
-        bpf_xdp_adjust_tail,
+        bpf_fib_lookup as fib_lookup, bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns,
+        bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
     },
     programs::XdpContext,
     EbpfContext,
@@ -18,7 +18,7 @@ use ha_lb_common::lb::{LbFlow, FAMILY_V4};
 
 use super::{
     csum,
-    maps::{scratch, LB_ICMP_TOKENS},
+    maps::{scratch, LB_ICMP_TOKENS, LB_TUN_ID},
     Pkt,
 };
 use crate::parse::{
@@ -336,8 +336,9 @@ pub fn next_hop(
 }
 
 /// LVS-TUN: encapsulates the IPv4 packet `pkt` in an outer IPv4 header from `src` to `dst`
-/// (IPIP, RFC 2003: protocol 4; TOS, TTL, ID and DF copied from the inner header, as IPVS
-/// does) and sends it toward `dst`. The route is checked for the encapsulated length: a
+/// (IPIP, RFC 2003: protocol 4; TOS, TTL and DF copied from the inner header, as IPVS does;
+/// the ID from a per-CPU counter, since the inner packet's ID was chosen for another address
+/// pair and could repeat within a reassembly window toward the real server) and sends it toward `dst`. The route is checked for the encapsulated length: a
 /// packet that no longer fits the path is `FragNeeded`.
 #[inline(always)]
 pub fn tun(
@@ -378,7 +379,7 @@ pub fn tun(
         vihl: 0x45,
         tos: inner.tos,
         tot_len: (len as u16).to_be(),
-        id: inner.id,
+        id: tun_id(),
         frag_off: inner.frag_off & IP_DF.to_be(),
         ttl: inner.ttl,
         proto: IPPROTO_IPIP,
@@ -593,5 +594,18 @@ fn icmp_allowed() -> bool {
         }
         *b = [t - 1, last];
         true
+    }
+}
+
+/// The next outer IPv4 ID for TUN on this CPU (CPUs start their sequences far apart).
+#[inline(always)]
+fn tun_id() -> u16 {
+    let Some(c) = LB_TUN_ID.get_ptr_mut(0) else { return 0 };
+    // SAFETY: per-CPU map value, this CPU only; plain helper call.
+    unsafe {
+        let n = *c;
+        *c = n.wrapping_add(1);
+        let cpu = bpf_get_smp_processor_id();
+        (n as u16).wrapping_add((cpu as u16).wrapping_mul(0x9e37)).to_be()
     }
 }

@@ -91,3 +91,7 @@ pub static LB_IF_MAC_HASH: HashMap<u32, LbIfMac> = HashMap::with_max_entries(LB_
 /// packet too big): [tokens, last refill (coarse ns)].
 #[map(name = "LB_ICMP_TOKENS")]
 pub static LB_ICMP_TOKENS: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU counter for the outer IPv4 ID of TUN packets.
+#[map(name = "LB_TUN_ID")]
+pub static LB_TUN_ID: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
