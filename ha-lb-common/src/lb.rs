@@ -108,6 +108,9 @@ pub const LB_FLOW_F_PERSIST: u32 = 4;
 pub const LB_FLOW_F_DR: u32 = 8;
 /// [`LbFlow::flags`]: forward entry of a TUN flow (fixed when the flow starts, like DR).
 pub const LB_FLOW_F_TUN: u32 = 16;
+/// [`LbFlow::flags`] bits 8..16: the service's `persist_prefix` when the flow started (its
+/// persistence template's key).
+pub const LB_FLOW_PERSIST_PREFIX_SHIFT: u32 = 8;
 
 /// [`LbConfig::flags`]: run the VRRP filter (`ha_lb_vrrp`'s checks) on the frames `ha_lb_xdp`
 /// does not forward, for interfaces that carry both VRRP and services.
@@ -136,7 +139,9 @@ pub struct LbService {
     pub lb_algo: u8,
     pub lb_kind: u8,
     pub flags: u8,
-    pub _pad: u8,
+    /// Persistence per network of this prefix length (keepalived `persistence_granularity`);
+    /// 0: per client address.
+    pub persist_prefix: u8,
 }
 
 impl LbService {

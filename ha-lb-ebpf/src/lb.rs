@@ -48,7 +48,7 @@ use aya_ebpf::{
 use ha_lb_common::lb::{
     LbFlow, LbReal, LbReason, LbService, FAMILY_V4, FAMILY_V6, LB_CFG_F_VRRP_FILTER,
     LB_FLOW_F_CLOSED, LB_FLOW_F_DR, LB_FLOW_F_PERSIST, LB_FLOW_F_REPLY, LB_FLOW_F_TUN,
-    LB_IF_MAC_DIRECT, LB_KIND_DR, LB_KIND_NAT, LB_KIND_TUN,
+    LB_FLOW_PERSIST_PREFIX_SHIFT, LB_IF_MAC_DIRECT, LB_KIND_DR, LB_KIND_NAT, LB_KIND_TUN,
 };
 
 use self::{
@@ -362,7 +362,8 @@ fn established(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> u64 {
         // SAFETY: as above; racing writers only store other timestamps.
         unsafe { (*f).last_seen_ns = now };
         if flags & LB_FLOW_F_PERSIST != 0 {
-            sched::refresh_template(svc_id, pkt, now);
+            let prefix = (flags >> LB_FLOW_PERSIST_PREFIX_SHIFT) as u8;
+            sched::refresh_template(svc_id, prefix, pkt, now);
         }
     }
     stats::traffic(svc_id, Some(real_id), pkt.len as u64, false, false);
@@ -419,7 +420,7 @@ fn new_flow(pkt: &Pkt, svc: &LbService, now: u64, closing: bool) -> u32 {
     };
     let mut flags = 0;
     if svc.persistence_timeout != 0 {
-        flags |= LB_FLOW_F_PERSIST;
+        flags |= LB_FLOW_F_PERSIST | (svc.persist_prefix as u32) << LB_FLOW_PERSIST_PREFIX_SHIFT;
     }
     if closing {
         flags |= LB_FLOW_F_CLOSED;

@@ -54,6 +54,7 @@ pub struct DesiredService {
     pub lb_algo: LbAlgo,
     pub lb_kind: LbKind,
     pub persistence_timeout: Option<Duration>,
+    pub persistence_granularity: Option<u8>,
     /// Real servers that take traffic (or drain), in configuration order.
     pub real_servers: Vec<DesiredRealServer>,
     pub quorum_up: bool,
@@ -198,6 +199,7 @@ impl Reconciler {
                 lb_algo: vs.lb_algo,
                 lb_kind: vs.lb_kind,
                 persistence_timeout: vs.persistence_timeout,
+                persistence_granularity: vs.persistence_granularity,
                 real_servers,
                 quorum_up: up,
             });
@@ -213,6 +215,7 @@ pub fn to_dataplane(desired: &[DesiredService]) -> DesiredState {
         let mut spec = ServiceSpec::new(d.lb_algo, d.lb_kind);
         spec.persistence_timeout =
             d.persistence_timeout.map(|t| t.as_secs().min(u32::MAX as u64) as u32).unwrap_or(0);
+        spec.persistence_granularity = d.persistence_granularity.unwrap_or(0);
         spec.real_servers = d
             .real_servers
             .iter()

@@ -255,6 +255,32 @@ fn persistence_keeps_a_client_on_its_real_server_within_the_timeout() {
     });
 }
 
+/// `persistence_granularity`: clients in the same network of that size share one template,
+/// so they all land where the first one did; other networks are scheduled as usual.
+#[test]
+fn persistence_granularity_keeps_a_network_together() {
+    let env = env();
+    env.run(|t| {
+        let mut d = spec(LbAlgo::Rr, &R, &[1, 1, 1]);
+        let s = d.services.get_mut(&svc()).unwrap();
+        s.persistence_timeout = 60;
+        s.persistence_granularity = 24;
+        t.apply(&d);
+        // client(i, _) is 198.18.64.0 + i: i < 256 share a /24, 256.. the next one.
+        let home = t.nat_pick(client(1, 1), sa(VIP), TcpFlags::SYN);
+        for i in 2..20 {
+            assert_eq!(t.nat_pick(client(i, 1), sa(VIP), TcpFlags::SYN), home, "same /24");
+        }
+        let mut elsewhere = BTreeSet::new();
+        for n in 1..=3 {
+            // One client from each of three other /24s: round robin goes on.
+            elsewhere.insert(t.nat_pick(client(256 * n + 7, 1), sa(VIP), TcpFlags::SYN));
+        }
+        assert_eq!(elsewhere.len(), 3, "other networks are scheduled round robin");
+        assert_eq!(t.nat_pick(client(200, 9), sa(VIP), TcpFlags::SYN), home);
+    });
+}
+
 #[test]
 fn weight_zero_drains_and_removal_reschedules() {
     let env = env();

@@ -38,7 +38,7 @@ pub fn pick(svc: &LbService, pkt: &Pkt, now: u64) -> Option<(u32, *const LbReal)
     // SAFETY: per-CPU scratch map.
     let pkey = unsafe { &raw mut (*sc).pkey };
     if persist {
-        set_persist_key(pkey, svc.id, pkt);
+        set_persist_key(pkey, svc.id, svc.persist_prefix, pkt);
         // SAFETY: as above.
         if let Some(t) = LB_PERSIST.get_ptr_mut(unsafe { &*pkey }) {
             // SAFETY: map value pointer from a successful lookup.
@@ -83,11 +83,11 @@ pub fn pick(svc: &LbService, pkt: &Pkt, now: u64) -> Option<(u32, *const LbReal)
 
 /// Restarts the persistence timer of the client of `pkt` (called while its flows are alive).
 #[inline(always)]
-pub fn refresh_template(svc_id: u32, pkt: &Pkt, now: u64) {
+pub fn refresh_template(svc_id: u32, prefix: u8, pkt: &Pkt, now: u64) {
     let Some(sc) = scratch() else { return };
     // SAFETY: per-CPU scratch map.
     let pkey = unsafe { &raw mut (*sc).pkey };
-    set_persist_key(pkey, svc_id, pkt);
+    set_persist_key(pkey, svc_id, prefix, pkt);
     // SAFETY: as above.
     if let Some(t) = LB_PERSIST.get_ptr_mut(unsafe { &*pkey }) {
         // SAFETY: map value pointer from a successful lookup.
@@ -96,15 +96,33 @@ pub fn refresh_template(svc_id: u32, pkt: &Pkt, now: u64) {
 }
 
 #[inline(always)]
-fn set_persist_key(k: *mut LbPersistKey, svc_id: u32, pkt: &Pkt) {
+fn set_persist_key(k: *mut LbPersistKey, svc_id: u32, prefix: u8, pkt: &Pkt) {
     // SAFETY: `k` points into the per-CPU scratch map.
     unsafe {
         (*k).service_id = svc_id;
         (*k).family = pkt.family;
         (*k)._pad8 = 0;
         (*k)._pad16 = 0;
-        (*k).client = pkt.src;
+        (*k).client = [
+            pkt.src[0] & prefix_mask(prefix, 0),
+            pkt.src[1] & prefix_mask(prefix, 1),
+            pkt.src[2] & prefix_mask(prefix, 2),
+            pkt.src[3] & prefix_mask(prefix, 3),
+        ];
     }
+}
+
+/// Word `w` (0..4, wire order) of the netmask of prefix length `prefix` (0: all ones, the
+/// whole address). IPv4 uses word 0 only (the others are zero in our representation).
+#[inline(always)]
+fn prefix_mask(prefix: u8, w: u32) -> u32 {
+    if prefix == 0 {
+        return u32::MAX;
+    }
+    let p = prefix as u32;
+    let bits = if p > 32 * w { (p - 32 * w).min(32) } else { 0 };
+    let host = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+    host.to_be()
 }
 
 #[inline(always)]

@@ -684,7 +684,6 @@ const KEEPALIVED_KEYWORDS: &[&str] = &[
     "omega",
     "ops",
     "persistence_engine",
-    "persistence_granularity",
     "priority_weight",
     "process_names",
     "quorum_max",

@@ -600,6 +600,9 @@ pub struct VirtualServer {
     pub lb_kind: LbKind,
     /// `None`: not persistent.
     pub persistence_timeout: Option<Duration>,
+    /// keepalived's `persistence_granularity` as a prefix length: clients in the same
+    /// network of this size share a persistence template (IPVS `-M`). `None`: per address.
+    pub persistence_granularity: Option<u8>,
     /// Minimum total weight of live real servers for the service to be up. Default 1.
     pub quorum: u32,
     /// Flap damper around `quorum`; always < quorum. Default 0.

@@ -206,6 +206,9 @@ fn virtual_server(w: &mut W, v: &VirtualServer) {
     if let Some(p) = v.persistence_timeout {
         w.kv("persistence_timeout", &p.as_secs().to_string());
     }
+    if let Some(p) = v.persistence_granularity {
+        w.kv("persistence_granularity", &toml_str(&p.to_string()));
+    }
     w.kv("quorum", &v.quorum.to_string());
     w.kv("hysteresis", &v.hysteresis.to_string());
     if let Some(s) = &v.quorum_up {

@@ -141,6 +141,7 @@ pub(crate) const VIRTUAL_SERVER_KEYS: &[&str] = &[
     "lb_algo",
     "lb_kind",
     "persistence_timeout",
+    "persistence_granularity",
     "quorum",
     "hysteresis",
     "quorum_up",
@@ -1102,6 +1103,15 @@ impl<'s> Reader<'s> {
         let persistence_timeout = self
             .int(&tb, "persistence_timeout", 1, 2_678_400)
             .map(|s| Duration::from_secs(s as u64));
+        let max_prefix = if address.is_ipv4() { 32 } else { 128 };
+        let persistence_granularity =
+            self.parsed(&tb, "persistence_granularity", |s| granularity_prefix(s, max_prefix));
+        if persistence_granularity.is_some() && persistence_timeout.is_none() {
+            if let Some(i) = tb.t.get("persistence_granularity") {
+                let pos = self.item_pos(&tb, "persistence_granularity", i);
+                self.err(pos, "persistence_granularity needs persistence_timeout");
+            }
+        }
         let quorum = self.int(&tb, "quorum", 1, 1_000_000_000).unwrap_or(1) as u32;
         let hysteresis = self.int(&tb, "hysteresis", 0, 1_000_000_000).unwrap_or(0) as u32;
         let quorum_up = self.script(&tb, "quorum_up");
@@ -1130,6 +1140,7 @@ impl<'s> Reader<'s> {
             lb_algo,
             lb_kind,
             persistence_timeout,
+            persistence_granularity,
             quorum,
             hysteresis,
             quorum_up,
@@ -1528,6 +1539,27 @@ fn levenshtein(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// keepalived's `persistence_granularity`: an IPv4 netmask (`255.255.255.0`) or a prefix length
+/// (`24`, `/64`), as a prefix length no longer than `max`.
+fn granularity_prefix(s: &str, max: u8) -> Result<u8, String> {
+    let t = s.trim().trim_start_matches('/');
+    let p = if let Ok(n) = t.parse::<u8>() {
+        n
+    } else if let Ok(m) = t.parse::<std::net::Ipv4Addr>() {
+        let m = u32::from(m);
+        if m.leading_ones() + m.trailing_zeros() != 32 {
+            return Err("is not a contiguous netmask".to_string());
+        }
+        m.leading_ones() as u8
+    } else {
+        return Err("is neither a netmask (255.255.255.0) nor a prefix length (24)".to_string());
+    };
+    if p == 0 || p > max {
+        return Err(format!("is out of range 1..={max} for this address family"));
+    }
+    Ok(p)
 }
 
 #[cfg(test)]

@@ -37,6 +37,9 @@ pub struct ServiceSpec {
     /// Client affinity in seconds (0 = off): new connections from a client IP that had one
     /// within this time go to the same real server (keepalived/IPVS semantics).
     pub persistence_timeout: u32,
+    /// Persistence per network of this prefix length (keepalived `persistence_granularity`,
+    /// IPVS `-M`); 0: per client address.
+    pub persistence_granularity: u8,
     /// `sh`/`mh` hash the client port too (IPVS `sh-port`/`mh-port`).
     pub hash_port: bool,
     /// The real servers that should receive traffic (health-checked ones only; the
@@ -50,6 +53,7 @@ impl ServiceSpec {
             lb_algo,
             lb_kind,
             persistence_timeout: 0,
+            persistence_granularity: 0,
             hash_port: false,
             real_servers: Vec::new(),
         }

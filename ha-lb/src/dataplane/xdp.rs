@@ -449,7 +449,7 @@ pub fn plan_with(
                 lb_algo: algo_code(spec.lb_algo),
                 lb_kind: kind_code(spec.lb_kind),
                 flags: if spec.hash_port { LB_SVC_F_HASH_PORT } else { 0 },
-                _pad: 0,
+                persist_prefix: spec.persistence_granularity,
             },
         ));
         ops.extend(after_switch);

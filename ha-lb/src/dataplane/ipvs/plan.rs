@@ -127,7 +127,13 @@ pub fn service_params(vs: &VirtualServerKey, spec: &ServiceSpec) -> SvcParams {
         flags,
         timeout: spec.persistence_timeout,
         // Persistence per client address (ipvsadm's default granularity).
-        netmask: if vs.address.is_ipv4() { u32::MAX } else { 128 },
+        netmask: match (vs.address.is_ipv4(), spec.persistence_granularity) {
+            (true, 0) => u32::MAX,
+            // IPv4: the netmask in network order, as ipvsadm -M sends it.
+            (true, p) => (u32::MAX << (32 - p.min(32) as u32)).to_be(),
+            (false, 0) => 128,
+            (false, p) => p.min(128) as u32,
+        },
     }
 }
 
@@ -269,6 +275,23 @@ mod tests {
 
     fn pos(ops: &[Op], f: impl Fn(&Op) -> bool) -> usize {
         ops.iter().position(f).expect("op present")
+    }
+
+    #[test]
+    fn persistence_granularity_is_the_netmask_ipvsadm_sends() {
+        let mut s = spec(LbAlgo::Rr, LbKind::Tun, &[rs("198.18.2.10", 443, 1)]);
+        s.persistence_timeout = 60;
+        s.persistence_granularity = 24;
+        let p = service_params(&vs("198.18.0.1:443"), &s);
+        // IPv4: the netmask in network order (bytes ff ff ff 00 on the wire).
+        assert_eq!(p.netmask.to_ne_bytes(), [0xff, 0xff, 0xff, 0x00]);
+        let mut s6 = spec(LbAlgo::Rr, LbKind::Nat, &[rs("fd48:4c42::10", 80, 1)]);
+        s6.persistence_timeout = 60;
+        s6.persistence_granularity = 64;
+        assert_eq!(service_params(&vs("[fd48:4c42::1]:80"), &s6).netmask, 64);
+        let d = target(&state(&[("198.18.0.1:443", s)])).unwrap();
+        let dest = d[&vs("198.18.0.1:443")].dests[&("198.18.2.10".parse().unwrap(), 443)];
+        assert_eq!(dest.fwd, IP_VS_CONN_F_TUNNEL, "TUN maps to IPVS tunnelling");
     }
 
     #[test]
