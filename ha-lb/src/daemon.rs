@@ -970,6 +970,12 @@ impl Daemon {
             });
         }
         let stats = self.dataplane.stats();
+        s.forwarding = stats
+            .reasons
+            .iter()
+            .filter(|(_, v)| *v > 0)
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
         for vs in &self.config.virtual_servers {
             let key = vs.key();
             let desired = self.desired.iter().find(|d| d.key == key);

@@ -1,5 +1,5 @@
-//! What `ha-lb status` shows: VRRP instances, virtual servers and their real servers, and the
-//! VRRP filter's counters. One serialisable model; `--json` prints it as is, the default
+//! What `ha-lb status` shows: VRRP instances, virtual servers and their real servers, the
+//! forwarding program's frames per reason, and the VRRP filter's counters. One serialisable model; `--json` prints it as is, the default
 //! rendering is a table in the spirit of `ipvsadm -Ln --stats`.
 
 use std::{collections::BTreeMap, fmt::Write as _};
@@ -21,6 +21,10 @@ pub struct Status {
     pub virtual_servers: Vec<VirtualServerStatus>,
     /// VRRP fast-path filter counters (name -> value), summed over interfaces.
     pub vrrp_filter: BTreeMap<String, u64>,
+    /// The forwarding program's frames per reason (forwarded, passed, dropped and why), the
+    /// ones seen so far (dataplane `xdp`).
+    #[serde(default)]
+    pub forwarding: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -159,6 +163,10 @@ pub fn render(s: &Status) -> String {
             }
         }
     }
+    if !s.forwarding.is_empty() {
+        let parts: Vec<String> = s.forwarding.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(o, "\nForwarding: {}", parts.join(" "));
+    }
     if !s.vrrp_filter.is_empty() {
         let parts: Vec<String> = s.vrrp_filter.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(o, "\nVRRP filter: {}", parts.join(" "));
@@ -206,6 +214,7 @@ mod tests {
                 ..Default::default()
             }],
             vrrp_filter: BTreeMap::from([("passed".into(), 7), ("bad_ttl".into(), 1)]),
+            forwarding: BTreeMap::from([("nat_in".into(), 12), ("other_host".into(), 2)]),
             ..Default::default()
         }
     }
@@ -220,6 +229,7 @@ mod tests {
         let cols: Vec<&str> = rs.split_whitespace().collect();
         assert_eq!(cols[2..7], ["Masq", "3", "up", "2", "0"], "{rs}");
         assert!(t.contains("VRRP filter: bad_ttl=1 passed=7"));
+        assert!(t.contains("Forwarding: nat_in=12 other_host=2"));
     }
 
     #[test]

@@ -111,6 +111,10 @@ fn inhibit_on_failure_drains_keeps_established_connection() {
     .unwrap();
     let st = d.status().unwrap();
     assert_eq!(rs_status(&st, &rs_key(1)).unwrap()["configured_weight"], 1);
+    // The forwarding program's reasons are in the status: the keep-alive connection's
+    // packets went in and out through NAT.
+    assert!(st["forwarding"]["nat_in"].as_u64().unwrap_or(0) > 0, "{}", st["forwarding"]);
+    assert!(st["forwarding"]["nat_out"].as_u64().unwrap_or(0) > 0, "{}", st["forwarding"]);
     for i in 0..3 {
         assert_eq!(
             conn.get().unwrap(),
