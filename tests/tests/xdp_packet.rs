@@ -1174,3 +1174,54 @@ fn dr_answers_too_long_df_packets_with_fragmentation_needed() {
         assert!(dropped > 0 || ms > 100, "{answered} answered in {ms} ms");
     });
 }
+
+/// Connection sync (docs/conntrack-sync.md): a flow imported from another director — which
+/// scheduled it to a real server this director's scheduler would not have picked — is
+/// forwarded there by its first packet here (known-flow path), and its replies are un-NATed.
+/// Unknown services or real servers import nothing.
+#[test]
+fn imported_flows_go_to_the_real_server_the_other_director_chose() {
+    let env = env();
+    env.run(|t| {
+        let vip = sa("198.18.100.11:80");
+        t.apply(&one_service(
+            vs("198.18.100.11:80", Protocol::Tcp),
+            LbAlgo::Rr,
+            LbKind::Nat,
+            reals(&["198.18.2.10", "198.18.2.11", "198.18.2.12"], 8080, &[1, 1, 1]),
+        ));
+        let c = client(30, 9000);
+        let imported = |t: &mut Tester, real: &str, kind| {
+            t.dp.import_flow(Protocol::Tcp, kind, c, vip, sa(real), 3, maps::monotonic_ns())
+                .unwrap()
+        };
+        assert!(imported(t, "198.18.2.12:8080", LbKind::Nat));
+        // A mid-connection packet (no SYN): without the import it would be scheduled rr
+        // (198.18.2.10 first).
+        let f = frame::tcp(t.client_eth(), c, vip, TcpFlags::ACK, 5, b"more");
+        let before = t.counters();
+        let r = t.send_from_client(&f);
+        assert_eq!(r.action, XdpAction::Redirect);
+        let p = frame::check(&r.frame).unwrap();
+        assert_eq!((p.dst, p.dport), (ip("198.18.2.12"), 8080));
+        assert_eq!(delta(t.counters(), before), vec![(LbReason::NatIn.name(), 1)]);
+        let rs_eth = frame::Eth { src: rs_mac(2, 12), dst: [0; 6] };
+        let back = frame::tcp(rs_eth, sa("198.18.2.12:8080"), c, TcpFlags::ACK, 9, b"ok");
+        let r = t.send_from_servers(&back);
+        assert_eq!(r.action, XdpAction::Redirect);
+        let p = frame::check(&r.frame).unwrap();
+        assert_eq!((p.src, p.sport), (vip.ip(), 80), "un-NATed like a local flow");
+
+        assert!(!imported(t, "198.18.2.99:8080", LbKind::Nat), "unknown real server");
+        let other = t.dp.import_flow(
+            Protocol::Udp,
+            LbKind::Nat,
+            c,
+            vip,
+            sa("198.18.2.12:8080"),
+            0,
+            maps::monotonic_ns(),
+        );
+        assert!(!other.unwrap(), "unknown service");
+    });
+}

@@ -65,11 +65,12 @@ use std::{
 
 use aya::programs::xdp::XdpLinkId;
 use ha_lb_common::lb::{
-    LbBackendSet, LbConfig, LbReal, LbService, LbServiceKey, IPPROTO_TCP, IPPROTO_UDP, LB_ALGO_LC,
-    LB_ALGO_MH, LB_ALGO_RR, LB_ALGO_SH, LB_ALGO_WLC, LB_ALGO_WRR, LB_CFG_F_VRRP_FILTER,
-    LB_FLOW_F_CLOSED, LB_FLOW_F_REPLY, LB_KIND_DR, LB_KIND_NAT, LB_KIND_TUN, LB_REALS_MAX,
-    LB_REAL_F_AVAILABLE, LB_REAL_F_QUIESCED, LB_RING_CHUNK, LB_RING_CHUNKS, LB_SERVICES_MAX,
-    LB_SVC_F_HASH_PORT,
+    LbBackendSet, LbConfig, LbFlow, LbFlowKey, LbReal, LbService, LbServiceKey, IPPROTO_TCP,
+    IPPROTO_UDP, LB_ALGO_LC, LB_ALGO_MH, LB_ALGO_RR, LB_ALGO_SH, LB_ALGO_WLC, LB_ALGO_WRR,
+    LB_CFG_F_VRRP_FILTER, LB_FLOW_F_CLOSED, LB_FLOW_F_DR, LB_FLOW_F_PERSIST, LB_FLOW_F_REPLY,
+    LB_FLOW_F_TUN, LB_FLOW_PERSIST_PREFIX_SHIFT, LB_KIND_DR, LB_KIND_NAT, LB_KIND_TUN,
+    LB_REALS_MAX, LB_REAL_F_AVAILABLE, LB_REAL_F_QUIESCED, LB_RING_CHUNK, LB_RING_CHUNKS,
+    LB_SERVICES_MAX, LB_SVC_F_HASH_PORT,
 };
 use tracing::warn;
 
@@ -646,11 +647,88 @@ impl XdpDataplane {
         new.saturating_sub(closed.saturating_add(expired))
     }
 
-    /// Expires idle connections (see [`Dataplane::maintain`]) as of `now_ns` (CLOCK_MONOTONIC),
-    /// then recounts the open connections per service and real server from the table, which
-    /// corrects the active counts for connections that vanished without a FIN/RST (LRU
-    /// eviction) and resynchronises the lc/wlc load. Between sweeps, evictions make active
-    /// counts too high. Cost: one syscall per table entry (about a second per million).
+    /// Writes a flow another director scheduled (connection sync, see
+    /// docs/conntrack-sync.md): `client` -> `vip` (`protocol`) served by `real_server` with
+    /// method `kind`, idle for `idle_secs` as of `now_ns`. The forward entry (and for NAT the
+    /// reply entry) is written as the program would have written it, so the flow's next packet
+    /// here takes the known-flow path to the same real server. Returns `false`, writing
+    /// nothing, when this director has no such service or real server (ids differ between
+    /// directors: both are looked up by address).
+    #[allow(clippy::too_many_arguments)]
+    pub fn import_flow(
+        &mut self,
+        protocol: Protocol,
+        kind: LbKind,
+        client: std::net::SocketAddr,
+        vip: std::net::SocketAddr,
+        real_server: std::net::SocketAddr,
+        idle_secs: u32,
+        now_ns: u64,
+    ) -> Result<bool, DataplaneError> {
+        let key = VirtualServerKey { address: vip.ip(), port: vip.port(), protocol };
+        let Some(svc) = self.state.services.get(&key) else { return Ok(false) };
+        let Some(r) = svc.reals.get(&(real_server.ip(), real_server.port())) else {
+            return Ok(false);
+        };
+        let same_family =
+            client.is_ipv4() == vip.is_ipv4() && vip.is_ipv4() == real_server.is_ipv4();
+        if !same_family {
+            return Ok(false);
+        }
+        let proto = match protocol {
+            Protocol::Tcp => IPPROTO_TCP,
+            Protocol::Udp => IPPROTO_UDP,
+        };
+        let (c, family) = addr_words(client.ip());
+        let (v, _) = addr_words(vip.ip());
+        let (a, _) = addr_words(real_server.ip());
+        let mut flags = match kind {
+            LbKind::Nat => 0,
+            LbKind::Dr => LB_FLOW_F_DR,
+            LbKind::Tun => LB_FLOW_F_TUN,
+        };
+        if svc.spec.persistence_timeout != 0 {
+            flags |= LB_FLOW_F_PERSIST
+                | (svc.spec.persistence_granularity as u32) << LB_FLOW_PERSIST_PREFIX_SHIFT;
+        }
+        let last_seen_ns = now_ns.saturating_sub(idle_secs as u64 * 1_000_000_000);
+        let fkey = LbFlowKey {
+            src: c,
+            dst: v,
+            sport: port_be(client.port()),
+            dport: port_be(vip.port()),
+            proto,
+            family,
+            _pad: 0,
+        };
+        let forward = LbFlow {
+            real_id: r.id,
+            real_gen: r.gen,
+            service_id: svc.id,
+            flags,
+            last_seen_ns,
+            addr: a,
+            port: port_be(real_server.port()),
+            ..LbFlow::default()
+        };
+        maps::put_flow(&mut self.bpf, &fkey, &forward).map_err(backend)?;
+        if kind == LbKind::Nat {
+            let rkey = LbFlowKey {
+                src: a,
+                dst: c,
+                sport: port_be(real_server.port()),
+                dport: port_be(client.port()),
+                proto,
+                family,
+                _pad: 0,
+            };
+            let reply =
+                LbFlow { flags: LB_FLOW_F_REPLY, addr: v, port: port_be(vip.port()), ..forward };
+            maps::put_flow(&mut self.bpf, &rkey, &reply).map_err(backend)?;
+        }
+        Ok(true)
+    }
+
     /// Looks the TUN real servers' outer source addresses up again (a route that appeared or
     /// changed since they were applied) and rewrites the entries whose source changed.
     pub fn refresh_tun_sources(&mut self) -> Result<usize, DataplaneError> {
@@ -683,6 +761,12 @@ impl XdpDataplane {
         Ok(changed)
     }
 
+    /// Expires idle connections (see [`Dataplane::maintain`]) as of `now_ns` (CLOCK_MONOTONIC),
+    /// then recounts the open connections per service and real server from the table, which
+    /// corrects the active counts for connections that vanished without a FIN/RST (LRU
+    /// eviction) and resynchronises the lc/wlc load. Between sweeps, evictions make active
+    /// counts too high. Cost: the table is read in batches (about 45 ms per 100,000 entries)
+    /// and expired entries are deleted in batches after one lookup each.
     pub fn expire_connections(&mut self, now_ns: u64) -> Result<usize, DataplaneError> {
         let live = self.state.live_reals();
         let t = self.timeouts;
