@@ -13,4 +13,5 @@ pub mod health;
 pub mod reconcile;
 pub mod script;
 pub mod status;
+pub mod sync;
 pub mod vrrp;

@@ -1,0 +1,375 @@
+//! Which connections the master sends (`docs/conntrack-sync.md`, step 1). Pure: a snapshot of
+//! `LB_CONNS` (as `bpf::lb::flows` reads it) in, the [`SyncEntry`]s not sent yet out.
+//!
+//! A flow is sent once, when it first appears, and again whenever its real server changes
+//! (another `real_id` or `real_gen`: the flow was rescheduled). A key that leaves the table is
+//! forgotten, so a flow that comes back later is sent again. `last_seen` refreshes alone do
+//! not resend a flow: the backup's copy expires on its own timeout, as IPVS's does.
+//!
+//! Only forward entries are sent (a NAT reply entry is derived from its forward entry on
+//! import), and not closed ones (FIN/RST seen: a backup has no use for them).
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use ha_lb_common::lb::{
+    LbFlow, LbFlowKey, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, LB_FLOW_F_CLOSED,
+    LB_FLOW_F_DR, LB_FLOW_F_REPLY, LB_FLOW_F_TUN,
+};
+
+use super::SyncEntry;
+use crate::bpf::lb::words_addr;
+use crate::config::{LbKind, Protocol};
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// The master's memory of what it has sent: forward-entry key -> `(real_id, real_gen)`.
+#[derive(Debug, Default, Clone)]
+pub struct Exporter {
+    sent: HashMap<LbFlowKey, (u32, u32)>,
+}
+
+impl Exporter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Flows currently remembered as sent.
+    pub fn len(&self) -> usize {
+        self.sent.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sent.is_empty()
+    }
+
+    /// Forgets everything sent, so the next [`diff`](Self::diff) sends the whole table (for a
+    /// director that becomes master again, or a new peer).
+    pub fn reset(&mut self) {
+        self.sent.clear();
+    }
+
+    /// The entries of `flows` to send now, given everything sent by earlier calls; then
+    /// remembers `flows` as the table's state.
+    ///
+    /// `now_ns` is on the clock of `LbFlow::last_seen_ns` (CLOCK_MONOTONIC). `services` says
+    /// whether a forward key's destination is a local service (`Some((vip, kind))`); flows of
+    /// unknown services are skipped and not remembered, so they are sent once the service is
+    /// known. Only its presence matters: the VIP is the key's destination and the forwarding
+    /// method is the flow's own (its `LB_FLOW_F_DR` / `LB_FLOW_F_TUN` flags, fixed when the
+    /// flow started, as the data path reads them), not the service's current `lb_kind`.
+    pub fn diff(
+        &mut self,
+        flows: &[(LbFlowKey, LbFlow)],
+        now_ns: u64,
+        services: &dyn Fn(&LbFlowKey) -> Option<(SocketAddr, LbKind)>,
+    ) -> Vec<SyncEntry> {
+        let mut sent = HashMap::with_capacity(self.sent.len().max(flows.len() / 2));
+        let mut out = Vec::new();
+        for (key, flow) in flows {
+            if flow.flags & (LB_FLOW_F_REPLY | LB_FLOW_F_CLOSED) != 0 {
+                continue;
+            }
+            let Some(entry) = forward_entry(key, flow, now_ns) else { continue };
+            if services(key).is_none() {
+                continue;
+            }
+            let real = (flow.real_id, flow.real_gen);
+            // A key twice in one snapshot (the batched reader racing updates) is sent once.
+            if sent.insert(*key, real) == Some(real) {
+                continue;
+            }
+            if self.sent.get(key) != Some(&real) {
+                out.push(entry);
+            }
+        }
+        self.sent = sent;
+        out
+    }
+}
+
+/// The [`SyncEntry`] of a forward entry, or `None` for a family or protocol the data path does
+/// not track (a corrupt or foreign entry).
+pub fn forward_entry(key: &LbFlowKey, flow: &LbFlow, now_ns: u64) -> Option<SyncEntry> {
+    if key.family != FAMILY_V4 && key.family != FAMILY_V6 {
+        return None;
+    }
+    let protocol = match key.proto {
+        IPPROTO_TCP => Protocol::Tcp,
+        IPPROTO_UDP => Protocol::Udp,
+        _ => return None,
+    };
+    let lb_kind = if flow.flags & LB_FLOW_F_DR != 0 {
+        LbKind::Dr
+    } else if flow.flags & LB_FLOW_F_TUN != 0 {
+        LbKind::Tun
+    } else {
+        LbKind::Nat
+    };
+    let sock = |w: &[u32; 4], port_be: u16| {
+        SocketAddr::new(words_addr(w, key.family), u16::from_be(port_be))
+    };
+    let idle = now_ns.saturating_sub(flow.last_seen_ns) / NS_PER_SEC;
+    Some(SyncEntry {
+        protocol,
+        lb_kind,
+        client: sock(&key.src, key.sport),
+        vip: sock(&key.dst, key.dport),
+        real_server: sock(&flow.addr, flow.port),
+        idle_secs: u32::try_from(idle).unwrap_or(u32::MAX),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+
+    use ha_lb_common::lb::LB_FLOW_F_PERSIST;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::bpf::lb::{addr_words, port_be};
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    const NOW: u64 = 1_000 * NS_PER_SEC;
+
+    fn key(client: &str, vip: &str, proto: u8) -> LbFlowKey {
+        let (c, v) = (sa(client), sa(vip));
+        let (src, family) = addr_words(c.ip());
+        let (dst, _) = addr_words(v.ip());
+        LbFlowKey {
+            src,
+            dst,
+            sport: port_be(c.port()),
+            dport: port_be(v.port()),
+            proto,
+            family,
+            _pad: 0,
+        }
+    }
+
+    fn flow(real: &str, real_id: u32, flags: u32) -> LbFlow {
+        let r = sa(real);
+        LbFlow {
+            real_id,
+            real_gen: 1,
+            service_id: 0,
+            flags,
+            last_seen_ns: NOW - 2 * NS_PER_SEC,
+            addr: addr_words(r.ip()).0,
+            port: port_be(r.port()),
+            ..LbFlow::default()
+        }
+    }
+
+    /// Every destination is a service.
+    fn any_service(k: &LbFlowKey) -> Option<(SocketAddr, LbKind)> {
+        Some((SocketAddr::new(words_addr(&k.dst, k.family), u16::from_be(k.dport)), LbKind::Nat))
+    }
+
+    fn fwd() -> (LbFlowKey, LbFlow) {
+        (key("198.51.100.7:40000", "192.0.2.10:80", IPPROTO_TCP), flow("10.0.0.2:8080", 3, 0))
+    }
+
+    #[test]
+    fn forward_entry_converts_v4_and_v6() {
+        let (k, f) = fwd();
+        let e = forward_entry(&k, &f, NOW).unwrap();
+        assert_eq!(
+            e,
+            SyncEntry {
+                protocol: Protocol::Tcp,
+                lb_kind: LbKind::Nat,
+                client: sa("198.51.100.7:40000"),
+                vip: sa("192.0.2.10:80"),
+                real_server: sa("10.0.0.2:8080"),
+                idle_secs: 2,
+            }
+        );
+        let k6 = key("[2001:db8::7]:5353", "[2001:db8:1::10]:53", IPPROTO_UDP);
+        let f6 = flow("[2001:db8:2::2]:53", 4, LB_FLOW_F_DR);
+        let e6 = forward_entry(&k6, &f6, NOW).unwrap();
+        assert_eq!(e6.protocol, Protocol::Udp);
+        assert_eq!(e6.lb_kind, LbKind::Dr);
+        assert_eq!(e6.client, sa("[2001:db8::7]:5353"));
+        assert_eq!(e6.vip, sa("[2001:db8:1::10]:53"));
+        assert_eq!(e6.real_server, sa("[2001:db8:2::2]:53"));
+    }
+
+    #[test]
+    fn kind_comes_from_the_flow_flags() {
+        let (k, _) = fwd();
+        let kind = |flags| forward_entry(&k, &flow("10.0.0.2:80", 1, flags), NOW).unwrap().lb_kind;
+        assert_eq!(kind(0), LbKind::Nat);
+        assert_eq!(kind(LB_FLOW_F_PERSIST | (24 << 8)), LbKind::Nat);
+        assert_eq!(kind(LB_FLOW_F_DR), LbKind::Dr);
+        assert_eq!(kind(LB_FLOW_F_TUN), LbKind::Tun);
+        // The service's current kind does not override the flow's.
+        let mut x = Exporter::new();
+        let svc_tun = |_: &LbFlowKey| Some((sa("192.0.2.10:80"), LbKind::Tun));
+        assert_eq!(x.diff(&[fwd()], NOW, &svc_tun)[0].lb_kind, LbKind::Nat);
+    }
+
+    #[test]
+    fn idle_secs_saturates() {
+        let (k, mut f) = fwd();
+        f.last_seen_ns = NOW + 5 * NS_PER_SEC; // clock skew between reads: not negative
+        assert_eq!(forward_entry(&k, &f, NOW).unwrap().idle_secs, 0);
+        f.last_seen_ns = NOW - 2_999_999_999;
+        assert_eq!(forward_entry(&k, &f, NOW).unwrap().idle_secs, 2);
+        f.last_seen_ns = 0;
+        assert_eq!(forward_entry(&k, &f, u64::MAX).unwrap().idle_secs, u32::MAX);
+    }
+
+    #[test]
+    fn unknown_family_or_protocol_is_skipped() {
+        let (mut k, f) = fwd();
+        k.proto = 1;
+        assert_eq!(forward_entry(&k, &f, NOW), None);
+        let (mut k, f) = fwd();
+        k.family = 0;
+        assert_eq!(forward_entry(&k, &f, NOW), None);
+        assert!(Exporter::new().diff(&[(k, f)], NOW, &any_service).is_empty());
+    }
+
+    #[test]
+    fn new_flows_are_sent_once() {
+        let mut x = Exporter::new();
+        let a = fwd();
+        let b = (key("198.51.100.8:1", "192.0.2.10:80", IPPROTO_TCP), flow("10.0.0.3:8080", 4, 0));
+        assert_eq!(x.diff(&[a], NOW, &any_service).len(), 1);
+        assert!(x.diff(&[a], NOW, &any_service).is_empty());
+        let out = x.diff(&[a, b], NOW, &any_service);
+        assert_eq!(out, vec![forward_entry(&b.0, &b.1, NOW).unwrap()]);
+        // last_seen moving on alone does not resend.
+        let mut a2 = a;
+        a2.1.last_seen_ns = NOW;
+        assert!(x.diff(&[a2, b], NOW + NS_PER_SEC, &any_service).is_empty());
+        assert_eq!(x.len(), 2);
+    }
+
+    #[test]
+    fn real_server_change_is_sent_again() {
+        let mut x = Exporter::new();
+        let a = fwd();
+        x.diff(&[a], NOW, &any_service);
+        let mut moved = a;
+        moved.1 = flow("10.0.0.4:8080", 5, 0);
+        let out = x.diff(&[moved], NOW, &any_service);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].real_server, sa("10.0.0.4:8080"));
+        // Same id, new generation (the id was given to another real server).
+        let mut regen = moved;
+        regen.1.real_gen += 1;
+        assert_eq!(x.diff(&[regen], NOW, &any_service).len(), 1);
+        assert!(x.diff(&[regen], NOW, &any_service).is_empty());
+    }
+
+    #[test]
+    fn reply_and_closed_entries_are_ignored() {
+        let mut x = Exporter::new();
+        let reply = (
+            key("10.0.0.2:8080", "198.51.100.7:40000", IPPROTO_TCP),
+            flow("192.0.2.10:80", 3, LB_FLOW_F_REPLY),
+        );
+        let mut closed = fwd();
+        closed.1.flags |= LB_FLOW_F_CLOSED;
+        assert!(x.diff(&[reply, closed], NOW, &any_service).is_empty());
+        assert!(x.is_empty());
+        // A sent flow that closes is forgotten; should it open again it is sent again.
+        let open = fwd();
+        assert_eq!(x.diff(&[open], NOW, &any_service).len(), 1);
+        assert!(x.diff(&[closed], NOW, &any_service).is_empty());
+        assert!(x.is_empty());
+        assert_eq!(x.diff(&[open], NOW, &any_service).len(), 1);
+    }
+
+    #[test]
+    fn removed_keys_are_forgotten() {
+        let mut x = Exporter::new();
+        let a = fwd();
+        x.diff(&[a], NOW, &any_service);
+        assert!(x.diff(&[], NOW, &any_service).is_empty());
+        assert!(x.is_empty());
+        assert_eq!(x.diff(&[a], NOW, &any_service).len(), 1);
+        x.reset();
+        assert_eq!(x.diff(&[a], NOW, &any_service).len(), 1);
+    }
+
+    #[test]
+    fn unknown_service_is_skipped_until_known() {
+        let mut x = Exporter::new();
+        let none = |_: &LbFlowKey| None;
+        assert!(x.diff(&[fwd()], NOW, &none).is_empty());
+        assert!(x.is_empty());
+        assert_eq!(x.diff(&[fwd()], NOW, &any_service).len(), 1);
+    }
+
+    #[test]
+    fn duplicate_key_in_one_snapshot_is_sent_once() {
+        let mut x = Exporter::new();
+        assert_eq!(x.diff(&[fwd(), fwd()], NOW, &any_service).len(), 1);
+    }
+
+    fn arb_table() -> impl Strategy<Value = Vec<(LbFlowKey, LbFlow)>> {
+        // Few clients and reals so that successive tables overlap.
+        proptest::collection::vec((0u8..12, 0u32..3, 0u32..2, 0u32..4, any::<bool>()), 0..20)
+            .prop_map(|rows| {
+                let mut seen = HashSet::new();
+                rows.into_iter()
+                    .filter(|r| seen.insert(r.0))
+                    .map(|(c, real_id, real_gen, fl, v6)| {
+                        let (client, vip, real) = if v6 {
+                            (
+                                format!("[2001:db8::{c}]:1000"),
+                                "[2001:db8::ff]:80",
+                                format!("[fd00::{real_id}]:80"),
+                            )
+                        } else {
+                            (
+                                format!("198.51.100.{c}:1000"),
+                                "192.0.2.1:80",
+                                format!("10.0.0.{real_id}:80"),
+                            )
+                        };
+                        let flags =
+                            [0, LB_FLOW_F_REPLY, LB_FLOW_F_CLOSED, LB_FLOW_F_DR][fl as usize];
+                        let mut f = flow(&real, real_id, flags);
+                        f.real_gen = real_gen;
+                        (key(&client, vip, IPPROTO_TCP), f)
+                    })
+                    .collect()
+            })
+    }
+
+    proptest! {
+        /// Over any sequence of tables, each diff sends exactly the live forward entries whose
+        /// real server differs from the previous table's (or that it did not have).
+        #[test]
+        fn diff_matches_model(tables in proptest::collection::vec(arb_table(), 1..6)) {
+            let live = |t: &[(LbFlowKey, LbFlow)]| -> HashMap<LbFlowKey, (u32, u32)> {
+                t.iter()
+                    .filter(|(_, f)| f.flags & (LB_FLOW_F_REPLY | LB_FLOW_F_CLOSED) == 0)
+                    .map(|(k, f)| (*k, (f.real_id, f.real_gen)))
+                    .collect()
+            };
+            let mut x = Exporter::new();
+            let mut prev = HashMap::new();
+            for t in &tables {
+                let cur = live(t);
+                let want: HashSet<SyncEntry> = t
+                    .iter()
+                    .filter(|(k, _)| cur.contains_key(k) && prev.get(k) != cur.get(k))
+                    .map(|(k, f)| forward_entry(k, f, NOW).unwrap())
+                    .collect();
+                let got = x.diff(t, NOW, &any_service);
+                prop_assert_eq!(got.len(), want.len());
+                prop_assert_eq!(got.into_iter().collect::<HashSet<_>>(), want);
+                prop_assert_eq!(x.len(), cur.len());
+                prev = cur;
+            }
+        }
+    }
+}

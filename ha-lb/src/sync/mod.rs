@@ -1,0 +1,45 @@
+//! Connection synchronisation between directors (`docs/conntrack-sync.md`).
+//!
+//! Built so far: the pure halves — [`export`] (step 1: which forward entries of `LB_CONNS` the
+//! master has not sent yet) and [`wire`] (step 2: the datagram codec). The transport, the
+//! import into the backup's maps and the configuration (steps 3–5) are not built yet.
+//!
+//! A [`SyncEntry`] carries what a director needs to recreate a flow whose ids it does not
+//! share: the import maps `(VIP, port, protocol)` to its own service and `(real addr, port)`
+//! to its own real id and generation.
+
+pub mod export;
+pub mod wire;
+
+use std::net::SocketAddr;
+
+use crate::config::{LbKind, Protocol};
+
+pub use export::Exporter;
+pub use wire::{decode, encode, SyncDecodeError, MAX_DATAGRAM};
+
+/// One synchronised connection (a forward entry of `LB_CONNS`, in director-independent terms).
+///
+/// `client`, `vip` and `real_server` are of one address family: [`wire::decode`] cannot produce
+/// anything else (the family is one byte per entry), and [`wire::encode`] skips entries that
+/// mix families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SyncEntry {
+    pub protocol: Protocol,
+    /// The flow's forwarding method, fixed when it started (`LB_FLOW_F_DR` / `LB_FLOW_F_TUN`).
+    pub lb_kind: LbKind,
+    pub client: SocketAddr,
+    pub vip: SocketAddr,
+    pub real_server: SocketAddr,
+    /// Seconds since the flow's last packet on the sending director (the importer sets
+    /// `last_seen` = now − idle, so the flow expires on the backup when it would have here).
+    pub idle_secs: u32,
+}
+
+impl SyncEntry {
+    /// Whether client, VIP and real server are all IPv4 or all IPv6.
+    pub fn same_family(&self) -> bool {
+        self.client.is_ipv4() == self.vip.is_ipv4()
+            && self.vip.is_ipv4() == self.real_server.is_ipv4()
+    }
+}

@@ -1,0 +1,512 @@
+//! Connection-sync datagram codec (`docs/conntrack-sync.md`, step 2). Pure: entries in, bytes
+//! out, and back; every malformed datagram is a typed [`SyncDecodeError`], never a panic.
+//!
+//! One UDP payload of at most [`MAX_DATAGRAM`] bytes. All integers are big-endian.
+//!
+//! ```text
+//! header (8 bytes)
+//!   0..4   magic      "HLBS"
+//!   4      version    1
+//!   5      sync id    keepalived's lvs_sync_daemon `id` (default: the instance's VRID)
+//!   6..8   count      number of entries that follow
+//! entry (26 bytes for IPv4, 62 for IPv6), `count` times, nothing after the last
+//!   0      family     4 (IPv4) or 6 (IPv6): the family of all three addresses
+//!   1      protocol   6 (TCP) or 17 (UDP)
+//!   2      lb_kind    0 NAT, 1 DR, 2 TUN
+//!   3      reserved   sent as 0, ignored on receipt
+//!   4..    client     address (4 or 16 bytes), port (2)
+//!          VIP        address (4 or 16 bytes), port (2)
+//!          real       address (4 or 16 bytes), port (2)
+//!          idle secs  u32: seconds since the flow's last packet on the sender
+//! ```
+//!
+//! An entry's three addresses share its one family byte, so a decoded [`SyncEntry`] never
+//! mixes families; [`encode`] skips entries that do (the wire cannot carry them).
+//!
+//! The receiver does not require the datagram to be ≤ [`MAX_DATAGRAM`] bytes; it requires
+//! `count` entries exactly filling it.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use ha_lb_common::lb::{IPPROTO_TCP, IPPROTO_UDP, LB_KIND_DR, LB_KIND_NAT, LB_KIND_TUN};
+
+use super::SyncEntry;
+use crate::config::{LbKind, Protocol};
+
+/// `"HLBS"`: ha-lb sync.
+pub const MAGIC: [u8; 4] = *b"HLBS";
+/// The only version this codec speaks.
+pub const VERSION: u8 = 1;
+/// Largest datagram [`encode`] produces (fits a 1500-byte MTU under IPv6 + UDP headers, and
+/// leaves room for tunnels).
+pub const MAX_DATAGRAM: usize = 1400;
+/// Header length: magic, version, sync id, count.
+pub const HEADER_LEN: usize = 8;
+/// Wire `family` byte of an IPv4 entry.
+pub const FAMILY_V4: u8 = 4;
+/// Wire `family` byte of an IPv6 entry.
+pub const FAMILY_V6: u8 = 6;
+/// Encoded length of an IPv4 entry.
+pub const ENTRY_LEN_V4: usize = entry_len(4);
+/// Encoded length of an IPv6 entry.
+pub const ENTRY_LEN_V6: usize = entry_len(16);
+
+const fn entry_len(addr_len: usize) -> usize {
+    4 + 3 * (addr_len + 2) + 4
+}
+
+/// Why a received datagram was rejected. `index` is the 0-based entry the error is in.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SyncDecodeError {
+    #[error("truncated: {len} bytes, the header needs {HEADER_LEN}")]
+    Truncated { len: usize },
+    #[error("bad magic {0:02x?} (want \"HLBS\")")]
+    BadMagic([u8; 4]),
+    #[error("unknown sync version {0} (want 1)")]
+    BadVersion(u8),
+    #[error("count {count} but the datagram ends inside entry {index}")]
+    CountMismatch { count: u16, index: u16 },
+    #[error("{extra} bytes after the {count} entries")]
+    TrailingBytes { count: u16, extra: usize },
+    #[error("entry {index}: bad address family {family} (want 4 or 6)")]
+    BadFamily { index: u16, family: u8 },
+    #[error("entry {index}: bad protocol {protocol} (want 6 or 17)")]
+    BadProtocol { index: u16, protocol: u8 },
+    #[error("entry {index}: bad lb_kind {kind} (want 0 NAT, 1 DR or 2 TUN)")]
+    BadLbKind { index: u16, kind: u8 },
+}
+
+impl SyncDecodeError {
+    /// Short stable name for counters and logs.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            SyncDecodeError::Truncated { .. } => "truncated",
+            SyncDecodeError::BadMagic(_) => "bad_magic",
+            SyncDecodeError::BadVersion(_) => "bad_version",
+            SyncDecodeError::CountMismatch { .. } => "count_mismatch",
+            SyncDecodeError::TrailingBytes { .. } => "trailing_bytes",
+            SyncDecodeError::BadFamily { .. } => "bad_family",
+            SyncDecodeError::BadProtocol { .. } => "bad_protocol",
+            SyncDecodeError::BadLbKind { .. } => "bad_lb_kind",
+        }
+    }
+}
+
+/// The encoded length of `e`, or `None` if it mixes address families.
+pub fn encoded_len(e: &SyncEntry) -> Option<usize> {
+    if !e.same_family() {
+        return None;
+    }
+    Some(if e.client.is_ipv4() { ENTRY_LEN_V4 } else { ENTRY_LEN_V6 })
+}
+
+const fn protocol_code(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => IPPROTO_TCP,
+        Protocol::Udp => IPPROTO_UDP,
+    }
+}
+
+const fn kind_code(k: LbKind) -> u8 {
+    match k {
+        LbKind::Nat => LB_KIND_NAT,
+        LbKind::Dr => LB_KIND_DR,
+        LbKind::Tun => LB_KIND_TUN,
+    }
+}
+
+fn put_addr(out: &mut Vec<u8>, a: SocketAddr) {
+    match a.ip() {
+        IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => out.extend_from_slice(&v6.octets()),
+    }
+    out.extend_from_slice(&a.port().to_be_bytes());
+}
+
+fn header(sync_id: u8) -> Vec<u8> {
+    let mut d = Vec::with_capacity(MAX_DATAGRAM);
+    d.extend_from_slice(&MAGIC);
+    d.push(VERSION);
+    d.push(sync_id);
+    d.extend_from_slice(&[0, 0]);
+    d
+}
+
+fn finish(mut d: Vec<u8>, count: u16, out: &mut Vec<Vec<u8>>) {
+    d[6..8].copy_from_slice(&count.to_be_bytes());
+    out.push(d);
+}
+
+/// Encodes `entries` into as few datagrams of at most [`MAX_DATAGRAM`] bytes as their order
+/// allows (each datagram is filled before the next is started). No entries, no datagrams.
+/// Entries that mix address families cannot be carried and are skipped.
+pub fn encode(sync_id: u8, entries: &[SyncEntry]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut cur: Option<(Vec<u8>, u16)> = None;
+    for e in entries {
+        let Some(len) = encoded_len(e) else { continue };
+        if let Some((d, n)) = cur.take() {
+            if d.len() + len <= MAX_DATAGRAM {
+                cur = Some((d, n));
+            } else {
+                finish(d, n, &mut out);
+            }
+        }
+        let (d, n) = cur.get_or_insert_with(|| (header(sync_id), 0));
+        d.push(if e.client.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 });
+        d.push(protocol_code(e.protocol));
+        d.push(kind_code(e.lb_kind));
+        d.push(0);
+        put_addr(d, e.client);
+        put_addr(d, e.vip);
+        put_addr(d, e.real_server);
+        d.extend_from_slice(&e.idle_secs.to_be_bytes());
+        *n += 1;
+    }
+    if let Some((d, n)) = cur {
+        finish(d, n, &mut out);
+    }
+    out
+}
+
+fn get_addr(b: &[u8], v6: bool) -> SocketAddr {
+    let (ip, rest) = if v6 {
+        let mut o = [0u8; 16];
+        o.copy_from_slice(&b[..16]);
+        (IpAddr::V6(Ipv6Addr::from(o)), &b[16..])
+    } else {
+        (IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])), &b[4..])
+    };
+    SocketAddr::new(ip, u16::from_be_bytes([rest[0], rest[1]]))
+}
+
+/// Decodes one datagram into its sync id and entries.
+pub fn decode(buf: &[u8]) -> Result<(u8, Vec<SyncEntry>), SyncDecodeError> {
+    if buf.len() < HEADER_LEN {
+        return Err(SyncDecodeError::Truncated { len: buf.len() });
+    }
+    let magic = [buf[0], buf[1], buf[2], buf[3]];
+    if magic != MAGIC {
+        return Err(SyncDecodeError::BadMagic(magic));
+    }
+    if buf[4] != VERSION {
+        return Err(SyncDecodeError::BadVersion(buf[4]));
+    }
+    let sync_id = buf[5];
+    let count = u16::from_be_bytes([buf[6], buf[7]]);
+    let mut rest = &buf[HEADER_LEN..];
+    // Each entry takes at least ENTRY_LEN_V4 bytes: never reserve more than the buffer holds.
+    let mut entries = Vec::with_capacity((count as usize).min(rest.len() / ENTRY_LEN_V4));
+    for index in 0..count {
+        let Some(&family) = rest.first() else {
+            return Err(SyncDecodeError::CountMismatch { count, index });
+        };
+        let (v6, len) = match family {
+            FAMILY_V4 => (false, ENTRY_LEN_V4),
+            FAMILY_V6 => (true, ENTRY_LEN_V6),
+            _ => return Err(SyncDecodeError::BadFamily { index, family }),
+        };
+        if rest.len() < len {
+            return Err(SyncDecodeError::CountMismatch { count, index });
+        }
+        let (e, tail) = rest.split_at(len);
+        rest = tail;
+        let protocol = match e[1] {
+            IPPROTO_TCP => Protocol::Tcp,
+            IPPROTO_UDP => Protocol::Udp,
+            protocol => return Err(SyncDecodeError::BadProtocol { index, protocol }),
+        };
+        let lb_kind = match e[2] {
+            LB_KIND_NAT => LbKind::Nat,
+            LB_KIND_DR => LbKind::Dr,
+            LB_KIND_TUN => LbKind::Tun,
+            kind => return Err(SyncDecodeError::BadLbKind { index, kind }),
+        };
+        let a = if v6 { 18 } else { 6 };
+        let client = get_addr(&e[4..], v6);
+        let vip = get_addr(&e[4 + a..], v6);
+        let real_server = get_addr(&e[4 + 2 * a..], v6);
+        let i = 4 + 3 * a;
+        let idle_secs = u32::from_be_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
+        entries.push(SyncEntry { protocol, lb_kind, client, vip, real_server, idle_secs });
+    }
+    if !rest.is_empty() {
+        return Err(SyncDecodeError::TrailingBytes { count, extra: rest.len() });
+    }
+    Ok((sync_id, entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn v4_entry() -> SyncEntry {
+        SyncEntry {
+            protocol: Protocol::Tcp,
+            lb_kind: LbKind::Nat,
+            client: sa("198.51.100.7:40000"),
+            vip: sa("192.0.2.10:80"),
+            real_server: sa("10.0.0.2:8080"),
+            idle_secs: 3,
+        }
+    }
+
+    fn v6_entry() -> SyncEntry {
+        SyncEntry {
+            protocol: Protocol::Udp,
+            lb_kind: LbKind::Dr,
+            client: sa("[2001:db8::7]:5353"),
+            vip: sa("[2001:db8:1::10]:53"),
+            real_server: sa("[2001:db8:2::2]:53"),
+            idle_secs: 70_000,
+        }
+    }
+
+    /// A datagram of one IPv4 and one IPv6 entry (sync id 51).
+    fn sample() -> Vec<u8> {
+        let d = encode(51, &[v4_entry(), v6_entry()]);
+        assert_eq!(d.len(), 1);
+        d.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn hand_checked_v4_vector() {
+        let d = encode(51, &[v4_entry()]);
+        #[rustfmt::skip]
+        let want: Vec<u8> = vec![
+            b'H', b'L', b'B', b'S', 1, 51, 0, 1,
+            4, 6, 0, 0,
+            198, 51, 100, 7, 0x9c, 0x40,
+            192, 0, 2, 10, 0, 80,
+            10, 0, 0, 2, 0x1f, 0x90,
+            0, 0, 0, 3,
+        ];
+        assert_eq!(d, vec![want]);
+        assert_eq!(ENTRY_LEN_V4, 26);
+        assert_eq!(ENTRY_LEN_V6, 62);
+    }
+
+    #[test]
+    fn round_trip_v4_and_v6() {
+        let (id, entries) = decode(&sample()).unwrap();
+        assert_eq!(id, 51);
+        assert_eq!(entries, vec![v4_entry(), v6_entry()]);
+    }
+
+    #[test]
+    fn empty_input_no_datagram_but_empty_datagram_decodes() {
+        assert!(encode(1, &[]).is_empty());
+        assert_eq!(decode(b"HLBS\x01\x07\x00\x00"), Ok((7, vec![])));
+    }
+
+    #[test]
+    fn many_entries_span_datagrams() {
+        let per_v4 = (MAX_DATAGRAM - HEADER_LEN) / ENTRY_LEN_V4;
+        let per_v6 = (MAX_DATAGRAM - HEADER_LEN) / ENTRY_LEN_V6;
+        for (e, per) in [(v4_entry(), per_v4), (v6_entry(), per_v6)] {
+            let entries: Vec<SyncEntry> =
+                (0..500u32).map(|i| SyncEntry { idle_secs: i, ..e }).collect();
+            let ds = encode(9, &entries);
+            assert_eq!(ds.len(), 500usize.div_ceil(per));
+            let mut back = Vec::new();
+            for d in &ds {
+                assert!(d.len() <= MAX_DATAGRAM);
+                let (id, es) = decode(d).unwrap();
+                assert_eq!(id, 9);
+                back.extend(es);
+            }
+            assert_eq!(back, entries);
+        }
+    }
+
+    #[test]
+    fn mixed_family_entries_are_skipped() {
+        let mixed = SyncEntry { real_server: sa("[2001:db8::2]:80"), ..v4_entry() };
+        assert!(!mixed.same_family());
+        assert!(encode(1, &[mixed]).is_empty());
+        let ds = encode(1, &[mixed, v4_entry(), mixed]);
+        assert_eq!(ds.len(), 1);
+        assert_eq!(decode(&ds[0]).unwrap().1, vec![v4_entry()]);
+    }
+
+    #[test]
+    fn header_field_errors() {
+        let good = sample();
+        for i in 0..4 {
+            let mut d = good.clone();
+            d[i] ^= 0x20;
+            let mut m = MAGIC;
+            m[i] ^= 0x20;
+            assert_eq!(decode(&d), Err(SyncDecodeError::BadMagic(m)), "magic byte {i}");
+        }
+        for v in [0u8, 2, 255] {
+            let mut d = good.clone();
+            d[4] = v;
+            assert_eq!(decode(&d), Err(SyncDecodeError::BadVersion(v)));
+        }
+        // The sync id is opaque to the codec.
+        let mut d = good.clone();
+        d[5] = 200;
+        assert_eq!(decode(&d).unwrap().0, 200);
+        // Count too high: the datagram ends where entry 2 would start.
+        let mut d = good.clone();
+        d[7] = 3;
+        assert_eq!(decode(&d), Err(SyncDecodeError::CountMismatch { count: 3, index: 2 }));
+        let mut d = good.clone();
+        d[6] = 1;
+        assert_eq!(decode(&d), Err(SyncDecodeError::CountMismatch { count: 258, index: 2 }));
+        // Count too low: the second entry is left over.
+        let mut d = good.clone();
+        d[7] = 1;
+        assert_eq!(
+            decode(&d),
+            Err(SyncDecodeError::TrailingBytes { count: 1, extra: ENTRY_LEN_V6 })
+        );
+        let mut d = good.clone();
+        d.push(0);
+        assert_eq!(decode(&d), Err(SyncDecodeError::TrailingBytes { count: 2, extra: 1 }));
+    }
+
+    #[test]
+    fn entry_field_errors() {
+        let good = sample();
+        let second = HEADER_LEN + ENTRY_LEN_V4;
+        for (at, index) in [(HEADER_LEN, 0u16), (second, 1)] {
+            for family in [0u8, 5, 41, 255] {
+                let mut d = good.clone();
+                d[at] = family;
+                assert_eq!(decode(&d), Err(SyncDecodeError::BadFamily { index, family }));
+            }
+            for protocol in [0u8, 1, 58, 132] {
+                let mut d = good.clone();
+                d[at + 1] = protocol;
+                assert_eq!(decode(&d), Err(SyncDecodeError::BadProtocol { index, protocol }));
+            }
+            for kind in [3u8, 4, 255] {
+                let mut d = good.clone();
+                d[at + 2] = kind;
+                assert_eq!(decode(&d), Err(SyncDecodeError::BadLbKind { index, kind }));
+            }
+            // The reserved byte is ignored.
+            let mut d = good.clone();
+            d[at + 3] = 0xff;
+            assert_eq!(decode(&d), decode(&good));
+        }
+        // An IPv4 entry relabelled IPv6 claims more bytes than are there.
+        let mut d = encode(1, &[v4_entry()]).remove(0);
+        d[HEADER_LEN] = FAMILY_V6;
+        assert_eq!(decode(&d), Err(SyncDecodeError::CountMismatch { count: 1, index: 0 }));
+        // An IPv6 entry relabelled IPv4 leaves bytes over.
+        let mut d = encode(1, &[v6_entry()]).remove(0);
+        d[HEADER_LEN] = FAMILY_V4;
+        assert_eq!(
+            decode(&d),
+            Err(SyncDecodeError::TrailingBytes { count: 1, extra: ENTRY_LEN_V6 - ENTRY_LEN_V4 })
+        );
+    }
+
+    #[test]
+    fn error_names_are_distinct() {
+        let all = [
+            SyncDecodeError::Truncated { len: 0 },
+            SyncDecodeError::BadMagic([0; 4]),
+            SyncDecodeError::BadVersion(0),
+            SyncDecodeError::CountMismatch { count: 0, index: 0 },
+            SyncDecodeError::TrailingBytes { count: 0, extra: 0 },
+            SyncDecodeError::BadFamily { index: 0, family: 0 },
+            SyncDecodeError::BadProtocol { index: 0, protocol: 0 },
+            SyncDecodeError::BadLbKind { index: 0, kind: 0 },
+        ];
+        let names: std::collections::HashSet<_> = all.iter().map(|e| e.name()).collect();
+        assert_eq!(names.len(), all.len());
+    }
+
+    fn arb_entry() -> impl Strategy<Value = SyncEntry> {
+        let ips = prop_oneof![
+            any::<[u32; 3]>().prop_map(|a| a.map(|x| IpAddr::V4(Ipv4Addr::from(x)))),
+            any::<[u128; 3]>().prop_map(|a| a.map(|x| IpAddr::V6(Ipv6Addr::from(x)))),
+        ];
+        (
+            ips,
+            any::<[u16; 3]>(),
+            prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)],
+            prop_oneof![Just(LbKind::Nat), Just(LbKind::Dr), Just(LbKind::Tun)],
+            any::<u32>(),
+        )
+            .prop_map(|(ip, port, protocol, lb_kind, idle_secs)| SyncEntry {
+                protocol,
+                lb_kind,
+                client: SocketAddr::new(ip[0], port[0]),
+                vip: SocketAddr::new(ip[1], port[1]),
+                real_server: SocketAddr::new(ip[2], port[2]),
+                idle_secs,
+            })
+    }
+
+    proptest! {
+        /// Any mix of IPv4 and IPv6 entries comes back in order, split into datagrams of at most
+        /// MAX_DATAGRAM bytes, each filled until the next entry would not fit.
+        #[test]
+        fn round_trip(id in any::<u8>(), entries in proptest::collection::vec(arb_entry(), 0..150)) {
+            let ds = encode(id, &entries);
+            let mut back = Vec::new();
+            for (i, d) in ds.iter().enumerate() {
+                prop_assert!(d.len() <= MAX_DATAGRAM);
+                let (got_id, es) = decode(d).unwrap();
+                prop_assert_eq!(got_id, id);
+                prop_assert!(!es.is_empty());
+                if let Some(next) = ds.get(i + 1) {
+                    let first_next = decode(next).unwrap().1[0];
+                    prop_assert!(d.len() + encoded_len(&first_next).unwrap() > MAX_DATAGRAM);
+                }
+                back.extend(es);
+            }
+            prop_assert_eq!(back, entries);
+        }
+
+        /// Every strict prefix of a valid datagram is rejected: a short header as `Truncated`,
+        /// anything longer as `CountMismatch` (count entries do not fit).
+        #[test]
+        fn every_truncation_is_an_error(id in any::<u8>(), entries in proptest::collection::vec(arb_entry(), 0..30)) {
+            let ds = encode(id, &entries);
+            let ds = if ds.is_empty() { vec![header(id)] } else { ds };
+            for d in &ds {
+                for len in 0..d.len() {
+                    match decode(&d[..len]) {
+                        Err(SyncDecodeError::Truncated { len: l }) => prop_assert!(len < HEADER_LEN && l == len),
+                        Err(SyncDecodeError::CountMismatch { .. }) => prop_assert!(len >= HEADER_LEN),
+                        other => prop_assert!(false, "prefix {} of {}: {:?}", len, d.len(), other),
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode(&bytes);
+        }
+
+        /// Random bodies behind a valid header reach the entry parser.
+        #[test]
+        fn decode_never_panics_after_valid_header(
+            count in any::<u16>(),
+            body in proptest::collection::vec(
+                prop_oneof![Just(4u8), Just(6), Just(17), Just(0), Just(1), Just(2), any::<u8>()],
+                0..400,
+            ),
+        ) {
+            let mut d = header(1);
+            d[6..8].copy_from_slice(&count.to_be_bytes());
+            d.extend(body);
+            if let Ok((_, es)) = decode(&d) {
+                prop_assert_eq!(es.len(), count as usize);
+                prop_assert!(es.iter().all(SyncEntry::same_family));
+            }
+        }
+    }
+}
