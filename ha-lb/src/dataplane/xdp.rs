@@ -729,6 +729,30 @@ impl XdpDataplane {
         Ok(true)
     }
 
+    /// [`XdpDataplane::import_flow`] for each entry received from another director; returns
+    /// how many were imported (the others name a service or real server unknown here).
+    pub fn import_flows(
+        &mut self,
+        entries: &[crate::sync::SyncEntry],
+        now_ns: u64,
+    ) -> Result<usize, DataplaneError> {
+        let mut n = 0;
+        for e in entries {
+            if self.import_flow(
+                e.protocol,
+                e.lb_kind,
+                e.client,
+                e.vip,
+                e.real_server,
+                e.idle_secs,
+                now_ns,
+            )? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Looks the TUN real servers' outer source addresses up again (a route that appeared or
     /// changed since they were applied) and rewrites the entries whose source changed.
     pub fn refresh_tun_sources(&mut self) -> Result<usize, DataplaneError> {
