@@ -239,6 +239,45 @@ pub struct Daemon {
     events_tx: mpsc::Sender<InstanceEvent>,
     track_tx: mpsc::Sender<TrackUpdate>,
     restart_tx: mpsc::Sender<String>,
+    /// Connection sync (`lvs_sync_daemon`): what has been sent, and whether the sync
+    /// instance was MASTER at the last tick (becoming MASTER sends the whole table again).
+    sync_exporter: crate::sync::Exporter,
+    sync_was_master: bool,
+    sync_counters: BTreeMap<&'static str, u64>,
+}
+
+/// IPVS's sync group and port, which keepalived's `lvs_sync_daemon` uses too.
+const SYNC_GROUP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(224, 0, 0, 81);
+const SYNC_PORT: u16 = 8848;
+
+/// The sync socket on `interface`: bound to it, joined to [`SYNC_GROUP`] there, multicast
+/// sent out of it with TTL 1 and not looped back to ourselves.
+fn sync_socket(interface: &str) -> Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol as SProto, SockAddr, Socket, Type};
+    let ifindex = bpf::ifindex_of(interface)
+        .with_context(|| format!("lvs_sync_daemon: interface {interface} not found"))?;
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(SProto::UDP))?;
+    s.set_reuse_address(true)?;
+    s.bind_device(Some(interface.as_bytes()))
+        .with_context(|| format!("lvs_sync_daemon: binding to {interface}"))?;
+    let any = std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, SYNC_PORT);
+    s.bind(&SockAddr::from(any))?;
+    s.join_multicast_v4_n(&SYNC_GROUP, &socket2::InterfaceIndexOrAddress::Index(ifindex))?;
+    // Sends leave by the bound device (SO_BINDTODEVICE sets the output interface).
+    s.set_multicast_ttl_v4(1)?;
+    s.set_multicast_loop_v4(false)?;
+    s.set_nonblocking(true)?;
+    Ok(tokio::net::UdpSocket::from_std(s.into())?)
+}
+
+async fn recv_sync(
+    sock: &Option<tokio::net::UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, std::net::SocketAddr)> {
+    match sock {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Loads `path` and runs until SIGTERM/SIGINT. Config errors are returned with every
@@ -319,6 +358,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         events_tx,
         track_tx,
         restart_tx,
+        sync_exporter: crate::sync::Exporter::new(),
+        sync_was_master: false,
+        sync_counters: BTreeMap::new(),
     };
     d.reconcile("start-up");
     d.attach_filter();
@@ -332,6 +374,17 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     d.apply_tracking().await;
     info!(config = %d.config_path.display(), instances = d.instances.len(), virtual_servers = config.virtual_servers.len(), dataplane = d.dataplane.name(), "ha-lb running");
 
+    let sync_sock = match (&d.dataplane, &config.global.lvs_sync_daemon) {
+        (Plane::Xdp(_), Some(s)) => {
+            let sock = sync_socket(&s.interface)?;
+            info!(interface = %s.interface, vrrp_instance = %s.vrrp_instance, "lvs_sync_daemon: connection sync on {SYNC_GROUP}:{SYNC_PORT}");
+            Some(sock)
+        }
+        _ => None,
+    };
+    let mut sync_tick = tokio::time::interval(Duration::from_secs(1));
+    sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sync_buf = vec![0u8; 2048];
     let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hup = signal(SignalKind::hangup())?;
@@ -362,6 +415,12 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     Ok(n) => tracing::debug!(expired = n, "idle connections expired"),
                     Err(e) => warn!(error = %e, "data-plane housekeeping failed"),
                 }
+            }
+            _ = sync_tick.tick(), if sync_sock.is_some() => {
+                if let Some(s) = &sync_sock { d.sync_send(s); }
+            }
+            r = recv_sync(&sync_sock, &mut sync_buf) => {
+                if let Ok((n, _from)) = r { d.sync_receive(&sync_buf[..n]); }
             }
             _ = hup.recv() => { let _ = d.reload().await; }
             _ = term.recv() => { info!("SIGTERM: stopping"); break; }
@@ -453,6 +512,93 @@ fn run_notify(
 }
 
 impl Daemon {
+    /// The sync id: configured, else the sync instance's VRID.
+    fn sync_id(&self, cfg: &config::LvsSyncDaemon) -> u8 {
+        cfg.id.unwrap_or_else(|| {
+            self.config.vrrp_instance(&cfg.vrrp_instance).map_or(0, |i| i.virtual_router_id)
+        })
+    }
+
+    /// Once a second while the sync instance is MASTER: sends the connections the others have
+    /// not heard of (all of them again after becoming MASTER).
+    fn sync_send(&mut self, sock: &tokio::net::UdpSocket) {
+        let Some(cfg) = self.config.global.lvs_sync_daemon.clone() else { return };
+        let master = self.inst_state.get(&cfg.vrrp_instance) == Some(&State::Master);
+        if !master {
+            self.sync_was_master = false;
+            return;
+        }
+        if !self.sync_was_master {
+            self.sync_exporter.reset();
+            self.sync_was_master = true;
+        }
+        let Plane::Xdp(x) = &self.dataplane else { return };
+        let flows = match bpf::lb::flows(x.bpf()) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "lvs_sync_daemon: reading the connection table failed");
+                return;
+            }
+        };
+        let services: BTreeMap<(std::net::IpAddr, u16, u8), config::LbKind> = self
+            .config
+            .virtual_servers
+            .iter()
+            .map(|v| {
+                let proto = match v.protocol {
+                    config::Protocol::Tcp => 6,
+                    config::Protocol::Udp => 17,
+                };
+                ((v.address, v.port, proto), v.lb_kind)
+            })
+            .collect();
+        let known = |k: &ha_lb_common::lb::LbFlowKey| {
+            let vip = bpf::lb::words_addr(&k.dst, k.family);
+            let port = u16::from_be(k.dport);
+            services
+                .get(&(vip, port, k.proto))
+                .map(|kind| (std::net::SocketAddr::new(vip, port), *kind))
+        };
+        let entries = self.sync_exporter.diff(&flows, bpf::lb::monotonic_ns(), &known);
+        let id = self.sync_id(&cfg);
+        for d in crate::sync::encode(id, &entries) {
+            match sock.try_send_to(&d, (SYNC_GROUP, SYNC_PORT).into()) {
+                Ok(_) => *self.sync_counters.entry("datagrams_sent").or_default() += 1,
+                Err(e) => {
+                    *self.sync_counters.entry("send_errors").or_default() += 1;
+                    tracing::debug!(error = %e, "lvs_sync_daemon: send failed");
+                }
+            }
+        }
+        *self.sync_counters.entry("connections_sent").or_default() += entries.len() as u64;
+    }
+
+    /// A sync datagram from another director: its connections go into the table.
+    fn sync_receive(&mut self, buf: &[u8]) {
+        let Some(cfg) = self.config.global.lvs_sync_daemon.clone() else { return };
+        let (id, entries) = match crate::sync::decode(buf) {
+            Ok(x) => x,
+            Err(e) => {
+                *self.sync_counters.entry("datagrams_rejected").or_default() += 1;
+                tracing::debug!(error = %e, "lvs_sync_daemon: bad datagram");
+                return;
+            }
+        };
+        if id != self.sync_id(&cfg) {
+            *self.sync_counters.entry("datagrams_other_id").or_default() += 1;
+            return;
+        }
+        let Plane::Xdp(x) = &mut self.dataplane else { return };
+        match x.import_flows(&entries, bpf::lb::monotonic_ns()) {
+            Ok(n) => {
+                *self.sync_counters.entry("connections_imported").or_default() += n as u64;
+                *self.sync_counters.entry("connections_unknown").or_default() +=
+                    (entries.len() - n) as u64;
+            }
+            Err(e) => warn!(error = %e, "lvs_sync_daemon: importing connections failed"),
+        }
+    }
+
     fn attach_filter(&mut self) {
         if let Plane::Xdp(x) = &mut self.dataplane {
             // Chained behind the forwarding program; only its VRID map needs filling.
@@ -970,6 +1116,7 @@ impl Daemon {
             });
         }
         let stats = self.dataplane.stats();
+        s.lvs_sync = self.sync_counters.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         s.forwarding = stats
             .reasons
             .iter()

@@ -25,6 +25,10 @@ pub struct Status {
     /// ones seen so far (dataplane `xdp`).
     #[serde(default)]
     pub forwarding: BTreeMap<String, u64>,
+    /// Connection sync (`lvs_sync_daemon`) counters: datagrams and connections sent,
+    /// imported, rejected.
+    #[serde(default)]
+    pub lvs_sync: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -166,6 +170,10 @@ pub fn render(s: &Status) -> String {
     if !s.forwarding.is_empty() {
         let parts: Vec<String> = s.forwarding.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(o, "\nForwarding: {}", parts.join(" "));
+    }
+    if !s.lvs_sync.is_empty() {
+        let parts: Vec<String> = s.lvs_sync.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(o, "\nConnection sync: {}", parts.join(" "));
     }
     if !s.vrrp_filter.is_empty() {
         let parts: Vec<String> = s.vrrp_filter.iter().map(|(k, v)| format!("{k}={v}")).collect();

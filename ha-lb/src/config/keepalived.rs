@@ -572,7 +572,6 @@ fn unsupported_hint(kw: &str) -> &'static str {
         "virtual_server_group" => "; define one virtual_server per address and port",
         "mcast_src_ip" => "; use unicast_src_ip (the source of adverts)",
         "no_preempt" => "; use nopreempt",
-        "lvs_sync_daemon" => "; connection state is not synchronised between directors",
         "smtp_alert"
         | "smtp_server"
         | "smtp_connect_timeout"
@@ -654,7 +653,6 @@ const KEEPALIVED_KEYWORDS: &[&str] = &[
     "lvs_flush_on_stop",
     "lvs_notify_fifo",
     "lvs_notify_fifo_script",
-    "lvs_sync_daemon",
     "lvs_timeouts",
     "max_auto_priority",
     "mcast_dst_ip",
@@ -1039,6 +1037,40 @@ impl Lowerer<'_> {
         self.line(l);
     }
 
+    /// `lvs_sync_daemon INTERFACE VRRP_INSTANCE [id N]` as the TOML inline table.
+    fn lvs_sync_daemon(&mut self, s: &Stmt) {
+        let mut l = Line::default();
+        l.push("lvs_sync_daemon", Some(s.kw.loc)).push(" = { ", None);
+        match s.args.as_slice() {
+            [iface, inst, rest @ ..] => {
+                l.push("interface = ", None).push(&toml_str(&iface.text), Some(iface.loc));
+                l.push(", vrrp_instance = ", None).push(&toml_str(&inst.text), Some(inst.loc));
+                match rest {
+                    [] => {}
+                    [k, v] if k.text == "id" => {
+                        l.push(", id = ", None).push(&v.text, Some(v.loc));
+                    }
+                    [k, ..] => {
+                        self.err(
+                            k.loc,
+                            format!(
+                                "lvs_sync_daemon option {:?} is not supported by ha-lb (only id N)",
+                                k.text
+                            ),
+                        );
+                        l.suppress = true;
+                    }
+                }
+            }
+            _ => {
+                self.err(s.kw.loc, "lvs_sync_daemon needs INTERFACE VRRP_INSTANCE [id N]");
+                l.suppress = true;
+            }
+        }
+        l.push(" }", None);
+        self.line(l);
+    }
+
     /// `name = "ARG"` from a block's one argument.
     fn name_arg(&mut self, s: &Stmt, what: &str) {
         let mut l = Line::default();
@@ -1109,6 +1141,10 @@ impl Lowerer<'_> {
                 if let Some((_, to)) = INSTANCE_DEFAULTS.iter().find(|(from, _)| *from == g.key()) {
                     if self.no_block(g) && self.once(&mut gblk, to, g) {
                         defaults.push((to, g.clone()));
+                    }
+                } else if g.key() == "lvs_sync_daemon" {
+                    if self.no_block(g) && self.once(&mut gblk, "lvs_sync_daemon", g) {
+                        self.lvs_sync_daemon(g);
                     }
                 } else if let Some(k) = gblk.allowed.iter().copied().find(|k| *k == g.key()) {
                     self.scalar(&mut gblk, k, g);

@@ -82,6 +82,20 @@ pub struct Global {
     pub vrrp_version: VrrpVersion,
     /// Default notify scripts: each instance inherits every hook it does not set itself.
     pub notify: Notify,
+    /// Connection sync to the other directors (keepalived `lvs_sync_daemon`).
+    pub lvs_sync_daemon: Option<LvsSyncDaemon>,
+}
+
+/// keepalived's `lvs_sync_daemon INTERFACE VRRP_INSTANCE [id N]`: while `vrrp_instance` is
+/// MASTER this director sends its new connections on `interface` (UDP multicast
+/// 224.0.0.81:8848); the others import them, so established connections survive a failover
+/// (see docs/conntrack-sync.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LvsSyncDaemon {
+    pub interface: String,
+    pub vrrp_instance: String,
+    /// Sync id carried in every datagram; `None`: the instance's `virtual_router_id`.
+    pub id: Option<u8>,
 }
 
 impl Default for Global {
@@ -93,6 +107,7 @@ impl Default for Global {
             script_user: None,
             enable_script_security: false,
             vrrp_version: VrrpVersion::V2,
+            lvs_sync_daemon: None,
             notify: Notify::default(),
         }
     }

@@ -137,6 +137,17 @@ fn global(w: &mut W, g: &Global) {
     }
     w.kv("enable_script_security", &g.enable_script_security.to_string());
     w.kv("vrrp_version", &g.vrrp_version.number().to_string());
+    if let Some(s) = &g.lvs_sync_daemon {
+        let id = s.id.map(|i| format!(", id = {i}")).unwrap_or_default();
+        w.kv(
+            "lvs_sync_daemon",
+            &format!(
+                "{{ interface = {}, vrrp_instance = {}{id} }}",
+                toml_str(&s.interface),
+                toml_str(&s.vrrp_instance)
+            ),
+        );
+    }
     notify(w, &g.notify);
 }
 

@@ -87,6 +87,7 @@ pub(crate) const GLOBAL_KEYS: &[&str] = &[
     "script_user",
     "enable_script_security",
     "vrrp_version",
+    "lvs_sync_daemon",
     "notify_master",
     "notify_backup",
     "notify_fault",
@@ -793,6 +794,27 @@ impl<'s> Reader<'s> {
             g.vrrp_version = if v == 2 { VrrpVersion::V2 } else { VrrpVersion::V3 };
         }
         g.notify = self.notify(&tb);
+        if let Some((st, spos)) = self.table(&tb, "lvs_sync_daemon") {
+            let sb = self.open(
+                st,
+                "lvs_sync_daemon",
+                spos,
+                Item::Global,
+                &["interface", "vrrp_instance", "id"],
+                false,
+            );
+            let interface = self.string(&sb, "interface").map(|(s, _)| s);
+            let vrrp_instance = self.string(&sb, "vrrp_instance").map(|(s, _)| s);
+            let id = self.int(&sb, "id", 1, 255).map(|v| v as u8);
+            for (v, k) in [(&interface, "interface"), (&vrrp_instance, "vrrp_instance")] {
+                if v.is_none() && sb.t.get(k).is_none() {
+                    self.err(spos, format!("lvs_sync_daemon is missing required key {k}"));
+                }
+            }
+            if let (Some(interface), Some(vrrp_instance)) = (interface, vrrp_instance) {
+                g.lvs_sync_daemon = Some(LvsSyncDaemon { interface, vrrp_instance, id });
+            }
+        }
         self.stack.pop();
         g
     }

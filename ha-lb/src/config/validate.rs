@@ -45,6 +45,27 @@ impl V<'_> {
                 ),
             );
         }
+        if let Some(s) = &c.global.lvs_sync_daemon {
+            let pos = self.map.key(Item::Global, "lvs_sync_daemon");
+            if c.global.dataplane != Dataplane::Xdp {
+                self.err(
+                    pos,
+                    format!(
+                        "lvs_sync_daemon synchronises the xdp data plane's connections, but dataplane is {:?}",
+                        c.global.dataplane.as_str()
+                    ),
+                );
+            }
+            if c.vrrp_instance(&s.vrrp_instance).is_none() {
+                self.err(
+                    pos,
+                    format!(
+                        "lvs_sync_daemon names vrrp_instance {:?}, which is not defined",
+                        s.vrrp_instance
+                    ),
+                );
+            }
+        }
     }
 
     /// Duplicate names of scripts, track files, instances and sync groups.

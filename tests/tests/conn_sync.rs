@@ -1,0 +1,78 @@
+//! `lvs_sync_daemon`: established connections survive a director failover. Two directors
+//! (NAT, round robin over three real servers); a dozen keep-alive connections through the
+//! master; the master is killed (`kill -9`, links down); every connection goes on through the
+//! backup, answered by the same real server as before — which, with round robin and no shared
+//! state, would not happen (the backup would schedule each as new; a mid-connection segment to
+//! another server is reset). See docs/conntrack-sync.md.
+
+mod daemon_support;
+
+use std::time::Duration;
+
+use daemon_support::*;
+use ha_lb_lab::{
+    daemon::{eventually, holds, HaLb, Scratch},
+    topology::{DirectorLab, Mode},
+};
+
+const ADVERT: f64 = 0.2;
+
+fn conf(n: u8, peer: u8, priority: u8, vs: &str) -> String {
+    director_conf(n, Some(peer), priority, ADVERT, vs).replacen(
+        "dataplane = \"xdp\"\n",
+        "dataplane = \"xdp\"\nlvs_sync_daemon = { interface = \"eth1\", vrrp_instance = \"VI_GATEWAY\" }\n",
+        1,
+    )
+}
+
+#[test]
+fn established_connections_survive_a_failover_with_lvs_sync_daemon() {
+    let mut t = DirectorLab::build(Mode::Nat, 2, 3).unwrap();
+    let _pids = t.start_real_servers().unwrap();
+    let s = Scratch::new("csync").unwrap();
+    let rss: Vec<String> = (1..=3).map(|n| real_server(n, 1, "", None)).collect();
+    let vs = virtual_server("lb_algo = \"rr\"", &rss);
+    let (n1, n2) = (t.directors[0].clone(), t.directors[1].clone());
+    let d1 = HaLb::start(&mut t.lab, &n1, &s, "d1", &conf(1, 2, 150, &vs)).unwrap();
+    wait_master_serving(&t, &d1);
+    let d2 = HaLb::start(&mut t.lab, &n2, &s, "d2", &conf(2, 1, 100, &vs)).unwrap();
+    eventually(Duration::from_secs(5), "d2 BACKUP", || {
+        d2.state("VI_GATEWAY").as_deref() == Some("BACKUP")
+    })
+    .unwrap();
+
+    let mut conns: Vec<KeepAlive> = (0..12).map(|_| KeepAlive::open(&t.client).unwrap()).collect();
+    let names: Vec<String> = conns.iter_mut().map(|c| c.get().unwrap()).collect();
+    let mut distinct = names.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "round robin spread them: {names:?}");
+    // The master sends its new connections once a second.
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let _ = n2.ip(&["neigh", "flush", "dev", "eth0"]);
+    t.lab.kill(d1.pid);
+    n1.ip(&["link", "set", "eth0", "down"]).unwrap();
+    n1.ip(&["link", "set", "eth1", "down"]).unwrap();
+    eventually(Duration::from_secs(3), "d2 holds both VIPs", || {
+        holds(&n2, "eth0", VIP_S) && holds(&n2, "eth1", GW_S)
+    })
+    .unwrap();
+
+    for (i, (c, before)) in conns.iter_mut().zip(&names).enumerate() {
+        // The first request after the takeover may need TCP's retransmission.
+        let mut got = c.get();
+        for _ in 0..3 {
+            if got.is_ok() {
+                break;
+            }
+            got = c.get();
+        }
+        assert_eq!(
+            got.as_deref().ok(),
+            Some(before.as_str()),
+            "connection {i} (was on {before}) after the failover: {got:?}\n{}",
+            d2.log_text()
+        );
+    }
+}
