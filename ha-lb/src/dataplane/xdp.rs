@@ -56,7 +56,8 @@
 //!   address (this host's route source toward the real server) is looked up when applied and
 //!   again by `maintain()`, which rewrites it when the route changed.
 //! - All state lives in the loaded object: a restarted daemon starts with an empty connection
-//!   table (sh/mh keep most clients on the same servers; rr/wrr/lc/wlc do not).
+//!   table (sh/mh keep most clients on the same servers; rr/wrr/lc/wlc do not), unless
+//!   `lvs_sync_daemon` refills it from the other director ([`XdpDataplane::import_flows`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
