@@ -763,61 +763,6 @@ impl Bench {
         Ok(run)
     }
 
-    /// UDP from sockets in the client: sendmmsg batches over `FLOWS.min(64)` connected
-    /// sockets (distinct source ports) for `dur`. Returns datagrams sent.
-    fn send_skbs(&self, src: Ipv4Addr, dst: Ipv4Addr, dur: Duration) -> Result<u64> {
-        let cpu = self.topo.other_cpu;
-        self.topo.client.run(move || -> Result<u64> {
-            // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
-            pin_task(tid, cpu)?;
-            let mut socks = Vec::new();
-            for i in 0..64u16 {
-                let s = std::net::UdpSocket::bind(SocketAddrV4::new(src, FIRST_SPORT + i))?;
-                s.connect(SocketAddrV4::new(dst, UDP_PORT))?;
-                socks.push(s);
-            }
-            let payload = [0u8; FRAME_LEN - 42];
-            let end = Instant::now() + dur;
-            let mut sent = 0u64;
-            const BATCH: usize = 32;
-            let mut iov: Vec<libc::iovec> = (0..BATCH)
-                .map(|_| libc::iovec {
-                    iov_base: payload.as_ptr() as *mut _,
-                    iov_len: payload.len(),
-                })
-                .collect();
-            // SAFETY: zeroed mmsghdr is valid; each points at one iovec that outlives the call.
-            let mut msgs: Vec<libc::mmsghdr> =
-                (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
-            for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
-                m.msg_hdr.msg_iov = v;
-                m.msg_hdr.msg_iovlen = 1;
-            }
-            'outer: loop {
-                for s in &socks {
-                    use std::os::fd::AsRawFd;
-                    // SAFETY: msgs is a valid array of BATCH headers.
-                    let n = unsafe {
-                        libc::sendmmsg(
-                            s.as_raw_fd(),
-                            msgs.as_mut_ptr(),
-                            BATCH as u32,
-                            libc::MSG_DONTWAIT,
-                        )
-                    };
-                    if n > 0 {
-                        sent += n as u64;
-                    }
-                    if Instant::now() >= end {
-                        break 'outer;
-                    }
-                }
-            }
-            Ok(sent)
-        })?
-    }
-
     fn measure(&mut self, v: Variant, m: Metric, d: &Plan) -> Result<Point> {
         let (_busy, quiet) = sys::wait_quiet(d.quiet_wait, QUIET_CORES);
         let mut p = Point::default();
@@ -835,7 +780,7 @@ impl Bench {
                     self.gen_rate = r.frames as f64 / r.wall.as_secs_f64().max(1e-3);
                     gen_frames(&self.bpf)? - gen0
                 } else {
-                    self.send_skbs(src, dst, d.udp)?
+                    send_skbs(&self.topo.client, self.topo.other_cpu, (src, dst), d.udp, u32::MAX)?
                 };
                 // Let the rings drain into the counters.
                 std::thread::sleep(Duration::from_millis(50));
@@ -978,6 +923,73 @@ fn single_runs(prog: &aya::programs::Xdp, frame: &[u8], ifindex: u32) -> Result<
         out.push(d[d.len() / 2]);
     }
     Ok(out)
+}
+
+/// Connected sockets (distinct source ports) the socket-skb measurements send from.
+pub(crate) const SKB_FLOWS: u16 = 64;
+
+/// Small UDP datagrams from sockets in `client` (pinned to `cpu`): sendmmsg batches of 32
+/// over [`SKB_FLOWS`] connected sockets, `src` -> `dst`:[`UDP_PORT`], for `dur` or `passes`
+/// rounds over the sockets, whichever ends first. Returns datagrams sent. Shared by `bench
+/// dataplane` and `bench ipvs`.
+pub(crate) fn send_skbs(
+    client: &Node,
+    cpu: usize,
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+    dur: Duration,
+    passes: u32,
+) -> Result<u64> {
+    client.run(move || -> Result<u64> {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+        pin_task(tid, cpu)?;
+        let mut socks = Vec::new();
+        for i in 0..SKB_FLOWS {
+            let s = std::net::UdpSocket::bind(SocketAddrV4::new(src, FIRST_SPORT + i))?;
+            s.connect(SocketAddrV4::new(dst, UDP_PORT))?;
+            socks.push(s);
+        }
+        let payload = [0u8; FRAME_LEN - 42];
+        let end = Instant::now() + dur;
+        let mut sent = 0u64;
+        const BATCH: usize = 32;
+        let mut iov: Vec<libc::iovec> = (0..BATCH)
+            .map(|_| libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() })
+            .collect();
+        // SAFETY: zeroed mmsghdr is valid; each points at one iovec that outlives the call.
+        let mut msgs: Vec<libc::mmsghdr> =
+            (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+        for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        let mut done = 0u32;
+        'outer: loop {
+            for s in &socks {
+                use std::os::fd::AsRawFd;
+                // SAFETY: msgs is a valid array of BATCH headers.
+                let n = unsafe {
+                    libc::sendmmsg(
+                        s.as_raw_fd(),
+                        msgs.as_mut_ptr(),
+                        BATCH as u32,
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n > 0 {
+                    sent += n as u64;
+                }
+                if Instant::now() >= end {
+                    break 'outer;
+                }
+            }
+            done += 1;
+            if done >= passes {
+                break;
+            }
+        }
+        Ok(sent)
+    })?
 }
 
 fn short(m: Metric, p: &Point) -> String {

@@ -44,7 +44,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -60,7 +60,7 @@ use ha_lb::{
     dataplane::{ipvs::IpvsDataplane, xdp::XdpDataplane, Dataplane, LbKind},
 };
 use ha_lb_lab::{
-    benchtopo::{pin_process, pin_task, BenchTopo, NapiThread, CLIENT, REAL_SERVERS, VIP},
+    benchtopo::{pin_process, BenchTopo, NapiThread, CLIENT, REAL_SERVERS, VIP},
     frame,
     packet::PacketSocket,
     qemu::{self, Qemu},
@@ -69,7 +69,7 @@ use ha_lb_lab::{
 };
 
 use super::{
-    dataplane::{desired, min_med_max, FIRST_SPORT, FRAME_LEN},
+    dataplane::{desired, min_med_max, send_skbs},
     dataplane_peers::{nginx_conf, parse_wrk, HTTP_PORT, UDP_PORT},
     dataplane_sys::{self as sys, Ours},
 };
@@ -80,8 +80,6 @@ const APT: &[&str] =
 /// The guest kernel: what Debian 12's `linux-image-amd64` depends on.
 const KERNEL_META: &str = "linux-image-amd64";
 const KERNEL_PREFIX: &str = "linux-image-6.1.";
-/// UDP sockets (flows) in the client.
-const UDP_FLOWS: u16 = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Variant {
@@ -655,7 +653,13 @@ impl Guest {
             }
             Ok((good, all))
         };
-        let sent = self.send_skbs(CLIENT, self.target(v), Duration::from_millis(100), 4)?;
+        let sent = send_skbs(
+            &self.topo.client,
+            self.topo.other_cpu,
+            (CLIENT, self.target(v)),
+            Duration::from_millis(100),
+            4,
+        )?;
         let (good, all) = drain(&socks, 17, UDP_PORT)?;
         if all == 0 || good != all {
             bail!("UDP: {good} valid of {all} frames delivered to the real servers ({sent} sent)");
@@ -681,66 +685,6 @@ impl Guest {
         Ok(())
     }
 
-    /// UDP from `UDP_FLOWS` connected sockets in the client (distinct source ports), sendmmsg
-    /// batches of 32, for `dur` (or `limit` batches per socket). Returns datagrams sent.
-    fn send_skbs(&self, src: Ipv4Addr, dst: Ipv4Addr, dur: Duration, limit: u32) -> Result<u64> {
-        let cpu = self.topo.other_cpu;
-        self.topo.client.run(move || -> Result<u64> {
-            // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
-            pin_task(tid, cpu)?;
-            let mut socks = Vec::new();
-            for i in 0..UDP_FLOWS {
-                let s = std::net::UdpSocket::bind(SocketAddrV4::new(src, FIRST_SPORT + i))?;
-                s.connect(SocketAddrV4::new(dst, UDP_PORT))?;
-                socks.push(s);
-            }
-            let payload = [0u8; FRAME_LEN - 42];
-            let end = Instant::now() + dur;
-            let mut sent = 0u64;
-            const BATCH: usize = 32;
-            let mut iov: Vec<libc::iovec> = (0..BATCH)
-                .map(|_| libc::iovec {
-                    iov_base: payload.as_ptr() as *mut _,
-                    iov_len: payload.len(),
-                })
-                .collect();
-            // SAFETY: zeroed mmsghdr is valid; each points at one iovec that outlives the call.
-            let mut msgs: Vec<libc::mmsghdr> =
-                (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
-            for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
-                m.msg_hdr.msg_iov = v;
-                m.msg_hdr.msg_iovlen = 1;
-            }
-            let mut passes = 0u32;
-            'outer: loop {
-                for s in &socks {
-                    use std::os::fd::AsRawFd;
-                    // SAFETY: msgs is a valid array of BATCH headers.
-                    let n = unsafe {
-                        libc::sendmmsg(
-                            s.as_raw_fd(),
-                            msgs.as_mut_ptr(),
-                            BATCH as u32,
-                            libc::MSG_DONTWAIT,
-                        )
-                    };
-                    if n > 0 {
-                        sent += n as u64;
-                    }
-                    if Instant::now() >= end {
-                        break 'outer;
-                    }
-                }
-                passes += 1;
-                if passes >= limit {
-                    break;
-                }
-            }
-            Ok(sent)
-        })?
-    }
-
     fn measure(&mut self, v: Variant, m: Metric, opts: &Options) -> Result<Point> {
         let mut p = Point::default();
         match m {
@@ -750,7 +694,13 @@ impl Guest {
                 let rx0 = sys::if_counters(&director, "hbd0")?;
                 let sink0 = sink_counters(&self.bpf)?;
                 let s0 = self.sample();
-                self.send_skbs(CLIENT, self.target(v), opts.udp, u32::MAX)?;
+                send_skbs(
+                    &self.topo.client,
+                    self.topo.other_cpu,
+                    (CLIENT, self.target(v)),
+                    opts.udp,
+                    u32::MAX,
+                )?;
                 // Let the rings drain into the counters (TCG is slow).
                 std::thread::sleep(Duration::from_millis(300));
                 let s1 = self.sample();
