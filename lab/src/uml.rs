@@ -104,6 +104,27 @@ impl Uml {
         Ok(Uml { kernel, modules, mem: "256M".into(), timeout: Duration::from_secs(60) })
     }
 
+    /// The usual guest half of a test: runs this test binary's test `test_name` in the guest
+    /// and checks it ran to the end — no timeout, exit code 0, and a `{prefix}: {step}: ok`
+    /// line for every step. Panics with the guest's report otherwise; returns the run.
+    pub fn run_test_steps(&self, test_name: &str, prefix: &str, steps: &[&str]) -> GuestRun {
+        let exe = std::env::current_exe().expect("the test binary");
+        let run = self
+            .run(&exe, &["--exact", test_name, "--nocapture", "--test-threads=1"])
+            .expect("boot the UML guest");
+        println!("{}", run.report());
+        assert!(!run.timed_out, "guest timed out\n{}", run.report());
+        assert_eq!(run.exit_code, Some(0), "guest failed\n{}", run.report());
+        for s in steps {
+            assert!(
+                run.output.contains(&format!("{prefix}: {s}: ok")),
+                "step {s} did not run\n{}",
+                run.report()
+            );
+        }
+        run
+    }
+
     /// Boots a guest that runs `program args…` (a host path, seen read-only), waits for it to
     /// power off (or kills it at the timeout) and returns what it left.
     pub fn run(&self, program: &Path, args: &[&str]) -> Result<GuestRun> {

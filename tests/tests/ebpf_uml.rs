@@ -114,18 +114,7 @@ fn ebpf_programs_pass_the_6_1_verifier_in_a_uml_guest() {
     // Generous: the machine may be busy and the test may run under `nice`. Boot plus the
     // guest's work take under 10 s on an idle host.
     uml.timeout = Duration::from_secs(180);
-    let exe = std::env::current_exe().unwrap();
-    let run = uml.run(&exe, &["--exact", TEST_NAME, "--nocapture", "--test-threads=1"]).unwrap();
-    println!("{}", run.report());
-    assert!(!run.timed_out, "guest timed out\n{}", run.report());
-    assert_eq!(run.exit_code, Some(0), "guest failed\n{}", run.report());
-    for s in STEPS {
-        assert!(
-            run.output.contains(&format!("ebpf-uml: {s}: ok")),
-            "step {s} did not run\n{}",
-            run.report()
-        );
-    }
+    let run = uml.run_test_steps(TEST_NAME, "ebpf-uml", STEPS);
     // Every program of the unmodified object, at both levels, in the interpreter.
     for p in programs_in_object().keys() {
         for level in ["WARN", "TRACE"] {

@@ -45,18 +45,7 @@ fn ipvs_dataplane_in_a_uml_guest() {
         return;
     }
     let uml = Uml::find().expect("a UML kernel");
-    let exe = std::env::current_exe().unwrap();
-    let run = uml.run(&exe, &["--exact", TEST_NAME, "--nocapture", "--test-threads=1"]).unwrap();
-    println!("{}", run.report());
-    assert!(!run.timed_out, "guest timed out\n{}", run.report());
-    assert_eq!(run.exit_code, Some(0), "guest failed\n{}", run.report());
-    for s in STEPS {
-        assert!(
-            run.output.contains(&format!("ipvs-uml: {s}: ok")),
-            "step {s} did not run\n{}",
-            run.report()
-        );
-    }
+    uml.run_test_steps(TEST_NAME, "ipvs-uml", STEPS);
 }
 
 // ---------------------------------------------------------------------------------------

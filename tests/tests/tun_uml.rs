@@ -45,18 +45,7 @@ fn tun_forwards_through_ipip_to_a_real_server_in_a_uml_guest() {
     let mut uml = Uml::find().expect("a UML kernel");
     uml.mem = "384M".into();
     uml.timeout = Duration::from_secs(180);
-    let exe = std::env::current_exe().unwrap();
-    let run = uml.run(&exe, &["--exact", TEST_NAME, "--nocapture", "--test-threads=1"]).unwrap();
-    println!("{}", run.report());
-    assert!(!run.timed_out, "guest timed out\n{}", run.report());
-    assert_eq!(run.exit_code, Some(0), "guest failed\n{}", run.report());
-    for s in STEPS {
-        assert!(
-            run.output.contains(&format!("tun-uml: {s}: ok")),
-            "step {s} did not run\n{}",
-            run.report()
-        );
-    }
+    uml.run_test_steps(TEST_NAME, "tun-uml", STEPS);
 }
 
 fn ok(step: &str) {
