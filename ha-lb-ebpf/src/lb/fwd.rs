@@ -437,19 +437,8 @@ fn frag_needed(ctx: &XdpContext, overhead: u16) -> Fib {
     const QUOTE: usize = IPV4_HLEN + 8;
     const HEAD: usize = IPV4_HLEN + 8;
     const LEN: usize = ETH_HLEN + IPV4_HLEN + 8 + QUOTE;
-    let len = ctx.data_end() - ctx.data();
-    if len < ETH_HLEN + QUOTE {
-        return Fib::FragNeeded;
-    }
-    // SAFETY: plain helper calls; the frame grows at its start, then shrinks at its end.
-    unsafe {
-        if bpf_xdp_adjust_head(ctx.ctx, -(HEAD as i32)) != 0 {
-            return Fib::FragNeeded;
-        }
-        let now = ctx.data_end() - ctx.data();
-        if now > LEN && bpf_xdp_adjust_tail(ctx.ctx, -((now - LEN) as i32)) != 0 {
-            return Fib::Other;
-        }
+    if let Err(f) = reframe(ctx, QUOTE, HEAD, LEN) {
+        return f;
     }
     let Some(neth) = ptr_at::<EthHdr>(ctx, 0) else { return Fib::Other };
     let Some(nip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Fib::Other };
@@ -512,19 +501,8 @@ fn packet_too_big(ctx: &XdpContext) -> Fib {
     const QUOTE: usize = IPV6_HLEN + 8;
     const HEAD: usize = IPV6_HLEN + 8;
     const LEN: usize = ETH_HLEN + IPV6_HLEN + 8 + QUOTE;
-    let len = ctx.data_end() - ctx.data();
-    if len < ETH_HLEN + QUOTE {
-        return Fib::FragNeeded;
-    }
-    // SAFETY: plain helper calls; the frame grows at its start, then shrinks at its end.
-    unsafe {
-        if bpf_xdp_adjust_head(ctx.ctx, -(HEAD as i32)) != 0 {
-            return Fib::FragNeeded;
-        }
-        let now = ctx.data_end() - ctx.data();
-        if now > LEN && bpf_xdp_adjust_tail(ctx.ctx, -((now - LEN) as i32)) != 0 {
-            return Fib::Other;
-        }
+    if let Err(f) = reframe(ctx, QUOTE, HEAD, LEN) {
+        return f;
     }
     let Some(neth) = ptr_at::<EthHdr>(ctx, 0) else { return Fib::Other };
     let Some(nip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return Fib::Other };
@@ -608,4 +586,26 @@ fn tun_id() -> u16 {
         let cpu = bpf_get_smp_processor_id();
         (n as u16).wrapping_add((cpu as u16).wrapping_mul(0x9e37)).to_be()
     }
+}
+
+/// Turns the frame into an ICMP error's shape in place: `head` bytes prepended (for the new
+/// Ethernet, IP and ICMP headers, so the old IP header lands where the quote starts) and the
+/// end cut so the frame is `len` bytes. A frame shorter than Ethernet + `quote` is left alone
+/// (`FragNeeded`, as is a failed prepend); a failed cut leaves it mangled (`Other`: drop).
+#[inline(always)]
+fn reframe(ctx: &XdpContext, quote: usize, head: usize, len: usize) -> Result<(), Fib> {
+    if ctx.data_end() - ctx.data() < ETH_HLEN + quote {
+        return Err(Fib::FragNeeded);
+    }
+    // SAFETY: plain helper calls; the frame grows at its start, then shrinks at its end.
+    unsafe {
+        if bpf_xdp_adjust_head(ctx.ctx, -(head as i32)) != 0 {
+            return Err(Fib::FragNeeded);
+        }
+        let now = ctx.data_end() - ctx.data();
+        if now > len && bpf_xdp_adjust_tail(ctx.ctx, -((now - len) as i32)) != 0 {
+            return Err(Fib::Other);
+        }
+    }
+    Ok(())
 }
