@@ -29,12 +29,13 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 
 pub use crate::uml::GuestRun;
+use crate::uml::{sh_quote, supervise};
 
 /// Set in the guest program's environment: the shared directory.
 pub const GUEST_ENV: &str = "HLB_QEMU_GUEST";
@@ -120,41 +121,20 @@ impl Qemu {
         fs::write(&out_path, "")?;
 
         let mut cmd = self.command(&dir, &initrd);
-        let start = Instant::now();
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", self.qemu.display()))?;
-        let pgid = child.id() as i32;
-        let mut timed_out = false;
         let mut echoed = 0u64;
-        loop {
-            if self.echo {
-                echoed = echo_new(&out_path, echoed);
-            }
-            if child.try_wait()?.is_some() {
-                break;
-            }
-            if start.elapsed() > self.timeout {
-                timed_out = true;
-                // SAFETY: signals the process group we created for QEMU, nothing else.
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
-                let _ = child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let elapsed = start.elapsed();
-        // SAFETY: as above; ESRCH when the group is already gone.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        if self.echo {
-            echo_new(&out_path, echoed);
-        }
-        let read = |n: &str| fs::read_to_string(dir.join(n)).unwrap_or_default();
-        let run = GuestRun {
-            exit_code: read("guest.rc").trim().parse().ok(),
-            output: read("guest.out"),
-            console: read("console.log"),
-            elapsed,
-            timed_out,
-        };
+        let echo = self.echo;
+        let run = supervise(
+            &mut cmd,
+            &self.qemu,
+            &dir,
+            self.timeout,
+            Duration::from_millis(200),
+            || {
+                if echo {
+                    echoed = echo_new(&out_path, echoed);
+                }
+            },
+        )?;
         drop(guard);
         Ok(run)
     }
@@ -257,10 +237,6 @@ pub fn module_order(tree: &Path, names: &[&str]) -> Result<Vec<String>> {
         }
     }
     Ok(out)
-}
-
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// Stage 1 (busybox, in the initramfs): the 9p stack, the shares, pseudo file systems, then `switch_root` to the host's `/` and stage 2. Powers off on any

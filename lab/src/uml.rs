@@ -156,39 +156,62 @@ impl Uml {
             .current_dir(&dir)
             // Its own process group, so a timeout can end every UML process.
             .process_group(0);
-        let start = Instant::now();
-        let mut child =
-            cmd.spawn().with_context(|| format!("starting {}", self.kernel.display()))?;
-        let pgid = child.id() as i32;
-        let mut timed_out = false;
-        loop {
-            if child.try_wait()?.is_some() {
-                break;
-            }
-            if start.elapsed() > self.timeout {
-                timed_out = true;
-                // SAFETY: signals the process group we created above, nothing else.
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
-                let _ = child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let elapsed = start.elapsed();
-        // Helpers UML forked may outlive the main process briefly on an abnormal exit.
-        // SAFETY: as above; ESRCH when the group is already gone.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        let read = |n: &str| fs::read_to_string(dir.join(n)).unwrap_or_default();
-        let run = GuestRun {
-            exit_code: read("guest.rc").trim().parse().ok(),
-            output: read("guest.out"),
-            console: read("console.log"),
-            elapsed,
-            timed_out,
-        };
+        let run = supervise(
+            &mut cmd,
+            &self.kernel,
+            &dir,
+            self.timeout,
+            Duration::from_millis(50),
+            || {},
+        )?;
         drop(guard);
         Ok(run)
     }
+}
+
+/// Runs a guest's host process `cmd` (started in its own process group) to its end or until
+/// `timeout`, when the whole group is killed; calls `tick` every `poll` and once at the end.
+/// Then reads what the guest left in `dir`: `guest.rc`, `guest.out`, `console.log`. Shared by
+/// UML and QEMU guests.
+pub(crate) fn supervise(
+    cmd: &mut Command,
+    what: &Path,
+    dir: &Path,
+    timeout: Duration,
+    poll: Duration,
+    mut tick: impl FnMut(),
+) -> Result<GuestRun> {
+    let start = Instant::now();
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", what.display()))?;
+    let pgid = child.id() as i32;
+    let mut timed_out = false;
+    loop {
+        tick();
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if start.elapsed() > timeout {
+            timed_out = true;
+            // SAFETY: signals the process group the caller created for the guest, nothing else.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(poll);
+    }
+    let elapsed = start.elapsed();
+    // Helpers the guest's process forked may outlive it briefly on an abnormal exit.
+    // SAFETY: as above; ESRCH when the group is already gone.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    tick();
+    let read = |n: &str| fs::read_to_string(dir.join(n)).unwrap_or_default();
+    Ok(GuestRun {
+        exit_code: read("guest.rc").trim().parse().ok(),
+        output: read("guest.out"),
+        console: read("console.log"),
+        elapsed,
+        timed_out,
+    })
 }
 
 struct RemoveDir(PathBuf);
@@ -199,7 +222,7 @@ impl Drop for RemoveDir {
     }
 }
 
-fn sh_quote(s: &str) -> String {
+pub(crate) fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
