@@ -140,12 +140,26 @@ pub fn ebpf_toolchain() -> Result<EbpfToolchain> {
     Ok(tc)
 }
 
-fn dpkg_installed(pkg: &str) -> bool {
+pub fn dpkg_installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
         .unwrap_or(false)
+}
+
+/// Installs those of `pkgs` that are missing with apt (root only), saying so as `who`.
+pub fn apt_install(who: &str, pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("{who}: installing apt packages: {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 pub fn setup(_root: &Path, check_only: bool) -> Result<()> {
@@ -183,16 +197,7 @@ pub fn setup(_root: &Path, check_only: bool) -> Result<()> {
         }
         bail!("{msg}\nRun `sudo -E cargo xtask setup` to install them.");
     }
-    if !missing.is_empty() {
-        println!("setup: installing apt packages: {}", missing.join(" "));
-        run(Command::new("apt-get")
-            .args(["update", "-q"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
+    apt_install("setup", &missing)?;
     if linker_missing {
         let llvm = Path::new("/usr/lib/llvm-22");
         let mut cmd = Command::new("cargo");

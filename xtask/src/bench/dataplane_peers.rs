@@ -1,7 +1,7 @@
 //! The peers of the data-plane bench and the load tools: nftables DNAT with `numgen`,
 //! HAProxy in TCP mode, nginx real servers, wrk and iperf3 (configs and output parsing).
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use ha_lb_lab::benchtopo::{BenchTopo, REAL_SERVERS, VIP};
@@ -16,30 +16,7 @@ pub const IPERF_PORT: u16 = 5201;
 
 /// Installs the peers that are missing (apt), like `cargo xtask setup` does.
 pub fn install_missing() -> Result<()> {
-    let missing: Vec<&str> = APT_PEERS
-        .iter()
-        .copied()
-        .filter(|p| {
-            !Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-                .unwrap_or(false)
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    println!("bench dataplane: installing {}", missing.join(" "));
-    crate::run(
-        Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    crate::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    crate::toolchain::apt_install("bench dataplane", APT_PEERS)
 }
 
 fn rs_map() -> String {
