@@ -246,6 +246,26 @@ fn kind_code(k: LbKind) -> u8 {
     }
 }
 
+/// A forward entry's `LB_FLOW_F_*` bits for forwarding method `k` (NAT: none), and back:
+/// the data path's encoding, in one place on this side (`flow_kind` in the program).
+pub fn kind_flags(k: LbKind) -> u32 {
+    match k {
+        LbKind::Nat => 0,
+        LbKind::Dr => LB_FLOW_F_DR,
+        LbKind::Tun => LB_FLOW_F_TUN,
+    }
+}
+
+pub fn flow_kind(flags: u32) -> LbKind {
+    if flags & LB_FLOW_F_DR != 0 {
+        LbKind::Dr
+    } else if flags & LB_FLOW_F_TUN != 0 {
+        LbKind::Tun
+    } else {
+        LbKind::Nat
+    }
+}
+
 fn real_entry(addr: IpAddr, port: u16, flags: u8, service_id: u32, gen: u32) -> LbReal {
     let (a, family) = addr_words(addr);
     LbReal {
@@ -683,11 +703,7 @@ impl XdpDataplane {
         let (c, family) = addr_words(client.ip());
         let (v, _) = addr_words(vip.ip());
         let (a, _) = addr_words(real_server.ip());
-        let mut flags = match kind {
-            LbKind::Nat => 0,
-            LbKind::Dr => LB_FLOW_F_DR,
-            LbKind::Tun => LB_FLOW_F_TUN,
-        };
+        let mut flags = kind_flags(kind);
         if svc.spec.persistence_timeout != 0 {
             flags |= LB_FLOW_F_PERSIST
                 | (svc.spec.persistence_granularity as u32) << LB_FLOW_PERSIST_PREFIX_SHIFT;

@@ -13,7 +13,7 @@ use std::{collections::HashMap, net::SocketAddr};
 
 use ha_lb_common::lb::{
     LbFlow, LbFlowKey, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, LB_FLOW_F_CLOSED,
-    LB_FLOW_F_DR, LB_FLOW_F_REPLY, LB_FLOW_F_TUN,
+    LB_FLOW_F_REPLY,
 };
 
 use super::SyncEntry;
@@ -98,13 +98,7 @@ pub fn forward_entry(key: &LbFlowKey, flow: &LbFlow, now_ns: u64) -> Option<Sync
         IPPROTO_UDP => Protocol::Udp,
         _ => return None,
     };
-    let lb_kind = if flow.flags & LB_FLOW_F_DR != 0 {
-        LbKind::Dr
-    } else if flow.flags & LB_FLOW_F_TUN != 0 {
-        LbKind::Tun
-    } else {
-        LbKind::Nat
-    };
+    let lb_kind = crate::dataplane::xdp::flow_kind(flow.flags);
     let sock = |w: &[u32; 4], port_be: u16| {
         SocketAddr::new(words_addr(w, key.family), u16::from_be(port_be))
     };
@@ -123,7 +117,7 @@ pub fn forward_entry(key: &LbFlowKey, flow: &LbFlow, now_ns: u64) -> Option<Sync
 mod tests {
     use std::collections::{HashMap, HashSet};
 
-    use ha_lb_common::lb::LB_FLOW_F_PERSIST;
+    use ha_lb_common::lb::{LB_FLOW_F_DR, LB_FLOW_F_PERSIST, LB_FLOW_F_TUN};
     use proptest::prelude::*;
 
     use super::*;
