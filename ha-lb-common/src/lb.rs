@@ -9,6 +9,9 @@
 //! LB_RING       Array   chunk index                             -> LbRingChunk{reals[64]}   (rr/wrr/sh/mh lookup tables)
 //! LB_REALS      Array   real id                                 -> LbReal{addr, port, family, flags, service_id, gen}
 //! LB_CONNS      LRU     LbFlowKey (5-tuple as seen on the wire) -> LbFlow (forward entry, or NAT reply entry)
+//! LB_FLOW_CACHE PerCpuArray hash of the 5-tuple                 -> recently sent flows (eBPF side only; see below)
+//! LB_CACHE_EPOCH Array  0                                       -> u32, bumped to invalidate every LB_FLOW_CACHE slot
+//! LB_CACHE_STATS PerCpuArray 0/1                                -> u64 flow-cache hits / fills
 //! LB_PERSIST    LRU     LbPersistKey{service_id, client addr}   -> LbPersist{real_id, real_gen, last_seen}
 //! LB_REAL_LOAD  Array   real id                                 -> u64 live active-connection estimate (lc/wlc)
 //! LB_RR         PerCpuArray service id                          -> u32 round-robin cursor
@@ -24,6 +27,10 @@
 //! service value with `active_slot` flipped. Hash-map updates replace the element as a whole,
 //! so a packet sees either the old or the new set, never a half-written one.
 //!
+//! `LB_FLOW_CACHE` is a per-CPU exact-match cache in front of `LB_CONNS` (the data path's
+//! `cache` module): user space never reads it, but must bump `LB_CACHE_EPOCH` whenever it
+//! changes `LB_CONNS` (`bpf::lb` does, in every function that writes or deletes flows).
+//!
 //! Addresses are stored as four 32-bit words exactly as they appear on the wire (network byte
 //! order in memory); IPv4 uses word 0 and leaves the others zero. Ports are stored in network
 //! byte order too, so the data path compares and copies without swapping.
@@ -38,6 +45,13 @@ pub const LB_RING: &str = "LB_RING";
 pub const LB_REALS: &str = "LB_REALS";
 pub const LB_CONNS: &str = "LB_CONNS";
 pub const LB_PERSIST: &str = "LB_PERSIST";
+pub const LB_CACHE_EPOCH: &str = "LB_CACHE_EPOCH";
+/// Per-CPU `u64` counters of the flow cache: [`LB_CACHE_HITS`], [`LB_CACHE_FILLS`].
+pub const LB_CACHE_STATS: &str = "LB_CACHE_STATS";
+/// Packets sent from a flow-cache slot (no connection-tracking lookup).
+pub const LB_CACHE_HITS: u32 = 0;
+/// Slots filled by the full path (a cacheable packet that missed).
+pub const LB_CACHE_FILLS: u32 = 1;
 pub const LB_REAL_LOAD: &str = "LB_REAL_LOAD";
 pub const LB_RR: &str = "LB_RR";
 pub const LB_SERVICE_STATS: &str = "LB_SERVICE_STATS";

@@ -1,7 +1,9 @@
 //! L4 forwarding: service lookup, schedulers, conntrack, NAT, DR and TUN (program `ha_lb_xdp`).
 //!
-//! Per frame: parse Ethernet + IPv4/IPv6 + TCP/UDP (one bounds check per header); look the
-//! 5-tuple up in the connection-tracking table `LB_CONNS`:
+//! Per frame: parse Ethernet + IPv4/IPv6 + TCP/UDP (one bounds check per header); a packet of
+//! a NAT or DR flow this CPU sent recently (no SYN/FIN/RST) is sent from the per-CPU flow
+//! cache (`cache`: no table lookup, no clock helper); otherwise look the 5-tuple up in the
+//! connection-tracking table `LB_CONNS`:
 //! - a forward entry (client -> VIP of a known flow) whose real server is still in its
 //!   service: send the packet there;
 //! - a NAT reply entry (real server -> client): rewrite the source back to the VIP and send it
@@ -24,16 +26,18 @@
 //! Verifier shape (must load on Debian 12's 6.1 too, JIT or interpreter: hence no tail calls,
 //! which the kernel refuses next to BPF-to-BPF calls unless it JIT-compiles): everything is
 //! inlined except
-//! - `established`, `new_flow`, `forward`, `reply`, `icmp_error`, `conntrack::put_reply`:
+//! - `cached`, `established`, `new_flow`, `forward`, `reply`, `icmp_error`,
+//!   `conntrack::put_reply`:
 //!   static subprograms, so their helper-call spills do not add up in one frame;
 //! - `sched::ha_lb_sched_least`: a global function, verified once with its bounded 256-step
 //!   loop instead of once per caller state.
 //! Large temporaries live in the per-CPU `LB_SCRATCH` map. Budget: the verifier sums frames
 //! along each call chain, each rounded up to 32 bytes before Linux 6.8, against 512 bytes;
-//! the worst chains are main 160 + `established` 96 + `forward` 128 = 384 and main 160 +
-//! `icmp_error` 224 = 384. Check after changes with `llvm-objdump -d` (deepest `r10 - N` per
+//! the worst chains are main 192 + `established` 128 + `forward` 160 = 480 and main 192 +
+//! `icmp_error` 224 = 416 (rounded). Check after changes with `llvm-objdump -d` (deepest `r10 - N` per
 //! function); `tests/tests/ebpf_uml.rs` loads the object on 6.1.
 
+mod cache;
 mod conntrack;
 mod csum;
 mod fwd;
@@ -162,6 +166,12 @@ fn process(ctx: &XdpContext) -> Verdict {
         }
         Err(r) => return Verdict::Chain(r),
     };
+    // A flow this CPU sent recently: from the flow cache, without the table lookup.
+    let v = cached(ctx, &pkt);
+    if v != 0 {
+        return Verdict::Act(unpack(v));
+    }
+    cache::forget(&pkt);
     let Some(sc) = scratch() else { return Verdict::Chain(LbReason::NotService) };
     // SAFETY: per-CPU scratch map; `fkey` keeps this packet's key until the flow is written.
     let key = unsafe { &raw mut (*sc).fkey };
@@ -348,8 +358,10 @@ fn established(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> u64 {
     let expired = idle > conntrack::timeout_ns(tcp, flags);
     let reused = syn_only && flags & LB_FLOW_F_CLOSED != 0;
     if !alive || expired || reused {
-        // Its real server left the service, or the state is stale: schedule anew.
+        // Its real server left the service, or the state is stale: schedule anew (and make
+        // every CPU's flow cache forget the old real server).
         conntrack::close(f, svc_id, real_id, real_gen, flags);
+        cache::bump_epoch();
         count(LbReason::Rescheduled);
         return 0;
     }
@@ -368,6 +380,13 @@ fn established(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> u64 {
     }
     stats::traffic(svc_id, Some(real_id), pkt.len as u64, false, false);
     let v = forward(ctx, pkt, real, f, fwd_mode(kind, refresh));
+    // Sent by NAT or DR (these reasons mean sent; TUN is not cached): this CPU's later
+    // packets of the flow take the flow cache.
+    match unpack(v).1 {
+        LbReason::NatIn => cache::fill(pkt, f, cache::FILL_NAT),
+        LbReason::Dr => cache::fill(pkt, f, cache::FILL_DR),
+        _ => {}
+    }
     // Re-create the reply entry should the LRU have evicted it alone. Only after `forward`,
     // which writes the next-hop cache through `f`: an insert into a full table may evict and
     // reuse `f`'s element, and the cache would then be written into another flow's entry.
@@ -462,6 +481,17 @@ fn unpack(v: u64) -> Outcome {
         LbReason::FibOther
     };
     (v as u32, reason)
+}
+
+/// [`cache::send`] as a subprogram (packed [`Outcome`], or 0 for a miss): inlined, its
+/// temporaries would add to the main program's frame, which the verifier counts along every
+/// call chain (see the module docs).
+#[inline(never)]
+fn cached(ctx: &XdpContext, pkt: &Pkt) -> u64 {
+    match cache::send(ctx, pkt) {
+        Some(o) => pack(o),
+        None => 0,
+    }
 }
 
 /// An ICMP error about a known flow, translated and sent (packed [`Outcome`]), or 0. A
@@ -604,7 +634,10 @@ fn reply_inline(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> Outcome {
         len: pkt.ip_len,
     };
     match fwd::nat(ctx, pkt, (false, &vip, vport), &route, f, refresh) {
-        Fib::Sent(a) => (a, LbReason::NatOut),
+        Fib::Sent(a) => {
+            cache::fill(pkt, f, cache::FILL_REPLY);
+            (a, LbReason::NatOut)
+        }
         Fib::Answered(a) => (a, LbReason::TooBigAnswered),
         Fib::NoNeigh => pass(LbReason::NoNeigh),
         Fib::FragNeeded => pass(LbReason::FragNeeded),

@@ -1123,6 +1123,9 @@ impl Daemon {
             .filter(|(_, v)| *v > 0)
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
+        if let Some((hits, fills)) = stats.flow_cache {
+            s.flow_cache = BTreeMap::from([("hits".into(), hits), ("fills".into(), fills)]);
+        }
         for vs in &self.config.virtual_servers {
             let key = vs.key();
             let desired = self.desired.iter().find(|d| d.key == key);

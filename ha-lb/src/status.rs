@@ -25,6 +25,10 @@ pub struct Status {
     /// ones seen so far (dataplane `xdp`).
     #[serde(default)]
     pub forwarding: BTreeMap<String, u64>,
+    /// The forwarding program's flow cache: `hits` (packets sent without a
+    /// connection-tracking lookup) and `fills` (cacheable packets that missed it).
+    #[serde(default)]
+    pub flow_cache: BTreeMap<String, u64>,
     /// Connection sync (`lvs_sync_daemon`) counters: datagrams and connections sent,
     /// imported, rejected.
     #[serde(default)]
@@ -171,6 +175,10 @@ pub fn render(s: &Status) -> String {
         let parts: Vec<String> = s.forwarding.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(o, "\nForwarding: {}", parts.join(" "));
     }
+    if !s.flow_cache.is_empty() {
+        let parts: Vec<String> = s.flow_cache.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(o, "Flow cache: {}", parts.join(" "));
+    }
     if !s.lvs_sync.is_empty() {
         let parts: Vec<String> = s.lvs_sync.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(o, "\nConnection sync: {}", parts.join(" "));
@@ -223,6 +231,7 @@ mod tests {
             }],
             vrrp_filter: BTreeMap::from([("passed".into(), 7), ("bad_ttl".into(), 1)]),
             forwarding: BTreeMap::from([("nat_in".into(), 12), ("other_host".into(), 2)]),
+            flow_cache: BTreeMap::from([("hits".into(), 10), ("fills".into(), 2)]),
             ..Default::default()
         }
     }
@@ -238,6 +247,7 @@ mod tests {
         assert_eq!(cols[2..7], ["Masq", "3", "up", "2", "0"], "{rs}");
         assert!(t.contains("VRRP filter: bad_ttl=1 passed=7"));
         assert!(t.contains("Forwarding: nat_in=12 other_host=2"));
+        assert!(t.contains("Flow cache: fills=2 hits=10"));
     }
 
     #[test]

@@ -399,7 +399,7 @@ pub fn tun(
 /// Writes the Ethernet addresses (`macs`: destination then source, as on the wire) and sends
 /// the frame out of `out_if`.
 #[inline(always)]
-fn out(ctx: &XdpContext, macs: &[u16; 6], out_if: u32) -> Fib {
+pub fn out(ctx: &XdpContext, macs: &[u16; 6], out_if: u32) -> Fib {
     let Some(eth) = ptr_at::<[u16; 6]>(ctx, 0) else { return Fib::Other };
     // SAFETY: bounds-checked by ptr_at.
     unsafe { *eth = *macs };

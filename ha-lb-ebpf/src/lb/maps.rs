@@ -68,6 +68,8 @@ pub struct Scratch {
     pub pkey: LbPersistKey,
     /// A flow value being written.
     pub flow: LbFlow,
+    /// `LB_CACHE_EPOCH` when this packet's full path began (see `cache::forget`).
+    pub cache_epoch: u32,
 }
 
 #[map(name = "LB_SCRATCH")]

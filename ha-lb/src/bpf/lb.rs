@@ -13,9 +13,9 @@ use aya::{
 };
 use ha_lb_common::lb::{
     LbBackendSet, LbConfig, LbFlow, LbFlowKey, LbReal, LbReason, LbRingChunk, LbService,
-    LbServiceKey, LbTraffic, FAMILY_V4, FAMILY_V6, LB_CONFIG, LB_CONNS, LB_PERSIST, LB_REALS,
-    LB_REAL_LOAD, LB_REAL_STATS, LB_REASONS, LB_RING, LB_RING_CHUNK, LB_SERVICES, LB_SERVICE_STATS,
-    LB_SETS,
+    LbServiceKey, LbTraffic, FAMILY_V4, FAMILY_V6, LB_CACHE_EPOCH, LB_CACHE_FILLS, LB_CACHE_HITS,
+    LB_CACHE_STATS, LB_CONFIG, LB_CONNS, LB_PERSIST, LB_REALS, LB_REAL_LOAD, LB_REAL_STATS,
+    LB_REASONS, LB_RING, LB_RING_CHUNK, LB_SERVICES, LB_SERVICE_STATS, LB_SETS,
 };
 
 use super::{Bpf, BpfError};
@@ -220,6 +220,15 @@ impl LbCounters {
     }
 }
 
+/// The flow cache's (hits, fills), summed over CPUs: packets sent from the per-CPU cache
+/// without a connection-tracking lookup, and cacheable packets that missed it.
+pub fn cache_stats(bpf: &Bpf) -> Result<(u64, u64), BpfError> {
+    let e = map_err(LB_CACHE_STATS);
+    let m: PerCpuArray<_, u64> = PerCpuArray::try_from(bpf.map(LB_CACHE_STATS)?).map_err(&e)?;
+    let sum = |i: u32| -> Result<u64, BpfError> { Ok(m.get(&i, 0).map_err(&e)?.iter().sum()) };
+    Ok((sum(LB_CACHE_HITS)?, sum(LB_CACHE_FILLS)?))
+}
+
 pub fn counters(bpf: &Bpf) -> Result<LbCounters, BpfError> {
     let e = map_err(LB_REASONS);
     let m: PerCpuArray<_, u64> = PerCpuArray::try_from(bpf.map(LB_REASONS)?).map_err(&e)?;
@@ -267,12 +276,24 @@ pub fn flow(bpf: &Bpf, key: &LbFlowKey) -> Result<Option<LbFlow>, BpfError> {
     }
 }
 
+/// Makes the data path's per-CPU flow cache forget every flow (`LB_CACHE_EPOCH` + 1): called
+/// after every change to `LB_CONNS` from user space, which the cache would otherwise outlive
+/// for up to its validity (see the data path's `cache` module). A read-modify-write: a bump
+/// by the data path in between may be lost, but the epoch still changes.
+pub fn invalidate_flow_cache(bpf: &mut Bpf) -> Result<(), BpfError> {
+    let e = map_err(LB_CACHE_EPOCH);
+    let mut m: Array<_, u32> = Array::try_from(bpf.map_mut(LB_CACHE_EPOCH)?).map_err(&e)?;
+    let v = m.get(&0, 0).map_err(&e)?;
+    m.set(0, v.wrapping_add(1), 0).map_err(e)
+}
+
 /// Writes one connection-tracking entry (tests and tools; the data path writes its own).
 pub fn put_flow(bpf: &mut Bpf, key: &LbFlowKey, flow: &LbFlow) -> Result<(), BpfError> {
     let e = map_err(LB_CONNS);
     let mut m: HashMap<_, LbFlowKey, LbFlow> =
         HashMap::try_from(bpf.map_mut(LB_CONNS)?).map_err(&e)?;
-    m.insert(key, flow, 0).map_err(e)
+    m.insert(key, flow, 0).map_err(e)?;
+    invalidate_flow_cache(bpf)
 }
 
 pub fn remove_flow(bpf: &mut Bpf, key: &LbFlowKey) -> Result<(), BpfError> {
@@ -280,9 +301,10 @@ pub fn remove_flow(bpf: &mut Bpf, key: &LbFlowKey) -> Result<(), BpfError> {
     let mut m: HashMap<_, LbFlowKey, LbFlow> =
         HashMap::try_from(bpf.map_mut(LB_CONNS)?).map_err(&e)?;
     match m.remove(key) {
-        Err(x) if !not_there(&x) => Err(e(x)),
-        _ => Ok(()),
+        Err(x) if !not_there(&x) => return Err(e(x)),
+        _ => {}
     }
+    invalidate_flow_cache(bpf)
 }
 
 /// Removes the entries `keys` (those already gone are skipped), with `BPF_MAP_DELETE_BATCH`
@@ -293,7 +315,7 @@ pub fn remove_flows(bpf: &mut Bpf, keys: &[LbFlowKey]) -> Result<(), BpfError> {
         let m: HashMap<_, LbFlowKey, LbFlow> =
             HashMap::try_from(bpf.map_mut(LB_CONNS)?).map_err(&e)?;
         match batch::delete_all(m.map(), keys) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return invalidate_flow_cache(bpf),
             Err(io) if batch::unsupported(&io) => batch_unsupported("delete", &io),
             Err(io) => return Err(batch_err(LB_CONNS, "bpf_map_delete_batch", io)),
         }

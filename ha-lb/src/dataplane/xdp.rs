@@ -991,6 +991,7 @@ impl Dataplane for XdpDataplane {
             out.services.insert(*vs, ss);
         }
         out.reasons = maps::counters(&self.bpf).map_err(backend)?.named().collect();
+        out.flow_cache = Some(maps::cache_stats(&self.bpf).map_err(backend)?);
         Ok(out)
     }
 

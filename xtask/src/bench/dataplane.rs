@@ -215,6 +215,8 @@ struct Point {
     cpu: CpuDelta,
     noisy: bool,
     errors: u64,
+    /// ha-lb: the share of cacheable packets its flow cache sent (hits / (hits + fills)).
+    cache_hits: Option<f64>,
 }
 
 pub struct Options {
@@ -763,6 +765,12 @@ impl Bench {
         Ok(run)
     }
 
+    /// The ha-lb flow cache's (hits, fills) while an ha-lb variant is set up.
+    fn cache_stats(&self) -> Option<(u64, u64)> {
+        let dp = self.halb.as_ref()?;
+        ha_lb::bpf::lb::cache_stats(dp.bpf()).ok()
+    }
+
     fn measure(&mut self, v: Variant, m: Metric, d: &Plan) -> Result<Point> {
         let (_busy, quiet) = sys::wait_quiet(d.quiet_wait, QUIET_CORES);
         let mut p = Point::default();
@@ -773,6 +781,7 @@ impl Bench {
                 let rx0 = sys::if_counters(&director, "hbd0")?;
                 let sink0 = sink_counters(&self.bpf)?;
                 let gen0 = gen_frames(&self.bpf)?;
+                let cache0 = self.cache_stats();
                 let s0 = self.sample();
                 let offered = if m == Metric::UdpFrames {
                     let want = (self.gen_rate * d.udp.as_secs_f64()).clamp(1e5, 4e9) as u32;
@@ -787,6 +796,10 @@ impl Bench {
                 let s1 = self.sample();
                 let rx1 = sys::if_counters(&director, "hbd0")?;
                 let sink1 = sink_counters(&self.bpf)?;
+                if let (Some((h0, f0)), Some((h1, f1))) = (cache0, self.cache_stats()) {
+                    let (h, f) = (h1 - h0, f1 - f0);
+                    p.cache_hits = (h + f > 0).then(|| h as f64 / (h + f) as f64);
+                }
                 p.cpu = sys::delta(&s0, &s1, self.topo.director_cpu);
                 let w = p.cpu.wall.as_secs_f64().max(1e-9);
                 let processed =
@@ -996,11 +1009,14 @@ fn short(m: Metric, p: &Point) -> String {
     let n = if p.noisy { "*" } else { "" };
     match m {
         Metric::UdpFrames | Metric::UdpSkbs => format!(
-            "{}:{:.2}Mpps/{}{}",
+            "{}:{:.2}Mpps/{}{}{}",
             if m == Metric::UdpFrames { "frm" } else { "skb" },
             p.rate.max(p.delivered) / 1e6,
             p.per_unit_ns.map(|x| format!("{x:.0}ns")).unwrap_or_else(|| "-".into()),
-            n
+            n,
+            p.cache_hits
+                .map(|h| format!(" (flow cache {:.0} % hits)", h * 100.0))
+                .unwrap_or_default()
         ),
         Metric::TcpKeepAlive | Metric::TcpNewConn => format!(
             "{}:{:.1}k/{}{}",

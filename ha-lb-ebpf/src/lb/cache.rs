@@ -1,0 +1,261 @@
+//! The flow cache: a per-CPU, direct-mapped exact-match cache in front of the
+//! connection-tracking tables (as Open vSwitch's EMC sits in front of its classifier).
+//!
+//! Why: on x86 with return-stack mitigations (here AMD's SRSO "Safe RET") every function
+//! return costs several nanoseconds, and an LRU hash lookup is four nested kernel calls
+//! (lookup, hash, bucket walk, memcmp): ≈ 40 ns, a third of the program. A per-CPU array
+//! lookup is inlined by the verifier: no call at all. So a packet of a flow this CPU has
+//! forwarded recently is matched here, by its whole key, and sent with what the slot holds:
+//! no `LB_CONNS` lookup, no BPF-to-BPF call, no clock helper (jiffies, which the verifier
+//! inlines).
+//!
+//! Only what cannot change the flow's state takes this path: TCP segments without SYN, FIN or
+//! RST, and UDP; NAT and DR (TUN always goes the full way). Everything else — a cache miss, a
+//! SYN/FIN/RST, a packet longer than the cached route was checked for, a real server that left
+//! its service — takes the full path, which forgets this CPU's slot for the key first and
+//! fills it again after a send. A slot is valid for [`VALID_JIFFIES`] (0.064–0.64 s,
+//! depending on the kernel's HZ) and while the epoch in `LB_CACHE_EPOCH` is the one it was
+//! filled under: the full path refreshes the flow's timestamp and re-checks its route at
+//! least that often for a busy flow, and the epoch is bumped when a flow is rescheduled to
+//! another real server (by the data path) and whenever user space changes the tables, which
+//! invalidates every CPU's slots at once.
+
+use aya_ebpf::{
+    helpers::bpf_jiffies64,
+    macros::map,
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+use ha_lb_common::lb::{LbFlow, LbFlowKey, LbReason};
+
+use super::{
+    conntrack, fwd,
+    maps::{scratch, LB_REALS},
+    stats, Outcome, Pkt,
+};
+use crate::parse::{IPPROTO_TCP, TCP_FIN, TCP_RST, TCP_SYN};
+
+/// Slots per CPU (a power of two): 8192 × 128 bytes = 1 MiB per CPU.
+const SLOTS: u32 = 8192;
+const SLOT_BITS: u32 = 13;
+const _: () = assert!(1 << SLOT_BITS == SLOTS);
+
+/// How long a slot stays valid, in jiffies.
+pub const VALID_JIFFIES: u64 = 64;
+
+/// What a slot sends with.
+const KIND_NAT: u32 = 1;
+const KIND_DR: u32 = 2;
+const KIND_REPLY: u32 = 3;
+
+#[repr(C)]
+pub struct Slot {
+    pub key: LbFlowKey,
+    /// `KIND_*`; 0 = empty.
+    pub kind: u32,
+    /// `LB_CACHE_EPOCH` when filled.
+    pub epoch: u32,
+    /// Valid while jiffies are below this.
+    pub until: u64,
+    /// A copy of the flow's entry (real server / VIP, next hop) as it was sent with.
+    pub flow: LbFlow,
+}
+
+#[map(name = "LB_FLOW_CACHE")]
+static LB_FLOW_CACHE: PerCpuArray<Slot> = PerCpuArray::with_max_entries(SLOTS, 0);
+
+/// Bumped (never reset) whenever a cached flow may have changed: see the module docs.
+#[map(name = "LB_CACHE_EPOCH")]
+pub static LB_CACHE_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per CPU: [packets sent from a slot, slots filled].
+#[map(name = "LB_CACHE_STATS")]
+static LB_CACHE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+#[inline(always)]
+fn stat(i: u32) {
+    if let Some(p) = LB_CACHE_STATS.get_ptr_mut(i) {
+        // SAFETY: per-CPU slot.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn epoch() -> u32 {
+    match LB_CACHE_EPOCH.get(0) {
+        Some(e) => *e,
+        None => 0,
+    }
+}
+
+/// Invalidates every CPU's slots (a flow was rescheduled to another real server).
+#[inline(always)]
+pub fn bump_epoch() {
+    if let Some(e) = LB_CACHE_EPOCH.get_ptr_mut(0) {
+        // SAFETY: array value shared by all CPUs. Two CPUs bumping at once may both store the
+        // same value: it still differs from the one every older slot was filled under.
+        unsafe { core::ptr::write_volatile(e, core::ptr::read_volatile(e).wrapping_add(1)) };
+    }
+}
+
+/// This CPU's slot for `pkt`'s key. The words of the 5-tuple are mixed in one after another
+/// (multiply, fold), so that keys differing in correlated fields — consecutive ports of one
+/// client, consecutive clients — spread like random ones; a collision only costs a miss (the
+/// whole key is compared), but two colliding busy flows miss on every packet.
+#[inline(always)]
+fn slot(pkt: &Pkt) -> Option<*mut Slot> {
+    let a = pkt.src[0] ^ pkt.src[1] ^ pkt.src[2] ^ pkt.src[3];
+    let b = pkt.dst[0] ^ pkt.dst[1] ^ pkt.dst[2] ^ pkt.dst[3];
+    let p = (pkt.sport as u32) << 16 | pkt.dport as u32;
+    let mut h = a.wrapping_mul(0x9e37_79b1);
+    h = (h ^ h >> 16 ^ b).wrapping_mul(0x85eb_ca6b);
+    h = (h ^ h >> 13 ^ p).wrapping_mul(0xc2b2_ae35);
+    h = (h ^ h >> 16 ^ pkt.proto as u32).wrapping_mul(0x9e37_79b1);
+    LB_FLOW_CACHE.get_ptr_mut(h >> (32 - SLOT_BITS))
+}
+
+/// Whether slot key `k` is `pkt`'s own key (addresses, ports, protocol, family).
+#[inline(always)]
+fn same_key(k: *const LbFlowKey, pkt: &Pkt) -> bool {
+    // SAFETY: `k` points into a per-CPU map value.
+    unsafe {
+        (*k).sport == pkt.sport
+            && (*k).dport == pkt.dport
+            && (*k).src[0] == pkt.src[0]
+            && (*k).dst[0] == pkt.dst[0]
+            && (*k).proto == pkt.proto
+            && (*k).family == pkt.family
+            && (*k).src[1] == pkt.src[1]
+            && (*k).src[2] == pkt.src[2]
+            && (*k).src[3] == pkt.src[3]
+            && (*k).dst[1] == pkt.dst[1]
+            && (*k).dst[2] == pkt.dst[2]
+            && (*k).dst[3] == pkt.dst[3]
+    }
+}
+
+/// Sends `pkt` from this CPU's slot, if the slot holds its flow and is valid (see the module
+/// docs); `None`: take the full path.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, pkt: &Pkt) -> Option<Outcome> {
+    if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        return None;
+    }
+    let s = slot(pkt)?;
+    // SAFETY: per-CPU map value, used by this CPU only (XDP runs with migration disabled).
+    let (kind, ep, until, nh_len) =
+        unsafe { ((*s).kind, (*s).epoch, (*s).until, (*s).flow.nh_len) };
+    if kind == 0 || pkt.ip_len > nh_len {
+        return None;
+    }
+    // SAFETY: plain helper call (inlined by the verifier on 64-bit).
+    if unsafe { bpf_jiffies64() } >= until || ep != epoch() {
+        return None;
+    }
+    // SAFETY: as above.
+    if !same_key(unsafe { &raw const (*s).key }, pkt) {
+        return None;
+    }
+    // SAFETY: as above; the fields are read one by one.
+    let f = unsafe { &raw mut (*s).flow };
+    let (real_id, real_gen, svc_id) = unsafe { ((*f).real_id, (*f).real_gen, (*f).service_id) };
+    let real = LB_REALS.get(real_id);
+    if kind == KIND_REPLY {
+        let same = match real {
+            Some(r) => r.gen == real_gen,
+            None => false,
+        };
+        stats::traffic(
+            svc_id,
+            if same { Some(real_id) } else { None },
+            pkt.len as u64,
+            true,
+            false,
+        );
+        // SAFETY: as above.
+        let (vip, vport) = unsafe { (&(*f).addr, (*f).port) };
+        fwd::rewrite(ctx, pkt, false, vip, vport);
+    } else {
+        match real {
+            Some(r) if conntrack::real_alive(r, real_gen, svc_id) => {}
+            _ => return None,
+        }
+        stats::traffic(svc_id, Some(real_id), pkt.len as u64, false, false);
+        if kind == KIND_NAT {
+            // SAFETY: as above.
+            let (raddr, rport) = unsafe { (&(*f).addr, (*f).port) };
+            fwd::rewrite(ctx, pkt, true, raddr, rport);
+        }
+    }
+    // SAFETY: as above (the MACs by reference: a copy would be a `memmove` call).
+    let (macs, out_if) = unsafe { (&*(&raw const (*f).nh_macs), (*f).nh_ifindex) };
+    let reason = match kind {
+        KIND_REPLY => LbReason::NatOut,
+        KIND_NAT => LbReason::NatIn,
+        _ => LbReason::Dr,
+    };
+    stat(0);
+    match fwd::out(ctx, macs, out_if) {
+        fwd::Fib::Sent(a) => Some((a, reason)),
+        _ => Some((aya_ebpf::bindings::xdp_action::XDP_DROP, LbReason::FibOther)),
+    }
+}
+
+/// Empties this CPU's slot for `pkt` if it holds `pkt`'s flow: the full path is about to
+/// decide anew (and [`fill`]s the slot again after a send). Notes the epoch in the scratch
+/// map first, so a slot filled later is stale at once if a reschedule happens meanwhile.
+#[inline(always)]
+pub fn forget(pkt: &Pkt) {
+    let Some(sc) = scratch() else { return };
+    // SAFETY: per-CPU scratch map.
+    unsafe { (*sc).cache_epoch = epoch() };
+    let Some(s) = slot(pkt) else { return };
+    // SAFETY: per-CPU map value.
+    if same_key(unsafe { &raw const (*s).key }, pkt) {
+        // SAFETY: as above.
+        unsafe { (*s).kind = 0 };
+    }
+}
+
+/// Caches the flow `pkt` was just sent for: `f` is its connection-tracking entry (forward or
+/// NAT reply), `kind_tag` one of `FILL_*`. TUN flows are not cached.
+#[inline(always)]
+pub fn fill(pkt: &Pkt, f: *const LbFlow, kind_tag: u8) {
+    let kind = match kind_tag {
+        FILL_NAT => KIND_NAT,
+        FILL_DR => KIND_DR,
+        FILL_REPLY => KIND_REPLY,
+        _ => return,
+    };
+    let Some(s) = slot(pkt) else { return };
+    let Some(sc) = scratch() else { return };
+    // SAFETY: per-CPU map values; `f` is an LRU value just used for this packet. The key is
+    // the packet's own (the scratch `fkey` the lookup used).
+    unsafe {
+        (*s).kind = 0;
+        copy_words::<10>((&raw mut (*s).key).cast(), (&raw const (*sc).fkey).cast());
+        copy_words::<16>((&raw mut (*s).flow).cast(), f.cast());
+        (*s).epoch = (*sc).cache_epoch;
+        (*s).until = bpf_jiffies64() + VALID_JIFFIES;
+        (*s).kind = kind;
+    }
+    stat(1);
+}
+
+/// Copies `N` 4-byte words. Volatile so the compiler cannot turn the copy into a `memmove`
+/// call (a byte loop on this target).
+///
+/// # Safety
+/// `dst` and `src` must be valid, 4-byte aligned, for `N` words.
+#[inline(always)]
+unsafe fn copy_words<const N: usize>(dst: *mut u32, src: *const u32) {
+    for i in 0..N {
+        // SAFETY: per the caller.
+        unsafe { core::ptr::write_volatile(dst.add(i), core::ptr::read_volatile(src.add(i))) };
+    }
+}
+
+/// [`fill`]'s `kind_tag`.
+pub const FILL_NAT: u8 = 1;
+pub const FILL_DR: u8 = 2;
+pub const FILL_REPLY: u8 = 3;

@@ -1,0 +1,184 @@
+//! The data path's per-CPU flow cache (`cache` in ha-lb-ebpf) through BPF_PROG_TEST_RUN: known
+//! flows are sent from it with the same bytes the full path produces, and it never outlives a
+//! change of the flow — a real server leaving, a flow rescheduled on another CPU, a table
+//! change from user space.
+
+mod xdp_support;
+
+use std::net::SocketAddr;
+
+use ha_lb::{
+    bpf::{lb as maps, testrun::XdpAction},
+    dataplane::{LbAlgo, LbKind, Protocol},
+};
+use ha_lb_common::lb::LbReason;
+use ha_lb_lab::frame::{self, TcpFlags};
+use xdp_support::*;
+
+fn pin_to(cpu: usize) {
+    // SAFETY: plain sched_setaffinity on the calling thread with a valid cpu_set_t.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+    }
+}
+
+fn cache(t: &Tester) -> (u64, u64) {
+    maps::cache_stats(t.dp.bpf()).unwrap()
+}
+
+#[test]
+fn known_flows_are_sent_from_the_cache_with_the_same_bytes() {
+    let env = env();
+    let (gw_mac, mac1) = (env.gw_mac, env.mac1);
+    env.run(|t| {
+        let vip = sa("198.18.100.1:53");
+        t.apply(&one_service(
+            vs("198.18.100.1:53", Protocol::Udp),
+            LbAlgo::Rr,
+            LbKind::Nat,
+            reals(&["198.18.2.10", "198.18.2.11"], 5353, &[1, 1]),
+        ));
+        const FLOWS: u32 = 1000;
+        let flows: Vec<SocketAddr> = (0..FLOWS).map(|i| client(i, 20000 + i as u16)).collect();
+        // First packets: scheduled and recorded by the full path (nothing cached yet).
+        let first: Vec<Vec<u8>> = flows
+            .iter()
+            .map(|c| {
+                let r = t.send_from_client(&frame::udp(t.client_eth(), *c, vip, b"one"));
+                assert_eq!(r.action, XdpAction::Redirect);
+                r.frame
+            })
+            .collect();
+        let (h0, f0) = cache(t);
+        assert_eq!(h0, 0, "a new flow is never a hit");
+        // Second packets: a known flow, full path once more, which fills the slot.
+        for (c, want) in flows.iter().zip(&first) {
+            let r = t.send_from_client(&frame::udp(t.client_eth(), *c, vip, b"one"));
+            assert_eq!(&r.frame, want, "same bytes as the first packet");
+        }
+        let (h1, f1) = cache(t);
+        assert!(f1 - f0 >= u64::from(FLOWS) * 9 / 10, "slots filled: {}", f1 - f0);
+        // Third and later packets: from the cache (slot collisions aside), byte-identical.
+        let before = t.counters();
+        for _ in 0..3 {
+            for (c, want) in flows.iter().zip(&first) {
+                let r = t.send_from_client(&frame::udp(t.client_eth(), *c, vip, b"one"));
+                assert_eq!(r.action, XdpAction::Redirect);
+                assert_eq!(&r.frame, want, "a cached send rewrites exactly as the full path");
+                frame::check(&r.frame).expect("valid checksums");
+            }
+        }
+        let (h2, _) = cache(t);
+        let hits = h2 - h1;
+        assert!(hits >= u64::from(FLOWS) * 3 * 9 / 10, "hits: {hits} of {}", FLOWS * 3);
+        assert_eq!(
+            t.counters().since(&before),
+            vec![(LbReason::NatIn.name(), u64::from(FLOWS) * 3)],
+            "counted as NAT in, like the full path"
+        );
+        // Replies: the NAT reply entries are cached too, and SNAT back to the VIP.
+        for (i, c) in flows.iter().enumerate().take(50) {
+            let p = frame::check(&first[i]).unwrap();
+            let rs = SocketAddr::new(p.dst, p.dport);
+            let eth = frame::Eth { src: rs_mac(2, 10), dst: mac1 };
+            for _ in 0..3 {
+                let r = t.send_from_servers(&frame::udp(eth, rs, *c, b"answer"));
+                assert_eq!(r.action, XdpAction::Redirect);
+                let q = frame::check(&r.frame).expect("valid checksums after SNAT");
+                assert_eq!((q.src, q.sport), (vip.ip(), vip.port()));
+                assert_eq!((q.dst, q.dport), (c.ip(), c.port()));
+                assert_eq!((q.eth.src, q.eth.dst), (t.mac0, gw_mac));
+            }
+        }
+        let (h3, _) = cache(t);
+        assert!(h3 - h2 >= 50, "third replies come from the cache: {}", h3 - h2);
+    });
+}
+
+#[test]
+fn a_real_server_leaving_is_seen_at_once() {
+    let env = env();
+    env.run(|t| {
+        let vip = sa("198.18.100.1:80");
+        let svc = vs("198.18.100.1:80", Protocol::Tcp);
+        t.apply(&one_service(
+            svc,
+            LbAlgo::Rr,
+            LbKind::Nat,
+            reals(&["198.18.2.10", "198.18.2.11"], 8080, &[1, 1]),
+        ));
+        let c = client(1, 40000);
+        let first = t.nat_pick(c, vip, TcpFlags::SYN);
+        for _ in 0..3 {
+            assert_eq!(t.nat_pick(c, vip, TcpFlags::ACK), first);
+        }
+        let (h, _) = cache(t);
+        assert!(h >= 1, "the flow is cached");
+        let other = if first == ip("198.18.2.10") { "198.18.2.11" } else { "198.18.2.10" };
+        t.apply(&one_service(svc, LbAlgo::Rr, LbKind::Nat, reals(&[other], 8080, &[1])));
+        assert_eq!(t.nat_pick(c, vip, TcpFlags::ACK), ip(other), "rescheduled, not cached");
+    });
+}
+
+#[test]
+fn a_flow_rescheduled_on_another_cpu_is_forgotten_by_every_cpu() {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("needs two CPUs");
+        return;
+    }
+    let env = env();
+    env.run(|t| {
+        let vip = sa("198.18.100.1:80");
+        t.apply(&one_service(
+            vs("198.18.100.1:80", Protocol::Tcp),
+            LbAlgo::Rr,
+            LbKind::Nat,
+            reals(&["198.18.2.10", "198.18.2.11"], 8080, &[1, 1]),
+        ));
+        let c = client(2, 41000);
+        // CPU 0 forwards the connection and caches it.
+        pin_to(0);
+        let first = t.nat_pick(c, vip, TcpFlags::SYN);
+        for _ in 0..3 {
+            assert_eq!(t.nat_pick(c, vip, TcpFlags::ACK), first);
+        }
+        assert_eq!(t.nat_pick(c, vip, TcpFlags::FIN_ACK), first);
+        // CPU 1 sees the client reuse the port for a new connection: rescheduled (rr, whose
+        // cursor is per CPU: one other connection first, so that this one goes to the other
+        // real server).
+        pin_to(1);
+        assert_eq!(t.nat_pick(client(9, 49000), vip, TcpFlags::SYN), first);
+        let second = t.nat_pick(c, vip, TcpFlags::SYN);
+        assert_ne!(second, first, "rr moved the new connection");
+        // CPU 0 must not send its ACKs to the old real server from its slot.
+        pin_to(0);
+        for _ in 0..3 {
+            assert_eq!(t.nat_pick(c, vip, TcpFlags::ACK), second);
+        }
+    });
+}
+
+#[test]
+fn table_changes_from_user_space_invalidate_the_cache() {
+    let env = env();
+    env.run(|t| {
+        let vip = sa("198.18.100.1:80");
+        t.apply(&one_service(
+            vs("198.18.100.1:80", Protocol::Tcp),
+            LbAlgo::Rr,
+            LbKind::Nat,
+            reals(&["198.18.2.10", "198.18.2.11"], 8080, &[1, 1]),
+        ));
+        let c = client(3, 42000);
+        let first = t.nat_pick(c, vip, TcpFlags::SYN);
+        for _ in 0..3 {
+            assert_eq!(t.nat_pick(c, vip, TcpFlags::ACK), first);
+        }
+        // Forget the connection from user space (as the sweeper does): the next segment is
+        // scheduled anew (rr: the other real server), not sent from the slot.
+        maps::flush_flows(t.dp.bpf_mut()).unwrap();
+        assert_ne!(t.nat_pick(c, vip, TcpFlags::ACK), first);
+    });
+}
