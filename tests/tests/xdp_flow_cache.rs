@@ -72,7 +72,9 @@ fn known_flows_are_sent_from_the_cache_with_the_same_bytes() {
         }
         let (h2, _) = cache(t);
         let hits = h2 - h1;
-        assert!(hits >= u64::from(FLOWS) * 3 * 9 / 10, "hits: {hits} of {}", FLOWS * 3);
+        // Direct-mapped: 1000 flows in 8192 slots leave ~11 % of them sharing a slot with
+        // another (and missing every time in this round-robin order).
+        assert!(hits >= u64::from(FLOWS) * 3 * 8 / 10, "hits: {hits} of {}", FLOWS * 3);
         assert_eq!(
             t.counters().since(&before),
             vec![(LbReason::NatIn.name(), u64::from(FLOWS) * 3)],

@@ -10,7 +10,9 @@
 //! inlines).
 //!
 //! Only what cannot change the flow's state takes this path: TCP segments without SYN, FIN or
-//! RST, and UDP; NAT and DR (TUN always goes the full way). Everything else — a cache miss, a
+//! RST, and UDP; IPv4 NAT and DR (TUN and IPv6 always go the full way: a slot is one cache
+//! line, 64 bytes, which holds an IPv4 flow and not an IPv6 one; the slot's line is the one
+//! memory miss of a cached packet besides the frame itself). Everything else — a cache miss, a
 //! SYN/FIN/RST, a packet longer than the cached route was checked for, a real server that left
 //! its service — takes the full path, which forgets this CPU's slot for the key first and
 //! fills it again after a send. A slot is valid for [`VALID_JIFFIES`] (0.064–0.64 s,
@@ -26,7 +28,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use ha_lb_common::lb::{LbFlow, LbFlowKey, LbReason};
+use ha_lb_common::lb::{LbFlow, LbReason, FAMILY_V4};
 
 use super::{
     conntrack, fwd,
@@ -35,7 +37,7 @@ use super::{
 };
 use crate::parse::{IPPROTO_TCP, TCP_FIN, TCP_RST, TCP_SYN};
 
-/// Slots per CPU (a power of two): 8192 × 128 bytes = 1 MiB per CPU.
+/// Slots per CPU (a power of two): 8192 × 64 bytes = 512 KiB per CPU.
 const SLOTS: u32 = 8192;
 const SLOT_BITS: u32 = 13;
 const _: () = assert!(1 << SLOT_BITS == SLOTS);
@@ -44,22 +46,39 @@ const _: () = assert!(1 << SLOT_BITS == SLOTS);
 pub const VALID_JIFFIES: u64 = 64;
 
 /// What a slot sends with.
-const KIND_NAT: u32 = 1;
-const KIND_DR: u32 = 2;
-const KIND_REPLY: u32 = 3;
+const KIND_NAT: u8 = 1;
+const KIND_DR: u8 = 2;
+const KIND_REPLY: u8 = 3;
 
-#[repr(C)]
+/// One IPv4 flow direction, in one cache line. Addresses and ports as on the wire.
+#[repr(C, align(64))]
 pub struct Slot {
-    pub key: LbFlowKey,
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
     /// `KIND_*`; 0 = empty.
-    pub kind: u32,
+    kind: u8,
+    /// The largest IP length the cached route was checked for (`LbFlow::nh_len`).
+    nh_len: u16,
     /// `LB_CACHE_EPOCH` when filled.
-    pub epoch: u32,
-    /// Valid while jiffies are below this.
-    pub until: u64,
-    /// A copy of the flow's entry (real server / VIP, next hop) as it was sent with.
-    pub flow: LbFlow,
+    epoch: u32,
+    /// Valid while the low 32 bits of jiffies are before this (wrapping compare).
+    until: u32,
+    real_id: u32,
+    real_gen: u32,
+    service_id: u32,
+    /// NAT forward: the real server; reply: the VIP.
+    addr: u32,
+    port: u16,
+    _pad: u16,
+    nh_ifindex: u32,
+    /// Destination and source MAC, as the Ethernet header's first 12 bytes.
+    nh_macs: [u16; 6],
 }
+
+const _: () = assert!(core::mem::size_of::<Slot>() == 64);
 
 #[map(name = "LB_FLOW_CACHE")]
 static LB_FLOW_CACHE: PerCpuArray<Slot> = PerCpuArray::with_max_entries(SLOTS, 0);
@@ -104,33 +123,27 @@ pub fn bump_epoch() {
 /// whole key is compared), but two colliding busy flows miss on every packet.
 #[inline(always)]
 fn slot(pkt: &Pkt) -> Option<*mut Slot> {
-    let a = pkt.src[0] ^ pkt.src[1] ^ pkt.src[2] ^ pkt.src[3];
-    let b = pkt.dst[0] ^ pkt.dst[1] ^ pkt.dst[2] ^ pkt.dst[3];
+    if pkt.family != FAMILY_V4 {
+        return None;
+    }
     let p = (pkt.sport as u32) << 16 | pkt.dport as u32;
-    let mut h = a.wrapping_mul(0x9e37_79b1);
-    h = (h ^ h >> 16 ^ b).wrapping_mul(0x85eb_ca6b);
+    let mut h = pkt.src[0].wrapping_mul(0x9e37_79b1);
+    h = (h ^ h >> 16 ^ pkt.dst[0]).wrapping_mul(0x85eb_ca6b);
     h = (h ^ h >> 13 ^ p).wrapping_mul(0xc2b2_ae35);
     h = (h ^ h >> 16 ^ pkt.proto as u32).wrapping_mul(0x9e37_79b1);
     LB_FLOW_CACHE.get_ptr_mut(h >> (32 - SLOT_BITS))
 }
 
-/// Whether slot key `k` is `pkt`'s own key (addresses, ports, protocol, family).
+/// Whether slot `s` holds `pkt`'s flow direction (`pkt` is IPv4: see [`slot`]).
 #[inline(always)]
-fn same_key(k: *const LbFlowKey, pkt: &Pkt) -> bool {
-    // SAFETY: `k` points into a per-CPU map value.
+fn same_key(s: *const Slot, pkt: &Pkt) -> bool {
+    // SAFETY: `s` points into a per-CPU map value.
     unsafe {
-        (*k).sport == pkt.sport
-            && (*k).dport == pkt.dport
-            && (*k).src[0] == pkt.src[0]
-            && (*k).dst[0] == pkt.dst[0]
-            && (*k).proto == pkt.proto
-            && (*k).family == pkt.family
-            && (*k).src[1] == pkt.src[1]
-            && (*k).src[2] == pkt.src[2]
-            && (*k).src[3] == pkt.src[3]
-            && (*k).dst[1] == pkt.dst[1]
-            && (*k).dst[2] == pkt.dst[2]
-            && (*k).dst[3] == pkt.dst[3]
+        (*s).sport == pkt.sport
+            && (*s).dport == pkt.dport
+            && (*s).src == pkt.src[0]
+            && (*s).dst == pkt.dst[0]
+            && (*s).proto == pkt.proto
     }
 }
 
@@ -142,23 +155,20 @@ pub fn send(ctx: &XdpContext, pkt: &Pkt) -> Option<Outcome> {
         return None;
     }
     let s = slot(pkt)?;
-    // SAFETY: per-CPU map value, used by this CPU only (XDP runs with migration disabled).
-    let (kind, ep, until, nh_len) =
-        unsafe { ((*s).kind, (*s).epoch, (*s).until, (*s).flow.nh_len) };
-    if kind == 0 || pkt.ip_len > nh_len {
+    // SAFETY: per-CPU map value, used by this CPU only (XDP runs with migration disabled); the
+    // fields are read one by one.
+    let (kind, ep, until, nh_len) = unsafe { ((*s).kind, (*s).epoch, (*s).until, (*s).nh_len) };
+    if kind == 0 || pkt.ip_len > nh_len || !same_key(s, pkt) {
         return None;
     }
     // SAFETY: plain helper call (inlined by the verifier on 64-bit).
-    if unsafe { bpf_jiffies64() } >= until || ep != epoch() {
+    let now = unsafe { bpf_jiffies64() } as u32;
+    if (now.wrapping_sub(until) as i32) >= 0 || ep != epoch() {
         return None;
     }
     // SAFETY: as above.
-    if !same_key(unsafe { &raw const (*s).key }, pkt) {
-        return None;
-    }
-    // SAFETY: as above; the fields are read one by one.
-    let f = unsafe { &raw mut (*s).flow };
-    let (real_id, real_gen, svc_id) = unsafe { ((*f).real_id, (*f).real_gen, (*f).service_id) };
+    let (real_id, real_gen, svc_id, addr, port) =
+        unsafe { ((*s).real_id, (*s).real_gen, (*s).service_id, [(*s).addr, 0, 0, 0], (*s).port) };
     let real = LB_REALS.get(real_id);
     if kind == KIND_REPLY {
         let same = match real {
@@ -172,9 +182,7 @@ pub fn send(ctx: &XdpContext, pkt: &Pkt) -> Option<Outcome> {
             true,
             false,
         );
-        // SAFETY: as above.
-        let (vip, vport) = unsafe { (&(*f).addr, (*f).port) };
-        fwd::rewrite(ctx, pkt, false, vip, vport);
+        fwd::rewrite(ctx, pkt, false, &addr, port);
     } else {
         match real {
             Some(r) if conntrack::real_alive(r, real_gen, svc_id) => {}
@@ -182,13 +190,11 @@ pub fn send(ctx: &XdpContext, pkt: &Pkt) -> Option<Outcome> {
         }
         stats::traffic(svc_id, Some(real_id), pkt.len as u64, false, false);
         if kind == KIND_NAT {
-            // SAFETY: as above.
-            let (raddr, rport) = unsafe { (&(*f).addr, (*f).port) };
-            fwd::rewrite(ctx, pkt, true, raddr, rport);
+            fwd::rewrite(ctx, pkt, true, &addr, port);
         }
     }
     // SAFETY: as above (the MACs by reference: a copy would be a `memmove` call).
-    let (macs, out_if) = unsafe { (&*(&raw const (*f).nh_macs), (*f).nh_ifindex) };
+    let (macs, out_if) = unsafe { (&*(&raw const (*s).nh_macs), (*s).nh_ifindex) };
     let reason = match kind {
         KIND_REPLY => LbReason::NatOut,
         KIND_NAT => LbReason::NatIn,
@@ -210,8 +216,7 @@ pub fn forget(pkt: &Pkt) {
     // SAFETY: per-CPU scratch map.
     unsafe { (*sc).cache_epoch = epoch() };
     let Some(s) = slot(pkt) else { return };
-    // SAFETY: per-CPU map value.
-    if same_key(unsafe { &raw const (*s).key }, pkt) {
+    if same_key(s, pkt) {
         // SAFETY: as above.
         unsafe { (*s).kind = 0 };
     }
@@ -229,30 +234,33 @@ pub fn fill(pkt: &Pkt, f: *const LbFlow, kind_tag: u8) {
     };
     let Some(s) = slot(pkt) else { return };
     let Some(sc) = scratch() else { return };
-    // SAFETY: per-CPU map values; `f` is an LRU value just used for this packet. The key is
-    // the packet's own (the scratch `fkey` the lookup used).
+    // SAFETY: per-CPU map values; `f` is an LRU value just used for this packet. `kind` is
+    // written last, so a slot is never valid half-written (one CPU only, but a fill may stop
+    // early in principle).
     unsafe {
         (*s).kind = 0;
-        copy_words::<10>((&raw mut (*s).key).cast(), (&raw const (*sc).fkey).cast());
-        copy_words::<16>((&raw mut (*s).flow).cast(), f.cast());
+        (*s).src = pkt.src[0];
+        (*s).dst = pkt.dst[0];
+        (*s).sport = pkt.sport;
+        (*s).dport = pkt.dport;
+        (*s).proto = pkt.proto;
+        (*s).nh_len = (*f).nh_len;
         (*s).epoch = (*sc).cache_epoch;
-        (*s).until = bpf_jiffies64() + VALID_JIFFIES;
+        (*s).until = (bpf_jiffies64() + VALID_JIFFIES) as u32;
+        (*s).real_id = (*f).real_id;
+        (*s).real_gen = (*f).real_gen;
+        (*s).service_id = (*f).service_id;
+        (*s).addr = (*f).addr[0];
+        (*s).port = (*f).port;
+        (*s).nh_ifindex = (*f).nh_ifindex;
+        let m = (&raw mut (*s).nh_macs).cast::<u32>();
+        let n = (&raw const (*f).nh_macs).cast::<u32>();
+        core::ptr::write_volatile(m, core::ptr::read_volatile(n));
+        core::ptr::write_volatile(m.add(1), core::ptr::read_volatile(n.add(1)));
+        core::ptr::write_volatile(m.add(2), core::ptr::read_volatile(n.add(2)));
         (*s).kind = kind;
     }
     stat(1);
-}
-
-/// Copies `N` 4-byte words. Volatile so the compiler cannot turn the copy into a `memmove`
-/// call (a byte loop on this target).
-///
-/// # Safety
-/// `dst` and `src` must be valid, 4-byte aligned, for `N` words.
-#[inline(always)]
-unsafe fn copy_words<const N: usize>(dst: *mut u32, src: *const u32) {
-    for i in 0..N {
-        // SAFETY: per the caller.
-        unsafe { core::ptr::write_volatile(dst.add(i), core::ptr::read_volatile(src.add(i))) };
-    }
 }
 
 /// [`fill`]'s `kind_tag`.
