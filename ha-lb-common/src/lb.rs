@@ -9,7 +9,7 @@
 //! LB_RING       Array   chunk index                             -> LbRingChunk{reals[64]}   (rr/wrr/sh/mh lookup tables)
 //! LB_REALS      Array   real id                                 -> LbReal{addr, port, family, flags, service_id, gen}
 //! LB_CONNS      LRU     LbFlowKey (5-tuple as seen on the wire) -> LbFlow (forward entry, or NAT reply entry)
-//! LB_FLOW_CACHE PerCpuArray hash of the 5-tuple                 -> recently sent flows (eBPF side only; see below)
+//! LB_FLOW_CACHE Array   cpu * 8192 + hash of the IPv4 5-tuple   -> recently sent flows (eBPF side only; see below)
 //! LB_CACHE_EPOCH Array  0                                       -> u32, bumped to invalidate every LB_FLOW_CACHE slot
 //! LB_CACHE_STATS PerCpuArray 0/1                                -> u64 flow-cache hits / fills
 //! LB_PERSIST    LRU     LbPersistKey{service_id, client addr}   -> LbPersist{real_id, real_gen, last_seen}
@@ -46,6 +46,9 @@ pub const LB_REALS: &str = "LB_REALS";
 pub const LB_CONNS: &str = "LB_CONNS";
 pub const LB_PERSIST: &str = "LB_PERSIST";
 pub const LB_CACHE_EPOCH: &str = "LB_CACHE_EPOCH";
+/// The flow cache: `LB_FLOW_CACHE_SLOTS` 64-byte slots per possible CPU.
+pub const LB_FLOW_CACHE: &str = "LB_FLOW_CACHE";
+pub const LB_FLOW_CACHE_SLOTS: u32 = 8192;
 /// Per-CPU `u64` counters of the flow cache: [`LB_CACHE_HITS`], [`LB_CACHE_FILLS`].
 pub const LB_CACHE_STATS: &str = "LB_CACHE_STATS";
 /// Packets sent from a flow-cache slot (no connection-tracking lookup).

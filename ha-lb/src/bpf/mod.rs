@@ -111,8 +111,14 @@ impl Bpf {
             tracing::Level::DEBUG => 4,
             tracing::Level::TRACE => 5,
         };
+        // The flow cache holds one block of slots per CPU (see `ha_lb_common::lb`).
+        let cpus = aya::util::nr_cpus().unwrap_or(1).max(1) as u32;
         let ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &level, false)
+            .map_max_entries(
+                ha_lb_common::lb::LB_FLOW_CACHE,
+                cpus * ha_lb_common::lb::LB_FLOW_CACHE_SLOTS,
+            )
             .load(bytes)
             .map_err(Box::new)?;
         Ok(Self { ebpf })
