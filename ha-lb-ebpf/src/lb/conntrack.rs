@@ -16,6 +16,7 @@ use ha_lb_common::lb::{
 };
 
 use super::{
+    copy_addr,
     maps::{scratch, LB_CONFIG, LB_CONNS, LB_REALS},
     stats::{conn_closed, count},
     Pkt,
@@ -103,7 +104,7 @@ pub fn put_reply(pkt: &Pkt, real: *const LbReal, real_id: u32, svc_id: u32, now:
     // per-CPU scratch map.
     unsafe {
         let k = &raw mut (*sc).rkey;
-        (*k).src = (*real).addr;
+        copy_addr(&raw mut (*k).src, &raw const (*real).addr);
         (*k).dst = pkt.src;
         (*k).sport = (*real).port;
         (*k).dport = pkt.sport;

@@ -17,7 +17,7 @@ use aya_ebpf::{
 use ha_lb_common::lb::{LbFlow, FAMILY_V4};
 
 use super::{
-    csum,
+    copy_addr, csum,
     maps::{scratch, LB_ICMP_TOKENS, LB_TUN_ID},
     Pkt,
 };
@@ -289,8 +289,8 @@ pub fn next_hop(
         (*pp).tot_len = r.len;
         (*pp).ifindex = ctx.ingress_ifindex() as u32;
         // IPv4 uses word 0 (the others are zero in our representation).
-        (*pp).src = *src;
-        (*pp).dst = *dst;
+        copy_addr(&raw mut (*pp).src, src);
+        copy_addr(&raw mut (*pp).dst, dst);
         core::ptr::write_volatile(&raw mut (*pp).flowinfo, 0);
         core::ptr::write_volatile(&raw mut (*pp).vlan, 0);
         let macs = (&raw mut (*pp).macs).cast::<u32>();
