@@ -389,6 +389,11 @@ fn lab_nat_tcp_and_udp_follow_weights_and_survive_a_removal() {
     let after = count(connect(&client, vip, 20).iter_mut().map(|c| c.ask().unwrap()));
     assert!(!after.contains_key("rs2"), "new connections avoid the removed server: {after:?}");
 
+    // Established flows' segments went out from the flow cache (so the checksum checks below
+    // cover cached sends too), and rs2's connections above were not sent to it from a slot.
+    let (hits, fills) = dp.stats().unwrap().flow_cache.expect("XDP flow-cache counters");
+    assert!(hits > 0 && fills > 0, "flow cache: {hits} hits, {fills} fills");
+
     // Checksums as the receivers saw them.
     let (at_rs, at_client) = (check_captured(&cap_rs, 8080), check_captured(&cap_client, 80));
     assert!(
