@@ -180,6 +180,7 @@ fn process(ctx: &XdpContext) -> Verdict {
     // Known flows first: one table lookup and no service lookup. A forward entry names its
     // real server, whose entry says whether it is still in the service; a stale entry (0)
     // falls through to scheduling.
+    let mut stale = false;
     // SAFETY: initialised above.
     if let Some(f) = LB_CONNS.get_ptr_mut(unsafe { &*key }) {
         // SAFETY: LRU value pointer from a successful lookup.
@@ -191,6 +192,7 @@ fn process(ctx: &XdpContext) -> Verdict {
         if v != 0 {
             return Verdict::Act(unpack(v));
         }
+        stale = true;
     }
     // SAFETY: per-CPU scratch map; the service value is plain data, copied out at once.
     let found = unsafe {
@@ -204,7 +206,7 @@ fn process(ctx: &XdpContext) -> Verdict {
     match found {
         Some(svc) => {
             let svc = *svc;
-            Verdict::Act(schedule(ctx, &pkt, &svc))
+            Verdict::Act(schedule(ctx, &pkt, &svc, stale))
         }
         None => Verdict::Chain(LbReason::NotService),
     }
@@ -359,10 +361,9 @@ fn established(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> u64 {
     let expired = idle > conntrack::timeout_ns(tcp, flags);
     let reused = syn_only && flags & LB_FLOW_F_CLOSED != 0;
     if !alive || expired || reused {
-        // Its real server left the service, or the state is stale: schedule anew (and make
-        // every CPU's flow cache forget the old real server).
+        // Its real server left the service, or the state is stale: schedule anew (`process`
+        // makes every CPU's flow cache forget the old real server where needed).
         conntrack::close(f, svc_id, real_id, real_gen, flags);
-        cache::bump_epoch();
         count(LbReason::Rescheduled);
         return 0;
     }
@@ -383,9 +384,12 @@ fn established(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> u64 {
     let v = forward(ctx, pkt, real, f, fwd_mode(kind, refresh));
     // Sent by NAT or DR (these reasons mean sent; TUN is not cached): this CPU's later
     // packets of the flow take the flow cache.
+    let ident = (real_id, real_gen, svc_id);
+    // SAFETY: array value pointer; a live generation's address and port never change.
+    let to = unsafe { ((*real).addr[0], (*real).port) };
     match unpack(v).1 {
-        LbReason::NatIn => cache::fill(pkt, f, cache::FILL_NAT),
-        LbReason::Dr => cache::fill(pkt, f, cache::FILL_DR),
+        LbReason::NatIn => cache::fill(pkt, f, cache::FILL_NAT, ident, to),
+        LbReason::Dr => cache::fill(pkt, f, cache::FILL_DR, ident, to),
         _ => {}
     }
     // Re-create the reply entry should the LRU have evicted it alone. Only after `forward`,
@@ -400,7 +404,7 @@ fn established(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> u64 {
 /// Client -> VIP, no known flow: schedule it, send the packet, then record the flow (with the
 /// next hop the send looked up) and, for NAT, its reply entry.
 #[inline(always)]
-fn schedule(ctx: &XdpContext, pkt: &Pkt, svc: &LbService) -> Outcome {
+fn schedule(ctx: &XdpContext, pkt: &Pkt, svc: &LbService, stale: bool) -> Outcome {
     let kind = svc.lb_kind;
     if kind != LB_KIND_NAT && kind != LB_KIND_DR && kind != LB_KIND_TUN {
         return drop(LbReason::FibOther);
@@ -420,6 +424,17 @@ fn schedule(ctx: &XdpContext, pkt: &Pkt, svc: &LbService) -> Outcome {
         if LB_CONNS.insert(&(*sc).fkey, &*f, 0).is_err() {
             count(LbReason::ConntrackFull);
         }
+    }
+    // A TCP flow that may have been sent from another CPU's flow cache until now — a port
+    // reused after close (SYN on a stale entry) or a segment of a flow whose entry was lost
+    // (evicted, swept) — may now go to another real server: every CPU's cache forgets. After
+    // the insert, so that a full path starting after the bump finds the new entry. (A real
+    // server leaving needs no bump: a cached send checks it; an expired flow has no valid
+    // slot. UDP flows are not invalidated on a lost entry: one flow's datagrams arrive on one
+    // CPU.)
+    let syn_only = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if pkt.proto == IPPROTO_TCP && (stale || !syn_only) {
+        cache::bump_epoch();
     }
     if kind == LB_KIND_NAT {
         conntrack::put_reply(pkt, real, id, svc.id, now);
@@ -653,7 +668,13 @@ fn reply_inline(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> Outcome {
     };
     match fwd::nat(ctx, pkt, (false, &vip, vport), &route, f, refresh) {
         Fib::Sent(a) => {
-            cache::fill(pkt, f, cache::FILL_REPLY);
+            cache::fill(
+                pkt,
+                f,
+                cache::FILL_REPLY,
+                (real_id, real_gen, service_id),
+                (vip[0], vport),
+            );
             (a, LbReason::NatOut)
         }
         Fib::Answered(a) => (a, LbReason::TooBigAnswered),

@@ -7,6 +7,11 @@
 //! `data_end` so the verifier can follow it.
 #![no_std]
 #![no_main]
+// For `atomic_xadd` (the flow cache's epoch): the target has atomic adds but no CAS, so
+// `core::sync::atomic` offers no `fetch_add` on it. The build already needs a nightly-capable
+// compiler (`-Z build-std`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod bench;
 mod lb;

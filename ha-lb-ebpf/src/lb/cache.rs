@@ -18,9 +18,9 @@
 //! fills it again after a send. A slot is valid for [`VALID_JIFFIES`] (0.064–0.64 s,
 //! depending on the kernel's HZ) and while the epoch in `LB_CACHE_EPOCH` is the one it was
 //! filled under: the full path refreshes the flow's timestamp and re-checks its route at
-//! least that often for a busy flow, and the epoch is bumped when a flow is rescheduled to
-//! another real server (by the data path) and whenever user space changes the tables, which
-//! invalidates every CPU's slots at once.
+//! least that often for a busy flow, and the epoch is bumped when a TCP flow may have moved
+//! to another real server (by the data path, see `schedule`) and whenever user space changes
+//! the tables, which invalidates every CPU's slots at once.
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -65,8 +65,10 @@ pub struct Slot {
     nh_len: u16,
     /// `LB_CACHE_EPOCH` when filled.
     epoch: u32,
-    /// Valid while the low 32 bits of jiffies are before this (wrapping compare).
-    until: u32,
+    /// The low 32 bits of jiffies when filled; valid for [`VALID_JIFFIES`] after (an unsigned
+    /// difference: a slot left alone for 2^32 jiffies revives for at most that long, and the
+    /// epoch has almost surely moved by then).
+    filled: u32,
     real_id: u32,
     real_gen: u32,
     service_id: u32,
@@ -89,9 +91,12 @@ const _: () = assert!(core::mem::size_of::<Slot>() == 64);
 #[map(name = "LB_FLOW_CACHE")]
 static LB_FLOW_CACHE: Array<Slot> = Array::with_max_entries(SLOTS, BPF_F_MMAPABLE);
 
-/// Bumped (never reset) whenever a cached flow may have changed: see the module docs.
+/// Bumped (never reset) whenever a cached flow may have changed: see the module docs. Two
+/// words, each with one kind of writer, so that neither can move the epoch backwards: [0] is
+/// added to atomically by the data path, [1] only by user space (read, +1, write: the daemon
+/// is its only writer). A slot is valid under their (wrapping) sum.
 #[map(name = "LB_CACHE_EPOCH")]
-pub static LB_CACHE_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+pub static LB_CACHE_EPOCH: Array<u64> = Array::with_max_entries(2, 0);
 
 /// Per CPU: [packets sent from a slot, slots filled].
 #[map(name = "LB_CACHE_STATS")]
@@ -107,19 +112,24 @@ fn stat(i: u32) {
 
 #[inline(always)]
 fn epoch() -> u32 {
-    match LB_CACHE_EPOCH.get(0) {
+    let w = |i: u32| match LB_CACHE_EPOCH.get(i) {
         Some(e) => *e,
         None => 0,
-    }
+    };
+    w(0).wrapping_add(w(1)) as u32
 }
 
-/// Invalidates every CPU's slots (a flow was rescheduled to another real server).
+/// Invalidates every CPU's slots (a TCP flow was scheduled anew: see `process`).
 #[inline(always)]
 pub fn bump_epoch() {
     if let Some(e) = LB_CACHE_EPOCH.get_ptr_mut(0) {
-        // SAFETY: array value shared by all CPUs. Two CPUs bumping at once may both store the
-        // same value: it still differs from the one every older slot was filled under.
-        unsafe { core::ptr::write_volatile(e, core::ptr::read_volatile(e).wrapping_add(1)) };
+        // SAFETY: array value shared by all CPUs, 8-byte aligned: an atomic add (BPF XADD;
+        // `AtomicU64::fetch_add` is not offered on this target, which has no compare-and-swap).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                e, 1,
+            )
+        };
     }
 }
 
@@ -165,13 +175,13 @@ pub fn send(ctx: &XdpContext, pkt: &Pkt) -> Option<Outcome> {
     let s = slot(pkt)?;
     // SAFETY: per-CPU map value, used by this CPU only (XDP runs with migration disabled); the
     // fields are read one by one.
-    let (kind, ep, until, nh_len) = unsafe { ((*s).kind, (*s).epoch, (*s).until, (*s).nh_len) };
+    let (kind, ep, filled, nh_len) = unsafe { ((*s).kind, (*s).epoch, (*s).filled, (*s).nh_len) };
     if kind == 0 || pkt.ip_len > nh_len || !same_key(s, pkt) {
         return None;
     }
     // SAFETY: plain helper call (inlined by the verifier on 64-bit).
     let now = unsafe { bpf_jiffies64() } as u32;
-    if (now.wrapping_sub(until) as i32) >= 0 || ep != epoch() {
+    if now.wrapping_sub(filled) >= VALID_JIFFIES as u32 || ep != epoch() {
         return None;
     }
     // SAFETY: as above.
@@ -231,41 +241,56 @@ pub fn forget(pkt: &Pkt) {
 }
 
 /// Caches the flow `pkt` was just sent for: `f` is its connection-tracking entry (forward or
-/// NAT reply), `kind_tag` one of `FILL_*`. TUN flows are not cached.
+/// NAT reply), `kind_tag` one of `FILL_*`, `ident` the (real id, generation, service id) and
+/// `to` the NAT (address, port) the full path sent with — taken from the values it decided
+/// with, not re-read from `f`: another CPU's insert into a full table may have evicted and
+/// reused `f`'s element meanwhile. The next hop is read from `f`, and the slot is left empty
+/// unless `f` still names the same flow and route afterwards. TUN flows are not cached.
 #[inline(always)]
-pub fn fill(pkt: &Pkt, f: *const LbFlow, kind_tag: u8) {
+pub fn fill(pkt: &Pkt, f: *const LbFlow, kind_tag: u8, ident: (u32, u32, u32), to: (u32, u16)) {
     let kind = match kind_tag {
         FILL_NAT => KIND_NAT,
         FILL_DR => KIND_DR,
         FILL_REPLY => KIND_REPLY,
         _ => return,
     };
+    let (real_id, real_gen, svc_id) = ident;
     let Some(s) = slot(pkt) else { return };
     let Some(sc) = scratch() else { return };
-    // SAFETY: per-CPU map values; `f` is an LRU value just used for this packet. `kind` is
-    // written last, so a slot is never valid half-written (one CPU only, but a fill may stop
-    // early in principle).
+    // SAFETY: per-CPU map values; `f` is an LRU value (read field by field). `kind` is written
+    // last, and only if the entry was unchanged around the copy of its next hop.
     unsafe {
         (*s).kind = 0;
+        let nh_len = core::ptr::read_volatile(&raw const (*f).nh_len);
+        if nh_len == 0 {
+            return;
+        }
         (*s).src = pkt.src[0];
         (*s).dst = pkt.dst[0];
         (*s).sport = pkt.sport;
         (*s).dport = pkt.dport;
         (*s).proto = pkt.proto;
-        (*s).nh_len = (*f).nh_len;
+        (*s).nh_len = nh_len;
         (*s).epoch = (*sc).cache_epoch;
-        (*s).until = (bpf_jiffies64() + VALID_JIFFIES) as u32;
-        (*s).real_id = (*f).real_id;
-        (*s).real_gen = (*f).real_gen;
-        (*s).service_id = (*f).service_id;
-        (*s).addr = (*f).addr[0];
-        (*s).port = (*f).port;
+        (*s).filled = bpf_jiffies64() as u32;
+        (*s).real_id = real_id;
+        (*s).real_gen = real_gen;
+        (*s).service_id = svc_id;
+        (*s).addr = to.0;
+        (*s).port = to.1;
         (*s).nh_ifindex = (*f).nh_ifindex;
         let m = (&raw mut (*s).nh_macs).cast::<u32>();
         let n = (&raw const (*f).nh_macs).cast::<u32>();
         core::ptr::write_volatile(m, core::ptr::read_volatile(n));
         core::ptr::write_volatile(m.add(1), core::ptr::read_volatile(n.add(1)));
         core::ptr::write_volatile(m.add(2), core::ptr::read_volatile(n.add(2)));
+        let same = core::ptr::read_volatile(&raw const (*f).nh_len) == nh_len
+            && core::ptr::read_volatile(&raw const (*f).real_id) == real_id
+            && core::ptr::read_volatile(&raw const (*f).real_gen) == real_gen
+            && core::ptr::read_volatile(&raw const (*f).service_id) == svc_id;
+        if !same {
+            return;
+        }
         (*s).kind = kind;
     }
     stat(1);

@@ -276,15 +276,17 @@ pub fn flow(bpf: &Bpf, key: &LbFlowKey) -> Result<Option<LbFlow>, BpfError> {
     }
 }
 
-/// Makes the data path's per-CPU flow cache forget every flow (`LB_CACHE_EPOCH` + 1): called
-/// after every change to `LB_CONNS` from user space, which the cache would otherwise outlive
-/// for up to its validity (see the data path's `cache` module). A read-modify-write: a bump
-/// by the data path in between may be lost, but the epoch still changes.
+/// Makes the data path's per-CPU flow cache forget every flow: called after every change to
+/// `LB_CONNS` from user space, which the cache would otherwise outlive for up to its validity
+/// (see the data path's `cache` module). Adds one to user space's own word of
+/// `LB_CACHE_EPOCH` (word 1; the data path adds atomically to word 0 and never touches it),
+/// so this read-modify-write cannot undo a data-path bump. The process that owns the maps is
+/// its only writer.
 pub fn invalidate_flow_cache(bpf: &mut Bpf) -> Result<(), BpfError> {
     let e = map_err(LB_CACHE_EPOCH);
-    let mut m: Array<_, u32> = Array::try_from(bpf.map_mut(LB_CACHE_EPOCH)?).map_err(&e)?;
-    let v = m.get(&0, 0).map_err(&e)?;
-    m.set(0, v.wrapping_add(1), 0).map_err(e)
+    let mut m: Array<_, u64> = Array::try_from(bpf.map_mut(LB_CACHE_EPOCH)?).map_err(&e)?;
+    let v = m.get(&1, 0).map_err(&e)?;
+    m.set(1, v.wrapping_add(1), 0).map_err(e)
 }
 
 /// Writes one connection-tracking entry (tests and tools; the data path writes its own).
@@ -309,19 +311,37 @@ pub fn remove_flow(bpf: &mut Bpf, key: &LbFlowKey) -> Result<(), BpfError> {
 
 /// Removes the entries `keys` (those already gone are skipped), with `BPF_MAP_DELETE_BATCH`
 /// ([`BATCH`] keys per system call) where the kernel has it, else one call per key.
+///
+/// Nothing to remove changes nothing (the sweeper calls this every few seconds). Otherwise the
+/// flow cache is invalidated once, also when a delete failed part-way.
 pub fn remove_flows(bpf: &mut Bpf, keys: &[LbFlowKey]) -> Result<(), BpfError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let r = remove_flows_uncached(bpf, keys);
+    let i = invalidate_flow_cache(bpf);
+    r.and(i)
+}
+
+fn remove_flows_uncached(bpf: &mut Bpf, keys: &[LbFlowKey]) -> Result<(), BpfError> {
     if !BATCH_UNSUPPORTED.load(Ordering::Relaxed) {
         let e = map_err(LB_CONNS);
         let m: HashMap<_, LbFlowKey, LbFlow> =
             HashMap::try_from(bpf.map_mut(LB_CONNS)?).map_err(&e)?;
         match batch::delete_all(m.map(), keys) {
-            Ok(()) => return invalidate_flow_cache(bpf),
+            Ok(()) => return Ok(()),
             Err(io) if batch::unsupported(&io) => batch_unsupported("delete", &io),
             Err(io) => return Err(batch_err(LB_CONNS, "bpf_map_delete_batch", io)),
         }
     }
+    let e = map_err(LB_CONNS);
+    let mut m: HashMap<_, LbFlowKey, LbFlow> =
+        HashMap::try_from(bpf.map_mut(LB_CONNS)?).map_err(&e)?;
     for k in keys {
-        remove_flow(bpf, k)?;
+        match m.remove(k) {
+            Err(x) if !not_there(&x) => return Err(e(x)),
+            _ => {}
+        }
     }
     Ok(())
 }

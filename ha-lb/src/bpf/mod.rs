@@ -95,6 +95,14 @@ pub struct Bpf {
     ebpf: Ebpf,
 }
 
+/// CPUs with a block in the flow cache (512 KiB each).
+const FLOW_CACHE_MAX_CPUS: u32 = 512;
+
+/// The highest CPU id in a kernel CPU list ("0-3,8,10-11").
+fn highest_cpu(list: &str) -> Option<u32> {
+    list.trim().split(',').filter_map(|r| r.rsplit('-').next()?.trim().parse::<u32>().ok()).max()
+}
+
 impl Bpf {
     /// Loads the object compiled into this binary. `log_level` bounds what the programs emit
     /// through aya-log (per-packet debug logs cost nothing unless enabled).
@@ -111,8 +119,14 @@ impl Bpf {
             tracing::Level::DEBUG => 4,
             tracing::Level::TRACE => 5,
         };
-        // The flow cache holds one block of slots per CPU (see `ha_lb_common::lb`).
-        let cpus = aya::util::nr_cpus().unwrap_or(1).max(1) as u32;
+        // The flow cache holds one block of slots per CPU id (see `ha_lb_common::lb`): as many
+        // blocks as the highest possible CPU id + 1 (the possible set may be sparse), at most
+        // `FLOW_CACHE_MAX_CPUS`; CPUs beyond have no block and take the full path.
+        let cpus = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+            .ok()
+            .and_then(|s| highest_cpu(&s))
+            .map_or(1, |m| m + 1)
+            .clamp(1, FLOW_CACHE_MAX_CPUS);
         let ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &level, false)
             .map_max_entries(
@@ -240,5 +254,18 @@ impl Bpf {
 
     pub fn map(&self, name: &'static str) -> Result<&aya::maps::Map, BpfError> {
         self.ebpf.map(name).ok_or(BpfError::MissingMap { name })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::highest_cpu;
+
+    #[test]
+    fn highest_cpu_of_kernel_cpu_lists() {
+        assert_eq!(highest_cpu("0-1\n"), Some(1));
+        assert_eq!(highest_cpu("0"), Some(0));
+        assert_eq!(highest_cpu("0-3,8,10-11\n"), Some(11));
+        assert_eq!(highest_cpu(""), None);
     }
 }
