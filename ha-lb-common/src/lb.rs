@@ -53,7 +53,7 @@ pub const LB_FLOW_CACHE_SLOTS: u32 = 8192;
 pub const LB_CACHE_STATS: &str = "LB_CACHE_STATS";
 /// Packets sent from a flow-cache slot (no connection-tracking lookup).
 pub const LB_CACHE_HITS: u32 = 0;
-/// Slots filled by the full path (a cacheable packet that missed).
+/// Slots filled by the full path after a send (a miss, a SYN/FIN/RST, or an expired slot).
 pub const LB_CACHE_FILLS: u32 = 1;
 pub const LB_REAL_LOAD: &str = "LB_REAL_LOAD";
 pub const LB_RR: &str = "LB_RR";

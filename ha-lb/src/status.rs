@@ -26,7 +26,7 @@ pub struct Status {
     #[serde(default)]
     pub forwarding: BTreeMap<String, u64>,
     /// The forwarding program's flow cache: `hits` (packets sent without a
-    /// connection-tracking lookup) and `fills` (cacheable packets that missed it).
+    /// connection-tracking lookup) and `fills` (slots the full path (re)filled after a send).
     #[serde(default)]
     pub flow_cache: BTreeMap<String, u64>,
     /// Connection sync (`lvs_sync_daemon`) counters: datagrams and connections sent,

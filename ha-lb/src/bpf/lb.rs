@@ -221,7 +221,8 @@ impl LbCounters {
 }
 
 /// The flow cache's (hits, fills), summed over CPUs: packets sent from the per-CPU cache
-/// without a connection-tracking lookup, and cacheable packets that missed it.
+/// without a connection-tracking lookup, and slots the full path (re)filled after a send
+/// (once per flow and CPU every 64 jiffies while busy, and after every SYN/FIN/RST).
 pub fn cache_stats(bpf: &Bpf) -> Result<(u64, u64), BpfError> {
     let e = map_err(LB_CACHE_STATS);
     let m: PerCpuArray<_, u64> = PerCpuArray::try_from(bpf.map(LB_CACHE_STATS)?).map_err(&e)?;

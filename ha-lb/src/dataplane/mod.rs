@@ -149,7 +149,7 @@ pub struct DataplaneStats {
     /// Per-reason frame counters (forwarded, passed and dropped, by why), in a stable order.
     pub reasons: Vec<(&'static str, u64)>,
     /// The XDP flow cache: (`hits`, `fills`) — packets sent from it without a
-    /// connection-tracking lookup, and cacheable packets that missed it. `None` for IPVS.
+    /// connection-tracking lookup, and slots the full path (re)filled after a send. `None` for IPVS.
     pub flow_cache: Option<(u64, u64)>,
 }
 
