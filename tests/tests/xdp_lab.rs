@@ -587,8 +587,16 @@ fn lab_nat_ipv6_tcp_and_udp() {
     let mut conns = connect(&client, vip, 20);
     let tcp = count(conns.iter_mut().map(|c| c.ask().unwrap()));
     let udp = count(udp_names(&client, vip, 20));
-    assert_eq!(tcp.values().copied().collect::<Vec<_>>(), vec![10, 10], "{tcp:?}");
-    assert_eq!(udp.values().copied().collect::<Vec<_>>(), vec![10, 10], "{udp:?}");
+    // rr keeps its cursor per CPU: exact alternation per CPU, and each CPU that took an odd
+    // number of the new flows adds one to the first real server (seen: 11/9 when the client's
+    // connects ran on both CPUs).
+    for (what, got) in [("tcp", &tcp), ("udp", &udp)] {
+        let v: Vec<usize> = got.values().copied().collect();
+        assert!(
+            v.len() == 2 && v.iter().sum::<usize>() == 20 && v.iter().all(|n| n.abs_diff(10) <= 2),
+            "{what}: {got:?}, want 10/10 within the per-CPU cursors' rounding"
+        );
+    }
     let st = dp.stats().unwrap();
     assert!(st.reason("nat_in") > 0 && st.reason("nat_out") > 0);
     assert!(st.reason("no_neigh") > 0, "the first packets went through the kernel's resolution");
