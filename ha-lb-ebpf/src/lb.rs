@@ -168,9 +168,8 @@ fn process(ctx: &XdpContext) -> Verdict {
         Err(r) => return Verdict::Chain(r),
     };
     // A flow this CPU sent recently: from the flow cache, without the table lookup.
-    let v = cached(ctx, &pkt);
-    if v != 0 {
-        return Verdict::Act(unpack(v));
+    if let Some(o) = cache::send(ctx, &pkt) {
+        return Verdict::Act(o);
     }
     cache::forget(&pkt);
     let Some(sc) = scratch() else { return Verdict::Chain(LbReason::NotService) };
@@ -388,8 +387,8 @@ fn established(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> u64 {
     // SAFETY: array value pointer; a live generation's address and port never change.
     let to = unsafe { ((*real).addr[0], (*real).port) };
     match unpack(v).1 {
-        LbReason::NatIn => cache::fill(pkt, f, cache::FILL_NAT, ident, to),
-        LbReason::Dr => cache::fill(pkt, f, cache::FILL_DR, ident, to),
+        LbReason::NatIn => cache::fill(pkt, f, cache::KIND_NAT, ident, to),
+        LbReason::Dr => cache::fill(pkt, f, cache::KIND_DR, ident, to),
         _ => {}
     }
     // Re-create the reply entry should the LRU have evicted it alone. Only after `forward`,
@@ -516,17 +515,6 @@ fn unpack(v: u64) -> Outcome {
     (v as u32, reason)
 }
 
-/// [`cache::send`] as a packed [`Outcome`], or 0 for a miss. Inlined into the main program
-/// (a BPF-to-BPF call costs ~7 ns here, measured), which puts the main frame at 224 bytes:
-/// see the stack budget in the module docs.
-#[inline(always)]
-fn cached(ctx: &XdpContext, pkt: &Pkt) -> u64 {
-    match cache::send(ctx, pkt) {
-        Some(o) => pack(o),
-        None => 0,
-    }
-}
-
 /// An ICMP error about a known flow, translated and sent (packed [`Outcome`]), or 0. A
 /// subprogram, like [`forward`].
 #[inline(never)]
@@ -648,17 +636,7 @@ fn reply_inline(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> Outcome {
         unsafe { (*f).last_seen_ns = now };
         touch_forward(pkt, &vip, vport, (service_id, real_id, real_gen), now, closing);
     }
-    let real_same = match LB_REALS.get(real_id) {
-        Some(r) => r.gen == real_gen,
-        None => false,
-    };
-    stats::traffic(
-        service_id,
-        if real_same { Some(real_id) } else { None },
-        pkt.len as u64,
-        true,
-        false,
-    );
+    stats::reply_traffic(service_id, real_id, real_gen, pkt.len as u64);
     let route = fwd::Route {
         family: pkt.family,
         proto: pkt.proto,
@@ -671,7 +649,7 @@ fn reply_inline(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> Outcome {
             cache::fill(
                 pkt,
                 f,
-                cache::FILL_REPLY,
+                cache::KIND_REPLY,
                 (real_id, real_gen, service_id),
                 (vip[0], vport),
             );

@@ -46,10 +46,10 @@ const _: () = assert!(1 << SLOT_BITS == SLOTS);
 /// How long a slot stays valid, in jiffies.
 pub const VALID_JIFFIES: u64 = 64;
 
-/// What a slot sends with.
-const KIND_NAT: u8 = 1;
-const KIND_DR: u8 = 2;
-const KIND_REPLY: u8 = 3;
+/// What a slot sends with ([`fill`]'s `kind`).
+pub const KIND_NAT: u8 = 1;
+pub const KIND_DR: u8 = 2;
+pub const KIND_REPLY: u8 = 3;
 
 /// One IPv4 flow direction, in one cache line. Addresses and ports as on the wire.
 #[repr(C, align(64))]
@@ -187,22 +187,11 @@ pub fn send(ctx: &XdpContext, pkt: &Pkt) -> Option<Outcome> {
     // SAFETY: as above.
     let (real_id, real_gen, svc_id, addr, port) =
         unsafe { ((*s).real_id, (*s).real_gen, (*s).service_id, [(*s).addr, 0, 0, 0], (*s).port) };
-    let real = LB_REALS.get(real_id);
     if kind == KIND_REPLY {
-        let same = match real {
-            Some(r) => r.gen == real_gen,
-            None => false,
-        };
-        stats::traffic(
-            svc_id,
-            if same { Some(real_id) } else { None },
-            pkt.len as u64,
-            true,
-            false,
-        );
+        stats::reply_traffic(svc_id, real_id, real_gen, pkt.len as u64);
         fwd::rewrite(ctx, pkt, false, &addr, port);
     } else {
-        match real {
+        match LB_REALS.get(real_id) {
             Some(r) if conntrack::real_alive(r, real_gen, svc_id) => {}
             _ => return None,
         }
@@ -241,19 +230,13 @@ pub fn forget(pkt: &Pkt) {
 }
 
 /// Caches the flow `pkt` was just sent for: `f` is its connection-tracking entry (forward or
-/// NAT reply), `kind_tag` one of `FILL_*`, `ident` the (real id, generation, service id) and
+/// NAT reply), `kind` one of `KIND_*`, `ident` the (real id, generation, service id) and
 /// `to` the NAT (address, port) the full path sent with — taken from the values it decided
 /// with, not re-read from `f`: another CPU's insert into a full table may have evicted and
 /// reused `f`'s element meanwhile. The next hop is read from `f`, and the slot is left empty
 /// unless `f` still names the same flow and route afterwards. TUN flows are not cached.
 #[inline(always)]
-pub fn fill(pkt: &Pkt, f: *const LbFlow, kind_tag: u8, ident: (u32, u32, u32), to: (u32, u16)) {
-    let kind = match kind_tag {
-        FILL_NAT => KIND_NAT,
-        FILL_DR => KIND_DR,
-        FILL_REPLY => KIND_REPLY,
-        _ => return,
-    };
+pub fn fill(pkt: &Pkt, f: *const LbFlow, kind: u8, ident: (u32, u32, u32), to: (u32, u16)) {
     let (real_id, real_gen, svc_id) = ident;
     let Some(s) = slot(pkt) else { return };
     let Some(sc) = scratch() else { return };
@@ -295,8 +278,3 @@ pub fn fill(pkt: &Pkt, f: *const LbFlow, kind_tag: u8, ident: (u32, u32, u32), t
     }
     stat(1);
 }
-
-/// [`fill`]'s `kind_tag`.
-pub const FILL_NAT: u8 = 1;
-pub const FILL_DR: u8 = 2;
-pub const FILL_REPLY: u8 = 3;
