@@ -299,15 +299,9 @@ pub fn put_flow(bpf: &mut Bpf, key: &LbFlowKey, flow: &LbFlow) -> Result<(), Bpf
     invalidate_flow_cache(bpf)
 }
 
+/// Removes one entry (gone already: fine), as [`remove_flows`] does.
 pub fn remove_flow(bpf: &mut Bpf, key: &LbFlowKey) -> Result<(), BpfError> {
-    let e = map_err(LB_CONNS);
-    let mut m: HashMap<_, LbFlowKey, LbFlow> =
-        HashMap::try_from(bpf.map_mut(LB_CONNS)?).map_err(&e)?;
-    match m.remove(key) {
-        Err(x) if !not_there(&x) => return Err(e(x)),
-        _ => {}
-    }
-    invalidate_flow_cache(bpf)
+    remove_flows(bpf, std::slice::from_ref(key))
 }
 
 /// Removes the entries `keys` (those already gone are skipped), with `BPF_MAP_DELETE_BATCH`
