@@ -28,6 +28,17 @@ fn cache(t: &Tester) -> (u64, u64) {
     maps::cache_stats(t.dp.bpf()).unwrap()
 }
 
+/// A NAT TCP service, rr over two real servers; its VIP.
+fn two_real_servers(t: &mut Tester) -> SocketAddr {
+    t.apply(&one_service(
+        vs("198.18.100.1:80", Protocol::Tcp),
+        LbAlgo::Rr,
+        LbKind::Nat,
+        reals(&["198.18.2.10", "198.18.2.11"], 8080, &[1, 1]),
+    ));
+    sa("198.18.100.1:80")
+}
+
 /// Sends a TCP ACK segment of `c`'s connection to `vip`; returns the real server it went to
 /// and whether it was sent from the flow cache.
 fn ack(t: &mut Tester, c: SocketAddr, vip: SocketAddr) -> (std::net::IpAddr, bool) {
@@ -111,14 +122,8 @@ fn known_flows_are_sent_from_the_cache_with_the_same_bytes() {
 fn a_real_server_leaving_is_seen_at_once() {
     let env = env();
     env.run(|t| {
-        let vip = sa("198.18.100.1:80");
+        let vip = two_real_servers(t);
         let svc = vs("198.18.100.1:80", Protocol::Tcp);
-        t.apply(&one_service(
-            svc,
-            LbAlgo::Rr,
-            LbKind::Nat,
-            reals(&["198.18.2.10", "198.18.2.11"], 8080, &[1, 1]),
-        ));
         let c = client(1, 40000);
         let first = t.nat_pick(c, vip, TcpFlags::SYN);
         assert_eq!(t.nat_pick(c, vip, TcpFlags::ACK), first);
@@ -137,13 +142,7 @@ fn a_flow_rescheduled_on_another_cpu_is_forgotten_by_every_cpu() {
     }
     let env = env();
     env.run(|t| {
-        let vip = sa("198.18.100.1:80");
-        t.apply(&one_service(
-            vs("198.18.100.1:80", Protocol::Tcp),
-            LbAlgo::Rr,
-            LbKind::Nat,
-            reals(&["198.18.2.10", "198.18.2.11"], 8080, &[1, 1]),
-        ));
+        let vip = two_real_servers(t);
         let c = client(2, 41000);
         // CPU 0 forwards the connection and caches it.
         pin_to(0);
@@ -170,13 +169,7 @@ fn a_flow_rescheduled_on_another_cpu_is_forgotten_by_every_cpu() {
 fn table_changes_from_user_space_invalidate_the_cache() {
     let env = env();
     env.run(|t| {
-        let vip = sa("198.18.100.1:80");
-        t.apply(&one_service(
-            vs("198.18.100.1:80", Protocol::Tcp),
-            LbAlgo::Rr,
-            LbKind::Nat,
-            reals(&["198.18.2.10", "198.18.2.11"], 8080, &[1, 1]),
-        ));
+        let vip = two_real_servers(t);
         let c = client(3, 42000);
         let first = t.nat_pick(c, vip, TcpFlags::SYN);
         assert_eq!(t.nat_pick(c, vip, TcpFlags::ACK), first);
