@@ -238,6 +238,19 @@ pub struct LbFlowKey {
     pub _pad: u16,
 }
 
+impl LbFlowKey {
+    /// The key of the flow direction `src:sport -> dst:dport` (addresses and ports as on the
+    /// wire).
+    pub fn new(
+        family: u8,
+        proto: u8,
+        (src, sport): ([u32; 4], u16),
+        (dst, dport): ([u32; 4], u16),
+    ) -> LbFlowKey {
+        LbFlowKey { src, dst, sport, dport, proto, family, _pad: 0 }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct LbFlow {

@@ -709,15 +709,8 @@ impl XdpDataplane {
                 | (svc.spec.persistence_granularity as u32) << LB_FLOW_PERSIST_PREFIX_SHIFT;
         }
         let last_seen_ns = now_ns.saturating_sub(idle_secs as u64 * 1_000_000_000);
-        let fkey = LbFlowKey {
-            src: c,
-            dst: v,
-            sport: port_be(client.port()),
-            dport: port_be(vip.port()),
-            proto,
-            family,
-            _pad: 0,
-        };
+        let fkey =
+            LbFlowKey::new(family, proto, (c, port_be(client.port())), (v, port_be(vip.port())));
         let forward = LbFlow {
             real_id: r.id,
             real_gen: r.gen,
@@ -730,15 +723,12 @@ impl XdpDataplane {
         };
         maps::put_flow(&mut self.bpf, &fkey, &forward).map_err(backend)?;
         if kind == LbKind::Nat {
-            let rkey = LbFlowKey {
-                src: a,
-                dst: c,
-                sport: port_be(real_server.port()),
-                dport: port_be(client.port()),
-                proto,
+            let rkey = LbFlowKey::new(
                 family,
-                _pad: 0,
-            };
+                proto,
+                (a, port_be(real_server.port())),
+                (c, port_be(client.port())),
+            );
             let reply =
                 LbFlow { flags: LB_FLOW_F_REPLY, addr: v, port: port_be(vip.port()), ..forward };
             maps::put_flow(&mut self.bpf, &rkey, &reply).map_err(backend)?;
@@ -830,15 +820,7 @@ impl XdpDataplane {
             let idle = now_ns.saturating_sub(f.last_seen_ns);
             if f.flags & LB_FLOW_F_REPLY != 0 {
                 // A reply entry lives as long as the forward entry of the same flow.
-                let fwd = ha_lb_common::lb::LbFlowKey {
-                    src: k.dst,
-                    dst: f.addr,
-                    sport: k.dport,
-                    dport: f.port,
-                    proto: k.proto,
-                    family: k.family,
-                    _pad: 0,
-                };
+                let fwd = LbFlowKey::new(k.family, k.proto, (k.dst, k.dport), (f.addr, f.port));
                 let owned = by_key
                     .get(&fwd)
                     .is_some_and(|ff| ff.real_id == f.real_id && ff.real_gen == f.real_gen);
@@ -851,15 +833,7 @@ impl XdpDataplane {
                 continue;
             }
             remove.push(*k);
-            let reply = ha_lb_common::lb::LbFlowKey {
-                src: f.addr,
-                dst: k.src,
-                sport: f.port,
-                dport: k.sport,
-                proto: k.proto,
-                family: k.family,
-                _pad: 0,
-            };
+            let reply = LbFlowKey::new(k.family, k.proto, (f.addr, f.port), (k.src, k.sport));
             if by_key.get(&reply).is_some_and(|r| r.real_id == f.real_id) {
                 remove.push(reply);
             }
