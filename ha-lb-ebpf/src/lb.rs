@@ -1,4 +1,5 @@
-//! L4 forwarding: service lookup, schedulers, conntrack, NAT, DR and TUN (program `ha_lb_xdp`).
+//! L4 forwarding: service lookup, schedulers, conntrack, NAT, DR and TUN (program `ha_lb_xdp`;
+//! the same code at the TC ingress hook is `ha_lb_tc`, see `parse::Frame` for what differs).
 //!
 //! Per frame: parse Ethernet + IPv4/IPv6 + TCP/UDP (one bounds check per header); a packet of
 //! a NAT or DR flow this CPU sent recently (no SYN/FIN/RST) is sent from the per-CPU flow
@@ -48,7 +49,10 @@ mod sched;
 mod stats;
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_coarse_ns,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 use ha_lb_common::lb::{
     LbFlow, LbReal, LbReason, LbService, FAMILY_V4, FAMILY_V6, LB_CFG_F_VRRP_FILTER,
@@ -62,7 +66,7 @@ use self::{
     stats::count,
 };
 use crate::parse::{
-    ipv6_is_ext, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, ETH_HLEN, ETH_P_8021AD,
+    ipv6_is_ext, ptr_at, EthHdr, Frame, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, ETH_HLEN, ETH_P_8021AD,
     ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN,
     IP_MF_OFFSET, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
@@ -95,7 +99,36 @@ enum Verdict {
 
 #[xdp]
 pub fn ha_lb_xdp(ctx: XdpContext) -> u32 {
-    match process(&ctx) {
+    run(&ctx)
+}
+
+/// The same data path at the TC ingress hook (`dataplane = "tc"`), for interfaces where a
+/// socket buffer already exists when the packet arrives (veth pairs of containers and
+/// namespaces: their XDP first copies every socket's packet into a page, then the receiving
+/// end builds a socket buffer again and verifies its checksums): redirected socket buffers
+/// keep their checksum state. No TUN and no ICMP "fragmentation needed" answers at this hook
+/// (see `parse::Frame`).
+#[classifier]
+pub fn ha_lb_tc(ctx: TcContext) -> i32 {
+    // Headers outside the linear part are out of direct reach: pull them in (rare: a
+    // socket's packets and received frames start linear).
+    const HEADERS: u32 = (ETH_HLEN + IPV6_HLEN + 60) as u32;
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    if linear < HEADERS && ctx.len() > linear {
+        let _ = ctx.pull_data(if ctx.len() < HEADERS { ctx.len() } else { HEADERS });
+    }
+    match run(&ctx) {
+        xdp_action::XDP_REDIRECT => TC_ACT_REDIRECT as i32,
+        xdp_action::XDP_DROP | xdp_action::XDP_ABORTED => TC_ACT_SHOT as i32,
+        _ => TC_ACT_OK as i32,
+    }
+}
+
+/// One packet through the data path: the XDP action for it (at the TC hook: `XDP_REDIRECT`
+/// once redirected, `XDP_DROP` or `XDP_PASS`; see `parse::Frame::redirect`).
+#[inline(always)]
+fn run(ctx: &impl Frame) -> u32 {
+    match process(ctx) {
         Verdict::Act((a, r)) => {
             count(r);
             a
@@ -107,7 +140,7 @@ pub fn ha_lb_xdp(ctx: XdpContext) -> u32 {
                 None => false,
             };
             if vrrp {
-                crate::vrrp_filter::run(&ctx)
+                crate::vrrp_filter::run(ctx)
             } else {
                 xdp_action::XDP_PASS
             }
@@ -128,14 +161,14 @@ pub fn ha_lb_pass(_ctx: XdpContext) -> u32 {
 /// every director on the segment forward the same frame. Interfaces with no entry (not
 /// attached by the daemon, e.g. in test runs) accept everything.
 #[inline(always)]
-fn for_us(ctx: &XdpContext) -> bool {
+fn for_us(ctx: &impl Frame) -> bool {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return true };
     // SAFETY: bounds-checked by ptr_at.
     if unsafe { (*eth).dst[0] } & 1 != 0 {
         // Multicast and broadcast (ARP, neighbour discovery, VRRP) are for every host.
         return true;
     }
-    let ifindex = ctx.ingress_ifindex() as u32;
+    let ifindex = ctx.ifindex();
     let m = if ifindex < LB_IF_MAC_DIRECT {
         match maps::LB_IF_MAC.get(ifindex) {
             Some(m) if m.attached != 0 => Some(m),
@@ -153,7 +186,7 @@ fn for_us(ctx: &XdpContext) -> bool {
 }
 
 #[inline(always)]
-fn process(ctx: &XdpContext) -> Verdict {
+fn process(ctx: &impl Frame) -> Verdict {
     if !for_us(ctx) {
         return Verdict::Chain(LbReason::OtherHost);
     }
@@ -220,9 +253,9 @@ fn now_ns() -> u64 {
 }
 
 #[inline(always)]
-fn parse(ctx: &XdpContext) -> Result<Pkt, LbReason> {
+fn parse(ctx: &impl Frame) -> Result<Pkt, LbReason> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(LbReason::Truncated)?;
-    let len = (ctx.data_end() - ctx.data()) as u32;
+    let len = ctx.len();
     // SAFETY: bounds-checked by ptr_at.
     match u16::from_be(unsafe { (*eth).proto }) {
         ETH_P_IP => parse_v4(ctx, len),
@@ -233,7 +266,7 @@ fn parse(ctx: &XdpContext) -> Result<Pkt, LbReason> {
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &XdpContext, len: u32) -> Result<Pkt, LbReason> {
+fn parse_v4(ctx: &impl Frame, len: u32) -> Result<Pkt, LbReason> {
     let ipp = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or(LbReason::Truncated)?;
     // SAFETY: bounds-checked by ptr_at.
     let ip = unsafe { *ipp };
@@ -273,7 +306,7 @@ fn parse_v4(ctx: &XdpContext, len: u32) -> Result<Pkt, LbReason> {
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &XdpContext, len: u32) -> Result<Pkt, LbReason> {
+fn parse_v6(ctx: &impl Frame, len: u32) -> Result<Pkt, LbReason> {
     let ipp = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN).ok_or(LbReason::Truncated)?;
     // SAFETY: bounds-checked by ptr_at.
     let ip = unsafe { *ipp };
@@ -307,7 +340,7 @@ fn parse_v6(ctx: &XdpContext, len: u32) -> Result<Pkt, LbReason> {
 /// The TCP/UDP header at `off`: (source port, destination port, TCP flags).
 #[inline(always)]
 fn parse_l4(
-    ctx: &XdpContext,
+    ctx: &impl Frame,
     proto: u8,
     off: usize,
     l4_len: u32,
@@ -345,7 +378,7 @@ fn parse_l4(
 /// to the stack, and inlined into one function the spills of scheduling, FIB lookup and
 /// rewriting add up past the 512-byte stack. As subprograms, each gets its own frame.
 #[inline(never)]
-fn established(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> u64 {
+fn established(ctx: &impl Frame, pkt: &Pkt, f: *mut LbFlow) -> u64 {
     let now = now_ns();
     // SAFETY: LRU value pointer from a successful lookup; fields read one by one.
     let (real_id, real_gen, svc_id, flags, last_seen) =
@@ -403,7 +436,7 @@ fn established(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> u64 {
 /// Client -> VIP, no known flow: schedule it, send the packet, then record the flow (with the
 /// next hop the send looked up) and, for NAT, its reply entry.
 #[inline(always)]
-fn schedule(ctx: &XdpContext, pkt: &Pkt, svc: &LbService, stale: bool) -> Outcome {
+fn schedule(ctx: &impl Frame, pkt: &Pkt, svc: &LbService, stale: bool) -> Outcome {
     let kind = svc.lb_kind;
     if kind != LB_KIND_NAT && kind != LB_KIND_DR && kind != LB_KIND_TUN {
         return drop(LbReason::FibOther);
@@ -518,7 +551,7 @@ fn unpack(v: u64) -> Outcome {
 /// An ICMP error about a known flow, translated and sent (packed [`Outcome`]), or 0. A
 /// subprogram, like [`forward`].
 #[inline(never)]
-fn icmp_error(ctx: &XdpContext) -> u64 {
+fn icmp_error(ctx: &impl Frame) -> u64 {
     match icmp::error(ctx) {
         Some(o) => pack(o),
         None => 0,
@@ -550,13 +583,13 @@ fn fwd_mode(kind: u8, fresh: bool) -> u32 {
 /// encapsulates; all rewrite the Ethernet header for the next hop (cached in `nh`, the flow's
 /// forward entry).
 #[inline(never)]
-fn forward(ctx: &XdpContext, pkt: &Pkt, real: *const LbReal, nh: *mut LbFlow, mode: u32) -> u64 {
+fn forward(ctx: &impl Frame, pkt: &Pkt, real: *const LbReal, nh: *mut LbFlow, mode: u32) -> u64 {
     pack(forward_inline(ctx, pkt, real, nh, mode))
 }
 
 #[inline(always)]
 fn forward_inline(
-    ctx: &XdpContext,
+    ctx: &impl Frame,
     pkt: &Pkt,
     real: *const LbReal,
     nh: *mut LbFlow,
@@ -617,12 +650,12 @@ fn forward_inline(
 /// Real server -> client on a NAT flow (`f`, its reply entry): restore the VIP as source and
 /// send it on. Returns a packed [`Outcome`]. A subprogram, like [`forward`].
 #[inline(never)]
-fn reply(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> u64 {
+fn reply(ctx: &impl Frame, pkt: &Pkt, f: *mut LbFlow) -> u64 {
     pack(reply_inline(ctx, pkt, f))
 }
 
 #[inline(always)]
-fn reply_inline(ctx: &XdpContext, pkt: &Pkt, f: *mut LbFlow) -> Outcome {
+fn reply_inline(ctx: &impl Frame, pkt: &Pkt, f: *mut LbFlow) -> Outcome {
     // SAFETY: LRU value pointer from a successful lookup; fields read one by one.
     let (real_id, real_gen, service_id, last_seen, vport) =
         unsafe { ((*f).real_id, (*f).real_gen, (*f).service_id, (*f).last_seen_ns, (*f).port) };

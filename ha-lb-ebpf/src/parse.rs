@@ -1,6 +1,115 @@
 //! Bounded header access shared by all programs.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{
+    helpers::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::{TcContext, XdpContext},
+    EbpfContext,
+};
+
+/// What the forwarding code needs from its hook: XDP (`XdpContext`: a frame, before the
+/// kernel allocates anything) or TC ingress (`TcContext`: a socket buffer). One code path,
+/// compiled once per hook; where the two differ:
+/// - [`Frame::SKB`]: TCP/UDP checksums are updated through the kernel's helpers, which know
+///   the socket buffer's checksum state (a socket's packet on a veth carries only the
+///   pseudo-header sum, CHECKSUM_PARTIAL: an incremental update of the full checksum would
+///   corrupt it);
+/// - the frame cannot grow or shrink at the TC hook ([`Frame::adjust_head`] fails): no TUN
+///   encapsulation and no ICMP "fragmentation needed" answers there;
+/// - every send is a redirect (XDP: TX back out of the ingress interface, or redirect).
+pub trait Frame: EbpfContext {
+    const SKB: bool;
+    #[inline(always)]
+    fn skb(&self) -> bool {
+        Self::SKB
+    }
+    /// Start of the directly accessible bytes (a socket buffer's linear part).
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// The packet's whole length (a socket buffer may hold more than its linear part).
+    fn len(&self) -> u32;
+    fn ifindex(&self) -> u32;
+    /// Moves the start by `delta` bytes (negative: prepend); false if it cannot.
+    fn adjust_head(&self, delta: i32) -> bool;
+    /// Moves the end by `delta` bytes (negative: cut); false if it cannot.
+    fn adjust_tail(&self, delta: i32) -> bool;
+    /// Sends the frame out of `ifindex`: the XDP action (`XDP_TX` or `XDP_REDIRECT`) for it.
+    fn redirect(&self, ifindex: u32) -> u32;
+}
+
+impl Frame for XdpContext {
+    const SKB: bool = false;
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.ingress_ifindex() as u32
+    }
+    #[inline(always)]
+    fn adjust_head(&self, delta: i32) -> bool {
+        // SAFETY: plain helper call; packet pointers are derived again afterwards.
+        unsafe { bpf_xdp_adjust_head(self.ctx, delta) == 0 }
+    }
+    #[inline(always)]
+    fn adjust_tail(&self, delta: i32) -> bool {
+        // SAFETY: as above.
+        unsafe { bpf_xdp_adjust_tail(self.ctx, delta) == 0 }
+    }
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32) -> u32 {
+        if ifindex == self.ifindex() {
+            aya_ebpf::bindings::xdp_action::XDP_TX
+        } else {
+            // SAFETY: plain helper call; flags 0.
+            unsafe { bpf_redirect(ifindex, 0) as u32 }
+        }
+    }
+}
+
+impl Frame for TcContext {
+    const SKB: bool = true;
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the program's context pointer.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+    #[inline(always)]
+    fn adjust_head(&self, _delta: i32) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn adjust_tail(&self, _delta: i32) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32) -> u32 {
+        // SAFETY: plain helper call; flags 0 (egress of `ifindex`). Returns TC_ACT_REDIRECT,
+        // which the TC entry point makes of XDP_REDIRECT.
+        unsafe { bpf_redirect(ifindex, 0) };
+        aya_ebpf::bindings::xdp_action::XDP_REDIRECT
+    }
+}
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -44,7 +153,7 @@ pub struct Ipv6Hdr {
 
 /// A pointer to a `T` at `offset` bytes into the packet, or `None` if it does not fit.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+pub fn ptr_at<T>(ctx: &impl Frame, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -56,7 +165,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 /// The EtherType of an untagged frame (host order), or `None` if the frame is shorter than
 /// an Ethernet header.
 #[inline(always)]
-pub fn ether_type(ctx: &XdpContext) -> Option<u16> {
+pub fn ether_type(ctx: &impl Frame) -> Option<u16> {
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
     // SAFETY: bounds-checked by ptr_at.
     Some(u16::from_be(unsafe { (*eth).proto }))

@@ -20,7 +20,7 @@ use ha_lb_common::vrrp::{
 };
 
 use crate::parse::{
-    ether_type, ptr_at, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV6_HLEN,
+    ether_type, ptr_at, Frame, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV6_HLEN,
 };
 
 /// Length of the fixed VRRP header (v2 and v3).
@@ -42,7 +42,7 @@ pub fn ha_lb_vrrp(ctx: XdpContext) -> u32 {
 /// The filter's verdict for one frame; also run by `ha_lb_xdp` on the frames it does not
 /// forward when its VRRP filter is enabled (one XDP program per interface).
 #[inline(always)]
-pub fn run(ctx: &XdpContext) -> u32 {
+pub fn run(ctx: &impl Frame) -> u32 {
     match filter(ctx) {
         Verdict::NotVrrp => xdp_action::XDP_PASS,
         Verdict::Counted(c) => {
@@ -72,7 +72,7 @@ fn count(c: VrrpCounter) {
 }
 
 #[inline(always)]
-fn filter(ctx: &XdpContext) -> Verdict {
+fn filter(ctx: &impl Frame) -> Verdict {
     let (family, hop_limit, vrrp_off) = match ether_type(ctx) {
         Some(ETH_P_IP) => {
             let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
@@ -127,7 +127,7 @@ fn filter(ctx: &XdpContext) -> Verdict {
     if hdr[0] & 0x0f != VRRP_TYPE_ADVERTISEMENT {
         return Verdict::Counted(VrrpCounter::BadType);
     }
-    let key = VrrpVridKey::new(ctx.ingress_ifindex() as u32, hdr[1], family);
+    let key = VrrpVridKey::new(ctx.ifindex(), hdr[1], family);
     // SAFETY: read-only lookup; the value is plain data.
     match unsafe { VRRP_VRIDS.get(&key) } {
         None => Verdict::Counted(VrrpCounter::UnknownVrid),

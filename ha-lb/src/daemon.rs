@@ -24,7 +24,11 @@ use crate::{
     bpf,
     config::{self, Config, Notify, Script, ScriptUser, VrrpInstance},
     control::{self, Request, Response},
-    dataplane::{ipvs::IpvsDataplane, xdp::XdpDataplane, Dataplane, NoDataplane},
+    dataplane::{
+        ipvs::IpvsDataplane,
+        xdp::{Hook, XdpDataplane},
+        Dataplane, NoDataplane,
+    },
     health::{CheckTarget, HealthChecker, HealthEvent, HealthOptions},
     reconcile::{to_dataplane, DesiredService, Reconciler},
     script::{self, RunOptions},
@@ -289,21 +293,23 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
 
     let dataplane = match config.global.dataplane {
         config::Dataplane::None => Plane::None(NoDataplane::default()),
-        config::Dataplane::Xdp => {
+        d @ (config::Dataplane::Xdp | config::Dataplane::Tc) => {
+            let hook = if d == config::Dataplane::Tc { Hook::Tc } else { Hook::Xdp };
             let ifaces = xdp_interfaces(&config);
             if ifaces.is_empty() {
-                bail!("dataplane \"xdp\" needs at least one vrrp_instance: its interface is where the forwarding program is attached");
+                bail!("dataplane {:?} needs at least one vrrp_instance: its interface is where the forwarding program is attached", d.as_str());
             }
             let v6 = config.virtual_servers.iter().any(|v| v.address.is_ipv6());
             enable_forwarding(&ifaces, v6);
             enable_accept_local(&config, &ifaces);
             let names: Vec<&str> = ifaces.iter().map(String::as_str).collect();
-            let mut x = XdpDataplane::attach(&names).context("starting the XDP data plane")?;
+            let mut x = XdpDataplane::attach(&names, hook)
+                .with_context(|| format!("starting the {} data plane", hook.as_str()))?;
             // One XDP program per interface: VRRP frames go on to the fast-path filter.
             x.set_vrrp_filter(true)
                 .context("enabling the VRRP filter in the forwarding program")?;
             x.bpf_mut().spawn_log_forwarder();
-            info!(interfaces = ?ifaces, "XDP forwarding attached");
+            info!(interfaces = ?ifaces, hook = hook.as_str(), "eBPF forwarding attached");
             Plane::Xdp(Box::new(x))
         }
         config::Dataplane::Ipvs => {

@@ -1,9 +1,10 @@
 //! End to end on a namespace lab with real TCP and UDP: client -> VIP on a director with
-//! `ha_lb_xdp` attached (native XDP on veth) -> real servers that answer with their own name
-//! (tiny servers run by this test process inside the real-server namespaces).
+//! `ha_lb_xdp` attached (native XDP on veth; the `lab_tc_*` tests: `ha_lb_tc` at TC ingress)
+//! -> real servers that answer with their own name (tiny servers run by this test process
+//! inside the real-server namespaces).
 //!
 //! Lab mechanics worth knowing:
-//! - Senders whose packets cross the XDP program have TX checksum offload off
+//! - XDP: senders whose packets cross the program have TX checksum offload off
 //!   (`ethtool -K dev tx off`): a socket's skb carries CHECKSUM_PARTIAL (the TCP/UDP checksum
 //!   left for the NIC), and XDP, which sees only bytes, would forward that unfinished checksum.
 //!   Receivers then really verify checksums: frames are captured and checked with an
@@ -31,7 +32,10 @@ use std::{
 
 use ha_lb::{
     bpf::{lb::PROG_PASS, AttachMode, Bpf},
-    dataplane::{xdp::XdpDataplane, Dataplane, DesiredState, LbAlgo, LbKind, Protocol},
+    dataplane::{
+        xdp::{Hook, XdpDataplane},
+        Dataplane, DesiredState, LbAlgo, LbKind, Protocol,
+    },
 };
 use ha_lb_lab::{frame, packet::PacketSocket, Lab, Node};
 use xdp_support::{one_service, pin_to_cpu0, reals, vs};
@@ -248,17 +252,34 @@ fn check_captured(sock: &PacketSocket, port: u16) -> usize {
     frames.len()
 }
 
-/// Attaches the forwarding program to `ifaces` of the director (native XDP on veth).
-fn attach(d: &Node, ifaces: &'static [&'static str]) -> XdpDataplane {
+/// Attaches the forwarding program to `ifaces` of the director (native XDP on veth, or TC
+/// ingress).
+fn attach(d: &Node, ifaces: &'static [&'static str], hook: Hook) -> XdpDataplane {
     d.run(move || {
         let bpf = Bpf::load(tracing::Level::WARN).unwrap();
-        let mut dp = XdpDataplane::new(bpf).unwrap();
+        let mut dp = XdpDataplane::with_hook(bpf, hook).unwrap();
+        let want = if hook == Hook::Xdp { AttachMode::Native } else { AttachMode::Tc };
         for i in ifaces {
-            assert_eq!(dp.attach_interface(i).unwrap(), AttachMode::Native, "{i}");
+            assert_eq!(dp.attach_interface(i).unwrap(), want, "{i}");
         }
         dp
     })
     .unwrap()
+}
+
+/// Checksum offload per hook (see the module docs). XDP: senders whose packets cross the
+/// program send finished checksums (`tx off` on the client's and real servers' eth0). TC:
+/// senders keep offload on, so the program gets CHECKSUM_PARTIAL packets, and the director's
+/// own interfaces finish checksums in software on the way out (`tx off` on them), so the
+/// receivers and the captures verify what the program made of the pseudo-header sum.
+/// Returns (the senders' ethtool suffix, the director's).
+fn offload(hook: Hook, director: &[&str]) -> (&'static str, String) {
+    match hook {
+        Hook::Xdp => (" && ethtool -K eth0 tx off >/dev/null", String::new()),
+        Hook::Tc => {
+            ("", director.iter().map(|i| format!(" && ethtool -K {i} tx off >/dev/null")).collect())
+        }
+    }
 }
 
 const RS_NAMES: [&str; 3] = ["rs1", "rs2", "rs3"];
@@ -267,6 +288,16 @@ const RS_NAMES: [&str; 3] = ["rs1", "rs2", "rs3"];
 /// client subnet goes via the director.
 #[test]
 fn lab_nat_tcp_and_udp_follow_weights_and_survive_a_removal() {
+    nat_v4(Hook::Xdp);
+}
+
+#[test]
+fn lab_tc_nat_tcp_and_udp_follow_weights_and_survive_a_removal() {
+    nat_v4(Hook::Tc);
+}
+
+fn nat_v4(hook: Hook) {
+    let (tx, dtx) = offload(hook, &["eth0", "eth1"]);
     let mut lab = Lab::new().unwrap();
     let client = lab.node("client").unwrap();
     let d = lab.node("d").unwrap();
@@ -280,13 +311,17 @@ fn lab_nat_tcp_and_udp_follow_weights_and_survive_a_removal() {
     lab.bridge(&sw, "br0", &["p0", "p1", "p2", "p3"]).unwrap();
     sh(
         &client,
-        "ip addr add 198.18.1.2/24 dev eth0 && ip route add 198.18.100.0/24 via 198.18.1.1 \
-         && ethtool -K eth0 tx off gro on >/dev/null",
+        &format!(
+            "ip addr add 198.18.1.2/24 dev eth0 && ip route add 198.18.100.0/24 via 198.18.1.1 \
+             && ethtool -K eth0 gro on >/dev/null{tx}"
+        ),
     );
     sh(
         &d,
-        "ip addr add 198.18.1.1/24 dev eth0 && ip addr add 198.18.100.1/32 dev eth0 \
-         && ip addr add 198.18.2.1/24 dev eth1 && sysctl -qw net.ipv4.ip_forward=1",
+        &format!(
+            "ip addr add 198.18.1.1/24 dev eth0 && ip addr add 198.18.100.1/32 dev eth0 \
+             && ip addr add 198.18.2.1/24 dev eth1 && sysctl -qw net.ipv4.ip_forward=1{dtx}"
+        ),
     );
     sh(&sw, "ethtool -K p0 gro on >/dev/null");
     let mut servers = Vec::new();
@@ -295,13 +330,12 @@ fn lab_nat_tcp_and_udp_follow_weights_and_survive_a_removal() {
         sh(
             r,
             &format!(
-                "ip addr add {a}/24 dev eth0 && ip route add 198.18.1.0/24 via 198.18.2.1 \
-                 && ethtool -K eth0 tx off >/dev/null"
+                "ip addr add {a}/24 dev eth0 && ip route add 198.18.1.0/24 via 198.18.2.1{tx}"
             ),
         );
         servers.push(NameServer::start(r, RS_NAMES[i], &a, 8080));
     }
-    let mut dp = attach(&d, &["eth0", "eth1"]);
+    let mut dp = attach(&d, &["eth0", "eth1"], hook);
     let addrs = ["198.18.2.11", "198.18.2.12", "198.18.2.13"];
     let vip: SocketAddr = "198.18.100.1:80".parse().unwrap();
     let mut desired = one_service(
@@ -391,7 +425,7 @@ fn lab_nat_tcp_and_udp_follow_weights_and_survive_a_removal() {
 
     // Established flows' segments went out from the flow cache (so the checksum checks below
     // cover cached sends too), and rs2's connections above were not sent to it from a slot.
-    let (hits, fills) = dp.stats().unwrap().flow_cache.expect("XDP flow-cache counters");
+    let (hits, fills) = dp.stats().unwrap().flow_cache.expect("flow-cache counters");
     assert!(hits > 0 && fills > 0, "flow cache: {hits} hits, {fills} fills");
 
     // Checksums as the receivers saw them.
@@ -413,6 +447,16 @@ fn lab_nat_tcp_and_udp_follow_weights_and_survive_a_removal() {
 /// directly; the director only rewrites Ethernet headers (XDP_TX back out of eth0).
 #[test]
 fn lab_dr_tcp_and_udp_follow_weights_and_replies_bypass_the_director() {
+    dr_v4(Hook::Xdp);
+}
+
+#[test]
+fn lab_tc_dr_tcp_and_udp_follow_weights_and_replies_bypass_the_director() {
+    dr_v4(Hook::Tc);
+}
+
+fn dr_v4(hook: Hook) {
+    let (tx, dtx) = offload(hook, &["eth0"]);
     let mut lab = Lab::new().unwrap();
     let client = lab.node("client").unwrap();
     let d = lab.node("d").unwrap();
@@ -426,13 +470,16 @@ fn lab_dr_tcp_and_udp_follow_weights_and_replies_bypass_the_director() {
     lab.bridge(&sw, "br0", &["pc", "pd", "p1", "p2", "p3"]).unwrap();
     sh(
         &client,
-        "ip addr add 198.18.3.2/24 dev eth0 && ip route add 198.18.100.0/24 via 198.18.3.1 \
-         && ethtool -K eth0 tx off >/dev/null",
+        &format!(
+            "ip addr add 198.18.3.2/24 dev eth0 && ip route add 198.18.100.0/24 via 198.18.3.1{tx}"
+        ),
     );
     sh(
         &d,
-        "ip addr add 198.18.3.1/24 dev eth0 && ip addr add 198.18.100.2/32 dev eth0 \
-         && sysctl -qw net.ipv4.ip_forward=1",
+        &format!(
+            "ip addr add 198.18.3.1/24 dev eth0 && ip addr add 198.18.100.2/32 dev eth0 \
+             && sysctl -qw net.ipv4.ip_forward=1{dtx}"
+        ),
     );
     // XDP_TX out of d:eth0 lands in sw:pd, which must run an XDP program to be woken up.
     let _pass = sw
@@ -449,8 +496,7 @@ fn lab_dr_tcp_and_udp_follow_weights_and_replies_bypass_the_director() {
             r,
             &format!(
                 "ip addr add {a}/24 dev eth0 && ip addr add 198.18.100.2/32 dev lo \
-                 && sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
-                 && ethtool -K eth0 tx off >/dev/null"
+                 && sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2{tx}"
             ),
         );
         // DR keeps the virtual port: the real servers listen on the VIP's port.
@@ -458,7 +504,7 @@ fn lab_dr_tcp_and_udp_follow_weights_and_replies_bypass_the_director() {
         // What a health check would do: make sure the director knows the real server's MAC.
         sh(&d, &format!("ping -c1 -W2 {a} >/dev/null"));
     }
-    let mut dp = attach(&d, &["eth0"]);
+    let mut dp = attach(&d, &["eth0"], hook);
     let addrs = ["198.18.3.11", "198.18.3.12", "198.18.3.13"];
     let vip: SocketAddr = "198.18.100.2:80".parse().unwrap();
     let mut desired = DesiredState::default();
@@ -532,6 +578,16 @@ fn lab_dr_tcp_and_udp_follow_weights_and_replies_bypass_the_director() {
 /// already rewritten, for the kernel to resolve and forward).
 #[test]
 fn lab_nat_ipv6_tcp_and_udp() {
+    nat_v6(Hook::Xdp);
+}
+
+#[test]
+fn lab_tc_nat_ipv6_tcp_and_udp() {
+    nat_v6(Hook::Tc);
+}
+
+fn nat_v6(hook: Hook) {
+    let (tx, dtx) = offload(hook, &["eth0", "eth1"]);
     let mut lab = Lab::new().unwrap();
     let client = lab.node("client").unwrap();
     let d = lab.node("d").unwrap();
@@ -545,14 +601,18 @@ fn lab_nat_ipv6_tcp_and_udp() {
     lab.bridge(&sw, "br0", &["p0", "p1", "p2"]).unwrap();
     sh(
         &client,
-        "ip addr add fd48:4c42:1::2/64 dev eth0 nodad \
-         && ip route add fd48:4c42:100::/64 via fd48:4c42:1::1 \
-         && ethtool -K eth0 tx off gro on >/dev/null",
+        &format!(
+            "ip addr add fd48:4c42:1::2/64 dev eth0 nodad \
+             && ip route add fd48:4c42:100::/64 via fd48:4c42:1::1 \
+             && ethtool -K eth0 gro on >/dev/null{tx}"
+        ),
     );
     sh(
         &d,
-        "ip addr add fd48:4c42:1::1/64 dev eth0 nodad && ip addr add fd48:4c42:2::1/64 dev eth1 nodad \
-         && sysctl -qw net.ipv6.conf.all.forwarding=1",
+        &format!(
+            "ip addr add fd48:4c42:1::1/64 dev eth0 nodad && ip addr add fd48:4c42:2::1/64 dev eth1 nodad \
+             && sysctl -qw net.ipv6.conf.all.forwarding=1{dtx}"
+        ),
     );
     sh(&sw, "ethtool -K p0 gro on >/dev/null");
     let mut servers = Vec::new();
@@ -561,13 +621,12 @@ fn lab_nat_ipv6_tcp_and_udp() {
         sh(
             r,
             &format!(
-                "ip addr add {a}/64 dev eth0 nodad && ip route add fd48:4c42:1::/64 via fd48:4c42:2::1 \
-                 && ethtool -K eth0 tx off >/dev/null"
+                "ip addr add {a}/64 dev eth0 nodad && ip route add fd48:4c42:1::/64 via fd48:4c42:2::1{tx}"
             ),
         );
         servers.push(NameServer::start(r, RS_NAMES[i], &a, 8080));
     }
-    let mut dp = attach(&d, &["eth0", "eth1"]);
+    let mut dp = attach(&d, &["eth0", "eth1"], hook);
     let vip: SocketAddr = "[fd48:4c42:100::1]:80".parse().unwrap();
     let mut desired = DesiredState::default();
     for proto in [Protocol::Tcp, Protocol::Udp] {

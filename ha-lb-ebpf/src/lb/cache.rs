@@ -27,7 +27,6 @@ use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, bpf_jiffies64},
     macros::map,
     maps::{Array, PerCpuArray},
-    programs::XdpContext,
 };
 use ha_lb_common::lb::{LbFlow, LbReason, FAMILY_V4, LB_FLOW_CACHE_SLOTS};
 
@@ -36,7 +35,7 @@ use super::{
     maps::{scratch, LB_REALS},
     stats, Outcome, Pkt,
 };
-use crate::parse::{IPPROTO_TCP, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::parse::{Frame, IPPROTO_TCP, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// Slots per CPU (a power of two): 8192 × 64 bytes = 512 KiB per CPU.
 const SLOTS: u32 = LB_FLOW_CACHE_SLOTS;
@@ -168,7 +167,7 @@ fn same_key(s: *const Slot, pkt: &Pkt) -> bool {
 /// Sends `pkt` from this CPU's slot, if the slot holds its flow and is valid (see the module
 /// docs); `None`: take the full path.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, pkt: &Pkt) -> Option<Outcome> {
+pub fn send(ctx: &impl Frame, pkt: &Pkt) -> Option<Outcome> {
     if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
         return None;
     }

@@ -82,3 +82,26 @@ pub fn ipv4_header(h: &crate::parse::Ipv4Hdr) -> u16 {
 pub fn finish(sum: u32) -> u16 {
     !fold(sum)
 }
+
+/// One's complement 32-bit add (end-around carry), as the kernel's `csum_add`.
+#[inline(always)]
+fn wadd(s: u32, v: u32) -> u32 {
+    let (r, c) = s.overflowing_add(v);
+    r.wrapping_add(c as u32)
+}
+
+/// The checksum difference (a 32-bit partial sum, the kernel's `__wsum`) made by an address of
+/// `words` words changing from `from` to `to`: for `bpf_l4_csum_replace` with size 0.
+#[inline(always)]
+pub fn diff(from: &[u32; 4], to: &[u32; 4], words: usize) -> u32 {
+    let mut s = wadd(!from[0], to[0]);
+    if words == 4 {
+        s = wadd(s, !from[1]);
+        s = wadd(s, to[1]);
+        s = wadd(s, !from[2]);
+        s = wadd(s, to[2]);
+        s = wadd(s, !from[3]);
+        s = wadd(s, to[3]);
+    }
+    s
+}

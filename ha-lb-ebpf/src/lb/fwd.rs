@@ -5,14 +5,12 @@ use aya_ebpf::{
     bindings::{
         bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED,
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS,
-        BPF_FIB_LKUP_RET_UNREACHABLE,
+        BPF_FIB_LKUP_RET_UNREACHABLE, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR,
     },
     helpers::{
         bpf_fib_lookup as fib_lookup, bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns,
-        bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+        bpf_l4_csum_replace,
     },
-    programs::XdpContext,
-    EbpfContext,
 };
 use ha_lb_common::lb::{LbFlow, FAMILY_V4};
 
@@ -22,8 +20,8 @@ use super::{
     Pkt,
 };
 use crate::parse::{
-    ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP,
-    IPV4_HLEN, IPV6_HLEN,
+    ptr_at, EthHdr, Frame, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6,
+    IPPROTO_TCP, IPV4_HLEN, IPV6_HLEN,
 };
 
 /// IPv4-in-IPv4 (RFC 2003).
@@ -43,10 +41,10 @@ const AF_INET6: u8 = 10;
 /// from the parser as addresses: a packet pointer kept in a stack struct can reach a
 /// subprogram as a plain number for the verifier (seen on 6.1), which then refuses it.
 #[inline(always)]
-pub fn rewrite(ctx: &XdpContext, pkt: &Pkt, dst: bool, addr: &[u32; 4], port: u16) {
+pub fn rewrite(ctx: &impl Frame, pkt: &Pkt, dst: bool, addr: &[u32; 4], port: u16) {
     let (old, old_port) = if dst { (pkt.dst, pkt.dport) } else { (pkt.src, pkt.sport) };
     if pkt.family == FAMILY_V4 {
-        rewrite_l4(ctx, pkt, ETH_HLEN + IPV4_HLEN, dst, port, |c| {
+        rewrite_l4(ctx, pkt, ETH_HLEN + IPV4_HLEN, (dst, old_port, port), (&old, addr), |c| {
             csum::replace_addr4_port(c, old[0], addr[0], old_port, port)
         });
         let Some(ih) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return };
@@ -60,7 +58,7 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Pkt, dst: bool, addr: &[u32; 4], port: u1
             }
         }
     } else {
-        rewrite_l4(ctx, pkt, ETH_HLEN + IPV6_HLEN, dst, port, |c| {
+        rewrite_l4(ctx, pkt, ETH_HLEN + IPV6_HLEN, (dst, old_port, port), (&old, addr), |c| {
             csum::replace_addr6_port(c, &old, addr, old_port, port)
         });
         let Some(ih) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return };
@@ -75,22 +73,29 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Pkt, dst: bool, addr: &[u32; 4], port: u1
     }
 }
 
-/// The TCP/UDP half of [`rewrite`]: the header at `off`, its port, and its checksum through
-/// `update` (a UDP/IPv4 checksum of zero stays zero; a computed zero is sent as all ones).
+/// The TCP/UDP half of [`rewrite`]: the header at `off`, its port (`dst`: the destination
+/// port, from `old_port` to `port`), and its checksum through `update` (a UDP/IPv4 checksum
+/// of zero stays zero; a computed zero is sent as all ones). At the TC hook through the
+/// kernel's helper instead, given the address change `addrs` (old, new): see [`Frame`].
 #[inline(always)]
 fn rewrite_l4(
-    ctx: &XdpContext,
+    ctx: &impl Frame,
     pkt: &Pkt,
     off: usize,
-    dst: bool,
-    port: u16,
+    (dst, old_port, port): (bool, u16, u16),
+    addrs: (&[u32; 4], &[u32; 4]),
     update: impl Fn(u16) -> u16,
 ) {
+    if ctx.skb() {
+        skb_l4_csum(ctx, pkt, off, (old_port, port), addrs);
+    }
     if pkt.proto == IPPROTO_TCP {
         let Some(th) = ptr_at::<TcpHdr>(ctx, off) else { return };
         // SAFETY: bounds-checked by ptr_at.
         unsafe {
-            (*th).check = update((*th).check);
+            if !ctx.skb() {
+                (*th).check = update((*th).check);
+            }
             if dst {
                 (*th).dest = port;
             } else {
@@ -102,7 +107,7 @@ fn rewrite_l4(
         // SAFETY: bounds-checked by ptr_at.
         unsafe {
             let c = (*uh).check;
-            if c != 0 || pkt.family != FAMILY_V4 {
+            if !ctx.skb() && (c != 0 || pkt.family != FAMILY_V4) {
                 let n = update(c);
                 // RFC 768: a computed zero is sent as all ones.
                 (*uh).check = if n == 0 { 0xffff } else { n };
@@ -113,6 +118,38 @@ fn rewrite_l4(
                 (*uh).source = port;
             }
         }
+    }
+}
+
+/// The TCP/UDP checksum update at the TC hook, for an address change `addrs` (old, new; the
+/// pseudo-header) and a port change `ports` (old, new): `bpf_l4_csum_replace`, which updates a
+/// full checksum as [`csum`] would, and a CHECKSUM_PARTIAL one (the pseudo-header sum a
+/// socket's packet carries until the device or the kernel completes it) for the address only.
+/// A UDP/IPv4 checksum of zero stays zero (BPF_F_MARK_MANGLED_0). Invalidates every packet
+/// pointer.
+#[inline(always)]
+fn skb_l4_csum(
+    ctx: &impl Frame,
+    pkt: &Pkt,
+    off: usize,
+    ports: (u16, u16),
+    addrs: (&[u32; 4], &[u32; 4]),
+) {
+    let check = off + if pkt.proto == IPPROTO_TCP { 16 } else { 6 };
+    let zero_ok = if pkt.proto != IPPROTO_TCP && pkt.family == FAMILY_V4 {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    };
+    let words = if pkt.family == FAMILY_V4 { 1 } else { 4 };
+    let d = csum::diff(addrs.0, addrs.1, words);
+    let skb = ctx.as_ptr().cast();
+    // SAFETY: plain helper calls on this program's socket buffer (size 0: `to` is a checksum
+    // difference; 2: a 16-bit field). Failures leave the checksum as it was (the receiver
+    // drops the packet).
+    unsafe {
+        bpf_l4_csum_replace(skb, check as u32, 0, d as u64, BPF_F_PSEUDO_HDR as u64 | zero_ok);
+        bpf_l4_csum_replace(skb, check as u32, ports.0 as u64, ports.1 as u64, 2 | zero_ok);
     }
 }
 
@@ -170,7 +207,7 @@ const _: () = assert!(core::mem::size_of::<FibParams>() == core::mem::size_of::<
 /// of a completed write on x86's store order, and at worst one frame takes a stale next hop.
 #[inline(always)]
 pub fn send(
-    ctx: &XdpContext,
+    ctx: &impl Frame,
     pkt: &Pkt,
     addrs: (&[u32; 4], &[u32; 4]),
     ports: (u16, u16),
@@ -192,7 +229,7 @@ pub fn send(
 /// fails (the kernel resolves the neighbour, fragments, or answers).
 #[inline(always)]
 pub fn nat(
-    ctx: &XdpContext,
+    ctx: &impl Frame,
     pkt: &Pkt,
     (dst, addr, port): (bool, &[u32; 4], u16),
     route: &Route,
@@ -228,7 +265,7 @@ pub fn nat(
 /// cannot be passed to the kernel (it would deliver them to the local VIP).
 #[inline(always)]
 pub fn send_answering(
-    ctx: &XdpContext,
+    ctx: &impl Frame,
     pkt: &Pkt,
     addrs: (&[u32; 4], &[u32; 4]),
     ports: (u16, u16),
@@ -258,7 +295,7 @@ pub struct Route<'a> {
 /// or `bpf_fib_lookup` (see [`send`]).
 #[inline(always)]
 pub fn next_hop(
-    ctx: &XdpContext,
+    ctx: &impl Frame,
     r: &Route,
     nh: *mut LbFlow,
     fresh: bool,
@@ -286,8 +323,10 @@ pub fn next_hop(
         (*pp).l4_protocol = r.proto;
         (*pp).sport = sport;
         (*pp).dport = dport;
-        (*pp).tot_len = r.len;
-        (*pp).ifindex = ctx.ingress_ifindex() as u32;
+        // At the TC hook the kernel checks the socket buffer itself (0: "check the skb"),
+        // which knows a GSO packet is cut to size on the way out.
+        (*pp).tot_len = if ctx.skb() { 0 } else { r.len };
+        (*pp).ifindex = ctx.ifindex();
         // IPv4 uses word 0 (the others are zero in our representation).
         copy_addr(&raw mut (*pp).src, src);
         copy_addr(&raw mut (*pp).dst, dst);
@@ -322,7 +361,9 @@ pub fn next_hop(
                 let c = [m[3], m[4], m[5], m[0], m[1], m[2]];
                 (*nh).nh_macs = c;
                 (*nh).nh_ifindex = out_if;
-                core::ptr::write_volatile(&raw mut (*nh).nh_len, r.len);
+                // TC: valid for any length (the kernel drops what the egress cannot send).
+                let len = if ctx.skb() { 0xffff } else { r.len };
+                core::ptr::write_volatile(&raw mut (*nh).nh_len, len);
                 (c, out_if)
             })
         }
@@ -342,7 +383,7 @@ pub fn next_hop(
 /// packet that no longer fits the path is `FragNeeded`.
 #[inline(always)]
 pub fn tun(
-    ctx: &XdpContext,
+    ctx: &impl Frame,
     pkt: &Pkt,
     (src, dst): (u32, u32),
     nh: *mut LbFlow,
@@ -368,8 +409,8 @@ pub fn tun(
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Fib::Other };
     // SAFETY: bounds-checked by ptr_at.
     let inner = unsafe { *ip };
-    // SAFETY: plain helper call; the frame gains IPV4_HLEN bytes of headroom at its start.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_HLEN as i32)) } != 0 {
+    // The frame gains IPV4_HLEN bytes of headroom at its start (not at the TC hook: dropped).
+    if !ctx.adjust_head(-(IPV4_HLEN as i32)) {
         return Fib::Other;
     }
     // Every packet pointer is invalid now: derive them again.
@@ -399,16 +440,11 @@ pub fn tun(
 /// Writes the Ethernet addresses (`macs`: destination then source, as on the wire) and sends
 /// the frame out of `out_if`.
 #[inline(always)]
-pub fn out(ctx: &XdpContext, macs: &[u16; 6], out_if: u32) -> Fib {
+pub fn out(ctx: &impl Frame, macs: &[u16; 6], out_if: u32) -> Fib {
     let Some(eth) = ptr_at::<[u16; 6]>(ctx, 0) else { return Fib::Other };
     // SAFETY: bounds-checked by ptr_at.
     unsafe { *eth = *macs };
-    if out_if == ctx.ingress_ifindex() as u32 {
-        Fib::Sent(xdp_action::XDP_TX)
-    } else {
-        // SAFETY: plain helper call; flags 0.
-        Fib::Sent(unsafe { bpf_redirect(out_if, 0) } as u32)
-    }
+    Fib::Sent(ctx.redirect(out_if))
 }
 
 /// An IPv4 packet too long for the path (once encapsulated: `overhead`): as IPVS does, answer
@@ -418,7 +454,7 @@ pub fn out(ctx: &XdpContext, macs: &[u16; 6], out_if: u32) -> Fib {
 /// back out of the interface it came in on. Without DF (or if the rewrite fails) it is dropped:
 /// `Answered(XDP_TX)` when the error goes out, else `FragNeeded`.
 #[inline(always)]
-fn frag_needed(ctx: &XdpContext, overhead: u16) -> Fib {
+fn frag_needed(ctx: &impl Frame, overhead: u16) -> Fib {
     if !icmp_allowed() {
         return Fib::FragNeeded;
     }
@@ -484,7 +520,7 @@ fn frag_needed(ctx: &XdpContext, overhead: u16) -> Fib {
 /// discovery through the director fails). `Answered(XDP_TX)`, or `FragNeeded` with the frame
 /// untouched when it cannot be done.
 #[inline(always)]
-fn packet_too_big(ctx: &XdpContext) -> Fib {
+fn packet_too_big(ctx: &impl Frame) -> Fib {
     if !icmp_allowed() {
         return Fib::FragNeeded;
     }
@@ -593,19 +629,17 @@ fn tun_id() -> u16 {
 /// end cut so the frame is `len` bytes. A frame shorter than Ethernet + `quote` is left alone
 /// (`FragNeeded`, as is a failed prepend); a failed cut leaves it mangled (`Other`: drop).
 #[inline(always)]
-fn reframe(ctx: &XdpContext, quote: usize, head: usize, len: usize) -> Result<(), Fib> {
+fn reframe(ctx: &impl Frame, quote: usize, head: usize, len: usize) -> Result<(), Fib> {
     if ctx.data_end() - ctx.data() < ETH_HLEN + quote {
         return Err(Fib::FragNeeded);
     }
-    // SAFETY: plain helper calls; the frame grows at its start, then shrinks at its end.
-    unsafe {
-        if bpf_xdp_adjust_head(ctx.ctx, -(head as i32)) != 0 {
-            return Err(Fib::FragNeeded);
-        }
-        let now = ctx.data_end() - ctx.data();
-        if now > len && bpf_xdp_adjust_tail(ctx.ctx, -((now - len) as i32)) != 0 {
-            return Err(Fib::Other);
-        }
+    // The frame grows at its start, then shrinks at its end (neither at the TC hook).
+    if !ctx.adjust_head(-(head as i32)) {
+        return Err(Fib::FragNeeded);
+    }
+    let now = ctx.data_end() - ctx.data();
+    if now > len && !ctx.adjust_tail(-((now - len) as i32)) {
+        return Err(Fib::Other);
     }
     Ok(())
 }

@@ -20,7 +20,6 @@
 //! Errors that match no flow, and anything unusual (IPv4 options, fragments, extension
 //! headers), pass to the kernel.
 
-use aya_ebpf::programs::XdpContext;
 use ha_lb_common::lb::{
     LbReason, FAMILY_V4, FAMILY_V6, LB_FLOW_F_DR, LB_FLOW_F_REPLY, LB_FLOW_F_TUN,
 };
@@ -32,8 +31,8 @@ use super::{
     pass, Outcome, Pkt,
 };
 use crate::parse::{
-    ether_type, ptr_at, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP,
-    IPV4_HLEN, IPV6_HLEN, IP_MF_OFFSET,
+    ether_type, ptr_at, Frame, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP,
+    IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, IP_MF_OFFSET,
 };
 
 const IPPROTO_ICMP: u8 = 1;
@@ -59,7 +58,7 @@ const V6_PORTS: usize = V6_INNER + IPV6_HLEN;
 /// An ICMP error about a known flow, translated and sent on; `None`: not one (the caller
 /// passes the frame on).
 #[inline(always)]
-pub fn error(ctx: &XdpContext) -> Option<Outcome> {
+pub fn error(ctx: &impl Frame) -> Option<Outcome> {
     match ether_type(ctx)? {
         ETH_P_IP => v4(ctx),
         ETH_P_IPV6 => v6(ctx),
@@ -97,7 +96,7 @@ fn flow_of(
 /// Sends the (translated) error toward `to`; lookup failures pass it to the kernel, which
 /// handles it as it would have without us.
 #[inline(always)]
-fn send(ctx: &XdpContext, pkt: &Pkt, to: &[u32; 4], reason: LbReason) -> Outcome {
+fn send(ctx: &impl Frame, pkt: &Pkt, to: &[u32; 4], reason: LbReason) -> Outcome {
     let Some(sc) = scratch() else { return pass(LbReason::FibOther) };
     // No next-hop cache for errors: the scratch flow value takes the lookup's result.
     // SAFETY: per-CPU scratch map.
@@ -113,7 +112,7 @@ fn send(ctx: &XdpContext, pkt: &Pkt, to: &[u32; 4], reason: LbReason) -> Outcome
 }
 
 #[inline(always)]
-fn v4(ctx: &XdpContext) -> Option<Outcome> {
+fn v4(ctx: &impl Frame) -> Option<Outcome> {
     let op = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
     // SAFETY: bounds-checked by ptr_at (every pointer below likewise).
     let o = unsafe { *op };
@@ -152,7 +151,7 @@ fn v4(ctx: &XdpContext) -> Option<Outcome> {
         family: FAMILY_V4,
         proto: IPPROTO_ICMP,
         tcp_flags: 0,
-        len: (ctx.data_end() - ctx.data()) as u32,
+        len: ctx.len(),
     };
     if flags & LB_FLOW_F_REPLY == 0 {
         // About a packet to the client; `f` is the flow's forward entry: the real server.
@@ -218,7 +217,7 @@ fn v4(ctx: &XdpContext) -> Option<Outcome> {
 }
 
 #[inline(always)]
-fn v6(ctx: &XdpContext) -> Option<Outcome> {
+fn v6(ctx: &impl Frame) -> Option<Outcome> {
     let op = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN)?;
     // SAFETY: bounds-checked by ptr_at (every pointer below likewise).
     let o = unsafe { *op };
@@ -255,7 +254,7 @@ fn v6(ctx: &XdpContext) -> Option<Outcome> {
         family: FAMILY_V6,
         proto: IPPROTO_ICMPV6,
         tcp_flags: 0,
-        len: (ctx.data_end() - ctx.data()) as u32,
+        len: ctx.len(),
     };
     if flags & LB_FLOW_F_REPLY == 0 {
         if o.daddr != i.saddr {

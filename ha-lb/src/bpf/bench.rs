@@ -5,12 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+pub use super::{attach_tc_ingress, detach_tc};
 use aya::{
     maps::{Array, MapError, PerCpuArray},
-    programs::{
-        tc::{SchedClassifierLinkId, TcAttachType},
-        TestRun, TestRunAttrs, TestRunOptions, Xdp,
-    },
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
 };
 pub use ha_lb_common::bench::{
     BenchGenConfig, BenchSinkCounter, BENCH_GEN_CONFIG, BENCH_GEN_SEQ, BENCH_REDIRECT,
@@ -105,32 +103,4 @@ fn per_cpu_sum(bpf: &Bpf, name: &'static str, index: u32) -> Result<u64, BpfErro
     let err = |source: MapError| BpfError::Map { name, source };
     let map: PerCpuArray<_, u64> = PerCpuArray::try_from(bpf.map(name)?).map_err(err)?;
     Ok(map.get(&index, 0).map_err(err)?.iter().sum())
-}
-
-/// Attaches TC program `name` to the ingress of `iface` (in the calling thread's network
-/// namespace; TCX where the kernel has it, else a clsact qdisc, which is added if missing).
-pub fn attach_tc_ingress(
-    bpf: &mut Bpf,
-    name: &str,
-    iface: &str,
-) -> Result<SchedClassifierLinkId, BpfError> {
-    let err = |e: aya::programs::ProgramError| BpfError::Program {
-        name: name.to_string(),
-        source: Box::new(e),
-    };
-    let prog = bpf.classifier(name)?;
-    match prog.attach(iface, TcAttachType::Ingress) {
-        Ok(id) => Ok(id),
-        Err(_) => {
-            // Older kernels (no TCX): through a clsact qdisc.
-            let _ = aya::programs::tc::qdisc_add_clsact(iface);
-            prog.attach(iface, TcAttachType::Ingress).map_err(err)
-        }
-    }
-}
-
-pub fn detach_tc(bpf: &mut Bpf, name: &str, link: SchedClassifierLinkId) -> Result<(), BpfError> {
-    bpf.classifier(name)?
-        .detach(link)
-        .map_err(|e| BpfError::Program { name: name.to_string(), source: Box::new(e) })
 }

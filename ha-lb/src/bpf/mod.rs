@@ -11,7 +11,10 @@ pub mod vrrp_filter;
 use std::os::fd::AsRawFd;
 
 use aya::{
-    programs::{xdp::XdpLinkId, ProgramError, SchedClassifier, Xdp, XdpMode},
+    programs::{
+        tc::SchedClassifierLinkId, xdp::XdpLinkId, ProgramError, SchedClassifier, TcAttachType,
+        Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use tracing::{info, warn};
@@ -20,6 +23,8 @@ use tracing::{info, warn};
 pub const PROG_VRRP_FILTER: &str = "ha_lb_vrrp";
 /// Name of the L4 forwarding program (NAT/DR) in the object.
 pub const PROG_LB: &str = "ha_lb_xdp";
+/// The same forwarding program for the TC ingress hook (`dataplane = "tc"`).
+pub const PROG_LB_TC: &str = "ha_lb_tc";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
@@ -74,11 +79,15 @@ pub fn object() -> Result<&'static [u8], BpfError> {
     }
 }
 
-/// How an XDP program ended up attached.
+/// How a program ended up attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachMode {
+    /// XDP in the driver.
     Native,
+    /// XDP emulated on socket buffers (no driver support).
     Generic,
+    /// TC ingress (TCX, or a clsact qdisc on kernels without it).
+    Tc,
 }
 
 impl AttachMode {
@@ -86,6 +95,7 @@ impl AttachMode {
         match self {
             AttachMode::Native => "native",
             AttachMode::Generic => "generic",
+            AttachMode::Tc => "tc",
         }
     }
 }
@@ -255,6 +265,34 @@ impl Bpf {
     pub fn map(&self, name: &'static str) -> Result<&aya::maps::Map, BpfError> {
         self.ebpf.map(name).ok_or(BpfError::MissingMap { name })
     }
+}
+
+/// Attaches TC program `name` to the ingress of `iface` (in the calling thread's network
+/// namespace; TCX where the kernel has it, else a clsact qdisc, which is added if missing).
+pub fn attach_tc_ingress(
+    bpf: &mut Bpf,
+    name: &str,
+    iface: &str,
+) -> Result<SchedClassifierLinkId, BpfError> {
+    let err = |e: aya::programs::ProgramError| BpfError::Program {
+        name: name.to_string(),
+        source: Box::new(e),
+    };
+    let prog = bpf.classifier(name)?;
+    match prog.attach(iface, TcAttachType::Ingress) {
+        Ok(id) => Ok(id),
+        Err(_) => {
+            // Older kernels (no TCX): through a clsact qdisc.
+            let _ = aya::programs::tc::qdisc_add_clsact(iface);
+            prog.attach(iface, TcAttachType::Ingress).map_err(err)
+        }
+    }
+}
+
+pub fn detach_tc(bpf: &mut Bpf, name: &str, link: SchedClassifierLinkId) -> Result<(), BpfError> {
+    bpf.classifier(name)?
+        .detach(link)
+        .map_err(|e| BpfError::Program { name: name.to_string(), source: Box::new(e) })
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 
 use super::BpfError;
 
@@ -85,4 +85,53 @@ pub fn run_xdp(
     })?;
     out.truncate(res.data_size_out as usize);
     Ok(RunResult { action: res.return_value.into(), frame: out, duration: res.duration })
+}
+
+/// TC verdicts the forwarding program returns, as the kernel numbers them.
+pub const TC_ACT_OK: i32 = 0;
+pub const TC_ACT_SHOT: i32 = 2;
+pub const TC_ACT_REDIRECT: i32 = 7;
+
+/// `struct __sk_buff` as a test run's input context: all zero but the receiving interface
+/// (`ingress_ifindex` at byte 36, `ifindex` at 40; the kernel refuses other fields).
+fn sk_buff_ctx(ifindex: u32) -> [u8; 192] {
+    let mut c = [0u8; 192];
+    c[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+    c[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    c
+}
+
+/// What one TC test run produced.
+#[derive(Debug, Clone)]
+pub struct TcRunResult {
+    /// `TC_ACT_*`.
+    pub action: i32,
+    pub frame: Vec<u8>,
+    pub duration: Duration,
+}
+
+/// Runs TC program `prog` over `frame` as if received on `ifindex` (which must exist in the
+/// caller's network namespace and not be `lo`): the kernel builds a socket buffer from the
+/// frame (no checksum state: CHECKSUM_NONE) and runs the program at ingress.
+pub fn run_tc(
+    prog: &SchedClassifier,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+) -> Result<TcRunResult, BpfError> {
+    let ctx = sk_buff_ctx(ifindex);
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        repeat: repeat.max(1),
+        ..Default::default()
+    };
+    let res = prog.test_run(opts).map_err(|source| BpfError::Program {
+        name: "test_run".into(),
+        source: Box::new(source),
+    })?;
+    out.truncate(res.data_size_out as usize);
+    Ok(TcRunResult { action: res.return_value as i32, frame: out, duration: res.duration })
 }

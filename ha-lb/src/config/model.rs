@@ -118,6 +118,9 @@ pub enum Dataplane {
     /// XDP programs forward; the ha-lb default.
     #[default]
     Xdp,
+    /// The same eBPF data path at the TC ingress hook: for veth-only deployments (containers,
+    /// namespaces), where XDP first copies every socket's packet. No TUN at this hook.
+    Tc,
     /// Kernel IPVS over generic netlink (the keepalived way).
     Ipvs,
     /// VRRP only: no virtual servers are programmed.
@@ -125,11 +128,17 @@ pub enum Dataplane {
 }
 
 impl Dataplane {
-    pub const NAMES: &'static [&'static str] = &["xdp", "ipvs", "none"];
+    /// Whether ha-lb's own eBPF data path forwards (at the XDP or the TC hook).
+    pub fn is_ebpf(self) -> bool {
+        matches!(self, Dataplane::Xdp | Dataplane::Tc)
+    }
+
+    pub const NAMES: &'static [&'static str] = &["xdp", "tc", "ipvs", "none"];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Dataplane::Xdp => "xdp",
+            Dataplane::Tc => "tc",
             Dataplane::Ipvs => "ipvs",
             Dataplane::None => "none",
         }
@@ -141,6 +150,7 @@ impl FromStr for Dataplane {
     fn from_str(s: &str) -> Result<Self, ()> {
         match s {
             "xdp" => Ok(Dataplane::Xdp),
+            "tc" => Ok(Dataplane::Tc),
             "ipvs" => Ok(Dataplane::Ipvs),
             "none" => Ok(Dataplane::None),
             _ => Err(()),

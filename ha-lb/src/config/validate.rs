@@ -47,11 +47,11 @@ impl V<'_> {
         }
         if let Some(s) = &c.global.lvs_sync_daemon {
             let pos = self.map.key(Item::Global, "lvs_sync_daemon");
-            if c.global.dataplane != Dataplane::Xdp {
+            if !c.global.dataplane.is_ebpf() {
                 self.err(
                     pos,
                     format!(
-                        "lvs_sync_daemon synchronises the xdp data plane's connections, but dataplane is {:?}",
+                        "lvs_sync_daemon synchronises the xdp/tc data plane's connections, but dataplane is {:?}",
                         c.global.dataplane.as_str()
                     ),
                 );
@@ -511,6 +511,12 @@ impl V<'_> {
                 }
             }
 
+            if vs.lb_kind == LbKind::Tun && c.global.dataplane == Dataplane::Tc {
+                self.err(
+                    m.key(item, "lb_kind"),
+                    "lb_kind \"TUN\" needs dataplane \"xdp\" or \"ipvs\": the TC hook cannot encapsulate (use DR or NAT, or another dataplane)",
+                );
+            }
             if vs.hysteresis > 0 && vs.hysteresis >= vs.quorum {
                 self.err(
                     m.key(item, "hysteresis"),

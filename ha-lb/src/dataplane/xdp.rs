@@ -64,7 +64,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use aya::programs::xdp::XdpLinkId;
+use aya::programs::{tc::SchedClassifierLinkId, xdp::XdpLinkId};
 use ha_lb_common::lb::{
     LbBackendSet, LbConfig, LbFlow, LbFlowKey, LbReal, LbService, LbServiceKey, IPPROTO_TCP,
     IPPROTO_UDP, LB_ALGO_LC, LB_ALGO_MH, LB_ALGO_RR, LB_ALGO_SH, LB_ALGO_WLC, LB_ALGO_WRR,
@@ -82,7 +82,7 @@ use super::{
 };
 use crate::bpf::{
     lb::{self as maps, addr_words, port_be},
-    AttachMode, Bpf, BpfError, PROG_LB,
+    AttachMode, Bpf, BpfError, PROG_LB, PROG_LB_TC,
 };
 
 fn backend(e: BpfError) -> DataplaneError {
@@ -527,10 +527,36 @@ impl Default for Timeouts {
     }
 }
 
-/// The XDP/eBPF data plane.
+/// Where the forwarding program runs: one code path (`ha_lb_xdp` / `ha_lb_tc`, the same
+/// source compiled for each hook) and the same maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// XDP: before the kernel allocates a socket buffer (NICs; the default).
+    Xdp,
+    /// TC ingress: after. On veth pairs this avoids XDP's copy of every socket's packet and
+    /// the receiver's rebuild of a socket buffer from the frame. No TUN.
+    Tc,
+}
+
+impl Hook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::Tc => "tc",
+        }
+    }
+}
+
+enum Link {
+    Xdp(XdpLinkId),
+    Tc(SchedClassifierLinkId),
+}
+
+/// The eBPF data plane (XDP or TC hook).
 pub struct XdpDataplane {
     bpf: Bpf,
-    links: Vec<(String, XdpLinkId, AttachMode)>,
+    hook: Hook,
+    links: Vec<(String, Link, AttachMode)>,
     state: State,
     timeouts: Timeouts,
     /// `LB_CFG_F_*` written with the timeouts.
@@ -547,9 +573,9 @@ impl XdpDataplane {
     /// interface in `interfaces` (native XDP, generic where the driver has none). Forwarding
     /// also needs `net.ipv4.conf.<iface>.forwarding=1` (and IPv6 forwarding for IPv6
     /// services) on those interfaces: `bpf_fib_lookup` refuses otherwise.
-    pub fn attach(interfaces: &[&str]) -> Result<XdpDataplane, DataplaneError> {
+    pub fn attach(interfaces: &[&str], hook: Hook) -> Result<XdpDataplane, DataplaneError> {
         let bpf = Bpf::load(tracing::Level::WARN).map_err(backend)?;
-        let mut dp = XdpDataplane::new(bpf)?;
+        let mut dp = XdpDataplane::with_hook(bpf, hook)?;
         for iface in interfaces {
             dp.attach_interface(iface)?;
         }
@@ -558,12 +584,22 @@ impl XdpDataplane {
 
     /// Wraps an already loaded object without attaching anything (tests drive it with
     /// `BPF_PROG_TEST_RUN`; the daemon can share one `Bpf` with the VRRP filter).
-    pub fn new(mut bpf: Bpf) -> Result<XdpDataplane, DataplaneError> {
+    pub fn new(bpf: Bpf) -> Result<XdpDataplane, DataplaneError> {
+        Self::with_hook(bpf, Hook::Xdp)
+    }
+
+    /// [`XdpDataplane::new`] for interfaces attached at `hook`.
+    pub fn with_hook(mut bpf: Bpf, hook: Hook) -> Result<XdpDataplane, DataplaneError> {
         // Load (verify) the program now, so a verifier rejection surfaces here.
-        bpf.xdp(PROG_LB).map_err(backend)?;
+        match hook {
+            Hook::Xdp => bpf.xdp(PROG_LB).map(drop),
+            Hook::Tc => bpf.classifier(PROG_LB_TC).map(drop),
+        }
+        .map_err(backend)?;
         maps::set_config(&mut bpf, &LbConfig::DEFAULT).map_err(backend)?;
         Ok(XdpDataplane {
             bpf,
+            hook,
             links: Vec::new(),
             state: State::default(),
             timeouts: Timeouts::default(),
@@ -581,9 +617,25 @@ impl XdpDataplane {
         let ifindex = crate::bpf::ifindex_of(iface)
             .ok_or_else(|| DataplaneError::Invalid(format!("interface {iface} not found")))?;
         maps::set_interface_mac(&mut self.bpf, ifindex, Some(mac)).map_err(backend)?;
-        let (link, mode) = self.bpf.attach_xdp(PROG_LB, iface).map_err(backend)?;
+        let (link, mode) = match self.hook {
+            Hook::Xdp => {
+                let (l, m) = self.bpf.attach_xdp(PROG_LB, iface).map_err(backend)?;
+                (Link::Xdp(l), m)
+            }
+            Hook::Tc => {
+                let l = crate::bpf::attach_tc_ingress(&mut self.bpf, PROG_LB_TC, iface)
+                    .map_err(backend)?;
+                tracing::info!(program = PROG_LB_TC, interface = iface, "TC ingress attached");
+                (Link::Tc(l), AttachMode::Tc)
+            }
+        };
         self.links.push((iface.to_string(), link, mode));
         Ok(mode)
+    }
+
+    /// The hook the forwarding program is attached at.
+    pub fn hook(&self) -> Hook {
+        self.hook
     }
 
     pub fn detach_interface(&mut self, iface: &str) -> Result<(), DataplaneError> {
@@ -591,8 +643,12 @@ impl XdpDataplane {
             let _ = maps::set_interface_mac(&mut self.bpf, i, None);
         }
         if let Some(i) = self.links.iter().position(|(n, _, _)| n == iface) {
-            let (_, link, _) = self.links.remove(i);
-            self.bpf.detach_xdp(PROG_LB, link).map_err(backend)?;
+            match self.links.remove(i).1 {
+                Link::Xdp(l) => self.bpf.detach_xdp(PROG_LB, l).map_err(backend)?,
+                Link::Tc(l) => {
+                    crate::bpf::detach_tc(&mut self.bpf, PROG_LB_TC, l).map_err(backend)?
+                }
+            }
         }
         Ok(())
     }
@@ -899,7 +955,7 @@ impl XdpDataplane {
 
 impl Dataplane for XdpDataplane {
     fn name(&self) -> &'static str {
-        "xdp"
+        self.hook.as_str()
     }
 
     fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, DataplaneError> {
