@@ -12,7 +12,7 @@ pub struct Status {
     pub pid: u32,
     pub uptime_secs: u64,
     pub config_file: String,
-    /// `xdp`, `ipvs` or `none`.
+    /// `xdp`, `tc`, `ipvs` or `none`.
     pub dataplane: String,
     /// Reloads applied / rejected since start.
     pub reloads: u64,
@@ -22,7 +22,7 @@ pub struct Status {
     /// VRRP fast-path filter counters (name -> value), summed over interfaces.
     pub vrrp_filter: BTreeMap<String, u64>,
     /// The forwarding program's frames per reason (forwarded, passed, dropped and why), the
-    /// ones seen so far (dataplane `xdp`).
+    /// ones seen so far (dataplane `xdp` or `tc`).
     #[serde(default)]
     pub forwarding: BTreeMap<String, u64>,
     /// The forwarding program's flow cache: `hits` (packets sent without a

@@ -224,16 +224,24 @@ const PAIR_ADVERT: f64 = 0.2;
 /// differ by only 39 ms at advert_int 0.2 s) and both go MASTER for one advert interval;
 /// what follows a dual master is `dual_master_resolution_moves_traffic_back_to_the_winner`'s subject.
 fn pair(t: &mut DirectorLab, s: &Scratch) -> (HaLb, HaLb) {
+    pair_with(t, s, "xdp")
+}
+
+/// [`pair`] with `dataplane = <dataplane>`.
+fn pair_with(t: &mut DirectorLab, s: &Scratch, dataplane: &str) -> (HaLb, HaLb) {
     let rss: Vec<String> = (1..=3).map(|n| real_server(n, 1, "", Some(""))).collect();
     let vs = virtual_server("lb_algo = \"wrr\"\ndelay_loop = 0.5\nretry = 0", &rss);
     let (n1, n2) = (t.directors[0].clone(), t.directors[1].clone());
-    let d1 =
-        HaLb::start(&mut t.lab, &n1, s, "d1", &director_conf(1, Some(2), 150, PAIR_ADVERT, &vs))
-            .unwrap();
+    let conf = |n, peer, prio| {
+        director_conf(n, Some(peer), prio, PAIR_ADVERT, &vs).replacen(
+            "dataplane = \"xdp\"",
+            &format!("dataplane = \"{dataplane}\""),
+            1,
+        )
+    };
+    let d1 = HaLb::start(&mut t.lab, &n1, s, "d1", &conf(1, 2, 150)).unwrap();
     wait_master_serving(t, &d1);
-    let d2 =
-        HaLb::start(&mut t.lab, &n2, s, "d2", &director_conf(2, Some(1), 100, PAIR_ADVERT, &vs))
-            .unwrap();
+    let d2 = HaLb::start(&mut t.lab, &n2, s, "d2", &conf(2, 1, 100)).unwrap();
     eventually(Duration::from_secs(5), "d2 BACKUP in both instances", || {
         d2.state("VI_PUBLIC").as_deref() == Some("BACKUP")
             && d2.state("VI_GATEWAY").as_deref() == Some("BACKUP")
@@ -469,4 +477,32 @@ fn dual_master_resolution_moves_traffic_back_to_the_winner() {
          BACKUP d2 ({mac2}), not to the MASTER d1 ({mac1}): the winner sent no GARP"
     );
     assert!(failed <= 1, "{failed} requests failed when the BACKUP died:\n{}", describe(&log));
+}
+
+/// `dataplane = "tc"`: the same pair with the forwarding program at the TC ingress hook. The
+/// master forwards through the VIP (the program's NAT counters in `ha-lb status`, no XDP
+/// program on its interfaces), and the backup takes over when the master dies.
+#[test]
+fn tc_data_plane_pair_forwards_and_fails_over() {
+    let mut t = DirectorLab::build(Mode::Nat, 2, 3).unwrap();
+    t.start_real_servers().unwrap();
+    let s = Scratch::new("dtc").unwrap();
+    let (d1, d2) = pair_with(&mut t, &s, "tc");
+    let m = spread(&t.client, 12);
+    assert_eq!(names(&m), ["rs1", "rs2", "rs3"], "wrr over all three: {m:?}");
+    let st = d1.status().unwrap();
+    assert_eq!(st["dataplane"], "tc");
+    let fwd = |k: &str| st["forwarding"][k].as_u64().unwrap_or(0);
+    assert!(fwd("nat_in") >= 12 && fwd("nat_out") >= 12, "forwarded by ha_lb_tc: {st}");
+    assert!(!has_xdp(&d1.node, "eth0") && !has_xdp(&d1.node, "eth1"), "no XDP at the TC hook");
+
+    let n1 = d1.node.clone();
+    t.lab.kill(d1.pid);
+    n1.ip(&["link", "set", "eth0", "down"]).unwrap();
+    n1.ip(&["link", "set", "eth1", "down"]).unwrap();
+    wait_master_serving(&t, &d2);
+    let m = spread(&t.client, 6);
+    assert_eq!(m.values().sum::<usize>(), 6, "every request answered through d2: {m:?}");
+    let st = d2.status().unwrap();
+    assert!(st["forwarding"]["nat_in"].as_u64().unwrap_or(0) >= 6, "d2 forwarded: {st}");
 }

@@ -86,8 +86,8 @@ enum BenchCmd {
         #[arg(long, value_delimiter = ',', default_value = "keepalived,ha-lb")]
         peers: Vec<String>,
     },
-    /// Director CPU per packet and per request: ha-lb XDP (NAT, DR) vs nftables, HAProxy,
-    /// the routed path, no director, and empty XDP programs; small UDP (xdp_frames and
+    /// Director CPU per packet and per request: ha-lb (NAT, DR; XDP and TC hooks) vs
+    /// nftables, HAProxy, the routed path, no director, and empty XDP/TC programs; small UDP (xdp_frames and
     /// skbs), HTTP keep-alive / new connections (wrk), iperf3. Needs root and 2+ CPUs.
     Dataplane {
         /// 3 rounds and shorter runs instead of 5.
@@ -96,8 +96,8 @@ enum BenchCmd {
         /// Rounds (default 5, or 3 with --quick).
         #[arg(long)]
         rounds: Option<usize>,
-        /// Only these variants (ha-lb-nat, ha-lb-dr, direct, routed, nftables, haproxy,
-        /// xdp-drop, xdp-redirect).
+        /// Only these variants (ha-lb-nat, ha-lb-dr, ha-lb-nat-tc, ha-lb-dr-tc, direct, routed,
+        /// nftables, haproxy, xdp-drop, xdp-redirect, xdp-rewrite, tc-redirect).
         #[arg(long, value_delimiter = ',')]
         variants: Option<Vec<String>>,
         /// Only these measurements (udp-frames, udp-skbs, tcp-keepalive, tcp-newconn, iperf).

@@ -8,7 +8,9 @@
 //! director: the floor and the ceiling of a forwarding program), `xdp-rewrite` (MACs swapped,
 //! then redirected: the ceiling of a program that touches the frame), `tc-redirect` (a TC
 //! ingress program redirecting every skb: the ceiling of a TC-hook director, which sees
-//! socket skbs without veth's copy into a page for native XDP), `ha-lb-nat` / `ha-lb-dr`.
+//! socket skbs without veth's copy into a page for native XDP), `ha-lb-nat` / `ha-lb-dr`
+//! (`ha_lb_xdp`), `ha-lb-nat-tc` / `ha-lb-dr-tc` (the same data path at the TC ingress hook,
+//! `ha_lb_tc`: `dataplane = "tc"`).
 //!
 //! Measurements per variant and round:
 //! - UDP frames: 60-byte UDP frames from the live-frames generator (`BPF_PROG_RUN` with
@@ -62,8 +64,9 @@ use ha_lb::bpf::{
     Bpf, PROG_LB,
 };
 use ha_lb::dataplane::{
-    xdp::XdpDataplane, Dataplane, DesiredState, LbAlgo, LbKind, Protocol, RealServerSpec,
-    ServiceSpec, VirtualServerKey,
+    xdp::{Hook, XdpDataplane},
+    Dataplane, DesiredState, LbAlgo, LbKind, Protocol, RealServerSpec, ServiceSpec,
+    VirtualServerKey,
 };
 use ha_lb_lab::{
     benchtopo::{pin_process, pin_task, BenchTopo, NapiThread, Return, CLIENT, REAL_SERVERS, VIP},
@@ -95,6 +98,8 @@ const QUIET_CORES: f64 = 0.15;
 pub enum Variant {
     HaLbNat,
     HaLbDr,
+    HaLbNatTc,
+    HaLbDrTc,
     Direct,
     Routed,
     Nftables,
@@ -106,9 +111,11 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 10] = [
+    pub const ALL: [Variant; 12] = [
         Variant::HaLbNat,
         Variant::HaLbDr,
+        Variant::HaLbNatTc,
+        Variant::HaLbDrTc,
         Variant::Direct,
         Variant::Routed,
         Variant::Nftables,
@@ -123,6 +130,8 @@ impl Variant {
         match self {
             Variant::HaLbNat => "ha-lb-nat",
             Variant::HaLbDr => "ha-lb-dr",
+            Variant::HaLbNatTc => "ha-lb-nat-tc",
+            Variant::HaLbDrTc => "ha-lb-dr-tc",
             Variant::Direct => "direct",
             Variant::Routed => "routed",
             Variant::Nftables => "nftables",
@@ -152,7 +161,12 @@ impl Variant {
     }
 
     fn is_ha_lb(self) -> bool {
-        matches!(self, Variant::HaLbNat | Variant::HaLbDr)
+        matches!(self, Variant::HaLbNat | Variant::HaLbDr | Variant::HaLbNatTc | Variant::HaLbDrTc)
+    }
+
+    /// DR: real servers answer the client directly.
+    fn dr(self) -> bool {
+        matches!(self, Variant::HaLbDr | Variant::HaLbDrTc)
     }
 }
 
@@ -460,11 +474,7 @@ impl Bench {
     }
 
     fn enter(&mut self, v: Variant) -> Result<()> {
-        self.topo.set_return(if v == Variant::HaLbDr {
-            Return::Direct
-        } else {
-            Return::ViaDirector
-        })?;
+        self.topo.set_return(if v.dr() { Return::Direct } else { Return::ViaDirector })?;
         let director = self.topo.director.clone();
         match v {
             Variant::Direct | Variant::Routed => {}
@@ -514,10 +524,15 @@ impl Bench {
                     director.run(|| attach_tc_ingress(bpf, PROG_BENCH_TC_REDIRECT, "hbd0"))??;
                 self.tc_links.push((PROG_BENCH_TC_REDIRECT, l));
             }
-            Variant::HaLbNat | Variant::HaLbDr => {
-                let kind = if v == Variant::HaLbNat { LbKind::Nat } else { LbKind::Dr };
+            Variant::HaLbNat | Variant::HaLbDr | Variant::HaLbNatTc | Variant::HaLbDrTc => {
+                let kind = if v.dr() { LbKind::Dr } else { LbKind::Nat };
+                let hook = if matches!(v, Variant::HaLbNatTc | Variant::HaLbDrTc) {
+                    Hook::Tc
+                } else {
+                    Hook::Xdp
+                };
                 let bpf = Bpf::load_bytes(&self.object, tracing::Level::WARN)?;
-                let mut dp = XdpDataplane::new(bpf)?;
+                let mut dp = XdpDataplane::with_hook(bpf, hook)?;
                 let devs: Vec<String> = std::iter::once("hbd0".to_string())
                     .chain((0..REAL_SERVERS).map(BenchTopo::director_back))
                     .collect();
@@ -529,7 +544,9 @@ impl Bench {
                 })??;
                 dp.apply(&desired(kind))?;
                 self.halb = Some(dp);
-                if !self.halb_costs.iter().any(|(n, _)| n.contains(v.name())) {
+                // The test-run cost is the XDP program's (a TC test run adds building a
+                // socket buffer, which a received packet already has).
+                if hook == Hook::Xdp && !self.halb_costs.iter().any(|(n, _)| n.contains(v.name())) {
                     let c = self.halb_cost()?;
                     self.halb_costs.push((format!("{PROG_LB} ({})", v.name()), c));
                 }
