@@ -111,17 +111,48 @@ pub fn ha_lb_xdp(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn ha_lb_tc(ctx: TcContext) -> i32 {
     // Headers outside the linear part are out of direct reach: pull them in (rare: a
-    // socket's packets and received frames start linear).
-    const HEADERS: u32 = (ETH_HLEN + IPV6_HLEN + 60) as u32;
+    // socket's packets and received frames start with their headers linear; pulling more
+    // than the headers would copy payload out of the fragments for nothing).
+    let need = headers_len(&ctx);
     let linear = (ctx.data_end() - ctx.data()) as u32;
-    if linear < HEADERS && ctx.len() > linear {
-        let _ = ctx.pull_data(if ctx.len() < HEADERS { ctx.len() } else { HEADERS });
+    if linear < need && ctx.len() > linear {
+        let _ = ctx.pull_data(if ctx.len() < need { ctx.len() } else { need });
     }
     match run(&ctx) {
         xdp_action::XDP_REDIRECT => TC_ACT_REDIRECT as i32,
         xdp_action::XDP_DROP | xdp_action::XDP_ABORTED => TC_ACT_SHOT as i32,
         _ => TC_ACT_OK as i32,
     }
+}
+
+/// How many bytes from the start the parser needs in reach: Ethernet, the IP header and the
+/// fixed TCP/UDP header (an ICMP error: what it quotes too), as far as the bytes already in reach tell (more for what they do not
+/// show yet).
+#[inline(always)]
+fn headers_len(ctx: &TcContext) -> u32 {
+    const TCP_HLEN: u32 = 20;
+    let eth = ETH_HLEN as u32;
+    let (ip_len, proto) = match crate::parse::ether_type(ctx) {
+        Some(ETH_P_IP) => match ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) {
+            // SAFETY: bounds-checked by ptr_at.
+            Some(ip) => (IPV4_HLEN as u32, unsafe { (*ip).proto }),
+            None => (IPV4_HLEN as u32, IPPROTO_TCP),
+        },
+        Some(ETH_P_IPV6) => match ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) {
+            // SAFETY: bounds-checked by ptr_at.
+            Some(ip) => (IPV6_HLEN as u32, unsafe { (*ip).nexthdr }),
+            None => (IPV6_HLEN as u32, IPPROTO_TCP),
+        },
+        Some(_) => return eth,
+        None => return eth + IPV6_HLEN as u32 + TCP_HLEN,
+    };
+    eth + ip_len
+        + match proto {
+            IPPROTO_UDP => 8,
+            // An ICMP error: its header, then the quoted IP header and 8 bytes of ports.
+            1 | 58 => 8 + ip_len + 8,
+            _ => TCP_HLEN,
+        }
 }
 
 /// One packet through the data path: the XDP action for it (at the TC hook: `XDP_REDIRECT`
