@@ -87,8 +87,9 @@ enum BenchCmd {
         peers: Vec<String>,
     },
     /// Director CPU per packet and per request: ha-lb (NAT, DR; XDP and TC hooks) vs
-    /// nftables, HAProxy, the routed path, no director, and empty XDP/TC programs; small UDP (xdp_frames and
-    /// skbs), HTTP keep-alive / new connections (wrk), iperf3. Needs root and 2+ CPUs.
+    /// nftables, HAProxy, the routed path, no director, and empty XDP/TC programs; small UDP
+    /// (xdp_frames and skbs), HTTP keep-alive / new connections (wrk), iperf3. Needs root and
+    /// 2+ CPUs.
     Dataplane {
         /// 3 rounds and shorter runs instead of 5.
         #[arg(long)]
@@ -103,6 +104,10 @@ enum BenchCmd {
         /// Only these measurements (udp-frames, udp-skbs, tcp-keepalive, tcp-newconn, iperf).
         #[arg(long, value_delimiter = ',')]
         metrics: Option<Vec<String>>,
+        /// Real servers behind the UDP service (default: all 2; 1 sends every frame out of
+        /// one device, like the empty redirect program).
+        #[arg(long, default_value_t = 2)]
+        udp_real_servers: usize,
     },
     /// ha-lb XDP NAT vs kernel IPVS NAT vs the routed path, side by side, on Debian 12's 6.1
     /// kernel in a QEMU guest without KVM (TCG: absolute figures are distorted, read the
@@ -159,7 +164,9 @@ fn main() -> Result<()> {
             ];
             bench::failover::run(runs, &peers, &settings)
         }
-        Cmd::Bench { what: BenchCmd::Dataplane { quick, rounds, variants, metrics } } => {
+        Cmd::Bench {
+            what: BenchCmd::Dataplane { quick, rounds, variants, metrics, udp_real_servers },
+        } => {
             use bench::dataplane::{Metric, Options, Variant};
             let variants = match variants {
                 Some(v) => v.iter().map(|s| Variant::parse(s)).collect::<Result<Vec<_>>>()?,
@@ -171,7 +178,20 @@ fn main() -> Result<()> {
             };
             let object = build_ebpf(&root)?;
             sweep()?;
-            bench::dataplane::run(Options { quick, rounds, variants, metrics, object })
+            if !(1..=ha_lb_lab::benchtopo::REAL_SERVERS).contains(&udp_real_servers) {
+                bail!(
+                    "--udp-real-servers: 1 to {} (the bench topology's real servers)",
+                    ha_lb_lab::benchtopo::REAL_SERVERS
+                );
+            }
+            bench::dataplane::run(Options {
+                quick,
+                rounds,
+                variants,
+                metrics,
+                object,
+                udp_real_servers,
+            })
         }
         Cmd::Bench {
             what: BenchCmd::Ipvs { rounds, udp_secs, tcp_secs, variants, metrics, timeout_secs },

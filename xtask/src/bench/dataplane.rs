@@ -242,6 +242,9 @@ pub struct Options {
     pub metrics: Vec<Metric>,
     /// The eBPF object (target/ebpf/ha-lb-ebpf.o).
     pub object: PathBuf,
+    /// Real servers behind the UDP service (1..=REAL_SERVERS): 1 sends every frame out of
+    /// one device, as the empty redirect program does.
+    pub udp_real_servers: usize,
 }
 
 /// Rounds, run lengths and what to measure.
@@ -272,6 +275,7 @@ struct Bench {
     object: Vec<u8>,
     /// ha-lb's data plane while an ha-lb variant runs.
     halb: Option<XdpDataplane>,
+    udp_real_servers: usize,
     /// BPF_PROG_TEST_RUN cost of ha_lb_xdp per variant (measured once, on entry).
     halb_costs: Vec<(String, Vec<f64>)>,
 }
@@ -327,6 +331,7 @@ pub fn run(opts: Options) -> Result<()> {
         gen_rate: 2e6,
         object: bytes,
         halb: None,
+        udp_real_servers: opts.udp_real_servers,
         halb_costs: Vec::new(),
     };
     b.start_servers()?;
@@ -387,7 +392,9 @@ fn ha_lb_available() -> bool {
 
 /// The services ha-lb serves in the bench: what nftables and HAProxy are given too (round
 /// robin over both real servers; iperf3 to rs1 only).
-pub(crate) fn desired(kind: LbKind) -> DesiredState {
+/// The bench's services: HTTP and UDP round robin over the real servers (UDP over the first
+/// `udp_real_servers`), iperf3 to the first one.
+pub(crate) fn desired(kind: LbKind, udp_real_servers: usize) -> DesiredState {
     let mut d = DesiredState::default();
     let rs = |port: u16, n: usize| -> Vec<RealServerSpec> {
         (0..n)
@@ -396,7 +403,7 @@ pub(crate) fn desired(kind: LbKind) -> DesiredState {
     };
     for (port, protocol, n) in [
         (HTTP_PORT, Protocol::Tcp, REAL_SERVERS),
-        (UDP_PORT, Protocol::Udp, REAL_SERVERS),
+        (UDP_PORT, Protocol::Udp, udp_real_servers.clamp(1, REAL_SERVERS)),
         (IPERF_PORT, Protocol::Tcp, 1),
     ] {
         let mut spec = ServiceSpec::new(LbAlgo::Rr, kind);
@@ -542,7 +549,7 @@ impl Bench {
                     }
                     Ok(())
                 })??;
-                dp.apply(&desired(kind))?;
+                dp.apply(&desired(kind, self.udp_real_servers))?;
                 self.halb = Some(dp);
                 // The test-run cost is the XDP program's (a TC test run adds building a
                 // socket buffer, which a received packet already has).

@@ -490,14 +490,14 @@ impl Guest {
                     }
                     Ok(())
                 })??;
-                dp.apply(&desired(LbKind::Nat))?;
+                dp.apply(&desired(LbKind::Nat, REAL_SERVERS))?;
                 self.halb = Some(dp);
             }
             Variant::IpvsNat => {
                 // The generic netlink socket is opened in the director's namespace: IPVS
                 // state is per namespace.
                 let mut dp = director.run(IpvsDataplane::open)??;
-                dp.apply(&desired(LbKind::Nat))?;
+                dp.apply(&desired(LbKind::Nat, REAL_SERVERS))?;
                 self.ipvs = Some(dp);
             }
         }
