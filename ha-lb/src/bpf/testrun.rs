@@ -70,12 +70,27 @@ pub fn run_xdp(
     repeat: u32,
 ) -> Result<RunResult, BpfError> {
     let ctx = xdp_md(frame.len(), ingress_ifindex);
+    let (ret, frame, duration) = test_run(prog, frame, &ctx, repeat)?;
+    Ok(RunResult { action: ret.into(), frame, duration })
+}
+
+/// One `BPF_PROG_TEST_RUN` of `prog` over `frame` with input context `ctx`: (return value,
+/// the frame as the program left it, mean time per run).
+fn test_run<P>(
+    prog: &P,
+    frame: &[u8],
+    ctx: &[u8],
+    repeat: u32,
+) -> Result<(u32, Vec<u8>, Duration), BpfError>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
     // Room for programs that grow the frame (encapsulation) by up to 256 bytes.
     let mut out = vec![0u8; frame.len() + 256];
     let opts = TestRunOptions {
         data_in: Some(frame),
         data_out: Some(&mut out),
-        ctx_in: Some(&ctx),
+        ctx_in: Some(ctx),
         repeat: repeat.max(1),
         ..Default::default()
     };
@@ -84,7 +99,7 @@ pub fn run_xdp(
         source: Box::new(source),
     })?;
     out.truncate(res.data_size_out as usize);
-    Ok(RunResult { action: res.return_value.into(), frame: out, duration: res.duration })
+    Ok((res.return_value, out, res.duration))
 }
 
 /// TC verdicts the forwarding program returns, as the kernel numbers them.
@@ -119,19 +134,6 @@ pub fn run_tc(
     ifindex: u32,
     repeat: u32,
 ) -> Result<TcRunResult, BpfError> {
-    let ctx = sk_buff_ctx(ifindex);
-    let mut out = vec![0u8; frame.len() + 256];
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        ctx_in: Some(&ctx),
-        repeat: repeat.max(1),
-        ..Default::default()
-    };
-    let res = prog.test_run(opts).map_err(|source| BpfError::Program {
-        name: "test_run".into(),
-        source: Box::new(source),
-    })?;
-    out.truncate(res.data_size_out as usize);
-    Ok(TcRunResult { action: res.return_value as i32, frame: out, duration: res.duration })
+    let (ret, frame, duration) = test_run(prog, frame, &sk_buff_ctx(ifindex), repeat)?;
+    Ok(TcRunResult { action: ret as i32, frame, duration })
 }
