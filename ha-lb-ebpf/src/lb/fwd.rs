@@ -127,6 +127,11 @@ fn rewrite_l4(
 /// socket's packet carries until the device or the kernel completes it) for the address only.
 /// A UDP/IPv4 checksum of zero stays zero (BPF_F_MARK_MANGLED_0). Invalidates every packet
 /// pointer.
+///
+/// Not handled: an IPv6 packet with CHECKSUM_COMPLETE (a NIC's receive checksum) keeps a
+/// `skb->csum` adjusted as for IPv4 (the helper's BPF_F_IPV6 fix needs Linux 6.16 and is
+/// refused before): harmless for a redirected packet, but the kernel may log a checksum
+/// fault for one passed up translated (no neighbour yet). veth never sets it.
 #[inline(always)]
 fn skb_l4_csum(
     ctx: &impl Frame,
