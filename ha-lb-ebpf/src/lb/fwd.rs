@@ -128,10 +128,12 @@ fn rewrite_l4(
 /// A UDP/IPv4 checksum of zero stays zero (BPF_F_MARK_MANGLED_0). Invalidates every packet
 /// pointer.
 ///
-/// Not handled: an IPv6 packet with CHECKSUM_COMPLETE (a NIC's receive checksum) keeps a
-/// `skb->csum` adjusted as for IPv4 (the helper's BPF_F_IPV6 fix needs Linux 6.16 and is
-/// refused before): harmless for a redirected packet, but the kernel may log a checksum
-/// fault for one passed up translated (no neighbour yet). veth never sets it.
+/// IPv6 passes BPF_F_IPV6, without which the helper adjusts a CHECKSUM_COMPLETE packet's
+/// `skb->csum` (a NIC's receive checksum) as for IPv4, where the header checksum absorbs the
+/// address change; IPv6 has none, so that adjustment would be wrong. Kernels before 6.16
+/// refuse the flag (nothing is changed then) and get the call without it: their
+/// CHECKSUM_COMPLETE IPv6 packets keep that error, harmless for a redirected packet (the
+/// kernel may log a checksum fault for one passed up translated). veth never sets it.
 #[inline(always)]
 fn skb_l4_csum(
     ctx: &impl Frame,
@@ -153,8 +155,34 @@ fn skb_l4_csum(
     // difference; 2: a 16-bit field). Failures leave the checksum as it was (the receiver
     // drops the packet).
     unsafe {
-        bpf_l4_csum_replace(skb, check as u32, 0, d as u64, BPF_F_PSEUDO_HDR as u64 | zero_ok);
-        bpf_l4_csum_replace(skb, check as u32, ports.0 as u64, ports.1 as u64, 2 | zero_ok);
+        let pseudo = BPF_F_PSEUDO_HDR as u64 | zero_ok;
+        if pseudo_done(skb, check as u32, d, pseudo, pkt.family != FAMILY_V4) {
+            bpf_l4_csum_replace(skb, check as u32, ports.0 as u64, ports.1 as u64, 2 | zero_ok);
+        }
+    }
+}
+
+/// The pseudo-header part of [`skb_l4_csum`]: `bpf_l4_csum_replace` with difference `d`,
+/// for IPv6 with BPF_F_IPV6 first (see there). False if the helper refused the update.
+///
+/// # Safety
+/// `skb` is this program's socket buffer.
+#[inline(always)]
+unsafe fn pseudo_done(
+    skb: *mut aya_ebpf::bindings::__sk_buff,
+    check: u32,
+    d: u32,
+    flags: u64,
+    v6: bool,
+) -> bool {
+    /// BPF_F_IPV6 (Linux 6.16; not in these bindings yet).
+    const F_IPV6: u64 = 1 << 7;
+    // SAFETY: plain helper calls on the caller's socket buffer.
+    unsafe {
+        if v6 && bpf_l4_csum_replace(skb, check, 0, d as u64, flags | F_IPV6) == 0 {
+            return true;
+        }
+        bpf_l4_csum_replace(skb, check, 0, d as u64, flags) == 0
     }
 }
 
