@@ -49,7 +49,7 @@ mod sched;
 mod stats;
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    bindings::{xdp_action, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::bpf_ktime_get_coarse_ns,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
@@ -108,6 +108,9 @@ pub fn ha_lb_xdp(ctx: XdpContext) -> u32 {
 /// end builds a socket buffer again and verifies its checksums): redirected socket buffers
 /// keep their checksum state. No TUN and no ICMP "fragmentation needed" answers at this hook
 /// (see `parse::Frame`).
+/// TC's "no verdict: go on with the next program or filter" (TCX_NEXT).
+const TC_ACT_UNSPEC: i32 = -1;
+
 #[classifier]
 pub fn ha_lb_tc(ctx: TcContext) -> i32 {
     // Headers outside the linear part are out of direct reach: pull them in (rare: a
@@ -118,10 +121,13 @@ pub fn ha_lb_tc(ctx: TcContext) -> i32 {
     if linear < need && ctx.len() > linear {
         let _ = ctx.pull_data(if ctx.len() < need { ctx.len() } else { need });
     }
+    // Passed frames go on to the next program or filter on the hook (TC_ACT_UNSPEC, TCX's
+    // "next"): TC_ACT_OK would end the chain, cutting other ingress programs off from the
+    // traffic ha-lb does not handle. XDP_TX cannot happen here (nothing grows or is answered).
     match run(&ctx) {
         xdp_action::XDP_REDIRECT => TC_ACT_REDIRECT as i32,
-        xdp_action::XDP_DROP | xdp_action::XDP_ABORTED => TC_ACT_SHOT as i32,
-        _ => TC_ACT_OK as i32,
+        xdp_action::XDP_PASS => TC_ACT_UNSPEC,
+        _ => TC_ACT_SHOT as i32,
     }
 }
 
@@ -132,19 +138,21 @@ pub fn ha_lb_tc(ctx: TcContext) -> i32 {
 fn headers_len(ctx: &TcContext) -> u32 {
     const TCP_HLEN: u32 = 20;
     let eth = ETH_HLEN as u32;
+    // Unknown so far: as much as the longest case (an ICMPv6 error) needs.
+    const MOST: u32 = (ETH_HLEN + 2 * (IPV6_HLEN + 8)) as u32;
     let (ip_len, proto) = match crate::parse::ether_type(ctx) {
         Some(ETH_P_IP) => match ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) {
             // SAFETY: bounds-checked by ptr_at.
             Some(ip) => (IPV4_HLEN as u32, unsafe { (*ip).proto }),
-            None => (IPV4_HLEN as u32, IPPROTO_TCP),
+            None => return MOST,
         },
         Some(ETH_P_IPV6) => match ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) {
             // SAFETY: bounds-checked by ptr_at.
             Some(ip) => (IPV6_HLEN as u32, unsafe { (*ip).nexthdr }),
-            None => (IPV6_HLEN as u32, IPPROTO_TCP),
+            None => return MOST,
         },
         Some(_) => return eth,
-        None => return eth + IPV6_HLEN as u32 + TCP_HLEN,
+        None => return MOST,
     };
     eth + ip_len
         + match proto {

@@ -7,7 +7,7 @@
 //! A test run's socket buffer carries no checksum state (CHECKSUM_NONE), so the kernel's
 //! checksum helpers the TC build uses must update full checksums exactly as the XDP build's
 //! own arithmetic does. The CHECKSUM_PARTIAL case (a local socket's packet on a veth) needs
-//! real sockets: `tc_lab` covers it.
+//! real sockets: `xdp_lab`'s `lab_tc_*` tests cover it.
 
 mod xdp_support;
 
@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use ha_lb::{
     bpf::{
-        testrun::{run_tc, run_xdp, XdpAction, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+        testrun::{run_tc, run_xdp, XdpAction, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
         Bpf, PROG_LB, PROG_LB_TC,
     },
     dataplane::{
@@ -49,7 +49,7 @@ impl Both {
             .unwrap_or_else(|e| panic!("{what}: {e:?} ({} bytes)", f.len()));
         let want = match x.action {
             XdpAction::Redirect | XdpAction::Tx => TC_ACT_REDIRECT,
-            XdpAction::Pass => TC_ACT_OK,
+            XdpAction::Pass => TC_ACT_UNSPEC,
             XdpAction::Drop => TC_ACT_SHOT,
             a => panic!("{what}: XDP verdict {a:?}"),
         };
@@ -146,6 +146,43 @@ fn tc_and_xdp_forward_every_frame_identically() {
             let (_, f) = b.run("udp checksum 0", eth0, &z);
             assert_eq!(&f[40..42], &[0, 0]);
 
+            // UDP over IPv6 whose translated checksum computes to 0: sent as all ones (0 is
+            // "no checksum", invalid over IPv6). The last two payload bytes are chosen so.
+            let (c6, vip6) = (sa("[fd48:4c42:64::99]:4444"), sa("[fd48:4c42:100::1]:53"));
+            let rs6 = sa("[fd48:4c42:2::11]:53");
+            let zero = (0..=u16::MAX)
+                .map(|v| {
+                    let mut p = b"checksum zero".to_vec();
+                    p.extend_from_slice(&v.to_be_bytes());
+                    p
+                })
+                .find(|p| {
+                    let f = frame::udp(Eth { src: mac1, dst: rs_mac(2, 11) }, c6, rs6, p);
+                    f[60..62] == [0xff, 0xff]
+                })
+                .expect("a payload whose translated UDP checksum is 0");
+            let (_, f) = b.run("udp6 checksum 0", eth0, &frame::udp(ce, c6, vip6, &zero));
+            assert_eq!(&f[60..62], &[0xff, 0xff], "computed 0 sent as all ones");
+            frame::check(&f).expect("valid");
+
+            // A datagram longer than the egress MTU (1500) on a flow whose next hop is cached
+            // (at TC for lengths up to that MTU): looked up and checked again, so both
+            // builds pass it translated for the kernel to fragment (no DF), rather than
+            // redirect it oversize.
+            let (cb, vip4) = (client(500, 6000), sa("198.18.100.1:53"));
+            let (a, _) = b.run("mtu: small first", eth0, &frame::udp(ce, cb, vip4, b"small"));
+            assert_eq!(a, TC_ACT_REDIRECT);
+            let mut big = frame::udp(ce, cb, vip4, &[7u8; 1600]);
+            big[20] &= !0x40; // no DF
+            big[24] = 0;
+            big[25] = 0;
+            let c = frame::inet_checksum(&[&big[14..34]]);
+            big[24..26].copy_from_slice(&c.to_be_bytes());
+            let (a, f) = b.run("mtu: too long", eth0, &big);
+            assert_eq!(a, TC_ACT_UNSPEC, "passed (translated) to the kernel, not redirected");
+            let p = frame::check(&f).expect("translated with valid checksums");
+            assert_eq!(p.dst, ip("198.18.2.12"));
+
             // DR: only the Ethernet header changes.
             let d = frame::tcp(ce, client(3, 4000), sa("198.18.100.2:80"), TcpFlags::SYN, 1, b"x");
             let (a, f) = b.run("dr", eth0, &d);
@@ -172,7 +209,7 @@ fn tc_and_xdp_forward_every_frame_identically() {
                 ("truncated", &truncated),
             ] {
                 let (a, out) = b.run(what, eth0, f);
-                assert_eq!(a, TC_ACT_OK, "{what}: passed");
+                assert_eq!(a, TC_ACT_UNSPEC, "{what}: passed on to the next program");
                 assert_eq!(&out, f, "{what}: untouched");
             }
             assert!(forwarded >= 120 * 4 * 5);

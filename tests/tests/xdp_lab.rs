@@ -357,6 +357,7 @@ fn nat_v4(hook: Hook) {
 
     let cap_rs = rs[0].run(|| PacketSocket::open("eth0").unwrap()).unwrap();
     let cap_client = client.run(|| PacketSocket::open("eth0").unwrap()).unwrap();
+    let cap_d = d.run(|| PacketSocket::open("eth0").unwrap()).unwrap();
 
     // 60 TCP connections and 60 UDP flows: answers follow the weights 1:2:3.
     let mut conns = connect(&client, vip, 60);
@@ -427,6 +428,16 @@ fn nat_v4(hook: Hook) {
     // cover cached sends too), and rs2's connections above were not sent to it from a slot.
     let (hits, fills) = dp.stats().unwrap().flow_cache.expect("flow-cache counters");
     assert!(hits > 0 && fills > 0, "flow cache: {hits} hits, {fills} fills");
+
+    // At the TC hook the client's packets really reached the program unfinished
+    // (CHECKSUM_PARTIAL: only the pseudo-header sum in the checksum field).
+    let seen_at_d = cap_d.drain(Duration::from_millis(200), |f| ours(f, 80)).unwrap();
+    let unfinished = seen_at_d.iter().filter(|f| frame::check(f).is_err()).count();
+    if hook == Hook::Tc {
+        assert!(unfinished > 20, "{unfinished} of {} frames at d:eth0 unfinished", seen_at_d.len());
+    } else {
+        assert_eq!(unfinished, 0, "XDP labs send finished checksums");
+    }
 
     // Checksums as the receivers saw them.
     let (at_rs, at_client) = (check_captured(&cap_rs, 8080), check_captured(&cap_client, 80));

@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::{
         bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED,
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS,
-        BPF_FIB_LKUP_RET_UNREACHABLE, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR,
+        BPF_FIB_LKUP_RET_UNREACHABLE, BPF_F_MARK_ENFORCE, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR,
     },
     helpers::{
         bpf_fib_lookup as fib_lookup, bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns,
@@ -143,10 +143,13 @@ fn skb_l4_csum(
     addrs: (&[u32; 4], &[u32; 4]),
 ) {
     let check = off + if pkt.proto == IPPROTO_TCP { 16 } else { 6 };
-    let zero_ok = if pkt.proto != IPPROTO_TCP && pkt.family == FAMILY_V4 {
-        BPF_F_MARK_MANGLED_0 as u64
-    } else {
-        0
+    // UDP: a computed 0 goes out as all ones (RFC 768 / RFC 8200 §8.1). Over IPv4 a 0 in
+    // the packet means "no checksum" and stays; over IPv6 0 is invalid, so it is updated
+    // like any value (BPF_F_MARK_ENFORCE).
+    let zero_ok = match (pkt.proto != IPPROTO_TCP, pkt.family == FAMILY_V4) {
+        (false, _) => 0,
+        (true, true) => BPF_F_MARK_MANGLED_0 as u64,
+        (true, false) => BPF_F_MARK_MANGLED_0 as u64 | BPF_F_MARK_ENFORCE as u64,
     };
     let words = if pkt.family == FAMILY_V4 { 1 } else { 4 };
     let d = csum::diff(addrs.0, addrs.1, words);
@@ -208,7 +211,8 @@ pub struct FibParams {
     l4_protocol: u8,
     sport: u16,
     dport: u16,
-    /// In: IP total length (MTU check). Out: MTU when FRAG_NEEDED.
+    /// In: IP total length (MTU check; 0 at TC: the kernel checks the socket buffer). Out:
+    /// MTU when FRAG_NEEDED, and at TC on success.
     tot_len: u16,
     ifindex: u32,
     /// tos (IPv4) / flowinfo (IPv6); out: route metric.
@@ -394,8 +398,10 @@ pub fn next_hop(
                 let c = [m[3], m[4], m[5], m[0], m[1], m[2]];
                 (*nh).nh_macs = c;
                 (*nh).nh_ifindex = out_if;
-                // TC: valid for any length (the kernel drops what the egress cannot send).
-                let len = if ctx.skb() { 0xffff } else { r.len };
+                // TC: the kernel checked this socket buffer (a GSO one is cut to size on the
+                // way out) and returned the egress MTU: later packets up to it reuse the hop,
+                // longer ones (GSO, or too long) are looked up, and checked, again.
+                let len = if ctx.skb() { (*pp).tot_len } else { r.len };
                 core::ptr::write_volatile(&raw mut (*nh).nh_len, len);
                 (c, out_if)
             })

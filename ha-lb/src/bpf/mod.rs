@@ -282,7 +282,10 @@ pub fn attach_tc_ingress(
     match prog.attach(iface, TcAttachType::Ingress) {
         Ok(id) => Ok(id),
         Err(_) => {
-            // Older kernels (no TCX): through a clsact qdisc.
+            // Older kernels (no TCX): through a clsact qdisc. Such a filter outlives the
+            // process that added it (it is no file descriptor's), so one left by a crashed
+            // run — with its own, stale maps — is removed first.
+            let _ = aya::programs::tc::qdisc_detach_program(iface, TcAttachType::Ingress, name);
             let _ = aya::programs::tc::qdisc_add_clsact(iface);
             prog.attach(iface, TcAttachType::Ingress).map_err(err)
         }
