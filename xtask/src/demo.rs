@@ -136,16 +136,20 @@ fn longest_failure(
     best
 }
 
-fn director_conf(root: &Path, file: &str) -> Result<String> {
+fn director_conf(root: &Path, file: &str, dataplane: &str) -> Result<String> {
     let text = std::fs::read_to_string(root.join("conf").join(file))
         .with_context(|| format!("reading conf/{file}"))?;
     // Both directors share this host's filesystem: give each its own control socket.
-    Ok(text.replacen("[global]\n", "[global]\ncontrol_socket = \"{socket}\"\n", 1))
+    Ok(text.replacen("[global]\n", "[global]\ncontrol_socket = \"{socket}\"\n", 1).replacen(
+        "dataplane = \"xdp\"",
+        &format!("dataplane = \"{dataplane}\""),
+        1,
+    ))
 }
 
-pub fn run(root: &Path) -> Result<()> {
+pub fn run(root: &Path, dataplane: &str) -> Result<()> {
     if !crate::is_root() {
-        bail!("the demo builds a namespace lab and attaches XDP programs: run `sudo -E cargo xtask demo`");
+        bail!("the demo builds a namespace lab and attaches eBPF programs: run `sudo -E cargo xtask demo`");
     }
     say("Building a lab: client, two directors (lb1, lb2), three real servers (NAT)");
     let mut t = DirectorLab::build(Mode::Nat, 2, 3)?;
@@ -165,16 +169,19 @@ pub fn run(root: &Path) -> Result<()> {
         &d1n,
         &scratch,
         "lb1",
-        &director_conf(root, "two-node-master.toml")?,
+        &director_conf(root, "two-node-master.toml", dataplane)?,
     )?;
     let lb2 = HaLb::start(
         &mut t.lab,
         &d2n,
         &scratch,
         "lb2",
-        &director_conf(root, "two-node-backup.toml")?,
+        &director_conf(root, "two-node-backup.toml", dataplane)?,
     )?;
     println!("   lb1: ha-lb run -c conf/two-node-master.toml   lb2: ha-lb run -c conf/two-node-backup.toml");
+    if dataplane != "xdp" {
+        println!("   (with dataplane = \"{dataplane}\" instead of the files' \"xdp\")");
+    }
     println!("   logs: {}", scratch.dir.display());
 
     say("Election: both start as BACKUP (as keepalived does); lb1 (priority 150) wins");
@@ -241,7 +248,7 @@ pub fn run(root: &Path) -> Result<()> {
         &d1n,
         &scratch,
         "lb1-again",
-        &director_conf(root, "two-node-master.toml")?,
+        &director_conf(root, "two-node-master.toml", dataplane)?,
     )?;
     let t0 = Instant::now();
     eventually(Duration::from_secs(15), "lb1 holds both VIPs again", || {

@@ -53,7 +53,12 @@ enum Cmd {
     },
     /// The demo (README command one): sets up what is missing, builds, and runs two ha-lb
     /// directors, three real servers and a client in a namespace lab, narrated.
-    Demo,
+    Demo {
+        /// The directors' data plane: xdp (as in conf/two-node-*.toml) or tc (the same
+        /// forwarding code at the TC ingress hook).
+        #[arg(long, default_value = "xdp", value_parser = ["xdp", "tc"])]
+        dataplane: String,
+    },
     /// Remove network namespaces left behind by crashed ha-lb labs (only `hlb-*` ones whose
     /// creating process is gone).
     Sweep,
@@ -210,7 +215,7 @@ fn main() -> Result<()> {
                 ipvs_options(rounds, udp_secs, tcp_secs, Some(variants), Some(metrics), object)?;
             bench::ipvs::guest(opts)
         }
-        Cmd::Demo => {
+        Cmd::Demo { dataplane } => {
             toolchain::setup(&root, false)?;
             build_ebpf(&root)?;
             run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -219,7 +224,7 @@ fn main() -> Result<()> {
             std::env::set_var("HLB_BIN_HA_LB", release_dir(&root).join("ha-lb"));
             std::env::set_var("HLB_BIN_HLB_REALSERVER", release_dir(&root).join("hlb-realserver"));
             sweep()?;
-            demo::run(&root)
+            demo::run(&root, &dataplane)
         }
         Cmd::Sweep => {
             let n = sweep()?;
