@@ -102,15 +102,15 @@ pub fn ha_lb_xdp(ctx: XdpContext) -> u32 {
     run(&ctx)
 }
 
+/// TC's "no verdict: go on with the next program or filter" (TCX_NEXT).
+const TC_ACT_UNSPEC: i32 = -1;
+
 /// The same data path at the TC ingress hook (`dataplane = "tc"`), for interfaces where a
 /// socket buffer already exists when the packet arrives (veth pairs of containers and
 /// namespaces: their XDP first copies every socket's packet into a page, then the receiving
 /// end builds a socket buffer again and verifies its checksums): redirected socket buffers
 /// keep their checksum state. No TUN and no ICMP "fragmentation needed" answers at this hook
 /// (see `parse::Frame`).
-/// TC's "no verdict: go on with the next program or filter" (TCX_NEXT).
-const TC_ACT_UNSPEC: i32 = -1;
-
 #[classifier]
 pub fn ha_lb_tc(ctx: TcContext) -> i32 {
     // Headers outside the linear part are out of direct reach: pull them in (rare: a
@@ -132,14 +132,14 @@ pub fn ha_lb_tc(ctx: TcContext) -> i32 {
 }
 
 /// How many bytes from the start the parser needs in reach: Ethernet, the IP header and the
-/// fixed TCP/UDP header (an ICMP error: what it quotes too), as far as the bytes already in reach tell (more for what they do not
-/// show yet).
+/// fixed TCP/UDP header (an ICMP error: what it quotes too), as far as the bytes already in
+/// reach tell (more for what they do not show yet).
 #[inline(always)]
 fn headers_len(ctx: &TcContext) -> u32 {
     const TCP_HLEN: u32 = 20;
     let eth = ETH_HLEN as u32;
     // Unknown so far: as much as the longest case (an ICMPv6 error) needs.
-    const MOST: u32 = (ETH_HLEN + 2 * (IPV6_HLEN + 8)) as u32;
+    const MOST: u32 = (ETH_HLEN + 2 * IPV6_HLEN + icmp::ICMP_HLEN + 8) as u32;
     let (ip_len, proto) = match crate::parse::ether_type(ctx) {
         Some(ETH_P_IP) => match ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) {
             // SAFETY: bounds-checked by ptr_at.
@@ -158,7 +158,7 @@ fn headers_len(ctx: &TcContext) -> u32 {
         + match proto {
             IPPROTO_UDP => 8,
             // An ICMP error: its header, then the quoted IP header and 8 bytes of ports.
-            1 | 58 => 8 + ip_len + 8,
+            icmp::IPPROTO_ICMP | icmp::IPPROTO_ICMPV6 => icmp::ICMP_HLEN as u32 + ip_len + 8,
             _ => TCP_HLEN,
         }
 }

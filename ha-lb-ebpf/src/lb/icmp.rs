@@ -35,9 +35,9 @@ use crate::parse::{
     IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, IP_MF_OFFSET,
 };
 
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_ICMPV6: u8 = 58;
-const ICMP_HLEN: usize = 8;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const ICMP_HLEN: usize = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -105,7 +105,6 @@ where
 /// TC verdicts the forwarding program returns, as the kernel numbers them (UNSPEC: no
 /// verdict, the next program or filter on the hook decides; the forwarding program's "pass").
 pub const TC_ACT_UNSPEC: i32 = -1;
-pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
 pub const TC_ACT_REDIRECT: i32 = 7;
 

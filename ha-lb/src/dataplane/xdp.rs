@@ -633,11 +633,6 @@ impl XdpDataplane {
         Ok(mode)
     }
 
-    /// The hook the forwarding program is attached at.
-    pub fn hook(&self) -> Hook {
-        self.hook
-    }
-
     pub fn detach_interface(&mut self, iface: &str) -> Result<(), DataplaneError> {
         if let Some(i) = crate::bpf::ifindex_of(iface) {
             let _ = maps::set_interface_mac(&mut self.bpf, i, None);
