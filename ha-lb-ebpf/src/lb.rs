@@ -109,8 +109,7 @@ const TC_ACT_UNSPEC: i32 = -1;
 /// socket buffer already exists when the packet arrives (veth pairs of containers and
 /// namespaces: their XDP first copies every socket's packet into a page, then the receiving
 /// end builds a socket buffer again and verifies its checksums): redirected socket buffers
-/// keep their checksum state. No TUN and no ICMP "fragmentation needed" answers at this hook
-/// (see `parse::Frame`).
+/// keep their checksum state (see `parse::Frame` for what differs).
 #[classifier]
 pub fn ha_lb_tc(ctx: TcContext) -> i32 {
     // Headers outside the linear part are out of direct reach: pull them in (rare: a
@@ -123,7 +122,7 @@ pub fn ha_lb_tc(ctx: TcContext) -> i32 {
     }
     // Passed frames go on to the next program or filter on the hook (TC_ACT_UNSPEC, TCX's
     // "next"): TC_ACT_OK would end the chain, cutting other ingress programs off from the
-    // traffic ha-lb does not handle. XDP_TX cannot happen here (nothing grows or is answered).
+    // traffic ha-lb does not handle. XDP_TX cannot happen here (`Frame::redirect`).
     match run(&ctx) {
         xdp_action::XDP_REDIRECT => TC_ACT_REDIRECT as i32,
         xdp_action::XDP_PASS => TC_ACT_UNSPEC,
@@ -131,12 +130,13 @@ pub fn ha_lb_tc(ctx: TcContext) -> i32 {
     }
 }
 
-/// How many bytes from the start the parser needs in reach: Ethernet, the IP header and the
-/// fixed TCP/UDP header (an ICMP error: what it quotes too), as far as the bytes already in
-/// reach tell (more for what they do not show yet).
+/// How many bytes from the start the parser needs in reach: Ethernet, the IP header and 20
+/// bytes of TCP/UDP (the fixed TCP header; what an ICMP "too big" answer quotes) — an ICMP
+/// error: what it quotes too — as far as the bytes already in reach tell (more for what they
+/// do not show yet).
 #[inline(always)]
 fn headers_len(ctx: &TcContext) -> u32 {
-    const TCP_HLEN: u32 = 20;
+    const L4_LEN: u32 = 20;
     let eth = ETH_HLEN as u32;
     // Unknown so far: as much as the longest case (an ICMPv6 error) needs.
     const MOST: u32 = (ETH_HLEN + 2 * IPV6_HLEN + icmp::ICMP_HLEN + 8) as u32;
@@ -156,10 +156,9 @@ fn headers_len(ctx: &TcContext) -> u32 {
     };
     eth + ip_len
         + match proto {
-            IPPROTO_UDP => 8,
             // An ICMP error: its header, then the quoted IP header and 8 bytes of ports.
             icmp::IPPROTO_ICMP | icmp::IPPROTO_ICMPV6 => icmp::ICMP_HLEN as u32 + ip_len + 8,
-            _ => TCP_HLEN,
+            _ => L4_LEN,
         }
 }
 
@@ -649,6 +648,7 @@ fn forward_inline(
         return match fwd::tun(ctx, pkt, (src, raddr[0]), nh, fresh) {
             Fib::Sent(a) => (a, LbReason::Tun),
             Fib::Answered(a) => (a, LbReason::TooBigAnswered),
+            Fib::Unanswered => drop(LbReason::FragNeeded),
             Fib::NoNeigh => drop(LbReason::NoNeigh),
             Fib::FragNeeded => drop(LbReason::FragNeeded),
             Fib::Other => drop(LbReason::FibOther),
@@ -666,6 +666,7 @@ fn forward_inline(
         match fwd::nat(ctx, pkt, (true, raddr, rport), &route, nh, fresh) {
             Fib::Sent(a) => (a, LbReason::NatIn),
             Fib::Answered(a) => (a, LbReason::TooBigAnswered),
+            Fib::Unanswered => drop(LbReason::FragNeeded),
             // The rewritten packet goes to the kernel, which resolves the neighbour (or
             // fragments / answers with ICMP) and forwards it.
             Fib::NoNeigh => pass(LbReason::NoNeigh),
@@ -677,6 +678,7 @@ fn forward_inline(
         match fwd::send_answering(ctx, pkt, (&pkt.src, raddr), (pkt.sport, pkt.dport), nh, fresh) {
             Fib::Sent(a) => (a, LbReason::Dr),
             Fib::Answered(a) => (a, LbReason::TooBigAnswered),
+            Fib::Unanswered => drop(LbReason::FragNeeded),
             // Passing would deliver the packet to the local VIP: drop; the client retransmits.
             Fib::NoNeigh => drop(LbReason::NoNeigh),
             Fib::FragNeeded => drop(LbReason::FragNeeded),
@@ -728,6 +730,7 @@ fn reply_inline(ctx: &impl Frame, pkt: &Pkt, f: *mut LbFlow) -> Outcome {
             (a, LbReason::NatOut)
         }
         Fib::Answered(a) => (a, LbReason::TooBigAnswered),
+        Fib::Unanswered => drop(LbReason::FragNeeded),
         Fib::NoNeigh => pass(LbReason::NoNeigh),
         Fib::FragNeeded => pass(LbReason::FragNeeded),
         Fib::Other => pass(LbReason::FibOther),

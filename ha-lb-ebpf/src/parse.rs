@@ -1,7 +1,8 @@
 //! Bounded header access shared by all programs.
 
 use aya_ebpf::{
-    helpers::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4},
+    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
@@ -13,8 +14,8 @@ use aya_ebpf::{
 ///   the socket buffer's checksum state (a socket's packet on a veth carries only the
 ///   pseudo-header sum, CHECKSUM_PARTIAL: an incremental update of the full checksum would
 ///   corrupt it);
-/// - the frame cannot grow or shrink at the TC hook ([`Frame::adjust_head`] fails): no TUN
-///   encapsulation and no ICMP "fragmentation needed" answers there;
+/// - room for a new header goes between the Ethernet and IP headers rather than at the start
+///   ([`Frame::push_head`]), and a GSO packet ([`Frame::gso`]) is cut to size on the way out;
 /// - every send is a redirect (XDP: TX back out of the ingress interface, or redirect).
 pub trait Frame: EbpfContext {
     const SKB: bool;
@@ -28,10 +29,17 @@ pub trait Frame: EbpfContext {
     /// The packet's whole length (a socket buffer may hold more than its linear part).
     fn len(&self) -> u32;
     fn ifindex(&self) -> u32;
-    /// Moves the start by `delta` bytes (negative: prepend); false if it cannot.
-    fn adjust_head(&self, delta: i32) -> bool;
-    /// Moves the end by `delta` bytes (negative: cut); false if it cannot.
-    fn adjust_tail(&self, delta: i32) -> bool;
+    /// Makes `len` bytes of room in front of the IP header for a header to be written there;
+    /// the Ethernet header is to be written again afterwards (at XDP the room is at the start
+    /// of the frame, at TC between the Ethernet and IP headers). With `ipip` the room is an
+    /// outer IPv4 header: at TC a GSO packet's segment size then shrinks by `len`, so every
+    /// segment still fits the path once encapsulated. False if it cannot.
+    fn push_head(&self, len: u32, ipip: bool) -> bool;
+    /// Cuts the frame to its first `len` bytes; false if it cannot.
+    fn truncate(&self, len: u32) -> bool;
+    /// Whether this is a GSO packet (TC only: several segments' worth, which the kernel cuts
+    /// to size on the way out, so its length says nothing about the path MTU).
+    fn gso(&self) -> bool;
     /// Sends the frame out of `ifindex`: the XDP action (`XDP_TX` or `XDP_REDIRECT`) for it.
     fn redirect(&self, ifindex: u32) -> u32;
 }
@@ -55,14 +63,19 @@ impl Frame for XdpContext {
         self.ingress_ifindex() as u32
     }
     #[inline(always)]
-    fn adjust_head(&self, delta: i32) -> bool {
+    fn push_head(&self, len: u32, _ipip: bool) -> bool {
         // SAFETY: plain helper call; packet pointers are derived again afterwards.
-        unsafe { bpf_xdp_adjust_head(self.ctx, delta) == 0 }
+        unsafe { bpf_xdp_adjust_head(self.ctx, -(len as i32)) == 0 }
     }
     #[inline(always)]
-    fn adjust_tail(&self, delta: i32) -> bool {
+    fn truncate(&self, len: u32) -> bool {
+        let now = Frame::len(self);
         // SAFETY: as above.
-        unsafe { bpf_xdp_adjust_tail(self.ctx, delta) == 0 }
+        len <= now && unsafe { bpf_xdp_adjust_tail(self.ctx, len as i32 - now as i32) == 0 }
+    }
+    #[inline(always)]
+    fn gso(&self) -> bool {
+        false
     }
     #[inline(always)]
     fn redirect(&self, ifindex: u32) -> u32 {
@@ -95,12 +108,23 @@ impl Frame for TcContext {
         unsafe { (*self.skb.skb).ifindex }
     }
     #[inline(always)]
-    fn adjust_head(&self, _delta: i32) -> bool {
-        false
+    fn push_head(&self, len: u32, ipip: bool) -> bool {
+        // Room after the MAC header: the bytes behind it keep their place in the buffer, so a
+        // socket's CHECKSUM_PARTIAL offsets still point at its L4 checksum. With the IPIP flag
+        // the kernel also marks the buffer encapsulated (inner headers, GSO type).
+        let flags = if ipip { BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64 } else { 0 };
+        self.adjust_room(len as i32, BPF_ADJ_ROOM_MAC, flags).is_ok()
     }
     #[inline(always)]
-    fn adjust_tail(&self, _delta: i32) -> bool {
-        false
+    fn truncate(&self, len: u32) -> bool {
+        // SAFETY: plain helper call on this program's socket buffer; flags 0. It refuses to
+        // cut a CHECKSUM_PARTIAL buffer before the end of its L4 checksum field.
+        unsafe { bpf_skb_change_tail(self.skb.skb, len, 0) == 0 }
+    }
+    #[inline(always)]
+    fn gso(&self) -> bool {
+        // SAFETY: the program's context pointer.
+        unsafe { (*self.skb.skb).gso_size != 0 }
     }
     #[inline(always)]
     fn redirect(&self, ifindex: u32) -> u32 {

@@ -75,6 +75,8 @@ fn state() -> DesiredState {
     add("[fd48:4c42:100::1]:80", Protocol::Tcp, LbKind::Nat, &["fd48:4c42:2::10"], 8080);
     add("[fd48:4c42:100::1]:53", Protocol::Udp, LbKind::Nat, &["fd48:4c42:2::11"], 53);
     add("198.18.100.2:80", Protocol::Tcp, LbKind::Dr, &["198.18.2.13"], 80);
+    add("198.18.100.6:80", Protocol::Tcp, LbKind::Tun, &["198.18.2.14"], 80);
+    add("198.18.100.6:53", Protocol::Udp, LbKind::Tun, &["198.18.2.14"], 53);
     DesiredState { services }
 }
 
@@ -182,6 +184,58 @@ fn tc_and_xdp_forward_every_frame_identically() {
             assert_eq!(a, TC_ACT_UNSPEC, "passed (translated) to the kernel, not redirected");
             let p = frame::check(&f).expect("translated with valid checksums");
             assert_eq!(p.dst, ip("198.18.2.12"));
+
+            // Too long for the path with DF (IPv4) or over IPv6: both builds answer the sender
+            // with the same ICMP error (the TC build makes room and cuts the socket buffer
+            // instead of moving the frame's start), back out of the interface it came in on.
+            let df = frame::udp(ce, client(501, 6001), vip4, &[9u8; 1600]);
+            assert_eq!(df[20] & 0x40, 0x40, "DF set");
+            let (a, f) = b.run("mtu: too long, DF", eth0, &df);
+            assert_eq!(a, TC_ACT_REDIRECT, "answered");
+            assert_eq!((f.len(), f[23], f[34], f[35]), (82, 1, 3, 4), "fragmentation needed");
+            assert_eq!(&f[42..82], &df[14..54], "quoting the IPv4 header and 20 bytes");
+            let (c6, vip6) = (sa("[fd48:4c42:64::5]:7000"), sa("[fd48:4c42:100::1]:53"));
+            let big6 = frame::udp(ce, c6, vip6, &[3u8; 1500]);
+            let (a, f) = b.run("mtu: too long, IPv6", eth0, &big6);
+            assert_eq!(a, TC_ACT_REDIRECT, "answered");
+            assert_eq!((f.len(), f[20], f[54]), (122, 58, 2), "packet too big");
+            let dr_big = frame::tcp(
+                ce,
+                client(4, 4001),
+                sa("198.18.100.2:80"),
+                TcpFlags::ACK,
+                1,
+                &[1; 1480],
+            );
+            let (a, f) = b.run("mtu: too long, DR", eth0, &dr_big);
+            assert_eq!((a, f[34]), (TC_ACT_REDIRECT, 3), "answered");
+
+            // TUN: IPIP toward the real server, TCP (first and cached segments) and UDP.
+            for (n, flags) in [TcpFlags::SYN, TcpFlags::ACK, TcpFlags::ACK].iter().enumerate() {
+                let t = frame::tcp(ce, client(5, 4100), sa("198.18.100.6:80"), *flags, 1, b"tun");
+                let (a, f) = b.run(&format!("tun tcp #{n}"), eth0, &t);
+                assert_eq!(a, TC_ACT_REDIRECT);
+                assert_eq!((f.len(), f[23]), (t.len() + 20, 4), "IPIP");
+                assert_eq!(frame::inet_checksum(&[&f[14..34]]), 0, "outer header checksum");
+                assert_eq!(&f[34..], &t[14..], "the packet itself, unchanged inside");
+                assert_eq!(&f[0..6], &rs_mac(2, 14));
+            }
+            let u = frame::udp(ce, client(5, 4101), sa("198.18.100.6:53"), b"tun udp");
+            let (a, f) = b.run("tun udp", eth0, &u);
+            assert_eq!((a, f[23]), (TC_ACT_REDIRECT, 4));
+            // 1488 bytes of IP fit eth1 (1500) but not once encapsulated: answered (DF) with
+            // the MTU left for the client, or dropped (no DF).
+            let mut t = frame::udp(ce, client(5, 4102), sa("198.18.100.6:53"), &[2u8; 1460]);
+            assert_eq!(t.len() - 14, 1488);
+            let (a, f) = b.run("tun: too long once encapsulated", eth0, &t);
+            assert_eq!((a, f.len(), f[34]), (TC_ACT_REDIRECT, 82, 3), "answered");
+            assert_eq!(u16::from_be_bytes([f[40], f[41]]), 1480, "next-hop MTU less 20");
+            t[20] &= !0x40;
+            t[24..26].copy_from_slice(&[0, 0]);
+            let c = frame::inet_checksum(&[&t[14..34]]);
+            t[24..26].copy_from_slice(&c.to_be_bytes());
+            let (a, _) = b.run("tun: too long, no DF", eth0, &t);
+            assert_eq!(a, TC_ACT_SHOT);
 
             // DR: only the Ethernet header changes.
             let d = frame::tcp(ce, client(3, 4000), sa("198.18.100.2:80"), TcpFlags::SYN, 1, b"x");

@@ -1,13 +1,19 @@
-//! LVS-TUN end to end: real UDP and TCP from a client, through `ha_lb_xdp` encapsulating in
+//! LVS-TUN end to end: real UDP and TCP from a client, through the director encapsulating in
 //! IPIP, to a real server that decapsulates on `tunl0` (holding the VIP) and answers from the
-//! VIP. The host kernel has no IPIP, so the lab runs in a user-mode-linux guest (Debian's 6.1,
-//! with `ipip` as a module; see `ha_lb_lab::uml`). The guest has no network device but `lo`:
-//! the lab's namespaces and veths exist inside it only.
+//! VIP — once with `ha_lb_xdp`, once with `ha_lb_tc` (`dataplane = "tc"`). The host kernel has
+//! no IPIP, so the lab runs in a user-mode-linux guest (Debian's 6.1, with `ipip` as a module;
+//! see `ha_lb_lab::uml`). The guest has no network device but `lo`: the lab's namespaces and
+//! veths exist inside it only.
 //!
-//! Guest topology: client (198.18.1.2) — d (198.18.1.1 | 198.18.2.1, `ha_lb_xdp` on both) —
+//! Guest topology: client (198.18.1.2) — d (198.18.1.1 | 198.18.2.1, the program on both) —
 //! rs (198.18.2.10, VIP 198.18.100.1 on tunl0). The real server's replies are routed back
 //! through d's kernel (they are not a NAT flow: the program passes them), which is enough to
 //! show the client gets answers from the VIP that only the real server could have sent.
+//!
+//! At the TC hook the client keeps its TX checksum offload, so its packets arrive as
+//! CHECKSUM_PARTIAL socket buffers (what the hook is for): encapsulated, and turned into ICMP
+//! answers, without losing that state; then with segmentation offload on too, GSO packets are
+//! encapsulated whole and cut into segments that fit (each shorter by the outer header).
 
 use std::{
     collections::BTreeMap,
@@ -20,8 +26,9 @@ use std::{
 use ha_lb::{
     bpf::{lb::PROG_PASS, Bpf},
     dataplane::{
-        xdp::XdpDataplane, Dataplane, DesiredState, LbAlgo, LbKind, Protocol, RealServerSpec,
-        ServiceSpec, VirtualServerKey,
+        xdp::{Hook, XdpDataplane},
+        Dataplane, DesiredState, LbAlgo, LbKind, Protocol, RealServerSpec, ServiceSpec,
+        VirtualServerKey,
     },
 };
 use ha_lb_lab::{
@@ -33,8 +40,19 @@ use ha_lb_lab::{
 const BULK: usize = 20_000;
 
 const TEST_NAME: &str = "tun_forwards_through_ipip_to_a_real_server_in_a_uml_guest";
-const STEPS: &[&str] =
-    &["lab_up", "udp_through_tun", "tcp_through_tun", "path_mtu_through_tun", "counted"];
+const STEPS: &[&str] = &[
+    "xdp_lab_up",
+    "xdp_udp_through_tun",
+    "xdp_tcp_through_tun",
+    "xdp_path_mtu_through_tun",
+    "xdp_counted",
+    "tc_lab_up",
+    "tc_udp_through_tun",
+    "tc_tcp_through_tun",
+    "tc_path_mtu_through_tun",
+    "tc_gso_through_tun",
+    "tc_counted",
+];
 
 #[test]
 fn tun_forwards_through_ipip_to_a_real_server_in_a_uml_guest() {
@@ -48,8 +66,9 @@ fn tun_forwards_through_ipip_to_a_real_server_in_a_uml_guest() {
     uml.run_test_steps(TEST_NAME, "tun-uml", STEPS);
 }
 
-fn ok(step: &str) {
-    assert!(STEPS.contains(&step), "unknown step {step}");
+fn ok(hook: &str, step: &str) {
+    let step = format!("{hook}_{step}");
+    assert!(STEPS.contains(&step.as_str()), "unknown step {step}");
     println!("tun-uml: {step}: ok");
 }
 
@@ -61,8 +80,13 @@ fn guest() {
     // The guest's / is the host's, read-only: namespaces need a writable /run.
     let st = Command::new("mount").args(["-t", "tmpfs", "tmpfs", "/run"]).status().unwrap();
     assert!(st.success(), "mount /run");
-    uml::load_modules(&["veth", "ipip"]).expect("load veth and ipip");
+    uml::load_modules(&["veth", "ipip", "sch_ingress", "cls_bpf"]).expect("load the modules");
+    lab(Hook::Xdp);
+    lab(Hook::Tc);
+}
 
+fn lab(hook: Hook) {
+    let h = if hook == Hook::Tc { "tc" } else { "xdp" };
     let mut lab = Lab::new().unwrap();
     let client = lab.node("client").unwrap();
     let d = lab.node("d").unwrap();
@@ -71,9 +95,16 @@ fn guest() {
     lab.veth(&d, "eth1", &rs, "eth0").unwrap();
     sh(
         &client,
-        "ip addr add 198.18.1.2/24 dev eth0 && ip route add 198.18.100.0/24 via 198.18.1.1 \
-         && ethtool -K eth0 tx off >/dev/null",
+        "ip addr add 198.18.1.2/24 dev eth0 && ip route add 198.18.100.0/24 via 198.18.1.1",
     );
+    if hook == Hook::Xdp {
+        // XDP forwards bytes: a CHECKSUM_PARTIAL packet would arrive with an unfinished
+        // checksum (see xdp_lab.rs). At TC it keeps that state, and segmentation offload
+        // stays off until the GSO step, so that full-size segments meet the MTU one by one.
+        sh(&client, "ethtool -K eth0 tx off >/dev/null");
+    } else {
+        sh(&client, "ethtool -K eth0 tso off gso off >/dev/null");
+    }
     sh(
         &d,
         "ip addr add 198.18.1.1/24 dev eth0 && ip addr add 198.18.2.1/24 dev eth1 \
@@ -86,8 +117,6 @@ fn guest() {
          && sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.tunl0.rp_filter=0 \
             net.ipv4.conf.eth0.rp_filter=0",
     );
-    // Client TX checksum offload off: XDP forwards bytes, so a CHECKSUM_PARTIAL datagram
-    // would arrive with an unfinished checksum (see xdp_lab.rs).
     // The director needs the real server's MAC (health checks would keep it warm).
     sh(&d, "ping -c 1 -W 2 198.18.2.10 >/dev/null");
 
@@ -101,6 +130,8 @@ fn guest() {
             (u, t, b)
         })
         .unwrap();
+    // One bulk connection at XDP; at TC another for the GSO step.
+    let bulks = if hook == Hook::Tc { 2 } else { 1 };
     let servers = std::thread::spawn(move || {
         let mut buf = [0u8; 64];
         let (n, from) = udp.recv_from(&mut buf).expect("the datagram reached the real server");
@@ -109,26 +140,31 @@ fn guest() {
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let n = c.read(&mut buf).unwrap();
         c.write_all(&[b"rs:", &buf[..n]].concat()).unwrap();
-        // Full-size segments: only get through once the client has learnt the path MTU.
-        let (mut c, _) = bulk.accept().expect("the bulk connection reached the real server");
-        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut got = vec![0u8; BULK];
-        c.read_exact(&mut got).expect("all bulk bytes arrived");
-        assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
-        c.write_all(format!("rs:{}", got.len()).as_bytes()).unwrap();
+        // Full-size segments: only get through once the client has learnt the path MTU (or,
+        // GSO at TC, once cut shorter by the director).
+        for _ in 0..bulks {
+            let (mut c, _) = bulk.accept().expect("the bulk connection reached the real server");
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut got = vec![0u8; BULK];
+            c.read_exact(&mut got).expect("all bulk bytes arrived");
+            assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+            c.write_all(format!("rs:{}", got.len()).as_bytes()).unwrap();
+        }
     });
 
     let bpf = Bpf::load(tracing::Level::WARN).expect("load the eBPF object");
-    let mut dp = XdpDataplane::new(bpf).expect("ha_lb_xdp loaded");
-    let mut pass = Bpf::load(tracing::Level::WARN).expect("load the eBPF object");
+    let mut dp = XdpDataplane::with_hook(bpf, hook).expect("the program loads");
     d.run(|| {
         dp.attach_interface("eth0").unwrap();
         dp.attach_interface("eth1").unwrap();
     })
     .unwrap();
-    // XDP_REDIRECT into a veth needs NAPI on its peer.
-    rs.run(|| pass.attach_xdp(PROG_PASS, "eth0").unwrap()).unwrap();
-    client.run(|| pass.attach_xdp(PROG_PASS, "eth0").unwrap()).unwrap();
+    let mut pass = Bpf::load(tracing::Level::WARN).expect("load the eBPF object");
+    if hook == Hook::Xdp {
+        // XDP_REDIRECT into a veth needs NAPI on its peer.
+        rs.run(|| pass.attach_xdp(PROG_PASS, "eth0").unwrap()).unwrap();
+        client.run(|| pass.attach_xdp(PROG_PASS, "eth0").unwrap()).unwrap();
+    }
     let tun = |port: u16, protocol| {
         let mut s = ServiceSpec::new(LbAlgo::Rr, LbKind::Tun);
         s.real_servers =
@@ -144,7 +180,7 @@ fn guest() {
     };
     // Applied inside d: the outer source is d's address toward the real server.
     d.run(|| dp.apply(&desired).unwrap()).unwrap();
-    ok("lab_up");
+    ok(h, "lab_up");
 
     let vip_udp: SocketAddr = "198.18.100.1:5353".parse().unwrap();
     let answer = client
@@ -164,7 +200,7 @@ fn guest() {
         println!("{}", rs.sh("ip -s link; ip addr; cat /proc/net/snmp").unwrap_or_default());
     }
     assert_eq!(answer.expect("an answer from the VIP"), "rs:hello");
-    ok("udp_through_tun");
+    ok(h, "udp_through_tun");
 
     let answer = client
         .run(|| {
@@ -181,13 +217,43 @@ fn guest() {
         })
         .unwrap();
     assert_eq!(answer, "rs:GET");
-    ok("tcp_through_tun");
+    ok(h, "tcp_through_tun");
 
     // Client segments of 1460 bytes of payload are 1520 bytes once encapsulated, more than
     // d's eth1 (MTU 1500) takes: the director answers with ICMP "fragmentation needed"
     // (MTU 1480), the client's TCP lowers its segment size and the data gets through.
     let before = dp.stats().unwrap().reason("too_big_answered");
-    let answer = client
+    assert_eq!(bulk_through_tun(&client), format!("rs:{BULK}"));
+    let frag = dp.stats().unwrap().reason("too_big_answered") - before;
+    assert!(frag >= 1, "the director answered too-long segments ({frag})");
+    println!("tun-uml: {h}: {frag} segments answered with fragmentation needed");
+    ok(h, "path_mtu_through_tun");
+
+    if hook == Hook::Tc {
+        // Forget the path MTU learnt above, then send GSO packets of full-size segments: the
+        // director encapsulates each whole and the kernel cuts it into segments 20 bytes
+        // shorter, which fit — the data arrives intact without any answer needed.
+        sh(&client, "ip route flush cache && ethtool -K eth0 tso on gso on >/dev/null");
+        let tun_before = dp.stats().unwrap().reason("tun");
+        assert_eq!(bulk_through_tun(&client), format!("rs:{BULK}"));
+        let frag = dp.stats().unwrap().reason("too_big_answered") - before;
+        let tun = dp.stats().unwrap().reason("tun") - tun_before;
+        println!("tun-uml: tc: GSO bulk in {tun} packets, {frag} answered in all");
+        ok(h, "gso_through_tun");
+    }
+
+    servers.join().unwrap();
+    let st = dp.stats().unwrap();
+    assert!(st.reason("tun") >= 3, "encapsulated: {}", st.reason("tun"));
+    println!("tun-uml: {h}: {} packets encapsulated", st.reason("tun"));
+    ok(h, "counted");
+    drop(dp);
+    drop(lab);
+}
+
+/// Sends BULK bytes to the bulk service through the director; the real server's answer.
+fn bulk_through_tun(client: &Node) -> String {
+    client
         .run(|| {
             let mut c = TcpStream::connect_timeout(
                 &"198.18.100.1:8081".parse().unwrap(),
@@ -201,18 +267,5 @@ fn guest() {
             let n = c.read(&mut buf).expect("an answer after the bulk data");
             String::from_utf8_lossy(&buf[..n]).into_owned()
         })
-        .unwrap();
-    assert_eq!(answer, format!("rs:{BULK}"));
-    let frag = dp.stats().unwrap().reason("too_big_answered") - before;
-    assert!(frag >= 1, "the director answered too-long segments ({frag})");
-    println!("tun-uml: {frag} segments answered with fragmentation needed");
-    ok("path_mtu_through_tun");
-
-    servers.join().unwrap();
-    let st = dp.stats().unwrap();
-    assert!(st.reason("tun") >= 3, "encapsulated: {}", st.reason("tun"));
-    println!("tun-uml: {} packets encapsulated", st.reason("tun"));
-    ok("counted");
-    drop(dp);
-    drop(lab);
+        .unwrap()
 }

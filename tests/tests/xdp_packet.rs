@@ -180,7 +180,8 @@ fn nat_ipv6_in_and_out() {
         assert_eq!(mac, big[6..12]);
         assert_eq!((e[54], e[55]), (2, 0), "packet too big");
         assert_eq!(u32::from_be_bytes([e[58], e[59], e[60], e[61]]), 1280);
-        assert_eq!(e[62..110], big[14..62], "quoting the IPv6 header and 8 bytes");
+        // The IPv6 header and 20 bytes (see fwd.rs QUOTE_L4), nothing after.
+        assert_eq!(e[62..], big[14..74], "quoting the IPv6 header and 20 bytes");
     });
 }
 
@@ -1064,14 +1065,14 @@ fn tun_encapsulates_in_ipip_to_the_real_server() {
         assert_eq!(r.action, XdpAction::Tx);
         assert_eq!(delta(t.counters(), before), vec![(LbReason::TooBigAnswered.name(), 1)]);
         let e = &r.frame;
-        assert_eq!(e.len(), 14 + 20 + 8 + 28);
+        assert_eq!(e.len(), 14 + 20 + 8 + 40);
         assert_eq!((e[..6].to_vec(), e[6..12].to_vec()), (big[6..12].to_vec(), big[..6].to_vec()));
         let (src, dst, q_src, q_dst, _) = parse_icmp_error(e);
         assert_eq!((src, dst), (ip("198.18.100.7"), client(13, 7001).ip()));
         assert_eq!((q_src, q_dst), (client(13, 7001), sa("198.18.100.7:53")));
         assert_eq!((e[34], e[35]), (3, 4), "destination unreachable, fragmentation needed");
         assert_eq!(u16::from_be_bytes([e[40], e[41]]), 1250, "the MTU left for the client");
-        assert_eq!(e[42..70], big[14..42], "quoting the IPv4 header and 8 bytes");
+        assert_eq!(e[42..82], big[14..54], "quoting the IPv4 header and 20 bytes");
         let small = frame::udp(t.client_eth(), client(13, 7002), sa("198.18.100.7:53"), b"q");
         assert_eq!(t.send_from_client(&small).action, XdpAction::Redirect);
     });

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        bpf_fib_lookup, BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED,
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS,
         BPF_FIB_LKUP_RET_UNREACHABLE, BPF_F_MARK_ENFORCE, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR,
     },
@@ -16,6 +16,7 @@ use ha_lb_common::lb::{LbFlow, FAMILY_V4};
 
 use super::{
     copy_addr, csum,
+    icmp::ICMP_HLEN,
     maps::{scratch, LB_ICMP_TOKENS, LB_TUN_ID},
     Pkt,
 };
@@ -196,8 +197,11 @@ pub enum Fib {
     /// MACs rewritten; the XDP action that sends the frame (TX or REDIRECT).
     Sent(u32),
     /// Too long for the path: the frame was turned into an ICMP error to its sender, sent with
-    /// this XDP action (TUN only).
+    /// this XDP action.
     Answered(u32),
+    /// Too long for the path, and the frame was changed on the way to an answer that could
+    /// not be finished: it is no longer the packet, so it must be dropped.
+    Unanswered,
     NoNeigh,
     Unreachable,
     FragNeeded,
@@ -400,10 +404,15 @@ pub fn next_hop(
                 let c = [m[3], m[4], m[5], m[0], m[1], m[2]];
                 (*nh).nh_macs = c;
                 (*nh).nh_ifindex = out_if;
-                // TC: the kernel checked this socket buffer (a GSO one is cut to size on the
-                // way out) and returned the egress MTU: later packets up to it reuse the hop,
-                // longer ones (GSO, or too long) are looked up, and checked, again.
+                // TC: the kernel checked this socket buffer as it is (a GSO one is cut to size
+                // on the way out) and returned the egress MTU: later packets up to it reuse
+                // the hop, longer ones (GSO, or too long) are looked up, and checked, again.
                 let len = if ctx.skb() { (*pp).tot_len } else { r.len };
+                if ctx.skb() && r.len > len && !ctx.gso() {
+                    // It leaves longer than it came (TUN: the outer header), or within the
+                    // kernel's slack for a VLAN tag: too long for the path after all.
+                    return Err(Fib::FragNeeded);
+                }
                 core::ptr::write_volatile(&raw mut (*nh).nh_len, len);
                 (c, out_if)
             })
@@ -420,8 +429,10 @@ pub fn next_hop(
 /// LVS-TUN: encapsulates the IPv4 packet `pkt` in an outer IPv4 header from `src` to `dst`
 /// (IPIP, RFC 2003: protocol 4; TOS, TTL and DF copied from the inner header, as IPVS does;
 /// the ID from a per-CPU counter, since the inner packet's ID was chosen for another address
-/// pair and could repeat within a reassembly window toward the real server) and sends it toward `dst`. The route is checked for the encapsulated length: a
-/// packet that no longer fits the path is `FragNeeded`.
+/// pair and could repeat within a reassembly window toward the real server) and sends it
+/// toward `dst`. The route is checked for the encapsulated length: a packet that no longer
+/// fits the path is answered with ICMP "fragmentation needed" (DF) or `FragNeeded` (at TC a
+/// GSO packet fits: its segments shrink by the outer header).
 #[inline(always)]
 pub fn tun(
     ctx: &impl Frame,
@@ -450,8 +461,8 @@ pub fn tun(
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Fib::Other };
     // SAFETY: bounds-checked by ptr_at.
     let inner = unsafe { *ip };
-    // The frame gains IPV4_HLEN bytes of headroom at its start (not at the TC hook: dropped).
-    if !ctx.adjust_head(-(IPV4_HLEN as i32)) {
+    // Room for the outer header in front of the inner one.
+    if !ctx.push_head(IPV4_HLEN as u32, true) {
         return Fib::Other;
     }
     // Every packet pointer is invalid now: derive them again.
@@ -509,17 +520,19 @@ fn frag_needed(ctx: &impl Frame, overhead: u16) -> Fib {
     if u16::from_be(i.frag_off) & IP_DF == 0 || (mtu as usize) < overhead as usize + 68 {
         return Fib::FragNeeded;
     }
-    // New frame: Ethernet, IPv4, ICMP, then the quoted IPv4 header and 8 bytes, which is where
-    // the old IPv4 header lands once HEAD bytes are prepended.
-    const QUOTE: usize = IPV4_HLEN + 8;
-    const HEAD: usize = IPV4_HLEN + 8;
-    const LEN: usize = ETH_HLEN + IPV4_HLEN + 8 + QUOTE;
+    // New frame: Ethernet, IPv4, ICMP, then the quoted IPv4 header and L4 bytes, which is
+    // where the old IPv4 header lands once HEAD bytes of room are made in front of it.
+    const QUOTE: usize = IPV4_HLEN + QUOTE_L4;
+    const HEAD: usize = IPV4_HLEN + ICMP_HLEN;
+    const LEN: usize = ETH_HLEN + HEAD + QUOTE;
     if let Err(f) = reframe(ctx, QUOTE, HEAD, LEN) {
         return f;
     }
-    let Some(neth) = ptr_at::<EthHdr>(ctx, 0) else { return Fib::Other };
-    let Some(nip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Fib::Other };
-    let Some(icmp) = ptr_at::<[u16; 18]>(ctx, ETH_HLEN + IPV4_HLEN) else { return Fib::Other };
+    let Some(neth) = ptr_at::<EthHdr>(ctx, 0) else { return Fib::Unanswered };
+    let Some(nip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Fib::Unanswered };
+    let Some(icmp) = ptr_at::<[u16; (ICMP_HLEN + QUOTE) / 2]>(ctx, ETH_HLEN + IPV4_HLEN) else {
+        return Fib::Unanswered;
+    };
     let mut h = Ipv4Hdr {
         vihl: 0x45,
         tos: 0,
@@ -534,8 +547,8 @@ fn frag_needed(ctx: &impl Frame, overhead: u16) -> Fib {
         daddr: i.saddr,
     };
     h.check = csum::ipv4_header(&h);
-    // SAFETY: bounds-checked by ptr_at; the quoted header and 8 bytes are already in place
-    // (words 4..18 of `icmp`).
+    // SAFETY: bounds-checked by ptr_at; the quoted bytes are already in place (from word 4 of
+    // `icmp` on).
     unsafe {
         *neth = EthHdr { dst: e.src, src: e.dst, proto: ETH_P_IP.to_be() };
         *nip = h;
@@ -544,22 +557,35 @@ fn frag_needed(ctx: &impl Frame, overhead: u16) -> Fib {
         m[1] = 0;
         m[2] = 0;
         m[3] = (mtu - overhead).to_be();
-        let mut sum = 0u32;
-        let mut k = 0;
-        while k < 18 {
-            sum += m[k] as u32;
-            k += 1;
-        }
-        m[1] = csum::finish(sum);
+        m[1] = csum::finish(sum_words(m));
     }
-    Fib::Answered(xdp_action::XDP_TX)
+    Fib::Answered(ctx.redirect(ctx.ifindex()))
+}
+
+/// How much of a too-long packet an ICMP answer quotes after its IP header: 20 bytes, the
+/// fixed TCP header (a UDP header and 12 payload bytes). RFC 792 asks for at least 8 and
+/// RFC 1812 §4.3.2.3 for as much as fits; 20 keeps the L4 checksum field of either protocol
+/// inside the answer, which the TC hook needs: the kernel will not cut a CHECKSUM_PARTIAL
+/// socket buffer (a local socket's packet) short of the end of that field.
+const QUOTE_L4: usize = 20;
+
+/// The ones' complement sum (unfolded) of `m`'s 16-bit words.
+#[inline(always)]
+fn sum_words<const N: usize>(m: &[u16; N]) -> u32 {
+    let mut sum = 0u32;
+    let mut k = 0;
+    while k < N {
+        sum += m[k] as u32;
+        k += 1;
+    }
+    sum
 }
 
 /// An IPv6 packet too long for the path: answer its sender with ICMPv6 "packet too big"
 /// (RFC 4443 §3.2: type 2, the path's MTU), quoting its IPv6 header and 8 bytes, back out of
 /// the interface it came in on (IPv6 routers never fragment, so without this answer path-MTU
 /// discovery through the director fails). `Answered(XDP_TX)`, or `FragNeeded` with the frame
-/// untouched when it cannot be done.
+/// untouched (`Unanswered` if no longer) when it cannot be done.
 #[inline(always)]
 fn packet_too_big(ctx: &impl Frame) -> Fib {
     if !icmp_allowed() {
@@ -575,16 +601,18 @@ fn packet_too_big(ctx: &impl Frame) -> Fib {
     if mtu < 1280 {
         return Fib::FragNeeded;
     }
-    const QUOTE: usize = IPV6_HLEN + 8;
-    const HEAD: usize = IPV6_HLEN + 8;
-    const LEN: usize = ETH_HLEN + IPV6_HLEN + 8 + QUOTE;
+    const QUOTE: usize = IPV6_HLEN + QUOTE_L4;
+    const HEAD: usize = IPV6_HLEN + ICMP_HLEN;
+    const LEN: usize = ETH_HLEN + HEAD + QUOTE;
     if let Err(f) = reframe(ctx, QUOTE, HEAD, LEN) {
         return f;
     }
-    let Some(neth) = ptr_at::<EthHdr>(ctx, 0) else { return Fib::Other };
-    let Some(nip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return Fib::Other };
-    let Some(icmp) = ptr_at::<[u16; 28]>(ctx, ETH_HLEN + IPV6_HLEN) else { return Fib::Other };
-    let body = (8 + QUOTE) as u16;
+    let Some(neth) = ptr_at::<EthHdr>(ctx, 0) else { return Fib::Unanswered };
+    let Some(nip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return Fib::Unanswered };
+    let Some(icmp) = ptr_at::<[u16; (ICMP_HLEN + QUOTE) / 2]>(ctx, ETH_HLEN + IPV6_HLEN) else {
+        return Fib::Unanswered;
+    };
+    let body = (ICMP_HLEN + QUOTE) as u16;
     let h = Ipv6Hdr {
         vtc_flow: (6u32 << 28).to_be(),
         payload_len: body.to_be(),
@@ -594,8 +622,8 @@ fn packet_too_big(ctx: &impl Frame) -> Fib {
         saddr: i.daddr,
         daddr: i.saddr,
     };
-    // SAFETY: bounds-checked by ptr_at; the quoted header and 8 bytes are already in place
-    // (words 4..28 of `icmp`).
+    // SAFETY: bounds-checked by ptr_at; the quoted bytes are already in place (from word 4 of
+    // `icmp` on).
     unsafe {
         *neth = EthHdr { dst: e.src, src: e.dst, proto: ETH_P_IPV6.to_be() };
         *nip = h;
@@ -614,14 +642,9 @@ fn packet_too_big(ctx: &impl Frame) -> Fib {
             k += 1;
         }
         sum += body.to_be() as u32 + 58u16.to_be() as u32;
-        let mut k = 0;
-        while k < 28 {
-            sum += m[k] as u32;
-            k += 1;
-        }
-        m[1] = csum::finish(sum);
+        m[1] = csum::finish(sum + sum_words(m));
     }
-    Fib::Answered(xdp_action::XDP_TX)
+    Fib::Answered(ctx.redirect(ctx.ifindex()))
 }
 
 /// ICMP errors the program sends itself, per CPU: bursts of up to this many, refilled at
@@ -665,22 +688,21 @@ fn tun_id() -> u16 {
     }
 }
 
-/// Turns the frame into an ICMP error's shape in place: `head` bytes prepended (for the new
-/// Ethernet, IP and ICMP headers, so the old IP header lands where the quote starts) and the
-/// end cut so the frame is `len` bytes. A frame shorter than Ethernet + `quote` is left alone
-/// (`FragNeeded`, as is a failed prepend); a failed cut leaves it mangled (`Other`: drop).
+/// Turns the frame into an ICMP error's shape in place: `head` bytes of room in front of the
+/// IP header (for the new IP and ICMP headers, so the old IP header lands where the quote
+/// starts; the Ethernet header is written again) and the end cut so the frame is `len` bytes.
+/// A frame whose first Ethernet + `quote` bytes are not in reach is left alone (`FragNeeded`,
+/// as is a failed push); a failed cut leaves it mangled (`Unanswered`: drop).
 #[inline(always)]
 fn reframe(ctx: &impl Frame, quote: usize, head: usize, len: usize) -> Result<(), Fib> {
     if ctx.data_end() - ctx.data() < ETH_HLEN + quote {
         return Err(Fib::FragNeeded);
     }
-    // The frame grows at its start, then shrinks at its end (neither at the TC hook).
-    if !ctx.adjust_head(-(head as i32)) {
+    if !ctx.push_head(head as u32, false) {
         return Err(Fib::FragNeeded);
     }
-    let now = ctx.data_end() - ctx.data();
-    if now > len && !ctx.adjust_tail(-((now - len) as i32)) {
-        return Err(Fib::Other);
+    if !ctx.truncate(len as u32) {
+        return Err(Fib::Unanswered);
     }
     Ok(())
 }

@@ -25,7 +25,7 @@ use ha_lb_common::lb::{
 };
 
 use super::{
-    csum,
+    csum, drop,
     fwd::{self, Fib},
     maps::{scratch, LB_CONNS, LB_REALS},
     pass, Outcome, Pkt,
@@ -104,6 +104,7 @@ fn send(ctx: &impl Frame, pkt: &Pkt, to: &[u32; 4], reason: LbReason) -> Outcome
     match fwd::send(ctx, pkt, (&pkt.src, to), (0, 0), nh, true) {
         Fib::Sent(a) => (a, reason),
         Fib::Answered(a) => (a, LbReason::TooBigAnswered),
+        Fib::Unanswered => drop(LbReason::FragNeeded),
         Fib::NoNeigh => pass(LbReason::NoNeigh),
         Fib::FragNeeded => pass(LbReason::FragNeeded),
         Fib::Unreachable => pass(LbReason::FibUnreachable),
