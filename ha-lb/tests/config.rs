@@ -150,3 +150,26 @@ fn dr_example_keeps_service_ports() {
     assert!(vs.real_servers.iter().all(|r| r.port == vs.port));
     assert_eq!(vs.sorry_server.unwrap().port(), vs.port);
 }
+
+#[test]
+fn tun_services_load_with_every_forwarding_dataplane() {
+    for dataplane in ["xdp", "tc", "ipvs"] {
+        let text = format!(
+            r#"
+[global]
+dataplane = "{dataplane}"
+
+[[virtual_server]]
+address = "192.0.2.10"
+port = 80
+lb_kind = "TUN"
+
+[[virtual_server.real_server]]
+address = "192.0.2.11"
+"#
+        );
+        let c = config::parse_str(&text, Path::new("tun.toml"))
+            .unwrap_or_else(|e| panic!("dataplane {dataplane}: {e}"));
+        assert_eq!(c.virtual_servers[0].lb_kind, LbKind::Tun);
+    }
+}

@@ -119,7 +119,7 @@ pub enum Dataplane {
     #[default]
     Xdp,
     /// The same eBPF data path at the TC ingress hook: for veth-only deployments (containers,
-    /// namespaces), where XDP first copies every socket's packet. No TUN at this hook.
+    /// namespaces), where XDP first copies every socket's packet.
     Tc,
     /// Kernel IPVS over generic netlink (the keepalived way).
     Ipvs,

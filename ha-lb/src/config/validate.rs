@@ -511,12 +511,6 @@ impl V<'_> {
                 }
             }
 
-            if vs.lb_kind == LbKind::Tun && c.global.dataplane == Dataplane::Tc {
-                self.err(
-                    m.key(item, "lb_kind"),
-                    "lb_kind \"TUN\" needs dataplane \"xdp\" or \"ipvs\": the TC hook cannot encapsulate (use DR or NAT, or another dataplane)",
-                );
-            }
             if vs.hysteresis > 0 && vs.hysteresis >= vs.quorum {
                 self.err(
                     m.key(item, "hysteresis"),

@@ -534,7 +534,7 @@ pub enum Hook {
     /// XDP: before the kernel allocates a socket buffer (NICs; the default).
     Xdp,
     /// TC ingress: after. On veth pairs this avoids XDP's copy of every socket's packet and
-    /// the receiver's rebuild of a socket buffer from the frame. No TUN.
+    /// the receiver's rebuild of a socket buffer from the frame.
     Tc,
 }
 
