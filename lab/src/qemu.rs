@@ -34,8 +34,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-pub use crate::uml::GuestRun;
-use crate::uml::{sh_quote, supervise};
+pub use crate::guest::GuestRun;
+use crate::guest::{sh_quote, supervise};
 
 /// Set in the guest program's environment: the shared directory.
 pub const GUEST_ENV: &str = "HLB_QEMU_GUEST";

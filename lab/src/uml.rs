@@ -24,10 +24,13 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
+
+pub use crate::guest::GuestRun;
+use crate::guest::{sh_quote, supervise};
 
 /// The UML kernel the Debian package installs.
 pub const KERNEL: &str = "/usr/bin/linux.uml";
@@ -50,36 +53,6 @@ pub struct Uml {
     pub mem: String,
     /// Bound on the whole run, boot to power-off.
     pub timeout: Duration,
-}
-
-/// What a guest run left behind.
-#[derive(Clone, Debug)]
-pub struct GuestRun {
-    /// The program's exit status; `None` if it never finished (crash, timeout).
-    pub exit_code: Option<i32>,
-    /// The program's stdout and stderr.
-    pub output: String,
-    /// The guest kernel's console.
-    pub console: String,
-    /// Boot to power-off, as the host saw it.
-    pub elapsed: Duration,
-    pub timed_out: bool,
-}
-
-impl GuestRun {
-    /// The output and the console's last lines, for assertion messages.
-    pub fn report(&self) -> String {
-        let tail: Vec<&str> = self.console.lines().rev().take(25).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        format!(
-            "guest exit {:?} after {:.1?}{}\n--- guest output ---\n{}\n--- console (last lines) ---\n{}",
-            self.exit_code,
-            self.elapsed,
-            if self.timed_out { " (TIMED OUT, killed)" } else { "" },
-            self.output,
-            tail.join("\n")
-        )
-    }
 }
 
 impl Uml {
@@ -169,61 +142,12 @@ impl Uml {
     }
 }
 
-/// Runs a guest's host process `cmd` (started in its own process group) to its end or until
-/// `timeout`, when the whole group is killed; calls `tick` every `poll` and once at the end.
-/// Then reads what the guest left in `dir`: `guest.rc`, `guest.out`, `console.log`. Shared by
-/// UML and QEMU guests.
-pub(crate) fn supervise(
-    cmd: &mut Command,
-    what: &Path,
-    dir: &Path,
-    timeout: Duration,
-    poll: Duration,
-    mut tick: impl FnMut(),
-) -> Result<GuestRun> {
-    let start = Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("starting {}", what.display()))?;
-    let pgid = child.id() as i32;
-    let mut timed_out = false;
-    loop {
-        tick();
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        if start.elapsed() > timeout {
-            timed_out = true;
-            // SAFETY: signals the process group the caller created for the guest, nothing else.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            let _ = child.wait();
-            break;
-        }
-        std::thread::sleep(poll);
-    }
-    let elapsed = start.elapsed();
-    // Helpers the guest's process forked may outlive it briefly on an abnormal exit.
-    // SAFETY: as above; ESRCH when the group is already gone.
-    unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    tick();
-    let read = |n: &str| fs::read_to_string(dir.join(n)).unwrap_or_default();
-    Ok(GuestRun {
-        exit_code: read("guest.rc").trim().parse().ok(),
-        output: read("guest.out"),
-        console: read("console.log"),
-        elapsed,
-        timed_out,
-    })
-}
-
 struct RemoveDir(PathBuf);
 
 impl Drop for RemoveDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
-}
-
-pub(crate) fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// The guest's PID 1: pseudo file systems, the shared directory writable, `lo` up, the

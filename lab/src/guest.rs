@@ -1,0 +1,92 @@
+//! What the two kinds of guest — [`crate::uml`] (user-mode Linux) and [`crate::qemu`] (QEMU
+//! without KVM) — have in common: both boot Debian's 6.1 kernel with the host's `/` as a
+//! read-only root and one fresh, writable shared directory, run one program there and power
+//! off. The guest leaves the program's output in `guest.out`, its exit code in `guest.rc` and
+//! the kernel's console in `console.log`; [`GuestRun`] is what the host reads back.
+
+use std::{
+    fs,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+
+/// What a guest run left behind.
+#[derive(Clone, Debug)]
+pub struct GuestRun {
+    /// The program's exit status; `None` if it never finished (crash, timeout).
+    pub exit_code: Option<i32>,
+    /// The program's stdout and stderr.
+    pub output: String,
+    /// The guest kernel's console.
+    pub console: String,
+    /// Boot to power-off, as the host saw it.
+    pub elapsed: Duration,
+    pub timed_out: bool,
+}
+
+impl GuestRun {
+    /// The output and the console's last lines, for assertion messages.
+    pub fn report(&self) -> String {
+        let tail: Vec<&str> = self.console.lines().rev().take(25).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!(
+            "guest exit {:?} after {:.1?}{}\n--- guest output ---\n{}\n--- console (last lines) ---\n{}",
+            self.exit_code,
+            self.elapsed,
+            if self.timed_out { " (TIMED OUT, killed)" } else { "" },
+            self.output,
+            tail.join("\n")
+        )
+    }
+}
+
+/// Runs a guest's host process `cmd` (started in its own process group) to its end or until
+/// `timeout`, when the whole group is killed; calls `tick` every `poll` and once at the end.
+/// Then reads what the guest left in `dir`: `guest.rc`, `guest.out`, `console.log`.
+pub(crate) fn supervise(
+    cmd: &mut Command,
+    what: &Path,
+    dir: &Path,
+    timeout: Duration,
+    poll: Duration,
+    mut tick: impl FnMut(),
+) -> Result<GuestRun> {
+    let start = Instant::now();
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", what.display()))?;
+    let pgid = child.id() as i32;
+    let mut timed_out = false;
+    loop {
+        tick();
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if start.elapsed() > timeout {
+            timed_out = true;
+            // SAFETY: signals the process group the caller created for the guest, nothing else.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(poll);
+    }
+    let elapsed = start.elapsed();
+    // Helpers the guest's process forked may outlive it briefly on an abnormal exit.
+    // SAFETY: as above; ESRCH when the group is already gone.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    tick();
+    let read = |n: &str| fs::read_to_string(dir.join(n)).unwrap_or_default();
+    Ok(GuestRun {
+        exit_code: read("guest.rc").trim().parse().ok(),
+        output: read("guest.out"),
+        console: read("console.log"),
+        elapsed,
+        timed_out,
+    })
+}
+
+pub(crate) fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
