@@ -6,8 +6,10 @@
 
 use std::{
     fs,
-    path::Path,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
     process::Command,
+    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -40,6 +42,43 @@ impl GuestRun {
             self.output,
             tail.join("\n")
         )
+    }
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A run's shared directory, `<tmp>/hlb-<kind>-<pid>-<n>`: made fresh (anything a crashed
+/// earlier process of the same pid left there is removed first) and removed when dropped.
+pub(crate) struct Scratch(PathBuf);
+
+impl Scratch {
+    pub(crate) fn new(kind: &str) -> Result<Scratch> {
+        let dir = std::env::temp_dir().join(format!(
+            "hlb-{kind}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `script` to `init.sh` in the directory, executable; returns its path.
+    pub(crate) fn write_init(&self, script: &str) -> Result<PathBuf> {
+        let init = self.0.join("init.sh");
+        fs::write(&init, script)?;
+        fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+        Ok(init)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
     }
 }
 

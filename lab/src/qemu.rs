@@ -25,17 +25,16 @@
 use std::{
     fs,
     io::{Read, Seek, SeekFrom, Write},
-    os::unix::{fs::PermissionsExt, process::CommandExt},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 
 pub use crate::guest::GuestRun;
-use crate::guest::{sh_quote, supervise};
+use crate::guest::{sh_quote, supervise, Scratch};
 
 /// Set in the guest program's environment: the shared directory.
 pub const GUEST_ENV: &str = "HLB_QEMU_GUEST";
@@ -48,8 +47,6 @@ const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
 pub const BUSYBOX: &str = "/bin/busybox";
 /// 9p message size: large reads of binaries over the share.
 const MSIZE: u32 = 512 * 1024;
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A guest kernel and how to boot it.
 #[derive(Clone, Debug)]
@@ -104,39 +101,22 @@ impl Qemu {
     /// Boots a guest that runs `program args…` (a host path, seen read-only), waits for it to
     /// power off (or kills it at the timeout) and returns what it left.
     pub fn run(&self, program: &Path, args: &[&str]) -> Result<GuestRun> {
-        let dir = std::env::temp_dir().join(format!(
-            "hlb-qemu-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
-        let guard = RemoveDir(dir.clone());
+        let scratch = Scratch::new("qemu")?;
+        let dir = scratch.path();
         let initrd = dir.join("initrd.cpio");
-        fs::write(&initrd, self.initramfs(&dir)?)?;
-        let init = dir.join("init.sh");
-        fs::write(&init, stage2_script(&dir, &self.modules, program, args))?;
-        fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+        fs::write(&initrd, self.initramfs(dir)?)?;
+        scratch.write_init(&stage2_script(dir, &self.modules, program, args))?;
         let out_path = dir.join("guest.out");
         fs::write(&out_path, "")?;
 
-        let mut cmd = self.command(&dir, &initrd);
+        let mut cmd = self.command(dir, &initrd);
         let mut echoed = 0u64;
         let echo = self.echo;
-        let run = supervise(
-            &mut cmd,
-            &self.qemu,
-            &dir,
-            self.timeout,
-            Duration::from_millis(200),
-            || {
-                if echo {
-                    echoed = echo_new(&out_path, echoed);
-                }
-            },
-        )?;
-        drop(guard);
-        Ok(run)
+        supervise(&mut cmd, &self.qemu, dir, self.timeout, Duration::from_millis(200), || {
+            if echo {
+                echoed = echo_new(&out_path, echoed);
+            }
+        })
     }
 
     fn command(&self, dir: &Path, initrd: &Path) -> Command {
@@ -378,14 +358,6 @@ impl Cpio {
     fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, &[]);
         self.buf
-    }
-}
-
-struct RemoveDir(PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 

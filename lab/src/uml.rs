@@ -20,17 +20,16 @@
 use std::{
     ffi::CString,
     fs,
-    os::unix::{ffi::OsStrExt, fs::PermissionsExt, process::CommandExt},
+    os::unix::{ffi::OsStrExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 
 pub use crate::guest::GuestRun;
-use crate::guest::{sh_quote, supervise};
+use crate::guest::{sh_quote, supervise, Scratch};
 
 /// The UML kernel the Debian package installs.
 pub const KERNEL: &str = "/usr/bin/linux.uml";
@@ -40,8 +39,6 @@ pub const MODULES: &str = "/usr/lib/uml/modules";
 pub const GUEST_ENV: &str = "HLB_UML_GUEST";
 /// Set in the guest program's environment: the guest kernel's module directory.
 pub const MODULES_ENV: &str = "HLB_UML_MODULES";
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A UML kernel and how to boot it.
 #[derive(Clone, Debug)]
@@ -101,18 +98,10 @@ impl Uml {
     /// Boots a guest that runs `program args…` (a host path, seen read-only), waits for it to
     /// power off (or kills it at the timeout) and returns what it left.
     pub fn run(&self, program: &Path, args: &[&str]) -> Result<GuestRun> {
-        let dir = std::env::temp_dir().join(format!(
-            "hlb-uml-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = Scratch::new("uml")?;
+        let dir = scratch.path();
         fs::create_dir_all(dir.join("uml")).with_context(|| format!("{}", dir.display()))?;
-        let guard = RemoveDir(dir.clone());
-        let script = init_script(&dir, &self.modules, program, args);
-        let init = dir.join("init.sh");
-        fs::write(&init, script)?;
-        fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+        let init = scratch.write_init(&init_script(dir, &self.modules, program, args))?;
         let console = fs::File::create(dir.join("console.log"))?;
 
         let mut cmd = Command::new(&self.kernel);
@@ -126,27 +115,10 @@ impl Uml {
             .stdin(Stdio::null())
             .stdout(console.try_clone()?)
             .stderr(console)
-            .current_dir(&dir)
+            .current_dir(dir)
             // Its own process group, so a timeout can end every UML process.
             .process_group(0);
-        let run = supervise(
-            &mut cmd,
-            &self.kernel,
-            &dir,
-            self.timeout,
-            Duration::from_millis(50),
-            || {},
-        )?;
-        drop(guard);
-        Ok(run)
-    }
-}
-
-struct RemoveDir(PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        supervise(&mut cmd, &self.kernel, dir, self.timeout, Duration::from_millis(50), || {})
     }
 }
 
