@@ -126,6 +126,64 @@ pub(crate) fn supervise(
     })
 }
 
+/// Module files (relative to the tree) to load for `names`, dependencies first, each once.
+pub fn module_order(tree: &Path, names: &[&str]) -> Result<Vec<String>> {
+    let dep = fs::read_to_string(tree.join("modules.dep"))
+        .with_context(|| format!("{}/modules.dep", tree.display()))?;
+    let deps: Vec<(&str, Vec<&str>)> = dep
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(m, d)| (m.trim(), d.split_whitespace().collect()))
+        .collect();
+    let norm = |s: &str| s.replace('-', "_");
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        let (path, d) = deps
+            .iter()
+            .find(|(m, _)| {
+                let base = m.rsplit('/').next().unwrap_or(m);
+                base.strip_suffix(".ko").is_some_and(|b| norm(b) == norm(name))
+            })
+            .with_context(|| format!("module {name} not in {}", tree.display()))?;
+        // modules.dep lists a module's dependencies so that the last one loads first.
+        for m in d.iter().rev().chain(std::iter::once(path)) {
+            if !out.iter().any(|o| o == m) {
+                out.push(m.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_order_puts_dependencies_first() {
+        let dir = std::env::temp_dir().join(format!("hlb-guest-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("modules.dep"),
+            "kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/fs/netfs/netfs.ko\n\
+             kernel/net/9p/9pnet.ko:\nkernel/fs/netfs/netfs.ko:\n\
+             kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko\n",
+        )
+        .unwrap();
+        let o = module_order(&dir, &["9p", "9pnet_virtio"]).unwrap();
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(
+            o,
+            [
+                "kernel/fs/netfs/netfs.ko",
+                "kernel/net/9p/9pnet.ko",
+                "kernel/fs/9p/9p.ko",
+                "kernel/net/9p/9pnet_virtio.ko"
+            ]
+        );
+    }
 }

@@ -33,7 +33,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-pub use crate::guest::GuestRun;
+pub use crate::guest::{module_order, GuestRun};
 use crate::guest::{sh_quote, supervise, Scratch};
 
 /// Set in the guest program's environment: the shared directory.
@@ -188,35 +188,6 @@ fn echo_new(path: &Path, from: u64) -> u64 {
         let _ = so.flush();
     }
     from + upto as u64
-}
-
-/// Module files (relative to the tree) to load for `names`, dependencies first, each once.
-pub fn module_order(tree: &Path, names: &[&str]) -> Result<Vec<String>> {
-    let dep = fs::read_to_string(tree.join("modules.dep"))
-        .with_context(|| format!("{}/modules.dep", tree.display()))?;
-    let deps: Vec<(&str, Vec<&str>)> = dep
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(m, d)| (m.trim(), d.split_whitespace().collect()))
-        .collect();
-    let norm = |s: &str| s.replace('-', "_");
-    let mut out: Vec<String> = Vec::new();
-    for name in names {
-        let (path, d) = deps
-            .iter()
-            .find(|(m, _)| {
-                let base = m.rsplit('/').next().unwrap_or(m);
-                base.strip_suffix(".ko").is_some_and(|b| norm(b) == norm(name))
-            })
-            .with_context(|| format!("module {name} not in {}", tree.display()))?;
-        // modules.dep lists a module's dependencies so that the last one loads first.
-        for m in d.iter().rev().chain(std::iter::once(path)) {
-            if !out.iter().any(|o| o == m) {
-                out.push(m.to_string());
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Stage 1 (busybox, in the initramfs): the 9p stack, the shares, pseudo file systems, then `switch_root` to the host's `/` and stage 2. Powers off on any
@@ -377,30 +348,6 @@ mod tests {
         // The second header follows the 110-byte header and "bin\0", padded to 4.
         let second = 116;
         assert_eq!(&b[second..second + 6], b"070701");
-    }
-
-    #[test]
-    fn module_order_puts_dependencies_first() {
-        let dir = std::env::temp_dir().join(format!("hlb-qemu-test-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(
-            dir.join("modules.dep"),
-            "kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/fs/netfs/netfs.ko\n\
-             kernel/net/9p/9pnet.ko:\nkernel/fs/netfs/netfs.ko:\n\
-             kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko\n",
-        )
-        .unwrap();
-        let o = module_order(&dir, &["9p", "9pnet_virtio"]).unwrap();
-        let _ = fs::remove_dir_all(&dir);
-        assert_eq!(
-            o,
-            [
-                "kernel/fs/netfs/netfs.ko",
-                "kernel/net/9p/9pnet.ko",
-                "kernel/fs/9p/9p.ko",
-                "kernel/net/9p/9pnet_virtio.ko"
-            ]
-        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 pub use crate::guest::GuestRun;
-use crate::guest::{sh_quote, supervise, Scratch};
+use crate::guest::{module_order, sh_quote, supervise, Scratch};
 
 /// The UML kernel the Debian package installs.
 pub const KERNEL: &str = "/usr/bin/linux.uml";
@@ -166,23 +166,9 @@ pub fn load_modules(names: &[&str]) -> Result<()> {
         bail!("load_modules is for UML guests only");
     }
     let dir = std::env::var_os(MODULES_ENV).map(PathBuf::from).context(MODULES_ENV)?;
-    let dep = fs::read_to_string(dir.join("modules.dep"))?;
-    let deps: Vec<(&str, Vec<&str>)> = dep
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(m, d)| (m.trim(), d.split_whitespace().collect()))
-        .collect();
-    let norm = |s: &str| s.replace('-', "_");
+    // One name at a time: each loads (dependencies first) before the next is looked up.
     for name in names {
-        let (path, d) = deps
-            .iter()
-            .find(|(m, _)| {
-                let base = m.rsplit('/').next().unwrap_or(m);
-                base.strip_suffix(".ko").is_some_and(|b| norm(b) == norm(name))
-            })
-            .with_context(|| format!("module {name} not in {}", dir.display()))?;
-        // modules.dep lists a module's dependencies so that the last one loads first.
-        for m in d.iter().rev().chain(std::iter::once(path)) {
+        for m in module_order(&dir, &[name])? {
             insmod(&dir.join(m))?;
         }
     }
