@@ -82,6 +82,36 @@ impl Drop for Scratch {
     }
 }
 
+/// The lines of a guest's last init script that run its one program, here so that the
+/// guests and [`supervise`] agree on where the results land: in the shared directory `dir`,
+/// `lo` up (its messages start `guest.out`), then `program args…` with the `env` assignments
+/// (values shell-quoted here), its output appended to `guest.out` and its exit code written to
+/// `guest.rc`, then `sync` (no newline after it). The caller's script powers off next.
+pub(crate) fn program_lines(
+    dir: &Path,
+    env: &[(&str, &str)],
+    program: &Path,
+    args: &[&str],
+) -> String {
+    let d = sh_quote(&dir.to_string_lossy());
+    let mut cmd = String::new();
+    for (name, value) in env {
+        cmd.push_str(&format!("{name}={} ", sh_quote(value)));
+    }
+    cmd.push_str(&sh_quote(&program.to_string_lossy()));
+    for a in args {
+        cmd.push(' ');
+        cmd.push_str(&sh_quote(a));
+    }
+    format!(
+        "cd {d}\n\
+         ip link set lo up > {d}/guest.out 2>&1\n\
+         {cmd} >> {d}/guest.out 2>&1\n\
+         echo $? > {d}/guest.rc\n\
+         sync"
+    )
+}
+
 /// Runs a guest's host process `cmd` (started in its own process group) to its end or until
 /// `timeout`, when the whole group is killed; calls `tick` every `poll` and once at the end.
 /// Then reads what the guest left in `dir`: `guest.rc`, `guest.out`, `console.log`.
