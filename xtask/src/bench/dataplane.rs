@@ -77,6 +77,7 @@ use ha_lb_lab::{
 };
 
 use super::{
+    common::{self, fmt3, min_med_max, ratio},
     dataplane_peers::{
         haproxy_conf, nft_ruleset, nginx_conf, parse_iperf3, parse_wrk, HTTP_PORT, IPERF_PORT,
         UDP_PORT,
@@ -144,9 +145,7 @@ impl Variant {
     }
 
     pub fn parse(s: &str) -> Result<Variant> {
-        Variant::ALL.into_iter().find(|v| v.name() == s).with_context(|| {
-            format!("unknown variant {s} ({})", Variant::ALL.map(Variant::name).join(", "))
-        })
+        common::parse_name("variant", &Variant::ALL, Variant::name, s)
     }
 
     fn udp(self) -> bool {
@@ -199,9 +198,7 @@ impl Metric {
     }
 
     pub fn parse(s: &str) -> Result<Metric> {
-        Metric::ALL.into_iter().find(|m| m.name() == s).with_context(|| {
-            format!("unknown metric {s} ({})", Metric::ALL.map(Metric::name).join(", "))
-        })
+        common::parse_name("metric", &Metric::ALL, Metric::name, s)
     }
 
     fn title(self) -> &'static str {
@@ -368,13 +365,8 @@ pub fn run(opts: Options) -> Result<()> {
                 continue;
             }
             let r = b.variant_round(v, round, &d, &mut results);
-            if let Err(e) = b.leave(v) {
-                println!("  {}: teardown: {e:#}", v.name());
-            }
-            if let Err(e) = r {
-                println!("  {} round {}: FAILED: {e:#}", v.name(), round + 1);
-                failed.insert(v, format!("{e:#}"));
-            }
+            let t = b.leave(v);
+            common::settle(&mut failed, v, Variant::name, round, r, t);
         }
     }
     let mut costs = b.prog_costs();
@@ -1053,14 +1045,6 @@ fn short(m: Metric, p: &Point) -> String {
     }
 }
 
-pub(crate) fn min_med_max(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    Some((v[0], v[v.len() / 2], v[v.len() - 1]))
-}
-
 /// The runs a summary uses: clean ones when there are at least 3, else all (flagged).
 fn usable(points: &[Point]) -> (Vec<Point>, bool) {
     let clean: Vec<Point> = points.iter().copied().filter(|p| !p.noisy).collect();
@@ -1086,8 +1070,7 @@ fn report(
          (a run is noisy, *, when the machine was not quiet before it or foreign CPU > {NOISY_FOREIGN} cores)"
     );
     for m in Metric::ALL {
-        let rows: Vec<Variant> =
-            variants.iter().copied().filter(|v| results.contains_key(&(m, *v))).collect();
+        let rows = common::measured(results, m, variants);
         if rows.is_empty() {
             continue;
         }
@@ -1124,10 +1107,6 @@ fn report(
             let (use_pts, flagged) = usable(pts);
             let scale =
                 if matches!(m, Metric::TcpKeepAlive | Metric::TcpNewConn) { 1e3 } else { 1.0 };
-            let fmt3 = |x: Option<(f64, f64, f64)>, s: f64, prec: usize| match x {
-                Some((a, b, c)) => format!("{:.p$}/{:.p$}/{:.p$}", a / s, b / s, c / s, p = prec),
-                None => "-".into(),
-            };
             let c = min_med_max(use_pts.iter().filter_map(cost).collect());
             let rate = min_med_max(use_pts.iter().map(|p| p.rate).collect());
             let delivered = min_med_max(use_pts.iter().map(|p| p.delivered).collect());
@@ -1135,10 +1114,7 @@ fn report(
             let foreign = min_med_max(pts.iter().map(|p| p.cpu.foreign).collect());
             let dforeign = min_med_max(pts.iter().map(|p| p.cpu.foreign_on_director_cpu).collect());
             let clean = pts.iter().filter(|p| !p.noisy).count();
-            let ratio = |base: Option<f64>| match (c.map(|x| x.1), base) {
-                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-                _ => "-".into(),
-            };
+            let row_cost = c.map(|x| x.1);
             let capacity = busy.map(|b| b.1 >= 0.9).unwrap_or(false);
             let _ = writeln!(
                 r,
@@ -1163,9 +1139,9 @@ fn report(
                     (false, true) => "cap",
                     _ => "",
                 },
-                ratio(med(Variant::Routed, &cost)),
-                ratio(med(Variant::Nftables, &cost)),
-                ratio(ha_lb),
+                ratio(row_cost, med(Variant::Routed, &cost)),
+                ratio(row_cost, med(Variant::Nftables, &cost)),
+                ratio(row_cost, ha_lb),
             );
         }
     }
@@ -1191,9 +1167,7 @@ fn report(
             }
         }
     }
-    for (v, e) in failed {
-        let _ = writeln!(r, "\n{} FAILED (left out of the tables): {e}", v.name());
-    }
+    common::write_failed(&mut r, failed, Variant::name);
     if !pending.is_empty() {
         let _ = writeln!(
             r,

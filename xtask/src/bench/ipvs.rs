@@ -69,7 +69,8 @@ use ha_lb_lab::{
 };
 
 use super::{
-    dataplane::{desired, min_med_max, send_skbs},
+    common::{self, fmt3, min_med_max, ratio},
+    dataplane::{desired, send_skbs},
     dataplane_peers::{nginx_conf, parse_wrk, HTTP_PORT, UDP_PORT},
     dataplane_sys::{self as sys, Ours},
 };
@@ -100,9 +101,7 @@ impl Variant {
     }
 
     pub fn parse(s: &str) -> Result<Variant> {
-        Variant::ALL.into_iter().find(|v| v.name() == s).with_context(|| {
-            format!("unknown variant {s} ({})", Variant::ALL.map(Variant::name).join(", "))
-        })
+        common::parse_name("variant", &Variant::ALL, Variant::name, s)
     }
 }
 
@@ -123,9 +122,7 @@ impl Metric {
     }
 
     pub fn parse(s: &str) -> Result<Metric> {
-        Metric::ALL.into_iter().find(|m| m.name() == s).with_context(|| {
-            format!("unknown metric {s} ({})", Metric::ALL.map(Metric::name).join(", "))
-        })
+        common::parse_name("metric", &Metric::ALL, Metric::name, s)
     }
 
     fn title(self) -> &'static str {
@@ -423,13 +420,8 @@ pub fn guest(opts: Options) -> Result<()> {
                 continue;
             }
             let r = g.variant_round(v, round, &opts, &mut results);
-            if let Err(e) = g.leave() {
-                println!("  {}: teardown: {e:#}", v.name());
-            }
-            if let Err(e) = r {
-                println!("  {} round {}: FAILED: {e:#}", v.name(), round + 1);
-                failed.insert(v, format!("{e:#}"));
-            }
+            let t = g.leave();
+            common::settle(&mut failed, v, Variant::name, round, r, t);
         }
     }
     drop(g);
@@ -756,15 +748,6 @@ fn short(m: Metric, p: &Point) -> String {
     }
 }
 
-fn fmt3(x: Option<(f64, f64, f64)>, scale: f64, prec: usize) -> String {
-    match x {
-        Some((a, b, c)) => {
-            format!("{:.p$}/{:.p$}/{:.p$}", a / scale, b / scale, c / scale, p = prec)
-        }
-        None => "-".into(),
-    }
-}
-
 /// Per-round ratios of `a`'s director cost over `b`'s (rounds where both were measured).
 fn paired(pts_a: &[Option<Point>], pts_b: &[Option<Point>]) -> Vec<f64> {
     pts_a
@@ -791,8 +774,7 @@ fn report(
         opts.rounds
     );
     for m in Metric::ALL {
-        let rows: Vec<Variant> =
-            opts.variants.iter().copied().filter(|v| results.contains_key(&(m, *v))).collect();
+        let rows = common::measured(results, m, &opts.variants);
         if rows.is_empty() {
             continue;
         }
@@ -825,10 +807,7 @@ fn report(
             let rate = min_med_max(p.iter().map(|p| p.rate).collect());
             let delivered = min_med_max(p.iter().map(|p| p.delivered).collect());
             let busy = min_med_max(p.iter().map(|p| p.busy).collect());
-            let ratio = |base: Option<f64>| match (c.map(|x| x.1), base) {
-                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-                _ => "-".into(),
-            };
+            let row_cost = c.map(|x| x.1);
             let _ = writeln!(
                 r,
                 "  {:<10} {:>22} {:>22} {}{:>6}  {:>8} {:>8}",
@@ -841,8 +820,8 @@ fn report(
                     String::new()
                 },
                 busy.map(|b| format!("{:.2}", b.1)).unwrap_or_default(),
-                ratio(med_cost(Variant::Routed)),
-                ratio(med_cost(Variant::IpvsNat)),
+                ratio(row_cost, med_cost(Variant::Routed)),
+                ratio(row_cost, med_cost(Variant::IpvsNat)),
             );
         }
         // Ratios within each round: drift of the host between rounds cancels out.
@@ -878,9 +857,7 @@ fn report(
          256 bytes of headroom into a fresh page (veth_xdp_rcv_skb), a cost the stack's path \
          (IPVS, routed) does not pay and a NIC's XDP does not either."
     );
-    for (v, e) in failed {
-        let _ = writeln!(r, "\n{} FAILED (left out of the tables): {e}", v.name());
-    }
+    common::write_failed(&mut r, failed, Variant::name);
     r
 }
 
