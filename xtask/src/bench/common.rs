@@ -1,10 +1,161 @@
-//! What `bench dataplane` and `bench ipvs` share: the cells of their reports and the
-//! bookkeeping of their rounds. One copy, so that the two benches' tables read alike and a
-//! fix to one reaches the other.
+//! What `bench dataplane` and `bench ipvs` share: setting up the lab on [`BenchTopo`] (the
+//! eBPF object, nginx real servers, sinks, ha-lb's data plane), the cells of their reports
+//! and the bookkeeping of their rounds. One copy, so that both benches measure the same
+//! set-up, their tables read alike, and a fix to one reaches the other.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{
+    collections::BTreeMap, fmt::Write as _, net::SocketAddr, path::Path, process::Command,
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
+use aya::programs::xdp::XdpLinkId;
+use ha_lb::{
+    bpf::{bench::PROG_BENCH_SINK, Bpf},
+    dataplane::{
+        xdp::{Hook, XdpDataplane},
+        Dataplane, DesiredState,
+    },
+};
+use ha_lb_lab::{
+    benchtopo::{pin_process, BenchTopo, REAL_SERVERS},
+    topology::http_get,
+    Node,
+};
+
+use super::{
+    dataplane_peers::{nginx_conf, HTTP_PORT},
+    dataplane_sys::Ours,
+};
+
+/// The eBPF object's bytes (each ha-lb variant loads its own copy from them) and the
+/// bench's own load of it (sinks, and in `bench dataplane` the generator and the empty
+/// programs).
+pub(crate) fn load_object(path: &Path) -> Result<(Vec<u8>, Bpf)> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("reading the eBPF object {}", path.display()))?;
+    let bpf = Bpf::load_bytes(&bytes, tracing::Level::WARN).context("loading the eBPF object")?;
+    Ok((bytes, bpf))
+}
+
+/// Builds the bench topology and pins this process (and every thread it starts) to the
+/// client side's CPU, away from the director's. [`Ours`] names the lab's namespaces, so
+/// CPU used in them counts as the bench's own and not as foreign.
+pub(crate) fn build_lab() -> Result<(BenchTopo, Ours)> {
+    let topo = BenchTopo::build()?;
+    pin_process(std::process::id(), topo.other_cpu)?;
+    let mut nodes = vec![&topo.client, &topo.director];
+    nodes.extend(topo.real_servers.iter());
+    let ours = Ours::new(&nodes)?;
+    Ok((topo, ours))
+}
+
+/// Starts nginx as real server `i` (`rs1`, `rs2`, …) on the client side's CPU, with its
+/// config and logs in `dir`.
+pub(crate) fn spawn_nginx(topo: &mut BenchTopo, dir: &Path, i: usize) -> Result<()> {
+    let node = topo.real_servers[i].clone();
+    let name = format!("rs{}", i + 1);
+    let conf = dir.join(format!("{name}.nginx.conf"));
+    std::fs::write(&conf, nginx_conf(dir, &name))?;
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &topo.other_cpu.to_string(), "nginx", "-e"])
+        .arg(dir.join(format!("{name}.nginx.err")))
+        .arg("-c")
+        .arg(&conf);
+    topo.lab.spawn_logged(&node, &mut cmd, &dir.join(format!("{name}.log")))?;
+    Ok(())
+}
+
+/// Waits until every real server's nginx answers the client over their direct link, trying
+/// every `poll` for at most `within`, each request allowed `request` (the guest of `bench
+/// ipvs` is slower than the host, so it allows more).
+pub(crate) fn await_nginx(
+    client: &Node,
+    within: Duration,
+    poll: Duration,
+    request: Duration,
+) -> Result<()> {
+    for i in 0..REAL_SERVERS {
+        let addr = SocketAddr::new(BenchTopo::rs_direct_addr(i).into(), HTTP_PORT);
+        ha_lb_lab::wait_for(within, poll, || http_get(client, addr, request).ok())
+            .with_context(|| format!("nginx on rs{} did not answer", i + 1))?;
+    }
+    Ok(())
+}
+
+/// wrk in the client, pinned to the client side's CPU: one thread, 32 connections, for
+/// `secs`. The caller adds any header and the URL. One place, so both benches offer the same
+/// HTTP load.
+pub(crate) fn wrk(topo: &BenchTopo, secs: u64) -> Command {
+    let mut cmd = topo.client.command("taskset");
+    cmd.args(["-c", &topo.other_cpu.to_string(), "wrk", "-t1", "-c32"]).arg(format!("-d{secs}s"));
+    cmd
+}
+
+/// Attaches `hlb_bench_sink` (counts and drops UDP frames) to both veths of every real
+/// server: traffic through the director arrives on one, direct traffic on the other. Each
+/// link goes into `sinks` as soon as it exists, so a failure midway leaves nothing that
+/// [`detach_sinks`] would miss.
+pub(crate) fn attach_sinks(
+    bpf: &mut Bpf,
+    topo: &BenchTopo,
+    sinks: &mut Vec<XdpLinkId>,
+) -> Result<()> {
+    for i in 0..REAL_SERVERS {
+        let rs = &topo.real_servers[i];
+        for dev in [BenchTopo::rs_back(i), BenchTopo::rs_direct(i)] {
+            let (l, _mode) = rs.run(|| bpf.attach_xdp(PROG_BENCH_SINK, &dev))??;
+            sinks.push(l);
+        }
+    }
+    Ok(())
+}
+
+/// Detaches what [`attach_sinks`] attached. Closing a bpf_link is valid from any namespace.
+pub(crate) fn detach_sinks(bpf: &mut Bpf, sinks: &mut Vec<XdpLinkId>) -> Result<()> {
+    for l in std::mem::take(sinks) {
+        bpf.detach_xdp(PROG_BENCH_SINK, l)?;
+    }
+    Ok(())
+}
+
+/// ha-lb's data plane as a bench variant: its own load of the eBPF object, the forwarding
+/// program at `hook` on the director's front veth and its back veths, `desired` applied as
+/// the reconciler would. Driven directly rather than through `ha-lb run`, so only the data
+/// plane is measured.
+pub(crate) fn attach_halb(
+    director: &Node,
+    object: &[u8],
+    hook: Hook,
+    desired: &DesiredState,
+) -> Result<XdpDataplane> {
+    let bpf = Bpf::load_bytes(object, tracing::Level::WARN)?;
+    let mut dp = XdpDataplane::with_hook(bpf, hook)?;
+    let devs: Vec<String> = std::iter::once("hbd0".to_string())
+        .chain((0..REAL_SERVERS).map(BenchTopo::director_back))
+        .collect();
+    director.run(|| -> Result<()> {
+        for dev in &devs {
+            dp.attach_interface(dev)?;
+        }
+        Ok(())
+    })??;
+    dp.apply(desired)?;
+    Ok(dp)
+}
+
+/// Detaches ha-lb's data plane from every interface it is on (in the director's namespace,
+/// where they are).
+pub(crate) fn detach_halb(director: &Node, mut dp: XdpDataplane) -> Result<()> {
+    let devs: Vec<(String, _)> = dp.interfaces();
+    director.run(|| -> Result<()> {
+        for (dev, _) in &devs {
+            dp.detach_interface(dev)?;
+        }
+        Ok(())
+    })??;
+    Ok(())
+}
 
 /// `s` as one of `all`, matched by `name` (the name the command line and the report use);
 /// the error lists every name, so a typo on the command line shows what would have worked.

@@ -65,8 +65,7 @@ use ha_lb::bpf::{
 };
 use ha_lb::dataplane::{
     xdp::{Hook, XdpDataplane},
-    Dataplane, DesiredState, LbAlgo, LbKind, Protocol, RealServerSpec, ServiceSpec,
-    VirtualServerKey,
+    DesiredState, LbAlgo, LbKind, Protocol, RealServerSpec, ServiceSpec, VirtualServerKey,
 };
 use ha_lb_lab::{
     benchtopo::{pin_process, pin_task, BenchTopo, NapiThread, Return, CLIENT, REAL_SERVERS, VIP},
@@ -79,8 +78,7 @@ use ha_lb_lab::{
 use super::{
     common::{self, fmt3, min_med_max, ratio},
     dataplane_peers::{
-        haproxy_conf, nft_ruleset, nginx_conf, parse_iperf3, parse_wrk, HTTP_PORT, IPERF_PORT,
-        UDP_PORT,
+        haproxy_conf, nft_ruleset, parse_iperf3, parse_wrk, HTTP_PORT, IPERF_PORT, UDP_PORT,
     },
     dataplane_sys::{self as sys, CpuDelta, Ours},
 };
@@ -303,18 +301,11 @@ pub fn run(opts: Options) -> Result<()> {
     if let Some(r) = opts.rounds {
         d.rounds = r.max(1);
     }
-    let bytes = std::fs::read(&opts.object)
-        .with_context(|| format!("reading the eBPF object {}", opts.object.display()))?;
-    let bpf = Bpf::load_bytes(&bytes, tracing::Level::WARN).context("loading the eBPF object")?;
+    let (bytes, bpf) = common::load_object(&opts.object)?;
     let dir = std::env::temp_dir().join(format!("hlb-bench-dataplane-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
 
-    let topo = BenchTopo::build()?;
-    // This process (and every thread it starts) belongs to the client side.
-    pin_process(std::process::id(), topo.other_cpu)?;
-    let mut nodes = vec![&topo.client, &topo.director];
-    nodes.extend(topo.real_servers.iter());
-    let ours = Ours::new(&nodes)?;
+    let (topo, ours) = common::build_lab()?;
     let mut b = Bench {
         topo,
         bpf,
@@ -408,16 +399,9 @@ pub(crate) fn desired(kind: LbKind, udp_real_servers: usize) -> DesiredState {
 impl Bench {
     fn start_servers(&mut self) -> Result<()> {
         for i in 0..REAL_SERVERS {
+            common::spawn_nginx(&mut self.topo, &self.dir, i)?;
             let node = self.topo.real_servers[i].clone();
             let name = format!("rs{}", i + 1);
-            let conf = self.dir.join(format!("{name}.nginx.conf"));
-            std::fs::write(&conf, nginx_conf(&self.dir, &name))?;
-            let mut cmd = Command::new("taskset");
-            cmd.args(["-c", &self.topo.other_cpu.to_string(), "nginx", "-e"])
-                .arg(self.dir.join(format!("{name}.nginx.err")))
-                .arg("-c")
-                .arg(&conf);
-            self.topo.lab.spawn_logged(&node, &mut cmd, &self.dir.join(format!("{name}.log")))?;
             let mut cmd = Command::new("taskset");
             cmd.args(["-c", &self.topo.other_cpu.to_string(), "iperf3", "-s", "-p"])
                 .arg(IPERF_PORT.to_string());
@@ -430,14 +414,12 @@ impl Bench {
         // Many short connections from one client: widen its port range.
         self.topo.client.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
         self.topo.client.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
-        for i in 0..REAL_SERVERS {
-            let addr = SocketAddr::new(BenchTopo::rs_direct_addr(i).into(), HTTP_PORT);
-            ha_lb_lab::wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
-                http_get(&self.topo.client, addr, Duration::from_millis(500)).ok()
-            })
-            .with_context(|| format!("nginx on rs{} did not answer", i + 1))?;
-        }
-        Ok(())
+        common::await_nginx(
+            &self.topo.client,
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+        )
     }
 
     /// Keeps the generator attached to an idle veth, so each BPF_PROG_RUN call finds it in
@@ -456,14 +438,9 @@ impl Bench {
         Ok(())
     }
 
-    fn director_tids(&self) -> Vec<u32> {
-        self.kthreads.iter().filter(|t| t.director).map(|t| t.pid).collect()
-    }
-
     fn sample(&self) -> sys::CpuSample {
-        let all: Vec<u32> = self.kthreads.iter().map(|t| t.pid).collect();
         let pids: Vec<u32> = self.haproxy.into_iter().collect();
-        sys::sample(&self.ours, &self.director_tids(), &pids, &all)
+        sys::sample_napi(&self.ours, &self.kthreads, &pids)
     }
 
     fn attach(&mut self, node: Node, prog: &'static str, dev: &str) -> Result<XdpLinkId> {
@@ -530,19 +507,8 @@ impl Bench {
                 } else {
                     Hook::Xdp
                 };
-                let bpf = Bpf::load_bytes(&self.object, tracing::Level::WARN)?;
-                let mut dp = XdpDataplane::with_hook(bpf, hook)?;
-                let devs: Vec<String> = std::iter::once("hbd0".to_string())
-                    .chain((0..REAL_SERVERS).map(BenchTopo::director_back))
-                    .collect();
-                director.run(|| -> Result<()> {
-                    for dev in &devs {
-                        dp.attach_interface(dev)?;
-                    }
-                    Ok(())
-                })??;
-                dp.apply(&desired(kind, self.udp_real_servers))?;
-                self.halb = Some(dp);
+                let desired = desired(kind, self.udp_real_servers);
+                self.halb = Some(common::attach_halb(&director, &self.object, hook, &desired)?);
                 // The test-run cost is the XDP program's (a TC test run adds building a
                 // socket buffer, which a received packet already has).
                 if hook == Hook::Xdp && !self.halb_costs.iter().any(|(n, _)| n.contains(v.name())) {
@@ -582,15 +548,8 @@ impl Bench {
             let bpf = &mut self.bpf;
             self.topo.director.run(|| detach_tc(bpf, prog, link))??;
         }
-        if let Some(mut dp) = self.halb.take() {
-            let director = self.topo.director.clone();
-            let devs: Vec<(String, _)> = dp.interfaces();
-            director.run(|| -> Result<()> {
-                for (dev, _) in &devs {
-                    dp.detach_interface(dev)?;
-                }
-                Ok(())
-            })??;
+        if let Some(dp) = self.halb.take() {
+            common::detach_halb(&self.topo.director, dp)?;
         }
         if let Some(pid) = self.haproxy.take() {
             self.topo.lab.kill(pid);
@@ -602,13 +561,7 @@ impl Bench {
     }
 
     fn attach_sinks(&mut self) -> Result<()> {
-        for i in 0..REAL_SERVERS {
-            let rs = self.topo.real_servers[i].clone();
-            let l = self.attach(rs.clone(), PROG_BENCH_SINK, &BenchTopo::rs_back(i))?;
-            self.sinks.push(l);
-            let l = self.attach(rs, PROG_BENCH_SINK, &BenchTopo::rs_direct(i))?;
-            self.sinks.push(l);
-        }
+        common::attach_sinks(&mut self.bpf, &self.topo, &mut self.sinks)?;
         self.repin()
     }
 
@@ -616,10 +569,7 @@ impl Bench {
         if self.sinks.is_empty() {
             return Ok(());
         }
-        for l in std::mem::take(&mut self.sinks) {
-            // bpf_link detach: closing the link, valid from any namespace.
-            self.bpf.detach_xdp(PROG_BENCH_SINK, l)?;
-        }
+        common::detach_sinks(&mut self.bpf, &mut self.sinks)?;
         self.repin()
     }
 
@@ -828,10 +778,7 @@ impl Bench {
             }
             Metric::TcpKeepAlive | Metric::TcpNewConn => {
                 let url = format!("http://{}:{HTTP_PORT}/", self.tcp_target(v));
-                let secs = d.tcp.as_secs() + 2;
-                let mut cmd = self.topo.client.command("taskset");
-                cmd.args(["-c", &self.topo.other_cpu.to_string(), "wrk", "-t1", "-c32"])
-                    .arg(format!("-d{secs}s"));
+                let mut cmd = common::wrk(&self.topo, d.tcp.as_secs() + 2);
                 if m == Metric::TcpNewConn {
                     cmd.args(["-H", "Connection: close"]);
                 }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use ha_lb_lab::Node;
+use ha_lb_lab::{benchtopo::NapiThread, Node};
 
 /// Time task `tid` has spent on a CPU (ns), from `/proc/<tid>/schedstat` (first field:
 /// time spent on the cpu; second: waiting on a runqueue; third: timeslices run).
@@ -106,6 +106,15 @@ pub fn sample(
     let ours_ns = pids.iter().map(|&p| process_cpu_ns(p)).sum::<u64>()
         + kthreads.iter().map(|&t| task_cpu_ns(t)).sum::<u64>();
     CpuSample { at: Some(Instant::now()), director_ns, ours_ns, busy: cpu_busy_ns() }
+}
+
+/// [`sample`] on the bench topology: the director's NAPI kthreads, and `director_pids`
+/// (userspace on the director, such as HAProxy), are the director; every NAPI kthread of
+/// the topology is the bench's.
+pub fn sample_napi(ours: &Ours, kthreads: &[NapiThread], director_pids: &[u32]) -> CpuSample {
+    let all: Vec<u32> = kthreads.iter().map(|t| t.pid).collect();
+    let director: Vec<u32> = kthreads.iter().filter(|t| t.director).map(|t| t.pid).collect();
+    sample(ours, &director, director_pids, &all)
 }
 
 /// What happened between two samples.

@@ -53,14 +53,15 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aya::programs::xdp::XdpLinkId;
 use ha_lb::{
-    bpf::{
-        bench::{sink_counters, PROG_BENCH_SINK},
-        Bpf,
+    bpf::{bench::sink_counters, Bpf},
+    dataplane::{
+        ipvs::IpvsDataplane,
+        xdp::{Hook, XdpDataplane},
+        Dataplane, LbKind,
     },
-    dataplane::{ipvs::IpvsDataplane, xdp::XdpDataplane, Dataplane, LbKind},
 };
 use ha_lb_lab::{
-    benchtopo::{pin_process, BenchTopo, NapiThread, CLIENT, REAL_SERVERS, VIP},
+    benchtopo::{BenchTopo, NapiThread, CLIENT, REAL_SERVERS, VIP},
     frame,
     packet::PacketSocket,
     qemu::{self, Qemu},
@@ -71,7 +72,7 @@ use ha_lb_lab::{
 use super::{
     common::{self, fmt3, min_med_max, ratio},
     dataplane::{desired, send_skbs},
-    dataplane_peers::{nginx_conf, parse_wrk, HTTP_PORT, UDP_PORT},
+    dataplane_peers::{parse_wrk, HTTP_PORT, UDP_PORT},
     dataplane_sys::{self as sys, Ours},
 };
 
@@ -376,14 +377,8 @@ pub fn guest(opts: Options) -> Result<()> {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let t_start = Instant::now();
 
-    let object = std::fs::read(&opts.object)
-        .with_context(|| format!("reading the eBPF object {}", opts.object.display()))?;
-    let bpf = Bpf::load_bytes(&object, tracing::Level::WARN).context("loading the eBPF object")?;
-    let topo = BenchTopo::build()?;
-    pin_process(std::process::id(), topo.other_cpu)?;
-    let mut nodes = vec![&topo.client, &topo.director];
-    nodes.extend(topo.real_servers.iter());
-    let ours = Ours::new(&nodes)?;
+    let (object, bpf) = common::load_object(&opts.object)?;
+    let (topo, ours) = common::build_lab()?;
     let mut g = Guest {
         topo,
         bpf,
@@ -433,25 +428,14 @@ pub fn guest(opts: Options) -> Result<()> {
 impl Guest {
     fn start_servers(&mut self) -> Result<()> {
         for i in 0..REAL_SERVERS {
-            let node = self.topo.real_servers[i].clone();
-            let name = format!("rs{}", i + 1);
-            let conf = self.dir.join(format!("{name}.nginx.conf"));
-            std::fs::write(&conf, nginx_conf(&self.dir, &name))?;
-            let mut cmd = Command::new("taskset");
-            cmd.args(["-c", &self.topo.other_cpu.to_string(), "nginx", "-e"])
-                .arg(self.dir.join(format!("{name}.nginx.err")))
-                .arg("-c")
-                .arg(&conf);
-            self.topo.lab.spawn_logged(&node, &mut cmd, &self.dir.join(format!("{name}.log")))?;
+            common::spawn_nginx(&mut self.topo, &self.dir, i)?;
         }
-        for i in 0..REAL_SERVERS {
-            let addr = SocketAddr::new(BenchTopo::rs_direct_addr(i).into(), HTTP_PORT);
-            ha_lb_lab::wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
-                http_get(&self.topo.client, addr, Duration::from_secs(2)).ok()
-            })
-            .with_context(|| format!("nginx on rs{} did not answer", i + 1))?;
-        }
-        Ok(())
+        common::await_nginx(
+            &self.topo.client,
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        )
     }
 
     fn repin(&mut self) -> Result<()> {
@@ -460,10 +444,7 @@ impl Guest {
     }
 
     fn sample(&self) -> sys::CpuSample {
-        let all: Vec<u32> = self.kthreads.iter().map(|t| t.pid).collect();
-        let director: Vec<u32> =
-            self.kthreads.iter().filter(|t| t.director).map(|t| t.pid).collect();
-        sys::sample(&self.ours, &director, &[], &all)
+        sys::sample_napi(&self.ours, &self.kthreads, &[])
     }
 
     fn enter(&mut self, v: Variant) -> Result<()> {
@@ -471,19 +452,9 @@ impl Guest {
         match v {
             Variant::Routed => {}
             Variant::HaLbNat => {
-                let bpf = Bpf::load_bytes(&self.object, tracing::Level::WARN)?;
-                let mut dp = XdpDataplane::new(bpf)?;
-                let devs: Vec<String> = std::iter::once("hbd0".to_string())
-                    .chain((0..REAL_SERVERS).map(BenchTopo::director_back))
-                    .collect();
-                director.run(|| -> Result<()> {
-                    for dev in &devs {
-                        dp.attach_interface(dev)?;
-                    }
-                    Ok(())
-                })??;
-                dp.apply(&desired(LbKind::Nat, REAL_SERVERS))?;
-                self.halb = Some(dp);
+                let desired = desired(LbKind::Nat, REAL_SERVERS);
+                self.halb =
+                    Some(common::attach_halb(&director, &self.object, Hook::Xdp, &desired)?);
             }
             Variant::IpvsNat => {
                 // The generic netlink socket is opened in the director's namespace: IPVS
@@ -498,15 +469,8 @@ impl Guest {
 
     fn leave(&mut self) -> Result<()> {
         self.detach_sinks()?;
-        if let Some(mut dp) = self.halb.take() {
-            let director = self.topo.director.clone();
-            let devs: Vec<(String, _)> = dp.interfaces();
-            director.run(|| -> Result<()> {
-                for (dev, _) in &devs {
-                    dp.detach_interface(dev)?;
-                }
-                Ok(())
-            })??;
+        if let Some(dp) = self.halb.take() {
+            common::detach_halb(&self.topo.director, dp)?;
         }
         if let Some(mut dp) = self.ipvs.take() {
             dp.apply(&ha_lb::dataplane::DesiredState::default())?;
@@ -515,14 +479,7 @@ impl Guest {
     }
 
     fn attach_sinks(&mut self) -> Result<()> {
-        for i in 0..REAL_SERVERS {
-            let rs = self.topo.real_servers[i].clone();
-            for dev in [BenchTopo::rs_back(i), BenchTopo::rs_direct(i)] {
-                let bpf = &mut self.bpf;
-                let (l, _mode) = rs.run(|| bpf.attach_xdp(PROG_BENCH_SINK, &dev))??;
-                self.sinks.push(l);
-            }
-        }
+        common::attach_sinks(&mut self.bpf, &self.topo, &mut self.sinks)?;
         self.repin()
     }
 
@@ -530,9 +487,7 @@ impl Guest {
         if self.sinks.is_empty() {
             return Ok(());
         }
-        for l in std::mem::take(&mut self.sinks) {
-            self.bpf.detach_xdp(PROG_BENCH_SINK, l)?;
-        }
+        common::detach_sinks(&mut self.bpf, &mut self.sinks)?;
         self.repin()
     }
 
@@ -689,11 +644,8 @@ impl Guest {
             Metric::TcpKeepAlive => {
                 let url = format!("http://{}:{HTTP_PORT}/", self.target(v));
                 let lead = Duration::from_secs(2);
-                let secs = (lead + opts.tcp).as_secs() + 2;
-                let mut cmd = self.topo.client.command("taskset");
-                cmd.args(["-c", &self.topo.other_cpu.to_string(), "wrk", "-t1", "-c32"])
-                    .arg(format!("-d{secs}s"))
-                    .arg(&url);
+                let mut cmd = common::wrk(&self.topo, (lead + opts.tcp).as_secs() + 2);
+                cmd.arg(&url);
                 let out_path = self.dir.join("wrk.out");
                 cmd.stdout(std::fs::File::create(&out_path)?).stderr(std::process::Stdio::null());
                 let mut child = cmd.spawn().with_context(|| crate::display_cmd(&cmd))?;
