@@ -1,14 +1,19 @@
 //! What `bench dataplane` and `bench ipvs` share: setting up the lab on [`BenchTopo`] (the
-//! eBPF object, nginx real servers, sinks, ha-lb's data plane), the cells of their reports
-//! and the bookkeeping of their rounds. One copy, so that both benches measure the same
-//! set-up, their tables read alike, and a fix to one reaches the other.
+//! eBPF object, nginx real servers, sinks, ha-lb's data plane), the pre-check of what a
+//! variant delivers, a load tool's run with CPU sampled over its middle, the cells of their
+//! reports and the bookkeeping of their rounds. One copy, so that both benches measure the
+//! same set-up in the same way, their tables read alike, and a fix to one reaches the other.
 
 use std::{
-    collections::BTreeMap, fmt::Write as _, net::SocketAddr, path::Path, process::Command,
-    time::Duration,
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::SocketAddr,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use aya::programs::xdp::XdpLinkId;
 use ha_lb::{
     bpf::{bench::PROG_BENCH_SINK, Bpf},
@@ -19,13 +24,15 @@ use ha_lb::{
 };
 use ha_lb_lab::{
     benchtopo::{pin_process, BenchTopo, REAL_SERVERS},
+    frame,
+    packet::PacketSocket,
     topology::http_get,
     Node,
 };
 
 use super::{
     dataplane_peers::{nginx_conf, HTTP_PORT},
-    dataplane_sys::Ours,
+    dataplane_sys::{CpuSample, Ours},
 };
 
 /// The eBPF object's bytes (each ha-lb variant loads its own copy from them) and the
@@ -155,6 +162,113 @@ pub(crate) fn detach_halb(director: &Node, mut dp: XdpDataplane) -> Result<()> {
         Ok(())
     })??;
     Ok(())
+}
+
+/// What a variant delivers to the real servers, captured on both veths of each (packet
+/// sockets opened before the traffic is sent), for the pre-check of a variant's first
+/// round.
+pub(crate) struct Capture {
+    socks: Vec<PacketSocket>,
+    /// How long a socket must stay quiet for its capture to be complete.
+    quiet: Duration,
+    /// Count TCP segments the director originates itself as valid despite a wrong TCP
+    /// checksum: a proxy's server side (HAProxy in `bench dataplane`) sends them with
+    /// CHECKSUM_PARTIAL over veth (TX offload stays on, as on a real NIC), so nobody fills
+    /// the checksum in and the receiver does not check it. Their IPv4 header must still be
+    /// right.
+    excuse_own_checksums: bool,
+}
+
+impl Capture {
+    pub(crate) fn open(
+        topo: &BenchTopo,
+        quiet: Duration,
+        excuse_own_checksums: bool,
+    ) -> Result<Capture> {
+        let rs: Vec<(Node, String)> = (0..REAL_SERVERS)
+            .flat_map(|i| {
+                let n = topo.real_servers[i].clone();
+                [(n.clone(), BenchTopo::rs_back(i)), (n, BenchTopo::rs_direct(i))]
+            })
+            .collect();
+        let socks: Vec<PacketSocket> =
+            rs.iter().map(|(n, dev)| n.run(|| PacketSocket::open(dev))?).collect::<Result<_>>()?;
+        Ok(Capture { socks, quiet, excuse_own_checksums })
+    }
+
+    /// Drains the captured IPv4 frames of IP protocol `proto` to or from `port` and checks
+    /// each with `frame::check`: (valid, all). Each invalid frame is printed, under the
+    /// `variant`'s name.
+    pub(crate) fn check(&self, proto: u8, port: u16, variant: &str) -> Result<(usize, usize)> {
+        let (mut good, mut all) = (0, 0);
+        for s in &self.socks {
+            for f in
+                s.drain(self.quiet, |f| f.len() >= 38 && f[12..14] == [8, 0] && f[23] == proto)?
+            {
+                let p = frame::check(&f);
+                if let Ok(p) = &p {
+                    if p.dport != port && p.sport != port {
+                        continue;
+                    }
+                }
+                all += 1;
+                // Source 198.19.x.1: the director's address on a back link.
+                let own = self.excuse_own_checksums && f[26] == 198 && f[27] == 19 && f[29] == 1;
+                match p {
+                    Ok(_) => good += 1,
+                    Err(e) if own && e.to_string().contains("TCP checksum") => good += 1,
+                    Err(e) => println!("  {variant}: invalid frame delivered: {e:#}"),
+                }
+            }
+        }
+        Ok((good, all))
+    }
+}
+
+/// The timing of a load tool's run: CPU is sampled over `length` once the tool has run for
+/// `lead` (so at full load, not while it connects), then the tool must exit within
+/// `grace`, looked at every `poll`. The tool itself is told to run longer than
+/// `lead + length`.
+pub(crate) struct Window {
+    pub lead: Duration,
+    pub length: Duration,
+    pub grace: Duration,
+    pub poll: Duration,
+}
+
+/// Runs `cmd` with its output to the file `out`, takes a CPU `sample` at the start and end
+/// of the window `w`, and waits for the tool to exit. Returns its output and the two
+/// samples; `label` names the tool in the errors (it is killed if it overstays).
+pub(crate) fn windowed(
+    mut cmd: Command,
+    out: &Path,
+    label: &str,
+    w: &Window,
+    sample: impl Fn() -> CpuSample,
+) -> Result<(String, CpuSample, CpuSample)> {
+    cmd.stdout(std::fs::File::create(out)?).stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().with_context(|| crate::display_cmd(&cmd))?;
+    std::thread::sleep(w.lead);
+    let s0 = sample();
+    std::thread::sleep(w.length);
+    let s1 = sample();
+    let deadline = Instant::now() + w.grace;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{label} did not finish");
+        }
+        std::thread::sleep(w.poll);
+    };
+    let text = std::fs::read_to_string(out)?;
+    if !status.success() {
+        bail!("{label} failed ({status}):\n{text}");
+    }
+    Ok((text, s0, s1))
 }
 
 /// `s` as one of `all`, matched by `name` (the name the command line and the report use);

@@ -70,13 +70,12 @@ use ha_lb::dataplane::{
 use ha_lb_lab::{
     benchtopo::{pin_process, pin_task, BenchTopo, NapiThread, Return, CLIENT, REAL_SERVERS, VIP},
     frame,
-    packet::PacketSocket,
     topology::http_get,
     Node,
 };
 
 use super::{
-    common::{self, fmt3, min_med_max, ratio},
+    common::{self, fmt3, min_med_max, ratio, Capture, Window},
     dataplane_peers::{
         haproxy_conf, nft_ruleset, parse_iperf3, parse_wrk, HTTP_PORT, IPERF_PORT, UDP_PORT,
     },
@@ -640,44 +639,11 @@ impl Bench {
     /// servers, and TCP segments of one HTTP request, verified with `frame::check`.
     fn precheck(&mut self, v: Variant) -> Result<()> {
         let (dev, mac, src, dst) = self.udp_path(v)?;
-        let rs: Vec<(Node, String)> = (0..REAL_SERVERS)
-            .flat_map(|i| {
-                let n = self.topo.real_servers[i].clone();
-                [(n.clone(), BenchTopo::rs_back(i)), (n, BenchTopo::rs_direct(i))]
-            })
-            .collect();
-        let socks: Vec<PacketSocket> =
-            rs.iter().map(|(n, dev)| n.run(|| PacketSocket::open(dev))?).collect::<Result<_>>()?;
-        let drain = |socks: &[PacketSocket], proto: u8, port: u16| -> Result<(usize, usize)> {
-            let (mut good, mut all) = (0, 0);
-            for s in socks {
-                for f in s.drain(Duration::from_millis(200), |f| {
-                    f.len() >= 38 && f[12..14] == [8, 0] && f[23] == proto
-                })? {
-                    let p = frame::check(&f);
-                    if let Ok(p) = &p {
-                        if p.dport != port && p.sport != port {
-                            continue;
-                        }
-                    }
-                    all += 1;
-                    // Segments the director originates itself (HAProxy's server side) carry
-                    // CHECKSUM_PARTIAL over veth (TX offload stays on, as on a real NIC):
-                    // their TCP checksum is filled in by no one and not checked by the
-                    // receiver. Their IPv4 header must still be right.
-                    let own = f[26] == 198 && f[27] == 19 && f[29] == 1;
-                    match p {
-                        Ok(_) => good += 1,
-                        Err(e) if own && e.to_string().contains("TCP checksum") => good += 1,
-                        Err(e) => println!("  {}: invalid frame delivered: {e:#}", v.name()),
-                    }
-                }
-            }
-            Ok((good, all))
-        };
+        // HAProxy's server side originates segments on the director.
+        let capture = Capture::open(&self.topo, Duration::from_millis(200), true)?;
         if v.udp() && v != Variant::XdpDrop {
             self.generate(&dev, mac, src, dst, 32)?;
-            let (good, all) = drain(&socks, 17, UDP_PORT)?;
+            let (good, all) = capture.check(17, UDP_PORT, v.name())?;
             if all == 0 || good != all {
                 bail!("UDP: {good} valid of {all} frames delivered to the real servers");
             }
@@ -688,7 +654,7 @@ impl Bench {
             if !body.starts_with("rs") {
                 bail!("HTTP through {}: unexpected body {body:?}", v.name());
             }
-            let (good, all) = drain(&socks, 6, HTTP_PORT)?;
+            let (good, all) = capture.check(6, HTTP_PORT, v.name())?;
             if all == 0 || good != all {
                 bail!("TCP: {good} valid of {all} segments seen at the real servers");
             }
@@ -810,31 +776,16 @@ impl Bench {
     }
 
     /// Runs `cmd` (lasting `window` + 2 s) and samples CPU over the middle `window`.
-    fn windowed(&self, mut cmd: Command, window: Duration) -> Result<(String, CpuDelta)> {
-        let out_path = self.dir.join("tool.out");
-        let f = std::fs::File::create(&out_path)?;
-        cmd.stdout(f).stderr(std::process::Stdio::null());
-        let mut child = cmd.spawn().with_context(|| crate::display_cmd(&cmd))?;
-        std::thread::sleep(Duration::from_secs(1));
-        let s0 = self.sample();
-        std::thread::sleep(window);
-        let s1 = self.sample();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(st) = child.try_wait()? {
-                break st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("{} did not finish", crate::display_cmd(&cmd));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    fn windowed(&self, cmd: Command, window: Duration) -> Result<(String, CpuDelta)> {
+        let label = crate::display_cmd(&cmd);
+        let w = Window {
+            lead: Duration::from_secs(1),
+            length: window,
+            grace: Duration::from_secs(10),
+            poll: Duration::from_millis(50),
         };
-        let out = std::fs::read_to_string(&out_path)?;
-        if !status.success() {
-            bail!("{} failed ({status}):\n{out}", crate::display_cmd(&cmd));
-        }
+        let out = self.dir.join("tool.out");
+        let (out, s0, s1) = common::windowed(cmd, &out, &label, &w, || self.sample())?;
         Ok((out, sys::delta(&s0, &s1, self.topo.director_cpu)))
     }
 

@@ -62,15 +62,12 @@ use ha_lb::{
 };
 use ha_lb_lab::{
     benchtopo::{BenchTopo, NapiThread, CLIENT, REAL_SERVERS, VIP},
-    frame,
-    packet::PacketSocket,
     qemu::{self, Qemu},
     topology::http_get,
-    Node,
 };
 
 use super::{
-    common::{self, fmt3, min_med_max, ratio},
+    common::{self, fmt3, min_med_max, ratio, Capture, Window},
     dataplane::{desired, send_skbs},
     dataplane_peers::{parse_wrk, HTTP_PORT, UDP_PORT},
     dataplane_sys::{self as sys, Ours},
@@ -550,35 +547,8 @@ impl Guest {
     /// HTTP requests captured at the real servers and verified with `frame::check`; requests
     /// through a load balancer reach both real servers.
     fn precheck(&mut self, v: Variant) -> Result<()> {
-        let rs: Vec<(Node, String)> = (0..REAL_SERVERS)
-            .flat_map(|i| {
-                let n = self.topo.real_servers[i].clone();
-                [(n.clone(), BenchTopo::rs_back(i)), (n, BenchTopo::rs_direct(i))]
-            })
-            .collect();
-        let socks: Vec<PacketSocket> =
-            rs.iter().map(|(n, dev)| n.run(|| PacketSocket::open(dev))?).collect::<Result<_>>()?;
-        let drain = |socks: &[PacketSocket], proto: u8, port: u16| -> Result<(usize, usize)> {
-            let (mut good, mut all) = (0, 0);
-            for s in socks {
-                for f in s.drain(Duration::from_millis(500), |f| {
-                    f.len() >= 38 && f[12..14] == [8, 0] && f[23] == proto
-                })? {
-                    let p = frame::check(&f);
-                    if let Ok(p) = &p {
-                        if p.dport != port && p.sport != port {
-                            continue;
-                        }
-                    }
-                    all += 1;
-                    match p {
-                        Ok(_) => good += 1,
-                        Err(e) => println!("  {}: invalid frame delivered: {e:#}", v.name()),
-                    }
-                }
-            }
-            Ok((good, all))
-        };
+        // No variant here originates segments on the director: every checksum must be right.
+        let capture = Capture::open(&self.topo, Duration::from_millis(500), false)?;
         let sent = send_skbs(
             &self.topo.client,
             self.topo.other_cpu,
@@ -586,7 +556,7 @@ impl Guest {
             Duration::from_millis(100),
             4,
         )?;
-        let (good, all) = drain(&socks, 17, UDP_PORT)?;
+        let (good, all) = capture.check(17, UDP_PORT, v.name())?;
         if all == 0 || good != all {
             bail!("UDP: {good} valid of {all} frames delivered to the real servers ({sent} sent)");
         }
@@ -604,7 +574,7 @@ impl Guest {
         if v != Variant::Routed && bodies.len() < REAL_SERVERS {
             bail!("HTTP through {}: only {bodies:?} answered 4 new connections", v.name());
         }
-        let (good, all) = drain(&socks, 6, HTTP_PORT)?;
+        let (good, all) = capture.check(6, HTTP_PORT, v.name())?;
         if all == 0 || good != all {
             bail!("TCP: {good} valid of {all} segments seen at the real servers");
         }
@@ -646,29 +616,14 @@ impl Guest {
                 let lead = Duration::from_secs(2);
                 let mut cmd = common::wrk(&self.topo, (lead + opts.tcp).as_secs() + 2);
                 cmd.arg(&url);
-                let out_path = self.dir.join("wrk.out");
-                cmd.stdout(std::fs::File::create(&out_path)?).stderr(std::process::Stdio::null());
-                let mut child = cmd.spawn().with_context(|| crate::display_cmd(&cmd))?;
-                std::thread::sleep(lead);
-                let s0 = self.sample();
-                std::thread::sleep(opts.tcp);
-                let s1 = self.sample();
-                let deadline = Instant::now() + Duration::from_secs(30);
-                let status = loop {
-                    if let Some(st) = child.try_wait()? {
-                        break st;
-                    }
-                    if Instant::now() > deadline {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        bail!("wrk did not finish");
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
+                let window = Window {
+                    lead,
+                    length: opts.tcp,
+                    grace: Duration::from_secs(30),
+                    poll: Duration::from_millis(100),
                 };
-                let out = std::fs::read_to_string(&out_path)?;
-                if !status.success() {
-                    bail!("wrk failed ({status}):\n{out}");
-                }
+                let out = self.dir.join("wrk.out");
+                let (out, s0, s1) = common::windowed(cmd, &out, "wrk", &window, || self.sample())?;
                 let w = parse_wrk(&out)?;
                 let cpu = sys::delta(&s0, &s1, self.topo.director_cpu);
                 // wrk's rate is over its whole run; the window is its middle, at full load.
