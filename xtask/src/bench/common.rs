@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -19,11 +19,12 @@ use ha_lb::{
     bpf::{bench::PROG_BENCH_SINK, Bpf},
     dataplane::{
         xdp::{Hook, XdpDataplane},
-        Dataplane, DesiredState,
+        Dataplane, DesiredState, LbAlgo, LbKind, Protocol, RealServerSpec, ServiceSpec,
+        VirtualServerKey,
     },
 };
 use ha_lb_lab::{
-    benchtopo::{pin_process, BenchTopo, REAL_SERVERS},
+    benchtopo::{pin_process, pin_task, BenchTopo, REAL_SERVERS, VIP},
     frame,
     packet::PacketSocket,
     topology::http_get,
@@ -31,9 +32,14 @@ use ha_lb_lab::{
 };
 
 use super::{
-    dataplane_peers::{nginx_conf, HTTP_PORT},
+    dataplane_peers::{nginx_conf, HTTP_PORT, IPERF_PORT, UDP_PORT},
     dataplane_sys::{CpuSample, Ours},
 };
+
+/// Frame length of the small-UDP measurements (without FCS): 14 + 20 + 8 + 18.
+pub(crate) const FRAME_LEN: usize = 60;
+/// The first source port of the UDP measurements' flows.
+pub(crate) const FIRST_SPORT: u16 = 20000;
 
 /// The eBPF object's bytes (each ha-lb variant loads its own copy from them) and the
 /// bench's own load of it (sinks, and in `bench dataplane` the generator and the empty
@@ -55,6 +61,28 @@ pub(crate) fn build_lab() -> Result<(BenchTopo, Ours)> {
     nodes.extend(topo.real_servers.iter());
     let ours = Ours::new(&nodes)?;
     Ok((topo, ours))
+}
+
+/// The bench's services, as ha-lb and IPVS are given them (nftables and HAProxy are
+/// configured to match): HTTP and UDP round robin over the real servers (UDP over the
+/// first `udp_real_servers`), iperf3 to the first one.
+pub(crate) fn desired(kind: LbKind, udp_real_servers: usize) -> DesiredState {
+    let mut d = DesiredState::default();
+    let rs = |port: u16, n: usize| -> Vec<RealServerSpec> {
+        (0..n)
+            .map(|i| RealServerSpec { addr: BenchTopo::rs_addr(i).into(), port, weight: 1 })
+            .collect()
+    };
+    for (port, protocol, n) in [
+        (HTTP_PORT, Protocol::Tcp, REAL_SERVERS),
+        (UDP_PORT, Protocol::Udp, udp_real_servers.clamp(1, REAL_SERVERS)),
+        (IPERF_PORT, Protocol::Tcp, 1),
+    ] {
+        let mut spec = ServiceSpec::new(LbAlgo::Rr, kind);
+        spec.real_servers = rs(port, n);
+        d.services.insert(VirtualServerKey { address: VIP.into(), port, protocol }, spec);
+    }
+    d
 }
 
 /// Starts nginx as real server `i` (`rs1`, `rs2`, …) on the client side's CPU, with its
@@ -97,6 +125,72 @@ pub(crate) fn wrk(topo: &BenchTopo, secs: u64) -> Command {
     let mut cmd = topo.client.command("taskset");
     cmd.args(["-c", &topo.other_cpu.to_string(), "wrk", "-t1", "-c32"]).arg(format!("-d{secs}s"));
     cmd
+}
+
+/// Connected sockets (distinct source ports) the socket-skb measurements send from.
+pub(crate) const SKB_FLOWS: u16 = 64;
+
+/// Small UDP datagrams from sockets in `client` (pinned to `cpu`): sendmmsg batches of 32
+/// over [`SKB_FLOWS`] connected sockets, `src` -> `dst`:[`UDP_PORT`], for `dur` or `passes`
+/// rounds over the sockets, whichever ends first. Returns datagrams sent.
+pub(crate) fn send_skbs(
+    client: &Node,
+    cpu: usize,
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+    dur: Duration,
+    passes: u32,
+) -> Result<u64> {
+    client.run(move || -> Result<u64> {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+        pin_task(tid, cpu)?;
+        let mut socks = Vec::new();
+        for i in 0..SKB_FLOWS {
+            let s = std::net::UdpSocket::bind(SocketAddrV4::new(src, FIRST_SPORT + i))?;
+            s.connect(SocketAddrV4::new(dst, UDP_PORT))?;
+            socks.push(s);
+        }
+        let payload = [0u8; FRAME_LEN - 42];
+        let end = Instant::now() + dur;
+        let mut sent = 0u64;
+        const BATCH: usize = 32;
+        let mut iov: Vec<libc::iovec> = (0..BATCH)
+            .map(|_| libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() })
+            .collect();
+        // SAFETY: zeroed mmsghdr is valid; each points at one iovec that outlives the call.
+        let mut msgs: Vec<libc::mmsghdr> =
+            (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+        for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        let mut done = 0u32;
+        'outer: loop {
+            for s in &socks {
+                use std::os::fd::AsRawFd;
+                // SAFETY: msgs is a valid array of BATCH headers.
+                let n = unsafe {
+                    libc::sendmmsg(
+                        s.as_raw_fd(),
+                        msgs.as_mut_ptr(),
+                        BATCH as u32,
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n > 0 {
+                    sent += n as u64;
+                }
+                if Instant::now() >= end {
+                    break 'outer;
+                }
+            }
+            done += 1;
+            if done >= passes {
+                break;
+            }
+        }
+        Ok(sent)
+    })?
 }
 
 /// Attaches `hlb_bench_sink` (counts and drops UDP frames) to both veths of every real

@@ -46,7 +46,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::Command,
     time::{Duration, Instant},
@@ -65,7 +65,7 @@ use ha_lb::bpf::{
 };
 use ha_lb::dataplane::{
     xdp::{Hook, XdpDataplane},
-    DesiredState, LbAlgo, LbKind, Protocol, RealServerSpec, ServiceSpec, VirtualServerKey,
+    LbKind,
 };
 use ha_lb_lab::{
     benchtopo::{pin_process, pin_task, BenchTopo, NapiThread, Return, CLIENT, REAL_SERVERS, VIP},
@@ -75,18 +75,17 @@ use ha_lb_lab::{
 };
 
 use super::{
-    common::{self, fmt3, min_med_max, ratio, Capture, Window},
+    common::{
+        self, desired, fmt3, min_med_max, ratio, send_skbs, Capture, Window, FIRST_SPORT, FRAME_LEN,
+    },
     dataplane_peers::{
         haproxy_conf, nft_ruleset, parse_iperf3, parse_wrk, HTTP_PORT, IPERF_PORT, UDP_PORT,
     },
     dataplane_sys::{self as sys, CpuDelta, Ours},
 };
 
-/// Frame length of the small-UDP measurements (without FCS): 14 + 20 + 8 + 18.
-pub(crate) const FRAME_LEN: usize = 60;
 /// Distinct source ports (flows) in the UDP measurements.
 const FLOWS: u16 = 1000;
-pub(crate) const FIRST_SPORT: u16 = 20000;
 /// A run with more foreign CPU than this (cores) is noisy.
 const NOISY_FOREIGN: f64 = 0.10;
 /// The machine counts as quiet below this many busy cores.
@@ -370,29 +369,6 @@ pub fn run(opts: Options) -> Result<()> {
 /// Whether the ha-lb forwarding program is in this tree (branch `xdp` merged).
 fn ha_lb_available() -> bool {
     true
-}
-
-/// The services ha-lb serves in the bench: what nftables and HAProxy are given too (round
-/// robin over both real servers; iperf3 to rs1 only).
-/// The bench's services: HTTP and UDP round robin over the real servers (UDP over the first
-/// `udp_real_servers`), iperf3 to the first one.
-pub(crate) fn desired(kind: LbKind, udp_real_servers: usize) -> DesiredState {
-    let mut d = DesiredState::default();
-    let rs = |port: u16, n: usize| -> Vec<RealServerSpec> {
-        (0..n)
-            .map(|i| RealServerSpec { addr: BenchTopo::rs_addr(i).into(), port, weight: 1 })
-            .collect()
-    };
-    for (port, protocol, n) in [
-        (HTTP_PORT, Protocol::Tcp, REAL_SERVERS),
-        (UDP_PORT, Protocol::Udp, udp_real_servers.clamp(1, REAL_SERVERS)),
-        (IPERF_PORT, Protocol::Tcp, 1),
-    ] {
-        let mut spec = ServiceSpec::new(LbAlgo::Rr, kind);
-        spec.real_servers = rs(port, n);
-        d.services.insert(VirtualServerKey { address: VIP.into(), port, protocol }, spec);
-    }
-    d
 }
 
 impl Bench {
@@ -850,73 +826,6 @@ fn single_runs(prog: &aya::programs::Xdp, frame: &[u8], ifindex: u32) -> Result<
         out.push(d[d.len() / 2]);
     }
     Ok(out)
-}
-
-/// Connected sockets (distinct source ports) the socket-skb measurements send from.
-pub(crate) const SKB_FLOWS: u16 = 64;
-
-/// Small UDP datagrams from sockets in `client` (pinned to `cpu`): sendmmsg batches of 32
-/// over [`SKB_FLOWS`] connected sockets, `src` -> `dst`:[`UDP_PORT`], for `dur` or `passes`
-/// rounds over the sockets, whichever ends first. Returns datagrams sent. Shared by `bench
-/// dataplane` and `bench ipvs`.
-pub(crate) fn send_skbs(
-    client: &Node,
-    cpu: usize,
-    (src, dst): (Ipv4Addr, Ipv4Addr),
-    dur: Duration,
-    passes: u32,
-) -> Result<u64> {
-    client.run(move || -> Result<u64> {
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
-        pin_task(tid, cpu)?;
-        let mut socks = Vec::new();
-        for i in 0..SKB_FLOWS {
-            let s = std::net::UdpSocket::bind(SocketAddrV4::new(src, FIRST_SPORT + i))?;
-            s.connect(SocketAddrV4::new(dst, UDP_PORT))?;
-            socks.push(s);
-        }
-        let payload = [0u8; FRAME_LEN - 42];
-        let end = Instant::now() + dur;
-        let mut sent = 0u64;
-        const BATCH: usize = 32;
-        let mut iov: Vec<libc::iovec> = (0..BATCH)
-            .map(|_| libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() })
-            .collect();
-        // SAFETY: zeroed mmsghdr is valid; each points at one iovec that outlives the call.
-        let mut msgs: Vec<libc::mmsghdr> =
-            (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
-        for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
-            m.msg_hdr.msg_iov = v;
-            m.msg_hdr.msg_iovlen = 1;
-        }
-        let mut done = 0u32;
-        'outer: loop {
-            for s in &socks {
-                use std::os::fd::AsRawFd;
-                // SAFETY: msgs is a valid array of BATCH headers.
-                let n = unsafe {
-                    libc::sendmmsg(
-                        s.as_raw_fd(),
-                        msgs.as_mut_ptr(),
-                        BATCH as u32,
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if n > 0 {
-                    sent += n as u64;
-                }
-                if Instant::now() >= end {
-                    break 'outer;
-                }
-            }
-            done += 1;
-            if done >= passes {
-                break;
-            }
-        }
-        Ok(sent)
-    })?
 }
 
 fn short(m: Metric, p: &Point) -> String {

@@ -67,8 +67,7 @@ use ha_lb_lab::{
 };
 
 use super::{
-    common::{self, fmt3, min_med_max, ratio, Capture, Window},
-    dataplane::{desired, send_skbs},
+    common::{self, desired, fmt3, min_med_max, ratio, send_skbs, Capture, Window},
     dataplane_peers::{parse_wrk, HTTP_PORT, UDP_PORT},
     dataplane_sys::{self as sys, Ours},
 };
