@@ -1,7 +1,10 @@
 //! Bounded header access shared by all programs.
 
 use aya_ebpf::{
-    bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4},
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_ADJ_ROOM_NO_CSUM_RESET,
+    },
     helpers::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::{TcContext, XdpContext},
     EbpfContext,
@@ -15,7 +18,8 @@ use aya_ebpf::{
 ///   pseudo-header sum, CHECKSUM_PARTIAL: an incremental update of the full checksum would
 ///   corrupt it);
 /// - room for a new header goes between the Ethernet and IP headers rather than at the start
-///   ([`Frame::push_head`]), and a GSO packet ([`Frame::gso`]) is cut to size on the way out;
+///   ([`Frame::push_head`]), and a GSO packet ([`Frame::gso_size`]) is cut into segments on
+///   the way out;
 /// - every send is a redirect (XDP: TX back out of the ingress interface, or redirect).
 pub trait Frame: EbpfContext {
     const SKB: bool;
@@ -31,15 +35,15 @@ pub trait Frame: EbpfContext {
     fn ifindex(&self) -> u32;
     /// Makes `len` bytes of room in front of the IP header for a header to be written there;
     /// the Ethernet header is to be written again afterwards (at XDP the room is at the start
-    /// of the frame, at TC between the Ethernet and IP headers). With `ipip` the room is an
-    /// outer IPv4 header: at TC a GSO packet's segment size then shrinks by `len`, so every
-    /// segment still fits the path once encapsulated. False if it cannot.
-    fn push_head(&self, len: u32, ipip: bool) -> bool;
+    /// of the frame, at TC between the Ethernet and IP headers). `room` says what for
+    /// ([`Room`]: what a GSO packet's segments become at TC). False if it cannot.
+    fn push_head(&self, len: u32, room: Room) -> bool;
     /// Cuts the frame to its first `len` bytes; false if it cannot.
     fn truncate(&self, len: u32) -> bool;
-    /// Whether this is a GSO packet (TC only: several segments' worth, which the kernel cuts
-    /// to size on the way out, so its length says nothing about the path MTU).
-    fn gso(&self) -> bool;
+    /// A GSO packet's segment payload size, 0 for a plain packet (always at XDP). A GSO
+    /// packet (TC) holds several segments' worth, which the kernel cuts on the way out: its
+    /// own length says nothing about the path MTU, its segments' does.
+    fn gso_size(&self) -> u32;
     /// Sends the frame out of `ifindex`: the XDP action (`XDP_TX` or `XDP_REDIRECT`) for it.
     fn redirect(&self, ifindex: u32) -> u32;
 }
@@ -63,7 +67,7 @@ impl Frame for XdpContext {
         self.ingress_ifindex() as u32
     }
     #[inline(always)]
-    fn push_head(&self, len: u32, _ipip: bool) -> bool {
+    fn push_head(&self, len: u32, _room: Room) -> bool {
         // SAFETY: plain helper call; packet pointers are derived again afterwards.
         unsafe { bpf_xdp_adjust_head(self.ctx, -(len as i32)) == 0 }
     }
@@ -74,8 +78,8 @@ impl Frame for XdpContext {
         len <= now && unsafe { bpf_xdp_adjust_tail(self.ctx, len as i32 - now as i32) == 0 }
     }
     #[inline(always)]
-    fn gso(&self) -> bool {
-        false
+    fn gso_size(&self) -> u32 {
+        0
     }
     #[inline(always)]
     fn redirect(&self, ifindex: u32) -> u32 {
@@ -108,11 +112,17 @@ impl Frame for TcContext {
         unsafe { (*self.skb.skb).ifindex }
     }
     #[inline(always)]
-    fn push_head(&self, len: u32, ipip: bool) -> bool {
+    fn push_head(&self, len: u32, room: Room) -> bool {
         // Room after the MAC header: the bytes behind it keep their place in the buffer, so a
-        // socket's CHECKSUM_PARTIAL offsets still point at its L4 checksum. With the IPIP flag
-        // the kernel also marks the buffer encapsulated (inner headers, GSO type).
-        let flags = if ipip { BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64 } else { 0 };
+        // socket's CHECKSUM_PARTIAL offsets still point at its L4 checksum. The IPIP flag
+        // marks the buffer encapsulated (inner headers, GSO type) and the no-reset flag keeps
+        // a verified inner checksum verified (IPIP adds no checksum of its own).
+        let ipip = (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_NO_CSUM_RESET) as u64;
+        let flags = match room {
+            Room::Answer => 0,
+            Room::Ipip => ipip,
+            Room::IpipFixedSegments => ipip | BPF_F_ADJ_ROOM_FIXED_GSO as u64,
+        };
         self.adjust_room(len as i32, BPF_ADJ_ROOM_MAC, flags).is_ok()
     }
     #[inline(always)]
@@ -122,9 +132,9 @@ impl Frame for TcContext {
         unsafe { bpf_skb_change_tail(self.skb.skb, len, 0) == 0 }
     }
     #[inline(always)]
-    fn gso(&self) -> bool {
+    fn gso_size(&self) -> u32 {
         // SAFETY: the program's context pointer.
-        unsafe { (*self.skb.skb).gso_size != 0 }
+        unsafe { (*self.skb.skb).gso_size }
     }
     #[inline(always)]
     fn redirect(&self, ifindex: u32) -> u32 {
@@ -133,6 +143,19 @@ impl Frame for TcContext {
         unsafe { bpf_redirect(ifindex, 0) };
         aya_ebpf::bindings::xdp_action::XDP_REDIRECT
     }
+}
+
+/// What [`Frame::push_head`] makes room for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// The IP and ICMP headers of an answer (a GSO packet is cut to the answer's size).
+    Answer,
+    /// An outer IPv4 header (TUN): a GSO packet's segment size shrinks by it, so that each
+    /// segment is as long once encapsulated as it was before (TCP).
+    Ipip,
+    /// An outer IPv4 header, the segment size kept: a UDP GSO packet's segment size delimits
+    /// its datagrams (the kernel refuses to change it).
+    IpipFixedSegments,
 }
 
 pub const ETH_HLEN: usize = 14;

@@ -77,6 +77,8 @@ fn state() -> DesiredState {
     add("198.18.100.2:80", Protocol::Tcp, LbKind::Dr, &["198.18.2.13"], 80);
     add("198.18.100.6:80", Protocol::Tcp, LbKind::Tun, &["198.18.2.14"], 80);
     add("198.18.100.6:53", Protocol::Udp, LbKind::Tun, &["198.18.2.14"], 53);
+    // Behind a route with a smaller MTU than its device's (see the test).
+    add("198.18.100.3:53", Protocol::Udp, LbKind::Nat, &["198.18.2.15"], 53);
     DesiredState { services }
 }
 
@@ -84,6 +86,7 @@ fn state() -> DesiredState {
 fn tc_and_xdp_forward_every_frame_identically() {
     let env = env();
     let (eth0, eth1, mac0, mac1) = (env.eth0, env.eth1, env.mac0, env.mac1);
+    env.d.sh("ip route add 198.18.2.15/32 dev eth1 mtu lock 1400").unwrap();
     env.d
         .run(move || {
             pin_to_cpu0();
@@ -193,7 +196,19 @@ fn tc_and_xdp_forward_every_frame_identically() {
             let (a, f) = b.run("mtu: too long, DF", eth0, &df);
             assert_eq!(a, TC_ACT_REDIRECT, "answered");
             assert_eq!((f.len(), f[23], f[34], f[35]), (82, 1, 3, 4), "fragmentation needed");
-            assert_eq!(&f[42..82], &df[14..54], "quoting the IPv4 header and 20 bytes");
+            assert_eq!(&f[42..62], &df[14..34], "quoting the IPv4 header");
+            assert_quoted_l4(&f[62..82], &df[34..54], 6);
+            // Within the kernel's slack for a VLAN tag (IP length 1502 on a 1500 MTU), which its
+            // check of a socket buffer would let through: answered at both hooks.
+            let slack = frame::udp(ce, client(502, 6002), vip4, &[4u8; 1474]);
+            assert_eq!(slack.len() - 14, 1502);
+            let (a, f) = b.run("mtu: 2 bytes too long, DF", eth0, &slack);
+            assert_eq!((a, f[34]), (TC_ACT_REDIRECT, 3), "answered");
+            // The route's MTU (1400, locked), not the device's, at both hooks.
+            let routed = frame::udp(ce, client(503, 6003), sa("198.18.100.3:53"), &[5u8; 1400]);
+            let (a, f) = b.run("mtu: route's", eth0, &routed);
+            assert_eq!((a, f[34]), (TC_ACT_REDIRECT, 3), "answered");
+            assert_eq!(u16::from_be_bytes([f[40], f[41]]), 1400, "the route's MTU");
             let (c6, vip6) = (sa("[fd48:4c42:64::5]:7000"), sa("[fd48:4c42:100::1]:53"));
             let big6 = frame::udp(ce, c6, vip6, &[3u8; 1500]);
             let (a, f) = b.run("mtu: too long, IPv6", eth0, &big6);

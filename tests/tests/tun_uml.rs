@@ -51,6 +51,7 @@ const STEPS: &[&str] = &[
     "tc_tcp_through_tun",
     "tc_path_mtu_through_tun",
     "tc_gso_through_tun",
+    "tc_udp_gso_through_tun",
     "tc_counted",
 ];
 
@@ -130,6 +131,13 @@ fn lab(hook: Hook) {
             (u, t, b)
         })
         .unwrap();
+    let udp_gso = rs
+        .run(|| {
+            let u = UdpSocket::bind("198.18.100.1:5354").unwrap();
+            u.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            u
+        })
+        .unwrap();
     // One bulk connection at XDP; at TC another for the GSO step.
     let bulks = if hook == Hook::Tc { 2 } else { 1 };
     let servers = std::thread::spawn(move || {
@@ -174,6 +182,7 @@ fn lab(hook: Hook) {
     let desired = DesiredState {
         services: BTreeMap::from([
             tun(5353, Protocol::Udp),
+            tun(5354, Protocol::Udp),
             tun(8080, Protocol::Tcp),
             tun(8081, Protocol::Tcp),
         ]),
@@ -234,12 +243,47 @@ fn lab(hook: Hook) {
         // director encapsulates each whole and the kernel cuts it into segments 20 bytes
         // shorter, which fit — the data arrives intact without any answer needed.
         sh(&client, "ip route flush cache && ethtool -K eth0 tso on gso on >/dev/null");
-        let tun_before = dp.stats().unwrap().reason("tun");
+        let (tun_before, frag_before) = (st_tun(&dp), st_answered(&dp));
         assert_eq!(bulk_through_tun(&client), format!("rs:{BULK}"));
-        let frag = dp.stats().unwrap().reason("too_big_answered") - before;
-        let tun = dp.stats().unwrap().reason("tun") - tun_before;
-        println!("tun-uml: tc: GSO bulk in {tun} packets, {frag} answered in all");
+        let (tun, frag) = (st_tun(&dp) - tun_before, st_answered(&dp) - frag_before);
+        println!("tun-uml: tc: GSO bulk in {tun} packets, {frag} answered");
+        // Handshake and FIN included: fewer packets than the data's full-size segments.
+        assert!(tun < BULK.div_ceil(1460) as u64, "GSO packets encapsulated whole ({tun})");
+        assert_eq!(frag, 0, "nothing needed answering");
         ok(h, "gso_through_tun");
+
+        // UDP GSO (one send of three datagrams, UDP_SEGMENT): one packet to the director,
+        // encapsulated with its segment size kept (it delimits the datagrams), three
+        // datagrams at the real server.
+        let tun_before = st_tun(&dp);
+        client
+            .run(|| {
+                let s = UdpSocket::bind("198.18.1.2:0").unwrap();
+                s.connect("198.18.100.1:5354").unwrap();
+                let seg: libc::c_int = 1000;
+                // SAFETY: setsockopt on an open socket with a c_int option value.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&s),
+                        libc::SOL_UDP,
+                        libc::UDP_SEGMENT,
+                        (&seg as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(rc, 0, "UDP_SEGMENT");
+                let data: Vec<u8> = (0..3000).map(|i| (i / 1000) as u8).collect();
+                s.send(&data).unwrap();
+            })
+            .unwrap();
+        let mut buf = [0u8; 2000];
+        for k in 0..3u8 {
+            let n = udp_gso.recv(&mut buf).expect("each datagram reached the real server");
+            assert_eq!(n, 1000);
+            assert!(buf[..n].iter().all(|b| *b == k), "datagram {k} intact");
+        }
+        assert_eq!(st_tun(&dp) - tun_before, 1, "one GSO packet encapsulated");
+        ok(h, "udp_gso_through_tun");
     }
 
     servers.join().unwrap();
@@ -268,4 +312,12 @@ fn bulk_through_tun(client: &Node) -> String {
             String::from_utf8_lossy(&buf[..n]).into_owned()
         })
         .unwrap()
+}
+
+fn st_tun(dp: &XdpDataplane) -> u64 {
+    dp.stats().unwrap().reason("tun")
+}
+
+fn st_answered(dp: &XdpDataplane) -> u64 {
+    dp.stats().unwrap().reason("too_big_answered")
 }

@@ -181,7 +181,9 @@ fn nat_ipv6_in_and_out() {
         assert_eq!((e[54], e[55]), (2, 0), "packet too big");
         assert_eq!(u32::from_be_bytes([e[58], e[59], e[60], e[61]]), 1280);
         // The IPv6 header and 20 bytes (see fwd.rs QUOTE_L4), nothing after.
-        assert_eq!(e[62..], big[14..74], "quoting the IPv6 header and 20 bytes");
+        assert_eq!(e.len(), 62 + 40 + 20);
+        assert_eq!(e[62..102], big[14..54], "quoting the IPv6 header");
+        assert_quoted_l4(&e[102..], &big[54..74], 6);
     });
 }
 
@@ -302,6 +304,8 @@ fn known_flows_use_the_cached_next_hop_until_it_is_refreshed() {
         assert_eq!((src, dst, q_src, q_dst), (vip.ip(), c1.ip(), c1, vip));
         assert_eq!(mac, big[6..12]);
         assert_eq!(u16::from_be_bytes([r.frame[40], r.frame[41]]), 1280, "next-hop MTU");
+        assert_eq!(big[23], 17, "UDP");
+        assert_quoted_l4(&r.frame[62..82], &big[34..54], 6);
         // Without DF: translated and passed; the kernel fragments it.
         let mut no_df = big.clone();
         no_df[20] &= !0x40;
@@ -1072,7 +1076,8 @@ fn tun_encapsulates_in_ipip_to_the_real_server() {
         assert_eq!((q_src, q_dst), (client(13, 7001), sa("198.18.100.7:53")));
         assert_eq!((e[34], e[35]), (3, 4), "destination unreachable, fragmentation needed");
         assert_eq!(u16::from_be_bytes([e[40], e[41]]), 1250, "the MTU left for the client");
-        assert_eq!(e[42..82], big[14..54], "quoting the IPv4 header and 20 bytes");
+        assert_eq!(e[42..62], big[14..34], "quoting the IPv4 header");
+        assert_quoted_l4(&e[62..82], &big[34..54], 6);
         let small = frame::udp(t.client_eth(), client(13, 7002), sa("198.18.100.7:53"), b"q");
         assert_eq!(t.send_from_client(&small).action, XdpAction::Redirect);
     });
@@ -1156,6 +1161,7 @@ fn dr_answers_too_long_df_packets_with_fragmentation_needed() {
         assert_eq!(delta(t.counters(), before), vec![(LbReason::TooBigAnswered.name(), 1)]);
         let (src, dst, q_src, q_dst, _) = parse_icmp_error(&r.frame);
         assert_eq!((src, dst, q_src, q_dst), (vip.ip(), c.ip(), c, vip));
+        assert_quoted_l4(&r.frame[62..82], &big[34..54], 16);
 
         // Rate-limited per CPU (bursts of 100, 1000/s), as the kernel limits its own errors:
         // a flood of too-long packets does not become a flood of errors.

@@ -83,6 +83,16 @@ pub fn finish(sum: u32) -> u16 {
     !fold(sum)
 }
 
+/// The value `v` for a checksum field inside data whose other words sum to `sum` such that
+/// `sum + 2v ≡ 0` (one's complement): finishing a checksum over that data in place (a
+/// CHECKSUM_PARTIAL completion writes `~(sum + v)` there) leaves `v` as it is, and the data
+/// sums to `-v` either way. `v = -sum / 2`; halving is a one-bit rotation right
+/// (2 · 2^15 ≡ 1 mod 0xffff), in either byte order.
+#[inline(always)]
+pub fn self_completing(sum: u32) -> u16 {
+    finish(sum).rotate_right(1)
+}
+
 /// One's complement 32-bit add (end-around carry), as the kernel's `csum_add`.
 #[inline(always)]
 fn wadd(s: u32, v: u32) -> u32 {

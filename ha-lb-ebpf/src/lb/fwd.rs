@@ -21,7 +21,7 @@ use super::{
     Pkt,
 };
 use crate::parse::{
-    ptr_at, EthHdr, Frame, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6,
+    ptr_at, EthHdr, Frame, Ipv4Hdr, Ipv6Hdr, Room, TcpHdr, UdpHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6,
     IPPROTO_TCP, IPV4_HLEN, IPV6_HLEN,
 };
 
@@ -334,6 +334,45 @@ pub struct Route<'a> {
     pub len: u16,
 }
 
+/// The IP length of the longest packet on the wire for `r`: `r.len` (which includes what the
+/// path adds, as TUN's outer header), or for a GSO packet (TC) one segment's — the packet's
+/// headers, `gso_size` bytes of payload and what the path adds — since the kernel cuts it
+/// into those on the way out. The route's MTU is checked against this length, and the next
+/// hop cached per flow serves packets up to it.
+#[inline(always)]
+fn wire_len(ctx: &impl Frame, r: &Route) -> u16 {
+    let gso = ctx.gso_size();
+    if gso == 0 {
+        return r.len;
+    }
+    // Plain IPv4/IPv6 headers (the parser passes nothing else), then TCP's data offset or
+    // UDP's 8 bytes; the packet's own family and protocol (TUN's route is IPIP).
+    let (iph, proto) = if r.family == FAMILY_V4 {
+        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return r.len };
+        // SAFETY: bounds-checked by ptr_at.
+        (IPV4_HLEN, unsafe { (*ip).proto })
+    } else {
+        let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return r.len };
+        // SAFETY: as above.
+        (IPV6_HLEN, unsafe { (*ip).nexthdr })
+    };
+    let l4 = if proto == IPPROTO_TCP {
+        let Some(t) = ptr_at::<TcpHdr>(ctx, ETH_HLEN + iph) else { return r.len };
+        // SAFETY: as above.
+        ((unsafe { (*t).doff_res } >> 4) as u32) * 4
+    } else {
+        8
+    };
+    let whole = ctx.len().saturating_sub(ETH_HLEN as u32);
+    let added = (r.len as u32).saturating_sub(whole);
+    let seg = iph as u32 + l4 + gso + added;
+    if seg > 0xffff {
+        0xffff
+    } else {
+        seg as u16
+    }
+}
+
 /// The next hop (Ethernet addresses as on the wire, egress ifindex) for `r`: from `nh`'s cache
 /// or `bpf_fib_lookup` (see [`send`]).
 #[inline(always)]
@@ -343,10 +382,11 @@ pub fn next_hop(
     nh: *mut LbFlow,
     fresh: bool,
 ) -> Result<([u16; 6], u32), Fib> {
+    let wire = wire_len(ctx, r);
     if !fresh {
         // SAFETY: `nh` points into an LRU map value or the per-CPU scratch map.
         let len = unsafe { (*nh).nh_len };
-        if len != 0 && r.len <= len {
+        if len != 0 && wire <= len {
             // SAFETY: as above.
             return Ok(unsafe { ((*nh).nh_macs, (*nh).nh_ifindex) });
         }
@@ -366,9 +406,9 @@ pub fn next_hop(
         (*pp).l4_protocol = r.proto;
         (*pp).sport = sport;
         (*pp).dport = dport;
-        // At the TC hook the kernel checks the socket buffer itself (0: "check the skb"),
-        // which knows a GSO packet is cut to size on the way out.
-        (*pp).tot_len = if ctx.skb() { 0 } else { r.len };
+        // The route's MTU is checked against this length (so the kernel does not check the
+        // socket buffer at TC, which would pass any GSO packet whatever its segments).
+        (*pp).tot_len = wire;
         (*pp).ifindex = ctx.ifindex();
         // IPv4 uses word 0 (the others are zero in our representation).
         copy_addr(&raw mut (*pp).src, src);
@@ -404,16 +444,7 @@ pub fn next_hop(
                 let c = [m[3], m[4], m[5], m[0], m[1], m[2]];
                 (*nh).nh_macs = c;
                 (*nh).nh_ifindex = out_if;
-                // TC: the kernel checked this socket buffer as it is (a GSO one is cut to size
-                // on the way out) and returned the egress MTU: later packets up to it reuse
-                // the hop, longer ones (GSO, or too long) are looked up, and checked, again.
-                let len = if ctx.skb() { (*pp).tot_len } else { r.len };
-                if ctx.skb() && r.len > len && !ctx.gso() {
-                    // It leaves longer than it came (TUN: the outer header), or within the
-                    // kernel's slack for a VLAN tag: too long for the path after all.
-                    return Err(Fib::FragNeeded);
-                }
-                core::ptr::write_volatile(&raw mut (*nh).nh_len, len);
+                core::ptr::write_volatile(&raw mut (*nh).nh_len, wire);
                 (c, out_if)
             })
         }
@@ -441,17 +472,25 @@ pub fn tun(
     nh: *mut LbFlow,
     fresh: bool,
 ) -> Fib {
-    let len = pkt.ip_len as u32 + IPV4_HLEN as u32;
-    if pkt.family != FAMILY_V4 || len > 0xffff {
+    if pkt.family != FAMILY_V4 {
         return Fib::Other;
     }
+    let len = pkt.ip_len as u32 + IPV4_HLEN as u32;
+    if len > 0xffff {
+        // A GSO packet of nearly 64 KiB (TC): no room for the outer header in its length.
+        return Fib::FragNeeded;
+    }
+    // At TC a TCP GSO packet's segments shrink by the outer header, so each leaves as long as
+    // it came; a UDP one's keep their size (they delimit its datagrams) and grow.
+    let room = if pkt.proto == IPPROTO_TCP { Room::Ipip } else { Room::IpipFixedSegments };
+    let shrinks = room == Room::Ipip && ctx.gso_size() != 0;
     let (s4, d4) = ([src, 0, 0, 0], [dst, 0, 0, 0]);
     let route = Route {
         family: FAMILY_V4,
         proto: IPPROTO_IPIP,
         addrs: (&s4, &d4),
         ports: (0, 0),
-        len: len as u16,
+        len: if shrinks { pkt.ip_len } else { len as u16 },
     };
     let (macs, out_if) = match next_hop(ctx, &route, nh, fresh) {
         Ok(h) => h,
@@ -462,7 +501,7 @@ pub fn tun(
     // SAFETY: bounds-checked by ptr_at.
     let inner = unsafe { *ip };
     // Room for the outer header in front of the inner one.
-    if !ctx.push_head(IPV4_HLEN as u32, true) {
+    if !ctx.push_head(IPV4_HLEN as u32, room) {
         return Fib::Other;
     }
     // Every packet pointer is invalid now: derive them again.
@@ -557,6 +596,7 @@ fn frag_needed(ctx: &impl Frame, overhead: u16) -> Fib {
         m[1] = 0;
         m[2] = 0;
         m[3] = (mtu - overhead).to_be();
+        neutral_quote(m, (ICMP_HLEN + IPV4_HLEN) / 2, i.proto);
         m[1] = csum::finish(sum_words(m));
     }
     Fib::Answered(ctx.redirect(ctx.ifindex()))
@@ -568,6 +608,25 @@ fn frag_needed(ctx: &impl Frame, overhead: u16) -> Fib {
 /// inside the answer, which the TC hook needs: the kernel will not cut a CHECKSUM_PARTIAL
 /// socket buffer (a local socket's packet) short of the end of that field.
 const QUOTE_L4: usize = 20;
+
+/// Gives the TCP/UDP checksum field of the L4 header quoted from word `at` of `m`
+/// ([`QUOTE_L4`] bytes) the value that finishing a checksum over the quote leaves as it is
+/// ([`csum::self_completing`]). A CHECKSUM_PARTIAL socket buffer (TC) keeps its state through
+/// the rewrite into an answer — no helper can clear it — and its offsets point at that
+/// field: a device that finishes it must not break the answer's own checksum. Receivers
+/// match an error by its addresses and ports, never by this field.
+#[inline(always)]
+fn neutral_quote<const N: usize>(m: &mut [u16; N], at: usize, proto: u8) {
+    let field = at + if proto == IPPROTO_TCP { 8 } else { 3 };
+    m[field] = 0;
+    let mut sum = 0u32;
+    let mut k = 0;
+    while k < QUOTE_L4 / 2 {
+        sum += m[at + k] as u32;
+        k += 1;
+    }
+    m[field] = csum::self_completing(sum);
+}
 
 /// The ones' complement sum (unfolded) of `m`'s 16-bit words.
 #[inline(always)]
@@ -642,6 +701,7 @@ fn packet_too_big(ctx: &impl Frame) -> Fib {
             k += 1;
         }
         sum += body.to_be() as u32 + 58u16.to_be() as u32;
+        neutral_quote(m, (ICMP_HLEN + IPV6_HLEN) / 2, i.nexthdr);
         m[1] = csum::finish(sum + sum_words(m));
     }
     Fib::Answered(ctx.redirect(ctx.ifindex()))
@@ -698,7 +758,7 @@ fn reframe(ctx: &impl Frame, quote: usize, head: usize, len: usize) -> Result<()
     if ctx.data_end() - ctx.data() < ETH_HLEN + quote {
         return Err(Fib::FragNeeded);
     }
-    if !ctx.push_head(head as u32, false) {
+    if !ctx.push_head(head as u32, Room::Answer) {
         return Err(Fib::FragNeeded);
     }
     if !ctx.truncate(len as u32) {

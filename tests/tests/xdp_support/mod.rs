@@ -227,3 +227,14 @@ pub fn tally(picks: &[IpAddr]) -> BTreeMap<IpAddr, usize> {
     }
     m
 }
+
+/// An answer quotes 20 bytes of the packet's L4 header (`q`) as it was sent (`sent`) but for
+/// the checksum field at `field` (TCP 16, UDP 6), which holds the value that finishing a
+/// checksum over the quote leaves as it is (fwd.rs `neutral_quote`).
+pub fn assert_quoted_l4(q: &[u8], sent: &[u8], field: usize) {
+    assert_eq!(q.len(), 20);
+    assert_eq!((&q[..field], &q[field + 2..]), (&sent[..field], &sent[field + 2..]), "quoted");
+    let v = u16::from_be_bytes([q[field], q[field + 1]]);
+    let finished = ha_lb_lab::frame::inet_checksum(&[q]);
+    assert!(finished == v || (finished, v) == (0, 0xffff) || (finished, v) == (0xffff, 0));
+}
