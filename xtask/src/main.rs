@@ -114,7 +114,7 @@ enum BenchCmd {
         #[arg(long, default_value_t = 2)]
         udp_real_servers: usize,
     },
-    /// ha-lb XDP NAT vs kernel IPVS NAT vs the routed path, side by side, on Debian 12's 6.1
+    /// ha-lb NAT (XDP and TC hooks) vs kernel IPVS NAT vs the routed path, side by side, on Debian 12's 6.1
     /// kernel in a QEMU guest without KVM (TCG: absolute figures are distorted, read the
     /// ratios): director CPU per small UDP packet (socket skbs) and per HTTP keep-alive
     /// request. Needs root; installs qemu-system-x86 and fetches the kernel package if missing.
@@ -128,7 +128,7 @@ enum BenchCmd {
         /// Seconds of one HTTP run's measured window.
         #[arg(long, default_value_t = 5)]
         tcp_secs: u64,
-        /// Only these variants (ha-lb-nat, ipvs-nat, routed).
+        /// Only these variants (ha-lb-nat, ha-lb-nat-tc, ipvs-nat, routed).
         #[arg(long, value_delimiter = ',')]
         variants: Option<Vec<String>>,
         /// Only these measurements (udp-skbs, tcp-keepalive).

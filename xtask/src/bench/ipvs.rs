@@ -1,5 +1,5 @@
-//! `cargo xtask bench ipvs`: ha-lb's XDP NAT against kernel IPVS NAT and the routed path,
-//! side by side in one run, on Debian 12's 6.1 kernel in a QEMU guest.
+//! `cargo xtask bench ipvs`: ha-lb's NAT (XDP and TC hooks) against kernel IPVS NAT and the
+//! routed path, side by side in one run, on Debian 12's 6.1 kernel in a QEMU guest.
 //!
 //! Why a guest: the host kernel may have no IPVS (6.18 here has none). Why QEMU without KVM
 //! (TCG) rather than user-mode Linux: UML has no BPF JIT, so XDP programs would run in the
@@ -20,6 +20,8 @@
 //! round):
 //! - `ha-lb-nat`: an [`XdpDataplane`] (`ha_lb_xdp` on the director's three veths), driven
 //!   directly as `bench dataplane` does, services from the same [`desired`] state;
+//! - `ha-lb-nat-tc`: the same at the TC ingress hook (`ha_lb_tc`, clsact on 6.1), which
+//!   takes the socket skbs as they are rather than copied into pages for XDP;
 //! - `ipvs-nat`: kernel IPVS (`ip_vs`, `ip_vs_rr` from the guest kernel) configured through
 //!   ha-lb's own [`IpvsDataplane`] with the same desired state (round robin, masquerading),
 //!   IPVS sysctls at their defaults;
@@ -82,16 +84,20 @@ const KERNEL_PREFIX: &str = "linux-image-6.1.";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Variant {
     HaLbNat,
+    /// The same at the TC ingress hook (`dataplane = "tc"`): no copy of each socket skb.
+    HaLbNatTc,
     IpvsNat,
     Routed,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 3] = [Variant::HaLbNat, Variant::IpvsNat, Variant::Routed];
+    pub const ALL: [Variant; 4] =
+        [Variant::HaLbNat, Variant::HaLbNatTc, Variant::IpvsNat, Variant::Routed];
 
     pub fn name(self) -> &'static str {
         match self {
             Variant::HaLbNat => "ha-lb-nat",
+            Variant::HaLbNatTc => "ha-lb-nat-tc",
             Variant::IpvsNat => "ipvs-nat",
             Variant::Routed => "routed",
         }
@@ -366,7 +372,7 @@ struct Guest {
 pub fn guest(opts: Options) -> Result<()> {
     let dir = qemu::in_guest()
         .context("bench-ipvs-guest runs inside the guest that `cargo xtask bench ipvs` boots")?;
-    qemu::modprobe(&["veth", "ip_vs", "ip_vs_rr"])?;
+    qemu::modprobe(&["veth", "ip_vs", "ip_vs_rr", "sch_ingress", "cls_bpf"])?;
     std::fs::write("/proc/sys/net/core/bpf_jit_enable", "1").context("enabling the BPF JIT")?;
     let jit = std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable").unwrap_or_default();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -447,10 +453,10 @@ impl Guest {
         let director = self.topo.director.clone();
         match v {
             Variant::Routed => {}
-            Variant::HaLbNat => {
+            Variant::HaLbNat | Variant::HaLbNatTc => {
+                let hook = if v == Variant::HaLbNatTc { Hook::Tc } else { Hook::Xdp };
                 let desired = desired(LbKind::Nat, REAL_SERVERS);
-                self.halb =
-                    Some(common::attach_halb(&director, &self.object, Hook::Xdp, &desired)?);
+                self.halb = Some(common::attach_halb(&director, &self.object, hook, &desired)?);
             }
             Variant::IpvsNat => {
                 // The generic netlink socket is opened in the director's namespace: IPVS
@@ -505,7 +511,7 @@ impl Guest {
         if round == 0 {
             self.precheck(v).context("correctness pre-check")?;
         }
-        let mut line = format!("  round {} {:<10}", round + 1, v.name());
+        let mut line = format!("  round {} {:<12}", round + 1, v.name());
         for m in Metric::ALL {
             if !opts.metrics.contains(&m) {
                 continue;
@@ -692,7 +698,7 @@ fn report(
         let udp = m == Metric::UdpSkbs;
         let _ = writeln!(
             r,
-            "  {:<10} {:>22} {:>22} {}{:>6}  {:>8} {:>8}",
+            "  {:<12} {:>22} {:>22} {}{:>6}  {:>8} {:>8}",
             "variant",
             format!("director {unit}"),
             format!("{} {rate_unit}", if udp { "processed" } else { "rate" }),
@@ -716,7 +722,7 @@ fn report(
             let row_cost = c.map(|x| x.1);
             let _ = writeln!(
                 r,
-                "  {:<10} {:>22} {:>22} {}{:>6}  {:>8} {:>8}",
+                "  {:<12} {:>22} {:>22} {}{:>6}  {:>8} {:>8}",
                 v.name(),
                 fmt3(c, 1e3, 1),
                 fmt3(rate, 1e3, 2),
@@ -734,7 +740,9 @@ fn report(
         let get = |v: Variant| results.get(&(m, v)).cloned().unwrap_or_default();
         for (a, b) in [
             (Variant::HaLbNat, Variant::IpvsNat),
+            (Variant::HaLbNatTc, Variant::IpvsNat),
             (Variant::HaLbNat, Variant::Routed),
+            (Variant::HaLbNatTc, Variant::Routed),
             (Variant::IpvsNat, Variant::Routed),
         ] {
             let v = paired(&get(a), &get(b));
@@ -783,7 +791,9 @@ mod tests {
         };
         let a = o.guest_args();
         assert_eq!(a[0], "bench-ipvs-guest");
-        assert!(a.windows(2).any(|w| w[0] == "--variants" && w[1] == "ha-lb-nat,ipvs-nat,routed"));
+        assert!(a
+            .windows(2)
+            .any(|w| w[0] == "--variants" && w[1] == "ha-lb-nat,ha-lb-nat-tc,ipvs-nat,routed"));
         for v in Variant::ALL {
             assert_eq!(Variant::parse(v.name()).unwrap(), v);
         }
