@@ -12,7 +12,7 @@ use std::{
 
 use ha_lb::{
     bpf::{
-        lb::{self as maps, LbCounters},
+        lb as maps,
         testrun::{run_xdp, XdpAction},
         vrrp_filter::{self, set_vrids},
         PROG_LB, PROG_VRRP_FILTER,
@@ -25,10 +25,6 @@ use ha_lb_common::{
 };
 use ha_lb_lab::frame::{self, inet_checksum, TcpFlags};
 use xdp_support::*;
-
-fn delta(after: LbCounters, before: LbCounters) -> Vec<(&'static str, u64)> {
-    after.since(&before)
-}
 
 #[test]
 fn nat_in_and_out_rewrite_addresses_ports_macs_and_checksums() {
@@ -46,9 +42,12 @@ fn nat_in_and_out_rewrite_addresses_ports_macs_and_checksums() {
         let c = client(5, 40000);
         // Odd-length payload: the checksum's trailing byte is padded.
         let syn = frame::tcp(t.client_eth(), c, vip, TcpFlags::SYN, 7, b"hello");
-        let before = t.counters();
-        let r = t.send_from_client(&syn);
-        assert_eq!(r.action, XdpAction::Redirect, "egress eth1 != ingress eth0");
+        let r = t.expect_from_client(
+            &syn,
+            XdpAction::Redirect,
+            LbReason::NatIn,
+            "egress eth1 != ingress eth0",
+        );
         let p = frame::check(&r.frame).expect("checksums valid after DNAT");
         assert_eq!((p.src, p.sport), (c.ip(), c.port()), "source untouched");
         assert_eq!((p.dst, p.dport), (ip("198.18.2.10"), 8080), "DNAT to the real server");
@@ -61,16 +60,11 @@ fn nat_in_and_out_rewrite_addresses_ports_macs_and_checksums() {
         // The reply, as the real server sends it, arriving on eth1.
         let rs_eth = frame::Eth { src: rs_mac(2, 10), dst: mac1 };
         let synack = frame::tcp(rs_eth, sa("198.18.2.10:8080"), c, TcpFlags::ACK, 9, b"world!");
-        let r = t.send_from_servers(&synack);
-        assert_eq!(r.action, XdpAction::Redirect);
+        let r = t.expect_on(t.eth1, &synack, XdpAction::Redirect, LbReason::NatOut, "reply");
         let p = frame::check(&r.frame).expect("checksums valid after SNAT");
         assert_eq!((p.src, p.sport), (vip.ip(), vip.port()), "SNAT back to the VIP");
         assert_eq!((p.dst, p.dport), (c.ip(), c.port()));
         assert_eq!((p.eth.src, p.eth.dst), (t.mac0, gw_mac), "toward the client's gateway");
-        assert_eq!(
-            delta(t.counters(), before),
-            vec![(LbReason::NatIn.name(), 1), (LbReason::NatOut.name(), 1)]
-        );
 
         // Checksums hold for many tuples and payload sizes (incremental update vs. recompute).
         for i in 0..300u32 {
@@ -170,10 +164,7 @@ fn nat_ipv6_in_and_out() {
         d.sh("ip link set eth1 mtu 1280").unwrap();
         let c = sa("[fd48:4c42:64::78]:50001");
         let big = frame::udp(t.client_eth(), c, vip, &[5u8; 1300]);
-        let before = t.counters();
-        let r = t.send_from_client(&big);
-        assert_eq!(r.action, XdpAction::Tx);
-        assert_eq!(delta(t.counters(), before), vec![(LbReason::TooBigAnswered.name(), 1)]);
+        let r = t.expect_from_client(&big, XdpAction::Tx, LbReason::TooBigAnswered, "too big");
         let e = &r.frame;
         let (src, dst, q_src, q_dst, mac) = parse_icmp_error(e);
         assert_eq!((src, dst, q_src, q_dst), (vip.ip(), c.ip(), c, vip));
@@ -201,13 +192,10 @@ fn dr_rewrites_only_the_ethernet_header() {
             reals(&["198.18.1.20"], 80, &[1]),
         ));
         let f = frame::tcp(t.client_eth(), client(1, 33000), vip, TcpFlags::SYN, 1, b"dr");
-        let before = t.counters();
-        let r = t.send_from_client(&f);
-        assert_eq!(r.action, XdpAction::Tx);
+        let r = t.expect_from_client(&f, XdpAction::Tx, LbReason::Dr, "same L2 as the client");
         assert_eq!(&r.frame[..6], &rs_mac(1, 20), "destination MAC = real server");
         assert_eq!(&r.frame[6..12], &t.mac0, "source MAC = ours");
         assert_eq!(&r.frame[12..], &f[12..], "IP packet untouched (VIP stays the destination)");
-        assert_eq!(delta(t.counters(), before), vec![(LbReason::Dr.name(), 1)]);
 
         // Real server behind the other interface: redirect.
         t.apply(&one_service(
@@ -294,12 +282,14 @@ fn known_flows_use_the_cached_next_hop_until_it_is_refreshed() {
         assert_eq!(dst_mac(&t.send_from_client(&f1)), new_rs, "short packets: still cached");
         let big = to_vip(c1, 1400);
         assert_eq!(big[20] & 0x40, 0x40, "DF set");
-        let before = t.counters();
-        let r = t.send_from_client(&big);
         // Answered as IPVS does: ICMP "fragmentation needed" quoting the packet as the client
         // sent it (to the VIP), so its socket matches it; back out of eth0.
-        assert_eq!(r.action, XdpAction::Tx, "too long for eth1: the client is told");
-        assert_eq!(delta(t.counters(), before), vec![(LbReason::TooBigAnswered.name(), 1)]);
+        let r = t.expect_from_client(
+            &big,
+            XdpAction::Tx,
+            LbReason::TooBigAnswered,
+            "too long for eth1: the client is told",
+        );
         let (src, dst, q_src, q_dst, mac) = parse_icmp_error(&r.frame);
         assert_eq!((src, dst, q_src, q_dst), (vip.ip(), c1.ip(), c1, vip));
         assert_eq!(mac, big[6..12]);
@@ -350,12 +340,14 @@ fn fib_failures_pass_or_drop_as_each_mode_requires() {
             1,
             b"",
         );
-        let before = t.counters();
-        let r = t.send_from_client(&f);
-        assert_eq!(r.action, XdpAction::Pass, "NAT, no neighbour: the kernel resolves it");
+        let r = t.expect_from_client(
+            &f,
+            XdpAction::Pass,
+            LbReason::NoNeigh,
+            "NAT, no neighbour: the kernel resolves it",
+        );
         let p = frame::check(&r.frame).expect("passed frame is already rewritten, checksums ok");
         assert_eq!(p.dst, ip("198.18.2.60"));
-        assert_eq!(delta(t.counters(), before), vec![(LbReason::NoNeigh.name(), 1)]);
 
         let f = frame::tcp(
             t.client_eth(),
@@ -365,13 +357,8 @@ fn fib_failures_pass_or_drop_as_each_mode_requires() {
             1,
             b"",
         );
-        let before = t.counters();
-        assert_eq!(
-            t.send_from_client(&f).action,
-            XdpAction::Drop,
-            "DR: passing would hit the local VIP"
-        );
-        assert_eq!(delta(t.counters(), before), vec![(LbReason::NoNeigh.name(), 1)]);
+        let why = "DR: passing would hit the local VIP";
+        t.expect_from_client(&f, XdpAction::Drop, LbReason::NoNeigh, why);
 
         // An unreachable route: dropped in both modes.
         let mut d = ha_lb::dataplane::DesiredState::default();
@@ -386,9 +373,7 @@ fn fib_failures_pass_or_drop_as_each_mode_requires() {
             1,
             b"",
         );
-        let before = t.counters();
-        assert_eq!(t.send_from_client(&f).action, XdpAction::Drop);
-        assert_eq!(delta(t.counters(), before), vec![(LbReason::FibUnreachable.name(), 1)]);
+        t.expect_from_client(&f, XdpAction::Drop, LbReason::FibUnreachable, "unreachable");
     });
 }
 
@@ -411,9 +396,7 @@ fn a_service_without_usable_real_servers_drops_new_flows() {
                 1,
                 b"",
             );
-            let before = t.counters();
-            assert_eq!(t.send_from_client(&f).action, XdpAction::Drop, "{algo:?}");
-            assert_eq!(delta(t.counters(), before), vec![(LbReason::NoRealServer.name(), 1)]);
+            t.expect_from_client(&f, XdpAction::Drop, LbReason::NoRealServer, &format!("{algo:?}"));
         }
         t.apply(&one_service(
             vs("198.18.100.5:80", Protocol::Tcp),
@@ -540,11 +523,8 @@ fn malformed_and_unusual_frames_pass_untouched_and_are_counted_per_reason() {
             ("UDP to the director", to_other_host, LbReason::NotService),
         ];
         for (name, f, reason) in cases {
-            let before = t.counters();
-            let r = t.send_from_client(&f);
-            assert_eq!(r.action, XdpAction::Pass, "{name}: verdict");
+            let r = t.expect_from_client(&f, XdpAction::Pass, reason, name);
             assert_eq!(r.frame, f, "{name}: passed untouched");
-            assert_eq!(delta(t.counters(), before), vec![(reason.name(), 1)], "{name}: counters");
         }
         // None of them created state: the next good SYN is the service's first connection.
         let st = t.dp.stats().unwrap();
@@ -709,9 +689,8 @@ fn a_lost_nat_reply_entry_is_recreated_by_the_clients_next_packet() {
             .unwrap()
             .0;
         maps::remove_flow(t.dp.bpf_mut(), &reply_key).unwrap();
-        let before = t.counters();
-        assert_eq!(t.send_from_servers(&back).action, XdpAction::Pass, "no reply entry: not ours");
-        assert_eq!(t.counters().since(&before), vec![(LbReason::NotService.name(), 1)]);
+        let why = "no reply entry: not ours";
+        t.expect_on(t.eth1, &back, XdpAction::Pass, LbReason::NotService, why);
         std::thread::sleep(std::time::Duration::from_millis(1100));
         t.nat_pick(c, vip, TcpFlags::ACK);
         let r = t.send_from_servers(&back);
@@ -742,11 +721,8 @@ fn frames_for_another_hosts_mac_are_not_forwarded() {
         let mut other = t.client_eth();
         other.dst = [0x02, 0xde, 0xad, 0xbe, 0xef, 0x01];
         let flooded = frame::tcp(other, client(7, 41000), vip, TcpFlags::SYN, 1, b"");
-        let before = t.counters();
-        let r = t.send_from_client(&flooded);
-        assert_eq!(r.action, XdpAction::Pass);
+        let r = t.expect_from_client(&flooded, XdpAction::Pass, LbReason::OtherHost, "flooded");
         assert_eq!(r.frame, flooded, "passed untouched");
-        assert_eq!(delta(t.counters(), before), vec![(LbReason::OtherHost.name(), 1)]);
         let mine = frame::tcp(t.client_eth(), client(7, 41000), vip, TcpFlags::SYN, 1, b"");
         assert_eq!(mine[..6], mac0, "the harness addresses the director's own MAC");
         assert_eq!(t.send_from_client(&mine).action, XdpAction::Redirect);
@@ -759,25 +735,25 @@ fn frames_for_another_hosts_mac_are_not_forwarded() {
         .unwrap();
         let high_mac = [0x02, 0x50, 0, 0, 0, 1];
         maps::set_interface_mac(t.dp.bpf_mut(), 5000, Some(high_mac)).unwrap();
-        let before = t.counters();
-        assert_eq!(t.run_on(5000, &flooded).action, XdpAction::Pass);
-        assert_eq!(delta(t.counters(), before), vec![(LbReason::OtherHost.name(), 1)]);
+        t.expect_on(5000, &flooded, XdpAction::Pass, LbReason::OtherHost, "flooded, ifindex 5000");
         let mut to_high = t.client_eth();
         to_high.dst = high_mac;
         let f = frame::tcp(to_high, client(7, 41001), vip, TcpFlags::SYN, 1, b"");
-        let before = t.counters();
+        let other_host = |t: &Tester| t.counters().get(LbReason::OtherHost);
+        let before = other_host(t);
         t.run_on(5000, &f);
-        assert!(
-            !delta(t.counters(), before).iter().any(|(r, _)| *r == LbReason::OtherHost.name()),
+        assert_eq!(
+            other_host(t),
+            before,
             "a frame to the interface's own MAC is not another host's"
         );
         // Forgotten (detached): no longer filtered.
         maps::set_interface_mac(t.dp.bpf_mut(), 5000, None).unwrap();
         maps::set_interface_mac(t.dp.bpf_mut(), eth0, None).unwrap();
-        let before = t.counters();
+        let before = other_host(t);
         t.run_on(5000, &flooded);
         t.send_from_client(&flooded);
-        assert!(!delta(t.counters(), before).iter().any(|(r, _)| *r == LbReason::OtherHost.name()));
+        assert_eq!(other_host(t), before, "detached: no longer filtered");
     });
 }
 
@@ -892,14 +868,12 @@ fn icmp_errors_about_flows_reach_the_host_they_are_about() {
             // The real server answers "port unreachable" about the packet it got.
             let unreach = if v6 { (1, 4) } else { (3, 3) };
             let e = icmp_error(rs_eth, (real.ip(), c.ip()), unreach, [0; 4], &dnat);
-            let before = t.counters();
-            let r = t.send_from_servers(&e);
-            assert_eq!(r.action, XdpAction::Redirect, "{vip}: error toward the client");
+            let what = format!("{vip}: error toward the client");
+            let r = t.expect_on(t.eth1, &e, XdpAction::Redirect, LbReason::IcmpOut, &what);
             let (src, dst, q_src, q_dst, mac) = parse_icmp_error(&r.frame);
             assert_eq!((src, dst), (vip.ip(), c.ip()), "from the VIP, as the client knows it");
             assert_eq!((q_src, q_dst), (c, vip), "quoting the packet the client sent");
             assert_eq!(mac, gw_mac);
-            assert_eq!(delta(t.counters(), before), vec![(LbReason::IcmpOut.name(), 1)]);
 
             // A router between director and real server: from the VIP too (as IPVS; the client
             // knows no other address of the service).
@@ -923,25 +897,21 @@ fn icmp_errors_about_flows_reach_the_host_they_are_about() {
             let (ty, rest) =
                 if v6 { ((2, 0), 1280u32.to_be_bytes()) } else { ((3, 4), [0, 0, 5, 0]) };
             let e = icmp_error(ceth, (hop, vip.ip()), ty, rest, &reply);
-            let before = t.counters();
-            let r = t.send_from_client(&e);
-            assert_eq!(r.action, XdpAction::Redirect, "{vip}: error toward the real server");
+            let what = format!("{vip}: error toward the real server");
+            let r = t.expect_from_client(&e, XdpAction::Redirect, LbReason::IcmpIn, &what);
             let (src, dst, q_src, q_dst, mac) = parse_icmp_error(&r.frame);
             assert_eq!((src, dst), (hop, real.ip()), "to the real server");
             assert_eq!((q_src, q_dst), (real, c), "quoting the reply as the real server sent it");
             let rs_n = if v6 { 10 } else { 11 };
             assert_eq!(mac, rs_mac(2, rs_n));
-            assert_eq!(delta(t.counters(), before), vec![(LbReason::IcmpIn.name(), 1)]);
 
             // About no known flow: passes untouched.
             let stranger = if v6 { sa("[fd48:4c42:64::78]:1") } else { client(10, 1) };
             let other = frame::udp(ceth, vip, stranger, b"x");
             let e = icmp_error(ceth, (hop, vip.ip()), (if v6 { 1 } else { 3 }, 1), [0; 4], &other);
-            let before = t.counters();
-            let r = t.send_from_client(&e);
-            assert_eq!(r.action, XdpAction::Pass);
-            assert_eq!(r.frame, e);
-            assert_eq!(delta(t.counters(), before), vec![(LbReason::NotTcpUdp.name(), 1)]);
+            let what = format!("{vip}: error about no known flow");
+            let r = t.expect_from_client(&e, XdpAction::Pass, LbReason::NotTcpUdp, &what);
+            assert_eq!(r.frame, e, "{what}: passed untouched");
         }
 
         // An echo request to the VIP is not an error: the kernel answers it.
@@ -962,12 +932,9 @@ fn icmp_errors_about_flows_reach_the_host_they_are_about() {
         );
         let reply = frame::tcp(ceth, vip, c, TcpFlags::ACK, 1, &[0u8; 100]);
         let e = icmp_error(ceth, (ip("198.18.1.2"), vip.ip()), (11, 0), [0; 4], &reply);
-        let before = t.counters();
-        let r = t.send_from_client(&e);
-        assert_eq!(r.action, XdpAction::Redirect);
+        let r = t.expect_from_client(&e, XdpAction::Redirect, LbReason::IcmpIn, "DR: error");
         assert_eq!(r.frame[14..], e[14..], "DR: the IP packet is untouched");
         assert_eq!(r.frame[..6], rs_mac(2, 12));
-        assert_eq!(delta(t.counters(), before), vec![(LbReason::IcmpIn.name(), 1)]);
     });
 }
 
@@ -993,9 +960,12 @@ fn tun_encapsulates_in_ipip_to_the_real_server() {
         let mut ids = Vec::new();
         for (i, flags) in [TcpFlags::SYN, TcpFlags::ACK].into_iter().enumerate() {
             let f = frame::tcp(t.client_eth(), c, vip, flags, i as u32, b"GET / HTTP/1.0\r\n\r\n");
-            let before = t.counters();
-            let r = t.send_from_client(&f);
-            assert_eq!(r.action, XdpAction::Redirect, "packet {i}");
+            let r = t.expect_from_client(
+                &f,
+                XdpAction::Redirect,
+                LbReason::Tun,
+                &format!("packet {i}"),
+            );
             let o = &r.frame;
             assert_eq!(o.len(), f.len() + 20, "one IPv4 header more");
             assert_eq!(o[..6], rs_mac(2, 13), "to the real server's MAC");
@@ -1010,7 +980,6 @@ fn tun_encapsulates_in_ipip_to_the_real_server() {
             assert_eq!(outer[16..20], [198, 18, 2, 13]);
             assert_eq!(outer[8], f[22], "TTL copied from the inner header");
             assert_eq!(o[34..], f[14..], "the client's packet, unchanged");
-            assert_eq!(delta(t.counters(), before), vec![(LbReason::Tun.name(), 1)]);
             ids.push([outer[4], outer[5]]);
         }
         assert_ne!(ids[0], ids[1], "outer IDs from the director's own sequence");
@@ -1019,10 +988,7 @@ fn tun_encapsulates_in_ipip_to_the_real_server() {
         let reply = frame::tcp(t.client_eth(), vip, c, TcpFlags::ACK, 1, &[0u8; 64]);
         let e =
             icmp_error(t.client_eth(), (ip("198.18.1.2"), vip.ip()), (3, 4), [0, 0, 5, 0], &reply);
-        let before = t.counters();
-        let r = t.send_from_client(&e);
-        assert_eq!(r.action, XdpAction::Redirect);
-        assert_eq!(delta(t.counters(), before), vec![(LbReason::IcmpIn.name(), 1)]);
+        let r = t.expect_from_client(&e, XdpAction::Redirect, LbReason::IcmpIn, "ICMP error");
         assert_eq!(r.frame[..6], rs_mac(2, 13));
         assert_eq!((r.frame[23], r.frame[30..34].to_vec()), (4, vec![198, 18, 2, 13]), "IPIP");
         assert_eq!(r.frame[34..], e[14..], "the error itself, unchanged inside");
@@ -1058,16 +1024,11 @@ fn tun_encapsulates_in_ipip_to_the_real_server() {
             f
         };
         // Without DF: dropped.
-        let before = t.counters();
-        assert_eq!(t.send_from_client(&with_df(&big, false)).action, XdpAction::Drop);
-        assert_eq!(delta(t.counters(), before), vec![(LbReason::FragNeeded.name(), 1)]);
+        t.expect_from_client(&with_df(&big, false), XdpAction::Drop, LbReason::FragNeeded, "no DF");
         // With DF: answered with ICMP "fragmentation needed", next-hop MTU 1270 - 20, back
         // out of the interface it came in on, to the client's MAC, quoting its packet.
         let big = with_df(&big, true);
-        let before = t.counters();
-        let r = t.send_from_client(&big);
-        assert_eq!(r.action, XdpAction::Tx);
-        assert_eq!(delta(t.counters(), before), vec![(LbReason::TooBigAnswered.name(), 1)]);
+        let r = t.expect_from_client(&big, XdpAction::Tx, LbReason::TooBigAnswered, "DF");
         let e = &r.frame;
         assert_eq!(e.len(), 14 + 20 + 8 + 40);
         assert_eq!((e[..6].to_vec(), e[6..12].to_vec()), (big[6..12].to_vec(), big[..6].to_vec()));
@@ -1095,14 +1056,8 @@ fn switching_a_service_to_tun_keeps_its_real_servers_usable() {
         t.apply(&one_service(key, LbAlgo::Rr, LbKind::Nat, reals(&["198.18.2.13"], 80, &[1])));
         t.apply(&one_service(key, LbAlgo::Rr, LbKind::Tun, reals(&["198.18.2.13"], 80, &[1])));
         let f = frame::tcp(t.client_eth(), client(14, 7100), vip, TcpFlags::SYN, 1, b"");
-        let before = t.counters();
-        let r = t.send_from_client(&f);
-        assert_eq!(
-            delta(t.counters(), before),
-            vec![(LbReason::Tun.name(), 1)],
-            "a new flow of the (now TUN) service is encapsulated"
-        );
-        assert_eq!(r.action, XdpAction::Redirect);
+        let why = "a new flow of the (now TUN) service is encapsulated";
+        t.expect_from_client(&f, XdpAction::Redirect, LbReason::Tun, why);
     });
 }
 
@@ -1118,21 +1073,13 @@ fn tun_source_is_resolved_again_once_a_route_appears() {
         let vip = sa("198.18.100.9:80");
         t.apply(&one_service(key, LbAlgo::Rr, LbKind::Tun, reals(&["198.18.3.10"], 80, &[1])));
         let f = frame::tcp(t.client_eth(), client(15, 7200), vip, TcpFlags::SYN, 1, b"");
-        let before = t.counters();
-        assert_eq!(t.send_from_client(&f).action, XdpAction::Drop, "no route, no source");
-        assert_eq!(delta(t.counters(), before), vec![(LbReason::FibUnreachable.name(), 1)]);
+        t.expect_from_client(&f, XdpAction::Drop, LbReason::FibUnreachable, "no route, no source");
         d.sh("ip route add 198.18.3.0/24 via 198.18.2.10").unwrap();
         // The daemon calls maintain() every few seconds.
         t.dp.maintain().unwrap();
         let f = frame::tcp(t.client_eth(), client(15, 7201), vip, TcpFlags::SYN, 1, b"");
-        let before = t.counters();
-        let r = t.send_from_client(&f);
-        assert_eq!(
-            delta(t.counters(), before),
-            vec![(LbReason::Tun.name(), 1)],
-            "route exists now: encapsulated toward 198.18.3.10 via 198.18.2.10"
-        );
-        assert_eq!(r.action, XdpAction::Redirect);
+        let why = "route exists now: encapsulated toward 198.18.3.10 via 198.18.2.10";
+        t.expect_from_client(&f, XdpAction::Redirect, LbReason::Tun, why);
     });
 }
 
@@ -1155,10 +1102,8 @@ fn dr_answers_too_long_df_packets_with_fragmentation_needed() {
         let c = client(16, 7300);
         let big = frame::tcp(t.client_eth(), c, vip, TcpFlags::ACK, 1, &[0u8; 1300]);
         assert_eq!(big[20] & 0x40, 0x40, "DF set");
-        let before = t.counters();
-        let r = t.send_from_client(&big);
-        assert_eq!(r.action, XdpAction::Tx, "the client is told (ICMP fragmentation needed)");
-        assert_eq!(delta(t.counters(), before), vec![(LbReason::TooBigAnswered.name(), 1)]);
+        let why = "the client is told (ICMP fragmentation needed)";
+        let r = t.expect_from_client(&big, XdpAction::Tx, LbReason::TooBigAnswered, why);
         let (src, dst, q_src, q_dst, _) = parse_icmp_error(&r.frame);
         assert_eq!((src, dst, q_src, q_dst), (vip.ip(), c.ip(), c, vip));
         assert_quoted_l4(&r.frame[62..82], &big[34..54], 16);
@@ -1171,11 +1116,10 @@ fn dr_answers_too_long_df_packets_with_fragmentation_needed() {
             t.send_from_client(&big);
         }
         let ms = start.elapsed().as_millis() as u64;
-        let d = delta(t.counters(), before);
-        let answered =
-            d.iter().find(|(n, _)| *n == LbReason::TooBigAnswered.name()).map_or(0, |x| x.1);
-        let dropped = d.iter().find(|(n, _)| *n == LbReason::FragNeeded.name()).map_or(0, |x| x.1);
-        assert_eq!(answered + dropped, 200, "{d:?}");
+        let after = t.counters();
+        let moved = |r: LbReason| after.get(r) - before.get(r);
+        let (answered, dropped) = (moved(LbReason::TooBigAnswered), moved(LbReason::FragNeeded));
+        assert_eq!(answered + dropped, 200, "{:?}", after.since(&before));
         // The refill follows the coarse (tick) clock: allow a tick or two of slack.
         assert!(answered <= 100 + ms + 8, "{answered} answered in {ms} ms");
         assert!(dropped > 0 || ms > 100, "{answered} answered in {ms} ms");
@@ -1206,12 +1150,9 @@ fn imported_flows_go_to_the_real_server_the_other_director_chose() {
         // A mid-connection packet (no SYN): without the import it would be scheduled rr
         // (198.18.2.10 first).
         let f = frame::tcp(t.client_eth(), c, vip, TcpFlags::ACK, 5, b"more");
-        let before = t.counters();
-        let r = t.send_from_client(&f);
-        assert_eq!(r.action, XdpAction::Redirect);
+        let r = t.expect_from_client(&f, XdpAction::Redirect, LbReason::NatIn, "imported flow");
         let p = frame::check(&r.frame).unwrap();
         assert_eq!((p.dst, p.dport), (ip("198.18.2.12"), 8080));
-        assert_eq!(delta(t.counters(), before), vec![(LbReason::NatIn.name(), 1)]);
         let rs_eth = frame::Eth { src: rs_mac(2, 12), dst: [0; 6] };
         let back = frame::tcp(rs_eth, sa("198.18.2.12:8080"), c, TcpFlags::ACK, 9, b"ok");
         let r = t.send_from_servers(&back);

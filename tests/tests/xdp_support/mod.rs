@@ -33,6 +33,7 @@ use ha_lb::{
         ServiceSpec, VirtualServerKey,
     },
 };
+use ha_lb_common::lb::LbReason;
 use ha_lb_lab::{
     frame::{self, Eth, TcpFlags},
     Lab, Node,
@@ -153,6 +154,37 @@ impl Tester {
 
     pub fn counters(&self) -> LbCounters {
         counters(self.dp.bpf()).unwrap()
+    }
+
+    /// Sends `frame` as received on `ifindex` and asserts what it did: the verdict `action`,
+    /// and `reason` as the one reason counter it moved (by one). `what` names the frame in
+    /// the failure messages. Returns the result (the frame as the program left it).
+    pub fn expect_on(
+        &mut self,
+        ifindex: u32,
+        frame: &[u8],
+        action: XdpAction,
+        reason: LbReason,
+        what: &str,
+    ) -> RunResult {
+        let before = self.counters();
+        let r = self.run_on(ifindex, frame);
+        assert_eq!(r.action, action, "{what}: verdict");
+        assert_eq!(self.counters().since(&before), vec![(reason.name(), 1)], "{what}: counters");
+        r
+    }
+
+    /// [`Tester::expect_on`] for a frame from the client side (the usual one; the real-server
+    /// side is `t.expect_on(t.eth1, ..)`).
+    pub fn expect_from_client(
+        &mut self,
+        frame: &[u8],
+        action: XdpAction,
+        reason: LbReason,
+        what: &str,
+    ) -> RunResult {
+        let i = self.eth0;
+        self.expect_on(i, frame, action, reason, what)
     }
 
     pub fn apply(&mut self, d: &DesiredState) {
