@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use ha_lb::{
     bpf::{lb as maps, testrun::XdpAction},
-    dataplane::{LbAlgo, LbKind, Protocol},
+    dataplane::{LbKind, Protocol},
 };
 use ha_lb_common::lb::LbReason;
 use ha_lb_lab::frame::{self, TcpFlags};
@@ -30,13 +30,7 @@ fn cache(t: &Tester) -> (u64, u64) {
 
 /// A NAT TCP service, rr over two real servers; its VIP.
 fn two_real_servers(t: &mut Tester) -> SocketAddr {
-    t.apply(&one_service(
-        vs("198.18.100.1:80", Protocol::Tcp),
-        LbAlgo::Rr,
-        LbKind::Nat,
-        reals(&["198.18.2.10", "198.18.2.11"], 8080, &[1, 1]),
-    ));
-    sa("198.18.100.1:80")
+    t.serve_rr(Protocol::Tcp, "198.18.100.1:80", LbKind::Nat, &["198.18.2.10", "198.18.2.11"], 8080)
 }
 
 /// Sends a TCP ACK segment of `c`'s connection to `vip`; returns the real server it went to
@@ -52,13 +46,8 @@ fn known_flows_are_sent_from_the_cache_with_the_same_bytes() {
     let env = env();
     let (gw_mac, mac1) = (env.gw_mac, env.mac1);
     env.run(|t| {
-        let vip = sa("198.18.100.1:53");
-        t.apply(&one_service(
-            vs("198.18.100.1:53", Protocol::Udp),
-            LbAlgo::Rr,
-            LbKind::Nat,
-            reals(&["198.18.2.10", "198.18.2.11"], 5353, &[1, 1]),
-        ));
+        let rs = ["198.18.2.10", "198.18.2.11"];
+        let vip = t.serve_rr(Protocol::Udp, "198.18.100.1:53", LbKind::Nat, &rs, 5353);
         const FLOWS: u32 = 1000;
         let flows: Vec<SocketAddr> = (0..FLOWS).map(|i| client(i, 20000 + i as u16)).collect();
         // First packets: scheduled and recorded by the full path (nothing cached yet).
@@ -123,13 +112,12 @@ fn a_real_server_leaving_is_seen_at_once() {
     let env = env();
     env.run(|t| {
         let vip = two_real_servers(t);
-        let svc = vs("198.18.100.1:80", Protocol::Tcp);
         let c = client(1, 40000);
         let first = t.nat_pick(c, vip, TcpFlags::SYN);
         assert_eq!(t.nat_pick(c, vip, TcpFlags::ACK), first);
         assert_eq!(ack(t, c, vip), (first, true), "the flow is cached");
         let other = if first == ip("198.18.2.10") { "198.18.2.11" } else { "198.18.2.10" };
-        t.apply(&one_service(svc, LbAlgo::Rr, LbKind::Nat, reals(&[other], 8080, &[1])));
+        t.serve_rr(Protocol::Tcp, "198.18.100.1:80", LbKind::Nat, &[other], 8080);
         assert_eq!(ack(t, c, vip), (ip(other), false), "rescheduled, not sent from the slot");
     });
 }

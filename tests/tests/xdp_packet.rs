@@ -32,13 +32,7 @@ fn nat_in_and_out_rewrite_addresses_ports_macs_and_checksums() {
     let gw_mac = env.gw_mac;
     let mac1 = env.mac1;
     env.run(|t| {
-        let vip = sa("198.18.100.1:80");
-        t.apply(&one_service(
-            vs("198.18.100.1:80", Protocol::Tcp),
-            LbAlgo::Rr,
-            LbKind::Nat,
-            reals(&["198.18.2.10"], 8080, &[1]),
-        ));
+        let vip = t.serve_rr(Protocol::Tcp, "198.18.100.1:80", LbKind::Nat, &["198.18.2.10"], 8080);
         let c = client(5, 40000);
         // Odd-length payload: the checksum's trailing byte is padded.
         let syn = frame::tcp(t.client_eth(), c, vip, TcpFlags::SYN, 7, b"hello");
@@ -86,13 +80,7 @@ fn nat_in_and_out_rewrite_addresses_ports_macs_and_checksums() {
 fn nat_udp_keeps_a_zero_checksum_and_fixes_a_real_one() {
     let env = env();
     env.run(|t| {
-        let vip = sa("198.18.100.1:53");
-        t.apply(&one_service(
-            vs("198.18.100.1:53", Protocol::Udp),
-            LbAlgo::Rr,
-            LbKind::Nat,
-            reals(&["198.18.2.11"], 5353, &[1]),
-        ));
+        let vip = t.serve_rr(Protocol::Udp, "198.18.100.1:53", LbKind::Nat, &["198.18.2.11"], 5353);
         let c = client(9, 5000);
         let f = frame::udp(t.client_eth(), c, vip, b"query");
         let r = t.send_from_client(&f);
@@ -183,14 +171,8 @@ fn dr_rewrites_only_the_ethernet_header() {
     let env = env();
     let mac1 = env.mac1;
     env.run(|t| {
-        let vip = sa("198.18.100.2:80");
         // Real server on the same L2 as the client side: out the same interface (XDP_TX).
-        t.apply(&one_service(
-            vs("198.18.100.2:80", Protocol::Tcp),
-            LbAlgo::Rr,
-            LbKind::Dr,
-            reals(&["198.18.1.20"], 80, &[1]),
-        ));
+        let vip = t.serve_rr(Protocol::Tcp, "198.18.100.2:80", LbKind::Dr, &["198.18.1.20"], 80);
         let f = frame::tcp(t.client_eth(), client(1, 33000), vip, TcpFlags::SYN, 1, b"dr");
         let r = t.expect_from_client(&f, XdpAction::Tx, LbReason::Dr, "same L2 as the client");
         assert_eq!(&r.frame[..6], &rs_mac(1, 20), "destination MAC = real server");
@@ -198,12 +180,7 @@ fn dr_rewrites_only_the_ethernet_header() {
         assert_eq!(&r.frame[12..], &f[12..], "IP packet untouched (VIP stays the destination)");
 
         // Real server behind the other interface: redirect.
-        t.apply(&one_service(
-            vs("198.18.100.2:80", Protocol::Tcp),
-            LbAlgo::Rr,
-            LbKind::Dr,
-            reals(&["198.18.2.20"], 80, &[1]),
-        ));
+        t.serve_rr(Protocol::Tcp, "198.18.100.2:80", LbKind::Dr, &["198.18.2.20"], 80);
         let f = frame::tcp(t.client_eth(), client(2, 33000), vip, TcpFlags::SYN, 1, b"dr");
         let r = t.send_from_client(&f);
         assert_eq!(r.action, XdpAction::Redirect);
@@ -237,13 +214,7 @@ fn known_flows_use_the_cached_next_hop_until_it_is_refreshed() {
     let d = env.d.clone();
     let gw_mac = env.gw_mac;
     env.run(|t| {
-        let vip = sa("198.18.100.5:53");
-        t.apply(&one_service(
-            vs("198.18.100.5:53", Protocol::Udp),
-            LbAlgo::Rr,
-            LbKind::Nat,
-            reals(&["198.18.2.12"], 53, &[1]),
-        ));
+        let vip = t.serve_rr(Protocol::Udp, "198.18.100.5:53", LbKind::Nat, &["198.18.2.12"], 53);
         let (old_rs, new_rs) = (rs_mac(2, 12), [2, 0, 0, 0, 9, 9]);
         let (old_gw, new_gw) = (gw_mac, [2, 0, 0, 0, 9, 10]);
         let c1 = client(20, 6000);
@@ -318,28 +289,14 @@ fn mac_str(m: [u8; 6]) -> String {
 fn fib_failures_pass_or_drop_as_each_mode_requires() {
     let env = env();
     env.run(|t| {
-        let nat = vs("198.18.100.3:80", Protocol::Tcp);
-        let dr = vs("198.18.100.4:80", Protocol::Tcp);
-        let svc = |vs, kind, addr: &str| {
-            let d = one_service(vs, LbAlgo::Rr, kind, reals(&[addr], 80, &[1]));
-            d.services.into_iter().next().unwrap()
-        };
-        let mut d = ha_lb::dataplane::DesiredState::default();
+        let (nat, dr) = (sa("198.18.100.3:80"), sa("198.18.100.4:80"));
         // 198.18.2.60 is on-link on eth1 but has no neighbour entry.
-        let (k, v) = svc(nat, LbKind::Nat, "198.18.2.60");
-        d.services.insert(k, v);
-        let (k, v) = svc(dr, LbKind::Dr, "198.18.2.60");
-        d.services.insert(k, v);
-        t.apply(&d);
+        t.apply(&merged([
+            rr_service(Protocol::Tcp, "198.18.100.3:80", LbKind::Nat, &["198.18.2.60"], 80),
+            rr_service(Protocol::Tcp, "198.18.100.4:80", LbKind::Dr, &["198.18.2.60"], 80),
+        ]));
 
-        let f = frame::tcp(
-            t.client_eth(),
-            client(3, 1000),
-            sa("198.18.100.3:80"),
-            TcpFlags::SYN,
-            1,
-            b"",
-        );
+        let f = t.syn(client(3, 1000), nat);
         let r = t.expect_from_client(
             &f,
             XdpAction::Pass,
@@ -349,30 +306,13 @@ fn fib_failures_pass_or_drop_as_each_mode_requires() {
         let p = frame::check(&r.frame).expect("passed frame is already rewritten, checksums ok");
         assert_eq!(p.dst, ip("198.18.2.60"));
 
-        let f = frame::tcp(
-            t.client_eth(),
-            client(3, 1000),
-            sa("198.18.100.4:80"),
-            TcpFlags::SYN,
-            1,
-            b"",
-        );
+        let f = t.syn(client(3, 1000), dr);
         let why = "DR: passing would hit the local VIP";
         t.expect_from_client(&f, XdpAction::Drop, LbReason::NoNeigh, why);
 
         // An unreachable route: dropped in both modes.
-        let mut d = ha_lb::dataplane::DesiredState::default();
-        let (k, v) = svc(nat, LbKind::Nat, "198.18.200.1");
-        d.services.insert(k, v);
-        t.apply(&d);
-        let f = frame::tcp(
-            t.client_eth(),
-            client(4, 1000),
-            sa("198.18.100.3:80"),
-            TcpFlags::SYN,
-            1,
-            b"",
-        );
+        t.serve_rr(Protocol::Tcp, "198.18.100.3:80", LbKind::Nat, &["198.18.200.1"], 80);
+        let f = t.syn(client(4, 1000), nat);
         t.expect_from_client(&f, XdpAction::Drop, LbReason::FibUnreachable, "unreachable");
     });
 }
@@ -388,14 +328,7 @@ fn a_service_without_usable_real_servers_drops_new_flows() {
                 LbKind::Nat,
                 reals(&["198.18.2.10", "198.18.2.11"], 80, &[0, 0]),
             ));
-            let f = frame::tcp(
-                t.client_eth(),
-                client(8, 1),
-                sa("198.18.100.5:80"),
-                TcpFlags::SYN,
-                1,
-                b"",
-            );
+            let f = t.syn(client(8, 1), sa("198.18.100.5:80"));
             t.expect_from_client(&f, XdpAction::Drop, LbReason::NoRealServer, &format!("{algo:?}"));
         }
         t.apply(&one_service(
@@ -404,8 +337,7 @@ fn a_service_without_usable_real_servers_drops_new_flows() {
             LbKind::Nat,
             vec![],
         ));
-        let f =
-            frame::tcp(t.client_eth(), client(9, 1), sa("198.18.100.5:80"), TcpFlags::SYN, 1, b"");
+        let f = t.syn(client(9, 1), sa("198.18.100.5:80"));
         assert_eq!(t.send_from_client(&f).action, XdpAction::Drop);
     });
 }
@@ -423,26 +355,16 @@ fn fix_ip_checksum(f: &mut [u8]) {
 fn malformed_and_unusual_frames_pass_untouched_and_are_counted_per_reason() {
     let env = env();
     env.run(|t| {
-        t.apply(&one_service(
-            vs("198.18.100.1:80", Protocol::Tcp),
-            LbAlgo::Rr,
-            LbKind::Nat,
-            reals(&["198.18.2.10"], 8080, &[1]),
-        ));
-        let mut spec6 = one_service(
-            vs("[fd48:4c42:100::1]:53", Protocol::Udp),
-            LbAlgo::Rr,
-            LbKind::Nat,
-            reals(&["fd48:4c42:2::10"], 53, &[1]),
-        );
-        let mut d = one_service(
-            vs("198.18.100.1:80", Protocol::Tcp),
-            LbAlgo::Rr,
-            LbKind::Nat,
-            reals(&["198.18.2.10"], 8080, &[1]),
-        );
-        d.services.append(&mut spec6.services);
-        t.apply(&d);
+        t.apply(&merged([
+            rr_service(Protocol::Tcp, "198.18.100.1:80", LbKind::Nat, &["198.18.2.10"], 8080),
+            rr_service(
+                Protocol::Udp,
+                "[fd48:4c42:100::1]:53",
+                LbKind::Nat,
+                &["fd48:4c42:2::10"],
+                53,
+            ),
+        ]));
         let eth = t.client_eth();
         let vip = sa("198.18.100.1:80");
         let good = frame::tcp(eth, client(1, 4000), vip, TcpFlags::SYN, 1, b"payload!");
@@ -538,12 +460,7 @@ fn frames_the_lb_does_not_handle_go_through_the_vrrp_filter_when_enabled() {
     let env = env();
     let eth0 = env.eth0;
     env.run(|t| {
-        t.apply(&one_service(
-            vs("198.18.100.1:80", Protocol::Tcp),
-            LbAlgo::Rr,
-            LbKind::Nat,
-            reals(&["198.18.2.10"], 80, &[1]),
-        ));
+        let vip = t.serve_rr(Protocol::Tcp, "198.18.100.1:80", LbKind::Nat, &["198.18.2.10"], 80);
         let vrids = BTreeMap::from([(
             VrrpVridKey::new(eth0, 51, FAMILY_V4),
             VrrpVridValue { versions: version_bit(3) },
@@ -566,8 +483,7 @@ fn frames_the_lb_does_not_handle_go_through_the_vrrp_filter_when_enabled() {
         assert_eq!(after.get(VrrpCounter::BadTtl) - before.get(VrrpCounter::BadTtl), 1);
         assert_eq!(after.get(VrrpCounter::Passed) - before.get(VrrpCounter::Passed), 1);
         // Service traffic still forwarded, not filtered.
-        let f =
-            frame::tcp(t.client_eth(), client(1, 1), sa("198.18.100.1:80"), TcpFlags::SYN, 1, b"");
+        let f = t.syn(client(1, 1), vip);
         assert_eq!(t.send_from_client(&f).action, XdpAction::Redirect);
         t.dp.set_vrrp_filter(false).unwrap();
         assert_eq!(t.send_from_client(&bad).action, XdpAction::Pass);
@@ -583,20 +499,20 @@ fn per_packet_cost_nat_in_vs_vrrp_filter() {
     let env = env();
     let eth0 = env.eth0;
     let costs = env.run(|t| {
-        let mut d = one_service(
-            vs("198.18.100.1:80", Protocol::Tcp),
-            LbAlgo::Wrr,
-            LbKind::Nat,
-            reals(&["198.18.2.10", "198.18.2.11", "198.18.2.12"], 8080, &[1, 2, 3]),
-        );
-        let mut dr = one_service(
-            vs("198.18.100.2:80", Protocol::Tcp),
-            LbAlgo::Mh,
-            LbKind::Dr,
-            reals(&["198.18.1.20", "198.18.1.21"], 80, &[1, 1]),
-        );
-        d.services.append(&mut dr.services);
-        t.apply(&d);
+        t.apply(&merged([
+            one_service(
+                vs("198.18.100.1:80", Protocol::Tcp),
+                LbAlgo::Wrr,
+                LbKind::Nat,
+                reals(&["198.18.2.10", "198.18.2.11", "198.18.2.12"], 8080, &[1, 2, 3]),
+            ),
+            one_service(
+                vs("198.18.100.2:80", Protocol::Tcp),
+                LbAlgo::Mh,
+                LbKind::Dr,
+                reals(&["198.18.1.20", "198.18.1.21"], 80, &[1, 1]),
+            ),
+        ]));
         let vrids = BTreeMap::from([(
             VrrpVridKey::new(eth0, 51, FAMILY_V4),
             VrrpVridValue { versions: version_bit(3) },
@@ -670,13 +586,7 @@ fn per_packet_cost_nat_in_vs_vrrp_filter() {
 fn a_lost_nat_reply_entry_is_recreated_by_the_clients_next_packet() {
     let env = env();
     env.run(|t| {
-        let vip = sa("198.18.100.1:80");
-        t.apply(&one_service(
-            vs("198.18.100.1:80", Protocol::Tcp),
-            LbAlgo::Rr,
-            LbKind::Nat,
-            reals(&["198.18.2.10"], 8080, &[1]),
-        ));
+        let vip = t.serve_rr(Protocol::Tcp, "198.18.100.1:80", LbKind::Nat, &["198.18.2.10"], 8080);
         let c = client(3, 41000);
         t.nat_pick(c, vip, TcpFlags::SYN);
         let rs_eth = frame::Eth { src: rs_mac(2, 10), dst: [0; 6] };
@@ -708,22 +618,16 @@ fn frames_for_another_hosts_mac_are_not_forwarded() {
     let env = env();
     let d = env.d.clone();
     env.run(|t| {
-        t.apply(&one_service(
-            vs("198.18.100.1:80", Protocol::Tcp),
-            LbAlgo::Rr,
-            LbKind::Nat,
-            reals(&["198.18.2.10"], 8080, &[1]),
-        ));
+        let vip = t.serve_rr(Protocol::Tcp, "198.18.100.1:80", LbKind::Nat, &["198.18.2.10"], 8080);
         let eth0 = t.eth0;
         let mac0 = t.mac0;
         maps::set_interface_mac(t.dp.bpf_mut(), eth0, Some(mac0)).unwrap();
-        let vip = sa("198.18.100.1:80");
         let mut other = t.client_eth();
         other.dst = [0x02, 0xde, 0xad, 0xbe, 0xef, 0x01];
         let flooded = frame::tcp(other, client(7, 41000), vip, TcpFlags::SYN, 1, b"");
         let r = t.expect_from_client(&flooded, XdpAction::Pass, LbReason::OtherHost, "flooded");
         assert_eq!(r.frame, flooded, "passed untouched");
-        let mine = frame::tcp(t.client_eth(), client(7, 41000), vip, TcpFlags::SYN, 1, b"");
+        let mine = t.syn(client(7, 41000), vip);
         assert_eq!(mine[..6], mac0, "the harness addresses the director's own MAC");
         assert_eq!(t.send_from_client(&mine).action, XdpAction::Redirect);
 
@@ -834,16 +738,17 @@ fn icmp_errors_about_flows_reach_the_host_they_are_about() {
     let env = env();
     let gw_mac = env.gw_mac;
     env.run(|t| {
-        let mut d = ha_lb::dataplane::DesiredState::default();
-        for (vs_, kind, real, port) in [
-            (vs("198.18.100.1:53", Protocol::Udp), LbKind::Nat, "198.18.2.11", 5353),
-            (vs("198.18.100.4:80", Protocol::Tcp), LbKind::Dr, "198.18.2.12", 80),
-            (vs("[fd48:4c42:100::1]:443", Protocol::Tcp), LbKind::Nat, "fd48:4c42:2::10", 8443),
-        ] {
-            let s = one_service(vs_, LbAlgo::Rr, kind, reals(&[real], port, &[1]));
-            d.services.extend(s.services);
-        }
-        t.apply(&d);
+        t.apply(&merged([
+            rr_service(Protocol::Udp, "198.18.100.1:53", LbKind::Nat, &["198.18.2.11"], 5353),
+            rr_service(Protocol::Tcp, "198.18.100.4:80", LbKind::Dr, &["198.18.2.12"], 80),
+            rr_service(
+                Protocol::Tcp,
+                "[fd48:4c42:100::1]:443",
+                LbKind::Nat,
+                &["fd48:4c42:2::10"],
+                8443,
+            ),
+        ]));
         let ceth = t.client_eth();
         let rs_eth = frame::Eth { src: rs_mac(2, 11), dst: [0; 6] };
 
@@ -926,10 +831,7 @@ fn icmp_errors_about_flows_reach_the_host_they_are_about() {
         // DR: forwarded to the real server unchanged but for the MACs.
         let c = client(11, 6000);
         let vip = sa("198.18.100.4:80");
-        assert_eq!(
-            t.send_from_client(&frame::tcp(ceth, c, vip, TcpFlags::SYN, 1, b"")).action,
-            XdpAction::Redirect
-        );
+        assert_eq!(t.send_from_client(&t.syn(c, vip)).action, XdpAction::Redirect);
         let reply = frame::tcp(ceth, vip, c, TcpFlags::ACK, 1, &[0u8; 100]);
         let e = icmp_error(ceth, (ip("198.18.1.2"), vip.ip()), (11, 0), [0; 4], &reply);
         let r = t.expect_from_client(&e, XdpAction::Redirect, LbReason::IcmpIn, "DR: error");
@@ -949,13 +851,7 @@ fn tun_encapsulates_in_ipip_to_the_real_server() {
     let d = env.d.clone();
     let mac1 = env.mac1;
     env.run(|t| {
-        t.apply(&one_service(
-            vs("198.18.100.6:80", Protocol::Tcp),
-            LbAlgo::Rr,
-            LbKind::Tun,
-            reals(&["198.18.2.13"], 80, &[1]),
-        ));
-        let vip = sa("198.18.100.6:80");
+        let vip = t.serve_rr(Protocol::Tcp, "198.18.100.6:80", LbKind::Tun, &["198.18.2.13"], 80);
         let c = client(12, 7000);
         let mut ids = Vec::new();
         for (i, flags) in [TcpFlags::SYN, TcpFlags::ACK].into_iter().enumerate() {
@@ -995,24 +891,10 @@ fn tun_encapsulates_in_ipip_to_the_real_server() {
         // Too long for eth1 once encapsulated (1260 + 20 > 1270): dropped and counted.
         d.sh("ip link set eth1 mtu 1270").unwrap();
         let big = frame::udp(t.client_eth(), client(13, 7001), sa("198.18.100.7:53"), &[0; 1232]);
-        t.apply(&{
-            let mut both = one_service(
-                vs("198.18.100.6:80", Protocol::Tcp),
-                LbAlgo::Rr,
-                LbKind::Tun,
-                reals(&["198.18.2.13"], 80, &[1]),
-            );
-            both.services.extend(
-                one_service(
-                    vs("198.18.100.7:53", Protocol::Udp),
-                    LbAlgo::Rr,
-                    LbKind::Tun,
-                    reals(&["198.18.2.13"], 53, &[1]),
-                )
-                .services,
-            );
-            both
-        });
+        t.apply(&merged([
+            rr_service(Protocol::Tcp, "198.18.100.6:80", LbKind::Tun, &["198.18.2.13"], 80),
+            rr_service(Protocol::Udp, "198.18.100.7:53", LbKind::Tun, &["198.18.2.13"], 53),
+        ]));
         assert_eq!(big.len() - 14, 1260);
         let with_df = |f: &[u8], df: bool| {
             let mut f = f.to_vec();
@@ -1051,11 +933,9 @@ fn tun_encapsulates_in_ipip_to_the_real_server() {
 fn switching_a_service_to_tun_keeps_its_real_servers_usable() {
     let env = env();
     env.run(|t| {
-        let key = vs("198.18.100.8:80", Protocol::Tcp);
-        let vip = sa("198.18.100.8:80");
-        t.apply(&one_service(key, LbAlgo::Rr, LbKind::Nat, reals(&["198.18.2.13"], 80, &[1])));
-        t.apply(&one_service(key, LbAlgo::Rr, LbKind::Tun, reals(&["198.18.2.13"], 80, &[1])));
-        let f = frame::tcp(t.client_eth(), client(14, 7100), vip, TcpFlags::SYN, 1, b"");
+        t.serve_rr(Protocol::Tcp, "198.18.100.8:80", LbKind::Nat, &["198.18.2.13"], 80);
+        let vip = t.serve_rr(Protocol::Tcp, "198.18.100.8:80", LbKind::Tun, &["198.18.2.13"], 80);
+        let f = t.syn(client(14, 7100), vip);
         let why = "a new flow of the (now TUN) service is encapsulated";
         t.expect_from_client(&f, XdpAction::Redirect, LbReason::Tun, why);
     });
@@ -1069,15 +949,13 @@ fn tun_source_is_resolved_again_once_a_route_appears() {
     let env = env();
     let d = env.d.clone();
     env.run(|t| {
-        let key = vs("198.18.100.9:80", Protocol::Tcp);
-        let vip = sa("198.18.100.9:80");
-        t.apply(&one_service(key, LbAlgo::Rr, LbKind::Tun, reals(&["198.18.3.10"], 80, &[1])));
-        let f = frame::tcp(t.client_eth(), client(15, 7200), vip, TcpFlags::SYN, 1, b"");
+        let vip = t.serve_rr(Protocol::Tcp, "198.18.100.9:80", LbKind::Tun, &["198.18.3.10"], 80);
+        let f = t.syn(client(15, 7200), vip);
         t.expect_from_client(&f, XdpAction::Drop, LbReason::FibUnreachable, "no route, no source");
         d.sh("ip route add 198.18.3.0/24 via 198.18.2.10").unwrap();
         // The daemon calls maintain() every few seconds.
         t.dp.maintain().unwrap();
-        let f = frame::tcp(t.client_eth(), client(15, 7201), vip, TcpFlags::SYN, 1, b"");
+        let f = t.syn(client(15, 7201), vip);
         let why = "route exists now: encapsulated toward 198.18.3.10 via 198.18.2.10";
         t.expect_from_client(&f, XdpAction::Redirect, LbReason::Tun, why);
     });
@@ -1091,13 +969,7 @@ fn dr_answers_too_long_df_packets_with_fragmentation_needed() {
     let env = env();
     let d = env.d.clone();
     env.run(|t| {
-        let vip = sa("198.18.100.10:80");
-        t.apply(&one_service(
-            vs("198.18.100.10:80", Protocol::Tcp),
-            LbAlgo::Rr,
-            LbKind::Dr,
-            reals(&["198.18.2.14"], 80, &[1]),
-        ));
+        let vip = t.serve_rr(Protocol::Tcp, "198.18.100.10:80", LbKind::Dr, &["198.18.2.14"], 80);
         d.sh("ip link set eth1 mtu 1280").unwrap();
         let c = client(16, 7300);
         let big = frame::tcp(t.client_eth(), c, vip, TcpFlags::ACK, 1, &[0u8; 1300]);
@@ -1134,13 +1006,13 @@ fn dr_answers_too_long_df_packets_with_fragmentation_needed() {
 fn imported_flows_go_to_the_real_server_the_other_director_chose() {
     let env = env();
     env.run(|t| {
-        let vip = sa("198.18.100.11:80");
-        t.apply(&one_service(
-            vs("198.18.100.11:80", Protocol::Tcp),
-            LbAlgo::Rr,
+        let vip = t.serve_rr(
+            Protocol::Tcp,
+            "198.18.100.11:80",
             LbKind::Nat,
-            reals(&["198.18.2.10", "198.18.2.11", "198.18.2.12"], 8080, &[1, 1, 1]),
-        ));
+            &["198.18.2.10", "198.18.2.11", "198.18.2.12"],
+            8080,
+        );
         let c = client(30, 9000);
         let imported = |t: &mut Tester, real: &str, kind| {
             t.dp.import_flow(Protocol::Tcp, kind, c, vip, sa(real), 3, maps::monotonic_ns())

@@ -191,6 +191,24 @@ impl Tester {
         self.dp.apply(d).unwrap();
     }
 
+    /// Applies [`rr_service`] as the only service; returns its VIP.
+    pub fn serve_rr(
+        &mut self,
+        proto: Protocol,
+        vip: &str,
+        kind: LbKind,
+        addrs: &[&str],
+        port: u16,
+    ) -> SocketAddr {
+        self.apply(&rr_service(proto, vip, kind, addrs, port));
+        sa(vip)
+    }
+
+    /// A client's SYN from `c` to `vip`, without payload.
+    pub fn syn(&self, c: SocketAddr, vip: SocketAddr) -> Vec<u8> {
+        frame::tcp(self.client_eth(), c, vip, TcpFlags::SYN, 1, b"")
+    }
+
     /// Sends a TCP segment client -> `vip` and returns the real server address it was
     /// forwarded (NAT) to; panics unless it was forwarded with valid checksums.
     pub fn nat_pick(&mut self, client: SocketAddr, vip: SocketAddr, flags: TcpFlags) -> IpAddr {
@@ -243,6 +261,23 @@ pub fn one_service(
     let mut spec = ServiceSpec::new(algo, kind);
     spec.real_servers = real_servers;
     DesiredState { services: BTreeMap::from([(vs, spec)]) }
+}
+
+/// One rr service at `vip` ("address:port") of `kind`, with real servers `addrs` on `port`,
+/// weight 1 each.
+pub fn rr_service(
+    proto: Protocol,
+    vip: &str,
+    kind: LbKind,
+    addrs: &[&str],
+    port: u16,
+) -> DesiredState {
+    one_service(vs(vip, proto), LbAlgo::Rr, kind, reals(addrs, port, &vec![1; addrs.len()]))
+}
+
+/// The services of all of `states` in one desired state.
+pub fn merged(states: impl IntoIterator<Item = DesiredState>) -> DesiredState {
+    DesiredState { services: states.into_iter().flat_map(|s| s.services).collect() }
 }
 
 /// Client number `i` (distinct addresses in 198.18.64.0/18).
