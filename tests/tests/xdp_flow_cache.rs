@@ -15,15 +15,6 @@ use ha_lb_common::lb::LbReason;
 use ha_lb_lab::frame::{self, TcpFlags};
 use xdp_support::*;
 
-fn pin_to(cpu: usize) {
-    // SAFETY: plain sched_setaffinity on the calling thread with a valid cpu_set_t.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
-    }
-}
-
 fn cache(t: &Tester) -> (u64, u64) {
     maps::cache_stats(t.dp.bpf()).unwrap()
 }

@@ -119,10 +119,15 @@ impl Env {
 }
 
 pub fn pin_to_cpu0() {
+    pin_to(0);
+}
+
+/// Pins the calling thread to CPU `cpu`.
+pub fn pin_to(cpu: usize) {
     // SAFETY: plain sched_setaffinity on the calling thread with a valid cpu_set_t.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
     }
 }
