@@ -34,11 +34,11 @@ use ha_lb::{
     bpf::{lb::PROG_PASS, AttachMode, Bpf},
     dataplane::{
         xdp::{Hook, XdpDataplane},
-        Dataplane, DesiredState, LbAlgo, LbKind, Protocol,
+        Dataplane, DesiredState, LbAlgo, LbKind, Protocol, RealServerSpec,
     },
 };
 use ha_lb_lab::{frame, packet::PacketSocket, Lab, Node};
-use xdp_support::{one_service, pin_to_cpu0, reals, vs};
+use xdp_support::{merged, one_service, pin_to_cpu0, reals, rr_service, vs};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -284,6 +284,104 @@ fn offload(hook: Hook, director: &[&str]) -> (&'static str, String) {
 
 const RS_NAMES: [&str; 3] = ["rs1", "rs2", "rs3"];
 
+/// A lab's nodes: the client, the director d, the switch sw (bridge br0) and real servers rs1..
+/// on the switch's ports p1...
+struct Nodes {
+    lab: Lab,
+    client: Node,
+    d: Node,
+    sw: Node,
+    rs: Vec<Node>,
+}
+
+/// The nodes and links (no addresses) for `kind` with `n` real servers. NAT: client --- d:eth0,
+/// d:eth1 --- sw:p0, the director routing between its two sides; GRO on sw:p0, for
+/// XDP_REDIRECT into it (see the module docs). DR: client (sw:pc), d (sw:pd) and the real
+/// servers all on the switch.
+fn nodes(kind: LbKind, n: usize) -> Nodes {
+    let mut lab = Lab::new().unwrap();
+    let client = lab.node("client").unwrap();
+    let d = lab.node("d").unwrap();
+    let sw = lab.node("sw").unwrap();
+    let rs: Vec<Node> = RS_NAMES[..n].iter().map(|name| lab.node(name).unwrap()).collect();
+    let mut ports = if kind == LbKind::Dr {
+        lab.veth(&client, "eth0", &sw, "pc").unwrap();
+        lab.veth(&d, "eth0", &sw, "pd").unwrap();
+        vec!["pc".to_string(), "pd".to_string()]
+    } else {
+        lab.veth(&client, "eth0", &d, "eth0").unwrap();
+        lab.veth(&d, "eth1", &sw, "p0").unwrap();
+        vec!["p0".to_string()]
+    };
+    for (i, r) in rs.iter().enumerate() {
+        let port = format!("p{}", i + 1);
+        lab.veth(r, "eth0", &sw, &port).unwrap();
+        ports.push(port);
+    }
+    lab.bridge(&sw, "br0", &ports.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    if kind != LbKind::Dr {
+        sh(&sw, "ethtool -K p0 gro on >/dev/null");
+    }
+    Nodes { lab, client, d, sw, rs }
+}
+
+/// The same service for TCP and for UDP at `vip`.
+fn tcp_and_udp(
+    vip: &str,
+    algo: LbAlgo,
+    kind: LbKind,
+    real_servers: &[RealServerSpec],
+) -> DesiredState {
+    merged(
+        [Protocol::Tcp, Protocol::Udp]
+            .map(|p| one_service(vs(vip, p), algo, kind, real_servers.to_vec())),
+    )
+}
+
+/// `n` TCP connections (kept open) and `n` UDP flows from `client` to `vip`.
+struct Spread {
+    conns: Vec<Conn>,
+    /// The name that answered each connection.
+    names: Vec<String>,
+    /// How many connections / flows each name answered.
+    tcp: BTreeMap<String, usize>,
+    udp: BTreeMap<String, usize>,
+}
+
+fn spread(client: &Node, vip: SocketAddr, n: usize) -> Spread {
+    let mut conns = connect(client, vip, n);
+    let names: Vec<String> = conns.iter_mut().map(|c| c.ask().unwrap()).collect();
+    let tcp = count(names.clone());
+    let udp = count(udp_names(client, vip, n));
+    Spread { conns, names, tcp, udp }
+}
+
+/// 60 connections and 60 flows over rs1..rs3 with weights 1:2:3: 10/20/30 each, give or take 2.
+fn assert_follow_1_2_3(s: &Spread) {
+    for (name, want) in [("rs1", 10), ("rs2", 20), ("rs3", 30)] {
+        for (what, got) in [("tcp", &s.tcp), ("udp", &s.udp)] {
+            let g = got.get(name).copied().unwrap_or(0) as i64;
+            assert!((g - want).abs() <= 2, "{what}: {got:?}, want 10/20/30");
+        }
+    }
+}
+
+/// No TCP, UDP or UDPv6 checksum errors in the stacks of `client` and `rs`.
+fn assert_no_csum_errors(client: &Node, rs: &[Node]) {
+    for n in std::iter::once(client).chain(rs) {
+        assert_eq!(csum_errors(n), 0, "{}: checksum errors", n.name);
+    }
+}
+
+/// Ends a lab in this order: the client's connections, the real servers (threads joined), the
+/// data plane (programs detached), the namespaces.
+fn teardown(conns: Vec<Conn>, servers: Vec<NameServer>, dp: XdpDataplane, lab: Lab) {
+    drop(conns);
+    drop(servers);
+    drop(dp);
+    drop(lab);
+}
+
 /// LVS-NAT: client --- d (XDP on eth0 and eth1) --- switch --- rs1..rs3, whose route to the
 /// client subnet goes via the director.
 #[test]
@@ -298,17 +396,7 @@ fn lab_tc_nat_tcp_and_udp_follow_weights_and_survive_a_removal() {
 
 fn nat_v4(hook: Hook) {
     let (tx, dtx) = offload(hook, &["eth0", "eth1"]);
-    let mut lab = Lab::new().unwrap();
-    let client = lab.node("client").unwrap();
-    let d = lab.node("d").unwrap();
-    let sw = lab.node("sw").unwrap();
-    let rs: Vec<Node> = RS_NAMES.iter().map(|n| lab.node(n).unwrap()).collect();
-    lab.veth(&client, "eth0", &d, "eth0").unwrap();
-    lab.veth(&d, "eth1", &sw, "p0").unwrap();
-    for (i, r) in rs.iter().enumerate() {
-        lab.veth(r, "eth0", &sw, &format!("p{}", i + 1)).unwrap();
-    }
-    lab.bridge(&sw, "br0", &["p0", "p1", "p2", "p3"]).unwrap();
+    let Nodes { lab, client, d, sw: _, rs } = nodes(LbKind::Nat, 3);
     sh(
         &client,
         &format!(
@@ -323,7 +411,6 @@ fn nat_v4(hook: Hook) {
              && ip addr add 198.18.2.1/24 dev eth1 && sysctl -qw net.ipv4.ip_forward=1{dtx}"
         ),
     );
-    sh(&sw, "ethtool -K p0 gro on >/dev/null");
     let mut servers = Vec::new();
     for (i, r) in rs.iter().enumerate() {
         let a = format!("198.18.2.1{}", i + 1);
@@ -338,21 +425,8 @@ fn nat_v4(hook: Hook) {
     let mut dp = attach(&d, &["eth0", "eth1"], hook);
     let addrs = ["198.18.2.11", "198.18.2.12", "198.18.2.13"];
     let vip: SocketAddr = "198.18.100.1:80".parse().unwrap();
-    let mut desired = one_service(
-        vs("198.18.100.1:80", Protocol::Tcp),
-        LbAlgo::Wrr,
-        LbKind::Nat,
-        reals(&addrs, 8080, &[1, 2, 3]),
-    );
-    desired.services.append(
-        &mut one_service(
-            vs("198.18.100.1:80", Protocol::Udp),
-            LbAlgo::Wrr,
-            LbKind::Nat,
-            reals(&addrs, 8080, &[1, 2, 3]),
-        )
-        .services,
-    );
+    let mut desired =
+        tcp_and_udp("198.18.100.1:80", LbAlgo::Wrr, LbKind::Nat, &reals(&addrs, 8080, &[1, 2, 3]));
     dp.apply(&desired).unwrap();
 
     let cap_rs = rs[0].run(|| PacketSocket::open("eth0").unwrap()).unwrap();
@@ -360,16 +434,9 @@ fn nat_v4(hook: Hook) {
     let cap_d = d.run(|| PacketSocket::open("eth0").unwrap()).unwrap();
 
     // 60 TCP connections and 60 UDP flows: answers follow the weights 1:2:3.
-    let mut conns = connect(&client, vip, 60);
-    let names: Vec<String> = conns.iter_mut().map(|c| c.ask().unwrap()).collect();
-    let tcp = count(names.clone());
-    let udp = count(udp_names(&client, vip, 60));
-    for (name, want) in [("rs1", 10), ("rs2", 20), ("rs3", 30)] {
-        for (what, got) in [("tcp", &tcp), ("udp", &udp)] {
-            let g = got.get(name).copied().unwrap_or(0) as i64;
-            assert!((g - want).abs() <= 2, "{what}: {got:?}, want 10/20/30");
-        }
-    }
+    let answers = spread(&client, vip, 60);
+    assert_follow_1_2_3(&answers);
+    let Spread { mut conns, names, .. } = answers;
     let st = dp.stats().unwrap();
     let s = &st.services[&vs("198.18.100.1:80", Protocol::Tcp)];
     assert_eq!((s.new_conns, s.active_conns), (60, 60));
@@ -379,17 +446,8 @@ fn nat_v4(hook: Hook) {
     // nobody listens on with "port unreachable" about client -> rs1:9999; the client's
     // connected socket only takes it (ECONNREFUSED) if it quotes client -> VIP:9 and comes from
     // the VIP.
-    let mut with_discard = desired.clone();
-    with_discard.services.append(
-        &mut one_service(
-            vs("198.18.100.1:9", Protocol::Udp),
-            LbAlgo::Rr,
-            LbKind::Nat,
-            reals(&["198.18.2.11"], 9999, &[1]),
-        )
-        .services,
-    );
-    dp.apply(&with_discard).unwrap();
+    let discard = rr_service(Protocol::Udp, "198.18.100.1:9", LbKind::Nat, &["198.18.2.11"], 9999);
+    dp.apply(&merged([desired.clone(), discard])).unwrap();
     let refused = client
         .run(|| {
             let s = UdpSocket::bind("198.18.1.2:0").unwrap();
@@ -445,13 +503,8 @@ fn nat_v4(hook: Hook) {
         at_rs > 20 && at_client > 100,
         "checked {at_rs} frames at rs1, {at_client} at the client"
     );
-    for n in [&client, &rs[0], &rs[1], &rs[2]] {
-        assert_eq!(csum_errors(n), 0, "{}: checksum errors", n.name);
-    }
-    drop(conns);
-    drop(servers);
-    drop(dp);
-    drop(lab);
+    assert_no_csum_errors(&client, &rs);
+    teardown(conns, servers, dp, lab);
 }
 
 /// LVS-DR: everyone on one L2 segment; real servers hold the VIP on lo and answer the client
@@ -468,17 +521,7 @@ fn lab_tc_dr_tcp_and_udp_follow_weights_and_replies_bypass_the_director() {
 
 fn dr_v4(hook: Hook) {
     let (tx, dtx) = offload(hook, &["eth0"]);
-    let mut lab = Lab::new().unwrap();
-    let client = lab.node("client").unwrap();
-    let d = lab.node("d").unwrap();
-    let sw = lab.node("sw").unwrap();
-    let rs: Vec<Node> = RS_NAMES.iter().map(|n| lab.node(n).unwrap()).collect();
-    lab.veth(&client, "eth0", &sw, "pc").unwrap();
-    lab.veth(&d, "eth0", &sw, "pd").unwrap();
-    for (i, r) in rs.iter().enumerate() {
-        lab.veth(r, "eth0", &sw, &format!("p{}", i + 1)).unwrap();
-    }
-    lab.bridge(&sw, "br0", &["pc", "pd", "p1", "p2", "p3"]).unwrap();
+    let Nodes { lab, client, d, sw, rs } = nodes(LbKind::Dr, 3);
     sh(
         &client,
         &format!(
@@ -518,30 +561,13 @@ fn dr_v4(hook: Hook) {
     let mut dp = attach(&d, &["eth0"], hook);
     let addrs = ["198.18.3.11", "198.18.3.12", "198.18.3.13"];
     let vip: SocketAddr = "198.18.100.2:80".parse().unwrap();
-    let mut desired = DesiredState::default();
-    for proto in [Protocol::Tcp, Protocol::Udp] {
-        desired.services.append(
-            &mut one_service(
-                vs("198.18.100.2:80", proto),
-                LbAlgo::Wrr,
-                LbKind::Dr,
-                reals(&addrs, 80, &[1, 2, 3]),
-            )
-            .services,
-        );
-    }
+    let mut desired =
+        tcp_and_udp("198.18.100.2:80", LbAlgo::Wrr, LbKind::Dr, &reals(&addrs, 80, &[1, 2, 3]));
     dp.apply(&desired).unwrap();
     let cap_rs = rs[2].run(|| PacketSocket::open("eth0").unwrap()).unwrap();
-    let mut conns = connect(&client, vip, 60);
-    let names: Vec<String> = conns.iter_mut().map(|c| c.ask().unwrap()).collect();
-    let tcp = count(names.clone());
-    let udp = count(udp_names(&client, vip, 60));
-    for (name, want) in [("rs1", 10), ("rs2", 20), ("rs3", 30)] {
-        for (what, got) in [("tcp", &tcp), ("udp", &udp)] {
-            let g = got.get(name).copied().unwrap_or(0) as i64;
-            assert!((g - want).abs() <= 2, "{what}: {got:?}, want 10/20/30");
-        }
-    }
+    let answers = spread(&client, vip, 60);
+    assert_follow_1_2_3(&answers);
+    let Spread { mut conns, names, .. } = answers;
     let st = dp.stats().unwrap();
     let s = &st.services[&vs("198.18.100.2:80", Protocol::Tcp)];
     assert_eq!(s.new_conns, 60);
@@ -575,13 +601,8 @@ fn dr_v4(hook: Hook) {
     }
     let at_rs = check_captured(&cap_rs, 80);
     assert!(at_rs > 30, "checked {at_rs} frames at rs3");
-    for n in [&client, &rs[0], &rs[1], &rs[2]] {
-        assert_eq!(csum_errors(n), 0, "{}: checksum errors", n.name);
-    }
-    drop(conns);
-    drop(servers);
-    drop(dp);
-    drop(lab);
+    assert_no_csum_errors(&client, &rs);
+    teardown(conns, servers, dp, lab);
 }
 
 /// LVS-NAT over IPv6, same shape as the IPv4 lab. The director starts without neighbour
@@ -599,17 +620,7 @@ fn lab_tc_nat_ipv6_tcp_and_udp() {
 
 fn nat_v6(hook: Hook) {
     let (tx, dtx) = offload(hook, &["eth0", "eth1"]);
-    let mut lab = Lab::new().unwrap();
-    let client = lab.node("client").unwrap();
-    let d = lab.node("d").unwrap();
-    let sw = lab.node("sw").unwrap();
-    let rs: Vec<Node> = RS_NAMES[..2].iter().map(|n| lab.node(n).unwrap()).collect();
-    lab.veth(&client, "eth0", &d, "eth0").unwrap();
-    lab.veth(&d, "eth1", &sw, "p0").unwrap();
-    for (i, r) in rs.iter().enumerate() {
-        lab.veth(r, "eth0", &sw, &format!("p{}", i + 1)).unwrap();
-    }
-    lab.bridge(&sw, "br0", &["p0", "p1", "p2"]).unwrap();
+    let Nodes { lab, client, d, sw: _, rs } = nodes(LbKind::Nat, 2);
     sh(
         &client,
         &format!(
@@ -625,7 +636,6 @@ fn nat_v6(hook: Hook) {
              && sysctl -qw net.ipv6.conf.all.forwarding=1{dtx}"
         ),
     );
-    sh(&sw, "ethtool -K p0 gro on >/dev/null");
     let mut servers = Vec::new();
     for (i, r) in rs.iter().enumerate() {
         let a = format!("fd48:4c42:2::1{}", i + 1);
@@ -639,24 +649,12 @@ fn nat_v6(hook: Hook) {
     }
     let mut dp = attach(&d, &["eth0", "eth1"], hook);
     let vip: SocketAddr = "[fd48:4c42:100::1]:80".parse().unwrap();
-    let mut desired = DesiredState::default();
-    for proto in [Protocol::Tcp, Protocol::Udp] {
-        desired.services.append(
-            &mut one_service(
-                vs("[fd48:4c42:100::1]:80", proto),
-                LbAlgo::Rr,
-                LbKind::Nat,
-                reals(&["fd48:4c42:2::11", "fd48:4c42:2::12"], 8080, &[1, 1]),
-            )
-            .services,
-        );
-    }
-    dp.apply(&desired).unwrap();
+    let real_servers = reals(&["fd48:4c42:2::11", "fd48:4c42:2::12"], 8080, &[1, 1]);
+    dp.apply(&tcp_and_udp("[fd48:4c42:100::1]:80", LbAlgo::Rr, LbKind::Nat, &real_servers))
+        .unwrap();
     let cap_client = client.run(|| PacketSocket::open("eth0").unwrap()).unwrap();
 
-    let mut conns = connect(&client, vip, 20);
-    let tcp = count(conns.iter_mut().map(|c| c.ask().unwrap()));
-    let udp = count(udp_names(&client, vip, 20));
+    let Spread { conns, tcp, udp, .. } = spread(&client, vip, 20);
     // rr keeps its cursor per CPU: exact alternation per CPU, and each CPU that took an odd
     // number of the new flows adds one to the first real server (seen: 11/9 when the client's
     // connects ran on both CPUs).
@@ -672,11 +670,6 @@ fn nat_v6(hook: Hook) {
     assert!(st.reason("no_neigh") > 0, "the first packets went through the kernel's resolution");
     let at_client = check_captured(&cap_client, 80);
     assert!(at_client > 40, "checked {at_client} frames at the client");
-    for n in [&client, &rs[0], &rs[1]] {
-        assert_eq!(csum_errors(n), 0, "{}: checksum errors", n.name);
-    }
-    drop(conns);
-    drop(servers);
-    drop(dp);
-    drop(lab);
+    assert_no_csum_errors(&client, &rs);
+    teardown(conns, servers, dp, lab);
 }
