@@ -5,7 +5,7 @@
 
 mod xdp_support;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ha_lb::{
     bpf::{lb as maps, testrun::XdpAction},
@@ -26,10 +26,19 @@ fn two_real_servers(t: &mut Tester) -> SocketAddr {
 
 /// Sends a TCP ACK segment of `c`'s connection to `vip`; returns the real server it went to
 /// and whether it was sent from the flow cache.
-fn ack(t: &mut Tester, c: SocketAddr, vip: SocketAddr) -> (std::net::IpAddr, bool) {
+fn ack(t: &mut Tester, c: SocketAddr, vip: SocketAddr) -> (IpAddr, bool) {
     let (h0, _) = cache(t);
     let to = t.nat_pick(c, vip, TcpFlags::ACK);
     (to, cache(t).0 > h0)
+}
+
+/// Opens `c`'s connection to `vip` (a SYN, then an ACK, which fills the cache slot) and checks
+/// that its next ACK is sent from the cache to the same real server; returns that server.
+fn cached_connection(t: &mut Tester, c: SocketAddr, vip: SocketAddr) -> IpAddr {
+    let first = t.nat_pick(c, vip, TcpFlags::SYN);
+    assert_eq!(t.nat_pick(c, vip, TcpFlags::ACK), first, "the ACK goes where the SYN went");
+    assert_eq!(ack(t, c, vip), (first, true), "the next ACK is sent from the cache");
+    first
 }
 
 #[test]
@@ -104,9 +113,7 @@ fn a_real_server_leaving_is_seen_at_once() {
     env.run(|t| {
         let vip = two_real_servers(t);
         let c = client(1, 40000);
-        let first = t.nat_pick(c, vip, TcpFlags::SYN);
-        assert_eq!(t.nat_pick(c, vip, TcpFlags::ACK), first);
-        assert_eq!(ack(t, c, vip), (first, true), "the flow is cached");
+        let first = cached_connection(t, c, vip);
         let other = if first == ip("198.18.2.10") { "198.18.2.11" } else { "198.18.2.10" };
         t.serve_rr(Protocol::Tcp, "198.18.100.1:80", LbKind::Nat, &[other], 8080);
         assert_eq!(ack(t, c, vip), (ip(other), false), "rescheduled, not sent from the slot");
@@ -125,9 +132,7 @@ fn a_flow_rescheduled_on_another_cpu_is_forgotten_by_every_cpu() {
         let c = client(2, 41000);
         // CPU 0 forwards the connection and caches it.
         pin_to(0);
-        let first = t.nat_pick(c, vip, TcpFlags::SYN);
-        assert_eq!(t.nat_pick(c, vip, TcpFlags::ACK), first);
-        assert_eq!(ack(t, c, vip), (first, true), "cached on CPU 0");
+        let first = cached_connection(t, c, vip);
         assert_eq!(t.nat_pick(c, vip, TcpFlags::FIN_ACK), first);
         assert_eq!(ack(t, c, vip), (first, true), "still cached after the FIN");
         // CPU 1 sees the client reuse the port for a new connection: rescheduled (rr, whose
@@ -150,9 +155,7 @@ fn table_changes_from_user_space_invalidate_the_cache() {
     env.run(|t| {
         let vip = two_real_servers(t);
         let c = client(3, 42000);
-        let first = t.nat_pick(c, vip, TcpFlags::SYN);
-        assert_eq!(t.nat_pick(c, vip, TcpFlags::ACK), first);
-        assert_eq!(ack(t, c, vip), (first, true), "cached");
+        let first = cached_connection(t, c, vip);
         // Forget the connection from user space (as the sweeper does): the next segment is
         // scheduled anew (rr: the other real server), not sent from the slot.
         maps::flush_flows(t.dp.bpf_mut()).unwrap();
