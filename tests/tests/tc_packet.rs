@@ -177,12 +177,7 @@ fn tc_and_xdp_forward_every_frame_identically() {
             let (cb, vip4) = (client(500, 6000), sa("198.18.100.1:53"));
             let (a, _) = b.run("mtu: small first", eth0, &frame::udp(ce, cb, vip4, b"small"));
             assert_eq!(a, TC_ACT_REDIRECT);
-            let mut big = frame::udp(ce, cb, vip4, &[7u8; 1600]);
-            big[20] &= !0x40; // no DF
-            big[24] = 0;
-            big[25] = 0;
-            let c = frame::inet_checksum(&[&big[14..34]]);
-            big[24..26].copy_from_slice(&c.to_be_bytes());
+            let big = without_df(&frame::udp(ce, cb, vip4, &[7u8; 1600]));
             let (a, f) = b.run("mtu: too long", eth0, &big);
             assert_eq!(a, TC_ACT_UNSPEC, "passed (translated) to the kernel, not redirected");
             let p = frame::check(&f).expect("translated with valid checksums");
@@ -240,16 +235,12 @@ fn tc_and_xdp_forward_every_frame_identically() {
             assert_eq!((a, f[23]), (TC_ACT_REDIRECT, 4));
             // 1488 bytes of IP fit eth1 (1500) but not once encapsulated: answered (DF) with
             // the MTU left for the client, or dropped (no DF).
-            let mut t = frame::udp(ce, client(5, 4102), sa("198.18.100.6:53"), &[2u8; 1460]);
+            let t = frame::udp(ce, client(5, 4102), sa("198.18.100.6:53"), &[2u8; 1460]);
             assert_eq!(t.len() - 14, 1488);
             let (a, f) = b.run("tun: too long once encapsulated", eth0, &t);
             assert_eq!((a, f.len(), f[34]), (TC_ACT_REDIRECT, 82, 3), "answered");
             assert_eq!(u16::from_be_bytes([f[40], f[41]]), 1480, "next-hop MTU less 20");
-            t[20] &= !0x40;
-            t[24..26].copy_from_slice(&[0, 0]);
-            let c = frame::inet_checksum(&[&t[14..34]]);
-            t[24..26].copy_from_slice(&c.to_be_bytes());
-            let (a, _) = b.run("tun: too long, no DF", eth0, &t);
+            let (a, _) = b.run("tun: too long, no DF", eth0, &without_df(&t));
             assert_eq!(a, TC_ACT_SHOT);
 
             // DR: only the Ethernet header changes.

@@ -268,6 +268,23 @@ pub fn one_service(
     DesiredState { services: BTreeMap::from([(vs, spec)]) }
 }
 
+/// Recomputes the IPv4 header checksum of frame `f` after a test edited the header.
+pub fn fix_ip_checksum(f: &mut [u8]) {
+    let ihl = (f[14] & 0x0f) as usize * 4;
+    f[24] = 0;
+    f[25] = 0;
+    let c = frame::inet_checksum(&[&f[14..14 + ihl]]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
+/// IPv4 frame `f` without the don't-fragment bit (header checksum fixed).
+pub fn without_df(f: &[u8]) -> Vec<u8> {
+    let mut f = f.to_vec();
+    f[20] &= !0x40;
+    fix_ip_checksum(&mut f);
+    f
+}
+
 /// One rr service at `vip` ("address:port") of `kind`, with real servers `addrs` on `port`,
 /// weight 1 each.
 pub fn rr_service(
