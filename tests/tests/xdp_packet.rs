@@ -440,30 +440,34 @@ fn malformed_and_unusual_frames_pass_untouched_and_are_counted_per_reason() {
     });
 }
 
+/// Makes VRRPv3 VRID 51 (IPv4) known to the VRRP filter on the client side.
+fn register_vrid_51(t: &mut Tester) {
+    let key = VrrpVridKey::new(t.eth0, 51, FAMILY_V4);
+    let vrids = BTreeMap::from([(key, VrrpVridValue { versions: version_bit(3) })]);
+    set_vrids(t.dp.bpf_mut(), &vrids).unwrap();
+}
+
+/// An advert of VRID 51 from the client side's 198.18.1.2, sent with IP TTL `ttl` (VRRP
+/// requires 255).
+fn advert_51(t: &Tester, ttl: u8) -> Vec<u8> {
+    let (s, d) = (ip("198.18.1.2"), ip("224.0.0.18"));
+    let m = frame::vrrp(3, 51, 100, 100, &[ip("198.18.100.1")], s, d);
+    frame::ip(t.client_eth(), s, d, ttl, 112, &m)
+}
+
 #[test]
 fn frames_the_lb_does_not_handle_go_through_the_vrrp_filter_when_enabled() {
     let env = env();
-    let eth0 = env.eth0;
     env.run(|t| {
         let vip = t.serve_rr(Protocol::Tcp, "198.18.100.1:80", LbKind::Nat, &["198.18.2.10"], 80);
-        let vrids = BTreeMap::from([(
-            VrrpVridKey::new(eth0, 51, FAMILY_V4),
-            VrrpVridValue { versions: version_bit(3) },
-        )]);
-        set_vrids(t.dp.bpf_mut(), &vrids).unwrap();
-        let (s, d) = (ip("198.18.1.2"), ip("224.0.0.18"));
-        let eth = t.client_eth();
-        let adv = |vrid: u8, ttl: u8| {
-            let m = frame::vrrp(3, vrid, 100, 100, &[ip("198.18.100.1")], s, d);
-            frame::ip(eth, s, d, ttl, 112, &m)
-        };
-        let bad = adv(51, 64);
+        register_vrid_51(t);
+        let bad = advert_51(t, 64);
         // Filter off: the LB passes VRRP like any non-TCP/UDP frame.
         assert_eq!(t.send_from_client(&bad).action, XdpAction::Pass);
         t.dp.set_vrrp_filter(true).unwrap();
         let before = vrrp_filter::counters(t.dp.bpf()).unwrap();
         assert_eq!(t.send_from_client(&bad).action, XdpAction::Drop, "the VRRP filter dropped it");
-        assert_eq!(t.send_from_client(&adv(51, 255)).action, XdpAction::Pass);
+        assert_eq!(t.send_from_client(&advert_51(t, 255)).action, XdpAction::Pass);
         let after = vrrp_filter::counters(t.dp.bpf()).unwrap();
         assert_eq!(after.get(VrrpCounter::BadTtl) - before.get(VrrpCounter::BadTtl), 1);
         assert_eq!(after.get(VrrpCounter::Passed) - before.get(VrrpCounter::Passed), 1);
@@ -498,14 +502,8 @@ fn per_packet_cost_nat_in_vs_vrrp_filter() {
                 reals(&["198.18.1.20", "198.18.1.21"], 80, &[1, 1]),
             ),
         ]));
-        let vrids = BTreeMap::from([(
-            VrrpVridKey::new(eth0, 51, FAMILY_V4),
-            VrrpVridValue { versions: version_bit(3) },
-        )]);
-        set_vrids(t.dp.bpf_mut(), &vrids).unwrap();
-        let (s, d) = (ip("198.18.1.2"), ip("224.0.0.18"));
-        let m = frame::vrrp(3, 51, 100, 100, &[ip("198.18.100.1")], s, d);
-        let advert = frame::ip(t.client_eth(), s, d, 255, 112, &m);
+        register_vrid_51(t);
+        let advert = advert_51(t, 255);
         let c = client(1, 40000);
         let established =
             frame::tcp(t.client_eth(), c, sa("198.18.100.1:80"), TcpFlags::ACK, 1, &[0; 64]);
