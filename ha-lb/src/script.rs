@@ -152,55 +152,37 @@ pub fn resolve_credentials(
 }
 
 fn lookup_user(name: &str) -> Result<(u32, u32), CredentialsError> {
-    let cname = CString::new(name).map_err(|_| CredentialsError::BadName(name.into()))?;
-    let mut buf = vec![0u8; 1024];
-    loop {
-        // SAFETY: passwd is plain data; getpwnam_r writes into `pwd` and `buf` only, and
-        // `result` points at `pwd` or is null.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = unsafe {
-            libc::getpwnam_r(
-                cname.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < (1 << 20) {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 {
-            return Err(CredentialsError::Lookup(
-                name.into(),
-                std::io::Error::from_raw_os_error(rc).to_string(),
-            ));
-        }
-        if result.is_null() {
-            return Err(CredentialsError::NoUser(name.into()));
-        }
-        return Ok((pwd.pw_uid, pwd.pw_gid));
+    // SAFETY: getpwnam_r has the shape nss_lookup calls.
+    match nss_lookup(name, |n, e, b, l, r| unsafe { libc::getpwnam_r(n, e, b, l, r) })? {
+        Some(pwd) => Ok((pwd.pw_uid, pwd.pw_gid)),
+        None => Err(CredentialsError::NoUser(name.into())),
     }
 }
 
 fn lookup_group(name: &str) -> Result<u32, CredentialsError> {
+    // SAFETY: getgrnam_r has the shape nss_lookup calls.
+    match nss_lookup(name, |n, e, b, l, r| unsafe { libc::getgrnam_r(n, e, b, l, r) })? {
+        Some(grp) => Ok(grp.gr_gid),
+        None => Err(CredentialsError::NoGroup(name.into())),
+    }
+}
+
+/// A reentrant NSS lookup by name (`getpwnam_r`, `getgrnam_r`: `call(name, entry, buf,
+/// buflen, result)`), its buffer grown on ERANGE up to 1 MiB: the entry, or `None` if there
+/// is none. `T` is the C struct the call fills (valid all zero); only its numeric fields may
+/// be used: its strings point into the buffer, which is gone on return.
+fn nss_lookup<T>(
+    name: &str,
+    call: impl Fn(*const libc::c_char, *mut T, *mut libc::c_char, usize, *mut *mut T) -> libc::c_int,
+) -> Result<Option<T>, CredentialsError> {
     let cname = CString::new(name).map_err(|_| CredentialsError::BadName(name.into()))?;
     let mut buf = vec![0u8; 1024];
     loop {
-        // SAFETY: as in lookup_user.
-        let mut grp: libc::group = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        let rc = unsafe {
-            libc::getgrnam_r(
-                cname.as_ptr(),
-                &mut grp,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
+        // SAFETY: passwd and group are plain data; the call writes into `entry` and `buf`
+        // only, and `result` points at `entry` or is null.
+        let mut entry: T = unsafe { std::mem::zeroed() };
+        let mut result: *mut T = std::ptr::null_mut();
+        let rc = call(cname.as_ptr(), &mut entry, buf.as_mut_ptr().cast(), buf.len(), &mut result);
         if rc == libc::ERANGE && buf.len() < (1 << 20) {
             buf.resize(buf.len() * 4, 0);
             continue;
@@ -211,10 +193,7 @@ fn lookup_group(name: &str) -> Result<u32, CredentialsError> {
                 std::io::Error::from_raw_os_error(rc).to_string(),
             ));
         }
-        if result.is_null() {
-            return Err(CredentialsError::NoGroup(name.into()));
-        }
-        return Ok(grp.gr_gid);
+        return Ok((!result.is_null()).then_some(entry));
     }
 }
 
@@ -240,7 +219,7 @@ pub fn script_credentials(
 /// The name of a uid, for logs (`None` if unknown).
 pub fn user_name(uid: u32) -> Option<String> {
     let mut buf = vec![0u8; 4096];
-    // SAFETY: as in lookup_user.
+    // SAFETY: as in nss_lookup.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut result: *mut libc::passwd = std::ptr::null_mut();
     let rc =
