@@ -540,10 +540,11 @@ pub fn out(ctx: &impl Frame, macs: &[u16; 6], out_if: u32) -> Fib {
 
 /// An IPv4 packet too long for the path (once encapsulated: `overhead`): as IPVS does, answer
 /// its sender with ICMP "fragmentation needed" (type 3 code 4) carrying the path MTU less the
-/// overhead, so its TCP lowers the segment size (RFC 1191), when the packet has DF set;
-/// the frame is rewritten in place into that error (quoting the IP header and [`QUOTE_L4`] bytes) and sent
-/// back out of the interface it came in on. Without DF (or if the rewrite fails) it is dropped:
-/// `Answered(XDP_TX)` when the error goes out, else `FragNeeded`.
+/// overhead, so its TCP lowers the segment size (RFC 1191), when the packet has DF set; the
+/// frame is rewritten in place into that error (quoting the IP header and [`QUOTE_L4`] bytes)
+/// and sent back out of the interface it came in on. Without DF (or if the rewrite fails) it
+/// is dropped: `Answered(XDP_TX)` when the error goes out, else `FragNeeded` (`Unanswered` if
+/// the frame is no longer the packet).
 #[inline(always)]
 fn frag_needed(ctx: &impl Frame, overhead: u16) -> Fib {
     if !icmp_allowed() {
@@ -641,9 +642,9 @@ fn sum_words<const N: usize>(m: &[u16; N]) -> u32 {
 }
 
 /// An IPv6 packet too long for the path: answer its sender with ICMPv6 "packet too big"
-/// (RFC 4443 §3.2: type 2, the path's MTU), quoting its IPv6 header and [`QUOTE_L4`] bytes, back out of
-/// the interface it came in on (IPv6 routers never fragment, so without this answer path-MTU
-/// discovery through the director fails). `Answered(XDP_TX)`, or `FragNeeded` with the frame
+/// (RFC 4443 §3.2: type 2, the path's MTU), quoting its IPv6 header and [`QUOTE_L4`] bytes,
+/// back out of the interface it came in on (IPv6 routers never fragment, so without this
+/// answer path-MTU discovery through the director fails). `Answered(XDP_TX)`, or `FragNeeded` with the frame
 /// untouched (`Unanswered` if no longer) when it cannot be done.
 #[inline(always)]
 fn packet_too_big(ctx: &impl Frame) -> Fib {
