@@ -266,10 +266,11 @@ pub fn send(
 
 /// NAT: the next hop for the translated packet (`route`) is looked up first, so that a packet
 /// too long for the path (IPv4: with DF set) is answered with ICMP "fragmentation needed" /
-/// ICMPv6 "packet too big" quoting it as its sender sent it (as IPVS does: the kernel's own error would quote the
-/// translated packet, which the sender cannot match); otherwise the packet is translated
-/// (`rewrite` with `dst`, `addr`, `port`) and sent, or passed on translated when the lookup
-/// fails (the kernel resolves the neighbour, fragments, or answers).
+/// ICMPv6 "packet too big" quoting it as its sender sent it (as IPVS does: the kernel's own
+/// error would quote the translated packet, which the sender cannot match); otherwise the
+/// packet is translated (`rewrite` with `dst`, `addr`, `port`) and sent, or passed on
+/// translated when the lookup fails (the kernel resolves the neighbour, fragments, or
+/// answers).
 #[inline(always)]
 pub fn nat(
     ctx: &impl Frame,
@@ -644,8 +645,8 @@ fn sum_words<const N: usize>(m: &[u16; N]) -> u32 {
 /// An IPv6 packet too long for the path: answer its sender with ICMPv6 "packet too big"
 /// (RFC 4443 §3.2: type 2, the path's MTU), quoting its IPv6 header and [`QUOTE_L4`] bytes,
 /// back out of the interface it came in on (IPv6 routers never fragment, so without this
-/// answer path-MTU discovery through the director fails). `Answered(XDP_TX)`, or `FragNeeded` with the frame
-/// untouched (`Unanswered` if no longer) when it cannot be done.
+/// answer path-MTU discovery through the director fails). `Answered(XDP_TX)`, or
+/// `FragNeeded` with the frame untouched (`Unanswered` if no longer) when it cannot be done.
 #[inline(always)]
 fn packet_too_big(ctx: &impl Frame) -> Fib {
     if !icmp_allowed() {
