@@ -261,7 +261,10 @@ pub fn check(frame: &[u8]) -> Result<Parsed> {
                 }
                 _ => None,
             };
-            if calc != Some(h.checksum) {
+            // A checksum that computes to 0 may be sent as 0xffff, its other one's complement
+            // form: the kernel's own software checksum does (skb_checksum_help writes
+            // CSUM_MANGLED_0), as may an incremental update (RFC 1624).
+            if calc != Some(h.checksum) && !(calc == Some(0) && h.checksum == 0xffff) {
                 bail!("bad TCP checksum {:#06x} (expected {:?})", h.checksum, calc);
             }
             (h.source_port, h.destination_port, t.payload().to_vec())
@@ -336,5 +339,21 @@ mod tests {
             b"q",
         );
         assert_eq!(check(&u6).unwrap().dport, 53);
+    }
+
+    /// A TCP checksum that computes to 0 is valid as 0x0000 and as 0xffff (what the kernel's
+    /// skb_checksum_help writes): a lab once failed on such a segment from a real socket.
+    #[test]
+    fn check_accepts_both_forms_of_a_zero_tcp_checksum() {
+        let seg = |v: u16| {
+            let (s, d) = ("198.18.0.1:1234".parse().unwrap(), "198.18.0.2:80".parse().unwrap());
+            tcp(Eth::default(), s, d, TcpFlags::ACK, 7, &v.to_be_bytes())
+        };
+        let mut f = (0..=u16::MAX).map(seg).find(|f| f[50..52] == [0, 0]).expect("a zero sum");
+        assert!(check(&f).is_ok());
+        f[50..52].copy_from_slice(&[0xff, 0xff]);
+        assert!(check(&f).is_ok(), "0xffff is the same checksum");
+        f[50..52].copy_from_slice(&[0xff, 0xfe]);
+        assert!(check(&f).is_err());
     }
 }
