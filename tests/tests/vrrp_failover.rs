@@ -436,17 +436,21 @@ fn instance_link_down_moves_vip_and_link_up_brings_it_back() {
 }
 
 /// Two daemons started in the same instant (multicast, so both learn the allow-list; advert_int
-/// 0.2 s, 150/100): the higher one's down timer fires first (Skew_Time), and the lower one,
+/// 0.2 s, 250/10): the higher one's down timer fires first (Skew_Time), and the lower one,
 /// still learning its peers, accepts its first advert at once: it never becomes MASTER.
+/// "The same instant" is within the two Skew_Times' difference, (250 - 10) / 256 × 0.2 s =
+/// 187 ms (with 150/100 it was 39 ms, and a loaded CI machine once took 76 ms to start the
+/// second daemon).
 #[test]
 fn simultaneous_start_elects_the_higher_without_a_dual_master() {
     let mut t = DirectorLab::build(Mode::Dr, 2, 0).unwrap();
     let s = Scratch::new("vrrprace").unwrap();
     let (d1, d2) = (t.directors[0].clone(), t.directors[1].clone());
-    let c1 = Inst::new(3, 150, 0.2);
-    let c2 = Inst::new(3, 100, 0.2);
+    let c1 = Inst::new(3, 250, 0.2);
+    let c2 = Inst::new(3, 10, 0.2);
     let w2 = AddrWatch::start(&d2);
-    // The lower one first: any start-up skew is then in its disfavour.
+    // The lower one first: the start-up gap counts against the property under test (the lower
+    // one's down timer starts earlier).
     let b = HaLb::start(&mut t.lab, &d2, &s, "d2", &c2.halb("d2")).unwrap();
     let a = HaLb::start(&mut t.lab, &d1, &s, "d1", &c1.halb("d1")).unwrap();
     eventually(Duration::from_secs(5), "d1 holds the VIP", || holds(&d1, "eth0", V)).unwrap();
