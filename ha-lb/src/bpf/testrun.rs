@@ -109,11 +109,14 @@ pub const TC_ACT_SHOT: i32 = 2;
 pub const TC_ACT_REDIRECT: i32 = 7;
 
 /// `struct __sk_buff` as a test run's input context: all zero but the receiving interface
-/// (`ingress_ifindex` at byte 36, `ifindex` at 40; the kernel refuses other fields).
-fn sk_buff_ctx(ifindex: u32) -> [u8; 192] {
+/// (`ingress_ifindex` at byte 36, `ifindex` at 40) and, for a GSO packet, its segment size
+/// (`gso_segs` at 164, `gso_size` at 176); the kernel refuses most other fields.
+fn sk_buff_ctx(ifindex: u32, gso_size: u32, gso_segs: u32) -> [u8; 192] {
     let mut c = [0u8; 192];
     c[36..40].copy_from_slice(&ifindex.to_ne_bytes());
     c[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    c[164..168].copy_from_slice(&gso_segs.to_ne_bytes());
+    c[176..180].copy_from_slice(&gso_size.to_ne_bytes());
     c
 }
 
@@ -135,6 +138,22 @@ pub fn run_tc(
     ifindex: u32,
     repeat: u32,
 ) -> Result<TcRunResult, BpfError> {
-    let (ret, frame, duration) = test_run(prog, frame, &sk_buff_ctx(ifindex), repeat)?;
+    let (ret, frame, duration) = test_run(prog, frame, &sk_buff_ctx(ifindex, 0, 0), repeat)?;
+    Ok(TcRunResult { action: ret as i32, frame, duration })
+}
+
+/// [`run_tc`] with the socket buffer marked GSO: `frame` (up to about 3.5 KiB) holds several
+/// segments' worth of payload, `gso_size` bytes each, as after GRO or from a sender with
+/// segmentation offload. The kernel sets no GSO type here, so helpers that act on the type
+/// (growing the buffer) refuse it; what depends on the segment size can be tested.
+pub fn run_tc_gso(
+    prog: &SchedClassifier,
+    frame: &[u8],
+    ifindex: u32,
+    gso_size: u32,
+) -> Result<TcRunResult, BpfError> {
+    let segs = (frame.len() as u32).div_ceil(gso_size.max(1));
+    let ctx = sk_buff_ctx(ifindex, gso_size, segs);
+    let (ret, frame, duration) = test_run(prog, frame, &ctx, 1)?;
     Ok(TcRunResult { action: ret as i32, frame, duration })
 }
