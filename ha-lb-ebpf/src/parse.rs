@@ -119,9 +119,7 @@ impl Frame for TcContext {
         // a verified inner checksum verified (IPIP adds no checksum of its own).
         let ipip = (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_NO_CSUM_RESET) as u64;
         let flags = match room {
-            // The answer is cut to its size next, which ends any GSO; keeping the segment size
-            // meanwhile is what a UDP GSO packet needs to be accepted at all.
-            Room::Answer => BPF_F_ADJ_ROOM_FIXED_GSO as u64,
+            Room::Answer => 0,
             Room::Ipip => ipip,
             Room::IpipFixedSegments => ipip | BPF_F_ADJ_ROOM_FIXED_GSO as u64,
         };
@@ -150,8 +148,8 @@ impl Frame for TcContext {
 /// What [`Frame::push_head`] makes room for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Room {
-    /// The IP and ICMP headers of an answer (a GSO packet is then cut to the answer's size,
-    /// which ends its GSO).
+    /// The IP and ICMP headers of an answer (the buffer has been cut to the quote first,
+    /// which ends any GSO).
     Answer,
     /// An outer IPv4 header (TUN): a GSO packet's segment size shrinks by it, so that each
     /// segment is as long once encapsulated as it was before (TCP).

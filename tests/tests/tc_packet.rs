@@ -248,9 +248,9 @@ fn tc_and_xdp_forward_every_frame_identically() {
             // GSO packets (TC only: XDP never sees one): checked by their segments' length
             // against the route's MTU, not by their own (longer than any MTU) or the device's.
             // A UDP flow to the real server behind the 1400-byte route: 2800 bytes of payload
-            // in 1000-byte segments (1028 bytes of IP each) fit; in 1380-byte ones (1408) not,
-            // and since a test run's GSO packet has no GSO type the kernel will not grow it
-            // into an answer: translated and passed for the kernel to handle, as without DF.
+            // in 1000-byte segments (1028 bytes of IP each) fit; in 1380-byte ones (1408) they
+            // do not, and the packet (DF) is answered, cut to the quote first (which ends the
+            // GSO), with the route's MTU.
             let tc = b.tc.bpf_mut().classifier(PROG_LB_TC).unwrap();
             let gso = frame::udp(ce, client(504, 6004), sa("198.18.100.3:53"), &[6u8; 2800]);
             let r = run_tc_gso(tc, &gso, eth0, 1000).unwrap();
@@ -258,8 +258,10 @@ fn tc_and_xdp_forward_every_frame_identically() {
             assert_eq!(frame::check(&r.frame).unwrap().dst, ip("198.18.2.15"));
             let gso = frame::udp(ce, client(505, 6005), sa("198.18.100.3:53"), &[6u8; 2800]);
             let r = run_tc_gso(tc, &gso, eth0, 1380).unwrap();
-            assert_eq!(r.action, TC_ACT_UNSPEC, "segments of 1408 bytes do not: not redirected");
-            assert_eq!(frame::check(&r.frame).unwrap().dst, ip("198.18.2.15"), "translated");
+            let f = &r.frame;
+            assert_eq!((r.action, f.len(), f[34], f[35]), (TC_ACT_REDIRECT, 82, 3, 4), "answered");
+            assert_eq!(u16::from_be_bytes([f[40], f[41]]), 1400, "the route's MTU");
+            assert_eq!(&f[42..62], &gso[14..34], "quoting the IPv4 header as sent");
 
             // DR: only the Ethernet header changes.
             let d = frame::tcp(ce, client(3, 4000), sa("198.18.100.2:80"), TcpFlags::SYN, 1, b"x");

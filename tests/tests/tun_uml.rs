@@ -52,6 +52,7 @@ const STEPS: &[&str] = &[
     "tc_path_mtu_through_tun",
     "tc_gso_through_tun",
     "tc_udp_gso_through_tun",
+    "tc_gso_path_mtu_through_tun",
     "tc_counted",
 ];
 
@@ -105,6 +106,10 @@ fn lab(hook: Hook) {
         sh(&client, "ethtool -K eth0 tx off >/dev/null");
     } else {
         sh(&client, "ethtool -K eth0 tso off gso off >/dev/null");
+        // Encapsulated GSO packets are cut into segments on the director's way out (a veth
+        // would pass them whole, and its peer's MTU check lets any GSO packet through), so
+        // every segment meets eth1's MTU.
+        sh(&d, "ethtool -K eth1 tx-ipxip4-segmentation off >/dev/null");
     }
     sh(
         &d,
@@ -139,7 +144,7 @@ fn lab(hook: Hook) {
         })
         .unwrap();
     // One bulk connection at XDP; at TC another for the GSO step.
-    let bulks = if hook == Hook::Tc { 2 } else { 1 };
+    let bulks = if hook == Hook::Tc { 3 } else { 1 };
     let servers = std::thread::spawn(move || {
         let mut buf = [0u8; 64];
         let (n, from) = udp.recv_from(&mut buf).expect("the datagram reached the real server");
@@ -284,6 +289,19 @@ fn lab(hook: Hook) {
         }
         assert_eq!(st_tun(&dp) - tun_before, 1, "one GSO packet encapsulated");
         ok(h, "udp_gso_through_tun");
+
+        // GSO packets whose segments do not fit: a route toward the real server with a
+        // smaller MTU (1400) than the client's path. The director answers a GSO packet (cut
+        // to the quote first) with MTU 1380, the client's TCP lowers its segment size, and the
+        // data gets through.
+        sh(&client, "ip route flush cache");
+        sh(&d, "ip route add 198.18.2.10/32 dev eth1 mtu lock 1400");
+        let frag_before = st_answered(&dp);
+        assert_eq!(bulk_through_tun(&client), format!("rs:{BULK}"));
+        let frag = st_answered(&dp) - frag_before;
+        println!("tun-uml: tc: {frag} GSO packets answered behind a 1400-byte route");
+        assert!(frag >= 1, "the director answered too-long GSO packets ({frag})");
+        ok(h, "gso_path_mtu_through_tun");
     }
 
     servers.join().unwrap();

@@ -565,8 +565,7 @@ fn frag_needed(ctx: &impl Frame, overhead: u16) -> Fib {
     // where the old IPv4 header lands once HEAD bytes of room are made in front of it.
     const QUOTE: usize = IPV4_HLEN + QUOTE_L4;
     const HEAD: usize = IPV4_HLEN + ICMP_HLEN;
-    const LEN: usize = ETH_HLEN + HEAD + QUOTE;
-    if let Err(f) = reframe(ctx, QUOTE, HEAD, LEN) {
+    if let Err(f) = reframe(ctx, QUOTE, HEAD) {
         return f;
     }
     let Some(neth) = ptr_at::<EthHdr>(ctx, 0) else { return Fib::Unanswered };
@@ -577,7 +576,7 @@ fn frag_needed(ctx: &impl Frame, overhead: u16) -> Fib {
     let mut h = Ipv4Hdr {
         vihl: 0x45,
         tos: 0,
-        tot_len: ((LEN - ETH_HLEN) as u16).to_be(),
+        tot_len: ((HEAD + QUOTE) as u16).to_be(),
         id: 0,
         frag_off: 0,
         ttl: 64,
@@ -664,8 +663,7 @@ fn packet_too_big(ctx: &impl Frame) -> Fib {
     }
     const QUOTE: usize = IPV6_HLEN + QUOTE_L4;
     const HEAD: usize = IPV6_HLEN + ICMP_HLEN;
-    const LEN: usize = ETH_HLEN + HEAD + QUOTE;
-    if let Err(f) = reframe(ctx, QUOTE, HEAD, LEN) {
+    if let Err(f) = reframe(ctx, QUOTE, HEAD) {
         return f;
     }
     let Some(neth) = ptr_at::<EthHdr>(ctx, 0) else { return Fib::Unanswered };
@@ -750,20 +748,22 @@ fn tun_id() -> u16 {
     }
 }
 
-/// Turns the frame into an ICMP error's shape in place: `head` bytes of room in front of the
-/// IP header (for the new IP and ICMP headers, so the old IP header lands where the quote
-/// starts; the Ethernet header is written again) and the end cut so the frame is `len` bytes.
-/// A frame whose first Ethernet + `quote` bytes are not in reach is left alone (`FragNeeded`,
-/// as is a failed push); a failed cut leaves it mangled (`Unanswered`: drop).
+/// Turns the frame into an ICMP error's shape in place: cut to the Ethernet header and the
+/// `quote`, then `head` bytes of room in front of the IP header (for the new IP and ICMP
+/// headers, so the old IP header lands where the quote starts; the Ethernet header is
+/// written again). Cutting first means a failure to cut (at TC the kernel first makes the
+/// whole buffer writable, a GSO one too) leaves the packet as it was (`FragNeeded`), as does
+/// a frame whose first Ethernet + `quote` bytes are not in reach; a failed push leaves it
+/// cut (`Unanswered`: drop). At TC the cut also ends any GSO.
 #[inline(always)]
-fn reframe(ctx: &impl Frame, quote: usize, head: usize, len: usize) -> Result<(), Fib> {
+fn reframe(ctx: &impl Frame, quote: usize, head: usize) -> Result<(), Fib> {
     if ctx.data_end() - ctx.data() < ETH_HLEN + quote {
         return Err(Fib::FragNeeded);
     }
-    if !ctx.push_head(head as u32, Room::Answer) {
+    if !ctx.truncate((ETH_HLEN + quote) as u32) {
         return Err(Fib::FragNeeded);
     }
-    if !ctx.truncate(len as u32) {
+    if !ctx.push_head(head as u32, Room::Answer) {
         return Err(Fib::Unanswered);
     }
     Ok(())
