@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use ha_lb::{
     bpf::{
+        lb as maps,
         testrun::{
             run_tc, run_tc_gso, run_xdp, XdpAction, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC,
         },
@@ -256,6 +257,15 @@ fn tc_and_xdp_forward_every_frame_identically() {
             let r = run_tc_gso(tc, &gso, eth0, 1000).unwrap();
             assert_eq!(r.action, TC_ACT_REDIRECT, "segments of 1028 bytes fit the 1400 route");
             assert_eq!(frame::check(&r.frame).unwrap().dst, ip("198.18.2.15"));
+            // The flow's packets after the next (which fills this CPU's slot) come from the
+            // flow cache: its route was checked for that segment length.
+            let (hits, _) = maps::cache_stats(b.tc.bpf()).unwrap();
+            for _ in 0..2 {
+                let tc = b.tc.bpf_mut().classifier(PROG_LB_TC).unwrap();
+                assert_eq!(run_tc_gso(tc, &gso, eth0, 1000).unwrap().action, TC_ACT_REDIRECT);
+            }
+            assert_eq!(maps::cache_stats(b.tc.bpf()).unwrap().0, hits + 1, "sent from the cache");
+            let tc = b.tc.bpf_mut().classifier(PROG_LB_TC).unwrap();
             let gso = frame::udp(ce, client(505, 6005), sa("198.18.100.3:53"), &[6u8; 2800]);
             let r = run_tc_gso(tc, &gso, eth0, 1380).unwrap();
             let f = &r.frame;

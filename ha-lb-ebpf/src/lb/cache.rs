@@ -175,7 +175,8 @@ pub fn send(ctx: &impl Frame, pkt: &Pkt) -> Option<Outcome> {
     // SAFETY: per-CPU map value, used by this CPU only (XDP runs with migration disabled); the
     // fields are read one by one.
     let (kind, ep, filled, nh_len) = unsafe { ((*s).kind, (*s).epoch, (*s).filled, (*s).nh_len) };
-    if kind == 0 || pkt.ip_len > nh_len || !same_key(s, pkt) {
+    // A GSO packet (TC) by its segments' length, as the route was checked.
+    if kind == 0 || fwd::wire_len(ctx, FAMILY_V4, pkt.ip_len) > nh_len || !same_key(s, pkt) {
         return None;
     }
     // SAFETY: plain helper call (inlined by the verifier on 64-bit).

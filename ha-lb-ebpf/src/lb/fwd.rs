@@ -335,37 +335,37 @@ pub struct Route<'a> {
     pub len: u16,
 }
 
-/// The IP length of the longest packet on the wire for `r`: `r.len` (which includes what the
-/// path adds, as TUN's outer header), or for a GSO packet (TC) one segment's — the packet's
-/// headers, `gso_size` bytes of payload and what the path adds — since the kernel cuts it
-/// into those on the way out. The route's MTU is checked against this length, and the next
-/// hop cached per flow serves packets up to it.
+/// The IP length of the longest packet on the wire for a packet of `family` that leaves `len`
+/// bytes long (which includes what the path adds, as TUN's outer header): `len`, or for a GSO
+/// packet (TC) one segment's — the packet's headers, `gso_size` bytes of payload and what the
+/// path adds — since the kernel cuts it into those on the way out. The route's MTU is checked
+/// against this length, and the next hop cached per flow serves packets up to it.
 #[inline(always)]
-fn wire_len(ctx: &impl Frame, r: &Route) -> u16 {
+pub fn wire_len(ctx: &impl Frame, family: u8, len: u16) -> u16 {
     let gso = ctx.gso_size();
     if gso == 0 {
-        return r.len;
+        return len;
     }
     // Plain IPv4/IPv6 headers (the parser passes nothing else), then TCP's data offset or
     // UDP's 8 bytes; the packet's own family and protocol (TUN's route is IPIP).
-    let (iph, proto) = if r.family == FAMILY_V4 {
-        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return r.len };
+    let (iph, proto) = if family == FAMILY_V4 {
+        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return len };
         // SAFETY: bounds-checked by ptr_at.
         (IPV4_HLEN, unsafe { (*ip).proto })
     } else {
-        let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return r.len };
+        let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return len };
         // SAFETY: as above.
         (IPV6_HLEN, unsafe { (*ip).nexthdr })
     };
     let l4 = if proto == IPPROTO_TCP {
-        let Some(t) = ptr_at::<TcpHdr>(ctx, ETH_HLEN + iph) else { return r.len };
+        let Some(t) = ptr_at::<TcpHdr>(ctx, ETH_HLEN + iph) else { return len };
         // SAFETY: as above.
         ((unsafe { (*t).doff_res } >> 4) as u32) * 4
     } else {
         8
     };
     let whole = ctx.len().saturating_sub(ETH_HLEN as u32);
-    let added = (r.len as u32).saturating_sub(whole);
+    let added = (len as u32).saturating_sub(whole);
     let seg = iph as u32 + l4 + gso + added;
     if seg > 0xffff {
         0xffff
@@ -383,7 +383,7 @@ pub fn next_hop(
     nh: *mut LbFlow,
     fresh: bool,
 ) -> Result<([u16; 6], u32), Fib> {
-    let wire = wire_len(ctx, r);
+    let wire = wire_len(ctx, r.family, r.len);
     if !fresh {
         // SAFETY: `nh` points into an LRU map value or the per-CPU scratch map.
         let len = unsafe { (*nh).nh_len };
