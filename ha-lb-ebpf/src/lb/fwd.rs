@@ -145,7 +145,7 @@ fn skb_l4_csum(
     ports: (u16, u16),
     addrs: (&[u32; 4], &[u32; 4]),
 ) {
-    let check = off + if pkt.proto == IPPROTO_TCP { 16 } else { 6 };
+    let check = off + l4_check_offset(pkt.proto);
     // UDP: a computed 0 goes out as all ones (RFC 768 / RFC 8200 §8.1). Over IPv4 a 0 in
     // the packet means "no checksum" and stays; over IPv6 0 is invalid, so it is updated
     // like any value (BPF_F_MARK_ENFORCE).
@@ -192,6 +192,16 @@ unsafe fn pseudo_done(
     }
 }
 
+/// Where the checksum sits in a TCP (`proto`) or UDP header, in bytes from its start.
+#[inline(always)]
+fn l4_check_offset(proto: u8) -> usize {
+    if proto == IPPROTO_TCP {
+        core::mem::offset_of!(TcpHdr, check)
+    } else {
+        core::mem::offset_of!(UdpHdr, check)
+    }
+}
+
 /// What a FIB lookup toward the next hop said.
 pub enum Fib {
     /// MACs rewritten; the XDP action that sends the frame (TX or REDIRECT).
@@ -217,8 +227,8 @@ pub struct FibParams {
     l4_protocol: u8,
     sport: u16,
     dport: u16,
-    /// In: IP total length (MTU check; 0 at TC: the kernel checks the socket buffer). Out:
-    /// MTU when FRAG_NEEDED, and at TC on success.
+    /// In: IP total length to check the route's MTU against ([`wire_len`]). Out: that MTU
+    /// when FRAG_NEEDED.
     tot_len: u16,
     ifindex: u32,
     /// tos (IPv4) / flowinfo (IPv6); out: route metric.
@@ -618,7 +628,7 @@ const QUOTE_L4: usize = 20;
 /// match an error by its addresses and ports, never by this field.
 #[inline(always)]
 fn neutral_quote<const N: usize>(m: &mut [u16; N], at: usize, proto: u8) {
-    let field = at + if proto == IPPROTO_TCP { 8 } else { 3 };
+    let field = at + l4_check_offset(proto) / 2;
     m[field] = 0;
     let mut sum = 0u32;
     let mut k = 0;
