@@ -217,10 +217,10 @@ pub struct LbReal {
     /// Incremented whenever the id is given to a new real server; flows and templates that
     /// carry another generation are stale.
     pub gen: u32,
-    /// TUN: the outer IPv4 source address (this director's address toward the real server),
-    /// wire order; 0 otherwise.
-    pub tun_src: u32,
-    pub _reserved: [u32; 2],
+    /// TUN: the outer source address (this director's address toward the real server, of
+    /// the real server's family; IPv4 in word 0), wire order; all zero otherwise.
+    pub tun_src: [u32; 4],
+    pub _reserved: u32,
 }
 
 /// A connection-tracking key: the 5-tuple as it appears on the wire for the entry's direction.
@@ -499,7 +499,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<LbService>(), 16);
         assert_eq!(core::mem::size_of::<LbFlowKey>(), 40);
         assert_eq!(core::mem::size_of::<LbFlow>(), 64);
-        assert_eq!(core::mem::size_of::<LbReal>(), 40);
+        assert_eq!(core::mem::size_of::<LbReal>(), 48);
         assert_eq!(core::mem::size_of::<LbPersistKey>(), 24);
         assert_eq!(core::mem::size_of::<LbBackendSet>(), 16 + 8 * LB_REALS_PER_SERVICE);
         assert_eq!(LbReason::ALL.len() as u32, LbReason::COUNT);

@@ -608,6 +608,12 @@ fn flow_kind(flags: u32) -> u8 {
     }
 }
 
+/// Whether user space found a TUN outer source address (`LbReal::tun_src`; all zero: none).
+#[inline(always)]
+pub fn tun_src_known(src: &[u32; 4]) -> bool {
+    src[0] | src[1] | src[2] | src[3] != 0
+}
+
 /// [`forward`]'s mode: the forwarding method (`LB_KIND_*`, low byte), and whether to look the
 /// next hop up afresh.
 const FWD_FRESH: u32 = 0x100;
@@ -639,13 +645,13 @@ fn forward_inline(
     let kind = (mode & 0xff) as u8;
     if kind == LB_KIND_TUN {
         // SAFETY: array value pointer, as above.
-        let src = unsafe { (*real).tun_src };
-        if src == 0 {
+        let src = unsafe { &(*real).tun_src };
+        if !tun_src_known(src) {
             // User space found no route toward the real server when it was configured.
             return drop(LbReason::FibUnreachable);
         }
         // Passing would deliver the packet to the local VIP: failures drop, as for DR.
-        return match fwd::tun(ctx, pkt, (src, raddr[0]), nh, fresh) {
+        return match fwd::tun(ctx, pkt, (src, raddr), nh, fresh) {
             Fib::Sent(a) => (a, LbReason::Tun),
             Fib::Answered(a) => (a, LbReason::TooBigAnswered),
             Fib::Unanswered => drop(LbReason::FragNeeded),

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
-        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_ADJ_ROOM_NO_CSUM_RESET,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_ADJ_ROOM_NO_CSUM_RESET,
     },
     helpers::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::{TcContext, XdpContext},
@@ -114,14 +114,21 @@ impl Frame for TcContext {
     #[inline(always)]
     fn push_head(&self, len: u32, room: Room) -> bool {
         // Room after the MAC header: the bytes behind it keep their place in the buffer, so a
-        // socket's CHECKSUM_PARTIAL offsets still point at its L4 checksum. The IPIP flag
-        // marks the buffer encapsulated (inner headers, GSO type) and the no-reset flag keeps
-        // a verified inner checksum verified (IPIP adds no checksum of its own).
-        let ipip = (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_NO_CSUM_RESET) as u64;
+        // socket's CHECKSUM_PARTIAL offsets still point at its L4 checksum. The ENCAP_L3 flag
+        // marks the buffer encapsulated (inner headers, GSO type, the outer protocol) and the
+        // no-reset flag keeps a verified inner checksum verified (IPIP and IPv6-in-IPv6 add
+        // no checksum of their own).
         let flags = match room {
             Room::Answer => 0,
-            Room::Ipip => ipip,
-            Room::IpipFixedSegments => ipip | BPF_F_ADJ_ROOM_FIXED_GSO as u64,
+            Room::Tunnel { outer_v6, fixed_segments } => {
+                let l3 = if outer_v6 {
+                    BPF_F_ADJ_ROOM_ENCAP_L3_IPV6
+                } else {
+                    BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+                };
+                let fixed = if fixed_segments { BPF_F_ADJ_ROOM_FIXED_GSO } else { 0 };
+                (l3 | BPF_F_ADJ_ROOM_NO_CSUM_RESET | fixed) as u64
+            }
         };
         self.adjust_room(len as i32, BPF_ADJ_ROOM_MAC, flags).is_ok()
     }
@@ -151,12 +158,11 @@ pub enum Room {
     /// The IP and ICMP headers of an answer (the buffer has been cut to the quote first,
     /// which ends any GSO).
     Answer,
-    /// An outer IPv4 header (TUN): a GSO packet's segment size shrinks by it, so that each
-    /// segment is as long once encapsulated as it was before (TCP).
-    Ipip,
-    /// An outer IPv4 header, the segment size kept: a UDP GSO packet's segment size delimits
-    /// its datagrams (the kernel refuses to change it).
-    IpipFixedSegments,
+    /// An outer IP header (TUN: IPv4 in IPv4, RFC 2003, or IPv6 in IPv6, RFC 2473). A GSO
+    /// packet's segment size shrinks by it, so that each segment is as long once encapsulated
+    /// as it was before (TCP) — unless `fixed_segments`: a UDP GSO packet's segment size
+    /// delimits its datagrams (the kernel refuses to change it).
+    Tunnel { outer_v6: bool, fixed_segments: bool },
 }
 
 pub const ETH_HLEN: usize = 14;

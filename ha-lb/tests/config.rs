@@ -166,10 +166,19 @@ lb_kind = "TUN"
 
 [[virtual_server.real_server]]
 address = "192.0.2.11"
+
+[[virtual_server]]
+address = "2001:db8::10"
+port = 80
+lb_kind = "TUN"
+
+[[virtual_server.real_server]]
+address = "2001:db8::11"
 "#
         );
         let c = config::parse_str(&text, Path::new("tun.toml"))
             .unwrap_or_else(|e| panic!("dataplane {dataplane}: {e}"));
-        assert_eq!(c.virtual_servers[0].lb_kind, LbKind::Tun);
+        // IPv4 in IPv4 and IPv6 in IPv6 (IPVS: ip6ip6).
+        assert!(c.virtual_servers.iter().all(|vs| vs.lb_kind == LbKind::Tun));
     }
 }

@@ -80,6 +80,8 @@ fn state() -> DesiredState {
     add("198.18.100.2:80", Protocol::Tcp, LbKind::Dr, &["198.18.2.13"], 80);
     add("198.18.100.6:80", Protocol::Tcp, LbKind::Tun, &["198.18.2.14"], 80);
     add("198.18.100.6:53", Protocol::Udp, LbKind::Tun, &["198.18.2.14"], 53);
+    add("[fd48:4c42:100::6]:80", Protocol::Tcp, LbKind::Tun, &["fd48:4c42:2::14"], 80);
+    add("[fd48:4c42:100::6]:53", Protocol::Udp, LbKind::Tun, &["fd48:4c42:2::14"], 53);
     // Behind a route with a smaller MTU than its device's (see the test).
     add("198.18.100.3:53", Protocol::Udp, LbKind::Nat, &["198.18.2.15"], 53);
     DesiredState { services }
@@ -245,6 +247,30 @@ fn tc_and_xdp_forward_every_frame_identically() {
             assert_eq!(u16::from_be_bytes([f[40], f[41]]), 1480, "next-hop MTU less 20");
             let (a, _) = b.run("tun: too long, no DF", eth0, &without_df(&t));
             assert_eq!(a, TC_ACT_SHOT);
+            // IPv6 in IPv6 likewise (next header 41, 40 bytes more; "packet too big" with the
+            // MTU less 40).
+            let (c6, tun6) = (sa("[fd48:4c42:64::6]:4100"), sa("[fd48:4c42:100::6]:80"));
+            for (n, flags) in [TcpFlags::SYN, TcpFlags::ACK, TcpFlags::ACK].iter().enumerate() {
+                let t = frame::tcp(ce, c6, tun6, *flags, 1, b"tun6");
+                let (a, f) = b.run(&format!("tun6 tcp #{n}"), eth0, &t);
+                assert_eq!(a, TC_ACT_REDIRECT);
+                assert_eq!((f.len(), &f[12..14], f[20]), (t.len() + 40, &[0x86, 0xdd][..], 41));
+                assert_eq!(&f[54..], &t[14..], "the packet itself, unchanged inside");
+                assert_eq!(&f[0..6], &rs_mac(2, 14));
+            }
+            let u = frame::udp(ce, sa("[fd48:4c42:64::6]:4101"), sa("[fd48:4c42:100::6]:53"), b"u");
+            let (a, f) = b.run("tun6 udp", eth0, &u);
+            assert_eq!((a, f[20]), (TC_ACT_REDIRECT, 41));
+            let t = frame::udp(
+                ce,
+                sa("[fd48:4c42:64::6]:4102"),
+                sa("[fd48:4c42:100::6]:53"),
+                &[2; 1440],
+            );
+            assert_eq!(t.len() - 14, 1488);
+            let (a, f) = b.run("tun6: too long once encapsulated", eth0, &t);
+            assert_eq!((a, f.len(), f[54]), (TC_ACT_REDIRECT, 122, 2), "packet too big");
+            assert_eq!(u32::from_be_bytes(f[58..62].try_into().unwrap()), 1460, "MTU less 40");
 
             // GSO packets (TC only: XDP never sees one): checked by their segments' length
             // against the route's MTU, not by their own (longer than any MTU) or the device's.

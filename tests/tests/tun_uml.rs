@@ -1,12 +1,14 @@
-//! LVS-TUN end to end: real UDP and TCP from a client, through the director encapsulating in
-//! IPIP, to a real server that decapsulates on `tunl0` (holding the VIP) and answers from the
-//! VIP — once with `ha_lb_xdp`, once with `ha_lb_tc` (`dataplane = "tc"`). The host kernel has
-//! no IPIP, so the lab runs in a user-mode-linux guest (Debian's 6.1, with `ipip` as a module;
-//! see `ha_lb_lab::uml`). The guest has no network device but `lo`: the lab's namespaces and
-//! veths exist inside it only.
+//! LVS-TUN end to end: real UDP and TCP from a client, through the director encapsulating, to
+//! a real server that decapsulates (holding the VIP on its tunnel device) and answers from the
+//! VIP — with `ha_lb_xdp` and with `ha_lb_tc` (`dataplane = "tc"`), each over IPv4 (IPIP, the
+//! VIP on `tunl0`) and over IPv6 (IPv6 in IPv6, the VIP on `ip6tnl0`). The host kernel has
+//! neither tunnel, so the lab runs in a user-mode-linux guest (Debian's 6.1, with `ipip` and
+//! `ip6_tunnel` as modules; see `ha_lb_lab::uml`). The guest has no network device but `lo`:
+//! the lab's namespaces and veths exist inside it only.
 //!
-//! Guest topology: client (198.18.1.2) — d (198.18.1.1 | 198.18.2.1, the program on both) —
-//! rs (198.18.2.10, VIP 198.18.100.1 on tunl0). The real server's replies are routed back
+//! Guest topology: client (198.18.1.2, fd48:4c42:1::2) — d (198.18.1.1 | 198.18.2.1, and
+//! fd48:4c42:1::1 | fd48:4c42:2::1; the program on both) — rs (198.18.2.10, fd48:4c42:2::10;
+//! VIPs 198.18.100.1 and fd48:4c42:100::1). The real server's replies are routed back
 //! through d's kernel (they are not a NAT flow: the program passes them), which is enough to
 //! show the client gets answers from the VIP that only the real server could have sent.
 //!
@@ -54,6 +56,19 @@ const STEPS: &[&str] = &[
     "tc_udp_gso_through_tun",
     "tc_gso_path_mtu_through_tun",
     "tc_counted",
+    "xdp_ipv6_lab_up",
+    "xdp_ipv6_udp_through_tun",
+    "xdp_ipv6_tcp_through_tun",
+    "xdp_ipv6_path_mtu_through_tun",
+    "xdp_ipv6_counted",
+    "tc_ipv6_lab_up",
+    "tc_ipv6_udp_through_tun",
+    "tc_ipv6_tcp_through_tun",
+    "tc_ipv6_path_mtu_through_tun",
+    "tc_ipv6_gso_through_tun",
+    "tc_ipv6_udp_gso_through_tun",
+    "tc_ipv6_gso_path_mtu_through_tun",
+    "tc_ipv6_counted",
 ];
 
 #[test]
@@ -82,22 +97,111 @@ fn guest() {
     // The guest's / is the host's, read-only: namespaces need a writable /run.
     let st = Command::new("mount").args(["-t", "tmpfs", "tmpfs", "/run"]).status().unwrap();
     assert!(st.success(), "mount /run");
-    uml::load_modules(&["veth", "ipip", "sch_ingress", "cls_bpf"]).expect("load the modules");
-    lab(Hook::Xdp);
-    lab(Hook::Tc);
+    let modules = ["veth", "ipip", "ip6_tunnel", "sch_ingress", "cls_bpf"];
+    uml::load_modules(&modules).expect("load the modules");
+    for fam in [&IPV4, &IPV6] {
+        lab(Hook::Xdp, fam);
+        lab(Hook::Tc, fam);
+    }
 }
 
-fn lab(hook: Hook) {
-    let h = if hook == Hook::Tc { "tc" } else { "xdp" };
+/// One address family's lab: addresses, and what differs in setting it up.
+struct Family {
+    /// Step-name prefix after the hook's ("" for IPv4).
+    step: &'static str,
+    client: &'static str,
+    d_front: &'static str,
+    d_back: &'static str,
+    rs: &'static str,
+    vip: &'static str,
+    /// Prefix length of the lab's links.
+    plen: u8,
+    /// The VIP's network, routed to d by the client.
+    vip_net: &'static str,
+    /// The real server's tunnel device (the kernel's catch-all one), where the VIP lives.
+    tunnel_dev: &'static str,
+    /// Encapsulated GSO at TC: the device feature that would pass it whole.
+    gso_feature: &'static str,
+    /// `ip` with the family's flag (for `route flush cache`).
+    ip: &'static str,
+    /// Path MTU step: what the director answers with for d's eth1 (1500).
+    mtu_left: u16,
+}
+
+const IPV4: Family = Family {
+    step: "",
+    client: "198.18.1.2",
+    d_front: "198.18.1.1",
+    d_back: "198.18.2.1",
+    rs: "198.18.2.10",
+    vip: "198.18.100.1",
+    plen: 24,
+    vip_net: "198.18.100.0/24",
+    tunnel_dev: "tunl0",
+    gso_feature: "tx-ipxip4-segmentation",
+    ip: "ip -4",
+    mtu_left: 1480,
+};
+
+const IPV6: Family = Family {
+    step: "ipv6_",
+    client: "fd48:4c42:1::2",
+    d_front: "fd48:4c42:1::1",
+    d_back: "fd48:4c42:2::1",
+    rs: "fd48:4c42:2::10",
+    vip: "fd48:4c42:100::1",
+    plen: 64,
+    vip_net: "fd48:4c42:100::/64",
+    tunnel_dev: "ip6tnl0",
+    gso_feature: "tx-ipxip6-segmentation",
+    ip: "ip -6",
+    mtu_left: 1460,
+};
+
+impl Family {
+    fn v6(&self) -> bool {
+        self.plen == 64
+    }
+
+    /// The prefix length of one address.
+    fn host_plen(&self) -> u8 {
+        if self.v6() {
+            128
+        } else {
+            32
+        }
+    }
+
+    fn sa(&self, addr: &str, port: u16) -> SocketAddr {
+        SocketAddr::new(addr.parse().unwrap(), port)
+    }
+
+    /// `ip addr add` of `addr` on `dev` (IPv6 without duplicate address detection, so the
+    /// address is usable at once).
+    fn addr_add(&self, addr: &str, plen: u8, dev: &str) -> String {
+        let nodad = if self.v6() { " nodad" } else { "" };
+        format!("ip addr add {addr}/{plen} dev {dev}{nodad}")
+    }
+}
+
+fn lab(hook: Hook, fam: &Family) {
+    let h = format!("{}_{}", if hook == Hook::Tc { "tc" } else { "xdp" }, fam.step);
+    let h = h.trim_end_matches('_');
     let mut lab = Lab::new().unwrap();
     let client = lab.node("client").unwrap();
     let d = lab.node("d").unwrap();
     let rs = lab.node("rs").unwrap();
     lab.veth(&client, "eth0", &d, "eth0").unwrap();
     lab.veth(&d, "eth1", &rs, "eth0").unwrap();
+    let plen = fam.plen;
     sh(
         &client,
-        "ip addr add 198.18.1.2/24 dev eth0 && ip route add 198.18.100.0/24 via 198.18.1.1",
+        &format!(
+            "{} && ip route add {} via {}",
+            fam.addr_add(fam.client, plen, "eth0"),
+            fam.vip_net,
+            fam.d_front
+        ),
     );
     if hook == Hook::Xdp {
         // XDP forwards bytes: a CHECKSUM_PARTIAL packet would arrive with an unfinished
@@ -109,36 +213,47 @@ fn lab(hook: Hook) {
         // Encapsulated GSO packets are cut into segments on the director's way out (a veth
         // would pass them whole, and its peer's MTU check lets any GSO packet through), so
         // every segment meets eth1's MTU.
-        sh(&d, "ethtool -K eth1 tx-ipxip4-segmentation off >/dev/null");
+        sh(&d, &format!("ethtool -K eth1 {} off >/dev/null", fam.gso_feature));
     }
     sh(
         &d,
-        "ip addr add 198.18.1.1/24 dev eth0 && ip addr add 198.18.2.1/24 dev eth1 \
-         && sysctl -qw net.ipv4.ip_forward=1",
+        &format!(
+            "{} && {} && sysctl -qw net.ipv4.ip_forward=1{}",
+            fam.addr_add(fam.d_front, plen, "eth0"),
+            fam.addr_add(fam.d_back, plen, "eth1"),
+            if fam.v6() { " net.ipv6.conf.all.forwarding=1" } else { "" }
+        ),
     );
+    let client_net = if fam.v6() { "fd48:4c42:1::/64" } else { "198.18.1.0/24" };
     sh(
         &rs,
-        "ip addr add 198.18.2.10/24 dev eth0 && ip route add 198.18.1.0/24 via 198.18.2.1 \
-         && ip link set tunl0 up && ip addr add 198.18.100.1/32 dev tunl0 \
-         && sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.tunl0.rp_filter=0 \
-            net.ipv4.conf.eth0.rp_filter=0",
+        &format!(
+            "{} && ip route add {client_net} via {} && ip link set {dev} up && {} \
+             && sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.tunl0.rp_filter=0 \
+                net.ipv4.conf.eth0.rp_filter=0",
+            fam.addr_add(fam.rs, plen, "eth0"),
+            fam.d_back,
+            fam.addr_add(fam.vip, fam.host_plen(), fam.tunnel_dev),
+            dev = fam.tunnel_dev,
+        ),
     );
     // The director needs the real server's MAC (health checks would keep it warm).
-    sh(&d, "ping -c 1 -W 2 198.18.2.10 >/dev/null");
+    sh(&d, &format!("ping -c 1 -W 2 {} >/dev/null", fam.rs));
 
     // The real server answers on the VIP: UDP echo of its name, and one TCP request.
+    let vip = |port| fam.sa(fam.vip, port);
     let (udp, tcp, bulk) = rs
         .run(|| {
-            let u = UdpSocket::bind("198.18.100.1:5353").unwrap();
+            let u = UdpSocket::bind(vip(5353)).unwrap();
             u.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let t = TcpListener::bind("198.18.100.1:8080").unwrap();
-            let b = TcpListener::bind("198.18.100.1:8081").unwrap();
+            let t = TcpListener::bind(vip(8080)).unwrap();
+            let b = TcpListener::bind(vip(8081)).unwrap();
             (u, t, b)
         })
         .unwrap();
     let udp_gso = rs
         .run(|| {
-            let u = UdpSocket::bind("198.18.100.1:5354").unwrap();
+            let u = UdpSocket::bind(vip(5354)).unwrap();
             u.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             u
         })
@@ -180,9 +295,8 @@ fn lab(hook: Hook) {
     }
     let tun = |port: u16, protocol| {
         let mut s = ServiceSpec::new(LbAlgo::Rr, LbKind::Tun);
-        s.real_servers =
-            vec![RealServerSpec { addr: "198.18.2.10".parse().unwrap(), port, weight: 1 }];
-        (VirtualServerKey { address: "198.18.100.1".parse().unwrap(), port, protocol }, s)
+        s.real_servers = vec![RealServerSpec { addr: fam.rs.parse().unwrap(), port, weight: 1 }];
+        (VirtualServerKey { address: fam.vip.parse().unwrap(), port, protocol }, s)
     };
     let desired = DesiredState {
         services: BTreeMap::from([
@@ -196,11 +310,11 @@ fn lab(hook: Hook) {
     d.run(|| dp.apply(&desired).unwrap()).unwrap();
     ok(h, "lab_up");
 
-    let vip_udp: SocketAddr = "198.18.100.1:5353".parse().unwrap();
+    let from = fam.sa(fam.client, 0);
     let answer = client
         .run(|| {
-            let s = UdpSocket::bind("198.18.1.2:0").unwrap();
-            s.connect(vip_udp).unwrap();
+            let s = UdpSocket::bind(from).unwrap();
+            s.connect(vip(5353)).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             s.send(b"hello").unwrap();
             let mut buf = [0u8; 64];
@@ -218,11 +332,8 @@ fn lab(hook: Hook) {
 
     let answer = client
         .run(|| {
-            let mut c = TcpStream::connect_timeout(
-                &"198.18.100.1:8080".parse().unwrap(),
-                Duration::from_secs(10),
-            )
-            .expect("connect through TUN");
+            let mut c = TcpStream::connect_timeout(&vip(8080), Duration::from_secs(10))
+                .expect("connect through TUN");
             c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             c.write_all(b"GET").unwrap();
             let mut buf = [0u8; 64];
@@ -233,25 +344,29 @@ fn lab(hook: Hook) {
     assert_eq!(answer, "rs:GET");
     ok(h, "tcp_through_tun");
 
-    // Client segments of 1460 bytes of payload are 1520 bytes once encapsulated, more than
-    // d's eth1 (MTU 1500) takes: the director answers with ICMP "fragmentation needed"
-    // (MTU 1480), the client's TCP lowers its segment size and the data gets through.
+    // Client segments of full size (1500 bytes of IP) are 20 (IPv4) or 40 (IPv6) bytes longer
+    // once encapsulated than d's eth1 (MTU 1500) takes: the director answers with ICMP
+    // "fragmentation needed" / ICMPv6 "packet too big" (MTU 1480 / 1460), the client's TCP
+    // lowers its segment size and the data gets through.
     let before = dp.stats().unwrap().reason("too_big_answered");
-    assert_eq!(bulk_through_tun(&client), format!("rs:{BULK}"));
+    assert_eq!(bulk_through_tun(&client, vip(8081)), format!("rs:{BULK}"));
     let frag = dp.stats().unwrap().reason("too_big_answered") - before;
     assert!(frag >= 1, "the director answered too-long segments ({frag})");
-    println!("tun-uml: {h}: {frag} segments answered with fragmentation needed");
+    let pmtu = client.sh(&format!("{} route get {}", fam.ip, fam.vip)).unwrap_or_default();
+    assert!(pmtu.contains(&format!("mtu {}", fam.mtu_left)), "the client learnt: {pmtu}");
+    println!("tun-uml: {h}: {frag} segments answered (path MTU {})", fam.mtu_left);
     ok(h, "path_mtu_through_tun");
 
     if hook == Hook::Tc {
         // Forget the path MTU learnt above, then send GSO packets of full-size segments: the
-        // director encapsulates each whole and the kernel cuts it into segments 20 bytes
-        // shorter, which fit — the data arrives intact without any answer needed.
-        sh(&client, "ip route flush cache && ethtool -K eth0 tso on gso on >/dev/null");
+        // director encapsulates each whole and the kernel cuts it into segments shorter by
+        // the outer header, which fit — the data arrives intact without any answer needed.
+        let flush = format!("{} route flush cache", fam.ip);
+        sh(&client, &format!("{flush} && ethtool -K eth0 tso on gso on >/dev/null"));
         let (tun_before, frag_before) = (st_tun(&dp), st_answered(&dp));
-        assert_eq!(bulk_through_tun(&client), format!("rs:{BULK}"));
+        assert_eq!(bulk_through_tun(&client, vip(8081)), format!("rs:{BULK}"));
         let (tun, frag) = (st_tun(&dp) - tun_before, st_answered(&dp) - frag_before);
-        println!("tun-uml: tc: GSO bulk in {tun} packets, {frag} answered");
+        println!("tun-uml: {h}: GSO bulk in {tun} packets, {frag} answered");
         // Handshake and FIN included: fewer packets than the data's full-size segments.
         assert!(tun < BULK.div_ceil(1460) as u64, "GSO packets encapsulated whole ({tun})");
         assert_eq!(frag, 0, "nothing needed answering");
@@ -263,8 +378,8 @@ fn lab(hook: Hook) {
         let tun_before = st_tun(&dp);
         client
             .run(|| {
-                let s = UdpSocket::bind("198.18.1.2:0").unwrap();
-                s.connect("198.18.100.1:5354").unwrap();
+                let s = UdpSocket::bind(from).unwrap();
+                s.connect(vip(5354)).unwrap();
                 let seg: libc::c_int = 1000;
                 // SAFETY: setsockopt on an open socket with a c_int option value.
                 let rc = unsafe {
@@ -292,14 +407,14 @@ fn lab(hook: Hook) {
 
         // GSO packets whose segments do not fit: a route toward the real server with a
         // smaller MTU (1400) than the client's path. The director answers a GSO packet (cut
-        // to the quote first) with MTU 1380, the client's TCP lowers its segment size, and the
-        // data gets through.
-        sh(&client, "ip route flush cache");
-        sh(&d, "ip route add 198.18.2.10/32 dev eth1 mtu lock 1400");
+        // to the quote first) with the MTU left, the client's TCP lowers its segment size,
+        // and the data gets through.
+        sh(&client, &flush);
+        sh(&d, &format!("ip route add {}/{} dev eth1 mtu lock 1400", fam.rs, fam.host_plen()));
         let frag_before = st_answered(&dp);
-        assert_eq!(bulk_through_tun(&client), format!("rs:{BULK}"));
+        assert_eq!(bulk_through_tun(&client, vip(8081)), format!("rs:{BULK}"));
         let frag = st_answered(&dp) - frag_before;
-        println!("tun-uml: tc: {frag} GSO packets answered behind a 1400-byte route");
+        println!("tun-uml: {h}: {frag} GSO packets answered behind a 1400-byte route");
         assert!(frag >= 1, "the director answered too-long GSO packets ({frag})");
         ok(h, "gso_path_mtu_through_tun");
     }
@@ -313,15 +428,12 @@ fn lab(hook: Hook) {
     drop(lab);
 }
 
-/// Sends BULK bytes to the bulk service through the director; the real server's answer.
-fn bulk_through_tun(client: &Node) -> String {
+/// Sends BULK bytes to the bulk service `to` through the director; the real server's answer.
+fn bulk_through_tun(client: &Node, to: SocketAddr) -> String {
     client
         .run(|| {
-            let mut c = TcpStream::connect_timeout(
-                &"198.18.100.1:8081".parse().unwrap(),
-                Duration::from_secs(10),
-            )
-            .expect("connect through TUN");
+            let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(10))
+                .expect("connect through TUN");
             c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
             let data: Vec<u8> = (0..BULK).map(|i| (i % 251) as u8).collect();
             c.write_all(&data).unwrap();

@@ -900,6 +900,103 @@ fn tun_encapsulates_in_ipip_to_the_real_server() {
     });
 }
 
+/// LVS-TUN for IPv6 (RFC 2473, as IPVS's ip6ip6): the client's packet, unchanged, inside an
+/// outer IPv6 header (next header 41) from this director's address toward the real server;
+/// traffic class, flow label and hop limit carried over from the inner header. ICMPv6 errors
+/// about the flow go the same way; a packet that no longer fits the path once encapsulated is
+/// answered with "packet too big" carrying the MTU left for it, or dropped when that would be
+/// below IPv6's minimum (IPVS drops those too).
+#[test]
+fn tun_encapsulates_ipv6_in_ipv6_to_the_real_server() {
+    let env = env();
+    let d = env.d.clone();
+    let mac1 = env.mac1;
+    env.run(|t| {
+        let tcp = rr_service(
+            Protocol::Tcp,
+            "[fd48:4c42:100::6]:80",
+            LbKind::Tun,
+            &["fd48:4c42:2::13"],
+            80,
+        );
+        let udp = rr_service(
+            Protocol::Udp,
+            "[fd48:4c42:100::7]:53",
+            LbKind::Tun,
+            &["fd48:4c42:2::13"],
+            53,
+        );
+        t.apply(&merged([tcp, udp]));
+        let vip = sa("[fd48:4c42:100::6]:80");
+        let c = sa("[fd48:4c42:64::12]:7000");
+        let director: IpAddr = ip("fd48:4c42:2::1");
+        let real: IpAddr = ip("fd48:4c42:2::13");
+        let octets = |a: IpAddr| match a {
+            IpAddr::V6(a) => a.octets().to_vec(),
+            IpAddr::V4(_) => unreachable!(),
+        };
+        for (i, flags) in [TcpFlags::SYN, TcpFlags::ACK].into_iter().enumerate() {
+            let mut f =
+                frame::tcp(t.client_eth(), c, vip, flags, i as u32, b"GET / HTTP/1.0\r\n\r\n");
+            // Traffic class 0x2e and flow label 0xabcde (in no checksum).
+            f[14..18].copy_from_slice(&[0x62, 0xea, 0xbc, 0xde]);
+            let r = t.expect_from_client(
+                &f,
+                XdpAction::Redirect,
+                LbReason::Tun,
+                &format!("packet {i}"),
+            );
+            let o = &r.frame;
+            assert_eq!(o.len(), f.len() + 40, "one IPv6 header more");
+            assert_eq!(o[..6], rs_mac(2, 13), "to the real server's MAC");
+            assert_eq!(o[6..12], mac1, "from the director's interface toward it");
+            assert_eq!(o[12..14], [0x86, 0xdd]);
+            let outer = &o[14..54];
+            assert_eq!(outer[..4], f[14..18], "version, traffic class, flow label");
+            let payload = u16::from_be_bytes([outer[4], outer[5]]) as usize;
+            assert_eq!(payload, f.len() - 14, "the payload is the whole inner packet");
+            assert_eq!(outer[6], 41, "IPv6 in IPv6");
+            assert_eq!(outer[7], f[21], "hop limit copied from the inner header");
+            assert_eq!(outer[8..24], octets(director), "source: the director's address toward it");
+            assert_eq!(outer[24..40], octets(real));
+            assert_eq!(o[54..], f[14..], "the client's packet, unchanged");
+        }
+        // An ICMPv6 error about the flow's reply (sent by the real server from the VIP),
+        // addressed to the VIP: encapsulated to the real server like the flow's packets.
+        let reply = frame::tcp(t.client_eth(), vip, c, TcpFlags::ACK, 1, &[0u8; 64]);
+        let hop = ip("fd48:4c42:1::2");
+        let e = icmp_error(t.client_eth(), (hop, vip.ip()), (2, 0), 1280u32.to_be_bytes(), &reply);
+        let r = t.expect_from_client(&e, XdpAction::Redirect, LbReason::IcmpIn, "ICMPv6 error");
+        assert_eq!(r.frame[..6], rs_mac(2, 13));
+        assert_eq!((r.frame[20], r.frame[38..54].to_vec()), (41, octets(real)), "IPv6 in IPv6");
+        assert_eq!(r.frame[54..], e[14..], "the error itself, unchanged inside");
+
+        // Too long for eth1 once encapsulated (1300 + 40 > 1320): answered with "packet too
+        // big", MTU 1320 - 40, back out of the interface it came in on, quoting the packet.
+        d.sh("ip link set eth1 mtu 1320").unwrap();
+        let c2 = sa("[fd48:4c42:64::12]:7001");
+        let dns = sa("[fd48:4c42:100::7]:53");
+        let big = frame::udp(t.client_eth(), c2, dns, &[0; 1300 - 48]);
+        let r = t.expect_from_client(&big, XdpAction::Tx, LbReason::TooBigAnswered, "too big");
+        let e = &r.frame;
+        assert_eq!(e.len(), 14 + 40 + 8 + 40 + 20);
+        assert_eq!((e[..6].to_vec(), e[6..12].to_vec()), (big[6..12].to_vec(), big[..6].to_vec()));
+        let (src, dst, q_src, q_dst, _) = parse_icmp_error(e);
+        assert_eq!((src, dst, q_src, q_dst), (dns.ip(), c2.ip(), c2, dns));
+        assert_eq!((e[54], e[55]), (2, 0), "packet too big");
+        assert_eq!(u32::from_be_bytes(e[58..62].try_into().unwrap()), 1280, "the MTU left");
+        assert_eq!(e[62..102], big[14..54], "quoting the IPv6 header");
+        assert_quoted_l4(&e[102..122], &big[54..74], 6);
+        let small = frame::udp(t.client_eth(), c2, dns, b"q");
+        assert_eq!(t.send_from_client(&small).action, XdpAction::Redirect);
+        // A path whose MTU leaves less than IPv6's 1280 once encapsulated: nothing can be
+        // told to the client, the packet is dropped (never passed: that would deliver it to
+        // the local VIP).
+        d.sh("ip link set eth1 mtu 1300").unwrap();
+        t.expect_from_client(&big, XdpAction::Drop, LbReason::FragNeeded, "MTU 1300 - 40 < 1280");
+    });
+}
+
 /// A reload that switches a service from NAT to TUN with the same real servers and weights
 /// rewrites their entries with the outer source address: new flows are encapsulated (found by
 /// review: the entries used to keep no source, and every new flow was dropped).

@@ -27,6 +27,8 @@ use crate::parse::{
 
 /// IPv4-in-IPv4 (RFC 2003).
 const IPPROTO_IPIP: u8 = 4;
+/// IPv6-in-IPv6 (RFC 2473).
+const IPPROTO_IPV6: u8 = 41;
 /// The IPv4 "don't fragment" flag (host order).
 const IP_DF: u16 = 0x4000;
 
@@ -297,7 +299,7 @@ pub fn nat(
         }
         Err(Fib::FragNeeded) => {
             let answer =
-                if pkt.family == FAMILY_V4 { frag_needed(ctx, 0) } else { packet_too_big(ctx) };
+                if pkt.family == FAMILY_V4 { frag_needed(ctx, 0) } else { packet_too_big(ctx, 0) };
             match answer {
                 Fib::FragNeeded => {
                     // Untouched (no DF): the kernel fragments it.
@@ -330,7 +332,7 @@ pub fn send_answering(
     match next_hop(ctx, &route, nh, fresh) {
         Ok((macs, out_if)) => out(ctx, &macs, out_if),
         Err(Fib::FragNeeded) if pkt.family == FAMILY_V4 => frag_needed(ctx, 0),
-        Err(Fib::FragNeeded) => packet_too_big(ctx),
+        Err(Fib::FragNeeded) => packet_too_big(ctx, 0),
         Err(f) => f,
     }
 }
@@ -468,73 +470,102 @@ pub fn next_hop(
     }
 }
 
-/// LVS-TUN: encapsulates the IPv4 packet `pkt` in an outer IPv4 header from `src` to `dst`
-/// (IPIP, RFC 2003: protocol 4; TOS, TTL and DF copied from the inner header, as IPVS does;
-/// the ID from a per-CPU counter, since the inner packet's ID was chosen for another address
-/// pair and could repeat within a reassembly window toward the real server) and sends it
-/// toward `dst`. The route is checked for the encapsulated length: a packet that no longer
-/// fits the path is answered with ICMP "fragmentation needed" (DF) or `FragNeeded` (at TC a
-/// GSO packet fits: its segments shrink by the outer header).
+/// LVS-TUN: encapsulates `pkt` in an outer header of its own family from `src` to `dst` and
+/// sends it toward `dst`:
+/// - IPv4 in IPv4 (IPIP, RFC 2003: protocol 4; TOS, TTL and DF copied from the inner header,
+///   as IPVS does; the ID from a per-CPU counter, since the inner packet's ID was chosen for
+///   another address pair and could repeat within a reassembly window toward the real server);
+/// - IPv6 in IPv6 (RFC 2473: next header 41; traffic class, flow label and hop limit copied
+///   from the inner header — IPVS copies the class and the hop limit; the flow label keeps the
+///   inner flow's ECMP hash on the outer one, RFC 6438).
+///
+/// The route is checked for the encapsulated length: a packet that no longer fits the path is
+/// answered with ICMP "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big", with
+/// the path's MTU less the outer header, or `FragNeeded` (at TC a GSO packet fits: its
+/// segments shrink by the outer header).
 #[inline(always)]
 pub fn tun(
     ctx: &impl Frame,
     pkt: &Pkt,
-    (src, dst): (u32, u32),
+    (src, dst): (&[u32; 4], &[u32; 4]),
     nh: *mut LbFlow,
     fresh: bool,
 ) -> Fib {
-    if pkt.family != FAMILY_V4 {
-        return Fib::Other;
-    }
-    let len = pkt.ip_len as u32 + IPV4_HLEN as u32;
+    let v4 = pkt.family == FAMILY_V4;
+    let outer = if v4 { IPV4_HLEN } else { IPV6_HLEN };
+    let len = pkt.ip_len as u32 + outer as u32;
     if len > 0xffff {
         // A GSO packet of nearly 64 KiB (TC): no room for the outer header in its length.
         return Fib::FragNeeded;
     }
     // At TC a TCP GSO packet's segments shrink by the outer header, so each leaves as long as
     // it came; a UDP one's keep their size (they delimit its datagrams) and grow.
-    let room = if pkt.proto == IPPROTO_TCP { Room::Ipip } else { Room::IpipFixedSegments };
-    let shrinks = room == Room::Ipip && ctx.gso_size() != 0;
-    let (s4, d4) = ([src, 0, 0, 0], [dst, 0, 0, 0]);
+    let fixed_segments = pkt.proto != IPPROTO_TCP;
+    let shrinks = !fixed_segments && ctx.gso_size() != 0;
     let route = Route {
-        family: FAMILY_V4,
-        proto: IPPROTO_IPIP,
-        addrs: (&s4, &d4),
+        family: pkt.family,
+        proto: if v4 { IPPROTO_IPIP } else { IPPROTO_IPV6 },
+        addrs: (src, dst),
         ports: (0, 0),
         len: if shrinks { pkt.ip_len } else { len as u16 },
     };
     let (macs, out_if) = match next_hop(ctx, &route, nh, fresh) {
         Ok(h) => h,
-        Err(Fib::FragNeeded) => return frag_needed(ctx, IPV4_HLEN as u16),
+        Err(Fib::FragNeeded) if v4 => return frag_needed(ctx, IPV4_HLEN as u16),
+        Err(Fib::FragNeeded) => return packet_too_big(ctx, IPV6_HLEN as u32),
         Err(f) => return f,
     };
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Fib::Other };
-    // SAFETY: bounds-checked by ptr_at.
-    let inner = unsafe { *ip };
-    // Room for the outer header in front of the inner one.
-    if !ctx.push_head(IPV4_HLEN as u32, room) {
-        return Fib::Other;
-    }
-    // Every packet pointer is invalid now: derive them again.
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return Fib::Other };
-    let Some(outer) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Fib::Other };
-    let mut h = Ipv4Hdr {
-        vihl: 0x45,
-        tos: inner.tos,
-        tot_len: (len as u16).to_be(),
-        id: tun_id(),
-        frag_off: inner.frag_off & IP_DF.to_be(),
-        ttl: inner.ttl,
-        proto: IPPROTO_IPIP,
-        check: 0,
-        saddr: src,
-        daddr: dst,
-    };
-    h.check = csum::ipv4_header(&h);
-    // SAFETY: bounds-checked by ptr_at.
-    unsafe {
-        (*eth).proto = ETH_P_IP.to_be();
-        *outer = h;
+    let room = Room::Tunnel { outer_v6: !v4, fixed_segments };
+    if v4 {
+        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Fib::Other };
+        // SAFETY: bounds-checked by ptr_at.
+        let inner = unsafe { *ip };
+        // Room for the outer header in front of the inner one.
+        if !ctx.push_head(IPV4_HLEN as u32, room) {
+            return Fib::Other;
+        }
+        // Every packet pointer is invalid now: derive them again.
+        let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return Fib::Other };
+        let Some(outer) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Fib::Other };
+        let mut h = Ipv4Hdr {
+            vihl: 0x45,
+            tos: inner.tos,
+            tot_len: (len as u16).to_be(),
+            id: tun_id(),
+            frag_off: inner.frag_off & IP_DF.to_be(),
+            ttl: inner.ttl,
+            proto: IPPROTO_IPIP,
+            check: 0,
+            saddr: src[0],
+            daddr: dst[0],
+        };
+        h.check = csum::ipv4_header(&h);
+        // SAFETY: bounds-checked by ptr_at.
+        unsafe {
+            (*eth).proto = ETH_P_IP.to_be();
+            *outer = h;
+        }
+    } else {
+        let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return Fib::Other };
+        // SAFETY: bounds-checked by ptr_at.
+        let (vtc_flow, hop_limit) = unsafe { ((*ip).vtc_flow, (*ip).hop_limit) };
+        if !ctx.push_head(IPV6_HLEN as u32, room) {
+            return Fib::Other;
+        }
+        let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return Fib::Other };
+        let Some(outer) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return Fib::Other };
+        // SAFETY: bounds-checked by ptr_at; field by field, the addresses from the map value
+        // (no 40-byte header on the stack).
+        unsafe {
+            (*eth).proto = ETH_P_IPV6.to_be();
+            (*outer).vtc_flow = vtc_flow;
+            // The payload is the whole inner packet.
+            (*outer).payload_len = pkt.ip_len.to_be();
+            (*outer).nexthdr = IPPROTO_IPV6;
+            (*outer).hop_limit = hop_limit;
+            copy_addr(&raw mut (*outer).saddr, src);
+            copy_addr(&raw mut (*outer).daddr, dst);
+        }
     }
     out(ctx, &macs, out_if)
 }
@@ -651,13 +682,14 @@ fn sum_words<const N: usize>(m: &[u16; N]) -> u32 {
     sum
 }
 
-/// An IPv6 packet too long for the path: answer its sender with ICMPv6 "packet too big"
-/// (RFC 4443 §3.2: type 2, the path's MTU), quoting its IPv6 header and [`QUOTE_L4`] bytes,
+/// An IPv6 packet too long for the path (once encapsulated: `overhead`): answer its sender
+/// with ICMPv6 "packet too big" (RFC 4443 §3.2: type 2, the path's MTU less the overhead),
+/// quoting its IPv6 header and [`QUOTE_L4`] bytes,
 /// back out of the interface it came in on (IPv6 routers never fragment, so without this
 /// answer path-MTU discovery through the director fails). `Answered(XDP_TX)`, or
 /// `FragNeeded` with the frame untouched (`Unanswered` if no longer) when it cannot be done.
 #[inline(always)]
-fn packet_too_big(ctx: &impl Frame) -> Fib {
+fn packet_too_big(ctx: &impl Frame, overhead: u32) -> Fib {
     if !icmp_allowed() {
         return Fib::FragNeeded;
     }
@@ -668,7 +700,8 @@ fn packet_too_big(ctx: &impl Frame) -> Fib {
     let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return Fib::FragNeeded };
     // SAFETY: bounds-checked by ptr_at.
     let (e, i) = unsafe { (*eth, *ip) };
-    if mtu < 1280 {
+    // An MTU below IPv6's minimum once encapsulated cannot be told (IPVS drops these too).
+    if (mtu as u32) < 1280 + overhead {
         return Fib::FragNeeded;
     }
     const QUOTE: usize = IPV6_HLEN + QUOTE_L4;
@@ -699,7 +732,7 @@ fn packet_too_big(ctx: &impl Frame) -> Fib {
         let m = &mut *icmp;
         m[0] = u16::from_be_bytes([2, 0]).to_be();
         m[1] = 0;
-        let mtu_be = (mtu as u32).to_be();
+        let mtu_be = (mtu as u32 - overhead).to_be();
         m[2] = mtu_be as u16;
         m[3] = (mtu_be >> 16) as u16;
         // The pseudo-header: addresses, upper-layer length, next header (RFC 8200 §8.1).

@@ -11,7 +11,7 @@
 //!   (whoever sent it, as IPVS: internal addresses would leak or be filtered on the way);
 //!   forwarded to the client.
 //! - TUN: an error about a packet to the client is encapsulated to the real server like the
-//!   flow's own packets (IPv4).
+//!   flow's own packets.
 //!
 //! Only the first 8 bytes of the inner transport header are guaranteed in an ICMP error: the
 //! ports are translated, the inner TCP/UDP checksum is left as it is (as IPVS does; it cannot
@@ -28,7 +28,7 @@ use super::{
     csum, drop,
     fwd::{self, Fib},
     maps::{scratch, LB_CONNS, LB_REALS},
-    pass, Outcome, Pkt,
+    pass, tun_src_known, Outcome, Pkt,
 };
 use crate::parse::{
     ether_type, ptr_at, Frame, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP,
@@ -161,18 +161,7 @@ fn v4(ctx: &impl Frame) -> Option<Outcome> {
         }
         let real = [addr, 0, 0, 0];
         if flags & LB_FLOW_F_TUN != 0 {
-            // TUN: the error goes to the real server encapsulated, like the flow's packets.
-            let src = LB_REALS.get(real_id)?.tun_src;
-            if src == 0 {
-                return None;
-            }
-            let sc = scratch()?;
-            // SAFETY: per-CPU scratch map (no next-hop cache for errors).
-            let nh = unsafe { &raw mut (*sc).flow };
-            return Some(match fwd::tun(ctx, &pkt, (src, addr), nh, true) {
-                Fib::Sent(a) => (a, LbReason::IcmpIn),
-                _ => pass(LbReason::FibOther),
-            });
+            return tun(ctx, &pkt, real_id, &real);
         }
         if flags & LB_FLOW_F_DR == 0 {
             // SAFETY: bounds-checked pointers into the frame.
@@ -241,11 +230,7 @@ fn v6(ctx: &impl Frame) -> Option<Outcome> {
     }
     let f = flow_of(FAMILY_V6, i.nexthdr, (i.saddr, ports[0]), (i.daddr, ports[1]))?;
     // SAFETY: LRU value pointer from a successful lookup.
-    let (flags, addr, port) = unsafe { ((*f).flags, (*f).addr, (*f).port) };
-    // TUN carries IPv4 only.
-    if flags & LB_FLOW_F_TUN != 0 {
-        return None;
-    }
+    let (flags, addr, port, real_id) = unsafe { ((*f).flags, (*f).addr, (*f).port, (*f).real_id) };
     let mut pkt = Pkt {
         src: o.saddr,
         dst: o.daddr,
@@ -260,6 +245,9 @@ fn v6(ctx: &impl Frame) -> Option<Outcome> {
     if flags & LB_FLOW_F_REPLY == 0 {
         if o.daddr != i.saddr {
             return None;
+        }
+        if flags & LB_FLOW_F_TUN != 0 {
+            return tun(ctx, &pkt, real_id, &addr);
         }
         if flags & LB_FLOW_F_DR == 0 {
             // SAFETY: bounds-checked pointers into the frame.
@@ -295,4 +283,21 @@ fn v6(ctx: &impl Frame) -> Option<Outcome> {
         let to = pkt.dst;
         Some(send(ctx, &pkt, &to, LbReason::IcmpOut))
     }
+}
+
+/// TUN: an error about a packet to the client goes to the flow's real server `real` (`id`)
+/// encapsulated, like the flow's packets (`pkt`: the error as it is).
+#[inline(always)]
+fn tun(ctx: &impl Frame, pkt: &Pkt, id: u32, real: &[u32; 4]) -> Option<Outcome> {
+    let src = &LB_REALS.get(id)?.tun_src;
+    if !tun_src_known(src) {
+        return None;
+    }
+    let sc = scratch()?;
+    // SAFETY: per-CPU scratch map (no next-hop cache for errors).
+    let nh = unsafe { &raw mut (*sc).flow };
+    Some(match fwd::tun(ctx, pkt, (src, real), nh, true) {
+        Fib::Sent(a) => (a, LbReason::IcmpIn),
+        _ => pass(LbReason::FibOther),
+    })
 }

@@ -597,15 +597,6 @@ impl V<'_> {
                         ),
                     );
                 }
-                if vs.lb_kind == LbKind::Tun && rs.address.is_ipv6() {
-                    self.err(
-                        apos,
-                        format!(
-                            "real_server {}: TUN encapsulates IPv4 in IPv4 only (use DR or NAT for IPv6)",
-                            rs.address
-                        ),
-                    );
-                }
                 if let Some(chk) = &rs.check {
                     let citem = Item::Check(v, r);
                     if let Some(conn) = chk.kind.connect() {

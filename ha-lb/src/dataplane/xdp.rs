@@ -61,7 +61,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use aya::programs::{tc::SchedClassifierLinkId, xdp::XdpLinkId};
@@ -81,7 +81,7 @@ use super::{
     RealServerSpec, RealServerStats, ServiceSpec, ServiceStats, VirtualServerKey,
 };
 use crate::bpf::{
-    lb::{self as maps, addr_words, port_be},
+    lb::{self as maps, addr_words, port_be, words_addr},
     AttachMode, Bpf, BpfError, PROG_LB, PROG_LB_TC,
 };
 
@@ -107,8 +107,8 @@ struct AppliedReal {
     id: u32,
     gen: u32,
     weight: u32,
-    /// TUN: the outer source address written for it (wire order; 0: none).
-    tun_src: u32,
+    /// TUN: the outer source address written for it (`LbReal::tun_src`; all zero: none).
+    tun_src: [u32; 4],
 }
 
 /// A virtual server as last applied.
@@ -275,37 +275,39 @@ fn real_entry(addr: IpAddr, port: u16, flags: u8, service_id: u32, gen: u32) -> 
         flags,
         service_id,
         gen,
-        tun_src: 0,
-        _reserved: [0; 2],
+        tun_src: [0; 4],
+        _reserved: 0,
     }
 }
 
 /// The real server entry of `rs` in a service of kind `kind`: for TUN, with the outer source
-/// address `tun_source` gives for it (0 if none: the program then drops its flows).
+/// address `tun_source` gives for it (all zero if none: the program then drops its flows).
 fn live_real_entry(
     rs: &RealServerSpec,
     kind: LbKind,
     service_id: u32,
     gen: u32,
-    tun_source: &dyn Fn(IpAddr) -> Option<Ipv4Addr>,
+    tun_source: &dyn Fn(IpAddr) -> Option<IpAddr>,
 ) -> LbReal {
     let mut e = real_entry(rs.addr, rs.port, weight_flags(rs.weight), service_id, gen);
     if kind == LbKind::Tun {
-        e.tun_src = tun_source(rs.addr).map(|a| u32::from_ne_bytes(a.octets())).unwrap_or(0);
+        // The outer header is of the real server's family (IPv4 in IPv4, IPv6 in IPv6).
+        e.tun_src = tun_source(rs.addr)
+            .filter(|s| s.is_ipv4() == rs.addr.is_ipv4())
+            .map(|s| addr_words(s).0)
+            .unwrap_or([0; 4]);
     }
     e
 }
 
 /// This host's source address toward `addr` (the route's preferred source), found the way the
 /// kernel picks one for a datagram socket: connect (which sends nothing) and read it back.
-pub fn source_toward(addr: IpAddr) -> Option<Ipv4Addr> {
-    let IpAddr::V4(a) = addr else { return None };
-    let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
-    s.connect((a, 9)).ok()?;
-    match s.local_addr().ok()?.ip() {
-        IpAddr::V4(src) if !src.is_unspecified() => Some(src),
-        _ => None,
-    }
+pub fn source_toward(addr: IpAddr) -> Option<IpAddr> {
+    let any: IpAddr =
+        if addr.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let s = std::net::UdpSocket::bind((any, 0)).ok()?;
+    s.connect((addr, 9)).ok()?;
+    Some(s.local_addr().ok()?.ip()).filter(|src| !src.is_unspecified())
 }
 
 fn weight_flags(weight: u32) -> u8 {
@@ -330,7 +332,7 @@ pub fn plan(
 pub fn plan_with(
     state: &State,
     desired: &DesiredState,
-    tun_source: &dyn Fn(IpAddr) -> Option<Ipv4Addr>,
+    tun_source: &dyn Fn(IpAddr) -> Option<IpAddr>,
 ) -> Result<(State, Vec<Op>, ApplyReport), DataplaneError> {
     desired.validate()?;
     let mut next = state.clone();
@@ -819,7 +821,7 @@ impl XdpDataplane {
 
     fn refresh_tun_sources_with(
         &mut self,
-        tun_source: &dyn Fn(IpAddr) -> Option<Ipv4Addr>,
+        tun_source: &dyn Fn(IpAddr) -> Option<IpAddr>,
     ) -> Result<usize, DataplaneError> {
         let mut changed = 0;
         for (vs, s) in self.state.services.iter_mut() {
@@ -834,7 +836,7 @@ impl XdpDataplane {
                 }
                 execute(&mut self.bpf, &Op::PutReal(r.id, entry)).map_err(backend)?;
                 tracing::info!(virtual_server = %vs, real_server = %addr,
-                    source = %Ipv4Addr::from(entry.tun_src.to_ne_bytes()),
+                    source = %words_addr(&entry.tun_src, entry.family),
                     "TUN: outer source address changed");
                 r.tun_src = entry.tun_src;
                 changed += 1;
