@@ -226,8 +226,16 @@ pub struct Daemon {
     /// Instances being stopped for a restart (reload changed their VRRP parameters).
     restarting: BTreeSet<String>,
     link_up: BTreeMap<String, bool>,
+    /// The last state of each tracked script and the last value of each tracked file (by
+    /// name): their tasks report changes only, so trackers rebuilt by a reload or an
+    /// instance restart start from these.
+    script_ok: BTreeMap<String, bool>,
+    file_value: BTreeMap<String, i64>,
     ifnames: BTreeMap<u32, String>,
-    track_tasks: Vec<JoinHandle<()>>,
+    /// Running track tasks by what they watch ("script NAME" / "file NAME"), with the
+    /// definition each was started from: a reload restarts only those whose definition
+    /// changed.
+    track_tasks: BTreeMap<String, (String, JoinHandle<()>)>,
     group_state: BTreeMap<String, State>,
     /// Each instance's state as its last event reported it.
     inst_state: BTreeMap<String, State>,
@@ -349,8 +357,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         instances: BTreeMap::new(),
         restarting: BTreeSet::new(),
         link_up: BTreeMap::new(),
+        script_ok: BTreeMap::new(),
+        file_value: BTreeMap::new(),
         ifnames: BTreeMap::new(),
-        track_tasks: Vec::new(),
+        track_tasks: BTreeMap::new(),
         group_state: BTreeMap::new(),
         inst_state: BTreeMap::new(),
         notify_tasks: Vec::new(),
@@ -648,7 +658,19 @@ impl Daemon {
 
     async fn start_instance(&mut self, inst: &VrrpInstance) -> Result<()> {
         let handle = instance::start(inst, &self.rtnl, self.events_tx.clone()).await?;
-        let mut tracker = Tracker::default();
+        self.learn_links(inst).await;
+        let tracker = self.tracker_for(inst);
+        info!(instance = %inst.name, interface = %inst.interface, virtual_router_id = inst.virtual_router_id, priority = inst.priority, "vrrp_instance started");
+        self.instances.insert(
+            inst.name.clone(),
+            Running { handle, cfg: inst.clone(), tracker, sent: (false, 0) },
+        );
+        Ok(())
+    }
+
+    /// Looks up the state of `inst`'s interface and tracked interfaces not known yet (later
+    /// changes come as link events).
+    async fn learn_links(&mut self, inst: &VrrpInstance) {
         for ifname in std::iter::once(&inst.interface)
             .chain(inst.track_interface.iter().map(|t| &t.interface))
         {
@@ -663,22 +685,38 @@ impl Daemon {
                 self.link_up.insert(ifname.clone(), up);
             }
         }
-        tracker.own_interface(&inst.interface, self.link_up[&inst.interface]);
-        for t in &inst.track_interface {
-            tracker.interface(&t.interface, self.link_up[&t.interface], t.weight);
-        }
-        info!(instance = %inst.name, interface = %inst.interface, virtual_router_id = inst.virtual_router_id, priority = inst.priority, "vrrp_instance started");
-        self.instances.insert(
-            inst.name.clone(),
-            Running { handle, cfg: inst.clone(), tracker, sent: (false, 0) },
-        );
-        Ok(())
     }
 
-    fn start_track_tasks(&mut self) {
-        for t in self.track_tasks.drain(..) {
-            t.abort();
+    /// `inst`'s tracker from the last known state of everything it tracks: links, scripts
+    /// (OK until one reports otherwise) and files (nothing until read).
+    fn tracker_for(&self, inst: &VrrpInstance) -> Tracker {
+        let mut t = Tracker::default();
+        let up = |name: &String| self.link_up.get(name).copied().unwrap_or(false);
+        t.own_interface(&inst.interface, up(&inst.interface));
+        for ti in &inst.track_interface {
+            t.interface(&ti.interface, up(&ti.interface), ti.weight);
         }
+        for ts in &inst.track_script {
+            t.script(
+                &ts.script,
+                self.script_ok.get(&ts.script).copied().unwrap_or(true),
+                ts.weight,
+            );
+        }
+        for tf in &inst.track_file {
+            if let Some(v) = self.file_value.get(&tf.track_file) {
+                t.file(&tf.track_file, *v, tf.weight);
+            }
+        }
+        t
+    }
+
+    /// Starts a task for every script and file some instance tracks, keeping the running
+    /// ones whose definition is unchanged (their state stays valid) and stopping those no
+    /// longer tracked. A script restarted with a new definition starts from its last state,
+    /// so a failing check does not read as passing until it has run `rise` times.
+    fn start_track_tasks(&mut self) {
+        let mut wanted: BTreeMap<String, String> = BTreeMap::new();
         let used_scripts: BTreeSet<&str> = self
             .config
             .vrrp_instances
@@ -690,15 +728,24 @@ impl Daemon {
                 continue;
             }
             let user = s.user.as_ref().or(self.config.global.script_user.as_ref());
-            self.track_tasks.push(track::spawn_script(
+            let key = format!("script {}", s.name);
+            let def = format!("{s:?} {user:?}");
+            wanted.insert(key.clone(), def.clone());
+            if self.track_tasks.get(&key).is_some_and(|(d, _)| *d == def) {
+                continue;
+            }
+            let task = track::spawn_script(
                 s.name.clone(),
                 s.script.argv.clone(),
                 s.interval,
                 run_options(user, s.timeout),
-                s.rise,
-                s.fall,
+                (s.rise, s.fall),
+                self.script_ok.get(&s.name).copied().unwrap_or(true),
                 self.track_tx.clone(),
-            ));
+            );
+            if let Some((_, old)) = self.track_tasks.insert(key, (def, task)) {
+                old.abort();
+            }
         }
         let used_files: BTreeSet<&str> = self
             .config
@@ -707,14 +754,31 @@ impl Daemon {
             .flat_map(|i| i.track_file.iter().map(|t| t.track_file.as_str()))
             .collect();
         for f in &self.config.track_files {
-            if used_files.contains(f.name.as_str()) {
-                self.track_tasks.push(track::spawn_file(
-                    f.name.clone(),
-                    f.file.clone(),
-                    self.track_tx.clone(),
-                ));
+            if !used_files.contains(f.name.as_str()) {
+                continue;
+            }
+            let key = format!("file {}", f.name);
+            let def = format!("{:?}", f.file);
+            wanted.insert(key.clone(), def.clone());
+            if self.track_tasks.get(&key).is_some_and(|(d, _)| *d == def) {
+                continue;
+            }
+            // A new file task reports its first reading: until then the old value stands.
+            let task = track::spawn_file(f.name.clone(), f.file.clone(), self.track_tx.clone());
+            if let Some((_, old)) = self.track_tasks.insert(key, (def, task)) {
+                old.abort();
             }
         }
+        self.track_tasks.retain(|key, (_, task)| {
+            let keep = wanted.contains_key(key);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        let scripts: BTreeSet<&str> = used_scripts;
+        self.script_ok.retain(|n, _| scripts.contains(n.as_str()));
+        self.file_value.retain(|n, _| used_files.contains(n.as_str()));
     }
 
     fn on_link(&mut self, ev: LinkEvent) -> Option<TrackUpdate> {
@@ -733,9 +797,17 @@ impl Daemon {
     }
 
     fn on_track(&mut self, u: TrackUpdate) {
-        if let TrackUpdate::Link { name, up } = &u {
-            info!(interface = %name, up, "tracked interface changed");
-            self.link_up.insert(name.clone(), *up);
+        match &u {
+            TrackUpdate::Link { name, up } => {
+                info!(interface = %name, up, "tracked interface changed");
+                self.link_up.insert(name.clone(), *up);
+            }
+            TrackUpdate::Script { name, ok } => {
+                self.script_ok.insert(name.clone(), *ok);
+            }
+            TrackUpdate::File { name, value } => {
+                self.file_value.insert(name.clone(), *value);
+            }
         }
         for r in self.instances.values_mut() {
             match &u {
@@ -923,7 +995,7 @@ impl Daemon {
             error!("{m}");
             return Err(m);
         }
-        let old = std::mem::replace(&mut self.config, new.clone());
+        self.config = new.clone();
         // Instances: removed ones stop (make-before-break), changed ones restart once their
         // old task has handed over, new ones start.
         let new_names: BTreeSet<&str> =
@@ -962,24 +1034,16 @@ impl Daemon {
                 }
             }
         }
-        if old.vrrp_scripts != new.vrrp_scripts
-            || old.track_files != new.track_files
-            || old.vrrp_instances != new.vrrp_instances
-        {
-            self.start_track_tasks();
-        }
-        for r in self.instances.values_mut() {
-            // Rebuild each tracker from the current link states; scripts and files report again.
-            let mut t = Tracker::default();
-            t.own_interface(&r.cfg.interface, *self.link_up.get(&r.cfg.interface).unwrap_or(&true));
-            for ti in &r.cfg.track_interface {
-                t.interface(
-                    &ti.interface,
-                    *self.link_up.get(&ti.interface).unwrap_or(&false),
-                    ti.weight,
-                );
+        self.start_track_tasks();
+        // Rebuild each tracker with the new weights from the last known state of what it
+        // tracks (a failing script or a set track file keeps its FAULT or penalty).
+        let cfgs: Vec<VrrpInstance> = self.instances.values().map(|r| r.cfg.clone()).collect();
+        for cfg in &cfgs {
+            self.learn_links(cfg).await;
+            let t = self.tracker_for(cfg);
+            if let Some(r) = self.instances.get_mut(&cfg.name) {
+                r.tracker = t;
             }
-            r.tracker = t;
         }
         self.apply_tracking().await;
         let res = match (&mut self.dataplane, &mut self.filter) {
@@ -1045,7 +1109,7 @@ impl Daemon {
                 }
             }
         }
-        for t in self.track_tasks.drain(..) {
+        for (_, (_, t)) in std::mem::take(&mut self.track_tasks) {
             t.abort();
         }
         self.filter = None;

@@ -369,6 +369,19 @@ fn track_script(weight: i32) {
     let held = hold_pattern(&[&d1, &d2], Duration::from_millis(700));
     assert_eq!(held, vec![Never, Always], "VIP while d1's script fails");
 
+    // A reload keeps the failure: d1's tracker is rebuilt from the script's last state (it
+    // used to start from "passing", and the script reports changes only: d1 took the VIP
+    // back and kept it while its check failed).
+    t.lab.signal(a.pid, libc::SIGHUP).unwrap();
+    eventually(Duration::from_secs(3), "d1 reloaded", || {
+        a.status().map(|s| s["reloads"].as_u64() == Some(1)).unwrap_or(false)
+    })
+    .unwrap();
+    let held = hold_pattern(&[&d1, &d2], Duration::from_millis(700));
+    assert_eq!(held, vec![Never, Always], "VIP after a reload while d1's script fails");
+    assert_eq!(state(&a), want, "after the reload");
+    assert_eq!(field(&a, "effective_priority").as_u64(), eff);
+
     std::fs::write(&flag, "").unwrap();
     eventually(Duration::from_secs(3), "d1 takes the VIP back", || {
         holds(&d1, "eth0", V) && !holds(&d2, "eth0", V)

@@ -85,7 +85,12 @@ pub struct RiseFall {
 impl RiseFall {
     /// Starts succeeding (keepalived's default without `init_fail`).
     pub fn new(rise: u32, fall: u32) -> Self {
-        RiseFall { rise: rise.max(1), fall: fall.max(1), ok: true, streak: 0 }
+        Self::starting(true, rise, fall)
+    }
+
+    /// Starting in state `ok` rather than OK.
+    pub fn starting(ok: bool, rise: u32, fall: u32) -> Self {
+        RiseFall { rise: rise.max(1), fall: fall.max(1), ok, streak: 0 }
     }
 
     pub fn ok(&self) -> bool {
@@ -119,17 +124,20 @@ pub enum TrackUpdate {
 }
 
 /// Runs `vrrp_script` `name` every `interval`, reporting flips of its rise/fall state.
+/// Runs a track script every `interval` and reports its state when `rise` successes or `fall`
+/// failures in a row change it, starting from `ok` (the state a reload or restart carried
+/// over; a new script starts OK, as keepalived's without `init_fail`).
 pub fn spawn_script(
     name: String,
     argv: Vec<String>,
     interval: Duration,
     opts: RunOptions,
-    rise: u32,
-    fall: u32,
+    (rise, fall): (u32, u32),
+    ok: bool,
     tx: mpsc::Sender<TrackUpdate>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut rf = RiseFall::new(rise, fall);
+        let mut rf = RiseFall::starting(ok, rise, fall);
         let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
