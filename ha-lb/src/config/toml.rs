@@ -403,8 +403,13 @@ impl<'s> Reader<'s> {
         }
     }
 
-    fn missing(&mut self, tb: &Tbl<'_>, key: &str) {
-        self.err(tb.pos, format!("{} is missing required key {key}", tb.what));
+    /// Whether the table sets the required `key`; reports it missing where not.
+    fn required(&mut self, tb: &Tbl<'_>, key: &str) -> bool {
+        let present = tb.t.get(key).is_some();
+        if !present {
+            self.err(tb.pos, format!("{} is missing required key {key}", tb.what));
+        }
+        present
     }
 
     /// `[[key]]` entries (or an array of inline tables, or a single table).
@@ -491,8 +496,7 @@ impl<'s> Reader<'s> {
     }
 
     fn req_string(&mut self, tb: &Tbl<'_>, key: &'static str) -> Option<(String, Pos)> {
-        if tb.t.get(key).is_none() {
-            self.missing(tb, key);
+        if !self.required(tb, key) {
             return None;
         }
         self.string(tb, key)
@@ -549,8 +553,7 @@ impl<'s> Reader<'s> {
     }
 
     fn req_int(&mut self, tb: &Tbl<'_>, key: &'static str, lo: i64, hi: i64) -> Option<i64> {
-        if tb.t.get(key).is_none() {
-            self.missing(tb, key);
+        if !self.required(tb, key) {
             return None;
         }
         self.int(tb, key, lo, hi)
@@ -624,8 +627,7 @@ impl<'s> Reader<'s> {
     }
 
     fn req_ip(&mut self, tb: &Tbl<'_>, key: &'static str) -> Option<IpAddr> {
-        if tb.t.get(key).is_none() {
-            self.missing(tb, key);
+        if !self.required(tb, key) {
             return None;
         }
         self.ip(tb, key)
@@ -806,10 +808,8 @@ impl<'s> Reader<'s> {
             let interface = self.string(&sb, "interface").map(|(s, _)| s);
             let vrrp_instance = self.string(&sb, "vrrp_instance").map(|(s, _)| s);
             let id = self.int(&sb, "id", 1, 255).map(|v| v as u8);
-            for (v, k) in [(&interface, "interface"), (&vrrp_instance, "vrrp_instance")] {
-                if v.is_none() && sb.t.get(k).is_none() {
-                    self.err(spos, format!("lvs_sync_daemon is missing required key {k}"));
-                }
+            for k in ["interface", "vrrp_instance"] {
+                self.required(&sb, k);
             }
             if let (Some(interface), Some(vrrp_instance)) = (interface, vrrp_instance) {
                 g.lvs_sync_daemon = Some(LvsSyncDaemon { interface, vrrp_instance, id });
@@ -824,13 +824,7 @@ impl<'s> Reader<'s> {
         self.stack.push(item);
         let tb = self.open_item(t, "vrrp_script", pos, item, VRRP_SCRIPT_KEYS);
         let name = self.name(&tb).unwrap_or_default();
-        let script = match tb.t.get("script") {
-            None => {
-                self.missing(&tb, "script");
-                None
-            }
-            Some(_) => self.script(&tb, "script"),
-        };
+        let script = if self.required(&tb, "script") { self.script(&tb, "script") } else { None };
         let interval =
             self.secs(&tb, "interval", 1_000, 86_400_000_000).unwrap_or(Duration::from_secs(1));
         let timeout = self.secs(&tb, "timeout", 1_000, 86_400_000_000).unwrap_or(interval);
@@ -1086,9 +1080,7 @@ impl<'s> Reader<'s> {
         self.stack.push(item);
         let tb = self.open_item(t, "vrrp_sync_group", pos, item, SYNC_GROUP_KEYS);
         let name = self.name(&tb).unwrap_or_default();
-        if tb.t.get("group").is_none() {
-            self.missing(&tb, "group");
-        }
+        self.required(&tb, "group");
         let mut group = Vec::new();
         for v in self.list(&tb, "group") {
             if let Some((s, _)) = self.as_string(&v, "each group member") {
@@ -1282,11 +1274,10 @@ impl<'s> Reader<'s> {
                 Some(if block == "HTTP_GET" { CheckKind::Http(h) } else { CheckKind::Ssl(h) })
             }
             "MISC_CHECK" => {
-                let misc_path = if tb.t.get("misc_path").is_none() {
-                    self.missing(&tb, "misc_path");
-                    None
-                } else {
+                let misc_path = if self.required(&tb, "misc_path") {
                     self.script(&tb, "misc_path")
+                } else {
+                    None
                 };
                 let misc_timeout =
                     self.secs(&tb, "misc_timeout", 1_000, 86_400_000_000).unwrap_or(vs.delay_loop);
