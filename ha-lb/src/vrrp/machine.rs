@@ -1288,6 +1288,40 @@ mod tests {
         drain(&mut m);
         m
     }
+    /// A backup started at `t0` with no configured peers that heard PEER (priority 200)
+    /// once a second through its learning window, the last time at `t0` + 10 s: its
+    /// allow-list is locked on PEER.
+    fn locked_on_peer(c: Config, t0: Instant) -> Machine {
+        let mut m = started(Config { unicast_peers: vec![], ..c }, t0);
+        for i in 0..11 {
+            let t = t0 + Duration::from_secs(i);
+            m.handle_advert(t, ip(PEER), &advert(&m, 200));
+            m.handle_timeout(t);
+        }
+        assert_eq!(*m.peers().1, PeerMode::Locked);
+        m
+    }
+    /// Lower-priority adverts (100) from PEER once a second, `secs` after `t0`: each is
+    /// followed (the down timer rearmed) while the preempt delay holds; the next one, at
+    /// `secs.end`, arms preemption after the skew time. Returns when that one came.
+    fn preempt_held_for(m: &mut Machine, t0: Instant, secs: std::ops::Range<u64>) -> Instant {
+        for i in secs.clone() {
+            let t = t0 + Duration::from_secs(i);
+            m.handle_advert(t, ip(PEER), &advert(m, 100));
+            assert_eq!(m.poll_timeout(), Some(t + m.master_down_interval()));
+        }
+        let t = t0 + Duration::from_secs(secs.end);
+        m.handle_advert(t, ip(PEER), &advert(m, 100));
+        assert_eq!(m.poll_timeout(), Some(t + m.skew_time()));
+        t
+    }
+    /// The last actions of a STOPPING master: VIPs removed, then INITIALIZE.
+    fn stop_actions(reason: Reason) -> Vec<Action> {
+        vec![
+            Action::RemoveVips,
+            Action::StateChanged { from: State::Stopping, to: State::Initialize, reason },
+        ]
+    }
 
     #[test]
     fn rfc_timer_formulas() {
@@ -1477,14 +1511,7 @@ mod tests {
         c.preempt_delay = Duration::from_secs(10);
         let mut m = started(c, t0);
         // Lower master adverts are accepted as normal until start + 10 s.
-        for i in 0..10 {
-            let t = t0 + Duration::from_secs(i);
-            m.handle_advert(t, ip(PEER), &advert(&m, 100));
-            assert_eq!(m.poll_timeout(), Some(t + m.master_down_interval()));
-        }
-        let t = t0 + Duration::from_secs(10);
-        m.handle_advert(t, ip(PEER), &advert(&m, 100));
-        assert_eq!(m.poll_timeout(), Some(t + m.skew_time()));
+        let t = preempt_held_for(&mut m, t0, 0..10);
         run(&mut m, t + Duration::from_secs(1));
         assert_eq!(m.state(), State::Master);
     }
@@ -1500,14 +1527,7 @@ mod tests {
             m.handle_advert(t0 + Duration::from_secs(i), ip(PEER), &advert(&m, 200));
         }
         // Its priority drops below ours at t0+8: delay runs from here.
-        for i in 8..13 {
-            let t = t0 + Duration::from_secs(i);
-            m.handle_advert(t, ip(PEER), &advert(&m, 100));
-            assert_eq!(m.poll_timeout(), Some(t + m.master_down_interval()));
-        }
-        let t13 = t0 + Duration::from_secs(13);
-        m.handle_advert(t13, ip(PEER), &advert(&m, 100));
-        assert_eq!(m.poll_timeout(), Some(t13 + m.skew_time()));
+        preempt_held_for(&mut m, t0, 8..13);
     }
 
     #[test]
@@ -1614,18 +1634,7 @@ mod tests {
         m.handle_timeout(t1 + Duration::from_millis(999));
         assert_eq!(drain(&mut m), vec![]);
         m.handle_timeout(t1 + Duration::from_secs(1));
-        let a = drain(&mut m);
-        assert_eq!(
-            a,
-            vec![
-                Action::RemoveVips,
-                Action::StateChanged {
-                    from: State::Stopping,
-                    to: State::Initialize,
-                    reason: Reason::PeerTookOver { from: ip(PEER) }
-                }
-            ]
-        );
+        assert_eq!(drain(&mut m), stop_actions(Reason::PeerTookOver { from: ip(PEER) }));
         assert_eq!(m.poll_timeout(), None);
     }
 
@@ -1641,17 +1650,7 @@ mod tests {
         m.handle_advert(late, ip(PEER), &advert(&m, 100));
         assert_eq!(m.poll_timeout(), Some(end), "linger cut at the stop deadline");
         m.handle_timeout(end);
-        assert_eq!(
-            drain(&mut m),
-            vec![
-                Action::RemoveVips,
-                Action::StateChanged {
-                    from: State::Stopping,
-                    to: State::Initialize,
-                    reason: Reason::PeerTookOver { from: ip(PEER) }
-                }
-            ]
-        );
+        assert_eq!(drain(&mut m), stop_actions(Reason::PeerTookOver { from: ip(PEER) }));
         // Short intervals linger at least 50 ms.
         let mut c = v3(cfg(200));
         c.advert_int_cs = 2;
@@ -1697,16 +1696,7 @@ mod tests {
         assert_eq!(sent_priorities(&a), vec![0, 0, 0, 0]);
         assert_eq!(m.state(), State::Stopping);
         let a = run(&mut m, t0 + Duration::from_secs(10));
-        assert_eq!(a.len(), 2);
-        assert_eq!(a[a.len() - 2], Action::RemoveVips);
-        assert_eq!(
-            a[a.len() - 1],
-            Action::StateChanged {
-                from: State::Stopping,
-                to: State::Initialize,
-                reason: Reason::StopTimeout
-            }
-        );
+        assert_eq!(a, stop_actions(Reason::StopTimeout));
         // Another router's priority-0 does not count as a takeover.
         let mut m = master(cfg(200), t0);
         m.shutdown(t0);
@@ -1721,17 +1711,7 @@ mod tests {
         m.shutdown(t0);
         drain(&mut m);
         m.shutdown(t0);
-        assert_eq!(
-            drain(&mut m),
-            vec![
-                Action::RemoveVips,
-                Action::StateChanged {
-                    from: State::Stopping,
-                    to: State::Initialize,
-                    reason: Reason::ShutdownForced
-                }
-            ]
-        );
+        assert_eq!(drain(&mut m), stop_actions(Reason::ShutdownForced));
         let mut b = started(cfg(100), t0);
         b.shutdown(t0);
         assert_eq!(
@@ -1817,13 +1797,7 @@ mod tests {
     #[test]
     fn unknown_source_admitted_only_after_consecutive_adverts() {
         let t0 = Instant::now();
-        let mut m = started(Config { unicast_peers: vec![], ..cfg(100) }, t0);
-        for i in 0..11 {
-            let t = t0 + Duration::from_secs(i);
-            m.handle_advert(t, ip(PEER), &advert(&m, 200));
-            m.handle_timeout(t);
-        }
-        assert_eq!(*m.peers().1, PeerMode::Locked);
+        let mut m = locked_on_peer(cfg(100), t0);
         let t = t0 + Duration::from_secs(20);
         // Isolated forged packets (more than 2 intervals apart) never get in.
         for k in 0..5 {
@@ -1847,18 +1821,8 @@ mod tests {
     #[test]
     fn backup_waits_for_an_unknown_higher_master_on_probation() {
         let t0 = Instant::now();
-        let locked = |t0: Instant| {
-            let mut m = started(Config { unicast_peers: vec![], ..v3(cfg(100)) }, t0);
-            for i in 0..11 {
-                let t = t0 + Duration::from_secs(i);
-                m.handle_advert(t, ip(PEER), &advert(&m, 200));
-                m.handle_timeout(t);
-            }
-            assert_eq!(*m.peers().1, PeerMode::Locked);
-            m
-        };
         let last = t0 + Duration::from_secs(10);
-        let mut m = locked(t0);
+        let mut m = locked_on_peer(v3(cfg(100)), t0);
         let due = last + m.master_down_interval();
         assert_eq!(m.poll_timeout(), Some(due));
         // HIGH (150) went MASTER after its shorter down interval.
@@ -1876,14 +1840,14 @@ mod tests {
         assert_eq!(m.counters().became_master, 0);
 
         // A lone forged advert: MASTER 2 intervals after it, not never.
-        let mut m = locked(t0);
+        let mut m = locked_on_peer(v3(cfg(100)), t0);
         m.handle_advert(h1, ip(HIGH), &advert(&m, 150));
         run(&mut m, h1 + Duration::from_secs(2) - Duration::from_nanos(1));
         assert_eq!(m.state(), State::Backup);
         run(&mut m, h1 + Duration::from_secs(2));
         assert_eq!(m.state(), State::Master);
         // Lower-priority unknown sources postpone nothing.
-        let mut m = locked(t0);
+        let mut m = locked_on_peer(v3(cfg(100)), t0);
         m.handle_advert(h1, ip(HIGH), &advert(&m, 50));
         assert_eq!(m.poll_timeout(), Some(due));
     }
