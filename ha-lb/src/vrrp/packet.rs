@@ -889,6 +889,36 @@ mod tests {
         any::<u128>().prop_map(|x| IpAddr::V6(Ipv6Addr::from(x)))
     }
 
+    /// A VRRPv3 advert with fewer than `max_addrs` addresses, and its source and
+    /// destination, all drawn from `addr`.
+    fn arb_v3<S: Strategy<Value = IpAddr>>(
+        addr: fn() -> S,
+        max_addrs: usize,
+    ) -> impl Strategy<Value = (Advert, IpAddr, IpAddr)> {
+        (
+            1u8..=255,
+            any::<u8>(),
+            0u16..=4095,
+            proptest::collection::vec(addr(), 0..max_addrs),
+            addr(),
+            addr(),
+        )
+            .prop_map(|(vrid, priority, cs, addrs, s, d)| {
+                (
+                    Advert {
+                        version: Version::V3,
+                        vrid,
+                        priority,
+                        adver_int_cs: cs,
+                        addrs,
+                        auth: Auth::None,
+                    },
+                    s,
+                    d,
+                )
+            })
+    }
+
     fn arb_case() -> impl Strategy<Value = (Advert, IpAddr, IpAddr)> {
         let v2 = (
             1u8..=255,
@@ -913,51 +943,7 @@ mod tests {
                     d,
                 )
             });
-        let v3_4 = (
-            1u8..=255,
-            any::<u8>(),
-            0u16..=4095,
-            proptest::collection::vec(arb_v4(), 0..20),
-            arb_v4(),
-            arb_v4(),
-        )
-            .prop_map(|(vrid, priority, cs, addrs, s, d)| {
-                (
-                    Advert {
-                        version: Version::V3,
-                        vrid,
-                        priority,
-                        adver_int_cs: cs,
-                        addrs,
-                        auth: Auth::None,
-                    },
-                    s,
-                    d,
-                )
-            });
-        let v3_6 = (
-            1u8..=255,
-            any::<u8>(),
-            0u16..=4095,
-            proptest::collection::vec(arb_v6(), 0..10),
-            arb_v6(),
-            arb_v6(),
-        )
-            .prop_map(|(vrid, priority, cs, addrs, s, d)| {
-                (
-                    Advert {
-                        version: Version::V3,
-                        vrid,
-                        priority,
-                        adver_int_cs: cs,
-                        addrs,
-                        auth: Auth::None,
-                    },
-                    s,
-                    d,
-                )
-            });
-        prop_oneof![v2, v3_4, v3_6]
+        prop_oneof![v2, arb_v3(arb_v4, 20), arb_v3(arb_v6, 10)]
     }
 
     proptest! {
