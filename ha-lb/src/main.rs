@@ -134,14 +134,7 @@ fn main() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                Ok(other) => {
-                    eprintln!("ha-lb: unexpected answer: {other:?}");
-                    ExitCode::FAILURE
-                }
-                Err(e) => {
-                    eprintln!("ha-lb: {e:#}");
-                    ExitCode::FAILURE
-                }
+                other => request_failed(other),
             }
         }
         Cmd::Reload { socket } => {
@@ -154,15 +147,17 @@ fn main() -> ExitCode {
                     eprintln!("{message}");
                     ExitCode::FAILURE
                 }
-                Ok(other) => {
-                    eprintln!("ha-lb: unexpected answer: {other:?}");
-                    ExitCode::FAILURE
-                }
-                Err(e) => {
-                    eprintln!("ha-lb: {e:#}");
-                    ExitCode::FAILURE
-                }
+                other => request_failed(other),
             }
         }
     }
+}
+
+/// Reports a control request that failed, or an answer its command does not expect.
+fn request_failed(r: anyhow::Result<Response>) -> ExitCode {
+    match r {
+        Ok(other) => eprintln!("ha-lb: unexpected answer: {other:?}"),
+        Err(e) => eprintln!("ha-lb: {e:#}"),
+    }
+    ExitCode::FAILURE
 }
