@@ -158,10 +158,7 @@ fn main() -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             if peers.contains(&bench::failover::Peer::HaLb) {
                 build_ebpf(&root)?;
-                run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                    .current_dir(&root)
-                    .args(["build", "--release", "-p", "ha-lb", "-p", "ha-lb-lab"]))?;
-                std::env::set_var("HLB_BIN_HA_LB", release_dir(&root).join("ha-lb"));
+                build_release_ha_lb(&root)?;
             }
             let settings = [
                 bench::failover::Setting { version: 3, advert_cs: 100 },
@@ -173,14 +170,8 @@ fn main() -> Result<()> {
             what: BenchCmd::Dataplane { quick, rounds, variants, metrics, udp_real_servers },
         } => {
             use bench::dataplane::{Metric, Options, Variant};
-            let variants = match variants {
-                Some(v) => v.iter().map(|s| Variant::parse(s)).collect::<Result<Vec<_>>>()?,
-                None => Variant::ALL.to_vec(),
-            };
-            let metrics = match metrics {
-                Some(m) => m.iter().map(|s| Metric::parse(s)).collect::<Result<Vec<_>>>()?,
-                None => Metric::ALL.to_vec(),
-            };
+            let variants = parse_or_all(variants, Variant::parse, &Variant::ALL)?;
+            let metrics = parse_or_all(metrics, Metric::parse, &Metric::ALL)?;
             let object = build_ebpf(&root)?;
             sweep()?;
             if !(1..=ha_lb_lab::benchtopo::REAL_SERVERS).contains(&udp_real_servers) {
@@ -218,10 +209,7 @@ fn main() -> Result<()> {
         Cmd::Demo { dataplane } => {
             toolchain::setup(&root, false)?;
             build_ebpf(&root)?;
-            run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .current_dir(&root)
-                .args(["build", "--release", "-p", "ha-lb", "-p", "ha-lb-lab"]))?;
-            std::env::set_var("HLB_BIN_HA_LB", release_dir(&root).join("ha-lb"));
+            build_release_ha_lb(&root)?;
             std::env::set_var("HLB_BIN_HLB_REALSERVER", release_dir(&root).join("hlb-realserver"));
             sweep()?;
             demo::run(&root, &dataplane)
@@ -243,14 +231,8 @@ fn ipvs_options(
     object: PathBuf,
 ) -> Result<bench::ipvs::Options> {
     use bench::ipvs::{Metric, Options, Variant};
-    let variants = match variants {
-        Some(v) => v.iter().map(|s| Variant::parse(s)).collect::<Result<Vec<_>>>()?,
-        None => Variant::ALL.to_vec(),
-    };
-    let metrics = match metrics {
-        Some(m) => m.iter().map(|s| Metric::parse(s)).collect::<Result<Vec<_>>>()?,
-        None => Metric::ALL.to_vec(),
-    };
+    let variants = parse_or_all(variants, Variant::parse, &Variant::ALL)?;
+    let metrics = parse_or_all(metrics, Metric::parse, &Metric::ALL)?;
     Ok(Options {
         rounds,
         udp: std::time::Duration::from_secs(udp_secs.max(1)),
@@ -259,6 +241,18 @@ fn ipvs_options(
         metrics,
         object,
     })
+}
+
+/// What `names` (from the command line) parse to with `parse`, or all of `all` without them.
+fn parse_or_all<T: Copy>(
+    names: Option<Vec<String>>,
+    parse: fn(&str) -> Result<T>,
+    all: &[T],
+) -> Result<Vec<T>> {
+    match names {
+        Some(v) => v.iter().map(|s| parse(s)).collect(),
+        None => Ok(all.to_vec()),
+    }
 }
 
 fn workspace_root() -> PathBuf {
@@ -272,6 +266,15 @@ fn release_dir(root: &Path) -> PathBuf {
         .map(|d| if d.is_relative() { root.join(d) } else { d })
         .unwrap_or_else(|| root.join("target"))
         .join("release")
+}
+
+/// Builds ha-lb and the lab's binaries in release mode, and has the lab run that ha-lb.
+fn build_release_ha_lb(root: &Path) -> Result<()> {
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args(["build", "--release", "-p", "ha-lb", "-p", "ha-lb-lab"]))?;
+    std::env::set_var("HLB_BIN_HA_LB", release_dir(root).join("ha-lb"));
+    Ok(())
 }
 
 /// Where `ha-lb`'s build script looks for the object.
