@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use daemon_support::*;
 use ha_lb_lab::{
-    daemon::{eventually, holds, HaLb, Scratch},
+    daemon::{eventually, HaLb, Scratch},
     topology::{DirectorLab, Mode},
 };
 
@@ -51,13 +51,8 @@ fn established_connections_survive_a_failover_with_lvs_sync_daemon() {
     std::thread::sleep(Duration::from_millis(2500));
 
     let _ = n2.ip(&["neigh", "flush", "dev", "eth0"]);
-    t.lab.kill(d1.pid);
-    n1.ip(&["link", "set", "eth0", "down"]).unwrap();
-    n1.ip(&["link", "set", "eth1", "down"]).unwrap();
-    eventually(Duration::from_secs(3), "d2 holds both VIPs", || {
-        holds(&n2, "eth0", VIP_S) && holds(&n2, "eth1", GW_S)
-    })
-    .unwrap();
+    crash(&mut t, &d1);
+    eventually(Duration::from_secs(3), "d2 holds both VIPs", || holds_both_vips(&n2)).unwrap();
 
     for (i, (c, before)) in conns.iter_mut().zip(&names).enumerate() {
         // The first request after the takeover may need TCP's retransmission.

@@ -261,7 +261,7 @@ fn pair_traffic_survives_real_server_death_and_director_failover() {
     let pids = t.start_real_servers().unwrap();
     let s = Scratch::new("dpair").unwrap();
     let (d1, d2) = pair(&mut t, &s);
-    let (n1, n2) = (d1.node.clone(), d2.node.clone());
+    let n2 = d2.node.clone();
 
     let traffic = Traffic::start(&t.client, Duration::from_millis(20), Duration::from_millis(250));
     std::thread::sleep(Duration::from_millis(500));
@@ -279,13 +279,8 @@ fn pair_traffic_survives_real_server_death_and_director_failover() {
     // no neighbour entry hides how replies are forwarded right after a takeover.
     let _ = n2.ip(&["neigh", "flush", "dev", "eth0"]);
     let killed = traffic.now();
-    t.lab.kill(d1.pid);
-    n1.ip(&["link", "set", "eth0", "down"]).unwrap();
-    n1.ip(&["link", "set", "eth1", "down"]).unwrap();
-    eventually(Duration::from_secs(3), "d2 holds both VIPs", || {
-        holds(&n2, "eth0", VIP_S) && holds(&n2, "eth1", GW_S)
-    })
-    .unwrap();
+    crash(&mut t, &d1);
+    eventually(Duration::from_secs(3), "d2 holds both VIPs", || holds_both_vips(&n2)).unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     let log = traffic.stop();
     let ctx = describe(&log);
@@ -362,10 +357,7 @@ fn graceful_stop_of_the_master_under_traffic_loses_at_most_one_request() {
     let stopped_at = traffic.now();
     let sent = Instant::now();
     t.lab.signal(d1.pid, libc::SIGTERM).unwrap();
-    eventually(Duration::from_secs(3), "d2 holds both VIPs", || {
-        holds(&n2, "eth0", VIP_S) && holds(&n2, "eth1", GW_S)
-    })
-    .unwrap();
+    eventually(Duration::from_secs(3), "d2 holds both VIPs", || holds_both_vips(&n2)).unwrap();
     let takeover = sent.elapsed();
     let status = t.lab.wait(d1.pid, Duration::from_secs(5)).unwrap();
     let exited = sent.elapsed();
@@ -433,10 +425,8 @@ fn dual_master_resolution_moves_traffic_back_to_the_winner() {
         }
     };
     isolate("on");
-    eventually(Duration::from_secs(3), "d2 MASTER too while partitioned", || {
-        holds(&n2, "eth0", VIP_S) && holds(&n2, "eth1", GW_S)
-    })
-    .unwrap();
+    eventually(Duration::from_secs(3), "d2 MASTER too while partitioned", || holds_both_vips(&n2))
+        .unwrap();
     eventually(Duration::from_secs(2), "the client follows d2's GARP", || {
         neigh_mac(&t.client, VIP_S).as_deref() == Some(mac2.as_str())
     })
@@ -496,10 +486,7 @@ fn tc_data_plane_pair_forwards_and_fails_over() {
     assert!(fwd("nat_in") >= 12 && fwd("nat_out") >= 12, "forwarded by ha_lb_tc: {st}");
     assert!(!has_xdp(&d1.node, "eth0") && !has_xdp(&d1.node, "eth1"), "no XDP at the TC hook");
 
-    let n1 = d1.node.clone();
-    t.lab.kill(d1.pid);
-    n1.ip(&["link", "set", "eth0", "down"]).unwrap();
-    n1.ip(&["link", "set", "eth1", "down"]).unwrap();
+    crash(&mut t, &d1);
     wait_master_serving(&t, &d2);
     let m = spread(&t.client, 6);
     assert_eq!(m.values().sum::<usize>(), 6, "every request answered through d2: {m:?}");

@@ -10,7 +10,7 @@ use std::{path::Path, process::Command, time::Duration};
 
 use daemon_support::*;
 use ha_lb_lab::{
-    daemon::{eventually, holds, HaLb, Scratch},
+    daemon::{eventually, HaLb, Scratch},
     topology::{bin_path, DirectorLab, Mode},
 };
 
@@ -131,7 +131,7 @@ fn sighup_new_weights_keep_established_connections() {
     assert_eq!(c1.get().unwrap(), "rs1");
     assert_eq!(c3.get().unwrap(), "rs3");
 
-    assert!(holds(&d.node, "eth0", VIP_S) && holds(&d.node, "eth1", GW_S));
+    assert!(holds_both_vips(&d.node));
     assert_eq!(state_changes(&d), changes, "the reload changed a VRRP state");
     assert_eq!(
         d.log_text().matches("real server health changed").count(),
@@ -200,7 +200,7 @@ fn sighup_with_broken_file_keeps_serving() {
     let changes = state_changes(&d);
     let path = d.config.display().to_string();
     let serving = |c: &mut KeepAlive, what: &str| {
-        assert!(holds(&d.node, "eth0", VIP_S) && holds(&d.node, "eth1", GW_S), "{what}: VIPs");
+        assert!(holds_both_vips(&d.node), "{what}: VIPs");
         assert_eq!(d.state("VI_PUBLIC").as_deref(), Some("MASTER"), "{what}");
         assert_eq!(c.get().unwrap(), who, "{what}: established connection");
         let m = spread(&t.client, 9);

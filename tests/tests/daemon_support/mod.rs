@@ -187,16 +187,28 @@ pub fn counter(d: &HaLb, key: &str) -> Option<u64> {
     d.status().ok()?[key].as_u64()
 }
 
+/// Whether `node` holds both VIPs: the VIP on eth0 and the real servers' gateway on eth1.
+pub fn holds_both_vips(node: &Node) -> bool {
+    holds(node, "eth0", VIP_S) && holds(node, "eth1", GW_S)
+}
+
 /// Waits (bounded) for `d` to own both VIPs and the VIP to answer HTTP.
 pub fn wait_master_serving(t: &DirectorLab, d: &HaLb) {
     eventually(Duration::from_secs(10), &format!("{} holds both VIPs", d.node.name), || {
-        holds(&d.node, "eth0", VIP_S) && holds(&d.node, "eth1", GW_S)
+        holds_both_vips(&d.node)
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
     eventually(Duration::from_secs(5), "the VIP answers HTTP", || {
         http_get(&t.client, vip(), Duration::from_millis(300)).is_ok()
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+}
+
+/// Crashes director `d`: `kill -9`, then both its links down.
+pub fn crash(t: &mut DirectorLab, d: &HaLb) {
+    t.lab.kill(d.pid);
+    d.node.ip(&["link", "set", "eth0", "down"]).unwrap();
+    d.node.ip(&["link", "set", "eth1", "down"]).unwrap();
 }
 
 // ---- clients ----
