@@ -183,6 +183,23 @@ async fn source(rtnl: &Rtnl, iface: &Interface, ipv6: bool) -> IpAddr {
     rtnl.vrrp_source_address(iface, ipv6, &[]).await.unwrap().expect("veth0 has a source address")
 }
 
+/// The source and mode of an instance on veth0: multicast from [`source`], or unicast
+/// between `(own, peer)`.
+async fn transport(
+    rtnl: &Rtnl,
+    iface: &Interface,
+    ipv6: bool,
+    unicast: Option<(IpAddr, IpAddr)>,
+) -> (IpAddr, VrrpMode) {
+    match unicast {
+        None => {
+            let s = source(rtnl, iface, ipv6).await;
+            (s, VrrpMode::multicast_for(s))
+        }
+        Some((own, peer)) => (own, VrrpMode::Unicast { peers: vec![peer] }),
+    }
+}
+
 enum Mode {
     Multicast,
     /// Unicast between the given addresses of A and B.
@@ -199,20 +216,15 @@ struct Received {
 fn send_a_to_b(ipv6: bool, mode: Mode, payload: &'static [u8]) -> (Received, IpAddr, IpAddr) {
     let pair = Pair::new();
     let (ready_tx, ready_rx) = std_mpsc::channel::<()>();
-    let mode_b = match &mode {
+    // (A's address, B's address) in unicast mode.
+    let unicast = match mode {
         Mode::Multicast => None,
-        Mode::Unicast(a, b) => Some((*a, *b)),
+        Mode::Unicast(a, b) => Some((a, b)),
     };
     let b = pair.b.spawn(LIMIT, move || async move {
         let rtnl = Rtnl::new().unwrap();
         let iface = veth(&rtnl).await;
-        let (src, mode) = match mode_b {
-            None => {
-                let s = source(&rtnl, &iface, ipv6).await;
-                (s, VrrpMode::multicast_for(s))
-            }
-            Some((a, b)) => (b, VrrpMode::Unicast { peers: vec![a] }),
-        };
+        let (src, mode) = transport(&rtnl, &iface, ipv6, unicast.map(|(a, b)| (b, a))).await;
         let sock =
             RawVrrpSocket::open(TransportConfig { interface: iface.clone(), source: src, mode })
                 .unwrap();
@@ -221,20 +233,10 @@ fn send_a_to_b(ipv6: bool, mode: Mode, payload: &'static [u8]) -> (Received, IpA
             tokio::time::timeout(WAIT, sock.recv()).await.expect("B received nothing").unwrap();
         Received { pkt, b_ifindex: iface.index }
     });
-    let mode_a = match &mode {
-        Mode::Multicast => None,
-        Mode::Unicast(a, b) => Some((*a, *b)),
-    };
     let a = pair.a.spawn(LIMIT, move || async move {
         let rtnl = Rtnl::new().unwrap();
         let iface = veth(&rtnl).await;
-        let (src, mode) = match mode_a {
-            None => {
-                let s = source(&rtnl, &iface, ipv6).await;
-                (s, VrrpMode::multicast_for(s))
-            }
-            Some((a, b)) => (a, VrrpMode::Unicast { peers: vec![b] }),
-        };
+        let (src, mode) = transport(&rtnl, &iface, ipv6, unicast).await;
         let sock =
             RawVrrpSocket::open(TransportConfig { interface: iface, source: src, mode }).unwrap();
         assert_eq!(sock.source(), src);
