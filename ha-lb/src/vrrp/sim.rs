@@ -339,6 +339,19 @@ mod tests {
         fn settle_time(&self) -> Duration {
             Duration::from_millis(*self.starts_ms.iter().max().unwrap()) + self.mdi_max() * 12
         }
+        /// Every node.
+        fn all(&self) -> Vec<usize> {
+            (0..self.priorities.len()).collect()
+        }
+        /// A simulation on a healthy network, run until it settles: the simulation, that
+        /// moment and its single master.
+        fn settled(&self) -> Result<(Sim, Instant, usize), TestCaseError> {
+            let mut s = self.sim(0);
+            let settled = s.at(self.settle_time());
+            s.run_until(settled);
+            let m = assert_single_master(&s, self, &self.all())?;
+            Ok((s, settled, m))
+        }
         /// Winner among `alive`: highest priority, then highest address.
         fn expected_master(&self, alive: &[usize]) -> usize {
             *alive.iter().max_by_key(|&&i| (self.priorities[i], node_ip(i))).unwrap()
@@ -412,21 +425,13 @@ mod tests {
         /// with the highest priority.
         #[test]
         fn settles_to_single_highest_master(setup in setup(false)) {
-            let mut s = setup.sim(0);
-            let end = s.at(setup.settle_time());
-            s.run_until(end);
-            let alive: Vec<usize> = (0..setup.priorities.len()).collect();
-            assert_single_master(&s, &setup, &alive)?;
+            setup.settled()?;
         }
 
         /// Equal priorities started together: the highest primary address wins.
         #[test]
         fn ties_break_to_highest_address(setup in setup(true)) {
-            let mut s = setup.sim(0);
-            let end = s.at(setup.settle_time());
-            s.run_until(end);
-            let alive: Vec<usize> = (0..setup.priorities.len()).collect();
-            let m = assert_single_master(&s, &setup, &alive)?;
+            let (_, _, m) = setup.settled()?;
             prop_assert_eq!(m, setup.priorities.len() - 1);
         }
 
@@ -435,11 +440,8 @@ mod tests {
         /// highest survivor.
         #[test]
         fn failover_within_master_down_interval(setup in setup(false)) {
-            let mut s = setup.sim(0);
-            let settled = s.at(setup.settle_time());
-            s.run_until(settled);
-            let all: Vec<usize> = (0..setup.priorities.len()).collect();
-            let old = assert_single_master(&s, &setup, &all)?;
+            let (mut s, settled, old) = setup.settled()?;
+            let all = setup.all();
             s.kill_at(old, settled);
             s.run_until(settled + setup.mdi_max() * 12);
             let eps = Duration::from_millis(setup.latency_max_ms) + Duration::from_micros(1);
@@ -459,11 +461,7 @@ mod tests {
         /// when the network loses up to 20 % of adverts during the handover.
         #[test]
         fn graceful_shutdown_never_unholds_vips(setup in setup(false), loss in prop_oneof![Just(0u32), 0u32..=200]) {
-            let mut s = setup.sim(0);
-            let settled = s.at(setup.settle_time());
-            s.run_until(settled);
-            let all: Vec<usize> = (0..setup.priorities.len()).collect();
-            let old = assert_single_master(&s, &setup, &all)?;
+            let (mut s, settled, old) = setup.settled()?;
             s.net.loss_permille = loss;
             s.shutdown_at(old, settled);
             let handover = settled + setup.mdi_max() * 2;
@@ -474,7 +472,7 @@ mod tests {
             let end = handover + setup.mdi_max() * 12;
             s.run_until(end);
             prop_assert_eq!(s.unheld_time(settled, end), Duration::ZERO);
-            let alive: Vec<usize> = all.into_iter().filter(|&i| i != old).collect();
+            let alive: Vec<usize> = setup.all().into_iter().filter(|&i| i != old).collect();
             assert_single_master(&s, &setup, &alive)?;
         }
 
@@ -490,20 +488,15 @@ mod tests {
             s.net.loss_permille = 0;
             let end = mid + setup.mdi_max() * 12;
             s.run_until(end);
-            let alive: Vec<usize> = (0..setup.priorities.len()).collect();
-            assert_single_master(&s, &setup, &alive)?;
+            assert_single_master(&s, &setup, &setup.all())?;
         }
 
         /// Forged higher-priority adverts spoofing a real peer, one at a time,
         /// never leave the VIPs unheld and never move mastership for good.
         #[test]
         fn forged_adverts_do_not_black_hole(setup in setup(false), forgeries in prop::collection::vec((0u64..60_000, 0usize..5), 1..10)) {
-            let mut s = setup.sim(0);
-            let settled = s.at(setup.settle_time());
-            s.run_until(settled);
+            let (mut s, settled, m) = setup.settled()?;
             let n = setup.priorities.len();
-            let all: Vec<usize> = (0..n).collect();
-            let m = assert_single_master(&s, &setup, &all)?;
             // Space forgeries so no two fall within one confirmation window.
             let gap = setup.advert_int_cs as u64 * 10 * 3;
             let mut times: Vec<u64> = forgeries.iter().map(|(t, _)| *t / gap * gap).collect();
