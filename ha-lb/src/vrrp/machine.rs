@@ -1315,6 +1315,10 @@ mod tests {
         assert_eq!(m.poll_timeout(), Some(t + m.skew_time()));
         t
     }
+    /// A backup becoming master for `reason`.
+    fn took_over(reason: Reason) -> Action {
+        Action::StateChanged { from: State::Backup, to: State::Master, reason }
+    }
     /// The last actions of a STOPPING master: VIPs removed, then INITIALIZE.
     fn stop_actions(reason: Reason) -> Vec<Action> {
         vec![
@@ -1356,14 +1360,7 @@ mod tests {
         m.handle_timeout(due);
         assert_eq!(m.state(), State::Master);
         let a = drain(&mut m);
-        assert_eq!(
-            a[0],
-            Action::StateChanged {
-                from: State::Backup,
-                to: State::Master,
-                reason: Reason::MasterDown
-            }
-        );
+        assert_eq!(a[0], took_over(Reason::MasterDown));
         assert_eq!(sent_priorities(&a), vec![100]);
         assert!(a.contains(&Action::AddVips) && a.contains(&Action::SendGratuitous));
         // Then adverts every advert_int, and a second GARP after garp_master_delay.
@@ -1456,14 +1453,7 @@ mod tests {
         assert_eq!(m.poll_timeout(), Some(t1 + Duration::from_nanos(609_375_000)));
         m.handle_timeout(t1 + Duration::from_nanos(609_375_000));
         let a = drain(&mut m);
-        assert_eq!(
-            a[0],
-            Action::StateChanged {
-                from: State::Backup,
-                to: State::Master,
-                reason: Reason::MasterStopped { from: ip(PEER) }
-            }
-        );
+        assert_eq!(a[0], took_over(Reason::MasterStopped { from: ip(PEER) }));
     }
 
     #[test]
@@ -1479,14 +1469,7 @@ mod tests {
         assert_eq!(m.poll_timeout(), Some(t0 + skew));
         m.handle_timeout(t0 + skew);
         assert_eq!(m.state(), State::Master);
-        assert_eq!(
-            drain(&mut m)[0],
-            Action::StateChanged {
-                from: State::Backup,
-                to: State::Master,
-                reason: Reason::Preempt { from: ip(PEER), priority: 100 }
-            }
-        );
+        assert_eq!(drain(&mut m)[0], took_over(Reason::Preempt { from: ip(PEER), priority: 100 }));
     }
 
     #[test]
