@@ -21,7 +21,12 @@
 //! for a VIP during an ARP transition forwards it rather than dropping it. VRRP states are
 //! tracked here for status and so that the order of a takeover is decided in one place.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use crate::{
     config::model::{Config, LbAlgo, LbKind, VirtualServer, VirtualServerKey},
@@ -106,13 +111,28 @@ impl Reconciler {
     pub fn set_config(&mut self, config: Arc<Config>) {
         let mut health = BTreeMap::new();
         let mut quorum = BTreeMap::new();
+        let checked_before: BTreeSet<(VirtualServerKey, SocketAddr)> = self
+            .config
+            .virtual_servers
+            .iter()
+            .flat_map(|vs| {
+                vs.real_servers
+                    .iter()
+                    .filter(|rs| rs.check.is_some())
+                    .map(|rs| (vs.key(), rs.key()))
+            })
+            .collect();
         for vs in &config.virtual_servers {
             let key = vs.key();
             for rs in &vs.real_servers {
                 let k = (key, rs.key());
                 let h = match self.health.get(&k) {
-                    // A check added by the reload restarts from keepalived's initial state.
-                    Some(h) if rs.check.is_some() || !h.initial => *h,
+                    // Checked before and after: the checker carries its state over the
+                    // reload (changed or not), and so does this.
+                    Some(h) if rs.check.is_some() && checked_before.contains(&k) => *h,
+                    // A check added by the reload starts where its checker starts (with
+                    // alpha: down until it passes); a check removed leaves the server up, as
+                    // any unchecked one (no checker is left to bring it back).
                     _ => initial_health(vs, rs.check.is_some()),
                 };
                 health.insert(k, h);
@@ -246,7 +266,18 @@ mod tests {
     use crate::config;
 
     fn cfg(extra_vs: &str) -> Arc<Config> {
-        let text = format!(
+        parse(&cfg_text(extra_vs))
+    }
+
+    fn parse(text: &str) -> Arc<Config> {
+        Arc::new(
+            config::parse_str(text, std::path::Path::new("test.toml"))
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
+
+    fn cfg_text(extra_vs: &str) -> String {
+        format!(
             r#"
 [[virtual_server]]
 address = "198.18.0.100"
@@ -275,10 +306,6 @@ address = "198.19.0.13"
 port = 80
 weight = 1
 "#
-        );
-        Arc::new(
-            config::parse_str(&text, std::path::Path::new("test.toml"))
-                .unwrap_or_else(|e| panic!("{e}")),
         )
     }
 
@@ -359,6 +386,27 @@ weight = 1
         let (d, _) = r.desired();
         assert_eq!(d[0].persistence_timeout, Some(Duration::from_secs(60)));
         assert_eq!(weights(&d), vec![(rs(12), 2), (rs(13), 1)], "11 stays down across the reload");
+    }
+
+    /// A reload that removes a down server's check puts it back in the pool (no checker is
+    /// left to do it); one that adds a check to a server of an `alpha` service takes it out
+    /// until the new checker passes it (the checker starts it down and reports changes only).
+    #[test]
+    fn reload_that_adds_or_removes_a_check_starts_the_server_afresh() {
+        const CHECK: &str = "[virtual_server.real_server.TCP_CHECK]\nconnect_timeout = 1\n";
+        let c = cfg("");
+        let key = c.virtual_servers[0].key();
+        let mut r = Reconciler::new(c);
+        r.on_health(&key, rs(11), false, None);
+        r.set_config(parse(&cfg_text("").replacen(CHECK, "", 1)));
+        assert_eq!(weights(&r.desired().0), vec![(rs(11), 3), (rs(12), 2), (rs(13), 1)]);
+
+        let mut r = Reconciler::new(cfg("alpha = true"));
+        assert_eq!(weights(&r.desired().0), vec![(rs(12), 0), (rs(13), 1)], "13: unchecked");
+        let with_check =
+            cfg_text("alpha = true").replace("weight = 1\n", &format!("weight = 1\n{CHECK}"));
+        r.set_config(parse(&with_check));
+        assert_eq!(weights(&r.desired().0), vec![(rs(12), 0)], "13 waits for its new check");
     }
 
     #[test]
