@@ -182,3 +182,51 @@ address = "2001:db8::11"
         assert!(c.virtual_servers.iter().all(|vs| vs.lb_kind == LbKind::Tun));
     }
 }
+
+/// The eBPF data plane's maps have fixed sizes: a file that does not fit them is refused
+/// when read (so by `ha-lb check`, and by a reload, which keeps the running configuration),
+/// at the line of the virtual_server that goes over, instead of failing when applied (the
+/// daemon used to run on with an empty or stale data plane). IPVS has no such limits.
+#[test]
+fn configs_beyond_the_ebpf_maps_are_refused_at_the_virtual_server_that_goes_over() {
+    // Service n (its address on its own line), with `reals` real servers.
+    let vs = |n: usize, algo: &str, reals: usize| {
+        let mut t = format!(
+            "[[virtual_server]]\naddress = \"198.18.{}.{}\"\nport = 80\nlb_algo = \"{algo}\"\n",
+            n / 200,
+            n % 200 + 1
+        );
+        for r in 0..reals {
+            t += &format!(
+                "[[virtual_server.real_server]]\naddress = \"10.{}.{}.{}\"\n",
+                n % 200,
+                r / 200,
+                r % 200 + 1
+            );
+        }
+        t
+    };
+    let line_of = |text: &str, n: usize| {
+        let addr = format!("address = \"198.18.{}.{}\"", n / 200, n % 200 + 1);
+        text.lines().position(|l| l == addr).unwrap() + 1
+    };
+    let refused = |text: &str, n: usize, what: &str| {
+        let e = config::parse_str(text, Path::new("big.toml")).expect_err(what).to_string();
+        let at = format!("big.toml:{}:", line_of(text, n));
+        assert!(e.lines().any(|l| l.starts_with(&at) && l.contains(what)), "{what} at {at}:\n{e}");
+        let ipvs = format!("[global]\ndataplane = \"ipvs\"\n{text}");
+        config::parse_str(&ipvs, Path::new("big.toml")).expect("IPVS takes it");
+    };
+    let services: String = (0..257).map(|n| vs(n, "lc", 1)).collect();
+    refused(&services, 256, "more than 256 virtual_servers");
+    refused(&vs(0, "wlc", 257), 0, "257 real servers");
+    // 4096 real servers in all: the 17th service of 256 goes over.
+    let reals: String = (0..17).map(|n| vs(n, "wlc", 256)).collect();
+    refused(&reals, 16, "more than 4096 real servers in all");
+    // Maglev tables of 164 backends are 32749 entries: 16 fit the half of the table space
+    // kept for them, the 17th does not (the same servers with lc need no table).
+    let tables: String = (0..17).map(|n| vs(n, "mh", 164)).collect();
+    refused(&tables, 16, "lookup tables");
+    let lc: String = (0..17).map(|n| vs(n, "lc", 164)).collect();
+    config::parse_str(&lc, Path::new("big.toml")).expect("lc needs no table");
+}

@@ -17,6 +17,9 @@ pub(crate) fn validate(c: &Config, map: &SourceMap) -> Vec<ConfigError> {
     v.instances(c);
     v.sync_groups(c);
     v.virtual_servers(c);
+    if c.global.dataplane.is_ebpf() {
+        v.ebpf_capacity(c);
+    }
     v.errors
 }
 
@@ -485,6 +488,62 @@ impl V<'_> {
                     inst.name
                 ),
             );
+        }
+    }
+
+    /// The eBPF data plane's maps have fixed sizes: a configuration that does not fit is
+    /// refused here (by `check` and by a reload, which then keeps the running one) rather than
+    /// failing half-way when applied. The lookup tables must fit twice over: a reload builds
+    /// every changed service's new table before it frees the old one.
+    fn ebpf_capacity(&mut self, c: &Config) {
+        use crate::dataplane::{
+            sched::{self, Backend},
+            REAL_SERVERS_PER_SERVICE_MAX,
+        };
+        use ha_lb_common::lb::{LB_REALS_MAX, LB_RING_CHUNK, LB_RING_CHUNKS, LB_SERVICES_MAX};
+        let dp = c.global.dataplane.as_str();
+        let (mut reals, mut chunks) = (0usize, 0usize);
+        for (v, vs) in c.virtual_servers.iter().enumerate() {
+            let item = Item::VirtualServer(v);
+            let pos = self.map.key(item, "address");
+            if v == LB_SERVICES_MAX as usize {
+                self.err(
+                    pos,
+                    format!("more than {LB_SERVICES_MAX} virtual_servers: the {dp} data plane holds at most {LB_SERVICES_MAX}"),
+                );
+            }
+            // The sorry server takes a real server's place when quorum is lost.
+            let n = vs.real_servers.len() + vs.sorry_server.is_some() as usize;
+            if n > REAL_SERVERS_PER_SERVICE_MAX {
+                self.err(
+                    pos,
+                    format!("virtual_server {}: {n} real servers (with the sorry_server): the {dp} data plane holds at most {REAL_SERVERS_PER_SERVICE_MAX} per virtual_server", vs.key()),
+                );
+                continue;
+            }
+            if reals <= LB_REALS_MAX as usize && reals + n > LB_REALS_MAX as usize {
+                self.err(
+                    pos,
+                    format!("virtual_server {}: more than {LB_REALS_MAX} real servers in all virtual_servers: the {dp} data plane holds at most {LB_REALS_MAX}", vs.key()),
+                );
+            }
+            reals += n;
+            let backends: Vec<Backend> = vs
+                .real_servers
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Backend { key: i.to_be_bytes().to_vec(), weight: r.weight })
+                .collect();
+            let len = sched::ring(vs.lb_algo, &backends, None).0.len();
+            let before = chunks;
+            chunks += len.div_ceil(LB_RING_CHUNK);
+            let room = LB_RING_CHUNKS as usize / 2;
+            if before <= room && chunks > room {
+                self.err(
+                    pos,
+                    format!("virtual_server {}: the lookup tables of the virtual_servers so far need {} entries, more than the {dp} data plane keeps room for ({}: half its {} entries, so that a reload can build new tables beside the old); use fewer real servers or lb_algo lc/wlc, which need no table", vs.key(), chunks * LB_RING_CHUNK, room * LB_RING_CHUNK, LB_RING_CHUNKS as usize * LB_RING_CHUNK),
+                );
+            }
         }
     }
 
