@@ -431,6 +431,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     Ok(n) => tracing::debug!(expired = n, "idle connections expired"),
                     Err(e) => warn!(error = %e, "data-plane housekeeping failed"),
                 }
+                // A desired state the data plane refused is tried again.
+                d.reconcile("retry");
             }
             _ = sync_tick.tick(), if sync_sock.is_some() => {
                 if let Some(s) = &sync_sock { d.sync_send(s); }
@@ -954,7 +956,6 @@ impl Daemon {
         if desired == self.desired {
             return;
         }
-        log_diff(&self.desired, &desired, why);
         match self.dataplane.as_dyn().apply(&to_dataplane(&desired)) {
             Ok(r) if !r.is_empty() => info!(
                 dataplane = self.dataplane.name(),
@@ -967,8 +968,14 @@ impl Daemon {
                 "data plane updated"
             ),
             Ok(_) => {}
-            Err(e) => error!(error = %e, "applying the desired services to the data plane failed"),
+            Err(e) => {
+                // Not recorded as applied: housekeeping tries again, and status shows what
+                // the data plane holds.
+                error!(error = %e, "applying the desired services to the data plane failed; retrying every 5 s");
+                return;
+            }
         }
+        log_diff(&self.desired, &desired, why);
         self.desired = desired;
     }
 
