@@ -223,8 +223,12 @@ pub struct Daemon {
     started: Instant,
     rtnl: Rtnl,
     instances: BTreeMap<String, Running>,
-    /// Instances being stopped for a restart (reload changed their VRRP parameters).
+    /// Instances being stopped for a restart (reload changed their VRRP parameters) or
+    /// because a reload removed them: none of that name starts until the old task has ended.
     restarting: BTreeSet<String>,
+    /// The configuration those old tasks run with, for the notify hooks of their last
+    /// events (STOP): the running configuration may no longer have them.
+    stopping: BTreeMap<String, VrrpInstance>,
     link_up: BTreeMap<String, bool>,
     /// The last state of each tracked script and the last value of each tracked file (by
     /// name): their tasks report changes only, so trackers rebuilt by a reload or an
@@ -356,6 +360,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         rtnl,
         instances: BTreeMap::new(),
         restarting: BTreeSet::new(),
+        stopping: BTreeMap::new(),
         link_up: BTreeMap::new(),
         script_ok: BTreeMap::new(),
         file_value: BTreeMap::new(),
@@ -876,8 +881,21 @@ impl Daemon {
 
     fn on_instance_event(&mut self, ev: InstanceEvent) {
         // From the configuration, not the running set: STOP events arrive while (or after)
-        // the instances are being stopped.
-        let Some(cfg) = self.config.vrrp_instance(&ev.instance).cloned() else { return };
+        // the instances are being stopped — with the configuration the old task ran with
+        // when a reload removed or changed it.
+        let Some(cfg) = self
+            .stopping
+            .get(&ev.instance)
+            .or_else(|| self.config.vrrp_instance(&ev.instance))
+            .cloned()
+        else {
+            return;
+        };
+        // The old task's last event (it stops in INIT): a removed instance's state is history
+        // once handled (sync-group notifies, status).
+        let last_of_removed = ev.to == State::Initialize
+            && self.stopping.remove(&ev.instance).is_some()
+            && self.config.vrrp_instance(&ev.instance).is_none();
         let user = self.config.global.script_user.clone();
         let user = user.as_ref();
         self.notify_tasks.retain(|t| !t.is_finished());
@@ -914,6 +932,9 @@ impl Daemon {
                     self.notify_tasks.extend(t);
                 }
             }
+        }
+        if last_of_removed {
+            self.inst_state.remove(&ev.instance);
         }
     }
 
@@ -1011,9 +1032,7 @@ impl Daemon {
             self.instances.keys().filter(|n| !new_names.contains(n.as_str())).cloned().collect();
         for name in gone {
             info!(instance = %name, "vrrp_instance removed by reload; stopping it");
-            if let Some(r) = self.instances.remove(&name) {
-                let _ = r.handle.commands.send(InstanceCommand::Shutdown).await;
-            }
+            self.stop_for_restart(&name).await;
         }
         for inst in &new.vrrp_instances {
             match self.instances.get_mut(&inst.name) {
@@ -1029,15 +1048,7 @@ impl Daemon {
                 }
                 Some(_) => {
                     info!(instance = %inst.name, "VRRP parameters changed; restarting the instance (its election runs again)");
-                    let r = self.instances.remove(&inst.name).expect("present");
-                    let _ = r.handle.commands.send(InstanceCommand::Shutdown).await;
-                    self.restarting.insert(inst.name.clone());
-                    let tx = self.restart_tx.clone();
-                    let name = inst.name.clone();
-                    tokio::spawn(async move {
-                        let _ = r.handle.task.await;
-                        let _ = tx.send(name).await;
-                    });
+                    self.stop_for_restart(&inst.name).await;
                 }
             }
         }
@@ -1076,7 +1087,24 @@ impl Daemon {
         Ok(())
     }
 
+    /// Stops instance `name` (make-before-break) and, once its task has ended,
+    /// [`Self::finish_restart`] starts it again if the configuration still has it.
+    async fn stop_for_restart(&mut self, name: &str) {
+        let Some(r) = self.instances.remove(name) else { return };
+        let _ = r.handle.commands.send(InstanceCommand::Shutdown).await;
+        self.restarting.insert(name.to_string());
+        self.stopping.insert(name.to_string(), r.cfg);
+        let tx = self.restart_tx.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let _ = r.handle.task.await;
+            let _ = tx.send(name).await;
+        });
+    }
+
     async fn finish_restart(&mut self, name: &str) {
+        // (`stopping` keeps the old configuration until the old task's last event has been
+        // handled, which may come after this: see `on_instance_event`.)
         self.restarting.remove(name);
         if let Some(inst) = self.config.vrrp_instance(name).cloned() {
             if let Err(e) = self.start_instance(&inst).await {

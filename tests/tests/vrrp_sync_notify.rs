@@ -127,3 +127,41 @@ fn sync_group_moves_together_and_notify_gets_keepalived_arguments() {
     })
     .unwrap_or_else(|e| panic!("{e}: {:?}", lines(&log1)));
 }
+
+/// A reload that removes an instance stops it as a graceful stop would: its STOP hooks run
+/// (with the configuration it ran with: the new one no longer has them) and its VIP goes.
+#[test]
+fn reload_that_removes_an_instance_runs_its_stop_hooks() {
+    let mut t = DirectorLab::build(Mode::Nat, 1, 0).unwrap();
+    let s = Scratch::new("reloadstop").unwrap();
+    let d1 = t.directors[0].clone();
+    let log = s.dir.join("d1.notify");
+    let a = HaLb::start(&mut t.lab, &d1, &s, "d1", &conf("d1", 150, &log)).unwrap();
+    eventually(Duration::from_secs(5), "d1 holds both VIPs", || {
+        holds(&d1, "eth0", VIP) && holds(&d1, "eth1", GW) && has(&log, "notify_master")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(&log)));
+
+    // The same file without VI_PUBLIC (and the sync group that names it).
+    let full = std::fs::read_to_string(&a.config).unwrap();
+    let start = full.find("[[vrrp_instance]]\nname = \"VI_PUBLIC\"").unwrap();
+    let end = full.find("[[vrrp_instance]]\nname = \"VI_GATEWAY\"").unwrap();
+    let group = full.find("[[vrrp_sync_group]]").unwrap();
+    std::fs::write(&a.config, format!("{}{}", &full[..start], &full[end..group])).unwrap();
+    t.lab.signal(a.pid, libc::SIGHUP).unwrap();
+    eventually(Duration::from_secs(3), "VI_PUBLIC's STOP hooks ran", || {
+        has(&log, "notify_stop") && has(&log, "notify INSTANCE VI_PUBLIC STOP 150")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", lines(&log), a.log_text()));
+    eventually(Duration::from_secs(2), "the public VIP is gone", || !holds(&d1, "eth0", VIP))
+        .unwrap();
+    assert!(holds(&d1, "eth1", GW), "VI_GATEWAY keeps its VIP");
+    let st = a.status().unwrap();
+    let names: Vec<&str> = st["vrrp_instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["VI_GATEWAY"]);
+}
