@@ -101,6 +101,13 @@ fn xdp_interfaces(config: &Config) -> Vec<String> {
     set.into_iter().collect()
 }
 
+/// The interfaces `config` names (instances' and their VIPs' devices) that this host does
+/// not have. Start-up and a reload refuse a configuration naming one: an instance cannot
+/// run there, and a reload would otherwise apply everything else and leave it stopped.
+fn missing_interfaces(config: &Config) -> Vec<String> {
+    xdp_interfaces(config).into_iter().filter(|i| crate::bpf::ifindex_of(i).is_none()).collect()
+}
+
 /// `bpf_fib_lookup` only forwards on interfaces with forwarding on: enable it where the
 /// forwarding program is attached (an LVS director forwards by definition).
 fn enable_forwarding(ifaces: &[String], ipv6: bool) {
@@ -229,6 +236,8 @@ pub struct Daemon {
     /// The configuration those old tasks run with, for the notify hooks of their last
     /// events (STOP): the running configuration may no longer have them.
     stopping: BTreeMap<String, VrrpInstance>,
+    /// Instances a reload or restart could not start: tried again from housekeeping.
+    start_failed: BTreeSet<String>,
     link_up: BTreeMap<String, bool>,
     /// The last state of each tracked script and the last value of each tracked file (by
     /// name): their tasks report changes only, so trackers rebuilt by a reload or an
@@ -301,6 +310,10 @@ async fn recv_sync(
 pub async fn run(config_path: PathBuf) -> Result<()> {
     let config = Arc::new(config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?);
     let rtnl = Rtnl::new().context("opening rtnetlink")?;
+    let missing = missing_interfaces(&config);
+    if !missing.is_empty() {
+        bail!("{}: no such interface on this host: {}", config_path.display(), missing.join(", "));
+    }
     let mut link_watch = RtnlLinkWatcher::new().context("subscribing to link changes")?;
 
     let dataplane = match config.global.dataplane {
@@ -361,6 +374,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         instances: BTreeMap::new(),
         restarting: BTreeSet::new(),
         stopping: BTreeMap::new(),
+        start_failed: BTreeSet::new(),
         link_up: BTreeMap::new(),
         script_ok: BTreeMap::new(),
         file_value: BTreeMap::new(),
@@ -436,8 +450,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     Ok(n) => tracing::debug!(expired = n, "idle connections expired"),
                     Err(e) => warn!(error = %e, "data-plane housekeeping failed"),
                 }
-                // A desired state the data plane refused is tried again.
+                // A desired state the data plane refused is tried again, and instances that
+                // could not start.
                 d.reconcile("retry");
+                d.retry_failed_starts().await;
             }
             _ = sync_tick.tick(), if sync_sock.is_some() => {
                 if let Some(s) = &sync_sock { d.sync_send(s); }
@@ -1016,14 +1032,46 @@ impl Daemon {
         };
         if new.global.dataplane != self.config.global.dataplane
             || new.global.control_socket != self.config.global.control_socket
+            || new.global.lvs_sync_daemon != self.config.global.lvs_sync_daemon
         {
             self.reloads_rejected += 1;
-            let m = "changing `dataplane` or `control_socket` needs a restart; reload rejected"
+            let m = "changing `dataplane`, `control_socket` or `lvs_sync_daemon` needs a restart; reload rejected"
                 .to_string();
             error!("{m}");
             return Err(m);
         }
+        let missing = missing_interfaces(&new);
+        if !missing.is_empty() {
+            self.reloads_rejected += 1;
+            let m = format!(
+                "{}: no such interface on this host: {}; reload rejected, the running configuration stays",
+                self.config_path.display(),
+                missing.join(", ")
+            );
+            error!("{m}");
+            return Err(m);
+        }
         self.config = new.clone();
+        if let Plane::Xdp(x) = &mut self.dataplane {
+            // New instances and VIP devices get the forwarding program and forwarding (ones no
+            // longer named keep them: a VIP there may still be handed over).
+            let wanted = xdp_interfaces(&new);
+            let v6 = new.virtual_servers.iter().any(|v| v.address.is_ipv6());
+            enable_forwarding(&wanted, v6);
+            let attached: BTreeSet<String> = x.interfaces().into_iter().map(|(n, _)| n).collect();
+            for i in wanted.iter().filter(|i| !attached.contains(*i)) {
+                match x.attach_interface(i) {
+                    Ok(mode) => {
+                        info!(interface = %i, mode = ?mode, "eBPF forwarding attached (reload)")
+                    }
+                    Err(e) => {
+                        error!(interface = %i, error = %e, "attaching eBPF forwarding failed")
+                    }
+                }
+            }
+            let ifaces: Vec<String> = x.interfaces().into_iter().map(|(n, _)| n).collect();
+            enable_accept_local(&new, &ifaces);
+        }
         // Instances: removed ones stop (make-before-break), changed ones restart once their
         // old task has handed over, new ones start.
         let new_names: BTreeSet<&str> =
@@ -1037,9 +1085,7 @@ impl Daemon {
         for inst in &new.vrrp_instances {
             match self.instances.get_mut(&inst.name) {
                 None if !self.restarting.contains(&inst.name) => {
-                    if let Err(e) = self.start_instance(inst).await {
-                        error!(instance = %inst.name, error = %e, "starting vrrp_instance failed");
-                    }
+                    self.start_or_retry(inst).await;
                 }
                 None => {}
                 Some(r) if vrrp_params_equal(&r.cfg, inst) => {
@@ -1075,10 +1121,6 @@ impl Daemon {
         if let Err(e) = res {
             warn!(error = %e, "updating the VRRP filter's VRIDs failed");
         }
-        if let Plane::Xdp(x) = &self.dataplane {
-            let ifaces: Vec<String> = x.interfaces().into_iter().map(|(n, _)| n).collect();
-            enable_accept_local(&new, &ifaces);
-        }
         self.health.reconfigure(CheckTarget::from_config(&new));
         self.reconciler.set_config(new);
         self.reconcile("reload");
@@ -1107,9 +1149,44 @@ impl Daemon {
         // handled, which may come after this: see `on_instance_event`.)
         self.restarting.remove(name);
         if let Some(inst) = self.config.vrrp_instance(name).cloned() {
-            if let Err(e) = self.start_instance(&inst).await {
-                error!(instance = %name, error = %e, "restarting vrrp_instance failed");
+            self.start_or_retry(&inst).await;
+            self.apply_tracking().await;
+        }
+    }
+
+    /// Starts `inst` (after a reload or a restart); if it cannot start now (say its interface
+    /// has no address yet) it is tried again from housekeeping, as keepalived keeps such an
+    /// instance in FAULT until it can run.
+    async fn start_or_retry(&mut self, inst: &VrrpInstance) {
+        match self.start_instance(inst).await {
+            Ok(()) => {
+                self.start_failed.remove(&inst.name);
             }
+            Err(e) => {
+                if self.start_failed.insert(inst.name.clone()) {
+                    error!(instance = %inst.name, error = %format!("{e:#}"), "starting vrrp_instance failed; retrying every 5 s");
+                }
+            }
+        }
+    }
+
+    /// Housekeeping: instances that could not start are tried again.
+    async fn retry_failed_starts(&mut self) {
+        let names: Vec<String> = std::mem::take(&mut self.start_failed).into_iter().collect();
+        let mut started = false;
+        for name in names {
+            if self.instances.contains_key(&name) || self.restarting.contains(&name) {
+                continue;
+            }
+            let Some(inst) = self.config.vrrp_instance(&name).cloned() else { continue };
+            self.start_failed.insert(name.clone());
+            self.start_or_retry(&inst).await;
+            if !self.start_failed.contains(&name) {
+                info!(instance = %name, "vrrp_instance started on retry");
+                started = true;
+            }
+        }
+        if started {
             self.apply_tracking().await;
         }
     }

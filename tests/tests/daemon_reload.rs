@@ -246,3 +246,47 @@ fn sighup_with_broken_file_keeps_serving() {
     }
     assert_eq!(state_changes(&d), changes, "no reload changed a VRRP state");
 }
+
+/// A reload that adds an instance on an interface the host does not have is rejected whole
+/// (it used to apply the rest and leave the instance stopped for good); once the interface
+/// exists the same file applies: the instance runs and the forwarding program and IP
+/// forwarding are on the new interface (they were set up at start-up only).
+#[test]
+fn reload_adding_an_instance_needs_its_interface_and_brings_the_data_plane_there() {
+    let mut t = DirectorLab::build(Mode::Nat, 1, 2).unwrap();
+    t.start_real_servers().unwrap();
+    let s = Scratch::new("rnewif").unwrap();
+    let d = single_director(&mut t, &s, &conf("rr", "", &[rs(1, 1), rs(2, 1)]));
+    let changes = state_changes(&d);
+    let extra = "\n[[vrrp_instance]]\nname = \"VI_EXTRA\"\ninterface = \"eth2\"\n\
+                 virtual_router_id = 60\nversion = 3\npriority = 150\nadvert_int = 0.1\n\
+                 virtual_ipaddress = [\"198.18.9.100/24\"]\n";
+    let base = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, format!("{base}{extra}")).unwrap();
+    sighup(&t, &d);
+    wait_reloads(&d, 0, 1);
+    let log = d.log_text();
+    assert!(log.contains("no such interface on this host: eth2"), "{log}");
+    assert_eq!(d.state("VI_EXTRA"), None, "nothing applied");
+
+    // A link of the director's own (a veth pair inside its namespace: nothing leaves it).
+    d.node
+        .sh("ip link add eth2 type veth peer name eth2p && ip link set eth2p up \
+             && ip link set eth2 up && ip addr add 198.18.9.1/24 dev eth2")
+        .unwrap();
+    sighup(&t, &d);
+    wait_reloads(&d, 1, 1);
+    eventually(Duration::from_secs(3), "VI_EXTRA MASTER", || {
+        d.state("VI_EXTRA").as_deref() == Some("MASTER")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    let link = d.node.sh("ip -d link show eth2").unwrap();
+    assert!(link.contains("prog/xdp"), "the forwarding program is on eth2: {link}");
+    let fwd = d.node.sh("cat /proc/sys/net/ipv4/conf/eth2/forwarding").unwrap();
+    assert_eq!(fwd.trim(), "1", "forwarding on eth2");
+    let extra_changes =
+        d.log_text().lines().filter(|l| l.contains("instance=VI_EXTRA from=")).count();
+    assert_eq!(state_changes(&d) - extra_changes, changes, "the other instances never changed");
+    let m = spread(&t.client, 6);
+    assert_eq!(names(&m), ["rs1", "rs2"], "still serving: {m:?}");
+}
