@@ -1082,18 +1082,37 @@ impl Daemon {
             info!(instance = %name, "vrrp_instance removed by reload; stopping it");
             self.stop_for_restart(&name).await;
         }
+        // A member of a sync group restarts with its whole group: alone, it would hand its
+        // VIP to the peer while the other members keep theirs here (a NAT director's public
+        // VIP on one node and its gateway VIP on the other).
+        let changed: BTreeSet<&str> = new
+            .vrrp_instances
+            .iter()
+            .filter(|i| self.instances.get(&i.name).is_some_and(|r| !vrrp_params_equal(&r.cfg, i)))
+            .map(|i| i.name.as_str())
+            .collect();
+        let mut restart = changed.clone();
+        for name in &changed {
+            if let Some(g) = new.sync_group_of(name) {
+                restart.extend(g.group.iter().map(String::as_str));
+            }
+        }
         for inst in &new.vrrp_instances {
             match self.instances.get_mut(&inst.name) {
                 None if !self.restarting.contains(&inst.name) => {
                     self.start_or_retry(inst).await;
                 }
                 None => {}
-                Some(r) if vrrp_params_equal(&r.cfg, inst) => {
+                Some(r) if !restart.contains(inst.name.as_str()) => {
                     // Tracking and notify settings change in place.
                     r.cfg = inst.clone();
                 }
                 Some(_) => {
-                    info!(instance = %inst.name, "VRRP parameters changed; restarting the instance (its election runs again)");
+                    if changed.contains(inst.name.as_str()) {
+                        info!(instance = %inst.name, "VRRP parameters changed; restarting the instance (its election runs again)");
+                    } else {
+                        info!(instance = %inst.name, "restarting the instance with its sync group");
+                    }
                     self.stop_for_restart(&inst.name).await;
                 }
             }

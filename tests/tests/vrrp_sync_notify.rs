@@ -165,3 +165,40 @@ fn reload_that_removes_an_instance_runs_its_stop_hooks() {
         .collect();
     assert_eq!(names, ["VI_GATEWAY"]);
 }
+
+/// A reload that changes one member's VRRP parameters restarts the whole sync group: the
+/// peer takes both VIPs, then the higher-priority node takes both back. Restarting the member
+/// alone handed only its VIP to the peer while this node kept the other (a NAT director's
+/// public VIP on one node, its gateway on the other).
+#[test]
+fn reload_restarting_one_member_moves_its_whole_sync_group() {
+    let mut t = DirectorLab::build(Mode::Nat, 2, 0).unwrap();
+    let s = Scratch::new("syncrestart").unwrap();
+    let (d1, d2) = (t.directors[0].clone(), t.directors[1].clone());
+    let (log1, log2) = (s.dir.join("d1.notify"), s.dir.join("d2.notify"));
+    let both = |n: &ha_lb_lab::Node| holds(n, "eth0", VIP) && holds(n, "eth1", GW);
+    let a = HaLb::start(&mut t.lab, &d1, &s, "d1", &conf("d1", 150, &log1)).unwrap();
+    eventually(Duration::from_secs(5), "d1 holds both VIPs", || both(&d1)).unwrap();
+    let _b = HaLb::start(&mut t.lab, &d2, &s, "d2", &conf("d2", 100, &log2)).unwrap();
+    eventually(Duration::from_secs(3), "d2 BACKUP", || {
+        has(&log2, "group GROUP director BACKUP 100")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(&log2)));
+
+    // VI_PUBLIC's advert interval changes (an election parameter); VI_GATEWAY's nothing.
+    let text = std::fs::read_to_string(&a.config).unwrap();
+    let changed = text.replacen("advert_int = 0.1", "advert_int = 0.2", 1);
+    assert_ne!(changed, text);
+    std::fs::write(&a.config, changed).unwrap();
+    t.lab.signal(a.pid, libc::SIGHUP).unwrap();
+    eventually(Duration::from_secs(3), "the gateway VIP followed the public one to d2", || {
+        has(&log2, "notify INSTANCE VI_PUBLIC MASTER 100")
+            && has(&log2, "notify INSTANCE VI_GATEWAY MASTER 100")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", lines(&log2), a.log_text()));
+    eventually(Duration::from_secs(5), "d1 holds both VIPs again", || both(&d1)).unwrap();
+    eventually(Duration::from_secs(2), "d2 released both", || {
+        !holds(&d2, "eth0", VIP) && !holds(&d2, "eth1", GW)
+    })
+    .unwrap();
+}
