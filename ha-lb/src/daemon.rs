@@ -88,13 +88,13 @@ impl Plane {
 }
 
 /// Interfaces the XDP forwarding program goes on: every VRRP instance's interface and the
-/// devices its VIPs live on (where service traffic arrives, and — with NAT — where real
-/// servers' replies come back through the gateway VIP).
+/// devices its VIPs live on, excluded ones included (where service traffic arrives, and —
+/// with NAT — where real servers' replies come back through the gateway VIP).
 fn xdp_interfaces(config: &Config) -> Vec<String> {
     let mut set = BTreeSet::new();
     for i in &config.vrrp_instances {
         set.insert(i.interface.clone());
-        for v in &i.virtual_ipaddress {
+        for v in i.all_vips() {
             set.insert(v.device(&i.interface).to_string());
         }
     }

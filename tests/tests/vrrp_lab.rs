@@ -1,11 +1,17 @@
 //! VRRP between ha-lb daemons in a namespace lab: real raw sockets, real VIPs.
 
-use std::{net::Ipv4Addr, time::Duration};
+mod vrrp_support;
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use ha_lb_lab::{
     daemon::{eventually, holds, HaLb, Scratch},
     topology::{DirectorLab, Mode, VIP},
 };
+use vrrp_support::{dir_ip, vrrp_of, Capture};
 
 fn conf(router: &str, priority: u8, advert_int: f64, extra: &str) -> String {
     format!(
@@ -100,4 +106,84 @@ fn kill_9_master_backup_answers_within_master_down_interval() {
         "outage {outage:?} below {floor:?}: faster than any VRRP takeover, so the measurement is broken"
     );
     assert!(outage <= mdi + Duration::from_millis(100), "outage {outage:?} > MDI + 100 ms");
+}
+
+/// The addresses a VRRP advert frame (IPv4, no authentication) carries.
+fn advert_addrs(f: &[u8]) -> Vec<Ipv4Addr> {
+    let ihl = (f[14] & 0x0f) as usize * 4;
+    let v = &f[14 + ihl..];
+    (0..v[3] as usize)
+        .map(|i| Ipv4Addr::new(v[8 + 4 * i], v[9 + 4 * i], v[10 + 4 * i], v[11 + 4 * i]))
+        .collect()
+}
+
+/// The target of an ICMPv6 Neighbor Advertisement frame.
+fn na_target(f: &[u8]) -> Option<Ipv6Addr> {
+    (f.len() >= 78 && f[12..14] == [0x86, 0xdd] && f[20] == 58 && f[54] == 136)
+        .then(|| <[u8; 16]>::try_from(&f[62..78]).unwrap().into())
+}
+
+const V6_EXCL: &str = "fd48:4c42::100";
+const V6_EXCL_BACK: &str = "fd48:4c42:1::100";
+
+/// `virtual_ipaddress_excluded`, here IPv6 addresses on an IPv4 instance (keepalived's usual
+/// use): the MASTER adds them with the advertised VIP (one on another device, which then gets
+/// the XDP program too) and announces them by unsolicited NA, adverts carry only the
+/// advertised VIP, a stale one on the backup is removed at start-up, and a stopping MASTER
+/// removes them while the new one adds them.
+#[test]
+fn excluded_vips_follow_master_but_stay_out_of_adverts() {
+    let mut t = DirectorLab::build(Mode::Nat, 2, 0).unwrap();
+    let s = Scratch::new("vrrpexcl").unwrap();
+    let (d1, d2) = (t.directors[0].clone(), t.directors[1].clone());
+    // Left over from a crashed run on the future backup.
+    d2.ip(&["addr", "add", &format!("{V6_EXCL}/64"), "dev", "eth0", "nodad"]).unwrap();
+    assert!(holds(&d2, "eth0", V6_EXCL));
+    let excl =
+        format!(r#"virtual_ipaddress_excluded = ["{V6_EXCL}/64", "{V6_EXCL_BACK}/64 dev eth1"]"#);
+    let front =
+        Capture::start(&t.client, "eth0", |f| vrrp_of(f).is_some() || na_target(f).is_some());
+    let xdp = conf("d1", 150, 0.1, &excl).replace(r#"dataplane = "none""#, r#"dataplane = "xdp""#);
+    let a = HaLb::start(&mut t.lab, &d1, &s, "d1", &xdp).unwrap();
+    let b = HaLb::start(&mut t.lab, &d2, &s, "d2", &conf("d2", 100, 0.1, &excl)).unwrap();
+    eventually(Duration::from_secs(5), "d1 MASTER holding every VIP", || {
+        holds(&d1, "eth0", V) && holds(&d1, "eth0", V6_EXCL) && holds(&d1, "eth1", V6_EXCL_BACK)
+    })
+    .unwrap();
+    eventually(Duration::from_secs(3), "d2 BACKUP, its stale excluded VIP removed", || {
+        b.state("VI_1").as_deref() == Some("BACKUP") && !holds(&d2, "eth0", V6_EXCL)
+    })
+    .unwrap();
+    assert!(!holds(&d2, "eth1", V6_EXCL_BACK));
+    let link = d1.sh("ip -o link show dev eth1").unwrap();
+    assert!(
+        link.split_whitespace().any(|w| w.starts_with("xdp")),
+        "no XDP program on eth1, the excluded VIP's device: {link}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let frames = front.stop();
+    let adverts: Vec<Vec<Ipv4Addr>> = frames
+        .iter()
+        .filter(|(_, f)| vrrp_of(f).is_some_and(|(src, ..)| src == dir_ip(1)))
+        .map(|(_, f)| advert_addrs(f))
+        .collect();
+    assert!(adverts.len() >= 3, "d1 adverts seen: {}", adverts.len());
+    let vip: Ipv4Addr = V.parse().unwrap();
+    assert!(adverts.iter().all(|a| *a == [vip]), "advert address lists: {adverts:?}");
+    let excl6: Ipv6Addr = V6_EXCL.parse().unwrap();
+    assert!(
+        frames.iter().any(|(_, f)| na_target(f) == Some(excl6)),
+        "no unsolicited NA for {V6_EXCL} on the front segment"
+    );
+
+    // Graceful stop: d1 removes every VIP it added, d2 takes all of them.
+    t.lab.signal(a.pid, libc::SIGTERM).unwrap();
+    t.lab.wait(a.pid, Duration::from_secs(10)).unwrap();
+    for (dev, addr) in [("eth0", V), ("eth0", V6_EXCL), ("eth1", V6_EXCL_BACK)] {
+        assert!(!holds(&d1, dev, addr), "d1 still holds {addr} on {dev} after stopping");
+    }
+    eventually(Duration::from_secs(3), "d2 MASTER holding every VIP", || {
+        holds(&d2, "eth0", V) && holds(&d2, "eth0", V6_EXCL) && holds(&d2, "eth1", V6_EXCL_BACK)
+    })
+    .unwrap();
 }

@@ -442,6 +442,13 @@ impl VrrpInstance {
     pub fn is_unicast(&self) -> bool {
         !self.unicast_peer.is_empty()
     }
+
+    /// Every address the instance adds while MASTER and removes when it leaves MASTER: the
+    /// advertised `virtual_ipaddress` list, then `virtual_ipaddress_excluded` (configured the
+    /// same way, only left out of adverts).
+    pub fn all_vips(&self) -> impl Iterator<Item = &VirtualIpAddress> {
+        self.virtual_ipaddress.iter().chain(&self.virtual_ipaddress_excluded)
+    }
 }
 
 /// Gratuitous ARP / unsolicited NA behaviour after becoming MASTER.

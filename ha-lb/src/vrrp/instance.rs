@@ -69,6 +69,8 @@ pub struct InstanceParts<T, V> {
     pub machine: Machine,
     pub transport: T,
     pub vip_manager: V,
+    /// Every VIP the instance adds as MASTER: `virtual_ipaddress` and
+    /// `virtual_ipaddress_excluded` (the machine's config holds the advertised ones).
     pub vips: Vec<PlacedVip>,
     pub rx_options: RxOptions,
     /// Sends commands to this instance's GARP/NA driver.
@@ -261,17 +263,21 @@ pub async fn start(
     })?;
     let iface = link.interface();
     let ipv6 = inst.family() == AddrFamily::Ipv6;
+    // Only `virtual_ipaddress` goes in adverts; no VIP, excluded or not, is a source address.
     let vip_addrs: Vec<IpAddr> = inst.virtual_ipaddress.iter().map(|v| v.addr).collect();
+    let all_vip_addrs: Vec<IpAddr> = inst.all_vips().map(|v| v.addr).collect();
     let source = match inst.unicast_src_ip {
         Some(a) => a,
-        None => rtnl.vrrp_source_address(&iface, ipv6, &vip_addrs).await?.with_context(|| {
-            format!(
-                "vrrp_instance {}: interface {} has no {} address to send adverts from",
-                inst.name,
-                inst.interface,
-                if ipv6 { "link-local IPv6" } else { "IPv4" }
-            )
-        })?,
+        None => {
+            rtnl.vrrp_source_address(&iface, ipv6, &all_vip_addrs).await?.with_context(|| {
+                format!(
+                    "vrrp_instance {}: interface {} has no {} address to send adverts from",
+                    inst.name,
+                    inst.interface,
+                    if ipv6 { "link-local IPv6" } else { "IPv4" }
+                )
+            })?
+        }
     };
     let mode = if inst.unicast_peer.is_empty() {
         VrrpMode::multicast_for(source)
@@ -299,8 +305,9 @@ pub async fn start(
     mc.garp_master_delay = None;
     let machine = Machine::new(mc).with_context(|| format!("vrrp_instance {}", inst.name))?;
 
+    // Excluded VIPs too: added, removed, announced and cleaned up at start like the others.
     let mut vips = Vec::new();
-    for v in &inst.virtual_ipaddress {
+    for v in inst.all_vips() {
         let dev = v.device(&inst.interface);
         let on = if dev == iface.name {
             iface.clone()
