@@ -11,7 +11,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use ha_lb::vrrp::garp::{
-    build_garp, build_unsolicited_na, run_garp, GarpCommand, GarpConfig, GarpSender,
+    build_garp, build_unsolicited_na, run_garp, GarpCommand, GarpConfig, GarpDevice, GarpSender,
     PacketGarpSender, ETHERTYPE_ARP, ETHERTYPE_IPV6,
 };
 use ha_lb::vrrp::socket::{
@@ -548,10 +548,11 @@ fn garp_and_na_arrive_byte_exact_in_peer_namespace() {
     let a = pair.a.spawn(LIMIT, move || async move {
         let rtnl = Rtnl::new().unwrap();
         let link = rtnl.link_by_name("veth0").await.unwrap().unwrap();
-        let sender = PacketGarpSender::new(&link.interface(), link.mac.unwrap(), false).unwrap();
+        let dev = GarpDevice::new(&link.interface(), link.mac.unwrap(), false);
+        let sender = PacketGarpSender::new(vec![dev]).unwrap();
         ready_rx.recv_timeout(WAIT).unwrap();
-        sender.send_garp(vip4).unwrap();
-        sender.send_na(vip6).unwrap();
+        sender.send_garp(link.index, vip4).unwrap();
+        sender.send_na(link.index, vip6).unwrap();
     });
     a.join().unwrap();
     let frames = cap.join().unwrap();
@@ -578,7 +579,8 @@ fn garp_driver_sends_two_sets_apart_by_master_delay() {
     let a = pair.a.spawn(LIMIT, move || async move {
         let rtnl = Rtnl::new().unwrap();
         let link = rtnl.link_by_name("veth0").await.unwrap().unwrap();
-        let sender = PacketGarpSender::new(&link.interface(), link.mac.unwrap(), false).unwrap();
+        let dev = GarpDevice::new(&link.interface(), link.mac.unwrap(), false);
+        let sender = PacketGarpSender::new(vec![dev]).unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let driver = tokio::spawn(run_garp(
             GarpConfig { master_delay: delay, master_repeat: 2, ..GarpConfig::default() },
@@ -586,7 +588,7 @@ fn garp_driver_sends_two_sets_apart_by_master_delay() {
             rx,
         ));
         ready_rx.recv_timeout(WAIT).unwrap();
-        tx.send(GarpCommand::BecomeMaster(vec![vip])).await.unwrap();
+        tx.send(GarpCommand::BecomeMaster(vec![(vip, link.index)])).await.unwrap();
         tokio::time::sleep(delay + Duration::from_millis(200)).await;
         drop(tx);
         driver.await.unwrap();

@@ -187,3 +187,75 @@ fn excluded_vips_follow_master_but_stay_out_of_adverts() {
     })
     .unwrap();
 }
+
+/// A gratuitous ARP frame: (sender protocol address, sender hardware address).
+fn garp(f: &[u8]) -> Option<(Ipv4Addr, [u8; 6])> {
+    (f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[28..32] == f[38..42])
+        .then(|| (Ipv4Addr::new(f[28], f[29], f[30], f[31]), f[22..28].try_into().unwrap()))
+}
+
+fn garp_or_na(f: &[u8]) -> bool {
+    garp(f).is_some() || na_target(f).is_some()
+}
+
+/// A VIP on another device than the instance's (`dev eth1`) is announced on that device with
+/// that device's MAC, as keepalived does: gratuitous ARP (Ethernet source and sender hardware
+/// address) and unsolicited NA (Ethernet source, target link-layer address, and the router
+/// flag from that device's IPv6 forwarding). Captured on the veth peers in the switch.
+#[test]
+fn vip_on_another_device_is_announced_there_with_its_mac() {
+    let mut t = DirectorLab::build(Mode::Nat, 1, 0).unwrap();
+    let s = Scratch::new("vrrpdev").unwrap();
+    let d1 = t.directors[0].clone();
+    // The router flag comes from the VIP's device: on for eth1, off for eth0.
+    d1.sysctl("net.ipv6.conf.eth1.forwarding", "1").unwrap();
+    d1.sysctl("net.ipv6.conf.eth0.forwarding", "0").unwrap();
+    let (mac0, mac1) = (d1.mac("eth0").unwrap(), d1.mac("eth1").unwrap());
+    let gw: Ipv4Addr = "198.19.0.254".parse().unwrap();
+    let extra = format!(
+        "virtual_ipaddress_excluded = [\"{V6_EXCL_BACK}/64 dev eth1\"]\n\
+         garp_master_delay = 0\ngarp_master_repeat = 2"
+    );
+    let cfg = conf("d1", 150, 0.1, &extra)
+        .replace(&format!("[\"{VIP}/24\"]"), &format!("[\"{VIP}/24\", \"{gw}/24 dev eth1\"]"));
+    let front = Capture::start(&t.switch, "d1f", garp_or_na);
+    let back = Capture::start(&t.switch, "d1b", garp_or_na);
+    let _a = HaLb::start(&mut t.lab, &d1, &s, "d1", &cfg).unwrap();
+    eventually(Duration::from_secs(5), "d1 MASTER holding the VIPs", || {
+        holds(&d1, "eth0", V) && holds(&d1, "eth1", &gw.to_string())
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (front, back) = (front.stop(), back.stop());
+    let vip: Ipv4Addr = V.parse().unwrap();
+    let v6: Ipv6Addr = V6_EXCL_BACK.parse().unwrap();
+
+    let garps = |frames: &[(std::time::Instant, Vec<u8>)], addr: Ipv4Addr| -> Vec<[u8; 6]> {
+        frames
+            .iter()
+            .filter_map(|(_, f)| {
+                garp(f).filter(|(a, _)| *a == addr).map(|_| f[6..12].try_into().unwrap())
+            })
+            .collect()
+    };
+    // Each VIP's GARPs on its own segment only, Ethernet source = sender hw = that device's MAC.
+    let (front_vip, back_gw) = (garps(&front, vip), garps(&back, gw));
+    assert_eq!(front_vip, vec![mac0; 2], "GARPs for {vip} on eth0's segment");
+    assert_eq!(back_gw, vec![mac1; 2], "GARPs for {gw} on eth1's segment");
+    assert!(garps(&front, gw).is_empty(), "GARP for {gw} went out of eth0");
+    assert!(garps(&back, vip).is_empty(), "GARP for {vip} went out of eth1");
+    for (_, f) in front.iter().chain(&back).filter(|(_, f)| garp(f).is_some()) {
+        assert_eq!(f[6..12], f[22..28], "Ethernet source = sender hardware address");
+    }
+    // The NA for the eth1 VIP: on eth1's segment, from eth1's MAC, router flag set.
+    let nas: Vec<&Vec<u8>> =
+        back.iter().map(|(_, f)| f).filter(|f| na_target(f) == Some(v6)).collect();
+    assert_eq!(nas.len(), 2, "NAs for {v6} on eth1's segment");
+    for f in nas {
+        assert_eq!(f[6..12], mac1, "NA Ethernet source");
+        assert_eq!(f[78..80], [2, 1], "target link-layer address option");
+        assert_eq!(f[80..86], mac1, "NA target link-layer address");
+        assert_eq!(f[58] & 0x80, 0x80, "router flag (eth1 forwards IPv6)");
+    }
+    assert!(!front.iter().any(|(_, f)| na_target(f) == Some(v6)), "NA for {v6} went out of eth0");
+}

@@ -2,7 +2,8 @@
 //!
 //! - Pure frame builders: [`build_garp`], [`build_unsolicited_na`].
 //! - [`GarpSender`]: the sending edge; [`PacketGarpSender`] writes whole Ethernet frames on an
-//!   `AF_PACKET` socket, for both ARP and NA, as keepalived does. Building the NA frame
+//!   `AF_PACKET` socket, for both ARP and NA, as keepalived does: each VIP's out of the device
+//!   the VIP lives on, from that device's MAC ([`GarpDevice`]). Building the NA frame
 //!   ourselves (instead of an ICMPv6 raw socket) keeps the source = VIP even while the VIP is
 //!   absent or tentative, and keeps the bytes exactly what the builder produced.
 //! - [`GarpSchedule`]: keepalived's timing, pure (time is passed in), and [`run_garp`], the
@@ -116,37 +117,67 @@ pub fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, msg: &[u8]) -> u16 {
 // ---------------------------------------------------------------------------------------------
 // Sender
 
-/// Sends one gratuitous ARP / unsolicited NA for a VIP. Calls are non-blocking.
+/// Sends one gratuitous ARP / unsolicited NA for a VIP out of the device `ifindex` it lives
+/// on. Calls are non-blocking.
 pub trait GarpSender: Send {
-    fn send_garp(&self, vip: Ipv4Addr) -> io::Result<()>;
-    fn send_na(&self, vip: Ipv6Addr) -> io::Result<()>;
+    fn send_garp(&self, ifindex: u32, vip: Ipv4Addr) -> io::Result<()>;
+    fn send_na(&self, ifindex: u32, vip: Ipv6Addr) -> io::Result<()>;
 }
 
-/// [`GarpSender`] on an `AF_PACKET` socket (protocol 0: it sends only, never receives).
+/// A device VIPs are announced on. Receivers learn the VIP at the frame's source MAC, so it
+/// must be the MAC of the device that holds the VIP (keepalived sends each VIP's GARP / NA
+/// on the VIP's own interface).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GarpDevice {
+    pub ifindex: u32,
+    /// Source hardware address: the device's, or the VMAC (00:00:5e:00:01:VRID) when the
+    /// instance uses one.
+    pub mac: [u8; 6],
+    /// The NA router flag: whether this device forwards IPv6 ([`ipv6_forwarding`]).
+    pub router: bool,
+}
+
+impl GarpDevice {
+    pub fn new(iface: &Interface, mac: [u8; 6], router: bool) -> Self {
+        Self { ifindex: iface.index, mac, router }
+    }
+}
+
+/// [`GarpSender`] on an `AF_PACKET` socket (protocol 0: it sends only, never receives; being
+/// unbound, it sends on whichever device each frame names).
 #[derive(Debug)]
 pub struct PacketGarpSender {
     sock: Socket,
-    ifindex: u32,
-    mac: [u8; 6],
-    router: bool,
+    devices: Vec<GarpDevice>,
 }
 
 impl PacketGarpSender {
-    /// `mac` is the source hardware address: the interface's, or the VMAC
-    /// (00:00:5e:00:01:VRID) when the instance uses one. `router` sets the NA router flag.
-    /// Needs `CAP_NET_RAW`; the socket lives in the calling thread's network namespace.
-    pub fn new(iface: &Interface, mac: [u8; 6], router: bool) -> io::Result<Self> {
+    /// A sender for VIPs on `devices`. Needs `CAP_NET_RAW`; the socket lives in the calling
+    /// thread's network namespace.
+    pub fn new(devices: Vec<GarpDevice>) -> io::Result<Self> {
         let sock = Socket::new(Domain::PACKET, Type::RAW, Some(0.into()))?;
         sock.set_nonblocking(true)?;
-        Ok(Self { sock, ifindex: iface.index, mac, router })
+        Ok(Self { sock, devices })
     }
 
-    fn send_frame(&self, frame: &[u8], ethertype: u16, dst: [u8; 6]) -> io::Result<()> {
+    fn device(&self, ifindex: u32) -> io::Result<&GarpDevice> {
+        self.devices.iter().find(|d| d.ifindex == ifindex).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("no GARP device {ifindex}"))
+        })
+    }
+
+    fn send_frame(
+        &self,
+        ifindex: u32,
+        frame: &[u8],
+        ethertype: u16,
+        dst: [u8; 6],
+    ) -> io::Result<()> {
         // SAFETY: zero is a valid sockaddr_ll.
         let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = ethertype.to_be();
-        sll.sll_ifindex = self.ifindex as i32;
+        sll.sll_ifindex = ifindex as i32;
         sll.sll_halen = 6;
         sll.sll_addr[..6].copy_from_slice(&dst);
         // SAFETY: valid fd; frame and sll live for the call.
@@ -169,13 +200,15 @@ impl PacketGarpSender {
 }
 
 impl GarpSender for PacketGarpSender {
-    fn send_garp(&self, vip: Ipv4Addr) -> io::Result<()> {
-        self.send_frame(&build_garp(self.mac, vip), ETHERTYPE_ARP, BROADCAST_MAC)
+    fn send_garp(&self, ifindex: u32, vip: Ipv4Addr) -> io::Result<()> {
+        let d = self.device(ifindex)?;
+        self.send_frame(ifindex, &build_garp(d.mac, vip), ETHERTYPE_ARP, BROADCAST_MAC)
     }
 
-    fn send_na(&self, vip: Ipv6Addr) -> io::Result<()> {
-        let frame = build_unsolicited_na(self.mac, vip, self.router);
-        self.send_frame(&frame, ETHERTYPE_IPV6, ALL_NODES_MAC)
+    fn send_na(&self, ifindex: u32, vip: Ipv6Addr) -> io::Result<()> {
+        let d = self.device(ifindex)?;
+        let frame = build_unsolicited_na(d.mac, vip, d.router);
+        self.send_frame(ifindex, &frame, ETHERTYPE_IPV6, ALL_NODES_MAC)
     }
 }
 
@@ -219,11 +252,11 @@ impl Default for GarpConfig {
     }
 }
 
-/// One message the schedule says to send now.
+/// One message the schedule says to send now, with the index of the device it goes out of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GarpMessage {
-    Arp(Ipv4Addr),
-    Na(Ipv6Addr),
+    Arp(Ipv4Addr, u32),
+    Na(Ipv6Addr, u32),
 }
 
 /// Paced queue of one message kind.
@@ -263,9 +296,10 @@ impl<A: Copy> Lane<A> {
 #[derive(Debug, Clone)]
 pub struct GarpSchedule {
     config: GarpConfig,
-    vips: Vec<IpAddr>,
-    arp: Lane<Ipv4Addr>,
-    na: Lane<Ipv6Addr>,
+    /// Each VIP with the index of the device it lives on.
+    vips: Vec<(IpAddr, u32)>,
+    arp: Lane<GarpMessage>,
+    na: Lane<GarpMessage>,
     second_set_at: Option<Instant>,
     refresh_at: Option<Instant>,
     /// The latest `now` seen; queued, unpaced messages are due then.
@@ -289,9 +323,10 @@ impl GarpSchedule {
         &self.config
     }
 
-    /// The instance became MASTER owning `vips`: first set now, second after
-    /// `master_delay`, refreshes every `master_refresh`. Replaces anything pending.
-    pub fn become_master(&mut self, now: Instant, vips: &[IpAddr]) {
+    /// The instance became MASTER owning `vips` (each with the index of the device it lives
+    /// on): first set now, second after `master_delay`, refreshes every `master_refresh`.
+    /// Replaces anything pending.
+    pub fn become_master(&mut self, now: Instant, vips: &[(IpAddr, u32)]) {
         self.leave_master();
         self.last_now = Some(now);
         self.vips = vips.to_vec();
@@ -323,10 +358,10 @@ impl GarpSchedule {
 
     fn enqueue(&mut self, rounds: u32) {
         for _ in 0..rounds {
-            for vip in &self.vips {
+            for &(vip, ifindex) in &self.vips {
                 match vip {
-                    IpAddr::V4(a) => self.arp.queue.push_back(*a),
-                    IpAddr::V6(a) => self.na.queue.push_back(*a),
+                    IpAddr::V4(a) => self.arp.queue.push_back(GarpMessage::Arp(a, ifindex)),
+                    IpAddr::V6(a) => self.na.queue.push_back(GarpMessage::Na(a, ifindex)),
                 }
             }
         }
@@ -351,11 +386,10 @@ impl GarpSchedule {
                 self.enqueue(self.config.master_refresh_repeat);
             }
         }
-        let mut arps = Vec::new();
-        let mut nas = Vec::new();
-        self.arp.drain(now, &mut arps);
-        self.na.drain(now, &mut nas);
-        arps.into_iter().map(GarpMessage::Arp).chain(nas.into_iter().map(GarpMessage::Na)).collect()
+        let mut out = Vec::new();
+        self.arp.drain(now, &mut out);
+        self.na.drain(now, &mut out);
+        out
     }
 
     /// When [`poll`](Self::poll) has something to do next; `None`: nothing until the next
@@ -390,7 +424,8 @@ impl GarpSchedule {
 /// State changes for [`run_garp`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GarpCommand {
-    BecomeMaster(Vec<IpAddr>),
+    /// Each VIP with the index of the device it lives on.
+    BecomeMaster(Vec<(IpAddr, u32)>),
     LeaveMaster,
     /// Extra set of this many rounds now (only while MASTER).
     ExtraSet(u32),
@@ -418,8 +453,8 @@ pub async fn run_garp<S: GarpSender>(
         }
         for msg in sched.poll(now()) {
             let res = match msg {
-                GarpMessage::Arp(a) => sender.send_garp(a),
-                GarpMessage::Na(a) => sender.send_na(a),
+                GarpMessage::Arp(a, ifindex) => sender.send_garp(ifindex, a),
+                GarpMessage::Na(a, ifindex) => sender.send_na(ifindex, a),
             };
             if let Err(e) = res {
                 tracing::warn!(?msg, error = %e, "sending gratuitous ARP / NA failed");
@@ -506,12 +541,16 @@ mod tests {
         }
     }
 
-    fn vips() -> Vec<IpAddr> {
-        ["192.0.2.100", "192.0.2.101", "2001:db8::100"].iter().map(|s| s.parse().unwrap()).collect()
+    /// Two VIPs on device 2, one on device 3.
+    fn vips() -> Vec<(IpAddr, u32)> {
+        [("192.0.2.100", 2), ("192.0.2.101", 3), ("2001:db8::100", 2)]
+            .iter()
+            .map(|(s, i)| (s.parse().unwrap(), *i))
+            .collect()
     }
 
     fn count(msgs: &[GarpMessage]) -> (usize, usize) {
-        let arps = msgs.iter().filter(|m| matches!(m, GarpMessage::Arp(_))).count();
+        let arps = msgs.iter().filter(|m| matches!(m, GarpMessage::Arp(..))).count();
         (arps, msgs.len() - arps)
     }
 
@@ -523,10 +562,11 @@ mod tests {
         s.become_master(t0, &vips());
         let first = s.poll(t0);
         assert_eq!(count(&first), (10, 5));
-        // Rounds: each VIP once per round, in order.
-        assert_eq!(first[0], GarpMessage::Arp(Ipv4Addr::new(192, 0, 2, 100)));
-        assert_eq!(first[1], GarpMessage::Arp(Ipv4Addr::new(192, 0, 2, 101)));
-        assert_eq!(first[2], GarpMessage::Arp(Ipv4Addr::new(192, 0, 2, 100)));
+        // Rounds: each VIP once per round, in order, each for its own device.
+        assert_eq!(first[0], GarpMessage::Arp(Ipv4Addr::new(192, 0, 2, 100), 2));
+        assert_eq!(first[1], GarpMessage::Arp(Ipv4Addr::new(192, 0, 2, 101), 3));
+        assert_eq!(first[2], GarpMessage::Arp(Ipv4Addr::new(192, 0, 2, 100), 2));
+        assert_eq!(first[10], GarpMessage::Na("2001:db8::100".parse().unwrap(), 2));
         assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(5)));
         assert!(s.poll(t0 + Duration::from_millis(4999)).is_empty());
         assert_eq!(count(&s.poll(t0 + Duration::from_secs(5))), (10, 5));
@@ -599,12 +639,12 @@ mod tests {
         }
         let arp_times: Vec<u128> = timeline
             .iter()
-            .filter(|(_, m)| matches!(m, GarpMessage::Arp(_)))
+            .filter(|(_, m)| matches!(m, GarpMessage::Arp(..)))
             .map(|(t, _)| *t)
             .collect();
         let na_times: Vec<u128> = timeline
             .iter()
-            .filter(|(_, m)| matches!(m, GarpMessage::Na(_)))
+            .filter(|(_, m)| matches!(m, GarpMessage::Na(..)))
             .map(|(t, _)| *t)
             .collect();
         assert_eq!(arp_times, vec![0, 100, 200, 300]);
@@ -634,12 +674,14 @@ mod tests {
     struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<(tokio::time::Instant, GarpMessage)>>>);
 
     impl GarpSender for Recorder {
-        fn send_garp(&self, vip: Ipv4Addr) -> io::Result<()> {
-            self.0.lock().unwrap().push((tokio::time::Instant::now(), GarpMessage::Arp(vip)));
+        fn send_garp(&self, ifindex: u32, vip: Ipv4Addr) -> io::Result<()> {
+            let m = GarpMessage::Arp(vip, ifindex);
+            self.0.lock().unwrap().push((tokio::time::Instant::now(), m));
             Ok(())
         }
-        fn send_na(&self, vip: Ipv6Addr) -> io::Result<()> {
-            self.0.lock().unwrap().push((tokio::time::Instant::now(), GarpMessage::Na(vip)));
+        fn send_na(&self, ifindex: u32, vip: Ipv6Addr) -> io::Result<()> {
+            let m = GarpMessage::Na(vip, ifindex);
+            self.0.lock().unwrap().push((tokio::time::Instant::now(), m));
             Err(io::Error::other("NA send fails; driver must carry on"))
         }
     }

@@ -221,8 +221,8 @@ async fn execute<T: VrrpTransport, V: VipManager>(
                 );
                 if to == State::Master {
                     became_master = true;
-                    let addrs = p.vips.iter().map(|(v, _)| v.addr).collect();
-                    let _ = p.garp.send(GarpCommand::BecomeMaster(addrs)).await;
+                    let vips = p.vips.iter().map(|(v, on)| (v.addr, on.index)).collect();
+                    let _ = p.garp.send(GarpCommand::BecomeMaster(vips)).await;
                 } else if from == State::Master || from == State::Stopping {
                     let _ = p.garp.send(GarpCommand::LeaveMaster).await;
                 }
@@ -250,7 +250,7 @@ pub async fn start(
     use anyhow::Context as _;
 
     use super::{
-        garp::{ipv6_forwarding, run_garp, PacketGarpSender},
+        garp::{ipv6_forwarding, run_garp, GarpDevice, PacketGarpSender},
         machine,
         packet::{Auth, Version},
         socket::{RawVrrpSocket, TransportConfig, VrrpMode},
@@ -306,20 +306,31 @@ pub async fn start(
     let machine = Machine::new(mc).with_context(|| format!("vrrp_instance {}", inst.name))?;
 
     // Excluded VIPs too: added, removed, announced and cleaned up at start like the others.
+    // Each VIP is announced on its own device, from that device's MAC (the one receivers must
+    // learn for it), with the NA router flag from that device's IPv6 forwarding, as
+    // keepalived does.
     let mut vips = Vec::new();
+    let mut garp_devices: Vec<GarpDevice> = Vec::new();
     for v in inst.all_vips() {
         let dev = v.device(&inst.interface);
         let on = if dev == iface.name {
-            iface.clone()
+            link.clone()
         } else {
-            rtnl.link_by_name(dev)
-                .await?
-                .with_context(|| {
-                    format!("vrrp_instance {}: VIP {v}: interface {dev} not found", inst.name)
-                })?
-                .interface()
+            rtnl.link_by_name(dev).await?.with_context(|| {
+                format!("vrrp_instance {}: VIP {v}: interface {dev} not found", inst.name)
+            })?
         };
-        vips.push((v.clone(), on));
+        if !garp_devices.iter().any(|d| d.ifindex == on.index) {
+            let mac = on.mac.with_context(|| {
+                format!(
+                    "vrrp_instance {}: interface {} has no MAC address for GARP",
+                    inst.name, on.name
+                )
+            })?;
+            let router = ipv6_forwarding(&on.name).unwrap_or(false);
+            garp_devices.push(GarpDevice::new(&on.interface(), mac, router));
+        }
+        vips.push((v.clone(), on.interface()));
     }
 
     let garp_config = GarpConfig {
@@ -329,14 +340,7 @@ pub async fn start(
         master_refresh_repeat: inst.garp.master_refresh_repeat,
         ..GarpConfig::default()
     };
-    let router = ipv6 && ipv6_forwarding(&iface.name).unwrap_or(false);
-    let mac = link.mac.with_context(|| {
-        format!(
-            "vrrp_instance {}: interface {} has no MAC address for GARP",
-            inst.name, inst.interface
-        )
-    })?;
-    let sender = PacketGarpSender::new(&iface, mac, router)
+    let sender = PacketGarpSender::new(garp_devices)
         .with_context(|| format!("vrrp_instance {}: opening the GARP socket", inst.name))?;
     let (garp_tx, garp_rx) = mpsc::channel(16);
     tokio::spawn(run_garp(garp_config.clone(), sender, garp_rx));
