@@ -1,8 +1,9 @@
 //! The VRRP fast-path filter's maps.
 //!
 //! The filter runs in XDP on a VRRP instance's interface. IP protocol 112 frames whose
-//! TTL/hop limit is not 255, whose version or type is wrong, or whose VRID is not configured
-//! on that interface are dropped and counted per reason; everything else passes untouched.
+//! TTL/hop limit is not 255 (unless the VRID's instance has unicast peers), whose version or
+//! type is wrong, or whose VRID is not configured on that interface are dropped and counted
+//! per reason; everything else passes untouched.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -47,6 +48,10 @@ impl VrrpVridKey {
 pub struct VrrpVridValue {
     /// Accepted VRRP versions as a bit set of [`version_bit`].
     pub versions: u32,
+    /// Non-zero: the VRID's instance has unicast peers. Their adverts may cross routers, so
+    /// any TTL / hop limit passes (keepalived checks TTL 255 only without unicast peers).
+    pub unicast: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Why the filter passed or dropped a VRRP frame. Indexes [`VRRP_STATS`].
@@ -55,7 +60,8 @@ pub struct VrrpVridValue {
 pub enum VrrpCounter {
     /// A well-formed advert for a configured VRID: passed to the kernel.
     Passed = 0,
-    /// TTL (IPv4) or hop limit (IPv6) was not 255: dropped (RFC 5798 §7.1).
+    /// TTL (IPv4) or hop limit (IPv6) was not 255 for a multicast VRID: dropped
+    /// (RFC 5798 §7.1).
     BadTtl = 1,
     /// Version not 2/3, or not the version configured for the VRID: dropped.
     BadVersion = 2,
@@ -91,3 +97,14 @@ impl VrrpCounter {
 }
 
 crate::impl_user_pod!(VrrpVridKey, VrrpVridValue);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(core::mem::size_of::<VrrpVridKey>(), 8);
+        assert_eq!(core::mem::size_of::<VrrpVridValue>(), 8);
+    }
+}

@@ -1,9 +1,10 @@
 //! The VRRP fast-path filter.
 //!
 //! On a VRRP instance's interface: IP protocol 112 frames with TTL/hop limit != 255
-//! (RFC 5798 §7.1), a version other than 2/3 or than the one configured for the VRID, a type
-//! other than ADVERTISEMENT, or a VRID not configured on this interface are dropped and
-//! counted per reason. Everything else passes untouched, uncounted unless it is VRRP.
+//! (RFC 5798 §7.1; not checked for a VRID whose instance has unicast peers, which may be
+//! routed), a version other than 2/3 or than the one configured for the VRID, a type other
+//! than ADVERTISEMENT, or a VRID not configured on this interface are dropped and counted per
+//! reason. Everything else passes untouched, uncounted unless it is VRRP.
 //! The daemon still validates every advert it receives (checksum, auth, addresses); this
 //! program only keeps garbage off the slow path cheaply.
 
@@ -108,9 +109,6 @@ fn filter(ctx: &impl Frame) -> Verdict {
         }
         _ => return Verdict::NotVrrp,
     };
-    if hop_limit != 255 {
-        return Verdict::Counted(VrrpCounter::BadTtl);
-    }
     // The IPv4 header length is variable: bound it so the verifier sees a constant range.
     if vrrp_off > ETH_HLEN + 60 {
         return Verdict::Counted(VrrpCounter::Truncated);
@@ -134,6 +132,9 @@ fn filter(ctx: &impl Frame) -> Verdict {
         Some(v) if v.versions & version_bit(version) == 0 => {
             Verdict::Counted(VrrpCounter::BadVersion)
         }
+        // TTL 255 proves a multicast advert was not routed; unicast peers may be a router
+        // away, and keepalived skips the check for them, so the VRID decides.
+        Some(v) if hop_limit != 255 && v.unicast == 0 => Verdict::Counted(VrrpCounter::BadTtl),
         Some(_) => Verdict::Counted(VrrpCounter::Passed),
     }
 }

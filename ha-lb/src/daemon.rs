@@ -1432,6 +1432,11 @@ fn update_vrids(
         let family = if i.family() == config::AddrFamily::Ipv6 { FAMILY_V6 } else { FAMILY_V4 };
         let e = wanted.entry(VrrpVridKey::new(ifindex, i.virtual_router_id, family)).or_default();
         e.versions |= version_bit(i.version.number());
+        // Unicast adverts may be routed: the filter passes them at any TTL (the instance
+        // still checks TTL 255 itself when it has no unicast peers).
+        if i.is_unicast() {
+            e.unicast = 1;
+        }
     }
     bpf::vrrp_filter::set_vrids(b, &wanted)?;
     Ok(())

@@ -560,7 +560,7 @@ fn packet_checks(bpf: Bpf) {
     };
     let vrids = BTreeMap::from([(
         VrrpVridKey::new(d0, 51, FAMILY_V4),
-        VrrpVridValue { versions: version_bit(3) },
+        VrrpVridValue { versions: version_bit(3), ..Default::default() },
     )]);
     set_vrids(dp.bpf_mut(), &vrids).unwrap();
     let before = counters(&dp);

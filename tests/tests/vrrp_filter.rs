@@ -28,12 +28,18 @@ fn ip6(s: &str) -> IpAddr {
 
 fn vrids(ifindex: u32) -> BTreeMap<VrrpVridKey, VrrpVridValue> {
     BTreeMap::from([
-        (VrrpVridKey::new(ifindex, 51, FAMILY_V4), VrrpVridValue { versions: version_bit(3) }),
+        (
+            VrrpVridKey::new(ifindex, 51, FAMILY_V4),
+            VrrpVridValue { versions: version_bit(3), ..Default::default() },
+        ),
         (
             VrrpVridKey::new(ifindex, 52, FAMILY_V4),
-            VrrpVridValue { versions: version_bit(2) | version_bit(3) },
+            VrrpVridValue { versions: version_bit(2) | version_bit(3), ..Default::default() },
         ),
-        (VrrpVridKey::new(ifindex, 51, FAMILY_V6), VrrpVridValue { versions: version_bit(3) }),
+        (
+            VrrpVridKey::new(ifindex, 51, FAMILY_V6),
+            VrrpVridValue { versions: version_bit(3), ..Default::default() },
+        ),
     ])
 }
 
@@ -128,6 +134,37 @@ fn each_verdict_drops_or_passes_and_counts_its_reason() {
     }
 }
 
+/// Unicast peers may be routed, so keepalived checks TTL 255 only for instances without
+/// them: an advert with TTL / hop limit 64 passes on a VRID flagged unicast and is dropped as
+/// bad_ttl on a multicast one. The other checks still apply to unicast VRIDs.
+#[test]
+fn ttl_is_checked_only_for_multicast_vrids() {
+    let mut bpf = loaded();
+    let unicast = VrrpVridValue { versions: version_bit(3), unicast: 1, ..Default::default() };
+    let mut wanted = vrids(LO);
+    wanted.insert(VrrpVridKey::new(LO, 53, FAMILY_V4), unicast);
+    wanted.insert(VrrpVridKey::new(LO, 53, FAMILY_V6), unicast);
+    set_vrids(&mut bpf, &wanted).unwrap();
+    let cases = [
+        ("unicast, ttl 64", adv4(3, 53, 64), XdpAction::Pass, VrrpCounter::Passed),
+        ("unicast, ttl 255", adv4(3, 53, 255), XdpAction::Pass, VrrpCounter::Passed),
+        ("unicast, v6 hop limit 64", adv6(53, 64), XdpAction::Pass, VrrpCounter::Passed),
+        ("multicast, ttl 64", adv4(3, 51, 64), XdpAction::Drop, VrrpCounter::BadTtl),
+        ("multicast, v6 hop limit 64", adv6(51, 64), XdpAction::Drop, VrrpCounter::BadTtl),
+        (
+            "unicast, ttl 64, wrong version",
+            adv4(2, 53, 64),
+            XdpAction::Drop,
+            VrrpCounter::BadVersion,
+        ),
+    ];
+    for (name, f, want, counter) in cases {
+        let before = counters(&bpf).unwrap();
+        assert_eq!(run(&mut bpf, &f).0, want, "{name}: verdict");
+        assert_eq!(delta(counters(&bpf).unwrap(), before), vec![(counter.name(), 1)], "{name}");
+    }
+}
+
 #[test]
 fn bad_version_and_type_are_dropped() {
     let mut bpf = loaded();
@@ -150,8 +187,14 @@ fn vrid_map_follows_the_configuration() {
     assert_eq!(run(&mut bpf, &adv4(3, 51, 255)).0, XdpAction::Pass);
     // Reconfigure: VRID 51 gone, 60 added; 52 stays.
     let mut wanted = BTreeMap::new();
-    wanted.insert(VrrpVridKey::new(LO, 60, FAMILY_V4), VrrpVridValue { versions: version_bit(3) });
-    wanted.insert(VrrpVridKey::new(LO, 52, FAMILY_V4), VrrpVridValue { versions: version_bit(3) });
+    wanted.insert(
+        VrrpVridKey::new(LO, 60, FAMILY_V4),
+        VrrpVridValue { versions: version_bit(3), ..Default::default() },
+    );
+    wanted.insert(
+        VrrpVridKey::new(LO, 52, FAMILY_V4),
+        VrrpVridValue { versions: version_bit(3), ..Default::default() },
+    );
     set_vrids(&mut bpf, &wanted).unwrap();
     assert_eq!(run(&mut bpf, &adv4(3, 51, 255)).0, XdpAction::Drop);
     assert_eq!(run(&mut bpf, &adv4(3, 60, 255)).0, XdpAction::Pass);

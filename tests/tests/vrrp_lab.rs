@@ -259,3 +259,42 @@ fn vip_on_another_device_is_announced_there_with_its_mac() {
     }
     assert!(!front.iter().any(|(_, f)| na_target(f) == Some(v6)), "NA for {v6} went out of eth0");
 }
+
+/// Unicast VRRP across a router (keepalived accepts it: it checks TTL 255 only without
+/// unicast peers): each node's adverts reach the other with TTL 254, through the XDP VRRP
+/// filter, and the pair elects one MASTER. Before, both dropped the other's adverts as
+/// bad_ttl and both became MASTER.
+#[test]
+fn unicast_pair_across_a_router_elects_one_master() {
+    let mut lab = ha_lb_lab::Lab::new().unwrap();
+    let (a, r, b) = (lab.node("a").unwrap(), lab.node("r").unwrap(), lab.node("b").unwrap());
+    lab.veth(&a, "eth0", &r, "ra").unwrap();
+    lab.veth(&b, "eth0", &r, "rb").unwrap();
+    a.addr("eth0", "198.18.1.1/24").unwrap();
+    r.addr("ra", "198.18.1.254/24").unwrap();
+    b.addr("eth0", "198.18.2.1/24").unwrap();
+    r.addr("rb", "198.18.2.254/24").unwrap();
+    r.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    a.route(&["198.18.2.0/24", "via", "198.18.1.254"]).unwrap();
+    b.route(&["198.18.1.0/24", "via", "198.18.2.254"]).unwrap();
+    let s = Scratch::new("vrrprouted").unwrap();
+    let cfg = |router: &str, prio: u8, src: &str, peer: &str| {
+        conf(router, prio, 0.1, &format!("unicast_src_ip = \"{src}\"\nunicast_peer = [\"{peer}\"]"))
+    };
+    let ha =
+        HaLb::start(&mut lab, &a, &s, "a", &cfg("a", 150, "198.18.1.1", "198.18.2.1")).unwrap();
+    let hb =
+        HaLb::start(&mut lab, &b, &s, "b", &cfg("b", 100, "198.18.2.1", "198.18.1.1")).unwrap();
+    eventually(Duration::from_secs(5), "a MASTER, b BACKUP", || {
+        ha.state("VI_1").as_deref() == Some("MASTER")
+            && hb.state("VI_1").as_deref() == Some("BACKUP")
+    })
+    .unwrap();
+    for _ in 0..20 {
+        assert_eq!(hb.state("VI_1").as_deref(), Some("BACKUP"), "b left BACKUP\n{}", hb.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!holds(&b, "eth0", V), "the backup holds the VIP");
+    let passed = hb.status().unwrap()["vrrp_filter"]["passed"].as_u64().unwrap_or(0);
+    assert!(passed > 0, "b's XDP filter passed no advert: {}", hb.status().unwrap());
+}

@@ -443,7 +443,8 @@ fn malformed_and_unusual_frames_pass_untouched_and_are_counted_per_reason() {
 /// Makes VRRPv3 VRID 51 (IPv4) known to the VRRP filter on the client side.
 fn register_vrid_51(t: &mut Tester) {
     let key = VrrpVridKey::new(t.eth0, 51, FAMILY_V4);
-    let vrids = BTreeMap::from([(key, VrrpVridValue { versions: version_bit(3) })]);
+    let vrids =
+        BTreeMap::from([(key, VrrpVridValue { versions: version_bit(3), ..Default::default() })]);
     set_vrids(t.dp.bpf_mut(), &vrids).unwrap();
 }
 

@@ -240,6 +240,13 @@ async fn execute<T: VrrpTransport, V: VipManager>(
     }
 }
 
+/// What the codec checks on receive. TTL / hop limit 255 proves a multicast advert came from
+/// the link; unicast peers may be a router away, and keepalived checks it only for instances
+/// without unicast peers.
+fn rx_options(inst: &crate::config::VrrpInstance) -> RxOptions {
+    RxOptions { require_hop_limit_255: !inst.is_unicast(), ..RxOptions::default() }
+}
+
 /// Resolves a configured `vrrp_instance` against the host (interfaces, source address) and
 /// starts it: raw socket, VIP manager, GARP/NA driver and the instance task.
 pub async fn start(
@@ -352,10 +359,54 @@ pub async fn start(
             transport,
             vip_manager: rtnl.clone(),
             vips,
-            rx_options: RxOptions::default(),
+            rx_options: rx_options(inst),
             garp: garp_tx,
             garp_config,
         },
         events,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::vrrp::packet::{Advert, Auth, DecodeError, Version};
+
+    fn instance(extra: &str) -> crate::config::VrrpInstance {
+        let text = format!(
+            "[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\n\
+             virtual_router_id = 51\nvirtual_ipaddress = [\"192.0.2.100\"]\n{extra}"
+        );
+        let mut c = crate::config::parse_str(&text, std::path::Path::new("t.toml")).unwrap();
+        c.vrrp_instances.remove(0)
+    }
+
+    /// A unicast peer's advert that crossed a router (TTL 64) is accepted; on a multicast
+    /// instance the same advert is rejected for its TTL.
+    #[test]
+    fn hop_limit_255_is_required_only_without_unicast_peers() {
+        let (peer, me) = (Ipv4Addr::new(198, 51, 100, 2), Ipv4Addr::new(192, 0, 2, 1));
+        let advert = Advert {
+            version: Version::V3,
+            vrid: 51,
+            priority: 100,
+            adver_int_cs: 100,
+            addrs: vec![IpAddr::from([192, 0, 2, 100])],
+            auth: Auth::None,
+        };
+        let bytes = advert.encode(peer.into(), me.into(), V3Checksum::PseudoHeader).unwrap();
+        let decode = |opts: &RxOptions| packet::decode(peer.into(), me.into(), 64, &bytes, opts);
+
+        let unicast = rx_options(&instance(
+            "unicast_src_ip = \"192.0.2.1\"\nunicast_peer = [\"198.51.100.2\"]",
+        ));
+        assert!(!unicast.require_hop_limit_255);
+        assert_eq!(decode(&unicast).unwrap().advert, advert);
+
+        let multicast = rx_options(&instance(""));
+        assert_eq!(multicast, RxOptions::default());
+        assert_eq!(decode(&multicast), Err(DecodeError::BadHopLimit(64)));
+    }
 }
