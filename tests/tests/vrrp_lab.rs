@@ -216,13 +216,20 @@ fn vip_on_another_device_is_announced_there_with_its_mac() {
         "virtual_ipaddress_excluded = [\"{V6_EXCL_BACK}/64 dev eth1\"]\n\
          garp_master_delay = 0\ngarp_master_repeat = 2"
     );
-    let cfg = conf("d1", 150, 0.1, &extra)
-        .replace(&format!("[\"{VIP}/24\"]"), &format!("[\"{VIP}/24\", \"{gw}/24 dev eth1\"]"));
+    // And one on a device without link-layer addresses (a tun, as for a VPN's VIP): held,
+    // not announced (it used to stop the instance from starting).
+    d1.sh("ip tuntap add dev tun7 mode tun && ip link set tun7 up").unwrap();
+    let cfg = conf("d1", 150, 0.1, &extra).replace(
+        &format!("[\"{VIP}/24\"]"),
+        &format!("[\"{VIP}/24\", \"{gw}/24 dev eth1\", \"198.18.77.1/32 dev tun7\"]"),
+    );
     let front = Capture::start(&t.switch, "d1f", garp_or_na);
     let back = Capture::start(&t.switch, "d1b", garp_or_na);
     let _a = HaLb::start(&mut t.lab, &d1, &s, "d1", &cfg).unwrap();
     eventually(Duration::from_secs(5), "d1 MASTER holding the VIPs", || {
-        holds(&d1, "eth0", V) && holds(&d1, "eth1", &gw.to_string())
+        holds(&d1, "eth0", V)
+            && holds(&d1, "eth1", &gw.to_string())
+            && holds(&d1, "tun7", "198.18.77.1")
     })
     .unwrap();
     std::thread::sleep(Duration::from_millis(500));

@@ -160,10 +160,8 @@ impl PacketGarpSender {
         Ok(Self { sock, devices })
     }
 
-    fn device(&self, ifindex: u32) -> io::Result<&GarpDevice> {
-        self.devices.iter().find(|d| d.ifindex == ifindex).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("no GARP device {ifindex}"))
-        })
+    fn device(&self, ifindex: u32) -> Option<&GarpDevice> {
+        self.devices.iter().find(|d| d.ifindex == ifindex)
     }
 
     fn send_frame(
@@ -199,14 +197,16 @@ impl PacketGarpSender {
     }
 }
 
+/// A VIP on a device this sender has no entry for (one without a MAC address: see
+/// `instance::start`) is not announced.
 impl GarpSender for PacketGarpSender {
     fn send_garp(&self, ifindex: u32, vip: Ipv4Addr) -> io::Result<()> {
-        let d = self.device(ifindex)?;
+        let Some(d) = self.device(ifindex) else { return Ok(()) };
         self.send_frame(ifindex, &build_garp(d.mac, vip), ETHERTYPE_ARP, BROADCAST_MAC)
     }
 
     fn send_na(&self, ifindex: u32, vip: Ipv6Addr) -> io::Result<()> {
-        let d = self.device(ifindex)?;
+        let Some(d) = self.device(ifindex) else { return Ok(()) };
         let frame = build_unsolicited_na(d.mac, vip, d.router);
         self.send_frame(ifindex, &frame, ETHERTYPE_IPV6, ALL_NODES_MAC)
     }

@@ -328,14 +328,23 @@ pub async fn start(
             })?
         };
         if !garp_devices.iter().any(|d| d.ifindex == on.index) {
-            let mac = on.mac.with_context(|| {
-                format!(
-                    "vrrp_instance {}: interface {} has no MAC address for GARP",
-                    inst.name, on.name
-                )
-            })?;
-            let router = ipv6_forwarding(&on.name).unwrap_or(false);
-            garp_devices.push(GarpDevice::new(&on.interface(), mac, router));
+            match on.mac {
+                Some(mac) => {
+                    let router = ipv6_forwarding(&on.name).unwrap_or(false);
+                    garp_devices.push(GarpDevice::new(&on.interface(), mac, router));
+                }
+                // The instance's own interface carries Ethernet adverts: it must have one.
+                None if on.index == link.index => anyhow::bail!(
+                    "vrrp_instance {}: interface {} has no MAC address",
+                    inst.name,
+                    on.name
+                ),
+                // A VIP on a device without link-layer addresses (tun, WireGuard): nobody
+                // there caches a MAC, so there is nothing to announce (as keepalived).
+                None => {
+                    info!(instance = %inst.name, interface = %on.name, "no MAC address: VIPs there are not announced")
+                }
+            }
         }
         vips.push((v.clone(), on.interface()));
     }
