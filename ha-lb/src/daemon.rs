@@ -101,6 +101,21 @@ fn xdp_interfaces(config: &Config) -> Vec<String> {
     set.into_iter().collect()
 }
 
+/// The Ethernet ones of `ifaces`: the forwarding program parses Ethernet frames, so a VIP on a
+/// device without link-layer addresses (tun, WireGuard) is left to the kernel.
+fn ethernet_only(ifaces: Vec<String>) -> Vec<String> {
+    ifaces
+        .into_iter()
+        .filter(|i| match crate::bpf::lb::interface_mac(i) {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(interface = %i, error = %e, "no eBPF forwarding there: its traffic goes through the kernel");
+                false
+            }
+        })
+        .collect()
+}
+
 /// The interfaces `config` names (instances' and their VIPs' devices) that this host does
 /// not have. Start-up and a reload refuse a configuration naming one: an instance cannot
 /// run there, and a reload would otherwise apply everything else and leave it stopped.
@@ -320,7 +335,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         config::Dataplane::None => Plane::None(NoDataplane::default()),
         d @ (config::Dataplane::Xdp | config::Dataplane::Tc) => {
             let hook = if d == config::Dataplane::Tc { Hook::Tc } else { Hook::Xdp };
-            let ifaces = xdp_interfaces(&config);
+            let ifaces = ethernet_only(xdp_interfaces(&config));
             if ifaces.is_empty() {
                 bail!("dataplane {:?} needs at least one vrrp_instance: its interface is where the forwarding program is attached", d.as_str());
             }
@@ -1059,7 +1074,8 @@ impl Daemon {
             let v6 = new.virtual_servers.iter().any(|v| v.address.is_ipv6());
             enable_forwarding(&wanted, v6);
             let attached: BTreeSet<String> = x.interfaces().into_iter().map(|(n, _)| n).collect();
-            for i in wanted.iter().filter(|i| !attached.contains(*i)) {
+            let new_ones = wanted.into_iter().filter(|i| !attached.contains(i)).collect();
+            for i in &ethernet_only(new_ones) {
                 match x.attach_interface(i) {
                     Ok(mode) => {
                         info!(interface = %i, mode = ?mode, "eBPF forwarding attached (reload)")

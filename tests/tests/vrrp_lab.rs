@@ -219,10 +219,14 @@ fn vip_on_another_device_is_announced_there_with_its_mac() {
     // And one on a device without link-layer addresses (a tun, as for a VPN's VIP): held,
     // not announced (it used to stop the instance from starting).
     d1.sh("ip tuntap add dev tun7 mode tun && ip link set tun7 up").unwrap();
-    let cfg = conf("d1", 150, 0.1, &extra).replace(
-        &format!("[\"{VIP}/24\"]"),
-        &format!("[\"{VIP}/24\", \"{gw}/24 dev eth1\", \"198.18.77.1/32 dev tun7\"]"),
-    );
+    // With the eBPF data plane: on every VIP device but the tun, which has no Ethernet
+    // header to forward by.
+    let cfg = conf("d1", 150, 0.1, &extra)
+        .replace(
+            &format!("[\"{VIP}/24\"]"),
+            &format!("[\"{VIP}/24\", \"{gw}/24 dev eth1\", \"198.18.77.1/32 dev tun7\"]"),
+        )
+        .replace("dataplane = \"none\"", "dataplane = \"xdp\"");
     let front = Capture::start(&t.switch, "d1f", garp_or_na);
     let back = Capture::start(&t.switch, "d1b", garp_or_na);
     let _a = HaLb::start(&mut t.lab, &d1, &s, "d1", &cfg).unwrap();
@@ -236,6 +240,8 @@ fn vip_on_another_device_is_announced_there_with_its_mac() {
     let (front, back) = (front.stop(), back.stop());
     let vip: Ipv4Addr = V.parse().unwrap();
     let v6: Ipv6Addr = V6_EXCL_BACK.parse().unwrap();
+    assert!(d1.sh("ip -d link show eth1").unwrap().contains("prog/xdp"), "XDP on eth1");
+    assert!(!d1.sh("ip -d link show tun7").unwrap().contains("xdp"), "no XDP on the tun");
 
     let garps = |frames: &[(std::time::Instant, Vec<u8>)], addr: Ipv4Addr| -> Vec<[u8; 6]> {
         frames

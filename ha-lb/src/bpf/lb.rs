@@ -562,6 +562,13 @@ pub fn interface_mac(iface: &str) -> std::io::Result<[u8; 6]> {
     }
     // SAFETY: the ioctl succeeded, so the hwaddr member is the initialised one.
     let sa = unsafe { ifr.ifr_ifru.ifru_hwaddr };
+    if sa.sa_family != libc::ARPHRD_ETHER {
+        // A tun or WireGuard device: frames there carry no Ethernet header to forward by.
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("{iface} is not an Ethernet device"),
+        ));
+    }
     let mut mac = [0u8; 6];
     for (m, b) in mac.iter_mut().zip(sa.sa_data.iter()) {
         *m = *b as u8;
