@@ -1328,6 +1328,11 @@ impl Daemon {
                     .unwrap_or(inst.priority),
                 master: snap.as_ref().and_then(|s| s.master).map(|a| a.to_string()),
                 virtual_ipaddress: inst.virtual_ipaddress.iter().map(|v| v.to_string()).collect(),
+                virtual_ipaddress_excluded: inst
+                    .virtual_ipaddress_excluded
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect(),
                 sync_group: self.config.sync_group_of(&inst.name).map(|g| g.name.clone()),
                 counters,
             });

@@ -48,6 +48,9 @@ pub struct InstanceStatus {
     /// Address of the current master, when known.
     pub master: Option<String>,
     pub virtual_ipaddress: Vec<String>,
+    /// Held with the instance like its VIPs, not advertised.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_ipaddress_excluded: Vec<String>,
     pub sync_group: Option<String>,
     /// Protocol counters: adverts sent/received, rejected per reason, …
     pub counters: BTreeMap<String, u64>,
@@ -123,7 +126,12 @@ pub fn render(s: &Status) -> String {
                 i.priority,
                 i.effective_priority,
                 i.master.as_deref().unwrap_or("-"),
-                i.virtual_ipaddress.join(" ")
+                i.virtual_ipaddress
+                    .iter()
+                    .cloned()
+                    .chain(i.virtual_ipaddress_excluded.iter().map(|v| format!("{v} (excluded)")))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             );
         }
     }
@@ -209,6 +217,7 @@ mod tests {
                 effective_priority: 150,
                 master: Some("198.18.0.1".into()),
                 virtual_ipaddress: vec!["198.18.0.100/24".into()],
+                virtual_ipaddress_excluded: vec!["2001:db8::10/64".into()],
                 ..Default::default()
             }],
             virtual_servers: vec![VirtualServerStatus {
@@ -241,6 +250,7 @@ mod tests {
         let t = render(&sample());
         assert!(t.contains("VI_1"), "{t}");
         assert!(t.contains("MASTER"));
+        assert!(t.contains("198.18.0.100/24 2001:db8::10/64 (excluded)"), "{t}");
         assert!(t.contains("TCP  198.18.0.100:80 wrr"), "{t}");
         let rs = t.lines().find(|l| l.contains("-> 198.18.1.1:80")).unwrap();
         let cols: Vec<&str> = rs.split_whitespace().collect();
