@@ -117,6 +117,25 @@ impl ApplyReport {
     pub fn is_empty(&self) -> bool {
         *self == ApplyReport::default()
     }
+
+    /// Adds what a later step of the same apply changed (a service changed by several steps
+    /// is listed once).
+    pub fn merge(&mut self, o: ApplyReport) {
+        for (mine, theirs) in [
+            (&mut self.services_added, o.services_added),
+            (&mut self.services_changed, o.services_changed),
+            (&mut self.services_removed, o.services_removed),
+        ] {
+            for k in theirs {
+                if !mine.contains(&k) {
+                    mine.push(k);
+                }
+            }
+        }
+        self.real_servers_added += o.real_servers_added;
+        self.real_servers_removed += o.real_servers_removed;
+        self.real_servers_reweighted += o.real_servers_reweighted;
+    }
 }
 
 /// Counters of one real server.

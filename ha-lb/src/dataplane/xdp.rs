@@ -328,6 +328,70 @@ pub fn plan(
     plan_with(state, desired, &|_| None)
 }
 
+/// One planned step: the state it leaves, its map operations in order, what it changed.
+pub type Step = (State, Vec<Op>, ApplyReport);
+
+/// [`plan_with`], or — when the change does not fit the tables in one step — the same change
+/// service by service ([`steps`]), each step freeing what it replaces before the next one
+/// allocates. One step holds every new id and lookup table beside the old ones until its
+/// end, so a change that fits the tables may still not fit beside what it replaces: a
+/// service renamed at the service limit, a real server renumbered at the real-server
+/// limit, new tables in a ring fragmented by earlier changes. Every step leaves a complete
+/// desired state (no live service ever has an empty or half-written backend set).
+pub fn plan_or_steps(
+    state: &State,
+    desired: &DesiredState,
+    tun_source: &dyn Fn(IpAddr) -> Option<IpAddr>,
+) -> Result<Vec<Step>, DataplaneError> {
+    match plan_with(state, desired, tun_source) {
+        Ok(step) => Ok(vec![step]),
+        Err(DataplaneError::Capacity(why)) => {
+            warn!(%why, "the change does not fit the tables in one step: applying it service by service");
+            let mut at = state.clone();
+            let mut out = Vec::new();
+            for d in steps(state, desired) {
+                let step = plan_with(&at, &d, tun_source)?;
+                at = step.0.clone();
+                out.push(step);
+            }
+            Ok(out)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The desired states that lead from `state` to `desired` one service at a time: services
+/// that go, then real servers that go (a service keeps at least one of its own until its new
+/// set is written), then each service as desired.
+pub fn steps(state: &State, desired: &DesiredState) -> Vec<DesiredState> {
+    let mut now: BTreeMap<VirtualServerKey, ServiceSpec> =
+        state.services.iter().map(|(k, s)| (*k, s.spec.clone())).collect();
+    let mut out = Vec::new();
+    for k in state.services.keys().filter(|k| !desired.services.contains_key(k)) {
+        now.remove(k);
+        out.push(DesiredState { services: now.clone() });
+    }
+    for (k, want) in &desired.services {
+        let Some(have) = now.get(k) else { continue };
+        let staying = |r: &&RealServerSpec| {
+            want.real_servers.iter().any(|w| (w.addr, w.port) == (r.addr, r.port))
+        };
+        let keep: Vec<RealServerSpec> = have.real_servers.iter().filter(staying).cloned().collect();
+        if !keep.is_empty() && keep.len() < have.real_servers.len() {
+            let shrunk = ServiceSpec { real_servers: keep, ..have.clone() };
+            now.insert(*k, shrunk);
+            out.push(DesiredState { services: now.clone() });
+        }
+    }
+    for (k, want) in &desired.services {
+        if now.get(k) != Some(want) {
+            now.insert(*k, want.clone());
+            out.push(DesiredState { services: now.clone() });
+        }
+    }
+    out
+}
+
 /// [`plan`], with TUN real servers' outer source addresses from `tun_source`.
 pub fn plan_with(
     state: &State,
@@ -961,29 +1025,38 @@ impl Dataplane for XdpDataplane {
                 format!("an earlier apply failed half-way ({why}); rebuild the data plane").into(),
             ));
         }
-        let (next, ops, report) = plan_with(&self.state, desired, &|a| {
+        let planned = plan_or_steps(&self.state, desired, &|a| {
             let src = source_toward(a);
             if src.is_none() {
                 warn!(real_server = %a, "TUN: no route toward the real server; its flows are dropped");
             }
             src
         })?;
-        for op in &ops {
-            if let Err(e) = execute(&mut self.bpf, op) {
-                self.broken = Some(e.to_string());
-                return Err(backend(e));
+        let mut report = ApplyReport::default();
+        for (i, (next, ops, r)) in planned.into_iter().enumerate() {
+            if i > 0 {
+                // What the previous step freed may be taken now: let packets still reading
+                // it (an XDP run takes microseconds) finish first.
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            match op {
-                Op::ResetRealCounters(id) => {
-                    self.expired_real.remove(id);
+            for op in &ops {
+                if let Err(e) = execute(&mut self.bpf, op) {
+                    self.broken = Some(e.to_string());
+                    return Err(backend(e));
                 }
-                Op::ResetServiceCounters(id) => {
-                    self.expired_service.remove(id);
+                match op {
+                    Op::ResetRealCounters(id) => {
+                        self.expired_real.remove(id);
+                    }
+                    Op::ResetServiceCounters(id) => {
+                        self.expired_service.remove(id);
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
+            self.state = next;
+            report.merge(r);
         }
-        self.state = next;
         Ok(report)
     }
 
@@ -1050,6 +1123,117 @@ mod tests {
 
     fn pos(ops: &[Op], f: impl Fn(&Op) -> bool) -> usize {
         ops.iter().position(f).expect("op present")
+    }
+
+    /// Applies `desired` to `state` as `apply` does (one step, or service by service when it
+    /// does not fit): the state reached, after checking every step keeps each service that
+    /// lives through it with real servers if it had any.
+    fn apply_pure(state: &State, desired: &DesiredState) -> Result<State, DataplaneError> {
+        let steps = plan_or_steps(state, desired, &|_| None)?;
+        let mut at = state.clone();
+        for (next, _, _) in steps {
+            for (k, s) in &next.services {
+                let before = at.services.get(k).map(|o| !o.spec.real_servers.is_empty());
+                assert!(
+                    before != Some(true) || !s.spec.real_servers.is_empty(),
+                    "{k}: emptied by a step"
+                );
+            }
+            at = next;
+        }
+        Ok(at)
+    }
+
+    fn specs(s: &State) -> BTreeMap<VirtualServerKey, ServiceSpec> {
+        s.services.iter().map(|(k, a)| (*k, a.spec.clone())).collect()
+    }
+
+    fn sorted(d: &DesiredState) -> BTreeMap<VirtualServerKey, ServiceSpec> {
+        let mut d = d.services.clone();
+        for s in d.values_mut() {
+            s.real_servers.sort();
+        }
+        d
+    }
+
+    /// Found by review: a change that fits the tables but not beside what it replaces — a
+    /// service renamed at the service limit, a real server renumbered at the real-server
+    /// limit — was refused whole (and so was every later apply, which still held it). It is
+    /// now applied service by service.
+    #[test]
+    fn a_change_at_the_id_limits_is_applied_service_by_service() {
+        let one = |i: u32| {
+            let mut spec = ServiceSpec::new(LbAlgo::Lc, LbKind::Nat);
+            spec.real_servers = vec![rs("198.18.2.10", 1)];
+            (vs(&format!("198.18.{}.{}:80", 100 + i / 200, i % 200 + 1)), spec)
+        };
+        let mut d = DesiredState { services: (0..LB_SERVICES_MAX).map(one).collect() };
+        let s = apply_pure(&State::default(), &d).unwrap();
+        let (k, spec) = d.services.pop_first().unwrap();
+        d.services.insert(VirtualServerKey { port: 8080, ..k }, spec);
+        assert!(matches!(plan(&s, &d), Err(DataplaneError::Capacity(_))), "one step does not fit");
+        assert_eq!(specs(&apply_pure(&s, &d).unwrap()), sorted(&d));
+
+        let svc = |i: u32| {
+            let mut spec = ServiceSpec::new(LbAlgo::Lc, LbKind::Nat);
+            spec.real_servers = (0..256u32)
+                .map(|j| RealServerSpec {
+                    addr: format!("10.{i}.{j}.1").parse().unwrap(),
+                    port: 80,
+                    weight: 1,
+                })
+                .collect();
+            (vs(&format!("198.18.100.{}:80", i + 1)), spec)
+        };
+        let mut d = DesiredState { services: (0..16).map(svc).collect() };
+        let s = apply_pure(&State::default(), &d).unwrap();
+        d.services.values_mut().next().unwrap().real_servers[0].addr =
+            "10.200.0.1".parse().unwrap();
+        assert!(matches!(plan(&s, &d), Err(DataplaneError::Capacity(_))), "one step does not fit");
+        assert_eq!(specs(&apply_pure(&s, &d).unwrap()), sorted(&d));
+    }
+
+    /// Found by review: new lookup tables for every service, which fit the ring twice over
+    /// (as configuration checks), found no contiguous room in a ring fragmented by earlier
+    /// one-service changes. Service by service, each old table is freed before the next new
+    /// one is placed.
+    #[test]
+    fn new_tables_that_do_not_fit_a_fragmented_ring_go_in_service_by_service() {
+        // Chunks per service, 8190 in all (what configuration checks allow).
+        let sizes: [u32; 45] = [
+            1, 16, 512, 16, 128, 256, 1024, 32, 256, 256, 1, 8, 4, 128, 64, 512, 4, 256, 1024, 1,
+            32, 4, 8, 128, 256, 1, 1, 16, 8, 512, 1, 1024, 4, 256, 512, 32, 16, 512, 32, 16, 128,
+            16, 32, 128, 16,
+        ];
+        assert!(sizes.iter().sum::<u32>() <= LB_RING_CHUNKS / 2);
+        let svc = |i: usize, persist: bool| {
+            let mut spec = ServiceSpec::new(LbAlgo::Wrr, LbKind::Nat);
+            // A wrr table of 1 + (64 s - 1) entries: s chunks.
+            spec.real_servers = vec![
+                RealServerSpec { addr: "198.18.2.1".parse().unwrap(), port: 80, weight: 1 },
+                RealServerSpec {
+                    addr: "198.18.2.2".parse().unwrap(),
+                    port: 80,
+                    weight: 64 * sizes[i] - 1,
+                },
+            ];
+            spec.persistence_timeout = if persist { 300 } else { 0 };
+            (vs(&format!("198.18.100.{}:80", i + 1)), spec)
+        };
+        let mut persist = [false; 45];
+        let desired_of =
+            |p: &[bool; 45]| DesiredState { services: (0..45).map(|i| svc(i, p[i])).collect() };
+        let mut s = apply_pure(&State::default(), &desired_of(&persist)).unwrap();
+        for i in [22, 43, 40, 39, 15] {
+            persist[i] = !persist[i];
+            s = apply_pure(&s, &desired_of(&persist)).unwrap();
+        }
+        for p in persist.iter_mut() {
+            *p = !*p;
+        }
+        let d = desired_of(&persist);
+        assert!(matches!(plan(&s, &d), Err(DataplaneError::Capacity(_))), "one step does not fit");
+        assert_eq!(specs(&apply_pure(&s, &d).unwrap()), sorted(&d));
     }
 
     #[test]
