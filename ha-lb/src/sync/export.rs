@@ -1,10 +1,13 @@
 //! Which connections the master sends (`docs/conntrack-sync.md`, step 1). Pure: a snapshot of
 //! `LB_CONNS` (as `bpf::lb::flows` reads it) in, the [`SyncEntry`]s not sent yet out.
 //!
-//! A flow is sent once, when it first appears, and again whenever its real server changes
-//! (another `real_id` or `real_gen`: the flow was rescheduled). A key that leaves the table is
-//! forgotten, so a flow that comes back later is sent again. `last_seen` refreshes alone do
-//! not resend a flow: the backup's copy expires on its own timeout, as IPVS's does.
+//! A flow is sent when it first appears, again whenever its real server changes (another
+//! `real_id` or `real_gen`: the flow was rescheduled), and again once it has seen traffic
+//! [`REFRESH_SECS`] after it was last sent: the backup's copy expires on its own idle timeout,
+//! so a long connection that is still active on the master must be refreshed there (IPVS
+//! resyncs active connections as their packets flow, every `sync_period` packets), or a
+//! failover after the timeout would reschedule it. A key that leaves the table is forgotten,
+//! so a flow that comes back later is sent again.
 //!
 //! Only forward entries are sent (a NAT reply entry is derived from its forward entry on
 //! import), and not closed ones (FIN/RST seen: a backup has no use for them).
@@ -22,10 +25,22 @@ use crate::config::{LbKind, Protocol};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
-/// The master's memory of what it has sent: forward-entry key -> `(real_id, real_gen)`.
+/// A flow active this long after it was last sent is sent again (well inside the shortest
+/// idle timeout, UDP's 300 s).
+pub const REFRESH_SECS: u64 = 60;
+
+/// What the master sent of a flow: its real server `(real_id, real_gen)` and the flow's
+/// `last_seen_ns` then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sent {
+    real: (u32, u32),
+    last_seen_ns: u64,
+}
+
+/// The master's memory of what it has sent, by forward-entry key.
 #[derive(Debug, Default, Clone)]
 pub struct Exporter {
-    sent: HashMap<LbFlowKey, (u32, u32)>,
+    sent: HashMap<LbFlowKey, Sent>,
 }
 
 impl Exporter {
@@ -75,11 +90,25 @@ impl Exporter {
             }
             let real = (flow.real_id, flow.real_gen);
             // A key twice in one snapshot (the batched reader racing updates) is sent once.
-            if sent.insert(*key, real) == Some(real) {
+            if sent.get(key).is_some_and(|s: &Sent| s.real == real) {
                 continue;
             }
-            if self.sent.get(key) != Some(&real) {
-                out.push(entry);
+            let now = Sent { real, last_seen_ns: flow.last_seen_ns };
+            let keep = match self.sent.get(key) {
+                Some(s) if s.real == real => {
+                    let active_since = flow.last_seen_ns.saturating_sub(s.last_seen_ns);
+                    (active_since < REFRESH_SECS * NS_PER_SEC).then_some(*s)
+                }
+                _ => None,
+            };
+            match keep {
+                Some(s) => {
+                    sent.insert(*key, s);
+                }
+                None => {
+                    sent.insert(*key, now);
+                    out.push(entry);
+                }
             }
         }
         self.sent = sent;
@@ -237,11 +266,35 @@ mod tests {
         assert!(x.diff(&[a], NOW, &any_service).is_empty());
         let out = x.diff(&[a, b], NOW, &any_service);
         assert_eq!(out, vec![forward_entry(&b.0, &b.1, NOW).unwrap()]);
-        // last_seen moving on alone does not resend.
+        // last_seen moving on alone does not resend, for a while.
         let mut a2 = a;
         a2.1.last_seen_ns = NOW;
         assert!(x.diff(&[a2, b], NOW + NS_PER_SEC, &any_service).is_empty());
         assert_eq!(x.len(), 2);
+    }
+
+    /// Found by review: a connection still active on the master was never sent again, so the
+    /// backup's copy expired after its idle timeout and a later failover rescheduled it. One
+    /// active REFRESH_SECS after it was sent is sent again (an idle one is not: the backup's
+    /// copy ages as the master's does).
+    #[test]
+    fn active_flows_are_refreshed() {
+        let mut x = Exporter::new();
+        let (k, f) = fwd();
+        assert_eq!(x.diff(&[(k, f)], NOW, &any_service).len(), 1);
+        let at = |secs: u64| {
+            let mut g = f;
+            g.last_seen_ns = f.last_seen_ns + secs * NS_PER_SEC;
+            (k, g)
+        };
+        let later = NOW + 10 * REFRESH_SECS * NS_PER_SEC;
+        assert!(x.diff(&[at(REFRESH_SECS - 1)], later, &any_service).is_empty());
+        let out = x.diff(&[at(REFRESH_SECS)], later, &any_service);
+        assert_eq!(out.len(), 1, "active a refresh period after it was sent");
+        assert!(x.diff(&[at(2 * REFRESH_SECS - 1)], later, &any_service).is_empty());
+        assert_eq!(x.diff(&[at(2 * REFRESH_SECS)], later, &any_service).len(), 1);
+        // Idle since: nothing more to say.
+        assert!(x.diff(&[at(2 * REFRESH_SECS)], later + NS_PER_SEC, &any_service).is_empty());
     }
 
     #[test]
