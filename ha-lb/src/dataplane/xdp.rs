@@ -328,6 +328,17 @@ pub fn plan(
     plan_with(state, desired, &|_| None)
 }
 
+/// Connections open by the data path's counters, corrected by `offset` (see
+/// `XdpDataplane::offset_real`).
+fn active(new: u64, closed: u64, offset: i64) -> u64 {
+    (new as i128 - closed as i128 - offset as i128).clamp(0, u64::MAX as i128) as u64
+}
+
+/// The offset that makes [`active`] say `open`.
+fn offset(new: u64, closed: u64, open: u64) -> i64 {
+    (new as i128 - closed as i128 - open as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+}
+
 /// One planned step: the state it leaves, its map operations in order, what it changed.
 pub type Step = (State, Vec<Op>, ApplyReport);
 
@@ -627,10 +638,13 @@ pub struct XdpDataplane {
     timeouts: Timeouts,
     /// `LB_CFG_F_*` written with the timeouts.
     config_flags: u64,
-    /// Connections the sweeper expired, per real id / service id (the data path only counts
-    /// opened and closed); reset when an id is given to a new server.
-    expired_real: HashMap<u32, u64>,
-    expired_service: HashMap<u32, u64>,
+    /// What the data path's opened - closed counts are off by, per real id / service id, as
+    /// the last sweep found (active = opened - closed - offset): connections that left
+    /// without FIN/RST (expired, evicted) make it positive; connections imported by
+    /// connection sync, open here but opened on another director, make it negative. Reset
+    /// when an id is given to a new server.
+    offset_real: HashMap<u32, i64>,
+    offset_service: HashMap<u32, i64>,
     broken: Option<String>,
 }
 
@@ -670,8 +684,8 @@ impl XdpDataplane {
             state: State::default(),
             timeouts: Timeouts::default(),
             config_flags: 0,
-            expired_real: HashMap::new(),
-            expired_service: HashMap::new(),
+            offset_real: HashMap::new(),
+            offset_service: HashMap::new(),
             broken: None,
         })
     }
@@ -767,10 +781,9 @@ impl XdpDataplane {
         let live = self.state.live_reals();
         for (&rid, &(sid, _)) in &live {
             let t = maps::real_traffic(&self.bpf, rid).map_err(backend)?;
-            let e = self.expired_real.entry(rid).or_default();
-            let active = t.new_conns.saturating_sub(t.closed_conns + *e);
-            *e += active;
-            *self.expired_service.entry(sid).or_default() += active;
+            let active = active(t.new_conns, t.closed_conns, self.offset(rid, true)) as i64;
+            *self.offset_real.entry(rid).or_default() += active;
+            *self.offset_service.entry(sid).or_default() += active;
             maps::set_load(&mut self.bpf, rid, 0).map_err(backend)?;
         }
         Ok(())
@@ -781,8 +794,10 @@ impl XdpDataplane {
         self.state.services.get(vs)?.reals.get(&(addr, port)).map(|r| (r.id, r.gen))
     }
 
-    fn active(&self, new: u64, closed: u64, expired: u64) -> u64 {
-        new.saturating_sub(closed.saturating_add(expired))
+    /// The offset of real id (`real`) or service id `id` (see the field).
+    fn offset(&self, id: u32, real: bool) -> i64 {
+        let m = if real { &self.offset_real } else { &self.offset_service };
+        m.get(&id).copied().unwrap_or(0)
     }
 
     /// Writes a flow another director scheduled (connection sync, see
@@ -990,12 +1005,12 @@ impl XdpDataplane {
         for sid in services {
             let t = maps::service_traffic(&self.bpf, sid).map_err(backend)?;
             let open = open_service.get(&sid).copied().unwrap_or(0);
-            self.expired_service.insert(sid, t.new_conns.saturating_sub(t.closed_conns + open));
+            self.offset_service.insert(sid, offset(t.new_conns, t.closed_conns, open));
         }
         for &rid in live.keys() {
             let t = maps::real_traffic(&self.bpf, rid).map_err(backend)?;
             let open = open_real.get(&rid).copied().unwrap_or(0);
-            self.expired_real.insert(rid, t.new_conns.saturating_sub(t.closed_conns + open));
+            self.offset_real.insert(rid, offset(t.new_conns, t.closed_conns, open));
             maps::set_load(&mut self.bpf, rid, open).map_err(backend)?;
         }
         Ok(expired)
@@ -1006,8 +1021,7 @@ impl XdpDataplane {
     pub fn sync_load(&mut self) -> Result<(), DataplaneError> {
         for (rid, _) in self.state.live_reals() {
             let t = maps::real_traffic(&self.bpf, rid).map_err(backend)?;
-            let e = self.expired_real.get(&rid).copied().unwrap_or(0);
-            let active = self.active(t.new_conns, t.closed_conns, e);
+            let active = active(t.new_conns, t.closed_conns, self.offset(rid, true));
             maps::set_load(&mut self.bpf, rid, active).map_err(backend)?;
         }
         Ok(())
@@ -1046,10 +1060,10 @@ impl Dataplane for XdpDataplane {
                 }
                 match op {
                     Op::ResetRealCounters(id) => {
-                        self.expired_real.remove(id);
+                        self.offset_real.remove(id);
                     }
                     Op::ResetServiceCounters(id) => {
-                        self.expired_service.remove(id);
+                        self.offset_service.remove(id);
                     }
                     _ => {}
                 }
@@ -1064,17 +1078,17 @@ impl Dataplane for XdpDataplane {
         let mut out = DataplaneStats::default();
         for (vs, s) in &self.state.services {
             let t = maps::service_traffic(&self.bpf, s.id).map_err(backend)?;
-            let e = self.expired_service.get(&s.id).copied().unwrap_or(0);
+            let e = self.offset(s.id, false);
             let mut ss = ServiceStats {
                 packets: t.in_packets + t.out_packets,
                 bytes: t.in_bytes + t.out_bytes,
                 new_conns: t.new_conns,
-                active_conns: self.active(t.new_conns, t.closed_conns, e),
+                active_conns: active(t.new_conns, t.closed_conns, e),
                 real_servers: BTreeMap::new(),
             };
             for (&k, r) in &s.reals {
                 let t = maps::real_traffic(&self.bpf, r.id).map_err(backend)?;
-                let e = self.expired_real.get(&r.id).copied().unwrap_or(0);
+                let e = self.offset(r.id, true);
                 ss.real_servers.insert(
                     k,
                     RealServerStats {
@@ -1084,7 +1098,7 @@ impl Dataplane for XdpDataplane {
                         out_packets: t.out_packets,
                         out_bytes: t.out_bytes,
                         new_conns: t.new_conns,
-                        active_conns: self.active(t.new_conns, t.closed_conns, e),
+                        active_conns: active(t.new_conns, t.closed_conns, e),
                     },
                 );
             }
@@ -1123,6 +1137,23 @@ mod tests {
 
     fn pos(ops: &[Op], f: impl Fn(&Op) -> bool) -> usize {
         ops.iter().position(f).expect("op present")
+    }
+
+    /// Found by review: flows imported by connection sync are open here but were opened on
+    /// another director; when they closed, the closes outnumbered the opens and the active
+    /// count saturated at 0, and stayed below the truth for good. The sweep's offset may now
+    /// be negative.
+    #[test]
+    fn imported_flows_count_as_active_until_they_close() {
+        // After a failover: 100 imported flows open, none opened here.
+        let o = offset(0, 0, 100);
+        assert_eq!(active(0, 0, o), 100);
+        // 30 of them close, 10 new ones open: 80 open.
+        assert_eq!(active(10, 30, o), 80);
+        // The next sweep finds 80 open: nothing to correct.
+        assert_eq!(offset(10, 30, 80), o);
+        // Evictions without FIN still count as gone (a positive offset).
+        assert_eq!(active(50, 0, offset(50, 0, 20)), 20);
     }
 
     /// Applies `desired` to `state` as `apply` does (one step, or service by service when it
