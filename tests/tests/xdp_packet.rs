@@ -593,6 +593,28 @@ fn a_lost_nat_reply_entry_is_recreated_by_the_clients_next_packet() {
     });
 }
 
+/// The program forwards only frames addressed to its interfaces' MACs, read at attach: a MAC
+/// changed later (`ip link set address`, a bond failing over with `fail_over_mac`) is read
+/// again by `maintain()` (every few seconds in the daemon). Before, every frame to the new MAC
+/// counted as another host's and went to the kernel for good (found by review).
+#[test]
+fn a_changed_interface_mac_is_picked_up_by_maintain() {
+    let env = env();
+    let d = env.d.clone();
+    env.run(|t| {
+        let vip = t.serve_rr(Protocol::Tcp, "198.18.100.1:80", LbKind::Nat, &["198.18.2.10"], 8080);
+        t.dp.attach_interface("eth0").unwrap();
+        d.sh("ip link set eth0 address 02:4d:41:43:00:01").unwrap();
+        let mut e = t.client_eth();
+        e.dst = [0x02, 0x4d, 0x41, 0x43, 0, 1];
+        let f = frame::tcp(e, client(8, 42000), vip, TcpFlags::SYN, 1, b"");
+        t.expect_from_client(&f, XdpAction::Pass, LbReason::OtherHost, "before maintain");
+        t.dp.maintain().unwrap();
+        t.expect_from_client(&f, XdpAction::Redirect, LbReason::NatIn, "after maintain");
+        t.dp.detach_interface("eth0").unwrap();
+    });
+}
+
 /// A frame unicast to another host's MAC (a switch flooding an unknown destination, e.g.
 /// the failed master's MAC while clients' ARP caches still point at it) is not forwarded:
 /// the kernel would drop it as PACKET_OTHERHOST, and two directors on one segment must

@@ -576,6 +576,26 @@ pub fn interface_mac(iface: &str) -> std::io::Result<[u8; 6]> {
     Ok(mac)
 }
 
+/// The MAC recorded for interface `ifindex` (see [`set_interface_mac`]), if any.
+pub fn interface_mac_of(bpf: &Bpf, ifindex: u32) -> Result<Option<[u8; 6]>, BpfError> {
+    use ha_lb_common::lb::{LbIfMac, LB_IF_MAC, LB_IF_MAC_DIRECT, LB_IF_MAC_HASH};
+    let v = if ifindex < LB_IF_MAC_DIRECT {
+        let e = map_err(LB_IF_MAC);
+        let m: Array<_, LbIfMac> = Array::try_from(bpf.map(LB_IF_MAC)?).map_err(&e)?;
+        Some(m.get(&ifindex, 0).map_err(e)?)
+    } else {
+        let e = map_err(LB_IF_MAC_HASH);
+        let m: HashMap<_, u32, LbIfMac> =
+            HashMap::try_from(bpf.map(LB_IF_MAC_HASH)?).map_err(&e)?;
+        match m.get(&ifindex, 0) {
+            Ok(v) => Some(v),
+            Err(x) if not_there(&x) => None,
+            Err(x) => return Err(e(x)),
+        }
+    };
+    Ok(v.filter(|v| v.attached != 0).map(|v| v.mac))
+}
+
 /// Records (or with `None`, forgets) the MAC of interface `ifindex`, so the forwarding
 /// program only forwards frames addressed to this host.
 pub fn set_interface_mac(

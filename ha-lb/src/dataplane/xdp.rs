@@ -713,6 +713,27 @@ impl XdpDataplane {
         Ok(mode)
     }
 
+    /// Reads the attached interfaces' MACs again (`maintain`): the program forwards only
+    /// frames addressed to them, so a MAC changed after attach (`ip link set address`, a bond
+    /// failing over with `fail_over_mac`) would turn every frame into another host's. Returns
+    /// how many changed.
+    pub fn refresh_interface_macs(&mut self) -> Result<usize, DataplaneError> {
+        let mut changed = 0;
+        for (iface, _, _) in &self.links {
+            let (Ok(mac), Some(ifindex)) =
+                (crate::bpf::lb::interface_mac(iface), crate::bpf::ifindex_of(iface))
+            else {
+                continue;
+            };
+            if maps::interface_mac_of(&self.bpf, ifindex).map_err(backend)? != Some(mac) {
+                maps::set_interface_mac(&mut self.bpf, ifindex, Some(mac)).map_err(backend)?;
+                tracing::info!(interface = %iface, "interface MAC changed; forwarding frames to the new one");
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     pub fn detach_interface(&mut self, iface: &str) -> Result<(), DataplaneError> {
         if let Some(i) = crate::bpf::ifindex_of(iface) {
             let _ = maps::set_interface_mac(&mut self.bpf, i, None);
@@ -1111,6 +1132,7 @@ impl Dataplane for XdpDataplane {
 
     fn maintain(&mut self) -> Result<usize, DataplaneError> {
         self.refresh_tun_sources()?;
+        self.refresh_interface_macs()?;
         self.expire_connections(maps::monotonic_ns())
     }
 }
