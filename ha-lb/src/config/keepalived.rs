@@ -1274,6 +1274,7 @@ impl Lowerer<'_> {
                 _ => self.scalar_or_reject(&mut blk, st),
             }
         }
+        self.derive_state_or_priority(&mut blk, b);
         for (to, g) in defaults {
             if !blk.seen.contains_key(*to) {
                 self.scalar(&mut blk, to, g);
@@ -1281,6 +1282,33 @@ impl Lowerer<'_> {
         }
         for (k, at, elems) in lists {
             self.list(k, at, elems);
+        }
+    }
+
+    /// keepalived's defaults of `state` and `priority`, each from the other (vrrp.c
+    /// `vrrp_complete_instance`): without `priority`, `state MASTER` means 255 (the address
+    /// owner) and anything else 100; without `state`, `priority 255` means MASTER and
+    /// anything else BACKUP. The TOML defaults (BACKUP, 100) are the rest of that rule.
+    fn derive_state_or_priority(&mut self, blk: &mut Blk, b: &[Stmt]) {
+        let first = |key: &str| b.iter().find(|st| st.key() == key && st.block.is_none());
+        let (state, priority) = (first("state"), first("priority"));
+        let derived = match (state, priority) {
+            (Some(s), None) => match s.args.as_slice() {
+                [w] if w.text == "MASTER" && !w.quoted => Some(("priority", "255", s, w.loc)),
+                _ => None,
+            },
+            (None, Some(p)) => match p.args.as_slice() {
+                [w] if w.text.parse::<i64>() == Ok(255) && !w.quoted => {
+                    Some(("state", "MASTER", p, w.loc))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some((key, value, from, loc)) = derived {
+            let word = Word { text: value.to_string(), quoted: false, loc };
+            let st = Stmt { kw: from.kw.clone(), args: vec![word], block: None };
+            self.scalar(blk, key, &st);
         }
     }
 
@@ -1745,6 +1773,31 @@ mod tests {
         assert_eq!(
             e,
             ["k.conf:2:2: virtualhost is not supported by ha-lb; set virtualhost in each HTTP_GET / SSL_GET"]
+        );
+    }
+
+    #[test]
+    fn state_and_priority_each_default_from_the_other_as_in_keepalived() {
+        let inst =
+            |extra: &str| parse(&format!("{INST}{extra}}}\n")).unwrap().vrrp_instances[0].clone();
+        // vrrp.c vrrp_complete_instance: no priority → 255 for MASTER, else 100.
+        let i = inst(" state MASTER\n");
+        assert_eq!((i.state, i.priority), (InitialState::Master, 255));
+        let i = inst(" state BACKUP\n");
+        assert_eq!((i.state, i.priority), (InitialState::Backup, 100));
+        // No state → MASTER when the priority is 255, else BACKUP.
+        let i = inst(" priority 255\n");
+        assert_eq!((i.state, i.priority), (InitialState::Master, 255));
+        let i = inst(" priority 254\n");
+        assert_eq!((i.state, i.priority), (InitialState::Backup, 254));
+        let i = inst("");
+        assert_eq!((i.state, i.priority), (InitialState::Backup, 100));
+        // Both written: no derivation; the explicit contradiction stays an error.
+        let i = inst(" state MASTER\n priority 150\n");
+        assert_eq!((i.state, i.priority), (InitialState::Master, 150));
+        assert_eq!(
+            errors(&format!("{INST} state BACKUP\n priority 255\n}}\n")),
+            ["k.conf:8:11: priority 255 means address owner and needs state = \"MASTER\""]
         );
     }
 
