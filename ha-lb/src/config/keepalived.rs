@@ -154,20 +154,18 @@ impl Ctx {
         self.files.push(path.to_path_buf());
         for (lno, line) in text.lines().enumerate() {
             let mut toks: Vec<Token> = Vec::new();
-            let chars: Vec<char> = line.chars().collect();
+            let (chars, cols) = decomment(line);
             let mut i = 0;
             let loc = |this: &mut Ctx, i: usize| Loc {
                 seq: this.next_seq(),
                 file,
                 line: lno as u32 + 1,
-                col: i as u32 + 1,
+                col: cols[i] as u32 + 1,
             };
             while i < chars.len() {
                 let c = chars[i];
                 if c.is_whitespace() {
                     i += 1;
-                } else if c == '#' || c == '!' {
-                    break;
                 } else if c == '{' || c == '}' || c == ';' {
                     let tok = match c {
                         '{' => Tok::Open,
@@ -236,7 +234,7 @@ impl Ctx {
                 seq: self.next_seq(),
                 file,
                 line: lno as u32 + 1,
-                col: chars.len() as u32 + 1,
+                col: line.chars().count() as u32 + 1,
             };
             out.push(Token { tok: Tok::End, loc: end });
         }
@@ -286,6 +284,42 @@ impl Ctx {
             }
         }
     }
+}
+
+/// A line without its comment, as keepalived's `decomment()` (parser.c) reads it: the
+/// comment starts at the first `!` or `#` outside `"…"`, anywhere (inside a word too:
+/// `router_id LB1#primary` is `LB1`), and outside quotes `\!` and `\#` are a literal `!` and
+/// `#`. Inside quotes nothing is a comment and a backslash is kept with the character after
+/// it. Returns the characters kept and the column (0-based) each came from.
+fn decomment(line: &str) -> (Vec<char>, Vec<usize>) {
+    let chars: Vec<char> = line.chars().collect();
+    let (mut kept, mut cols) = (Vec::new(), Vec::new());
+    let mut quoted = false;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '"' => quoted = !quoted,
+            '\\' if i + 1 < chars.len() => {
+                let next = chars[i + 1];
+                if !quoted && (next == '!' || next == '#') {
+                    kept.push(next);
+                    cols.push(i);
+                } else {
+                    kept.extend([c, next]);
+                    cols.extend([i, i + 1]);
+                }
+                i += 2;
+                continue;
+            }
+            '!' | '#' if !quoted => break,
+            _ => {}
+        }
+        kept.push(c);
+        cols.push(i);
+        i += 1;
+    }
+    (kept, cols)
 }
 
 /// The files matching a glob pattern (`*`, `?`, `[…]` in any component), sorted.
@@ -1798,6 +1832,30 @@ mod tests {
         assert_eq!(
             errors(&format!("{INST} state BACKUP\n priority 255\n}}\n")),
             ["k.conf:8:11: priority 255 means address owner and needs state = \"MASTER\""]
+        );
+    }
+
+    #[test]
+    fn comments_start_at_any_unquoted_bang_or_hash_as_in_keepalived() {
+        // parser.c decomment(): the line ends at the first `!` or `#` outside "…", also
+        // inside a word; `\!` and `\#` are a literal `!` and `#`.
+        let c = parse(&format!(
+            "global_defs {{\n router_id LB1#primary\n}}\n{INST} authentication {{\n auth_type PASS\n auth_pass Secr3t!x\n }}\n notify_master \"/bin/n #1!\"\n}}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.global.router_id.as_deref(), Some("LB1"));
+        let i = &c.vrrp_instances[0];
+        assert_eq!(i.authentication, Some(Authentication::Pass("Secr3t".into())));
+        assert_eq!(i.notify.notify_master.as_ref().unwrap().argv, ["/bin/n", "#1!"]);
+        let c = parse(&format!(
+            "{INST} authentication {{\n auth_type PASS\n auth_pass a\\#b\\!c#d\n }}\n}}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.vrrp_instances[0].authentication, Some(Authentication::Pass("a#b!c".into())));
+        // A comment hides what follows it, a closing brace included.
+        assert_eq!(
+            errors(&format!("{INST} nopreempt!}}\n")),
+            ["k.conf:1:20: this '{' is never closed"]
         );
     }
 
