@@ -98,7 +98,7 @@ enum Tok {
     /// The `{` of a line already reported as unsupported: its block is skipped.
     SkipOpen,
     Close,
-    /// End of a statement: end of line, or `;`.
+    /// End of a statement: the end of a line.
     End,
 }
 
@@ -166,12 +166,8 @@ impl Ctx {
                 let c = chars[i];
                 if c.is_whitespace() {
                     i += 1;
-                } else if c == '{' || c == '}' || c == ';' {
-                    let tok = match c {
-                        '{' => Tok::Open,
-                        '}' => Tok::Close,
-                        _ => Tok::End,
-                    };
+                } else if c == '{' || c == '}' {
+                    let tok = if c == '{' { Tok::Open } else { Tok::Close };
                     toks.push(Token { tok, loc: loc(self, i) });
                     i += 1;
                 } else if c == '"' {
@@ -192,11 +188,20 @@ impl Ctx {
                     let start = i;
                     while i < chars.len()
                         && !chars[i].is_whitespace()
-                        && !matches!(chars[i], '{' | '}' | ';' | '"')
+                        && !matches!(chars[i], '{' | '}' | '"')
                     {
                         i += 1;
                     }
                     let s: String = chars[start..i].iter().collect();
+                    // keepalived splits on white space and quotes only: `eth1;` is one word.
+                    // Written as a statement separator, it would name something else.
+                    if s.ends_with(';') {
+                        let at = loc(self, i - 1);
+                        self.err(
+                            at,
+                            format!("';' does not end a statement in keepalived.conf (keepalived reads {s:?} as one word); write one statement per line, or quote the word"),
+                        );
+                    }
                     toks.push(Token { tok: Tok::Word(s, false), loc: l });
                 }
             }
@@ -1728,9 +1733,9 @@ mod tests {
     const INST: &str = "vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 51\n virtual_ipaddress {\n 192.0.2.10/24\n }\n";
 
     #[test]
-    fn comments_quotes_semicolons_and_one_line_blocks() {
+    fn comments_quotes_and_one_line_blocks() {
         let c = parse(&format!(
-            "! comment\n# comment\n{INST} authentication {{ auth_type PASS; auth_pass \"a b#c!\" }} # trailing\n notify_master \"/bin/x '{{ y }}'\"\n}}\n"
+            "! comment\n# comment\n{INST} authentication {{ auth_type PASS\n auth_pass \"a b#c!\" }} # trailing\n notify_master \"/bin/x '{{ y }}'\"\n}}\n"
         ))
         .unwrap();
         let i = &c.vrrp_instances[0];
@@ -1857,6 +1862,20 @@ mod tests {
             errors(&format!("{INST} nopreempt!}}\n")),
             ["k.conf:1:20: this '{' is never closed"]
         );
+    }
+
+    #[test]
+    fn a_semicolon_is_part_of_a_word_as_in_keepalived_and_reported_at_a_word_end() {
+        // alloc_strvec splits on white space and quotes only.
+        assert_eq!(
+            errors(&format!("{INST} track_interface {{\n eth1; eth2\n }}\n}}\n")),
+            [
+                "k.conf:8:6: ';' does not end a statement in keepalived.conf (keepalived reads \"eth1;\" as one word); write one statement per line, or quote the word",
+                "k.conf:8:8: unexpected \"eth2\" in track_interface; an entry is NAME [weight N]",
+            ]
+        );
+        let c = parse(&format!("{INST} notify_master \"/bin/a;\"\n}}\n")).unwrap();
+        assert_eq!(c.vrrp_instances[0].notify.notify_master.as_ref().unwrap().argv, ["/bin/a;"]);
     }
 
     #[test]
