@@ -570,7 +570,9 @@ fn kind(key: &str) -> Kind {
         | "connect_timeout"
         | "delay_before_retry"
         | "warmup"
-        | "misc_timeout" => Kind::Secs,
+        | "misc_timeout"
+        | "vrrp_garp_interval"
+        | "vrrp_gna_interval" => Kind::Secs,
         "enable_script_security"
         | "nopreempt"
         | "alpha"
@@ -780,10 +782,8 @@ const KEEPALIVED_KEYWORDS: &[&str] = &[
     "vrrp_cpu_affinity",
     "vrrp_down_timer_adverts",
     "vrrp_garp_extra_if",
-    "vrrp_garp_interval",
     "vrrp_garp_lower_prio_delay",
     "vrrp_garp_lower_prio_repeat",
-    "vrrp_gna_interval",
     "vrrp_higher_prio_send_advert",
     "vrrp_ipsets",
     "vrrp_iptables",
@@ -1876,6 +1876,27 @@ mod tests {
         );
         let c = parse(&format!("{INST} notify_master \"/bin/a;\"\n}}\n")).unwrap();
         assert_eq!(c.vrrp_instances[0].notify.notify_master.as_ref().unwrap().argv, ["/bin/a;"]);
+    }
+
+    #[test]
+    fn global_garp_and_gna_intervals_apply_to_every_instance() {
+        let c = parse(&format!(
+            "global_defs {{\n vrrp_garp_interval 0.001\n vrrp_gna_interval 2\n}}\n{INST}}}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.global.vrrp_garp_interval, Duration::from_millis(1));
+        assert_eq!(c.global.vrrp_gna_interval, Duration::from_secs(2));
+        let g = &c.vrrp_instances[0].garp;
+        assert_eq!(
+            (g.interval, g.gna_interval),
+            (Duration::from_millis(1), Duration::from_secs(2))
+        );
+        let g = &parse(&format!("{INST}}}\n")).unwrap().vrrp_instances[0].garp;
+        assert_eq!((g.interval, g.gna_interval), (Duration::ZERO, Duration::ZERO));
+        assert_eq!(
+            errors("global_defs {\n vrrp_garp_interval x\n}\n"),
+            ["k.conf:2:21: vrrp_garp_interval \"x\" is not a number of seconds"]
+        );
     }
 
     #[test]

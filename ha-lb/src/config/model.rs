@@ -84,6 +84,12 @@ pub struct Global {
     pub notify: Notify,
     /// Connection sync to the other directors (keepalived `lvs_sync_daemon`).
     pub lvs_sync_daemon: Option<LvsSyncDaemon>,
+    /// Minimum spacing of gratuitous ARPs sent on one interface (keepalived
+    /// `vrrp_garp_interval`); zero, the default: none. Copied into every instance's
+    /// [`Garp::interval`].
+    pub vrrp_garp_interval: Duration,
+    /// The same for unsolicited neighbour advertisements (keepalived `vrrp_gna_interval`).
+    pub vrrp_gna_interval: Duration,
 }
 
 /// keepalived's `lvs_sync_daemon INTERFACE VRRP_INSTANCE [id N]`: while `vrrp_instance` is
@@ -109,6 +115,8 @@ impl Default for Global {
             vrrp_version: VrrpVersion::V2,
             lvs_sync_daemon: None,
             notify: Notify::default(),
+            vrrp_garp_interval: Duration::ZERO,
+            vrrp_gna_interval: Duration::ZERO,
         }
     }
 }
@@ -462,6 +470,10 @@ pub struct Garp {
     pub master_refresh: Option<Duration>,
     /// Messages per refresh. Default 1.
     pub master_refresh_repeat: u32,
+    /// Minimum spacing of gratuitous ARPs: `global.vrrp_garp_interval`. Default 0 (none).
+    pub interval: Duration,
+    /// Minimum spacing of unsolicited NAs: `global.vrrp_gna_interval`. Default 0 (none).
+    pub gna_interval: Duration,
 }
 
 impl Default for Garp {
@@ -471,6 +483,8 @@ impl Default for Garp {
             master_repeat: 5,
             master_refresh: None,
             master_refresh_repeat: 1,
+            interval: Duration::ZERO,
+            gna_interval: Duration::ZERO,
         }
     }
 }

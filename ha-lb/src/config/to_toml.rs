@@ -137,6 +137,8 @@ fn global(w: &mut W, g: &Global) {
     }
     w.kv("enable_script_security", &g.enable_script_security.to_string());
     w.kv("vrrp_version", &g.vrrp_version.number().to_string());
+    w.kv("vrrp_garp_interval", &secs(g.vrrp_garp_interval));
+    w.kv("vrrp_gna_interval", &secs(g.vrrp_gna_interval));
     if let Some(s) = &g.lvs_sync_daemon {
         let id = s.id.map(|i| format!(", id = {i}")).unwrap_or_default();
         w.kv(

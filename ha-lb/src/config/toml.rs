@@ -88,6 +88,8 @@ pub(crate) const GLOBAL_KEYS: &[&str] = &[
     "enable_script_security",
     "vrrp_version",
     "lvs_sync_daemon",
+    "vrrp_garp_interval",
+    "vrrp_gna_interval",
     "notify_master",
     "notify_backup",
     "notify_fault",
@@ -795,6 +797,15 @@ impl<'s> Reader<'s> {
         if let Some(v) = self.int(&tb, "vrrp_version", 2, 3) {
             g.vrrp_version = if v == 2 { VrrpVersion::V2 } else { VrrpVersion::V3 };
         }
+        // keepalived's range: up to UINT_MAX microseconds.
+        for (key, to) in [
+            ("vrrp_garp_interval", &mut g.vrrp_garp_interval),
+            ("vrrp_gna_interval", &mut g.vrrp_gna_interval),
+        ] {
+            if let Some(d) = self.secs(&tb, key, 0, u32::MAX as u64) {
+                *to = d;
+            }
+        }
         g.notify = self.notify(&tb);
         if let Some((st, spos)) = self.table(&tb, "lvs_sync_daemon") {
             let sb = self.open(
@@ -925,6 +936,8 @@ impl<'s> Reader<'s> {
             master_refresh_repeat: self
                 .int(&tb, "garp_master_refresh_repeat", 1, 255)
                 .map_or(garp_default.master_refresh_repeat, |n| n as u32),
+            interval: global.vrrp_garp_interval,
+            gna_interval: global.vrrp_gna_interval,
         };
 
         let track_interface = self
@@ -1640,6 +1653,22 @@ virtual_ipaddress = ["fe80::10", "2001:db8::10"]
     fn global_vrrp_version_applies_to_ipv4_instances() {
         let c = parse(&format!("[global]\nvrrp_version = 3\n{MIN_INSTANCE}")).unwrap();
         assert_eq!(c.vrrp_instances[0].version, VrrpVersion::V3);
+    }
+
+    #[test]
+    fn global_garp_and_gna_intervals_reach_every_instance() {
+        let i = &parse(MIN_INSTANCE).unwrap().vrrp_instances[0];
+        assert_eq!((i.garp.interval, i.garp.gna_interval), (Duration::ZERO, Duration::ZERO));
+        let c = parse(&format!(
+            "[global]\nvrrp_garp_interval = 0.5\nvrrp_gna_interval = 1\n{MIN_INSTANCE}"
+        ))
+        .unwrap();
+        assert_eq!(c.global.vrrp_garp_interval, Duration::from_millis(500));
+        let i = &c.vrrp_instances[0];
+        assert_eq!(i.garp.interval, Duration::from_millis(500));
+        assert_eq!(i.garp.gna_interval, Duration::from_secs(1));
+        let e = parse("[global]\nvrrp_gna_interval = -1\n").unwrap_err();
+        assert!(e.errors[0].message.starts_with("vrrp_gna_interval"), "{e}");
     }
 
     #[test]

@@ -354,7 +354,8 @@ pub async fn start(
         master_repeat: inst.garp.master_repeat,
         master_refresh: inst.garp.master_refresh.unwrap_or_default(),
         master_refresh_repeat: inst.garp.master_refresh_repeat,
-        ..GarpConfig::default()
+        garp_interval: inst.garp.interval,
+        gna_interval: inst.garp.gna_interval,
     };
     let sender = PacketGarpSender::new(garp_devices)
         .with_context(|| format!("vrrp_instance {}: opening the GARP socket", inst.name))?;
