@@ -189,14 +189,21 @@ fn the_interop_labs_keepalived_configs_parse() {
         let c = parse(&bench_failover("ka1", version, cs, 150), "bench.conf");
         assert_eq!(c.vrrp_instances[0].version.number(), version);
     }
-    for cfg in ["v2", "v2auth", "v3", "v3uni"] {
+    for cfg in ["v2auth", "v3", "v3uni"] {
         let c = parse(&capture(cfg), &format!("{cfg}.conf"));
         let i = &c.vrrp_instances[0];
         assert_eq!(i.garp.master_repeat, 1, "{cfg}: global_defs vrrp_garp_master_repeat");
-        if cfg == "v2" {
-            assert_eq!(i.virtual_ipaddress.len(), 2, "two addresses on one line");
-        }
     }
+    // `virtual_ipaddress { A B }` is one line, so one address with an unknown option B:
+    // keepalived 2.2.7 advertised one address for it (fixtures/keepalived/v2.hex). ha-lb
+    // reports the second address rather than run a VIP the keepalived peer does not have.
+    let e = keepalived::parse_str(&capture("v2"), Path::new("v2.conf")).unwrap_err();
+    assert_eq!(
+        e.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+        ["v2.conf:12:41: a virtual_ipaddress line holds one address and its options; put 198.18.0.101/24 on a line of its own (keepalived ignores it here)"]
+    );
+    let one = capture("v2").replace(" 198.18.0.101/24", "");
+    assert_eq!(parse(&one, "v2.conf").vrrp_instances[0].virtual_ipaddress.len(), 1);
     // keepalived only warns about a multicast IPv6 instance whose first VIP is not
     // link-local; ha-lb rejects it (conf/README.md, "Where ha-lb differs on purpose").
     let e = keepalived::parse_str(&capture("v3v6"), Path::new("v3v6.conf")).unwrap_err();

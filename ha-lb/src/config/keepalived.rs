@@ -1369,40 +1369,37 @@ impl Lowerer<'_> {
         out
     }
 
-    /// `virtual_ipaddress { ADDR[/LEN] [options] … }`: one address per line, or several on
-    /// one line (a word that is an address and not an option's value starts the next).
+    /// `virtual_ipaddress { ADDR[/LEN] [options] … }`: one address per line, as keepalived
+    /// (vrrp_ipaddress.c reads the first word as the address and the rest as its options).
+    /// A further address on the line is an error: keepalived ignores it (an unknown option),
+    /// so reading it as a second VIP would add an address the keepalived peer does not have.
     fn vips(&mut self, b: &[Stmt]) -> Vec<Line> {
         const WITH_VALUE: &[&str] = &["brd", "broadcast", "dev", "scope", "label"];
         let mut out = Vec::new();
         for st in b {
             self.no_block(st);
-            let mut cur: Option<(String, Loc)> = None;
+            let mut text = st.kw.text.clone();
             let mut expect_value = false;
-            for w in std::iter::once(&st.kw).chain(&st.args) {
+            for w in &st.args {
                 let is_addr =
                     w.text.split('/').next().is_some_and(|a| a.parse::<std::net::IpAddr>().is_ok());
-                match &mut cur {
-                    Some((text, _)) if expect_value || !is_addr => {
-                        text.push(' ');
-                        text.push_str(&w.text);
-                        expect_value = !expect_value && WITH_VALUE.contains(&w.text.as_str());
-                    }
-                    _ => {
-                        if let Some((t, l)) = cur.take() {
-                            let mut line = Line::default();
-                            line.push(&toml_str(&t), Some(l));
-                            out.push(line);
-                        }
-                        cur = Some((w.text.clone(), w.loc));
-                        expect_value = false;
-                    }
+                if is_addr && !expect_value {
+                    self.err(
+                        w.loc,
+                        format!(
+                            "a virtual_ipaddress line holds one address and its options; put {} on a line of its own (keepalived ignores it here)",
+                            w.text
+                        ),
+                    );
+                    break;
                 }
+                text.push(' ');
+                text.push_str(&w.text);
+                expect_value = !expect_value && WITH_VALUE.contains(&w.text.as_str());
             }
-            if let Some((t, l)) = cur {
-                let mut line = Line::default();
-                line.push(&toml_str(&t), Some(l));
-                out.push(line);
-            }
+            let mut line = Line::default();
+            line.push(&toml_str(&text), Some(st.kw.loc));
+            out.push(line);
         }
         out
     }
@@ -1896,6 +1893,21 @@ mod tests {
         assert_eq!(
             errors("global_defs {\n vrrp_garp_interval x\n}\n"),
             ["k.conf:2:21: vrrp_garp_interval \"x\" is not a number of seconds"]
+        );
+    }
+
+    #[test]
+    fn a_second_address_on_a_vip_line_is_an_error_not_a_second_vip() {
+        // keepalived reads one address per line and ignores the rest of the line
+        // (vrrp_ipaddress.c; keepalived 2.2.7 advertised one address for this, see
+        // tests/fixtures/keepalived/v2.hex).
+        let text = INST.replace(
+            " 192.0.2.10/24\n",
+            " 192.0.2.20/24 dev eth0 192.0.2.21\n 192.0.2.22 label eth0:1\n",
+        );
+        assert_eq!(
+            errors(&format!("{text}}}\n")),
+            ["k.conf:5:25: a virtual_ipaddress line holds one address and its options; put 192.0.2.21 on a line of its own (keepalived ignores it here)"]
         );
     }
 
