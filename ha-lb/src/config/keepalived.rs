@@ -633,6 +633,24 @@ fn unsupported_hint(kw: &str) -> &'static str {
     }
 }
 
+/// keepalived keywords that ha-lb takes elsewhere (or not at all) but keepalived also takes
+/// in this block (`what`): not supported here, with what to do instead.
+fn unsupported_in(what: &str, kw: &str) -> Option<&'static str> {
+    match (what, kw) {
+        ("vrrp_sync_group", "track_script" | "track_interface" | "track_file") => {
+            Some("put it in each member vrrp_instance")
+        }
+        ("real_server", "lvs_method") => {
+            Some("a real server is forwarded by its virtual_server's lb_kind")
+        }
+        ("real_server", "alpha") => Some("set alpha on the virtual_server"),
+        ("the top level", "SSL") => {
+            Some("SSL_GET checks present no client certificate and accept any server certificate")
+        }
+        _ => None,
+    }
+}
+
 /// keepalived.conf(5) keywords (keepalived 2.2): known, so not typos, but not supported.
 const KEEPALIVED_KEYWORDS: &[&str] = &[
     "BFD_CHECK",
@@ -903,6 +921,15 @@ impl Lowerer<'_> {
     /// A keyword this block does not take: not supported, or unknown (with a suggestion).
     fn reject(&mut self, s: &Stmt, blk: &Blk) {
         let kw = s.key();
+        if let Some(hint) = unsupported_in(blk.what, kw) {
+            let msg = if blk.what == "the top level" {
+                format!("{kw} is not supported by ha-lb; {hint}")
+            } else {
+                format!("{kw} in a {} is not supported by ha-lb; {hint}", blk.what)
+            };
+            self.err(s.kw.loc, msg);
+            return;
+        }
         let hint = unsupported_hint(kw);
         // A keyword ha-lb takes elsewhere is misplaced here, unless keepalived also takes it
         // here and ha-lb says what to use instead (virtualhost on a virtual_server).
@@ -1908,6 +1935,25 @@ mod tests {
         assert_eq!(
             errors(&format!("{text}}}\n")),
             ["k.conf:5:25: a virtual_ipaddress line holds one address and its options; put 192.0.2.21 on a line of its own (keepalived ignores it here)"]
+        );
+    }
+
+    #[test]
+    fn keepalived_keywords_ha_lb_does_not_take_in_that_block_are_unsupported_not_unknown() {
+        let e = errors(&format!(
+            "SSL {{\n password x\n}}\n{INST}}}\nvrrp_sync_group G {{\n group {{\n VI_1\n }}\n track_script {{\n chk\n }}\n track_interface {{\n eth1\n }}\n track_file {{\n f\n }}\n}}\n\
+             virtual_server 192.0.2.10 80 {{\n real_server 10.0.0.1 80 {{\n lvs_method DR\n alpha\n }}\n}}\n"
+        ));
+        assert_eq!(
+            e,
+            [
+                "k.conf:1:1: SSL is not supported by ha-lb; SSL_GET checks present no client certificate and accept any server certificate",
+                "k.conf:15:2: track_script in a vrrp_sync_group is not supported by ha-lb; put it in each member vrrp_instance",
+                "k.conf:18:2: track_interface in a vrrp_sync_group is not supported by ha-lb; put it in each member vrrp_instance",
+                "k.conf:21:2: track_file in a vrrp_sync_group is not supported by ha-lb; put it in each member vrrp_instance",
+                "k.conf:27:2: lvs_method in a real_server is not supported by ha-lb; a real server is forwarded by its virtual_server's lb_kind",
+                "k.conf:28:2: alpha in a real_server is not supported by ha-lb; set alpha on the virtual_server",
+            ]
         );
     }
 
