@@ -1609,6 +1609,16 @@ impl Lowerer<'_> {
                     l.segs.insert(0, (1, st.kw.loc));
                     self.line(l);
                 }
+                "protocol" => {
+                    // keepalived compares with strcasecmp (check_parser.c proto_handler).
+                    let mut st = st.clone();
+                    if let [w] = st.args.as_mut_slice() {
+                        if ["TCP", "UDP"].iter().any(|p| w.text.eq_ignore_ascii_case(p)) {
+                            w.text.make_ascii_uppercase();
+                        }
+                    }
+                    self.scalar_or_reject(&mut blk, &st);
+                }
                 "persistence_timeout" if st.args.is_empty() => {
                     self.err(
                         st.kw.loc,
@@ -1955,6 +1965,19 @@ mod tests {
                 "k.conf:28:2: alpha in a real_server is not supported by ha-lb; set alpha on the virtual_server",
             ]
         );
+    }
+
+    #[test]
+    fn protocol_is_case_insensitive_as_in_keepalived() {
+        let vs = |p: &str| {
+            parse(&format!("virtual_server 192.0.2.10 53 {{\n protocol {p}\n}}\n"))
+                .unwrap()
+                .virtual_servers[0]
+                .protocol
+        };
+        assert_eq!(vs("tcp"), Protocol::Tcp);
+        assert_eq!(vs("Udp"), Protocol::Udp);
+        assert_eq!(vs("UDP"), Protocol::Udp);
     }
 
     #[test]
