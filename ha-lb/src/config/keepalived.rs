@@ -1628,6 +1628,16 @@ impl Lowerer<'_> {
                 _ => self.scalar_or_reject(&mut blk, st),
             }
         }
+        // keepalived (check_parser.c pgr_handler): persistence_granularity without a
+        // persistence_timeout means keepalived's default timeout, 360 s.
+        let granularity = b.iter().find(|st| st.key() == "persistence_granularity");
+        if let Some(g) = granularity.filter(|g| g.block.is_none()) {
+            if !b.iter().any(|st| st.key() == "persistence_timeout") {
+                let word = Word { text: "360".to_string(), quoted: false, loc: g.kw.loc };
+                let st = Stmt { kw: g.kw.clone(), args: vec![word], block: None };
+                self.scalar(&mut blk, "persistence_timeout", &st);
+            }
+        }
         for r in reals {
             self.real_server(r);
         }
@@ -1978,6 +1988,26 @@ mod tests {
         assert_eq!(vs("tcp"), Protocol::Tcp);
         assert_eq!(vs("Udp"), Protocol::Udp);
         assert_eq!(vs("UDP"), Protocol::Udp);
+    }
+
+    #[test]
+    fn persistence_granularity_alone_means_keepalived_360_second_timeout() {
+        // check_parser.c pgr_handler: no persistence_timeout → 360 s.
+        let vs = |extra: &str| {
+            parse(&format!(
+                "virtual_server 192.0.2.10 80 {{\n persistence_granularity 255.255.255.0\n{extra}}}\n"
+            ))
+            .unwrap()
+            .virtual_servers[0]
+            .clone()
+        };
+        let v = vs("");
+        assert_eq!(v.persistence_timeout, Some(Duration::from_secs(360)));
+        assert_eq!(v.persistence_granularity, Some(24));
+        assert_eq!(
+            vs(" persistence_timeout 60\n").persistence_timeout,
+            Some(Duration::from_secs(60))
+        );
     }
 
     #[test]
