@@ -141,8 +141,8 @@ fn v4(ctx: &impl Frame) -> Option<Outcome> {
         ([i.daddr, 0, 0, 0], ports[1]),
     )?;
     // SAFETY: LRU value pointer from a successful lookup.
-    let (flags, addr, port, real_id) =
-        unsafe { ((*f).flags, (*f).addr[0], (*f).port, (*f).real_id) };
+    let (flags, addr, port, real) =
+        unsafe { ((*f).flags, (*f).addr[0], (*f).port, ((*f).real_id, (*f).real_gen)) };
     let mut pkt = Pkt {
         src: [o.saddr, 0, 0, 0],
         dst: [o.daddr, 0, 0, 0],
@@ -159,9 +159,9 @@ fn v4(ctx: &impl Frame) -> Option<Outcome> {
         if o.daddr != i.saddr {
             return None;
         }
-        let real = [addr, 0, 0, 0];
+        let real_addr = [addr, 0, 0, 0];
         if flags & LB_FLOW_F_TUN != 0 {
-            return tun(ctx, &pkt, real_id, &real);
+            return tun(ctx, &pkt, real, &real_addr);
         }
         if flags & LB_FLOW_F_DR == 0 {
             // SAFETY: bounds-checked pointers into the frame.
@@ -178,9 +178,9 @@ fn v4(ctx: &impl Frame) -> Option<Outcome> {
                 (*op).check = csum::replace4(o.check, o.daddr, addr);
                 (*op).daddr = addr;
             }
-            pkt.dst = real;
+            pkt.dst = real_addr;
         }
-        Some(send(ctx, &pkt, &real, LbReason::IcmpIn))
+        Some(send(ctx, &pkt, &real_addr, LbReason::IcmpIn))
     } else {
         // About a packet to a real server; `f` is the flow's NAT reply entry: the VIP.
         let real = i.daddr;
@@ -230,7 +230,8 @@ fn v6(ctx: &impl Frame) -> Option<Outcome> {
     }
     let f = flow_of(FAMILY_V6, i.nexthdr, (i.saddr, ports[0]), (i.daddr, ports[1]))?;
     // SAFETY: LRU value pointer from a successful lookup.
-    let (flags, addr, port, real_id) = unsafe { ((*f).flags, (*f).addr, (*f).port, (*f).real_id) };
+    let (flags, addr, port, real) =
+        unsafe { ((*f).flags, (*f).addr, (*f).port, ((*f).real_id, (*f).real_gen)) };
     let mut pkt = Pkt {
         src: o.saddr,
         dst: o.daddr,
@@ -247,7 +248,7 @@ fn v6(ctx: &impl Frame) -> Option<Outcome> {
             return None;
         }
         if flags & LB_FLOW_F_TUN != 0 {
-            return tun(ctx, &pkt, real_id, &addr);
+            return tun(ctx, &pkt, real, &addr);
         }
         if flags & LB_FLOW_F_DR == 0 {
             // SAFETY: bounds-checked pointers into the frame.
@@ -285,14 +286,17 @@ fn v6(ctx: &impl Frame) -> Option<Outcome> {
     }
 }
 
-/// TUN: an error about a packet to the client goes to the flow's real server `real` (`id`)
-/// encapsulated, like the flow's packets (`pkt`: the error as it is).
+/// TUN: an error about a packet to the client goes to the flow's real server at `real`
+/// (`(id, generation)`) encapsulated, like the flow's packets (`pkt`: the error as it is) —
+/// while the id still names that server (ids are reused: another's outer source would be
+/// wrong).
 #[inline(always)]
-fn tun(ctx: &impl Frame, pkt: &Pkt, id: u32, real: &[u32; 4]) -> Option<Outcome> {
-    let src = &LB_REALS.get(id)?.tun_src;
-    if !tun_src_known(src) {
+fn tun(ctx: &impl Frame, pkt: &Pkt, (id, gen): (u32, u32), real: &[u32; 4]) -> Option<Outcome> {
+    let r = LB_REALS.get(id)?;
+    if r.gen != gen || !tun_src_known(&r.tun_src) {
         return None;
     }
+    let src = &r.tun_src;
     let sc = scratch()?;
     // SAFETY: per-CPU scratch map (no next-hop cache for errors).
     let nh = unsafe { &raw mut (*sc).flow };
