@@ -66,30 +66,51 @@ fn has(p: &Path, line: &str) -> bool {
     lines(p).iter().any(|l| l == line)
 }
 
-#[test]
-fn sync_group_moves_together_and_notify_gets_keepalived_arguments() {
+fn both(n: &ha_lb_lab::Node) -> bool {
+    holds(n, "eth0", VIP) && holds(n, "eth1", GW)
+}
+
+/// The pair: d1 (priority 150) started first and holding both VIPs, then d2 (100); their
+/// daemons and notify logs (kept, with the lab and the scratch directory, for the test).
+struct Pair {
+    t: DirectorLab,
+    a: HaLb,
+    log1: std::path::PathBuf,
+    log2: std::path::PathBuf,
+    _b: HaLb,
+    _s: Scratch,
+}
+
+fn pair(name: &str) -> Pair {
     let mut t = DirectorLab::build(Mode::Nat, 2, 0).unwrap();
-    let s = Scratch::new("syncnotify").unwrap();
+    let s = Scratch::new(name).unwrap();
     let (d1, d2) = (t.directors[0].clone(), t.directors[1].clone());
     let (log1, log2) = (s.dir.join("d1.notify"), s.dir.join("d2.notify"));
-    let both = |n: &ha_lb_lab::Node| holds(n, "eth0", VIP) && holds(n, "eth1", GW);
-    // d1 first, so this test is about sync groups and hooks, not about a start-up race.
+    // d1 first, so the tests are about sync groups and hooks, not about a start-up race.
     let a = HaLb::start(&mut t.lab, &d1, &s, "d1", &conf("d1", 150, &log1)).unwrap();
     eventually(Duration::from_secs(5), "d1 holds both VIPs", || both(&d1)).unwrap();
     let _b = HaLb::start(&mut t.lab, &d2, &s, "d2", &conf("d2", 100, &log2)).unwrap();
+    Pair { t, a, log1, log2, _b, _s: s }
+}
+
+#[test]
+fn sync_group_moves_together_and_notify_gets_keepalived_arguments() {
+    let mut p = pair("syncnotify");
+    let (d1, d2) = (p.t.directors[0].clone(), p.t.directors[1].clone());
+    let (t, a, log1, log2) = (&mut p.t, &p.a, &p.log1, &p.log2);
     eventually(Duration::from_secs(3), "d1's MASTER hooks ran", || {
-        has(&log1, "notify INSTANCE VI_PUBLIC MASTER 150")
-            && has(&log1, "notify INSTANCE VI_GATEWAY MASTER 150")
-            && has(&log1, "notify_master")
-            && has(&log1, "group GROUP director MASTER 150")
+        has(log1, "notify INSTANCE VI_PUBLIC MASTER 150")
+            && has(log1, "notify INSTANCE VI_GATEWAY MASTER 150")
+            && has(log1, "notify_master")
+            && has(log1, "group GROUP director MASTER 150")
     })
-    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(&log1)));
+    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(log1)));
     eventually(Duration::from_secs(3), "d2's BACKUP hooks ran", || {
-        has(&log2, "notify INSTANCE VI_PUBLIC BACKUP 100")
-            && has(&log2, "group GROUP director BACKUP 100")
+        has(log2, "notify INSTANCE VI_PUBLIC BACKUP 100")
+            && has(log2, "group GROUP director BACKUP 100")
     })
-    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(&log2)));
-    assert!(!has(&log2, "notify_master"), "d2 never became master");
+    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(log2)));
+    assert!(!has(log2, "notify_master"), "d2 never became master");
 
     // d1 loses its inside link: VI_GATEWAY goes FAULT, and the sync group takes VI_PUBLIC
     // (whose own link is fine) down with it, so d2 holds both VIPs — never split.
@@ -98,11 +119,11 @@ fn sync_group_moves_together_and_notify_gets_keepalived_arguments() {
     eventually(Duration::from_secs(2), "d1 released the public VIP", || !holds(&d1, "eth0", VIP))
         .unwrap();
     eventually(Duration::from_secs(2), "FAULT hooks ran on d1", || {
-        has(&log1, "notify INSTANCE VI_PUBLIC FAULT 150")
-            && has(&log1, "notify INSTANCE VI_GATEWAY FAULT 150")
-            && has(&log1, "group GROUP director FAULT 150")
+        has(log1, "notify INSTANCE VI_PUBLIC FAULT 150")
+            && has(log1, "notify INSTANCE VI_GATEWAY FAULT 150")
+            && has(log1, "group GROUP director FAULT 150")
     })
-    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(&log1)));
+    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(log1)));
     let st = a.status().unwrap();
     for i in st["vrrp_instances"].as_array().unwrap() {
         assert_eq!(i["state"], "FAULT", "{i}");
@@ -123,9 +144,9 @@ fn sync_group_moves_together_and_notify_gets_keepalived_arguments() {
     assert!(st.success(), "ha-lb exits 0 after a graceful stop");
     assert!(both(&d2), "d2 holds both VIPs after d1 stopped");
     eventually(Duration::from_secs(2), "STOP hooks ran", || {
-        has(&log1, "notify_stop") && has(&log1, "notify INSTANCE VI_PUBLIC STOP 150")
+        has(log1, "notify_stop") && has(log1, "notify INSTANCE VI_PUBLIC STOP 150")
     })
-    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(&log1)));
+    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(log1)));
 }
 
 /// A reload that removes an instance stops it as a graceful stop would: its STOP hooks run
@@ -172,18 +193,13 @@ fn reload_that_removes_an_instance_runs_its_stop_hooks() {
 /// public VIP on one node, its gateway on the other).
 #[test]
 fn reload_restarting_one_member_moves_its_whole_sync_group() {
-    let mut t = DirectorLab::build(Mode::Nat, 2, 0).unwrap();
-    let s = Scratch::new("syncrestart").unwrap();
-    let (d1, d2) = (t.directors[0].clone(), t.directors[1].clone());
-    let (log1, log2) = (s.dir.join("d1.notify"), s.dir.join("d2.notify"));
-    let both = |n: &ha_lb_lab::Node| holds(n, "eth0", VIP) && holds(n, "eth1", GW);
-    let a = HaLb::start(&mut t.lab, &d1, &s, "d1", &conf("d1", 150, &log1)).unwrap();
-    eventually(Duration::from_secs(5), "d1 holds both VIPs", || both(&d1)).unwrap();
-    let _b = HaLb::start(&mut t.lab, &d2, &s, "d2", &conf("d2", 100, &log2)).unwrap();
+    let p = pair("syncrestart");
+    let (d1, d2) = (p.t.directors[0].clone(), p.t.directors[1].clone());
+    let (t, a, log2) = (&p.t, &p.a, &p.log2);
     eventually(Duration::from_secs(3), "d2 BACKUP", || {
-        has(&log2, "group GROUP director BACKUP 100")
+        has(log2, "group GROUP director BACKUP 100")
     })
-    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(&log2)));
+    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(log2)));
 
     // VI_PUBLIC's advert interval changes (an election parameter); VI_GATEWAY's nothing.
     let text = std::fs::read_to_string(&a.config).unwrap();
@@ -192,10 +208,10 @@ fn reload_restarting_one_member_moves_its_whole_sync_group() {
     std::fs::write(&a.config, changed).unwrap();
     t.lab.signal(a.pid, libc::SIGHUP).unwrap();
     eventually(Duration::from_secs(3), "the gateway VIP followed the public one to d2", || {
-        has(&log2, "notify INSTANCE VI_PUBLIC MASTER 100")
-            && has(&log2, "notify INSTANCE VI_GATEWAY MASTER 100")
+        has(log2, "notify INSTANCE VI_PUBLIC MASTER 100")
+            && has(log2, "notify INSTANCE VI_GATEWAY MASTER 100")
     })
-    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", lines(&log2), a.log_text()));
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", lines(log2), a.log_text()));
     eventually(Duration::from_secs(5), "d1 holds both VIPs again", || both(&d1)).unwrap();
     eventually(Duration::from_secs(2), "d2 released both", || {
         !holds(&d2, "eth0", VIP) && !holds(&d2, "eth1", GW)

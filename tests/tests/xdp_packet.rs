@@ -13,7 +13,7 @@ use std::{
 use ha_lb::{
     bpf::{
         lb as maps,
-        testrun::{run_xdp, XdpAction},
+        testrun::{run_xdp, RunResult, XdpAction},
         vrrp_filter::{self, set_vrids},
         PROG_LB, PROG_VRRP_FILTER,
     },
@@ -222,7 +222,7 @@ fn known_flows_use_the_cached_next_hop_until_it_is_refreshed() {
         let to_vip = |c, len: usize| frame::udp(ceth, c, vip, &vec![7u8; len]);
         let rs_eth = frame::Eth { src: rs_mac(2, 12), dst: [0; 6] };
         let back = |c| frame::udp(rs_eth, sa("198.18.2.12:53"), c, b"answer");
-        let dst_mac = |r: &ha_lb::bpf::testrun::RunResult| {
+        let dst_mac = |r: &RunResult| {
             assert_eq!(r.action, XdpAction::Redirect);
             frame::check(&r.frame).expect("checksums").eth.dst
         };
@@ -846,6 +846,16 @@ fn icmp_errors_about_flows_reach_the_host_they_are_about() {
     });
 }
 
+/// Sends client frame `f` of a TUN flow and checks it went to real server 2.13 (eth1) one
+/// outer header (`outer` bytes) longer; the result.
+fn tun_sent(t: &mut Tester, f: &[u8], outer: usize, mac1: [u8; 6], what: &str) -> RunResult {
+    let r = t.expect_from_client(f, XdpAction::Redirect, LbReason::Tun, what);
+    assert_eq!(r.frame.len(), f.len() + outer, "{what}: one outer header more");
+    assert_eq!(r.frame[..6], rs_mac(2, 13), "{what}: to the real server's MAC");
+    assert_eq!(r.frame[6..12], mac1, "{what}: from the director's interface toward it");
+    r
+}
+
 /// LVS-TUN: the client's packet, unchanged, inside an outer IPv4 header (IPIP) from this
 /// director's address toward the real server to the real server, whose MAC it is sent to.
 /// Known flows go the same way (cached next hop); a packet that no longer fits the path once
@@ -862,16 +872,8 @@ fn tun_encapsulates_in_ipip_to_the_real_server() {
         let mut ids = Vec::new();
         for (i, flags) in [TcpFlags::SYN, TcpFlags::ACK].into_iter().enumerate() {
             let f = frame::tcp(t.client_eth(), c, vip, flags, i as u32, b"GET / HTTP/1.0\r\n\r\n");
-            let r = t.expect_from_client(
-                &f,
-                XdpAction::Redirect,
-                LbReason::Tun,
-                &format!("packet {i}"),
-            );
+            let r = tun_sent(t, &f, 20, mac1, &format!("packet {i}"));
             let o = &r.frame;
-            assert_eq!(o.len(), f.len() + 20, "one IPv4 header more");
-            assert_eq!(o[..6], rs_mac(2, 13), "to the real server's MAC");
-            assert_eq!(o[6..12], mac1, "from the director's interface toward it");
             assert_eq!(o[12..14], [0x08, 0x00]);
             let outer = &o[14..34];
             assert_eq!(outer[0], 0x45);
@@ -963,16 +965,8 @@ fn tun_encapsulates_ipv6_in_ipv6_to_the_real_server() {
                 frame::tcp(t.client_eth(), c, vip, flags, i as u32, b"GET / HTTP/1.0\r\n\r\n");
             // Traffic class 0x2e and flow label 0xabcde (in no checksum).
             f[14..18].copy_from_slice(&[0x62, 0xea, 0xbc, 0xde]);
-            let r = t.expect_from_client(
-                &f,
-                XdpAction::Redirect,
-                LbReason::Tun,
-                &format!("packet {i}"),
-            );
+            let r = tun_sent(t, &f, 40, mac1, &format!("packet {i}"));
             let o = &r.frame;
-            assert_eq!(o.len(), f.len() + 40, "one IPv6 header more");
-            assert_eq!(o[..6], rs_mac(2, 13), "to the real server's MAC");
-            assert_eq!(o[6..12], mac1, "from the director's interface toward it");
             assert_eq!(o[12..14], [0x86, 0xdd]);
             let outer = &o[14..54];
             assert_eq!(outer[..4], f[14..18], "version, traffic class, flow label");
