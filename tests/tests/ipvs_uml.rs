@@ -178,6 +178,11 @@ fn d1() -> DesiredState {
             ),
             (vs("198.18.0.2:53", Protocol::Udp), b),
             (tcp("[fd48:4c42::1]:443"), c),
+            // IPv6 in IPv6 (ip6ip6), as the eBPF data plane does it.
+            (
+                tcp("[fd48:4c42::2]:80"),
+                spec(LbAlgo::Rr, LbKind::Tun, &[rs("fd48:4c42::20", 80, 1)]),
+            ),
             (
                 tcp("198.18.0.3:80"),
                 spec(LbAlgo::Rr, LbKind::Dr, &[rs("198.18.2.30", 80, 5), rs("198.18.2.31", 80, 1)]),
@@ -208,6 +213,8 @@ TCP 198.18.9.9:80 rr
 TCP [fd48:4c42::1]:443 mh (mh-port)
   -> [fd48:4c42::10]:443 Route 1
   -> [fd48:4c42::11]:443 Route 3
+TCP [fd48:4c42::2]:80 rr
+  -> [fd48:4c42::20]:80 Tunnel 1
 UDP 198.18.0.2:53 sh (sh-port) persistent 300
   -> 198.18.2.20:5353 Masq 1
 ";
@@ -252,6 +259,8 @@ TCP 198.18.9.9:80 rr
 TCP [fd48:4c42::1]:443 mh (mh-port)
   -> [fd48:4c42::10]:443 Route 1
   -> [fd48:4c42::11]:443 Route 0
+TCP [fd48:4c42::2]:80 rr
+  -> [fd48:4c42::20]:80 Tunnel 1
 ";
 
 /// D2 without 198.18.0.4:80.
@@ -350,9 +359,9 @@ fn guest(dir: &Path) {
     let mut dp = IpvsDataplane::open_with_ledger(&ledger).unwrap();
     assert_eq!(dp.name(), "ipvs");
     let rep = dp.apply(&d1()).unwrap();
-    // 6 new services; the pre-existing 198.18.0.3:80 adopted and edited in place (scheduler,
+    // 7 new services; the pre-existing 198.18.0.3:80 adopted and edited in place (scheduler,
     // forwarding method, weight; .31 added, .39 removed).
-    assert_eq!(report_counts(&rep), (6, 1, 0, 10, 1, 1), "{rep:?}");
+    assert_eq!(report_counts(&rep), (7, 1, 0, 11, 1, 1), "{rep:?}");
     assert_eq!(rep.services_changed, vec![tcp("198.18.0.3:80")]);
     expect_ipvsadm(D1_IPVSADM, "after the first apply");
     let view = dumped(&dp);
@@ -369,6 +378,11 @@ fn guest(dir: &Path) {
         view[&tcp("[fd48:4c42::1]:443")],
         "[fd48:4c42::1]:443 TCP mh flags=0x10 timeout=0 -> [fd48:4c42::10]:443 fwd=3 w=1 -> \
          [fd48:4c42::11]:443 fwd=3 w=3"
+    );
+    assert_eq!(
+        view[&tcp("[fd48:4c42::2]:80")],
+        "[fd48:4c42::2]:80 TCP rr flags=0x0 timeout=0 -> [fd48:4c42::20]:80 fwd=2 w=1",
+        "IPv6 TUN: IP_VS_CONN_F_TUNNEL"
     );
     let owned: BTreeSet<_> = dp.owned().copied().collect();
     assert_eq!(owned, d1().services.keys().copied().collect(), "the adopted one included");
@@ -388,7 +402,7 @@ fn guest(dir: &Path) {
     let st = stats_when(&dp, |st| st.services[&tcp("198.18.0.7:80")].new_conns >= 3);
     assert!(st.reasons.is_empty());
     assert!(!st.services.contains_key(&tcp("198.18.9.9:80")), "not ours");
-    assert_eq!(st.services.len(), 7);
+    assert_eq!(st.services.len(), 8);
     let l = &st.services[&tcp("198.18.0.7:80")];
     assert_eq!(l.new_conns, 3, "{l:?}");
     assert!(l.packets >= 3 && l.bytes > 0, "{l:?}");
