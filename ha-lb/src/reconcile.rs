@@ -29,7 +29,9 @@ use std::{
 };
 
 use crate::{
-    config::model::{Config, LbAlgo, LbKind, VirtualServer, VirtualServerKey},
+    config::model::{
+        CheckKind, Config, HealthCheck, LbAlgo, LbKind, VirtualServer, VirtualServerKey,
+    },
     dataplane::{DesiredState, RealServerSpec, ServiceSpec},
 };
 
@@ -129,7 +131,13 @@ impl Reconciler {
                 let h = match self.health.get(&k) {
                     // Checked before and after: the checker carries its state over the
                     // reload (changed or not), and so does this.
-                    Some(h) if rs.check.is_some() && checked_before.contains(&k) => *h,
+                    Some(h) if rs.check.is_some() && checked_before.contains(&k) => Health {
+                        // A weight only a misc_dynamic check gives (and keeps giving).
+                        dynamic_weight: h.dynamic_weight.filter(|_| {
+                            matches!(&rs.check, Some(HealthCheck { kind: CheckKind::Misc(m), .. }) if m.misc_dynamic)
+                        }),
+                        ..*h
+                    },
                     // A check added by the reload starts where its checker starts (with
                     // alpha: down until it passes); a check removed leaves the server up, as
                     // any unchecked one (no checker is left to bring it back).
@@ -150,8 +158,10 @@ impl Reconciler {
         self.config = config;
     }
 
-    /// A checker's verdict. Returns false when nothing changed (or the server is unknown,
-    /// e.g. removed by a reload while the result was in flight).
+    /// A checker's verdict. Returns false when nothing changed, or when the verdict no longer
+    /// applies: the server is unknown or has no check (a reload removed it, or its check,
+    /// while the result was in flight — no checker would ever correct it). A weight from a
+    /// check that is no longer `misc_dynamic` is ignored likewise.
     pub fn on_health(
         &mut self,
         vs: &VirtualServerKey,
@@ -159,6 +169,16 @@ impl Reconciler {
         up: bool,
         dynamic_weight: Option<u32>,
     ) -> bool {
+        let Some(check) = self
+            .config
+            .virtual_server(vs)
+            .and_then(|v| v.real_servers.iter().find(|r| r.key() == rs))
+            .and_then(|r| r.check.as_ref())
+        else {
+            return false;
+        };
+        let dynamic = matches!(&check.kind, CheckKind::Misc(m) if m.misc_dynamic);
+        let dynamic_weight = dynamic_weight.filter(|_| dynamic);
         let Some(h) = self.health.get_mut(&(*vs, rs)) else { return false };
         let new = Health { up, dynamic_weight, initial: false };
         if *h == new {
@@ -319,7 +339,12 @@ weight = 1
 
     #[test]
     fn down_servers_leave_or_drain() {
-        let c = cfg("");
+        // 12 checked by a misc_dynamic MISC_CHECK (its exit status gives its weight).
+        let check = "[virtual_server.real_server.TCP_CHECK]\nconnect_timeout = 1\n";
+        let text = cfg_text("");
+        let at = text.match_indices(check).nth(1).unwrap().0;
+        let dynamic = "[virtual_server.real_server.MISC_CHECK]\nmisc_path = \"/bin/true\"\nmisc_dynamic = true\n";
+        let c = parse(&format!("{}{dynamic}{}", &text[..at], &text[at + check.len()..]));
         let key = c.virtual_servers[0].key();
         let mut r = Reconciler::new(c);
         assert_eq!(weights(&r.desired().0), vec![(rs(11), 3), (rs(12), 2), (rs(13), 1)]);
@@ -338,6 +363,31 @@ weight = 1
             vec![(rs(11), 3), (rs(12), 7), (rs(13), 1)],
             "misc_dynamic weight"
         );
+        // A weight from a check that is not misc_dynamic (a stale event) is not taken.
+        r.on_health(&key, rs(11), true, Some(9));
+        assert_eq!(weights(&r.desired().0)[0], (rs(11), 3));
+    }
+
+    /// Found by review: a result still in flight when a reload removed the server's check
+    /// took the (now unchecked) server out of the pool, and no checker was left to bring it
+    /// back; a misc_dynamic weight outlived its check when the reload replaced it.
+    #[test]
+    fn stale_results_after_a_reload_are_ignored() {
+        const CHECK: &str = "[virtual_server.real_server.TCP_CHECK]\nconnect_timeout = 1\n";
+        let c = cfg("");
+        let key = c.virtual_servers[0].key();
+        let mut r = Reconciler::new(c);
+        r.set_config(parse(&cfg_text("").replacen(CHECK, "", 1)));
+        assert!(!r.on_health(&key, rs(11), false, None), "11 has no check any more");
+        assert_eq!(weights(&r.desired().0)[0], (rs(11), 3));
+
+        let dynamic = "[virtual_server.real_server.MISC_CHECK]\nmisc_path = \"/bin/true\"\nmisc_dynamic = true\n";
+        let mut r = Reconciler::new(parse(&cfg_text("").replacen(CHECK, dynamic, 1)));
+        r.on_health(&key, rs(11), true, Some(0));
+        assert_eq!(weights(&r.desired().0)[0], (rs(11), 0), "exit 2: weight 0");
+        // The operator replaces the MISC_CHECK by a TCP_CHECK: the configured weight again.
+        r.set_config(cfg(""));
+        assert_eq!(weights(&r.desired().0)[0], (rs(11), 3));
     }
 
     #[test]

@@ -241,10 +241,17 @@ impl HealthChecker {
     ) {
         let check = target.rs.check.as_ref().expect("filtered");
         let timing = check.timing;
+        let fresh = carried.is_none();
         let (up, weight, since) =
             carried.unwrap_or((initial_up(target.alpha), None, SystemTime::now()));
+        // A weight only a misc_dynamic check gives: a replaced check does not keep it.
+        let dynamic = matches!(&check.kind, CheckKind::Misc(m) if m.misc_dynamic);
+        let weight = weight.filter(|_| dynamic);
         let first = warmup_delay(timing.warmup, self.shared.seeds.hash_one((key, Instant::now())));
-        let tracker = Tracker::new(timing, up, Instant::now(), first).with_weight(weight);
+        let mut tracker = Tracker::new(timing, up, Instant::now(), first).with_weight(weight);
+        if fresh && up {
+            tracker = tracker.fresh();
+        }
         self.shared.states.lock().unwrap().insert(
             key,
             RsHealth {
@@ -481,5 +488,60 @@ mod tests {
             assert_eq!(t.alpha, vs.alpha);
             assert_eq!(vs.real_server(t.rs.key()), Some(&t.rs));
         }
+    }
+
+    /// Found by review: a reload that replaced a misc_dynamic MISC_CHECK by a TCP_CHECK
+    /// carried the script's weight into the new checker for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replaced_check_does_not_keep_a_misc_dynamic_weight() {
+        use crate::config::{Connect, HealthCheck, MiscCheck, Protocol, Timing};
+        let lis = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = lis.local_addr().unwrap();
+        let vs = VirtualServerKey {
+            address: "192.0.2.1".parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
+        let timing = Timing {
+            delay_loop: Duration::from_millis(200),
+            retry: 0,
+            delay_before_retry: Duration::ZERO,
+            warmup: Duration::ZERO,
+            rise: 1,
+            fall: 1,
+        };
+        let mk = |kind: CheckKind| CheckTarget {
+            vs,
+            alpha: false,
+            rs: RealServer {
+                address: addr.ip(),
+                port: addr.port(),
+                weight: 3,
+                inhibit_on_failure: false,
+                notify_up: None,
+                notify_down: None,
+                check: Some(HealthCheck { kind, timing }),
+            },
+        };
+        let exit_12 = Script { argv: vec!["/bin/sh".into(), "-c".into(), "exit 12".into()] };
+        let misc = mk(CheckKind::Misc(MiscCheck {
+            misc_path: exit_12,
+            misc_timeout: Duration::from_secs(5),
+            misc_dynamic: true,
+            user: None,
+        }));
+        let (mut hc, mut rx) = HealthChecker::start(vec![misc], HealthOptions::default());
+        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        assert_eq!(ev.weight, Some(10), "exit 12: weight 10");
+        let tcp = mk(CheckKind::Tcp(Connect {
+            target: addr,
+            bindto: None,
+            connect_timeout: Duration::from_secs(1),
+        }));
+        hc.reconfigure(vec![tcp]);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let st = hc.state(vs, addr).unwrap();
+        assert!(st.attempts > 0 && st.last_ok == Some(true), "{st:?}");
+        assert_eq!(st.weight, None, "{st:?}");
     }
 }

@@ -75,6 +75,15 @@ impl Tracker {
         }
     }
 
+    /// A check just started with its server up (not `alpha`): until its first success, a
+    /// failure takes the server down without retries — keepalived's "one failure is enough
+    /// initially" (`check_data.c`), so a real server dead at start-up does not get traffic
+    /// for `retry × delay_before_retry` more.
+    pub fn fresh(mut self) -> Tracker {
+        self.retries_used = self.timing.retry;
+        self
+    }
+
     /// Start with a dynamic weight already in force (carried over a reload).
     pub fn with_weight(mut self, weight: Option<u32>) -> Tracker {
         self.weight = weight;
@@ -166,6 +175,23 @@ mod tests {
 
     fn timing(retry: u32, rise: u32, fall: u32) -> Timing {
         Timing { delay_loop: 10 * S, retry, delay_before_retry: 2 * S, warmup: 5 * S, rise, fall }
+    }
+
+    /// Found by review: keepalived takes a freshly checked (non-alpha) server down on its
+    /// first failure; retries apply once the check has passed.
+    #[test]
+    fn a_fresh_check_fails_its_server_without_retries_until_it_first_passes() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new(timing(3, 1, 1), true, t0, Duration::ZERO).fresh();
+        let c = tr.record(t0, false, None).expect("down at once");
+        assert!(!c.up);
+        // Once it has passed, failures are retried as usual.
+        let mut tr = Tracker::new(timing(3, 1, 1), true, t0, Duration::ZERO).fresh();
+        assert!(tr.record(t0, true, None).is_none());
+        for _ in 0..3 {
+            assert!(tr.record(t0, false, None).is_none(), "retried");
+        }
+        assert!(!tr.record(t0, false, None).unwrap().up);
     }
 
     /// Drive the tracker with a fake clock: each attempt happens exactly when due, and
