@@ -68,8 +68,12 @@ pub struct HealthEvent {
 pub struct HealthOptions {
     /// Network probes in flight at once.
     pub max_probes: usize,
-    /// Scripts (MISC_CHECK and notify hooks) running at once.
+    /// MISC_CHECK scripts running at once (keepalived runs them all at once, each bounded
+    /// by its `misc_timeout`: hung ones must not hold up the others' checks).
     pub max_scripts: usize,
+    /// `notify_up` / `notify_down` hooks running at once (their own slots: hung check
+    /// scripts must not hold them up).
+    pub max_notify: usize,
     /// Capacity of the event channel; checkers wait when it is full.
     pub event_capacity: usize,
     /// `global.script_user`: for scripts without their own user. `None`: keepalived's
@@ -84,7 +88,8 @@ impl Default for HealthOptions {
     fn default() -> Self {
         HealthOptions {
             max_probes: 256,
-            max_scripts: 16,
+            max_scripts: 256,
+            max_notify: 16,
             event_capacity: 1024,
             script_user: None,
             notify_timeout: Duration::from_secs(30),
@@ -140,7 +145,8 @@ pub struct HealthStats {
 struct Shared {
     opts: HealthOptions,
     probes: Semaphore,
-    scripts: Arc<Semaphore>,
+    scripts: Semaphore,
+    notify_hooks: Arc<Semaphore>,
     probe_gauge: Gauge,
     script_gauge: Arc<Gauge>,
     states: Mutex<HashMap<CheckKey, RsHealth>>,
@@ -180,7 +186,8 @@ impl HealthChecker {
         let (tx, rx) = mpsc::channel(opts.event_capacity.max(1));
         let shared = Arc::new(Shared {
             probes: Semaphore::new(opts.max_probes.max(1)),
-            scripts: Arc::new(Semaphore::new(opts.max_scripts.max(1))),
+            scripts: Semaphore::new(opts.max_scripts.max(1)),
+            notify_hooks: Arc::new(Semaphore::new(opts.max_notify.max(1))),
             opts,
             probe_gauge: Gauge::default(),
             script_gauge: Arc::new(Gauge::default()),
@@ -425,7 +432,7 @@ fn spawn_notify(
     hook: Script,
     prev: Option<JoinHandle<()>>,
 ) -> JoinHandle<()> {
-    let scripts = shared.scripts.clone();
+    let slots = shared.notify_hooks.clone();
     let gauge = shared.script_gauge.clone();
     let user = shared.opts.script_user.clone();
     let timeout = shared.opts.notify_timeout;
@@ -439,7 +446,7 @@ fn spawn_notify(
         if let Some(p) = prev {
             let _ = p.await;
         }
-        let Ok(_permit) = scripts.acquire_owned().await else {
+        let Ok(_permit) = slots.acquire_owned().await else {
             return;
         };
         let creds = tokio::task::spawn_blocking(move || {
