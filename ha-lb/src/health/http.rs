@@ -39,18 +39,19 @@ pub enum HttpError {
     BadChunk(&'static str),
     #[error("connection closed before the response was complete")]
     Truncated,
-    #[error("body larger than {0} bytes")]
-    BodyTooLarge(usize),
 }
 
 /// A parsed response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
-    /// The body, when it was kept (see [`ResponseParser::new`]).
+    /// The body, when it was kept (see [`ResponseParser::new`]), up to the bound.
     pub body: Vec<u8>,
-    /// The body was longer than the bound and not kept whole (only without `keep_body`).
+    /// The body was longer than the bound and not kept whole.
     pub body_truncated: bool,
+    /// With `keep_body`: the MD5 of the whole body, however long (keepalived hashes the
+    /// body as it streams in, with no size limit).
+    pub md5: Option<[u8; 16]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,12 +93,13 @@ pub struct ResponseParser {
     body: Vec<u8>,
     body_seen: u64,
     body_truncated: bool,
+    md5: Md5,
 }
 
 impl ResponseParser {
-    /// `keep_body`: the body is needed (digest); over `max_body` is then an error.
-    /// Without it the body is read and dropped up to `max_body`, then the response is
-    /// complete with `body_truncated`.
+    /// `keep_body`: the body is needed (digest): it is read to its end and hashed, and kept
+    /// up to `max_body`. Without it the body is read and dropped up to `max_body`, then the
+    /// response is complete with `body_truncated`.
     pub fn new(keep_body: bool, max_body: usize) -> ResponseParser {
         ResponseParser {
             keep_body,
@@ -108,6 +110,7 @@ impl ResponseParser {
             body: Vec::new(),
             body_seen: 0,
             body_truncated: false,
+            md5: Md5::new(),
         }
     }
 
@@ -126,6 +129,7 @@ impl ResponseParser {
                 status: self.status,
                 body: self.body,
                 body_truncated: self.body_truncated,
+                md5: self.keep_body.then(|| self.md5.finalize().into()),
             }),
             _ => Err(HttpError::Truncated),
         }
@@ -183,19 +187,21 @@ impl ResponseParser {
         }
     }
 
-    /// Account body bytes; may finish the response early (bound reached, body dropped).
+    /// Account body bytes: hashed and kept up to the bound with `keep_body`; without it,
+    /// the response ends early at the bound (body dropped).
     fn take_body(&mut self, data: &[u8]) -> Result<(), HttpError> {
+        let before = self.body_seen;
         self.body_seen += data.len() as u64;
-        if self.body_seen > self.max_body as u64 {
-            if self.keep_body {
-                return Err(HttpError::BodyTooLarge(self.max_body));
-            }
-            self.body_truncated = true;
-            self.state = State::Done;
+        if self.keep_body {
+            self.md5.update(data);
+            let room = (self.max_body as u64).saturating_sub(before) as usize;
+            self.body.extend_from_slice(&data[..data.len().min(room)]);
+            self.body_truncated |= data.len() > room;
             return Ok(());
         }
-        if self.keep_body {
-            self.body.extend_from_slice(data);
+        if self.body_seen > self.max_body as u64 {
+            self.body_truncated = true;
+            self.state = State::Done;
         }
         Ok(())
     }
@@ -250,9 +256,6 @@ impl ResponseParser {
         } else if chunked {
             State::Body(Framing::Chunked)
         } else if let Some(n) = length {
-            if n > self.max_body as u64 && self.keep_body {
-                return Err(HttpError::BodyTooLarge(self.max_body));
-            }
             if n == 0 {
                 State::Done
             } else {
@@ -370,12 +373,11 @@ pub fn parse_response(
 
 /// MD5 of a body, as `genhash` prints it.
 pub fn md5_hex(body: &[u8]) -> String {
-    Md5::digest(body).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Md5::digest(body).into())
 }
 
-/// Whether `body` hashes to `digest`.
-pub fn digest_matches(body: &[u8], digest: &[u8; 16]) -> bool {
-    Md5::digest(body).as_slice() == digest
+fn hex(d: &[u8; 16]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Check a response against one `url` block: status within its ranges and, if set, the
@@ -390,12 +392,13 @@ pub fn check_response(resp: &Response, url: &UrlCheck) -> Result<(), String> {
         ));
     }
     if let Some(d) = &url.digest {
-        if !digest_matches(&resp.body, d) {
+        let got = resp.md5.unwrap_or_else(|| Md5::digest(&resp.body).into());
+        if &got != d {
             return Err(format!(
                 "MD5 digest mismatch on {}: got {}, want {}",
                 url.path,
-                md5_hex(&resp.body),
-                d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                hex(&got),
+                hex(d)
             ));
         }
     }
@@ -612,20 +615,21 @@ mod tests {
         let mut big = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', MAX_HEAD));
         assert_eq!(parse_response(&big, true, MAX_BODY), Err(HttpError::HeadTooLarge(MAX_HEAD)));
-        // Declared too large with a digest to check: refused before reading it.
-        let mut p = ResponseParser::new(true, 10);
-        assert_eq!(
-            p.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n"),
-            Err(HttpError::BodyTooLarge(10))
-        );
-        // Chunked or until-close past the bound.
-        let raw =
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n\r\n";
-        assert_eq!(parse_response(raw, true, 10), Err(HttpError::BodyTooLarge(10)));
-        assert_eq!(
-            parse_response(b"HTTP/1.0 200 OK\r\n\r\nhello world", true, 10),
-            Err(HttpError::BodyTooLarge(10))
-        );
+        // With a digest to check the body is read whole and hashed, however long (as
+        // keepalived does; it used to be refused past 1 MiB, and the server marked down for
+        // good), kept only up to the bound. Declared, chunked, or until close.
+        let whole = Md5::digest(b"hello world").into();
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\n\r\nhello world",
+        ] {
+            let r = parse_response(raw, true, 10).unwrap();
+            assert_eq!(
+                (r.md5, &r.body[..], r.body_truncated),
+                (Some(whole), &b"hello worl"[..], true)
+            );
+        }
         // Without a digest the body is only skimmed: complete, flagged, nothing kept.
         let mut p = ResponseParser::new(false, 10);
         assert!(p.feed(b"HTTP/1.0 200 OK\r\n\r\nhello world and more").unwrap());
@@ -654,10 +658,13 @@ mod tests {
             *b = u8::from_str_radix(&"900150983cd24fb0d6963f7d28e17f72"[2 * i..2 * i + 2], 16)
                 .unwrap();
         }
-        assert!(digest_matches(b"abc", &d));
-        assert!(!digest_matches(b"abd", &d));
-        let resp = Response { status: 200, body: b"abc".to_vec(), body_truncated: false };
+        let resp =
+            Response { status: 200, body: b"abc".to_vec(), body_truncated: false, md5: None };
         assert!(check_response(&resp, &url("/", &[200..=299], Some(d))).is_ok());
+        // A long body is checked by the hash of all of it, not the part kept.
+        let long =
+            Response { body: b"ab".to_vec(), body_truncated: true, md5: Some(d), ..resp.clone() };
+        assert!(check_response(&long, &url("/", &[200..=299], Some(d))).is_ok());
         let wrong = Response { body: b"abcd".to_vec(), ..resp.clone() };
         let e = check_response(&wrong, &url("/x", &[200..=299], Some(d))).unwrap_err();
         assert!(e.contains("MD5 digest mismatch on /x"), "{e}");
