@@ -259,6 +259,7 @@ pub async fn run<S: AsRef<OsStr>>(argv: &[S], opts: &RunOptions) -> ScriptOutcom
     };
     // The child leads its own group: pgid == pid.
     let pgid = child.id().map(|p| p as i32);
+    let mut guard = KillGroupOnDrop(pgid);
     let limit = opts.output_limit;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -295,6 +296,8 @@ pub async fn run<S: AsRef<OsStr>>(argv: &[S], opts: &RunOptions) -> ScriptOutcom
             kill_group(pg, libc::SIGKILL);
         }
     }
+    // Reaped: the group id may be reused from here on.
+    guard.0 = None;
     let output = collect_output(out_task, err_task).await;
     match status {
         None => ScriptOutcome::TimedOut { output },
@@ -317,6 +320,19 @@ pub fn spawn_logged(
         }
         outcome
     })
+}
+
+/// Kills a script's process group if [`run`] is dropped while the script runs (the daemon
+/// stopping with checks or hooks in flight): they would outlive it otherwise (tokio's
+/// `kill_on_drop` reaches the leader only).
+struct KillGroupOnDrop(Option<i32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pg) = self.0 {
+            kill_group(pg, libc::SIGKILL);
+        }
+    }
 }
 
 fn kill_group(pgid: i32, sig: i32) {
@@ -432,6 +448,32 @@ mod tests {
             run(&empty, &RunOptions::with_timeout(Duration::from_secs(1))).await,
             ScriptOutcome::SpawnFailed(_)
         ));
+    }
+
+    /// Found by review: a script still running when its caller was dropped (the daemon
+    /// stopping) outlived the daemon.
+    #[tokio::test]
+    async fn a_dropped_run_kills_the_whole_group() {
+        let dir = std::env::temp_dir().join(format!("ha-lb-script-drop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("grandchild.pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let opts = RunOptions::with_timeout(Duration::from_secs(60));
+        let argv = sh(&script);
+        let dropped = tokio::time::timeout(Duration::from_millis(300), run(&argv, &opts));
+        assert!(dropped.await.is_err(), "still running when dropped");
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let gone = (0..50).any(|_| {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| !s.contains(") Z "))
+                .unwrap_or(false);
+            if alive {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            !alive
+        });
+        assert!(gone, "grandchild {pid} survived");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
