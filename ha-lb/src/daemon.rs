@@ -116,13 +116,6 @@ fn ethernet_only(ifaces: Vec<String>) -> Vec<String> {
         .collect()
 }
 
-/// The interfaces `config` names (instances' and their VIPs' devices) that this host does
-/// not have. Start-up and a reload refuse a configuration naming one: an instance cannot
-/// run there, and a reload would otherwise apply everything else and leave it stopped.
-fn missing_interfaces(config: &Config) -> Vec<String> {
-    xdp_interfaces(config).into_iter().filter(|i| crate::bpf::ifindex_of(i).is_none()).collect()
-}
-
 /// `bpf_fib_lookup` only forwards on interfaces with forwarding on: enable it where the
 /// forwarding program is attached (an LVS director forwards by definition).
 fn enable_forwarding(ifaces: &[String], ipv6: bool) {
@@ -320,24 +313,38 @@ async fn recv_sync(
     }
 }
 
+/// Loads the configuration at `path` for this host: every interface it names must exist
+/// (errors at their `file:line:col`, as any configuration error).
+pub fn load_here(path: &std::path::Path) -> Result<Config, config::ConfigErrors> {
+    config::load_for_host(
+        path,
+        &config::Host { has_interface: &|name: &str| crate::bpf::ifindex_of(name).is_some() },
+    )
+}
+
 /// Loads `path` and runs until SIGTERM/SIGINT. Config errors are returned with every
 /// `file:line:col` message.
 pub async fn run(config_path: PathBuf) -> Result<()> {
-    let config = Arc::new(config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let config = Arc::new(load_here(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?);
     let rtnl = Rtnl::new().context("opening rtnetlink")?;
-    let missing = missing_interfaces(&config);
-    if !missing.is_empty() {
-        bail!("{}: no such interface on this host: {}", config_path.display(), missing.join(", "));
-    }
     let mut link_watch = RtnlLinkWatcher::new().context("subscribing to link changes")?;
 
     let dataplane = match config.global.dataplane {
+        // Nothing to forward and nowhere to attach (validation refuses virtual servers
+        // without an instance for xdp/tc): VRRP-less and service-less, as the file says.
+        config::Dataplane::Xdp | config::Dataplane::Tc if config.vrrp_instances.is_empty() => {
+            Plane::None(NoDataplane::default())
+        }
         config::Dataplane::None => Plane::None(NoDataplane::default()),
         d @ (config::Dataplane::Xdp | config::Dataplane::Tc) => {
             let hook = if d == config::Dataplane::Tc { Hook::Tc } else { Hook::Xdp };
             let ifaces = ethernet_only(xdp_interfaces(&config));
             if ifaces.is_empty() {
-                bail!("dataplane {:?} needs at least one vrrp_instance: its interface is where the forwarding program is attached", d.as_str());
+                bail!(
+                    "dataplane {:?}: none of the interfaces of the vrrp_instances and their VIPs ({}) is an Ethernet device the forwarding program can go on",
+                    d.as_str(),
+                    xdp_interfaces(&config).join(", ")
+                );
             }
             let v6 = config.virtual_servers.iter().any(|v| v.address.is_ipv6());
             enable_forwarding(&ifaces, v6);
@@ -1034,7 +1041,7 @@ impl Daemon {
     /// SIGHUP / `reload`: a valid new file is applied as a difference; an invalid one is
     /// rejected with its errors and the running configuration stays.
     async fn reload(&mut self) -> std::result::Result<(), String> {
-        let new = match config::load(&self.config_path) {
+        let new = match load_here(&self.config_path) {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 self.reloads_rejected += 1;
@@ -1052,17 +1059,6 @@ impl Daemon {
             self.reloads_rejected += 1;
             let m = "changing `dataplane`, `control_socket` or `lvs_sync_daemon` needs a restart; reload rejected"
                 .to_string();
-            error!("{m}");
-            return Err(m);
-        }
-        let missing = missing_interfaces(&new);
-        if !missing.is_empty() {
-            self.reloads_rejected += 1;
-            let m = format!(
-                "{}: no such interface on this host: {}; reload rejected, the running configuration stays",
-                self.config_path.display(),
-                missing.join(", ")
-            );
             error!("{m}");
             return Err(m);
         }

@@ -40,8 +40,13 @@ enum Cmd {
     /// `file:line:col: message`; exit status 0 when valid, 1 when not. A file whose name
     /// does not end in `.toml` is read as keepalived.conf (as by `run` and `reload`).
     Check {
+        /// The configuration file (keepalived.conf when its name does not end in `.toml`).
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Also check it against this host, as `run` and `reload` do: every interface it
+        /// names (instances, VIP devices, track_interface, lvs_sync_daemon) must exist.
+        #[arg(long)]
+        host: bool,
     },
     /// Print the equivalent ha-lb TOML of a keepalived.conf (or any configuration file
     /// `ha-lb check` accepts) to stdout, every resolved value written out. The file is
@@ -94,21 +99,23 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Check { config } => match config::load(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: valid ({} vrrp_instance, {} virtual_server)",
-                    config.display(),
-                    c.vrrp_instances.len(),
-                    c.virtual_servers.len()
-                );
-                ExitCode::SUCCESS
+        Cmd::Check { config, host } => {
+            match if host { ha_lb::daemon::load_here(&config) } else { config::load(&config) } {
+                Ok(c) => {
+                    println!(
+                        "{}: valid ({} vrrp_instance, {} virtual_server)",
+                        config.display(),
+                        c.vrrp_instances.len(),
+                        c.virtual_servers.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Cmd::Convert { file } => match config::load(&file) {
             Ok(c) => {
                 println!(

@@ -230,3 +230,50 @@ fn configs_beyond_the_ebpf_maps_are_refused_at_the_virtual_server_that_goes_over
     let lc: String = (0..17).map(|n| vs(n, "lc", 164)).collect();
     config::parse_str(&lc, Path::new("big.toml")).expect("lc needs no table");
 }
+
+/// Checked against the host (`run`, `reload`, `check --host`): every interface the file names
+/// must exist — an instance's, a VIP's device, a tracked one (a typo there would hold the
+/// instance in FAULT and fail the director over), lvs_sync_daemon's — each reported at its
+/// position; and the eBPF data plane needs an instance to go on.
+#[test]
+fn interfaces_the_host_lacks_are_errors_at_their_position() {
+    let text = r#"[global]
+lvs_sync_daemon = { interface = "eth8", vrrp_instance = "VI_1" }
+
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+track_interface = ["eth1", "eth9"]
+virtual_ipaddress = ["192.0.2.10/24", "192.0.2.11/24 dev eth7"]
+
+[[vrrp_instance]]
+name = "VI_2"
+interface = "bond5"
+virtual_router_id = 52
+virtual_ipaddress = ["192.0.2.20/24"]
+"#;
+    let path = std::env::temp_dir().join(format!("hlb-host-{}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    let host = config::Host { has_interface: &|i: &str| ["eth0", "eth1"].contains(&i) };
+    assert!(config::load(&path).is_ok(), "the file itself is valid");
+    let e = config::load_for_host(&path, &host).unwrap_err();
+    let lines: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    let p = path.display();
+    let want = [
+        format!("{p}:2:19: lvs_sync_daemon interface \"eth8\" does not exist on this host"),
+        format!("{p}:8:28: track_interface \"eth9\" does not exist on this host"),
+        format!("{p}:9:39: virtual_ipaddress 192.0.2.11/24 dev eth7: device \"eth7\" does not exist on this host"),
+        format!("{p}:13:13: interface \"bond5\" does not exist on this host"),
+    ];
+    assert_eq!(lines, want);
+
+    let lvs_only = "[[virtual_server]]\naddress = \"192.0.2.10\"\nport = 80\n\
+                    [[virtual_server.real_server]]\naddress = \"192.0.2.11\"\n";
+    std::fs::write(&path, lvs_only).unwrap();
+    let e = config::load_for_host(&path, &host).unwrap_err().to_string();
+    assert!(e.contains("dataplane \"xdp\" needs a vrrp_instance"), "{e}");
+    std::fs::write(&path, format!("[global]\ndataplane = \"ipvs\"\n{lvs_only}")).unwrap();
+    config::load_for_host(&path, &host).expect("IPVS needs no instance");
+    let _ = std::fs::remove_file(&path);
+}

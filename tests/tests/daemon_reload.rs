@@ -266,7 +266,12 @@ fn reload_adding_an_instance_needs_its_interface_and_brings_the_data_plane_there
     sighup(&t, &d);
     wait_reloads(&d, 0, 1);
     let log = d.log_text();
-    assert!(log.contains("no such interface on this host: eth2"), "{log}");
+    let path = d.config.display().to_string();
+    let line = line_of(&format!("{base}{extra}"), "interface = \"eth2\"");
+    assert!(
+        has_error_at(&log, &path, line, "interface \"eth2\" does not exist on this host"),
+        "no {path}:{line}:COL error in\n{log}"
+    );
     assert_eq!(d.state("VI_EXTRA"), None, "nothing applied");
 
     // A link of the director's own (a veth pair inside its namespace: nothing leaves it).

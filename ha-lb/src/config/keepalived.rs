@@ -20,20 +20,29 @@ use super::error::{ConfigError, ConfigErrors};
 use super::model::Config;
 use super::to_toml::toml_str;
 use super::toml as native;
+use super::Host;
 
 /// Read and validate a keepalived.conf file (with its includes).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_with(path, None)
+}
+
+pub(crate) fn load_with(path: &Path, host: Option<&Host>) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors::single(path, format!("cannot read the file: {e}")))?;
-    parse_str(&text, path)
+    parse_with(&text, path, host)
 }
 
 /// Parse and validate keepalived.conf text; `origin` names the file in error messages and
 /// is the base for relative `include`s.
 pub fn parse_str(text: &str, origin: &Path) -> Result<Config, ConfigErrors> {
+    parse_with(text, origin, None)
+}
+
+fn parse_with(text: &str, origin: &Path, host: Option<&Host>) -> Result<Config, ConfigErrors> {
     let (lowered, ctx) = lower(text, origin);
     let labels = lowered.line_labels(&ctx.files);
-    let result = native::parse_labelled(&lowered.text(), origin, labels);
+    let result = native::parse_labelled(&lowered.text(), origin, labels, host);
     let mut errors: Vec<(Loc, String)> = ctx.errors;
     if let Err(e) = &result {
         for err in &e.errors {

@@ -26,10 +26,28 @@ pub use model::*;
 /// Read and validate a configuration file: native TOML when its name ends in `.toml`,
 /// keepalived.conf syntax otherwise (e.g. `/etc/keepalived/keepalived.conf`).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_with(path, None)
+}
+
+/// What the host a configuration is to run on has, for [`load_for_host`].
+pub struct Host<'a> {
+    /// Whether a network interface of this name exists.
+    pub has_interface: &'a dyn Fn(&str) -> bool,
+}
+
+/// [`load`], also checking the configuration against this host (every interface it names
+/// exists), with the same `file:line:col` errors: what `run` and a reload use, so that an
+/// instance, a VIP or a tracker on a missing interface is refused before anything is
+/// applied.
+pub fn load_for_host(path: &Path, host: &Host) -> Result<Config, ConfigErrors> {
+    load_with(path, Some(host))
+}
+
+fn load_with(path: &Path, host: Option<&Host>) -> Result<Config, ConfigErrors> {
     if is_toml(path) {
-        self::toml::load(path)
+        self::toml::load_with(path, host)
     } else {
-        keepalived::load(path)
+        keepalived::load_with(path, host)
     }
 }
 

@@ -30,18 +30,23 @@ use toml_edit::TableLike;
 use super::error::{ConfigError, ConfigErrors, Item, Pos, SourceMap};
 use super::model::*;
 use super::validate;
+use super::Host;
 use crate::vrrp::vip::valid_ifname;
 
 /// Read and validate a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_with(path, None)
+}
+
+pub(crate) fn load_with(path: &Path, host: Option<&Host>) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors::single(path, format!("cannot read the file: {e}")))?;
-    parse_str(&text, path)
+    parse_labelled(&text, path, Vec::new(), host)
 }
 
 /// Parse and validate configuration text; `origin` names the file in error messages.
 pub fn parse_str(text: &str, origin: &Path) -> Result<Config, ConfigErrors> {
-    parse_labelled(text, origin, Vec::new())
+    parse_labelled(text, origin, Vec::new(), None)
 }
 
 /// [`parse_str`] for text another front-end generated: `line_labels[N - 1]` is how
@@ -50,6 +55,7 @@ pub(crate) fn parse_labelled(
     text: &str,
     origin: &Path,
     line_labels: Vec<String>,
+    host: Option<&Host>,
 ) -> Result<Config, ConfigErrors> {
     let mut r = Reader::new(text, origin);
     r.map.set_line_labels(line_labels);
@@ -63,7 +69,7 @@ pub(crate) fn parse_labelled(
     };
     let config = r.config(doc.as_table());
     let mut errors = r.errors;
-    errors.extend(validate::validate(&config, &r.map));
+    errors.extend(validate::validate(&config, &r.map, host));
     if errors.is_empty() {
         Ok(config)
     } else {

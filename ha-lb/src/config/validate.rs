@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use super::error::{ConfigError, Item, Pos, SourceMap};
 use super::model::*;
+use super::Host;
 use crate::vrrp::vip::check_label;
 
-pub(crate) fn validate(c: &Config, map: &SourceMap) -> Vec<ConfigError> {
+pub(crate) fn validate(c: &Config, map: &SourceMap, host: Option<&Host>) -> Vec<ConfigError> {
     let mut v = V { map, errors: Vec::new() };
     v.global(c);
     v.names(c);
@@ -19,6 +20,9 @@ pub(crate) fn validate(c: &Config, map: &SourceMap) -> Vec<ConfigError> {
     v.virtual_servers(c);
     if c.global.dataplane.is_ebpf() {
         v.ebpf_capacity(c);
+    }
+    if let Some(h) = host {
+        v.host(c, h);
     }
     v.errors
 }
@@ -488,6 +492,66 @@ impl V<'_> {
                     inst.name
                 ),
             );
+        }
+    }
+
+    /// Every interface the configuration names exists on this host (`load_for_host`: run and
+    /// reload): an instance cannot run on a missing one, a VIP cannot be added there, and a
+    /// tracked one would hold its instance in FAULT — a typo would fail the director over.
+    fn host(&mut self, c: &Config, h: &Host) {
+        // The program goes on instances' interfaces: virtual servers alone have none.
+        if c.global.dataplane.is_ebpf()
+            && c.vrrp_instances.is_empty()
+            && !c.virtual_servers.is_empty()
+        {
+            self.err(
+                self.map.key(Item::Global, "dataplane"),
+                format!(
+                    "dataplane {:?} needs a vrrp_instance: the forwarding program goes on its interface and its VIPs' devices; for virtual servers without VRRP use dataplane \"ipvs\"",
+                    c.global.dataplane.as_str()
+                ),
+            );
+        }
+        let m = self.map;
+        let missing = |name: &str| !(h.has_interface)(name);
+        for (idx, inst) in c.vrrp_instances.iter().enumerate() {
+            let item = Item::VrrpInstance(idx);
+            if !self.ok(item) {
+                continue;
+            }
+            if missing(&inst.interface) {
+                let msg = format!("interface {:?} does not exist on this host", inst.interface);
+                self.err(m.key(item, "interface"), msg);
+            }
+            for (i, t) in inst.track_interface.iter().enumerate() {
+                if missing(&t.interface) {
+                    let msg =
+                        format!("track_interface {:?} does not exist on this host", t.interface);
+                    self.err(m.elem(item, "track_interface", i), msg);
+                }
+            }
+            for (key, list) in [
+                ("virtual_ipaddress", &inst.virtual_ipaddress),
+                ("virtual_ipaddress_excluded", &inst.virtual_ipaddress_excluded),
+            ] {
+                for (i, vip) in list.iter().enumerate() {
+                    let dev = vip.device(&inst.interface);
+                    if dev != inst.interface && missing(dev) {
+                        let msg =
+                            format!("{key} {vip}: device {dev:?} does not exist on this host");
+                        self.err(m.elem(item, key, i), msg);
+                    }
+                }
+            }
+        }
+        if let Some(s) = &c.global.lvs_sync_daemon {
+            if missing(&s.interface) {
+                let msg = format!(
+                    "lvs_sync_daemon interface {:?} does not exist on this host",
+                    s.interface
+                );
+                self.err(m.key(Item::Global, "lvs_sync_daemon"), msg);
+            }
         }
     }
 
