@@ -347,7 +347,11 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 );
             }
             let v6 = config.virtual_servers.iter().any(|v| v.address.is_ipv6());
-            enable_forwarding(&ifaces, v6);
+            // Only a director forwards: a VRRP-only host (the program is there for the
+            // VRRP filter) is not turned into a router.
+            if !config.virtual_servers.is_empty() {
+                enable_forwarding(&ifaces, v6);
+            }
             enable_accept_local(&config, &ifaces);
             let names: Vec<&str> = ifaces.iter().map(String::as_str).collect();
             let mut x = XdpDataplane::attach(&names, hook)
@@ -1068,7 +1072,9 @@ impl Daemon {
             // longer named keep them: a VIP there may still be handed over).
             let wanted = xdp_interfaces(&new);
             let v6 = new.virtual_servers.iter().any(|v| v.address.is_ipv6());
-            enable_forwarding(&wanted, v6);
+            if !new.virtual_servers.is_empty() {
+                enable_forwarding(&wanted, v6);
+            }
             let attached: BTreeSet<String> = x.interfaces().into_iter().map(|(n, _)| n).collect();
             let new_ones = wanted.into_iter().filter(|i| !attached.contains(i)).collect();
             for i in &ethernet_only(new_ones) {

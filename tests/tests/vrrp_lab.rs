@@ -219,6 +219,8 @@ fn vip_on_another_device_is_announced_there_with_its_mac() {
     // And one on a device without link-layer addresses (a tun, as for a VPN's VIP): held,
     // not announced (it used to stop the instance from starting).
     d1.sh("ip tuntap add dev tun7 mode tun && ip link set tun7 up").unwrap();
+    // VRRP only (no virtual_server): the daemon must not turn forwarding on.
+    d1.sysctl("net.ipv4.conf.eth1.forwarding", "0").unwrap();
     // With the eBPF data plane: on every VIP device but the tun, which has no Ethernet
     // header to forward by.
     let cfg = conf("d1", 150, 0.1, &extra)
@@ -242,6 +244,8 @@ fn vip_on_another_device_is_announced_there_with_its_mac() {
     let v6: Ipv6Addr = V6_EXCL_BACK.parse().unwrap();
     assert!(d1.sh("ip -d link show eth1").unwrap().contains("prog/xdp"), "XDP on eth1");
     assert!(!d1.sh("ip -d link show tun7").unwrap().contains("xdp"), "no XDP on the tun");
+    let fwd = d1.sh("cat /proc/sys/net/ipv4/conf/eth1/forwarding").unwrap();
+    assert_eq!(fwd.trim(), "0", "a VRRP-only host is not made a router");
 
     let garps = |frames: &[(std::time::Instant, Vec<u8>)], addr: Ipv4Addr| -> Vec<[u8; 6]> {
         frames
