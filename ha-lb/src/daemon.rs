@@ -41,6 +41,11 @@ use crate::{
     },
 };
 
+/// With connection sync: how long a director waits before it preempts a lower-priority
+/// master (see `Daemon::with_sync_hold`): the master answers a table request at its next
+/// one-second tick.
+const SYNC_PREEMPT_HOLD: Duration = Duration::from_secs(3);
+
 /// Notify hooks get this long before their process group is killed.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -439,6 +444,11 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         (Plane::Xdp(_), Some(s)) => {
             let sock = sync_socket(&s.interface)?;
             info!(interface = %s.interface, vrrp_instance = %s.vrrp_instance, "lvs_sync_daemon: connection sync on {SYNC_GROUP}:{SYNC_PORT}");
+            // Ask a running master for its whole table (see sync::request).
+            let req = crate::sync::request(d.sync_id(s));
+            if sock.try_send_to(&req, (SYNC_GROUP, SYNC_PORT).into()).is_ok() {
+                *d.sync_counters.entry("requests_sent").or_default() += 1;
+            }
             Some(sock)
         }
         _ => None,
@@ -653,6 +663,15 @@ impl Daemon {
             *self.sync_counters.entry("datagrams_other_id").or_default() += 1;
             return;
         }
+        if entries.is_empty() {
+            // A starting director asks for the whole table: the master sends it at its next
+            // tick (everything counts as not sent yet).
+            if self.inst_state.get(&cfg.vrrp_instance) == Some(&State::Master) {
+                self.sync_exporter.reset();
+                *self.sync_counters.entry("requests_answered").or_default() += 1;
+            }
+            return;
+        }
         let Plane::Xdp(x) = &mut self.dataplane else { return };
         match x.import_flows(&entries, bpf::lb::monotonic_ns()) {
             Ok(n) => {
@@ -706,7 +725,8 @@ impl Daemon {
     }
 
     async fn start_instance(&mut self, inst: &VrrpInstance) -> Result<()> {
-        let handle = instance::start(inst, &self.rtnl, self.events_tx.clone()).await?;
+        let handle =
+            instance::start(&self.with_sync_hold(inst), &self.rtnl, self.events_tx.clone()).await?;
         self.learn_links(inst).await;
         let tracker = self.tracker_for(inst);
         info!(instance = %inst.name, interface = %inst.interface, virtual_router_id = inst.virtual_router_id, priority = inst.priority, "vrrp_instance started");
@@ -715,6 +735,25 @@ impl Daemon {
             Running { handle, cfg: inst.clone(), tracker, sent: (false, 0) },
         );
         Ok(())
+    }
+
+    /// `inst` as it runs: with connection sync, an instance of the synced group waits at
+    /// least [`SYNC_PREEMPT_HOLD`] before it preempts a lower-priority master (keepalived's
+    /// `preempt_delay`, armed at start and on first seeing that master), so that a restarted
+    /// director has the master's connection table (it asks for it at start) before it takes
+    /// the VIPs back: otherwise the connections it does not know are scheduled afresh — reset.
+    fn with_sync_hold(&self, inst: &VrrpInstance) -> VrrpInstance {
+        let mut i = inst.clone();
+        let Some(s) = &self.config.global.lvs_sync_daemon else { return i };
+        let synced = inst.name == s.vrrp_instance
+            || self
+                .config
+                .sync_group_of(&s.vrrp_instance)
+                .is_some_and(|g| g.group.contains(&inst.name));
+        if synced && !inst.nopreempt && matches!(self.dataplane, Plane::Xdp(_)) {
+            i.preempt_delay = i.preempt_delay.max(SYNC_PREEMPT_HOLD);
+        }
+        i
     }
 
     /// Looks up the state of `inst`'s interface and tracked interfaces not known yet (later

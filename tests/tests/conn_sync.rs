@@ -54,20 +54,41 @@ fn established_connections_survive_a_failover_with_lvs_sync_daemon() {
     crash(&mut t, &d1);
     eventually(Duration::from_secs(3), "d2 holds both VIPs", || holds_both_vips(&n2)).unwrap();
 
-    for (i, (c, before)) in conns.iter_mut().zip(&names).enumerate() {
-        // The first request after the takeover may need TCP's retransmission.
-        let mut got = c.get();
-        for _ in 0..3 {
-            if got.is_ok() {
-                break;
+    let still_served = |conns: &mut [KeepAlive], when: &str, log: &dyn Fn() -> String| {
+        for (i, (c, before)) in conns.iter_mut().zip(&names).enumerate() {
+            // The first request after a takeover may need TCP's retransmission.
+            let mut got = c.get();
+            for _ in 0..3 {
+                if got.is_ok() {
+                    break;
+                }
+                got = c.get();
             }
-            got = c.get();
+            assert_eq!(
+                got.as_deref().ok(),
+                Some(before.as_str()),
+                "connection {i} (was on {before}) {when}: {got:?}\n{}",
+                log()
+            );
         }
-        assert_eq!(
-            got.as_deref().ok(),
-            Some(before.as_str()),
-            "connection {i} (was on {before}) after the failover: {got:?}\n{}",
-            d2.log_text()
-        );
-    }
+    };
+    still_served(&mut conns, "after the failover", &|| d2.log_text());
+
+    // d1 comes back (a fresh daemon, an empty table) with the higher priority and takes the
+    // VIPs back: it asks d2 for its whole table at start and holds its preemption until it
+    // can have it, so the connections survive the fail-back too (d2 had sent them only
+    // when they were new, and a new director would have scheduled each afresh).
+    n1.ip(&["link", "set", "eth0", "up"]).unwrap();
+    n1.ip(&["link", "set", "eth1", "up"]).unwrap();
+    let d1 = HaLb::start(&mut t.lab, &n1, &s, "d1b", &conf(1, 2, 150, &vs)).unwrap();
+    // (The killed d1 left its VIPs on its links; the new one removes them at start.)
+    eventually(Duration::from_secs(10), "d1 MASTER with both VIPs again", || {
+        d1.state("VI_GATEWAY").as_deref() == Some("MASTER")
+            && d1.state("VI_PUBLIC").as_deref() == Some("MASTER")
+            && holds_both_vips(&n1)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d1.log_text()));
+    eventually(Duration::from_secs(3), "d2 released them", || !holds_both_vips(&n2))
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", d2.log_text(), d1.log_text()));
+    still_served(&mut conns, "after the fail-back", &|| d1.log_text());
 }

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use crate::config::{LbKind, Protocol};
 
 pub use export::Exporter;
-pub use wire::{decode, encode, SyncDecodeError, MAX_DATAGRAM};
+pub use wire::{decode, encode, request, SyncDecodeError, MAX_DATAGRAM};
 
 /// One synchronised connection (a forward entry of `LB_CONNS`, in director-independent terms).
 ///

@@ -137,6 +137,14 @@ fn finish(mut d: Vec<u8>, count: u16, out: &mut Vec<Vec<u8>>) {
     out.push(d);
 }
 
+/// A request for the whole table: a datagram with no entries (which [`encode`] never
+/// sends). A director that starts sends it, so the master sends everything it has at its next
+/// tick rather than only what is new — before the starting director (with the higher
+/// priority, say) takes the VIPs back. Directors that do not know it import nothing from it.
+pub fn request(sync_id: u8) -> Vec<u8> {
+    header(sync_id)
+}
+
 /// Encodes `entries` into as few datagrams of at most [`MAX_DATAGRAM`] bytes as their order
 /// allows (each datagram is filled before the next is started). No entries, no datagrams.
 /// Entries that mix address families cannot be carried and are skipped.
@@ -332,6 +340,14 @@ mod tests {
         let ds = encode(1, &[mixed, v4_entry(), mixed]);
         assert_eq!(ds.len(), 1);
         assert_eq!(decode(&ds[0]).unwrap().1, vec![v4_entry()]);
+    }
+
+    #[test]
+    fn a_request_is_a_datagram_without_entries() {
+        let r = request(7);
+        assert_eq!(r.len(), HEADER_LEN);
+        assert_eq!(decode(&r).unwrap(), (7, Vec::new()));
+        assert!(encode(7, &[]).is_empty(), "encode never sends one");
     }
 
     #[test]
