@@ -400,12 +400,14 @@ impl Drop for AddrWatch {
 /// keepalived log lines that point at a protocol problem. ("received lower priority (N)
 /// advert … - discarding" is not one: it is a preempting backup's normal log line.)
 pub fn keepalived_protocol_errors(log: &str) -> Vec<String> {
+    const WORDS: [&str; 8] =
+        ["bad", "invalid", "checksum", "error", "mismatch", "wrong", "malformed", "unknown"];
     log.lines()
         .filter(|l| {
-            let l = l.to_ascii_lowercase();
-            ["bad", "invalid", "checksum", "error", "mismatch", "wrong", "malformed", "unknown"]
-                .iter()
-                .any(|w| l.contains(w))
+            // Words, not addresses: a link-local address such as fe80::…:bad3 is no complaint.
+            l.split_whitespace()
+                .filter(|t| !t.contains(':') && !t.chars().any(|c| c.is_ascii_digit()))
+                .any(|t| WORDS.iter().any(|w| t.to_ascii_lowercase().contains(w)))
         })
         .map(String::from)
         .collect()
