@@ -102,7 +102,7 @@ pub fn render(s: &Status) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "ha-lb pid {}  up {}s  dataplane {}  config {}  reloads {} ({} rejected)",
+        "ha-lb pid {}  up {}s  dataplane {}  config {}  reloads: {} applied, {} rejected",
         s.pid, s.uptime_secs, s.dataplane, s.config_file, s.reloads, s.reloads_rejected
     );
     let _ = writeln!(o, "\nVRRP instances");
@@ -139,10 +139,19 @@ pub fn render(s: &Status) -> String {
     if s.virtual_servers.is_empty() {
         let _ = writeln!(o, "  (none)");
     } else {
+        let _ = writeln!(o, "  Prot LocalAddress:Port Scheduler Flags");
         let _ = writeln!(
             o,
-            "  Prot LocalAddress:Port Scheduler Flags\n    -> RemoteAddress:Port{:>14} {:>6} {:>6} {:>10} {:>9} {:>9} {:>8} {:>10} {:>12}",
-            "Forward", "Weight", "Health", "ActiveConn", "InActConn", "Conns", "Packets", "Bytes", ""
+            "    -> {:<28} {:<7} {:>6} {:>6} {:>10} {:>9} {:>9} {:>8} {:>10}",
+            "RemoteAddress:Port",
+            "Forward",
+            "Weight",
+            "Health",
+            "ActiveConn",
+            "InActConn",
+            "Conns",
+            "Packets",
+            "Bytes"
         );
         for v in &s.virtual_servers {
             let mut flags = Vec::new();
@@ -165,7 +174,7 @@ pub fn render(s: &Status) -> String {
                 };
                 let _ = writeln!(
                     o,
-                    "    -> {:<28} {:<6} {:>6} {:>6} {:>10} {:>9} {:>9} {:>8} {:>10}",
+                    "    -> {:<28} {:<7} {:>6} {:>6} {:>10} {:>9} {:>9} {:>8} {:>10}",
                     addr,
                     lb_kind_short(&v.lb_kind),
                     r.weight,
@@ -255,6 +264,15 @@ mod tests {
         let rs = t.lines().find(|l| l.contains("-> 198.18.1.1:80")).unwrap();
         let cols: Vec<&str> = rs.split_whitespace().collect();
         assert_eq!(cols[2..7], ["Masq", "3", "up", "2", "0"], "{rs}");
+        // Each value under its header (the header used to be 2 columns off).
+        let head = t.lines().find(|l| l.contains("RemoteAddress:Port")).unwrap();
+        assert_eq!(head.find("Forward"), rs.find("Masq"), "\n{head}\n{rs}");
+        assert_eq!(head.trim_end(), head, "no trailing blanks");
+        for (h, v) in [("Weight", " 3 "), ("ActiveConn", " 2 ")] {
+            let end = head.find(h).unwrap() + h.len();
+            assert_eq!(rs[..end].trim_end().len(), end, "{h} right-aligned over its value");
+            assert!(rs[..end + 1].ends_with(v), "{h}: {rs}");
+        }
         assert!(t.contains("VRRP filter: bad_ttl=1 passed=7"));
         assert!(t.contains("Forwarding: nat_in=12 other_host=2"));
         assert!(t.contains("Flow cache: fills=2 hits=10"));
