@@ -43,6 +43,9 @@ enum Cmd {
         /// The configuration file (keepalived.conf when its name does not end in `.toml`).
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Files to check instead of `--config` (e.g. `ha-lb check conf/*.toml`); the exit
+        /// status is 1 if any is invalid.
+        files: Vec<PathBuf>,
         /// Also check it against this host, as `run` and `reload` do: every interface it
         /// names (instances, VIP devices, track_interface, lvs_sync_daemon) must exist.
         #[arg(long)]
@@ -61,16 +64,42 @@ enum Cmd {
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
-        /// Control socket of the daemon.
-        #[arg(long, default_value = config::DEFAULT_CONTROL_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        daemon: DaemonSocket,
     },
     /// Ask the running daemon to reload its configuration (same as SIGHUP), and report
     /// whether it was applied or rejected.
     Reload {
-        #[arg(long, default_value = config::DEFAULT_CONTROL_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        daemon: DaemonSocket,
     },
+}
+
+/// Where the running daemon answers: `--socket`, else the `control_socket` of `--config`,
+/// else the default socket.
+#[derive(clap::Args, Debug)]
+struct DaemonSocket {
+    /// Control socket of the daemon.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// The daemon's configuration file: its `control_socket` is used.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+}
+
+impl DaemonSocket {
+    fn path(&self) -> Result<PathBuf, ExitCode> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        match &self.config {
+            None => Ok(PathBuf::from(config::DEFAULT_CONTROL_SOCKET)),
+            Some(f) => config::load(f).map(|c| c.global.control_socket).map_err(|e| {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -105,22 +134,26 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Check { config, host } => {
-            match if host { ha_lb::daemon::load_here(&config) } else { config::load(&config) } {
-                Ok(c) => {
-                    println!(
+        Cmd::Check { config, files, host } => {
+            let files = if files.is_empty() { vec![config] } else { files };
+            let mut status = ExitCode::SUCCESS;
+            for config in files {
+                let loaded =
+                    if host { ha_lb::daemon::load_here(&config) } else { config::load(&config) };
+                match loaded {
+                    Ok(c) => println!(
                         "{}: valid ({} vrrp_instance, {} virtual_server)",
                         config.display(),
                         c.vrrp_instances.len(),
                         c.virtual_servers.len()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
+                    ),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        status = ExitCode::FAILURE;
+                    }
                 }
             }
+            status
         }
         Cmd::Convert { file } => match config::load(&file) {
             Ok(c) => {
@@ -137,7 +170,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Status { json, socket } => {
+        Cmd::Status { json, daemon } => {
+            let socket = match daemon.path() {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
             match control::request(&socket, &Request::Status, Duration::from_secs(5)) {
                 Ok(Response::Status(s)) => {
                     if json {
@@ -150,7 +187,11 @@ fn main() -> ExitCode {
                 other => request_failed(other),
             }
         }
-        Cmd::Reload { socket } => {
+        Cmd::Reload { daemon } => {
+            let socket = match daemon.path() {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
             match control::request(&socket, &Request::Reload, Duration::from_secs(30)) {
                 Ok(Response::Reloaded) => {
                     println!("reloaded");

@@ -6,7 +6,7 @@
 
 mod daemon_support;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use daemon_support::*;
 use ha_lb_lab::{
@@ -55,13 +55,10 @@ fn wait_reloads(d: &HaLb, reloads: u64, rejected: u64) {
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
 }
 
-/// `ha-lb reload --socket S`: (success, stdout, stderr).
-fn cli_reload(socket: &Path) -> (bool, String, String) {
-    let out = Command::new(bin_path("ha-lb").unwrap())
-        .args(["reload", "--socket"])
-        .arg(socket)
-        .output()
-        .unwrap();
+/// `ha-lb reload ARGS` (`--socket S`, or `-c CONFIG` to use its control_socket): (success,
+/// stdout, stderr).
+fn cli_reload(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = Command::new(bin_path("ha-lb").unwrap()).arg("reload").args(args).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -155,7 +152,7 @@ fn cli_reload_adds_and_removes_real_servers() {
 
     let good = conf("rr", "", &[rs(2, 1), rs(3, 1)]);
     rewrite(&d, &good);
-    let (ok, out, err) = cli_reload(&d.socket);
+    let (ok, out, err) = cli_reload(&["--socket".as_ref(), d.socket.as_os_str()]);
     assert!(ok, "ha-lb reload failed: {out}{err}");
     assert_eq!(out.trim(), "reloaded");
     assert_eq!(counter(&d, "reloads"), Some(1), "the answer comes after the reload is applied");
@@ -167,10 +164,14 @@ fn cli_reload_adds_and_removes_real_servers() {
     assert_eq!(names(&m), ["rs2", "rs3"], "new connections only on rs2 and rs3: {m:?}");
     assert!((8..=12).contains(&m["rs3"]), "rr over the new pair: {m:?}");
 
+    // A valid copy that names the daemon's socket, for `reload -c`.
+    let good_file = s.dir.join("good-copy.toml");
+    std::fs::copy(&d.config, &good_file).unwrap();
     let bad = good.replacen("weight = 1\n", "weight = \"heavy\"\n", 1);
     let bad_line = line_of(&full(&bad), "weight = \"heavy\"");
     rewrite(&d, &bad);
-    let (ok, out, err) = cli_reload(&d.socket);
+    // The daemon's own file names its socket (`-c`); the file is what the daemon rejects.
+    let (ok, out, err) = cli_reload(&["-c".as_ref(), good_file.as_os_str()]);
     assert!(!ok, "ha-lb reload of an invalid file must fail: {out}");
     let path = d.config.display().to_string();
     assert!(
