@@ -55,6 +55,8 @@ struct Running {
     tracker: Tracker,
     /// What was last sent to the instance: (fault, priority adjustment).
     sent: (bool, i32),
+    /// Why it is held in FAULT (status), when it is.
+    fault_reason: Option<String>,
 }
 
 /// The data plane in use.
@@ -732,7 +734,7 @@ impl Daemon {
         info!(instance = %inst.name, interface = %inst.interface, virtual_router_id = inst.virtual_router_id, priority = inst.priority, "vrrp_instance started");
         self.instances.insert(
             inst.name.clone(),
-            Running { handle, cfg: inst.clone(), tracker, sent: (false, 0) },
+            Running { handle, cfg: inst.clone(), tracker, sent: (false, 0), fault_reason: None },
         );
         Ok(())
     }
@@ -936,16 +938,18 @@ impl Daemon {
             let (own_fault, adjust, why) = r.tracker.result();
             let group = self.config.sync_group_of(name).map(|g| g.name.clone());
             let fault = own_fault || group.as_ref().map(|g| group_fault[g]).unwrap_or(false);
+            r.fault_reason = fault.then(|| {
+                if why.is_empty() {
+                    format!("sync group {}", group.clone().unwrap_or_default())
+                } else {
+                    why.join(", ")
+                }
+            });
             if (fault, adjust) == r.sent {
                 continue;
             }
             if fault != r.sent.0 {
-                if fault {
-                    let why = if why.is_empty() {
-                        format!("sync group {}", group.unwrap_or_default())
-                    } else {
-                        why.join(", ")
-                    };
+                if let Some(why) = &r.fault_reason {
                     warn!(instance = %name, reason = %why, "entering FAULT");
                 } else {
                     info!(instance = %name, "tracking recovered; leaving FAULT");
@@ -1369,6 +1373,7 @@ impl Daemon {
                     .unwrap_or(inst.priority),
                 master: snap.as_ref().and_then(|s| s.master).map(|a| a.to_string()),
                 virtual_ipaddress: inst.virtual_ipaddress.iter().map(|v| v.to_string()).collect(),
+                fault_reason: self.instances.get(&inst.name).and_then(|r| r.fault_reason.clone()),
                 virtual_ipaddress_excluded: inst
                     .virtual_ipaddress_excluded
                     .iter()

@@ -48,6 +48,10 @@ pub struct InstanceStatus {
     /// Address of the current master, when known.
     pub master: Option<String>,
     pub virtual_ipaddress: Vec<String>,
+    /// Why the instance is held in FAULT (a tracked interface, script or file, or its sync
+    /// group), when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_reason: Option<String>,
     /// Held with the instance like its VIPs, not advertised.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub virtual_ipaddress_excluded: Vec<String>,
@@ -133,6 +137,11 @@ pub fn render(s: &Status) -> String {
                     .collect::<Vec<_>>()
                     .join(" ")
             );
+        }
+    }
+    for i in s.vrrp_instances.iter() {
+        if let Some(r) = &i.fault_reason {
+            let _ = writeln!(o, "  {} is held in FAULT by: {r}", i.name);
         }
     }
     let _ = writeln!(o, "\nVirtual servers");
@@ -227,6 +236,7 @@ mod tests {
                 master: Some("198.18.0.1".into()),
                 virtual_ipaddress: vec!["198.18.0.100/24".into()],
                 virtual_ipaddress_excluded: vec!["2001:db8::10/64".into()],
+                fault_reason: Some("track_interface eth1".into()),
                 ..Default::default()
             }],
             virtual_servers: vec![VirtualServerStatus {
@@ -260,6 +270,7 @@ mod tests {
         assert!(t.contains("VI_1"), "{t}");
         assert!(t.contains("MASTER"));
         assert!(t.contains("198.18.0.100/24 2001:db8::10/64 (excluded)"), "{t}");
+        assert!(t.contains("VI_1 is held in FAULT by: track_interface eth1"), "{t}");
         assert!(t.contains("TCP  198.18.0.100:80 wrr"), "{t}");
         let rs = t.lines().find(|l| l.contains("-> 198.18.1.1:80")).unwrap();
         let cols: Vec<&str> = rs.split_whitespace().collect();

@@ -366,6 +366,12 @@ fn track_script(weight: i32) {
         "took {took:?}"
     );
     assert_eq!(eff, Some(if weight == 0 { 150 } else { (150 + weight) as u64 }));
+    let why = field(&a, "fault_reason");
+    if weight == 0 {
+        assert_eq!(why.as_str(), Some("track_script chk"), "status says why");
+    } else {
+        assert!(why.is_null(), "not in FAULT: {why}");
+    }
     let held = hold_pattern(&[&d1, &d2], Duration::from_millis(700));
     assert_eq!(held, vec![Never, Always], "VIP while d1's script fails");
 
