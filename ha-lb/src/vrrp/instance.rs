@@ -215,7 +215,7 @@ async fn execute<T: VrrpTransport, V: VipManager>(
                     instance = %p.name,
                     from = from.as_str(),
                     to = to.as_str(),
-                    reason = ?reason,
+                    %reason,
                     priority = p.machine.effective_priority(),
                     "VRRP state change"
                 );

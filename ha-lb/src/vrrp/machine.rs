@@ -336,6 +336,30 @@ pub enum Reason {
     ShutdownForced,
 }
 
+/// For logs and operators: what happened, in words (`Debug` is Rust's syntax).
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Startup => f.write_str("startup"),
+            Reason::AddressOwner => f.write_str("address owner (priority 255)"),
+            Reason::MasterDown => f.write_str("no advert from a master for Master_Down_Interval"),
+            Reason::MasterStopped { from } => write!(f, "master {from} stopped (priority 0)"),
+            Reason::Preempt { from, priority } => {
+                write!(f, "preempted master {from} (priority {priority})")
+            }
+            Reason::HigherPriority { from, priority } => {
+                write!(f, "higher-priority master {from} (priority {priority})")
+            }
+            Reason::FaultSet => f.write_str("fault (tracking)"),
+            Reason::FaultCleared => f.write_str("fault cleared"),
+            Reason::Shutdown => f.write_str("shutdown"),
+            Reason::PeerTookOver { from } => write!(f, "{from} took over"),
+            Reason::StopTimeout => f.write_str("nobody took over within the stop timeout"),
+            Reason::ShutdownForced => f.write_str("shutdown forced"),
+        }
+    }
+}
+
 /// What the driver must do. Execute in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -1159,11 +1183,12 @@ impl Machine {
             State::Fault => self.counters.became_fault += 1,
             _ => {}
         }
-        info!(
+        // The driver logs it for operators, with the instance's name.
+        debug!(
             virtual_router_id = self.cfg.virtual_router_id,
             from = from.as_str(),
             to = to.as_str(),
-            ?reason,
+            %reason,
             "VRRP state change"
         );
         self.actions.push_back(Action::StateChanged { from, to, reason });
