@@ -450,19 +450,21 @@ mod tests {
         ));
     }
 
-    /// Found by review: a script still running when its caller was dropped (the daemon
-    /// stopping) outlived the daemon.
-    #[tokio::test]
-    async fn a_dropped_run_kills_the_whole_group() {
-        let dir = std::env::temp_dir().join(format!("ha-lb-script-drop-{}", std::process::id()));
+    /// A script that starts a grandchild (`sleep 30`) in its group and waits for it, the
+    /// file the grandchild's pid goes to, and the directory to remove afterwards.
+    fn grandchild_script(tag: &str) -> (Vec<String>, std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("ha-lb-script-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let pidfile = dir.join("grandchild.pid");
+        // The grandchild ignores nothing but would outlive its parent without the group kill.
         let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
-        let opts = RunOptions::with_timeout(Duration::from_secs(60));
-        let argv = sh(&script);
-        let dropped = tokio::time::timeout(Duration::from_millis(300), run(&argv, &opts));
-        assert!(dropped.await.is_err(), "still running when dropped");
-        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        (sh(&script), pidfile, dir)
+    }
+
+    /// The grandchild whose pid is in `pidfile` is gone within a second (reaped by init, or a
+    /// zombie at worst; never still sleeping).
+    fn assert_grandchild_gone(pidfile: &std::path::Path, what: &str) {
+        let pid: i32 = std::fs::read_to_string(pidfile).unwrap().trim().parse().unwrap();
         let gone = (0..50).any(|_| {
             let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .map(|s| !s.contains(") Z "))
@@ -472,35 +474,31 @@ mod tests {
             }
             !alive
         });
-        assert!(gone, "grandchild {pid} survived");
+        assert!(gone, "grandchild {pid} survived {what}");
+    }
+
+    /// Found by review: a script still running when its caller was dropped (the daemon
+    /// stopping) outlived the daemon.
+    #[tokio::test]
+    async fn a_dropped_run_kills_the_whole_group() {
+        let (argv, pidfile, dir) = grandchild_script("drop");
+        let opts = RunOptions::with_timeout(Duration::from_secs(60));
+        let dropped = tokio::time::timeout(Duration::from_millis(300), run(&argv, &opts));
+        assert!(dropped.await.is_err(), "still running when dropped");
+        assert_grandchild_gone(&pidfile, "the drop");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
     async fn timeout_kills_the_whole_group() {
-        let dir = std::env::temp_dir().join(format!("ha-lb-script-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let pidfile = dir.join("grandchild.pid");
-        // The grandchild ignores nothing but would outlive its parent without the group kill.
-        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let (argv, pidfile, dir) = grandchild_script("timeout");
         let mut opts = RunOptions::with_timeout(Duration::from_millis(300));
         opts.kill_grace = Duration::from_millis(200);
         let t0 = Instant::now();
-        let o = run(&sh(&script), &opts).await;
+        let o = run(&argv, &opts).await;
         assert!(matches!(o, ScriptOutcome::TimedOut { .. }), "{o:?}");
         assert!(t0.elapsed() < Duration::from_secs(5));
-        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-        // Reaped by init or a zombie at worst; never still sleeping.
-        let gone = (0..50).any(|_| {
-            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| !s.contains(") Z "))
-                .unwrap_or(false);
-            if alive {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            !alive
-        });
-        assert!(gone, "grandchild {pid} survived the timeout");
+        assert_grandchild_gone(&pidfile, "the timeout");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
