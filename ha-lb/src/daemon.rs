@@ -44,7 +44,11 @@ use crate::{
 /// With connection sync: how long a director waits before it preempts a lower-priority
 /// master (see `Daemon::with_sync_hold`): the master answers a table request at its next
 /// one-second tick.
-const SYNC_PREEMPT_HOLD: Duration = Duration::from_secs(3);
+const SYNC_PREEMPT_HOLD: Duration = Duration::from_secs(5);
+
+/// With connection sync: how many one-second ticks a starting director asks for the master's
+/// table (the first request can go out before its link is fully up).
+const SYNC_REQUESTS: u8 = 3;
 
 /// Notify hooks get this long before their process group is killed.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -283,6 +287,8 @@ pub struct Daemon {
     /// instance was MASTER at the last tick (becoming MASTER sends the whole table again).
     sync_exporter: crate::sync::Exporter,
     sync_was_master: bool,
+    /// Table requests a starting director has still to send (see `sync_request`).
+    sync_requests_left: u8,
     sync_counters: BTreeMap<&'static str, u64>,
 }
 
@@ -428,6 +434,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         restart_tx,
         sync_exporter: crate::sync::Exporter::new(),
         sync_was_master: false,
+        sync_requests_left: 0,
         sync_counters: BTreeMap::new(),
     };
     d.reconcile("start-up");
@@ -446,11 +453,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         (Plane::Xdp(_), Some(s)) => {
             let sock = sync_socket(&s.interface)?;
             info!(interface = %s.interface, vrrp_instance = %s.vrrp_instance, "lvs_sync_daemon: connection sync on {SYNC_GROUP}:{SYNC_PORT}");
-            // Ask a running master for its whole table (see sync::request).
-            let req = crate::sync::request(d.sync_id(s));
-            if sock.try_send_to(&req, (SYNC_GROUP, SYNC_PORT).into()).is_ok() {
-                *d.sync_counters.entry("requests_sent").or_default() += 1;
-            }
+            // Ask a running master for its whole table (see sync::request), now and at the
+            // next ticks.
+            d.sync_requests_left = SYNC_REQUESTS;
+            d.sync_request(&sock);
             Some(sock)
         }
         _ => None,
@@ -603,8 +609,10 @@ impl Daemon {
         let master = self.inst_state.get(&cfg.vrrp_instance) == Some(&State::Master);
         if !master {
             self.sync_was_master = false;
+            self.sync_request(sock);
             return;
         }
+        self.sync_requests_left = 0;
         if !self.sync_was_master {
             self.sync_exporter.reset();
             self.sync_was_master = true;
@@ -648,6 +656,23 @@ impl Daemon {
             }
         }
         *self.sync_counters.entry("connections_sent").or_default() += entries.len() as u64;
+    }
+
+    /// Asks the master for its whole table (see `sync::request`), while requests are left.
+    fn sync_request(&mut self, sock: &tokio::net::UdpSocket) {
+        let Some(cfg) = &self.config.global.lvs_sync_daemon else { return };
+        if self.sync_requests_left == 0 {
+            return;
+        }
+        self.sync_requests_left -= 1;
+        let req = crate::sync::request(self.sync_id(cfg));
+        match sock.try_send_to(&req, (SYNC_GROUP, SYNC_PORT).into()) {
+            Ok(_) => *self.sync_counters.entry("requests_sent").or_default() += 1,
+            Err(e) => {
+                *self.sync_counters.entry("send_errors").or_default() += 1;
+                tracing::debug!(error = %e, "lvs_sync_daemon: table request not sent");
+            }
+        }
     }
 
     /// A sync datagram from another director: its connections go into the table.

@@ -183,6 +183,63 @@ pub fn bin_path(name: &str) -> Result<PathBuf> {
     )
 }
 
+/// A keep-alive HTTP/1.1 connection from inside a node to a server: several requests, one
+/// TCP connection (what a connection-tracking failover must keep).
+pub struct KeepAlive {
+    r: std::io::BufReader<std::net::TcpStream>,
+    w: std::net::TcpStream,
+    host: String,
+}
+
+impl KeepAlive {
+    /// Opens one from inside `node` to `addr`; `prepare` runs first, on the thread that
+    /// connects (inside the namespace: to pin it to a CPU, say).
+    pub fn open(node: &Node, addr: SocketAddr, prepare: fn()) -> Result<KeepAlive> {
+        node.run(move || -> Result<KeepAlive> {
+            prepare();
+            let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            KeepAlive::over(s, addr)
+        })?
+    }
+
+    /// One over an open connection to `addr`.
+    pub fn over(s: std::net::TcpStream, addr: SocketAddr) -> Result<KeepAlive> {
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.set_nodelay(true)?;
+        let host = addr.ip().to_string();
+        Ok(KeepAlive { w: s.try_clone()?, r: std::io::BufReader::new(s), host })
+    }
+
+    /// One GET on this connection; the body (the lab's real servers answer their name).
+    pub fn get(&mut self) -> Result<String> {
+        use std::io::{BufRead, Read, Write};
+        self.w.write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", self.host).as_bytes())?;
+        let mut status = String::new();
+        if self.r.read_line(&mut status)? == 0 {
+            bail!("connection closed by the peer");
+        }
+        if !status.starts_with("HTTP/1.1 200") {
+            bail!("unexpected status line {status:?}");
+        }
+        let mut len = None;
+        loop {
+            let mut h = String::new();
+            if self.r.read_line(&mut h)? == 0 {
+                bail!("connection closed in the headers");
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = Some(v.trim().parse::<usize>()?);
+            }
+            if h == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len.context("no Content-Length")?];
+        self.r.read_exact(&mut body)?;
+        Ok(String::from_utf8_lossy(&body).trim().to_string())
+    }
+}
+
 /// One HTTP/1.1 GET from inside `node` to `addr`, on a new connection. Returns the body.
 pub fn http_get(node: &Node, addr: SocketAddr, timeout: Duration) -> Result<String> {
     node.run(move || -> Result<String> {

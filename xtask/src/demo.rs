@@ -17,11 +17,38 @@ use std::{
 use anyhow::{bail, Context, Result};
 use ha_lb_lab::{
     daemon::{eventually, holds, HaLb, Scratch},
-    topology::{http_get, DirectorLab, Mode, HTTP_PORT, VIP},
+    topology::{http_get, DirectorLab, KeepAlive, Mode, HTTP_PORT, VIP},
 };
 
 const VIP_S: &str = "198.18.0.100";
 const GW_S: &str = "198.19.0.254";
+
+/// Keep-alive connections opened through the master, and the real server each was on.
+struct Established(Vec<(KeepAlive, String)>);
+
+impl Established {
+    fn open(t: &DirectorLab, n: usize) -> Result<Established> {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            let mut c = KeepAlive::open(&t.client, vip(), || {})?;
+            let on = c.get()?;
+            v.push((c, on));
+        }
+        Ok(Established(v))
+    }
+
+    /// One more request on each (TCP may need a retransmission right after a takeover):
+    /// how many were answered by the real server they were on.
+    fn still_served(&mut self) -> usize {
+        let mut n = 0;
+        for (c, on) in self.0.iter_mut() {
+            if (0..3).any(|_| c.get().is_ok_and(|got| got == *on)) {
+                n += 1;
+            }
+        }
+        n
+    }
+}
 
 fn say(s: &str) {
     println!("\n== {s}");
@@ -219,6 +246,9 @@ pub fn run(root: &Path, dataplane: &str) -> Result<()> {
     print_spread(&spread(&t, 60));
 
     say("The master dies: kill -9 of lb1 and its links go down, while the client keeps sending");
+    // Established connections too: lb1 sends its connections to lb2 (lvs_sync_daemon).
+    let mut established = Established::open(&t, 6)?;
+    std::thread::sleep(Duration::from_millis(1500));
     let traffic = Traffic::start(&t);
     std::thread::sleep(Duration::from_millis(1000));
     let killed_at = traffic.now();
@@ -237,10 +267,15 @@ pub fn run(root: &Path, dataplane: &str) -> Result<()> {
         Some((a, b, n)) => println!("   client: {n} requests failed between +{:.2}s and +{:.2}s after the kill; {ok} succeeded after it", (a - killed_at).as_secs_f64(), (b - killed_at).as_secs_f64()),
         None => println!("   client: no request failed; {ok} succeeded after the kill"),
     }
+    println!(
+        "   {} of {} keep-alive connections opened through lb1 went on through lb2, each with its real server (connection sync)",
+        established.still_served(),
+        established.0.len()
+    );
     print_status(&lb2);
     print_spread(&spread(&t, 60));
 
-    say("lb1 comes back (links up, daemon restarted): it preempts and takes the VIPs back");
+    say("lb1 comes back (links up, daemon restarted): it asks lb2 for its connections, then preempts and takes the VIPs back");
     d1n.ip(&["link", "set", "eth0", "up"])?;
     d1n.ip(&["link", "set", "eth1", "up"])?;
     let lb1 = HaLb::start(
@@ -251,11 +286,20 @@ pub fn run(root: &Path, dataplane: &str) -> Result<()> {
         &director_conf(root, "two-node-master.toml", dataplane)?,
     )?;
     let t0 = Instant::now();
-    eventually(Duration::from_secs(15), "lb1 holds both VIPs again", || {
-        holds(&d1n, "eth0", VIP_S) && holds(&d1n, "eth1", GW_S)
+    // (kill -9 left lb1's VIPs on its links; the new daemon removes them at start.)
+    eventually(Duration::from_secs(15), "lb1 MASTER with both VIPs again", || {
+        lb1.state("VI_PUBLIC").as_deref() == Some("MASTER")
+            && lb1.state("VI_GATEWAY").as_deref() == Some("MASTER")
+            && holds(&d1n, "eth0", VIP_S)
+            && holds(&d1n, "eth1", GW_S)
     })?;
     eventually(Duration::from_secs(5), "lb2 released them", || !holds(&d2n, "eth0", VIP_S))?;
     println!("   lb1 is MASTER again after {:.1?}; lb2 is BACKUP", t0.elapsed());
+    println!(
+        "   {} of {} keep-alive connections still answered by their real server, now through lb1",
+        established.still_served(),
+        established.0.len()
+    );
     eventually(Duration::from_secs(5), "lb1's checks see rs1 and rs3 up, rs2 down", || {
         lb1.status()
             .map(|s| {

@@ -10,7 +10,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
     process::Command,
     sync::{
@@ -20,10 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use ha_lb_lab::{
     daemon::{eventually, holds, HaLb, Scratch},
-    topology::{bin_path, http_get, DirectorLab, HTTP_PORT, VIP},
+    topology::{self as lab, bin_path, http_get, DirectorLab, HTTP_PORT, VIP},
     Node,
 };
 
@@ -246,26 +245,16 @@ pub fn spread(client: &Node, n: usize) -> BTreeMap<String, usize> {
 fn get_once(addr: SocketAddr, timeout: Duration) -> Result<String> {
     let s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
-    let mut c = KeepAlive { w: s.try_clone()?, r: BufReader::new(s) };
-    c.get()
+    lab::KeepAlive::over(s, addr)?.get()
 }
 
-/// A keep-alive HTTP/1.1 connection from the client to the VIP: several requests, one TCP
-/// connection.
-pub struct KeepAlive {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
+/// A keep-alive HTTP/1.1 connection from the client to the VIP (`ha_lb_lab`'s, opened on
+/// CPU 0, see [`pin_to_cpu0`]).
+pub struct KeepAlive(lab::KeepAlive);
 
 impl KeepAlive {
     pub fn open(client: &Node) -> Result<KeepAlive> {
-        client.run(|| -> Result<KeepAlive> {
-            pin_to_cpu0();
-            let s = TcpStream::connect_timeout(&vip(), Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            s.set_nodelay(true)?;
-            Ok(KeepAlive { w: s.try_clone()?, r: BufReader::new(s) })
-        })?
+        lab::KeepAlive::open(client, vip(), pin_to_cpu0).map(KeepAlive)
     }
 
     /// Opens keep-alive connections until one is answered by `want` (at most 20 tries).
@@ -281,30 +270,7 @@ impl KeepAlive {
 
     /// One GET on this connection; the answering real server's name.
     pub fn get(&mut self) -> Result<String> {
-        self.w.write_all(format!("GET / HTTP/1.1\r\nHost: {VIP_S}\r\n\r\n").as_bytes())?;
-        let mut status = String::new();
-        if self.r.read_line(&mut status)? == 0 {
-            bail!("connection closed by the peer");
-        }
-        if !status.starts_with("HTTP/1.1 200") {
-            bail!("unexpected status line {status:?}");
-        }
-        let mut len = None;
-        loop {
-            let mut h = String::new();
-            if self.r.read_line(&mut h)? == 0 {
-                bail!("connection closed in the headers");
-            }
-            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = Some(v.trim().parse::<usize>()?);
-            }
-            if h == "\r\n" {
-                break;
-            }
-        }
-        let mut body = vec![0u8; len.context("no Content-Length")?];
-        self.r.read_exact(&mut body)?;
-        Ok(String::from_utf8_lossy(&body).trim().to_string())
+        self.0.get()
     }
 }
 
