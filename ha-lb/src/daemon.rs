@@ -128,8 +128,14 @@ fn ethernet_only(ifaces: Vec<String>) -> Vec<String> {
 }
 
 /// `bpf_fib_lookup` only forwards on interfaces with forwarding on: enable it where the
-/// forwarding program is attached (an LVS director forwards by definition).
-fn enable_forwarding(ifaces: &[String], ipv6: bool) {
+/// forwarding program is attached (an LVS director forwards by definition; IPv6 too once
+/// `config` has an IPv6 service). Only a director: a VRRP-only host (the program is there for
+/// the VRRP filter) is not turned into a router.
+fn enable_forwarding(config: &Config, ifaces: &[String]) {
+    if config.virtual_servers.is_empty() {
+        return;
+    }
+    let ipv6 = config.virtual_servers.iter().any(|v| v.address.is_ipv6());
     for i in ifaces {
         let mut paths = vec![format!("/proc/sys/net/ipv4/conf/{i}/forwarding")];
         if ipv6 {
@@ -359,12 +365,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     xdp_interfaces(&config).join(", ")
                 );
             }
-            let v6 = config.virtual_servers.iter().any(|v| v.address.is_ipv6());
-            // Only a director forwards: a VRRP-only host (the program is there for the
-            // VRRP filter) is not turned into a router.
-            if !config.virtual_servers.is_empty() {
-                enable_forwarding(&ifaces, v6);
-            }
+            enable_forwarding(&config, &ifaces);
             enable_accept_local(&config, &ifaces);
             let names: Vec<&str> = ifaces.iter().map(String::as_str).collect();
             let mut x = XdpDataplane::attach(&names, hook)
@@ -891,8 +892,7 @@ impl Daemon {
             }
             keep
         });
-        let scripts: BTreeSet<&str> = used_scripts;
-        self.script_ok.retain(|n, _| scripts.contains(n.as_str()));
+        self.script_ok.retain(|n, _| used_scripts.contains(n.as_str()));
         self.file_value.retain(|n, _| used_files.contains(n.as_str()));
     }
 
@@ -1139,10 +1139,7 @@ impl Daemon {
             // New instances and VIP devices get the forwarding program and forwarding (ones no
             // longer named keep them: a VIP there may still be handed over).
             let wanted = xdp_interfaces(&new);
-            let v6 = new.virtual_servers.iter().any(|v| v.address.is_ipv6());
-            if !new.virtual_servers.is_empty() {
-                enable_forwarding(&wanted, v6);
-            }
+            enable_forwarding(&new, &wanted);
             let attached: BTreeSet<String> = x.interfaces().into_iter().map(|(n, _)| n).collect();
             let new_ones = wanted.into_iter().filter(|i| !attached.contains(i)).collect();
             for i in &ethernet_only(new_ones) {
