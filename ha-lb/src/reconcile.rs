@@ -29,9 +29,7 @@ use std::{
 };
 
 use crate::{
-    config::model::{
-        CheckKind, Config, HealthCheck, LbAlgo, LbKind, VirtualServer, VirtualServerKey,
-    },
+    config::model::{Config, LbAlgo, LbKind, VirtualServer, VirtualServerKey},
     dataplane::{DesiredState, RealServerSpec, ServiceSpec},
 };
 
@@ -133,9 +131,9 @@ impl Reconciler {
                     // reload (changed or not), and so does this.
                     Some(h) if rs.check.is_some() && checked_before.contains(&k) => Health {
                         // A weight only a misc_dynamic check gives (and keeps giving).
-                        dynamic_weight: h.dynamic_weight.filter(|_| {
-                            matches!(&rs.check, Some(HealthCheck { kind: CheckKind::Misc(m), .. }) if m.misc_dynamic)
-                        }),
+                        dynamic_weight: h
+                            .dynamic_weight
+                            .filter(|_| rs.check.as_ref().is_some_and(|c| c.is_dynamic())),
                         ..*h
                     },
                     // A check added by the reload starts where its checker starts (with
@@ -177,8 +175,7 @@ impl Reconciler {
         else {
             return false;
         };
-        let dynamic = matches!(&check.kind, CheckKind::Misc(m) if m.misc_dynamic);
-        let dynamic_weight = dynamic_weight.filter(|_| dynamic);
+        let dynamic_weight = dynamic_weight.filter(|_| check.is_dynamic());
         let Some(h) = self.health.get_mut(&(*vs, rs)) else { return false };
         let new = Health { up, dynamic_weight, initial: false };
         if *h == new {
@@ -285,6 +282,12 @@ mod tests {
     use super::*;
     use crate::config;
 
+    /// The TCP_CHECK of real servers 11 and 12 in [`cfg_text`].
+    const CHECK: &str = "[virtual_server.real_server.TCP_CHECK]\nconnect_timeout = 1\n";
+    /// A misc_dynamic MISC_CHECK (its exit status gives the weight), to put in its place.
+    const DYNAMIC: &str =
+        "[virtual_server.real_server.MISC_CHECK]\nmisc_path = \"/bin/true\"\nmisc_dynamic = true\n";
+
     fn cfg(extra_vs: &str) -> Arc<Config> {
         parse(&cfg_text(extra_vs))
     }
@@ -340,11 +343,9 @@ weight = 1
     #[test]
     fn down_servers_leave_or_drain() {
         // 12 checked by a misc_dynamic MISC_CHECK (its exit status gives its weight).
-        let check = "[virtual_server.real_server.TCP_CHECK]\nconnect_timeout = 1\n";
         let text = cfg_text("");
-        let at = text.match_indices(check).nth(1).unwrap().0;
-        let dynamic = "[virtual_server.real_server.MISC_CHECK]\nmisc_path = \"/bin/true\"\nmisc_dynamic = true\n";
-        let c = parse(&format!("{}{dynamic}{}", &text[..at], &text[at + check.len()..]));
+        let at = text.match_indices(CHECK).nth(1).unwrap().0;
+        let c = parse(&format!("{}{DYNAMIC}{}", &text[..at], &text[at + CHECK.len()..]));
         let key = c.virtual_servers[0].key();
         let mut r = Reconciler::new(c);
         assert_eq!(weights(&r.desired().0), vec![(rs(11), 3), (rs(12), 2), (rs(13), 1)]);
@@ -373,7 +374,6 @@ weight = 1
     /// back; a misc_dynamic weight outlived its check when the reload replaced it.
     #[test]
     fn stale_results_after_a_reload_are_ignored() {
-        const CHECK: &str = "[virtual_server.real_server.TCP_CHECK]\nconnect_timeout = 1\n";
         let c = cfg("");
         let key = c.virtual_servers[0].key();
         let mut r = Reconciler::new(c);
@@ -381,8 +381,7 @@ weight = 1
         assert!(!r.on_health(&key, rs(11), false, None), "11 has no check any more");
         assert_eq!(weights(&r.desired().0)[0], (rs(11), 3));
 
-        let dynamic = "[virtual_server.real_server.MISC_CHECK]\nmisc_path = \"/bin/true\"\nmisc_dynamic = true\n";
-        let mut r = Reconciler::new(parse(&cfg_text("").replacen(CHECK, dynamic, 1)));
+        let mut r = Reconciler::new(parse(&cfg_text("").replacen(CHECK, DYNAMIC, 1)));
         r.on_health(&key, rs(11), true, Some(0));
         assert_eq!(weights(&r.desired().0)[0], (rs(11), 0), "exit 2: weight 0");
         // The operator replaces the MISC_CHECK by a TCP_CHECK: the configured weight again.
@@ -443,7 +442,6 @@ weight = 1
     /// until the new checker passes it (the checker starts it down and reports changes only).
     #[test]
     fn reload_that_adds_or_removes_a_check_starts_the_server_afresh() {
-        const CHECK: &str = "[virtual_server.real_server.TCP_CHECK]\nconnect_timeout = 1\n";
         let c = cfg("");
         let key = c.virtual_servers[0].key();
         let mut r = Reconciler::new(c);

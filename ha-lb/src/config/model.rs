@@ -739,6 +739,11 @@ impl HealthCheck {
     pub fn name(&self) -> &'static str {
         self.kind.name()
     }
+
+    /// A MISC_CHECK with `misc_dynamic`: its exit status gives the server's weight.
+    pub fn is_dynamic(&self) -> bool {
+        matches!(&self.kind, CheckKind::Misc(m) if m.misc_dynamic)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

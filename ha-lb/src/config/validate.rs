@@ -641,9 +641,8 @@ impl V<'_> {
                 );
             }
             let total: u64 = vs.real_servers.iter().map(|r| r.weight as u64).sum();
-            let dynamic = vs.real_servers.iter().any(|r| {
-                matches!(&r.check, Some(HealthCheck { kind: CheckKind::Misc(mc), .. }) if mc.misc_dynamic)
-            });
+            let dynamic =
+                vs.real_servers.iter().any(|r| r.check.as_ref().is_some_and(|c| c.is_dynamic()));
             if !vs.real_servers.is_empty() && !dynamic && (vs.quorum as u64) > total {
                 self.err(
                     m.key(item, "quorum"),

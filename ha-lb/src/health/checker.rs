@@ -252,8 +252,7 @@ impl HealthChecker {
         let (up, weight, since) =
             carried.unwrap_or((initial_up(target.alpha), None, SystemTime::now()));
         // A weight only a misc_dynamic check gives: a replaced check does not keep it.
-        let dynamic = matches!(&check.kind, CheckKind::Misc(m) if m.misc_dynamic);
-        let weight = weight.filter(|_| dynamic);
+        let weight = weight.filter(|_| check.is_dynamic());
         let first = warmup_delay(timing.warmup, self.shared.seeds.hash_one((key, Instant::now())));
         let mut tracker = Tracker::new(timing, up, Instant::now(), first).with_weight(weight);
         if fresh && up {
