@@ -113,6 +113,11 @@ enum BenchCmd {
         /// one device, like the empty redirect program).
         #[arg(long, default_value_t = 2)]
         udp_real_servers: usize,
+        /// NIC-like receive coalescing on the director's veths, microseconds (veth has none:
+        /// without it a lightly loaded director pays a NAPI wake-up per packet). Every variant
+        /// runs with it alike. Default 0: none.
+        #[arg(long, default_value_t = 0)]
+        coalesce_us: u32,
     },
     /// ha-lb NAT (XDP and TC hooks) vs kernel IPVS NAT vs the routed path, side by side, on Debian 12's 6.1
     /// kernel in a QEMU guest without KVM (TCG: absolute figures are distorted, read the
@@ -167,7 +172,8 @@ fn main() -> Result<()> {
             bench::failover::run(runs, &peers, &settings)
         }
         Cmd::Bench {
-            what: BenchCmd::Dataplane { quick, rounds, variants, metrics, udp_real_servers },
+            what:
+                BenchCmd::Dataplane { quick, rounds, variants, metrics, udp_real_servers, coalesce_us },
         } => {
             use bench::dataplane::{Metric, Options, Variant};
             let variants = parse_or_all(variants, Variant::parse, &Variant::ALL)?;
@@ -180,6 +186,9 @@ fn main() -> Result<()> {
                     ha_lb_lab::benchtopo::REAL_SERVERS
                 );
             }
+            if coalesce_us > 10_000 {
+                bail!("--coalesce-us: at most 10000 (10 ms)");
+            }
             bench::dataplane::run(Options {
                 quick,
                 rounds,
@@ -187,6 +196,7 @@ fn main() -> Result<()> {
                 metrics,
                 object,
                 udp_real_servers,
+                coalesce_us,
             })
         }
         Cmd::Bench {

@@ -238,6 +238,9 @@ pub struct Options {
     /// Real servers behind the UDP service (1..=REAL_SERVERS): 1 sends every frame out of
     /// one device, as the empty redirect program does.
     pub udp_real_servers: usize,
+    /// Receive coalescing on the director's veths, microseconds (0: none, veth's default);
+    /// see [`BenchTopo::coalesce`].
+    pub coalesce_us: u32,
 }
 
 /// Rounds, run lengths and what to measure.
@@ -304,6 +307,7 @@ pub fn run(opts: Options) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
 
     let (topo, ours) = common::build_lab()?;
+    topo.coalesce(opts.coalesce_us)?;
     let mut b = Bench {
         topo,
         bpf,
@@ -325,11 +329,12 @@ pub fn run(opts: Options) -> Result<()> {
     b.repin()?;
     println!(
         "bench dataplane: director on CPU {}, client/servers/sinks on CPU {}; {} NAPI kthreads \
-         pinned; {} rounds; scratch {}",
+         pinned; {} rounds; {}; scratch {}",
         b.topo.director_cpu,
         b.topo.other_cpu,
         b.kthreads.len(),
         d.rounds,
+        coalescing(opts.coalesce_us),
         dir.display()
     );
 
@@ -361,7 +366,10 @@ pub fn run(opts: Options) -> Result<()> {
     let mut costs = b.prog_costs();
     costs.append(&mut b.halb_costs);
     drop(b);
-    print!("{}", report(&results, &variants, &failed, &pending, d.rounds, &costs));
+    print!(
+        "{}",
+        report(&results, &variants, &failed, &pending, d.rounds, opts.coalesce_us, &costs)
+    );
     println!("(total {:.0?}; logs and configs in {})", t_start.elapsed(), dir.display());
     Ok(())
 }
@@ -862,19 +870,30 @@ fn usable(points: &[Point]) -> (Vec<Point>, bool) {
     }
 }
 
+/// The receive coalescing of a run, in words.
+fn coalescing(usecs: u32) -> String {
+    match usecs {
+        0 => "no receive coalescing (veth's default)".into(),
+        n => format!("receive coalescing {n} us on the director's veths"),
+    }
+}
+
 fn report(
     results: &BTreeMap<(Metric, Variant), Vec<Point>>,
     variants: &[Variant],
     failed: &BTreeMap<Variant, String>,
     pending: &[Variant],
     rounds: usize,
+    coalesce_us: u32,
     costs: &[(String, Vec<f64>)],
 ) -> String {
     let mut r = String::new();
     let _ = writeln!(
         r,
-        "\nbench dataplane — {rounds} rounds, variants interleaved; min/median/max over clean runs \
-         (a run is noisy, *, when the machine was not quiet before it or foreign CPU > {NOISY_FOREIGN} cores)"
+        "\nbench dataplane — {rounds} rounds, variants interleaved, {}; min/median/max over clean \
+         runs (a run is noisy, *, when the machine was not quiet before it or foreign CPU > \
+         {NOISY_FOREIGN} cores)",
+        coalescing(coalesce_us)
     );
     for m in Metric::ALL {
         let rows = common::measured(results, m, variants);
