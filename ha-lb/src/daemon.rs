@@ -34,8 +34,9 @@ use crate::{
     script::{self, RunOptions},
     status::{InstanceStatus, RealServerStatus, Status, VirtualServerStatus},
     vrrp::{
-        instance::{self, InstanceCommand, InstanceEvent, InstanceHandle},
+        instance::{self, InstanceCommand, InstanceEvent, InstanceHandle, StateChange},
         machine::State,
+        sync_group::{GroupOrder, SyncGroups},
         track::{self, TrackUpdate, Tracker},
         vip::{LinkEvent, LinkMonitor, LinkWatch, Rtnl, RtnlLinkWatcher},
     },
@@ -275,6 +276,8 @@ pub struct Daemon {
     /// changed.
     track_tasks: BTreeMap<String, (String, JoinHandle<()>)>,
     group_state: BTreeMap<String, State>,
+    /// keepalived's sync-group rules: MASTER together, BACKUP together.
+    sync_groups: SyncGroups,
     /// Each instance's state as its last event reported it.
     inst_state: BTreeMap<String, State>,
     /// Notify hooks still running (waited for, bounded, at exit).
@@ -421,6 +424,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         ifnames: BTreeMap::new(),
         track_tasks: BTreeMap::new(),
         group_state: BTreeMap::new(),
+        sync_groups: SyncGroups::new(sync_group_members(&config)),
         inst_state: BTreeMap::new(),
         notify_tasks: Vec::new(),
         health,
@@ -472,7 +476,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            Some(ev) = events_rx.recv() => d.on_instance_event(ev),
+            Some(ev) = events_rx.recv() => {
+                let orders = d.on_instance_event(ev);
+                d.send_group_orders(orders).await;
+            }
             Some(u) = track_rx.recv() => { d.on_track(u); d.apply_tracking().await; }
             Some(ev) = health_rx.recv() => d.on_health(ev),
             Some(ev) = link_watch.next() => {
@@ -525,7 +532,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     // The instances' last events (STOPPING, INIT) arrived during the stop: run their hooks,
     // and give every hook still running a bounded time to finish before the runtime ends.
     while let Ok(ev) = events_rx.try_recv() {
-        d.on_instance_event(ev);
+        // Stopping: the sync groups' orders no longer matter.
+        let _ = d.on_instance_event(ev);
     }
     let hooks = std::mem::take(&mut d.notify_tasks);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -753,8 +761,14 @@ impl Daemon {
     }
 
     async fn start_instance(&mut self, inst: &VrrpInstance) -> Result<()> {
-        let handle =
-            instance::start(&self.with_sync_hold(inst), &self.rtnl, self.events_tx.clone()).await?;
+        let in_group = self.config.sync_group_of(&inst.name).is_some();
+        let handle = instance::start(
+            &self.with_sync_hold(inst),
+            in_group,
+            &self.rtnl,
+            self.events_tx.clone(),
+        )
+        .await?;
         self.learn_links(inst).await;
         let tracker = self.tracker_for(inst);
         info!(instance = %inst.name, interface = %inst.interface, virtual_router_id = inst.virtual_router_id, priority = inst.priority, "vrrp_instance started");
@@ -989,7 +1003,45 @@ impl Daemon {
         }
     }
 
-    fn on_instance_event(&mut self, ev: InstanceEvent) {
+    /// An instance's report; returns the sync groups' orders to deliver.
+    fn on_instance_event(&mut self, ev: InstanceEvent) -> Vec<(String, GroupOrder)> {
+        match ev {
+            InstanceEvent::Changed(c) => {
+                let orders = self.sync_groups.on_state(&c.instance, c.from, c.to, &c.reason);
+                self.on_state_change(c);
+                orders
+            }
+            InstanceEvent::SyncGroupReady { instance, ready } => {
+                let orders = self.sync_groups.on_ready(&instance, ready);
+                if ready && orders.is_empty() {
+                    if let Some((group, waits)) = self.sync_groups.waiting_for(&instance) {
+                        info!(instance = %instance, sync_group = %group, waiting_for = %waits.join(","), "ready to become MASTER; the sync group waits until every member is");
+                    }
+                }
+                orders
+            }
+        }
+    }
+
+    /// Delivers the sync groups' orders to the running instances.
+    async fn send_group_orders(&mut self, orders: Vec<(String, GroupOrder)>) {
+        for (name, order) in orders {
+            let Some(r) = self.instances.get(&name) else { continue };
+            let group =
+                self.config.sync_group_of(&name).map(|g| g.name.clone()).unwrap_or_default();
+            match order {
+                GroupOrder::Master => {
+                    info!(instance = %name, sync_group = %group, "every member of the sync group is ready: becoming MASTER")
+                }
+                GroupOrder::Backup => {
+                    info!(instance = %name, sync_group = %group, "another member of the sync group is not MASTER: leaving MASTER")
+                }
+            }
+            let _ = r.handle.commands.send(InstanceCommand::SyncGroup(order)).await;
+        }
+    }
+
+    fn on_state_change(&mut self, ev: StateChange) {
         // From the configuration, not the running set: STOP events arrive while (or after)
         // the instances are being stopped — with the configuration the old task ran with
         // when a reload removed or changed it.
@@ -1134,7 +1186,8 @@ impl Daemon {
             error!("{m}");
             return Err(m);
         }
-        self.config = new.clone();
+        let old = std::mem::replace(&mut self.config, new.clone());
+        self.sync_groups.reconfigure(sync_group_members(&new));
         if let Plane::Xdp(x) = &mut self.dataplane {
             // New instances and VIP devices get the forwarding program and forwarding (ones no
             // longer named keep them: a VIP there may still be handed over).
@@ -1171,7 +1224,13 @@ impl Daemon {
         let changed: BTreeSet<&str> = new
             .vrrp_instances
             .iter()
-            .filter(|i| self.instances.get(&i.name).is_some_and(|r| !vrrp_params_equal(&r.cfg, i)))
+            .filter(|i| {
+                // One that joins a sync group starts again with it (becoming MASTER with the
+                // group from the start); one that leaves its group goes on alone (below).
+                let joined =
+                    new.sync_group_of(&i.name).is_some() && old.sync_group_of(&i.name).is_none();
+                self.instances.get(&i.name).is_some_and(|r| !vrrp_params_equal(&r.cfg, i) || joined)
+            })
             .map(|i| i.name.as_str())
             .collect();
         let mut restart = changed.clone();
@@ -1189,9 +1248,19 @@ impl Daemon {
                 Some(r) if !restart.contains(inst.name.as_str()) => {
                     // Tracking and notify settings change in place.
                     r.cfg = inst.clone();
+                    if old.sync_group_of(&inst.name).is_some()
+                        && new.sync_group_of(&inst.name).is_none()
+                    {
+                        info!(instance = %inst.name, "left its sync group; goes on alone");
+                        let _ = r.handle.commands.send(InstanceCommand::SetSyncGroup(false)).await;
+                    }
                 }
                 Some(_) => {
-                    if changed.contains(inst.name.as_str()) {
+                    if old.sync_group_of(&inst.name).is_none()
+                        && new.sync_group_of(&inst.name).is_some()
+                    {
+                        info!(instance = %inst.name, "joined a sync group; restarting the instance with its group");
+                    } else if changed.contains(inst.name.as_str()) {
                         info!(instance = %inst.name, "VRRP parameters changed; restarting the instance (its election runs again)");
                     } else {
                         info!(instance = %inst.name, "restarting the instance with its sync group");
@@ -1402,6 +1471,7 @@ impl Daemon {
                     .map(|v| v.to_string())
                     .collect(),
                 sync_group: self.config.sync_group_of(&inst.name).map(|g| g.name.clone()),
+                sync_group_waits_for: self.sync_groups.waiting_for(&inst.name).map(|(_, w)| w),
                 counters,
             });
         }
@@ -1533,6 +1603,11 @@ fn update_vrids(
 
 /// True when two instance configs differ only in what can change without re-running the
 /// election (tracking and notify hooks).
+/// The sync groups of `config` as (name, members).
+fn sync_group_members(config: &Config) -> impl Iterator<Item = (&str, &[String])> {
+    config.vrrp_sync_groups.iter().map(|g| (g.name.as_str(), g.group.as_slice()))
+}
+
 fn vrrp_params_equal(a: &VrrpInstance, b: &VrrpInstance) -> bool {
     let strip = |i: &VrrpInstance| {
         let mut i = i.clone();

@@ -56,6 +56,10 @@ pub struct InstanceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub virtual_ipaddress_excluded: Vec<String>,
     pub sync_group: Option<String>,
+    /// A sync group member in BACKUP that would be MASTER: the members its group waits for
+    /// (neither MASTER nor ready). The group becomes MASTER only when every member would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_group_waits_for: Option<Vec<String>>,
     /// Protocol counters: adverts sent/received, rejected per reason, …
     pub counters: BTreeMap<String, u64>,
 }
@@ -142,6 +146,15 @@ pub fn render(s: &Status) -> String {
     for i in s.vrrp_instances.iter() {
         if let Some(r) = &i.fault_reason {
             let _ = writeln!(o, "  {} is held in FAULT by: {r}", i.name);
+        }
+        if let Some(w) = &i.sync_group_waits_for {
+            let _ = writeln!(
+                o,
+                "  {} is ready to be MASTER; sync group {} waits for: {}",
+                i.name,
+                i.sync_group.as_deref().unwrap_or("-"),
+                w.join(", ")
+            );
         }
     }
     let _ = writeln!(o, "\nVirtual servers");
@@ -237,6 +250,8 @@ mod tests {
                 virtual_ipaddress: vec!["198.18.0.100/24".into()],
                 virtual_ipaddress_excluded: vec!["2001:db8::10/64".into()],
                 fault_reason: Some("track_interface eth1".into()),
+                sync_group: Some("director".into()),
+                sync_group_waits_for: Some(vec!["VI_2".into()]),
                 ..Default::default()
             }],
             virtual_servers: vec![VirtualServerStatus {
@@ -271,6 +286,10 @@ mod tests {
         assert!(t.contains("MASTER"));
         assert!(t.contains("198.18.0.100/24 2001:db8::10/64 (excluded)"), "{t}");
         assert!(t.contains("VI_1 is held in FAULT by: track_interface eth1"), "{t}");
+        assert!(
+            t.contains("VI_1 is ready to be MASTER; sync group director waits for: VI_2"),
+            "{t}"
+        );
         assert!(t.contains("TCP  198.18.0.100:80 wrr"), "{t}");
         let rs = t.lines().find(|l| l.contains("-> 198.18.1.1:80")).unwrap();
         let cols: Vec<&str> = rs.split_whitespace().collect();

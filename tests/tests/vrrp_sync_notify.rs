@@ -77,7 +77,7 @@ struct Pair {
     a: HaLb,
     log1: std::path::PathBuf,
     log2: std::path::PathBuf,
-    _b: HaLb,
+    b: HaLb,
     _s: Scratch,
 }
 
@@ -89,8 +89,8 @@ fn pair(name: &str) -> Pair {
     // d1 first, so the tests are about sync groups and hooks, not about a start-up race.
     let a = HaLb::start(&mut t.lab, &d1, &s, "d1", &conf("d1", 150, &log1)).unwrap();
     eventually(Duration::from_secs(5), "d1 holds both VIPs", || both(&d1)).unwrap();
-    let _b = HaLb::start(&mut t.lab, &d2, &s, "d2", &conf("d2", 100, &log2)).unwrap();
-    Pair { t, a, log1, log2, _b, _s: s }
+    let b = HaLb::start(&mut t.lab, &d2, &s, "d2", &conf("d2", 100, &log2)).unwrap();
+    Pair { t, a, log1, log2, b, _s: s }
 }
 
 #[test]
@@ -217,4 +217,99 @@ fn reload_restarting_one_member_moves_its_whole_sync_group() {
         !holds(&d2, "eth0", VIP) && !holds(&d2, "eth1", GW)
     })
     .unwrap();
+}
+
+/// Drops the VRRP adverts `node` sends out of `dev` (its peer no longer hears it there).
+fn mute_adverts(node: &ha_lb_lab::Node, dev: &str) {
+    node.sh(&format!(
+        "nft add table ip mute && nft add chain ip mute out '{{ type filter hook output priority 0; }}' \
+         && nft add rule ip mute out oifname {dev} ip protocol vrrp drop"
+    ))
+    .unwrap();
+}
+
+fn states(d: &HaLb) -> Vec<(String, String)> {
+    let st = d.status().unwrap();
+    st["vrrp_instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (i["name"].as_str().unwrap().to_string(), i["state"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// keepalived's "MASTER together": d2 stops hearing d1 on the inside link only. Its gateway
+/// instance would take over alone (the gateway VIP on d2, the public one on d1: NAT replies
+/// to the wrong director); as a sync group member it only gets ready, and waits while its
+/// public instance still hears d1.
+#[test]
+fn sync_group_does_not_go_master_while_one_member_hears_a_master() {
+    let p = pair("syncgate");
+    let (d1, d2) = (p.t.directors[0].clone(), p.t.directors[1].clone());
+    eventually(Duration::from_secs(3), "d2 BACKUP", || {
+        has(&p.log2, "group GROUP director BACKUP 100")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(&p.log2)));
+    mute_adverts(&d1, "eth1");
+    // Ready once its Master_Down_Interval (≈ 0.36 s here) passes without an advert.
+    eventually(Duration::from_secs(3), "d2's gateway instance is ready and waits", || {
+        let st = p.b.status().unwrap();
+        st["vrrp_instances"].as_array().unwrap().iter().any(|i| {
+            i["name"] == "VI_GATEWAY"
+                && i["sync_group_waits_for"] == serde_json::json!(["VI_PUBLIC"])
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.b.log_text()));
+    // And it stays so: many Master_Down_Intervals later d2 holds nothing, d1 both.
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        assert!(
+            !holds(&d2, "eth1", GW) && !holds(&d2, "eth0", VIP),
+            "d2 took a VIP alone\n{}",
+            p.b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(both(&d1));
+    assert!(states(&p.b).iter().all(|(_, s)| s == "BACKUP"), "{:?}", states(&p.b));
+    assert!(!has(&p.log2, "notify INSTANCE VI_GATEWAY MASTER 100"), "{:?}", lines(&p.log2));
+}
+
+/// keepalived's "BACKUP together": d1 does not hear d2 on the inside link; d2 gets the higher
+/// priority and takes both instances (each hears d1's lower adverts: every member is ready).
+/// d1's public instance loses its election; its gateway instance hears nothing that would
+/// make it yield, and leaves MASTER with its group — without that, both directors would
+/// hold the gateway VIP.
+#[test]
+fn a_member_that_loses_its_election_takes_its_group_to_backup() {
+    let p = pair("syncbackup");
+    let (d1, d2) = (p.t.directors[0].clone(), p.t.directors[1].clone());
+    eventually(Duration::from_secs(3), "d2 BACKUP", || {
+        has(&p.log2, "group GROUP director BACKUP 100")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(&p.log2)));
+    mute_adverts(&d2, "eth1");
+    std::fs::write(
+        &p.b.config,
+        conf("d2", 200, &p.log2).replace("{socket}", &p.b.socket.display().to_string()),
+    )
+    .unwrap();
+    p.t.lab.signal(p.b.pid, libc::SIGHUP).unwrap();
+    eventually(Duration::from_secs(5), "d2 holds both VIPs", || both(&d2))
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.b.log_text()));
+    eventually(Duration::from_secs(3), "d1 released the gateway VIP with its group", || {
+        !holds(&d1, "eth1", GW) && !holds(&d1, "eth0", VIP)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.a.log_text()));
+    // d1's gateway instance, alone on its link now, gets ready, but its public instance
+    // follows d2: d1 stays out.
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        assert!(!holds(&d1, "eth1", GW), "d1 took the gateway VIP back alone\n{}", p.a.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(states(&p.a).iter().all(|(_, s)| s == "BACKUP"), "{:?}", states(&p.a));
+    assert!(both(&d2));
 }

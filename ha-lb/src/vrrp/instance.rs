@@ -19,12 +19,24 @@ use super::{
     machine::{Action, Counters, Machine, Reason, State},
     packet::{self, RxOptions, V3Checksum},
     socket::{Interface, VrrpTransport},
+    sync_group::GroupOrder,
     vip::{VipManager, VirtualIpAddress},
 };
 
+/// What an instance tells the daemon.
+#[derive(Debug, Clone)]
+pub enum InstanceEvent {
+    Changed(StateChange),
+    /// A sync group member (in BACKUP) would become MASTER, or no longer would.
+    SyncGroupReady {
+        instance: String,
+        ready: bool,
+    },
+}
+
 /// A state change, as the daemon sees it.
 #[derive(Debug, Clone)]
-pub struct InstanceEvent {
+pub struct StateChange {
     pub instance: String,
     pub from: State,
     pub to: State,
@@ -41,6 +53,10 @@ pub enum InstanceCommand {
     SetFault(bool),
     /// Tracking weights: effective priority = base + adjust (clamped).
     SetPriorityAdjust(i32),
+    /// The sync group's decision ([`super::sync_group`]).
+    SyncGroup(GroupOrder),
+    /// A reload put the instance in a sync group, or took it out.
+    SetSyncGroup(bool),
 }
 
 /// A point-in-time view for `ha-lb status`.
@@ -49,6 +65,8 @@ pub struct InstanceSnapshot {
     pub state: State,
     pub effective_priority: u8,
     pub master: Option<IpAddr>,
+    /// A sync group member in BACKUP, ready to be MASTER, waiting for its group.
+    pub ready_for_master: bool,
     pub counters: Counters,
 }
 
@@ -101,6 +119,7 @@ fn snapshot(m: &Machine) -> InstanceSnapshot {
         state: m.state(),
         effective_priority: m.effective_priority(),
         master: m.current_master(),
+        ready_for_master: m.is_ready_for_master(),
         counters: m.counters().clone(),
     }
 }
@@ -154,6 +173,13 @@ async fn run<T: VrrpTransport, V: VipManager>(
                 Some(InstanceCommand::SetPriorityAdjust(a)) => {
                     p.machine.set_priority_adjust(Instant::now(), a)
                 }
+                Some(InstanceCommand::SyncGroup(GroupOrder::Master)) => {
+                    p.machine.sync_group_master(Instant::now())
+                }
+                Some(InstanceCommand::SyncGroup(GroupOrder::Backup)) => {
+                    p.machine.sync_group_backup(Instant::now())
+                }
+                Some(InstanceCommand::SetSyncGroup(m)) => p.machine.set_sync_group(Instant::now(), m),
             },
         }
     }
@@ -227,13 +253,19 @@ async fn execute<T: VrrpTransport, V: VipManager>(
                     let _ = p.garp.send(GarpCommand::LeaveMaster).await;
                 }
                 let _ = events
-                    .send(InstanceEvent {
+                    .send(InstanceEvent::Changed(StateChange {
                         instance: p.name.clone(),
                         from,
                         to,
                         reason,
                         effective_priority: p.machine.effective_priority(),
-                    })
+                    }))
+                    .await;
+            }
+            Action::SyncGroupReady(ready) => {
+                debug!(instance = %p.name, ready, "sync group member readiness");
+                let _ = events
+                    .send(InstanceEvent::SyncGroupReady { instance: p.name.clone(), ready })
                     .await;
             }
         }
@@ -248,9 +280,11 @@ fn rx_options(inst: &crate::config::VrrpInstance) -> RxOptions {
 }
 
 /// Resolves a configured `vrrp_instance` against the host (interfaces, source address) and
-/// starts it: raw socket, VIP manager, GARP/NA driver and the instance task.
+/// starts it: raw socket, VIP manager, GARP/NA driver and the instance task. A member of a
+/// sync group (`in_sync_group`) becomes MASTER only with its group ([`super::sync_group`]).
 pub async fn start(
     inst: &crate::config::VrrpInstance,
+    in_sync_group: bool,
     rtnl: &super::vip::Rtnl,
     events: mpsc::Sender<InstanceEvent>,
 ) -> anyhow::Result<InstanceHandle> {
@@ -310,6 +344,7 @@ pub async fn start(
     };
     // The GARP schedule below sends keepalived's master bursts, second one included.
     mc.garp_master_delay = None;
+    mc.sync_group = in_sync_group;
     let machine = Machine::new(mc).with_context(|| format!("vrrp_instance {}", inst.name))?;
 
     // Excluded VIPs too: added, removed, announced and cleaned up at start like the others.

@@ -174,6 +174,11 @@ pub struct Config {
     /// keepalived `garp_master_delay`: second GARP this long after becoming
     /// MASTER (`None`: no second round).
     pub garp_master_delay: Option<Duration>,
+    /// A member of a `vrrp_sync_group`: when it would become MASTER (its down timer
+    /// expired, or it preempts) it only says it is ready ([`Action::SyncGroupReady`]) and
+    /// becomes MASTER when its group agrees ([`Machine::sync_group_master`]), as keepalived's
+    /// members do: the group goes MASTER only when every member would.
+    pub sync_group: bool,
 }
 
 impl Config {
@@ -199,6 +204,7 @@ impl Config {
             admit_unknown_after: Some(3),
             advert_int_factor: 10,
             garp_master_delay: Some(Duration::from_secs(5)),
+            sync_group: false,
         }
     }
 
@@ -334,6 +340,10 @@ pub enum Reason {
     StopTimeout,
     /// `shutdown` called again while STOPPING.
     ShutdownForced,
+    /// A sync group: another member left MASTER (or follows a master), so this one leaves
+    /// MASTER too; or every member became ready and the group went MASTER, for the
+    /// reason this member was ready.
+    SyncGroup,
 }
 
 /// For logs and operators: what happened, in words (`Debug` is Rust's syntax).
@@ -356,6 +366,7 @@ impl std::fmt::Display for Reason {
             Reason::PeerTookOver { from } => write!(f, "{from} took over"),
             Reason::StopTimeout => f.write_str("nobody took over within the stop timeout"),
             Reason::ShutdownForced => f.write_str("shutdown forced"),
+            Reason::SyncGroup => f.write_str("sync group: another member is not MASTER"),
         }
     }
 }
@@ -375,6 +386,10 @@ pub enum Action {
     SendGratuitous,
     /// For logs, notify scripts, the reconciler and status.
     StateChanged { from: State, to: State, reason: Reason },
+    /// A sync group member ([`Config::sync_group`]) would become MASTER now (`true`), or no
+    /// longer would (`false`: it hears a master it follows). Tell the group; it answers
+    /// with [`Machine::sync_group_master`] once every member is ready.
+    SyncGroupReady(bool),
 }
 
 /// Everything counted, for status output. Every ignored advert lands in
@@ -486,6 +501,9 @@ pub struct Machine {
     master_down_timer: Option<Instant>,
     /// What we'll report when the down timer fires.
     down_reason: Reason,
+    /// Sync group member, BACKUP: ready to become MASTER, for this reason, and waiting for
+    /// the group ([`Config::sync_group`]).
+    ready: Option<Reason>,
     preempt_until: Option<Instant>,
     garp_timer: Option<Instant>,
     stop_deadline: Option<Instant>,
@@ -553,6 +571,7 @@ impl Machine {
             adver_timer: None,
             master_down_timer: None,
             down_reason: Reason::MasterDown,
+            ready: None,
             preempt_until: None,
             garp_timer: None,
             stop_deadline: None,
@@ -619,6 +638,10 @@ impl Machine {
     /// True while MASTER is waiting to confirm a higher-priority advert (rule 4).
     pub fn is_yielding(&self) -> bool {
         self.yielding.is_some()
+    }
+    /// A sync group member in BACKUP that would be MASTER and waits for its group.
+    pub fn is_ready_for_master(&self) -> bool {
+        self.ready.is_some()
     }
     /// Whether the VIPs are (supposed to be) configured: MASTER or STOPPING.
     pub fn holds_vips(&self) -> bool {
@@ -732,6 +755,42 @@ impl Machine {
         }
     }
 
+    /// A reload took the instance out of its sync group (`false`) or put it in one. Out of
+    /// one, a ready member becomes MASTER now, for the reason it was ready.
+    pub fn set_sync_group(&mut self, now: Instant, member: bool) {
+        self.cfg.sync_group = member;
+        if !member && self.state == State::Backup {
+            if let Some(reason) = self.ready.take() {
+                self.become_master(now, reason);
+            }
+        }
+    }
+
+    /// The sync group agrees: every member is ready (or MASTER). Becomes MASTER if still
+    /// ready; otherwise (it heard a master meanwhile, or left BACKUP) does nothing.
+    pub fn sync_group_master(&mut self, now: Instant) {
+        if self.state != State::Backup {
+            return;
+        }
+        if let Some(reason) = self.ready.take() {
+            self.become_master(now, reason);
+        }
+    }
+
+    /// Another member of the sync group left MASTER, or follows a master: leave MASTER too
+    /// (keepalived's "syncing instances to BACKUP"), so one node never holds some of the
+    /// group's VIPs and its peer the others. Priority 0 first, so the peer's instance takes
+    /// over after its Skew_Time rather than its Master_Down_Interval. Nothing outside MASTER.
+    pub fn sync_group_backup(&mut self, now: Instant) {
+        if self.state != State::Master {
+            return;
+        }
+        self.send_advert(PRIORITY_STOP);
+        self.actions.push_back(Action::RemoveVips);
+        self.current_master = None;
+        self.enter_backup(now, Reason::SyncGroup);
+    }
+
     /// Operator override: add a source to the allow-list.
     pub fn allow_peer(&mut self, peer: IpAddr) {
         if peer != self.cfg.primary_address && self.peers.insert(peer) {
@@ -758,7 +817,17 @@ impl Machine {
             State::Backup => {
                 if self.master_down_timer.is_some_and(|t| now >= t) {
                     let reason = std::mem::replace(&mut self.down_reason, Reason::MasterDown);
-                    self.become_master(now, reason);
+                    if self.cfg.sync_group {
+                        // Ask the group; look again after a Master_Down_Interval (the
+                        // answer normally comes long before).
+                        self.master_down_timer = Some(now + self.master_down_interval());
+                        if self.ready.is_none() {
+                            self.actions.push_back(Action::SyncGroupReady(true));
+                        }
+                        self.ready = Some(reason);
+                    } else {
+                        self.become_master(now, reason);
+                    }
                 }
             }
             State::Master => {
@@ -1042,6 +1111,9 @@ impl Machine {
             self.master_down_timer = Some(now + self.master_down_interval());
             self.down_reason = Reason::MasterDown;
             self.current_master = Some(src);
+            if self.ready.take().is_some() {
+                self.actions.push_back(Action::SyncGroupReady(false));
+            }
         } else {
             // Preempt: take over after our Skew_Time unless something sooner is due.
             self.counters.preempt_lower_priority += 1;
@@ -1177,6 +1249,8 @@ impl Machine {
     fn transition(&mut self, to: State, reason: Reason) {
         let from = self.state;
         self.state = to;
+        // Readiness is a BACKUP's: any state change ends it (the group learns of the change).
+        self.ready = None;
         match to {
             State::Master => self.counters.became_master += 1,
             State::Backup => self.counters.became_backup += 1,
@@ -1495,6 +1569,89 @@ mod tests {
         m.handle_timeout(t0 + skew);
         assert_eq!(m.state(), State::Master);
         assert_eq!(drain(&mut m)[0], took_over(Reason::Preempt { from: ip(PEER), priority: 100 }));
+    }
+
+    fn grouped(priority: u8) -> Config {
+        Config { sync_group: true, ..cfg(priority) }
+    }
+
+    #[test]
+    fn sync_group_member_waits_for_its_group_before_master() {
+        let t0 = Instant::now();
+        let mut m = started(grouped(100), t0);
+        let mdi = m.master_down_interval();
+        // Its down timer expires: it says it is ready, stays BACKUP, holds nothing.
+        m.handle_timeout(t0 + mdi);
+        assert_eq!(drain(&mut m), vec![Action::SyncGroupReady(true)]);
+        assert_eq!(m.state(), State::Backup);
+        assert!(m.is_ready_for_master());
+        // The timer comes round again without repeating itself.
+        assert_eq!(m.poll_timeout(), Some(t0 + mdi * 2));
+        m.handle_timeout(t0 + mdi * 2);
+        assert!(drain(&mut m).is_empty());
+        // The group agrees: MASTER, for the reason it was ready.
+        m.sync_group_master(t0 + mdi * 2);
+        assert_eq!(m.state(), State::Master);
+        let a = drain(&mut m);
+        assert_eq!(a[0], took_over(Reason::MasterDown));
+        assert!(a.contains(&Action::AddVips));
+        assert!(!m.is_ready_for_master());
+        // A second order changes nothing.
+        m.sync_group_master(t0 + mdi * 2);
+        assert!(drain(&mut m).is_empty());
+    }
+
+    #[test]
+    fn sync_group_member_that_hears_a_master_is_no_longer_ready() {
+        let t0 = Instant::now();
+        let mut m = started(grouped(150), t0);
+        // A lower master: ready to preempt after the skew time.
+        m.handle_advert(t0, ip(PEER), &advert(&m, 100));
+        let skew = m.skew_time();
+        m.handle_timeout(t0 + skew);
+        assert_eq!(drain(&mut m), vec![Action::SyncGroupReady(true)]);
+        // Lower adverts keep it ready; a higher one ends it.
+        m.handle_advert(t0 + skew * 2, ip(PEER), &advert(&m, 100));
+        assert!(drain(&mut m).is_empty());
+        m.handle_advert(t0 + skew * 3, ip(HIGH), &advert(&m, 200));
+        assert_eq!(drain(&mut m), vec![Action::SyncGroupReady(false)]);
+        // An order that crossed it is ignored.
+        m.sync_group_master(t0 + skew * 3);
+        assert_eq!(m.state(), State::Backup);
+        assert!(drain(&mut m).is_empty());
+    }
+
+    #[test]
+    fn a_ready_member_taken_out_of_its_group_becomes_master() {
+        let t0 = Instant::now();
+        let mut m = started(grouped(100), t0);
+        let mdi = m.master_down_interval();
+        m.handle_timeout(t0 + mdi);
+        assert_eq!(drain(&mut m), vec![Action::SyncGroupReady(true)]);
+        m.set_sync_group(t0 + mdi, false);
+        assert_eq!(m.state(), State::Master);
+        assert_eq!(drain(&mut m)[0], took_over(Reason::MasterDown));
+    }
+
+    #[test]
+    fn sync_group_member_leaves_master_when_told() {
+        let t0 = Instant::now();
+        let mut m = master(cfg(150), t0);
+        // Only a MASTER obeys.
+        let mut b = started(grouped(150), t0);
+        b.sync_group_backup(t0);
+        assert!(drain(&mut b).is_empty());
+        m.sync_group_backup(t0);
+        let a = drain(&mut m);
+        assert_eq!(sent_priorities(&a), vec![PRIORITY_STOP], "the peer takes over after its skew");
+        assert!(a.contains(&Action::RemoveVips));
+        assert!(a.contains(&Action::StateChanged {
+            from: State::Master,
+            to: State::Backup,
+            reason: Reason::SyncGroup
+        }));
+        assert_eq!(m.state(), State::Backup);
+        assert_eq!(m.poll_timeout(), Some(t0 + m.master_down_interval()));
     }
 
     #[test]

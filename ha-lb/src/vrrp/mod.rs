@@ -3,6 +3,7 @@
 //! Pure cores:
 //! - [`packet`]: the advertisement codec.
 //! - [`machine`]: the per-instance state machine (clock injected, no sockets).
+//! - [`sync_group`]: keepalived's `vrrp_sync_group` rules across one host's machines.
 //!
 //! I/O edges, each behind a small trait:
 //! - [`socket`]: raw protocol-112 sockets (`VrrpTransport`).
@@ -19,5 +20,6 @@ pub mod packet;
 #[cfg(test)]
 mod sim;
 pub mod socket;
+pub mod sync_group;
 pub mod track;
 pub mod vip;

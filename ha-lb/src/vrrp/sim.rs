@@ -199,6 +199,8 @@ impl Sim {
                     Action::AddVips => self.nodes[i].holds_vips = true,
                     Action::RemoveVips => self.nodes[i].holds_vips = false,
                     Action::SendGratuitous => {}
+                    // One segment, no sync groups.
+                    Action::SyncGroupReady(_) => {}
                     Action::StateChanged { from, to, reason } => self
                         .transitions
                         .push(Transition { at: self.now, node: i, from, to, reason }),
