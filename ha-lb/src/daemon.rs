@@ -1027,14 +1027,15 @@ impl Daemon {
     async fn send_group_orders(&mut self, orders: Vec<(String, GroupOrder)>) {
         for (name, order) in orders {
             let Some(r) = self.instances.get(&name) else { continue };
-            let group =
-                self.config.sync_group_of(&name).map(|g| g.name.clone()).unwrap_or_default();
-            match order {
-                GroupOrder::Master => {
+            match (order, self.config.sync_group_of(&name).map(|g| g.name.clone())) {
+                (GroupOrder::Master, Some(group)) => {
                     info!(instance = %name, sync_group = %group, "every member of the sync group is ready: becoming MASTER")
                 }
-                GroupOrder::Backup => {
-                    info!(instance = %name, sync_group = %group, "another member of the sync group is not MASTER: leaving MASTER")
+                (GroupOrder::Master, None) => {
+                    info!(instance = %name, "no longer in a sync group: becoming MASTER")
+                }
+                (GroupOrder::Backup, group) => {
+                    info!(instance = %name, sync_group = %group.unwrap_or_default(), "another member of the sync group is not MASTER: leaving MASTER")
                 }
             }
             let _ = r.handle.commands.send(InstanceCommand::SyncGroup(order)).await;
@@ -1187,7 +1188,7 @@ impl Daemon {
             return Err(m);
         }
         let old = std::mem::replace(&mut self.config, new.clone());
-        self.sync_groups.reconfigure(sync_group_members(&new));
+        let group_orders = self.sync_groups.reconfigure(sync_group_members(&new));
         if let Plane::Xdp(x) = &mut self.dataplane {
             // New instances and VIP devices get the forwarding program and forwarding (ones no
             // longer named keep them: a VIP there may still be handed over).
@@ -1224,13 +1225,7 @@ impl Daemon {
         let changed: BTreeSet<&str> = new
             .vrrp_instances
             .iter()
-            .filter(|i| {
-                // One that joins a sync group starts again with it (becoming MASTER with the
-                // group from the start); one that leaves its group goes on alone (below).
-                let joined =
-                    new.sync_group_of(&i.name).is_some() && old.sync_group_of(&i.name).is_none();
-                self.instances.get(&i.name).is_some_and(|r| !vrrp_params_equal(&r.cfg, i) || joined)
-            })
+            .filter(|i| self.instances.get(&i.name).is_some_and(|r| !vrrp_params_equal(&r.cfg, i)))
             .map(|i| i.name.as_str())
             .collect();
         let mut restart = changed.clone();
@@ -1239,6 +1234,25 @@ impl Daemon {
                 restart.extend(g.group.iter().map(String::as_str));
             }
         }
+        // A group that gained members (a new instance, one that joined, groups merged)
+        // starts again whole, so that it becomes MASTER together from the start: the running
+        // members may be MASTER here while the newcomer follows the peer's master. One that
+        // only lost members goes on (the coordinator re-checks it); one that left its group
+        // goes on alone (below).
+        let grown: Vec<&str> = new
+            .vrrp_sync_groups
+            .iter()
+            .filter(|g| {
+                g.group.iter().any(|m| {
+                    self.instances.contains_key(m)
+                        && !old
+                            .sync_group_of(m)
+                            .is_some_and(|o| g.group.iter().all(|x| o.group.contains(x)))
+                })
+            })
+            .flat_map(|g| g.group.iter().map(String::as_str))
+            .collect();
+        restart.extend(grown.iter().copied());
         for inst in &new.vrrp_instances {
             match self.instances.get_mut(&inst.name) {
                 None if !self.restarting.contains(&inst.name) => {
@@ -1252,18 +1266,14 @@ impl Daemon {
                         && new.sync_group_of(&inst.name).is_none()
                     {
                         info!(instance = %inst.name, "left its sync group; goes on alone");
-                        let _ = r.handle.commands.send(InstanceCommand::SetSyncGroup(false)).await;
+                        let _ = r.handle.commands.send(InstanceCommand::LeaveSyncGroup).await;
                     }
                 }
                 Some(_) => {
-                    if old.sync_group_of(&inst.name).is_none()
-                        && new.sync_group_of(&inst.name).is_some()
-                    {
-                        info!(instance = %inst.name, "joined a sync group; restarting the instance with its group");
-                    } else if changed.contains(inst.name.as_str()) {
+                    if changed.contains(inst.name.as_str()) {
                         info!(instance = %inst.name, "VRRP parameters changed; restarting the instance (its election runs again)");
                     } else {
-                        info!(instance = %inst.name, "restarting the instance with its sync group");
+                        info!(instance = %inst.name, "restarting the instance with its sync group (a member changed, or the group has new members)");
                     }
                     self.stop_for_restart(&inst.name).await;
                 }
@@ -1281,6 +1291,7 @@ impl Daemon {
             }
         }
         self.apply_tracking().await;
+        self.send_group_orders(group_orders).await;
         let res = match (&mut self.dataplane, &mut self.filter) {
             (Plane::Xdp(x), _) => {
                 let ifaces: BTreeSet<String> = x.interfaces().into_iter().map(|(n, _)| n).collect();
@@ -1601,13 +1612,13 @@ fn update_vrids(
     Ok(())
 }
 
-/// True when two instance configs differ only in what can change without re-running the
-/// election (tracking and notify hooks).
 /// The sync groups of `config` as (name, members).
 fn sync_group_members(config: &Config) -> impl Iterator<Item = (&str, &[String])> {
     config.vrrp_sync_groups.iter().map(|g| (g.name.as_str(), g.group.as_slice()))
 }
 
+/// True when two instance configs differ only in what can change without re-running the
+/// election (tracking and notify hooks).
 fn vrrp_params_equal(a: &VrrpInstance, b: &VrrpInstance) -> bool {
     let strip = |i: &VrrpInstance| {
         let mut i = i.clone();

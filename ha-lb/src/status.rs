@@ -147,7 +147,7 @@ pub fn render(s: &Status) -> String {
         if let Some(r) = &i.fault_reason {
             let _ = writeln!(o, "  {} is held in FAULT by: {r}", i.name);
         }
-        if let Some(w) = &i.sync_group_waits_for {
+        if let Some(w) = i.sync_group_waits_for.as_ref().filter(|w| !w.is_empty()) {
             let _ = writeln!(
                 o,
                 "  {} is ready to be MASTER; sync group {} waits for: {}",

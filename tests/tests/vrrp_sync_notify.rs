@@ -313,3 +313,65 @@ fn a_member_that_loses_its_election_takes_its_group_to_backup() {
     assert!(states(&p.a).iter().all(|(_, s)| s == "BACKUP"), "{:?}", states(&p.a));
     assert!(both(&d2));
 }
+
+/// One director's instances, each `(name, interface, vrid, priority, vip)`, and the sync
+/// group of those named in `group` (none when empty).
+fn instances_conf(router: &str, insts: &[(&str, &str, u8, u8, &str)], group: &[&str]) -> String {
+    let mut s = format!(
+        "[global]\nrouter_id = \"{router}\"\ndataplane = \"none\"\ncontrol_socket = \"{{socket}}\"\n"
+    );
+    for (name, dev, vrid, prio, vip) in insts {
+        s += &format!(
+            "\n[[vrrp_instance]]\nname = \"{name}\"\ninterface = \"{dev}\"\nvirtual_router_id = {vrid}\n\
+             version = 3\npriority = {prio}\nadvert_int = 0.1\nvirtual_ipaddress = [\"{vip}/24\"]\n"
+        );
+    }
+    if !group.is_empty() {
+        let members: Vec<String> = group.iter().map(|m| format!("\"{m}\"")).collect();
+        s += &format!(
+            "\n[[vrrp_sync_group]]\nname = \"director\"\ngroup = [{}]\n",
+            members.join(", ")
+        );
+    }
+    s
+}
+
+/// A reload that adds a new instance to a sync group that is MASTER here restarts the group:
+/// the newcomer follows the peer's master, so the group must not stay MASTER with it (the
+/// peer would hold the gateway VIP, this node the public one).
+#[test]
+fn reload_adding_a_member_restarts_its_group() {
+    let mut t = DirectorLab::build(Mode::Nat, 2, 0).unwrap();
+    let s = Scratch::new("syncgrow").unwrap();
+    let (d1, d2) = (t.directors[0].clone(), t.directors[1].clone());
+    let public = ("VI_PUBLIC", "eth0", 51, 150, VIP);
+    let gateway = ("VI_GATEWAY", "eth1", 52, 150, GW);
+    // d2: both instances, no group; the gateway with the higher priority.
+    let d2_conf = instances_conf(
+        "d2",
+        &[("VI_PUBLIC", "eth0", 51, 100, VIP), ("VI_GATEWAY", "eth1", 52, 200, GW)],
+        &[],
+    );
+    let a =
+        HaLb::start(&mut t.lab, &d1, &s, "d1", &instances_conf("d1", &[public], &["VI_PUBLIC"]))
+            .unwrap();
+    eventually(Duration::from_secs(5), "d1 holds the public VIP", || holds(&d1, "eth0", VIP))
+        .unwrap();
+    let _b = HaLb::start(&mut t.lab, &d2, &s, "d2", &d2_conf).unwrap();
+    eventually(Duration::from_secs(5), "d2 holds the gateway VIP", || holds(&d2, "eth1", GW))
+        .unwrap();
+    assert!(holds(&d1, "eth0", VIP), "d1 keeps the public VIP (higher priority)");
+
+    let grown = instances_conf("d1", &[public, gateway], &["VI_PUBLIC", "VI_GATEWAY"]);
+    std::fs::write(&a.config, grown.replace("{socket}", &a.socket.display().to_string())).unwrap();
+    t.lab.signal(a.pid, libc::SIGHUP).unwrap();
+    // The group starts again; its gateway member follows d2 (priority 200), so the public
+    // member waits, BACKUP, and d2 takes the public VIP too.
+    eventually(Duration::from_secs(5), "d2 holds both VIPs", || both(&d2))
+        .unwrap_or_else(|e| panic!("{e}\n{}", a.log_text()));
+    let until = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < until {
+        assert!(!holds(&d1, "eth0", VIP), "d1 kept the public VIP\n{}", a.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -55,8 +55,8 @@ pub enum InstanceCommand {
     SetPriorityAdjust(i32),
     /// The sync group's decision ([`super::sync_group`]).
     SyncGroup(GroupOrder),
-    /// A reload put the instance in a sync group, or took it out.
-    SetSyncGroup(bool),
+    /// A reload took the instance out of its sync group.
+    LeaveSyncGroup,
 }
 
 /// A point-in-time view for `ha-lb status`.
@@ -65,8 +65,6 @@ pub struct InstanceSnapshot {
     pub state: State,
     pub effective_priority: u8,
     pub master: Option<IpAddr>,
-    /// A sync group member in BACKUP, ready to be MASTER, waiting for its group.
-    pub ready_for_master: bool,
     pub counters: Counters,
 }
 
@@ -119,7 +117,6 @@ fn snapshot(m: &Machine) -> InstanceSnapshot {
         state: m.state(),
         effective_priority: m.effective_priority(),
         master: m.current_master(),
-        ready_for_master: m.is_ready_for_master(),
         counters: m.counters().clone(),
     }
 }
@@ -179,7 +176,7 @@ async fn run<T: VrrpTransport, V: VipManager>(
                 Some(InstanceCommand::SyncGroup(GroupOrder::Backup)) => {
                     p.machine.sync_group_backup(Instant::now())
                 }
-                Some(InstanceCommand::SetSyncGroup(m)) => p.machine.set_sync_group(Instant::now(), m),
+                Some(InstanceCommand::LeaveSyncGroup) => p.machine.leave_sync_group(Instant::now()),
             },
         }
     }

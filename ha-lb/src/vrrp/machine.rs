@@ -341,8 +341,7 @@ pub enum Reason {
     /// `shutdown` called again while STOPPING.
     ShutdownForced,
     /// A sync group: another member left MASTER (or follows a master), so this one leaves
-    /// MASTER too; or every member became ready and the group went MASTER, for the
-    /// reason this member was ready.
+    /// MASTER too. (A member the group orders MASTER reports the reason it was ready for.)
     SyncGroup,
 }
 
@@ -755,11 +754,11 @@ impl Machine {
         }
     }
 
-    /// A reload took the instance out of its sync group (`false`) or put it in one. Out of
-    /// one, a ready member becomes MASTER now, for the reason it was ready.
-    pub fn set_sync_group(&mut self, now: Instant, member: bool) {
-        self.cfg.sync_group = member;
-        if !member && self.state == State::Backup {
+    /// A reload took the instance out of its sync group: if it was ready, it becomes MASTER
+    /// now, for the reason it was ready. (Joining one takes a restart with the group.)
+    pub fn leave_sync_group(&mut self, now: Instant) {
+        self.cfg.sync_group = false;
+        if self.state == State::Backup {
             if let Some(reason) = self.ready.take() {
                 self.become_master(now, reason);
             }
@@ -1628,7 +1627,7 @@ mod tests {
         let mdi = m.master_down_interval();
         m.handle_timeout(t0 + mdi);
         assert_eq!(drain(&mut m), vec![Action::SyncGroupReady(true)]);
-        m.set_sync_group(t0 + mdi, false);
+        m.leave_sync_group(t0 + mdi);
         assert_eq!(m.state(), State::Master);
         assert_eq!(drain(&mut m)[0], took_over(Reason::MasterDown));
     }

@@ -34,14 +34,25 @@ pub enum GroupOrder {
 struct Member {
     state: State,
     ready: bool,
+    /// Ordered MASTER, not yet reported MASTER (no second order).
+    ordered: bool,
 }
 
 impl Member {
-    const NEW: Member = Member { state: State::Initialize, ready: false };
+    const NEW: Member = Member { state: State::Initialize, ready: false, ordered: false };
+
+    fn in_state(state: State) -> Member {
+        Member { state, ..Member::NEW }
+    }
 
     /// BACKUP and not ready: it hears a master it follows (or its timer still runs).
     fn follows(self) -> bool {
         self.state == State::Backup && !self.ready
+    }
+
+    /// MASTER, or would be.
+    fn agrees(self) -> bool {
+        self.state == State::Master || (self.state == State::Backup && self.ready)
     }
 }
 
@@ -61,13 +72,41 @@ impl SyncGroups {
         g
     }
 
-    /// A reload: new groups; members that stay keep what they last reported.
-    pub fn reconfigure<'a>(&mut self, groups: impl IntoIterator<Item = (&'a str, &'a [String])>) {
+    /// A reload: new groups; members that stay keep what they last reported. Returns the
+    /// orders for groups that agree now (a member that held its group back left it).
+    pub fn reconfigure<'a>(
+        &mut self,
+        groups: impl IntoIterator<Item = (&'a str, &'a [String])>,
+    ) -> Vec<(String, GroupOrder)> {
         self.groups = groups.into_iter().map(|(n, m)| (n.to_string(), m.to_vec())).collect();
         let old = std::mem::take(&mut self.members);
         for m in self.groups.values().flatten() {
             self.members.insert(m.clone(), old.get(m).copied().unwrap_or(Member::NEW));
         }
+        let names: Vec<Vec<String>> = self.groups.values().cloned().collect();
+        names.iter().flat_map(|g| self.release(g)).collect()
+    }
+
+    /// When every member of `group` is MASTER or ready: orders the ready ones MASTER (once).
+    fn release(&mut self, group: &[String]) -> Vec<(String, GroupOrder)> {
+        if !group.iter().all(|m| self.member(m).agrees()) {
+            return Vec::new();
+        }
+        let mut v = Vec::new();
+        for m in group {
+            let mut me = self.member(m);
+            if me.state == State::Backup && me.ready && !me.ordered {
+                me.ordered = true;
+                self.members.insert(m.clone(), me);
+                v.push((m.clone(), GroupOrder::Master));
+            }
+        }
+        v
+    }
+
+    /// The members of `instance`'s group, itself included.
+    fn group_of(&self, instance: &str) -> Option<Vec<String>> {
+        self.groups.values().find(|m| m.iter().any(|m| m == instance)).cloned()
     }
 
     /// The group `instance` is in, and the other members.
@@ -101,19 +140,23 @@ impl SyncGroups {
         let Some((_, others)) = self.others(instance) else {
             return Vec::new();
         };
-        self.members.insert(instance.to_string(), Member { state: to, ready: false });
-        if from == State::Master && to == State::Backup {
+        self.members.insert(instance.to_string(), Member::in_state(to));
+        // (A member ordered out, reason SyncGroup, was ordered with all the others.)
+        if from == State::Master && to == State::Backup && *reason != Reason::SyncGroup {
             return self.orders(&others, State::Master, GroupOrder::Backup);
+        }
+        if to != State::Master {
+            return Vec::new();
         }
         // The address owner is MASTER from the start, by definition; anything else went
         // through the group, unless an order crossed a member's change.
-        if to == State::Master
-            && *reason != Reason::AddressOwner
-            && others.iter().any(|o| self.member(o).follows())
-        {
+        if *reason != Reason::AddressOwner && others.iter().any(|o| self.member(o).follows()) {
             return vec![(instance.to_string(), GroupOrder::Backup)];
         }
-        Vec::new()
+        // Ready members may have been waiting for this one (an address owner that started
+        // late).
+        let group = self.group_of(instance).unwrap_or_default();
+        self.release(&group)
     }
 
     /// A member (in BACKUP) became ready to be MASTER, or no longer is.
@@ -127,22 +170,13 @@ impl SyncGroups {
             };
         };
         let state = self.member(instance).state;
-        self.members.insert(instance.to_string(), Member { state, ready });
+        self.members.insert(instance.to_string(), Member { ready, ..Member::in_state(state) });
         if !ready {
             // It follows a master now: nobody in the group may stay MASTER.
             return self.orders(&others, State::Master, GroupOrder::Backup);
         }
-        let all = others.iter().all(|o| {
-            let m = self.member(o);
-            m.state == State::Master || (m.state == State::Backup && m.ready)
-        });
-        if !all {
-            return Vec::new();
-        }
-        let mut v = self.orders(&others, State::Backup, GroupOrder::Master);
-        v.retain(|(n, _)| self.member(n).ready);
-        v.push((instance.to_string(), GroupOrder::Master));
-        v
+        let group = self.group_of(instance).unwrap_or_default();
+        self.release(&group)
     }
 
     /// For status and logs: the group of a ready `instance` and the members it waits for
@@ -152,10 +186,7 @@ impl SyncGroups {
             return None;
         }
         let (group, mut others) = self.others(instance)?;
-        others.retain(|o| {
-            let m = self.member(o);
-            !(m.state == State::Master || (m.state == State::Backup && m.ready))
-        });
+        others.retain(|o| !self.member(o).agrees());
         Some((group, others))
     }
 }
@@ -185,10 +216,10 @@ mod tests {
         assert!(g.on_ready("gw", true).is_empty(), "pub still follows a master");
         assert_eq!(g.waiting_for("gw"), Some(("director".into(), vec!["pub".into()])));
         assert_eq!(g.waiting_for("pub"), None);
-        assert_eq!(g.on_ready("pub", true), o(&[("gw", M), ("pub", M)]));
+        assert_eq!(g.on_ready("pub", true), o(&[("pub", M), ("gw", M)]));
         // They go MASTER one after the other: no member follows a master meanwhile.
-        assert!(g.on_state("gw", Backup, Master, &Reason::SyncGroup).is_empty());
-        assert!(g.on_state("pub", Backup, Master, &Reason::SyncGroup).is_empty());
+        assert!(g.on_state("gw", Backup, Master, &Reason::MasterDown).is_empty());
+        assert!(g.on_state("pub", Backup, Master, &Reason::MasterDown).is_empty());
     }
 
     #[test]
@@ -204,8 +235,8 @@ mod tests {
         let mut g = two();
         g.on_ready("gw", true);
         g.on_ready("pub", true);
-        g.on_state("gw", Backup, Master, &Reason::SyncGroup);
-        g.on_state("pub", Backup, Master, &Reason::SyncGroup);
+        g.on_state("gw", Backup, Master, &Reason::MasterDown);
+        g.on_state("pub", Backup, Master, &Reason::MasterDown);
         let higher = Reason::HigherPriority { from: "198.18.0.2".parse().unwrap(), priority: 200 };
         assert_eq!(g.on_state("pub", Master, Backup, &higher), o(&[("gw", B)]));
         // gw obeys; nobody is left to order.
@@ -218,16 +249,16 @@ mod tests {
     fn an_order_that_crossed_a_change_is_undone() {
         let mut g = two();
         g.on_ready("gw", true);
-        assert_eq!(g.on_ready("pub", true), o(&[("gw", M), ("pub", M)]));
+        assert_eq!(g.on_ready("pub", true), o(&[("pub", M), ("gw", M)]));
         // pub heard a master before its order arrived (it ignores the order) ...
         assert!(g.on_ready("pub", false).is_empty());
         // ... while gw obeyed: it goes back.
-        assert_eq!(g.on_state("gw", Backup, Master, &Reason::SyncGroup), o(&[("gw", B)]));
+        assert_eq!(g.on_state("gw", Backup, Master, &Reason::MasterDown), o(&[("gw", B)]));
         // Same race the other way round: gw MASTER first, then pub says it follows.
         let mut g = two();
         g.on_ready("gw", true);
         g.on_ready("pub", true);
-        g.on_state("gw", Backup, Master, &Reason::SyncGroup);
+        g.on_state("gw", Backup, Master, &Reason::MasterDown);
         assert_eq!(g.on_ready("pub", false), o(&[("gw", B)]));
     }
 
@@ -237,6 +268,30 @@ mod tests {
         assert!(g.on_state("pub", Backup, Master, &Reason::AddressOwner).is_empty());
         // gw, ready, finds pub MASTER: the group agrees at once.
         assert_eq!(g.on_ready("gw", true), o(&[("gw", M)]));
+        // The other way round: gw ready first, waiting for an owner that starts late.
+        let mut g = two();
+        g.on_state("pub", Backup, Initialize, &Reason::Shutdown);
+        assert!(g.on_ready("gw", true).is_empty());
+        assert_eq!(g.on_state("pub", Initialize, Master, &Reason::AddressOwner), o(&[("gw", M)]));
+    }
+
+    #[test]
+    fn three_members_obey_one_order_each() {
+        let members = ["a".to_string(), "b".to_string(), "c".to_string()];
+        let mut g = SyncGroups::new([("g", &members[..])]);
+        for m in ["a", "b", "c"] {
+            g.on_state(m, Initialize, Backup, &Reason::Startup);
+        }
+        g.on_ready("a", true);
+        g.on_ready("b", true);
+        assert_eq!(g.on_ready("c", true), o(&[("a", M), ("b", M), ("c", M)]));
+        for m in ["a", "b", "c"] {
+            assert!(g.on_state(m, Backup, Master, &Reason::MasterDown).is_empty(), "{m}");
+        }
+        let higher = Reason::HigherPriority { from: "198.18.0.2".parse().unwrap(), priority: 200 };
+        assert_eq!(g.on_state("a", Master, Backup, &higher), o(&[("b", B), ("c", B)]));
+        assert!(g.on_state("b", Master, Backup, &Reason::SyncGroup).is_empty());
+        assert!(g.on_state("c", Master, Backup, &Reason::SyncGroup).is_empty());
     }
 
     #[test]
@@ -260,13 +315,13 @@ mod tests {
         assert!(g.on_state("other", Master, Backup, &Reason::SyncGroup).is_empty());
         g.on_ready("gw", true);
         let members = ["pub".to_string(), "gw".to_string(), "new".to_string()];
-        g.reconfigure([("director", &members[..])]);
+        assert!(g.reconfigure([("director", &members[..])]).is_empty());
         assert_eq!(
             g.waiting_for("gw"),
             Some(("director".into(), vec!["pub".into(), "new".into()]))
         );
+        // The members gw waited for leave its group: it goes.
         let members = ["gw".to_string()];
-        g.reconfigure([("alone", &members[..])]);
-        assert_eq!(g.waiting_for("gw"), Some(("alone".into(), vec![])));
+        assert_eq!(g.reconfigure([("alone", &members[..])]), o(&[("gw", M)]));
     }
 }
