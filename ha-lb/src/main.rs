@@ -57,6 +57,12 @@ enum Cmd {
     Convert {
         /// keepalived.conf (a name not ending in `.toml`) or ha-lb TOML.
         file: PathBuf,
+        /// keepalived.conf: leave out keywords for features ha-lb lacks that do not decide
+        /// VIPs, health or forwarding (e-mail alerts, SNMP/D-Bus, notify FIFOs, vrrp_strict,
+        /// vrrp_skip_check_adv_addr), listing each on stderr with what is lost, instead of
+        /// refusing them. keepalived's stock sample has several.
+        #[arg(long)]
+        drop_unsupported: bool,
     },
     /// Show VRRP instances, virtual servers and real servers of the running daemon (over its
     /// root-only control socket), like `ipvsadm -Ln --stats`.
@@ -155,7 +161,7 @@ fn main() -> ExitCode {
             }
             status
         }
-        Cmd::Convert { file } => match config::load(&file) {
+        Cmd::Convert { file, drop_unsupported } => match convert_load(&file, drop_unsupported) {
             Ok(c) => {
                 println!(
                     "# ha-lb configuration converted from {} by `ha-lb convert`.",
@@ -214,4 +220,30 @@ fn request_failed(r: anyhow::Result<Response>) -> ExitCode {
         Err(e) => eprintln!("ha-lb: {e:#}"),
     }
     ExitCode::FAILURE
+}
+
+/// The configuration `convert` writes out; with `drop_unsupported` (keepalived.conf only),
+/// what was left out goes to stderr.
+fn convert_load(file: &std::path::Path, drop_unsupported: bool) -> Result<config::Config, String> {
+    if !drop_unsupported {
+        return config::load(file).map_err(|e| e.to_string());
+    }
+    if config::is_toml(file) {
+        return Err(format!(
+            "{}: --drop-unsupported is for keepalived.conf files; a TOML file has nothing to drop",
+            file.display()
+        ));
+    }
+    let (c, dropped) =
+        config::keepalived::load_dropping_unsupported(file).map_err(|e| e.to_string())?;
+    for d in &dropped {
+        eprintln!("{d}");
+    }
+    if !dropped.is_empty() {
+        eprintln!(
+            "{} keepalived keyword(s) left out; the output has everything else",
+            dropped.len()
+        );
+    }
+    Ok(c)
 }

@@ -39,8 +39,39 @@ pub fn parse_str(text: &str, origin: &Path) -> Result<Config, ConfigErrors> {
     parse_with(text, origin, None)
 }
 
+/// [`load`] for `ha-lb convert --drop-unsupported`: keepalived keywords for features ha-lb
+/// does not have and that do not decide which node holds a VIP or where a connection goes
+/// ([`DROPPABLE`]: e-mail alerts, SNMP/D-Bus, FIFOs, strict mode's firewall rules) are left
+/// out instead of refused; returns the configuration and, as `file:line:col` items, what
+/// was left out. Everything else is as strict as [`load`].
+pub fn load_dropping_unsupported(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::single(path, format!("cannot read the file: {e}")))?;
+    let mut dropped = Vec::new();
+    let c = parse_opts(&text, path, None, Some(&mut dropped))?;
+    Ok((c, dropped))
+}
+
 fn parse_with(text: &str, origin: &Path, host: Option<&Host>) -> Result<Config, ConfigErrors> {
-    let (lowered, ctx) = lower(text, origin);
+    parse_opts(text, origin, host, None)
+}
+
+/// `dropped`: leave [`DROPPABLE`] keywords out and report them there.
+fn parse_opts(
+    text: &str,
+    origin: &Path,
+    host: Option<&Host>,
+    dropped: Option<&mut Vec<ConfigError>>,
+) -> Result<Config, ConfigErrors> {
+    let (lowered, ctx) = lower(text, origin, dropped.is_some());
+    if let Some(d) = dropped {
+        d.extend(ctx.dropped.iter().map(|(loc, message)| ConfigError {
+            file: ctx.files[loc.file as usize].clone(),
+            line: loc.line as usize,
+            col: loc.col as usize,
+            message: message.clone(),
+        }));
+    }
     let labels = lowered.line_labels(&ctx.files);
     let result = native::parse_labelled(&lowered.text(), origin, labels, host);
     let mut errors: Vec<(Loc, String)> = ctx.errors;
@@ -72,8 +103,8 @@ fn parse_with(text: &str, origin: &Path, host: Option<&Host>) -> Result<Config, 
     })
 }
 
-fn lower(text: &str, origin: &Path) -> (Lowered, Ctx) {
-    let mut ctx = Ctx::default();
+fn lower(text: &str, origin: &Path, drop_unsupported: bool) -> (Lowered, Ctx) {
+    let mut ctx = Ctx { drop_unsupported, ..Ctx::default() };
     let mut tokens = Vec::new();
     let canonical = std::fs::canonicalize(origin).unwrap_or_else(|_| origin.to_path_buf());
     ctx.stack.push(canonical);
@@ -142,6 +173,9 @@ impl Stmt {
 struct Ctx {
     files: Vec<PathBuf>,
     errors: Vec<(Loc, String)>,
+    /// Leave [`DROPPABLE`] keywords out (into `dropped`) instead of refusing them.
+    drop_unsupported: bool,
+    dropped: Vec<(Loc, String)>,
     seq: u32,
     /// Canonical paths of the files being read, for include cycles.
     stack: Vec<PathBuf>,
@@ -642,6 +676,67 @@ fn unsupported_hint(kw: &str) -> &'static str {
     }
 }
 
+/// keepalived keywords `convert --drop-unsupported` leaves out, and what is lost: features
+/// ha-lb does not have that do not decide which node holds a VIP, which real servers are up,
+/// or where a connection goes. keepalived's stock sample configuration has several.
+const DROPPABLE: &[(&[&str], &str)] = &[
+    (
+        &[
+            "notification_email",
+            "notification_email_from",
+            "smtp_server",
+            "smtp_connect_timeout",
+            "smtp_helo_name",
+            "smtp_alert",
+            "smtp_alert_vrrp",
+            "smtp_alert_checker",
+        ],
+        "no e-mail alerts (ha-lb has none; notify scripts can send them)",
+    ),
+    (
+        &[
+            "notify_fifo",
+            "notify_fifo_script",
+            "vrrp_notify_fifo",
+            "vrrp_notify_fifo_script",
+            "lvs_notify_fifo",
+            "lvs_notify_fifo_script",
+            "fifo_write_vrrp_states_on_reload",
+        ],
+        "no notify FIFO (ha-lb has none; use notify scripts)",
+    ),
+    (
+        &[
+            "enable_snmp_vrrp",
+            "enable_snmp_checker",
+            "enable_snmp_rfc",
+            "enable_snmp_rfcv2",
+            "enable_snmp_rfcv3",
+            "enable_traps",
+            "snmp_socket",
+            "enable_dbus",
+            "dbus_service_name",
+        ],
+        "no SNMP / D-Bus (ha-lb's status is `ha-lb status --json`)",
+    ),
+    (
+        &["vrrp_strict"],
+        "no strict mode: ha-lb adds no firewall rules for VIPs and checks adverts as the RFCs \
+         say (v2 adverts listing other addresses are ignored, v3 ones accepted with a warning)",
+    ),
+    (
+        &["vrrp_skip_check_adv_addr"],
+        "adverts' address lists are checked (v2: a different list is ignored; v3: accepted with \
+         a warning)",
+    ),
+    (&["checker_log_all_failures", "log_all_failures"], "failures are logged as ha-lb logs them"),
+];
+
+/// What leaving `kw` out loses, when `convert --drop-unsupported` may.
+fn droppable(kw: &str) -> Option<&'static str> {
+    DROPPABLE.iter().find(|(kws, _)| kws.contains(&kw)).map(|(_, why)| *why)
+}
+
 /// keepalived keywords that ha-lb takes elsewhere (or not at all) but keepalived also takes
 /// in this block (`what`): not supported here, with what to do instead.
 fn unsupported_in(what: &str, kw: &str) -> Option<&'static str> {
@@ -930,6 +1025,12 @@ impl Lowerer<'_> {
     /// A keyword this block does not take: not supported, or unknown (with a suggestion).
     fn reject(&mut self, s: &Stmt, blk: &Blk) {
         let kw = s.key();
+        if self.ctx.drop_unsupported {
+            if let Some(why) = droppable(kw) {
+                self.ctx.dropped.push((s.kw.loc, format!("{kw} left out: {why}")));
+                return;
+            }
+        }
         if let Some(hint) = unsupported_in(blk.what, kw) {
             let msg = if blk.what == "the top level" {
                 format!("{kw} is not supported by ha-lb; {hint}")
@@ -943,7 +1044,12 @@ impl Lowerer<'_> {
         // A keyword ha-lb takes elsewhere is misplaced here, unless keepalived also takes it
         // here and ha-lb says what to use instead (virtualhost on a virtual_server).
         if KEEPALIVED_KEYWORDS.contains(&kw) && (!is_halb_key(kw) || !hint.is_empty()) {
-            self.err(s.kw.loc, format!("{kw} is not supported by ha-lb{hint}"));
+            let drop = if droppable(kw).is_some() {
+                " (`ha-lb convert --drop-unsupported` leaves it out)"
+            } else {
+                ""
+            };
+            self.err(s.kw.loc, format!("{kw} is not supported by ha-lb{hint}{drop}"));
         } else {
             let msg = native::unknown_name("keyword", kw, blk.what, &blk.allowed);
             self.err(s.kw.loc, msg);
@@ -1777,6 +1883,38 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigErrors> {
         parse_str(text, Path::new("k.conf"))
+    }
+
+    #[test]
+    fn drop_unsupported_leaves_out_only_what_does_not_decide_failover() {
+        let dir = std::env::temp_dir().join(format!("hlb-drop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("keepalived.conf");
+        let text = format!(
+            "global_defs {{\n notification_email {{\n  a@example.com\n }}\n smtp_server 192.0.2.1\n \
+             vrrp_strict\n router_id LB1\n}}\n{INST} priority 150\n}}\n"
+        );
+        std::fs::write(&f, &text).unwrap();
+        // Refused as ever without the option, saying how to get past it.
+        let e = load(&f).unwrap_err().to_string();
+        assert!(
+            e.contains(":2:2: notification_email is not supported by ha-lb; use notify scripts (`ha-lb convert --drop-unsupported` leaves it out)"),
+            "{e}"
+        );
+        let (c, dropped) = load_dropping_unsupported(&f).unwrap();
+        let d: Vec<String> = dropped.iter().map(|e| e.to_string()).collect();
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(d[0].ends_with(":2:2: notification_email left out: no e-mail alerts (ha-lb has none; notify scripts can send them)"), "{d:?}");
+        assert!(d[1].contains(":5:2: smtp_server left out"), "{d:?}");
+        assert!(d[2].contains(":6:2: vrrp_strict left out: no strict mode"), "{d:?}");
+        // Everything else is there.
+        assert_eq!(c.global.router_id.as_deref(), Some("LB1"));
+        assert_eq!(c.vrrp_instances[0].priority, 150);
+        // Not droppable: still an error with the option.
+        std::fs::write(&f, format!("{INST} track_bfd {{\n  b\n }}\n}}\n")).unwrap();
+        let e = load_dropping_unsupported(&f).unwrap_err().to_string();
+        assert!(e.contains("track_bfd"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn errors(text: &str) -> Vec<String> {
