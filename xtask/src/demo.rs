@@ -17,7 +17,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use ha_lb_lab::{
     daemon::{eventually, holds, HaLb, Scratch},
-    topology::{http_get, DirectorLab, KeepAlive, Mode, HTTP_PORT, VIP},
+    topology::{bin_path, http_get, DirectorLab, KeepAlive, Mode, HTTP_PORT, VIP},
 };
 
 const VIP_S: &str = "198.18.0.100";
@@ -48,6 +48,33 @@ impl Established {
         }
         n
     }
+}
+
+/// `--keep`: says how to look at the running lab, and waits for Enter (or the end of
+/// standard input).
+fn hold(t: &DirectorLab, directors: &[(&HaLb, &ha_lb_lab::Node)], scratch: &Scratch) {
+    say("The lab stays up (--keep). Try, as root:");
+    println!("   ip netns exec {} curl -s http://{VIP_S}/", t.client.ns);
+    for (d, n) in directors {
+        println!(
+            "   {} status --socket {}     # director in {}",
+            bin_path("ha-lb").map(|p| p.display().to_string()).unwrap_or_else(|_| "ha-lb".into()),
+            d.socket.display(),
+            n.ns
+        );
+    }
+    println!(
+        "   ip netns exec {} ip -br addr     # which director holds the VIPs",
+        directors[0].1.ns
+    );
+    println!("   logs and configs: {}", scratch.dir.display());
+    println!(
+        "   kill PID     # stop a director gracefully: the other takes over (pids {})",
+        directors.iter().map(|(d, _)| d.pid.to_string()).collect::<Vec<_>>().join(", ")
+    );
+    println!("Press Enter to tear the lab down (Ctrl-C leaves it behind: `cargo xtask sweep` removes it).");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
 }
 
 fn say(s: &str) {
@@ -174,7 +201,7 @@ fn director_conf(root: &Path, file: &str, dataplane: &str) -> Result<String> {
     ))
 }
 
-pub fn run(root: &Path, dataplane: &str) -> Result<()> {
+pub fn run(root: &Path, dataplane: &str, keep: bool) -> Result<()> {
     if !crate::is_root() {
         bail!("the demo builds a namespace lab and attaches eBPF programs: run `sudo -E cargo xtask demo`");
     }
@@ -319,6 +346,10 @@ pub fn run(root: &Path, dataplane: &str) -> Result<()> {
     })?;
     print_spread(&spread(&t, 60));
     print_status(&lb1);
+
+    if keep {
+        hold(&t, &[(&lb1, &d1n), (&lb2, &d2n)], &scratch);
+    }
 
     say("Stopping: SIGTERM to both directors, then the lab is torn down");
     let _ = t.lab.signal(lb1.pid, 15);

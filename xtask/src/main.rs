@@ -58,6 +58,10 @@ enum Cmd {
         /// forwarding code at the TC ingress hook).
         #[arg(long, default_value = "xdp", value_parser = ["xdp", "tc"])]
         dataplane: String,
+        /// Keep the lab running at the end (with both directors) to try it by hand; Enter
+        /// tears it down.
+        #[arg(long)]
+        keep: bool,
     },
     /// Remove network namespaces left behind by crashed ha-lb labs (only `hlb-*` ones whose
     /// creating process is gone).
@@ -216,13 +220,13 @@ fn main() -> Result<()> {
                 ipvs_options(rounds, udp_secs, tcp_secs, Some(variants), Some(metrics), object)?;
             bench::ipvs::guest(opts)
         }
-        Cmd::Demo { dataplane } => {
+        Cmd::Demo { dataplane, keep } => {
             toolchain::setup(&root, false)?;
             build_ebpf(&root)?;
             build_release_ha_lb(&root)?;
             std::env::set_var("HLB_BIN_HLB_REALSERVER", release_dir(&root).join("hlb-realserver"));
             sweep()?;
-            demo::run(&root, &dataplane)
+            demo::run(&root, &dataplane, keep)
         }
         Cmd::Sweep => {
             let n = sweep()?;
