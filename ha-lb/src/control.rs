@@ -4,7 +4,7 @@
 use std::{
     io::{BufRead, BufReader, Write},
     os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
@@ -43,8 +43,7 @@ pub type Incoming = (Request, oneshot::Sender<Response>);
 
 /// Binds the socket (replacing a stale one; refusing if a live daemon answers there), makes
 /// it root-only, and forwards requests to `tx` until the listener fails.
-pub async fn serve(path: PathBuf, tx: mpsc::Sender<Incoming>) -> Result<()> {
-    let listener = bind(&path)?;
+pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Incoming>) -> Result<()> {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -85,7 +84,9 @@ pub async fn serve(path: PathBuf, tx: mpsc::Sender<Incoming>) -> Result<()> {
     }
 }
 
-fn bind(path: &Path) -> Result<UnixListener> {
+/// Binds the control socket at `path` (root-only), refusing when another daemon answers
+/// there: the first thing `run` does, before it touches VIPs or a data plane.
+pub fn bind(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating control socket directory {}", dir.display()))?;
@@ -130,7 +131,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hlb-ctl-{}", std::process::id()));
         let path = dir.join("ha-lb.sock");
         let (tx, mut rx) = mpsc::channel::<Incoming>(4);
-        let server = tokio::spawn(serve(path.clone(), tx));
+        let server = tokio::spawn(serve(bind(&path).unwrap(), tx));
         tokio::spawn(async move {
             while let Some((req, reply)) = rx.recv().await {
                 let resp = match req {

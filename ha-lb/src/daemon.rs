@@ -350,6 +350,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let config = Arc::new(load_here(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?);
     let rtnl = Rtnl::new().context("opening rtnetlink")?;
     let mut link_watch = RtnlLinkWatcher::new().context("subscribing to link changes")?;
+    // Bind first: a second daemon on the same socket must fail before touching anything
+    // (opening a data plane adopts, and on failure removes, what the running one programmed).
+    let ctl_path = config.global.control_socket.clone();
+    let listener = control::bind(&ctl_path).context("control socket")?;
 
     let dataplane = match config.global.dataplane {
         // Nothing to forward and nowhere to attach (validation refuses virtual servers
@@ -398,13 +402,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let (track_tx, mut track_rx) = mpsc::channel(256);
     let (restart_tx, mut restart_rx) = mpsc::channel(16);
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<control::Incoming>(16);
-    let ctl_path = config.global.control_socket.clone();
-    // Bind first: a second daemon on the same socket must fail before touching anything.
-    let ctl = tokio::spawn(control::serve(ctl_path.clone(), ctl_tx));
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    if ctl.is_finished() {
-        return ctl.await?.context("control socket");
-    }
+    let ctl = tokio::spawn(control::serve(listener, ctl_tx));
 
     let (health, mut health_rx) =
         HealthChecker::start(CheckTarget::from_config(&config), health_options(&config));

@@ -493,3 +493,30 @@ fn tc_data_plane_pair_forwards_and_fails_over() {
     let st = d2.status().unwrap();
     assert!(st["forwarding"]["nat_in"].as_u64().unwrap_or(0) >= 6, "d2 forwarded: {st}");
 }
+
+/// A second `ha-lb run` with the same control socket is refused before it touches anything:
+/// the running daemon keeps its program, its VIPs and its traffic. (It used to open the data
+/// plane first — with IPVS, adopting the running daemon's services and removing them as it
+/// failed.)
+#[test]
+fn a_second_daemon_is_refused_before_touching_the_data_plane() {
+    let mut t = DirectorLab::build(Mode::Nat, 1, 2).unwrap();
+    t.start_real_servers().unwrap();
+    let s = Scratch::new("dsecond").unwrap();
+    let rss: Vec<String> = (1..=2).map(|n| real_server(n, 1, "", None)).collect();
+    let d = single_director(&mut t, &s, &virtual_server("lb_algo = \"rr\"", &rss));
+    let n = t.directors[0].clone();
+    let config = std::fs::read_to_string(&d.config).unwrap();
+    // The same file (its control_socket is d1's), its own log.
+    let second = HaLb::start(&mut t.lab, &n, &s, "again", &config).unwrap();
+    let st = t.lab.wait(second.pid, Duration::from_secs(5)).unwrap();
+    assert!(!st.success(), "the second daemon must fail");
+    let log = second.log_text();
+    assert!(log.contains("another ha-lb is already running"), "{log}");
+    assert!(!log.contains("XDP attached"), "it attached before refusing:\n{log}");
+    assert!(has_xdp(&n, "eth0"), "the first daemon's program is still attached");
+    assert!(holds_both_vips(&n));
+    assert_eq!(d.state("VI_PUBLIC").as_deref(), Some("MASTER"));
+    let m = spread(&t.client, 6);
+    assert_eq!(names(&m), ["rs1", "rs2"], "{m:?}");
+}
