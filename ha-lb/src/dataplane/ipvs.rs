@@ -74,6 +74,9 @@ pub struct IpvsDataplane {
     /// `state` may not be what the kernel holds (an apply failed half-way, or at start with a
     /// ledger): re-read before planning.
     stale: bool,
+    /// A desired state has been accepted: until then maintain() has nothing to restore (and
+    /// must not apply the empty default over services a restart found in the ledger).
+    accepted: bool,
     ledger: Option<PathBuf>,
     keep_on_drop: bool,
 }
@@ -96,6 +99,7 @@ impl IpvsDataplane {
             owned: BTreeSet::new(),
             state: View::new(),
             desired: DesiredState::default(),
+            accepted: false,
             stale: false,
             ledger: None,
             keep_on_drop: false,
@@ -213,6 +217,7 @@ impl Dataplane for IpvsDataplane {
         let target = plan::target(desired)?;
         // What maintain() restores or retries: the latest valid desired state.
         self.desired = desired.clone();
+        self.accepted = true;
         if self.stale {
             self.state = self.read_view(&self.owned)?;
             self.owned = self.state.keys().copied().collect();
@@ -233,11 +238,23 @@ impl Dataplane for IpvsDataplane {
         if self.owned != before {
             self.write_ledger()?;
         }
+        // Each virtual server on its own, as keepalived does: one the kernel refuses (a
+        // scheduler module it lacks, an address it rejects) stops its own commands, not the
+        // others' — a health check's removal elsewhere still goes through.
+        let mut failed: BTreeMap<VirtualServerKey, DataplaneError> = BTreeMap::new();
         for op in &ops {
-            if let Err(e) = self.execute(op) {
-                self.stale = true;
-                return Err(e);
+            if failed.contains_key(op.service()) {
+                continue;
             }
+            if let Err(e) = self.execute(op) {
+                failed.insert(*op.service(), e);
+            }
+        }
+        if !failed.is_empty() {
+            // Re-read before the next plan: the others are applied, the failed ones half.
+            self.stale = true;
+            let msg: Vec<String> = failed.values().map(|e| e.to_string()).collect();
+            return Err(DataplaneError::Backend(msg.join("; ").into()));
         }
         self.state = target;
         let owned: BTreeSet<VirtualServerKey> = self.state.keys().copied().collect();
@@ -293,6 +310,9 @@ impl Dataplane for IpvsDataplane {
     /// Re-reads the owned services and restores whatever drifted from the last desired state.
     /// IPVS expires its own connections: always `Ok(0)`.
     fn maintain(&mut self) -> Result<usize, DataplaneError> {
+        if !self.accepted {
+            return Ok(0);
+        }
         self.stale = true;
         let desired = self.desired.clone();
         let report = self.apply(&desired)?;

@@ -66,20 +66,15 @@ pub struct DesiredState {
     pub services: BTreeMap<VirtualServerKey, ServiceSpec>,
 }
 
-/// Most real servers one virtual server can have.
+/// Most real servers one virtual server can have in the eBPF data plane's maps (kernel
+/// IPVS has no such limit).
 pub const REAL_SERVERS_PER_SERVICE_MAX: usize = 256;
 
 impl DesiredState {
     /// Checks what every data plane needs: real servers of the VIP's address family, no
-    /// duplicates, at most [`REAL_SERVERS_PER_SERVICE_MAX`].
+    /// duplicates. (Capacities are each data plane's own.)
     pub fn validate(&self) -> Result<(), DataplaneError> {
         for (vs, spec) in &self.services {
-            if spec.real_servers.len() > REAL_SERVERS_PER_SERVICE_MAX {
-                return Err(DataplaneError::Invalid(format!(
-                    "virtual_server {vs}: {} real_servers (at most {REAL_SERVERS_PER_SERVICE_MAX})",
-                    spec.real_servers.len()
-                )));
-            }
             let mut seen = std::collections::BTreeSet::new();
             for rs in &spec.real_servers {
                 if rs.addr.is_ipv4() != vs.address.is_ipv4() {

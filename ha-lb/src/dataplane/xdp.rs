@@ -79,6 +79,7 @@ use super::{
     sched::{self, Backend},
     ApplyReport, Dataplane, DataplaneError, DataplaneStats, DesiredState, LbAlgo, LbKind, Protocol,
     RealServerSpec, RealServerStats, ServiceSpec, ServiceStats, VirtualServerKey,
+    REAL_SERVERS_PER_SERVICE_MAX,
 };
 use crate::bpf::{
     lb::{self as maps, addr_words, port_be, words_addr},
@@ -410,6 +411,15 @@ pub fn plan_with(
     tun_source: &dyn Fn(IpAddr) -> Option<IpAddr>,
 ) -> Result<(State, Vec<Op>, ApplyReport), DataplaneError> {
     desired.validate()?;
+    for (vs, spec) in &desired.services {
+        if spec.real_servers.len() > REAL_SERVERS_PER_SERVICE_MAX {
+            return Err(DataplaneError::Invalid(format!(
+                "virtual_server {vs}: {} real_servers (the eBPF maps hold at most \
+                 {REAL_SERVERS_PER_SERVICE_MAX})",
+                spec.real_servers.len()
+            )));
+        }
+    }
     let mut next = state.clone();
     let mut ops = Vec::new();
     let mut report = ApplyReport::default();
