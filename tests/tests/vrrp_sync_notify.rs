@@ -81,6 +81,25 @@ struct Pair {
     _s: Scratch,
 }
 
+impl Pair {
+    /// Until d2's group is BACKUP (its notify hook ran).
+    fn wait_backup(&self) {
+        eventually(Duration::from_secs(3), "d2 BACKUP", || {
+            has(&self.log2, "group GROUP director BACKUP 100")
+        })
+        .unwrap_or_else(|e| panic!("{e}: {:?}", lines(&self.log2)));
+    }
+}
+
+/// `ok()` holds all through the next `d` (sampled every 50 ms); panics with `what()` if not.
+fn holds_for(d: Duration, mut ok: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let until = std::time::Instant::now() + d;
+    while std::time::Instant::now() < until {
+        assert!(ok(), "{}", what());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn pair(name: &str) -> Pair {
     let mut t = DirectorLab::build(Mode::Nat, 2, 0).unwrap();
     let s = Scratch::new(name).unwrap();
@@ -196,10 +215,7 @@ fn reload_restarting_one_member_moves_its_whole_sync_group() {
     let p = pair("syncrestart");
     let (d1, d2) = (p.t.directors[0].clone(), p.t.directors[1].clone());
     let (t, a, log2) = (&p.t, &p.a, &p.log2);
-    eventually(Duration::from_secs(3), "d2 BACKUP", || {
-        has(log2, "group GROUP director BACKUP 100")
-    })
-    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(log2)));
+    p.wait_backup();
 
     // VI_PUBLIC's advert interval changes (an election parameter); VI_GATEWAY's nothing.
     let text = std::fs::read_to_string(&a.config).unwrap();
@@ -248,10 +264,7 @@ fn states(d: &HaLb) -> Vec<(String, String)> {
 fn sync_group_does_not_go_master_while_one_member_hears_a_master() {
     let p = pair("syncgate");
     let (d1, d2) = (p.t.directors[0].clone(), p.t.directors[1].clone());
-    eventually(Duration::from_secs(3), "d2 BACKUP", || {
-        has(&p.log2, "group GROUP director BACKUP 100")
-    })
-    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(&p.log2)));
+    p.wait_backup();
     mute_adverts(&d1, "eth1");
     // Ready once its Master_Down_Interval (≈ 0.36 s here) passes without an advert.
     eventually(Duration::from_secs(3), "d2's gateway instance is ready and waits", || {
@@ -263,15 +276,11 @@ fn sync_group_does_not_go_master_while_one_member_hears_a_master() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", p.b.log_text()));
     // And it stays so: many Master_Down_Intervals later d2 holds nothing, d1 both.
-    let until = std::time::Instant::now() + Duration::from_secs(2);
-    while std::time::Instant::now() < until {
-        assert!(
-            !holds(&d2, "eth1", GW) && !holds(&d2, "eth0", VIP),
-            "d2 took a VIP alone\n{}",
-            p.b.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    holds_for(
+        Duration::from_secs(2),
+        || !holds(&d2, "eth1", GW) && !holds(&d2, "eth0", VIP),
+        || format!("d2 took a VIP alone\n{}", p.b.log_text()),
+    );
     assert!(both(&d1));
     assert!(states(&p.b).iter().all(|(_, s)| s == "BACKUP"), "{:?}", states(&p.b));
     assert!(!has(&p.log2, "notify INSTANCE VI_GATEWAY MASTER 100"), "{:?}", lines(&p.log2));
@@ -286,10 +295,7 @@ fn sync_group_does_not_go_master_while_one_member_hears_a_master() {
 fn a_member_that_loses_its_election_takes_its_group_to_backup() {
     let p = pair("syncbackup");
     let (d1, d2) = (p.t.directors[0].clone(), p.t.directors[1].clone());
-    eventually(Duration::from_secs(3), "d2 BACKUP", || {
-        has(&p.log2, "group GROUP director BACKUP 100")
-    })
-    .unwrap_or_else(|e| panic!("{e}: {:?}", lines(&p.log2)));
+    p.wait_backup();
     mute_adverts(&d2, "eth1");
     std::fs::write(
         &p.b.config,
@@ -305,11 +311,11 @@ fn a_member_that_loses_its_election_takes_its_group_to_backup() {
     .unwrap_or_else(|e| panic!("{e}\n{}", p.a.log_text()));
     // d1's gateway instance, alone on its link now, gets ready, but its public instance
     // follows d2: d1 stays out.
-    let until = std::time::Instant::now() + Duration::from_secs(2);
-    while std::time::Instant::now() < until {
-        assert!(!holds(&d1, "eth1", GW), "d1 took the gateway VIP back alone\n{}", p.a.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    holds_for(
+        Duration::from_secs(2),
+        || !holds(&d1, "eth1", GW),
+        || format!("d1 took the gateway VIP back alone\n{}", p.a.log_text()),
+    );
     assert!(states(&p.a).iter().all(|(_, s)| s == "BACKUP"), "{:?}", states(&p.a));
     assert!(both(&d2));
 }
@@ -369,9 +375,9 @@ fn reload_adding_a_member_restarts_its_group() {
     // member waits, BACKUP, and d2 takes the public VIP too.
     eventually(Duration::from_secs(5), "d2 holds both VIPs", || both(&d2))
         .unwrap_or_else(|e| panic!("{e}\n{}", a.log_text()));
-    let until = std::time::Instant::now() + Duration::from_secs(1);
-    while std::time::Instant::now() < until {
-        assert!(!holds(&d1, "eth0", VIP), "d1 kept the public VIP\n{}", a.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    holds_for(
+        Duration::from_secs(1),
+        || !holds(&d1, "eth0", VIP),
+        || format!("d1 kept the public VIP\n{}", a.log_text()),
+    );
 }
