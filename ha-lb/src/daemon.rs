@@ -138,20 +138,55 @@ fn enable_forwarding(config: &Config, ifaces: &[String]) {
     }
     let ipv6 = config.virtual_servers.iter().any(|v| v.address.is_ipv6());
     for i in ifaces {
-        let mut paths = vec![format!("/proc/sys/net/ipv4/conf/{i}/forwarding")];
+        set_sysctl(&format!("/proc/sys/net/ipv4/conf/{i}/forwarding"), "1", "eBPF forwarding");
         if ipv6 {
-            paths.push(format!("/proc/sys/net/ipv6/conf/{i}/forwarding"));
-        }
-        for p in paths {
-            match std::fs::read_to_string(&p) {
-                Ok(v) if v.trim() == "1" => {}
-                _ => match std::fs::write(&p, "1") {
-                    Ok(()) => info!(path = %p, "enabled forwarding for XDP forwarding"),
-                    Err(e) => warn!(path = %p, error = %e, "could not enable forwarding"),
-                },
-            }
+            enable_ipv6_forwarding(&std::path::Path::new(IPV6_CONF).join(i));
         }
     }
+}
+
+/// Where the per-interface IPv6 settings are.
+const IPV6_CONF: &str = "/proc/sys/net/ipv6/conf";
+
+/// Writes `value` to the sysctl file `path` unless it holds it already; logs why (`what`).
+fn set_sysctl(path: &str, value: &str, what: &str) {
+    match std::fs::read_to_string(path) {
+        Ok(v) if v.trim() == value => {}
+        _ => match std::fs::write(path, value) {
+            Ok(()) => info!(path = %path, value, "set for {what}"),
+            Err(e) => {
+                warn!(path = %path, value, error = %e, "could not set it (needed for {what})")
+            }
+        },
+    }
+}
+
+/// Turns IPv6 forwarding on in `conf` (`/proc/sys/net/ipv6/conf/IFACE`, or `…/all`: every
+/// interface). With forwarding on, the kernel ignores router advertisements where
+/// `accept_ra` is 1 — a director that learns its IPv6 default route from them would lose it
+/// when the router's lifetime runs out — so `accept_ra` 1 becomes 2 ("accept even when
+/// forwarding") first on the interfaces concerned: the host keeps the routes it had.
+/// keepalived leaves forwarding to the operator; an LVS director needs it.
+fn enable_ipv6_forwarding(conf: &std::path::Path) {
+    let scopes: Vec<PathBuf> = if conf.ends_with("all") {
+        let parent = conf.parent().unwrap_or(conf);
+        std::fs::read_dir(parent)
+            .map(|d| d.flatten().map(|e| e.path()).filter(|p| !p.ends_with("all")).collect())
+            .unwrap_or_default()
+    } else {
+        vec![conf.to_path_buf()]
+    };
+    for s in scopes {
+        let ra = s.join("accept_ra");
+        if std::fs::read_to_string(&ra).is_ok_and(|v| v.trim() == "1") {
+            set_sysctl(
+                &ra.display().to_string(),
+                "2",
+                "IPv6 forwarding without losing router advertisements",
+            );
+        }
+    }
+    set_sysctl(&conf.join("forwarding").display().to_string(), "1", "IPv6 forwarding");
 }
 
 /// LVS-NAT replies: the forwarding program rewrites a real server's reply to come from the
@@ -227,20 +262,20 @@ fn route_dev(routes: &[(String, u32, u32)], a: std::net::Ipv4Addr) -> Option<&st
 /// still remove services the new configuration dropped.
 const IPVS_LEDGER: &str = "/run/ha-lb/ipvs-services";
 
-/// LVS-NAT through kernel IPVS needs the host to forward.
-fn enable_ip_forward(ipv6: bool) {
-    let mut paths = vec!["/proc/sys/net/ipv4/ip_forward"];
-    if ipv6 {
-        paths.push("/proc/sys/net/ipv6/conf/all/forwarding");
+/// LVS-NAT through kernel IPVS needs the host to forward (IPv6: only for IPv6 NAT
+/// services). At start and on every reload (one may add a NAT service).
+fn enable_ipvs_forwarding(config: &Config) {
+    let nat = |v6: bool| {
+        config
+            .virtual_servers
+            .iter()
+            .any(|v| v.lb_kind == config::LbKind::Nat && v.address.is_ipv6() == v6)
+    };
+    if nat(false) {
+        set_sysctl("/proc/sys/net/ipv4/ip_forward", "1", "IPVS NAT");
     }
-    for p in paths {
-        match std::fs::read_to_string(p) {
-            Ok(v) if v.trim() == "1" => {}
-            _ => match std::fs::write(p, "1") {
-                Ok(()) => info!(path = %p, "enabled forwarding for IPVS NAT"),
-                Err(e) => warn!(path = %p, error = %e, "could not enable forwarding"),
-            },
-        }
+    if nat(true) {
+        enable_ipv6_forwarding(&std::path::Path::new(IPV6_CONF).join("all"));
     }
 }
 
@@ -387,12 +422,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         config::Dataplane::Ipvs => {
             // Kernel IPVS: the same desired state through generic netlink. Real servers'
             // NAT replies are routed by the kernel, so forwarding must be on.
-            let v6 = config.virtual_servers.iter().any(|v| v.address.is_ipv6());
             let ipvs = IpvsDataplane::open_with_ledger(IPVS_LEDGER)
                 .context("starting the IPVS data plane")?;
-            if config.virtual_servers.iter().any(|v| v.lb_kind == config::LbKind::Nat) {
-                enable_ip_forward(v6);
-            }
+            enable_ipvs_forwarding(&config);
             info!("IPVS data plane opened");
             Plane::Ipvs(Box::new(ipvs))
         }
@@ -1186,6 +1218,9 @@ impl Daemon {
             return Err(m);
         }
         let old = std::mem::replace(&mut self.config, new.clone());
+        if let Plane::Ipvs(_) = &self.dataplane {
+            enable_ipvs_forwarding(&new);
+        }
         let group_orders = self.sync_groups.reconfigure(sync_group_members(&new));
         if let Plane::Xdp(x) = &mut self.dataplane {
             // New instances and VIP devices get the forwarding program and forwarding (ones no
@@ -1664,6 +1699,33 @@ fn log_diff(old: &[DesiredService], new: &[DesiredService], why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_forwarding_keeps_router_advertisements_coming() {
+        let root = std::env::temp_dir().join(format!("hlb-ipv6conf-{}", std::process::id()));
+        for (dev, ra) in
+            [("all", "1"), ("default", "1"), ("eth0", "1"), ("eth1", "0"), ("eth2", "2")]
+        {
+            std::fs::create_dir_all(root.join(dev)).unwrap();
+            std::fs::write(root.join(dev).join("accept_ra"), ra).unwrap();
+            std::fs::write(root.join(dev).join("forwarding"), "0").unwrap();
+        }
+        let read = |dev: &str, k: &str| std::fs::read_to_string(root.join(dev).join(k)).unwrap();
+        // One interface (the eBPF plane): only it changes.
+        enable_ipv6_forwarding(&root.join("eth0"));
+        assert_eq!(
+            (read("eth0", "accept_ra"), read("eth0", "forwarding")),
+            ("2".into(), "1".into())
+        );
+        assert_eq!(read("default", "accept_ra"), "1");
+        // All (IPVS): every interface that accepted RAs still does; one that did not, neither.
+        enable_ipv6_forwarding(&root.join("all"));
+        assert_eq!(read("all", "forwarding"), "1");
+        assert_eq!(read("default", "accept_ra"), "2");
+        assert_eq!(read("eth1", "accept_ra"), "0");
+        assert_eq!(read("eth2", "accept_ra"), "2");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn longest_prefix_route_from_proc_net_route() {

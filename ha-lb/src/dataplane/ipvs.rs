@@ -85,7 +85,25 @@ impl IpvsDataplane {
     /// Connects to the kernel's IPVS. Fails with a clear message if the kernel has none
     /// (`modprobe ip_vs`) or the process lacks CAP_NET_ADMIN.
     pub fn open() -> Result<IpvsDataplane, DataplaneError> {
-        let genl = Genl::open().map_err(|e| match e.errno() {
+        // Kernels before 5.16 do not load ip_vs for its generic netlink family by themselves;
+        // keepalived runs modprobe too.
+        let genl = Genl::open().or_else(|e| {
+            if e.errno() != Some(libc::ENOENT) {
+                return Err(e);
+            }
+            let loaded = std::process::Command::new("modprobe")
+                .arg("ip_vs")
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if loaded {
+                tracing::info!("loaded the ip_vs kernel module");
+                Genl::open()
+            } else {
+                Err(e)
+            }
+        });
+        let genl = genl.map_err(|e| match e.errno() {
             Some(libc::ENOENT) => DataplaneError::Unsupported {
                 dataplane: "ipvs",
                 what: "this kernel has no IPVS (the generic netlink family \"IPVS\" is \
