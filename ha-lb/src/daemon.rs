@@ -25,7 +25,7 @@ use crate::{
     config::{self, Config, Notify, Script, ScriptUser, VrrpInstance},
     control::{self, Request, Response},
     dataplane::{
-        ipvs::IpvsDataplane,
+        ipvs::{IpvsDataplane, SyncDaemon},
         xdp::{Hook, XdpDataplane},
         Dataplane, NoDataplane,
     },
@@ -482,6 +482,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     }
     d.start_track_tasks();
     d.apply_tracking().await;
+    d.ipvs_sync_role();
     info!(config = %d.config_path.display(), instances = d.instances.len(), virtual_servers = config.virtual_servers.len(), dataplane = d.dataplane.name(), "ha-lb running");
 
     let sync_sock = match (&d.dataplane, &config.global.lvs_sync_daemon) {
@@ -535,6 +536,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 // A desired state the data plane refused is tried again, and instances that
                 // could not start.
                 d.reconcile("retry");
+                d.ipvs_sync_role();
                 d.retry_failed_starts().await;
             }
             _ = sync_tick.tick(), if sync_sock.is_some() => {
@@ -634,6 +636,20 @@ fn run_notify(
 }
 
 impl Daemon {
+    /// With kernel IPVS, `lvs_sync_daemon` is the kernel's own sync thread, as keepalived
+    /// runs it: master while the synced instance is MASTER, backup otherwise. Called on
+    /// every state change and from housekeeping (a failed switch is tried again).
+    fn ipvs_sync_role(&mut self) {
+        let Some(cfg) = self.config.global.lvs_sync_daemon.clone() else { return };
+        let sync_id = self.sync_id(&cfg);
+        let master = self.inst_state.get(&cfg.vrrp_instance) == Some(&State::Master);
+        let Plane::Ipvs(ipvs) = &mut self.dataplane else { return };
+        let want = SyncDaemon { master, interface: cfg.interface.clone(), sync_id };
+        if let Err(e) = ipvs.set_sync(Some(want)) {
+            warn!(error = %e, "lvs_sync_daemon: switching the kernel's sync thread failed; trying again");
+        }
+    }
+
     /// The sync id: configured, else the sync instance's VRID.
     fn sync_id(&self, cfg: &config::LvsSyncDaemon) -> u8 {
         cfg.id.unwrap_or_else(|| {
@@ -1108,6 +1124,7 @@ impl Daemon {
         // only after its event is sent, so two members changing together would each still
         // see the other in the old state.
         self.inst_state.insert(ev.instance.clone(), ev.to);
+        self.ipvs_sync_role();
         if let Some(g) = self.config.sync_group_of(&ev.instance).cloned() {
             let all_same = g.group.iter().all(|m| self.inst_state.get(m) == Some(&ev.to));
             if all_same && self.group_state.get(&g.name) != Some(&ev.to) {

@@ -18,8 +18,9 @@ use std::{
 };
 
 use ha_lb::dataplane::{
-    ipvs::IpvsDataplane, ApplyReport, Dataplane, DataplaneError, DataplaneStats, DesiredState,
-    LbAlgo, LbKind, Protocol, RealServerSpec, ServiceSpec, VirtualServerKey,
+    ipvs::{IpvsDataplane, SyncDaemon},
+    ApplyReport, Dataplane, DataplaneError, DataplaneStats, DesiredState, LbAlgo, LbKind, Protocol,
+    RealServerSpec, ServiceSpec, VirtualServerKey,
 };
 use ha_lb_lab::uml::{self, Uml};
 
@@ -35,6 +36,7 @@ const STEPS: &[&str] = &[
     "maintain_repairs_drift",
     "ledger_survives_a_restart",
     "failed_apply_recovers",
+    "sync_daemon_follows_the_role",
     "drop_removes_only_owned_services",
 ];
 
@@ -470,7 +472,25 @@ fn guest(dir: &Path) {
     expect_ipvsadm(&d3_text, "after recovering from a failed apply");
     ok("failed_apply_recovers");
 
+    // lvs_sync_daemon with kernel IPVS: the kernel's sync thread, backup or master as the
+    // synced instance is; one left running by someone else is replaced. (Stopping a thread
+    // ipvsadm started a moment before hangs the request here, in UML: give it a moment.)
+    run("ipvsadm", &["--start-daemon", "master", "--mcast-interface", "lo", "--syncid", "7"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let sync = |master| SyncDaemon { master, interface: "lo".into(), sync_id: 51 };
+    dp.set_sync(Some(sync(false))).unwrap();
+    let daemons = run("ipvsadm", &["-L", "--daemon"]);
+    assert!(daemons.contains("backup sync daemon (mcast=lo, syncid=51"), "{daemons}");
+    assert!(!daemons.contains("master"), "{daemons}");
+    dp.set_sync(Some(sync(true))).unwrap();
+    let daemons = run("ipvsadm", &["-L", "--daemon"]);
+    assert!(daemons.contains("master sync daemon (mcast=lo, syncid=51"), "{daemons}");
+    assert!(!daemons.contains("backup"), "{daemons}");
+    ok("sync_daemon_follows_the_role");
+
     drop(dp);
+    let daemons = run("ipvsadm", &["-L", "--daemon"]);
+    assert!(daemons.trim().is_empty(), "the sync daemon stops with the data plane: {daemons}");
     expect_ipvsadm(FOREIGN, "after dropping the data plane");
     let ledger_text = std::fs::read_to_string(&ledger).unwrap();
     assert!(ledger_text.lines().all(|l| l.starts_with('#')), "{ledger_text}");

@@ -54,13 +54,10 @@ impl V<'_> {
         }
         if let Some(s) = &c.global.lvs_sync_daemon {
             let pos = self.map.key(Item::Global, "lvs_sync_daemon");
-            if !c.global.dataplane.is_ebpf() {
+            if c.global.dataplane == Dataplane::None {
                 self.err(
                     pos,
-                    format!(
-                        "lvs_sync_daemon synchronises the xdp/tc data plane's connections, but dataplane is {:?}",
-                        c.global.dataplane.as_str()
-                    ),
+                    "lvs_sync_daemon synchronises a data plane's connections, but dataplane is \"none\"",
                 );
             }
             if c.vrrp_instance(&s.vrrp_instance).is_none() {

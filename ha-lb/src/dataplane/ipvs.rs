@@ -79,6 +79,29 @@ pub struct IpvsDataplane {
     accepted: bool,
     ledger: Option<PathBuf>,
     keep_on_drop: bool,
+    /// The kernel sync thread ha-lb runs (see [`IpvsDataplane::set_sync`]).
+    sync: Option<SyncDaemon>,
+}
+
+/// Which of the kernel's connection sync threads runs, where: keepalived's
+/// `lvs_sync_daemon` with kernel IPVS. A MASTER director sends its connections, a BACKUP
+/// one receives them (multicast 224.0.0.81:8848 on `interface`, `sync_id` to tell
+/// directors pairs apart).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncDaemon {
+    pub master: bool,
+    pub interface: String,
+    pub sync_id: u8,
+}
+
+impl SyncDaemon {
+    fn state(&self) -> u32 {
+        if self.master {
+            wire::IP_VS_STATE_MASTER
+        } else {
+            wire::IP_VS_STATE_BACKUP
+        }
+    }
 }
 
 impl IpvsDataplane {
@@ -118,6 +141,7 @@ impl IpvsDataplane {
             state: View::new(),
             desired: DesiredState::default(),
             accepted: false,
+            sync: None,
             stale: false,
             ledger: None,
             keep_on_drop: false,
@@ -210,6 +234,50 @@ impl IpvsDataplane {
         let Some(path) = &self.ledger else { return Ok(()) };
         write_ledger(path, &self.owned)
             .map_err(|e| DataplaneError::Backend(format!("{}: {e}", path.display()).into()))
+    }
+
+    /// Runs the kernel's sync thread as `want` says (`None`: none), as keepalived switches
+    /// it when the synced instance changes state: the thread of the other state stops first.
+    /// A thread already there in the wanted state (left by a previous run) is restarted
+    /// with the wanted interface and id.
+    pub fn set_sync(&mut self, want: Option<SyncDaemon>) -> Result<(), DataplaneError> {
+        if self.sync == want {
+            return Ok(());
+        }
+        let f = self.genl.family();
+        if let Some(cur) = self.sync.take() {
+            self.stop_sync(cur.state())?;
+        }
+        let Some(w) = want else { return Ok(()) };
+        // Whatever runs in either state (ours from before a crash, or ipvsadm's) goes.
+        for state in [wire::IP_VS_STATE_MASTER, wire::IP_VS_STATE_BACKUP] {
+            self.stop_sync(state)?;
+        }
+        self.genl
+            .request(|seq| wire::new_daemon(f, seq, w.state(), &w.interface, u32::from(w.sync_id)))
+            .map_err(|e| {
+                backend(
+                    format!(
+                        "starting the IPVS sync daemon ({} on {}, id {})",
+                        if w.master { "master" } else { "backup" },
+                        w.interface,
+                        w.sync_id
+                    ),
+                    e,
+                )
+            })?;
+        tracing::info!(master = w.master, interface = %w.interface, sync_id = w.sync_id, "IPVS connection sync daemon started");
+        self.sync = Some(w);
+        Ok(())
+    }
+
+    /// Stops the sync thread in `state`; none running is not an error.
+    fn stop_sync(&self, state: u32) -> Result<(), DataplaneError> {
+        let f = self.genl.family();
+        match self.genl.request(|seq| wire::del_daemon(f, seq, state)) {
+            Err(e) if e.errno() == Some(libc::ESRCH) => Ok(()),
+            r => r.map_err(|e| backend("stopping the IPVS sync daemon", e)),
+        }
     }
 
     fn execute(&self, op: &Op) -> Result<(), DataplaneError> {
@@ -343,7 +411,13 @@ impl Dataplane for IpvsDataplane {
 
 impl Drop for IpvsDataplane {
     fn drop(&mut self) {
-        if self.keep_on_drop || self.owned.is_empty() {
+        if self.keep_on_drop {
+            return;
+        }
+        if let Err(e) = self.set_sync(None) {
+            tracing::warn!(error = %e, "IPVS: stopping the sync daemon at exit failed");
+        }
+        if self.owned.is_empty() {
             return;
         }
         if let Err(e) = self.apply(&DesiredState::default()) {

@@ -51,9 +51,19 @@ pub const IPVS_CMD_NEW_DEST: u8 = 5;
 pub const IPVS_CMD_SET_DEST: u8 = 6;
 pub const IPVS_CMD_DEL_DEST: u8 = 7;
 pub const IPVS_CMD_GET_DEST: u8 = 8;
+pub const IPVS_CMD_NEW_DAEMON: u8 = 9;
+pub const IPVS_CMD_DEL_DAEMON: u8 = 10;
 
 pub const IPVS_CMD_ATTR_SERVICE: u16 = 1;
 pub const IPVS_CMD_ATTR_DEST: u16 = 2;
+pub const IPVS_CMD_ATTR_DAEMON: u16 = 3;
+
+pub const IPVS_DAEMON_ATTR_STATE: u16 = 1;
+pub const IPVS_DAEMON_ATTR_MCAST_IFN: u16 = 2;
+pub const IPVS_DAEMON_ATTR_SYNC_ID: u16 = 3;
+/// Sync daemon states (`IP_VS_STATE_MASTER` / `IP_VS_STATE_BACKUP`).
+pub const IP_VS_STATE_MASTER: u32 = 1;
+pub const IP_VS_STATE_BACKUP: u32 = 2;
 
 pub const IPVS_SVC_ATTR_AF: u16 = 1;
 pub const IPVS_SVC_ATTR_PROTOCOL: u16 = 2;
@@ -305,6 +315,26 @@ pub fn service(family: u16, seq: u32, cmd: u8, vs: &VirtualServerKey, p: &SvcPar
 pub fn del_service(family: u16, seq: u32, vs: &VirtualServerKey) -> Vec<u8> {
     let mut m = ipvs_msg(family, NLM_F_REQUEST | NLM_F_ACK, seq, IPVS_CMD_DEL_SERVICE);
     service_nest(&mut m, vs, None);
+    m.finish()
+}
+
+/// NEW_DAEMON: start the kernel's connection sync thread in `state` (master or backup) on
+/// `ifname` with `sync_id` — what `ipvsadm --start-daemon` and keepalived's
+/// `lvs_sync_daemon` send.
+pub fn new_daemon(family: u16, seq: u32, state: u32, ifname: &str, sync_id: u32) -> Vec<u8> {
+    let mut m = ipvs_msg(family, NLM_F_REQUEST | NLM_F_ACK, seq, IPVS_CMD_NEW_DAEMON);
+    m.nest_start(IPVS_CMD_ATTR_DAEMON)
+        .u32(IPVS_DAEMON_ATTR_STATE, state)
+        .str(IPVS_DAEMON_ATTR_MCAST_IFN, ifname)
+        .u32(IPVS_DAEMON_ATTR_SYNC_ID, sync_id)
+        .nest_end();
+    m.finish()
+}
+
+/// DEL_DAEMON: stop the sync thread in `state`.
+pub fn del_daemon(family: u16, seq: u32, state: u32) -> Vec<u8> {
+    let mut m = ipvs_msg(family, NLM_F_REQUEST | NLM_F_ACK, seq, IPVS_CMD_DEL_DAEMON);
+    m.nest_start(IPVS_CMD_ATTR_DAEMON).u32(IPVS_DAEMON_ATTR_STATE, state).nest_end();
     m.finish()
 }
 
@@ -593,6 +623,23 @@ mod tests {
         let mut want = head(32, 0x10, 0x5, 7, 3, 1);
         want.extend_from_slice(&[9, 0, 2, 0, b'I', b'P', b'V', b'S', 0, 0, 0, 0]);
         assert_eq!(get_family(7), want);
+    }
+
+    #[test]
+    fn sync_daemon_requests_are_byte_exact() {
+        // Nest 4 + STATE 8 + MCAST_IFN 12 ("eth1\0" = 9 -> 12) + SYNC_ID 8 = 32; 20 + 32.
+        let mut want = head(52, 0x1d, 0x5, 9, 9, 1);
+        #[rustfmt::skip]
+        want.extend_from_slice(&[
+            32, 0, 3, 0,                                   // IPVS_CMD_ATTR_DAEMON
+            8, 0, 1, 0, 1, 0, 0, 0,                        // STATE = master
+            9, 0, 2, 0, b'e', b't', b'h', b'1', 0, 0, 0, 0, // MCAST_IFN "eth1\0"
+            8, 0, 3, 0, 51, 0, 0, 0,                       // SYNC_ID 51
+        ]);
+        assert_eq!(new_daemon(0x1d, 9, IP_VS_STATE_MASTER, "eth1", 51), want);
+        let mut want = head(32, 0x1d, 0x5, 10, 10, 1);
+        want.extend_from_slice(&[12, 0, 3, 0, 8, 0, 1, 0, 2, 0, 0, 0]);
+        assert_eq!(del_daemon(0x1d, 10, IP_VS_STATE_BACKUP), want);
     }
 
     #[test]
