@@ -593,7 +593,7 @@ impl FromStr for LbAlgo {
     }
 }
 
-/// Forwarding method (keepalived `lb_kind` / `lvs_method`). TUN is not supported yet.
+/// Forwarding method (keepalived `lb_kind` / `lvs_method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum LbKind {
     /// Destination NAT; replies must route back through the director. keepalived default.

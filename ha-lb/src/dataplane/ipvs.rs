@@ -34,7 +34,8 @@
 //! counters (`reasons` is empty: IPVS keeps no per-reason frame counters), which the kernel
 //! folds from per-CPU counters every 2 s (its rate estimator): they lag by up to that. Scheduler names are
 //! IPVS's (`ip_vs_rr` … `ip_vs_mh`, which the kernel loads on demand); `hash_port` sets
-//! `sh-port`/`mh-port`; persistence uses a full-address granularity (netmask /32, /128).
+//! `sh-port`/`mh-port`; persistence groups clients by `persistence_granularity` (IPVS's
+//! netmask: /32 or /128 by default).
 //! A new service exists for a few system calls before its destinations are added (IPVS cannot
 //! create both at once); it has no connections then, so nothing is lost.
 
@@ -78,6 +79,8 @@ pub struct IpvsDataplane {
     /// must not apply the empty default over services a restart found in the ledger).
     accepted: bool,
     ledger: Option<PathBuf>,
+    /// The last ledger write failed: write it at the next apply.
+    ledger_dirty: bool,
     keep_on_drop: bool,
     /// The kernel sync thread ha-lb runs (see [`IpvsDataplane::set_sync`]).
     sync: Option<SyncDaemon>,
@@ -141,6 +144,7 @@ impl IpvsDataplane {
             state: View::new(),
             desired: DesiredState::default(),
             accepted: false,
+            ledger_dirty: false,
             sync: None,
             stale: false,
             ledger: None,
@@ -280,6 +284,19 @@ impl IpvsDataplane {
         }
     }
 
+    /// Writes the ledger; unwritable (a read-only /run?), it warns and programs anyway — only
+    /// a crash before the next successful write could orphan a service — and tries again at
+    /// the next apply.
+    fn record_owned(&mut self) {
+        match self.write_ledger() {
+            Ok(()) => self.ledger_dirty = false,
+            Err(e) => {
+                self.ledger_dirty = true;
+                tracing::warn!(error = %e, "IPVS: recording the services ha-lb owns failed");
+            }
+        }
+    }
+
     fn execute(&self, op: &Op) -> Result<(), DataplaneError> {
         let f = self.genl.family();
         self.genl.request(|seq| op.encode(f, seq)).map_err(|e| {
@@ -321,8 +338,8 @@ impl Dataplane for IpvsDataplane {
         // Own what we are about to create before creating it, so a crash cannot orphan it.
         let before = self.owned.clone();
         self.owned.extend(target.keys().copied());
-        if self.owned != before {
-            self.write_ledger()?;
+        if self.owned != before || self.ledger_dirty {
+            self.record_owned();
         }
         // Each virtual server on its own, as keepalived does: one the kernel refuses (a
         // scheduler module it lacks, an address it rejects) stops its own commands, not the
@@ -346,7 +363,7 @@ impl Dataplane for IpvsDataplane {
         let owned: BTreeSet<VirtualServerKey> = self.state.keys().copied().collect();
         if owned != self.owned {
             self.owned = owned;
-            self.write_ledger()?;
+            self.record_owned();
         }
         Ok(report)
     }

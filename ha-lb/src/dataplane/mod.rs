@@ -1,5 +1,6 @@
 //! Data-plane state: the `Dataplane` trait, the desired-state types the reconciler hands it,
-//! and its implementations (`xdp::XdpDataplane` now; an IPVS one later).
+//! and its implementations (`xdp::XdpDataplane`: XDP or TC; `ipvs::IpvsDataplane`: kernel
+//! IPVS).
 //!
 //! The types here use keepalived's vocabulary (`virtual_server`, `real_server`, `lb_algo`,
 //! `lb_kind`, `weight`, `persistence_timeout`) — the config model's own enums and keys — and
