@@ -60,6 +60,8 @@ pub struct DesiredService {
     pub lb_kind: LbKind,
     pub persistence_timeout: Option<Duration>,
     pub persistence_granularity: Option<u8>,
+    /// `sh-port` / `mh-port`.
+    pub hash_port: bool,
     /// Real servers that take traffic (or drain), in configuration order.
     pub real_servers: Vec<DesiredRealServer>,
     pub quorum_up: bool,
@@ -237,6 +239,7 @@ impl Reconciler {
                 lb_kind: vs.lb_kind,
                 persistence_timeout: vs.persistence_timeout,
                 persistence_granularity: vs.persistence_granularity,
+                hash_port: vs.hash_port,
                 real_servers,
                 quorum_up: up,
             });
@@ -253,6 +256,7 @@ pub fn to_dataplane(desired: &[DesiredService]) -> DesiredState {
         spec.persistence_timeout =
             d.persistence_timeout.map(|t| t.as_secs().min(u32::MAX as u64) as u32).unwrap_or(0);
         spec.persistence_granularity = d.persistence_granularity.unwrap_or(0);
+        spec.hash_port = d.hash_port;
         spec.real_servers = d
             .real_servers
             .iter()

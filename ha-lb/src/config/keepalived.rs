@@ -619,6 +619,8 @@ fn kind(key: &str) -> Kind {
         "enable_script_security"
         | "nopreempt"
         | "alpha"
+        | "sh-port"
+        | "mh-port"
         | "inhibit_on_failure"
         | "misc_dynamic" => Kind::Flag,
         "script" | "notify_master" | "notify_backup" | "notify_fault" | "notify_stop"
@@ -757,6 +759,8 @@ fn unsupported_in(what: &str, kw: &str) -> Option<&'static str> {
 
 /// keepalived.conf(5) keywords (keepalived 2.2): known, so not typos, but not supported.
 const KEEPALIVED_KEYWORDS: &[&str] = &[
+    "mh-fallback",
+    "sh-fallback",
     "BFD_CHECK",
     "DNS_CHECK",
     "FILE_CHECK",
@@ -1883,6 +1887,28 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigErrors> {
         parse_str(text, Path::new("k.conf"))
+    }
+
+    #[test]
+    fn sh_port_and_mh_port_hash_the_client_port_with_their_scheduler_only() {
+        let vs = |algo: &str, flag: &str| {
+            format!(
+                "{INST} priority 150\n}}\nvirtual_server 192.0.2.10 80 {{\n lvs_sched {algo}\n {flag}\n \
+                 real_server 10.0.0.1 80 {{\n }}\n}}\n"
+            )
+        };
+        for (algo, flag) in [("sh", "sh-port"), ("mh", "mh-port")] {
+            let c = parse(&vs(algo, flag)).unwrap();
+            assert!(c.virtual_servers[0].hash_port, "{algo} {flag}");
+            // convert writes it back under keepalived's name, and it reads back the same.
+            let toml = crate::config::to_toml::to_toml(&c);
+            assert!(toml.contains(&format!("{flag} = true")), "{toml}");
+            let again = crate::config::parse_str(&toml, Path::new("c.toml")).unwrap();
+            assert!(again.virtual_servers[0].hash_port);
+        }
+        assert!(!parse(&vs("sh", "")).unwrap().virtual_servers[0].hash_port);
+        let e = errors(&vs("rr", "mh-port"));
+        assert!(e.iter().any(|e| e.ends_with(":11:2: mh-port needs lb_algo \"mh\"")), "{e:?}");
     }
 
     #[test]

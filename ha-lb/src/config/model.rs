@@ -649,6 +649,9 @@ pub struct VirtualServer {
     /// keepalived's `persistence_granularity` as a prefix length: clients in the same
     /// network of this size share a persistence template (IPVS `-M`). `None`: per address.
     pub persistence_granularity: Option<u8>,
+    /// keepalived's `sh-port` / `mh-port`: the `sh` / `mh` scheduler hashes the client's port
+    /// too, not only its address (IPVS `IP_VS_SVC_F_SCHED_SH_PORT`).
+    pub hash_port: bool,
     /// Minimum total weight of live real servers for the service to be up. Default 1.
     pub quorum: u32,
     /// Flap damper around `quorum`; always < quorum. Default 0.

@@ -222,6 +222,9 @@ fn virtual_server(w: &mut W, v: &VirtualServer) {
     if let Some(p) = v.persistence_granularity {
         w.kv("persistence_granularity", &toml_str(&p.to_string()));
     }
+    if v.hash_port {
+        w.kv(if v.lb_algo == LbAlgo::Mh { "mh-port" } else { "sh-port" }, "true");
+    }
     w.kv("quorum", &v.quorum.to_string());
     w.kv("hysteresis", &v.hysteresis.to_string());
     if let Some(s) = &v.quorum_up {

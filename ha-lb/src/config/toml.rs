@@ -151,6 +151,8 @@ pub(crate) const VIRTUAL_SERVER_KEYS: &[&str] = &[
     "lb_kind",
     "persistence_timeout",
     "persistence_granularity",
+    "sh-port",
+    "mh-port",
     "quorum",
     "hysteresis",
     "quorum_up",
@@ -1159,6 +1161,18 @@ impl<'s> Reader<'s> {
         let delay_loop = defaults.delay_loop.unwrap_or(Duration::from_secs(60));
         let alpha = self.boolean(&tb, "alpha").unwrap_or(false);
         let inhibit = self.boolean(&tb, "inhibit_on_failure").unwrap_or(false);
+        // keepalived's spelling; each only with its scheduler.
+        let mut hash_port = false;
+        for (key, algo) in [("sh-port", LbAlgo::Sh), ("mh-port", LbAlgo::Mh)] {
+            if self.boolean(&tb, key).unwrap_or(false) {
+                if lb_algo == algo {
+                    hash_port = true;
+                } else if let Some(i) = tb.t.get(key) {
+                    let pos = self.item_pos(&tb, key, i);
+                    self.err(pos, format!("{key} needs lb_algo \"{}\"", algo.as_str()));
+                }
+            }
+        }
 
         let mut real_servers = Vec::new();
         let vs_ctx = VsCtx { idx, port, delay_loop, inhibit, defaults };
@@ -1174,6 +1188,7 @@ impl<'s> Reader<'s> {
             lb_kind,
             persistence_timeout,
             persistence_granularity,
+            hash_port,
             quorum,
             hysteresis,
             quorum_up,
