@@ -107,9 +107,15 @@ pub enum Item {
 pub struct SourceMap {
     file: PathBuf,
     at: HashMap<(Item, &'static str, Option<usize>), Pos>,
-    /// Items that already produced an error while being read: their model values may be
-    /// placeholders, so semantic checks skip them.
+    /// Items that already produced an error while being read (in themselves or in an item
+    /// inside them): their model values may be placeholders, so semantic checks skip them.
     tainted: HashSet<Item>,
+    /// Keys whose value was the error: the item's other keys are as written, so checks
+    /// across items that use only those (a duplicate VRID next to a bad priority) still run.
+    tainted_keys: HashSet<(Item, &'static str)>,
+    /// Items with an error that is not about one of their keys (a missing required key):
+    /// no key of theirs is to be trusted.
+    tainted_whole: HashSet<Item>,
     /// How messages name line N (index N - 1), for a front-end whose positions are
     /// translated afterwards (keepalived.conf); empty: the number itself.
     line_labels: Vec<String>,
@@ -153,12 +159,37 @@ impl SourceMap {
             .unwrap_or_else(|| pos.line.to_string())
     }
 
-    pub fn taint(&mut self, item: Item) {
+    /// An error at `pos` while reading `item` (`inner`: the innermost item being read; the
+    /// others only contain it): the key whose value is at `pos` is tainted, or the whole
+    /// item when none is.
+    pub fn taint_at(&mut self, item: Item, pos: Pos, inner: bool) {
         self.tainted.insert(item);
+        if !inner {
+            return;
+        }
+        let key = self
+            .at
+            .iter()
+            .find(|((i, k, _), p)| *i == item && !k.is_empty() && **p == pos)
+            .map(|((_, k, _), _)| *k);
+        match key {
+            Some(k) => {
+                self.tainted_keys.insert((item, k));
+            }
+            None => {
+                self.tainted_whole.insert(item);
+            }
+        }
     }
 
     pub fn is_tainted(&self, item: Item) -> bool {
         self.tainted.contains(&item)
+    }
+
+    /// Whether `keys` of `item` were read without an error (its other keys may have had one).
+    pub fn keys_clean(&self, item: Item, keys: &[&str]) -> bool {
+        !self.tainted_whole.contains(&item)
+            && !keys.iter().any(|k| self.tainted_keys.contains(&(item, *k)))
     }
 
     /// Position of the item itself (falls back to the parent, then 1:1).

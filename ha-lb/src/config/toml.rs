@@ -330,8 +330,9 @@ impl<'s> Reader<'s> {
 
     fn err(&mut self, pos: Pos, msg: impl Into<String>) {
         self.errors.push(self.map.error(pos, msg));
-        for &it in &self.stack {
-            self.map.taint(it);
+        let n = self.stack.len();
+        for (i, &it) in self.stack.iter().enumerate() {
+            self.map.taint_at(it, pos, i + 1 == n);
         }
     }
 

@@ -138,10 +138,21 @@ impl V<'_> {
         let mut vips: HashMap<IpAddr, (&str, Pos)> = HashMap::new();
         for (idx, inst) in c.vrrp_instances.iter().enumerate() {
             let item = Item::VrrpInstance(idx);
-            if !self.ok(item) {
+            if self.ok(item) {
+                self.instance(c, idx, inst);
+            }
+            // Across instances, with only what these checks read (an error elsewhere in the
+            // instance, say its priority, does not hide a duplicate VRID).
+            const ACROSS: &[&str] = &[
+                "name",
+                "interface",
+                "virtual_router_id",
+                "virtual_ipaddress",
+                "virtual_ipaddress_excluded",
+            ];
+            if !self.map.keys_clean(item, ACROSS) {
                 continue;
             }
-            self.instance(c, idx, inst);
 
             let family = inst.family();
             let vpos = self.map.key(item, "virtual_router_id");
@@ -612,23 +623,25 @@ impl V<'_> {
         let mut keys: HashMap<VirtualServerKey, Pos> = HashMap::new();
         for (v, vs) in c.virtual_servers.iter().enumerate() {
             let item = Item::VirtualServer(v);
+            let m = self.map;
+            if m.keys_clean(item, &["address", "port", "protocol"]) {
+                let pos = m.key(item, "address");
+                match keys.get(&vs.key()) {
+                    Some(p) => self.err(
+                        pos,
+                        format!(
+                            "virtual_server {} is already defined at line {}",
+                            vs.key(),
+                            self.map.line_label(*p)
+                        ),
+                    ),
+                    None => {
+                        keys.insert(vs.key(), pos);
+                    }
+                }
+            }
             if !self.ok(item) {
                 continue;
-            }
-            let m = self.map;
-            let pos = m.key(item, "address");
-            match keys.get(&vs.key()) {
-                Some(p) => self.err(
-                    pos,
-                    format!(
-                        "virtual_server {} is already defined at line {}",
-                        vs.key(),
-                        self.map.line_label(*p)
-                    ),
-                ),
-                None => {
-                    keys.insert(vs.key(), pos);
-                }
             }
 
             if vs.hysteresis > 0 && vs.hysteresis >= vs.quorum {
