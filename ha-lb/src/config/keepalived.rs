@@ -49,6 +49,38 @@ pub fn load_dropping_unsupported(path: &Path) -> Result<(Config, Vec<ConfigError
         .map_err(|e| ConfigErrors::single(path, format!("cannot read the file: {e}")))?;
     let mut dropped = Vec::new();
     let c = parse_opts(&text, path, None, Some(&mut dropped))?;
+    // keepalived's strict mode changes other settings (it ignores authentication and
+    // preempt_delay, refuses unicast peers): without it this file would elect differently
+    // from the keepalived it replaces (a peer still on keepalived would drop our adverts).
+    if let Some(strict) = dropped.iter().find(|d| d.message.starts_with("vrrp_strict ")) {
+        let changed: Vec<String> = c
+            .vrrp_instances
+            .iter()
+            .flat_map(|i| {
+                [
+                    (i.authentication.is_some(), "authentication"),
+                    (!i.preempt_delay.is_zero(), "preempt_delay"),
+                    (!i.unicast_peer.is_empty(), "unicast_peer"),
+                ]
+                .into_iter()
+                .filter(|(on, _)| *on)
+                .map(move |(_, what)| format!("{} in vrrp_instance {}", what, i.name))
+            })
+            .collect();
+        if !changed.is_empty() {
+            return Err(ConfigErrors {
+                errors: vec![ConfigError {
+                    message: format!(
+                        "vrrp_strict cannot just be left out: keepalived's strict mode ignores {}, \
+                         which ha-lb would honour (a peer on keepalived would elect differently); \
+                         remove them, or vrrp_strict, first",
+                        changed.join(", ")
+                    ),
+                    ..strict.clone()
+                }],
+            });
+        }
+    }
     Ok((c, dropped))
 }
 
@@ -1936,6 +1968,20 @@ mod tests {
         // Everything else is there.
         assert_eq!(c.global.router_id.as_deref(), Some("LB1"));
         assert_eq!(c.vrrp_instances[0].priority, 150);
+        // vrrp_strict changes what keepalived does with authentication: not left out then.
+        std::fs::write(
+            &f,
+            format!(
+                "global_defs {{\n vrrp_strict\n}}\n{INST} authentication {{\n  auth_type PASS\n  \
+                 auth_pass 1111\n }}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let e = load_dropping_unsupported(&f).unwrap_err().to_string();
+        assert!(
+            e.contains(":2:2: vrrp_strict cannot just be left out: keepalived's strict mode ignores authentication in vrrp_instance VI_1"),
+            "{e}"
+        );
         // Not droppable: still an error with the option.
         std::fs::write(&f, format!("{INST} track_bfd {{\n  b\n }}\n}}\n")).unwrap();
         let e = load_dropping_unsupported(&f).unwrap_err().to_string();
