@@ -169,16 +169,28 @@ fn set_sysctl(path: &str, value: &str, what: &str) {
 /// keepalived leaves forwarding to the operator; an LVS director needs it.
 fn enable_ipv6_forwarding(conf: &std::path::Path) {
     let scopes: Vec<PathBuf> = if conf.ends_with("all") {
+        // The interfaces (not `default`: what new interfaces get stays the operator's).
         let parent = conf.parent().unwrap_or(conf);
         std::fs::read_dir(parent)
-            .map(|d| d.flatten().map(|e| e.path()).filter(|p| !p.ends_with("all")).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| !p.ends_with("all") && !p.ends_with("default"))
+                    .collect()
+            })
             .unwrap_or_default()
     } else {
         vec![conf.to_path_buf()]
     };
+    let read = |p: PathBuf| std::fs::read_to_string(p).map(|v| v.trim().to_string());
     for s in scopes {
+        // Only where forwarding is still off: on a router already, accept_ra 1 is the
+        // operator's choice to ignore advertisements.
+        if read(s.join("forwarding")).is_ok_and(|v| v == "1") {
+            continue;
+        }
         let ra = s.join("accept_ra");
-        if std::fs::read_to_string(&ra).is_ok_and(|v| v.trim() == "1") {
+        if read(ra.clone()).is_ok_and(|v| v == "1") {
             set_sysctl(
                 &ra.display().to_string(),
                 "2",
@@ -320,6 +332,9 @@ pub struct Daemon {
     health: HealthChecker,
     reconciler: Reconciler,
     desired: Vec<DesiredService>,
+    /// The data plane accepted a desired state once (the first, even an empty one, is
+    /// applied: with IPVS it removes what a crashed run left in the ledger).
+    applied_once: bool,
     dataplane: Plane,
     filter: Option<Filter>,
     reloads: u64,
@@ -460,6 +475,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         health,
         reconciler,
         desired: Vec::new(),
+        applied_once: false,
         dataplane,
         filter: None,
         reloads: 0,
@@ -642,7 +658,11 @@ impl Daemon {
     fn ipvs_sync_role(&mut self) {
         let Some(cfg) = self.config.global.lvs_sync_daemon.clone() else { return };
         let sync_id = self.sync_id(&cfg);
-        let master = self.inst_state.get(&cfg.vrrp_instance) == Some(&State::Master);
+        // STOPPING still serves (make-before-break): its connections are still sent.
+        let master = matches!(
+            self.inst_state.get(&cfg.vrrp_instance),
+            Some(State::Master | State::Stopping)
+        );
         let Plane::Ipvs(ipvs) = &mut self.dataplane else { return };
         let want = SyncDaemon { master, interface: cfg.interface.clone(), sync_id };
         if let Err(e) = ipvs.set_sync(Some(want)) {
@@ -1184,7 +1204,7 @@ impl Daemon {
                 );
             }
         }
-        if desired == self.desired {
+        if desired == self.desired && self.applied_once {
             return;
         }
         match self.dataplane.as_dyn().apply(&to_dataplane(&desired)) {
@@ -1208,6 +1228,7 @@ impl Daemon {
         }
         log_diff(&self.desired, &desired, why);
         self.desired = desired;
+        self.applied_once = true;
     }
 
     /// SIGHUP / `reload`: a valid new file is applied as a difference; an invalid one is
@@ -1735,12 +1756,17 @@ mod tests {
             ("2".into(), "1".into())
         );
         assert_eq!(read("default", "accept_ra"), "1");
-        // All (IPVS): every interface that accepted RAs still does; one that did not, neither.
+        // All (IPVS): every interface that accepted RAs still does; one that did not, neither;
+        // one already forwarding keeps ignoring them (the operator's choice); `default` stays.
+        std::fs::create_dir_all(root.join("eth3")).unwrap();
+        std::fs::write(root.join("eth3").join("accept_ra"), "1").unwrap();
+        std::fs::write(root.join("eth3").join("forwarding"), "1").unwrap();
         enable_ipv6_forwarding(&root.join("all"));
         assert_eq!(read("all", "forwarding"), "1");
-        assert_eq!(read("default", "accept_ra"), "2");
+        assert_eq!(read("default", "accept_ra"), "1");
         assert_eq!(read("eth1", "accept_ra"), "0");
         assert_eq!(read("eth2", "accept_ra"), "2");
+        assert_eq!(read("eth3", "accept_ra"), "1");
         std::fs::remove_dir_all(&root).unwrap();
     }
 

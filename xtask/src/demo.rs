@@ -63,16 +63,18 @@ fn hold(t: &DirectorLab, directors: &[(&HaLb, &ha_lb_lab::Node)], scratch: &Scra
             n.ns
         );
     }
-    println!(
-        "   ip netns exec {} ip -br addr     # which director holds the VIPs",
-        directors[0].1.ns
-    );
+    for (_, n) in directors {
+        println!("   ip netns exec {} ip -br addr     # does this director hold the VIPs?", n.ns);
+    }
     println!("   logs and configs: {}", scratch.dir.display());
     println!(
         "   kill PID     # stop a director gracefully: the other takes over (pids {})",
         directors.iter().map(|(d, _)| d.pid.to_string()).collect::<Vec<_>>().join(", ")
     );
-    println!("Press Enter to tear the lab down (Ctrl-C leaves it behind: `cargo xtask sweep` removes it).");
+    println!(
+        "Press Enter to tear the lab down (Ctrl-C stops the demo's processes but leaves its \
+         namespaces: `sudo cargo xtask sweep` removes them)."
+    );
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
 }

@@ -79,8 +79,9 @@ pub struct IpvsDataplane {
     /// must not apply the empty default over services a restart found in the ledger).
     accepted: bool,
     ledger: Option<PathBuf>,
-    /// The last ledger write failed: write it at the next apply.
-    ledger_dirty: bool,
+    /// What the ledger file holds (written again whenever `owned` differs, so a failed
+    /// write, or a set that shrank on a re-read, is recorded at the next apply).
+    recorded: BTreeSet<VirtualServerKey>,
     keep_on_drop: bool,
     /// The kernel sync thread ha-lb runs (see [`IpvsDataplane::set_sync`]).
     sync: Option<SyncDaemon>,
@@ -144,7 +145,7 @@ impl IpvsDataplane {
             state: View::new(),
             desired: DesiredState::default(),
             accepted: false,
-            ledger_dirty: false,
+            recorded: BTreeSet::new(),
             sync: None,
             stale: false,
             ledger: None,
@@ -169,6 +170,7 @@ impl IpvsDataplane {
         dp.owned = read_ledger(&path)
             .map_err(|e| DataplaneError::Backend(format!("{}: {e}", path.display()).into()))?;
         dp.stale = !dp.owned.is_empty();
+        dp.recorded = dp.owned.clone();
         dp.ledger = Some(path);
         Ok(dp)
     }
@@ -288,12 +290,12 @@ impl IpvsDataplane {
     /// a crash before the next successful write could orphan a service — and tries again at
     /// the next apply.
     fn record_owned(&mut self) {
+        if self.owned == self.recorded {
+            return;
+        }
         match self.write_ledger() {
-            Ok(()) => self.ledger_dirty = false,
-            Err(e) => {
-                self.ledger_dirty = true;
-                tracing::warn!(error = %e, "IPVS: recording the services ha-lb owns failed");
-            }
+            Ok(()) => self.recorded = self.owned.clone(),
+            Err(e) => tracing::warn!(error = %e, "IPVS: recording the services ha-lb owns failed"),
         }
     }
 
@@ -336,11 +338,8 @@ impl Dataplane for IpvsDataplane {
         }
         let (ops, report) = plan::plan(&self.state, &target);
         // Own what we are about to create before creating it, so a crash cannot orphan it.
-        let before = self.owned.clone();
         self.owned.extend(target.keys().copied());
-        if self.owned != before || self.ledger_dirty {
-            self.record_owned();
-        }
+        self.record_owned();
         // Each virtual server on its own, as keepalived does: one the kernel refuses (a
         // scheduler module it lacks, an address it rejects) stops its own commands, not the
         // others' — a health check's removal elsewhere still goes through.
@@ -360,11 +359,8 @@ impl Dataplane for IpvsDataplane {
             return Err(DataplaneError::Backend(msg.join("; ").into()));
         }
         self.state = target;
-        let owned: BTreeSet<VirtualServerKey> = self.state.keys().copied().collect();
-        if owned != self.owned {
-            self.owned = owned;
-            self.record_owned();
-        }
+        self.owned = self.state.keys().copied().collect();
+        self.record_owned();
         Ok(report)
     }
 
