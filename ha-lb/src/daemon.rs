@@ -51,6 +51,9 @@ const SYNC_PREEMPT_HOLD: Duration = Duration::from_secs(5);
 /// table (the first request can go out before its link is fully up).
 const SYNC_REQUESTS: u8 = 3;
 
+/// With connection sync: datagrams read per pass of the main loop beyond the first.
+const SYNC_RECV_BATCH: usize = 63;
+
 /// Notify hooks get this long before their process group is killed.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -342,10 +345,9 @@ pub struct Daemon {
     events_tx: mpsc::Sender<InstanceEvent>,
     track_tx: mpsc::Sender<TrackUpdate>,
     restart_tx: mpsc::Sender<String>,
-    /// Connection sync (`lvs_sync_daemon`): what has been sent, and whether the sync
-    /// instance was MASTER at the last tick (becoming MASTER sends the whole table again).
-    sync_exporter: crate::sync::Exporter,
-    sync_was_master: bool,
+    /// Connection sync (`lvs_sync_daemon`): what has been sent, what is owed, when to resend
+    /// (see `sync::Session`).
+    sync: crate::sync::Session,
     /// Table requests a starting director has still to send (see `sync_request`).
     sync_requests_left: u8,
     sync_counters: BTreeMap<&'static str, u64>,
@@ -354,6 +356,41 @@ pub struct Daemon {
 /// IPVS's sync group and port, which keepalived's `lvs_sync_daemon` uses too.
 const SYNC_GROUP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(224, 0, 0, 81);
 const SYNC_PORT: u16 = 8848;
+
+/// Send and receive buffer of the sync socket (IPVS's `sync_sock_size`): a paced tick of
+/// `sync::session::MAX_DATAGRAMS_PER_TICK` datagrams takes some 600 KiB of it.
+const SYNC_SOCK_BUF: usize = 4 << 20;
+
+/// Sets `SO_SNDBUF`/`SO_RCVBUF` of `s` to `size` past the sysctl limits (`*BUFFORCE`, which
+/// needs CAP_NET_ADMIN), else as far as they allow.
+fn set_sync_buffers(s: &socket2::Socket, size: usize) {
+    use std::os::fd::AsRawFd;
+    let force = |opt: libc::c_int| {
+        let v = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt reads an int from a valid pointer of the given length.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        r == 0
+    };
+    if !force(libc::SO_SNDBUFFORCE) {
+        let _ = s.set_send_buffer_size(size);
+    }
+    if !force(libc::SO_RCVBUFFORCE) {
+        let _ = s.set_recv_buffer_size(size);
+    }
+    tracing::debug!(
+        send = ?s.send_buffer_size(),
+        receive = ?s.recv_buffer_size(),
+        "lvs_sync_daemon: socket buffers"
+    );
+}
 
 /// The sync socket on `interface`: bound to it, joined to [`SYNC_GROUP`] there, multicast
 /// sent out of it with TTL 1 and not looped back to ourselves.
@@ -371,6 +408,7 @@ fn sync_socket(interface: &str) -> Result<tokio::net::UdpSocket> {
     // Sends leave by the bound device (SO_BINDTODEVICE sets the output interface).
     s.set_multicast_ttl_v4(1)?;
     s.set_multicast_loop_v4(false)?;
+    set_sync_buffers(&s, SYNC_SOCK_BUF);
     s.set_nonblocking(true)?;
     Ok(tokio::net::UdpSocket::from_std(s.into())?)
 }
@@ -483,8 +521,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         events_tx,
         track_tx,
         restart_tx,
-        sync_exporter: crate::sync::Exporter::new(),
-        sync_was_master: false,
+        sync: crate::sync::Session::new(),
         sync_requests_left: 0,
         sync_counters: BTreeMap::new(),
     };
@@ -560,6 +597,13 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             }
             r = recv_sync(&sync_sock, &mut sync_buf) => {
                 if let Ok((n, _from)) = r { d.sync_receive(&sync_buf[..n]); }
+                // Whatever else has arrived, up to a bound (a paced tick is a few hundred).
+                if let Some(s) = &sync_sock {
+                    for _ in 0..SYNC_RECV_BATCH {
+                        let Ok((n, _)) = s.try_recv_from(&mut sync_buf) else { break };
+                        d.sync_receive(&sync_buf[..n]);
+                    }
+                }
             }
             _ = hup.recv() => { let _ = d.reload().await; }
             _ = term.recv() => { info!("SIGTERM: stopping"); break; }
@@ -678,19 +722,18 @@ impl Daemon {
     }
 
     /// Once a second while the sync instance is MASTER: sends the connections the others have
-    /// not heard of (all of them again after becoming MASTER).
+    /// not heard of (all of them again after becoming MASTER), paced (see `sync::Session`).
     fn sync_send(&mut self, sock: &tokio::net::UdpSocket) {
         let Some(cfg) = self.config.global.lvs_sync_daemon.clone() else { return };
         let master = self.inst_state.get(&cfg.vrrp_instance) == Some(&State::Master);
         if !master {
-            self.sync_was_master = false;
+            self.sync.tick(std::time::Instant::now(), false);
             self.sync_request(sock);
             return;
         }
         self.sync_requests_left = 0;
-        if !self.sync_was_master {
-            self.sync_exporter.reset();
-            self.sync_was_master = true;
+        if !self.sync.tick(std::time::Instant::now(), true).export {
+            return;
         }
         let Plane::Xdp(x) = &self.dataplane else { return };
         let flows = match bpf::lb::flows(x.bpf()) {
@@ -719,18 +762,27 @@ impl Daemon {
                 .get(&(vip, port, k.proto))
                 .map(|kind| (std::net::SocketAddr::new(vip, port), *kind))
         };
-        let entries = self.sync_exporter.diff(&flows, bpf::lb::monotonic_ns(), &known);
         let id = self.sync_id(&cfg);
-        for d in crate::sync::encode(id, &entries) {
-            match sock.try_send_to(&d, (SYNC_GROUP, SYNC_PORT).into()) {
-                Ok(_) => *self.sync_counters.entry("datagrams_sent").or_default() += 1,
+        let datagrams = self.sync.export(id, &flows, bpf::lb::monotonic_ns(), &known);
+        let mut sent = 0;
+        for d in &datagrams {
+            match sock.try_send_to(d, (SYNC_GROUP, SYNC_PORT).into()) {
+                Ok(_) => {
+                    sent += 1;
+                    *self.sync_counters.entry("datagrams_sent").or_default() += 1;
+                    *self.sync_counters.entry("connections_sent").or_default() +=
+                        crate::sync::wire::entry_count(d) as u64;
+                }
                 Err(e) => {
+                    // Sent again at the next tick (the socket buffer is full, or the link
+                    // is down).
                     *self.sync_counters.entry("send_errors").or_default() += 1;
-                    tracing::debug!(error = %e, "lvs_sync_daemon: send failed");
+                    tracing::debug!(error = %e, "lvs_sync_daemon: send failed; retrying at the next tick");
+                    break;
                 }
             }
         }
-        *self.sync_counters.entry("connections_sent").or_default() += entries.len() as u64;
+        self.sync.not_sent(&datagrams[sent..]);
     }
 
     /// Asks the master for its whole table (see `sync::request`), while requests are left.
@@ -769,7 +821,7 @@ impl Daemon {
             // A starting director asks for the whole table: the master sends it at its next
             // tick (everything counts as not sent yet).
             if self.inst_state.get(&cfg.vrrp_instance) == Some(&State::Master) {
-                self.sync_exporter.reset();
+                self.sync.resend_all();
                 *self.sync_counters.entry("requests_answered").or_default() += 1;
             }
             return;

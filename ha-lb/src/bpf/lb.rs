@@ -299,6 +299,20 @@ pub fn put_flow(bpf: &mut Bpf, key: &LbFlowKey, flow: &LbFlow) -> Result<(), Bpf
     invalidate_flow_cache(bpf)
 }
 
+/// Writes `flows` (connection sync's import), then invalidates the flow cache once (also when
+/// a write failed part-way).
+pub fn put_flows(bpf: &mut Bpf, flows: &[(LbFlowKey, LbFlow)]) -> Result<(), BpfError> {
+    if flows.is_empty() {
+        return Ok(());
+    }
+    let e = map_err(LB_CONNS);
+    let r = HashMap::<_, LbFlowKey, LbFlow>::try_from(bpf.map_mut(LB_CONNS)?)
+        .map_err(&e)
+        .and_then(|mut m| flows.iter().try_for_each(|(k, f)| m.insert(k, f, 0).map_err(&e)));
+    let i = invalidate_flow_cache(bpf);
+    r.and(i)
+}
+
 /// Removes one entry (gone already: fine), as [`remove_flows`] does.
 pub fn remove_flow(bpf: &mut Bpf, key: &LbFlowKey) -> Result<(), BpfError> {
     remove_flows(bpf, std::slice::from_ref(key))

@@ -849,15 +849,27 @@ impl XdpDataplane {
         idle_secs: u32,
         now_ns: u64,
     ) -> Result<bool, DataplaneError> {
+        let e =
+            crate::sync::SyncEntry { protocol, lb_kind: kind, client, vip, real_server, idle_secs };
+        Ok(self.import_flows(&[e], now_ns)? == 1)
+    }
+
+    /// The table entries [`XdpDataplane::import_flow`] writes for `e` (none: unknown here).
+    fn imported(
+        &self,
+        e: &crate::sync::SyncEntry,
+        now_ns: u64,
+        out: &mut Vec<(LbFlowKey, LbFlow)>,
+    ) -> bool {
+        let crate::sync::SyncEntry { protocol, lb_kind: kind, client, vip, real_server, idle_secs } =
+            *e;
         let key = VirtualServerKey { address: vip.ip(), port: vip.port(), protocol };
-        let Some(svc) = self.state.services.get(&key) else { return Ok(false) };
+        let Some(svc) = self.state.services.get(&key) else { return false };
         let Some(r) = svc.reals.get(&(real_server.ip(), real_server.port())) else {
-            return Ok(false);
+            return false;
         };
-        let same_family =
-            client.is_ipv4() == vip.is_ipv4() && vip.is_ipv4() == real_server.is_ipv4();
-        if !same_family {
-            return Ok(false);
+        if !e.same_family() {
+            return false;
         }
         let proto = match protocol {
             Protocol::Tcp => IPPROTO_TCP,
@@ -884,7 +896,7 @@ impl XdpDataplane {
             port: port_be(real_server.port()),
             ..LbFlow::default()
         };
-        maps::put_flow(&mut self.bpf, &fkey, &forward).map_err(backend)?;
+        out.push((fkey, forward));
         if kind == LbKind::Nat {
             let rkey = LbFlowKey::new(
                 family,
@@ -894,32 +906,22 @@ impl XdpDataplane {
             );
             let reply =
                 LbFlow { flags: LB_FLOW_F_REPLY, addr: v, port: port_be(vip.port()), ..forward };
-            maps::put_flow(&mut self.bpf, &rkey, &reply).map_err(backend)?;
+            out.push((rkey, reply));
         }
-        Ok(true)
+        true
     }
 
-    /// [`XdpDataplane::import_flow`] for each entry received from another director; returns
-    /// how many were imported (the others name a service or real server unknown here).
+    /// [`XdpDataplane::import_flow`] for each entry received from another director, written
+    /// together with one flow-cache invalidation; returns how many were imported (the others
+    /// name a service or real server unknown here).
     pub fn import_flows(
         &mut self,
         entries: &[crate::sync::SyncEntry],
         now_ns: u64,
     ) -> Result<usize, DataplaneError> {
-        let mut n = 0;
-        for e in entries {
-            if self.import_flow(
-                e.protocol,
-                e.lb_kind,
-                e.client,
-                e.vip,
-                e.real_server,
-                e.idle_secs,
-                now_ns,
-            )? {
-                n += 1;
-            }
-        }
+        let mut writes = Vec::with_capacity(2 * entries.len());
+        let n = entries.iter().filter(|e| self.imported(e, now_ns, &mut writes)).count();
+        maps::put_flows(&mut self.bpf, &writes).map_err(backend)?;
         Ok(n)
     }
 

@@ -9,6 +9,12 @@
 //! failover after the timeout would reschedule it. A key that leaves the table is forgotten,
 //! so a flow that comes back later is sent again.
 //!
+//! Sending is the caller's: whatever it could not send (its per-tick budget ran out, the
+//! socket refused) it hands back with [`Exporter::not_sent`], and those flows are owed: the
+//! next [`diff`](Exporter::diff) sends them again, after the flows that are new or changed.
+//! [`Exporter::resend_all`] makes every remembered flow owed (a table request, the periodic
+//! full resend that heals lost datagrams).
+//!
 //! Only forward entries are sent (a NAT reply entry is derived from its forward entry on
 //! import), and not closed ones (FIN/RST seen: a backup has no use for them).
 
@@ -20,7 +26,7 @@ use ha_lb_common::lb::{
 };
 
 use super::SyncEntry;
-use crate::bpf::lb::words_addr;
+use crate::bpf::lb::{addr_words, port_be, words_addr};
 use crate::config::{LbKind, Protocol};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -35,6 +41,8 @@ pub const REFRESH_SECS: u64 = 60;
 struct Sent {
     real: (u32, u32),
     last_seen_ns: u64,
+    /// To be sent again (not sent after all, or a whole-table resend asked for it).
+    owed: bool,
 }
 
 /// The master's memory of what it has sent, by forward-entry key.
@@ -58,13 +66,37 @@ impl Exporter {
     }
 
     /// Forgets everything sent, so the next [`diff`](Self::diff) sends the whole table (for a
-    /// director that becomes master again, or a new peer).
+    /// director that becomes master again).
     pub fn reset(&mut self) {
         self.sent.clear();
     }
 
+    /// Makes every flow remembered as sent owed: the next diffs send them again, after the
+    /// new and changed ones (a table request; the periodic full resend).
+    pub fn resend_all(&mut self) {
+        for s in self.sent.values_mut() {
+            s.owed = true;
+        }
+    }
+
+    /// Whether some flows are owed (see [`not_sent`](Self::not_sent)).
+    pub fn owes(&self) -> bool {
+        self.sent.values().any(|s| s.owed)
+    }
+
+    /// `entries` (from [`diff`](Self::diff)) did not go out: the next diff sends them again if
+    /// their flows are still in the table.
+    pub fn not_sent(&mut self, entries: &[SyncEntry]) {
+        for e in entries {
+            if let Some(s) = entry_key(e).and_then(|k| self.sent.get_mut(&k)) {
+                s.owed = true;
+            }
+        }
+    }
+
     /// The entries of `flows` to send now, given everything sent by earlier calls; then
-    /// remembers `flows` as the table's state.
+    /// remembers `flows` as the table's state. New and changed flows come first, then owed
+    /// ones (see [`not_sent`](Self::not_sent)), so a whole-table resend delays no new flow.
     ///
     /// `now_ns` is on the clock of `LbFlow::last_seen_ns` (CLOCK_MONOTONIC). `services` says
     /// whether a forward key's destination is a local service (`Some((vip, kind))`); flows of
@@ -80,6 +112,7 @@ impl Exporter {
     ) -> Vec<SyncEntry> {
         let mut sent = HashMap::with_capacity(self.sent.len().max(flows.len() / 2));
         let mut out = Vec::new();
+        let mut owed = Vec::new();
         for (key, flow) in flows {
             if flow.flags & (LB_FLOW_F_REPLY | LB_FLOW_F_CLOSED) != 0 {
                 continue;
@@ -93,27 +126,44 @@ impl Exporter {
             if sent.get(key).is_some_and(|s: &Sent| s.real == real) {
                 continue;
             }
-            let now = Sent { real, last_seen_ns: flow.last_seen_ns };
-            let keep = match self.sent.get(key) {
+            let now = Sent { real, last_seen_ns: flow.last_seen_ns, owed: false };
+            match self.sent.get(key) {
                 Some(s) if s.real == real => {
                     let active_since = flow.last_seen_ns.saturating_sub(s.last_seen_ns);
-                    (active_since < REFRESH_SECS * NS_PER_SEC).then_some(*s)
+                    if active_since >= REFRESH_SECS * NS_PER_SEC {
+                        sent.insert(*key, now);
+                        out.push(entry);
+                    } else if s.owed {
+                        sent.insert(*key, now);
+                        owed.push(entry);
+                    } else {
+                        sent.insert(*key, *s);
+                    }
                 }
-                _ => None,
-            };
-            match keep {
-                Some(s) => {
-                    sent.insert(*key, s);
-                }
-                None => {
+                _ => {
                     sent.insert(*key, now);
                     out.push(entry);
                 }
             }
         }
         self.sent = sent;
+        out.extend(owed);
         out
     }
+}
+
+/// The forward key of `e`'s flow (`None`: it mixes address families, which no key does).
+fn entry_key(e: &SyncEntry) -> Option<LbFlowKey> {
+    if !e.same_family() {
+        return None;
+    }
+    let proto = match e.protocol {
+        Protocol::Tcp => IPPROTO_TCP,
+        Protocol::Udp => IPPROTO_UDP,
+    };
+    let (c, family) = addr_words(e.client.ip());
+    let (v, _) = addr_words(e.vip.ip());
+    Some(LbFlowKey::new(family, proto, (c, port_be(e.client.port())), (v, port_be(e.vip.port()))))
 }
 
 /// The [`SyncEntry`] of a forward entry, or `None` for a family or protocol the data path does
@@ -150,7 +200,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::bpf::lb::{addr_words, port_be};
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -352,6 +401,73 @@ mod tests {
         assert!(x.diff(&[fwd()], NOW, &none).is_empty());
         assert!(x.is_empty());
         assert_eq!(x.diff(&[fwd()], NOW, &any_service).len(), 1);
+    }
+
+    fn many(n: u32) -> Vec<(LbFlowKey, LbFlow)> {
+        (0..n)
+            .map(|i| {
+                let client =
+                    format!("198.51.{}.{}:{}", 100 + i / 60_000, i / 250 % 240, 1024 + i % 250);
+                (key(&client, "192.0.2.10:80", IPPROTO_TCP), flow("10.0.0.2:8080", 3, 0))
+            })
+            .collect()
+    }
+
+    /// Found by review: every entry diff returned counted as sent, also those the daemon
+    /// could not send (socket buffer full, budget), so a lost datagram's flows never reached
+    /// the backup. What was not sent is owed and goes out with the next diff.
+    #[test]
+    fn what_was_not_sent_is_sent_again() {
+        let mut x = Exporter::new();
+        let t = many(10);
+        let out = x.diff(&t, NOW, &any_service);
+        assert_eq!(out.len(), 10);
+        x.not_sent(&out[6..]);
+        assert!(x.owes());
+        let again = x.diff(&t, NOW, &any_service);
+        assert_eq!(again, out[6..].to_vec());
+        assert!(!x.owes());
+        assert!(x.diff(&t, NOW, &any_service).is_empty());
+        // Owed flows that left the table are not sent.
+        x.not_sent(&out[..2]);
+        assert!(x.diff(&t[2..], NOW, &any_service).is_empty());
+    }
+
+    /// New and changed flows go before owed ones, so a whole-table resend sent over several
+    /// ticks does not hold up a flow that just started.
+    #[test]
+    fn owed_flows_go_after_new_ones() {
+        let mut x = Exporter::new();
+        let t = many(5);
+        x.diff(&t, NOW, &any_service);
+        x.resend_all();
+        let mut t2 = t.clone();
+        let b = (key("203.0.113.1:1", "192.0.2.10:80", IPPROTO_TCP), flow("10.0.0.3:8080", 4, 0));
+        t2.push(b);
+        t2[3].1 = flow("10.0.0.4:8080", 5, 0);
+        let out = x.diff(&t2, NOW, &any_service);
+        assert_eq!(out.len(), 6);
+        let first: HashSet<_> = out[..2].iter().map(|e| e.client).collect();
+        assert_eq!(
+            first,
+            HashSet::from([
+                sa("203.0.113.1:1"),
+                forward_entry(&t[3].0, &t[3].1, NOW).unwrap().client
+            ])
+        );
+        assert!(x.diff(&t2, NOW, &any_service).is_empty());
+    }
+
+    #[test]
+    fn resend_all_sends_every_remembered_flow_once_more() {
+        let mut x = Exporter::new();
+        let t = many(300);
+        assert_eq!(x.diff(&t, NOW, &any_service).len(), 300);
+        assert!(!x.owes());
+        x.resend_all();
+        assert!(x.owes());
+        assert_eq!(x.diff(&t, NOW, &any_service).len(), 300);
+        assert!(x.diff(&t, NOW, &any_service).is_empty());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! to its own real id and generation.
 
 pub mod export;
+pub mod session;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use std::net::SocketAddr;
 use crate::config::{LbKind, Protocol};
 
 pub use export::Exporter;
+pub use session::Session;
 pub use wire::{decode, encode, request, SyncDecodeError, MAX_DATAGRAM};
 
 /// One synchronised connection (a forward entry of `LB_CONNS`, in director-independent terms).

@@ -177,6 +177,15 @@ pub fn encode(sync_id: u8, entries: &[SyncEntry]) -> Vec<Vec<u8>> {
     out
 }
 
+/// The entry count in the header of a datagram [`encode`] made (0 for anything shorter than
+/// a header).
+pub fn entry_count(d: &[u8]) -> usize {
+    if d.len() < HEADER_LEN {
+        return 0;
+    }
+    u16::from_be_bytes([d[6], d[7]]) as usize
+}
+
 fn get_addr(b: &[u8], v6: bool) -> SocketAddr {
     let (ip, rest) = if v6 {
         let mut o = [0u8; 16];
