@@ -828,10 +828,11 @@ impl Daemon {
         }
         let Plane::Xdp(x) = &mut self.dataplane else { return };
         match x.import_flows(&entries, bpf::lb::monotonic_ns()) {
-            Ok(n) => {
-                *self.sync_counters.entry("connections_imported").or_default() += n as u64;
+            Ok(r) => {
+                *self.sync_counters.entry("connections_imported").or_default() += r.opened as u64;
+                *self.sync_counters.entry("connections_closed").or_default() += r.closed as u64;
                 *self.sync_counters.entry("connections_unknown").or_default() +=
-                    (entries.len() - n) as u64;
+                    (entries.len() - r.opened - r.closed) as u64;
             }
             Err(e) => warn!(error = %e, "lvs_sync_daemon: importing connections failed"),
         }

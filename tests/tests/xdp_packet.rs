@@ -20,7 +20,7 @@ use ha_lb::{
     dataplane::{Dataplane, LbAlgo, LbKind, Protocol},
 };
 use ha_lb_common::{
-    lb::{LbReason, LB_FLOW_F_REPLY},
+    lb::{LbFlowKey, LbReason, LB_FLOW_F_CLOSED, LB_FLOW_F_REPLY},
     vrrp::{version_bit, VrrpCounter, VrrpVridKey, VrrpVridValue, FAMILY_V4},
 };
 use ha_lb_lab::frame::{self, inet_checksum, TcpFlags};
@@ -1131,5 +1131,40 @@ fn imported_flows_go_to_the_real_server_the_other_director_chose() {
             maps::monotonic_ns(),
         );
         assert!(!other.unwrap(), "unknown service");
+    });
+}
+
+/// Found by review: a flow the master closed stayed open on the backup for the TCP timeout.
+/// A closed entry marks the copy this director has closed (as the master's is, so it expires
+/// on the FIN timeout and no longer counts as active); one it does not have is not written.
+#[test]
+fn an_imported_close_marks_the_flow_closed() {
+    let env = env();
+    env.run(|t| {
+        let vip =
+            t.serve_rr(Protocol::Tcp, "198.18.100.12:80", LbKind::Nat, &["198.18.2.10"], 8080);
+        let entry = |client: SocketAddr, closed| ha_lb::sync::SyncEntry {
+            protocol: Protocol::Tcp,
+            lb_kind: LbKind::Nat,
+            client,
+            vip,
+            real_server: sa("198.18.2.10:8080"),
+            idle_secs: 1,
+            closed,
+        };
+        let key = |c: SocketAddr| {
+            let (src, family) = maps::addr_words(c.ip());
+            let (dst, _) = maps::addr_words(vip.ip());
+            LbFlowKey::new(family, 6, (src, maps::port_be(c.port())), (dst, maps::port_be(80)))
+        };
+        let flags = |t: &Tester, c| maps::flow(t.dp.bpf(), &key(c)).unwrap().map(|f| f.flags);
+        let (a, b) = (client(31, 9100), client(32, 9101));
+        let r = t.dp.import_flows(&[entry(a, false)], maps::monotonic_ns()).unwrap();
+        assert_eq!((r.opened, r.closed), (1, 0));
+        assert_eq!(flags(t, a).map(|f| f & LB_FLOW_F_CLOSED), Some(0));
+        let r = t.dp.import_flows(&[entry(a, true), entry(b, true)], maps::monotonic_ns()).unwrap();
+        assert_eq!((r.opened, r.closed), (0, 1), "only the flow it has");
+        assert_eq!(flags(t, a).map(|f| f & LB_FLOW_F_CLOSED), Some(LB_FLOW_F_CLOSED));
+        assert_eq!(flags(t, b), None, "a closed flow it never had is not written");
     });
 }

@@ -639,6 +639,15 @@ enum Link {
     Tc(SchedClassifierLinkId),
 }
 
+/// What [`XdpDataplane::import_flows`] wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Open flows written.
+    pub opened: usize,
+    /// Flows marked closed.
+    pub closed: usize,
+}
+
 /// The eBPF data plane (XDP or TC hook).
 pub struct XdpDataplane {
     bpf: Bpf,
@@ -838,6 +847,11 @@ impl XdpDataplane {
     /// here takes the known-flow path to the same real server. Returns `false`, writing
     /// nothing, when this director has no such service or real server (ids differ between
     /// directors: both are looked up by address).
+    ///
+    /// A closed flow (see [`crate::sync::SyncEntry::closed`]) is written only over a copy
+    /// this director has: marked closed (`LB_FLOW_F_CLOSED`, as the other director's entry
+    /// is), it no longer counts as active and expires on the FIN timeout. One it does not have
+    /// is not written (it would only fill the table).
     #[allow(clippy::too_many_arguments)]
     pub fn import_flow(
         &mut self,
@@ -849,9 +863,16 @@ impl XdpDataplane {
         idle_secs: u32,
         now_ns: u64,
     ) -> Result<bool, DataplaneError> {
-        let e =
-            crate::sync::SyncEntry { protocol, lb_kind: kind, client, vip, real_server, idle_secs };
-        Ok(self.import_flows(&[e], now_ns)? == 1)
+        let e = crate::sync::SyncEntry {
+            protocol,
+            lb_kind: kind,
+            client,
+            vip,
+            real_server,
+            idle_secs,
+            closed: false,
+        };
+        Ok(self.import_flows(&[e], now_ns)?.opened == 1)
     }
 
     /// The table entries [`XdpDataplane::import_flow`] writes for `e` (none: unknown here).
@@ -861,8 +882,15 @@ impl XdpDataplane {
         now_ns: u64,
         out: &mut Vec<(LbFlowKey, LbFlow)>,
     ) -> bool {
-        let crate::sync::SyncEntry { protocol, lb_kind: kind, client, vip, real_server, idle_secs } =
-            *e;
+        let crate::sync::SyncEntry {
+            protocol,
+            lb_kind: kind,
+            client,
+            vip,
+            real_server,
+            idle_secs,
+            closed,
+        } = *e;
         let key = VirtualServerKey { address: vip.ip(), port: vip.port(), protocol };
         let Some(svc) = self.state.services.get(&key) else { return false };
         let Some(r) = svc.reals.get(&(real_server.ip(), real_server.port())) else {
@@ -886,6 +914,12 @@ impl XdpDataplane {
         let last_seen_ns = now_ns.saturating_sub(idle_secs as u64 * 1_000_000_000);
         let fkey =
             LbFlowKey::new(family, proto, (c, port_be(client.port())), (v, port_be(vip.port())));
+        if closed {
+            if !matches!(maps::flow(&self.bpf, &fkey), Ok(Some(_))) {
+                return false;
+            }
+            flags |= LB_FLOW_F_CLOSED;
+        }
         let forward = LbFlow {
             real_id: r.id,
             real_gen: r.gen,
@@ -904,6 +938,7 @@ impl XdpDataplane {
                 (a, port_be(real_server.port())),
                 (c, port_be(client.port())),
             );
+            // The data path marks only the forward entry closed; the reply entry expires with it.
             let reply =
                 LbFlow { flags: LB_FLOW_F_REPLY, addr: v, port: port_be(vip.port()), ..forward };
             out.push((rkey, reply));
@@ -912,17 +947,26 @@ impl XdpDataplane {
     }
 
     /// [`XdpDataplane::import_flow`] for each entry received from another director, written
-    /// together with one flow-cache invalidation; returns how many were imported (the others
-    /// name a service or real server unknown here).
+    /// together with one flow-cache invalidation; says how many were written (the others name
+    /// a service or real server unknown here, or are closed flows this director does not have).
     pub fn import_flows(
         &mut self,
         entries: &[crate::sync::SyncEntry],
         now_ns: u64,
-    ) -> Result<usize, DataplaneError> {
+    ) -> Result<ImportReport, DataplaneError> {
         let mut writes = Vec::with_capacity(2 * entries.len());
-        let n = entries.iter().filter(|e| self.imported(e, now_ns, &mut writes)).count();
+        let mut r = ImportReport::default();
+        for e in entries {
+            if self.imported(e, now_ns, &mut writes) {
+                if e.closed {
+                    r.closed += 1;
+                } else {
+                    r.opened += 1;
+                }
+            }
+        }
         maps::put_flows(&mut self.bpf, &writes).map_err(backend)?;
-        Ok(n)
+        Ok(r)
     }
 
     /// Looks the TUN real servers' outer source addresses up again (a route that appeared or

@@ -16,7 +16,9 @@
 //! full resend that heals lost datagrams).
 //!
 //! Only forward entries are sent (a NAT reply entry is derived from its forward entry on
-//! import), and not closed ones (FIN/RST seen: a backup has no use for them).
+//! import). A flow that closes (FIN/RST seen) after it was sent open is sent once more,
+//! closed, so the backup's copy stops counting as active and expires on the FIN timeout
+//! rather than the established one; a closed flow the backup never heard of is not sent.
 
 use std::{collections::HashMap, net::SocketAddr};
 
@@ -43,6 +45,8 @@ struct Sent {
     last_seen_ns: u64,
     /// To be sent again (not sent after all, or a whole-table resend asked for it).
     owed: bool,
+    /// Sent closed.
+    closed: bool,
 }
 
 /// The master's memory of what it has sent, by forward-entry key.
@@ -114,9 +118,10 @@ impl Exporter {
         let mut out = Vec::new();
         let mut owed = Vec::new();
         for (key, flow) in flows {
-            if flow.flags & (LB_FLOW_F_REPLY | LB_FLOW_F_CLOSED) != 0 {
+            if flow.flags & LB_FLOW_F_REPLY != 0 {
                 continue;
             }
+            let closed = flow.flags & LB_FLOW_F_CLOSED != 0;
             let Some(entry) = forward_entry(key, flow, now_ns) else { continue };
             if services(key).is_none() {
                 continue;
@@ -126,11 +131,13 @@ impl Exporter {
             if sent.get(key).is_some_and(|s: &Sent| s.real == real) {
                 continue;
             }
-            let now = Sent { real, last_seen_ns: flow.last_seen_ns, owed: false };
+            let now = Sent { real, last_seen_ns: flow.last_seen_ns, owed: false, closed };
             match self.sent.get(key) {
-                Some(s) if s.real == real => {
+                // Closed, and the backup never had it open: nothing to tell.
+                None if closed => {}
+                Some(s) if s.real == real && s.closed == closed => {
                     let active_since = flow.last_seen_ns.saturating_sub(s.last_seen_ns);
-                    if active_since >= REFRESH_SECS * NS_PER_SEC {
+                    if !closed && active_since >= REFRESH_SECS * NS_PER_SEC {
                         sent.insert(*key, now);
                         out.push(entry);
                     } else if s.owed {
@@ -189,6 +196,7 @@ pub fn forward_entry(key: &LbFlowKey, flow: &LbFlow, now_ns: u64) -> Option<Sync
         vip: sock(&key.dst, key.dport),
         real_server: sock(&flow.addr, flow.port),
         idle_secs: u32::try_from(idle).unwrap_or(u32::MAX),
+        closed: flow.flags & LB_FLOW_F_CLOSED != 0,
     })
 }
 
@@ -258,6 +266,7 @@ mod tests {
                 vip: sa("192.0.2.10:80"),
                 real_server: sa("10.0.0.2:8080"),
                 idle_secs: 2,
+                closed: false,
             }
         );
         let k6 = key("[2001:db8::7]:5353", "[2001:db8:1::10]:53", IPPROTO_UDP);
@@ -364,7 +373,7 @@ mod tests {
     }
 
     #[test]
-    fn reply_and_closed_entries_are_ignored() {
+    fn reply_entries_and_closed_flows_never_sent_open_are_ignored() {
         let mut x = Exporter::new();
         let reply = (
             key("10.0.0.2:8080", "198.51.100.7:40000", IPPROTO_TCP),
@@ -374,12 +383,37 @@ mod tests {
         closed.1.flags |= LB_FLOW_F_CLOSED;
         assert!(x.diff(&[reply, closed], NOW, &any_service).is_empty());
         assert!(x.is_empty());
-        // A sent flow that closes is forgotten; should it open again it is sent again.
+    }
+
+    /// Found by review: a flow the master closed (FIN/RST) was never sent as closed, so the
+    /// backup kept it open for the TCP timeout (900 s): after a failover its active counts were
+    /// too high and its table full of dead flows. A sent flow that closes is sent once more,
+    /// closed; should it open again it is sent again.
+    #[test]
+    fn a_sent_flow_that_closes_is_sent_closed_once() {
+        let mut x = Exporter::new();
         let open = fwd();
+        let mut closed = fwd();
+        closed.1.flags |= LB_FLOW_F_CLOSED;
         assert_eq!(x.diff(&[open], NOW, &any_service).len(), 1);
+        let out = x.diff(&[closed], NOW, &any_service);
+        assert_eq!(out, vec![forward_entry(&closed.0, &closed.1, NOW).unwrap()]);
+        assert!(out[0].closed);
         assert!(x.diff(&[closed], NOW, &any_service).is_empty());
-        assert!(x.is_empty());
-        assert_eq!(x.diff(&[open], NOW, &any_service).len(), 1);
+        // No refresh for a closed flow, however long it is seen.
+        let mut later = closed;
+        later.1.last_seen_ns += 10 * REFRESH_SECS * NS_PER_SEC;
+        assert!(x.diff(&[later], NOW + 10 * REFRESH_SECS * NS_PER_SEC, &any_service).is_empty());
+        // A resend (or a lost datagram) sends it closed again.
+        x.resend_all();
+        assert_eq!(x.diff(&[closed], NOW, &any_service).len(), 1);
+        // Reopened (a new SYN on the same tuple).
+        let out = x.diff(&[open], NOW, &any_service);
+        assert_eq!(out.len(), 1);
+        assert!(!out[0].closed);
+        // Gone from the table: forgotten.
+        assert!(x.diff(&[], NOW, &any_service).is_empty());
+        assert!(x.diff(&[closed], NOW, &any_service).is_empty());
     }
 
     #[test]
@@ -508,30 +542,33 @@ mod tests {
     }
 
     proptest! {
-        /// Over any sequence of tables, each diff sends exactly the live forward entries whose
-        /// real server differs from the previous table's (or that it did not have).
+        /// Over any sequence of tables, each diff sends exactly the forward entries whose
+        /// state (real server, open or closed) differs from what was last sent, except closed
+        /// ones never sent open.
         #[test]
         fn diff_matches_model(tables in proptest::collection::vec(arb_table(), 1..6)) {
-            let live = |t: &[(LbFlowKey, LbFlow)]| -> HashMap<LbFlowKey, (u32, u32)> {
-                t.iter()
-                    .filter(|(_, f)| f.flags & (LB_FLOW_F_REPLY | LB_FLOW_F_CLOSED) == 0)
-                    .map(|(k, f)| (*k, (f.real_id, f.real_gen)))
-                    .collect()
-            };
             let mut x = Exporter::new();
-            let mut prev = HashMap::new();
+            // What the backup was told: key -> (real, closed).
+            let mut told: HashMap<LbFlowKey, ((u32, u32), bool)> = HashMap::new();
             for t in &tables {
-                let cur = live(t);
-                let want: HashSet<SyncEntry> = t
-                    .iter()
-                    .filter(|(k, _)| cur.contains_key(k) && prev.get(k) != cur.get(k))
-                    .map(|(k, f)| forward_entry(k, f, NOW).unwrap())
-                    .collect();
+                let mut now_told = HashMap::new();
+                let mut want = HashSet::new();
+                for (k, f) in t.iter().filter(|(_, f)| f.flags & LB_FLOW_F_REPLY == 0) {
+                    let state = ((f.real_id, f.real_gen), f.flags & LB_FLOW_F_CLOSED != 0);
+                    match told.get(k) {
+                        None if state.1 => continue,
+                        Some(s) if *s == state => {}
+                        _ => {
+                            want.insert(forward_entry(k, f, NOW).unwrap());
+                        }
+                    }
+                    now_told.insert(*k, state);
+                }
                 let got = x.diff(t, NOW, &any_service);
                 prop_assert_eq!(got.len(), want.len());
                 prop_assert_eq!(got.into_iter().collect::<HashSet<_>>(), want);
-                prop_assert_eq!(x.len(), cur.len());
-                prev = cur;
+                prop_assert_eq!(x.len(), now_told.len());
+                told = now_told;
             }
         }
     }

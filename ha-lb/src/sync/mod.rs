@@ -36,6 +36,9 @@ pub struct SyncEntry {
     /// Seconds since the flow's last packet on the sending director (the importer sets
     /// `last_seen` = now − idle, so the flow expires on the backup when it would have here).
     pub idle_secs: u32,
+    /// The flow is closed (FIN/RST seen, `LB_FLOW_F_CLOSED`): the importer marks its copy
+    /// closed, so it stops counting as active and expires on the short FIN timeout.
+    pub closed: bool,
 }
 
 impl SyncEntry {

@@ -6,14 +6,15 @@
 //! ```text
 //! header (8 bytes)
 //!   0..4   magic      "HLBS"
-//!   4      version    1
+//!   4      version    1, or 2 (entries have flags)
 //!   5      sync id    keepalived's lvs_sync_daemon `id` (default: the instance's VRID)
 //!   6..8   count      number of entries that follow
 //! entry (26 bytes for IPv4, 62 for IPv6), `count` times, nothing after the last
 //!   0      family     4 (IPv4) or 6 (IPv6): the family of all three addresses
 //!   1      protocol   6 (TCP) or 17 (UDP)
 //!   2      lb_kind    0 NAT, 1 DR, 2 TUN
-//!   3      reserved   sent as 0, ignored on receipt
+//!   3      flags      version 2: bit 0 closed (FIN/RST seen), other bits sent as 0 and
+//!                     ignored; version 1: reserved, sent as 0, ignored on receipt
 //!   4..    client     address (4 or 16 bytes), port (2)
 //!          VIP        address (4 or 16 bytes), port (2)
 //!          real       address (4 or 16 bytes), port (2)
@@ -25,6 +26,10 @@
 //!
 //! The receiver does not require the datagram to be ≤ [`MAX_DATAGRAM`] bytes; it requires
 //! `count` entries exactly filling it.
+//!
+//! Closed entries go in version-2 datagrams only, open ones in version-1 datagrams: an ha-lb
+//! that knows only version 1 rejects the closed ones (a counted `bad_version`) and still
+//! imports every open one, rather than reading a close as one more open.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -35,8 +40,12 @@ use crate::config::{LbKind, Protocol};
 
 /// `"HLBS"`: ha-lb sync.
 pub const MAGIC: [u8; 4] = *b"HLBS";
-/// The only version this codec speaks.
+/// The version of datagrams of open entries (and of table requests).
 pub const VERSION: u8 = 1;
+/// The version of datagrams whose entries have flags (closed ones).
+pub const VERSION_FLAGS: u8 = 2;
+/// Entry flag (version 2): the flow is closed.
+pub const FLAG_CLOSED: u8 = 1;
 /// Largest datagram [`encode`] produces (fits a 1500-byte MTU under IPv6 + UDP headers, and
 /// leaves room for tunnels).
 pub const MAX_DATAGRAM: usize = 1400;
@@ -62,7 +71,7 @@ pub enum SyncDecodeError {
     Truncated { len: usize },
     #[error("bad magic {0:02x?} (want \"HLBS\")")]
     BadMagic([u8; 4]),
-    #[error("unknown sync version {0} (want 1)")]
+    #[error("unknown sync version {0} (want 1 or 2)")]
     BadVersion(u8),
     #[error("count {count} but the datagram ends inside entry {index}")]
     CountMismatch { count: u16, index: u16 },
@@ -123,10 +132,10 @@ fn put_addr(out: &mut Vec<u8>, a: SocketAddr) {
     out.extend_from_slice(&a.port().to_be_bytes());
 }
 
-fn header(sync_id: u8) -> Vec<u8> {
+fn header(version: u8, sync_id: u8) -> Vec<u8> {
     let mut d = Vec::with_capacity(MAX_DATAGRAM);
     d.extend_from_slice(&MAGIC);
-    d.push(VERSION);
+    d.push(version);
     d.push(sync_id);
     d.extend_from_slice(&[0, 0]);
     d
@@ -142,36 +151,40 @@ fn finish(mut d: Vec<u8>, count: u16, out: &mut Vec<Vec<u8>>) {
 /// tick rather than only what is new — before the starting director (with the higher
 /// priority, say) takes the VIPs back. Directors that do not know it import nothing from it.
 pub fn request(sync_id: u8) -> Vec<u8> {
-    header(sync_id)
+    header(VERSION, sync_id)
 }
 
 /// Encodes `entries` into as few datagrams of at most [`MAX_DATAGRAM`] bytes as their order
-/// allows (each datagram is filled before the next is started). No entries, no datagrams.
-/// Entries that mix address families cannot be carried and are skipped.
+/// allows: open entries in version-1 datagrams, closed ones in version-2 datagrams, each
+/// kind in order, each datagram filled before the next of its kind is started. No entries,
+/// no datagrams. Entries that mix address families cannot be carried and are skipped.
 pub fn encode(sync_id: u8, entries: &[SyncEntry]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    let mut cur: Option<(Vec<u8>, u16)> = None;
+    // The datagram being filled: [open, closed].
+    let mut cur: [Option<(Vec<u8>, u16)>; 2] = [None, None];
     for e in entries {
         let Some(len) = encoded_len(e) else { continue };
-        if let Some((d, n)) = cur.take() {
+        let slot = &mut cur[usize::from(e.closed)];
+        if let Some((d, n)) = slot.take() {
             if d.len() + len <= MAX_DATAGRAM {
-                cur = Some((d, n));
+                *slot = Some((d, n));
             } else {
                 finish(d, n, &mut out);
             }
         }
-        let (d, n) = cur.get_or_insert_with(|| (header(sync_id), 0));
+        let version = if e.closed { VERSION_FLAGS } else { VERSION };
+        let (d, n) = slot.get_or_insert_with(|| (header(version, sync_id), 0));
         d.push(if e.client.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 });
         d.push(protocol_code(e.protocol));
         d.push(kind_code(e.lb_kind));
-        d.push(0);
+        d.push(if e.closed { FLAG_CLOSED } else { 0 });
         put_addr(d, e.client);
         put_addr(d, e.vip);
         put_addr(d, e.real_server);
         d.extend_from_slice(&e.idle_secs.to_be_bytes());
         *n += 1;
     }
-    if let Some((d, n)) = cur {
+    for (d, n) in cur.into_iter().flatten() {
         finish(d, n, &mut out);
     }
     out
@@ -206,9 +219,11 @@ pub fn decode(buf: &[u8]) -> Result<(u8, Vec<SyncEntry>), SyncDecodeError> {
     if magic != MAGIC {
         return Err(SyncDecodeError::BadMagic(magic));
     }
-    if buf[4] != VERSION {
-        return Err(SyncDecodeError::BadVersion(buf[4]));
-    }
+    let flags = match buf[4] {
+        VERSION => false,
+        VERSION_FLAGS => true,
+        v => return Err(SyncDecodeError::BadVersion(v)),
+    };
     let sync_id = buf[5];
     let count = u16::from_be_bytes([buf[6], buf[7]]);
     let mut rest = &buf[HEADER_LEN..];
@@ -245,7 +260,8 @@ pub fn decode(buf: &[u8]) -> Result<(u8, Vec<SyncEntry>), SyncDecodeError> {
         let real_server = get_addr(&e[4 + 2 * a..], v6);
         let i = 4 + 3 * a;
         let idle_secs = u32::from_be_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
-        entries.push(SyncEntry { protocol, lb_kind, client, vip, real_server, idle_secs });
+        let closed = flags && e[3] & FLAG_CLOSED != 0;
+        entries.push(SyncEntry { protocol, lb_kind, client, vip, real_server, idle_secs, closed });
     }
     if !rest.is_empty() {
         return Err(SyncDecodeError::TrailingBytes { count, extra: rest.len() });
@@ -270,6 +286,7 @@ mod tests {
             vip: sa("192.0.2.10:80"),
             real_server: sa("10.0.0.2:8080"),
             idle_secs: 3,
+            closed: false,
         }
     }
 
@@ -281,6 +298,7 @@ mod tests {
             vip: sa("[2001:db8:1::10]:53"),
             real_server: sa("[2001:db8:2::2]:53"),
             idle_secs: 70_000,
+            closed: false,
         }
     }
 
@@ -306,6 +324,40 @@ mod tests {
         assert_eq!(d, vec![want]);
         assert_eq!(ENTRY_LEN_V4, 26);
         assert_eq!(ENTRY_LEN_V6, 62);
+    }
+
+    /// Found by review: a flow the master closed stayed open on the backup for the TCP
+    /// timeout. A closed entry travels with its flag, in a version-2 datagram, so an ha-lb
+    /// that knows only version 1 rejects it rather than reading it as open.
+    #[test]
+    fn closed_entries_go_in_version_2_datagrams() {
+        let closed = SyncEntry { closed: true, ..v4_entry() };
+        let d = encode(51, &[closed]);
+        #[rustfmt::skip]
+        let want: Vec<u8> = vec![
+            b'H', b'L', b'B', b'S', 2, 51, 0, 1,
+            4, 6, 0, 1,
+            198, 51, 100, 7, 0x9c, 0x40,
+            192, 0, 2, 10, 0, 80,
+            10, 0, 0, 2, 0x1f, 0x90,
+            0, 0, 0, 3,
+        ];
+        assert_eq!(d, vec![want]);
+        assert_eq!(decode(&d[0]).unwrap().1, vec![closed]);
+        // Mixed: one datagram of each version, open ones in version 1.
+        let ds = encode(51, &[v4_entry(), closed, v6_entry()]);
+        assert_eq!(ds.len(), 2);
+        assert_eq!(ds[0][4], VERSION);
+        assert_eq!(decode(&ds[0]).unwrap().1, vec![v4_entry(), v6_entry()]);
+        assert_eq!(ds[1][4], VERSION_FLAGS);
+        assert_eq!(decode(&ds[1]).unwrap().1, vec![closed]);
+        // Unknown flag bits are ignored; in version 1 the byte says nothing.
+        let mut d = d[0].clone();
+        d[HEADER_LEN + 3] = 0xfe;
+        assert_eq!(decode(&d).unwrap().1, vec![v4_entry()]);
+        d[4] = VERSION;
+        d[HEADER_LEN + 3] = FLAG_CLOSED;
+        assert_eq!(decode(&d).unwrap().1, vec![v4_entry()]);
     }
 
     #[test]
@@ -369,7 +421,7 @@ mod tests {
             m[i] ^= 0x20;
             assert_eq!(decode(&d), Err(SyncDecodeError::BadMagic(m)), "magic byte {i}");
         }
-        for v in [0u8, 2, 255] {
+        for v in [0u8, 3, 255] {
             let mut d = good.clone();
             d[4] = v;
             assert_eq!(decode(&d), Err(SyncDecodeError::BadVersion(v)));
@@ -417,7 +469,7 @@ mod tests {
                 d[at + 2] = kind;
                 assert_eq!(decode(&d), Err(SyncDecodeError::BadLbKind { index, kind }));
             }
-            // The reserved byte is ignored.
+            // The reserved byte of version 1 is ignored.
             let mut d = good.clone();
             d[at + 3] = 0xff;
             assert_eq!(decode(&d), decode(&good));
@@ -462,36 +514,44 @@ mod tests {
             prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)],
             prop_oneof![Just(LbKind::Nat), Just(LbKind::Dr), Just(LbKind::Tun)],
             any::<u32>(),
+            any::<bool>(),
         )
-            .prop_map(|(ip, port, protocol, lb_kind, idle_secs)| SyncEntry {
+            .prop_map(|(ip, port, protocol, lb_kind, idle_secs, closed)| SyncEntry {
                 protocol,
                 lb_kind,
                 client: SocketAddr::new(ip[0], port[0]),
                 vip: SocketAddr::new(ip[1], port[1]),
                 real_server: SocketAddr::new(ip[2], port[2]),
                 idle_secs,
+                closed,
             })
     }
 
     proptest! {
-        /// Any mix of IPv4 and IPv6 entries comes back in order, split into datagrams of at most
-        /// MAX_DATAGRAM bytes, each filled until the next entry would not fit.
+        /// Any mix of IPv4 and IPv6, open and closed entries comes back, open ones in order
+        /// in version-1 datagrams and closed ones in order in version-2 datagrams, split into
+        /// datagrams of at most MAX_DATAGRAM bytes, each filled until the next entry of its
+        /// kind would not fit.
         #[test]
         fn round_trip(id in any::<u8>(), entries in proptest::collection::vec(arb_entry(), 0..150)) {
             let ds = encode(id, &entries);
-            let mut back = Vec::new();
-            for (i, d) in ds.iter().enumerate() {
-                prop_assert!(d.len() <= MAX_DATAGRAM);
-                let (got_id, es) = decode(d).unwrap();
-                prop_assert_eq!(got_id, id);
-                prop_assert!(!es.is_empty());
-                if let Some(next) = ds.get(i + 1) {
-                    let first_next = decode(next).unwrap().1[0];
-                    prop_assert!(d.len() + encoded_len(&first_next).unwrap() > MAX_DATAGRAM);
+            for closed in [false, true] {
+                let mine: Vec<&Vec<u8>> = ds.iter().filter(|d| (d[4] == VERSION_FLAGS) == closed).collect();
+                let mut back = Vec::new();
+                for (i, d) in mine.iter().enumerate() {
+                    prop_assert!(d.len() <= MAX_DATAGRAM);
+                    let (got_id, es) = decode(d).unwrap();
+                    prop_assert_eq!(got_id, id);
+                    prop_assert!(!es.is_empty());
+                    if let Some(next) = mine.get(i + 1) {
+                        let first_next = decode(next).unwrap().1[0];
+                        prop_assert!(d.len() + encoded_len(&first_next).unwrap() > MAX_DATAGRAM);
+                    }
+                    back.extend(es);
                 }
-                back.extend(es);
+                let want: Vec<SyncEntry> = entries.iter().filter(|e| e.closed == closed).copied().collect();
+                prop_assert_eq!(back, want);
             }
-            prop_assert_eq!(back, entries);
         }
 
         /// Every strict prefix of a valid datagram is rejected: a short header as `Truncated`,
@@ -499,7 +559,7 @@ mod tests {
         #[test]
         fn every_truncation_is_an_error(id in any::<u8>(), entries in proptest::collection::vec(arb_entry(), 0..30)) {
             let ds = encode(id, &entries);
-            let ds = if ds.is_empty() { vec![header(id)] } else { ds };
+            let ds = if ds.is_empty() { vec![header(VERSION, id)] } else { ds };
             for d in &ds {
                 for len in 0..d.len() {
                     match decode(&d[..len]) {
@@ -525,7 +585,7 @@ mod tests {
                 0..400,
             ),
         ) {
-            let mut d = header(1);
+            let mut d = header(VERSION_FLAGS, 1);
             d[6..8].copy_from_slice(&count.to_be_bytes());
             d.extend(body);
             if let Ok((_, es)) = decode(&d) {
