@@ -392,8 +392,10 @@ fn set_sync_buffers(s: &socket2::Socket, size: usize) {
     );
 }
 
-/// The sync socket on `interface`: bound to it, joined to [`SYNC_GROUP`] there, multicast
-/// sent out of it with TTL 1 and not looped back to ourselves.
+/// The sync socket on `interface`: bound to it and to [`SYNC_GROUP`]:[`SYNC_PORT`] (so it
+/// receives only datagrams sent to the group, not unicast ones to one of our addresses),
+/// joined to the group there, multicast sent out of it with TTL 1 and not looped back to
+/// ourselves.
 fn sync_socket(interface: &str) -> Result<tokio::net::UdpSocket> {
     use socket2::{Domain, Protocol as SProto, SockAddr, Socket, Type};
     let ifindex = bpf::ifindex_of(interface)
@@ -402,9 +404,11 @@ fn sync_socket(interface: &str) -> Result<tokio::net::UdpSocket> {
     s.set_reuse_address(true)?;
     s.bind_device(Some(interface.as_bytes()))
         .with_context(|| format!("lvs_sync_daemon: binding to {interface}"))?;
-    let any = std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, SYNC_PORT);
-    s.bind(&SockAddr::from(any))?;
+    let group = std::net::SocketAddrV4::new(SYNC_GROUP, SYNC_PORT);
+    s.bind(&SockAddr::from(group))?;
     s.join_multicast_v4_n(&SYNC_GROUP, &socket2::InterfaceIndexOrAddress::Index(ifindex))?;
+    // Nothing from groups other sockets of this host joined.
+    s.set_multicast_all_v4(false)?;
     // Sends leave by the bound device (SO_BINDTODEVICE sets the output interface).
     s.set_multicast_ttl_v4(1)?;
     s.set_multicast_loop_v4(false)?;
@@ -725,14 +729,12 @@ impl Daemon {
     /// not heard of (all of them again after becoming MASTER), paced (see `sync::Session`).
     fn sync_send(&mut self, sock: &tokio::net::UdpSocket) {
         let Some(cfg) = self.config.global.lvs_sync_daemon.clone() else { return };
-        let master = self.inst_state.get(&cfg.vrrp_instance) == Some(&State::Master);
-        if !master {
-            self.sync.tick(std::time::Instant::now(), false);
+        if !self.sync.is_master() {
             self.sync_request(sock);
-            return;
+        } else {
+            self.sync_requests_left = 0;
         }
-        self.sync_requests_left = 0;
-        if !self.sync.tick(std::time::Instant::now(), true).export {
+        if !self.sync.tick(std::time::Instant::now()).export {
             return;
         }
         let Plane::Xdp(x) = &self.dataplane else { return };
@@ -804,28 +806,36 @@ impl Daemon {
 
     /// A sync datagram from another director: its connections go into the table.
     fn sync_receive(&mut self, buf: &[u8]) {
+        use crate::sync::session::Received;
         let Some(cfg) = self.config.global.lvs_sync_daemon.clone() else { return };
-        let (id, entries) = match crate::sync::decode(buf) {
-            Ok(x) => x,
-            Err(e) => {
+        *self.sync_counters.entry("datagrams_received").or_default() += 1;
+        let id = self.sync_id(&cfg);
+        let entries = match self.sync.receive(std::time::Instant::now(), id, buf) {
+            Received::Rejected(e) => {
                 *self.sync_counters.entry("datagrams_rejected").or_default() += 1;
                 tracing::debug!(error = %e, "lvs_sync_daemon: bad datagram");
                 return;
             }
-        };
-        if id != self.sync_id(&cfg) {
-            *self.sync_counters.entry("datagrams_other_id").or_default() += 1;
-            return;
-        }
-        if entries.is_empty() {
-            // A starting director asks for the whole table: the master sends it at its next
-            // tick (everything counts as not sent yet).
-            if self.inst_state.get(&cfg.vrrp_instance) == Some(&State::Master) {
-                self.sync.resend_all();
-                *self.sync_counters.entry("requests_answered").or_default() += 1;
+            Received::OtherId => {
+                *self.sync_counters.entry("datagrams_other_id").or_default() += 1;
+                return;
             }
-            return;
-        }
+            // A starting director asks for the whole table: the master sends it from its
+            // next tick.
+            Received::Request { answered: true } => {
+                *self.sync_counters.entry("requests_answered").or_default() += 1;
+                return;
+            }
+            Received::Request { answered: false } => {
+                *self.sync_counters.entry("requests_ignored").or_default() += 1;
+                return;
+            }
+            Received::NotImported(n) => {
+                *self.sync_counters.entry("connections_ignored_as_master").or_default() += n as u64;
+                return;
+            }
+            Received::Import(entries) => entries,
+        };
         let Plane::Xdp(x) = &mut self.dataplane else { return };
         match x.import_flows(&entries, bpf::lb::monotonic_ns()) {
             Ok(r) => {
@@ -1191,6 +1201,15 @@ impl Daemon {
                 &run_options(user, NOTIFY_TIMEOUT),
             );
             self.notify_tasks.extend(t);
+        }
+        if self
+            .config
+            .global
+            .lvs_sync_daemon
+            .as_ref()
+            .is_some_and(|s| s.vrrp_instance == ev.instance)
+        {
+            self.sync.on_state(std::time::Instant::now(), ev.from, ev.to);
         }
         // A sync group's notify runs once all its members are in the same state. Member
         // states come from the events themselves: an instance's `watch` snapshot is updated

@@ -17,6 +17,26 @@ use ha_lb_lab::{
 
 const ADVERT: f64 = 0.2;
 
+/// `d`'s connection-sync counter `key` (0 when it has not counted any).
+fn sync_counter(d: &HaLb, key: &str) -> u64 {
+    d.status().ok().and_then(|s| s["lvs_sync"][key].as_u64()).unwrap_or(0)
+}
+
+/// Sends `payload` from `node`'s sync-link address 198.19.0.`n` to `to` (UDP), out of eth1.
+fn send_from(node: &ha_lb_lab::netns::Node, n: u8, to: &str, payload: &[u8]) {
+    let (src, to): (std::net::SocketAddrV4, std::net::SocketAddrV4) =
+        (format!("198.19.0.{n}:0").parse().unwrap(), to.parse().unwrap());
+    let payload = payload.to_vec();
+    node.run(move || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        s.bind(&src.into()).unwrap();
+        s.set_multicast_if_v4(src.ip()).unwrap();
+        s.set_multicast_ttl_v4(1).unwrap();
+        s.send_to(&payload, &to.into()).unwrap();
+    })
+    .unwrap();
+}
+
 fn conf(n: u8, peer: u8, priority: u8, vs: &str) -> String {
     director_conf(n, Some(peer), priority, ADVERT, vs).replacen(
         "dataplane = \"xdp\"\n",
@@ -38,6 +58,19 @@ fn established_connections_survive_a_failover_with_lvs_sync_daemon() {
     let d2 = HaLb::start(&mut t.lab, &n2, &s, "d2", &conf(2, 1, 100, &vs)).unwrap();
     eventually(Duration::from_secs(5), "d2 BACKUP", || {
         d2.state("VI_GATEWAY").as_deref() == Some("BACKUP")
+    })
+    .unwrap();
+
+    // Found by review: the receiver took datagrams sent to any of its addresses, unicast
+    // too. It takes only those sent to the sync group (a table request of another sync id
+    // here, counted as such when it is taken).
+    let other_id = ha_lb::sync::request(99);
+    send_from(&n1, 1, "198.19.0.2:8848", &other_id);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sync_counter(&d2, "datagrams_other_id"), 0, "unicast datagram taken");
+    send_from(&n1, 1, "224.0.0.81:8848", &other_id);
+    eventually(Duration::from_secs(2), "the multicast one is taken", || {
+        sync_counter(&d2, "datagrams_other_id") == 1
     })
     .unwrap();
 

@@ -1,6 +1,12 @@
 //! The sync daemon's decisions (`docs/conntrack-sync.md`), without I/O: the daemon tells a
-//! [`Session`] the time and the synced instance's state, and does what it answers (read the
-//! connection table, send the datagrams it gets, report those that did not go out).
+//! [`Session`] the time, the synced instance's state changes and the datagrams it receives,
+//! and does what it answers (read the connection table, send the datagrams it gets, report
+//! those that did not go out, import entries).
+//!
+//! Only a director whose synced instance is not MASTER imports (IPVS: only the backup
+//! daemon does): a master's table is the one the others copy, and a datagram forged on the
+//! link must not rewrite it. A table request is answered at most once per
+//! [`ANSWER_INTERVAL`]: answering sends the whole table, and anyone on the link can ask.
 //!
 //! Sending is paced: at most [`MAX_DATAGRAMS_PER_TICK`] datagrams a tick, the rest owed to
 //! the next ticks (see [`Exporter::not_sent`]), so a whole table (after becoming master, a
@@ -13,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use ha_lb_common::lb::{LbFlow, LbFlowKey};
 
-use super::{decode, encode, Exporter};
+use super::{decode, encode, Exporter, SyncDecodeError, SyncEntry};
 use crate::config::LbKind;
+use crate::vrrp::machine::State;
 
 /// Most datagrams sent per one-second tick: about 13,000 IPv4 connections a second, a burst
 /// of some 600 KiB of receive buffer (see the daemon's sync socket).
@@ -23,6 +30,9 @@ pub const MAX_DATAGRAMS_PER_TICK: usize = 256;
 /// The master sends its whole table again this often.
 pub const FULL_RESEND: Duration = Duration::from_secs(300);
 
+/// A table request is answered at most once per this.
+pub const ANSWER_INTERVAL: Duration = Duration::from_secs(5);
+
 /// What to do at a tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Tick {
@@ -30,14 +40,32 @@ pub struct Tick {
     pub export: bool,
 }
 
+/// What a received datagram is, and what to do with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// Not a valid sync datagram.
+    Rejected(SyncDecodeError),
+    /// Another sync id's.
+    OtherId,
+    /// A table request: `answered` when the whole table goes out from the next tick (this
+    /// director is MASTER and has not answered one for [`ANSWER_INTERVAL`]).
+    Request { answered: bool },
+    /// Connections to import.
+    Import(Vec<SyncEntry>),
+    /// Connections not imported: this director is MASTER.
+    NotImported(usize),
+}
+
 /// The state of connection sync on one director.
 #[derive(Debug, Default)]
 pub struct Session {
     exporter: Exporter,
-    /// The synced instance was MASTER at the last tick.
+    /// The synced instance holds the VIPs (MASTER, or STOPPING: still serving).
     master: bool,
     /// When the master sends its whole table again.
     next_resend: Option<Instant>,
+    /// When a table request was last answered.
+    last_answer: Option<Instant>,
 }
 
 impl Session {
@@ -45,17 +73,26 @@ impl Session {
         Self::default()
     }
 
-    /// Once a tick (a second), with whether the synced instance holds the VIPs.
-    pub fn tick(&mut self, now: Instant, master: bool) -> Tick {
-        if !master {
-            self.master = false;
-            return Tick::default();
-        }
-        if !self.master {
+    /// Whether the synced instance holds the VIPs, as last told.
+    pub fn is_master(&self) -> bool {
+        self.master
+    }
+
+    /// The synced instance changed state.
+    pub fn on_state(&mut self, now: Instant, _from: State, to: State) {
+        let master = matches!(to, State::Master | State::Stopping);
+        if master && !self.master {
             // Becoming master: the others may lack anything; send everything.
-            self.master = true;
             self.exporter.reset();
             self.next_resend = Some(now + FULL_RESEND);
+        }
+        self.master = master;
+    }
+
+    /// Once a tick (a second).
+    pub fn tick(&mut self, now: Instant) -> Tick {
+        if !self.master {
+            return Tick::default();
         }
         if self.next_resend.is_some_and(|t| now >= t) {
             self.exporter.resend_all();
@@ -92,9 +129,29 @@ impl Session {
         }
     }
 
-    /// A table request: everything remembered is sent again (paced).
-    pub fn resend_all(&mut self) {
-        self.exporter.resend_all();
+    /// A datagram received on the sync socket, for sync id `sync_id`.
+    pub fn receive(&mut self, now: Instant, sync_id: u8, buf: &[u8]) -> Received {
+        let (id, entries) = match decode(buf) {
+            Ok(x) => x,
+            Err(e) => return Received::Rejected(e),
+        };
+        if id != sync_id {
+            return Received::OtherId;
+        }
+        if entries.is_empty() {
+            let answered = self.master
+                && self.last_answer.is_none_or(|t| now.duration_since(t) >= ANSWER_INTERVAL);
+            if answered {
+                // Everything remembered goes out again (paced) from the next tick.
+                self.exporter.resend_all();
+                self.last_answer = Some(now);
+            }
+            return Received::Request { answered };
+        }
+        if self.master {
+            return Received::NotImported(entries.len());
+        }
+        Received::Import(entries)
     }
 
     /// Connections remembered as sent (status, tests).
@@ -143,19 +200,39 @@ mod tests {
         ds.iter().map(|d| decode(d).unwrap().1.len()).sum()
     }
 
+    /// A session whose synced instance became MASTER at `t0`.
+    fn master(t0: Instant) -> Session {
+        let mut s = Session::new();
+        s.on_state(t0, State::Initialize, State::Backup);
+        s.on_state(t0, State::Backup, State::Master);
+        s
+    }
+
+    fn sample() -> SyncEntry {
+        SyncEntry {
+            protocol: crate::config::Protocol::Tcp,
+            lb_kind: LbKind::Nat,
+            client: "198.51.100.7:40000".parse().unwrap(),
+            vip: "192.0.2.10:80".parse().unwrap(),
+            real_server: "10.0.0.2:8080".parse().unwrap(),
+            idle_secs: 3,
+            closed: false,
+        }
+    }
+
     /// Found by review: a whole table went out in one tick, thousands of datagrams in one
     /// burst, most of which the receiver dropped. At most MAX_DATAGRAMS_PER_TICK a tick; the
     /// rest follows at the next ticks, nothing lost, nothing twice.
     #[test]
     fn a_whole_table_is_paced_over_ticks() {
-        let mut s = Session::new();
         let t0 = Instant::now();
+        let mut s = master(t0);
         let t = table(40_000);
         let mut sent = 0;
         let mut ticks = 0;
         loop {
             let now = t0 + Duration::from_secs(ticks);
-            assert!(s.tick(now, true).export);
+            assert!(s.tick(now).export);
             let ds = s.export(7, &t, NOW_NS, &any_service);
             assert!(ds.len() <= MAX_DATAGRAMS_PER_TICK);
             if ds.is_empty() {
@@ -172,18 +249,18 @@ mod tests {
     /// sent again.
     #[test]
     fn datagrams_not_sent_are_sent_at_the_next_tick() {
-        let mut s = Session::new();
         let t0 = Instant::now();
+        let mut s = master(t0);
         let t = table(200);
-        s.tick(t0, true);
+        s.tick(t0);
         let ds = s.export(7, &t, NOW_NS, &any_service);
         assert!(ds.len() >= 3);
         // The first went out, the socket refused the rest.
         s.not_sent(&ds[1..]);
-        s.tick(t0 + Duration::from_secs(1), true);
+        s.tick(t0 + Duration::from_secs(1));
         let again = s.export(7, &t, NOW_NS, &any_service);
         assert_eq!(entries(&again), 200 - entries(&ds[..1]));
-        s.tick(t0 + Duration::from_secs(2), true);
+        s.tick(t0 + Duration::from_secs(2));
         assert!(s.export(7, &t, NOW_NS, &any_service).is_empty());
     }
 
@@ -192,16 +269,16 @@ mod tests {
     /// table every FULL_RESEND.
     #[test]
     fn the_master_resends_its_whole_table_periodically() {
-        let mut s = Session::new();
         let t0 = Instant::now();
+        let mut s = master(t0);
         let t = table(100);
-        s.tick(t0, true);
+        s.tick(t0);
         assert_eq!(entries(&s.export(7, &t, NOW_NS, &any_service)), 100);
         for secs in 1..FULL_RESEND.as_secs() {
-            s.tick(t0 + Duration::from_secs(secs), true);
+            s.tick(t0 + Duration::from_secs(secs));
             assert!(s.export(7, &t, NOW_NS, &any_service).is_empty(), "at {secs} s");
         }
-        s.tick(t0 + FULL_RESEND, true);
+        s.tick(t0 + FULL_RESEND);
         assert_eq!(entries(&s.export(7, &t, NOW_NS, &any_service)), 100);
         assert_eq!(s.remembered(), 100);
     }
@@ -211,11 +288,67 @@ mod tests {
         let mut s = Session::new();
         let t0 = Instant::now();
         let t = table(10);
-        assert!(!s.tick(t0, false).export);
-        s.tick(t0, true);
+        s.on_state(t0, State::Initialize, State::Backup);
+        assert!(!s.tick(t0).export);
+        s.on_state(t0, State::Backup, State::Master);
+        assert!(s.tick(t0).export);
         assert_eq!(entries(&s.export(7, &t, NOW_NS, &any_service)), 10);
-        assert!(!s.tick(t0 + Duration::from_secs(1), false).export);
-        s.tick(t0 + Duration::from_secs(2), true);
+        s.on_state(t0, State::Master, State::Backup);
+        s.on_state(t0 + Duration::from_secs(30), State::Backup, State::Master);
+        s.tick(t0 + Duration::from_secs(30));
+        assert_eq!(entries(&s.export(7, &t, NOW_NS, &any_service)), 10);
+        // STOPPING still serves: still exporting.
+        s.on_state(t0 + Duration::from_secs(31), State::Master, State::Stopping);
+        assert!(s.tick(t0 + Duration::from_secs(31)).export);
+    }
+
+    /// Found by review: any datagram with the right sync id was imported, also by the
+    /// master, whose table the others copy (anyone on the link could rewrite it). Only a
+    /// director that is not MASTER imports.
+    #[test]
+    fn only_a_director_that_is_not_master_imports() {
+        let t0 = Instant::now();
+        let d = encode(7, &[sample()]).remove(0);
+        let mut s = Session::new();
+        assert_eq!(s.receive(t0, 7, &d), Received::Import(vec![sample()]), "INIT");
+        s.on_state(t0, State::Initialize, State::Backup);
+        assert_eq!(s.receive(t0, 7, &d), Received::Import(vec![sample()]), "BACKUP");
+        s.on_state(t0, State::Backup, State::Master);
+        assert_eq!(s.receive(t0, 7, &d), Received::NotImported(1), "MASTER");
+        s.on_state(t0, State::Master, State::Stopping);
+        assert_eq!(s.receive(t0, 7, &d), Received::NotImported(1), "STOPPING");
+        s.on_state(t0, State::Stopping, State::Initialize);
+        assert_eq!(s.receive(t0, 7, &d), Received::Import(vec![sample()]));
+        assert_eq!(s.receive(t0, 8, &d), Received::OtherId);
+        assert!(matches!(s.receive(t0, 7, &d[..5]), Received::Rejected(_)));
+    }
+
+    /// Found by review: every table request made the master send its whole table; anyone
+    /// on the link could keep it sending. One answer per ANSWER_INTERVAL, and only from the
+    /// master.
+    #[test]
+    fn table_requests_are_answered_by_the_master_at_most_once_per_interval() {
+        let t0 = Instant::now();
+        let req = crate::sync::request(7);
+        let t = table(10);
+        let mut b = Session::new();
+        b.on_state(t0, State::Initialize, State::Backup);
+        assert_eq!(b.receive(t0, 7, &req), Received::Request { answered: false });
+        let mut s = master(t0);
+        s.tick(t0);
+        assert_eq!(entries(&s.export(7, &t, NOW_NS, &any_service)), 10);
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        assert_eq!(s.receive(at(1), 7, &req), Received::Request { answered: true });
+        s.tick(at(1));
+        assert_eq!(entries(&s.export(7, &t, NOW_NS, &any_service)), 10, "the whole table");
+        for secs in 2..ANSWER_INTERVAL.as_secs() + 1 {
+            assert_eq!(s.receive(at(secs), 7, &req), Received::Request { answered: false });
+            s.tick(at(secs));
+            assert!(s.export(7, &t, NOW_NS, &any_service).is_empty());
+        }
+        let later = at(1) + ANSWER_INTERVAL;
+        assert_eq!(s.receive(later, 7, &req), Received::Request { answered: true });
+        s.tick(later);
         assert_eq!(entries(&s.export(7, &t, NOW_NS, &any_service)), 10);
     }
 }
