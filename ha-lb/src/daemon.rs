@@ -47,10 +47,6 @@ use crate::{
 /// one-second tick.
 const SYNC_PREEMPT_HOLD: Duration = Duration::from_secs(5);
 
-/// With connection sync: how many one-second ticks a starting director asks for the master's
-/// table (the first request can go out before its link is fully up).
-const SYNC_REQUESTS: u8 = 3;
-
 /// With connection sync: datagrams read per pass of the main loop beyond the first.
 const SYNC_RECV_BATCH: usize = 63;
 
@@ -348,8 +344,6 @@ pub struct Daemon {
     /// Connection sync (`lvs_sync_daemon`): what has been sent, what is owed, when to resend
     /// (see `sync::Session`).
     sync: crate::sync::Session,
-    /// Table requests a starting director has still to send (see `sync_request`).
-    sync_requests_left: u8,
     sync_counters: BTreeMap<&'static str, u64>,
 }
 
@@ -526,7 +520,6 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         track_tx,
         restart_tx,
         sync: crate::sync::Session::new(),
-        sync_requests_left: 0,
         sync_counters: BTreeMap::new(),
     };
     d.reconcile("start-up");
@@ -546,15 +539,17 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         (Plane::Xdp(_), Some(s)) => {
             let sock = sync_socket(&s.interface)?;
             info!(interface = %s.interface, vrrp_instance = %s.vrrp_instance, "lvs_sync_daemon: connection sync on {SYNC_GROUP}:{SYNC_PORT}");
-            // Ask a running master for its whole table (see sync::request), now and at the
-            // next ticks.
-            d.sync_requests_left = SYNC_REQUESTS;
-            d.sync_request(&sock);
+            // The table request goes out once the synced instance is BACKUP (sync::Session).
             Some(sock)
         }
         _ => None,
     };
-    let mut sync_tick = tokio::time::interval(Duration::from_secs(1));
+    // Not at once (tokio's first tick): a request then would go out before the instance is
+    // even BACKUP.
+    let mut sync_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
     sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sync_buf = vec![0u8; 2048];
     let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
@@ -729,12 +724,11 @@ impl Daemon {
     /// not heard of (all of them again after becoming MASTER), paced (see `sync::Session`).
     fn sync_send(&mut self, sock: &tokio::net::UdpSocket) {
         let Some(cfg) = self.config.global.lvs_sync_daemon.clone() else { return };
-        if !self.sync.is_master() {
+        let tick = self.sync.tick(std::time::Instant::now());
+        if tick.request {
             self.sync_request(sock);
-        } else {
-            self.sync_requests_left = 0;
         }
-        if !self.sync.tick(std::time::Instant::now()).export {
+        if !tick.export {
             return;
         }
         let Plane::Xdp(x) = &self.dataplane else { return };
@@ -787,13 +781,9 @@ impl Daemon {
         self.sync.not_sent(&datagrams[sent..]);
     }
 
-    /// Asks the master for its whole table (see `sync::request`), while requests are left.
+    /// Asks the master for its whole table (see `sync::request`).
     fn sync_request(&mut self, sock: &tokio::net::UdpSocket) {
         let Some(cfg) = &self.config.global.lvs_sync_daemon else { return };
-        if self.sync_requests_left == 0 {
-            return;
-        }
-        self.sync_requests_left -= 1;
         let req = crate::sync::request(self.sync_id(cfg));
         match sock.try_send_to(&req, (SYNC_GROUP, SYNC_PORT).into()) {
             Ok(_) => *self.sync_counters.entry("requests_sent").or_default() += 1,

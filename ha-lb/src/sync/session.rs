@@ -8,6 +8,11 @@
 //! link must not rewrite it. A table request is answered at most once per
 //! [`ANSWER_INTERVAL`]: answering sends the whole table, and anyone on the link can ask.
 //!
+//! A director whose synced instance enters BACKUP from INIT (start) or FAULT (its link came
+//! back, tracking recovered) may have missed anything: it asks the master for its whole table
+//! (a [`request`](super::request)) at every tick until it has imported a datagram, at most
+//! [`MAX_REQUESTS`] times.
+//!
 //! Sending is paced: at most [`MAX_DATAGRAMS_PER_TICK`] datagrams a tick, the rest owed to
 //! the next ticks (see [`Exporter::not_sent`]), so a whole table (after becoming master, a
 //! table request, the periodic resend) goes out over several seconds rather than as one
@@ -33,9 +38,15 @@ pub const FULL_RESEND: Duration = Duration::from_secs(300);
 /// A table request is answered at most once per this.
 pub const ANSWER_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Table requests sent, one a tick, after entering BACKUP, unless a datagram is imported
+/// first.
+pub const MAX_REQUESTS: u8 = 10;
+
 /// What to do at a tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Tick {
+    /// Send a table request.
+    pub request: bool,
     /// Read the connection table and send what [`Session::export`] returns.
     pub export: bool,
 }
@@ -66,6 +77,8 @@ pub struct Session {
     next_resend: Option<Instant>,
     /// When a table request was last answered.
     last_answer: Option<Instant>,
+    /// Table requests still to send, one a tick.
+    requests_left: u8,
 }
 
 impl Session {
@@ -79,8 +92,13 @@ impl Session {
     }
 
     /// The synced instance changed state.
-    pub fn on_state(&mut self, now: Instant, _from: State, to: State) {
+    pub fn on_state(&mut self, now: Instant, from: State, to: State) {
         let master = matches!(to, State::Master | State::Stopping);
+        self.requests_left = match (from, to) {
+            (State::Initialize | State::Fault, State::Backup) => MAX_REQUESTS,
+            (_, State::Backup) => self.requests_left,
+            _ => 0,
+        };
         if master && !self.master {
             // Becoming master: the others may lack anything; send everything.
             self.exporter.reset();
@@ -92,13 +110,15 @@ impl Session {
     /// Once a tick (a second).
     pub fn tick(&mut self, now: Instant) -> Tick {
         if !self.master {
-            return Tick::default();
+            let request = self.requests_left > 0;
+            self.requests_left = self.requests_left.saturating_sub(1);
+            return Tick { request, export: false };
         }
         if self.next_resend.is_some_and(|t| now >= t) {
             self.exporter.resend_all();
             self.next_resend = Some(now + FULL_RESEND);
         }
-        Tick { export: true }
+        Tick { request: false, export: true }
     }
 
     /// The datagrams to send now (at most [`MAX_DATAGRAMS_PER_TICK`]) from a snapshot of the
@@ -151,6 +171,8 @@ impl Session {
         if self.master {
             return Received::NotImported(entries.len());
         }
+        // The master answered (or was sending anyway): enough asking.
+        self.requests_left = 0;
         Received::Import(entries)
     }
 
@@ -300,6 +322,46 @@ mod tests {
         // STOPPING still serves: still exporting.
         s.on_state(t0 + Duration::from_secs(31), State::Master, State::Stopping);
         assert!(s.tick(t0 + Duration::from_secs(31)).export);
+    }
+
+    /// Requests sent at the ticks from `t0` on, as seconds after `t0`.
+    fn requests(s: &mut Session, t0: Instant, secs: std::ops::Range<u64>) -> Vec<u64> {
+        secs.filter(|&i| s.tick(t0 + Duration::from_secs(i)).request).collect()
+    }
+
+    /// Found by review: a starting director asked for the master's table only at start and
+    /// at the next two ticks (the first at once: ~0 s, 0 s, 1 s, often before its link was
+    /// up), and never after FAULT (a link that came back). It asks at every tick after
+    /// entering BACKUP from INIT or FAULT, until it imports a datagram, at most
+    /// MAX_REQUESTS times.
+    #[test]
+    fn requests_follow_entering_backup_until_something_is_imported() {
+        let t0 = Instant::now();
+        let mut s = Session::new();
+        assert!(requests(&mut s, t0, 0..3).is_empty(), "INIT: nothing");
+        s.on_state(t0, State::Initialize, State::Backup);
+        let all = requests(&mut s, t0, 1..30);
+        assert_eq!(all, (1..=u64::from(MAX_REQUESTS)).collect::<Vec<_>>(), "bounded");
+
+        // FAULT (the link went down), BACKUP again: asks again, until the master's answer.
+        s.on_state(t0, State::Backup, State::Fault);
+        assert!(requests(&mut s, t0, 30..33).is_empty(), "not in FAULT");
+        s.on_state(t0, State::Fault, State::Backup);
+        assert_eq!(requests(&mut s, t0, 33..36), vec![33, 34, 35]);
+        let d = encode(7, &[sample()]).remove(0);
+        assert!(matches!(s.receive(t0, 7, &d), Received::Import(_)));
+        assert!(requests(&mut s, t0, 36..50).is_empty(), "imported: done");
+
+        // Leaving MASTER for BACKUP: it had the table; no request.
+        s.on_state(t0, State::Backup, State::Master);
+        s.on_state(t0, State::Master, State::Backup);
+        assert!(requests(&mut s, t0, 50..60).is_empty());
+        // Becoming MASTER stops asking.
+        s.on_state(t0, State::Backup, State::Fault);
+        s.on_state(t0, State::Fault, State::Backup);
+        assert_eq!(requests(&mut s, t0, 60..61), vec![60]);
+        s.on_state(t0, State::Backup, State::Master);
+        assert!(requests(&mut s, t0, 61..70).is_empty());
     }
 
     /// Found by review: any datagram with the right sync id was imported, also by the
