@@ -626,6 +626,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         // Stopping: the sync groups' orders no longer matter.
         let _ = d.on_instance_event(ev);
     }
+    // Connection sync: a master that stops sends its last diff (see sync::Session).
+    if let Some(s) = &sync_sock {
+        d.sync_send(s);
+    }
     let hooks = std::mem::take(&mut d.notify_tasks);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         for h in hooks {
@@ -720,8 +724,10 @@ impl Daemon {
         })
     }
 
-    /// Once a second while the sync instance is MASTER: sends the connections the others have
-    /// not heard of (all of them again after becoming MASTER), paced (see `sync::Session`).
+    /// Once a second: while the sync instance is MASTER (and once after it left it), sends
+    /// the connections the others have not heard of (all of them again after becoming
+    /// MASTER), paced; while it is BACKUP after INIT or FAULT, asks for the master's table
+    /// (see `sync::Session`).
     fn sync_send(&mut self, sock: &tokio::net::UdpSocket) {
         let Some(cfg) = self.config.global.lvs_sync_daemon.clone() else { return };
         let tick = self.sync.tick(std::time::Instant::now());

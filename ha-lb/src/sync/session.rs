@@ -5,8 +5,15 @@
 //!
 //! Only a director whose synced instance is not MASTER imports (IPVS: only the backup
 //! daemon does): a master's table is the one the others copy, and a datagram forged on the
-//! link must not rewrite it. A table request is answered at most once per
-//! [`ANSWER_INTERVAL`]: answering sends the whole table, and anyone on the link can ask.
+//! link must not rewrite it — except for [`IMPORT_AFTER_MASTER`] after becoming MASTER, to
+//! take the last diff of the director that left MASTER. A table request is answered at most
+//! once per [`ANSWER_INTERVAL`]: answering sends the whole table, and anyone on the link
+//! can ask.
+//!
+//! A director that leaves MASTER sends its last diff at the next tick (the connections of
+//! its last second as master), and for [`LEAVE_GRACE`] it still answers table requests and
+//! finishes sending what it owes: a director that starts during a failover may ask just
+//! after the master left.
 //!
 //! A director whose synced instance enters BACKUP from INIT (start) or FAULT (its link came
 //! back, tracking recovered) may have missed anything: it asks the master for its whole table
@@ -41,6 +48,12 @@ pub const ANSWER_INTERVAL: Duration = Duration::from_secs(5);
 /// Table requests sent, one a tick, after entering BACKUP, unless a datagram is imported
 /// first.
 pub const MAX_REQUESTS: u8 = 10;
+
+/// After leaving MASTER, a director answers table requests and sends what it owes this long.
+pub const LEAVE_GRACE: Duration = Duration::from_secs(10);
+
+/// After becoming MASTER, a director imports this long (the last diff of the one that left).
+pub const IMPORT_AFTER_MASTER: Duration = Duration::from_secs(5);
 
 /// What to do at a tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -79,6 +92,11 @@ pub struct Session {
     last_answer: Option<Instant>,
     /// Table requests still to send, one a tick.
     requests_left: u8,
+    /// When the synced instance last became MASTER / left it.
+    became_master: Option<Instant>,
+    left_master: Option<Instant>,
+    /// The last diff after leaving MASTER is still to send.
+    final_diff: bool,
 }
 
 impl Session {
@@ -103,8 +121,19 @@ impl Session {
             // Becoming master: the others may lack anything; send everything.
             self.exporter.reset();
             self.next_resend = Some(now + FULL_RESEND);
+            self.became_master = Some(now);
+            self.final_diff = false;
+        }
+        if !master && self.master {
+            self.left_master = Some(now);
+            self.final_diff = true;
         }
         self.master = master;
+    }
+
+    /// Within [`LEAVE_GRACE`] of leaving MASTER.
+    fn in_leave_grace(&self, now: Instant) -> bool {
+        !self.master && self.left_master.is_some_and(|t| now.duration_since(t) < LEAVE_GRACE)
     }
 
     /// Once a tick (a second).
@@ -112,7 +141,10 @@ impl Session {
         if !self.master {
             let request = self.requests_left > 0;
             self.requests_left = self.requests_left.saturating_sub(1);
-            return Tick { request, export: false };
+            // The last diff, and what it or an answered request left owed.
+            let export = self.in_leave_grace(now) && (self.final_diff || self.exporter.owes());
+            self.final_diff = false;
+            return Tick { request, export };
         }
         if self.next_resend.is_some_and(|t| now >= t) {
             self.exporter.resend_all();
@@ -159,7 +191,7 @@ impl Session {
             return Received::OtherId;
         }
         if entries.is_empty() {
-            let answered = self.master
+            let answered = (self.master || self.in_leave_grace(now))
                 && self.last_answer.is_none_or(|t| now.duration_since(t) >= ANSWER_INTERVAL);
             if answered {
                 // Everything remembered goes out again (paced) from the next tick.
@@ -168,7 +200,9 @@ impl Session {
             }
             return Received::Request { answered };
         }
-        if self.master {
+        let just_master =
+            self.became_master.is_some_and(|t| now.duration_since(t) < IMPORT_AFTER_MASTER);
+        if self.master && !just_master {
             return Received::NotImported(entries.len());
         }
         // The master answered (or was sending anyway): enough asking.
@@ -324,6 +358,55 @@ mod tests {
         assert!(s.tick(t0 + Duration::from_secs(31)).export);
     }
 
+    /// Found by review: a master that left MASTER never sent the connections of its last
+    /// second, and no longer answered table requests. It sends a last diff at the next tick,
+    /// and answers requests (and sends what it owes) for LEAVE_GRACE.
+    #[test]
+    fn a_master_that_leaves_sends_its_last_diff_and_answers_for_a_while() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut s = master(t0);
+        s.tick(t0);
+        assert_eq!(entries(&s.export(7, &table(10), NOW_NS, &any_service)), 10);
+        // Two new connections, then the instance leaves MASTER before the next tick.
+        s.on_state(at(500), State::Master, State::Backup);
+        assert!(s.tick(at(1000)).export, "the last diff");
+        assert_eq!(entries(&s.export(7, &table(12), NOW_NS, &any_service)), 2);
+        assert!(!s.tick(at(2000)).export, "and no more");
+        // A table request during the grace: answered, the whole table goes out.
+        let req = crate::sync::request(7);
+        assert_eq!(s.receive(at(3000), 7, &req), Received::Request { answered: true });
+        assert!(s.tick(at(4000)).export);
+        assert_eq!(entries(&s.export(7, &table(12), NOW_NS, &any_service)), 12);
+        assert!(!s.tick(at(5000)).export);
+        // After it: no.
+        let late = at(500) + LEAVE_GRACE;
+        assert_eq!(s.receive(late, 7, &req), Received::Request { answered: false });
+        assert!(!s.tick(late).export);
+        // From FAULT or a stop too; a director that never was MASTER sends nothing.
+        let mut f = master(t0);
+        f.on_state(at(100), State::Master, State::Fault);
+        assert!(f.tick(at(1000)).export);
+        let mut b = Session::new();
+        b.on_state(t0, State::Initialize, State::Backup);
+        b.on_state(t0, State::Backup, State::Fault);
+        assert!(!b.tick(at(1000)).export);
+    }
+
+    /// The last diff of the director that left MASTER reaches the one that took over just
+    /// after it became MASTER: it imports for IMPORT_AFTER_MASTER.
+    #[test]
+    fn a_new_master_imports_for_a_moment() {
+        let t0 = Instant::now();
+        let d = encode(7, &[sample()]).remove(0);
+        let mut s = Session::new();
+        s.on_state(t0, State::Initialize, State::Backup);
+        s.on_state(t0, State::Backup, State::Master);
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(s.receive(t1, 7, &d), Received::Import(vec![sample()]));
+        assert_eq!(s.receive(t0 + IMPORT_AFTER_MASTER, 7, &d), Received::NotImported(1));
+    }
+
     /// Requests sent at the ticks from `t0` on, as seconds after `t0`.
     fn requests(s: &mut Session, t0: Instant, secs: std::ops::Range<u64>) -> Vec<u64> {
         secs.filter(|&i| s.tick(t0 + Duration::from_secs(i)).request).collect()
@@ -376,11 +459,12 @@ mod tests {
         s.on_state(t0, State::Initialize, State::Backup);
         assert_eq!(s.receive(t0, 7, &d), Received::Import(vec![sample()]), "BACKUP");
         s.on_state(t0, State::Backup, State::Master);
-        assert_eq!(s.receive(t0, 7, &d), Received::NotImported(1), "MASTER");
-        s.on_state(t0, State::Master, State::Stopping);
-        assert_eq!(s.receive(t0, 7, &d), Received::NotImported(1), "STOPPING");
-        s.on_state(t0, State::Stopping, State::Initialize);
-        assert_eq!(s.receive(t0, 7, &d), Received::Import(vec![sample()]));
+        let t1 = t0 + IMPORT_AFTER_MASTER;
+        assert_eq!(s.receive(t1, 7, &d), Received::NotImported(1), "MASTER");
+        s.on_state(t1, State::Master, State::Stopping);
+        assert_eq!(s.receive(t1, 7, &d), Received::NotImported(1), "STOPPING");
+        s.on_state(t1, State::Stopping, State::Initialize);
+        assert_eq!(s.receive(t1, 7, &d), Received::Import(vec![sample()]));
         assert_eq!(s.receive(t0, 8, &d), Received::OtherId);
         assert!(matches!(s.receive(t0, 7, &d[..5]), Received::Rejected(_)));
     }
@@ -395,7 +479,7 @@ mod tests {
         let t = table(10);
         let mut b = Session::new();
         b.on_state(t0, State::Initialize, State::Backup);
-        assert_eq!(b.receive(t0, 7, &req), Received::Request { answered: false });
+        assert_eq!(b.receive(t0, 7, &req), Received::Request { answered: false }, "BACKUP");
         let mut s = master(t0);
         s.tick(t0);
         assert_eq!(entries(&s.export(7, &t, NOW_NS, &any_service)), 10);
