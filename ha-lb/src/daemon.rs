@@ -42,9 +42,9 @@ use crate::{
     },
 };
 
-/// With connection sync: how long a director waits before it preempts a lower-priority
-/// master (see `Daemon::with_sync_hold`): the master answers a table request at its next
-/// one-second tick.
+/// With connection sync: how long a director that starts (or leaves FAULT) waits before it
+/// preempts a lower-priority master (see `Daemon::sync_start_hold`): it asks for the table
+/// at its first tick, and the master answers from its next one-second tick.
 const SYNC_PREEMPT_HOLD: Duration = Duration::from_secs(5);
 
 /// With connection sync: datagrams read per pass of the main loop beyond the first.
@@ -888,8 +888,9 @@ impl Daemon {
     async fn start_instance(&mut self, inst: &VrrpInstance) -> Result<()> {
         let in_group = self.config.sync_group_of(&inst.name).is_some();
         let handle = instance::start(
-            &self.with_sync_hold(inst),
+            inst,
             in_group,
+            self.sync_start_hold(inst),
             &self.rtnl,
             self.events_tx.clone(),
         )
@@ -904,23 +905,25 @@ impl Daemon {
         Ok(())
     }
 
-    /// `inst` as it runs: with connection sync, an instance of the synced group waits at
-    /// least [`SYNC_PREEMPT_HOLD`] before it preempts a lower-priority master (keepalived's
-    /// `preempt_delay`, armed at start and on first seeing that master), so that a restarted
-    /// director has the master's connection table (it asks for it at start) before it takes
-    /// the VIPs back: otherwise the connections it does not know are scheduled afresh — reset.
-    fn with_sync_hold(&self, inst: &VrrpInstance) -> VrrpInstance {
-        let mut i = inst.clone();
-        let Some(s) = &self.config.global.lvs_sync_daemon else { return i };
+    /// The start hold of `inst` (`vrrp::machine::Config::start_hold`): with connection sync,
+    /// an instance of the synced group waits at least [`SYNC_PREEMPT_HOLD`] after it starts
+    /// (or leaves FAULT) before it preempts a lower-priority master, so that a restarted
+    /// director has the master's connection table (it asks for it on entering BACKUP) before
+    /// it takes the VIPs back: otherwise the connections it does not know are scheduled
+    /// afresh — reset. Later preemptions (a master whose tracking failed) are not held;
+    /// `preempt_delay` stays as configured.
+    fn sync_start_hold(&self, inst: &VrrpInstance) -> Duration {
+        let Some(s) = &self.config.global.lvs_sync_daemon else { return Duration::ZERO };
         let synced = inst.name == s.vrrp_instance
             || self
                 .config
                 .sync_group_of(&s.vrrp_instance)
                 .is_some_and(|g| g.group.contains(&inst.name));
-        if synced && !inst.nopreempt && matches!(self.dataplane, Plane::Xdp(_)) {
-            i.preempt_delay = i.preempt_delay.max(SYNC_PREEMPT_HOLD);
+        if synced && matches!(self.dataplane, Plane::Xdp(_)) {
+            SYNC_PREEMPT_HOLD
+        } else {
+            Duration::ZERO
         }
-        i
     }
 
     /// Looks up the state of `inst`'s interface and tracked interfaces not known yet (later

@@ -279,9 +279,11 @@ fn rx_options(inst: &crate::config::VrrpInstance) -> RxOptions {
 /// Resolves a configured `vrrp_instance` against the host (interfaces, source address) and
 /// starts it: raw socket, VIP manager, GARP/NA driver and the instance task. A member of a
 /// sync group (`in_sync_group`) becomes MASTER only with its group ([`super::sync_group`]).
+/// `start_hold`: see [`super::machine::Config::start_hold`].
 pub async fn start(
     inst: &crate::config::VrrpInstance,
     in_sync_group: bool,
+    start_hold: std::time::Duration,
     rtnl: &super::vip::Rtnl,
     events: mpsc::Sender<InstanceEvent>,
 ) -> anyhow::Result<InstanceHandle> {
@@ -334,6 +336,7 @@ pub async fn start(
     mc.advert_int_cs = (inst.advert_int.as_millis() / 10).clamp(1, u16::MAX as u128) as u16;
     mc.nopreempt = inst.nopreempt;
     mc.preempt_delay = inst.preempt_delay;
+    mc.start_hold = start_hold;
     mc.unicast_peers = inst.unicast_peer.clone();
     mc.auth = match &inst.authentication {
         Some(Authentication::Pass(p)) => Auth::password(p),

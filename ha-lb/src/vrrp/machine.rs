@@ -116,6 +116,11 @@
 //! seeing a lower-priority master) is armed at start, on leaving FAULT and on
 //! first seeing a lower-priority master; until it passes, lower-priority
 //! adverts are accepted as a normal master's. `nopreempt` accepts them always.
+//! ha-lb's `start_hold` ([`Config::start_hold`]) holds preemption the same way
+//! but only after start and on leaving FAULT (from then, or from the first
+//! advert seen since if that is a lower master's, whichever ends later), never
+//! on merely seeing a lower master later: a master whose priority drops (its
+//! tracking failed) is preempted at once.
 //! Equal priority never preempts a running master (RFC); the tie-break by
 //! primary address applies between masters.
 //!
@@ -159,6 +164,12 @@ pub struct Config {
     pub virtual_ipaddresses: Vec<IpAddr>,
     pub nopreempt: bool,
     pub preempt_delay: Duration,
+    /// ha-lb: after start and on leaving FAULT, preemption of a lower-priority master is
+    /// held at least this long (from then, or from the first advert seen since if it is a
+    /// lower master's), like `preempt_delay` but never armed again by a master whose
+    /// priority drops later. Connection sync uses it, so that a restarted director has the
+    /// master's connections before it takes the VIPs back. No effect with `nopreempt`.
+    pub start_hold: Duration,
     /// `unicast_peer`; when non-empty it is also the strict allow-list.
     pub unicast_peers: Vec<IpAddr>,
     /// v2 only.
@@ -198,6 +209,7 @@ impl Config {
             virtual_ipaddresses,
             nopreempt: false,
             preempt_delay: Duration::ZERO,
+            start_hold: Duration::ZERO,
             unicast_peers: Vec::new(),
             auth: Auth::None,
             peer_settle: None,
@@ -504,6 +516,9 @@ pub struct Machine {
     /// the group ([`Config::sync_group`]).
     ready: Option<Reason>,
     preempt_until: Option<Instant>,
+    /// Started or left FAULT, and no advert seen since: a first lower-priority master's
+    /// advert arms [`Config::start_hold`].
+    start_hold_pending: bool,
     garp_timer: Option<Instant>,
     stop_deadline: Option<Instant>,
     /// STOPPING: the peer whose advert showed it took over (VIPs linger, rule 1).
@@ -572,6 +587,7 @@ impl Machine {
             down_reason: Reason::MasterDown,
             ready: None,
             preempt_until: None,
+            start_hold_pending: false,
             garp_timer: None,
             stop_deadline: None,
             handed_over_to: None,
@@ -1096,6 +1112,11 @@ impl Machine {
         {
             self.preempt_until = Some(now + self.cfg.preempt_delay);
         }
+        if std::mem::take(&mut self.start_hold_pending) && lower && !self.cfg.nopreempt {
+            // The first master seen since start (or FAULT) is lower: hold from now.
+            let until = now + self.cfg.start_hold;
+            self.preempt_until = Some(self.preempt_until.map_or(until, |t| t.max(until)));
+        }
         let preempt_held = self.preempt_until.is_some_and(|t| now < t);
         if self.cfg.nopreempt || !lower || preempt_held {
             if self.cfg.version == Version::V3 && self.master_adver_int_cs != adv.adver_int_cs {
@@ -1275,9 +1296,11 @@ impl Machine {
         }
         self.master_adver_int_cs = self.cfg.advert_int_cs;
         self.enter_backup(now, reason);
-        if !self.cfg.nopreempt && !self.cfg.preempt_delay.is_zero() {
-            self.preempt_until = Some(now + self.cfg.preempt_delay);
+        let hold = self.cfg.preempt_delay.max(self.cfg.start_hold);
+        if !self.cfg.nopreempt && !hold.is_zero() {
+            self.preempt_until = Some(now + hold);
         }
+        self.start_hold_pending = !self.cfg.start_hold.is_zero();
     }
 
     fn enter_backup(&mut self, now: Instant, reason: Reason) {
@@ -1692,6 +1715,61 @@ mod tests {
         }
         // Its priority drops below ours at t0+8: delay runs from here.
         preempt_held_for(&mut m, t0, 8..13);
+    }
+
+    /// Found by review: connection sync's hold (then: `preempt_delay` raised to 5 s) held
+    /// every preemption, also of a master whose priority dropped because its tracking
+    /// failed — an impaired master kept the VIPs 5 s longer. `start_hold` holds only after
+    /// start and after FAULT.
+    #[test]
+    fn start_hold_holds_preemption_after_start_only() {
+        let t0 = Instant::now();
+        let mut c = cfg(150);
+        c.start_hold = Duration::from_secs(5);
+        let mut m = started(c.clone(), t0);
+        // A lower master at start: followed until start + 5 s.
+        let t = preempt_held_for(&mut m, t0, 0..5);
+        run(&mut m, t + Duration::from_secs(1));
+        assert_eq!(m.state(), State::Master);
+
+        // A higher master, which later drops below us (its tracking failed): preempted at
+        // once, where preempt_delay would re-arm (preempt_delay_rearms_on_first_sight...).
+        let mut m = started(c.clone(), t0);
+        for i in 0..8 {
+            m.handle_advert(t0 + Duration::from_secs(i), ip(PEER), &advert(&m, 200));
+        }
+        preempt_held_for(&mut m, t0, 8..8);
+
+        // No master heard until well after start (a link slow to come up): held from the
+        // first lower master's advert.
+        let mut m = started(c.clone(), t0);
+        preempt_held_for(&mut m, t0, 20..25);
+
+        // Leaving FAULT holds again.
+        let mut m = started(c.clone(), t0);
+        for i in 0..8 {
+            m.handle_advert(t0 + Duration::from_secs(i), ip(PEER), &advert(&m, 200));
+        }
+        let t1 = t0 + Duration::from_secs(10);
+        m.set_fault(t1, true);
+        m.set_fault(t1, false);
+        drain(&mut m);
+        preempt_held_for(&mut m, t1, 0..5);
+
+        // nopreempt wins; preempt_delay stays as configured.
+        let mut n = c.clone();
+        n.nopreempt = true;
+        let mut m = started(n, t0);
+        for i in 0..20 {
+            let t = t0 + Duration::from_secs(i);
+            m.handle_advert(t, ip(PEER), &advert(&m, 100));
+            m.handle_timeout(t);
+        }
+        assert_eq!(m.state(), State::Backup);
+        let mut d = c;
+        d.preempt_delay = Duration::from_secs(8);
+        let mut m = started(d, t0);
+        preempt_held_for(&mut m, t0, 0..8);
     }
 
     #[test]
