@@ -812,6 +812,13 @@ impl Daemon {
                 tracing::debug!(error = %e, "lvs_sync_daemon: bad datagram");
                 return;
             }
+            Received::Ipvs { first } => {
+                *self.sync_counters.entry("datagrams_ipvs").or_default() += 1;
+                if first {
+                    warn!(interface = %cfg.interface, "lvs_sync_daemon: kernel IPVS sync datagrams on the sync group: ha-lb's sync is not compatible (their connections are not imported, ours are not read there)");
+                }
+                return;
+            }
             Received::OtherId => {
                 *self.sync_counters.entry("datagrams_other_id").or_default() += 1;
                 return;

@@ -69,6 +69,8 @@ pub struct Tick {
 pub enum Received {
     /// Not a valid sync datagram.
     Rejected(SyncDecodeError),
+    /// A kernel IPVS sync datagram: `first` the first one this session saw (warn once).
+    Ipvs { first: bool },
     /// Another sync id's.
     OtherId,
     /// A table request: `answered` when the whole table goes out from the next tick (this
@@ -97,6 +99,8 @@ pub struct Session {
     left_master: Option<Instant>,
     /// The last diff after leaving MASTER is still to send.
     final_diff: bool,
+    /// A kernel IPVS sync datagram was seen.
+    ipvs_seen: bool,
 }
 
 impl Session {
@@ -185,6 +189,9 @@ impl Session {
     pub fn receive(&mut self, now: Instant, sync_id: u8, buf: &[u8]) -> Received {
         let (id, entries) = match decode(buf) {
             Ok(x) => x,
+            Err(SyncDecodeError::IpvsSync) => {
+                return Received::Ipvs { first: !std::mem::replace(&mut self.ipvs_seen, true) }
+            }
             Err(e) => return Received::Rejected(e),
         };
         if id != sync_id {
@@ -467,6 +474,10 @@ mod tests {
         assert_eq!(s.receive(t1, 7, &d), Received::Import(vec![sample()]));
         assert_eq!(s.receive(t0, 8, &d), Received::OtherId);
         assert!(matches!(s.receive(t0, 7, &d[..5]), Received::Rejected(_)));
+        // A kernel IPVS director's datagram: told once.
+        let ipvs = [0, 7, 0, 8, 0, 1, 0, 0];
+        assert_eq!(s.receive(t0, 7, &ipvs), Received::Ipvs { first: true });
+        assert_eq!(s.receive(t0, 7, &ipvs), Received::Ipvs { first: false });
     }
 
     /// Found by review: every table request made the master send its whole table; anyone

@@ -71,6 +71,8 @@ pub enum SyncDecodeError {
     Truncated { len: usize },
     #[error("bad magic {0:02x?} (want \"HLBS\")")]
     BadMagic([u8; 4]),
+    #[error("a kernel IPVS sync datagram (protocol version 1), not ha-lb's")]
+    IpvsSync,
     #[error("unknown sync version {0} (want 1 or 2)")]
     BadVersion(u8),
     #[error("count {count} but the datagram ends inside entry {index}")]
@@ -91,6 +93,7 @@ impl SyncDecodeError {
         match self {
             SyncDecodeError::Truncated { .. } => "truncated",
             SyncDecodeError::BadMagic(_) => "bad_magic",
+            SyncDecodeError::IpvsSync => "ipvs_sync",
             SyncDecodeError::BadVersion(_) => "bad_version",
             SyncDecodeError::CountMismatch { .. } => "count_mismatch",
             SyncDecodeError::TrailingBytes { .. } => "trailing_bytes",
@@ -199,6 +202,17 @@ pub fn entry_count(d: &[u8]) -> usize {
     u16::from_be_bytes([d[6], d[7]]) as usize
 }
 
+/// Whether `buf` looks like a kernel IPVS sync datagram of protocol version 1 (Linux
+/// `struct ip_vs_sync_mesg`: a zero byte, the sync id, the size, the connection count, the
+/// version 1, two spare bytes): keepalived + IPVS directors on the same group and port, with
+/// which ha-lb's sync is not compatible.
+pub fn is_ipvs_sync(buf: &[u8]) -> bool {
+    buf.len() >= HEADER_LEN
+        && buf[0] == 0
+        && buf[5] == 1
+        && usize::from(u16::from_be_bytes([buf[2], buf[3]])) == buf.len()
+}
+
 fn get_addr(b: &[u8], v6: bool) -> SocketAddr {
     let (ip, rest) = if v6 {
         let mut o = [0u8; 16];
@@ -217,6 +231,9 @@ pub fn decode(buf: &[u8]) -> Result<(u8, Vec<SyncEntry>), SyncDecodeError> {
     }
     let magic = [buf[0], buf[1], buf[2], buf[3]];
     if magic != MAGIC {
+        if is_ipvs_sync(buf) {
+            return Err(SyncDecodeError::IpvsSync);
+        }
         return Err(SyncDecodeError::BadMagic(magic));
     }
     let flags = match buf[4] {
@@ -411,6 +428,25 @@ mod tests {
         assert!(encode(7, &[]).is_empty(), "encode never sends one");
     }
 
+    /// Kernel IPVS directors (keepalived's own lvs_sync_daemon) use the same group and port:
+    /// their datagrams are told apart, so the daemon can say why nothing is imported.
+    #[test]
+    fn kernel_ipvs_sync_datagrams_are_recognised() {
+        // Header (reserved 0, sync id 51, size 32, 1 connection, version 1, spare) and one
+        // 24-byte IPv4 connection.
+        let mut d = vec![0, 51, 0, 32, 1, 1, 0, 0];
+        d.extend_from_slice(&[0u8; 24]);
+        assert_eq!(decode(&d), Err(SyncDecodeError::IpvsSync));
+        let mut wrong_size = d.clone();
+        wrong_size.push(0);
+        assert!(matches!(decode(&wrong_size), Err(SyncDecodeError::BadMagic(_))));
+        let mut v0 = d.clone();
+        v0[5] = 0;
+        assert!(matches!(decode(&v0), Err(SyncDecodeError::BadMagic(_))));
+        assert!(!is_ipvs_sync(&sample()));
+        assert!(!is_ipvs_sync(&request(1)));
+    }
+
     #[test]
     fn header_field_errors() {
         let good = sample();
@@ -492,6 +528,7 @@ mod tests {
         let all = [
             SyncDecodeError::Truncated { len: 0 },
             SyncDecodeError::BadMagic([0; 4]),
+            SyncDecodeError::IpvsSync,
             SyncDecodeError::BadVersion(0),
             SyncDecodeError::CountMismatch { count: 0, index: 0 },
             SyncDecodeError::TrailingBytes { count: 0, extra: 0 },
