@@ -1,12 +1,17 @@
-//! Connection synchronisation between directors (`docs/conntrack-sync.md`).
+//! Connection synchronisation between directors (`docs/conntrack-sync.md`), keepalived's
+//! `lvs_sync_daemon` for the XDP data plane.
 //!
-//! Built so far: the pure halves — [`export`] (step 1: which forward entries of `LB_CONNS` the
-//! master has not sent yet) and [`wire`] (step 2: the datagram codec). The transport, the
-//! import into the backup's maps and the configuration (steps 3–5) are not built yet.
+//! The pure parts are here: [`export`] (which forward entries of `LB_CONNS` the master sends:
+//! new, changed, refreshed, closed, owed), [`wire`] (the datagram codec) and [`session`] (the
+//! decisions: pacing, table requests and answers, who imports, the last diff on leaving
+//! MASTER). The transport (the multicast socket) is the daemon's (`daemon.rs`: `sync_send`,
+//! `sync_receive`); the import into the table is [`XdpDataplane::import_flows`].
 //!
 //! A [`SyncEntry`] carries what a director needs to recreate a flow whose ids it does not
 //! share: the import maps `(VIP, port, protocol)` to its own service and `(real addr, port)`
 //! to its own real id and generation.
+//!
+//! [`XdpDataplane::import_flows`]: crate::dataplane::xdp::XdpDataplane::import_flows
 
 pub mod export;
 pub mod session;
