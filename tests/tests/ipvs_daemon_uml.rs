@@ -108,10 +108,12 @@ fn guest() {
     distinct.sort();
     distinct.dedup();
     assert_eq!(distinct.len(), 3, "round robin spread them: {names:?}");
-    // The kernel syncs a connection when it is established and then every so many packets.
-    std::thread::sleep(Duration::from_secs(2));
-    let synced = ipvsadm(&n2, &["-Lnc"]);
-    assert!(synced.contains("ESTABLISHED"), "d2's IPVS has d1's connections: {synced}");
+    // The kernel syncs a connection at its third packet and flushes its sync buffer at least
+    // every 2 s: wait until d2's IPVS has all six (bounded).
+    eventually(Duration::from_secs(10), "d2's IPVS has d1's six connections", || {
+        ipvsadm(&n2, &["-Lnc"]).lines().filter(|l| l.contains("ESTABLISHED")).count() >= 6
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", ipvsadm(&n2, &["-Lnc"])));
 
     crash(&mut t, &d1);
     eventually(Duration::from_secs(5), "d2 holds both VIPs", || holds_both_vips(&n2)).unwrap();
