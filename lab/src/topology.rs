@@ -204,7 +204,10 @@ impl KeepAlive {
 
     /// One over an open connection to `addr`.
     pub fn over(s: std::net::TcpStream, addr: SocketAddr) -> Result<KeepAlive> {
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        // 2 s unless the caller chose (a one-shot request's shorter timeout stays).
+        if s.read_timeout()?.is_none() {
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        }
         s.set_nodelay(true)?;
         let host = addr.ip().to_string();
         Ok(KeepAlive { w: s.try_clone()?, r: std::io::BufReader::new(s), host })

@@ -248,6 +248,32 @@ fn get_once(addr: SocketAddr, timeout: Duration) -> Result<String> {
     lab::KeepAlive::over(s, addr)?.get()
 }
 
+/// Each keep-alive connection in `conns` is still answered by the real server that answered
+/// it before (`names`, in the same order); `when` and `log` for the message.
+pub fn still_served(
+    conns: &mut [KeepAlive],
+    names: &[String],
+    when: &str,
+    log: &dyn Fn() -> String,
+) {
+    for (i, (c, before)) in conns.iter_mut().zip(names).enumerate() {
+        // The first request after a takeover may need TCP's retransmission.
+        let mut got = c.get();
+        for _ in 0..3 {
+            if got.is_ok() {
+                break;
+            }
+            got = c.get();
+        }
+        assert_eq!(
+            got.as_deref().ok(),
+            Some(before.as_str()),
+            "connection {i} (was on {before}) {when}: {got:?}\n{}",
+            log()
+        );
+    }
+}
+
 /// A keep-alive HTTP/1.1 connection from the client to the VIP (`ha_lb_lab`'s, opened on
 /// CPU 0, see [`pin_to_cpu0`]).
 pub struct KeepAlive(lab::KeepAlive);
