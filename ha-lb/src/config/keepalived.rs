@@ -705,6 +705,7 @@ fn unsupported_hint(kw: &str) -> &'static str {
         | "lvs_notify_fifo"
         | "lvs_notify_fifo_script" => "; use notify scripts",
         "virtualhost" => "; set virtualhost in each HTTP_GET / SSL_GET",
+        "flag-2" => "; with lb_algo sh or mh, use sh-port / mh-port",
         "priority_weight" => "; use weight",
         _ => "",
     }
@@ -793,6 +794,10 @@ fn unsupported_in(what: &str, kw: &str) -> Option<&'static str> {
 const KEEPALIVED_KEYWORDS: &[&str] = &[
     "mh-fallback",
     "sh-fallback",
+    "flag-1",
+    "flag-2",
+    "flag-3",
+    "hashed",
     "BFD_CHECK",
     "DNS_CHECK",
     "FILE_CHECK",

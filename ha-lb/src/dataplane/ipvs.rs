@@ -412,10 +412,12 @@ impl Dataplane for IpvsDataplane {
         if !self.accepted {
             return Ok(0);
         }
+        // After a failed apply the daemon retries it itself: the changes then are its own.
+        let retrying = self.stale;
         self.stale = true;
         let desired = self.desired.clone();
         let report = self.apply(&desired)?;
-        if !report.is_empty() {
+        if !report.is_empty() && !retrying {
             tracing::warn!(?report, "IPVS: services changed behind ha-lb's back; restored");
         }
         Ok(0)
