@@ -251,11 +251,15 @@ impl IpvsDataplane {
             return Ok(());
         }
         let f = self.genl.family();
-        if let Some(cur) = self.sync.take() {
-            self.stop_sync(cur.state())?;
-        }
-        let Some(w) = want else { return Ok(()) };
-        // Whatever runs in either state (ours from before a crash, or ipvsadm's) goes.
+        let Some(w) = want else {
+            if let Some(cur) = self.sync.take() {
+                self.stop_sync(cur.state())?;
+            }
+            return Ok(());
+        };
+        // Ours, and whatever else runs in either state (ours from before a crash, or
+        // ipvsadm's), goes.
+        self.sync = None;
         for state in [wire::IP_VS_STATE_MASTER, wire::IP_VS_STATE_BACKUP] {
             self.stop_sync(state)?;
         }

@@ -104,15 +104,10 @@ impl SyncGroups {
         v
     }
 
-    /// The members of `instance`'s group, itself included.
-    fn group_of(&self, instance: &str) -> Option<Vec<String>> {
-        self.groups.values().find(|m| m.iter().any(|m| m == instance)).cloned()
-    }
-
-    /// The group `instance` is in, and the other members.
-    fn others(&self, instance: &str) -> Option<(String, Vec<String>)> {
+    /// The group `instance` is in: its name and its members, `instance` included.
+    fn group_of(&self, instance: &str) -> Option<(String, Vec<String>)> {
         let (g, m) = self.groups.iter().find(|(_, m)| m.iter().any(|m| m == instance))?;
-        Some((g.clone(), m.iter().filter(|m| *m != instance).cloned().collect()))
+        Some((g.clone(), m.clone()))
     }
 
     fn member(&self, name: &str) -> Member {
@@ -137,9 +132,10 @@ impl SyncGroups {
         to: State,
         reason: &Reason,
     ) -> Vec<(String, GroupOrder)> {
-        let Some((_, others)) = self.others(instance) else {
+        let Some((_, group)) = self.group_of(instance) else {
             return Vec::new();
         };
+        let others = without(&group, instance);
         self.members.insert(instance.to_string(), Member::in_state(to));
         // (A member ordered out, reason SyncGroup, was ordered with all the others.)
         if from == State::Master && to == State::Backup && *reason != Reason::SyncGroup {
@@ -155,13 +151,12 @@ impl SyncGroups {
         }
         // Ready members may have been waiting for this one (an address owner that started
         // late).
-        let group = self.group_of(instance).unwrap_or_default();
         self.release(&group)
     }
 
     /// A member (in BACKUP) became ready to be MASTER, or no longer is.
     pub fn on_ready(&mut self, instance: &str, ready: bool) -> Vec<(String, GroupOrder)> {
-        let Some((_, others)) = self.others(instance) else {
+        let Some((_, group)) = self.group_of(instance) else {
             // In no group (any more): its own group, always agreed.
             return if ready {
                 vec![(instance.to_string(), GroupOrder::Master)]
@@ -173,9 +168,8 @@ impl SyncGroups {
         self.members.insert(instance.to_string(), Member { ready, ..Member::in_state(state) });
         if !ready {
             // It follows a master now: nobody in the group may stay MASTER.
-            return self.orders(&others, State::Master, GroupOrder::Backup);
+            return self.orders(&without(&group, instance), State::Master, GroupOrder::Backup);
         }
-        let group = self.group_of(instance).unwrap_or_default();
         self.release(&group)
     }
 
@@ -185,10 +179,16 @@ impl SyncGroups {
         if !self.member(instance).ready {
             return None;
         }
-        let (group, mut others) = self.others(instance)?;
+        let (name, group) = self.group_of(instance)?;
+        let mut others = without(&group, instance);
         others.retain(|o| !self.member(o).agrees());
-        Some((group, others))
+        Some((name, others))
     }
+}
+
+/// `group`'s members other than `instance`.
+fn without(group: &[String], instance: &str) -> Vec<String> {
+    group.iter().filter(|m| *m != instance).cloned().collect()
 }
 
 #[cfg(test)]
