@@ -768,35 +768,37 @@ impl Daemon {
         let datagrams = self.sync.export(id, &flows, bpf::lb::monotonic_ns(), &known);
         let mut sent = 0;
         for d in &datagrams {
-            match sock.try_send_to(d, (SYNC_GROUP, SYNC_PORT).into()) {
-                Ok(_) => {
-                    sent += 1;
-                    *self.sync_counters.entry("datagrams_sent").or_default() += 1;
-                    *self.sync_counters.entry("connections_sent").or_default() +=
-                        crate::sync::wire::entry_count(d) as u64;
-                }
-                Err(e) => {
-                    // Sent again at the next tick (the socket buffer is full, or the link
-                    // is down).
-                    *self.sync_counters.entry("send_errors").or_default() += 1;
-                    tracing::debug!(error = %e, "lvs_sync_daemon: send failed; retrying at the next tick");
-                    break;
-                }
+            // One that does not go out (the socket buffer is full, or the link is down) is
+            // sent again at the next tick, with those after it.
+            if !self.sync_send_one(sock, d, "datagram") {
+                break;
             }
+            sent += 1;
+            *self.sync_counters.entry("datagrams_sent").or_default() += 1;
+            *self.sync_counters.entry("connections_sent").or_default() +=
+                crate::sync::wire::entry_count(d) as u64;
         }
         self.sync.not_sent(&datagrams[sent..]);
+    }
+
+    /// Sends `d` to the sync group; a failure is counted (`send_errors`) and logged.
+    fn sync_send_one(&mut self, sock: &tokio::net::UdpSocket, d: &[u8], what: &str) -> bool {
+        match sock.try_send_to(d, (SYNC_GROUP, SYNC_PORT).into()) {
+            Ok(_) => true,
+            Err(e) => {
+                *self.sync_counters.entry("send_errors").or_default() += 1;
+                tracing::debug!(error = %e, "lvs_sync_daemon: {what} not sent");
+                false
+            }
+        }
     }
 
     /// Asks the master for its whole table (see `sync::request`).
     fn sync_request(&mut self, sock: &tokio::net::UdpSocket) {
         let Some(cfg) = &self.config.global.lvs_sync_daemon else { return };
         let req = crate::sync::request(self.sync_id(cfg));
-        match sock.try_send_to(&req, (SYNC_GROUP, SYNC_PORT).into()) {
-            Ok(_) => *self.sync_counters.entry("requests_sent").or_default() += 1,
-            Err(e) => {
-                *self.sync_counters.entry("send_errors").or_default() += 1;
-                tracing::debug!(error = %e, "lvs_sync_daemon: table request not sent");
-            }
+        if self.sync_send_one(sock, &req, "table request") {
+            *self.sync_counters.entry("requests_sent").or_default() += 1;
         }
     }
 
