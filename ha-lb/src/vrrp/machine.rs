@@ -774,11 +774,8 @@ impl Machine {
     /// now, for the reason it was ready. (Joining one takes a restart with the group.)
     pub fn leave_sync_group(&mut self, now: Instant) {
         self.cfg.sync_group = false;
-        if self.state == State::Backup {
-            if let Some(reason) = self.ready.take() {
-                self.become_master(now, reason);
-            }
-        }
+        // Its own group now, which agrees.
+        self.sync_group_master(now);
     }
 
     /// The sync group agrees: every member is ready (or MASTER). Becomes MASTER if still
