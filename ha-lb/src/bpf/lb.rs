@@ -290,13 +290,10 @@ pub fn invalidate_flow_cache(bpf: &mut Bpf) -> Result<(), BpfError> {
     m.set(1, v.wrapping_add(1), 0).map_err(e)
 }
 
-/// Writes one connection-tracking entry (tests and tools; the data path writes its own).
+/// Writes one connection-tracking entry (tests and tools; the data path writes its own), as
+/// [`put_flows`] does.
 pub fn put_flow(bpf: &mut Bpf, key: &LbFlowKey, flow: &LbFlow) -> Result<(), BpfError> {
-    let e = map_err(LB_CONNS);
-    let mut m: HashMap<_, LbFlowKey, LbFlow> =
-        HashMap::try_from(bpf.map_mut(LB_CONNS)?).map_err(&e)?;
-    m.insert(key, flow, 0).map_err(e)?;
-    invalidate_flow_cache(bpf)
+    put_flows(bpf, &[(*key, *flow)])
 }
 
 /// Writes `flows` (connection sync's import), then invalidates the flow cache once (also when

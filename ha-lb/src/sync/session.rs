@@ -108,11 +108,6 @@ impl Session {
         Self::default()
     }
 
-    /// Whether the synced instance holds the VIPs, as last told.
-    pub fn is_master(&self) -> bool {
-        self.master
-    }
-
     /// The synced instance changed state.
     pub fn on_state(&mut self, now: Instant, from: State, to: State) {
         let master = matches!(to, State::Master | State::Stopping);
