@@ -701,7 +701,9 @@ fn run_notify(
 impl Daemon {
     /// With kernel IPVS, `lvs_sync_daemon` is the kernel's own sync thread, as keepalived
     /// runs it: master while the synced instance is MASTER, backup otherwise. Called on
-    /// every state change and from housekeeping (a failed switch is tried again).
+    /// every state change and from housekeeping. The switch itself is made on a thread of
+    /// its own, which tries a failed one again (`ipvs::sync_thread`): the kernel answers only
+    /// once its thread has started or stopped, and the event loop does not wait for that.
     fn ipvs_sync_role(&mut self) {
         let Some(cfg) = self.config.global.lvs_sync_daemon.clone() else { return };
         let sync_id = self.sync_id(&cfg);
@@ -713,7 +715,7 @@ impl Daemon {
         let Plane::Ipvs(ipvs) = &mut self.dataplane else { return };
         let want = SyncDaemon { master, interface: cfg.interface.clone(), sync_id };
         if let Err(e) = ipvs.set_sync(Some(want)) {
-            warn!(error = %e, "lvs_sync_daemon: switching the kernel's sync thread failed; trying again");
+            warn!(error = %e, "lvs_sync_daemon: cannot switch the kernel's sync thread; trying again");
         }
     }
 

@@ -473,16 +473,21 @@ fn guest(dir: &Path) {
     ok("failed_apply_recovers");
 
     // lvs_sync_daemon with kernel IPVS: the kernel's sync thread, backup or master as the
-    // synced instance is; one left running by someone else is replaced. (Stopping a thread
-    // ipvsadm started a moment before hangs the request here, in UML: give it a moment.)
+    // synced instance is; one left running by someone else is replaced. The switch is made
+    // on a thread of its own: set_sync returns at once (stopping a thread ipvsadm started a
+    // moment before holds the request for seconds here, in UML).
     run("ipvsadm", &["--start-daemon", "master", "--mcast-interface", "lo", "--syncid", "7"]);
-    std::thread::sleep(Duration::from_millis(500));
     let sync = |master| SyncDaemon { master, interface: "lo".into(), sync_id: 51 };
+    let t = std::time::Instant::now();
     dp.set_sync(Some(sync(false))).unwrap();
+    assert!(t.elapsed() < Duration::from_millis(200), "set_sync waited {:?}", t.elapsed());
+    dp.sync_settle(Duration::from_secs(20)).unwrap();
+    println!("ipvs-uml: sync thread switched in {:?}", t.elapsed());
     let daemons = run("ipvsadm", &["-L", "--daemon"]);
     assert!(daemons.contains("backup sync daemon (mcast=lo, syncid=51"), "{daemons}");
     assert!(!daemons.contains("master"), "{daemons}");
     dp.set_sync(Some(sync(true))).unwrap();
+    dp.sync_settle(Duration::from_secs(20)).unwrap();
     let daemons = run("ipvsadm", &["-L", "--daemon"]);
     assert!(daemons.contains("master sync daemon (mcast=lo, syncid=51"), "{daemons}");
     assert!(!daemons.contains("backup"), "{daemons}");

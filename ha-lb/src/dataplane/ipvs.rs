@@ -41,6 +41,7 @@
 
 pub mod plan;
 pub mod socket;
+pub mod sync_thread;
 pub mod wire;
 
 use std::{
@@ -85,6 +86,8 @@ pub struct IpvsDataplane {
     keep_on_drop: bool,
     /// The kernel sync thread ha-lb runs (see [`IpvsDataplane::set_sync`]).
     sync: Option<SyncDaemon>,
+    /// Switches it, on a thread of its own (started at the first [`IpvsDataplane::set_sync`]).
+    switcher: Option<sync_thread::Switcher>,
 }
 
 /// Which of the kernel's connection sync threads runs, where: keepalived's
@@ -147,6 +150,7 @@ impl IpvsDataplane {
             accepted: false,
             recorded: BTreeSet::new(),
             sync: None,
+            switcher: None,
             stale: false,
             ledger: None,
             keep_on_drop: false,
@@ -244,49 +248,39 @@ impl IpvsDataplane {
 
     /// Runs the kernel's sync thread as `want` says (`None`: none), as keepalived switches
     /// it when the synced instance changes state: the thread of the other state stops first.
-    /// A thread already there in the wanted state (left by a previous run) is restarted
-    /// with the wanted interface and id.
+    /// A thread already there in the wanted state (left by a previous run, or ipvsadm's) is
+    /// replaced by one with the wanted interface and id.
+    ///
+    /// Returns at once: the kernel answers only once its thread has started or stopped,
+    /// which can take seconds, so the switch is made on a thread of its own and a failed
+    /// one is tried again there ([`sync_thread`]); [`IpvsDataplane::sync_settle`] waits for
+    /// it.
     pub fn set_sync(&mut self, want: Option<SyncDaemon>) -> Result<(), DataplaneError> {
         if self.sync == want {
             return Ok(());
         }
-        let f = self.genl.family();
-        let Some(w) = want else {
-            if let Some(cur) = self.sync.take() {
-                self.stop_sync(cur.state())?;
-            }
-            return Ok(());
-        };
-        // Ours, and whatever else runs in either state (ours from before a crash, or
-        // ipvsadm's), goes.
-        self.sync = None;
-        for state in [wire::IP_VS_STATE_MASTER, wire::IP_VS_STATE_BACKUP] {
-            self.stop_sync(state)?;
-        }
-        self.genl
-            .request(|seq| wire::new_daemon(f, seq, w.state(), &w.interface, u32::from(w.sync_id)))
-            .map_err(|e| {
-                backend(
-                    format!(
-                        "starting the IPVS sync daemon ({} on {}, id {})",
-                        if w.master { "master" } else { "backup" },
-                        w.interface,
-                        w.sync_id
-                    ),
-                    e,
+        if self.switcher.is_none() {
+            let genl =
+                Genl::open().map_err(|e| backend("opening a socket for the sync daemon", e))?;
+            let s = sync_thread::Switcher::spawn(GenlSync(genl)).map_err(|e| {
+                DataplaneError::Backend(
+                    format!("IPVS: starting the sync switch thread: {e}").into(),
                 )
             })?;
-        tracing::info!(master = w.master, interface = %w.interface, sync_id = w.sync_id, "IPVS connection sync daemon started");
-        self.sync = Some(w);
+            self.switcher = Some(s);
+        }
+        if let Some(s) = &mut self.switcher {
+            s.want(want.clone());
+        }
+        self.sync = want;
         Ok(())
     }
 
-    /// Stops the sync thread in `state`; none running is not an error.
-    fn stop_sync(&self, state: u32) -> Result<(), DataplaneError> {
-        let f = self.genl.family();
-        match self.genl.request(|seq| wire::del_daemon(f, seq, state)) {
-            Err(e) if e.errno() == Some(libc::ESRCH) => Ok(()),
-            r => r.map_err(|e| backend("stopping the IPVS sync daemon", e)),
+    /// Waits up to `timeout` for the last [`IpvsDataplane::set_sync`] to be carried out.
+    pub fn sync_settle(&self, timeout: std::time::Duration) -> Result<(), DataplaneError> {
+        match &self.switcher {
+            None => Ok(()),
+            Some(s) => s.settle(timeout).map_err(|e| DataplaneError::Backend(e.into())),
         }
     }
 
@@ -433,8 +427,13 @@ impl Drop for IpvsDataplane {
         if self.keep_on_drop {
             return;
         }
-        if let Err(e) = self.set_sync(None) {
-            tracing::warn!(error = %e, "IPVS: stopping the sync daemon at exit failed");
+        if let Some(mut s) = self.switcher.take() {
+            if self.sync.take().is_some() {
+                s.want(None);
+            }
+            if let Err(e) = s.finish(std::time::Duration::from_secs(10)) {
+                tracing::warn!(error = %e, "IPVS: stopping the sync daemon at exit failed");
+            }
         }
         if self.owned.is_empty() {
             return;
@@ -442,6 +441,41 @@ impl Drop for IpvsDataplane {
         if let Err(e) = self.apply(&DesiredState::default()) {
             tracing::warn!(error = %e, "IPVS: removing ha-lb's services at exit failed");
         }
+    }
+}
+
+/// The kernel side of [`sync_thread`]: its own socket, so services are programmed while a
+/// switch waits for the kernel.
+struct GenlSync(Genl);
+
+impl GenlSync {
+    fn stop(&self, state: u32) -> Result<(), String> {
+        let f = self.0.family();
+        match self.0.request(|seq| wire::del_daemon(f, seq, state)) {
+            Err(e) if e.errno() == Some(libc::ESRCH) => Ok(()),
+            r => r.map_err(|e| format!("IPVS: stopping the sync daemon: {e}")),
+        }
+    }
+}
+
+impl sync_thread::SyncKernel for GenlSync {
+    fn stop_all(&mut self) -> Result<(), String> {
+        self.stop(wire::IP_VS_STATE_MASTER)?;
+        self.stop(wire::IP_VS_STATE_BACKUP)
+    }
+
+    fn start(&mut self, w: &SyncDaemon) -> Result<(), String> {
+        let f = self.0.family();
+        self.0
+            .request(|seq| wire::new_daemon(f, seq, w.state(), &w.interface, u32::from(w.sync_id)))
+            .map_err(|e| {
+                format!(
+                    "IPVS: starting the sync daemon ({} on {}, id {}): {e}",
+                    if w.master { "master" } else { "backup" },
+                    w.interface,
+                    w.sync_id
+                )
+            })
     }
 }
 
