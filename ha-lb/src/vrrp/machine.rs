@@ -739,9 +739,8 @@ impl Machine {
         match (fault, self.state) {
             (_, State::Initialize) => {}
             (true, State::Master | State::Stopping) => {
-                // Can't serve: hand over now. Priority 0 lets backups take over after Skew_Time.
-                self.send_advert(PRIORITY_STOP);
-                self.actions.push_back(Action::RemoveVips);
+                // Can't serve: hand over now.
+                self.hand_over_now();
                 self.enter_fault(Reason::FaultSet);
             }
             (true, _) => self.enter_fault(Reason::FaultSet),
@@ -797,10 +796,18 @@ impl Machine {
         if self.state != State::Master {
             return;
         }
-        self.send_advert(PRIORITY_STOP);
-        self.actions.push_back(Action::RemoveVips);
+        self.hand_over_now();
         self.current_master = None;
         self.enter_backup(now, Reason::SyncGroup);
+    }
+
+    /// A master that cannot go on (FAULT, its sync group left MASTER) hands over at once:
+    /// priority 0, so a backup takes over after its Skew_Time rather than its
+    /// Master_Down_Interval, and its VIPs go (unlike a graceful stop, which keeps them
+    /// until the new master is heard).
+    fn hand_over_now(&mut self) {
+        self.send_advert(PRIORITY_STOP);
+        self.actions.push_back(Action::RemoveVips);
     }
 
     /// Operator override: add a source to the allow-list.
