@@ -423,17 +423,26 @@ async fn recv_sync(
 
 /// Loads the configuration at `path` for this host: every interface it names must exist
 /// (errors at their `file:line:col`, as any configuration error).
-pub fn load_here(path: &std::path::Path) -> Result<Config, config::ConfigErrors> {
-    config::load_for_host(
+pub fn load_here(path: &std::path::Path) -> Result<config::Loaded, config::ConfigErrors> {
+    config::load_with(
         path,
-        &config::Host { has_interface: &|name: &str| crate::bpf::ifindex_of(name).is_some() },
+        Some(&config::Host { has_interface: &|name: &str| crate::bpf::ifindex_of(name).is_some() }),
     )
+}
+
+/// [`load_here`] for `run` and a reload: the warnings go to the log.
+fn load_here_logged(path: &std::path::Path) -> Result<Config, config::ConfigErrors> {
+    let loaded = load_here(path)?;
+    for w in &loaded.warnings {
+        warn!("{w}");
+    }
+    Ok(loaded.config)
 }
 
 /// Loads `path` and runs until SIGTERM/SIGINT. Config errors are returned with every
 /// `file:line:col` message.
 pub async fn run(config_path: PathBuf) -> Result<()> {
-    let config = Arc::new(load_here(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let config = Arc::new(load_here_logged(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?);
     let rtnl = Rtnl::new().context("opening rtnetlink")?;
     let mut link_watch = RtnlLinkWatcher::new().context("subscribing to link changes")?;
     // Bind first: a second daemon on the same socket must fail before touching anything
@@ -1316,7 +1325,7 @@ impl Daemon {
     /// SIGHUP / `reload`: a valid new file is applied as a difference; an invalid one is
     /// rejected with its errors and the running configuration stays.
     async fn reload(&mut self) -> std::result::Result<(), String> {
-        let new = match load_here(&self.config_path) {
+        let new = match load_here_logged(&self.config_path) {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 self.reloads_rejected += 1;

@@ -144,15 +144,27 @@ fn main() -> ExitCode {
             let files = if files.is_empty() { vec![config] } else { files };
             let mut status = ExitCode::SUCCESS;
             for config in files {
-                let loaded =
-                    if host { ha_lb::daemon::load_here(&config) } else { config::load(&config) };
+                let loaded = if host {
+                    ha_lb::daemon::load_here(&config)
+                } else {
+                    config::load_with(&config, None)
+                };
                 match loaded {
-                    Ok(c) => println!(
-                        "{}: valid ({} vrrp_instance, {} virtual_server)",
-                        config.display(),
-                        c.vrrp_instances.len(),
-                        c.virtual_servers.len()
-                    ),
+                    Ok(config::Loaded { config: c, warnings }) => {
+                        for w in &warnings {
+                            eprintln!("{w} (warning)");
+                        }
+                        println!(
+                            "{}: valid ({} vrrp_instance, {} virtual_server{})",
+                            config.display(),
+                            c.vrrp_instances.len(),
+                            c.virtual_servers.len(),
+                            match warnings.len() {
+                                0 => String::new(),
+                                n => format!(", {n} warning(s)"),
+                            }
+                        )
+                    }
                     Err(e) => {
                         eprintln!("{e}");
                         status = ExitCode::FAILURE;
@@ -225,8 +237,14 @@ fn request_failed(r: anyhow::Result<Response>) -> ExitCode {
 /// The configuration `convert` writes out; with `drop_unsupported` (keepalived.conf only),
 /// what was left out goes to stderr.
 fn convert_load(file: &std::path::Path, drop_unsupported: bool) -> Result<config::Config, String> {
+    let warn = |l: config::Loaded| {
+        for w in &l.warnings {
+            eprintln!("{w} (warning)");
+        }
+        l.config
+    };
     if !drop_unsupported {
-        return config::load(file).map_err(|e| e.to_string());
+        return config::load_with(file, None).map(warn).map_err(|e| e.to_string());
     }
     if config::is_toml(file) {
         return Err(format!(
@@ -234,8 +252,9 @@ fn convert_load(file: &std::path::Path, drop_unsupported: bool) -> Result<config
             file.display()
         ));
     }
-    let (c, dropped) =
+    let (loaded, dropped) =
         config::keepalived::load_dropping_unsupported(file).map_err(|e| e.to_string())?;
+    let c = warn(loaded);
     for d in &dropped {
         eprintln!("{d}");
     }

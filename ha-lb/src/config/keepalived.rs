@@ -20,35 +20,42 @@ use super::error::{ConfigError, ConfigErrors};
 use super::model::Config;
 use super::to_toml::toml_str;
 use super::toml as native;
-use super::Host;
+use super::validate;
+use super::{Host, Loaded};
 
 /// Read and validate a keepalived.conf file (with its includes).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    load_with(path, None)
+    load_with(path, None).map(|l| l.config)
 }
 
-pub(crate) fn load_with(path: &Path, host: Option<&Host>) -> Result<Config, ConfigErrors> {
+pub(crate) fn load_with(path: &Path, host: Option<&Host>) -> Result<Loaded, ConfigErrors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors::single(path, format!("cannot read the file: {e}")))?;
-    parse_with(&text, path, host)
+    parse_opts(&text, path, host, None)
 }
 
 /// Parse and validate keepalived.conf text; `origin` names the file in error messages and
 /// is the base for relative `include`s.
 pub fn parse_str(text: &str, origin: &Path) -> Result<Config, ConfigErrors> {
-    parse_with(text, origin, None)
+    parse_opts(text, origin, None, None).map(|l| l.config)
+}
+
+/// [`parse_str`], keeping the warnings.
+pub fn parse_str_with_warnings(text: &str, origin: &Path) -> Result<Loaded, ConfigErrors> {
+    parse_opts(text, origin, None, None)
 }
 
 /// [`load`] for `ha-lb convert --drop-unsupported`: keepalived keywords for features ha-lb
 /// does not have and that do not decide which node holds a VIP or where a connection goes
-/// ([`DROPPABLE`]: e-mail alerts, SNMP/D-Bus, FIFOs, strict mode's firewall rules) are left
-/// out instead of refused; returns the configuration and, as `file:line:col` items, what
-/// was left out. Everything else is as strict as [`load`].
-pub fn load_dropping_unsupported(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+/// ([`DROPPABLE`]: e-mail alerts, SNMP/D-Bus, FIFOs, strict mode's firewall rules, process
+/// tuning) are left out instead of refused; returns the configuration and, as
+/// `file:line:col` items, what was left out. Everything else is as strict as [`load`].
+pub fn load_dropping_unsupported(path: &Path) -> Result<(Loaded, Vec<ConfigError>), ConfigErrors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors::single(path, format!("cannot read the file: {e}")))?;
     let mut dropped = Vec::new();
-    let c = parse_opts(&text, path, None, Some(&mut dropped))?;
+    let loaded = parse_opts(&text, path, None, Some(&mut dropped))?;
+    let c = &loaded.config;
     // keepalived's strict mode changes other settings (it ignores authentication and
     // preempt_delay, refuses unicast peers): without it this file would elect differently
     // from the keepalived it replaces (a peer still on keepalived would drop our adverts).
@@ -81,11 +88,7 @@ pub fn load_dropping_unsupported(path: &Path) -> Result<(Config, Vec<ConfigError
             });
         }
     }
-    Ok((c, dropped))
-}
-
-fn parse_with(text: &str, origin: &Path, host: Option<&Host>) -> Result<Config, ConfigErrors> {
-    parse_opts(text, origin, host, None)
+    Ok((loaded, dropped))
 }
 
 /// `dropped`: leave [`DROPPABLE`] keywords out and report them there.
@@ -94,23 +97,39 @@ fn parse_opts(
     origin: &Path,
     host: Option<&Host>,
     dropped: Option<&mut Vec<ConfigError>>,
-) -> Result<Config, ConfigErrors> {
+) -> Result<Loaded, ConfigErrors> {
     let (lowered, ctx) = lower(text, origin, dropped.is_some());
+    let at = |(loc, message): &(Loc, String)| ConfigError {
+        file: ctx.files[loc.file as usize].clone(),
+        line: loc.line as usize,
+        col: loc.col as usize,
+        message: message.clone(),
+    };
     if let Some(d) = dropped {
-        d.extend(ctx.dropped.iter().map(|(loc, message)| ConfigError {
-            file: ctx.files[loc.file as usize].clone(),
-            line: loc.line as usize,
-            col: loc.col as usize,
-            message: message.clone(),
-        }));
+        d.extend(ctx.dropped.iter().map(at));
     }
     let labels = lowered.line_labels(&ctx.files);
     let result = native::parse_labelled(&lowered.text(), origin, labels, host);
-    let mut errors: Vec<(Loc, String)> = ctx.errors;
+    let mut errors: Vec<(Loc, String)> = ctx.errors.clone();
     if let Err(e) = &result {
         for err in &e.errors {
-            // None: on a line whose value this front-end already reported.
-            if let Some(loc) = lowered.origin(err.line, err.col) {
+            if err.message == validate::NOTHING_TO_DO && !ctx.errors.is_empty() {
+                // Refused anyway, and likely for what made it empty (as the reader does).
+            } else if err.message == validate::NOTHING_TO_DO {
+                // About the whole file, which may have no line to point at (all it had was
+                // an include that matched nothing): its first line, naming such includes.
+                let first = Loc { seq: 0, file: 0, line: 1, col: 1 };
+                let mut m = err.message.clone();
+                for (loc, pattern) in &ctx.empty_includes {
+                    let f = ctx.files[loc.file as usize].display();
+                    m.push_str(&format!(
+                        "; include {pattern:?} at {f}:{} matched no file",
+                        loc.line
+                    ));
+                }
+                errors.push((first, m));
+            } else if let Some(loc) = lowered.origin(err.line, err.col) {
+                // None: on a line whose value this front-end already reported.
                 errors.push((loc, err.message.clone()));
             }
         }
@@ -118,21 +137,13 @@ fn parse_opts(
     if errors.is_empty() {
         // The reader's errors are never all suppressed unless this front-end found some,
         // so this is the reader's Ok.
-        return result;
+        let mut warnings = ctx.warnings.clone();
+        warnings.sort_by_key(|(loc, _)| *loc);
+        return result.map(|config| Loaded { config, warnings: warnings.iter().map(at).collect() });
     }
     errors.sort_by_key(|(loc, _)| *loc);
     errors.dedup();
-    Err(ConfigErrors {
-        errors: errors
-            .into_iter()
-            .map(|(loc, message)| ConfigError {
-                file: ctx.files[loc.file as usize].clone(),
-                line: loc.line as usize,
-                col: loc.col as usize,
-                message,
-            })
-            .collect(),
-    })
+    Err(ConfigErrors { errors: errors.iter().map(at).collect() })
 }
 
 fn lower(text: &str, origin: &Path, drop_unsupported: bool) -> (Lowered, Ctx) {
@@ -208,6 +219,10 @@ struct Ctx {
     /// Leave [`DROPPABLE`] keywords out (into `dropped`) instead of refusing them.
     drop_unsupported: bool,
     dropped: Vec<(Loc, String)>,
+    /// Accepted, but the operator should know (keepalived logs the same).
+    warnings: Vec<(Loc, String)>,
+    /// Glob includes that matched no file: where, and the pattern.
+    empty_includes: Vec<(Loc, String)>,
     seq: u32,
     /// Canonical paths of the files being read, for include cycles.
     stack: Vec<PathBuf>,
@@ -216,6 +231,10 @@ struct Ctx {
 impl Ctx {
     fn err(&mut self, loc: Loc, msg: impl Into<String>) {
         self.errors.push((loc, msg.into()));
+    }
+
+    fn warn(&mut self, loc: Loc, msg: impl Into<String>) {
+        self.warnings.push((loc, msg.into()));
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -335,6 +354,17 @@ impl Ctx {
             let full = base.join(pattern);
             let is_glob = pattern.contains(['*', '?', '[']);
             let files = if is_glob { glob(&full) } else { vec![full.clone()] };
+            if files.is_empty() {
+                // keepalived (parser.c read_conf_file): "No config files matched", and on.
+                self.warn(
+                    t.loc,
+                    format!(
+                        "include {pattern:?} matched no file ({}): nothing is read from it",
+                        full.display()
+                    ),
+                );
+                self.empty_includes.push((t.loc, pattern.clone()));
+            }
             for f in files {
                 let text = match std::fs::read_to_string(&f) {
                     Ok(t) => t,
@@ -1971,8 +2001,8 @@ mod tests {
         assert!(d[1].contains(":5:2: smtp_server left out"), "{d:?}");
         assert!(d[2].contains(":6:2: vrrp_strict left out: no strict mode"), "{d:?}");
         // Everything else is there.
-        assert_eq!(c.global.router_id.as_deref(), Some("LB1"));
-        assert_eq!(c.vrrp_instances[0].priority, 150);
+        assert_eq!(c.config.global.router_id.as_deref(), Some("LB1"));
+        assert_eq!(c.config.vrrp_instances[0].priority, 150);
         // vrrp_strict changes what keepalived does with authentication: not left out then.
         std::fs::write(
             &f,
@@ -2013,7 +2043,7 @@ mod tests {
 
     #[test]
     fn a_block_may_open_on_the_next_line() {
-        let c = parse("vrrp_script chk\n{\n script /bin/true\n}\n").unwrap();
+        let c = parse(&format!("vrrp_script chk\n{{\n script /bin/true\n}}\n{INST}}}\n")).unwrap();
         assert_eq!(c.vrrp_scripts[0].name, "chk");
     }
 
@@ -2162,7 +2192,7 @@ mod tests {
         let g = &parse(&format!("{INST}}}\n")).unwrap().vrrp_instances[0].garp;
         assert_eq!((g.interval, g.gna_interval), (Duration::ZERO, Duration::ZERO));
         assert_eq!(
-            errors("global_defs {\n vrrp_garp_interval x\n}\n"),
+            errors(&format!("global_defs {{\n vrrp_garp_interval x\n}}\n{INST}}}\n")),
             ["k.conf:2:21: vrrp_garp_interval \"x\" is not a number of seconds"]
         );
     }
@@ -2232,6 +2262,35 @@ mod tests {
             vs(" persistence_timeout 60\n").persistence_timeout,
             Some(Duration::from_secs(60))
         );
+    }
+
+    #[test]
+    fn an_include_that_matches_nothing_is_a_warning_and_nothing_to_do_an_error() {
+        let dir = std::env::temp_dir().join(format!("hlb-noinc-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+        let f = dir.join("keepalived.conf");
+        // keepalived (parser.c read_conf_file) logs "No config files matched" and goes on.
+        std::fs::write(&f, format!("! comment\ninclude conf.d/*.conf\n{INST}}}\n")).unwrap();
+        let l = crate::config::load_with(&f, None).unwrap();
+        let w: Vec<String> = l.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].ends_with(":2:9: include \"conf.d/*.conf\" matched no file")
+                || w[0].contains(":2:9: include \"conf.d/*.conf\" matched no file ("),
+            "{w:?}"
+        );
+        // With nothing else in the file, there is nothing to run: an error naming the include.
+        std::fs::write(&f, "global_defs {\n router_id a\n}\ninclude conf.d/*.conf\n").unwrap();
+        let e = crate::config::load_with(&f, None).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}:1:1: nothing to do: the configuration has no vrrp_instance and no virtual_server; include \"conf.d/*.conf\" at {}:4 matched no file",
+                f.display(),
+                f.display()
+            )
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

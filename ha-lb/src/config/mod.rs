@@ -26,7 +26,17 @@ pub use model::*;
 /// Read and validate a configuration file: native TOML when its name ends in `.toml`,
 /// keepalived.conf syntax otherwise (e.g. `/etc/keepalived/keepalived.conf`).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    load_with(path, None)
+    load_with(path, None).map(|l| l.config)
+}
+
+/// A configuration as loaded, with its warnings: what was accepted but may not do what it
+/// seems to (an `include` that matched no file, an `auth_pass` of which only 8 bytes are
+/// used, …), each as `file:line:col: message` like an error. keepalived logs the same
+/// things; `check` and `convert` print them, `run` and a reload log them.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<ConfigError>,
 }
 
 /// What the host a configuration is to run on has, for [`load_for_host`].
@@ -40,10 +50,11 @@ pub struct Host<'a> {
 /// instance, a VIP or a tracker on a missing interface is refused before anything is
 /// applied.
 pub fn load_for_host(path: &Path, host: &Host) -> Result<Config, ConfigErrors> {
-    load_with(path, Some(host))
+    load_with(path, Some(host)).map(|l| l.config)
 }
 
-fn load_with(path: &Path, host: Option<&Host>) -> Result<Config, ConfigErrors> {
+/// [`load`] (with `host`: [`load_for_host`]), keeping the warnings.
+pub fn load_with(path: &Path, host: Option<&Host>) -> Result<Loaded, ConfigErrors> {
     if is_toml(path) {
         self::toml::load_with(path, host)
     } else {

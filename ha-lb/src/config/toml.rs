@@ -30,18 +30,19 @@ use toml_edit::TableLike;
 use super::error::{ConfigError, ConfigErrors, Item, Pos, SourceMap};
 use super::model::*;
 use super::validate;
-use super::Host;
+use super::{Host, Loaded};
 use crate::vrrp::vip::valid_ifname;
 
 /// Read and validate a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    load_with(path, None)
+    load_with(path, None).map(|l| l.config)
 }
 
-pub(crate) fn load_with(path: &Path, host: Option<&Host>) -> Result<Config, ConfigErrors> {
+pub(crate) fn load_with(path: &Path, host: Option<&Host>) -> Result<Loaded, ConfigErrors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors::single(path, format!("cannot read the file: {e}")))?;
-    parse_labelled(&text, path, Vec::new(), host)
+    let config = parse_labelled(&text, path, Vec::new(), host)?;
+    Ok(Loaded { config, warnings: Vec::new() })
 }
 
 /// Parse and validate configuration text; `origin` names the file in error messages.
@@ -70,6 +71,11 @@ pub(crate) fn parse_labelled(
     let config = r.config(doc.as_table());
     let mut errors = r.errors;
     errors.extend(validate::validate(&config, &r.map, host));
+    // With other errors the file is refused anyway, and they are often why nothing is left
+    // (a broken vrrp_instance): only those.
+    if errors.iter().any(|e| e.message != validate::NOTHING_TO_DO) {
+        errors.retain(|e| e.message != validate::NOTHING_TO_DO);
+    }
     if errors.is_empty() {
         Ok(config)
     } else {
@@ -1627,9 +1633,20 @@ virtual_ipaddress = ["192.0.2.10/24"]
 "#;
 
     #[test]
-    fn empty_file_is_a_valid_config_with_defaults() {
-        let c = parse("").unwrap();
-        assert_eq!(c, Config::default());
+    fn a_file_with_nothing_to_do_is_an_error() {
+        // An empty file, or one with only definitions, runs nothing: never what was meant.
+        for text in ["", "[global]\nrouter_id = \"a\"\n"] {
+            assert_eq!(
+                parse(text).unwrap_err().to_string(),
+                "t.toml:1:1: nothing to do: the configuration has no vrrp_instance and no virtual_server"
+            );
+        }
+    }
+
+    #[test]
+    fn global_defaults() {
+        let c = parse(MIN_INSTANCE).unwrap();
+        assert_eq!(c.global, Global::default());
         assert_eq!(c.global.dataplane, Dataplane::Xdp);
         assert_eq!(c.global.control_socket, Path::new("/run/ha-lb/ha-lb.sock"));
         assert_eq!(c.global.vrrp_version, VrrpVersion::V2);
@@ -1689,20 +1706,20 @@ virtual_ipaddress = ["fe80::10", "2001:db8::10"]
         let i = &c.vrrp_instances[0];
         assert_eq!(i.garp.interval, Duration::from_millis(500));
         assert_eq!(i.garp.gna_interval, Duration::from_secs(1));
-        let e = parse("[global]\nvrrp_gna_interval = -1\n").unwrap_err();
+        let e = parse(&format!("[global]\nvrrp_gna_interval = -1\n{MIN_INSTANCE}")).unwrap_err();
         assert!(e.errors[0].message.starts_with("vrrp_gna_interval"), "{e}");
     }
 
     #[test]
     fn vrrp_script_defaults_follow_keepalived() {
-        let c = parse(
+        let c = parse(&format!(
             r#"
 [[vrrp_script]]
 name = "chk"
 script = "/usr/bin/pgrep -x haproxy"
 interval = 2
-"#,
-        )
+{MIN_INSTANCE}"#,
+        ))
         .unwrap();
         let s = &c.vrrp_scripts[0];
         assert_eq!(s.script.argv, ["/usr/bin/pgrep", "-x", "haproxy"]);
@@ -1891,7 +1908,7 @@ url = [{ path = "/healthz", status_code = [200, "300-302"], digest = "9b3a0c85a8
 
     #[test]
     fn positions_count_characters() {
-        let e = parse("[global]\n# é\nrouter_id = 1\n").unwrap_err();
+        let e = parse(&format!("[global]\n# é\nrouter_id = 1\n{MIN_INSTANCE}")).unwrap_err();
         assert_eq!((e.errors[0].line, e.errors[0].col), (3, 13));
     }
 }

@@ -11,8 +11,16 @@ use super::model::*;
 use super::Host;
 use crate::vrrp::vip::check_label;
 
+/// A configuration without a vrrp_instance or a virtual_server runs nothing: never what was
+/// meant (typically an `include` that matched no file).
+pub(crate) const NOTHING_TO_DO: &str =
+    "nothing to do: the configuration has no vrrp_instance and no virtual_server";
+
 pub(crate) fn validate(c: &Config, map: &SourceMap, host: Option<&Host>) -> Vec<ConfigError> {
     let mut v = V { map, errors: Vec::new() };
+    if c.vrrp_instances.is_empty() && c.virtual_servers.is_empty() {
+        v.err(Pos { line: 1, col: 1 }, NOTHING_TO_DO);
+    }
     v.global(c);
     v.names(c);
     v.instances(c);
