@@ -179,7 +179,10 @@ fn main() -> ExitCode {
                     "# ha-lb configuration converted from {} by `ha-lb convert`.",
                     file.display()
                 );
-                println!("# Every value is written out; see conf/README.md for each key.\n");
+                println!(
+                    "# Values a check inherits (from its real or virtual server) are left to inheritance;\n\
+                     # see conf/README.md for each key and its default.\n"
+                );
                 print!("{}", config::to_toml::to_toml(&c));
                 ExitCode::SUCCESS
             }

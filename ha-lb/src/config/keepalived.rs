@@ -2294,6 +2294,46 @@ mod tests {
     }
 
     #[test]
+    fn convert_leaves_inherited_check_values_to_inheritance() {
+        let c = parse(&format!(
+            "{INST}}}\nvirtual_server 192.0.2.10 80 {{\n delay_loop 6\n retry 2\n \
+             real_server 10.0.0.1 80 {{\n  TCP_CHECK {{\n   connect_timeout 3\n  }}\n }}\n \
+             real_server 10.0.0.2 80 {{\n  HTTP_GET {{\n   url {{\n    path /\n   }}\n   \
+             connect_port 8080\n   delay_loop 9\n  }}\n }}\n}}\n"
+        ))
+        .unwrap();
+        let toml = crate::config::to_toml::to_toml(&c);
+        let checks: Vec<&str> = toml.split("[virtual_server.real_server.").skip(1).collect();
+        // Only what was written at the check differs from what it inherits.
+        // (A virtual server's retry is not in the model: it is written into each check that
+        // takes it, as a value that differs from the check's default.)
+        assert!(
+            checks[0]
+                .starts_with("TCP_CHECK]\nretry = 2\nrise = 1\nfall = 1\nconnect_timeout = 3\n"),
+            "{toml}"
+        );
+        assert!(!checks[0].contains("delay_loop") && !checks[0].contains("connect_ip"), "{toml}");
+        assert!(
+            checks[1].contains("delay_loop = 9\n") && checks[1].contains("connect_port = 8080\n")
+        );
+        assert!(!checks[1].contains("warmup"), "{toml}");
+        // Edited later, the virtual server's delay_loop and a real server's address still
+        // reach its check.
+        let edited = toml
+            .replace("delay_loop = 6", "delay_loop = 7")
+            .replace("\"10.0.0.1\"", "\"10.0.0.9\"");
+        let e = crate::config::parse_str(&edited, Path::new("c.toml")).unwrap();
+        let chk = e.virtual_servers[0].real_servers[0].check.as_ref().unwrap();
+        assert_eq!(chk.timing.delay_loop, Duration::from_secs(7));
+        assert_eq!(chk.timing.warmup, Duration::from_secs(7));
+        assert_eq!(chk.timing.retry, 2);
+        assert_eq!(chk.kind.connect().unwrap().target, "10.0.0.9:80".parse().unwrap());
+        let http = e.virtual_servers[0].real_servers[1].check.as_ref().unwrap();
+        assert_eq!(http.timing.delay_loop, Duration::from_secs(9), "its own stays");
+        assert_eq!(http.kind.connect().unwrap().target, "10.0.0.2:8080".parse().unwrap());
+    }
+
+    #[test]
     fn globs() {
         assert!(glob_match("*.conf", "a.conf"));
         assert!(!glob_match("*.conf", "a.conf.bak"));

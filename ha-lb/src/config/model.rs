@@ -798,6 +798,9 @@ pub fn default_delay_before_retry(check_block: &str) -> Duration {
     }
 }
 
+/// A network check's `connect_timeout` when no level sets one.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where and how a network check connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connect {

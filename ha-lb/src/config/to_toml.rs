@@ -1,10 +1,15 @@
 //! The model written as native TOML (`ha-lb convert`): what [`super::toml`] reads back
 //! to an equal [`Config`].
 //!
-//! Every resolved value is written out (inherited check timing, notify hooks taken from
-//! `[global]`, the VRRP version), so the file means the same without relying on any
-//! default; only tracker weights equal to their definition's are left implicit, since a
-//! definition's weight may lie outside the range an override allows.
+//! Resolved values are written out (notify hooks taken from `[global]`, the VRRP version,
+//! the defaults of instances and virtual servers), so the file reads without knowing the
+//! defaults — except where writing a value would cut a link the operator may rely on when
+//! editing the file later: a check's keys are written only where they differ from what the
+//! check would take anyway (its real server's address and port, its virtual server's
+//! `delay_loop`, `warmup` = its `delay_loop`, the check kind's default `retry`, …), so
+//! changing a real server's address or a virtual server's `delay_loop` still moves its
+//! checks; and tracker weights equal to their definition's are left implicit (a
+//! definition's weight may lie outside the range an override allows).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -254,27 +259,44 @@ fn virtual_server(w: &mut W, v: &VirtualServer) {
             w.kv("notify_down", &script(s));
         }
         if let Some(chk) = &r.check {
-            check(w, chk);
+            check(w, chk, v, r);
         }
     }
 }
 
-fn check(w: &mut W, c: &HealthCheck) {
+/// A check's keys, each only where it differs from what the check inherits or defaults to
+/// (see the module doc).
+fn check(w: &mut W, c: &HealthCheck, vs: &VirtualServer, rs: &RealServer) {
     w.head(&format!("[virtual_server.real_server.{}]", c.name()));
     let t = &c.timing;
-    w.kv("delay_loop", &secs(t.delay_loop));
-    w.kv("retry", &t.retry.to_string());
-    w.kv("delay_before_retry", &secs(t.delay_before_retry));
-    w.kv("warmup", &secs(t.warmup));
+    let name = c.name();
+    if t.delay_loop != vs.delay_loop {
+        w.kv("delay_loop", &secs(t.delay_loop));
+    }
+    if t.retry != default_retry(name) {
+        w.kv("retry", &t.retry.to_string());
+    }
+    if t.delay_before_retry != default_delay_before_retry(name) {
+        w.kv("delay_before_retry", &secs(t.delay_before_retry));
+    }
+    if t.warmup != t.delay_loop {
+        w.kv("warmup", &secs(t.warmup));
+    }
     w.kv("rise", &t.rise.to_string());
     w.kv("fall", &t.fall.to_string());
     if let Some(conn) = c.kind.connect() {
-        w.kv("connect_ip", &toml_str(&conn.target.ip().to_string()));
-        w.kv("connect_port", &conn.target.port().to_string());
+        if conn.target.ip() != rs.address {
+            w.kv("connect_ip", &toml_str(&conn.target.ip().to_string()));
+        }
+        if conn.target.port() != rs.port {
+            w.kv("connect_port", &conn.target.port().to_string());
+        }
         if let Some(b) = &conn.bindto {
             w.kv("bindto", &toml_str(&b.to_string()));
         }
-        w.kv("connect_timeout", &secs(conn.connect_timeout));
+        if conn.connect_timeout != DEFAULT_CONNECT_TIMEOUT {
+            w.kv("connect_timeout", &secs(conn.connect_timeout));
+        }
     }
     match &c.kind {
         CheckKind::Tcp(_) => {}
@@ -301,7 +323,9 @@ fn check(w: &mut W, c: &HealthCheck) {
         }
         CheckKind::Misc(m) => {
             w.kv("misc_path", &script(&m.misc_path));
-            w.kv("misc_timeout", &secs(m.misc_timeout));
+            if m.misc_timeout != vs.delay_loop {
+                w.kv("misc_timeout", &secs(m.misc_timeout));
+            }
             w.kv("misc_dynamic", &m.misc_dynamic.to_string());
             if let Some(u) = &m.user {
                 w.kv("user", &user(u));

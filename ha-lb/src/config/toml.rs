@@ -1273,7 +1273,7 @@ impl<'s> Reader<'s> {
         // MISC_CHECK has no connect_timeout (an unknown key there, reported once).
         let set = self.timing_defaults(&tb, block != "MISC_CHECK").or(inherited);
         let delay_loop = set.delay_loop.unwrap_or(vs.delay_loop);
-        let connect_timeout = set.connect_timeout.unwrap_or(Duration::from_secs(5));
+        let connect_timeout = set.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let timing = Timing {
             delay_loop,
             retry: set.retry.unwrap_or_else(|| default_retry(block)),
