@@ -424,10 +424,47 @@ async fn recv_sync(
 /// Loads the configuration at `path` for this host: every interface it names must exist
 /// (errors at their `file:line:col`, as any configuration error).
 pub fn load_here(path: &std::path::Path) -> Result<config::Loaded, config::ConfigErrors> {
+    let own = own_addresses();
     config::load_with(
         path,
-        Some(&config::Host { has_interface: &|name: &str| crate::bpf::ifindex_of(name).is_some() }),
+        Some(&config::Host {
+            has_interface: &|name: &str| crate::bpf::ifindex_of(name).is_some(),
+            is_own_address: &|a| own.contains(&a),
+        }),
     )
+}
+
+/// This host's addresses (every interface's, from getifaddrs); empty if they cannot be read.
+fn own_addresses() -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we only read and then free once.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut p = head;
+    while !p.is_null() {
+        // SAFETY: `p` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*p };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr of the family it names.
+            match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
+                libc::AF_INET => {
+                    let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                    out.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into());
+                }
+                libc::AF_INET6 => {
+                    let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                    out.push(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr).into());
+                }
+                _ => {}
+            }
+        }
+        p = ifa.ifa_next;
+    }
+    // SAFETY: the list getifaddrs allocated, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out
 }
 
 /// [`load_here`] for `run` and a reload: the warnings go to the log.

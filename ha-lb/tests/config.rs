@@ -255,7 +255,10 @@ virtual_ipaddress = ["192.0.2.20/24"]
 "#;
     let path = std::env::temp_dir().join(format!("hlb-host-{}.toml", std::process::id()));
     std::fs::write(&path, text).unwrap();
-    let host = config::Host { has_interface: &|i: &str| ["eth0", "eth1"].contains(&i) };
+    let host = config::Host {
+        has_interface: &|i: &str| ["eth0", "eth1"].contains(&i),
+        is_own_address: &|_| false,
+    };
     assert!(config::load(&path).is_ok(), "the file itself is valid");
     let e = config::load_for_host(&path, &host).unwrap_err();
     let lines: Vec<String> = e.iter().map(|e| e.to_string()).collect();
@@ -275,5 +278,23 @@ virtual_ipaddress = ["192.0.2.20/24"]
     assert!(e.contains("dataplane \"xdp\" needs a vrrp_instance"), "{e}");
     std::fs::write(&path, format!("[global]\ndataplane = \"ipvs\"\n{lvs_only}")).unwrap();
     config::load_for_host(&path, &host).expect("IPVS needs no instance");
+
+    // A real server that is this host cannot be reached by the eBPF planes (IPVS: can).
+    let here = config::Host {
+        has_interface: &|i: &str| i == "eth0",
+        is_own_address: &|a| a == "192.0.2.11".parse::<std::net::IpAddr>().unwrap(),
+    };
+    let with_vrrp = format!(
+        "[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\n\
+         virtual_ipaddress = [\"192.0.2.10/24\"]\n{lvs_only}"
+    );
+    std::fs::write(&path, &with_vrrp).unwrap();
+    let e = config::load_for_host(&path, &here).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!("{}:10:11: real_server 192.0.2.11 is an address of this host: the xdp data plane forwards to other hosts and cannot deliver to this one, so its traffic would be lost; use dataplane = \"ipvs\" (kernel IPVS delivers to a local real server), or run the service on another host", path.display())
+    );
+    std::fs::write(&path, format!("[global]\ndataplane = \"ipvs\"\n{with_vrrp}")).unwrap();
+    config::load_for_host(&path, &here).expect("IPVS delivers locally");
     let _ = std::fs::remove_file(&path);
 }

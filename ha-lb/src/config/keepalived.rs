@@ -2334,6 +2334,27 @@ mod tests {
     }
 
     #[test]
+    fn loopback_real_and_sorry_servers_are_refused_on_the_ebpf_planes() {
+        let conf = |dp: &str| {
+            format!(
+                "global_defs {{\n dataplane {dp}\n}}\n{INST}}}\nvirtual_server 192.0.2.10 80 {{\n \
+                 sorry_server 127.0.0.1 80\n real_server 127.0.0.2 80 {{\n }}\n real_server 10.0.0.1 80 {{\n }}\n}}\n"
+            )
+        };
+        for dp in ["xdp", "tc"] {
+            let e = errors(&conf(dp));
+            assert_eq!(e.len(), 2, "{e:?}");
+            assert_eq!(
+                e[0],
+                format!("k.conf:12:2: sorry_server 127.0.0.1 is a loopback address: the {dp} data plane forwards to other hosts and cannot deliver to this one, so its traffic would be lost; use dataplane = \"ipvs\" (kernel IPVS delivers to a local real server), or run the service on another host")
+            );
+            assert!(e[1].starts_with(&format!("k.conf:13:14: real_server 127.0.0.2 is a loopback address: the {dp} data plane")), "{e:?}");
+        }
+        // Kernel IPVS delivers locally.
+        parse(&conf("ipvs")).unwrap();
+    }
+
+    #[test]
     fn globs() {
         assert!(glob_match("*.conf", "a.conf"));
         assert!(!glob_match("*.conf", "a.conf.bak"));

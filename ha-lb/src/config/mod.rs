@@ -43,6 +43,8 @@ pub struct Loaded {
 pub struct Host<'a> {
     /// Whether a network interface of this name exists.
     pub has_interface: &'a dyn Fn(&str) -> bool,
+    /// Whether an address is one of this host's own (a real server that is the director).
+    pub is_own_address: &'a dyn Fn(std::net::IpAddr) -> bool,
 }
 
 /// [`load`], also checking the configuration against this host (every interface it names

@@ -560,6 +560,25 @@ impl V<'_> {
                 }
             }
         }
+        // A real or sorry server that is this host: as a loopback address (see
+        // `loopback_server`), the eBPF planes cannot deliver to it.
+        if c.global.dataplane.is_ebpf() {
+            for (v, vs) in c.virtual_servers.iter().enumerate() {
+                let item = Item::VirtualServer(v);
+                if let Some(s) = vs.sorry_server.filter(|s| !s.ip().is_loopback()) {
+                    if (h.is_own_address)(s.ip()) {
+                        let msg = own_server("sorry_server", s.ip(), c.global.dataplane);
+                        self.err(m.key(item, "sorry_server"), msg);
+                    }
+                }
+                for (r, rs) in vs.real_servers.iter().enumerate() {
+                    if !rs.address.is_loopback() && (h.is_own_address)(rs.address) {
+                        let msg = own_server("real_server", rs.address, c.global.dataplane);
+                        self.err(m.key(Item::RealServer(v, r), "address"), msg);
+                    }
+                }
+            }
+        }
         if let Some(s) = &c.global.lvs_sync_daemon {
             if missing(&s.interface) {
                 let msg = format!(
@@ -672,6 +691,9 @@ impl V<'_> {
             }
             if let Some(sorry) = vs.sorry_server {
                 let spos = m.key(item, "sorry_server");
+                if c.global.dataplane.is_ebpf() && sorry.ip().is_loopback() {
+                    self.err(spos, loopback_server("sorry_server", sorry.ip(), c.global.dataplane));
+                }
                 if AddrFamily::of(&sorry.ip()) != vs.family() {
                     self.err(
                         spos,
@@ -703,6 +725,9 @@ impl V<'_> {
                     continue;
                 }
                 let apos = m.key(ritem, "address");
+                if c.global.dataplane.is_ebpf() && rs.address.is_loopback() {
+                    self.err(apos, loopback_server("real_server", rs.address, c.global.dataplane));
+                }
                 if AddrFamily::of(&rs.address) != vs.family() {
                     self.err(
                         apos,
@@ -758,6 +783,22 @@ impl V<'_> {
             }
         }
     }
+}
+
+/// A real or sorry server on this host, which the eBPF data planes cannot reach: they
+/// forward frames out of an interface toward another host (a loopback address goes nowhere).
+fn loopback_server(what: &str, addr: IpAddr, dp: Dataplane) -> String {
+    format!(
+        "{what} {addr} is a loopback address: the {} data plane forwards to other hosts and cannot deliver to this one, so its traffic would be lost; use dataplane = \"ipvs\" (kernel IPVS delivers to a local real server), or run the service on another host",
+        dp.as_str()
+    )
+}
+
+fn own_server(what: &str, addr: IpAddr, dp: Dataplane) -> String {
+    format!(
+        "{what} {addr} is an address of this host: the {} data plane forwards to other hosts and cannot deliver to this one, so its traffic would be lost; use dataplane = \"ipvs\" (kernel IPVS delivers to a local real server), or run the service on another host",
+        dp.as_str()
+    )
 }
 
 fn defined<'a>(names: impl Iterator<Item = &'a str>) -> String {
