@@ -154,7 +154,8 @@ fn lower(text: &str, origin: &Path, drop_unsupported: bool) -> (Lowered, Ctx) {
     ctx.lex(text, origin, &mut tokens);
     ctx.stack.pop();
     let stmts = Parser { toks: &tokens, i: 0 }.block(&mut ctx, None);
-    let mut low = Lowerer { ctx: &mut ctx, out: Lowered::default() };
+    let unweighted = SyncUnweighted::of(&stmts);
+    let mut low = Lowerer { ctx: &mut ctx, out: Lowered::default(), unweighted };
     low.top(&stmts);
     let out = low.out;
     (out, ctx)
@@ -684,6 +685,7 @@ fn kind(key: &str) -> Kind {
         | "sh-port"
         | "mh-port"
         | "inhibit_on_failure"
+        | "sync_group_tracking_weight"
         | "misc_dynamic" => Kind::Flag,
         "script" | "notify_master" | "notify_backup" | "notify_fault" | "notify_stop"
         | "notify" | "quorum_up" | "quorum_down" | "notify_up" | "notify_down" | "misc_path" => {
@@ -952,7 +954,6 @@ const KEEPALIVED_KEYWORDS: &[&str] = &[
     "static_routes",
     "static_rules",
     "strict_mode",
-    "sync_group_tracking_weight",
     "tmp_config_directory",
     "track_bfd",
     "track_group",
@@ -1055,6 +1056,62 @@ fn is_halb_key(kw: &str) -> bool {
 struct Lowerer<'c> {
     ctx: &'c mut Ctx,
     out: Lowered,
+    /// Members of sync groups without `sync_group_tracking_weight` (instance → group), whose
+    /// weighted trackers keepalived ignores; with the weights trackers take by default.
+    unweighted: SyncUnweighted,
+}
+
+#[derive(Default)]
+struct SyncUnweighted {
+    members: HashMap<String, String>,
+    script_weight: HashMap<String, i64>,
+    file_weight: HashMap<String, i64>,
+}
+
+impl SyncUnweighted {
+    /// keepalived (vrrp.c vrrp_complete_instance): in a sync group without
+    /// `sync_group_tracking_weight` (or its deprecated `global_tracking`), a member's
+    /// weighted `track_interface` counts with weight 0, its weighted `track_script` is not
+    /// tracked, its `track_file` of weight 1 (the default) counts with weight 0 and of any
+    /// other weight is not tracked.
+    fn of(stmts: &[Stmt]) -> SyncUnweighted {
+        let mut u = SyncUnweighted::default();
+        let weight = |b: &[Stmt]| {
+            b.iter()
+                .find(|st| st.key() == "weight")
+                .and_then(|st| st.args.first())
+                .and_then(|w| w.text.parse::<i64>().ok())
+        };
+        for st in stmts {
+            let Some(b) = &st.block else { continue };
+            let Some(name) = st.args.first().map(|w| w.text.clone()) else { continue };
+            match canonical(st.key()) {
+                "vrrp_script" => {
+                    u.script_weight.insert(name, weight(b).unwrap_or(0));
+                }
+                "track_file" => {
+                    u.file_weight.insert(name, weight(b).unwrap_or(1));
+                }
+                "vrrp_sync_group" => {
+                    let weighted = b.iter().any(|g| {
+                        matches!(g.key(), "sync_group_tracking_weight" | "global_tracking")
+                    });
+                    if weighted {
+                        continue;
+                    }
+                    for g in b.iter().filter(|g| g.key() == "group") {
+                        for m in g.block.iter().flatten() {
+                            for w in std::iter::once(&m.kw).chain(&m.args) {
+                                u.members.insert(w.text.clone(), name.clone());
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        u
+    }
 }
 
 /// A block being lowered: its keyword names and the keys already set.
@@ -1511,7 +1568,10 @@ impl Lowerer<'_> {
                     }
                     let elems = match key {
                         "unicast_peer" => self.peers(lb),
-                        "track_interface" | "track_script" | "track_file" => self.trackers(key, lb),
+                        "track_interface" | "track_script" | "track_file" => {
+                            let inst = s.args.first().map(|w| w.text.as_str()).unwrap_or("");
+                            self.trackers(key, lb, inst)
+                        }
                         _ => self.vips(lb),
                     };
                     match lists.iter_mut().find(|(k, _, _)| *k == key) {
@@ -1617,13 +1677,21 @@ impl Lowerer<'_> {
         out
     }
 
-    /// `track_* { NAME [weight N] … }`.
-    fn trackers(&mut self, key: &str, b: &[Stmt]) -> Vec<Line> {
+    /// `track_* { NAME [weight N] … }` of vrrp_instance `inst`.
+    fn trackers(&mut self, key: &str, b: &[Stmt], inst: &str) -> Vec<Line> {
         let mut out = Vec::new();
         for st in b {
             self.no_block(st);
             let name = &st.kw;
             let mut l = Line::default();
+            if let Some(group) = self.unweighted.members.get(inst).cloned() {
+                if let Some(line) = self.sync_member_tracker(key, st, inst, &group) {
+                    if let Some(line) = line {
+                        out.push(line);
+                    }
+                    continue;
+                }
+            }
             match st.args.as_slice() {
                 [] => {
                     l.push(&toml_str(&name.text), Some(name.loc));
@@ -1665,6 +1733,58 @@ impl Lowerer<'_> {
         out
     }
 
+    /// A weighted tracker of a member of a sync group without `sync_group_tracking_weight`,
+    /// as keepalived runs it (see [`SyncUnweighted::of`]), with a warning: `Some(Some(l))`
+    /// tracked as `l` (weight 0), `Some(None)` not tracked; `None`: not weighted, as written.
+    fn sync_member_tracker(
+        &mut self,
+        key: &str,
+        st: &Stmt,
+        inst: &str,
+        group: &str,
+    ) -> Option<Option<Line>> {
+        let name = &st.kw;
+        let explicit = match st.args.as_slice() {
+            [] => None,
+            [w, n] if w.text == "weight" => Some(n.text.parse::<i64>().ok()?),
+            _ => return None,
+        };
+        let weight = match key {
+            "track_interface" => explicit.unwrap_or(0),
+            "track_script" => {
+                explicit.or(self.unweighted.script_weight.get(&name.text).copied())?
+            }
+            _ => explicit.or(self.unweighted.file_weight.get(&name.text).copied())?,
+        };
+        if weight == 0 {
+            return None;
+        }
+        let why = format!(
+            "as keepalived does for a member of vrrp_sync_group {group} without sync_group_tracking_weight (set it in the group to apply the weight)"
+        );
+        let zero = key == "track_interface" || (key == "track_file" && weight == 1);
+        let msg = if zero {
+            format!(
+                "{key} {} of vrrp_instance {inst}: weight {weight} ignored, {why}: it counts with weight 0 (FAULT while {})",
+                name.text,
+                if key == "track_interface" { "down" } else { "non-zero" }
+            )
+        } else {
+            format!(
+                "{key} {} of vrrp_instance {inst} (weight {weight}) is not tracked, {why}",
+                name.text
+            )
+        };
+        self.ctx.warn(name.loc, msg);
+        if !zero {
+            return Some(None);
+        }
+        let mut l = Line::default();
+        l.push("{ ", Some(name.loc)).push("name = ", None);
+        l.push(&toml_str(&name.text), Some(name.loc)).push(", weight = 0 }", None);
+        Some(Some(l))
+    }
+
     fn sync_group(&mut self, s: &Stmt) {
         let Some(b) = self.need_block(s) else { return };
         self.header("[[vrrp_sync_group]]", s.kw.loc);
@@ -1682,6 +1802,16 @@ impl Lowerer<'_> {
                         m.push(l);
                     }
                 }
+            } else if st.key() == "global_tracking" {
+                self.ctx.warn(
+                    st.kw.loc,
+                    "global_tracking is deprecated (keepalived says so too): it means sync_group_tracking_weight",
+                );
+                let flag = Stmt {
+                    kw: Word { text: "sync_group_tracking_weight".into(), ..st.kw.clone() },
+                    ..st.clone()
+                };
+                self.scalar_or_reject(&mut blk, &flag);
             } else {
                 self.scalar_or_reject(&mut blk, st);
             }
@@ -2352,6 +2482,59 @@ mod tests {
         }
         // Kernel IPVS delivers locally.
         parse(&conf("ipvs")).unwrap();
+    }
+
+    #[test]
+    fn weighted_trackers_of_sync_group_members_run_as_keepalived_runs_them() {
+        let text = |flag: &str| {
+            format!(
+                "vrrp_script chk {{\n script /bin/true\n weight -20\n}}\ntrack_file f1 {{\n file /run/f1\n}}\n\
+                 track_file f5 {{\n file /run/f5\n weight 5\n}}\n\
+                 vrrp_sync_group VG1 {{\n group {{\n  VI_1\n }}\n{flag}}}\n{INST} track_interface {{\n  eth1 weight -10\n  eth2\n }}\n \
+                 track_script {{\n  chk\n }}\n track_file {{\n  f1\n  f5\n }}\n}}\n"
+            )
+        };
+        // vrrp.c vrrp_complete_instance: without sync_group_tracking_weight a weighted
+        // interface counts with weight 0, a weighted script is not tracked, a file of the
+        // default weight 1 counts with weight 0 and of another weight is not tracked.
+        let l = parse_str_with_warnings(&text(""), Path::new("k.conf")).unwrap();
+        let i = &l.config.vrrp_instances[0];
+        let ifs: Vec<(&str, i32)> =
+            i.track_interface.iter().map(|t| (t.interface.as_str(), t.weight)).collect();
+        assert_eq!(ifs, [("eth1", 0), ("eth2", 0)]);
+        assert!(i.track_script.is_empty());
+        let files: Vec<(&str, i32)> =
+            i.track_file.iter().map(|t| (t.track_file.as_str(), t.weight)).collect();
+        assert_eq!(files, [("f1", 0)]);
+        let w: Vec<String> = l.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 4, "{w:?}");
+        assert_eq!(
+            w[0],
+            "k.conf:24:3: track_interface eth1 of vrrp_instance VI_1: weight -10 ignored, as keepalived does for a member of vrrp_sync_group VG1 without sync_group_tracking_weight (set it in the group to apply the weight): it counts with weight 0 (FAULT while down)"
+        );
+        assert!(w[1].starts_with("k.conf:28:3: track_script chk of vrrp_instance VI_1 (weight -20) is not tracked, as keepalived does"), "{w:?}");
+        assert!(
+            w[2].starts_with("k.conf:31:3: track_file f1 of vrrp_instance VI_1: weight 1 ignored"),
+            "{w:?}"
+        );
+        assert!(
+            w[3].starts_with(
+                "k.conf:32:3: track_file f5 of vrrp_instance VI_1 (weight 5) is not tracked"
+            ),
+            "{w:?}"
+        );
+        // With it, the weights apply as written; convert carries the flag.
+        let l =
+            parse_str_with_warnings(&text(" sync_group_tracking_weight\n"), Path::new("k.conf"))
+                .unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let c = &l.config;
+        assert!(c.vrrp_sync_groups[0].sync_group_tracking_weight);
+        assert_eq!(c.vrrp_instances[0].track_interface[0].weight, -10);
+        assert_eq!(c.vrrp_instances[0].track_script[0].weight, -20);
+        let toml = crate::config::to_toml::to_toml(c);
+        assert!(toml.contains("sync_group_tracking_weight = true"), "{toml}");
+        assert_eq!(&crate::config::parse_str(&toml, Path::new("c.toml")).unwrap(), c);
     }
 
     #[test]

@@ -518,6 +518,10 @@ pub struct VrrpSyncGroup {
     pub name: String,
     /// Member instance names (keepalived's `group { … }`).
     pub group: Vec<String>,
+    /// keepalived's `sync_group_tracking_weight`: members may track with a weight (it moves
+    /// their priority as usual). Without it keepalived ignores such weights, so ha-lb's TOML
+    /// refuses them (keepalived.conf is read as keepalived runs it, with warnings).
+    pub sync_group_tracking_weight: bool,
     pub notify: Notify,
 }
 

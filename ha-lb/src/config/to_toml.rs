@@ -47,6 +47,9 @@ pub fn to_toml(c: &Config) -> String {
         w.head("[[vrrp_sync_group]]");
         w.kv("name", &toml_str(&g.name));
         w.kv("group", &array(g.group.iter().map(|m| toml_str(m))));
+        if g.sync_group_tracking_weight {
+            w.kv("sync_group_tracking_weight", "true");
+        }
         notify(&mut w, &g.notify);
     }
     for v in &c.virtual_servers {

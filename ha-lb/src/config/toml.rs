@@ -146,8 +146,16 @@ pub(crate) const VRRP_INSTANCE_KEYS: &[&str] = &[
 const AUTH_KEYS: &[&str] = &["auth_type", "auth_pass"];
 const TRACK_ENTRY_KEYS: &[&str] = &["name", "weight"];
 
-pub(crate) const SYNC_GROUP_KEYS: &[&str] =
-    &["name", "group", "notify_master", "notify_backup", "notify_fault", "notify_stop", "notify"];
+pub(crate) const SYNC_GROUP_KEYS: &[&str] = &[
+    "name",
+    "group",
+    "sync_group_tracking_weight",
+    "notify_master",
+    "notify_backup",
+    "notify_fault",
+    "notify_stop",
+    "notify",
+];
 
 pub(crate) const VIRTUAL_SERVER_KEYS: &[&str] = &[
     "address",
@@ -1115,9 +1123,11 @@ impl<'s> Reader<'s> {
                 group.push(s);
             }
         }
+        let sync_group_tracking_weight =
+            self.boolean(&tb, "sync_group_tracking_weight").unwrap_or(false);
         let notify = self.notify(&tb);
         self.stack.pop();
-        VrrpSyncGroup { name, group, notify }
+        VrrpSyncGroup { name, group, sync_group_tracking_weight, notify }
     }
 
     fn virtual_server(&mut self, t: &dyn TableLike, pos: Pos, idx: usize) -> VirtualServer {

@@ -469,12 +469,16 @@ impl V<'_> {
                     continue;
                 }
                 member_of.insert(member, (group.name.as_str(), pos));
-                self.sync_member_weights(c, idx, &group.name);
+                if !group.sync_group_tracking_weight {
+                    self.sync_member_weights(c, idx, &group.name);
+                }
             }
         }
     }
 
-    /// keepalived ignores weighted trackers of sync group members; say so instead.
+    /// keepalived ignores weighted trackers of members of a sync group without
+    /// `sync_group_tracking_weight`; TOML says so instead (keepalived.conf is lowered to what
+    /// keepalived runs, with warnings).
     fn sync_member_weights(&mut self, c: &Config, idx: usize, group: &str) {
         let item = Item::VrrpInstance(idx);
         if !self.ok(item) {
@@ -504,7 +508,7 @@ impl V<'_> {
             self.err(
                 self.map.elem(item, key, i),
                 format!(
-                    "{key} {name:?} has weight {weight}, but vrrp_instance {:?} is in vrrp_sync_group {group:?}, whose members must track with weight 0",
+                    "{key} {name:?} has weight {weight}, but vrrp_instance {:?} is in vrrp_sync_group {group:?}, where keepalived ignores weights: set sync_group_tracking_weight = true in the group to apply it, or use weight 0 (FAULT instead of a priority change)",
                     inst.name
                 ),
             );
