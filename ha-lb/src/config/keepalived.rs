@@ -704,6 +704,9 @@ fn canonical(kw: &str) -> &str {
         "lvs_sched" => "lb_algo",
         "lvs_method" => "lb_kind",
         "vrrp_track_file" => "track_file",
+        // vrrp_parser.c: both set the adverts' source address (unicast_src_ip also marks
+        // the instance unicast, which ha-lb's unicast_peer decides).
+        "mcast_src_ip" => "unicast_src_ip",
         other => other,
     }
 }
@@ -720,7 +723,9 @@ const INSTANCE_DEFAULTS: &[(&str, &str)] = &[
 fn unsupported_hint(kw: &str) -> &'static str {
     match kw {
         "virtual_server_group" => "; define one virtual_server per address and port",
-        "mcast_src_ip" => "; use unicast_src_ip (the source of adverts)",
+        "vrrp_mcast_group4" | "vrrp_mcast_group6" | "mcast_dst_ip" => {
+            "; ha-lb sends multicast adverts to VRRP's own group (224.0.0.18 / ff02::12); to send them elsewhere, list the peers in unicast_peer"
+        }
         "no_preempt" => "; use nopreempt",
         "smtp_alert"
         | "smtp_server"
@@ -797,6 +802,42 @@ const DROPPABLE: &[(&[&str], &str)] = &[
          a warning)",
     ),
     (&["checker_log_all_failures", "log_all_failures"], "failures are logged as ha-lb logs them"),
+    (OBSOLETE, "nothing: it has no effect (see its error)"),
+    (
+        PROCESS_TUNING,
+        "nothing about VIPs or forwarding: it tunes keepalived's own processes (scheduling, \
+         memory locking, CPU affinity, names); give ha-lb's the service manager's settings",
+    ),
+];
+
+/// keepalived keywords that no longer do anything: refused with a message saying so, left
+/// out by `convert --drop-unsupported`.
+const OBSOLETE: &[&str] = &["nat_mask"];
+
+/// keepalived's process tuning keywords (global_defs): the vrrp / checker / bfd processes'
+/// nice and realtime priorities, memory locking, CPU affinity, names.
+const PROCESS_TUNING: &[&str] = &[
+    "max_auto_priority",
+    "min_auto_priority_delay",
+    "vrrp_priority",
+    "checker_priority",
+    "bfd_priority",
+    "vrrp_no_swap",
+    "checker_no_swap",
+    "bfd_no_swap",
+    "vrrp_rt_priority",
+    "checker_rt_priority",
+    "bfd_rt_priority",
+    "vrrp_rlimit_rttime",
+    "checker_rlimit_rttime",
+    "bfd_rlimit_rttime",
+    "vrrp_cpu_affinity",
+    "checker_cpu_affinity",
+    "bfd_cpu_affinity",
+    "vrrp_process_name",
+    "checker_process_name",
+    "bfd_process_name",
+    "process_names",
 ];
 
 /// What leaving `kw` out loses, when `convert --drop-unsupported` may.
@@ -891,8 +932,8 @@ const KEEPALIVED_KEYWORDS: &[&str] = &[
     "lvs_notify_fifo_script",
     "lvs_timeouts",
     "max_auto_priority",
+    "nat_mask",
     "mcast_dst_ip",
-    "mcast_src_ip",
     "min_auto_priority_delay",
     "namespace_with_ipsets",
     "native_ipv6",
@@ -1177,7 +1218,14 @@ impl Lowerer<'_> {
             } else {
                 ""
             };
-            self.err(s.kw.loc, format!("{kw} is not supported by ha-lb{hint}{drop}"));
+            let msg = if kw == "nat_mask" {
+                format!("nat_mask is obsolete and has no effect: keepalived 1.x took it for LVS-NAT on Linux 2.2, keepalived 2 does not know it; remove it{drop}")
+            } else if PROCESS_TUNING.contains(&kw) {
+                format!("{kw} is not supported by ha-lb: it tunes keepalived's own processes and changes nothing about VIPs or forwarding; remove it{drop}")
+            } else {
+                format!("{kw} is not supported by ha-lb{hint}{drop}")
+            };
+            self.err(s.kw.loc, msg);
         } else {
             let msg = native::unknown_name("keyword", kw, blk.what, &blk.allowed);
             self.err(s.kw.loc, msg);
@@ -1465,10 +1513,12 @@ impl Lowerer<'_> {
                 }
             }
         }
+        let from_instance = self.lvs_sync_daemon_interface(stmts, &gblk);
         global_lines.append(&mut self.out.lines);
         self.out.lines = saved;
-        if let Some(first) = stmts.iter().find(|s| s.key() == "global_defs") {
-            self.header("[global]", first.kw.loc);
+        let global_at = stmts.iter().find(|s| s.key() == "global_defs").map(|s| s.kw.loc);
+        if let Some(at) = global_at.or(from_instance) {
+            self.header("[global]", at);
             self.out.lines.append(&mut global_lines);
         }
 
@@ -1483,6 +1533,42 @@ impl Lowerer<'_> {
                 _ => self.reject(s, &top),
             }
         }
+    }
+
+    /// keepalived 1.x's `lvs_sync_daemon_interface IF` in a vrrp_instance (vrrp_parser.c
+    /// vrrp_lvs_syncd_handler, deprecated): global_defs' `lvs_sync_daemon IF INSTANCE`,
+    /// unless that is already set (keepalived then ignores it: an error here). Returns where
+    /// it was, when it set the global line.
+    fn lvs_sync_daemon_interface(&mut self, stmts: &[Stmt], gblk: &Blk) -> Option<Loc> {
+        let mut set = gblk.seen.get("lvs_sync_daemon").copied();
+        let mut wrote = None;
+        for inst in stmts.iter().filter(|s| s.key() == "vrrp_instance") {
+            let (Some(b), Some(name)) = (&inst.block, inst.args.first()) else { continue };
+            for st in b.iter().filter(|st| st.key() == "lvs_sync_daemon_interface") {
+                match (set, st.args.as_slice()) {
+                    (Some(first), _) => self.err(
+                        st.kw.loc,
+                        format!("lvs_sync_daemon_interface: connection sync is already set at line {} (keepalived ignores this one); remove it", first.line),
+                    ),
+                    (None, [iface]) => {
+                        self.ctx.warn(
+                            st.kw.loc,
+                            format!("lvs_sync_daemon_interface is deprecated (keepalived says so too): it means global_defs lvs_sync_daemon {} {}; write that", iface.text, name.text),
+                        );
+                        let sync = Stmt {
+                            kw: Word { text: "lvs_sync_daemon".into(), ..st.kw.clone() },
+                            args: vec![iface.clone(), name.clone()],
+                            block: None,
+                        };
+                        self.lvs_sync_daemon(&sync);
+                        set = Some(st.kw.loc);
+                        wrote = Some(st.kw.loc);
+                    }
+                    (None, _) => self.err(st.kw.loc, "lvs_sync_daemon_interface takes one interface name"),
+                }
+            }
+        }
+        wrote
     }
 
     /// `KIND NAME { scalar keywords }` (vrrp_script, track_file).
@@ -1537,6 +1623,20 @@ impl Lowerer<'_> {
                         if !self.no_block(a) || !self.once(&mut ablk, k, a) {
                             continue;
                         }
+                        let mut a = a.clone();
+                        if let [w] = a.args.as_mut_slice() {
+                            // vrrp_parser.c vrrp_auth_pass_handler: "Truncating auth_pass to
+                            // 8 characters"; peers on keepalived use those 8.
+                            if k == "auth_pass" && w.text.len() > 8 && w.text.is_char_boundary(8) {
+                                let n = w.text.len();
+                                w.text.truncate(8);
+                                self.ctx.warn(
+                                    w.loc,
+                                    format!("auth_pass is {n} bytes: only its first 8 are used (VRRPv2 carries 8; keepalived truncates it the same way)"),
+                                );
+                            }
+                        }
+                        let a = &a;
                         match self.value(k, a) {
                             Ok((v, loc)) => {
                                 if !first {
@@ -1583,6 +1683,8 @@ impl Lowerer<'_> {
                         }
                     }
                 }
+                // Read with global_defs (`lvs_sync_daemon_interface`).
+                "lvs_sync_daemon_interface" => {}
                 _ => self.scalar_or_reject(&mut blk, st),
             }
         }
@@ -1791,6 +1893,8 @@ impl Lowerer<'_> {
         self.name_arg(s, "vrrp_sync_group");
         let mut blk = Blk::new("vrrp_sync_group", native::SYNC_GROUP_KEYS);
         let mut members: Option<(Loc, Vec<Line>)> = None;
+        // Members written without a group block (reported): no "missing group" on top.
+        let mut outside = None;
         for st in b {
             if st.key() == "group" {
                 let Some(gb) = self.need_block(st) else { continue };
@@ -1802,6 +1906,19 @@ impl Lowerer<'_> {
                         m.push(l);
                     }
                 }
+            } else if st.block.is_none()
+                && !blk.allowed.contains(&st.key())
+                && !KEEPALIVED_KEYWORDS.contains(&st.key())
+                && !is_halb_key(st.key())
+            {
+                // keepalived reads such a word as an unknown keyword, and the group, without
+                // members, is dropped ("has no virtual router(s) - removing").
+                let words = join(&[&[st.kw.clone()][..], &st.args[..]].concat());
+                outside.get_or_insert(st.kw.loc);
+                self.err(
+                    st.kw.loc,
+                    format!("{:?} is not a vrrp_sync_group keyword; members are listed in a group block: group {{ {words} }} (keepalived drops a group without one)", st.key()),
+                );
             } else if st.key() == "global_tracking" {
                 self.ctx.warn(
                     st.kw.loc,
@@ -1818,6 +1935,11 @@ impl Lowerer<'_> {
         }
         if let Some((at, m)) = members {
             self.list("group", at, m);
+        } else if let Some(at) = outside {
+            let mut l = Line::default();
+            l.push("group = []", Some(at));
+            l.suppress = true;
+            self.line(l);
         }
     }
 
@@ -1941,6 +2063,13 @@ impl Lowerer<'_> {
                         "persistence_timeout needs a value (ha-lb does not assume keepalived's 360)",
                     );
                 }
+                "persistence_timeout" if is_zero(st) => {
+                    // check_parser.c pto_handler: 0 is "invalid" and ignored: no persistence.
+                    self.ctx.warn(
+                        st.args[0].loc,
+                        "persistence_timeout 0 means no persistence (keepalived ignores it); remove it",
+                    );
+                }
                 _ => self.scalar_or_reject(&mut blk, st),
             }
         }
@@ -1948,7 +2077,7 @@ impl Lowerer<'_> {
         // persistence_timeout means keepalived's default timeout, 360 s.
         let granularity = b.iter().find(|st| st.key() == "persistence_granularity");
         if let Some(g) = granularity.filter(|g| g.block.is_none()) {
-            if !b.iter().any(|st| st.key() == "persistence_timeout") {
+            if !b.iter().any(|st| st.key() == "persistence_timeout" && !is_zero(st)) {
                 let word = Word { text: "360".to_string(), quoted: false, loc: g.kw.loc };
                 let st = Stmt { kw: g.kw.clone(), args: vec![word], block: None };
                 self.scalar(&mut blk, "persistence_timeout", &st);
@@ -2070,6 +2199,11 @@ impl Lowerer<'_> {
         l.push(" }", None);
         Some(l)
     }
+}
+
+/// `KEYWORD 0`.
+fn is_zero(st: &Stmt) -> bool {
+    matches!(st.args.as_slice(), [w] if !w.quoted && w.text.parse::<u64>() == Ok(0))
 }
 
 fn join(words: &[Word]) -> String {
@@ -2535,6 +2669,97 @@ mod tests {
         let toml = crate::config::to_toml::to_toml(c);
         assert!(toml.contains("sync_group_tracking_weight = true"), "{toml}");
         assert_eq!(&crate::config::parse_str(&toml, Path::new("c.toml")).unwrap(), c);
+    }
+
+    fn warnings(text: &str) -> (Config, Vec<String>) {
+        let l = parse_str_with_warnings(text, Path::new("k.conf")).unwrap();
+        (l.config, l.warnings.iter().map(|w| w.to_string()).collect())
+    }
+
+    #[test]
+    fn persistence_timeout_0_means_no_persistence_as_in_keepalived() {
+        // check_parser.c pto_handler: 0 is reported invalid and ignored.
+        let (c, w) = warnings(&format!(
+            "{INST}}}\nvirtual_server 192.0.2.10 80 {{\n persistence_timeout 0\n}}\n"
+        ));
+        assert_eq!(c.virtual_servers[0].persistence_timeout, None);
+        assert_eq!(w, ["k.conf:9:22: persistence_timeout 0 means no persistence (keepalived ignores it); remove it"]);
+        // With a granularity, keepalived's default timeout applies (pgr_handler).
+        let (c, _) = warnings(&format!(
+            "{INST}}}\nvirtual_server 192.0.2.10 80 {{\n persistence_timeout 0\n persistence_granularity 24\n}}\n"
+        ));
+        assert_eq!(c.virtual_servers[0].persistence_timeout, Some(Duration::from_secs(360)));
+    }
+
+    #[test]
+    fn obsolete_and_process_tuning_keywords_say_so_and_can_be_dropped() {
+        let e = errors(&format!(
+            "global_defs {{\n max_auto_priority 50\n vrrp_no_swap\n}}\n{INST}}}\nvirtual_server 192.0.2.10 80 {{\n nat_mask 255.255.255.0\n}}\n"
+        ));
+        assert_eq!(
+            e,
+            [
+                "k.conf:2:2: max_auto_priority is not supported by ha-lb: it tunes keepalived's own processes and changes nothing about VIPs or forwarding; remove it (`ha-lb convert --drop-unsupported` leaves it out)",
+                "k.conf:3:2: vrrp_no_swap is not supported by ha-lb: it tunes keepalived's own processes and changes nothing about VIPs or forwarding; remove it (`ha-lb convert --drop-unsupported` leaves it out)",
+                "k.conf:13:2: nat_mask is obsolete and has no effect: keepalived 1.x took it for LVS-NAT on Linux 2.2, keepalived 2 does not know it; remove it (`ha-lb convert --drop-unsupported` leaves it out)",
+            ]
+        );
+        assert_eq!(droppable("nat_mask"), Some("nothing: it has no effect (see its error)"));
+        assert!(droppable("max_auto_priority").is_some_and(|w| w.starts_with("nothing about VIPs")));
+    }
+
+    #[test]
+    fn mcast_src_ip_is_unicast_src_ip_as_in_keepalived() {
+        // vrrp_parser.c: both set the adverts' source address (vrrp_srcip_handler).
+        let (c, w) = warnings(&format!("{INST} mcast_src_ip 192.0.2.2\n}}\n"));
+        assert!(w.is_empty(), "{w:?}");
+        let i = &c.vrrp_instances[0];
+        assert_eq!(i.unicast_src_ip, Some("192.0.2.2".parse().unwrap()));
+        assert!(!i.is_unicast());
+        assert_eq!(
+            errors(&format!("{INST} mcast_src_ip 192.0.2.2\n unicast_src_ip 192.0.2.3\n}}\n")),
+            ["k.conf:8:2: unicast_src_ip is set twice in this vrrp_instance (first at line 7)"]
+        );
+        let e = errors(&format!("global_defs {{\n vrrp_mcast_group4 224.0.0.19\n}}\n{INST}}}\n"));
+        assert!(e[0].ends_with("vrrp_mcast_group4 is not supported by ha-lb; ha-lb sends multicast adverts to VRRP's own group (224.0.0.18 / ff02::12); to send them elsewhere, list the peers in unicast_peer"), "{e:?}");
+    }
+
+    #[test]
+    fn lvs_sync_daemon_interface_in_an_instance_is_the_global_lvs_sync_daemon() {
+        // vrrp_parser.c vrrp_lvs_syncd_handler: deprecated; global ifname and this instance.
+        let (c, w) = warnings(&format!("{INST} lvs_sync_daemon_interface eth1\n}}\n"));
+        let s = c.global.lvs_sync_daemon.as_ref().unwrap();
+        assert_eq!((s.interface.as_str(), s.vrrp_instance.as_str(), s.id), ("eth1", "VI_1", None));
+        assert_eq!(w, ["k.conf:7:2: lvs_sync_daemon_interface is deprecated (keepalived says so too): it means global_defs lvs_sync_daemon eth1 VI_1; write that"]);
+        // Already set globally: keepalived ignores it; ha-lb says so.
+        assert_eq!(
+            errors(&format!(
+                "global_defs {{\n lvs_sync_daemon eth2 VI_1\n}}\n{INST} lvs_sync_daemon_interface eth1\n}}\n"
+            )),
+            ["k.conf:10:2: lvs_sync_daemon_interface: connection sync is already set at line 2 (keepalived ignores this one); remove it"]
+        );
+    }
+
+    #[test]
+    fn sync_group_members_outside_a_group_block_say_where_they_go() {
+        let e = errors(&format!("{INST}}}\nvrrp_sync_group VG1 {{\n VI_1 VI_2\n}}\n"));
+        assert!(
+            e == ["k.conf:9:2: \"VI_1\" is not a vrrp_sync_group keyword; members are listed in a group block: group { VI_1 VI_2 } (keepalived drops a group without one)"],
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_long_auth_pass_is_cut_to_8_bytes_as_in_keepalived() {
+        // vrrp_parser.c vrrp_auth_pass_handler: "Truncating auth_pass to 8 characters".
+        let (c, w) = warnings(&format!(
+            "{INST} authentication {{\n auth_type PASS\n auth_pass 0123456789ab\n }}\n}}\n"
+        ));
+        assert_eq!(
+            c.vrrp_instances[0].authentication,
+            Some(Authentication::Pass("01234567".into()))
+        );
+        assert_eq!(w, ["k.conf:9:12: auth_pass is 12 bytes: only its first 8 are used (VRRPv2 carries 8; keepalived truncates it the same way)"]);
     }
 
     #[test]
