@@ -2797,6 +2797,19 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_instance_whose_first_vip_is_global_says_how_to_fix_it() {
+        let inst = |vips: &str| {
+            format!("vrrp_instance V6 {{\n interface eth0\n virtual_router_id 51\n virtual_ipaddress {{\n{vips} }}\n}}\n")
+        };
+        assert_eq!(
+            errors(&inst(" 2001:db8::10/64\n")),
+            ["k.conf:5:2: the first virtual_ipaddress of an IPv6 instance must be link-local (fe80::/10), not 2001:db8::10 (RFC 5798 section 5.2.9): add a link-local VIP before it, the same on every node of this VRID (e.g. fe80::1/64)"]
+        );
+        let e = errors(&inst(" 2001:db8::10/64\n fe80::10/64\n"));
+        assert!(e[0].ends_with("section 5.2.9): move fe80::10 to the front of the list"), "{e:?}");
+    }
+
+    #[test]
     fn globs() {
         assert!(glob_match("*.conf", "a.conf"));
         assert!(!glob_match("*.conf", "a.conf.bak"));

@@ -268,10 +268,18 @@ impl V<'_> {
         if family == AddrFamily::Ipv6 && !inst.is_unicast() {
             if let IpAddr::V6(a) = first.addr {
                 if !a.is_unicast_link_local() {
+                    let later = inst
+                        .virtual_ipaddress
+                        .iter()
+                        .find(|v| matches!(v.addr, IpAddr::V6(l) if l.is_unicast_link_local()));
+                    let fix = match later {
+                        Some(l) => format!("move {} to the front of the list", l.addr),
+                        None => "add a link-local VIP before it, the same on every node of this VRID (e.g. fe80::1/64)".to_string(),
+                    };
                     self.err(
                         m.elem(item, "virtual_ipaddress", 0),
                         format!(
-                            "the first virtual_ipaddress of an IPv6 instance must be link-local (fe80::/10), not {a} (RFC 5798 section 5.2.9)"
+                            "the first virtual_ipaddress of an IPv6 instance must be link-local (fe80::/10), not {a} (RFC 5798 section 5.2.9): {fix}"
                         ),
                     );
                 }
