@@ -812,7 +812,7 @@ const DROPPABLE: &[(&[&str], &str)] = &[
 
 /// keepalived keywords that no longer do anything: refused with a message saying so, left
 /// out by `convert --drop-unsupported`.
-const OBSOLETE: &[&str] = &["nat_mask"];
+const OBSOLETE: &[&str] = &["nat_mask", "net_mask"];
 
 /// keepalived's process tuning keywords (global_defs): the vrrp / checker / bfd processes'
 /// nice and realtime priorities, memory locking, CPU affinity, names.
@@ -933,6 +933,7 @@ const KEEPALIVED_KEYWORDS: &[&str] = &[
     "lvs_timeouts",
     "max_auto_priority",
     "nat_mask",
+    "net_mask",
     "mcast_dst_ip",
     "min_auto_priority_delay",
     "namespace_with_ipsets",
@@ -1220,6 +1221,8 @@ impl Lowerer<'_> {
             };
             let msg = if kw == "nat_mask" {
                 format!("nat_mask is obsolete and has no effect: keepalived 1.x took it for LVS-NAT on Linux 2.2, keepalived 2 does not know it; remove it{drop}")
+            } else if kw == "net_mask" {
+                format!("net_mask has no effect: it is not a keepalived keyword (keepalived reports it as unknown and ignores it; nat_mask was keepalived 1.x's); remove it{drop}")
             } else if PROCESS_TUNING.contains(&kw) {
                 format!("{kw} is not supported by ha-lb: it tunes keepalived's own processes and changes nothing about VIPs or forwarding; remove it{drop}")
             } else {
@@ -1927,12 +1930,23 @@ impl Lowerer<'_> {
             {
                 // keepalived reads such a word as an unknown keyword, and the group, without
                 // members, is dropped ("has no virtual router(s) - removing").
-                let words = join(&[&[st.kw.clone()][..], &st.args[..]].concat());
+                if outside.is_none() {
+                    let bare: Vec<Word> = b
+                        .iter()
+                        .filter(|x| {
+                            x.block.is_none()
+                                && !blk.allowed.contains(&x.key())
+                                && !KEEPALIVED_KEYWORDS.contains(&x.key())
+                                && !is_halb_key(x.key())
+                        })
+                        .flat_map(|x| std::iter::once(x.kw.clone()).chain(x.args.clone()))
+                        .collect();
+                    self.err(
+                        st.kw.loc,
+                        format!("{:?} is not a vrrp_sync_group keyword; members are listed in a group block: group {{ {} }} (keepalived drops a group without one)", st.key(), join(&bare)),
+                    );
+                }
                 outside.get_or_insert(st.kw.loc);
-                self.err(
-                    st.kw.loc,
-                    format!("{:?} is not a vrrp_sync_group keyword; members are listed in a group block: group {{ {words} }} (keepalived drops a group without one)", st.key()),
-                );
             } else if st.key() == "global_tracking" {
                 self.ctx.warn(
                     st.kw.loc,
@@ -2708,7 +2722,7 @@ mod tests {
     #[test]
     fn obsolete_and_process_tuning_keywords_say_so_and_can_be_dropped() {
         let e = errors(&format!(
-            "global_defs {{\n max_auto_priority 50\n vrrp_no_swap\n}}\n{INST}}}\nvirtual_server 192.0.2.10 80 {{\n nat_mask 255.255.255.0\n}}\n"
+            "global_defs {{\n max_auto_priority 50\n vrrp_no_swap\n}}\n{INST}}}\nvirtual_server 192.0.2.10 80 {{\n nat_mask 255.255.255.0\n net_mask 255.255.255.0\n}}\n"
         ));
         assert_eq!(
             e,
@@ -2716,6 +2730,7 @@ mod tests {
                 "k.conf:2:2: max_auto_priority is not supported by ha-lb: it tunes keepalived's own processes and changes nothing about VIPs or forwarding; remove it (`ha-lb convert --drop-unsupported` leaves it out)",
                 "k.conf:3:2: vrrp_no_swap is not supported by ha-lb: it tunes keepalived's own processes and changes nothing about VIPs or forwarding; remove it (`ha-lb convert --drop-unsupported` leaves it out)",
                 "k.conf:13:2: nat_mask is obsolete and has no effect: keepalived 1.x took it for LVS-NAT on Linux 2.2, keepalived 2 does not know it; remove it (`ha-lb convert --drop-unsupported` leaves it out)",
+                "k.conf:14:2: net_mask has no effect: it is not a keepalived keyword (keepalived reports it as unknown and ignores it; nat_mask was keepalived 1.x's); remove it (`ha-lb convert --drop-unsupported` leaves it out)",
             ]
         );
         assert_eq!(droppable("nat_mask"), Some("nothing: it has no effect (see its error)"));
@@ -2756,7 +2771,7 @@ mod tests {
 
     #[test]
     fn sync_group_members_outside_a_group_block_say_where_they_go() {
-        let e = errors(&format!("{INST}}}\nvrrp_sync_group VG1 {{\n VI_1 VI_2\n}}\n"));
+        let e = errors(&format!("{INST}}}\nvrrp_sync_group VG1 {{\n VI_1\n VI_2\n}}\n"));
         assert!(
             e == ["k.conf:9:2: \"VI_1\" is not a vrrp_sync_group keyword; members are listed in a group block: group { VI_1 VI_2 } (keepalived drops a group without one)"],
             "{e:?}"
