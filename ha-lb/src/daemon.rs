@@ -430,8 +430,18 @@ pub fn load_here(path: &std::path::Path) -> Result<config::Loaded, config::Confi
         Some(&config::Host {
             has_interface: &|name: &str| crate::bpf::ifindex_of(name).is_some(),
             is_own_address: &|a| own.contains(&a),
+            can_run: &can_run,
         }),
     )
+}
+
+/// Whether a script's `program` can be started as `user` (`None`: the default script user,
+/// keepalived's rule): the user must exist (a configured user that does not would otherwise
+/// run scripts as root) and the program be found and executable by it.
+fn can_run(program: &str, user: Option<&config::ScriptUser>) -> Result<(), String> {
+    let creds = script::script_credentials(user.map(|u| (u.user.as_str(), u.group.as_deref())))
+        .map_err(|e| format!("script user: {e}"))?;
+    script::find_program(program, creds).map(|_| ())
 }
 
 /// This host's addresses (every interface's, from getifaddrs); empty if they cannot be read.
@@ -1865,6 +1875,18 @@ fn log_diff(old: &[DesiredService], new: &[DesiredService], why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn can_run_needs_the_program_and_the_user() {
+        can_run("sh", None).unwrap();
+        can_run("/bin/sh", Some(&config::ScriptUser { user: "root".into(), group: None })).unwrap();
+        let e = can_run("hlb-no-such-program", None).unwrap_err();
+        assert!(e.contains("is not in PATH"), "{e}");
+        // A configured user that does not exist is refused, not replaced by root.
+        let nobody_here = config::ScriptUser { user: "hlb-no-such-user".into(), group: None };
+        let e = can_run("/bin/sh", Some(&nobody_here)).unwrap_err();
+        assert_eq!(e, "script user: no such user \"hlb-no-such-user\"");
+    }
 
     #[test]
     fn ipv6_forwarding_keeps_router_advertisements_coming() {

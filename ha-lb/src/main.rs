@@ -47,7 +47,9 @@ enum Cmd {
         /// status is 1 if any is invalid.
         files: Vec<PathBuf>,
         /// Also check it against this host, as `run` and `reload` do: every interface it
-        /// names (instances, VIP devices, track_interface, lvs_sync_daemon) must exist.
+        /// names (instances, VIP devices, track_interface, lvs_sync_daemon) must exist, no
+        /// real server of an eBPF data plane may be this host, and every script (track
+        /// scripts, notify hooks, MISC_CHECK) must be runnable by its user, who must exist.
         #[arg(long)]
         host: bool,
     },

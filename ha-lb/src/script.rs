@@ -17,6 +17,7 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -216,6 +217,76 @@ pub fn script_credentials(
     }
 }
 
+/// The directories searched for a program named without a `/` when the daemon's
+/// environment has no PATH (glibc's `execvp` default, plus the sbin directories).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where `program` (a script's `argv[0]`) would be executed from, as [`run`] executes it:
+/// a name with a `/` as it is, any other through the daemon's PATH. `Err` says why it could
+/// not be started — missing, not a regular file, or not executable by `credentials` (`None`:
+/// the daemon's own user) — in a sentence for a configuration error. keepalived checks the
+/// same at load and disables such a script; ha-lb refuses the configuration instead (a
+/// tracker that never runs is not a tracker).
+pub fn find_program(program: &str, credentials: Option<Credentials>) -> Result<PathBuf, String> {
+    let shell_hint = if program.starts_with(['<', '>', '(', '!', '[', '$'])
+        || program.contains(['|', ';', '&', '`'])
+    {
+        " (a shell construct? scripts run without a shell: write `/bin/sh -c '…'`)"
+    } else {
+        ""
+    };
+    let creds = credentials.unwrap_or_else(|| {
+        // SAFETY: no arguments, cannot fail.
+        unsafe { Credentials { uid: libc::geteuid(), gid: libc::getegid() } }
+    });
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return executable_by(&p, creds)
+            .map(|()| p)
+            .map_err(|e| format!("{program}: {e}{shell_hint}"));
+    }
+    let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
+    let mut refused = None;
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let p = Path::new(dir).join(program);
+        match executable_by(&p, creds) {
+            Ok(()) => return Ok(p),
+            Err(e) if p.exists() && refused.is_none() => {
+                refused = Some(format!("{}: {e}", p.display()))
+            }
+            Err(_) => {}
+        }
+    }
+    Err(refused.unwrap_or_else(|| format!("{program:?} is not in PATH ({path}){shell_hint}")))
+}
+
+/// Whether `path` is a regular file `creds` may execute (by its mode bits, as the kernel
+/// decides for a process with that uid and gid and no supplementary groups; root needs any
+/// execute bit).
+fn executable_by(path: &Path, creds: Credentials) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let md = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !md.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mode = md.permissions().mode();
+    let ok = if creds.uid == 0 {
+        mode & 0o111 != 0
+    } else if md.uid() == creds.uid {
+        mode & 0o100 != 0
+    } else if md.gid() == creds.gid {
+        mode & 0o010 != 0
+    } else {
+        mode & 0o001 != 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        let who = user_name(creds.uid).unwrap_or_else(|| format!("uid {}", creds.uid));
+        Err(format!("not executable by {who} (mode {:o})", mode & 0o7777))
+    }
+}
+
 /// The name of a uid, for logs (`None` if unknown).
 pub fn user_name(uid: u32) -> Option<String> {
     let mut buf = vec![0u8; 4096];
@@ -390,6 +461,42 @@ async fn read_bounded<R: AsyncRead + Unpin>(r: Option<R>, limit: usize) -> (Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_program_searches_path_and_checks_the_mode() {
+        let sh = find_program("sh", None).unwrap();
+        assert!(sh.ends_with("sh") && sh.is_absolute(), "{sh:?}");
+        assert_eq!(find_program("/bin/sh", None).unwrap(), PathBuf::from("/bin/sh"));
+        let e = find_program("hlb-no-such-program", None).unwrap_err();
+        assert!(e.contains("\"hlb-no-such-program\" is not in PATH ("), "{e}");
+        let e = find_program("</dev/tcp/127.0.0.1/80", None).unwrap_err();
+        assert!(e.contains("a shell construct"), "{e}");
+        let e = find_program("/etc", None).unwrap_err();
+        assert_eq!(e, "/etc: not a regular file");
+        let e = find_program("/nonexistent/check.sh", None).unwrap_err();
+        assert!(e.starts_with("/nonexistent/check.sh: No such file"), "{e}");
+        // Mode bits, for root and for another user.
+        let dir = std::env::temp_dir().join(format!("hlb-find-program-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("check.sh");
+        std::fs::write(&f, "#!/bin/sh\nexit 0\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let set = |m| std::fs::set_permissions(&f, std::fs::Permissions::from_mode(m)).unwrap();
+        let root = Some(Credentials { uid: 0, gid: 0 });
+        let nobody = Some(Credentials { uid: 65534, gid: 65534 });
+        set(0o644);
+        let e = find_program(f.to_str().unwrap(), root).unwrap_err();
+        assert!(e.ends_with("not executable by root (mode 644)"), "{e}");
+        set(0o744);
+        find_program(f.to_str().unwrap(), root).unwrap();
+        // Owned by the test's user, not nobody's: "other" bits count for nobody.
+        if unsafe { libc::geteuid() } != 65534 {
+            assert!(find_program(f.to_str().unwrap(), nobody).is_err());
+            set(0o745);
+            find_program(f.to_str().unwrap(), nobody).unwrap();
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
     use std::time::Instant;
 
     fn sh(script: &str) -> Vec<String> {

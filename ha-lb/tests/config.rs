@@ -258,6 +258,7 @@ virtual_ipaddress = ["192.0.2.20/24"]
     let host = config::Host {
         has_interface: &|i: &str| ["eth0", "eth1"].contains(&i),
         is_own_address: &|_| false,
+        can_run: &|_, _| Ok(()),
     };
     assert!(config::load(&path).is_ok(), "the file itself is valid");
     let e = config::load_for_host(&path, &host).unwrap_err();
@@ -283,6 +284,7 @@ virtual_ipaddress = ["192.0.2.20/24"]
     let here = config::Host {
         has_interface: &|i: &str| i == "eth0",
         is_own_address: &|a| a == "192.0.2.11".parse::<std::net::IpAddr>().unwrap(),
+        can_run: &|_, _| Ok(()),
     };
     let with_vrrp = format!(
         "[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\n\
@@ -296,5 +298,73 @@ virtual_ipaddress = ["192.0.2.20/24"]
     );
     std::fs::write(&path, format!("[global]\ndataplane = \"ipvs\"\n{with_vrrp}")).unwrap();
     config::load_for_host(&path, &here).expect("IPVS delivers locally");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn host_check_refuses_scripts_that_cannot_run() {
+    let text = r#"[global]
+dataplane = "ipvs"
+notify_master = "/etc/ha-lb/master.sh"
+
+[[vrrp_script]]
+name = "chk_haproxy"
+script = "killall -0 haproxy"
+
+[[vrrp_script]]
+name = "unused"
+script = "no-such-program"
+
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.10/24"]
+track_script = ["chk_haproxy"]
+notify_backup = ["/usr/bin/logger", "backup"]
+
+[[virtual_server]]
+address = "192.0.2.10"
+port = 80
+[[virtual_server.real_server]]
+address = "192.0.2.11"
+[virtual_server.real_server.MISC_CHECK]
+misc_path = "/opt/check web"
+user = "checker"
+"#;
+    let path = std::env::temp_dir().join(format!("hlb-scripts-{}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    let asked = std::sync::Mutex::new(Vec::new());
+    let can_run = |program: &str, user: Option<&config::ScriptUser>| {
+        asked.lock().unwrap().push(format!("{program} as {:?}", user.map(|u| u.user.as_str())));
+        match program {
+            "/usr/bin/logger" => Ok(()),
+            "/opt/check" => Err("script user: no such user \"checker\"".to_string()),
+            p => Err(format!("{p:?} is not in PATH")),
+        }
+    };
+    let host = config::Host {
+        has_interface: &|i: &str| i == "eth0",
+        is_own_address: &|_| false,
+        can_run: &can_run,
+    };
+    assert!(config::load(&path).is_ok(), "the file itself is valid");
+    let e = config::load_for_host(&path, &host).unwrap_err();
+    let lines: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    let p = path.display();
+    let fix = "install the program, give its full path, or remove it";
+    assert_eq!(
+        lines,
+        [
+            format!("{p}:3:17: notify_master cannot be run: \"/etc/ha-lb/master.sh\" is not in PATH (keepalived would not run it); {fix}"),
+            format!("{p}:7:10: vrrp_script \"chk_haproxy\" cannot be run: \"killall\" is not in PATH (keepalived would disable this tracker and run as if it were not there); {fix}"),
+            format!("{p}:27:13: MISC_CHECK cannot be run: script user: no such user \"checker\" (keepalived would not run it); {fix}"),
+        ]
+    );
+    // The unused script is not looked at; the instance's own hook is, the inherited not twice.
+    let asked = asked.into_inner().unwrap();
+    assert!(!asked.iter().any(|a| a.starts_with("no-such-program")), "{asked:?}");
+    assert_eq!(asked.iter().filter(|a| a.starts_with("/etc/ha-lb/master.sh")).count(), 1);
+    assert!(asked.contains(&"/opt/check as Some(\"checker\")".to_string()), "{asked:?}");
     let _ = std::fs::remove_file(&path);
 }

@@ -45,7 +45,13 @@ pub struct Host<'a> {
     pub has_interface: &'a dyn Fn(&str) -> bool,
     /// Whether an address is one of this host's own (a real server that is the director).
     pub is_own_address: &'a dyn Fn(std::net::IpAddr) -> bool,
+    /// Whether a script's program can be started as the script's user (`None`: the default
+    /// script user): `Err` says why not (missing, not executable, no such user).
+    pub can_run: &'a CanRun,
 }
+
+/// [`Host::can_run`]: `(program, user)` → why it cannot be started, if it cannot.
+pub type CanRun = dyn Fn(&str, Option<&model::ScriptUser>) -> Result<(), String>;
 
 /// [`load`], also checking the configuration against this host (every interface it names
 /// exists), with the same `file:line:col` errors: what `run` and a reload use, so that an

@@ -600,6 +600,105 @@ impl V<'_> {
                 self.err(m.key(Item::Global, "lvs_sync_daemon"), msg);
             }
         }
+        self.scripts_runnable(c, h);
+    }
+
+    /// Every script ha-lb would run can be started: its program exists and is executable by
+    /// the user it runs as, and that user exists. keepalived checks the same at load and
+    /// then disables the script (a tracker that can never fail, a hook that never runs) or
+    /// falls back to its default user; ha-lb refuses the configuration instead, so that a
+    /// typo or a missing package is found before it matters.
+    fn scripts_runnable(&mut self, c: &Config, h: &Host) {
+        let m = self.map;
+        let default_user = c.global.script_user.as_ref();
+        // (where, what, program, user)
+        type Todo<'a> = (Pos, String, &'a str, Option<&'a ScriptUser>);
+        let mut todo: Vec<Todo> = Vec::new();
+        fn hooks(n: &Notify) -> [(&'static str, Option<&Script>); 5] {
+            [
+                ("notify_master", n.notify_master.as_ref()),
+                ("notify_backup", n.notify_backup.as_ref()),
+                ("notify_fault", n.notify_fault.as_ref()),
+                ("notify_stop", n.notify_stop.as_ref()),
+                ("notify", n.notify.as_ref()),
+            ]
+        }
+        fn program(s: &Script) -> &str {
+            s.argv.first().map_or("", String::as_str)
+        }
+        // Notify hooks where they are written: the global ones, and an instance's or a sync
+        // group's own (one equal to the global hook is the inherited one).
+        for (key, s) in hooks(&c.global.notify) {
+            if let Some(s) = s {
+                todo.push((m.key(Item::Global, key), key.into(), program(s), default_user));
+            }
+        }
+        let items = (c.vrrp_instances.iter().enumerate())
+            .map(|(i, x)| (Item::VrrpInstance(i), &x.notify))
+            .chain(
+                (c.vrrp_sync_groups.iter().enumerate())
+                    .map(|(i, g)| (Item::VrrpSyncGroup(i), &g.notify)),
+            );
+        for (item, notify) in items.filter(|(item, _)| self.ok(*item)) {
+            for ((key, s), (_, global)) in hooks(notify).into_iter().zip(hooks(&c.global.notify)) {
+                if let Some(s) = s.filter(|s| Some(*s) != global) {
+                    todo.push((m.key(item, key), key.into(), program(s), default_user));
+                }
+            }
+        }
+        // Track scripts some instance tracks (keepalived runs no other).
+        let tracked: HashSet<&str> = (c.vrrp_instances.iter())
+            .flat_map(|i| i.track_script.iter().map(|t| t.script.as_str()))
+            .collect();
+        for (i, s) in c.vrrp_scripts.iter().enumerate() {
+            if self.ok(Item::VrrpScript(i)) && tracked.contains(s.name.as_str()) {
+                let user = s.user.as_ref().or(default_user);
+                let what = format!("vrrp_script {:?}", s.name);
+                todo.push((m.key(Item::VrrpScript(i), "script"), what, program(&s.script), user));
+            }
+        }
+        for (v, vs) in c.virtual_servers.iter().enumerate() {
+            if !self.ok(Item::VirtualServer(v)) {
+                continue;
+            }
+            for (key, s) in [("quorum_up", &vs.quorum_up), ("quorum_down", &vs.quorum_down)] {
+                if let Some(s) = s {
+                    let pos = m.key(Item::VirtualServer(v), key);
+                    todo.push((pos, key.into(), program(s), default_user));
+                }
+            }
+            for (r, rs) in vs.real_servers.iter().enumerate() {
+                if !self.ok(Item::RealServer(v, r)) {
+                    continue;
+                }
+                for (key, s) in [("notify_up", &rs.notify_up), ("notify_down", &rs.notify_down)] {
+                    if let Some(s) = s {
+                        let pos = m.key(Item::RealServer(v, r), key);
+                        todo.push((pos, key.into(), program(s), default_user));
+                    }
+                }
+                if let Some(HealthCheck { kind: CheckKind::Misc(misc), .. }) = &rs.check {
+                    if self.ok(Item::Check(v, r)) {
+                        let pos = m.key(Item::Check(v, r), "misc_path");
+                        let user = misc.user.as_ref().or(default_user);
+                        todo.push((pos, "MISC_CHECK".into(), program(&misc.misc_path), user));
+                    }
+                }
+            }
+        }
+        for (pos, what, program, user) in todo {
+            if let Err(why) = (h.can_run)(program, user) {
+                let instead = if what.starts_with("vrrp_script") {
+                    "keepalived would disable this tracker and run as if it were not there"
+                } else {
+                    "keepalived would not run it"
+                };
+                self.err(
+                    pos,
+                    format!("{what} cannot be run: {why} ({instead}); install the program, give its full path, or remove it"),
+                );
+            }
+        }
     }
 
     /// The eBPF data plane's maps have fixed sizes: a configuration that does not fit is
