@@ -47,11 +47,11 @@ pub struct Host<'a> {
     pub is_own_address: &'a dyn Fn(std::net::IpAddr) -> bool,
     /// Whether a script's program can be started as the script's user (`None`: the default
     /// script user): `Err` says why not (missing, not executable, no such user).
-    pub can_run: &'a CanRun,
+    pub can_run: &'a CanRun<'a>,
 }
 
 /// [`Host::can_run`]: `(program, user)` → why it cannot be started, if it cannot.
-pub type CanRun = dyn Fn(&str, Option<&model::ScriptUser>) -> Result<(), String>;
+pub type CanRun<'a> = dyn Fn(&str, Option<&model::ScriptUser>) -> Result<(), String> + 'a;
 
 /// [`load`], also checking the configuration against this host (every interface it names
 /// exists), with the same `file:line:col` errors: what `run` and a reload use, so that an
