@@ -822,8 +822,19 @@ impl Daemon {
                 .get(&(vip, port, k.proto))
                 .map(|kind| (std::net::SocketAddr::new(vip, port), *kind))
         };
+        let templates = match bpf::lb::templates(x.bpf()) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "lvs_sync_daemon: reading the persistence templates failed");
+                Vec::new()
+            }
+        };
+        let index = x.template_index();
+        let names =
+            |k: &ha_lb_common::lb::LbPersistKey, t: &ha_lb_common::lb::LbPersist| index.names(k, t);
         let id = self.sync_id(&cfg);
-        let datagrams = self.sync.export(id, &flows, bpf::lb::monotonic_ns(), &known);
+        let datagrams =
+            self.sync.export(id, &flows, &templates, bpf::lb::monotonic_ns(), &known, &names);
         let mut sent = 0;
         for d in &datagrams {
             // One that does not go out (the socket buffer is full, or the link is down) is
@@ -833,7 +844,12 @@ impl Daemon {
             }
             sent += 1;
             *self.sync_counters.entry("datagrams_sent").or_default() += 1;
-            *self.sync_counters.entry("connections_sent").or_default() +=
+            let what = if crate::sync::wire::carries_templates(d) {
+                "templates_sent"
+            } else {
+                "connections_sent"
+            };
+            *self.sync_counters.entry(what).or_default() +=
                 crate::sync::wire::entry_count(d) as u64;
         }
         self.sync.not_sent(&datagrams[sent..]);
@@ -860,13 +876,14 @@ impl Daemon {
         }
     }
 
-    /// A sync datagram from another director: its connections go into the table.
+    /// A sync datagram from another director: its connections or persistence templates go
+    /// into the tables.
     fn sync_receive(&mut self, buf: &[u8]) {
         use crate::sync::session::Received;
         let Some(cfg) = self.config.global.lvs_sync_daemon.clone() else { return };
         *self.sync_counters.entry("datagrams_received").or_default() += 1;
         let id = self.sync_id(&cfg);
-        let entries = match self.sync.receive(std::time::Instant::now(), id, buf) {
+        let d = match self.sync.receive(std::time::Instant::now(), id, buf) {
             Received::Rejected(e) => {
                 *self.sync_counters.entry("datagrams_rejected").or_default() += 1;
                 tracing::debug!(error = %e, "lvs_sync_daemon: bad datagram");
@@ -893,21 +910,44 @@ impl Daemon {
                 *self.sync_counters.entry("requests_ignored").or_default() += 1;
                 return;
             }
-            Received::NotImported(n) => {
-                *self.sync_counters.entry("connections_ignored_as_master").or_default() += n as u64;
+            Received::NotImported { connections, templates } => {
+                if connections > 0 {
+                    *self.sync_counters.entry("connections_ignored_as_master").or_default() +=
+                        connections as u64;
+                }
+                if templates > 0 {
+                    *self.sync_counters.entry("templates_ignored_as_master").or_default() +=
+                        templates as u64;
+                }
                 return;
             }
-            Received::Import(entries) => entries,
+            Received::Import(d) => d,
         };
         let Plane::Xdp(x) = &mut self.dataplane else { return };
-        match x.import_flows(&entries, bpf::lb::monotonic_ns()) {
-            Ok(r) => {
-                *self.sync_counters.entry("connections_imported").or_default() += r.opened as u64;
-                *self.sync_counters.entry("connections_closed").or_default() += r.closed as u64;
-                *self.sync_counters.entry("connections_unknown").or_default() +=
-                    (entries.len() - r.opened - r.closed) as u64;
+        let (entries, templates) = (&d.entries, &d.templates);
+        if !entries.is_empty() {
+            match x.import_flows(entries, bpf::lb::monotonic_ns()) {
+                Ok(r) => {
+                    *self.sync_counters.entry("connections_imported").or_default() +=
+                        r.opened as u64;
+                    *self.sync_counters.entry("connections_closed").or_default() += r.closed as u64;
+                    *self.sync_counters.entry("connections_unknown").or_default() +=
+                        (entries.len() - r.opened - r.closed) as u64;
+                }
+                Err(e) => warn!(error = %e, "lvs_sync_daemon: importing connections failed"),
             }
-            Err(e) => warn!(error = %e, "lvs_sync_daemon: importing connections failed"),
+        }
+        if !templates.is_empty() {
+            match x.import_templates(templates, bpf::lb::monotonic_ns()) {
+                Ok(n) => {
+                    *self.sync_counters.entry("templates_imported").or_default() += n as u64;
+                    *self.sync_counters.entry("templates_unknown").or_default() +=
+                        (templates.len() - n) as u64;
+                }
+                Err(e) => {
+                    warn!(error = %e, "lvs_sync_daemon: importing persistence templates failed")
+                }
+            }
         }
     }
 

@@ -12,10 +12,11 @@ use aya::{
     util::nr_cpus,
 };
 use ha_lb_common::lb::{
-    LbBackendSet, LbConfig, LbFlow, LbFlowKey, LbReal, LbReason, LbRingChunk, LbService,
-    LbServiceKey, LbTraffic, FAMILY_V4, FAMILY_V6, LB_CACHE_EPOCH, LB_CACHE_FILLS, LB_CACHE_HITS,
-    LB_CACHE_STATS, LB_CONFIG, LB_CONNS, LB_PERSIST, LB_REALS, LB_REAL_LOAD, LB_REAL_STATS,
-    LB_REASONS, LB_RING, LB_RING_CHUNK, LB_SERVICES, LB_SERVICE_STATS, LB_SETS,
+    LbBackendSet, LbConfig, LbFlow, LbFlowKey, LbPersist, LbPersistKey, LbReal, LbReason,
+    LbRingChunk, LbService, LbServiceKey, LbTraffic, FAMILY_V4, FAMILY_V6, LB_CACHE_EPOCH,
+    LB_CACHE_FILLS, LB_CACHE_HITS, LB_CACHE_STATS, LB_CONFIG, LB_CONNS, LB_PERSIST, LB_REALS,
+    LB_REAL_LOAD, LB_REAL_STATS, LB_REASONS, LB_RING, LB_RING_CHUNK, LB_SERVICES, LB_SERVICE_STATS,
+    LB_SETS,
 };
 
 use super::{Bpf, BpfError};
@@ -277,6 +278,48 @@ pub fn flow(bpf: &Bpf, key: &LbFlowKey) -> Result<Option<LbFlow>, BpfError> {
     }
 }
 
+fn persist_map(bpf: &Bpf) -> Result<HashMap<&MapData, LbPersistKey, LbPersist>, BpfError> {
+    HashMap::try_from(bpf.map(LB_PERSIST)?).map_err(map_err(LB_PERSIST))
+}
+
+/// Every persistence template (`LB_PERSIST`), expired ones too (the data path leaves them
+/// until they are used again or evicted), read as [`flows`] reads connections: batched, or
+/// per entry on kernels without batch operations.
+pub fn templates(bpf: &Bpf) -> Result<Vec<(LbPersistKey, LbPersist)>, BpfError> {
+    let m = persist_map(bpf)?;
+    if !BATCH_UNSUPPORTED.load(Ordering::Relaxed) {
+        match batch::lookup_all(m.map()) {
+            Ok(all) => return Ok(all),
+            Err(io) if batch::unsupported(&io) => batch_unsupported("lookup", &io),
+            Err(io) => return Err(batch_err(LB_PERSIST, "bpf_map_lookup_batch", io)),
+        }
+    }
+    Ok(m.iter().filter_map(Result::ok).collect())
+}
+
+pub fn template(bpf: &Bpf, key: &LbPersistKey) -> Result<Option<LbPersist>, BpfError> {
+    match persist_map(bpf)?.get(key, 0) {
+        Ok(v) => Ok(Some(v)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(map_err(LB_PERSIST)(e)),
+    }
+}
+
+/// Writes persistence templates (connection sync's import). The flow cache holds flows, not
+/// templates (they are read only when a new flow is scheduled): nothing to invalidate.
+pub fn put_templates(
+    bpf: &mut Bpf,
+    templates: &[(LbPersistKey, LbPersist)],
+) -> Result<(), BpfError> {
+    if templates.is_empty() {
+        return Ok(());
+    }
+    let e = map_err(LB_PERSIST);
+    let mut m: HashMap<_, LbPersistKey, LbPersist> =
+        HashMap::try_from(bpf.map_mut(LB_PERSIST)?).map_err(&e)?;
+    templates.iter().try_for_each(|(k, t)| m.insert(k, t, 0).map_err(&e))
+}
+
 /// Makes the data path's per-CPU flow cache forget every flow: called after every change to
 /// `LB_CONNS` from user space, which the cache would otherwise outlive for up to its validity
 /// (see the data path's `cache` module). Adds one to user space's own word of
@@ -527,7 +570,7 @@ pub fn flush_flows(bpf: &mut Bpf) -> Result<(), BpfError> {
     let keys: Vec<LbFlowKey> = flows(bpf)?.into_iter().map(|(k, _)| k).collect();
     remove_flows(bpf, &keys)?;
     let e = map_err(LB_PERSIST);
-    let mut m: HashMap<_, ha_lb_common::lb::LbPersistKey, ha_lb_common::lb::LbPersist> =
+    let mut m: HashMap<_, LbPersistKey, LbPersist> =
         HashMap::try_from(bpf.map_mut(LB_PERSIST)?).map_err(&e)?;
     let keys: Vec<_> = m.keys().filter_map(Result::ok).collect();
     for k in keys {

@@ -57,7 +57,8 @@
 //!   again by `maintain()`, which rewrites it when the route changed.
 //! - All state lives in the loaded object: a restarted daemon starts with an empty connection
 //!   table (sh/mh keep most clients on the same servers; rr/wrr/lc/wlc do not), unless
-//!   `lvs_sync_daemon` refills it from the other director ([`XdpDataplane::import_flows`]).
+//!   `lvs_sync_daemon` refills it from the other director ([`XdpDataplane::import_flows`],
+//!   and the persistence templates with [`XdpDataplane::import_templates`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -66,12 +67,12 @@ use std::{
 
 use aya::programs::{tc::SchedClassifierLinkId, xdp::XdpLinkId};
 use ha_lb_common::lb::{
-    LbBackendSet, LbConfig, LbFlow, LbFlowKey, LbReal, LbService, LbServiceKey, IPPROTO_TCP,
-    IPPROTO_UDP, LB_ALGO_LC, LB_ALGO_MH, LB_ALGO_RR, LB_ALGO_SH, LB_ALGO_WLC, LB_ALGO_WRR,
-    LB_CFG_F_VRRP_FILTER, LB_FLOW_F_CLOSED, LB_FLOW_F_DR, LB_FLOW_F_PERSIST, LB_FLOW_F_REPLY,
-    LB_FLOW_F_TUN, LB_FLOW_PERSIST_PREFIX_SHIFT, LB_KIND_DR, LB_KIND_NAT, LB_KIND_TUN,
-    LB_REALS_MAX, LB_REAL_F_AVAILABLE, LB_REAL_F_QUIESCED, LB_RING_CHUNK, LB_RING_CHUNKS,
-    LB_SERVICES_MAX, LB_SVC_F_HASH_PORT,
+    LbBackendSet, LbConfig, LbFlow, LbFlowKey, LbPersist, LbPersistKey, LbReal, LbService,
+    LbServiceKey, IPPROTO_TCP, IPPROTO_UDP, LB_ALGO_LC, LB_ALGO_MH, LB_ALGO_RR, LB_ALGO_SH,
+    LB_ALGO_WLC, LB_ALGO_WRR, LB_CFG_F_VRRP_FILTER, LB_FLOW_F_CLOSED, LB_FLOW_F_DR,
+    LB_FLOW_F_PERSIST, LB_FLOW_F_REPLY, LB_FLOW_F_TUN, LB_FLOW_PERSIST_PREFIX_SHIFT, LB_KIND_DR,
+    LB_KIND_NAT, LB_KIND_TUN, LB_REALS_MAX, LB_REAL_F_AVAILABLE, LB_REAL_F_QUIESCED, LB_RING_CHUNK,
+    LB_RING_CHUNKS, LB_SERVICES_MAX, LB_SVC_F_HASH_PORT,
 };
 use tracing::warn;
 
@@ -639,6 +640,55 @@ enum Link {
     Tc(SchedClassifierLinkId),
 }
 
+/// `addr` with the bits past `prefix` cleared, as the data path masks a client for its
+/// persistence template (`prefix` 0: the whole address).
+pub fn mask_prefix(addr: IpAddr, prefix: u8) -> IpAddr {
+    if prefix == 0 {
+        return addr;
+    }
+    match addr {
+        IpAddr::V4(a) => {
+            let keep = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & keep))
+        }
+        IpAddr::V6(a) => {
+            let keep = u128::MAX.checked_shl(128 - u32::from(prefix.min(128))).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & keep))
+        }
+    }
+}
+
+/// Local ids to director-independent names, for the export of persistence templates
+/// ([`XdpDataplane::template_index`]).
+#[derive(Clone, Debug, Default)]
+pub struct TemplateIndex {
+    /// Service id -> (protocol, VIP, persistence_granularity, persistence_timeout).
+    services: HashMap<u32, (Protocol, std::net::SocketAddr, u8, u32)>,
+    /// (service id, real id, generation) -> real server.
+    reals: HashMap<(u32, u32, u32), std::net::SocketAddr>,
+}
+
+impl TemplateIndex {
+    /// What the template `key` -> `t` names here, or `None` when its service is gone or its
+    /// real server is not that service's live one (a template left from an id since given to
+    /// another service or real server).
+    pub fn names(
+        &self,
+        key: &LbPersistKey,
+        t: &LbPersist,
+    ) -> Option<crate::sync::export::TemplateNames> {
+        let &(protocol, vip, prefix, timeout_secs) = self.services.get(&key.service_id)?;
+        let real_server = *self.reals.get(&(key.service_id, t.real_id, t.real_gen))?;
+        Some(crate::sync::export::TemplateNames {
+            protocol,
+            vip,
+            prefix,
+            timeout_secs,
+            real_server,
+        })
+    }
+}
+
 /// What [`XdpDataplane::import_flows`] wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ImportReport {
@@ -967,6 +1017,69 @@ impl XdpDataplane {
         }
         maps::put_flows(&mut self.bpf, &writes).map_err(backend)?;
         Ok(r)
+    }
+
+    /// What the local ids of persistence templates name, for connection sync's export (see
+    /// [`TemplateIndex::names`]), as of the last apply.
+    pub fn template_index(&self) -> TemplateIndex {
+        let mut index = TemplateIndex::default();
+        for (vs, svc) in &self.state.services {
+            index.services.insert(
+                svc.id,
+                (
+                    vs.protocol,
+                    std::net::SocketAddr::new(vs.address, vs.port),
+                    svc.spec.persistence_granularity,
+                    svc.spec.persistence_timeout,
+                ),
+            );
+            for (&(addr, port), r) in &svc.reals {
+                index.reals.insert((svc.id, r.id, r.gen), std::net::SocketAddr::new(addr, port));
+            }
+        }
+        index
+    }
+
+    /// Writes persistence templates another director made (connection sync, see
+    /// docs/conntrack-sync.md), with `last_seen` = `now_ns` − idle, so each expires here after
+    /// this director's own `persistence_timeout`, as it would have there. Each template's
+    /// service (VIP, port, protocol) and real server (address, port) are looked up here (ids
+    /// differ between directors). Returns how many were written; the others name a service
+    /// this director does not have, or that has no persistence here or another
+    /// `persistence_granularity` (its data path would look the client up under another key),
+    /// or a real server it does not have (not configured, or out of the pool).
+    pub fn import_templates(
+        &mut self,
+        templates: &[crate::sync::SyncTemplate],
+        now_ns: u64,
+    ) -> Result<usize, DataplaneError> {
+        let writes: Vec<(LbPersistKey, LbPersist)> =
+            templates.iter().filter_map(|t| self.imported_template(t, now_ns)).collect();
+        maps::put_templates(&mut self.bpf, &writes).map_err(backend)?;
+        Ok(writes.len())
+    }
+
+    /// The `LB_PERSIST` entry [`XdpDataplane::import_templates`] writes for `t` (none: unknown
+    /// here).
+    fn imported_template(
+        &self,
+        t: &crate::sync::SyncTemplate,
+        now_ns: u64,
+    ) -> Option<(LbPersistKey, LbPersist)> {
+        if !t.same_family() {
+            return None;
+        }
+        let key =
+            VirtualServerKey { address: t.vip.ip(), port: t.vip.port(), protocol: t.protocol };
+        let svc = self.state.services.get(&key)?;
+        if svc.spec.persistence_timeout == 0 || svc.spec.persistence_granularity != t.prefix {
+            return None;
+        }
+        let r = svc.reals.get(&(t.real_server.ip(), t.real_server.port()))?;
+        let (client, family) = addr_words(mask_prefix(t.client, t.prefix));
+        let pkey = LbPersistKey { service_id: svc.id, family, _pad8: 0, _pad16: 0, client };
+        let last_seen_ns = now_ns.saturating_sub(u64::from(t.idle_secs) * 1_000_000_000);
+        Some((pkey, LbPersist { real_id: r.id, real_gen: r.gen, last_seen_ns }))
     }
 
     /// Looks the TUN real servers' outer source addresses up again (a route that appeared or
@@ -1452,6 +1565,22 @@ mod tests {
         let m = |s: &State| s.services.values().next().unwrap().mh_size;
         assert_eq!(m(&s1), Some(1021));
         assert_eq!(m(&s2), Some(1021));
+    }
+
+    /// The user-space mask of an imported template's client is the data path's
+    /// (`set_persist_key`: prefix 0 keeps the whole address).
+    #[test]
+    fn mask_prefix_keeps_the_network() {
+        let m = |a: &str, p| mask_prefix(a.parse().unwrap(), p).to_string();
+        assert_eq!(m("198.51.100.77", 0), "198.51.100.77");
+        assert_eq!(m("198.51.100.77", 24), "198.51.100.0");
+        assert_eq!(m("198.51.100.77", 17), "198.51.0.0");
+        assert_eq!(m("198.51.100.77", 32), "198.51.100.77");
+        assert_eq!(m("198.51.100.77", 1), "128.0.0.0");
+        assert_eq!(m("2001:db8:aa:bb::7", 64), "2001:db8:aa:bb::");
+        assert_eq!(m("2001:db8:aa:bb::7", 48), "2001:db8:aa::");
+        assert_eq!(m("2001:db8:aa:bb::7", 128), "2001:db8:aa:bb::7");
+        assert_eq!(m("2001:db8:aa:bb::7", 0), "2001:db8:aa:bb::7");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Which connections the master sends (`docs/conntrack-sync.md`, step 1). Pure: a snapshot of
-//! `LB_CONNS` (as `bpf::lb::flows` reads it) in, the [`SyncEntry`]s not sent yet out.
+//! Which connections and persistence templates the master sends (`docs/conntrack-sync.md`,
+//! step 1). Pure: snapshots of `LB_CONNS` and `LB_PERSIST` (as `bpf::lb::flows` and
+//! `bpf::lb::templates` read them) in, the [`SyncItem`]s not sent yet out.
 //!
 //! A flow is sent when it first appears, again whenever its real server changes (another
 //! `real_id` or `real_gen`: the flow was rescheduled), and again once it has seen traffic
@@ -9,35 +10,50 @@
 //! failover after the timeout would reschedule it. A key that leaves the table is forgotten,
 //! so a flow that comes back later is sent again.
 //!
+//! A persistence template follows the same rules (one [`Ledger`] logic for both): sent when
+//! new, when its real server changed, and when it was used again a refresh period after it
+//! was sent — [`REFRESH_SECS`], or half the service's `persistence_timeout` when that is
+//! shorter, so the backup's copy (which ages on that timeout) never lapses while the
+//! master's is in use. A template that expired here (unused for its service's
+//! `persistence_timeout`: the data path no longer follows it, but leaves it in the map) is
+//! not sent and is forgotten; one whose service or real server this director no longer has
+//! is skipped. Templates are named on the wire by service (VIP, port, protocol), client
+//! network and prefix, never by local ids, and remembered by that name.
+//!
 //! Sending is the caller's: whatever it could not send (its per-tick budget ran out, the
-//! socket refused) it hands back with [`Exporter::not_sent`], and those flows are owed: the
-//! next [`diff`](Exporter::diff) sends them again, after the flows that are new or changed.
-//! [`Exporter::resend_all`] makes every remembered flow owed (a table request, the periodic
-//! full resend that heals lost datagrams).
+//! socket refused) it hands back with [`Exporter::not_sent`], and those are owed: the next
+//! [`diff_all`](Exporter::diff_all) sends them again, after the flows and templates that are
+//! new or changed. [`Exporter::resend_all`] makes everything remembered owed (a table
+//! request, the periodic full resend that heals lost datagrams).
 //!
 //! Only forward entries are sent (a NAT reply entry is derived from its forward entry on
 //! import). A flow that closes (FIN/RST seen) after it was sent open is sent once more,
 //! closed, so the backup's copy stops counting as active and expires on the FIN timeout
 //! rather than the established one; a closed flow the backup never heard of is not sent.
 
-use std::{collections::HashMap, net::SocketAddr};
-
-use ha_lb_common::lb::{
-    LbFlow, LbFlowKey, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, LB_FLOW_F_CLOSED,
-    LB_FLOW_F_REPLY,
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    net::{IpAddr, SocketAddr},
 };
 
-use super::SyncEntry;
+use ha_lb_common::lb::{
+    LbFlow, LbFlowKey, LbPersist, LbPersistKey, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP,
+    LB_FLOW_F_CLOSED, LB_FLOW_F_REPLY,
+};
+
+use super::{SyncEntry, SyncItem, SyncTemplate};
 use crate::bpf::lb::{addr_words, port_be, words_addr};
 use crate::config::{LbKind, Protocol};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// A flow active this long after it was last sent is sent again (well inside the shortest
-/// idle timeout, UDP's 300 s).
+/// idle timeout, UDP's 300 s). Templates: this or half their service's
+/// `persistence_timeout`, the shorter.
 pub const REFRESH_SECS: u64 = 60;
 
-/// What the master sent of a flow: its real server `(real_id, real_gen)` and the flow's
+/// What the master sent of a flow or template: its real server `(real_id, real_gen)` and its
 /// `last_seen_ns` then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Sent {
@@ -45,15 +61,149 @@ struct Sent {
     last_seen_ns: u64,
     /// To be sent again (not sent after all, or a whole-table resend asked for it).
     owed: bool,
-    /// Sent closed.
+    /// Sent closed (flows only).
     closed: bool,
 }
 
-/// The master's memory of what it has sent, by forward-entry key.
+/// What has been sent of one table, by key: the decisions the flows and the templates share.
+#[derive(Debug, Clone)]
+struct Ledger<K> {
+    sent: HashMap<K, Sent>,
+}
+
+impl<K> Default for Ledger<K> {
+    fn default() -> Self {
+        Ledger { sent: HashMap::new() }
+    }
+}
+
+/// Where an entry of a diff goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// New, changed, refreshed: first.
+    Now,
+    /// Owed: after the others.
+    Owed,
+}
+
+impl<K: Hash + Eq + Copy> Ledger<K> {
+    /// Whether (and where) the entry `key` — served by `real`, last seen at `last_seen_ns`,
+    /// `closed` — goes in this diff, given what was sent before; records what the backup will
+    /// have been told in `next`, the ledger after this diff. `refresh_ns`: an entry used this
+    /// long after it was sent is sent again.
+    fn decide(
+        &self,
+        next: &mut HashMap<K, Sent>,
+        key: K,
+        real: (u32, u32),
+        last_seen_ns: u64,
+        closed: bool,
+        refresh_ns: u64,
+    ) -> Option<Place> {
+        // A key twice in one snapshot (the batched reader racing updates) is sent once.
+        if next.get(&key).is_some_and(|s: &Sent| s.real == real) {
+            return None;
+        }
+        let now = Sent { real, last_seen_ns, owed: false, closed };
+        match self.sent.get(&key) {
+            // Closed, and the backup never had it open: nothing to tell.
+            None if closed => None,
+            Some(s) if s.real == real && s.closed == closed => {
+                let active_since = last_seen_ns.saturating_sub(s.last_seen_ns);
+                if !closed && active_since >= refresh_ns {
+                    next.insert(key, now);
+                    Some(Place::Now)
+                } else if s.owed {
+                    next.insert(key, now);
+                    Some(Place::Owed)
+                } else {
+                    next.insert(key, *s);
+                    None
+                }
+            }
+            _ => {
+                next.insert(key, now);
+                Some(Place::Now)
+            }
+        }
+    }
+
+    fn resend_all(&mut self) {
+        for s in self.sent.values_mut() {
+            s.owed = true;
+        }
+    }
+
+    fn owes(&self) -> bool {
+        self.sent.values().any(|s| s.owed)
+    }
+
+    fn not_sent(&mut self, key: &K) {
+        if let Some(s) = self.sent.get_mut(key) {
+            s.owed = true;
+        }
+    }
+}
+
+/// A template's name on the wire, and the master's key for what it sent of it: service
+/// (protocol, VIP), client network and prefix.
+pub type TemplateKey = (Protocol, SocketAddr, IpAddr, u8);
+
+fn template_key(t: &SyncTemplate) -> TemplateKey {
+    (t.protocol, t.vip, t.client, t.prefix)
+}
+
+/// What a template's local ids name on this director (its service's and real server's
+/// bookkeeping), for [`template_entry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TemplateNames {
+    pub protocol: Protocol,
+    pub vip: SocketAddr,
+    /// The service's `persistence_granularity` (`persist_prefix`).
+    pub prefix: u8,
+    /// The service's `persistence_timeout` in seconds (0: no persistence any more).
+    pub timeout_secs: u32,
+    pub real_server: SocketAddr,
+}
+
+/// The [`SyncTemplate`] of an `LB_PERSIST` entry, or `None` when it is not worth sending: it
+/// expired (unused for longer than its service's `persistence_timeout`; the data path no
+/// longer follows it), its service has no persistence now, or its family is not one the data
+/// path uses or not its service's.
+pub fn template_entry(
+    key: &LbPersistKey,
+    t: &LbPersist,
+    now_ns: u64,
+    names: &TemplateNames,
+) -> Option<SyncTemplate> {
+    if key.family != FAMILY_V4 && key.family != FAMILY_V6 {
+        return None;
+    }
+    let idle = now_ns.saturating_sub(t.last_seen_ns);
+    if names.timeout_secs == 0 || idle > u64::from(names.timeout_secs) * NS_PER_SEC {
+        return None;
+    }
+    let e = SyncTemplate {
+        protocol: names.protocol,
+        vip: names.vip,
+        client: words_addr(&key.client, key.family),
+        prefix: names.prefix,
+        real_server: names.real_server,
+        idle_secs: u32::try_from(idle / NS_PER_SEC).unwrap_or(u32::MAX),
+    };
+    e.same_family().then_some(e)
+}
+
+/// The master's memory of what it has sent: forward-entry keys of flows, wire names of
+/// templates.
 #[derive(Debug, Default, Clone)]
 pub struct Exporter {
-    sent: HashMap<LbFlowKey, Sent>,
+    flows: Ledger<LbFlowKey>,
+    templates: Ledger<TemplateKey>,
 }
+
+/// A diff of one table: what goes first, what is owed.
+type Split<T> = (Vec<T>, Vec<T>);
 
 impl Exporter {
     pub fn new() -> Self {
@@ -62,38 +212,52 @@ impl Exporter {
 
     /// Flows currently remembered as sent.
     pub fn len(&self) -> usize {
-        self.sent.len()
+        self.flows.sent.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sent.is_empty()
+        self.flows.sent.is_empty() && self.templates.sent.is_empty()
     }
 
-    /// Forgets everything sent, so the next [`diff`](Self::diff) sends the whole table (for a
-    /// director that becomes master again).
+    /// Templates currently remembered as sent.
+    pub fn templates_len(&self) -> usize {
+        self.templates.sent.len()
+    }
+
+    /// Forgets everything sent, so the next diff sends the whole tables (for a director that
+    /// becomes master again).
     pub fn reset(&mut self) {
-        self.sent.clear();
+        self.flows.sent.clear();
+        self.templates.sent.clear();
     }
 
-    /// Makes every flow remembered as sent owed: the next diffs send them again, after the
-    /// new and changed ones (a table request; the periodic full resend).
+    /// Makes every flow and template remembered as sent owed: the next diffs send them again,
+    /// after the new and changed ones (a table request; the periodic full resend).
     pub fn resend_all(&mut self) {
-        for s in self.sent.values_mut() {
-            s.owed = true;
-        }
+        self.flows.resend_all();
+        self.templates.resend_all();
     }
 
-    /// Whether some flows are owed (see [`not_sent`](Self::not_sent)).
+    /// Whether some flows or templates are owed (see [`not_sent`](Self::not_sent)).
     pub fn owes(&self) -> bool {
-        self.sent.values().any(|s| s.owed)
+        self.flows.owes() || self.templates.owes()
     }
 
-    /// `entries` (from [`diff`](Self::diff)) did not go out: the next diff sends them again if
-    /// their flows are still in the table.
-    pub fn not_sent(&mut self, entries: &[SyncEntry]) {
-        for e in entries {
-            if let Some(s) = entry_key(e).and_then(|k| self.sent.get_mut(&k)) {
-                s.owed = true;
+    /// `items` (from a diff) did not go out: the next diff sends them again if their flows
+    /// and templates are still in the tables.
+    pub fn not_sent<I>(&mut self, items: I)
+    where
+        I: IntoIterator,
+        I::Item: Into<SyncItem>,
+    {
+        for i in items {
+            match i.into() {
+                SyncItem::Conn(e) => {
+                    if let Some(k) = entry_key(&e) {
+                        self.flows.not_sent(&k);
+                    }
+                }
+                SyncItem::Template(t) => self.templates.not_sent(&template_key(&t)),
             }
         }
     }
@@ -114,9 +278,55 @@ impl Exporter {
         now_ns: u64,
         services: &dyn Fn(&LbFlowKey) -> Option<(SocketAddr, LbKind)>,
     ) -> Vec<SyncEntry> {
-        let mut sent = HashMap::with_capacity(self.sent.len().max(flows.len() / 2));
-        let mut out = Vec::new();
-        let mut owed = Vec::new();
+        let (mut out, owed) = self.diff_flows(flows, now_ns, services);
+        out.extend(owed);
+        out
+    }
+
+    /// The templates of `templates` (a snapshot of `LB_PERSIST`) to send now, as
+    /// [`diff`](Self::diff) for flows. `names` gives what a template's local ids name here
+    /// (`None`: its service or real server is gone, or it is not this service's any more:
+    /// skipped, not remembered); expired templates are skipped and forgotten too.
+    pub fn diff_templates(
+        &mut self,
+        templates: &[(LbPersistKey, LbPersist)],
+        now_ns: u64,
+        names: &dyn Fn(&LbPersistKey, &LbPersist) -> Option<TemplateNames>,
+    ) -> Vec<SyncTemplate> {
+        let (mut out, owed) = self.diff_templates_split(templates, now_ns, names);
+        out.extend(owed);
+        out
+    }
+
+    /// Both diffs, in the order they should go out: new and changed flows, new and changed
+    /// templates, then owed flows and owed templates (so a whole-table resend, paced over
+    /// several ticks, holds up neither a new flow nor a new template).
+    pub fn diff_all(
+        &mut self,
+        flows: &[(LbFlowKey, LbFlow)],
+        templates: &[(LbPersistKey, LbPersist)],
+        now_ns: u64,
+        services: &dyn Fn(&LbFlowKey) -> Option<(SocketAddr, LbKind)>,
+        names: &dyn Fn(&LbPersistKey, &LbPersist) -> Option<TemplateNames>,
+    ) -> Vec<SyncItem> {
+        let (f_now, f_owed) = self.diff_flows(flows, now_ns, services);
+        let (t_now, t_owed) = self.diff_templates_split(templates, now_ns, names);
+        let mut out = Vec::with_capacity(f_now.len() + t_now.len() + f_owed.len() + t_owed.len());
+        out.extend(f_now.into_iter().map(SyncItem::Conn));
+        out.extend(t_now.into_iter().map(SyncItem::Template));
+        out.extend(f_owed.into_iter().map(SyncItem::Conn));
+        out.extend(t_owed.into_iter().map(SyncItem::Template));
+        out
+    }
+
+    fn diff_flows(
+        &mut self,
+        flows: &[(LbFlowKey, LbFlow)],
+        now_ns: u64,
+        services: &dyn Fn(&LbFlowKey) -> Option<(SocketAddr, LbKind)>,
+    ) -> Split<SyncEntry> {
+        let mut next = HashMap::with_capacity(self.flows.sent.len().max(flows.len() / 2));
+        let (mut out, mut owed) = (Vec::new(), Vec::new());
         for (key, flow) in flows {
             if flow.flags & LB_FLOW_F_REPLY != 0 {
                 continue;
@@ -127,35 +337,41 @@ impl Exporter {
                 continue;
             }
             let real = (flow.real_id, flow.real_gen);
-            // A key twice in one snapshot (the batched reader racing updates) is sent once.
-            if sent.get(key).is_some_and(|s: &Sent| s.real == real) {
-                continue;
-            }
-            let now = Sent { real, last_seen_ns: flow.last_seen_ns, owed: false, closed };
-            match self.sent.get(key) {
-                // Closed, and the backup never had it open: nothing to tell.
-                None if closed => {}
-                Some(s) if s.real == real && s.closed == closed => {
-                    let active_since = flow.last_seen_ns.saturating_sub(s.last_seen_ns);
-                    if !closed && active_since >= REFRESH_SECS * NS_PER_SEC {
-                        sent.insert(*key, now);
-                        out.push(entry);
-                    } else if s.owed {
-                        sent.insert(*key, now);
-                        owed.push(entry);
-                    } else {
-                        sent.insert(*key, *s);
-                    }
-                }
-                _ => {
-                    sent.insert(*key, now);
-                    out.push(entry);
-                }
+            let refresh = REFRESH_SECS * NS_PER_SEC;
+            match self.flows.decide(&mut next, *key, real, flow.last_seen_ns, closed, refresh) {
+                Some(Place::Now) => out.push(entry),
+                Some(Place::Owed) => owed.push(entry),
+                None => {}
             }
         }
-        self.sent = sent;
-        out.extend(owed);
-        out
+        self.flows.sent = next;
+        (out, owed)
+    }
+
+    fn diff_templates_split(
+        &mut self,
+        templates: &[(LbPersistKey, LbPersist)],
+        now_ns: u64,
+        names: &dyn Fn(&LbPersistKey, &LbPersist) -> Option<TemplateNames>,
+    ) -> Split<SyncTemplate> {
+        let mut next = HashMap::with_capacity(self.templates.sent.len());
+        let (mut out, mut owed) = (Vec::new(), Vec::new());
+        for (key, t) in templates {
+            let Some(n) = names(key, t) else { continue };
+            let Some(entry) = template_entry(key, t, now_ns, &n) else { continue };
+            let real = (t.real_id, t.real_gen);
+            let refresh = (REFRESH_SECS * NS_PER_SEC)
+                .min(u64::from(n.timeout_secs) * NS_PER_SEC / 2)
+                .max(NS_PER_SEC);
+            let k = template_key(&entry);
+            match self.templates.decide(&mut next, k, real, t.last_seen_ns, false, refresh) {
+                Some(Place::Now) => out.push(entry),
+                Some(Place::Owed) => owed.push(entry),
+                None => {}
+            }
+        }
+        self.templates.sent = next;
+        (out, owed)
     }
 }
 
@@ -508,6 +724,234 @@ mod tests {
     fn duplicate_key_in_one_snapshot_is_sent_once() {
         let mut x = Exporter::new();
         assert_eq!(x.diff(&[fwd(), fwd()], NOW, &any_service).len(), 1);
+    }
+
+    // ---- persistence templates ----
+
+    fn tkey(service_id: u32, client: &str) -> LbPersistKey {
+        let (client, family) = addr_words(client.parse().unwrap());
+        LbPersistKey { service_id, family, _pad8: 0, _pad16: 0, client }
+    }
+
+    fn tval(real_id: u32, idle_secs: u64) -> LbPersist {
+        LbPersist { real_id, real_gen: 1, last_seen_ns: NOW - idle_secs * NS_PER_SEC }
+    }
+
+    /// Service 1 is 192.0.2.10:80/TCP, persistent 300 s per /24; real id N is 10.0.0.N:8080.
+    /// Anything else is unknown here.
+    fn names(k: &LbPersistKey, t: &LbPersist) -> Option<TemplateNames> {
+        (k.service_id == 1 && t.real_id < 10).then(|| TemplateNames {
+            protocol: Protocol::Tcp,
+            vip: sa("192.0.2.10:80"),
+            prefix: 24,
+            timeout_secs: 300,
+            real_server: sa(&format!("10.0.0.{}:8080", t.real_id)),
+        })
+    }
+
+    fn tpl() -> (LbPersistKey, LbPersist) {
+        (tkey(1, "198.51.100.0"), tval(2, 5))
+    }
+
+    #[test]
+    fn template_entry_names_service_client_network_and_real_server() {
+        let (k, t) = tpl();
+        let e = template_entry(&k, &t, NOW, &names(&k, &t).unwrap()).unwrap();
+        assert_eq!(
+            e,
+            SyncTemplate {
+                protocol: Protocol::Tcp,
+                vip: sa("192.0.2.10:80"),
+                client: "198.51.100.0".parse().unwrap(),
+                prefix: 24,
+                real_server: sa("10.0.0.2:8080"),
+                idle_secs: 5,
+            }
+        );
+        let n6 = TemplateNames {
+            protocol: Protocol::Udp,
+            vip: sa("[2001:db8:1::10]:53"),
+            prefix: 0,
+            timeout_secs: 60,
+            real_server: sa("[2001:db8:2::2]:53"),
+        };
+        let k6 = tkey(4, "2001:db8::7");
+        let e6 = template_entry(&k6, &tval(3, 0), NOW, &n6).unwrap();
+        assert_eq!(e6.client, "2001:db8::7".parse::<IpAddr>().unwrap());
+        assert_eq!((e6.protocol, e6.vip, e6.prefix), (Protocol::Udp, n6.vip, 0));
+        // A family other than its service's (a corrupt entry), or none the data path uses.
+        assert_eq!(template_entry(&k6, &tval(3, 0), NOW, &names(&k, &t).unwrap()), None);
+        let mut bad = k;
+        bad.family = 0;
+        assert_eq!(template_entry(&bad, &t, NOW, &names(&k, &t).unwrap()), None);
+    }
+
+    /// The data path leaves expired templates in the map; they are not sent (the backup would
+    /// follow one the master no longer does), and a service without persistence now sends
+    /// none.
+    #[test]
+    fn expired_templates_are_not_sent() {
+        let (k, _) = tpl();
+        let n = names(&k, &tval(2, 0)).unwrap();
+        assert!(template_entry(&k, &tval(2, 300), NOW, &n).is_some());
+        assert_eq!(template_entry(&k, &tval(2, 301), NOW, &n), None);
+        let off = TemplateNames { timeout_secs: 0, ..n };
+        assert_eq!(template_entry(&k, &tval(2, 0), NOW, &off), None);
+        let mut x = Exporter::new();
+        assert!(x.diff_templates(&[(k, tval(2, 301))], NOW, &names).is_empty());
+        assert!(x.is_empty());
+        // Sent, then expired: forgotten, so its next use is sent again.
+        assert_eq!(x.diff_templates(&[tpl()], NOW, &names).len(), 1);
+        assert!(x.diff_templates(&[(k, tval(2, 301))], NOW, &names).is_empty());
+        assert_eq!(x.templates_len(), 0);
+        assert_eq!(x.diff_templates(&[tpl()], NOW, &names).len(), 1);
+    }
+
+    #[test]
+    fn templates_are_sent_when_new_changed_or_refreshed_and_forgotten_when_gone() {
+        let mut x = Exporter::new();
+        let (k, t) = tpl();
+        assert_eq!(x.diff_templates(&[(k, t)], NOW, &names).len(), 1);
+        assert!(x.diff_templates(&[(k, t)], NOW, &names).is_empty());
+        // Another real server (the old one left, the client was scheduled anew).
+        let moved = tval(3, 0);
+        let out = x.diff_templates(&[(k, moved)], NOW, &names);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].real_server, sa("10.0.0.3:8080"));
+        // Same id, new generation.
+        let regen = LbPersist { real_gen: 2, ..moved };
+        assert_eq!(x.diff_templates(&[(k, regen)], NOW, &names).len(), 1);
+        // Used again: sent again once a refresh period (here REFRESH_SECS: 300 / 2 is
+        // longer) after it was sent.
+        let used =
+            |secs: u64| LbPersist { last_seen_ns: regen.last_seen_ns + secs * NS_PER_SEC, ..regen };
+        let later = NOW + 10 * REFRESH_SECS * NS_PER_SEC;
+        let n = |k: &LbPersistKey, t: &LbPersist| {
+            names(k, t).map(|n| TemplateNames { timeout_secs: 100_000, ..n })
+        };
+        assert!(x.diff_templates(&[(k, used(REFRESH_SECS - 1))], later, &n).is_empty());
+        assert_eq!(x.diff_templates(&[(k, used(REFRESH_SECS))], later, &n).len(), 1);
+        // Gone from the map: forgotten.
+        assert!(x.diff_templates(&[], later, &n).is_empty());
+        assert_eq!(x.templates_len(), 0);
+        // Unknown service or real server: skipped, not remembered.
+        assert!(x.diff_templates(&[(tkey(2, "198.51.100.0"), t)], NOW, &names).is_empty());
+        assert!(x.diff_templates(&[(k, tval(11, 0))], NOW, &names).is_empty());
+        assert_eq!(x.templates_len(), 0);
+        // A key twice in one snapshot is sent once.
+        assert_eq!(x.diff_templates(&[(k, t), (k, t)], NOW, &names).len(), 1);
+    }
+
+    /// The backup's copy ages on the service's persistence_timeout: with a timeout shorter
+    /// than two refresh periods, a template in use is refreshed every half timeout, so the
+    /// copy never lapses while the master's is in use.
+    #[test]
+    fn templates_of_short_timeouts_are_refreshed_within_half_the_timeout() {
+        let short = |k: &LbPersistKey, t: &LbPersist| {
+            names(k, t).map(|n| TemplateNames { timeout_secs: 30, ..n })
+        };
+        let mut x = Exporter::new();
+        let (k, t) = tpl();
+        assert_eq!(x.diff_templates(&[(k, t)], NOW, &short).len(), 1);
+        let used = |secs: u64| LbPersist { last_seen_ns: t.last_seen_ns + secs * NS_PER_SEC, ..t };
+        let at = |secs: u64| t.last_seen_ns + secs * NS_PER_SEC;
+        assert!(x.diff_templates(&[(k, used(14))], at(14), &short).is_empty());
+        assert_eq!(x.diff_templates(&[(k, used(15))], at(15), &short).len(), 1);
+    }
+
+    /// Templates share the flows' owed logic: not sent is owed, a resend owes everything, and
+    /// new flows and templates go before owed ones.
+    #[test]
+    fn templates_not_sent_are_owed_and_go_after_new_ones() {
+        let mut x = Exporter::new();
+        let (k, t) = tpl();
+        let k2 = tkey(1, "203.0.113.0");
+        let out = x.diff_all(&[fwd()], &[(k, t), (k2, t)], NOW, &any_service, &names);
+        assert_eq!(out.len(), 3);
+        assert!(matches!(out[0], SyncItem::Conn(_)));
+        assert!(matches!(out[1], SyncItem::Template(_)));
+        x.not_sent(&out[2..]);
+        assert!(x.owes());
+        assert_eq!(x.diff_all(&[fwd()], &[(k, t), (k2, t)], NOW, &any_service, &names), out[2..]);
+        assert!(!x.owes());
+        x.resend_all();
+        let b = (key("198.51.100.9:1", "192.0.2.10:80", IPPROTO_TCP), flow("10.0.0.3:8080", 4, 0));
+        let k3 = tkey(1, "192.0.2.0");
+        let out = x.diff_all(&[fwd(), b], &[(k, t), (k2, t), (k3, t)], NOW, &any_service, &names);
+        let kinds: Vec<_> = out
+            .iter()
+            .map(|i| match i {
+                SyncItem::Conn(e) if e.client == sa("198.51.100.9:1") => "new conn",
+                SyncItem::Conn(_) => "owed conn",
+                SyncItem::Template(t) if t.client == "192.0.2.0".parse::<IpAddr>().unwrap() => {
+                    "new template"
+                }
+                SyncItem::Template(_) => "owed template",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["new conn", "new template", "owed conn", "owed template", "owed template"]
+        );
+        // reset forgets templates too.
+        x.reset();
+        assert!(x.is_empty());
+    }
+
+    fn arb_templates() -> impl Strategy<Value = Vec<(LbPersistKey, LbPersist)>> {
+        // Few clients, reals and ages, so that successive tables overlap and some expire.
+        proptest::collection::vec((0u8..12, 0u32..12, 0u32..2, 0u64..400), 0..20).prop_map(|rows| {
+            let mut seen = HashSet::new();
+            rows.into_iter()
+                .filter(|r| seen.insert(r.0))
+                .map(|(c, real_id, real_gen, idle)| {
+                    let k = tkey(1, &format!("198.51.{c}.0"));
+                    (k, LbPersist { real_gen, ..tval(real_id, idle) })
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        /// Over any sequence of template tables, each diff sends exactly the live (known, not
+        /// expired) templates that were not sent, whose real server differs from what was
+        /// last sent, or that were used REFRESH_SECS after they were sent; and remembers
+        /// exactly the live ones.
+        #[test]
+        fn template_diff_matches_model(tables in proptest::collection::vec(arb_templates(), 1..6)) {
+            let mut x = Exporter::new();
+            // What the backup was told: client -> (real, last_seen then).
+            let mut told: HashMap<IpAddr, ((u32, u32), u64)> = HashMap::new();
+            for t in &tables {
+                let mut now_told = HashMap::new();
+                let mut want = HashSet::new();
+                for (k, v) in t {
+                    let live = v.real_id < 10 && NOW - v.last_seen_ns <= 300 * NS_PER_SEC;
+                    if !live {
+                        continue;
+                    }
+                    let client = words_addr(&k.client, k.family);
+                    let real = (v.real_id, v.real_gen);
+                    match told.get(&client) {
+                        Some(&(r, seen))
+                            if r == real
+                                && v.last_seen_ns.saturating_sub(seen) < REFRESH_SECS * NS_PER_SEC =>
+                        {
+                            now_told.insert(client, (r, seen));
+                        }
+                        _ => {
+                            want.insert(template_entry(k, v, NOW, &names(k, v).unwrap()).unwrap());
+                            now_told.insert(client, (real, v.last_seen_ns));
+                        }
+                    }
+                }
+                let got = x.diff_templates(t, NOW, &names);
+                prop_assert_eq!(got.len(), want.len());
+                prop_assert_eq!(got.into_iter().collect::<HashSet<_>>(), want);
+                prop_assert_eq!(x.templates_len(), now_told.len());
+                told = now_told;
+            }
+        }
     }
 
     fn arb_table() -> impl Strategy<Value = Vec<(LbFlowKey, LbFlow)>> {

@@ -1,8 +1,9 @@
 //! Connection synchronisation between directors (`docs/conntrack-sync.md`), keepalived's
 //! `lvs_sync_daemon` for the XDP data plane.
 //!
-//! The pure parts are here: [`export`] (which forward entries of `LB_CONNS` the master sends:
-//! new, changed, refreshed, closed, owed), [`wire`] (the datagram codec) and [`session`] (the
+//! The pure parts are here: [`export`] (which forward entries of `LB_CONNS` and which
+//! persistence templates of `LB_PERSIST` the master sends: new, changed, refreshed, closed,
+//! owed), [`wire`] (the datagram codec) and [`session`] (the
 //! decisions: pacing, table requests and answers, who imports, the last diff on leaving
 //! MASTER). The transport (the multicast socket) is the daemon's (`daemon.rs`: `sync_send`,
 //! `sync_receive`); the import into the table is [`XdpDataplane::import_flows`].
@@ -17,13 +18,13 @@ pub mod export;
 pub mod session;
 pub mod wire;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::config::{LbKind, Protocol};
 
 pub use export::Exporter;
 pub use session::Session;
-pub use wire::{decode, encode, request, SyncDecodeError, MAX_DATAGRAM};
+pub use wire::{decode, encode, request, Datagram, SyncDecodeError, MAX_DATAGRAM};
 
 /// One synchronised connection (a forward entry of `LB_CONNS`, in director-independent terms).
 ///
@@ -51,5 +52,74 @@ impl SyncEntry {
     pub fn same_family(&self) -> bool {
         self.client.is_ipv4() == self.vip.is_ipv4()
             && self.vip.is_ipv4() == self.real_server.is_ipv4()
+    }
+}
+
+/// One synchronised persistence template (an entry of `LB_PERSIST`, in director-independent
+/// terms): clients of the network `client`/`prefix` of the service `(vip, protocol)` go to
+/// `real_server` for their new connections while the template lives (the service's
+/// `persistence_timeout` after its last use).
+///
+/// `vip`, `client` and `real_server` are of one address family, as in [`SyncEntry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SyncTemplate {
+    pub protocol: Protocol,
+    pub vip: SocketAddr,
+    /// The client's address masked to `prefix`, as the template's key holds it.
+    pub client: IpAddr,
+    /// The service's `persistence_granularity` the key was masked with (0: the whole
+    /// address). The importer takes the template only for a service with the same one: its
+    /// data path would look the client up under another key.
+    pub prefix: u8,
+    pub real_server: SocketAddr,
+    /// Seconds since the template was last used on the sending director (the importer sets
+    /// `last_seen` = now − idle, so the template expires on the backup when it would have
+    /// here, after the backup's own `persistence_timeout`).
+    pub idle_secs: u32,
+}
+
+impl SyncTemplate {
+    /// Whether VIP, client network and real server are all IPv4 or all IPv6.
+    pub fn same_family(&self) -> bool {
+        self.vip.is_ipv4() == self.client.is_ipv4()
+            && self.client.is_ipv4() == self.real_server.is_ipv4()
+    }
+}
+
+/// What a sync datagram carries: connections or persistence templates (never both in one
+/// datagram, see [`wire`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SyncItem {
+    Conn(SyncEntry),
+    Template(SyncTemplate),
+}
+
+impl From<SyncEntry> for SyncItem {
+    fn from(e: SyncEntry) -> Self {
+        SyncItem::Conn(e)
+    }
+}
+
+impl From<&SyncEntry> for SyncItem {
+    fn from(e: &SyncEntry) -> Self {
+        SyncItem::Conn(*e)
+    }
+}
+
+impl From<SyncTemplate> for SyncItem {
+    fn from(t: SyncTemplate) -> Self {
+        SyncItem::Template(t)
+    }
+}
+
+impl From<&SyncTemplate> for SyncItem {
+    fn from(t: &SyncTemplate) -> Self {
+        SyncItem::Template(*t)
+    }
+}
+
+impl From<&SyncItem> for SyncItem {
+    fn from(i: &SyncItem) -> Self {
+        *i
     }
 }

@@ -20,6 +20,9 @@
 //! (a [`request`](super::request)) at every tick until it has imported a datagram, at most
 //! [`MAX_REQUESTS`] times.
 //!
+//! Connections and persistence templates go through the same decisions: one diff
+//! ([`Exporter::diff_all`]), one pacing budget, one owed list, one import gate.
+//!
 //! Sending is paced: at most [`MAX_DATAGRAMS_PER_TICK`] datagrams a tick, the rest owed to
 //! the next ticks (see [`Exporter::not_sent`]), so a whole table (after becoming master, a
 //! table request, the periodic resend) goes out over several seconds rather than as one
@@ -29,9 +32,9 @@
 
 use std::time::{Duration, Instant};
 
-use ha_lb_common::lb::{LbFlow, LbFlowKey};
+use ha_lb_common::lb::{LbFlow, LbFlowKey, LbPersist, LbPersistKey};
 
-use super::{decode, encode, Exporter, SyncDecodeError, SyncEntry};
+use super::{decode, encode, export::TemplateNames, Datagram, Exporter, SyncDecodeError};
 use crate::config::LbKind;
 use crate::vrrp::machine::State;
 
@@ -76,10 +79,10 @@ pub enum Received {
     /// A table request: `answered` when the whole table goes out from the next tick (this
     /// director is MASTER and has not answered one for [`ANSWER_INTERVAL`]).
     Request { answered: bool },
-    /// Connections to import.
-    Import(Vec<SyncEntry>),
-    /// Connections not imported: this director is MASTER.
-    NotImported(usize),
+    /// Connections or templates to import.
+    Import(Datagram),
+    /// Connections and templates not imported: this director is MASTER.
+    NotImported { connections: usize, templates: usize },
 }
 
 /// The state of connection sync on one director.
@@ -152,18 +155,21 @@ impl Session {
         Tick { request: false, export: true }
     }
 
-    /// The datagrams to send now (at most [`MAX_DATAGRAMS_PER_TICK`]) from a snapshot of the
-    /// table (see [`Exporter::diff`]); what does not fit is owed to the next ticks. The
-    /// caller reports those it could not send with [`Session::not_sent`].
+    /// The datagrams to send now (at most [`MAX_DATAGRAMS_PER_TICK`]) from snapshots of the
+    /// connection table and the persistence templates (see [`Exporter::diff_all`]); what does
+    /// not fit is owed to the next ticks. The caller reports those it could not send with
+    /// [`Session::not_sent`].
     pub fn export(
         &mut self,
         sync_id: u8,
         flows: &[(LbFlowKey, LbFlow)],
+        templates: &[(LbPersistKey, LbPersist)],
         now_ns: u64,
         services: &dyn Fn(&LbFlowKey) -> Option<(std::net::SocketAddr, LbKind)>,
+        names: &dyn Fn(&LbPersistKey, &LbPersist) -> Option<TemplateNames>,
     ) -> Vec<Vec<u8>> {
-        let entries = self.exporter.diff(flows, now_ns, services);
-        let mut datagrams = encode(sync_id, &entries);
+        let items = self.exporter.diff_all(flows, templates, now_ns, services, names);
+        let mut datagrams = encode(sync_id, &items);
         if datagrams.len() > MAX_DATAGRAMS_PER_TICK {
             let later = datagrams.split_off(MAX_DATAGRAMS_PER_TICK);
             self.not_sent(&later);
@@ -171,28 +177,29 @@ impl Session {
         datagrams
     }
 
-    /// Datagrams from [`Session::export`] that did not go out: their flows are owed.
+    /// Datagrams from [`Session::export`] that did not go out: their flows and templates are
+    /// owed.
     pub fn not_sent(&mut self, datagrams: &[Vec<u8>]) {
         for d in datagrams {
-            if let Ok((_, entries)) = decode(d) {
-                self.exporter.not_sent(&entries);
+            if let Ok(d) = decode(d) {
+                self.exporter.not_sent(d.items());
             }
         }
     }
 
     /// A datagram received on the sync socket, for sync id `sync_id`.
     pub fn receive(&mut self, now: Instant, sync_id: u8, buf: &[u8]) -> Received {
-        let (id, entries) = match decode(buf) {
-            Ok(x) => x,
+        let d = match decode(buf) {
+            Ok(d) => d,
             Err(SyncDecodeError::IpvsSync) => {
                 return Received::Ipvs { first: !std::mem::replace(&mut self.ipvs_seen, true) }
             }
             Err(e) => return Received::Rejected(e),
         };
-        if id != sync_id {
+        if d.sync_id != sync_id {
             return Received::OtherId;
         }
-        if entries.is_empty() {
+        if d.is_empty() {
             let answered = (self.master || self.in_leave_grace(now))
                 && self.last_answer.is_none_or(|t| now.duration_since(t) >= ANSWER_INTERVAL);
             if answered {
@@ -205,16 +212,22 @@ impl Session {
         let just_master =
             self.became_master.is_some_and(|t| now.duration_since(t) < IMPORT_AFTER_MASTER);
         if self.master && !just_master {
-            return Received::NotImported(entries.len());
+            let (connections, templates) = (d.entries.len(), d.templates.len());
+            return Received::NotImported { connections, templates };
         }
         // The master answered (or was sending anyway): enough asking.
         self.requests_left = 0;
-        Received::Import(entries)
+        Received::Import(d)
     }
 
     /// Connections remembered as sent (status, tests).
     pub fn remembered(&self) -> usize {
         self.exporter.len()
+    }
+
+    /// Templates remembered as sent (tests).
+    pub fn remembered_templates(&self) -> usize {
+        self.exporter.templates_len()
     }
 }
 
@@ -224,6 +237,7 @@ mod tests {
 
     use super::*;
     use crate::bpf::lb::{addr_words, port_be, words_addr};
+    use crate::sync::SyncEntry;
 
     const NS: u64 = 1_000_000_000;
     const NOW_NS: u64 = 1_000 * NS;
@@ -249,13 +263,21 @@ mod tests {
             .collect()
     }
 
+    pub(super) fn no_names(_: &LbPersistKey, _: &LbPersist) -> Option<TemplateNames> {
+        None
+    }
+
+    fn import(e: SyncEntry) -> Received {
+        Received::Import(Datagram { sync_id: 7, entries: vec![e], templates: vec![] })
+    }
+
     pub(super) fn any_service(k: &LbFlowKey) -> Option<(std::net::SocketAddr, LbKind)> {
         let vip = std::net::SocketAddr::new(words_addr(&k.dst, k.family), u16::from_be(k.dport));
         Some((vip, LbKind::Nat))
     }
 
     fn entries(ds: &[Vec<u8>]) -> usize {
-        ds.iter().map(|d| decode(d).unwrap().1.len()).sum()
+        ds.iter().map(|d| decode(d).unwrap().len()).sum()
     }
 
     /// A session whose synced instance became MASTER at `t0`.
@@ -291,7 +313,7 @@ mod tests {
         loop {
             let now = t0 + Duration::from_secs(ticks);
             assert!(s.tick(now).export);
-            let ds = s.export(7, &t, NOW_NS, &any_service);
+            let ds = s.export(7, &t, &[], NOW_NS, &any_service, &no_names);
             assert!(ds.len() <= MAX_DATAGRAMS_PER_TICK);
             if ds.is_empty() {
                 break;
@@ -303,6 +325,87 @@ mod tests {
         assert!(ticks > 1, "paced over {ticks} ticks");
     }
 
+    /// `n` live templates of service 1 (clients 198.51.x.y/32), all on real id 1.
+    fn templates(n: u32) -> Vec<(LbPersistKey, LbPersist)> {
+        (0..n)
+            .map(|i| {
+                let (client, family) = addr_words(std::net::Ipv4Addr::from(0xc633_0000 + i).into());
+                let key = LbPersistKey { service_id: 1, family, _pad8: 0, _pad16: 0, client };
+                (key, LbPersist { real_id: 1, real_gen: 1, last_seen_ns: NOW_NS - NS })
+            })
+            .collect()
+    }
+
+    fn names(_: &LbPersistKey, _: &LbPersist) -> Option<TemplateNames> {
+        Some(TemplateNames {
+            protocol: crate::config::Protocol::Tcp,
+            vip: "192.0.2.10:80".parse().unwrap(),
+            prefix: 0,
+            timeout_secs: 300,
+            real_server: "10.0.0.2:8080".parse().unwrap(),
+        })
+    }
+
+    /// Templates take the flows' path: one budget a tick, what does not fit or is not sent
+    /// goes at the next ticks, nothing lost, nothing twice; a table request sends them again.
+    #[test]
+    fn templates_are_paced_and_owed_with_the_flows() {
+        let t0 = Instant::now();
+        let mut s = master(t0);
+        let (f, tp) = (table(20_000), templates(20_000));
+        let (mut conns, mut tpls, mut ticks) = (0, 0, 0);
+        loop {
+            let now = t0 + Duration::from_secs(ticks);
+            s.tick(now);
+            let ds = s.export(7, &f, &tp, NOW_NS, &any_service, &names);
+            assert!(ds.len() <= MAX_DATAGRAMS_PER_TICK);
+            if ds.is_empty() {
+                break;
+            }
+            // The socket refuses the last datagram of each of the first ticks.
+            let cut = if ticks < 3 { ds.len() - 1 } else { ds.len() };
+            let (sent, refused) = ds.split_at(cut);
+            s.not_sent(refused);
+            for d in sent {
+                let d = decode(d).unwrap();
+                conns += d.entries.len();
+                tpls += d.templates.len();
+            }
+            ticks += 1;
+        }
+        assert_eq!((conns, tpls), (20_000, 20_000));
+        assert!(ticks > 2, "paced over {ticks} ticks");
+        assert_eq!(s.remembered_templates(), 20_000);
+        let later = t0 + Duration::from_secs(ticks + 10);
+        let req = crate::sync::request(7);
+        assert_eq!(s.receive(later, 7, &req), Received::Request { answered: true });
+        s.tick(later);
+        let again = s.export(7, &f, &tp, NOW_NS, &any_service, &names);
+        assert_eq!(again.len(), MAX_DATAGRAMS_PER_TICK, "the whole tables again, paced");
+    }
+
+    /// Templates pass the same import gate as connections.
+    #[test]
+    fn templates_are_imported_only_when_not_master() {
+        let t0 = Instant::now();
+        let mut tx = master(t0);
+        tx.tick(t0);
+        let ds = tx.export(7, &[], &templates(3), NOW_NS, &any_service, &names);
+        assert_eq!(ds.len(), 1);
+        let mut rx = Session::new();
+        rx.on_state(t0, State::Initialize, State::Backup);
+        match rx.receive(t0, 7, &ds[0]) {
+            Received::Import(d) => assert_eq!((d.entries.len(), d.templates.len()), (0, 3)),
+            other => panic!("{other:?}"),
+        }
+        rx.on_state(t0, State::Backup, State::Master);
+        let t1 = t0 + IMPORT_AFTER_MASTER;
+        assert_eq!(
+            rx.receive(t1, 7, &ds[0]),
+            Received::NotImported { connections: 0, templates: 3 }
+        );
+    }
+
     /// Found by review: a datagram the socket refused was only counted; its flows were never
     /// sent again.
     #[test]
@@ -311,15 +414,15 @@ mod tests {
         let mut s = master(t0);
         let t = table(200);
         s.tick(t0);
-        let ds = s.export(7, &t, NOW_NS, &any_service);
+        let ds = s.export(7, &t, &[], NOW_NS, &any_service, &no_names);
         assert!(ds.len() >= 3);
         // The first went out, the socket refused the rest.
         s.not_sent(&ds[1..]);
         s.tick(t0 + Duration::from_secs(1));
-        let again = s.export(7, &t, NOW_NS, &any_service);
+        let again = s.export(7, &t, &[], NOW_NS, &any_service, &no_names);
         assert_eq!(entries(&again), 200 - entries(&ds[..1]));
         s.tick(t0 + Duration::from_secs(2));
-        assert!(s.export(7, &t, NOW_NS, &any_service).is_empty());
+        assert!(s.export(7, &t, &[], NOW_NS, &any_service, &no_names).is_empty());
     }
 
     /// Found by review: a datagram lost on the way (or flows a backup skipped because it did
@@ -331,13 +434,16 @@ mod tests {
         let mut s = master(t0);
         let t = table(100);
         s.tick(t0);
-        assert_eq!(entries(&s.export(7, &t, NOW_NS, &any_service)), 100);
+        assert_eq!(entries(&s.export(7, &t, &[], NOW_NS, &any_service, &no_names)), 100);
         for secs in 1..FULL_RESEND.as_secs() {
             s.tick(t0 + Duration::from_secs(secs));
-            assert!(s.export(7, &t, NOW_NS, &any_service).is_empty(), "at {secs} s");
+            assert!(
+                s.export(7, &t, &[], NOW_NS, &any_service, &no_names).is_empty(),
+                "at {secs} s"
+            );
         }
         s.tick(t0 + FULL_RESEND);
-        assert_eq!(entries(&s.export(7, &t, NOW_NS, &any_service)), 100);
+        assert_eq!(entries(&s.export(7, &t, &[], NOW_NS, &any_service, &no_names)), 100);
         assert_eq!(s.remembered(), 100);
     }
 
@@ -350,11 +456,11 @@ mod tests {
         assert!(!s.tick(t0).export);
         s.on_state(t0, State::Backup, State::Master);
         assert!(s.tick(t0).export);
-        assert_eq!(entries(&s.export(7, &t, NOW_NS, &any_service)), 10);
+        assert_eq!(entries(&s.export(7, &t, &[], NOW_NS, &any_service, &no_names)), 10);
         s.on_state(t0, State::Master, State::Backup);
         s.on_state(t0 + Duration::from_secs(30), State::Backup, State::Master);
         s.tick(t0 + Duration::from_secs(30));
-        assert_eq!(entries(&s.export(7, &t, NOW_NS, &any_service)), 10);
+        assert_eq!(entries(&s.export(7, &t, &[], NOW_NS, &any_service, &no_names)), 10);
         // STOPPING still serves: still exporting.
         s.on_state(t0 + Duration::from_secs(31), State::Master, State::Stopping);
         assert!(s.tick(t0 + Duration::from_secs(31)).export);
@@ -369,17 +475,17 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut s = master(t0);
         s.tick(t0);
-        assert_eq!(entries(&s.export(7, &table(10), NOW_NS, &any_service)), 10);
+        assert_eq!(entries(&s.export(7, &table(10), &[], NOW_NS, &any_service, &no_names)), 10);
         // Two new connections, then the instance leaves MASTER before the next tick.
         s.on_state(at(500), State::Master, State::Backup);
         assert!(s.tick(at(1000)).export, "the last diff");
-        assert_eq!(entries(&s.export(7, &table(12), NOW_NS, &any_service)), 2);
+        assert_eq!(entries(&s.export(7, &table(12), &[], NOW_NS, &any_service, &no_names)), 2);
         assert!(!s.tick(at(2000)).export, "and no more");
         // A table request during the grace: answered, the whole table goes out.
         let req = crate::sync::request(7);
         assert_eq!(s.receive(at(3000), 7, &req), Received::Request { answered: true });
         assert!(s.tick(at(4000)).export);
-        assert_eq!(entries(&s.export(7, &table(12), NOW_NS, &any_service)), 12);
+        assert_eq!(entries(&s.export(7, &table(12), &[], NOW_NS, &any_service, &no_names)), 12);
         assert!(!s.tick(at(5000)).export);
         // After it: no.
         let late = at(500) + LEAVE_GRACE;
@@ -405,8 +511,11 @@ mod tests {
         s.on_state(t0, State::Initialize, State::Backup);
         s.on_state(t0, State::Backup, State::Master);
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(s.receive(t1, 7, &d), Received::Import(vec![sample()]));
-        assert_eq!(s.receive(t0 + IMPORT_AFTER_MASTER, 7, &d), Received::NotImported(1));
+        assert_eq!(s.receive(t1, 7, &d), import(sample()));
+        assert_eq!(
+            s.receive(t0 + IMPORT_AFTER_MASTER, 7, &d),
+            Received::NotImported { connections: 1, templates: 0 }
+        );
     }
 
     /// Requests sent at the ticks from `t0` on, as seconds after `t0`.
@@ -457,16 +566,24 @@ mod tests {
         let t0 = Instant::now();
         let d = encode(7, &[sample()]).remove(0);
         let mut s = Session::new();
-        assert_eq!(s.receive(t0, 7, &d), Received::Import(vec![sample()]), "INIT");
+        assert_eq!(s.receive(t0, 7, &d), import(sample()), "INIT");
         s.on_state(t0, State::Initialize, State::Backup);
-        assert_eq!(s.receive(t0, 7, &d), Received::Import(vec![sample()]), "BACKUP");
+        assert_eq!(s.receive(t0, 7, &d), import(sample()), "BACKUP");
         s.on_state(t0, State::Backup, State::Master);
         let t1 = t0 + IMPORT_AFTER_MASTER;
-        assert_eq!(s.receive(t1, 7, &d), Received::NotImported(1), "MASTER");
+        assert_eq!(
+            s.receive(t1, 7, &d),
+            Received::NotImported { connections: 1, templates: 0 },
+            "MASTER"
+        );
         s.on_state(t1, State::Master, State::Stopping);
-        assert_eq!(s.receive(t1, 7, &d), Received::NotImported(1), "STOPPING");
+        assert_eq!(
+            s.receive(t1, 7, &d),
+            Received::NotImported { connections: 1, templates: 0 },
+            "STOPPING"
+        );
         s.on_state(t1, State::Stopping, State::Initialize);
-        assert_eq!(s.receive(t1, 7, &d), Received::Import(vec![sample()]));
+        assert_eq!(s.receive(t1, 7, &d), import(sample()));
         assert_eq!(s.receive(t0, 8, &d), Received::OtherId);
         assert!(matches!(s.receive(t0, 7, &d[..5]), Received::Rejected(_)));
         // A kernel IPVS director's datagram: told once.
@@ -488,19 +605,23 @@ mod tests {
         assert_eq!(b.receive(t0, 7, &req), Received::Request { answered: false }, "BACKUP");
         let mut s = master(t0);
         s.tick(t0);
-        assert_eq!(entries(&s.export(7, &t, NOW_NS, &any_service)), 10);
+        assert_eq!(entries(&s.export(7, &t, &[], NOW_NS, &any_service, &no_names)), 10);
         let at = |secs: u64| t0 + Duration::from_secs(secs);
         assert_eq!(s.receive(at(1), 7, &req), Received::Request { answered: true });
         s.tick(at(1));
-        assert_eq!(entries(&s.export(7, &t, NOW_NS, &any_service)), 10, "the whole table");
+        assert_eq!(
+            entries(&s.export(7, &t, &[], NOW_NS, &any_service, &no_names)),
+            10,
+            "the whole table"
+        );
         for secs in 2..ANSWER_INTERVAL.as_secs() + 1 {
             assert_eq!(s.receive(at(secs), 7, &req), Received::Request { answered: false });
             s.tick(at(secs));
-            assert!(s.export(7, &t, NOW_NS, &any_service).is_empty());
+            assert!(s.export(7, &t, &[], NOW_NS, &any_service, &no_names).is_empty());
         }
         let later = at(1) + ANSWER_INTERVAL;
         assert_eq!(s.receive(later, 7, &req), Received::Request { answered: true });
         s.tick(later);
-        assert_eq!(entries(&s.export(7, &t, NOW_NS, &any_service)), 10);
+        assert_eq!(entries(&s.export(7, &t, &[], NOW_NS, &any_service, &no_names)), 10);
     }
 }

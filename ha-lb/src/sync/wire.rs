@@ -6,10 +6,12 @@
 //! ```text
 //! header (8 bytes)
 //!   0..4   magic      "HLBS"
-//!   4      version    1, or 2 (entries have flags)
+//!   4      version    1 (connections), 2 (connections with flags: closed ones) or
+//!                     3 (persistence templates)
 //!   5      sync id    keepalived's lvs_sync_daemon `id` (default: the instance's VRID)
 //!   6..8   count      number of entries that follow
-//! entry (26 bytes for IPv4, 62 for IPv6), `count` times, nothing after the last
+//! connection entry, versions 1 and 2 (26 bytes for IPv4, 62 for IPv6), `count` times,
+//! nothing after the last
 //!   0      family     4 (IPv4) or 6 (IPv6): the family of all three addresses
 //!   1      protocol   6 (TCP) or 17 (UDP)
 //!   2      lb_kind    0 NAT, 1 DR, 2 TUN
@@ -19,23 +21,38 @@
 //!          VIP        address (4 or 16 bytes), port (2)
 //!          real       address (4 or 16 bytes), port (2)
 //!          idle secs  u32: seconds since the flow's last packet on the sender
+//! template entry, version 3 (24 bytes for IPv4, 60 for IPv6), `count` times
+//!   0      family     4 or 6: the family of all three addresses
+//!   1      protocol   6 (TCP) or 17 (UDP): the service's
+//!   2      prefix     the client network's prefix length (the service's
+//!                     persistence_granularity; 0: the whole address), at most 32 / 128
+//!   3      flags      reserved, sent as 0, ignored on receipt
+//!   4..    VIP        address (4 or 16 bytes), port (2): the service
+//!          client     address (4 or 16 bytes): the client's network
+//!          real       address (4 or 16 bytes), port (2)
+//!          idle secs  u32: seconds since the template was last used on the sender
 //! ```
 //!
-//! An entry's three addresses share its one family byte, so a decoded [`SyncEntry`] never
-//! mixes families; [`encode`] skips entries that do (the wire cannot carry them).
+//! An entry's addresses share its one family byte, so a decoded [`SyncEntry`] or
+//! [`SyncTemplate`] never mixes families; [`encode`] skips entries that do (the wire cannot
+//! carry them). Nothing local to a director (service or real-server ids) is on the wire:
+//! services are named by (VIP, port, protocol), real servers by address and port.
 //!
 //! The receiver does not require the datagram to be ≤ [`MAX_DATAGRAM`] bytes; it requires
 //! `count` entries exactly filling it.
 //!
 //! Closed entries go in version-2 datagrams only, open ones in version-1 datagrams: an ha-lb
 //! that knows only version 1 rejects the closed ones (a counted `bad_version`) and still
-//! imports every open one, rather than reading a close as one more open.
+//! imports every open one, rather than reading a close as one more open. Templates go in
+//! version-3 datagrams of their own, for the same reason: an ha-lb that knows versions 1 and
+//! 2 only rejects them (`bad_version`) and imports every connection it is sent, rather than
+//! reading a template as a connection.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ha_lb_common::lb::{IPPROTO_TCP, IPPROTO_UDP, LB_KIND_DR, LB_KIND_NAT, LB_KIND_TUN};
 
-use super::SyncEntry;
+use super::{SyncEntry, SyncItem, SyncTemplate};
 use crate::config::{LbKind, Protocol};
 
 /// `"HLBS"`: ha-lb sync.
@@ -44,6 +61,8 @@ pub const MAGIC: [u8; 4] = *b"HLBS";
 pub const VERSION: u8 = 1;
 /// The version of datagrams whose entries have flags (closed ones).
 pub const VERSION_FLAGS: u8 = 2;
+/// The version of datagrams of persistence templates.
+pub const VERSION_TEMPLATES: u8 = 3;
 /// Entry flag (version 2): the flow is closed.
 pub const FLAG_CLOSED: u8 = 1;
 /// Largest datagram [`encode`] produces (fits a 1500-byte MTU under IPv6 + UDP headers, and
@@ -59,9 +78,18 @@ pub const FAMILY_V6: u8 = 6;
 pub const ENTRY_LEN_V4: usize = entry_len(4);
 /// Encoded length of an IPv6 entry.
 pub const ENTRY_LEN_V6: usize = entry_len(16);
+/// Encoded length of an IPv4 template entry.
+pub const TEMPLATE_LEN_V4: usize = template_len(4);
+/// Encoded length of an IPv6 template entry.
+pub const TEMPLATE_LEN_V6: usize = template_len(16);
 
 const fn entry_len(addr_len: usize) -> usize {
     4 + 3 * (addr_len + 2) + 4
+}
+
+/// A template has no client port.
+const fn template_len(addr_len: usize) -> usize {
+    entry_len(addr_len) - 2
 }
 
 /// Why a received datagram was rejected. `index` is the 0-based entry the error is in.
@@ -73,7 +101,7 @@ pub enum SyncDecodeError {
     BadMagic([u8; 4]),
     #[error("a kernel IPVS sync datagram (protocol version 1), not ha-lb's")]
     IpvsSync,
-    #[error("unknown sync version {0} (want 1 or 2)")]
+    #[error("unknown sync version {0} (want 1, 2 or 3)")]
     BadVersion(u8),
     #[error("count {count} but the datagram ends inside entry {index}")]
     CountMismatch { count: u16, index: u16 },
@@ -85,6 +113,8 @@ pub enum SyncDecodeError {
     BadProtocol { index: u16, protocol: u8 },
     #[error("entry {index}: bad lb_kind {kind} (want 0 NAT, 1 DR or 2 TUN)")]
     BadLbKind { index: u16, kind: u8 },
+    #[error("entry {index}: bad prefix length {prefix} (at most 32 for IPv4, 128 for IPv6)")]
+    BadPrefix { index: u16, prefix: u8 },
 }
 
 impl SyncDecodeError {
@@ -100,6 +130,7 @@ impl SyncDecodeError {
             SyncDecodeError::BadFamily { .. } => "bad_family",
             SyncDecodeError::BadProtocol { .. } => "bad_protocol",
             SyncDecodeError::BadLbKind { .. } => "bad_lb_kind",
+            SyncDecodeError::BadPrefix { .. } => "bad_prefix",
         }
     }
 }
@@ -110,6 +141,21 @@ pub fn encoded_len(e: &SyncEntry) -> Option<usize> {
         return None;
     }
     Some(if e.client.is_ipv4() { ENTRY_LEN_V4 } else { ENTRY_LEN_V6 })
+}
+
+/// The encoded length of `t`, or `None` if it mixes address families or its prefix is longer
+/// than its addresses.
+pub fn template_encoded_len(t: &SyncTemplate) -> Option<usize> {
+    let (len, bits) = if t.vip.is_ipv4() { (TEMPLATE_LEN_V4, 32) } else { (TEMPLATE_LEN_V6, 128) };
+    (t.same_family() && t.prefix <= bits).then_some(len)
+}
+
+/// The encoded length of `i` (see [`encoded_len`], [`template_encoded_len`]).
+pub fn item_len(i: &SyncItem) -> Option<usize> {
+    match i {
+        SyncItem::Conn(e) => encoded_len(e),
+        SyncItem::Template(t) => template_encoded_len(t),
+    }
 }
 
 const fn protocol_code(p: Protocol) -> u8 {
@@ -127,12 +173,24 @@ const fn kind_code(k: LbKind) -> u8 {
     }
 }
 
-fn put_addr(out: &mut Vec<u8>, a: SocketAddr) {
-    match a.ip() {
+fn put_ip(out: &mut Vec<u8>, a: IpAddr) {
+    match a {
         IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
         IpAddr::V6(v6) => out.extend_from_slice(&v6.octets()),
     }
+}
+
+fn put_addr(out: &mut Vec<u8>, a: SocketAddr) {
+    put_ip(out, a.ip());
     out.extend_from_slice(&a.port().to_be_bytes());
+}
+
+const fn family_code(v4: bool) -> u8 {
+    if v4 {
+        FAMILY_V4
+    } else {
+        FAMILY_V6
+    }
 }
 
 fn header(version: u8, sync_id: u8) -> Vec<u8> {
@@ -157,17 +215,29 @@ pub fn request(sync_id: u8) -> Vec<u8> {
     header(VERSION, sync_id)
 }
 
-/// Encodes `entries` into as few datagrams of at most [`MAX_DATAGRAM`] bytes as their order
-/// allows: open entries in version-1 datagrams, closed ones in version-2 datagrams, each
-/// kind in order, each datagram filled before the next of its kind is started. No entries,
-/// no datagrams. Entries that mix address families cannot be carried and are skipped.
-pub fn encode(sync_id: u8, entries: &[SyncEntry]) -> Vec<Vec<u8>> {
+/// Encodes `items` into as few datagrams of at most [`MAX_DATAGRAM`] bytes as their order
+/// allows: open connections in version-1 datagrams, closed ones in version-2 datagrams,
+/// templates in version-3 datagrams, each kind in order, each datagram filled before the next
+/// of its kind is started (a datagram is output when it is full, the partly filled ones
+/// last). No entries, no datagrams. Entries the wire cannot carry (mixed address families, a
+/// template prefix longer than its addresses) are skipped.
+pub fn encode<I>(sync_id: u8, items: I) -> Vec<Vec<u8>>
+where
+    I: IntoIterator,
+    I::Item: Into<SyncItem>,
+{
     let mut out = Vec::new();
-    // The datagram being filled: [open, closed].
-    let mut cur: [Option<(Vec<u8>, u16)>; 2] = [None, None];
-    for e in entries {
-        let Some(len) = encoded_len(e) else { continue };
-        let slot = &mut cur[usize::from(e.closed)];
+    // The datagram being filled: [open, closed, templates].
+    let mut cur: [Option<(Vec<u8>, u16)>; 3] = [None, None, None];
+    for item in items {
+        let item = item.into();
+        let Some(len) = item_len(&item) else { continue };
+        let (kind, version) = match item {
+            SyncItem::Conn(e) if e.closed => (1, VERSION_FLAGS),
+            SyncItem::Conn(_) => (0, VERSION),
+            SyncItem::Template(_) => (2, VERSION_TEMPLATES),
+        };
+        let slot = &mut cur[kind];
         if let Some((d, n)) = slot.take() {
             if d.len() + len <= MAX_DATAGRAM {
                 *slot = Some((d, n));
@@ -175,16 +245,29 @@ pub fn encode(sync_id: u8, entries: &[SyncEntry]) -> Vec<Vec<u8>> {
                 finish(d, n, &mut out);
             }
         }
-        let version = if e.closed { VERSION_FLAGS } else { VERSION };
         let (d, n) = slot.get_or_insert_with(|| (header(version, sync_id), 0));
-        d.push(if e.client.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 });
-        d.push(protocol_code(e.protocol));
-        d.push(kind_code(e.lb_kind));
-        d.push(if e.closed { FLAG_CLOSED } else { 0 });
-        put_addr(d, e.client);
-        put_addr(d, e.vip);
-        put_addr(d, e.real_server);
-        d.extend_from_slice(&e.idle_secs.to_be_bytes());
+        match item {
+            SyncItem::Conn(e) => {
+                d.push(family_code(e.client.is_ipv4()));
+                d.push(protocol_code(e.protocol));
+                d.push(kind_code(e.lb_kind));
+                d.push(if e.closed { FLAG_CLOSED } else { 0 });
+                put_addr(d, e.client);
+                put_addr(d, e.vip);
+                put_addr(d, e.real_server);
+                d.extend_from_slice(&e.idle_secs.to_be_bytes());
+            }
+            SyncItem::Template(t) => {
+                d.push(family_code(t.vip.is_ipv4()));
+                d.push(protocol_code(t.protocol));
+                d.push(t.prefix);
+                d.push(0);
+                put_addr(d, t.vip);
+                put_ip(d, t.client);
+                put_addr(d, t.real_server);
+                d.extend_from_slice(&t.idle_secs.to_be_bytes());
+            }
+        }
         *n += 1;
     }
     for (d, n) in cur.into_iter().flatten() {
@@ -194,12 +277,17 @@ pub fn encode(sync_id: u8, entries: &[SyncEntry]) -> Vec<Vec<u8>> {
 }
 
 /// The entry count in the header of a datagram [`encode`] made (0 for anything shorter than
-/// a header).
+/// a header): connections, or templates (see [`carries_templates`]).
 pub fn entry_count(d: &[u8]) -> usize {
     if d.len() < HEADER_LEN {
         return 0;
     }
     u16::from_be_bytes([d[6], d[7]]) as usize
+}
+
+/// Whether a datagram [`encode`] made carries templates (else connections).
+pub fn carries_templates(d: &[u8]) -> bool {
+    d.len() >= HEADER_LEN && d[4] == VERSION_TEMPLATES
 }
 
 /// Whether `buf` looks like a kernel IPVS sync datagram of protocol version 1 (Linux
@@ -213,19 +301,49 @@ pub fn is_ipvs_sync(buf: &[u8]) -> bool {
         && usize::from(u16::from_be_bytes([buf[2], buf[3]])) == buf.len()
 }
 
-fn get_addr(b: &[u8], v6: bool) -> SocketAddr {
-    let (ip, rest) = if v6 {
+fn get_ip(b: &[u8], v6: bool) -> IpAddr {
+    if v6 {
         let mut o = [0u8; 16];
         o.copy_from_slice(&b[..16]);
-        (IpAddr::V6(Ipv6Addr::from(o)), &b[16..])
+        IpAddr::V6(Ipv6Addr::from(o))
     } else {
-        (IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])), &b[4..])
-    };
-    SocketAddr::new(ip, u16::from_be_bytes([rest[0], rest[1]]))
+        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    }
 }
 
-/// Decodes one datagram into its sync id and entries.
-pub fn decode(buf: &[u8]) -> Result<(u8, Vec<SyncEntry>), SyncDecodeError> {
+fn get_addr(b: &[u8], v6: bool) -> SocketAddr {
+    let rest = &b[if v6 { 16 } else { 4 }..];
+    SocketAddr::new(get_ip(b, v6), u16::from_be_bytes([rest[0], rest[1]]))
+}
+
+/// A decoded datagram: its sync id and what it carries (a table request carries nothing; a
+/// datagram carries connections or templates, not both).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Datagram {
+    pub sync_id: u8,
+    pub entries: Vec<SyncEntry>,
+    pub templates: Vec<SyncTemplate>,
+}
+
+impl Datagram {
+    /// No entries: a table request.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.templates.is_empty()
+    }
+
+    /// Connections and templates.
+    pub fn len(&self) -> usize {
+        self.entries.len() + self.templates.len()
+    }
+
+    /// Everything it carries, connections first.
+    pub fn items(&self) -> impl Iterator<Item = SyncItem> + '_ {
+        self.entries.iter().map(SyncItem::from).chain(self.templates.iter().map(SyncItem::from))
+    }
+}
+
+/// Decodes one datagram.
+pub fn decode(buf: &[u8]) -> Result<Datagram, SyncDecodeError> {
     if buf.len() < HEADER_LEN {
         return Err(SyncDecodeError::Truncated { len: buf.len() });
     }
@@ -236,23 +354,33 @@ pub fn decode(buf: &[u8]) -> Result<(u8, Vec<SyncEntry>), SyncDecodeError> {
         }
         return Err(SyncDecodeError::BadMagic(magic));
     }
-    let flags = match buf[4] {
-        VERSION => false,
-        VERSION_FLAGS => true,
-        v => return Err(SyncDecodeError::BadVersion(v)),
-    };
+    let version = buf[4];
+    if !matches!(version, VERSION | VERSION_FLAGS | VERSION_TEMPLATES) {
+        return Err(SyncDecodeError::BadVersion(version));
+    }
+    let templates = version == VERSION_TEMPLATES;
+    let flags = version == VERSION_FLAGS;
     let sync_id = buf[5];
     let count = u16::from_be_bytes([buf[6], buf[7]]);
     let mut rest = &buf[HEADER_LEN..];
-    // Each entry takes at least ENTRY_LEN_V4 bytes: never reserve more than the buffer holds.
-    let mut entries = Vec::with_capacity((count as usize).min(rest.len() / ENTRY_LEN_V4));
+    // Each entry takes at least TEMPLATE_LEN_V4 bytes: never reserve more than the buffer
+    // holds.
+    let cap = (count as usize).min(rest.len() / TEMPLATE_LEN_V4);
+    let mut d = Datagram { sync_id, ..Datagram::default() };
+    if templates {
+        d.templates.reserve(cap);
+    } else {
+        d.entries.reserve(cap);
+    }
     for index in 0..count {
         let Some(&family) = rest.first() else {
             return Err(SyncDecodeError::CountMismatch { count, index });
         };
-        let (v6, len) = match family {
-            FAMILY_V4 => (false, ENTRY_LEN_V4),
-            FAMILY_V6 => (true, ENTRY_LEN_V6),
+        let (v6, len) = match (family, templates) {
+            (FAMILY_V4, false) => (false, ENTRY_LEN_V4),
+            (FAMILY_V6, false) => (true, ENTRY_LEN_V6),
+            (FAMILY_V4, true) => (false, TEMPLATE_LEN_V4),
+            (FAMILY_V6, true) => (true, TEMPLATE_LEN_V6),
             _ => return Err(SyncDecodeError::BadFamily { index, family }),
         };
         if rest.len() < len {
@@ -265,25 +393,49 @@ pub fn decode(buf: &[u8]) -> Result<(u8, Vec<SyncEntry>), SyncDecodeError> {
             IPPROTO_UDP => Protocol::Udp,
             protocol => return Err(SyncDecodeError::BadProtocol { index, protocol }),
         };
+        let ip = if v6 { 16 } else { 4 };
+        let a = ip + 2;
+        let idle = |i: usize| u32::from_be_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
+        if templates {
+            let prefix = e[2];
+            if usize::from(prefix) > 8 * ip {
+                return Err(SyncDecodeError::BadPrefix { index, prefix });
+            }
+            d.templates.push(SyncTemplate {
+                protocol,
+                vip: get_addr(&e[4..], v6),
+                client: get_ip(&e[4 + a..], v6),
+                prefix,
+                real_server: get_addr(&e[4 + a + ip..], v6),
+                idle_secs: idle(4 + 2 * a + ip),
+            });
+            continue;
+        }
         let lb_kind = match e[2] {
             LB_KIND_NAT => LbKind::Nat,
             LB_KIND_DR => LbKind::Dr,
             LB_KIND_TUN => LbKind::Tun,
             kind => return Err(SyncDecodeError::BadLbKind { index, kind }),
         };
-        let a = if v6 { 18 } else { 6 };
         let client = get_addr(&e[4..], v6);
         let vip = get_addr(&e[4 + a..], v6);
         let real_server = get_addr(&e[4 + 2 * a..], v6);
-        let i = 4 + 3 * a;
-        let idle_secs = u32::from_be_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
+        let idle_secs = idle(4 + 3 * a);
         let closed = flags && e[3] & FLAG_CLOSED != 0;
-        entries.push(SyncEntry { protocol, lb_kind, client, vip, real_server, idle_secs, closed });
+        d.entries.push(SyncEntry {
+            protocol,
+            lb_kind,
+            client,
+            vip,
+            real_server,
+            idle_secs,
+            closed,
+        });
     }
     if !rest.is_empty() {
         return Err(SyncDecodeError::TrailingBytes { count, extra: rest.len() });
     }
-    Ok((sync_id, entries))
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -360,34 +512,38 @@ mod tests {
             0, 0, 0, 3,
         ];
         assert_eq!(d, vec![want]);
-        assert_eq!(decode(&d[0]).unwrap().1, vec![closed]);
+        assert_eq!(decode(&d[0]).unwrap().entries, vec![closed]);
         // Mixed: one datagram of each version, open ones in version 1.
         let ds = encode(51, &[v4_entry(), closed, v6_entry()]);
         assert_eq!(ds.len(), 2);
         assert_eq!(ds[0][4], VERSION);
-        assert_eq!(decode(&ds[0]).unwrap().1, vec![v4_entry(), v6_entry()]);
+        assert_eq!(decode(&ds[0]).unwrap().entries, vec![v4_entry(), v6_entry()]);
         assert_eq!(ds[1][4], VERSION_FLAGS);
-        assert_eq!(decode(&ds[1]).unwrap().1, vec![closed]);
+        assert_eq!(decode(&ds[1]).unwrap().entries, vec![closed]);
         // Unknown flag bits are ignored; in version 1 the byte says nothing.
         let mut d = d[0].clone();
         d[HEADER_LEN + 3] = 0xfe;
-        assert_eq!(decode(&d).unwrap().1, vec![v4_entry()]);
+        assert_eq!(decode(&d).unwrap().entries, vec![v4_entry()]);
         d[4] = VERSION;
         d[HEADER_LEN + 3] = FLAG_CLOSED;
-        assert_eq!(decode(&d).unwrap().1, vec![v4_entry()]);
+        assert_eq!(decode(&d).unwrap().entries, vec![v4_entry()]);
     }
 
     #[test]
     fn round_trip_v4_and_v6() {
-        let (id, entries) = decode(&sample()).unwrap();
+        let Datagram { sync_id: id, entries, templates } = decode(&sample()).unwrap();
+        assert!(templates.is_empty());
         assert_eq!(id, 51);
         assert_eq!(entries, vec![v4_entry(), v6_entry()]);
     }
 
     #[test]
     fn empty_input_no_datagram_but_empty_datagram_decodes() {
-        assert!(encode(1, &[]).is_empty());
-        assert_eq!(decode(b"HLBS\x01\x07\x00\x00"), Ok((7, vec![])));
+        assert!(encode(1, &[] as &[SyncItem]).is_empty());
+        assert_eq!(
+            decode(b"HLBS\x01\x07\x00\x00"),
+            Ok(Datagram { sync_id: 7, ..Datagram::default() })
+        );
     }
 
     #[test]
@@ -402,7 +558,7 @@ mod tests {
             let mut back = Vec::new();
             for d in &ds {
                 assert!(d.len() <= MAX_DATAGRAM);
-                let (id, es) = decode(d).unwrap();
+                let Datagram { sync_id: id, entries: es, .. } = decode(d).unwrap();
                 assert_eq!(id, 9);
                 back.extend(es);
             }
@@ -417,15 +573,16 @@ mod tests {
         assert!(encode(1, &[mixed]).is_empty());
         let ds = encode(1, &[mixed, v4_entry(), mixed]);
         assert_eq!(ds.len(), 1);
-        assert_eq!(decode(&ds[0]).unwrap().1, vec![v4_entry()]);
+        assert_eq!(decode(&ds[0]).unwrap().entries, vec![v4_entry()]);
     }
 
     #[test]
     fn a_request_is_a_datagram_without_entries() {
         let r = request(7);
         assert_eq!(r.len(), HEADER_LEN);
-        assert_eq!(decode(&r).unwrap(), (7, Vec::new()));
-        assert!(encode(7, &[]).is_empty(), "encode never sends one");
+        let d = decode(&r).unwrap();
+        assert_eq!((d.sync_id, d.is_empty()), (7, true));
+        assert!(encode(7, &[] as &[SyncItem]).is_empty(), "encode never sends one");
     }
 
     /// Kernel IPVS directors (keepalived's own lvs_sync_daemon) use the same group and port:
@@ -457,7 +614,7 @@ mod tests {
             m[i] ^= 0x20;
             assert_eq!(decode(&d), Err(SyncDecodeError::BadMagic(m)), "magic byte {i}");
         }
-        for v in [0u8, 3, 255] {
+        for v in [0u8, 4, 255] {
             let mut d = good.clone();
             d[4] = v;
             assert_eq!(decode(&d), Err(SyncDecodeError::BadVersion(v)));
@@ -465,7 +622,7 @@ mod tests {
         // The sync id is opaque to the codec.
         let mut d = good.clone();
         d[5] = 200;
-        assert_eq!(decode(&d).unwrap().0, 200);
+        assert_eq!(decode(&d).unwrap().sync_id, 200);
         // Count too high: the datagram ends where entry 2 would start.
         let mut d = good.clone();
         d[7] = 3;
@@ -535,9 +692,229 @@ mod tests {
             SyncDecodeError::BadFamily { index: 0, family: 0 },
             SyncDecodeError::BadProtocol { index: 0, protocol: 0 },
             SyncDecodeError::BadLbKind { index: 0, kind: 0 },
+            SyncDecodeError::BadPrefix { index: 0, prefix: 0 },
         ];
         let names: std::collections::HashSet<_> = all.iter().map(|e| e.name()).collect();
         assert_eq!(names.len(), all.len());
+    }
+
+    fn v4_template() -> SyncTemplate {
+        SyncTemplate {
+            protocol: Protocol::Tcp,
+            vip: sa("192.0.2.10:80"),
+            client: "198.51.100.0".parse().unwrap(),
+            prefix: 24,
+            real_server: sa("10.0.0.2:8080"),
+            idle_secs: 7,
+        }
+    }
+
+    fn v6_template() -> SyncTemplate {
+        SyncTemplate {
+            protocol: Protocol::Udp,
+            vip: sa("[2001:db8:1::10]:53"),
+            client: "2001:db8::7".parse().unwrap(),
+            prefix: 0,
+            real_server: sa("[2001:db8:2::2]:53"),
+            idle_secs: 70_000,
+        }
+    }
+
+    #[test]
+    fn hand_checked_template_vector() {
+        let d = encode(51, &[v4_template()]);
+        #[rustfmt::skip]
+        let want: Vec<u8> = vec![
+            b'H', b'L', b'B', b'S', 3, 51, 0, 1,
+            4, 6, 24, 0,
+            192, 0, 2, 10, 0, 80,
+            198, 51, 100, 0,
+            10, 0, 0, 2, 0x1f, 0x90,
+            0, 0, 0, 7,
+        ];
+        assert_eq!(d, vec![want]);
+        assert_eq!(TEMPLATE_LEN_V4, 24);
+        assert_eq!(TEMPLATE_LEN_V6, 60);
+        assert!(carries_templates(&d[0]));
+        let back = decode(&d[0]).unwrap();
+        assert_eq!(back.templates, vec![v4_template()]);
+        assert!(back.entries.is_empty());
+        // The reserved flags byte is ignored.
+        let mut d = d[0].clone();
+        d[HEADER_LEN + 3] = 0xff;
+        assert_eq!(decode(&d).unwrap().templates, vec![v4_template()]);
+    }
+
+    /// Templates never share a datagram with connections: one datagram per kind, in order.
+    #[test]
+    fn templates_go_in_version_3_datagrams_of_their_own() {
+        let closed = SyncEntry { closed: true, ..v4_entry() };
+        let items: Vec<SyncItem> = vec![
+            v4_entry().into(),
+            v4_template().into(),
+            closed.into(),
+            v6_template().into(),
+            v6_entry().into(),
+        ];
+        let ds = encode(9, &items);
+        assert_eq!(ds.len(), 3);
+        let by_version = |v: u8| ds.iter().find(|d| d[4] == v).map(|d| decode(d).unwrap());
+        let v1 = by_version(VERSION).unwrap();
+        assert_eq!(v1.entries, vec![v4_entry(), v6_entry()]);
+        assert!(v1.templates.is_empty());
+        assert_eq!(by_version(VERSION_FLAGS).unwrap().entries, vec![closed]);
+        let v3 = by_version(VERSION_TEMPLATES).unwrap();
+        assert_eq!(v3.templates, vec![v4_template(), v6_template()]);
+        assert!(v3.entries.is_empty());
+        assert_eq!(v3.items().collect::<Vec<_>>(), vec![items[1], items[3]]);
+        assert!(ds.iter().filter(|d| carries_templates(d)).count() == 1);
+    }
+
+    #[test]
+    fn templates_the_wire_cannot_carry_are_skipped() {
+        let mixed = SyncTemplate { real_server: sa("[2001:db8::2]:80"), ..v4_template() };
+        let long = SyncTemplate { prefix: 33, ..v4_template() };
+        let long6 = SyncTemplate { prefix: 129, ..v6_template() };
+        assert!(encode(1, &[mixed, long, long6]).is_empty());
+        let full6 = SyncTemplate { prefix: 128, ..v6_template() };
+        assert_eq!(decode(&encode(1, &[full6])[0]).unwrap().templates, vec![full6]);
+    }
+
+    #[test]
+    fn template_field_errors() {
+        let good = encode(1, &[v4_template(), v6_template()]).remove(0);
+        let second = HEADER_LEN + TEMPLATE_LEN_V4;
+        for (at, index, bits) in [(HEADER_LEN, 0u16, 32u8), (second, 1, 128)] {
+            for family in [0u8, 5, 255] {
+                let mut d = good.clone();
+                d[at] = family;
+                assert_eq!(decode(&d), Err(SyncDecodeError::BadFamily { index, family }));
+            }
+            for protocol in [0u8, 1, 58] {
+                let mut d = good.clone();
+                d[at + 1] = protocol;
+                assert_eq!(decode(&d), Err(SyncDecodeError::BadProtocol { index, protocol }));
+            }
+            let mut d = good.clone();
+            d[at + 2] = bits;
+            assert!(decode(&d).is_ok());
+            for prefix in [bits + 1, 255] {
+                d[at + 2] = prefix;
+                assert_eq!(decode(&d), Err(SyncDecodeError::BadPrefix { index, prefix }));
+            }
+        }
+        // A template datagram relabelled as connections (and back) does not parse as one.
+        let mut d = good.clone();
+        d[4] = VERSION;
+        assert!(decode(&d).is_err());
+        let mut d = encode(1, &[v4_entry()]).remove(0);
+        d[4] = VERSION_TEMPLATES;
+        assert_eq!(
+            decode(&d),
+            Err(SyncDecodeError::TrailingBytes { count: 1, extra: ENTRY_LEN_V4 - TEMPLATE_LEN_V4 })
+        );
+    }
+
+    /// The decoder of ha-lb before templates (versions 1 and 2), frozen here as it was
+    /// released, to show what an older director on the sync link does with our datagrams.
+    fn decode_before_templates(buf: &[u8]) -> Result<(u8, Vec<SyncEntry>), SyncDecodeError> {
+        if buf.len() < HEADER_LEN {
+            return Err(SyncDecodeError::Truncated { len: buf.len() });
+        }
+        let magic = [buf[0], buf[1], buf[2], buf[3]];
+        if magic != MAGIC {
+            return Err(SyncDecodeError::BadMagic(magic));
+        }
+        let flags = match buf[4] {
+            1 => false,
+            2 => true,
+            v => return Err(SyncDecodeError::BadVersion(v)),
+        };
+        let count = u16::from_be_bytes([buf[6], buf[7]]);
+        let mut rest = &buf[HEADER_LEN..];
+        let mut entries = Vec::new();
+        for index in 0..count {
+            let Some(&family) = rest.first() else {
+                return Err(SyncDecodeError::CountMismatch { count, index });
+            };
+            let (v6, len) = match family {
+                4 => (false, 26),
+                6 => (true, 62),
+                _ => return Err(SyncDecodeError::BadFamily { index, family }),
+            };
+            if rest.len() < len {
+                return Err(SyncDecodeError::CountMismatch { count, index });
+            }
+            let (e, tail) = rest.split_at(len);
+            rest = tail;
+            let protocol = match e[1] {
+                6 => Protocol::Tcp,
+                17 => Protocol::Udp,
+                protocol => return Err(SyncDecodeError::BadProtocol { index, protocol }),
+            };
+            let lb_kind = match e[2] {
+                0 => LbKind::Nat,
+                1 => LbKind::Dr,
+                2 => LbKind::Tun,
+                kind => return Err(SyncDecodeError::BadLbKind { index, kind }),
+            };
+            let a = if v6 { 18 } else { 6 };
+            let i = 4 + 3 * a;
+            entries.push(SyncEntry {
+                protocol,
+                lb_kind,
+                client: get_addr(&e[4..], v6),
+                vip: get_addr(&e[4 + a..], v6),
+                real_server: get_addr(&e[4 + 2 * a..], v6),
+                idle_secs: u32::from_be_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]),
+                closed: flags && e[3] & FLAG_CLOSED != 0,
+            });
+        }
+        if !rest.is_empty() {
+            return Err(SyncDecodeError::TrailingBytes { count, extra: rest.len() });
+        }
+        Ok((buf[5], entries))
+    }
+
+    /// An ha-lb that knows only versions 1 and 2 rejects every template datagram (a counted
+    /// `bad_version`, nothing imported) and still takes every connection of the same export,
+    /// exactly as this one does.
+    #[test]
+    fn a_director_without_templates_rejects_them_and_keeps_the_connections() {
+        let closed = SyncEntry { closed: true, ..v6_entry() };
+        let mut items: Vec<SyncItem> = Vec::new();
+        for i in 0..120u32 {
+            items.push(SyncEntry { idle_secs: i, ..v4_entry() }.into());
+            items.push(SyncTemplate { idle_secs: i, ..v4_template() }.into());
+            items.push(SyncTemplate { idle_secs: i, ..v6_template() }.into());
+        }
+        items.push(closed.into());
+        let ds = encode(3, &items);
+        let mut old_entries = Vec::new();
+        let mut new_entries = Vec::new();
+        let mut rejected = 0;
+        for d in &ds {
+            match decode_before_templates(d) {
+                Ok((id, es)) => {
+                    assert_eq!(id, 3);
+                    old_entries.extend(es);
+                }
+                Err(e) => {
+                    assert_eq!(e, SyncDecodeError::BadVersion(VERSION_TEMPLATES));
+                    assert!(carries_templates(d));
+                    rejected += 1;
+                }
+            }
+            new_entries.extend(decode(d).unwrap().entries);
+        }
+        assert!(rejected >= 2, "{rejected} template datagrams");
+        assert_eq!(old_entries.len(), 121);
+        assert_eq!(old_entries, new_entries);
+        // And our own connection datagrams are byte for byte what it reads.
+        assert_eq!(
+            decode_before_templates(&sample()).unwrap().1,
+            decode(&sample()).unwrap().entries
+        );
     }
 
     fn arb_entry() -> impl Strategy<Value = SyncEntry> {
@@ -564,7 +941,72 @@ mod tests {
             })
     }
 
+    fn arb_template() -> impl Strategy<Value = SyncTemplate> {
+        let ips = prop_oneof![
+            (any::<[u32; 3]>(), 0u8..=32)
+                .prop_map(|(a, p)| (a.map(|x| IpAddr::V4(Ipv4Addr::from(x))), p)),
+            (any::<[u128; 3]>(), 0u8..=128)
+                .prop_map(|(a, p)| (a.map(|x| IpAddr::V6(Ipv6Addr::from(x))), p)),
+        ];
+        (
+            ips,
+            any::<[u16; 2]>(),
+            prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)],
+            any::<u32>(),
+        )
+            .prop_map(|((ip, prefix), port, protocol, idle_secs)| SyncTemplate {
+                protocol,
+                vip: SocketAddr::new(ip[0], port[0]),
+                client: ip[1],
+                prefix,
+                real_server: SocketAddr::new(ip[2], port[1]),
+                idle_secs,
+            })
+    }
+
+    fn arb_item() -> impl Strategy<Value = SyncItem> {
+        prop_oneof![
+            arb_entry().prop_map(SyncItem::Conn),
+            arb_template().prop_map(SyncItem::Template)
+        ]
+    }
+
+    /// The datagram kind of an item: 0 open, 1 closed, 2 template.
+    fn kind_of(i: &SyncItem) -> u8 {
+        match i {
+            SyncItem::Conn(e) => u8::from(e.closed),
+            SyncItem::Template(_) => 2,
+        }
+    }
+
     proptest! {
+        /// Any mix of connections and templates comes back, each kind in order in datagrams
+        /// of its own version (1 open, 2 closed, 3 templates), at most MAX_DATAGRAM bytes,
+        /// each filled until the next entry of its kind would not fit.
+        #[test]
+        fn round_trip_with_templates(id in any::<u8>(), items in proptest::collection::vec(arb_item(), 0..150)) {
+            let ds = encode(id, &items);
+            for (kind, version) in [(0u8, VERSION), (1, VERSION_FLAGS), (2, VERSION_TEMPLATES)] {
+                let mine: Vec<&Vec<u8>> = ds.iter().filter(|d| d[4] == version).collect();
+                let mut back = Vec::new();
+                for (i, d) in mine.iter().enumerate() {
+                    prop_assert!(d.len() <= MAX_DATAGRAM);
+                    let got = decode(d).unwrap();
+                    prop_assert_eq!(got.sync_id, id);
+                    prop_assert_eq!(got.len(), entry_count(d));
+                    prop_assert!(!got.is_empty());
+                    prop_assert_eq!(carries_templates(d), kind == 2);
+                    if let Some(next) = mine.get(i + 1) {
+                        let first_next = decode(next).unwrap().items().next().unwrap();
+                        prop_assert!(d.len() + item_len(&first_next).unwrap() > MAX_DATAGRAM);
+                    }
+                    back.extend(got.items());
+                }
+                let want: Vec<SyncItem> = items.iter().filter(|i| kind_of(i) == kind).copied().collect();
+                prop_assert_eq!(back, want);
+            }
+        }
+
         /// Any mix of IPv4 and IPv6, open and closed entries comes back, open ones in order
         /// in version-1 datagrams and closed ones in order in version-2 datagrams, split into
         /// datagrams of at most MAX_DATAGRAM bytes, each filled until the next entry of its
@@ -577,11 +1019,11 @@ mod tests {
                 let mut back = Vec::new();
                 for (i, d) in mine.iter().enumerate() {
                     prop_assert!(d.len() <= MAX_DATAGRAM);
-                    let (got_id, es) = decode(d).unwrap();
+                    let Datagram { sync_id: got_id, entries: es, .. } = decode(d).unwrap();
                     prop_assert_eq!(got_id, id);
                     prop_assert!(!es.is_empty());
                     if let Some(next) = mine.get(i + 1) {
-                        let first_next = decode(next).unwrap().1[0];
+                        let first_next = decode(next).unwrap().entries[0];
                         prop_assert!(d.len() + encoded_len(&first_next).unwrap() > MAX_DATAGRAM);
                     }
                     back.extend(es);
@@ -594,7 +1036,7 @@ mod tests {
         /// Every strict prefix of a valid datagram is rejected: a short header as `Truncated`,
         /// anything longer as `CountMismatch` (count entries do not fit).
         #[test]
-        fn every_truncation_is_an_error(id in any::<u8>(), entries in proptest::collection::vec(arb_entry(), 0..30)) {
+        fn every_truncation_is_an_error(id in any::<u8>(), entries in proptest::collection::vec(arb_item(), 0..30)) {
             let ds = encode(id, &entries);
             let ds = if ds.is_empty() { vec![header(VERSION, id)] } else { ds };
             for d in &ds {
@@ -616,18 +1058,22 @@ mod tests {
         /// Random bodies behind a valid header reach the entry parser.
         #[test]
         fn decode_never_panics_after_valid_header(
+            version in prop_oneof![Just(VERSION_FLAGS), Just(VERSION_TEMPLATES)],
             count in any::<u16>(),
             body in proptest::collection::vec(
                 prop_oneof![Just(4u8), Just(6), Just(17), Just(0), Just(1), Just(2), any::<u8>()],
                 0..400,
             ),
         ) {
-            let mut d = header(VERSION_FLAGS, 1);
+            let mut d = header(version, 1);
             d[6..8].copy_from_slice(&count.to_be_bytes());
             d.extend(body);
-            if let Ok((_, es)) = decode(&d) {
-                prop_assert_eq!(es.len(), count as usize);
-                prop_assert!(es.iter().all(SyncEntry::same_family));
+            if let Ok(got) = decode(&d) {
+                prop_assert_eq!(got.len(), count as usize);
+                prop_assert!(got.entries.iter().all(SyncEntry::same_family));
+                prop_assert!(got.templates.iter().all(|t| template_encoded_len(t).is_some()));
+                prop_assert!(got.entries.is_empty() || version != VERSION_TEMPLATES);
+                prop_assert!(got.templates.is_empty() || version == VERSION_TEMPLATES);
             }
         }
     }
