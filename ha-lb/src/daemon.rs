@@ -938,7 +938,7 @@ impl Daemon {
             }
         }
         if !templates.is_empty() {
-            match x.import_templates(templates, bpf::lb::monotonic_ns()) {
+            match x.import_templates(templates, bpf::lb::monotonic_coarse_ns()) {
                 Ok(n) => {
                     *self.sync_counters.entry("templates_imported").or_default() += n as u64;
                     *self.sync_counters.entry("templates_unknown").or_default() +=

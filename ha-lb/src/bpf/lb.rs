@@ -591,6 +591,17 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: exactly the clock `bpf_ktime_get_coarse_ns` reads
+/// (the last tick), so a time stamp taken here is never ahead of the data path's next
+/// reading. [`monotonic_ns`] can be up to a tick ahead: a `last_seen_ns` written from it looks
+/// to the data path as if it were in the future (`now - last_seen` wraps) until the next tick.
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// The MAC address of `iface` in the calling thread's network namespace (SIOCGIFHWADDR).
 pub fn interface_mac(iface: &str) -> std::io::Result<[u8; 6]> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -1048,6 +1048,11 @@ impl XdpDataplane {
     /// this director does not have, or that has no persistence here or another
     /// `persistence_granularity` (its data path would look the client up under another key),
     /// or a real server it does not have (not configured, or out of the pool).
+    ///
+    /// `now_ns` must not be ahead of the data path's clock ([`maps::monotonic_coarse_ns`]):
+    /// the data path follows a template only while `now - last_seen` is within the timeout,
+    /// and a `last_seen` in its future wraps to "expired" (the client's next connection would
+    /// be scheduled afresh and overwrite the template).
     pub fn import_templates(
         &mut self,
         templates: &[crate::sync::SyncTemplate],

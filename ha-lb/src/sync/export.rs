@@ -245,12 +245,8 @@ impl Exporter {
 
     /// `items` (from a diff) did not go out: the next diff sends them again if their flows
     /// and templates are still in the tables.
-    pub fn not_sent<I>(&mut self, items: I)
-    where
-        I: IntoIterator,
-        I::Item: Into<SyncItem>,
-    {
-        for i in items {
+    pub fn not_sent<T: Copy + Into<SyncItem>>(&mut self, items: &[T]) {
+        for &i in items {
             match i.into() {
                 SyncItem::Conn(e) => {
                     if let Some(k) = entry_key(&e) {

@@ -100,26 +100,8 @@ impl From<SyncEntry> for SyncItem {
     }
 }
 
-impl From<&SyncEntry> for SyncItem {
-    fn from(e: &SyncEntry) -> Self {
-        SyncItem::Conn(*e)
-    }
-}
-
 impl From<SyncTemplate> for SyncItem {
     fn from(t: SyncTemplate) -> Self {
         SyncItem::Template(t)
-    }
-}
-
-impl From<&SyncTemplate> for SyncItem {
-    fn from(t: &SyncTemplate) -> Self {
-        SyncItem::Template(*t)
-    }
-}
-
-impl From<&SyncItem> for SyncItem {
-    fn from(i: &SyncItem) -> Self {
-        *i
     }
 }

@@ -182,7 +182,7 @@ impl Session {
     pub fn not_sent(&mut self, datagrams: &[Vec<u8>]) {
         for d in datagrams {
             if let Ok(d) = decode(d) {
-                self.exporter.not_sent(d.items());
+                self.exporter.not_sent(&d.items().collect::<Vec<_>>());
             }
         }
     }

@@ -221,16 +221,12 @@ pub fn request(sync_id: u8) -> Vec<u8> {
 /// of its kind is started (a datagram is output when it is full, the partly filled ones
 /// last). No entries, no datagrams. Entries the wire cannot carry (mixed address families, a
 /// template prefix longer than its addresses) are skipped.
-pub fn encode<I>(sync_id: u8, items: I) -> Vec<Vec<u8>>
-where
-    I: IntoIterator,
-    I::Item: Into<SyncItem>,
-{
+pub fn encode<T: Copy + Into<SyncItem>>(sync_id: u8, items: &[T]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     // The datagram being filled: [open, closed, templates].
     let mut cur: [Option<(Vec<u8>, u16)>; 3] = [None, None, None];
-    for item in items {
-        let item = item.into();
+    for &item in items {
+        let item: SyncItem = item.into();
         let Some(len) = item_len(&item) else { continue };
         let (kind, version) = match item {
             SyncItem::Conn(e) if e.closed => (1, VERSION_FLAGS),
@@ -338,7 +334,8 @@ impl Datagram {
 
     /// Everything it carries, connections first.
     pub fn items(&self) -> impl Iterator<Item = SyncItem> + '_ {
-        self.entries.iter().map(SyncItem::from).chain(self.templates.iter().map(SyncItem::from))
+        let entries = self.entries.iter().map(|&e| SyncItem::Conn(e));
+        entries.chain(self.templates.iter().map(|&t| SyncItem::Template(t)))
     }
 }
 
