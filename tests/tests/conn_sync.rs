@@ -4,10 +4,16 @@
 //! backup, answered by the same real server as before — which, with round robin and no shared
 //! state, would not happen (the backup would schedule each as new; a mid-connection segment to
 //! another server is reset). See docs/conntrack-sync.md.
+//!
+//! Persistence templates are synced too: with `persistence_timeout`, a client's *new*
+//! connection after the failover goes to the real server it had before.
 
 mod daemon_support;
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use daemon_support::*;
 use ha_lb_lab::{
@@ -106,4 +112,80 @@ fn established_connections_survive_a_failover_with_lvs_sync_daemon() {
     eventually(Duration::from_secs(3), "d2 released them", || !holds_both_vips(&n2))
         .unwrap_or_else(|e| panic!("{e}\n{}\n{}", d2.log_text(), d1.log_text()));
     still_served(&mut conns, &names, "after the fail-back", &|| d1.log_text());
+}
+
+/// One GET on a new connection from `src` (an address of the client node) to the VIP: the
+/// answering real server's name.
+fn get_from(client: &ha_lb_lab::netns::Node, src: IpAddr) -> anyhow::Result<String> {
+    client.run(move || -> anyhow::Result<String> {
+        pin_to_cpu0();
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        s.bind(&SocketAddr::new(src, 0).into())?;
+        s.connect_timeout(&vip().into(), Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        ha_lb_lab::topology::KeepAlive::over(s.into(), vip())?.get()
+    })?
+}
+
+/// Persistence templates (`LB_PERSIST`) are synced with the connections: six client
+/// addresses of a persistent service (rr over three real servers) each have a real server on
+/// the master; after a `kill -9` of the master, each one's *new* connection goes to that
+/// same real server through the backup. Without the templates the backup schedules each
+/// afresh: connecting in the reverse order, round robin cannot give all six their old real
+/// servers (the wanted sequence runs backwards through the ring).
+#[test]
+fn persistent_clients_keep_their_real_server_after_a_failover() {
+    let mut t = DirectorLab::build(Mode::Nat, 2, 3).unwrap();
+    let _pids = t.start_real_servers().unwrap();
+    let s = Scratch::new("psync").unwrap();
+    let rss: Vec<String> = (1..=3).map(|n| real_server(n, 1, "", None)).collect();
+    let vs = virtual_server("lb_algo = \"rr\"\npersistence_timeout = 300", &rss);
+    let (n1, n2) = (t.directors[0].clone(), t.directors[1].clone());
+    let d1 = HaLb::start(&mut t.lab, &n1, &s, "d1", &conf(1, 2, 150, &vs)).unwrap();
+    wait_master_serving(&t, &d1);
+    let d2 = HaLb::start(&mut t.lab, &n2, &s, "d2", &conf(2, 1, 100, &vs)).unwrap();
+    eventually(Duration::from_secs(5), "d2 BACKUP", || {
+        d2.state("VI_GATEWAY").as_deref() == Some("BACKUP")
+    })
+    .unwrap();
+
+    // Six more client addresses on the front link (the lab's own addresses end in .1, .2,
+    // .10, .1N and .100).
+    let clients: Vec<IpAddr> = (41..47).map(|n| format!("198.18.0.{n}").parse().unwrap()).collect();
+    for c in &clients {
+        t.client.addr("eth0", &format!("{c}/24")).unwrap();
+    }
+    let before: Vec<String> = clients.iter().map(|&c| get_from(&t.client, c).unwrap()).collect();
+    let mut distinct = before.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "round robin spread them: {before:?}");
+    // Persistent: a second connection of each goes where the first did.
+    for (&c, want) in clients.iter().zip(&before) {
+        assert_eq!(&get_from(&t.client, c).unwrap(), want, "{c} persistent on the master");
+    }
+    eventually(Duration::from_secs(4), "d2 imported the six templates", || {
+        sync_counter(&d2, "templates_imported") >= 6
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", d1.log_text(), d2.log_text()));
+    assert!(sync_counter(&d1, "templates_sent") >= 6);
+    assert_eq!(sync_counter(&d2, "templates_unknown"), 0);
+
+    let _ = n2.ip(&["neigh", "flush", "dev", "eth0"]);
+    crash(&mut t, &d1);
+    eventually(Duration::from_secs(3), "d2 holds both VIPs", || holds_both_vips(&n2)).unwrap();
+
+    // New connections, in the reverse order.
+    let mut after = vec![String::new(); clients.len()];
+    for (i, &c) in clients.iter().enumerate().rev() {
+        let mut got = get_from(&t.client, c);
+        for _ in 0..3 {
+            if got.is_ok() {
+                break;
+            }
+            got = get_from(&t.client, c);
+        }
+        after[i] = got.unwrap_or_else(|e| format!("(failed: {e})"));
+    }
+    assert_eq!(after, before, "each client's new connection after the failover\n{}", d2.log_text());
 }

@@ -281,6 +281,87 @@ fn persistence_granularity_keeps_a_network_together() {
     });
 }
 
+/// Connection sync of persistence templates (docs/conntrack-sync.md): a template exported
+/// from `LB_PERSIST` names the service, client network and real server; imported (here into
+/// the same data plane after a flush, standing for the backup), it sends the network's new
+/// connections to that real server. Templates another director made for three networks,
+/// all on R[2], keep all three there — round robin would have spread them. Templates whose
+/// service is unknown, not persistent here, of another granularity, or whose real server is
+/// unknown are not written.
+#[test]
+fn imported_persistence_templates_keep_clients_on_their_real_server() {
+    use ha_lb::sync::{export::template_entry, SyncTemplate};
+    let env = env();
+    env.run(|t| {
+        let persistent = |timeout, prefix| {
+            let mut d = spec(LbAlgo::Rr, &R, &[1, 1, 1]);
+            let s = d.services.get_mut(&svc()).unwrap();
+            s.persistence_timeout = timeout;
+            s.persistence_granularity = prefix;
+            d
+        };
+        t.apply(&persistent(300, 24));
+        // client(i, _) is 198.18.64.0 + i; 256 * n + i is the n-th next /24.
+        let home = t.nat_pick(client(1, 1), sa(VIP), TcpFlags::SYN);
+        let templates = maps::templates(t.dp.bpf()).unwrap();
+        assert_eq!(templates.len(), 1);
+        let (k, v) = templates[0];
+        let index = t.dp.template_index();
+        let names = index.names(&k, &v).expect("its service and real server are known");
+        let exported = template_entry(&k, &v, maps::monotonic_ns(), &names).unwrap();
+        assert_eq!(
+            (exported.vip, exported.prefix, exported.real_server),
+            (sa(VIP), 24, SocketAddr::new(home, 80))
+        );
+        assert_eq!(exported.client, "198.18.64.0".parse::<IpAddr>().unwrap(), "the /24");
+
+        // The backup: nothing known, then the template imported.
+        t.dp.flush_connections().unwrap();
+        assert_eq!(t.dp.import_templates(&[exported], maps::monotonic_coarse_ns()).unwrap(), 1);
+        for i in [2, 77, 255] {
+            assert_eq!(t.nat_pick(client(i, 5), sa(VIP), TcpFlags::SYN), home, "client {i}");
+        }
+
+        t.dp.flush_connections().unwrap();
+        let on_r2 = |n: u32| SyncTemplate {
+            protocol: Protocol::Tcp,
+            vip: sa(VIP),
+            // Host bits are cleared on import, as the data path masks.
+            client: client(256 * n + 9, 0).ip(),
+            prefix: 24,
+            real_server: sa(&format!("{}:80", R[2])),
+            idle_secs: 10,
+        };
+        let imported =
+            t.dp.import_templates(&[on_r2(1), on_r2(2), on_r2(3)], maps::monotonic_coarse_ns())
+                .unwrap();
+        assert_eq!(imported, 3);
+        for n in 1..=3 {
+            let got = t.nat_pick(client(256 * n + 100, 7), sa(VIP), TcpFlags::SYN);
+            assert_eq!(got, ip(R[2]), "network {n}");
+        }
+        // The imported templates age from their idle time: 10 s of the 300 used.
+        let idle = maps::templates(t.dp.bpf())
+            .unwrap()
+            .iter()
+            .map(|(_, v)| maps::monotonic_ns().saturating_sub(v.last_seen_ns))
+            .max()
+            .unwrap();
+        assert!(idle < 12_000_000_000, "idle {idle} ns");
+
+        let unknown = [
+            SyncTemplate { vip: sa("198.18.100.9:80"), ..on_r2(4) },
+            SyncTemplate { protocol: Protocol::Udp, ..on_r2(4) },
+            SyncTemplate { real_server: sa("198.18.2.99:80"), ..on_r2(4) },
+            SyncTemplate { real_server: sa(&format!("{}:81", R[2])), ..on_r2(4) },
+            SyncTemplate { prefix: 16, ..on_r2(4) },
+        ];
+        assert_eq!(t.dp.import_templates(&unknown, maps::monotonic_coarse_ns()).unwrap(), 0);
+        t.apply(&persistent(0, 0));
+        assert_eq!(t.dp.import_templates(&[on_r2(4)], maps::monotonic_coarse_ns()).unwrap(), 0);
+    });
+}
+
 #[test]
 fn weight_zero_drains_and_removal_reschedules() {
     let env = env();
