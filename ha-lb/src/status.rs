@@ -29,8 +29,8 @@ pub struct Status {
     /// connection-tracking lookup) and `fills` (slots the full path (re)filled after a send).
     #[serde(default)]
     pub flow_cache: BTreeMap<String, u64>,
-    /// Connection sync (`lvs_sync_daemon`) counters: datagrams and connections sent,
-    /// imported, rejected.
+    /// Connection sync (`lvs_sync_daemon`) counters: datagrams, connections and persistence
+    /// templates sent, imported, rejected.
     #[serde(default)]
     pub lvs_sync: BTreeMap<String, u64>,
 }
