@@ -925,8 +925,9 @@ impl Daemon {
         };
         let Plane::Xdp(x) = &mut self.dataplane else { return };
         let (entries, templates) = (&d.entries, &d.templates);
+        // The data path's clock: a last_seen ahead of it would read as long expired.
         if !entries.is_empty() {
-            match x.import_flows(entries, bpf::lb::monotonic_ns()) {
+            match x.import_flows(entries, bpf::lb::monotonic_coarse_ns()) {
                 Ok(r) => {
                     *self.sync_counters.entry("connections_imported").or_default() +=
                         r.opened as u64;

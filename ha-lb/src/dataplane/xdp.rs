@@ -46,14 +46,14 @@
 //!   next packet (within the one-second refresh interval); until then replies pass
 //!   un-rewritten to the kernel. An evicted forward entry makes the flow's next packet a new
 //!   flow: sh/mh send it to the same server, rr/wrr/lc/wlc may not.
-//! - Persistence is per full client address (no `persistence_granularity` netmask), and a
-//!   drained (weight 0) server gets no new connections even from persistent clients (IPVS with
+//! - Persistence is per client network (`persistence_granularity`, default the full address),
+//!   and a drained (weight 0) server gets no new connections even from persistent clients (IPVS with
 //!   `expire_quiescent_template=1`).
 //! - Not load-balanced, passed to the kernel and counted: IP fragments, IPv4 options, IPv6
 //!   extension headers, VLAN-tagged frames, ICMP other than errors about known flows (those are
 //!   translated and forwarded as IPVS does: `icmp_in` / `icmp_out`).
-//! - TTL/hop limit is not decremented (as IPVS). TUN is IPv4-in-IPv4 only; its outer source
-//!   address (this host's route source toward the real server) is looked up when applied and
+//! - TTL/hop limit is not decremented (as IPVS). TUN is IPv4-in-IPv4 and IPv6-in-IPv6 (IPVS's
+//!   ipip and ip6ip6), not across families; its outer source address (this host's route source toward the real server) is looked up when applied and
 //!   again by `maintain()`, which rewrites it when the route changed.
 //! - All state lives in the loaded object: a restarted daemon starts with an empty connection
 //!   table (sh/mh keep most clients on the same servers; rr/wrr/lc/wlc do not), unless
