@@ -53,8 +53,9 @@
 //!   extension headers, VLAN-tagged frames, ICMP other than errors about known flows (those are
 //!   translated and forwarded as IPVS does: `icmp_in` / `icmp_out`).
 //! - TTL/hop limit is not decremented (as IPVS). TUN is IPv4-in-IPv4 and IPv6-in-IPv6 (IPVS's
-//!   ipip and ip6ip6), not across families; its outer source address (this host's route source toward the real server) is looked up when applied and
-//!   again by `maintain()`, which rewrites it when the route changed.
+//!   ipip and ip6ip6), not across families; its outer source address (this host's route
+//!   source toward the real server) is looked up when applied and again by `maintain()`,
+//!   which rewrites it when the route changed.
 //! - All state lives in the loaded object: a restarted daemon starts with an empty connection
 //!   table (sh/mh keep most clients on the same servers; rr/wrr/lc/wlc do not), unless
 //!   `lvs_sync_daemon` refills it from the other director ([`XdpDataplane::import_flows`],
