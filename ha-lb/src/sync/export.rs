@@ -294,9 +294,12 @@ impl Exporter {
         out
     }
 
-    /// Both diffs, in the order they should go out: new and changed flows, new and changed
-    /// templates, then owed flows and owed templates (so a whole-table resend, paced over
-    /// several ticks, holds up neither a new flow nor a new template).
+    /// Both diffs, in the order they should go out: new and changed templates, new and
+    /// changed flows, then owed templates and owed flows. A whole-table resend, paced over
+    /// several ticks, so holds up neither a new flow nor a new template; and templates go
+    /// first because they are few (one per client, or client network, not per connection)
+    /// and each stands for all of a client's future connections: a burst of new connections
+    /// larger than a tick's budget must not starve them.
     pub fn diff_all(
         &mut self,
         flows: &[(LbFlowKey, LbFlow)],
@@ -308,10 +311,10 @@ impl Exporter {
         let (f_now, f_owed) = self.diff_flows(flows, now_ns, services);
         let (t_now, t_owed) = self.diff_templates_split(templates, now_ns, names);
         let mut out = Vec::with_capacity(f_now.len() + t_now.len() + f_owed.len() + t_owed.len());
-        out.extend(f_now.into_iter().map(SyncItem::Conn));
         out.extend(t_now.into_iter().map(SyncItem::Template));
-        out.extend(f_owed.into_iter().map(SyncItem::Conn));
+        out.extend(f_now.into_iter().map(SyncItem::Conn));
         out.extend(t_owed.into_iter().map(SyncItem::Template));
+        out.extend(f_owed.into_iter().map(SyncItem::Conn));
         out
     }
 
@@ -856,7 +859,7 @@ mod tests {
     }
 
     /// Templates share the flows' owed logic: not sent is owed, a resend owes everything, and
-    /// new flows and templates go before owed ones.
+    /// new templates and flows go before owed ones, templates first.
     #[test]
     fn templates_not_sent_are_owed_and_go_after_new_ones() {
         let mut x = Exporter::new();
@@ -864,11 +867,12 @@ mod tests {
         let k2 = tkey(1, "203.0.113.0");
         let out = x.diff_all(&[fwd()], &[(k, t), (k2, t)], NOW, &any_service, &names);
         assert_eq!(out.len(), 3);
-        assert!(matches!(out[0], SyncItem::Conn(_)));
+        assert!(matches!(out[0], SyncItem::Template(_)));
         assert!(matches!(out[1], SyncItem::Template(_)));
-        x.not_sent(&out[2..]);
+        assert!(matches!(out[2], SyncItem::Conn(_)));
+        x.not_sent(&out[1..2]);
         assert!(x.owes());
-        assert_eq!(x.diff_all(&[fwd()], &[(k, t), (k2, t)], NOW, &any_service, &names), out[2..]);
+        assert_eq!(x.diff_all(&[fwd()], &[(k, t), (k2, t)], NOW, &any_service, &names), out[1..2]);
         assert!(!x.owes());
         x.resend_all();
         let b = (key("198.51.100.9:1", "192.0.2.10:80", IPPROTO_TCP), flow("10.0.0.3:8080", 4, 0));
@@ -887,7 +891,7 @@ mod tests {
             .collect();
         assert_eq!(
             kinds,
-            ["new conn", "new template", "owed conn", "owed template", "owed template"]
+            ["new template", "new conn", "owed template", "owed template", "owed conn"]
         );
         // reset forgets templates too.
         x.reset();

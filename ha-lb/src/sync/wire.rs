@@ -222,10 +222,23 @@ pub fn request(sync_id: u8) -> Vec<u8> {
 /// last). No entries, no datagrams. Entries the wire cannot carry (mixed address families, a
 /// template prefix longer than its addresses) are skipped.
 pub fn encode<T: Copy + Into<SyncItem>>(sync_id: u8, items: &[T]) -> Vec<Vec<u8>> {
+    encode_at_most(sync_id, items, usize::MAX).0
+}
+
+/// [`encode`], stopping before the first item that would need a datagram beyond `max`
+/// (pacing: the caller owes the rest rather than encoding a whole table every tick and
+/// throwing most of it away). Returns the datagrams and how many items of `items` they hold
+/// or skipped: `items[used..]` were not looked at.
+pub fn encode_at_most<T: Copy + Into<SyncItem>>(
+    sync_id: u8,
+    items: &[T],
+    max: usize,
+) -> (Vec<Vec<u8>>, usize) {
     let mut out = Vec::new();
     // The datagram being filled: [open, closed, templates].
     let mut cur: [Option<(Vec<u8>, u16)>; 3] = [None, None, None];
-    for &item in items {
+    let mut used = items.len();
+    for (i, &item) in items.iter().enumerate() {
         let item: SyncItem = item.into();
         let Some(len) = item_len(&item) else { continue };
         let (kind, version) = match item {
@@ -233,6 +246,13 @@ pub fn encode<T: Copy + Into<SyncItem>>(sync_id: u8, items: &[T]) -> Vec<Vec<u8>
             SyncItem::Conn(_) => (0, VERSION),
             SyncItem::Template(_) => (2, VERSION_TEMPLATES),
         };
+        let fits = cur[kind].as_ref().is_some_and(|(d, _)| d.len() + len <= MAX_DATAGRAM);
+        // A full datagram is finished (still counted), and a new one started.
+        let datagrams = out.len() + cur.iter().flatten().count();
+        if !fits && datagrams + usize::from(cur[kind].is_none()) >= max {
+            used = i;
+            break;
+        }
         let slot = &mut cur[kind];
         if let Some((d, n)) = slot.take() {
             if d.len() + len <= MAX_DATAGRAM {
@@ -269,7 +289,7 @@ pub fn encode<T: Copy + Into<SyncItem>>(sync_id: u8, items: &[T]) -> Vec<Vec<u8>
     for (d, n) in cur.into_iter().flatten() {
         finish(d, n, &mut out);
     }
-    out
+    (out, used)
 }
 
 /// The entry count in the header of a datagram [`encode`] made (0 for anything shorter than
@@ -1001,6 +1021,25 @@ mod tests {
                 }
                 let want: Vec<SyncItem> = items.iter().filter(|i| kind_of(i) == kind).copied().collect();
                 prop_assert_eq!(back, want);
+            }
+        }
+
+        /// Bounded encoding holds exactly the items before `used`, as the unbounded one would
+        /// encode them, in at most `max` datagrams; it stops only where the next item would
+        /// need one more.
+        #[test]
+        fn encode_at_most_stops_at_the_bound(id in any::<u8>(), items in proptest::collection::vec(arb_item(), 0..150), max in 0usize..6) {
+            let (ds, used) = encode_at_most(id, &items, max);
+            prop_assert!(ds.len() <= max, "{} > {max}", ds.len());
+            let mut sorted = ds.clone();
+            sorted.sort();
+            let mut want = encode(id, &items[..used]);
+            want.sort();
+            prop_assert_eq!(sorted, want);
+            if used < items.len() {
+                let mut more = encode(id, &items[..=used]);
+                prop_assert!(more.len() > max || more.len() > ds.len(), "stopped early: {} of {}", used, items.len());
+                more.clear();
             }
         }
 
