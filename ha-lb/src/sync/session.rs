@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use ha_lb_common::lb::{LbFlow, LbFlowKey, LbPersist, LbPersistKey};
 
 use super::{
-    decode, encode,
+    decode,
     export::TemplateNames,
     wire::{encode_at_most, item_len},
     Datagram, Exporter, SyncDecodeError, SyncItem,
@@ -242,6 +242,7 @@ mod tests {
 
     use super::*;
     use crate::bpf::lb::{addr_words, port_be, words_addr};
+    use crate::sync::encode;
     use crate::sync::SyncEntry;
 
     const NS: u64 = 1_000_000_000;
