@@ -357,6 +357,34 @@ fn imported_persistence_templates_keep_clients_on_their_real_server() {
             SyncTemplate { prefix: 16, ..on_r2(4) },
         ];
         assert_eq!(t.dp.import_templates(&unknown, maps::monotonic_coarse_ns()).unwrap(), 0);
+
+        // The granularity changed by a reload (whole address -> /24): the host keys left in
+        // the map are no longer exported (labelled /24 they would steer the host's whole
+        // network on the backup to this host's real server). (The other way round, a /24
+        // key reads as the key of the network's .0 address, which no client uses.)
+        t.dp.flush_connections().unwrap();
+        t.apply(&persistent(300, 0));
+        t.nat_pick(client(1, 1), sa(VIP), TcpFlags::SYN);
+        t.apply(&persistent(300, 24));
+        let index = t.dp.template_index();
+        let old = maps::templates(t.dp.bpf()).unwrap();
+        assert_eq!(old.len(), 1);
+        assert!(index.names(&old[0].0, &old[0].1).is_none(), "an old host key exported as /24");
+        let net = t.nat_pick(client(2, 1), sa(VIP), TcpFlags::SYN);
+        let fresh = maps::templates(t.dp.bpf()).unwrap();
+        let named: Vec<_> = fresh.iter().filter_map(|(k, v)| index.names(k, v)).collect();
+        assert_eq!(named.len(), 1, "the new /24 key is");
+        assert_eq!(named[0].real_server, SocketAddr::new(net, 80));
+        t.apply(&persistent(300, 0));
+        // No granularity and /32 make the same key: templates pass between such directors.
+        let whole = |prefix| SyncTemplate { prefix, client: client(600, 0).ip(), ..on_r2(5) };
+        assert_eq!(
+            t.dp.import_templates(&[whole(32), whole(0)], maps::monotonic_coarse_ns()).unwrap(),
+            2
+        );
+        t.apply(&persistent(300, 32));
+        assert_eq!(t.dp.import_templates(&[whole(0)], maps::monotonic_coarse_ns()).unwrap(), 1);
+
         t.apply(&persistent(0, 0));
         assert_eq!(t.dp.import_templates(&[on_r2(4)], maps::monotonic_coarse_ns()).unwrap(), 0);
     });

@@ -643,6 +643,16 @@ enum Link {
 
 /// `addr` with the bits past `prefix` cleared, as the data path masks a client for its
 /// persistence template (`prefix` 0: the whole address).
+/// A persistence prefix with 0 (unset: the whole address) written as the address length:
+/// 0 and 32 (128 for IPv6) make the same key.
+pub fn full_prefix(prefix: u8, v6: bool) -> u8 {
+    match (prefix, v6) {
+        (0, false) => 32,
+        (0, true) => 128,
+        (p, _) => p,
+    }
+}
+
 pub fn mask_prefix(addr: IpAddr, prefix: u8) -> IpAddr {
     if prefix == 0 {
         return addr;
@@ -679,6 +689,13 @@ impl TemplateIndex {
         t: &LbPersist,
     ) -> Option<crate::sync::export::TemplateNames> {
         let &(protocol, vip, prefix, timeout_secs) = self.services.get(&key.service_id)?;
+        // A key masked otherwise was made under another persistence_granularity (changed by
+        // a reload): the data path no longer looks it up, and labelled with the current
+        // prefix it would name another network on the backup.
+        let client = maps::words_addr(&key.client, key.family);
+        if mask_prefix(client, prefix) != client {
+            return None;
+        }
         let real_server = *self.reals.get(&(key.service_id, t.real_id, t.real_gen))?;
         Some(crate::sync::export::TemplateNames {
             protocol,
@@ -1078,7 +1095,10 @@ impl XdpDataplane {
         let key =
             VirtualServerKey { address: t.vip.ip(), port: t.vip.port(), protocol: t.protocol };
         let svc = self.state.services.get(&key)?;
-        if svc.spec.persistence_timeout == 0 || svc.spec.persistence_granularity != t.prefix {
+        let v6 = t.vip.is_ipv6();
+        if svc.spec.persistence_timeout == 0
+            || full_prefix(svc.spec.persistence_granularity, v6) != full_prefix(t.prefix, v6)
+        {
             return None;
         }
         let r = svc.reals.get(&(t.real_server.ip(), t.real_server.port()))?;
