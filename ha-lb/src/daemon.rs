@@ -707,7 +707,11 @@ fn run_options(user: Option<&ScriptUser>, timeout: Duration) -> RunOptions {
     let mut opts = RunOptions::with_timeout(timeout);
     match script::script_credentials(user.map(|u| (u.user.as_str(), u.group.as_deref()))) {
         Ok(c) => opts.credentials = c,
-        Err(e) => warn!(error = %e, "script user not found; running scripts as the daemon's user"),
+        // Checked at load; gone since: not run, rather than run as root.
+        Err(e) => {
+            warn!(error = %e, "script user: not running the script");
+            opts.refuse = Some(format!("script user: {e}"));
+        }
     }
     opts
 }
@@ -1916,6 +1920,22 @@ fn log_diff(old: &[DesiredService], new: &[DesiredService], why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_script_user_gone_since_load_does_not_run_scripts_as_root() {
+        let gone = config::ScriptUser { user: "hlb-no-such-user".into(), group: None };
+        let opts = run_options(Some(&gone), Duration::from_secs(1));
+        let out = script::run(&["/bin/true"], &opts).await;
+        assert_eq!(
+            out,
+            script::ScriptOutcome::SpawnFailed(
+                "script user: no such user \"hlb-no-such-user\"".into()
+            )
+        );
+        assert!(script::run(&["/bin/true"], &run_options(None, Duration::from_secs(1)))
+            .await
+            .success());
+    }
 
     #[test]
     fn can_run_needs_the_program_and_the_user() {

@@ -50,6 +50,9 @@ pub struct RunOptions {
     pub output_limit: usize,
     /// Pause between `SIGTERM` and `SIGKILL` after a timeout.
     pub kill_grace: Duration,
+    /// Why the script must not be started (its configured user does not exist: it is not
+    /// run as someone else); [`run`] then returns `SpawnFailed` with this.
+    pub refuse: Option<String>,
 }
 
 impl RunOptions {
@@ -59,6 +62,7 @@ impl RunOptions {
             credentials: None,
             output_limit: DEFAULT_OUTPUT_LIMIT,
             kill_grace: DEFAULT_KILL_GRACE,
+            refuse: None,
         }
     }
 }
@@ -209,22 +213,25 @@ pub fn script_credentials(
 ) -> Result<Option<Credentials>, CredentialsError> {
     match user {
         Some((u, g)) => resolve_credentials(u, g).map(Some),
-        None => match resolve_credentials(KEEPALIVED_SCRIPT_USER, None) {
-            Ok(c) => Ok(Some(c)),
-            Err(CredentialsError::NoUser(_)) => Ok(None),
-            Err(e) => Err(e),
-        },
+        // Any failure to find it (some NSS modules answer "not found" with ENOENT or EIO, a
+        // directory may be down at boot) is "no such user": it is optional.
+        None => Ok(resolve_credentials(KEEPALIVED_SCRIPT_USER, None).ok()),
     }
 }
 
-/// The directories searched for a program named without a `/` when the daemon's
-/// environment has no PATH (glibc's `execvp` default, plus the sbin directories).
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The directories `execvp` searches for a program named without a `/` when the
+/// environment has no PATH (glibc's default).
+const DEFAULT_PATH: &str = "/bin:/usr/bin";
+/// Searched too when the checking user is not root: a daemon started by systemd or sudo has
+/// them in its PATH, an administrator's own shell often does not.
+const SBIN_DIRS: [&str; 3] = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
 
 /// Where `program` (a script's `argv[0]`) would be executed from, as [`run`] executes it:
-/// a name with a `/` as it is, any other through the daemon's PATH. `Err` says why it could
-/// not be started — missing, not a regular file, or not executable by `credentials` (`None`:
-/// the daemon's own user) — in a sentence for a configuration error. keepalived checks the
+/// an absolute path as it is, a bare name through PATH. `Err` says why it could not be
+/// started — a relative path (resolved against the daemon's working directory, `/` under
+/// systemd: not what was meant), missing, not a regular file, or not executable by
+/// `credentials` (`None`: root, as the daemon runs) — in a sentence for a configuration
+/// error. keepalived checks the
 /// same at load and disables such a script; ha-lb refuses the configuration instead (a
 /// tracker that never runs is not a tracker).
 pub fn find_program(program: &str, credentials: Option<Credentials>) -> Result<PathBuf, String> {
@@ -235,19 +242,26 @@ pub fn find_program(program: &str, credentials: Option<Credentials>) -> Result<P
     } else {
         ""
     };
-    let creds = credentials.unwrap_or_else(|| {
-        // SAFETY: no arguments, cannot fail.
-        unsafe { Credentials { uid: libc::geteuid(), gid: libc::getegid() } }
-    });
+    let creds = credentials.unwrap_or(Credentials { uid: 0, gid: 0 });
     if program.contains('/') {
+        if !program.starts_with('/') {
+            return Err(format!(
+                "{program}: a relative path (scripts start in the daemon's working directory, `/` under systemd): give the absolute path{shell_hint}"
+            ));
+        }
         let p = PathBuf::from(program);
         return executable_by(&p, creds)
             .map(|()| p)
             .map_err(|e| format!("{program}: {e}{shell_hint}"));
     }
     let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
+    let mut dirs: Vec<&str> = path.split(':').filter(|d| !d.is_empty()).collect();
+    // SAFETY: no arguments, cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        dirs.extend(SBIN_DIRS.iter().filter(|d| !path.split(':').any(|p| p == **d)));
+    }
     let mut refused = None;
-    for dir in path.split(':').filter(|d| !d.is_empty()) {
+    for dir in dirs {
         let p = Path::new(dir).join(program);
         match executable_by(&p, creds) {
             Ok(()) => return Ok(p),
@@ -308,6 +322,9 @@ pub async fn run<S: AsRef<OsStr>>(argv: &[S], opts: &RunOptions) -> ScriptOutcom
     let Some((program, args)) = argv.split_first() else {
         return ScriptOutcome::SpawnFailed("empty command".into());
     };
+    if let Some(why) = &opts.refuse {
+        return ScriptOutcome::SpawnFailed(why.clone());
+    }
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
@@ -473,6 +490,8 @@ mod tests {
         assert!(e.contains("a shell construct"), "{e}");
         let e = find_program("/etc", None).unwrap_err();
         assert_eq!(e, "/etc: not a regular file");
+        let e = find_program("scripts/check.sh", None).unwrap_err();
+        assert!(e.starts_with("scripts/check.sh: a relative path"), "{e}");
         let e = find_program("/nonexistent/check.sh", None).unwrap_err();
         assert!(e.starts_with("/nonexistent/check.sh: No such file"), "{e}");
         // Mode bits, for root and for another user.
