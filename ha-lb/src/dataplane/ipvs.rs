@@ -253,8 +253,8 @@ impl IpvsDataplane {
     ///
     /// Returns at once: the kernel answers only once its thread has started or stopped,
     /// which can take seconds, so the switch is made on a thread of its own and a failed
-    /// one is tried again there ([`sync_thread`]); [`IpvsDataplane::sync_settle`] waits for
-    /// it.
+    /// one is tried again there ([`sync_thread`], which also says what other IPVS requests
+    /// meanwhile wait for); [`IpvsDataplane::sync_settle`] waits for it.
     pub fn set_sync(&mut self, want: Option<SyncDaemon>) -> Result<(), DataplaneError> {
         if self.sync == want {
             return Ok(());

@@ -4,10 +4,16 @@
 //! thread has started or stopped; stopping one can take seconds (a thread `ipvsadm` started a
 //! moment before held the request 5 s in a 6.1 guest). The daemon's event loop must not wait
 //! that long on a VRRP state change, so [`Switcher`] does the switching on a thread of its
-//! own, with its own netlink socket (the data plane's socket stays free for services):
-//! [`Switcher::want`] returns at once, the thread always works towards the latest wish (wishes
+//! own, with its own netlink socket: [`Switcher::want`] returns at once, the thread always works towards the latest wish (wishes
 //! made while it is busy are merged: only the last counts), and a switch that failed is tried
 //! again every [`RETRY`] until it succeeds or the wish changes.
+//!
+//! What this does not buy: the kernel's IPVS generic-netlink family is not `parallel_ops`,
+//! so while a switch is held in the kernel, every other IPVS request (the data plane's
+//! applies and counter dumps, `ipvsadm`) waits for the generic-netlink lock too. The event
+//! loop is then held at its next IPVS request rather than at the switch itself: VRRP,
+//! health checks and connection sync of the XDP plane go on, a reconcile or `status` of
+//! the IPVS plane waits. A switch that takes longer than [`SLOW`] is logged.
 //!
 //! The kernel side is behind [`SyncKernel`], so all of this is tested without one.
 
@@ -21,6 +27,8 @@ use super::SyncDaemon;
 
 /// How long a failed switch waits before it is tried again.
 pub const RETRY: Duration = Duration::from_secs(5);
+/// A switch the kernel holds longer than this is logged (other IPVS requests waited).
+pub const SLOW: Duration = Duration::from_secs(1);
 
 /// What the switching thread needs from the kernel.
 pub trait SyncKernel: Send + 'static {
@@ -144,7 +152,11 @@ fn run(
             pending = Some(w);
         }
         let Some((id, want)) = pending.clone() else { continue };
+        let started = Instant::now();
         let result = switch(&mut kernel, &mut current, &want);
+        if started.elapsed() > SLOW {
+            tracing::warn!(took = ?started.elapsed(), "lvs_sync_daemon: the kernel held the sync thread switch (IPVS requests waited meanwhile)");
+        }
         let mut p = lock.lock().unwrap_or_else(PoisonError::into_inner);
         match result {
             Ok(()) => {
