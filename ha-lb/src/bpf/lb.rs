@@ -249,17 +249,25 @@ fn conns_map(bpf: &Bpf) -> Result<HashMap<&MapData, LbFlowKey, LbFlow>, BpfError
 ///
 /// Reads the map with `BPF_MAP_LOOKUP_BATCH`, [`BATCH`] entries per system call (the sweeper
 /// reads the whole table every few seconds, and per-entry reads cost two calls per entry).
-/// On kernels without batch operations (before 5.6) it falls back to [`flows_per_entry`].
+/// On kernels without batch operations (before 5.6) it falls back to per-entry reads, as [`flows_per_entry`] does.
 pub fn flows(bpf: &Bpf) -> Result<Vec<(LbFlowKey, LbFlow)>, BpfError> {
-    let m = conns_map(bpf)?;
+    read_all(conns_map(bpf)?, LB_CONNS)
+}
+
+/// Every entry of a hash map, batched where the kernel can (see [`flows`]), else per entry
+/// (entries that vanish meanwhile, by LRU eviction, are skipped).
+fn read_all<K: bytemuck::Pod + aya::Pod, V: bytemuck::Pod + aya::Pod>(
+    m: HashMap<&MapData, K, V>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, BpfError> {
     if !BATCH_UNSUPPORTED.load(Ordering::Relaxed) {
         match batch::lookup_all(m.map()) {
             Ok(all) => return Ok(all),
             Err(io) if batch::unsupported(&io) => batch_unsupported("lookup", &io),
-            Err(io) => return Err(batch_err(LB_CONNS, "bpf_map_lookup_batch", io)),
+            Err(io) => return Err(batch_err(name, "bpf_map_lookup_batch", io)),
         }
     }
-    flows_per_entry(bpf)
+    Ok(m.iter().filter_map(Result::ok).collect())
 }
 
 /// [`flows`] the old way: `get_next_key` + `lookup` per entry. The fallback for kernels
@@ -286,15 +294,7 @@ fn persist_map(bpf: &Bpf) -> Result<HashMap<&MapData, LbPersistKey, LbPersist>, 
 /// until they are used again or evicted), read as [`flows`] reads connections: batched, or
 /// per entry on kernels without batch operations.
 pub fn templates(bpf: &Bpf) -> Result<Vec<(LbPersistKey, LbPersist)>, BpfError> {
-    let m = persist_map(bpf)?;
-    if !BATCH_UNSUPPORTED.load(Ordering::Relaxed) {
-        match batch::lookup_all(m.map()) {
-            Ok(all) => return Ok(all),
-            Err(io) if batch::unsupported(&io) => batch_unsupported("lookup", &io),
-            Err(io) => return Err(batch_err(LB_PERSIST, "bpf_map_lookup_batch", io)),
-        }
-    }
-    Ok(m.iter().filter_map(Result::ok).collect())
+    read_all(persist_map(bpf)?, LB_PERSIST)
 }
 
 pub fn template(bpf: &Bpf, key: &LbPersistKey) -> Result<Option<LbPersist>, BpfError> {
