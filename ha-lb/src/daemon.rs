@@ -1742,6 +1742,15 @@ impl Daemon {
         }
         let stats = self.dataplane.stats();
         s.lvs_sync = self.sync_counters.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        // With kernel IPVS: the switches of the kernel's own sync thread.
+        if let Some(c) = match &self.dataplane {
+            Plane::Ipvs(ipvs) => ipvs.sync_counters(),
+            _ => None,
+        } {
+            s.lvs_sync.insert("kernel_thread_switches".into(), c.switches);
+            s.lvs_sync.insert("kernel_thread_switch_failures".into(), c.failures);
+            s.lvs_sync.insert("kernel_thread_switch_pending".into(), u64::from(c.pending));
+        }
         s.forwarding = stats
             .reasons
             .iter()

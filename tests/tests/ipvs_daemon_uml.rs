@@ -121,6 +121,12 @@ fn guest() {
         ipvsadm(&n2, &["-L", "--daemon"]).contains("master sync daemon")
     })
     .unwrap();
+    // Status counts the switches (backup at start, master now), none pending or failed.
+    let st = d2.status().unwrap();
+    let sync = &st["lvs_sync"];
+    assert!(sync["kernel_thread_switches"].as_u64() >= Some(2), "{sync}");
+    assert_eq!(sync["kernel_thread_switch_pending"].as_u64(), Some(0), "{sync}");
+    assert_eq!(sync["kernel_thread_switch_failures"].as_u64(), Some(0), "{sync}");
     still_served(&mut conns, &names, "after the failover", &|| d2.log_text());
     ok("connections_survive_the_failover");
 }

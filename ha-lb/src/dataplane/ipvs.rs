@@ -276,6 +276,11 @@ impl IpvsDataplane {
         Ok(())
     }
 
+    /// The sync-thread switcher's counters (`None`: no `set_sync` yet).
+    pub fn sync_counters(&self) -> Option<sync_thread::SwitchCounters> {
+        self.switcher.as_ref().map(|s| s.counters())
+    }
+
     /// Waits up to `timeout` for the last [`IpvsDataplane::set_sync`] to be carried out.
     pub fn sync_settle(&self, timeout: std::time::Duration) -> Result<(), DataplaneError> {
         match &self.switcher {

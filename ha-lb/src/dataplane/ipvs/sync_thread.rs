@@ -47,6 +47,20 @@ struct Progress {
     done: u64,
     /// Why the current wish is not carried out yet, if a try failed.
     error: Option<String>,
+    /// Switches made, and tries that failed (status).
+    switches: u64,
+    failures: u64,
+}
+
+/// What [`Switcher::counters`] reports (`ha-lb status`, "Connection sync").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwitchCounters {
+    /// Switches of the kernel's thread carried out.
+    pub switches: u64,
+    /// Tries that failed (each tried again after [`RETRY`]).
+    pub failures: u64,
+    /// A wish not carried out yet: a switch under way, held by the kernel, or failing.
+    pub pending: bool,
 }
 
 /// The kernel's sync thread, switched on a thread of its own (see the module docs).
@@ -77,6 +91,13 @@ impl Switcher {
         if let Some(tx) = &self.tx {
             let _ = tx.send((p.asked, want));
         }
+    }
+
+    /// Switches made, failed tries, and whether one is pending.
+    pub fn counters(&self) -> SwitchCounters {
+        let (lock, _) = &*self.progress;
+        let p = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        SwitchCounters { switches: p.switches, failures: p.failures, pending: p.done < p.asked }
     }
 
     /// Waits up to `timeout` for the last wish to be carried out: `Err` with the last
@@ -159,14 +180,16 @@ fn run(
         }
         let mut p = lock.lock().unwrap_or_else(PoisonError::into_inner);
         match result {
-            Ok(()) => {
+            Ok(switched) => {
                 pending = None;
+                p.switches += u64::from(switched);
                 p.done = p.done.max(id);
                 if p.done == p.asked {
                     p.error = None;
                 }
             }
             Err(e) => {
+                p.failures += 1;
                 tracing::warn!(error = %e, retry_in = ?RETRY, "lvs_sync_daemon: switching the kernel's sync thread failed");
                 if id == p.asked {
                     p.error = Some(e);
@@ -177,13 +200,14 @@ fn run(
     }
 }
 
+/// Carries `want` out: `Ok(false)` if it already was.
 fn switch(
     kernel: &mut impl SyncKernel,
     current: &mut Option<Option<SyncDaemon>>,
     want: &Option<SyncDaemon>,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     if current.as_ref() == Some(want) {
-        return Ok(());
+        return Ok(false);
     }
     // Unknown until this try has gone through.
     *current = None;
@@ -196,7 +220,7 @@ fn switch(
         tracing::info!(master = w.master, interface = %w.interface, sync_id = w.sync_id, "IPVS connection sync daemon started");
         *current = Some(Some(w.clone()));
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -276,6 +300,7 @@ mod tests {
         // RETRY later it goes through: the whole switch again (the thread state is unknown).
         s.settle(RETRY + Duration::from_secs(5)).unwrap();
         assert_eq!(k.log(), ["stop failed", "stop", "start backup"]);
+        assert_eq!(s.counters(), SwitchCounters { switches: 1, failures: 1, pending: false });
     }
 
     #[test]
