@@ -1062,7 +1062,9 @@ impl Daemon {
     fn tracker_for(&self, inst: &VrrpInstance) -> Tracker {
         let mut t = Tracker::default();
         let up = |name: &String| self.link_up.get(name).copied().unwrap_or(false);
-        t.own_interface(&inst.interface, up(&inst.interface));
+        if !inst.dont_track_primary {
+            t.own_interface(&inst.interface, up(&inst.interface));
+        }
         for ti in &inst.track_interface {
             t.interface(&ti.interface, up(&ti.interface), ti.weight);
         }
@@ -1181,7 +1183,7 @@ impl Daemon {
         for r in self.instances.values_mut() {
             match &u {
                 TrackUpdate::Link { name, up } => {
-                    if *name == r.cfg.interface {
+                    if *name == r.cfg.interface && !r.cfg.dont_track_primary {
                         r.tracker.own_interface(name, *up);
                     }
                     for t in r.cfg.track_interface.iter().filter(|t| t.interface == *name) {

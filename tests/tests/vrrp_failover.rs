@@ -454,6 +454,36 @@ fn instance_link_down_moves_vip_and_link_up_brings_it_back() {
     assert_eq!(held, vec![Always, Never]);
 }
 
+/// With `dont_track_primary` the instance's own link going down is not a fault: d1 stays
+/// MASTER with its VIP (cross-connected pairs, whose adverts also travel another way); and
+/// it is still an election member: link up, it goes on as MASTER.
+#[test]
+fn dont_track_primary_keeps_the_master_when_its_link_goes_down() {
+    let mut t = DirectorLab::build(Mode::Dr, 2, 0).unwrap();
+    let s = Scratch::new("vrrpdtp").unwrap();
+    let (d1, d2) = (t.directors[0].clone(), t.directors[1].clone());
+    let c1 = Inst::new(3, 150, 0.1).extra("dont_track_primary = true");
+    let c2 = Inst::new(3, 100, 0.1);
+    let a = HaLb::start(&mut t.lab, &d1, &s, "d1", &c1.halb("d1")).unwrap();
+    let b = HaLb::start(&mut t.lab, &d2, &s, "d2", &c2.halb("d2")).unwrap();
+    eventually(Duration::from_secs(5), "d1 holds the VIP", || holds(&d1, "eth0", V)).unwrap();
+    eventually(Duration::from_secs(2), "d2 BACKUP", || state(&b) == "BACKUP").unwrap();
+
+    d1.ip(&["link", "set", "eth0", "down"]).unwrap();
+    // The peer hears nothing and takes over after its Master_Down_Interval.
+    eventually(Duration::from_secs(3), "d2 holds the VIP", || holds(&d2, "eth0", V)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(state(&a), "MASTER", "{}", a.log_text());
+    assert!(holds(&d1, "eth0", V), "d1 keeps its VIP");
+    assert!(!a.log_text().contains("entering FAULT"), "{}", a.log_text());
+
+    d1.ip(&["link", "set", "eth0", "up"]).unwrap();
+    eventually(Duration::from_secs(3), "d1 MASTER, d2 back to BACKUP", || {
+        state(&a) == "MASTER" && state(&b) == "BACKUP" && !holds(&d2, "eth0", V)
+    })
+    .unwrap();
+}
+
 /// Two daemons started in the same instant (multicast, so both learn the allow-list; advert_int
 /// 0.2 s, 250/10): the higher one's down timer fires first (Skew_Time), and the lower one,
 /// still learning its peers, accepts its first advert at once: it never becomes MASTER.

@@ -681,6 +681,7 @@ fn kind(key: &str) -> Kind {
         | "vrrp_gna_interval" => Kind::Secs,
         "enable_script_security"
         | "nopreempt"
+        | "dont_track_primary"
         | "alpha"
         | "sh-port"
         | "mh-port"
@@ -889,7 +890,6 @@ const KEEPALIVED_KEYWORDS: &[&str] = &[
     "debug",
     "default_interface",
     "delay",
-    "dont_track_primary",
     "down_timer_adverts",
     "dynamic_interfaces",
     "enable_dbus",
@@ -2337,6 +2337,15 @@ mod tests {
     fn a_block_may_open_on_the_next_line() {
         let c = parse(&format!("vrrp_script chk\n{{\n script /bin/true\n}}\n{INST}}}\n")).unwrap();
         assert_eq!(c.vrrp_scripts[0].name, "chk");
+    }
+
+    #[test]
+    fn dont_track_primary_is_read_and_converted() {
+        let c = parse(&format!("{INST} dont_track_primary\n}}\n")).unwrap();
+        assert!(c.vrrp_instances[0].dont_track_primary);
+        let toml = crate::config::to_toml::to_toml(&c);
+        assert!(toml.contains("dont_track_primary = true"), "{toml}");
+        assert!(!parse(&format!("{INST}}}\n")).unwrap().vrrp_instances[0].dont_track_primary);
     }
 
     #[test]

@@ -422,6 +422,9 @@ pub struct VrrpInstance {
     /// Managed with the instance but not carried in adverts; any family.
     pub virtual_ipaddress_excluded: Vec<VirtualIpAddress>,
     pub nopreempt: bool,
+    /// The instance's own interface going down does not put it in FAULT (keepalived's
+    /// `dont_track_primary`, for cross-connected pairs); `track_interface` still counts.
+    pub dont_track_primary: bool,
     /// 0..=1000 s, default 0.
     pub preempt_delay: Duration,
     pub garp: Garp,

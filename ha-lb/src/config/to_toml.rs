@@ -197,6 +197,9 @@ fn instance(w: &mut W, c: &Config, i: &VrrpInstance) {
         &array(i.virtual_ipaddress_excluded.iter().map(|v| toml_str(&v.to_string()))),
     );
     w.kv("nopreempt", &i.nopreempt.to_string());
+    if i.dont_track_primary {
+        w.kv("dont_track_primary", "true");
+    }
     w.kv("preempt_delay", &secs(i.preempt_delay));
     w.kv("garp_master_delay", &secs(i.garp.master_delay));
     w.kv("garp_master_repeat", &i.garp.master_repeat.to_string());

@@ -128,6 +128,7 @@ pub(crate) const VRRP_INSTANCE_KEYS: &[&str] = &[
     "virtual_ipaddress",
     "virtual_ipaddress_excluded",
     "nopreempt",
+    "dont_track_primary",
     "preempt_delay",
     "garp_master_delay",
     "garp_master_repeat",
@@ -1013,6 +1014,7 @@ impl<'s> Reader<'s> {
             virtual_ipaddress,
             virtual_ipaddress_excluded,
             nopreempt: self.boolean(&tb, "nopreempt").unwrap_or(false),
+            dont_track_primary: self.boolean(&tb, "dont_track_primary").unwrap_or(false),
             preempt_delay: self
                 .secs(&tb, "preempt_delay", 0, 1_000_000_000)
                 .unwrap_or(Duration::ZERO),
