@@ -1517,25 +1517,11 @@ impl Lowerer<'_> {
             }
         }
         let from_instance = self.lvs_sync_daemon_interface(stmts, &gblk);
-        // VRRP only: no forwarding program on the NICs (the VRRP filter alone), unless the
-        // file asks for a data plane or syncs connections (which needs one).
-        let vrrp_only = !stmts.iter().any(|s| s.key() == "virtual_server")
-            && !gblk.seen.contains_key("dataplane")
-            && !gblk.seen.contains_key("lvs_sync_daemon")
-            && from_instance.is_none();
-        if vrrp_only {
-            let mut l = Line::default();
-            l.push("dataplane = \"none\"", None);
-            self.line(l);
-        }
         global_lines.append(&mut self.out.lines);
         self.out.lines = saved;
         let global_at = stmts.iter().find(|s| s.key() == "global_defs").map(|s| s.kw.loc);
         if let Some(at) = global_at.or(from_instance) {
             self.header("[global]", at);
-            self.out.lines.append(&mut global_lines);
-        } else if !global_lines.is_empty() {
-            self.out.lines.push(Line { text: "[global]".into(), ..Line::default() });
             self.out.lines.append(&mut global_lines);
         }
 
@@ -2798,26 +2784,6 @@ mod tests {
             Some(Authentication::Pass("01234567".into()))
         );
         assert_eq!(w, ["k.conf:9:12: auth_pass is 12 bytes: only its first 8 are used (VRRPv2 carries 8; keepalived truncates it the same way)"]);
-    }
-
-    #[test]
-    fn a_file_without_virtual_servers_runs_vrrp_only() {
-        // No forwarding program on the NICs for VRRP alone (the VRRP filter still goes on).
-        let c = parse(&format!("{INST}}}\n")).unwrap();
-        assert_eq!(c.global.dataplane, Dataplane::None);
-        let toml = crate::config::to_toml::to_toml(&c);
-        assert!(
-            toml.contains("# No virtual_server: VRRP only, so no forwarding program on the interfaces (\"xdp\", the default, would attach one).\ndataplane = \"none\"\n"),
-            "{toml}"
-        );
-        assert_eq!(crate::config::parse_str(&toml, Path::new("c.toml")).unwrap(), c);
-        // With virtual servers, connection sync or an explicit data plane: as before.
-        let vs = "virtual_server 192.0.2.10 80 {\n real_server 10.0.0.1 80 {\n }\n}\n";
-        assert_eq!(parse(&format!("{INST}}}\n{vs}")).unwrap().global.dataplane, Dataplane::Xdp);
-        let sync = format!("global_defs {{\n lvs_sync_daemon eth1 VI_1\n}}\n{INST}}}\n");
-        assert_eq!(parse(&sync).unwrap().global.dataplane, Dataplane::Xdp);
-        let tc = format!("global_defs {{\n dataplane tc\n}}\n{INST}}}\n");
-        assert_eq!(parse(&tc).unwrap().global.dataplane, Dataplane::Tc);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::toml::fmt_secs;
 /// The configuration as TOML text.
 pub fn to_toml(c: &Config) -> String {
     let mut w = W::default();
-    global(&mut w, c);
+    global(&mut w, &c.global);
     for s in &c.vrrp_scripts {
         w.head("[[vrrp_script]]");
         w.kv("name", &toml_str(&s.name));
@@ -133,16 +133,10 @@ fn notify(w: &mut W, n: &Notify) {
     }
 }
 
-fn global(w: &mut W, c: &Config) {
-    let g = &c.global;
+fn global(w: &mut W, g: &Global) {
     w.head("[global]");
     if let Some(r) = &g.router_id {
         w.kv("router_id", &toml_str(r));
-    }
-    if g.dataplane == Dataplane::None && c.virtual_servers.is_empty() {
-        w.0.push_str(
-            "# No virtual_server: VRRP only, so no forwarding program on the interfaces (\"xdp\", the default, would attach one).\n",
-        );
     }
     w.kv("dataplane", &toml_str(g.dataplane.as_str()));
     w.kv("control_socket", &toml_str(&g.control_socket.to_string_lossy()));
