@@ -296,9 +296,11 @@ mod tests {
         parse(&cfg_text(extra_vs))
     }
 
+    /// Virtual servers alone: on kernel IPVS (the eBPF planes go on VRRP instances' links).
     fn parse(text: &str) -> Arc<Config> {
+        let text = format!("[global]\ndataplane = \"ipvs\"\n{text}");
         Arc::new(
-            config::parse_str(text, std::path::Path::new("test.toml"))
+            config::parse_str(&text, std::path::Path::new("test.toml"))
                 .unwrap_or_else(|e| panic!("{e}")),
         )
     }

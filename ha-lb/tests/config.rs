@@ -159,6 +159,12 @@ fn tun_services_load_with_every_forwarding_dataplane() {
 [global]
 dataplane = "{dataplane}"
 
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.10/24"]
+
 [[virtual_server]]
 address = "192.0.2.10"
 port = 80
@@ -228,6 +234,11 @@ fn configs_beyond_the_ebpf_maps_are_refused_at_the_virtual_server_that_goes_over
     let tables: String = (0..17).map(|n| vs(n, "mh", 164)).collect();
     refused(&tables, 16, "lookup tables");
     let lc: String = (0..17).map(|n| vs(n, "lc", 164)).collect();
+    // (The eBPF planes go on an instance's interface.)
+    let lc = format!(
+        "[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\n\
+         virtual_ipaddress = [\"198.18.0.1/24\"]\n{lc}"
+    );
     config::parse_str(&lc, Path::new("big.toml")).expect("lc needs no table");
 }
 
@@ -275,7 +286,8 @@ virtual_ipaddress = ["192.0.2.20/24"]
     let lvs_only = "[[virtual_server]]\naddress = \"192.0.2.10\"\nport = 80\n\
                     [[virtual_server.real_server]]\naddress = \"192.0.2.11\"\n";
     std::fs::write(&path, lvs_only).unwrap();
-    let e = config::load_for_host(&path, &host).unwrap_err().to_string();
+    // Not a matter of the host: check (load) says so too.
+    let e = config::load(&path).unwrap_err().to_string();
     assert!(e.contains("dataplane \"xdp\" needs a vrrp_instance"), "{e}");
     std::fs::write(&path, format!("[global]\ndataplane = \"ipvs\"\n{lvs_only}")).unwrap();
     config::load_for_host(&path, &host).expect("IPVS needs no instance");

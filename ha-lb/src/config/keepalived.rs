@@ -2306,6 +2306,9 @@ mod tests {
         parse(text).unwrap_err().iter().map(|e| e.to_string()).collect()
     }
 
+    /// Virtual servers alone run on kernel IPVS (appended: line numbers stay).
+    const IPVS: &str = "global_defs {\n dataplane ipvs\n}\n";
+
     const INST: &str = "vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 51\n virtual_ipaddress {\n 192.0.2.10/24\n }\n";
 
     #[test]
@@ -2323,6 +2326,25 @@ mod tests {
     fn a_block_may_open_on_the_next_line() {
         let c = parse(&format!("vrrp_script chk\n{{\n script /bin/true\n}}\n{INST}}}\n")).unwrap();
         assert_eq!(c.vrrp_scripts[0].name, "chk");
+    }
+
+    /// A checkers-only keepalived.conf (its VRRP elsewhere) is refused by `check` as by `run`
+    /// on the eBPF planes, saying what to write; with `dataplane ipvs` it loads.
+    #[test]
+    fn virtual_servers_without_an_instance_need_ipvs() {
+        let vs = "virtual_server 192.0.2.10 80 {\n real_server 10.0.0.1 80 {\n }\n}\n";
+        assert_eq!(
+            errors(vs),
+            ["k.conf:1:1: dataplane \"xdp\" needs a vrrp_instance: the forwarding program goes on its interface and its VIPs' devices; for virtual servers without VRRP use dataplane \"ipvs\" (in a keepalived.conf: `dataplane ipvs` in global_defs)"]
+        );
+        parse(&format!("{vs}{IPVS}")).unwrap();
+        // Other errors first: only those.
+        let bad = "virtual_server 192.0.2.10 80 {\n lb_algo nope\n}\n";
+        assert!(
+            errors(bad).iter().all(|e| !e.contains("needs a vrrp_instance")),
+            "{:?}",
+            errors(bad)
+        );
     }
 
     #[test]
@@ -2393,7 +2415,7 @@ mod tests {
 
     #[test]
     fn a_keepalived_keyword_ha_lb_takes_elsewhere_says_what_to_use() {
-        let e = errors("virtual_server 192.0.2.10 80 {\n virtualhost www\n}\n");
+        let e = errors(&format!("virtual_server 192.0.2.10 80 {{\n virtualhost www\n}}\n{IPVS}"));
         assert_eq!(
             e,
             ["k.conf:2:2: virtualhost is not supported by ha-lb; set virtualhost in each HTTP_GET / SSL_GET"]
@@ -2521,7 +2543,7 @@ mod tests {
     #[test]
     fn protocol_is_case_insensitive_as_in_keepalived() {
         let vs = |p: &str| {
-            parse(&format!("virtual_server 192.0.2.10 53 {{\n protocol {p}\n}}\n"))
+            parse(&format!("virtual_server 192.0.2.10 53 {{\n protocol {p}\n}}\n{IPVS}"))
                 .unwrap()
                 .virtual_servers[0]
                 .protocol
@@ -2536,7 +2558,7 @@ mod tests {
         // check_parser.c pgr_handler: no persistence_timeout → 360 s.
         let vs = |extra: &str| {
             parse(&format!(
-                "virtual_server 192.0.2.10 80 {{\n persistence_granularity 255.255.255.0\n{extra}}}\n"
+                "virtual_server 192.0.2.10 80 {{\n persistence_granularity 255.255.255.0\n{extra}}}\n{IPVS}"
             ))
             .unwrap()
             .virtual_servers[0]

@@ -73,8 +73,8 @@ pub(crate) fn parse_labelled(
     errors.extend(validate::validate(&config, &r.map, host));
     // With other errors the file is refused anyway, and they are often why nothing is left
     // (a broken vrrp_instance): only those.
-    if errors.iter().any(|e| e.message != validate::NOTHING_TO_DO) {
-        errors.retain(|e| e.message != validate::NOTHING_TO_DO);
+    if errors.iter().any(|e| !validate::reported_alone(&e.message)) {
+        errors.retain(|e| !validate::reported_alone(&e.message));
     }
     if errors.is_empty() {
         Ok(config)
@@ -1782,7 +1782,10 @@ track_interface = ["eth1", {{ name = "eth2", weight = -10 }}]
         assert_eq!(n.notify_backup, None);
     }
 
+    /// Virtual servers alone: on kernel IPVS (the eBPF planes go on VRRP instances' links).
     const MIN_VS: &str = r#"
+[global]
+dataplane = "ipvs"
 [[virtual_server]]
 address = "192.0.2.10"
 port = 80
@@ -1842,6 +1845,8 @@ address = "10.0.0.11"
     fn checker_options_inherit_virtual_then_real_server() {
         let c = parse(
             r#"
+[global]
+dataplane = "ipvs"
 [[virtual_server]]
 address = "192.0.2.10"
 port = 443

@@ -13,6 +13,14 @@ use crate::vrrp::vip::check_label;
 
 /// A configuration without a vrrp_instance or a virtual_server runs nothing: never what was
 /// meant (typically an `include` that matched no file).
+/// Errors about the file as a whole, reported only when it has no other (which are often
+/// their cause, and come first).
+pub(crate) fn reported_alone(message: &str) -> bool {
+    message == NOTHING_TO_DO || message.contains(NEEDS_AN_INSTANCE)
+}
+
+const NEEDS_AN_INSTANCE: &str = "needs a vrrp_instance: the forwarding program goes on";
+
 pub(crate) const NOTHING_TO_DO: &str =
     "nothing to do: the configuration has no vrrp_instance and no virtual_server";
 
@@ -32,6 +40,7 @@ pub(crate) fn validate(c: &Config, map: &SourceMap, host: Option<&Host>) -> Vec<
     if let Some(h) = host {
         v.host(c, h);
     }
+    v.needs_an_instance(c);
     v.errors
 }
 
@@ -47,6 +56,24 @@ impl V<'_> {
 
     fn ok(&self, item: Item) -> bool {
         !self.map.is_tainted(item)
+    }
+
+    /// The eBPF planes' program goes on instances' interfaces: virtual servers alone (a
+    /// keepalived.conf of checkers only, say) have none. Not a property of the host, so
+    /// `check` says so too.
+    fn needs_an_instance(&mut self, c: &Config) {
+        if c.global.dataplane.is_ebpf()
+            && c.vrrp_instances.is_empty()
+            && !c.virtual_servers.is_empty()
+        {
+            self.err(
+                self.map.key(Item::Global, "dataplane"),
+                format!(
+                    "dataplane {:?} {NEEDS_AN_INSTANCE} its interface and its VIPs' devices; for virtual servers without VRRP use dataplane \"ipvs\" (in a keepalived.conf: `dataplane ipvs` in global_defs)",
+                    c.global.dataplane.as_str()
+                ),
+            );
+        }
     }
 
     fn global(&mut self, c: &Config) {
@@ -527,19 +554,6 @@ impl V<'_> {
     /// reload): an instance cannot run on a missing one, a VIP cannot be added there, and a
     /// tracked one would hold its instance in FAULT — a typo would fail the director over.
     fn host(&mut self, c: &Config, h: &Host) {
-        // The program goes on instances' interfaces: virtual servers alone have none.
-        if c.global.dataplane.is_ebpf()
-            && c.vrrp_instances.is_empty()
-            && !c.virtual_servers.is_empty()
-        {
-            self.err(
-                self.map.key(Item::Global, "dataplane"),
-                format!(
-                    "dataplane {:?} needs a vrrp_instance: the forwarding program goes on its interface and its VIPs' devices; for virtual servers without VRRP use dataplane \"ipvs\"",
-                    c.global.dataplane.as_str()
-                ),
-            );
-        }
         let m = self.map;
         let missing = |name: &str| !(h.has_interface)(name);
         for (idx, inst) in c.vrrp_instances.iter().enumerate() {
