@@ -310,6 +310,18 @@ virtual_ipaddress = ["192.0.2.20/24"]
     );
     std::fs::write(&path, format!("[global]\ndataplane = \"ipvs\"\n{with_vrrp}")).unwrap();
     config::load_for_host(&path, &here).expect("IPVS delivers locally");
+    // A real server that is one of the file's VIPs: refused on every node alike, whether
+    // this node holds the VIP now (its address then) or not.
+    let on_vip = with_vrrp.replace("address = \"192.0.2.11\"", "address = \"192.0.2.10\"");
+    std::fs::write(&path, &on_vip).unwrap();
+    let want = format!("{}:10:11: real_server 192.0.2.10 is a VIP of vrrp_instance \"VI_1\": its master is this director, and the xdp data plane forwards to other hosts only; use dataplane = \"ipvs\" for a service on the director itself", path.display());
+    assert_eq!(config::load(&path).unwrap_err().to_string(), want);
+    let holding = config::Host {
+        has_interface: &|i: &str| i == "eth0",
+        is_own_address: &|a| a == "192.0.2.10".parse::<std::net::IpAddr>().unwrap(),
+        can_run: &|_, _| Ok(()),
+    };
+    assert_eq!(config::load_for_host(&path, &holding).unwrap_err().to_string(), want);
     let _ = std::fs::remove_file(&path);
 }
 

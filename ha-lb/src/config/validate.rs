@@ -591,14 +591,16 @@ impl V<'_> {
         if c.global.dataplane.is_ebpf() {
             for (v, vs) in c.virtual_servers.iter().enumerate() {
                 let item = Item::VirtualServer(v);
-                if let Some(s) = vs.sorry_server.filter(|s| !s.ip().is_loopback()) {
-                    if (h.is_own_address)(s.ip()) {
-                        let msg = own_server("sorry_server", s.ip(), c.global.dataplane);
-                        self.err(m.key(item, "sorry_server"), msg);
-                    }
+                // Loopback addresses and this configuration's VIPs are refused above, on every
+                // node alike (whether a VIP is held here now must not decide).
+                let own =
+                    |a: IpAddr| !a.is_loopback() && vip_of(c, a).is_none() && (h.is_own_address)(a);
+                if let Some(s) = vs.sorry_server.filter(|s| own(s.ip())) {
+                    let msg = own_server("sorry_server", s.ip(), c.global.dataplane);
+                    self.err(m.key(item, "sorry_server"), msg);
                 }
                 for (r, rs) in vs.real_servers.iter().enumerate() {
-                    if !rs.address.is_loopback() && (h.is_own_address)(rs.address) {
+                    if own(rs.address) {
                         let msg = own_server("real_server", rs.address, c.global.dataplane);
                         self.err(m.key(Item::RealServer(v, r), "address"), msg);
                     }
@@ -819,6 +821,10 @@ impl V<'_> {
                 if c.global.dataplane.is_ebpf() && sorry.ip().is_loopback() {
                     self.err(spos, loopback_server("sorry_server", sorry.ip(), c.global.dataplane));
                 }
+                if let Some(inst) = vip_of(c, sorry.ip()).filter(|_| c.global.dataplane.is_ebpf()) {
+                    let msg = vip_server("sorry_server", sorry.ip(), inst, c.global.dataplane);
+                    self.err(spos, msg);
+                }
                 if AddrFamily::of(&sorry.ip()) != vs.family() {
                     self.err(
                         spos,
@@ -852,6 +858,10 @@ impl V<'_> {
                 let apos = m.key(ritem, "address");
                 if c.global.dataplane.is_ebpf() && rs.address.is_loopback() {
                     self.err(apos, loopback_server("real_server", rs.address, c.global.dataplane));
+                }
+                if let Some(inst) = vip_of(c, rs.address).filter(|_| c.global.dataplane.is_ebpf()) {
+                    let msg = vip_server("real_server", rs.address, inst, c.global.dataplane);
+                    self.err(apos, msg);
                 }
                 if AddrFamily::of(&rs.address) != vs.family() {
                     self.err(
@@ -915,6 +925,18 @@ impl V<'_> {
 fn loopback_server(what: &str, addr: IpAddr, dp: Dataplane) -> String {
     format!(
         "{what} {addr} is a loopback address: the {} data plane forwards to other hosts and cannot deliver to this one, so its traffic would be lost; use dataplane = \"ipvs\" (kernel IPVS delivers to a local real server), or run the service on another host",
+        dp.as_str()
+    )
+}
+
+/// The vrrp_instance that has `addr` as a VIP (advertised or excluded), if any.
+fn vip_of(c: &Config, addr: IpAddr) -> Option<&str> {
+    c.vrrp_instances.iter().find(|i| i.all_vips().any(|v| v.addr == addr)).map(|i| i.name.as_str())
+}
+
+fn vip_server(what: &str, addr: IpAddr, inst: &str, dp: Dataplane) -> String {
+    format!(
+        "{what} {addr} is a VIP of vrrp_instance {inst:?}: its master is this director, and the {} data plane forwards to other hosts only; use dataplane = \"ipvs\" for a service on the director itself",
         dp.as_str()
     )
 }
