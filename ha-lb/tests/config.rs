@@ -382,7 +382,7 @@ user = "checker"
         [
             format!("{p}:3:17: notify_master cannot be run: \"/etc/ha-lb/master.sh\" is not in PATH (keepalived would not run it); {fix}"),
             format!("{p}:7:10: vrrp_script \"chk_haproxy\" cannot be run: \"killall\" is not in PATH (keepalived would disable this tracker and run as if it were not there); {fix}"),
-            format!("{p}:27:13: MISC_CHECK cannot be run: script user: no such user \"checker\" (keepalived would not run it); {fix}"),
+            format!("{p}:27:13: MISC_CHECK cannot be run: script user: no such user \"checker\" (keepalived would not run it); create the user, or name another with script_user (or the script's user)"),
         ]
     );
     // The unused script is not looked at; the instance's own hook is, the inherited not twice.

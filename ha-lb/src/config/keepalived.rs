@@ -1637,6 +1637,11 @@ impl Lowerer<'_> {
                                     w.loc,
                                     format!("auth_pass is {n} bytes: only its first 8 are used (VRRPv2 carries 8; keepalived truncates it the same way)"),
                                 );
+                            } else if k == "auth_pass" && w.text.len() > 8 {
+                                // keepalived cuts inside the character: bytes no text holds.
+                                self.err(w.loc, format!("auth_pass is {} bytes and its 8th byte falls inside a character: keepalived sends the first 8 bytes, which ha-lb cannot write as text; use a password of at most 8 ASCII characters on every node", w.text.len()));
+                                l.suppress = true;
+                                continue;
                             }
                         }
                         let a = &a;
@@ -2078,11 +2083,14 @@ impl Lowerer<'_> {
                     );
                 }
                 "persistence_timeout" if is_zero(st) => {
-                    // check_parser.c pto_handler: 0 is "invalid" and ignored: no persistence.
-                    self.ctx.warn(
-                        st.args[0].loc,
-                        "persistence_timeout 0 means no persistence (keepalived ignores it); remove it",
-                    );
+                    // check_parser.c pto_handler: 0 is "invalid" and ignored: no persistence,
+                    // unless a granularity brings keepalived's default timeout (below).
+                    let msg = if b.iter().any(|g| g.key() == "persistence_granularity") {
+                        "persistence_timeout 0 is ignored (as keepalived does): with persistence_granularity, keepalived's default 360 s applies; write the timeout you mean"
+                    } else {
+                        "persistence_timeout 0 means no persistence (keepalived ignores it); remove it"
+                    };
+                    self.ctx.warn(st.args[0].loc, msg);
                 }
                 _ => self.scalar_or_reject(&mut blk, st),
             }
@@ -2730,10 +2738,14 @@ mod tests {
         assert_eq!(c.virtual_servers[0].persistence_timeout, None);
         assert_eq!(w, ["k.conf:9:22: persistence_timeout 0 means no persistence (keepalived ignores it); remove it"]);
         // With a granularity, keepalived's default timeout applies (pgr_handler).
-        let (c, _) = warnings(&format!(
+        let (c, w) = warnings(&format!(
             "{INST}}}\nvirtual_server 192.0.2.10 80 {{\n persistence_timeout 0\n persistence_granularity 24\n}}\n"
         ));
         assert_eq!(c.virtual_servers[0].persistence_timeout, Some(Duration::from_secs(360)));
+        assert!(
+            w[0].ends_with("keepalived's default 360 s applies; write the timeout you mean"),
+            "{w:?}"
+        );
     }
 
     #[test]
@@ -2798,6 +2810,12 @@ mod tests {
     #[test]
     fn a_long_auth_pass_is_cut_to_8_bytes_as_in_keepalived() {
         // vrrp_parser.c vrrp_auth_pass_handler: "Truncating auth_pass to 8 characters".
+        let cut = format!("{INST} authentication {{\n auth_type PASS\n auth_pass aéééé\n }}\n}}\n");
+        assert!(
+            errors(&cut)[0].contains("its 8th byte falls inside a character"),
+            "{:?}",
+            errors(&cut)
+        );
         let (c, w) = warnings(&format!(
             "{INST} authentication {{\n auth_type PASS\n auth_pass 0123456789ab\n }}\n}}\n"
         ));

@@ -709,10 +709,12 @@ impl V<'_> {
                 } else {
                     "keepalived would not run it"
                 };
-                self.err(
-                    pos,
-                    format!("{what} cannot be run: {why} ({instead}); install the program, give its full path, or remove it"),
-                );
+                let fix = if why.starts_with("script user:") {
+                    "create the user, or name another with script_user (or the script's user)"
+                } else {
+                    "install the program, give its full path, or remove it"
+                };
+                self.err(pos, format!("{what} cannot be run: {why} ({instead}); {fix}"));
             }
         }
     }
