@@ -1105,8 +1105,13 @@ struct Lowerer<'c> {
 
 #[derive(Default)]
 struct SyncUnweighted {
-    members: HashMap<String, String>,
+    /// Instance → why its weights are ignored (its sync group, or that it is the address
+    /// owner), and whether it is for the latter (an owner's weighted interfaces are dropped,
+    /// a member's count with weight 0).
+    members: HashMap<String, (String, bool)>,
     script_weight: HashMap<String, i64>,
+    /// Address owners (applied after the groups: a group member's reason names its group).
+    owners: Vec<(String, String)>,
     file_weight: HashMap<String, i64>,
 }
 
@@ -1141,16 +1146,38 @@ impl SyncUnweighted {
                     if weighted {
                         continue;
                     }
+                    let why = format!("for a member of vrrp_sync_group {name} without sync_group_tracking_weight (set it in the group to apply the weight)");
                     for g in b.iter().filter(|g| g.key() == "group") {
                         for m in g.block.iter().flatten() {
                             for w in std::iter::once(&m.kw).chain(&m.args) {
-                                u.members.insert(w.text.clone(), name.clone());
+                                u.members.insert(w.text.clone(), (why.clone(), false));
                             }
                         }
                     }
                 }
+                "vrrp_instance" => {
+                    // The same rule for an address owner (priority 255; `state MASTER` without
+                    // a priority means 255): its priority is not moved by trackers.
+                    let arg = |k: &str| {
+                        b.iter()
+                            .find(|st| st.key() == k)
+                            .and_then(|st| st.args.first())
+                            .map(|w| w.text.as_str())
+                    };
+                    let owner = match arg("priority") {
+                        Some(p) => p == "255",
+                        None => arg("state") == Some("MASTER"),
+                    };
+                    if owner {
+                        let why = "for an address owner (priority 255), whose priority trackers do not move".to_string();
+                        u.owners.push((name.clone(), why));
+                    }
+                }
                 _ => {}
             }
+        }
+        for (inst, why) in std::mem::take(&mut u.owners) {
+            u.members.entry(inst).or_insert((why, true));
         }
         u
     }
@@ -1794,8 +1821,8 @@ impl Lowerer<'_> {
             self.no_block(st);
             let name = &st.kw;
             let mut l = Line::default();
-            if let Some(group) = self.unweighted.members.get(inst).cloned() {
-                if let Some(line) = self.sync_member_tracker(key, st, inst, &group) {
+            if let Some((why, owner)) = self.unweighted.members.get(inst).cloned() {
+                if let Some(line) = self.sync_member_tracker(key, st, inst, &why, owner) {
                     if let Some(line) = line {
                         out.push(line);
                     }
@@ -1851,7 +1878,8 @@ impl Lowerer<'_> {
         key: &str,
         st: &Stmt,
         inst: &str,
-        group: &str,
+        why: &str,
+        owner: bool,
     ) -> Option<Option<Line>> {
         let name = &st.kw;
         let explicit = match st.args.as_slice() {
@@ -1869,10 +1897,8 @@ impl Lowerer<'_> {
         if weight == 0 {
             return None;
         }
-        let why = format!(
-            "as keepalived does for a member of vrrp_sync_group {group} without sync_group_tracking_weight (set it in the group to apply the weight)"
-        );
-        let zero = key == "track_interface" || (key == "track_file" && weight == 1);
+        let why = format!("as keepalived does {why}");
+        let zero = (key == "track_interface" && !owner) || (key == "track_file" && weight == 1);
         let msg = if zero {
             format!(
                 "{key} {} of vrrp_instance {inst}: weight {weight} ignored, {why}: it counts with weight 0 (FAULT while {})",
@@ -2722,6 +2748,41 @@ mod tests {
         let toml = crate::config::to_toml::to_toml(c);
         assert!(toml.contains("sync_group_tracking_weight = true"), "{toml}");
         assert_eq!(&crate::config::parse_str(&toml, Path::new("c.toml")).unwrap(), c);
+    }
+
+    /// The same rule for an address owner (priority 255, or `state MASTER` without a
+    /// priority), except that its weighted interfaces are not tracked at all (vrrp.c:
+    /// "stop tracking it"); a sync group member that is an owner follows the group's rule.
+    #[test]
+    fn weighted_trackers_of_an_address_owner_run_as_keepalived_runs_them() {
+        let owner = |prio: &str| {
+            format!(
+                "vrrp_script chk {{\n script /bin/true\n weight -20\n}}\ntrack_file f1 {{\n file /run/f1\n}}\n\
+                 vrrp_instance VI_1 {{\n interface eth0\n virtual_router_id 51\n{prio} virtual_ipaddress {{\n 192.0.2.10/24\n }}\n \
+                 track_interface {{\n  eth1 weight -10\n  eth2\n }}\n track_script {{\n  chk\n }}\n track_file {{\n  f1\n }}\n}}\n"
+            )
+        };
+        for prio in [" priority 255\n", " state MASTER\n"] {
+            let (c, w) = warnings(&owner(prio));
+            let i = &c.vrrp_instances[0];
+            assert_eq!(i.priority, 255);
+            let ifs: Vec<(&str, i32)> =
+                i.track_interface.iter().map(|t| (t.interface.as_str(), t.weight)).collect();
+            assert_eq!(ifs, [("eth2", 0)], "the weighted one is dropped");
+            assert!(i.track_script.is_empty());
+            assert_eq!(i.track_file.iter().map(|t| t.weight).collect::<Vec<_>>(), [0]);
+            assert_eq!(w.len(), 3, "{w:?}");
+            assert!(
+                w[0].contains(
+                    "is not tracked, as keepalived does for an address owner (priority 255)"
+                ),
+                "{w:?}"
+            );
+        }
+        // Not an owner: the weights apply.
+        let (c, w) = warnings(&owner(" priority 254\n"));
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.vrrp_instances[0].track_interface[0].weight, -10);
     }
 
     fn warnings(text: &str) -> (Config, Vec<String>) {
