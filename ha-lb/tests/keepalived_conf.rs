@@ -244,3 +244,28 @@ fn errors_in_an_included_file_name_that_file() {
         ]
     );
 }
+
+/// "first at line N" across files names the other file; all global_defs blocks count as one.
+#[test]
+fn a_key_set_again_in_an_included_file_names_where_it_was_first() {
+    let dir = std::env::temp_dir().join(format!("hlb-kc-twice-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+    let main = dir.join("main.conf");
+    std::fs::write(
+        &main,
+        "global_defs {\n  router_id a\n}\ninclude conf.d/*.conf\nvrrp_instance VI_1 {\n  interface eth0\n  virtual_router_id 51\n  virtual_ipaddress {\n    192.0.2.1/24\n  }\n}\n",
+    )
+    .unwrap();
+    let g = dir.join("conf.d/g.conf");
+    std::fs::write(&g, "global_defs {\n  router_id b\n}\n").unwrap();
+    let e = config::load(&main).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "{}:2:3: router_id is set twice in global_defs (all its blocks count as one) (first at line 2 of {})",
+            g.display(),
+            main.display()
+        )
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

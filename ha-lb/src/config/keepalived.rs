@@ -1263,13 +1263,28 @@ impl Lowerer<'_> {
     }
 
     /// Record `key` as set; false (and an error) when it already was.
+    /// "line N" of `first` as seen from `here`: with the file's name when it is another
+    /// (an include).
+    fn line_of(&self, first: Loc, here: Loc) -> String {
+        if first.file == here.file {
+            format!("line {}", first.line)
+        } else {
+            format!("line {} of {}", first.line, self.ctx.files[first.file as usize].display())
+        }
+    }
+
     fn once(&mut self, blk: &mut Blk, key: &str, s: &Stmt) -> bool {
-        if let Some(first) = blk.seen.get(key) {
+        if let Some(&first) = blk.seen.get(key) {
+            // All global_defs blocks make one (keepalived lets a later one override).
+            let this = if blk.what == "global_defs" {
+                "global_defs (all its blocks count as one)".to_string()
+            } else {
+                format!("this {}", blk.what)
+            };
             let msg = format!(
-                "{} is set twice in this {} (first at line {})",
+                "{} is set twice in {this} (first at {})",
                 s.key(),
-                blk.what,
-                first.line
+                self.line_of(first, s.kw.loc)
             );
             self.err(s.kw.loc, msg);
             return false;
@@ -1576,10 +1591,13 @@ impl Lowerer<'_> {
             let (Some(b), Some(name)) = (&inst.block, inst.args.first()) else { continue };
             for st in b.iter().filter(|st| st.key() == "lvs_sync_daemon_interface") {
                 match (set, st.args.as_slice()) {
-                    (Some(first), _) => self.err(
-                        st.kw.loc,
-                        format!("lvs_sync_daemon_interface: connection sync is already set at line {} (keepalived ignores this one); remove it", first.line),
-                    ),
+                    (Some(first), _) => {
+                        let at = self.line_of(first, st.kw.loc);
+                        self.err(
+                            st.kw.loc,
+                            format!("lvs_sync_daemon_interface: connection sync is already set at {at} (keepalived ignores this one); remove it"),
+                        )
+                    }
                     (None, [iface]) => {
                         self.ctx.warn(
                             st.kw.loc,
@@ -1594,7 +1612,9 @@ impl Lowerer<'_> {
                         set = Some(st.kw.loc);
                         wrote = Some(st.kw.loc);
                     }
-                    (None, _) => self.err(st.kw.loc, "lvs_sync_daemon_interface takes one interface name"),
+                    (None, _) => {
+                        self.err(st.kw.loc, "lvs_sync_daemon_interface takes one interface name")
+                    }
                 }
             }
         }
@@ -2145,10 +2165,10 @@ impl Lowerer<'_> {
         for st in b {
             if native::CHECK_BLOCKS.contains(&st.key()) {
                 if let Some(prev) = checks.iter().find(|c| c.key() == st.key()) {
-                    let line = prev.kw.loc.line;
+                    let line = self.line_of(prev.kw.loc, st.kw.loc);
                     self.err(
                         st.kw.loc,
-                        format!("real_server has a second {} (first at line {line}); ha-lb allows one check per real server", st.key()),
+                        format!("real_server has a second {} (first at {line}); ha-lb allows one check per real server", st.key()),
                     );
                 } else {
                     checks.push(st);
