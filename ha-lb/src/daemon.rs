@@ -345,6 +345,8 @@ pub struct Daemon {
     /// (see `sync::Session`).
     sync: crate::sync::Session,
     sync_counters: BTreeMap<&'static str, u64>,
+    /// A version-0 IPVS sync message was warned about.
+    sync_ipvs_v0_told: bool,
 }
 
 /// IPVS's sync group and port, which keepalived's `lvs_sync_daemon` uses too.
@@ -577,6 +579,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         restart_tx,
         sync: crate::sync::Session::new(),
         sync_counters: BTreeMap::new(),
+        sync_ipvs_v0_told: false,
     };
     d.reconcile("start-up");
     d.attach_filter();
@@ -893,12 +896,54 @@ impl Daemon {
                 tracing::debug!(error = %e, "lvs_sync_daemon: bad datagram");
                 return;
             }
-            Received::Ipvs { first } => {
+            Received::IpvsRejected { error, first } => {
                 *self.sync_counters.entry("datagrams_ipvs").or_default() += 1;
-                if first {
-                    warn!(interface = %cfg.interface, "lvs_sync_daemon: kernel IPVS sync datagrams on the sync group: ha-lb's sync is not compatible (their connections are not imported, ours are not read there)");
+                *self.sync_counters.entry("datagrams_rejected").or_default() += 1;
+                let v0 = error == crate::sync::ipvs_wire::IpvsDecodeError::Version0;
+                if v0 && !std::mem::replace(&mut self.sync_ipvs_v0_told, true) {
+                    warn!(interface = %cfg.interface, "lvs_sync_daemon: kernel IPVS sync messages of protocol version 0 are not imported (set net.ipv4.vs.sync_version=1, the default, on the IPVS director)");
+                } else if first {
+                    warn!(interface = %cfg.interface, error = %error, "lvs_sync_daemon: kernel IPVS sync message not imported");
+                } else {
+                    tracing::debug!(error = %error, "lvs_sync_daemon: bad IPVS sync message");
                 }
                 return;
+            }
+            Received::ImportIpvs { message, first } => {
+                *self.sync_counters.entry("datagrams_ipvs").or_default() += 1;
+                if first {
+                    info!(interface = %cfg.interface, "lvs_sync_daemon: importing kernel IPVS sync messages (a keepalived + IPVS director on the sync link)");
+                }
+                let granularity = |protocol: config::Protocol, vip: std::net::SocketAddr| {
+                    self.config
+                        .virtual_servers
+                        .iter()
+                        .find(|v| {
+                            v.protocol == protocol && v.address == vip.ip() && v.port == vip.port()
+                        })
+                        .and_then(|v| v.persistence_granularity)
+                        .unwrap_or(0)
+                };
+                let mut d =
+                    crate::sync::Datagram { sync_id: message.sync_id, ..Default::default() };
+                for c in &message.conns {
+                    match c.to_item(&granularity) {
+                        Ok(crate::sync::SyncItem::Conn(e)) => d.entries.push(e),
+                        Ok(crate::sync::SyncItem::Template(t)) => d.templates.push(t),
+                        // Nothing this director can have (a firewall-mark or SCTP service,
+                        // local-node forwarding, a persistence engine): unknown here.
+                        Err(why) => {
+                            tracing::debug!(entry = ?c, ?why, "lvs_sync_daemon: IPVS entry not imported");
+                            let what = if c.is_template() {
+                                "templates_unknown"
+                            } else {
+                                "connections_unknown"
+                            };
+                            *self.sync_counters.entry(what).or_default() += 1;
+                        }
+                    }
+                }
+                d
             }
             Received::OtherId => {
                 *self.sync_counters.entry("datagrams_other_id").or_default() += 1;

@@ -5,7 +5,8 @@
 //! persistence templates of `LB_PERSIST` the master sends: new, changed, refreshed, closed,
 //! owed), [`wire`] (the datagram codec) and [`session`] (the
 //! decisions: pacing, table requests and answers, who imports, the last diff on leaving
-//! MASTER). The transport (the multicast socket) is the daemon's (`daemon.rs`: `sync_send`,
+//! MASTER), and [`ipvs_wire`] (the kernel's IPVS sync messages, version 1: imported as
+//! ours are, and sent instead of ours with `protocol = "ipvs"`). The transport (the multicast socket) is the daemon's (`daemon.rs`: `sync_send`,
 //! `sync_receive`); the import into the table is [`XdpDataplane::import_flows`].
 //!
 //! A [`SyncEntry`] carries what a director needs to recreate a flow whose ids it does not
@@ -15,6 +16,7 @@
 //! [`XdpDataplane::import_flows`]: crate::dataplane::xdp::XdpDataplane::import_flows
 
 pub mod export;
+pub mod ipvs_wire;
 pub mod session;
 pub mod wire;
 

@@ -37,6 +37,7 @@ use ha_lb_common::lb::{LbFlow, LbFlowKey, LbPersist, LbPersistKey};
 use super::{
     decode,
     export::TemplateNames,
+    ipvs_wire::{self, IpvsDecodeError, IpvsMessage},
     wire::{encode_at_most, item_len},
     Datagram, Exporter, SyncDecodeError, SyncItem,
 };
@@ -77,8 +78,13 @@ pub struct Tick {
 pub enum Received {
     /// Not a valid sync datagram.
     Rejected(SyncDecodeError),
-    /// A kernel IPVS sync datagram: `first` the first one this session saw (warn once).
-    Ipvs { first: bool },
+    /// A kernel IPVS sync message (`sync::ipvs_wire`) that cannot be read: version 0, or
+    /// malformed. `first`: the first IPVS message this session saw (say so once).
+    IpvsRejected { error: IpvsDecodeError, first: bool },
+    /// Kernel IPVS sync entries to import (the caller maps them, with its own services'
+    /// persistence granularity, see [`IpvsConn::to_item`](super::ipvs_wire::IpvsConn::to_item)).
+    /// `first`: the first IPVS message this session saw.
+    ImportIpvs { message: IpvsMessage, first: bool },
     /// Another sync id's.
     OtherId,
     /// A table request: `answered` when the whole table goes out from the next tick (this
@@ -107,7 +113,7 @@ pub struct Session {
     left_master: Option<Instant>,
     /// The last diff after leaving MASTER is still to send.
     final_diff: bool,
-    /// A kernel IPVS sync datagram was seen.
+    /// A kernel IPVS sync message was seen.
     ipvs_seen: bool,
 }
 
@@ -196,9 +202,7 @@ impl Session {
     pub fn receive(&mut self, now: Instant, sync_id: u8, buf: &[u8]) -> Received {
         let d = match decode(buf) {
             Ok(d) => d,
-            Err(SyncDecodeError::IpvsSync) => {
-                return Received::Ipvs { first: !std::mem::replace(&mut self.ipvs_seen, true) }
-            }
+            Err(SyncDecodeError::IpvsSync) => return self.receive_ipvs(now, sync_id, buf),
             Err(e) => return Received::Rejected(e),
         };
         if d.sync_id != sync_id {
@@ -214,15 +218,43 @@ impl Session {
             }
             return Received::Request { answered };
         }
-        let just_master =
-            self.became_master.is_some_and(|t| now.duration_since(t) < IMPORT_AFTER_MASTER);
-        if self.master && !just_master {
+        if !self.imports(now) {
             let (connections, templates) = (d.entries.len(), d.templates.len());
             return Received::NotImported { connections, templates };
         }
         // The master answered (or was sending anyway): enough asking.
         self.requests_left = 0;
         Received::Import(d)
+    }
+
+    /// Whether a datagram received now is imported: not while MASTER, except just after
+    /// becoming it (see [`IMPORT_AFTER_MASTER`]).
+    fn imports(&self, now: Instant) -> bool {
+        let just_master =
+            self.became_master.is_some_and(|t| now.duration_since(t) < IMPORT_AFTER_MASTER);
+        !self.master || just_master
+    }
+
+    /// A kernel IPVS sync message (version 1): through the same gate as ours (its sync id,
+    /// not while MASTER). It is never a table request (IPVS has none; its master never sends
+    /// an empty message).
+    fn receive_ipvs(&mut self, now: Instant, sync_id: u8, buf: &[u8]) -> Received {
+        let first = !std::mem::replace(&mut self.ipvs_seen, true);
+        let message = match ipvs_wire::decode(buf) {
+            Ok(m) => m,
+            Err(error) => return Received::IpvsRejected { error, first },
+        };
+        if message.sync_id != sync_id {
+            return Received::OtherId;
+        }
+        if !self.imports(now) {
+            let templates = message.conns.iter().filter(|c| c.is_template()).count();
+            let connections = message.conns.len() - templates;
+            return Received::NotImported { connections, templates };
+        }
+        // A master is sending: asking it (in our format) is pointless now.
+        self.requests_left = 0;
+        Received::ImportIpvs { message, first }
     }
 
     /// Connections remembered as sent (status, tests).
@@ -592,10 +624,40 @@ mod tests {
         assert_eq!(s.receive(t1, 7, &d), import(sample()));
         assert_eq!(s.receive(t0, 8, &d), Received::OtherId);
         assert!(matches!(s.receive(t0, 7, &d[..5]), Received::Rejected(_)));
-        // A kernel IPVS director's datagram: told once.
-        let ipvs = [0, 7, 0, 8, 0, 1, 0, 0];
-        assert_eq!(s.receive(t0, 7, &ipvs), Received::Ipvs { first: true });
-        assert_eq!(s.receive(t0, 7, &ipvs), Received::Ipvs { first: false });
+    }
+
+    /// A kernel IPVS director's messages go through the same gate: the sync id must match,
+    /// and only a director that is not MASTER imports them; a version-0 one is refused.
+    #[test]
+    fn kernel_ipvs_messages_take_the_same_gate() {
+        use crate::sync::ipvs_wire::{self, IpvsConn, IpvsDecodeError, F_TEMPLATE};
+        let t0 = Instant::now();
+        let c = IpvsConn::from_entry(&sample());
+        let tpl = IpvsConn { flags: F_TEMPLATE, ..c };
+        let m = ipvs_wire::encode(7, &[c, tpl]).remove(0);
+        let message = ipvs_wire::decode(&m).unwrap();
+        let mut s = Session::new();
+        s.on_state(t0, State::Initialize, State::Backup);
+        assert!(s.tick(t0).request);
+        assert_eq!(
+            s.receive(t0, 7, &m),
+            Received::ImportIpvs { message: message.clone(), first: true }
+        );
+        assert!(!s.tick(t0).request, "a master is sending: no more table requests");
+        assert_eq!(s.receive(t0, 7, &m), Received::ImportIpvs { message, first: false });
+        assert_eq!(s.receive(t0, 8, &m), Received::OtherId);
+        let mut v0 = vec![1, 7, 0, 28];
+        v0.extend_from_slice(&[0; 24]);
+        assert_eq!(
+            s.receive(t0, 7, &v0),
+            Received::IpvsRejected { error: IpvsDecodeError::Version0, first: false }
+        );
+        s.on_state(t0, State::Backup, State::Master);
+        let t1 = t0 + IMPORT_AFTER_MASTER;
+        assert_eq!(s.receive(t1, 7, &m), Received::NotImported { connections: 1, templates: 1 });
+        // An empty one (the kernel never sends it) is no table request.
+        let empty = [0, 7, 0, 8, 0, 1, 0, 0];
+        assert!(matches!(s.receive(t1, 7, &empty), Received::NotImported { .. }));
     }
 
     /// Found by review: every table request made the master send its whole table; anyone

@@ -99,7 +99,7 @@ pub enum SyncDecodeError {
     Truncated { len: usize },
     #[error("bad magic {0:02x?} (want \"HLBS\")")]
     BadMagic([u8; 4]),
-    #[error("a kernel IPVS sync datagram (protocol version 1), not ha-lb's")]
+    #[error("a kernel IPVS sync message, not ha-lb's (see sync::ipvs_wire)")]
     IpvsSync,
     #[error("unknown sync version {0} (want 1, 2 or 3)")]
     BadVersion(u8),
@@ -306,15 +306,11 @@ pub fn carries_templates(d: &[u8]) -> bool {
     d.len() >= HEADER_LEN && d[4] == VERSION_TEMPLATES
 }
 
-/// Whether `buf` looks like a kernel IPVS sync datagram of protocol version 1 (Linux
-/// `struct ip_vs_sync_mesg`: a zero byte, the sync id, the size, the connection count, the
-/// version 1, two spare bytes): keepalived + IPVS directors on the same group and port, with
-/// which ha-lb's sync is not compatible.
+/// Whether `buf` is a kernel IPVS sync message (Linux `struct ip_vs_sync_mesg`, of either
+/// protocol version: its size field is its length), for [`super::ipvs_wire`] to read:
+/// keepalived + IPVS directors on the same group and port.
 pub fn is_ipvs_sync(buf: &[u8]) -> bool {
-    buf.len() >= HEADER_LEN
-        && buf[0] == 0
-        && buf[5] == 1
-        && usize::from(u16::from_be_bytes([buf[2], buf[3]])) == buf.len()
+    buf.get(..4) != Some(&MAGIC[..]) && super::ipvs_wire::looks_ipvs(buf)
 }
 
 fn get_ip(b: &[u8], v6: bool) -> IpAddr {
@@ -614,9 +610,10 @@ mod tests {
         let mut wrong_size = d.clone();
         wrong_size.push(0);
         assert!(matches!(decode(&wrong_size), Err(SyncDecodeError::BadMagic(_))));
+        // Version 0 too (told apart by sync::ipvs_wire).
         let mut v0 = d.clone();
         v0[5] = 0;
-        assert!(matches!(decode(&v0), Err(SyncDecodeError::BadMagic(_))));
+        assert_eq!(decode(&v0), Err(SyncDecodeError::IpvsSync));
         assert!(!is_ipvs_sync(&sample()));
         assert!(!is_ipvs_sync(&request(1)));
     }
