@@ -1,0 +1,136 @@
+//! Connection sync between a kernel-IPVS director and an ha-lb XDP director — the migration
+//! from keepalived + IPVS, one director at a time — in a user-mode-linux guest (the host kernel
+//! has no IPVS; Debian's 6.1 guest has it as modules, and runs the XDP program on veths, see
+//! `ha_lb_lab::uml` and `tun_uml.rs`).
+//!
+//! The NAT pair lab of the host tests (client, two directors, three real servers, in
+//! namespaces and veths inside the guest): d1 is `ha-lb run` with `dataplane = "ipvs"` and
+//! `lvs_sync_daemon` (the kernel's own sync thread, master while d1 is MASTER, as keepalived
+//! runs it), d2 is `ha-lb run` with the XDP data plane and `lvs_sync_daemon`. Keep-alive
+//! connections through d1; d2 imports the kernel's sync messages (`sync::ipvs_wire`); d1 is
+//! killed (`kill -9`, links down); every connection goes on through d2's XDP program,
+//! answered by the same real server — with round robin and no imported state, d2 would
+//! schedule each mid-connection segment afresh and most would be reset.
+//!
+//! See docs/conntrack-sync.md, "Kernel IPVS sync".
+
+mod daemon_support;
+
+use std::{process::Command, time::Duration};
+
+use daemon_support::*;
+use ha_lb_lab::{
+    daemon::{eventually, HaLb, Scratch},
+    topology::{DirectorLab, Mode},
+    uml::{self, Uml},
+    Node,
+};
+
+const TEST_NAME: &str = "kernel_ipvs_master_syncs_to_an_xdp_director_in_a_uml_guest";
+const STEPS: &[&str] = &[
+    "ipvs_master_and_xdp_backup_up",
+    "xdp_backup_imports_the_kernels_sync",
+    "connections_survive_the_failover_to_xdp",
+];
+
+#[test]
+fn kernel_ipvs_master_syncs_to_an_xdp_director_in_a_uml_guest() {
+    if uml::in_guest().is_some() {
+        guest();
+        return;
+    }
+    let mut uml = Uml::find().expect("a UML kernel");
+    uml.mem = "512M".into();
+    uml.timeout = Duration::from_secs(240);
+    uml.run_test_steps(TEST_NAME, "ipvs-sync-interop-uml", STEPS);
+}
+
+fn ok(step: &str) {
+    assert!(STEPS.contains(&step), "unknown step {step}");
+    println!("ipvs-sync-interop-uml: {step}: ok");
+}
+
+const ADVERT: f64 = 0.2;
+const SYNC: &str = "lvs_sync_daemon = { interface = \"eth1\", vrrp_instance = \"VI_GATEWAY\" }\n";
+
+/// Director `n`'s configuration on `dataplane` ("ipvs" or "xdp"), with `lvs_sync_daemon`.
+fn conf(n: u8, peer: u8, priority: u8, dataplane: &str, vs: &str) -> String {
+    director_conf(n, Some(peer), priority, ADVERT, vs).replacen(
+        "dataplane = \"xdp\"\n",
+        &format!("dataplane = \"{dataplane}\"\n{SYNC}"),
+        1,
+    )
+}
+
+/// `ipvsadm ARGS` in `node`'s namespace.
+fn ipvsadm(node: &Node, args: &[&str]) -> String {
+    let out = node.exec("ipvsadm", args).unwrap_or_else(|e| panic!("ipvsadm {args:?}: {e:#}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `d`'s connection-sync counter `key` (0 when it has not counted any).
+fn sync_counter(d: &HaLb, key: &str) -> u64 {
+    d.status().ok().and_then(|s| s["lvs_sync"][key].as_u64()).unwrap_or(0)
+}
+
+fn guest() {
+    // The guest's / is the host's, read-only: namespaces and ha-lb's /run/ha-lb need a
+    // writable /run.
+    let st = Command::new("mount").args(["-t", "tmpfs", "tmpfs", "/run"]).status().unwrap();
+    assert!(st.success(), "mount /run");
+    uml::load_modules(&["veth", "bridge", "ip_vs", "ip_vs_rr"]).expect("load the modules");
+
+    let mut t = DirectorLab::build(Mode::Nat, 2, 3).unwrap();
+    let _pids = t.start_real_servers().unwrap();
+    let s = Scratch::new("ipvsx").unwrap();
+    let rss: Vec<String> = (1..=3).map(|n| real_server(n, 1, "", None)).collect();
+    let vs = virtual_server("lb_algo = \"rr\"", &rss);
+    let (n1, n2) = (t.directors[0].clone(), t.directors[1].clone());
+    let d1 = HaLb::start(&mut t.lab, &n1, &s, "d1", &conf(1, 2, 150, "ipvs", &vs)).unwrap();
+    wait_master_serving(&t, &d1);
+    let d2 = HaLb::start(&mut t.lab, &n2, &s, "d2", &conf(2, 1, 100, "xdp", &vs)).unwrap();
+    eventually(Duration::from_secs(10), "d2 BACKUP", || {
+        d2.state("VI_GATEWAY").as_deref() == Some("BACKUP")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d2.log_text()));
+    eventually(Duration::from_secs(5), "the kernel's master sync thread on d1", || {
+        ipvsadm(&n1, &["-L", "--daemon"]).contains("master sync daemon (mcast=eth1, syncid=52")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", ipvsadm(&n1, &["-L", "--daemon"]), d1.log_text()));
+    assert!(has_xdp(&n2, "eth0"), "d2 forwards with the XDP program");
+    ok("ipvs_master_and_xdp_backup_up");
+
+    let mut conns: Vec<KeepAlive> = (0..6).map(|_| KeepAlive::open(&t.client).unwrap()).collect();
+    let names: Vec<String> = conns.iter_mut().map(|c| c.get().unwrap()).collect();
+    let mut distinct = names.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "round robin spread them: {names:?}");
+    // The kernel syncs a connection at its third packet and flushes its sync buffer at least
+    // every 2 s.
+    eventually(Duration::from_secs(10), "d2 imported d1's six connections", || {
+        sync_counter(&d2, "connections_imported") >= 6
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nd2 status: {}\nd1's IPVS: {}\n{}",
+            d2.status().map(|s| s["lvs_sync"].to_string()).unwrap_or_default(),
+            ipvsadm(&n1, &["-Lnc"]),
+            d2.log_text()
+        )
+    });
+    assert!(sync_counter(&d2, "datagrams_ipvs") >= 1);
+    // (`connections_unknown` may count the closes of the short probe connections d2 never
+    // had open: a close of a flow a director does not have is not written.)
+    let rejected: Vec<String> =
+        d2.log_text().lines().filter(|l| l.contains("bad")).map(str::to_owned).collect();
+    assert_eq!(sync_counter(&d2, "datagrams_rejected"), 0, "{rejected:#?}");
+    ok("xdp_backup_imports_the_kernels_sync");
+
+    let _ = n2.ip(&["neigh", "flush", "dev", "eth0"]);
+    crash(&mut t, &d1);
+    eventually(Duration::from_secs(5), "d2 holds both VIPs", || holds_both_vips(&n2))
+        .unwrap_or_else(|e| panic!("{e}\n{}", d2.log_text()));
+    still_served(&mut conns, &names, "after the failover to the XDP director", &|| d2.log_text());
+    ok("connections_survive_the_failover_to_xdp");
+}
