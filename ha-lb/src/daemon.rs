@@ -846,11 +846,39 @@ impl Daemon {
         for d in &datagrams {
             // One that does not go out (the socket buffer is full, or the link is down) is
             // sent again at the next tick, with those after it.
-            if !self.sync_send_one(sock, d, "datagram") {
+            let wire = match cfg.protocol {
+                config::SyncProtocol::HaLb => vec![d.clone()],
+                // The kernel's format (for a kernel IPVS backup): our datagram stays the unit
+                // of pacing and of what is owed; one that went out only in part is sent again
+                // whole (the kernel takes a repeat as an update).
+                config::SyncProtocol::Ipvs => {
+                    let timeout = |protocol: config::Protocol, vip: std::net::SocketAddr| {
+                        self.config
+                            .virtual_servers
+                            .iter()
+                            .find(|v| {
+                                v.protocol == protocol
+                                    && v.address == vip.ip()
+                                    && v.port == vip.port()
+                            })
+                            .and_then(|v| v.persistence_timeout)
+                            .map_or(0, |t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX))
+                    };
+                    crate::sync::ipvs_wire::transcode(d, &timeout)
+                }
+            };
+            let mut all = true;
+            for m in &wire {
+                if !self.sync_send_one(sock, m, "datagram") {
+                    all = false;
+                    break;
+                }
+                *self.sync_counters.entry("datagrams_sent").or_default() += 1;
+            }
+            if !all {
                 break;
             }
             sent += 1;
-            *self.sync_counters.entry("datagrams_sent").or_default() += 1;
             let what = if crate::sync::wire::carries_templates(d) {
                 "templates_sent"
             } else {

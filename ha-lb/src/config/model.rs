@@ -102,6 +102,42 @@ pub struct LvsSyncDaemon {
     pub vrrp_instance: String,
     /// Sync id carried in every datagram; `None`: the instance's `virtual_router_id`.
     pub id: Option<u8>,
+    /// The format an XDP/TC director sends in (it imports both). keepalived.conf has no such
+    /// option: the default, ha-lb's own.
+    pub protocol: SyncProtocol,
+}
+
+/// Connection sync's wire format (`lvs_sync_daemon`'s `protocol`, docs/conntrack-sync.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SyncProtocol {
+    /// ha-lb's own datagrams ("HLBS": closes, table requests, templates with their prefix).
+    #[default]
+    HaLb,
+    /// The kernel's IPVS sync messages (protocol version 1), so a kernel IPVS backup (a
+    /// keepalived + IPVS director not yet migrated) imports this director's connections.
+    Ipvs,
+}
+
+impl SyncProtocol {
+    pub const NAMES: &'static [&'static str] = &["ha-lb", "ipvs"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncProtocol::HaLb => "ha-lb",
+            SyncProtocol::Ipvs => "ipvs",
+        }
+    }
+}
+
+impl FromStr for SyncProtocol {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "ha-lb" => Ok(SyncProtocol::HaLb),
+            "ipvs" => Ok(SyncProtocol::Ipvs),
+            _ => Err(()),
+        }
+    }
 }
 
 impl Default for Global {

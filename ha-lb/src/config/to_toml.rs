@@ -149,10 +149,14 @@ fn global(w: &mut W, g: &Global) {
     w.kv("vrrp_gna_interval", &secs(g.vrrp_gna_interval));
     if let Some(s) = &g.lvs_sync_daemon {
         let id = s.id.map(|i| format!(", id = {i}")).unwrap_or_default();
+        let protocol = match s.protocol {
+            SyncProtocol::HaLb => String::new(),
+            p => format!(", protocol = {}", toml_str(p.as_str())),
+        };
         w.kv(
             "lvs_sync_daemon",
             &format!(
-                "{{ interface = {}, vrrp_instance = {}{id} }}",
+                "{{ interface = {}, vrrp_instance = {}{id}{protocol} }}",
                 toml_str(&s.interface),
                 toml_str(&s.vrrp_instance)
             ),

@@ -837,17 +837,18 @@ impl<'s> Reader<'s> {
                 "lvs_sync_daemon",
                 spos,
                 Item::Global,
-                &["interface", "vrrp_instance", "id"],
+                &["interface", "vrrp_instance", "id", "protocol"],
                 false,
             );
             let interface = self.string(&sb, "interface").map(|(s, _)| s);
             let vrrp_instance = self.string(&sb, "vrrp_instance").map(|(s, _)| s);
             let id = self.int(&sb, "id", 1, 255).map(|v| v as u8);
+            let protocol = self.choice(&sb, "protocol", SyncProtocol::NAMES).unwrap_or_default();
             for k in ["interface", "vrrp_instance"] {
                 self.required(&sb, k);
             }
             if let (Some(interface), Some(vrrp_instance)) = (interface, vrrp_instance) {
-                g.lvs_sync_daemon = Some(LvsSyncDaemon { interface, vrrp_instance, id });
+                g.lvs_sync_daemon = Some(LvsSyncDaemon { interface, vrrp_instance, id, protocol });
             }
         }
         self.stack.pop();
@@ -1663,6 +1664,26 @@ virtual_ipaddress = ["192.0.2.10/24"]
         assert_eq!(c.global.control_socket, Path::new("/run/ha-lb/ha-lb.sock"));
         assert_eq!(c.global.vrrp_version, VrrpVersion::V2);
         assert!(!c.global.enable_script_security);
+    }
+
+    /// `lvs_sync_daemon`'s `protocol`: ha-lb's own by default (keepalived.conf has no such
+    /// option), the kernel's IPVS messages when asked; written back only when not the default.
+    #[test]
+    fn lvs_sync_daemon_protocol() {
+        let with = |extra: &str| {
+            parse(&format!(
+                "[global]\nlvs_sync_daemon = {{ interface = \"eth1\", vrrp_instance = \"VI_1\"{extra} }}\n{MIN_INSTANCE}"
+            ))
+        };
+        let c = with("").unwrap();
+        assert_eq!(c.global.lvs_sync_daemon.as_ref().unwrap().protocol, SyncProtocol::HaLb);
+        assert!(!crate::config::to_toml::to_toml(&c).contains("protocol"));
+        let c = with(", protocol = \"ipvs\"").unwrap();
+        assert_eq!(c.global.lvs_sync_daemon.as_ref().unwrap().protocol, SyncProtocol::Ipvs);
+        let text = crate::config::to_toml::to_toml(&c);
+        assert!(text.contains("protocol = \"ipvs\""), "{text}");
+        assert_eq!(parse_str(&text, Path::new("t.toml")).unwrap(), c);
+        assert!(with(", protocol = \"hlbs\"").is_err());
     }
 
     #[test]

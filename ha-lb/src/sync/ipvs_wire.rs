@@ -542,6 +542,29 @@ pub fn encode(sync_id: u8, conns: &[IpvsConn]) -> Vec<Vec<u8>> {
     out
 }
 
+/// One of our own datagrams (made by [`super::encode`]) as the kernel's messages, for a
+/// director that sends `protocol = "ipvs"`: its connections ([`IpvsConn::from_entry`]) or
+/// templates ([`IpvsConn::from_template`], `persistence_timeout` giving each one's service's
+/// timeout in seconds). Our datagram stays the unit of pacing and of what is owed; a table
+/// request (no entries) or anything not ours gives nothing.
+pub fn transcode(
+    datagram: &[u8],
+    persistence_timeout: &dyn Fn(Protocol, SocketAddr) -> u32,
+) -> Vec<Vec<u8>> {
+    let Ok(d) = super::decode(datagram) else { return Vec::new() };
+    let conns: Vec<IpvsConn> = d
+        .entries
+        .iter()
+        .map(IpvsConn::from_entry)
+        .chain(
+            d.templates
+                .iter()
+                .map(|t| IpvsConn::from_template(t, persistence_timeout(t.protocol, t.vip))),
+        )
+        .collect();
+    encode(d.sync_id, &conns)
+}
+
 fn finish(mut m: Vec<u8>) -> Vec<u8> {
     let size = m.len() as u16;
     m[2..4].copy_from_slice(&size.to_be_bytes());
@@ -791,6 +814,52 @@ mod tests {
                 ..t
             }))
         );
+    }
+
+    /// Our datagrams, sent as the kernel's messages: every entry, in order, the sync id kept,
+    /// the templates with what is left of their service's timeout.
+    #[test]
+    fn our_datagrams_transcoded() {
+        let entries: Vec<SyncEntry> = (0..60u16)
+            .map(|i| SyncEntry {
+                protocol: Protocol::Tcp,
+                lb_kind: LbKind::Nat,
+                client: SocketAddr::new("198.18.0.2".parse().unwrap(), 30000 + i),
+                vip: sa("198.18.0.100:80"),
+                real_server: sa("198.19.1.11:80"),
+                idle_secs: 3,
+                closed: i % 7 == 0,
+            })
+            .collect();
+        let t = SyncTemplate {
+            protocol: Protocol::Tcp,
+            vip: sa("198.18.0.100:80"),
+            client: "198.18.0.0".parse().unwrap(),
+            prefix: 24,
+            real_server: sa("198.19.1.12:80"),
+            idle_secs: 10,
+        };
+        let ours = super::super::encode(52, &entries);
+        let tpl = super::super::encode(52, &[t]);
+        let timeout = |_: Protocol, _: SocketAddr| 300;
+        let back: Vec<IpvsConn> = ours
+            .iter()
+            .flat_map(|d| transcode(d, &timeout))
+            .map(|m| decode(&m).unwrap())
+            .inspect(|m| assert_eq!(m.sync_id, 52))
+            .flat_map(|m| m.conns)
+            .collect();
+        let mut want: Vec<IpvsConn> = entries.iter().map(IpvsConn::from_entry).collect();
+        // Open ones go in version-1 datagrams, closed ones in version-2 ones.
+        want.sort_by_key(|c| c.state);
+        let mut got = back.clone();
+        got.sort_by_key(|c| c.state);
+        assert_eq!(got.len(), 60);
+        assert_eq!(got, want);
+        let m = transcode(&tpl[0], &timeout);
+        assert_eq!(decode(&m[0]).unwrap().conns, vec![IpvsConn::from_template(&t, 300)]);
+        assert_eq!(decode(&m[0]).unwrap().conns[0].timeout, 290);
+        assert!(transcode(&super::super::request(52), &timeout).is_empty());
     }
 
     #[test]
