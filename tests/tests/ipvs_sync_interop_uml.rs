@@ -12,6 +12,11 @@
 //! answered by the same real server — with round robin and no imported state, d2 would
 //! schedule each mid-connection segment afresh and most would be reset.
 //!
+//! And the other way round (`xdp_master_syncs_to_a_kernel_ipvs_director_in_a_uml_guest`): the
+//! XDP director is the master and sends the kernel's format (`protocol = "ipvs"`), the kernel
+//! IPVS director's backup sync thread imports it, and the connections survive a `kill -9` of
+//! the XDP director, now through the kernel's IPVS.
+//!
 //! See docs/conntrack-sync.md, "Kernel IPVS sync".
 
 mod daemon_support;
@@ -62,6 +67,15 @@ fn conf(n: u8, peer: u8, priority: u8, dataplane: &str, vs: &str) -> String {
     )
 }
 
+/// [`conf`] for the XDP director that sends the kernel's format.
+fn conf_sending_ipvs(n: u8, peer: u8, priority: u8, vs: &str) -> String {
+    conf(n, peer, priority, "xdp", vs).replacen(
+        "vrrp_instance = \"VI_GATEWAY\" }",
+        "vrrp_instance = \"VI_GATEWAY\", protocol = \"ipvs\" }",
+        1,
+    )
+}
+
 /// `ipvsadm ARGS` in `node`'s namespace.
 fn ipvsadm(node: &Node, args: &[&str]) -> String {
     let out = node.exec("ipvsadm", args).unwrap_or_else(|e| panic!("ipvsadm {args:?}: {e:#}"));
@@ -73,13 +87,16 @@ fn sync_counter(d: &HaLb, key: &str) -> u64 {
     d.status().ok().and_then(|s| s["lvs_sync"][key].as_u64()).unwrap_or(0)
 }
 
-fn guest() {
-    // The guest's / is the host's, read-only: namespaces and ha-lb's /run/ha-lb need a
-    // writable /run.
+/// The guest's set-up: a writable /run (the guest's / is the host's, read-only: namespaces
+/// and ha-lb's /run/ha-lb need one) and the modules.
+fn guest_setup() {
     let st = Command::new("mount").args(["-t", "tmpfs", "tmpfs", "/run"]).status().unwrap();
     assert!(st.success(), "mount /run");
     uml::load_modules(&["veth", "bridge", "ip_vs", "ip_vs_rr"]).expect("load the modules");
+}
 
+fn guest() {
+    guest_setup();
     let mut t = DirectorLab::build(Mode::Nat, 2, 3).unwrap();
     let _pids = t.start_real_servers().unwrap();
     let s = Scratch::new("ipvsx").unwrap();
@@ -133,4 +150,85 @@ fn guest() {
         .unwrap_or_else(|e| panic!("{e}\n{}", d2.log_text()));
     still_served(&mut conns, &names, "after the failover to the XDP director", &|| d2.log_text());
     ok("connections_survive_the_failover_to_xdp");
+}
+
+const TEST_NAME_BACK: &str = "xdp_master_syncs_to_a_kernel_ipvs_director_in_a_uml_guest";
+const STEPS_BACK: &[&str] = &[
+    "xdp_master_and_ipvs_backup_up",
+    "kernel_backup_imports_the_xdp_masters_sync",
+    "connections_survive_the_failover_to_ipvs",
+];
+
+#[test]
+fn xdp_master_syncs_to_a_kernel_ipvs_director_in_a_uml_guest() {
+    if uml::in_guest().is_some() {
+        guest_back();
+        return;
+    }
+    let mut uml = Uml::find().expect("a UML kernel");
+    uml.mem = "512M".into();
+    uml.timeout = Duration::from_secs(240);
+    uml.run_test_steps(TEST_NAME_BACK, "ipvs-sync-interop-uml", STEPS_BACK);
+}
+
+fn ok_back(step: &str) {
+    assert!(STEPS_BACK.contains(&step), "unknown step {step}");
+    println!("ipvs-sync-interop-uml: {step}: ok");
+}
+
+fn guest_back() {
+    guest_setup();
+    let mut t = DirectorLab::build(Mode::Nat, 2, 3).unwrap();
+    let _pids = t.start_real_servers().unwrap();
+    let s = Scratch::new("ipvsy").unwrap();
+    let rss: Vec<String> = (1..=3).map(|n| real_server(n, 1, "", None)).collect();
+    let vs = virtual_server("lb_algo = \"rr\"", &rss);
+    let (n1, n2) = (t.directors[0].clone(), t.directors[1].clone());
+    // d1, the XDP director, is the master; d2 runs kernel IPVS (its backup sync thread).
+    let d1 = HaLb::start(&mut t.lab, &n1, &s, "d1", &conf_sending_ipvs(1, 2, 150, &vs)).unwrap();
+    wait_master_serving(&t, &d1);
+    assert!(has_xdp(&n1, "eth0"), "d1 forwards with the XDP program");
+    let d2 = HaLb::start(&mut t.lab, &n2, &s, "d2", &conf(2, 1, 100, "ipvs", &vs)).unwrap();
+    eventually(Duration::from_secs(10), "d2 BACKUP", || {
+        d2.state("VI_GATEWAY").as_deref() == Some("BACKUP")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d2.log_text()));
+    eventually(Duration::from_secs(5), "the kernel's backup sync thread on d2", || {
+        ipvsadm(&n2, &["-L", "--daemon"]).contains("backup sync daemon (mcast=eth1, syncid=52")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", ipvsadm(&n2, &["-L", "--daemon"]), d2.log_text()));
+    ok_back("xdp_master_and_ipvs_backup_up");
+
+    let mut conns: Vec<KeepAlive> = (0..6).map(|_| KeepAlive::open(&t.client).unwrap()).collect();
+    let names: Vec<String> = conns.iter_mut().map(|c| c.get().unwrap()).collect();
+    let mut distinct = names.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "round robin spread them: {names:?}");
+    // d1 sends its new connections once a second, in the kernel's format.
+    eventually(Duration::from_secs(10), "d2's IPVS has d1's six connections", || {
+        ipvsadm(&n2, &["-Lnc"]).lines().filter(|l| l.contains("ESTABLISHED")).count() >= 6
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}\nd1 status: {}\n{}",
+            ipvsadm(&n2, &["-Lnc"]),
+            d1.status().map(|s| s["lvs_sync"].to_string()).unwrap_or_default(),
+            d1.log_text()
+        )
+    });
+    assert!(sync_counter(&d1, "connections_sent") >= 6);
+    ok_back("kernel_backup_imports_the_xdp_masters_sync");
+
+    crash(&mut t, &d1);
+    eventually(Duration::from_secs(5), "d2 holds both VIPs", || holds_both_vips(&n2))
+        .unwrap_or_else(|e| panic!("{e}\n{}", d2.log_text()));
+    eventually(Duration::from_secs(5), "d2's sync thread is the master now", || {
+        ipvsadm(&n2, &["-L", "--daemon"]).contains("master sync daemon")
+    })
+    .unwrap();
+    still_served(&mut conns, &names, "after the failover to the kernel IPVS director", &|| {
+        d2.log_text()
+    });
+    ok_back("connections_survive_the_failover_to_ipvs");
 }
