@@ -232,3 +232,115 @@ fn guest_back() {
     });
     ok_back("connections_survive_the_failover_to_ipvs");
 }
+
+const TEST_NAME_TPL: &str =
+    "kernel_ipvs_persistence_templates_reach_an_xdp_director_in_a_uml_guest";
+const STEPS_TPL: &[&str] = &[
+    "persistent_clients_on_the_ipvs_master",
+    "xdp_backup_imports_the_kernels_templates",
+    "persistent_clients_keep_their_real_servers_after_the_failover",
+];
+
+/// The kernel's persistence templates too: with `persistence_timeout`, six client addresses
+/// each get a real server from d1's IPVS (round robin); d2 (XDP) imports the kernel's
+/// templates (under its own `persistence_granularity`, IPVS messages carry none); after a
+/// `kill -9` of d1 each client's *new* connection, in the reverse order, reaches its old real
+/// server through d2 — round robin alone cannot give all six theirs (the wanted sequence runs
+/// backwards through the ring).
+#[test]
+fn kernel_ipvs_persistence_templates_reach_an_xdp_director_in_a_uml_guest() {
+    if uml::in_guest().is_some() {
+        guest_templates();
+        return;
+    }
+    let mut uml = Uml::find().expect("a UML kernel");
+    uml.mem = "512M".into();
+    uml.timeout = Duration::from_secs(240);
+    uml.run_test_steps(TEST_NAME_TPL, "ipvs-sync-interop-uml", STEPS_TPL);
+}
+
+fn ok_tpl(step: &str) {
+    assert!(STEPS_TPL.contains(&step), "unknown step {step}");
+    println!("ipvs-sync-interop-uml: {step}: ok");
+}
+
+/// One GET on a new connection from `src` (an address of the client node) to the VIP: the
+/// answering real server's name.
+fn get_from(client: &Node, src: std::net::IpAddr) -> anyhow::Result<String> {
+    client.run(move || -> anyhow::Result<String> {
+        pin_to_cpu0();
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        s.bind(&std::net::SocketAddr::new(src, 0).into())?;
+        s.connect_timeout(&vip().into(), Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        ha_lb_lab::topology::KeepAlive::over(s.into(), vip())?.get()
+    })?
+}
+
+fn guest_templates() {
+    guest_setup();
+    let mut t = DirectorLab::build(Mode::Nat, 2, 3).unwrap();
+    let _pids = t.start_real_servers().unwrap();
+    let s = Scratch::new("ipvsz").unwrap();
+    let rss: Vec<String> = (1..=3).map(|n| real_server(n, 1, "", None)).collect();
+    let vs = virtual_server("lb_algo = \"rr\"\npersistence_timeout = 300", &rss);
+    let (n1, n2) = (t.directors[0].clone(), t.directors[1].clone());
+    let d1 = HaLb::start(&mut t.lab, &n1, &s, "d1", &conf(1, 2, 150, "ipvs", &vs)).unwrap();
+    wait_master_serving(&t, &d1);
+    let d2 = HaLb::start(&mut t.lab, &n2, &s, "d2", &conf(2, 1, 100, "xdp", &vs)).unwrap();
+    eventually(Duration::from_secs(10), "d2 BACKUP", || {
+        d2.state("VI_GATEWAY").as_deref() == Some("BACKUP")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d2.log_text()));
+    eventually(Duration::from_secs(5), "the kernel's master sync thread on d1", || {
+        ipvsadm(&n1, &["-L", "--daemon"]).contains("master sync daemon (mcast=eth1, syncid=52")
+    })
+    .unwrap();
+
+    let clients: Vec<std::net::IpAddr> =
+        (41..47).map(|n| format!("198.18.0.{n}").parse().unwrap()).collect();
+    for c in &clients {
+        t.client.addr("eth0", &format!("{c}/24")).unwrap();
+    }
+    let before: Vec<String> = clients.iter().map(|&c| get_from(&t.client, c).unwrap()).collect();
+    let mut distinct = before.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "round robin spread them: {before:?}");
+    for (&c, want) in clients.iter().zip(&before) {
+        assert_eq!(&get_from(&t.client, c).unwrap(), want, "{c} persistent on the IPVS master");
+    }
+    ok_tpl("persistent_clients_on_the_ipvs_master");
+
+    eventually(Duration::from_secs(10), "d2 imported the kernel's six templates", || {
+        sync_counter(&d2, "templates_imported") >= 6
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nd2 status: {}\nd1's IPVS: {}\n{}",
+            d2.status().map(|s| s["lvs_sync"].to_string()).unwrap_or_default(),
+            ipvsadm(&n1, &["-Lnc"]),
+            d2.log_text()
+        )
+    });
+    assert_eq!(sync_counter(&d2, "templates_unknown"), 0);
+    ok_tpl("xdp_backup_imports_the_kernels_templates");
+
+    let _ = n2.ip(&["neigh", "flush", "dev", "eth0"]);
+    crash(&mut t, &d1);
+    eventually(Duration::from_secs(5), "d2 holds both VIPs", || holds_both_vips(&n2))
+        .unwrap_or_else(|e| panic!("{e}\n{}", d2.log_text()));
+    let mut after = vec![String::new(); clients.len()];
+    for (i, &c) in clients.iter().enumerate().rev() {
+        let mut got = get_from(&t.client, c);
+        for _ in 0..3 {
+            if got.is_ok() {
+                break;
+            }
+            got = get_from(&t.client, c);
+        }
+        after[i] = got.unwrap_or_else(|e| format!("(failed: {e})"));
+    }
+    assert_eq!(after, before, "each client's new connection after the failover\n{}", d2.log_text());
+    ok_tpl("persistent_clients_keep_their_real_servers_after_the_failover");
+}
