@@ -599,7 +599,7 @@ mod tests {
     }
 
     /// Kernel IPVS directors (keepalived's own lvs_sync_daemon) use the same group and port:
-    /// their datagrams are told apart, so the daemon can say why nothing is imported.
+    /// their messages are told apart (by the size field), for `sync::ipvs_wire` to read.
     #[test]
     fn kernel_ipvs_sync_datagrams_are_recognised() {
         // Header (reserved 0, sync id 51, size 32, 1 connection, version 1, spare) and one
