@@ -917,6 +917,11 @@ impl Daemon {
         use crate::sync::session::Received;
         let Some(cfg) = self.config.global.lvs_sync_daemon.clone() else { return };
         *self.sync_counters.entry("datagrams_received").or_default() += 1;
+        if crate::sync::wire::is_ipvs_sync(buf) {
+            // Every kernel IPVS message, whatever becomes of it (imported, another sync id,
+            // rejected).
+            *self.sync_counters.entry("datagrams_ipvs").or_default() += 1;
+        }
         let id = self.sync_id(&cfg);
         let d = match self.sync.receive(std::time::Instant::now(), id, buf) {
             Received::Rejected(e) => {
@@ -925,7 +930,6 @@ impl Daemon {
                 return;
             }
             Received::IpvsRejected { error, first } => {
-                *self.sync_counters.entry("datagrams_ipvs").or_default() += 1;
                 *self.sync_counters.entry("datagrams_rejected").or_default() += 1;
                 let v0 = error == crate::sync::ipvs_wire::IpvsDecodeError::Version0;
                 if v0 && !std::mem::replace(&mut self.sync_ipvs_v0_told, true) {
@@ -938,7 +942,6 @@ impl Daemon {
                 return;
             }
             Received::ImportIpvs { message, first } => {
-                *self.sync_counters.entry("datagrams_ipvs").or_default() += 1;
                 if first {
                     info!(interface = %cfg.interface, "lvs_sync_daemon: importing kernel IPVS sync messages (a keepalived + IPVS director on the sync link)");
                 }

@@ -189,3 +189,72 @@ fn persistent_clients_keep_their_real_server_after_a_failover() {
     }
     assert_eq!(after, before, "each client's new connection after the failover\n{}", d2.log_text());
 }
+
+/// Kernel IPVS sync messages (a keepalived + IPVS director on the sync link) take the same
+/// gate as ours, end to end through the daemon: a backup imports a hand-built version-1
+/// message's connection (and counts an entry it cannot have, a firewall mark's, as unknown),
+/// ignores another sync id, rejects a version-0 message; the master does not import. (The
+/// kernel's own messages, and the failover they serve, are `ipvs_sync_interop_uml`'s.)
+#[test]
+fn kernel_ipvs_messages_take_the_same_gate() {
+    use ha_lb::sync::ipvs_wire::{self, IpvsConn};
+    let mut t = DirectorLab::build(Mode::Nat, 2, 3).unwrap();
+    let _pids = t.start_real_servers().unwrap();
+    let s = Scratch::new("isync").unwrap();
+    let rss: Vec<String> = (1..=3).map(|n| real_server(n, 1, "", None)).collect();
+    let vs = virtual_server("lb_algo = \"rr\"", &rss);
+    let (n1, n2) = (t.directors[0].clone(), t.directors[1].clone());
+    let d1 = HaLb::start(&mut t.lab, &n1, &s, "d1", &conf(1, 2, 150, &vs)).unwrap();
+    wait_master_serving(&t, &d1);
+    let d2 = HaLb::start(&mut t.lab, &n2, &s, "d2", &conf(2, 1, 100, &vs)).unwrap();
+    eventually(Duration::from_secs(5), "d2 BACKUP", || {
+        d2.state("VI_GATEWAY").as_deref() == Some("BACKUP")
+    })
+    .unwrap();
+
+    let conn = IpvsConn::from_entry(&ha_lb::sync::SyncEntry {
+        protocol: ha_lb::config::Protocol::Tcp,
+        lb_kind: ha_lb::config::LbKind::Nat,
+        client: "198.18.0.77:40000".parse().unwrap(),
+        vip: vip(),
+        real_server: "198.19.0.11:80".parse().unwrap(),
+        idle_secs: 0,
+        closed: false,
+    });
+    let fwmark = IpvsConn { fwmark: 5, ..conn };
+    // (d1, the master, sends its own connections too — the probes' — so d2's
+    // `connections_*` counters are lower bounds here.)
+    // From the client's side of the sync link: d2 (BACKUP) imports.
+    send_from(&n1, 1, "224.0.0.81:8848", &ipvs_wire::encode(52, &[conn, fwmark]).remove(0));
+    eventually(Duration::from_secs(2), "d2 imported the kernel's connection", || {
+        sync_counter(&d2, "datagrams_ipvs") == 1
+            && sync_counter(&d2, "connections_imported") >= 1
+            && sync_counter(&d2, "connections_unknown") >= 1
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", d2.status().map(|s| s["lvs_sync"].clone())));
+    send_from(&n1, 1, "224.0.0.81:8848", &ipvs_wire::encode(99, &[conn]).remove(0));
+    let mut v0 = vec![1, 52, 0, 28];
+    v0.extend_from_slice(&[0; 24]);
+    send_from(&n1, 1, "224.0.0.81:8848", &v0);
+    eventually(Duration::from_secs(2), "another id ignored, version 0 rejected", || {
+        sync_counter(&d2, "datagrams_ipvs") == 3
+            && sync_counter(&d2, "datagrams_other_id") == 1
+            && sync_counter(&d2, "datagrams_rejected") == 1
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", d2.status().map(|s| s["lvs_sync"].clone())));
+    assert!(d2.log_text().contains("protocol version 0 are not imported"), "{}", d2.log_text());
+    // The master does not import — once 5 s (IMPORT_AFTER_MASTER: the last diff of the
+    // director that left) have passed since it became MASTER; until then it did (the
+    // messages above reached it too, looped back on n1).
+    std::thread::sleep(ha_lb::sync::session::IMPORT_AFTER_MASTER);
+    let (before, ignored) = (
+        sync_counter(&d1, "connections_imported"),
+        sync_counter(&d1, "connections_ignored_as_master"),
+    );
+    send_from(&n2, 2, "224.0.0.81:8848", &ipvs_wire::encode(52, &[conn]).remove(0));
+    eventually(Duration::from_secs(2), "d1 (MASTER) ignored it", || {
+        sync_counter(&d1, "connections_ignored_as_master") > ignored
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", d1.status().map(|s| s["lvs_sync"].clone())));
+    assert_eq!(sync_counter(&d1, "connections_imported"), before);
+}
