@@ -37,10 +37,10 @@
 //! message's size)
 //! ```
 //!
-//! Like the kernel's receiver, the decoder drops the whole message on a structural error (a
-//! size that does not add up, an entry that overruns the message, an unknown entry version or
-//! type, a malformed option) — the kernel keeps the entries before the bad one, this decoder
-//! keeps none. Per-entry conditions the kernel skips an entry for (an unknown mandatory option)
+//! Like the kernel's receiver, the decoder ignores bytes after the `nr_conns` entries, and
+//! drops the whole message on a structural error (a size that does not add up, an entry that
+//! overruns the message, an unknown entry version or type, a malformed option) — the kernel
+//! keeps the entries before the bad one, this decoder keeps none. Per-entry conditions the kernel skips an entry for (an unknown mandatory option)
 //! and those ha-lb cannot import (firewall marks, SCTP, local-node and bypass forwarding,
 //! persistence engines) are left to [`IpvsConn::to_item`].
 
@@ -136,8 +136,6 @@ pub enum IpvsDecodeError {
     EntryTooShort { index: u8, size: u16 },
     #[error("entry {index}: malformed option")]
     BadOption { index: u8 },
-    #[error("{extra} bytes after the {count} entries")]
-    TrailingBytes { count: u8, extra: usize },
 }
 
 impl IpvsDecodeError {
@@ -152,7 +150,6 @@ impl IpvsDecodeError {
             IpvsDecodeError::BadType { .. } => "bad_type",
             IpvsDecodeError::EntryTooShort { .. } => "entry_too_short",
             IpvsDecodeError::BadOption { .. } => "bad_option",
-            IpvsDecodeError::TrailingBytes { .. } => "trailing_bytes",
         }
     }
 }
@@ -438,12 +435,8 @@ pub fn decode(buf: &[u8]) -> Result<IpvsMessage, IpvsDecodeError> {
         // The next entry is 32-bit aligned (the padding is in the message's size).
         at += (usize::from(size) + 3) & !3;
     }
-    // The kernel ignores what follows the last entry; the size field already covers it, and
-    // its own sender never leaves any. A message that says it has fewer entries than it holds
-    // is not one the kernel makes: refused, as a miscount.
-    if at < buf.len() {
-        return Err(IpvsDecodeError::TrailingBytes { count, extra: buf.len() - at });
-    }
+    // What follows the last entry is ignored, as the kernel does (its own sender never
+    // leaves anything there).
     Ok(m)
 }
 
@@ -901,7 +894,8 @@ mod tests {
         assert_eq!(with(108 + 3, 36), Err(IpvsDecodeError::EntryTooShort { index: 2, size: 36 }));
         assert_eq!(with(8 + 3, 255), Err(IpvsDecodeError::EntryTruncated { index: 0 }));
         assert_eq!(with(4, 4), Err(IpvsDecodeError::EntryTruncated { index: 3 }));
-        assert_eq!(with(4, 2), Err(IpvsDecodeError::TrailingBytes { count: 2, extra: 72 }));
+        // Fewer entries than the message holds: the rest is ignored, as the kernel does.
+        assert_eq!(with(4, 2).unwrap().conns, expected()[..2]);
         // The template's option: a wrong sequence length, a zero length.
         let opt = 8 + 36 + 36;
         assert_eq!(with(opt + 1, 23), Err(IpvsDecodeError::BadOption { index: 1 }));
