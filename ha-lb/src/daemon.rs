@@ -338,6 +338,8 @@ pub struct Daemon {
     filter: Option<Filter>,
     reloads: u64,
     reloads_rejected: u64,
+    /// Scripts that cannot be run ([`disable_unrunnable_scripts`]), for status.
+    scripts_not_runnable: Vec<String>,
     events_tx: mpsc::Sender<InstanceEvent>,
     track_tx: mpsc::Sender<TrackUpdate>,
     restart_tx: mpsc::Sender<String>,
@@ -426,15 +428,44 @@ async fn recv_sync(
 /// Loads the configuration at `path` for this host: every interface it names must exist
 /// (errors at their `file:line:col`, as any configuration error).
 pub fn load_here(path: &std::path::Path) -> Result<config::Loaded, config::ConfigErrors> {
+    load_here_with(path, &can_run)
+}
+
+fn load_here_with(
+    path: &std::path::Path,
+    can_run: &config::CanRun,
+) -> Result<config::Loaded, config::ConfigErrors> {
     let own = own_addresses();
     config::load_with(
         path,
         Some(&config::Host {
             has_interface: &|name: &str| crate::bpf::ifindex_of(name).is_some(),
             is_own_address: &|a| own.contains(&a),
-            can_run: &can_run,
+            can_run,
         }),
     )
+}
+
+/// Scripts that cannot be run, for `run` and a reload: `check --host` refuses them, but a
+/// director must not stay down (or, with every node updated alike, the whole pair) because a
+/// package lost `killall`. As keepalived does, a tracked `vrrp_script` whose program cannot
+/// be started is disabled — the instance runs as if it did not track it — and said so at
+/// ERROR; a hook or a MISC_CHECK stays (it fails when run, logged; a MISC_CHECK's real server
+/// is then down). Returns the sentences, for the log and `status`.
+fn disable_unrunnable_scripts(c: &mut Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for site in config::script_sites(c) {
+        let Err(why) = can_run(&site.program, site.user.as_ref()) else { continue };
+        let msg = config::unrunnable_message(&site, &why);
+        error!("{msg}");
+        if let config::ScriptKind::Track(name) = &site.kind {
+            for i in &mut c.vrrp_instances {
+                i.track_script.retain(|t| t.script != *name);
+            }
+        }
+        out.push(msg);
+    }
+    out
 }
 
 /// Whether a script's `program` can be started as `user` (`None`: the default script user,
@@ -479,19 +510,24 @@ fn own_addresses() -> Vec<std::net::IpAddr> {
     out
 }
 
-/// [`load_here`] for `run` and a reload: the warnings go to the log.
-fn load_here_logged(path: &std::path::Path) -> Result<Config, config::ConfigErrors> {
-    let loaded = load_here(path)?;
+/// [`load_here`] for `run` and a reload: the warnings go to the log, and scripts that
+/// cannot be run are not an error but disabled ([`disable_unrunnable_scripts`]; returned).
+fn load_here_logged(path: &std::path::Path) -> Result<(Config, Vec<String>), config::ConfigErrors> {
+    let loaded = load_here_with(path, &|_, _| Ok(()))?;
     for w in &loaded.warnings {
         warn!("{w}");
     }
-    Ok(loaded.config)
+    let mut c = loaded.config;
+    let disabled = disable_unrunnable_scripts(&mut c);
+    Ok((c, disabled))
 }
 
 /// Loads `path` and runs until SIGTERM/SIGINT. Config errors are returned with every
 /// `file:line:col` message.
 pub async fn run(config_path: PathBuf) -> Result<()> {
-    let config = Arc::new(load_here_logged(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let (config, scripts_not_runnable) =
+        load_here_logged(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = Arc::new(config);
     let rtnl = Rtnl::new().context("opening rtnetlink")?;
     let mut link_watch = RtnlLinkWatcher::new().context("subscribing to link changes")?;
     // Bind first: a second daemon on the same socket must fail before touching anything
@@ -574,6 +610,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         filter: None,
         reloads: 0,
         reloads_rejected: 0,
+        scripts_not_runnable,
         events_tx,
         track_tx,
         restart_tx,
@@ -1495,8 +1532,8 @@ impl Daemon {
     /// SIGHUP / `reload`: a valid new file is applied as a difference; an invalid one is
     /// rejected with its errors and the running configuration stays.
     async fn reload(&mut self) -> std::result::Result<(), String> {
-        let new = match load_here_logged(&self.config_path) {
-            Ok(c) => Arc::new(c),
+        let (new, scripts_not_runnable) = match load_here_logged(&self.config_path) {
+            Ok((c, s)) => (Arc::new(c), s),
             Err(e) => {
                 self.reloads_rejected += 1;
                 for line in e.to_string().lines() {
@@ -1639,6 +1676,7 @@ impl Daemon {
         self.reconciler.set_config(new);
         self.reconcile("reload");
         self.reloads += 1;
+        self.scripts_not_runnable = scripts_not_runnable;
         info!(config = %self.config_path.display(), "configuration reloaded");
         Ok(())
     }
@@ -1750,6 +1788,7 @@ impl Daemon {
             dataplane: self.dataplane.name().to_string(),
             reloads: self.reloads,
             reloads_rejected: self.reloads_rejected,
+            scripts_not_runnable: self.scripts_not_runnable.clone(),
             ..Default::default()
         };
         for inst in &self.config.vrrp_instances {
@@ -2007,6 +2046,37 @@ fn log_diff(old: &[DesiredService], new: &[DesiredService], why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `run` and a reload disable a tracked script that cannot be run (keepalived's rule),
+    /// rather than refuse to start; `check --host` refuses it (tests/config.rs).
+    #[test]
+    fn run_disables_a_track_script_that_cannot_be_run() {
+        let text = r#"
+[[vrrp_script]]
+name = "chk_missing"
+script = "hlb-no-such-program -0 haproxy"
+[[vrrp_script]]
+name = "chk_ok"
+script = "/bin/true"
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.10/24"]
+track_script = ["chk_missing", "chk_ok"]
+notify_master = "/nonexistent/promote.sh"
+"#;
+        let mut c = config::parse_str(text, std::path::Path::new("t.toml")).unwrap();
+        let msgs = disable_unrunnable_scripts(&mut c);
+        let tracked: Vec<&str> =
+            c.vrrp_instances[0].track_script.iter().map(|t| t.script.as_str()).collect();
+        assert_eq!(tracked, ["chk_ok"]);
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.starts_with("vrrp_script \"chk_missing\" cannot be run")));
+        assert!(msgs.iter().any(|m| m.starts_with("notify_master cannot be run")));
+        // The hook stays (it fails when run, logged).
+        assert!(c.vrrp_instances[0].notify.notify_master.is_some());
+    }
 
     #[tokio::test]
     async fn a_script_user_gone_since_load_does_not_run_scripts_as_root() {

@@ -49,7 +49,9 @@ enum Cmd {
         /// Also check it against this host, as `run` and `reload` do: every interface it
         /// names (instances, VIP devices, track_interface, lvs_sync_daemon) must exist, no
         /// real server of an eBPF data plane may be this host, and every script (track
-        /// scripts, notify hooks, MISC_CHECK) must be runnable by its user, who must exist.
+        /// scripts, notify hooks, MISC_CHECK) must be runnable by its user, who must exist
+        /// (`run` and a reload disable a tracked script that cannot be run, as keepalived,
+        /// and list it in `ha-lb status`; `check --host` refuses it).
         #[arg(long)]
         host: bool,
     },

@@ -17,6 +17,10 @@ pub struct Status {
     /// Reloads applied / rejected since start.
     pub reloads: u64,
     pub reloads_rejected: u64,
+    /// Scripts of the running configuration that cannot be run (the sentence for each):
+    /// tracked ones are disabled, as keepalived does (see `ha-lb check --host`).
+    #[serde(default)]
+    pub scripts_not_runnable: Vec<String>,
     pub vrrp_instances: Vec<InstanceStatus>,
     pub virtual_servers: Vec<VirtualServerStatus>,
     /// VRRP fast-path filter counters (name -> value), summed over interfaces.
@@ -113,6 +117,9 @@ pub fn render(s: &Status) -> String {
         "ha-lb pid {}  up {}s  dataplane {}  config {}  reloads: {} applied, {} rejected",
         s.pid, s.uptime_secs, s.dataplane, s.config_file, s.reloads, s.reloads_rejected
     );
+    for m in &s.scripts_not_runnable {
+        let _ = writeln!(o, "  ! {m}");
+    }
     let _ = writeln!(o, "\nVRRP instances");
     if s.vrrp_instances.is_empty() {
         let _ = writeln!(o, "  (none)");

@@ -484,6 +484,32 @@ fn dont_track_primary_keeps_the_master_when_its_link_goes_down() {
     .unwrap();
 }
 
+/// A track script whose program is missing: `check --host` refuses the file, but `run`
+/// starts, disables the tracker as keepalived does (the instance is MASTER, not FAULT: a pair
+/// updated alike must not go down together for a lost `killall`) and says so in status.
+#[test]
+fn a_track_script_that_cannot_run_is_disabled_not_fatal() {
+    let mut t = DirectorLab::build(Mode::Dr, 1, 0).unwrap();
+    let s = Scratch::new("vrrpnoscript").unwrap();
+    let d1 = t.directors[0].clone();
+    let c1 = Inst::new(3, 150, 0.1).extra("track_script = [\"chk_gone\"]").tables(
+        "[[vrrp_script]]\nname = \"chk_gone\"\nscript = \"hlb-no-such-program -0 haproxy\"",
+    );
+    let a = HaLb::start(&mut t.lab, &d1, &s, "d1", &c1.halb("d1")).unwrap();
+    eventually(Duration::from_secs(5), "d1 MASTER with the VIP", || {
+        state(&a) == "MASTER" && holds(&d1, "eth0", V)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_text()));
+    let st = a.status().unwrap();
+    let msgs = st["scripts_not_runnable"].as_array().cloned().unwrap_or_default();
+    assert_eq!(msgs.len(), 1, "{st}");
+    assert!(
+        msgs[0].as_str().unwrap().starts_with("vrrp_script \"chk_gone\" cannot be run"),
+        "{st}"
+    );
+    assert!(a.log_text().contains("cannot be run"), "{}", a.log_text());
+}
+
 /// Two daemons started in the same instant (multicast, so both learn the allow-list; advert_int
 /// 0.2 s, 250/10): the higher one's down timer fires first (Skew_Time), and the lower one,
 /// still learning its peers, accepts its first advert at once: it never becomes MASTER.

@@ -18,6 +18,7 @@ pub mod model;
 pub mod to_toml;
 pub mod toml;
 mod validate;
+pub use validate::{script_sites, unrunnable_message, ScriptKind, ScriptSite};
 
 pub use self::toml::parse_str;
 pub use error::{ConfigError, ConfigErrors};

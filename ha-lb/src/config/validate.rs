@@ -626,95 +626,13 @@ impl V<'_> {
     /// typo or a missing package is found before it matters.
     fn scripts_runnable(&mut self, c: &Config, h: &Host) {
         let m = self.map;
-        let default_user = c.global.script_user.as_ref();
-        // (where, what, program, user)
-        type Todo<'a> = (Pos, String, &'a str, Option<&'a ScriptUser>);
-        let mut todo: Vec<Todo> = Vec::new();
-        fn hooks(n: &Notify) -> [(&'static str, Option<&Script>); 5] {
-            [
-                ("notify_master", n.notify_master.as_ref()),
-                ("notify_backup", n.notify_backup.as_ref()),
-                ("notify_fault", n.notify_fault.as_ref()),
-                ("notify_stop", n.notify_stop.as_ref()),
-                ("notify", n.notify.as_ref()),
-            ]
-        }
-        fn program(s: &Script) -> &str {
-            s.argv.first().map_or("", String::as_str)
-        }
-        // Notify hooks where they are written: the global ones, and an instance's or a sync
-        // group's own (one equal to the global hook is the inherited one).
-        for (key, s) in hooks(&c.global.notify) {
-            if let Some(s) = s {
-                todo.push((m.key(Item::Global, key), key.into(), program(s), default_user));
-            }
-        }
-        let items = (c.vrrp_instances.iter().enumerate())
-            .map(|(i, x)| (Item::VrrpInstance(i), &x.notify))
-            .chain(
-                (c.vrrp_sync_groups.iter().enumerate())
-                    .map(|(i, g)| (Item::VrrpSyncGroup(i), &g.notify)),
-            );
-        for (item, notify) in items.filter(|(item, _)| self.ok(*item)) {
-            for ((key, s), (_, global)) in hooks(notify).into_iter().zip(hooks(&c.global.notify)) {
-                if let Some(s) = s.filter(|s| Some(*s) != global) {
-                    todo.push((m.key(item, key), key.into(), program(s), default_user));
-                }
-            }
-        }
-        // Track scripts some instance tracks (keepalived runs no other).
-        let tracked: HashSet<&str> = (c.vrrp_instances.iter())
-            .flat_map(|i| i.track_script.iter().map(|t| t.script.as_str()))
-            .collect();
-        for (i, s) in c.vrrp_scripts.iter().enumerate() {
-            if self.ok(Item::VrrpScript(i)) && tracked.contains(s.name.as_str()) {
-                let user = s.user.as_ref().or(default_user);
-                let what = format!("vrrp_script {:?}", s.name);
-                todo.push((m.key(Item::VrrpScript(i), "script"), what, program(&s.script), user));
-            }
-        }
-        for (v, vs) in c.virtual_servers.iter().enumerate() {
-            if !self.ok(Item::VirtualServer(v)) {
+        for site in script_sites(c) {
+            if !self.ok(site.item) {
                 continue;
             }
-            for (key, s) in [("quorum_up", &vs.quorum_up), ("quorum_down", &vs.quorum_down)] {
-                if let Some(s) = s {
-                    let pos = m.key(Item::VirtualServer(v), key);
-                    todo.push((pos, key.into(), program(s), default_user));
-                }
-            }
-            for (r, rs) in vs.real_servers.iter().enumerate() {
-                if !self.ok(Item::RealServer(v, r)) {
-                    continue;
-                }
-                for (key, s) in [("notify_up", &rs.notify_up), ("notify_down", &rs.notify_down)] {
-                    if let Some(s) = s {
-                        let pos = m.key(Item::RealServer(v, r), key);
-                        todo.push((pos, key.into(), program(s), default_user));
-                    }
-                }
-                if let Some(HealthCheck { kind: CheckKind::Misc(misc), .. }) = &rs.check {
-                    if self.ok(Item::Check(v, r)) {
-                        let pos = m.key(Item::Check(v, r), "misc_path");
-                        let user = misc.user.as_ref().or(default_user);
-                        todo.push((pos, "MISC_CHECK".into(), program(&misc.misc_path), user));
-                    }
-                }
-            }
-        }
-        for (pos, what, program, user) in todo {
-            if let Err(why) = (h.can_run)(program, user) {
-                let instead = if what.starts_with("vrrp_script") {
-                    "keepalived would disable this tracker and run as if it were not there"
-                } else {
-                    "keepalived would not run it"
-                };
-                let fix = if why.starts_with("script user:") {
-                    "create the user, or name another with script_user (or the script's user)"
-                } else {
-                    "install the program, give its full path, or remove it"
-                };
-                self.err(pos, format!("{what} cannot be run: {why} ({instead}); {fix}"));
+            if let Err(why) = (h.can_run)(&site.program, site.user.as_ref()) {
+                let msg = unrunnable_message(&site, &why);
+                self.err(m.key(site.item, site.key), msg);
             }
         }
     }
@@ -962,4 +880,129 @@ fn defined<'a>(names: impl Iterator<Item = &'a str>) -> String {
 fn fmt_dur(d: Duration) -> String {
     let s = format!("{}", d.as_secs_f64());
     s.strip_suffix(".0").map(str::to_string).unwrap_or(s)
+}
+
+/// Where a configuration runs a script (see [`script_sites`]).
+#[derive(Debug, Clone)]
+pub struct ScriptSite {
+    pub(crate) item: Item,
+    pub(crate) key: &'static str,
+    /// What it is, for messages: `vrrp_script "chk"`, `notify_master`, `MISC_CHECK`.
+    pub what: String,
+    pub program: String,
+    /// Who runs it (`None`: the default script user).
+    pub user: Option<ScriptUser>,
+    pub kind: ScriptKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScriptKind {
+    /// A tracked `vrrp_script` of this name.
+    Track(String),
+    /// The MISC_CHECK of real server `.1` of virtual server `.0`.
+    Misc(usize, usize),
+    /// A notify or quorum hook.
+    Hook,
+}
+
+/// Every script the configuration would run: notify hooks where they are written (global,
+/// an instance's or a sync group's own: one equal to the global hook is the inherited one),
+/// the `vrrp_script`s some instance tracks (keepalived runs no other), quorum and real
+/// server hooks, MISC_CHECKs.
+pub fn script_sites(c: &Config) -> Vec<ScriptSite> {
+    let default_user = c.global.script_user.as_ref();
+    let mut out = Vec::new();
+    fn hooks(n: &Notify) -> [(&'static str, Option<&Script>); 5] {
+        [
+            ("notify_master", n.notify_master.as_ref()),
+            ("notify_backup", n.notify_backup.as_ref()),
+            ("notify_fault", n.notify_fault.as_ref()),
+            ("notify_stop", n.notify_stop.as_ref()),
+            ("notify", n.notify.as_ref()),
+        ]
+    }
+    let mut push = |item, key, what: String, s: &Script, user: Option<&ScriptUser>, kind| {
+        out.push(ScriptSite {
+            item,
+            key,
+            what,
+            program: s.argv.first().cloned().unwrap_or_default(),
+            user: user.cloned(),
+            kind,
+        })
+    };
+    for (key, s) in hooks(&c.global.notify) {
+        if let Some(s) = s {
+            push(Item::Global, key, key.into(), s, default_user, ScriptKind::Hook);
+        }
+    }
+    let items = (c.vrrp_instances.iter().enumerate())
+        .map(|(i, x)| (Item::VrrpInstance(i), &x.notify))
+        .chain(
+            (c.vrrp_sync_groups.iter().enumerate())
+                .map(|(i, g)| (Item::VrrpSyncGroup(i), &g.notify)),
+        );
+    for (item, notify) in items {
+        for ((key, s), (_, global)) in hooks(notify).into_iter().zip(hooks(&c.global.notify)) {
+            if let Some(s) = s.filter(|s| Some(*s) != global) {
+                push(item, key, key.into(), s, default_user, ScriptKind::Hook);
+            }
+        }
+    }
+    let tracked: HashSet<&str> = (c.vrrp_instances.iter())
+        .flat_map(|i| i.track_script.iter().map(|t| t.script.as_str()))
+        .collect();
+    for (i, s) in c.vrrp_scripts.iter().enumerate() {
+        if tracked.contains(s.name.as_str()) {
+            let user = s.user.as_ref().or(default_user);
+            let what = format!("vrrp_script {:?}", s.name);
+            let kind = ScriptKind::Track(s.name.clone());
+            push(Item::VrrpScript(i), "script", what, &s.script, user, kind);
+        }
+    }
+    for (v, vs) in c.virtual_servers.iter().enumerate() {
+        for (key, s) in [("quorum_up", &vs.quorum_up), ("quorum_down", &vs.quorum_down)] {
+            if let Some(s) = s {
+                push(Item::VirtualServer(v), key, key.into(), s, default_user, ScriptKind::Hook);
+            }
+        }
+        for (r, rs) in vs.real_servers.iter().enumerate() {
+            for (key, s) in [("notify_up", &rs.notify_up), ("notify_down", &rs.notify_down)] {
+                if let Some(s) = s {
+                    let item = Item::RealServer(v, r);
+                    push(item, key, key.into(), s, default_user, ScriptKind::Hook);
+                }
+            }
+            if let Some(HealthCheck { kind: CheckKind::Misc(misc), .. }) = &rs.check {
+                let user = misc.user.as_ref().or(default_user);
+                let kind = ScriptKind::Misc(v, r);
+                push(
+                    Item::Check(v, r),
+                    "misc_path",
+                    "MISC_CHECK".into(),
+                    &misc.misc_path,
+                    user,
+                    kind,
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The sentence for a script that cannot be run (`why`), saying what keepalived does.
+pub fn unrunnable_message(site: &ScriptSite, why: &str) -> String {
+    let instead = match site.kind {
+        ScriptKind::Track(_) => {
+            "keepalived would disable this tracker and run as if it were not there"
+        }
+        ScriptKind::Misc(..) => "keepalived would disable this check and count the real server up",
+        ScriptKind::Hook => "keepalived would not run it",
+    };
+    let fix = if why.starts_with("script user:") {
+        "create the user, or name another with script_user (or the script's user)"
+    } else {
+        "install the program, give its full path, or remove it"
+    };
+    format!("{} cannot be run: {why} ({instead}); {fix}", site.what)
 }
