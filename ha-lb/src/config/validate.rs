@@ -996,7 +996,7 @@ pub fn unrunnable_message(site: &ScriptSite, why: &str) -> String {
         ScriptKind::Track(_) => {
             "keepalived would disable this tracker and run as if it were not there"
         }
-        ScriptKind::Misc(..) => "keepalived would disable this check and count the real server up",
+        ScriptKind::Misc(..) => "keepalived would not run it",
         ScriptKind::Hook => "keepalived would not run it",
     };
     let fix = if why.starts_with("script user:") {
