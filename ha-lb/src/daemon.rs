@@ -647,7 +647,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         Duration::from_secs(1),
     );
     sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sync_buf = vec![0u8; 2048];
+    // A kernel master's messages are up to its `maxlen` (keepalived's lvs_sync_daemon
+    // option, at most 65507 bytes): a shorter buffer would truncate them into rejects.
+    let mut sync_buf = vec![0u8; 65536];
     let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hup = signal(SignalKind::hangup())?;
@@ -901,7 +903,9 @@ impl Daemon {
                             .and_then(|v| v.persistence_timeout)
                             .map_or(0, |t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX))
                     };
-                    crate::sync::ipvs_wire::transcode(d, &timeout)
+                    // The eBPF data path's connection timeouts (not configurable).
+                    let conn = crate::sync::ipvs_wire::ConnTimeouts::default();
+                    crate::sync::ipvs_wire::transcode(d, &conn, &timeout)
                 }
             };
             let mut all = true;

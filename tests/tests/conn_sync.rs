@@ -212,15 +212,19 @@ fn kernel_ipvs_messages_take_the_same_gate() {
     })
     .unwrap();
 
-    let conn = IpvsConn::from_entry(&ha_lb::sync::SyncEntry {
-        protocol: ha_lb::config::Protocol::Tcp,
-        lb_kind: ha_lb::config::LbKind::Nat,
-        client: "198.18.0.77:40000".parse().unwrap(),
-        vip: vip(),
-        real_server: "198.19.0.11:80".parse().unwrap(),
-        idle_secs: 0,
-        closed: false,
-    });
+    let conn = IpvsConn::from_entry(
+        &ha_lb::sync::SyncEntry {
+            protocol: ha_lb::config::Protocol::Tcp,
+            lb_kind: ha_lb::config::LbKind::Nat,
+            client: "198.18.0.77:40000".parse().unwrap(),
+            vip: vip(),
+            real_server: "198.19.0.11:80".parse().unwrap(),
+            idle_secs: 0,
+            closed: false,
+        },
+        &Default::default(),
+    )
+    .unwrap();
     let fwmark = IpvsConn { fwmark: 5, ..conn };
     // (d1, the master, sends its own connections too — the probes' — so d2's
     // `connections_*` counters are lower bounds here.)

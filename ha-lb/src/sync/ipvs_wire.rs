@@ -80,6 +80,8 @@ pub const F_BYPASS: u32 = 0x0004;
 pub const F_INACTIVE: u32 = 0x0100;
 /// `IP_VS_CONN_F_TEMPLATE`: a persistence template, not a connection.
 pub const F_TEMPLATE: u32 = 0x1000;
+/// `IP_VS_CONN_F_NO_CPORT`: the client port is not known yet (FTP data connections).
+pub const F_NO_CPORT: u32 = 0x0800;
 
 /// `IPVS_OPT_SEQ_DATA`, `IPVS_OPT_PE_DATA`, `IPVS_OPT_PE_NAME`, `IPVS_OPT_F_PARAM`.
 pub const OPT_SEQ_DATA: u8 = 1;
@@ -203,6 +205,32 @@ pub enum Unmappable {
     /// Addresses of different families (the kernel's entries cannot carry that; ours can't
     /// import it).
     MixedFamily,
+    /// A template of a finer granularity than the local service's.
+    Granularity,
+    /// A connection without a client port (`IP_VS_CONN_F_NO_CPORT`, FTP data pending).
+    NoClientPort,
+}
+
+/// The connection timeouts of the director that sends, in seconds, per state (what its
+/// data path expires a flow after): open TCP, closed TCP, UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnTimeouts {
+    pub tcp: u32,
+    pub tcp_fin: u32,
+    pub udp: u32,
+}
+
+impl Default for ConnTimeouts {
+    /// The eBPF data path's (`LbConfig::DEFAULT`).
+    fn default() -> Self {
+        let d = ha_lb_common::lb::LbConfig::DEFAULT;
+        let s = |ns: u64| u32::try_from(ns / 1_000_000_000).unwrap_or(u32::MAX);
+        ConnTimeouts {
+            tcp: s(d.tcp_timeout_ns),
+            tcp_fin: s(d.tcp_fin_timeout_ns),
+            udp: s(d.udp_timeout_ns),
+        }
+    }
 }
 
 impl IpvsConn {
@@ -256,14 +284,26 @@ impl IpvsConn {
         }
         if self.is_template() {
             let vip = self.vip;
+            let prefix = granularity(protocol, vip);
+            // A finer template than the local granularity (the master keeps one per host,
+            // we one per network): masked, it would send one client's network to that
+            // client's real server.
+            let client = self.client.ip();
+            if prefix != 0 && mask(client, prefix) != client {
+                return Err(Unmappable::Granularity);
+            }
             return Ok(SyncItem::Template(SyncTemplate {
                 protocol,
                 vip,
-                client: self.client.ip(),
-                prefix: granularity(protocol, vip),
+                client,
+                prefix,
                 real_server: self.real_server,
                 idle_secs: 0,
             }));
+        }
+        // A connection without a client port (the kernel's pending FTP data connection).
+        if self.flags & F_NO_CPORT != 0 || self.client.port() == 0 {
+            return Err(Unmappable::NoClientPort);
         }
         let last = if protocol == Protocol::Tcp { TCP_S_LAST } else { UDP_S_LAST };
         if self.state >= last {
@@ -287,21 +327,27 @@ impl IpvsConn {
     }
 
     /// The entry a kernel master would send for `e` (for a kernel IPVS backup): state
-    /// ESTABLISHED (open TCP), FIN_WAIT and INACTIVE (closed TCP) or NORMAL (UDP); timeout 0,
-    /// so the backup gives it its own timeout for that state from receipt.
-    pub fn from_entry(e: &SyncEntry) -> IpvsConn {
-        let (protocol, state) = match (e.protocol, e.closed) {
-            (Protocol::Tcp, false) => (IPPROTO_TCP, TCP_S_ESTABLISHED),
-            (Protocol::Tcp, true) => (IPPROTO_TCP, TCP_S_FIN_WAIT),
-            (Protocol::Udp, _) => (IPPROTO_UDP, UDP_S_NORMAL),
+    /// ESTABLISHED (open TCP), TIME_WAIT and INACTIVE (closed TCP: a new SYN from the same
+    /// client port may replace it, as on the master) or NORMAL and INACTIVE (UDP, as the
+    /// kernel keeps its UDP connections: they weigh as inactive in lc/wlc). The timeout is what
+    /// is left of ours for that state (`timeouts`) after the entry's idle time, at least 1 s
+    /// (0 would mean the backup's full timeout from receipt, renewed by every resend, so its
+    /// copies would never age); `None` when nothing is left (not sent).
+    pub fn from_entry(e: &SyncEntry, timeouts: &ConnTimeouts) -> Option<IpvsConn> {
+        let (protocol, state, inactive, full) = match (e.protocol, e.closed) {
+            (Protocol::Tcp, false) => (IPPROTO_TCP, TCP_S_ESTABLISHED, 0, timeouts.tcp),
+            (Protocol::Tcp, true) => (IPPROTO_TCP, TCP_S_TIME_WAIT, F_INACTIVE, timeouts.tcp_fin),
+            (Protocol::Udp, _) => (IPPROTO_UDP, UDP_S_NORMAL, F_INACTIVE, timeouts.udp),
         };
+        if e.idle_secs >= full {
+            return None;
+        }
         let fwd = match e.lb_kind {
             LbKind::Nat => F_MASQ,
             LbKind::Dr => F_DROUTE,
             LbKind::Tun => F_TUNNEL,
         };
-        let inactive = if e.protocol == Protocol::Tcp && e.closed { F_INACTIVE } else { 0 };
-        IpvsConn {
+        Some(IpvsConn {
             protocol,
             flags: fwd | inactive,
             state,
@@ -309,10 +355,10 @@ impl IpvsConn {
             vip: e.vip,
             real_server: e.real_server,
             fwmark: 0,
-            timeout: 0,
+            timeout: full - e.idle_secs,
             pe: false,
             unknown_mandatory: false,
-        }
+        })
     }
 
     /// The template a kernel master would send for `t`, whose service has `persistence_timeout`
@@ -542,13 +588,14 @@ pub fn encode(sync_id: u8, conns: &[IpvsConn]) -> Vec<Vec<u8>> {
 /// request (no entries) or anything not ours gives nothing.
 pub fn transcode(
     datagram: &[u8],
+    timeouts: &ConnTimeouts,
     persistence_timeout: &dyn Fn(Protocol, SocketAddr) -> u32,
 ) -> Vec<Vec<u8>> {
     let Ok(d) = super::decode(datagram) else { return Vec::new() };
     let conns: Vec<IpvsConn> = d
         .entries
         .iter()
-        .map(IpvsConn::from_entry)
+        .filter_map(|e| IpvsConn::from_entry(e, timeouts))
         .chain(
             d.templates
                 .iter()
@@ -660,6 +707,29 @@ mod tests {
                 ..tcp_conn()
             },
         ]
+    }
+
+    /// A template finer than the local granularity (a per-host template where we keep one
+    /// per /24) is not taken: masked it would pin the network to one client's real server.
+    /// A connection without a client port (FTP data pending) is not either.
+    #[test]
+    fn finer_templates_and_portless_connections_are_unknown() {
+        let tpl = |client: &str| IpvsConn {
+            flags: F_TEMPLATE,
+            state: CTPL_S_NONE,
+            client: sa(client),
+            ..tcp_conn()
+        };
+        let g24 = |_: Protocol, _: SocketAddr| 24;
+        assert_eq!(tpl("198.18.0.41:0").to_item(&g24), Err(Unmappable::Granularity));
+        assert!(tpl("198.18.0.0:0").to_item(&g24).is_ok());
+        let whole = |_: Protocol, _: SocketAddr| 0;
+        assert!(tpl("198.18.0.41:0").to_item(&whole).is_ok());
+        let g = |_: Protocol, _: SocketAddr| 0;
+        let no_cport = IpvsConn { flags: F_NO_CPORT, ..tcp_conn() };
+        assert_eq!(no_cport.to_item(&g), Err(Unmappable::NoClientPort));
+        let port0 = IpvsConn { client: sa("198.18.0.2:0"), ..tcp_conn() };
+        assert_eq!(port0.to_item(&g), Err(Unmappable::NoClientPort));
     }
 
     #[test]
@@ -783,10 +853,24 @@ mod tests {
             idle_secs: 17,
             closed: true,
         };
-        let c = IpvsConn::from_entry(&e);
-        assert_eq!((c.flags, c.state, c.timeout), (F_TUNNEL | F_INACTIVE, TCP_S_FIN_WAIT, 0));
+        let to = ConnTimeouts { tcp: 900, tcp_fin: 120, udp: 300 };
+        let c = IpvsConn::from_entry(&e, &to).unwrap();
+        // Closed: TIME_WAIT (a new SYN may replace it), inactive, what is left of ours.
+        assert_eq!((c.flags, c.state, c.timeout), (F_TUNNEL | F_INACTIVE, TCP_S_TIME_WAIT, 103));
         let g = |_: Protocol, _: SocketAddr| 0;
         assert_eq!(c.to_item(&g), Ok(SyncItem::Conn(SyncEntry { idle_secs: 0, ..e })));
+        // Open TCP: active, ESTABLISHED; UDP: inactive, as the kernel keeps UDP.
+        let open = IpvsConn::from_entry(&SyncEntry { closed: false, ..e }, &to).unwrap();
+        assert_eq!((open.flags, open.state, open.timeout), (F_TUNNEL, TCP_S_ESTABLISHED, 883));
+        let udp = SyncEntry { protocol: Protocol::Udp, closed: false, ..e };
+        let u = IpvsConn::from_entry(&udp, &to).unwrap();
+        assert_eq!((u.flags, u.state, u.timeout), (F_TUNNEL | F_INACTIVE, UDP_S_NORMAL, 283));
+        // Nothing left: not sent (a resend must not revive it on the backup).
+        assert_eq!(IpvsConn::from_entry(&SyncEntry { idle_secs: 120, ..e }, &to), None);
+        assert_eq!(
+            IpvsConn::from_entry(&SyncEntry { idle_secs: 119, ..e }, &to).unwrap().timeout,
+            1
+        );
         let t = SyncTemplate {
             protocol: Protocol::Udp,
             vip: sa("198.18.0.100:53"),
@@ -835,24 +919,26 @@ mod tests {
         let ours = super::super::encode(52, &entries);
         let tpl = super::super::encode(52, &[t]);
         let timeout = |_: Protocol, _: SocketAddr| 300;
+        let to = ConnTimeouts::default();
         let back: Vec<IpvsConn> = ours
             .iter()
-            .flat_map(|d| transcode(d, &timeout))
+            .flat_map(|d| transcode(d, &to, &timeout))
             .map(|m| decode(&m).unwrap())
             .inspect(|m| assert_eq!(m.sync_id, 52))
             .flat_map(|m| m.conns)
             .collect();
-        let mut want: Vec<IpvsConn> = entries.iter().map(IpvsConn::from_entry).collect();
+        let mut want: Vec<IpvsConn> =
+            entries.iter().map(|e| IpvsConn::from_entry(e, &to).unwrap()).collect();
         // Open ones go in version-1 datagrams, closed ones in version-2 ones.
         want.sort_by_key(|c| c.state);
         let mut got = back.clone();
         got.sort_by_key(|c| c.state);
         assert_eq!(got.len(), 60);
         assert_eq!(got, want);
-        let m = transcode(&tpl[0], &timeout);
+        let m = transcode(&tpl[0], &to, &timeout);
         assert_eq!(decode(&m[0]).unwrap().conns, vec![IpvsConn::from_template(&t, 300)]);
         assert_eq!(decode(&m[0]).unwrap().conns[0].timeout, 290);
-        assert!(transcode(&super::super::request(52), &timeout).is_empty());
+        assert!(transcode(&super::super::request(52), &to, &timeout).is_empty());
     }
 
     #[test]

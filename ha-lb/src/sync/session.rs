@@ -239,14 +239,16 @@ impl Session {
     /// not while MASTER). It is never a table request (IPVS has none; its master never sends
     /// an empty message).
     fn receive_ipvs(&mut self, now: Instant, sync_id: u8, buf: &[u8]) -> Received {
+        // The sync id first, as the kernel checks it: byte 1 in both versions' headers
+        // (another pair's master, of any version or state, is none of our business).
+        if buf.get(1).is_some_and(|&id| id != sync_id) {
+            return Received::OtherId;
+        }
         let first = !std::mem::replace(&mut self.ipvs_seen, true);
         let message = match ipvs_wire::decode(buf) {
             Ok(m) => m,
             Err(error) => return Received::IpvsRejected { error, first },
         };
-        if message.sync_id != sync_id {
-            return Received::OtherId;
-        }
         if !self.imports(now) {
             let templates = message.conns.iter().filter(|c| c.is_template()).count();
             let connections = message.conns.len() - templates;
@@ -632,7 +634,7 @@ mod tests {
     fn kernel_ipvs_messages_take_the_same_gate() {
         use crate::sync::ipvs_wire::{self, IpvsConn, IpvsDecodeError, F_TEMPLATE};
         let t0 = Instant::now();
-        let c = IpvsConn::from_entry(&sample());
+        let c = IpvsConn::from_entry(&sample(), &Default::default()).unwrap();
         let tpl = IpvsConn { flags: F_TEMPLATE, ..c };
         let m = ipvs_wire::encode(7, &[c, tpl]).remove(0);
         let message = ipvs_wire::decode(&m).unwrap();
@@ -652,6 +654,9 @@ mod tests {
             s.receive(t0, 7, &v0),
             Received::IpvsRejected { error: IpvsDecodeError::Version0, first: false }
         );
+        // Another pair's (of any version): its sync id is checked first, as the kernel does.
+        v0[1] = 99;
+        assert_eq!(s.receive(t0, 7, &v0), Received::OtherId);
         s.on_state(t0, State::Backup, State::Master);
         let t1 = t0 + IMPORT_AFTER_MASTER;
         assert_eq!(s.receive(t1, 7, &m), Received::NotImported { connections: 1, templates: 1 });
