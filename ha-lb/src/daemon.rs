@@ -882,6 +882,10 @@ impl Daemon {
         let datagrams =
             self.sync.export(id, &flows, &templates, bpf::lb::monotonic_ns(), &known, &names);
         let mut sent = 0;
+        // Packets on the wire this tick: with the kernel's format one of our datagrams is one
+        // or two messages, and the tick's budget is in packets (a kernel backup's default
+        // receive buffer holds ~100–150): what does not fit is owed, like the rest.
+        let mut packets = 0;
         for d in &datagrams {
             // One that does not go out (the socket buffer is full, or the link is down) is
             // sent again at the next tick, with those after it.
@@ -908,6 +912,10 @@ impl Daemon {
                     crate::sync::ipvs_wire::transcode(d, &conn, &timeout)
                 }
             };
+            if packets + wire.len() > crate::sync::session::MAX_DATAGRAMS_PER_TICK {
+                break;
+            }
+            packets += wire.len();
             let mut all = true;
             for m in &wire {
                 if !self.sync_send_one(sock, m, "datagram") {
