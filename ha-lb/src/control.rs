@@ -31,7 +31,12 @@ pub enum Request {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Status(Box<Status>),
-    Reloaded,
+    /// Applied; `disabled`: tracked scripts of the new file that cannot be run, disabled as
+    /// keepalived does (one sentence each; `ha-lb reload` prints them and exits 2).
+    Reloaded {
+        #[serde(default)]
+        disabled: Vec<String>,
+    },
     /// The request failed; the daemon keeps running as before.
     Error {
         message: String,
@@ -138,7 +143,7 @@ mod tests {
                     Request::Status => {
                         Response::Status(Box::new(Status { pid: 7, ..Default::default() }))
                     }
-                    Request::Reload => Response::Reloaded,
+                    Request::Reload => Response::Reloaded { disabled: Vec::new() },
                 };
                 let _ = reply.send(resp);
             }

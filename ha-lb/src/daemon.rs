@@ -671,7 +671,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 let resp = match req {
                     Request::Status => Response::Status(Box::new(d.status())),
                     Request::Reload => match d.reload().await {
-                        Ok(()) => Response::Reloaded,
+                        Ok(()) => Response::Reloaded { disabled: d.scripts_not_runnable.clone() },
                         Err(message) => Response::Error { message },
                     },
                 };

@@ -47,11 +47,11 @@ enum Cmd {
         /// status is 1 if any is invalid.
         files: Vec<PathBuf>,
         /// Also check it against this host, as `run` and `reload` do: every interface it
-        /// names (instances, VIP devices, track_interface, lvs_sync_daemon) must exist, no
-        /// real server of an eBPF data plane may be this host, and every script (track
-        /// scripts, notify hooks, MISC_CHECK) must be runnable by its user, who must exist
-        /// (`run` and a reload disable a tracked script that cannot be run, as keepalived,
-        /// and list it in `ha-lb status`; `check --host` refuses it).
+        /// names (instances, VIP devices, track_interface, lvs_sync_daemon) must exist and no
+        /// real server of an eBPF data plane may be this host. Also, unlike `run` and a
+        /// reload (which disable a tracked script that cannot be run, as keepalived does, and
+        /// list it in `ha-lb status`), every script (track scripts, notify hooks, MISC_CHECK)
+        /// must be runnable by its user, who must exist.
         #[arg(long)]
         host: bool,
     },
@@ -78,7 +78,9 @@ enum Cmd {
         daemon: DaemonSocket,
     },
     /// Ask the running daemon to reload its configuration (same as SIGHUP), and report
-    /// whether it was applied or rejected.
+    /// whether it was applied or rejected. Exit status 0: applied; 1: rejected (the running
+    /// configuration stays); 2: applied, but tracked scripts that cannot be run were
+    /// disabled, as keepalived does (listed on stderr; `check --host` refuses such a file).
     Reload {
         #[command(flatten)]
         daemon: DaemonSocket,
@@ -218,9 +220,17 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             match control::request(&socket, &Request::Reload, Duration::from_secs(30)) {
-                Ok(Response::Reloaded) => {
+                Ok(Response::Reloaded { disabled }) if disabled.is_empty() => {
                     println!("reloaded");
                     ExitCode::SUCCESS
+                }
+                // Applied, but not all of it runs: say so, and not with success.
+                Ok(Response::Reloaded { disabled }) => {
+                    println!("reloaded, with scripts that cannot be run disabled:");
+                    for m in &disabled {
+                        eprintln!("{m}");
+                    }
+                    ExitCode::from(2)
                 }
                 Ok(Response::Error { message }) => {
                     eprintln!("{message}");

@@ -183,6 +183,32 @@ fn cli_reload_adds_and_removes_real_servers() {
     assert_eq!(c2.get().unwrap(), "rs2");
     let m = spread(&t.client, 10);
     assert_eq!(names(&m), ["rs2", "rs3"], "the running configuration stays: {m:?}");
+
+    // A tracked script whose program is missing: applied, the tracker disabled as keepalived
+    // does, and `ha-lb reload` says so with exit status 2 (not success).
+    let text = full(&good).replace("{socket}", &d.socket.display().to_string());
+    assert!(text.contains("virtual_router_id = "));
+    let text = text.replacen(
+        "virtual_router_id = ",
+        "track_script = [\"chk_gone\"]\nvirtual_router_id = ",
+        1,
+    )
+        + "\n[[vrrp_script]]\nname = \"chk_gone\"\nscript = \"hlb-no-such-program -0 haproxy\"\n";
+    std::fs::write(&d.config, text).unwrap();
+    let out = Command::new(bin_path("ha-lb").unwrap())
+        .args(["reload", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stdout.starts_with("reloaded, with scripts that cannot be run disabled"), "{stdout}");
+    assert!(stderr.contains("vrrp_script \"chk_gone\" cannot be run"), "{stderr}");
+    assert_eq!(counter(&d, "reloads"), Some(2));
+    let st = d.status().unwrap();
+    assert_eq!(st["scripts_not_runnable"].as_array().map(Vec::len), Some(1), "{st}");
+    assert_eq!(st["vrrp_instances"][0]["state"], "MASTER", "{st}");
 }
 
 /// SIGHUP with a syntax error, then with a semantic error (which also changes a weight):
