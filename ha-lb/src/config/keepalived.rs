@@ -1156,19 +1156,9 @@ impl SyncUnweighted {
                     }
                 }
                 "vrrp_instance" => {
-                    // The same rule for an address owner (priority 255; `state MASTER` without
-                    // a priority means 255): its priority is not moved by trackers.
-                    let arg = |k: &str| {
-                        b.iter()
-                            .find(|st| st.key() == k)
-                            .and_then(|st| st.args.first())
-                            .map(|w| w.text.as_str())
-                    };
-                    let owner = match arg("priority") {
-                        Some(p) => p == "255",
-                        None => arg("state") == Some("MASTER"),
-                    };
-                    if owner {
+                    // The same rule for an address owner: its priority is not moved by
+                    // trackers.
+                    if is_address_owner(b) {
                         let why = "for an address owner (priority 255), whose priority trackers do not move".to_string();
                         u.owners.push((name.clone(), why));
                     }
@@ -1180,6 +1170,30 @@ impl SyncUnweighted {
             u.members.entry(inst).or_insert((why, true));
         }
         u
+    }
+}
+
+/// A vrrp_instance block's `state` and `priority` statements (the first of each).
+fn state_and_priority(b: &[Stmt]) -> (Option<&Stmt>, Option<&Stmt>) {
+    let first = |key: &str| b.iter().find(|st| st.key() == key && st.block.is_none());
+    (first("state"), first("priority"))
+}
+
+fn is_master(w: &Word) -> bool {
+    w.text == "MASTER" && !w.quoted
+}
+
+fn is_255(w: &Word) -> bool {
+    w.text.parse::<i64>() == Ok(255) && !w.quoted
+}
+
+/// Whether a vrrp_instance block's priority is 255 (written, or derived from `state MASTER`
+/// without a priority, as `derive_state_or_priority` does): an address owner.
+fn is_address_owner(b: &[Stmt]) -> bool {
+    match state_and_priority(b) {
+        (_, Some(p)) => matches!(p.args.as_slice(), [w] if is_255(w)),
+        (Some(s), None) => matches!(s.args.as_slice(), [w] if is_master(w)),
+        (None, None) => false,
     }
 }
 
@@ -1759,17 +1773,13 @@ impl Lowerer<'_> {
     /// owner) and anything else 100; without `state`, `priority 255` means MASTER and
     /// anything else BACKUP. The TOML defaults (BACKUP, 100) are the rest of that rule.
     fn derive_state_or_priority(&mut self, blk: &mut Blk, b: &[Stmt]) {
-        let first = |key: &str| b.iter().find(|st| st.key() == key && st.block.is_none());
-        let (state, priority) = (first("state"), first("priority"));
-        let derived = match (state, priority) {
+        let derived = match state_and_priority(b) {
             (Some(s), None) => match s.args.as_slice() {
-                [w] if w.text == "MASTER" && !w.quoted => Some(("priority", "255", s, w.loc)),
+                [w] if is_master(w) => Some(("priority", "255", s, w.loc)),
                 _ => None,
             },
             (None, Some(p)) => match p.args.as_slice() {
-                [w] if w.text.parse::<i64>() == Ok(255) && !w.quoted => {
-                    Some(("state", "MASTER", p, w.loc))
-                }
+                [w] if is_255(w) => Some(("state", "MASTER", p, w.loc)),
                 _ => None,
             },
             _ => None,
@@ -2782,7 +2792,7 @@ mod tests {
                  track_interface {{\n  eth1 weight -10\n  eth2\n }}\n track_script {{\n  chk\n }}\n track_file {{\n  f1\n }}\n}}\n"
             )
         };
-        for prio in [" priority 255\n", " state MASTER\n"] {
+        for prio in [" priority 255\n", " state MASTER\n", " priority +255\n"] {
             let (c, w) = warnings(&owner(prio));
             let i = &c.vrrp_instances[0];
             assert_eq!(i.priority, 255);
@@ -2799,10 +2809,12 @@ mod tests {
                 "{w:?}"
             );
         }
-        // Not an owner: the weights apply.
-        let (c, w) = warnings(&owner(" priority 254\n"));
-        assert!(w.is_empty(), "{w:?}");
-        assert_eq!(c.vrrp_instances[0].track_interface[0].weight, -10);
+        // Not an owner: the weights apply (a quoted MASTER derives no priority 255 either).
+        for prio in [" priority 254\n", " state \"MASTER\"\n priority 100\n"] {
+            let (c, w) = warnings(&owner(prio));
+            assert!(w.is_empty(), "{prio}: {w:?}");
+            assert_eq!(c.vrrp_instances[0].track_interface[0].weight, -10);
+        }
     }
 
     fn warnings(text: &str) -> (Config, Vec<String>) {
