@@ -1155,13 +1155,12 @@ impl SyncUnweighted {
                         }
                     }
                 }
-                "vrrp_instance" => {
-                    // The same rule for an address owner: its priority is not moved by
-                    // trackers.
-                    if is_address_owner(b) {
-                        let why = "for an address owner (priority 255), whose priority trackers do not move".to_string();
-                        u.owners.push((name.clone(), why));
-                    }
+                // The same rule for an address owner: its priority is not moved by trackers.
+                "vrrp_instance" if is_address_owner(b) => {
+                    let why =
+                        "for an address owner (priority 255), whose priority trackers do not move"
+                            .to_string();
+                    u.owners.push((name.clone(), why));
                 }
                 _ => {}
             }
