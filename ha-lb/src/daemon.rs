@@ -881,6 +881,11 @@ impl Daemon {
         let id = self.sync_id(&cfg);
         let datagrams =
             self.sync.export(id, &flows, &templates, bpf::lb::monotonic_ns(), &known, &names);
+        // What the data path expires flows after: what a kernel backup is told is left.
+        let conn_timeouts = match &self.dataplane {
+            Plane::Xdp(x) => crate::sync::ipvs_wire::ConnTimeouts::from(x.timeouts()),
+            _ => Default::default(),
+        };
         let mut sent = 0;
         // Packets on the wire this tick: with the kernel's format one of our datagrams is one
         // or two messages, and the tick's budget is in packets (a kernel backup's default
@@ -907,9 +912,7 @@ impl Daemon {
                             .and_then(|v| v.persistence_timeout)
                             .map_or(0, |t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX))
                     };
-                    // The eBPF data path's connection timeouts (not configurable).
-                    let conn = crate::sync::ipvs_wire::ConnTimeouts::default();
-                    crate::sync::ipvs_wire::transcode(d, &conn, &timeout)
+                    crate::sync::ipvs_wire::transcode(d, &conn_timeouts, &timeout)
                 }
             };
             if packets + wire.len() > crate::sync::session::MAX_DATAGRAMS_PER_TICK {

@@ -857,6 +857,11 @@ impl XdpDataplane {
         self.write_config(self.timeouts, flags)
     }
 
+    /// The connection timeouts the data path expires flows after.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
     pub fn set_timeouts(&mut self, t: Timeouts) -> Result<(), DataplaneError> {
         self.write_config(t, self.config_flags)
     }

@@ -221,15 +221,16 @@ pub struct ConnTimeouts {
 }
 
 impl Default for ConnTimeouts {
-    /// The eBPF data path's (`LbConfig::DEFAULT`).
+    /// The eBPF data path's defaults (`LbConfig::DEFAULT`).
     fn default() -> Self {
-        let d = ha_lb_common::lb::LbConfig::DEFAULT;
-        let s = |ns: u64| u32::try_from(ns / 1_000_000_000).unwrap_or(u32::MAX);
-        ConnTimeouts {
-            tcp: s(d.tcp_timeout_ns),
-            tcp_fin: s(d.tcp_fin_timeout_ns),
-            udp: s(d.udp_timeout_ns),
-        }
+        ConnTimeouts::from(crate::dataplane::xdp::Timeouts::default())
+    }
+}
+
+impl From<crate::dataplane::xdp::Timeouts> for ConnTimeouts {
+    fn from(t: crate::dataplane::xdp::Timeouts) -> Self {
+        let s = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        ConnTimeouts { tcp: s(t.tcp), tcp_fin: s(t.tcp_fin), udp: s(t.udp) }
     }
 }
 

@@ -239,9 +239,9 @@ impl Session {
     /// not while MASTER). It is never a table request (IPVS has none; its master never sends
     /// an empty message).
     fn receive_ipvs(&mut self, now: Instant, sync_id: u8, buf: &[u8]) -> Received {
-        // The sync id first, as the kernel checks it: byte 1 in both versions' headers
-        // (another pair's master, of any version or state, is none of our business).
-        if buf.get(1).is_some_and(|&id| id != sync_id) {
+        // The sync id first: byte 1 in both versions' headers (another pair's master, of any
+        // version or state, is none of our business). Id 0 takes any, as a kernel backup's.
+        if sync_id != 0 && buf.get(1).is_some_and(|&id| id != sync_id) {
             return Received::OtherId;
         }
         let first = !std::mem::replace(&mut self.ipvs_seen, true);
@@ -657,6 +657,8 @@ mod tests {
         // Another pair's (of any version): its sync id is checked first, as the kernel does.
         v0[1] = 99;
         assert_eq!(s.receive(t0, 7, &v0), Received::OtherId);
+        // Sync id 0 takes any, as a kernel backup with syncid 0 does.
+        assert!(matches!(s.receive(t0, 0, &m), Received::ImportIpvs { .. }));
         s.on_state(t0, State::Backup, State::Master);
         let t1 = t0 + IMPORT_AFTER_MASTER;
         assert_eq!(s.receive(t1, 7, &m), Received::NotImported { connections: 1, templates: 1 });
