@@ -428,14 +428,19 @@ async fn recv_sync(
 /// Loads the configuration at `path` for this host: every interface it names must exist
 /// (errors at their `file:line:col`, as any configuration error).
 pub fn load_here(path: &std::path::Path) -> Result<config::Loaded, config::ConfigErrors> {
-    load_here_with(path, &can_run)
+    load_here_with(path, &can_run, &[])
 }
 
+/// [`load_here`] with `can_run`, and `held`: addresses that are not the host's own for the
+/// check (the running configuration's VIPs on a reload: whether this node holds them now
+/// must not decide).
 fn load_here_with(
     path: &std::path::Path,
     can_run: &config::CanRun,
+    held: &[std::net::IpAddr],
 ) -> Result<config::Loaded, config::ConfigErrors> {
-    let own = own_addresses();
+    let own: Vec<std::net::IpAddr> =
+        own_addresses().into_iter().filter(|a| !held.contains(a)).collect();
     config::load_with(
         path,
         Some(&config::Host {
@@ -512,8 +517,11 @@ fn own_addresses() -> Vec<std::net::IpAddr> {
 
 /// [`load_here`] for `run` and a reload: the warnings go to the log, and scripts that
 /// cannot be run are not an error but disabled ([`disable_unrunnable_scripts`]; returned).
-fn load_here_logged(path: &std::path::Path) -> Result<(Config, Vec<String>), config::ConfigErrors> {
-    let loaded = load_here_with(path, &|_, _| Ok(()))?;
+fn load_here_logged(
+    path: &std::path::Path,
+    held: &[std::net::IpAddr],
+) -> Result<(Config, Vec<String>), config::ConfigErrors> {
+    let loaded = load_here_with(path, &|_, _| Ok(()), held)?;
     for w in &loaded.warnings {
         warn!("{w}");
     }
@@ -526,7 +534,7 @@ fn load_here_logged(path: &std::path::Path) -> Result<(Config, Vec<String>), con
 /// `file:line:col` message.
 pub async fn run(config_path: PathBuf) -> Result<()> {
     let (config, scripts_not_runnable) =
-        load_here_logged(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        load_here_logged(&config_path, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let config = Arc::new(config);
     let rtnl = Rtnl::new().context("opening rtnetlink")?;
     let mut link_watch = RtnlLinkWatcher::new().context("subscribing to link changes")?;
@@ -1547,7 +1555,10 @@ impl Daemon {
     /// SIGHUP / `reload`: a valid new file is applied as a difference; an invalid one is
     /// rejected with its errors and the running configuration stays.
     async fn reload(&mut self) -> std::result::Result<(), String> {
-        let (new, scripts_not_runnable) = match load_here_logged(&self.config_path) {
+        let held: Vec<std::net::IpAddr> = (self.config.vrrp_instances.iter())
+            .flat_map(|i| i.all_vips().map(|v| v.addr))
+            .collect();
+        let (new, scripts_not_runnable) = match load_here_logged(&self.config_path, &held) {
             Ok((c, s)) => (Arc::new(c), s),
             Err(e) => {
                 self.reloads_rejected += 1;
