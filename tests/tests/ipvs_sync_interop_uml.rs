@@ -40,6 +40,12 @@ const STEPS: &[&str] = &[
 
 #[test]
 fn kernel_ipvs_master_syncs_to_an_xdp_director_in_a_uml_guest() {
+    in_the_guest(TEST_NAME, STEPS, guest);
+}
+
+/// The host half of each test: boots the guest, which runs `guest` (this test binary, the
+/// same test) and checks that every step of `steps` reported ok.
+fn in_the_guest(test_name: &str, steps: &[&str], guest: fn()) {
     if uml::in_guest().is_some() {
         guest();
         return;
@@ -47,12 +53,17 @@ fn kernel_ipvs_master_syncs_to_an_xdp_director_in_a_uml_guest() {
     let mut uml = Uml::find().expect("a UML kernel");
     uml.mem = "512M".into();
     uml.timeout = Duration::from_secs(240);
-    uml.run_test_steps(TEST_NAME, "ipvs-sync-interop-uml", STEPS);
+    uml.run_test_steps(test_name, "ipvs-sync-interop-uml", steps);
+}
+
+/// The line the host half looks for after step `step` of `steps`.
+fn ok_in(steps: &[&str], step: &str) {
+    assert!(steps.contains(&step), "unknown step {step}");
+    println!("ipvs-sync-interop-uml: {step}: ok");
 }
 
 fn ok(step: &str) {
-    assert!(STEPS.contains(&step), "unknown step {step}");
-    println!("ipvs-sync-interop-uml: {step}: ok");
+    ok_in(STEPS, step);
 }
 
 const ADVERT: f64 = 0.2;
@@ -161,19 +172,11 @@ const STEPS_BACK: &[&str] = &[
 
 #[test]
 fn xdp_master_syncs_to_a_kernel_ipvs_director_in_a_uml_guest() {
-    if uml::in_guest().is_some() {
-        guest_back();
-        return;
-    }
-    let mut uml = Uml::find().expect("a UML kernel");
-    uml.mem = "512M".into();
-    uml.timeout = Duration::from_secs(240);
-    uml.run_test_steps(TEST_NAME_BACK, "ipvs-sync-interop-uml", STEPS_BACK);
+    in_the_guest(TEST_NAME_BACK, STEPS_BACK, guest_back);
 }
 
 fn ok_back(step: &str) {
-    assert!(STEPS_BACK.contains(&step), "unknown step {step}");
-    println!("ipvs-sync-interop-uml: {step}: ok");
+    ok_in(STEPS_BACK, step);
 }
 
 fn guest_back() {
@@ -249,19 +252,11 @@ const STEPS_TPL: &[&str] = &[
 /// backwards through the ring).
 #[test]
 fn kernel_ipvs_persistence_templates_reach_an_xdp_director_in_a_uml_guest() {
-    if uml::in_guest().is_some() {
-        guest_templates();
-        return;
-    }
-    let mut uml = Uml::find().expect("a UML kernel");
-    uml.mem = "512M".into();
-    uml.timeout = Duration::from_secs(240);
-    uml.run_test_steps(TEST_NAME_TPL, "ipvs-sync-interop-uml", STEPS_TPL);
+    in_the_guest(TEST_NAME_TPL, STEPS_TPL, guest_templates);
 }
 
 fn ok_tpl(step: &str) {
-    assert!(STEPS_TPL.contains(&step), "unknown step {step}");
-    println!("ipvs-sync-interop-uml: {step}: ok");
+    ok_in(STEPS_TPL, step);
 }
 
 /// One GET on a new connection from `src` (an address of the client node) to the VIP: the
