@@ -106,13 +106,26 @@ fn guest_setup() {
     uml::load_modules(&["veth", "bridge", "ip_vs", "ip_vs_rr"]).expect("load the modules");
 }
 
-fn guest() {
+/// The NAT pair in the guest: d1 MASTER on kernel IPVS with its sync thread, d2 BACKUP on
+/// the XDP plane, both syncing; round robin over three real servers, `vs_extra` on the
+/// virtual server. (The real servers' pids and the scratch directory live as long as this.)
+struct KernelMasterXdpBackup {
+    t: DirectorLab,
+    _pids: Vec<u32>,
+    _s: Scratch,
+    d1: HaLb,
+    d2: HaLb,
+    n1: Node,
+    n2: Node,
+}
+
+fn kernel_master_xdp_backup(scratch: &str, vs_extra: &str) -> KernelMasterXdpBackup {
     guest_setup();
     let mut t = DirectorLab::build(Mode::Nat, 2, 3).unwrap();
     let _pids = t.start_real_servers().unwrap();
-    let s = Scratch::new("ipvsx").unwrap();
+    let s = Scratch::new(scratch).unwrap();
     let rss: Vec<String> = (1..=3).map(|n| real_server(n, 1, "", None)).collect();
-    let vs = virtual_server("lb_algo = \"rr\"", &rss);
+    let vs = virtual_server(&format!("lb_algo = \"rr\"\n{vs_extra}"), &rss);
     let (n1, n2) = (t.directors[0].clone(), t.directors[1].clone());
     let d1 = HaLb::start(&mut t.lab, &n1, &s, "d1", &conf(1, 2, 150, "ipvs", &vs)).unwrap();
     wait_master_serving(&t, &d1);
@@ -125,6 +138,12 @@ fn guest() {
         ipvsadm(&n1, &["-L", "--daemon"]).contains("master sync daemon (mcast=eth1, syncid=52")
     })
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", ipvsadm(&n1, &["-L", "--daemon"]), d1.log_text()));
+    KernelMasterXdpBackup { t, _pids, _s: s, d1, d2, n1, n2 }
+}
+
+fn guest() {
+    let KernelMasterXdpBackup { mut t, _pids, _s, d1, d2, n1, n2 } =
+        kernel_master_xdp_backup("ipvsx", "");
     assert!(has_xdp(&n2, "eth0"), "d2 forwards with the XDP program");
     ok("ipvs_master_and_xdp_backup_up");
 
@@ -273,24 +292,8 @@ fn get_from(client: &Node, src: std::net::IpAddr) -> anyhow::Result<String> {
 }
 
 fn guest_templates() {
-    guest_setup();
-    let mut t = DirectorLab::build(Mode::Nat, 2, 3).unwrap();
-    let _pids = t.start_real_servers().unwrap();
-    let s = Scratch::new("ipvsz").unwrap();
-    let rss: Vec<String> = (1..=3).map(|n| real_server(n, 1, "", None)).collect();
-    let vs = virtual_server("lb_algo = \"rr\"\npersistence_timeout = 300", &rss);
-    let (n1, n2) = (t.directors[0].clone(), t.directors[1].clone());
-    let d1 = HaLb::start(&mut t.lab, &n1, &s, "d1", &conf(1, 2, 150, "ipvs", &vs)).unwrap();
-    wait_master_serving(&t, &d1);
-    let d2 = HaLb::start(&mut t.lab, &n2, &s, "d2", &conf(2, 1, 100, "xdp", &vs)).unwrap();
-    eventually(Duration::from_secs(10), "d2 BACKUP", || {
-        d2.state("VI_GATEWAY").as_deref() == Some("BACKUP")
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", d2.log_text()));
-    eventually(Duration::from_secs(5), "the kernel's master sync thread on d1", || {
-        ipvsadm(&n1, &["-L", "--daemon"]).contains("master sync daemon (mcast=eth1, syncid=52")
-    })
-    .unwrap();
+    let KernelMasterXdpBackup { mut t, _pids, _s, d1, d2, n1, n2 } =
+        kernel_master_xdp_backup("ipvsz", "persistence_timeout = 300");
 
     let clients: Vec<std::net::IpAddr> =
         (41..47).map(|n| format!("198.18.0.{n}").parse().unwrap()).collect();
