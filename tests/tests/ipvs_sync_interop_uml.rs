@@ -179,6 +179,13 @@ fn guest() {
     eventually(Duration::from_secs(5), "d2 holds both VIPs", || holds_both_vips(&n2))
         .unwrap_or_else(|e| panic!("{e}\n{}", d2.log_text()));
     still_served(&mut conns, &names, "after the failover to the XDP director", &|| d2.log_text());
+    // And from the imported flows, not by scheduling afresh (which could land on the same
+    // real servers by chance): d2 forwarded their packets with no new connection counted.
+    let st = d2.status().unwrap();
+    let reals = st["virtual_servers"][0]["real_servers"].as_array().cloned().unwrap_or_default();
+    let sum = |k: &str| reals.iter().map(|r| r[k].as_u64().unwrap_or(0)).sum::<u64>();
+    assert_eq!(sum("conns"), 0, "d2 scheduled connections itself: {reals:#?}");
+    assert!(sum("packets") > 0, "d2 forwarded nothing: {reals:#?}");
     ok("connections_survive_the_failover_to_xdp");
 }
 
