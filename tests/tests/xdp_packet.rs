@@ -1166,5 +1166,13 @@ fn an_imported_close_marks_the_flow_closed() {
         assert_eq!((r.opened, r.closed), (0, 1), "only the flow it has");
         assert_eq!(flags(t, a).map(|f| f & LB_FLOW_F_CLOSED), Some(LB_FLOW_F_CLOSED));
         assert_eq!(flags(t, b), None, "a closed flow it never had is not written");
+        // Idle past this director's timeout (TCP 900 s): expired here, not imported — on a
+        // director up for less than that it would otherwise be revived (last_seen at 0).
+        let old =
+            |idle_secs| ha_lb::sync::SyncEntry { idle_secs, ..entry(client(33, 9102), false) };
+        let r = t.dp.import_flows(&[old(900)], maps::monotonic_coarse_ns()).unwrap();
+        assert_eq!((r.opened, r.closed), (0, 0));
+        let r = t.dp.import_flows(&[old(899)], maps::monotonic_coarse_ns()).unwrap();
+        assert_eq!((r.opened, r.closed), (1, 0));
     });
 }

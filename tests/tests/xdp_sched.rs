@@ -357,6 +357,9 @@ fn imported_persistence_templates_keep_clients_on_their_real_server() {
             SyncTemplate { prefix: 16, ..on_r2(4) },
         ];
         assert_eq!(t.dp.import_templates(&unknown, maps::monotonic_coarse_ns()).unwrap(), 0);
+        // Idle for the whole persistence_timeout (300 s): expired here, not imported.
+        let expired = SyncTemplate { idle_secs: 300, ..on_r2(4) };
+        assert_eq!(t.dp.import_templates(&[expired], maps::monotonic_coarse_ns()).unwrap(), 0);
 
         // The granularity changed by a reload (whole address -> /24): the host keys left in
         // the map are no longer exported (labelled /24 they would steer the host's whole

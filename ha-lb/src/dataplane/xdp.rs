@@ -984,6 +984,16 @@ impl XdpDataplane {
             flags |= LB_FLOW_F_PERSIST
                 | (svc.spec.persistence_granularity as u32) << LB_FLOW_PERSIST_PREFIX_SHIFT;
         }
+        // Idle past this director's timeout for it: expired here, not imported (on a director
+        // up for less than that, `last_seen` would be clamped at 0 and the flow revived).
+        let timeout = match (protocol, closed) {
+            (Protocol::Tcp, false) => self.timeouts.tcp,
+            (Protocol::Tcp, true) => self.timeouts.tcp_fin,
+            (Protocol::Udp, _) => self.timeouts.udp,
+        };
+        if u64::from(idle_secs) >= timeout.as_secs() {
+            return false;
+        }
         let last_seen_ns = now_ns.saturating_sub(idle_secs as u64 * 1_000_000_000);
         let fkey =
             LbFlowKey::new(family, proto, (c, port_be(client.port())), (v, port_be(vip.port())));
@@ -1109,6 +1119,10 @@ impl XdpDataplane {
         let r = svc.reals.get(&(t.real_server.ip(), t.real_server.port()))?;
         let (client, family) = addr_words(mask_prefix(t.client, t.prefix));
         let pkey = LbPersistKey { service_id: svc.id, family, _pad8: 0, _pad16: 0, client };
+        // Expired here already (see `imported`: not revived on a director up for less).
+        if u64::from(t.idle_secs) >= u64::from(svc.spec.persistence_timeout) {
+            return None;
+        }
         let last_seen_ns = now_ns.saturating_sub(u64::from(t.idle_secs) * 1_000_000_000);
         Some((pkey, LbPersist { real_id: r.id, real_gen: r.gen, last_seen_ns }))
     }
