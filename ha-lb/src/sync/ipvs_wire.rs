@@ -48,6 +48,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::{SyncEntry, SyncItem, SyncTemplate};
 use crate::config::{LbKind, Protocol};
+use crate::dataplane::xdp::mask_prefix;
 
 /// `struct ip_vs_sync_mesg`.
 pub const HEADER_LEN: usize = 8;
@@ -290,7 +291,7 @@ impl IpvsConn {
             // we one per network): masked, it would send one client's network to that
             // client's real server.
             let client = self.client.ip();
-            if prefix != 0 && mask(client, prefix) != client {
+            if prefix != 0 && mask_prefix(client, prefix) != client {
                 return Err(Unmappable::Granularity);
             }
             return Ok(SyncItem::Template(SyncTemplate {
@@ -367,7 +368,7 @@ impl IpvsConn {
     /// it (at least 1 s: 0 would mean the backup's 3-minute default), so the backup's copy
     /// expires when ours would.
     pub fn from_template(t: &SyncTemplate, persistence_timeout: u32) -> IpvsConn {
-        let client = SocketAddr::new(mask(t.client, t.prefix), 0);
+        let client = SocketAddr::new(mask_prefix(t.client, t.prefix), 0);
         IpvsConn {
             protocol: match t.protocol {
                 Protocol::Tcp => IPPROTO_TCP,
@@ -387,18 +388,6 @@ impl IpvsConn {
 }
 
 /// `a` masked to its first `prefix` bits (0 or the whole length: unchanged).
-fn mask(a: IpAddr, prefix: u8) -> IpAddr {
-    match a {
-        IpAddr::V4(v4) if (1..32).contains(&prefix) => {
-            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & (u32::MAX << (32 - prefix))))
-        }
-        IpAddr::V6(v6) if (1..128).contains(&prefix) => {
-            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << (128 - prefix))))
-        }
-        a => a,
-    }
-}
-
 /// Whether `buf` is to be read as an IPVS sync message: its size field (bytes 2..4, in both
 /// protocol versions) is its length. ha-lb's own datagrams start with `HLBS`, which read as a
 /// size of 16979 bytes: never the length of one.
