@@ -909,14 +909,13 @@ impl Daemon {
                 // whole (the kernel takes a repeat as an update).
                 config::SyncProtocol::Ipvs => {
                     let timeout = |protocol: config::Protocol, vip: std::net::SocketAddr| {
+                        let key = config::VirtualServerKey {
+                            address: vip.ip(),
+                            port: vip.port(),
+                            protocol,
+                        };
                         self.config
-                            .virtual_servers
-                            .iter()
-                            .find(|v| {
-                                v.protocol == protocol
-                                    && v.address == vip.ip()
-                                    && v.port == vip.port()
-                            })
+                            .virtual_server(&key)
                             .and_then(|v| v.persistence_timeout)
                             .map_or(0, |t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX))
                     };
