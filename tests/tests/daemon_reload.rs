@@ -10,7 +10,7 @@ use std::{process::Command, time::Duration};
 
 use daemon_support::*;
 use ha_lb_lab::{
-    daemon::{eventually, HaLb, Scratch},
+    daemon::{eventually, holds, HaLb, Scratch},
     topology::{bin_path, DirectorLab, Mode},
 };
 
@@ -321,4 +321,34 @@ fn reload_adding_an_instance_needs_its_interface_and_brings_the_data_plane_there
     assert_eq!(state_changes(&d) - extra_changes, changes, "the other instances never changed");
     let m = spread(&t.client, 6);
     assert_eq!(names(&m), ["rs1", "rs2"], "still serving: {m:?}");
+}
+
+/// A reload may turn a VIP the new file drops into a real server: the node holding that
+/// address now (the master) accepts the file, as its backup does — the running
+/// configuration's VIPs are not "this host" for the own-address check (they were, and the
+/// two nodes of a pair disagreed about one file) — and the address stops being a VIP.
+#[test]
+fn reload_turning_a_dropped_vip_into_a_real_server_is_accepted_on_the_master() {
+    let mut t = DirectorLab::build(Mode::Nat, 1, 2).unwrap();
+    t.start_real_servers().unwrap();
+    let s = Scratch::new("rvipsrv").unwrap();
+    let d = single_director(&mut t, &s, &conf("rr", "", &[rs(1, 1), rs(2, 1)]));
+    let base = std::fs::read_to_string(&d.config).unwrap();
+    let moved = base.replace(&format!("\"{GW_S}/24 dev eth1\""), "\"198.19.0.253/24 dev eth1\"");
+    assert_ne!(moved, base);
+    let extra =
+        format!("\n[[virtual_server.real_server]]\naddress = \"{GW_S}\"\nport = 80\nweight = 1\n");
+    std::fs::write(&d.config, format!("{moved}{extra}")).unwrap();
+    sighup(&t, &d);
+    wait_reloads(&d, 1, 0);
+    assert_eq!(
+        listed(&d.status().unwrap()),
+        [rs_key(1), rs_key(2), format!("{GW_S}:80")],
+        "{}",
+        d.log_text()
+    );
+    eventually(Duration::from_secs(3), "the gateway VIP moved to .253", || {
+        holds(&d.node, "eth1", "198.19.0.253") && !holds(&d.node, "eth1", GW_S)
+    })
+    .unwrap();
 }
