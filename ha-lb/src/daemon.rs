@@ -894,67 +894,61 @@ impl Daemon {
             Plane::Xdp(x) => crate::sync::ipvs_wire::ConnTimeouts::from(x.timeouts()),
             _ => Default::default(),
         };
-        let mut sent = 0;
-        // Packets on the wire this tick: with the kernel's format one of our datagrams is one
-        // or two messages, and the tick's budget is in packets (a kernel backup's default
-        // receive buffer holds ~100–150): what does not fit is owed, like the rest.
-        let mut packets = 0;
-        for d in &datagrams {
-            // One that does not go out (the socket buffer is full, or the link is down) is
-            // sent again at the next tick, with those after it.
-            let wire = match cfg.protocol {
-                config::SyncProtocol::HaLb => vec![d.clone()],
-                // The kernel's format (for a kernel IPVS backup): our datagram stays the unit
-                // of pacing and of what is owed; one that went out only in part is sent again
-                // whole (the kernel takes a repeat as an update).
-                config::SyncProtocol::Ipvs => {
-                    let timeout = |protocol: config::Protocol, vip: std::net::SocketAddr| {
-                        let key = config::VirtualServerKey {
-                            address: vip.ip(),
-                            port: vip.port(),
-                            protocol,
-                        };
-                        self.config
-                            .virtual_server(&key)
-                            .and_then(|v| v.persistence_timeout)
-                            .map_or(0, |t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX))
-                    };
-                    crate::sync::ipvs_wire::transcode(d, &conn_timeouts, &timeout)
+        // The tick's budget is in packets on the wire (a kernel backup's default receive
+        // buffer holds ~100–150); with the kernel's format one of our datagrams is one or two
+        // messages. Our datagram stays the unit of pacing and of what is owed.
+        let timeout = |protocol: config::Protocol, vip: std::net::SocketAddr| {
+            let key = config::VirtualServerKey { address: vip.ip(), port: vip.port(), protocol };
+            self.config
+                .virtual_server(&key)
+                .and_then(|v| v.persistence_timeout)
+                .map_or(0, |t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX))
+        };
+        let wire = |d: &[u8]| match cfg.protocol {
+            config::SyncProtocol::HaLb => vec![d.to_vec()],
+            // The kernel's format, for a kernel IPVS backup.
+            config::SyncProtocol::Ipvs => {
+                crate::sync::ipvs_wire::transcode(d, &conn_timeouts, &timeout)
+            }
+        };
+        // One that does not go out (the socket buffer is full, or the link is down) is sent
+        // again at the next tick, with those after it.
+        let mut counters = std::mem::take(&mut self.sync_counters);
+        let sent = crate::sync::session::send_paced(
+            &datagrams,
+            crate::sync::session::MAX_DATAGRAMS_PER_TICK,
+            wire,
+            |m| {
+                let ok = Self::sync_send_one(&mut counters, sock, m, "datagram");
+                if ok {
+                    *counters.entry("datagrams_sent").or_default() += 1;
                 }
-            };
-            if packets + wire.len() > crate::sync::session::MAX_DATAGRAMS_PER_TICK {
-                break;
-            }
-            packets += wire.len();
-            let mut all = true;
-            for m in &wire {
-                if !self.sync_send_one(sock, m, "datagram") {
-                    all = false;
-                    break;
-                }
-                *self.sync_counters.entry("datagrams_sent").or_default() += 1;
-            }
-            if !all {
-                break;
-            }
-            sent += 1;
+                ok
+            },
+        );
+        for d in &datagrams[..sent] {
             let what = if crate::sync::wire::carries_templates(d) {
                 "templates_sent"
             } else {
                 "connections_sent"
             };
-            *self.sync_counters.entry(what).or_default() +=
-                crate::sync::wire::entry_count(d) as u64;
+            *counters.entry(what).or_default() += crate::sync::wire::entry_count(d) as u64;
         }
+        self.sync_counters = counters;
         self.sync.not_sent(&datagrams[sent..]);
     }
 
     /// Sends `d` to the sync group; a failure is counted (`send_errors`) and logged.
-    fn sync_send_one(&mut self, sock: &tokio::net::UdpSocket, d: &[u8], what: &str) -> bool {
+    fn sync_send_one(
+        counters: &mut BTreeMap<&'static str, u64>,
+        sock: &tokio::net::UdpSocket,
+        d: &[u8],
+        what: &str,
+    ) -> bool {
         match sock.try_send_to(d, (SYNC_GROUP, SYNC_PORT).into()) {
             Ok(_) => true,
             Err(e) => {
-                *self.sync_counters.entry("send_errors").or_default() += 1;
+                *counters.entry("send_errors").or_default() += 1;
                 tracing::debug!(error = %e, "lvs_sync_daemon: {what} not sent");
                 false
             }
@@ -965,7 +959,7 @@ impl Daemon {
     fn sync_request(&mut self, sock: &tokio::net::UdpSocket) {
         let Some(cfg) = &self.config.global.lvs_sync_daemon else { return };
         let req = crate::sync::request(self.sync_id(cfg));
-        if self.sync_send_one(sock, &req, "table request") {
+        if Self::sync_send_one(&mut self.sync_counters, sock, &req, "table request") {
             *self.sync_counters.entry("requests_sent").or_default() += 1;
         }
     }

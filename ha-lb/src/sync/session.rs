@@ -270,6 +270,31 @@ impl Session {
     }
 }
 
+/// Sends `datagrams` (from [`Session::export`]) in order, each as the wire messages `wire`
+/// makes of it (one, or with the kernel's format one or two), until the next would take the
+/// tick past `budget` packets or `send` fails. Returns how many went out whole: the caller
+/// reports the rest with [`Session::not_sent`] (one that went out in part is sent again
+/// whole; a receiver takes a repeat as an update).
+pub fn send_paced<M: AsRef<[u8]>>(
+    datagrams: &[Vec<u8>],
+    budget: usize,
+    mut wire: impl FnMut(&[u8]) -> Vec<M>,
+    mut send: impl FnMut(&[u8]) -> bool,
+) -> usize {
+    let mut packets = 0;
+    for (sent, d) in datagrams.iter().enumerate() {
+        let messages = wire(d);
+        if packets + messages.len() > budget {
+            return sent;
+        }
+        packets += messages.len();
+        if !messages.iter().all(|m| send(m.as_ref())) {
+            return sent;
+        }
+    }
+    datagrams.len()
+}
+
 #[cfg(test)]
 mod tests {
     use ha_lb_common::lb::IPPROTO_TCP;
@@ -740,5 +765,69 @@ mod tests {
             let tpl = ds.iter().filter(|d| crate::sync::wire::carries_templates(d)).count();
             assert_eq!(tpl, usize::from(i == 0), "tick {i}: the templates once, at once");
         }
+    }
+
+    /// The budget is in packets on the wire: with the kernel's format (one or two messages a
+    /// datagram) fewer datagrams go out a tick, never a datagram cut at the budget's edge.
+    #[test]
+    fn send_paced_counts_wire_messages_against_the_budget() {
+        let datagrams: Vec<Vec<u8>> = (0..300u16).map(|i| i.to_be_bytes().to_vec()).collect();
+        let mut wire_sent = 0;
+        let one = send_paced(
+            &datagrams,
+            256,
+            |d| vec![d.to_vec()],
+            |_| {
+                wire_sent += 1;
+                true
+            },
+        );
+        assert_eq!((one, wire_sent), (256, 256));
+
+        let mut wire_sent = 0;
+        let two = send_paced(
+            &datagrams,
+            256,
+            |d| vec![d.to_vec(), d.to_vec()],
+            |_| {
+                wire_sent += 1;
+                true
+            },
+        );
+        assert_eq!((two, wire_sent), (128, 256));
+
+        // 255 single-message datagrams, then one of two messages: it waits for the next tick.
+        let mut wire_sent = 0;
+        let edge = send_paced(
+            &datagrams,
+            256,
+            |d| if d == [0, 255] { vec![d.to_vec(), d.to_vec()] } else { vec![d.to_vec()] },
+            |_| {
+                wire_sent += 1;
+                true
+            },
+        );
+        assert_eq!((edge, wire_sent), (255, 255));
+
+        assert_eq!(send_paced(&datagrams[..3], 256, |d| vec![d.to_vec()], |_| true), 3);
+    }
+
+    /// A send that fails (socket buffer full) stops the tick; a datagram that went out only
+    /// in part is not counted as sent, so it is owed whole.
+    #[test]
+    fn send_paced_stops_at_a_failed_send_and_owes_a_partly_sent_datagram() {
+        let datagrams: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i]).collect();
+        let mut calls = 0;
+        let sent = send_paced(
+            &datagrams,
+            256,
+            |d| vec![d.to_vec(), vec![d[0], 1]],
+            |m| {
+                calls += 1;
+                m != [5, 1]
+            },
+        );
+        assert_eq!(sent, 5, "datagram 5's second message failed: 0..5 sent, 5.. owed");
+        assert_eq!(calls, 12, "nothing is tried after the failure");
     }
 }
