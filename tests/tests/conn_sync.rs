@@ -10,10 +10,7 @@
 
 mod daemon_support;
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::time::Duration;
 
 use daemon_support::*;
 use ha_lb_lab::{
@@ -80,12 +77,7 @@ fn established_connections_survive_a_failover_with_lvs_sync_daemon() {
     })
     .unwrap();
 
-    let mut conns: Vec<KeepAlive> = (0..12).map(|_| KeepAlive::open(&t.client).unwrap()).collect();
-    let names: Vec<String> = conns.iter_mut().map(|c| c.get().unwrap()).collect();
-    let mut distinct = names.clone();
-    distinct.sort();
-    distinct.dedup();
-    assert_eq!(distinct.len(), 3, "round robin spread them: {names:?}");
+    let (mut conns, names) = open_spread(&t.client, 12, 3);
     // The master sends its new connections once a second.
     std::thread::sleep(Duration::from_millis(2500));
 
@@ -114,19 +106,6 @@ fn established_connections_survive_a_failover_with_lvs_sync_daemon() {
     still_served(&mut conns, &names, "after the fail-back", &|| d1.log_text());
 }
 
-/// One GET on a new connection from `src` (an address of the client node) to the VIP: the
-/// answering real server's name.
-fn get_from(client: &ha_lb_lab::netns::Node, src: IpAddr) -> anyhow::Result<String> {
-    client.run(move || -> anyhow::Result<String> {
-        pin_to_cpu0();
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-        s.bind(&SocketAddr::new(src, 0).into())?;
-        s.connect_timeout(&vip().into(), Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        ha_lb_lab::topology::KeepAlive::over(s.into(), vip())?.get()
-    })?
-}
-
 /// Persistence templates (`LB_PERSIST`) are synced with the connections: six client
 /// addresses of a persistent service (rr over three real servers) each have a real server on
 /// the master; after a `kill -9` of the master, each one's *new* connection goes to that
@@ -149,17 +128,9 @@ fn persistent_clients_keep_their_real_server_after_a_failover() {
     })
     .unwrap();
 
-    // Six more client addresses on the front link (the lab's own addresses end in .1, .2,
-    // .10, .1N and .100).
-    let clients: Vec<IpAddr> = (41..47).map(|n| format!("198.18.0.{n}").parse().unwrap()).collect();
-    for c in &clients {
-        t.client.addr("eth0", &format!("{c}/24")).unwrap();
-    }
+    let clients = more_client_addresses(&t.client);
     let before: Vec<String> = clients.iter().map(|&c| get_from(&t.client, c).unwrap()).collect();
-    let mut distinct = before.clone();
-    distinct.sort();
-    distinct.dedup();
-    assert_eq!(distinct.len(), 3, "round robin spread them: {before:?}");
+    assert_spread(&before, 3);
     // Persistent: a second connection of each goes where the first did.
     for (&c, want) in clients.iter().zip(&before) {
         assert_eq!(&get_from(&t.client, c).unwrap(), want, "{c} persistent on the master");
@@ -176,17 +147,7 @@ fn persistent_clients_keep_their_real_server_after_a_failover() {
     eventually(Duration::from_secs(3), "d2 holds both VIPs", || holds_both_vips(&n2)).unwrap();
 
     // New connections, in the reverse order.
-    let mut after = vec![String::new(); clients.len()];
-    for (i, &c) in clients.iter().enumerate().rev() {
-        let mut got = get_from(&t.client, c);
-        for _ in 0..3 {
-            if got.is_ok() {
-                break;
-            }
-            got = get_from(&t.client, c);
-        }
-        after[i] = got.unwrap_or_else(|e| format!("(failed: {e})"));
-    }
+    let after = new_connections_reversed(&t.client, &clients);
     assert_eq!(after, before, "each client's new connection after the failover\n{}", d2.log_text());
 }
 

@@ -102,12 +102,7 @@ fn guest() {
     });
     ok("sync_threads_follow_the_roles");
 
-    let mut conns: Vec<KeepAlive> = (0..6).map(|_| KeepAlive::open(&t.client).unwrap()).collect();
-    let names: Vec<String> = conns.iter_mut().map(|c| c.get().unwrap()).collect();
-    let mut distinct = names.clone();
-    distinct.sort();
-    distinct.dedup();
-    assert_eq!(distinct.len(), 3, "round robin spread them: {names:?}");
+    let (mut conns, names) = open_spread(&t.client, 6, 3);
     // The kernel syncs a connection at its third packet and flushes its sync buffer at least
     // every 2 s: wait until d2's IPVS has all six (bounded).
     eventually(Duration::from_secs(10), "d2's IPVS has d1's six connections", || {

@@ -147,12 +147,7 @@ fn guest() {
     assert!(has_xdp(&n2, "eth0"), "d2 forwards with the XDP program");
     ok("ipvs_master_and_xdp_backup_up");
 
-    let mut conns: Vec<KeepAlive> = (0..6).map(|_| KeepAlive::open(&t.client).unwrap()).collect();
-    let names: Vec<String> = conns.iter_mut().map(|c| c.get().unwrap()).collect();
-    let mut distinct = names.clone();
-    distinct.sort();
-    distinct.dedup();
-    assert_eq!(distinct.len(), 3, "round robin spread them: {names:?}");
+    let (mut conns, names) = open_spread(&t.client, 6, 3);
     // The kernel syncs a connection at its third packet and flushes its sync buffer at least
     // every 2 s.
     eventually(Duration::from_secs(10), "d2 imported d1's six connections", || {
@@ -228,12 +223,7 @@ fn guest_back() {
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", ipvsadm(&n2, &["-L", "--daemon"]), d2.log_text()));
     ok_back("xdp_master_and_ipvs_backup_up");
 
-    let mut conns: Vec<KeepAlive> = (0..6).map(|_| KeepAlive::open(&t.client).unwrap()).collect();
-    let names: Vec<String> = conns.iter_mut().map(|c| c.get().unwrap()).collect();
-    let mut distinct = names.clone();
-    distinct.sort();
-    distinct.dedup();
-    assert_eq!(distinct.len(), 3, "round robin spread them: {names:?}");
+    let (mut conns, names) = open_spread(&t.client, 6, 3);
     // d1 sends its new connections once a second, in the kernel's format.
     eventually(Duration::from_secs(10), "d2's IPVS has d1's six connections", || {
         ipvsadm(&n2, &["-Lnc"]).lines().filter(|l| l.contains("ESTABLISHED")).count() >= 6
@@ -285,33 +275,13 @@ fn ok_tpl(step: &str) {
     ok_in(STEPS_TPL, step);
 }
 
-/// One GET on a new connection from `src` (an address of the client node) to the VIP: the
-/// answering real server's name.
-fn get_from(client: &Node, src: std::net::IpAddr) -> anyhow::Result<String> {
-    client.run(move || -> anyhow::Result<String> {
-        pin_to_cpu0();
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-        s.bind(&std::net::SocketAddr::new(src, 0).into())?;
-        s.connect_timeout(&vip().into(), Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        ha_lb_lab::topology::KeepAlive::over(s.into(), vip())?.get()
-    })?
-}
-
 fn guest_templates() {
     let KernelMasterXdpBackup { mut t, _pids, _s, d1, d2, n1, n2 } =
         kernel_master_xdp_backup("ipvsz", "persistence_timeout = 300");
 
-    let clients: Vec<std::net::IpAddr> =
-        (41..47).map(|n| format!("198.18.0.{n}").parse().unwrap()).collect();
-    for c in &clients {
-        t.client.addr("eth0", &format!("{c}/24")).unwrap();
-    }
+    let clients = more_client_addresses(&t.client);
     let before: Vec<String> = clients.iter().map(|&c| get_from(&t.client, c).unwrap()).collect();
-    let mut distinct = before.clone();
-    distinct.sort();
-    distinct.dedup();
-    assert_eq!(distinct.len(), 3, "round robin spread them: {before:?}");
+    assert_spread(&before, 3);
     for (&c, want) in clients.iter().zip(&before) {
         assert_eq!(&get_from(&t.client, c).unwrap(), want, "{c} persistent on the IPVS master");
     }
@@ -335,17 +305,7 @@ fn guest_templates() {
     crash(&mut t, &d1);
     eventually(Duration::from_secs(5), "d2 holds both VIPs", || holds_both_vips(&n2))
         .unwrap_or_else(|e| panic!("{e}\n{}", d2.log_text()));
-    let mut after = vec![String::new(); clients.len()];
-    for (i, &c) in clients.iter().enumerate().rev() {
-        let mut got = get_from(&t.client, c);
-        for _ in 0..3 {
-            if got.is_ok() {
-                break;
-            }
-            got = get_from(&t.client, c);
-        }
-        after[i] = got.unwrap_or_else(|e| format!("(failed: {e})"));
-    }
+    let after = new_connections_reversed(&t.client, &clients);
     assert_eq!(after, before, "each client's new connection after the failover\n{}", d2.log_text());
     ok_tpl("persistent_clients_keep_their_real_servers_after_the_failover");
 }

@@ -274,6 +274,67 @@ pub fn still_served(
     }
 }
 
+/// Asserts that `names` (the real servers that answered) are spread over `servers` distinct
+/// real servers (round robin).
+pub fn assert_spread(names: &[String], servers: usize) {
+    let mut distinct = names.to_vec();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), servers, "round robin spread them: {names:?}");
+}
+
+/// `n` keep-alive connections from the client to the VIP, and the real server that answered
+/// each one's first request; asserts they are spread over `servers` real servers.
+pub fn open_spread(client: &Node, n: usize, servers: usize) -> (Vec<KeepAlive>, Vec<String>) {
+    let mut conns: Vec<KeepAlive> = (0..n).map(|_| KeepAlive::open(client).unwrap()).collect();
+    let names: Vec<String> = conns.iter_mut().map(|c| c.get().unwrap()).collect();
+    assert_spread(&names, servers);
+    (conns, names)
+}
+
+/// Six more client addresses on the client's front link, 198.18.0.41–46 (the lab's own
+/// addresses end in .1, .2, .10, .1N and .100), for persistence tests.
+pub fn more_client_addresses(client: &Node) -> Vec<std::net::IpAddr> {
+    let clients: Vec<std::net::IpAddr> =
+        (41..47).map(|n| format!("198.18.0.{n}").parse().unwrap()).collect();
+    for c in &clients {
+        client.addr("eth0", &format!("{c}/24")).unwrap();
+    }
+    clients
+}
+
+/// One GET on a new connection from `src` (an address of the client node) to the VIP: the
+/// answering real server's name.
+pub fn get_from(client: &Node, src: std::net::IpAddr) -> Result<String> {
+    client.run(move || -> Result<String> {
+        pin_to_cpu0();
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        s.bind(&SocketAddr::new(src, 0).into())?;
+        s.connect_timeout(&vip().into(), Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        lab::KeepAlive::over(s.into(), vip())?.get()
+    })?
+}
+
+/// A new connection from each of `clients`, in the reverse order (so that a scheduler
+/// deciding afresh cannot give each its earlier real server by chance), each tried up to
+/// four times (the first after a takeover may need TCP's retransmission): the answering
+/// real servers, in `clients`' order (`(failed: …)` for one that never answered).
+pub fn new_connections_reversed(client: &Node, clients: &[std::net::IpAddr]) -> Vec<String> {
+    let mut after = vec![String::new(); clients.len()];
+    for (i, &c) in clients.iter().enumerate().rev() {
+        let mut got = get_from(client, c);
+        for _ in 0..3 {
+            if got.is_ok() {
+                break;
+            }
+            got = get_from(client, c);
+        }
+        after[i] = got.unwrap_or_else(|e| format!("(failed: {e})"));
+    }
+    after
+}
+
 /// A keep-alive HTTP/1.1 connection from the client to the VIP (`ha_lb_lab`'s, opened on
 /// CPU 0, see [`pin_to_cpu0`]).
 pub struct KeepAlive(lab::KeepAlive);
