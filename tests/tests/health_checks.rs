@@ -513,3 +513,37 @@ async fn reconfigure_keeps_unchanged_states() {
     checker.shutdown().await;
     drop((l, c_listener));
 }
+
+/// Found by review: the service counted a MISC_CHECK's `delay_loop` from the end of the
+/// script. keepalived starts it every `delay_loop` (`check_misc.c`: last start +
+/// `delay_loop`): a 400 ms script with `delay_loop` 600 ms starts every 600 ms, not 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misc_check_starts_every_delay_loop_however_long_the_script_runs() {
+    let dir = tmpdir("misc-period");
+    let starts = dir.join("starts");
+    let m = misc(
+        &format!("date +%s%N >> {}; sleep 0.4", starts.display()),
+        Duration::from_secs(5),
+        false,
+    );
+    let rs: SocketAddr = "127.0.0.1:9".parse().unwrap(); // never contacted: MISC_CHECK only
+    let t = target(rs, check(CheckKind::Misc(m), 600 * MS, 0, 100 * MS), false);
+    let (checker, mut rx) = HealthChecker::start(vec![t], HealthOptions::default());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stamps = loop {
+        let text = std::fs::read_to_string(&starts).unwrap_or_default();
+        let stamps: Vec<u128> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if stamps.len() >= 5 {
+            break stamps;
+        }
+        assert!(Instant::now() < deadline, "only {} runs: {text:?}", stamps.len());
+        tokio::time::sleep(50 * MS).await;
+    };
+    checker.shutdown().await;
+    no_event(&mut rx, Duration::ZERO).await;
+    // 4 periods: 2.4 s from start to start (4 s counted from the ends).
+    let span = Duration::from_nanos((stamps[4] - stamps[0]) as u64);
+    assert!(span >= 4 * 600 * MS - 50 * MS, "{span:?}");
+    assert!(span < 4 * 800 * MS, "periods counted from the script's end: {span:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

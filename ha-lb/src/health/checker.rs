@@ -255,6 +255,9 @@ impl HealthChecker {
         let weight = weight.filter(|_| check.is_dynamic());
         let first = warmup_delay(timing.warmup, self.shared.seeds.hash_one((key, Instant::now())));
         let mut tracker = Tracker::new(timing, up, Instant::now(), first).with_weight(weight);
+        if matches!(check.kind, CheckKind::Misc(_)) {
+            tracker = tracker.from_start();
+        }
         if fresh && up {
             tracker = tracker.fresh();
         }
@@ -345,7 +348,7 @@ async fn run_check(
         let Some(check) = target.rs.check.as_ref() else {
             return;
         };
-        let result = attempt(&shared, &check.kind).await;
+        let (started, result) = attempt(&shared, &check.kind).await;
         let now = Instant::now();
         let change = {
             let mut states = shared.states.lock().unwrap();
@@ -353,7 +356,7 @@ async fn run_check(
             if stopped.load(Ordering::SeqCst) {
                 return;
             }
-            let change = tracker.record(now, result.ok, result.weight);
+            let change = tracker.record_attempt(started, now, result.ok, result.weight);
             if let Some(s) = states.get_mut(&key) {
                 s.attempts = tracker.attempts();
                 s.last_ok = Some(result.ok);
@@ -408,18 +411,20 @@ fn report(target: &CheckTarget, change: &Change, result: &ProbeResult) {
     }
 }
 
-async fn attempt(shared: &Shared, kind: &CheckKind) -> ProbeResult {
+/// One attempt, once a slot is free: when it started (had its slot) and its result.
+async fn attempt(shared: &Shared, kind: &CheckKind) -> (Instant, ProbeResult) {
     let (sem, gauge): (&Semaphore, &Gauge) = match kind {
         CheckKind::Misc(_) => (&shared.scripts, &shared.script_gauge),
         _ => (&shared.probes, &shared.probe_gauge),
     };
     let Ok(_permit) = sem.acquire().await else {
-        return ProbeResult::down("checker shutting down");
+        return (Instant::now(), ProbeResult::down("checker shutting down"));
     };
+    let started = Instant::now();
     gauge.enter();
     let r = probe::probe(kind, shared.opts.script_user.as_ref()).await;
     gauge.leave();
-    r
+    (started, r)
 }
 
 /// Run a notify hook without holding up the checker; hooks of one real server run in

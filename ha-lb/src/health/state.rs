@@ -7,7 +7,11 @@
 //!   further attempts after failures, each `delay_before_retry` after the previous one
 //!   ("retry count to make additional checks if check of an alive server fails"); a down
 //!   server gets one attempt per round;
-//! - the next round starts `delay_loop` after the attempt that ended the previous one;
+//! - the next round starts `delay_loop` after the attempt that ended the previous one: after
+//!   its end for the network checks (keepalived arms their timer when the check completes),
+//!   after its start for MISC_CHECK (`check_misc.c` schedules the next run at the script's
+//!   start + `delay_loop`, or + `delay_before_retry` for a retry; a script that ran longer
+//!   than that is run again as soon as it ends) — see [`Tracker::from_start`];
 //! - an up server goes down after `fall` consecutive failed rounds, a down server comes up
 //!   after `rise` consecutive successful rounds (both default to 1, which is keepalived;
 //!   0 acts as 1);
@@ -58,6 +62,8 @@ pub struct Tracker {
     retries_used: u32,
     next_due: Instant,
     attempts: u64,
+    /// Periods are counted from the start of an attempt, not its end (MISC_CHECK).
+    from_start: bool,
 }
 
 impl Tracker {
@@ -72,7 +78,16 @@ impl Tracker {
             retries_used: 0,
             next_due: now + first_delay.min(timing.warmup),
             attempts: 0,
+            from_start: false,
         }
+    }
+
+    /// Count `delay_loop` and `delay_before_retry` from the start of each attempt (see
+    /// [`Self::record_attempt`]), as keepalived schedules MISC_CHECK: a 20 s script with
+    /// `delay_loop` 30 starts every 30 s, not every 50 s.
+    pub fn from_start(mut self) -> Tracker {
+        self.from_start = true;
+        self
     }
 
     /// A check just started with its server up (not `alpha`): until its first success, a
@@ -117,14 +132,30 @@ impl Tracker {
         self.streak
     }
 
-    /// Record an attempt that finished at `now`. `weight` is the dynamic weight a
-    /// successful MISC_CHECK with `misc_dynamic` reported (`None`: unchanged).
+    /// Record an attempt that finished at `now` (and, for the schedule, started then too:
+    /// see [`Self::record_attempt`]). `weight` is the dynamic weight a successful
+    /// MISC_CHECK with `misc_dynamic` reported (`None`: unchanged).
     pub fn record(&mut self, now: Instant, ok: bool, weight: Option<u32>) -> Option<Change> {
+        self.record_attempt(now, now, ok, weight)
+    }
+
+    /// Record an attempt that ran from `started` to `ended`. The next one is due a period
+    /// after `ended`, or with [`Self::from_start`] a period after `started` (and at once if
+    /// that is already past).
+    pub fn record_attempt(
+        &mut self,
+        started: Instant,
+        ended: Instant,
+        ok: bool,
+        weight: Option<u32>,
+    ) -> Option<Change> {
+        let anchor = if self.from_start { started.min(ended) } else { ended };
+        let after = |period: Duration| (anchor + period).max(ended);
         self.attempts += 1;
         let t = self.timing;
         if ok {
             self.retries_used = 0;
-            self.next_due = now + t.delay_loop;
+            self.next_due = after(t.delay_loop);
             let weight_changed = weight.is_some() && weight != self.weight;
             if weight.is_some() {
                 self.weight = weight;
@@ -147,12 +178,12 @@ impl Tracker {
         }
         if self.up && self.retries_used < t.retry {
             self.retries_used += 1;
-            self.next_due = now + t.delay_before_retry;
+            self.next_due = after(t.delay_before_retry);
             return None;
         }
         // The round failed.
         self.retries_used = 0;
-        self.next_due = now + t.delay_loop;
+        self.next_due = after(t.delay_loop);
         if !self.up {
             self.streak = 0;
             return None;
@@ -337,6 +368,29 @@ mod tests {
         let mut tr = Tracker::new(timing(0, 1, 1), true, t0, Duration::ZERO);
         tr.record(t0 + 3 * S, true, None);
         assert_eq!(tr.next_due() - t0, 13 * S);
+    }
+
+    /// Found by review: a MISC_CHECK's period ran from the end of the script, so a 20 s
+    /// script with delay_loop 30 ran every 50 s; keepalived (`check_misc.c`) starts it
+    /// every 30 s, and one that outruns its period again as soon as it ends.
+    #[test]
+    fn misc_check_periods_count_from_the_start_of_the_script() {
+        let t0 = Instant::now();
+        let mut t = timing(1, 1, 1);
+        t.delay_loop = 30 * S;
+        let mut tr = Tracker::new(t, true, t0, Duration::ZERO).from_start();
+        tr.record_attempt(t0, t0 + 20 * S, true, None);
+        assert_eq!(tr.next_due() - t0, 30 * S);
+        // A retry too is counted from the failed attempt's start.
+        tr.record_attempt(t0 + 30 * S, t0 + 31 * S, false, None);
+        assert_eq!(tr.next_due() - t0, 32 * S, "delay_before_retry after the start");
+        // A script that outran its period: the next one starts as soon as it ends.
+        tr.record_attempt(t0 + 32 * S, t0 + 70 * S, true, None);
+        assert_eq!(tr.next_due() - t0, 70 * S);
+        // The network checks keep counting from the end.
+        let mut tr = Tracker::new(t, true, t0, Duration::ZERO);
+        tr.record_attempt(t0, t0 + 20 * S, true, None);
+        assert_eq!(tr.next_due() - t0, 50 * S);
     }
 
     #[test]
