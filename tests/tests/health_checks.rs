@@ -547,3 +547,30 @@ async fn misc_check_starts_every_delay_loop_however_long_the_script_runs() {
     assert!(span < 4 * 800 * MS, "periods counted from the script's end: {span:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Found by review: with `alpha`, a server whose first check failed got no notify_down
+/// (it started down: no change). keepalived runs notify_down for it
+/// (update_svr_checker_state: a first result that confirms an alpha checker's state).
+/// No event: nothing changed for the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpha_server_failing_its_first_check_gets_notify_down() {
+    let dir = tmpdir("alpha-down");
+    let log = dir.join("log");
+    let addr = closed_port().await;
+    let mut t =
+        target(addr, check(CheckKind::Tcp(connect(addr, 500 * MS)), 200 * MS, 0, 100 * MS), true);
+    t.rs.notify_up = Some(sh(&format!("echo up >> {}", log.display())));
+    t.rs.notify_down = Some(sh(&format!("echo down >> {}", log.display())));
+    let (checker, mut rx) = HealthChecker::start(vec![t], HealthOptions::default());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(&log).unwrap_or_default().is_empty() {
+        assert!(Instant::now() < deadline, "no notify_down");
+        tokio::time::sleep(20 * MS).await;
+    }
+    // Later failed rounds run nothing more, and no event is sent.
+    no_event(&mut rx, Duration::from_millis(800)).await;
+    assert!(checker.state(vs(), addr).unwrap().attempts >= 3);
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "down\n");
+    checker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -16,7 +16,7 @@ use crate::config::{CheckKind, Config, RealServer, Script, ScriptUser, VirtualSe
 use crate::script::{self, RunOptions};
 
 use super::probe::{self, ProbeResult};
-use super::state::{initial_up, warmup_delay, Change, Tracker};
+use super::state::{initial_up, warmup_delay, Change, ChangeKind, Tracker};
 
 /// Identity of one check: the virtual server and the real server's address:port.
 pub type CheckKey = (VirtualServerKey, SocketAddr);
@@ -261,6 +261,9 @@ impl HealthChecker {
         if fresh && up {
             tracker = tracker.fresh();
         }
+        if !fresh {
+            tracker = tracker.resumed();
+        }
         self.shared.states.lock().unwrap().insert(
             key,
             RsHealth {
@@ -363,7 +366,7 @@ async fn run_check(
                 s.last_detail.clone_from(&result.detail);
                 s.up = tracker.is_up();
                 s.weight = tracker.weight();
-                if change.as_ref().is_some_and(|c| c.state_changed) {
+                if change.as_ref().is_some_and(|c| c.state_changed()) {
                     s.since = SystemTime::now();
                 }
             }
@@ -373,12 +376,16 @@ async fn run_check(
             continue;
         };
         report(&target, &change, &result);
-        if change.state_changed {
+        if change.kind != ChangeKind::Weight {
             let hook = if change.up { &target.rs.notify_up } else { &target.rs.notify_down };
             if let Some(hook) = hook.clone() {
                 let prev = last_notify.take();
                 last_notify = Some(spawn_notify(&shared, &target, change.up, hook, prev));
             }
+        }
+        if change.kind == ChangeKind::FirstDown {
+            // It started down and stays down: nothing for the reconciler.
+            continue;
         }
         let ev = HealthEvent {
             vs: key.0,
@@ -395,7 +402,16 @@ async fn run_check(
 
 fn report(target: &CheckTarget, change: &Change, result: &ProbeResult) {
     let check = target.rs.check.as_ref().map(|c| c.name()).unwrap_or("?");
-    if change.state_changed {
+    if change.kind == ChangeKind::FirstDown {
+        tracing::info!(
+            vs = %target.vs,
+            rs = %target.rs.key(),
+            check,
+            "real server {} DOWN (first check, alpha): {}",
+            target.rs.key(),
+            result.detail
+        );
+    } else if change.state_changed() {
         tracing::info!(
             vs = %target.vs,
             rs = %target.rs.key(),

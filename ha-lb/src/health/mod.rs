@@ -22,7 +22,9 @@
 //!   see the notes in `health/tls.rs`.
 //!
 //! The start state of a checked real server is up, or down when its virtual server has
-//! `alpha` ([`initial_up`]); no event is sent for it: read [`HealthChecker::states`].
+//! `alpha` ([`initial_up`]); no event is sent for it: read [`HealthChecker::states`]. With
+//! `alpha`, a first check that fails runs the server's `notify_down` (as keepalived does),
+//! still without an event: nothing changed.
 
 pub mod checker;
 pub mod http;

@@ -45,8 +45,27 @@ pub struct Change {
     pub up: bool,
     /// The dynamic weight (MISC_CHECK `misc_dynamic`) in force; `None`: the configured one.
     pub weight: Option<u32>,
-    /// `false`: the server stayed up and only its dynamic weight changed.
-    pub state_changed: bool,
+    pub kind: ChangeKind,
+}
+
+impl Change {
+    /// The server went up or down.
+    pub fn state_changed(&self) -> bool {
+        self.kind == ChangeKind::State
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// The server went up or down.
+    State,
+    /// The server stayed up and only its dynamic weight changed.
+    Weight,
+    /// The first round of a check that started down (`alpha`) failed: nothing changed, but
+    /// keepalived runs the server's `notify_down` all the same
+    /// (`update_svr_checker_state`: a checker's first result that confirms its state
+    /// notifies in alpha mode).
+    FirstDown,
 }
 
 /// State and timers of one check.
@@ -64,6 +83,8 @@ pub struct Tracker {
     attempts: u64,
     /// Periods are counted from the start of an attempt, not its end (MISC_CHECK).
     from_start: bool,
+    /// A round has ended since the check started (keepalived's `has_run`).
+    has_run: bool,
 }
 
 impl Tracker {
@@ -79,7 +100,15 @@ impl Tracker {
             next_due: now + first_delay.min(timing.warmup),
             attempts: 0,
             from_start: false,
+            has_run: false,
         }
+    }
+
+    /// A check restarted with the state of the one it replaces (a reload): its first
+    /// round is not a first verdict ([`ChangeKind::FirstDown`]).
+    pub fn resumed(mut self) -> Tracker {
+        self.has_run = true;
+        self
     }
 
     /// Count `delay_loop` and `delay_before_retry` from the start of each attempt (see
@@ -154,6 +183,7 @@ impl Tracker {
         self.attempts += 1;
         let t = self.timing;
         if ok {
+            self.has_run = true;
             self.retries_used = 0;
             self.next_due = after(t.delay_loop);
             let weight_changed = weight.is_some() && weight != self.weight;
@@ -165,14 +195,14 @@ impl Tracker {
                 return weight_changed.then_some(Change {
                     up: true,
                     weight: self.weight,
-                    state_changed: false,
+                    kind: ChangeKind::Weight,
                 });
             }
             self.streak += 1;
             if self.streak >= t.rise {
                 self.up = true;
                 self.streak = 0;
-                return Some(Change { up: true, weight: self.weight, state_changed: true });
+                return Some(Change { up: true, weight: self.weight, kind: ChangeKind::State });
             }
             return None;
         }
@@ -182,17 +212,22 @@ impl Tracker {
             return None;
         }
         // The round failed.
+        let first = !std::mem::replace(&mut self.has_run, true);
         self.retries_used = 0;
         self.next_due = after(t.delay_loop);
         if !self.up {
             self.streak = 0;
-            return None;
+            return first.then_some(Change {
+                up: false,
+                weight: self.weight,
+                kind: ChangeKind::FirstDown,
+            });
         }
         self.streak += 1;
         if self.streak >= t.fall {
             self.up = false;
             self.streak = 0;
-            return Some(Change { up: false, weight: self.weight, state_changed: true });
+            return Some(Change { up: false, weight: self.weight, kind: ChangeKind::State });
         }
         None
     }
@@ -279,12 +314,12 @@ mod tests {
         assert!(tr.record(t0, false, None).is_none());
         assert_eq!(tr.next_due() - t0, 2 * S, "retry after delay_before_retry");
         let c = tr.record(t0 + 2 * S, false, None).unwrap();
-        assert!(!c.up && c.state_changed);
+        assert!(!c.up && c.state_changed());
         assert!(!tr.is_up());
         assert_eq!(tr.next_due() - t0, 12 * S, "next round after delay_loop");
         // Down: one success (rise 1) brings it back.
         let c = tr.record(t0 + 12 * S, true, None).unwrap();
-        assert!(c.up && c.state_changed);
+        assert!(c.up && c.state_changed());
         assert_eq!(tr.next_due() - t0, 22 * S);
     }
 
@@ -303,12 +338,34 @@ mod tests {
         assert!(tr.record(t0 + 18 * S, false, None).is_some());
     }
 
+    /// Found by review: with `alpha` a server whose first check failed got no notify_down
+    /// (nothing changed: it started down). keepalived's update_svr_checker_state runs it
+    /// for the first result of an alpha checker that confirms its state.
+    #[test]
+    fn an_alpha_server_whose_first_round_fails_is_told_down_once() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new(timing(3, 2, 1), false, t0, Duration::ZERO);
+        let c = tr.record(t0, false, None).expect("first verdict");
+        assert_eq!(c, Change { up: false, weight: None, kind: ChangeKind::FirstDown });
+        assert!(!tr.is_up());
+        assert!(tr.record(t0 + 10 * S, false, None).is_none(), "once");
+        // A first round that passes (not yet up with rise 2) is a verdict too.
+        let mut tr = Tracker::new(timing(3, 2, 1), false, t0, Duration::ZERO);
+        assert!(tr.record(t0, true, None).is_none());
+        assert!(tr.record(t0 + 10 * S, false, None).is_none());
+        // A check restarted by a reload carries on: no first verdict.
+        let mut tr = Tracker::new(timing(3, 2, 1), false, t0, Duration::ZERO).resumed();
+        assert!(tr.record(t0, false, None).is_none());
+    }
+
     #[test]
     fn down_servers_are_not_retried() {
         let t0 = Instant::now();
         let mut tr = Tracker::new(timing(3, 1, 1), false, t0, Duration::ZERO);
-        assert!(tr.record(t0, false, None).is_none());
+        assert!(tr.record(t0, false, None).is_some_and(|c| !c.state_changed()));
         assert_eq!(tr.next_due() - t0, 10 * S);
+        assert!(tr.record(t0 + 10 * S, false, None).is_none());
+        assert_eq!(tr.next_due() - t0, 20 * S);
     }
 
     #[test]
@@ -398,14 +455,14 @@ mod tests {
         let t0 = Instant::now();
         let mut tr = Tracker::new(timing(0, 1, 1), true, t0, Duration::ZERO);
         let c = tr.record(t0, true, Some(10)).unwrap();
-        assert_eq!(c, Change { up: true, weight: Some(10), state_changed: false });
+        assert_eq!(c, Change { up: true, weight: Some(10), kind: ChangeKind::Weight });
         assert!(tr.record(t0 + 10 * S, true, Some(10)).is_none(), "same weight: quiet");
         assert!(tr.record(t0 + 20 * S, true, None).is_none(), "exit 0: weight unchanged");
         assert_eq!(tr.weight(), Some(10));
         let c = tr.record(t0 + 30 * S, false, None).unwrap();
-        assert_eq!(c, Change { up: false, weight: Some(10), state_changed: true });
+        assert_eq!(c, Change { up: false, weight: Some(10), kind: ChangeKind::State });
         let c = tr.record(t0 + 40 * S, true, Some(20)).unwrap();
-        assert_eq!(c, Change { up: true, weight: Some(20), state_changed: true });
+        assert_eq!(c, Change { up: true, weight: Some(20), kind: ChangeKind::State });
     }
 
     #[test]
