@@ -126,7 +126,8 @@ fn tmpdir(name: &str) -> PathBuf {
 // ---------------------------------------------------------------------------------------
 
 /// Serves: `/ok` 200 "hello" (Content-Length), `/chunked` 200 "hello world" (chunked),
-/// `/close` 200 "until close" (no length), `/503` 503, `/hang` never answers. While
+/// `/close` 200 "until close" (no length), `/503` 503, `/short` 200 "short" with a
+/// Content-Length of 10, `/hang` never answers. While
 /// `healthy` is false every path hangs.
 #[derive(Clone)]
 struct HttpServer {
@@ -150,6 +151,7 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, healthy: bool) 
         (true, "/chunked") => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec(),
         (true, "/close") => b"HTTP/1.0 200 OK\r\n\r\nuntil close".to_vec(),
         (true, "/503") => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        (true, "/short") => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort".to_vec(),
         _ => {
             // Hang, bounded: hold the connection open a while, then go.
             tokio::time::sleep(Duration::from_secs(10)).await;
@@ -261,6 +263,23 @@ async fn http_get_status_and_digest() {
     // Nobody listening.
     let r = http_check(&http(closed_port().await, vec![url("/ok", None)], t), false).await;
     assert!(!r.ok && r.detail.contains("refused"), "{r:?}");
+}
+
+/// Found by review: a body shorter than its Content-Length failed the check. keepalived
+/// logs the mismatch and judges what arrived: the status, and the digest of the bytes
+/// received.
+#[tokio::test]
+async fn http_get_judges_a_short_body_on_what_arrived() {
+    let srv = http_server().await;
+    let t = Duration::from_secs(2);
+    let r = http_check(&http(srv.addr, vec![url("/short", None)], t), false).await;
+    assert!(r.ok, "{r:?}");
+    assert!(r.detail.contains("/short: Content-Length (10) does not match received bytes (5)"));
+    let r = http_check(&http(srv.addr, vec![url("/short", Some(b"short"))], t), false).await;
+    assert!(r.ok, "the digest of what arrived: {r:?}");
+    let r =
+        http_check(&http(srv.addr, vec![url("/short", Some(b"short\0\0\0\0\0"))], t), false).await;
+    assert!(!r.ok && r.detail.contains("MD5 digest mismatch"), "{r:?}");
 }
 
 #[tokio::test]

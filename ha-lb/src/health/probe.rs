@@ -99,6 +99,7 @@ pub async fn tcp_check(c: &Connect) -> ProbeResult {
 pub async fn http_check(h: &HttpCheck, use_tls: bool) -> ProbeResult {
     let scheme = if use_tls { "SSL_GET" } else { "HTTP_GET" };
     let per_url = h.connect.connect_timeout * HTTP_ATTEMPT_FACTOR;
+    let mut notes = Vec::new();
     for url in &h.url {
         let r =
             tokio::time::timeout(per_url, fetch(h, &url.path, url.digest.is_some(), use_tls)).await;
@@ -117,10 +118,15 @@ pub async fn http_check(h: &HttpCheck, use_tls: bool) -> ProbeResult {
         if let Err(e) = http::check_response(&resp, url) {
             return ProbeResult::down(format!("{scheme} {}: {e}", h.connect.target));
         }
+        if let Some(short) = resp.body_short {
+            // keepalived logs the mismatch and judges what arrived; so do we, and say so.
+            notes.push(format!("{}: {short}", url.path));
+        }
     }
     let n = h.url.len();
+    let notes = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join("; ")) };
     ProbeResult::up(format!(
-        "{scheme} {}: {n} URL{} ok",
+        "{scheme} {}: {n} URL{} ok{notes}",
         h.connect.target,
         if n == 1 { "" } else { "s" }
     ))
