@@ -127,7 +127,8 @@ fn tmpdir(name: &str) -> PathBuf {
 
 /// Serves: `/ok` 200 "hello" (Content-Length), `/chunked` 200 "hello world" (chunked),
 /// `/close` 200 "until close" (no length), `/503` 503, `/short` 200 "short" with a
-/// Content-Length of 10, `/hang` never answers. While
+/// Content-Length of 10, `/slow` 200 "slowbody" one byte every 200 ms, `/hang` never
+/// answers. While
 /// `healthy` is false every path hangs.
 #[derive(Clone)]
 struct HttpServer {
@@ -152,6 +153,14 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, healthy: bool) 
         (true, "/close") => b"HTTP/1.0 200 OK\r\n\r\nuntil close".to_vec(),
         (true, "/503") => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_vec(),
         (true, "/short") => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort".to_vec(),
+        (true, "/slow") => {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n").await;
+            for b in b"slowbody" {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = s.write_all(&[*b]).await;
+            }
+            Vec::new()
+        }
         _ => {
             // Hang, bounded: hold the connection open a while, then go.
             tokio::time::sleep(Duration::from_secs(10)).await;
@@ -280,6 +289,24 @@ async fn http_get_judges_a_short_body_on_what_arrived() {
     let r =
         http_check(&http(srv.addr, vec![url("/short", Some(b"short\0\0\0\0\0"))], t), false).await;
     assert!(!r.ok && r.detail.contains("MD5 digest mismatch"), "{r:?}");
+}
+
+/// Found by review: each URL had 4 × connect_timeout in all, so a body that kept
+/// arriving but took longer failed. keepalived bounds each read by connect_timeout; so do
+/// we (with a generous total, `http_url_limit`).
+#[tokio::test]
+async fn http_get_bounds_each_read_not_the_whole_body() {
+    let srv = http_server().await;
+    let t = 400 * MS;
+    let t0 = Instant::now();
+    let r = http_check(&http(srv.addr, vec![url("/slow", Some(b"slowbody"))], t), false).await;
+    assert!(r.ok, "{r:?}");
+    assert!(t0.elapsed() > 4 * t, "the body took longer than 4 × connect_timeout");
+    // Silence between reads still fails within connect_timeout.
+    let t0 = Instant::now();
+    let r = http_check(&http(srv.addr, vec![url("/hang", None)], t), false).await;
+    assert!(!r.ok && r.detail.contains("timed out"), "{r:?}");
+    assert!(t0.elapsed() < 3 * t, "{:?}", t0.elapsed());
 }
 
 #[tokio::test]

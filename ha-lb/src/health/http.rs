@@ -489,7 +489,8 @@ pub fn request(path: &str, host: &str) -> Vec<u8> {
 }
 
 /// Send one GET over `stream` and read the response, each I/O step bounded by
-/// `io_timeout`.
+/// `io_timeout`: sending, and every read (as keepalived re-arms `connect_timeout` for each
+/// read, a body may take longer in all as long as it keeps coming).
 pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     path: &str,

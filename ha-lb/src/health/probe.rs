@@ -1,12 +1,15 @@
 //! One attempt of each checker: TCP_CHECK, HTTP_GET, SSL_GET, MISC_CHECK, UDP_CHECK.
 //!
-//! Every attempt is bounded in time: network checks by `connect_timeout` (per I/O step,
-//! as keepalived, and in total by [`HTTP_ATTEMPT_FACTOR`]× per URL for HTTP), MISC_CHECK
-//! by `misc_timeout` plus the kill grace.
+//! Every attempt is bounded in time: network checks by `connect_timeout` per I/O step, as
+//! keepalived (connect, TLS handshake, sending the request, and each read of the response:
+//! a slow body that keeps arriving is fine), HTTP_GET/SSL_GET URLs also in total by
+//! [`http_url_limit`] so that nothing hangs for ever; MISC_CHECK by `misc_timeout` plus the
+//! kill grace.
 
 use std::hash::BuildHasher;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
@@ -15,9 +18,17 @@ use crate::script::{self, RunOptions, ScriptOutcome};
 
 use super::{http, tls};
 
-/// An HTTP_GET/SSL_GET URL gets at most this many `connect_timeout`s in total (connect,
-/// handshake, request and response each get one).
-pub const HTTP_ATTEMPT_FACTOR: u32 = 4;
+/// The floor of [`http_url_limit`].
+pub const HTTP_URL_LIMIT: Duration = Duration::from_secs(300);
+
+/// The whole exchange of one HTTP_GET/SSL_GET URL is cut off after this: 5 minutes, or 4 ×
+/// `connect_timeout` when that is longer (connect, handshake, request and the first read
+/// each get `connect_timeout`). Generous on purpose: keepalived has no total limit, only
+/// `connect_timeout` for each step and between reads, so a large or slow body that keeps
+/// coming passes; this only stops a server that trickles for ever.
+pub fn http_url_limit(connect_timeout: Duration) -> Duration {
+    HTTP_URL_LIMIT.max(connect_timeout.saturating_mul(4))
+}
 /// Size of the random UDP_CHECK payload when none is configured.
 pub const UDP_RANDOM_PAYLOAD: usize = 16;
 
@@ -98,7 +109,7 @@ pub async fn tcp_check(c: &Connect) -> ProbeResult {
 /// the right MD5 digest. One connection per URL (`Connection: close`), as keepalived.
 pub async fn http_check(h: &HttpCheck, use_tls: bool) -> ProbeResult {
     let scheme = if use_tls { "SSL_GET" } else { "HTTP_GET" };
-    let per_url = h.connect.connect_timeout * HTTP_ATTEMPT_FACTOR;
+    let per_url = http_url_limit(h.connect.connect_timeout);
     let mut notes = Vec::new();
     for url in &h.url {
         let r =
@@ -106,7 +117,7 @@ pub async fn http_check(h: &HttpCheck, use_tls: bool) -> ProbeResult {
         let resp = match r {
             Err(_) => {
                 return ProbeResult::down(format!(
-                    "{scheme} {}{}: timed out",
+                    "{scheme} {}{}: not done after {per_url:?}",
                     h.connect.target, url.path
                 ))
             }
@@ -268,6 +279,14 @@ mod tests {
         assert!(!misc_result(&killed, true).ok);
         assert!(!misc_result(&ScriptOutcome::TimedOut { output: Output::default() }, true).ok);
         assert!(!misc_result(&ScriptOutcome::SpawnFailed("x".into()), true).ok);
+    }
+
+    #[test]
+    fn http_urls_are_limited_generously() {
+        let s = Duration::from_secs;
+        assert_eq!(http_url_limit(s(5)), s(300));
+        assert_eq!(http_url_limit(s(100)), s(400));
+        assert_eq!(http_url_limit(Duration::MAX), Duration::MAX);
     }
 
     #[test]
