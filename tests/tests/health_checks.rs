@@ -329,6 +329,36 @@ async fn ssl_get_with_a_self_signed_certificate() {
     assert!(!http_check(&http(srv.addr, vec![url("/ok", None)], 500 * MS), true).await.ok);
 }
 
+/// Found by review: a TLS 1.2 server offering only suites rustls does not speak (CBC, no
+/// ECDHE) fails SSL_GET with a handshake-failure alert, where keepalived (OpenSSL)
+/// connects; the check's detail now says what SSL_GET needs. The server here answers the
+/// ClientHello with that fatal alert, as such a server does.
+#[tokio::test]
+async fn ssl_get_says_what_it_needs_when_the_server_refuses_its_suites() {
+    for (alert, name) in [(40u8, "HandshakeFailure"), (70, "ProtocolVersion")] {
+        let l = TcpListener::bind((LO, 0)).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut hello = [0u8; 512];
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut hello)).await;
+            // TLS record: alert, TLS 1.2, length 2, fatal, description.
+            let _ = s.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, alert]).await;
+            let _ = s.shutdown().await;
+        });
+        let r = http_check(&http(addr, vec![url("/", None)], Duration::from_secs(2)), true).await;
+        assert!(!r.ok, "{r:?}");
+        assert!(
+            r.detail.contains(&format!("TLS handshake failed: received fatal alert: {name}"))
+                && r.detail.contains(
+                    "(SSL_GET needs TLS 1.3, or TLS 1.2 with an ECDHE AES-GCM / ChaCha20 suite)"
+                ),
+            "{r:?}"
+        );
+        server.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn misc_check_exit_codes_and_timeout() {
     let t = Duration::from_secs(5);

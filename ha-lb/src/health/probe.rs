@@ -159,7 +159,7 @@ async fn fetch(
         let mut stream = tokio::time::timeout(t, tls::connector().connect(name, tcp))
             .await
             .map_err(|_| "TLS handshake timed out".to_string())?
-            .map_err(|e| format!("TLS handshake: {e}"))?;
+            .map_err(|e| tls::handshake_failed(&e))?;
         http::exchange(&mut stream, path, &host, keep_body, t).await
     } else {
         http::exchange(&mut tcp, path, &host, keep_body, t).await
