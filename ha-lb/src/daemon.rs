@@ -1691,7 +1691,8 @@ impl Daemon {
         if let Err(e) = res {
             warn!(error = %e, "updating the VRRP filter's VRIDs failed");
         }
-        self.health.reconfigure(CheckTarget::from_config(&new));
+        // With the new script user: MISC_CHECK and notify_up/notify_down use it from now on.
+        self.health.reload(CheckTarget::from_config(&new), new.global.script_user.clone());
         self.reconciler.set_config(new);
         self.reconcile("reload");
         self.reloads += 1;

@@ -15,7 +15,9 @@ use ha_lb::config::{
     Script, Timing, UdpCheck, UrlCheck, VirtualServerKey,
 };
 use ha_lb::health::http::md5_hex;
-use ha_lb::health::probe::{http_check, misc_check, probe, tcp_check, udp_check};
+use ha_lb::health::probe::{
+    http_check, misc_check, probe, script_credentials, tcp_check, udp_check,
+};
 use ha_lb::health::{CheckTarget, HealthChecker, HealthEvent, HealthOptions};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -362,17 +364,17 @@ async fn ssl_get_says_what_it_needs_when_the_server_refuses_its_suites() {
 #[tokio::test]
 async fn misc_check_exit_codes_and_timeout() {
     let t = Duration::from_secs(5);
-    assert!(misc_check(&misc("exit 0", t, false), None).await.ok);
-    assert!(!misc_check(&misc("exit 1", t, false), None).await.ok);
-    assert!(!misc_check(&misc("exit 12", t, false), None).await.ok);
-    let r = misc_check(&misc("exit 12", t, true), None).await;
+    assert!(misc_check(&misc("exit 0", t, false), &Ok(None)).await.ok);
+    assert!(!misc_check(&misc("exit 1", t, false), &Ok(None)).await.ok);
+    assert!(!misc_check(&misc("exit 12", t, false), &Ok(None)).await.ok);
+    let r = misc_check(&misc("exit 12", t, true), &Ok(None)).await;
     assert!(r.ok && r.weight == Some(10), "{r:?}");
-    let r = misc_check(&misc("exit 0", t, true), None).await;
+    let r = misc_check(&misc("exit 0", t, true), &Ok(None)).await;
     assert!(r.ok && r.weight.is_none(), "{r:?}");
-    assert!(!misc_check(&misc("exit 1", t, true), None).await.ok);
+    assert!(!misc_check(&misc("exit 1", t, true), &Ok(None)).await.ok);
     // Timeout: fails, and the script is gone well before its own 30 s.
     let t0 = Instant::now();
-    let r = misc_check(&misc("sleep 30", 200 * MS, false), None).await;
+    let r = misc_check(&misc("sleep 30", 200 * MS, false), &Ok(None)).await;
     assert!(!r.ok && r.detail.contains("timed out"), "{r:?}");
     assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
     // A program that does not exist.
@@ -382,7 +384,12 @@ async fn misc_check_exit_codes_and_timeout() {
         misc_dynamic: false,
         user: None,
     };
-    assert!(!probe(&CheckKind::Misc(m), None).await.ok);
+    assert!(!probe(&CheckKind::Misc(m), &Ok(None)).await.ok);
+    // A user that could not be resolved at load: not run at all (never as root).
+    let r =
+        misc_check(&misc("exit 0", t, false), &Err("script user: no such user \"x\"".into())).await;
+    assert_eq!(r.detail, "MISC_CHECK script user: no such user \"x\"");
+    assert!(!r.ok);
 }
 
 #[tokio::test]
@@ -647,6 +654,55 @@ async fn alpha_server_failing_its_first_check_gets_notify_down() {
     no_event(&mut rx, Duration::from_millis(800)).await;
     assert!(checker.state(vs(), addr).unwrap().attempts >= 3);
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "down\n");
+    checker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Found by review: a reload never applied a changed `global.script_user` to MISC_CHECK
+/// or notify_up/notify_down (the user was fixed at start-up); keepalived resolves the
+/// default script user again on reload. Now the reload resolves it once, restarts the
+/// MISC_CHECK whose script runs as someone else (keeping its state: no event) and gives
+/// the hooks the new user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_a_new_script_user_to_checks_and_hooks() {
+    use std::os::unix::fs::PermissionsExt;
+    let nobody = ha_lb::config::ScriptUser { user: "nobody".into(), group: None };
+    let Ok(Some(creds)) = script_credentials(Some(&nobody)) else {
+        eprintln!("no user nobody here: skipped");
+        return;
+    };
+    let root = ha_lb::config::ScriptUser { user: "root".into(), group: None };
+    let dir = tmpdir("script-user");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let code = dir.join("code");
+    std::fs::write(&code, "0").unwrap();
+    let d = dir.display();
+    let m = misc(&format!("id -u > {d}/misc-$(id -u); exit $(cat {d}/code)"), 5 * 1000 * MS, false);
+    let rs: SocketAddr = "127.0.0.1:9".parse().unwrap(); // never contacted: MISC_CHECK only
+    let mut t = target(rs, check(CheckKind::Misc(m), 150 * MS, 0, 100 * MS), false);
+    t.rs.notify_down = Some(sh(&format!("id -u > {d}/down-$(id -u)")));
+    let opts = HealthOptions { script_user: Some(root), ..HealthOptions::default() };
+    let (mut checker, mut rx) = HealthChecker::start(vec![t.clone()], opts);
+    let wait_for = |name: String| {
+        let p = dir.join(name);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !p.exists() {
+                assert!(Instant::now() < deadline, "{} never written", p.display());
+                tokio::time::sleep(20 * MS).await;
+            }
+        }
+    };
+    wait_for("misc-0".into()).await;
+    checker.reload(vec![t], Some(nobody));
+    wait_for(format!("misc-{}", creds.uid)).await;
+    assert!(checker.state(vs(), rs).unwrap().up, "restarted with its state");
+    no_event(&mut rx, Duration::ZERO).await;
+    std::fs::write(&code, "1").unwrap();
+    let ev = next_event(&mut rx, Duration::from_secs(5)).await;
+    assert!(!ev.up, "{ev:?}");
+    wait_for(format!("down-{}", creds.uid)).await;
+    assert!(!dir.join("down-0").exists());
     checker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::config::{CheckKind, Config, RealServer, Script, ScriptUser, VirtualServerKey};
 use crate::script::{self, RunOptions};
 
-use super::probe::{self, ProbeResult};
+use super::probe::{self, ProbeResult, ScriptCredentials};
 use super::state::{initial_up, warmup_delay, Change, ChangeKind, Tracker};
 
 /// Identity of one check: the virtual server and the real server's address:port.
@@ -76,8 +76,9 @@ pub struct HealthOptions {
     pub max_notify: usize,
     /// Capacity of the event channel; checkers wait when it is full.
     pub event_capacity: usize,
-    /// `global.script_user`: for scripts without their own user. `None`: keepalived's
-    /// default (`keepalived_script` if it exists, else the daemon's user).
+    /// `global.script_user` at start: for scripts without their own user. `None`:
+    /// keepalived's default (`keepalived_script` if it exists, else the daemon's user).
+    /// [`HealthChecker::reload`] replaces it.
     pub script_user: Option<ScriptUser>,
     /// Limit for `notify_up` / `notify_down` (keepalived has none; a hung hook must not
     /// hold a script slot for ever).
@@ -154,9 +155,20 @@ struct Shared {
     seeds: std::collections::hash_map::RandomState,
 }
 
+/// A target with the users its scripts run as, resolved when the configuration was
+/// (re)loaded: a check attempt or a hook never looks a user up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Armed {
+    target: CheckTarget,
+    /// MISC_CHECK: its `user`, else `global.script_user` (other checks: unused, `Ok(None)`).
+    misc_user: ScriptCredentials,
+    /// `notify_up` / `notify_down`: `global.script_user`.
+    notify_user: ScriptCredentials,
+}
+
 struct Running {
-    target: Arc<CheckTarget>,
-    update: watch::Sender<Arc<CheckTarget>>,
+    armed: Arc<Armed>,
+    update: watch::Sender<Arc<Armed>>,
     stopped: Arc<AtomicBool>,
     join: JoinHandle<()>,
 }
@@ -174,6 +186,8 @@ pub struct HealthChecker {
     shared: Arc<Shared>,
     running: HashMap<CheckKey, Running>,
     rt: Handle,
+    /// `global.script_user` of the configuration in force.
+    script_user: Option<ScriptUser>,
 }
 
 impl HealthChecker {
@@ -184,6 +198,7 @@ impl HealthChecker {
         opts: HealthOptions,
     ) -> (HealthChecker, mpsc::Receiver<HealthEvent>) {
         let (tx, rx) = mpsc::channel(opts.event_capacity.max(1));
+        let script_user = opts.script_user.clone();
         let shared = Arc::new(Shared {
             probes: Semaphore::new(opts.max_probes.max(1)),
             scripts: Semaphore::new(opts.max_scripts.max(1)),
@@ -195,21 +210,58 @@ impl HealthChecker {
             events: tx,
             seeds: Default::default(),
         });
-        let mut hc = HealthChecker { shared, running: HashMap::new(), rt: Handle::current() };
-        hc.reconfigure(targets);
+        let mut hc = HealthChecker {
+            shared,
+            running: HashMap::new(),
+            rt: Handle::current(),
+            script_user: None,
+        };
+        hc.reload(targets, script_user);
         (hc, rx)
     }
 
-    /// Apply a new set of checks (a reload). A check whose `(virtual server, real server)`
-    /// and check block are unchanged keeps its state and timers (its notify hooks and
-    /// other real-server settings are updated in place); one whose check block changed is
-    /// restarted but keeps its current up/down state and weight, so a reload never flaps
-    /// a server; new ones start in keepalived's start state; removed ones stop.
+    /// [`Self::reload`] with the script user in force.
     pub fn reconfigure(&mut self, targets: Vec<CheckTarget>) {
-        let mut wanted: HashMap<CheckKey, CheckTarget> = HashMap::new();
-        for t in targets.into_iter().filter(|t| t.rs.check.is_some()) {
-            wanted.insert(t.key(), t);
+        let user = self.script_user.clone();
+        self.reload(targets, user);
+    }
+
+    /// Apply a new configuration (a reload): its checks and its `global.script_user`.
+    ///
+    /// The users scripts run as are resolved here, once (blocking, as the configuration's
+    /// own checks at load are; keepalived resolves them when it reads the configuration):
+    /// a MISC_CHECK attempt or a notify hook never looks a user up.
+    ///
+    /// A check whose `(virtual server, real server)`, check block and script user are
+    /// unchanged keeps its state and timers (its notify hooks, their user and other
+    /// real-server settings are updated in place); one whose check block changed, or a
+    /// MISC_CHECK whose script now runs as someone else, is restarted but keeps its
+    /// current up/down state and weight, so a reload never flaps a server; new ones start
+    /// in keepalived's start state; removed ones stop.
+    pub fn reload(&mut self, targets: Vec<CheckTarget>, script_user: Option<ScriptUser>) {
+        let default_user = probe::script_credentials(script_user.as_ref());
+        if let Err(e) = &default_user {
+            tracing::warn!(
+                "global.script_user: {e}: health-check scripts without their own user are not run"
+            );
         }
+        let mut users: HashMap<ScriptUser, ScriptCredentials> = HashMap::new();
+        let mut wanted: HashMap<CheckKey, Armed> = HashMap::new();
+        for t in targets.into_iter().filter(|t| t.rs.check.is_some()) {
+            let misc_user = match t.rs.check.as_ref().map(|c| &c.kind) {
+                Some(CheckKind::Misc(m)) => match &m.user {
+                    Some(u) => users
+                        .entry(u.clone())
+                        .or_insert_with(|| probe::script_credentials(Some(u)))
+                        .clone(),
+                    None => default_user.clone(),
+                },
+                _ => Ok(None),
+            };
+            let armed = Armed { target: t, misc_user, notify_user: default_user.clone() };
+            wanted.insert(armed.target.key(), armed);
+        }
+        self.script_user = script_user;
         let removed: Vec<CheckKey> =
             self.running.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
         for key in removed {
@@ -218,13 +270,16 @@ impl HealthChecker {
             }
             self.shared.states.lock().unwrap().remove(&key);
         }
-        for (key, target) in wanted {
+        for (key, armed) in wanted {
             let carried = match self.running.remove(&key) {
-                Some(r) if r.target.rs.check == target.rs.check => {
-                    if *r.target != target {
-                        let t = Arc::new(target);
-                        let _ = r.update.send(t.clone());
-                        self.running.insert(key, Running { target: t, ..r });
+                Some(r)
+                    if r.armed.target.rs.check == armed.target.rs.check
+                        && r.armed.misc_user == armed.misc_user =>
+                {
+                    if *r.armed != armed {
+                        let a = Arc::new(armed);
+                        let _ = r.update.send(a.clone());
+                        self.running.insert(key, Running { armed: a, ..r });
                     } else {
                         self.running.insert(key, r);
                     }
@@ -236,16 +291,17 @@ impl HealthChecker {
                 }
                 None => None,
             };
-            self.spawn(key, target, carried);
+            self.spawn(key, armed, carried);
         }
     }
 
     fn spawn(
         &mut self,
         key: CheckKey,
-        target: CheckTarget,
+        armed: Armed,
         carried: Option<(bool, Option<u32>, SystemTime)>,
     ) {
+        let target = &armed.target;
         let check = target.rs.check.as_ref().expect("filtered");
         let timing = check.timing;
         let fresh = carried.is_none();
@@ -278,11 +334,11 @@ impl HealthChecker {
                 last_detail: String::new(),
             },
         );
-        let target = Arc::new(target);
-        let (update, rx) = watch::channel(target.clone());
+        let armed = Arc::new(armed);
+        let (update, rx) = watch::channel(armed.clone());
         let stopped = Arc::new(AtomicBool::new(false));
         let join = self.rt.spawn(run_check(self.shared.clone(), key, rx, tracker, stopped.clone()));
-        self.running.insert(key, Running { target, update, stopped, join });
+        self.running.insert(key, Running { armed, update, stopped, join });
     }
 
     /// Current health of every checked real server, sorted.
@@ -328,7 +384,7 @@ impl Drop for HealthChecker {
 async fn run_check(
     shared: Arc<Shared>,
     key: CheckKey,
-    mut rx: watch::Receiver<Arc<CheckTarget>>,
+    mut rx: watch::Receiver<Arc<Armed>>,
     mut tracker: Tracker,
     stopped: Arc<AtomicBool>,
 ) {
@@ -347,11 +403,12 @@ async fn run_check(
         if stopped.load(Ordering::SeqCst) {
             return;
         }
-        let target = rx.borrow_and_update().clone();
+        let armed = rx.borrow_and_update().clone();
+        let target = &armed.target;
         let Some(check) = target.rs.check.as_ref() else {
             return;
         };
-        let (started, result) = attempt(&shared, &check.kind).await;
+        let (started, result) = attempt(&shared, &check.kind, &armed.misc_user).await;
         let now = Instant::now();
         let change = {
             let mut states = shared.states.lock().unwrap();
@@ -375,12 +432,13 @@ async fn run_check(
         let Some(change) = change else {
             continue;
         };
-        report(&target, &change, &result);
+        report(target, &change, &result);
         if change.kind != ChangeKind::Weight {
             let hook = if change.up { &target.rs.notify_up } else { &target.rs.notify_down };
             if let Some(hook) = hook.clone() {
                 let prev = last_notify.take();
-                last_notify = Some(spawn_notify(&shared, &target, change.up, hook, prev));
+                let user = armed.notify_user.clone();
+                last_notify = Some(spawn_notify(&shared, target, change.up, hook, user, prev));
             }
         }
         if change.kind == ChangeKind::FirstDown {
@@ -428,7 +486,11 @@ fn report(target: &CheckTarget, change: &Change, result: &ProbeResult) {
 }
 
 /// One attempt, once a slot is free: when it started (had its slot) and its result.
-async fn attempt(shared: &Shared, kind: &CheckKind) -> (Instant, ProbeResult) {
+async fn attempt(
+    shared: &Shared,
+    kind: &CheckKind,
+    misc_user: &ScriptCredentials,
+) -> (Instant, ProbeResult) {
     let (sem, gauge): (&Semaphore, &Gauge) = match kind {
         CheckKind::Misc(_) => (&shared.scripts, &shared.script_gauge),
         _ => (&shared.probes, &shared.probe_gauge),
@@ -438,23 +500,23 @@ async fn attempt(shared: &Shared, kind: &CheckKind) -> (Instant, ProbeResult) {
     };
     let started = Instant::now();
     gauge.enter();
-    let r = probe::probe(kind, shared.opts.script_user.as_ref()).await;
+    let r = probe::probe(kind, misc_user).await;
     gauge.leave();
     (started, r)
 }
 
-/// Run a notify hook without holding up the checker; hooks of one real server run in
-/// order.
+/// Run a notify hook as `user` without holding up the checker; hooks of one real server
+/// run in order.
 fn spawn_notify(
     shared: &Arc<Shared>,
     target: &CheckTarget,
     up: bool,
     hook: Script,
+    user: ScriptCredentials,
     prev: Option<JoinHandle<()>>,
 ) -> JoinHandle<()> {
     let slots = shared.notify_hooks.clone();
     let gauge = shared.script_gauge.clone();
-    let user = shared.opts.script_user.clone();
     let timeout = shared.opts.notify_timeout;
     let what = format!(
         "{} for {} in {}",
@@ -469,17 +531,12 @@ fn spawn_notify(
         let Ok(_permit) = slots.acquire_owned().await else {
             return;
         };
-        let creds = tokio::task::spawn_blocking(move || {
-            script::script_credentials(user.as_ref().map(|u| (u.user.as_str(), u.group.as_deref())))
-        })
-        .await;
-        let creds = match creds {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                tracing::warn!("{what}: script user: {e}");
+        let creds = match user {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("{what} [{hook}] not run: {e}");
                 return;
             }
-            Err(_) => return,
         };
         let mut opts = RunOptions::with_timeout(timeout);
         opts.credentials = creds;

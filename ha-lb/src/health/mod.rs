@@ -8,7 +8,8 @@
 //! - [`checker`]: [`HealthChecker`], the service: one tokio task per check, probes and
 //!   scripts behind semaphores, [`HealthEvent`]s on a channel, reload without flapping.
 //!
-//! Scripts (MISC_CHECK, `notify_up`/`notify_down`) go through [`crate::script`].
+//! Scripts (MISC_CHECK, `notify_up`/`notify_down`) go through [`crate::script`], as the
+//! users resolved when the configuration was loaded or reloaded ([`HealthChecker::reload`]).
 //!
 //! Where ha-lb differs from keepalived, on purpose:
 //! - HTTP_GET/SSL_GET check every `url` in each attempt (keepalived's `fast_recovery`

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
 use crate::config::{CheckKind, Connect, HttpCheck, MiscCheck, ReplyCheck, ScriptUser, UdpCheck};
-use crate::script::{self, RunOptions, ScriptOutcome};
+use crate::script::{self, Credentials, RunOptions, ScriptOutcome};
 
 use super::{http, tls};
 
@@ -52,14 +52,26 @@ impl ProbeResult {
     }
 }
 
-/// Run one attempt of `kind`. `default_user`: the script user for a MISC_CHECK without
-/// its own `user` (`global.script_user`).
-pub async fn probe(kind: &CheckKind, default_user: Option<&ScriptUser>) -> ProbeResult {
+/// Who a script runs as, resolved when the configuration is loaded (see
+/// [`script_credentials`]): `Ok(None)` the daemon's own user, `Err` why the configured user
+/// could not be resolved (the script is then not run at all, rather than run as root).
+pub type ScriptCredentials = Result<Option<Credentials>, String>;
+
+/// Resolve the user scripts configured with `user` run as (`None`: keepalived's default,
+/// `keepalived_script` if it exists, else the daemon's user). Blocking (NSS): done once
+/// per configuration, as keepalived does at load, never per attempt.
+pub fn script_credentials(user: Option<&ScriptUser>) -> ScriptCredentials {
+    script::script_credentials(user.map(|u| (u.user.as_str(), u.group.as_deref())))
+        .map_err(|e| format!("script user: {e}"))
+}
+
+/// Run one attempt of `kind`. `misc_user`: who a MISC_CHECK script runs as.
+pub async fn probe(kind: &CheckKind, misc_user: &ScriptCredentials) -> ProbeResult {
     match kind {
         CheckKind::Tcp(c) => tcp_check(c).await,
         CheckKind::Http(h) => http_check(h, false).await,
         CheckKind::Ssl(h) => http_check(h, true).await,
-        CheckKind::Misc(m) => misc_check(m, default_user).await,
+        CheckKind::Misc(m) => misc_check(m, misc_user).await,
         CheckKind::Udp(u) => udp_check(u).await,
     }
 }
@@ -232,18 +244,12 @@ pub fn misc_result(outcome: &ScriptOutcome, dynamic: bool) -> ProbeResult {
     }
 }
 
-/// MISC_CHECK: run `misc_path` with `misc_timeout`, as `user` (or `default_user`, or
-/// keepalived's default script user).
-pub async fn misc_check(m: &MiscCheck, default_user: Option<&ScriptUser>) -> ProbeResult {
-    let user = m.user.as_ref().or(default_user).map(|u| (u.user.clone(), u.group.clone()));
-    let creds = tokio::task::spawn_blocking(move || {
-        script::script_credentials(user.as_ref().map(|(u, g)| (u.as_str(), g.as_deref())))
-    })
-    .await;
-    let creds = match creds {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return ProbeResult::down(format!("MISC_CHECK script user: {e}")),
-        Err(e) => return ProbeResult::down(format!("MISC_CHECK script user lookup failed: {e}")),
+/// MISC_CHECK: run `misc_path` with `misc_timeout`, as `user` (its `user`, or
+/// `global.script_user`, resolved beforehand: [`script_credentials`]).
+pub async fn misc_check(m: &MiscCheck, user: &ScriptCredentials) -> ProbeResult {
+    let creds = match user {
+        Ok(c) => *c,
+        Err(e) => return ProbeResult::down(format!("MISC_CHECK {e}")),
     };
     let mut opts = RunOptions::with_timeout(m.misc_timeout);
     opts.credentials = creds;
