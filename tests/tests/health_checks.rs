@@ -706,3 +706,78 @@ async fn a_reload_applies_a_new_script_user_to_checks_and_hooks() {
     checker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Found by review: a reload that removed a real server only stopped its check. keepalived
+/// (clear_diff_rs → clear_service_rs, not stopping) runs notify_down for a removed server
+/// that was up — checked or not — and brings up (notify_up) a down server that only lost
+/// its check. At shutdown it runs none (stopping, without omega), nor do we.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_tells_removed_servers_down() {
+    let dir = tmpdir("removed");
+    let hooks = |t: &mut CheckTarget, name: &str| {
+        let f = dir.join(name);
+        t.rs.notify_up = Some(sh(&format!("echo up >> {}", f.display())));
+        t.rs.notify_down = Some(sh(&format!("echo down >> {}", f.display())));
+    };
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let l = TcpListener::bind((LO, 0)).await.unwrap();
+    let up_addr = l.local_addr().unwrap();
+    let tcp = |a| check(CheckKind::Tcp(connect(a, 300 * MS)), 200 * MS, 0, 100 * MS);
+    let mut a = target(up_addr, tcp(up_addr), false);
+    hooks(&mut a, "a");
+    let b_addr = closed_port().await;
+    let mut b = target(b_addr, tcp(b_addr), false);
+    hooks(&mut b, "b");
+    let c_addr: SocketAddr = "127.0.0.1:7".parse().unwrap(); // unchecked: never contacted
+    let mut c = target(c_addr, tcp(c_addr), false);
+    c.rs.check = None;
+    hooks(&mut c, "c");
+    let d_addr = closed_port().await;
+    let mut d = target(d_addr, tcp(d_addr), false);
+    hooks(&mut d, "d");
+    let (mut checker, mut rx) = HealthChecker::start(
+        vec![a.clone(), b.clone(), c.clone(), d.clone()],
+        HealthOptions::default(),
+    );
+    for _ in 0..2 {
+        let ev = next_event(&mut rx, Duration::from_secs(5)).await;
+        assert!(!ev.up && (ev.rs == b_addr || ev.rs == d_addr), "{ev:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while read("b") != "down\n" || read("d") != "down\n" {
+        assert!(Instant::now() < deadline, "b: {:?}, d: {:?}", read("b"), read("d"));
+        tokio::time::sleep(20 * MS).await;
+    }
+    assert!(checker.state(vs(), up_addr).unwrap().up);
+
+    // The reload keeps only d, without its check.
+    let mut d_unchecked = d.clone();
+    d_unchecked.rs.check = None;
+    checker.reconfigure(vec![d_unchecked]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while read("a") != "down\n" || read("c") != "down\n" || read("d") != "down\nup\n" {
+        assert!(
+            Instant::now() < deadline,
+            "a: {:?}, c: {:?}, d: {:?}",
+            read("a"),
+            read("c"),
+            read("d")
+        );
+        tokio::time::sleep(20 * MS).await;
+    }
+    assert_eq!(read("b"), "down\n", "b was down already");
+    assert!(checker.states().is_empty());
+
+    // Stopping the service runs no hook.
+    let mut e = target(up_addr, tcp(up_addr), false);
+    hooks(&mut e, "e");
+    checker.reconfigure(vec![e]);
+    tokio::time::sleep(500 * MS).await;
+    assert!(checker.state(vs(), up_addr).unwrap().attempts > 0);
+    checker.shutdown().await;
+    tokio::time::sleep(300 * MS).await;
+    assert_eq!(read("e"), "");
+    no_event(&mut rx, Duration::ZERO).await;
+    drop(l);
+    let _ = std::fs::remove_dir_all(&dir);
+}

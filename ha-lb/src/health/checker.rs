@@ -36,12 +36,13 @@ impl CheckTarget {
         (self.vs, self.rs.key())
     }
 
-    /// Every checked real server of `cfg`.
+    /// Every real server of `cfg`: the checked ones are checked; the others only tell a
+    /// reload which servers are still configured (see [`HealthChecker::reload`]).
     pub fn from_config(cfg: &Config) -> Vec<CheckTarget> {
         cfg.virtual_servers
             .iter()
             .flat_map(|vs| {
-                vs.real_servers.iter().filter(|rs| rs.check.is_some()).map(move |rs| CheckTarget {
+                vs.real_servers.iter().map(move |rs| CheckTarget {
                     vs: vs.key(),
                     alpha: vs.alpha,
                     rs: rs.clone(),
@@ -145,12 +146,16 @@ pub struct HealthStats {
 
 struct Shared {
     opts: HealthOptions,
+    rt: Handle,
     probes: Semaphore,
     scripts: Semaphore,
     notify_hooks: Arc<Semaphore>,
     probe_gauge: Gauge,
     script_gauge: Arc<Gauge>,
+    /// Lock order: `states`, then `hooks`.
     states: Mutex<HashMap<CheckKey, RsHealth>>,
+    /// The last notify hook started for each real server: the next one waits for it.
+    hooks: Mutex<HashMap<CheckKey, JoinHandle<()>>>,
     events: mpsc::Sender<HealthEvent>,
     seeds: std::collections::hash_map::RandomState,
 }
@@ -185,7 +190,8 @@ impl Running {
 pub struct HealthChecker {
     shared: Arc<Shared>,
     running: HashMap<CheckKey, Running>,
-    rt: Handle,
+    /// The configured real servers without a check, with the user their hooks run as.
+    unchecked: HashMap<CheckKey, (CheckTarget, ScriptCredentials)>,
     /// `global.script_user` of the configuration in force.
     script_user: Option<ScriptUser>,
 }
@@ -200,6 +206,7 @@ impl HealthChecker {
         let (tx, rx) = mpsc::channel(opts.event_capacity.max(1));
         let script_user = opts.script_user.clone();
         let shared = Arc::new(Shared {
+            rt: Handle::current(),
             probes: Semaphore::new(opts.max_probes.max(1)),
             scripts: Semaphore::new(opts.max_scripts.max(1)),
             notify_hooks: Arc::new(Semaphore::new(opts.max_notify.max(1))),
@@ -207,13 +214,14 @@ impl HealthChecker {
             probe_gauge: Gauge::default(),
             script_gauge: Arc::new(Gauge::default()),
             states: Mutex::new(HashMap::new()),
+            hooks: Mutex::new(HashMap::new()),
             events: tx,
             seeds: Default::default(),
         });
         let mut hc = HealthChecker {
             shared,
             running: HashMap::new(),
-            rt: Handle::current(),
+            unchecked: HashMap::new(),
             script_user: None,
         };
         hc.reload(targets, script_user);
@@ -238,6 +246,15 @@ impl HealthChecker {
     /// MISC_CHECK whose script now runs as someone else, is restarted but keeps its
     /// current up/down state and weight, so a reload never flaps a server; new ones start
     /// in keepalived's start state; removed ones stop.
+    ///
+    /// Real servers the reload removes get their `notify_down` if they were up, as
+    /// keepalived's reload does (`clear_diff_rs`: `clear_service_rs` with `stopping`
+    /// false); so do unchecked ones (always up), which `targets` must then list (without a
+    /// check) while they are configured — [`CheckTarget::from_config`] does. A server that
+    /// stays but loses its check is back in the pool (as any unchecked one): if it was
+    /// down it gets its `notify_up`, as keepalived brings it up. Stopping the service
+    /// ([`Self::shutdown`], drop) runs none of this: keepalived does not either at
+    /// shutdown (`stopping` true, without `omega`, which ha-lb does not have).
     pub fn reload(&mut self, targets: Vec<CheckTarget>, script_user: Option<ScriptUser>) {
         let default_user = probe::script_credentials(script_user.as_ref());
         if let Err(e) = &default_user {
@@ -247,7 +264,12 @@ impl HealthChecker {
         }
         let mut users: HashMap<ScriptUser, ScriptCredentials> = HashMap::new();
         let mut wanted: HashMap<CheckKey, Armed> = HashMap::new();
-        for t in targets.into_iter().filter(|t| t.rs.check.is_some()) {
+        let mut unchecked = HashMap::new();
+        for t in targets {
+            if t.rs.check.is_none() {
+                unchecked.insert(t.key(), (t, default_user.clone()));
+                continue;
+            }
             let misc_user = match t.rs.check.as_ref().map(|c| &c.kind) {
                 Some(CheckKind::Misc(m)) => match &m.user {
                     Some(u) => users
@@ -265,11 +287,45 @@ impl HealthChecker {
         let removed: Vec<CheckKey> =
             self.running.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
         for key in removed {
-            if let Some(r) = self.running.remove(&key) {
-                drop(r.stop());
+            let Some(r) = self.running.remove(&key) else { continue };
+            let old = r.armed.clone();
+            drop(r.stop());
+            // Under the lock, so that the stopped task's last change (and its hook) is
+            // either in the state read here or not made at all.
+            let mut states = self.shared.states.lock().unwrap();
+            let Some(st) = states.remove(&key) else { continue };
+            let hook = match unchecked.get(&key) {
+                // Still configured, without its check: in the pool again.
+                Some((t, user)) if !st.up => {
+                    t.rs.notify_up.clone().map(|h| (t, true, h, user.clone(), "check removed"))
+                }
+                Some(_) => None,
+                None if st.up => old
+                    .target
+                    .rs
+                    .notify_down
+                    .clone()
+                    .map(|h| (&old.target, false, h, old.notify_user.clone(), "removed")),
+                None => None,
+            };
+            if let Some((target, up, hook, user, why)) = hook {
+                tracing::info!(vs = %target.vs, rs = %target.rs.key(), "real server {} {why} by reload", target.rs.key());
+                self.shared.chain_notify(key, target, up, hook, user);
             }
-            self.shared.states.lock().unwrap().remove(&key);
         }
+        // Unchecked servers removed (they were up).
+        let states = self.shared.states.lock().unwrap();
+        for (key, (t, user)) in &self.unchecked {
+            if unchecked.contains_key(key) || wanted.contains_key(key) {
+                continue;
+            }
+            if let Some(hook) = t.rs.notify_down.clone() {
+                tracing::info!(vs = %t.vs, rs = %t.rs.key(), "real server {} removed by reload", t.rs.key());
+                self.shared.chain_notify(*key, t, false, hook, user.clone());
+            }
+        }
+        drop(states);
+        self.unchecked = unchecked;
         for (key, armed) in wanted {
             let carried = match self.running.remove(&key) {
                 Some(r)
@@ -337,7 +393,8 @@ impl HealthChecker {
         let armed = Arc::new(armed);
         let (update, rx) = watch::channel(armed.clone());
         let stopped = Arc::new(AtomicBool::new(false));
-        let join = self.rt.spawn(run_check(self.shared.clone(), key, rx, tracker, stopped.clone()));
+        let join =
+            self.shared.rt.spawn(run_check(self.shared.clone(), key, rx, tracker, stopped.clone()));
         self.running.insert(key, Running { armed, update, stopped, join });
     }
 
@@ -388,7 +445,6 @@ async fn run_check(
     mut tracker: Tracker,
     stopped: Arc<AtomicBool>,
 ) {
-    let mut last_notify: Option<JoinHandle<()>> = None;
     loop {
         let due = tokio::time::Instant::from_std(tracker.next_due());
         tokio::select! {
@@ -427,20 +483,18 @@ async fn run_check(
                     s.since = SystemTime::now();
                 }
             }
+            if let Some(c) = change.as_ref().filter(|c| c.kind != ChangeKind::Weight) {
+                let hook = if c.up { &target.rs.notify_up } else { &target.rs.notify_down };
+                if let Some(hook) = hook.clone() {
+                    shared.chain_notify(key, target, c.up, hook, armed.notify_user.clone());
+                }
+            }
             change
         };
         let Some(change) = change else {
             continue;
         };
         report(target, &change, &result);
-        if change.kind != ChangeKind::Weight {
-            let hook = if change.up { &target.rs.notify_up } else { &target.rs.notify_down };
-            if let Some(hook) = hook.clone() {
-                let prev = last_notify.take();
-                let user = armed.notify_user.clone();
-                last_notify = Some(spawn_notify(&shared, target, change.up, hook, user, prev));
-            }
-        }
         if change.kind == ChangeKind::FirstDown {
             // It started down and stays down: nothing for the reconciler.
             continue;
@@ -505,10 +559,28 @@ async fn attempt(
     (started, r)
 }
 
-/// Run a notify hook as `user` without holding up the checker; hooks of one real server
-/// run in order.
+impl Shared {
+    /// Start a notify hook of `key`'s real server once its earlier ones have ended. Called
+    /// with the `states` lock held, so that a reload's hook for a removed server and the
+    /// server's own last ones are in the order of the changes.
+    fn chain_notify(
+        &self,
+        key: CheckKey,
+        target: &CheckTarget,
+        up: bool,
+        hook: Script,
+        user: ScriptCredentials,
+    ) {
+        let mut hooks = self.hooks.lock().unwrap();
+        hooks.retain(|_, h| !h.is_finished());
+        let prev = hooks.remove(&key);
+        hooks.insert(key, spawn_notify(self, target, up, hook, user, prev));
+    }
+}
+
+/// Run a notify hook as `user` without holding up the checker, after `prev`.
 fn spawn_notify(
-    shared: &Arc<Shared>,
+    shared: &Shared,
     target: &CheckTarget,
     up: bool,
     hook: Script,
@@ -524,7 +596,7 @@ fn spawn_notify(
         target.rs.key(),
         target.vs
     );
-    tokio::spawn(async move {
+    shared.rt.spawn(async move {
         if let Some(p) = prev {
             let _ = p.await;
         }
@@ -560,13 +632,9 @@ mod tests {
         let cfg = crate::config::parse_str(text, std::path::Path::new("conf/ha-lb.toml"))
             .unwrap_or_else(|e| panic!("{e}"));
         let targets = CheckTarget::from_config(&cfg);
-        let checked: usize = cfg
-            .virtual_servers
-            .iter()
-            .map(|vs| vs.real_servers.iter().filter(|rs| rs.check.is_some()).count())
-            .sum();
-        assert!(checked > 0);
-        assert_eq!(targets.len(), checked);
+        let all: usize = cfg.virtual_servers.iter().map(|vs| vs.real_servers.len()).sum();
+        assert!(targets.iter().filter(|t| t.rs.check.is_some()).count() > 0);
+        assert_eq!(targets.len(), all, "every real server, checked or not");
         for t in &targets {
             let vs = cfg.virtual_server(&t.vs).unwrap();
             assert_eq!(t.alpha, vs.alpha);
