@@ -13,8 +13,11 @@
 //! - `misc_dynamic` checks may change a server's weight;
 //! - quorum: the service has quorum while the weight of live real servers is ≥ `quorum −
 //!   hysteresis`, regains it at ≥ `quorum + hysteresis` (a flap dampener). While quorum is
-//!   lost and a `sorry_server` is configured, the live real servers leave the pool and the
-//!   sorry server takes all traffic; without one, the remaining servers keep serving.
+//!   lost and a `sorry_server` is configured, the real servers leave the pool and the
+//!   sorry server takes all traffic — except those with `inhibit_on_failure`, which stay at
+//!   weight 0 (keepalived's `perform_quorum_state` removes the alive servers, and removing
+//!   an inhibited one sets its weight to 0), so their connections drain; without one, the
+//!   remaining servers keep serving.
 //!
 //! Services are programmed on every director whatever its VRRP state, as keepalived does
 //! with IPVS: the VIP only reaches the master, and a director that still receives traffic
@@ -208,9 +211,15 @@ impl Reconciler {
             self.quorum_up.insert(key, up);
 
             let real_servers = match (up, vs.sorry_server) {
-                (false, Some(sorry)) => {
-                    vec![DesiredRealServer { addr: sorry, weight: 1, sorry_server: true }]
-                }
+                (false, Some(sorry)) => vs
+                    .real_servers
+                    .iter()
+                    .filter(|rs| {
+                        rs.inhibit_on_failure && self.health.contains_key(&(key, rs.key()))
+                    })
+                    .map(|rs| DesiredRealServer { addr: rs.key(), weight: 0, sorry_server: false })
+                    .chain([DesiredRealServer { addr: sorry, weight: 1, sorry_server: true }])
+                    .collect(),
                 _ => vs
                     .real_servers
                     .iter()
@@ -410,13 +419,39 @@ weight = 1
         let (d, ch) = r.desired();
         assert_eq!(ch, vec![QuorumChange { key, up: false, live_weight: 1 }]);
         assert!(d[0].sorry_active());
-        assert_eq!(weights(&d), vec![("198.19.0.99:80".parse().unwrap(), 1)]);
+        assert_eq!(
+            weights(&d),
+            vec![(rs(12), 0), ("198.19.0.99:80".parse().unwrap(), 1)],
+            "12 (inhibit_on_failure) drains at weight 0"
+        );
         r.on_health(&key, rs(11), true, None); // live 4 < 4+1: not yet regained
         assert!(!r.desired().0[0].quorum_up);
         r.on_health(&key, rs(12), true, None); // live 6 ≥ 5
         let (d, ch) = r.desired();
         assert!(ch[0].up && !d[0].sorry_active());
         assert_eq!(d[0].real_servers.len(), 3);
+    }
+
+    /// Found by review: while the sorry server was active, inhibited (inhibit_on_failure)
+    /// real servers left the pool with the others, cutting their draining connections.
+    /// keepalived's perform_quorum_state removes the alive servers only, and removing an
+    /// inhibited one is a weight of 0: every inhibited server stays at weight 0.
+    #[test]
+    fn inhibited_servers_stay_at_weight_0_behind_the_sorry_server() {
+        let sorry: SocketAddr = "198.19.0.99:80".parse().unwrap();
+        let c = cfg("quorum = 5
+sorry_server = { address = \"198.19.0.99\", port = 80 }");
+        let key = c.virtual_servers[0].key();
+        let mut r = Reconciler::new(c);
+        r.on_health(&key, rs(11), false, None); // live 3 < 5: lost, 12 alive
+        let (d, _) = r.desired();
+        assert!(d[0].sorry_active());
+        assert_eq!(weights(&d), vec![(rs(12), 0), (sorry, 1)], "alive and inhibited: 0");
+        r.on_health(&key, rs(12), false, None);
+        assert_eq!(weights(&r.desired().0), vec![(rs(12), 0), (sorry, 1)], "down and inhibited");
+        r.on_health(&key, rs(11), true, None);
+        r.on_health(&key, rs(12), true, None); // live 6: regained
+        assert_eq!(weights(&r.desired().0), vec![(rs(11), 3), (rs(12), 2), (rs(13), 1)]);
     }
 
     #[test]
