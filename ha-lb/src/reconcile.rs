@@ -89,6 +89,9 @@ pub struct Reconciler {
     config: Arc<Config>,
     health: BTreeMap<(VirtualServerKey, SocketAddr), Health>,
     quorum_up: BTreeMap<VirtualServerKey, bool>,
+    /// Quorum notices from the last [`Self::set_config`], reported by the next
+    /// [`Self::desired`] before its own transitions.
+    pending: Vec<QuorumChange>,
 }
 
 fn initial_health(vs: &VirtualServer, has_check: bool) -> Health {
@@ -101,6 +104,7 @@ impl Reconciler {
             config: Arc::new(Config::default()),
             health: BTreeMap::new(),
             quorum_up: BTreeMap::new(),
+            pending: Vec::new(),
         };
         r.set_config(config);
         r
@@ -113,6 +117,13 @@ impl Reconciler {
     /// Replaces the configuration. Health and quorum state of virtual/real servers that
     /// still exist are kept (a reload must not flap them); new ones start as keepalived
     /// starts them; removed ones are forgotten.
+    ///
+    /// A virtual server that starts (at start-up, or added by a reload) below quorum with a
+    /// `sorry_server`, or gets a new sorry server while below quorum, is reported by the
+    /// next [`Self::desired`] as a quorum loss: keepalived's `update_quorum_state(vs,
+    /// init)` logs "Starting with quorum down" and runs `quorum_down` as it puts the sorry
+    /// server in. Without a sorry server it says nothing (neither does keepalived), and a
+    /// later `quorum_up` is the first notice.
     pub fn set_config(&mut self, config: Arc<Config>) {
         let mut health = BTreeMap::new();
         let mut quorum = BTreeMap::new();
@@ -149,11 +160,16 @@ impl Reconciler {
                 health.insert(k, h);
             }
             let live = live_weight(vs, &health);
-            let q = self
-                .quorum_up
-                .get(&key)
-                .copied()
-                .unwrap_or(live >= vs.quorum as u64 + vs.hysteresis as u64);
+            let regain = live >= vs.quorum as u64 + vs.hysteresis as u64;
+            let was = self.quorum_up.get(&key).copied();
+            let q = was.unwrap_or(regain);
+            // The sorry server is in the pool already only if quorum was down before with
+            // this same sorry server; a quorum regained right away is desired()'s to tell.
+            let old_sorry = self.config.virtual_server(&key).and_then(|v| v.sorry_server);
+            let sorry_in_pool = was == Some(false) && old_sorry == vs.sorry_server;
+            if !q && !regain && vs.sorry_server.is_some() && !sorry_in_pool {
+                self.pending.push(QuorumChange { key, up: false, live_weight: live });
+            }
             quorum.insert(key, q);
         }
         self.health = health;
@@ -198,7 +214,7 @@ impl Reconciler {
     pub fn desired(&mut self) -> (Vec<DesiredService>, Vec<QuorumChange>) {
         let config = self.config.clone();
         let mut out = Vec::new();
-        let mut changes = Vec::new();
+        let mut changes = std::mem::take(&mut self.pending);
         for vs in &config.virtual_servers {
             let key = vs.key();
             let live = live_weight(vs, &self.health);
@@ -496,6 +512,41 @@ sorry_server = { address = \"198.19.0.99\", port = 80 }");
             cfg_text("alpha = true").replace("weight = 1\n", &format!("weight = 1\n{CHECK}"));
         r.set_config(parse(&with_check));
         assert_eq!(weights(&r.desired().0), vec![(rs(12), 0)], "13 waits for its new check");
+    }
+
+    /// Found by review: a virtual server starting below quorum with a sorry server never
+    /// ran quorum_down (and its later quorum_up came with no quorum_down before it).
+    /// keepalived's update_quorum_state(vs, init) logs "Starting with quorum down" and runs
+    /// quorum_down when it puts the sorry server in; without a sorry server it is silent.
+    #[test]
+    fn starting_below_quorum_with_a_sorry_server_is_a_quorum_loss() {
+        let sorry = "sorry_server = { address = \"198.19.0.99\", port = 80 }";
+        let c = cfg(&format!("alpha = true\nquorum = 3\n{sorry}"));
+        let key = c.virtual_servers[0].key();
+        let mut r = Reconciler::new(c.clone());
+        let (d, ch) = r.desired();
+        assert_eq!(ch, vec![QuorumChange { key, up: false, live_weight: 1 }], "13 alone is up");
+        assert!(d[0].sorry_active());
+        assert!(r.desired().1.is_empty(), "once");
+        // A reload that keeps it (and its sorry server): nothing new.
+        r.set_config(c.clone());
+        assert!(r.desired().1.is_empty());
+        // A new sorry server while below quorum goes in the pool: told again, as keepalived.
+        r.set_config(cfg(&format!("alpha = true\nquorum = 3\n{sorry}").replace(".99", ".98")));
+        assert_eq!(r.desired().1, vec![QuorumChange { key, up: false, live_weight: 1 }]);
+        r.on_health(&key, rs(11), true, None);
+        assert_eq!(r.desired().1, vec![QuorumChange { key, up: true, live_weight: 4 }]);
+
+        // Added by a reload: the same.
+        let mut r = Reconciler::new(Arc::new(Config::default()));
+        r.set_config(c);
+        assert_eq!(r.desired().1, vec![QuorumChange { key, up: false, live_weight: 1 }]);
+        // Without a sorry server, silence until quorum is gained.
+        let mut r = Reconciler::new(cfg("alpha = true\nquorum = 3"));
+        assert!(r.desired().1.is_empty());
+        // Above quorum at start: silence too.
+        let mut r = Reconciler::new(cfg(&format!("quorum = 3\n{sorry}")));
+        assert!(r.desired().1.is_empty());
     }
 
     #[test]
