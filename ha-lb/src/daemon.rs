@@ -1501,16 +1501,15 @@ impl Daemon {
         let (desired, quorum) = self.reconciler.desired();
         let user = self.config.global.script_user.clone();
         for q in quorum {
-            let vs = self.config.virtual_server(&q.key).cloned();
             let label = format!("{}:{}", q.key.address, q.key.port);
             if q.up {
                 info!(virtual_server = %label, live_weight = q.live_weight, "quorum gained");
             } else {
                 warn!(virtual_server = %label, live_weight = q.live_weight, "quorum lost");
             }
-            if let Some(Script { argv }) =
-                vs.and_then(|v| if q.up { v.quorum_up } else { v.quorum_down })
-            {
+            // The change carries its script: a virtual server a reload removed is gone from
+            // the configuration but still runs its quorum_down.
+            if let Some(Script { argv }) = q.script {
                 script::spawn_logged(
                     format!("quorum_{} {label}", if q.up { "up" } else { "down" }),
                     argv,

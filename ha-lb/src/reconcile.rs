@@ -32,7 +32,7 @@ use std::{
 };
 
 use crate::{
-    config::model::{Config, LbAlgo, LbKind, VirtualServer, VirtualServerKey},
+    config::model::{Config, LbAlgo, LbKind, Script, VirtualServer, VirtualServerKey},
     dataplane::{DesiredState, RealServerSpec, ServiceSpec},
 };
 
@@ -82,6 +82,16 @@ pub struct QuorumChange {
     pub key: VirtualServerKey,
     pub up: bool,
     pub live_weight: u64,
+    /// The virtual server's `quorum_up` or `quorum_down` to run (for one a reload removed,
+    /// its last configuration's).
+    pub script: Option<Script>,
+}
+
+impl QuorumChange {
+    fn of(vs: &VirtualServer, up: bool, live_weight: u64) -> QuorumChange {
+        let script = if up { vs.quorum_up.clone() } else { vs.quorum_down.clone() };
+        QuorumChange { key: vs.key(), up, live_weight, script }
+    }
 }
 
 #[derive(Debug)]
@@ -124,9 +134,21 @@ impl Reconciler {
     /// init)` logs "Starting with quorum down" and runs `quorum_down` as it puts the sorry
     /// server in. Without a sorry server it says nothing (neither does keepalived), and a
     /// later `quorum_up` is the first notice.
+    ///
+    /// A virtual server the reload removes while it has quorum loses it (reported likewise,
+    /// with its old `quorum_down`): keepalived's reload clears its real servers and runs
+    /// `quorum_down` (`clear_service_vs` → `update_vs_notifies`, not stopping). Nothing of
+    /// the kind happens when the daemon stops: keepalived notifies then only with `omega`.
     pub fn set_config(&mut self, config: Arc<Config>) {
         let mut health = BTreeMap::new();
         let mut quorum = BTreeMap::new();
+        for vs in &self.config.virtual_servers {
+            if config.virtual_server(&vs.key()).is_none()
+                && self.quorum_up.get(&vs.key()) == Some(&true)
+            {
+                self.pending.push(QuorumChange::of(vs, false, 0));
+            }
+        }
         let checked_before: BTreeSet<(VirtualServerKey, SocketAddr)> = self
             .config
             .virtual_servers
@@ -168,7 +190,7 @@ impl Reconciler {
             let old_sorry = self.config.virtual_server(&key).and_then(|v| v.sorry_server);
             let sorry_in_pool = was == Some(false) && old_sorry == vs.sorry_server;
             if !q && !regain && vs.sorry_server.is_some() && !sorry_in_pool {
-                self.pending.push(QuorumChange { key, up: false, live_weight: live });
+                self.pending.push(QuorumChange::of(vs, false, live));
             }
             quorum.insert(key, q);
         }
@@ -222,7 +244,7 @@ impl Reconciler {
             let (q, h) = (vs.quorum as u64, vs.hysteresis as u64);
             let up = if was_up { live >= q.saturating_sub(h) } else { live >= q + h };
             if up != was_up {
-                changes.push(QuorumChange { key, up, live_weight: live });
+                changes.push(QuorumChange::of(vs, up, live));
             }
             self.quorum_up.insert(key, up);
 
@@ -433,7 +455,7 @@ weight = 1
         assert!(r.desired().0[0].quorum_up);
         r.on_health(&key, rs(11), false, None); // live 1 < 3: lost
         let (d, ch) = r.desired();
-        assert_eq!(ch, vec![QuorumChange { key, up: false, live_weight: 1 }]);
+        assert_eq!(ch, vec![QuorumChange { key, up: false, live_weight: 1, script: None }]);
         assert!(d[0].sorry_active());
         assert_eq!(
             weights(&d),
@@ -525,7 +547,11 @@ sorry_server = { address = \"198.19.0.99\", port = 80 }");
         let key = c.virtual_servers[0].key();
         let mut r = Reconciler::new(c.clone());
         let (d, ch) = r.desired();
-        assert_eq!(ch, vec![QuorumChange { key, up: false, live_weight: 1 }], "13 alone is up");
+        assert_eq!(
+            ch,
+            vec![QuorumChange { key, up: false, live_weight: 1, script: None }],
+            "13 alone is up"
+        );
         assert!(d[0].sorry_active());
         assert!(r.desired().1.is_empty(), "once");
         // A reload that keeps it (and its sorry server): nothing new.
@@ -533,19 +559,51 @@ sorry_server = { address = \"198.19.0.99\", port = 80 }");
         assert!(r.desired().1.is_empty());
         // A new sorry server while below quorum goes in the pool: told again, as keepalived.
         r.set_config(cfg(&format!("alpha = true\nquorum = 3\n{sorry}").replace(".99", ".98")));
-        assert_eq!(r.desired().1, vec![QuorumChange { key, up: false, live_weight: 1 }]);
+        assert_eq!(
+            r.desired().1,
+            vec![QuorumChange { key, up: false, live_weight: 1, script: None }]
+        );
         r.on_health(&key, rs(11), true, None);
-        assert_eq!(r.desired().1, vec![QuorumChange { key, up: true, live_weight: 4 }]);
+        assert_eq!(
+            r.desired().1,
+            vec![QuorumChange { key, up: true, live_weight: 4, script: None }]
+        );
 
         // Added by a reload: the same.
         let mut r = Reconciler::new(Arc::new(Config::default()));
         r.set_config(c);
-        assert_eq!(r.desired().1, vec![QuorumChange { key, up: false, live_weight: 1 }]);
+        assert_eq!(
+            r.desired().1,
+            vec![QuorumChange { key, up: false, live_weight: 1, script: None }]
+        );
         // Without a sorry server, silence until quorum is gained.
         let mut r = Reconciler::new(cfg("alpha = true\nquorum = 3"));
         assert!(r.desired().1.is_empty());
         // Above quorum at start: silence too.
         let mut r = Reconciler::new(cfg(&format!("quorum = 3\n{sorry}")));
+        assert!(r.desired().1.is_empty());
+    }
+
+    /// Found by review: a reload that removed a virtual server ran no quorum_down.
+    /// keepalived's reload (clear_service_vs → update_vs_notifies, not stopping) runs it for
+    /// a removed virtual server whose quorum was up, with its old script.
+    #[test]
+    fn a_reload_removing_a_service_with_quorum_runs_its_quorum_down() {
+        let down = Script { argv: vec!["/bin/echo".into(), "down".into()] };
+        let c = cfg("quorum = 2\nquorum_down = \"/bin/echo down\"");
+        let key = c.virtual_servers[0].key();
+        let mut r = Reconciler::new(c.clone());
+        assert!(r.desired().1.is_empty());
+        r.set_config(Arc::new(Config::default()));
+        let (d, ch) = r.desired();
+        assert!(d.is_empty());
+        assert_eq!(ch, vec![QuorumChange { key, up: false, live_weight: 0, script: Some(down) }]);
+        // One whose quorum was lost already: nothing more.
+        let mut r = Reconciler::new(c);
+        r.on_health(&key, rs(11), false, None);
+        r.on_health(&key, rs(12), false, None);
+        assert!(!r.desired().1[0].up);
+        r.set_config(Arc::new(Config::default()));
         assert!(r.desired().1.is_empty());
     }
 
