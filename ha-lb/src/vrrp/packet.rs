@@ -156,8 +156,6 @@ pub enum DecodeError {
     LengthMismatch { count: u8, expected: usize, actual: usize },
     #[error("bad checksum: packet has {found:#06x}, computed {computed:#06x}")]
     BadChecksum { found: u16, computed: u16 },
-    #[error("VRRPv3 reserved bits set ({0:#x})")]
-    V3Reserved(u8),
     #[error("VRRPv2 IPsec AH authentication (type 2) is not supported")]
     AuthAhUnsupported,
     #[error("unknown VRRPv2 auth type {0}")]
@@ -184,7 +182,6 @@ impl DecodeError {
             DecodeError::FamilyMismatch => "family_mismatch",
             DecodeError::LengthMismatch { .. } => "length_mismatch",
             DecodeError::BadChecksum { .. } => "bad_checksum",
-            DecodeError::V3Reserved(_) => "v3_reserved",
             DecodeError::AuthAhUnsupported => "auth_ah_unsupported",
             DecodeError::BadAuthType(_) => "bad_auth_type",
             DecodeError::BadHopLimit(_) => "bad_hop_limit",
@@ -206,7 +203,6 @@ pub struct RxErrorCounters {
     pub family_mismatch: u64,
     pub length_mismatch: u64,
     pub bad_checksum: u64,
-    pub v3_reserved: u64,
     pub auth_ah_unsupported: u64,
     pub bad_auth_type: u64,
     pub bad_hop_limit: u64,
@@ -226,7 +222,6 @@ impl RxErrorCounters {
             DecodeError::FamilyMismatch => &mut self.family_mismatch,
             DecodeError::LengthMismatch { .. } => &mut self.length_mismatch,
             DecodeError::BadChecksum { .. } => &mut self.bad_checksum,
-            DecodeError::V3Reserved(_) => &mut self.v3_reserved,
             DecodeError::AuthAhUnsupported => &mut self.auth_ah_unsupported,
             DecodeError::BadAuthType(_) => &mut self.bad_auth_type,
             DecodeError::BadHopLimit(_) => &mut self.bad_hop_limit,
@@ -247,7 +242,6 @@ impl RxErrorCounters {
             + self.family_mismatch
             + self.length_mismatch
             + self.bad_checksum
-            + self.v3_reserved
             + self.auth_ah_unsupported
             + self.bad_auth_type
             + self.bad_hop_limit
@@ -370,7 +364,7 @@ impl Advert {
     /// Decode the VRRP message `msg` (the bytes after the IP header) sent from
     /// `src` to `dst`. The address family of the virtual addresses is the
     /// family of `src`. Validation is strict: exact length, checksum, version,
-    /// type, reserved bits, auth type.
+    /// type, auth type (the v3 reserved bits are ignored, as the RFCs say).
     pub fn decode(
         src: IpAddr,
         dst: IpAddr,
@@ -418,13 +412,9 @@ impl Advert {
         }
         let (adver_int_cs, auth_type) = match version {
             Version::V2 => (u16::from(msg[5]) * 100, Some(msg[4])),
-            Version::V3 => {
-                let reserved = msg[4] >> 4;
-                if reserved != 0 {
-                    return Err(DecodeError::V3Reserved(reserved));
-                }
-                (u16::from_be_bytes([msg[4] & 0x0f, msg[5]]), None)
-            }
+            // RFC 5798 / RFC 9568 §5.2.5: the reserved bits MUST be zero on transmit and
+            // are ignored on receive (keepalived masks the interval with 0x0fff too).
+            Version::V3 => (u16::from_be_bytes([msg[4] & 0x0f, msg[5]]), None),
         };
         let body = &msg[HEADER_LEN..HEADER_LEN + alen * usize::from(count)];
         let addrs = body
@@ -824,19 +814,18 @@ mod tests {
         assert_eq!(Advert::decode(s6, d6, &good, m), Err(DecodeError::V2OverIpv6));
         assert_eq!(Advert::decode(s, d6, &good, m), Err(DecodeError::FamilyMismatch));
 
-        // v3 reserved bits: RFC 5798 §5.2.5 says "ignored on reception"; we reject
-        // them (keepalived never sets them, so this is interop-safe and catches junk).
+        // v3 reserved bits: RFC 5798 / RFC 9568 §5.2.5 "ignored on reception" (keepalived
+        // masks them off too): every value decodes to the same advert, interval intact.
         let a3 = Advert { version: Version::V3, ..sample_v2() };
-        let mut b = a3.encode(s, d, V3Checksum::PseudoHeader).unwrap();
-        b[4] |= 0x80;
-        b[6] = 0;
-        b[7] = 0;
-        let c = compute_checksum(Version::V3, V3Checksum::PseudoHeader, s, d, &b);
-        b[6..8].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(
-            Advert::decode(s, d, &b, V3Checksum::PseudoHeader),
-            Err(DecodeError::V3Reserved(8))
-        );
+        for rsvd in 1..=0x0f_u8 {
+            let mut b = a3.encode(s, d, V3Checksum::PseudoHeader).unwrap();
+            b[4] |= rsvd << 4;
+            b[6] = 0;
+            b[7] = 0;
+            let c = compute_checksum(Version::V3, V3Checksum::PseudoHeader, s, d, &b);
+            b[6..8].copy_from_slice(&c.to_be_bytes());
+            assert_eq!(Advert::decode(s, d, &b, V3Checksum::PseudoHeader).as_ref(), Ok(&a3));
+        }
         // hop limit
         assert_eq!(
             decode(s, d, 64, &good, &RxOptions::default()),
