@@ -49,10 +49,11 @@ fn v3_checksum_includes_the_ipv4_pseudo_header() {
     assert_eq!(r.advert.version, Version::V3);
     assert_eq!((r.advert.vrid, r.advert.priority, r.advert.adver_int_cs), (51, 150, 50));
     reencode(&r, 20, "v3");
-    // The message-only ("as v2") checksum would not verify.
+    // It verified as the RFC 5798 form, and the message-only ("as v2") one would not.
+    assert_eq!(r.checksum, packet::ChecksumForm::PseudoHeader);
     let f = frame("v3");
-    let opts = RxOptions { v3_checksum: V3Checksum::AsV2, ..RxOptions::default() };
-    assert!(packet::decode_ipv4_packet(&f[14..], &opts).is_err());
+    let msg = &f[14 + 20..];
+    assert!(packet::Advert::decode(r.src, r.dst, msg, V3Checksum::AsV2).is_err());
 }
 
 #[test]

@@ -148,7 +148,7 @@ async fn run<T: VrrpTransport, V: VipManager>(
             rx = p.transport.recv() => match rx {
                 Ok(pkt) => {
                     match packet::decode(pkt.src, pkt.dst, pkt.ttl, &pkt.payload, &p.rx_options) {
-                        Ok(r) => p.machine.handle_advert(Instant::now(), r.src, &r.advert),
+                        Ok(r) => p.machine.handle_received(Instant::now(), &r),
                         Err(e) => {
                             debug!(instance = %p.name, src = %pkt.src, error = %e, "advert rejected");
                             p.machine.handle_rx_error(&e);
@@ -273,7 +273,7 @@ async fn execute<T: VrrpTransport, V: VipManager>(
 /// the link; unicast peers may be a router away, and keepalived checks it only for instances
 /// without unicast peers.
 fn rx_options(inst: &crate::config::VrrpInstance) -> RxOptions {
-    RxOptions { require_hop_limit_255: !inst.is_unicast(), ..RxOptions::default() }
+    RxOptions { require_hop_limit_255: !inst.is_unicast() }
 }
 
 /// Resolves a configured `vrrp_instance` against the host (interfaces, source address) and

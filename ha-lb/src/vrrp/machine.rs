@@ -137,7 +137,8 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use super::packet::{
-    Advert, Auth, DecodeError, RxErrorCounters, Version, V2_MAX_ADVER_INT_CS, V3_MAX_ADVER_INT_CS,
+    Advert, Auth, ChecksumForm, DecodeError, Received, RxErrorCounters, Version,
+    V2_MAX_ADVER_INT_CS, V3_MAX_ADVER_INT_CS,
 };
 
 /// Priority of the address owner.
@@ -148,6 +149,8 @@ pub const PRIORITY_STOP: u8 = 0;
 pub const DEFAULT_PRIORITY: u8 = 100;
 /// Most unknown sources tracked at once while on probation (rule 2).
 const MAX_PROBATION: usize = 16;
+/// Most sources remembered for a once-per-peer log line ([`LoggedOnce`]).
+const MAX_LOGGED_PEERS: usize = 64;
 
 /// Configuration of one instance, in keepalived's words.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -453,6 +456,11 @@ pub struct Counters {
     pub yields_aborted: u64,
     /// Rule 2: unknown sources admitted after probation.
     pub peers_admitted: u64,
+    /// VRRPv3/IPv4 adverts accepted with a checksum of another form than RFC 5798's
+    /// (see `packet`): the multicast group in the pseudo-header (old keepalived unicast),
+    /// and no pseudo-header (RFC 9568, keepalived `v3_checksum_as_v2`).
+    pub checksum_multicast_group: u64,
+    pub checksum_message_only: u64,
     /// Decode failures reported through `handle_rx_error`.
     pub rx_errors: RxErrorCounters,
 }
@@ -488,6 +496,22 @@ pub enum PeerMode {
 struct Probation {
     count: u32,
     last: Instant,
+}
+
+/// Keys (a peer, with what was logged about it) already logged once: a log line per peer,
+/// not per advert. Bounded, so forged sources cannot grow it; past the bound nothing new is
+/// logged (the counters still count).
+#[derive(Clone, Debug)]
+struct LoggedOnce<K>(BTreeSet<K>);
+
+impl<K: Ord> LoggedOnce<K> {
+    fn new() -> Self {
+        LoggedOnce(BTreeSet::new())
+    }
+    /// True the first time `key` is seen (while there is room).
+    fn first(&mut self, key: K) -> bool {
+        self.0.len() < MAX_LOGGED_PEERS && self.0.insert(key)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -531,6 +555,8 @@ pub struct Machine {
     peers: BTreeSet<IpAddr>,
     peer_mode: PeerMode,
     probation: BTreeMap<IpAddr, Probation>,
+    /// Peers whose checksum form was logged.
+    checksum_logged: LoggedOnce<(IpAddr, ChecksumForm)>,
     actions: VecDeque<Action>,
     counters: Counters,
 }
@@ -597,6 +623,7 @@ impl Machine {
             peers,
             peer_mode,
             probation: BTreeMap::new(),
+            checksum_logged: LoggedOnce::new(),
             actions: VecDeque::new(),
             counters: Counters::default(),
             cfg,
@@ -882,6 +909,29 @@ impl Machine {
                 }
             }
         }
+    }
+
+    /// A packet [`packet::decode`](super::packet::decode) accepted: notes its checksum form
+    /// (counted, and logged once per peer when it is not RFC 5798's), then
+    /// [`Machine::handle_advert`].
+    pub fn handle_received(&mut self, now: Instant, rx: &Received) {
+        let counter = match rx.checksum {
+            ChecksumForm::PseudoHeader => None,
+            ChecksumForm::MulticastGroup => Some(&mut self.counters.checksum_multicast_group),
+            ChecksumForm::MessageOnly => Some(&mut self.counters.checksum_message_only),
+        };
+        if let Some(c) = counter {
+            *c += 1;
+            if self.checksum_logged.first((rx.src, rx.checksum)) {
+                info!(
+                    virtual_router_id = self.cfg.virtual_router_id,
+                    peer = %rx.src,
+                    checksum = rx.checksum.describe(),
+                    "peer's VRRPv3 checksum is of another form than ours; accepted (ha-lb sends the RFC 5798 form)"
+                );
+            }
+        }
+        self.handle_advert(now, rx.src, &rx.advert);
     }
 
     /// A decoded advert from `src` (the IP source address).
@@ -2393,5 +2443,51 @@ mod tests {
         );
         assert_eq!(m.current_master(), Some(ip(HIGH)));
         assert!(m.peers().0.contains(&ip(HIGH)), "the master was learned");
+    }
+
+    /// Adverts whose VRRPv3 checksum is of another accepted form (see `packet`) are processed
+    /// like any other, counted per form, and logged once per peer and form.
+    #[test]
+    fn other_checksum_forms_are_processed_counted_and_logged_once() {
+        use ChecksumForm::{MessageOnly, MulticastGroup, PseudoHeader};
+        let t0 = Instant::now();
+        let mut m = started(v3(cfg(100)), t0);
+        let rx = |src: &str, checksum| Received {
+            src: ip(src),
+            dst: ip("224.0.0.18"),
+            hop_limit: 255,
+            advert: advert(&m, 200),
+            checksum,
+        };
+        let seen = [
+            rx(HIGH, PseudoHeader),
+            rx(HIGH, MessageOnly),
+            rx(HIGH, MessageOnly),
+            rx(PEER, MessageOnly),
+            rx(HIGH, MulticastGroup),
+        ];
+        for (k, r) in seen.iter().enumerate() {
+            m.handle_received(t0 + Duration::from_millis(10 * k as u64), r);
+        }
+        let c = m.counters();
+        assert_eq!((c.checksum_message_only, c.checksum_multicast_group), (3, 1));
+        assert_eq!(c.adverts_accepted, 5);
+        assert_eq!(m.current_master(), Some(ip(HIGH)));
+        let logged: Vec<_> = m.checksum_logged.0.iter().copied().collect();
+        assert_eq!(
+            logged,
+            [(ip(PEER), MessageOnly), (ip(HIGH), MulticastGroup), (ip(HIGH), MessageOnly)]
+        );
+    }
+
+    #[test]
+    fn logged_once_is_bounded() {
+        let mut l = LoggedOnce::new();
+        assert!(l.first(1));
+        assert!(!l.first(1));
+        for k in 2..=MAX_LOGGED_PEERS {
+            assert!(l.first(k));
+        }
+        assert!(!l.first(0), "full: nothing new is logged");
     }
 }

@@ -16,14 +16,23 @@
 //! v2 only: Authentication Data (8 bytes)
 //! ```
 //!
-//! Checksums: v2 covers the VRRP message only. v3 prepends the IP pseudo-header
-//! (RFC 5798 §5.2.8, RFC 9568 §5.2.8): IPv6 per RFC 8200 §8.1, IPv4 as for UDP
-//! (src, dst, zero, protocol 112, VRRP length). keepalived includes the IPv4
-//! pseudo-header by default too (it only drops it with `v3_checksum_as_v2`, an
-//! option for Cisco/FRR peers that read §5.2.8 as IPv6-only); see
-//! [`V3Checksum`]. keepalived's old `old_unicast_checksum` compatibility mode
-//! put the multicast group into the pseudo-header even for unicast: a driver
-//! that needs it passes `224.0.0.18` as `dst`.
+//! Checksums: v2 covers the VRRP message only. v3 over IPv6 prepends the RFC 8200 §8.1
+//! pseudo-header (RFC 5798 and RFC 9568 §5.2.8 agree). v3 over IPv4 is where peers differ,
+//! and three forms are in use:
+//! - RFC 5798 §5.2.8 prepends a pseudo-header for IPv4 too, as for UDP (src, dst, zero,
+//!   protocol 112, VRRP length). keepalived does so by default, and so does ha-lb when it
+//!   sends ([`ChecksumForm::PseudoHeader`]).
+//! - RFC 9568 §5.2.8 (which obsoletes RFC 5798) says the opposite: "For the IPv4 address
+//!   family, the checksum calculation only includes the VRRP message" — no pseudo-header.
+//!   Peers that follow it, keepalived with `v3_checksum_as_v2` and some routers send that
+//!   ([`ChecksumForm::MessageOnly`]).
+//! - keepalived up to 1.3.5 put the multicast group 224.0.0.18 in the pseudo-header even
+//!   for unicast adverts (keepalived issue #642; newer keepalived retries with the group on
+//!   receive and calls it `unicast_chksum_compat`): [`ChecksumForm::MulticastGroup`].
+//!
+//! [`decode`] accepts all three and says which one it saw ([`Received::checksum`]);
+//! rejecting either of the other two made every advert of such a peer `bad_checksum` and
+//! both routers MASTER. [`Advert::decode`] checks one [`V3Checksum`] mode only.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -96,17 +105,44 @@ impl Auth {
 /// How the v3 checksum is computed over IPv4. IPv6 always uses the pseudo-header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum V3Checksum {
-    /// RFC 5798/9568 and keepalived's default: include the IPv4 pseudo-header.
+    /// RFC 5798 and keepalived's default: include the IPv4 pseudo-header.
     #[default]
     PseudoHeader,
-    /// keepalived `v3_checksum_as_v2`: VRRP message only (some Cisco/FRR peers).
+    /// RFC 9568 §5.2.8, keepalived `v3_checksum_as_v2`: VRRP message only.
     AsV2,
+}
+
+/// Which checksum a received advert carried (see the module documentation). Anything but
+/// VRRPv3 over IPv4 has only [`ChecksumForm::PseudoHeader`] (v2: no pseudo-header at all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ChecksumForm {
+    /// The RFC 5798 form with the packet's own destination: what ha-lb and keepalived send.
+    PseudoHeader,
+    /// A pseudo-header naming the multicast group although the packet was unicast
+    /// (keepalived ≤ 1.3.5 with `unicast_peer`).
+    MulticastGroup,
+    /// No pseudo-header (RFC 9568 §5.2.8, keepalived `v3_checksum_as_v2`).
+    MessageOnly,
+}
+
+impl ChecksumForm {
+    /// For logs: who sends it.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            ChecksumForm::PseudoHeader => "RFC 5798 pseudo-header",
+            ChecksumForm::MulticastGroup => {
+                "pseudo-header with the multicast group as destination (keepalived <= 1.3.5 unicast)"
+            }
+            ChecksumForm::MessageOnly => {
+                "no IPv4 pseudo-header (RFC 9568, keepalived v3_checksum_as_v2)"
+            }
+        }
+    }
 }
 
 /// Receive-side options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RxOptions {
-    pub v3_checksum: V3Checksum,
     /// RFC: TTL/hop limit MUST be 255. keepalived skips the check for unicast
     /// peers (which may be routed); set false only for routed unicast setups.
     pub require_hop_limit_255: bool,
@@ -114,7 +150,7 @@ pub struct RxOptions {
 
 impl Default for RxOptions {
     fn default() -> Self {
-        RxOptions { v3_checksum: V3Checksum::PseudoHeader, require_hop_limit_255: true }
+        RxOptions { require_hop_limit_255: true }
     }
 }
 
@@ -276,6 +312,8 @@ pub struct Received {
     /// IPv4 TTL or IPv6 hop limit (from the header or the IPV6_HOPLIMIT cmsg).
     pub hop_limit: u8,
     pub advert: Advert,
+    /// The checksum form that verified.
+    pub checksum: ChecksumForm,
 }
 
 fn addr_len(a: &IpAddr) -> usize {
@@ -348,6 +386,28 @@ fn pseudo_header_sum(
     }
 }
 
+/// Whether `msg`'s checksum (in place) verifies for this mode and address pair.
+fn checksum_ok(version: Version, mode: V3Checksum, src: IpAddr, dst: IpAddr, msg: &[u8]) -> bool {
+    fold(sum16(pseudo_header_sum(version, mode, src, dst, msg.len()), msg)) == 0xffff
+}
+
+/// The [`DecodeError::BadChecksum`] for `msg`, reporting what `mode` would have computed.
+fn bad_checksum(
+    version: Version,
+    mode: V3Checksum,
+    src: IpAddr,
+    dst: IpAddr,
+    msg: &[u8],
+) -> DecodeError {
+    let mut zeroed = msg.to_vec();
+    zeroed[6] = 0;
+    zeroed[7] = 0;
+    DecodeError::BadChecksum {
+        found: u16::from_be_bytes([msg[6], msg[7]]),
+        computed: compute_checksum(version, mode, src, dst, &zeroed),
+    }
+}
+
 /// The checksum field value for `msg` (whose checksum bytes 6..8 must be zero).
 pub fn compute_checksum(
     version: Version,
@@ -363,13 +423,61 @@ pub fn compute_checksum(
 impl Advert {
     /// Decode the VRRP message `msg` (the bytes after the IP header) sent from
     /// `src` to `dst`. The address family of the virtual addresses is the
-    /// family of `src`. Validation is strict: exact length, checksum, version,
-    /// type, auth type (the v3 reserved bits are ignored, as the RFCs say).
+    /// family of `src`. Validation is strict: exact length, checksum (of `mode`
+    /// only; [`decode`] accepts every form in use), version, type, auth type
+    /// (the v3 reserved bits are ignored, as the RFCs say).
     pub fn decode(
         src: IpAddr,
         dst: IpAddr,
         msg: &[u8],
         mode: V3Checksum,
+    ) -> Result<Advert, DecodeError> {
+        Advert::parse(src, dst, msg, |version, msg| {
+            if checksum_ok(version, mode, src, dst, msg) {
+                Ok(())
+            } else {
+                Err(bad_checksum(version, mode, src, dst, msg))
+            }
+        })
+    }
+
+    /// As [`Advert::decode`], accepting every checksum form in use and saying which one
+    /// verified (see the module documentation). Tried in order: the RFC 5798 form (what
+    /// ha-lb sends), the multicast group in the pseudo-header (unicast only), none.
+    pub fn decode_any_checksum(
+        src: IpAddr,
+        dst: IpAddr,
+        msg: &[u8],
+    ) -> Result<(Advert, ChecksumForm), DecodeError> {
+        let mut form = ChecksumForm::PseudoHeader;
+        let advert = Advert::parse(src, dst, msg, |version, msg| {
+            let standard = V3Checksum::PseudoHeader;
+            if checksum_ok(version, standard, src, dst, msg) {
+                return Ok(());
+            }
+            if version == Version::V3 && src.is_ipv4() {
+                let group = IpAddr::V4(VRRP_MCAST_V4);
+                if dst != group && checksum_ok(version, standard, src, group, msg) {
+                    form = ChecksumForm::MulticastGroup;
+                    return Ok(());
+                }
+                if checksum_ok(version, V3Checksum::AsV2, src, dst, msg) {
+                    form = ChecksumForm::MessageOnly;
+                    return Ok(());
+                }
+            }
+            Err(bad_checksum(version, standard, src, dst, msg))
+        })?;
+        Ok((advert, form))
+    }
+
+    /// The checks and field parsing shared by both decoders; `checksum` verifies the
+    /// checksum (after the length check, before any field past the header is trusted).
+    fn parse(
+        src: IpAddr,
+        dst: IpAddr,
+        msg: &[u8],
+        checksum: impl FnOnce(Version, &[u8]) -> Result<(), DecodeError>,
     ) -> Result<Advert, DecodeError> {
         if src.is_ipv4() != dst.is_ipv4() {
             return Err(DecodeError::FamilyMismatch);
@@ -400,16 +508,7 @@ impl Advert {
         if msg.len() != expected {
             return Err(DecodeError::LengthMismatch { count, expected, actual: msg.len() });
         }
-        let found = u16::from_be_bytes([msg[6], msg[7]]);
-        // Summing the message with its checksum in place gives 0xffff when valid.
-        let total = fold(sum16(pseudo_header_sum(version, mode, src, dst, msg.len()), msg));
-        if total != 0xffff {
-            let mut zeroed = msg.to_vec();
-            zeroed[6] = 0;
-            zeroed[7] = 0;
-            let computed = compute_checksum(version, mode, src, dst, &zeroed);
-            return Err(DecodeError::BadChecksum { found, computed });
-        }
+        checksum(version, msg)?;
         let (adver_int_cs, auth_type) = match version {
             Version::V2 => (u16::from(msg[5]) * 100, Some(msg[4])),
             // RFC 5798 / RFC 9568 §5.2.5: the reserved bits MUST be zero on transmit and
@@ -530,7 +629,8 @@ impl Advert {
 }
 
 /// Decode what the raw socket delivers: the VRRP message plus the IP fields
-/// (IPv4 TTL from the header, IPv6 hop limit from the IPV6_HOPLIMIT cmsg).
+/// (IPv4 TTL from the header, IPv6 hop limit from the IPV6_HOPLIMIT cmsg). Any checksum
+/// form in use is accepted ([`Advert::decode_any_checksum`]).
 pub fn decode(
     src: IpAddr,
     dst: IpAddr,
@@ -541,8 +641,8 @@ pub fn decode(
     if opts.require_hop_limit_255 && hop_limit != VRRP_TTL {
         return Err(DecodeError::BadHopLimit(hop_limit));
     }
-    let advert = Advert::decode(src, dst, msg, opts.v3_checksum)?;
-    Ok(Received { src, dst, hop_limit, advert })
+    let (advert, checksum) = Advert::decode_any_checksum(src, dst, msg)?;
+    Ok(Received { src, dst, hop_limit, advert, checksum })
 }
 
 /// Decode a whole IPv4 packet as an `AF_INET, SOCK_RAW, IPPROTO_VRRP` socket
@@ -645,6 +745,52 @@ mod tests {
         assert_eq!(Advert::decode(src, dst, &compat, V3Checksum::AsV2).unwrap(), a);
     }
 
+    /// The three VRRPv3/IPv4 checksum forms in use all decode with the default receive
+    /// options, each reported as what it is; a checksum of none of them is still rejected.
+    #[test]
+    fn every_v3_ipv4_checksum_form_in_use_is_accepted() {
+        let a = Advert { version: Version::V3, ..sample_v2() };
+        let (src, peer) = (v4("10.0.0.1"), v4("10.0.0.2"));
+        let group = IpAddr::V4(VRRP_MCAST_V4);
+        let rx = |dst: IpAddr, bytes: &[u8]| decode(src, dst, 255, bytes, &RxOptions::default());
+        // Multicast: the RFC 5798 form (ha-lb, keepalived) and the RFC 9568 one.
+        for (mode, form) in [
+            (V3Checksum::PseudoHeader, ChecksumForm::PseudoHeader),
+            (V3Checksum::AsV2, ChecksumForm::MessageOnly),
+        ] {
+            let r = rx(group, &a.encode(src, group, mode).unwrap()).unwrap();
+            assert_eq!((r.advert, r.checksum), (a.clone(), form));
+        }
+        // Unicast: the pseudo-header with the real destination, with the group (keepalived
+        // <= 1.3.5), and none.
+        let cases = [
+            (a.encode(src, peer, V3Checksum::PseudoHeader).unwrap(), ChecksumForm::PseudoHeader),
+            (a.encode(src, group, V3Checksum::PseudoHeader).unwrap(), ChecksumForm::MulticastGroup),
+            (a.encode(src, peer, V3Checksum::AsV2).unwrap(), ChecksumForm::MessageOnly),
+        ];
+        for (bytes, form) in &cases {
+            let r = rx(peer, bytes).unwrap();
+            assert_eq!((&r.advert, r.checksum), (&a, *form));
+        }
+        // The hand-checked sums above: 0xbdca (pseudo-header to the group), 0xa85a (none).
+        assert_eq!(cases[1].0[6..8], [0xbd, 0xca]);
+        assert_eq!(cases[2].0[6..8], [0xa8, 0x5a]);
+        // Anything else is still a bad checksum, reported against the RFC 5798 form.
+        let mut b = cases[0].0.clone();
+        b[2] ^= 1;
+        assert!(matches!(rx(peer, &b), Err(DecodeError::BadChecksum { .. })));
+        // Only VRRPv3 over IPv4 has other forms: v2 and IPv6 keep one.
+        let v2 = sample_v2().encode(src, peer, V3Checksum::PseudoHeader).unwrap();
+        assert_eq!(rx(peer, &v2).unwrap().checksum, ChecksumForm::PseudoHeader);
+        let (s6, d6): (IpAddr, IpAddr) = ("fe80::1".parse().unwrap(), "fe80::2".parse().unwrap());
+        let a6 = Advert { addrs: vec!["2001:db8::1".parse().unwrap()], ..a.clone() };
+        let to_group = a6.encode(s6, IpAddr::V6(VRRP_MCAST_V6), V3Checksum::PseudoHeader).unwrap();
+        assert!(matches!(
+            decode(s6, d6, 255, &to_group, &RxOptions::default()),
+            Err(DecodeError::BadChecksum { .. })
+        ));
+    }
+
     /// Cross-check the pseudo-header checksums against etherparse's independent
     /// one's-complement implementation (it sums native-endian words, hence the
     /// `.to_be()` its own `Ipv4Header::calc_header_checksum` applies too).
@@ -716,7 +862,7 @@ mod tests {
             decode_ipv4_packet(&ttl_pkt, &RxOptions::default()),
             Err(DecodeError::BadHopLimit(254))
         );
-        let lax = RxOptions { require_hop_limit_255: false, ..RxOptions::default() };
+        let lax = RxOptions { require_hop_limit_255: false };
         assert!(decode_ipv4_packet(&ttl_pkt, &lax).is_ok());
 
         let mut udp = Vec::new();
@@ -942,7 +1088,19 @@ mod tests {
             let bytes = a.encode(s, d, mode).unwrap();
             prop_assert_eq!(bytes.len(), a.encoded_len());
             prop_assert_eq!(Advert::decode(s, d, &bytes, mode), Ok(a.clone()));
-            let rx = decode(s, d, 255, &bytes, &RxOptions { v3_checksum: mode, require_hop_limit_255: true }).unwrap();
+            // Receive accepts either mode and names the form that verified: the first in
+            // order whose sum matches (sums of different forms may coincide).
+            let rx = decode(s, d, 255, &bytes, &RxOptions::default()).unwrap();
+            let sum = |d: IpAddr, m: V3Checksum| a.encode(s, d, m).unwrap()[6..8].to_vec();
+            let group = IpAddr::V4(VRRP_MCAST_V4);
+            let want = if bytes[6..8] == sum(d, V3Checksum::PseudoHeader)[..] {
+                ChecksumForm::PseudoHeader
+            } else if d != group && bytes[6..8] == sum(group, V3Checksum::PseudoHeader)[..] {
+                ChecksumForm::MulticastGroup
+            } else {
+                ChecksumForm::MessageOnly
+            };
+            prop_assert_eq!(rx.checksum, want);
             prop_assert_eq!(rx.advert, a);
         }
 

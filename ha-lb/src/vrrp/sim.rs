@@ -247,7 +247,7 @@ impl Sim {
                     return;
                 }
                 match packet::decode(src, dst, VRRP_TTL, &bytes, &RxOptions::default()) {
-                    Ok(rx) => n.m.handle_advert(now, rx.src, &rx.advert),
+                    Ok(rx) => n.m.handle_received(now, &rx),
                     Err(e) => {
                         self.decode_errors += 1;
                         n.m.handle_rx_error(&e);
