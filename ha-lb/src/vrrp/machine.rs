@@ -437,7 +437,8 @@ pub struct Counters {
     pub ignored_not_allowed: u64,
     /// v2 advert with a different VIP list from a non-owner (RFC 3768: drop).
     pub ignored_addr_list: u64,
-    /// VIP list differs from ours (logged; v3 still processes it, RFC 5798 §7.1).
+    /// VIP list differs from ours (logged once per peer; v3 still processes it, RFC 5798
+    /// §7.1, while keepalived would drop it).
     pub addr_list_mismatch: u64,
     /// As MASTER: lower-priority advert received (rule 5).
     pub lower_priority_received: u64,
@@ -557,6 +558,8 @@ pub struct Machine {
     probation: BTreeMap<IpAddr, Probation>,
     /// Peers whose checksum form was logged.
     checksum_logged: LoggedOnce<(IpAddr, ChecksumForm)>,
+    /// Peers whose differing address list was logged.
+    addr_list_logged: LoggedOnce<IpAddr>,
     actions: VecDeque<Action>,
     counters: Counters,
 }
@@ -624,6 +627,7 @@ impl Machine {
             peer_mode,
             probation: BTreeMap::new(),
             checksum_logged: LoggedOnce::new(),
+            addr_list_logged: LoggedOnce::new(),
             actions: VecDeque::new(),
             counters: Counters::default(),
             cfg,
@@ -1040,8 +1044,25 @@ impl Machine {
         let theirs: BTreeSet<&IpAddr> = adv.addrs.iter().collect();
         if ours != theirs || adv.addrs.len() != self.cfg.virtual_ipaddresses.len() {
             self.counters.addr_list_mismatch += 1;
-            warn!(virtual_router_id = vrid, %src, "advert virtual_ipaddress list differs from ours");
-            if self.cfg.version == Version::V2 && adv.priority != PRIORITY_OWNER {
+            // v2 drops it (RFC 3768 §7.1) unless from the owner; v3 processes it (RFC 5798
+            // §7.1: MAY verify, SHOULD log).
+            let dropped = self.cfg.version == Version::V2 && adv.priority != PRIORITY_OWNER;
+            // Once per peer: a misconfigured pair sends one every interval, for ever.
+            if self.addr_list_logged.first(src) {
+                let list = |a: &[IpAddr]| a.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+                warn!(
+                    virtual_router_id = vrid,
+                    %src,
+                    theirs = ?list(&adv.addrs),
+                    ours = ?list(&self.cfg.virtual_ipaddresses),
+                    advert = if dropped { "ignored (RFC 3768)" } else { "processed (RFC 5798)" },
+                    "advert's virtual_ipaddress list differs from ours (logged once per peer). \
+                     keepalived peers ignore adverts whose address count or addresses differ \
+                     from their own, so such a peer ignores ours too and both may become \
+                     MASTER: configure the same virtual_ipaddress list on every router"
+                );
+            }
+            if dropped {
                 self.counters.ignored_addr_list += 1;
                 return false;
             }
@@ -2350,16 +2371,57 @@ mod tests {
         assert_eq!(m.counters().adverts_accepted, 1);
     }
 
+    /// Runs `f` with a subscriber that records every event at INFO and above, and returns
+    /// the formatted lines.
+    fn logged_lines<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let r = tracing::subscriber::with_default(sub, f);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        (r, text.lines().map(String::from).collect())
+    }
+
+    /// RFC 5798 §7.1: a v3 advert with another address list is processed (MAY verify, SHOULD
+    /// log). Logged once per peer, not per advert (a misconfigured pair sends one every
+    /// interval), saying that keepalived would ignore it.
     #[test]
-    fn v3_addr_list_mismatch_is_logged_but_processed() {
+    fn v3_addr_list_mismatch_is_logged_once_per_peer_but_processed() {
         let t0 = Instant::now();
         let mut m = started(v3(cfg(100)), t0);
         let mut a = advert(&m, 200);
         a.addrs.push(ip("192.168.1.200"));
-        m.handle_advert(t0, ip(PEER), &a);
-        assert_eq!(m.counters().addr_list_mismatch, 1);
-        assert_eq!(m.counters().adverts_accepted, 1);
-        assert_eq!(m.current_master(), Some(ip(PEER)));
+        let ((), lines) = logged_lines(|| {
+            for k in 0..5 {
+                m.handle_advert(t0 + Duration::from_millis(100 * k), ip(PEER), &a);
+            }
+            m.handle_advert(t0 + Duration::from_millis(600), ip(HIGH), &a);
+        });
+        assert_eq!(m.counters().addr_list_mismatch, 6);
+        assert_eq!(m.counters().adverts_accepted, 6);
+        assert_eq!(m.current_master(), Some(ip(HIGH)));
+        let warned: Vec<&String> =
+            lines.iter().filter(|l| l.contains("virtual_ipaddress list differs")).collect();
+        assert_eq!(warned.len(), 2, "one per peer: {lines:#?}");
+        assert!(warned[0].contains("WARN") && warned[0].contains(PEER), "{}", warned[0]);
+        assert!(warned[1].contains(HIGH), "{}", warned[1]);
+        assert!(warned[0].contains("keepalived peers ignore adverts"), "{}", warned[0]);
     }
 
     #[test]
@@ -2466,18 +2528,25 @@ mod tests {
             rx(PEER, MessageOnly),
             rx(HIGH, MulticastGroup),
         ];
-        for (k, r) in seen.iter().enumerate() {
-            m.handle_received(t0 + Duration::from_millis(10 * k as u64), r);
-        }
+        let ((), lines) = logged_lines(|| {
+            for (k, r) in seen.iter().enumerate() {
+                m.handle_received(t0 + Duration::from_millis(10 * k as u64), r);
+            }
+        });
+        let noted: Vec<&String> = lines.iter().filter(|l| l.contains("checksum")).collect();
+        assert_eq!(noted.len(), 3, "{lines:#?}");
+        assert!(noted[0].contains("RFC 9568") && noted[0].contains(HIGH), "{}", noted[0]);
         let c = m.counters();
         assert_eq!((c.checksum_message_only, c.checksum_multicast_group), (3, 1));
         assert_eq!(c.adverts_accepted, 5);
         assert_eq!(m.current_master(), Some(ip(HIGH)));
-        let logged: Vec<_> = m.checksum_logged.0.iter().copied().collect();
-        assert_eq!(
-            logged,
-            [(ip(PEER), MessageOnly), (ip(HIGH), MulticastGroup), (ip(HIGH), MessageOnly)]
-        );
+        // Again: nothing new to log.
+        let ((), lines) = logged_lines(|| {
+            for r in &seen {
+                m.handle_received(t0 + Duration::from_secs(1), r);
+            }
+        });
+        assert!(!lines.iter().any(|l| l.contains("checksum")), "{lines:#?}");
     }
 
     #[test]
