@@ -58,8 +58,8 @@
 //!    count. Otherwise the sources seen during `peer_settle` (default
 //!    10 × `advert_int` from start) are locked in and logged — also when
 //!    there are none, as for the master of a multicast pair, which hears
-//!    nobody (an open list there let the first forged source in, and two
-//!    forged adverts 100 ms apart made the master step down). While learning,
+//!    nobody (an open list there let the first forged source in for good,
+//!    obeyed in every state from then on). While learning,
 //!    a new source is accepted at once, on its first advert: no probation, so
 //!    in a start-up race the lower router obeys the higher one's first advert
 //!    (before its own, longer, down timer fires). Later unknown
@@ -77,6 +77,23 @@
 //!    and both held the VIPs.) A forged advert can so delay a takeover by at
 //!    most 2 × its interval (≤ 20 × `advert_int`, rule 3) unless it keeps
 //!    coming on schedule, and then it would be admitted anyway.
+//!    A MASTER whose effective priority tracking has lowered (until it is back
+//!    up) likewise takes an advert from a source on probation that beats it as
+//!    it would an allowed peer's (rule 4): it starts a yield, and that source's
+//!    next advert on schedule confirms it. That is the normal handover of a
+//!    multicast pair: our priority drops (a track script's weight) and the
+//!    backup, silent while we learned, preempts; waiting for its admission kept
+//!    both routers holding the VIPs for `admit_unknown_after` of its intervals
+//!    (1.4–2.4 s at `advert_int 1`); now it is one interval at most, as for a
+//!    known peer (keepalived steps down on the first advert). Only then: with
+//!    its priority intact, nobody we never heard has reason to preempt us, and
+//!    forged adverts from a new source must pass probation before a yield (the
+//!    `vrrp_hostile` lab sends two on schedule; the VIP does not move). While
+//!    lowered, one forged advert still costs only a yield and a GARP; two on
+//!    schedule from one new source make us step down once, as two forged with
+//!    an allowed peer's address would at any time: we take over again after
+//!    our Master_Down_Interval unless it goes on, and it gains no place on the
+//!    list.
 //! 3. **Interval bound.** A v3 advert whose Max Adver Int lies outside
 //!    `[advert_int / f, advert_int × f]` (f = `advert_int_factor`, default 10)
 //!    is ignored and counted: a forged 4095 cs advert can neither stretch a
@@ -84,8 +101,10 @@
 //! 4. **No black hole from one forged advert.** keepalived's master steps down
 //!    (removing VIPs) on one higher-priority advert; if that advert was forged
 //!    nobody is master until a down timer fires (~3 × interval). ha-lb's master
-//!    ignores non-allowed sources (rule 2) and, for an allowed one, *yields*
-//!    instead: it keeps VIPs and keeps advertising while it waits for a second
+//!    ignores unknown sources (rule 2: while its priority is lowered, those on
+//!    probation excepted) and, for an allowed one, *yields* instead: it keeps
+//!    VIPs and keeps
+//!    advertising while it waits for a second
 //!    advert from the same source that still beats it, within 2 × that
 //!    source's interval. Confirmed → BACKUP (RFC step-down, VIPs removed).
 //!    Not confirmed → stays MASTER, sends GARP again, counts `yields_aborted`.
@@ -433,7 +452,7 @@ pub struct Counters {
     pub ignored_interval_mismatch: u64,
     /// v3 Max Adver Int outside the accepted range (rule 3).
     pub ignored_interval_out_of_range: u64,
-    /// Source not on the allow-list (rule 2).
+    /// Source not on the allow-list (rule 2); also when a lowered MASTER yields to it.
     pub ignored_not_allowed: u64,
     /// v2 advert with a different VIP list from a non-owner (RFC 3768: drop).
     pub ignored_addr_list: u64,
@@ -529,6 +548,9 @@ pub struct Machine {
     fault: bool,
     priority_adjust: i32,
     effective_priority: u8,
+    /// Our effective priority before tracking lowered it, until it is back up there: a
+    /// backup may now preempt us, so a MASTER yields to a source on probation (rule 2).
+    lowered_from: Option<u8>,
     /// Master_Adver_Interval, centiseconds.
     master_adver_int_cs: u16,
     current_master: Option<IpAddr>,
@@ -610,6 +632,7 @@ impl Machine {
             state: State::Initialize,
             fault: false,
             priority_adjust: 0,
+            lowered_from: None,
             current_master: None,
             adver_timer: None,
             master_down_timer: None,
@@ -793,7 +816,14 @@ impl Machine {
             to = new,
             "effective priority changed"
         );
+        let old = self.effective_priority;
         self.effective_priority = new;
+        self.lowered_from = match self.lowered_from {
+            Some(from) if new >= from => None,
+            Some(from) => Some(from),
+            None if new < old => Some(old),
+            None => None,
+        };
         if self.state == State::Master {
             // Let backups see the new priority now rather than next interval.
             self.early_advert(now);
@@ -1038,6 +1068,7 @@ impl Machine {
             self.counters.ignored_not_allowed += 1;
             debug!(virtual_router_id = vrid, %src, "advert ignored: source not on the allow-list");
             self.postpone_for_probation(now, src, adv);
+            self.yield_for_probation(now, src, adv);
             return false;
         }
         let ours: BTreeSet<&IpAddr> = self.cfg.virtual_ipaddresses.iter().collect();
@@ -1153,6 +1184,25 @@ impl Machine {
         }
     }
 
+    /// Rule 2: a MASTER whose priority tracking lowered yields to a source on probation that
+    /// beats it as to an allowed peer (rule 4: two adverts on schedule confirm), rather than
+    /// only once it is admitted: the backup of a multicast pair was never heard while we
+    /// learned, and when it preempts us, waiting for its admission kept both holding the VIPs
+    /// for `admit_unknown_after` intervals.
+    fn yield_for_probation(&mut self, now: Instant, src: IpAddr, adv: &Advert) {
+        let eff = self.effective_priority;
+        let beats_us =
+            adv.priority > eff || (adv.priority == eff && src > self.cfg.primary_address);
+        if self.state == State::Master
+            && self.lowered_from.is_some()
+            && adv.priority != PRIORITY_STOP
+            && beats_us
+            && self.probation.contains_key(&src)
+        {
+            self.higher_priority_in_master(now, src, adv);
+        }
+    }
+
     fn settle_peers(&mut self) {
         self.peer_mode = PeerMode::Locked;
         if self.peers.is_empty() {
@@ -1245,6 +1295,13 @@ impl Machine {
             }
             return;
         }
+        self.higher_priority_in_master(now, src, adv);
+    }
+
+    /// Rule 4: an advert from `src` beats us: start yielding to it, or, if we already are,
+    /// step down.
+    fn higher_priority_in_master(&mut self, now: Instant, src: IpAddr, adv: &Advert) {
+        let eff = self.effective_priority;
         let interval = match self.cfg.version {
             Version::V3 => adv.adver_int_cs,
             Version::V2 => self.cfg.advert_int_cs,
@@ -2109,6 +2166,52 @@ mod tests {
         m.handle_advert(t + Duration::from_millis(1100), ip(HIGH), &advert(&m, 254));
         assert_eq!(m.counters().peers_admitted, 1);
         assert!(m.is_yielding());
+    }
+
+    /// Once tracking has lowered its priority, a master takes a source on probation that beats
+    /// it as an allowed peer (rule 2): the backup of a multicast pair, never heard while the
+    /// list was learned, preempts it. One advert starts a yield and no more (rule 4: VIPs
+    /// kept, aborted unless confirmed); a second one on schedule confirms it. The source
+    /// stays on probation; back at its priority, the master ignores such sources again.
+    #[test]
+    fn a_lowered_master_yields_to_a_source_on_probation() {
+        let t0 = Instant::now();
+        let mut m = started(Config { unicast_peers: vec![], ..cfg(200) }, t0);
+        run(&mut m, t0 + Duration::from_secs(30));
+        assert_eq!((m.state(), m.peers().0.len()), (State::Master, 0));
+        let t = t0 + Duration::from_secs(30);
+        m.set_priority_adjust(t, -150);
+        m.set_priority_adjust(t, -120);
+        assert_eq!(m.effective_priority(), 80);
+        // One forged advert: a yield, aborted.
+        m.handle_advert(t, ip(HIGH), &advert(&m, 100));
+        assert!(m.is_yielding());
+        let actions = run(&mut m, t + Duration::from_secs(3));
+        assert!(!actions.contains(&Action::RemoveVips), "{actions:?}");
+        assert_eq!(m.state(), State::Master);
+        assert_eq!(m.counters().yields_aborted, 1);
+        // A router that advertises on schedule: yield, confirmed by its next advert.
+        let t = t + Duration::from_secs(10);
+        m.handle_advert(t, ip(HIGH), &advert(&m, 100));
+        assert!(m.is_yielding());
+        m.handle_advert(t + Duration::from_millis(100), ip(HIGH), &advert(&m, 100));
+        assert_eq!(m.state(), State::Backup);
+        assert_eq!(m.counters().yields_confirmed, 1);
+        assert!(drain(&mut m).contains(&Action::RemoveVips));
+        assert_eq!(m.counters().ignored_not_allowed, 3);
+        assert!(m.peers().0.is_empty(), "not admitted: still on probation");
+        // Admitted on its third consecutive advert; the down timer waited for it.
+        let t3 = t + Duration::from_millis(1100);
+        run(&mut m, t3);
+        m.handle_advert(t3, ip(HIGH), &advert(&m, 100));
+        assert_eq!(m.counters().peers_admitted, 1);
+        assert_eq!(m.current_master(), Some(ip(HIGH)));
+        assert_eq!(m.state(), State::Backup);
+        // Back up to (or above) where it was: no longer lowered.
+        m.set_priority_adjust(t3, -10);
+        assert!(m.lowered_from.is_some());
+        m.set_priority_adjust(t3, 0);
+        assert_eq!(m.lowered_from, None);
     }
 
     #[test]

@@ -54,10 +54,17 @@ pub struct Node {
 }
 
 enum Event {
-    Deliver { to: usize, src: IpAddr, dst: IpAddr, bytes: Vec<u8> },
+    Deliver {
+        to: usize,
+        src: IpAddr,
+        dst: IpAddr,
+        bytes: Vec<u8>,
+    },
     Start(usize),
     Kill(usize),
     Shutdown(usize),
+    /// Tracking changed a node's priority adjustment.
+    PriorityAdjust(usize, i32),
 }
 
 /// A recorded state change.
@@ -129,6 +136,10 @@ impl Sim {
     pub fn shutdown_at(&mut self, node: usize, at: Instant) {
         self.push(at, Event::Shutdown(node));
     }
+    /// Tracking (a script's weight, say) sets node's priority adjustment.
+    pub fn priority_adjust_at(&mut self, node: usize, at: Instant, adjust: i32) {
+        self.push(at, Event::PriorityAdjust(node, adjust));
+    }
     /// Put raw advert bytes on the wire from `src` to `to` (forgery).
     pub fn inject_at(&mut self, at: Instant, to: usize, src: IpAddr, advert: &Advert) {
         let dst = mcast_for(src);
@@ -160,6 +171,19 @@ impl Sim {
             let end = self.holders_log.get(k + 1).map_or(to, |(t2, _)| *t2).min(to);
             let start = (*t).max(from);
             if *n == 0 && end > start {
+                total += end - start;
+            }
+        }
+        total
+    }
+
+    /// Total time within `[from, to)` during which more than one node held the VIPs.
+    pub fn dual_held_time(&self, from: Instant, to: Instant) -> Duration {
+        let mut total = Duration::ZERO;
+        for (k, (t, n)) in self.holders_log.iter().enumerate() {
+            let end = self.holders_log.get(k + 1).map_or(to, |(t2, _)| *t2).min(to);
+            let start = (*t).max(from);
+            if *n > 1 && end > start {
                 total += end - start;
             }
         }
@@ -266,6 +290,11 @@ impl Sim {
             Event::Shutdown(i) => {
                 if self.nodes[i].alive {
                     self.nodes[i].m.shutdown(now);
+                }
+            }
+            Event::PriorityAdjust(i, adjust) => {
+                if self.nodes[i].alive {
+                    self.nodes[i].m.set_priority_adjust(now, adjust);
                 }
             }
         }
@@ -620,6 +649,52 @@ mod tests {
                 assert_eq!(c.ignored_not_allowed, 0);
                 assert!(s.nodes[1].m.peers().0.contains(&node_ip(0)));
             }
+        }
+    }
+
+    /// A normal handover in a multicast pair: the master's priority drops below the backup's
+    /// (a track script's weight) and the backup preempts. The master never heard the backup
+    /// while it learned its peers (backups are silent), so the backup is not on its
+    /// allow-list; it must still step down on the backup's adverts as quickly as for a known
+    /// peer (rule 4: one interval), not only once the backup has passed probation (it used to
+    /// take 3 adverts: both held the VIPs for 1.4 s at `advert_int 1`).
+    #[test]
+    fn preempting_an_unlearned_backup_overlaps_one_interval_at_most() {
+        let net = Net {
+            latency_min: Duration::ZERO,
+            latency_max: Duration::from_millis(5),
+            loss_permille: 0,
+        };
+        for (version, int_cs) in [(Version::V2, 100u16), (Version::V3, 100), (Version::V3, 20)] {
+            let mk = |i: usize, p: u8| {
+                let mut c = Config::new(4, node_ip(i), vec![VIP.parse().unwrap()]);
+                c.version = version;
+                c.advert_int_cs = int_cs;
+                c.priority = p;
+                c
+            };
+            let what = format!("{version:?} advert_int {int_cs} cs");
+            let mut s = Sim::new(vec![mk(0, 150), mk(1, 100)], net, 11);
+            s.start_at(0, s.t0);
+            s.start_at(1, s.t0);
+            let drop_at = s.at(Duration::from_secs(60));
+            s.run_until(drop_at);
+            assert_eq!(s.masters(), vec![0], "{what}");
+            assert!(s.nodes[0].m.peers().0.is_empty(), "{what}: the master learned nobody");
+            s.priority_adjust_at(0, drop_at, -60);
+            let end = drop_at + Duration::from_secs(30);
+            s.run_until(end);
+            assert_eq!(s.masters(), vec![1], "{what}");
+            assert_eq!(s.nodes[0].m.state(), State::Backup, "{what}");
+            assert_eq!(s.nodes[0].m.counters().yields_confirmed, 1, "{what}");
+            let interval = Duration::from_millis(10 * u64::from(int_cs));
+            let overlap = s.dual_held_time(drop_at, end);
+            assert!(
+                overlap <= interval + Duration::from_millis(10),
+                "{what}: both held the VIPs for {overlap:?}"
+            );
+            assert_eq!(s.unheld_time(drop_at, end), Duration::ZERO, "{what}");
+            assert_eq!(s.transitions.iter().filter(|t| t.at > drop_at).count(), 2, "{what}");
         }
     }
 
