@@ -8,6 +8,8 @@
 
 use std::{net::IpAddr, time::Instant};
 
+use futures_util::FutureExt as _;
+
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
@@ -18,7 +20,7 @@ use super::{
     garp::{GarpCommand, GarpConfig},
     machine::{Action, Counters, Machine, Reason, State},
     packet::{self, RxOptions, V3Checksum},
-    socket::{Interface, VrrpTransport},
+    socket::{Interface, ReceivedPacket, VrrpTransport},
     sync_group::GroupOrder,
     vip::{VipManager, VirtualIpAddress},
 };
@@ -146,21 +148,15 @@ async fn run<T: VrrpTransport, V: VipManager>(
         let deadline = p.machine.poll_timeout();
         tokio::select! {
             rx = p.transport.recv() => match rx {
-                Ok(pkt) => {
-                    match packet::decode(pkt.src, pkt.dst, pkt.ttl, &pkt.payload, &p.rx_options) {
-                        Ok(r) => p.machine.handle_received(Instant::now(), &r),
-                        Err(e) => {
-                            debug!(instance = %p.name, src = %pkt.src, error = %e, "advert rejected");
-                            p.machine.handle_rx_error(&e);
-                        }
-                    }
-                }
+                Ok(pkt) => receive(&p.name, &mut p.machine, &p.rx_options, &pkt),
                 Err(e) => {
                     warn!(instance = %p.name, error = %e, "VRRP receive failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },
-            _ = sleep_until(deadline) => p.machine.handle_timeout(Instant::now()),
+            _ = sleep_until(deadline) => {
+                on_timeout(&p.name, &p.transport, &mut p.machine, &p.rx_options)
+            }
             cmd = commands.recv() => match cmd {
                 Some(InstanceCommand::Shutdown) | None => {
                     stopping = true;
@@ -182,6 +178,37 @@ async fn run<T: VrrpTransport, V: VipManager>(
     }
     let _ = p.garp.send(GarpCommand::LeaveMaster).await;
     info!(instance = %p.name, "stopped");
+}
+
+/// Most packets [`on_timeout`] reads before acting on a timeout, so a flood of packets cannot
+/// hold the timers back.
+const DRAIN_MAX: usize = 64;
+
+/// Decodes one received packet and hands it to the machine.
+fn receive(name: &str, machine: &mut Machine, opts: &RxOptions, pkt: &ReceivedPacket) {
+    match packet::decode(pkt.src, pkt.dst, pkt.ttl, &pkt.payload, opts) {
+        Ok(r) => machine.handle_received(Instant::now(), &r),
+        Err(e) => {
+            debug!(instance = %name, src = %pkt.src, error = %e, "advert rejected");
+            machine.handle_rx_error(&e);
+        }
+    }
+}
+
+/// A timer is due. After a stall longer than Master_Down_Interval (the task not run: a VM
+/// paused, an overloaded host) the master's adverts may be queued behind the expired down
+/// timer, and `select!` picks among ready branches at random: a backup went MASTER (VIPs,
+/// GARP) and then yielded. So the packets already waiting (at most [`DRAIN_MAX`]) are
+/// handled first, without waiting for more.
+fn on_timeout<T: VrrpTransport>(name: &str, t: &T, machine: &mut Machine, opts: &RxOptions) {
+    for _ in 0..DRAIN_MAX {
+        match t.recv().now_or_never() {
+            Some(Ok(pkt)) => receive(name, machine, opts, &pkt),
+            // An error is reported by the receive branch of the loop.
+            Some(Err(_)) | None => break,
+        }
+    }
+    machine.handle_timeout(Instant::now());
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -417,7 +444,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::vrrp::packet::{Advert, Auth, DecodeError, Version};
+    use crate::vrrp::packet::{Advert, Auth, DecodeError, Version, VRRP_MCAST_V4};
 
     fn instance(extra: &str) -> crate::config::VrrpInstance {
         let text = format!(
@@ -453,5 +480,61 @@ mod tests {
         let multicast = rx_options(&instance(""));
         assert_eq!(multicast, RxOptions::default());
         assert_eq!(decode(&multicast), Err(DecodeError::BadHopLimit(64)));
+    }
+
+    /// A transport whose packets were queued before it is read.
+    struct Queued(std::sync::Mutex<std::collections::VecDeque<ReceivedPacket>>);
+
+    impl VrrpTransport for Queued {
+        fn source(&self) -> IpAddr {
+            IpAddr::from([192, 0, 2, 1])
+        }
+        fn destinations(&self) -> &[IpAddr] {
+            &[]
+        }
+        async fn send(&self, _: IpAddr, _: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+        async fn recv(&self) -> std::io::Result<ReceivedPacket> {
+            let next = self.0.lock().unwrap().pop_front();
+            match next {
+                Some(p) => Ok(p),
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// After a stall longer than Master_Down_Interval, the master's advert waiting on the
+    /// socket is read before the expired down timer is acted on: the backup stays BACKUP
+    /// instead of going MASTER (and yielding a moment later).
+    #[test]
+    fn adverts_queued_behind_an_expired_timer_are_read_first() {
+        let (master, me) = (Ipv4Addr::new(192, 0, 2, 9), Ipv4Addr::new(192, 0, 2, 1));
+        let vip = IpAddr::from([192, 0, 2, 100]);
+        let mut c = crate::vrrp::machine::Config::new(51, me.into(), vec![vip]);
+        c.version = Version::V3;
+        c.unicast_peers = vec![master.into()];
+        let mut m = Machine::new(c).unwrap();
+        // Started (its down timer armed) 10 s ago, and not run since.
+        m.start(Instant::now().checked_sub(std::time::Duration::from_secs(10)).unwrap());
+        while m.poll_action().is_some() {}
+        assert!(m.poll_timeout().unwrap() <= Instant::now(), "the down timer expired");
+        let advert = Advert {
+            version: Version::V3,
+            vrid: 51,
+            priority: 200,
+            adver_int_cs: 100,
+            addrs: vec![vip],
+            auth: Auth::None,
+        };
+        let group = IpAddr::V4(VRRP_MCAST_V4);
+        let payload = advert.encode(master.into(), group, V3Checksum::PseudoHeader).unwrap();
+        let pkt = ReceivedPacket { src: master.into(), dst: group, ttl: 255, ifindex: 2, payload };
+        let t = Queued(std::sync::Mutex::new([pkt].into()));
+        on_timeout("VI_1", &t, &mut m, &RxOptions::default());
+        assert_eq!(m.state(), State::Backup);
+        assert_eq!(m.counters().became_master, 0);
+        assert_eq!(m.current_master(), Some(master.into()));
+        assert!(t.0.lock().unwrap().is_empty());
     }
 }
