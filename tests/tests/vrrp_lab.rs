@@ -108,6 +108,54 @@ fn kill_9_master_backup_answers_within_master_down_interval() {
     assert!(outage <= mdi + Duration::from_millis(100), "outage {outage:?} > MDI + 100 ms");
 }
 
+/// An IPv6 VRRP advert frame's traffic class.
+fn vrrp6_traffic_class(f: &[u8]) -> Option<u8> {
+    (f.len() >= 14 + 40 + 8 && f[12..14] == [0x86, 0xdd] && f[14 + 6] == 112)
+        .then(|| (f[14] & 0x0f) << 4 | f[15] >> 4)
+}
+
+/// Adverts go out as keepalived sends them: IPv4 TOS and IPv6 traffic class 0xc0
+/// (precedence 6, internetwork control: DSCP CS6), so QoS on the path queues them ahead of
+/// data traffic. (The socket's SO_PRIORITY, 6, is not visible on the wire.)
+#[test]
+fn adverts_carry_the_network_control_tos_and_traffic_class() {
+    let mut t = DirectorLab::build(Mode::Dr, 1, 0).unwrap();
+    let s = Scratch::new("vrrptos").unwrap();
+    let d1 = t.directors[0].clone();
+    let v6 = r#"
+[[vrrp_instance]]
+name = "VI_6"
+interface = "eth0"
+virtual_router_id = 52
+priority = 150
+advert_int = 0.1
+virtual_ipaddress = ["fe80::52/64", "fd48:4c42::200/64"]
+"#;
+    // The link-local source of IPv6 adverts, usable at once (no DAD wait).
+    d1.ip(&["addr", "add", "fe80::d1/64", "dev", "eth0", "nodad"]).unwrap();
+    let front = Capture::start(&t.client, "eth0", |f| {
+        vrrp_of(f).is_some() || vrrp6_traffic_class(f).is_some()
+    });
+    let a = HaLb::start(&mut t.lab, &d1, &s, "d1", &conf("d1", 150, 0.1, v6)).unwrap();
+    eventually(Duration::from_secs(5), "both instances MASTER", || {
+        a.state("VI_1").as_deref() == Some("MASTER") && a.state("VI_6").as_deref() == Some("MASTER")
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let frames = front.stop();
+    let tos4: Vec<u8> =
+        frames.iter().filter(|(_, f)| vrrp_of(f).is_some()).map(|(_, f)| f[15]).collect();
+    let tclass6: Vec<u8> = frames.iter().filter_map(|(_, f)| vrrp6_traffic_class(f)).collect();
+    assert!(
+        tos4.len() >= 3 && tclass6.len() >= 3,
+        "adverts seen: {} IPv4, {} IPv6",
+        tos4.len(),
+        tclass6.len()
+    );
+    assert!(tos4.iter().all(|t| *t == 0xc0), "IPv4 TOS: {tos4:x?}");
+    assert!(tclass6.iter().all(|t| *t == 0xc0), "IPv6 traffic class: {tclass6:x?}");
+}
+
 /// The addresses a VRRP advert frame (IPv4, no authentication) carries.
 fn advert_addrs(f: &[u8]) -> Vec<Ipv4Addr> {
     let ihl = (f[14] & 0x0f) as usize * 4;

@@ -31,6 +31,13 @@ pub const VRRP_MCAST_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
 pub const VRRP_MCAST_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
 /// TTL / hop limit of every VRRP packet sent (RFC 5798 §5.1.1.3, §5.1.2.3).
 pub const VRRP_TTL: u8 = 255;
+/// IPv4 TOS / IPv6 traffic class of every advert: precedence 6, "internetwork control"
+/// (DSCP CS6), as keepalived sends them (`IPTOS_PREC_INTERNETCONTROL`), so that QoS on the
+/// path queues adverts ahead of data traffic and a loaded link does not fake a dead master.
+pub const VRRP_TOS: u8 = 0xc0;
+/// `SO_PRIORITY` of the socket: `TC_PRIO_INTERACTIVE`, the value keepalived used, so the
+/// host's own queueing disciplines send adverts before bulk traffic too.
+pub const VRRP_SO_PRIORITY: i32 = 6;
 
 /// Receive buffer: a VRRP message is at most 8 + 255 * 16 bytes plus the IP header, but a
 /// jumbo-sized buffer lets us see (and drop) anything oversized instead of truncating silently.
@@ -151,6 +158,16 @@ impl RawVrrpSocket {
         sock.bind_device(Some(config.interface.name.as_bytes()))
             .map_err(io_err("SO_BINDTODEVICE"))?;
         let ifindex = config.interface.index;
+        // TOS / traffic class before SO_PRIORITY: setting IP_TOS also sets the socket's
+        // priority on some kernels.
+        let (tos_level, tos_name, tos_op) = if v6 {
+            (libc::IPPROTO_IPV6, libc::IPV6_TCLASS, "IPV6_TCLASS")
+        } else {
+            (libc::IPPROTO_IP, libc::IP_TOS, "IP_TOS")
+        };
+        setsockopt_int(&sock, tos_level, tos_name, i32::from(VRRP_TOS)).map_err(io_err(tos_op))?;
+        setsockopt_int(&sock, libc::SOL_SOCKET, libc::SO_PRIORITY, VRRP_SO_PRIORITY)
+            .map_err(io_err("SO_PRIORITY"))?;
         if v6 {
             sock.set_multicast_hops_v6(u32::from(VRRP_TTL))
                 .map_err(io_err("IPV6_MULTICAST_HOPS"))?;
