@@ -1334,23 +1334,30 @@ impl Daemon {
     }
 
     /// Sends each instance its (fault, adjustment) when it changed. Sync groups fault
-    /// together: one member in FAULT puts every member in FAULT.
+    /// together: one member in FAULT, or one that cannot start, puts every member in FAULT
+    /// ([`crate::vrrp::sync_group::group_fault`]).
     async fn apply_tracking(&mut self) {
-        let mut group_fault: BTreeMap<String, bool> = BTreeMap::new();
+        let mut group_fault: BTreeMap<String, Option<String>> = BTreeMap::new();
         for g in &self.config.vrrp_sync_groups {
-            let f = g
-                .group
-                .iter()
-                .any(|m| self.instances.get(m).map(|r| r.tracker.result().0).unwrap_or(false));
+            let f = crate::vrrp::sync_group::group_fault(
+                &g.group,
+                |m| self.instances.get(m).map(|r| r.tracker.result().0).unwrap_or(false),
+                |m| self.start_failed.contains(m),
+            );
             group_fault.insert(g.name.clone(), f);
         }
         for (name, r) in self.instances.iter_mut() {
             let (own_fault, adjust, why) = r.tracker.result();
             let group = self.config.sync_group_of(name).map(|g| g.name.clone());
-            let fault = own_fault || group.as_ref().map(|g| group_fault[g]).unwrap_or(false);
+            let group_why = group.as_ref().and_then(|g| group_fault[g].clone());
+            let fault = own_fault || group_why.is_some();
             r.fault_reason = fault.then(|| {
                 if why.is_empty() {
-                    format!("sync group {}", group.clone().unwrap_or_default())
+                    format!(
+                        "sync group {}: {}",
+                        group.clone().unwrap_or_default(),
+                        group_why.clone().unwrap_or_default()
+                    )
                 } else {
                     why.join(", ")
                 }

@@ -381,3 +381,51 @@ fn reload_adding_a_member_restarts_its_group() {
         || format!("d1 kept the public VIP\n{}", a.log_text()),
     );
 }
+
+/// keepalived starts an instance that cannot run (its interface missing or without an address)
+/// in FAULT, and a sync group is in FAULT while any member is. Here a reload adds a member on
+/// an interface without an address yet: its start fails (retried every 5 s), and the other
+/// member goes to FAULT, naming it, instead of waiting BACKUP for it for ever with the group's
+/// VIP held nowhere on this node. Once the address is there, the member starts and the group
+/// is MASTER again.
+#[test]
+fn a_member_that_cannot_start_puts_its_group_in_fault() {
+    let mut t = DirectorLab::build(Mode::Nat, 1, 0).unwrap();
+    let s = Scratch::new("syncfault").unwrap();
+    let d1 = t.directors[0].clone();
+    let public = ("VI_PUBLIC", "eth0", 51, 150, VIP);
+    let late = ("VI_LATE", "late0", 53, 150, "198.18.9.100");
+    let a =
+        HaLb::start(&mut t.lab, &d1, &s, "d1", &instances_conf("d1", &[public], &["VI_PUBLIC"]))
+            .unwrap();
+    eventually(Duration::from_secs(5), "d1 holds the public VIP", || holds(&d1, "eth0", VIP))
+        .unwrap();
+
+    d1.ip(&["link", "add", "late0", "type", "veth", "peer", "name", "late1"]).unwrap();
+    d1.ip(&["link", "set", "late1", "up"]).unwrap();
+    d1.ip(&["link", "set", "late0", "up"]).unwrap();
+    let grown = instances_conf("d1", &[public, late], &["VI_PUBLIC", "VI_LATE"]);
+    std::fs::write(&a.config, grown.replace("{socket}", &a.socket.display().to_string())).unwrap();
+    t.lab.signal(a.pid, libc::SIGHUP).unwrap();
+    eventually(Duration::from_secs(5), "VI_PUBLIC in FAULT", || {
+        a.state("VI_PUBLIC").as_deref() == Some("FAULT")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_text()));
+    assert!(!holds(&d1, "eth0", VIP), "a member in FAULT holds no VIP");
+    let log = a.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("VI_PUBLIC")
+            && l.contains("VI_LATE cannot start")),
+        "no WARN naming the member that cannot start\n{log}"
+    );
+
+    // The address appears: the member starts on a retry, and the group runs again.
+    d1.ip(&["addr", "add", "198.18.9.1/24", "dev", "late0"]).unwrap();
+    eventually(Duration::from_secs(15), "both members MASTER", || {
+        a.state("VI_PUBLIC").as_deref() == Some("MASTER")
+            && a.state("VI_LATE").as_deref() == Some("MASTER")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_text()));
+    assert!(holds(&d1, "eth0", VIP));
+}

@@ -4,7 +4,7 @@
 //! orders for members. The daemon delivers them ([`Machine::sync_group_master`] /
 //! [`Machine::sync_group_backup`]).
 //!
-//! The rules (FAULT is shared by the daemon's tracking, not here):
+//! The rules (FAULT is shared by the daemon's tracking, with [`group_fault`]):
 //! - **MASTER together**: a member that would become MASTER waits until every other member
 //!   is MASTER or would be too, then they all go. keepalived: "only sync to master if
 //!   everyone wants to, i.e. prefer backup state to avoid thrashing". A node that still
@@ -186,6 +186,31 @@ impl SyncGroups {
     }
 }
 
+/// keepalived's FAULT for a sync group: the group is in FAULT while any member is, and a
+/// member that cannot run (its start failed: interface missing, no address to send from,
+/// socket not opened; the daemon retries it) counts as in FAULT, as keepalived starts such an
+/// instance in FAULT. Otherwise the other members would wait for it for ever, BACKUP and
+/// ready, and hold no VIP even when the peer node dies, with nothing in FAULT to say why.
+/// Returns why the group is in FAULT (naming those members), or `None`.
+pub fn group_fault(
+    group: &[String],
+    in_fault: impl Fn(&str) -> bool,
+    cannot_start: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let names = |f: &dyn Fn(&str) -> bool| -> Vec<&str> {
+        group.iter().map(String::as_str).filter(|m| f(m)).collect()
+    };
+    let (failed, faulty) = (names(&cannot_start), names(&in_fault));
+    let mut why = Vec::new();
+    if !failed.is_empty() {
+        why.push(format!("{} cannot start", failed.join(",")));
+    }
+    if !faulty.is_empty() {
+        why.push(format!("{} in FAULT", faulty.join(",")));
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
 /// `group`'s members other than `instance`.
 fn without(group: &[String], instance: &str) -> Vec<String> {
     group.iter().filter(|m| *m != instance).cloned().collect()
@@ -305,6 +330,26 @@ mod tests {
         g.on_state("c", Initialize, Fault, &Reason::FaultSet);
         assert!(g.on_ready("b", true).is_empty(), "c is in FAULT");
         assert_eq!(g.waiting_for("a"), Some(("g".into(), vec!["c".into()])));
+    }
+
+    /// A member that cannot start (interface missing, socket not opened) never reports: it
+    /// holds its group (no MASTER without it), and puts the group in FAULT, named, as
+    /// keepalived does, rather than leaving the others BACKUP waiting for it silently.
+    #[test]
+    fn a_member_that_cannot_start_faults_its_group() {
+        let members = ["a".to_string(), "b".to_string()];
+        let mut g = SyncGroups::new([("g", &members[..])]);
+        assert!(g.on_state("a", Initialize, Backup, &Reason::Startup).is_empty());
+        assert!(g.on_ready("a", true).is_empty(), "b never started");
+        assert_eq!(g.waiting_for("a"), Some(("g".into(), vec!["b".into()])));
+        let none = |_: &str| false;
+        assert_eq!(group_fault(&members, none, |m| m == "b"), Some("b cannot start".into()));
+        assert_eq!(group_fault(&members, |m| m == "a", none), Some("a in FAULT".into()));
+        assert_eq!(
+            group_fault(&members, |m| m == "a", |m| m == "b"),
+            Some("b cannot start; a in FAULT".into())
+        );
+        assert_eq!(group_fault(&members, none, none), None);
     }
 
     #[test]
