@@ -53,6 +53,19 @@ const SYNC_RECV_BATCH: usize = 63;
 /// Notify hooks get this long before their process group is killed.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// An instance task stopping (make-before-break) for a restart or because a reload removed
+/// it.
+struct Handover {
+    /// The old task's command sender. Kept: the task reads a closed channel as a second
+    /// Shutdown (VIPs off at once), and [`Daemon::stop_all`] forces it through this.
+    commands: mpsc::Sender<InstanceCommand>,
+    /// Waits for the old task to end, then reports it on `restart_tx`.
+    waiter: JoinHandle<()>,
+    /// The configuration the old task runs with: its VRID stays in the VRRP filter (the
+    /// peer's takeover advert must reach it) and its VIPs' services stay until it ends.
+    cfg: VrrpInstance,
+}
+
 struct Running {
     handle: InstanceHandle,
     cfg: VrrpInstance,
@@ -304,7 +317,10 @@ pub struct Daemon {
     instances: BTreeMap<String, Running>,
     /// Instances being stopped for a restart (reload changed their VRRP parameters) or
     /// because a reload removed them: none of that name starts until the old task has ended.
-    restarting: BTreeSet<String>,
+    restarting: BTreeMap<String, Handover>,
+    /// Services a reload removed whose VIP a stopping instance still holds: served until it
+    /// has handed the VIP over (see [`Self::reconcile`]).
+    lingering: Vec<DesiredService>,
     /// The configuration those old tasks run with, for the notify hooks of their last
     /// events (STOP): the running configuration may no longer have them.
     stopping: BTreeMap<String, VrrpInstance>,
@@ -342,7 +358,7 @@ pub struct Daemon {
     scripts_not_runnable: Vec<String>,
     events_tx: mpsc::Sender<InstanceEvent>,
     track_tx: mpsc::Sender<TrackUpdate>,
-    restart_tx: mpsc::Sender<String>,
+    restart_tx: mpsc::UnboundedSender<String>,
     /// Connection sync (`lvs_sync_daemon`): what has been sent, what is owed, when to resend
     /// (see `sync::Session`).
     sync: crate::sync::Session,
@@ -583,49 +599,16 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         }
     };
 
-    let (events_tx, mut events_rx) = mpsc::channel(256);
-    let (track_tx, mut track_rx) = mpsc::channel(256);
-    let (restart_tx, mut restart_rx) = mpsc::channel(16);
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<control::Incoming>(16);
     let ctl = tokio::spawn(control::serve(listener, ctl_tx));
-
-    let (health, mut health_rx) =
-        HealthChecker::start(CheckTarget::from_config(&config), health_options(&config));
-    let reconciler = Reconciler::new(config.clone());
-    let mut d = Daemon {
-        config_path,
-        config: config.clone(),
-        started: Instant::now(),
-        rtnl,
-        instances: BTreeMap::new(),
-        restarting: BTreeSet::new(),
-        stopping: BTreeMap::new(),
-        start_failed: BTreeSet::new(),
-        link_up: BTreeMap::new(),
-        script_ok: BTreeMap::new(),
-        file_value: BTreeMap::new(),
-        ifnames: BTreeMap::new(),
-        track_tasks: BTreeMap::new(),
-        group_state: BTreeMap::new(),
-        sync_groups: SyncGroups::new(sync_group_members(&config)),
-        inst_state: BTreeMap::new(),
-        notify_tasks: Vec::new(),
-        health,
-        reconciler,
-        desired: Vec::new(),
-        applied_once: false,
-        dataplane,
-        filter: None,
-        reloads: 0,
-        reloads_rejected: 0,
-        scripts_not_runnable,
-        events_tx,
-        track_tx,
-        restart_tx,
-        sync: crate::sync::Session::new(),
-        sync_counters: BTreeMap::new(),
-        sync_ipvs_v0_told: false,
-    };
+    let (mut d, rx) = Daemon::new(config_path, config.clone(), rtnl, dataplane);
+    let Receivers {
+        events: mut events_rx,
+        track: mut track_rx,
+        restart: mut restart_rx,
+        health: mut health_rx,
+    } = rx;
+    d.scripts_not_runnable = scripts_not_runnable;
     d.reconcile("start-up");
     d.attach_filter();
     for inst in config.vrrp_instances.clone() {
@@ -808,7 +791,66 @@ fn run_notify(
     running
 }
 
+/// What the event loop reads besides signals and the control socket.
+struct Receivers {
+    events: mpsc::Receiver<InstanceEvent>,
+    track: mpsc::Receiver<TrackUpdate>,
+    restart: mpsc::UnboundedReceiver<String>,
+    health: mpsc::Receiver<HealthEvent>,
+}
+
 impl Daemon {
+    /// Nothing started yet but the health checker.
+    fn new(
+        config_path: PathBuf,
+        config: Arc<Config>,
+        rtnl: Rtnl,
+        dataplane: Plane,
+    ) -> (Daemon, Receivers) {
+        let (events_tx, events) = mpsc::channel(256);
+        let (track_tx, track) = mpsc::channel(256);
+        // Unbounded: a handover's waiter must not block on it (see `stop_all`).
+        let (restart_tx, restart) = mpsc::unbounded_channel();
+        let (health, health_rx) =
+            HealthChecker::start(CheckTarget::from_config(&config), health_options(&config));
+        let d = Daemon {
+            config_path,
+            config: config.clone(),
+            started: Instant::now(),
+            rtnl,
+            instances: BTreeMap::new(),
+            restarting: BTreeMap::new(),
+            lingering: Vec::new(),
+            stopping: BTreeMap::new(),
+            start_failed: BTreeSet::new(),
+            link_up: BTreeMap::new(),
+            script_ok: BTreeMap::new(),
+            file_value: BTreeMap::new(),
+            ifnames: BTreeMap::new(),
+            track_tasks: BTreeMap::new(),
+            group_state: BTreeMap::new(),
+            sync_groups: SyncGroups::new(sync_group_members(&config)),
+            inst_state: BTreeMap::new(),
+            notify_tasks: Vec::new(),
+            health,
+            reconciler: Reconciler::new(config),
+            desired: Vec::new(),
+            applied_once: false,
+            dataplane,
+            filter: None,
+            reloads: 0,
+            reloads_rejected: 0,
+            scripts_not_runnable: Vec::new(),
+            events_tx,
+            track_tx,
+            restart_tx,
+            sync: crate::sync::Session::new(),
+            sync_counters: BTreeMap::new(),
+            sync_ipvs_v0_told: false,
+        };
+        (d, Receivers { events, track, restart, health: health_rx })
+    }
+
     /// With kernel IPVS, `lvs_sync_daemon` is the kernel's own sync thread, as keepalived
     /// runs it: master while the synced instance is MASTER, backup otherwise. Called on
     /// every state change and from housekeeping. The switch itself is made on a thread of
@@ -1089,7 +1131,8 @@ impl Daemon {
         if let Plane::Xdp(x) = &mut self.dataplane {
             // Chained behind the forwarding program; only its VRID map needs filling.
             let ifaces: BTreeSet<String> = x.interfaces().into_iter().map(|(n, _)| n).collect();
-            if let Err(e) = update_vrids(&self.config, &self.ifnames, x.bpf_mut(), &ifaces) {
+            let insts = &self.config.vrrp_instances;
+            if let Err(e) = update_vrids(insts, &self.ifnames, x.bpf_mut(), &ifaces) {
                 warn!(error = %e, "filling the VRRP filter's VRID map failed");
             }
             return;
@@ -1119,7 +1162,8 @@ impl Daemon {
             }
         }
         let mut f = Filter { bpf: b, interfaces: attached };
-        if let Err(e) = update_vrids(&self.config, &self.ifnames, &mut f.bpf, &f.interfaces) {
+        let insts: Vec<VrrpInstance> = self.vrid_instances().into_iter().cloned().collect();
+        if let Err(e) = update_vrids(&insts, &self.ifnames, &mut f.bpf, &f.interfaces) {
             warn!(error = %e, "filling the VRRP filter's VRID map failed; detaching it");
             return;
         }
@@ -1524,6 +1568,14 @@ impl Daemon {
                 );
             }
         }
+        // A removed service stays while a stopping instance holds its VIP (clients would get
+        // resets from this node meanwhile): it goes once that instance has handed over.
+        let held: BTreeSet<std::net::IpAddr> =
+            (self.restarting.values()).flat_map(|h| h.cfg.all_vips().map(|v| v.addr)).collect();
+        self.lingering
+            .retain(|l| held.contains(&l.key.address) && !desired.iter().any(|d| d.key == l.key));
+        let mut desired = desired;
+        desired.extend(self.lingering.iter().cloned());
         if desired == self.desired && self.applied_once {
             return;
         }
@@ -1649,7 +1701,7 @@ impl Daemon {
         restart.extend(grown.iter().copied());
         for inst in &new.vrrp_instances {
             match self.instances.get_mut(&inst.name) {
-                None if !self.restarting.contains(&inst.name) => {
+                None if !self.restarting.contains_key(&inst.name) => {
                     self.start_or_retry(inst).await;
                 }
                 None => {}
@@ -1686,19 +1738,15 @@ impl Daemon {
         }
         self.apply_tracking().await;
         self.send_group_orders(group_orders).await;
-        let res = match (&mut self.dataplane, &mut self.filter) {
-            (Plane::Xdp(x), _) => {
-                let ifaces: BTreeSet<String> = x.interfaces().into_iter().map(|(n, _)| n).collect();
-                update_vrids(&self.config, &self.ifnames, x.bpf_mut(), &ifaces)
-            }
-            (_, Some(f)) => update_vrids(&self.config, &self.ifnames, &mut f.bpf, &f.interfaces),
-            _ => Ok(()),
-        };
-        if let Err(e) = res {
-            warn!(error = %e, "updating the VRRP filter's VRIDs failed");
-        }
+        self.refresh_vrids();
         // With the new script user: MISC_CHECK and notify_up/notify_down use it from now on.
         self.health.reload(CheckTarget::from_config(&new), new.global.script_user.clone());
+        // Services the reload removed stay while a stopping instance holds their VIP
+        // (`reconcile` drops them once it does not).
+        self.lingering = (self.desired.iter())
+            .filter(|d| new.virtual_server(&d.key).is_none())
+            .cloned()
+            .collect();
         self.reconciler.set_config(new);
         self.reconcile("reload");
         self.reloads += 1;
@@ -1707,25 +1755,60 @@ impl Daemon {
         Ok(())
     }
 
+    /// The instances whose VRIDs the VRRP filter passes: the configured ones and the old
+    /// tasks still handing over (a reload removed them or changed their VRID or version:
+    /// the peer's takeover advert must still reach them, or they hold the VIP until their
+    /// stop timeout).
+    fn vrid_instances(&self) -> Vec<&VrrpInstance> {
+        self.config.vrrp_instances.iter().chain(self.restarting.values().map(|h| &h.cfg)).collect()
+    }
+
+    /// Makes the VRRP filter's VRID map match [`Self::vrid_instances`].
+    fn refresh_vrids(&mut self) {
+        let insts: Vec<VrrpInstance> = self.vrid_instances().into_iter().cloned().collect();
+        let res = match (&mut self.dataplane, &mut self.filter) {
+            (Plane::Xdp(x), _) => {
+                let ifaces: BTreeSet<String> = x.interfaces().into_iter().map(|(n, _)| n).collect();
+                update_vrids(&insts, &self.ifnames, x.bpf_mut(), &ifaces)
+            }
+            (_, Some(f)) => update_vrids(&insts, &self.ifnames, &mut f.bpf, &f.interfaces),
+            _ => Ok(()),
+        };
+        if let Err(e) = res {
+            warn!(error = %e, "updating the VRRP filter's VRIDs failed");
+        }
+    }
+
     /// Stops instance `name` (make-before-break) and, once its task has ended,
     /// [`Self::finish_restart`] starts it again if the configuration still has it.
+    /// The command sender is kept (in [`Handover`]) until the task has ended: dropping it
+    /// would read as a second Shutdown, which removes the VIPs at once.
     async fn stop_for_restart(&mut self, name: &str) {
         let Some(r) = self.instances.remove(name) else { return };
         let _ = r.handle.commands.send(InstanceCommand::Shutdown).await;
-        self.restarting.insert(name.to_string());
-        self.stopping.insert(name.to_string(), r.cfg);
+        self.stopping.insert(name.to_string(), r.cfg.clone());
         let tx = self.restart_tx.clone();
-        let name = name.to_string();
-        tokio::spawn(async move {
-            let _ = r.handle.task.await;
-            let _ = tx.send(name).await;
+        let task = r.handle.task;
+        let who = name.to_string();
+        let waiter = tokio::spawn(async move {
+            let _ = task.await;
+            let _ = tx.send(who);
         });
+        self.restarting
+            .insert(name.to_string(), Handover { commands: r.handle.commands, waiter, cfg: r.cfg });
     }
 
     async fn finish_restart(&mut self, name: &str) {
         // (`stopping` keeps the old configuration until the old task's last event has been
         // handled, which may come after this: see `on_instance_event`.)
-        self.restarting.remove(name);
+        if self.restarting.remove(name).is_none() {
+            return;
+        }
+        // Its VRID, unless still configured, leaves the filter; services it kept go.
+        self.refresh_vrids();
+        if !self.lingering.is_empty() {
+            self.reconcile("handover done");
+        }
         if let Some(inst) = self.config.vrrp_instance(name).cloned() {
             self.start_or_retry(&inst).await;
             self.apply_tracking().await;
@@ -1753,7 +1836,7 @@ impl Daemon {
         let names: Vec<String> = std::mem::take(&mut self.start_failed).into_iter().collect();
         let mut started = false;
         for name in names {
-            if self.instances.contains_key(&name) || self.restarting.contains(&name) {
+            if self.instances.contains_key(&name) || self.restarting.contains_key(&name) {
                 continue;
             }
             let Some(inst) = self.config.vrrp_instance(&name).cloned() else { continue };
@@ -1771,14 +1854,20 @@ impl Daemon {
 
     /// Graceful stop: every instance hands over (priority 0, make-before-break), then the
     /// XDP programs are detached.
+    /// Instances still handing over after a reload are waited for too (they got their
+    /// Shutdown then), with the same bound.
     async fn stop_all(&mut self, mut force: tokio::sync::watch::Receiver<bool>) {
-        let bound =
-            self.config.vrrp_instances.iter().map(|i| i.advert_int * 5).max().unwrap_or_default()
-                + Duration::from_secs(2);
+        let bound = (self.vrid_instances().iter().map(|i| i.advert_int * 5).max())
+            .unwrap_or_default()
+            + Duration::from_secs(2);
         let mut tasks = Vec::new();
         for (_, r) in std::mem::take(&mut self.instances) {
             let _ = r.handle.commands.send(InstanceCommand::Shutdown).await;
             tasks.push((r.handle.name, r.handle.commands, r.handle.task));
+        }
+        // (Their waiter ends with the task: it only reports the end, on an unbounded channel.)
+        for (name, h) in std::mem::take(&mut self.restarting) {
+            tasks.push((name, h.commands, h.waiter));
         }
         let deadline = tokio::time::Instant::now() + bound;
         for (name, commands, mut task) in tasks {
@@ -1859,7 +1948,7 @@ impl Daemon {
                 state: snap
                     .as_ref()
                     .map(|s| s.state.as_str())
-                    .unwrap_or(if self.restarting.contains(&inst.name) {
+                    .unwrap_or(if self.restarting.contains_key(&inst.name) {
                         "RESTART"
                     } else {
                         "STOP"
@@ -1984,16 +2073,26 @@ fn rs_counters(
     }
 }
 
-/// Makes the VRRP filter's VRID map match the instances on `interfaces`.
+/// Makes the VRRP filter's VRID map match the instances (`insts`) on `interfaces`.
 fn update_vrids(
-    config: &Config,
+    insts: &[VrrpInstance],
     ifnames: &BTreeMap<u32, String>,
     b: &mut bpf::Bpf,
     interfaces: &BTreeSet<String>,
 ) -> Result<()> {
+    bpf::vrrp_filter::set_vrids(b, &vrid_map(insts, ifnames, interfaces))?;
+    Ok(())
+}
+
+/// The VRRP filter's VRID map for the instances `insts` on `interfaces`.
+fn vrid_map(
+    insts: &[VrrpInstance],
+    ifnames: &BTreeMap<u32, String>,
+    interfaces: &BTreeSet<String>,
+) -> BTreeMap<ha_lb_common::vrrp::VrrpVridKey, ha_lb_common::vrrp::VrrpVridValue> {
     use ha_lb_common::vrrp::{version_bit, VrrpVridKey, VrrpVridValue, FAMILY_V4, FAMILY_V6};
     let mut wanted: BTreeMap<VrrpVridKey, VrrpVridValue> = BTreeMap::new();
-    for i in &config.vrrp_instances {
+    for i in insts {
         if !interfaces.contains(&i.interface) {
             continue;
         }
@@ -2014,8 +2113,7 @@ fn update_vrids(
             e.unicast = 1;
         }
     }
-    bpf::vrrp_filter::set_vrids(b, &wanted)?;
-    Ok(())
+    wanted
 }
 
 /// The sync groups of `config` as (name, members).
@@ -2188,5 +2286,183 @@ notify_master = "/nonexistent/promote.sh"
         assert_eq!(route_dev(&r, "198.18.0.10".parse().unwrap()), Some("eth0"));
         assert_eq!(route_dev(&r, "192.0.2.1".parse().unwrap()), Some("eth0"), "default route");
         assert_eq!(route_dev(&parse_routes("Iface\n"), "192.0.2.1".parse().unwrap()), None);
+    }
+}
+
+#[cfg(test)]
+mod lifecycle_tests {
+    use super::*;
+
+    /// A daemon on the configuration `text` (written to a file of its own), nothing started.
+    pub(super) fn daemon(text: &str, plane: Plane) -> (Daemon, Receivers, TempConfig) {
+        let file = TempConfig::new(text);
+        let (config, _) = load_here_logged(&file.path, &[]).unwrap();
+        let (d, rx) = Daemon::new(file.path.clone(), Arc::new(config), Rtnl::new().unwrap(), plane);
+        (d, rx, file)
+    }
+
+    /// A configuration file removed when dropped.
+    pub(super) struct TempConfig {
+        pub path: PathBuf,
+    }
+    impl TempConfig {
+        fn new(text: &str) -> TempConfig {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "hlb-daemon-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("c.toml");
+            std::fs::write(&path, text).unwrap();
+            TempConfig { path }
+        }
+        pub fn write(&self, text: &str) {
+            std::fs::write(&self.path, text).unwrap();
+        }
+    }
+    impl Drop for TempConfig {
+        fn drop(&mut self) {
+            if let Some(dir) = self.path.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    /// What a fake instance task was told, and how to end it.
+    pub(super) struct Fake {
+        pub seen: mpsc::UnboundedReceiver<String>,
+        pub end: tokio::sync::oneshot::Sender<()>,
+    }
+
+    /// Runs a fake task for instance `name` of the daemon's configuration: it records every
+    /// command (a closed channel as "closed") and ends when told to, or on "closed".
+    pub(super) fn fake_instance(d: &mut Daemon, name: &str, state: State) -> Fake {
+        let (cmd_tx, mut cmd_rx) = mpsc::channel(16);
+        let (seen_tx, seen) = mpsc::unbounded_channel();
+        let (end, mut end_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    c = cmd_rx.recv() => match c {
+                        Some(c) => { let _ = seen_tx.send(command_name(&c)); }
+                        None => { let _ = seen_tx.send("closed".into()); return; }
+                    },
+                    _ = &mut end_rx => return,
+                }
+            }
+        });
+        let cfg = d.config.vrrp_instance(name).unwrap().clone();
+        let snap = instance::InstanceSnapshot {
+            state,
+            effective_priority: cfg.priority,
+            master: None,
+            counters: Default::default(),
+        };
+        let (_tx, snapshot) = tokio::sync::watch::channel(snap);
+        d.instances.insert(
+            name.into(),
+            Running {
+                handle: InstanceHandle { name: name.into(), commands: cmd_tx, snapshot, task },
+                cfg,
+                tracker: Tracker::default(),
+                sent: (false, 0),
+                fault_reason: None,
+            },
+        );
+        Fake { seen, end }
+    }
+
+    fn command_name(c: &InstanceCommand) -> String {
+        let s = format!("{c:?}");
+        s.split(['(', ' ']).next().unwrap_or_default().to_string()
+    }
+
+    pub(super) fn drain(rx: &mut mpsc::UnboundedReceiver<String>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(s) = rx.try_recv() {
+            out.push(s);
+        }
+        out
+    }
+
+    /// What is left after a reload removes everything the tests look at.
+    pub(super) const OTHER: &str = "[global]\ndataplane = \"ipvs\"\n[[virtual_server]]\naddress = \"203.0.113.99\"\nport = 443\n[[virtual_server.real_server]]\naddress = \"198.51.100.99\"\n";
+
+    pub(super) const VI_1: &str = "[global]\ndataplane = \"ipvs\"\n[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"lo\"\nvirtual_router_id = 51\nvirtual_ipaddress = [\"203.0.113.10\"]\n";
+
+    pub(super) fn vs(port: u16) -> String {
+        format!("[[virtual_server]]\naddress = \"203.0.113.10\"\nport = {port}\nlb_algo = \"rr\"\nlb_kind = \"NAT\"\n[[virtual_server.real_server]]\naddress = \"198.51.100.21\"\nport = {port}\n")
+    }
+
+    /// Review: `stop_for_restart` dropped the instance's only command sender, which the task
+    /// reads as a second Shutdown: VIPs off at once, no make-before-break on a reload.
+    #[tokio::test]
+    async fn stop_for_restart_sends_one_shutdown_and_keeps_the_channel_open() {
+        let (mut d, _rx, _f) = daemon(VI_1, Plane::None(NoDataplane::default()));
+        let mut fake = fake_instance(&mut d, "VI_1", State::Master);
+        d.stop_for_restart("VI_1").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(drain(&mut fake.seen), ["Shutdown"]);
+        assert!(d.restarting.contains_key("VI_1"));
+    }
+
+    /// SIGTERM during a reload's handover: the stopping instance is waited for and, if it
+    /// has not handed over by the deadline, forced (its VIPs removed), not left behind.
+    #[tokio::test]
+    async fn stop_all_forces_instances_still_handing_over() {
+        let (mut d, _rx, _f) = daemon(VI_1, Plane::None(NoDataplane::default()));
+        let mut fake = fake_instance(&mut d, "VI_1", State::Master);
+        d.stop_for_restart("VI_1").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(drain(&mut fake.seen), ["Shutdown"]);
+        // Forced at once (a second signal): the second Shutdown reaches the old task.
+        d.stop_all(tokio::sync::watch::channel(true).1).await;
+        assert_eq!(drain(&mut fake.seen), ["Shutdown"], "the forced stop's Shutdown");
+        assert!(d.restarting.is_empty());
+    }
+
+    /// A reload that removes an instance: its VRID stays in the VRRP filter's map until the
+    /// old task has ended (the peer's takeover advert must reach it), then goes.
+    #[tokio::test]
+    async fn a_stopping_instance_keeps_its_vrid_in_the_filter_until_it_ends() {
+        let (mut d, _rx, f) = daemon(VI_1, Plane::None(NoDataplane::default()));
+        let fake = fake_instance(&mut d, "VI_1", State::Master);
+        f.write(OTHER);
+        d.reload().await.unwrap();
+        let ifaces = BTreeSet::from(["lo".to_string()]);
+        let vrids = |d: &Daemon| {
+            let insts: Vec<VrrpInstance> = d.vrid_instances().into_iter().cloned().collect();
+            let m = vrid_map(&insts, &BTreeMap::from([(1, "lo".to_string())]), &ifaces);
+            m.keys().map(|k| k.vrid).collect::<Vec<u8>>()
+        };
+        assert_eq!(vrids(&d), [51], "VRID of the instance still handing over");
+        let _ = fake.end.send(());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        d.finish_restart("VI_1").await;
+        assert_eq!(vrids(&d), Vec::<u8>::new());
+    }
+
+    /// A reload that removes an instance and its virtual server: the service stays in the
+    /// data plane while the stopping instance holds the VIP, and goes once it has ended.
+    #[tokio::test]
+    async fn a_removed_service_stays_while_a_stopping_instance_holds_its_vip() {
+        let text = format!("{VI_1}{}", vs(80));
+        let (mut d, _rx, f) = daemon(&text, Plane::None(NoDataplane::default()));
+        let fake = fake_instance(&mut d, "VI_1", State::Master);
+        d.reconcile("start-up");
+        assert_eq!(d.desired.len(), 1);
+        f.write(OTHER);
+        d.reload().await.unwrap();
+        let held = |d: &Daemon| d.desired.iter().any(|s| s.key.port == 80);
+        assert!(held(&d), "served until the VIP is handed over");
+        d.reconcile("retry");
+        assert!(held(&d));
+        let _ = fake.end.send(());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        d.finish_restart("VI_1").await;
+        assert!(!held(&d), "{:?}", d.desired);
     }
 }
