@@ -830,6 +830,45 @@ impl Machine {
         }
     }
 
+    /// A reload changed what can change without re-running the election (keepalived's
+    /// `clear_diff_vrrp`): the base priority (not to or from 255: owning the addresses is
+    /// decided at start), the advertised addresses and the preemption settings. The state
+    /// stays; a MASTER advertises the new priority and address list at once (rule 5's
+    /// limit), and the usual rules follow: a backup whose priority is now above ours
+    /// preempts, a higher priority here preempts a lower master at its next advert. The
+    /// driver adds and removes the addresses themselves.
+    pub fn reconfigure(
+        &mut self,
+        now: Instant,
+        priority: u8,
+        virtual_ipaddresses: Vec<IpAddr>,
+        nopreempt: bool,
+        preempt_delay: Duration,
+    ) {
+        let addrs_changed = virtual_ipaddresses != self.cfg.virtual_ipaddresses;
+        self.cfg.virtual_ipaddresses = virtual_ipaddresses;
+        self.cfg.nopreempt = nopreempt;
+        self.cfg.preempt_delay = preempt_delay;
+        if nopreempt {
+            self.preempt_until = None;
+        }
+        self.cfg.priority = priority;
+        let new = effective_priority(priority, self.priority_adjust);
+        let priority_changed = new != self.effective_priority;
+        if priority_changed {
+            info!(
+                virtual_router_id = self.cfg.virtual_router_id,
+                from = self.effective_priority,
+                to = new,
+                "priority changed by reload"
+            );
+            self.effective_priority = new;
+        }
+        if self.state == State::Master && (priority_changed || addrs_changed) {
+            self.early_advert(now);
+        }
+    }
+
     /// A reload took the instance out of its sync group: if it was ready, it becomes MASTER
     /// now, for the reason it was ready. (Joining one takes a restart with the group.)
     pub fn leave_sync_group(&mut self, now: Instant) {
@@ -1979,6 +2018,34 @@ mod tests {
         assert_eq!(m.effective_priority(), 50);
         assert_eq!(sent_priorities(&drain(&mut m)), vec![50]);
         assert_eq!(m.poll_timeout(), Some(t + Duration::from_secs(1)));
+    }
+
+    /// A reload's new priority and addresses: no state change; a MASTER advertises both at
+    /// once; a BACKUP now above the master preempts it by the usual rule.
+    #[test]
+    fn reconfigure_keeps_the_state_and_advertises_the_change() {
+        let t0 = Instant::now();
+        let mut m = master(cfg(150), t0);
+        let t = t0 + Duration::from_millis(300);
+        let addrs = vec![ip("192.168.1.100"), ip("192.168.1.101")];
+        m.reconfigure(t, 140, addrs.clone(), false, Duration::ZERO);
+        let a = drain(&mut m);
+        assert_eq!(m.state(), State::Master);
+        assert!(!a.iter().any(|a| matches!(a, Action::StateChanged { .. })), "{a:?}");
+        match &a[..] {
+            [Action::SendAdvert(adv)] => {
+                assert_eq!((adv.priority, &adv.addrs), (140, &addrs));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.effective_priority(), 140);
+
+        let mut b = started(cfg(100), t0);
+        b.reconfigure(t0, 210, vec![ip("192.168.1.100")], false, Duration::ZERO);
+        assert!(drain(&mut b).is_empty());
+        assert_eq!(b.state(), State::Backup);
+        b.handle_advert(t, ip(PEER), &advert(&b, 200));
+        assert_eq!(b.counters().preempt_lower_priority, 1, "210 now preempts a 200 master");
     }
 
     // ----- rule 1: make-before-break stop ------------------------------------
