@@ -1668,12 +1668,31 @@ impl Daemon {
         // A member of a sync group restarts with its whole group: alone, it would hand its
         // VIP to the peer while the other members keep theirs here (a NAT director's public
         // VIP on one node and its gateway VIP on the other).
-        let changed: BTreeSet<&str> = new
-            .vrrp_instances
-            .iter()
-            .filter(|i| self.instances.get(&i.name).is_some_and(|r| !vrrp_params_equal(&r.cfg, i)))
-            .map(|i| i.name.as_str())
-            .collect();
+        // Priority, addresses, preemption and GARP settings change in place, without an
+        // election (keepalived keeps the state too): a restart would hand a MASTER's VIPs to
+        // the peer and take them back. What cannot be prepared (a VIP's device gone) restarts.
+        let mut in_place: BTreeMap<&str, instance::InPlace> = BTreeMap::new();
+        let mut changed: BTreeSet<&str> = BTreeSet::new();
+        for i in &new.vrrp_instances {
+            let Some(r) = self.instances.get(&i.name) else { continue };
+            match instance_change(&r.cfg, i) {
+                InstanceChange::Settings => {}
+                InstanceChange::Restart => {
+                    changed.insert(i.name.as_str());
+                }
+                InstanceChange::InPlace { vips } => {
+                    match instance::in_place(i, vips, &self.rtnl).await {
+                        Ok(c) => {
+                            in_place.insert(i.name.as_str(), c);
+                        }
+                        Err(e) => {
+                            warn!(instance = %i.name, error = %format!("{e:#}"), "cannot change the instance in place; restarting it");
+                            changed.insert(i.name.as_str());
+                        }
+                    }
+                }
+            }
+        }
         let mut restart = changed.clone();
         for name in &changed {
             if let Some(g) = new.sync_group_of(name) {
@@ -1706,8 +1725,13 @@ impl Daemon {
                 }
                 None => {}
                 Some(r) if !restart.contains(inst.name.as_str()) => {
-                    // Tracking and notify settings change in place.
+                    // Tracking and notify settings change here; the rest in the instance.
                     r.cfg = inst.clone();
+                    if let Some(c) = in_place.remove(inst.name.as_str()) {
+                        info!(instance = %inst.name, priority = c.priority, vips_changed = c.vips.is_some(), "changing the instance in place (its state stays)");
+                        let _ =
+                            r.handle.commands.send(InstanceCommand::Reconfigure(Box::new(c))).await;
+                    }
                     if old.sync_group_of(&inst.name).is_some()
                         && new.sync_group_of(&inst.name).is_none()
                     {
@@ -2121,18 +2145,52 @@ fn sync_group_members(config: &Config) -> impl Iterator<Item = (&str, &[String])
     config.vrrp_sync_groups.iter().map(|g| (g.name.as_str(), g.group.as_slice()))
 }
 
-/// True when two instance configs differ only in what can change without re-running the
-/// election (tracking and notify hooks).
-fn vrrp_params_equal(a: &VrrpInstance, b: &VrrpInstance) -> bool {
-    let strip = |i: &VrrpInstance| {
-        let mut i = i.clone();
-        i.track_interface.clear();
-        i.track_script.clear();
-        i.track_file.clear();
-        i.notify = Notify::default();
-        i
-    };
-    strip(a) == strip(b)
+/// How a reload changes a running instance (`a` to `b`).
+#[derive(Debug, PartialEq, Eq)]
+enum InstanceChange {
+    /// Nothing, or only tracking (the trackers are rebuilt), notify hooks or the (start-up
+    /// only) `state`: the daemon's.
+    Settings,
+    /// Priority, addresses, preemption or GARP settings: sent to the running instance, whose
+    /// state stays (keepalived's `clear_diff_vrrp`). `vips`: its addresses (advertised or
+    /// excluded) or GARP settings changed.
+    InPlace { vips: bool },
+    /// Anything else — VRID, interface, version, address family, advert_int, unicast setup,
+    /// authentication, priority to or from 255 (owning the addresses): a restart.
+    Restart,
+}
+
+fn instance_change(a: &VrrpInstance, b: &VrrpInstance) -> InstanceChange {
+    // `b` with everything that does not need a restart taken from `a`.
+    let mut n = b.clone();
+    n.track_interface = a.track_interface.clone();
+    n.track_script = a.track_script.clone();
+    n.track_file = a.track_file.clone();
+    n.dont_track_primary = a.dont_track_primary;
+    n.notify = a.notify.clone();
+    n.state = a.state;
+    n.priority = a.priority;
+    n.nopreempt = a.nopreempt;
+    n.preempt_delay = a.preempt_delay;
+    n.virtual_ipaddress = a.virtual_ipaddress.clone();
+    n.virtual_ipaddress_excluded = a.virtual_ipaddress_excluded.clone();
+    n.garp = a.garp.clone();
+    let owner = |i: &VrrpInstance| i.priority == crate::vrrp::machine::PRIORITY_OWNER;
+    if n != *a || owner(a) != owner(b) || a.family() != b.family() {
+        return InstanceChange::Restart;
+    }
+    let vips = a.virtual_ipaddress != b.virtual_ipaddress
+        || a.virtual_ipaddress_excluded != b.virtual_ipaddress_excluded
+        || a.garp != b.garp;
+    if vips
+        || a.priority != b.priority
+        || a.nopreempt != b.nopreempt
+        || a.preempt_delay != b.preempt_delay
+    {
+        InstanceChange::InPlace { vips }
+    } else {
+        InstanceChange::Settings
+    }
 }
 
 /// One log line per service and real-server transition: old → new, and why.
@@ -2464,5 +2522,66 @@ mod lifecycle_tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         d.finish_restart("VI_1").await;
         assert!(!held(&d), "{:?}", d.desired);
+    }
+
+    fn inst(extra: &str) -> VrrpInstance {
+        let text = format!("{VI_1}{extra}");
+        config::parse_str(&text, std::path::Path::new("t.toml")).unwrap().vrrp_instances.remove(0)
+    }
+
+    /// What a reload may change in a running instance and what restarts it.
+    #[test]
+    fn instance_change_restarts_only_for_what_the_election_depends_on() {
+        let a = inst("priority = 150\n");
+        let with = |extra: &str| instance_change(&a, &inst(&format!("priority = 150\n{extra}")));
+        assert_eq!(instance_change(&a, &a), InstanceChange::Settings);
+        assert_eq!(with("dont_track_primary = true"), InstanceChange::Settings);
+        assert_eq!(with("notify_master = \"/bin/true\""), InstanceChange::Settings);
+        assert_eq!(with("state = \"MASTER\""), InstanceChange::Settings);
+        let a140 = instance_change(&a, &inst("priority = 140\n"));
+        assert_eq!(a140, InstanceChange::InPlace { vips: false });
+        assert_eq!(with("nopreempt = true"), InstanceChange::InPlace { vips: false });
+        assert_eq!(with("preempt_delay = 5"), InstanceChange::InPlace { vips: false });
+        assert_eq!(
+            with("virtual_ipaddress_excluded = [\"203.0.113.11\"]"),
+            InstanceChange::InPlace { vips: true }
+        );
+        assert_eq!(with("garp_master_repeat = 2"), InstanceChange::InPlace { vips: true });
+        let more = "[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"lo\"\nvirtual_router_id = 51\nvirtual_ipaddress = [\"203.0.113.10\", \"203.0.113.12\"]\n";
+        let b = config::parse_str(more, std::path::Path::new("t.toml")).unwrap().vrrp_instances;
+        assert_eq!(instance_change(&inst(""), &b[0]), InstanceChange::InPlace { vips: true });
+        let edit = |f: &dyn Fn(&mut VrrpInstance)| {
+            let mut b = a.clone();
+            f(&mut b);
+            instance_change(&a, &b)
+        };
+        assert_eq!(edit(&|b| b.virtual_router_id = 52), InstanceChange::Restart);
+        assert_eq!(edit(&|b| b.interface = "eth9".into()), InstanceChange::Restart);
+        assert_eq!(edit(&|b| b.advert_int = Duration::from_secs(2)), InstanceChange::Restart);
+        assert_eq!(edit(&|b| b.version = config::VrrpVersion::V3), InstanceChange::Restart);
+        assert_eq!(
+            edit(&|b| b.unicast_peer = vec![[127, 0, 0, 2].into()]),
+            InstanceChange::Restart
+        );
+        assert_eq!(edit(&|b| b.priority = 255), InstanceChange::Restart, "owner");
+        assert_eq!(
+            with("authentication = { auth_type = \"PASS\", auth_pass = \"secret\" }"),
+            InstanceChange::Restart
+        );
+    }
+
+    /// A reload that changes only the priority reconfigures the running instance: no
+    /// Shutdown, no restart (a MASTER would hand its VIPs over and take them back).
+    #[tokio::test]
+    async fn a_reload_changing_the_priority_does_not_restart_the_instance() {
+        let (mut d, _rx, f) =
+            daemon(&format!("{VI_1}priority = 150\n"), Plane::None(NoDataplane::default()));
+        let mut fake = fake_instance(&mut d, "VI_1", State::Master);
+        f.write(&format!("{VI_1}priority = 140\n"));
+        d.reload().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(drain(&mut fake.seen), ["Reconfigure"]);
+        assert!(d.restarting.is_empty() && d.instances.contains_key("VI_1"));
+        assert_eq!(d.instances["VI_1"].cfg.priority, 140);
     }
 }

@@ -59,6 +59,31 @@ pub enum InstanceCommand {
     SyncGroup(GroupOrder),
     /// A reload took the instance out of its sync group.
     LeaveSyncGroup,
+    /// A reload changed what changes in place ([`InPlace`]): the state stays.
+    Reconfigure(Box<InPlace>),
+}
+
+/// What a reload changes in a running instance without re-running its election (as
+/// keepalived's `clear_diff_vrrp`): the rest needs a restart.
+#[derive(Debug)]
+pub struct InPlace {
+    pub priority: u8,
+    pub nopreempt: bool,
+    pub preempt_delay: std::time::Duration,
+    /// New addresses or GARP settings, when they changed.
+    pub vips: Option<VipUpdate>,
+}
+
+/// The addresses of a reloaded instance, and a GARP/NA driver for them (the old one ends
+/// when its channel is dropped).
+#[derive(Debug)]
+pub struct VipUpdate {
+    /// `virtual_ipaddress` (what adverts carry).
+    pub advertised: Vec<IpAddr>,
+    /// Every VIP, excluded ones included, on its device.
+    pub vips: Vec<PlacedVip>,
+    pub garp: mpsc::Sender<GarpCommand>,
+    pub garp_config: GarpConfig,
 }
 
 /// A point-in-time view for `ha-lb status`.
@@ -173,6 +198,7 @@ async fn run<T: VrrpTransport, V: VipManager>(
                     p.machine.sync_group_backup(Instant::now())
                 }
                 Some(InstanceCommand::LeaveSyncGroup) => p.machine.leave_sync_group(Instant::now()),
+                Some(InstanceCommand::Reconfigure(c)) => reconfigure(&mut p, *c).await,
             },
         }
     }
@@ -209,6 +235,39 @@ fn on_timeout<T: VrrpTransport>(name: &str, t: &T, machine: &mut Machine, opts: 
         }
     }
     machine.handle_timeout(Instant::now());
+}
+
+/// A reload's in-place change: while the VIPs are held, those no longer configured go and
+/// new ones are added (and announced); the machine takes the rest.
+async fn reconfigure<T: VrrpTransport, V: VipManager>(p: &mut InstanceParts<T, V>, c: InPlace) {
+    let mut advertised = p.machine.config().virtual_ipaddresses.clone();
+    if let Some(u) = c.vips {
+        let same = |a: &PlacedVip, b: &PlacedVip| a.0 == b.0 && a.1.index == b.1.index;
+        if p.machine.holds_vips() {
+            for old in p.vips.iter().filter(|o| !u.vips.iter().any(|n| same(o, n))) {
+                info!(instance = %p.name, vip = %old.0, "virtual address removed by reload");
+                if let Err(e) = p.vip_manager.remove(&old.0, &old.1).await {
+                    error!(instance = %p.name, vip = %old.0, interface = %old.1.name, error = %e, "removing virtual address failed");
+                }
+            }
+            for new in u.vips.iter().filter(|n| !p.vips.iter().any(|o| same(o, n))) {
+                info!(instance = %p.name, vip = %new.0, "virtual address added by reload");
+                if let Err(e) = p.vip_manager.add(&new.0, &new.1).await {
+                    error!(instance = %p.name, vip = %new.0, interface = %new.1.name, error = %e, "adding virtual address failed");
+                }
+            }
+        }
+        p.vips = u.vips;
+        p.garp = u.garp;
+        p.garp_config = u.garp_config;
+        if p.machine.state() == State::Master {
+            // The new driver announces every VIP (the new ones above all) on its schedule.
+            let vips = p.vips.iter().map(|(v, on)| (v.addr, on.index)).collect();
+            let _ = p.garp.send(GarpCommand::BecomeMaster(vips)).await;
+        }
+        advertised = u.advertised;
+    }
+    p.machine.reconfigure(Instant::now(), c.priority, advertised, c.nopreempt, c.preempt_delay);
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -317,7 +376,7 @@ pub async fn start(
     use anyhow::Context as _;
 
     use super::{
-        garp::{ipv6_forwarding, run_garp, GarpDevice, PacketGarpSender},
+        garp::{run_garp, PacketGarpSender},
         machine,
         packet::{Auth, Version},
         socket::{RawVrrpSocket, TransportConfig, VrrpMode},
@@ -374,10 +433,95 @@ pub async fn start(
     mc.sync_group = in_sync_group;
     let machine = Machine::new(mc).with_context(|| format!("vrrp_instance {}", inst.name))?;
 
-    // Excluded VIPs too: added, removed, announced and cleaned up at start like the others.
-    // Each VIP is announced on its own device, from that device's MAC (the one receivers must
-    // learn for it), with the NA router flag from that device's IPv6 forwarding, as
-    // keepalived does.
+    let (vips, garp_devices) = place_vips(inst, rtnl, &link).await?;
+    let garp_config = garp_config(inst);
+    let sender = PacketGarpSender::new(garp_devices)
+        .with_context(|| format!("vrrp_instance {}: opening the GARP socket", inst.name))?;
+    let (garp_tx, garp_rx) = mpsc::channel(16);
+    tokio::spawn(run_garp(garp_config.clone(), sender, garp_rx));
+
+    Ok(spawn(
+        InstanceParts {
+            name: inst.name.clone(),
+            machine,
+            transport,
+            vip_manager: rtnl.clone(),
+            vips,
+            rx_options: rx_options(inst),
+            garp: garp_tx,
+            garp_config,
+        },
+        events,
+    ))
+}
+
+/// The in-place part of a reload of `inst` ([`InPlace`]); with `vips`, its addresses are
+/// placed again and a new GARP/NA driver started for them.
+pub async fn in_place(
+    inst: &crate::config::VrrpInstance,
+    vips: bool,
+    rtnl: &super::vip::Rtnl,
+) -> anyhow::Result<InPlace> {
+    use anyhow::Context as _;
+
+    use super::{
+        garp::{run_garp, PacketGarpSender},
+        vip::LinkMonitor,
+    };
+    let vips = if vips {
+        let link = rtnl.link_by_name(&inst.interface).await?.with_context(|| {
+            format!("vrrp_instance {}: interface {} not found", inst.name, inst.interface)
+        })?;
+        let (placed, devices) = place_vips(inst, rtnl, &link).await?;
+        let garp_config = garp_config(inst);
+        let sender = PacketGarpSender::new(devices)
+            .with_context(|| format!("vrrp_instance {}: opening the GARP socket", inst.name))?;
+        let (garp, garp_rx) = mpsc::channel(16);
+        tokio::spawn(run_garp(garp_config.clone(), sender, garp_rx));
+        Some(VipUpdate {
+            advertised: inst.virtual_ipaddress.iter().map(|v| v.addr).collect(),
+            vips: placed,
+            garp,
+            garp_config,
+        })
+    } else {
+        None
+    };
+    Ok(InPlace {
+        priority: inst.priority,
+        nopreempt: inst.nopreempt,
+        preempt_delay: inst.preempt_delay,
+        vips,
+    })
+}
+
+fn garp_config(inst: &crate::config::VrrpInstance) -> GarpConfig {
+    GarpConfig {
+        master_delay: inst.garp.master_delay,
+        master_repeat: inst.garp.master_repeat,
+        master_refresh: inst.garp.master_refresh.unwrap_or_default(),
+        master_refresh_repeat: inst.garp.master_refresh_repeat,
+        garp_interval: inst.garp.interval,
+        gna_interval: inst.garp.gna_interval,
+    }
+}
+
+/// Every VIP of `inst` (excluded ones too: added, removed, announced and cleaned up at start
+/// like the others) on its device, and the devices to announce them on. Each VIP is
+/// announced on its own device, from that device's MAC (the one receivers must learn for
+/// it), with the NA router flag from that device's IPv6 forwarding, as keepalived does.
+async fn place_vips(
+    inst: &crate::config::VrrpInstance,
+    rtnl: &super::vip::Rtnl,
+    link: &super::vip::LinkInfo,
+) -> anyhow::Result<(Vec<PlacedVip>, Vec<super::garp::GarpDevice>)> {
+    use anyhow::Context as _;
+
+    use super::{
+        garp::{ipv6_forwarding, GarpDevice},
+        vip::LinkMonitor,
+    };
+    let iface = link.interface();
     let mut vips = Vec::new();
     let mut garp_devices: Vec<GarpDevice> = Vec::new();
     for v in inst.all_vips() {
@@ -410,33 +554,7 @@ pub async fn start(
         }
         vips.push((v.clone(), on.interface()));
     }
-
-    let garp_config = GarpConfig {
-        master_delay: inst.garp.master_delay,
-        master_repeat: inst.garp.master_repeat,
-        master_refresh: inst.garp.master_refresh.unwrap_or_default(),
-        master_refresh_repeat: inst.garp.master_refresh_repeat,
-        garp_interval: inst.garp.interval,
-        gna_interval: inst.garp.gna_interval,
-    };
-    let sender = PacketGarpSender::new(garp_devices)
-        .with_context(|| format!("vrrp_instance {}: opening the GARP socket", inst.name))?;
-    let (garp_tx, garp_rx) = mpsc::channel(16);
-    tokio::spawn(run_garp(garp_config.clone(), sender, garp_rx));
-
-    Ok(spawn(
-        InstanceParts {
-            name: inst.name.clone(),
-            machine,
-            transport,
-            vip_manager: rtnl.clone(),
-            vips,
-            rx_options: rx_options(inst),
-            garp: garp_tx,
-            garp_config,
-        },
-        events,
-    ))
+    Ok((vips, garp_devices))
 }
 
 #[cfg(test)]
