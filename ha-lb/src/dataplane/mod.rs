@@ -193,6 +193,13 @@ pub trait Dataplane {
     /// Makes the data plane serve exactly `desired`, changing only what differs from the last
     /// successful apply. A live service never sees an empty or half-written real-server set.
     fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, DataplaneError>;
+    /// Whether `desired` could be applied, changing nothing: a reload asks before it swaps
+    /// its configuration, and is rejected whole if not. What every data plane needs is
+    /// checked by default; one with limits of its own (map capacities, scheduler modules)
+    /// checks them too. An apply may still fail later (a kernel error).
+    fn check(&self, desired: &DesiredState) -> Result<(), DataplaneError> {
+        desired.validate()
+    }
     /// Counters per virtual server and real server, and per-reason frame counters.
     fn stats(&self) -> Result<DataplaneStats, DataplaneError>;
     /// Periodic housekeeping (expiring idle connections, resynchronising counters); the
