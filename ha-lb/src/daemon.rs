@@ -27,7 +27,7 @@ use crate::{
     dataplane::{
         ipvs::{IpvsDataplane, SyncDaemon},
         xdp::{Hook, XdpDataplane},
-        Dataplane, NoDataplane,
+        Dataplane, DataplaneError, NoDataplane,
     },
     health::{CheckTarget, HealthChecker, HealthEvent, HealthOptions},
     reconcile::{to_dataplane, DesiredService, Reconciler},
@@ -81,6 +81,9 @@ enum Plane {
     None(NoDataplane),
     Xdp(Box<XdpDataplane>),
     Ipvs(Box<IpvsDataplane>),
+    /// A fake, for the daemon's unit tests.
+    #[cfg(test)]
+    Test(Box<dyn Dataplane + Send>),
 }
 
 impl Plane {
@@ -89,6 +92,8 @@ impl Plane {
             Plane::None(p) => p,
             Plane::Xdp(p) => p.as_mut(),
             Plane::Ipvs(p) => p.as_mut(),
+            #[cfg(test)]
+            Plane::Test(p) => p.as_mut(),
         }
     }
     fn name(&self) -> &'static str {
@@ -96,6 +101,17 @@ impl Plane {
             Plane::None(p) => p.name(),
             Plane::Xdp(p) => p.name(),
             Plane::Ipvs(p) => p.name(),
+            #[cfg(test)]
+            Plane::Test(p) => p.name(),
+        }
+    }
+    fn check(&self, desired: &crate::dataplane::DesiredState) -> Result<(), DataplaneError> {
+        match self {
+            Plane::None(p) => p.check(desired),
+            Plane::Xdp(p) => p.check(desired),
+            Plane::Ipvs(p) => p.check(desired),
+            #[cfg(test)]
+            Plane::Test(p) => p.check(desired),
         }
     }
     fn stats(&self) -> crate::dataplane::DataplaneStats {
@@ -103,6 +119,8 @@ impl Plane {
             Plane::None(p) => p.stats(),
             Plane::Xdp(p) => p.stats(),
             Plane::Ipvs(p) => p.stats(),
+            #[cfg(test)]
+            Plane::Test(p) => p.stats(),
         };
         r.unwrap_or_else(|e| {
             warn!(error = %e, "reading data-plane counters failed");
@@ -609,7 +627,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         health: mut health_rx,
     } = rx;
     d.scripts_not_runnable = scripts_not_runnable;
-    d.reconcile("start-up");
+    let _ = d.reconcile("start-up");
     d.attach_filter();
     for inst in config.vrrp_instances.clone() {
         if let Err(e) = d.start_instance(&inst).await {
@@ -676,7 +694,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 }
                 // A desired state the data plane refused is tried again, and instances that
                 // could not start.
-                d.reconcile("retry");
+                let _ = d.reconcile("retry");
                 d.ipvs_sync_role();
                 d.retry_failed_starts().await;
             }
@@ -1543,12 +1561,13 @@ impl Daemon {
             "real server health changed"
         );
         if self.reconciler.on_health(&ev.vs, ev.rs, ev.up, ev.weight) {
-            self.reconcile("health");
+            let _ = self.reconcile("health");
         }
     }
 
     /// Computes the desired services and applies what changed, logging each transition.
-    fn reconcile(&mut self, why: &str) {
+    /// An error is the data plane's refusal (logged; housekeeping tries again).
+    fn reconcile(&mut self, why: &str) -> std::result::Result<(), String> {
         let (desired, quorum) = self.reconciler.desired();
         let user = self.config.global.script_user.clone();
         for q in quorum {
@@ -1577,7 +1596,7 @@ impl Daemon {
         let mut desired = desired;
         desired.extend(self.lingering.iter().cloned());
         if desired == self.desired && self.applied_once {
-            return;
+            return Ok(());
         }
         match self.dataplane.as_dyn().apply(&to_dataplane(&desired)) {
             Ok(r) if !r.is_empty() => info!(
@@ -1595,12 +1614,16 @@ impl Daemon {
                 // Not recorded as applied: housekeeping tries again, and status shows what
                 // the data plane holds.
                 error!(error = %e, "applying the desired services to the data plane failed; retrying every 5 s");
-                return;
+                return Err(format!(
+                    "the {} data plane refused the services: {e}",
+                    self.dataplane.name()
+                ));
             }
         }
         log_diff(&self.desired, &desired, why);
         self.desired = desired;
         self.applied_once = true;
+        Ok(())
     }
 
     /// SIGHUP / `reload`: a valid new file is applied as a difference; an invalid one is
@@ -1630,6 +1653,21 @@ impl Daemon {
             error!("{m}");
             return Err(m);
         }
+        // The data plane must be able to take the new services: asked before anything
+        // changes, so a refusal leaves the running configuration whole.
+        let (planned, _) = Reconciler::new(new.clone()).desired();
+        if let Err(e) = self.dataplane.check(&to_dataplane(&planned)) {
+            self.reloads_rejected += 1;
+            let m = format!(
+                "the {} data plane cannot take the new services: {e}; reload rejected, the running configuration stays in force",
+                self.dataplane.name()
+            );
+            error!("{m}");
+            return Err(m);
+        }
+        // From here on the new configuration is in force; what fails is reported as a
+        // partial reload.
+        let mut failed: Vec<String> = Vec::new();
         let old = std::mem::replace(&mut self.config, new.clone());
         if let Plane::Ipvs(_) = &self.dataplane {
             enable_ipvs_forwarding(&new);
@@ -1648,7 +1686,8 @@ impl Daemon {
                         info!(interface = %i, mode = ?mode, "eBPF forwarding attached (reload)")
                     }
                     Err(e) => {
-                        error!(interface = %i, error = %e, "attaching eBPF forwarding failed")
+                        error!(interface = %i, error = %e, "attaching eBPF forwarding failed");
+                        failed.push(format!("attaching eBPF forwarding to {i}: {e}"));
                     }
                 }
             }
@@ -1762,7 +1801,9 @@ impl Daemon {
         }
         self.apply_tracking().await;
         self.send_group_orders(group_orders).await;
-        self.refresh_vrids();
+        if let Err(e) = self.refresh_vrids() {
+            failed.push(e);
+        }
         // With the new script user: MISC_CHECK and notify_up/notify_down use it from now on.
         self.health.reload(CheckTarget::from_config(&new), new.global.script_user.clone());
         // Services the reload removed stay while a stopping instance holds their VIP
@@ -1772,9 +1813,24 @@ impl Daemon {
             .cloned()
             .collect();
         self.reconciler.set_config(new);
-        self.reconcile("reload");
+        if let Err(e) = self.reconcile("reload") {
+            failed.push(e);
+        }
+        for name in self.config.vrrp_instances.iter().map(|i| &i.name) {
+            if self.start_failed.contains(name) {
+                failed.push(format!("vrrp_instance {name} could not start (retried every 5 s)"));
+            }
+        }
         self.reloads += 1;
         self.scripts_not_runnable = scripts_not_runnable;
+        if !failed.is_empty() {
+            let m = format!(
+                "configuration reloaded in part (it is in force; what failed is retried where it can be): {}",
+                failed.join("; ")
+            );
+            error!(config = %self.config_path.display(), "{m}");
+            return Err(m);
+        }
         info!(config = %self.config_path.display(), "configuration reloaded");
         Ok(())
     }
@@ -1788,7 +1844,7 @@ impl Daemon {
     }
 
     /// Makes the VRRP filter's VRID map match [`Self::vrid_instances`].
-    fn refresh_vrids(&mut self) {
+    fn refresh_vrids(&mut self) -> std::result::Result<(), String> {
         let insts: Vec<VrrpInstance> = self.vrid_instances().into_iter().cloned().collect();
         let res = match (&mut self.dataplane, &mut self.filter) {
             (Plane::Xdp(x), _) => {
@@ -1798,9 +1854,10 @@ impl Daemon {
             (_, Some(f)) => update_vrids(&insts, &self.ifnames, &mut f.bpf, &f.interfaces),
             _ => Ok(()),
         };
-        if let Err(e) = res {
-            warn!(error = %e, "updating the VRRP filter's VRIDs failed");
-        }
+        res.map_err(|e| {
+            error!(error = %e, "updating the VRRP filter's VRIDs failed");
+            format!("updating the VRRP filter's VRIDs: {e}")
+        })
     }
 
     /// Stops instance `name` (make-before-break) and, once its task has ended,
@@ -1829,9 +1886,9 @@ impl Daemon {
             return;
         }
         // Its VRID, unless still configured, leaves the filter; services it kept go.
-        self.refresh_vrids();
+        let _ = self.refresh_vrids();
         if !self.lingering.is_empty() {
-            self.reconcile("handover done");
+            let _ = self.reconcile("handover done");
         }
         if let Some(inst) = self.config.vrrp_instance(name).cloned() {
             self.start_or_retry(&inst).await;
@@ -2510,13 +2567,13 @@ mod lifecycle_tests {
         let text = format!("{VI_1}{}", vs(80));
         let (mut d, _rx, f) = daemon(&text, Plane::None(NoDataplane::default()));
         let fake = fake_instance(&mut d, "VI_1", State::Master);
-        d.reconcile("start-up");
+        d.reconcile("start-up").unwrap();
         assert_eq!(d.desired.len(), 1);
         f.write(OTHER);
         d.reload().await.unwrap();
         let held = |d: &Daemon| d.desired.iter().any(|s| s.key.port == 80);
         assert!(held(&d), "served until the VIP is handed over");
-        d.reconcile("retry");
+        d.reconcile("retry").unwrap();
         assert!(held(&d));
         let _ = fake.end.send(());
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -2583,5 +2640,65 @@ mod lifecycle_tests {
         assert_eq!(drain(&mut fake.seen), ["Reconfigure"]);
         assert!(d.restarting.is_empty() && d.instances.contains_key("VI_1"));
         assert_eq!(d.instances["VI_1"].cfg.priority, 140);
+    }
+
+    use crate::dataplane::{ApplyReport, DataplaneStats, DesiredState};
+
+    /// Refuses any desired state with a service on port 8080 when applying (a kernel error
+    /// half-way), and, with `in_check`, already when asked (a full map, a missing scheduler).
+    struct Refusing {
+        in_check: bool,
+    }
+    fn refuse(d: &DesiredState) -> Result<(), DataplaneError> {
+        if d.services.keys().any(|k| k.port == 8080) {
+            return Err(DataplaneError::Capacity("refused by the test".into()));
+        }
+        Ok(())
+    }
+    impl Dataplane for Refusing {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn check(&self, d: &DesiredState) -> Result<(), DataplaneError> {
+            if self.in_check {
+                refuse(d)?;
+            }
+            Ok(())
+        }
+        fn apply(&mut self, d: &DesiredState) -> Result<ApplyReport, DataplaneError> {
+            refuse(d).map(|()| ApplyReport::default())
+        }
+        fn stats(&self) -> Result<DataplaneStats, DataplaneError> {
+            Ok(Default::default())
+        }
+    }
+
+    const IPVS: &str = "[global]\ndataplane = \"ipvs\"\n";
+
+    /// Review: a reload whose services the data plane refuses was reported as applied.
+    #[tokio::test]
+    async fn a_reload_the_data_plane_refuses_when_applying_is_not_reported_as_applied() {
+        let plane = Plane::Test(Box::new(Refusing { in_check: false }));
+        let (mut d, _rx, f) = daemon(&format!("{IPVS}{}", vs(80)), plane);
+        d.reconcile("start-up").unwrap();
+        f.write(&format!("{IPVS}{}{}", vs(80), vs(8080)));
+        let e = d.reload().await.unwrap_err();
+        assert!(e.contains("reloaded in part") && e.contains("refused by the test"), "{e}");
+    }
+
+    /// A reload the data plane says it cannot take is rejected before anything changes: the
+    /// running configuration stays whole.
+    #[tokio::test]
+    async fn a_reload_the_data_plane_cannot_take_is_rejected_whole() {
+        let plane = Plane::Test(Box::new(Refusing { in_check: true }));
+        let (mut d, _rx, f) = daemon(&format!("{IPVS}{}", vs(80)), plane);
+        d.reconcile("start-up").unwrap();
+        f.write(&format!("{IPVS}{}{}", vs(80), vs(8080)));
+        let e = d.reload().await.unwrap_err();
+        assert!(e.contains("reload rejected") && e.contains("refused by the test"), "{e}");
+        assert_eq!((d.reloads, d.reloads_rejected), (0, 1));
+        let ports: Vec<u16> = d.config.virtual_servers.iter().map(|v| v.port).collect();
+        assert_eq!(ports, [80], "the running configuration stays");
+        assert_eq!(d.reconciler.config().virtual_servers.len(), 1);
     }
 }
