@@ -570,6 +570,12 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let (config, scripts_not_runnable) =
         load_here_logged(&config_path, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let config = Arc::new(config);
+    // Signals before anything changes state: without a handler, a SIGHUP during start-up
+    // would kill the process (VIPs, IPVS services and XDP programs left behind) and a
+    // SIGTERM would get no clean-up. One that arrives meanwhile is handled once running.
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let rtnl = Rtnl::new().context("opening rtnetlink")?;
     let mut link_watch = RtnlLinkWatcher::new().context("subscribing to link changes")?;
     // Bind first: a second daemon on the same socket must fail before touching anything
@@ -617,6 +623,16 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         }
     };
 
+    // Before the instances start: a failure here must not leave a MASTER's VIPs behind.
+    let sync_sock = match (&dataplane, &config.global.lvs_sync_daemon) {
+        (Plane::Xdp(_), Some(s)) => {
+            let sock = sync_socket(&s.interface)?;
+            info!(interface = %s.interface, vrrp_instance = %s.vrrp_instance, "lvs_sync_daemon: connection sync on {SYNC_GROUP}:{SYNC_PORT}");
+            // The table request goes out once the synced instance is BACKUP (sync::Session).
+            Some(sock)
+        }
+        _ => None,
+    };
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<control::Incoming>(16);
     let ctl = tokio::spawn(control::serve(listener, ctl_tx));
     let (mut d, rx) = Daemon::new(config_path, config.clone(), rtnl, dataplane);
@@ -640,15 +656,6 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     d.ipvs_sync_role();
     info!(config = %d.config_path.display(), instances = d.instances.len(), virtual_servers = config.virtual_servers.len(), dataplane = d.dataplane.name(), "ha-lb running");
 
-    let sync_sock = match (&d.dataplane, &config.global.lvs_sync_daemon) {
-        (Plane::Xdp(_), Some(s)) => {
-            let sock = sync_socket(&s.interface)?;
-            info!(interface = %s.interface, vrrp_instance = %s.vrrp_instance, "lvs_sync_daemon: connection sync on {SYNC_GROUP}:{SYNC_PORT}");
-            // The table request goes out once the synced instance is BACKUP (sync::Session).
-            Some(sock)
-        }
-        _ => None,
-    };
     // Not at once (tokio's first tick): a request then would go out before the instance is
     // even BACKUP.
     let mut sync_tick = tokio::time::interval_at(
@@ -661,9 +668,6 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let mut sync_buf = vec![0u8; 65536];
     let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             Some(ev) = events_rx.recv() => {
