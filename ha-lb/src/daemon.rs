@@ -74,6 +74,11 @@ struct Running {
     sent: (bool, i32),
     /// Why it is held in FAULT (status), when it is.
     fault_reason: Option<String>,
+    /// The index of each device it was started on (its interface, its VIPs' devices): its
+    /// socket, multicast membership, GARP devices and VIPs are bound to them. One that comes
+    /// back with another index (deleted and created again: ifdown/ifup of a VLAN or bond)
+    /// restarts the instance ([`Daemon::on_link`]).
+    devices: BTreeMap<String, u32>,
 }
 
 /// The data plane in use.
@@ -677,7 +682,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             Some(u) = track_rx.recv() => { d.on_track(u); d.apply_tracking().await; }
             Some(ev) = health_rx.recv() => d.on_health(ev),
             Some(ev) = link_watch.next() => {
-                if let Some(u) = d.on_link(ev) { d.on_track(u); d.apply_tracking().await; }
+                let (track, rebind) = d.on_link(ev);
+                if let Some(u) = track { d.on_track(u); d.apply_tracking().await; }
+                d.rebind(rebind).await;
             }
             Some(name) = restart_rx.recv() => d.finish_restart(&name).await,
             Some((req, reply)) = ctl_rx.recv() => {
@@ -1203,11 +1210,26 @@ impl Daemon {
         )
         .await?;
         self.learn_links(inst).await;
+        let mut devices = BTreeMap::new();
+        for dev in instance_devices(inst) {
+            if let Ok(Some(l)) = self.rtnl.link_by_name(&dev).await {
+                self.ifnames.retain(|i, n| *n != l.name || *i == l.index);
+                self.ifnames.insert(l.index, l.name.clone());
+                devices.insert(dev, l.index);
+            }
+        }
         let tracker = self.tracker_for(inst);
         info!(instance = %inst.name, interface = %inst.interface, virtual_router_id = inst.virtual_router_id, priority = inst.priority, "vrrp_instance started");
         self.instances.insert(
             inst.name.clone(),
-            Running { handle, cfg: inst.clone(), tracker, sent: (false, 0), fault_reason: None },
+            Running {
+                handle,
+                cfg: inst.clone(),
+                tracker,
+                sent: (false, 0),
+                fault_reason: None,
+                devices,
+            },
         );
         Ok(())
     }
@@ -1347,18 +1369,40 @@ impl Daemon {
         self.file_value.retain(|n, _| used_files.contains(n.as_str()));
     }
 
-    fn on_link(&mut self, ev: LinkEvent) -> Option<TrackUpdate> {
+    /// A link event: the tracking update it makes, if any, and the instances to restart
+    /// because a device of theirs was created again under its name, with another index
+    /// (their socket, GARP devices and VIPs are bound to the old one: they would hear
+    /// nothing, become MASTER, and fail every send and address change). keepalived
+    /// re-resolves its interfaces from netlink the same way.
+    fn on_link(&mut self, ev: LinkEvent) -> (Option<TrackUpdate>, Vec<String>) {
         match ev {
             LinkEvent::Changed(l) => {
+                // (A name is at one index: the stale entry of a deleted link goes.)
+                self.ifnames.retain(|i, n| *n != l.name || *i == l.index);
                 self.ifnames.insert(l.index, l.name.clone());
+                let rebind = (self.instances.iter())
+                    .filter(|(_, r)| r.devices.get(&l.name).is_some_and(|i| *i != l.index))
+                    .map(|(n, _)| n.clone())
+                    .collect();
                 let up = l.is_up();
-                (self.link_up.get(&l.name) != Some(&up) && self.link_up.contains_key(&l.name))
-                    .then_some(TrackUpdate::Link { name: l.name, up })
+                let track = (self.link_up.get(&l.name) != Some(&up)
+                    && self.link_up.contains_key(&l.name))
+                .then_some(TrackUpdate::Link { name: l.name, up });
+                (track, rebind)
             }
             other => {
-                let name = self.ifnames.get(&other.index())?.clone();
-                Some(TrackUpdate::Link { name, up: false })
+                let track = (self.ifnames.get(&other.index()))
+                    .map(|name| TrackUpdate::Link { name: name.clone(), up: false });
+                (track, Vec::new())
             }
+        }
+    }
+
+    /// Restarts instances whose device came back with a new index ([`Self::on_link`]).
+    async fn rebind(&mut self, names: Vec<String>) {
+        for name in names {
+            info!(instance = %name, "its interface was created again (new index); restarting the instance on it");
+            self.stop_for_restart(&name).await;
         }
     }
 
@@ -1771,6 +1815,12 @@ impl Daemon {
                     // Tracking and notify settings change here; the rest in the instance.
                     r.cfg = inst.clone();
                     if let Some(c) = in_place.remove(inst.name.as_str()) {
+                        if let Some(u) = &c.vips {
+                            r.devices.retain(|d, _| *d == inst.interface);
+                            for (_, on) in &u.vips {
+                                r.devices.insert(on.name.clone(), on.index);
+                            }
+                        }
                         info!(instance = %inst.name, priority = c.priority, vips_changed = c.vips.is_some(), "changing the instance in place (its state stays)");
                         let _ =
                             r.handle.commands.send(InstanceCommand::Reconfigure(Box::new(c))).await;
@@ -2201,6 +2251,13 @@ fn vrid_map(
     wanted
 }
 
+/// The devices `inst` runs on: its interface and its VIPs' devices.
+fn instance_devices(inst: &VrrpInstance) -> BTreeSet<String> {
+    std::iter::once(inst.interface.clone())
+        .chain(inst.all_vips().map(|v| v.device(&inst.interface).to_string()))
+        .collect()
+}
+
 /// The sync groups of `config` as (name, members).
 fn sync_group_members(config: &Config) -> impl Iterator<Item = (&str, &[String])> {
     config.vrrp_sync_groups.iter().map(|g| (g.name.as_str(), g.group.as_slice()))
@@ -2489,6 +2546,10 @@ mod lifecycle_tests {
                 tracker: Tracker::default(),
                 sent: (false, 0),
                 fault_reason: None,
+                devices: instance_devices(&d.config.vrrp_instances[0])
+                    .into_iter()
+                    .map(|n| (n, 5))
+                    .collect(),
             },
         );
         Fake { seen, end }
@@ -2704,5 +2765,40 @@ mod lifecycle_tests {
         let ports: Vec<u16> = d.config.virtual_servers.iter().map(|v| v.port).collect();
         assert_eq!(ports, [80], "the running configuration stays");
         assert_eq!(d.reconciler.config().virtual_servers.len(), 1);
+    }
+
+    /// Review: an interface deleted and created again (new index) left the instance deaf
+    /// (socket, GARP devices and VIPs bound to the old index): it is restarted on it.
+    #[tokio::test]
+    async fn an_interface_created_again_restarts_its_instances() {
+        let (mut d, _rx, _f) = daemon(VI_1, Plane::None(NoDataplane::default()));
+        let mut fake = fake_instance(&mut d, "VI_1", State::Master);
+        d.ifnames.insert(5, "lo".into());
+        d.link_up.insert("lo".into(), true);
+        let link = |index: u32, up: bool| crate::vrrp::vip::LinkInfo {
+            index,
+            name: "lo".into(),
+            admin_up: up,
+            running: up,
+            lower_up: up,
+            oper_state: crate::vrrp::vip::OperState::Unknown,
+            mac: None,
+            mtu: None,
+        };
+        // Same index (down, up): tracking only.
+        let (t, rebind) = d.on_link(LinkEvent::Changed(link(5, false)));
+        assert!(matches!(t, Some(TrackUpdate::Link { up: false, .. })) && rebind.is_empty());
+        d.on_track(t.unwrap());
+        let (t, rebind) = d.on_link(LinkEvent::Removed { index: 5, name: "lo".into() });
+        assert!(t.is_some() && rebind.is_empty());
+        let (t, rebind) = d.on_link(LinkEvent::Changed(link(9, true)));
+        assert!(matches!(t, Some(TrackUpdate::Link { up: true, .. })));
+        assert_eq!(rebind, ["VI_1"]);
+        assert_eq!(d.ifnames.get(&9).map(String::as_str), Some("lo"));
+        assert!(!d.ifnames.contains_key(&5), "the deleted link's index is forgotten");
+        d.rebind(rebind).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(drain(&mut fake.seen), ["Shutdown"]);
+        assert!(d.restarting.contains_key("VI_1"));
     }
 }
