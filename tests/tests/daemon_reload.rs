@@ -352,3 +352,112 @@ fn reload_turning_a_dropped_vip_into_a_real_server_is_accepted_on_the_master() {
     })
     .unwrap();
 }
+
+/// The `VRRP state change` lines the daemon logged for `instance`: (from, to, reason).
+fn transitions(d: &HaLb, instance: &str) -> Vec<(String, String, String)> {
+    let tag = format!("ha_lb::vrrp::instance: VRRP state change instance={instance} ");
+    d.log_text()
+        .lines()
+        .filter_map(|l| l.split_once(&tag).map(|(_, rest)| rest.to_string()))
+        .filter_map(|rest| {
+            let from = rest.strip_prefix("from=\"")?.split('"').next()?.to_string();
+            let after = rest.split_once(" to=\"")?.1;
+            let to = after.split('"').next()?.to_string();
+            let reason = after.split_once(" reason=")?.1;
+            let reason = reason.rsplit_once(" priority=").map_or(reason, |(r, _)| r);
+            Some((from, to, reason.to_string()))
+        })
+        .collect()
+}
+
+/// A reload that restarts a MASTER's instances (a new VRID) stops them make-before-break:
+/// STOPPING with the VIPs held until the stop timeout (no peer here to take over), not a
+/// forced stop that drops them at once; then the instances start again and take the VIPs.
+#[test]
+fn reload_restarting_a_master_keeps_make_before_break() {
+    let mut t = DirectorLab::build(Mode::Nat, 1, 2).unwrap();
+    t.start_real_servers().unwrap();
+    let s = Scratch::new("rmbb").unwrap();
+    let d = single_director(&mut t, &s, &conf("rr", "", &[rs(1, 1), rs(2, 1)]));
+    let base = std::fs::read_to_string(&d.config).unwrap();
+    let renumbered = base.replace("virtual_router_id = 51", "virtual_router_id = 61");
+    assert_ne!(renumbered, base);
+    std::fs::write(&d.config, renumbered).unwrap();
+    sighup(&t, &d);
+    wait_reloads(&d, 1, 0);
+    eventually(Duration::from_secs(5), "VI_PUBLIC stopped and MASTER again", || {
+        let tr = transitions(&d, "VI_PUBLIC");
+        tr.iter().any(|(f, t, _)| f == "STOPPING" && t == "INIT")
+            && tr.last().is_some_and(|(_, t, _)| t == "MASTER")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    for inst in ["VI_PUBLIC", "VI_GATEWAY"] {
+        let tr = transitions(&d, inst);
+        let stop = tr.iter().find(|(f, t, _)| f == "STOPPING" && t == "INIT");
+        assert_eq!(
+            stop.map(|(_, _, r)| r.as_str()),
+            Some("nobody took over within the stop timeout"),
+            "{inst}: {tr:?}"
+        );
+    }
+    wait_master_serving(&t, &d);
+}
+
+/// A reload that changes only the priority (150 → 140) and adds a VIP keeps the MASTER
+/// running (keepalived does the same): no state change, the new VIP added in place, the
+/// new priority in its adverts (its effective priority).
+#[test]
+fn reload_changing_priority_and_vips_keeps_the_master() {
+    let mut t = DirectorLab::build(Mode::Nat, 1, 2).unwrap();
+    t.start_real_servers().unwrap();
+    let s = Scratch::new("rinplace").unwrap();
+    let d = single_director(&mut t, &s, &conf("rr", "", &[rs(1, 1), rs(2, 1)]));
+    let changes = state_changes(&d);
+    let base = std::fs::read_to_string(&d.config).unwrap();
+    let text = base.replace("priority = 150", "priority = 140").replace(
+        &format!("[\"{VIP_S}/24 dev eth0\"]"),
+        &format!("[\"{VIP_S}/24 dev eth0\", \"198.18.0.101/24 dev eth0\"]"),
+    );
+    assert_eq!(text.matches("priority = 140").count(), 2);
+    assert!(text.contains("198.18.0.101"));
+    std::fs::write(&d.config, text).unwrap();
+    sighup(&t, &d);
+    wait_reloads(&d, 1, 0);
+    eventually(Duration::from_secs(3), "the new VIP held", || {
+        holds(&d.node, "eth0", "198.18.0.101")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(state_changes(&d), changes, "no state change:\n{}", d.log_text());
+    assert!(holds_both_vips(&d.node));
+    let st = d.status().unwrap();
+    for i in st["vrrp_instances"].as_array().unwrap() {
+        assert_eq!(i["state"], "MASTER", "{i}");
+        assert_eq!(i["effective_priority"], 140, "{i}");
+    }
+    let m = spread(&t.client, 6);
+    assert_eq!(names(&m), ["rs1", "rs2"], "still serving: {m:?}");
+}
+
+/// A SIGHUP during start-up (after the data plane is attached, while the instances start)
+/// neither kills the daemon (the default action of an unhandled SIGHUP: everything it set
+/// up left behind) nor is lost: it reloads once the daemon runs.
+#[test]
+fn sighup_during_start_up_is_a_reload() {
+    let mut t = DirectorLab::build(Mode::Nat, 1, 2).unwrap();
+    t.start_real_servers().unwrap();
+    let s = Scratch::new("rhupstart").unwrap();
+    let n = t.directors[0].clone();
+    let d = HaLb::start(&mut t.lab, &n, &s, "d1", &full(&conf("rr", "", &[rs(1, 1), rs(2, 1)])))
+        .unwrap();
+    // Right after the forwarding program is attached (logged before the instances start):
+    // looked for every millisecond, the instances take longer than that to start.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !d.log_text().contains("eBPF forwarding attached") {
+        assert!(std::time::Instant::now() < deadline, "not attached:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sighup(&t, &d);
+    wait_master_serving(&t, &d);
+    wait_reloads(&d, 1, 0);
+}
