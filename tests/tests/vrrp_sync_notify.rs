@@ -375,6 +375,10 @@ fn reload_adding_a_member_restarts_its_group() {
     // member waits, BACKUP, and d2 takes the public VIP too.
     eventually(Duration::from_secs(5), "d2 holds both VIPs", || both(&d2))
         .unwrap_or_else(|e| panic!("{e}\n{}", a.log_text()));
+    // Make-before-break: d1's stopping member keeps the VIP an advert interval after d2
+    // took it, then lets it go, and its restarted group does not take it back.
+    eventually(Duration::from_secs(2), "d1 released the public VIP", || !holds(&d1, "eth0", VIP))
+        .unwrap_or_else(|e| panic!("{e}\n{}", a.log_text()));
     holds_for(
         Duration::from_secs(1),
         || !holds(&d1, "eth0", VIP),
