@@ -461,3 +461,50 @@ fn sighup_during_start_up_is_a_reload() {
     wait_master_serving(&t, &d);
     wait_reloads(&d, 1, 0);
 }
+
+/// A reload that renumbers the MASTER's instances (new VRIDs) in a pair: the old ones stop
+/// make-before-break and hear the backup take over — its adverts, for the old VRIDs, still
+/// pass this node's XDP VRRP filter until the old instances have ended — rather than
+/// holding the VIPs, both nodes at once, until their stop timeout.
+#[test]
+fn reload_renumbering_the_master_hears_the_backup_take_over() {
+    let mut t = DirectorLab::build(Mode::Nat, 2, 2).unwrap();
+    t.start_real_servers().unwrap();
+    let s = Scratch::new("rrenum").unwrap();
+    let vs = conf("rr", "", &[rs(1, 1), rs(2, 1)]);
+    let (n1, n2) = (t.directors[0].clone(), t.directors[1].clone());
+    let d1 =
+        HaLb::start(&mut t.lab, &n1, &s, "d1", &director_conf(1, Some(2), 150, 0.1, &vs)).unwrap();
+    wait_master_serving(&t, &d1);
+    let d2 =
+        HaLb::start(&mut t.lab, &n2, &s, "d2", &director_conf(2, Some(1), 100, 0.1, &vs)).unwrap();
+    eventually(Duration::from_secs(5), "d2 BACKUP", || {
+        d2.state("VI_PUBLIC").as_deref() == Some("BACKUP")
+            && d2.state("VI_GATEWAY").as_deref() == Some("BACKUP")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d2.log_text()));
+
+    let base = std::fs::read_to_string(&d1.config).unwrap();
+    let text = base
+        .replace("virtual_router_id = 51", "virtual_router_id = 61")
+        .replace("virtual_router_id = 52", "virtual_router_id = 62");
+    std::fs::write(&d1.config, text).unwrap();
+    sighup(&t, &d1);
+    wait_reloads(&d1, 1, 0);
+    eventually(Duration::from_secs(5), "d1's old instances stopped", || {
+        ["VI_PUBLIC", "VI_GATEWAY"]
+            .iter()
+            .all(|i| transitions(&d1, i).iter().any(|(f, t, _)| f == "STOPPING" && t == "INIT"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d1.log_text()));
+    for (inst, peer) in [("VI_PUBLIC", "198.18.0.2"), ("VI_GATEWAY", "198.19.0.2")] {
+        let tr = transitions(&d1, inst);
+        let stop = tr.iter().find(|(f, t, _)| f == "STOPPING" && t == "INIT");
+        assert_eq!(
+            stop.map(|(_, _, r)| r.clone()),
+            Some(format!("{peer} took over")),
+            "{inst}: {tr:?}\n{}",
+            d1.log_text()
+        );
+    }
+}
