@@ -508,3 +508,44 @@ fn reload_renumbering_the_master_hears_the_backup_take_over() {
         );
     }
 }
+
+/// An instance's interface deleted and created again (ifdown/ifup of a VLAN or bond gives it
+/// a new index): the instance, bound to the old index, is started again on the new one and
+/// holds its VIP there (it used to say MASTER with every send and VIP add failing).
+#[test]
+fn an_interface_created_again_gets_its_instance_back() {
+    let mut t = DirectorLab::build(Mode::Nat, 1, 2).unwrap();
+    t.start_real_servers().unwrap();
+    let s = Scratch::new("rrelink").unwrap();
+    let d = single_director(&mut t, &s, &conf("rr", "", &[rs(1, 1), rs(2, 1)]));
+    let make = "ip link add eth2 type veth peer name eth2p && ip link set eth2p up \
+                && ip link set eth2 up && ip addr add 198.18.9.1/24 dev eth2";
+    d.node.sh(make).unwrap();
+    let extra = "\n[[vrrp_instance]]\nname = \"VI_EXTRA\"\ninterface = \"eth2\"\n\
+                 virtual_router_id = 60\nversion = 3\npriority = 150\nadvert_int = 0.1\n\
+                 virtual_ipaddress = [\"198.18.9.100/24\"]\n";
+    let base = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, format!("{base}{extra}")).unwrap();
+    sighup(&t, &d);
+    wait_reloads(&d, 1, 0);
+    eventually(Duration::from_secs(3), "VI_EXTRA MASTER with its VIP", || {
+        d.state("VI_EXTRA").as_deref() == Some("MASTER") && holds(&d.node, "eth2", "198.18.9.100")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+
+    d.node.sh("ip link del eth2").unwrap();
+    eventually(Duration::from_secs(3), "VI_EXTRA FAULT", || {
+        d.state("VI_EXTRA").as_deref() == Some("FAULT")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    d.node.sh(make).unwrap();
+    // (It may start before the address is there: then it is tried again within 5 s.)
+    eventually(Duration::from_secs(10), "VI_EXTRA MASTER with its VIP on the new eth2", || {
+        d.state("VI_EXTRA").as_deref() == Some("MASTER") && holds(&d.node, "eth2", "198.18.9.100")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    let log = d.log_text();
+    assert!(log.contains("its interface was created again"), "{log}");
+    let m = spread(&t.client, 6);
+    assert_eq!(names(&m), ["rs1", "rs2"], "the other instances still serve: {m:?}");
+}
