@@ -655,4 +655,130 @@ mod tests {
         assert_eq!(m.current_master(), Some(master.into()));
         assert!(t.0.lock().unwrap().is_empty());
     }
+
+    // ---- a reload's in-place change, with a fake transport and VIP manager ----
+
+    use std::sync::{Arc, Mutex};
+
+    use crate::vrrp::{
+        machine::{self, Machine},
+        socket::{Interface, ReceivedPacket},
+        vip::{InterfaceAddress, VipError, VipManager},
+    };
+
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<String>>>);
+    impl Log {
+        fn push(&self, s: String) {
+            self.0.lock().unwrap().push(s);
+        }
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    struct FakeTransport {
+        sent: Arc<Mutex<Vec<Vec<u8>>>>,
+        dst: Vec<IpAddr>,
+    }
+    impl VrrpTransport for FakeTransport {
+        fn source(&self) -> IpAddr {
+            [10, 0, 0, 2].into()
+        }
+        fn destinations(&self) -> &[IpAddr] {
+            &self.dst
+        }
+        async fn send(&self, _dst: IpAddr, payload: &[u8]) -> std::io::Result<()> {
+            self.sent.lock().unwrap().push(payload.to_vec());
+            Ok(())
+        }
+        async fn recv(&self) -> std::io::Result<ReceivedPacket> {
+            std::future::pending().await
+        }
+    }
+
+    struct FakeVips(Log);
+    impl VipManager for FakeVips {
+        async fn add(&self, vip: &VirtualIpAddress, _: &Interface) -> Result<(), VipError> {
+            self.0.push(format!("add {}", vip.addr));
+            Ok(())
+        }
+        async fn remove(&self, vip: &VirtualIpAddress, _: &Interface) -> Result<(), VipError> {
+            self.0.push(format!("remove {}", vip.addr));
+            Ok(())
+        }
+        async fn list(&self, _: Option<u32>) -> Result<Vec<InterfaceAddress>, VipError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn placed(addrs: &[&str]) -> Vec<PlacedVip> {
+        let eth0 = Interface { index: 2, name: "eth0".into() };
+        addrs.iter().map(|a| (a.parse().unwrap(), eth0.clone())).collect()
+    }
+
+    /// A MASTER reloaded with one VIP dropped and one added: the dropped one goes, the new
+    /// one is added and announced, the advert carries the new list; no state change.
+    #[tokio::test]
+    async fn reconfigure_changes_the_vips_of_a_master_in_place() {
+        let old = ["192.0.2.100", "192.0.2.101"];
+        let new = ["192.0.2.100", "192.0.2.102"];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut mc = machine::Config::new(51, ip("10.0.0.2"), old.iter().map(|a| ip(a)).collect());
+        mc.priority = machine::PRIORITY_OWNER;
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let vip_log = Log::default();
+        let (garp, _old_garp_rx) = mpsc::channel(16);
+        let (events_tx, mut events) = mpsc::channel(16);
+        let h = spawn(
+            InstanceParts {
+                name: "VI_1".into(),
+                machine: Machine::new(mc).unwrap(),
+                transport: FakeTransport { sent: sent.clone(), dst: vec![ip("224.0.0.18")] },
+                vip_manager: FakeVips(vip_log.clone()),
+                vips: placed(&old),
+                rx_options: RxOptions::default(),
+                garp,
+                garp_config: GarpConfig::default(),
+            },
+            events_tx,
+        );
+        let mut snap = h.snapshot.clone();
+        snap.wait_for(|s| s.state == State::Master).await.unwrap();
+        assert_eq!(vip_log.take(), ["add 192.0.2.100", "add 192.0.2.101"]);
+        while events.try_recv().is_ok() {}
+        sent.lock().unwrap().clear();
+
+        let (garp, mut garp_rx) = mpsc::channel(16);
+        let update = VipUpdate {
+            advertised: new.iter().map(|a| ip(a)).collect(),
+            vips: placed(&new),
+            garp,
+            garp_config: GarpConfig::default(),
+        };
+        let c = InPlace {
+            priority: machine::PRIORITY_OWNER,
+            nopreempt: false,
+            preempt_delay: std::time::Duration::ZERO,
+            vips: Some(update),
+        };
+        h.commands.send(InstanceCommand::Reconfigure(Box::new(c))).await.unwrap();
+        let announced = garp_rx.recv().await;
+        assert!(
+            matches!(&announced, Some(GarpCommand::BecomeMaster(v)) if v.len() == 2
+                && v.iter().any(|(a, _)| *a == ip("192.0.2.102"))),
+            "{announced:?}"
+        );
+        assert_eq!(vip_log.take(), ["remove 192.0.2.101", "add 192.0.2.102"]);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let adverts = sent.lock().unwrap().clone();
+        let first = adverts.first().expect("an advert with the new list at once");
+        let a = packet::decode(ip("10.0.0.2"), ip("224.0.0.18"), 255, first, &RxOptions::default())
+            .unwrap()
+            .advert;
+        assert_eq!(a.addrs, [ip("192.0.2.100"), ip("192.0.2.102")]);
+        assert!(events.try_recv().is_err(), "no state change");
+        assert_eq!(h.snapshot.borrow().state, State::Master);
+        h.task.abort();
+    }
 }
