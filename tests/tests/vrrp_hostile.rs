@@ -179,6 +179,11 @@ fn v3_hostile_frames_change_nothing_and_are_counted() {
     // Count says one address, none follows (8 bytes: a whole header, so XDP passes it).
     let mut count_lies = frame::vrrp(3, VRID, 254, 10, &[], ip4(ROGUE), ip4(MCAST));
     count_lies[3] = 1;
+    // RFC 9568's IPv4 checksum (the message only, as keepalived's v3_checksum_as_v2): taken,
+    // and counted by form in status.
+    let mut message_only = v3(ROGUE, VRID, 50, 10);
+    v2_fix_checksum(&mut message_only);
+    let (mo1, mo2) = (counter(&a, "checksum_message_only"), counter(&b, "checksum_message_only"));
     let cases = vec![
         Case {
             name: "TTL 64",
@@ -241,6 +246,12 @@ fn v3_hostile_frames_change_nothing_and_are_counted() {
         },
     ];
     run_cases(&rogue, &a, &b, &cases);
+    rogue.send(ROGUE, 255, &message_only);
+    eventually(Duration::from_secs(2), "the message-only checksum counted in status", || {
+        counter(&a, "checksum_message_only") == mo1 + 1
+            && counter(&b, "checksum_message_only") == mo2 + 1
+    })
+    .unwrap();
     let held = holders.join().unwrap();
     assert_eq!(
         held,
