@@ -535,19 +535,42 @@ pub trait VipManager: Send + Sync {
 
     /// Start-up clean-up: remove every listed VIP that is present (left over from a crash or
     /// a previous run) so the instance starts in BACKUP/INIT owning nothing. Returns those
-    /// that were removed.
+    /// that were removed, with the prefix they had.
+    ///
+    /// An address is matched by address and device only, and removed with the prefix the
+    /// kernel lists for it: the kernel removes an address only when the prefix matches too
+    /// (and `remove` takes "not there" as success), so a VIP left as /24 by an older
+    /// configuration would otherwise survive a removal sent as /32 — and keep answering ARP
+    /// on a BACKUP. The list is read again afterwards: what is still there is logged as an
+    /// error and not reported as removed.
     fn remove_stale(
         &self,
         vips: &[(VirtualIpAddress, Interface)],
     ) -> impl Future<Output = Result<Vec<VirtualIpAddress>, VipError>> + Send {
         async move {
             let present = self.list(None).await?;
-            let mut removed = Vec::new();
+            let mut tried = Vec::new();
             for (vip, iface) in vips {
-                let here = present.iter().any(|a| a.ifindex == iface.index && a.addr == vip.addr);
-                if here {
-                    self.remove(vip, iface).await?;
-                    removed.push(vip.clone());
+                for a in present.iter().filter(|a| a.ifindex == iface.index && a.addr == vip.addr) {
+                    let mut there = vip.clone();
+                    there.prefix_len = a.prefix_len;
+                    self.remove(&there, iface).await?;
+                    tried.push((there, iface));
+                }
+            }
+            if tried.is_empty() {
+                return Ok(Vec::new());
+            }
+            let after = self.list(None).await?;
+            let mut removed = Vec::new();
+            for (vip, iface) in tried {
+                let left = after.iter().any(|a| {
+                    a.ifindex == iface.index && a.addr == vip.addr && a.prefix_len == vip.prefix_len
+                });
+                if left {
+                    tracing::error!(vip = %vip, interface = %iface.name, "a stale virtual address could not be removed at start-up: it is still there");
+                } else {
+                    removed.push(vip);
                 }
             }
             Ok(removed)
@@ -992,6 +1015,93 @@ mod tests {
             scope,
             flags,
         }
+    }
+
+    /// Addresses as the kernel keeps them: `remove` takes address, prefix and interface
+    /// (IPv4 and IPv6 removals match the prefix too) and, like [`Rtnl`], "not there" is
+    /// success.
+    #[derive(Default)]
+    struct FakeKernel {
+        addrs: std::sync::Mutex<Vec<InterfaceAddress>>,
+    }
+
+    impl FakeKernel {
+        fn with(addrs: &[(&str, u8)]) -> Self {
+            let addrs = addrs
+                .iter()
+                .map(|(a, p)| InterfaceAddress { prefix_len: *p, ..ia(a, 0, Scope::Global) })
+                .collect();
+            FakeKernel { addrs: std::sync::Mutex::new(addrs) }
+        }
+        fn now(&self) -> Vec<(String, u8)> {
+            let a = self.addrs.lock().unwrap();
+            a.iter().map(|a| (a.addr.to_string(), a.prefix_len)).collect()
+        }
+    }
+
+    impl VipManager for FakeKernel {
+        async fn add(&self, vip: &VirtualIpAddress, iface: &Interface) -> Result<(), VipError> {
+            let mut a = self.addrs.lock().unwrap();
+            if !a.iter().any(|x| x.addr == vip.addr && x.prefix_len == vip.prefix_len) {
+                let mut new = ia(&vip.addr.to_string(), 0, Scope::Global);
+                new.ifindex = iface.index;
+                new.prefix_len = vip.prefix_len;
+                a.push(new);
+            }
+            Ok(())
+        }
+        async fn remove(&self, vip: &VirtualIpAddress, iface: &Interface) -> Result<(), VipError> {
+            self.addrs.lock().unwrap().retain(|x| {
+                !(x.ifindex == iface.index && x.addr == vip.addr && x.prefix_len == vip.prefix_len)
+            });
+            Ok(())
+        }
+        async fn list(&self, _: Option<u32>) -> Result<Vec<InterfaceAddress>, VipError> {
+            Ok(self.addrs.lock().unwrap().clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn remove_stale_removes_a_vip_left_with_another_prefix() {
+        // 198.51.100.10/24 left on the interface; the configuration now says /32.
+        let k = FakeKernel::with(&[("192.0.2.1", 24), ("198.51.100.10", 24)]);
+        let eth0 = Interface { index: 2, name: "eth0".into() };
+        let vip = parse("198.51.100.10/32").unwrap();
+        let removed = k.remove_stale(&[(vip.clone(), eth0.clone())]).await.unwrap();
+        assert_eq!(k.now(), [("192.0.2.1".to_string(), 24)]);
+        // Reported with the prefix it had.
+        assert_eq!(removed, [parse("198.51.100.10/24").unwrap()]);
+
+        // Both a /32 and a /24 of the VIP: both go. Another interface's copy stays.
+        let k =
+            FakeKernel::with(&[("198.51.100.10", 24), ("198.51.100.10", 32), ("2001:db8::a", 64)]);
+        k.addrs.lock().unwrap()[0].ifindex = 3;
+        let v6 = parse("2001:db8::a").unwrap();
+        let removed = k.remove_stale(&[(vip.clone(), eth0.clone()), (v6, eth0)]).await.unwrap();
+        assert_eq!(k.now(), [("198.51.100.10".to_string(), 24)]);
+        assert_eq!(removed.len(), 2);
+        assert_eq!(removed[1].prefix_len, 64);
+    }
+
+    #[tokio::test]
+    async fn remove_stale_does_not_report_what_is_still_there() {
+        // A kernel that ignores removals: nothing is reported removed.
+        struct Stuck(FakeKernel);
+        impl VipManager for Stuck {
+            async fn add(&self, v: &VirtualIpAddress, i: &Interface) -> Result<(), VipError> {
+                self.0.add(v, i).await
+            }
+            async fn remove(&self, _: &VirtualIpAddress, _: &Interface) -> Result<(), VipError> {
+                Ok(())
+            }
+            async fn list(&self, i: Option<u32>) -> Result<Vec<InterfaceAddress>, VipError> {
+                self.0.list(i).await
+            }
+        }
+        let k = Stuck(FakeKernel::with(&[("198.51.100.10", 32)]));
+        let eth0 = Interface { index: 2, name: "eth0".into() };
+        let vip = parse("198.51.100.10").unwrap();
+        assert!(k.remove_stale(&[(vip, eth0)]).await.unwrap().is_empty());
     }
 
     #[test]
