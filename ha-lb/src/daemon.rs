@@ -587,6 +587,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     // (opening a data plane adopts, and on failure removes, what the running one programmed).
     let ctl_path = config.global.control_socket.clone();
     let listener = control::bind(&ctl_path).context("control socket")?;
+    // VIPs a crashed run added (and this configuration may no longer name) go first.
+    let rtnl = rtnl.with_vip_ledger(crate::vrrp::vip::vip_ledger_path(&ctl_path)).await;
 
     let dataplane = match config.global.dataplane {
         // Nothing to forward and nowhere to attach (validation refuses virtual servers

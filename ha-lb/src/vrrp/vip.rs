@@ -11,11 +11,14 @@
 //! Netlink sockets belong to the network namespace of the thread that creates them, so an
 //! [`Rtnl`] made inside a thread that called `setns` manages that namespace.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
@@ -601,12 +604,202 @@ pub trait LinkWatch: Send {
 }
 
 // ---------------------------------------------------------------------------------------------
+// VIP ledger
+
+/// Where the daemon whose control socket is `control_socket` keeps its [`VipLedger`]: beside
+/// the socket (`/run/ha-lb/ha-lb.sock` → `/run/ha-lb/ha-lb.vips`, the run directory the IPVS
+/// ledger uses too). The socket is what makes a daemon the only one of its kind (a second
+/// one on the same socket is refused before it touches anything), so two daemons — in two
+/// network namespaces of one host — never share a ledger.
+pub fn vip_ledger_path(control_socket: &Path) -> PathBuf {
+    let p = control_socket.with_extension("vips");
+    if p == control_socket {
+        control_socket.with_extension("vips.ledger")
+    } else {
+        p
+    }
+}
+
+/// One VIP this daemon put on the host: address, prefix and device name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct LedgerEntry {
+    addr: IpAddr,
+    prefix_len: u8,
+    dev: String,
+}
+
+impl LedgerEntry {
+    fn of(vip: &VirtualIpAddress, dev: &str) -> Self {
+        LedgerEntry { addr: vip.addr, prefix_len: vip.prefix_len, dev: dev.to_string() }
+    }
+
+    /// `198.51.100.10/32 dev eth0`
+    fn parse(line: &str) -> Option<Self> {
+        let mut w = line.split_whitespace();
+        let (a, p) = w.next()?.split_once('/')?;
+        let addr: IpAddr = a.parse().ok()?;
+        let prefix_len: u8 = p.parse().ok()?;
+        if prefix_len > if addr.is_ipv4() { 32 } else { 128 } {
+            return None;
+        }
+        if w.next()? != "dev" {
+            return None;
+        }
+        let dev = w.next().filter(|d| valid_ifname(d))?.to_string();
+        w.next().is_none().then_some(LedgerEntry { addr, prefix_len, dev })
+    }
+}
+
+impl fmt::Display for LedgerEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{} dev {}", self.addr, self.prefix_len, self.dev)
+    }
+}
+
+/// The VIPs this daemon has added and not yet removed, in a file, so that a run after a
+/// crash removes those the new configuration no longer names (the instances' start-up
+/// clean-up, [`VipManager::remove_stale`], only knows the configured ones). The IPVS data
+/// plane keeps the same kind of ledger for its services.
+///
+/// An entry is written before its address is added and dropped once it is removed; the file
+/// is rewritten whole (write, then rename) on every change. At start
+/// ([`Rtnl::with_vip_ledger`]) an entry is removed from the host only if that address, with
+/// that prefix, is still on the device of that name: an address the ledger does not name is
+/// never touched.
+#[derive(Debug)]
+pub struct VipLedger {
+    path: PathBuf,
+    entries: std::sync::Mutex<BTreeSet<LedgerEntry>>,
+}
+
+impl VipLedger {
+    /// Reads the ledger at `path` (absent: empty; unreadable lines are skipped with a warning).
+    fn open(path: PathBuf) -> Self {
+        let mut entries = BTreeSet::new();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                for line in text.lines().map(str::trim) {
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    match LedgerEntry::parse(line) {
+                        Some(e) => {
+                            entries.insert(e);
+                        }
+                        None => {
+                            tracing::warn!(path = %path.display(), line, "VIP ledger: unreadable line skipped")
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "VIP ledger: reading it failed; VIPs a crashed run left are not removed")
+            }
+        }
+        VipLedger { path, entries: std::sync::Mutex::new(entries) }
+    }
+
+    fn record(&self, vip: &VirtualIpAddress, dev: &str) {
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if e.insert(LedgerEntry::of(vip, dev)) {
+            self.write(&e);
+        }
+    }
+
+    fn forget(&self, vip: &VirtualIpAddress, dev: &str) {
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if e.remove(&LedgerEntry::of(vip, dev)) {
+            self.write(&e);
+        }
+    }
+
+    fn write(&self, entries: &BTreeSet<LedgerEntry>) {
+        if let Err(e) = write_vip_ledger(&self.path, entries) {
+            tracing::warn!(path = %self.path.display(), error = %e, "VIP ledger: writing it failed");
+        }
+    }
+
+    /// Removes the recorded addresses still on the host (on the device of the recorded name,
+    /// with the recorded prefix), drops the others from the ledger, and returns what it
+    /// removed.
+    /// `names`: the interface names by index.
+    async fn remove_leftovers<M: VipManager>(
+        &self,
+        m: &M,
+        names: &BTreeMap<u32, String>,
+    ) -> Vec<VirtualIpAddress> {
+        let recorded: Vec<LedgerEntry> =
+            self.entries.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+        if recorded.is_empty() {
+            return Vec::new();
+        }
+        let present = match m.list(None).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "VIP ledger: listing addresses failed; VIPs a crashed run left are not removed");
+                return Vec::new();
+            }
+        };
+        let mut removed = Vec::new();
+        for entry in recorded {
+            let here = present.iter().find(|a| {
+                a.addr == entry.addr
+                    && a.prefix_len == entry.prefix_len
+                    && names.get(&a.ifindex) == Some(&entry.dev)
+            });
+            let mut vip = VirtualIpAddress::new(entry.addr);
+            vip.prefix_len = entry.prefix_len;
+            match here {
+                Some(a) => {
+                    let iface = Interface { index: a.ifindex, name: entry.dev.clone() };
+                    match m.remove(&vip, &iface).await {
+                        Ok(()) => {
+                            vip.dev = Some(entry.dev.clone());
+                            removed.push(vip);
+                        }
+                        Err(e) => {
+                            tracing::warn!(vip = %entry, error = %e, "VIP ledger: removing an address an earlier run left failed")
+                        }
+                    }
+                }
+                // Gone already (or on another device now): not ours to remove.
+                None => self.forget(&vip, &entry.dev),
+            }
+        }
+        // `remove` forgets through the manager when it is the ledger's own Rtnl; a manager
+        // without this ledger (tests) leaves them to forget here.
+        for v in &removed {
+            self.forget(v, v.dev.as_deref().unwrap_or_default());
+        }
+        removed
+    }
+}
+
+fn write_vip_ledger(path: &Path, entries: &BTreeSet<LedgerEntry>) -> io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut text = String::from("# virtual addresses ha-lb added (address/prefix dev device)\n");
+    for e in entries {
+        text.push_str(&format!("{e}\n"));
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+// ---------------------------------------------------------------------------------------------
 // rtnetlink implementation
 
 /// rtnetlink connection for addresses and links, in the creating thread's network namespace.
 #[derive(Clone)]
 pub struct Rtnl {
     handle: Handle,
+    /// Records the VIPs added through this connection (and its clones), when set
+    /// ([`Rtnl::with_vip_ledger`]).
+    ledger: Option<Arc<VipLedger>>,
 }
 
 impl fmt::Debug for Rtnl {
@@ -620,7 +813,31 @@ impl Rtnl {
     pub fn new() -> io::Result<Self> {
         let (conn, handle, _unsolicited) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
-        Ok(Self { handle })
+        Ok(Self { handle, ledger: None })
+    }
+
+    /// Records every VIP this connection (and its clones) adds in the ledger at `path`
+    /// ([`VipLedger`]), after removing what an earlier run recorded there and left on the
+    /// host (a crash, or a kill -9): addresses the new configuration may no longer name,
+    /// which no instance's start-up clean-up would find. Call it once at start, before any
+    /// instance starts, with the path only this daemon uses ([`vip_ledger_path`]). Failures
+    /// are logged: a ledger that cannot be read or written costs only that clean-up.
+    pub async fn with_vip_ledger(mut self, path: impl Into<PathBuf>) -> Self {
+        let ledger = Arc::new(VipLedger::open(path.into()));
+        self.ledger = Some(ledger.clone());
+        let names = match self.link_names().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "VIP ledger: listing links failed");
+                BTreeMap::new()
+            }
+        };
+        let removed = ledger.remove_leftovers(&self, &names).await;
+        if !removed.is_empty() {
+            let list: Vec<String> = removed.iter().map(ToString::to_string).collect();
+            tracing::warn!(vips = ?list, ledger = %ledger.path.display(), "removed virtual addresses an earlier run added and left behind");
+        }
+        self
     }
 
     /// The source address for VRRP adverts on `iface`: for IPv4 its primary address (the
@@ -700,6 +917,10 @@ impl VipManager for Rtnl {
         if let Some(label) = &vip.label {
             check_label(label, &iface.name)?;
         }
+        // Recorded before it is added: a crash right after must not leave it unrecorded.
+        if let Some(l) = &self.ledger {
+            l.record(vip, &iface.name);
+        }
         let mut req = self.handle.address().add(iface.index, vip.addr, vip.prefix_len);
         let msg = req.message_mut();
         msg.attributes.retain(|a| !matches!(a, AddressAttribute::Broadcast(_)));
@@ -754,8 +975,14 @@ impl VipManager for Rtnl {
     async fn remove(&self, vip: &VirtualIpAddress, iface: &Interface) -> Result<(), VipError> {
         let msg = Self::address_message(vip, iface);
         match self.handle.address().del(msg).execute().await.map_err(nl_io) {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(()),
+            Ok(()) => {
+                self.forget(vip, iface);
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                self.forget(vip, iface);
+                Ok(())
+            }
             Err(source) => Err(VipError::Netlink {
                 op: "remove address",
                 what: format!("{vip} on {}", iface.name),
@@ -780,6 +1007,21 @@ impl VipManager for Rtnl {
 }
 
 impl Rtnl {
+    /// Every link's name, by index.
+    async fn link_names(&self) -> Result<BTreeMap<u32, String>, VipError> {
+        let links: Vec<LinkMessage> =
+            self.handle.link().get().execute().try_collect().await.map_err(|e| {
+                VipError::Netlink { op: "list links", what: "all".into(), source: nl_io(e) }
+            })?;
+        Ok(links.iter().map(LinkInfo::from_message).map(|l| (l.index, l.name)).collect())
+    }
+
+    fn forget(&self, vip: &VirtualIpAddress, iface: &Interface) {
+        if let Some(l) = &self.ledger {
+            l.forget(vip, &iface.name);
+        }
+    }
+
     async fn get_link(
         &self,
         req: rtnetlink::LinkGetRequest,
@@ -1102,6 +1344,83 @@ mod tests {
         let eth0 = Interface { index: 2, name: "eth0".into() };
         let vip = parse("198.51.100.10").unwrap();
         assert!(k.remove_stale(&[(vip, eth0)]).await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn vip_ledger_lines_and_path() {
+        let e = LedgerEntry::parse("198.51.100.10/32 dev eth0").unwrap();
+        assert_eq!(e.to_string(), "198.51.100.10/32 dev eth0");
+        assert_eq!(LedgerEntry::parse("2001:db8::a/64 dev veth-x").unwrap().prefix_len, 64);
+        for bad in [
+            "198.51.100.10 dev eth0",
+            "198.51.100.10/33 dev eth0",
+            "198.51.100.10/32 eth0",
+            "198.51.100.10/32 dev",
+            "198.51.100.10/32 dev eth0 extra",
+            "198.51.100.10/32 dev a/b",
+        ] {
+            assert_eq!(LedgerEntry::parse(bad), None, "{bad}");
+        }
+        assert_eq!(
+            vip_ledger_path(Path::new("/run/ha-lb/ha-lb.sock")),
+            Path::new("/run/ha-lb/ha-lb.vips")
+        );
+        assert_eq!(vip_ledger_path(Path::new("/tmp/x/d1")), Path::new("/tmp/x/d1.vips"));
+        assert_eq!(vip_ledger_path(Path::new("/tmp/a.vips")), Path::new("/tmp/a.vips.ledger"));
+    }
+
+    #[tokio::test]
+    async fn vip_ledger_removes_only_what_it_names_and_is_still_there() {
+        let dir = std::env::temp_dir().join(format!("hlb-vip-ledger-{}", std::process::id()));
+        let path = dir.join("run").join("d1.vips");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            "# comment\n\
+             198.51.100.10/32 dev eth0\n\
+             198.51.100.11/32 dev eth0\n\
+             198.51.100.12/32 dev eth1\n\
+             198.51.100.13/32 dev eth0\n\
+             junk\n",
+        )
+        .unwrap();
+        // .10 left by the crashed run; .11 gone already; .12 is on eth0 now, not eth1; .13
+        // is there as a /24 (someone else's); .14 was never recorded.
+        let k = FakeKernel::with(&[
+            ("192.0.2.1", 24),
+            ("198.51.100.10", 32),
+            ("198.51.100.12", 32),
+            ("198.51.100.13", 24),
+            ("198.51.100.14", 32),
+        ]);
+        let names: BTreeMap<u32, String> = [(2, "eth0".into()), (3, "eth1".into())].into();
+        let ledger = VipLedger::open(path.clone());
+        let removed = ledger.remove_leftovers(&k, &names).await;
+        assert_eq!(
+            removed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["198.51.100.10/32 dev eth0"]
+        );
+        let left: Vec<String> = k.now().into_iter().map(|(a, p)| format!("{a}/{p}")).collect();
+        assert_eq!(
+            left,
+            ["192.0.2.1/24", "198.51.100.12/32", "198.51.100.13/24", "198.51.100.14/32"]
+        );
+        // Nothing is recorded any more.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.lines().all(|l| l.starts_with('#')), "{text}");
+
+        // Recorded before adding, dropped after removing.
+        let eth0 = Interface { index: 2, name: "eth0".into() };
+        let vip = parse("198.51.100.20/32").unwrap();
+        ledger.record(&vip, &eth0.name);
+        assert!(VipLedger::open(path.clone())
+            .entries
+            .lock()
+            .unwrap()
+            .contains(&LedgerEntry::of(&vip, "eth0")));
+        ledger.forget(&vip, &eth0.name);
+        assert!(VipLedger::open(path.clone()).entries.lock().unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
