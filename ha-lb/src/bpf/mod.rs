@@ -12,8 +12,9 @@ use std::os::fd::AsRawFd;
 
 use aya::{
     programs::{
-        tc::SchedClassifierLinkId, xdp::XdpLinkId, ProgramError, SchedClassifier, TcAttachType,
-        Xdp, XdpMode,
+        tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions, TcHandle},
+        xdp::XdpLinkId,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
@@ -268,7 +269,9 @@ impl Bpf {
 }
 
 /// Attaches TC program `name` to the ingress of `iface` (in the calling thread's network
-/// namespace; TCX where the kernel has it, else a clsact qdisc, which is added if missing).
+/// namespace; TCX where the kernel has it, else a netlink filter of a clsact qdisc, which is
+/// added if missing). A filter an earlier run left there is removed first
+/// ([`remove_stale_tc_ingress`]).
 pub fn attach_tc_ingress(
     bpf: &mut Bpf,
     name: &str,
@@ -278,18 +281,101 @@ pub fn attach_tc_ingress(
         name: name.to_string(),
         source: Box::new(e),
     };
+    remove_stale_tc_ingress(name, iface);
     let prog = bpf.classifier(name)?;
-    match prog.attach(iface, TcAttachType::Ingress) {
-        Ok(id) => Ok(id),
-        Err(_) => {
-            // Older kernels (no TCX): through a clsact qdisc. Such a filter outlives the
-            // process that added it (it is no file descriptor's), so one left by a crashed
-            // run — with its own, stale maps — is removed first.
-            let _ = aya::programs::tc::qdisc_detach_program(iface, TcAttachType::Ingress, name);
-            let _ = aya::programs::tc::qdisc_add_clsact(iface);
-            prog.attach(iface, TcAttachType::Ingress).map_err(err)
+    let netlink = || {
+        TcAttachOptions::Netlink(NlOptions {
+            priority: TC_NL_PRIORITY,
+            handle: tc_nl_handle(name),
+            classid: None,
+        })
+    };
+    if has_tcx() {
+        if let Ok(id) = prog.attach(iface, TcAttachType::Ingress) {
+            return Ok(id);
         }
     }
+    let _ = aya::programs::tc::qdisc_add_clsact(iface);
+    prog.attach_with_options(iface, TcAttachType::Ingress, netlink()).map_err(err)
+}
+
+/// The priority of ha-lb's netlink TC filters (kernels without TCX): a fixed one, so that a
+/// filter an earlier run left is found in its slot even where the kernel keeps no program
+/// names (see [`remove_stale_tc_ingress`]). Lower runs first; filters added later with a
+/// kernel-chosen priority go in front, as they would have before.
+pub const TC_NL_PRIORITY: u16 = 0x4842;
+
+/// The handle of program `name`'s netlink filter at [`TC_NL_PRIORITY`]: one per program name.
+pub fn tc_nl_handle(name: &str) -> TcHandle {
+    // FNV-1a, folded to a non-zero 16-bit minor.
+    let h = name.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    TcHandle::new(0, ((h ^ (h >> 16)) as u16).max(1))
+}
+
+fn has_tcx() -> bool {
+    use aya::util::KernelVersion;
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// Removes the TC ingress filters of program `name` on `iface` that an earlier run left,
+/// before a new one is attached; returns how many it removed.
+///
+/// Below 6.6 (no TCX) a TC program is attached as a netlink filter of the clsact qdisc, which
+/// outlives the process that added it (it is no file descriptor's). After a crash the old
+/// filter is still there, with its maps frozen as the dead run left them, and a new filter
+/// would go in front of it: the new program passes what it does not handle (TC_ACT_UNSPEC)
+/// on to the old one, which forwards for services since removed and drops adverts of VRIDs
+/// it never heard of. So, whichever kernel this is (a netlink filter can be there on 6.6 too):
+/// - the filter in ha-lb's own slot ([`TC_NL_PRIORITY`], [`tc_nl_handle`]) is removed: it
+///   is an earlier run's, named or not (kernels where BPF programs cannot be named, such as
+///   one without tracepoints, give the filter an empty name);
+/// - every netlink filter named `name` is removed (one an older ha-lb attached elsewhere).
+///
+/// A TCX program is held by its link's file descriptor and goes with the process that
+/// attached it (ha-lb pins none): one of that name still attached belongs to a live process,
+/// and is only reported.
+pub fn remove_stale_tc_ingress(name: &str, iface: &str) -> usize {
+    use aya::programs::{
+        links::Link,
+        tc::{qdisc_detach_program, SchedClassifierLink, TcError},
+    };
+    let mut removed = 0;
+    let slot = SchedClassifierLink::attached(
+        iface,
+        TcAttachType::Ingress,
+        TC_NL_PRIORITY,
+        tc_nl_handle(name),
+        None,
+    );
+    // Fails when the slot is empty, or there is no clsact qdisc: nothing to remove.
+    if let Ok(l) = slot {
+        if l.detach().is_ok() {
+            removed += 1;
+        }
+    }
+    match qdisc_detach_program(iface, TcAttachType::Ingress, name) {
+        Ok(()) => removed += 1,
+        Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::debug!(program = name, interface = iface, error = %e, "no named TC filter removed")
+        }
+    }
+    if removed > 0 {
+        warn!(
+            program = name,
+            interface = iface,
+            "removed a TC ingress filter an earlier run left (its maps were stale)"
+        );
+    }
+    if has_tcx() {
+        if let Ok((_, progs)) = SchedClassifier::query_tcx(iface, TcAttachType::Ingress) {
+            let same = progs.iter().filter(|p| p.name_as_str() == Some(name)).count();
+            if same > 0 {
+                warn!(program = name, interface = iface, count = same, "a TCX program of this name is already attached (another process's, or pinned): left alone");
+            }
+        }
+    }
+    removed
 }
 
 pub fn detach_tc(bpf: &mut Bpf, name: &str, link: SchedClassifierLinkId) -> Result<(), BpfError> {
@@ -301,6 +387,16 @@ pub fn detach_tc(bpf: &mut Bpf, name: &str, link: SchedClassifierLinkId) -> Resu
 #[cfg(test)]
 mod tests {
     use super::highest_cpu;
+
+    #[test]
+    fn tc_netlink_handles_are_fixed_non_zero_and_per_program() {
+        use super::{tc_nl_handle, PROG_LB_TC};
+        let h = u32::from(tc_nl_handle(PROG_LB_TC));
+        assert!(h != 0 && h <= 0xffff, "{h:#x}");
+        assert_eq!(tc_nl_handle(PROG_LB_TC), tc_nl_handle(PROG_LB_TC));
+        assert_ne!(tc_nl_handle(PROG_LB_TC), tc_nl_handle("ha_lb_bench_tc"));
+        assert_eq!(u32::from(tc_nl_handle("")), 0x0000_ffff & u32::from(tc_nl_handle("")));
+    }
 
     #[test]
     fn highest_cpu_of_kernel_cpu_lists() {
