@@ -622,8 +622,13 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         config::Dataplane::Ipvs => {
             // Kernel IPVS: the same desired state through generic netlink. Real servers'
             // NAT replies are routed by the kernel, so forwarding must be on.
-            let ipvs = IpvsDataplane::open_with_ledger(IPVS_LEDGER)
+            let mut ipvs = IpvsDataplane::open_with_ledger(IPVS_LEDGER)
                 .context("starting the IPVS data plane")?;
+            if config.global.lvs_sync_daemon.is_none() {
+                if let Err(e) = ipvs.stop_leftover_sync() {
+                    warn!(error = %e, "IPVS: stopping the sync thread an earlier run left failed");
+                }
+            }
             enable_ipvs_forwarding(&config);
             info!("IPVS data plane opened");
             Plane::Ipvs(Box::new(ipvs))

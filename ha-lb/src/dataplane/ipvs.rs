@@ -88,6 +88,11 @@ pub struct IpvsDataplane {
     sync: Option<SyncDaemon>,
     /// Switches it, on a thread of its own (started at the first [`IpvsDataplane::set_sync`]).
     switcher: Option<sync_thread::Switcher>,
+    /// With a ledger: the file that says a kernel sync thread of ours may be running
+    /// (`<ledger>.sync`, see [`IpvsDataplane::stop_leftover_sync`]).
+    sync_marker: Option<PathBuf>,
+    /// What that file said at start: a run that did not stop its sync thread (a crash).
+    leftover_sync: Option<String>,
 }
 
 /// Which of the kernel's connection sync threads runs, where: keepalived's
@@ -154,6 +159,8 @@ impl IpvsDataplane {
             stale: false,
             ledger: None,
             keep_on_drop: false,
+            sync_marker: None,
+            leftover_sync: None,
         };
         // Reading needs CAP_NET_ADMIN too: find out now rather than at the first apply.
         dp.dump_services().map_err(|e| match e.errno() {
@@ -175,8 +182,34 @@ impl IpvsDataplane {
             .map_err(|e| DataplaneError::Backend(format!("{}: {e}", path.display()).into()))?;
         dp.stale = !dp.owned.is_empty();
         dp.recorded = dp.owned.clone();
+        let marker = sync_marker_path(&path);
+        dp.leftover_sync = read_sync_marker(&marker);
+        dp.sync_marker = Some(marker);
         dp.ledger = Some(path);
         Ok(dp)
+    }
+
+    /// Stops the kernel's sync threads (master and backup) when an earlier run started one and
+    /// did not stop it — it was killed — and this run has no `lvs_sync_daemon` to take them
+    /// over (with one, [`IpvsDataplane::set_sync`] replaces them). keepalived stops them at
+    /// start only when it manages the sync daemon; ha-lb also stops those it left itself, and
+    /// only those: without the ledger's marker (`<ledger>.sync`, written before a thread is
+    /// started, removed once it is stopped at exit) a sync thread is someone else's (an
+    /// administrator's `ipvsadm --start-daemon`) and is left alone. Returns whether it
+    /// stopped them. Blocking: the kernel answers once its threads have stopped.
+    pub fn stop_leftover_sync(&mut self) -> Result<bool, DataplaneError> {
+        let Some(what) = self.leftover_sync.take() else { return Ok(false) };
+        if self.switcher.is_some() {
+            return Ok(false);
+        }
+        let genl = Genl::open().map_err(|e| backend("opening a socket for the sync daemon", e))?;
+        let mut k = GenlSync(genl);
+        sync_thread::SyncKernel::stop_all(&mut k).map_err(|e| DataplaneError::Backend(e.into()))?;
+        tracing::warn!(left = %what, "IPVS: stopped the kernel sync thread an earlier run left (lvs_sync_daemon is not configured now)");
+        if let Some(m) = &self.sync_marker {
+            remove_sync_marker(m);
+        }
+        Ok(true)
     }
 
     /// `true`: leave the owned services in the kernel when this value is dropped.
@@ -268,6 +301,12 @@ impl IpvsDataplane {
                 )
             })?;
             self.switcher = Some(s);
+        }
+        // Marked before it starts: a crash right after leaves the mark for the next run.
+        if let (Some(w), Some(m)) = (&want, &self.sync_marker) {
+            if let Err(e) = write_sync_marker(m, w) {
+                tracing::warn!(path = %m.display(), error = %e, "IPVS: recording the sync thread failed");
+            }
         }
         if let Some(s) = &mut self.switcher {
             s.want(want.clone());
@@ -436,8 +475,15 @@ impl Drop for IpvsDataplane {
             if self.sync.take().is_some() {
                 s.want(None);
             }
-            if let Err(e) = s.finish(std::time::Duration::from_secs(10)) {
-                tracing::warn!(error = %e, "IPVS: stopping the sync daemon at exit failed");
+            match s.finish(std::time::Duration::from_secs(10)) {
+                Ok(()) => {
+                    if let Some(m) = &self.sync_marker {
+                        remove_sync_marker(m);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "IPVS: stopping the sync daemon at exit failed")
+                }
             }
         }
         if self.owned.is_empty() {
@@ -528,6 +574,34 @@ fn write_ledger(path: &Path, owned: &BTreeSet<VirtualServerKey>) -> std::io::Res
     std::fs::rename(&tmp, path)
 }
 
+/// The sync-thread marker beside the ledger at `ledger`.
+fn sync_marker_path(ledger: &Path) -> PathBuf {
+    let mut p = ledger.as_os_str().to_owned();
+    p.push(".sync");
+    PathBuf::from(p)
+}
+
+/// The marker's text (`master on eth1, id 51`), when there is one.
+fn read_sync_marker(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|t| t.trim().to_string())
+}
+
+fn write_sync_marker(path: &Path, w: &SyncDaemon) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let role = if w.master { "master" } else { "backup" };
+    std::fs::write(path, format!("{role} on {}, id {}\n", w.interface, w.sync_id))
+}
+
+fn remove_sync_marker(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "IPVS: removing the sync thread's marker failed");
+        }
+    }
+}
+
 /// What `ipvsadm -Ln` would show for one service, in a stable order: for tests and logs.
 pub fn describe(s: &DumpedService, dests: &[DumpedDest]) -> String {
     let mut out = format!(
@@ -583,6 +657,21 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         assert_eq!(read_ledger(&path).unwrap(), keys);
         assert!(read_ledger(&dir.join("absent")).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sync_marker_beside_the_ledger() {
+        let dir = std::env::temp_dir().join(format!("hlb-ipvs-sync-{}", std::process::id()));
+        let m = sync_marker_path(&dir.join("run").join("ipvs-services"));
+        assert_eq!(m, dir.join("run").join("ipvs-services.sync"));
+        assert_eq!(read_sync_marker(&m), None);
+        let w = SyncDaemon { master: true, interface: "eth1".into(), sync_id: 52 };
+        write_sync_marker(&m, &w).unwrap();
+        assert_eq!(read_sync_marker(&m).as_deref(), Some("master on eth1, id 52"));
+        remove_sync_marker(&m);
+        remove_sync_marker(&m);
+        assert_eq!(read_sync_marker(&m), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
