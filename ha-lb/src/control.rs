@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::Path,
     time::Duration,
 };
@@ -11,7 +11,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt},
     net::UnixListener,
     sync::{mpsc, oneshot},
 };
@@ -46,8 +46,22 @@ pub enum Response {
 /// A request from a client, with the channel its answer goes back on.
 pub type Incoming = (Request, oneshot::Sender<Response>);
 
-/// Binds the socket (replacing a stale one; refusing if a live daemon answers there), makes
-/// it root-only, and forwards requests to `tx` until the listener fails.
+/// The longest request line accepted (requests are a few dozen bytes); a longer one is
+/// answered with an error instead of being read on into memory.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// How long a client gets to send its request line.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection waits for the daemon's answer: past the CLI's own wait for a reload
+/// (30 s), so the CLI gives up first; a daemon stuck longer answers nobody, and the
+/// connection's task ends instead of waiting for ever.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(40);
+/// How long writing the answer may take (a client that does not read).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Forwards requests from `listener` (see [`bind`]) to `tx` until the listener fails. Each
+/// connection is served by a task of its own, bounded in what it reads and how long it
+/// waits.
 pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Incoming>) -> Result<()> {
     loop {
         let (stream, _) = match listener.accept().await {
@@ -58,44 +72,68 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Incoming>) -> Result
                 continue;
             }
         };
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let (r, mut w) = stream.into_split();
-            let mut line = String::new();
-            let mut r = tokio::io::BufReader::new(r);
-            let read = tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await;
-            let resp = match read {
-                Ok(Ok(n)) if n > 0 => match serde_json::from_str::<Request>(line.trim()) {
-                    Ok(req) => {
-                        let (otx, orx) = oneshot::channel();
-                        if tx.send((req, otx)).await.is_err() {
-                            Response::Error { message: "daemon is stopping".into() }
-                        } else {
-                            orx.await.unwrap_or(Response::Error {
-                                message: "daemon dropped the request".into(),
-                            })
-                        }
-                    }
-                    Err(e) => Response::Error { message: format!("bad request: {e}") },
-                },
-                _ => return,
-            };
-            let mut out = serde_json::to_vec(&resp).unwrap_or_default();
-            out.push(b'\n');
-            if let Err(e) = w.write_all(&out).await {
-                debug!(error = %e, "control client went away");
-            }
-        });
+        tokio::spawn(serve_one(stream, tx.clone(), ANSWER_TIMEOUT));
     }
 }
 
-/// Binds the control socket at `path` (root-only), refusing when another daemon answers
-/// there: the first thing `run` does, before it touches VIPs or a data plane.
-pub fn bind(path: &Path) -> Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating control socket directory {}", dir.display()))?;
+/// One connection: one request line, one answer line.
+async fn serve_one(
+    stream: tokio::net::UnixStream,
+    tx: mpsc::Sender<Incoming>,
+    answer_timeout: Duration,
+) {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    // One byte past the limit tells a line at the limit from a longer one.
+    let mut r = tokio::io::BufReader::new(r.take(MAX_REQUEST as u64 + 1));
+    let read = tokio::time::timeout(READ_TIMEOUT, r.read_line(&mut line)).await;
+    let resp = match read {
+        Ok(Ok(_)) if line.len() > MAX_REQUEST => {
+            Response::Error { message: format!("request longer than {MAX_REQUEST} bytes: refused") }
+        }
+        Ok(Ok(n)) if n > 0 => match serde_json::from_str::<Request>(line.trim()) {
+            Ok(req) => ask(&tx, req, answer_timeout).await,
+            Err(e) => Response::Error { message: format!("bad request: {e}") },
+        },
+        _ => return,
+    };
+    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+    out.push(b'\n');
+    match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&out)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "control client went away"),
+        Err(_) => debug!("control client does not read its answer: dropped"),
     }
+}
+
+/// Hands `req` to the daemon and waits, at most `timeout`, for its answer.
+async fn ask(tx: &mpsc::Sender<Incoming>, req: Request, timeout: Duration) -> Response {
+    let (otx, orx) = oneshot::channel();
+    let asked = async {
+        if tx.send((req, otx)).await.is_err() {
+            return Response::Error { message: "daemon is stopping".into() };
+        }
+        orx.await.unwrap_or(Response::Error { message: "daemon dropped the request".into() })
+    };
+    tokio::time::timeout(timeout, asked).await.unwrap_or_else(|_| Response::Error {
+        message: format!("the daemon did not answer within {} s", timeout.as_secs()),
+    })
+}
+
+/// Binds the control socket at `path` (root-only), replacing a stale one and refusing when
+/// another daemon answers there: the first thing `run` does, before it touches VIPs or a
+/// data plane.
+///
+/// The socket is never reachable with a looser mode than 0600: it is bound inside a fresh
+/// directory of mode 0700 beside `path`, made 0600 there, and only then renamed into place
+/// (no window between bind and chmod, and no process-wide umask change).
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating control socket directory {}", dir.display()))?;
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!(
@@ -106,10 +144,26 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("removing stale control socket {}", path.display()))?;
     }
-    let l = UnixListener::bind(path)
-        .with_context(|| format!("binding control socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    let file = path.file_name().context("the control socket path has no file name")?;
+    // Short: a Unix socket path has at most 107 bytes, and this one is bound first.
+    let private = dir.join(format!(".hlb{}", std::process::id()));
+    // Left by an earlier run with this pid (a container restarting as pid 1): ours to remove.
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("creating {}", private.display()))?;
+    let bound = (|| {
+        let tmp = private.join(file);
+        let l = UnixListener::bind(&tmp)
+            .with_context(|| format!("binding control socket {}", path.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("moving the control socket to {}", path.display()))?;
+        Ok(l)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 /// Sends one request and waits (bounded) for the answer. Blocking; for the CLI.
@@ -167,9 +221,64 @@ mod tests {
         }
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        // Bound in a private directory and moved into place: nothing else is left.
+        let names: Vec<_> =
+            std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names, ["ha-lb.sock"]);
         // A second daemon on the same socket is refused while the first answers.
         assert!(bind(&path).unwrap_err().to_string().contains("already running"));
         server.abort();
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Sends `bytes` on a fresh connection served by `serve_one` and returns the answer line.
+    async fn exchange(bytes: Vec<u8>, tx: mpsc::Sender<Incoming>, timeout: Duration) -> String {
+        let (client, server) = tokio::net::UnixStream::pair().unwrap();
+        let served = tokio::spawn(serve_one(server, tx, timeout));
+        let (r, mut w) = client.into_split();
+        w.write_all(&bytes).await.unwrap();
+        let mut answer = String::new();
+        let mut r = tokio::io::BufReader::new(r);
+        let read = r.read_line(&mut answer);
+        tokio::time::timeout(Duration::from_secs(2), read).await.unwrap().unwrap();
+        drop(w);
+        tokio::time::timeout(Duration::from_secs(5), served).await.unwrap().unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_is_refused_without_reading_it_all() {
+        let (tx, _rx) = mpsc::channel::<Incoming>(4);
+        // No end of line, and the client keeps sending: the server stops reading at the
+        // limit and answers at once (without the limit it would read on until its timeout).
+        let big = vec![b' '; MAX_REQUEST + 10];
+        let answer = exchange(big, tx.clone(), Duration::from_secs(1)).await;
+        let resp: Response = serde_json::from_str(answer.trim()).unwrap();
+        assert!(
+            matches!(&resp, Response::Error { message } if message.contains("longer than 65536")),
+            "{resp:?}"
+        );
+        // A line just under the limit is read and parsed (and is bad JSON here).
+        let mut line = vec![b' '; MAX_REQUEST - 1];
+        line.push(b'\n');
+        let answer = exchange(line, tx, Duration::from_secs(1)).await;
+        assert!(answer.contains("bad request"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_daemon_that_does_not_answer_does_not_hold_the_connection() {
+        // The daemon takes the request and never answers.
+        let (tx, mut rx) = mpsc::channel::<Incoming>(4);
+        let held = tokio::spawn(async move {
+            let kept = rx.recv().await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(kept);
+        });
+        let started = std::time::Instant::now();
+        let answer =
+            exchange(b"{\"cmd\":\"status\"}\n".to_vec(), tx, Duration::from_millis(200)).await;
+        assert!(answer.contains("did not answer"), "{answer}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        held.abort();
     }
 }
