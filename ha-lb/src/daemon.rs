@@ -349,6 +349,8 @@ pub struct Daemon {
     stopping: BTreeMap<String, VrrpInstance>,
     /// Instances a reload or restart could not start: tried again from housekeeping.
     start_failed: BTreeSet<String>,
+    /// Why each instance last failed to start (status), until it starts.
+    start_errors: BTreeMap<String, String>,
     link_up: BTreeMap<String, bool>,
     /// The last state of each tracked script and the last value of each tracked file (by
     /// name): their tasks report changes only, so trackers rebuilt by a reload or an
@@ -859,6 +861,7 @@ impl Daemon {
             lingering: Vec::new(),
             stopping: BTreeMap::new(),
             start_failed: BTreeSet::new(),
+            start_errors: BTreeMap::new(),
             link_up: BTreeMap::new(),
             script_ok: BTreeMap::new(),
             file_value: BTreeMap::new(),
@@ -1608,7 +1611,7 @@ impl Daemon {
 
     fn on_health(&mut self, ev: HealthEvent) {
         info!(
-            virtual_server = %format!("{}:{}", ev.vs.address, ev.vs.port),
+            virtual_server = %ev.vs,
             real_server = %ev.rs,
             up = ev.up,
             weight = ?ev.weight,
@@ -1626,7 +1629,7 @@ impl Daemon {
         let (desired, quorum) = self.reconciler.desired();
         let user = self.config.global.script_user.clone();
         for q in quorum {
-            let label = format!("{}:{}", q.key.address, q.key.port);
+            let label = q.key.to_string();
             if q.up {
                 info!(virtual_server = %label, live_weight = q.live_weight, "quorum gained");
             } else {
@@ -1964,8 +1967,10 @@ impl Daemon {
         match self.start_instance(inst).await {
             Ok(()) => {
                 self.start_failed.remove(&inst.name);
+                self.start_errors.remove(&inst.name);
             }
             Err(e) => {
+                self.start_errors.insert(inst.name.clone(), format!("{e:#}"));
                 if self.start_failed.insert(inst.name.clone()) {
                     error!(instance = %inst.name, error = %format!("{e:#}"), "starting vrrp_instance failed; retrying every 5 s");
                 }
@@ -2114,6 +2119,10 @@ impl Daemon {
                     .collect(),
                 sync_group: self.config.sync_group_of(&inst.name).map(|g| g.name.clone()),
                 sync_group_waits_for: self.sync_groups.waiting_for(&inst.name).map(|(_, w)| w),
+                start_error: snap
+                    .is_none()
+                    .then(|| self.start_errors.get(&inst.name).cloned())
+                    .flatten(),
                 counters,
             });
         }
@@ -2146,11 +2155,7 @@ impl Daemon {
                     d.real_servers.iter().find(|r| r.addr == rs.key() && !r.sorry_server)
                 });
                 let h = self.reconciler.health(&key, rs.key());
-                let health = match (rs.check.is_some(), h) {
-                    (false, _) => "unchecked",
-                    (true, Some(h)) if h.up => "up",
-                    _ => "down",
-                };
+                let health = crate::status::real_server_health(rs.check.is_some(), h.as_ref());
                 let c = rs_counters(&stats, &key, rs.key());
                 rss.push(RealServerStatus {
                     address: rs.key().to_string(),
@@ -2175,6 +2180,7 @@ impl Daemon {
                 }
             }
             s.virtual_servers.push(VirtualServerStatus {
+                name: key.to_string(),
                 address: format!("{}", vs.socket_addr()),
                 protocol: vs.protocol.as_str().to_string(),
                 lb_algo: vs.lb_algo.as_str().to_string(),
@@ -2211,6 +2217,7 @@ fn rs_counters(
         .unwrap_or_default();
     RealServerStatus {
         active_conns: c.active_conns,
+        inactive_conns: c.inactive_conns,
         conns: c.new_conns,
         packets: c.in_packets + c.out_packets,
         bytes: c.in_bytes + c.out_bytes,
@@ -2324,7 +2331,7 @@ fn instance_change(a: &VrrpInstance, b: &VrrpInstance) -> InstanceChange {
 /// One log line per service and real-server transition: old → new, and why.
 fn log_diff(old: &[DesiredService], new: &[DesiredService], why: &str) {
     for n in new {
-        let vs = format!("{}:{}", n.key.address, n.key.port);
+        let vs = n.key.to_string();
         let Some(o) = old.iter().find(|o| o.key == n.key) else {
             info!(virtual_server = %vs, real_servers = n.real_servers.len(), reason = why, "virtual server added");
             continue;
@@ -2348,7 +2355,7 @@ fn log_diff(old: &[DesiredService], new: &[DesiredService], why: &str) {
     }
     for o in old {
         if !new.iter().any(|n| n.key == o.key) {
-            info!(virtual_server = %format!("{}:{}", o.key.address, o.key.port), reason = why, "virtual server removed");
+            info!(virtual_server = %o.key, reason = why, "virtual server removed");
         }
     }
 }

@@ -42,7 +42,9 @@ pub struct Health {
     pub up: bool,
     /// Weight from a `misc_dynamic` check, replacing the configured one.
     pub dynamic_weight: Option<u32>,
-    /// True until a checker has reported (status shows `unchecked`).
+    /// True until a checker has reported a change. (Checkers report changes only, so a
+    /// server that starts up and passes is never reported: status shows the start state,
+    /// `up`, or `down` with `alpha` — `unchecked` is for servers without a check.)
     pub initial: bool,
 }
 

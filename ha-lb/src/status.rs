@@ -45,7 +45,9 @@ pub struct InstanceStatus {
     pub interface: String,
     pub virtual_router_id: u8,
     pub version: u8,
-    /// `INIT`, `BACKUP`, `MASTER`, `FAULT` or `STOP`.
+    /// `INIT`, `BACKUP`, `MASTER`, `FAULT`, `STOPPING` (handing over: priority 0 sent,
+    /// still serving until the new master takes over), `RESTART` (a reload changed it; the
+    /// old run is ending) or `STOP` (not running: see `start_error`).
     pub state: String,
     pub priority: u8,
     pub effective_priority: u8,
@@ -64,12 +66,21 @@ pub struct InstanceStatus {
     /// (neither MASTER nor ready). The group becomes MASTER only when every member would.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_group_waits_for: Option<Vec<String>>,
+    /// Why it last failed to start, while it is not running (a reload or restart could not
+    /// start it; it is tried again every 5 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_error: Option<String>,
     /// Protocol counters: adverts sent/received, rejected per reason, …
     pub counters: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VirtualServerStatus {
+    /// The virtual server's name, as the logs give it: `198.18.0.100:80 TCP` (`address` and
+    /// `protocol` together: a TCP and a UDP service may share an address and port).
+    #[serde(default)]
+    pub name: String,
+    /// `ADDRESS:PORT`.
     pub address: String,
     /// `TCP` or `UDP`.
     pub protocol: String,
@@ -89,14 +100,29 @@ pub struct RealServerStatus {
     /// Weight in the data plane now (0 when inhibited or draining).
     pub weight: u32,
     pub configured_weight: u32,
-    /// `up`, `down` or `unchecked`.
+    /// `up` or `down` as its checks say (before their first result: `up`, or `down` with
+    /// `alpha`, as keepalived starts them), `unchecked` (no check), or `sorry` (the sorry
+    /// server).
     pub health: String,
     pub active_conns: u64,
-    pub inactive_conns: u64,
+    /// IPVS's InActConn; `null` where the data plane does not count them (XDP, TC).
+    pub inactive_conns: Option<u64>,
     pub conns: u64,
     pub packets: u64,
     pub bytes: u64,
     pub sorry_server: bool,
+}
+
+/// A real server's `health` word: `unchecked` when it has no check; else `up` or `down` as
+/// its checks say — before their first result, the start state: `up`, or `down` with
+/// `alpha` (keepalived's; checkers report changes only, so a server that starts up and
+/// passes is never reported, and "no result yet" cannot be told from "passing").
+pub fn real_server_health(has_check: bool, h: Option<&crate::reconcile::Health>) -> &'static str {
+    match h {
+        _ if !has_check => "unchecked",
+        Some(h) if h.up => "up",
+        _ => "down",
+    }
 }
 
 fn lb_kind_short(kind: &str) -> &str {
@@ -154,6 +180,9 @@ pub fn render(s: &Status) -> String {
         if let Some(r) = &i.fault_reason {
             let _ = writeln!(o, "  {} is held in FAULT by: {r}", i.name);
         }
+        if let Some(e) = &i.start_error {
+            let _ = writeln!(o, "  {} could not start (tried again every 5 s): {e}", i.name);
+        }
         if let Some(w) = i.sync_group_waits_for.as_ref().filter(|w| !w.is_empty()) {
             let _ = writeln!(
                 o,
@@ -209,7 +238,7 @@ pub fn render(s: &Status) -> String {
                     r.weight,
                     r.health,
                     r.active_conns,
-                    r.inactive_conns,
+                    r.inactive_conns.map_or("-".to_string(), |n| n.to_string()),
                     r.conns,
                     r.packets,
                     r.bytes
@@ -257,11 +286,13 @@ mod tests {
                 virtual_ipaddress: vec!["198.18.0.100/24".into()],
                 virtual_ipaddress_excluded: vec!["2001:db8::10/64".into()],
                 fault_reason: Some("track_interface eth1".into()),
+                start_error: Some("interface eth9 not found".into()),
                 sync_group: Some("director".into()),
                 sync_group_waits_for: Some(vec!["VI_2".into()]),
                 ..Default::default()
             }],
             virtual_servers: vec![VirtualServerStatus {
+                name: "198.18.0.100:80 TCP".into(),
                 address: "198.18.0.100:80".into(),
                 protocol: "TCP".into(),
                 lb_algo: "wrr".into(),
@@ -300,7 +331,9 @@ mod tests {
         assert!(t.contains("TCP  198.18.0.100:80 wrr"), "{t}");
         let rs = t.lines().find(|l| l.contains("-> 198.18.1.1:80")).unwrap();
         let cols: Vec<&str> = rs.split_whitespace().collect();
-        assert_eq!(cols[2..7], ["Masq", "3", "up", "2", "0"], "{rs}");
+        // InActConn: "-" where the data plane does not count them.
+        assert_eq!(cols[2..7], ["Masq", "3", "up", "2", "-"], "{rs}");
+        assert!(t.contains("VI_1 could not start (tried again every 5 s): interface eth9"), "{t}");
         // Each value under its header (the header used to be 2 columns off).
         let head = t.lines().find(|l| l.contains("RemoteAddress:Port")).unwrap();
         assert_eq!(head.find("Forward"), rs.find("Masq"), "\n{head}\n{rs}");
@@ -320,5 +353,36 @@ mod tests {
         let s = sample();
         let j = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Status>(&j).unwrap(), s);
+    }
+
+    #[test]
+    fn a_checked_real_server_shows_its_start_state_until_a_check_says_otherwise() {
+        use crate::reconcile::Health;
+        let h = |up, initial| Health { up, dynamic_weight: None, initial };
+        assert_eq!(real_server_health(false, None), "unchecked");
+        assert_eq!(real_server_health(false, Some(&h(true, false))), "unchecked");
+        // Before any result: up, or down with alpha.
+        assert_eq!(real_server_health(true, Some(&h(true, true))), "up");
+        assert_eq!(real_server_health(true, Some(&h(false, true))), "down");
+        assert_eq!(real_server_health(true, Some(&h(true, false))), "up");
+        assert_eq!(real_server_health(true, Some(&h(false, false))), "down");
+        assert_eq!(real_server_health(true, None), "down");
+    }
+
+    #[test]
+    fn inactive_connections_are_null_where_not_counted() {
+        let mut s = sample();
+        let j: serde_json::Value = serde_json::to_value(&s).unwrap();
+        let rs = &j["virtual_servers"][0]["real_servers"][0];
+        assert!(rs["inactive_conns"].is_null(), "{rs}");
+        assert_eq!(j["virtual_servers"][0]["name"], "198.18.0.100:80 TCP");
+        assert_eq!(j["vrrp_instances"][0]["start_error"], "interface eth9 not found");
+        // IPVS counts them.
+        s.virtual_servers[0].real_servers[0].inactive_conns = Some(4);
+        let t = render(&s);
+        let row = t.lines().find(|l| l.contains("-> 198.18.1.1:80")).unwrap();
+        assert_eq!(row.split_whitespace().nth(6), Some("4"), "{row}");
+        let j: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["virtual_servers"][0]["real_servers"][0]["inactive_conns"], 4);
     }
 }

@@ -138,6 +138,10 @@ fn guest() {
     let daemons = ipvs_daemons(&n);
     assert!(!daemons.contains("sync daemon"), "{daemons}\n{}", d.log_text());
     assert!(d.log_text().contains("stopped the kernel sync thread an earlier run left"));
+    // IPVS counts InActConn: a number in status (null with XDP).
+    let st = d.status().unwrap();
+    let r = rs_status(&st, "198.19.0.11:80").unwrap();
+    assert_eq!(r["inactive_conns"].as_u64(), Some(0), "{r}");
     t.lab.signal(d.pid, libc::SIGTERM).unwrap();
     t.lab.wait(d.pid, Duration::from_secs(20)).unwrap();
     let daemons = ipvs_daemons(&n);

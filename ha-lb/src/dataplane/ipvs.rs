@@ -440,6 +440,7 @@ impl Dataplane for IpvsDataplane {
                         out_bytes: d.stats.outbytes,
                         new_conns: d.stats.conns,
                         active_conns: u64::from(d.active_conns),
+                        inactive_conns: Some(u64::from(d.inact_conns)),
                     },
                 );
             }

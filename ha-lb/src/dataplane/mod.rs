@@ -146,6 +146,10 @@ pub struct RealServerStats {
     pub out_bytes: u64,
     pub new_conns: u64,
     pub active_conns: u64,
+    /// IPVS's InActConn (connections not established: closing, or in TIME_WAIT); `None`
+    /// where the data plane does not count them apart (XDP's `active_conns` are all the
+    /// connections it has not seen close).
+    pub inactive_conns: Option<u64>,
 }
 
 /// Counters of one virtual server (both directions summed).

@@ -1334,6 +1334,7 @@ impl Dataplane for XdpDataplane {
                         out_bytes: t.out_bytes,
                         new_conns: t.new_conns,
                         active_conns: active(t.new_conns, t.closed_conns, e),
+                        inactive_conns: None,
                     },
                 );
             }
