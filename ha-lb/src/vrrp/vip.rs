@@ -964,10 +964,14 @@ impl VipManager for Rtnl {
         match req.execute().await.map_err(nl_io) {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-            Err(source) => Err(VipError::Netlink {
-                op: "add address",
-                what: format!("{vip} on {}", iface.name),
-                source,
+            Err(source) => Err({
+                // Not added: not ours to remove at the next start.
+                self.forget(vip, iface);
+                VipError::Netlink {
+                    op: "add address",
+                    what: format!("{vip} on {}", iface.name),
+                    source,
+                }
             }),
         }
     }
