@@ -1,7 +1,11 @@
-//! VIPs a crashed `ha-lb run` leaves behind, on the NAT director lab: the daemon records the
-//! VIPs it adds in a ledger beside its control socket, so the next run removes those the new
-//! configuration no longer names (the instances' own start-up clean-up only knows the
-//! configured ones), and touches no address the ledger does not name.
+//! VIPs a crashed `ha-lb run` leaves behind, on the NAT director lab:
+//! - the daemon records the VIPs it adds in a ledger beside its control socket, so the next
+//!   run removes those the new configuration no longer names (the instances' own start-up
+//!   clean-up only knows the configured ones), and touches no address the ledger does not
+//!   name;
+//! - a configured VIP found on its device with another prefix (an older configuration's) is
+//!   removed at start with the prefix it has: the kernel removes an address only when the
+//!   prefix matches too.
 
 mod daemon_support;
 
@@ -13,12 +17,41 @@ use ha_lb_lab::{
     topology::{DirectorLab, Mode},
 };
 
-/// The single director's file with `vip` (instead of the lab's VIP) on eth0, no services,
-/// no data plane.
-fn conf(vip: &str) -> String {
+/// The single director's file with `vip` (instead of the lab's VIP, with its prefix) on eth0,
+/// no services, no data plane.
+fn conf_prefix(vip: &str, prefix: u8) -> String {
     director_conf(1, None, 150, 0.1, "")
         .replace("dataplane = \"xdp\"", "dataplane = \"none\"")
-        .replace(&format!("\"{VIP_S}/24 dev eth0\""), &format!("\"{vip}/24 dev eth0\""))
+        .replace(&format!("\"{VIP_S}/24 dev eth0\""), &format!("\"{vip}/{prefix} dev eth0\""))
+}
+
+fn conf(vip: &str) -> String {
+    conf_prefix(vip, 24)
+}
+
+/// The entries of `addr` on `dev` in `node`, as `ip -o addr` shows them (`addr/prefix`).
+fn entries(node: &ha_lb_lab::Node, dev: &str, addr: &str) -> Vec<String> {
+    let out = node.sh(&format!("ip -o addr show dev {dev}")).unwrap();
+    out.split_whitespace().filter(|w| w.split('/').next() == Some(addr)).map(String::from).collect()
+}
+
+#[test]
+fn a_stale_vip_with_another_prefix_is_removed_at_start() {
+    let mut t = DirectorLab::build(Mode::Nat, 1, 1).unwrap();
+    let s = Scratch::new("vipprefix").unwrap();
+    let n = t.directors[0].clone();
+    // Left as /24 by an older configuration; this one says /32.
+    n.ip(&["addr", "add", "198.18.0.110/24", "dev", "eth0"]).unwrap();
+    let d = HaLb::start(&mut t.lab, &n, &s, "d1", &conf_prefix("198.18.0.110", 32)).unwrap();
+    eventually(Duration::from_secs(10), "d1 MASTER", || {
+        d.state("VI_PUBLIC").as_deref() == Some("MASTER")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    assert_eq!(entries(&n, "eth0", "198.18.0.110"), ["198.18.0.110/32"], "{}", d.log_text());
+    assert!(d.log_text().contains("198.18.0.110/24"), "the log names what it removed");
+    t.lab.signal(d.pid, libc::SIGTERM).unwrap();
+    t.lab.wait(d.pid, Duration::from_secs(10)).unwrap();
+    assert!(entries(&n, "eth0", "198.18.0.110").is_empty());
 }
 
 #[test]
