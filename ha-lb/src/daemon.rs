@@ -1387,9 +1387,13 @@ impl Daemon {
     fn on_link(&mut self, ev: LinkEvent) -> (Option<TrackUpdate>, Vec<String>) {
         match ev {
             LinkEvent::Changed(l) => {
+                let recreated = self.ifnames.iter().any(|(i, n)| *n == l.name && *i != l.index);
                 // (A name is at one index: the stale entry of a deleted link goes.)
                 self.ifnames.retain(|i, n| *n != l.name || *i == l.index);
                 self.ifnames.insert(l.index, l.name.clone());
+                if recreated {
+                    self.reattach_forwarding(&l.name);
+                }
                 let rebind = (self.instances.iter())
                     .filter(|(_, r)| r.devices.get(&l.name).is_some_and(|i| *i != l.index))
                     .map(|(n, _)| n.clone())
@@ -1406,6 +1410,30 @@ impl Daemon {
                 (track, Vec::new())
             }
         }
+    }
+
+    /// A device the forwarding program was on, created again under its name
+    /// ([`Self::on_link`]): the program, the MAC it forwards for, IP forwarding and the VRRP
+    /// filter's VRIDs were the deleted device's. The new one gets them.
+    fn reattach_forwarding(&mut self, name: &str) {
+        let Plane::Xdp(x) = &mut self.dataplane else { return };
+        if !x.interfaces().iter().any(|(n, _)| n == name) {
+            return;
+        }
+        // The old link went with its device; this forgets it.
+        let _ = x.detach_interface(name);
+        match x.attach_interface(name) {
+            Ok(mode) => {
+                info!(interface = %name, mode = ?mode, "eBPF forwarding attached (interface created again)")
+            }
+            Err(e) => {
+                error!(interface = %name, error = %e, "attaching eBPF forwarding to an interface created again failed")
+            }
+        }
+        let ifaces = [name.to_string()];
+        enable_forwarding(&self.config, &ifaces);
+        enable_accept_local(&self.config, &ifaces);
+        self.attach_filter();
     }
 
     /// Restarts instances whose device came back with a new index ([`Self::on_link`]).

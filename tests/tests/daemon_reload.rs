@@ -546,6 +546,16 @@ fn an_interface_created_again_gets_its_instance_back() {
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
     let log = d.log_text();
     assert!(log.contains("its interface was created again"), "{log}");
+    // The forwarding program and IP forwarding were the deleted device's: the new one gets
+    // them too.
+    let link = d.node.sh("ip -d link show eth2").unwrap();
+    assert!(
+        link.contains("prog/xdp"),
+        "the forwarding program is on the new eth2: {link}
+{log}"
+    );
+    let fwd = d.node.sh("cat /proc/sys/net/ipv4/conf/eth2/forwarding").unwrap();
+    assert_eq!(fwd.trim(), "1", "forwarding on the new eth2");
     let m = spread(&t.client, 6);
     assert_eq!(names(&m), ["rs1", "rs2"], "the other instances still serve: {m:?}");
 }
