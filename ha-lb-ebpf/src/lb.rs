@@ -19,8 +19,9 @@
 //! hash lookup. Everything else passes untouched (through the VRRP filter's checks when
 //! `LB_CFG_F_VRRP_FILTER` is set). ICMP errors about known flows are translated and sent to
 //! the host the error is about (`icmp`).
-//! Unusual frames (VLAN, IPv4 options, fragments, IPv6 extension headers, truncated) pass and
-//! are counted per reason in `LB_REASONS`.
+//! Unusual frames (VLAN — at TC the tag is out of band, `Frame::vlan_tagged` —, IPv4
+//! options, fragments, IPv6 extension headers, truncated) pass and are counted per reason in
+//! `LB_REASONS`.
 //!
 //! TTL/hop limit is not decremented (as IPVS, which forwards from LOCAL_IN).
 //!
@@ -293,6 +294,10 @@ fn now_ns() -> u64 {
 #[inline(always)]
 fn parse(ctx: &impl Frame) -> Result<Pkt, LbReason> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(LbReason::Truncated)?;
+    // At TC a received tag is out of band: the frame looks untagged (see `Frame::vlan_tagged`).
+    if ctx.vlan_tagged() {
+        return Err(LbReason::Vlan);
+    }
     let len = ctx.len();
     // SAFETY: bounds-checked by ptr_at.
     match u16::from_be(unsafe { (*eth).proto }) {

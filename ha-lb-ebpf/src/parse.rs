@@ -46,6 +46,14 @@ pub trait Frame: EbpfContext {
     fn gso_size(&self) -> u32;
     /// Sends the frame out of `ifindex`: the XDP action (`XDP_TX` or `XDP_REDIRECT`) for it.
     fn redirect(&self, ifindex: u32) -> u32;
+    /// Whether the frame carries an 802.1Q/802.1ad tag the kernel took out of it. At TC the
+    /// kernel has always moved a received tag out of band (`skb->vlan_tci`) before the
+    /// program runs, and puts it back on at egress: a tagged frame looks untagged and must be
+    /// recognised by this. At XDP a tag is in the frame (the parser passes it), except on a
+    /// NIC that strips tags in hardware (`rxvlan` on), which XDP cannot see before Linux 6.8
+    /// (`bpf_xdp_metadata_rx_vlan_tag`): there tagged traffic must not reach the program
+    /// (`ethtool -K <dev> rxvlan off`, or the TC hook).
+    fn vlan_tagged(&self) -> bool;
 }
 
 impl Frame for XdpContext {
@@ -89,6 +97,10 @@ impl Frame for XdpContext {
             // SAFETY: plain helper call; flags 0.
             unsafe { bpf_redirect(ifindex, 0) as u32 }
         }
+    }
+    #[inline(always)]
+    fn vlan_tagged(&self) -> bool {
+        false
     }
 }
 
@@ -149,6 +161,11 @@ impl Frame for TcContext {
         // which the TC entry point makes of XDP_REDIRECT.
         unsafe { bpf_redirect(ifindex, 0) };
         aya_ebpf::bindings::xdp_action::XDP_REDIRECT
+    }
+    #[inline(always)]
+    fn vlan_tagged(&self) -> bool {
+        // SAFETY: the program's context pointer.
+        unsafe { (*self.skb.skb).vlan_present != 0 }
     }
 }
 

@@ -26,7 +26,10 @@ use ha_lb::{
         Dataplane, DesiredState, LbAlgo, LbKind, Protocol, ServiceSpec,
     },
 };
-use ha_lb_lab::frame::{self, Eth, TcpFlags};
+use ha_lb_lab::{
+    frame::{self, Eth, TcpFlags},
+    packet::PacketSocket,
+};
 use xdp_support::*;
 
 struct Both {
@@ -331,4 +334,48 @@ fn tc_and_xdp_forward_every_frame_identically() {
             assert!(forwarded >= 120 * 4 * 5);
         })
         .unwrap();
+}
+
+/// Found by review: at the TC hook the kernel has already taken a received 802.1Q tag out of
+/// the frame (into the socket buffer's `vlan_tci`) and puts it back on at egress, so a tagged
+/// SYN to a VIP looked untagged: it was NATed, redirected and left still tagged. It now passes
+/// (on to the VLAN device), counted `vlan`. Real frames on a veth pair: a test run's socket
+/// buffer keeps its tag in the frame, which the parser always passed.
+#[test]
+fn tc_passes_a_frame_whose_tag_the_kernel_took_out() {
+    let env = env();
+    let (c, s, d) = (env.lab.get("c").clone(), env.lab.get("s").clone(), env.d.clone());
+    let mac0 = env.mac0;
+    let dp = d
+        .run(|| {
+            let bpf = Bpf::load(tracing::Level::WARN).unwrap();
+            let mut dp = XdpDataplane::with_hook(bpf, Hook::Tc).unwrap();
+            dp.attach_interface("eth0").unwrap();
+            dp.attach_interface("eth1").unwrap();
+            let vip = "198.18.100.1:80";
+            dp.apply(&rr_service(Protocol::Tcp, vip, LbKind::Nat, &["198.18.2.10"], 8080)).unwrap();
+            dp
+        })
+        .unwrap();
+    let capture = s.run(|| PacketSocket::open("eth0")).unwrap().unwrap();
+    let tx = c.run(|| PacketSocket::open("eth0")).unwrap().unwrap();
+    let eth = Eth { src: [0x02, 0xcc, 0, 0, 0, 9], dst: mac0 };
+    let syn = |port| frame::tcp(eth, client(7, port), sa("198.18.100.1:80"), TcpFlags::SYN, 1, b"");
+    let untagged = syn(41001);
+    let plain = syn(41000);
+    let mut tagged = plain[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 100]);
+    tagged.extend_from_slice(&plain[12..]);
+    let before = maps::counters(dp.bpf()).unwrap();
+    tx.send(&tagged).unwrap();
+    // The same SYN untagged (another port): forwarded, so the set-up does forward.
+    tx.send(&untagged).unwrap();
+    let to_real =
+        |f: &[u8]| frame::check(f).is_ok_and(|p| p.dst == ip("198.18.2.10") && p.dport == 8080);
+    let got = capture.drain(std::time::Duration::from_millis(500), to_real).unwrap();
+    let counted = maps::counters(dp.bpf()).unwrap().since(&before);
+    assert_eq!(counted, vec![("nat_in", 1), ("vlan", 1)], "the tagged SYN passed");
+    assert_eq!(got.len(), 1, "only the untagged SYN reached the real server");
+    assert_eq!(frame::check(&got[0]).unwrap().sport, 41001);
+    drop(dp);
 }
