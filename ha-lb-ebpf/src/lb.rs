@@ -317,14 +317,16 @@ fn parse_v4(ctx: &impl Frame, len: u32) -> Result<Pkt, LbReason> {
     if ip.vihl >> 4 != 4 || ihl < 5 {
         return Err(LbReason::BadIpHeader);
     }
-    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
-        return Err(LbReason::NotTcpUdp);
-    }
+    // Options and fragments first, whatever the protocol (an ICMP error with options or in
+    // fragments is not translated either: `icmp` takes plain unfragmented headers only).
     if ihl != 5 {
         return Err(LbReason::IpOptions);
     }
     if u16::from_be(ip.frag_off) & IP_MF_OFFSET != 0 {
         return Err(LbReason::Fragment);
+    }
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+        return Err(LbReason::NotTcpUdp);
     }
     let ip_len = u16::from_be(ip.tot_len);
     if (ip_len as usize) < IPV4_HLEN {

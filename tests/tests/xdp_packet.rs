@@ -399,6 +399,17 @@ fn malformed_and_unusual_frames_pass_untouched_and_are_counted_per_reason() {
             f
         };
         let icmp = frame::ip(eth, vip.ip(), vip.ip(), 64, 1, &[8, 0, 0xf7, 0xff, 0, 0, 0, 0]);
+        // Found by review: options and fragments of other protocols were counted
+        // `not_tcp_udp` (the protocol was checked first).
+        let mut icmp_frag = icmp.clone();
+        icmp_frag[20] = 0x20; // MF
+        fix_ip_checksum(&mut icmp_frag);
+        let mut icmp_options = icmp.clone();
+        icmp_options.splice(34..34, [1, 1, 1, 0]);
+        icmp_options[14] = 0x46;
+        let tl = u16::from_be_bytes([icmp_options[16], icmp_options[17]]) + 4;
+        icmp_options[16..18].copy_from_slice(&tl.to_be_bytes());
+        fix_ip_checksum(&mut icmp_options);
         let to_other_port =
             frame::tcp(eth, client(1, 4000), sa("198.18.100.1:81"), TcpFlags::SYN, 1, b"");
         let to_other_host = frame::udp(eth, client(1, 4000), sa("198.18.1.1:53"), b"q");
@@ -426,6 +437,8 @@ fn malformed_and_unusual_frames_pass_untouched_and_are_counted_per_reason() {
             ("IPv6 payload cut", good6[..good6.len() - 1].to_vec(), LbReason::Truncated),
             ("ARP", arp, LbReason::NotIp),
             ("ICMP to the VIP", icmp, LbReason::NotTcpUdp),
+            ("ICMP fragment", icmp_frag, LbReason::Fragment),
+            ("ICMP with IPv4 options", icmp_options, LbReason::IpOptions),
             ("TCP to a VIP port without service", to_other_port, LbReason::NotService),
             ("UDP to the director", to_other_host, LbReason::NotService),
         ];
