@@ -113,6 +113,10 @@ pub const LB_REAL_F_AVAILABLE: u8 = 1;
 /// [`LbReal::flags`]: weight 0 — keeps its flows, gets no new ones (not even by persistence).
 pub const LB_REAL_F_QUIESCED: u8 = 2;
 
+/// [`LbReal::service_id`] of a real server that left its service or whose service was
+/// deleted (the service's id may be given to another service meanwhile).
+pub const LB_REAL_NO_SERVICE: u32 = u32::MAX;
+
 /// [`LbFlow::flags`]: this is a NAT reply entry (real server -> client), not a forward one.
 pub const LB_FLOW_F_REPLY: u32 = 1;
 /// [`LbFlow::flags`]: FIN or RST seen; the connection no longer counts as active.
@@ -212,7 +216,7 @@ pub struct LbReal {
     pub family: u8,
     /// `LB_REAL_F_*`.
     pub flags: u8,
-    /// The service this real server belongs to.
+    /// The service this real server belongs to ([`LB_REAL_NO_SERVICE`]: none any more).
     pub service_id: u32,
     /// Incremented whenever the id is given to a new real server; flows and templates that
     /// carry another generation are stale.

@@ -17,7 +17,7 @@ use ha_lb::{
         vrrp_filter::{self, set_vrids},
         PROG_LB, PROG_VRRP_FILTER,
     },
-    dataplane::{Dataplane, LbAlgo, LbKind, Protocol},
+    dataplane::{Dataplane, DesiredState, LbAlgo, LbKind, Protocol},
 };
 use ha_lb_common::{
     lb::{LbFlowKey, LbReason, LB_FLOW_F_CLOSED, LB_FLOW_F_REPLY},
@@ -1187,5 +1187,44 @@ fn an_imported_close_marks_the_flow_closed() {
         assert_eq!((r.opened, r.closed), (0, 0));
         let r = t.dp.import_flows(&[old(899)], maps::monotonic_coarse_ns()).unwrap();
         assert_eq!((r.opened, r.closed), (1, 0));
+    });
+}
+
+/// Found by review: a FIN or RST on a flow of a deleted service counted as a close on the
+/// service its id was given to next (until the next sweep recounted): a removed real server's
+/// entry kept its old service id. It is now in no service, and a close counts only on the
+/// service its real server is still in.
+#[test]
+fn closes_of_a_deleted_services_flows_do_not_count_on_the_next_owner_of_its_id() {
+    let env = env();
+    env.run(|t| {
+        let a = t.serve_rr(
+            Protocol::Tcp,
+            "198.18.100.1:80",
+            LbKind::Nat,
+            &["198.18.2.10", "198.18.2.11"],
+            8080,
+        );
+        // Two connections: rr puts the second on the second real server (id 1).
+        let (a1, a2) = (client(1, 40000), client(2, 40000));
+        assert_eq!(t.nat_pick(a1, a, TcpFlags::SYN), ip("198.18.2.10"));
+        assert_eq!(t.nat_pick(a2, a, TcpFlags::SYN), ip("198.18.2.11"));
+        // A goes; B comes, with A's service id and A's first real id (a new generation of
+        // it); A's second real id stays free.
+        t.apply(&DesiredState::default());
+        let b = t.serve_rr(Protocol::Tcp, "198.18.100.2:80", LbKind::Nat, &["198.18.2.12"], 8080);
+        let b1 = client(3, 40000);
+        assert_eq!(t.nat_pick(b1, b, TcpFlags::SYN), ip("198.18.2.12"));
+        assert_eq!(t.nat_pick(b1, b, TcpFlags::ACK), ip("198.18.2.12"));
+        let active = |t: &Tester| {
+            t.dp.stats().unwrap().services[&vs("198.18.100.2:80", Protocol::Tcp)].active_conns
+        };
+        assert_eq!(active(t), 1);
+        // A's second client closes: not a connection of B's.
+        let fin = frame::tcp(t.client_eth(), a2, a, TcpFlags::FIN_ACK, 2, b"");
+        assert_eq!(t.send_from_client(&fin).action, XdpAction::Pass, "A is gone");
+        let rst = frame::tcp(t.client_eth(), a1, a, TcpFlags::RST, 2, b"");
+        assert_eq!(t.send_from_client(&rst).action, XdpAction::Pass);
+        assert_eq!(active(t), 1, "B's connection is still open");
     });
 }

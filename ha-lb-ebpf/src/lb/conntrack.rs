@@ -84,9 +84,12 @@ pub fn close(f: *mut LbFlow, svc_id: u32, real_id: u32, real_gen: u32, flags: u3
     }
     // SAFETY: `f` points into an LRU map value.
     unsafe { (*f).flags = flags | LB_FLOW_F_CLOSED };
-    // Only while the id still names the same real server: a recycled id's counts start fresh.
+    // Only while the id still names the same real server in the same service: a recycled
+    // id's counts start fresh, and a real server that left its service (or whose service was
+    // deleted, its id perhaps given to another) has `LB_REAL_NO_SERVICE` (the sweep recounts
+    // its flows as gone).
     if let Some(r) = LB_REALS.get(real_id) {
-        if r.gen == real_gen {
+        if r.gen == real_gen && r.service_id == svc_id {
             conn_closed(svc_id, real_id);
         }
     }

@@ -72,7 +72,7 @@ use ha_lb_common::lb::{
     LbServiceKey, IPPROTO_TCP, IPPROTO_UDP, LB_ALGO_LC, LB_ALGO_MH, LB_ALGO_RR, LB_ALGO_SH,
     LB_ALGO_WLC, LB_ALGO_WRR, LB_CFG_F_VRRP_FILTER, LB_FLOW_F_CLOSED, LB_FLOW_F_DR,
     LB_FLOW_F_PERSIST, LB_FLOW_F_REPLY, LB_FLOW_F_TUN, LB_FLOW_PERSIST_PREFIX_SHIFT, LB_KIND_DR,
-    LB_KIND_NAT, LB_KIND_TUN, LB_REALS_MAX, LB_REAL_F_AVAILABLE, LB_REAL_F_QUIESCED, LB_RING_CHUNK,
+    LB_KIND_NAT, LB_KIND_TUN, LB_REALS_MAX, LB_REAL_F_AVAILABLE, LB_REAL_NO_SERVICE, LB_REAL_F_QUIESCED, LB_RING_CHUNK,
     LB_RING_CHUNKS, LB_SERVICES_MAX, LB_SVC_F_HASH_PORT,
 };
 use tracing::warn;
@@ -192,6 +192,10 @@ pub struct State {
     real_ids: IdPool,
     /// Generation last given to each real id.
     real_gens: Vec<u32>,
+    /// Free real ids whose entry still names the live service they left (so that closes of
+    /// their flows count on it): real id -> (service id, address, port, generation). Rewritten
+    /// in no service when that service is deleted; forgotten when the id is taken again.
+    retired: BTreeMap<u32, (u32, IpAddr, u16, u32)>,
     ring: RingAlloc,
 }
 
@@ -202,6 +206,7 @@ impl Default for State {
             service_ids: IdPool::new(LB_SERVICES_MAX),
             real_ids: IdPool::new(LB_REALS_MAX),
             real_gens: vec![0; LB_REALS_MAX as usize],
+            retired: BTreeMap::new(),
             ring: RingAlloc::new(LB_RING_CHUNKS),
         }
     }
@@ -281,6 +286,13 @@ fn real_entry(addr: IpAddr, port: u16, flags: u8, service_id: u32, gen: u32) -> 
         tun_src: [0; 4],
         _reserved: 0,
     }
+}
+
+/// The entry of a real server whose service was deleted: not available, and in no service,
+/// so that the data path counts no close of its flows on the service id, which may be given
+/// to another service before its flows are gone (the sweep counts them as gone instead).
+fn gone_real_entry(addr: IpAddr, port: u16, gen: u32) -> LbReal {
+    real_entry(addr, port, 0, LB_REAL_NO_SERVICE, gen)
 }
 
 /// The real server entry of `rs` in a service of kind `kind`: for TUN, with the outer source
@@ -437,9 +449,20 @@ pub fn plan_with(
         let applied = next.services.remove(&vs).expect("listed from the same map");
         ops.push(Op::DeleteService(service_key(&vs)));
         for (&(addr, port), r) in &applied.reals {
-            ops.push(Op::PutReal(r.id, real_entry(addr, port, 0, applied.id, r.gen)));
+            ops.push(Op::PutReal(r.id, gone_real_entry(addr, port, r.gen)));
             free_real_ids.push(r.id);
             report.real_servers_removed += 1;
+        }
+        // Real servers that left it earlier (their ids not taken since) leave it too.
+        let earlier: Vec<u32> = next
+            .retired
+            .iter()
+            .filter(|(_, r)| r.0 == applied.id)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in earlier {
+            let (_, addr, port, gen) = next.retired.remove(&id).expect("listed above");
+            ops.push(Op::PutReal(id, gone_real_entry(addr, port, gen)));
         }
         free_service_ids.push(applied.id);
         free_rings.extend(applied.ring);
@@ -494,6 +517,7 @@ pub fn plan_with(
                     let rid = next.real_ids.take().ok_or_else(|| {
                         DataplaneError::Capacity(format!("more than {LB_REALS_MAX} real servers"))
                     })?;
+                    next.retired.remove(&rid);
                     let g = &mut next.real_gens[rid as usize];
                     *g = g.wrapping_add(1).max(1);
                     let gen = *g;
@@ -508,7 +532,9 @@ pub fn plan_with(
         }
         for (&(addr, port), o) in &old_reals {
             if !reals.contains_key(&(addr, port)) {
+                // Still in the service as far as closes of its flows go (see `retired`).
                 after_switch.push(Op::PutReal(o.id, real_entry(addr, port, 0, id, o.gen)));
+                next.retired.insert(o.id, (id, addr, port, o.gen));
                 free_real_ids.push(o.id);
                 report.real_servers_removed += 1;
             }
@@ -1601,6 +1627,34 @@ mod tests {
         let (s3, _, _) = plan(&s2, &desired(LbAlgo::Mh, &[rs("198.18.2.10", 1)])).unwrap();
         let r = s3.services.values().next().unwrap().reals.values().next().unwrap();
         assert_eq!(r.gen, 2);
+    }
+
+    /// A real server that leaves a live service stays in it as far as closes of its flows go;
+    /// once the service is deleted (its id free for another), in none: neither it nor one that
+    /// left earlier names the service id any more.
+    #[test]
+    fn real_servers_of_a_deleted_service_are_in_no_service() {
+        let two = desired(LbAlgo::Rr, &[rs("198.18.2.10", 1), rs("198.18.2.11", 1)]);
+        let (s1, _, _) = plan(&State::default(), &two).unwrap();
+        let sid = s1.services.values().next().unwrap().id;
+        let (s2, ops, _) = plan(&s1, &desired(LbAlgo::Rr, &[rs("198.18.2.10", 1)])).unwrap();
+        let left = ops.iter().find_map(|o| match o {
+            Op::PutReal(id, r) if r.flags == 0 => Some((*id, r.service_id)),
+            _ => None,
+        });
+        let (left_id, in_service) = left.expect("the leaving real server is marked gone");
+        assert_eq!(in_service, sid, "closes of its flows still count on the live service");
+        let (_, ops, _) = plan(&s2, &DesiredState::default()).unwrap();
+        let gone: BTreeMap<u32, u32> = ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::PutReal(id, r) => Some((*id, r.service_id)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gone.len(), 2, "{gone:?}");
+        assert_eq!(gone[&left_id], LB_REAL_NO_SERVICE, "the one that left earlier too");
+        assert!(gone.values().all(|&s| s == LB_REAL_NO_SERVICE));
     }
 
     #[test]
