@@ -396,7 +396,8 @@ pub enum LbReason {
     /// Any other FIB result (forwarding disabled on the ingress interface, local
     /// destination, ...): NAT passes the rewritten packet, DR drops.
     FibOther = 17,
-    /// A flow whose real server was removed (or whose state expired) was scheduled again.
+    /// A flow whose real server was removed (or whose state expired, or a SYN reusing the
+    /// ports of a closed one) was scheduled again. Counted besides how it was sent.
     Rescheduled = 18,
     /// The connection-tracking insert failed: forwarded anyway, but the flow is not sticky.
     ConntrackFull = 19,
@@ -415,11 +416,21 @@ pub enum LbReason {
     /// A packet of a flow too long for the path (IPv4 with DF, IPv6), answered to its sender
     /// with ICMP "fragmentation needed" / ICMPv6 "packet too big", as IPVS does.
     TooBigAnswered = 24,
+    /// A TCP segment other than a SYN (an ACK, a SYN+ACK, a RST, ...) to a service, with no
+    /// flow: not scheduled (IPVS schedules TCP on a SYN only) but passed to the kernel, which
+    /// answers a local VIP with a RST. sh/mh services adopt such a segment instead (but a
+    /// RST): [`LbReason::Adopted`].
+    TcpNoFlow = 25,
+    /// sh/mh: a TCP segment other than a SYN with no flow (its entry evicted, or lost with a
+    /// restarted or failed-over director without connection sync) sent to the real server
+    /// the hash picks — the one it was on, while the set is unchanged — and its flow
+    /// recorded, without counting a new connection. Counted besides how it was sent.
+    Adopted = 26,
 }
 
 impl LbReason {
-    pub const COUNT: u32 = 25;
-    pub const ALL: [LbReason; 25] = [
+    pub const COUNT: u32 = 27;
+    pub const ALL: [LbReason; 27] = [
         LbReason::NatIn,
         LbReason::NatOut,
         LbReason::Dr,
@@ -445,6 +456,8 @@ impl LbReason {
         LbReason::IcmpOut,
         LbReason::Tun,
         LbReason::TooBigAnswered,
+        LbReason::TcpNoFlow,
+        LbReason::Adopted,
     ];
     /// The name used in logs, status output and metrics.
     pub const fn name(self) -> &'static str {
@@ -474,6 +487,8 @@ impl LbReason {
             LbReason::IcmpOut => "icmp_out",
             LbReason::Tun => "tun",
             LbReason::TooBigAnswered => "too_big_answered",
+            LbReason::TcpNoFlow => "tcp_no_flow",
+            LbReason::Adopted => "adopted",
         }
     }
 }

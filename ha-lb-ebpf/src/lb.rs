@@ -56,7 +56,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use ha_lb_common::lb::{
-    LbFlow, LbReal, LbReason, LbService, FAMILY_V4, FAMILY_V6, LB_CFG_F_VRRP_FILTER,
+    LbFlow, LbReal, LbReason, LbService, FAMILY_V4, FAMILY_V6, LB_ALGO_MH, LB_ALGO_SH,
+    LB_CFG_F_VRRP_FILTER,
     LB_FLOW_F_CLOSED, LB_FLOW_F_DR, LB_FLOW_F_PERSIST, LB_FLOW_F_REPLY, LB_FLOW_F_TUN,
     LB_FLOW_PERSIST_PREFIX_SHIFT, LB_IF_MAC_DIRECT, LB_KIND_DR, LB_KIND_NAT, LB_KIND_TUN,
 };
@@ -438,10 +439,10 @@ fn established(ctx: &impl Frame, pkt: &Pkt, f: *mut LbFlow) -> u64 {
     let expired = idle > conntrack::timeout_ns(tcp, flags);
     let reused = syn_only && flags & LB_FLOW_F_CLOSED != 0;
     if !alive || expired || reused {
-        // Its real server left the service, or the state is stale: schedule anew (`process`
-        // makes every CPU's flow cache forget the old real server where needed).
+        // Its real server left the service, or the state is stale: schedule anew where
+        // `schedule` may (a SYN; any segment for sh/mh; UDP), which also makes every CPU's
+        // flow cache forget the old real server where needed.
         conntrack::close(f, svc_id, real_id, real_gen, flags);
-        count(LbReason::Rescheduled);
         return 0;
     }
     if closing {
@@ -478,16 +479,33 @@ fn established(ctx: &impl Frame, pkt: &Pkt, f: *mut LbFlow) -> u64 {
     v
 }
 
-/// Client -> VIP, no known flow: schedule it, send the packet, then record the flow (with the
-/// next hop the send looked up) and, for NAT, its reply entry.
+/// Client -> VIP, no known flow (`stale`: its entry was stale): schedule it, send the packet,
+/// then record the flow (with the next hop the send looked up) and, for NAT, its reply entry.
+///
+/// TCP is scheduled on a SYN only (without ACK or RST), as IPVS does (`tcp_conn_schedule`,
+/// without `sloppy_tcp`; IPVS also takes a SYN+ACK, for active FTP, which ha-lb has no helper
+/// for): another segment without a flow — a stray ACK, backscatter, a RST, the next segment
+/// of a connection whose entry was lost — is passed (`TcpNoFlow`), and the kernel answers a
+/// local VIP with a RST. Except for sh/mh: their pick depends on the client alone, so a
+/// connection whose entry was lost (evicted, swept, a restart or failover without connection
+/// sync) goes on to the real server it was on as long as the set is the same — what Maglev is
+/// for. Such a segment is adopted (`Adopted`): sent, and its flow recorded, but not counted as
+/// a new connection (the sweep counts it open, as an imported one).
 #[inline(always)]
 fn schedule(ctx: &impl Frame, pkt: &Pkt, svc: &LbService, stale: bool) -> Outcome {
     let kind = svc.lb_kind;
     if kind != LB_KIND_NAT && kind != LB_KIND_DR && kind != LB_KIND_TUN {
         return drop(LbReason::FibOther);
     }
+    let tcp = pkt.proto == IPPROTO_TCP;
+    let adopt = tcp && pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN;
+    if adopt
+        && (pkt.tcp_flags & TCP_RST != 0 || (svc.lb_algo != LB_ALGO_SH && svc.lb_algo != LB_ALGO_MH))
+    {
+        return pass(LbReason::TcpNoFlow);
+    }
     let now = now_ns();
-    let closing = pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    let closing = tcp && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     let id = new_flow(pkt, svc, now, closing);
     let Some(real) = LB_REALS.get_ptr(id) else {
         return drop(LbReason::NoRealServer);
@@ -502,22 +520,28 @@ fn schedule(ctx: &impl Frame, pkt: &Pkt, svc: &LbService, stale: bool) -> Outcom
             count(LbReason::ConntrackFull);
         }
     }
-    // A TCP flow that may have been sent from another CPU's flow cache until now — a port
-    // reused after close (SYN on a stale entry) or a segment of a flow whose entry was lost
-    // (evicted, swept) — may now go to another real server: every CPU's cache forgets. After
-    // the insert, so that a full path starting after the bump finds the new entry. (A real
-    // server leaving needs no bump: a cached send checks it; an expired flow has no valid
-    // slot. UDP flows are not invalidated on a lost entry: one flow's datagrams arrive on one
-    // CPU.)
-    let syn_only = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if pkt.proto == IPPROTO_TCP && (stale || !syn_only) {
+    // A port reused after close (a SYN on a closed entry) starts a new connection that may
+    // go to another real server, while another CPU may still hold the old one's slot in its
+    // flow cache (filled by the old connection's last segments, valid for up to
+    // `cache::VALID_JIFFIES`): every CPU's cache forgets. After the insert, so that a full path
+    // starting after the bump finds the new entry. Nothing else needs the bump, which costs
+    // every CPU its cached flows: a brand-new flow has no slot anywhere; a real server leaving
+    // is checked by a cached send; an expired flow's slots expired long before; an adopted
+    // segment (sh/mh) continues a connection another CPU's slot, if any, still sends where it
+    // was (the same server while the set is unchanged), for that long at most.
+    if tcp && stale && !adopt {
         cache::bump_epoch();
+    }
+    if adopt {
+        count(LbReason::Adopted);
+    } else if stale {
+        count(LbReason::Rescheduled);
     }
     if kind == LB_KIND_NAT {
         conntrack::put_reply(pkt, real, id, svc.id, now);
     }
-    stats::traffic(svc.id, Some(id), pkt.len as u64, false, true);
-    if closing {
+    stats::traffic(svc.id, Some(id), pkt.len as u64, false, !adopt);
+    if closing && !adopt {
         stats::conn_closed(svc.id, id);
     }
     o

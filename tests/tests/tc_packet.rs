@@ -221,7 +221,7 @@ fn tc_and_xdp_forward_every_frame_identically() {
                 ce,
                 client(4, 4001),
                 sa("198.18.100.2:80"),
-                TcpFlags::ACK,
+                TcpFlags::SYN,
                 1,
                 &[1; 1480],
             );
@@ -373,7 +373,13 @@ fn tc_passes_a_frame_whose_tag_the_kernel_took_out() {
     let to_real =
         |f: &[u8]| frame::check(f).is_ok_and(|p| p.dst == ip("198.18.2.10") && p.dport == 8080);
     let got = capture.drain(std::time::Duration::from_millis(500), to_real).unwrap();
-    let counted = maps::counters(dp.bpf()).unwrap().since(&before);
+    // (The kernel's own IPv6 chatter on the link is counted too: left out.)
+    let counted: Vec<_> = maps::counters(dp.bpf())
+        .unwrap()
+        .since(&before)
+        .into_iter()
+        .filter(|(r, _)| ["nat_in", "vlan", "dr", "nat_out"].contains(r))
+        .collect();
     assert_eq!(counted, vec![("nat_in", 1), ("vlan", 1)], "the tagged SYN passed");
     assert_eq!(got.len(), 1, "only the untagged SYN reached the real server");
     assert_eq!(frame::check(&got[0]).unwrap().sport, 41001);

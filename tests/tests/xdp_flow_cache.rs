@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use ha_lb::{
     bpf::{lb as maps, testrun::XdpAction},
-    dataplane::{LbKind, Protocol},
+    dataplane::{Dataplane, LbKind, Protocol},
 };
 use ha_lb_common::lb::LbReason;
 use ha_lb_lab::frame::{self, TcpFlags};
@@ -116,7 +116,11 @@ fn a_real_server_leaving_is_seen_at_once() {
         let first = cached_connection(t, c, vip);
         let other = if first == ip("198.18.2.10") { "198.18.2.11" } else { "198.18.2.10" };
         t.serve_rr(Protocol::Tcp, "198.18.100.1:80", LbKind::Nat, &[other], 8080);
-        assert_eq!(ack(t, c, vip), (ip(other), false), "rescheduled, not sent from the slot");
+        // Not sent from the slot: the full path finds the flow stale, and an ACK is not
+        // scheduled anew (rr: no SYN, no new flow); the client's next connection goes on.
+        let f = frame::tcp(t.client_eth(), c, vip, TcpFlags::ACK, 1, b"x");
+        t.expect_from_client(&f, XdpAction::Pass, LbReason::TcpNoFlow, "ACK of a gone server");
+        assert_eq!(t.nat_pick(c, vip, TcpFlags::SYN), ip(other), "rescheduled by a SYN");
     });
 }
 
@@ -159,12 +163,51 @@ fn table_changes_from_user_space_invalidate_the_cache() {
         // Forget the connection from user space (as the sweeper does): the next segment is
         // scheduled anew (rr: the other real server), not sent from the slot.
         maps::flush_flows(t.dp.bpf_mut()).unwrap();
-        let (to, hit) = ack(t, c, vip);
-        assert!(to != first && !hit, "rescheduled to {to} (hit: {hit})");
+        let (h0, _) = cache(t);
+        let f = frame::tcp(t.client_eth(), c, vip, TcpFlags::ACK, 1, b"x");
+        t.expect_from_client(&f, XdpAction::Pass, LbReason::TcpNoFlow, "ACK of a lost flow");
+        assert_eq!(cache(t).0, h0, "not sent from the slot");
+        // The client's next connection from the same port: rr, the other real server.
+        let to = t.nat_pick(c, vip, TcpFlags::SYN);
+        assert_ne!(to, first);
         // Removing nothing invalidates nothing (the sweeper's usual call).
-        assert_eq!(ack(t, c, vip), (to, false), "refilled after the reschedule");
+        assert_eq!(ack(t, c, vip), (to, false), "filled by the first ACK");
         assert_eq!(ack(t, c, vip), (to, true));
         maps::remove_flows(t.dp.bpf_mut(), &[]).unwrap();
         assert_eq!(ack(t, c, vip), (to, true), "an empty removal keeps the cache");
+    });
+}
+
+/// Found by review: any TCP segment to a VIP without a flow — a stray ACK, SYN+ACK
+/// backscatter, a RST — was scheduled: forwarded, recorded, counted as a new connection, and
+/// it bumped the flow-cache epoch, which empties every CPU's cache (an ACK flood to a VIP kept
+/// every CPU on the full path). IPVS schedules TCP on a SYN only: these pass now
+/// (`tcp_no_flow`; the kernel answers a local VIP with a RST), leave no state, and cached
+/// flows stay cached.
+#[test]
+fn tcp_segments_without_a_flow_other_than_a_syn_are_not_scheduled() {
+    let env = env();
+    env.run(|t| {
+        let vip = two_real_servers(t);
+        let c = client(4, 43000);
+        let first = cached_connection(t, c, vip);
+        let flows = maps::flows(t.dp.bpf()).unwrap().len();
+        let epoch = t.cache_epoch();
+        let syn_ack = TcpFlags { ack: true, ..TcpFlags::SYN };
+        for (what, flags) in [
+            ("stray ACK", TcpFlags::ACK),
+            ("SYN+ACK", syn_ack),
+            ("RST", TcpFlags::RST),
+            ("FIN+ACK", TcpFlags::FIN_ACK),
+        ] {
+            let f = frame::tcp(t.client_eth(), client(5, 43001), vip, flags, 7, b"");
+            let r = t.expect_from_client(&f, XdpAction::Pass, LbReason::TcpNoFlow, what);
+            assert_eq!(r.frame, f, "{what}: untouched");
+        }
+        assert_eq!(maps::flows(t.dp.bpf()).unwrap().len(), flows, "no table entry");
+        assert_eq!(t.cache_epoch(), epoch, "no flow cache emptied");
+        let st = t.dp.stats().unwrap();
+        assert_eq!(st.services[&vs("198.18.100.1:80", Protocol::Tcp)].new_conns, 1);
+        assert_eq!(ack(t, c, vip), (first, true), "the cached connection is still cached");
     });
 }

@@ -64,7 +64,7 @@ fn nat_in_and_out_rewrite_addresses_ports_macs_and_checksums() {
         for i in 0..300u32 {
             let c = client(i * 7 + 1, 1024 + (i as u16) * 131);
             let payload = vec![(i % 251) as u8; (i % 67) as usize];
-            let f = frame::tcp(t.client_eth(), c, vip, TcpFlags::ACK, i, &payload);
+            let f = frame::tcp(t.client_eth(), c, vip, TcpFlags::SYN, i, &payload);
             let r = t.send_from_client(&f);
             let p = frame::check(&r.frame).unwrap_or_else(|e| panic!("flow {i}: {e}"));
             assert_eq!(p.dst, ip("198.18.2.10"));
@@ -523,7 +523,10 @@ fn per_packet_cost_nat_in_vs_vrrp_filter() {
             frame::tcp(t.client_eth(), c, sa("198.18.100.1:80"), TcpFlags::ACK, 1, &[0; 64]);
         let dr = frame::tcp(t.client_eth(), c, sa("198.18.100.2:80"), TcpFlags::ACK, 1, &[0; 64]);
         let passthrough = frame::udp(t.client_eth(), c, sa("198.18.1.1:9999"), &[0; 64]);
-        // Create the flows once; then time the established paths.
+        // Create the flows once (a SYN each); then time the established paths.
+        for vip in ["198.18.100.1:80", "198.18.100.2:80"] {
+            assert_ne!(t.send_from_client(&t.syn(c, sa(vip))).action, XdpAction::Pass, "{vip}");
+        }
         let chosen = frame::check(&t.send_from_client(&established).frame).unwrap().dst;
         assert_eq!(t.send_from_client(&dr).action, XdpAction::Tx);
         let reply = frame::tcp(
@@ -1073,6 +1076,7 @@ fn dr_answers_too_long_df_packets_with_fragmentation_needed() {
         let vip = t.serve_rr(Protocol::Tcp, "198.18.100.10:80", LbKind::Dr, &["198.18.2.14"], 80);
         d.sh("ip link set eth1 mtu 1280").unwrap();
         let c = client(16, 7300);
+        assert_eq!(t.send_from_client(&t.syn(c, vip)).action, XdpAction::Redirect);
         let big = frame::tcp(t.client_eth(), c, vip, TcpFlags::ACK, 1, &[0u8; 1300]);
         assert_eq!(big[20] & 0x40, 0x40, "DF set");
         let why = "the client is told (ICMP fragmentation needed)";

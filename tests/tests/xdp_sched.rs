@@ -413,21 +413,29 @@ fn weight_zero_drains_and_removal_reschedules() {
         let r1 = st.services[&svc()].real_servers[&(ip(R[1]), 80)];
         assert_eq!((r1.weight, r1.active_conns), (0, 10));
 
-        // Remove R[1]: its flows are rescheduled onto the others on their next packet; the
-        // others' flows do not move.
+        // Remove R[1]: its flows are not sent anywhere else (rr schedules a SYN only: their
+        // next segment passes, and the director answers it with a RST) and their clients'
+        // next connections go to the others; the others' flows do not move.
         let before = t.counters();
         t.apply(&spec(LbAlgo::Rr, &[R[0], R[2]], &[1, 1]));
         for (c, was) in flows.iter().zip(&first) {
-            let now = t.nat_pick(*c, sa(VIP), TcpFlags::ACK);
             if *was == ip(R[1]) {
+                let ack = frame::tcp(t.client_eth(), *c, sa(VIP), TcpFlags::ACK, 1, b"x");
+                assert_eq!(t.send_from_client(&ack).action, XdpAction::Pass);
+                let now = t.nat_pick(*c, sa(VIP), TcpFlags::SYN);
                 assert_ne!(now, ip(R[1]), "flow of a removed server rescheduled");
             } else {
+                let now = t.nat_pick(*c, sa(VIP), TcpFlags::ACK);
                 assert_eq!(now, *was, "flow of a surviving server moved");
             }
         }
         assert_eq!(
             t.counters().since(&before),
-            vec![(LbReason::NatIn.name(), 30), (LbReason::Rescheduled.name(), 10)]
+            vec![
+                (LbReason::NatIn.name(), 30),
+                (LbReason::Rescheduled.name(), 10),
+                (LbReason::TcpNoFlow.name(), 10)
+            ]
         );
         let st = t.dp.stats().unwrap();
         let s = &st.services[&svc()];
@@ -563,5 +571,43 @@ fn a_sweep_recounts_connections_the_table_lost() {
         let min = loads.iter().copied().min().unwrap();
         let least = ip(R[loads.iter().position(|&l| l == min).unwrap()]);
         assert_eq!(t.nat_pick(client(100, 1), sa(VIP), TcpFlags::SYN), least);
+    });
+}
+
+/// sh and mh adopt a TCP segment without a flow (its entry evicted or swept, a director
+/// restarted or taken over without connection sync): it goes to the real server the hash
+/// picks, the one the connection was on, and its flow is recorded — not counted as a new
+/// connection, and without emptying every CPU's flow cache. A RST is never adopted; rr (and
+/// the other schedulers) adopt nothing (see `xdp_flow_cache`).
+#[test]
+fn sh_and_mh_adopt_a_connection_whose_flow_was_lost() {
+    let env = env();
+    env.run(|t| {
+        for algo in [LbAlgo::Sh, LbAlgo::Mh] {
+            t.dp.flush_connections().unwrap();
+            t.apply(&spec(algo, &R, &[1, 1, 1]));
+            let c = client(11, 5000);
+            let first = t.nat_pick(c, sa(VIP), TcpFlags::SYN);
+            assert_eq!(t.nat_pick(c, sa(VIP), TcpFlags::ACK), first);
+            t.dp.flush_connections().unwrap();
+            let new_conns = |t: &Tester| t.dp.stats().unwrap().services[&svc()].new_conns;
+            let (n0, e0, before) = (new_conns(t), t.cache_epoch(), t.counters());
+            assert_eq!(t.nat_pick(c, sa(VIP), TcpFlags::ACK), first, "{algo:?}: same server");
+            assert_eq!(
+                t.counters().since(&before),
+                vec![("nat_in", 1), ("adopted", 1)],
+                "{algo:?}"
+            );
+            assert_eq!(new_conns(t), n0, "{algo:?}: not a new connection");
+            assert_eq!(t.cache_epoch(), e0, "{algo:?}: no flow cache emptied");
+            let flows = maps::flows(t.dp.bpf()).unwrap();
+            assert!(flows.iter().any(|(k, _)| k.sport == c.port().to_be()), "{algo:?}: recorded");
+            // Its next segment takes the known-flow path.
+            let before = t.counters();
+            assert_eq!(t.nat_pick(c, sa(VIP), TcpFlags::ACK), first);
+            assert_eq!(t.counters().since(&before), vec![("nat_in", 1)], "{algo:?}");
+            let rst = frame::tcp(t.client_eth(), client(12, 5000), sa(VIP), TcpFlags::RST, 1, b"");
+            t.expect_from_client(&rst, XdpAction::Pass, LbReason::TcpNoFlow, "RST");
+        }
     });
 }

@@ -230,6 +230,14 @@ impl Tester {
         frame::check(&r.frame).expect("valid checksums").dst
     }
 
+    /// The data path's word of the flow-cache epoch (`LB_CACHE_EPOCH[0]`): bumped whenever the
+    /// data path makes every CPU's flow cache forget (user space bumps word 1).
+    pub fn cache_epoch(&self) -> u64 {
+        let m: aya::maps::Array<_, u64> =
+            aya::maps::Array::try_from(self.dp.bpf().map("LB_CACHE_EPOCH").unwrap()).unwrap();
+        m.get(&0, 0).unwrap()
+    }
+
     pub fn client_eth(&self) -> Eth {
         Eth { src: [0x02, 0xcc, 0, 0, 0, 1], dst: self.mac0 }
     }
