@@ -129,6 +129,11 @@ pub const LB_FLOW_F_PERSIST: u32 = 4;
 pub const LB_FLOW_F_DR: u32 = 8;
 /// [`LbFlow::flags`]: forward entry of a TUN flow (fixed when the flow starts, like DR).
 pub const LB_FLOW_F_TUN: u32 = 16;
+/// [`LbFlow::flags`]: TCP forward entry of a connection whose client has sent its SYN but not
+/// yet acknowledged the real server's answer (IPVS's SYN_RECV): not counted as active (nor in
+/// `LbTraffic::established`) until the client's ACK, and expired after
+/// [`TCP_SYN_RECV_TIMEOUT_NS`] idle rather than the established timeout.
+pub const LB_FLOW_F_HALF_OPEN: u32 = 32;
 /// [`LbFlow::flags`] bits 8..16: the service's `persist_prefix` when the flow started (its
 /// persistence template's key).
 pub const LB_FLOW_PERSIST_PREFIX_SHIFT: u32 = 8;
@@ -299,8 +304,11 @@ pub struct LbPersist {
 }
 
 /// Per-CPU counters of a service or real server: `in_*` is client -> real server, `out_*`
-/// real server -> client (NAT only; DR replies bypass the director). Active connections are
-/// `sum(new_conns) - sum(closed_conns) - expired` (expired: counted by the user-space sweeper).
+/// real server -> client (NAT only; DR replies bypass the director). Connections in the table
+/// are `sum(new_conns) - sum(closed_conns) - expired` (expired: counted by the user-space
+/// sweeper; this is the load lc/wlc schedule by); of those, the active (established) ones
+/// are `sum(established) - (sum(closed_conns) - sum(aborted)) - expired`, the others
+/// half-open (`LB_FLOW_F_HALF_OPEN`, IPVS's inactive SYN_RECV connections).
 ///
 /// Exact, because each CPU writes only its own copy. The eBPF target offers no atomic
 /// read-modify-write to Rust without a crate-level unstable feature, so the one shared counter
@@ -314,8 +322,18 @@ pub struct LbTraffic {
     pub out_packets: u64,
     pub out_bytes: u64,
     pub new_conns: u64,
+    /// Connections closed (FIN/RST, rescheduled), each once, half-open ones too.
     pub closed_conns: u64,
+    /// Connections that became established: a TCP flow at its client's first ACK, a UDP flow
+    /// when it is created.
+    pub established: u64,
+    /// Half-open connections closed before their client's ACK (in `closed_conns` too).
+    pub aborted: u64,
 }
+
+/// How long a half-open TCP flow ([`LB_FLOW_F_HALF_OPEN`]) may stay idle: IPVS's SYN_RECV
+/// timeout (`tcp_timeouts[IP_VS_TCP_S_SYN_RECV]`, 60 s; ipvsadm does not set it either).
+pub const TCP_SYN_RECV_TIMEOUT_NS: u64 = 60_000_000_000;
 
 /// Flow timeouts (IPVS defaults: TCP 900 s, TCP after FIN/RST 120 s, UDP 300 s).
 #[repr(C)]

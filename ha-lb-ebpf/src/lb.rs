@@ -58,7 +58,8 @@ use aya_ebpf::{
 use ha_lb_common::lb::{
     LbFlow, LbReal, LbReason, LbService, FAMILY_V4, FAMILY_V6, LB_ALGO_MH, LB_ALGO_SH,
     LB_CFG_F_VRRP_FILTER,
-    LB_FLOW_F_CLOSED, LB_FLOW_F_DR, LB_FLOW_F_PERSIST, LB_FLOW_F_REPLY, LB_FLOW_F_TUN,
+    LB_FLOW_F_CLOSED, LB_FLOW_F_DR, LB_FLOW_F_HALF_OPEN, LB_FLOW_F_PERSIST, LB_FLOW_F_REPLY,
+    LB_FLOW_F_TUN,
     LB_FLOW_PERSIST_PREFIX_SHIFT, LB_IF_MAC_DIRECT, LB_KIND_DR, LB_KIND_NAT, LB_KIND_TUN,
 };
 
@@ -445,11 +446,19 @@ fn established(ctx: &impl Frame, pkt: &Pkt, f: *mut LbFlow) -> u64 {
         conntrack::close(f, svc_id, real_id, real_gen, flags);
         return 0;
     }
+    let mut refresh = idle > conntrack::REFRESH_NS;
     if closing {
         conntrack::close(f, svc_id, real_id, real_gen, flags);
+    } else if flags & LB_FLOW_F_HALF_OPEN != 0 && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
+        // The client acknowledged the real server's SYN+ACK: established (IPVS: SYN_RECV ->
+        // ESTABLISHED, inactive -> active), on the established timeout from now.
+        // SAFETY: as above; a racing CPU can only make the same change (or count it twice,
+        // which the sweep corrects).
+        unsafe { (*f).flags = flags & !LB_FLOW_F_HALF_OPEN };
+        stats::conn_established(svc_id, real_id);
+        refresh = true;
     }
     let kind = flow_kind(flags);
-    let refresh = idle > conntrack::REFRESH_NS;
     if refresh {
         // SAFETY: as above; racing writers only store other timestamps.
         unsafe { (*f).last_seen_ns = now };
@@ -461,13 +470,19 @@ fn established(ctx: &impl Frame, pkt: &Pkt, f: *mut LbFlow) -> u64 {
     stats::traffic(svc_id, Some(real_id), pkt.len as u64, false, false);
     let v = forward(ctx, pkt, real, f, fwd_mode(kind, refresh));
     // Sent by NAT or DR (these reasons mean sent; TUN is not cached): this CPU's later
-    // packets of the flow take the flow cache.
+    // packets of the flow take the flow cache — once established: the client's ACK must come
+    // this way to make it so (a half-open flow's segments are retransmitted SYNs).
     let ident = (real_id, real_gen, svc_id);
-    // SAFETY: array value pointer; a live generation's address and port never change.
-    let to = unsafe { ((*real).addr[0], (*real).port) };
+    // SAFETY: array value pointer; a live generation's address and port never change. The
+    // flags are read again rather than kept across `forward` (the stack: see the module
+    // docs); `fill` checks that `f` still holds this flow.
+    let (to, half_open) = unsafe {
+        let flags = core::ptr::read_volatile(&raw const (*f).flags);
+        (((*real).addr[0], (*real).port), flags & LB_FLOW_F_HALF_OPEN != 0)
+    };
     match unpack(v).1 {
-        LbReason::NatIn => cache::fill(pkt, f, cache::KIND_NAT, ident, to),
-        LbReason::Dr => cache::fill(pkt, f, cache::KIND_DR, ident, to),
+        LbReason::NatIn if !half_open => cache::fill(pkt, f, cache::KIND_NAT, ident, to),
+        LbReason::Dr if !half_open => cache::fill(pkt, f, cache::KIND_DR, ident, to),
         _ => {}
     }
     // Re-create the reply entry should the LRU have evicted it alone. Only after `forward`,
@@ -506,7 +521,16 @@ fn schedule(ctx: &impl Frame, pkt: &Pkt, svc: &LbService, stale: bool) -> Outcom
     }
     let now = now_ns();
     let closing = tcp && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    let id = new_flow(pkt, svc, now, closing);
+    // A new TCP connection is half-open until its client's ACK (`established`); an adopted
+    // one is past that, a UDP flow never has it.
+    let mut state = 0;
+    if closing {
+        state |= LB_FLOW_F_CLOSED;
+    }
+    if tcp && !adopt {
+        state |= LB_FLOW_F_HALF_OPEN;
+    }
+    let id = new_flow(pkt, svc, now, state);
     let Some(real) = LB_REALS.get_ptr(id) else {
         return drop(LbReason::NoRealServer);
     };
@@ -541,25 +565,25 @@ fn schedule(ctx: &impl Frame, pkt: &Pkt, svc: &LbService, stale: bool) -> Outcom
         conntrack::put_reply(pkt, real, id, svc.id, now);
     }
     stats::traffic(svc.id, Some(id), pkt.len as u64, false, !adopt);
-    if closing && !adopt {
-        stats::conn_closed(svc.id, id);
+    if !tcp {
+        stats::conn_established(svc.id, id);
+    } else if closing && !adopt {
+        stats::conn_closed(svc.id, id, true);
     }
     o
 }
 
 /// Schedules a new flow of `svc` and fills the scratch `flow` value for it (without a next
-/// hop); returns the real server's id (`u32::MAX`: none could take it).
+/// hop), its flags with `state` (`LB_FLOW_F_CLOSED`, `LB_FLOW_F_HALF_OPEN`); returns the real
+/// server's id (`u32::MAX`: none could take it).
 #[inline(never)]
-fn new_flow(pkt: &Pkt, svc: &LbService, now: u64, closing: bool) -> u32 {
+fn new_flow(pkt: &Pkt, svc: &LbService, now: u64, state: u32) -> u32 {
     let Some((id, r)) = sched::pick(svc, pkt, now) else {
         return u32::MAX;
     };
-    let mut flags = 0;
+    let mut flags = state;
     if svc.persistence_timeout != 0 {
         flags |= LB_FLOW_F_PERSIST | (svc.persist_prefix as u32) << LB_FLOW_PERSIST_PREFIX_SHIFT;
-    }
-    if closing {
-        flags |= LB_FLOW_F_CLOSED;
     }
     if svc.lb_kind == LB_KIND_DR {
         flags |= LB_FLOW_F_DR;

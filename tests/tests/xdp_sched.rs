@@ -37,9 +37,17 @@ fn shares(t: &BTreeMap<IpAddr, usize>, addrs: &[&str]) -> Vec<usize> {
     addrs.iter().map(|a| t.get(&ip(a)).copied().unwrap_or(0)).collect()
 }
 
-/// New TCP flows from `n` distinct clients (same source port) — what sh/mh hash on.
+/// New TCP connections from `n` distinct clients (same source port) — what sh/mh hash on —,
+/// established (the client's SYN, then its ACK); where each went.
 fn new_flows(t: &mut Tester, n: u32, first: u32) -> Vec<IpAddr> {
-    (first..first + n).map(|i| t.nat_pick(client(i, 40000), sa(VIP), TcpFlags::SYN)).collect()
+    (first..first + n).map(|i| open(t, client(i, 40000))).collect()
+}
+
+/// `c`'s connection to the VIP, established: its SYN, then its ACK; where it went.
+fn open(t: &mut Tester, c: SocketAddr) -> IpAddr {
+    let to = t.nat_pick(c, sa(VIP), TcpFlags::SYN);
+    assert_eq!(t.nat_pick(c, sa(VIP), TcpFlags::ACK), to);
+    to
 }
 
 #[test]
@@ -82,8 +90,7 @@ fn lc_and_wlc_follow_live_connection_counts() {
     env.run(|t| {
         t.apply(&spec(LbAlgo::Lc, &R, &[1, 1, 1]));
         let clients: Vec<SocketAddr> = (0..30).map(|i| client(i, 2000)).collect();
-        let picks: Vec<IpAddr> =
-            clients.iter().map(|&c| t.nat_pick(c, sa(VIP), TcpFlags::SYN)).collect();
+        let picks: Vec<IpAddr> = clients.iter().map(|&c| open(t, c)).collect();
         assert_eq!(shares(&tally(&picks), &R), vec![10, 10, 10]);
         // Close 5 connections on R[1] (FIN from the client, RST from the real server).
         let on_r1: Vec<SocketAddr> =
@@ -422,7 +429,7 @@ fn weight_zero_drains_and_removal_reschedules() {
             if *was == ip(R[1]) {
                 let ack = frame::tcp(t.client_eth(), *c, sa(VIP), TcpFlags::ACK, 1, b"x");
                 assert_eq!(t.send_from_client(&ack).action, XdpAction::Pass);
-                let now = t.nat_pick(*c, sa(VIP), TcpFlags::SYN);
+                let now = open(t, *c);
                 assert_ne!(now, ip(R[1]), "flow of a removed server rescheduled");
             } else {
                 let now = t.nat_pick(*c, sa(VIP), TcpFlags::ACK);
@@ -432,7 +439,7 @@ fn weight_zero_drains_and_removal_reschedules() {
         assert_eq!(
             t.counters().since(&before),
             vec![
-                (LbReason::NatIn.name(), 30),
+                (LbReason::NatIn.name(), 40),
                 (LbReason::Rescheduled.name(), 10),
                 (LbReason::TcpNoFlow.name(), 10)
             ]
@@ -476,7 +483,7 @@ fn idle_connections_expire_and_stop_counting() {
         for i in 0..6 {
             t.udp_pick(client(i, 53000), sa("198.18.100.1:53"));
         }
-        let t0 = t.nat_pick(client(77, 1), sa(VIP), TcpFlags::SYN);
+        let t0 = open(t, client(77, 1));
         assert_eq!(t.dp.stats().unwrap().services[&vsu].active_conns, 6);
         assert_eq!(maps::flows(t.dp.bpf()).unwrap().len(), 2 * 7, "forward + reply entries");
         // Not yet idle long enough.
@@ -544,7 +551,7 @@ fn a_sweep_recounts_connections_the_table_lost() {
     env.run(|t| {
         t.apply(&spec(LbAlgo::Lc, &R, &[1, 1, 1]));
         for i in 0..9 {
-            t.nat_pick(client(i, 3000), sa(VIP), TcpFlags::SYN);
+            open(t, client(i, 3000));
         }
         // "Evict" three forward entries behind the program's back.
         let gone: Vec<_> = maps::flows(t.dp.bpf())
@@ -609,5 +616,56 @@ fn sh_and_mh_adopt_a_connection_whose_flow_was_lost() {
             let rst = frame::tcp(t.client_eth(), client(12, 5000), sa(VIP), TcpFlags::RST, 1, b"");
             t.expect_from_client(&rst, XdpAction::Pass, LbReason::TcpNoFlow, "RST");
         }
+    });
+}
+
+/// Found by review: a connection counted as active from its SYN on, and stayed for the
+/// established timeout (900 s): a SYN flood, or clients that never complete the handshake,
+/// showed as active connections for 15 minutes. As IPVS (SYN_RECV: inactive, 60 s), a
+/// connection is now half-open until its client's ACK: not active, and expired after 60 s idle.
+#[test]
+fn half_open_connections_are_inactive_and_expire_after_60_s() {
+    let env = env();
+    env.run(|t| {
+        t.apply(&spec(LbAlgo::Rr, &R, &[1, 1, 1]));
+        let counts = |t: &Tester| {
+            let st = t.dp.stats().unwrap();
+            let s = &st.services[&svc()];
+            let per_real: u64 = s.real_servers.values().map(|r| r.active_conns).sum();
+            assert_eq!(per_real, s.active_conns, "real servers add up to the service");
+            (s.new_conns, s.active_conns)
+        };
+        let (a, b, c) = (client(21, 6000), client(22, 6000), client(23, 6000));
+        for x in [a, b, c] {
+            t.nat_pick(x, sa(VIP), TcpFlags::SYN);
+        }
+        assert_eq!(counts(t), (3, 0), "three SYNs: new, none active");
+        // A retransmitted SYN keeps it half-open (and out of the flow cache, so that the
+        // client's ACK is seen).
+        t.nat_pick(c, sa(VIP), TcpFlags::SYN);
+        assert_eq!(counts(t), (3, 0));
+        t.nat_pick(a, sa(VIP), TcpFlags::ACK);
+        t.nat_pick(c, sa(VIP), TcpFlags::ACK);
+        assert_eq!(counts(t), (3, 2), "the clients' ACKs: established");
+        t.nat_pick(a, sa(VIP), TcpFlags::ACK);
+        assert_eq!(counts(t), (3, 2), "counted once");
+        // b never completes: 61 s later the sweep expires it (IPVS: SYN_RECV 60 s), and only
+        // it; the sweep's recount agrees with the data path's.
+        let later = maps::monotonic_ns() + 61_000_000_000;
+        assert_eq!(t.dp.expire_connections(later).unwrap(), 1, "the half-open one expired");
+        let flows = maps::flows(t.dp.bpf()).unwrap();
+        let has = |x: SocketAddr| {
+            flows.iter().any(|(k, _)| {
+                k.sport == x.port().to_be() && k.src[0] == maps::addr_words(x.ip()).0[0]
+            })
+        };
+        assert!(has(a) && has(c) && !has(b));
+        assert_eq!(counts(t), (3, 2));
+        // A RST before the handshake completes closes a half-open connection: never active.
+        let d = client(24, 6000);
+        t.nat_pick(d, sa(VIP), TcpFlags::SYN);
+        let rst = frame::tcp(t.client_eth(), d, sa(VIP), TcpFlags::RST, 2, b"");
+        assert_eq!(t.send_from_client(&rst).action, XdpAction::Redirect);
+        assert_eq!(counts(t), (4, 2));
     });
 }

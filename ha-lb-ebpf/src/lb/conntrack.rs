@@ -4,15 +4,17 @@
 //! - NAT reply entry, keyed by real server -> client: the VIP and port to restore.
 //!
 //! A flow stays on its real server while the entry lives and the real server is still in the
-//! service (same generation, not removed). Active connections go up when a forward entry is
-//! created and down once per entry (`LB_FLOW_F_CLOSED`) on FIN/RST, on rescheduling, or —
-//! from user space — when the sweeper expires it. The flag is set with a plain store: two CPUs
+//! service (same generation, not removed). Connections go up when a forward entry is created
+//! and down once per entry (`LB_FLOW_F_CLOSED`) on FIN/RST, on rescheduling, or — from user
+//! space — when the sweeper expires it. A TCP connection is half-open from its SYN until its
+//! client's first ACK (`LB_FLOW_F_HALF_OPEN`, IPVS's SYN_RECV: 60 s idle at most), and active
+//! only from then on. The flag is set with a plain store: two CPUs
 //! closing the same flow in the same instant (client FIN and server FIN of a NAT flow on
 //! different receive queues) can count it twice.
 
 use ha_lb_common::lb::{
-    LbConfig, LbFlow, LbFlowKey, LbReal, LbReason, LB_FLOW_F_CLOSED, LB_FLOW_F_REPLY,
-    LB_REAL_F_AVAILABLE,
+    LbConfig, LbFlow, LbFlowKey, LbReal, LbReason, LB_FLOW_F_CLOSED, LB_FLOW_F_HALF_OPEN,
+    LB_FLOW_F_REPLY, LB_REAL_F_AVAILABLE, TCP_SYN_RECV_TIMEOUT_NS,
 };
 
 use super::{
@@ -40,9 +42,13 @@ pub fn set_key(k: *mut LbFlowKey, pkt: &Pkt) {
     }
 }
 
-/// How long a flow may stay idle: TCP established / TCP after FIN or RST / UDP.
+/// How long a flow may stay idle: TCP half-open (IPVS's SYN_RECV, fixed) / established /
+/// after FIN or RST / UDP.
 #[inline(always)]
 pub fn timeout_ns(tcp: bool, flags: u32) -> u64 {
+    if tcp && flags & LB_FLOW_F_HALF_OPEN != 0 {
+        return TCP_SYN_RECV_TIMEOUT_NS;
+    }
     let cfg = match LB_CONFIG.get(0) {
         Some(c) => *c,
         None => LbConfig::DEFAULT,
@@ -84,13 +90,14 @@ pub fn close(f: *mut LbFlow, svc_id: u32, real_id: u32, real_gen: u32, flags: u3
     }
     // SAFETY: `f` points into an LRU map value.
     unsafe { (*f).flags = flags | LB_FLOW_F_CLOSED };
+    let aborted = flags & LB_FLOW_F_HALF_OPEN != 0;
     // Only while the id still names the same real server in the same service: a recycled
     // id's counts start fresh, and a real server that left its service (or whose service was
     // deleted, its id perhaps given to another) has `LB_REAL_NO_SERVICE` (the sweep recounts
     // its flows as gone).
     if let Some(r) = LB_REALS.get(real_id) {
         if r.gen == real_gen && r.service_id == svc_id {
-            conn_closed(svc_id, real_id);
+            conn_closed(svc_id, real_id, aborted);
         }
     }
 }

@@ -62,16 +62,27 @@ pub fn reply_traffic(svc: u32, real: u32, gen: u32, bytes: u64) {
     traffic(svc, if same { Some(real) } else { None }, bytes, true, false);
 }
 
-/// Counts a connection of service `svc` on real server `real` as closed.
+/// Counts a connection of service `svc` on real server `real` as closed (`aborted`: while
+/// half-open, never established).
 #[inline(always)]
-pub fn conn_closed(svc: u32, real: u32) {
+pub fn conn_closed(svc: u32, real: u32, aborted: bool) {
     if let Some(p) = LB_SERVICE_STATS.get_ptr_mut(svc) {
         // SAFETY: per-CPU slot.
-        unsafe { (*p).closed_conns += 1 };
+        unsafe {
+            (*p).closed_conns += 1;
+            if aborted {
+                (*p).aborted += 1;
+            }
+        }
     }
     if let Some(p) = LB_REAL_STATS.get_ptr_mut(real) {
         // SAFETY: per-CPU slot.
-        unsafe { (*p).closed_conns += 1 };
+        unsafe {
+            (*p).closed_conns += 1;
+            if aborted {
+                (*p).aborted += 1;
+            }
+        }
     }
     if let Some(l) = LB_REAL_LOAD.get_ptr_mut(real) {
         // SAFETY: shared slot, as in `traffic`.
@@ -80,6 +91,20 @@ pub fn conn_closed(svc: u32, real: u32) {
                 *l -= 1;
             }
         }
+    }
+}
+
+/// Counts a connection of service `svc` on real server `real` as established (a TCP flow's
+/// client acknowledged, or a new UDP flow).
+#[inline(always)]
+pub fn conn_established(svc: u32, real: u32) {
+    if let Some(p) = LB_SERVICE_STATS.get_ptr_mut(svc) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*p).established += 1 };
+    }
+    if let Some(p) = LB_REAL_STATS.get_ptr_mut(real) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*p).established += 1 };
     }
 }
 

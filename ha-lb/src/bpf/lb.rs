@@ -172,6 +172,8 @@ fn sum_per_cpu(bpf: &Bpf, name: &'static str, id: u32) -> Result<LbTraffic, BpfE
         t.out_bytes += v.out_bytes;
         t.new_conns += v.new_conns;
         t.closed_conns += v.closed_conns;
+        t.established += v.established;
+        t.aborted += v.aborted;
     }
     Ok(t)
 }

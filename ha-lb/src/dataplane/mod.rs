@@ -147,8 +147,9 @@ pub struct RealServerStats {
     pub new_conns: u64,
     pub active_conns: u64,
     /// IPVS's InActConn (connections not established: closing, or in TIME_WAIT); `None`
-    /// where the data plane does not count them apart (XDP's `active_conns` are all the
-    /// connections it has not seen close).
+    /// where the data plane does not count them apart (XDP's `active_conns` are the
+    /// established connections it has not seen close: half-open and closing ones are in
+    /// neither).
     pub inactive_conns: Option<u64>,
 }
 

@@ -69,11 +69,12 @@ use std::{
 use aya::programs::{tc::SchedClassifierLinkId, xdp::XdpLinkId};
 use ha_lb_common::lb::{
     LbBackendSet, LbConfig, LbFlow, LbFlowKey, LbPersist, LbPersistKey, LbReal, LbService,
-    LbServiceKey, IPPROTO_TCP, IPPROTO_UDP, LB_ALGO_LC, LB_ALGO_MH, LB_ALGO_RR, LB_ALGO_SH,
-    LB_ALGO_WLC, LB_ALGO_WRR, LB_CFG_F_VRRP_FILTER, LB_FLOW_F_CLOSED, LB_FLOW_F_DR,
-    LB_FLOW_F_PERSIST, LB_FLOW_F_REPLY, LB_FLOW_F_TUN, LB_FLOW_PERSIST_PREFIX_SHIFT, LB_KIND_DR,
-    LB_KIND_NAT, LB_KIND_TUN, LB_REALS_MAX, LB_REAL_F_AVAILABLE, LB_REAL_NO_SERVICE, LB_REAL_F_QUIESCED, LB_RING_CHUNK,
-    LB_RING_CHUNKS, LB_SERVICES_MAX, LB_SVC_F_HASH_PORT,
+    LbServiceKey, LbTraffic, IPPROTO_TCP, IPPROTO_UDP, LB_ALGO_LC, LB_ALGO_MH, LB_ALGO_RR,
+    LB_ALGO_SH, LB_ALGO_WLC, LB_ALGO_WRR, LB_CFG_F_VRRP_FILTER, LB_FLOW_F_CLOSED, LB_FLOW_F_DR,
+    LB_FLOW_F_HALF_OPEN, LB_FLOW_F_PERSIST, LB_FLOW_F_REPLY, LB_FLOW_F_TUN,
+    LB_FLOW_PERSIST_PREFIX_SHIFT, LB_KIND_DR, LB_KIND_NAT, LB_KIND_TUN, LB_REALS_MAX,
+    LB_REAL_F_AVAILABLE, LB_REAL_F_QUIESCED, LB_REAL_NO_SERVICE, LB_RING_CHUNK, LB_RING_CHUNKS,
+    LB_SERVICES_MAX, LB_SVC_F_HASH_PORT, TCP_SYN_RECV_TIMEOUT_NS,
 };
 use tracing::warn;
 
@@ -354,6 +355,32 @@ fn offset(new: u64, closed: u64, open: u64) -> i64 {
     (new as i128 - closed as i128 - open as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }
 
+/// What a real server's or service's counters are off by (see `XdpDataplane::offset_real`):
+/// for the connections in the table (half-open ones too: the load lc/wlc schedule by), and
+/// for the established (active) ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Offset {
+    open: i64,
+    active: i64,
+}
+
+/// (connections in the table, active connections) by the data path's counters `t`, corrected
+/// by `o`. A half-open TCP connection (IPVS's inactive SYN_RECV) is in the first only.
+fn counts(t: &LbTraffic, o: Offset) -> (u64, u64) {
+    (
+        active(t.new_conns, t.closed_conns, o.open),
+        active(t.established, t.closed_conns.saturating_sub(t.aborted), o.active),
+    )
+}
+
+/// The offsets that make [`counts`] say (`open`, `established`).
+fn offsets(t: &LbTraffic, open: u64, established: u64) -> Offset {
+    Offset {
+        open: offset(t.new_conns, t.closed_conns, open),
+        active: offset(t.established, t.closed_conns.saturating_sub(t.aborted), established),
+    }
+}
+
 /// One planned step: the state it leaves, its map operations in order, what it changed.
 pub type Step = (State, Vec<Op>, ApplyReport);
 
@@ -454,12 +481,8 @@ pub fn plan_with(
             report.real_servers_removed += 1;
         }
         // Real servers that left it earlier (their ids not taken since) leave it too.
-        let earlier: Vec<u32> = next
-            .retired
-            .iter()
-            .filter(|(_, r)| r.0 == applied.id)
-            .map(|(&id, _)| id)
-            .collect();
+        let earlier: Vec<u32> =
+            next.retired.iter().filter(|(_, r)| r.0 == applied.id).map(|(&id, _)| id).collect();
         for id in earlier {
             let (_, addr, port, gen) = next.retired.remove(&id).expect("listed above");
             ops.push(Op::PutReal(id, gone_real_entry(addr, port, gen)));
@@ -752,12 +775,12 @@ pub struct XdpDataplane {
     /// `LB_CFG_F_*` written with the timeouts.
     config_flags: u64,
     /// What the data path's opened - closed counts are off by, per real id / service id, as
-    /// the last sweep found (active = opened - closed - offset): connections that left
-    /// without FIN/RST (expired, evicted) make it positive; connections imported by
-    /// connection sync, open here but opened on another director, make it negative. Reset
-    /// when an id is given to a new server.
-    offset_real: HashMap<u32, i64>,
-    offset_service: HashMap<u32, i64>,
+    /// the last sweep found (open = opened - closed - offset; likewise for the established
+    /// ones: [`counts`]): connections that left without FIN/RST (expired, evicted) make it
+    /// positive; connections imported by connection sync or adopted (sh/mh), open here but
+    /// not opened here, make it negative. Reset when an id is given to a new server.
+    offset_real: HashMap<u32, Offset>,
+    offset_service: HashMap<u32, Offset>,
     broken: Option<String>,
 }
 
@@ -920,9 +943,12 @@ impl XdpDataplane {
         let live = self.state.live_reals();
         for (&rid, &(sid, _)) in &live {
             let t = maps::real_traffic(&self.bpf, rid).map_err(backend)?;
-            let active = active(t.new_conns, t.closed_conns, self.offset(rid, true)) as i64;
-            *self.offset_real.entry(rid).or_default() += active;
-            *self.offset_service.entry(sid).or_default() += active;
+            let (open, active) = counts(&t, self.offset(rid, true));
+            for o in [self.offset_real.entry(rid), self.offset_service.entry(sid)] {
+                let o = o.or_default();
+                o.open += open as i64;
+                o.active += active as i64;
+            }
             maps::set_load(&mut self.bpf, rid, 0).map_err(backend)?;
         }
         Ok(())
@@ -934,9 +960,9 @@ impl XdpDataplane {
     }
 
     /// The offset of real id (`real`) or service id `id` (see the field).
-    fn offset(&self, id: u32, real: bool) -> i64 {
+    fn offset(&self, id: u32, real: bool) -> Offset {
         let m = if real { &self.offset_real } else { &self.offset_service };
-        m.get(&id).copied().unwrap_or(0)
+        m.get(&id).copied().unwrap_or_default()
     }
 
     /// Writes a flow another director scheduled (connection sync, see
@@ -1197,6 +1223,8 @@ impl XdpDataplane {
         let timeout = |proto: u8, flags: u32| -> u64 {
             let d = if proto != IPPROTO_TCP {
                 t.udp
+            } else if flags & LB_FLOW_F_HALF_OPEN != 0 {
+                std::time::Duration::from_nanos(TCP_SYN_RECV_TIMEOUT_NS)
             } else if flags & LB_FLOW_F_CLOSED != 0 {
                 t.tcp_fin
             } else {
@@ -1248,8 +1276,9 @@ impl XdpDataplane {
         // (entries the LRU evicted without a FIN, flows of removed servers never seen again,
         // an update lost to racing CPUs) are corrected at every sweep: "expired" becomes
         // whatever was opened and never closed but is no longer in the table.
-        let mut open_real: HashMap<u32, u64> = HashMap::new();
-        let mut open_service: HashMap<u32, u64> = HashMap::new();
+        // (open, established) per real id and service id: half-open ones are open, not active.
+        let mut open_real: HashMap<u32, (u64, u64)> = HashMap::new();
+        let mut open_service: HashMap<u32, (u64, u64)> = HashMap::new();
         for (k, f) in &flows {
             let idle = now_ns.saturating_sub(f.last_seen_ns);
             if f.flags & (LB_FLOW_F_REPLY | LB_FLOW_F_CLOSED) != 0
@@ -1258,20 +1287,24 @@ impl XdpDataplane {
                 continue;
             }
             if live.get(&f.real_id) == Some(&(f.service_id, f.real_gen)) {
-                *open_real.entry(f.real_id).or_default() += 1;
-                *open_service.entry(f.service_id).or_default() += 1;
+                let est = u64::from(f.flags & LB_FLOW_F_HALF_OPEN == 0);
+                for c in [open_real.entry(f.real_id), open_service.entry(f.service_id)] {
+                    let c = c.or_default();
+                    c.0 += 1;
+                    c.1 += est;
+                }
             }
         }
         let services: Vec<u32> = self.state.services.values().map(|s| s.id).collect();
         for sid in services {
             let t = maps::service_traffic(&self.bpf, sid).map_err(backend)?;
-            let open = open_service.get(&sid).copied().unwrap_or(0);
-            self.offset_service.insert(sid, offset(t.new_conns, t.closed_conns, open));
+            let (open, est) = open_service.get(&sid).copied().unwrap_or_default();
+            self.offset_service.insert(sid, offsets(&t, open, est));
         }
         for &rid in live.keys() {
             let t = maps::real_traffic(&self.bpf, rid).map_err(backend)?;
-            let open = open_real.get(&rid).copied().unwrap_or(0);
-            self.offset_real.insert(rid, offset(t.new_conns, t.closed_conns, open));
+            let (open, est) = open_real.get(&rid).copied().unwrap_or_default();
+            self.offset_real.insert(rid, offsets(&t, open, est));
             maps::set_load(&mut self.bpf, rid, open).map_err(backend)?;
         }
         Ok(expired)
@@ -1282,8 +1315,8 @@ impl XdpDataplane {
     pub fn sync_load(&mut self) -> Result<(), DataplaneError> {
         for (rid, _) in self.state.live_reals() {
             let t = maps::real_traffic(&self.bpf, rid).map_err(backend)?;
-            let active = active(t.new_conns, t.closed_conns, self.offset(rid, true));
-            maps::set_load(&mut self.bpf, rid, active).map_err(backend)?;
+            let (open, _) = counts(&t, self.offset(rid, true));
+            maps::set_load(&mut self.bpf, rid, open).map_err(backend)?;
         }
         Ok(())
     }
@@ -1344,7 +1377,7 @@ impl Dataplane for XdpDataplane {
                 packets: t.in_packets + t.out_packets,
                 bytes: t.in_bytes + t.out_bytes,
                 new_conns: t.new_conns,
-                active_conns: active(t.new_conns, t.closed_conns, e),
+                active_conns: counts(&t, e).1,
                 real_servers: BTreeMap::new(),
             };
             for (&k, r) in &s.reals {
@@ -1359,7 +1392,7 @@ impl Dataplane for XdpDataplane {
                         out_packets: t.out_packets,
                         out_bytes: t.out_bytes,
                         new_conns: t.new_conns,
-                        active_conns: active(t.new_conns, t.closed_conns, e),
+                        active_conns: counts(&t, e).1,
                         inactive_conns: None,
                     },
                 );

@@ -39,7 +39,7 @@ use std::{
 
 use ha_lb_common::lb::{
     LbFlow, LbFlowKey, LbPersist, LbPersistKey, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP,
-    LB_FLOW_F_CLOSED, LB_FLOW_F_REPLY,
+    LB_FLOW_F_CLOSED, LB_FLOW_F_HALF_OPEN, LB_FLOW_F_REPLY,
 };
 
 use super::{SyncEntry, SyncItem, SyncTemplate};
@@ -327,7 +327,9 @@ impl Exporter {
         let mut next = HashMap::with_capacity(self.flows.sent.len().max(flows.len() / 2));
         let (mut out, mut owed) = (Vec::new(), Vec::new());
         for (key, flow) in flows {
-            if flow.flags & LB_FLOW_F_REPLY != 0 {
+            // Half-open connections are not sent until established (as IPVS syncs no
+            // SYN_RECV connection: `ip_vs_sync_conn_needed`).
+            if flow.flags & (LB_FLOW_F_REPLY | LB_FLOW_F_HALF_OPEN) != 0 {
                 continue;
             }
             let closed = flow.flags & LB_FLOW_F_CLOSED != 0;
@@ -598,6 +600,18 @@ mod tests {
         closed.1.flags |= LB_FLOW_F_CLOSED;
         assert!(x.diff(&[reply, closed], NOW, &any_service).is_empty());
         assert!(x.is_empty());
+    }
+
+    /// A half-open connection (its client's ACK not seen yet) is not sent, as IPVS syncs no
+    /// SYN_RECV connection; once established it is sent as a new one.
+    #[test]
+    fn half_open_flows_are_sent_once_established() {
+        let mut x = Exporter::new();
+        let mut half = fwd();
+        half.1.flags |= LB_FLOW_F_HALF_OPEN;
+        assert!(x.diff(&[half], NOW, &any_service).is_empty());
+        let open = fwd();
+        assert_eq!(x.diff(&[open], NOW, &any_service).len(), 1);
     }
 
     /// Found by review: a flow the master closed (FIN/RST) was never sent as closed, so the
