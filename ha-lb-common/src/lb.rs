@@ -69,6 +69,10 @@ pub const LB_IF_MAC_HASH: &str = "LB_IF_MAC_HASH";
 pub const LB_IF_MAC_DIRECT: u32 = 4096;
 /// Entries of [`LB_IF_MAC_HASH`].
 pub const LB_IF_MAC_MAX: u32 = 64;
+/// The interfaces the program is attached to (a `DevMapHash`, key and target both the
+/// ifindex): where an XDP redirect may go. Filled and emptied with [`LB_IF_MAC`].
+pub const LB_TX_PORTS: &str = "LB_TX_PORTS";
+pub const LB_TX_PORTS_MAX: u32 = 256;
 
 /// Services (virtual servers) at once; service ids are `0..LB_SERVICES_MAX`.
 pub const LB_SERVICES_MAX: u32 = 256;
@@ -444,11 +448,17 @@ pub enum LbReason {
     /// the hash picks — the one it was on, while the set is unchanged — and its flow
     /// recorded, without counting a new connection. Counted besides how it was sent.
     Adopted = 26,
+    /// XDP: the route leaves by an interface ha-lb's XDP program is not attached to (a
+    /// bridge, a VLAN or macvlan device, a NIC without it), where an XDP redirect would be
+    /// dropped after the program returned. NAT packets and ICMP errors pass translated, for
+    /// the kernel to forward; DR and TUN drop (the kernel would deliver a DR packet to the
+    /// local VIP, and refuse a TUN packet's local outer source).
+    EgressNoXdp = 27,
 }
 
 impl LbReason {
-    pub const COUNT: u32 = 27;
-    pub const ALL: [LbReason; 27] = [
+    pub const COUNT: u32 = 28;
+    pub const ALL: [LbReason; 28] = [
         LbReason::NatIn,
         LbReason::NatOut,
         LbReason::Dr,
@@ -476,6 +486,7 @@ impl LbReason {
         LbReason::TooBigAnswered,
         LbReason::TcpNoFlow,
         LbReason::Adopted,
+        LbReason::EgressNoXdp,
     ];
     /// The name used in logs, status output and metrics.
     pub const fn name(self) -> &'static str {
@@ -507,6 +518,7 @@ impl LbReason {
             LbReason::TooBigAnswered => "too_big_answered",
             LbReason::TcpNoFlow => "tcp_no_flow",
             LbReason::Adopted => "adopted",
+            LbReason::EgressNoXdp => "egress_no_xdp",
         }
     }
 }

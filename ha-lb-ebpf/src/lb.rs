@@ -63,6 +63,7 @@ use ha_lb_common::lb::{
     LB_FLOW_PERSIST_PREFIX_SHIFT, LB_IF_MAC_DIRECT, LB_KIND_DR, LB_KIND_NAT, LB_KIND_TUN,
 };
 
+pub use self::maps::LB_TX_PORTS;
 use self::{
     fwd::Fib,
     maps::{scratch, LB_CONFIG, LB_CONNS, LB_REALS, LB_SERVICES},
@@ -714,6 +715,8 @@ fn forward_inline(
             Fib::FragNeeded => drop(LbReason::FragNeeded),
             Fib::Other => drop(LbReason::FibOther),
             Fib::Unreachable => drop(LbReason::FibUnreachable),
+            // The kernel would refuse the outer packet's local source address.
+            Fib::NoXdp => drop(LbReason::EgressNoXdp),
         };
     }
     if kind == LB_KIND_NAT {
@@ -734,6 +737,8 @@ fn forward_inline(
             Fib::FragNeeded => pass(LbReason::FragNeeded),
             Fib::Other => pass(LbReason::FibOther),
             Fib::Unreachable => drop(LbReason::FibUnreachable),
+            // Translated: the kernel forwards it (`Fib::NoXdp`).
+            Fib::NoXdp => pass(LbReason::EgressNoXdp),
         }
     } else {
         match fwd::send_answering(ctx, pkt, (&pkt.src, raddr), (pkt.sport, pkt.dport), nh, fresh) {
@@ -745,6 +750,7 @@ fn forward_inline(
             Fib::FragNeeded => drop(LbReason::FragNeeded),
             Fib::Other => drop(LbReason::FibOther),
             Fib::Unreachable => drop(LbReason::FibUnreachable),
+            Fib::NoXdp => drop(LbReason::EgressNoXdp),
         }
     }
 }
@@ -796,6 +802,9 @@ fn reply_inline(ctx: &impl Frame, pkt: &Pkt, f: *mut LbFlow) -> Outcome {
         Fib::FragNeeded => pass(LbReason::FragNeeded),
         Fib::Other => pass(LbReason::FibOther),
         Fib::Unreachable => drop(LbReason::FibUnreachable),
+        // Translated: the kernel forwards it (with `accept_local` on the ingress: its source
+        // is the VIP, a local address).
+        Fib::NoXdp => pass(LbReason::EgressNoXdp),
     }
 }
 

@@ -44,7 +44,12 @@ pub trait Frame: EbpfContext {
     /// packet (TC) holds several segments' worth, which the kernel cuts on the way out: its
     /// own length says nothing about the path MTU, its segments' does.
     fn gso_size(&self) -> u32;
-    /// Sends the frame out of `ifindex`: the XDP action (`XDP_TX` or `XDP_REDIRECT`) for it.
+    /// Sends the frame out of `ifindex`: the XDP action (`XDP_TX` or `XDP_REDIRECT`) for it,
+    /// or `XDP_PASS` when it cannot. At XDP a redirect reaches only an interface running an
+    /// XDP program (a bridge, a VLAN or macvlan device, a NIC without one has no
+    /// `ndo_xdp_xmit` or no XDP transmit queues: the kernel drops the frame after the program
+    /// returned), so it goes through `LB_TX_PORTS`, the interfaces the daemon attached the
+    /// program to: another fails here. At TC a redirect reaches any device.
     fn redirect(&self, ifindex: u32) -> u32;
     /// Whether the frame carries an 802.1Q/802.1ad tag the kernel took out of it. At TC the
     /// kernel has always moved a received tag out of band (`skb->vlan_tci`) before the
@@ -94,8 +99,12 @@ impl Frame for XdpContext {
         if ifindex == self.ifindex() {
             aya_ebpf::bindings::xdp_action::XDP_TX
         } else {
-            // SAFETY: plain helper call; flags 0.
-            unsafe { bpf_redirect(ifindex, 0) as u32 }
+            // XDP_PASS when `ifindex` is not in the map (the helper's fallback action).
+            let pass = aya_ebpf::bindings::xdp_action::XDP_PASS;
+            match crate::lb::LB_TX_PORTS.redirect(ifindex, pass as u64) {
+                Ok(a) => a,
+                Err(_) => pass,
+            }
         }
     }
     #[inline(always)]

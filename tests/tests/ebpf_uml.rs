@@ -424,6 +424,11 @@ fn packet_checks(bpf: Bpf) {
     let mode = dp.attach_interface("d0").expect("attach ha_lb_xdp to d0");
     println!("ebpf-uml: ha_lb_xdp attached to d0 ({})", mode.as_str());
     assert_eq!(dp.interfaces().len(), 1);
+    // d1, where it redirects to, recorded as attached (the map entries an attach writes: an
+    // XDP program redirects only to interfaces it is attached to, see LbReason::EgressNoXdp),
+    // without attaching there, whose counters the kernel's own IPv6 chatter from d0 would
+    // move.
+    lbmaps::set_interface_mac(dp.bpf_mut(), d1, Some(mac1)).expect("record d1");
     ok("xdp_attached_to_veth");
 
     dp.apply(&DesiredState {

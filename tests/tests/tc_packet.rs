@@ -38,12 +38,18 @@ struct Both {
 }
 
 impl Both {
-    fn new(state: &DesiredState) -> Both {
+    /// Both data planes with `state`, each counting as attached to the interfaces `ifaces`
+    /// (ifindex, MAC), as the daemon's attach records them (XDP redirects only to those).
+    fn new(state: &DesiredState, ifaces: &[(u32, [u8; 6])]) -> Both {
         let load = || Bpf::load(tracing::Level::WARN).expect("load eBPF object");
         let mut xdp = XdpDataplane::with_hook(load(), Hook::Xdp).expect("verifier: ha_lb_xdp");
         let mut tc = XdpDataplane::with_hook(load(), Hook::Tc).expect("verifier: ha_lb_tc");
-        xdp.apply(state).unwrap();
-        tc.apply(state).unwrap();
+        for dp in [&mut xdp, &mut tc] {
+            dp.apply(state).unwrap();
+            for &(i, mac) in ifaces {
+                maps::set_interface_mac(dp.bpf_mut(), i, Some(mac)).unwrap();
+            }
+        }
         Both { xdp, tc }
     }
 
@@ -98,7 +104,7 @@ fn tc_and_xdp_forward_every_frame_identically() {
     env.d
         .run(move || {
             pin_to_cpu0();
-            let mut b = Both::new(&state());
+            let mut b = Both::new(&state(), &[(eth0, mac0), (eth1, mac1)]);
             let ce = Eth { src: [0x02, 0xcc, 0, 0, 0, 1], dst: mac0 };
             let mut forwarded = 0;
 

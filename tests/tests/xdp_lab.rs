@@ -673,3 +673,45 @@ fn nat_v6(hook: Hook) {
     assert_no_csum_errors(&client, &rs);
     teardown(conns, servers, dp, lab);
 }
+
+/// Found by review: with the real servers behind a bridge on the director (eth1 a port of
+/// br1), the route's egress is br1, which cannot take an XDP redirect: native XDP counted the
+/// SYN `nat_in` and the kernel dropped it. The program now passes it translated, counted
+/// `egress_no_xdp`, and the kernel forwards it by the bridge.
+#[test]
+fn lab_xdp_nat_through_a_bridge_the_program_is_not_on() {
+    let env = xdp_support::env();
+    let (c, s, d) = (env.lab.get("c").clone(), env.lab.get("s").clone(), env.d.clone());
+    let mut script = String::from(
+        "ip link add br1 type bridge && ip link set br1 up && ip addr del 198.18.2.1/24 dev eth1 \
+         && ip link set eth1 master br1 && ip addr add 198.18.2.1/24 dev br1\n",
+    );
+    script += "ip neigh replace 198.18.2.10 lladdr 02:00:00:00:02:0a dev br1 nud permanent\n";
+    d.sh(&script).unwrap();
+    let dp = attach(&d, &["eth0"], Hook::Xdp);
+    let vip = "198.18.100.1:80";
+    let mut dp = dp;
+    dp.apply(&rr_service(Protocol::Tcp, vip, LbKind::Nat, &["198.18.2.10"], 8080)).unwrap();
+    let capture = s.run(|| PacketSocket::open("eth0")).unwrap().unwrap();
+    let tx = c.run(|| PacketSocket::open("eth0")).unwrap().unwrap();
+    let eth = frame::Eth { src: [0x02, 0xcc, 0, 0, 0, 9], dst: env.mac0 };
+    let cl: SocketAddr = "198.18.64.7:41000".parse().unwrap();
+    let syn = frame::tcp(eth, cl, vip.parse().unwrap(), frame::TcpFlags::SYN, 1, b"");
+    let before = ha_lb::bpf::lb::counters(dp.bpf()).unwrap();
+    tx.send(&syn).unwrap();
+    let to_real = |f: &[u8]| {
+        frame::check(f).is_ok_and(|p| p.dst.to_string() == "198.18.2.10" && p.dport == 8080)
+    };
+    let got = capture.drain(Duration::from_millis(500), to_real).unwrap();
+    let counted: Vec<_> = ha_lb::bpf::lb::counters(dp.bpf())
+        .unwrap()
+        .since(&before)
+        .into_iter()
+        .filter(|(r, _)| ["nat_in", "egress_no_xdp"].contains(r))
+        .collect();
+    assert_eq!(counted, vec![("egress_no_xdp", 1)]);
+    assert_eq!(got.len(), 1, "the kernel forwarded the translated SYN by the bridge");
+    let p = frame::check(&got[0]).unwrap();
+    assert_eq!((p.src, p.sport), (cl.ip(), cl.port()));
+    drop(dp);
+}

@@ -99,7 +99,7 @@ fn nat_udp_keeps_a_zero_checksum_and_fixes_a_real_one() {
         frame::check(&r.frame).expect("IPv4 header checksum valid");
 
         // Reply path.
-        let rs_eth = frame::Eth { src: rs_mac(2, 11), dst: [0; 6] };
+        let rs_eth = t.server_eth(11);
         let back = frame::udp(rs_eth, sa("198.18.2.11:5353"), c, b"answer");
         let r = t.send_from_servers(&back);
         assert_eq!(r.action, XdpAction::Redirect);
@@ -133,7 +133,7 @@ fn nat_ipv6_in_and_out() {
             assert_eq!((p.dst, p.dport), (ip("fd48:4c42:2::10"), 8443));
             assert_eq!(p.eth.dst, rs_mac(2, 10));
             assert_eq!(p.ttl, 64, "hop limit unchanged");
-            let rs_eth = frame::Eth { src: rs_mac(2, 10), dst: [0; 6] };
+            let rs_eth = t.server_eth(10);
             let back = match proto {
                 Protocol::Tcp => {
                     frame::tcp(rs_eth, sa("[fd48:4c42:2::10]:8443"), c, TcpFlags::ACK, 2, b"ok")
@@ -220,7 +220,7 @@ fn known_flows_use_the_cached_next_hop_until_it_is_refreshed() {
         let c1 = client(20, 6000);
         let ceth = t.client_eth();
         let to_vip = |c, len: usize| frame::udp(ceth, c, vip, &vec![7u8; len]);
-        let rs_eth = frame::Eth { src: rs_mac(2, 12), dst: [0; 6] };
+        let rs_eth = t.server_eth(12);
         let back = |c| frame::udp(rs_eth, sa("198.18.2.12:53"), c, b"answer");
         let dst_mac = |r: &RunResult| {
             assert_eq!(r.action, XdpAction::Redirect);
@@ -530,7 +530,7 @@ fn per_packet_cost_nat_in_vs_vrrp_filter() {
         let chosen = frame::check(&t.send_from_client(&established).frame).unwrap().dst;
         assert_eq!(t.send_from_client(&dr).action, XdpAction::Tx);
         let reply = frame::tcp(
-            frame::Eth { src: rs_mac(2, 10), dst: [0; 6] },
+            t.server_eth(10),
             std::net::SocketAddr::new(chosen, 8080),
             c,
             TcpFlags::ACK,
@@ -589,7 +589,7 @@ fn a_lost_nat_reply_entry_is_recreated_by_the_clients_next_packet() {
         let vip = t.serve_rr(Protocol::Tcp, "198.18.100.1:80", LbKind::Nat, &["198.18.2.10"], 8080);
         let c = client(3, 41000);
         t.nat_pick(c, vip, TcpFlags::SYN);
-        let rs_eth = frame::Eth { src: rs_mac(2, 10), dst: [0; 6] };
+        let rs_eth = t.server_eth(10);
         let back = frame::tcp(rs_eth, sa("198.18.2.10:8080"), c, TcpFlags::ACK, 1, b"r");
         assert_eq!(t.send_from_servers(&back).action, XdpAction::Redirect);
         let reply_key = maps::flows(t.dp.bpf())
@@ -772,7 +772,7 @@ fn icmp_errors_about_flows_reach_the_host_they_are_about() {
             ),
         ]));
         let ceth = t.client_eth();
-        let rs_eth = frame::Eth { src: rs_mac(2, 11), dst: [0; 6] };
+        let rs_eth = t.server_eth(11);
 
         for (vip, c, real) in [
             (sa("198.18.100.1:53"), client(9, 5000), sa("198.18.2.11:5353")),
@@ -1130,7 +1130,7 @@ fn imported_flows_go_to_the_real_server_the_other_director_chose() {
         let r = t.expect_from_client(&f, XdpAction::Redirect, LbReason::NatIn, "imported flow");
         let p = frame::check(&r.frame).unwrap();
         assert_eq!((p.dst, p.dport), (ip("198.18.2.12"), 8080));
-        let rs_eth = frame::Eth { src: rs_mac(2, 12), dst: [0; 6] };
+        let rs_eth = t.server_eth(12);
         let back = frame::tcp(rs_eth, sa("198.18.2.12:8080"), c, TcpFlags::ACK, 9, b"ok");
         let r = t.send_from_servers(&back);
         assert_eq!(r.action, XdpAction::Redirect);
@@ -1230,5 +1230,47 @@ fn closes_of_a_deleted_services_flows_do_not_count_on_the_next_owner_of_its_id()
         let rst = frame::tcp(t.client_eth(), a1, a, TcpFlags::RST, 2, b"");
         assert_eq!(t.send_from_client(&rst).action, XdpAction::Pass);
         assert_eq!(active(t), 1, "B's connection is still open");
+    });
+}
+
+/// Found by review: native XDP redirected to whatever interface the route named, and counted
+/// the frame forwarded; an interface that cannot take an XDP redirect (a bridge, a VLAN or
+/// macvlan device, a NIC without an XDP program) drops it after the program returned. The
+/// program now redirects only to interfaces it is attached to (or transmits back out of the
+/// ingress): otherwise NAT passes the packet translated for the kernel to forward, DR and TUN
+/// drop it, each counted `egress_no_xdp`; nothing is cached for such a route.
+#[test]
+fn xdp_redirects_only_to_interfaces_it_is_attached_to() {
+    let env = env();
+    let (eth1, mac0) = (env.eth1, env.mac0);
+    env.run(|t| {
+        t.apply(&merged([
+            rr_service(Protocol::Tcp, "198.18.100.1:80", LbKind::Nat, &["198.18.2.10"], 8080),
+            rr_service(Protocol::Tcp, "198.18.100.2:80", LbKind::Dr, &["198.18.2.11"], 80),
+            rr_service(Protocol::Tcp, "198.18.100.6:80", LbKind::Tun, &["198.18.2.12"], 80),
+        ]));
+        // eth1 (the real servers' side) is not attached.
+        maps::set_interface_mac(t.dp.bpf_mut(), eth1, None).unwrap();
+        let (c, vip) = (client(30, 7000), sa("198.18.100.1:80"));
+        for (i, flags) in [TcpFlags::SYN, TcpFlags::ACK, TcpFlags::ACK].into_iter().enumerate() {
+            let f = frame::tcp(t.client_eth(), c, vip, flags, 1, b"x");
+            let what = format!("NAT segment {i}");
+            let r = t.expect_from_client(&f, XdpAction::Pass, LbReason::EgressNoXdp, &what);
+            let p = frame::check(&r.frame).expect("translated, checksums valid");
+            assert_eq!((p.dst, p.dport), (ip("198.18.2.10"), 8080), "{what}: translated");
+            assert_eq!(p.eth.dst, mac0, "{what}: the Ethernet header is the kernel's to write");
+        }
+        let (h, _) = maps::cache_stats(t.dp.bpf()).unwrap();
+        assert_eq!(h, 0, "nothing sent from the flow cache");
+        for (what, vip) in [("DR", "198.18.100.2:80"), ("TUN", "198.18.100.6:80")] {
+            let f = t.syn(client(31, 7000), sa(vip));
+            t.expect_from_client(&f, XdpAction::Drop, LbReason::EgressNoXdp, what);
+        }
+        // Attached again: redirected.
+        maps::set_interface_mac(t.dp.bpf_mut(), eth1, Some(t.mac1)).unwrap();
+        let f = frame::tcp(t.client_eth(), c, vip, TcpFlags::ACK, 1, b"x");
+        t.expect_from_client(&f, XdpAction::Redirect, LbReason::NatIn, "eth1 attached");
+        let f = t.syn(client(31, 7001), sa("198.18.100.2:80"));
+        t.expect_from_client(&f, XdpAction::Redirect, LbReason::Dr, "DR, eth1 attached");
     });
 }

@@ -100,7 +100,7 @@ fn lc_and_wlc_follow_live_connection_counts() {
         }
         for c in &on_r1[3..5] {
             let rst = frame::tcp(
-                frame::Eth { src: rs_mac(2, 11), dst: [0; 6] },
+                t.server_eth(11),
                 SocketAddr::new(ip(R[1]), 80),
                 *c,
                 TcpFlags::RST,

@@ -210,6 +210,11 @@ pub fn send(ctx: &impl Frame, pkt: &Pkt) -> Option<Outcome> {
     stat(0);
     match fwd::out(ctx, macs, out_if) {
         fwd::Fib::Sent(a) => Some((a, reason)),
+        // Detached since the slot was filled: NAT passes translated, as the full path would.
+        fwd::Fib::NoXdp if kind != KIND_DR => {
+            Some((aya_ebpf::bindings::xdp_action::XDP_PASS, LbReason::EgressNoXdp))
+        }
+        fwd::Fib::NoXdp => Some((aya_ebpf::bindings::xdp_action::XDP_DROP, LbReason::EgressNoXdp)),
         _ => Some((aya_ebpf::bindings::xdp_action::XDP_DROP, LbReason::FibOther)),
     }
 }

@@ -218,6 +218,12 @@ pub enum Fib {
     Unreachable,
     FragNeeded,
     Other,
+    /// XDP: the route leaves by an interface the program is not attached to (not in
+    /// `LB_TX_PORTS`: see [`Frame::redirect`]), which an XDP redirect cannot reach: the
+    /// kernel would drop the frame after the program returned (a bridge, a VLAN or macvlan
+    /// device, a NIC without an XDP program: no `ndo_xdp_xmit`, or no XDP transmit queues).
+    /// The frame keeps its Ethernet header.
+    NoXdp,
 }
 
 /// `struct bpf_fib_lookup` with plain fields instead of unions, so it can be built field by
@@ -570,14 +576,19 @@ pub fn tun(
     out(ctx, &macs, out_if)
 }
 
-/// Writes the Ethernet addresses (`macs`: destination then source, as on the wire) and sends
-/// the frame out of `out_if`.
+/// Sends the frame out of `out_if` and writes the Ethernet addresses (`macs`: destination then
+/// source, as on the wire) — unless the program cannot redirect there (XDP: an interface it
+/// is not attached to), which leaves the frame's Ethernet header as it was (`NoXdp`).
 #[inline(always)]
 pub fn out(ctx: &impl Frame, macs: &[u16; 6], out_if: u32) -> Fib {
     let Some(eth) = ptr_at::<[u16; 6]>(ctx, 0) else { return Fib::Other };
-    // SAFETY: bounds-checked by ptr_at.
+    let a = ctx.redirect(out_if);
+    if a == aya_ebpf::bindings::xdp_action::XDP_PASS {
+        return Fib::NoXdp;
+    }
+    // SAFETY: bounds-checked by ptr_at (a redirect changes no packet data).
     unsafe { *eth = *macs };
-    Fib::Sent(ctx.redirect(out_if))
+    Fib::Sent(a)
 }
 
 /// An IPv4 packet too long for the path (once encapsulated: `overhead`): as IPVS does, answer
@@ -697,9 +708,8 @@ fn packet_too_big(ctx: &impl Frame, overhead: u32) -> Fib {
     // SAFETY: per-CPU scratch map; after FRAG_NEEDED the helper left the MTU in `tot_len`.
     let mtu = unsafe { (*sc).fib.tot_len };
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return Fib::FragNeeded };
-    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return Fib::FragNeeded };
     // SAFETY: bounds-checked by ptr_at.
-    let (e, i) = unsafe { (*eth, *ip) };
+    let e = unsafe { *eth };
     // An MTU below IPv6's minimum once encapsulated cannot be told (IPVS drops these too).
     if (mtu as u32) < 1280 + overhead {
         return Fib::FragNeeded;
@@ -715,20 +725,22 @@ fn packet_too_big(ctx: &impl Frame, overhead: u32) -> Fib {
         return Fib::Unanswered;
     };
     let body = (ICMP_HLEN + QUOTE) as u16;
-    let h = Ipv6Hdr {
-        vtc_flow: (6u32 << 28).to_be(),
-        payload_len: body.to_be(),
-        nexthdr: 58,
-        hop_limit: 64,
-        // From the address the sender sent to (any source will do for RFC 8201).
-        saddr: i.daddr,
-        daddr: i.saddr,
-    };
     // SAFETY: bounds-checked by ptr_at; the quoted bytes are already in place (from word 4 of
-    // `icmp` on).
+    // `icmp` on: the packet's own IPv6 header, `q`, then its L4 bytes). The new header's
+    // addresses are copied from the quote word by word, and summed from where they were
+    // written, rather than kept in registers across the reframe (each one held is a stack
+    // slot on the longest call chain: see `lb`'s module docs).
     unsafe {
         *neth = EthHdr { dst: e.src, src: e.dst, proto: ETH_P_IPV6.to_be() };
-        *nip = h;
+        let q = icmp.cast::<u8>().add(ICMP_HLEN).cast::<Ipv6Hdr>();
+        (*nip).vtc_flow = (6u32 << 28).to_be();
+        (*nip).payload_len = body.to_be();
+        (*nip).nexthdr = 58;
+        (*nip).hop_limit = 64;
+        // From the address the sender sent to (any source will do for RFC 8201).
+        copy_addr(&raw mut (*nip).saddr, &raw const (*q).daddr);
+        copy_addr(&raw mut (*nip).daddr, &raw const (*q).saddr);
+        let nexthdr = (*q).nexthdr;
         let m = &mut *icmp;
         m[0] = u16::from_be_bytes([2, 0]).to_be();
         m[1] = 0;
@@ -736,15 +748,16 @@ fn packet_too_big(ctx: &impl Frame, overhead: u32) -> Fib {
         m[2] = mtu_be as u16;
         m[3] = (mtu_be >> 16) as u16;
         // The pseudo-header: addresses, upper-layer length, next header (RFC 8200 §8.1).
+        let a = (&raw const (*nip).saddr).cast::<u32>();
         let mut sum = 0u32;
         let mut k = 0;
-        while k < 4 {
-            sum += (h.saddr[k] & 0xffff) + (h.saddr[k] >> 16);
-            sum += (h.daddr[k] & 0xffff) + (h.daddr[k] >> 16);
+        while k < 8 {
+            let w = core::ptr::read_volatile(a.add(k));
+            sum += (w & 0xffff) + (w >> 16);
             k += 1;
         }
         sum += body.to_be() as u32 + 58u16.to_be() as u32;
-        neutral_quote(m, (ICMP_HLEN + IPV6_HLEN) / 2, i.nexthdr);
+        neutral_quote(m, (ICMP_HLEN + IPV6_HLEN) / 2, nexthdr);
         m[1] = csum::finish(sum + sum_words(m));
     }
     Fib::Answered(ctx.redirect(ctx.ifindex()))

@@ -109,6 +109,7 @@ fn send(ctx: &impl Frame, pkt: &Pkt, to: &[u32; 4], reason: LbReason) -> Outcome
         Fib::FragNeeded => pass(LbReason::FragNeeded),
         Fib::Unreachable => pass(LbReason::FibUnreachable),
         Fib::Other => pass(LbReason::FibOther),
+        Fib::NoXdp => pass(LbReason::EgressNoXdp),
     }
 }
 
@@ -302,6 +303,7 @@ fn tun(ctx: &impl Frame, pkt: &Pkt, (id, gen): (u32, u32), real: &[u32; 4]) -> O
     let nh = unsafe { &raw mut (*sc).flow };
     Some(match fwd::tun(ctx, pkt, (src, real), nh, true) {
         Fib::Sent(a) => (a, LbReason::IcmpIn),
+        Fib::NoXdp => pass(LbReason::EgressNoXdp),
         _ => pass(LbReason::FibOther),
     })
 }

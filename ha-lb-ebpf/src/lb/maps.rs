@@ -3,12 +3,12 @@
 use super::fwd::FibParams;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use ha_lb_common::lb::{
     LbBackendSet, LbConfig, LbFlow, LbFlowKey, LbIfMac, LbPersist, LbPersistKey, LbReal, LbReason,
     LbRingChunk, LbService, LbServiceKey, LbTraffic, LB_CONNS_MAX, LB_IF_MAC_DIRECT, LB_IF_MAC_MAX,
-    LB_PERSIST_MAX, LB_REALS_MAX, LB_RING_CHUNKS, LB_SERVICES_MAX,
+    LB_PERSIST_MAX, LB_REALS_MAX, LB_RING_CHUNKS, LB_SERVICES_MAX, LB_TX_PORTS_MAX,
 };
 
 #[map(name = "LB_SERVICES")]
@@ -88,6 +88,11 @@ pub static LB_IF_MAC: Array<LbIfMac> = Array::with_max_entries(LB_IF_MAC_DIRECT,
 /// The same, for ifindexes from `LB_IF_MAC_DIRECT` up.
 #[map(name = "LB_IF_MAC_HASH")]
 pub static LB_IF_MAC_HASH: HashMap<u32, LbIfMac> = HashMap::with_max_entries(LB_IF_MAC_MAX, 0);
+
+/// The interfaces the program is attached to, by ifindex (filled at attach, with
+/// `LB_IF_MAC`): the only ones an XDP redirect goes to (`Frame::redirect`).
+#[map(name = "LB_TX_PORTS")]
+pub static LB_TX_PORTS: DevMapHash = DevMapHash::with_max_entries(LB_TX_PORTS_MAX, 0);
 
 /// Per-CPU token bucket for the ICMP errors the program sends itself (fragmentation needed /
 /// packet too big): [tokens, last refill (coarse ns)].

@@ -663,14 +663,34 @@ pub fn interface_mac_of(bpf: &Bpf, ifindex: u32) -> Result<Option<[u8; 6]>, BpfE
     Ok(v.filter(|v| v.attached != 0).map(|v| v.mac))
 }
 
-/// Records (or with `None`, forgets) the MAC of interface `ifindex`, so the forwarding
-/// program only forwards frames addressed to this host.
+/// Records (or with `None`, forgets) interface `ifindex` as one the forwarding program is
+/// attached to, with its MAC: the program only forwards frames addressed to this host, and at
+/// XDP only redirects to such interfaces (`LB_TX_PORTS`). Called in the interface's network
+/// namespace (the redirect map takes the device by ifindex there).
 pub fn set_interface_mac(
     bpf: &mut Bpf,
     ifindex: u32,
     mac: Option<[u8; 6]>,
 ) -> Result<(), BpfError> {
-    use ha_lb_common::lb::{LbIfMac, LB_IF_MAC, LB_IF_MAC_DIRECT, LB_IF_MAC_HASH};
+    use ha_lb_common::lb::{LbIfMac, LB_IF_MAC, LB_IF_MAC_DIRECT, LB_IF_MAC_HASH, LB_TX_PORTS};
+    {
+        let e = map_err(LB_TX_PORTS);
+        let mut m: aya::maps::DevMapHash<_> =
+            aya::maps::DevMapHash::try_from(bpf.map_mut(LB_TX_PORTS)?).map_err(&e)?;
+        match mac {
+            Some(_) => m.insert(ifindex, ifindex, None, 0).map_err(|x| match x {
+                aya::maps::xdp::XdpMapError::MapError(x) => e(x),
+                other => e(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_update_elem",
+                    io_error: std::io::Error::other(other.to_string()),
+                })),
+            })?,
+            None => match m.remove(ifindex) {
+                Err(x) if !not_there(&x) => return Err(e(x)),
+                _ => {}
+            },
+        }
+    }
     let value = mac.map(|mac| LbIfMac { mac, attached: 1, _pad: 0 });
     if ifindex < LB_IF_MAC_DIRECT {
         let e = map_err(LB_IF_MAC);

@@ -103,15 +103,18 @@ pub fn env() -> Env {
 }
 
 impl Env {
-    /// Runs `f` on a thread inside d, pinned to CPU 0, with a fresh data plane.
+    /// Runs `f` on a thread inside d, pinned to CPU 0, with a fresh data plane whose program
+    /// counts as attached to eth0 and eth1 (their MACs recorded, as an attach records them):
+    /// it forwards frames addressed to them, and redirects to them.
     pub fn run<T: Send>(&self, f: impl FnOnce(&mut Tester) -> T + Send) -> T {
-        let (eth0, eth1, mac0) = (self.eth0, self.eth1, self.mac0);
+        let (eth0, eth1, mac0, mac1) = (self.eth0, self.eth1, self.mac0, self.mac1);
         self.d
             .run(move || {
                 pin_to_cpu0();
                 let bpf = Bpf::load(tracing::Level::WARN).expect("load eBPF object");
                 let dp = XdpDataplane::new(bpf).expect("verifier accepts ha_lb_xdp");
-                let mut t = Tester { dp, eth0, eth1, mac0 };
+                let mut t = Tester { dp, eth0, eth1, mac0, mac1 };
+                t.register_interfaces();
                 f(&mut t)
             })
             .expect("test body")
@@ -137,9 +140,24 @@ pub struct Tester {
     pub eth0: u32,
     pub eth1: u32,
     pub mac0: [u8; 6],
+    pub mac1: [u8; 6],
 }
 
 impl Tester {
+    /// Records eth0 and eth1 as interfaces the program is attached to (`LB_IF_MAC`), as the
+    /// daemon's attach does: an XDP program redirects only to those.
+    pub fn register_interfaces(&mut self) {
+        let bpf = self.dp.bpf_mut();
+        ha_lb::bpf::lb::set_interface_mac(bpf, self.eth0, Some(self.mac0)).unwrap();
+        ha_lb::bpf::lb::set_interface_mac(bpf, self.eth1, Some(self.mac1)).unwrap();
+    }
+
+    /// A frame from the real-server side's Ethernet header: from real server `n`'s MAC to
+    /// eth1's.
+    pub fn server_eth(&self, n: u8) -> Eth {
+        Eth { src: rs_mac(2, n), dst: self.mac1 }
+    }
+
     pub fn run_on(&mut self, ifindex: u32, frame: &[u8]) -> RunResult {
         let prog = self.dp.bpf_mut().xdp(PROG_LB).unwrap();
         run_xdp(prog, frame, ifindex, 1).unwrap()
