@@ -69,6 +69,8 @@ pub struct DesiredService {
     pub hash_port: bool,
     /// Real servers that take traffic (or drain), in configuration order.
     pub real_servers: Vec<DesiredRealServer>,
+    /// How many real servers the configuration lists, whatever their health.
+    pub configured_real_servers: usize,
     pub quorum_up: bool,
 }
 
@@ -290,6 +292,7 @@ impl Reconciler {
                 persistence_granularity: vs.persistence_granularity,
                 hash_port: vs.hash_port,
                 real_servers,
+                configured_real_servers: vs.real_servers.len(),
                 quorum_up: up,
             });
         }
@@ -306,6 +309,7 @@ pub fn to_dataplane(desired: &[DesiredService]) -> DesiredState {
             d.persistence_timeout.map(|t| t.as_secs().min(u32::MAX as u64) as u32).unwrap_or(0);
         spec.persistence_granularity = d.persistence_granularity.unwrap_or(0);
         spec.hash_port = d.hash_port;
+        spec.configured_real_servers = d.configured_real_servers;
         spec.real_servers = d
             .real_servers
             .iter()

@@ -7,20 +7,16 @@
 //!
 //! Weights change how often a backend takes a turn (proportional to its weight).
 
-/// Table sizes: primes, each about double the previous. A service keeps its size while
-/// `100 * backends` fits (so removing or adding a server does not reshuffle everything); it
-/// grows to the next size when it no longer does.
+/// Table sizes: primes, each about double the previous.
 pub const SIZES: [usize; 9] = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521];
 
-/// The table size for `n` backends: the current one (`current`) if it still holds at least
-/// 100 slots per backend, else the smallest of [`SIZES`] that does (the largest for huge `n`).
-pub fn table_size(n: usize, current: Option<usize>) -> usize {
+/// The table size for a service whose configuration lists `n` real servers: the smallest of
+/// [`SIZES`] with at least 100 slots per server (the largest for huge `n`). A function of the
+/// configuration alone, never of what was applied before: two directors with the same
+/// configuration build the same table, whatever servers each has seen come and go; and a
+/// server going down (or coming back) keeps the size, so it moves only its own share.
+pub fn table_size(n: usize) -> usize {
     let need = 100 * n.max(1);
-    if let Some(c) = current {
-        if c >= need && SIZES.contains(&c) {
-            return c;
-        }
-    }
     SIZES.iter().copied().find(|&m| m >= need).unwrap_or(SIZES[SIZES.len() - 1])
 }
 
@@ -108,18 +104,16 @@ mod tests {
     fn sizes_are_prime_and_hold_100_slots_per_backend() {
         assert!(SIZES.iter().all(|&m| is_prime(m)));
         for n in 1..=256 {
-            let m = table_size(n, None);
+            let m = table_size(n);
             assert!(m >= 100 * n, "n={n} m={m}");
         }
-        // Shrinking the set keeps the size; outgrowing it moves to the next one.
-        assert_eq!(table_size(3, Some(1021)), 1021);
-        assert_eq!(table_size(11, Some(1021)), 2039);
+        assert_eq!((table_size(3), table_size(10), table_size(11)), (509, 1021, 2039));
     }
 
     #[test]
     fn table_is_full_and_balanced() {
         let k = keys(7);
-        let m = table_size(7, None);
+        let m = table_size(7);
         let t = build(&k, &[1; 7], m);
         assert_eq!(t.len(), m);
         let mut count = [0usize; 7];
@@ -135,7 +129,7 @@ mod tests {
     #[test]
     fn weights_shape_the_shares() {
         let k = keys(3);
-        let m = table_size(3, None).max(4093);
+        let m = table_size(3).max(4093);
         let t = build(&k, &[1, 2, 0], m);
         let a = t.iter().filter(|&&e| e == 0).count() as f64;
         let b = t.iter().filter(|&&e| e == 1).count() as f64;
@@ -149,13 +143,13 @@ mod tests {
     fn removal_disrupts_about_one_nth() {
         for n in [3usize, 5, 10, 20, 50] {
             let k = keys(n);
-            let m = table_size(n, None);
+            let m = table_size(n);
             let before = build(&k, &vec![1; n], m);
             let removed = n / 2;
             let mut w = vec![1u32; n];
             w[removed] = 0;
-            // Same size (a set that shrinks keeps its table size).
-            let after = build(&k, &w, table_size(n - 1, Some(m)));
+            // Same size (the configuration still lists the removed server: it is down).
+            let after = build(&k, &w, m);
             assert_eq!(after.len(), m);
             let changed = before.iter().zip(&after).filter(|(a, b)| a != b).count();
             let collateral =

@@ -46,6 +46,11 @@ pub struct ServiceSpec {
     /// The real servers that should receive traffic (health-checked ones only; the
     /// reconciler removes failed ones or sets their weight to 0 for `inhibit_on_failure`).
     pub real_servers: Vec<RealServerSpec>,
+    /// How many real servers the configuration lists for the service, whatever their health
+    /// (0: as many as `real_servers`). The eBPF data plane sizes an `mh` service's Maglev
+    /// table by it: from the configuration alone, so that every director with the same
+    /// configuration builds the same table, and it stays while servers come and go.
+    pub configured_real_servers: usize,
 }
 
 impl ServiceSpec {
@@ -57,6 +62,7 @@ impl ServiceSpec {
             persistence_granularity: 0,
             hash_port: false,
             real_servers: Vec::new(),
+            configured_real_servers: 0,
         }
     }
 }

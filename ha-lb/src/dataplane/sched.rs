@@ -101,13 +101,16 @@ pub struct Backend {
     pub weight: u32,
 }
 
-/// The lookup table of `algo` over `backends`, and for `mh` the table size used (pass it back
-/// as `mh_size` next time so the size, and with it the table, stays stable as servers come and
-/// go). Empty for `lc`/`wlc`, and when no server has a weight.
+/// The lookup table of `algo` over `backends`, and for `mh` the table size used: sized for
+/// `configured` real servers, how many the service's configuration lists whatever their
+/// health (`None`: as many as `backends`; never fewer), so that the size, and with it the
+/// table, is the same on every director with the same configuration and stays as servers
+/// come and go (see `maglev::table_size`). Empty for `lc`/`wlc`, and when no server has a
+/// weight.
 pub fn ring(
     algo: LbAlgo,
     backends: &[Backend],
-    mh_size: Option<usize>,
+    configured: Option<usize>,
 ) -> (Vec<usize>, Option<usize>) {
     let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
     match algo {
@@ -116,7 +119,7 @@ pub fn ring(
         LbAlgo::Sh => (sh_table(&weights), None),
         LbAlgo::Lc | LbAlgo::Wlc => (Vec::new(), None),
         LbAlgo::Mh => {
-            let m = maglev::table_size(backends.len(), mh_size);
+            let m = maglev::table_size(configured.unwrap_or(0).max(backends.len()));
             let keyed: Vec<(&[u8], u32)> =
                 backends.iter().map(|b| (b.key.as_slice(), b.weight)).collect();
             (maglev::table(&keyed, m), Some(m))

@@ -125,7 +125,6 @@ struct AppliedService {
     reals: BTreeMap<(IpAddr, u16), AppliedReal>,
     /// The live slot's ring region (first chunk, chunks).
     ring: Option<(u32, u32)>,
-    mh_size: Option<usize>,
 }
 
 /// Lowest-first id allocation.
@@ -577,8 +576,8 @@ pub fn plan_with(
             key.extend_from_slice(&rs.port.to_be_bytes());
             backends.push(Backend { key, weight: rs.weight });
         }
-        let (table, mh_size) =
-            sched::ring(spec.lb_algo, &backends, old.as_ref().and_then(|o| o.mh_size));
+        let configured = Some(spec.configured_real_servers).filter(|&n| n > 0);
+        let (table, _) = sched::ring(spec.lb_algo, &backends, configured);
         let entries: Vec<u32> = table.iter().map(|&i| set.reals[i]).collect();
         let ring = if entries.is_empty() {
             None
@@ -619,7 +618,7 @@ pub fn plan_with(
         } else {
             report.services_added.push(*vs);
         }
-        next.services.insert(*vs, AppliedService { id, slot, spec, reals, ring, mh_size });
+        next.services.insert(*vs, AppliedService { id, slot, spec, reals, ring });
     }
 
     for id in free_service_ids {
@@ -1690,14 +1689,55 @@ mod tests {
         assert!(gone.values().all(|&s| s == LB_REAL_NO_SERVICE));
     }
 
+    /// `desired` for mh over `reals`, of `configured` real servers in the configuration.
+    fn mh(reals: &[RealServerSpec], configured: usize) -> DesiredState {
+        let mut d = desired(LbAlgo::Mh, reals);
+        d.services.values_mut().for_each(|s| s.configured_real_servers = configured);
+        d
+    }
+
+    /// The ring entries of the only service of `s`'s last plan, as real server addresses.
+    fn ring_addrs(s: &State, ops: &[Op]) -> Vec<IpAddr> {
+        let by_id: HashMap<u32, IpAddr> = s
+            .services
+            .values()
+            .flat_map(|a| a.reals.iter().map(|(&(addr, _), r)| (r.id, addr)))
+            .collect();
+        let entries = ops
+            .iter()
+            .find_map(|o| match o {
+                Op::WriteRing { entries, .. } => Some(entries),
+                _ => None,
+            })
+            .expect("a ring written");
+        entries.iter().map(|id| by_id[id]).collect()
+    }
+
     #[test]
     fn maglev_keeps_its_table_size_when_servers_leave() {
         let many: Vec<_> = (10..20).map(|i| rs(&format!("198.18.2.{i}"), 1)).collect();
-        let (s1, _, _) = plan(&State::default(), &desired(LbAlgo::Mh, &many)).unwrap();
-        let (s2, _, _) = plan(&s1, &desired(LbAlgo::Mh, &many[..4])).unwrap();
-        let m = |s: &State| s.services.values().next().unwrap().mh_size;
-        assert_eq!(m(&s1), Some(1021));
-        assert_eq!(m(&s2), Some(1021));
+        let (s1, ops1, _) = plan(&State::default(), &mh(&many, 10)).unwrap();
+        let (s2, ops2, _) = plan(&s1, &mh(&many[..4], 10)).unwrap();
+        assert_eq!(ring_addrs(&s1, &ops1).len(), 1021);
+        assert_eq!(ring_addrs(&s2, &ops2).len(), 1021);
+    }
+
+    /// Found by review: the Maglev table kept the size it had been given before, so a
+    /// director that once had 11 servers up kept 2039 slots after 8 went down, while one
+    /// started with the 3 up used 509: two directors with the same configuration mapped two
+    /// thirds of the clients differently. The size now comes from the configuration alone.
+    #[test]
+    fn maglev_tables_are_the_same_on_directors_with_the_same_configuration() {
+        let all: Vec<_> = (10..21).map(|i| rs(&format!("198.18.2.{i}"), 1)).collect();
+        let (s1, _, _) = plan(&State::default(), &mh(&all, 11)).unwrap();
+        let (old, ops_old, _) = plan(&s1, &mh(&all[..3], 11)).unwrap();
+        let (fresh, ops_fresh, _) = plan(&State::default(), &mh(&all[..3], 11)).unwrap();
+        let (a, b) = (ring_addrs(&old, &ops_old), ring_addrs(&fresh, &ops_fresh));
+        assert_eq!(a.len(), 2039, "sized for the 11 configured");
+        assert_eq!(a, b, "the same table on both directors");
+        // A configuration that lists 3 sizes it for 3, on either.
+        let (_, ops, _) = plan(&old, &mh(&all[..3], 3)).unwrap();
+        assert_eq!(ring_addrs(&old, &ops).len(), 509);
     }
 
     /// The user-space mask of an imported template's client is the data path's
