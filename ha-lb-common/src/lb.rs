@@ -385,7 +385,8 @@ pub enum LbReason {
     NatOut = 1,
     /// Client -> VIP, Ethernet header rewritten to a real server (DR) and sent.
     Dr = 2,
-    /// TCP/UDP not for a service and not a NAT reply: passed untouched.
+    /// TCP/UDP not for a service and not a NAT reply (nor the reply of a real server that has
+    /// left its service since: no longer translated): passed untouched.
     NotService = 3,
     /// Not IPv4/IPv6 (ARP, LLDP, ...): passed untouched.
     NotIp = 4,

@@ -767,6 +767,17 @@ fn reply_inline(ctx: &impl Frame, pkt: &Pkt, f: *mut LbFlow) -> Outcome {
     // SAFETY: LRU value pointer from a successful lookup; fields read one by one.
     let (real_id, real_gen, service_id, last_seen, vport) =
         unsafe { ((*f).real_id, (*f).real_gen, (*f).service_id, (*f).last_seen_ns, (*f).port) };
+    // A real server that left its service (or whose service was deleted, its id perhaps given
+    // to another) has no flows here any more: its packets pass untranslated (the client
+    // answers a segment from an address it does not know with a RST, which ends the
+    // connection on the real server too), and count on no service.
+    let alive = match LB_REALS.get(real_id) {
+        Some(r) => conntrack::real_alive(r, real_gen, service_id),
+        None => false,
+    };
+    if !alive {
+        return pass(LbReason::NotService);
+    }
     // SAFETY: as above.
     let vip = unsafe { (*f).addr };
     let now = now_ns();
@@ -777,7 +788,7 @@ fn reply_inline(ctx: &impl Frame, pkt: &Pkt, f: *mut LbFlow) -> Outcome {
         unsafe { (*f).last_seen_ns = now };
         touch_forward(pkt, &vip, vport, (service_id, real_id, real_gen), now, closing);
     }
-    stats::reply_traffic(service_id, real_id, real_gen, pkt.len as u64);
+    stats::traffic(service_id, Some(real_id), pkt.len as u64, true, false);
     let route = fwd::Route {
         family: pkt.family,
         proto: pkt.proto,

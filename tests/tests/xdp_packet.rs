@@ -1274,3 +1274,34 @@ fn xdp_redirects_only_to_interfaces_it_is_attached_to() {
         t.expect_from_client(&f, XdpAction::Redirect, LbReason::Dr, "DR, eth1 attached");
     });
 }
+
+/// Found by review: after a NAT service was deleted (or its real server removed), the real
+/// server's packets to the old clients were still rewritten to the VIP, from the flow cache
+/// too, and counted on the service id (which may be another service's by then), until the
+/// reply entry timed out; ICMP errors about its flows were translated likewise. They now
+/// pass untranslated.
+#[test]
+fn replies_of_a_real_server_that_left_are_not_translated() {
+    let env = env();
+    env.run(|t| {
+        let vip = t.serve_rr(Protocol::Udp, "198.18.100.1:53", LbKind::Nat, &["198.18.2.11"], 53);
+        let c = client(40, 5300);
+        let r = t.send_from_client(&frame::udp(t.client_eth(), c, vip, b"query"));
+        assert_eq!(r.action, XdpAction::Redirect);
+        let dnat = r.frame;
+        let back = frame::udp(t.server_eth(11), sa("198.18.2.11:53"), c, b"answer");
+        // Twice: the second from the flow cache.
+        let (h0, _) = maps::cache_stats(t.dp.bpf()).unwrap();
+        for _ in 0..3 {
+            t.expect_on(t.eth1, &back, XdpAction::Redirect, LbReason::NatOut, "reply");
+        }
+        assert!(maps::cache_stats(t.dp.bpf()).unwrap().0 > h0, "cached");
+        let unreach =
+            icmp_error(t.server_eth(11), (ip("198.18.2.11"), c.ip()), (3, 3), [0; 4], &dnat);
+        t.apply(&DesiredState::default());
+        let r = t.expect_on(t.eth1, &back, XdpAction::Pass, LbReason::NotService, "service gone");
+        assert_eq!(r.frame, back, "untranslated");
+        let r = t.expect_on(t.eth1, &unreach, XdpAction::Pass, LbReason::NotTcpUdp, "error");
+        assert_eq!(r.frame, unreach, "untranslated");
+    });
+}

@@ -187,18 +187,16 @@ pub fn send(ctx: &impl Frame, pkt: &Pkt) -> Option<Outcome> {
     // SAFETY: as above.
     let (real_id, real_gen, svc_id, addr, port) =
         unsafe { ((*s).real_id, (*s).real_gen, (*s).service_id, [(*s).addr, 0, 0, 0], (*s).port) };
-    if kind == KIND_REPLY {
-        stats::reply_traffic(svc_id, real_id, real_gen, pkt.len as u64);
-        fwd::rewrite(ctx, pkt, false, &addr, port);
-    } else {
-        match LB_REALS.get(real_id) {
-            Some(r) if conntrack::real_alive(r, real_gen, svc_id) => {}
-            _ => return None,
-        }
-        stats::traffic(svc_id, Some(real_id), pkt.len as u64, false, false);
-        if kind == KIND_NAT {
-            fwd::rewrite(ctx, pkt, true, &addr, port);
-        }
+    // The flow's real server still in its service, for either direction (a reply of one that
+    // left is the full path's to pass untranslated).
+    match LB_REALS.get(real_id) {
+        Some(r) if conntrack::real_alive(r, real_gen, svc_id) => {}
+        _ => return None,
+    }
+    let reply = kind == KIND_REPLY;
+    stats::traffic(svc_id, Some(real_id), pkt.len as u64, reply, false);
+    if kind != KIND_DR {
+        fwd::rewrite(ctx, pkt, !reply, &addr, port);
     }
     // SAFETY: as above (the MACs by reference: a copy would be a `memmove` call).
     let (macs, out_if) = unsafe { (&*(&raw const (*s).nh_macs), (*s).nh_ifindex) };

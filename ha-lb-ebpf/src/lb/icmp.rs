@@ -144,6 +144,10 @@ fn v4(ctx: &impl Frame) -> Option<Outcome> {
     // SAFETY: LRU value pointer from a successful lookup.
     let (flags, addr, port, real) =
         unsafe { ((*f).flags, (*f).addr[0], (*f).port, ((*f).real_id, (*f).real_gen)) };
+    // SAFETY: as above.
+    if !real_alive(real, unsafe { (*f).service_id }) {
+        return None;
+    }
     let mut pkt = Pkt {
         src: [o.saddr, 0, 0, 0],
         dst: [o.daddr, 0, 0, 0],
@@ -233,6 +237,10 @@ fn v6(ctx: &impl Frame) -> Option<Outcome> {
     // SAFETY: LRU value pointer from a successful lookup.
     let (flags, addr, port, real) =
         unsafe { ((*f).flags, (*f).addr, (*f).port, ((*f).real_id, (*f).real_gen)) };
+    // SAFETY: as above.
+    if !real_alive(real, unsafe { (*f).service_id }) {
+        return None;
+    }
     let mut pkt = Pkt {
         src: o.saddr,
         dst: o.daddr,
@@ -284,6 +292,17 @@ fn v6(ctx: &impl Frame) -> Option<Outcome> {
         }
         let to = pkt.dst;
         Some(send(ctx, &pkt, &to, LbReason::IcmpOut))
+    }
+}
+
+/// Whether the flow's real server `(id, generation)` is still in its service `svc`: errors
+/// about flows of one that left (or whose service was deleted) are not translated, as their
+/// packets are not (`reply`, `established`).
+#[inline(always)]
+fn real_alive((id, gen): (u32, u32), svc: u32) -> bool {
+    match LB_REALS.get(id) {
+        Some(r) => super::conntrack::real_alive(r, gen, svc),
+        None => false,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use ha_lb_common::lb::{LbReason, LbTraffic};
 
-use super::maps::{LB_REALS, LB_REAL_LOAD, LB_REAL_STATS, LB_REASONS, LB_SERVICE_STATS};
+use super::maps::{LB_REAL_LOAD, LB_REAL_STATS, LB_REASONS, LB_SERVICE_STATS};
 
 #[inline(always)]
 pub fn count(r: LbReason) {
@@ -49,17 +49,6 @@ pub fn traffic(svc: u32, real: Option<u32>, bytes: u64, out: bool, new_conn: boo
             }
         }
     }
-}
-
-/// Counts one reply packet (real server -> client) of `bytes` for service `svc`, and for real
-/// server `real` if the id still names generation `gen` (else it was given to another one).
-#[inline(always)]
-pub fn reply_traffic(svc: u32, real: u32, gen: u32, bytes: u64) {
-    let same = match LB_REALS.get(real) {
-        Some(r) => r.gen == gen,
-        None => false,
-    };
-    traffic(svc, if same { Some(real) } else { None }, bytes, true, false);
 }
 
 /// Counts a connection of service `svc` on real server `real` as closed (`aborted`: while
