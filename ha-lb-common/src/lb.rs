@@ -230,10 +230,29 @@ pub struct LbReal {
     /// Incremented whenever the id is given to a new real server; flows and templates that
     /// carry another generation are stale.
     pub gen: u32,
+    /// TUN: which of `tun_srcs` is live (0 or 1; see [`LbReal::tun_src`]).
+    pub tun_slot: u32,
     /// TUN: the outer source address (this director's address toward the real server, of
-    /// the real server's family; IPv4 in word 0), wire order; all zero otherwise.
-    pub tun_src: [u32; 4],
-    pub _reserved: u32,
+    /// the real server's family; IPv4 in word 0), wire order, in slot `tun_slot`; all zero
+    /// otherwise.
+    pub tun_srcs: [[u32; 4]; 2],
+}
+
+impl LbReal {
+    /// TUN: the live outer source address.
+    ///
+    /// User space rewrites a live entry in place (a weight change, a new TUN source), and an
+    /// array map update copies the value without a lock: a packet reading the entry meanwhile
+    /// can see some bytes old and some new. Every field keeps its bytes in such a rewrite
+    /// (address, port, service and generation are those of the same real server), but the
+    /// flags byte (one byte: old or new) and the TUN source, 16 bytes for IPv6 that a reader
+    /// could see half old and half new: a bogus outer source. Hence two slots: a new source
+    /// is written to the other slot first (the live one rewritten with its own bytes), then
+    /// `tun_slot` moves to it (one byte changes).
+    #[inline(always)]
+    pub fn tun_src(&self) -> &[u32; 4] {
+        &self.tun_srcs[(self.tun_slot & 1) as usize]
+    }
 }
 
 /// A connection-tracking key: the 5-tuple as it appears on the wire for the entry's direction.
@@ -549,7 +568,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<LbService>(), 16);
         assert_eq!(core::mem::size_of::<LbFlowKey>(), 40);
         assert_eq!(core::mem::size_of::<LbFlow>(), 64);
-        assert_eq!(core::mem::size_of::<LbReal>(), 48);
+        assert_eq!(core::mem::size_of::<LbReal>(), 64);
         assert_eq!(core::mem::size_of::<LbPersistKey>(), 24);
         assert_eq!(core::mem::size_of::<LbBackendSet>(), 16 + 8 * LB_REALS_PER_SERVICE);
         assert_eq!(LbReason::ALL.len() as u32, LbReason::COUNT);

@@ -664,7 +664,7 @@ fn flow_kind(flags: u32) -> u8 {
     }
 }
 
-/// Whether user space found a TUN outer source address (`LbReal::tun_src`; all zero: none).
+/// Whether user space found a TUN outer source address (`LbReal::tun_src()`; all zero: none).
 #[inline(always)]
 pub fn tun_src_known(src: &[u32; 4]) -> bool {
     src[0] | src[1] | src[2] | src[3] != 0
@@ -695,13 +695,14 @@ fn forward_inline(
     nh: *mut LbFlow,
     mode: u32,
 ) -> Outcome {
-    // SAFETY: array value pointer; entries of a live generation are never rewritten.
+    // SAFETY: array value pointer. A live entry is rewritten in place only with the same
+    // address and port (and the TUN source double-buffered: see `LbReal::tun_src`).
     let (raddr, rport) = unsafe { (&(*real).addr, (*real).port) };
     let fresh = mode & FWD_FRESH != 0;
     let kind = (mode & 0xff) as u8;
     if kind == LB_KIND_TUN {
         // SAFETY: array value pointer, as above.
-        let src = unsafe { &(*real).tun_src };
+        let src = unsafe { (*real).tun_src() };
         if !tun_src_known(src) {
             // User space found no route toward the real server when it was configured.
             return drop(LbReason::FibUnreachable);

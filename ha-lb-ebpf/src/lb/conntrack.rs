@@ -110,7 +110,8 @@ pub fn close(f: *mut LbFlow, svc_id: u32, real_id: u32, real_gen: u32, flags: u3
 #[inline(never)]
 pub fn put_reply(pkt: &Pkt, real: *const LbReal, real_id: u32, svc_id: u32, now: u64) {
     let Some(sc) = scratch() else { return };
-    // SAFETY: array value pointer (a live generation's address and port never change) and the
+    // SAFETY: array value pointer (a live entry is rewritten only with the same address and
+    // port: see `LbReal::tun_src`) and the
     // per-CPU scratch map.
     unsafe {
         let k = &raw mut (*sc).rkey;

@@ -313,10 +313,10 @@ fn real_alive((id, gen): (u32, u32), svc: u32) -> bool {
 #[inline(always)]
 fn tun(ctx: &impl Frame, pkt: &Pkt, (id, gen): (u32, u32), real: &[u32; 4]) -> Option<Outcome> {
     let r = LB_REALS.get(id)?;
-    if r.gen != gen || !tun_src_known(&r.tun_src) {
+    if r.gen != gen || !tun_src_known(r.tun_src()) {
         return None;
     }
-    let src = &r.tun_src;
+    let src = r.tun_src();
     let sc = scratch()?;
     // SAFETY: per-CPU scratch map (no next-hop cache for errors).
     let nh = unsafe { &raw mut (*sc).flow };

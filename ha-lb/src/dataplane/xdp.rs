@@ -111,8 +111,10 @@ struct AppliedReal {
     id: u32,
     gen: u32,
     weight: u32,
-    /// TUN: the outer source address written for it (`LbReal::tun_src`; all zero: none).
+    /// TUN: the outer source address written for it (`LbReal::tun_src`; all zero: none),
+    /// and the slot it is live in (`LbReal::tun_slot`).
     tun_src: [u32; 4],
+    tun_slot: u32,
 }
 
 /// A virtual server as last applied.
@@ -283,8 +285,8 @@ fn real_entry(addr: IpAddr, port: u16, flags: u8, service_id: u32, gen: u32) -> 
         flags,
         service_id,
         gen,
-        tun_src: [0; 4],
-        _reserved: 0,
+        tun_slot: 0,
+        tun_srcs: [[0; 4]; 2],
     }
 }
 
@@ -295,24 +297,46 @@ fn gone_real_entry(addr: IpAddr, port: u16, gen: u32) -> LbReal {
     real_entry(addr, port, 0, LB_REAL_NO_SERVICE, gen)
 }
 
-/// The real server entry of `rs` in a service of kind `kind`: for TUN, with the outer source
-/// address `tun_source` gives for it (all zero if none: the program then drops its flows).
-fn live_real_entry(
+/// The real server entry of `rs` in service `service_id`, generation `gen`, but its TUN
+/// outer source ([`tun_writes`]).
+fn live_real_entry(rs: &RealServerSpec, service_id: u32, gen: u32) -> LbReal {
+    real_entry(rs.addr, rs.port, weight_flags(rs.weight), service_id, gen)
+}
+
+/// The TUN outer source address of `rs` in a service of kind `kind`: the one `tun_source`
+/// gives for it (all zero if none: the program then drops its flows; and for other kinds).
+fn tun_src_for(
     rs: &RealServerSpec,
     kind: LbKind,
-    service_id: u32,
-    gen: u32,
     tun_source: &dyn Fn(IpAddr) -> Option<IpAddr>,
-) -> LbReal {
-    let mut e = real_entry(rs.addr, rs.port, weight_flags(rs.weight), service_id, gen);
-    if kind == LbKind::Tun {
-        // The outer header is of the real server's family (IPv4 in IPv4, IPv6 in IPv6).
-        e.tun_src = tun_source(rs.addr)
-            .filter(|s| s.is_ipv4() == rs.addr.is_ipv4())
-            .map(|s| addr_words(s).0)
-            .unwrap_or([0; 4]);
+) -> [u32; 4] {
+    if kind != LbKind::Tun {
+        return [0; 4];
     }
-    e
+    // The outer header is of the real server's family (IPv4 in IPv4, IPv6 in IPv6).
+    tun_source(rs.addr)
+        .filter(|s| s.is_ipv4() == rs.addr.is_ipv4())
+        .map(|s| addr_words(s).0)
+        .unwrap_or([0; 4])
+}
+
+/// The writes that make `base` (an entry but its TUN source) the real server's entry with
+/// TUN outer source `src`, where the live entry has `old` in slot `slot` (a new entry: `src`
+/// and 0), and the live slot after them. The data path may read the entry while a write
+/// copies it in place, not atomically (see `LbReal::tun_src`): a changed source goes in the
+/// other slot first, the live one rewritten with its own bytes, then the live slot index
+/// moves to it; no write changes a byte a reader uses but that one-byte index.
+fn tun_writes(base: LbReal, (old, slot): ([u32; 4], u32), src: [u32; 4]) -> (Vec<LbReal>, u32) {
+    let slot = slot & 1;
+    let mut e = base;
+    e.tun_slot = slot;
+    e.tun_srcs[slot as usize] = old;
+    e.tun_srcs[(slot ^ 1) as usize] = src;
+    if old == src {
+        return (vec![e], slot);
+    }
+    let flip = LbReal { tun_slot: slot ^ 1, ..e };
+    (vec![e, flip], slot ^ 1)
 }
 
 /// This host's source address toward `addr` (the route's preferred source), found the way the
@@ -516,24 +540,24 @@ pub fn plan_with(
             let k = (rs.addr, rs.port);
             let r = match old_reals.get(&k) {
                 Some(o) => {
-                    let entry = live_real_entry(rs, spec.lb_kind, id, o.gen, tun_source);
+                    let src = tun_src_for(rs, spec.lb_kind, tun_source);
                     // The entry carries the weight (drained or not) and, for TUN, the outer
                     // source: rewritten when either changes, or when the service's lb_kind
                     // does (a switch to TUN needs the source).
-                    if o.weight != rs.weight || kind_changed || entry.tun_src != o.tun_src {
+                    if o.weight != rs.weight || kind_changed || src != o.tun_src {
                         if o.weight != rs.weight {
                             report.real_servers_reweighted += 1;
                         }
-                        let op = Op::PutReal(o.id, entry);
+                        let base = live_real_entry(rs, id, o.gen);
+                        let (writes, slot) = tun_writes(base, (o.tun_src, o.tun_slot), src);
                         // Back from drained: usable before the new set names it. Drained:
                         // only once the new set (without it) is live.
-                        if rs.weight > 0 {
-                            ops.push(op);
-                        } else {
-                            after_switch.push(op);
-                        }
+                        let to = if rs.weight > 0 { &mut ops } else { &mut after_switch };
+                        to.extend(writes.into_iter().map(|e| Op::PutReal(o.id, e)));
+                        AppliedReal { weight: rs.weight, tun_src: src, tun_slot: slot, ..*o }
+                    } else {
+                        *o
                     }
-                    AppliedReal { weight: rs.weight, tun_src: entry.tun_src, ..*o }
                 }
                 None => {
                     let rid = next.real_ids.take().ok_or_else(|| {
@@ -544,10 +568,11 @@ pub fn plan_with(
                     *g = g.wrapping_add(1).max(1);
                     let gen = *g;
                     ops.push(Op::ResetRealCounters(rid));
-                    let entry = live_real_entry(rs, spec.lb_kind, id, gen, tun_source);
-                    ops.push(Op::PutReal(rid, entry));
+                    let src = tun_src_for(rs, spec.lb_kind, tun_source);
+                    let (writes, slot) = tun_writes(live_real_entry(rs, id, gen), (src, 0), src);
+                    ops.extend(writes.into_iter().map(|e| Op::PutReal(rid, e)));
                     report.real_servers_added += 1;
-                    AppliedReal { id: rid, gen, weight: rs.weight, tun_src: entry.tun_src }
+                    AppliedReal { id: rid, gen, weight: rs.weight, tun_src: src, tun_slot: slot }
                 }
             };
             reals.insert(k, r);
@@ -1195,15 +1220,19 @@ impl XdpDataplane {
             }
             for (&(addr, port), r) in s.reals.iter_mut() {
                 let rs = RealServerSpec { addr, port, weight: r.weight };
-                let entry = live_real_entry(&rs, LbKind::Tun, s.id, r.gen, tun_source);
-                if entry.tun_src == r.tun_src {
+                let src = tun_src_for(&rs, LbKind::Tun, tun_source);
+                if src == r.tun_src {
                     continue;
                 }
-                execute(&mut self.bpf, &Op::PutReal(r.id, entry)).map_err(backend)?;
+                let base = live_real_entry(&rs, s.id, r.gen);
+                let (writes, slot) = tun_writes(base, (r.tun_src, r.tun_slot), src);
+                for e in writes {
+                    execute(&mut self.bpf, &Op::PutReal(r.id, e)).map_err(backend)?;
+                }
                 tracing::info!(virtual_server = %vs, real_server = %addr,
-                    source = %words_addr(&entry.tun_src, entry.family),
+                    source = %words_addr(&src, base.family),
                     "TUN: outer source address changed");
-                r.tun_src = entry.tun_src;
+                (r.tun_src, r.tun_slot) = (src, slot);
                 changed += 1;
             }
         }
@@ -1687,6 +1716,31 @@ mod tests {
         assert_eq!(gone.len(), 2, "{gone:?}");
         assert_eq!(gone[&left_id], LB_REAL_NO_SERVICE, "the one that left earlier too");
         assert!(gone.values().all(|&s| s == LB_REAL_NO_SERVICE));
+    }
+
+    /// Found by review: a live entry rewritten in place (a new TUN outer source) could be read
+    /// by a packet half old and half new — an array update is a plain copy — and an IPv6
+    /// source is 16 bytes. A changed source now goes in the other slot first; no write changes
+    /// a byte the data path reads but the one-byte slot index.
+    #[test]
+    fn a_new_tun_source_never_shows_half_written() {
+        let base = real_entry("fd48:4c42:2::10".parse().unwrap(), 80, LB_REAL_F_AVAILABLE, 3, 1);
+        let (old, new) = ([1, 2, 3, 4], [5, 6, 7, 8]);
+        let (first, slot) = tun_writes(base, (new, 0), new);
+        assert_eq!((first.len(), slot, *first[0].tun_src()), (1, 0, new), "a new entry");
+        for live in [0, 1] {
+            let (w, slot) = tun_writes(base, (old, live), new);
+            assert_eq!((w.len(), slot), (2, live ^ 1));
+            // First the other slot: the live one (what a reader uses) keeps its bytes.
+            assert_eq!((w[0].tun_slot, *w[0].tun_src()), (live, old));
+            assert_eq!(w[0].tun_srcs[(live ^ 1) as usize], new);
+            // Then only the index moves.
+            assert_eq!(w[1], LbReal { tun_slot: live ^ 1, ..w[0] });
+            assert_eq!(*w[1].tun_src(), new);
+        }
+        // An unchanged source: one write, the same slot.
+        let (w, slot) = tun_writes(base, (old, 1), old);
+        assert_eq!((w.len(), slot, *w[0].tun_src()), (1, 1, old));
     }
 
     /// `desired` for mh over `reals`, of `configured` real servers in the configuration.
