@@ -34,8 +34,8 @@
 //!   loop instead of once per caller state.
 //! Large temporaries live in the per-CPU `LB_SCRATCH` map. Budget: the verifier sums frames
 //! along each call chain, each rounded up to 32 bytes before Linux 6.8, against 512 bytes;
-//! the worst chains are main 224 + `established` 128 + `forward` 160 = 512 — the limit — and
-//! main 224 + `icmp_error` 224 = 448 (rounded). Nothing may call `memmove`/`memcpy` (byte-loop
+//! the worst chains are main 224 + `established` 128 + `forward` 136 (160 rounded) = 512 — the
+//! limit — and main 224 + `icmp_error` 240 (256 rounded) = 480. Nothing may call `memmove`/`memcpy` (byte-loop
 //! subprograms the compiler emits for struct copies it cannot prove disjoint: one more frame
 //! on a chain; `copy_addr`). Check after changes with `llvm-objdump -d` (deepest `r10 - N` per
 //! function); `tests/tests/ebpf_uml.rs` loads the object on 6.1.

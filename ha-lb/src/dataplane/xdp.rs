@@ -28,6 +28,17 @@
 //!   rewritten packet on a miss and the kernel resolves and forwards it — for replies (source
 //!   = VIP, a local address) the kernel only does so with `accept_local=1` on the real-server
 //!   side; in practice the client's neighbour entry exists (it ARPed for the VIP).
+//! - XDP: the program attached to every interface the routes toward real servers and clients
+//!   leave by, not to a bridge or VLAN device above them (attach to the bridge's or VLAN's
+//!   ports, or use the TC hook). An XDP redirect reaches only an interface running an XDP
+//!   program, so the program redirects only to interfaces it is attached to (`LB_TX_PORTS`,
+//!   filled at attach); toward any other, NAT passes the translated packet for the kernel to
+//!   forward (replies, whose source is the VIP, only with `accept_local=1` on the ingress),
+//!   DR and TUN drop, counted `egress_no_xdp`. The TC hook redirects anywhere.
+//! - XDP on a NIC that strips VLAN tags in hardware (`rxvlan` on) sees tagged frames untagged
+//!   (XDP has no access to the stripped tag before Linux 6.8): turn it off (`ethtool -K <dev>
+//!   rxvlan off`) where tagged traffic arrives, or use the TC hook, which passes frames whose
+//!   tag the kernel took out of band (`vlan`).
 //! - `maintain()` every few seconds: it expires idle connections and recounts open ones.
 //! - One XDP program per interface: where VRRP and service traffic share an interface, attach
 //!   `ha_lb_xdp` and turn on its VRRP filter ([`XdpDataplane::set_vrrp_filter`]; same `Bpf`
@@ -41,11 +52,20 @@
 //!   shared load counter updated without atomics (the BPF target offers Rust none without a
 //!   crate-level unstable feature): two CPUs racing can lose an update, corrected at each sweep.
 //!   Two CPUs closing the same flow at the same instant can count it closed twice (same cure).
+//!   A TCP connection is half-open from its SYN until its client's first ACK (IPVS's
+//!   SYN_RECV): not active (it counts in the lc/wlc load, as the table holds it), and
+//!   expired after 60 s idle; connection sync sends it once established.
+//! - TCP is scheduled on a SYN only (as IPVS without `sloppy_tcp`): another segment with no
+//!   flow passes to the kernel (`tcp_no_flow`), which answers a local VIP with a RST; sh/mh
+//!   services adopt it instead (`adopted`: sent where the hash points, its flow recorded,
+//!   not counted as a new connection), so a connection whose entry was lost stays on its
+//!   server while the set is unchanged.
 //! - A NAT flow takes two table entries (`LB_CONNS_MAX` = 262144 entries, a compile-time
 //!   constant like every map size). An evicted reply entry is written again by the client's
 //!   next packet (within the one-second refresh interval); until then replies pass
-//!   un-rewritten to the kernel. An evicted forward entry makes the flow's next packet a new
-//!   flow: sh/mh send it to the same server, rr/wrr/lc/wlc may not.
+//!   un-rewritten to the kernel. An evicted forward entry: sh/mh adopt the flow's next segment
+//!   (the same server); for rr/wrr/lc/wlc it passes (`tcp_no_flow`) and the connection is
+//!   reset, as with IPVS; UDP is scheduled anew.
 //! - Persistence is per client network (`persistence_granularity`, default the full address),
 //!   and a drained (weight 0) server gets no new connections even from persistent clients (IPVS with
 //!   `expire_quiescent_template=1`).
@@ -57,7 +77,8 @@
 //!   source toward the real server) is looked up when applied and again by `maintain()`,
 //!   which rewrites it when the route changed.
 //! - All state lives in the loaded object: a restarted daemon starts with an empty connection
-//!   table (sh/mh keep most clients on the same servers; rr/wrr/lc/wlc do not), unless
+//!   table (sh/mh keep most clients on the same servers, the Maglev table being a function of
+//!   the configuration; rr/wrr/lc/wlc do not), unless
 //!   `lvs_sync_daemon` refills it from the other director ([`XdpDataplane::import_flows`],
 //!   and the persistence templates with [`XdpDataplane::import_templates`]).
 
