@@ -669,3 +669,42 @@ fn half_open_connections_are_inactive_and_expire_after_60_s() {
         assert_eq!(counts(t), (4, 2));
     });
 }
+
+/// `check` plans a change without writing it: more services than the tables hold is
+/// refused (so a reload is rejected before anything of it applies), a change that fits is
+/// accepted, and neither touches what is applied.
+#[test]
+fn check_refuses_what_does_not_fit_and_changes_nothing() {
+    let env = env();
+    env.run(|t| {
+        t.apply(&spec(LbAlgo::Rr, &["198.18.2.10"], &[1]));
+        let too_many = DesiredState {
+            services: (0..=ha_lb_common::lb::LB_SERVICES_MAX)
+                .map(|i| {
+                    let key = VirtualServerKey {
+                        address: format!("198.18.{}.{}", 100 + i / 250, 1 + i % 250)
+                            .parse()
+                            .unwrap(),
+                        port: 80,
+                        protocol: Protocol::Tcp,
+                    };
+                    let mut s = ServiceSpec::new(LbAlgo::Rr, LbKind::Nat);
+                    s.real_servers = vec![RealServerSpec {
+                        addr: "198.18.2.10".parse().unwrap(),
+                        port: 80,
+                        weight: 1,
+                    }];
+                    (key, s)
+                })
+                .collect(),
+        };
+        let err = t.dp.check(&too_many).expect_err("more services than the tables hold");
+        assert!(err.to_string().contains("services"), "{err}");
+        t.dp.check(&spec(LbAlgo::Wrr, &["198.18.2.11", "198.18.2.12"], &[1, 2]))
+            .expect("a change that fits");
+        for i in 0..10 {
+            let got = t.nat_pick(client(i, 9), sa(VIP), TcpFlags::SYN);
+            assert_eq!(got, "198.18.2.10".parse::<IpAddr>().unwrap(), "check applied nothing");
+        }
+    });
+}

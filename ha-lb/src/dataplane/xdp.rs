@@ -362,6 +362,17 @@ fn tun_writes(base: LbReal, (old, slot): ([u32; 4], u32), src: [u32; 4]) -> (Vec
 
 /// This host's source address toward `addr` (the route's preferred source), found the way the
 /// kernel picks one for a datagram socket: connect (which sends nothing) and read it back.
+/// Why nothing more is applied after a map update failed half-way: which slot is live is
+/// no longer known, and writing on would risk a half-written backend set under traffic.
+fn broken_error(why: &str) -> DataplaneError {
+    DataplaneError::Backend(
+        format!(
+            "an earlier apply failed half-way ({why}); restart ha-lb to rebuild the data plane"
+        )
+        .into(),
+    )
+}
+
 pub fn source_toward(addr: IpAddr) -> Option<IpAddr> {
     let any: IpAddr =
         if addr.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
@@ -1376,11 +1387,26 @@ impl Dataplane for XdpDataplane {
         self.hook.as_str()
     }
 
+    /// Plans the change without writing anything: a reload that does not fit the tables
+    /// (services, real servers, lookup tables — in one step or service by service) is
+    /// refused before anything of it is applied; so is any change once an apply failed
+    /// half-way (see [`Dataplane::apply`]: only a restart rebuilds the tables).
+    fn check(&self, desired: &DesiredState) -> Result<(), DataplaneError> {
+        desired.validate()?;
+        if let Some(why) = &self.broken {
+            return Err(broken_error(why));
+        }
+        match plan_with(&self.state, desired, &source_toward) {
+            Err(DataplaneError::Capacity(_)) => {
+                plan_or_steps(&self.state, desired, &source_toward).map(|_| ())
+            }
+            r => r.map(|_| ()),
+        }
+    }
+
     fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, DataplaneError> {
         if let Some(why) = &self.broken {
-            return Err(DataplaneError::Backend(
-                format!("an earlier apply failed half-way ({why}); rebuild the data plane").into(),
-            ));
+            return Err(broken_error(why));
         }
         let planned = plan_or_steps(&self.state, desired, &|a| {
             let src = source_toward(a);
