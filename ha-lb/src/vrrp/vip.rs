@@ -540,11 +540,11 @@ pub trait VipManager: Send + Sync {
     /// a previous run) so the instance starts in BACKUP/INIT owning nothing. Returns those
     /// that were removed, with the prefix they had.
     ///
-    /// An address is matched by address and device only, and removed with the prefix the
-    /// kernel lists for it: the kernel removes an address only when the prefix matches too
-    /// (and `remove` takes "not there" as success), so a VIP left as /24 by an older
-    /// configuration would otherwise survive a removal sent as /32 — and keep answering ARP
-    /// on a BACKUP. The list is read again afterwards: what is still there is logged as an
+    /// Only the VIP as configured (address, prefix, device) is removed. The same address
+    /// under another prefix is left and warned about: it may be the host's own address (an
+    /// address owner's, or a VIP that is also configured statically), which must not go;
+    /// one that an earlier run of ha-lb added is removed before the instances start, by the
+    /// [`VipLedger`]. The list is read again afterwards: what is still there is logged as an
     /// error and not reported as removed.
     fn remove_stale(
         &self,
@@ -555,10 +555,17 @@ pub trait VipManager: Send + Sync {
             let mut tried = Vec::new();
             for (vip, iface) in vips {
                 for a in present.iter().filter(|a| a.ifindex == iface.index && a.addr == vip.addr) {
-                    let mut there = vip.clone();
-                    there.prefix_len = a.prefix_len;
-                    self.remove(&there, iface).await?;
-                    tried.push((there, iface));
+                    if a.prefix_len == vip.prefix_len {
+                        self.remove(vip, iface).await?;
+                        tried.push((vip.clone(), iface));
+                    } else {
+                        tracing::warn!(
+                            vip = %vip,
+                            interface = %iface.name,
+                            present = %format!("{}/{}", a.addr, a.prefix_len),
+                            "the VIP's address is on its device with another prefix, which ha-lb did not add (not in its ledger): left as it is; while it is there this host answers for the address in every state"
+                        );
+                    }
                 }
             }
             if tried.is_empty() {
@@ -1308,25 +1315,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn remove_stale_removes_a_vip_left_with_another_prefix() {
-        // 198.51.100.10/24 left on the interface; the configuration now says /32.
-        let k = FakeKernel::with(&[("192.0.2.1", 24), ("198.51.100.10", 24)]);
+    async fn remove_stale_removes_the_vip_as_configured_and_never_another_prefix() {
+        // The host's own 198.51.100.10/24 (an address owner's interface address, say) and the
+        // VIP 198.51.100.10/32 left by a crash: only the /32 goes (found by review: matching
+        // by address alone deleted the host's /24, its connected route and the advert source).
+        let k =
+            FakeKernel::with(&[("192.0.2.1", 24), ("198.51.100.10", 24), ("198.51.100.10", 32)]);
         let eth0 = Interface { index: 2, name: "eth0".into() };
         let vip = parse("198.51.100.10/32").unwrap();
         let removed = k.remove_stale(&[(vip.clone(), eth0.clone())]).await.unwrap();
-        assert_eq!(k.now(), [("192.0.2.1".to_string(), 24)]);
-        // Reported with the prefix it had.
-        assert_eq!(removed, [parse("198.51.100.10/24").unwrap()]);
+        assert_eq!(
+            k.now(),
+            [("192.0.2.1".to_string(), 24), ("198.51.100.10".to_string(), 24)],
+            "the /24 stays"
+        );
+        assert_eq!(removed, std::slice::from_ref(&vip));
 
-        // Both a /32 and a /24 of the VIP: both go. Another interface's copy stays.
-        let k =
-            FakeKernel::with(&[("198.51.100.10", 24), ("198.51.100.10", 32), ("2001:db8::a", 64)]);
+        // Another interface's copy stays; a v6 VIP as configured goes.
+        let k = FakeKernel::with(&[("198.51.100.10", 32), ("2001:db8::a", 64)]);
         k.addrs.lock().unwrap()[0].ifindex = 3;
-        let v6 = parse("2001:db8::a").unwrap();
-        let removed = k.remove_stale(&[(vip.clone(), eth0.clone()), (v6, eth0)]).await.unwrap();
-        assert_eq!(k.now(), [("198.51.100.10".to_string(), 24)]);
-        assert_eq!(removed.len(), 2);
-        assert_eq!(removed[1].prefix_len, 64);
+        let v6 = parse("2001:db8::a/64").unwrap();
+        let removed = k.remove_stale(&[(vip, eth0.clone()), (v6, eth0)]).await.unwrap();
+        assert_eq!(k.now(), [("198.51.100.10".to_string(), 32)]);
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].prefix_len, 64);
     }
 
     #[tokio::test]
