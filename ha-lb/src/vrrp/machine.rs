@@ -816,6 +816,17 @@ impl Machine {
             to = new,
             "effective priority changed"
         );
+        self.set_effective_priority(new);
+        if self.state == State::Master {
+            // Let backups see the new priority now rather than next interval.
+            self.early_advert(now);
+        }
+    }
+
+    /// The effective priority is now `new` (tracking or a reload): remembers the priority
+    /// it was lowered from until it is back up there, for rule 4's yield to a source on
+    /// probation ([`Self::yield_for_probation`]).
+    fn set_effective_priority(&mut self, new: u8) {
         let old = self.effective_priority;
         self.effective_priority = new;
         self.lowered_from = match self.lowered_from {
@@ -824,10 +835,6 @@ impl Machine {
             None if new < old => Some(old),
             None => None,
         };
-        if self.state == State::Master {
-            // Let backups see the new priority now rather than next interval.
-            self.early_advert(now);
-        }
     }
 
     /// A reload changed what can change without re-running the election (keepalived's
@@ -862,7 +869,7 @@ impl Machine {
                 to = new,
                 "priority changed by reload"
             );
-            self.effective_priority = new;
+            self.set_effective_priority(new);
         }
         if self.state == State::Master && (priority_changed || addrs_changed) {
             self.early_advert(now);
@@ -2278,6 +2285,29 @@ mod tests {
         m.set_priority_adjust(t3, -10);
         assert!(m.lowered_from.is_some());
         m.set_priority_adjust(t3, 0);
+        assert_eq!(m.lowered_from, None);
+    }
+
+    /// The same when a reload lowers the priority in place (found by review: `reconfigure`
+    /// did not mark the MASTER lowered, so it ignored its preempting backup, still on
+    /// probation, for two more intervals while both held the VIPs).
+    #[test]
+    fn a_master_lowered_by_a_reload_yields_to_a_source_on_probation() {
+        let t0 = Instant::now();
+        let mut m = started(Config { unicast_peers: vec![], ..cfg(150) }, t0);
+        run(&mut m, t0 + Duration::from_secs(30));
+        assert_eq!((m.state(), m.peers().0.len()), (State::Master, 0));
+        let t = t0 + Duration::from_secs(30);
+        let vips = m.cfg.virtual_ipaddresses.clone();
+        m.reconfigure(t, 80, vips.clone(), false, Duration::ZERO);
+        assert_eq!((m.effective_priority(), m.lowered_from), (80, Some(150)));
+        let t = t + Duration::from_secs(1);
+        m.handle_advert(t, ip(HIGH), &advert(&m, 100));
+        assert!(m.is_yielding(), "the first advert of the preempting backup starts the yield");
+        m.handle_advert(t + Duration::from_millis(100), ip(HIGH), &advert(&m, 100));
+        assert_eq!(m.state(), State::Backup);
+        // A reload back up to where it was: no longer lowered.
+        m.reconfigure(t, 150, vips, false, Duration::ZERO);
         assert_eq!(m.lowered_from, None);
     }
 
