@@ -61,6 +61,9 @@ struct Handover {
     commands: mpsc::Sender<InstanceCommand>,
     /// Waits for the old task to end, then reports it on `restart_tx`.
     waiter: JoinHandle<()>,
+    /// The old task itself, for [`Daemon::stop_all`] to end it if it will not (aborting the
+    /// waiter alone would leave it running).
+    task: tokio::task::AbortHandle,
     /// The configuration the old task runs with: its VRID stays in the VRRP filter (the
     /// peer's takeover advert must reach it) and its VIPs' services stay until it ends.
     cfg: VrrpInstance,
@@ -1167,13 +1170,10 @@ impl Daemon {
     }
 
     fn attach_filter(&mut self) {
-        if let Plane::Xdp(x) = &mut self.dataplane {
-            // Chained behind the forwarding program; only its VRID map needs filling.
-            let ifaces: BTreeSet<String> = x.interfaces().into_iter().map(|(n, _)| n).collect();
-            let insts = &self.config.vrrp_instances;
-            if let Err(e) = update_vrids(insts, &self.ifnames, x.bpf_mut(), &ifaces) {
-                warn!(error = %e, "filling the VRRP filter's VRID map failed");
-            }
+        if let Plane::Xdp(_) = &self.dataplane {
+            // Chained behind the forwarding program; only its VRID map needs filling (with
+            // the VRIDs of instances still handing over, too).
+            let _ = self.refresh_vrids();
             return;
         }
         let wanted: BTreeSet<String> =
@@ -1962,13 +1962,16 @@ impl Daemon {
         self.stopping.insert(name.to_string(), r.cfg.clone());
         let tx = self.restart_tx.clone();
         let task = r.handle.task;
+        let abort = task.abort_handle();
         let who = name.to_string();
         let waiter = tokio::spawn(async move {
             let _ = task.await;
             let _ = tx.send(who);
         });
-        self.restarting
-            .insert(name.to_string(), Handover { commands: r.handle.commands, waiter, cfg: r.cfg });
+        self.restarting.insert(
+            name.to_string(),
+            Handover { commands: r.handle.commands, waiter, task: abort, cfg: r.cfg },
+        );
     }
 
     async fn finish_restart(&mut self, name: &str) {
@@ -2038,14 +2041,14 @@ impl Daemon {
         let mut tasks = Vec::new();
         for (_, r) in std::mem::take(&mut self.instances) {
             let _ = r.handle.commands.send(InstanceCommand::Shutdown).await;
-            tasks.push((r.handle.name, r.handle.commands, r.handle.task));
+            tasks.push((r.handle.name, r.handle.commands, r.handle.task, None));
         }
         // (Their waiter ends with the task: it only reports the end, on an unbounded channel.)
         for (name, h) in std::mem::take(&mut self.restarting) {
-            tasks.push((name, h.commands, h.waiter));
+            tasks.push((name, h.commands, h.waiter, Some(h.task)));
         }
         let deadline = tokio::time::Instant::now() + bound;
-        for (name, commands, mut task) in tasks {
+        for (name, commands, mut task, inner) in tasks {
             let forced = *force.borrow();
             let done = !forced
                 && tokio::select! {
@@ -2060,6 +2063,9 @@ impl Daemon {
                 let _ = commands.send(InstanceCommand::Shutdown).await;
                 if tokio::time::timeout(Duration::from_secs(2), &mut task).await.is_err() {
                     task.abort();
+                    if let Some(t) = inner {
+                        t.abort();
+                    }
                 }
             }
         }
@@ -2647,6 +2653,25 @@ mod lifecycle_tests {
         d.stop_all(tokio::sync::watch::channel(true).1).await;
         assert_eq!(drain(&mut fake.seen), ["Shutdown"], "the forced stop's Shutdown");
         assert!(d.restarting.is_empty());
+    }
+
+    /// An old task that does not end even when forced is aborted itself, not only the task
+    /// waiting for it (found by review: aborting the waiter left it running, VIPs and all).
+    #[tokio::test]
+    async fn stop_all_aborts_a_handing_over_task_that_will_not_end() {
+        let (mut d, _rx, _f) = daemon(VI_1, Plane::None(NoDataplane::default()));
+        let _fake = fake_instance(&mut d, "VI_1", State::Master);
+        // A task deaf to its commands, even to its channel closing.
+        let (alive, stuck) = tokio::sync::oneshot::channel::<()>();
+        d.instances.get_mut("VI_1").unwrap().handle.task = tokio::spawn(async move {
+            let _stuck = stuck;
+            std::future::pending::<()>().await
+        });
+        d.stop_for_restart("VI_1").await;
+        assert!(!alive.is_closed(), "the old task runs");
+        d.stop_all(tokio::sync::watch::channel(true).1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(alive.is_closed(), "the old task was aborted");
     }
 
     /// A reload that removes an instance: its VRID stays in the VRRP filter's map until the
