@@ -147,10 +147,14 @@ impl Reconciler {
         let mut health = BTreeMap::new();
         let mut quorum = BTreeMap::new();
         for vs in &self.config.virtual_servers {
+            // Only for its script: without one there is nothing to tell (and "quorum lost"
+            // in the log for every virtual server a reload removes would be noise).
+            let change = QuorumChange::of(vs, false, 0);
             if config.virtual_server(&vs.key()).is_none()
                 && self.quorum_up.get(&vs.key()) == Some(&true)
+                && change.script.is_some()
             {
-                self.pending.push(QuorumChange::of(vs, false, 0));
+                self.pending.push(change);
             }
         }
         let checked_before: BTreeSet<(VirtualServerKey, SocketAddr)> = self
@@ -609,6 +613,11 @@ sorry_server = { address = \"198.19.0.99\", port = 80 }");
         r.on_health(&key, rs(11), false, None);
         r.on_health(&key, rs(12), false, None);
         assert!(!r.desired().1[0].up);
+        r.set_config(Arc::new(Config::default()));
+        assert!(r.desired().1.is_empty());
+        // Without a quorum_down there is nothing to tell (no "quorum lost" in the log).
+        let mut r = Reconciler::new(cfg("quorum = 2"));
+        assert!(r.desired().1.is_empty());
         r.set_config(Arc::new(Config::default()));
         assert!(r.desired().1.is_empty());
     }
