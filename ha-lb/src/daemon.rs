@@ -1741,7 +1741,31 @@ impl Daemon {
         }
         // The data plane must be able to take the new services: asked before anything
         // changes, so a refusal leaves the running configuration whole.
-        let (planned, _) = Reconciler::new(new.clone()).desired();
+        // What the apply will be given: the new services with the health known now, and
+        // the removed ones that may stay while an instance that holds their VIP hands over
+        // (any instance the reload removes or changes: some of those change in place, so
+        // this may count more than will stay, never fewer).
+        let planned = {
+            let mut r = self.reconciler.clone();
+            r.set_config(new.clone());
+            let (mut planned, _) = r.desired();
+            let handing_over: BTreeSet<std::net::IpAddr> = (self.config.vrrp_instances.iter())
+                .filter(|i| new.vrrp_instance(&i.name) != Some(*i))
+                .chain(self.restarting.values().map(|h| &h.cfg))
+                .flat_map(|i| i.all_vips().map(|v| v.addr))
+                .collect();
+            planned.extend(
+                (self.desired.iter().chain(&self.lingering))
+                    .filter(|d| {
+                        new.virtual_server(&d.key).is_none()
+                            && handing_over.contains(&d.key.address)
+                    })
+                    .cloned(),
+            );
+            planned.sort_by_key(|a| a.key);
+            planned.dedup_by(|a, b| a.key == b.key);
+            planned
+        };
         if let Err(e) = self.dataplane.check(&to_dataplane(&planned)) {
             self.reloads_rejected += 1;
             let m = format!(
@@ -2809,6 +2833,44 @@ mod lifecycle_tests {
     }
 
     const IPVS: &str = "[global]\ndataplane = \"ipvs\"\n";
+
+    /// Holds at most two services, when asked and when applying (a full table).
+    struct TwoServices;
+    impl Dataplane for TwoServices {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn check(&self, d: &DesiredState) -> Result<(), DataplaneError> {
+            if d.services.len() > 2 {
+                return Err(DataplaneError::Capacity("more than two services".into()));
+            }
+            Ok(())
+        }
+        fn apply(&mut self, d: &DesiredState) -> Result<ApplyReport, DataplaneError> {
+            self.check(d).map(|()| ApplyReport::default())
+        }
+        fn stats(&self) -> Result<DataplaneStats, DataplaneError> {
+            Ok(Default::default())
+        }
+    }
+
+    /// The reload's check is asked about what the apply will be given: a service the reload
+    /// removes stays while the instance holding its VIP hands over, so at the tables' limit
+    /// the reload is rejected whole (found by review: the check planned the new services
+    /// alone, passed, and the apply failed after the point of no return).
+    #[tokio::test]
+    async fn the_reload_check_counts_services_that_stay_during_a_handover() {
+        let text = format!("{VI_1}{}{}", vs(80), vs(443));
+        let (mut d, _rx, f) = daemon(&text, Plane::Test(Box::new(TwoServices)));
+        let _fake = fake_instance(&mut d, "VI_1", State::Master);
+        d.reconcile("start-up").unwrap();
+        // VI_1 goes (it hands over, holding 203.0.113.10 meanwhile), :443 goes, :8443 comes.
+        f.write(&format!("{IPVS}{}{}", vs(80), vs(8443)));
+        let e = d.reload().await.unwrap_err();
+        assert!(e.contains("reload rejected") && e.contains("more than two services"), "{e}");
+        assert_eq!((d.reloads, d.reloads_rejected), (0, 1));
+        assert!(d.instances.contains_key("VI_1") && d.restarting.is_empty(), "nothing changed");
+    }
 
     /// Review: a reload whose services the data plane refuses was reported as applied.
     #[tokio::test]

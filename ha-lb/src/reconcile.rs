@@ -98,7 +98,7 @@ impl QuorumChange {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Reconciler {
     config: Arc<Config>,
     health: BTreeMap<(VirtualServerKey, SocketAddr), Health>,
