@@ -309,7 +309,7 @@ impl HealthChecker {
                 None => None,
             };
             if let Some((target, up, hook, user, why)) = hook {
-                tracing::info!(vs = %target.vs, rs = %target.rs.key(), "real server {} {why} by reload", target.rs.key());
+                tracing::info!(virtual_server = %target.vs, real_server = %target.rs.key(), "real server {} {why} by reload", target.rs.key());
                 self.shared.chain_notify(key, target, up, hook, user);
             }
         }
@@ -320,7 +320,7 @@ impl HealthChecker {
                 continue;
             }
             if let Some(hook) = t.rs.notify_down.clone() {
-                tracing::info!(vs = %t.vs, rs = %t.rs.key(), "real server {} removed by reload", t.rs.key());
+                tracing::info!(virtual_server = %t.vs, real_server = %t.rs.key(), "real server {} removed by reload", t.rs.key());
                 self.shared.chain_notify(*key, t, false, hook, user.clone());
             }
         }
@@ -516,8 +516,8 @@ fn report(target: &CheckTarget, change: &Change, result: &ProbeResult) {
     let check = target.rs.check.as_ref().map(|c| c.name()).unwrap_or("?");
     if change.kind == ChangeKind::FirstDown {
         tracing::info!(
-            vs = %target.vs,
-            rs = %target.rs.key(),
+            virtual_server = %target.vs,
+            real_server = %target.rs.key(),
             check,
             "real server {} DOWN (first check, alpha): {}",
             target.rs.key(),
@@ -525,8 +525,8 @@ fn report(target: &CheckTarget, change: &Change, result: &ProbeResult) {
         );
     } else if change.state_changed() {
         tracing::info!(
-            vs = %target.vs,
-            rs = %target.rs.key(),
+            virtual_server = %target.vs,
+            real_server = %target.rs.key(),
             check,
             up = change.up,
             "real server {} {}: {}",
@@ -535,7 +535,7 @@ fn report(target: &CheckTarget, change: &Change, result: &ProbeResult) {
             result.detail
         );
     } else {
-        tracing::info!(vs = %target.vs, rs = %target.rs.key(), weight = ?change.weight, "real server weight changed: {}", result.detail);
+        tracing::info!(virtual_server = %target.vs, real_server = %target.rs.key(), weight = ?change.weight, "real server weight changed: {}", result.detail);
     }
 }
 
