@@ -78,6 +78,18 @@ fn has_error_at(text: &str, path: &str, line: usize, what: &str) -> bool {
     })
 }
 
+/// The forwarding program is attached to `dev` in `d`'s node and IP forwarding is on there.
+fn assert_forwarding_on(d: &HaLb, dev: &str) {
+    let link = d.node.sh(&format!("ip -d link show {dev}")).unwrap();
+    assert!(
+        link.contains("prog/xdp"),
+        "the forwarding program is on {dev}: {link}\n{}",
+        d.log_text()
+    );
+    let fwd = d.node.sh(&format!("cat /proc/sys/net/ipv4/conf/{dev}/forwarding")).unwrap();
+    assert_eq!(fwd.trim(), "1", "forwarding on {dev}");
+}
+
 /// 1-based number of the first line of `text` that equals `line`.
 fn line_of(text: &str, line: &str) -> usize {
     text.lines().position(|l| l == line).unwrap_or_else(|| panic!("no line {line:?}")) + 1
@@ -312,10 +324,7 @@ fn reload_adding_an_instance_needs_its_interface_and_brings_the_data_plane_there
         d.state("VI_EXTRA").as_deref() == Some("MASTER")
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
-    let link = d.node.sh("ip -d link show eth2").unwrap();
-    assert!(link.contains("prog/xdp"), "the forwarding program is on eth2: {link}");
-    let fwd = d.node.sh("cat /proc/sys/net/ipv4/conf/eth2/forwarding").unwrap();
-    assert_eq!(fwd.trim(), "1", "forwarding on eth2");
+    assert_forwarding_on(&d, "eth2");
     let extra_changes =
         d.log_text().lines().filter(|l| l.contains("instance=VI_EXTRA from=")).count();
     assert_eq!(state_changes(&d) - extra_changes, changes, "the other instances never changed");
@@ -548,14 +557,7 @@ fn an_interface_created_again_gets_its_instance_back() {
     assert!(log.contains("its interface was created again"), "{log}");
     // The forwarding program and IP forwarding were the deleted device's: the new one gets
     // them too.
-    let link = d.node.sh("ip -d link show eth2").unwrap();
-    assert!(
-        link.contains("prog/xdp"),
-        "the forwarding program is on the new eth2: {link}
-{log}"
-    );
-    let fwd = d.node.sh("cat /proc/sys/net/ipv4/conf/eth2/forwarding").unwrap();
-    assert_eq!(fwd.trim(), "1", "forwarding on the new eth2");
+    assert_forwarding_on(&d, "eth2");
     let m = spread(&t.client, 6);
     assert_eq!(names(&m), ["rs1", "rs2"], "the other instances still serve: {m:?}");
 }
