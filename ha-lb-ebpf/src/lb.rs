@@ -21,7 +21,8 @@
 //! the host the error is about (`icmp`).
 //! Unusual frames (VLAN — at TC the tag is out of band, `Frame::vlan_tagged` —, IPv4
 //! options, fragments, IPv6 extension headers, truncated) pass and are counted per reason in
-//! `LB_REASONS`.
+//! `LB_REASONS`; a VLAN-tagged frame without the VRRP filter's checks (its VRIDs are the VLAN
+//! device's, not this one's).
 //!
 //! TTL/hop limit is not decremented (as IPVS, which forwards from LOCAL_IN).
 //!
@@ -96,7 +97,7 @@ pub struct Pkt {
 type Outcome = (u32, LbReason);
 
 enum Verdict {
-    /// Not ours: pass, through the VRRP filter if enabled.
+    /// Not ours: pass, through the VRRP filter if enabled (not a VLAN-tagged frame: `Act`).
     Chain(LbReason),
     Act(Outcome),
 }
@@ -229,6 +230,14 @@ fn for_us(ctx: &impl Frame) -> bool {
 
 #[inline(always)]
 fn process(ctx: &impl Frame) -> Verdict {
+    // A tagged frame belongs to a VLAN device on top of this one: neither the data path nor
+    // the VRRP filter (whose VRIDs are keyed by the receiving interface, here the parent,
+    // and which reads the EtherType as the frame's) knows it. It passes, for the VLAN device's
+    // own hook to judge. At TC the tag is out of band (see `Frame::vlan_tagged`) and the frame
+    // looks untagged; checked before `for_us`, which knows the parent's MAC only.
+    if ctx.vlan_tagged() {
+        return Verdict::Act(pass(LbReason::Vlan));
+    }
     if !for_us(ctx) {
         return Verdict::Chain(LbReason::OtherHost);
     }
@@ -240,6 +249,7 @@ fn process(ctx: &impl Frame) -> Verdict {
                 v => Verdict::Act(unpack(v)),
             }
         }
+        Err(LbReason::Vlan) => return Verdict::Act(pass(LbReason::Vlan)),
         Err(r) => return Verdict::Chain(r),
     };
     // A flow this CPU sent recently: from the flow cache, without the table lookup.
@@ -297,10 +307,7 @@ fn now_ns() -> u64 {
 #[inline(always)]
 fn parse(ctx: &impl Frame) -> Result<Pkt, LbReason> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(LbReason::Truncated)?;
-    // At TC a received tag is out of band: the frame looks untagged (see `Frame::vlan_tagged`).
-    if ctx.vlan_tagged() {
-        return Err(LbReason::Vlan);
-    }
+    // (A tag out of band, at TC, was checked by `process`.)
     let len = ctx.len();
     // SAFETY: bounds-checked by ptr_at.
     match u16::from_be(unsafe { (*eth).proto }) {

@@ -391,3 +391,61 @@ fn tc_passes_a_frame_whose_tag_the_kernel_took_out() {
     assert_eq!(frame::check(&got[0]).unwrap().sport, 41001);
     drop(dp);
 }
+
+/// Found by review: a VLAN-tagged VRRP advert reached `ha_lb_tc` on the parent device
+/// (tag out of band) and went through the VRRP filter, which looked its VRID up under the
+/// parent's ifindex: an advert for an instance on `eth0.100` was dropped on `eth0` as
+/// `unknown_vrid`, that instance heard nothing and both nodes became MASTER. A tagged frame
+/// now passes, counted `vlan`, without the filter (the VLAN device's own hook judges it). This
+/// kernel has no 8021q module: the advert is tagged on the wire of a plain veth, whose receive
+/// path takes the tag out of band just the same.
+#[test]
+fn tc_passes_a_tagged_vrrp_advert_without_the_vrrp_filter() {
+    use ha_lb::bpf::vrrp_filter;
+    use ha_lb_common::vrrp::{version_bit, VrrpVridKey, VrrpVridValue, FAMILY_V4};
+    let env = env();
+    let (c, d, eth0) = (env.lab.get("c").clone(), env.d.clone(), env.eth0);
+    let dp = d
+        .run(|| {
+            let bpf = Bpf::load(tracing::Level::WARN).unwrap();
+            let mut dp = XdpDataplane::with_hook(bpf, Hook::Tc).unwrap();
+            dp.attach_interface("eth0").unwrap();
+            dp.set_vrrp_filter(true).unwrap();
+            // VRID 51 is configured, but for another interface (as for `eth0.100`).
+            let vrids = BTreeMap::from([(
+                VrrpVridKey::new(eth0 + 1000, 51, FAMILY_V4),
+                VrrpVridValue { versions: version_bit(3), ..Default::default() },
+            )]);
+            vrrp_filter::set_vrids(dp.bpf_mut(), &vrids).unwrap();
+            dp
+        })
+        .unwrap();
+    let tx = c.run(|| PacketSocket::open("eth0")).unwrap().unwrap();
+    let (s4, d4) = (ip("198.18.1.2"), ip("224.0.0.18"));
+    let msg = frame::vrrp(3, 51, 100, 100, &[ip("198.18.1.100")], s4, d4);
+    let eth = Eth { src: [0x02, 0xcc, 0, 0, 0, 9], dst: [0x01, 0x00, 0x5e, 0, 0, 0x12] };
+    let plain = frame::ip(eth, s4, d4, 255, 112, &msg);
+    let mut tagged = plain[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 100]);
+    tagged.extend_from_slice(&plain[12..]);
+    let counted = |send: &[u8]| {
+        let lb = maps::counters(dp.bpf()).unwrap();
+        let vrrp = vrrp_filter::counters(dp.bpf()).unwrap();
+        tx.send(send).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut out: Vec<(&str, u64)> = maps::counters(dp.bpf())
+            .unwrap()
+            .since(&lb)
+            .into_iter()
+            .filter(|(r, _)| *r == "vlan")
+            .collect();
+        let after = vrrp_filter::counters(dp.bpf()).unwrap();
+        out.extend(after.named().zip(vrrp.named()).map(|((n, a), (_, b))| (n, a - b)));
+        out.retain(|&(_, n)| n > 0);
+        out
+    };
+    // Untagged, the same advert is the filter's, and it is not known on eth0.
+    assert_eq!(counted(&plain), vec![("unknown_vrid", 1)], "the filter is on");
+    assert_eq!(counted(&tagged), vec![("vlan", 1)], "the tagged advert passed, unfiltered");
+    drop(dp);
+}
