@@ -461,12 +461,13 @@ pub enum LbReason {
     /// A TCP segment other than a SYN (an ACK, a SYN+ACK, a RST, ...) to a service, with no
     /// flow: not scheduled (IPVS schedules TCP on a SYN only) but passed to the kernel, which
     /// answers a local VIP with a RST. sh/mh services adopt such a segment instead (but a
-    /// RST): [`LbReason::Adopted`].
+    /// RST or a SYN+ACK): [`LbReason::Adopted`].
     TcpNoFlow = 25,
     /// sh/mh: a TCP segment other than a SYN with no flow (its entry evicted, or lost with a
     /// restarted or failed-over director without connection sync) sent to the real server
     /// the hash picks — the one it was on, while the set is unchanged — and its flow
-    /// recorded, without counting a new connection. Counted besides how it was sent.
+    /// recorded half-open (established at the client's next ACK), without counting a new
+    /// connection. Counted besides how it was sent.
     Adopted = 26,
     /// XDP: the route leaves by an interface ha-lb's XDP program is not attached to (a
     /// bridge, a VLAN or macvlan device, a NIC without it), where an XDP redirect would be

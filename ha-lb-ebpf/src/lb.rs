@@ -513,7 +513,8 @@ fn established(ctx: &impl Frame, pkt: &Pkt, f: *mut LbFlow) -> u64 {
 /// connection whose entry was lost (evicted, swept, a restart or failover without connection
 /// sync) goes on to the real server it was on as long as the set is the same — what Maglev is
 /// for. Such a segment is adopted (`Adopted`): sent, and its flow recorded, but not counted as
-/// a new connection (the sweep counts it open, as an imported one).
+/// a new connection (the sweep counts it open, as an imported one). Not a SYN+ACK (a server's
+/// segment, backscatter of spoofed SYNs, never a client's) nor a RST.
 #[inline(always)]
 fn schedule(ctx: &impl Frame, pkt: &Pkt, svc: &LbService, stale: bool) -> Outcome {
     let kind = svc.lb_kind;
@@ -523,7 +524,8 @@ fn schedule(ctx: &impl Frame, pkt: &Pkt, svc: &LbService, stale: bool) -> Outcom
     let tcp = pkt.proto == IPPROTO_TCP;
     let adopt = tcp && pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN;
     if adopt
-        && (pkt.tcp_flags & TCP_RST != 0 || (svc.lb_algo != LB_ALGO_SH && svc.lb_algo != LB_ALGO_MH))
+        && (pkt.tcp_flags & (TCP_SYN | TCP_RST) != 0
+            || (svc.lb_algo != LB_ALGO_SH && svc.lb_algo != LB_ALGO_MH))
     {
         return pass(LbReason::TcpNoFlow);
     }
