@@ -514,7 +514,10 @@ fn established(ctx: &impl Frame, pkt: &Pkt, f: *mut LbFlow) -> u64 {
 /// sync) goes on to the real server it was on as long as the set is the same — what Maglev is
 /// for. Such a segment is adopted (`Adopted`): sent, and its flow recorded, but not counted as
 /// a new connection (the sweep counts it open, as an imported one). Not a SYN+ACK (a server's
-/// segment, backscatter of spoofed SYNs, never a client's) nor a RST.
+/// segment, backscatter of spoofed SYNs, never a client's) nor a RST. An adopted flow starts
+/// half-open, as a new one does (60 s, inactive, not cached, not synced): a stray ACK (an ACK
+/// flood with random ports) leaves no more than a SYN would; the client's next ACK makes it
+/// established (`established`, counted there once, and closed once later).
 #[inline(always)]
 fn schedule(ctx: &impl Frame, pkt: &Pkt, svc: &LbService, stale: bool) -> Outcome {
     let kind = svc.lb_kind;
@@ -531,13 +534,14 @@ fn schedule(ctx: &impl Frame, pkt: &Pkt, svc: &LbService, stale: bool) -> Outcom
     }
     let now = now_ns();
     let closing = tcp && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    // A new TCP connection is half-open until its client's ACK (`established`); an adopted
-    // one is past that, a UDP flow never has it.
+    // A new TCP connection is half-open until its client's ACK after the SYN (`established`);
+    // an adopted one until its client's next ACK after the adopted segment (which may be a
+    // stray one: this packet does not count); a UDP flow never has it.
     let mut state = 0;
     if closing {
         state |= LB_FLOW_F_CLOSED;
     }
-    if tcp && !adopt {
+    if tcp {
         state |= LB_FLOW_F_HALF_OPEN;
     }
     let id = new_flow(pkt, svc, now, state);

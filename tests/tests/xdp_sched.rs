@@ -18,7 +18,7 @@ use ha_lb::{
         ServiceSpec, VirtualServerKey,
     },
 };
-use ha_lb_common::lb::LbReason;
+use ha_lb_common::lb::{LbReason, LB_FLOW_F_HALF_OPEN, LB_FLOW_F_REPLY};
 use ha_lb_lab::frame::{self, TcpFlags};
 use xdp_support::*;
 
@@ -615,6 +615,78 @@ fn sh_and_mh_adopt_a_connection_whose_flow_was_lost() {
             assert_eq!(t.counters().since(&before), vec![("nat_in", 1)], "{algo:?}");
             let rst = frame::tcp(t.client_eth(), client(12, 5000), sa(VIP), TcpFlags::RST, 1, b"");
             t.expect_from_client(&rst, XdpAction::Pass, LbReason::TcpNoFlow, "RST");
+        }
+    });
+}
+
+/// Found by review: an adopted segment (sh/mh) made an established flow at once — two table
+/// entries for NAT, 900 s, counted active, exported by connection sync — so an ACK flood with
+/// random ports against an sh/mh VIP filled the table and evicted every service's real flows.
+/// An adopted flow is now half-open as a new one is: inactive, expired after 60 s idle, and
+/// established (counted once, closed once) only by the client's next segment.
+#[test]
+fn an_adopted_flow_is_half_open_until_the_clients_next_segment() {
+    let env = env();
+    env.run(|t| {
+        for algo in [LbAlgo::Sh, LbAlgo::Mh] {
+            t.dp.flush_connections().unwrap();
+            t.apply(&spec(algo, &R, &[1, 1, 1]));
+            let active = |t: &Tester| t.dp.stats().unwrap().services[&svc()].active_conns;
+            let new_conns = |t: &Tester| t.dp.stats().unwrap().services[&svc()].new_conns;
+            let flow = |t: &Tester, x: SocketAddr| {
+                maps::flows(t.dp.bpf()).unwrap().into_iter().find_map(|(k, f)| {
+                    let mine = k.sport == x.port().to_be()
+                        && k.src[0] == maps::addr_words(x.ip()).0[0]
+                        && f.flags & LB_FLOW_F_REPLY == 0;
+                    mine.then_some(f)
+                })
+            };
+            let traffic = |t: &Tester, to: IpAddr| {
+                let rid = t.dp.real_id(&svc(), to, 80).unwrap().0;
+                maps::real_traffic(t.dp.bpf(), rid).unwrap()
+            };
+            let (a, b) = (client(31, 7000), client(32, 7000));
+            let (n0, act0) = (new_conns(t), active(t));
+            // Two stray ACKs: adopted, half-open, neither new nor active.
+            let before = t.counters();
+            t.nat_pick(a, sa(VIP), TcpFlags::ACK);
+            let to_b = t.nat_pick(b, sa(VIP), TcpFlags::ACK);
+            assert_eq!(
+                t.counters().since(&before),
+                vec![("nat_in", 2), ("adopted", 2)],
+                "{algo:?}"
+            );
+            for x in [a, b] {
+                let f = flow(t, x).unwrap_or_else(|| panic!("{algo:?}: {x} recorded"));
+                assert_ne!(f.flags & LB_FLOW_F_HALF_OPEN, 0, "{algo:?}: {x} half-open");
+            }
+            assert_eq!((new_conns(t), active(t)), (n0, act0), "{algo:?}: adopted: inactive");
+            let tb0 = traffic(t, to_b);
+            // b's client goes on: established, counted once.
+            assert_eq!(t.nat_pick(b, sa(VIP), TcpFlags::ACK), to_b, "{algo:?}");
+            assert_eq!(flow(t, b).unwrap().flags & LB_FLOW_F_HALF_OPEN, 0, "{algo:?}");
+            assert_eq!(t.nat_pick(b, sa(VIP), TcpFlags::ACK), to_b, "{algo:?}");
+            assert_eq!((new_conns(t), active(t)), (n0, act0 + 1), "{algo:?}: b established");
+            // a never goes on: 61 s later the sweep expires it, and only it.
+            let later = maps::monotonic_ns() + 61_000_000_000;
+            assert_eq!(t.dp.expire_connections(later).unwrap(), 1, "{algo:?}: a expired");
+            assert!(flow(t, a).is_none() && flow(t, b).is_some(), "{algo:?}");
+            assert_eq!((new_conns(t), active(t)), (n0, act0 + 1), "{algo:?}: the sweep agrees");
+            // b closes: closed once, as established (not aborted); nothing active is left.
+            let fin = frame::tcp(t.client_eth(), b, sa(VIP), TcpFlags::FIN_ACK, 9, b"");
+            assert_eq!(t.send_from_client(&fin).action, XdpAction::Redirect, "{algo:?}");
+            let tb = traffic(t, to_b);
+            assert_eq!(
+                (
+                    tb.new_conns - tb0.new_conns,
+                    tb.established - tb0.established,
+                    tb.closed_conns - tb0.closed_conns,
+                    tb.aborted - tb0.aborted
+                ),
+                (0, 1, 1, 0),
+                "{algo:?}: (new, established, closed, aborted)"
+            );
+            assert_eq!((new_conns(t), active(t)), (n0, act0), "{algo:?}: b closed");
         }
     });
 }
