@@ -584,8 +584,8 @@ fn a_sweep_recounts_connections_the_table_lost() {
 /// sh and mh adopt a TCP segment without a flow (its entry evicted or swept, a director
 /// restarted or taken over without connection sync): it goes to the real server the hash
 /// picks, the one the connection was on, and its flow is recorded — not counted as a new
-/// connection, and without emptying every CPU's flow cache. A RST is never adopted; rr (and
-/// the other schedulers) adopt nothing (see `xdp_flow_cache`).
+/// connection, and without emptying every CPU's flow cache. A RST or a SYN+ACK is never
+/// adopted; rr (and the other schedulers) adopt nothing (see `xdp_flow_cache`).
 #[test]
 fn sh_and_mh_adopt_a_connection_whose_flow_was_lost() {
     let env = env();
