@@ -57,9 +57,10 @@
 //!   expired after 60 s idle; connection sync sends it once established.
 //! - TCP is scheduled on a SYN only (as IPVS without `sloppy_tcp`): another segment with no
 //!   flow passes to the kernel (`tcp_no_flow`), which answers a local VIP with a RST; sh/mh
-//!   services adopt it instead (`adopted`: sent where the hash points, its flow recorded,
-//!   not counted as a new connection), so a connection whose entry was lost stays on its
-//!   server while the set is unchanged.
+//!   services adopt it instead (`adopted`: sent where the hash points, its flow recorded
+//!   half-open until the client's next ACK, not counted as a new connection; never a SYN+ACK
+//!   or RST), so a connection whose entry was lost stays on its server while the set is
+//!   unchanged, and a flood of stray segments holds table entries for 60 s, not 900.
 //! - A NAT flow takes two table entries (`LB_CONNS_MAX` = 262144 entries, a compile-time
 //!   constant like every map size). An evicted reply entry is written again by the client's
 //!   next packet (within the one-second refresh interval); until then replies pass
