@@ -457,7 +457,11 @@ fn established(ctx: &impl Frame, pkt: &Pkt, f: *mut LbFlow) -> u64 {
     let mut refresh = idle > conntrack::REFRESH_NS;
     if closing {
         conntrack::close(f, svc_id, real_id, real_gen, flags);
-    } else if flags & LB_FLOW_F_HALF_OPEN != 0 && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
+    } else if flags & (LB_FLOW_F_HALF_OPEN | LB_FLOW_F_CLOSED) == LB_FLOW_F_HALF_OPEN
+        && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK
+    {
+        // (Not one already closed: a FIN+ACK adopted, or a FIN/RST before the handshake
+        // ended, was never counted open and is not established by the ACK after it.)
         // The client acknowledged the real server's SYN+ACK: established (IPVS: SYN_RECV ->
         // ESTABLISHED, inactive -> active), on the established timeout from now.
         // SAFETY: as above; a racing CPU can only make the same change (or count it twice,

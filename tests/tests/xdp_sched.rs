@@ -687,6 +687,14 @@ fn an_adopted_flow_is_half_open_until_the_clients_next_segment() {
                 "{algo:?}: (new, established, closed, aborted)"
             );
             assert_eq!((new_conns(t), active(t)), (n0, act0), "{algo:?}: b closed");
+            // A FIN+ACK adopted (a closing connection whose flow was lost), then the client's
+            // last ACK: closed already, never established (found by review: the ACK counted
+            // it established, with no close to follow, until the next sweep).
+            let c = client(33, 7000);
+            let fin = frame::tcp(t.client_eth(), c, sa(VIP), TcpFlags::FIN_ACK, 9, b"");
+            assert_eq!(t.send_from_client(&fin).action, XdpAction::Redirect, "{algo:?}");
+            t.nat_pick(c, sa(VIP), TcpFlags::ACK);
+            assert_eq!((new_conns(t), active(t)), (n0, act0), "{algo:?}: c not active");
         }
     });
 }
