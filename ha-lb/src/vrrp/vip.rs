@@ -563,7 +563,7 @@ pub trait VipManager: Send + Sync {
                             vip = %vip,
                             interface = %iface.name,
                             present = %format!("{}/{}", a.addr, a.prefix_len),
-                            "the VIP's address is on its device with another prefix, which ha-lb did not add (not in its ledger): left as it is; while it is there this host answers for the address in every state"
+                            "the VIP's address is on its device with another prefix, which is not the VIP as configured: left as it is (an earlier run's is removed by the VIP ledger at start); while it is there this host answers for the address in every state"
                         );
                     }
                 }
