@@ -680,6 +680,19 @@ fn nat_v6(hook: Hook) {
 /// `egress_no_xdp`, and the kernel forwards it by the bridge.
 #[test]
 fn lab_xdp_nat_through_a_bridge_the_program_is_not_on() {
+    nat_through_a_bridge(&["eth0"]);
+}
+
+/// The same with the program on the bridge too, where it runs in generic mode (as the daemon
+/// attaches it to a bridge that holds a VIP): a generic-mode interface cannot take a
+/// redirect either (found by review: it was in the redirect map, so the SYN was counted
+/// `nat_in` and dropped by the kernel).
+#[test]
+fn lab_xdp_nat_through_a_bridge_the_program_is_on_in_generic_mode() {
+    nat_through_a_bridge(&["eth0", "br1"]);
+}
+
+fn nat_through_a_bridge(attach_on: &'static [&'static str]) {
     let env = xdp_support::env();
     let (c, s, d) = (env.lab.get("c").clone(), env.lab.get("s").clone(), env.d.clone());
     let mut script = String::from(
@@ -689,8 +702,16 @@ fn lab_xdp_nat_through_a_bridge_the_program_is_not_on() {
     script += "ip neigh replace 198.18.2.10 lladdr 02:00:00:00:02:0a dev br1 nud permanent\n";
     d.sh(&script).unwrap();
     let dp = attach(&d, &["eth0"], Hook::Xdp);
+    let mut dp = d
+        .run(move || {
+            let mut dp = dp;
+            for i in &attach_on[1..] {
+                assert_eq!(dp.attach_interface(i).unwrap(), AttachMode::Generic, "{i}");
+            }
+            dp
+        })
+        .unwrap();
     let vip = "198.18.100.1:80";
-    let mut dp = dp;
     dp.apply(&rr_service(Protocol::Tcp, vip, LbKind::Nat, &["198.18.2.10"], 8080)).unwrap();
     let capture = s.run(|| PacketSocket::open("eth0")).unwrap().unwrap();
     let tx = c.run(|| PacketSocket::open("eth0")).unwrap().unwrap();

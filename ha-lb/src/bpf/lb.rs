@@ -663,6 +663,22 @@ pub fn interface_mac_of(bpf: &Bpf, ifindex: u32) -> Result<Option<[u8; 6]>, BpfE
     Ok(v.filter(|v| v.attached != 0).map(|v| v.mac))
 }
 
+/// Takes interface `ifindex` out of the XDP redirect targets (`LB_TX_PORTS`) while keeping
+/// its MAC: an interface the program runs on in generic mode (a VLAN device, a bridge, a
+/// driver without XDP) cannot take a redirected frame (no `ndo_xdp_xmit`: the kernel would
+/// drop it after the program counted it forwarded), so NAT toward it is passed translated
+/// to the kernel and DR/TUN dropped, counted `egress_no_xdp`.
+pub fn forget_tx_port(bpf: &mut Bpf, ifindex: u32) -> Result<(), BpfError> {
+    use ha_lb_common::lb::LB_TX_PORTS;
+    let e = map_err(LB_TX_PORTS);
+    let mut m: aya::maps::DevMapHash<_> =
+        aya::maps::DevMapHash::try_from(bpf.map_mut(LB_TX_PORTS)?).map_err(&e)?;
+    match m.remove(ifindex) {
+        Err(x) if !not_there(&x) => Err(e(x)),
+        _ => Ok(()),
+    }
+}
+
 /// Records (or with `None`, forgets) interface `ifindex` as one the forwarding program is
 /// attached to, with its MAC: the program only forwards frames addressed to this host, and at
 /// XDP only redirects to such interfaces (`LB_TX_PORTS`). Called in the interface's network

@@ -31,8 +31,9 @@
 //! - XDP: the program attached to every interface the routes toward real servers and clients
 //!   leave by, not to a bridge or VLAN device above them (attach to the bridge's or VLAN's
 //!   ports, or use the TC hook). An XDP redirect reaches only an interface running an XDP
-//!   program, so the program redirects only to interfaces it is attached to (`LB_TX_PORTS`,
-//!   filled at attach); toward any other, NAT passes the translated packet for the kernel to
+//!   program in native mode, so the program redirects only to interfaces it is attached to
+//!   natively (`LB_TX_PORTS`, filled at attach; a generic-mode attach is left out); toward
+//!   any other, NAT passes the translated packet for the kernel to
 //!   forward (replies, whose source is the VIP, only with `accept_local=1` on the ingress),
 //!   DR and TUN drop, counted `egress_no_xdp`. The TC hook redirects anywhere.
 //! - XDP on a NIC that strips VLAN tags in hardware (`rxvlan` on) sees tagged frames untagged
@@ -902,6 +903,11 @@ impl XdpDataplane {
                 (Link::Tc(l), AttachMode::Tc)
             }
         };
+        if mode == AttachMode::Generic {
+            // Not a redirect target (see `forget_tx_port`).
+            maps::forget_tx_port(&mut self.bpf, ifindex).map_err(backend)?;
+            tracing::info!(interface = iface, "XDP in generic mode here: frames routed out of this interface are not redirected to it (NAT: the kernel forwards them translated; DR/TUN: dropped, egress_no_xdp)");
+        }
         self.links.push((iface.to_string(), link, mode));
         Ok(mode)
     }
@@ -912,7 +918,7 @@ impl XdpDataplane {
     /// how many changed.
     pub fn refresh_interface_macs(&mut self) -> Result<usize, DataplaneError> {
         let mut changed = 0;
-        for (iface, _, _) in &self.links {
+        for (iface, _, mode) in &self.links {
             let (Ok(mac), Some(ifindex)) =
                 (crate::bpf::lb::interface_mac(iface), crate::bpf::ifindex_of(iface))
             else {
@@ -920,6 +926,9 @@ impl XdpDataplane {
             };
             if maps::interface_mac_of(&self.bpf, ifindex).map_err(backend)? != Some(mac) {
                 maps::set_interface_mac(&mut self.bpf, ifindex, Some(mac)).map_err(backend)?;
+                if *mode == AttachMode::Generic {
+                    maps::forget_tx_port(&mut self.bpf, ifindex).map_err(backend)?;
+                }
                 tracing::info!(interface = %iface, "interface MAC changed; forwarding frames to the new one");
                 changed += 1;
             }
