@@ -1742,15 +1742,19 @@ impl Daemon {
         // The data plane must be able to take the new services: asked before anything
         // changes, so a refusal leaves the running configuration whole.
         // What the apply will be given: the new services with the health known now, and
-        // the removed ones that may stay while an instance that holds their VIP hands over
-        // (any instance the reload removes or changes: some of those change in place, so
-        // this may count more than will stay, never fewer).
+        // the removed ones that stay while an instance that holds their VIP hands over (one
+        // the reload removes or restarts, with its sync group: `reload_restarts`, as the
+        // apply below decides it; an in-place change that then cannot be prepared is the
+        // one case it misses).
         let planned = {
             let mut r = self.reconciler.clone();
             r.set_config(new.clone());
             let (mut planned, _) = r.desired();
-            let handing_over: BTreeSet<std::net::IpAddr> = (self.config.vrrp_instances.iter())
-                .filter(|i| new.vrrp_instance(&i.name) != Some(*i))
+            let ReloadRestarts { gone, restart, .. } =
+                reload_restarts(self.instances.values().map(|r| &r.cfg), &self.config, &new);
+            let handing_over: BTreeSet<std::net::IpAddr> = (self.instances.values())
+                .map(|r| &r.cfg)
+                .filter(|i| gone.contains(&i.name) || restart.contains(&i.name))
                 .chain(self.restarting.values().map(|h| &h.cfg))
                 .flat_map(|i| i.all_vips().map(|v| v.addr))
                 .collect();
@@ -1806,10 +1810,8 @@ impl Daemon {
         }
         // Instances: removed ones stop (make-before-break), changed ones restart once their
         // old task has handed over, new ones start.
-        let new_names: BTreeSet<&str> =
-            new.vrrp_instances.iter().map(|i| i.name.as_str()).collect();
-        let gone: Vec<String> =
-            self.instances.keys().filter(|n| !new_names.contains(n.as_str())).cloned().collect();
+        let ReloadRestarts { gone, mut changed, mut restart } =
+            reload_restarts(self.instances.values().map(|r| &r.cfg), &old, &new);
         for name in gone {
             info!(instance = %name, "vrrp_instance removed by reload; stopping it");
             self.stop_for_restart(&name).await;
@@ -1821,52 +1823,24 @@ impl Daemon {
         // election (keepalived keeps the state too): a restart would hand a MASTER's VIPs to
         // the peer and take them back. What cannot be prepared (a VIP's device gone) restarts.
         let mut in_place: BTreeMap<&str, instance::InPlace> = BTreeMap::new();
-        let mut changed: BTreeSet<&str> = BTreeSet::new();
         for i in &new.vrrp_instances {
             let Some(r) = self.instances.get(&i.name) else { continue };
-            match instance_change(&r.cfg, i) {
-                InstanceChange::Settings => {}
-                InstanceChange::Restart => {
-                    changed.insert(i.name.as_str());
-                }
-                InstanceChange::InPlace { vips } => {
-                    match instance::in_place(i, vips, &self.rtnl).await {
-                        Ok(c) => {
-                            in_place.insert(i.name.as_str(), c);
-                        }
-                        Err(e) => {
-                            warn!(instance = %i.name, error = %format!("{e:#}"), "cannot change the instance in place; restarting it");
-                            changed.insert(i.name.as_str());
+            if let InstanceChange::InPlace { vips } = instance_change(&r.cfg, i) {
+                match instance::in_place(i, vips, &self.rtnl).await {
+                    Ok(c) => {
+                        in_place.insert(i.name.as_str(), c);
+                    }
+                    Err(e) => {
+                        warn!(instance = %i.name, error = %format!("{e:#}"), "cannot change the instance in place; restarting it");
+                        changed.insert(i.name.clone());
+                        restart.insert(i.name.clone());
+                        if let Some(g) = new.sync_group_of(&i.name) {
+                            restart.extend(g.group.iter().cloned());
                         }
                     }
                 }
             }
         }
-        let mut restart = changed.clone();
-        for name in &changed {
-            if let Some(g) = new.sync_group_of(name) {
-                restart.extend(g.group.iter().map(String::as_str));
-            }
-        }
-        // A group that gained members (a new instance, one that joined, groups merged)
-        // starts again whole, so that it becomes MASTER together from the start: the running
-        // members may be MASTER here while the newcomer follows the peer's master. One that
-        // only lost members goes on (the coordinator re-checks it); one that left its group
-        // goes on alone (below).
-        let grown: Vec<&str> = new
-            .vrrp_sync_groups
-            .iter()
-            .filter(|g| {
-                g.group.iter().any(|m| {
-                    self.instances.contains_key(m)
-                        && !old
-                            .sync_group_of(m)
-                            .is_some_and(|o| g.group.iter().all(|x| o.group.contains(x)))
-                })
-            })
-            .flat_map(|g| g.group.iter().map(String::as_str))
-            .collect();
-        restart.extend(grown.iter().copied());
         for inst in &new.vrrp_instances {
             match self.instances.get_mut(&inst.name) {
                 None if !self.restarting.contains_key(&inst.name) => {
@@ -2336,6 +2310,60 @@ fn instance_devices(inst: &VrrpInstance) -> BTreeSet<String> {
 /// The sync groups of `config` as (name, members).
 fn sync_group_members(config: &Config) -> impl Iterator<Item = (&str, &[String])> {
     config.vrrp_sync_groups.iter().map(|g| (g.name.as_str(), g.group.as_slice()))
+}
+
+/// What a reload from `old` to `new` does to the running instances (`running`, their
+/// configurations) that hand over — stop make-before-break, holding their VIPs meanwhile.
+struct ReloadRestarts {
+    /// Removed: they stop.
+    gone: Vec<String>,
+    /// Changed in a way that takes a restart (see [`instance_change`]).
+    changed: BTreeSet<String>,
+    /// Restarted: the changed ones with their sync groups, and groups that gained members.
+    /// (An in-place change that cannot be prepared restarts too; found while applying.)
+    restart: BTreeSet<String>,
+}
+
+fn reload_restarts<'a>(
+    running: impl Iterator<Item = &'a VrrpInstance>,
+    old: &Config,
+    new: &Config,
+) -> ReloadRestarts {
+    let running: BTreeMap<&str, &VrrpInstance> = running.map(|i| (i.name.as_str(), i)).collect();
+    let gone = (running.keys())
+        .filter(|n| new.vrrp_instance(n).is_none())
+        .map(|n| n.to_string())
+        .collect();
+    let changed: BTreeSet<String> = (new.vrrp_instances.iter())
+        .filter(|i| {
+            running
+                .get(i.name.as_str())
+                .is_some_and(|r| instance_change(r, i) == InstanceChange::Restart)
+        })
+        .map(|i| i.name.clone())
+        .collect();
+    let mut restart = changed.clone();
+    for name in &changed {
+        if let Some(g) = new.sync_group_of(name) {
+            restart.extend(g.group.iter().cloned());
+        }
+    }
+    // A group that gained members (a new instance, one that joined, groups merged) starts
+    // again whole, so that it becomes MASTER together from the start: the running members
+    // may be MASTER here while the newcomer follows the peer's master. One that only lost
+    // members goes on (the coordinator re-checks it); one that left its group goes on alone.
+    for g in &new.vrrp_sync_groups {
+        let gained = g.group.iter().any(|m| {
+            running.contains_key(m.as_str())
+                && !old
+                    .sync_group_of(m)
+                    .is_some_and(|o| g.group.iter().all(|x| o.group.contains(x)))
+        });
+        if gained {
+            restart.extend(g.group.iter().cloned());
+        }
+    }
+    ReloadRestarts { gone, changed, restart }
 }
 
 /// How a reload changes a running instance (`a` to `b`).
@@ -2852,6 +2880,24 @@ mod lifecycle_tests {
         fn stats(&self) -> Result<DataplaneStats, DataplaneError> {
             Ok(Default::default())
         }
+    }
+
+    /// An instance changed in place (its priority) does not hand over, so the services a
+    /// reload removes from its VIP go at once and do not count against the tables: a swap
+    /// at the limit is accepted (the check counted every changed instance's removed services).
+    #[tokio::test]
+    async fn the_reload_check_does_not_count_services_of_an_instance_changed_in_place() {
+        let text = format!("{VI_1}{}{}", vs(80), vs(443));
+        let (mut d, _rx, f) = daemon(&text, Plane::Test(Box::new(TwoServices)));
+        let _fake = fake_instance(&mut d, "VI_1", State::Master);
+        d.reconcile("start-up").unwrap();
+        let vi_1 =
+            VI_1.replace("virtual_router_id = 51\n", "virtual_router_id = 51\npriority = 120\n");
+        assert_ne!(vi_1, VI_1);
+        f.write(&format!("{vi_1}{}{}", vs(80), vs(8443)));
+        d.reload().await.unwrap();
+        assert_eq!((d.reloads, d.reloads_rejected), (1, 0));
+        assert!(d.restarting.is_empty(), "changed in place");
     }
 
     /// The reload's check is asked about what the apply will be given: a service the reload
