@@ -144,6 +144,34 @@ poweroff -f
     )
 }
 
+/// Reports step `step` of `steps` done, in the line [`Uml::run_test_steps`] looks for
+/// (`{prefix}: {step}: ok`); a step not in `steps` is a mistake of the test.
+pub fn step_ok(prefix: &str, steps: &[&str], step: &str) {
+    assert!(steps.contains(&step), "unknown step {step}");
+    println!("{prefix}: {step}: ok");
+}
+
+/// Both halves of a stepped guest test: in the guest, runs `guest`; on the host, boots a
+/// guest with `mem` that runs this test (`test_name`) within `timeout` and checks that every
+/// step of `steps` reported ok under `prefix` ([`Uml::run_test_steps`], [`step_ok`]).
+pub fn host_or_guest(
+    test_name: &str,
+    prefix: &str,
+    steps: &[&str],
+    mem: &str,
+    timeout: Duration,
+    guest: impl FnOnce(),
+) {
+    if in_guest().is_some() {
+        guest();
+        return;
+    }
+    let mut uml = Uml::find().expect("a UML kernel");
+    uml.mem = mem.into();
+    uml.timeout = timeout;
+    uml.run_test_steps(test_name, prefix, steps);
+}
+
 /// Inside a guest started by [`Uml::run`]: the shared directory. `None` on the host.
 pub fn in_guest() -> Option<PathBuf> {
     std::env::var_os(GUEST_ENV).map(PathBuf::from)

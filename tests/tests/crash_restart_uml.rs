@@ -17,8 +17,7 @@ use daemon_support::*;
 use ha_lb_lab::{
     daemon::{eventually, HaLb, Scratch},
     topology::{DirectorLab, Mode},
-    uml::{self, Uml},
-    Node,
+    uml, Node,
 };
 
 const TEST_NAME: &str = "crash_leftovers_are_cleaned_up_at_restart_in_a_uml_guest";
@@ -31,19 +30,11 @@ const STEPS: &[&str] = &[
 
 #[test]
 fn crash_leftovers_are_cleaned_up_at_restart_in_a_uml_guest() {
-    if uml::in_guest().is_some() {
-        guest();
-        return;
-    }
-    let mut uml = Uml::find().expect("a UML kernel");
-    uml.mem = "512M".into();
-    uml.timeout = Duration::from_secs(240);
-    uml.run_test_steps(TEST_NAME, "crash-uml", STEPS);
+    uml::host_or_guest(TEST_NAME, "crash-uml", STEPS, "512M", Duration::from_secs(240), guest);
 }
 
 fn ok(step: &str) {
-    assert!(STEPS.contains(&step), "unknown step {step}");
-    println!("crash-uml: {step}: ok");
+    uml::step_ok("crash-uml", STEPS, step);
 }
 
 /// The single director's file with `dataplane` (and `extra` global lines) and `services`.

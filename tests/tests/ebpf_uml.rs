@@ -271,8 +271,7 @@ fn sections_with_tail_calls(elf: &[u8]) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 
 fn ok(step: &str) {
-    assert!(STEPS.contains(&step), "unknown step {step}");
-    println!("ebpf-uml: {step}: ok");
+    uml::step_ok("ebpf-uml", STEPS, step);
 }
 
 fn sh(script: &str) {

@@ -17,8 +17,7 @@ use daemon_support::*;
 use ha_lb_lab::{
     daemon::{eventually, HaLb, Scratch},
     topology::{DirectorLab, Mode},
-    uml::{self, Uml},
-    Node,
+    uml, Node,
 };
 
 const TEST_NAME: &str = "ipvs_data_plane_daemon_pair_in_a_uml_guest";
@@ -27,19 +26,18 @@ const STEPS: &[&str] =
 
 #[test]
 fn ipvs_data_plane_daemon_pair_in_a_uml_guest() {
-    if uml::in_guest().is_some() {
-        guest();
-        return;
-    }
-    let mut uml = Uml::find().expect("a UML kernel");
-    uml.mem = "512M".into();
-    uml.timeout = Duration::from_secs(240);
-    uml.run_test_steps(TEST_NAME, "ipvs-daemon-uml", STEPS);
+    uml::host_or_guest(
+        TEST_NAME,
+        "ipvs-daemon-uml",
+        STEPS,
+        "512M",
+        Duration::from_secs(240),
+        guest,
+    );
 }
 
 fn ok(step: &str) {
-    assert!(STEPS.contains(&step), "unknown step {step}");
-    println!("ipvs-daemon-uml: {step}: ok");
+    uml::step_ok("ipvs-daemon-uml", STEPS, step);
 }
 
 const ADVERT: f64 = 0.2;

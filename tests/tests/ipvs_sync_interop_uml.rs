@@ -27,8 +27,7 @@ use daemon_support::*;
 use ha_lb_lab::{
     daemon::{eventually, HaLb, Scratch},
     topology::{DirectorLab, Mode},
-    uml::{self, Uml},
-    Node,
+    uml, Node,
 };
 
 const TEST_NAME: &str = "kernel_ipvs_master_syncs_to_an_xdp_director_in_a_uml_guest";
@@ -46,20 +45,13 @@ fn kernel_ipvs_master_syncs_to_an_xdp_director_in_a_uml_guest() {
 /// The host half of each test: boots the guest, which runs `guest` (this test binary, the
 /// same test) and checks that every step of `steps` reported ok.
 fn in_the_guest(test_name: &str, steps: &[&str], guest: fn()) {
-    if uml::in_guest().is_some() {
-        guest();
-        return;
-    }
-    let mut uml = Uml::find().expect("a UML kernel");
-    uml.mem = "512M".into();
-    uml.timeout = Duration::from_secs(240);
-    uml.run_test_steps(test_name, "ipvs-sync-interop-uml", steps);
+    let timeout = Duration::from_secs(240);
+    uml::host_or_guest(test_name, "ipvs-sync-interop-uml", steps, "512M", timeout, guest);
 }
 
 /// The line the host half looks for after step `step` of `steps`.
 fn ok_in(steps: &[&str], step: &str) {
-    assert!(steps.contains(&step), "unknown step {step}");
-    println!("ipvs-sync-interop-uml: {step}: ok");
+    uml::step_ok("ipvs-sync-interop-uml", steps, step);
 }
 
 fn ok(step: &str) {

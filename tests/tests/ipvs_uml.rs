@@ -55,8 +55,7 @@ fn ipvs_dataplane_in_a_uml_guest() {
 // ---------------------------------------------------------------------------------------
 
 fn ok(step: &str) {
-    assert!(STEPS.contains(&step), "unknown step {step}");
-    println!("ipvs-uml: {step}: ok");
+    uml::step_ok("ipvs-uml", STEPS, step);
 }
 
 fn vs(s: &str, protocol: Protocol) -> VirtualServerKey {

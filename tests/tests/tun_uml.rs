@@ -33,10 +33,7 @@ use ha_lb::{
         VirtualServerKey,
     },
 };
-use ha_lb_lab::{
-    uml::{self, Uml},
-    Lab, Node,
-};
+use ha_lb_lab::{uml, Lab, Node};
 
 /// Bytes the client sends on the bulk connection (several full-size segments).
 const BULK: usize = 20_000;
@@ -73,20 +70,11 @@ const STEPS: &[&str] = &[
 
 #[test]
 fn tun_forwards_through_ipip_to_a_real_server_in_a_uml_guest() {
-    if uml::in_guest().is_some() {
-        guest();
-        return;
-    }
-    let mut uml = Uml::find().expect("a UML kernel");
-    uml.mem = "384M".into();
-    uml.timeout = Duration::from_secs(180);
-    uml.run_test_steps(TEST_NAME, "tun-uml", STEPS);
+    uml::host_or_guest(TEST_NAME, "tun-uml", STEPS, "384M", Duration::from_secs(180), guest);
 }
 
 fn ok(hook: &str, step: &str) {
-    let step = format!("{hook}_{step}");
-    assert!(STEPS.contains(&step.as_str()), "unknown step {step}");
-    println!("tun-uml: {step}: ok");
+    uml::step_ok("tun-uml", STEPS, &format!("{hook}_{step}"));
 }
 
 fn sh(node: &Node, script: &str) {
