@@ -48,13 +48,25 @@ fn conf(n: u8, peer: u8, priority: u8, vs: &str) -> String {
     )
 }
 
-#[test]
-fn established_connections_survive_a_failover_with_lvs_sync_daemon() {
+/// The NAT pair with connection sync: three real servers serving, the virtual server (rr
+/// over them, with `vs_extra` lines) on both directors, d1 MASTER, d2 BACKUP.
+struct Pair {
+    t: DirectorLab,
+    _pids: Vec<u32>,
+    s: Scratch,
+    vs: String,
+    n1: ha_lb_lab::Node,
+    n2: ha_lb_lab::Node,
+    d1: HaLb,
+    d2: HaLb,
+}
+
+fn pair(scratch: &str, vs_extra: &str) -> Pair {
     let mut t = DirectorLab::build(Mode::Nat, 2, 3).unwrap();
     let _pids = t.start_real_servers().unwrap();
-    let s = Scratch::new("csync").unwrap();
+    let s = Scratch::new(scratch).unwrap();
     let rss: Vec<String> = (1..=3).map(|n| real_server(n, 1, "", None)).collect();
-    let vs = virtual_server("lb_algo = \"rr\"", &rss);
+    let vs = virtual_server(vs_extra, &rss);
     let (n1, n2) = (t.directors[0].clone(), t.directors[1].clone());
     let d1 = HaLb::start(&mut t.lab, &n1, &s, "d1", &conf(1, 2, 150, &vs)).unwrap();
     wait_master_serving(&t, &d1);
@@ -63,6 +75,12 @@ fn established_connections_survive_a_failover_with_lvs_sync_daemon() {
         d2.state("VI_GATEWAY").as_deref() == Some("BACKUP")
     })
     .unwrap();
+    Pair { t, _pids, s, vs, n1, n2, d1, d2 }
+}
+
+#[test]
+fn established_connections_survive_a_failover_with_lvs_sync_daemon() {
+    let Pair { mut t, _pids, s, vs, n1, n2, d1, d2 } = pair("csync", "lb_algo = \"rr\"");
 
     // Found by review: the receiver took datagrams sent to any of its addresses, unicast
     // too. It takes only those sent to the sync group (a table request of another sync id
@@ -114,19 +132,8 @@ fn established_connections_survive_a_failover_with_lvs_sync_daemon() {
 /// servers (the wanted sequence runs backwards through the ring).
 #[test]
 fn persistent_clients_keep_their_real_server_after_a_failover() {
-    let mut t = DirectorLab::build(Mode::Nat, 2, 3).unwrap();
-    let _pids = t.start_real_servers().unwrap();
-    let s = Scratch::new("psync").unwrap();
-    let rss: Vec<String> = (1..=3).map(|n| real_server(n, 1, "", None)).collect();
-    let vs = virtual_server("lb_algo = \"rr\"\npersistence_timeout = 300", &rss);
-    let (n1, n2) = (t.directors[0].clone(), t.directors[1].clone());
-    let d1 = HaLb::start(&mut t.lab, &n1, &s, "d1", &conf(1, 2, 150, &vs)).unwrap();
-    wait_master_serving(&t, &d1);
-    let d2 = HaLb::start(&mut t.lab, &n2, &s, "d2", &conf(2, 1, 100, &vs)).unwrap();
-    eventually(Duration::from_secs(5), "d2 BACKUP", || {
-        d2.state("VI_GATEWAY").as_deref() == Some("BACKUP")
-    })
-    .unwrap();
+    let Pair { mut t, _pids, s: _s, vs: _vs, n1: _n1, n2, d1, d2 } =
+        pair("psync", "lb_algo = \"rr\"\npersistence_timeout = 300");
 
     let clients = more_client_addresses(&t.client);
     let before: Vec<String> = clients.iter().map(|&c| get_from(&t.client, c).unwrap()).collect();
@@ -159,19 +166,7 @@ fn persistent_clients_keep_their_real_server_after_a_failover() {
 #[test]
 fn kernel_ipvs_messages_take_the_same_gate() {
     use ha_lb::sync::ipvs_wire::{self, IpvsConn};
-    let mut t = DirectorLab::build(Mode::Nat, 2, 3).unwrap();
-    let _pids = t.start_real_servers().unwrap();
-    let s = Scratch::new("isync").unwrap();
-    let rss: Vec<String> = (1..=3).map(|n| real_server(n, 1, "", None)).collect();
-    let vs = virtual_server("lb_algo = \"rr\"", &rss);
-    let (n1, n2) = (t.directors[0].clone(), t.directors[1].clone());
-    let d1 = HaLb::start(&mut t.lab, &n1, &s, "d1", &conf(1, 2, 150, &vs)).unwrap();
-    wait_master_serving(&t, &d1);
-    let d2 = HaLb::start(&mut t.lab, &n2, &s, "d2", &conf(2, 1, 100, &vs)).unwrap();
-    eventually(Duration::from_secs(5), "d2 BACKUP", || {
-        d2.state("VI_GATEWAY").as_deref() == Some("BACKUP")
-    })
-    .unwrap();
+    let Pair { t: _t, _pids, s: _s, vs: _vs, n1, n2, d1, d2 } = pair("isync", "lb_algo = \"rr\"");
 
     let conn = IpvsConn::from_entry(
         &ha_lb::sync::SyncEntry {
