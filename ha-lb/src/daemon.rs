@@ -166,6 +166,25 @@ fn ethernet_only(ifaces: Vec<String>) -> Vec<String> {
         .collect()
 }
 
+/// Attaches the forwarding program to `iface` after start-up (`why`, for the log); a failure
+/// is logged at ERROR and returned as a sentence.
+fn attach_forwarding(
+    x: &mut XdpDataplane,
+    iface: &str,
+    why: &str,
+) -> std::result::Result<(), String> {
+    match x.attach_interface(iface) {
+        Ok(mode) => {
+            info!(interface = %iface, mode = ?mode, "eBPF forwarding attached ({why})");
+            Ok(())
+        }
+        Err(e) => {
+            error!(interface = %iface, error = %e, "attaching eBPF forwarding failed ({why})");
+            Err(format!("attaching eBPF forwarding to {iface}: {e}"))
+        }
+    }
+}
+
 /// `bpf_fib_lookup` only forwards on interfaces with forwarding on: enable it where the
 /// forwarding program is attached (an LVS director forwards by definition; IPv6 too once
 /// `config` has an IPv6 service). Only a director: a VRRP-only host (the program is there for
@@ -1422,14 +1441,7 @@ impl Daemon {
         }
         // The old link went with its device; this forgets it.
         let _ = x.detach_interface(name);
-        match x.attach_interface(name) {
-            Ok(mode) => {
-                info!(interface = %name, mode = ?mode, "eBPF forwarding attached (interface created again)")
-            }
-            Err(e) => {
-                error!(interface = %name, error = %e, "attaching eBPF forwarding to an interface created again failed")
-            }
-        }
+        let _ = attach_forwarding(x, name, "interface created again");
         let ifaces = [name.to_string()];
         enable_forwarding(&self.config, &ifaces);
         enable_accept_local(&self.config, &ifaces);
@@ -1795,14 +1807,8 @@ impl Daemon {
             let attached: BTreeSet<String> = x.interfaces().into_iter().map(|(n, _)| n).collect();
             let new_ones = wanted.into_iter().filter(|i| !attached.contains(i)).collect();
             for i in &ethernet_only(new_ones) {
-                match x.attach_interface(i) {
-                    Ok(mode) => {
-                        info!(interface = %i, mode = ?mode, "eBPF forwarding attached (reload)")
-                    }
-                    Err(e) => {
-                        error!(interface = %i, error = %e, "attaching eBPF forwarding failed");
-                        failed.push(format!("attaching eBPF forwarding to {i}: {e}"));
-                    }
+                if let Err(e) = attach_forwarding(x, i, "reload") {
+                    failed.push(e);
                 }
             }
             let ifaces: Vec<String> = x.interfaces().into_iter().map(|(n, _)| n).collect();
