@@ -1758,12 +1758,12 @@ impl Daemon {
         // the reload removes or restarts, with its sync group: `reload_restarts`, as the
         // apply below decides it; an in-place change that then cannot be prepared is the
         // one case it misses).
+        let ReloadRestarts { gone, mut changed, mut restart } =
+            reload_restarts(self.instances.values().map(|r| &r.cfg), &self.config, &new);
         let planned = {
             let mut r = self.reconciler.clone();
             r.set_config(new.clone());
             let (mut planned, _) = r.desired();
-            let ReloadRestarts { gone, restart, .. } =
-                reload_restarts(self.instances.values().map(|r| &r.cfg), &self.config, &new);
             let handing_over: BTreeSet<std::net::IpAddr> = (self.instances.values())
                 .map(|r| &r.cfg)
                 .filter(|i| gone.contains(&i.name) || restart.contains(&i.name))
@@ -1816,8 +1816,6 @@ impl Daemon {
         }
         // Instances: removed ones stop (make-before-break), changed ones restart once their
         // old task has handed over, new ones start.
-        let ReloadRestarts { gone, mut changed, mut restart } =
-            reload_restarts(self.instances.values().map(|r| &r.cfg), &old, &new);
         for name in gone {
             info!(instance = %name, "vrrp_instance removed by reload; stopping it");
             self.stop_for_restart(&name).await;
