@@ -260,8 +260,12 @@ impl Reconciler {
                 (false, Some(sorry)) => vs
                     .real_servers
                     .iter()
+                    // An inhibited server that is the sorry server too is there once, as
+                    // the sorry server (a data plane takes an address once per service).
                     .filter(|rs| {
-                        rs.inhibit_on_failure && self.health.contains_key(&(key, rs.key()))
+                        rs.inhibit_on_failure
+                            && rs.key() != sorry
+                            && self.health.contains_key(&(key, rs.key()))
                     })
                     .map(|rs| DesiredRealServer { addr: rs.key(), weight: 0, sorry_server: false })
                     .chain([DesiredRealServer { addr: sorry, weight: 1, sorry_server: true }])
@@ -627,5 +631,20 @@ sorry_server = { address = \"198.19.0.99\", port = 80 }");
         let c = cfg("alpha = true");
         let mut r = Reconciler::new(c);
         assert_eq!(weights(&r.desired().0), vec![(rs(12), 0), (rs(13), 1)]);
+    }
+
+    #[test]
+    fn a_sorry_server_that_is_an_inhibited_real_server_is_there_once() {
+        // 12 is inhibited and the sorry server: with quorum lost it must not be there twice
+        // (the data planes refuse a service with an address twice: nothing would apply).
+        let c = cfg("quorum = 6\nsorry_server = { address = \"198.19.0.12\", port = 80 }\n");
+        let key = c.virtual_servers[0].key();
+        let mut r = Reconciler::new(c);
+        r.on_health(&key, rs(11), false, None);
+        let (d, _) = r.desired();
+        let got: Vec<(SocketAddr, u32, bool)> =
+            d[0].real_servers.iter().map(|r| (r.addr, r.weight, r.sorry_server)).collect();
+        assert_eq!(got, [(rs(12), 1, true)]);
+        to_dataplane(&d).validate().unwrap();
     }
 }
