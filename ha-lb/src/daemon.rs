@@ -2219,6 +2219,7 @@ impl Daemon {
                 name: key.to_string(),
                 address: format!("{}", vs.socket_addr()),
                 protocol: vs.protocol.as_str().to_string(),
+                group: vs.group.clone(),
                 lb_algo: vs.lb_algo.as_str().to_string(),
                 lb_kind: vs.lb_kind.as_str().to_string(),
                 persistence_timeout: vs.persistence_timeout.map(|d| d.as_secs()),

@@ -108,6 +108,14 @@ pub struct Reconciler {
     pending: Vec<QuorumChange>,
 }
 
+/// Whether `vs` is checked itself, and reports its quorum changes: a group's
+/// `virtual_server` is one service to keepalived, its real servers checked once, with one
+/// quorum and one `quorum_up` / `quorum_down` (its members' health, and so their quorum, is
+/// the same): its first member stands for all.
+fn is_check_lead(config: &Config, vs: &VirtualServer) -> bool {
+    config.check_lead(&vs.key()) == vs.key()
+}
+
 fn initial_health(vs: &VirtualServer, has_check: bool) -> Health {
     Health { up: !(has_check && vs.alpha), dynamic_weight: None, initial: has_check }
 }
@@ -153,14 +161,17 @@ impl Reconciler {
             if config.virtual_server(&vs.key()).is_none()
                 && self.quorum_up.get(&vs.key()) == Some(&true)
                 && change.script.is_some()
+                && is_check_lead(&self.config, vs)
             {
                 self.pending.push(change);
             }
         }
+        // What had a checker: a group's members share their lead's.
         let checked_before: BTreeSet<(VirtualServerKey, SocketAddr)> = self
             .config
             .virtual_servers
             .iter()
+            .filter(|vs| is_check_lead(&self.config, vs))
             .flat_map(|vs| {
                 vs.real_servers
                     .iter()
@@ -170,12 +181,15 @@ impl Reconciler {
             .collect();
         for vs in &config.virtual_servers {
             let key = vs.key();
+            let lead = config.check_lead(&key);
             for rs in &vs.real_servers {
                 let k = (key, rs.key());
-                let h = match self.health.get(&k) {
+                // Its checker's: for a group's member (one a reload adds, too), its lead's.
+                let checker = (lead, rs.key());
+                let h = match self.health.get(&checker) {
                     // Checked before and after: the checker carries its state over the
                     // reload (changed or not), and so does this.
-                    Some(h) if rs.check.is_some() && checked_before.contains(&k) => Health {
+                    Some(h) if rs.check.is_some() && checked_before.contains(&checker) => Health {
                         // A weight only a misc_dynamic check gives (and keeps giving).
                         dynamic_weight: h
                             .dynamic_weight
@@ -197,7 +211,12 @@ impl Reconciler {
             // this same sorry server; a quorum regained right away is desired()'s to tell.
             let old_sorry = self.config.virtual_server(&key).and_then(|v| v.sorry_server);
             let sorry_in_pool = was == Some(false) && old_sorry == vs.sorry_server;
-            if !q && !regain && vs.sorry_server.is_some() && !sorry_in_pool {
+            if !q
+                && !regain
+                && vs.sorry_server.is_some()
+                && !sorry_in_pool
+                && is_check_lead(&config, vs)
+            {
                 self.pending.push(QuorumChange::of(vs, false, live));
             }
             quorum.insert(key, q);
@@ -227,13 +246,16 @@ impl Reconciler {
             return false;
         };
         let dynamic_weight = dynamic_weight.filter(|_| check.is_dynamic());
-        let Some(h) = self.health.get_mut(&(*vs, rs)) else { return false };
         let new = Health { up, dynamic_weight, initial: false };
-        if *h == new {
-            return false;
+        // A group's real servers are checked once, for all its members.
+        let mut changed = false;
+        for key in self.config.check_sharers(vs) {
+            if let Some(h) = self.health.get_mut(&(key, rs)).filter(|h| **h != new) {
+                *h = new;
+                changed = true;
+            }
         }
-        *h = new;
-        true
+        changed
     }
 
     pub fn health(&self, vs: &VirtualServerKey, rs: SocketAddr) -> Option<Health> {
@@ -251,7 +273,7 @@ impl Reconciler {
             let was_up = self.quorum_up.get(&key).copied().unwrap_or(true);
             let (q, h) = (vs.quorum as u64, vs.hysteresis as u64);
             let up = if was_up { live >= q.saturating_sub(h) } else { live >= q + h };
-            if up != was_up {
+            if up != was_up && is_check_lead(&config, vs) {
                 changes.push(QuorumChange::of(vs, up, live));
             }
             self.quorum_up.insert(key, up);
@@ -631,6 +653,49 @@ sorry_server = { address = \"198.19.0.99\", port = 80 }");
         let c = cfg("alpha = true");
         let mut r = Reconciler::new(c);
         assert_eq!(weights(&r.desired().0), vec![(rs(12), 0), (rs(13), 1)]);
+    }
+
+    /// `cfg_text`'s virtual server as a group's: 198.18.0.100:80, .101:80 and .102:443.
+    fn group_text(quorum_down: bool) -> String {
+        let q = if quorum_down { "quorum = 6\nquorum_down = \"/bin/true\"\n" } else { "" };
+        let vs = cfg_text(q).replace("address = \"198.18.0.100\"\nport = 80\n", "group = \"g\"\n");
+        format!("[[virtual_server_group]]\nname = \"g\"\nmembers = [\"198.18.0.100-101 80\", \"198.18.0.102 443\"]\n{vs}")
+    }
+
+    #[test]
+    fn a_group_shares_its_leads_health_and_reports_quorum_once() {
+        let c = parse(&group_text(true));
+        let lead = c.virtual_servers[0].key();
+        let mut r = Reconciler::new(c.clone());
+        let (d, q) = r.desired();
+        assert_eq!(d.len(), 3);
+        assert!(q.is_empty());
+        // The lead's checker speaks for every member: one quorum change, with its script.
+        assert!(r.on_health(&lead, rs(11), false, None));
+        let (d, q) = r.desired();
+        for s in &d {
+            assert_eq!(
+                s.real_servers.iter().map(|r| (r.addr, r.weight)).collect::<Vec<_>>(),
+                [(rs(12), 2), (rs(13), 1)],
+                "{}",
+                s.key
+            );
+        }
+        assert_eq!(q.len(), 1, "{q:?}");
+        assert_eq!((q[0].key, q[0].up), (lead, false));
+        assert!(q[0].script.is_some());
+        // A reload that adds a member: it takes the lead's health (its checker carries on),
+        // not a fresh start that would put 11 back.
+        let grown = group_text(true)
+            .replace("\"198.18.0.102 443\"", "\"198.18.0.102 443\", \"198.18.0.103 80\"");
+        r.set_config(parse(&grown));
+        let (d, _) = r.desired();
+        assert_eq!(d.len(), 4);
+        assert!(d.iter().all(|s| s.real_servers.iter().all(|x| x.addr != rs(11))), "{d:?}");
+        // Only the lead is checked.
+        let targets = crate::health::CheckTarget::from_config(&parse(&grown));
+        assert!(targets.iter().all(|t| t.vs == lead), "{targets:?}");
+        assert_eq!(targets.len(), 3);
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub struct VirtualServerStatus {
     pub address: String,
     /// `TCP` or `UDP`.
     pub protocol: String,
+    /// The `virtual_server_group` it is a member of (its real servers' health is the
+    /// group's: checked once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     pub lb_algo: String,
     pub lb_kind: String,
     pub persistence_timeout: Option<u64>,
@@ -221,6 +225,9 @@ pub fn render(s: &Status) -> String {
             }
             if v.sorry_server_active {
                 flags.push("sorry".into());
+            }
+            if let Some(g) = &v.group {
+                flags.push(format!("group {g}"));
             }
             let _ =
                 writeln!(o, "  {:<4} {} {} {}", v.protocol, v.address, v.lb_algo, flags.join(" "));

@@ -61,7 +61,7 @@ fn load_picks_the_front_end_by_file_name() {
         keepalived::parse_str("[global]\nrouter_id = \"x\"\n", Path::new("k.conf")).unwrap_err();
     assert_eq!(
         e.errors[0].to_string(),
-        "k.conf:1:1: unknown keyword \"[global]\" in the top level; allowed keywords: global_defs, vrrp_script, track_file, vrrp_track_file, vrrp_instance, vrrp_sync_group, virtual_server"
+        "k.conf:1:1: unknown keyword \"[global]\" in the top level; allowed keywords: global_defs, vrrp_script, track_file, vrrp_track_file, vrrp_instance, vrrp_sync_group, virtual_server_group, virtual_server"
     );
 }
 

@@ -9,6 +9,7 @@
 
 mod daemon_support;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use daemon_support::*;
@@ -80,6 +81,52 @@ fn dead_real_server_leaves_within_one_check_interval_and_returns_after_rise() {
     let m = spread(&t.client, 12);
     assert_eq!(names(&m), ["rs1", "rs2", "rs3"], "rs2 serves again: {m:?}");
     assert!(m["rs2"] >= 3, "rs2 takes its rr share again: {m:?}");
+}
+
+/// A `virtual_server_group`: one virtual_server serves VIP:80 and VIP:8080 (two services in
+/// the data plane), its real servers checked once for both; a dead real server leaves both.
+#[test]
+fn a_group_serves_each_member_and_a_dead_real_server_leaves_all() {
+    let mut t = DirectorLab::build(Mode::Nat, 1, 3).unwrap();
+    let pids = t.start_real_servers().unwrap();
+    let s = Scratch::new("dgroup").unwrap();
+    let rss: Vec<String> = (1..=3).map(|n| real_server(n, 1, "", Some(""))).collect();
+    let services = virtual_server("lb_algo = \"rr\"\ndelay_loop = 1\nretry = 0", &rss)
+        .replace(&format!("address = \"{VIP_S}\"\nport = 80\n"), "group = \"web\"\n");
+    let group = format!(
+        "[[virtual_server_group]]\nname = \"web\"\nmembers = [\"{VIP_S} 80\", \"{VIP_S} 8080\"]\n\n"
+    );
+    let d = single_director(&mut t, &s, &format!("{group}{services}"));
+    let alt: SocketAddr = format!("{VIP_S}:8080").parse().unwrap();
+    for (to, m) in [(vip(), spread(&t.client, 9)), (alt, spread_to(&t.client, alt, 9))] {
+        assert_eq!(names(&m), ["rs1", "rs2", "rs3"], "{to}: all three serve: {m:?}");
+    }
+    let st = d.status().unwrap();
+    let listed: Vec<(&str, &str)> = st["virtual_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap(), v["group"].as_str().unwrap_or("-")))
+        .collect();
+    assert_eq!(
+        listed,
+        [(&*format!("{VIP_S}:80 TCP"), "web"), (&*format!("{VIP_S}:8080 TCP"), "web")]
+    );
+
+    // rs2 dies: the group's one check takes it out of both services.
+    t.lab.kill(pids[1]);
+    eventually(Duration::from_secs(1) + MARGIN + Duration::from_secs(2), "rs2 out of both", || {
+        let st = d.status().unwrap();
+        st["virtual_servers"].as_array().unwrap().iter().all(|v| {
+            let r =
+                v["real_servers"].as_array().unwrap().iter().find(|r| r["address"] == rs_key(2));
+            r.is_some_and(|r| r["health"] == "down" && r["weight"] == 0)
+        })
+    })
+    .unwrap();
+    for (to, m) in [(vip(), spread(&t.client, 8)), (alt, spread_to(&t.client, alt, 8))] {
+        assert_eq!(names(&m), ["rs1", "rs3"], "{to}: no new connection reaches rs2: {m:?}");
+    }
 }
 
 /// `inhibit_on_failure`: a real server whose check fails stays in the data plane with weight

@@ -95,6 +95,7 @@ pub enum Item {
     TrackFile(usize),
     VrrpInstance(usize),
     VrrpSyncGroup(usize),
+    VirtualServerGroup(usize),
     VirtualServer(usize),
     /// (virtual server, real server)
     RealServer(usize, usize),
@@ -180,6 +181,47 @@ impl SourceMap {
                 self.tainted_whole.insert(item);
             }
         }
+    }
+
+    /// The virtual servers as read became the model's list: `origins[j]` is the index (as
+    /// read) of the model's virtual server `j` — one read with a `group` is one per member.
+    /// Each gets the positions and taints of the one it came from (with its real servers
+    /// and checks).
+    pub fn expand_virtual_servers(&mut self, origins: &[usize]) {
+        fn vs_index(item: Item) -> Option<usize> {
+            match item {
+                Item::VirtualServer(v) | Item::RealServer(v, _) | Item::Check(v, _) => Some(v),
+                _ => None,
+            }
+        }
+        fn with_vs(item: Item, j: usize) -> Item {
+            match item {
+                Item::VirtualServer(_) => Item::VirtualServer(j),
+                Item::RealServer(_, r) => Item::RealServer(j, r),
+                Item::Check(_, r) => Item::Check(j, r),
+                other => other,
+            }
+        }
+        let remap = |item: Item| -> Vec<Item> {
+            match vs_index(item) {
+                None => vec![item],
+                Some(v) => (origins.iter().enumerate())
+                    .filter(|(_, o)| **o == v)
+                    .map(|(j, _)| with_vs(item, j))
+                    .collect(),
+            }
+        };
+        self.at = std::mem::take(&mut self.at)
+            .into_iter()
+            .flat_map(|((item, k, e), p)| remap(item).into_iter().map(move |i| ((i, k, e), p)))
+            .collect();
+        self.tainted = std::mem::take(&mut self.tainted).into_iter().flat_map(remap).collect();
+        self.tainted_whole =
+            std::mem::take(&mut self.tainted_whole).into_iter().flat_map(remap).collect();
+        self.tainted_keys = std::mem::take(&mut self.tainted_keys)
+            .into_iter()
+            .flat_map(|(item, k)| remap(item).into_iter().map(move |i| (i, k)))
+            .collect();
     }
 
     pub fn is_tainted(&self, item: Item) -> bool {

@@ -723,7 +723,6 @@ const INSTANCE_DEFAULTS: &[(&str, &str)] = &[
 /// What to use instead, for keepalived keywords ha-lb does not support.
 fn unsupported_hint(kw: &str) -> &'static str {
     match kw {
-        "virtual_server_group" => "; define one virtual_server per address and port",
         "vrrp_mcast_group4" | "vrrp_mcast_group6" | "mcast_dst_ip" => {
             "; ha-lb sends multicast adverts to VRRP's own group (224.0.0.18 / ff02::12); to send them elsewhere, list the peers in unicast_peer"
         }
@@ -1539,6 +1538,7 @@ impl Lowerer<'_> {
             "vrrp_track_file",
             "vrrp_instance",
             "vrrp_sync_group",
+            "virtual_server_group",
             "virtual_server",
         ];
         let top = Blk::new("the top level", TOP);
@@ -1587,6 +1587,7 @@ impl Lowerer<'_> {
                 "track_file" => self.named(s, "track_file", native::TRACK_FILE_KEYS),
                 "vrrp_instance" => self.instance(s, &defaults),
                 "vrrp_sync_group" => self.sync_group(s),
+                "virtual_server_group" => self.virtual_server_group(s),
                 "virtual_server" => self.virtual_server(s),
                 _ => self.reject(s, &top),
             }
@@ -2017,6 +2018,34 @@ impl Lowerer<'_> {
         }
     }
 
+    /// `virtual_server_group NAME { ADDR PORT … }`: each line one `members` string, as
+    /// written (the reader parses ranges the way keepalived does).
+    fn virtual_server_group(&mut self, s: &Stmt) {
+        let Some(b) = self.need_block(s) else { return };
+        self.header("[[virtual_server_group]]", s.kw.loc);
+        self.name_arg(s, "virtual_server_group");
+        let mut members = Vec::new();
+        for st in b {
+            if st.key() == "fwmark" {
+                self.err(st.kw.loc, "fwmark in a virtual_server_group is not supported by ha-lb (its data planes match addresses and ports, not firewall marks)");
+                continue;
+            }
+            if st.block.is_some() {
+                self.err(
+                    st.kw.loc,
+                    "a virtual_server_group member is a line ADDR PORT, not a block",
+                );
+                continue;
+            }
+            let words: Vec<&str> =
+                std::iter::once(&st.kw).chain(&st.args).map(|w| w.text.as_str()).collect();
+            let mut l = Line::default();
+            l.push(&toml_str(&words.join(" ")), Some(st.kw.loc));
+            members.push(l);
+        }
+        self.list("members", s.kw.loc, members);
+    }
+
     /// `ADDR PORT` of a virtual or real server: `address = …` and `port = …` lines.
     fn addr_port(&mut self, s: &Stmt, what: &str, port_required: bool) {
         let Some(a) = s.args.first() else {
@@ -2060,18 +2089,40 @@ impl Lowerer<'_> {
     }
 
     fn virtual_server(&mut self, s: &Stmt) {
-        if let Some(a) = s.args.first() {
-            if a.text == "fwmark" || a.text == "group" {
-                self.err(
-                    a.loc,
-                    format!("virtual_server {} is not supported by ha-lb; define one virtual_server per address and port", a.text),
-                );
-                return;
-            }
+        if let Some(a) = s.args.first().filter(|a| a.text == "fwmark") {
+            self.err(
+                a.loc,
+                "virtual_server fwmark is not supported by ha-lb (its data planes match addresses and ports, not firewall marks); define a virtual_server per address and port, or a virtual_server_group",
+            );
+            return;
         }
         let Some(b) = self.need_block(s) else { return };
         self.header("[[virtual_server]]", s.kw.loc);
-        self.addr_port(s, "virtual_server", true);
+        match s.args.as_slice() {
+            [g, rest @ ..] if g.text == "group" => {
+                let mut l = Line::default();
+                l.push("group", Some(g.loc)).push(" = ", None);
+                match rest {
+                    [n] => {
+                        l.push(&toml_str(&n.text), Some(n.loc));
+                    }
+                    [] => {
+                        self.err(g.loc, "virtual_server group needs the group's name: virtual_server group NAME { … }");
+                        l.push("\"\"", None);
+                        l.suppress = true;
+                    }
+                    [n, extra, ..] => {
+                        self.err(
+                            extra.loc,
+                            format!("unexpected {:?} after virtual_server group NAME", extra.text),
+                        );
+                        l.push(&toml_str(&n.text), Some(n.loc));
+                    }
+                }
+                self.line(l);
+            }
+            _ => self.addr_port(s, "virtual_server", true),
+        }
         let mut blk = Blk::new("virtual_server", native::VIRTUAL_SERVER_KEYS);
         blk.allowed.push("real_server");
         let mut reals = Vec::new();
@@ -2373,6 +2424,34 @@ mod tests {
     const IPVS: &str = "global_defs {\n dataplane ipvs\n}\n";
 
     const INST: &str = "vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 51\n virtual_ipaddress {\n 192.0.2.10/24\n }\n";
+
+    #[test]
+    fn virtual_server_group_reads_as_keepalived_writes_it() {
+        let text = format!(
+            "{IPVS}virtual_server_group web {{\n 192.0.2.10 80\n 192.0.2.20-21 443\n}}\n\
+             virtual_server group web {{\n protocol TCP\n real_server 10.0.0.1 8080 {{\n  TCP_CHECK {{\n  }}\n }}\n}}\n"
+        );
+        let c = parse(&text).unwrap();
+        let keys: Vec<String> = c.virtual_servers.iter().map(|v| v.key().to_string()).collect();
+        assert_eq!(keys, ["192.0.2.10:80 TCP", "192.0.2.20:443 TCP", "192.0.2.21:443 TCP"]);
+        assert_eq!(c.virtual_server_groups[0].name, "web");
+        // convert writes the group once and reads back the same.
+        let toml = crate::config::to_toml::to_toml(&c);
+        assert_eq!(crate::config::parse_str(&toml, Path::new("c.toml")).unwrap(), c);
+        // Errors land on keepalived's lines.
+        let e = errors(&text.replace("192.0.2.20-21 443", "192.0.2.20-19 443\n fwmark 7"));
+        assert_eq!(
+            e,
+            [
+                "k.conf:6:2: member \"192.0.2.20-19 443\" range \"192.0.2.20-19\" ends below its start",
+                "k.conf:7:2: fwmark in a virtual_server_group is not supported by ha-lb (its data planes match addresses and ports, not firewall marks)",
+            ]
+        );
+        let e = errors(&text.replace("server group web", "server group webb"));
+        assert!(e[0].starts_with("k.conf:8:22: unknown virtual_server_group \"webb\""), "{e:?}");
+        let e = errors(&text.replace("real_server 10.0.0.1 8080", "real_server 10.0.0.1"));
+        assert!(e[0].starts_with("k.conf:10:2: real_server needs a port"), "{e:?}");
+    }
 
     #[test]
     fn comments_quotes_and_one_line_blocks() {

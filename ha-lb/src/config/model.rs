@@ -31,6 +31,9 @@ pub struct Config {
     pub track_files: Vec<TrackFile>,
     pub vrrp_instances: Vec<VrrpInstance>,
     pub vrrp_sync_groups: Vec<VrrpSyncGroup>,
+    pub virtual_server_groups: Vec<VirtualServerGroup>,
+    /// One per service: a `virtual_server` of a `group` is here once per member, in the
+    /// group's order (see [`VirtualServer::group`]).
     pub virtual_servers: Vec<VirtualServer>,
 }
 
@@ -49,6 +52,30 @@ impl Config {
 
     pub fn virtual_server(&self, key: &VirtualServerKey) -> Option<&VirtualServer> {
         self.virtual_servers.iter().find(|v| &v.key() == key)
+    }
+
+    /// The service whose health checks `key`'s real servers share: the first member of its
+    /// `virtual_server` when that names a group (keepalived checks a group's real servers
+    /// once), else `key` itself.
+    pub fn check_lead(&self, key: &VirtualServerKey) -> VirtualServerKey {
+        let Some(g) = self.virtual_server(key).and_then(|v| v.group.as_deref()) else {
+            return *key;
+        };
+        (self.virtual_servers.iter())
+            .find(|v| v.group.as_deref() == Some(g) && v.protocol == key.protocol)
+            .map_or(*key, |v| v.key())
+    }
+
+    /// Every service that shares `key`'s health checks (the members of its group's
+    /// `virtual_server`, `key` first when it is the lead), or `key` alone.
+    pub fn check_sharers(&self, key: &VirtualServerKey) -> Vec<VirtualServerKey> {
+        let Some(g) = self.virtual_server(key).and_then(|v| v.group.as_deref()) else {
+            return vec![*key];
+        };
+        (self.virtual_servers.iter())
+            .filter(|v| v.group.as_deref() == Some(g) && v.protocol == key.protocol)
+            .map(|v| v.key())
+            .collect()
     }
 
     /// The sync group an instance belongs to, if any.
@@ -675,9 +702,22 @@ impl fmt::Display for VirtualServerKey {
     }
 }
 
+/// `[[virtual_server_group]]` (keepalived `virtual_server_group NAME { }`): addresses and
+/// ports that one `virtual_server` serves alike, with its real servers checked once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtualServerGroup {
+    pub name: String,
+    /// Each address and port, ranges expanded (`192.0.2.10-12 80` is three), in order.
+    pub members: Vec<SocketAddr>,
+}
+
 /// `[[virtual_server]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtualServer {
+    /// The `virtual_server_group` this service is a member of: the configuration's
+    /// `virtual_server` with `group = NAME` is one `VirtualServer` per member, alike but for
+    /// `address` and `port`; the first member's health checks stand for all.
+    pub group: Option<String>,
     pub address: IpAddr,
     /// 1..=65535 (keepalived's port-0 "all ports" services are not supported).
     pub port: u16,

@@ -52,8 +52,18 @@ pub fn to_toml(c: &Config) -> String {
         }
         notify(&mut w, &g.notify);
     }
+    for g in &c.virtual_server_groups {
+        w.head("[[virtual_server_group]]");
+        w.kv("name", &toml_str(&g.name));
+        let members = g.members.iter().map(|m| toml_str(&format!("{} {}", m.ip(), m.port())));
+        w.kv("members", &array(members));
+    }
+    // A group's virtual_server is in the model once per member: written once.
+    let mut written = std::collections::HashSet::new();
     for v in &c.virtual_servers {
-        virtual_server(&mut w, v);
+        if v.group.as_ref().is_none_or(|g| written.insert((g, v.protocol))) {
+            virtual_server(&mut w, v);
+        }
     }
     w.0
 }
@@ -226,8 +236,12 @@ fn instance(w: &mut W, c: &Config, i: &VrrpInstance) {
 
 fn virtual_server(w: &mut W, v: &VirtualServer) {
     w.head("[[virtual_server]]");
-    w.kv("address", &toml_str(&v.address.to_string()));
-    w.kv("port", &v.port.to_string());
+    if let Some(g) = &v.group {
+        w.kv("group", &toml_str(g));
+    } else {
+        w.kv("address", &toml_str(&v.address.to_string()));
+        w.kv("port", &v.port.to_string());
+    }
     w.kv("protocol", &toml_str(v.protocol.as_str()));
     w.kv("lb_algo", &toml_str(v.lb_algo.as_str()));
     w.kv("lb_kind", &toml_str(v.lb_kind.as_str()));

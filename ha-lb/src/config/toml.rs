@@ -80,7 +80,15 @@ pub(crate) fn parse_labelled(
         Ok(config)
     } else {
         errors.sort_by_key(|e| (e.line, e.col));
-        errors.dedup();
+        // A group's virtual_server is checked once per member: the same error at the same
+        // place, once.
+        let mut once: Vec<ConfigError> = Vec::with_capacity(errors.len());
+        for e in errors {
+            if !once.contains(&e) {
+                once.push(e);
+            }
+        }
+        let errors = once;
         Err(ConfigErrors { errors })
     }
 }
@@ -89,8 +97,17 @@ pub(crate) fn parse_labelled(
 // allowed keys, per table
 // ---------------------------------------------------------------------------------------
 
-pub(crate) const TOP_KEYS: &[&str] =
-    &["global", "vrrp_script", "track_file", "vrrp_instance", "vrrp_sync_group", "virtual_server"];
+pub(crate) const TOP_KEYS: &[&str] = &[
+    "global",
+    "vrrp_script",
+    "track_file",
+    "vrrp_instance",
+    "vrrp_sync_group",
+    "virtual_server_group",
+    "virtual_server",
+];
+
+pub(crate) const VIRTUAL_SERVER_GROUP_KEYS: &[&str] = &["name", "members"];
 
 pub(crate) const GLOBAL_KEYS: &[&str] = &[
     "router_id",
@@ -159,6 +176,7 @@ pub(crate) const SYNC_GROUP_KEYS: &[&str] = &[
 ];
 
 pub(crate) const VIRTUAL_SERVER_KEYS: &[&str] = &[
+    "group",
     "address",
     "port",
     "protocol",
@@ -774,18 +792,91 @@ impl<'s> Reader<'s> {
         for (i, (t, pos)) in self.tables(&top, "vrrp_sync_group").into_iter().enumerate() {
             vrrp_sync_groups.push(self.sync_group(t, pos, i));
         }
-        let mut virtual_servers = Vec::new();
-        for (i, (t, pos)) in self.tables(&top, "virtual_server").into_iter().enumerate() {
-            virtual_servers.push(self.virtual_server(t, pos, i));
+        let mut virtual_server_groups = Vec::new();
+        for (i, (t, pos)) in self.tables(&top, "virtual_server_group").into_iter().enumerate() {
+            virtual_server_groups.push(self.virtual_server_group(t, pos, i));
         }
+        let mut read = Vec::new();
+        for (i, (t, pos)) in self.tables(&top, "virtual_server").into_iter().enumerate() {
+            read.push(self.virtual_server(t, pos, i, &virtual_server_groups));
+        }
+        let virtual_servers = self.expand_groups(read, &virtual_server_groups);
         Config {
             global,
             vrrp_scripts,
             track_files,
             vrrp_instances,
             vrrp_sync_groups,
+            virtual_server_groups: virtual_server_groups.into_iter().map(|(g, _)| g).collect(),
             virtual_servers,
         }
+    }
+
+    fn virtual_server_group(
+        &mut self,
+        t: &dyn TableLike,
+        pos: Pos,
+        idx: usize,
+    ) -> (VirtualServerGroup, Vec<Pos>) {
+        let item = Item::VirtualServerGroup(idx);
+        self.stack.push(item);
+        let tb = self.open_item(t, "virtual_server_group", pos, item, VIRTUAL_SERVER_GROUP_KEYS);
+        let name = self.name(&tb).unwrap_or_default();
+        self.required(&tb, "members");
+        let (mut members, mut at) = (Vec::new(), Vec::new());
+        for v in self.list(&tb, "members") {
+            let Some((s, p)) = self.as_string(&v, "each member") else { continue };
+            match parse_group_member(&s) {
+                Ok(m) if members.len() + m.len() > GROUP_MEMBERS_MAX => {
+                    self.err(p, format!("virtual_server_group {name:?} has more than {GROUP_MEMBERS_MAX} members"));
+                    break;
+                }
+                Ok(m) => {
+                    at.extend(std::iter::repeat_n(p, m.len()));
+                    members.extend(m);
+                }
+                Err(e) => self.err(p, format!("member {s:?} {e}")),
+            }
+        }
+        if members.is_empty() && tb.t.get("members").is_some() && !self.map.is_tainted(item) {
+            self.err(self.map.key(item, "members"), "virtual_server_group has no members");
+        }
+        self.stack.pop();
+        (VirtualServerGroup { name, members }, at)
+    }
+
+    /// The virtual servers as read, each with `group` once per member of its group: the
+    /// model's list, and the source map to match.
+    fn expand_groups(
+        &mut self,
+        read: Vec<VirtualServer>,
+        groups: &[(VirtualServerGroup, Vec<Pos>)],
+    ) -> Vec<VirtualServer> {
+        let (mut out, mut origins) = (Vec::new(), Vec::new());
+        let mut member_at = Vec::new();
+        for (i, vs) in read.into_iter().enumerate() {
+            let found = vs.group.as_ref().and_then(|g| groups.iter().find(|(x, _)| &x.name == g));
+            match found {
+                Some((g, at)) => {
+                    for (m, p) in g.members.iter().zip(at) {
+                        member_at.push((out.len(), *p));
+                        origins.push(i);
+                        out.push(VirtualServer { address: m.ip(), port: m.port(), ..vs.clone() });
+                    }
+                }
+                // Unknown groups are an error already; a placeholder keeps the indices.
+                None => {
+                    origins.push(i);
+                    out.push(vs);
+                }
+            }
+        }
+        self.map.expand_virtual_servers(&origins);
+        for (j, p) in member_at {
+            self.map.set_key(Item::VirtualServer(j), "address", p);
+            self.map.set_key(Item::VirtualServer(j), "port", p);
+        }
+        out
     }
 
     fn global(&mut self, top: &Tbl<'_>) -> Global {
@@ -1133,12 +1224,46 @@ impl<'s> Reader<'s> {
         VrrpSyncGroup { name, group, sync_group_tracking_weight, notify }
     }
 
-    fn virtual_server(&mut self, t: &dyn TableLike, pos: Pos, idx: usize) -> VirtualServer {
+    fn virtual_server(
+        &mut self,
+        t: &dyn TableLike,
+        pos: Pos,
+        idx: usize,
+        groups: &[(VirtualServerGroup, Vec<Pos>)],
+    ) -> VirtualServer {
         let item = Item::VirtualServer(idx);
         self.stack.push(item);
         let tb = self.open_item(t, "virtual_server", pos, item, VIRTUAL_SERVER_KEYS);
-        let address = self.req_ip(&tb, "address").unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let port = self.req_int(&tb, "port", 1, 65535).unwrap_or(0) as u16;
+        let group = self.string(&tb, "group").map(|(g, gpos)| {
+            if !groups.iter().any(|(x, _)| x.name == g) {
+                let known: Vec<&str> = groups.iter().map(|(x, _)| x.name.as_str()).collect();
+                self.err(gpos, unknown_name("virtual_server_group", &g, "the file", &known));
+            }
+            for key in ["address", "port"] {
+                if let Some(i) = tb.t.get(key) {
+                    let p = self.item_pos(&tb, key, i);
+                    self.err(p, format!("{key} is set by the group's members: a virtual_server has either group or address and port"));
+                }
+            }
+            g
+        });
+        let members = group
+            .as_ref()
+            .and_then(|g| groups.iter().find(|(x, _)| &x.name == g))
+            .map(|(x, _)| x.members.as_slice());
+        let (address, port, common_port) = match members {
+            Some(ms) => {
+                let first = ms.first().copied().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                let common = ms.iter().all(|m| m.port() == first.port()).then_some(first.port());
+                (first.ip(), first.port(), common)
+            }
+            None if group.is_some() => (IpAddr::from([0, 0, 0, 0]), 0, None),
+            None => {
+                let address = self.req_ip(&tb, "address").unwrap_or(IpAddr::from([0, 0, 0, 0]));
+                let port = self.req_int(&tb, "port", 1, 65535).unwrap_or(0) as u16;
+                (address, port, Some(port))
+            }
+        };
         let protocol = self
             .parsed(&tb, "protocol", |s| match s {
                 "TCP" => Ok(Protocol::Tcp),
@@ -1175,7 +1300,11 @@ impl<'s> Reader<'s> {
             let sb = self.open(st, "sorry_server", spos, item, SORRY_SERVER_KEYS, false);
             let a = self.req_ip(&sb, "address");
             let p = self.int(&sb, "port", 1, 65535).map(|p| p as u16);
-            a.map(|a| SocketAddr::new(a, p.unwrap_or(port)))
+            let p = p.or(common_port).or_else(|| {
+                self.err(spos, different_ports("sorry_server", group.as_deref()));
+                None
+            });
+            a.zip(p).map(|(a, p)| SocketAddr::new(a, p))
         });
         let defaults = self.timing_defaults(&tb, true);
         let delay_loop = defaults.delay_loop.unwrap_or(Duration::from_secs(60));
@@ -1195,12 +1324,14 @@ impl<'s> Reader<'s> {
         }
 
         let mut real_servers = Vec::new();
-        let vs_ctx = VsCtx { idx, port, delay_loop, inhibit, defaults };
+        let vs_ctx =
+            VsCtx { idx, port: common_port, group: group.clone(), delay_loop, inhibit, defaults };
         for (r, (rt, rpos)) in self.tables(&tb, "real_server").into_iter().enumerate() {
             real_servers.push(self.real_server(rt, rpos, &vs_ctx, r));
         }
         self.stack.pop();
         VirtualServer {
+            group,
             address,
             port,
             protocol,
@@ -1241,7 +1372,14 @@ impl<'s> Reader<'s> {
         self.stack.push(item);
         let tb = self.open_item(t, "real_server", pos, item, REAL_SERVER_KEYS);
         let address = self.req_ip(&tb, "address").unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let port = self.int(&tb, "port", 1, 65535).map_or(vs.port, |p| p as u16);
+        let port = match self.int(&tb, "port", 1, 65535) {
+            Some(p) => p as u16,
+            None if tb.t.get("port").is_some() => vs.port.unwrap_or(0),
+            None => vs.port.unwrap_or_else(|| {
+                self.err(tb.pos, different_ports("real_server", vs.group.as_deref()));
+                0
+            }),
+        };
         let weight = self.int(&tb, "weight", 0, 65535).unwrap_or(1) as u32;
         let inhibit_on_failure = self.boolean(&tb, "inhibit_on_failure").unwrap_or(vs.inhibit);
         let notify_up = self.script(&tb, "notify_up");
@@ -1483,7 +1621,10 @@ impl<'s> Reader<'s> {
 
 struct VsCtx {
     idx: usize,
-    port: u16,
+    /// The default port of its real servers: the virtual server's, or its group members'
+    /// when they all have the same; `None`: they differ, a real server must set its own.
+    port: Option<u16>,
+    group: Option<String>,
     delay_loop: Duration,
     inhibit: bool,
     defaults: TimingDefaults,
@@ -1511,6 +1652,96 @@ impl TimingDefaults {
             warmup: self.warmup.or(parent.warmup),
         }
     }
+}
+
+/// At most this many services in one `virtual_server_group` (ranges expanded): far above
+/// what a data plane holds (the eBPF planes: 256 services), low enough that a typo in a
+/// range costs nothing.
+const GROUP_MEMBERS_MAX: usize = 4096;
+
+/// A `virtual_server_group` member as keepalived writes it: `ADDR PORT`, or a range of
+/// addresses with one port — `ADDR-LAST` (LAST replaces the last byte of an IPv4 address,
+/// decimal, or the last group of an IPv6 one, hex), `ADDR-ADDR` or `ADDR/PREFIX` — both ends
+/// included.
+pub(crate) fn parse_group_member(s: &str) -> Result<Vec<SocketAddr>, String> {
+    let words: Vec<&str> = s.split_whitespace().collect();
+    let (addr, port) = match words.as_slice() {
+        [a, p] => (*a, *p),
+        [_] => return Err("has no port: ha-lb needs one (services on all ports, keepalived's port 0, are not supported)".to_string()),
+        _ => return Err("is not ADDR PORT (or a range of addresses, then the port)".to_string()),
+    };
+    let port = match port.parse::<u16>() {
+        Ok(p) if p > 0 => p,
+        _ => return Err(format!("has port {port:?}, not one of 1..=65535")),
+    };
+    let ip = |t: &str| parse_ip(t).map_err(|e| format!("{t:?} {e}"));
+    let int = |a: IpAddr| match a {
+        IpAddr::V4(a) => u32::from(a) as u128,
+        IpAddr::V6(a) => u128::from(a),
+    };
+    let (first, last) = if let Some((a, bits)) = addr.split_once('/') {
+        let first = ip(a)?;
+        let width = if first.is_ipv4() { 32 } else { 128 };
+        let host = match bits.parse::<u32>() {
+            Ok(b) if (1..=width).contains(&b) => width - b,
+            _ => return Err(format!("has prefix {bits:?}, not one of 1..={width}")),
+        };
+        let mask = if host == 128 { u128::MAX } else { (1u128 << host) - 1 };
+        if int(first) & mask != 0 {
+            return Err(format!("{addr:?} has bits set after its prefix"));
+        }
+        (first, int(first) | mask)
+    } else if let Some((a, end)) = addr.split_once('-') {
+        let first = ip(a)?;
+        let last = if end.contains(['.', ':']) {
+            let e = ip(end)?;
+            if e.is_ipv4() != first.is_ipv4() {
+                return Err(format!("range {addr:?} mixes address families"));
+            }
+            int(e)
+        } else {
+            let (radix, bits) = if first.is_ipv4() { (10, 8) } else { (16, 16) };
+            let e = u128::from_str_radix(end, radix).ok().filter(|e| *e < 1 << bits).ok_or_else(
+                || {
+                    format!(
+                        "has range end {end:?}, not a last {} of the address",
+                        if first.is_ipv4() { "byte 0..=255" } else { "group 0..=ffff (hex)" }
+                    )
+                },
+            )?;
+            int(first) & !((1u128 << bits) - 1) | e
+        };
+        (first, last)
+    } else {
+        let a = ip(addr)?;
+        (a, int(a))
+    };
+    let start = int(first);
+    if last < start {
+        return Err(format!("range {addr:?} ends below its start"));
+    }
+    if last - start >= GROUP_MEMBERS_MAX as u128 {
+        return Err(format!("range {addr:?} has more than {GROUP_MEMBERS_MAX} addresses"));
+    }
+    (start..=last)
+        .map(|n| {
+            let a = match first {
+                IpAddr::V4(_) => IpAddr::from(std::net::Ipv4Addr::from(n as u32)),
+                IpAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::from(n)),
+            };
+            parse_ip(&a.to_string())
+                .map(|a| SocketAddr::new(a, port))
+                .map_err(|_| format!("range {addr:?} includes {a}, which is not a unicast address"))
+        })
+        .collect()
+}
+
+/// A real server or sorry server without a port whose group's members differ in theirs.
+fn different_ports(what: &str, group: Option<&str>) -> String {
+    format!(
+        "{what} needs a port: the members of virtual_server_group {:?} do not all have the same",
+        group.unwrap_or_default()
+    )
 }
 
 fn parse_ip(s: &str) -> Result<IpAddr, String> {
@@ -1948,5 +2179,87 @@ url = [{ path = "/healthz", status_code = [200, "300-302"], digest = "9b3a0c85a8
     fn positions_count_characters() {
         let e = parse(&format!("[global]\n# é\nrouter_id = 1\n{MIN_INSTANCE}")).unwrap_err();
         assert_eq!((e.errors[0].line, e.errors[0].col), (3, 13));
+    }
+
+    const GROUP: &str = r#"
+[global]
+dataplane = "ipvs"
+[[virtual_server_group]]
+name = "web"
+members = ["192.0.2.10 80", "192.0.2.20-21 443", "2001:db8::a-b 80"]
+[[virtual_server]]
+group = "web"
+lb_kind = "NAT"
+[[virtual_server.real_server]]
+address = "10.0.0.11"
+port = 8080
+[virtual_server.real_server.TCP_CHECK]
+"#;
+
+    #[test]
+    fn a_group_is_one_virtual_server_per_member_checked_once() {
+        let c = parse(&GROUP.replace("\"2001:db8::a-b 80\"", "")).unwrap();
+        let keys: Vec<String> = c.virtual_servers.iter().map(|v| v.key().to_string()).collect();
+        assert_eq!(keys, ["192.0.2.10:80 TCP", "192.0.2.20:443 TCP", "192.0.2.21:443 TCP"]);
+        assert!(c.virtual_servers.iter().all(|v| v.group.as_deref() == Some("web")));
+        assert!(c
+            .virtual_servers
+            .iter()
+            .all(|v| v.real_servers == c.virtual_servers[0].real_servers));
+        let lead = c.virtual_servers[0].key();
+        for v in &c.virtual_servers {
+            assert_eq!(c.check_lead(&v.key()), lead);
+        }
+        assert_eq!(c.check_sharers(&c.virtual_servers[2].key()).len(), 3);
+        assert_eq!(c.virtual_server_groups[0].members.len(), 3);
+    }
+
+    #[test]
+    fn group_members_parse_as_keepalived_writes_them() {
+        let m = |s: &str| {
+            parse_group_member(s).map(|v| v.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(m("192.0.2.1 80").unwrap(), ["192.0.2.1:80"]);
+        assert_eq!(m("192.0.2.1-3 80").unwrap(), ["192.0.2.1:80", "192.0.2.2:80", "192.0.2.3:80"]);
+        assert_eq!(m("192.0.2.254-192.0.3.1 80").unwrap().len(), 4);
+        assert_eq!(m("192.0.2.4/31 80").unwrap(), ["192.0.2.4:80", "192.0.2.5:80"]);
+        assert_eq!(
+            m("2001:db8::9-b 53").unwrap(),
+            ["[2001:db8::9]:53", "[2001:db8::a]:53", "[2001:db8::b]:53"]
+        );
+        assert!(m("192.0.2.1 0").unwrap_err().contains("not one of 1..=65535"));
+        assert!(m("192.0.2.1").unwrap_err().contains("port 0"));
+        assert!(m("192.0.2.9-3 80").unwrap_err().contains("ends below its start"));
+        assert!(m("192.0.2.1-256 80").unwrap_err().contains("byte 0..=255"));
+        assert!(m("192.0.2.5/30 80").unwrap_err().contains("bits set after its prefix"));
+        assert!(m("10.0.0.0/8 80").unwrap_err().contains("more than 4096"));
+        assert!(m("192.0.2.1-2001:db8::1 80").unwrap_err().contains("mixes address families"));
+        assert!(m("223.255.255.255-224.0.0.0 80").unwrap_err().contains("not a unicast address"));
+    }
+
+    #[test]
+    fn group_errors_point_at_the_member_or_the_key() {
+        let errs = |t: &str| parse(t).unwrap_err().to_string();
+        // Members with different ports: a real server without its own port has none.
+        let e = errs(&GROUP.replace("port = 8080\n", ""));
+        assert!(e.contains("t.toml:10:1: real_server needs a port: the members of virtual_server_group \"web\" do not all have the same"), "{e}");
+        let e = errs(&GROUP.replace("group = \"web\"", "group = \"wbe\""));
+        assert!(e.contains("t.toml:8:9: unknown virtual_server_group \"wbe\""), "{e}");
+        let e = errs(&GROUP.replace("group = \"web\"", "group = \"web\"\naddress = \"192.0.2.1\""));
+        assert!(e.contains("t.toml:9:11: address is set by the group's members"), "{e}");
+        // Checked per member, reported once: a v4 real server cannot serve the v6 members.
+        let e = errs(GROUP);
+        assert_eq!(e, "t.toml:11:11: real_server 10.0.0.11 is IPv4 but the virtual_server is IPv6; NAT cannot mix address families");
+        let e = errs(&GROUP.replace("\"2001:db8::a-b 80\"", "\"192.0.2.10 80\""));
+        assert!(e.contains("virtual_server 192.0.2.10:80 TCP is already defined"), "{e}");
+    }
+
+    #[test]
+    fn a_group_converts_back_to_a_group() {
+        let c = parse(&GROUP.replace("\"2001:db8::a-b 80\"", "")).unwrap();
+        let text = crate::config::to_toml::to_toml(&c);
+        assert_eq!(text.matches("[[virtual_server]]").count(), 1, "{text}");
+        assert!(text.contains("group = \"web\""), "{text}");
+        assert_eq!(parse(&text).unwrap(), c);
     }
 }

@@ -107,9 +107,10 @@ impl V<'_> {
         }
     }
 
-    /// Duplicate names of scripts, track files, instances and sync groups.
+    /// Duplicate names of scripts, track files, instances, sync groups and virtual server
+    /// groups.
     fn names(&mut self, c: &Config) {
-        let kinds: [(&str, Vec<(Item, &str)>); 4] = [
+        let kinds: [(&str, Vec<(Item, &str)>); 5] = [
             (
                 "vrrp_script",
                 c.vrrp_scripts
@@ -140,6 +141,12 @@ impl V<'_> {
                     .iter()
                     .enumerate()
                     .map(|(i, s)| (Item::VrrpSyncGroup(i), s.name.as_str()))
+                    .collect(),
+            ),
+            (
+                "virtual_server_group",
+                (c.virtual_server_groups.iter().enumerate())
+                    .map(|(i, g)| (Item::VirtualServerGroup(i), g.name.as_str()))
                     .collect(),
             ),
         ];

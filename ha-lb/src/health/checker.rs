@@ -37,10 +37,12 @@ impl CheckTarget {
     }
 
     /// Every real server of `cfg`: the checked ones are checked; the others only tell a
-    /// reload which servers are still configured (see [`HealthChecker::reload`]).
+    /// reload which servers are still configured (see [`HealthChecker::reload`]). A group's
+    /// real servers are checked once, as its first member's (`Config::check_lead`).
     pub fn from_config(cfg: &Config) -> Vec<CheckTarget> {
         cfg.virtual_servers
             .iter()
+            .filter(|vs| cfg.check_lead(&vs.key()) == vs.key())
             .flat_map(|vs| {
                 vs.real_servers.iter().map(move |rs| CheckTarget {
                     vs: vs.key(),

@@ -227,13 +227,18 @@ pub fn pin_to_cpu0() {
 /// `n` GETs from the client to the VIP, each on a new connection (from a thread pinned to
 /// CPU 0); answers counted by real-server name, failures under `"(failed)"`.
 pub fn spread(client: &Node, n: usize) -> BTreeMap<String, usize> {
+    spread_to(client, vip(), n)
+}
+
+/// [`spread`] to another address and port.
+pub fn spread_to(client: &Node, to: SocketAddr, n: usize) -> BTreeMap<String, usize> {
     client
         .run(move || {
             pin_to_cpu0();
             let mut m = BTreeMap::new();
             for _ in 0..n {
-                let who = get_once(vip(), Duration::from_millis(1000))
-                    .unwrap_or_else(|_| "(failed)".into());
+                let who =
+                    get_once(to, Duration::from_millis(1000)).unwrap_or_else(|_| "(failed)".into());
                 *m.entry(who).or_insert(0) += 1;
             }
             m
