@@ -634,9 +634,17 @@ mod tests {
         let cfg = crate::config::parse_str(text, std::path::Path::new("conf/ha-lb.toml"))
             .unwrap_or_else(|e| panic!("{e}"));
         let targets = CheckTarget::from_config(&cfg);
-        let all: usize = cfg.virtual_servers.iter().map(|vs| vs.real_servers.len()).sum();
+        // A group's members share their first member's checks (the "mail" group's three).
+        let all: usize = (cfg.virtual_servers.iter())
+            .filter(|vs| cfg.check_lead(&vs.key()) == vs.key())
+            .map(|vs| vs.real_servers.len())
+            .sum();
         assert!(targets.iter().filter(|t| t.rs.check.is_some()).count() > 0);
-        assert_eq!(targets.len(), all, "every real server, checked or not");
+        assert_eq!(targets.len(), all, "every real server, checked or not, once per group");
+        assert_eq!(
+            all + 2,
+            cfg.virtual_servers.iter().map(|vs| vs.real_servers.len()).sum::<usize>()
+        );
         for t in &targets {
             let vs = cfg.virtual_server(&t.vs).unwrap();
             assert_eq!(t.alpha, vs.alpha);
