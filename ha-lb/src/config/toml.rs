@@ -933,7 +933,9 @@ impl<'s> Reader<'s> {
             );
             let interface = self.string(&sb, "interface").map(|(s, _)| s);
             let vrrp_instance = self.string(&sb, "vrrp_instance").map(|(s, _)| s);
-            let id = self.int(&sb, "id", 1, 255).map(|v| v as u8);
+            // 0 as keepalived and the kernel allow: a backup with sync id 0 takes the kernel's
+            // messages of any id.
+            let id = self.int(&sb, "id", 0, 255).map(|v| v as u8);
             let protocol = self.choice(&sb, "protocol", SyncProtocol::NAMES).unwrap_or_default();
             for k in ["interface", "vrrp_instance"] {
                 self.required(&sb, k);
@@ -1915,6 +1917,9 @@ virtual_ipaddress = ["192.0.2.10/24"]
         assert!(text.contains("protocol = \"ipvs\""), "{text}");
         assert_eq!(parse_str(&text, Path::new("t.toml")).unwrap(), c);
         assert!(with(", protocol = \"hlbs\"").is_err());
+        // keepalived's range is 0..=255 (a kernel backup with 0 takes any id).
+        assert_eq!(with(", id = 0").unwrap().global.lvs_sync_daemon.unwrap().id, Some(0));
+        assert!(with(", id = 256").is_err());
     }
 
     #[test]
