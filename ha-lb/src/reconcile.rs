@@ -24,15 +24,10 @@
 //! for a VIP during an ARP transition forwards it rather than dropping it. VRRP states are
 //! tracked here for status and so that the order of a takeover is decided in one place.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use crate::{
-    config::model::{Config, LbAlgo, LbKind, Script, VirtualServer, VirtualServerKey},
+    config::model::{CheckOwner, Config, LbAlgo, LbKind, Script, VirtualServer, VirtualServerKey},
     dataplane::{DesiredState, RealServerSpec, ServiceSpec},
 };
 
@@ -166,30 +161,27 @@ impl Reconciler {
                 self.pending.push(change);
             }
         }
-        // What had a checker: a group's members share their lead's.
-        let checked_before: BTreeSet<(VirtualServerKey, SocketAddr)> = self
-            .config
-            .virtual_servers
-            .iter()
-            .filter(|vs| is_check_lead(&self.config, vs))
-            .flat_map(|vs| {
-                vs.real_servers
-                    .iter()
-                    .filter(|rs| rs.check.is_some())
-                    .map(|rs| (vs.key(), rs.key()))
-            })
-            .collect();
+        // What had a checker, with its health, by whose checks they were (a group's members
+        // share their first member's, and a reload may change which member that is).
+        let mut checked_before: BTreeMap<(CheckOwner, SocketAddr), Health> = BTreeMap::new();
+        for vs in self.config.virtual_servers.iter().filter(|vs| is_check_lead(&self.config, vs)) {
+            let owner = self.config.check_owner(&vs.key());
+            for rs in vs.real_servers.iter().filter(|rs| rs.check.is_some()) {
+                if let Some(h) = self.health.get(&(vs.key(), rs.key())) {
+                    checked_before.insert((owner.clone(), rs.key()), *h);
+                }
+            }
+        }
         for vs in &config.virtual_servers {
             let key = vs.key();
-            let lead = config.check_lead(&key);
+            let owner = config.check_owner(&key);
             for rs in &vs.real_servers {
                 let k = (key, rs.key());
-                // Its checker's: for a group's member (one a reload adds, too), its lead's.
-                let checker = (lead, rs.key());
-                let h = match self.health.get(&checker) {
+                // Its checker's: for a group's member (one a reload adds, too), the group's.
+                let h = match checked_before.get(&(owner.clone(), rs.key())) {
                     // Checked before and after: the checker carries its state over the
                     // reload (changed or not), and so does this.
-                    Some(h) if rs.check.is_some() && checked_before.contains(&checker) => Health {
+                    Some(h) if rs.check.is_some() => Health {
                         // A weight only a misc_dynamic check gives (and keeps giving).
                         dynamic_weight: h
                             .dynamic_weight
@@ -691,6 +683,13 @@ sorry_server = { address = \"198.19.0.99\", port = 80 }");
         r.set_config(parse(&grown));
         let (d, _) = r.desired();
         assert_eq!(d.len(), 4);
+        assert!(d.iter().all(|s| s.real_servers.iter().all(|x| x.addr != rs(11))), "{d:?}");
+        // A reload that removes the first member: the next one leads, with the same health
+        // (the checker carries its checks over to it).
+        let shrunk = grown.replace("198.18.0.100-101 80", "198.18.0.101 80");
+        r.set_config(parse(&shrunk));
+        let (d, _) = r.desired();
+        assert_eq!(d.len(), 3);
         assert!(d.iter().all(|s| s.real_servers.iter().all(|x| x.addr != rs(11))), "{d:?}");
         // Only the lead is checked.
         let targets = crate::health::CheckTarget::from_config(&parse(&grown));

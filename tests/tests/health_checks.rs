@@ -80,10 +80,10 @@ fn vs() -> VirtualServerKey {
 }
 
 fn target(rs: SocketAddr, check: HealthCheck, alpha: bool) -> CheckTarget {
-    CheckTarget {
-        vs: vs(),
+    CheckTarget::new(
+        vs(),
         alpha,
-        rs: RealServer {
+        RealServer {
             address: rs.ip(),
             port: rs.port(),
             weight: 1,
@@ -92,7 +92,7 @@ fn target(rs: SocketAddr, check: HealthCheck, alpha: bool) -> CheckTarget {
             notify_down: None,
             check: Some(check),
         },
-    }
+    )
 }
 
 async fn next_event(rx: &mut mpsc::Receiver<HealthEvent>, within: Duration) -> HealthEvent {

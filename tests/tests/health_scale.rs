@@ -50,36 +50,39 @@ fn two_thousand_checks_on_a_few_threads() {
         // 2,000 real servers (distinct virtual-server ports) whose checks all connect to
         // the one listener; alpha, so each emits exactly one UP event once checked.
         let targets: Vec<CheckTarget> = (0..CHECKS)
-            .map(|i| CheckTarget {
-                vs: VirtualServerKey {
+            .map(|i| {
+                let vs = VirtualServerKey {
                     address: "198.18.0.100".parse().unwrap(),
                     port: 1000 + i as u16,
                     protocol: Protocol::Tcp,
-                },
-                alpha: true,
-                rs: RealServer {
-                    address: LO,
-                    port: addr.port(),
-                    weight: 1,
-                    inhibit_on_failure: false,
-                    notify_up: None,
-                    notify_down: None,
-                    check: Some(HealthCheck {
-                        kind: CheckKind::Tcp(Connect {
-                            target: SocketAddr::new(LO, addr.port()),
-                            bindto: None,
-                            connect_timeout: Duration::from_secs(5),
+                };
+                CheckTarget::new(
+                    vs,
+                    true,
+                    RealServer {
+                        address: LO,
+                        port: addr.port(),
+                        weight: 1,
+                        inhibit_on_failure: false,
+                        notify_up: None,
+                        notify_down: None,
+                        check: Some(HealthCheck {
+                            kind: CheckKind::Tcp(Connect {
+                                target: SocketAddr::new(LO, addr.port()),
+                                bindto: None,
+                                connect_timeout: Duration::from_secs(5),
+                            }),
+                            timing: Timing {
+                                delay_loop: Duration::from_secs(30),
+                                retry: 1,
+                                delay_before_retry: Duration::from_millis(200),
+                                warmup: Duration::from_millis(500),
+                                rise: 1,
+                                fall: 1,
+                            },
                         }),
-                        timing: Timing {
-                            delay_loop: Duration::from_secs(30),
-                            retry: 1,
-                            delay_before_retry: Duration::from_millis(200),
-                            warmup: Duration::from_millis(500),
-                            rise: 1,
-                            fall: 1,
-                        },
-                    }),
-                },
+                    },
+                )
             })
             .collect();
         let opts = HealthOptions { max_probes: MAX_PROBES, ..HealthOptions::default() };

@@ -66,6 +66,15 @@ impl Config {
             .map_or(*key, |v| v.key())
     }
 
+    /// Whose checks `key`'s real servers have, as a reload sees it: a group's (by its name
+    /// and protocol: its first member, whose key stands for it, may change), or its own.
+    pub fn check_owner(&self, key: &VirtualServerKey) -> CheckOwner {
+        match self.virtual_server(key).and_then(|v| v.group.clone()) {
+            Some(g) => CheckOwner::Group(g, key.protocol),
+            None => CheckOwner::Service(*key),
+        }
+    }
+
     /// Every service that shares `key`'s health checks (the members of its group's
     /// `virtual_server`, `key` first when it is the lead), or `key` alone.
     pub fn check_sharers(&self, key: &VirtualServerKey) -> Vec<VirtualServerKey> {
@@ -700,6 +709,13 @@ impl fmt::Display for VirtualServerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", SocketAddr::new(self.address, self.port), self.protocol.as_str())
     }
+}
+
+/// See [`Config::check_owner`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CheckOwner {
+    Service(VirtualServerKey),
+    Group(String, Protocol),
 }
 
 /// `[[virtual_server_group]]` (keepalived `virtual_server_group NAME { }`): addresses and

@@ -12,7 +12,9 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::config::{CheckKind, Config, RealServer, Script, ScriptUser, VirtualServerKey};
+use crate::config::{
+    CheckKind, CheckOwner, Config, RealServer, Script, ScriptUser, VirtualServerKey,
+};
 use crate::script::{self, RunOptions};
 
 use super::probe::{self, ProbeResult, ScriptCredentials};
@@ -25,6 +27,9 @@ pub type CheckKey = (VirtualServerKey, SocketAddr);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckTarget {
     pub vs: VirtualServerKey,
+    /// Whose checks these are across a reload (`Config::check_owner`): a group's survive a
+    /// change of its first member, whose key is `vs`.
+    pub owner: CheckOwner,
     /// The virtual server's `alpha`: start down until the checks pass.
     pub alpha: bool,
     /// Must have `check: Some(_)`; targets without one are ignored (always up).
@@ -32,6 +37,11 @@ pub struct CheckTarget {
 }
 
 impl CheckTarget {
+    /// The real server `rs` of the virtual server `vs` (not a group's) to check.
+    pub fn new(vs: VirtualServerKey, alpha: bool, rs: RealServer) -> CheckTarget {
+        CheckTarget { vs, owner: CheckOwner::Service(vs), alpha, rs }
+    }
+
     pub fn key(&self) -> CheckKey {
         (self.vs, self.rs.key())
     }
@@ -46,6 +56,7 @@ impl CheckTarget {
             .flat_map(|vs| {
                 vs.real_servers.iter().map(move |rs| CheckTarget {
                     vs: vs.key(),
+                    owner: cfg.check_owner(&vs.key()),
                     alpha: vs.alpha,
                     rs: rs.clone(),
                 })
@@ -286,6 +297,28 @@ impl HealthChecker {
             wanted.insert(armed.target.key(), armed);
         }
         self.script_user = script_user;
+        // A group whose first member changed: its checks go on under the new key with their
+        // state (restarted like a changed check), not removed and started anew (which would
+        // run notify_down for every server up).
+        let mut moved: HashMap<CheckKey, (bool, Option<u32>, SystemTime)> = HashMap::new();
+        let renamed: Vec<(CheckKey, CheckKey)> = (self.running.iter())
+            .filter(|(k, _)| !wanted.contains_key(k))
+            .filter_map(|(k, r)| {
+                let old = &r.armed.target;
+                let CheckOwner::Group(..) = old.owner else { return None };
+                let (new, _) = wanted.iter().find(|(nk, a)| {
+                    a.target.owner == old.owner && nk.1 == k.1 && !self.running.contains_key(nk)
+                })?;
+                Some((*k, *new))
+            })
+            .collect();
+        for (old, new) in renamed {
+            let Some(r) = self.running.remove(&old) else { continue };
+            drop(r.stop());
+            if let Some(st) = self.shared.states.lock().unwrap().remove(&old) {
+                moved.insert(new, (st.up, st.weight, st.since));
+            }
+        }
         let removed: Vec<CheckKey> =
             self.running.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
         for key in removed {
@@ -347,7 +380,7 @@ impl HealthChecker {
                     drop(r.stop());
                     self.shared.states.lock().unwrap().get(&key).map(|s| (s.up, s.weight, s.since))
                 }
-                None => None,
+                None => moved.remove(&key),
             };
             self.spawn(key, armed, carried);
         }
@@ -672,18 +705,20 @@ mod tests {
             rise: 1,
             fall: 1,
         };
-        let mk = |kind: CheckKind| CheckTarget {
-            vs,
-            alpha: false,
-            rs: RealServer {
-                address: addr.ip(),
-                port: addr.port(),
-                weight: 3,
-                inhibit_on_failure: false,
-                notify_up: None,
-                notify_down: None,
-                check: Some(HealthCheck { kind, timing }),
-            },
+        let mk = |kind: CheckKind| {
+            CheckTarget::new(
+                vs,
+                false,
+                RealServer {
+                    address: addr.ip(),
+                    port: addr.port(),
+                    weight: 3,
+                    inhibit_on_failure: false,
+                    notify_up: None,
+                    notify_down: None,
+                    check: Some(HealthCheck { kind, timing }),
+                },
+            )
         };
         let exit_12 = Script { argv: vec!["/bin/sh".into(), "-c".into(), "exit 12".into()] };
         let misc = mk(CheckKind::Misc(MiscCheck {
@@ -705,5 +740,41 @@ mod tests {
         let st = hc.state(vs, addr).unwrap();
         assert!(st.attempts > 0 && st.last_ok == Some(true), "{st:?}");
         assert_eq!(st.weight, None, "{st:?}");
+    }
+
+    /// A reload that removes a group's first member moves its checks to the next one: no
+    /// `notify_down` for servers that are up, and their state goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_groups_checks_survive_a_new_first_member() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mark = std::env::temp_dir().join(format!("hlb-group-down-{}", std::process::id()));
+        let _ = std::fs::remove_file(&mark);
+        let cfg = |members: &str| {
+            let text = format!(
+                "[global]\ndataplane = \"ipvs\"\n[[virtual_server_group]]\nname = \"g\"\nmembers = [{members}]\n\
+                 [[virtual_server]]\ngroup = \"g\"\n[[virtual_server.real_server]]\naddress = \"127.0.0.1\"\n\
+                 port = {port}\nnotify_down = [\"/usr/bin/touch\", \"{}\"]\n[virtual_server.real_server.TCP_CHECK]\n\
+                 delay_loop = 0.1\nconnect_timeout = 1\nwarmup = 0\n",
+                mark.display()
+            );
+            crate::config::parse_str(&text, std::path::Path::new("t.toml")).unwrap()
+        };
+        let before = cfg("\"192.0.2.1 80\", \"192.0.2.2 80\"");
+        let after = cfg("\"192.0.2.2 80\"");
+        let rs: SocketAddr = ([127, 0, 0, 1], port).into();
+        let (mut hc, _rx) =
+            HealthChecker::start(CheckTarget::from_config(&before), HealthOptions::default());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let old = hc.state(before.virtual_servers[0].key(), rs).unwrap();
+        assert!(old.up && old.attempts > 0, "{old:?}");
+        hc.reload(CheckTarget::from_config(&after), None);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!mark.exists(), "notify_down ran for a server that is up");
+        assert!(hc.state(before.virtual_servers[0].key(), rs).is_none());
+        let new = hc.state(after.virtual_servers[0].key(), rs).unwrap();
+        assert!(new.up && new.attempts > 0, "{new:?}");
+        assert_eq!(new.since, old.since, "the same checks, carried on");
+        drop(listener);
     }
 }
