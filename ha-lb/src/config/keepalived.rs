@@ -1970,22 +1970,13 @@ impl Lowerer<'_> {
                         m.push(l);
                     }
                 }
-            } else if st.block.is_none()
-                && !blk.allowed.contains(&st.key())
-                && !KEEPALIVED_KEYWORDS.contains(&st.key())
-                && !is_halb_key(st.key())
-            {
+            } else if is_bare_sync_member(st, &blk) {
                 // keepalived reads such a word as an unknown keyword, and the group, without
                 // members, is dropped ("has no virtual router(s) - removing").
                 if outside.is_none() {
                     let bare: Vec<Word> = b
                         .iter()
-                        .filter(|x| {
-                            x.block.is_none()
-                                && !blk.allowed.contains(&x.key())
-                                && !KEEPALIVED_KEYWORDS.contains(&x.key())
-                                && !is_halb_key(x.key())
-                        })
+                        .filter(|x| is_bare_sync_member(x, &blk))
                         .flat_map(|x| std::iter::once(x.kw.clone()).chain(x.args.clone()))
                         .collect();
                     self.err(
@@ -2330,6 +2321,15 @@ impl Lowerer<'_> {
 }
 
 /// `KEYWORD 0`.
+/// A statement of a `vrrp_sync_group` that is no keyword (of the group, of keepalived or of
+/// ha-lb) and has no block: a member name written outside `group { }`.
+fn is_bare_sync_member(st: &Stmt, blk: &Blk) -> bool {
+    st.block.is_none()
+        && !blk.allowed.contains(&st.key())
+        && !KEEPALIVED_KEYWORDS.contains(&st.key())
+        && !is_halb_key(st.key())
+}
+
 fn is_zero(st: &Stmt) -> bool {
     matches!(st.args.as_slice(), [w] if !w.quoted && w.text.parse::<u64>() == Ok(0))
 }
