@@ -1791,20 +1791,29 @@ impl Lowerer<'_> {
         }
     }
 
-    /// `unicast_peer { ADDR … }`.
+    /// `unicast_peer { ADDR [min_ttl N] [max_ttl N] … }`: one peer per line, as keepalived
+    /// (vrrp_data.c alloc_unicast_peer reads the first word as the peer and the rest as its
+    /// options). A further word is an error: keepalived does not read it as a peer, so taking
+    /// it as one would send adverts to an address the keepalived nodes do not.
     fn peers(&mut self, b: &[Stmt]) -> Vec<Line> {
         let mut out = Vec::new();
         for p in b {
-            if let Some(w) = p.args.iter().find(|w| w.text == "min_ttl" || w.text == "max_ttl") {
-                self.err(w.loc, format!("{} is not supported by ha-lb", w.text));
+            self.no_block(p);
+            if let Some(w) = p.args.first() {
+                let msg = if w.text == "min_ttl" || w.text == "max_ttl" {
+                    format!("unicast_peer option {} (keepalived drops this peer's adverts whose TTL is outside min_ttl..max_ttl) is not supported by ha-lb", w.text)
+                } else {
+                    format!(
+                        "a unicast_peer line holds one address: keepalived reads only the first word ({}) as the peer and {:?} as an option; put each peer on a line of its own",
+                        p.kw.text, w.text
+                    )
+                };
+                self.err(w.loc, msg);
                 continue;
             }
-            self.no_block(p);
-            for w in std::iter::once(&p.kw).chain(&p.args) {
-                let mut l = Line::default();
-                l.push(&toml_str(&w.text), Some(w.loc));
-                out.push(l);
-            }
+            let mut l = Line::default();
+            l.push(&toml_str(&p.kw.text), Some(p.kw.loc));
+            out.push(l);
         }
         out
     }
@@ -2451,6 +2460,22 @@ mod tests {
         assert!(e[0].starts_with("k.conf:8:22: unknown virtual_server_group \"webb\""), "{e:?}");
         let e = errors(&text.replace("real_server 10.0.0.1 8080", "real_server 10.0.0.1"));
         assert!(e[0].starts_with("k.conf:10:2: real_server needs a port"), "{e:?}");
+    }
+
+    #[test]
+    fn a_unicast_peer_line_holds_one_peer_as_in_keepalived() {
+        let peers = |p: &str| format!("{INST} unicast_peer {{\n {p}\n }}\n}}\n");
+        let c = parse(&peers("10.0.0.2\n 10.0.0.3")).unwrap();
+        assert_eq!(c.vrrp_instances[0].unicast_peer.len(), 2);
+        let e = errors(&peers("10.0.0.2 10.0.0.3"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("k.conf:8:11: a unicast_peer line holds one address: keepalived reads only the first word (10.0.0.2)"),
+            "{e:?}"
+        );
+        let e = errors(&peers("10.0.0.2 min_ttl 250"));
+        assert!(e[0].contains("unicast_peer option min_ttl"), "{e:?}");
+        assert!(e[0].ends_with("is not supported by ha-lb"), "{e:?}");
     }
 
     #[test]
