@@ -1823,13 +1823,39 @@ impl Lowerer<'_> {
     /// A further address on the line is an error: keepalived ignores it (an unknown option),
     /// so reading it as a second VIP would add an address the keepalived peer does not have.
     fn vips(&mut self, b: &[Stmt]) -> Vec<Line> {
-        const WITH_VALUE: &[&str] = &["brd", "broadcast", "dev", "scope", "label"];
+        // keepalived's options that take a value (vrrp_ipaddress.c): the value is never a
+        // further address, even when it looks like one (`peer ADDR`).
+        const WITH_VALUE: &[&str] =
+            &["brd", "broadcast", "dev", "scope", "label", "peer", "track_group"];
         let mut out = Vec::new();
         for st in b {
             self.no_block(st);
             let mut text = st.kw.text.clone();
             let mut expect_value = false;
+            let mut prev: Option<&str> = None;
             for w in &st.args {
+                if expect_value
+                    && matches!(prev, Some("brd" | "broadcast"))
+                    && (w.text == "+" || w.text == "-")
+                {
+                    match computed_broadcast(&st.kw.text, &w.text) {
+                        Ok(Some(b)) => {
+                            text.push(' ');
+                            text.push_str(&b);
+                            expect_value = false;
+                            prev = Some(&w.text);
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(m) => {
+                            // Reported; the address alone is read on (no knock-on errors).
+                            self.err(w.loc, m);
+                            text.clone_from(&st.kw.text);
+                            break;
+                        }
+                    }
+                }
+                prev = Some(&w.text);
                 let is_addr =
                     w.text.split('/').next().is_some_and(|a| a.parse::<std::net::IpAddr>().is_ok());
                 if is_addr && !expect_value {
@@ -2330,6 +2356,26 @@ impl Lowerer<'_> {
 }
 
 /// `KEYWORD 0`.
+/// `brd +` / `brd -` of the VIP `addr` (`A.B.C.D[/LEN]`), as keepalived computes them
+/// (vrrp_ipaddress.c): the address with the host bits all set (`+`) or all clear (`-`).
+/// keepalived sets no broadcast for a prefix longer than 30 (and says so): an error here,
+/// since the line asks for one. `None`: not an IPv4 address, left to the VIP's own checks.
+fn computed_broadcast(addr: &str, sign: &str) -> Result<Option<String>, String> {
+    let (a, len) = addr.split_once('/').unwrap_or((addr, "32"));
+    let (Ok(a), Ok(len)) = (a.parse::<std::net::Ipv4Addr>(), len.parse::<u32>()) else {
+        return Ok(None);
+    };
+    if len > 30 {
+        return Err(format!(
+            "brd {sign} needs a prefix of 30 or less (keepalived sets no broadcast for /{len}); remove it"
+        ));
+    }
+    let host = u32::MAX >> len;
+    let a = u32::from(a);
+    let b = if sign == "+" { a | host } else { a & !host };
+    Ok(Some(std::net::Ipv4Addr::from(b).to_string()))
+}
+
 /// A statement of a `vrrp_sync_group` that is no keyword (of the group, of keepalived or of
 /// ha-lb) and has no block: a member name written outside `group { }`.
 fn is_bare_sync_member(st: &Stmt, blk: &Blk) -> bool {
@@ -2476,6 +2522,30 @@ mod tests {
         let e = errors(&peers("10.0.0.2 min_ttl 250"));
         assert!(e[0].contains("unicast_peer option min_ttl"), "{e:?}");
         assert!(e[0].ends_with("is not supported by ha-lb"), "{e:?}");
+    }
+
+    #[test]
+    fn vip_option_values_are_not_further_addresses_and_brd_sign_is_computed() {
+        let vip = |v: &str| {
+            format!("vrrp_instance VI_1 {{\n interface eth0\n virtual_router_id 51\n virtual_ipaddress {{\n {v}\n }}\n}}\n")
+        };
+        // keepalived uses the peer (point-to-point): no hint to write it as a VIP.
+        let e = errors(&vip("192.0.2.10 peer 192.0.2.11/24"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("option \"peer\" is not supported"), "{e:?}");
+        let e = errors(&vip("192.0.2.10/24 track_group 192.0.2.11"));
+        assert!(!e.iter().any(|m| m.contains("line of its own")), "{e:?}");
+        let c = parse(&vip("192.0.2.10/24 brd + dev eth0")).unwrap();
+        let v = &c.vrrp_instances[0].virtual_ipaddress[0];
+        assert_eq!(v.broadcast, Some("192.0.2.255".parse().unwrap()));
+        let c = parse(&vip("192.0.2.10/24 broadcast -")).unwrap();
+        let v = &c.vrrp_instances[0].virtual_ipaddress[0];
+        assert_eq!(v.broadcast, Some("192.0.2.0".parse().unwrap()));
+        let e = errors(&vip("192.0.2.10 brd +"));
+        assert_eq!(
+            e,
+            ["k.conf:5:17: brd + needs a prefix of 30 or less (keepalived sets no broadcast for /32); remove it"]
+        );
     }
 
     #[test]
