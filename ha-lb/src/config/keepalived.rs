@@ -153,12 +153,34 @@ fn lower(text: &str, origin: &Path, drop_unsupported: bool) -> (Lowered, Ctx) {
     ctx.stack.push(canonical);
     ctx.lex(text, origin, &mut tokens);
     ctx.stack.pop();
-    let stmts = Parser { toks: &tokens, i: 0 }.block(&mut ctx, None);
+    let mut stmts = Parser { toks: &tokens, i: 0 }.block(&mut ctx, None);
+    default_protocol(&mut ctx, &mut stmts);
     let unweighted = SyncUnweighted::of(&stmts);
     let mut low = Lowerer { ctx: &mut ctx, out: Lowered::default(), unweighted };
     low.top(&stmts);
     let out = low.out;
     (out, ctx)
+}
+
+/// keepalived's default `protocol` of a `virtual_server ADDR PORT` is UDP (check_data.c
+/// validate_check_config: "no protocol set - defaulting to UDP", as the kernel would), not
+/// the TOML default, TCP: such a virtual server is given `protocol UDP`, with a warning.
+fn default_protocol(ctx: &mut Ctx, stmts: &mut [Stmt]) {
+    for s in stmts.iter_mut().filter(|s| s.key() == "virtual_server") {
+        if s.args.first().is_some_and(|a| a.text == "fwmark" || a.text == "group") {
+            continue;
+        }
+        let Some(b) = s.block.as_mut() else { continue };
+        if b.iter().any(|st| st.key() == "protocol") {
+            continue;
+        }
+        let at = |text: &str| Word { text: text.to_string(), quoted: false, loc: s.kw.loc };
+        b.push(Stmt { kw: at("protocol"), args: vec![at("UDP")], block: None });
+        ctx.warn(
+            s.kw.loc,
+            "virtual_server without protocol: keepalived's default, UDP, applies (not ha-lb's TOML default, TCP); write protocol UDP or protocol TCP",
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2549,6 +2571,20 @@ mod tests {
     }
 
     #[test]
+    fn a_virtual_server_without_protocol_is_udp_as_in_keepalived() {
+        let vs = |p: &str| {
+            format!("virtual_server 192.0.2.10 53 {{\n{p} real_server 10.0.0.1 53 {{\n }}\n}}\n{IPVS}")
+        };
+        let (c, w) = warnings(&vs(""));
+        assert_eq!(c.virtual_servers[0].protocol, Protocol::Udp);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("k.conf:1:1: virtual_server without protocol: keepalived's default, UDP"), "{w:?}");
+        let (c, w) = warnings(&vs(" protocol TCP\n"));
+        assert_eq!(c.virtual_servers[0].protocol, Protocol::Tcp);
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
     fn comments_quotes_and_one_line_blocks() {
         let c = parse(&format!(
             "! comment\n# comment\n{INST} authentication {{ auth_type PASS\n auth_pass \"a b#c!\" }} # trailing\n notify_master \"/bin/x '{{ y }}'\"\n}}\n"
@@ -2999,13 +3035,13 @@ mod tests {
     fn persistence_timeout_0_means_no_persistence_as_in_keepalived() {
         // check_parser.c pto_handler: 0 is reported invalid and ignored.
         let (c, w) = warnings(&format!(
-            "{INST}}}\nvirtual_server 192.0.2.10 80 {{\n persistence_timeout 0\n}}\n"
+            "{INST}}}\nvirtual_server 192.0.2.10 80 {{\n persistence_timeout 0\n protocol TCP\n}}\n"
         ));
         assert_eq!(c.virtual_servers[0].persistence_timeout, None);
         assert_eq!(w, ["k.conf:9:22: persistence_timeout 0 means no persistence (keepalived ignores it); remove it"]);
         // With a granularity, keepalived's default timeout applies (pgr_handler).
         let (c, w) = warnings(&format!(
-            "{INST}}}\nvirtual_server 192.0.2.10 80 {{\n persistence_timeout 0\n persistence_granularity 24\n}}\n"
+            "{INST}}}\nvirtual_server 192.0.2.10 80 {{\n protocol TCP\n persistence_timeout 0\n persistence_granularity 24\n}}\n"
         ));
         assert_eq!(c.virtual_servers[0].persistence_timeout, Some(Duration::from_secs(360)));
         assert!(
