@@ -271,7 +271,14 @@ impl Ctx {
         self.files.push(path.to_path_buf());
         for (lno, line) in text.lines().enumerate() {
             let mut toks: Vec<Token> = Vec::new();
-            let (chars, cols) = decomment(line);
+            let (mut chars, cols) = decomment(line);
+            // keepalived substitutes before it splits the line (at braces too): the reference
+            // is blanked out here, so `${NAME}` leaves no braces behind, and reported below.
+            let param = parameter(&chars).map(|(a, b)| {
+                let text: String = chars[a..b].iter().collect();
+                chars[a..b].fill(' ');
+                (a, text)
+            });
             let mut i = 0;
             let loc = |this: &mut Ctx, i: usize| Loc {
                 seq: this.next_seq(),
@@ -322,24 +329,29 @@ impl Ctx {
                     toks.push(Token { tok: Tok::Word(s, false), loc: l });
                 }
             }
-            if let Some(Token { tok: Tok::Word(w, false), loc }) = toks.first() {
+            let param = param.map(|(a, text)| {
+                (
+                    loc(self, a),
+                    format!("parameter substitution ({text}) is not supported by ha-lb: keepalived replaces $NAME and ${{NAME}} anywhere on a line, quoted too, when NAME is defined, and $_PWD, $_INSTANCE and $_RANDOM always are; write the value out, or generate one file per node"),
+                )
+            });
+            if let Some(Token { tok: Tok::Word(w, false), loc }) = toks.first().filter(|_| param.is_none()) {
                 if w == "include" {
                     let loc = *loc;
                     self.include(&toks[1..], loc, path, out);
                     continue;
                 }
             }
-            let rejected = toks.iter().find_map(|t| match &t.tok {
-                Tok::Word(w, false) if w.starts_with('@') && t.loc == toks[0].loc => Some((
-                    t.loc,
-                    format!("conditional line {w:?} is not supported by ha-lb; generate one file per node"),
-                )),
-                Tok::Word(w, false) if w.starts_with('$') => Some((
-                    t.loc,
-                    format!("parameter substitution {w:?} is not supported by ha-lb; generate one file per node"),
-                )),
-                _ => None,
-            });
+            let rejected = toks
+                .iter()
+                .find_map(|t| match &t.tok {
+                    Tok::Word(w, false) if w.starts_with('@') && t.loc == toks[0].loc => Some((
+                        t.loc,
+                        format!("conditional line {w:?} is not supported by ha-lb; generate one file per node"),
+                    )),
+                    _ => None,
+                })
+                .or(param);
             if let Some((loc, msg)) = rejected {
                 // Reported once; the line's words are dropped, its braces kept (their blocks
                 // skipped) so the rest of the file keeps its structure.
@@ -417,6 +429,23 @@ impl Ctx {
             }
         }
     }
+}
+
+/// The first place on a line where keepalived may substitute a parameter (parser.c
+/// replace_param), as `start..end` in `chars`: a `$` followed by a letter or `_` (`$NAME`,
+/// to the name's end) or by `{` (`${NAME …}`, to the `}`), anywhere, in quotes too. A `$`
+/// followed by anything else (`$$`, `$1`, a final `$`) stays literal, as in keepalived.
+fn parameter(chars: &[char]) -> Option<(usize, usize)> {
+    let a = chars.windows(2).position(|p| {
+        p[0] == '$' && (p[1].is_ascii_alphabetic() || p[1] == '_' || p[1] == '{')
+    })?;
+    let end = if chars[a + 1] == '{' {
+        chars[a..].iter().position(|&c| c == '}').map_or(chars.len(), |k| a + k + 1)
+    } else {
+        let name = chars[a + 1..].iter().take_while(|c| c.is_ascii_alphanumeric() || **c == '_');
+        a + 1 + name.count()
+    };
+    Some((a, end))
 }
 
 /// A line without its comment, as keepalived's `decomment()` (parser.c) reads it: the
@@ -2582,6 +2611,23 @@ mod tests {
         let (c, w) = warnings(&vs(" protocol TCP\n"));
         assert_eq!(c.virtual_servers[0].protocol, Protocol::Tcp);
         assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn parameters_are_refused_anywhere_quoted_too_and_a_lone_dollar_is_literal() {
+        let script = |s: &str| format!("vrrp_script chk {{\n script {s}\n}}\n{INST}}}\n");
+        for s in ["\"/bin/check $_INSTANCE\"", "/etc/${_PWD}/x", "a$_RANDOM", "\"${_RANDOM 1 9}\"", "$X=1"] {
+            let e = errors(&script(s));
+            // (The line is dropped, so the block also misses its script.)
+            let at = "parameter substitution (";
+            assert!(e.iter().any(|m| m.contains(at) && m.contains(") is not supported by ha-lb")), "{s}: {e:?}");
+        }
+        let e = errors(&script("/etc/${_PWD}/x"));
+        assert!(e.iter().any(|m| m.starts_with("k.conf:2:14: parameter substitution (${_PWD})")), "{e:?}");
+        for s in ["\"/bin/echo $$ $1 a$\"", "$1"] {
+            let c = parse(&script(s)).unwrap();
+            assert!(c.vrrp_scripts[0].script.argv.iter().any(|a| a.contains('$')), "{s}");
+        }
     }
 
     #[test]
