@@ -29,8 +29,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 pub(crate) fn load_with(path: &Path, host: Option<&Host>) -> Result<Loaded, ConfigErrors> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigErrors::single(path, format!("cannot read the file: {e}")))?;
+    let text = read_conf(path).map_err(|e| ConfigErrors::single(path, e))?;
     parse_opts(&text, path, host, None)
 }
 
@@ -51,8 +50,7 @@ pub fn parse_str_with_warnings(text: &str, origin: &Path) -> Result<Loaded, Conf
 /// tuning) are left out instead of refused; returns the configuration and, as
 /// `file:line:col` items, what was left out. Everything else is as strict as [`load`].
 pub fn load_dropping_unsupported(path: &Path) -> Result<(Loaded, Vec<ConfigError>), ConfigErrors> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigErrors::single(path, format!("cannot read the file: {e}")))?;
+    let text = read_conf(path).map_err(|e| ConfigErrors::single(path, e))?;
     let mut dropped = Vec::new();
     let loaded = parse_opts(&text, path, None, Some(&mut dropped))?;
     let c = &loaded.config;
@@ -401,13 +399,10 @@ impl Ctx {
                 self.empty_includes.push((t.loc, pattern.clone()));
             }
             for f in files {
-                let text = match std::fs::read_to_string(&f) {
+                let text = match read_conf(&f) {
                     Ok(t) => t,
                     Err(e) => {
-                        self.err(
-                            t.loc,
-                            format!("include {:?}: cannot read {}: {e}", pattern, f.display()),
-                        );
+                        self.err(t.loc, format!("include {:?}: {}: {e}", pattern, f.display()));
                         continue;
                     }
                 };
@@ -484,6 +479,36 @@ fn decomment(line: &str) -> (Vec<char>, Vec<usize>) {
     (kept, cols)
 }
 
+/// The most a keepalived.conf file (or an include) may hold: far more than any real one.
+const MAX_CONF_BYTES: u64 = 16 << 20;
+
+/// Read a configuration file, as keepalived opens one (parser.c read_conf_file,
+/// check_conf_file): only a regular file that is not executable. keepalived skips anything
+/// else with a log line ("not a regular non-executable file - skipping"); here it is an error,
+/// since reading it would take what keepalived leaves out, and skipping it quietly would run
+/// a configuration other than the one written. Checked before opening, so a FIFO cannot
+/// block `check` or a reload, and read up to [`MAX_CONF_BYTES`], so `/dev/zero` or a runaway
+/// file cannot exhaust memory.
+fn read_conf(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file (keepalived skips it, saying so); name a regular file".into());
+    }
+    if meta.permissions().mode() & 0o111 != 0 {
+        return Err("the file is executable, and keepalived skips an executable configuration file (\"not a regular non-executable file\"); remove its execute permission (chmod a-x)".into());
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONF_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if text.len() as u64 > MAX_CONF_BYTES {
+        return Err(format!("the file is larger than {} MiB", MAX_CONF_BYTES >> 20));
+    }
+    Ok(text)
+}
+
 /// The files matching a glob pattern (`*`, `?`, `[…]` in any component), sorted.
 fn glob(pattern: &Path) -> Vec<PathBuf> {
     let mut found = vec![PathBuf::new()];
@@ -510,7 +535,9 @@ fn glob(pattern: &Path) -> Vec<PathBuf> {
         }
         found = next;
     }
-    found.retain(|p| p.is_file());
+    // Directories are skipped, as keepalived does (GLOB_MARK); anything else that is not a
+    // regular file is left for read_conf to report.
+    found.retain(|p| p.exists() && !p.is_dir());
     found
 }
 
@@ -2890,6 +2917,40 @@ mod tests {
             vs(" persistence_timeout 60\n").persistence_timeout,
             Some(Duration::from_secs(60))
         );
+    }
+
+    #[test]
+    fn only_regular_non_executable_files_are_read_and_at_most_16_mib() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("hlb-inctype-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("keepalived.conf");
+        let errs = |inc: &str| {
+            std::fs::write(&f, format!("include {inc}\n{INST}}}\n")).unwrap();
+            let e = crate::config::load_with(&f, None).unwrap_err();
+            e.iter().map(|e| e.to_string()).collect::<Vec<_>>()
+        };
+        // keepalived (parser.c read_conf_file) skips what is not a regular file, and
+        // executable files: an error here, before anything is opened or read.
+        let e = errs("/dev/zero");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].ends_with(":1:9: include \"/dev/zero\": /dev/zero: not a regular file (keepalived skips it, saying so); name a regular file"), "{e:?}");
+        let fifo = dir.join("fifo.conf");
+        let _ = std::fs::remove_file(&fifo);
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let e = errs("*.conf");
+        assert!(e.iter().any(|m| m.contains("fifo.conf: not a regular file")), "{e:?}");
+        std::fs::remove_file(&fifo).unwrap();
+        let x = dir.join("x.conf");
+        std::fs::write(&x, "").unwrap();
+        std::fs::set_permissions(&x, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = errs("x.conf");
+        assert!(e[0].contains("x.conf: the file is executable, and keepalived skips"), "{e:?}");
+        std::fs::set_permissions(&x, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&x, vec![b'#'; (MAX_CONF_BYTES + 1) as usize]).unwrap();
+        let e = errs("x.conf");
+        assert!(e[0].contains("x.conf: the file is larger than 16 MiB"), "{e:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
