@@ -284,6 +284,22 @@ impl Ctx {
                 line: lno as u32 + 1,
                 col: cols[i] as u32 + 1,
             };
+            // keepalived (parser.c check_include) takes a line as an include before it splits
+            // the line at braces: its words are read raw, so `conf.d/{a,b}.conf` is one word.
+            let words = if param.is_none() { raw_words(&chars) } else { Vec::new() };
+            if let Some((at, _, _)) = words.first().filter(|(_, w, q)| w == "include" && !q) {
+                let kw = loc(self, *at);
+                let mut args = Vec::new();
+                for (at, w, quoted) in &words[1..] {
+                    let l = loc(self, *at);
+                    if *quoted && chars[*at + 1 + w.chars().count()..].first() != Some(&'"') {
+                        self.err(l, "this quoted string is not closed on its line");
+                    }
+                    args.push(Word { text: w.clone(), quoted: *quoted, loc: l });
+                }
+                self.include(&args, kw, path, out);
+                continue;
+            }
             while i < chars.len() {
                 let c = chars[i];
                 if c.is_whitespace() {
@@ -333,13 +349,6 @@ impl Ctx {
                     format!("parameter substitution ({text}) is not supported by ha-lb: keepalived replaces $NAME and ${{NAME}} anywhere on a line, quoted too, when NAME is defined, and $_PWD, $_INSTANCE and $_RANDOM always are; write the value out, or generate one file per node"),
                 )
             });
-            if let Some(Token { tok: Tok::Word(w, false), loc }) = toks.first().filter(|_| param.is_none()) {
-                if w == "include" {
-                    let loc = *loc;
-                    self.include(&toks[1..], loc, path, out);
-                    continue;
-                }
-            }
             let rejected = toks
                 .iter()
                 .find_map(|t| match &t.tok {
@@ -372,58 +381,129 @@ impl Ctx {
         }
     }
 
-    /// `include PATTERN…`: each pattern relative to the including file's directory; a glob
-    /// may match nothing, a plain path must exist.
-    fn include(&mut self, args: &[Token], kw: Loc, path: &Path, out: &mut Vec<Token>) {
-        if args.is_empty() {
-            self.err(kw, "include needs a file name or pattern");
-        }
-        for t in args {
-            let Tok::Word(pattern, _) = &t.tok else {
-                self.err(t.loc, "include takes file names, not a block");
-                continue;
-            };
-            let base = path.parent().unwrap_or(Path::new(""));
-            let full = base.join(pattern);
-            let is_glob = pattern.contains(['*', '?', '[']);
-            let files = if is_glob { glob(&full) } else { vec![full.clone()] };
-            if files.is_empty() {
-                // keepalived (parser.c read_conf_file): "No config files matched", and on.
-                self.warn(
-                    t.loc,
-                    format!(
-                        "include {pattern:?} matched no file ({}): nothing is read from it",
-                        full.display()
-                    ),
-                );
-                self.empty_includes.push((t.loc, pattern.clone()));
+    /// `include PATTERN`: relative to the including file's directory; a glob (`*`, `?`,
+    /// `[…]`, `{a,b}` alternatives: keepalived globs with GLOB_BRACE) may match nothing, a
+    /// plain path must exist. keepalived includes only with exactly one word after `include`.
+    fn include(&mut self, args: &[Word], kw: Loc, path: &Path, out: &mut Vec<Token>) {
+        let t = match args {
+            [t] => t,
+            [] => {
+                self.err(kw, "include needs a file name or pattern");
+                return;
             }
-            for f in files {
-                let text = match read_conf(&f) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        self.err(t.loc, format!("include {:?}: {}: {e}", pattern, f.display()));
-                        continue;
-                    }
-                };
-                let canonical = std::fs::canonicalize(&f).unwrap_or_else(|_| f.clone());
-                if self.stack.contains(&canonical) {
-                    self.err(
-                        t.loc,
-                        format!(
-                            "include {:?}: {} includes itself (an include cycle)",
-                            pattern,
-                            f.display()
-                        ),
-                    );
+            [_, second, ..] => {
+                self.err(
+                    second.loc,
+                    "include takes one file name or pattern: keepalived includes only with exactly one (it reads this line as an unknown keyword and includes nothing); write one include per line",
+                );
+                return;
+            }
+        };
+        let pattern = &t.text;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let full = base.join(pattern);
+        let alternatives = brace_alternatives(pattern);
+        let is_glob = alternatives.is_some() || pattern.contains(['*', '?', '[']);
+        let files: Vec<PathBuf> = match &alternatives {
+            Some(alts) => alts.iter().flat_map(|a| glob(&base.join(a))).collect(),
+            None if is_glob => glob(&full),
+            None => vec![full.clone()],
+        };
+        if files.is_empty() {
+            // keepalived (parser.c read_conf_file): "No config files matched", and on.
+            self.warn(
+                t.loc,
+                format!(
+                    "include {pattern:?} matched no file ({}): nothing is read from it",
+                    full.display()
+                ),
+            );
+            self.empty_includes.push((t.loc, pattern.clone()));
+        }
+        for f in files {
+            let text = match read_conf(&f) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.err(t.loc, format!("include {:?}: {}: {e}", pattern, f.display()));
                     continue;
                 }
-                self.stack.push(canonical);
-                self.lex(&text, &f, out);
-                self.stack.pop();
+            };
+            let canonical = std::fs::canonicalize(&f).unwrap_or_else(|_| f.clone());
+            if self.stack.contains(&canonical) {
+                self.err(
+                    t.loc,
+                    format!(
+                        "include {:?}: {} includes itself (an include cycle)",
+                        pattern,
+                        f.display()
+                    ),
+                );
+                continue;
             }
+            self.stack.push(canonical);
+            self.lex(&text, &f, out);
+            self.stack.pop();
         }
     }
+}
+
+/// A line's words as keepalived's alloc_strvec splits them, at white space only: a word
+/// starting with `"` runs to the next `"` (quoted), any other to white space or a `"`.
+/// Returns each word's start in `chars`, its text and whether it was quoted.
+fn raw_words(chars: &[char]) -> Vec<(usize, String, bool)> {
+    let mut words = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i].is_whitespace() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let quoted = chars[i] == '"';
+        let from = if quoted { i + 1 } else { i };
+        let len = chars[from..]
+            .iter()
+            .position(|&c| if quoted { c == '"' } else { c.is_whitespace() || c == '"' })
+            .unwrap_or(chars.len() - from);
+        words.push((start, chars[from..from + len].iter().collect(), quoted));
+        i = from + len + usize::from(quoted);
+    }
+    words
+}
+
+/// The alternatives of an include pattern with `{a,b}` in it, as glob(3) with GLOB_BRACE
+/// expands them (keepalived globs includes so): the first `{` with a matching `}` gives one
+/// pattern per comma-separated alternative (each expanded again, for later or nested
+/// braces), in order. None: no such `{`, so no alternatives.
+fn brace_alternatives(pattern: &str) -> Option<Vec<String>> {
+    let open = pattern.find('{')?;
+    let (mut depth, mut commas, mut close) = (0usize, vec![], None);
+    for (k, c) in pattern[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(open + k);
+                    break;
+                }
+            }
+            ',' if depth == 1 => commas.push(open + k),
+            _ => {}
+        }
+    }
+    let close = close?;
+    let (head, tail) = (&pattern[..open], &pattern[close + 1..]);
+    let bounds: Vec<usize> = std::iter::once(open).chain(commas).chain([close]).collect();
+    let mut out = Vec::new();
+    for w in bounds.windows(2) {
+        let alt = format!("{head}{}{tail}", &pattern[w[0] + 1..w[1]]);
+        match brace_alternatives(&alt) {
+            Some(more) => out.extend(more),
+            None => out.push(alt),
+        }
+    }
+    Some(out)
 }
 
 /// The first place on a line where keepalived may substitute a parameter (parser.c
@@ -431,9 +511,9 @@ impl Ctx {
 /// to the name's end) or by `{` (`${NAME …}`, to the `}`), anywhere, in quotes too. A `$`
 /// followed by anything else (`$$`, `$1`, a final `$`) stays literal, as in keepalived.
 fn parameter(chars: &[char]) -> Option<(usize, usize)> {
-    let a = chars.windows(2).position(|p| {
-        p[0] == '$' && (p[1].is_ascii_alphabetic() || p[1] == '_' || p[1] == '{')
-    })?;
+    let a = chars
+        .windows(2)
+        .position(|p| p[0] == '$' && (p[1].is_ascii_alphabetic() || p[1] == '_' || p[1] == '{'))?;
     let end = if chars[a + 1] == '{' {
         chars[a..].iter().position(|&c| c == '}').map_or(chars.len(), |k| a + k + 1)
     } else {
@@ -494,7 +574,9 @@ fn read_conf(path: &Path) -> Result<String, String> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the file: {e}"))?;
     if !meta.is_file() {
-        return Err("not a regular file (keepalived skips it, saying so); name a regular file".into());
+        return Err(
+            "not a regular file (keepalived skips it, saying so); name a regular file".into()
+        );
     }
     if meta.permissions().mode() & 0o111 != 0 {
         return Err("the file is executable, and keepalived skips an executable configuration file (\"not a regular non-executable file\"); remove its execute permission (chmod a-x)".into());
@@ -2629,12 +2711,19 @@ mod tests {
     #[test]
     fn a_virtual_server_without_protocol_is_udp_as_in_keepalived() {
         let vs = |p: &str| {
-            format!("virtual_server 192.0.2.10 53 {{\n{p} real_server 10.0.0.1 53 {{\n }}\n}}\n{IPVS}")
+            format!(
+                "virtual_server 192.0.2.10 53 {{\n{p} real_server 10.0.0.1 53 {{\n }}\n}}\n{IPVS}"
+            )
         };
         let (c, w) = warnings(&vs(""));
         assert_eq!(c.virtual_servers[0].protocol, Protocol::Udp);
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].starts_with("k.conf:1:1: virtual_server without protocol: keepalived's default, UDP"), "{w:?}");
+        assert!(
+            w[0].starts_with(
+                "k.conf:1:1: virtual_server without protocol: keepalived's default, UDP"
+            ),
+            "{w:?}"
+        );
         let (c, w) = warnings(&vs(" protocol TCP\n"));
         assert_eq!(c.virtual_servers[0].protocol, Protocol::Tcp);
         assert!(w.is_empty(), "{w:?}");
@@ -2643,14 +2732,26 @@ mod tests {
     #[test]
     fn parameters_are_refused_anywhere_quoted_too_and_a_lone_dollar_is_literal() {
         let script = |s: &str| format!("vrrp_script chk {{\n script {s}\n}}\n{INST}}}\n");
-        for s in ["\"/bin/check $_INSTANCE\"", "/etc/${_PWD}/x", "a$_RANDOM", "\"${_RANDOM 1 9}\"", "$X=1"] {
+        for s in [
+            "\"/bin/check $_INSTANCE\"",
+            "/etc/${_PWD}/x",
+            "a$_RANDOM",
+            "\"${_RANDOM 1 9}\"",
+            "$X=1",
+        ] {
             let e = errors(&script(s));
             // (The line is dropped, so the block also misses its script.)
             let at = "parameter substitution (";
-            assert!(e.iter().any(|m| m.contains(at) && m.contains(") is not supported by ha-lb")), "{s}: {e:?}");
+            assert!(
+                e.iter().any(|m| m.contains(at) && m.contains(") is not supported by ha-lb")),
+                "{s}: {e:?}"
+            );
         }
         let e = errors(&script("/etc/${_PWD}/x"));
-        assert!(e.iter().any(|m| m.starts_with("k.conf:2:14: parameter substitution (${_PWD})")), "{e:?}");
+        assert!(
+            e.iter().any(|m| m.starts_with("k.conf:2:14: parameter substitution (${_PWD})")),
+            "{e:?}"
+        );
         for s in ["\"/bin/echo $$ $1 a$\"", "$1"] {
             let c = parse(&script(s)).unwrap();
             assert!(c.vrrp_scripts[0].script.argv.iter().any(|a| a.contains('$')), "{s}");
@@ -2950,6 +3051,33 @@ mod tests {
         std::fs::write(&x, vec![b'#'; (MAX_CONF_BYTES + 1) as usize]).unwrap();
         let e = errs("x.conf");
         assert!(e[0].contains("x.conf: the file is larger than 16 MiB"), "{e:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn include_takes_one_pattern_read_raw_with_brace_alternatives() {
+        assert_eq!(brace_alternatives("a.conf"), None);
+        assert_eq!(brace_alternatives("d/{x,y}.conf").unwrap(), ["d/x.conf", "d/y.conf"]);
+        assert_eq!(
+            brace_alternatives("{a,b{c,d}}/{e,f}").unwrap(),
+            ["a/e", "a/f", "bc/e", "bc/f", "bd/e", "bd/f"]
+        );
+        assert_eq!(brace_alternatives("d/{x.conf"), None);
+        let dir = std::env::temp_dir().join(format!("hlb-incbrace-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+        std::fs::write(dir.join("conf.d/vrrp.conf"), format!("{INST}}}\n")).unwrap();
+        std::fs::write(dir.join("conf.d/lvs.conf"), "global_defs {\n router_id lb1\n}\n").unwrap();
+        let f = dir.join("keepalived.conf");
+        std::fs::write(&f, "include conf.d/{vrrp,lvs}.conf\n").unwrap();
+        let l = crate::config::load_with(&f, None).unwrap();
+        assert_eq!(l.config.global.router_id.as_deref(), Some("lb1"));
+        assert_eq!(l.config.vrrp_instances.len(), 1);
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        // keepalived includes only with exactly one argument.
+        std::fs::write(&f, "include conf.d/vrrp.conf conf.d/lvs.conf\n").unwrap();
+        let e = crate::config::load_with(&f, None).unwrap_err();
+        let e: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+        assert!(e[0].contains(":1:26: include takes one file name or pattern: keepalived includes only with exactly one"), "{e:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
