@@ -162,10 +162,11 @@ fn lower(text: &str, origin: &Path, drop_unsupported: bool) -> (Lowered, Ctx) {
 
 /// keepalived's default `protocol` of a `virtual_server ADDR PORT` is UDP (check_data.c
 /// validate_check_config: "no protocol set - defaulting to UDP", as the kernel would), not
-/// the TOML default, TCP: such a virtual server is given `protocol UDP`, with a warning.
+/// the TOML default, TCP: such a virtual server is given `protocol UDP`, with a warning —
+/// `virtual_server group NAME` too (its members are addresses: ha-lb refuses fwmark ones).
 fn default_protocol(ctx: &mut Ctx, stmts: &mut [Stmt]) {
     for s in stmts.iter_mut().filter(|s| s.key() == "virtual_server") {
-        if s.args.first().is_some_and(|a| a.text == "fwmark" || a.text == "group") {
+        if s.args.first().is_some_and(|a| a.text == "fwmark") {
             continue;
         }
         let Some(b) = s.block.as_mut() else { continue };
@@ -2661,6 +2662,16 @@ mod tests {
                 "k.conf:6:2: member \"192.0.2.20-19 443\" range \"192.0.2.20-19\" ends below its start",
                 "k.conf:7:2: fwmark in a virtual_server_group is not supported by ha-lb (its data planes match addresses and ports, not firewall marks)",
             ]
+        );
+        // Without protocol, keepalived's UDP, as for a single virtual_server.
+        let udp =
+            parse_str_with_warnings(&text.replace(" protocol TCP\n", ""), Path::new("k.conf"))
+                .unwrap();
+        assert!(udp.config.virtual_servers.iter().all(|v| v.protocol == Protocol::Udp));
+        assert!(
+            udp.warnings[0].to_string().starts_with("k.conf:8:1: virtual_server without protocol"),
+            "{:?}",
+            udp.warnings
         );
         let e = errors(&text.replace("server group web", "server group webb"));
         assert!(e[0].starts_with("k.conf:8:22: unknown virtual_server_group \"webb\""), "{e:?}");
