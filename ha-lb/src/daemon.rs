@@ -380,6 +380,9 @@ pub struct Daemon {
     script_ok: BTreeMap<String, bool>,
     file_value: BTreeMap<String, i64>,
     ifnames: BTreeMap<u32, String>,
+    /// Names whose device was renamed, with the index it had (`ip link set eth2 name x`):
+    /// a device then created under the name is the name's again, as after a deletion.
+    renamed: BTreeMap<String, u32>,
     /// Running track tasks by what they watch ("script NAME" / "file NAME"), with the
     /// definition each was started from: a reload restarts only those whose definition
     /// changed.
@@ -888,6 +891,7 @@ impl Daemon {
             script_ok: BTreeMap::new(),
             file_value: BTreeMap::new(),
             ifnames: BTreeMap::new(),
+            renamed: BTreeMap::new(),
             track_tasks: BTreeMap::new(),
             group_state: BTreeMap::new(),
             sync_groups: SyncGroups::new(sync_group_members(&config)),
@@ -1406,7 +1410,12 @@ impl Daemon {
     fn on_link(&mut self, ev: LinkEvent) -> (Option<TrackUpdate>, Vec<String>) {
         match ev {
             LinkEvent::Changed(l) => {
-                let recreated = self.ifnames.iter().any(|(i, n)| *n == l.name && *i != l.index);
+                if let Some(old) = self.ifnames.get(&l.index).filter(|n| **n != l.name) {
+                    self.renamed.insert(old.clone(), l.index);
+                }
+                let recreated = self.ifnames.iter().any(|(i, n)| *n == l.name && *i != l.index)
+                    || self.renamed.get(&l.name).is_some_and(|i| *i != l.index);
+                self.renamed.remove(&l.name);
                 // (A name is at one index: the stale entry of a deleted link goes.)
                 self.ifnames.retain(|i, n| *n != l.name || *i == l.index);
                 self.ifnames.insert(l.index, l.name.clone());

@@ -560,4 +560,17 @@ fn an_interface_created_again_gets_its_instance_back() {
     assert_forwarding_on(&d, "eth2");
     let m = spread(&t.client, 6);
     assert_eq!(names(&m), ["rs1", "rs2"], "the other instances still serve: {m:?}");
+
+    // Renamed away, and a new device takes the name: the same as a deletion (no DELLINK
+    // for the name ever comes).
+    d.node
+        .sh("ip link set eth2 down && ip link set eth2 name eth2old && ip addr flush dev eth2old")
+        .unwrap();
+    d.node.sh(&make.replace("eth2p", "eth2q")).unwrap();
+    eventually(Duration::from_secs(10), "VI_EXTRA MASTER with its VIP on the next eth2", || {
+        d.state("VI_EXTRA").as_deref() == Some("MASTER") && holds(&d.node, "eth2", "198.18.9.100")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    assert_forwarding_on(&d, "eth2");
+    assert!(!has_xdp(&d.node, "eth2old"), "the program left the renamed device");
 }
