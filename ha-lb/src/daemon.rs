@@ -1440,10 +1440,38 @@ impl Daemon {
         }
     }
 
+    /// The standalone VRRP filter (planes without the forwarding program, which runs it
+    /// inline) on more interfaces: a reload's new instance interfaces, a re-created one (the
+    /// old attachment went with the deleted device), with their VRIDs: a filter without them
+    /// would drop every advert there, so it is detached everywhere if they cannot be set.
+    fn extend_filter(&mut self, names: &[String]) {
+        let Some(f) = &mut self.filter else { return };
+        if names.is_empty() {
+            return;
+        }
+        for n in names {
+            match f.bpf.attach_xdp(bpf::PROG_VRRP_FILTER, n) {
+                Ok(_) => {
+                    f.interfaces.insert(n.clone());
+                }
+                Err(e) => warn!(interface = %n, error = %e, "VRRP fast-path filter not attached"),
+            }
+        }
+        if self.refresh_vrids().is_err() {
+            warn!("detaching the VRRP filter: the daemon validates every advert itself");
+            self.filter = None;
+        }
+    }
+
     /// A device the forwarding program was on, created again under its name
     /// ([`Self::on_link`]): the program, the MAC it forwards for, IP forwarding and the VRRP
-    /// filter's VRIDs were the deleted device's. The new one gets them.
+    /// filter's VRIDs were the deleted device's. The new one gets them (on the other planes,
+    /// the VRRP filter, if it was there).
     fn reattach_forwarding(&mut self, name: &str) {
+        if self.filter.as_ref().is_some_and(|f| f.interfaces.contains(name)) {
+            self.extend_filter(&[name.to_string()]);
+            return;
+        }
         let Plane::Xdp(x) = &mut self.dataplane else { return };
         if !x.interfaces().iter().any(|(n, _)| n == name) {
             return;
@@ -1904,6 +1932,12 @@ impl Daemon {
         }
         self.apply_tracking().await;
         self.send_group_orders(group_orders).await;
+        // Without the forwarding program, the filter goes on the new instances' interfaces.
+        let new_ifaces: Vec<String> = (new.vrrp_instances.iter())
+            .map(|i| i.interface.clone())
+            .filter(|n| self.filter.as_ref().is_some_and(|f| !f.interfaces.contains(n)))
+            .collect();
+        self.extend_filter(&new_ifaces);
         if let Err(e) = self.refresh_vrids() {
             failed.push(e);
         }

@@ -574,3 +574,48 @@ fn an_interface_created_again_gets_its_instance_back() {
     assert_forwarding_on(&d, "eth2");
     assert!(!has_xdp(&d.node, "eth2old"), "the program left the renamed device");
 }
+
+/// Without the forwarding program (`dataplane = "none"`; `ipvs` alike) the VRRP filter is a
+/// program of its own: a reload's new instance interface gets it, and so does an instance
+/// interface created again (the old attachment went with the deleted device), with its
+/// VRIDs — the instance there still wins its election and holds its VIP.
+#[test]
+fn without_forwarding_the_vrrp_filter_follows_new_and_recreated_interfaces() {
+    let mut t = DirectorLab::build(Mode::Dr, 1, 0).unwrap();
+    let s = Scratch::new("rfilter").unwrap();
+    let node = t.directors[0].clone();
+    let base = format!(
+        "[global]\nrouter_id = \"d1\"\ndataplane = \"none\"\ncontrol_socket = \"{{socket}}\"\n\n\
+         [[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\n\
+         version = 3\npriority = 150\nadvert_int = 0.1\nvirtual_ipaddress = [\"{VIP_S}/24\"]\n"
+    );
+    let d = HaLb::start(&mut t.lab, &node, &s, "d1", &base).unwrap();
+    eventually(Duration::from_secs(5), "VI_1 MASTER", || holds(&node, "eth0", VIP_S)).unwrap();
+    assert!(has_xdp(&node, "eth0"), "the VRRP filter is on eth0");
+    let make = "ip link add eth2 type veth peer name eth2p && ip link set eth2p up \
+                && ip link set eth2 up && ip addr add 198.18.9.1/24 dev eth2";
+    node.sh(make).unwrap();
+    let extra = "\n[[vrrp_instance]]\nname = \"VI_EXTRA\"\ninterface = \"eth2\"\n\
+                 virtual_router_id = 60\nversion = 3\npriority = 150\nadvert_int = 0.1\n\
+                 virtual_ipaddress = [\"198.18.9.100/24\"]\n";
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, format!("{text}{extra}")).unwrap();
+    sighup(&t, &d);
+    wait_reloads(&d, 1, 0);
+    let extra_master =
+        || d.state("VI_EXTRA").as_deref() == Some("MASTER") && holds(&node, "eth2", "198.18.9.100");
+    eventually(Duration::from_secs(3), "VI_EXTRA MASTER with its VIP", extra_master)
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    assert!(has_xdp(&node, "eth2"), "the reload put the VRRP filter on eth2\n{}", d.log_text());
+
+    node.sh("ip link del eth2").unwrap();
+    eventually(Duration::from_secs(3), "VI_EXTRA FAULT", || {
+        d.state("VI_EXTRA").as_deref() == Some("FAULT")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    node.sh(make).unwrap();
+    eventually(Duration::from_secs(10), "VI_EXTRA MASTER on the new eth2", extra_master)
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    assert!(has_xdp(&node, "eth2"), "the VRRP filter is on the new eth2\n{}", d.log_text());
+    assert_eq!(d.state("VI_1").as_deref(), Some("MASTER"));
+}
