@@ -247,9 +247,10 @@ pub fn encode_at_most<T: Copy + Into<SyncItem>>(
             SyncItem::Template(_) => (2, VERSION_TEMPLATES),
         };
         let fits = cur[kind].as_ref().is_some_and(|(d, _)| d.len() + len <= MAX_DATAGRAM);
-        // A full datagram is finished (still counted), and a new one started.
+        // A full datagram is finished (still counted), and a new one started: either way
+        // one datagram more than now.
         let datagrams = out.len() + cur.iter().flatten().count();
-        if !fits && datagrams + usize::from(cur[kind].is_none()) >= max {
+        if !fits && datagrams + 1 > max {
             used = i;
             break;
         }
@@ -577,6 +578,19 @@ mod tests {
             }
             assert_eq!(back, entries);
         }
+    }
+
+    /// Found by review: an item that needed a datagram of a kind not open yet stopped the
+    /// encoding one datagram short of the bound (one open connection, bound 1: nothing).
+    #[test]
+    fn encode_at_most_fills_the_bound() {
+        let closed = SyncEntry { closed: true, ..v4_entry() };
+        assert_eq!(encode_at_most(1, &[v4_entry()], 1), (encode(1, &[v4_entry()]), 1));
+        assert_eq!(encode_at_most(1, &[v4_entry()], 0), (vec![], 0));
+        let (ds, used) = encode_at_most(1, &[v4_entry(), closed, v6_entry()], 2);
+        assert_eq!((ds.len(), used), (2, 3));
+        let (ds, used) = encode_at_most(1, &[v4_entry(), closed, v6_entry()], 1);
+        assert_eq!((ds.len(), used), (1, 1));
     }
 
     #[test]
@@ -1034,9 +1048,8 @@ mod tests {
             want.sort();
             prop_assert_eq!(sorted, want);
             if used < items.len() {
-                let mut more = encode(id, &items[..=used]);
-                prop_assert!(more.len() > max || more.len() > ds.len(), "stopped early: {} of {}", used, items.len());
-                more.clear();
+                let more = encode(id, &items[..=used]);
+                prop_assert!(more.len() > max, "stopped early: {} of {} in {} datagrams", used, items.len(), ds.len());
             }
         }
 
