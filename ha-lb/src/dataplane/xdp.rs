@@ -823,6 +823,128 @@ pub struct ImportReport {
     pub closed: usize,
 }
 
+/// The table entries [`XdpDataplane::import_flow`] writes for `e` (none: unknown here).
+/// `has_flow` says whether this director has a flow (a closed one is written only over one).
+fn imported(
+    state: &State,
+    timeouts: &Timeouts,
+    e: &crate::sync::SyncEntry,
+    now_ns: u64,
+    has_flow: &dyn Fn(&LbFlowKey) -> bool,
+    out: &mut Vec<(LbFlowKey, LbFlow)>,
+) -> bool {
+    let crate::sync::SyncEntry {
+        protocol,
+        lb_kind: kind,
+        client,
+        vip,
+        real_server,
+        idle_secs,
+        closed,
+    } = *e;
+    let key = VirtualServerKey { address: vip.ip(), port: vip.port(), protocol };
+    let Some(svc) = state.services.get(&key) else { return false };
+    let Some(r) = svc.reals.get(&(real_server.ip(), real_server.port())) else {
+        return false;
+    };
+    if !e.same_family() {
+        return false;
+    }
+    let proto = match protocol {
+        Protocol::Tcp => IPPROTO_TCP,
+        Protocol::Udp => IPPROTO_UDP,
+    };
+    let (c, family) = addr_words(client.ip());
+    let (v, _) = addr_words(vip.ip());
+    let (a, _) = addr_words(real_server.ip());
+    let mut flags = kind_flags(kind);
+    if svc.spec.persistence_timeout != 0 {
+        flags |= LB_FLOW_F_PERSIST
+            | (svc.spec.persistence_granularity as u32) << LB_FLOW_PERSIST_PREFIX_SHIFT;
+    }
+    // Idle past this director's timeout for it: expired here, not imported (on a director
+    // up for less than that, `last_seen` would be clamped at 0 and the flow revived).
+    let timeout = match (protocol, closed) {
+        (Protocol::Tcp, false) => timeouts.tcp,
+        (Protocol::Tcp, true) => timeouts.tcp_fin,
+        (Protocol::Udp, _) => timeouts.udp,
+    };
+    if u64::from(idle_secs) >= timeout.as_secs() {
+        return false;
+    }
+    let last_seen_ns = now_ns.saturating_sub(idle_secs as u64 * 1_000_000_000);
+    let fkey = LbFlowKey::new(family, proto, (c, port_be(client.port())), (v, port_be(vip.port())));
+    if closed {
+        if !has_flow(&fkey) {
+            return false;
+        }
+        flags |= LB_FLOW_F_CLOSED;
+    }
+    let forward = LbFlow {
+        real_id: r.id,
+        real_gen: r.gen,
+        service_id: svc.id,
+        flags,
+        last_seen_ns,
+        addr: a,
+        port: port_be(real_server.port()),
+        ..LbFlow::default()
+    };
+    out.push((fkey, forward));
+    if kind == LbKind::Nat {
+        let rkey = LbFlowKey::new(
+            family,
+            proto,
+            (a, port_be(real_server.port())),
+            (c, port_be(client.port())),
+        );
+        // The data path marks only the forward entry closed; the reply entry expires with it.
+        let reply =
+            LbFlow { flags: LB_FLOW_F_REPLY, addr: v, port: port_be(vip.port()), ..forward };
+        out.push((rkey, reply));
+    }
+    true
+}
+
+/// The table writes for a batch of entries from another director ([`imported`] for each, in
+/// order), and what they are. A key written twice is written once, in its final state; a closed
+/// entry finds the flows the batch opens before it as well as those `live` in the table: a
+/// kernel master syncs a short connection's open and its close in the same message.
+fn import_writes(
+    state: &State,
+    timeouts: &Timeouts,
+    entries: &[crate::sync::SyncEntry],
+    now_ns: u64,
+    live: &dyn Fn(&LbFlowKey) -> bool,
+) -> (Vec<(LbFlowKey, LbFlow)>, ImportReport) {
+    let mut writes: Vec<(LbFlowKey, LbFlow)> = Vec::with_capacity(2 * entries.len());
+    // Where each key written so far is in `writes`.
+    let mut at: HashMap<LbFlowKey, usize> = HashMap::with_capacity(2 * entries.len());
+    let mut r = ImportReport::default();
+    let mut one = Vec::with_capacity(2);
+    for e in entries {
+        let has_flow = |k: &LbFlowKey| at.contains_key(k) || live(k);
+        if !imported(state, timeouts, e, now_ns, &has_flow, &mut one) {
+            continue;
+        }
+        if e.closed {
+            r.closed += 1;
+        } else {
+            r.opened += 1;
+        }
+        for (k, f) in one.drain(..) {
+            match at.get(&k) {
+                Some(&i) => writes[i].1 = f,
+                None => {
+                    at.insert(k, writes.len());
+                    writes.push((k, f));
+                }
+            }
+        }
+    }
+    (writes, r)
+}
+
 /// The eBPF data plane (XDP or TC hook).
 pub struct XdpDataplane {
     bpf: Bpf,
@@ -1066,87 +1188,6 @@ impl XdpDataplane {
         Ok(self.import_flows(&[e], now_ns)?.opened == 1)
     }
 
-    /// The table entries [`XdpDataplane::import_flow`] writes for `e` (none: unknown here).
-    fn imported(
-        &self,
-        e: &crate::sync::SyncEntry,
-        now_ns: u64,
-        out: &mut Vec<(LbFlowKey, LbFlow)>,
-    ) -> bool {
-        let crate::sync::SyncEntry {
-            protocol,
-            lb_kind: kind,
-            client,
-            vip,
-            real_server,
-            idle_secs,
-            closed,
-        } = *e;
-        let key = VirtualServerKey { address: vip.ip(), port: vip.port(), protocol };
-        let Some(svc) = self.state.services.get(&key) else { return false };
-        let Some(r) = svc.reals.get(&(real_server.ip(), real_server.port())) else {
-            return false;
-        };
-        if !e.same_family() {
-            return false;
-        }
-        let proto = match protocol {
-            Protocol::Tcp => IPPROTO_TCP,
-            Protocol::Udp => IPPROTO_UDP,
-        };
-        let (c, family) = addr_words(client.ip());
-        let (v, _) = addr_words(vip.ip());
-        let (a, _) = addr_words(real_server.ip());
-        let mut flags = kind_flags(kind);
-        if svc.spec.persistence_timeout != 0 {
-            flags |= LB_FLOW_F_PERSIST
-                | (svc.spec.persistence_granularity as u32) << LB_FLOW_PERSIST_PREFIX_SHIFT;
-        }
-        // Idle past this director's timeout for it: expired here, not imported (on a director
-        // up for less than that, `last_seen` would be clamped at 0 and the flow revived).
-        let timeout = match (protocol, closed) {
-            (Protocol::Tcp, false) => self.timeouts.tcp,
-            (Protocol::Tcp, true) => self.timeouts.tcp_fin,
-            (Protocol::Udp, _) => self.timeouts.udp,
-        };
-        if u64::from(idle_secs) >= timeout.as_secs() {
-            return false;
-        }
-        let last_seen_ns = now_ns.saturating_sub(idle_secs as u64 * 1_000_000_000);
-        let fkey =
-            LbFlowKey::new(family, proto, (c, port_be(client.port())), (v, port_be(vip.port())));
-        if closed {
-            if !matches!(maps::flow(&self.bpf, &fkey), Ok(Some(_))) {
-                return false;
-            }
-            flags |= LB_FLOW_F_CLOSED;
-        }
-        let forward = LbFlow {
-            real_id: r.id,
-            real_gen: r.gen,
-            service_id: svc.id,
-            flags,
-            last_seen_ns,
-            addr: a,
-            port: port_be(real_server.port()),
-            ..LbFlow::default()
-        };
-        out.push((fkey, forward));
-        if kind == LbKind::Nat {
-            let rkey = LbFlowKey::new(
-                family,
-                proto,
-                (a, port_be(real_server.port())),
-                (c, port_be(client.port())),
-            );
-            // The data path marks only the forward entry closed; the reply entry expires with it.
-            let reply =
-                LbFlow { flags: LB_FLOW_F_REPLY, addr: v, port: port_be(vip.port()), ..forward };
-            out.push((rkey, reply));
-        }
-        true
-    }
-
     /// [`XdpDataplane::import_flow`] for each entry received from another director, written
     /// together with one flow-cache invalidation; says how many were written (the others name
     /// a service or real server unknown here, or are closed flows this director does not have).
@@ -1155,17 +1196,9 @@ impl XdpDataplane {
         entries: &[crate::sync::SyncEntry],
         now_ns: u64,
     ) -> Result<ImportReport, DataplaneError> {
-        let mut writes = Vec::with_capacity(2 * entries.len());
-        let mut r = ImportReport::default();
-        for e in entries {
-            if self.imported(e, now_ns, &mut writes) {
-                if e.closed {
-                    r.closed += 1;
-                } else {
-                    r.opened += 1;
-                }
-            }
-        }
+        let bpf = &self.bpf;
+        let live = |k: &LbFlowKey| matches!(maps::flow(bpf, k), Ok(Some(_)));
+        let (writes, r) = import_writes(&self.state, &self.timeouts, entries, now_ns, &live);
         maps::put_flows(&mut self.bpf, &writes).map_err(backend)?;
         Ok(r)
     }
@@ -1518,6 +1551,43 @@ mod tests {
 
     fn pos(ops: &[Op], f: impl Fn(&Op) -> bool) -> usize {
         ops.iter().position(f).expect("op present")
+    }
+
+    /// Found by review: a kernel master syncs a short connection's open (ESTABLISHED) and its
+    /// close in one message; the close looked only at the table, which the batch is written
+    /// to after the loop, so it was dropped and the open written: the copy stayed open (and
+    /// active for lc/wlc) for the TCP timeout. The close now sees the batch's own opens.
+    #[test]
+    fn a_close_after_its_open_in_the_same_batch_is_written_closed() {
+        let (state, _, _) =
+            plan(&State::default(), &desired(LbAlgo::Rr, &[rs("198.18.2.10", 1)])).unwrap();
+        let open = crate::sync::SyncEntry {
+            protocol: Protocol::Tcp,
+            lb_kind: LbKind::Nat,
+            client: "198.51.100.7:40000".parse().unwrap(),
+            vip: "198.18.100.1:80".parse().unwrap(),
+            real_server: "198.18.2.10:8080".parse().unwrap(),
+            idle_secs: 1,
+            closed: false,
+        };
+        let closed = crate::sync::SyncEntry { closed: true, ..open };
+        let t = Timeouts::default();
+        let nothing = |_: &LbFlowKey| false;
+        let (w, r) = import_writes(&state, &t, &[open, closed], 10_000_000_000, &nothing);
+        assert_eq!(r, ImportReport { opened: 1, closed: 1 });
+        // One forward entry, closed, and its reply entry: each key once, in its final state.
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0].1.flags & LB_FLOW_F_CLOSED, LB_FLOW_F_CLOSED);
+        assert_eq!(w[1].1.flags & LB_FLOW_F_REPLY, LB_FLOW_F_REPLY);
+        // A close alone, of a flow not in the table: nothing written; of one there: written.
+        let (w, r) = import_writes(&state, &t, &[closed], 10_000_000_000, &nothing);
+        assert_eq!((w.len(), r), (0, ImportReport::default()));
+        let (w, r) = import_writes(&state, &t, &[closed], 10_000_000_000, &|_| true);
+        assert_eq!((w.len(), r), (2, ImportReport { opened: 0, closed: 1 }));
+        // An open after its close (a new connection on the same ports) ends open.
+        let (w, _) = import_writes(&state, &t, &[open, closed, open], 10_000_000_000, &nothing);
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0].1.flags & LB_FLOW_F_CLOSED, 0);
     }
 
     /// Found by review: flows imported by connection sync are open here but were opened on
