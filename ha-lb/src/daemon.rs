@@ -1174,6 +1174,7 @@ impl Daemon {
                     *self.sync_counters.entry("connections_closed").or_default() += r.closed as u64;
                     *self.sync_counters.entry("connections_unknown").or_default() +=
                         (entries.len() - r.opened - r.closed) as u64;
+                    self.sync.imported(r.opened + r.closed);
                 }
                 Err(e) => warn!(error = %e, "lvs_sync_daemon: importing connections failed"),
             }
@@ -1182,6 +1183,7 @@ impl Daemon {
             match x.import_templates(templates, bpf::lb::monotonic_coarse_ns()) {
                 Ok(n) => {
                     *self.sync_counters.entry("templates_imported").or_default() += n as u64;
+                    self.sync.imported(n);
                     *self.sync_counters.entry("templates_unknown").or_default() +=
                         (templates.len() - n) as u64;
                 }
@@ -1733,7 +1735,16 @@ impl Daemon {
         if desired == self.desired && self.applied_once {
             return Ok(());
         }
-        match self.dataplane.as_dyn().apply(&to_dataplane(&desired)) {
+        let applied = self.dataplane.as_dyn().apply(&to_dataplane(&desired));
+        // Connection sync: what the master sent may have been skipped as unknown here.
+        if applied.as_ref().is_ok_and(|r| {
+            !r.services_added.is_empty()
+                || !r.services_changed.is_empty()
+                || r.real_servers_added > 0
+        }) {
+            self.sync.want_table();
+        }
+        match applied {
             Ok(r) if !r.is_empty() => info!(
                 dataplane = self.dataplane.name(),
                 services_added = r.services_added.len(),

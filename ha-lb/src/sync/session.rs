@@ -17,8 +17,11 @@
 //!
 //! A director whose synced instance enters BACKUP from INIT (start) or FAULT (its link came
 //! back, tracking recovered) may have missed anything: it asks the master for its whole table
-//! (a [`request`](super::request)) at every tick until it has imported a datagram, at most
-//! [`MAX_REQUESTS`] times.
+//! (a [`request`](super::request)) at every tick until it has imported something (written a
+//! connection or template: a datagram whose entries it skipped, its real servers still down,
+//! say, does not count), at most [`MAX_REQUESTS`] times. It asks again the same way when
+//! something becomes importable here (a service or real server added: health up, reload;
+//! [`Session::want_table`]), at most once per [`REASK_INTERVAL`].
 //!
 //! Connections and persistence templates go through the same decisions: one diff
 //! ([`Exporter::diff_all`]), one pacing budget, one owed list, one import gate.
@@ -64,6 +67,9 @@ pub const LEAVE_GRACE: Duration = Duration::from_secs(10);
 /// After becoming MASTER, a director imports this long (the last diff of the one that left).
 pub const IMPORT_AFTER_MASTER: Duration = Duration::from_secs(5);
 
+/// A director asks for the table again ([`Session::want_table`]) at most this often.
+pub const REASK_INTERVAL: Duration = Duration::from_secs(30);
+
 /// What to do at a tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Tick {
@@ -108,6 +114,12 @@ pub struct Session {
     last_answer: Option<Instant>,
     /// Table requests still to send, one a tick.
     requests_left: u8,
+    /// The synced instance is BACKUP.
+    backup: bool,
+    /// Something became importable here: ask for the table again (see
+    /// [`Session::want_table`]) once [`REASK_INTERVAL`] after the last time.
+    reask: bool,
+    last_reask: Option<Instant>,
     /// When the synced instance last became MASTER / left it.
     became_master: Option<Instant>,
     left_master: Option<Instant>,
@@ -130,6 +142,10 @@ impl Session {
             (_, State::Backup) => self.requests_left,
             _ => 0,
         };
+        self.backup = to == State::Backup;
+        if !self.backup {
+            self.reask = false;
+        }
         if master && !self.master {
             // Becoming master: the others may lack anything; send everything.
             self.exporter.reset();
@@ -152,6 +168,12 @@ impl Session {
     /// Once a tick (a second).
     pub fn tick(&mut self, now: Instant) -> Tick {
         if !self.master {
+            if self.reask && self.last_reask.is_none_or(|t| now.duration_since(t) >= REASK_INTERVAL)
+            {
+                self.reask = false;
+                self.last_reask = Some(now);
+                self.requests_left = MAX_REQUESTS;
+            }
             let request = self.requests_left > 0;
             self.requests_left = self.requests_left.saturating_sub(1);
             // The last diff, and what it or an answered request left owed.
@@ -222,9 +244,30 @@ impl Session {
             let (connections, templates) = (d.entries.len(), d.templates.len());
             return Received::NotImported { connections, templates };
         }
-        // The master answered (or was sending anyway): enough asking.
-        self.requests_left = 0;
         Received::Import(d)
+    }
+
+    /// What a datagram [`Session::receive`] gave to import wrote here: `written` connections
+    /// and templates (not counting those skipped as unknown here). Once something was, the
+    /// master has answered (or was sending anyway: a kernel master, which takes no requests):
+    /// enough asking. A datagram of entries all unknown here — the master's answer while this
+    /// director's real servers are still down — is no answer: it keeps asking.
+    pub fn imported(&mut self, written: usize) {
+        if written > 0 {
+            self.requests_left = 0;
+        }
+    }
+
+    /// Something became importable here (a service or real server added to the data plane:
+    /// its health checks passed, a reload): what the master sent before may have been skipped
+    /// as unknown. A BACKUP asks for the table again ([`MAX_REQUESTS`] times at most, until
+    /// something is imported) from its next tick, at most once per [`REASK_INTERVAL`] (later
+    /// calls are kept for then, so a real server that comes up just after the last time is not
+    /// missed).
+    pub fn want_table(&mut self) {
+        if self.backup {
+            self.reask = true;
+        }
     }
 
     /// Whether a datagram received now is imported: not while MASTER, except just after
@@ -254,8 +297,6 @@ impl Session {
             let connections = message.conns.len() - templates;
             return Received::NotImported { connections, templates };
         }
-        // A master is sending: asking it (in our format) is pointless now.
-        self.requests_left = 0;
         Received::ImportIpvs { message, first }
     }
 
@@ -609,6 +650,7 @@ mod tests {
         assert_eq!(requests(&mut s, t0, 33..36), vec![33, 34, 35]);
         let d = encode(7, &[sample()]).remove(0);
         assert!(matches!(s.receive(t0, 7, &d), Received::Import(_)));
+        s.imported(1);
         assert!(requests(&mut s, t0, 36..50).is_empty(), "imported: done");
 
         // Leaving MASTER for BACKUP: it had the table; no request.
@@ -621,6 +663,43 @@ mod tests {
         assert_eq!(requests(&mut s, t0, 60..61), vec![60]);
         s.on_state(t0, State::Backup, State::Master);
         assert!(requests(&mut s, t0, 61..70).is_empty());
+    }
+
+    /// Found by review: the first datagram through the gate stopped the requests, whether or
+    /// not anything was written: with `alpha` (real servers down at start) the master's answer
+    /// was skipped whole as unknown, and the backup never asked again. It asks until something
+    /// is written, and again when something becomes importable (health up, reload), at most
+    /// once per REASK_INTERVAL.
+    #[test]
+    fn requests_go_on_until_something_is_written_and_again_when_needed() {
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut s = Session::new();
+        s.on_state(t0, State::Initialize, State::Backup);
+        assert_eq!(requests(&mut s, t0, 1..3), vec![1, 2]);
+        // The answer: every entry unknown here.
+        let d = encode(7, &[sample()]).remove(0);
+        assert!(matches!(s.receive(at(2), 7, &d), Received::Import(_)));
+        s.imported(0);
+        assert_eq!(requests(&mut s, t0, 3..5), vec![3, 4], "nothing written: asks on");
+        // A real server came up: asked again as soon as the tick comes (the first time).
+        s.imported(1);
+        assert!(requests(&mut s, t0, 5..7).is_empty());
+        s.want_table();
+        assert_eq!(requests(&mut s, t0, 7..9), vec![7, 8]);
+        s.imported(3);
+        assert!(requests(&mut s, t0, 9..10).is_empty());
+        // Another one soon after: kept for REASK_INTERVAL after the last time.
+        s.want_table();
+        let again = 7 + REASK_INTERVAL.as_secs();
+        assert!(requests(&mut s, t0, 10..again).is_empty(), "at most once per REASK_INTERVAL");
+        assert_eq!(requests(&mut s, t0, again..again + 1), vec![again]);
+        s.imported(1);
+        // Not while MASTER (nor kept for later).
+        s.on_state(at(100), State::Backup, State::Master);
+        s.want_table();
+        s.on_state(at(101), State::Master, State::Backup);
+        assert!(requests(&mut s, t0, 200..240).is_empty());
     }
 
     /// Found by review: any datagram with the right sync id was imported, also by the
@@ -670,6 +749,7 @@ mod tests {
             s.receive(t0, 7, &m),
             Received::ImportIpvs { message: message.clone(), first: true }
         );
+        s.imported(2);
         assert!(!s.tick(t0).request, "a master is sending: no more table requests");
         assert_eq!(s.receive(t0, 7, &m), Received::ImportIpvs { message, first: false });
         assert_eq!(s.receive(t0, 8, &m), Received::OtherId);
