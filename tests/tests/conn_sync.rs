@@ -203,7 +203,7 @@ fn kernel_ipvs_messages_take_the_same_gate() {
     })
     .unwrap_or_else(|e| panic!("{e}: {:?}", d2.status().map(|s| s["lvs_sync"].clone())));
     assert!(d2.log_text().contains("protocol version 0 are not imported"), "{}", d2.log_text());
-    // The master does not import — once 5 s (IMPORT_AFTER_MASTER: the last diff of the
+    // The master does not import — once IMPORT_AFTER_MASTER (11 s: the last diff of the
     // director that left) have passed since it became MASTER; until then it did (the
     // messages above reached it too, looped back on n1).
     std::thread::sleep(ha_lb::sync::session::IMPORT_AFTER_MASTER);

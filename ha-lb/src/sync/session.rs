@@ -64,8 +64,10 @@ pub const MAX_REQUESTS: u8 = 10;
 /// After leaving MASTER, a director answers table requests and sends what it owes this long.
 pub const LEAVE_GRACE: Duration = Duration::from_secs(10);
 
-/// After becoming MASTER, a director imports this long (the last diff of the one that left).
-pub const IMPORT_AFTER_MASTER: Duration = Duration::from_secs(5);
+/// After becoming MASTER, a director imports this long: the last diff of the one that left,
+/// and what that one still owes (it sends it for [`LEAVE_GRACE`] after it left MASTER, which
+/// is a little after this one became it: a second more).
+pub const IMPORT_AFTER_MASTER: Duration = Duration::from_secs(LEAVE_GRACE.as_secs() + 1);
 
 /// A director asks for the table again ([`Session::want_table`]) at most this often.
 pub const REASK_INTERVAL: Duration = Duration::from_secs(30);
@@ -700,6 +702,19 @@ mod tests {
         s.want_table();
         s.on_state(at(101), State::Master, State::Backup);
         assert!(requests(&mut s, t0, 200..240).is_empty());
+    }
+
+    /// Found by review: a master leaving after a failover sends what it owes for LEAVE_GRACE,
+    /// but the new master imported only for 5 s: what came in seconds 5 to 10 was thrown away.
+    #[test]
+    fn a_new_master_imports_for_as_long_as_the_old_one_sends() {
+        assert!(IMPORT_AFTER_MASTER > LEAVE_GRACE);
+        let t0 = Instant::now();
+        let d = encode(7, &[sample()]).remove(0);
+        let mut s = master(t0);
+        // The old master left a moment after this one became MASTER.
+        let end_of_its_grace = t0 + Duration::from_millis(500) + LEAVE_GRACE;
+        assert_eq!(s.receive(end_of_its_grace, 7, &d), import(sample()));
     }
 
     /// Found by review: any datagram with the right sync id was imported, also by the
