@@ -460,10 +460,8 @@ fn set_sync_buffers(s: &socket2::Socket, size: usize) {
 /// receives only datagrams sent to the group, not unicast ones to one of our addresses),
 /// joined to the group there, multicast sent out of it with TTL 1 and not looped back to
 /// ourselves.
-fn sync_socket(interface: &str) -> Result<tokio::net::UdpSocket> {
+fn sync_socket(interface: &str, ifindex: u32) -> Result<tokio::net::UdpSocket> {
     use socket2::{Domain, Protocol as SProto, SockAddr, Socket, Type};
-    let ifindex = bpf::ifindex_of(interface)
-        .with_context(|| format!("lvs_sync_daemon: interface {interface} not found"))?;
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(SProto::UDP))?;
     s.set_reuse_address(true)?;
     s.bind_device(Some(interface.as_bytes()))
@@ -481,12 +479,48 @@ fn sync_socket(interface: &str) -> Result<tokio::net::UdpSocket> {
     Ok(tokio::net::UdpSocket::from_std(s.into())?)
 }
 
+/// The sync socket ([`sync_socket`]) and the index of the device it was made on.
+struct SyncSocket {
+    sock: tokio::net::UdpSocket,
+    interface: String,
+    ifindex: u32,
+}
+
+impl SyncSocket {
+    fn open(interface: &str) -> Result<SyncSocket> {
+        let ifindex = bpf::ifindex_of(interface)
+            .with_context(|| format!("lvs_sync_daemon: interface {interface} not found"))?;
+        let sock = sync_socket(interface, ifindex)?;
+        Ok(SyncSocket { sock, interface: interface.to_string(), ifindex })
+    }
+
+    /// After a link event: the socket is bound to a device (SO_BINDTODEVICE, the group joined
+    /// on its index); one deleted and created again under the name (a VLAN or bond re-made)
+    /// leaves it on the gone device, every send failing and nothing received. Made again on
+    /// the new device (as instances are restarted on it); on failure the old one stays, and
+    /// the next link event tries again.
+    fn renew_if_recreated(&mut self) {
+        if bpf::ifindex_of(&self.interface).is_none_or(|now| now == self.ifindex) {
+            return;
+        }
+        match SyncSocket::open(&self.interface) {
+            Ok(s) => {
+                info!(interface = %self.interface, "lvs_sync_daemon: interface created again (new index); sync socket made again on it");
+                *self = s;
+            }
+            Err(e) => {
+                warn!(interface = %self.interface, error = %format!("{e:#}"), "lvs_sync_daemon: making the sync socket again on the re-created interface failed")
+            }
+        }
+    }
+}
+
 async fn recv_sync(
-    sock: &Option<tokio::net::UdpSocket>,
+    sock: &Option<SyncSocket>,
     buf: &mut [u8],
 ) -> std::io::Result<(usize, std::net::SocketAddr)> {
     match sock {
-        Some(s) => s.recv_from(buf).await,
+        Some(s) => s.sock.recv_from(buf).await,
         None => std::future::pending().await,
     }
 }
@@ -663,9 +697,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     };
 
     // Before the instances start: a failure here must not leave a MASTER's VIPs behind.
-    let sync_sock = match (&dataplane, &config.global.lvs_sync_daemon) {
+    let mut sync_sock = match (&dataplane, &config.global.lvs_sync_daemon) {
         (Plane::Xdp(_), Some(s)) => {
-            let sock = sync_socket(&s.interface)?;
+            let sock = SyncSocket::open(&s.interface)?;
             info!(interface = %s.interface, vrrp_instance = %s.vrrp_instance, "lvs_sync_daemon: connection sync on {SYNC_GROUP}:{SYNC_PORT}");
             // The table request goes out once the synced instance is BACKUP (sync::Session).
             Some(sock)
@@ -719,6 +753,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 let (track, rebind) = d.on_link(ev);
                 if let Some(u) = track { d.on_track(u); d.apply_tracking().await; }
                 d.rebind(rebind).await;
+                if let Some(s) = &mut sync_sock { s.renew_if_recreated(); }
             }
             Some(name) = restart_rx.recv() => d.finish_restart(&name).await,
             Some((req, reply)) = ctl_rx.recv() => {
@@ -744,14 +779,14 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 d.retry_failed_starts().await;
             }
             _ = sync_tick.tick(), if sync_sock.is_some() => {
-                if let Some(s) = &sync_sock { d.sync_send(s); }
+                if let Some(s) = &sync_sock { d.sync_send(&s.sock); }
             }
             r = recv_sync(&sync_sock, &mut sync_buf) => {
                 if let Ok((n, _from)) = r { d.sync_receive(&sync_buf[..n]); }
                 // Whatever else has arrived, up to a bound (a paced tick is a few hundred).
                 if let Some(s) = &sync_sock {
                     for _ in 0..SYNC_RECV_BATCH {
-                        let Ok((n, _)) = s.try_recv_from(&mut sync_buf) else { break };
+                        let Ok((n, _)) = s.sock.try_recv_from(&mut sync_buf) else { break };
                         d.sync_receive(&sync_buf[..n]);
                     }
                 }
@@ -780,7 +815,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     }
     // Connection sync: a master that stops sends its last diff (see sync::Session).
     if let Some(s) = &sync_sock {
-        d.sync_send(s);
+        d.sync_send(&s.sock);
     }
     let hooks = std::mem::take(&mut d.notify_tasks);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {

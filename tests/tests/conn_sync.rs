@@ -27,8 +27,13 @@ fn sync_counter(d: &HaLb, key: &str) -> u64 {
 
 /// Sends `payload` from `node`'s sync-link address 198.19.0.`n` to `to` (UDP), out of eth1.
 fn send_from(node: &ha_lb_lab::netns::Node, n: u8, to: &str, payload: &[u8]) {
+    send_from_addr(node, &format!("198.19.0.{n}"), to, payload)
+}
+
+/// Sends `payload` from `node`'s address `src` to `to` (UDP), out of `src`'s interface.
+fn send_from_addr(node: &ha_lb_lab::netns::Node, src: &str, to: &str, payload: &[u8]) {
     let (src, to): (std::net::SocketAddrV4, std::net::SocketAddrV4) =
-        (format!("198.19.0.{n}:0").parse().unwrap(), to.parse().unwrap());
+        (format!("{src}:0").parse().unwrap(), to.parse().unwrap());
     let payload = payload.to_vec();
     node.run(move || {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
@@ -217,4 +222,71 @@ fn kernel_ipvs_messages_take_the_same_gate() {
     })
     .unwrap_or_else(|e| panic!("{e}: {:?}", d1.status().map(|s| s["lvs_sync"].clone())));
     assert_eq!(sync_counter(&d1, "connections_imported"), before);
+}
+
+/// Makes `node`'s sync link `sync0` (a macvlan on eth1: the lab's kernel may have no VLANs)
+/// with address 198.20.0.`n`/24, up.
+fn make_sync_vlan(node: &ha_lb_lab::Node, n: u8) {
+    let add = ["link", "add", "link", "eth1", "name", "sync0", "type", "macvlan", "mode", "bridge"];
+    node.ip(&add).unwrap();
+    node.ip(&["addr", "add", &format!("198.20.0.{n}/24"), "dev", "sync0"]).unwrap();
+    node.ip(&["link", "set", "sync0", "up"]).unwrap();
+}
+
+/// Found by review: the sync socket is bound to its interface's device (SO_BINDTODEVICE, the
+/// group joined on its index) once, at start; when that interface was deleted and created
+/// again (a sync VLAN or bond re-made; here a macvlan), nothing more was received on it (nor sent). The
+/// daemon makes the socket again on the new device, as it restarts instances on one.
+#[test]
+fn a_sync_interface_created_again_is_used_again() {
+    let mut t = DirectorLab::build(Mode::Nat, 2, 3).unwrap();
+    let _pids = t.start_real_servers().unwrap();
+    let s = Scratch::new("rsync").unwrap();
+    let rss: Vec<String> = (1..=3).map(|n| real_server(n, 1, "", None)).collect();
+    let vs = virtual_server("lb_algo = \"rr\"", &rss);
+    let (n1, n2) = (t.directors[0].clone(), t.directors[1].clone());
+    make_sync_vlan(&n1, 1);
+    make_sync_vlan(&n2, 2);
+    let conf = |n, peer, priority| {
+        conf(n, peer, priority, &vs).replacen(
+            "interface = \"eth1\", vrrp_instance",
+            "interface = \"sync0\", vrrp_instance",
+            1,
+        )
+    };
+    let d1 = HaLb::start(&mut t.lab, &n1, &s, "d1", &conf(1, 2, 150)).unwrap();
+    wait_master_serving(&t, &d1);
+    let d2 = HaLb::start(&mut t.lab, &n2, &s, "d2", &conf(2, 1, 100)).unwrap();
+    eventually(Duration::from_secs(5), "d2 BACKUP", || {
+        d2.state("VI_GATEWAY").as_deref() == Some("BACKUP")
+    })
+    .unwrap();
+    let other_id = ha_lb::sync::request(99);
+    let lsync = |d: &HaLb| d.status().map(|s| s["lvs_sync"].clone());
+    send_from_addr(&n1, "198.20.0.1", "224.0.0.81:8848", &other_id);
+    eventually(Duration::from_secs(2), "d2 receives on sync0", || {
+        sync_counter(&d2, "datagrams_other_id") == 1
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", lsync(&d2), d2.log_text()));
+
+    n2.ip(&["link", "del", "sync0"]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    make_sync_vlan(&n2, 2);
+    eventually(Duration::from_secs(3), "d2 receives on the new sync0", || {
+        send_from_addr(&n1, "198.20.0.1", "224.0.0.81:8848", &other_id);
+        std::thread::sleep(Duration::from_millis(200));
+        sync_counter(&d2, "datagrams_other_id") >= 2
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", lsync(&d2), d2.log_text()));
+    // And sends on one: the master's sync0 made again, its new connections reach d2.
+    n1.ip(&["link", "del", "sync0"]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    make_sync_vlan(&n1, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = sync_counter(&d2, "connections_imported");
+    let (_conns, _names) = open_spread(&t.client, 3, 3);
+    eventually(Duration::from_secs(4), "d2 imports d1's new connections", || {
+        sync_counter(&d2, "connections_imported") >= before + 3
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?} {:?}\n{}", lsync(&d1), lsync(&d2), d1.log_text()));
 }
