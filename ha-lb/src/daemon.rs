@@ -1003,13 +1003,7 @@ impl Daemon {
             .config
             .virtual_servers
             .iter()
-            .map(|v| {
-                let proto = match v.protocol {
-                    config::Protocol::Tcp => 6,
-                    config::Protocol::Udp => 17,
-                };
-                ((v.address, v.port, proto), v.lb_kind)
-            })
+            .map(|v| ((v.address, v.port, crate::dataplane::ip_protocol(v.protocol)), v.lb_kind))
             .collect();
         let known = |k: &ha_lb_common::lb::LbFlowKey| {
             let vip = bpf::lb::words_addr(&k.dst, k.family);
@@ -1033,7 +1027,7 @@ impl Daemon {
             self.sync.export(id, &flows, &templates, bpf::lb::monotonic_ns(), &known, &names);
         // What the data path expires flows after: what a kernel backup is told is left.
         let conn_timeouts = match &self.dataplane {
-            Plane::Xdp(x) => crate::sync::ipvs_wire::ConnTimeouts::from(x.timeouts()),
+            Plane::Xdp(x) => x.timeouts(),
             _ => Default::default(),
         };
         // The tick's budget is in packets on the wire (a kernel backup's default receive

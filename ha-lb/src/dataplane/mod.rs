@@ -20,6 +20,23 @@ use std::{collections::BTreeMap, net::IpAddr};
 // server's identity, scheduler and forwarding method.
 pub use crate::config::{LbAlgo, LbKind, Protocol, VirtualServerKey};
 
+/// `p`'s IP protocol number: the data path's keys, connection sync's wire formats.
+pub const fn ip_protocol(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => ha_lb_common::lb::IPPROTO_TCP,
+        Protocol::Udp => ha_lb_common::lb::IPPROTO_UDP,
+    }
+}
+
+/// The protocol of IP protocol number `n` (`None`: one the data path does not balance).
+pub const fn protocol_of(n: u8) -> Option<Protocol> {
+    match n {
+        ha_lb_common::lb::IPPROTO_TCP => Some(Protocol::Tcp),
+        ha_lb_common::lb::IPPROTO_UDP => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
 /// One `real_server` of a virtual server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RealServerSpec {

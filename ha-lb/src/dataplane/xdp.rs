@@ -92,8 +92,8 @@ use std::{
 use aya::programs::{tc::SchedClassifierLinkId, xdp::XdpLinkId};
 use ha_lb_common::lb::{
     LbBackendSet, LbConfig, LbFlow, LbFlowKey, LbPersist, LbPersistKey, LbReal, LbService,
-    LbServiceKey, LbTraffic, IPPROTO_TCP, IPPROTO_UDP, LB_ALGO_LC, LB_ALGO_MH, LB_ALGO_RR,
-    LB_ALGO_SH, LB_ALGO_WLC, LB_ALGO_WRR, LB_CFG_F_VRRP_FILTER, LB_FLOW_F_CLOSED, LB_FLOW_F_DR,
+    LbServiceKey, LbTraffic, IPPROTO_TCP, LB_ALGO_LC, LB_ALGO_MH, LB_ALGO_RR, LB_ALGO_SH,
+    LB_ALGO_WLC, LB_ALGO_WRR, LB_CFG_F_VRRP_FILTER, LB_FLOW_F_CLOSED, LB_FLOW_F_DR,
     LB_FLOW_F_HALF_OPEN, LB_FLOW_F_PERSIST, LB_FLOW_F_REPLY, LB_FLOW_F_TUN,
     LB_FLOW_PERSIST_PREFIX_SHIFT, LB_KIND_DR, LB_KIND_NAT, LB_KIND_TUN, LB_REALS_MAX,
     LB_REAL_F_AVAILABLE, LB_REAL_F_QUIESCED, LB_REAL_NO_SERVICE, LB_RING_CHUNK, LB_RING_CHUNKS,
@@ -249,15 +249,7 @@ impl State {
 
 pub fn service_key(vs: &VirtualServerKey) -> LbServiceKey {
     let (addr, family) = addr_words(vs.address);
-    LbServiceKey {
-        addr,
-        port: port_be(vs.port),
-        proto: match vs.protocol {
-            Protocol::Tcp => IPPROTO_TCP,
-            Protocol::Udp => IPPROTO_UDP,
-        },
-        family,
-    }
+    LbServiceKey { addr, port: port_be(vs.port), proto: super::ip_protocol(vs.protocol), family }
 }
 
 fn algo_code(a: LbAlgo) -> u8 {
@@ -712,6 +704,19 @@ pub struct Timeouts {
     pub udp: std::time::Duration,
 }
 
+impl Timeouts {
+    /// The idle timeout of an established flow of IP protocol `proto`: TCP open, TCP
+    /// `closed` (FIN/RST seen), anything else UDP's. (A half-open TCP flow has its own, the
+    /// data path's `TCP_SYN_RECV_TIMEOUT_NS`.)
+    pub fn for_flow(&self, proto: u8, closed: bool) -> std::time::Duration {
+        match (proto, closed) {
+            (IPPROTO_TCP, false) => self.tcp,
+            (IPPROTO_TCP, true) => self.tcp_fin,
+            _ => self.udp,
+        }
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         let d = LbConfig::DEFAULT;
@@ -850,10 +855,7 @@ fn imported(
     if !e.same_family() {
         return false;
     }
-    let proto = match protocol {
-        Protocol::Tcp => IPPROTO_TCP,
-        Protocol::Udp => IPPROTO_UDP,
-    };
+    let proto = super::ip_protocol(protocol);
     let (c, family) = addr_words(client.ip());
     let (v, _) = addr_words(vip.ip());
     let (a, _) = addr_words(real_server.ip());
@@ -864,12 +866,7 @@ fn imported(
     }
     // Idle past this director's timeout for it: expired here, not imported (on a director
     // up for less than that, `last_seen` would be clamped at 0 and the flow revived).
-    let timeout = match (protocol, closed) {
-        (Protocol::Tcp, false) => timeouts.tcp,
-        (Protocol::Tcp, true) => timeouts.tcp_fin,
-        (Protocol::Udp, _) => timeouts.udp,
-    };
-    if u64::from(idle_secs) >= timeout.as_secs() {
+    if u64::from(idle_secs) >= timeouts.for_flow(proto, closed).as_secs() {
         return false;
     }
     let last_seen_ns = now_ns.saturating_sub(idle_secs as u64 * 1_000_000_000);
@@ -1324,14 +1321,10 @@ impl XdpDataplane {
         let live = self.state.live_reals();
         let t = self.timeouts;
         let timeout = |proto: u8, flags: u32| -> u64 {
-            let d = if proto != IPPROTO_TCP {
-                t.udp
-            } else if flags & LB_FLOW_F_HALF_OPEN != 0 {
+            let d = if proto == IPPROTO_TCP && flags & LB_FLOW_F_HALF_OPEN != 0 {
                 std::time::Duration::from_nanos(TCP_SYN_RECV_TIMEOUT_NS)
-            } else if flags & LB_FLOW_F_CLOSED != 0 {
-                t.tcp_fin
             } else {
-                t.tcp
+                t.for_flow(proto, flags & LB_FLOW_F_CLOSED != 0)
             };
             d.as_nanos() as u64
         };

@@ -38,8 +38,8 @@ use std::{
 };
 
 use ha_lb_common::lb::{
-    LbFlow, LbFlowKey, LbPersist, LbPersistKey, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP,
-    LB_FLOW_F_CLOSED, LB_FLOW_F_HALF_OPEN, LB_FLOW_F_REPLY,
+    LbFlow, LbFlowKey, LbPersist, LbPersistKey, FAMILY_V4, FAMILY_V6, LB_FLOW_F_CLOSED,
+    LB_FLOW_F_HALF_OPEN, LB_FLOW_F_REPLY,
 };
 
 use super::{SyncEntry, SyncItem, SyncTemplate};
@@ -381,10 +381,7 @@ fn entry_key(e: &SyncEntry) -> Option<LbFlowKey> {
     if !e.same_family() {
         return None;
     }
-    let proto = match e.protocol {
-        Protocol::Tcp => IPPROTO_TCP,
-        Protocol::Udp => IPPROTO_UDP,
-    };
+    let proto = crate::dataplane::ip_protocol(e.protocol);
     let (c, family) = addr_words(e.client.ip());
     let (v, _) = addr_words(e.vip.ip());
     Some(LbFlowKey::new(family, proto, (c, port_be(e.client.port())), (v, port_be(e.vip.port()))))
@@ -396,11 +393,7 @@ pub fn forward_entry(key: &LbFlowKey, flow: &LbFlow, now_ns: u64) -> Option<Sync
     if key.family != FAMILY_V4 && key.family != FAMILY_V6 {
         return None;
     }
-    let protocol = match key.proto {
-        IPPROTO_TCP => Protocol::Tcp,
-        IPPROTO_UDP => Protocol::Udp,
-        _ => return None,
-    };
+    let protocol = crate::dataplane::protocol_of(key.proto)?;
     let lb_kind = crate::dataplane::xdp::flow_kind(flow.flags);
     let sock = |w: &[u32; 4], port_be: u16| {
         SocketAddr::new(words_addr(w, key.family), u16::from_be(port_be))
@@ -421,7 +414,9 @@ pub fn forward_entry(key: &LbFlowKey, flow: &LbFlow, now_ns: u64) -> Option<Sync
 mod tests {
     use std::collections::{HashMap, HashSet};
 
-    use ha_lb_common::lb::{LB_FLOW_F_DR, LB_FLOW_F_PERSIST, LB_FLOW_F_TUN};
+    use ha_lb_common::lb::{
+        IPPROTO_TCP, IPPROTO_UDP, LB_FLOW_F_DR, LB_FLOW_F_PERSIST, LB_FLOW_F_TUN,
+    };
     use proptest::prelude::*;
 
     use super::*;

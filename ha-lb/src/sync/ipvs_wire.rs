@@ -44,11 +44,17 @@
 //! and those ha-lb cannot import (firewall marks, SCTP, local-node and bypass forwarding,
 //! persistence engines) are left to [`IpvsConn::to_item`].
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
-use super::{SyncEntry, SyncItem, SyncTemplate};
+use super::{
+    wire::{ip_at, put_ip},
+    SyncEntry, SyncItem, SyncTemplate,
+};
 use crate::config::{LbKind, Protocol};
-use crate::dataplane::xdp::mask_prefix;
+use crate::dataplane::{
+    ip_protocol, protocol_of,
+    xdp::{mask_prefix, Timeouts},
+};
 
 /// `struct ip_vs_sync_mesg`.
 pub const HEADER_LEN: usize = 8;
@@ -115,8 +121,7 @@ pub const UDP_S_LAST: u16 = 1;
 /// `IP_VS_CTPL_S_NONE`: a template's state.
 pub const CTPL_S_NONE: u16 = 0;
 
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+use ha_lb_common::lb::IPPROTO_TCP;
 
 /// Why a received IPVS message was dropped. `index` is the 0-based entry the error is in.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -212,29 +217,6 @@ pub enum Unmappable {
     NoClientPort,
 }
 
-/// The connection timeouts of the director that sends, in seconds, per state (what its
-/// data path expires a flow after): open TCP, closed TCP, UDP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnTimeouts {
-    pub tcp: u32,
-    pub tcp_fin: u32,
-    pub udp: u32,
-}
-
-impl Default for ConnTimeouts {
-    /// The eBPF data path's defaults (`LbConfig::DEFAULT`).
-    fn default() -> Self {
-        ConnTimeouts::from(crate::dataplane::xdp::Timeouts::default())
-    }
-}
-
-impl From<crate::dataplane::xdp::Timeouts> for ConnTimeouts {
-    fn from(t: crate::dataplane::xdp::Timeouts) -> Self {
-        let s = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
-        ConnTimeouts { tcp: s(t.tcp), tcp_fin: s(t.tcp_fin), udp: s(t.udp) }
-    }
-}
-
 impl IpvsConn {
     /// A persistence template (`IP_VS_CONN_F_TEMPLATE`).
     pub fn is_template(&self) -> bool {
@@ -275,11 +257,7 @@ impl IpvsConn {
         if self.fwmark != 0 {
             return Err(Unmappable::Fwmark);
         }
-        let protocol = match self.protocol {
-            IPPROTO_TCP => Protocol::Tcp,
-            IPPROTO_UDP => Protocol::Udp,
-            _ => return Err(Unmappable::Protocol),
-        };
+        let protocol = protocol_of(self.protocol).ok_or(Unmappable::Protocol)?;
         let v4 = self.vip.is_ipv4();
         if self.client.is_ipv4() != v4 || self.real_server.is_ipv4() != v4 {
             return Err(Unmappable::MixedFamily);
@@ -335,12 +313,15 @@ impl IpvsConn {
     /// is left of ours for that state (`timeouts`) after the entry's idle time, at least 1 s
     /// (0 would mean the backup's full timeout from receipt, renewed by every resend, so its
     /// copies would never age); `None` when nothing is left (not sent).
-    pub fn from_entry(e: &SyncEntry, timeouts: &ConnTimeouts) -> Option<IpvsConn> {
-        let (protocol, state, inactive, full) = match (e.protocol, e.closed) {
-            (Protocol::Tcp, false) => (IPPROTO_TCP, TCP_S_ESTABLISHED, 0, timeouts.tcp),
-            (Protocol::Tcp, true) => (IPPROTO_TCP, TCP_S_TIME_WAIT, F_INACTIVE, timeouts.tcp_fin),
-            (Protocol::Udp, _) => (IPPROTO_UDP, UDP_S_NORMAL, F_INACTIVE, timeouts.udp),
+    pub fn from_entry(e: &SyncEntry, timeouts: &Timeouts) -> Option<IpvsConn> {
+        let (state, inactive) = match (e.protocol, e.closed) {
+            (Protocol::Tcp, false) => (TCP_S_ESTABLISHED, 0),
+            (Protocol::Tcp, true) => (TCP_S_TIME_WAIT, F_INACTIVE),
+            (Protocol::Udp, _) => (UDP_S_NORMAL, F_INACTIVE),
         };
+        let protocol = ip_protocol(e.protocol);
+        let full = timeouts.for_flow(protocol, e.closed).as_secs();
+        let full = u32::try_from(full).unwrap_or(u32::MAX);
         if e.idle_secs >= full {
             return None;
         }
@@ -370,10 +351,7 @@ impl IpvsConn {
     pub fn from_template(t: &SyncTemplate, persistence_timeout: u32) -> IpvsConn {
         let client = SocketAddr::new(mask_prefix(t.client, t.prefix), 0);
         IpvsConn {
-            protocol: match t.protocol {
-                Protocol::Tcp => IPPROTO_TCP,
-                Protocol::Udp => IPPROTO_UDP,
-            },
+            protocol: ip_protocol(t.protocol),
             flags: F_TEMPLATE,
             state: CTPL_S_NONE,
             client,
@@ -401,16 +379,6 @@ fn be16(b: &[u8], i: usize) -> u16 {
 
 fn be32(b: &[u8], i: usize) -> u32 {
     u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
-}
-
-fn ip_at(b: &[u8], i: usize, v6: bool) -> IpAddr {
-    if v6 {
-        let mut o = [0u8; 16];
-        o.copy_from_slice(&b[i..i + 16]);
-        IpAddr::V6(Ipv6Addr::from(o))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(b[i], b[i + 1], b[i + 2], b[i + 3]))
-    }
 }
 
 /// Decodes one message, as `ip_vs_process_message` reads it (see the module's notes).
@@ -517,13 +485,6 @@ fn options(mut o: &[u8], c: &mut IpvsConn) -> Result<(), ()> {
     Ok(())
 }
 
-fn put_ip(out: &mut Vec<u8>, a: IpAddr) {
-    match a {
-        IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
-        IpAddr::V6(v6) => out.extend_from_slice(&v6.octets()),
-    }
-}
-
 /// The encoded length of `c` (no options), or `None` if its addresses mix families.
 pub fn encoded_len(c: &IpvsConn) -> Option<usize> {
     let v4 = c.vip.is_ipv4();
@@ -578,7 +539,7 @@ pub fn encode(sync_id: u8, conns: &[IpvsConn]) -> Vec<Vec<u8>> {
 /// request (no entries) or anything not ours gives nothing.
 pub fn transcode(
     datagram: &[u8],
-    timeouts: &ConnTimeouts,
+    timeouts: &Timeouts,
     persistence_timeout: &dyn Fn(Protocol, SocketAddr) -> u32,
 ) -> Vec<Vec<u8>> {
     let Ok(d) = super::decode(datagram) else { return Vec::new() };
@@ -603,6 +564,9 @@ fn finish(mut m: Vec<u8>) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::time::Duration;
+
     use super::*;
     use proptest::prelude::*;
 
@@ -843,7 +807,8 @@ mod tests {
             idle_secs: 17,
             closed: true,
         };
-        let to = ConnTimeouts { tcp: 900, tcp_fin: 120, udp: 300 };
+        let s = Duration::from_secs;
+        let to = Timeouts { tcp: s(900), tcp_fin: s(120), udp: s(300) };
         let c = IpvsConn::from_entry(&e, &to).unwrap();
         // Closed: TIME_WAIT (a new SYN may replace it), inactive, what is left of ours.
         assert_eq!((c.flags, c.state, c.timeout), (F_TUNNEL | F_INACTIVE, TCP_S_TIME_WAIT, 103));
@@ -909,7 +874,7 @@ mod tests {
         let ours = super::super::encode(52, &entries);
         let tpl = super::super::encode(52, &[t]);
         let timeout = |_: Protocol, _: SocketAddr| 300;
-        let to = ConnTimeouts::default();
+        let to = Timeouts::default();
         let back: Vec<IpvsConn> = ours
             .iter()
             .flat_map(|d| transcode(d, &to, &timeout))

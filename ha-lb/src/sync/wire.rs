@@ -50,10 +50,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use ha_lb_common::lb::{IPPROTO_TCP, IPPROTO_UDP, LB_KIND_DR, LB_KIND_NAT, LB_KIND_TUN};
+use ha_lb_common::lb::{LB_KIND_DR, LB_KIND_NAT, LB_KIND_TUN};
 
 use super::{SyncEntry, SyncItem, SyncTemplate};
-use crate::config::{LbKind, Protocol};
+use crate::config::LbKind;
+use crate::dataplane::{ip_protocol, protocol_of};
 
 /// `"HLBS"`: ha-lb sync.
 pub const MAGIC: [u8; 4] = *b"HLBS";
@@ -158,13 +159,6 @@ pub fn item_len(i: &SyncItem) -> Option<usize> {
     }
 }
 
-const fn protocol_code(p: Protocol) -> u8 {
-    match p {
-        Protocol::Tcp => IPPROTO_TCP,
-        Protocol::Udp => IPPROTO_UDP,
-    }
-}
-
 const fn kind_code(k: LbKind) -> u8 {
     match k {
         LbKind::Nat => LB_KIND_NAT,
@@ -173,7 +167,8 @@ const fn kind_code(k: LbKind) -> u8 {
     }
 }
 
-fn put_ip(out: &mut Vec<u8>, a: IpAddr) {
+/// `a`'s address bytes (4 or 16).
+pub(super) fn put_ip(out: &mut Vec<u8>, a: IpAddr) {
     match a {
         IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
         IpAddr::V6(v6) => out.extend_from_slice(&v6.octets()),
@@ -266,7 +261,7 @@ pub fn encode_at_most<T: Copy + Into<SyncItem>>(
         match item {
             SyncItem::Conn(e) => {
                 d.push(family_code(e.client.is_ipv4()));
-                d.push(protocol_code(e.protocol));
+                d.push(ip_protocol(e.protocol));
                 d.push(kind_code(e.lb_kind));
                 d.push(if e.closed { FLAG_CLOSED } else { 0 });
                 put_addr(d, e.client);
@@ -276,7 +271,7 @@ pub fn encode_at_most<T: Copy + Into<SyncItem>>(
             }
             SyncItem::Template(t) => {
                 d.push(family_code(t.vip.is_ipv4()));
-                d.push(protocol_code(t.protocol));
+                d.push(ip_protocol(t.protocol));
                 d.push(t.prefix);
                 d.push(0);
                 put_addr(d, t.vip);
@@ -314,19 +309,20 @@ pub fn is_ipvs_sync(buf: &[u8]) -> bool {
     buf.get(..4) != Some(&MAGIC[..]) && super::ipvs_wire::looks_ipvs(buf)
 }
 
-fn get_ip(b: &[u8], v6: bool) -> IpAddr {
+/// The IPv6 (`v6`) or IPv4 address at `b[i..]` (which must hold it).
+pub(super) fn ip_at(b: &[u8], i: usize, v6: bool) -> IpAddr {
     if v6 {
         let mut o = [0u8; 16];
-        o.copy_from_slice(&b[..16]);
+        o.copy_from_slice(&b[i..i + 16]);
         IpAddr::V6(Ipv6Addr::from(o))
     } else {
-        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        IpAddr::V4(Ipv4Addr::new(b[i], b[i + 1], b[i + 2], b[i + 3]))
     }
 }
 
 fn get_addr(b: &[u8], v6: bool) -> SocketAddr {
     let rest = &b[if v6 { 16 } else { 4 }..];
-    SocketAddr::new(get_ip(b, v6), u16::from_be_bytes([rest[0], rest[1]]))
+    SocketAddr::new(ip_at(b, 0, v6), u16::from_be_bytes([rest[0], rest[1]]))
 }
 
 /// A decoded datagram: its sync id and what it carries (a table request carries nothing; a
@@ -402,10 +398,8 @@ pub fn decode(buf: &[u8]) -> Result<Datagram, SyncDecodeError> {
         }
         let (e, tail) = rest.split_at(len);
         rest = tail;
-        let protocol = match e[1] {
-            IPPROTO_TCP => Protocol::Tcp,
-            IPPROTO_UDP => Protocol::Udp,
-            protocol => return Err(SyncDecodeError::BadProtocol { index, protocol }),
+        let Some(protocol) = protocol_of(e[1]) else {
+            return Err(SyncDecodeError::BadProtocol { index, protocol: e[1] });
         };
         let ip = if v6 { 16 } else { 4 };
         let a = ip + 2;
@@ -418,7 +412,7 @@ pub fn decode(buf: &[u8]) -> Result<Datagram, SyncDecodeError> {
             d.templates.push(SyncTemplate {
                 protocol,
                 vip: get_addr(&e[4..], v6),
-                client: get_ip(&e[4 + a..], v6),
+                client: ip_at(e, 4 + a, v6),
                 prefix,
                 real_server: get_addr(&e[4 + a + ip..], v6),
                 idle_secs: idle(4 + 2 * a + ip),
@@ -455,6 +449,7 @@ pub fn decode(buf: &[u8]) -> Result<Datagram, SyncDecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Protocol;
     use proptest::prelude::*;
 
     fn sa(s: &str) -> SocketAddr {
