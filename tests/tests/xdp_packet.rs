@@ -1183,6 +1183,12 @@ fn an_imported_close_marks_the_flow_closed() {
         assert_eq!((r.opened, r.closed), (0, 1), "only the flow it has");
         assert_eq!(flags(t, a).map(|f| f & LB_FLOW_F_CLOSED), Some(LB_FLOW_F_CLOSED));
         assert_eq!(flags(t, b), None, "a closed flow it never had is not written");
+        // A kernel master syncs a short connection's open and its close in one message: the
+        // close applies to the open before it, the flow is written closed.
+        let c = client(34, 9103);
+        let r = t.dp.import_flows(&[entry(c, false), entry(c, true)], maps::monotonic_ns());
+        assert_eq!(r.map(|r| (r.opened, r.closed)).unwrap(), (1, 1));
+        assert_eq!(flags(t, c).map(|f| f & LB_FLOW_F_CLOSED), Some(LB_FLOW_F_CLOSED));
         // Idle past this director's timeout (TCP 900 s): expired here, not imported — on a
         // director up for less than that it would otherwise be revived (last_seen at 0).
         let old =
