@@ -339,6 +339,12 @@ pub fn del_daemon(family: u16, seq: u32, state: u32) -> Vec<u8> {
 }
 
 /// NEW_DEST / SET_DEST (`p` given: a full entry) or DEL_DEST (`p` = None).
+///
+/// Every one carries the destination's address family: without it the kernel takes the
+/// service's (`ip_vs_genl_set_cmd`: `udest.af = svc->af`), and since `ip_vs_lookup_dest`
+/// compares families, a DEL_DEST of an IPv6 tunnel destination under an IPv4 service (which
+/// keepalived can leave) would never find it. Kernels older than the attribute (3.18) skip
+/// it as unknown, as they do on NEW_DEST.
 pub fn dest(
     family: u16,
     seq: u32,
@@ -356,9 +362,9 @@ pub fn dest(
         m.u32(IPVS_DEST_ATTR_FWD_METHOD, p.fwd)
             .u32(IPVS_DEST_ATTR_WEIGHT, p.weight)
             .u32(IPVS_DEST_ATTR_U_THRESH, p.u_thresh)
-            .u32(IPVS_DEST_ATTR_L_THRESH, p.l_thresh)
-            .u16(IPVS_DEST_ATTR_ADDR_FAMILY, af_of(addr));
+            .u32(IPVS_DEST_ATTR_L_THRESH, p.l_thresh);
     }
+    m.u16(IPVS_DEST_ATTR_ADDR_FAMILY, af_of(addr));
     m.nest_end();
     m.finish()
 }
@@ -715,8 +721,21 @@ mod tests {
         assert_eq!(got, want);
         let del =
             dest(0x1d, 10, IPVS_CMD_DEL_DEST, &key, "198.18.2.10".parse().unwrap(), 443, None);
-        assert_eq!(del.len(), 20 + 48 + 4 + 20 + 8);
+        assert_eq!(del.len(), 20 + 48 + 4 + 20 + 8 + 8);
         assert_eq!(del[16], IPVS_CMD_DEL_DEST);
+        assert_eq!(&del[del.len() - 8..], &[6, 0, 11, 0, 2, 0, 0, 0], "ADDR_FAMILY = AF_INET");
+    }
+
+    #[test]
+    fn del_dest_of_an_ipv6_tunnel_server_under_an_ipv4_service_names_its_family() {
+        // keepalived can leave such a destination; without the family the kernel looks it
+        // up as IPv4 and the delete fails with ENOENT for ever.
+        let key = vs("198.18.0.1:443", Protocol::Tcp);
+        let del =
+            dest(0x1d, 11, IPVS_CMD_DEL_DEST, &key, "fd48:4c42::10".parse().unwrap(), 443, None);
+        // Service nest 48; dest nest 4 + ADDR 20 + PORT 8 + AF 8, no parameters.
+        assert_eq!(del.len(), 20 + 48 + 4 + 20 + 8 + 8);
+        assert_eq!(&del[del.len() - 8..], &[6, 0, 11, 0, 10, 0, 0, 0], "ADDR_FAMILY = AF_INET6");
     }
 
     #[test]
