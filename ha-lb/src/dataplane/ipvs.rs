@@ -122,7 +122,7 @@ impl IpvsDataplane {
     pub fn open() -> Result<IpvsDataplane, DataplaneError> {
         // Kernels before 5.16 do not load ip_vs for its generic netlink family by themselves;
         // keepalived runs modprobe too.
-        let genl = Genl::open().or_else(|e| {
+        let genl = Genl::open(socket::REPLY_TIMEOUT).or_else(|e| {
             if e.errno() != Some(libc::ENOENT) {
                 return Err(e);
             }
@@ -133,7 +133,7 @@ impl IpvsDataplane {
                 .is_ok_and(|s| s.success());
             if loaded {
                 tracing::info!("loaded the ip_vs kernel module");
-                Genl::open()
+                Genl::open(socket::REPLY_TIMEOUT)
             } else {
                 Err(e)
             }
@@ -202,7 +202,9 @@ impl IpvsDataplane {
         if self.switcher.is_some() {
             return Ok(false);
         }
-        let genl = Genl::open().map_err(|e| backend("opening a socket for the sync daemon", e))?;
+        // On the caller's thread (at start): the data plane's bound, not the switcher's.
+        let genl = Genl::open(socket::REPLY_TIMEOUT)
+            .map_err(|e| backend("opening a socket for the sync daemon", e))?;
         let mut k = GenlSync(genl);
         sync_thread::SyncKernel::stop_all(&mut k).map_err(|e| DataplaneError::Backend(e.into()))?;
         tracing::warn!(left = %what, "IPVS: stopped the kernel sync thread an earlier run left (lvs_sync_daemon is not configured now)");
@@ -293,8 +295,8 @@ impl IpvsDataplane {
             return Ok(());
         }
         if self.switcher.is_none() {
-            let genl =
-                Genl::open().map_err(|e| backend("opening a socket for the sync daemon", e))?;
+            let genl = Genl::open(socket::SYNC_REPLY_TIMEOUT)
+                .map_err(|e| backend("opening a socket for the sync daemon", e))?;
             let s = sync_thread::Switcher::spawn(GenlSync(genl)).map_err(|e| {
                 DataplaneError::Backend(
                     format!("IPVS: starting the sync switch thread: {e}").into(),

@@ -11,7 +11,9 @@
 //! What this does not buy: the kernel's IPVS generic-netlink family is not `parallel_ops`,
 //! so while a switch is held in the kernel, every other IPVS request (the data plane's
 //! applies and counter dumps, `ipvsadm`) waits for the generic-netlink lock too. The event
-//! loop is then held at its next IPVS request rather than at the switch itself: VRRP,
+//! loop is then held at its next IPVS request rather than at the switch itself (for at most
+//! [`super::socket::REPLY_TIMEOUT`]; the switcher's own socket waits longer,
+//! [`super::socket::SYNC_REPLY_TIMEOUT`], so a held switch is not given up and redone): VRRP,
 //! health checks and connection sync of the XDP plane go on, a reconcile or `status` of
 //! the IPVS plane waits. A switch that takes longer than [`SLOW`] is logged.
 //!
