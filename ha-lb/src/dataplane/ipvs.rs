@@ -23,8 +23,14 @@
 //! [`IpvsDataplane::keep_on_drop`] says otherwise (keepalived's `--dont-release-ipvs`).
 //!
 //! # Failures and drift
-//! If a command fails half-way (someone deleted a service behind our back, a scheduler module
-//! is missing), `apply` returns the error and the next `apply` first re-reads the kernel's view
+//! Each virtual server is applied on its own, and within one a refused command stops only
+//! what depends on it (a service not created gets no destinations; a refused scheduler or
+//! destination does not hold up the service's other destination changes, such as a health
+//! check's removal), without ever emptying a service for a replacement that is missing or
+//! deleting a service while another failed to be created (see `IpvsDataplane::converge`).
+//! If a command fails (someone deleted a service behind our back, a scheduler module
+//! is missing), `apply` logs what did go through and returns the error, and the next `apply`
+//! first re-reads the kernel's view
 //! of the owned services, then plans from that: nothing needs rebuilding. `maintain()` does the
 //! same re-read every time and puts back anything that drifted from the last desired state
 //! (`ipvsadm -C` by hand is undone within one maintenance interval).
@@ -93,6 +99,9 @@ pub struct IpvsDataplane {
     sync_marker: Option<PathBuf>,
     /// What that file said at start: a run that did not stop its sync thread (a crash).
     leftover_sync: Option<String>,
+    /// The services the last apply did not finish (refused or held back): their changes at
+    /// the next maintain() are a retry, not drift.
+    failing: BTreeSet<VirtualServerKey>,
 }
 
 /// Which of the kernel's connection sync threads runs, where: keepalived's
@@ -161,6 +170,7 @@ impl IpvsDataplane {
             keep_on_drop: false,
             sync_marker: None,
             leftover_sync: None,
+            failing: BTreeSet::new(),
         };
         // Reading needs CAP_NET_ADMIN too: find out now rather than at the first apply.
         dp.dump_services().map_err(|e| match e.errno() {
@@ -343,6 +353,65 @@ impl IpvsDataplane {
         }
     }
 
+    /// Takes the owned services to `desired`, each virtual server on its own, as keepalived
+    /// does: one the kernel refuses (a scheduler module it lacks, an address it rejects)
+    /// does not hold up the others.
+    ///
+    /// Within a service, a refused command stops only what depends on it: a service that
+    /// could not be created gets none of its destinations, but a refused `SET_SERVICE` (a
+    /// scheduler) or destination still lets the service's other destination changes through
+    /// — above all a health check's removal. Two guards keep what the plan's order promises
+    /// when part of it failed:
+    /// - a destination is not deleted if that would leave the service without a serving one
+    ///   (weight above 0) while the target has one (its replacement was refused): a service
+    ///   is never emptied for a replacement that is not there;
+    /// - no service is deleted while one failed to be created: a virtual server that moves
+    ///   stays at the old address until it is up at the new one.
+    ///
+    /// What was held back is planned again at the next apply (the view is re-read first).
+    fn converge(&mut self, desired: &DesiredState) -> Result<Converged, DataplaneError> {
+        let target = plan::target(desired)?;
+        // What maintain() restores or retries: the latest valid desired state.
+        self.desired = desired.clone();
+        self.accepted = true;
+        if self.stale {
+            self.state = self.read_view(&self.owned)?;
+            self.owned = self.state.keys().copied().collect();
+            self.stale = false;
+        }
+        // Desired services we do not hold yet may exist already: adopt them as they are.
+        let unknown: BTreeSet<VirtualServerKey> =
+            target.keys().filter(|k| !self.state.contains_key(k)).copied().collect();
+        for (vs, s) in self.read_view(&unknown)? {
+            tracing::info!(virtual_server = %vs, scheduler = %s.params.sched, real_servers = s.dests.len(), "IPVS: adopting an existing service");
+            self.owned.insert(vs);
+            self.state.insert(vs, s);
+        }
+        let (ops, _) = plan::plan(&self.state, &target);
+        // Own what we are about to create before creating it, so a crash cannot orphan it.
+        self.owned.extend(target.keys().copied());
+        self.record_owned();
+        let before = self.state.clone();
+        let (done, failed, held) = run_ops(&ops, &before, &target, |op| self.execute(op));
+        for (vs, why) in &held {
+            tracing::warn!(virtual_server = %vs, "IPVS: {why}; tried again with the next apply");
+        }
+        self.failing = failed.keys().chain(held.keys()).copied().collect();
+        if self.failing.is_empty() {
+            self.state = target;
+            self.owned = self.state.keys().copied().collect();
+            self.record_owned();
+            return Ok(Converged { before, done, error: None });
+        }
+        // Re-read before the next plan: the others are applied, the failed ones in part.
+        self.stale = true;
+        let msg: Vec<String> = (failed.values().flatten().map(|e| e.to_string()))
+            .chain(held.iter().map(|(vs, why)| format!("virtual_server {vs}: {why}")))
+            .collect();
+        let error = Some(DataplaneError::Backend(msg.join("; ").into()));
+        Ok(Converged { before, done, error })
+    }
+
     fn execute(&self, op: &Op) -> Result<(), DataplaneError> {
         let f = self.genl.family();
         self.genl.request(|seq| op.encode(f, seq)).map_err(|e| {
@@ -363,49 +432,19 @@ impl Dataplane for IpvsDataplane {
     }
 
     fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, DataplaneError> {
-        let target = plan::target(desired)?;
-        // What maintain() restores or retries: the latest valid desired state.
-        self.desired = desired.clone();
-        self.accepted = true;
-        if self.stale {
-            self.state = self.read_view(&self.owned)?;
-            self.owned = self.state.keys().copied().collect();
-            self.stale = false;
-        }
-        // Desired services we do not hold yet may exist already: adopt them as they are.
-        let unknown: BTreeSet<VirtualServerKey> =
-            target.keys().filter(|k| !self.state.contains_key(k)).copied().collect();
-        for (vs, s) in self.read_view(&unknown)? {
-            tracing::info!(virtual_server = %vs, scheduler = %s.params.sched, real_servers = s.dests.len(), "IPVS: adopting an existing service");
-            self.owned.insert(vs);
-            self.state.insert(vs, s);
-        }
-        let (ops, report) = plan::plan(&self.state, &target);
-        // Own what we are about to create before creating it, so a crash cannot orphan it.
-        self.owned.extend(target.keys().copied());
-        self.record_owned();
-        // Each virtual server on its own, as keepalived does: one the kernel refuses (a
-        // scheduler module it lacks, an address it rejects) stops its own commands, not the
-        // others' — a health check's removal elsewhere still goes through.
-        let mut failed: BTreeMap<VirtualServerKey, DataplaneError> = BTreeMap::new();
-        for op in &ops {
-            if failed.contains_key(op.service()) {
-                continue;
-            }
-            if let Err(e) = self.execute(op) {
-                failed.insert(*op.service(), e);
+        let c = self.converge(desired)?;
+        let report = plan::report(&c.before, &c.done);
+        match c.error {
+            None => Ok(report),
+            Some(e) => {
+                // What did go through (other services, a failed service's other changes) is
+                // in the kernel: say so, the error alone does not.
+                if !report.is_empty() {
+                    tracing::info!(?report, "IPVS: applied in part");
+                }
+                Err(e)
             }
         }
-        if !failed.is_empty() {
-            // Re-read before the next plan: the others are applied, the failed ones half.
-            self.stale = true;
-            let msg: Vec<String> = failed.values().map(|e| e.to_string()).collect();
-            return Err(DataplaneError::Backend(msg.join("; ").into()));
-        }
-        self.state = target;
-        self.owned = self.state.keys().copied().collect();
-        self.record_owned();
-        Ok(report)
     }
 
     fn stats(&self) -> Result<DataplaneStats, DataplaneError> {
@@ -457,15 +496,19 @@ impl Dataplane for IpvsDataplane {
         if !self.accepted {
             return Ok(0);
         }
-        // After a failed apply the daemon retries it itself: the changes then are its own.
-        let retrying = self.stale;
+        // After a failed apply the daemon retries it itself: the changes to the services
+        // that failed are its own; those to any other service are drift.
+        let retried = std::mem::take(&mut self.failing);
         self.stale = true;
         let desired = self.desired.clone();
-        let report = self.apply(&desired)?;
-        if !report.is_empty() && !retrying {
+        let c = self.converge(&desired)?;
+        let drift: Vec<Op> =
+            c.done.into_iter().filter(|op| !retried.contains(op.service())).collect();
+        let report = plan::report(&c.before, &drift);
+        if !report.is_empty() {
             tracing::warn!(?report, "IPVS: services changed behind ha-lb's back; restored");
         }
-        Ok(0)
+        c.error.map_or(Ok(0), Err)
     }
 }
 
@@ -496,6 +539,98 @@ impl Drop for IpvsDataplane {
             tracing::warn!(error = %e, "IPVS: removing ha-lb's services at exit failed");
         }
     }
+}
+
+/// What [`IpvsDataplane::converge`] did.
+struct Converged {
+    /// The view the commands started from.
+    before: View,
+    /// The commands carried out.
+    done: Vec<Op>,
+    /// The kernel's refusals, if any (`done` then is part of the plan).
+    error: Option<DataplaneError>,
+}
+
+/// What [`run_ops`] did: the commands carried out, the errors by service, and the services
+/// whose commands were held back (with why).
+type RunOutcome<E> =
+    (Vec<Op>, BTreeMap<VirtualServerKey, Vec<E>>, BTreeMap<VirtualServerKey, String>);
+
+/// Runs `ops` (planned from `current` to `target`) through `execute`, with the guards
+/// [`IpvsDataplane::converge`] describes.
+fn run_ops<E>(
+    ops: &[Op],
+    current: &View,
+    target: &View,
+    mut execute: impl FnMut(&Op) -> Result<(), E>,
+) -> RunOutcome<E> {
+    // The weights each service holds as the commands go through.
+    let mut live: BTreeMap<VirtualServerKey, BTreeMap<(IpAddr, u16), u32>> = current
+        .iter()
+        .map(|(vs, s)| (*vs, s.dests.iter().map(|(k, d)| (*k, d.weight)).collect()))
+        .collect();
+    let mut done = Vec::new();
+    let mut failed: BTreeMap<VirtualServerKey, Vec<E>> = BTreeMap::new();
+    let mut held: BTreeMap<VirtualServerKey, String> = BTreeMap::new();
+    let mut not_created: Vec<VirtualServerKey> = Vec::new();
+    for op in ops {
+        let vs = *op.service();
+        if not_created.contains(&vs) {
+            continue;
+        }
+        match op {
+            Op::DelService(_) if !not_created.is_empty() => {
+                held.insert(vs, format!("kept until {} is created", not_created[0]));
+                continue;
+            }
+            Op::DelDest(_, a, port) => {
+                let l = live.entry(vs).or_default();
+                let serving = |l: &BTreeMap<(IpAddr, u16), u32>| {
+                    l.iter().any(|(k, w)| *k != (*a, *port) && *w > 0)
+                };
+                let wanted =
+                    target.get(&vs).is_some_and(|t| t.dests.values().any(|d| d.weight > 0));
+                if wanted && !serving(l) && l.get(&(*a, *port)).is_some_and(|w| *w > 0) {
+                    held.insert(
+                        vs,
+                        format!(
+                            "kept real_server {} (its replacement is missing)",
+                            SocketAddr::new(*a, *port)
+                        ),
+                    );
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        match execute(op) {
+            Ok(()) => {
+                match op {
+                    Op::NewService(..) => {
+                        live.insert(vs, BTreeMap::new());
+                    }
+                    Op::DelService(_) => {
+                        live.remove(&vs);
+                    }
+                    Op::NewDest(_, a, port, p) | Op::SetDest(_, a, port, p) => {
+                        live.entry(vs).or_default().insert((*a, *port), p.weight);
+                    }
+                    Op::DelDest(_, a, port) => {
+                        live.entry(vs).or_default().remove(&(*a, *port));
+                    }
+                    Op::SetService(..) => {}
+                }
+                done.push(op.clone());
+            }
+            Err(e) => {
+                if matches!(op, Op::NewService(..)) {
+                    not_created.push(vs);
+                }
+                failed.entry(vs).or_default().push(e);
+            }
+        }
+    }
+    (done, failed, held)
 }
 
 /// The kernel side of [`sync_thread`]: its own socket, so services are programmed while a
@@ -634,6 +769,148 @@ mod tests {
     fn can_live_in_the_daemon() {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<IpvsDataplane>();
+    }
+
+    fn key(s: &str) -> VirtualServerKey {
+        let sa: SocketAddr = s.parse().unwrap();
+        VirtualServerKey { address: sa.ip(), port: sa.port(), protocol: Protocol::Tcp }
+    }
+
+    /// (virtual server, scheduler, [(real server, weight)]).
+    type Svc<'a> = (&'a str, &'a str, &'a [(&'a str, u32)]);
+
+    /// A view of NAT services.
+    fn view(services: &[Svc<'_>]) -> View {
+        services
+            .iter()
+            .map(|(vs, sched, dests)| {
+                let params = wire::SvcParams {
+                    sched: sched.to_string(),
+                    flags: 0,
+                    timeout: 0,
+                    netmask: u32::MAX,
+                };
+                let dests = dests
+                    .iter()
+                    .map(|(a, w)| {
+                        let sa: SocketAddr = a.parse().unwrap();
+                        let p = wire::DestParams { fwd: 0, weight: *w, u_thresh: 0, l_thresh: 0 };
+                        ((sa.ip(), sa.port()), p)
+                    })
+                    .collect();
+                (key(vs), KernelService { params, dests })
+            })
+            .collect()
+    }
+
+    /// Plans `current` → `target` and runs it with the commands `refuse` picks failing.
+    fn run(current: &View, target: &View, refuse: impl Fn(&Op) -> bool) -> RunOutcome<String> {
+        let (ops, _) = plan::plan(current, target);
+        run_ops(
+            &ops,
+            current,
+            target,
+            |op| if refuse(op) { Err("refused".to_string()) } else { Ok(()) },
+        )
+    }
+
+    #[test]
+    fn a_refused_scheduler_does_not_hold_up_a_health_check_removal() {
+        // A reload switches the service to mh, which the kernel lacks, while .11 fails its
+        // check: the removal must still go through (it used to be skipped at every retry).
+        let cur = view(&[("198.18.0.1:80", "rr", &[("198.18.2.10:80", 1), ("198.18.2.11:80", 1)])]);
+        let want = view(&[("198.18.0.1:80", "mh", &[("198.18.2.10:80", 1)])]);
+        let (done, failed, held) = run(&cur, &want, |op| matches!(op, Op::SetService(..)));
+        assert_eq!(
+            done,
+            vec![Op::DelDest(key("198.18.0.1:80"), "198.18.2.11".parse().unwrap(), 80)]
+        );
+        assert_eq!(failed.keys().collect::<Vec<_>>(), [&key("198.18.0.1:80")]);
+        assert!(held.is_empty(), "{held:?}");
+        // Every server failing its check: the service is emptied all the same.
+        let want = view(&[("198.18.0.1:80", "mh", &[])]);
+        let (done, _, held) = run(&cur, &want, |op| matches!(op, Op::SetService(..)));
+        assert_eq!(done.len(), 2, "{done:?}");
+        assert!(held.is_empty(), "{held:?}");
+    }
+
+    #[test]
+    fn a_refused_destination_lets_the_others_through_but_never_empties_the_service() {
+        let cur = view(&[("198.18.0.1:80", "rr", &[("198.18.2.10:80", 1), ("198.18.2.11:80", 1)])]);
+        // .12 refused, .13 added, .10 reweighted: the removal of .11 still goes through
+        // (.13 serves).
+        let want = view(&[(
+            "198.18.0.1:80",
+            "rr",
+            &[("198.18.2.10:80", 2), ("198.18.2.12:80", 1), ("198.18.2.13:80", 1)],
+        )]);
+        let (done, failed, held) = run(
+            &cur,
+            &want,
+            |op| matches!(op, Op::NewDest(_, a, ..) if a.to_string() == "198.18.2.12"),
+        );
+        assert_eq!(done.len(), 3, "{done:?}");
+        assert!(done.iter().any(|o| matches!(o, Op::DelDest(..))));
+        assert_eq!(failed.len(), 1);
+        assert!(held.is_empty());
+        // Every server replaced and the replacement refused: the old one stays.
+        let want = view(&[("198.18.0.1:80", "rr", &[("198.18.2.12:80", 1)])]);
+        let (done, failed, held) = run(&cur, &want, |op| matches!(op, Op::NewDest(..)));
+        assert_eq!(
+            done,
+            vec![Op::DelDest(key("198.18.0.1:80"), "198.18.2.10".parse().unwrap(), 80)]
+        );
+        assert_eq!(failed.len(), 1);
+        assert!(held[&key("198.18.0.1:80")].contains("198.18.2.11:80"), "{held:?}");
+        // A drained (weight 0) server is removed whatever: it serves no new connection.
+        let cur = view(&[("198.18.0.1:80", "rr", &[("198.18.2.10:80", 0)])]);
+        let (done, _, held) = run(&cur, &want, |op| matches!(op, Op::NewDest(..)));
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert!(held.is_empty());
+    }
+
+    #[test]
+    fn a_virtual_server_that_cannot_be_created_keeps_the_old_one_and_gets_no_destinations() {
+        let cur = view(&[("198.18.0.1:80", "rr", &[("198.18.2.10:80", 1)])]);
+        let want = view(&[
+            ("198.18.0.9:80", "mh", &[("198.18.2.10:80", 1)]),
+            ("198.18.0.5:80", "rr", &[("198.18.2.10:80", 1)]),
+        ]);
+        let (done, failed, held) =
+            run(&cur, &want, |op| matches!(op, Op::NewService(_, p) if p.sched == "mh"));
+        // The other new service goes through, whole.
+        assert_eq!(done.len(), 2, "{done:?}");
+        assert!(done.iter().all(|o| *o.service() == key("198.18.0.5:80")));
+        assert_eq!(failed.keys().collect::<Vec<_>>(), [&key("198.18.0.9:80")]);
+        assert!(held[&key("198.18.0.1:80")].contains("198.18.0.9:80"), "{held:?}");
+        // Once it is created, the old one goes.
+        let (done, failed, held) = run(&cur, &want, |_| false);
+        assert!(matches!(done.last(), Some(Op::DelService(v)) if *v == key("198.18.0.1:80")));
+        assert!(failed.is_empty() && held.is_empty());
+    }
+
+    #[test]
+    fn the_report_of_a_partial_apply_says_what_went_through() {
+        let cur = view(&[
+            ("198.18.0.1:80", "rr", &[("198.18.2.10:80", 1), ("198.18.2.11:80", 1)]),
+            ("198.18.0.2:80", "rr", &[("198.18.2.10:80", 1)]),
+        ]);
+        let want = view(&[
+            ("198.18.0.1:80", "mh", &[("198.18.2.10:80", 1)]),
+            ("198.18.0.2:80", "rr", &[("198.18.2.10:80", 3)]),
+            ("198.18.0.3:80", "rr", &[("198.18.2.10:80", 1)]),
+        ]);
+        let (done, _, _) = run(&cur, &want, |op| matches!(op, Op::SetService(..)));
+        let r = plan::report(&cur, &done);
+        assert_eq!(r.services_added, [key("198.18.0.3:80")]);
+        assert_eq!(r.services_changed, [key("198.18.0.1:80"), key("198.18.0.2:80")]);
+        assert_eq!(
+            (r.real_servers_added, r.real_servers_removed, r.real_servers_reweighted),
+            (1, 1, 1)
+        );
+        // The whole plan's report is the report of all its commands.
+        let (ops, whole) = plan::plan(&cur, &want);
+        assert_eq!(whole, plan::report(&cur, &ops));
     }
 
     #[test]

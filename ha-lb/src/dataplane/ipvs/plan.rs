@@ -7,7 +7,8 @@
 //!    destinations and connections), then new destinations, then changed ones (weight,
 //!    forwarding method), and only then removed ones;
 //! 3. removed services, last (a virtual server that moves to a new address is up at the new
-//!    one before it leaves the old).
+//!    one before it leaves the old: the data plane deletes no service in an apply where one
+//!    failed to be created).
 //!
 //! IPVS's own semantics match the desired state's: weight 0 is quiescent (existing connections
 //! continue, no new ones), and a deleted destination keeps its existing connections (unless
@@ -193,7 +194,6 @@ fn service_matches(cur: &KernelService, want: &KernelService) -> bool {
 /// docs), and what they change.
 pub fn plan(current: &View, target: &View) -> (Vec<Op>, ApplyReport) {
     let mut ops = Vec::new();
-    let mut report = ApplyReport::default();
 
     // 1. New services, fully populated at once.
     for (vs, t) in target.iter().filter(|(vs, _)| !current.contains_key(vs)) {
@@ -201,8 +201,6 @@ pub fn plan(current: &View, target: &View) -> (Vec<Op>, ApplyReport) {
         for (&(a, port), p) in &t.dests {
             ops.push(Op::NewDest(*vs, a, port, *p));
         }
-        report.services_added.push(*vs);
-        report.real_servers_added += t.dests.len();
     }
 
     // 2. Changed services: additions and edits before removals.
@@ -217,36 +215,63 @@ pub fn plan(current: &View, target: &View) -> (Vec<Op>, ApplyReport) {
         for (&(a, port), p) in &t.dests {
             if !c.dests.contains_key(&(a, port)) {
                 ops.push(Op::NewDest(*vs, a, port, *p));
-                report.real_servers_added += 1;
             }
         }
         for (&(a, port), p) in &t.dests {
             match c.dests.get(&(a, port)) {
-                Some(old) if !dest_matches(old, p) => {
-                    ops.push(Op::SetDest(*vs, a, port, *p));
-                    if old.weight != p.weight {
-                        report.real_servers_reweighted += 1;
-                    }
-                }
+                Some(old) if !dest_matches(old, p) => ops.push(Op::SetDest(*vs, a, port, *p)),
                 _ => {}
             }
         }
         for &(a, port) in c.dests.keys() {
             if !t.dests.contains_key(&(a, port)) {
                 ops.push(Op::DelDest(*vs, a, port));
-                report.real_servers_removed += 1;
             }
         }
-        report.services_changed.push(*vs);
     }
 
     // 3. Removed services.
-    for (vs, c) in current.iter().filter(|(vs, _)| !target.contains_key(vs)) {
+    for vs in current.keys().filter(|vs| !target.contains_key(vs)) {
         ops.push(Op::DelService(*vs));
-        report.services_removed.push(*vs);
-        report.real_servers_removed += c.dests.len();
     }
+    let report = report(current, &ops);
     (ops, report)
+}
+
+/// What `ops`, carried out on `current`, change: the report of a whole plan, or of the part
+/// of one that went through.
+pub fn report(current: &View, ops: &[Op]) -> ApplyReport {
+    let mut r = ApplyReport::default();
+    let note = |list: &mut Vec<VirtualServerKey>, vs: &VirtualServerKey| {
+        if !list.contains(vs) {
+            list.push(*vs);
+        }
+    };
+    for op in ops {
+        let vs = op.service();
+        // A destination change on a service created by the same ops is part of its creation.
+        let created = r.services_added.contains(vs);
+        match op {
+            Op::NewService(..) => note(&mut r.services_added, vs),
+            Op::DelService(_) => {
+                note(&mut r.services_removed, vs);
+                r.real_servers_removed += current.get(vs).map_or(0, |c| c.dests.len());
+            }
+            Op::SetService(..) => note(&mut r.services_changed, vs),
+            Op::NewDest(..) => r.real_servers_added += 1,
+            Op::SetDest(_, a, port, p) => {
+                let old = current.get(vs).and_then(|c| c.dests.get(&(*a, *port)));
+                if old.is_some_and(|o| o.weight != p.weight) {
+                    r.real_servers_reweighted += 1;
+                }
+            }
+            Op::DelDest(..) => r.real_servers_removed += 1,
+        }
+        if matches!(op, Op::NewDest(..) | Op::SetDest(..) | Op::DelDest(..)) && !created {
+            note(&mut r.services_changed, vs);
+        }
+    }
+    r
 }
 
 #[cfg(test)]
