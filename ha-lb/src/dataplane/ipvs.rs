@@ -447,6 +447,13 @@ impl Dataplane for IpvsDataplane {
         }
     }
 
+    /// What every data plane checks, what IPVS needs beyond that ([`plan::target`]), and that
+    /// the kernel has each scheduler the services use: a reload to an `lb_algo` whose module
+    /// is missing is refused up front rather than applied in part.
+    fn check(&self, desired: &DesiredState) -> Result<(), DataplaneError> {
+        check_schedulers(&plan::target(desired)?, scheduler_available)
+    }
+
     fn stats(&self) -> Result<DataplaneStats, DataplaneError> {
         let mut out = DataplaneStats::default();
         for s in self.dump_services().map_err(|e| backend("listing services", e))? {
@@ -539,6 +546,67 @@ impl Drop for IpvsDataplane {
             tracing::warn!(error = %e, "IPVS: removing ha-lb's services at exit failed");
         }
     }
+}
+
+/// Refuses `target` if a scheduler its services use is not `available`.
+fn check_schedulers(target: &View, available: impl Fn(&str) -> bool) -> Result<(), DataplaneError> {
+    let mut by_sched: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (vs, s) in target {
+        by_sched.entry(s.params.sched.as_str()).or_default().push(vs.to_string());
+    }
+    let missing: Vec<String> = by_sched
+        .into_iter()
+        .filter(|(sched, _)| !available(sched))
+        .map(|(sched, vs)| {
+            format!(
+                "lb_algo {sched} (virtual_server {}): this kernel has no scheduler module \
+                 ip_vs_{sched}",
+                vs.join(", ")
+            )
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(DataplaneError::Unsupported { dataplane: "ipvs", what: missing.join("; ") })
+}
+
+/// Whether the kernel has IPVS's scheduler `name` (module `ip_vs_<name>`): loaded (in
+/// /sys/module), else built in or installed (the kernel's modules.builtin / modules.dep),
+/// else what `modprobe -n` says. When none of that can tell (no module tree, no modprobe):
+/// yes — the apply will say.
+fn scheduler_available(name: &str) -> bool {
+    let module = format!("ip_vs_{name}");
+    if Path::new("/sys/module").join(&module).exists() {
+        return true;
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if let Some(known) = module_listed(&Path::new("/lib/modules").join(release.trim()), &module) {
+        return known;
+    }
+    std::process::Command::new("modprobe")
+        .args(["-n", "-q", &module])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_or(true, |s| s.success())
+}
+
+/// Whether the module tree `dir` (`/lib/modules/<release>`) has `module`, built in or as a
+/// file; `None` when it has neither list.
+fn module_listed(dir: &Path, module: &str) -> Option<bool> {
+    let mut read_one = false;
+    for list in ["modules.builtin", "modules.dep"] {
+        let Ok(text) = std::fs::read_to_string(dir.join(list)) else { continue };
+        read_one = true;
+        // `kernel/net/netfilter/ipvs/ip_vs_mh.ko[.xz]` (modules.dep: before its colon).
+        let names = text.lines().filter_map(|l| l.split(':').next()?.rsplit('/').next());
+        if names.map(|f| f.split(".ko").next().unwrap_or(f)).any(|m| m == module) {
+            return Some(true);
+        }
+    }
+    read_one.then_some(false)
 }
 
 /// What [`IpvsDataplane::converge`] did.
@@ -911,6 +979,45 @@ mod tests {
         // The whole plan's report is the report of all its commands.
         let (ops, whole) = plan::plan(&cur, &want);
         assert_eq!(whole, plan::report(&cur, &ops));
+    }
+
+    #[test]
+    fn a_scheduler_the_kernel_lacks_is_refused_up_front() {
+        let want = view(&[
+            ("198.18.0.1:80", "mh", &[("198.18.2.10:80", 1)]),
+            ("198.18.0.2:80", "mh", &[]),
+            ("198.18.0.3:80", "rr", &[]),
+        ]);
+        assert!(check_schedulers(&want, |_| true).is_ok());
+        let e = check_schedulers(&want, |s| s != "mh").unwrap_err().to_string();
+        assert!(
+            e.contains("lb_algo mh (virtual_server 198.18.0.1:80 TCP, 198.18.0.2:80 TCP)")
+                && e.contains("ip_vs_mh")
+                && !e.contains("rr"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn schedulers_are_found_in_the_module_tree() {
+        let dir = std::env::temp_dir().join(format!("hlb-ipvs-modules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(module_listed(&dir, "ip_vs_mh"), None, "no lists: cannot tell");
+        std::fs::write(
+            dir.join("modules.dep"),
+            "kernel/net/netfilter/ipvs/ip_vs.ko.xz: kernel/lib/libcrc32c.ko.xz\n\
+             kernel/net/netfilter/ipvs/ip_vs_rr.ko.xz: kernel/net/netfilter/ipvs/ip_vs.ko.xz\n\
+             kernel/net/netfilter/ipvs/ip_vs_wrr.ko.zst: kernel/net/netfilter/ipvs/ip_vs.ko.zst\n",
+        )
+        .unwrap();
+        assert_eq!(module_listed(&dir, "ip_vs_rr"), Some(true));
+        assert_eq!(module_listed(&dir, "ip_vs_wrr"), Some(true));
+        assert_eq!(module_listed(&dir, "ip_vs_mh"), Some(false));
+        assert_eq!(module_listed(&dir, "ip_vs_r"), Some(false));
+        std::fs::write(dir.join("modules.builtin"), "kernel/net/netfilter/ipvs/ip_vs_mh.ko\n")
+            .unwrap();
+        assert_eq!(module_listed(&dir, "ip_vs_mh"), Some(true));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
