@@ -25,7 +25,7 @@ use crate::{
     config::{self, Config, Notify, Script, ScriptUser, VrrpInstance},
     control::{self, Request, Response},
     dataplane::{
-        ipvs::{IpvsDataplane, SyncDaemon},
+        ipvs::{self, IpvsDataplane, SyncDaemon},
         xdp::{Hook, XdpDataplane},
         Dataplane, DataplaneError, NoDataplane,
     },
@@ -326,10 +326,6 @@ fn route_dev(routes: &[(String, u32, u32)], a: std::net::Ipv4Addr) -> Option<&st
         .max_by_key(|(_, _, mask)| mask.count_ones())
         .map(|(dev, _, _)| dev.as_str())
 }
-
-/// Where the IPVS data plane records the services it owns, so a restart after a crash can
-/// still remove services the new configuration dropped.
-const IPVS_LEDGER: &str = "/run/ha-lb/ipvs-services";
 
 /// LVS-NAT through kernel IPVS needs the host to forward (IPv6: only for IPv6 NAT
 /// services). At start and on every reload (one may add a NAT service).
@@ -683,8 +679,12 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         config::Dataplane::Ipvs => {
             // Kernel IPVS: the same desired state through generic netlink. Real servers'
             // NAT replies are routed by the kernel, so forwarding must be on.
-            let mut ipvs = IpvsDataplane::open_with_ledger(IPVS_LEDGER)
-                .context("starting the IPVS data plane")?;
+            // The services it owns, so a restart after a crash can still remove those the
+            // new configuration dropped: recorded per daemon, beside its control socket.
+            let ledger = ipvs::ledger_path(&config.global.control_socket);
+            ipvs::migrate_ledger(std::path::Path::new(ipvs::LEGACY_LEDGER), &ledger);
+            let mut ipvs =
+                IpvsDataplane::open_with_ledger(ledger).context("starting the IPVS data plane")?;
             if config.global.lvs_sync_daemon.is_none() {
                 if let Err(e) = ipvs.stop_leftover_sync() {
                     warn!(error = %e, "IPVS: stopping the sync thread an earlier run left failed");

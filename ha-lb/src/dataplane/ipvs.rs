@@ -14,9 +14,10 @@
 //! - every service of a desired state it applied (a desired service that already exists in the
 //!   kernel — left by a previous run, or by keepalived during a migration — is **adopted**:
 //!   edited in place, its destinations diffed, so its connections survive);
-//! - with a ledger ([`IpvsDataplane::open_with_ledger`], e.g. `/run/ha-lb/ipvs-services`):
-//!   the services a previous run owned, so that a restart after a crash still removes the ones
-//!   the new configuration dropped. Without a ledger, those are left alone.
+//! - with a ledger ([`IpvsDataplane::open_with_ledger`]; the daemon's is beside its control
+//!   socket, [`ledger_path`]: `/run/ha-lb/ha-lb.ipvs`): the services a previous run owned,
+//!   so that a restart after a crash still removes the ones the new configuration dropped.
+//!   Without a ledger, those are left alone.
 //!
 //! Services ha-lb stops wanting are deleted; services it never wanted are never touched.
 //! Dropping the data plane removes the services it owns, as keepalived does at exit, unless
@@ -736,6 +737,51 @@ impl sync_thread::SyncKernel for GenlSync {
     }
 }
 
+/// Where earlier versions kept the daemon's ledger: one per host, which two daemons in two network
+/// namespaces (or `ip netns exec` deployments) over one /run overwrote in turn — leaking
+/// services, and deleting services the other one created. Taken over once, see
+/// [`migrate_ledger`].
+pub const LEGACY_LEDGER: &str = "/run/ha-lb/ipvs-services";
+
+/// Where the daemon whose control socket is `control_socket` keeps its IPVS ledger: beside
+/// the socket (`/run/ha-lb/ha-lb.sock` → `/run/ha-lb/ha-lb.ipvs`, its sync-thread marker
+/// `ha-lb.ipvs.sync`), as its VIP ledger. The socket is what makes a daemon the only one of
+/// its kind, so two daemons — in two network namespaces of one host — never share a ledger.
+pub fn ledger_path(control_socket: &Path) -> PathBuf {
+    let p = control_socket.with_extension("ipvs");
+    if p == control_socket {
+        control_socket.with_extension("ipvs.ledger")
+    } else {
+        p
+    }
+}
+
+/// Moves a ledger at `legacy` (and its sync-thread marker) to `ledger`, unless `ledger` exists
+/// already: an upgraded daemon takes over what the earlier version recorded. A rename, so of
+/// several daemons starting at once only one takes it. Returns whether it moved one.
+pub fn migrate_ledger(legacy: &Path, ledger: &Path) -> bool {
+    if legacy == ledger || ledger.exists() || !legacy.exists() {
+        return false;
+    }
+    let moved = ledger
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::rename(legacy, ledger));
+    if let Err(e) = moved {
+        tracing::warn!(from = %legacy.display(), to = %ledger.display(), error = %e, "IPVS: moving the ledger failed");
+        return false;
+    }
+    let (old_marker, marker) = (sync_marker_path(legacy), sync_marker_path(ledger));
+    if old_marker.exists() {
+        if let Err(e) = std::fs::rename(&old_marker, &marker) {
+            tracing::warn!(from = %old_marker.display(), error = %e, "IPVS: moving the sync thread's marker failed");
+        }
+    }
+    tracing::info!(from = %legacy.display(), to = %ledger.display(), "IPVS: ledger moved beside the control socket");
+    true
+}
+
 fn parse_ledger_line(line: &str) -> Option<VirtualServerKey> {
     let mut w = line.split_whitespace();
     let sa: SocketAddr = w.next()?.parse().ok()?;
@@ -1044,6 +1090,39 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         assert_eq!(read_ledger(&path).unwrap(), keys);
         assert!(read_ledger(&dir.join("absent")).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn each_control_socket_has_its_own_ledger_and_the_host_one_is_taken_over_once() {
+        let a = ledger_path(Path::new("/run/ha-lb/ha-lb.sock"));
+        assert_eq!(a, Path::new("/run/ha-lb/ha-lb.ipvs"));
+        let b = ledger_path(Path::new("/run/ha-lb/blue.sock"));
+        assert_ne!(a, b, "two daemons, two ledgers");
+        assert_eq!(ledger_path(Path::new("/x/s.ipvs")), Path::new("/x/s.ipvs.ledger"));
+
+        let dir = std::env::temp_dir().join(format!("hlb-ipvs-migrate-{}", std::process::id()));
+        let legacy = dir.join("ipvs-services");
+        let keys: BTreeSet<VirtualServerKey> = [key("198.18.0.1:80")].into();
+        write_ledger(&legacy, &keys).unwrap();
+        write_sync_marker(
+            &sync_marker_path(&legacy),
+            &SyncDaemon { master: true, interface: "eth1".into(), sync_id: 7 },
+        )
+        .unwrap();
+        let mine = dir.join("d1").join("ha-lb.ipvs");
+        assert!(migrate_ledger(&legacy, &mine));
+        assert_eq!(read_ledger(&mine).unwrap(), keys);
+        assert_eq!(
+            read_sync_marker(&sync_marker_path(&mine)).as_deref(),
+            Some("master on eth1, id 7")
+        );
+        assert!(!legacy.exists() && !sync_marker_path(&legacy).exists());
+        // Once only: a second daemon finds nothing to take, and an existing ledger wins.
+        assert!(!migrate_ledger(&legacy, &dir.join("d2").join("ha-lb.ipvs")));
+        write_ledger(&legacy, &BTreeSet::new()).unwrap();
+        assert!(!migrate_ledger(&legacy, &mine));
+        assert_eq!(read_ledger(&mine).unwrap(), keys);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
