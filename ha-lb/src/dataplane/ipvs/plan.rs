@@ -10,9 +10,12 @@
 //!    one before it leaves the old: the data plane deletes no service in an apply where one
 //!    failed to be created).
 //!
-//! IPVS's own semantics match the desired state's: weight 0 is quiescent (existing connections
-//! continue, no new ones), and a deleted destination keeps its existing connections (unless
-//! `net.ipv4.vs.expire_nodest_conn` is set).
+//! Weight 0 is quiescent in IPVS as in the desired state: existing connections continue, no
+//! new ones. A *deleted* destination's connections do not continue: the kernel keeps their
+//! entries, but drops their packets (`ip_vs_in`: the destination is no longer
+//! `IP_VS_DEST_F_AVAILABLE` → `NF_DROP`) until they time out, as with keepalived.
+//! `net.ipv4.vs.expire_nodest_conn` only decides whether such an entry is expired at its first
+//! packet, so that the client's next attempt is scheduled afresh.
 
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
