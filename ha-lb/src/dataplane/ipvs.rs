@@ -214,9 +214,7 @@ impl IpvsDataplane {
             return Ok(false);
         }
         // On the caller's thread (at start): the data plane's bound, not the switcher's.
-        let genl = Genl::open(socket::REPLY_TIMEOUT)
-            .map_err(|e| backend("opening a socket for the sync daemon", e))?;
-        let mut k = GenlSync(genl);
+        let mut k = GenlSync::open(socket::REPLY_TIMEOUT)?;
         sync_thread::SyncKernel::stop_all(&mut k).map_err(|e| DataplaneError::Backend(e.into()))?;
         tracing::warn!(left = %what, "IPVS: stopped the kernel sync thread an earlier run left (lvs_sync_daemon is not configured now)");
         if let Some(m) = &self.sync_marker {
@@ -237,9 +235,19 @@ impl IpvsDataplane {
 
     /// Every TCP/UDP service in the kernel (owned or not) with its destinations.
     pub fn kernel_services(&self) -> Result<Vec<(DumpedService, Vec<DumpedDest>)>, DataplaneError> {
+        self.dump_with_dests(|_| true)
+    }
+
+    /// The services in the kernel that `pick` picks, each with its destinations: one dump of
+    /// the services, then one of each picked one's destinations.
+    fn dump_with_dests(
+        &self,
+        pick: impl Fn(&VirtualServerKey) -> bool,
+    ) -> Result<Vec<(DumpedService, Vec<DumpedDest>)>, DataplaneError> {
         let services = self.dump_services().map_err(|e| backend("listing services", e))?;
         services
             .into_iter()
+            .filter(|s| pick(&s.key))
             .map(|s| {
                 let d = self
                     .dump_dests(&s.key)
@@ -264,26 +272,17 @@ impl IpvsDataplane {
 
     /// The kernel's view of the services in `keys` that exist.
     fn read_view(&self, keys: &BTreeSet<VirtualServerKey>) -> Result<View, DataplaneError> {
-        let mut view = View::new();
         if keys.is_empty() {
-            return Ok(view);
+            return Ok(View::new());
         }
-        for s in self.dump_services().map_err(|e| backend("listing services", e))? {
-            if !keys.contains(&s.key) {
-                continue;
-            }
-            let dests = self
-                .dump_dests(&s.key)
-                .map_err(|e| backend(format!("listing real servers of {}", s.key), e))?;
-            view.insert(
-                s.key,
-                KernelService {
-                    params: s.params,
-                    dests: dests.into_iter().map(|d| ((d.addr, d.port), d.params)).collect(),
-                },
-            );
-        }
-        Ok(view)
+        let found = self.dump_with_dests(|k| keys.contains(k))?;
+        Ok(found
+            .into_iter()
+            .map(|(s, dests)| {
+                let dests = dests.into_iter().map(|d| ((d.addr, d.port), d.params)).collect();
+                (s.key, KernelService { params: s.params, dests })
+            })
+            .collect())
     }
 
     fn write_ledger(&self) -> Result<(), DataplaneError> {
@@ -306,9 +305,8 @@ impl IpvsDataplane {
             return Ok(());
         }
         if self.switcher.is_none() {
-            let genl = Genl::open(socket::SYNC_REPLY_TIMEOUT)
-                .map_err(|e| backend("opening a socket for the sync daemon", e))?;
-            let s = sync_thread::Switcher::spawn(GenlSync(genl)).map_err(|e| {
+            let k = GenlSync::open(socket::SYNC_REPLY_TIMEOUT)?;
+            let s = sync_thread::Switcher::spawn(k).map_err(|e| {
                 DataplaneError::Backend(
                     format!("IPVS: starting the sync switch thread: {e}").into(),
                 )
@@ -375,15 +373,22 @@ impl IpvsDataplane {
         // What maintain() restores or retries: the latest valid desired state.
         self.desired = desired.clone();
         self.accepted = true;
+        // Desired services we do not hold yet may exist already: they are adopted as they
+        // are. Stale, the owned ones are read again too — in the same dump.
+        let mut read: BTreeSet<VirtualServerKey> =
+            target.keys().filter(|k| self.stale || !self.state.contains_key(k)).copied().collect();
         if self.stale {
-            self.state = self.read_view(&self.owned)?;
+            read.extend(self.owned.iter().copied());
+        }
+        let mut found = self.read_view(&read)?;
+        if self.stale {
+            let (held, adopted): (View, View) =
+                found.into_iter().partition(|(k, _)| self.owned.contains(k));
+            (self.state, found) = (held, adopted);
             self.owned = self.state.keys().copied().collect();
             self.stale = false;
         }
-        // Desired services we do not hold yet may exist already: adopt them as they are.
-        let unknown: BTreeSet<VirtualServerKey> =
-            target.keys().filter(|k| !self.state.contains_key(k)).copied().collect();
-        for (vs, s) in self.read_view(&unknown)? {
+        for (vs, s) in found {
             tracing::info!(virtual_server = %vs, scheduler = %s.params.sched, real_servers = s.dests.len(), "IPVS: adopting an existing service");
             self.owned.insert(vs);
             self.state.insert(vs, s);
@@ -457,10 +462,7 @@ impl Dataplane for IpvsDataplane {
 
     fn stats(&self) -> Result<DataplaneStats, DataplaneError> {
         let mut out = DataplaneStats::default();
-        for s in self.dump_services().map_err(|e| backend("listing services", e))? {
-            if !self.owned.contains(&s.key) {
-                continue;
-            }
+        for (s, dests) in self.dump_with_dests(|k| self.owned.contains(k))? {
             let spec = self.desired.services.get(&s.key);
             let mut ss = ServiceStats {
                 packets: s.stats.inpkts + s.stats.outpkts,
@@ -468,9 +470,6 @@ impl Dataplane for IpvsDataplane {
                 new_conns: s.stats.conns,
                 ..ServiceStats::default()
             };
-            let dests = self
-                .dump_dests(&s.key)
-                .map_err(|e| backend(format!("listing real servers of {}", s.key), e))?;
             for d in dests {
                 // DR destinations carry the virtual port in IPVS: report them under the
                 // real_server's configured port.
@@ -707,6 +706,13 @@ fn run_ops<E>(
 struct GenlSync(Genl);
 
 impl GenlSync {
+    /// A socket of its own, waiting up to `timeout` for the kernel's answers.
+    fn open(timeout: std::time::Duration) -> Result<GenlSync, DataplaneError> {
+        Genl::open(timeout)
+            .map(GenlSync)
+            .map_err(|e| backend("opening a socket for the sync daemon", e))
+    }
+
     fn stop(&self, state: u32) -> Result<(), String> {
         let f = self.0.family();
         match self.0.request(|seq| wire::del_daemon(f, seq, state)) {
@@ -814,14 +820,21 @@ fn read_ledger(path: &Path) -> std::io::Result<BTreeSet<VirtualServerKey>> {
 }
 
 fn write_ledger(path: &Path, owned: &BTreeSet<VirtualServerKey>) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
     let mut text = String::from("# IPVS services owned by ha-lb (address:port protocol)\n");
     for k in owned {
         text.push_str(&format!("{k}\n"));
     }
-    let tmp = path.with_extension("tmp");
+    write_file(path, &text)
+}
+
+/// Writes `text` to `path` whole or not at all (a temporary file renamed into place),
+/// creating its directory if need be.
+fn write_file(path: &Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)
 }
@@ -839,11 +852,8 @@ fn read_sync_marker(path: &Path) -> Option<String> {
 }
 
 fn write_sync_marker(path: &Path, w: &SyncDaemon) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
     let role = if w.master { "master" } else { "backup" };
-    std::fs::write(path, format!("{role} on {}, id {}\n", w.interface, w.sync_id))
+    write_file(path, &format!("{role} on {}, id {}\n", w.interface, w.sync_id))
 }
 
 fn remove_sync_marker(path: &Path) {
