@@ -36,6 +36,7 @@ const STEPS: &[&str] = &[
     "maintain_repairs_drift",
     "ledger_survives_a_restart",
     "failed_apply_recovers",
+    "mixed_family_destination_is_removed",
     "sync_daemon_follows_the_role",
     "drop_removes_only_owned_services",
 ];
@@ -470,6 +471,25 @@ fn guest(dir: &Path) {
     assert_eq!(rep.services_removed, vec![tcp("198.18.0.8:80")], "{rep:?}");
     expect_ipvsadm(&d3_text, "after recovering from a failed apply");
     ok("failed_apply_recovers");
+
+    // keepalived can leave an IPv6 tunnel real server under an IPv4 service (IPVS allows it
+    // while no sync thread runs). Adopted with the configuration's own real server, that one
+    // is removed: DEL_DEST names the destination's family (without it the kernel looks the
+    // address up as IPv4: ENOENT at every retry). check() finds every scheduler loaded.
+    run("ipvsadm", &["-A", "-t", "198.18.0.20:80", "-s", "rr"]);
+    run("ipvsadm", &["-a", "-t", "198.18.0.20:80", "-r", "[fd48:4c42::30]:80", "-i"]);
+    assert!(ipvsadm().contains("[fd48:4c42::30]:80"), "{}", ipvsadm());
+    let mut d5 = d3();
+    d5.services
+        .insert(tcp("198.18.0.20:80"), spec(LbAlgo::Rr, LbKind::Tun, &[rs("198.18.2.20", 80, 1)]));
+    dp.check(&d5).unwrap();
+    dp.apply(&d5).unwrap();
+    let text = ipvsadm();
+    assert!(!text.contains("fd48:4c42::30"), "{text}");
+    assert!(text.contains("TCP 198.18.0.20:80 rr\n  -> 198.18.2.20:80 Tunnel 1\n"), "{text}");
+    dp.apply(&d3()).unwrap();
+    expect_ipvsadm(&d3_text, "after the mixed-family service went");
+    ok("mixed_family_destination_is_removed");
 
     // lvs_sync_daemon with kernel IPVS: the kernel's sync thread, backup or master as the
     // synced instance is; one left running by someone else is replaced. The switch is made
