@@ -399,9 +399,6 @@ impl IpvsDataplane {
         self.record_owned();
         let before = self.state.clone();
         let (done, failed, held) = run_ops(&ops, &before, &target, |op| self.execute(op));
-        for (vs, why) in &held {
-            tracing::warn!(virtual_server = %vs, "IPVS: {why}; tried again with the next apply");
-        }
         self.failing = failed.keys().chain(held.keys()).copied().collect();
         if self.failing.is_empty() {
             self.state = target;
@@ -409,7 +406,8 @@ impl IpvsDataplane {
             self.record_owned();
             return Ok(Converged { before, done, error: None });
         }
-        // Re-read before the next plan: the others are applied, the failed ones in part.
+        // Re-read before the next plan: the others are applied, the failed ones in part. What
+        // was held back is in the error, which the daemon logs at every retry.
         self.stale = true;
         let msg: Vec<String> = (failed.values().flatten().map(|e| e.to_string()))
             .chain(held.iter().map(|(vs, why)| format!("virtual_server {vs}: {why}")))
