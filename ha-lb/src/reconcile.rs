@@ -24,7 +24,12 @@
 //! for a VIP during an ARP transition forwards it rather than dropping it. VRRP states are
 //! tracked here for status and so that the order of a takeover is decided in one place.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use crate::{
     config::model::{CheckOwner, Config, LbAlgo, LbKind, Script, VirtualServer, VirtualServerKey},
@@ -103,14 +108,6 @@ pub struct Reconciler {
     pending: Vec<QuorumChange>,
 }
 
-/// Whether `vs` is checked itself, and reports its quorum changes: a group's
-/// `virtual_server` is one service to keepalived, its real servers checked once, with one
-/// quorum and one `quorum_up` / `quorum_down` (its members' health, and so their quorum, is
-/// the same): its first member stands for all.
-fn is_check_lead(config: &Config, vs: &VirtualServer) -> bool {
-    config.check_lead(&vs.key()) == vs.key()
-}
-
 fn initial_health(vs: &VirtualServer, has_check: bool) -> Health {
     Health { up: !(has_check && vs.alpha), dynamic_weight: None, initial: has_check }
 }
@@ -149,36 +146,56 @@ impl Reconciler {
     pub fn set_config(&mut self, config: Arc<Config>) {
         let mut health = BTreeMap::new();
         let mut quorum = BTreeMap::new();
-        for vs in &self.config.virtual_servers {
+        // A group's virtual_server is one to keepalived: its real servers are checked once,
+        // by its first member (the lead), which also reports its quorum; the others mirror
+        // it. A reload may change which member leads.
+        let (old_leads, new_leads) = (self.config.check_leads(), config.check_leads());
+        let new_owners: BTreeSet<CheckOwner> =
+            config.virtual_servers.iter().map(|v| config.check_owner(&v.key())).collect();
+        // By whose checks (and quorum) they were: for a member a reload adds, or a new lead.
+        let mut old_checked: BTreeMap<(CheckOwner, SocketAddr), Health> = BTreeMap::new();
+        // Quorum state and sorry server, by owner.
+        let mut old_quorum: BTreeMap<CheckOwner, (bool, Option<SocketAddr>)> = BTreeMap::new();
+        for vs in self.config.virtual_servers.iter().filter(|v| old_leads.contains(&v.key())) {
+            let owner = self.config.check_owner(&vs.key());
             // Only for its script: without one there is nothing to tell (and "quorum lost"
-            // in the log for every virtual server a reload removes would be noise).
+            // in the log for every virtual server a reload removes would be noise). A group
+            // that is still there has not lost it, whichever member leads now.
             let change = QuorumChange::of(vs, false, 0);
             if config.virtual_server(&vs.key()).is_none()
+                && !new_owners.contains(&owner)
                 && self.quorum_up.get(&vs.key()) == Some(&true)
                 && change.script.is_some()
-                && is_check_lead(&self.config, vs)
             {
                 self.pending.push(change);
             }
-        }
-        // What had a checker, with its health, by whose checks they were (a group's members
-        // share their first member's, and a reload may change which member that is).
-        let mut checked_before: BTreeMap<(CheckOwner, SocketAddr), Health> = BTreeMap::new();
-        for vs in self.config.virtual_servers.iter().filter(|vs| is_check_lead(&self.config, vs)) {
-            let owner = self.config.check_owner(&vs.key());
+            let q = self.quorum_up.get(&vs.key()).copied().unwrap_or(true);
+            old_quorum.insert(owner.clone(), (q, vs.sorry_server));
             for rs in vs.real_servers.iter().filter(|rs| rs.check.is_some()) {
                 if let Some(h) = self.health.get(&(vs.key(), rs.key())) {
-                    checked_before.insert((owner.clone(), rs.key()), *h);
+                    old_checked.insert((owner.clone(), rs.key()), *h);
                 }
             }
         }
         for vs in &config.virtual_servers {
             let key = vs.key();
+            let lead = config.check_lead(&key);
             let owner = config.check_owner(&key);
             for rs in &vs.real_servers {
                 let k = (key, rs.key());
-                // Its checker's: for a group's member (one a reload adds, too), the group's.
-                let h = match checked_before.get(&(owner.clone(), rs.key())) {
+                // Its checker's state, as the checker carries it over: under the same key
+                // (whatever the group is called now), else under the group's (its lead
+                // changed); for a member a reload adds, the group's.
+                let carried = (old_leads.contains(&lead))
+                    .then(|| self.health.get(&(lead, rs.key())))
+                    .flatten()
+                    .filter(|_| {
+                        self.config.virtual_server(&lead).is_some_and(|v| {
+                            v.real_server(rs.key()).is_some_and(|r| r.check.is_some())
+                        })
+                    })
+                    .or_else(|| old_checked.get(&(owner.clone(), rs.key())));
+                let h = match carried {
                     // Checked before and after: the checker carries its state over the
                     // reload (changed or not), and so does this.
                     Some(h) if rs.check.is_some() => Health {
@@ -197,17 +214,25 @@ impl Reconciler {
             }
             let live = live_weight(vs, &health);
             let regain = live >= vs.quorum as u64 + vs.hysteresis as u64;
-            let was = self.quorum_up.get(&key).copied();
+            // A member a reload adds to a group takes the group's quorum state (and sorry
+            // server).
+            let group_was = (matches!(owner, CheckOwner::Group(..)))
+                .then(|| old_quorum.get(&owner).copied())
+                .flatten();
+            let was = self.quorum_up.get(&key).copied().or(group_was.map(|(q, _)| q));
             let q = was.unwrap_or(regain);
             // The sorry server is in the pool already only if quorum was down before with
             // this same sorry server; a quorum regained right away is desired()'s to tell.
-            let old_sorry = self.config.virtual_server(&key).and_then(|v| v.sorry_server);
+            let old_sorry = match self.config.virtual_server(&key) {
+                Some(v) => v.sorry_server,
+                None => group_was.and_then(|(_, s)| s),
+            };
             let sorry_in_pool = was == Some(false) && old_sorry == vs.sorry_server;
             if !q
                 && !regain
                 && vs.sorry_server.is_some()
                 && !sorry_in_pool
-                && is_check_lead(&config, vs)
+                && new_leads.contains(&key)
             {
                 self.pending.push(QuorumChange::of(vs, false, live));
             }
@@ -257,6 +282,7 @@ impl Reconciler {
     /// The desired state now, and the quorum transitions that computing it caused.
     pub fn desired(&mut self) -> (Vec<DesiredService>, Vec<QuorumChange>) {
         let config = self.config.clone();
+        let leads = config.check_leads();
         let mut out = Vec::new();
         let mut changes = std::mem::take(&mut self.pending);
         for vs in &config.virtual_servers {
@@ -265,7 +291,7 @@ impl Reconciler {
             let was_up = self.quorum_up.get(&key).copied().unwrap_or(true);
             let (q, h) = (vs.quorum as u64, vs.hysteresis as u64);
             let up = if was_up { live >= q.saturating_sub(h) } else { live >= q + h };
-            if up != was_up && is_check_lead(&config, vs) {
+            if up != was_up && leads.contains(&key) {
                 changes.push(QuorumChange::of(vs, up, live));
             }
             self.quorum_up.insert(key, up);
@@ -710,5 +736,57 @@ sorry_server = { address = \"198.19.0.99\", port = 80 }");
             d[0].real_servers.iter().map(|r| (r.addr, r.weight, r.sorry_server)).collect();
         assert_eq!(got, [(rs(12), 1, true)]);
         to_dataplane(&d).validate().unwrap();
+    }
+
+    /// Found by review: reloads that change a group's members or how the virtual_server is
+    /// named must not lose health, run quorum scripts, or split the group's quorum.
+    #[test]
+    fn group_reloads_keep_health_and_quorum_whole() {
+        // The first member removed while the group has quorum: no quorum_down.
+        let mut r = Reconciler::new(parse(&group_text(true)));
+        assert!(r.desired().1.is_empty());
+        r.set_config(parse(&group_text(true).replace("198.18.0.100-101 80", "198.18.0.101 80")));
+        let (_, q) = r.desired();
+        assert!(q.is_empty(), "{q:?}");
+
+        // address = … becomes group = … (the lead's key unchanged): 11 stays down, as its
+        // checker carries on without a word.
+        let single = parse(&cfg_text(""));
+        let key = single.virtual_servers[0].key();
+        let mut r = Reconciler::new(single);
+        r.on_health(&key, rs(11), false, None);
+        for text in [
+            group_text(false),
+            group_text(false)
+                .replace("name = \"g\"", "name = \"h\"")
+                .replace("group = \"g\"", "group = \"h\""),
+        ] {
+            r.set_config(parse(&text));
+            let (d, _) = r.desired();
+            assert!(d.iter().all(|s| s.real_servers.iter().all(|x| x.addr != rs(11))), "{d:?}");
+        }
+
+        // A member added while the group is in its hysteresis band takes its quorum state,
+        // and a new first member while quorum is down runs no second quorum_down.
+        let band = |members: &str| {
+            group_text(true)
+                .replace("quorum = 6\n", "quorum = 5\nhysteresis = 1\nsorry_server = { address = \"198.19.0.99\", port = 80 }\n")
+                .replace("\"198.18.0.100-101 80\", \"198.18.0.102 443\"", members)
+        };
+        let c = parse(&band("\"198.18.0.101 80\""));
+        let lead = c.virtual_servers[0].key();
+        let mut r = Reconciler::new(c);
+        let _ = r.desired();
+        r.on_health(&lead, rs(12), false, None); // live 4 ≥ 5 - 1: kept
+        r.on_health(&lead, rs(11), false, None); // live 1: lost
+        let (_, q) = r.desired();
+        assert_eq!(q.len(), 1);
+        r.on_health(&lead, rs(12), true, None); // live 3 < 5 + 1: still lost
+        let (_, q) = r.desired();
+        assert!(q.is_empty(), "{q:?}");
+        r.set_config(parse(&band("\"198.18.0.100 80\", \"198.18.0.101 80\"")));
+        let (d, q) = r.desired();
+        assert!(q.is_empty(), "a second quorum_down: {q:?}");
+        assert!(d.iter().all(|s| !s.quorum_up && s.sorry_active()), "{d:?}");
     }
 }

@@ -66,6 +66,16 @@ impl Config {
             .map_or(*key, |v| v.key())
     }
 
+    /// The services whose real servers are checked (each one not in a group, and each
+    /// group's first member for each protocol): [`Self::check_lead`] for all at once.
+    pub fn check_leads(&self) -> std::collections::BTreeSet<VirtualServerKey> {
+        let mut seen = std::collections::BTreeSet::new();
+        (self.virtual_servers.iter())
+            .filter(|v| v.group.as_ref().is_none_or(|g| seen.insert((g, v.protocol))))
+            .map(|v| v.key())
+            .collect()
+    }
+
     /// Whose checks `key`'s real servers have, as a reload sees it: a group's (by its name
     /// and protocol: its first member, whose key stands for it, may change), or its own.
     pub fn check_owner(&self, key: &VirtualServerKey) -> CheckOwner {

@@ -50,9 +50,10 @@ impl CheckTarget {
     /// reload which servers are still configured (see [`HealthChecker::reload`]). A group's
     /// real servers are checked once, as its first member's (`Config::check_lead`).
     pub fn from_config(cfg: &Config) -> Vec<CheckTarget> {
+        let leads = cfg.check_leads();
         cfg.virtual_servers
             .iter()
-            .filter(|vs| cfg.check_lead(&vs.key()) == vs.key())
+            .filter(|vs| leads.contains(&vs.key()))
             .flat_map(|vs| {
                 vs.real_servers.iter().map(move |rs| CheckTarget {
                     vs: vs.key(),
@@ -669,7 +670,7 @@ mod tests {
         let targets = CheckTarget::from_config(&cfg);
         // A group's members share their first member's checks (the "mail" group's three).
         let all: usize = (cfg.virtual_servers.iter())
-            .filter(|vs| cfg.check_lead(&vs.key()) == vs.key())
+            .filter(|vs| cfg.check_leads().contains(&vs.key()))
             .map(|vs| vs.real_servers.len())
             .sum();
         assert!(targets.iter().filter(|t| t.rs.check.is_some()).count() > 0);
