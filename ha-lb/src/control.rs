@@ -37,6 +37,13 @@ pub enum Response {
         #[serde(default)]
         disabled: Vec<String>,
     },
+    /// A reload whose new configuration is in force, but part of it failed (what failed is
+    /// retried where it can be); `ha-lb reload` prints `message` and exits 3.
+    ReloadedInPart {
+        message: String,
+        #[serde(default)]
+        disabled: Vec<String>,
+    },
     /// The request failed; the daemon keeps running as before.
     Error {
         message: String,

@@ -611,6 +611,30 @@ fn own_addresses() -> Vec<std::net::IpAddr> {
     out
 }
 
+/// Why a reload did not apply whole: `ha-lb reload` exits 1 for the first, 3 for the second.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ReloadError {
+    /// Nothing changed: the running configuration stays in force.
+    Rejected(String),
+    /// The new configuration is in force, but part of it failed.
+    InPart(String),
+}
+
+impl std::ops::Deref for ReloadError {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            ReloadError::Rejected(m) | ReloadError::InPart(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
 /// [`load_here`] for `run` and a reload: the warnings go to the log, and scripts that
 /// cannot be run are not an error but disabled ([`disable_unrunnable_scripts`]; returned).
 fn load_here_logged(
@@ -761,7 +785,11 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     Request::Status => Response::Status(Box::new(d.status())),
                     Request::Reload => match d.reload().await {
                         Ok(()) => Response::Reloaded { disabled: d.scripts_not_runnable.clone() },
-                        Err(message) => Response::Error { message },
+                        Err(ReloadError::Rejected(message)) => Response::Error { message },
+                        Err(ReloadError::InPart(message)) => Response::ReloadedInPart {
+                            message,
+                            disabled: d.scripts_not_runnable.clone(),
+                        },
                     },
                 };
                 let _ = reply.send(resp);
@@ -1803,7 +1831,7 @@ impl Daemon {
 
     /// SIGHUP / `reload`: a valid new file is applied as a difference; an invalid one is
     /// rejected with its errors and the running configuration stays.
-    async fn reload(&mut self) -> std::result::Result<(), String> {
+    async fn reload(&mut self) -> std::result::Result<(), ReloadError> {
         let held: Vec<std::net::IpAddr> = (self.config.vrrp_instances.iter())
             .flat_map(|i| i.all_vips().map(|v| v.addr))
             .collect();
@@ -1815,7 +1843,7 @@ impl Daemon {
                     error!("{line}");
                 }
                 error!("reload rejected; the running configuration stays in force");
-                return Err(e.to_string());
+                return Err(ReloadError::Rejected(e.to_string()));
             }
         };
         if new.global.dataplane != self.config.global.dataplane
@@ -1826,7 +1854,7 @@ impl Daemon {
             let m = "changing `dataplane`, `control_socket` or `lvs_sync_daemon` needs a restart; reload rejected"
                 .to_string();
             error!("{m}");
-            return Err(m);
+            return Err(ReloadError::Rejected(m));
         }
         // The data plane must be able to take the new services: asked before anything
         // changes, so a refusal leaves the running configuration whole.
@@ -1866,7 +1894,7 @@ impl Daemon {
                 self.dataplane.name()
             );
             error!("{m}");
-            return Err(m);
+            return Err(ReloadError::Rejected(m));
         }
         // From here on the new configuration is in force; what fails is reported as a
         // partial reload.
@@ -2006,7 +2034,7 @@ impl Daemon {
                 failed.join("; ")
             );
             error!(config = %self.config_path.display(), "{m}");
-            return Err(m);
+            return Err(ReloadError::InPart(m));
         }
         info!(config = %self.config_path.display(), "configuration reloaded");
         Ok(())
@@ -3015,6 +3043,8 @@ mod lifecycle_tests {
         f.write(&format!("{IPVS}{}{}", vs(80), vs(8080)));
         let e = d.reload().await.unwrap_err();
         assert!(e.contains("reloaded in part") && e.contains("refused by the test"), "{e}");
+        // In force: not answered as a rejection (`ha-lb reload` exits 3, not 1).
+        assert!(matches!(e, ReloadError::InPart(_)), "{e:?}");
     }
 
     /// A reload the data plane says it cannot take is rejected before anything changes: the
@@ -3027,6 +3057,7 @@ mod lifecycle_tests {
         f.write(&format!("{IPVS}{}{}", vs(80), vs(8080)));
         let e = d.reload().await.unwrap_err();
         assert!(e.contains("reload rejected") && e.contains("refused by the test"), "{e}");
+        assert!(matches!(e, ReloadError::Rejected(_)), "{e:?}");
         assert_eq!((d.reloads, d.reloads_rejected), (0, 1));
         let ports: Vec<u16> = d.config.virtual_servers.iter().map(|v| v.port).collect();
         assert_eq!(ports, [80], "the running configuration stays");

@@ -79,8 +79,10 @@ enum Cmd {
     },
     /// Ask the running daemon to reload its configuration (same as SIGHUP), and report
     /// whether it was applied or rejected. Exit status 0: applied; 1: rejected (the running
-    /// configuration stays); 2: applied, but tracked scripts that cannot be run were
-    /// disabled, as keepalived does (listed on stderr; `check --host` refuses such a file).
+    /// configuration stays) or the daemon could not be asked; 2: applied, but tracked scripts
+    /// that cannot be run were disabled, as keepalived does (listed on stderr; `check --host`
+    /// refuses such a file); 3: applied in part: the new configuration is in force, but part
+    /// of it failed (said on stderr; what failed is retried where it can be).
     Reload {
         #[command(flatten)]
         daemon: DaemonSocket,
@@ -226,11 +228,14 @@ fn main() -> ExitCode {
                 }
                 // Applied, but not all of it runs: say so, and not with success.
                 Ok(Response::Reloaded { disabled }) => {
-                    println!("reloaded, with scripts that cannot be run disabled:");
-                    for m in &disabled {
-                        eprintln!("{m}");
-                    }
+                    print_disabled(&disabled);
                     ExitCode::from(2)
+                }
+                // In force, but not whole: neither success nor "rejected".
+                Ok(Response::ReloadedInPart { message, disabled }) => {
+                    eprintln!("ha-lb: {message}");
+                    print_disabled(&disabled);
+                    ExitCode::from(3)
                 }
                 Ok(Response::Error { message }) => {
                     eprintln!("{message}");
@@ -239,6 +244,17 @@ fn main() -> ExitCode {
                 other => request_failed(other),
             }
         }
+    }
+}
+
+/// Lists on stderr the tracked scripts a reload disabled, under one heading.
+fn print_disabled(disabled: &[String]) {
+    if disabled.is_empty() {
+        return;
+    }
+    eprintln!("reloaded, with scripts that cannot be run disabled:");
+    for m in disabled {
+        eprintln!("{m}");
     }
 }
 
