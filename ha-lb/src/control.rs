@@ -188,9 +188,87 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response
     serde_json::from_str(resp.trim()).context("decoding the daemon's answer")
 }
 
+/// The control socket the daemon started with `config` listens on, for `status -c FILE` and
+/// `reload -c FILE`: only `control_socket` is read, leniently, so a file being edited (with
+/// an error elsewhere in it) still leads to the running daemon. A TOML file's
+/// `[global].control_socket` when it is a string (found line by line when the file does not
+/// parse as TOML); keepalived.conf has no such keyword, and a file without it means the
+/// default socket. Only a file that cannot be read is an error.
+pub fn socket_of_config(config: &Path) -> std::io::Result<std::path::PathBuf> {
+    let text = std::fs::read_to_string(config)?;
+    let found = if crate::config::is_toml(config) { toml_control_socket(&text) } else { None };
+    Ok(found.map(Into::into).unwrap_or_else(|| crate::config::DEFAULT_CONTROL_SOCKET.into()))
+}
+
+/// `[global].control_socket` of a TOML text, if it is a string.
+fn toml_control_socket(text: &str) -> Option<String> {
+    if let Ok(t) = text.parse::<toml::Table>() {
+        return t.get("global")?.get("control_socket")?.as_str().map(str::to_string);
+    }
+    // Not valid TOML as a whole: the `control_socket = "..."` line of the [global] table.
+    let mut in_global = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_global = line.trim_end_matches(|c: char| c != ']') == "[global]";
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else { continue };
+        if !in_global || key.trim() != "control_socket" {
+            continue;
+        }
+        let value = value.trim();
+        for q in ['"', '\''] {
+            if let Some(rest) = value.strip_prefix(q) {
+                if let Some((v, _)) = rest.split_once(q) {
+                    if !v.contains('\\') {
+                        return Some(v.to_string());
+                    }
+                }
+            }
+        }
+        return None;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_socket_is_read_from_a_file_with_errors_elsewhere() {
+        let dir = std::env::temp_dir().join(format!("hlb-ctlsock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let default = Path::new(crate::config::DEFAULT_CONTROL_SOCKET);
+        // Valid TOML, but not a valid configuration (unknown key, bad value).
+        let p = write(
+            "a.toml",
+            "[global]\ncontrol_socket = \"/run/x/a.sock\"\nbogus = 1\n[[vrrp_instance]]\npriority = \"high\"\n",
+        );
+        assert_eq!(socket_of_config(&p).unwrap(), Path::new("/run/x/a.sock"));
+        // Not even TOML (a half-typed line): found line by line.
+        let p = write(
+            "b.toml",
+            "[global]\ncontrol_socket = '/run/x/b.sock'  # ours\n\n[[vrrp_instance]]\nname = \n",
+        );
+        assert_eq!(socket_of_config(&p).unwrap(), Path::new("/run/x/b.sock"));
+        // Elsewhere than [global]: not it.
+        let p = write("c.toml", "[other]\ncontrol_socket = \"/run/x/c.sock\"\nx = \n");
+        assert_eq!(socket_of_config(&p).unwrap(), default);
+        let p = write("d.toml", "[global]\ncontrol_socket = 5\n");
+        assert_eq!(socket_of_config(&p).unwrap(), default);
+        // keepalived.conf has no control_socket keyword.
+        let p = write("keepalived.conf", "global_defs {\n  router_id x\n");
+        assert_eq!(socket_of_config(&p).unwrap(), default);
+        assert!(socket_of_config(&dir.join("missing.toml")).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[tokio::test]
     async fn status_round_trip_and_socket_is_root_only() {

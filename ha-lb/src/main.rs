@@ -29,7 +29,8 @@ enum Cmd {
     /// detached. A second signal removes the VIPs at once.
     Run {
         /// Configuration file: ha-lb TOML (`*.toml`) or keepalived.conf (any other name).
-        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        /// `-f`/`--use-file` as keepalived spells it.
+        #[arg(short, long, visible_short_alias = 'f', visible_alias = "use-file", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Log filter (tracing's env-filter syntax), e.g. `info` or `ha_lb=debug`.
         /// RUST_LOG overrides it.
@@ -41,10 +42,12 @@ enum Cmd {
     /// does not end in `.toml` is read as keepalived.conf (as by `run` and `reload`).
     Check {
         /// The configuration file (keepalived.conf when its name does not end in `.toml`).
-        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        /// `-f`/`--use-file` as keepalived spells it.
+        #[arg(short, long, visible_short_alias = 'f', visible_alias = "use-file", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Files to check instead of `--config` (e.g. `ha-lb check conf/*.toml`); the exit
-        /// status is 1 if any is invalid.
+        /// status is 1 if any is invalid. Not together with `--config`.
+        #[arg(conflicts_with = "config")]
         files: Vec<PathBuf>,
         /// Also check it against this host, as `run` and `reload` do: every interface it
         /// names (instances, VIP devices, track_interface, lvs_sync_daemon) must exist and no
@@ -89,15 +92,17 @@ enum Cmd {
     },
 }
 
-/// Where the running daemon answers: `--socket`, else the `control_socket` of `--config`,
-/// else the default socket.
+/// Where the running daemon answers: `--socket`, else the `control_socket` of `--config`
+/// (read on its own, so a file with errors elsewhere still leads to the daemon), else the
+/// default socket.
 #[derive(clap::Args, Debug)]
 struct DaemonSocket {
     /// Control socket of the daemon.
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// The daemon's configuration file: its `control_socket` is used.
-    #[arg(short, long)]
+    /// The daemon's configuration file: its `control_socket` is used (the file is not
+    /// otherwise checked; keepalived.conf: the default socket).
+    #[arg(short, long, conflicts_with = "socket")]
     config: Option<PathBuf>,
 }
 
@@ -108,8 +113,8 @@ impl DaemonSocket {
         }
         match &self.config {
             None => Ok(PathBuf::from(config::DEFAULT_CONTROL_SOCKET)),
-            Some(f) => config::load(f).map(|c| c.global.control_socket).map_err(|e| {
-                eprintln!("{e}");
+            Some(f) => control::socket_of_config(f).map_err(|e| {
+                eprintln!("ha-lb: reading {}: {e}", f.display());
                 ExitCode::FAILURE
             }),
         }
@@ -213,6 +218,10 @@ fn main() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
+                Ok(Response::Error { message }) => {
+                    eprintln!("ha-lb: {message}");
+                    ExitCode::FAILURE
+                }
                 other => request_failed(other),
             }
         }
@@ -298,4 +307,30 @@ fn convert_load(file: &std::path::Path, drop_unsupported: bool) -> Result<config
         );
     }
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_refuses_both_config_and_files() {
+        assert!(Cli::try_parse_from(["ha-lb", "check", "-c", "a.toml", "b.toml"]).is_err());
+        assert!(Cli::try_parse_from(["ha-lb", "check", "a.toml", "b.toml"]).is_ok());
+        assert!(Cli::try_parse_from(["ha-lb", "check", "-c", "a.toml"]).is_ok());
+    }
+
+    #[test]
+    fn keepalived_spellings_of_the_config_file() {
+        for args in [["ha-lb", "run", "-f", "k.conf"], ["ha-lb", "run", "--use-file", "k.conf"]] {
+            match Cli::try_parse_from(args).unwrap().cmd {
+                Cmd::Run { config, .. } => assert_eq!(config, PathBuf::from("k.conf")),
+                other => panic!("{other:?}"),
+            }
+        }
+        match Cli::try_parse_from(["ha-lb", "check", "-f", "k.conf"]).unwrap().cmd {
+            Cmd::Check { config, .. } => assert_eq!(config, PathBuf::from("k.conf")),
+            other => panic!("{other:?}"),
+        }
+    }
 }
