@@ -232,6 +232,40 @@ fn toml_control_socket(text: &str) -> Option<String> {
     None
 }
 
+/// Writes `contents` to `path` (the files SIGUSR1/SIGUSR2 dump the status to): mode 0600,
+/// through a temporary file created anew beside it (never following a symlink or opening
+/// an existing file) and renamed over `path`, so a reader sees the old file or the new one
+/// whole, and a symlink planted at `path` is replaced, not written through.
+pub fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().ok_or(std::io::ErrorKind::InvalidInput)?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    // Left by a crashed dump of a process with this pid: ours to remove.
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +301,30 @@ mod tests {
         let p = write("keepalived.conf", "global_defs {\n  router_id x\n");
         assert_eq!(socket_of_config(&p).unwrap(), default);
         assert!(socket_of_config(&dir.join("missing.toml")).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_dump_file_is_private_and_replaces_a_symlink_instead_of_following_it() {
+        let dir = std::env::temp_dir().join(format!("hlb-dump-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("victim");
+        std::fs::write(&target, "keep").unwrap();
+        let path = dir.join("ha-lb.data");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        write_private_file(&path, "status\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "status\n");
+        // Replaced whole on the next dump; no temporary file left.
+        write_private_file(&path, "again\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "again\n");
+        let mut names: Vec<_> =
+            std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        assert_eq!(names, ["ha-lb.data", "victim"]);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -662,6 +662,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // keepalived's data and stats dumps: caught, or their default action would kill a
+    // master without its priority-0 advert and leave its VIPs.
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     let rtnl = Rtnl::new().context("opening rtnetlink")?;
     let mut link_watch = RtnlLinkWatcher::new().context("subscribing to link changes")?;
     // Bind first: a second daemon on the same socket must fail before touching anything
@@ -820,6 +824,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 }
             }
             _ = hup.recv() => { let _ = d.reload().await; }
+            _ = usr1.recv() => dump_status(&d.status(), &ctl_path, Dump::Text),
+            _ = usr2.recv() => dump_status(&d.status(), &ctl_path, Dump::Json),
             _ = term.recv() => { info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { info!("SIGINT: stopping"); break; }
         }
@@ -856,6 +862,45 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let _ = std::fs::remove_file(&ctl_path);
     info!("ha-lb stopped");
     Ok(())
+}
+
+/// What SIGUSR1 and SIGUSR2 write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dump {
+    /// SIGUSR1: the status as `ha-lb status` prints it, to `<control socket>.data`.
+    Text,
+    /// SIGUSR2: the status as `ha-lb status --json` prints it, to `<control socket>.stats`.
+    Json,
+}
+
+/// The file `dump` goes to: beside the control socket (`/run/ha-lb/ha-lb.data`, `.stats`).
+fn dump_path(control_socket: &std::path::Path, dump: Dump) -> PathBuf {
+    let ext = match dump {
+        Dump::Text => "data",
+        Dump::Json => "stats",
+    };
+    let p = control_socket.with_extension(ext);
+    if p == control_socket {
+        control_socket.with_extension(format!("{ext}.dump"))
+    } else {
+        p
+    }
+}
+
+/// SIGUSR1/SIGUSR2: writes the status to [`dump_path`] (mode 0600, replaced whole) and logs
+/// where it went.
+fn dump_status(s: &Status, control_socket: &std::path::Path, dump: Dump) {
+    let path = dump_path(control_socket, dump);
+    let text = match dump {
+        Dump::Text => crate::status::render(s),
+        Dump::Json => serde_json::to_string_pretty(s).unwrap_or_default() + "\n",
+    };
+    match control::write_private_file(&path, &text) {
+        Ok(()) => {
+            info!(file = %path.display(), "status written (SIGUSR{})", if dump == Dump::Text { 1 } else { 2 })
+        }
+        Err(e) => warn!(file = %path.display(), error = %e, "writing the status failed"),
+    }
 }
 
 fn health_options(config: &Config) -> HealthOptions {
@@ -2565,6 +2610,26 @@ fn log_diff(old: &[DesiredService], new: &[DesiredService], why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SIGUSR1/SIGUSR2 write the status beside the control socket, as `ha-lb status` and
+    /// `ha-lb status --json` print it.
+    #[test]
+    fn usr1_and_usr2_dump_the_status_beside_the_control_socket() {
+        let dir = std::env::temp_dir().join(format!("hlb-usr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("ha-lb.sock");
+        assert_eq!(dump_path(&sock, Dump::Text), dir.join("ha-lb.data"));
+        assert_eq!(dump_path(&sock, Dump::Json), dir.join("ha-lb.stats"));
+        assert_eq!(dump_path(&dir.join("x.data"), Dump::Text), dir.join("x.data.dump"));
+        let s = Status { pid: 42, ..Default::default() };
+        dump_status(&s, &sock, Dump::Text);
+        dump_status(&s, &sock, Dump::Json);
+        let text = std::fs::read_to_string(dir.join("ha-lb.data")).unwrap();
+        assert_eq!(text, crate::status::render(&s));
+        let json = std::fs::read_to_string(dir.join("ha-lb.stats")).unwrap();
+        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     /// `run` and a reload disable a tracked script that cannot be run (keepalived's rule),
     /// rather than refuse to start; `check --host` refuses it (tests/config.rs).
