@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod privileges;
 pub mod reconcile;
 pub mod script;
 pub mod status;

@@ -125,6 +125,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Run { config, log } => {
+            // Before anything else: otherwise the first error is an unrelated one.
+            if let Some(e) = ha_lb::privileges::check_run() {
+                eprintln!("ha-lb: {e}");
+                return ExitCode::FAILURE;
+            }
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log));
             // Colour only on a terminal: not in a file or the journal.
