@@ -34,8 +34,9 @@ pub struct Status {
     #[serde(default)]
     pub flow_cache: BTreeMap<String, u64>,
     /// Connection sync (`lvs_sync_daemon`) counters: datagrams, connections and persistence
-    /// templates sent, imported, rejected.
-    #[serde(default)]
+    /// templates sent, imported, rejected. JSON key `lvs_sync_daemon`, as the configuration
+    /// key (`lvs_sync` before: still read).
+    #[serde(default, rename = "lvs_sync_daemon", alias = "lvs_sync")]
     pub lvs_sync: BTreeMap<String, u64>,
 }
 
@@ -263,7 +264,7 @@ pub fn render(s: &Status) -> String {
     }
     if !s.lvs_sync.is_empty() {
         let parts: Vec<String> = s.lvs_sync.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let _ = writeln!(o, "\nConnection sync: {}", parts.join(" "));
+        let _ = writeln!(o, "\nConnection sync (lvs_sync_daemon): {}", parts.join(" "));
     }
     if !s.vrrp_filter.is_empty() {
         let parts: Vec<String> = s.vrrp_filter.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -275,6 +276,24 @@ pub fn render(s: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The connection-sync counters are named as the configuration key, in JSON and text; a
+    /// status written with the old JSON key is still read.
+    #[test]
+    fn connection_sync_counters_are_named_lvs_sync_daemon() {
+        let mut s = Status::default();
+        s.lvs_sync.insert("connections_sent".into(), 3);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["lvs_sync_daemon"]["connections_sent"], 3);
+        assert!(json.get("lvs_sync").is_none());
+        assert!(render(&s).contains("Connection sync (lvs_sync_daemon): connections_sent=3"));
+        let mut old = json;
+        let counters = old.as_object_mut().unwrap().remove("lvs_sync_daemon").unwrap();
+        old["lvs_sync"] = counters;
+        old["lvs_sync"]["connections_sent"] = 4.into();
+        let back: Status = serde_json::from_value(old).unwrap();
+        assert_eq!(back.lvs_sync["connections_sent"], 4);
+    }
 
     fn sample() -> Status {
         Status {

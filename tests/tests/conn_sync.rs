@@ -22,7 +22,7 @@ const ADVERT: f64 = 0.2;
 
 /// `d`'s connection-sync counter `key` (0 when it has not counted any).
 fn sync_counter(d: &HaLb, key: &str) -> u64 {
-    d.status().ok().and_then(|s| s["lvs_sync"][key].as_u64()).unwrap_or(0)
+    d.status().ok().and_then(|s| s["lvs_sync_daemon"][key].as_u64()).unwrap_or(0)
 }
 
 /// Sends `payload` from `node`'s sync-link address 198.19.0.`n` to `to` (UDP), out of eth1.
@@ -196,7 +196,7 @@ fn kernel_ipvs_messages_take_the_same_gate() {
             && sync_counter(&d2, "connections_imported") >= 1
             && sync_counter(&d2, "connections_unknown") >= 1
     })
-    .unwrap_or_else(|e| panic!("{e}: {:?}", d2.status().map(|s| s["lvs_sync"].clone())));
+    .unwrap_or_else(|e| panic!("{e}: {:?}", d2.status().map(|s| s["lvs_sync_daemon"].clone())));
     send_from(&n1, 1, "224.0.0.81:8848", &ipvs_wire::encode(99, &[conn]).remove(0));
     let mut v0 = vec![1, 52, 0, 28];
     v0.extend_from_slice(&[0; 24]);
@@ -206,7 +206,7 @@ fn kernel_ipvs_messages_take_the_same_gate() {
             && sync_counter(&d2, "datagrams_other_id") == 1
             && sync_counter(&d2, "datagrams_rejected") == 1
     })
-    .unwrap_or_else(|e| panic!("{e}: {:?}", d2.status().map(|s| s["lvs_sync"].clone())));
+    .unwrap_or_else(|e| panic!("{e}: {:?}", d2.status().map(|s| s["lvs_sync_daemon"].clone())));
     assert!(d2.log_text().contains("protocol version 0 are not imported"), "{}", d2.log_text());
     // The master does not import — once IMPORT_AFTER_MASTER (11 s: the last diff of the
     // director that left) have passed since it became MASTER; until then it did (the
@@ -220,7 +220,7 @@ fn kernel_ipvs_messages_take_the_same_gate() {
     eventually(Duration::from_secs(2), "d1 (MASTER) ignored it", || {
         sync_counter(&d1, "connections_ignored_as_master") > ignored
     })
-    .unwrap_or_else(|e| panic!("{e}: {:?}", d1.status().map(|s| s["lvs_sync"].clone())));
+    .unwrap_or_else(|e| panic!("{e}: {:?}", d1.status().map(|s| s["lvs_sync_daemon"].clone())));
     assert_eq!(sync_counter(&d1, "connections_imported"), before);
 }
 

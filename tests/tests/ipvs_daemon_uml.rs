@@ -116,7 +116,7 @@ fn guest() {
     .unwrap();
     // Status counts the switches (backup at start, master now), none pending or failed.
     let st = d2.status().unwrap();
-    let sync = &st["lvs_sync"];
+    let sync = &st["lvs_sync_daemon"];
     assert!(sync["kernel_thread_switches"].as_u64() >= Some(2), "{sync}");
     assert_eq!(sync["kernel_thread_switch_pending"].as_u64(), Some(0), "{sync}");
     assert_eq!(sync["kernel_thread_switch_failures"].as_u64(), Some(0), "{sync}");
