@@ -369,31 +369,10 @@ fn test(root: &Path, no_lint: bool, extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Removes `hlb-<pid>-…` namespaces whose creating process no longer exists.
-/// Mirrors `ha_lb_lab::sweep` so xtask does not need the lab crate's dependencies.
+/// Removes `hlb-<pid>-…` namespaces whose creating process no longer exists: the lab's own
+/// sweeper (with its bounded retry for a namespace whose last process is still exiting).
 fn sweep() -> Result<usize> {
-    let Ok(entries) = std::fs::read_dir("/run/netns") else { return Ok(0) };
-    let mut removed = 0;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("hlb-") else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        // Kill what still runs inside, then delete.
-        let _ = Command::new("ip").args(["netns", "pids", &name]).output().map(|o| {
-            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        });
-        if Command::new("ip").args(["netns", "del", &name]).status()?.success() {
-            removed += 1;
-        }
-    }
-    Ok(removed)
+    ha_lb_lab::netns::sweep()
 }
 
 pub fn is_root() -> bool {
