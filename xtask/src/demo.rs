@@ -73,7 +73,8 @@ fn hold(t: &DirectorLab, directors: &[(&HaLb, &ha_lb_lab::Node)], scratch: &Scra
     );
     println!(
         "Press Enter to tear the lab down (Ctrl-C stops the demo's processes but leaves its \
-         namespaces: `sudo cargo xtask sweep` removes them)."
+         namespaces: `{} sweep` removes them).",
+        crate::SUDO_XTASK
     );
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
@@ -205,7 +206,10 @@ fn director_conf(root: &Path, file: &str, dataplane: &str) -> Result<String> {
 
 pub fn run(root: &Path, dataplane: &str, keep: bool) -> Result<()> {
     if !crate::is_root() {
-        bail!("the demo builds a namespace lab and attaches eBPF programs: run `sudo -E cargo xtask demo`");
+        bail!(
+            "the demo builds a namespace lab and attaches eBPF programs: run `{} demo`",
+            crate::SUDO_XTASK
+        );
     }
     say("Building a lab: client, two directors (lb1, lb2), three real servers (NAT)");
     let mut t = DirectorLab::build(Mode::Nat, 2, 3)?;

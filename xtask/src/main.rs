@@ -149,6 +149,19 @@ enum BenchCmd {
     },
 }
 
+/// How to run a privileged xtask command as a rustup user: `sudo` alone resets PATH (Debian's
+/// secure_path drops ~/.cargo/bin, even with -E) and, without -E, HOME. As root, drop the
+/// `sudo -E env "PATH=$PATH"`.
+pub const SUDO_XTASK: &str = r#"sudo -E env "PATH=$PATH" cargo xtask"#;
+
+/// Fails at once, before any build, when `what` cannot run for want of root.
+fn require_root(what: &str, sub: &str) -> Result<()> {
+    if !is_root() {
+        bail!("{what}: root is needed; run `{SUDO_XTASK} {sub}`");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
@@ -157,6 +170,10 @@ fn main() -> Result<()> {
         Cmd::BuildEbpf { release: _ } => build_ebpf(&root).map(|_| ()),
         Cmd::Test { no_lint, args } => test(&root, no_lint, &args),
         Cmd::Bench { what: BenchCmd::Failover { runs, peers } } => {
+            require_root("the failover bench (namespace labs)", "bench failover")?;
+            if runs == 0 {
+                bail!("--runs: at least 1");
+            }
             let peers = peers
                 .iter()
                 .map(|p| match p.as_str() {
@@ -180,10 +197,9 @@ fn main() -> Result<()> {
                 BenchCmd::Dataplane { quick, rounds, variants, metrics, udp_real_servers, coalesce_us },
         } => {
             use bench::dataplane::{Metric, Options, Variant};
+            // Arguments and root first: not after minutes of building.
             let variants = parse_or_all(variants, Variant::parse, &Variant::ALL)?;
             let metrics = parse_or_all(metrics, Metric::parse, &Metric::ALL)?;
-            let object = build_ebpf(&root)?;
-            sweep()?;
             if !(1..=ha_lb_lab::benchtopo::REAL_SERVERS).contains(&udp_real_servers) {
                 bail!(
                     "--udp-real-servers: 1 to {} (the bench topology's real servers)",
@@ -193,6 +209,12 @@ fn main() -> Result<()> {
             if coalesce_us > 10_000 {
                 bail!("--coalesce-us: at most 10000 (10 ms)");
             }
+            if rounds == Some(0) {
+                bail!("--rounds: at least 1");
+            }
+            require_root("the data-plane bench (namespace labs, XDP)", "bench dataplane")?;
+            let object = build_ebpf(&root)?;
+            sweep()?;
             bench::dataplane::run(Options {
                 quick,
                 rounds,
@@ -209,6 +231,9 @@ fn main() -> Result<()> {
             if rounds < 3 {
                 bail!("--rounds: at least 3 (min/median/max need them)");
             }
+            // Arguments and root first: not after minutes of building.
+            ipvs_options(rounds, udp_secs, tcp_secs, variants.clone(), metrics.clone(), "".into())?;
+            require_root("the IPVS bench (QEMU guest, namespace labs)", "bench ipvs")?;
             let object = build_ebpf(&root)?;
             let opts = ipvs_options(rounds, udp_secs, tcp_secs, variants, metrics, object)?;
             sweep()?;
@@ -221,6 +246,7 @@ fn main() -> Result<()> {
             bench::ipvs::guest(opts)
         }
         Cmd::Demo { dataplane, keep } => {
+            require_root("the demo (a namespace lab, eBPF programs)", "demo")?;
             toolchain::setup(&root, false)?;
             build_ebpf(&root)?;
             build_release_ha_lb(&root)?;
@@ -330,17 +356,16 @@ fn build_ebpf(root: &Path) -> Result<PathBuf> {
 }
 
 fn test(root: &Path, no_lint: bool, extra: &[String]) -> Result<()> {
+    // Before setup and the eBPF build, which take minutes.
+    require_root(
+        "the privileged tests (XDP attach, raw VRRP sockets, network namespaces)",
+        "test",
+    )?;
     toolchain::setup(root, false)?;
     build_ebpf(root)?;
     let n = sweep()?;
     if n > 0 {
         println!("test: removed {n} namespace(s) left behind by an earlier, interrupted run");
-    }
-    if !is_root() {
-        bail!(
-            "the privileged tests (XDP attach, raw VRRP sockets, network namespaces) need root: \
-             run `sudo -E cargo xtask test`"
-        );
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(&cargo).current_dir(root).args(["build", "--workspace", "--all-targets"]))?;

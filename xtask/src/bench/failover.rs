@@ -180,6 +180,8 @@ pub fn run(runs: usize, peers: &[Peer], settings: &[Setting]) -> Result<()> {
         std::env::temp_dir().join(format!("hlb-bench-failover-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut report = String::new();
+    // Peers of a setting without one successful run: nothing was compared.
+    let mut no_result: Vec<String> = Vec::new();
     for setting in settings {
         let mut results: Vec<(Peer, Vec<Duration>)> =
             peers.iter().map(|p| (*p, Vec::new())).collect();
@@ -219,6 +221,7 @@ pub fn run(runs: usize, peers: &[Peer], settings: &[Setting]) -> Result<()> {
         for (peer, v) in &results {
             if v.is_empty() {
                 let _ = writeln!(report, "  {:<12} no successful run", peer.name());
+                no_result.push(format!("{} {}", setting.label(), peer.name()));
                 continue;
             }
             let (mn, md, mx) = summary(v);
@@ -245,5 +248,8 @@ pub fn run(runs: usize, peers: &[Peer], settings: &[Setting]) -> Result<()> {
     }
     println!("{report}");
     println!("(daemon logs of every run: {})", dir.display());
+    if !no_result.is_empty() {
+        bail!("no successful run for {} (see the errors above)", no_result.join(", "));
+    }
     Ok(())
 }
