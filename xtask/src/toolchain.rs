@@ -17,9 +17,15 @@ use anyhow::{bail, Context, Result};
 
 use crate::{display_cmd, is_root, run};
 
-/// Debian packages the build needs (compiler + library source, LLVM for bpf-linker).
-const APT_BUILD: &[&str] =
-    &["rustc-web", "rust-web-src", "llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+/// Debian packages of the compiler that builds the eBPF crate (compiler + library source):
+/// not needed with an upstream nightly.
+const APT_RUST: &[&str] = &["rustc-web", "rust-web-src"];
+/// Debian packages bpf-linker is built against (LLVM 22): needed to install it, whichever
+/// compiler builds the eBPF crate.
+const APT_LLVM: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+/// Where Debian's llvm-22 packages put LLVM, and bpf-linker's feature for it.
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
 /// Debian packages the tests and the demo use inside namespace labs, and (user-mode-linux,
 /// ipvsadm) in the UML guest that tests the IPVS data plane against a real kernel IPVS.
 const APT_RUNTIME: &[&str] = &[
@@ -127,14 +133,18 @@ pub fn ebpf_toolchain() -> Result<EbpfToolchain> {
         bail!(
             "no Rust toolchain that can build core for bpfel-unknown-none was found.\n\
              Install one of:\n  \
-             - on Debian 12: `sudo apt-get install rustc-web rust-web-src` (or run `sudo cargo xtask setup`)\n  \
-             - elsewhere: `rustup toolchain install nightly --component rust-src`"
+             - on Debian 12: `sudo apt-get install rustc-web rust-web-src` (or run `{} setup`)\n  \
+             - elsewhere: `rustup toolchain install nightly --component rust-src`",
+            crate::SUDO_XTASK
         );
     };
     if find_in_path("bpf-linker").is_none() {
         bail!(
-            "bpf-linker is not installed. On Debian 12 run `sudo cargo xtask setup`; elsewhere \
-             `cargo install bpf-linker` (it needs an LLVM matching its `llvm-*` feature)."
+            "bpf-linker is not installed. On Debian 12 run `{} setup`; elsewhere install LLVM 22 \
+             (development files) and run `cargo install bpf-linker --version {BPF_LINKER_VERSION} \
+             --no-default-features --features {BPF_LINKER_LLVM_FEATURE}` with \
+             LLVM_SYS_221_PREFIX set to its prefix.",
+            crate::SUDO_XTASK
         );
     }
     Ok(tc)
@@ -162,18 +172,32 @@ pub fn apt_install(who: &str, pkgs: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// The LLVM bpf-linker is built against: `LLVM_SYS_221_PREFIX` when set, else Debian's
+/// llvm-22 (after its packages are installed).
+fn llvm_prefix() -> PathBuf {
+    std::env::var_os("LLVM_SYS_221_PREFIX").map(PathBuf::from).unwrap_or_else(|| LLVM_PREFIX.into())
+}
+
+/// The apt packages `setup` wants: the Debian compiler unless an upstream nightly builds the
+/// eBPF crate, LLVM 22 whenever bpf-linker must be built, and what the tests run.
+fn wanted_packages(upstream: bool, linker_missing: bool) -> Vec<&'static str> {
+    let mut want = Vec::new();
+    if !upstream {
+        want.extend(APT_RUST);
+    }
+    if linker_missing {
+        want.extend(APT_LLVM);
+    }
+    want.extend(APT_RUNTIME);
+    want
+}
+
 pub fn setup(_root: &Path, check_only: bool) -> Result<()> {
     let have_apt = Path::new("/usr/bin/apt-get").is_file();
     let upstream = debian_rustc().is_none() && nightly_with_src();
-    let mut want: Vec<&str> = Vec::new();
-    if have_apt {
-        if !upstream {
-            want.extend(APT_BUILD);
-        }
-        want.extend(APT_RUNTIME);
-    }
-    let missing: Vec<&str> = want.iter().copied().filter(|p| !dpkg_installed(p)).collect();
     let linker_missing = find_in_path("bpf-linker").is_none();
+    let want = if have_apt { wanted_packages(upstream, linker_missing) } else { Vec::new() };
+    let missing: Vec<&str> = want.iter().copied().filter(|p| !dpkg_installed(p)).collect();
 
     if !have_apt && debian_rustc().is_none() && !upstream {
         // Not Debian and no upstream setup: say exactly what is needed.
@@ -183,38 +207,68 @@ pub fn setup(_root: &Path, check_only: bool) -> Result<()> {
         println!("setup: everything needed is installed");
         return Ok(());
     }
-    if check_only || !is_root() {
-        let mut msg = String::from("setup: missing:");
-        if !missing.is_empty() {
-            msg.push_str(&format!("\n  apt packages: {}", missing.join(" ")));
-        }
-        if linker_missing {
-            msg.push_str(&format!("\n  bpf-linker {BPF_LINKER_VERSION} (cargo install)"));
-        }
-        if check_only {
-            println!("{msg}");
-            return Ok(());
-        }
-        bail!("{msg}\nRun `sudo -E cargo xtask setup` to install them.");
+    let mut msg = String::from("setup: missing:");
+    if !missing.is_empty() {
+        msg.push_str(&format!("\n  apt packages: {}", missing.join(" ")));
+    }
+    if linker_missing {
+        msg.push_str(&format!(
+            "\n  bpf-linker {BPF_LINKER_VERSION} (cargo install, built against LLVM 22{})",
+            if have_apt {
+                ""
+            } else {
+                ": install LLVM 22 with its development files and set LLVM_SYS_221_PREFIX"
+            }
+        ));
+    }
+    if check_only {
+        // A check that finds something missing fails, so scripts and CI can rely on it.
+        bail!("{msg}\nRun `{} setup` to install them.", crate::SUDO_XTASK);
+    }
+    if have_apt && !is_root() {
+        bail!("{msg}\nRun `{} setup` to install them.", crate::SUDO_XTASK);
     }
     apt_install("setup", &missing)?;
     if linker_missing {
-        let llvm = Path::new("/usr/lib/llvm-22");
-        let mut cmd = Command::new("cargo");
-        cmd.args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION]);
-        if llvm.is_dir() {
-            let path = format!(
-                "{}:{}",
-                llvm.join("bin").display(),
-                std::env::var("PATH").unwrap_or_default()
+        let llvm = llvm_prefix();
+        if !llvm.join("bin/llvm-config").is_file() {
+            bail!(
+                "bpf-linker {BPF_LINKER_VERSION} is built against LLVM 22, which is not at {} \
+                 (no llvm-config there): install LLVM 22 with its development files \
+                 (Debian/Ubuntu: llvm-22-dev libpolly-22-dev from apt.llvm.org) and set \
+                 LLVM_SYS_221_PREFIX to its prefix",
+                llvm.display()
             );
-            cmd.args(["--no-default-features", "--features", "llvm-22"])
-                .env("PATH", path)
-                .env("LLVM_SYS_221_PREFIX", llvm);
         }
+        let path =
+            format!("{}:{}", llvm.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+        let mut cmd = Command::new("cargo");
+        // Always the LLVM 22 feature: the default one (a newer LLVM) is not packaged on
+        // Debian 12, and llvm-sys then fails with an obscure error.
+        cmd.args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", BPF_LINKER_LLVM_FEATURE])
+            .env("PATH", path)
+            .env("LLVM_SYS_221_PREFIX", &llvm);
         println!("setup: installing bpf-linker ({})", display_cmd(&cmd));
         run(&mut cmd).context("installing bpf-linker")?;
     }
     println!("setup: done");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// LLVM 22 is wanted whenever bpf-linker has to be built, also with an upstream nightly
+    /// (it was dropped then, and bpf-linker's default LLVM feature failed to build).
+    #[test]
+    fn llvm_is_wanted_whenever_bpf_linker_is_missing() {
+        let w = wanted_packages(true, true);
+        assert!(w.contains(&"llvm-22-dev") && w.contains(&"libpolly-22-dev"), "{w:?}");
+        assert!(!w.contains(&"rustc-web"), "{w:?}");
+        let w = wanted_packages(false, false);
+        assert!(w.contains(&"rustc-web") && !w.contains(&"llvm-22-dev"), "{w:?}");
+        assert!(w.contains(&"keepalived"));
+    }
 }
