@@ -192,11 +192,16 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response
 /// `reload -c FILE`: only `control_socket` is read, leniently, so a file being edited (with
 /// an error elsewhere in it) still leads to the running daemon. A TOML file's
 /// `[global].control_socket` when it is a string (found line by line when the file does not
-/// parse as TOML); keepalived.conf has no such keyword, and a file without it means the
-/// default socket. Only a file that cannot be read is an error.
+/// parse as TOML); a keepalived.conf's `control_socket PATH` in `global_defs` (in the file
+/// itself, not its includes). A file without it means the default socket. Only a file that
+/// cannot be read is an error.
 pub fn socket_of_config(config: &Path) -> std::io::Result<std::path::PathBuf> {
     let text = std::fs::read_to_string(config)?;
-    let found = if crate::config::is_toml(config) { toml_control_socket(&text) } else { None };
+    let found = if crate::config::is_toml(config) {
+        toml_control_socket(&text)
+    } else {
+        keepalived_control_socket(&text)
+    };
     Ok(found.map(Into::into).unwrap_or_else(|| crate::config::DEFAULT_CONTROL_SOCKET.into()))
 }
 
@@ -228,6 +233,41 @@ fn toml_control_socket(text: &str) -> Option<String> {
             }
         }
         return None;
+    }
+    None
+}
+
+/// `control_socket PATH` at the top level of a keepalived.conf's `global_defs { }` block.
+fn keepalived_control_socket(text: &str) -> Option<String> {
+    let mut depth = 0usize;
+    let mut global_depth = None;
+    let mut prev_global_defs = false;
+    for line in text.lines() {
+        let line = line.split(['#', '!']).next().unwrap_or("");
+        let spaced = line.replace('{', " { ").replace('}', " } ");
+        let mut words = spaced.split_whitespace();
+        while let Some(w) = words.next() {
+            match w {
+                "{" => {
+                    depth += 1;
+                    if prev_global_defs && global_depth.is_none() {
+                        global_depth = Some(depth);
+                    }
+                }
+                "}" => {
+                    if global_depth == Some(depth) {
+                        global_depth = None;
+                    }
+                    depth = depth.saturating_sub(1);
+                }
+                "control_socket" if global_depth == Some(depth) => {
+                    let v = words.next()?;
+                    return Some(v.trim_matches('"').to_string());
+                }
+                _ => {}
+            }
+            prev_global_defs = w == "global_defs" && depth == 0;
+        }
     }
     None
 }
@@ -297,9 +337,14 @@ mod tests {
         assert_eq!(socket_of_config(&p).unwrap(), default);
         let p = write("d.toml", "[global]\ncontrol_socket = 5\n");
         assert_eq!(socket_of_config(&p).unwrap(), default);
-        // keepalived.conf has no control_socket keyword.
+        // keepalived.conf: in global_defs (ha-lb's own keyword), not elsewhere.
         let p = write("keepalived.conf", "global_defs {\n  router_id x\n");
         assert_eq!(socket_of_config(&p).unwrap(), default);
+        let p = write(
+            "k2.conf",
+            "vrrp_instance V { control_socket /x }\nglobal_defs\n{\n  notification_email {\n a@b\n }\n  control_socket \"/run/x/k.sock\" # here\n}\nvrrp_instance V {\n",
+        );
+        assert_eq!(socket_of_config(&p).unwrap(), Path::new("/run/x/k.sock"));
         assert!(socket_of_config(&dir.join("missing.toml")).is_err());
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -101,7 +101,7 @@ struct DaemonSocket {
     #[arg(long)]
     socket: Option<PathBuf>,
     /// The daemon's configuration file: its `control_socket` is used (the file is not
-    /// otherwise checked; keepalived.conf: the default socket).
+    /// otherwise checked; without the key, the default socket).
     #[arg(short, long, conflicts_with = "socket")]
     config: Option<PathBuf>,
 }
