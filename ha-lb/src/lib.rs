@@ -1,5 +1,5 @@
 //! ha-lb: a highly available L4 load balancer. VRRP election in user space, forwarding in XDP,
-//! kernel IPVS as fallback. See `../shared/design/architecture.md` for the data flow.
+//! kernel IPVS as fallback. See `docs/architecture.md` (repository root) for the data flow.
 //!
 //! Pure cores (codecs, the VRRP state machine, schedulers, config) are plain types and
 //! functions; sockets, netlink and BPF sit behind small traits at the edges.

@@ -59,7 +59,7 @@ impl Uml {
         if !kernel.exists() {
             bail!(
                 "{KERNEL} not found: install Debian's user-mode-linux package \
-                 (`sudo cargo xtask setup` does)"
+                 (`sudo -E env \"PATH=$PATH\" cargo xtask setup` does)"
             );
         }
         let mut releases: Vec<PathBuf> = fs::read_dir(MODULES)
