@@ -26,7 +26,10 @@ enum Cmd {
     /// connection loss); an invalid one is rejected with its errors and the running
     /// configuration stays. SIGTERM/SIGINT stop gracefully: masters hand their VIPs over
     /// (priority-0 advert, VIPs kept until a backup has taken over), then XDP programs are
-    /// detached. A second signal removes the VIPs at once.
+    /// detached. A second signal removes the VIPs at once. SIGUSR1 / SIGUSR2 (keepalived's
+    /// data and stats dumps) write the status, as `status` / `status --json` print it, to
+    /// `ha-lb.data` / `ha-lb.stats` beside the control socket (/run/ha-lb/). Needs root, or
+    /// CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF. Does not fork; no pid file.
     Run {
         /// Configuration file: ha-lb TOML (`*.toml`) or keepalived.conf (any other name).
         /// `-f`/`--use-file` as keepalived spells it.
