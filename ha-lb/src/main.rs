@@ -179,7 +179,7 @@ fn main() -> ExitCode {
                             "{}: valid ({} vrrp_instance, {} virtual_server{})",
                             config.display(),
                             c.vrrp_instances.len(),
-                            c.virtual_servers.len(),
+                            services_count(&c),
                             match warnings.len() {
                                 0 => String::new(),
                                 n => format!(", {n} warning(s)"),
@@ -315,6 +315,17 @@ fn convert_load(file: &std::path::Path, drop_unsupported: bool) -> Result<config
         );
     }
     Ok(c)
+}
+
+/// `N` virtual servers as written, and the services they make when groups expand them:
+/// `2`, or `2 (5 services)`.
+fn services_count(c: &config::Config) -> String {
+    let leads = c.check_leads();
+    let written = c.virtual_servers.iter().filter(|v| leads.contains(&v.key())).count();
+    match c.virtual_servers.len() {
+        n if n == written => n.to_string(),
+        n => format!("{written} ({n} services)"),
+    }
 }
 
 #[cfg(test)]

@@ -224,7 +224,7 @@ fn configs_beyond_the_ebpf_maps_are_refused_at_the_virtual_server_that_goes_over
         config::parse_str(&ipvs, Path::new("big.toml")).expect("IPVS takes it");
     };
     let services: String = (0..257).map(|n| vs(n, "lc", 1)).collect();
-    refused(&services, 256, "more than 256 virtual_servers");
+    refused(&services, 256, "more than 256 services");
     refused(&vs(0, "wlc", 257), 0, "257 real servers");
     // 4096 real servers in all: the 17th service of 256 goes over.
     let reals: String = (0..17).map(|n| vs(n, "wlc", 256)).collect();

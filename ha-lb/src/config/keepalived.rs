@@ -2224,6 +2224,14 @@ impl Lowerer<'_> {
                 );
                 continue;
             }
+            // keepalived up to 2.2 read ADDR-ADDR as ADDR-<the end's first byte> (with a
+            // warning) and knows no ADDR/PREFIX; later versions read both as ranges: which
+            // one a file meant is not known. (The TOML reader takes both.)
+            let a = st.kw.text.as_str();
+            if a.contains('/') || a.split_once('-').is_some_and(|(_, e)| e.contains(['.', ':'])) {
+                self.err(st.kw.loc, format!("virtual_server_group member {a:?}: keepalived versions read this range differently; write ADDR-LAST (the last byte, or for IPv6 the last group in hex), one line per range"));
+                continue;
+            }
             let words: Vec<&str> =
                 std::iter::once(&st.kw).chain(&st.args).map(|w| w.text.as_str()).collect();
             let mut l = Line::default();
@@ -2516,7 +2524,6 @@ impl Lowerer<'_> {
     }
 }
 
-/// `KEYWORD 0`.
 /// `brd +` / `brd -` of the VIP `addr` (`A.B.C.D[/LEN]`), as keepalived computes them
 /// (vrrp_ipaddress.c): the address with the host bits all set (`+`) or all clear (`-`).
 /// keepalived sets no broadcast for a prefix longer than 30 (and says so): an error here,
@@ -2546,6 +2553,7 @@ fn is_bare_sync_member(st: &Stmt, blk: &Blk) -> bool {
         && !is_halb_key(st.key())
 }
 
+/// `KEYWORD 0`.
 fn is_zero(st: &Stmt) -> bool {
     matches!(st.args.as_slice(), [w] if !w.quoted && w.text.parse::<u64>() == Ok(0))
 }
@@ -2673,6 +2681,11 @@ mod tests {
             "{:?}",
             udp.warnings
         );
+        let e = errors(
+            &text.replace("192.0.2.20-21 443", "192.0.2.20-192.0.2.21 443\n 192.0.2.16/28 80"),
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].starts_with("k.conf:6:2: virtual_server_group member \"192.0.2.20-192.0.2.21\": keepalived versions read this range differently"), "{e:?}");
         let e = errors(&text.replace("server group web", "server group webb"));
         assert!(e[0].starts_with("k.conf:8:22: unknown virtual_server_group \"webb\""), "{e:?}");
         let e = errors(&text.replace("real_server 10.0.0.1 8080", "real_server 10.0.0.1"));

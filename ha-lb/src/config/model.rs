@@ -733,6 +733,8 @@ pub enum CheckOwner {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtualServerGroup {
     pub name: String,
+    /// The members as written (`convert` writes them back so), whitespace normalised.
+    pub entries: Vec<String>,
     /// Each address and port, ranges expanded (`192.0.2.10-12 80` is three), in order.
     pub members: Vec<SocketAddr>,
 }

@@ -55,8 +55,7 @@ pub fn to_toml(c: &Config) -> String {
     for g in &c.virtual_server_groups {
         w.head("[[virtual_server_group]]");
         w.kv("name", &toml_str(&g.name));
-        let members = g.members.iter().map(|m| toml_str(&format!("{} {}", m.ip(), m.port())));
-        w.kv("members", &array(members));
+        w.kv("members", &array(g.entries.iter().map(|m| toml_str(m))));
     }
     // A group's virtual_server is in the model once per member: written once.
     let mut written = std::collections::HashSet::new();

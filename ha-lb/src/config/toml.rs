@@ -82,13 +82,11 @@ pub(crate) fn parse_labelled(
         errors.sort_by_key(|e| (e.line, e.col));
         // A group's virtual_server is checked once per member: the same error at the same
         // place, once.
-        let mut once: Vec<ConfigError> = Vec::with_capacity(errors.len());
-        for e in errors {
-            if !once.contains(&e) {
-                once.push(e);
-            }
-        }
-        let errors = once;
+        let mut seen = std::collections::HashSet::new();
+        let errors: Vec<ConfigError> = errors
+            .into_iter()
+            .filter(|e| seen.insert((e.line, e.col, e.message.clone())))
+            .collect();
         Err(ConfigErrors { errors })
     }
 }
@@ -823,9 +821,10 @@ impl<'s> Reader<'s> {
         let tb = self.open_item(t, "virtual_server_group", pos, item, VIRTUAL_SERVER_GROUP_KEYS);
         let name = self.name(&tb).unwrap_or_default();
         self.required(&tb, "members");
-        let (mut members, mut at) = (Vec::new(), Vec::new());
+        let (mut members, mut at, mut entries) = (Vec::new(), Vec::new(), Vec::new());
         for v in self.list(&tb, "members") {
             let Some((s, p)) = self.as_string(&v, "each member") else { continue };
+            entries.push(s.split_whitespace().collect::<Vec<_>>().join(" "));
             match parse_group_member(&s) {
                 Ok(m) if members.len() + m.len() > GROUP_MEMBERS_MAX => {
                     self.err(p, format!("virtual_server_group {name:?} has more than {GROUP_MEMBERS_MAX} members"));
@@ -841,8 +840,13 @@ impl<'s> Reader<'s> {
         if members.is_empty() && tb.t.get("members").is_some() && !self.map.is_tainted(item) {
             self.err(self.map.key(item, "members"), "virtual_server_group has no members");
         }
+        // keepalived: "Cannot mix IPv4 and IPv6 in virtual server group"; no forwarding
+        // method could serve both with the same real servers.
+        if let Some(i) = members.iter().position(|m| m.is_ipv4() != members[0].is_ipv4()) {
+            self.err(at[i], format!("virtual_server_group {name:?} mixes IPv4 and IPv6 members (keepalived refuses it too: the same real servers cannot serve both); use a group per family"));
+        }
         self.stack.pop();
-        (VirtualServerGroup { name, members }, at)
+        (VirtualServerGroup { name, entries, members }, at)
     }
 
     /// The virtual servers as read, each with `group` once per member of its group: the
@@ -1711,7 +1715,14 @@ pub(crate) fn parse_group_member(s: &str) -> Result<Vec<SocketAddr>, String> {
                     )
                 },
             )?;
-            int(first) & !((1u128 << bits) - 1) | e
+            let e = int(first) & !((1u128 << bits) - 1) | e;
+            // keepalived: "range end is not greater than address range start".
+            if e == int(first) {
+                return Err(format!(
+                    "range {addr:?} ends where it starts: write the address alone"
+                ));
+            }
+            e
         };
         (first, last)
     } else {
@@ -2240,6 +2251,7 @@ port = 8080
         assert!(m("10.0.0.0/8 80").unwrap_err().contains("more than 4096"));
         assert!(m("192.0.2.1-2001:db8::1 80").unwrap_err().contains("mixes address families"));
         assert!(m("223.255.255.255-224.0.0.0 80").unwrap_err().contains("not a unicast address"));
+        assert!(m("192.0.2.5-5 80").unwrap_err().contains("ends where it starts"));
     }
 
     #[test]
@@ -2252,9 +2264,19 @@ port = 8080
         assert!(e.contains("t.toml:8:9: unknown virtual_server_group \"wbe\""), "{e}");
         let e = errs(&GROUP.replace("group = \"web\"", "group = \"web\"\naddress = \"192.0.2.1\""));
         assert!(e.contains("t.toml:9:11: address is set by the group's members"), "{e}");
-        // Checked per member, reported once: a v4 real server cannot serve the v6 members.
+        // One family per group, as keepalived.
         let e = errs(GROUP);
-        assert_eq!(e, "t.toml:11:11: real_server 10.0.0.11 is IPv4 but the virtual_server is IPv6; NAT cannot mix address families");
+        assert!(
+            e.starts_with("t.toml:6:50: virtual_server_group \"web\" mixes IPv4 and IPv6 members"),
+            "{e}"
+        );
+        // Checked per member, reported once, naming the member.
+        let dr = GROUP
+            .replace("\"2001:db8::a-b 80\"", "")
+            .replace("lb_kind = \"NAT\"", "lb_kind = \"DR\"")
+            .replace("port = 8080", "port = 80");
+        let e = errs(&dr);
+        assert_eq!(e, "t.toml:12:8: real_server port 80 differs from port 443 of members of virtual_server_group \"web\"; DR forwards without rewriting ports (use NAT, or a virtual_server per port)");
         let e = errs(&GROUP.replace("\"2001:db8::a-b 80\"", "\"192.0.2.10 80\""));
         assert!(e.contains("virtual_server 192.0.2.10:80 TCP is already defined"), "{e}");
     }
@@ -2264,6 +2286,7 @@ port = 8080
         let c = parse(&GROUP.replace("\"2001:db8::a-b 80\"", "")).unwrap();
         let text = crate::config::to_toml::to_toml(&c);
         assert_eq!(text.matches("[[virtual_server]]").count(), 1, "{text}");
+        assert!(text.contains("members = [\"192.0.2.10 80\", \"192.0.2.20-21 443\"]"), "{text}");
         assert!(text.contains("group = \"web\""), "{text}");
         assert_eq!(parse(&text).unwrap(), c);
     }

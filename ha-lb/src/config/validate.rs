@@ -662,7 +662,7 @@ impl V<'_> {
             if v == LB_SERVICES_MAX as usize {
                 self.err(
                     pos,
-                    format!("more than {LB_SERVICES_MAX} virtual_servers: the {dp} data plane holds at most {LB_SERVICES_MAX}"),
+                    format!("more than {LB_SERVICES_MAX} services (each virtual_server, and each member of a virtual_server_group): the {dp} data plane holds at most {LB_SERVICES_MAX}"),
                 );
             }
             // The sorry server takes a real server's place when quorum is lost.
@@ -816,13 +816,22 @@ impl V<'_> {
                     }
                 }
                 if vs.lb_kind != LbKind::Nat && rs.port != vs.port {
-                    self.err(
-                        m.key(ritem, "port"),
-                        format!(
-                            "real_server port {} differs from the virtual_server port {}; {} forwards without rewriting ports (use NAT, or port = {})",
-                            rs.port, vs.port, vs.lb_kind.as_str(), vs.port
+                    let msg = match &vs.group {
+                        Some(g) => format!(
+                            "real_server port {} differs from port {} of members of virtual_server_group {g:?}; {} forwards without rewriting ports (use NAT, or a virtual_server per port)",
+                            rs.port,
+                            vs.port,
+                            vs.lb_kind.as_str()
                         ),
-                    );
+                        None => format!(
+                            "real_server port {} differs from the virtual_server port {}; {} forwards without rewriting ports (use NAT, or port = {})",
+                            rs.port,
+                            vs.port,
+                            vs.lb_kind.as_str(),
+                            vs.port
+                        ),
+                    };
+                    self.err(m.key(ritem, "port"), msg);
                 }
                 if let Some(chk) = &rs.check {
                     let citem = Item::Check(v, r);

@@ -355,6 +355,13 @@ impl HealthChecker {
             if unchecked.contains_key(key) || wanted.contains_key(key) {
                 continue;
             }
+            // Still configured, under a group's new first member.
+            let moved = matches!(t.owner, CheckOwner::Group(..))
+                && (unchecked.values().map(|(n, _)| n).chain(wanted.values().map(|a| &a.target)))
+                    .any(|n| n.owner == t.owner && n.rs.key() == key.1);
+            if moved {
+                continue;
+            }
             if let Some(hook) = t.rs.notify_down.clone() {
                 tracing::info!(virtual_server = %t.vs, real_server = %t.rs.key(), "real server {} removed by reload", t.rs.key());
                 self.shared.chain_notify(*key, t, false, hook, user.clone());
@@ -668,7 +675,7 @@ mod tests {
         let cfg = crate::config::parse_str(text, std::path::Path::new("conf/ha-lb.toml"))
             .unwrap_or_else(|e| panic!("{e}"));
         let targets = CheckTarget::from_config(&cfg);
-        // A group's members share their first member's checks (the "mail" group's three).
+        // A group's members share their first member's checks (the "web-alt" group's four).
         let all: usize = (cfg.virtual_servers.iter())
             .filter(|vs| cfg.check_leads().contains(&vs.key()))
             .map(|vs| vs.real_servers.len())
@@ -676,7 +683,7 @@ mod tests {
         assert!(targets.iter().filter(|t| t.rs.check.is_some()).count() > 0);
         assert_eq!(targets.len(), all, "every real server, checked or not, once per group");
         assert_eq!(
-            all + 2,
+            all + 3,
             cfg.virtual_servers.iter().map(|vs| vs.real_servers.len()).sum::<usize>()
         );
         for t in &targets {
@@ -756,7 +763,10 @@ mod tests {
                 "[global]\ndataplane = \"ipvs\"\n[[virtual_server_group]]\nname = \"g\"\nmembers = [{members}]\n\
                  [[virtual_server]]\ngroup = \"g\"\n[[virtual_server.real_server]]\naddress = \"127.0.0.1\"\n\
                  port = {port}\nnotify_down = [\"/usr/bin/touch\", \"{}\"]\n[virtual_server.real_server.TCP_CHECK]\n\
-                 delay_loop = 0.1\nconnect_timeout = 1\nwarmup = 0\n",
+                 delay_loop = 0.1\nconnect_timeout = 1\nwarmup = 0\n\
+                 [[virtual_server.real_server]]\naddress = \"127.0.0.2\"\nport = {port}\n\
+                 notify_down = [\"/usr/bin/touch\", \"{}\"]\n",
+                mark.display(),
                 mark.display()
             );
             crate::config::parse_str(&text, std::path::Path::new("t.toml")).unwrap()
