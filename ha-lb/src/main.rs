@@ -176,7 +176,7 @@ fn main() -> ExitCode {
                             eprintln!("{w} (warning)");
                         }
                         println!(
-                            "{}: valid ({} vrrp_instance, {} virtual_server{})",
+                            "{}: valid ({} vrrp_instance, {}{})",
                             config.display(),
                             c.vrrp_instances.len(),
                             services_count(&c),
@@ -317,14 +317,14 @@ fn convert_load(file: &std::path::Path, drop_unsupported: bool) -> Result<config
     Ok(c)
 }
 
-/// `N` virtual servers as written, and the services they make when groups expand them:
-/// `2`, or `2 (5 services)`.
+/// The virtual servers as written, and the services they make when groups expand them:
+/// `2 virtual_server`, or `2 virtual_server (5 services)`.
 fn services_count(c: &config::Config) -> String {
     let leads = c.check_leads();
     let written = c.virtual_servers.iter().filter(|v| leads.contains(&v.key())).count();
     match c.virtual_servers.len() {
-        n if n == written => n.to_string(),
-        n => format!("{written} ({n} services)"),
+        n if n == written => format!("{n} virtual_server"),
+        n => format!("{written} virtual_server ({n} services)"),
     }
 }
 
