@@ -262,7 +262,7 @@ fn a_sync_interface_created_again_is_used_again() {
     })
     .unwrap();
     let other_id = ha_lb::sync::request(99);
-    let lsync = |d: &HaLb| d.status().map(|s| s["lvs_sync"].clone());
+    let lsync = |d: &HaLb| d.status().map(|s| s["lvs_sync_daemon"].clone());
     send_from_addr(&n1, "198.20.0.1", "224.0.0.81:8848", &other_id);
     eventually(Duration::from_secs(2), "d2 receives on sync0", || {
         sync_counter(&d2, "datagrams_other_id") == 1

@@ -87,7 +87,7 @@ fn ipvsadm(node: &Node, args: &[&str]) -> String {
 
 /// `d`'s connection-sync counter `key` (0 when it has not counted any).
 fn sync_counter(d: &HaLb, key: &str) -> u64 {
-    d.status().ok().and_then(|s| s["lvs_sync"][key].as_u64()).unwrap_or(0)
+    d.status().ok().and_then(|s| s["lvs_sync_daemon"][key].as_u64()).unwrap_or(0)
 }
 
 /// The guest's set-up: a writable /run (the guest's / is the host's, read-only: namespaces
@@ -148,7 +148,7 @@ fn guest() {
     .unwrap_or_else(|e| {
         panic!(
             "{e}\nd2 status: {}\nd1's IPVS: {}\n{}",
-            d2.status().map(|s| s["lvs_sync"].to_string()).unwrap_or_default(),
+            d2.status().map(|s| s["lvs_sync_daemon"].to_string()).unwrap_or_default(),
             ipvsadm(&n1, &["-Lnc"]),
             d2.log_text()
         )
@@ -224,7 +224,7 @@ fn guest_back() {
         panic!(
             "{e}\n{}\nd1 status: {}\n{}",
             ipvsadm(&n2, &["-Lnc"]),
-            d1.status().map(|s| s["lvs_sync"].to_string()).unwrap_or_default(),
+            d1.status().map(|s| s["lvs_sync_daemon"].to_string()).unwrap_or_default(),
             d1.log_text()
         )
     });
@@ -285,7 +285,7 @@ fn guest_templates() {
     .unwrap_or_else(|e| {
         panic!(
             "{e}\nd2 status: {}\nd1's IPVS: {}\n{}",
-            d2.status().map(|s| s["lvs_sync"].to_string()).unwrap_or_default(),
+            d2.status().map(|s| s["lvs_sync_daemon"].to_string()).unwrap_or_default(),
             ipvsadm(&n1, &["-Lnc"]),
             d2.log_text()
         )
