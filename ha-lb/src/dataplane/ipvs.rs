@@ -455,7 +455,8 @@ impl Dataplane for IpvsDataplane {
     /// the kernel has each scheduler the services use: a reload to an `lb_algo` whose module
     /// is missing is refused up front rather than applied in part.
     fn check(&self, desired: &DesiredState) -> Result<(), DataplaneError> {
-        check_schedulers(&plan::target(desired)?, scheduler_available)
+        let current = plan::target(&self.desired).unwrap_or_default();
+        check_schedulers(&added_schedulers(plan::target(desired)?, &current), scheduler_available)
     }
 
     fn stats(&self) -> Result<DataplaneStats, DataplaneError> {
@@ -547,6 +548,16 @@ impl Drop for IpvsDataplane {
 }
 
 /// Refuses `target` if a scheduler its services use is not `available`.
+/// The services of `target` whose scheduler `current` does not already have for them: a
+/// reload is refused for a scheduler it brings, not for one the running configuration has
+/// (which, if the kernel lacks it, would otherwise refuse every later reload — a priority
+/// change, a failed real server's removal).
+fn added_schedulers(target: View, current: &View) -> View {
+    (target.into_iter())
+        .filter(|(k, s)| current.get(k).is_none_or(|c| c.params.sched != s.params.sched))
+        .collect()
+}
+
 fn check_schedulers(target: &View, available: impl Fn(&str) -> bool) -> Result<(), DataplaneError> {
     let mut by_sched: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (vs, s) in target {
@@ -1050,6 +1061,14 @@ mod tests {
                 && !e.contains("rr"),
             "{e}"
         );
+        // Found by review: one the running configuration has already is not the reload's
+        // (its apply failed at start; every later reload was refused for it).
+        let running = view(&[("198.18.0.1:80", "mh", &[]), ("198.18.0.2:80", "rr", &[])]);
+        let added = added_schedulers(want, &running);
+        let keys: Vec<String> = added.keys().map(|k| k.to_string()).collect();
+        assert_eq!(keys, ["198.18.0.2:80 TCP", "198.18.0.3:80 TCP"]);
+        let e = check_schedulers(&added, |s| s != "mh").unwrap_err().to_string();
+        assert!(e.contains("(virtual_server 198.18.0.2:80 TCP)"), "{e}");
     }
 
     #[test]
