@@ -656,6 +656,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let (config, scripts_not_runnable) =
         load_here_logged(&config_path, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let config = Arc::new(config);
+    // CAP_BPF only for the eBPF planes (the others leave the VRRP filter out without it).
+    if let Some(e) = crate::privileges::check_run(config.global.dataplane.is_ebpf()) {
+        bail!("{e}");
+    }
     // Signals before anything changes state: without a handler, a SIGHUP during start-up
     // would kill the process (VIPs, IPVS services and XDP programs left behind) and a
     // SIGTERM would get no clean-up. One that arrives meanwhile is handled once running.

@@ -29,7 +29,8 @@ enum Cmd {
     /// detached. A second signal removes the VIPs at once. SIGUSR1 / SIGUSR2 (keepalived's
     /// data and stats dumps) write the status, as `status` / `status --json` print it, to
     /// `ha-lb.data` / `ha-lb.stats` beside the control socket (/run/ha-lb/). Needs root, or
-    /// CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF. Does not fork; no pid file.
+    /// CAP_NET_ADMIN, CAP_NET_RAW (and CAP_BPF for dataplane xdp/tc). Does not fork; no pid
+    /// file.
     Run {
         /// Configuration file: ha-lb TOML (`*.toml`) or keepalived.conf (any other name).
         /// `-f`/`--use-file` as keepalived spells it.
@@ -129,7 +130,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Run { config, log } => {
             // Before anything else: otherwise the first error is an unrelated one.
-            if let Some(e) = ha_lb::privileges::check_run() {
+            if let Some(e) = ha_lb::privileges::check_run(false) {
                 eprintln!("ha-lb: {e}");
                 return ExitCode::FAILURE;
             }

@@ -17,22 +17,25 @@ pub fn cap_eff(proc_status: &str) -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
-/// The needed capabilities `cap_eff` lacks, each as `NAME (what for)`.
-pub fn missing(cap_eff: u64) -> Vec<String> {
+/// The needed capabilities `cap_eff` lacks, each as `NAME (what for)`. CAP_BPF only with
+/// `bpf`: the `ipvs` and `none` planes run without eBPF (the VRRP filter is then left out,
+/// with a warning), as keepalived runs with CAP_NET_ADMIN and CAP_NET_RAW.
+pub fn missing(cap_eff: u64, bpf: bool) -> Vec<String> {
     let has = |bit: u32| cap_eff & (1u64 << bit) != 0;
     let has_or_stands_in = |bit: u32| has(bit) || (bit == CAP_BPF && has(CAP_SYS_ADMIN));
     NEEDED
         .iter()
+        .filter(|(bit, _, _)| bpf || *bit != CAP_BPF)
         .filter(|(bit, _, _)| !has_or_stands_in(*bit))
         .map(|(_, name, why)| format!("{name} ({why})"))
         .collect()
 }
 
-/// An error naming what this process lacks to run the daemon, or `None` when it has it
-/// (or /proc cannot tell).
-pub fn check_run() -> Option<String> {
+/// An error naming what this process lacks to run the daemon (with `bpf`: an eBPF data
+/// plane), or `None` when it has it (or /proc cannot tell).
+pub fn check_run(bpf: bool) -> Option<String> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let lacking = missing(cap_eff(&status)?);
+    let lacking = missing(cap_eff(&status)?, bpf);
     if lacking.is_empty() {
         return None;
     }
@@ -40,7 +43,8 @@ pub fn check_run() -> Option<String> {
     let uid = unsafe { libc::geteuid() };
     let who = if uid == 0 { "root without all its capabilities" } else { "not root" };
     Some(format!(
-        "`ha-lb run` needs root, or CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF; this process is {who} (euid {uid}) and lacks {}",
+        "`ha-lb run` needs root, or CAP_NET_ADMIN, CAP_NET_RAW{}; this process is {who} (euid {uid}) and lacks {}",
+        if bpf { " and CAP_BPF (dataplane xdp or tc)" } else { "" },
         lacking.join(", ")
     ))
 }
@@ -54,11 +58,14 @@ mod tests {
         let status = "Name:\tha-lb\nCapInh:\t0000000000000000\nCapEff:\t0000000000003000\n";
         let eff = cap_eff(status).unwrap();
         assert_eq!(eff, 0x3000);
-        assert_eq!(missing(eff), ["CAP_BPF (loading the eBPF programs)"]);
+        assert_eq!(missing(eff, true), ["CAP_BPF (loading the eBPF programs)"]);
+        // The ipvs and none planes need no eBPF (found by review: they ran with these two).
+        assert!(missing(eff, false).is_empty());
         // Before CAP_BPF existed, CAP_SYS_ADMIN stands for it.
-        assert!(missing(0x3000 | 1 << 21).is_empty());
-        assert!(missing(0x1ff_ffff_ffff).is_empty());
-        assert_eq!(missing(0).len(), 3);
+        assert!(missing(0x3000 | 1 << 21, true).is_empty());
+        assert!(missing(0x1ff_ffff_ffff, true).is_empty());
+        assert_eq!(missing(0, true).len(), 3);
+        assert_eq!(missing(0, false).len(), 2);
         assert_eq!(cap_eff("Name:\tx\n"), None);
     }
 }
