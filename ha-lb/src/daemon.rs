@@ -1519,6 +1519,8 @@ impl Daemon {
         match ev {
             LinkEvent::Changed(l) => {
                 if let Some(old) = self.ifnames.get(&l.index).filter(|n| **n != l.name) {
+                    // (One name per index: renamed again, it is the last name that counts.)
+                    self.renamed.retain(|_, i| *i != l.index);
                     self.renamed.insert(old.clone(), l.index);
                 }
                 let recreated = self.ifnames.iter().any(|(i, n)| *n == l.name && *i != l.index)
@@ -1552,10 +1554,10 @@ impl Daemon {
     /// inline) on more interfaces: a reload's new instance interfaces, a re-created one (the
     /// old attachment went with the deleted device), with their VRIDs: a filter without them
     /// would drop every advert there, so it is detached everywhere if they cannot be set.
-    fn extend_filter(&mut self, names: &[String]) {
-        let Some(f) = &mut self.filter else { return };
+    fn extend_filter(&mut self, names: &[String]) -> std::result::Result<(), String> {
+        let Some(f) = &mut self.filter else { return Ok(()) };
         if names.is_empty() {
-            return;
+            return Ok(());
         }
         for n in names {
             match f.bpf.attach_xdp(bpf::PROG_VRRP_FILTER, n) {
@@ -1565,10 +1567,10 @@ impl Daemon {
                 Err(e) => warn!(interface = %n, error = %e, "VRRP fast-path filter not attached"),
             }
         }
-        if self.refresh_vrids().is_err() {
+        self.refresh_vrids().inspect_err(|_| {
             warn!("detaching the VRRP filter: the daemon validates every advert itself");
             self.filter = None;
-        }
+        })
     }
 
     /// A device the forwarding program was on, created again under its name
@@ -1577,7 +1579,7 @@ impl Daemon {
     /// the VRRP filter, if it was there).
     fn reattach_forwarding(&mut self, name: &str) {
         if self.filter.as_ref().is_some_and(|f| f.interfaces.contains(name)) {
-            self.extend_filter(&[name.to_string()]);
+            let _ = self.extend_filter(&[name.to_string()]);
             return;
         }
         let Plane::Xdp(x) = &mut self.dataplane else { return };
@@ -2050,11 +2052,13 @@ impl Daemon {
         self.apply_tracking().await;
         self.send_group_orders(group_orders).await;
         // Without the forwarding program, the filter goes on the new instances' interfaces.
-        let new_ifaces: Vec<String> = (new.vrrp_instances.iter())
+        let new_ifaces: BTreeSet<String> = (new.vrrp_instances.iter())
             .map(|i| i.interface.clone())
             .filter(|n| self.filter.as_ref().is_some_and(|f| !f.interfaces.contains(n)))
             .collect();
-        self.extend_filter(&new_ifaces);
+        if let Err(e) = self.extend_filter(&new_ifaces.into_iter().collect::<Vec<_>>()) {
+            failed.push(e);
+        }
         if let Err(e) = self.refresh_vrids() {
             failed.push(e);
         }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod files;
 pub mod health;
 pub mod privileges;
 pub mod reconcile;

@@ -839,13 +839,7 @@ fn write_ledger(path: &Path, owned: &BTreeSet<VirtualServerKey>) -> std::io::Res
 /// Writes `text` to `path` whole or not at all (a temporary file renamed into place),
 /// creating its directory if need be.
 fn write_file(path: &Path, text: &str) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    crate::files::write_private_file(path, text)
 }
 
 /// The sync-thread marker beside the ledger at `ledger`.

@@ -784,17 +784,11 @@ impl VipLedger {
 }
 
 fn write_vip_ledger(path: &Path, entries: &BTreeSet<LedgerEntry>) -> io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
     let mut text = String::from("# virtual addresses ha-lb added (address/prefix dev device)\n");
     for e in entries {
         text.push_str(&format!("{e}\n"));
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    crate::files::write_private_file(path, &text)
 }
 
 // ---------------------------------------------------------------------------------------------
