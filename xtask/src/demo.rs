@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use ha_lb_lab::{
     daemon::{eventually, holds, HaLb, Scratch},
     topology::{bin_path, http_get, DirectorLab, KeepAlive, Mode, HTTP_PORT, VIP},
@@ -204,13 +204,8 @@ fn director_conf(root: &Path, file: &str, dataplane: &str) -> Result<String> {
     ))
 }
 
+/// The caller has checked for root (`require_root`, before any build).
 pub fn run(root: &Path, dataplane: &str, keep: bool) -> Result<()> {
-    if !crate::is_root() {
-        bail!(
-            "the demo builds a namespace lab and attaches eBPF programs: run `{} demo`",
-            crate::SUDO_XTASK
-        );
-    }
     say("Building a lab: client, two directors (lb1, lb2), three real servers (NAT)");
     let mut t = DirectorLab::build(Mode::Nat, 2, 3)?;
     let pids = t.start_real_servers()?;
