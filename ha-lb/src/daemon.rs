@@ -1360,7 +1360,7 @@ impl Daemon {
             }
         }
         let tracker = self.tracker_for(inst);
-        info!(instance = %inst.name, interface = %inst.interface, virtual_router_id = inst.virtual_router_id, priority = inst.priority, "vrrp_instance started");
+        info!(vrrp_instance = %inst.name, interface = %inst.interface, virtual_router_id = inst.virtual_router_id, priority = inst.priority, "vrrp_instance started");
         self.instances.insert(
             inst.name.clone(),
             Running {
@@ -1598,7 +1598,7 @@ impl Daemon {
     /// Restarts instances whose device came back with a new index ([`Self::on_link`]).
     async fn rebind(&mut self, names: Vec<String>) {
         for name in names {
-            info!(instance = %name, "its interface was created again (new index); restarting the instance on it");
+            info!(vrrp_instance = %name, "its interface was created again (new index); restarting the instance on it");
             self.stop_for_restart(&name).await;
         }
     }
@@ -1674,14 +1674,14 @@ impl Daemon {
             }
             if fault != r.sent.0 {
                 if let Some(why) = &r.fault_reason {
-                    warn!(instance = %name, reason = %why, "entering FAULT");
+                    warn!(vrrp_instance = %name, reason = %why, "entering FAULT");
                 } else {
-                    info!(instance = %name, "tracking recovered; leaving FAULT");
+                    info!(vrrp_instance = %name, "tracking recovered; leaving FAULT");
                 }
                 let _ = r.handle.commands.send(InstanceCommand::SetFault(fault)).await;
             }
             if adjust != r.sent.1 {
-                info!(instance = %name, adjust, "tracking changed the priority adjustment");
+                info!(vrrp_instance = %name, adjust, "tracking changed the priority adjustment");
                 let _ = r.handle.commands.send(InstanceCommand::SetPriorityAdjust(adjust)).await;
             }
             r.sent = (fault, adjust);
@@ -1700,7 +1700,7 @@ impl Daemon {
                 let orders = self.sync_groups.on_ready(&instance, ready);
                 if ready && orders.is_empty() {
                     if let Some((group, waits)) = self.sync_groups.waiting_for(&instance) {
-                        info!(instance = %instance, sync_group = %group, waiting_for = %waits.join(","), "ready to become MASTER; the sync group waits until every member is");
+                        info!(vrrp_instance = %instance, sync_group = %group, waiting_for = %waits.join(","), "ready to become MASTER; the sync group waits until every member is");
                     }
                 }
                 orders
@@ -1714,13 +1714,13 @@ impl Daemon {
             let Some(r) = self.instances.get(&name) else { continue };
             match (order, self.config.sync_group_of(&name).map(|g| g.name.clone())) {
                 (GroupOrder::Master, Some(group)) => {
-                    info!(instance = %name, sync_group = %group, "every member of the sync group is ready: becoming MASTER")
+                    info!(vrrp_instance = %name, sync_group = %group, "every member of the sync group is ready: becoming MASTER")
                 }
                 (GroupOrder::Master, None) => {
-                    info!(instance = %name, "no longer in a sync group: becoming MASTER")
+                    info!(vrrp_instance = %name, "no longer in a sync group: becoming MASTER")
                 }
                 (GroupOrder::Backup, group) => {
-                    info!(instance = %name, sync_group = %group.unwrap_or_default(), "another member of the sync group is not MASTER: leaving MASTER")
+                    info!(vrrp_instance = %name, sync_group = %group.unwrap_or_default(), "another member of the sync group is not MASTER: leaving MASTER")
                 }
             }
             let _ = r.handle.commands.send(InstanceCommand::SyncGroup(order)).await;
@@ -1973,7 +1973,7 @@ impl Daemon {
         // Instances: removed ones stop (make-before-break), changed ones restart once their
         // old task has handed over, new ones start.
         for name in gone {
-            info!(instance = %name, "vrrp_instance removed by reload; stopping it");
+            info!(vrrp_instance = %name, "vrrp_instance removed by reload; stopping it");
             self.stop_for_restart(&name).await;
         }
         // A member of a sync group restarts with its whole group: alone, it would hand its
@@ -1991,7 +1991,7 @@ impl Daemon {
                         in_place.insert(i.name.as_str(), c);
                     }
                     Err(e) => {
-                        warn!(instance = %i.name, error = %format!("{e:#}"), "cannot change the instance in place; restarting it");
+                        warn!(vrrp_instance = %i.name, error = %format!("{e:#}"), "cannot change the instance in place; restarting it");
                         changed.insert(i.name.clone());
                         restart.insert(i.name.clone());
                         if let Some(g) = new.sync_group_of(&i.name) {
@@ -2017,22 +2017,22 @@ impl Daemon {
                                 r.devices.insert(on.name.clone(), on.index);
                             }
                         }
-                        info!(instance = %inst.name, priority = c.priority, vips_changed = c.vips.is_some(), "changing the instance in place (its state stays)");
+                        info!(vrrp_instance = %inst.name, priority = c.priority, vips_changed = c.vips.is_some(), "changing the instance in place (its state stays)");
                         let _ =
                             r.handle.commands.send(InstanceCommand::Reconfigure(Box::new(c))).await;
                     }
                     if old.sync_group_of(&inst.name).is_some()
                         && new.sync_group_of(&inst.name).is_none()
                     {
-                        info!(instance = %inst.name, "left its sync group; goes on alone");
+                        info!(vrrp_instance = %inst.name, "left its sync group; goes on alone");
                         let _ = r.handle.commands.send(InstanceCommand::LeaveSyncGroup).await;
                     }
                 }
                 Some(_) => {
                     if changed.contains(inst.name.as_str()) {
-                        info!(instance = %inst.name, "VRRP parameters changed; restarting the instance (its election runs again)");
+                        info!(vrrp_instance = %inst.name, "VRRP parameters changed; restarting the instance (its election runs again)");
                     } else {
-                        info!(instance = %inst.name, "restarting the instance with its sync group (a member changed, or the group has new members)");
+                        info!(vrrp_instance = %inst.name, "restarting the instance with its sync group (a member changed, or the group has new members)");
                     }
                     self.stop_for_restart(&inst.name).await;
                 }
@@ -2169,7 +2169,7 @@ impl Daemon {
             Err(e) => {
                 self.start_errors.insert(inst.name.clone(), format!("{e:#}"));
                 if self.start_failed.insert(inst.name.clone()) {
-                    error!(instance = %inst.name, error = %format!("{e:#}"), "starting vrrp_instance failed; retrying every 5 s");
+                    error!(vrrp_instance = %inst.name, error = %format!("{e:#}"), "starting vrrp_instance failed; retrying every 5 s");
                 }
             }
         }
@@ -2187,7 +2187,7 @@ impl Daemon {
             self.start_failed.insert(name.clone());
             self.start_or_retry(&inst).await;
             if !self.start_failed.contains(&name) {
-                info!(instance = %name, "vrrp_instance started on retry");
+                info!(vrrp_instance = %name, "vrrp_instance started on retry");
                 started = true;
             }
         }
@@ -2223,7 +2223,7 @@ impl Daemon {
                 };
             if !done {
                 if !forced && !*force.borrow() {
-                    warn!(instance = %name, "did not hand over in time; removing its VIPs now");
+                    warn!(vrrp_instance = %name, "did not hand over in time; removing its VIPs now");
                 }
                 // A second Shutdown removes the VIPs at once.
                 let _ = commands.send(InstanceCommand::Shutdown).await;

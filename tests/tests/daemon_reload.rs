@@ -328,7 +328,7 @@ fn reload_adding_an_instance_needs_its_interface_and_brings_the_data_plane_there
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
     assert_forwarding_on(&d, "eth2");
     let extra_changes =
-        d.log_text().lines().filter(|l| l.contains("instance=VI_EXTRA from=")).count();
+        d.log_text().lines().filter(|l| l.contains("vrrp_instance=VI_EXTRA from=")).count();
     assert_eq!(state_changes(&d) - extra_changes, changes, "the other instances never changed");
     let m = spread(&t.client, 6);
     assert_eq!(names(&m), ["rs1", "rs2"], "still serving: {m:?}");
@@ -366,7 +366,7 @@ fn reload_turning_a_dropped_vip_into_a_real_server_is_accepted_on_the_master() {
 
 /// The `VRRP state change` lines the daemon logged for `instance`: (from, to, reason).
 fn transitions(d: &HaLb, instance: &str) -> Vec<(String, String, String)> {
-    let tag = format!("ha_lb::vrrp::instance: VRRP state change instance={instance} ");
+    let tag = format!("ha_lb::vrrp::instance: VRRP state change vrrp_instance={instance} ");
     d.log_text()
         .lines()
         .filter_map(|l| l.split_once(&tag).map(|(_, rest)| rest.to_string()))

@@ -157,10 +157,10 @@ async fn run<T: VrrpTransport, V: VipManager>(
     match p.vip_manager.remove_stale(&p.vips).await {
         Ok(removed) if !removed.is_empty() => {
             let list: Vec<String> = removed.iter().map(|v| v.to_string()).collect();
-            warn!(instance = %p.name, vips = ?list, "removed stale virtual addresses at start-up");
+            warn!(vrrp_instance = %p.name, vips = ?list, "removed stale virtual addresses at start-up");
         }
         Ok(_) => {}
-        Err(e) => error!(instance = %p.name, error = %e, "listing addresses at start-up failed"),
+        Err(e) => error!(vrrp_instance = %p.name, error = %e, "listing addresses at start-up failed"),
     }
     let mut stopping = false;
     p.machine.start(Instant::now());
@@ -175,7 +175,7 @@ async fn run<T: VrrpTransport, V: VipManager>(
             rx = p.transport.recv() => match rx {
                 Ok(pkt) => receive(&p.name, &mut p.machine, &p.rx_options, &pkt),
                 Err(e) => {
-                    warn!(instance = %p.name, error = %e, "VRRP receive failed");
+                    warn!(vrrp_instance = %p.name, error = %e, "VRRP receive failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },
@@ -203,7 +203,7 @@ async fn run<T: VrrpTransport, V: VipManager>(
         }
     }
     let _ = p.garp.send(GarpCommand::LeaveMaster).await;
-    info!(instance = %p.name, "stopped");
+    info!(vrrp_instance = %p.name, "stopped");
 }
 
 /// Most packets [`on_timeout`] reads before acting on a timeout, so a flood of packets cannot
@@ -215,7 +215,7 @@ fn receive(name: &str, machine: &mut Machine, opts: &RxOptions, pkt: &ReceivedPa
     match packet::decode(pkt.src, pkt.dst, pkt.ttl, &pkt.payload, opts) {
         Ok(r) => machine.handle_received(Instant::now(), &r),
         Err(e) => {
-            debug!(instance = %name, src = %pkt.src, error = %e, "advert rejected");
+            debug!(vrrp_instance = %name, src = %pkt.src, error = %e, "advert rejected");
             machine.handle_rx_error(&e);
         }
     }
@@ -245,15 +245,15 @@ async fn reconfigure<T: VrrpTransport, V: VipManager>(p: &mut InstanceParts<T, V
         let same = |a: &PlacedVip, b: &PlacedVip| a.0 == b.0 && a.1.index == b.1.index;
         if p.machine.holds_vips() {
             for old in p.vips.iter().filter(|o| !u.vips.iter().any(|n| same(o, n))) {
-                info!(instance = %p.name, vip = %old.0, "virtual address removed by reload");
+                info!(vrrp_instance = %p.name, vip = %old.0, "virtual address removed by reload");
                 if let Err(e) = p.vip_manager.remove(&old.0, &old.1).await {
-                    error!(instance = %p.name, vip = %old.0, interface = %old.1.name, error = %e, "removing virtual address failed");
+                    error!(vrrp_instance = %p.name, vip = %old.0, interface = %old.1.name, error = %e, "removing virtual address failed");
                 }
             }
             for new in u.vips.iter().filter(|n| !p.vips.iter().any(|o| same(o, n))) {
-                info!(instance = %p.name, vip = %new.0, "virtual address added by reload");
+                info!(vrrp_instance = %p.name, vip = %new.0, "virtual address added by reload");
                 if let Err(e) = p.vip_manager.add(&new.0, &new.1).await {
-                    error!(instance = %p.name, vip = %new.0, interface = %new.1.name, error = %e, "adding virtual address failed");
+                    error!(vrrp_instance = %p.name, vip = %new.0, interface = %new.1.name, error = %e, "adding virtual address failed");
                 }
             }
         }
@@ -293,24 +293,24 @@ async fn execute<T: VrrpTransport, V: VipManager>(
                     match adv.encode(src, dst, V3Checksum::PseudoHeader) {
                         Ok(bytes) => {
                             if let Err(e) = p.transport.send(dst, &bytes).await {
-                                warn!(instance = %p.name, %dst, error = %e, "sending advert failed");
+                                warn!(vrrp_instance = %p.name, %dst, error = %e, "sending advert failed");
                             }
                         }
-                        Err(e) => error!(instance = %p.name, error = %e, "encoding advert failed"),
+                        Err(e) => error!(vrrp_instance = %p.name, error = %e, "encoding advert failed"),
                     }
                 }
             }
             Action::AddVips => {
                 for (vip, iface) in &p.vips {
                     if let Err(e) = p.vip_manager.add(vip, iface).await {
-                        error!(instance = %p.name, vip = %vip, interface = %iface.name, error = %e, "adding virtual address failed");
+                        error!(vrrp_instance = %p.name, vip = %vip, interface = %iface.name, error = %e, "adding virtual address failed");
                     }
                 }
             }
             Action::RemoveVips => {
                 for (vip, iface) in &p.vips {
                     if let Err(e) = p.vip_manager.remove(vip, iface).await {
-                        error!(instance = %p.name, vip = %vip, interface = %iface.name, error = %e, "removing virtual address failed");
+                        error!(vrrp_instance = %p.name, vip = %vip, interface = %iface.name, error = %e, "removing virtual address failed");
                     }
                 }
             }
@@ -321,7 +321,7 @@ async fn execute<T: VrrpTransport, V: VipManager>(
             }
             Action::StateChanged { from, to, reason } => {
                 info!(
-                    instance = %p.name,
+                    vrrp_instance = %p.name,
                     from = from.as_str(),
                     to = to.as_str(),
                     %reason,
@@ -346,7 +346,7 @@ async fn execute<T: VrrpTransport, V: VipManager>(
                     .await;
             }
             Action::SyncGroupReady(ready) => {
-                debug!(instance = %p.name, ready, "sync group member readiness");
+                debug!(vrrp_instance = %p.name, ready, "sync group member readiness");
                 let _ = events
                     .send(InstanceEvent::SyncGroupReady { instance: p.name.clone(), ready })
                     .await;
@@ -548,7 +548,7 @@ async fn place_vips(
                 // A VIP on a device without link-layer addresses (tun, WireGuard): nobody
                 // there caches a MAC, so there is nothing to announce (as keepalived).
                 None => {
-                    info!(instance = %inst.name, interface = %on.name, "no MAC address: VIPs there are not announced")
+                    info!(vrrp_instance = %inst.name, interface = %on.name, "no MAC address: VIPs there are not announced")
                 }
             }
         }
