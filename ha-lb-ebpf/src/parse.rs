@@ -5,7 +5,10 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_ADJ_ROOM_NO_CSUM_RESET,
     },
-    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    helpers::{
+        bpf_redirect, bpf_skb_change_tail, bpf_skb_vlan_pop, bpf_xdp_adjust_head,
+        bpf_xdp_adjust_tail,
+    },
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
@@ -57,7 +60,8 @@ pub trait Frame: EbpfContext {
     /// recognised by this. At XDP a tag is in the frame (the parser passes it), except on a
     /// NIC that strips tags in hardware (`rxvlan` on), which XDP cannot see before Linux 6.8
     /// (`bpf_xdp_metadata_rx_vlan_tag`): there tagged traffic must not reach the program
-    /// (`ethtool -K <dev> rxvlan off`, or the TC hook).
+    /// (`ethtool -K <dev> rxvlan off`, or the TC hook). At TC a priority tag (VLAN ID 0) is
+    /// removed here and the frame handled as untagged, as the kernel takes it.
     fn vlan_tagged(&self) -> bool;
 }
 
@@ -173,8 +177,19 @@ impl Frame for TcContext {
     }
     #[inline(always)]
     fn vlan_tagged(&self) -> bool {
+        let skb = self.skb.skb;
         // SAFETY: the program's context pointer.
-        unsafe { (*self.skb.skb).vlan_present != 0 }
+        if unsafe { (*skb).vlan_present } == 0 {
+            return false;
+        }
+        // A priority tag (VLAN ID 0: an 802.1p priority, no VLAN) is the kernel's untagged
+        // frame (`vlan_do_receive` clears it): taken off here too, the frame is the
+        // interface's own. SAFETY: plain helper call on this program's socket buffer (it
+        // only clears the out-of-band tag; no packet pointer is held across it).
+        if unsafe { (*skb).vlan_tci } & 0x0fff == 0 && unsafe { bpf_skb_vlan_pop(skb) } == 0 {
+            return false;
+        }
+        true
     }
 }
 

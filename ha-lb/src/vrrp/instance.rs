@@ -160,7 +160,9 @@ async fn run<T: VrrpTransport, V: VipManager>(
             warn!(vrrp_instance = %p.name, vips = ?list, "removed stale virtual addresses at start-up");
         }
         Ok(_) => {}
-        Err(e) => error!(vrrp_instance = %p.name, error = %e, "listing addresses at start-up failed"),
+        Err(e) => {
+            error!(vrrp_instance = %p.name, error = %e, "listing addresses at start-up failed")
+        }
     }
     let mut stopping = false;
     p.machine.start(Instant::now());
@@ -296,7 +298,9 @@ async fn execute<T: VrrpTransport, V: VipManager>(
                                 warn!(vrrp_instance = %p.name, %dst, error = %e, "sending advert failed");
                             }
                         }
-                        Err(e) => error!(vrrp_instance = %p.name, error = %e, "encoding advert failed"),
+                        Err(e) => {
+                            error!(vrrp_instance = %p.name, error = %e, "encoding advert failed")
+                        }
                     }
                 }
             }
