@@ -186,7 +186,13 @@ impl Frame for TcContext {
         // frame (`vlan_do_receive` clears it): taken off here too, the frame is the
         // interface's own. SAFETY: plain helper call on this program's socket buffer (it
         // only clears the out-of-band tag; no packet pointer is held across it).
-        if unsafe { (*skb).vlan_tci } & 0x0fff == 0 && unsafe { bpf_skb_vlan_pop(skb) } == 0 {
+        // (802.1Q only: an 802.1ad service tag of ID 0 is not a priority tag.) `vlan_proto`
+        // is the tag's EtherType as on the wire.
+        let dot1q = u16::from_be(unsafe { (*skb).vlan_proto } as u16) == 0x8100;
+        if dot1q
+            && unsafe { (*skb).vlan_tci } & 0x0fff == 0
+            && unsafe { bpf_skb_vlan_pop(skb) } == 0
+        {
             return false;
         }
         true
