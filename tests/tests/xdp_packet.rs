@@ -179,18 +179,6 @@ fn dr_rewrites_only_the_ethernet_header() {
         assert_eq!(&r.frame[6..12], &t.mac0, "source MAC = ours");
         assert_eq!(&r.frame[12..], &f[12..], "IP packet untouched (VIP stays the destination)");
 
-        // A real server whose configured port is not the service's (in a DR
-        // virtual_server_group of several ports it is its checks' port, as in keepalived):
-        // the port is not rewritten either, on the full path or from the flow cache.
-        let vip443 =
-            t.serve_rr(Protocol::Tcp, "198.18.100.2:443", LbKind::Dr, &["198.18.1.21"], 80);
-        for flags in [TcpFlags::SYN, TcpFlags::ACK, TcpFlags::ACK] {
-            let f = frame::tcp(t.client_eth(), client(3, 33000), vip443, flags, 1, b"dr");
-            let r = t.expect_from_client(&f, XdpAction::Tx, LbReason::Dr, "port kept");
-            assert_eq!(&r.frame[..6], &rs_mac(1, 21));
-            assert_eq!(&r.frame[12..], &f[12..], "IP packet untouched, port 443 kept");
-        }
-
         // Real server behind the other interface: redirect.
         t.serve_rr(Protocol::Tcp, "198.18.100.2:80", LbKind::Dr, &["198.18.2.20"], 80);
         let f = frame::tcp(t.client_eth(), client(2, 33000), vip, TcpFlags::SYN, 1, b"dr");

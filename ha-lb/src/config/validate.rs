@@ -743,13 +743,6 @@ impl V<'_> {
                     ),
                 );
             }
-            // A DR/TUN group whose members have several ports forwards each member's port
-            // unchanged (as IPVS, which ignores a DR destination's port): a real server's
-            // port is then its checks' only (keepalived's real_server in such a group).
-            let any_port = vs.lb_kind != LbKind::Nat
-                && (vs.group.as_deref())
-                    .and_then(|g| c.virtual_server_groups.iter().find(|x| x.name == g))
-                    .is_some_and(|g| g.members.iter().any(|x| x.port() != vs.port));
             if let Some(sorry) = vs.sorry_server {
                 let spos = m.key(item, "sorry_server");
                 if c.global.dataplane.is_ebpf() && sorry.ip().is_loopback() {
@@ -770,7 +763,7 @@ impl V<'_> {
                             vs.lb_kind.as_str()
                         ),
                     );
-                } else if vs.lb_kind != LbKind::Nat && sorry.port() != vs.port && !any_port {
+                } else if vs.lb_kind != LbKind::Nat && sorry.port() != vs.port {
                     self.err(
                         spos,
                         format!(
@@ -822,14 +815,13 @@ impl V<'_> {
                         seen.insert(rs.key(), apos);
                     }
                 }
-                if vs.lb_kind != LbKind::Nat && rs.port != vs.port && !any_port {
+                if vs.lb_kind != LbKind::Nat && rs.port != vs.port {
                     let msg = match &vs.group {
                         Some(g) => format!(
-                            "real_server port {} differs from port {} of the members of virtual_server_group {g:?}; {} forwards without rewriting ports (use NAT, or port = {})",
+                            "real_server port {} differs from port {} of members of virtual_server_group {g:?}; {} forwards without rewriting ports (use NAT, or a virtual_server per port)",
                             rs.port,
                             vs.port,
-                            vs.lb_kind.as_str(),
-                            vs.port
+                            vs.lb_kind.as_str()
                         ),
                         None => format!(
                             "real_server port {} differs from the virtual_server port {}; {} forwards without rewriting ports (use NAT, or port = {})",

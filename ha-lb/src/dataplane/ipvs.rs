@@ -470,10 +470,10 @@ impl Dataplane for IpvsDataplane {
                 ..ServiceStats::default()
             };
             for d in dests {
-                // DR and TUN destinations carry the virtual port in IPVS: report them under
-                // the real_server's configured port (another in a group of several ports).
+                // DR destinations carry the virtual port in IPVS: report them under the
+                // real_server's configured port.
                 let port = spec
-                    .filter(|sp| sp.lb_kind != LbKind::Nat)
+                    .filter(|sp| sp.lb_kind == LbKind::Dr)
                     .and_then(|sp| sp.real_servers.iter().find(|r| r.addr == d.addr))
                     .map_or(d.port, |r| r.port);
                 ss.active_conns += u64::from(d.active_conns);
