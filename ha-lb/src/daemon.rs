@@ -1518,9 +1518,9 @@ impl Daemon {
     fn on_link(&mut self, ev: LinkEvent) -> (Option<TrackUpdate>, Vec<String>) {
         match ev {
             LinkEvent::Changed(l) => {
+                // (Every name the device had is kept, eth2 → x → y too: the map grows only by
+                // names in use, and a name that comes back leaves it below.)
                 if let Some(old) = self.ifnames.get(&l.index).filter(|n| **n != l.name) {
-                    // (One name per index: renamed again, it is the last name that counts.)
-                    self.renamed.retain(|_, i| *i != l.index);
                     self.renamed.insert(old.clone(), l.index);
                 }
                 let recreated = self.ifnames.iter().any(|(i, n)| *n == l.name && *i != l.index)

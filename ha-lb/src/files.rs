@@ -29,8 +29,10 @@ pub fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)?;
+        // No fsync: what these files record (VIPs, IPVS services) does not outlive a reboot,
+        // and the rename is atomic against a crash of the process; a VIP ledger on a disk
+        // would pay one per address while becoming MASTER.
         f.write_all(contents.as_bytes())?;
-        f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
     if written.is_err() {

@@ -565,8 +565,10 @@ fn an_interface_created_again_gets_its_instance_back() {
 
     // Renamed away, and a new device takes the name: the same as a deletion (no DELLINK
     // for the name ever comes).
+    // (Renamed twice: found by review, the name's marker was lost at the second rename.)
     d.node
-        .sh("ip link set eth2 down && ip link set eth2 name eth2old && ip addr flush dev eth2old")
+        .sh("ip link set eth2 down && ip link set eth2 name eth2x \
+             && ip link set eth2x name eth2old && ip addr flush dev eth2old")
         .unwrap();
     d.node.sh(&make.replace("eth2p", "eth2q")).unwrap();
     eventually(Duration::from_secs(10), "VI_EXTRA MASTER with its VIP on the next eth2", || {

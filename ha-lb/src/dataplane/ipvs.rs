@@ -547,7 +547,6 @@ impl Drop for IpvsDataplane {
     }
 }
 
-/// Refuses `target` if a scheduler its services use is not `available`.
 /// The services of `target` whose scheduler `current` does not already have for them: a
 /// reload is refused for a scheduler it brings, not for one the running configuration has
 /// (which, if the kernel lacks it, would otherwise refuse every later reload — a priority
@@ -558,6 +557,7 @@ fn added_schedulers(target: View, current: &View) -> View {
         .collect()
 }
 
+/// Refuses `target` if a scheduler its services use is not `available`.
 fn check_schedulers(target: &View, available: impl Fn(&str) -> bool) -> Result<(), DataplaneError> {
     let mut by_sched: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (vs, s) in target {
