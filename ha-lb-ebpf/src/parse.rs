@@ -54,14 +54,21 @@ pub trait Frame: EbpfContext {
     /// returned), so it goes through `LB_TX_PORTS`, the interfaces the daemon attached the
     /// program to: another fails here. At TC a redirect reaches any device.
     fn redirect(&self, ifindex: u32) -> u32;
+    /// Before a frame is sent on: at TC, takes off a priority tag ([`Self::vlan_tagged`]
+    /// handled the frame as untagged), so it leaves as the kernel would forward it. May move
+    /// packet data: call it before taking packet pointers, or last.
+    fn untag(&self);
     /// Whether the frame carries an 802.1Q/802.1ad tag the kernel took out of it. At TC the
     /// kernel has always moved a received tag out of band (`skb->vlan_tci`) before the
     /// program runs, and puts it back on at egress: a tagged frame looks untagged and must be
     /// recognised by this. At XDP a tag is in the frame (the parser passes it), except on a
     /// NIC that strips tags in hardware (`rxvlan` on), which XDP cannot see before Linux 6.8
     /// (`bpf_xdp_metadata_rx_vlan_tag`): there tagged traffic must not reach the program
-    /// (`ethtool -K <dev> rxvlan off`, or the TC hook). At TC a priority tag (VLAN ID 0) is
-    /// removed here and the frame handled as untagged, as the kernel takes it.
+    /// (`ethtool -K <dev> rxvlan off`, or the TC hook). At TC a priority tag (VLAN ID 0: an
+    /// 802.1p priority, no VLAN) is not one: the kernel takes such a frame as untagged, and
+    /// so does the program (the tag comes off only if it sends the frame on: [`Self::untag`];
+    /// a frame it passes keeps it for the stack, a bridge or a VLAN device of ID 0). A tag
+    /// still in the frame behind it is the parser's to pass.
     fn vlan_tagged(&self) -> bool;
 }
 
@@ -115,6 +122,8 @@ impl Frame for XdpContext {
     fn vlan_tagged(&self) -> bool {
         false
     }
+    #[inline(always)]
+    fn untag(&self) {}
 }
 
 impl Frame for TcContext {
@@ -177,25 +186,19 @@ impl Frame for TcContext {
     }
     #[inline(always)]
     fn vlan_tagged(&self) -> bool {
-        let skb = self.skb.skb;
         // SAFETY: the program's context pointer.
-        if unsafe { (*skb).vlan_present } == 0 {
-            return false;
+        unsafe { (*self.skb.skb).vlan_present != 0 && (*self.skb.skb).vlan_tci & 0x0fff != 0 }
+    }
+    #[inline(always)]
+    fn untag(&self) {
+        let skb = self.skb.skb;
+        // SAFETY: the program's context pointer; a plain helper call on its socket buffer
+        // (the callers hold no packet pointer across it).
+        unsafe {
+            if (*skb).vlan_present != 0 && (*skb).vlan_tci & 0x0fff == 0 {
+                bpf_skb_vlan_pop(skb);
+            }
         }
-        // A priority tag (VLAN ID 0: an 802.1p priority, no VLAN) is the kernel's untagged
-        // frame (`vlan_do_receive` clears it): taken off here too, the frame is the
-        // interface's own. SAFETY: plain helper call on this program's socket buffer (it
-        // only clears the out-of-band tag; no packet pointer is held across it).
-        // (802.1Q only: an 802.1ad service tag of ID 0 is not a priority tag.) `vlan_proto`
-        // is the tag's EtherType as on the wire.
-        let dot1q = u16::from_be(unsafe { (*skb).vlan_proto } as u16) == 0x8100;
-        if dot1q
-            && unsafe { (*skb).vlan_tci } & 0x0fff == 0
-            && unsafe { bpf_skb_vlan_pop(skb) } == 0
-        {
-            return false;
-        }
-        true
     }
 }
 

@@ -581,6 +581,7 @@ pub fn tun(
 /// is not attached to), which leaves the frame's Ethernet header as it was (`NoXdp`).
 #[inline(always)]
 pub fn out(ctx: &impl Frame, macs: &[u16; 6], out_if: u32) -> Fib {
+    ctx.untag();
     let Some(eth) = ptr_at::<[u16; 6]>(ctx, 0) else { return Fib::Other };
     let a = ctx.redirect(out_if);
     if a == aya_ebpf::bindings::xdp_action::XDP_PASS {
@@ -652,6 +653,7 @@ fn frag_needed(ctx: &impl Frame, overhead: u16) -> Fib {
         neutral_quote(m, (ICMP_HLEN + IPV4_HLEN) / 2, i.proto);
         m[1] = csum::finish(sum_words(m));
     }
+    ctx.untag();
     Fib::Answered(ctx.redirect(ctx.ifindex()))
 }
 
@@ -760,6 +762,7 @@ fn packet_too_big(ctx: &impl Frame, overhead: u32) -> Fib {
         neutral_quote(m, (ICMP_HLEN + IPV6_HLEN) / 2, nexthdr);
         m[1] = csum::finish(sum + sum_words(m));
     }
+    ctx.untag();
     Fib::Answered(ctx.redirect(ctx.ifindex()))
 }
 
