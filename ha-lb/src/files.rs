@@ -40,3 +40,63 @@ pub fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     }
     written
 }
+
+/// Reads a file [`write_private_file`] wrote, if it is still one: a regular file (not
+/// through a symlink) owned by this process's user and writable by no one else. A ledger
+/// tells a restart what to remove (VIPs, IPVS services): in a directory others can write
+/// to, a planted one must not. `Ok(None)`: there is none.
+pub fn read_private_file(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let m = f.metadata()?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_file() || m.uid() != me || m.mode() & 0o022 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "not a regular file of uid {me} writable by its owner only (uid {}, mode {:o}): ignored",
+                m.uid(),
+                m.mode() & 0o7777
+            ),
+        ));
+    }
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    Ok(Some(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn only_a_private_file_is_read_back() {
+        let dir = std::env::temp_dir().join(format!("hlb-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ledger");
+        assert_eq!(read_private_file(&path).unwrap(), None);
+        write_private_file(&path, "a\n").unwrap();
+        assert_eq!(read_private_file(&path).unwrap().as_deref(), Some("a\n"));
+        // Writable by others: planted, or tampered with.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(read_private_file(&path).is_err());
+        // A symlink to a file of ours is not followed.
+        let other = dir.join("other");
+        write_private_file(&other, "b\n").unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&other, &path).unwrap();
+        assert!(read_private_file(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -809,11 +809,7 @@ fn parse_ledger_line(line: &str) -> Option<VirtualServerKey> {
 }
 
 fn read_ledger(path: &Path) -> std::io::Result<BTreeSet<VirtualServerKey>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
-        Err(e) => return Err(e),
-    };
+    let Some(text) = crate::files::read_private_file(path)? else { return Ok(BTreeSet::new()) };
     let mut out = BTreeSet::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         match parse_ledger_line(line) {
@@ -851,7 +847,7 @@ fn sync_marker_path(ledger: &Path) -> PathBuf {
 
 /// The marker's text (`master on eth1, id 51`), when there is one.
 fn read_sync_marker(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|t| t.trim().to_string())
+    crate::files::read_private_file(path).ok().flatten().map(|t| t.trim().to_string())
 }
 
 fn write_sync_marker(path: &Path, w: &SyncDaemon) -> std::io::Result<()> {

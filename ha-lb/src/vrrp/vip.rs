@@ -683,8 +683,9 @@ impl VipLedger {
     /// Reads the ledger at `path` (absent: empty; unreadable lines are skipped with a warning).
     fn open(path: PathBuf) -> Self {
         let mut entries = BTreeSet::new();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
+        match crate::files::read_private_file(&path) {
+            Ok(None) => {}
+            Ok(Some(text)) => {
                 for line in text.lines().map(str::trim) {
                     if line.is_empty() || line.starts_with('#') {
                         continue;
