@@ -1648,21 +1648,28 @@ impl Lowerer<'_> {
 
     /// `name = "ARG"` from a block's one argument.
     fn name_arg(&mut self, s: &Stmt, what: &str) {
+        let missing = format!("{what} needs a name: {what} NAME {{ … }}");
+        self.one_name("name", s.kw.loc, &s.args, &missing, what);
+    }
+
+    /// `key = "NAME"` from the one word of `args` (at `at`): none is the error `missing`, a
+    /// second one "`usage` takes one name".
+    fn one_name(&mut self, key: &str, at: Loc, args: &[Word], missing: &str, usage: &str) {
         let mut l = Line::default();
-        l.push("name", Some(s.kw.loc)).push(" = ", None);
-        match s.args.as_slice() {
+        l.push(key, Some(at)).push(" = ", None);
+        match args {
             [n] => {
                 l.push(&toml_str(&n.text), Some(n.loc));
             }
             [] => {
-                self.err(s.kw.loc, format!("{what} needs a name: {what} NAME {{ … }}"));
+                self.err(at, missing.to_string());
                 l.push("\"\"", None);
                 l.suppress = true;
             }
             [n, extra, ..] => {
                 self.err(
                     extra.loc,
-                    format!("{what} takes one name; {:?} is one too many", extra.text),
+                    format!("{usage} takes one name; {:?} is one too many", extra.text),
                 );
                 l.push(&toml_str(&n.text), Some(n.loc));
             }
@@ -2295,26 +2302,9 @@ impl Lowerer<'_> {
         self.header("[[virtual_server]]", s.kw.loc);
         match s.args.as_slice() {
             [g, rest @ ..] if g.text == "group" => {
-                let mut l = Line::default();
-                l.push("group", Some(g.loc)).push(" = ", None);
-                match rest {
-                    [n] => {
-                        l.push(&toml_str(&n.text), Some(n.loc));
-                    }
-                    [] => {
-                        self.err(g.loc, "virtual_server group needs the group's name: virtual_server group NAME { … }");
-                        l.push("\"\"", None);
-                        l.suppress = true;
-                    }
-                    [n, extra, ..] => {
-                        self.err(
-                            extra.loc,
-                            format!("unexpected {:?} after virtual_server group NAME", extra.text),
-                        );
-                        l.push(&toml_str(&n.text), Some(n.loc));
-                    }
-                }
-                self.line(l);
+                let missing =
+                    "virtual_server group needs the group's name: virtual_server group NAME { … }";
+                self.one_name("group", g.loc, rest, missing, "virtual_server group");
             }
             _ => self.addr_port(s, "virtual_server", true),
         }
@@ -2686,6 +2676,13 @@ mod tests {
         );
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(e[0].starts_with("k.conf:6:2: virtual_server_group member \"192.0.2.20-192.0.2.21\": keepalived versions read this range differently"), "{e:?}");
+        let e = errors(&text.replace("server group web", "server group web x"));
+        assert!(
+            e[0].starts_with(
+                "k.conf:8:26: virtual_server group takes one name; \"x\" is one too many"
+            ),
+            "{e:?}"
+        );
         let e = errors(&text.replace("server group web", "server group webb"));
         assert!(e[0].starts_with("k.conf:8:22: unknown virtual_server_group \"webb\""), "{e:?}");
         let e = errors(&text.replace("real_server 10.0.0.1 8080", "real_server 10.0.0.1"));
