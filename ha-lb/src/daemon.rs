@@ -657,7 +657,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         load_here_logged(&config_path, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let config = Arc::new(config);
     // CAP_BPF only for the eBPF planes (the others leave the VRRP filter out without it).
-    if let Some(e) = crate::privileges::check_run(config.global.dataplane.is_ebpf()) {
+    // (xdp / tc without a vrrp_instance load nothing: see the data plane below.)
+    let bpf = config.global.dataplane.is_ebpf() && !config.vrrp_instances.is_empty();
+    if let Some(e) = crate::privileges::check_run(bpf) {
         bail!("{e}");
     }
     // Signals before anything changes state: without a handler, a SIGHUP during start-up
