@@ -268,6 +268,16 @@ impl Ctx {
     fn lex(&mut self, text: &str, path: &Path, out: &mut Vec<Token>) {
         let file = self.files.len() as u32;
         self.files.push(path.to_path_buf());
+        // A byte-order mark (an editor's, invisible): keepalived would read it as part of
+        // the first keyword; the operator cannot see why that is unknown.
+        let text = match text.strip_prefix('\u{feff}') {
+            Some(rest) => {
+                let at = Loc { seq: 0, file, line: 1, col: 1 };
+                self.warn(at, "the file starts with a UTF-8 byte-order mark (ignored; keepalived would take it for part of the first keyword): save it without");
+                rest
+            }
+            None => text,
+        };
         for (lno, line) in text.lines().enumerate() {
             let mut toks: Vec<Token> = Vec::new();
             let (mut chars, cols) = decomment(line);
@@ -303,7 +313,10 @@ impl Ctx {
             }
             while i < chars.len() {
                 let c = chars[i];
-                if c.is_whitespace() {
+                // keepalived splits on ASCII white space only: a no-break or ideographic space
+                // (pasted from a web page) stays in the word, which then reads as keepalived
+                // would read it (usually not at all), not as two words.
+                if c.is_ascii_whitespace() {
                     i += 1;
                 } else if c == '{' || c == '}' {
                     let tok = if c == '{' { Tok::Open } else { Tok::Close };
@@ -326,7 +339,7 @@ impl Ctx {
                     let l = loc(self, i);
                     let start = i;
                     while i < chars.len()
-                        && !chars[i].is_whitespace()
+                        && !chars[i].is_ascii_whitespace()
                         && !matches!(chars[i], '{' | '}' | '"')
                     {
                         i += 1;
@@ -455,7 +468,7 @@ fn raw_words(chars: &[char]) -> Vec<(usize, String, bool)> {
     let mut words = Vec::new();
     let mut i = 0;
     while i < chars.len() {
-        if chars[i].is_whitespace() {
+        if chars[i].is_ascii_whitespace() {
             i += 1;
             continue;
         }
@@ -464,7 +477,7 @@ fn raw_words(chars: &[char]) -> Vec<(usize, String, bool)> {
         let from = if quoted { i + 1 } else { i };
         let len = chars[from..]
             .iter()
-            .position(|&c| if quoted { c == '"' } else { c.is_whitespace() || c == '"' })
+            .position(|&c| if quoted { c == '"' } else { c.is_ascii_whitespace() || c == '"' })
             .unwrap_or(chars.len() - from);
         words.push((start, chars[from..from + len].iter().collect(), quoted));
         i = from + len + usize::from(quoted);
@@ -1922,6 +1935,21 @@ impl Lowerer<'_> {
                 }
                 // Read with global_defs (`lvs_sync_daemon_interface`).
                 "lvs_sync_daemon_interface" => {}
+                // vrrp_parser.c vrrp_preempt_handler: clears nopreempt (the default); kept
+                // for old files.
+                "preempt" if st.args.is_empty() && st.block.is_none() => {
+                    if b.iter().any(|x| x.key() == "nopreempt") {
+                        self.err(st.kw.loc, "preempt and nopreempt both set; keepalived takes the later one: keep one");
+                    } else {
+                        self.ctx.warn(st.kw.loc, "preempt is keepalived's default (and an old spelling): it changes nothing");
+                    }
+                }
+                "unicast_src_ip" if st.block.is_none() && st.args.len() == 1 => {
+                    let mut st = st.clone();
+                    let a = strip_prefix_len(self.ctx, &st.args[0]).to_string();
+                    st.args[0].text = a;
+                    self.scalar_or_reject(&mut blk, &st);
+                }
                 _ => self.scalar_or_reject(&mut blk, st),
             }
         }
@@ -1980,7 +2008,7 @@ impl Lowerer<'_> {
                 continue;
             }
             let mut l = Line::default();
-            l.push(&toml_str(&p.kw.text), Some(p.kw.loc));
+            l.push(&toml_str(strip_prefix_len(self.ctx, &p.kw)), Some(p.kw.loc));
             out.push(l);
         }
         out
@@ -2543,6 +2571,25 @@ fn is_bare_sync_member(st: &Stmt, blk: &Blk) -> bool {
         && !is_halb_key(st.key())
 }
 
+/// An address written with a prefix or range where keepalived reads a plain one
+/// (`unicast_src_ip`, `unicast_peer`: `inet_stosockaddr` cuts at `/` or `-`): the address,
+/// with a warning.
+fn strip_prefix_len<'w>(ctx: &mut Ctx, w: &'w Word) -> &'w str {
+    match w.text.split_once(['/', '-']) {
+        Some((a, _)) if a.parse::<std::net::IpAddr>().is_ok() => {
+            ctx.warn(
+                w.loc,
+                format!(
+                    "{:?}: keepalived reads the address {a} and ignores the rest; write {a}",
+                    w.text
+                ),
+            );
+            a
+        }
+        _ => &w.text,
+    }
+}
+
 /// `KEYWORD 0`.
 fn is_zero(st: &Stmt) -> bool {
     matches!(st.args.as_slice(), [w] if !w.quoted && w.text.parse::<u64>() == Ok(0))
@@ -2777,6 +2824,46 @@ mod tests {
             let c = parse(&script(s)).unwrap();
             assert!(c.vrrp_scripts[0].script.argv.iter().any(|a| a.contains('$')), "{s}");
         }
+    }
+
+    /// Found by trying real-world files: what keepalived reads one way, read the same way.
+    #[test]
+    fn real_world_habits_read_as_keepalived_reads_them() {
+        let warned = |text: &str| {
+            let l = parse_str_with_warnings(text, Path::new("k.conf"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            (l.config, l.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>())
+        };
+        // A prefix on unicast addresses: keepalived cuts it off.
+        let (c, w) = warned(&format!(
+            "{INST} unicast_src_ip 192.0.2.1/24\n unicast_peer {{\n 192.0.2.2/24\n }}\n}}\n"
+        ));
+        let i = &c.vrrp_instances[0];
+        assert_eq!(i.unicast_src_ip, Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(i.unicast_peer, ["192.0.2.2".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("keepalived reads the address 192.0.2.1 and ignores the rest"),
+            "{w:?}"
+        );
+        // preempt: the default, an old spelling.
+        let (c, w) = warned(&format!("{INST} preempt\n}}\n"));
+        assert!(!c.vrrp_instances[0].nopreempt);
+        assert!(w[0].contains("preempt is keepalived's default"), "{w:?}");
+        assert!(errors(&format!("{INST} preempt\n nopreempt\n}}\n"))[0]
+            .contains("preempt and nopreempt both set"));
+        // A byte-order mark: ignored, said.
+        let (_, w) = warned(&format!("\u{feff}{INST}}}\n"));
+        assert!(
+            w[0].starts_with("k.conf:1:1: the file starts with a UTF-8 byte-order mark"),
+            "{w:?}"
+        );
+        // Non-ASCII white space stays in the word, as keepalived splits on ASCII only: the
+        // value is not what it looks like, so it is refused, not repaired.
+        let e = errors(&format!("{INST} state MASTER\u{3000}\u{3000}#comment\n}}\n"));
+        assert!(e.iter().any(|e| e.contains("state")), "{e:?}");
+        let e = errors(&format!("{INST} priority\u{a0}150\n}}\n"));
+        assert!(!e.is_empty());
     }
 
     #[test]
