@@ -1414,6 +1414,22 @@ impl Lowerer<'_> {
                 return;
             }
         }
+        // A top-level block inside another: most likely a `}` missing above it.
+        const TOP_BLOCKS: &[&str] = &[
+            "global_defs",
+            "vrrp_script",
+            "vrrp_instance",
+            "vrrp_sync_group",
+            "virtual_server_group",
+            "virtual_server",
+        ];
+        if blk.what != "the top level" && TOP_BLOCKS.contains(&kw) && s.block.is_some() {
+            self.err(
+                s.kw.loc,
+                format!("{kw} is a top-level block, here inside a {}: a `}}` is probably missing above it", blk.what),
+            );
+            return;
+        }
         if let Some(hint) = unsupported_in(blk.what, kw) {
             let msg = if blk.what == "the top level" {
                 format!("{kw} is not supported by ha-lb; {hint}")
@@ -2824,6 +2840,19 @@ mod tests {
             let c = parse(&script(s)).unwrap();
             assert!(c.vrrp_scripts[0].script.argv.iter().any(|a| a.contains('$')), "{s}");
         }
+    }
+
+    /// Found by trying real-world files: a `}` missing before the next top-level block said
+    /// "virtual_server is not supported" / "unknown keyword".
+    #[test]
+    fn a_top_level_block_inside_another_points_at_the_missing_brace() {
+        let e = errors(&format!(
+            "{IPVS}{INST}\nvirtual_server 192.0.2.10 80 {{\n real_server 10.0.0.1 80 {{\n }}\n}}\n"
+        ));
+        assert!(
+            e.iter().any(|e| e.contains("virtual_server is a top-level block, here inside a vrrp_instance: a `}` is probably missing above it")),
+            "{e:?}"
+        );
     }
 
     /// Found by trying real-world files: what keepalived reads one way, read the same way.
