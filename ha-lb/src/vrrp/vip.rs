@@ -229,12 +229,20 @@ pub enum VipParseError {
     BadBroadcast { option: String, value: String },
     #[error("{0} is only valid for IPv4 addresses")]
     Ipv4Only(String),
-    #[error("dev {0:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or spaces)")]
+    #[error("dev {0:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or spaces){hint}", hint = alias_hint(.0))]
     BadDev(String),
     #[error("label {0:?} is longer than 15 bytes")]
     LabelTooLong(String),
     #[error("label {label:?} must be {dev:?} or start with \"{dev}:\"")]
     LabelPrefix { label: String, dev: String },
+}
+
+/// `eth0:1`, an ifconfig alias: written in iproute2 terms.
+fn alias_hint(dev: &str) -> String {
+    match dev.split_once(':') {
+        Some((d, _)) if !d.is_empty() => format!("; an alias is written dev {d} label {dev}"),
+        _ => String::new(),
+    }
 }
 
 impl FromStr for VirtualIpAddress {
@@ -1156,6 +1164,14 @@ mod tests {
         );
         // Label without dev: checked against the real interface name when added.
         assert_eq!(parse("10.1.1.1 label foo").unwrap().label.as_deref(), Some("foo"));
+    }
+
+    /// Found by trying real-world files: `dev eth0:1`, ifconfig's alias habit.
+    #[test]
+    fn an_alias_as_device_says_how_to_write_it() {
+        let e = VipParseError::BadDev("eth0:1".into()).to_string();
+        assert!(e.ends_with("; an alias is written dev eth0 label eth0:1"), "{e}");
+        assert!(!VipParseError::BadDev("..".into()).to_string().contains("alias"));
     }
 
     #[test]
