@@ -42,6 +42,14 @@ impl CheckTarget {
         CheckTarget { vs, owner: CheckOwner::Service(vs), alpha, rs }
     }
 
+    /// Whether `new` (of the configuration a reload brings) is these same checks under
+    /// another key: a group's, whose first member changed.
+    fn continued_by(&self, new: &CheckTarget) -> bool {
+        matches!(self.owner, CheckOwner::Group(..))
+            && new.owner == self.owner
+            && new.rs.key() == self.rs.key()
+    }
+
     pub fn key(&self) -> CheckKey {
         (self.vs, self.rs.key())
     }
@@ -305,10 +313,8 @@ impl HealthChecker {
         let renamed: Vec<(CheckKey, CheckKey)> = (self.running.iter())
             .filter(|(k, _)| !wanted.contains_key(k))
             .filter_map(|(k, r)| {
-                let old = &r.armed.target;
-                let CheckOwner::Group(..) = old.owner else { return None };
                 let (new, _) = wanted.iter().find(|(nk, a)| {
-                    a.target.owner == old.owner && nk.1 == k.1 && !self.running.contains_key(nk)
+                    r.armed.target.continued_by(&a.target) && !self.running.contains_key(nk)
                 })?;
                 Some((*k, *new))
             })
@@ -356,9 +362,9 @@ impl HealthChecker {
                 continue;
             }
             // Still configured, under a group's new first member.
-            let moved = matches!(t.owner, CheckOwner::Group(..))
-                && (unchecked.values().map(|(n, _)| n).chain(wanted.values().map(|a| &a.target)))
-                    .any(|n| n.owner == t.owner && n.rs.key() == key.1);
+            let moved =
+                (unchecked.values().map(|(n, _)| n).chain(wanted.values().map(|a| &a.target)))
+                    .any(|n| t.continued_by(n));
             if moved {
                 continue;
             }
