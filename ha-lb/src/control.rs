@@ -272,8 +272,6 @@ fn keepalived_control_socket(text: &str) -> Option<String> {
     None
 }
 
-pub use crate::files::write_private_file;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,30 +312,6 @@ mod tests {
         );
         assert_eq!(socket_of_config(&p).unwrap(), Path::new("/run/x/k.sock"));
         assert!(socket_of_config(&dir.join("missing.toml")).is_err());
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn a_dump_file_is_private_and_replaces_a_symlink_instead_of_following_it() {
-        let dir = std::env::temp_dir().join(format!("hlb-dump-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let target = dir.join("victim");
-        std::fs::write(&target, "keep").unwrap();
-        let path = dir.join("ha-lb.data");
-        std::os::unix::fs::symlink(&target, &path).unwrap();
-        write_private_file(&path, "status\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
-        let meta = std::fs::symlink_metadata(&path).unwrap();
-        assert!(meta.file_type().is_file());
-        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "status\n");
-        // Replaced whole on the next dump; no temporary file left.
-        write_private_file(&path, "again\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "again\n");
-        let mut names: Vec<_> =
-            std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
-        names.sort();
-        assert_eq!(names, ["ha-lb.data", "victim"]);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -901,7 +901,7 @@ fn dump_status(s: &Status, control_socket: &std::path::Path, dump: Dump) {
         Dump::Text => crate::status::render(s),
         Dump::Json => serde_json::to_string_pretty(s).unwrap_or_default() + "\n",
     };
-    match control::write_private_file(&path, &text) {
+    match crate::files::write_private_file(&path, &text) {
         Ok(()) => {
             info!(file = %path.display(), "status written (SIGUSR{})", if dump == Dump::Text { 1 } else { 2 })
         }
