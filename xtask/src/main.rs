@@ -122,6 +122,11 @@ enum BenchCmd {
         /// runs with it alike. Default 0: none.
         #[arg(long, default_value_t = 0)]
         coalesce_us: u32,
+        /// How the director's CPU idles: `default` (as the machine is set up) or `poll` (its
+        /// halting idle states disabled for the bench, as on a latency-tuned director; in a
+        /// VM each wake-up from halt is a trip through the hypervisor). Every variant alike.
+        #[arg(long, default_value = "default")]
+        director_idle: String,
     },
     /// ha-lb NAT (XDP and TC hooks) vs kernel IPVS NAT vs the routed path, side by side, on Debian 12's 6.1
     /// kernel in a QEMU guest without KVM (TCG: absolute figures are distorted, read the
@@ -194,9 +199,17 @@ fn main() -> Result<()> {
         }
         Cmd::Bench {
             what:
-                BenchCmd::Dataplane { quick, rounds, variants, metrics, udp_real_servers, coalesce_us },
+                BenchCmd::Dataplane {
+                    quick,
+                    rounds,
+                    variants,
+                    metrics,
+                    udp_real_servers,
+                    coalesce_us,
+                    director_idle,
+                },
         } => {
-            use bench::dataplane::{Metric, Options, Variant};
+            use bench::dataplane::{DirectorIdle, Metric, Options, Variant};
             // Arguments and root first: not after minutes of building.
             let variants = parse_or_all(variants, Variant::parse, &Variant::ALL)?;
             let metrics = parse_or_all(metrics, Metric::parse, &Metric::ALL)?;
@@ -206,6 +219,7 @@ fn main() -> Result<()> {
                     ha_lb_lab::benchtopo::REAL_SERVERS
                 );
             }
+            let director_idle = DirectorIdle::parse(&director_idle)?;
             if coalesce_us > 10_000 {
                 bail!("--coalesce-us: at most 10000 (10 ms)");
             }
@@ -223,6 +237,7 @@ fn main() -> Result<()> {
                 object,
                 udp_real_servers,
                 coalesce_us,
+                director_idle,
             })
         }
         Cmd::Bench {

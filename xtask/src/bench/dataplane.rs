@@ -241,6 +241,34 @@ pub struct Options {
     /// Receive coalescing on the director's veths, microseconds (0: none, veth's default);
     /// see [`BenchTopo::coalesce`].
     pub coalesce_us: u32,
+    /// How the director's CPU idles.
+    pub director_idle: DirectorIdle,
+}
+
+/// How the director's CPU idles during the bench (`--director-idle`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectorIdle {
+    /// As the machine is set up (here: the paravirtual halt of a VM).
+    Default,
+    /// Polling: every idle state but POLL disabled ([`sys::IdlePoll`]).
+    Poll,
+}
+
+impl DirectorIdle {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "default" => Ok(Self::Default),
+            "poll" => Ok(Self::Poll),
+            other => bail!("--director-idle: {other}? (default, poll)"),
+        }
+    }
+
+    fn words(self, cpu: usize) -> String {
+        match self {
+            Self::Default => format!("CPU {cpu} idles as the machine is set up"),
+            Self::Poll => format!("CPU {cpu} idles by polling (its other idle states disabled)"),
+        }
+    }
 }
 
 /// Rounds, run lengths and what to measure.
@@ -308,6 +336,19 @@ pub fn run(opts: Options) -> Result<()> {
 
     let (topo, ours) = common::build_lab()?;
     topo.coalesce(opts.coalesce_us)?;
+    // Lives until the end of the bench; puts the idle states back on drop.
+    let _idle = match opts.director_idle {
+        DirectorIdle::Default => None,
+        DirectorIdle::Poll => {
+            let g = sys::IdlePoll::on(topo.director_cpu)?;
+            println!(
+                "bench dataplane: director CPU {} idles by polling; if interrupted, undo with: {}",
+                topo.director_cpu,
+                g.undo_command()
+            );
+            Some(g)
+        }
+    };
     let mut b = Bench {
         topo,
         bpf,
@@ -329,12 +370,13 @@ pub fn run(opts: Options) -> Result<()> {
     b.repin()?;
     println!(
         "bench dataplane: director on CPU {}, client/servers/sinks on CPU {}; {} NAPI kthreads \
-         pinned; {} rounds; {}; scratch {}",
+         pinned; {} rounds; {}; {}; scratch {}",
         b.topo.director_cpu,
         b.topo.other_cpu,
         b.kthreads.len(),
         d.rounds,
         coalescing(opts.coalesce_us),
+        opts.director_idle.words(b.topo.director_cpu),
         dir.display()
     );
 
@@ -363,13 +405,15 @@ pub fn run(opts: Options) -> Result<()> {
             common::settle(&mut failed, v, Variant::name, round, r, t);
         }
     }
+    let conditions = format!(
+        "{}, {}",
+        coalescing(opts.coalesce_us),
+        opts.director_idle.words(b.topo.director_cpu)
+    );
     let mut costs = b.prog_costs();
     costs.append(&mut b.halb_costs);
     drop(b);
-    print!(
-        "{}",
-        report(&results, &variants, &failed, &pending, d.rounds, opts.coalesce_us, &costs)
-    );
+    print!("{}", report(&results, &variants, &failed, &pending, d.rounds, &conditions, &costs));
     println!("(total {:.0?}; logs and configs in {})", t_start.elapsed(), dir.display());
     Ok(())
 }
@@ -884,7 +928,7 @@ fn report(
     failed: &BTreeMap<Variant, String>,
     pending: &[Variant],
     rounds: usize,
-    coalesce_us: u32,
+    conditions: &str,
     costs: &[(String, Vec<f64>)],
 ) -> String {
     let mut r = String::new();
@@ -893,7 +937,7 @@ fn report(
         "\nbench dataplane — {rounds} rounds, variants interleaved, {}; min/median/max over clean \
          runs (a run is noisy, *, when the machine was not quiet before it or foreign CPU > \
          {NOISY_FOREIGN} cores)",
-        coalescing(coalesce_us)
+        conditions
     );
     for m in Metric::ALL {
         let rows = common::measured(results, m, variants);

@@ -205,3 +205,76 @@ pub fn if_counters(node: &Node, dev: &str) -> Result<IfCounters> {
     }
     anyhow::bail!("no interface {dev} in {}", node.ns)
 }
+
+/// The director's CPU idling by polling instead of halting, for the bench's lifetime: every
+/// cpuidle state of `cpu` but `POLL` is disabled (what a latency-tuned director host does
+/// with `idle=poll`, `intel_idle.max_cstate=0` or `cpupower idle-set -D 0`), and put back as
+/// found on drop. In a VM the halting idle state is a paravirtual HLT whose wake-up (an IPI
+/// through the hypervisor) dominates the latency of a lightly loaded director; polling
+/// removes it for every variant alike. Idle polling runs in the idle task: it counts neither
+/// in the director's schedstat nor in `/proc/stat`'s busy time.
+pub struct IdlePoll {
+    restore: Vec<(std::path::PathBuf, String)>,
+}
+
+impl IdlePoll {
+    pub fn on(cpu: usize) -> Result<Self> {
+        let dir = std::path::PathBuf::from(format!("/sys/devices/system/cpu/cpu{cpu}/cpuidle"));
+        let states: Vec<_> = std::fs::read_dir(&dir)
+            .with_context(|| {
+                format!(
+                    "{}: CPU {cpu} has no cpuidle states to disable (no cpuidle driver); boot \
+                     with idle=poll instead",
+                    dir.display()
+                )
+            })?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("state"))
+            })
+            .collect();
+        let mut g = IdlePoll { restore: Vec::new() };
+        let mut polls = false;
+        for s in states {
+            let name = std::fs::read_to_string(s.join("name")).unwrap_or_default();
+            if name.trim() == "POLL" {
+                polls = true;
+                continue;
+            }
+            let path = s.join("disable");
+            let old = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            std::fs::write(&path, "1")
+                .with_context(|| format!("writing 1 to {}", path.display()))?;
+            g.restore.push((path, old.trim().to_string()));
+        }
+        if !polls {
+            anyhow::bail!(
+                "{}: CPU {cpu} has no POLL idle state; boot with idle=poll instead",
+                dir.display()
+            );
+        }
+        Ok(g)
+    }
+
+    /// The shell command that undoes [`Self::on`] (said at start: an interrupted bench
+    /// does not run its destructors).
+    pub fn undo_command(&self) -> String {
+        self.restore
+            .iter()
+            .map(|(p, v)| format!("echo {v} > {}", p.display()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl Drop for IdlePoll {
+    fn drop(&mut self) {
+        for (p, v) in &self.restore {
+            if let Err(e) = std::fs::write(p, v) {
+                eprintln!("could not put {} back to {v}: {e}", p.display());
+            }
+        }
+    }
+}
