@@ -1311,3 +1311,106 @@ fn replies_of_a_real_server_that_left_are_not_translated() {
         assert_eq!(r.frame, unreach, "untranslated");
     });
 }
+
+/// Found by review: a reload that switched a TUN service to NAT or DR (same real servers)
+/// rewrote each real server's entry without its outer source, so the established TUN flows
+/// (whose kind is fixed when they start) were dropped as `fib_unreachable` from then on — and,
+/// the client retransmitting kept them alive, hung instead of reset. The sources stay.
+#[test]
+fn a_tun_flow_goes_on_encapsulated_after_its_service_leaves_tun() {
+    for kind in [LbKind::Nat, LbKind::Dr] {
+        let env = env();
+        env.run(|t| {
+            let vip =
+                t.serve_rr(Protocol::Tcp, "198.18.100.8:80", LbKind::Tun, &["198.18.2.13"], 80);
+            let c = client(14, 7100);
+            let syn = t.syn(c, vip);
+            t.expect_from_client(&syn, XdpAction::Redirect, LbReason::Tun, "SYN");
+            let ack = frame::tcp(t.client_eth(), c, vip, TcpFlags::ACK, 1, b"x");
+            let before = t.expect_from_client(&ack, XdpAction::Redirect, LbReason::Tun, "ACK");
+            // The reload: the same service and real server, now `kind`.
+            t.serve_rr(Protocol::Tcp, "198.18.100.8:80", kind, &["198.18.2.13"], 80);
+            let after = t.expect_from_client(&ack, XdpAction::Redirect, LbReason::Tun, "after");
+            // As before the switch but for the outer header's IP ID (and so its checksum).
+            let (a, b) = (&after.frame, &before.frame);
+            assert_eq!(
+                (&a[..18], &a[20..24], &a[26..]),
+                (&b[..18], &b[20..24], &b[26..]),
+                "{kind:?}: encapsulated as before the switch"
+            );
+            // A new connection takes the service's new kind.
+            let want = if kind == LbKind::Nat { LbReason::NatIn } else { LbReason::Dr };
+            let syn = t.syn(client(14, 7101), vip);
+            t.expect_from_client(&syn, XdpAction::Redirect, want, "a new connection");
+        });
+    }
+}
+
+/// Found by review: every packet too long for the path took a token of the per-CPU ICMP
+/// answer budget before the DF check, so packets that are never answered (no DF) used up the
+/// budget the DF packets of path-MTU discovery need. Only an answer sent takes a token.
+#[test]
+fn packets_that_are_not_answered_take_no_icmp_token() {
+    let env = env();
+    let d = env.d.clone();
+    let eth0 = env.eth0;
+    env.run(|t| {
+        t.apply(&rr_service(Protocol::Udp, "198.18.100.7:53", LbKind::Tun, &["198.18.2.13"], 53));
+        d.sh("ip link set eth1 mtu 1270").unwrap();
+        let big = frame::udp(t.client_eth(), client(13, 7001), sa("198.18.100.7:53"), &[0; 1232]);
+        assert_eq!(big[20] & 0x40, 0x40, "DF set");
+        let nodf = without_df(&big);
+        // The budget of every CPU (the test run's CPU among them): `n` tokens, refilled now.
+        let set_tokens = |t: &mut Tester, n: u64| {
+            let mut m: aya::maps::PerCpuArray<_, [u64; 2]> =
+                aya::maps::PerCpuArray::try_from(t.dp.bpf_mut().map_mut("LB_ICMP_TOKENS").unwrap())
+                    .unwrap();
+            let cpus = aya::util::nr_cpus().unwrap();
+            let now = maps::monotonic_coarse_ns();
+            m.set(0, aya::maps::PerCpuValues::try_from(vec![[n, now]; cpus]).unwrap(), 0).unwrap();
+        };
+        let tokens = |t: &Tester| {
+            let m: aya::maps::PerCpuArray<_, [u64; 2]> =
+                aya::maps::PerCpuArray::try_from(t.dp.bpf().map("LB_ICMP_TOKENS").unwrap())
+                    .unwrap();
+            m.get(&0, 0).unwrap().iter().map(|v| v[0]).collect::<Vec<_>>()
+        };
+        set_tokens(t, 50);
+        let prog = t.dp.bpf_mut().xdp(PROG_LB).unwrap();
+        let r = run_xdp(prog, &nodf, eth0, 20).unwrap();
+        assert_eq!(r.action, XdpAction::Drop, "no DF: dropped, not answered");
+        // (Refills of one token a millisecond can only add.)
+        let left = tokens(t);
+        assert!(left.iter().all(|&n| n >= 50), "20 unanswered packets took tokens: {left:?}");
+        let r = t.send_from_client(&big);
+        assert_eq!(r.action, XdpAction::Tx, "the DF packet is answered");
+    });
+}
+
+/// Found by review: an ICMP error about a TUN flow that no longer fit the path once
+/// encapsulated was rewritten into a "fragmentation needed" about the error — an ICMP error
+/// answering one, which RFC 1122 3.2.2 forbids — and then passed to the kernel, rewritten.
+/// It is dropped, counted `frag_needed`, untouched.
+#[test]
+fn an_icmp_error_about_a_tun_flow_is_not_answered_with_an_icmp_error() {
+    let env = env();
+    let d = env.d.clone();
+    env.run(|t| {
+        let vip = t.serve_rr(Protocol::Tcp, "198.18.100.6:80", LbKind::Tun, &["198.18.2.13"], 80);
+        let c = client(12, 7000);
+        let syn = t.syn(c, vip);
+        t.expect_from_client(&syn, XdpAction::Redirect, LbReason::Tun, "SYN");
+        d.sh("ip link set eth1 mtu 1270").unwrap();
+        // A router's "fragmentation needed" (DF set) about the real server's 1200-byte reply
+        // (sent from the VIP straight to the client).
+        let reply = frame::tcp(t.client_eth(), vip, c, TcpFlags::ACK, 1, &[0u8; 1200]);
+        let mut m = vec![3u8, 4, 0, 0, 0, 0, 5, 0];
+        m.extend_from_slice(&reply[14..]);
+        let ck = inet_checksum(&[&m]);
+        m[2..4].copy_from_slice(&ck.to_be_bytes());
+        let e = frame::ip(t.client_eth(), ip("198.18.1.2"), vip.ip(), 64, 1, &m);
+        assert_eq!(e[20] & 0x40, 0x40, "the error has DF");
+        let r = t.expect_from_client(&e, XdpAction::Drop, LbReason::FragNeeded, "the error");
+        assert_eq!(r.frame, e, "not rewritten");
+    });
+}

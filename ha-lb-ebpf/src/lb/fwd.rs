@@ -16,7 +16,7 @@ use ha_lb_common::lb::{LbFlow, FAMILY_V4};
 
 use super::{
     copy_addr, csum,
-    icmp::ICMP_HLEN,
+    icmp::{ICMP_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6},
     maps::{scratch, LB_ICMP_TOKENS, LB_TUN_ID},
     Pkt,
 };
@@ -601,9 +601,6 @@ pub fn out(ctx: &impl Frame, macs: &[u16; 6], out_if: u32) -> Fib {
 /// the frame is no longer the packet).
 #[inline(always)]
 fn frag_needed(ctx: &impl Frame, overhead: u16) -> Fib {
-    if !icmp_allowed() {
-        return Fib::FragNeeded;
-    }
     let Some(sc) = scratch() else { return Fib::FragNeeded };
     // SAFETY: per-CPU scratch map; after FRAG_NEEDED the helper left the MTU in `tot_len`.
     let mtu = unsafe { (*sc).fib.tot_len };
@@ -611,7 +608,13 @@ fn frag_needed(ctx: &impl Frame, overhead: u16) -> Fib {
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Fib::FragNeeded };
     // SAFETY: bounds-checked by ptr_at.
     let (e, i) = unsafe { (*eth, *ip) };
-    if u16::from_be(i.frag_off) & IP_DF == 0 || (mtu as usize) < overhead as usize + 68 {
+    // No error about an ICMP error (RFC 1122 3.2.2: here one about a TUN flow, too long once
+    // encapsulated); a token of the answer budget only for an answer that goes out.
+    if u16::from_be(i.frag_off) & IP_DF == 0
+        || (mtu as usize) < overhead as usize + 68
+        || i.proto == IPPROTO_ICMP
+        || !icmp_allowed()
+    {
         return Fib::FragNeeded;
     }
     // New frame: Ethernet, IPv4, ICMP, then the quoted IPv4 header and L4 bytes, which is
@@ -703,9 +706,6 @@ fn sum_words<const N: usize>(m: &[u16; N]) -> u32 {
 /// `FragNeeded` with the frame untouched (`Unanswered` if no longer) when it cannot be done.
 #[inline(always)]
 fn packet_too_big(ctx: &impl Frame, overhead: u32) -> Fib {
-    if !icmp_allowed() {
-        return Fib::FragNeeded;
-    }
     let Some(sc) = scratch() else { return Fib::FragNeeded };
     // SAFETY: per-CPU scratch map; after FRAG_NEEDED the helper left the MTU in `tot_len`.
     let mtu = unsafe { (*sc).fib.tot_len };
@@ -713,7 +713,11 @@ fn packet_too_big(ctx: &impl Frame, overhead: u32) -> Fib {
     // SAFETY: bounds-checked by ptr_at.
     let e = unsafe { *eth };
     // An MTU below IPv6's minimum once encapsulated cannot be told (IPVS drops these too).
-    if (mtu as u32) < 1280 + overhead {
+    // Nor an answer to an ICMPv6 error (RFC 4443 2.4 (e)); a token only for an answer sent.
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return Fib::FragNeeded };
+    // SAFETY: bounds-checked by ptr_at.
+    let nexthdr = unsafe { (*ip).nexthdr };
+    if (mtu as u32) < 1280 + overhead || nexthdr == IPPROTO_ICMPV6 || !icmp_allowed() {
         return Fib::FragNeeded;
     }
     const QUOTE: usize = IPV6_HLEN + QUOTE_L4;

@@ -323,6 +323,11 @@ fn tun(ctx: &impl Frame, pkt: &Pkt, (id, gen): (u32, u32), real: &[u32; 4]) -> O
     Some(match fwd::tun(ctx, pkt, (src, real), nh, true) {
         Fib::Sent(a) => (a, LbReason::IcmpIn),
         Fib::NoXdp => pass(LbReason::EgressNoXdp),
+        // An error is never answered with one (`fwd::frag_needed`): too long once
+        // encapsulated, it goes no further (the kernel could only deliver it to the VIP).
+        Fib::FragNeeded => drop(LbReason::FragNeeded),
+        // Cannot happen (see above); the frame may no longer be the error.
+        Fib::Answered(_) | Fib::Unanswered => drop(LbReason::FragNeeded),
         _ => pass(LbReason::FibOther),
     })
 }

@@ -566,7 +566,14 @@ pub fn plan_with(
             let k = (rs.addr, rs.port);
             let r = match old_reals.get(&k) {
                 Some(o) => {
-                    let src = tun_src_for(rs, spec.lb_kind, tun_source);
+                    // A service switched away from TUN keeps its real servers' outer sources:
+                    // its established TUN flows stay encapsulated (a flow's kind is fixed when
+                    // it starts) until they end.
+                    let src = if spec.lb_kind == LbKind::Tun {
+                        tun_src_for(rs, spec.lb_kind, tun_source)
+                    } else {
+                        o.tun_src
+                    };
                     // The entry carries the weight (drained or not) and, for TUN, the outer
                     // source: rewritten when either changes, or when the service's lb_kind
                     // does (a switch to TUN needs the source).
