@@ -773,7 +773,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     // A kernel master's messages are up to its `maxlen` (keepalived's lvs_sync_daemon
     // option, at most 65507 bytes): a shorter buffer would truncate them into rejects.
     let mut sync_buf = vec![0u8; 65536];
-    let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
+    let mut housekeeping = tokio::time::interval(crate::dataplane::MAINTAIN_INTERVAL);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -244,7 +244,8 @@ fn persistence_keeps_a_client_on_its_real_server_within_the_timeout() {
         }
         assert_eq!(others.len(), 3, "others were scheduled round robin");
         // After the template expires, x is scheduled like anyone: it takes the rr position
-        // after the one a probe client just got.
+        // after the one a probe client just got. (No housekeeping sweep runs here: one would
+        // hold the template while x's connections are open, see the next test.)
         std::thread::sleep(Duration::from_millis(1300));
         let probe = t.nat_pick(client(999, 1), sa(VIP), TcpFlags::SYN);
         let expected_next =
@@ -259,6 +260,36 @@ fn persistence_keeps_a_client_on_its_real_server_within_the_timeout() {
         assert_ne!(t.nat_pick(x(101), sa(VIP), TcpFlags::SYN), home2);
         // ... while its established connection stays.
         assert_eq!(t.nat_pick(x(100), sa(VIP), TcpFlags::ACK), home2);
+    });
+}
+
+/// Found by review: IPVS keeps a persistence template while it controls connections, but
+/// here the template lapsed under a client's open, idle connection (packets refresh it, idle
+/// connections send none), and the client's next connection went elsewhere. The housekeeping
+/// sweep (`maintain`, every 5 s in the daemon) dates the templates of clients with open
+/// connections ahead, past the next sweep; once they are gone, the template lapses.
+#[test]
+fn persistence_holds_while_a_connection_of_the_client_is_open() {
+    let env = env();
+    env.run(|t| {
+        let mut d = spec(LbAlgo::Rr, &R, &[1, 1, 1]);
+        d.services.get_mut(&svc()).unwrap().persistence_timeout = 1;
+        t.apply(&d);
+        let x = |port| client(42, port);
+        let home = t.nat_pick(x(1), sa(VIP), TcpFlags::SYN);
+        assert_eq!(t.nat_pick(x(1), sa(VIP), TcpFlags::ACK), home, "established");
+        // A sweep, then the connection stays open but idle for longer than the timeout.
+        t.dp.maintain().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        // Other clients move the rr cursor until a fresh pick would not be `home`.
+        let next_after = |a: IpAddr| R.iter().map(|r| ip(r)).cycle().skip_while(|r| *r != a).nth(1);
+        for p in 0..3 {
+            let probe = t.nat_pick(client(500 + p, 1), sa(VIP), TcpFlags::SYN);
+            if next_after(probe) != Some(home) {
+                break;
+            }
+        }
+        assert_eq!(t.nat_pick(x(2), sa(VIP), TcpFlags::SYN), home, "follows the open connection");
     });
 }
 

@@ -43,12 +43,18 @@ pub fn pick(svc: &LbService, pkt: &Pkt, now: u64) -> Option<(u32, *const LbReal)
         if let Some(t) = LB_PERSIST.get_ptr_mut(unsafe { &*pkey }) {
             // SAFETY: map value pointer from a successful lookup.
             let tv = unsafe { *t };
-            if now.wrapping_sub(tv.last_seen_ns) <= svc.persistence_timeout as u64 * NS_PER_SEC {
+            // Signed: user space may date a template of a client with open connections a
+            // little ahead (`XdpDataplane::hold_templates`), never more than seconds.
+            let age = now.wrapping_sub(tv.last_seen_ns) as i64;
+            if age <= (svc.persistence_timeout as u64 * NS_PER_SEC) as i64 {
                 if let Some(r) = LB_REALS.get_ptr(tv.real_id) {
                     // SAFETY: array value pointer.
                     if schedulable(unsafe { &*r }, tv.real_gen, svc.id) {
-                        // SAFETY: as above; a racing writer can only store another timestamp.
-                        unsafe { (*t).last_seen_ns = now };
+                        if age > 0 {
+                            // SAFETY: as above; a racing writer can only store another
+                            // timestamp.
+                            unsafe { (*t).last_seen_ns = now };
+                        }
                         return Some((tv.real_id, r));
                     }
                 }
@@ -90,8 +96,12 @@ pub fn refresh_template(svc_id: u32, prefix: u8, pkt: &Pkt, now: u64) {
     set_persist_key(pkey, svc_id, prefix, pkt);
     // SAFETY: as above.
     if let Some(t) = LB_PERSIST.get_ptr_mut(unsafe { &*pkey }) {
-        // SAFETY: map value pointer from a successful lookup.
-        unsafe { (*t).last_seen_ns = now };
+        // SAFETY: map value pointer from a successful lookup. Never moved back (see `pick`).
+        unsafe {
+            if now.wrapping_sub((*t).last_seen_ns) as i64 > 0 {
+                (*t).last_seen_ns = now;
+            }
+        }
     }
 }
 

@@ -214,6 +214,14 @@ pub enum DataplaneError {
     Backend(Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// How often the daemon calls [`Dataplane::maintain`].
+pub const MAINTAIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long [`Dataplane::maintain`] keeps the persistence template of a client with open
+/// connections alive (XDP: `XdpDataplane::hold_templates`): beyond the next call, with room
+/// for one late or slow one.
+pub const TEMPLATE_HOLD: std::time::Duration = std::time::Duration::from_secs(12);
+
 /// A forwarding data plane the reconciler drives.
 pub trait Dataplane {
     /// A short name for logs and status ("xdp", "ipvs").
@@ -231,7 +239,7 @@ pub trait Dataplane {
     /// Counters per virtual server and real server, and per-reason frame counters.
     fn stats(&self) -> Result<DataplaneStats, DataplaneError>;
     /// Periodic housekeeping (expiring idle connections, resynchronising counters); the
-    /// daemon calls it every few seconds. Returns how many connections it expired.
+    /// daemon calls it every [`MAINTAIN_INTERVAL`]. Returns how many connections it expired.
     fn maintain(&mut self) -> Result<usize, DataplaneError> {
         Ok(0)
     }

@@ -70,7 +70,10 @@
 //!   reset, as with IPVS; UDP is scheduled anew.
 //! - Persistence is per client network (`persistence_granularity`, default the full address),
 //!   and a drained (weight 0) server gets no new connections even from persistent clients (IPVS with
-//!   `expire_quiescent_template=1`).
+//!   `expire_quiescent_template=1`). A template lives while a connection it sent is open, idle
+//!   or not, as IPVS keeps one while it controls connections: `maintain()` dates it ahead so
+//!   it outlasts the next sweep ([`XdpDataplane::hold_templates`]); a connection's packets
+//!   refresh it too.
 //! - Not load-balanced, passed to the kernel and counted: IP fragments, IPv4 options, IPv6
 //!   extension headers, VLAN-tagged frames, ICMP other than errors about known flows (those are
 //!   translated and forwarded as IPVS does: `icmp_in` / `icmp_out`).
@@ -105,7 +108,7 @@ use super::{
     sched::{self, Backend},
     ApplyReport, Dataplane, DataplaneError, DataplaneStats, DesiredState, LbAlgo, LbKind, Protocol,
     RealServerSpec, RealServerStats, ServiceSpec, ServiceStats, VirtualServerKey,
-    REAL_SERVERS_PER_SERVICE_MAX,
+    REAL_SERVERS_PER_SERVICE_MAX, TEMPLATE_HOLD,
 };
 use crate::bpf::{
     lb::{self as maps, addr_words, port_be, words_addr},
@@ -1410,7 +1413,67 @@ impl XdpDataplane {
             self.offset_real.insert(rid, offsets(&t, open, est));
             maps::set_load(&mut self.bpf, rid, open).map_err(backend)?;
         }
+        let open: Vec<_> = flows
+            .iter()
+            .filter(|(k, f)| {
+                f.flags & (LB_FLOW_F_REPLY | LB_FLOW_F_CLOSED) == 0
+                    && f.flags & LB_FLOW_F_PERSIST != 0
+                    && now_ns.saturating_sub(f.last_seen_ns) <= timeout(k.proto, f.flags)
+                    && live.get(&f.real_id) == Some(&(f.service_id, f.real_gen))
+            })
+            .collect();
+        self.hold_templates(&open, now_ns)?;
         Ok(expired)
+    }
+
+    /// Keeps the persistence templates of clients with open connections (`open`: forward
+    /// entries of persistent services, not closed or expired) alive until the next sweep,
+    /// however idle the connections are: IPVS does not expire a template while it controls
+    /// connections (`n_control`), so a client's new connection follows its open one; the data
+    /// path refreshes a template only on a connection's packets. A template is dated so that it
+    /// outlives [`TEMPLATE_HOLD`] from now — ahead of now when the service's
+    /// `persistence_timeout` is shorter (the data path compares signed) — and only if it names
+    /// the connection's real server; one the LRU evicted is written again. After the last
+    /// connection closes, a template lives up to its timeout, or `TEMPLATE_HOLD` if longer.
+    fn hold_templates(
+        &mut self,
+        open: &[&(LbFlowKey, LbFlow)],
+        now_ns: u64,
+    ) -> Result<usize, DataplaneError> {
+        let timeouts: HashMap<u32, u64> = (self.state.services.values())
+            .filter(|s| s.spec.persistence_timeout != 0)
+            .map(|s| (s.id, u64::from(s.spec.persistence_timeout) * 1_000_000_000))
+            .collect();
+        let hold = TEMPLATE_HOLD.as_nanos() as u64;
+        let mut seen = std::collections::HashSet::new();
+        let mut writes = Vec::new();
+        for (k, f) in open {
+            let Some(&timeout) = timeouts.get(&f.service_id) else { continue };
+            let prefix = (f.flags >> LB_FLOW_PERSIST_PREFIX_SHIFT) as u8;
+            let client = mask_prefix(maps::words_addr(&k.src, k.family), prefix);
+            let (words, family) = addr_words(client);
+            let pkey = LbPersistKey {
+                service_id: f.service_id,
+                family,
+                _pad8: 0,
+                _pad16: 0,
+                client: words,
+            };
+            if !seen.insert(pkey) {
+                continue;
+            }
+            // Dated `hold - timeout` from now: alive for `hold`.
+            let dated = (now_ns + hold).wrapping_sub(timeout);
+            let t = match maps::template(&self.bpf, &pkey).map_err(backend)? {
+                Some(t) if (t.real_id, t.real_gen) != (f.real_id, f.real_gen) => continue,
+                Some(t) if dated.wrapping_sub(t.last_seen_ns) as i64 <= 0 => continue,
+                Some(t) => LbPersist { last_seen_ns: dated, ..t },
+                None => LbPersist { real_id: f.real_id, real_gen: f.real_gen, last_seen_ns: dated },
+            };
+            writes.push((pkey, t));
+        }
+        maps::put_templates(&mut self.bpf, &writes).map_err(backend)?;
+        Ok(writes.len())
     }
 
     /// Rewrites the shared load estimate lc/wlc read from the exact per-CPU counters
