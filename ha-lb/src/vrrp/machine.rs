@@ -139,7 +139,10 @@
 //! but only after start and on leaving FAULT (from then, or from the first
 //! advert seen since if that is a lower master's, whichever ends later), never
 //! on merely seeing a lower master later: a master whose priority drops (its
-//! tracking failed) is preempted at once.
+//! tracking failed) is preempted at once. Connection sync extends a start hold that is
+//! still running while the master's whole table is arriving
+//! ([`Machine::extend_start_hold`]), until it is released, and at most
+//! [`Config::start_hold_max`] after the hold began.
 //! Equal priority never preempts a running master (RFC); the tie-break by
 //! primary address applies between masters.
 //!
@@ -192,6 +195,10 @@ pub struct Config {
     /// priority drops later. Connection sync uses it, so that a restarted director has the
     /// master's connections before it takes the VIPs back. No effect with `nopreempt`.
     pub start_hold: Duration,
+    /// ha-lb: the bound of [`Machine::extend_start_hold`]: an extended start hold holds
+    /// preemption at most this long after it began (counted as `start_hold` is). Zero: it
+    /// is never extended.
+    pub start_hold_max: Duration,
     /// `unicast_peer`; when non-empty it is also the strict allow-list.
     pub unicast_peers: Vec<IpAddr>,
     /// v2 only.
@@ -232,6 +239,7 @@ impl Config {
             nopreempt: false,
             preempt_delay: Duration::ZERO,
             start_hold: Duration::ZERO,
+            start_hold_max: Duration::ZERO,
             unicast_peers: Vec::new(),
             auth: Auth::None,
             peer_settle: None,
@@ -566,6 +574,12 @@ pub struct Machine {
     /// Started or left FAULT, and no advert seen since: a first lower-priority master's
     /// advert arms [`Config::start_hold`].
     start_hold_pending: bool,
+    /// A start hold is running: until then it may be extended ([`Config::start_hold_max`]
+    /// after it began). `None` once a master that is not lower was heard, and outside BACKUP.
+    start_hold_bound: Option<Instant>,
+    /// [`Machine::extend_start_hold`]: the running start hold waits until released (or
+    /// `start_hold_bound`).
+    start_hold_extended: bool,
     garp_timer: Option<Instant>,
     stop_deadline: Option<Instant>,
     /// STOPPING: the peer whose advert showed it took over (VIPs linger, rule 1).
@@ -640,6 +654,8 @@ impl Machine {
             ready: None,
             preempt_until: None,
             start_hold_pending: false,
+            start_hold_bound: None,
+            start_hold_extended: false,
             garp_timer: None,
             stop_deadline: None,
             handed_over_to: None,
@@ -858,6 +874,7 @@ impl Machine {
         self.cfg.preempt_delay = preempt_delay;
         if nopreempt {
             self.preempt_until = None;
+            self.start_hold_bound = None;
         }
         self.cfg.priority = priority;
         let new = effective_priority(priority, self.priority_adjust);
@@ -915,6 +932,17 @@ impl Machine {
     fn hand_over_now(&mut self) {
         self.send_advert(PRIORITY_STOP);
         self.actions.push_back(Action::RemoveVips);
+    }
+
+    /// ha-lb, connection sync: the master's whole connection table is arriving (`extend`),
+    /// or no longer is (it has arrived, or stopped arriving). While extended, a start hold
+    /// that is still running ([`Config::start_hold`]: after start or leaving FAULT, until a
+    /// master that is not lower is heard) holds preemption of a lower-priority master beyond
+    /// `start_hold`, until released, and at most [`Config::start_hold_max`] after it began.
+    /// `start_hold` stays the minimum. Entering BACKUP from INIT or FAULT starts a new hold,
+    /// not extended.
+    pub fn extend_start_hold(&mut self, extend: bool) {
+        self.start_hold_extended = extend;
     }
 
     /// Operator override: add a source to the allow-list.
@@ -1277,6 +1305,7 @@ impl Machine {
         let lower = adv.priority < eff;
         if !lower {
             self.preempt_until = None;
+            self.start_hold_bound = None;
         } else if !self.cfg.nopreempt
             && !self.cfg.preempt_delay.is_zero()
             && self.preempt_until.is_none()
@@ -1287,8 +1316,11 @@ impl Machine {
             // The first master seen since start (or FAULT) is lower: hold from now.
             let until = now + self.cfg.start_hold;
             self.preempt_until = Some(self.preempt_until.map_or(until, |t| t.max(until)));
+            let bound = now + self.cfg.start_hold_max;
+            self.start_hold_bound = Some(self.start_hold_bound.map_or(bound, |t| t.max(bound)));
         }
-        let preempt_held = self.preempt_until.is_some_and(|t| now < t);
+        let extended = self.start_hold_extended && self.start_hold_bound.is_some_and(|t| now < t);
+        let preempt_held = self.preempt_until.is_some_and(|t| now < t) || extended;
         if self.cfg.nopreempt || !lower || preempt_held {
             if self.cfg.version == Version::V3 && self.master_adver_int_cs != adv.adver_int_cs {
                 info!(
@@ -1440,6 +1472,7 @@ impl Machine {
         self.stop_deadline = None;
         self.handed_over_to = None;
         self.preempt_until = None;
+        self.start_hold_bound = None;
         self.yielding = None;
         self.down_reason = Reason::MasterDown;
     }
@@ -1479,6 +1512,10 @@ impl Machine {
             self.preempt_until = Some(now + hold);
         }
         self.start_hold_pending = !self.cfg.start_hold.is_zero();
+        self.start_hold_extended = false;
+        if !self.cfg.nopreempt && !self.cfg.start_hold.is_zero() {
+            self.start_hold_bound = Some(now + self.cfg.start_hold_max);
+        }
     }
 
     fn enter_backup(&mut self, now: Instant, reason: Reason) {
@@ -1948,6 +1985,93 @@ mod tests {
         d.preempt_delay = Duration::from_secs(8);
         let mut m = started(d, t0);
         preempt_held_for(&mut m, t0, 0..8);
+    }
+
+    /// Lower-priority adverts (100) from PEER once a second, `secs` after `t0`, each one
+    /// followed (the down timer rearmed): preemption is held.
+    fn held_for(m: &mut Machine, t0: Instant, secs: std::ops::Range<u64>) {
+        for i in secs {
+            let t = t0 + Duration::from_secs(i);
+            m.handle_advert(t, ip(PEER), &advert(m, 100));
+            assert_eq!(m.poll_timeout(), Some(t + m.master_down_interval()), "at {i} s");
+        }
+    }
+
+    /// Connection sync's hold was a fixed 5 s after start: a restarted director preempted
+    /// while the master's table (more than ~40,000 connections) was still arriving. Extended,
+    /// the start hold lasts until released (the table is in), `start_hold` still the minimum,
+    /// and never past `start_hold_max` after it began.
+    #[test]
+    fn an_extended_start_hold_lasts_until_released_or_its_bound() {
+        let t0 = Instant::now();
+        let mut c = cfg(150);
+        c.start_hold = Duration::from_secs(5);
+        c.start_hold_max = Duration::from_secs(60);
+
+        // Extended: held past the 5 s until released at 20 s, then preempted.
+        let mut m = started(c.clone(), t0);
+        m.extend_start_hold(true);
+        held_for(&mut m, t0, 0..20);
+        m.extend_start_hold(false);
+        let t = preempt_held_for(&mut m, t0, 20..20);
+        run(&mut m, t + Duration::from_secs(1));
+        assert_eq!(m.state(), State::Master);
+
+        // Released before the 5 s: the 5 s still hold.
+        let mut m = started(c.clone(), t0);
+        m.extend_start_hold(true);
+        held_for(&mut m, t0, 0..2);
+        m.extend_start_hold(false);
+        preempt_held_for(&mut m, t0, 2..5);
+
+        // Never released: preempted at the bound.
+        let mut m = started(c.clone(), t0);
+        m.extend_start_hold(true);
+        let t = preempt_held_for(&mut m, t0, 0..60);
+        run(&mut m, t + Duration::from_secs(1));
+        assert_eq!(m.state(), State::Master);
+
+        // Not extended: 5 s, as before.
+        let mut m = started(c.clone(), t0);
+        preempt_held_for(&mut m, t0, 0..5);
+
+        // The bound counts from the first lower master's advert when that came later (no
+        // master heard at first), as the 5 s do.
+        let mut m = started(c.clone(), t0);
+        m.extend_start_hold(true);
+        held_for(&mut m, t0, 20..79);
+        preempt_held_for(&mut m, t0, 79..80);
+
+        // Only a running start hold is extended: a higher master heard first ends it, and
+        // when its priority drops below ours (its tracking failed) it is preempted at once.
+        let mut m = started(c.clone(), t0);
+        for i in 0..8 {
+            m.handle_advert(t0 + Duration::from_secs(i), ip(PEER), &advert(&m, 200));
+        }
+        m.extend_start_hold(true);
+        preempt_held_for(&mut m, t0, 8..8);
+
+        // Leaving FAULT starts a new hold, not extended.
+        let mut m = started(c.clone(), t0);
+        m.extend_start_hold(true);
+        held_for(&mut m, t0, 0..10);
+        let t1 = t0 + Duration::from_secs(10);
+        m.set_fault(t1, true);
+        m.set_fault(t1, false);
+        drain(&mut m);
+        preempt_held_for(&mut m, t1, 0..5);
+
+        // nopreempt: nothing to hold.
+        let mut n = c;
+        n.nopreempt = true;
+        let mut m = started(n, t0);
+        m.extend_start_hold(true);
+        for i in 0..70 {
+            let t = t0 + Duration::from_secs(i);
+            m.handle_advert(t, ip(PEER), &advert(&m, 100));
+            m.handle_timeout(t);
+        }
+        assert_eq!(m.state(), State::Backup);
     }
 
     #[test]
