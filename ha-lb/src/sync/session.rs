@@ -376,7 +376,7 @@ mod tests {
     }
 
     fn import(e: SyncEntry) -> Received {
-        Received::Import(Datagram { sync_id: 7, entries: vec![e], templates: vec![] })
+        Received::Import(Datagram { sync_id: 7, entries: vec![e], ..Datagram::default() })
     }
 
     pub(super) fn any_service(k: &LbFlowKey) -> Option<(std::net::SocketAddr, LbKind)> {

@@ -6,8 +6,9 @@
 //! ```text
 //! header (8 bytes)
 //!   0..4   magic      "HLBS"
-//!   4      version    1 (connections), 2 (connections with flags: closed ones) or
-//!                     3 (persistence templates)
+//!   4      version    1 (connections), 2 (connections with flags: closed ones),
+//!                     3 (persistence templates) or 4 (the end of a whole-table send,
+//!                     no entries: count 0, nothing after the header)
 //!   5      sync id    keepalived's lvs_sync_daemon `id` (default: the instance's VRID)
 //!   6..8   count      number of entries that follow
 //! connection entry, versions 1 and 2 (26 bytes for IPv4, 62 for IPv6), `count` times,
@@ -15,8 +16,9 @@
 //!   0      family     4 (IPv4) or 6 (IPv6): the family of all three addresses
 //!   1      protocol   6 (TCP) or 17 (UDP)
 //!   2      lb_kind    0 NAT, 1 DR, 2 TUN
-//!   3      flags      version 2: bit 0 closed (FIN/RST seen), other bits sent as 0 and
-//!                     ignored; version 1: reserved, sent as 0, ignored on receipt
+//!   3      flags      bit 0 closed (FIN/RST seen), version 2 only (ignored in version 1);
+//!                     bits 1 and 2, first entry only: the datagram's table marks (below);
+//!                     other bits sent as 0 and ignored
 //!   4..    client     address (4 or 16 bytes), port (2)
 //!          VIP        address (4 or 16 bytes), port (2)
 //!          real       address (4 or 16 bytes), port (2)
@@ -26,7 +28,8 @@
 //!   1      protocol   6 (TCP) or 17 (UDP): the service's
 //!   2      prefix     the client network's prefix length (the service's
 //!                     persistence_granularity; 0: the whole address), at most 32 / 128
-//!   3      flags      reserved, sent as 0, ignored on receipt
+//!   3      flags      bits 1 and 2, first entry only: the datagram's table marks
+//!                     (below); other bits sent as 0 and ignored
 //!   4..    VIP        address (4 or 16 bytes), port (2): the service
 //!          client     address (4 or 16 bytes): the client's network
 //!          real       address (4 or 16 bytes), port (2)
@@ -47,6 +50,20 @@
 //! version-3 datagrams of their own, for the same reason: an ha-lb that knows versions 1 and
 //! 2 only rejects them (`bad_version`) and imports every connection it is sent, rather than
 //! reading a template as a connection.
+//!
+//! Table marks. The datagrams of a whole-table send (after becoming MASTER, the answer to a
+//! table request, the periodic resend) are marked in their first entry's flags byte:
+//! [`FLAG_TABLE`] (bit 1) on every datagram sent while it is under way, [`FLAG_TABLE_END`]
+//! (bit 2, with bit 1) on its last one, so a starting director knows when it has the whole
+//! table (it holds its preemption until then: `docs/conntrack-sync.md`). A send whose end
+//! has no entries to carry the mark (an empty table; its last owed entries left the table)
+//! ends with a version-4 datagram: no entries, and not a table request. Older ha-lb
+//! directors ignore the marks: the flags byte was reserved and ignored in versions 1 and 3,
+//! and version 2 reads bit 0 only (a unit test runs marked datagrams through a frozen copy
+//! of that decoder); they reject the version-4 datagram (a counted `bad_version`, nothing
+//! else: a datagram of versions 1 to 3 without entries would be a table request to them).
+//! The kernel's IPVS format (`super::ipvs_wire`) has no room for the marks: they are not
+//! sent there.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -64,8 +81,16 @@ pub const VERSION: u8 = 1;
 pub const VERSION_FLAGS: u8 = 2;
 /// The version of datagrams of persistence templates.
 pub const VERSION_TEMPLATES: u8 = 3;
+/// The version of a datagram that ends a whole-table send and has no entries (see
+/// [`table_end`]).
+pub const VERSION_TABLE_END: u8 = 4;
 /// Entry flag (version 2): the flow is closed.
 pub const FLAG_CLOSED: u8 = 1;
+/// Datagram mark, in its first entry's flags byte (any version): sent while a whole-table
+/// send is under way ([`mark_table`]).
+pub const FLAG_TABLE: u8 = 2;
+/// Datagram mark, with [`FLAG_TABLE`]: the last datagram of a whole-table send.
+pub const FLAG_TABLE_END: u8 = 4;
 /// Largest datagram [`encode`] produces (fits a 1500-byte MTU under IPv6 + UDP headers, and
 /// leaves room for tunnels).
 pub const MAX_DATAGRAM: usize = 1400;
@@ -102,8 +127,10 @@ pub enum SyncDecodeError {
     BadMagic([u8; 4]),
     #[error("a kernel IPVS sync message, not ha-lb's (see sync::ipvs_wire)")]
     IpvsSync,
-    #[error("unknown sync version {0} (want 1, 2 or 3)")]
+    #[error("unknown sync version {0} (want 1 to 4)")]
     BadVersion(u8),
+    #[error("an end-of-table datagram (version 4) with count {0} (want 0)")]
+    TableEndWithEntries(u16),
     #[error("count {count} but the datagram ends inside entry {index}")]
     CountMismatch { count: u16, index: u16 },
     #[error("{extra} bytes after the {count} entries")]
@@ -126,6 +153,7 @@ impl SyncDecodeError {
             SyncDecodeError::BadMagic(_) => "bad_magic",
             SyncDecodeError::IpvsSync => "ipvs_sync",
             SyncDecodeError::BadVersion(_) => "bad_version",
+            SyncDecodeError::TableEndWithEntries(_) => "table_end_with_entries",
             SyncDecodeError::CountMismatch { .. } => "count_mismatch",
             SyncDecodeError::TrailingBytes { .. } => "trailing_bytes",
             SyncDecodeError::BadFamily { .. } => "bad_family",
@@ -208,6 +236,32 @@ fn finish(mut d: Vec<u8>, count: u16, out: &mut Vec<Vec<u8>>) {
 /// priority, say) takes the VIPs back. Directors that do not know it import nothing from it.
 pub fn request(sync_id: u8) -> Vec<u8> {
     header(VERSION, sync_id)
+}
+
+/// Marks `d` (a datagram [`encode`] made) as sent while a whole-table send is under way, and
+/// as its last datagram if `end`: in its first entry's flags byte (see the module's header).
+/// A datagram without entries is left as it is (see [`table_end`]).
+pub fn mark_table(d: &mut [u8], end: bool) {
+    if entry_count(d) > 0 && d.len() > HEADER_LEN + 3 {
+        d[HEADER_LEN + 3] |= FLAG_TABLE | if end { FLAG_TABLE_END } else { 0 };
+    }
+}
+
+/// The end of a whole-table send that has no datagram of entries left to carry the mark (an
+/// empty table; the last entries owed left the table): a version-4 datagram, no entries.
+/// Directors that do not know it reject it (`bad_version`); a datagram of versions 1 to 3
+/// without entries would be a table request.
+pub fn table_end(sync_id: u8) -> Vec<u8> {
+    header(VERSION_TABLE_END, sync_id)
+}
+
+/// Whether `d` (a datagram [`encode`] made, or [`table_end`]) ends a whole-table send.
+pub fn is_table_end(d: &[u8]) -> bool {
+    d.len() >= HEADER_LEN
+        && d[..4] == MAGIC
+        && (d[4] == VERSION_TABLE_END
+            || (entry_count(d) > 0
+                && d.get(HEADER_LEN + 3).is_some_and(|f| f & FLAG_TABLE_END != 0)))
 }
 
 /// Encodes `items` into as few datagrams of at most [`MAX_DATAGRAM`] bytes as their order
@@ -326,18 +380,27 @@ fn get_addr(b: &[u8], v6: bool) -> SocketAddr {
 }
 
 /// A decoded datagram: its sync id and what it carries (a table request carries nothing; a
-/// datagram carries connections or templates, not both).
+/// datagram carries connections or templates, not both), and its table marks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Datagram {
     pub sync_id: u8,
     pub entries: Vec<SyncEntry>,
     pub templates: Vec<SyncTemplate>,
+    /// Sent while a whole-table send was under way ([`FLAG_TABLE`]).
+    pub table: bool,
+    /// The last datagram of a whole-table send ([`FLAG_TABLE_END`], or version 4).
+    pub table_end: bool,
 }
 
 impl Datagram {
-    /// No entries: a table request.
+    /// No entries.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty() && self.templates.is_empty()
+    }
+
+    /// No entries and not the end of a whole-table send: a table request.
+    pub fn is_request(&self) -> bool {
+        self.is_empty() && !self.table_end
     }
 
     /// Connections and templates.
@@ -365,7 +428,7 @@ pub fn decode(buf: &[u8]) -> Result<Datagram, SyncDecodeError> {
         return Err(SyncDecodeError::BadMagic(magic));
     }
     let version = buf[4];
-    if !matches!(version, VERSION | VERSION_FLAGS | VERSION_TEMPLATES) {
+    if !matches!(version, VERSION | VERSION_FLAGS | VERSION_TEMPLATES | VERSION_TABLE_END) {
         return Err(SyncDecodeError::BadVersion(version));
     }
     let templates = version == VERSION_TEMPLATES;
@@ -373,6 +436,15 @@ pub fn decode(buf: &[u8]) -> Result<Datagram, SyncDecodeError> {
     let sync_id = buf[5];
     let count = u16::from_be_bytes([buf[6], buf[7]]);
     let mut rest = &buf[HEADER_LEN..];
+    if version == VERSION_TABLE_END {
+        if count != 0 {
+            return Err(SyncDecodeError::TableEndWithEntries(count));
+        }
+        if !rest.is_empty() {
+            return Err(SyncDecodeError::TrailingBytes { count, extra: rest.len() });
+        }
+        return Ok(Datagram { sync_id, table: true, table_end: true, ..Datagram::default() });
+    }
     // Each entry takes at least TEMPLATE_LEN_V4 bytes: never reserve more than the buffer
     // holds.
     let cap = (count as usize).min(rest.len() / TEMPLATE_LEN_V4);
@@ -398,6 +470,11 @@ pub fn decode(buf: &[u8]) -> Result<Datagram, SyncDecodeError> {
         }
         let (e, tail) = rest.split_at(len);
         rest = tail;
+        if index == 0 {
+            // The datagram's table marks, in any version.
+            d.table = e[3] & (FLAG_TABLE | FLAG_TABLE_END) != 0;
+            d.table_end = e[3] & FLAG_TABLE_END != 0;
+        }
         let Some(protocol) = protocol_of(e[1]) else {
             return Err(SyncDecodeError::BadProtocol { index, protocol: e[1] });
         };
@@ -540,7 +617,7 @@ mod tests {
 
     #[test]
     fn round_trip_v4_and_v6() {
-        let Datagram { sync_id: id, entries, templates } = decode(&sample()).unwrap();
+        let Datagram { sync_id: id, entries, templates, .. } = decode(&sample()).unwrap();
         assert!(templates.is_empty());
         assert_eq!(id, 51);
         assert_eq!(entries, vec![v4_entry(), v6_entry()]);
@@ -637,11 +714,14 @@ mod tests {
             m[i] ^= 0x20;
             assert_eq!(decode(&d), Err(SyncDecodeError::BadMagic(m)), "magic byte {i}");
         }
-        for v in [0u8, 4, 255] {
+        for v in [0u8, 5, 255] {
             let mut d = good.clone();
             d[4] = v;
             assert_eq!(decode(&d), Err(SyncDecodeError::BadVersion(v)));
         }
+        let mut d = good.clone();
+        d[4] = VERSION_TABLE_END;
+        assert_eq!(decode(&d), Err(SyncDecodeError::TableEndWithEntries(2)));
         // The sync id is opaque to the codec.
         let mut d = good.clone();
         d[5] = 200;
@@ -685,10 +765,13 @@ mod tests {
                 d[at + 2] = kind;
                 assert_eq!(decode(&d), Err(SyncDecodeError::BadLbKind { index, kind }));
             }
-            // The reserved byte of version 1 is ignored.
+            // The flags byte of version 1 says nothing about the entries (the first entry's
+            // bits 1 and 2 are the datagram's table marks).
             let mut d = good.clone();
             d[at + 3] = 0xff;
-            assert_eq!(decode(&d), decode(&good));
+            let (got, want) = (decode(&d).unwrap(), decode(&good).unwrap());
+            assert_eq!(got.entries, want.entries);
+            assert_eq!((got.table, got.table_end), (index == 0, index == 0));
         }
         // An IPv4 entry relabelled IPv6 claims more bytes than are there.
         let mut d = encode(1, &[v4_entry()]).remove(0);
@@ -710,6 +793,7 @@ mod tests {
             SyncDecodeError::BadMagic([0; 4]),
             SyncDecodeError::IpvsSync,
             SyncDecodeError::BadVersion(0),
+            SyncDecodeError::TableEndWithEntries(1),
             SyncDecodeError::CountMismatch { count: 0, index: 0 },
             SyncDecodeError::TrailingBytes { count: 0, extra: 0 },
             SyncDecodeError::BadFamily { index: 0, family: 0 },
@@ -940,6 +1024,113 @@ mod tests {
         );
     }
 
+    /// The last datagram of a whole-table send is marked (a starting backup holds its
+    /// preemption until it has it); the marks change no entry, for this decoder and for an
+    /// older one, which ignores them.
+    #[test]
+    fn table_marks_are_read_and_older_decoders_ignore_them() {
+        let closed = SyncEntry { closed: true, ..v4_entry() };
+        let plain = encode(51, &[v4_entry()]).remove(0);
+        let mut d = plain.clone();
+        mark_table(&mut d, false);
+        #[rustfmt::skip]
+        let want: Vec<u8> = vec![
+            b'H', b'L', b'B', b'S', 1, 51, 0, 1,
+            4, 6, 0, FLAG_TABLE,
+            198, 51, 100, 7, 0x9c, 0x40,
+            192, 0, 2, 10, 0, 80,
+            10, 0, 0, 2, 0x1f, 0x90,
+            0, 0, 0, 3,
+        ];
+        assert_eq!(d, want);
+        let got = decode(&d).unwrap();
+        assert_eq!((got.table, got.table_end), (true, false));
+        assert!(!is_table_end(&d));
+        mark_table(&mut d, true);
+        assert_eq!(d[HEADER_LEN + 3], FLAG_TABLE | FLAG_TABLE_END);
+        assert!(is_table_end(&d));
+        let got = decode(&d).unwrap();
+        assert_eq!((got.table, got.table_end), (true, true));
+        assert_eq!(got.entries, vec![v4_entry()]);
+        assert!(!got.is_request());
+        let unmarked = decode(&plain).unwrap();
+        assert_eq!((unmarked.table, unmarked.table_end), (false, false));
+        assert!(!is_table_end(&plain));
+
+        // Every kind of datagram, each entry in it the same marked or not; the marks are the
+        // first entry's (another entry's bits say nothing).
+        let mut items: Vec<SyncItem> = Vec::new();
+        for i in 0..60u32 {
+            items.push(SyncEntry { idle_secs: i, ..v4_entry() }.into());
+            items.push(SyncEntry { idle_secs: i, ..closed }.into());
+            items.push(SyncTemplate { idle_secs: i, ..v6_template() }.into());
+        }
+        let ds = encode(3, &items);
+        assert!(ds.len() >= 4);
+        for d in &ds {
+            for end in [false, true] {
+                let mut m = d.clone();
+                mark_table(&mut m, end);
+                let (a, b) = (decode(d).unwrap(), decode(&m).unwrap());
+                assert_eq!(b.items().collect::<Vec<_>>(), a.items().collect::<Vec<_>>());
+                assert_eq!((b.table, b.table_end), (true, end));
+                if !carries_templates(d) {
+                    assert_eq!(decode_before_templates(&m), decode_before_templates(d));
+                }
+            }
+            assert!(entry_count(d) > 1);
+            let mut second = d.clone();
+            let at = HEADER_LEN + item_len(&decode(d).unwrap().items().next().unwrap()).unwrap();
+            second[at + 3] |= FLAG_TABLE | FLAG_TABLE_END;
+            let b = decode(&second).unwrap();
+            assert_eq!((b.table, b.table_end), (false, false));
+            assert_eq!(
+                b.items().collect::<Vec<_>>(),
+                decode(d).unwrap().items().collect::<Vec<_>>()
+            );
+        }
+        // A closed entry stays closed under the marks, for the older decoder too.
+        let mut c = encode(3, &[closed]).remove(0);
+        mark_table(&mut c, true);
+        assert_eq!(decode_before_templates(&c).unwrap().1, vec![closed]);
+    }
+
+    /// A whole-table send with no entries to carry its end (an empty table) ends with a
+    /// version-4 datagram: no entries, and no table request (as an empty datagram of versions
+    /// 1 to 3 is, to this director and older ones); an older director rejects it.
+    #[test]
+    fn an_end_without_entries_is_no_table_request() {
+        let d = table_end(7);
+        assert_eq!(d, b"HLBS\x04\x07\x00\x00");
+        let got = decode(&d).unwrap();
+        assert_eq!(
+            got,
+            Datagram { sync_id: 7, table: true, table_end: true, ..Datagram::default() }
+        );
+        assert!(got.is_empty() && !got.is_request());
+        assert!(is_table_end(&d));
+        assert_eq!(decode_before_templates(&d), Err(SyncDecodeError::BadVersion(4)));
+        let req = decode(&request(7)).unwrap();
+        assert!(req.is_request() && !req.table && !req.table_end);
+        assert!(!is_table_end(&request(7)));
+        // Marking an empty datagram changes nothing.
+        let mut r = request(7);
+        mark_table(&mut r, true);
+        assert_eq!(r, request(7));
+        // Malformed: entries, or bytes after the header.
+        let mut bad = d.clone();
+        bad[7] = 1;
+        assert_eq!(decode(&bad), Err(SyncDecodeError::TableEndWithEntries(1)));
+        bad.extend_from_slice(&encode(7, &[v4_entry()])[0][HEADER_LEN..]);
+        assert_eq!(decode(&bad), Err(SyncDecodeError::TableEndWithEntries(1)));
+        let mut bad = d.clone();
+        bad.push(0);
+        assert_eq!(decode(&bad), Err(SyncDecodeError::TrailingBytes { count: 0, extra: 1 }));
+        for len in 0..d.len() {
+            assert_eq!(decode(&d[..len]), Err(SyncDecodeError::Truncated { len }));
+        }
+    }
+
     fn arb_entry() -> impl Strategy<Value = SyncEntry> {
         let ips = prop_oneof![
             any::<[u32; 3]>().prop_map(|a| a.map(|x| IpAddr::V4(Ipv4Addr::from(x)))),
@@ -1091,6 +1282,24 @@ mod tests {
             }
         }
 
+        /// The table marks change no entry of any datagram, for this decoder or the older
+        /// one, and are read back.
+        #[test]
+        fn table_marks_change_no_entry(id in any::<u8>(), items in proptest::collection::vec(arb_item(), 0..150), end in any::<bool>()) {
+            for d in encode(id, &items) {
+                let mut m = d.clone();
+                mark_table(&mut m, end);
+                let (a, b) = (decode(&d).unwrap(), decode(&m).unwrap());
+                prop_assert_eq!(b.items().collect::<Vec<_>>(), a.items().collect::<Vec<_>>());
+                prop_assert_eq!((a.table, a.table_end), (false, false));
+                prop_assert_eq!((b.table, b.table_end), (true, end));
+                prop_assert_eq!(is_table_end(&m), end);
+                if !carries_templates(&d) {
+                    prop_assert_eq!(decode_before_templates(&m), decode_before_templates(&d));
+                }
+            }
+        }
+
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode(&bytes);
@@ -1099,7 +1308,7 @@ mod tests {
         /// Random bodies behind a valid header reach the entry parser.
         #[test]
         fn decode_never_panics_after_valid_header(
-            version in prop_oneof![Just(VERSION_FLAGS), Just(VERSION_TEMPLATES)],
+            version in prop_oneof![Just(VERSION_FLAGS), Just(VERSION_TEMPLATES), Just(VERSION_TABLE_END)],
             count in any::<u16>(),
             body in proptest::collection::vec(
                 prop_oneof![Just(4u8), Just(6), Just(17), Just(0), Just(1), Just(2), any::<u8>()],
