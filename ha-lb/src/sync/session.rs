@@ -23,6 +23,16 @@
 //! something becomes importable here (a service or real server added: health up, reload;
 //! [`Session::want_table`]), at most once per [`REASK_INTERVAL`].
 //!
+//! A whole-table send (after becoming MASTER, an answered request, the periodic resend) marks
+//! its datagrams, and its last one as its end ([`wire::mark_table`](super::wire::mark_table);
+//! [`wire::table_end`](super::wire::table_end) when no datagram of entries is left to carry
+//! it): the mark goes with whatever datagram ends up last, at whichever tick that is (one not
+//! sent is owed, with the mark). A director whose synced instance entered BACKUP from INIT
+//! or FAULT follows the whole-table send it sees arriving ([`Session::start_hold`]): its
+//! instances hold their preemption (the start hold) until the end mark comes, nothing of it
+//! has come for [`TABLE_SILENCE`], or [`TABLE_WAIT_MAX`] after entering BACKUP. An older
+//! master marks nothing, a kernel IPVS master cannot: the hold is not extended.
+//!
 //! Connections and persistence templates go through the same decisions: one diff
 //! ([`Exporter::diff_all`]), one pacing budget, one owed list, one import gate.
 //!
@@ -41,7 +51,7 @@ use super::{
     decode,
     export::TemplateNames,
     ipvs_wire::{self, IpvsDecodeError, IpvsMessage},
-    wire::{encode_at_most, item_len},
+    wire::{encode_at_most, item_len, mark_table, table_end},
     Datagram, Exporter, SyncDecodeError, SyncItem,
 };
 use crate::config::LbKind;
@@ -71,6 +81,81 @@ pub const IMPORT_AFTER_MASTER: Duration = Duration::from_secs(LEAVE_GRACE.as_sec
 
 /// A director asks for the table again ([`Session::want_table`]) at most this often.
 pub const REASK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The start hold waits for a whole-table send at most this long after the synced instance
+/// entered BACKUP from INIT or FAULT (`vrrp::machine::Config::start_hold_max`): at 256
+/// datagrams a tick, some 780,000 IPv4 or 330,000 IPv6 connections.
+pub const TABLE_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// A whole-table send nothing of which has arrived for this long has stopped (its master
+/// died, or left MASTER and its grace): the start hold no longer waits for it. The master
+/// sends a part of it at every one-second tick.
+pub const TABLE_SILENCE: Duration = Duration::from_secs(2);
+
+/// A change of what the start hold should do ([`Session::start_hold`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartHold {
+    /// A whole-table send is arriving: hold preemption until it is complete.
+    Extend,
+    /// No longer (why).
+    Release(HoldRelease),
+}
+
+/// Why the start hold no longer waits for the whole table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldRelease {
+    /// Its end mark arrived.
+    Complete,
+    /// Nothing of it arrived for [`TABLE_SILENCE`].
+    Silence,
+    /// [`TABLE_WAIT_MAX`] after entering BACKUP.
+    Bound,
+    /// The synced instance left BACKUP.
+    LeftBackup,
+}
+
+impl HoldRelease {
+    /// Short stable name for logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HoldRelease::Complete => "complete",
+            HoldRelease::Silence => "silence",
+            HoldRelease::Bound => "bound",
+            HoldRelease::LeftBackup => "left_backup",
+        }
+    }
+}
+
+impl std::fmt::Display for HoldRelease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HoldRelease::Complete => f.write_str("the master's whole table has arrived"),
+            HoldRelease::Silence => write!(
+                f,
+                "nothing more of the master's table for {} s (its master stopped sending)",
+                TABLE_SILENCE.as_secs()
+            ),
+            HoldRelease::Bound => write!(
+                f,
+                "the table still arriving {} s after entering BACKUP",
+                TABLE_WAIT_MAX.as_secs()
+            ),
+            HoldRelease::LeftBackup => f.write_str("the synced instance left BACKUP"),
+        }
+    }
+}
+
+/// A director whose synced instance entered BACKUP from INIT or FAULT, and the whole-table
+/// send it may see arriving.
+#[derive(Debug, Clone, Copy)]
+struct TableWait {
+    /// When the synced instance entered BACKUP.
+    since: Instant,
+    /// A whole-table send is arriving: when the last datagram of it came.
+    last: Option<Instant>,
+    /// Over: why (the start hold is not extended, or no longer).
+    over: Option<HoldRelease>,
+}
 
 /// What to do at a tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -129,6 +214,15 @@ pub struct Session {
     final_diff: bool,
     /// A kernel IPVS sync message was seen.
     ipvs_seen: bool,
+    /// A whole-table send is under way (its datagrams are marked): its end mark is still to
+    /// go out.
+    table_send: bool,
+    /// Since the synced instance entered BACKUP from INIT or FAULT: the whole table it may
+    /// be sent, for the start hold.
+    table_wait: Option<TableWait>,
+    /// The start hold was told to wait for the table ([`StartHold::Extend`]), and not
+    /// released since.
+    hold_extended: bool,
 }
 
 impl Session {
@@ -148,12 +242,24 @@ impl Session {
         if !self.backup {
             self.reask = false;
         }
+        match (from, to) {
+            (State::Initialize | State::Fault, State::Backup) => {
+                self.table_wait = Some(TableWait { since: now, last: None, over: None });
+            }
+            (_, State::Backup) => {}
+            _ => {
+                if let Some(w) = self.table_wait.as_mut().filter(|w| w.over.is_none()) {
+                    w.over = Some(HoldRelease::LeftBackup);
+                }
+            }
+        }
         if master && !self.master {
             // Becoming master: the others may lack anything; send everything.
             self.exporter.reset();
             self.next_resend = Some(now + FULL_RESEND);
             self.became_master = Some(now);
             self.final_diff = false;
+            self.table_send = true;
         }
         if !master && self.master {
             self.left_master = Some(now);
@@ -178,13 +284,16 @@ impl Session {
             }
             let request = self.requests_left > 0;
             self.requests_left = self.requests_left.saturating_sub(1);
-            // The last diff, and what it or an answered request left owed.
-            let export = self.in_leave_grace(now) && (self.final_diff || self.exporter.owes());
+            // The last diff, and what it or an answered request left owed (and the end mark
+            // of a whole-table send, if nothing is).
+            let export = self.in_leave_grace(now)
+                && (self.final_diff || self.table_send || self.exporter.owes());
             self.final_diff = false;
             return Tick { request, export };
         }
         if self.next_resend.is_some_and(|t| now >= t) {
             self.exporter.resend_all();
+            self.table_send = true;
             self.next_resend = Some(now + FULL_RESEND);
         }
         Tick { request: false, export: true }
@@ -193,7 +302,9 @@ impl Session {
     /// The datagrams to send now (at most [`MAX_DATAGRAMS_PER_TICK`]) from snapshots of the
     /// connection table and the persistence templates (see [`Exporter::diff_all`]); what does
     /// not fit is owed to the next ticks. The caller reports those it could not send with
-    /// [`Session::not_sent`].
+    /// [`Session::not_sent`]. During a whole-table send every datagram is marked, and the last
+    /// one of the tick that owes nothing more as its end (a version-4 datagram of its own when
+    /// there is none).
     pub fn export(
         &mut self,
         sync_id: u8,
@@ -209,14 +320,31 @@ impl Session {
         let later: Vec<SyncItem> =
             items[used..].iter().copied().filter(|i| item_len(i).is_some()).collect();
         self.exporter.not_sent(&later);
+        let mut datagrams = datagrams;
+        if self.table_send {
+            // Nothing owed after these: the whole table has gone out with them.
+            let end = later.is_empty();
+            if end {
+                self.table_send = false;
+                if datagrams.is_empty() {
+                    datagrams.push(table_end(sync_id));
+                }
+            }
+            let n = datagrams.len();
+            for (i, d) in datagrams.iter_mut().enumerate() {
+                mark_table(d, end && i + 1 == n);
+            }
+        }
         datagrams
     }
 
     /// Datagrams from [`Session::export`] that did not go out: their flows and templates are
-    /// owed.
+    /// owed, and the end mark of a whole-table send if one of them had it (the last one
+    /// sent at a later tick carries it).
     pub fn not_sent(&mut self, datagrams: &[Vec<u8>]) {
         for d in datagrams {
             if let Ok(d) = decode(d) {
+                self.table_send |= d.table_end;
                 self.exporter.not_sent(&d.items().collect::<Vec<_>>());
             }
         }
@@ -232,15 +360,19 @@ impl Session {
         if d.sync_id != sync_id {
             return Received::OtherId;
         }
-        if d.is_empty() {
+        if d.is_request() {
             let answered = (self.master || self.in_leave_grace(now))
                 && self.last_answer.is_none_or(|t| now.duration_since(t) >= ANSWER_INTERVAL);
             if answered {
                 // Everything remembered goes out again (paced) from the next tick.
                 self.exporter.resend_all();
+                self.table_send = true;
                 self.last_answer = Some(now);
             }
             return Received::Request { answered };
+        }
+        if d.table {
+            self.table_arrives(now, d.table_end);
         }
         if !self.imports(now) {
             let (connections, templates) = (d.entries.len(), d.templates.len());
@@ -270,6 +402,53 @@ impl Session {
         if self.backup {
             self.reask = true;
         }
+    }
+
+    /// A datagram of a whole-table send arrived (`end`: its last one): the start hold waits
+    /// for the rest, if the synced instance entered BACKUP from INIT or FAULT and the wait is
+    /// not over.
+    fn table_arrives(&mut self, now: Instant, end: bool) {
+        let Some(w) = self.table_wait.as_mut().filter(|w| w.over.is_none()) else { return };
+        if end {
+            w.over = Some(HoldRelease::Complete);
+        } else {
+            w.last = Some(now);
+        }
+    }
+
+    /// What the start hold of the synced group's instances should do now, when it changes:
+    /// wait for the whole table ([`StartHold::Extend`]) once a datagram of a whole-table
+    /// send has arrived after the synced instance entered BACKUP from INIT or FAULT, without
+    /// its end mark; stop waiting ([`StartHold::Release`]) when the end mark arrives, nothing
+    /// of it has for [`TABLE_SILENCE`], [`TABLE_WAIT_MAX`] after entering BACKUP, or when the
+    /// instance leaves BACKUP. Each change is returned once; call it after every datagram
+    /// received, every state change of the synced instance, and at every tick (the silence
+    /// and the bound).
+    pub fn start_hold(&mut self, now: Instant) -> Option<StartHold> {
+        let w = self.table_wait.as_mut()?;
+        if w.over.is_none() {
+            if now.duration_since(w.since) >= TABLE_WAIT_MAX {
+                w.over = Some(HoldRelease::Bound);
+            } else if w.last.is_some_and(|t| now.duration_since(t) >= TABLE_SILENCE) {
+                w.over = Some(HoldRelease::Silence);
+            }
+        }
+        let extend = w.over.is_none() && w.last.is_some();
+        if extend == self.hold_extended {
+            return None;
+        }
+        self.hold_extended = extend;
+        Some(if extend {
+            StartHold::Extend
+        } else {
+            StartHold::Release(w.over.unwrap_or(HoldRelease::LeftBackup))
+        })
+    }
+
+    /// The start hold was told to wait for the table and not released since (an instance
+    /// started meanwhile is told too).
+    pub fn start_hold_extended(&self) -> bool {
+        self.hold_extended
     }
 
     /// Whether a datagram received now is imported: not while MASTER, except just after
@@ -860,6 +1039,296 @@ mod tests {
             let tpl = ds.iter().filter(|d| crate::sync::wire::carries_templates(d)).count();
             assert_eq!(tpl, usize::from(i == 0), "tick {i}: the templates once, at once");
         }
+    }
+
+    /// The table marks of each datagram: (whole-table send, its end).
+    fn marks(ds: &[Vec<u8>]) -> Vec<(bool, bool)> {
+        ds.iter()
+            .map(|d| {
+                let d = decode(d).unwrap();
+                (d.table, d.table_end)
+            })
+            .collect()
+    }
+
+    /// Exports at the ticks from `at` on until a tick sends nothing; the socket refuses the
+    /// last datagram of the ticks in `refuse`. Returns what went out, tick by tick.
+    fn send_all(
+        s: &mut Session,
+        at: Instant,
+        t: &[(LbFlowKey, LbFlow)],
+        refuse: &[u64],
+    ) -> Vec<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for i in 0.. {
+            s.tick(at + Duration::from_secs(i));
+            let mut ds = s.export(7, t, &[], NOW_NS, &any_service, &no_names);
+            if ds.is_empty() {
+                break;
+            }
+            if refuse.contains(&i) {
+                let last = ds.pop().unwrap();
+                s.not_sent(&[last]);
+            }
+            out.push(ds);
+        }
+        out
+    }
+
+    /// A starting director held its preemption a fixed 5 s, whatever the size of the table
+    /// still arriving. The datagrams of a whole-table send (becoming MASTER, an answered
+    /// request) are marked, and the last one as its end: paced over ticks, the mark is on
+    /// the last datagram of the last tick, nothing lost.
+    #[test]
+    fn a_whole_table_send_is_marked_and_its_last_datagram_ends_it() {
+        let t0 = Instant::now();
+        let mut s = master(t0);
+        let t = table(40_000);
+        let ticks = send_all(&mut s, t0, &t, &[]);
+        assert!(ticks.len() > 2, "paced over {} ticks", ticks.len());
+        let all: Vec<Vec<u8>> = ticks.concat();
+        assert_eq!(entries(&all), 40_000);
+        let m = marks(&all);
+        assert!(m[..m.len() - 1].iter().all(|&x| x == (true, false)), "every one marked");
+        assert_eq!(m[m.len() - 1], (true, true), "the last one ends it");
+
+        // Quiet now: diffs are not marked.
+        let at = t0 + Duration::from_secs(100);
+        let more = table(40_010);
+        let ds = send_all(&mut s, at, &more, &[]).concat();
+        assert_eq!(entries(&ds), 10);
+        assert_eq!(marks(&ds), vec![(false, false)]);
+
+        // A table request: the whole table again, marked, and ended once.
+        let at = t0 + Duration::from_secs(200);
+        let req = crate::sync::request(7);
+        assert_eq!(s.receive(at, 7, &req), Received::Request { answered: true });
+        let all = send_all(&mut s, at, &more, &[]).concat();
+        assert_eq!(entries(&all), 40_010);
+        let ends: Vec<usize> =
+            marks(&all).iter().enumerate().filter(|m| m.1 .1).map(|m| m.0).collect();
+        assert_eq!(ends, vec![all.len() - 1]);
+        assert!(marks(&all).iter().all(|m| m.0));
+
+        // The periodic resend too.
+        let ds = send_all(&mut s, t0 + FULL_RESEND, &more, &[]).concat();
+        assert_eq!(entries(&ds), 40_010);
+        assert_eq!(marks(&ds).last(), Some(&(true, true)));
+    }
+
+    /// The end mark is never lost to pacing: a last datagram the socket refused goes at the
+    /// next tick with the mark; one that fills the last tick's budget exactly carries it;
+    /// one entry more goes alone at the next tick, marked.
+    #[test]
+    fn the_end_mark_goes_with_the_last_datagram_whichever_tick_that_is() {
+        let t0 = Instant::now();
+        let per = (crate::sync::MAX_DATAGRAM - crate::sync::wire::HEADER_LEN)
+            / crate::sync::wire::ENTRY_LEN_V4;
+        let exact = u32::try_from(per * MAX_DATAGRAMS_PER_TICK).unwrap();
+
+        let mut s = master(t0);
+        let ticks = send_all(&mut s, t0, &table(exact), &[]);
+        assert_eq!(ticks.len(), 1);
+        assert_eq!(ticks[0].len(), MAX_DATAGRAMS_PER_TICK);
+        assert_eq!(marks(&ticks[0]).last(), Some(&(true, true)));
+
+        let mut s = master(t0);
+        let ticks = send_all(&mut s, t0, &table(exact + 1), &[]);
+        assert_eq!(ticks.len(), 2);
+        assert!(marks(&ticks[0]).iter().all(|&m| m == (true, false)));
+        assert_eq!(marks(&ticks[1]), vec![(true, true)]);
+        assert_eq!(entries(&ticks[1]), 1);
+
+        // The socket refuses the marked last datagram (and then the one after it): the end
+        // goes at the next tick, with the entries it carried.
+        let mut s = master(t0);
+        let t = table(1_000);
+        let ticks = send_all(&mut s, t0, &t, &[0, 1]);
+        assert_eq!(ticks.len(), 3);
+        let all: Vec<Vec<u8>> = ticks.concat();
+        assert_eq!(entries(&all), 1_000, "nothing lost, nothing twice");
+        let m = marks(&all);
+        assert_eq!(m.iter().filter(|m| m.1).count(), 1);
+        assert_eq!(m.last(), Some(&(true, true)));
+        assert_eq!(ticks[2].len(), 1);
+    }
+
+    /// A whole-table send with nothing to send still ends, with a datagram of no entries
+    /// that is no table request; and a send whose last owed entries left the table.
+    #[test]
+    fn an_empty_whole_table_send_still_ends() {
+        let t0 = Instant::now();
+        let mut s = master(t0);
+        s.tick(t0);
+        let ds = s.export(7, &[], &[], NOW_NS, &any_service, &no_names);
+        assert_eq!(ds, vec![crate::sync::wire::table_end(7)]);
+        let mut rx = Session::new();
+        rx.on_state(t0, State::Initialize, State::Backup);
+        assert!(!matches!(rx.receive(t0, 7, &ds[0]), Received::Request { .. }));
+        s.tick(t0 + Duration::from_secs(1));
+        assert!(s.export(7, &[], &[], NOW_NS, &any_service, &no_names).is_empty());
+        // Refused: sent again.
+        let at = t0 + Duration::from_secs(10);
+        assert_eq!(
+            s.receive(at, 7, &crate::sync::request(7)),
+            Received::Request { answered: true }
+        );
+        s.tick(at);
+        let ds = s.export(7, &[], &[], NOW_NS, &any_service, &no_names);
+        s.not_sent(&ds);
+        s.tick(at + Duration::from_secs(1));
+        let ds = s.export(7, &[], &[], NOW_NS, &any_service, &no_names);
+        assert_eq!(ds, vec![crate::sync::wire::table_end(7)]);
+
+        // The table emptied while the answer was owed.
+        let mut s = master(t0);
+        let t = table(20_000);
+        s.tick(t0);
+        let first = s.export(7, &t, &[], NOW_NS, &any_service, &no_names);
+        assert_eq!(first.len(), MAX_DATAGRAMS_PER_TICK);
+        s.tick(t0 + Duration::from_secs(1));
+        let ds = s.export(7, &[], &[], NOW_NS, &any_service, &no_names);
+        assert_eq!(ds, vec![crate::sync::wire::table_end(7)]);
+
+        // A director that left MASTER still ends the answer it owes, with nothing left.
+        let mut s = master(t0);
+        s.tick(t0);
+        s.export(7, &[], &[], NOW_NS, &any_service, &no_names);
+        s.on_state(t0, State::Master, State::Backup);
+        let at = t0 + Duration::from_secs(3);
+        assert_eq!(
+            s.receive(at, 7, &crate::sync::request(7)),
+            Received::Request { answered: true }
+        );
+        assert!(s.tick(at).export);
+        let ds = s.export(7, &[], &[], NOW_NS, &any_service, &no_names);
+        assert_eq!(ds, vec![crate::sync::wire::table_end(7)]);
+    }
+
+    /// A starting director's view of the whole table for its start hold: extended once the
+    /// first datagram of a whole-table send arrives, released once its end mark does (not
+    /// before), end to end from a master's paced answer.
+    #[test]
+    fn a_starting_backup_holds_until_the_whole_table_has_arrived() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let t = table(40_000);
+        let mut tx = master(t0);
+        send_all(&mut tx, t0, &t, &[]);
+
+        let mut rx = Session::new();
+        rx.on_state(at(100_000), State::Initialize, State::Backup);
+        assert_eq!(rx.start_hold(at(100_000)), None);
+        assert!(rx.tick(at(101_000)).request);
+        assert_eq!(rx.start_hold(at(101_000)), None, "no answer yet: not extended");
+        let req = crate::sync::request(7);
+        assert_eq!(tx.receive(at(101_000), 7, &req), Received::Request { answered: true });
+        let ticks = send_all(&mut tx, at(101_500), &t, &[]);
+        assert!(ticks.len() > 2);
+        let mut changes = Vec::new();
+        let mut imported = 0;
+        for (i, ds) in ticks.iter().enumerate() {
+            let now = at(101_600 + 1_000 * i as u64);
+            for d in ds {
+                match rx.receive(now, 7, d) {
+                    Received::Import(d) => imported += d.len(),
+                    other => panic!("{other:?}"),
+                }
+                changes.extend(rx.start_hold(now).map(|c| (i, c)));
+            }
+            changes.extend(rx.start_hold(now + Duration::from_millis(900)).map(|c| (i, c)));
+        }
+        assert_eq!(imported, 40_000);
+        let last = ticks.len() - 1;
+        assert_eq!(
+            changes,
+            vec![(0, StartHold::Extend), (last, StartHold::Release(HoldRelease::Complete))]
+        );
+        assert!(!rx.start_hold_extended());
+        // Over: a later whole-table send (the periodic resend) extends nothing.
+        let later = t0 + FULL_RESEND;
+        let ds = send_all(&mut tx, later, &t, &[]).remove(0);
+        rx.receive(later, 7, &ds[0]);
+        assert_eq!(rx.start_hold(later), None);
+    }
+
+    /// The start hold stops waiting for a whole-table send nothing of which has arrived for
+    /// TABLE_SILENCE (its master died mid-send), and TABLE_WAIT_MAX after entering BACKUP
+    /// whatever arrives; it is not extended by datagrams without the marks (an older
+    /// master's, a kernel IPVS master's), by a table that comes whole in one datagram, nor
+    /// after entering BACKUP other than from INIT or FAULT.
+    #[test]
+    fn the_start_hold_is_released_by_silence_the_bound_or_leaving_backup() {
+        let t0 = Instant::now();
+        let s_at = |s: u64| t0 + Duration::from_secs(s);
+        let mut one = encode(7, &[sample()]).remove(0);
+        crate::sync::wire::mark_table(&mut one, false);
+        let backup = || {
+            let mut rx = Session::new();
+            rx.on_state(t0, State::Initialize, State::Backup);
+            rx
+        };
+
+        // Silence.
+        let mut rx = backup();
+        rx.receive(s_at(2), 7, &one);
+        assert_eq!(rx.start_hold(s_at(2)), Some(StartHold::Extend));
+        rx.receive(s_at(3), 7, &one);
+        assert_eq!(rx.start_hold(s_at(3)), None);
+        assert_eq!(rx.start_hold(s_at(5) - Duration::from_millis(1)), None);
+        assert_eq!(rx.start_hold(s_at(5)), Some(StartHold::Release(HoldRelease::Silence)));
+        rx.receive(s_at(6), 7, &one);
+        assert_eq!(rx.start_hold(s_at(6)), None, "over");
+
+        // The bound.
+        let mut rx = backup();
+        let mut changes = Vec::new();
+        for i in 1..=TABLE_WAIT_MAX.as_secs() + 5 {
+            rx.receive(s_at(i), 7, &one);
+            changes.extend(rx.start_hold(s_at(i)).map(|c| (i, c)));
+        }
+        let bound = TABLE_WAIT_MAX.as_secs();
+        assert_eq!(
+            changes,
+            vec![(1, StartHold::Extend), (bound, StartHold::Release(HoldRelease::Bound))]
+        );
+
+        // Leaving BACKUP (it became MASTER: the master died) releases; FAULT and BACKUP again
+        // wait afresh.
+        let mut rx = backup();
+        rx.receive(s_at(2), 7, &one);
+        assert_eq!(rx.start_hold(s_at(2)), Some(StartHold::Extend));
+        rx.on_state(s_at(3), State::Backup, State::Fault);
+        assert_eq!(rx.start_hold(s_at(3)), Some(StartHold::Release(HoldRelease::LeftBackup)));
+        rx.on_state(s_at(4), State::Fault, State::Backup);
+        assert_eq!(rx.start_hold(s_at(4)), None);
+        rx.receive(s_at(5), 7, &one);
+        assert_eq!(rx.start_hold(s_at(5)), Some(StartHold::Extend));
+        rx.on_state(s_at(6), State::Backup, State::Fault);
+        rx.on_state(s_at(6), State::Fault, State::Backup);
+        assert_eq!(rx.start_hold(s_at(6)), Some(StartHold::Release(HoldRelease::LeftBackup)));
+
+        // Not extended: unmarked datagrams (an older master), a table whole in one datagram,
+        // kernel IPVS messages, a backup that was MASTER, a datagram of another sync id.
+        let plain = encode(7, &[sample()]).remove(0);
+        let mut whole = plain.clone();
+        crate::sync::wire::mark_table(&mut whole, true);
+        let c = crate::sync::ipvs_wire::IpvsConn::from_entry(&sample(), &Default::default());
+        let ipvs = crate::sync::ipvs_wire::encode(7, &[c.unwrap()]).remove(0);
+        for d in [&plain, &whole, &ipvs] {
+            let mut rx = backup();
+            for i in 1..10 {
+                rx.receive(s_at(i), 7, d);
+                assert_eq!(rx.start_hold(s_at(i)), None);
+            }
+        }
+        let mut rx = backup();
+        rx.receive(s_at(1), 8, &one);
+        assert_eq!(rx.start_hold(s_at(1)), None);
+        let mut rx = master(t0);
+        rx.on_state(s_at(1), State::Master, State::Backup);
+        rx.receive(s_at(2), 7, &one);
+        assert_eq!(rx.start_hold(s_at(2)), None);
     }
 
     /// The budget is in packets on the wire: with the kernel's format (one or two messages a
