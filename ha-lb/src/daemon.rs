@@ -42,9 +42,11 @@ use crate::{
     },
 };
 
-/// With connection sync: how long a director that starts (or leaves FAULT) waits before it
-/// preempts a lower-priority master (see `Daemon::sync_start_hold`): it asks for the table
-/// at its first tick, and the master answers from its next one-second tick.
+/// With connection sync: how long a director that starts (or leaves FAULT) waits at least
+/// before it preempts a lower-priority master (see `Daemon::sync_start_hold`): it asks for
+/// the table at its first tick, and the master answers from its next one-second tick. While
+/// the answer is arriving it waits longer, until it is complete, at most
+/// `sync::session::TABLE_WAIT_MAX`.
 const SYNC_PREEMPT_HOLD: Duration = Duration::from_secs(5);
 
 /// With connection sync: datagrams read per pass of the main loop beyond the first.
@@ -780,6 +782,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             Some(ev) = events_rx.recv() => {
                 let orders = d.on_instance_event(ev);
                 d.send_group_orders(orders).await;
+                d.sync_hold().await;
             }
             Some(u) = track_rx.recv() => { d.on_track(u); d.apply_tracking().await; }
             Some(ev) = health_rx.recv() => d.on_health(ev),
@@ -818,6 +821,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             }
             _ = sync_tick.tick(), if sync_sock.is_some() => {
                 if let Some(s) = &sync_sock { d.sync_send(&s.sock); }
+                d.sync_hold().await;
             }
             r = recv_sync(&sync_sock, &mut sync_buf) => {
                 if let Ok((n, _from)) = r { d.sync_receive(&sync_buf[..n]); }
@@ -828,6 +832,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                         d.sync_receive(&sync_buf[..n]);
                     }
                 }
+                d.sync_hold().await;
             }
             _ = hup.recv() => { let _ = d.reload().await; }
             _ = usr1.recv() => dump_status(&d.status(), &ctl_path, Dump::Text),
@@ -1142,6 +1147,10 @@ impl Daemon {
             },
         );
         for d in &datagrams[..sent] {
+            // The kernel's format has no room for the end mark of a whole-table send.
+            if cfg.protocol == config::SyncProtocol::HaLb && crate::sync::wire::is_table_end(d) {
+                *counters.entry("table_ends_sent").or_default() += 1;
+            }
             let what = if crate::sync::wire::carries_templates(d) {
                 "templates_sent"
             } else {
@@ -1271,6 +1280,9 @@ impl Daemon {
             }
             Received::Import(d) => d,
         };
+        if d.table_end {
+            *self.sync_counters.entry("table_ends_received").or_default() += 1;
+        }
         let Plane::Xdp(x) = &mut self.dataplane else { return };
         let (entries, templates) = (&d.entries, &d.templates);
         // The data path's clock: a last_seen ahead of it would read as long expired.
@@ -1344,14 +1356,13 @@ impl Daemon {
 
     async fn start_instance(&mut self, inst: &VrrpInstance) -> Result<()> {
         let in_group = self.config.sync_group_of(&inst.name).is_some();
-        let handle = instance::start(
-            inst,
-            in_group,
-            self.sync_start_hold(inst),
-            &self.rtnl,
-            self.events_tx.clone(),
-        )
-        .await?;
+        let hold = self.sync_start_hold(inst);
+        let handle =
+            instance::start(inst, in_group, hold, &self.rtnl, self.events_tx.clone()).await?;
+        if !hold.0.is_zero() && self.sync.start_hold_extended() {
+            // Started while the master's whole table is arriving (a reload restarted it).
+            let _ = handle.commands.send(InstanceCommand::ExtendStartHold(true)).await;
+        }
         self.learn_links(inst).await;
         let mut devices = BTreeMap::new();
         for dev in instance_devices(inst) {
@@ -1383,18 +1394,54 @@ impl Daemon {
     /// director has the master's connection table (it asks for it on entering BACKUP) before
     /// it takes the VIPs back: otherwise the connections it does not know are scheduled
     /// afresh — reset. Later preemptions (a master whose tracking failed) are not held;
-    /// `preempt_delay` stays as configured.
-    fn sync_start_hold(&self, inst: &VrrpInstance) -> Duration {
-        let Some(s) = &self.config.global.lvs_sync_daemon else { return Duration::ZERO };
+    /// `preempt_delay` stays as configured. While the master's whole table is arriving the
+    /// hold lasts until it is complete ([`Daemon::sync_hold`]), at most
+    /// `sync::session::TABLE_WAIT_MAX` (the second value: `Config::start_hold_max`).
+    fn sync_start_hold(&self, inst: &VrrpInstance) -> (Duration, Duration) {
+        let none = (Duration::ZERO, Duration::ZERO);
+        let Some(s) = &self.config.global.lvs_sync_daemon else { return none };
         let synced = inst.name == s.vrrp_instance
             || self
                 .config
                 .sync_group_of(&s.vrrp_instance)
                 .is_some_and(|g| g.group.contains(&inst.name));
         if synced && matches!(self.dataplane, Plane::Xdp(_)) {
-            SYNC_PREEMPT_HOLD
+            (SYNC_PREEMPT_HOLD, crate::sync::session::TABLE_WAIT_MAX)
         } else {
-            Duration::ZERO
+            none
+        }
+    }
+
+    /// Connection sync's start hold: tells the instances of the synced group that the
+    /// master's whole table is arriving (their start hold lasts until it is complete), or no
+    /// longer is (see `sync::Session::start_hold`); logs each change once.
+    async fn sync_hold(&mut self) {
+        use crate::sync::session::StartHold;
+        let Some(cfg) = &self.config.global.lvs_sync_daemon else { return };
+        let Some(change) = self.sync.start_hold(std::time::Instant::now()) else { return };
+        let extend = match change {
+            StartHold::Extend => {
+                info!(
+                    vrrp_instance = %cfg.vrrp_instance,
+                    "lvs_sync_daemon: the master's whole table is arriving: preemption held until it is complete (at least {} s, at most {} s after start)",
+                    SYNC_PREEMPT_HOLD.as_secs(),
+                    crate::sync::session::TABLE_WAIT_MAX.as_secs()
+                );
+                true
+            }
+            StartHold::Release(why) => {
+                info!(
+                    vrrp_instance = %cfg.vrrp_instance,
+                    reason = why.as_str(),
+                    "lvs_sync_daemon: start hold released: {why}"
+                );
+                false
+            }
+        };
+        for r in self.instances.values() {
+            if !self.sync_start_hold(&r.cfg).0.is_zero() {
+                let _ = r.handle.commands.send(InstanceCommand::ExtendStartHold(extend)).await;
+            }
         }
     }
 

@@ -127,6 +127,74 @@ fn established_connections_survive_a_failover_with_lvs_sync_daemon() {
     eventually(Duration::from_secs(3), "d2 released them", || !holds_both_vips(&n2))
         .unwrap_or_else(|e| panic!("{e}\n{}\n{}", d2.log_text(), d1.log_text()));
     still_served(&mut conns, &names, "after the fail-back", &|| d1.log_text());
+    // d2 marked the end of its whole-table answer, and d1 saw it (its start hold waits for
+    // that end when the table takes longer than the 5 s to arrive).
+    assert!(sync_counter(&d2, "table_ends_sent") >= 1, "{}", d2.log_text());
+    assert!(sync_counter(&d1, "table_ends_received") >= 1, "{}", d1.log_text());
+}
+
+/// A restarted higher-priority director held its preemption a fixed 5 s after start, however
+/// much of the master's table was still arriving (more than ~40,000 connections). It holds it
+/// while a whole-table send is arriving, until its end mark — end to end through the daemon
+/// and its instances. Here the send is played by hand: d2's own datagrams are dropped on
+/// their way into d1's node, and marked datagrams are sent on d1's node (looped back to it).
+#[test]
+fn a_restarted_director_holds_its_preemption_until_the_table_is_complete() {
+    let Pair { mut t, _pids, s, vs, n1, n2, d1, d2: _d2 } = pair("hsync", "lb_algo = \"rr\"");
+    crash(&mut t, &d1);
+    eventually(Duration::from_secs(3), "d2 holds both VIPs", || holds_both_vips(&n2)).unwrap();
+    n1.sh("nft add table inet hold && \
+         nft add chain inet hold in '{ type filter hook input priority 0; }' && \
+         nft add rule inet hold in ip saddr 198.19.0.2 udp dport 8848 drop")
+        .unwrap();
+    n1.ip(&["link", "set", "eth0", "up"]).unwrap();
+    n1.ip(&["link", "set", "eth1", "up"]).unwrap();
+    let d1 = HaLb::start(&mut t.lab, &n1, &s, "d1b", &conf(1, 2, 150, &vs)).unwrap();
+    eventually(Duration::from_secs(5), "d1 BACKUP", || {
+        d1.state("VI_GATEWAY").as_deref() == Some("BACKUP")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d1.log_text()));
+    let entry = |i: u16| ha_lb::sync::SyncEntry {
+        protocol: ha_lb::config::Protocol::Tcp,
+        lb_kind: ha_lb::config::LbKind::Nat,
+        client: std::net::SocketAddr::new([198, 18, 0, 77].into(), 40_000 + i),
+        vip: vip(),
+        real_server: "198.19.0.11:80".parse().unwrap(),
+        idle_secs: 0,
+        closed: false,
+    };
+    let marked = |i: u16, end: bool| {
+        let mut d = ha_lb::sync::encode(52, &[entry(i)]).remove(0);
+        ha_lb::sync::wire::mark_table(&mut d, end);
+        d
+    };
+    // 10 s of a whole-table send, a datagram every 400 ms: d1 does not preempt.
+    let start = std::time::Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(10) {
+        send_from(&n1, 1, "224.0.0.81:8848", &marked(i, false));
+        i += 1;
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(
+            d1.state("VI_GATEWAY").as_deref(),
+            Some("BACKUP"),
+            "after {:?}\n{}",
+            start.elapsed(),
+            d1.log_text()
+        );
+    }
+    assert!(holds_both_vips(&n2));
+    // Its end: d1 preempts.
+    send_from(&n1, 1, "224.0.0.81:8848", &marked(i, true));
+    eventually(Duration::from_secs(5), "d1 MASTER with both VIPs", || {
+        d1.state("VI_GATEWAY").as_deref() == Some("MASTER")
+            && d1.state("VI_PUBLIC").as_deref() == Some("MASTER")
+            && holds_both_vips(&n1)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d1.log_text()));
+    let log = d1.log_text();
+    assert!(log.contains("the master's whole table is arriving"), "{log}");
+    assert!(log.contains("start hold released: the master's whole table has arrived"), "{log}");
 }
 
 /// Persistence templates (`LB_PERSIST`) are synced with the connections: six client

@@ -61,6 +61,9 @@ pub enum InstanceCommand {
     LeaveSyncGroup,
     /// A reload changed what changes in place ([`InPlace`]): the state stays.
     Reconfigure(Box<InPlace>),
+    /// Connection sync: the master's whole table is arriving, or no longer is
+    /// ([`Machine::extend_start_hold`]).
+    ExtendStartHold(bool),
 }
 
 /// What a reload changes in a running instance without re-running its election (as
@@ -201,6 +204,7 @@ async fn run<T: VrrpTransport, V: VipManager>(
                 }
                 Some(InstanceCommand::LeaveSyncGroup) => p.machine.leave_sync_group(Instant::now()),
                 Some(InstanceCommand::Reconfigure(c)) => reconfigure(&mut p, *c).await,
+                Some(InstanceCommand::ExtendStartHold(e)) => p.machine.extend_start_hold(e),
             },
         }
     }
@@ -369,11 +373,12 @@ fn rx_options(inst: &crate::config::VrrpInstance) -> RxOptions {
 /// Resolves a configured `vrrp_instance` against the host (interfaces, source address) and
 /// starts it: raw socket, VIP manager, GARP/NA driver and the instance task. A member of a
 /// sync group (`in_sync_group`) becomes MASTER only with its group ([`super::sync_group`]).
-/// `start_hold`: see [`super::machine::Config::start_hold`].
+/// `start_hold`: the minimum and the bound of its start hold, see
+/// [`super::machine::Config::start_hold`] and [`super::machine::Config::start_hold_max`].
 pub async fn start(
     inst: &crate::config::VrrpInstance,
     in_sync_group: bool,
-    start_hold: std::time::Duration,
+    start_hold: (std::time::Duration, std::time::Duration),
     rtnl: &super::vip::Rtnl,
     events: mpsc::Sender<InstanceEvent>,
 ) -> anyhow::Result<InstanceHandle> {
@@ -426,7 +431,7 @@ pub async fn start(
     mc.advert_int_cs = (inst.advert_int.as_millis() / 10).clamp(1, u16::MAX as u128) as u16;
     mc.nopreempt = inst.nopreempt;
     mc.preempt_delay = inst.preempt_delay;
-    mc.start_hold = start_hold;
+    (mc.start_hold, mc.start_hold_max) = start_hold;
     mc.unicast_peers = inst.unicast_peer.clone();
     mc.auth = match &inst.authentication {
         Some(Authentication::Pass(p)) => Auth::password(p),
