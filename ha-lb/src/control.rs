@@ -127,6 +127,30 @@ async fn ask(tx: &mpsc::Sender<Incoming>, req: Request, timeout: Duration) -> Re
     })
 }
 
+/// The name of the abstract Unix socket a daemon holds for its lifetime
+/// ([`claim_namespace`]). Abstract names belong to the network namespace.
+const NAMESPACE_LOCK: &[u8] = b"ha-lb/daemon";
+
+/// Claims this network namespace for one daemon: binds the abstract Unix socket
+/// [`NAMESPACE_LOCK`] (its name lives in the network namespace, and the kernel drops it when
+/// the process dies, crash included, so nothing stale can be left). Refused when another
+/// ha-lb holds it — whatever its control socket: two daemons in one namespace would run the
+/// same VRIDs and take each other's VIPs away (a second one removes the addresses it finds of
+/// its instances at start, and all of them at stop). Keep the returned socket open.
+pub fn claim_namespace() -> Result<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(NAMESPACE_LOCK)?;
+    match std::os::unix::net::UnixListener::bind_addr(&addr) {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "another ha-lb is already running in this network namespace (its control socket \
+             may be another file); two would fight over the same VRRP instances and VIPs: \
+             stop it first, or run this one in its own network namespace"
+        ),
+        Err(e) => Err(e).context("claiming the network namespace (abstract socket @ha-lb/daemon)"),
+    }
+}
+
 /// Binds the control socket at `path` (root-only), replacing a stale one and refusing when
 /// another daemon answers there: the first thing `run` does, before it touches VIPs or a
 /// data plane.

@@ -679,6 +679,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     // Bind first: a second daemon on the same socket must fail before touching anything
     // (opening a data plane adopts, and on failure removes, what the running one programmed).
     let ctl_path = config.global.control_socket.clone();
+    // One daemon per network namespace, whatever its control socket (held until exit).
+    let _namespace = control::claim_namespace()?;
     let listener = control::bind(&ctl_path).context("control socket")?;
     // VIPs a crashed run added (and this configuration may no longer name) go first.
     let rtnl = rtnl.with_vip_ledger(crate::vrrp::vip::vip_ledger_path(&ctl_path)).await;

@@ -566,4 +566,22 @@ fn a_second_daemon_is_refused_before_touching_the_data_plane() {
     assert_eq!(d.state("VI_PUBLIC").as_deref(), Some("MASTER"));
     let m = spread(&t.client, 6);
     assert_eq!(names(&m), ["rs1", "rs2"], "{m:?}");
+
+    // Found by an operator trial: a second daemon with another control socket (another file
+    // for the same host) was not refused; with the TC hook it started, removed the running
+    // master's VIPs as stale and ran the same VRIDs. One daemon per network namespace.
+    let line = config.lines().find(|l| l.starts_with("control_socket")).unwrap();
+    let other = config
+        .replace(line, &format!("control_socket = \"{}\"", s.dir.join("other.sock").display()))
+        .replace("dataplane = \"xdp\"", "dataplane = \"tc\"");
+    assert_ne!(other, config);
+    let third = HaLb::start(&mut t.lab, &n, &s, "other", &other).unwrap();
+    let st = t.lab.wait(third.pid, Duration::from_secs(5)).unwrap();
+    assert!(!st.success(), "a daemon with another control socket must fail too");
+    let log = third.log_text();
+    assert!(log.contains("already running in this network namespace"), "{log}");
+    assert!(holds_both_vips(&n), "the running master's VIPs stay");
+    assert_eq!(d.state("VI_PUBLIC").as_deref(), Some("MASTER"));
+    let m = spread(&t.client, 6);
+    assert_eq!(names(&m), ["rs1", "rs2"], "{m:?}");
 }
