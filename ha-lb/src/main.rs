@@ -84,6 +84,24 @@ enum Cmd {
         #[command(flatten)]
         daemon: DaemonSocket,
     },
+    /// Remove what a daemon that died without stopping (kill -9, a crash, the OOM killer)
+    /// left behind that would hurt: with `dataplane = "xdp"` and virtual servers, its VIPs
+    /// (from the ledger beside its control socket) — its forwarding program went with it, so
+    /// they would draw traffic only for the kernel to reset while a backup takes over. With
+    /// `tc` or `ipvs` the forwarding outlives the process (as keepalived's IPVS does) and with
+    /// `none` the VIPs serve local services: they stay until the daemon is back (`--all`
+    /// removes them anyway). `ha-lb run` does the same at its start. For the systemd unit's
+    /// `ExecStopPost=` (`conf/ha-lb.service`); refused while a daemon runs in this network
+    /// namespace. Exit status 0 when nothing is left to remove.
+    Cleanup {
+        /// The configuration file the daemon ran with (its data plane and control socket).
+        #[arg(short, long, visible_short_alias = 'f', visible_alias = "use-file", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Remove the VIPs whatever the data plane (also when the file cannot be read: its
+        /// `control_socket` alone is used then).
+        #[arg(long)]
+        all: bool,
+    },
     /// Ask the running daemon to reload its configuration (same as SIGHUP), and report
     /// whether it was applied or rejected. Exit status 0: applied; 1: rejected (the running
     /// configuration stays) or the daemon could not be asked; 2: applied, but tracked scripts
@@ -162,6 +180,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Cleanup { config, all } => cleanup(&config, all),
         Cmd::Check { config, files, host } => {
             let files = if files.is_empty() { vec![config] } else { files };
             let mut status = ExitCode::SUCCESS;
@@ -266,6 +285,82 @@ fn main() -> ExitCode {
 }
 
 /// Lists on stderr the tracked scripts a reload disabled, under one heading.
+/// `ha-lb cleanup`.
+fn cleanup(file: &std::path::Path, all: bool) -> ExitCode {
+    // Proves that no daemon runs here (held until we are done).
+    let _namespace = match control::claim_namespace() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ha-lb cleanup: {e:#}; nothing removed");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (socket, remove) = match config::load(file) {
+        Ok(c) => {
+            let forwards = c.global.dataplane == config::Dataplane::Xdp
+                && !c.virtual_servers.is_empty()
+                && !c.vrrp_instances.is_empty();
+            if !forwards && !all {
+                println!(
+                    "ha-lb cleanup: dataplane {:?}{}: VIPs left in place (they serve until the daemon is back; --all removes them)",
+                    c.global.dataplane.as_str(),
+                    if c.global.dataplane == config::Dataplane::Xdp { " without virtual servers" } else { "" },
+                );
+            }
+            (c.global.control_socket.clone(), forwards || all)
+        }
+        Err(e) if all => {
+            eprintln!("{e}");
+            match control::socket_of_config(file) {
+                Ok(s) => (s, true),
+                Err(e) => {
+                    eprintln!("ha-lb cleanup: reading {}: {e}; nothing removed", file.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!(
+                "ha-lb cleanup: {} has errors: its data plane is unknown; nothing removed (--all removes the VIPs anyway)",
+                file.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    // A socket file nobody answers on is the dead daemon's.
+    if socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        let _ = std::fs::remove_file(&socket);
+    }
+    if !remove {
+        return ExitCode::SUCCESS;
+    }
+    let ledger = ha_lb::vrrp::vip::vip_ledger_path(&socket);
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ha-lb cleanup: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(ha_lb::vrrp::vip::remove_ledgered_vips(&ledger)) {
+        Ok(removed) if removed.is_empty() => {
+            println!("ha-lb cleanup: no VIP left behind ({})", ledger.display());
+            ExitCode::SUCCESS
+        }
+        Ok(removed) => {
+            for v in &removed {
+                println!("ha-lb cleanup: removed VIP {v}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ha-lb cleanup: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn print_disabled(disabled: &[String]) {
     if disabled.is_empty() {
         return;

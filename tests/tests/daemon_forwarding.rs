@@ -585,3 +585,57 @@ fn a_second_daemon_is_refused_before_touching_the_data_plane() {
     let m = spread(&t.client, 6);
     assert_eq!(names(&m), ["rs1", "rs2"], "{m:?}");
 }
+
+/// Found by an operator trial: a master killed with kill -9 (its links up) kept its VIPs
+/// while its forwarding program went with the process; once the backup had taken over, a
+/// client whose neighbour entry resolved to the dead master got its connections reset.
+/// `ha-lb cleanup` (the systemd unit's `ExecStopPost=`) removes them: every new resolution
+/// then finds the backup, and each request is answered. It refuses to run beside a daemon.
+#[test]
+fn cleanup_after_a_crash_removes_the_dead_masters_vips() {
+    let mut t = DirectorLab::build(Mode::Nat, 2, 3).unwrap();
+    t.start_real_servers().unwrap();
+    let s = Scratch::new("dclean").unwrap();
+    let (d1, d2) = pair_with(&mut t, &s, "xdp");
+    let bin = ha_lb_lab::topology::bin_path("ha-lb").unwrap();
+    let cleanup = |d: &HaLb| {
+        let out = d
+            .node
+            .command(bin.to_str().unwrap())
+            .arg("cleanup")
+            .arg("-c")
+            .arg(&d.config)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    // Beside a running daemon: refused, nothing removed.
+    let (ok, text) = cleanup(&d1);
+    assert!(!ok && text.contains("already running in this network namespace"), "{text}");
+    assert!(holds_both_vips(&d1.node));
+
+    t.lab.kill(d1.pid);
+    eventually(Duration::from_secs(10), "d2 MASTER", || {
+        d2.state("VI_PUBLIC").as_deref() == Some("MASTER") && holds_both_vips(&d2.node)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d2.log_text()));
+    assert!(holds_both_vips(&d1.node), "kill -9 leaves the VIPs behind");
+
+    let (ok, text) = cleanup(&d1);
+    assert!(ok, "{text}");
+    assert!(text.contains(&format!("removed VIP {VIP_S}/")), "{text}");
+    assert!(!holds(&d1.node, "eth0", VIP_S) && !holds(&d1.node, "eth1", GW_S), "{text}");
+    for i in 0..10 {
+        t.client.ip(&["neigh", "flush", "all"]).unwrap();
+        ha_lb_lab::topology::http_get(&t.client, vip(), Duration::from_millis(1000))
+            .unwrap_or_else(|e| panic!("request {i} after a fresh resolution: {e}"));
+    }
+    // Again: nothing left.
+    let (ok, text) = cleanup(&d1);
+    assert!(ok && text.contains("no VIP left behind"), "{text}");
+}

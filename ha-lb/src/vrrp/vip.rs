@@ -792,6 +792,21 @@ impl VipLedger {
     }
 }
 
+/// `ha-lb cleanup`: removes the VIPs recorded in the ledger at `path` that are still on the
+/// host, as a daemon's start does after a crash ([`Rtnl::with_vip_ledger`]); returns them.
+/// Call it only when no daemon runs with that ledger.
+pub async fn remove_ledgered_vips(path: &Path) -> Result<Vec<VirtualIpAddress>, VipError> {
+    let rtnl = Rtnl::new().map_err(|e| VipError::Netlink {
+        op: "open",
+        what: "rtnetlink".into(),
+        source: e,
+    })?;
+    let names = rtnl.link_names().await?;
+    let ledger = Arc::new(VipLedger::open(path.to_path_buf()));
+    let rtnl = Rtnl { ledger: Some(ledger.clone()), ..rtnl };
+    Ok(ledger.remove_leftovers(&rtnl, &names).await)
+}
+
 fn write_vip_ledger(path: &Path, entries: &BTreeSet<LedgerEntry>) -> io::Result<()> {
     let mut text = String::from("# virtual addresses ha-lb added (address/prefix dev device)\n");
     for e in entries {
