@@ -820,6 +820,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 let _ = d.reconcile("retry");
                 d.ipvs_sync_role();
                 d.retry_failed_starts().await;
+                for r in d.instances.values() {
+                    let _ = r.handle.commands.try_send(InstanceCommand::RestoreVips);
+                }
             }
             _ = sync_tick.tick(), if sync_sock.is_some() => {
                 if let Some(s) = &sync_sock { d.sync_send(&s.sock); }

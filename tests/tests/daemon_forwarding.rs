@@ -639,3 +639,28 @@ fn cleanup_after_a_crash_removes_the_dead_masters_vips() {
     let (ok, text) = cleanup(&d1);
     assert!(ok && text.contains("no VIP left behind"), "{text}");
 }
+
+/// Found by an operator trial: a VIP removed by something else (`ip addr del`, a network
+/// manager reconfiguring the interface) went unnoticed — the master advertised on and
+/// `ha-lb status` showed it held, while the VIP no longer answered. The housekeeping (every
+/// 5 s) puts it back, says so in the log, and the VIP answers again.
+#[test]
+fn a_held_vip_removed_by_someone_else_is_put_back() {
+    let mut t = DirectorLab::build(Mode::Nat, 1, 2).unwrap();
+    t.start_real_servers().unwrap();
+    let s = Scratch::new("drestore").unwrap();
+    let rss: Vec<String> = (1..=2).map(|n| real_server(n, 1, "", None)).collect();
+    let d = single_director(&mut t, &s, &virtual_server("lb_algo = \"rr\"", &rss));
+    let n = t.directors[0].clone();
+    let line = n.sh("ip -o addr show dev eth0").unwrap();
+    let cidr = line.split_whitespace().find(|w| w.starts_with(&format!("{VIP_S}/"))).unwrap();
+    n.ip(&["addr", "del", cidr, "dev", "eth0"]).unwrap();
+    assert!(!holds(&n, "eth0", VIP_S));
+    eventually(Duration::from_secs(8), "the VIP back on eth0", || holds(&n, "eth0", VIP_S))
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    assert!(d.log_text().contains("removed from the host by something else: added again"));
+    assert_eq!(d.state("VI_PUBLIC").as_deref(), Some("MASTER"));
+    t.client.ip(&["neigh", "flush", "all"]).unwrap();
+    let m = spread(&t.client, 4);
+    assert_eq!(names(&m), ["rs1", "rs2"], "{m:?}");
+}

@@ -61,6 +61,9 @@ pub enum InstanceCommand {
     LeaveSyncGroup,
     /// A reload changed what changes in place ([`InPlace`]): the state stays.
     Reconfigure(Box<InPlace>),
+    /// Housekeeping: put back the VIPs someone else removed while they are held
+    /// ([`restore_vips`]).
+    RestoreVips,
     /// Connection sync: the master's whole table is arriving, or no longer is
     /// ([`Machine::extend_start_hold`]).
     ExtendStartHold(bool),
@@ -205,6 +208,7 @@ async fn run<T: VrrpTransport, V: VipManager>(
                 Some(InstanceCommand::LeaveSyncGroup) => p.machine.leave_sync_group(Instant::now()),
                 Some(InstanceCommand::Reconfigure(c)) => reconfigure(&mut p, *c).await,
                 Some(InstanceCommand::ExtendStartHold(e)) => p.machine.extend_start_hold(e),
+                Some(InstanceCommand::RestoreVips) => restore_vips(&mut p).await,
             },
         }
     }
@@ -241,6 +245,44 @@ fn on_timeout<T: VrrpTransport>(name: &str, t: &T, machine: &mut Machine, opts: 
         }
     }
     machine.handle_timeout(Instant::now());
+}
+
+/// While the VIPs are held, puts back those something else removed from the host
+/// (NetworkManager or systemd-networkd reconfiguring the interface, an `ip addr del`): the
+/// instance would go on advertising itself as master of addresses no longer there, and
+/// `ha-lb status` would show them held. keepalived does not notice (its issue #534). Each
+/// one is logged and, once back, announced again. Called from the daemon's housekeeping.
+async fn restore_vips<T: VrrpTransport, V: VipManager>(p: &mut InstanceParts<T, V>) {
+    if !p.machine.holds_vips() {
+        return;
+    }
+    let present = match p.vip_manager.list(None).await {
+        Ok(a) => a,
+        Err(e) => {
+            debug!(vrrp_instance = %p.name, error = %e, "listing addresses to check the VIPs failed");
+            return;
+        }
+    };
+    let mut restored = false;
+    for (vip, iface) in &p.vips {
+        let here = present.iter().any(|a| {
+            a.ifindex == iface.index && a.addr == vip.addr && a.prefix_len == vip.prefix_len
+        });
+        if here {
+            continue;
+        }
+        warn!(vrrp_instance = %p.name, vip = %vip, interface = %iface.name, "a held virtual address was removed from the host by something else: added again");
+        match p.vip_manager.add(vip, iface).await {
+            Ok(()) => restored = true,
+            Err(e) => {
+                error!(vrrp_instance = %p.name, vip = %vip, interface = %iface.name, error = %e, "adding virtual address failed")
+            }
+        }
+    }
+    if restored && p.machine.state() == State::Master {
+        let vips = p.vips.iter().map(|(v, on)| (v.addr, on.index)).collect();
+        let _ = p.garp.send(GarpCommand::BecomeMaster(vips)).await;
+    }
 }
 
 /// A reload's in-place change: while the VIPs are held, those no longer configured go and

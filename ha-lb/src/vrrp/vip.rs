@@ -1021,17 +1021,29 @@ impl VipManager for Rtnl {
     }
 
     async fn list(&self, ifindex: Option<u32>) -> Result<Vec<InterfaceAddress>, VipError> {
-        let mut req = self.handle.address().get();
-        if let Some(i) = ifindex {
-            req = req.set_link_index_filter(i);
+        // One dump at a time per netlink socket, which the instances share: another's dump in
+        // progress answers EBUSY. Tried again a few times, briefly.
+        let mut tries = 0;
+        loop {
+            let mut req = self.handle.address().get();
+            if let Some(i) = ifindex {
+                req = req.set_link_index_filter(i);
+            }
+            match req.execute().try_collect::<Vec<AddressMessage>>().await.map_err(nl_io) {
+                Ok(msgs) => return Ok(msgs.iter().filter_map(parse_address).collect()),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 20 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(e) => {
+                    return Err(VipError::Netlink {
+                        op: "list addresses",
+                        what: ifindex.map_or("of all links".into(), |i| format!("of link {i}")),
+                        source: e,
+                    })
+                }
+            }
         }
-        let msgs: Vec<AddressMessage> =
-            req.execute().try_collect().await.map_err(|e| VipError::Netlink {
-                op: "list addresses",
-                what: ifindex.map_or("of all links".into(), |i| format!("of link {i}")),
-                source: nl_io(e),
-            })?;
-        Ok(msgs.iter().filter_map(parse_address).collect())
     }
 }
 
