@@ -32,7 +32,8 @@ enum Cmd {
     /// CAP_NET_ADMIN, CAP_NET_RAW (and CAP_BPF for dataplane xdp/tc). Does not fork; no pid
     /// file.
     Run {
-        /// Configuration file: ha-lb TOML (`*.toml`) or keepalived.conf (any other name).
+        /// Configuration file: ha-lb TOML (`*.toml`, or starting with a `[table]`) or
+        /// keepalived.conf.
         /// `-f`/`--use-file` as keepalived spells it.
         #[arg(short, long, visible_short_alias = 'f', visible_alias = "use-file", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
@@ -43,9 +44,10 @@ enum Cmd {
     },
     /// Check a configuration file, like `keepalived -t`: prints every error as
     /// `file:line:col: message`; exit status 0 when valid, 1 when not. A file whose name
-    /// does not end in `.toml` is read as keepalived.conf (as by `run` and `reload`).
+    /// does not end in `.toml` is read as keepalived.conf unless its first line (blank lines
+    /// and comments aside) is a `[table]` header (as by `run` and `reload`).
     Check {
-        /// The configuration file (keepalived.conf when its name does not end in `.toml`).
+        /// The configuration file (TOML when named `*.toml` or starting with a `[table]`).
         /// `-f`/`--use-file` as keepalived spells it.
         #[arg(short, long, visible_short_alias = 'f', visible_alias = "use-file", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
@@ -66,7 +68,7 @@ enum Cmd {
     /// `ha-lb check` accepts) to stdout, every resolved value written out. The file is
     /// validated first: with errors, they are printed as by `check` and nothing else.
     Convert {
-        /// keepalived.conf (a name not ending in `.toml`) or ha-lb TOML.
+        /// keepalived.conf or ha-lb TOML (named `*.toml` or starting with a `[table]`).
         file: PathBuf,
         /// keepalived.conf: leave out keywords for features ha-lb lacks that do not decide
         /// VIPs, health or forwarding (e-mail alerts, SNMP/D-Bus, notify FIFOs, vrrp_strict,

@@ -53,8 +53,9 @@ fn load_picks_the_front_end_by_file_name() {
     assert!(config::is_toml(Path::new("/etc/ha-lb/ha-lb.toml")));
     assert!(!config::is_toml(Path::new("/etc/keepalived/keepalived.conf")));
     assert!(!config::is_toml(Path::new("keepalived")));
-    // keepalived text in a .toml file is a TOML syntax error, and TOML in a .conf file is
-    // keepalived syntax with unknown keywords: the name decides, nothing guesses.
+    // keepalived text in a .toml file is a TOML syntax error: a `.toml` name decides. Under
+    // another name a file whose first significant line is a table header is TOML (see
+    // `config::looks_like_toml`); keepalived's reader, given TOML, finds unknown keywords.
     let e = config::load(&repo().join("conf/dr-service.toml")).map(|_| ());
     assert!(e.is_ok());
     let e =
@@ -63,6 +64,20 @@ fn load_picks_the_front_end_by_file_name() {
         e.errors[0].to_string(),
         "k.conf:1:1: unknown keyword \"[global]\" in the top level; allowed keywords: global_defs, vrrp_script, track_file, vrrp_track_file, vrrp_instance, vrrp_sync_group, virtual_server_group, virtual_server"
     );
+}
+
+#[test]
+fn a_toml_file_under_another_name_loads_as_toml() {
+    let dir = std::env::temp_dir().join(format!("ha-lb-toml-name-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(repo().join("conf/dr-service.toml")).unwrap();
+    for name in ["ha-lb.toml.new", ".ha-lb.toml.swp", "ha-lb.conf"] {
+        let f = dir.join(name);
+        std::fs::write(&f, &text).unwrap();
+        assert!(config::is_toml(&f), "{name}");
+        config::load(&f).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
