@@ -1012,6 +1012,13 @@ impl VipManager for Rtnl {
                 self.forget(vip, iface);
                 Ok(())
             }
+            // The device was deleted, and its addresses with it: nothing left to remove, an
+            // expected event (the link watcher reports the deletion), not an error.
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                tracing::debug!(vip = %vip, interface = %iface.name, "virtual address gone with its deleted device");
+                self.forget(vip, iface);
+                Ok(())
+            }
             Err(source) => Err(VipError::Netlink {
                 op: "remove address",
                 what: format!("{vip} on {}", iface.name),
