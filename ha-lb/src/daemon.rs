@@ -139,6 +139,45 @@ impl Plane {
     }
 }
 
+/// The control socket file this run bound: removed when the run ends — a clean stop or a
+/// start-up that failed after binding — unless it is no longer ours (another daemon bound
+/// the path since: a different inode).
+struct OwnSocketFile {
+    path: PathBuf,
+    id: Option<(u64, u64)>,
+}
+
+impl OwnSocketFile {
+    fn new(path: &std::path::Path) -> OwnSocketFile {
+        OwnSocketFile { path: path.to_path_buf(), id: Self::id_of(path) }
+    }
+
+    fn id_of(path: &std::path::Path) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+}
+
+impl Drop for OwnSocketFile {
+    fn drop(&mut self) {
+        if self.id.is_some() && Self::id_of(&self.path) == self.id {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Whether a vrrp_instance's start failure `e` cannot heal by waiting: the VRRP machine
+/// refused its configuration (`vrrp::machine::ConfigError`), which only an edit changes —
+/// except a unicast peer equal to the source address, which may come from the interface.
+/// Everything else (an interface without an address or not found, a socket that could not
+/// be opened) depends on the host, so the instance is tried again.
+fn start_cannot_heal(e: &anyhow::Error) -> bool {
+    use crate::vrrp::machine::ConfigError;
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<ConfigError>())
+        .any(|c| *c != ConfigError::PeerIsSelf)
+}
+
 /// Interfaces the XDP forwarding program goes on: every VRRP instance's interface and the
 /// devices its VIPs live on, excluded ones included (where service traffic arrives, and —
 /// with NAT — where real servers' replies come back through the gateway VIP).
@@ -526,16 +565,18 @@ async fn recv_sync(
 /// Loads the configuration at `path` for this host: every interface it names must exist
 /// (errors at their `file:line:col`, as any configuration error).
 pub fn load_here(path: &std::path::Path) -> Result<config::Loaded, config::ConfigErrors> {
-    load_here_with(path, &can_run, &[])
+    load_here_with(path, &can_run, &[], None)
 }
 
 /// [`load_here`] with `can_run`, and `held`: addresses that are not the host's own for the
 /// check (the running configuration's VIPs on a reload: whether this node holds them now
-/// must not decide).
+/// must not decide); on a reload, `running`: the running `[global]`, whose keys that need a
+/// restart must not change ([`config::Host::running`]).
 fn load_here_with(
     path: &std::path::Path,
     can_run: &config::CanRun,
     held: &[std::net::IpAddr],
+    running: Option<&config::Global>,
 ) -> Result<config::Loaded, config::ConfigErrors> {
     let own: Vec<std::net::IpAddr> =
         own_addresses().into_iter().filter(|a| !held.contains(a)).collect();
@@ -545,6 +586,7 @@ fn load_here_with(
             has_interface: &|name: &str| crate::bpf::ifindex_of(name).is_some(),
             is_own_address: &|a| own.contains(&a),
             can_run,
+            running,
         }),
     )
 }
@@ -642,8 +684,9 @@ impl std::fmt::Display for ReloadError {
 fn load_here_logged(
     path: &std::path::Path,
     held: &[std::net::IpAddr],
+    running: Option<&config::Global>,
 ) -> Result<(Config, Vec<String>), config::ConfigErrors> {
-    let loaded = load_here_with(path, &|_, _| Ok(()), held)?;
+    let loaded = load_here_with(path, &|_, _| Ok(()), held, running)?;
     for w in &loaded.warnings {
         warn!("{w}");
     }
@@ -656,7 +699,7 @@ fn load_here_logged(
 /// `file:line:col` message.
 pub async fn run(config_path: PathBuf) -> Result<()> {
     let (config, scripts_not_runnable) =
-        load_here_logged(&config_path, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
+        load_here_logged(&config_path, &[], None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let config = Arc::new(config);
     // CAP_BPF only for the eBPF planes (the others leave the VRRP filter out without it).
     // (xdp / tc without a vrrp_instance load nothing: see the data plane below.)
@@ -682,6 +725,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     // One daemon per network namespace, whatever its control socket (held until exit).
     let _namespace = control::claim_namespace()?;
     let listener = control::bind(&ctl_path).context("control socket")?;
+    // Removed when `run` returns, a failed start-up included, if still ours.
+    let _socket_file = OwnSocketFile::new(&ctl_path);
     // VIPs a crashed run added (and this configuration may no longer name) go first.
     let rtnl = rtnl.with_vip_ledger(crate::vrrp::vip::vip_ledger_path(&ctl_path)).await;
 
@@ -756,10 +801,17 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     d.scripts_not_runnable = scripts_not_runnable;
     let _ = d.reconcile("start-up");
     d.attach_filter();
+    // An instance that cannot start for a host condition that may change (its interface has
+    // no address yet: DHCP not done at boot) is tried again from housekeeping, as after a
+    // reload, and the others run (keepalived starts such an instance in FAULT). Only a
+    // configuration the VRRP machine refuses, which waiting cannot heal, ends the start-up.
     for inst in config.vrrp_instances.clone() {
         if let Err(e) = d.start_instance(&inst).await {
-            d.stop_all(tokio::sync::watch::channel(true).1).await;
-            return Err(e);
+            if start_cannot_heal(&e) {
+                d.stop_all(tokio::sync::watch::channel(true).1).await;
+                return Err(e);
+            }
+            d.retry_start_later(&inst, &e);
         }
     }
     d.start_track_tasks();
@@ -875,7 +927,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     })
     .await;
     ctl.abort();
-    let _ = std::fs::remove_file(&ctl_path);
+    drop(_socket_file);
     info!("ha-lb stopped");
     Ok(())
 }
@@ -1859,7 +1911,7 @@ impl Daemon {
             reason = %ev.reason,
             "real server health changed"
         );
-        if self.reconciler.on_health(&ev.vs, ev.rs, ev.up, ev.weight) {
+        if self.reconciler.on_health(&ev.vs, ev.rs, ev.up, ev.weight, &ev.reason) {
             let _ = self.reconcile("health");
         }
     }
@@ -1940,7 +1992,10 @@ impl Daemon {
         let held: Vec<std::net::IpAddr> = (self.config.vrrp_instances.iter())
             .flat_map(|i| i.all_vips().map(|v| v.addr))
             .collect();
-        let (new, scripts_not_runnable) = match load_here_logged(&self.config_path, &held) {
+        // `dataplane`, `control_socket` and `lvs_sync_daemon` need a restart: a change is an
+        // error at the key, as any other (`config::Host::running`).
+        let running = &self.config.global;
+        let (new, scripts_not_runnable) = match load_here_logged(&self.config_path, &held, Some(running)) {
             Ok((c, s)) => (Arc::new(c), s),
             Err(e) => {
                 self.reloads_rejected += 1;
@@ -1951,16 +2006,6 @@ impl Daemon {
                 return Err(ReloadError::Rejected(e.to_string()));
             }
         };
-        if new.global.dataplane != self.config.global.dataplane
-            || new.global.control_socket != self.config.global.control_socket
-            || new.global.lvs_sync_daemon != self.config.global.lvs_sync_daemon
-        {
-            self.reloads_rejected += 1;
-            let m = "changing `dataplane`, `control_socket` or `lvs_sync_daemon` needs a restart; reload rejected"
-                .to_string();
-            error!("{m}");
-            return Err(ReloadError::Rejected(m));
-        }
         // The data plane must be able to take the new services: asked before anything
         // changes, so a refusal leaves the running configuration whole.
         // What the apply will be given: the new services with the health known now, and
@@ -2220,12 +2265,17 @@ impl Daemon {
                 self.start_failed.remove(&inst.name);
                 self.start_errors.remove(&inst.name);
             }
-            Err(e) => {
-                self.start_errors.insert(inst.name.clone(), format!("{e:#}"));
-                if self.start_failed.insert(inst.name.clone()) {
-                    error!(vrrp_instance = %inst.name, error = %format!("{e:#}"), "starting vrrp_instance failed; retrying every 5 s");
-                }
-            }
+            Err(e) => self.retry_start_later(inst, &e),
+        }
+    }
+
+    /// `inst` could not start (`e`): it is tried again from housekeeping
+    /// ([`Self::retry_failed_starts`]), its reason shown by `status` until it starts; logged
+    /// once.
+    fn retry_start_later(&mut self, inst: &VrrpInstance, e: &anyhow::Error) {
+        self.start_errors.insert(inst.name.clone(), format!("{e:#}"));
+        if self.start_failed.insert(inst.name.clone()) {
+            error!(vrrp_instance = %inst.name, error = %format!("{e:#}"), "starting vrrp_instance failed; retrying every 5 s");
         }
     }
 
@@ -2416,6 +2466,7 @@ impl Daemon {
                     weight: in_dp.map(|r| r.weight).unwrap_or(0),
                     configured_weight: rs.weight,
                     health: health.into(),
+                    health_reason: h.and_then(|h| h.reason).filter(|_| health == "down"),
                     sorry_server: false,
                     ..c
                 });
@@ -2673,6 +2724,37 @@ fn log_diff(old: &[DesiredService], new: &[DesiredService], why: &str) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_control_socket_file_goes_with_the_run_only_if_still_ours() {
+        let dir = std::env::temp_dir().join(format!("ha-lb-own-socket-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ha-lb.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(OwnSocketFile::new(&path));
+        assert!(!path.exists(), "a run that ends removes its socket file");
+        drop(l);
+        // Another daemon bound the path since: its socket stays.
+        let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let ours = OwnSocketFile::new(&path);
+        // (Bound beside it first, so that it cannot get the same inode number.)
+        let _other = std::os::unix::net::UnixListener::bind(dir.join("other.sock")).unwrap();
+        std::fs::rename(dir.join("other.sock"), &path).unwrap();
+        drop(ours);
+        assert!(path.exists(), "another run's socket is left alone");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_a_refused_vrrp_configuration_ends_the_start_up() {
+        use crate::vrrp::machine::ConfigError;
+        let no_address = anyhow::anyhow!("vrrp_instance VI_1: interface eth1 has no IPv4 address to send adverts from");
+        assert!(!start_cannot_heal(&no_address));
+        let refused = Err::<(), _>(ConfigError::VirtualRouterId).context("vrrp_instance VI_1");
+        assert!(start_cannot_heal(&refused.unwrap_err()));
+        let own = Err::<(), _>(ConfigError::PeerIsSelf).context("vrrp_instance VI_1");
+        assert!(!start_cannot_heal(&own.unwrap_err()), "the source may come from the interface");
+    }
+
     /// SIGUSR1/SIGUSR2 write the status beside the control socket, as `ha-lb status` and
     /// `ha-lb status --json` print it.
     #[test]
@@ -2818,7 +2900,7 @@ mod lifecycle_tests {
     /// A daemon on the configuration `text` (written to a file of its own), nothing started.
     pub(super) fn daemon(text: &str, plane: Plane) -> (Daemon, Receivers, TempConfig) {
         let file = TempConfig::new(text);
-        let (config, _) = load_here_logged(&file.path, &[]).unwrap();
+        let (config, _) = load_here_logged(&file.path, &[], None).unwrap();
         let (d, rx) = Daemon::new(file.path.clone(), Arc::new(config), Rtnl::new().unwrap(), plane);
         (d, rx, file)
     }

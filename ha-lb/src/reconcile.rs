@@ -37,7 +37,7 @@ use crate::{
 };
 
 /// A real server's health as the reconciler knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
     pub up: bool,
     /// Weight from a `misc_dynamic` check, replacing the configured one.
@@ -46,6 +46,9 @@ pub struct Health {
     /// server that starts up and passes is never reported: status shows the start state,
     /// `up`, or `down` with `alpha` — `unchecked` is for servers without a check.)
     pub initial: bool,
+    /// While down by a checker's verdict: the check result that took it down (the
+    /// checker's `HealthEvent::reason`, e.g. `HTTP status 200 on /health not in 204`).
+    pub reason: Option<String>,
 }
 
 /// One real server in the desired state.
@@ -109,7 +112,7 @@ pub struct Reconciler {
 }
 
 fn initial_health(vs: &VirtualServer, has_check: bool) -> Health {
-    Health { up: !(has_check && vs.alpha), dynamic_weight: None, initial: has_check }
+    Health { up: !(has_check && vs.alpha), dynamic_weight: None, initial: has_check, reason: None }
 }
 
 impl Reconciler {
@@ -173,7 +176,7 @@ impl Reconciler {
             old_quorum.insert(owner.clone(), (q, vs.sorry_server));
             for rs in vs.real_servers.iter().filter(|rs| rs.check.is_some()) {
                 if let Some(h) = self.health.get(&(vs.key(), rs.key())) {
-                    old_checked.insert((owner.clone(), rs.key()), *h);
+                    old_checked.insert((owner.clone(), rs.key()), h.clone());
                 }
             }
         }
@@ -203,7 +206,7 @@ impl Reconciler {
                         dynamic_weight: h
                             .dynamic_weight
                             .filter(|_| rs.check.as_ref().is_some_and(|c| c.is_dynamic())),
-                        ..*h
+                        ..h.clone()
                     },
                     // A check added by the reload starts where its checker starts (with
                     // alpha: down until it passes); a check removed leaves the server up, as
@@ -243,16 +246,19 @@ impl Reconciler {
         self.config = config;
     }
 
-    /// A checker's verdict. Returns false when nothing changed, or when the verdict no longer
-    /// applies: the server is unknown or has no check (a reload removed it, or its check,
-    /// while the result was in flight — no checker would ever correct it). A weight from a
-    /// check that is no longer `misc_dynamic` is ignored likewise.
+    /// A checker's verdict, with the check result that caused it (`reason`, kept while the
+    /// server is down, for status). Returns false when nothing that decides the desired
+    /// state changed (a new reason alone does not), or when the verdict no longer applies:
+    /// the server is unknown or has no check (a reload removed it, or its check, while the
+    /// result was in flight — no checker would ever correct it). A weight from a check that
+    /// is no longer `misc_dynamic` is ignored likewise.
     pub fn on_health(
         &mut self,
         vs: &VirtualServerKey,
         rs: SocketAddr,
         up: bool,
         dynamic_weight: Option<u32>,
+        reason: &str,
     ) -> bool {
         let Some(check) = self
             .config
@@ -263,20 +269,21 @@ impl Reconciler {
             return false;
         };
         let dynamic_weight = dynamic_weight.filter(|_| check.is_dynamic());
-        let new = Health { up, dynamic_weight, initial: false };
+        let reason = (!up).then(|| reason.to_string());
+        let new = Health { up, dynamic_weight, initial: false, reason };
         // A group's real servers are checked once, for all its members.
         let mut changed = false;
         for key in self.config.check_sharers(vs) {
-            if let Some(h) = self.health.get_mut(&(key, rs)).filter(|h| **h != new) {
-                *h = new;
-                changed = true;
+            if let Some(h) = self.health.get_mut(&(key, rs)) {
+                changed |= Health { reason: None, ..h.clone() } != Health { reason: None, ..new.clone() };
+                *h = new.clone();
             }
         }
         changed
     }
 
     pub fn health(&self, vs: &VirtualServerKey, rs: SocketAddr) -> Option<Health> {
-        self.health.get(&(*vs, rs)).copied()
+        self.health.get(&(*vs, rs)).cloned()
     }
 
     /// The desired state now, and the quorum transitions that computing it caused.
@@ -314,7 +321,7 @@ impl Reconciler {
                     .real_servers
                     .iter()
                     .filter_map(|rs| {
-                        let h = self.health.get(&(key, rs.key())).copied()?;
+                        let h = self.health.get(&(key, rs.key())).cloned()?;
                         let weight = h.dynamic_weight.unwrap_or(rs.weight);
                         match (h.up, rs.inhibit_on_failure) {
                             (true, _) => Some(DesiredRealServer {
@@ -447,6 +454,22 @@ weight = 1
         d[0].real_servers.iter().map(|r| (r.addr, r.weight)).collect()
     }
 
+    /// The check result that took a server down stays with it (for status) until it is up;
+    /// a new reason alone changes nothing in the data plane.
+    #[test]
+    fn a_down_server_keeps_the_reason_until_up() {
+        let c = parse(&cfg_text(""));
+        let key = c.virtual_servers[0].key();
+        let mut r = Reconciler::new(c);
+        assert_eq!(r.health(&key, rs(11)).unwrap().reason, None);
+        assert!(r.on_health(&key, rs(11), false, None, "connection refused"));
+        assert_eq!(r.health(&key, rs(11)).unwrap().reason.as_deref(), Some("connection refused"));
+        assert!(!r.on_health(&key, rs(11), false, None, "timed out"), "not a change");
+        assert_eq!(r.health(&key, rs(11)).unwrap().reason.as_deref(), Some("timed out"));
+        assert!(r.on_health(&key, rs(11), true, None, "HTTP status 200"));
+        assert_eq!(r.health(&key, rs(11)).unwrap().reason, None);
+    }
+
     #[test]
     fn down_servers_leave_or_drain() {
         // 12 checked by a misc_dynamic MISC_CHECK (its exit status gives its weight).
@@ -456,23 +479,23 @@ weight = 1
         let key = c.virtual_servers[0].key();
         let mut r = Reconciler::new(c);
         assert_eq!(weights(&r.desired().0), vec![(rs(11), 3), (rs(12), 2), (rs(13), 1)]);
-        assert!(r.on_health(&key, rs(11), false, None));
-        assert!(!r.on_health(&key, rs(11), false, None), "no change, no event");
-        r.on_health(&key, rs(12), false, None);
+        assert!(r.on_health(&key, rs(11), false, None, ""));
+        assert!(!r.on_health(&key, rs(11), false, None, ""), "no change, no event");
+        r.on_health(&key, rs(12), false, None, "");
         assert_eq!(
             weights(&r.desired().0),
             vec![(rs(12), 0), (rs(13), 1)],
             "12 inhibited: drains at weight 0"
         );
-        r.on_health(&key, rs(11), true, None);
-        r.on_health(&key, rs(12), true, Some(7));
+        r.on_health(&key, rs(11), true, None, "");
+        r.on_health(&key, rs(12), true, Some(7), "");
         assert_eq!(
             weights(&r.desired().0),
             vec![(rs(11), 3), (rs(12), 7), (rs(13), 1)],
             "misc_dynamic weight"
         );
         // A weight from a check that is not misc_dynamic (a stale event) is not taken.
-        r.on_health(&key, rs(11), true, Some(9));
+        r.on_health(&key, rs(11), true, Some(9), "");
         assert_eq!(weights(&r.desired().0)[0], (rs(11), 3));
     }
 
@@ -485,11 +508,11 @@ weight = 1
         let key = c.virtual_servers[0].key();
         let mut r = Reconciler::new(c);
         r.set_config(parse(&cfg_text("").replacen(CHECK, "", 1)));
-        assert!(!r.on_health(&key, rs(11), false, None), "11 has no check any more");
+        assert!(!r.on_health(&key, rs(11), false, None, ""), "11 has no check any more");
         assert_eq!(weights(&r.desired().0)[0], (rs(11), 3));
 
         let mut r = Reconciler::new(parse(&cfg_text("").replacen(CHECK, DYNAMIC, 1)));
-        r.on_health(&key, rs(11), true, Some(0));
+        r.on_health(&key, rs(11), true, Some(0), "");
         assert_eq!(weights(&r.desired().0)[0], (rs(11), 0), "exit 2: weight 0");
         // The operator replaces the MISC_CHECK by a TCP_CHECK: the configured weight again.
         r.set_config(cfg(""));
@@ -505,9 +528,9 @@ weight = 1
         let mut r = Reconciler::new(c);
         let (d, ch) = r.desired();
         assert!(d[0].quorum_up && ch.is_empty(), "live 6 ≥ 4+1 at start");
-        r.on_health(&key, rs(12), false, None); // live 4 ≥ 4−1: still up
+        r.on_health(&key, rs(12), false, None, ""); // live 4 ≥ 4−1: still up
         assert!(r.desired().0[0].quorum_up);
-        r.on_health(&key, rs(11), false, None); // live 1 < 3: lost
+        r.on_health(&key, rs(11), false, None, ""); // live 1 < 3: lost
         let (d, ch) = r.desired();
         assert_eq!(ch, vec![QuorumChange { key, up: false, live_weight: 1, script: None }]);
         assert!(d[0].sorry_active());
@@ -516,9 +539,9 @@ weight = 1
             vec![(rs(12), 0), ("198.19.0.99:80".parse().unwrap(), 1)],
             "12 (inhibit_on_failure) drains at weight 0"
         );
-        r.on_health(&key, rs(11), true, None); // live 4 < 4+1: not yet regained
+        r.on_health(&key, rs(11), true, None, ""); // live 4 < 4+1: not yet regained
         assert!(!r.desired().0[0].quorum_up);
-        r.on_health(&key, rs(12), true, None); // live 6 ≥ 5
+        r.on_health(&key, rs(12), true, None, ""); // live 6 ≥ 5
         let (d, ch) = r.desired();
         assert!(ch[0].up && !d[0].sorry_active());
         assert_eq!(d[0].real_servers.len(), 3);
@@ -535,14 +558,14 @@ weight = 1
 sorry_server = { address = \"198.19.0.99\", port = 80 }");
         let key = c.virtual_servers[0].key();
         let mut r = Reconciler::new(c);
-        r.on_health(&key, rs(11), false, None); // live 3 < 5: lost, 12 alive
+        r.on_health(&key, rs(11), false, None, ""); // live 3 < 5: lost, 12 alive
         let (d, _) = r.desired();
         assert!(d[0].sorry_active());
         assert_eq!(weights(&d), vec![(rs(12), 0), (sorry, 1)], "alive and inhibited: 0");
-        r.on_health(&key, rs(12), false, None);
+        r.on_health(&key, rs(12), false, None, "");
         assert_eq!(weights(&r.desired().0), vec![(rs(12), 0), (sorry, 1)], "down and inhibited");
-        r.on_health(&key, rs(11), true, None);
-        r.on_health(&key, rs(12), true, None); // live 6: regained
+        r.on_health(&key, rs(11), true, None, "");
+        r.on_health(&key, rs(12), true, None, ""); // live 6: regained
         assert_eq!(weights(&r.desired().0), vec![(rs(11), 3), (rs(12), 2), (rs(13), 1)]);
     }
 
@@ -551,7 +574,7 @@ sorry_server = { address = \"198.19.0.99\", port = 80 }");
         let c = cfg("quorum = 5");
         let key = c.virtual_servers[0].key();
         let mut r = Reconciler::new(c);
-        r.on_health(&key, rs(11), false, None);
+        r.on_health(&key, rs(11), false, None, "");
         let (d, ch) = r.desired();
         assert_eq!(ch.len(), 1);
         assert!(!d[0].quorum_up);
@@ -563,7 +586,7 @@ sorry_server = { address = \"198.19.0.99\", port = 80 }");
         let c = cfg("");
         let key = c.virtual_servers[0].key();
         let mut r = Reconciler::new(c);
-        r.on_health(&key, rs(11), false, None);
+        r.on_health(&key, rs(11), false, None, "");
         r.set_config(cfg("persistence_timeout = 60"));
         let (d, _) = r.desired();
         assert_eq!(d[0].persistence_timeout, Some(Duration::from_secs(60)));
@@ -578,7 +601,7 @@ sorry_server = { address = \"198.19.0.99\", port = 80 }");
         let c = cfg("");
         let key = c.virtual_servers[0].key();
         let mut r = Reconciler::new(c);
-        r.on_health(&key, rs(11), false, None);
+        r.on_health(&key, rs(11), false, None, "");
         r.set_config(parse(&cfg_text("").replacen(CHECK, "", 1)));
         assert_eq!(weights(&r.desired().0), vec![(rs(11), 3), (rs(12), 2), (rs(13), 1)]);
 
@@ -617,7 +640,7 @@ sorry_server = { address = \"198.19.0.99\", port = 80 }");
             r.desired().1,
             vec![QuorumChange { key, up: false, live_weight: 1, script: None }]
         );
-        r.on_health(&key, rs(11), true, None);
+        r.on_health(&key, rs(11), true, None, "");
         assert_eq!(
             r.desired().1,
             vec![QuorumChange { key, up: true, live_weight: 4, script: None }]
@@ -654,8 +677,8 @@ sorry_server = { address = \"198.19.0.99\", port = 80 }");
         assert_eq!(ch, vec![QuorumChange { key, up: false, live_weight: 0, script: Some(down) }]);
         // One whose quorum was lost already: nothing more.
         let mut r = Reconciler::new(c);
-        r.on_health(&key, rs(11), false, None);
-        r.on_health(&key, rs(12), false, None);
+        r.on_health(&key, rs(11), false, None, "");
+        r.on_health(&key, rs(12), false, None, "");
         assert!(!r.desired().1[0].up);
         r.set_config(Arc::new(Config::default()));
         assert!(r.desired().1.is_empty());
@@ -689,7 +712,7 @@ sorry_server = { address = \"198.19.0.99\", port = 80 }");
         assert_eq!(d.len(), 3);
         assert!(q.is_empty());
         // The lead's checker speaks for every member: one quorum change, with its script.
-        assert!(r.on_health(&lead, rs(11), false, None));
+        assert!(r.on_health(&lead, rs(11), false, None, ""));
         let (d, q) = r.desired();
         for s in &d {
             assert_eq!(
@@ -730,7 +753,7 @@ sorry_server = { address = \"198.19.0.99\", port = 80 }");
         let c = cfg("quorum = 6\nsorry_server = { address = \"198.19.0.12\", port = 80 }\n");
         let key = c.virtual_servers[0].key();
         let mut r = Reconciler::new(c);
-        r.on_health(&key, rs(11), false, None);
+        r.on_health(&key, rs(11), false, None, "");
         let (d, _) = r.desired();
         let got: Vec<(SocketAddr, u32, bool)> =
             d[0].real_servers.iter().map(|r| (r.addr, r.weight, r.sorry_server)).collect();
@@ -754,7 +777,7 @@ sorry_server = { address = \"198.19.0.99\", port = 80 }");
         let single = parse(&cfg_text(""));
         let key = single.virtual_servers[0].key();
         let mut r = Reconciler::new(single);
-        r.on_health(&key, rs(11), false, None);
+        r.on_health(&key, rs(11), false, None, "");
         for text in [
             group_text(false),
             group_text(false)
@@ -777,11 +800,11 @@ sorry_server = { address = \"198.19.0.99\", port = 80 }");
         let lead = c.virtual_servers[0].key();
         let mut r = Reconciler::new(c);
         let _ = r.desired();
-        r.on_health(&lead, rs(12), false, None); // live 4 ≥ 5 - 1: kept
-        r.on_health(&lead, rs(11), false, None); // live 1: lost
+        r.on_health(&lead, rs(12), false, None, ""); // live 4 ≥ 5 - 1: kept
+        r.on_health(&lead, rs(11), false, None, ""); // live 1: lost
         let (_, q) = r.desired();
         assert_eq!(q.len(), 1);
-        r.on_health(&lead, rs(12), true, None); // live 3 < 5 + 1: still lost
+        r.on_health(&lead, rs(12), true, None, ""); // live 3 < 5 + 1: still lost
         let (_, q) = r.desired();
         assert!(q.is_empty(), "{q:?}");
         r.set_config(parse(&band("\"198.18.0.100 80\", \"198.18.0.101 80\"")));

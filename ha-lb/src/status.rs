@@ -109,6 +109,11 @@ pub struct RealServerStatus {
     /// `alpha`, as keepalived starts them), `unchecked` (no check), or `sorry` (the sorry
     /// server).
     pub health: String,
+    /// While `health` is `down` by a check's verdict: the check result that took it down
+    /// (as the log's `real server health changed … reason`), e.g. `HTTP status 200 on
+    /// /health not in 204`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_reason: Option<String>,
     pub active_conns: u64,
     /// IPVS's InActConn; `null` where the data plane does not count them (XDP, TC).
     pub inactive_conns: Option<u64>,
@@ -251,6 +256,9 @@ pub fn render(s: &Status) -> String {
                     r.packets,
                     r.bytes
                 );
+                if let Some(why) = &r.health_reason {
+                    let _ = writeln!(o, "       down: {why}");
+                }
             }
         }
     }
@@ -374,6 +382,27 @@ mod tests {
         assert!(t.contains("Flow cache: fills=2 hits=10"));
     }
 
+    /// A real server a check took down says why, under its row and as `health_reason`.
+    #[test]
+    fn a_down_real_server_shows_the_check_result_that_took_it_down() {
+        let mut s = sample();
+        let rs = &mut s.virtual_servers[0].real_servers[0];
+        rs.health = "down".into();
+        rs.health_reason = Some("HTTP status 200 on /health not in 204".into());
+        let t = render(&s);
+        let lines: Vec<&str> = t.lines().collect();
+        let row = lines.iter().position(|l| l.contains("-> 198.18.1.1:80")).unwrap();
+        assert_eq!(lines[row + 1], "       down: HTTP status 200 on /health not in 204", "{t}");
+        let j = serde_json::to_value(&s).unwrap();
+        let rs = &j["virtual_servers"][0]["real_servers"][0];
+        assert_eq!(rs["health_reason"], "HTTP status 200 on /health not in 204", "{rs}");
+        assert_eq!(serde_json::from_value::<Status>(j).unwrap(), s);
+        // An up one has none.
+        let j = serde_json::to_value(sample()).unwrap();
+        assert!(j["virtual_servers"][0]["real_servers"][0].get("health_reason").is_none());
+        assert!(!render(&sample()).contains("down:"));
+    }
+
     #[test]
     fn json_round_trips() {
         let s = sample();
@@ -384,7 +413,7 @@ mod tests {
     #[test]
     fn a_checked_real_server_shows_its_start_state_until_a_check_says_otherwise() {
         use crate::reconcile::Health;
-        let h = |up, initial| Health { up, dynamic_weight: None, initial };
+        let h = |up, initial| Health { up, dynamic_weight: None, initial, reason: None };
         assert_eq!(real_server_health(false, None), "unchecked");
         assert_eq!(real_server_health(false, Some(&h(true, false))), "unchecked");
         // Before any result: up, or down with alpha.

@@ -270,6 +270,7 @@ virtual_ipaddress = ["192.0.2.20/24"]
         has_interface: &|i: &str| ["eth0", "eth1"].contains(&i),
         is_own_address: &|_| false,
         can_run: &|_, _| Ok(()),
+        running: None,
     };
     assert!(config::load(&path).is_ok(), "the file itself is valid");
     let e = config::load_for_host(&path, &host).unwrap_err();
@@ -297,6 +298,7 @@ virtual_ipaddress = ["192.0.2.20/24"]
         has_interface: &|i: &str| i == "eth0",
         is_own_address: &|a| a == "192.0.2.11".parse::<std::net::IpAddr>().unwrap(),
         can_run: &|_, _| Ok(()),
+        running: None,
     };
     let with_vrrp = format!(
         "[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\n\
@@ -320,6 +322,7 @@ virtual_ipaddress = ["192.0.2.20/24"]
         has_interface: &|i: &str| i == "eth0",
         is_own_address: &|a| a == "192.0.2.10".parse::<std::net::IpAddr>().unwrap(),
         can_run: &|_, _| Ok(()),
+        running: None,
     };
     assert_eq!(config::load_for_host(&path, &holding).unwrap_err().to_string(), want);
     let _ = std::fs::remove_file(&path);
@@ -371,6 +374,7 @@ user = "checker"
         has_interface: &|i: &str| i == "eth0",
         is_own_address: &|_| false,
         can_run: &can_run,
+        running: None,
     };
     assert!(config::load(&path).is_ok(), "the file itself is valid");
     let e = config::load_for_host(&path, &host).unwrap_err();
@@ -391,4 +395,61 @@ user = "checker"
     assert_eq!(asked.iter().filter(|a| a.starts_with("/etc/ha-lb/master.sh")).count(), 1);
     assert!(asked.contains(&"/opt/check as Some(\"checker\")".to_string()), "{asked:?}");
     let _ = std::fs::remove_file(&path);
+}
+
+/// A reload (`Host::running`): the keys only a restart can change are named where the new
+/// file sets them, with both values, in either front-end.
+#[test]
+fn a_reload_names_the_restart_only_keys_that_changed_where_they_are() {
+    let instance = "[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\nvirtual_ipaddress = [\"192.0.2.10/24\"]\n";
+    let running_text = format!("[global]\nrouter_id = \"lb1\"\n{instance}");
+    let running = config::parse_str(&running_text, Path::new("old.toml")).unwrap().global;
+    let dir = std::env::temp_dir().join(format!("hlb-restart-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let host = config::Host {
+        has_interface: &|i: &str| i == "eth0",
+        is_own_address: &|_| false,
+        can_run: &|_, _| Ok(()),
+        running: Some(&running),
+    };
+    let lines = |name: &str, text: &str| -> Vec<String> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        match config::load_for_host(&path, &host) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        }
+    };
+    let p = dir.join("ha-lb.toml");
+    let p = p.display();
+    assert_eq!(lines("ha-lb.toml", &running_text), Vec::<String>::new(), "nothing changed");
+    assert_eq!(
+        lines(
+            "ha-lb.toml",
+            &format!("[global]\nrouter_id = \"lb2\"\ndataplane = \"tc\"\ncontrol_socket = \"/run/x.sock\"\n{instance}")
+        ),
+        [
+            format!("{p}:3:13: dataplane changed from \"xdp\" to \"tc\": needs a restart"),
+            format!("{p}:4:18: control_socket changed from \"/run/ha-lb/ha-lb.sock\" to \"/run/x.sock\": needs a restart"),
+        ]
+    );
+    assert_eq!(
+        lines(
+            "ha-lb.toml",
+            &format!("[global]\nlvs_sync_daemon = {{ interface = \"eth0\", vrrp_instance = \"VI_1\" }}\n{instance}")
+        ),
+        [format!("{p}:2:19: lvs_sync_daemon changed from none to {{ interface = \"eth0\", vrrp_instance = \"VI_1\", protocol = \"ha-lb\" }}: needs a restart")]
+    );
+    // keepalived.conf: at its own line.
+    let k = dir.join("keepalived.conf");
+    let k = k.display();
+    let conf = "global_defs {\n    router_id lb1\n    dataplane ipvs\n}\nvrrp_instance VI_1 {\n    interface eth0\n    virtual_router_id 51\n    virtual_ipaddress {\n        192.0.2.10/24\n    }\n}\n";
+    let got = lines("keepalived.conf", conf);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with(&format!("{k}:3:"))
+            && got[0].ends_with("dataplane changed from \"xdp\" to \"ipvs\": needs a restart"),
+        "{got:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -2,7 +2,8 @@
 //! on an interface without an IPv4 address (nothing to send adverts from). It shows STOP
 //! with the reason, and once the address is there (the daemon retries every 5 s) it runs
 //! and the reason is gone. Also: virtual servers are named with their protocol, and
-//! InActConn is null where the data plane does not count it.
+//! InActConn is null where the data plane does not count it. The same at start-up: the
+//! daemon runs its other instances and retries the one that cannot start.
 
 mod daemon_support;
 
@@ -79,4 +80,45 @@ fn an_instance_that_cannot_start_shows_why() {
         })
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+}
+
+#[test]
+fn an_instance_that_cannot_start_at_start_up_is_retried() {
+    let mut t = DirectorLab::build(Mode::Nat, 1, 1).unwrap();
+    t.start_real_servers().unwrap();
+    let s = Scratch::new("status-start").unwrap();
+    let n = t.directors[0].clone();
+    // VI_EXTRA's interface exists (the configuration is valid on this host) but has no
+    // address yet, as before DHCP at boot.
+    n.ip(&["link", "add", "dum0", "type", "veth", "peer", "name", "dum1"]).unwrap();
+    n.ip(&["link", "set", "dum0", "up"]).unwrap();
+    n.ip(&["link", "set", "dum1", "up"]).unwrap();
+    // The other instances start and serve.
+    let d = single_director(&mut t, &s, &services(EXTRA));
+    if let Ok(exit) = t.lab.wait(d.pid, Duration::ZERO) {
+        panic!("ha-lb run exited ({exit}):\n{}", d.log_text());
+    }
+    let st = d.status().unwrap();
+    let i = instance(&st, "VI_EXTRA");
+    assert_eq!(i["state"], "STOP", "{i}");
+    let why = i["start_error"].as_str().unwrap_or_else(|| panic!("no start_error: {i}"));
+    assert!(why.contains("dum0") && why.contains("no IPv4 address"), "{why}");
+    assert!(
+        d.log_text().lines().any(|l| l.contains("ERROR")
+            && l.contains("starting vrrp_instance failed; retrying every 5 s")
+            && l.contains("VI_EXTRA")),
+        "{}",
+        d.log_text()
+    );
+
+    // Once the address is there, the retry starts it.
+    n.ip(&["addr", "add", "192.0.2.1/24", "dev", "dum0"]).unwrap();
+    eventually(Duration::from_secs(10), "VI_EXTRA running", || {
+        d.status().is_ok_and(|st| {
+            let i = instance(&st, "VI_EXTRA");
+            i["state"] != "STOP" && i.get("start_error").is_none()
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    assert!(holds_both_vips(&n), "the other instances still hold their VIPs");
 }

@@ -4,7 +4,9 @@
 //!   clean-up only knows the configured ones), and touches no address the ledger does not
 //!   name;
 //! - a VIP an earlier run left under another prefix goes by the ledger too; the same address
-//!   under another prefix that ha-lb did not add (the host's own) is never removed.
+//!   under another prefix that ha-lb did not add (the host's own) is never removed;
+//! - a VIP whose device is deleted went with it: no error is logged for its removal;
+//! - a run that fails after binding its control socket removes the socket file.
 
 mod daemon_support;
 
@@ -123,4 +125,61 @@ fn a_vip_dropped_from_the_config_after_a_crash_is_removed_at_the_next_start() {
     assert!(!holds(&n, "eth0", "198.18.0.111"));
     let ledger = std::fs::read_to_string(s.dir.join("d1.vips")).unwrap();
     assert!(ledger.lines().all(|l| l.starts_with('#')), "{ledger}");
+}
+
+/// A MASTER's VIP device is deleted: the address went with it, so its removal (the instance
+/// leaves MASTER) finds no device — an expected event, logged at debug, not an ERROR.
+#[test]
+fn a_vip_gone_with_its_deleted_device_is_no_error() {
+    let mut t = DirectorLab::build(Mode::Nat, 1, 1).unwrap();
+    let s = Scratch::new("vipnodev").unwrap();
+    let n = t.directors[0].clone();
+    n.ip(&["link", "add", "dum0", "type", "veth", "peer", "name", "dum1"]).unwrap();
+    n.ip(&["addr", "add", "192.0.2.1/24", "dev", "dum0"]).unwrap();
+    n.ip(&["link", "set", "dum0", "up"]).unwrap();
+    n.ip(&["link", "set", "dum1", "up"]).unwrap();
+    let extra = r#"
+[[vrrp_instance]]
+name = "VI_EXTRA"
+interface = "dum0"
+virtual_router_id = 60
+priority = 100
+advert_int = 0.1
+version = 3
+virtual_ipaddress = ["198.51.100.60/32 dev dum0"]
+"#;
+    let text = director_conf(1, None, 150, 0.1, extra).replace("dataplane = \"xdp\"", "dataplane = \"none\"");
+    let d = HaLb::start(&mut t.lab, &n, &s, "d1", &text).unwrap();
+    eventually(Duration::from_secs(10), "d1 holds 198.51.100.60 on dum0", || {
+        holds(&n, "dum0", "198.51.100.60")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    n.ip(&["link", "del", "dum0"]).unwrap();
+    eventually(Duration::from_secs(10), "the VIP's removal found no device", || {
+        d.log_text().contains("virtual address gone with its deleted device")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    let log = d.log_text();
+    assert!(!log.contains("removing virtual address failed"), "{log}");
+    assert!(d.status().is_ok(), "the daemon runs on");
+}
+
+/// `ha-lb run` fails after binding its control socket (the sync port is taken): the socket
+/// file goes with it, not left for the next run or `ha-lb status` to find.
+#[test]
+fn a_failed_run_removes_its_control_socket() {
+    let mut t = DirectorLab::build(Mode::Nat, 1, 1).unwrap();
+    let s = Scratch::new("failsock").unwrap();
+    let n = t.directors[0].clone();
+    // Bound without SO_REUSEADDR: the daemon's sync socket on 224.0.0.81:8848 cannot bind.
+    let _taken = n.run(|| std::net::UdpSocket::bind("0.0.0.0:8848")).unwrap().unwrap();
+    let text = director_conf(1, None, 150, 0.1, "").replace(
+        "dataplane = \"xdp\"",
+        "dataplane = \"xdp\"\nlvs_sync_daemon = { interface = \"eth1\", vrrp_instance = \"VI_GATEWAY\" }",
+    );
+    let d = HaLb::start(&mut t.lab, &n, &s, "d1", &text).unwrap();
+    let exit = t.lab.wait(d.pid, Duration::from_secs(20)).unwrap();
+    assert!(!exit.success(), "{}", d.log_text());
+    assert!(d.log_text().contains("eBPF forwarding attached"), "failed after binding: {}", d.log_text());
+    assert!(!d.socket.exists(), "{} left behind:\n{}", d.socket.display(), d.log_text());
 }

@@ -39,6 +39,9 @@ pub(crate) fn validate(c: &Config, map: &SourceMap, host: Option<&Host>) -> Vec<
     }
     if let Some(h) = host {
         v.host(c, h);
+        if let Some(running) = h.running {
+            v.restart_keys(c, running);
+        }
     }
     v.needs_an_instance(c);
     v.errors
@@ -74,6 +77,33 @@ impl V<'_> {
                 ),
             );
         }
+    }
+
+    /// A reload: the keys the running daemon cannot change without a restart, each where
+    /// the new file sets it (or the `[global]` table, or the file, when it no longer does).
+    fn restart_keys(&mut self, c: &Config, running: &Global) {
+        let g = &c.global;
+        let mut changed = |key: &'static str, old: String, new: String| {
+            if old != new {
+                let msg = format!("{key} changed from {old} to {new}: needs a restart");
+                self.err(self.map.key(Item::Global, key), msg);
+            }
+        };
+        let dataplane = |d: Dataplane| format!("{:?}", d.as_str());
+        changed("dataplane", dataplane(running.dataplane), dataplane(g.dataplane));
+        let socket = |p: &std::path::Path| format!("{:?}", p.display().to_string());
+        changed("control_socket", socket(&running.control_socket), socket(&g.control_socket));
+        let sync = |s: &Option<LvsSyncDaemon>| match s {
+            None => "none".to_string(),
+            Some(s) => format!(
+                "{{ interface = {:?}, vrrp_instance = {:?}{}, protocol = {:?} }}",
+                s.interface,
+                s.vrrp_instance,
+                s.id.map(|i| format!(", id = {i}")).unwrap_or_default(),
+                s.protocol.as_str()
+            ),
+        };
+        changed("lvs_sync_daemon", sync(&running.lvs_sync_daemon), sync(&g.lvs_sync_daemon));
     }
 
     fn global(&mut self, c: &Config) {
