@@ -173,9 +173,7 @@ impl Drop for OwnSocketFile {
 /// be opened) depends on the host, so the instance is tried again.
 fn start_cannot_heal(e: &anyhow::Error) -> bool {
     use crate::vrrp::machine::ConfigError;
-    e.chain()
-        .filter_map(|c| c.downcast_ref::<ConfigError>())
-        .any(|c| *c != ConfigError::PeerIsSelf)
+    e.chain().filter_map(|c| c.downcast_ref::<ConfigError>()).any(|c| *c != ConfigError::PeerIsSelf)
 }
 
 /// Interfaces the XDP forwarding program goes on: every VRRP instance's interface and the
@@ -1995,17 +1993,18 @@ impl Daemon {
         // `dataplane`, `control_socket` and `lvs_sync_daemon` need a restart: a change is an
         // error at the key, as any other (`config::Host::running`).
         let running = &self.config.global;
-        let (new, scripts_not_runnable) = match load_here_logged(&self.config_path, &held, Some(running)) {
-            Ok((c, s)) => (Arc::new(c), s),
-            Err(e) => {
-                self.reloads_rejected += 1;
-                for line in e.to_string().lines() {
-                    error!("{line}");
+        let (new, scripts_not_runnable) =
+            match load_here_logged(&self.config_path, &held, Some(running)) {
+                Ok((c, s)) => (Arc::new(c), s),
+                Err(e) => {
+                    self.reloads_rejected += 1;
+                    for line in e.to_string().lines() {
+                        error!("{line}");
+                    }
+                    error!("reload rejected; the running configuration stays in force");
+                    return Err(ReloadError::Rejected(e.to_string()));
                 }
-                error!("reload rejected; the running configuration stays in force");
-                return Err(ReloadError::Rejected(e.to_string()));
-            }
-        };
+            };
         // The data plane must be able to take the new services: asked before anything
         // changes, so a refusal leaves the running configuration whole.
         // What the apply will be given: the new services with the health known now, and
@@ -2747,7 +2746,9 @@ mod tests {
     #[test]
     fn only_a_refused_vrrp_configuration_ends_the_start_up() {
         use crate::vrrp::machine::ConfigError;
-        let no_address = anyhow::anyhow!("vrrp_instance VI_1: interface eth1 has no IPv4 address to send adverts from");
+        let no_address = anyhow::anyhow!(
+            "vrrp_instance VI_1: interface eth1 has no IPv4 address to send adverts from"
+        );
         assert!(!start_cannot_heal(&no_address));
         let refused = Err::<(), _>(ConfigError::VirtualRouterId).context("vrrp_instance VI_1");
         assert!(start_cannot_heal(&refused.unwrap_err()));

@@ -275,7 +275,8 @@ impl Reconciler {
         let mut changed = false;
         for key in self.config.check_sharers(vs) {
             if let Some(h) = self.health.get_mut(&(key, rs)) {
-                changed |= Health { reason: None, ..h.clone() } != Health { reason: None, ..new.clone() };
+                changed |=
+                    Health { reason: None, ..h.clone() } != Health { reason: None, ..new.clone() };
                 *h = new.clone();
             }
         }

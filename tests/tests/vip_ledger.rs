@@ -148,7 +148,8 @@ advert_int = 0.1
 version = 3
 virtual_ipaddress = ["198.51.100.60/32 dev dum0"]
 "#;
-    let text = director_conf(1, None, 150, 0.1, extra).replace("dataplane = \"xdp\"", "dataplane = \"none\"");
+    let text = director_conf(1, None, 150, 0.1, extra)
+        .replace("dataplane = \"xdp\"", "dataplane = \"none\"");
     let d = HaLb::start(&mut t.lab, &n, &s, "d1", &text).unwrap();
     eventually(Duration::from_secs(10), "d1 holds 198.51.100.60 on dum0", || {
         holds(&n, "dum0", "198.51.100.60")
@@ -180,6 +181,10 @@ fn a_failed_run_removes_its_control_socket() {
     let d = HaLb::start(&mut t.lab, &n, &s, "d1", &text).unwrap();
     let exit = t.lab.wait(d.pid, Duration::from_secs(20)).unwrap();
     assert!(!exit.success(), "{}", d.log_text());
-    assert!(d.log_text().contains("eBPF forwarding attached"), "failed after binding: {}", d.log_text());
+    assert!(
+        d.log_text().contains("eBPF forwarding attached"),
+        "failed after binding: {}",
+        d.log_text()
+    );
     assert!(!d.socket.exists(), "{} left behind:\n{}", d.socket.display(), d.log_text());
 }
