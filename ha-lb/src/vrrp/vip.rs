@@ -515,6 +515,25 @@ impl VipError {
     }
 }
 
+/// Collects a netlink dump made by `request`. One dump at a time per netlink socket, which
+/// the instances share (clones of one [`Rtnl`]): while another's is in progress the kernel
+/// answers EBUSY, and the dump is asked again a few times, briefly.
+async fn dump<T, S>(request: impl Fn() -> S) -> io::Result<Vec<T>>
+where
+    S: futures_util::Stream<Item = Result<T, rtnetlink::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match request().try_collect::<Vec<T>>().await.map_err(nl_io) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 fn nl_io(e: rtnetlink::Error) -> io::Error {
     match e {
         rtnetlink::Error::NetlinkError(m) => m.to_io(),
@@ -796,15 +815,13 @@ impl VipLedger {
 /// host, as a daemon's start does after a crash ([`Rtnl::with_vip_ledger`]); returns them.
 /// Call it only when no daemon runs with that ledger.
 pub async fn remove_ledgered_vips(path: &Path) -> Result<Vec<VirtualIpAddress>, VipError> {
-    let rtnl = Rtnl::new().map_err(|e| VipError::Netlink {
+    let mut rtnl = Rtnl::new().map_err(|e| VipError::Netlink {
         op: "open",
         what: "rtnetlink".into(),
         source: e,
     })?;
     let names = rtnl.link_names().await?;
-    let ledger = Arc::new(VipLedger::open(path.to_path_buf()));
-    let rtnl = Rtnl { ledger: Some(ledger.clone()), ..rtnl };
-    Ok(ledger.remove_leftovers(&rtnl, &names).await)
+    Ok(rtnl.take_ledger(path.to_path_buf(), &names).await)
 }
 
 fn write_vip_ledger(path: &Path, entries: &BTreeSet<LedgerEntry>) -> io::Result<()> {
@@ -848,8 +865,7 @@ impl Rtnl {
     /// instance starts, with the path only this daemon uses ([`vip_ledger_path`]). Failures
     /// are logged: a ledger that cannot be read or written costs only that clean-up.
     pub async fn with_vip_ledger(mut self, path: impl Into<PathBuf>) -> Self {
-        let ledger = Arc::new(VipLedger::open(path.into()));
-        self.ledger = Some(ledger.clone());
+        let path = path.into();
         let names = match self.link_names().await {
             Ok(n) => n,
             Err(e) => {
@@ -857,12 +873,24 @@ impl Rtnl {
                 BTreeMap::new()
             }
         };
-        let removed = ledger.remove_leftovers(&self, &names).await;
+        let removed = self.take_ledger(path.clone(), &names).await;
         if !removed.is_empty() {
             let list: Vec<String> = removed.iter().map(ToString::to_string).collect();
-            tracing::warn!(vips = ?list, ledger = %ledger.path.display(), "removed virtual addresses an earlier run added and left behind");
+            tracing::warn!(vips = ?list, ledger = %path.display(), "removed virtual addresses an earlier run added and left behind");
         }
         self
+    }
+
+    /// Records this connection's VIPs in the ledger at `path` from now on, after removing
+    /// what it records that is still on the host (`names`: the links by index); returns those.
+    async fn take_ledger(
+        &mut self,
+        path: PathBuf,
+        names: &BTreeMap<u32, String>,
+    ) -> Vec<VirtualIpAddress> {
+        let ledger = Arc::new(VipLedger::open(path));
+        self.ledger = Some(ledger.clone());
+        ledger.remove_leftovers(self, names).await
     }
 
     /// The source address for VRRP adverts on `iface`: for IPv4 its primary address (the
@@ -1028,39 +1056,29 @@ impl VipManager for Rtnl {
     }
 
     async fn list(&self, ifindex: Option<u32>) -> Result<Vec<InterfaceAddress>, VipError> {
-        // One dump at a time per netlink socket, which the instances share: another's dump in
-        // progress answers EBUSY. Tried again a few times, briefly.
-        let mut tries = 0;
-        loop {
+        let msgs: Vec<AddressMessage> = dump(|| {
             let mut req = self.handle.address().get();
             if let Some(i) = ifindex {
                 req = req.set_link_index_filter(i);
             }
-            match req.execute().try_collect::<Vec<AddressMessage>>().await.map_err(nl_io) {
-                Ok(msgs) => return Ok(msgs.iter().filter_map(parse_address).collect()),
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 20 => {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-                Err(e) => {
-                    return Err(VipError::Netlink {
-                        op: "list addresses",
-                        what: ifindex.map_or("of all links".into(), |i| format!("of link {i}")),
-                        source: e,
-                    })
-                }
-            }
-        }
+            req.execute()
+        })
+        .await
+        .map_err(|source| VipError::Netlink {
+            op: "list addresses",
+            what: ifindex.map_or("of all links".into(), |i| format!("of link {i}")),
+            source,
+        })?;
+        Ok(msgs.iter().filter_map(parse_address).collect())
     }
 }
 
 impl Rtnl {
     /// Every link's name, by index.
     async fn link_names(&self) -> Result<BTreeMap<u32, String>, VipError> {
-        let links: Vec<LinkMessage> =
-            self.handle.link().get().execute().try_collect().await.map_err(|e| {
-                VipError::Netlink { op: "list links", what: "all".into(), source: nl_io(e) }
-            })?;
+        let links: Vec<LinkMessage> = dump(|| self.handle.link().get().execute())
+            .await
+            .map_err(|source| VipError::Netlink { op: "list links", what: "all".into(), source })?;
         Ok(links.iter().map(LinkInfo::from_message).map(|l| (l.index, l.name)).collect())
     }
 
